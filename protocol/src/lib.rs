@@ -1,0 +1,19 @@
+//! # sluice-protocol
+//!
+//! Apache RocketMQ's classic remoting protocol, as 4.x clients speak it, with no I/O at all:
+//! everything here turns bytes into values and back, so it can be fuzzed and reused by the
+//! broker, the store and the Rust client alike.
+//!
+//! ## Layout
+//! - [`message`]: the stored-message record (the commit-log layout that is also a pull-response
+//!   element), its sysFlag bits, the properties string, message ids and Java's `String.hashCode`.
+//!
+//! Every integer on the wire is big-endian. Every decoder checks a length before it allocates
+//! or slices with it, and incomplete input is reported apart from invalid input.
+
+pub mod message;
+
+pub use message::{
+    java_hash, MessageIdError, Properties, RecordError, RecordHeader, RecordView, BLANK_MAGIC,
+    MAGIC_V1, MAGIC_V2,
+};

@@ -1,0 +1,206 @@
+//! The properties string: `key 0x01 value 0x02`, repeated, with a `0x02` after every pair.
+//!
+//! Decoding follows RocketMQ's `string2messageProperties`: split on `0x02`, then on the first
+//! `0x01`; a pair with an empty key or value is dropped, and a later duplicate wins. Order is
+//! kept on encode so a decoded-then-encoded string stays stable.
+
+const NAME_VALUE_SEPARATOR: char = '\u{1}';
+const PROPERTY_SEPARATOR: char = '\u{2}';
+
+/// Well-known property keys (`rocketmq-protocol.md` §4).
+pub mod keys {
+    /// Space-separated business keys; each is indexed as `topic#key`.
+    pub const KEYS: &str = "KEYS";
+    /// A single tag; its Java hash is the consume-queue tag code.
+    pub const TAGS: &str = "TAGS";
+    /// `"false"` means the producer does not wait for the flush.
+    pub const WAIT: &str = "WAIT";
+    /// Delay level (1..=18), or -1 for a dead-letter send.
+    pub const DELAY: &str = "DELAY";
+    /// The client's unique message id.
+    pub const UNIQ_KEY: &str = "UNIQ_KEY";
+    /// Original topic of a retried message.
+    pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
+    /// Original topic while parked in a system topic.
+    pub const REAL_TOPIC: &str = "REAL_TOPIC";
+    /// Original queue id while parked in a system topic.
+    pub const REAL_QID: &str = "REAL_QID";
+    /// `"true"` marks a half (prepared) message.
+    pub const TRAN_MSG: &str = "TRAN_MSG";
+    /// Producer group of a half message.
+    pub const PGROUP: &str = "PGROUP";
+    /// Transaction id (the UNIQ_KEY) copied into a half message.
+    pub const TRANSACTION_ID: &str = "__transactionId__";
+    /// Check-back counter of a half message.
+    pub const TRANSACTION_CHECK_TIMES: &str = "TRANSACTION_CHECK_TIMES";
+    /// Per-message delay before the first transaction check.
+    pub const CHECK_IMMUNITY_TIME_IN_SECONDS: &str = "CHECK_IMMUNITY_TIME_IN_SECONDS";
+    /// First message id, carried across retries and the DLQ.
+    pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// Reconsume count carried by a retry send.
+    pub const RECONSUME_TIME: &str = "RECONSUME_TIME";
+    /// Per-message maximum reconsume count.
+    pub const MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
+    /// Cluster name, added by the broker.
+    pub const CLUSTER: &str = "CLUSTER";
+    /// Absolute delivery time in epoch milliseconds (RocketMQ 5 timers).
+    pub const TIMER_DELIVER_MS: &str = "TIMER_DELIVER_MS";
+    /// Relative delay in milliseconds (RocketMQ 5 timers).
+    pub const TIMER_DELAY_MS: &str = "TIMER_DELAY_MS";
+    /// Relative delay in seconds (RocketMQ 5 timers).
+    pub const TIMER_DELAY_SEC: &str = "TIMER_DELAY_SEC";
+    /// Sharding key of an ordered message.
+    pub const SHARDING_KEY: &str = "__SHARDINGKEY";
+    /// Lowest queue offset, added client-side after a pull.
+    pub const MIN_OFFSET: &str = "MIN_OFFSET";
+    /// Highest queue offset, added client-side after a pull.
+    pub const MAX_OFFSET: &str = "MAX_OFFSET";
+}
+
+/// An ordered set of message properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    pairs: Vec<(String, String)>,
+}
+
+impl Properties {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes a properties string leniently, as RocketMQ does: malformed pairs are dropped,
+    /// never an error, because the string came from a client that may differ from ours.
+    pub fn decode(raw: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(raw);
+        let mut props = Self::new();
+        for pair in text.split(PROPERTY_SEPARATOR) {
+            if let Some((k, v)) = pair.split_once(NAME_VALUE_SEPARATOR) {
+                if !k.is_empty() && !v.is_empty() {
+                    props.insert(k, v);
+                }
+            }
+        }
+        props
+    }
+
+    /// Encodes as `key\x01value\x02...`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.encoded_len());
+        for (k, v) in &self.pairs {
+            out.push_str(k);
+            out.push(NAME_VALUE_SEPARATOR);
+            out.push_str(v);
+            out.push(PROPERTY_SEPARATOR);
+        }
+        out
+    }
+
+    /// Length in bytes of [`Properties::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        self.pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum()
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `key`, replacing an existing value in place.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        match self.pairs.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.pairs.push((key, value)),
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let pos = self.pairs.iter().position(|(k, _)| k == key)?;
+        Some(self.pairs.remove(pos).1)
+    }
+
+    /// Iterates the pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// True when there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The space-separated `KEYS`, without empty tokens.
+    pub fn user_keys(&self) -> impl Iterator<Item = &str> {
+        self.get(keys::KEYS)
+            .unwrap_or("")
+            .split(' ')
+            .filter(|k| !k.is_empty())
+    }
+}
+
+/// Finds one property in an encoded string without building a map: the hot dispatch path only
+/// needs `TAGS`, `KEYS` and `UNIQ_KEY`.
+pub fn find_property<'a>(raw: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let mut found = None;
+    for pair in raw.split(|b| *b == 2) {
+        if let Some(sep) = pair.iter().position(|b| *b == 1) {
+            let (k, v) = (&pair[..sep], &pair[sep + 1..]);
+            if k == key.as_bytes() && !v.is_empty() {
+                found = Some(v); // a later duplicate wins, as in decode
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decode_drops_empty_pairs_and_keeps_last_duplicate() {
+        let p = Properties::decode(b"A\x011\x02B\x01\x02\x01x\x02A\x012\x02junk\x02");
+        assert_eq!(p.get("A"), Some("2"));
+        assert_eq!(p.get("B"), None);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn encode_puts_separator_after_every_pair() {
+        let mut p = Properties::new();
+        p.insert("TAGS", "a");
+        p.insert("KEYS", "k1 k2");
+        assert_eq!(p.encode(), "TAGS\x01a\x02KEYS\x01k1 k2\x02");
+        assert_eq!(p.encoded_len(), p.encode().len());
+        assert_eq!(p.user_keys().collect::<Vec<_>>(), ["k1", "k2"]);
+    }
+
+    #[test]
+    fn find_property_agrees_with_decode() {
+        let raw = b"TAGS\x01a\x02UNIQ_KEY\x01ABC\x02TAGS\x01b\x02";
+        assert_eq!(find_property(raw, "TAGS"), Some(&b"b"[..]));
+        assert_eq!(find_property(raw, "UNIQ_KEY"), Some(&b"ABC"[..]));
+        assert_eq!(find_property(raw, "KEYS"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(pairs in proptest::collection::btree_map("[A-Za-z_]{1,12}", "[ -~]{1,20}", 0..8)) {
+            let mut p = Properties::new();
+            for (k, v) in &pairs { p.insert(k.clone(), v.clone()); }
+            let back = Properties::decode(p.encode().as_bytes());
+            prop_assert_eq!(back, p);
+        }
+    }
+}

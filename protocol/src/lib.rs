@@ -7,13 +7,21 @@
 //! ## Layout
 //! - [`message`]: the stored-message record (the commit-log layout that is also a pull-response
 //!   element), its sysFlag bits, the properties string, message ids and Java's `String.hashCode`.
+//! - [`remoting`]: frames, command headers, request/response codes, typed custom headers and the
+//!   JSON bodies clients send and expect.
 //!
 //! Every integer on the wire is big-endian. Every decoder checks a length before it allocates
 //! or slices with it, and incomplete input is reported apart from invalid input.
 
 pub mod message;
+pub mod remoting;
 
+pub use message::batch::{decode_batch, encode_batch, BatchEntry, BatchError};
 pub use message::{
     java_hash, MessageIdError, Properties, RecordError, RecordHeader, RecordView, BLANK_MAGIC,
     MAGIC_V1, MAGIC_V2,
+};
+pub use remoting::{
+    request_code, response_code, ExtFields, FrameDecoder, FrameError, HeaderError, LanguageCode,
+    RemotingCommand,
 };

@@ -5,8 +5,9 @@
 
 /// `s[0]*31^(n-1) + ... + s[n-1]` over the UTF-16 code units of `s`, wrapping like Java's `int`.
 pub fn java_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(i32::from(unit)))
+    s.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
 #[cfg(test)]

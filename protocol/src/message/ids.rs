@@ -160,7 +160,10 @@ mod tests {
         let id = offset_msg_id(v4, 0x1234_5678_9ABC);
         assert_eq!(id, "0A01020300002A9F0000123456789ABC");
         assert_eq!(decode_offset_msg_id(&id).unwrap(), (v4, 0x1234_5678_9ABC));
-        assert_eq!(decode_offset_msg_id(&id.to_lowercase()).unwrap().1, 0x1234_5678_9ABC);
+        assert_eq!(
+            decode_offset_msg_id(&id.to_lowercase()).unwrap().1,
+            0x1234_5678_9ABC
+        );
 
         let v6: SocketAddr = "[::1]:10911".parse().unwrap();
         let id6 = offset_msg_id(v6, 42);
@@ -170,7 +173,10 @@ mod tests {
 
     #[test]
     fn offset_msg_id_rejects_bad_input() {
-        assert_eq!(decode_offset_msg_id("ABC"), Err(MessageIdError::BadLength(3)));
+        assert_eq!(
+            decode_offset_msg_id("ABC"),
+            Err(MessageIdError::BadLength(3))
+        );
         let bad = "Z".repeat(32);
         assert_eq!(decode_offset_msg_id(&bad), Err(MessageIdError::NotHex));
     }
@@ -190,7 +196,10 @@ mod tests {
         // 2026-11-25T00:00:00Z = 20_782 days since the epoch.
         assert_eq!(civil_from_days(20_782), (2026, 11, 25));
         assert_eq!(days_from_civil(2026, 11, 1), 20_758);
-        assert_eq!(start_of_month_ms(20_782 * 86_400_000 + 5), 20_758 * 86_400_000);
+        assert_eq!(
+            start_of_month_ms(20_782 * 86_400_000 + 5),
+            20_758 * 86_400_000
+        );
         assert_eq!(civil_from_days(0), (1970, 1, 1));
     }
 }

@@ -6,6 +6,7 @@
 //! - [`ids`]: offset message ids (store address + commit-log offset) and client unique keys.
 //! - [`hash`]: Java's `String.hashCode`, which tag codes must match bit for bit.
 
+pub mod batch;
 pub mod hash;
 pub mod ids;
 pub mod properties;

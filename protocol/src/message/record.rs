@@ -150,8 +150,21 @@ impl Default for RecordHeader {
 pub fn record_len(header: &RecordHeader, body: &[u8], topic: &str, properties: &[u8]) -> usize {
     let host = |a: &SocketAddr| if a.is_ipv4() { 8 } else { 20 };
     let topic_len_field = if topic.len() > 127 { 2 } else { 1 };
-    4 * 5 + 8 * 2 + 4 + 8 + host(&header.born_host) + 8 + host(&header.store_host) + 4 + 8
-        + 4 + body.len() + topic_len_field + topic.len() + 2 + properties.len()
+    4 * 5
+        + 8 * 2
+        + 4
+        + 8
+        + host(&header.born_host)
+        + 8
+        + host(&header.store_host)
+        + 4
+        + 8
+        + 4
+        + body.len()
+        + topic_len_field
+        + topic.len()
+        + 2
+        + properties.len()
 }
 
 /// Appends one encoded record to `out`, computing TOTALSIZE and BODYCRC.
@@ -166,7 +179,11 @@ pub fn encode_record(
 ) -> Result<usize, RecordError> {
     check_len("topic", topic.len(), u16::MAX as usize)?;
     check_len("properties", properties.len(), MAX_PROPERTIES_LEN)?;
-    check_len("body", body.len(), i32::MAX as usize - 512 - topic.len() - properties.len())?;
+    check_len(
+        "body",
+        body.len(),
+        i32::MAX as usize - 512 - topic.len() - properties.len(),
+    )?;
     let total = record_len(header, body, topic, properties);
     let v2 = topic.len() > 127;
     let mut sys_flag = header.sys_flag & !(sysflag::BORNHOST_V6 | sysflag::STOREHOST_V6);
@@ -220,7 +237,12 @@ pub fn store_timestamp_pos(sys_flag: i32) -> usize {
 
 /// Overwrites the fields the store assigns at append time in an encoded record. The encoder
 /// already left room for them, so no length changes.
-pub fn patch_store_fields(record: &mut [u8], queue_offset: i64, physical_offset: i64, store_ts: i64) {
+pub fn patch_store_fields(
+    record: &mut [u8],
+    queue_offset: i64,
+    physical_offset: i64,
+    store_ts: i64,
+) {
     record[QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8].copy_from_slice(&queue_offset.to_be_bytes());
     record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8]
         .copy_from_slice(&physical_offset.to_be_bytes());
@@ -278,9 +300,15 @@ impl<'a> RecordView<'a> {
             return Err(RecordError::BadMagic(magic));
         }
         if buf.len() < total {
-            return Err(RecordError::Incomplete { needed: total, available: buf.len() });
+            return Err(RecordError::Incomplete {
+                needed: total,
+                available: buf.len(),
+            });
         }
-        let mut r = Reader { buf: &buf[..total], pos: 8 };
+        let mut r = Reader {
+            buf: &buf[..total],
+            pos: 8,
+        };
         let body_crc = r.i32()? as u32;
         let mut header = RecordHeader {
             queue_id: r.i32()?,
@@ -298,7 +326,11 @@ impl<'a> RecordView<'a> {
         header.prepared_transaction_offset = r.i64()?;
         let body_len = r.len_i32()?;
         let body = r.take(body_len)?;
-        let topic_len = if magic == MAGIC_V2 { r.u16()? as usize } else { r.u8()? as usize };
+        let topic_len = if magic == MAGIC_V2 {
+            r.u16()? as usize
+        } else {
+            r.u8()? as usize
+        };
         let topic = std::str::from_utf8(r.take(topic_len)?)
             .map_err(|_| RecordError::Inconsistent("topic is not UTF-8"))?;
         let props_len = r.u16()? as usize;
@@ -306,14 +338,24 @@ impl<'a> RecordView<'a> {
         if r.pos != total {
             return Err(RecordError::Inconsistent("trailing bytes inside TOTALSIZE"));
         }
-        Ok(Self { total_size: total, header, body_crc, body, topic, properties })
+        Ok(Self {
+            total_size: total,
+            header,
+            body_crc,
+            body,
+            topic,
+            properties,
+        })
     }
 
     /// Checks BODYCRC against the body.
     pub fn verify_body_crc(&self) -> Result<(), RecordError> {
         let computed = body_crc(self.body);
         if computed != self.body_crc {
-            return Err(RecordError::BodyCrc { stored: self.body_crc, computed });
+            return Err(RecordError::BodyCrc {
+                stored: self.body_crc,
+                computed,
+            });
         }
         Ok(())
     }
@@ -332,9 +374,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(
-            RecordError::Incomplete { needed: self.pos.saturating_add(n), available: self.buf.len() },
-        )?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or(RecordError::Incomplete {
+                needed: self.pos.saturating_add(n),
+                available: self.buf.len(),
+            })?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -343,13 +390,19 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, RecordError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn i32(&mut self) -> Result<i32, RecordError> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn i64(&mut self) -> Result<i64, RecordError> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn len_i32(&mut self) -> Result<usize, RecordError> {
         let n = self.i32()?;

@@ -71,14 +71,29 @@ fn parse_separates_incomplete_from_invalid() {
     let mut out = Vec::new();
     encode_record(&sample_header(), b"abc", "T", b"", &mut out).unwrap();
     let cut = &out[..out.len() - 1];
-    assert!(matches!(RecordView::parse(cut, 1 << 20), Err(RecordError::Incomplete { .. })));
-    assert!(matches!(RecordView::parse(&out[..3], 1 << 20), Err(RecordError::Incomplete { .. })));
+    assert!(matches!(
+        RecordView::parse(cut, 1 << 20),
+        Err(RecordError::Incomplete { .. })
+    ));
+    assert!(matches!(
+        RecordView::parse(&out[..3], 1 << 20),
+        Err(RecordError::Incomplete { .. })
+    ));
     let zeros = vec![0u8; 200];
-    assert_eq!(RecordView::parse(&zeros, 1 << 20), Err(RecordError::BadLength(0)));
+    assert_eq!(
+        RecordView::parse(&zeros, 1 << 20),
+        Err(RecordError::BadLength(0))
+    );
     let mut bad_magic = out.clone();
     bad_magic[5] ^= 0xFF;
-    assert!(matches!(RecordView::parse(&bad_magic, 1 << 20), Err(RecordError::BadMagic(_))));
-    assert!(matches!(RecordView::parse(&out, 50), Err(RecordError::BadLength(_))));
+    assert!(matches!(
+        RecordView::parse(&bad_magic, 1 << 20),
+        Err(RecordError::BadMagic(_))
+    ));
+    assert!(matches!(
+        RecordView::parse(&out, 50),
+        Err(RecordError::BadLength(_))
+    ));
 }
 
 #[test]
@@ -95,7 +110,13 @@ fn inner_lengths_must_add_up() {
 fn refuses_oversized_properties() {
     let props = vec![b'a'; MAX_PROPERTIES_LEN + 1];
     let err = encode_record(&RecordHeader::default(), b"", "T", &props, &mut Vec::new());
-    assert!(matches!(err, Err(RecordError::TooLong { field: "properties", .. })));
+    assert!(matches!(
+        err,
+        Err(RecordError::TooLong {
+            field: "properties",
+            ..
+        })
+    ));
 }
 
 #[test]

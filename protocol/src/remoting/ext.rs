@@ -1,0 +1,310 @@
+//! Ext fields: the "custom header" of a command, a flat map of string keys to string values.
+//!
+//! RocketMQ flattens every typed header class into this map (`rocketmq-protocol.md` §1.2), and
+//! clients disagree on the details: C++ sends `"0"`/`"1"` for booleans, Go sends `""` where Java
+//! would send nothing. The getters here read liberally and name the field in every error, so a
+//! broker can answer with a precise remark instead of closing the connection.
+//!
+//! Typed getters (`get_i32`, `get_bool`, ...) treat an empty value as absent, as Java's binary
+//! header does; [`ExtFields::get_str`] returns values verbatim.
+
+use std::collections::BTreeMap;
+
+/// Longest client-supplied value quoted back in a [`HeaderError`], so errors stay loggable.
+const MAX_QUOTED_VALUE: usize = 64;
+
+/// Why a typed header could not be read from its ext fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// A required field is absent (or empty, for a non-string field).
+    #[error("missing required header field {0}")]
+    Missing(&'static str),
+    /// A field is present but not of the expected form.
+    #[error("header field {field} has invalid value {value:?}")]
+    Invalid {
+        /// The field name as it travels on the wire.
+        field: &'static str,
+        /// The offending value, truncated to 64 characters.
+        value: String,
+    },
+}
+
+impl HeaderError {
+    /// An [`HeaderError::Invalid`] quoting at most the first 64 characters of `value`.
+    pub fn invalid(field: &'static str, value: &str) -> Self {
+        let value = value.chars().take(MAX_QUOTED_VALUE).collect();
+        Self::Invalid { field, value }
+    }
+}
+
+/// The ext-field map, sorted by key like Java's JSON writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct ExtFields(BTreeMap<String, String>);
+
+impl ExtFields {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key`, replacing any previous value.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(key.into(), value.into());
+    }
+
+    /// Builder form of [`ExtFields::insert`].
+    #[must_use]
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+
+    /// True when `key` is present, even with an empty value.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterates the fields in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The raw value of `key`, empty strings included.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// `field` as an `i32`; `Ok(None)` when absent or empty.
+    pub fn get_i32(&self, field: &'static str) -> Result<Option<i32>, HeaderError> {
+        self.parse_with(field, |s| s.parse().ok())
+    }
+
+    /// `field` as an `i64`; `Ok(None)` when absent or empty.
+    pub fn get_i64(&self, field: &'static str) -> Result<Option<i64>, HeaderError> {
+        self.parse_with(field, |s| s.parse().ok())
+    }
+
+    /// `field` as a `u64`; `Ok(None)` when absent or empty.
+    pub fn get_u64(&self, field: &'static str) -> Result<Option<u64>, HeaderError> {
+        self.parse_with(field, |s| s.parse().ok())
+    }
+
+    /// `field` as a boolean: `"1"`/`"true"` and `"0"`/`"false"` in any case (C++ clients send
+    /// the digits); `Ok(None)` when absent or empty.
+    pub fn get_bool(&self, field: &'static str) -> Result<Option<bool>, HeaderError> {
+        self.parse_with(field, parse_bool)
+    }
+
+    /// The raw value of a required field; an empty string counts as present.
+    pub fn require_str(&self, field: &'static str) -> Result<&str, HeaderError> {
+        self.get_str(field).ok_or(HeaderError::Missing(field))
+    }
+
+    /// A required `i32`.
+    pub fn require_i32(&self, field: &'static str) -> Result<i32, HeaderError> {
+        self.get_i32(field)?.ok_or(HeaderError::Missing(field))
+    }
+
+    /// A required `i64`.
+    pub fn require_i64(&self, field: &'static str) -> Result<i64, HeaderError> {
+        self.get_i64(field)?.ok_or(HeaderError::Missing(field))
+    }
+
+    /// A required `u64`.
+    pub fn require_u64(&self, field: &'static str) -> Result<u64, HeaderError> {
+        self.get_u64(field)?.ok_or(HeaderError::Missing(field))
+    }
+
+    /// A required boolean (see [`ExtFields::get_bool`]).
+    pub fn require_bool(&self, field: &'static str) -> Result<bool, HeaderError> {
+        self.get_bool(field)?.ok_or(HeaderError::Missing(field))
+    }
+
+    fn parse_with<T>(
+        &self,
+        field: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, HeaderError> {
+        let Some(raw) = self.get_str(field) else {
+            return Ok(None);
+        };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        parse(trimmed)
+            .map(Some)
+            .ok_or_else(|| HeaderError::invalid(field, raw))
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    if s == "1" || s.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if s == "0" || s.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for ExtFields {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl IntoIterator for ExtFields {
+    type Item = (String, String);
+    type IntoIter = std::collections::btree_map::IntoIter<String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// A value type a typed header field can have. `Option<T>` makes a field optional; every other
+/// type is required. Used by the header structs in [`super::custom`].
+pub trait ExtValue: Sized {
+    /// Reads `field` from `ext`.
+    fn read(ext: &ExtFields, field: &'static str) -> Result<Self, HeaderError>;
+    /// Writes the value as `field`, in the text form every client can read.
+    fn write(&self, ext: &mut ExtFields, field: &'static str);
+}
+
+impl ExtValue for String {
+    fn read(ext: &ExtFields, field: &'static str) -> Result<Self, HeaderError> {
+        ext.require_str(field).map(str::to_owned)
+    }
+    fn write(&self, ext: &mut ExtFields, field: &'static str) {
+        ext.insert(field, self.as_str());
+    }
+}
+
+macro_rules! ext_value_via {
+    ($ty:ty, $require:ident, $get:ident) => {
+        impl ExtValue for $ty {
+            fn read(ext: &ExtFields, field: &'static str) -> Result<Self, HeaderError> {
+                ext.$require(field)
+            }
+            fn write(&self, ext: &mut ExtFields, field: &'static str) {
+                ext.insert(field, self.to_string());
+            }
+        }
+
+        impl ExtValue for Option<$ty> {
+            fn read(ext: &ExtFields, field: &'static str) -> Result<Self, HeaderError> {
+                ext.$get(field)
+            }
+            fn write(&self, ext: &mut ExtFields, field: &'static str) {
+                if let Some(v) = self {
+                    v.write(ext, field);
+                }
+            }
+        }
+    };
+}
+
+ext_value_via!(i32, require_i32, get_i32);
+ext_value_via!(i64, require_i64, get_i64);
+ext_value_via!(u64, require_u64, get_u64);
+ext_value_via!(bool, require_bool, get_bool);
+
+/// An optional string: empty counts as absent (Go and C++ send `""` for "not set").
+impl ExtValue for Option<String> {
+    fn read(ext: &ExtFields, field: &'static str) -> Result<Self, HeaderError> {
+        Ok(ext
+            .get_str(field)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned))
+    }
+    fn write(&self, ext: &mut ExtFields, field: &'static str) {
+        if let Some(v) = self {
+            ext.insert(field, v.as_str());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(pairs: &[(&str, &str)]) -> ExtFields {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn numbers_parse_and_errors_name_the_field() {
+        let e = ext(&[("queueId", "3"), ("offset", " 12 "), ("bad", "x1")]);
+        assert_eq!(e.get_i32("queueId"), Ok(Some(3)));
+        assert_eq!(e.require_i64("offset"), Ok(12));
+        assert_eq!(e.get_u64("absent"), Ok(None));
+        assert_eq!(e.require_i32("absent"), Err(HeaderError::Missing("absent")));
+        assert_eq!(
+            e.get_i32("bad"),
+            Err(HeaderError::Invalid {
+                field: "bad",
+                value: "x1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn booleans_accept_digits_and_words_in_any_case() {
+        let e = ext(&[
+            ("a", "1"),
+            ("b", "TRUE"),
+            ("c", "0"),
+            ("d", "False"),
+            ("e", "yes"),
+        ]);
+        assert_eq!(e.get_bool("a"), Ok(Some(true)));
+        assert_eq!(e.get_bool("b"), Ok(Some(true)));
+        assert_eq!(e.get_bool("c"), Ok(Some(false)));
+        assert_eq!(e.require_bool("d"), Ok(false));
+        assert!(matches!(
+            e.get_bool("e"),
+            Err(HeaderError::Invalid { field: "e", .. })
+        ));
+    }
+
+    #[test]
+    fn empty_values_are_absent_for_typed_getters_but_kept_as_strings() {
+        let e = ext(&[("transactionId", ""), ("n", "")]);
+        assert_eq!(e.get_i64("n"), Ok(None));
+        assert_eq!(e.require_i64("n"), Err(HeaderError::Missing("n")));
+        assert_eq!(e.get_str("transactionId"), Some(""));
+        assert_eq!(<Option<String>>::read(&e, "transactionId"), Ok(None));
+    }
+
+    #[test]
+    fn invalid_values_are_truncated_in_errors() {
+        let long = "z".repeat(1000);
+        let e = ext(&[("f", long.as_str())]);
+        match e.get_i32("f") {
+            Err(HeaderError::Invalid { value, .. }) => assert_eq!(value.len(), 64),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The command header's two serialisations (`rocketmq-protocol.md` §1.2), and [`LanguageCode`].
+//!
+//! JSON is read liberally because real clients differ (`compat-notes.md`): C++ omits
+//! `serializeTypeCurrentRPC`, ends the header with a newline and sends ext values as JSON numbers
+//! and booleans; Go sends `"remark":""`. Anything readable is accepted; only malformed JSON, a
+//! non-object header, a non-object `extFields` or an out-of-range number is refused.
+//!
+//! JSON is also the only form we write: the C++ client cannot read a binary header. The binary
+//! ("ROCKETMQ") form is decoded because Java clients may be configured to send it, and encoded
+//! only so tests and fuzzers can produce it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use super::ext::ExtFields;
+use super::frame::RemotingCommand;
+
+/// Fixed part of a binary header: code, language, version, opaque, flag and the two lengths.
+pub const BINARY_HEADER_FIXED_LEN: usize = 21;
+
+/// The sender's implementation language. Only informational: no peer acts on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LanguageCode {
+    /// `JAVA` (0): what we send, since pre-4.9.4 Java clients cannot map newer names.
+    #[default]
+    Java,
+    /// `CPP` (1).
+    Cpp,
+    /// `DOTNET` (2).
+    Dotnet,
+    /// `PYTHON` (3).
+    Python,
+    /// `DELPHI` (4).
+    Delphi,
+    /// `ERLANG` (5).
+    Erlang,
+    /// `RUBY` (6).
+    Ruby,
+    /// `OTHER` (7); also what an unknown name or number decodes to.
+    Other,
+    /// `HTTP` (8).
+    Http,
+    /// `GO` (9).
+    Go,
+    /// `PHP` (10).
+    Php,
+    /// `OMS` (11).
+    Oms,
+    /// `RUST` (12), added in 4.9.4.
+    Rust,
+    /// `NODE_JS` (13).
+    NodeJs,
+}
+
+const LANGUAGES: [(LanguageCode, &str); 14] = [
+    (LanguageCode::Java, "JAVA"),
+    (LanguageCode::Cpp, "CPP"),
+    (LanguageCode::Dotnet, "DOTNET"),
+    (LanguageCode::Python, "PYTHON"),
+    (LanguageCode::Delphi, "DELPHI"),
+    (LanguageCode::Erlang, "ERLANG"),
+    (LanguageCode::Ruby, "RUBY"),
+    (LanguageCode::Other, "OTHER"),
+    (LanguageCode::Http, "HTTP"),
+    (LanguageCode::Go, "GO"),
+    (LanguageCode::Php, "PHP"),
+    (LanguageCode::Oms, "OMS"),
+    (LanguageCode::Rust, "RUST"),
+    (LanguageCode::NodeJs, "NODE_JS"),
+];
+
+impl LanguageCode {
+    /// The Java enum name, as written in JSON headers.
+    pub fn name(self) -> &'static str {
+        LANGUAGES[self.ordinal() as usize].1
+    }
+
+    /// The Java enum ordinal, as written in binary headers.
+    pub fn ordinal(self) -> u8 {
+        LANGUAGES.iter().position(|(l, _)| *l == self).unwrap_or(7) as u8
+    }
+
+    /// The language with this name (exact, then case-insensitive), if known.
+    pub fn from_name(name: &str) -> Option<Self> {
+        LANGUAGES
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(l, _)| *l)
+    }
+
+    /// The language with this ordinal, if known.
+    pub fn from_ordinal(ordinal: u8) -> Option<Self> {
+        LANGUAGES.get(usize::from(ordinal)).map(|(l, _)| *l)
+    }
+}
+
+/// Why a command header could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderDecodeError {
+    /// The JSON header does not parse.
+    #[error("header is not valid JSON: {0}")]
+    Json(String),
+    /// The JSON header is not an object.
+    #[error("header JSON is not an object")]
+    NotObject,
+    /// A field has a type or value that cannot be read.
+    #[error("header field {0} has an unreadable type or value")]
+    Field(&'static str),
+    /// The binary header ends inside a field.
+    #[error("binary header truncated in {0}")]
+    Truncated(&'static str),
+    /// A binary length field is negative.
+    #[error("binary header has a negative {0} length")]
+    NegativeLength(&'static str),
+}
+
+/// Why a command header could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderEncodeError {
+    /// A value does not fit its binary field (`code` and `version` are int16 there).
+    #[error("{field} value {value} does not fit the binary header")]
+    OutOfRange {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: i64,
+    },
+}
+
+/// Parses a JSON header into a command with an empty body.
+pub fn decode_json_header(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| HeaderDecodeError::Json(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(HeaderDecodeError::NotObject);
+    };
+    Ok(RemotingCommand {
+        code: int_field(&map, "code")?,
+        language: map.get("language").map_or(LanguageCode::Java, language_of),
+        version: int_field(&map, "version")?,
+        opaque: int_field(&map, "opaque")?,
+        flag: int_field(&map, "flag")?,
+        remark: map.get("remark").and_then(text_of),
+        ext_fields: ext_fields_of(map.get("extFields"))?,
+        body: Bytes::new(),
+    })
+}
+
+/// A missing or null integer is 0 (C++ reads a missing `code` as SUCCESS); a numeric string is
+/// accepted; anything else, or a value outside `i32`, is refused.
+fn int_field(map: &Map<String, Value>, field: &'static str) -> Result<i32, HeaderDecodeError> {
+    let parsed = match map.get(field) {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Number(n)) => n.as_i64().and_then(|v| i32::try_from(v).ok()),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+    };
+    parsed.ok_or(HeaderDecodeError::Field(field))
+}
+
+fn language_of(value: &Value) -> LanguageCode {
+    let known = match value {
+        Value::String(s) => LanguageCode::from_name(s.trim()),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|v| u8::try_from(v).ok())
+            .and_then(LanguageCode::from_ordinal),
+        _ => None,
+    };
+    known.unwrap_or(LanguageCode::Other)
+}
+
+/// The string form of a scalar: strings verbatim, numbers as written, booleans as
+/// `true`/`false`. Null is absent; arrays and objects keep their compact JSON text.
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn ext_fields_of(value: Option<&Value>) -> Result<ExtFields, HeaderDecodeError> {
+    match value {
+        None | Some(Value::Null) => Ok(ExtFields::new()),
+        Some(Value::Object(map)) => Ok(map
+            .iter()
+            .filter_map(|(k, v)| text_of(v).map(|t| (k.as_str(), t)))
+            .collect()),
+        Some(_) => Err(HeaderDecodeError::Field("extFields")),
+    }
+}
+
+/// The JSON header as Java writes it: keys sorted, nulls left out.
+#[derive(serde::Serialize)]
+struct JsonHeaderOut<'a> {
+    code: i32,
+    #[serde(rename = "extFields")]
+    ext_fields: &'a ExtFields,
+    flag: i32,
+    language: &'static str,
+    opaque: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remark: Option<&'a str>,
+    #[serde(rename = "serializeTypeCurrentRPC")]
+    serialize_type: &'static str,
+    version: i32,
+}
+
+/// Appends the JSON header of `cmd` to `out`: every ext value a JSON string, `language` a name,
+/// `extFields` always an object (C++ clients crash without one), no whitespace.
+pub fn encode_json_header(cmd: &RemotingCommand, out: &mut BytesMut) {
+    let header = JsonHeaderOut {
+        code: cmd.code,
+        ext_fields: &cmd.ext_fields,
+        flag: cmd.flag,
+        language: cmd.language.name(),
+        opaque: cmd.opaque,
+        remark: cmd.remark.as_deref(),
+        serialize_type: "JSON",
+        version: cmd.version,
+    };
+    // Serialising integers, strings and a string map cannot fail, and a BytesMut grows as needed.
+    serde_json::to_writer(out.writer(), &header).expect("JSON header serialisation cannot fail");
+}
+
+/// Appends the binary header of `cmd` to `out`. For tests and fuzzing only: never send it.
+pub fn encode_binary_header(
+    cmd: &RemotingCommand,
+    out: &mut BytesMut,
+) -> Result<(), HeaderEncodeError> {
+    let short = |field: &'static str, v: i32| {
+        i16::try_from(v).map_err(|_| HeaderEncodeError::OutOfRange {
+            field,
+            value: v.into(),
+        })
+    };
+    let (code, version) = (short("code", cmd.code)?, short("version", cmd.version)?);
+    let mut ext = Vec::new();
+    for (k, v) in cmd.ext_fields.iter() {
+        let key_len = i16::try_from(k.len()).map_err(|_| HeaderEncodeError::OutOfRange {
+            field: "ext key length",
+            value: k.len() as i64,
+        })?;
+        ext.put_i16(key_len);
+        ext.put_slice(k.as_bytes());
+        ext.put_i32(len_i32("ext value length", v.len())?);
+        ext.put_slice(v.as_bytes());
+    }
+    let remark = cmd.remark.as_deref().unwrap_or("");
+    let remark_len = len_i32("remark length", remark.len())?;
+    let ext_len = len_i32("ext length", ext.len())?;
+    out.put_i16(code);
+    out.put_u8(cmd.language.ordinal());
+    out.put_i16(version);
+    out.put_i32(cmd.opaque);
+    out.put_i32(cmd.flag);
+    out.put_i32(remark_len);
+    out.put_slice(remark.as_bytes());
+    out.put_i32(ext_len);
+    out.put_slice(&ext);
+    Ok(())
+}
+
+fn len_i32(field: &'static str, len: usize) -> Result<i32, HeaderEncodeError> {
+    i32::try_from(len).map_err(|_| HeaderEncodeError::OutOfRange {
+        field,
+        value: len as i64,
+    })
+}
+
+/// Parses a binary header into a command with an empty body. A zero-length remark is absent,
+/// as in Java; bytes that are not UTF-8 are replaced rather than refused.
+pub fn decode_binary_header(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
+    let mut r = Cursor { buf: raw, pos: 0 };
+    let code = i32::from(r.i16("code")?);
+    let language = LanguageCode::from_ordinal(r.u8("language")?).unwrap_or(LanguageCode::Other);
+    let version = i32::from(r.i16("version")?);
+    let opaque = r.i32("opaque")?;
+    let flag = r.i32("flag")?;
+    let remark_len = r.len_i32("remark")?;
+    let remark = r.take(remark_len, "remark")?;
+    let remark = (!remark.is_empty()).then(|| String::from_utf8_lossy(remark).into_owned());
+    let ext_len = r.len_i32("ext")?;
+    let ext_fields = decode_binary_ext(r.take(ext_len, "ext")?)?;
+    Ok(RemotingCommand {
+        code,
+        language,
+        version,
+        opaque,
+        flag,
+        remark,
+        ext_fields,
+        body: Bytes::new(),
+    })
+}
+
+fn decode_binary_ext(raw: &[u8]) -> Result<ExtFields, HeaderDecodeError> {
+    let mut r = Cursor { buf: raw, pos: 0 };
+    let mut ext = ExtFields::new();
+    while r.pos < raw.len() {
+        let key_len = r.i16("ext key length")?;
+        let key_len =
+            usize::try_from(key_len).map_err(|_| HeaderDecodeError::NegativeLength("ext key"))?;
+        let key = r.take(key_len, "ext key")?;
+        let val_len = r.len_i32("ext value")?;
+        let val = r.take(val_len, "ext value")?;
+        ext.insert(
+            String::from_utf8_lossy(key).into_owned(),
+            String::from_utf8_lossy(val).into_owned(),
+        );
+    }
+    Ok(ext)
+}
+
+/// A bounds-checked big-endian reader over a header.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], HeaderDecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or(HeaderDecodeError::Truncated(what))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], HeaderDecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, HeaderDecodeError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+    fn i16(&mut self, what: &'static str) -> Result<i16, HeaderDecodeError> {
+        Ok(i16::from_be_bytes(self.array(what)?))
+    }
+    fn i32(&mut self, what: &'static str) -> Result<i32, HeaderDecodeError> {
+        Ok(i32::from_be_bytes(self.array(what)?))
+    }
+    fn len_i32(&mut self, what: &'static str) -> Result<usize, HeaderDecodeError> {
+        let n = self.i32(what)?;
+        usize::try_from(n).map_err(|_| HeaderDecodeError::NegativeLength(what))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+//! The appender thread: the only writer of the commit log.
+//!
+//! It takes whole requests from a bounded queue, assigns queue offsets in arrival order, fills
+//! in each record's offsets, store time and trailer, and issues one `pwrite` for everything it
+//! drained. Durability is the flusher's job: a request that must be durable is passed on to the
+//! flusher and completed only after a sync covers it.
+//!
+//! A request (one message, or a batch) never spans segments, so it is stored whole or not at
+//! all. When it does not fit, the segment is closed with an end marker and the next one is
+//! created first; if that fails (disk full), nothing of the request is written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use sluice_protocol::message::record::patch_store_fields;
+use tokio::sync::oneshot;
+
+use crate::commitlog::{CommitLog, Segment};
+use crate::config::{FlushMode, StoreConfig};
+use crate::error::{Result, StoreError};
+use crate::framing;
+use crate::io::StorageIo;
+use crate::message::{now_ms, Appended, EncodedRecord};
+use crate::shared::Shared;
+
+/// The reply channel of one append.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>>>;
+
+/// One append request: its records are stored contiguously and acknowledged together.
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    pub(crate) records: Vec<EncodedRecord>,
+    /// False when the producer said `WAIT=false`: complete after the write, not the sync.
+    pub(crate) wait_durable: bool,
+    pub(crate) reply: Reply,
+}
+
+/// Messages to the appender.
+#[derive(Debug)]
+pub(crate) enum AppendCommand {
+    Append(AppendRequest),
+    Shutdown,
+}
+
+/// Messages to the flusher.
+#[derive(Debug)]
+pub(crate) enum FlushCommand {
+    /// Complete `reply` once the sync covers `end`.
+    Wait {
+        end: u64,
+        reply: Reply,
+        result: Vec<Appended>,
+    },
+    /// Data was written that nobody waits for: sync it soon.
+    Nudge,
+    Shutdown,
+}
+
+/// Next queue offset per topic and queue.
+pub(crate) type QueueOffsets = HashMap<String, HashMap<i32, i64>>;
+
+pub(crate) struct Appender {
+    log: Arc<CommitLog>,
+    io: Arc<dyn StorageIo>,
+    shared: Arc<Shared>,
+    cfg: StoreConfig,
+    flush_tx: Sender<FlushCommand>,
+    queue_offsets: QueueOffsets,
+    /// Where the next record goes (commit-log offset); `segment` holds it unless `sealed`.
+    next: u64,
+    segment: Option<Arc<Segment>>,
+    buf: Vec<u8>,
+    /// Commit-log offset of `buf[0]`.
+    buf_start: u64,
+    /// Requests whose bytes are in `buf`, with their end offsets and results.
+    staged: Vec<(u64, AppendRequest, Vec<Appended>)>,
+    disk_checked: Instant,
+    disk_full: Option<String>,
+}
+
+impl Appender {
+    pub(crate) fn new(
+        log: Arc<CommitLog>,
+        io: Arc<dyn StorageIo>,
+        shared: Arc<Shared>,
+        cfg: StoreConfig,
+        flush_tx: Sender<FlushCommand>,
+        queue_offsets: QueueOffsets,
+        next: u64,
+    ) -> Self {
+        let segment = log.segment_for(next);
+        Self {
+            log,
+            io,
+            shared,
+            cfg,
+            flush_tx,
+            queue_offsets,
+            next,
+            segment,
+            buf: Vec::with_capacity(1 << 20),
+            buf_start: next,
+            staged: Vec::new(),
+            disk_checked: Instant::now() - Duration::from_secs(3600),
+            disk_full: None,
+        }
+    }
+
+    /// Runs until a `Shutdown` command or until every sender is gone.
+    pub(crate) fn run(mut self, rx: Receiver<AppendCommand>) {
+        while let Ok(cmd) = rx.recv() {
+            let mut stop = !self.handle(cmd);
+            while !stop && self.buf.len() < self.cfg.max_write_batch_bytes {
+                match rx.try_recv() {
+                    Ok(cmd) => stop = !self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.write_staged();
+            if stop {
+                break;
+            }
+        }
+        // Refuse whatever is still queued: nothing of it was written.
+        while let Ok(AppendCommand::Append(req)) = rx.try_recv() {
+            let _ = req.reply.send(Err(StoreError::Closed));
+        }
+        let _ = self.flush_tx.send(FlushCommand::Shutdown);
+    }
+
+    /// Handles one command; false means stop.
+    fn handle(&mut self, cmd: AppendCommand) -> bool {
+        match cmd {
+            AppendCommand::Shutdown => false,
+            AppendCommand::Append(req) => {
+                if let Err(e) = self.precheck() {
+                    let _ = req.reply.send(Err(e));
+                } else {
+                    self.stage(req);
+                }
+                true
+            }
+        }
+    }
+
+    fn precheck(&mut self) -> Result<()> {
+        if let Some(reason) = self.shared.fenced() {
+            return Err(StoreError::Fenced(reason));
+        }
+        if self.disk_checked.elapsed() >= Duration::from_millis(100) {
+            self.refresh_disk_usage();
+        }
+        match &self.disk_full {
+            Some(why) => Err(StoreError::DiskFull(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn refresh_disk_usage(&mut self) {
+        self.disk_checked = Instant::now();
+        self.disk_full = match self.io.disk_usage(&self.cfg.data_dir) {
+            Ok(u) if u.ratio() >= self.cfg.disk_max_used_ratio => Some(format!(
+                "disk {:.1}% used, appends refused above {:.1}%",
+                u.ratio() * 100.0,
+                self.cfg.disk_max_used_ratio * 100.0
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read disk usage");
+                None
+            }
+        };
+    }
+
+    /// Places a request's records after the staged bytes, rolling the segment first if needed.
+    fn stage(&mut self, mut req: AppendRequest) {
+        let need: u64 = req
+            .records
+            .iter()
+            .map(|r| framing::frame_len(r.bytes.len()))
+            .sum();
+        let seg_size = self.log.segment_size();
+        if need + framing::BLANK_LEN as u64 > seg_size {
+            let e =
+                StoreError::InvalidMessage(format!("request of {need} bytes exceeds a segment"));
+            let _ = req.reply.send(Err(e));
+            return;
+        }
+        if let Err(e) = self.ensure_room(need) {
+            let _ = req.reply.send(Err(e));
+            return;
+        }
+        if self.buf.is_empty() {
+            self.buf_start = self.next;
+        }
+        let watermark = self.shared.flushed.get();
+        let store_ts = now_ms();
+        let mut result = Vec::with_capacity(req.records.len());
+        for rec in &mut req.records {
+            let queue_offset = if rec.consumable {
+                self.next_queue_offset(&rec.topic, rec.queue_id)
+            } else {
+                0
+            };
+            let phys = self.next;
+            patch_store_fields(&mut rec.bytes, queue_offset, phys as i64, store_ts);
+            self.buf.extend_from_slice(&rec.bytes);
+            self.buf
+                .extend_from_slice(&framing::trailer(&rec.bytes, watermark));
+            self.next += framing::frame_len(rec.bytes.len());
+            result.push(Appended {
+                phys_offset: phys,
+                size: rec.bytes.len() as u32,
+                queue_offset,
+                store_timestamp: store_ts,
+            });
+        }
+        self.staged.push((self.next, req, result));
+    }
+
+    fn next_queue_offset(&mut self, topic: &str, queue_id: i32) -> i64 {
+        let per_topic = match self.queue_offsets.get_mut(topic) {
+            Some(m) => m,
+            None => self.queue_offsets.entry(topic.to_string()).or_default(),
+        };
+        let slot = per_topic.entry(queue_id).or_insert(0);
+        let off = *slot;
+        *slot += 1;
+        off
+    }
+
+    /// Makes sure `need` bytes fit at `self.next` in an open segment.
+    fn ensure_room(&mut self, need: u64) -> Result<()> {
+        let seg_size = self.log.segment_size();
+        if let Some(seg) = &self.segment {
+            let pos = self.next - seg.base;
+            if pos + need + framing::BLANK_LEN as u64 <= seg_size {
+                return Ok(());
+            }
+            self.seal_segment(pos)?;
+        }
+        self.wait_for_flush_window();
+        self.refresh_disk_usage();
+        if let Some(why) = &self.disk_full {
+            return Err(StoreError::DiskFull(why.clone()));
+        }
+        let seg = self.log.create_segment(self.next)?;
+        self.segment = Some(seg);
+        Ok(())
+    }
+
+    /// Writes the end marker into the current segment and moves `next` to the next segment.
+    fn seal_segment(&mut self, pos: u64) -> Result<()> {
+        let seg = self.segment.take().expect("sealing needs a segment");
+        let marker = framing::blank_marker(pos, seg.file.len(), self.shared.flushed.get());
+        if self.buf.is_empty() {
+            self.buf_start = self.next;
+        }
+        self.buf.extend_from_slice(&marker);
+        self.next = seg.end();
+        // Write what is staged (with the marker) now, so the next segment starts clean.
+        self.segment = Some(seg);
+        self.write_staged();
+        self.segment = None;
+        if let Some(reason) = self.shared.fenced() {
+            return Err(StoreError::Fenced(reason));
+        }
+        Ok(())
+    }
+
+    /// In sync mode, keeps the bytes written but not yet synced under `max_unflushed_bytes`,
+    /// which bounds the window recovery treats as possibly torn.
+    fn wait_for_flush_window(&self) {
+        if !matches!(self.cfg.flush, FlushMode::Sync) {
+            return;
+        }
+        let limit = self.cfg.max_unflushed_bytes;
+        loop {
+            let flushed = self.shared.flushed.get();
+            let written = self.shared.written.get();
+            if written.saturating_sub(flushed) <= limit || self.shared.fenced().is_some() {
+                return;
+            }
+            let _ = self.flush_tx.send(FlushCommand::Nudge);
+            self.shared
+                .flushed
+                .wait_beyond(flushed, Duration::from_millis(50));
+        }
+    }
+
+    /// Issues one `pwrite` for everything staged, then hands the requests on.
+    fn write_staged(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        self.wait_for_flush_window();
+        // After a seal `next` is the following segment's base: the rest of the sealed
+        // segment is empty, and counting it as written lets readers step over it.
+        let end = self.next;
+        let start = self.buf_start;
+        let outcome = match &self.segment {
+            Some(seg) => seg
+                .file
+                .write_at(self.io.as_ref(), &self.buf, start - seg.base),
+            None => Err(StoreError::Recovery("no open segment to write to".into())),
+        };
+        self.buf.clear();
+        let staged = std::mem::take(&mut self.staged);
+        match outcome {
+            Ok(()) => {
+                self.shared.written.set(end);
+                self.complete_written(staged);
+            }
+            Err(e) => {
+                self.shared.fence(format!("commit-log write failed: {e}"));
+                for (_, req, _) in staged {
+                    let _ = req.reply.send(Err(StoreError::Fenced(e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn complete_written(&self, staged: Vec<(u64, AppendRequest, Vec<Appended>)>) {
+        let sync = matches!(self.cfg.flush, FlushMode::Sync);
+        let mut nudge = false;
+        for (end, req, result) in staged {
+            if sync && req.wait_durable {
+                let _ = self.flush_tx.send(FlushCommand::Wait {
+                    end,
+                    reply: req.reply,
+                    result,
+                });
+            } else {
+                nudge |= sync;
+                let _ = req.reply.send(Ok(result));
+            }
+        }
+        if nudge {
+            let _ = self.flush_tx.send(FlushCommand::Nudge);
+        }
+    }
+}

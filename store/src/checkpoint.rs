@@ -1,0 +1,214 @@
+//! Small files that say what state the data folder is in: the checkpoint, the abort marker and
+//! the process lock; plus the atomic-replace helper every metadata file uses.
+//!
+//! - `checkpoint`: offsets vouched for at the last checkpoint. Everything in the commit log
+//!   below `flushed` was synced; every record below `dispatched` has its consume-queue and
+//!   index entries synced. Recovery starts scanning at `min(flushed, dispatched)`.
+//! - `abort`: created at open, removed after a clean shutdown. Present at open = unclean stop.
+//! - `lock`: `flock`ed for the life of the store, so two processes never share a folder.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, StoreError};
+use crate::mapped::sync_dir;
+
+const CHECKPOINT_MAGIC: &[u8; 4] = b"SLCP";
+const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
+
+/// The offsets recorded at the last checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// Commit-log bytes below this were synced.
+    pub flushed: u64,
+    /// Records below this have synced consume-queue and index entries.
+    pub dispatched: u64,
+    /// When it was written, epoch ms.
+    pub written_at_ms: i64,
+}
+
+impl Checkpoint {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CHECKPOINT_LEN);
+        out.extend_from_slice(CHECKPOINT_MAGIC);
+        out.extend_from_slice(&CHECKPOINT_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.flushed.to_be_bytes());
+        out.extend_from_slice(&self.dispatched.to_be_bytes());
+        out.extend_from_slice(&self.written_at_ms.to_be_bytes());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != CHECKPOINT_LEN || &b[..4] != CHECKPOINT_MAGIC {
+            return None;
+        }
+        let (body, crc) = b.split_at(CHECKPOINT_LEN - 4);
+        if crc32fast::hash(body).to_be_bytes() != crc {
+            return None;
+        }
+        let u64_at = |p: usize| u64::from_be_bytes(b[p..p + 8].try_into().expect("8 bytes"));
+        Some(Self {
+            flushed: u64_at(8),
+            dispatched: u64_at(16),
+            written_at_ms: u64_at(24) as i64,
+        })
+    }
+
+    /// Reads `path`. A missing or unreadable checkpoint is `None`: recovery then scans the whole
+    /// commit log, which is slow but safe.
+    pub fn load(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        let cp = Self::decode(&bytes);
+        if cp.is_none() {
+            tracing::warn!(path = %path.display(), "checkpoint unreadable; scanning the whole commit log");
+        }
+        cp
+    }
+
+    /// Writes `path` atomically.
+    pub fn store(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.encode())
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash at any moment leaves the old or the new
+/// content, never a mix: write a temporary file, sync it, rename it over, sync the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| StoreError::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename", path, e))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes temporary files a crash left behind in `dir` (names ending in `.tmp`).
+pub fn sweep_temp_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".tmp") {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::io("delete", entry.path(), e))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// The exclusive lock on a data folder, held until dropped.
+#[derive(Debug)]
+pub(crate) struct FolderLock {
+    _file: File,
+}
+
+impl FolderLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("open", &path, e))?;
+        if !flock_exclusive(&file) {
+            return Err(StoreError::Locked(dir.to_path_buf()));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+#[allow(unsafe_code)]
+fn flock_exclusive(file: &File) -> bool {
+    // SAFETY: a plain syscall on a descriptor owned by `file`; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Creates the abort marker; returns whether one was already there (an unclean stop).
+pub(crate) fn mark_running(dir: &Path) -> Result<bool> {
+    let path = dir.join("abort");
+    let existed = path.exists();
+    File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
+    sync_dir(dir)?;
+    Ok(existed)
+}
+
+/// Removes the abort marker after a clean shutdown.
+pub(crate) fn mark_clean(dir: &Path) -> Result<()> {
+    let path = dir.join("abort");
+    std::fs::remove_file(&path).map_err(|e| StoreError::io("delete", &path, e))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_round_trips_and_rejects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        let cp = Checkpoint {
+            flushed: 10,
+            dispatched: 7,
+            written_at_ms: 99,
+        };
+        cp.store(&path).unwrap();
+        assert_eq!(Checkpoint::load(&path), Some(cp));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[9] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Checkpoint::load(&path), None);
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offsets.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        std::fs::write(dir.path().join("x.json.tmp"), b"junk").unwrap();
+        assert_eq!(sweep_temp_files(dir.path()).unwrap(), 1);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("offsets.json")]);
+    }
+
+    #[test]
+    fn second_lock_on_a_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = FolderLock::acquire(dir.path()).unwrap();
+        assert!(matches!(
+            FolderLock::acquire(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+    }
+}

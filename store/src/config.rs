@@ -1,0 +1,131 @@
+//! Store configuration: every limit is explicit, with its default next to it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// The default: an append completes only after `fdatasync` covered its bytes. Concurrent
+    /// appends share one sync (group commit).
+    Sync,
+    /// Risky opt-in: an append completes once written to the page cache; a background sync runs
+    /// at least every `interval`. A machine crash (not a process crash) loses up to that much.
+    Async {
+        /// Upper bound between two syncs while data is dirty.
+        interval: Duration,
+    },
+}
+
+/// Everything the store can be told. Build with [`StoreConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root folder: `commitlog/`, `consumequeue/`, `index/`, `checkpoint`, `abort`, `lock`.
+    pub data_dir: PathBuf,
+    /// Commit-log segment size in bytes. Default 1 GiB; tests use a few MiB.
+    pub segment_size: u64,
+    /// Sync or async flush. Default [`FlushMode::Sync`].
+    pub flush: FlushMode,
+    /// Largest stored record (header + body + topic + properties). Default 4 MiB + 64 KiB.
+    pub max_record_size: usize,
+    /// Appends waiting for the appender thread; a full queue answers `Busy`. Default 16 384.
+    pub append_queue_capacity: usize,
+    /// Bytes the appender may have written beyond the last completed sync before it waits
+    /// (sync mode). Bounds the torn-write window recovery must consider. Default 64 MiB.
+    pub max_unflushed_bytes: u64,
+    /// Largest single write the appender issues. Default 4 MiB.
+    pub max_write_batch_bytes: usize,
+    /// Consume-queue entries per file (20 bytes each). Default 300 000 (6 MB files).
+    pub cq_entries_per_file: u64,
+    /// Hash slots per index file. Default 1 000 000.
+    pub index_slots: u32,
+    /// Entries per index file before it rolls. Default 4 000 000.
+    pub index_entries: u32,
+    /// How often the dispatcher makes consume queues and index durable and writes a checkpoint.
+    /// Default 1 s.
+    pub checkpoint_interval: Duration,
+    /// Segments whose last write is older than this are deleted. Default 72 h.
+    pub retention_age: Duration,
+    /// Oldest segments are deleted while the commit log is larger than this. Default: no limit.
+    pub retention_bytes: Option<u64>,
+    /// How often the cleaner runs. Default 10 s.
+    pub clean_interval: Duration,
+    /// Above this fraction of the disk used, appends are refused before anything is written.
+    /// Default 0.90.
+    pub disk_max_used_ratio: f64,
+    /// The broker address written into records as STOREHOST. Default 127.0.0.1:10911.
+    pub store_host: SocketAddr,
+}
+
+impl StoreConfig {
+    /// Defaults for a store under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            segment_size: 1 << 30,
+            flush: FlushMode::Sync,
+            max_record_size: 4 * 1024 * 1024 + 64 * 1024,
+            append_queue_capacity: 16_384,
+            max_unflushed_bytes: 64 << 20,
+            max_write_batch_bytes: 4 << 20,
+            cq_entries_per_file: 300_000,
+            index_slots: 1_000_000,
+            index_entries: 4_000_000,
+            checkpoint_interval: Duration::from_secs(1),
+            retention_age: Duration::from_secs(72 * 3600),
+            retention_bytes: None,
+            clean_interval: Duration::from_secs(10),
+            disk_max_used_ratio: 0.90,
+            store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
+        }
+    }
+
+    /// Small files for tests: 4 MiB segments, 1 024-entry queue files, a small index.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            segment_size: 4 << 20,
+            cq_entries_per_file: 1024,
+            index_slots: 4096,
+            index_entries: 16_384,
+            checkpoint_interval: Duration::from_millis(200),
+            ..Self::new(data_dir)
+        }
+    }
+
+    /// Checks the limits against each other; called by `Store::open`.
+    pub fn validate(&self) -> Result<(), String> {
+        let min_segment = (self.max_record_size as u64 + 64) * 2;
+        if self.segment_size < min_segment || self.segment_size > i32::MAX as u64 {
+            return Err(format!(
+                "segment_size {} must be between {min_segment} (two maximum records) and {}",
+                self.segment_size,
+                i32::MAX
+            ));
+        }
+        if self.max_record_size < 1024 {
+            return Err("max_record_size must be at least 1024".into());
+        }
+        if self.append_queue_capacity == 0 || self.cq_entries_per_file == 0 {
+            return Err("append_queue_capacity and cq_entries_per_file must be positive".into());
+        }
+        if self.max_write_batch_bytes < self.max_record_size + 64 {
+            return Err("max_write_batch_bytes must hold at least one maximum record".into());
+        }
+        if self.max_unflushed_bytes < self.max_write_batch_bytes as u64 {
+            return Err("max_unflushed_bytes must be at least max_write_batch_bytes".into());
+        }
+        if self.index_slots == 0 || self.index_entries < 2 {
+            return Err("index_slots and index_entries must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.disk_max_used_ratio) {
+            return Err("disk_max_used_ratio must be within 0..=1".into());
+        }
+        if let FlushMode::Async { interval } = self.flush {
+            if interval.is_zero() || interval > Duration::from_secs(10) {
+                return Err("async flush interval must be within (0, 10 s]".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! Consume queues: per (topic, queue id), a dense array of 20-byte entries
+//! `commit-log offset: i64 | size: i32 | tag code: i64`, where entry `n` is queue offset `n`.
+//!
+//! Files hold `entries_per_file` entries and are named by the byte offset of their first entry
+//! (`n * 20`, 20 digits), as RocketMQ names them: `consumequeue/<topic>/<queue id>/<name>`.
+//! Entries are written by the dispatcher only, each at the slot its record's QUEUEOFFSET names,
+//! so dispatching a record twice (after a crash) rewrites the same bytes.
+//!
+//! A consume queue is derived data: the commit log is the truth, and recovery rewrites any
+//! entry the last checkpoint does not vouch for.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::commitlog::{file_name, list_numbered_files};
+use crate::error::{Result, StoreError};
+use crate::io::StorageIo;
+use crate::mapped::{ensure_dir, MappedFile};
+
+/// Bytes per entry.
+pub(crate) const ENTRY_LEN: u64 = 20;
+
+/// One consume-queue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    /// Commit-log offset of the record.
+    pub phys_offset: u64,
+    /// Record size.
+    pub size: u32,
+    /// Java hash of the record's tag (0 without one).
+    pub tags_code: i64,
+}
+
+impl CqEntry {
+    fn encode(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[..8].copy_from_slice(&self.phys_offset.to_be_bytes());
+        out[8..12].copy_from_slice(&self.size.to_be_bytes());
+        out[12..].copy_from_slice(&self.tags_code.to_be_bytes());
+        out
+    }
+
+    /// `None` for an all-zero (never written) entry.
+    fn decode(b: &[u8]) -> Option<Self> {
+        let size = u32::from_be_bytes(b[8..12].try_into().ok()?);
+        if size == 0 {
+            return None;
+        }
+        Some(Self {
+            phys_offset: u64::from_be_bytes(b[..8].try_into().ok()?),
+            size,
+            tags_code: i64::from_be_bytes(b[12..20].try_into().ok()?),
+        })
+    }
+}
+
+/// One queue.
+#[derive(Debug)]
+pub(crate) struct ConsumeQueue {
+    dir: PathBuf,
+    per_file: u64,
+    files: RwLock<Vec<(u64, Arc<MappedFile>)>>,
+    /// First offset still served (raised by retention).
+    min: AtomicU64,
+    /// Next offset to be written: entries `[min, max)` exist.
+    max: AtomicU64,
+    dirty: AtomicBool,
+}
+
+impl ConsumeQueue {
+    fn open(dir: &Path, per_file: u64, io: &dyn StorageIo) -> Result<Self> {
+        ensure_dir(dir)?;
+        let mut names = list_numbered_files(dir)?;
+        names.sort_unstable();
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let first = name / ENTRY_LEN;
+            let f =
+                MappedFile::open_or_create(&dir.join(file_name(name)), per_file * ENTRY_LEN, io)?;
+            files.push((first, Arc::new(f)));
+        }
+        let min = files.first().map_or(0, |(first, _)| *first);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            per_file,
+            files: RwLock::new(files),
+            min: AtomicU64::new(min),
+            max: AtomicU64::new(min),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn min_offset(&self) -> u64 {
+        self.min.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn max_offset(&self) -> u64 {
+        self.max.load(Ordering::Acquire)
+    }
+
+    fn file_for(&self, offset: u64) -> Option<Arc<MappedFile>> {
+        let first = offset - offset % self.per_file;
+        let files = self.files.read();
+        let idx = files.binary_search_by_key(&first, |(f, _)| *f).ok()?;
+        Some(Arc::clone(&files[idx].1))
+    }
+
+    /// The entry at `offset`, ignoring the published bounds (recovery and internal use).
+    fn raw_entry(&self, offset: u64) -> Option<CqEntry> {
+        let file = self.file_for(offset)?;
+        let pos = (offset % self.per_file) * ENTRY_LEN;
+        CqEntry::decode(file.slice(pos, ENTRY_LEN as usize)?)
+    }
+
+    /// The entry at `offset` if it is within `[min, max)` and was written.
+    pub(crate) fn entry(&self, offset: u64) -> Option<CqEntry> {
+        if offset < self.min_offset() || offset >= self.max_offset() {
+            return None;
+        }
+        self.raw_entry(offset)
+    }
+
+    /// Writes the entry for queue offset `offset` and publishes it.
+    pub(crate) fn put(&self, offset: u64, entry: CqEntry, io: &dyn StorageIo) -> Result<()> {
+        let file = match self.file_for(offset) {
+            Some(f) => f,
+            None => self.create_file(offset - offset % self.per_file, io)?,
+        };
+        let pos = (offset % self.per_file) * ENTRY_LEN;
+        file.write_at(io, &entry.encode(), pos)?;
+        self.dirty.store(true, Ordering::Release);
+        self.max.fetch_max(offset + 1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn create_file(&self, first: u64, io: &dyn StorageIo) -> Result<Arc<MappedFile>> {
+        let path = self.dir.join(file_name(first * ENTRY_LEN));
+        let f = Arc::new(MappedFile::open_or_create(
+            &path,
+            self.per_file * ENTRY_LEN,
+            io,
+        )?);
+        let mut files = self.files.write();
+        let idx = files.partition_point(|(b, _)| *b < first);
+        files.insert(idx, (first, Arc::clone(&f)));
+        if idx == 0 && files.len() == 1 {
+            self.min.store(first, Ordering::Release);
+        }
+        Ok(f)
+    }
+
+    /// Syncs the files written since the last call.
+    pub(crate) fn sync_if_dirty(&self, io: &dyn StorageIo) -> Result<()> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let max = self.max_offset();
+        let files = self.files.read().clone();
+        // Only the last two files can hold entries written since the previous sync.
+        for (first, f) in files.iter().rev().take(2) {
+            if *first <= max {
+                f.sync(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Recovery: sets `max` to the end of the run of entries that point below `log_end`.
+    /// Entries at or past the end point at records that no longer exist; they are left for
+    /// later dispatches to overwrite and are never served, being beyond `max`.
+    pub(crate) fn recover_bounds(&self, log_min: u64, log_end: u64) {
+        let valid = |o: u64| self.raw_entry(o).is_some_and(|e| e.phys_offset < log_end);
+        let files = self.files.read().clone();
+        let Some((last_first, _)) = files.last() else {
+            return;
+        };
+        let mut lo = files.first().map_or(0, |(f, _)| *f);
+        // Find the last file that holds a valid first entry, then search inside it.
+        let mut start = *last_first;
+        for (first, _) in files.iter().rev() {
+            start = *first;
+            if valid(*first) {
+                break;
+            }
+        }
+        if valid(start) {
+            lo = start;
+        }
+        let hi = start + self.per_file;
+        let end = partition_point(lo, hi, valid);
+        self.max.store(end, Ordering::Release);
+        self.advance_min(log_min);
+    }
+
+    /// After an unclean stop: zeroes entries at and after `max` in the last file, which point
+    /// at records the crash took away, so no later recovery can mistake them for live ones.
+    pub(crate) fn clear_beyond_max(&self, io: &dyn StorageIo) -> Result<()> {
+        let max = self.max_offset();
+        let files = self.files.read().clone();
+        for (first, f) in files
+            .iter()
+            .filter(|(first, _)| first + self.per_file > max)
+        {
+            let from = max.saturating_sub(*first) * ENTRY_LEN;
+            if crate::recovery::zero_nonzero(f, io, from)? > 0 {
+                f.sync(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises `min` past entries whose records were deleted by retention.
+    pub(crate) fn advance_min(&self, log_min: u64) {
+        let (lo, hi) = (self.min_offset(), self.max_offset());
+        let first_live = partition_point(lo, hi, |o| {
+            self.raw_entry(o).is_none_or(|e| e.phys_offset < log_min)
+        });
+        self.min.store(first_live.max(lo), Ordering::Release);
+    }
+
+    /// Deletes whole files below `min` (never the last file). Returns how many.
+    pub(crate) fn delete_files_below_min(&self) -> Result<usize> {
+        let min = self.min_offset();
+        let mut doomed = Vec::new();
+        {
+            let mut files = self.files.write();
+            while files.len() > 1 && files[0].0 + self.per_file <= min {
+                doomed.push(files.remove(0).1);
+            }
+        }
+        for f in &doomed {
+            std::fs::remove_file(f.path()).map_err(|e| StoreError::io("delete", f.path(), e))?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+/// First `o` in `[lo, hi)` where `pred(o)` is false, assuming `pred` is true then false.
+fn partition_point(mut lo: u64, mut hi: u64, pred: impl Fn(u64) -> bool) -> u64 {
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// Every consume queue, by topic and queue id.
+#[derive(Debug)]
+pub(crate) struct ConsumeQueues {
+    root: PathBuf,
+    per_file: u64,
+    io: Arc<dyn StorageIo>,
+    queues: RwLock<HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>>,
+}
+
+impl ConsumeQueues {
+    /// Opens every queue found under `root`.
+    pub(crate) fn open(root: &Path, per_file: u64, io: Arc<dyn StorageIo>) -> Result<Self> {
+        ensure_dir(root)?;
+        let mut queues: HashMap<String, HashMap<i32, Arc<ConsumeQueue>>> = HashMap::new();
+        for topic_dir in read_dirs(root)? {
+            let Some(topic) = topic_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            for qdir in read_dirs(&topic_dir)? {
+                let Some(qid) = qdir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse().ok())
+                else {
+                    continue;
+                };
+                let q = ConsumeQueue::open(&qdir, per_file, io.as_ref())?;
+                queues
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(qid, Arc::new(q));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            per_file,
+            io,
+            queues: RwLock::new(queues),
+        })
+    }
+
+    /// The queue, if it exists.
+    pub(crate) fn get(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
+        self.queues.read().get(topic)?.get(&queue_id).cloned()
+    }
+
+    /// The queue, created if needed.
+    pub(crate) fn get_or_create(&self, topic: &str, queue_id: i32) -> Result<Arc<ConsumeQueue>> {
+        if let Some(q) = self.get(topic, queue_id) {
+            return Ok(q);
+        }
+        let mut all = self.queues.write();
+        if let Some(q) = all.get(topic).and_then(|m| m.get(&queue_id)) {
+            return Ok(Arc::clone(q));
+        }
+        let dir = self.root.join(topic).join(queue_id.to_string());
+        let q = Arc::new(ConsumeQueue::open(&dir, self.per_file, self.io.as_ref())?);
+        all.entry(topic.to_string())
+            .or_default()
+            .insert(queue_id, Arc::clone(&q));
+        Ok(q)
+    }
+
+    /// Every queue with its topic and id.
+    pub(crate) fn all(&self) -> Vec<(String, i32, Arc<ConsumeQueue>)> {
+        let all = self.queues.read();
+        let mut out = Vec::new();
+        for (topic, qs) in all.iter() {
+            for (qid, q) in qs {
+                out.push((topic.clone(), *qid, Arc::clone(q)));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn io(&self) -> &dyn StorageIo {
+        self.io.as_ref()
+    }
+}
+
+fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}

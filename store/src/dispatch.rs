@@ -1,0 +1,210 @@
+//! The dispatcher: turns commit-log records into consume-queue and index entries, and writes
+//! checkpoints.
+//!
+//! It follows the *flushed* offset in sync mode, so a consumer can never see a message that a
+//! crash could still take away; in async mode it follows the written offset (documented as part
+//! of the async risk). Each record's entries go to the slot its QUEUEOFFSET names, so running
+//! it twice over the same records (recovery) is harmless.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use sluice_protocol::message::java_hash;
+use sluice_protocol::message::properties::{find_property, keys};
+use sluice_protocol::message::record::{sysflag, RecordView};
+
+use crate::checkpoint::Checkpoint;
+use crate::commitlog::CommitLog;
+use crate::config::{FlushMode, StoreConfig};
+use crate::consume_queue::{ConsumeQueues, CqEntry};
+use crate::damage::DamageLog;
+use crate::error::Result;
+use crate::framing::{self, Probe};
+use crate::index::{index_key, Index};
+use crate::message::now_ms;
+use crate::shared::Shared;
+
+/// What a listener hears after a record became consumable.
+#[derive(Debug, Clone)]
+pub struct DispatchEvent {
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue_id: i32,
+    /// The record's queue offset; the queue's max offset is now `queue_offset + 1`.
+    pub queue_offset: u64,
+    /// Java hash of its tag.
+    pub tags_code: i64,
+    /// Commit-log offset.
+    pub phys_offset: u64,
+    /// Store timestamp.
+    pub store_timestamp: i64,
+}
+
+/// Called on the dispatcher thread for every dispatched record; keep it short (wake a waiter).
+pub type DispatchListener = Arc<dyn Fn(&DispatchEvent) + Send + Sync>;
+
+/// Writes derived entries for commit-log ranges.
+pub(crate) struct Dispatcher {
+    pub(crate) log: Arc<CommitLog>,
+    pub(crate) cqs: Arc<ConsumeQueues>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) damage: Arc<DamageLog>,
+    pub(crate) listener: RwLock<Option<DispatchListener>>,
+}
+
+impl Dispatcher {
+    /// Dispatches every record in `[from, to)`; returns the offset reached (`to` unless an
+    /// error stopped it early).
+    pub(crate) fn dispatch_range(&self, from: u64, to: u64) -> Result<u64> {
+        let mut pos = from;
+        while pos < to {
+            let Some(seg) = self.log.segment_for(pos) else {
+                return Ok(pos);
+            };
+            let rel = (pos - seg.base) as usize;
+            match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record()) {
+                Probe::Record { total, .. } => {
+                    let bytes = &seg.file.as_slice()[rel..rel + total];
+                    self.dispatch_record(pos, bytes)?;
+                    pos += framing::frame_len(total);
+                }
+                Probe::SegmentEnd { .. } => pos = seg.end(),
+                Probe::Empty | Probe::Invalid(_) => {
+                    pos = self.skip_damage(pos, &seg);
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    /// Steps over a damaged range: a known one, or one found now (recorded as damage).
+    fn skip_damage(&self, pos: u64, seg: &crate::commitlog::Segment) -> u64 {
+        if let Some(end) = self.damage.range_end(pos) {
+            return end;
+        }
+        let rel = (pos - seg.base) as usize;
+        let next = framing::find_next_valid(
+            seg.file.as_slice(),
+            rel + 1,
+            seg.base,
+            self.log.max_record(),
+        );
+        let end = next.map_or(seg.end(), |(p, _)| seg.base + p as u64);
+        self.damage.record(
+            seg.file.path(),
+            pos - seg.base,
+            pos,
+            end - pos,
+            "found by the dispatcher",
+        );
+        end
+    }
+
+    fn dispatch_record(&self, phys: u64, bytes: &[u8]) -> Result<()> {
+        let view = RecordView::parse(bytes, usize::MAX)?;
+        let tx = view.transaction_type();
+        let consumable = tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT;
+        let tags_code = find_property(view.properties, keys::TAGS)
+            .map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
+        let store_ts = view.header.store_timestamp;
+        if tx != sysflag::TRANSACTION_ROLLBACK {
+            self.index_record(&view, phys, store_ts)?;
+        }
+        if !consumable {
+            return Ok(());
+        }
+        let queue_offset = view.header.queue_offset as u64;
+        let cq = self.cqs.get_or_create(view.topic, view.header.queue_id)?;
+        let entry = CqEntry {
+            phys_offset: phys,
+            size: view.total_size as u32,
+            tags_code,
+        };
+        cq.put(queue_offset, entry, self.cqs.io())?;
+        if let Some(listener) = self.listener.read().as_ref() {
+            listener(&DispatchEvent {
+                topic: view.topic.to_string(),
+                queue_id: view.header.queue_id,
+                queue_offset,
+                tags_code,
+                phys_offset: phys,
+                store_timestamp: store_ts,
+            });
+        }
+        Ok(())
+    }
+
+    fn index_record(&self, view: &RecordView<'_>, phys: u64, store_ts: i64) -> Result<()> {
+        if let Some(uniq) = find_property(view.properties, keys::UNIQ_KEY) {
+            let key = index_key(view.topic, &String::from_utf8_lossy(uniq));
+            self.index.put(&key, phys, store_ts)?;
+        }
+        if let Some(ks) = find_property(view.properties, keys::KEYS) {
+            for k in String::from_utf8_lossy(ks)
+                .split(' ')
+                .filter(|k| !k.is_empty())
+            {
+                self.index.put(&index_key(view.topic, k), phys, store_ts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs consume queues and the index, then records the checkpoint.
+    pub(crate) fn checkpoint(&self, shared: &Shared, path: &std::path::Path) -> Result<()> {
+        let flushed = shared.flushed.get();
+        let dispatched = shared.dispatched.get();
+        for (_, _, q) in self.cqs.all() {
+            q.sync_if_dirty(self.cqs.io())?;
+        }
+        self.index.sync()?;
+        Checkpoint {
+            flushed,
+            dispatched,
+            written_at_ms: now_ms(),
+        }
+        .store(path)
+    }
+}
+
+/// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
+/// dispatched, after a final checkpoint.
+pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreConfig) {
+    let checkpoint_path = cfg.data_dir.join("checkpoint");
+    let follow_flushed = matches!(cfg.flush, FlushMode::Sync);
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let closing = shared.closing.load(std::sync::atomic::Ordering::Acquire);
+        let source = if follow_flushed {
+            &shared.flushed
+        } else {
+            &shared.written
+        };
+        let target = source.get();
+        let done = shared.dispatched.get();
+        if done < target {
+            match dispatcher.dispatch_range(done, target) {
+                Ok(reached) => shared.dispatched.set(reached),
+                Err(e) => {
+                    tracing::error!(error = %e, offset = done, "dispatch failed; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        } else if closing {
+            break;
+        } else {
+            source.wait_beyond(target, Duration::from_millis(20));
+        }
+        if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
+            if let Err(e) = dispatcher.checkpoint(&shared, &checkpoint_path) {
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+            last_checkpoint = Instant::now();
+        }
+    }
+    if let Err(e) = dispatcher.checkpoint(&shared, &checkpoint_path) {
+        tracing::error!(error = %e, "final checkpoint failed");
+    }
+}

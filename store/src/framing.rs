@@ -1,0 +1,255 @@
+//! How records sit in a segment, and how a position is judged.
+//!
+//! Each RocketMQ record (`sluice_protocol::message::record`) is followed by a 12-byte trailer
+//! that RocketMQ does not have:
+//!
+//! ```text
+//! | record (TOTALSIZE bytes) | watermark: u64 | crc: u32 |
+//! ```
+//!
+//! - `crc` is CRC-32 over the record *and* the watermark, so a bit flip anywhere, a zeroed
+//!   region or a torn write is caught, not only one in the body (RocketMQ's BODYCRC).
+//! - `watermark` is the commit-log offset known durable (synced) when the record was written.
+//!   Recovery uses it to tell a torn tail from interior corruption: an invalid record at `p`
+//!   followed by a valid record whose watermark is beyond `p` means `p` had been durable, so it
+//!   is damage, not an unfinished write (see `recovery`).
+//!
+//! The record keeps its exact RocketMQ bytes, so a pull serves `TOTALSIZE` bytes unchanged.
+//! A segment ends with a 20-byte blank marker when the next record does not fit:
+//! `remaining: i32 | BLANK_MAGIC | watermark: u64 | crc: u32`.
+
+use sluice_protocol::message::record::{RecordView, MIN_RECORD_LEN, PHYSICAL_OFFSET_POS};
+use sluice_protocol::message::{BLANK_MAGIC, MAGIC_V1, MAGIC_V2};
+
+/// Bytes after each record.
+pub(crate) const TRAILER_LEN: usize = 12;
+/// Bytes of the end-of-segment marker.
+pub(crate) const BLANK_LEN: usize = 20;
+
+/// What is found at a position in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A whole, verified record: `total` record bytes, then the trailer.
+    Record {
+        /// TOTALSIZE.
+        total: usize,
+        /// Durable offset when it was written.
+        watermark: u64,
+    },
+    /// A verified end-of-segment marker.
+    SegmentEnd {
+        /// Durable offset when it was written.
+        watermark: u64,
+    },
+    /// Zeros (or too few bytes for a header): nothing was written here.
+    Empty,
+    /// Something that is neither: torn, corrupt or garbage.
+    Invalid(String),
+}
+
+/// The trailer for an encoded record.
+pub(crate) fn trailer(record: &[u8], watermark: u64) -> [u8; TRAILER_LEN] {
+    let mut out = [0u8; TRAILER_LEN];
+    out[..8].copy_from_slice(&watermark.to_be_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(record);
+    h.update(&out[..8]);
+    out[8..].copy_from_slice(&h.finalize().to_be_bytes());
+    out
+}
+
+/// The end-of-segment marker for a marker written at `pos` in a segment of `segment_size`.
+pub(crate) fn blank_marker(pos: u64, segment_size: u64, watermark: u64) -> [u8; BLANK_LEN] {
+    let mut out = [0u8; BLANK_LEN];
+    out[..4].copy_from_slice(&((segment_size - pos) as i32).to_be_bytes());
+    out[4..8].copy_from_slice(&BLANK_MAGIC.to_be_bytes());
+    out[8..16].copy_from_slice(&watermark.to_be_bytes());
+    let crc = crc32fast::hash(&out[..16]);
+    out[16..].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Bytes a record of `total` bytes takes in a segment.
+pub(crate) fn frame_len(total: usize) -> u64 {
+    (total + TRAILER_LEN) as u64
+}
+
+/// Judges the bytes at `pos` of a segment whose first byte is commit-log offset `base`.
+pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Probe {
+    let Some(head) = seg.get(pos..pos + 8) else {
+        return Probe::Empty;
+    };
+    if head.iter().all(|b| *b == 0) {
+        return Probe::Empty;
+    }
+    let total = i32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
+    let magic = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
+    if magic == BLANK_MAGIC {
+        return probe_blank(seg, pos, total);
+    }
+    if magic != MAGIC_V1 && magic != MAGIC_V2 {
+        return Probe::Invalid(format!("bad magic {magic:#010x}"));
+    }
+    if total < MIN_RECORD_LEN as i32 || total as usize > max_record {
+        return Probe::Invalid(format!("record length {total} out of range"));
+    }
+    let total = total as usize;
+    let Some(frame) = seg.get(pos..pos + total + TRAILER_LEN) else {
+        return Probe::Invalid(format!("record of {total} bytes runs past the segment end"));
+    };
+    let (record, tail) = frame.split_at(total);
+    let stored_crc = u32::from_be_bytes(tail[8..].try_into().expect("4 bytes"));
+    let watermark = u64::from_be_bytes(tail[..8].try_into().expect("8 bytes"));
+    let mut h = crc32fast::Hasher::new();
+    h.update(record);
+    h.update(&tail[..8]);
+    if h.finalize() != stored_crc {
+        return Probe::Invalid("record checksum mismatch".into());
+    }
+    let phys = i64::from_be_bytes(
+        record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    if phys != (base + pos as u64) as i64 {
+        return Probe::Invalid(format!(
+            "record claims offset {phys}, found at {}",
+            base + pos as u64
+        ));
+    }
+    if let Err(e) = RecordView::parse(record, max_record) {
+        return Probe::Invalid(format!("record structure: {e}"));
+    }
+    Probe::Record { total, watermark }
+}
+
+fn probe_blank(seg: &[u8], pos: usize, remaining: i32) -> Probe {
+    let Some(marker) = seg.get(pos..pos + BLANK_LEN) else {
+        return Probe::Invalid("end marker runs past the segment end".into());
+    };
+    let crc = u32::from_be_bytes(marker[16..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&marker[..16]) != crc || remaining as i64 != (seg.len() - pos) as i64 {
+        return Probe::Invalid("end marker checksum or length mismatch".into());
+    }
+    Probe::SegmentEnd {
+        watermark: u64::from_be_bytes(marker[8..16].try_into().expect("8")),
+    }
+}
+
+/// The first position at or after `from` holding a verified record or end marker, with what
+/// it holds. Recovery uses it to learn whether anything valid follows a bad position.
+pub(crate) fn find_next_valid(
+    seg: &[u8],
+    from: usize,
+    base: u64,
+    max_record: usize,
+) -> Option<(usize, Probe)> {
+    let mut pos = from;
+    while pos + 8 <= seg.len() {
+        // Jump to the next byte that can begin a magic (0xDA.. or 0xCB..) at `pos + 4`: the
+        // regions searched are mostly zeros, and a byte-by-byte probe would crawl.
+        let hit = memchr::memchr2(0xDA, 0xCB, &seg[pos + 4..])?;
+        pos += hit;
+        if pos + 8 > seg.len() {
+            return None;
+        }
+        let magic = u32::from_be_bytes(seg[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        if magic == MAGIC_V1 || magic == MAGIC_V2 || magic == BLANK_MAGIC {
+            let p = probe(seg, pos, base, max_record);
+            if matches!(p, Probe::Record { .. } | Probe::SegmentEnd { .. }) {
+                return Some((pos, p));
+            }
+        }
+        pos += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::message::record::{encode_record, patch_store_fields, RecordHeader};
+
+    fn record_at(phys: u64, body: &[u8]) -> Vec<u8> {
+        let mut rec = Vec::new();
+        encode_record(&RecordHeader::default(), body, "T", b"", &mut rec).unwrap();
+        patch_store_fields(&mut rec, 0, phys as i64, 1);
+        rec
+    }
+
+    fn segment_with(records: &[Vec<u8>], size: usize) -> Vec<u8> {
+        let mut seg = Vec::new();
+        for r in records {
+            seg.extend_from_slice(r);
+            seg.extend_from_slice(&trailer(r, 0));
+        }
+        seg.resize(size, 0);
+        seg
+    }
+
+    #[test]
+    fn verified_record_then_empty() {
+        let r = record_at(1000, b"abc");
+        let seg = segment_with(std::slice::from_ref(&r), 4096);
+        assert_eq!(
+            probe(&seg, 0, 1000, 1 << 20),
+            Probe::Record {
+                total: r.len(),
+                watermark: 0
+            }
+        );
+        assert_eq!(
+            probe(&seg, r.len() + TRAILER_LEN, 1000, 1 << 20),
+            Probe::Empty
+        );
+    }
+
+    #[test]
+    fn any_flipped_bit_is_invalid() {
+        let r = record_at(0, b"hello world");
+        let seg = segment_with(std::slice::from_ref(&r), 512);
+        for byte in 0..r.len() + TRAILER_LEN {
+            for bit in 0..8 {
+                let mut bad = seg.clone();
+                bad[byte] ^= 1 << bit;
+                let p = probe(&bad, 0, 0, 1 << 20);
+                assert!(
+                    !matches!(p, Probe::Record { .. }),
+                    "flip at {byte}.{bit} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn record_at_wrong_offset_is_invalid() {
+        let seg = segment_with(&[record_at(64, b"x")], 512);
+        assert!(matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)));
+    }
+
+    #[test]
+    fn blank_marker_round_trips_and_checks_length() {
+        let mut seg = vec![0u8; 100];
+        seg[40..60].copy_from_slice(&blank_marker(40, 100, 7));
+        assert_eq!(
+            probe(&seg, 40, 0, 1 << 20),
+            Probe::SegmentEnd { watermark: 7 }
+        );
+        let mut short = seg[..90].to_vec();
+        short[40..60].copy_from_slice(&blank_marker(40, 100, 7));
+        assert!(matches!(probe(&short, 40, 0, 1 << 20), Probe::Invalid(_)));
+    }
+
+    #[test]
+    fn find_next_valid_skips_garbage() {
+        let a = record_at(0, b"a");
+        let b_pos = a.len() + TRAILER_LEN;
+        let b = record_at(b_pos as u64, b"b");
+        let mut seg = segment_with(&[a, b], 1024);
+        seg[3] ^= 0x55; // damage the first record's length
+        assert!(matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)));
+        let (pos, p) = find_next_valid(&seg, 1, 0, 1 << 20).unwrap();
+        assert_eq!(pos, b_pos);
+        assert!(matches!(p, Probe::Record { .. }));
+    }
+}

@@ -1,0 +1,210 @@
+//! The storage trait: the few system calls that make data durable, behind a seam so tests can
+//! inject the failures real disks produce (EIO on sync, ENOSPC, torn writes).
+//!
+//! Reads go through memory maps and are not part of the trait: a fault in what was written is
+//! modelled by corrupting the file itself, which recovery and the read path must then catch.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Used and total bytes of the file system holding the data folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes in use.
+    pub used: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+impl DiskUsage {
+    /// `used / total`, 0 for an empty file system.
+    pub fn ratio(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.used as f64 / self.total as f64
+        }
+    }
+}
+
+/// The write-side system calls of the store.
+pub trait StorageIo: Send + Sync + std::fmt::Debug + 'static {
+    /// Reserves real blocks for `len` bytes (no sparse files: a full disk must fail here, not
+    /// later as a SIGBUS on a mapped page).
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes the file's data durable (`fdatasync`).
+    fn sync(&self, file: &File) -> io::Result<()>;
+    /// Disk usage of the file system holding `dir`.
+    fn disk_usage(&self, dir: &Path) -> io::Result<DiskUsage>;
+}
+
+/// The real thing: `fallocate`, `pwrite`, `fdatasync`, `statvfs`.
+#[derive(Debug, Default)]
+pub struct RealIo;
+
+impl StorageIo for RealIo {
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let rc = loop {
+            // `fallocate` mode 0 allocates blocks and extends the size; the new range reads as
+            // zeros. Safe FFI: plain integers and a valid open descriptor.
+            let rc = fallocate(file.as_raw_fd(), len);
+            if rc != libc::EINTR {
+                break rc;
+            }
+        };
+        match rc {
+            0 => Ok(()),
+            libc::EOPNOTSUPP => write_zeros(file, len as u64),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn disk_usage(&self, dir: &Path) -> io::Result<DiskUsage> {
+        statvfs_usage(dir)
+    }
+}
+
+/// `posix_fallocate`-style call returning an errno (0 on success).
+#[allow(unsafe_code)]
+fn fallocate(fd: i32, len: i64) -> i32 {
+    // SAFETY: `fd` is an open descriptor owned by the caller's `File`; the call reads no memory.
+    let rc = unsafe { libc::fallocate(fd, 0, 0, len) };
+    if rc == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+}
+
+/// Fallback for file systems without `fallocate`: write real zeros up to `len`.
+fn write_zeros(file: &File, len: u64) -> io::Result<()> {
+    let current = file.metadata()?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = current;
+    while pos < len {
+        let n = (len - pos).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn statvfs_usage(dir: &Path) -> io::Result<DiskUsage> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `st` points to writable memory of
+    // the right type; `statvfs` fills it on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `statvfs` returned 0, so it initialised the struct (and it started zeroed).
+    let st = unsafe { st.assume_init() };
+    let frsize = st.f_frsize;
+    let total = st.f_blocks * frsize;
+    let free = st.f_bavail * frsize;
+    Ok(DiskUsage {
+        used: total.saturating_sub(free),
+        total,
+    })
+}
+
+/// A [`StorageIo`] that delegates to [`RealIo`] until told to fail.
+///
+/// Used by tests to check that no failure is ever acknowledged as a success.
+#[derive(Debug, Default)]
+pub struct FaultyIo {
+    real: RealIo,
+    fail_sync: AtomicBool,
+    fail_allocate: AtomicBool,
+    /// When non-zero, the next write stores only this many bytes and then fails with EIO.
+    torn_write_at: AtomicU64,
+    fake_used_ratio_millis: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl FaultyIo {
+    /// A fault layer that injects nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Every sync fails with EIO while `on`.
+    pub fn fail_syncs(&self, on: bool) {
+        self.fail_sync.store(on, Ordering::SeqCst);
+    }
+    /// Every allocation fails with ENOSPC while `on`.
+    pub fn fail_allocations(&self, on: bool) {
+        self.fail_allocate.store(on, Ordering::SeqCst);
+    }
+    /// The next write keeps only its first `keep` bytes (at least 1) and fails with EIO.
+    pub fn tear_next_write(&self, keep: u64) {
+        self.torn_write_at.store(keep.max(1), Ordering::SeqCst);
+    }
+    /// Reports this disk usage ratio instead of the real one; `None` restores the real value.
+    pub fn fake_disk_usage(&self, ratio: Option<f64>) {
+        let v = ratio.map_or(0, |r| (r * 1000.0) as u64 + 1);
+        self.fake_used_ratio_millis.store(v, Ordering::SeqCst);
+    }
+    /// Successful syncs so far.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+}
+
+impl StorageIo for FaultyIo {
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        if self.fail_allocate.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.real.allocate(file, len)
+    }
+
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        let keep = self.torn_write_at.swap(0, Ordering::SeqCst);
+        if keep > 0 {
+            let keep = (keep as usize).min(buf.len());
+            self.real.write_at(file, &buf[..keep], offset)?;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.real.write_at(file, buf, offset)
+    }
+
+    fn sync(&self, file: &File) -> io::Result<()> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.real.sync(file)?;
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn disk_usage(&self, dir: &Path) -> io::Result<DiskUsage> {
+        match self.fake_used_ratio_millis.load(Ordering::SeqCst) {
+            0 => self.real.disk_usage(dir),
+            v => Ok(DiskUsage {
+                used: v - 1,
+                total: 1000,
+            }),
+        }
+    }
+}

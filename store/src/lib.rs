@@ -1,0 +1,54 @@
+//! # sluice-store
+//!
+//! The storage engine every other part of Sluice stands on. It does not lose acknowledged
+//! messages, and it runs on its own threads: nothing here touches tokio, and async callers
+//! await an [`AppendFuture`] that completes only after durability.
+//!
+//! ## Layout
+//! - [`Store`] (`store`): open with recovery, append, shut down; `reads`: queue reads, key and
+//!   time queries.
+//! - `commitlog`, `framing`: segments of RocketMQ-layout records, each followed by a trailer
+//!   (CRC over the whole record, durable watermark) so torn and corrupt bytes are caught.
+//! - `appender`, `flusher`: the single writer (`pwrite`) and group commit (`fdatasync`).
+//! - `dispatch`, `consume_queue`, `index`: derived entries per queue and per key.
+//! - [`recovery`]: the written policy for torn tails and interior damage.
+//! - `retention`: deleting old segments with their queue and index files.
+//! - `checkpoint`: checkpoint, abort marker, folder lock, atomic file replacement.
+//! - [`io`]: the storage trait and its fault-injecting twin.
+//!
+//! ## Files under the data folder
+//! `commitlog/<20-digit offset>`, `consumequeue/<topic>/<queue>/<20-digit byte offset>`,
+//! `index/<20-digit offset>`, `checkpoint`, `abort`, `lock`.
+
+mod appender;
+mod checkpoint;
+mod commitlog;
+mod config;
+mod consume_queue;
+mod damage;
+mod dispatch;
+mod error;
+mod flusher;
+mod framing;
+mod index;
+pub mod io;
+mod mapped;
+mod message;
+mod progress;
+mod reads;
+pub mod recovery;
+mod retention;
+mod shared;
+mod store;
+
+pub use checkpoint::{sweep_temp_files, write_atomic, Checkpoint};
+pub use config::{FlushMode, StoreConfig};
+pub use consume_queue::CqEntry;
+pub use damage::Damage;
+pub use dispatch::{DispatchEvent, DispatchListener};
+pub use error::{Result, StoreError};
+pub use message::{now_ms, validate_topic, Appended, MessageInput};
+pub use reads::{Boundary, GetResult, GetStatus, QueueMessage};
+pub use recovery::RecoveryReport;
+pub use retention::RetentionReport;
+pub use store::{AppendFuture, Health, Store, StoreStats};

@@ -1,0 +1,305 @@
+//! Reads by queue, by key and by time: the queries a broker answers for consumers and tools.
+
+use bytes::Bytes;
+use sluice_protocol::message::ids::decode_offset_msg_id;
+use sluice_protocol::message::properties::{find_property, keys};
+use sluice_protocol::message::record::{
+    store_timestamp_pos, RecordView, QUEUE_OFFSET_POS, SYSFLAG_POS,
+};
+
+use crate::consume_queue::{ConsumeQueue, CqEntry};
+use crate::error::{Result, StoreError};
+use crate::index::index_key;
+use crate::store::Store;
+
+/// Most consume-queue entries one read looks at, filtered or not, so a selective filter over a
+/// long queue cannot hold a thread.
+const MAX_ENTRIES_SCANNED: u64 = 16_000;
+
+/// How a queue read went (RocketMQ's `GetMessageStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    /// Messages returned.
+    Found,
+    /// Entries existed but none passed the filter (or they were damaged or holes).
+    NoMatchedMessage,
+    /// The queue exists and is empty.
+    NoMessageInQueue,
+    /// No such queue.
+    NoMatchedLogicQueue,
+    /// Offset below the queue's minimum.
+    OffsetTooSmall,
+    /// Offset equals the maximum: caught up.
+    OffsetOverflowOne,
+    /// Offset beyond the maximum.
+    OffsetOverflowBadly,
+}
+
+/// One message read from a queue.
+#[derive(Debug, Clone)]
+pub struct QueueMessage {
+    /// Its queue offset.
+    pub queue_offset: u64,
+    /// Its commit-log offset.
+    pub phys_offset: u64,
+    /// Its tag code.
+    pub tags_code: i64,
+    /// The stored record, verified, zero-copy.
+    pub bytes: Bytes,
+}
+
+/// The result of a queue read.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    /// What happened.
+    pub status: GetStatus,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    /// Queue minimum offset.
+    pub min_offset: u64,
+    /// Queue maximum offset (next to be written).
+    pub max_offset: u64,
+    /// The messages, in queue order.
+    pub messages: Vec<QueueMessage>,
+}
+
+/// Which side of a timestamp [`Store::offset_by_timestamp`] answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundary {
+    /// The first offset stored at or after the time.
+    Lower,
+    /// The last offset stored at or before the time.
+    Upper,
+}
+
+impl Store {
+    /// Reads up to `max_count` messages and about `max_bytes` from `topic`/`queue_id` starting
+    /// at `offset`, keeping entries whose tag code passes `filter`.
+    pub fn get_messages(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<&dyn Fn(i64) -> bool>,
+    ) -> GetResult {
+        let Some(q) = self.cqs.get(topic, queue_id) else {
+            return result(GetStatus::NoMatchedLogicQueue, 0, 0, 0);
+        };
+        let (min, max) = (q.min_offset(), q.max_offset());
+        if max == 0 || min == max {
+            return result(
+                GetStatus::NoMessageInQueue,
+                if offset == 0 { 0 } else { max },
+                min,
+                max,
+            );
+        }
+        if offset < min {
+            return result(GetStatus::OffsetTooSmall, min, min, max);
+        }
+        if offset == max {
+            return result(GetStatus::OffsetOverflowOne, offset, min, max);
+        }
+        if offset > max {
+            return result(GetStatus::OffsetOverflowBadly, max, min, max);
+        }
+        let mut out = result(GetStatus::NoMatchedMessage, offset, min, max);
+        let (mut o, mut bytes) = (offset, 0usize);
+        let scan_end = max.min(offset + MAX_ENTRIES_SCANNED);
+        while o < scan_end && out.messages.len() < max_count.max(1) {
+            let entry = q.entry(o);
+            if let Some(e) = entry.filter(|e| filter.is_none_or(|f| f(e.tags_code))) {
+                if !out.messages.is_empty() && bytes + e.size as usize > max_bytes {
+                    break;
+                }
+                if let Some(rec) = self.read_entry(topic, queue_id, o, &e) {
+                    bytes += rec.len();
+                    out.messages.push(QueueMessage {
+                        queue_offset: o,
+                        phys_offset: e.phys_offset,
+                        tags_code: e.tags_code,
+                        bytes: rec,
+                    });
+                }
+            }
+            o += 1;
+        }
+        out.next_offset = o;
+        if !out.messages.is_empty() {
+            out.status = GetStatus::Found;
+        }
+        out
+    }
+
+    /// The record an entry points at, if it verifies and really is that queue's message.
+    fn read_entry(&self, topic: &str, queue_id: i32, offset: u64, e: &CqEntry) -> Option<Bytes> {
+        match self.read_verified(e.phys_offset) {
+            Ok(rec) if record_is(&rec, topic, queue_id, offset) => Some(rec),
+            Ok(_) => {
+                tracing::error!(
+                    topic,
+                    queue_id,
+                    offset,
+                    phys_offset = e.phys_offset,
+                    "consume-queue entry points at another record; skipped"
+                );
+                None
+            }
+            Err(err) => {
+                tracing::error!(topic, queue_id, offset, phys_offset = e.phys_offset, error = %err, "unreadable record skipped");
+                None
+            }
+        }
+    }
+
+    /// First offset still served in the queue (0 for an unknown queue).
+    pub fn min_offset(&self, topic: &str, queue_id: i32) -> u64 {
+        self.cqs.get(topic, queue_id).map_or(0, |q| q.min_offset())
+    }
+
+    /// Next offset to be written in the queue (0 for an unknown queue).
+    pub fn max_offset(&self, topic: &str, queue_id: i32) -> u64 {
+        self.cqs.get(topic, queue_id).map_or(0, |q| q.max_offset())
+    }
+
+    /// Every (topic, queue id) that has a consume queue.
+    pub fn queues(&self) -> Vec<(String, i32)> {
+        self.cqs.all().into_iter().map(|(t, q, _)| (t, q)).collect()
+    }
+
+    /// Store time of the message at the queue's minimum offset.
+    pub fn earliest_store_time(&self, topic: &str, queue_id: i32) -> Option<i64> {
+        let q = self.cqs.get(topic, queue_id)?;
+        let (min, max) = (q.min_offset(), q.max_offset());
+        (min..max.min(min + 64)).find_map(|o| self.store_time_at(&q, o))
+    }
+
+    /// The queue offset nearest to `timestamp_ms` on the given side (binary search on store
+    /// times, which rise with the offset).
+    pub fn offset_by_timestamp(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        timestamp_ms: i64,
+        boundary: Boundary,
+    ) -> u64 {
+        let Some(q) = self.cqs.get(topic, queue_id) else {
+            return 0;
+        };
+        let (mut lo, mut hi) = (q.min_offset(), q.max_offset());
+        let (min, max) = (lo, hi);
+        let before = |o: u64| match boundary {
+            Boundary::Lower => self.store_time_at(&q, o).is_some_and(|t| t < timestamp_ms),
+            Boundary::Upper => self.store_time_at(&q, o).is_some_and(|t| t <= timestamp_ms),
+        };
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(mid) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        match boundary {
+            Boundary::Lower => lo,
+            Boundary::Upper => lo.saturating_sub(1).clamp(min, max),
+        }
+    }
+
+    fn store_time_at(&self, q: &ConsumeQueue, offset: u64) -> Option<i64> {
+        let e = q.entry(offset)?;
+        let rec = self.read_verified(e.phys_offset).ok()?;
+        let flag = i32::from_be_bytes(rec.get(SYSFLAG_POS..SYSFLAG_POS + 4)?.try_into().ok()?);
+        let pos = store_timestamp_pos(flag);
+        Some(i64::from_be_bytes(rec.get(pos..pos + 8)?.try_into().ok()?))
+    }
+
+    /// Records of `topic` whose KEYS contain `key`, stored within `[begin_ms, end_ms]`, newest
+    /// first, at most `max`.
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin_ms: i64,
+        end_ms: i64,
+    ) -> Vec<Bytes> {
+        self.query_index(topic, key, max, begin_ms, end_ms, |props| {
+            find_property(props, keys::KEYS)
+                .is_some_and(|ks| ks.split(|b| *b == b' ').any(|k| k == key.as_bytes()))
+        })
+    }
+
+    /// Records of `topic` whose UNIQ_KEY is `uniq_key`.
+    pub fn query_by_uniq_key(&self, topic: &str, uniq_key: &str, max: usize) -> Vec<Bytes> {
+        self.query_index(topic, uniq_key, max, i64::MIN / 2, i64::MAX / 2, |props| {
+            find_property(props, keys::UNIQ_KEY) == Some(uniq_key.as_bytes())
+        })
+    }
+
+    fn query_index(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin_ms: i64,
+        end_ms: i64,
+        matches: impl Fn(&[u8]) -> bool,
+    ) -> Vec<Bytes> {
+        let candidates = self.index.lookup(
+            &index_key(topic, key),
+            begin_ms,
+            end_ms,
+            max.saturating_mul(4).max(16),
+        );
+        let visible = self.visible_end();
+        let mut out = Vec::new();
+        for phys in candidates {
+            if out.len() >= max || phys >= visible {
+                continue;
+            }
+            let Ok(rec) = self.read_verified(phys) else {
+                continue;
+            };
+            let Ok(view) = RecordView::parse(&rec, usize::MAX) else {
+                continue;
+            };
+            let ts = view.header.store_timestamp;
+            if view.topic == topic && ts >= begin_ms && ts <= end_ms && matches(view.properties) {
+                out.push(rec);
+            }
+        }
+        out
+    }
+
+    /// The record named by an offset message id (store address + commit-log offset).
+    pub fn read_by_offset_msg_id(&self, id: &str) -> Result<Bytes> {
+        let (_, phys) =
+            decode_offset_msg_id(id).map_err(|e| StoreError::InvalidMessage(e.to_string()))?;
+        self.read_record(phys)
+    }
+}
+
+fn result(status: GetStatus, next_offset: u64, min_offset: u64, max_offset: u64) -> GetResult {
+    GetResult {
+        status,
+        next_offset,
+        min_offset,
+        max_offset,
+        messages: Vec::new(),
+    }
+}
+
+/// Whether a record belongs to `topic`/`queue_id` at `offset` (cheap: fixed fields first).
+fn record_is(rec: &[u8], topic: &str, queue_id: i32, offset: u64) -> bool {
+    let qoff = rec
+        .get(QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8)
+        .map(|b| i64::from_be_bytes(b.try_into().expect("8")));
+    if qoff != Some(offset as i64) {
+        return false;
+    }
+    RecordView::parse(rec, usize::MAX)
+        .is_ok_and(|v| v.topic == topic && v.header.queue_id == queue_id)
+}

@@ -1,0 +1,186 @@
+//! Recovery: where the valid commit log ends, and what to do with anything that is not valid.
+//!
+//! # Policy
+//!
+//! Recovery scans forward from the checkpoint (`min(flushed, dispatched)`; the whole log when
+//! there is no readable checkpoint), verifying every record (length range, magic, the offset it
+//! claims, and the CRC over record and trailer). When it meets a position `p` that is not a
+//! verified record or end marker:
+//!
+//! 1. **Nothing valid follows** (in this segment or any later one): `p` is the end of the log.
+//!    Whatever bytes lie after it are a torn or never-completed write; they are zeroed (the
+//!    file keeps its size, so no mapping can fault) and later segments are deleted. Logged at
+//!    WARN with the file and position. Nothing acknowledged can be lost this way: an
+//!    acknowledgement needs a sync covering the record, and a synced record is valid.
+//! 2. **Something valid follows at `q`** and `p` is known to have been durable: the previous run
+//!    shut down cleanly, or `p` is below the checkpoint's flushed offset, or the record at `q`
+//!    carries a watermark (durable offset when it was written) beyond `p`. Then `[p, q)` is
+//!    **damage**: it is recorded, logged at ERROR with file and position, never served, and
+//!    never "repaired" by cutting the valid records after it. The scan goes on from `q`.
+//! 3. **Something valid follows, but `p` was never known durable** (an unclean stop, above the
+//!    checkpoint, every later record written before `p` was synced): the later records were in
+//!    the same unsynced window, so none of them was acknowledged. The window is cut as in 1.
+//!    The appender keeps that window under `max_unflushed_bytes`.
+//!
+//! After the commit log, consume queues and the index are brought in line by dispatching the
+//! records after the checkpoint again (see `store::open`).
+
+use std::time::Instant;
+
+use crate::commitlog::CommitLog;
+use crate::damage::DamageLog;
+use crate::error::{Result, StoreError};
+use crate::framing::{self, Probe};
+use crate::io::StorageIo;
+
+/// What recovery found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Whether the previous run shut down cleanly.
+    pub clean: bool,
+    /// Where the scan started.
+    pub scanned_from: u64,
+    /// End of the valid log: the next append goes here.
+    pub end: u64,
+    /// Torn or unacknowledged bytes that were cut (zeroed), if any.
+    pub cut_at: Option<u64>,
+    /// Damaged ranges found (kept, never served).
+    pub damaged_ranges: usize,
+    /// Microseconds the commit-log scan took.
+    pub scan_micros: u64,
+}
+
+/// Facts recovery needs about the previous run.
+pub(crate) struct ScanInput<'a> {
+    pub(crate) log: &'a CommitLog,
+    pub(crate) io: &'a dyn StorageIo,
+    pub(crate) damage: &'a DamageLog,
+    pub(crate) start: u64,
+    pub(crate) clean: bool,
+    pub(crate) checkpoint_flushed: u64,
+}
+
+/// Finds the end of the valid log, applying the policy above.
+pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
+    let started = Instant::now();
+    let log = input.log;
+    let mut report = RecoveryReport {
+        clean: input.clean,
+        ..RecoveryReport::default()
+    };
+    let Some(last) = log.last() else {
+        if input.checkpoint_flushed > 0 {
+            return Err(StoreError::Recovery(format!(
+                "the checkpoint vouches for {} synced bytes but no commit-log segment exists",
+                input.checkpoint_flushed
+            )));
+        }
+        return Ok(report);
+    };
+    if input.start > last.end() {
+        return Err(StoreError::Recovery(format!(
+            "the checkpoint starts at {} but the commit log ends at {}: segments are missing",
+            input.start,
+            last.end()
+        )));
+    }
+    let mut pos = input.start.max(log.min_offset());
+    report.scanned_from = pos;
+    while let Some(seg) = log.segment_for(pos) {
+        let rel = (pos - seg.base) as usize;
+        let probe = framing::probe(seg.file.as_slice(), rel, seg.base, log.max_record());
+        match probe {
+            Probe::Record { total, .. } => pos += framing::frame_len(total),
+            Probe::SegmentEnd { .. } => pos = seg.end(),
+            Probe::Empty if input.clean => break,
+            Probe::Empty | Probe::Invalid(_) => {
+                let reason = match probe {
+                    Probe::Invalid(r) => r,
+                    _ => "zeroed bytes".to_string(),
+                };
+                match next_valid_after(log, pos) {
+                    Some((q, watermark))
+                        if input.clean || pos < input.checkpoint_flushed || watermark > pos =>
+                    {
+                        input
+                            .damage
+                            .record(seg.file.path(), rel as u64, pos, q - pos, &reason);
+                        report.damaged_ranges += 1;
+                        pos = q;
+                    }
+                    _ => {
+                        if cut_tail(input, pos, &reason)? {
+                            report.cut_at = Some(pos);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    report.end = pos;
+    report.scan_micros = started.elapsed().as_micros() as u64;
+    Ok(report)
+}
+
+/// The first verified record or end marker after `pos`, with its watermark.
+fn next_valid_after(log: &CommitLog, pos: u64) -> Option<(u64, u64)> {
+    let mut from = pos + 1;
+    while let Some(seg) = log.segment_for(from) {
+        let rel = (from - seg.base) as usize;
+        if let Some((p, probe)) =
+            framing::find_next_valid(seg.file.as_slice(), rel, seg.base, log.max_record())
+        {
+            let watermark = match probe {
+                Probe::Record { watermark, .. } | Probe::SegmentEnd { watermark } => watermark,
+                _ => 0,
+            };
+            return Some((seg.base + p as u64, watermark));
+        }
+        from = seg.end();
+    }
+    None
+}
+
+/// Zeroes everything written after `pos` in its segment and deletes the later segments;
+/// returns whether there was anything to cut.
+fn cut_tail(input: &ScanInput<'_>, pos: u64, reason: &str) -> Result<bool> {
+    let log = input.log;
+    let seg = log.segment_for(pos).expect("cut position inside a segment");
+    let rel = pos - seg.base;
+    let zeroed = zero_nonzero(&seg.file, input.io, rel)?;
+    if zeroed > 0 {
+        seg.file.sync(input.io)?;
+    }
+    let deleted = log.delete_from(seg.end())?;
+    if zeroed > 0 || deleted > 0 {
+        tracing::warn!(
+            segment = %seg.file.path().display(), position = rel, offset = pos, zeroed, deleted_segments = deleted,
+            reason, "torn tail cut: the log ends at the last whole record"
+        );
+    }
+    Ok(zeroed > 0 || deleted > 0)
+}
+
+/// Writes zeros over every non-zero chunk from `from` to the end of `file`; returns the bytes
+/// zeroed.
+pub(crate) fn zero_nonzero(
+    file: &crate::mapped::MappedFile,
+    io: &dyn StorageIo,
+    from: u64,
+) -> Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut pos = from;
+    let mut zeroed = 0;
+    while pos < file.len() {
+        let n = (file.len() - pos).min(CHUNK - pos % CHUNK);
+        let slice = file.slice(pos, n as usize).expect("range checked");
+        if slice.iter().any(|b| *b != 0) {
+            file.write_at(io, &zeros[..n as usize], pos)?;
+            zeroed += n;
+        }
+        pos += n;
+    }
+    Ok(zeroed)
+}

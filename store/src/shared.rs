@@ -1,0 +1,55 @@
+//! State shared by the store's threads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::progress::Progress;
+
+/// Offsets and flags every store thread reads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// End of the bytes handed to the OS (`pwrite` returned).
+    pub(crate) written: Progress,
+    /// End of the bytes made durable by a completed sync.
+    pub(crate) flushed: Progress,
+    /// End of the records whose consume-queue and index entries are written.
+    pub(crate) dispatched: Progress,
+    fenced: AtomicBool,
+    fence_reason: Mutex<Option<String>>,
+    /// Set when shutdown begins.
+    pub(crate) closing: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(end: u64) -> Self {
+        Self {
+            written: Progress::new(end),
+            flushed: Progress::new(end),
+            dispatched: Progress::new(end),
+            fenced: AtomicBool::new(false),
+            fence_reason: Mutex::new(None),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Refuses every further append: after a failed write or sync the page cache no longer
+    /// says what is on disk, so only recovery at the next open may decide.
+    pub(crate) fn fence(&self, reason: String) {
+        tracing::error!(reason = %reason, "store fenced: no more appends until restart");
+        let mut r = self.fence_reason.lock();
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.fenced.store(true, Ordering::SeqCst);
+        self.flushed.poke();
+    }
+
+    pub(crate) fn fenced(&self) -> Option<String> {
+        if self.fenced.load(Ordering::SeqCst) {
+            self.fence_reason.lock().clone()
+        } else {
+            None
+        }
+    }
+}

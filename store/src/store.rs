@@ -1,0 +1,476 @@
+//! The public handle: open (with recovery), append, read, query, shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::appender::{AppendCommand, AppendRequest, Appender, QueueOffsets};
+use crate::checkpoint::{self, Checkpoint, FolderLock};
+use crate::commitlog::CommitLog;
+use crate::config::StoreConfig;
+use crate::consume_queue::ConsumeQueues;
+use crate::damage::{Damage, DamageLog};
+use crate::dispatch::{self, DispatchListener, Dispatcher};
+use crate::error::{Result, StoreError};
+use crate::flusher::Flusher;
+use crate::index::Index;
+use crate::io::{RealIo, StorageIo};
+use crate::message::{self, Appended, MessageInput};
+use crate::recovery::{self, RecoveryReport, ScanInput};
+use crate::retention::{self, Retention, RetentionReport};
+use crate::shared::Shared;
+
+/// The storage engine. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    pub(crate) cfg: StoreConfig,
+    pub(crate) log: Arc<CommitLog>,
+    pub(crate) cqs: Arc<ConsumeQueues>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) damage: Arc<DamageLog>,
+    dispatcher: Arc<Dispatcher>,
+    retention: Retention,
+    append_tx: Sender<AppendCommand>,
+    threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+    recovery: RecoveryReport,
+    store_host: SocketAddr,
+    _lock: FolderLock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.cfg.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Completes when an append is acknowledged: durable in sync mode, written in async mode.
+#[derive(Debug)]
+pub struct AppendFuture {
+    rx: oneshot::Receiver<Result<Vec<Appended>>>,
+}
+
+impl AppendFuture {
+    /// Blocks the calling thread until the append completes. Not for async contexts.
+    pub fn wait(self) -> Result<Vec<Appended>> {
+        self.rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl Future for AppendFuture {
+    type Output = Result<Vec<Appended>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+    }
+}
+
+/// The store's state for operators.
+#[derive(Debug, Clone)]
+pub struct StoreStats {
+    /// Lowest commit-log offset on disk.
+    pub min_offset: u64,
+    /// End of written bytes.
+    pub written: u64,
+    /// End of synced bytes.
+    pub flushed: u64,
+    /// End of dispatched records.
+    pub dispatched: u64,
+    /// Bytes of commit-log segments on disk.
+    pub commit_log_bytes: u64,
+    /// Number of consume queues.
+    pub queues: usize,
+}
+
+/// Whether the store is fit to serve.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Why appends are refused, after a failed write or sync.
+    pub fenced: Option<String>,
+    /// Damaged ranges (never served).
+    pub damage: Vec<Damage>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `cfg.data_dir`, recovering as `recovery` says.
+    pub fn open(cfg: StoreConfig) -> Result<Self> {
+        Self::open_with_io(cfg, Arc::new(RealIo))
+    }
+
+    /// As [`Store::open`], with an injected [`StorageIo`] (fault tests).
+    pub fn open_with_io(cfg: StoreConfig, io: Arc<dyn StorageIo>) -> Result<Self> {
+        cfg.validate().map_err(StoreError::Config)?;
+        crate::mapped::ensure_dir(&cfg.data_dir)?;
+        let lock = FolderLock::acquire(&cfg.data_dir)?;
+        checkpoint::sweep_temp_files(&cfg.data_dir)?;
+        let clean = !checkpoint::mark_running(&cfg.data_dir)?;
+        let cp_path = cfg.data_dir.join("checkpoint");
+        let cp = Checkpoint::load(&cp_path);
+        let cq_root = cfg.data_dir.join("consumequeue");
+        // Derived files that are missing are rebuilt by dispatching the whole log again.
+        let rebuild_all = cp.is_none() || !cq_root.exists() || !cfg.data_dir.join("index").exists();
+        let log = Arc::new(CommitLog::open(
+            &cfg.data_dir.join("commitlog"),
+            cfg.segment_size,
+            cfg.max_record_size,
+            Arc::clone(&io),
+        )?);
+        let damage = Arc::new(DamageLog::default());
+        let cp = cp.unwrap_or_default();
+        let start = if rebuild_all {
+            log.min_offset()
+        } else {
+            cp.flushed.min(cp.dispatched)
+        };
+        let mut report = recovery::scan_commit_log(&ScanInput {
+            log: &log,
+            io: io.as_ref(),
+            damage: &damage,
+            start,
+            clean,
+            checkpoint_flushed: cp.flushed,
+        })?;
+        sync_recovered(&log, io.as_ref(), start, report.end)?;
+        let cqs = Arc::new(ConsumeQueues::open(
+            &cq_root,
+            cfg.cq_entries_per_file,
+            Arc::clone(&io),
+        )?);
+        let index = Arc::new(Index::open(
+            &cfg.data_dir.join("index"),
+            cfg.index_slots,
+            cfg.index_entries,
+            Arc::clone(&io),
+            clean && !rebuild_all,
+        )?);
+        let dispatcher = Arc::new(Dispatcher {
+            log: Arc::clone(&log),
+            cqs: Arc::clone(&cqs),
+            index: Arc::clone(&index),
+            damage: Arc::clone(&damage),
+            listener: parking_lot::RwLock::new(None),
+        });
+        let redispatch_from = if rebuild_all {
+            log.min_offset()
+        } else {
+            cp.dispatched.min(report.end)
+        };
+        dispatcher.dispatch_range(redispatch_from.max(log.min_offset()), report.end)?;
+        let queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
+        report.damaged_ranges = damage.all().len();
+        let shared = Arc::new(Shared::new(report.end));
+        dispatcher.checkpoint(&shared, &cp_path)?;
+        tracing::info!(
+            data_dir = %cfg.data_dir.display(), clean, end = report.end, scanned_from = report.scanned_from,
+            cut_at = ?report.cut_at, damaged = report.damaged_ranges, scan_us = report.scan_micros,
+            "store recovered"
+        );
+        Ok(Self::start(
+            cfg,
+            io,
+            log,
+            cqs,
+            index,
+            shared,
+            damage,
+            dispatcher,
+            queue_offsets,
+            report,
+            lock,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        cfg: StoreConfig,
+        io: Arc<dyn StorageIo>,
+        log: Arc<CommitLog>,
+        cqs: Arc<ConsumeQueues>,
+        index: Arc<Index>,
+        shared: Arc<Shared>,
+        damage: Arc<DamageLog>,
+        dispatcher: Arc<Dispatcher>,
+        queue_offsets: QueueOffsets,
+        recovery: RecoveryReport,
+        lock: FolderLock,
+    ) -> Self {
+        let (append_tx, append_rx) = crossbeam_channel::bounded(cfg.append_queue_capacity);
+        let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+        let appender = Appender::new(
+            Arc::clone(&log),
+            Arc::clone(&io),
+            Arc::clone(&shared),
+            cfg.clone(),
+            flush_tx,
+            queue_offsets,
+            recovery.end,
+        );
+        let flusher = Flusher {
+            log: Arc::clone(&log),
+            io: Arc::clone(&io),
+            shared: Arc::clone(&shared),
+            mode: cfg.flush,
+        };
+        let mut threads = Vec::new();
+        threads.push((
+            "appender",
+            spawn("sluice-appender", move || appender.run(append_rx)),
+        ));
+        threads.push((
+            "flusher",
+            spawn("sluice-flusher", move || flusher.run(flush_rx)),
+        ));
+        let (d, s, c) = (Arc::clone(&dispatcher), Arc::clone(&shared), cfg.clone());
+        threads.push((
+            "dispatcher",
+            spawn("sluice-dispatch", move || dispatch::run(d, s, c)),
+        ));
+        let make_retention = || Retention {
+            log: Arc::clone(&log),
+            cqs: Arc::clone(&cqs),
+            index: Arc::clone(&index),
+            shared: Arc::clone(&shared),
+            cfg: cfg.clone(),
+        };
+        let cleaner = make_retention();
+        let interval = cfg.clean_interval;
+        threads.push((
+            "cleaner",
+            spawn("sluice-cleaner", move || retention::run(cleaner, interval)),
+        ));
+        let retention = make_retention();
+        let store_host = cfg.store_host;
+        Self {
+            cfg,
+            log,
+            cqs,
+            index,
+            shared,
+            damage,
+            dispatcher,
+            retention,
+            append_tx,
+            threads: Mutex::new(threads),
+            recovery,
+            store_host,
+            _lock: lock,
+        }
+    }
+
+    /// Queues messages for appending as one unit (stored contiguously, acknowledged together).
+    /// Encoding happens here, on the caller's thread. A full queue answers
+    /// [`StoreError::Busy`] at once instead of blocking: the caller should push back.
+    ///
+    /// `wait_durable = false` (RocketMQ's `WAIT=false`) completes after the write, before the
+    /// sync.
+    pub fn append(&self, messages: &[MessageInput], wait_durable: bool) -> Result<AppendFuture> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if messages.is_empty() {
+            return Err(StoreError::InvalidMessage("nothing to append".into()));
+        }
+        let records = messages
+            .iter()
+            .map(|m| message::encode(m, self.store_host, self.cfg.max_record_size))
+            .collect::<Result<Vec<_>>>()?;
+        let (reply, rx) = oneshot::channel();
+        let req = AppendRequest {
+            records,
+            wait_durable,
+            reply,
+        };
+        match self.append_tx.try_send(AppendCommand::Append(req)) {
+            Ok(()) => Ok(AppendFuture { rx }),
+            Err(TrySendError::Full(_)) => {
+                Err(StoreError::Busy("append queue full: the disk is behind"))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Appends and blocks until acknowledged. For threads, not async tasks.
+    pub fn append_blocking(&self, messages: &[MessageInput]) -> Result<Vec<Appended>> {
+        self.append(messages, true)?.wait()
+    }
+
+    /// Registers the one listener told about every dispatched record (long polling).
+    pub fn set_dispatch_listener(&self, listener: DispatchListener) {
+        *self.dispatcher.listener.write() = Some(listener);
+    }
+
+    /// The verified record at a commit-log offset.
+    pub fn read_record(&self, phys_offset: u64) -> Result<Bytes> {
+        if phys_offset >= self.visible_end() {
+            return Err(StoreError::NotFound(phys_offset));
+        }
+        self.read_verified(phys_offset)
+    }
+
+    /// Reads through the commit log, recording any corruption found so operators see it.
+    pub(crate) fn read_verified(&self, phys_offset: u64) -> Result<Bytes> {
+        let res = self.log.read(phys_offset);
+        if let Err(StoreError::Corrupt {
+            path,
+            position,
+            reason,
+        }) = &res
+        {
+            self.damage.record(path, *position, phys_offset, 1, reason);
+        }
+        res
+    }
+
+    /// End of what readers may see: flushed bytes in sync mode, written bytes in async mode.
+    pub(crate) fn visible_end(&self) -> u64 {
+        match self.cfg.flush {
+            crate::config::FlushMode::Sync => self.shared.flushed.get(),
+            crate::config::FlushMode::Async { .. } => self.shared.written.get(),
+        }
+    }
+
+    /// The address written into records as STOREHOST (and into offset message ids).
+    pub fn store_host(&self) -> SocketAddr {
+        self.store_host
+    }
+
+    /// What recovery found when this store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Offsets and sizes for operators.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            min_offset: self.log.min_offset(),
+            written: self.shared.written.get(),
+            flushed: self.shared.flushed.get(),
+            dispatched: self.shared.dispatched.get(),
+            commit_log_bytes: self.log.disk_bytes(),
+            queues: self.cqs.all().len(),
+        }
+    }
+
+    /// Fencing and damage.
+    pub fn health(&self) -> Health {
+        Health {
+            fenced: self.shared.fenced(),
+            damage: self.damage.all(),
+        }
+    }
+
+    /// Runs one retention pass now.
+    pub fn run_retention(&self) -> Result<RetentionReport> {
+        self.retention.run_once()
+    }
+
+    /// Waits until every record written so far is dispatched (tests and shutdown paths).
+    pub fn wait_dispatched(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let target = self.visible_end();
+            let done = self.shared.dispatched.get();
+            if done >= target {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.shared.dispatched.wait_beyond(done, deadline - now);
+        }
+    }
+
+    /// Stops accepting appends, completes what is queued, syncs, dispatches everything, writes
+    /// a final checkpoint and removes the abort marker. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        if threads.is_empty() {
+            return Ok(());
+        }
+        let _ = self.append_tx.send(AppendCommand::Shutdown);
+        let mut threads = threads.into_iter();
+        for (name, handle) in threads.by_ref().take(2) {
+            join(name, handle); // appender, then flusher (it stops after the appender's Shutdown)
+        }
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.flushed.poke();
+        self.shared.written.poke();
+        for (name, handle) in threads {
+            join(name, handle);
+        }
+        if let Some(reason) = self.shared.fenced() {
+            tracing::warn!(reason = %reason, "store was fenced: leaving the abort marker so the next open recovers");
+            return Ok(());
+        }
+        checkpoint::mark_clean(&self.cfg.data_dir)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "store shutdown failed");
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .expect("spawn store thread")
+}
+
+fn join(name: &str, handle: JoinHandle<()>) {
+    if handle.join().is_err() {
+        tracing::error!(thread = name, "store thread panicked");
+    }
+}
+
+/// Syncs the recovered range: after a process crash the bytes read back may sit only in the
+/// page cache, and the checkpoint is about to vouch for them.
+fn sync_recovered(log: &CommitLog, io: &dyn StorageIo, from: u64, to: u64) -> Result<()> {
+    for seg in log.segments() {
+        if seg.end() > from && seg.base < to.max(from + 1) {
+            seg.file.sync(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets every queue's bounds from the recovered log and returns the next queue offsets.
+fn recover_queue_bounds(
+    cqs: &ConsumeQueues,
+    log: &CommitLog,
+    end: u64,
+    unclean: bool,
+) -> Result<QueueOffsets> {
+    let mut next: QueueOffsets = QueueOffsets::new();
+    for (topic, qid, q) in cqs.all() {
+        q.recover_bounds(log.min_offset(), end);
+        if unclean {
+            q.clear_beyond_max(cqs.io())?;
+        }
+        next.entry(topic)
+            .or_default()
+            .insert(qid, q.max_offset() as i64);
+    }
+    Ok(next)
+}

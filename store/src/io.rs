@@ -137,7 +137,8 @@ pub struct FaultyIo {
     real: RealIo,
     fail_sync: AtomicBool,
     fail_allocate: AtomicBool,
-    /// When non-zero, the next write stores only this many bytes and then fails with EIO.
+    /// When non-zero, the next write longer than this stores only this many bytes and then
+    /// fails with EIO.
     torn_write_at: AtomicU64,
     fake_used_ratio_millis: AtomicU64,
     syncs: AtomicU64,
@@ -156,7 +157,9 @@ impl FaultyIo {
     pub fn fail_allocations(&self, on: bool) {
         self.fail_allocate.store(on, Ordering::SeqCst);
     }
-    /// The next write keeps only its first `keep` bytes (at least 1) and fails with EIO.
+    /// The next write longer than `keep` bytes keeps only its first `keep` bytes and fails with
+    /// EIO. (Consume-queue and index writes are 4 or 20 bytes: a `keep` above 20 aims the tear
+    /// at the commit log.)
     pub fn tear_next_write(&self, keep: u64) {
         self.torn_write_at.store(keep.max(1), Ordering::SeqCst);
     }
@@ -180,10 +183,15 @@ impl StorageIo for FaultyIo {
     }
 
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-        let keep = self.torn_write_at.swap(0, Ordering::SeqCst);
-        if keep > 0 {
-            let keep = (keep as usize).min(buf.len());
-            self.real.write_at(file, &buf[..keep], offset)?;
+        let keep = self.torn_write_at.load(Ordering::SeqCst);
+        if keep > 0
+            && buf.len() as u64 > keep
+            && self
+                .torn_write_at
+                .compare_exchange(keep, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.real.write_at(file, &buf[..keep as usize], offset)?;
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.real.write_at(file, buf, offset)

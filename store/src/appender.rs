@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use sluice_protocol::message::record::patch_store_fields;
+use sluice_protocol::message::record::{encode_record, patch_store_fields, record_len};
 use tokio::sync::oneshot;
 
 use crate::commitlog::{CommitLog, Segment};
@@ -22,7 +22,7 @@ use crate::config::{FlushMode, StoreConfig};
 use crate::error::{Result, StoreError};
 use crate::framing;
 use crate::io::StorageIo;
-use crate::message::{now_ms, Appended, EncodedRecord};
+use crate::message::{self, now_ms, Appended, MessageInput};
 use crate::shared::Shared;
 
 /// The reply channel of one append.
@@ -31,7 +31,8 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>>>;
 /// One append request: its records are stored contiguously and acknowledged together.
 #[derive(Debug)]
 pub(crate) struct AppendRequest {
-    pub(crate) records: Vec<EncodedRecord>,
+    /// Validated messages, encoded straight into the write buffer by the appender.
+    pub(crate) messages: Vec<MessageInput>,
     /// False when the producer said `WAIT=false`: complete after the write, not the sync.
     pub(crate) wait_durable: bool,
     pub(crate) reply: Reply,
@@ -175,14 +176,22 @@ impl Appender {
     }
 
     /// Places a request's records after the staged bytes, rolling the segment first if needed.
-    fn stage(&mut self, mut req: AppendRequest) {
-        let need: u64 = req
-            .records
+    fn stage(&mut self, req: AppendRequest) {
+        let host = self.cfg.store_host;
+        let sizes: Vec<usize> = req
+            .messages
             .iter()
-            .map(|r| framing::frame_len(r.bytes.len()))
-            .sum();
-        let seg_size = self.log.segment_size();
-        if need + framing::BLANK_LEN as u64 > seg_size {
+            .map(|m| {
+                record_len(
+                    &message::header(m, host),
+                    &m.body,
+                    &m.topic,
+                    m.properties.as_bytes(),
+                )
+            })
+            .collect();
+        let need: u64 = sizes.iter().map(|n| framing::frame_len(*n)).sum();
+        if need + framing::BLANK_LEN as u64 > self.log.segment_size() {
             let e =
                 StoreError::InvalidMessage(format!("request of {need} bytes exceeds a segment"));
             let _ = req.reply.send(Err(e));
@@ -197,22 +206,31 @@ impl Appender {
         }
         let watermark = self.shared.flushed.get();
         let store_ts = now_ms();
-        let mut result = Vec::with_capacity(req.records.len());
-        for rec in &mut req.records {
-            let queue_offset = if rec.consumable {
-                self.next_queue_offset(&rec.topic, rec.queue_id)
+        let mut result = Vec::with_capacity(req.messages.len());
+        for m in &req.messages {
+            let queue_offset = if m.is_consumable() {
+                self.next_queue_offset(&m.topic, m.queue_id)
             } else {
                 0
             };
             let phys = self.next;
-            patch_store_fields(&mut rec.bytes, queue_offset, phys as i64, store_ts);
-            self.buf.extend_from_slice(&rec.bytes);
-            self.buf
-                .extend_from_slice(&framing::trailer(&rec.bytes, watermark));
-            self.next += framing::frame_len(rec.bytes.len());
+            let start = self.buf.len();
+            let size = encode_record(
+                &message::header(m, host),
+                &m.body,
+                &m.topic,
+                m.properties.as_bytes(),
+                &mut self.buf,
+            )
+            .expect("validated before queueing");
+            let record = &mut self.buf[start..];
+            patch_store_fields(record, queue_offset, phys as i64, store_ts);
+            let trailer = framing::trailer(record, watermark);
+            self.buf.extend_from_slice(&trailer);
+            self.next += framing::frame_len(size);
             result.push(Appended {
                 phys_offset: phys,
-                size: rec.bytes.len() as u32,
+                size: size as u32,
                 queue_offset,
                 store_timestamp: store_ts,
             });

@@ -34,7 +34,7 @@ pub struct StoreConfig {
     /// Bytes the appender may have written beyond the last completed sync before it waits
     /// (sync mode). Bounds the torn-write window recovery must consider. Default 64 MiB.
     pub max_unflushed_bytes: u64,
-    /// Largest single write the appender issues. Default 4 MiB.
+    /// Largest single write the appender issues (at least one maximum record). Default 8 MiB.
     pub max_write_batch_bytes: usize,
     /// Consume-queue entries per file (20 bytes each). Default 300 000 (6 MB files).
     pub cq_entries_per_file: u64,
@@ -68,7 +68,7 @@ impl StoreConfig {
             max_record_size: 4 * 1024 * 1024 + 64 * 1024,
             append_queue_capacity: 16_384,
             max_unflushed_bytes: 64 << 20,
-            max_write_batch_bytes: 4 << 20,
+            max_write_batch_bytes: 8 << 20,
             cq_entries_per_file: 300_000,
             index_slots: 1_000_000,
             index_entries: 4_000_000,
@@ -81,10 +81,14 @@ impl StoreConfig {
         }
     }
 
-    /// Small files for tests: 4 MiB segments, 1 024-entry queue files, a small index.
+    /// Small files for tests: 4 MiB segments, 256 KiB records, 1 024-entry queue files, a
+    /// small index.
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             segment_size: 4 << 20,
+            max_record_size: 256 << 10,
+            max_write_batch_bytes: 1 << 20,
+            max_unflushed_bytes: 8 << 20,
             cq_entries_per_file: 1024,
             index_slots: 4096,
             index_entries: 16_384,
@@ -127,5 +131,28 @@ impl StoreConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_test_defaults_are_consistent() {
+        StoreConfig::new("/tmp/x").validate().unwrap();
+        StoreConfig::for_tests("/tmp/x").validate().unwrap();
+    }
+
+    #[test]
+    fn inconsistent_limits_are_refused_with_a_reason() {
+        let mut c = StoreConfig::new("/tmp/x");
+        c.segment_size = 1024;
+        assert!(c.validate().unwrap_err().contains("segment_size"));
+        let mut c = StoreConfig::new("/tmp/x");
+        c.flush = FlushMode::Async {
+            interval: Duration::from_secs(60),
+        };
+        assert!(c.validate().unwrap_err().contains("async"));
     }
 }

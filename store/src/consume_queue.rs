@@ -79,8 +79,7 @@ impl ConsumeQueue {
         let mut files = Vec::with_capacity(names.len());
         for name in names {
             let first = name / ENTRY_LEN;
-            let f =
-                MappedFile::open_or_create(&dir.join(file_name(name)), per_file * ENTRY_LEN, io)?;
+            let f = MappedFile::open_zeroed(&dir.join(file_name(name)), per_file * ENTRY_LEN, io)?;
             files.push((first, Arc::new(f)));
         }
         let min = files.first().map_or(0, |(first, _)| *first);
@@ -124,22 +123,37 @@ impl ConsumeQueue {
         self.raw_entry(offset)
     }
 
-    /// Writes the entry for queue offset `offset` and publishes it.
-    pub(crate) fn put(&self, offset: u64, entry: CqEntry, io: &dyn StorageIo) -> Result<()> {
-        let file = match self.file_for(offset) {
-            Some(f) => f,
-            None => self.create_file(offset - offset % self.per_file, io)?,
-        };
-        let pos = (offset % self.per_file) * ENTRY_LEN;
-        file.write_at(io, &entry.encode(), pos)?;
+    /// Writes entries for queue offsets `first..` (one write per file touched) and publishes
+    /// them.
+    pub(crate) fn put_run(
+        &self,
+        first: u64,
+        entries: &[CqEntry],
+        io: &dyn StorageIo,
+    ) -> Result<()> {
+        let mut offset = first;
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let file = match self.file_for(offset) {
+                Some(f) => f,
+                None => self.create_file(offset - offset % self.per_file, io)?,
+            };
+            let room = (self.per_file - offset % self.per_file) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            let bytes: Vec<u8> = now.iter().flat_map(CqEntry::encode).collect();
+            file.write_at(io, &bytes, (offset % self.per_file) * ENTRY_LEN)?;
+            offset += now.len() as u64;
+            rest = later;
+        }
         self.dirty.store(true, Ordering::Release);
-        self.max.fetch_max(offset + 1, Ordering::AcqRel);
+        self.max
+            .fetch_max(first + entries.len() as u64, Ordering::AcqRel);
         Ok(())
     }
 
     fn create_file(&self, first: u64, io: &dyn StorageIo) -> Result<Arc<MappedFile>> {
         let path = self.dir.join(file_name(first * ENTRY_LEN));
-        let f = Arc::new(MappedFile::open_or_create(
+        let f = Arc::new(MappedFile::open_zeroed(
             &path,
             self.per_file * ENTRY_LEN,
             io,

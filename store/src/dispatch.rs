@@ -17,11 +17,11 @@ use sluice_protocol::message::record::{sysflag, RecordView};
 use crate::checkpoint::Checkpoint;
 use crate::commitlog::CommitLog;
 use crate::config::{FlushMode, StoreConfig};
-use crate::consume_queue::{ConsumeQueues, CqEntry};
+use crate::consume_queue::{ConsumeQueue, ConsumeQueues, CqEntry};
 use crate::damage::DamageLog;
 use crate::error::Result;
 use crate::framing::{self, Probe};
-use crate::index::{index_key, Index};
+use crate::index::{index_key, Index, IndexItem};
 use crate::message::now_ms;
 use crate::shared::Shared;
 
@@ -54,21 +54,50 @@ pub(crate) struct Dispatcher {
     pub(crate) listener: RwLock<Option<DispatchListener>>,
 }
 
+/// Most records one `dispatch_range` call handles, so listeners hear about new records soon.
+const MAX_RECORDS_PER_CALL: usize = 4096;
+
+/// Entries gathered during one call and written together: one write per queue run and one
+/// for the index, instead of a system call per entry.
+#[derive(Default)]
+struct Batch {
+    runs: Vec<(Arc<ConsumeQueue>, u64, Vec<CqEntry>)>,
+    index: Vec<IndexItem>,
+    events: Vec<DispatchEvent>,
+}
+
+impl Batch {
+    fn push_cq(&mut self, q: Arc<ConsumeQueue>, offset: u64, entry: CqEntry) {
+        let run = self
+            .runs
+            .iter_mut()
+            .rev()
+            .find(|(rq, first, es)| Arc::ptr_eq(rq, &q) && first + es.len() as u64 == offset);
+        match run {
+            Some((_, _, es)) => es.push(entry),
+            None => self.runs.push((q, offset, vec![entry])),
+        }
+    }
+}
+
 impl Dispatcher {
-    /// Dispatches every record in `[from, to)`; returns the offset reached (`to` unless an
-    /// error stopped it early).
+    /// Dispatches the records in `[from, to)` (at most [`MAX_RECORDS_PER_CALL`]); returns the
+    /// offset reached. Entries become visible, and listeners hear of them, after the writes.
     pub(crate) fn dispatch_range(&self, from: u64, to: u64) -> Result<u64> {
         let mut pos = from;
-        while pos < to {
+        let mut batch = Batch::default();
+        let mut records = 0;
+        while pos < to && records < MAX_RECORDS_PER_CALL {
             let Some(seg) = self.log.segment_for(pos) else {
-                return Ok(pos);
+                break;
             };
             let rel = (pos - seg.base) as usize;
             match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record()) {
                 Probe::Record { total, .. } => {
                     let bytes = &seg.file.as_slice()[rel..rel + total];
-                    self.dispatch_record(pos, bytes)?;
+                    self.gather(pos, bytes, &mut batch)?;
                     pos += framing::frame_len(total);
+                    records += 1;
                 }
                 Probe::SegmentEnd { .. } => pos = seg.end(),
                 Probe::Empty | Probe::Invalid(_) => {
@@ -76,7 +105,33 @@ impl Dispatcher {
                 }
             }
         }
+        self.write_batch(batch)?;
         Ok(pos)
+    }
+
+    /// Dispatches everything in `[from, to)` (recovery).
+    pub(crate) fn dispatch_all(&self, mut from: u64, to: u64) -> Result<()> {
+        while from < to {
+            let reached = self.dispatch_range(from, to)?;
+            if reached == from {
+                break; // no segment there: nothing more to dispatch
+            }
+            from = reached;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&self, batch: Batch) -> Result<()> {
+        self.index.put_batch(&batch.index)?;
+        for (q, first, entries) in &batch.runs {
+            q.put_run(*first, entries, self.cqs.io())?;
+        }
+        if let Some(listener) = self.listener.read().as_ref() {
+            for e in &batch.events {
+                listener(e);
+            }
+        }
+        Ok(())
     }
 
     /// Steps over a damaged range: a known one, or one found now (recorded as damage).
@@ -85,12 +140,9 @@ impl Dispatcher {
             return end;
         }
         let rel = (pos - seg.base) as usize;
-        let next = framing::find_next_valid(
-            seg.file.as_slice(),
-            rel + 1,
-            seg.base,
-            self.log.max_record(),
-        );
+        let bytes = seg.file.as_slice();
+        let next =
+            framing::find_next_valid(bytes, rel + 1, bytes.len(), seg.base, self.log.max_record());
         let end = next.map_or(seg.end(), |(p, _)| seg.base + p as u64);
         self.damage.record(
             seg.file.path(),
@@ -102,29 +154,32 @@ impl Dispatcher {
         end
     }
 
-    fn dispatch_record(&self, phys: u64, bytes: &[u8]) -> Result<()> {
+    fn gather(&self, phys: u64, bytes: &[u8], batch: &mut Batch) -> Result<()> {
         let view = RecordView::parse(bytes, usize::MAX)?;
         let tx = view.transaction_type();
         let consumable = tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT;
-        let tags_code = find_property(view.properties, keys::TAGS)
-            .map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
         let store_ts = view.header.store_timestamp;
         if tx != sysflag::TRANSACTION_ROLLBACK {
-            self.index_record(&view, phys, store_ts)?;
+            gather_index(&view, phys, store_ts, &mut batch.index);
         }
         if !consumable {
             return Ok(());
         }
+        let tags_code = find_property(view.properties, keys::TAGS)
+            .map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
         let queue_offset = view.header.queue_offset as u64;
         let cq = self.cqs.get_or_create(view.topic, view.header.queue_id)?;
-        let entry = CqEntry {
-            phys_offset: phys,
-            size: view.total_size as u32,
-            tags_code,
-        };
-        cq.put(queue_offset, entry, self.cqs.io())?;
-        if let Some(listener) = self.listener.read().as_ref() {
-            listener(&DispatchEvent {
+        batch.push_cq(
+            cq,
+            queue_offset,
+            CqEntry {
+                phys_offset: phys,
+                size: view.total_size as u32,
+                tags_code,
+            },
+        );
+        if self.listener.read().is_some() {
+            batch.events.push(DispatchEvent {
                 topic: view.topic.to_string(),
                 queue_id: view.header.queue_id,
                 queue_offset,
@@ -132,22 +187,6 @@ impl Dispatcher {
                 phys_offset: phys,
                 store_timestamp: store_ts,
             });
-        }
-        Ok(())
-    }
-
-    fn index_record(&self, view: &RecordView<'_>, phys: u64, store_ts: i64) -> Result<()> {
-        if let Some(uniq) = find_property(view.properties, keys::UNIQ_KEY) {
-            let key = index_key(view.topic, &String::from_utf8_lossy(uniq));
-            self.index.put(&key, phys, store_ts)?;
-        }
-        if let Some(ks) = find_property(view.properties, keys::KEYS) {
-            for k in String::from_utf8_lossy(ks)
-                .split(' ')
-                .filter(|k| !k.is_empty())
-            {
-                self.index.put(&index_key(view.topic, k), phys, store_ts)?;
-            }
         }
         Ok(())
     }
@@ -166,6 +205,24 @@ impl Dispatcher {
             written_at_ms: now_ms(),
         }
         .store(path)
+    }
+}
+
+fn gather_index(view: &RecordView<'_>, phys: u64, store_ts: i64, out: &mut Vec<IndexItem>) {
+    if let Some(uniq) = find_property(view.properties, keys::UNIQ_KEY) {
+        out.push(IndexItem::new(
+            &index_key(view.topic, &String::from_utf8_lossy(uniq)),
+            phys,
+            store_ts,
+        ));
+    }
+    if let Some(ks) = find_property(view.properties, keys::KEYS) {
+        for k in String::from_utf8_lossy(ks)
+            .split(' ')
+            .filter(|k| !k.is_empty())
+        {
+            out.push(IndexItem::new(&index_key(view.topic, k), phys, store_ts));
+        }
     }
 }
 

@@ -136,19 +136,21 @@ fn probe_blank(seg: &[u8], pos: usize, remaining: i32) -> Probe {
     }
 }
 
-/// The first position at or after `from` holding a verified record or end marker, with what
+/// The first position in `[from, until)` holding a verified record or end marker, with what
 /// it holds. Recovery uses it to learn whether anything valid follows a bad position.
 pub(crate) fn find_next_valid(
     seg: &[u8],
     from: usize,
+    until: usize,
     base: u64,
     max_record: usize,
 ) -> Option<(usize, Probe)> {
+    let until = until.min(seg.len());
     let mut pos = from;
-    while pos + 8 <= seg.len() {
+    while pos + 8 <= until {
         // Jump to the next byte that can begin a magic (0xDA.. or 0xCB..) at `pos + 4`: the
         // regions searched are mostly zeros, and a byte-by-byte probe would crawl.
-        let hit = memchr::memchr2(0xDA, 0xCB, &seg[pos + 4..])?;
+        let hit = memchr::memchr2(0xDA, 0xCB, &seg[pos + 4..until])?;
         pos += hit;
         if pos + 8 > seg.len() {
             return None;
@@ -248,7 +250,7 @@ mod tests {
         let mut seg = segment_with(&[a, b], 1024);
         seg[3] ^= 0x55; // damage the first record's length
         assert!(matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)));
-        let (pos, p) = find_next_valid(&seg, 1, 0, 1 << 20).unwrap();
+        let (pos, p) = find_next_valid(&seg, 1, seg.len(), 0, 1 << 20).unwrap();
         assert_eq!(pos, b_pos);
         assert!(matches!(p, Probe::Record { .. }));
     }

@@ -15,10 +15,11 @@
 //! ```text
 //! ```
 //!
-//! Entry 0 is unused so that 0 means "none". A put writes the entry (whose `prev` is the slot's
-//! old value), then the slot. The header is written at sync time. After an unclean stop the
-//! newest file's slots are rebuilt from its entries up to the first empty one; entries for
-//! records after the checkpoint are then added again by the dispatcher. A query therefore
+//! Entry 0 is unused so that 0 means "none". Entries are appended in batches with one write
+//! each (an entry's `prev` is its slot's old value). The newest file's slot table lives in
+//! memory and is written, with the header, at each sync (checkpoint); after an unclean stop it
+//! is rebuilt from the entries up to the first empty one, and entries for records after the
+//! checkpoint are then added again by the dispatcher. A query therefore
 //! de-duplicates by commit-log offset and the caller verifies each record's keys, so a hash
 //! collision or a stale entry can cost time, never a wrong answer.
 
@@ -64,18 +65,48 @@ struct Header {
     count: u32,
 }
 
+/// Slots per dirty-tracking page (4 KiB of slot table).
+const SLOTS_PER_PAGE: usize = 1024;
+
+/// One key to index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexItem {
+    hash: u32,
+    phys: u64,
+    store_ts: i64,
+}
+
+impl IndexItem {
+    pub(crate) fn new(key: &str, phys: u64, store_ts: i64) -> Self {
+        Self {
+            hash: key_hash(key),
+            phys,
+            store_ts,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FileState {
+    header: Header,
+    /// The slot table of the newest file, kept in memory and written at sync (after an unclean
+    /// stop it is rebuilt from the entries, so the disk copy may lag). `None` once sealed.
+    live_slots: Option<Vec<u32>>,
+    dirty_pages: Vec<bool>,
+}
+
 #[derive(Debug)]
 struct IndexFile {
     file: MappedFile,
     slots: u32,
     entries: u32,
-    header: Mutex<Header>,
+    state: Mutex<FileState>,
 }
 
 impl IndexFile {
     fn open(path: &Path, slots: u32, entries: u32, io: &dyn StorageIo) -> Result<Self> {
         let len = HEADER_LEN + u64::from(slots) * 4 + u64::from(entries) * ENTRY_LEN;
-        let file = MappedFile::open_or_create(path, len, io)?;
+        let file = MappedFile::open_zeroed(path, len, io)?;
         let b = file.as_slice();
         let rd64 = |p: usize| i64::from_be_bytes(b[p..p + 8].try_into().expect("8 bytes"));
         let rd32 = |p: usize| u32::from_be_bytes(b[p..p + 4].try_into().expect("4 bytes"));
@@ -93,64 +124,120 @@ impl IndexFile {
             end_phys: rd64(24) as u64,
             count,
         };
+        let state = FileState {
+            header,
+            live_slots: None,
+            dirty_pages: Vec::new(),
+        };
         Ok(Self {
             file,
             slots,
             entries,
-            header: Mutex::new(header),
+            state: Mutex::new(state),
         })
-    }
-
-    fn slot_pos(&self, hash: u32) -> u64 {
-        HEADER_LEN + u64::from(hash % self.slots) * 4
     }
 
     fn entry_pos(&self, n: u32) -> u64 {
         HEADER_LEN + u64::from(self.slots) * 4 + u64::from(n) * ENTRY_LEN
     }
 
-    fn read_u32(&self, pos: u64) -> u32 {
+    fn disk_slot(&self, slot: usize) -> u32 {
+        let pos = HEADER_LEN + slot as u64 * 4;
         self.file
             .slice(pos, 4)
             .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
     }
 
+    /// Loads the slot table into memory: this file is the one being written.
+    fn make_live(&self) {
+        let mut st = self.state.lock();
+        if st.live_slots.is_none() {
+            let table: Vec<u32> = (0..self.slots as usize)
+                .map(|s| self.disk_slot(s))
+                .collect();
+            st.dirty_pages = vec![false; table.len().div_ceil(SLOTS_PER_PAGE)];
+            st.live_slots = Some(table);
+        }
+    }
+
+    fn header(&self) -> Header {
+        self.state.lock().header
+    }
+
     fn is_full(&self) -> bool {
-        self.header.lock().count >= self.entries
+        self.state.lock().header.count >= self.entries
     }
 
-    /// Adds one entry. The caller rolls to a new file when this one is full.
-    fn put(&self, key: &str, phys: u64, store_ts: i64, io: &dyn StorageIo) -> Result<()> {
-        let mut h = self.header.lock();
-        if h.count >= self.entries {
-            return Err(StoreError::Recovery("index file full".into()));
+    /// Appends as many of `items` as fit with one write; returns how many were taken. Slots
+    /// change only together with a successful write, so a reader never follows a slot to an
+    /// entry that is not there.
+    fn put_batch(&self, items: &[IndexItem], io: &dyn StorageIo) -> Result<usize> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let room = self.entries.saturating_sub(st.header.count) as usize;
+        let take = room.min(items.len());
+        if take == 0 {
+            return Ok(0);
         }
+        let slots = st
+            .live_slots
+            .as_mut()
+            .expect("only the live file is written");
+        let first = st.header.count;
+        let mut buf = Vec::with_capacity(take * ENTRY_LEN as usize);
+        let mut undo = Vec::with_capacity(take);
+        for (i, item) in items[..take].iter().enumerate() {
+            let slot = (item.hash % self.slots) as usize;
+            let n = first + i as u32;
+            undo.push((slot, slots[slot]));
+            buf.extend_from_slice(&item.hash.to_be_bytes());
+            buf.extend_from_slice(&item.phys.to_be_bytes());
+            buf.extend_from_slice(&to_entry_time(item.store_ts).to_be_bytes());
+            buf.extend_from_slice(&slots[slot].to_be_bytes());
+            slots[slot] = n;
+        }
+        if let Err(e) = self.file.write_at(io, &buf, self.entry_pos(first)) {
+            for (slot, old) in undo.into_iter().rev() {
+                slots[slot] = old;
+            }
+            return Err(e);
+        }
+        for (slot, _) in &undo {
+            st.dirty_pages[slot / SLOTS_PER_PAGE] = true;
+        }
+        let h = &mut st.header;
         if h.count == 1 {
-            h.begin_ts = store_ts;
-            h.end_ts = store_ts;
-            h.begin_phys = phys;
+            (h.begin_ts, h.end_ts, h.begin_phys) =
+                (items[0].store_ts, items[0].store_ts, items[0].phys);
         }
-        let hash = key_hash(key);
-        let slot_pos = self.slot_pos(hash);
-        let prev = self.read_u32(slot_pos);
-        let diff = to_entry_time(store_ts);
-        let mut entry = [0u8; ENTRY_LEN as usize];
-        entry[..4].copy_from_slice(&hash.to_be_bytes());
-        entry[4..12].copy_from_slice(&phys.to_be_bytes());
-        entry[12..16].copy_from_slice(&diff.to_be_bytes());
-        entry[16..].copy_from_slice(&prev.to_be_bytes());
-        let n = h.count;
-        self.file.write_at(io, &entry, self.entry_pos(n))?;
-        self.file.write_at(io, &n.to_be_bytes(), slot_pos)?;
-        h.count += 1;
-        h.begin_ts = h.begin_ts.min(store_ts);
-        h.end_ts = h.end_ts.max(store_ts);
-        h.end_phys = h.end_phys.max(phys);
-        Ok(())
+        for item in &items[..take] {
+            (h.begin_ts, h.end_ts) = (h.begin_ts.min(item.store_ts), h.end_ts.max(item.store_ts));
+            h.end_phys = h.end_phys.max(item.phys);
+        }
+        h.count += take as u32;
+        Ok(take)
     }
 
-    fn write_header(&self, io: &dyn StorageIo) -> Result<()> {
-        let h = *self.header.lock();
+    /// Writes the header and the changed parts of the slot table, then syncs.
+    fn sync(&self, io: &dyn StorageIo) -> Result<()> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        if let Some(slots) = &st.live_slots {
+            for (page, dirty) in st.dirty_pages.iter_mut().enumerate() {
+                if !std::mem::take(dirty) {
+                    continue;
+                }
+                let from = page * SLOTS_PER_PAGE;
+                let to = (from + SLOTS_PER_PAGE).min(slots.len());
+                let bytes: Vec<u8> = slots[from..to]
+                    .iter()
+                    .flat_map(|v| v.to_be_bytes())
+                    .collect();
+                self.file
+                    .write_at(io, &bytes, HEADER_LEN + from as u64 * 4)?;
+            }
+        }
+        let h = st.header;
         let mut out = [0u8; HEADER_LEN as usize];
         out[..8].copy_from_slice(&h.begin_ts.to_be_bytes());
         out[8..16].copy_from_slice(&h.end_ts.to_be_bytes());
@@ -158,12 +245,15 @@ impl IndexFile {
         out[24..32].copy_from_slice(&h.end_phys.to_be_bytes());
         out[32..36].copy_from_slice(&self.slots.to_be_bytes());
         out[36..40].copy_from_slice(&h.count.to_be_bytes());
-        self.file.write_at(io, &out, 0)
+        self.file.write_at(io, &out, 0)?;
+        self.file.sync(io)
     }
 
-    fn sync(&self, io: &dyn StorageIo) -> Result<()> {
-        self.write_header(io)?;
-        self.file.sync(io)
+    /// Syncs and drops the in-memory slot table: the file is full and read from the map now.
+    fn seal(&self, io: &dyn StorageIo) -> Result<()> {
+        self.sync(io)?;
+        self.state.lock().live_slots = None;
+        Ok(())
     }
 
     /// After an unclean stop: count the entries up to the first empty one and rebuild the
@@ -178,9 +268,14 @@ impl IndexFile {
         while n < self.entries && written(n) {
             n += 1;
         }
-        let mut slots = vec![0u8; self.slots as usize * 4];
-        let (mut begin_ts, mut end_ts, mut begin_phys, mut end_phys) =
-            (i64::MAX, i64::MIN, u64::MAX, 0u64);
+        let mut table = vec![0u32; self.slots as usize];
+        let mut h = Header {
+            begin_ts: i64::MAX,
+            end_ts: i64::MIN,
+            begin_phys: u64::MAX,
+            end_phys: 0,
+            count: n,
+        };
         for i in 1..n {
             let e = self
                 .file
@@ -188,34 +283,48 @@ impl IndexFile {
                 .expect("entry in range");
             let hash = u32::from_be_bytes(e[..4].try_into().expect("4"));
             let phys = u64::from_be_bytes(e[4..12].try_into().expect("8"));
-            let diff = i32::from_be_bytes(e[12..16].try_into().expect("4"));
-            let s = (hash % self.slots) as usize * 4;
-            slots[s..s + 4].copy_from_slice(&i.to_be_bytes());
-            let ts = from_entry_time(diff);
-            (begin_ts, end_ts) = (begin_ts.min(ts), end_ts.max(ts + 999));
-            (begin_phys, end_phys) = (begin_phys.min(phys), end_phys.max(phys));
+            let ts = from_entry_time(i32::from_be_bytes(e[12..16].try_into().expect("4")));
+            table[(hash % self.slots) as usize] = i;
+            (h.begin_ts, h.end_ts) = (h.begin_ts.min(ts), h.end_ts.max(ts + 999));
+            (h.begin_phys, h.end_phys) = (h.begin_phys.min(phys), h.end_phys.max(phys));
         }
-        self.file.write_at(io, &slots, HEADER_LEN)?;
+        if n == 1 {
+            h = Header {
+                count: 1,
+                ..Header::default()
+            };
+        }
         // Clear what lies beyond the first empty entry, so no stale chain link survives.
-        let stale_from = self.entry_pos(n);
-        let stale_to = self.entry_pos(self.entries);
-        zero_range(&self.file, io, stale_from, stale_to)?;
+        zero_range(
+            &self.file,
+            io,
+            self.entry_pos(n),
+            self.entry_pos(self.entries),
+        )?;
         {
-            let mut h = self.header.lock();
-            h.count = n;
-            if n > 1 {
-                (h.begin_ts, h.end_ts, h.begin_phys, h.end_phys) =
-                    (begin_ts, end_ts, begin_phys, end_phys);
-            }
+            let mut st = self.state.lock();
+            st.header = h;
+            st.dirty_pages = vec![true; table.len().div_ceil(SLOTS_PER_PAGE)];
+            st.live_slots = Some(table);
         }
         self.sync(io)
+    }
+
+    /// The newest entry number in `hash`'s slot.
+    fn slot_head(&self, hash: u32) -> (u32, u32) {
+        let slot = (hash % self.slots) as usize;
+        let st = self.state.lock();
+        let head = st
+            .live_slots
+            .as_ref()
+            .map_or_else(|| self.disk_slot(slot), |t| t[slot]);
+        (head, st.header.count)
     }
 
     /// Commit-log offsets of entries matching `key`, newest first.
     fn lookup(&self, key: &str, begin_ts: i64, end_ts: i64, max: usize, out: &mut Vec<u64>) {
         let hash = key_hash(key);
-        let count = self.header.lock().count;
-        let mut n = self.read_u32(self.slot_pos(hash));
+        let (mut n, count) = self.slot_head(hash);
         let mut steps = 0;
         while n != 0 && n < count && out.len() < max && steps < MAX_CHAIN_STEPS {
             steps += 1;
@@ -293,8 +402,10 @@ impl Index {
             let f = IndexFile::open(&dir.join(file_name(name)), slots, entries, io.as_ref())?;
             files.push((name, Arc::new(f)));
         }
-        if !clean {
-            if let Some((_, newest)) = files.last() {
+        if let Some((_, newest)) = files.last() {
+            if clean {
+                newest.make_live();
+            } else {
                 newest.rebuild(io.as_ref())?;
             }
         }
@@ -307,20 +418,24 @@ impl Index {
         })
     }
 
-    /// Indexes `key` for the record at `phys`.
-    pub(crate) fn put(&self, key: &str, phys: u64, store_ts: i64) -> Result<()> {
-        let file = self.active(phys)?;
-        file.put(key, phys, store_ts, self.io.as_ref())
+    /// Indexes a batch of keys, rolling to new files as they fill.
+    pub(crate) fn put_batch(&self, mut items: &[IndexItem]) -> Result<()> {
+        while let Some(first) = items.first() {
+            let file = self.active(first.phys)?;
+            let taken = file.put_batch(items, self.io.as_ref())?;
+            items = &items[taken..];
+        }
+        Ok(())
     }
 
-    /// The file to write to, rolling when the newest is full (the full one is synced first).
+    /// The file to write to, rolling when the newest is full (the full one is sealed first).
     fn active(&self, phys: u64) -> Result<Arc<IndexFile>> {
         let mut files = self.files.lock();
         if let Some((_, f)) = files.last() {
             if !f.is_full() {
                 return Ok(Arc::clone(f));
             }
-            f.sync(self.io.as_ref())?;
+            f.seal(self.io.as_ref())?;
         }
         let name = files.last().map_or(phys, |(n, _)| phys.max(n + 1));
         let f = Arc::new(IndexFile::open(
@@ -329,12 +444,13 @@ impl Index {
             self.entries,
             self.io.as_ref(),
         )?);
+        f.make_live();
         sync_dir(&self.dir)?;
         files.push((name, Arc::clone(&f)));
         Ok(f)
     }
 
-    /// Makes the newest file durable (older ones were synced when they filled up).
+    /// Makes the newest file durable (older ones were sealed when they filled up).
     pub(crate) fn sync(&self) -> Result<()> {
         let newest = self.files.lock().last().map(|(_, f)| Arc::clone(f));
         match newest {
@@ -353,7 +469,7 @@ impl Index {
             .collect();
         let mut out = Vec::new();
         for f in files.iter().rev() {
-            let h = *f.header.lock();
+            let h = f.header();
             if h.count > 1 && (h.end_ts + 1000 < begin_ts || h.begin_ts - 1000 > end_ts) {
                 continue;
             }
@@ -370,7 +486,7 @@ impl Index {
         let doomed: Vec<_> = {
             let mut files = self.files.lock();
             let mut out = Vec::new();
-            while files.len() > 1 && files[0].1.header.lock().end_phys < log_min {
+            while files.len() > 1 && files[0].1.header().end_phys < log_min {
                 out.push(files.remove(0).1);
             }
             out

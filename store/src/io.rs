@@ -137,8 +137,8 @@ pub struct FaultyIo {
     real: RealIo,
     fail_sync: AtomicBool,
     fail_allocate: AtomicBool,
-    /// When non-zero, the next write longer than this stores only this many bytes and then
-    /// fails with EIO.
+    /// When non-zero, the next write to a commit-log segment longer than this stores only this
+    /// many bytes and then fails with EIO.
     torn_write_at: AtomicU64,
     fake_used_ratio_millis: AtomicU64,
     syncs: AtomicU64,
@@ -157,9 +157,8 @@ impl FaultyIo {
     pub fn fail_allocations(&self, on: bool) {
         self.fail_allocate.store(on, Ordering::SeqCst);
     }
-    /// The next write longer than `keep` bytes keeps only its first `keep` bytes and fails with
-    /// EIO. (Consume-queue and index writes are 4 or 20 bytes: a `keep` above 20 aims the tear
-    /// at the commit log.)
+    /// The next write to a commit-log segment that is longer than `keep` bytes keeps only its
+    /// first `keep` bytes and fails with EIO.
     pub fn tear_next_write(&self, keep: u64) {
         self.torn_write_at.store(keep.max(1), Ordering::SeqCst);
     }
@@ -174,6 +173,16 @@ impl FaultyIo {
     }
 }
 
+/// Whether `file` is a commit-log segment (its path, as the kernel knows it, has a
+/// `commitlog` folder).
+fn is_commit_log(file: &File) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).is_ok_and(|p| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "commitlog")
+    })
+}
+
 impl StorageIo for FaultyIo {
     fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
         if self.fail_allocate.load(Ordering::SeqCst) {
@@ -186,6 +195,7 @@ impl StorageIo for FaultyIo {
         let keep = self.torn_write_at.load(Ordering::SeqCst);
         if keep > 0
             && buf.len() as u64 > keep
+            && is_commit_log(file)
             && self
                 .torn_write_at
                 .compare_exchange(keep, 0, Ordering::SeqCst, Ordering::SeqCst)

@@ -21,6 +21,8 @@
 //! `index/<20-digit offset>`, `checkpoint`, `abort`, `lock`.
 
 mod appender;
+#[doc(hidden)]
+pub mod baseline;
 mod checkpoint;
 mod commitlog;
 mod config;

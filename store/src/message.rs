@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use sluice_protocol::message::record::{encode_record, sysflag, RecordHeader};
+use sluice_protocol::message::record::{record_len, sysflag, RecordHeader, MAX_PROPERTIES_LEN};
 
 use crate::error::{Result, StoreError};
 
@@ -71,15 +71,6 @@ pub struct Appended {
     pub store_timestamp: i64,
 }
 
-/// A record encoded on the caller's thread, waiting for the appender to fill in offsets.
-#[derive(Debug)]
-pub(crate) struct EncodedRecord {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) topic: String,
-    pub(crate) queue_id: i32,
-    pub(crate) consumable: bool,
-}
-
 /// Checks a topic name: the characters RocketMQ allows, so it is also a safe folder name.
 pub fn validate_topic(topic: &str) -> Result<()> {
     if topic.is_empty() || topic.len() > 255 {
@@ -99,19 +90,9 @@ pub fn validate_topic(topic: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn encode(
-    msg: &MessageInput,
-    store_host: SocketAddr,
-    max_record: usize,
-) -> Result<EncodedRecord> {
-    validate_topic(&msg.topic)?;
-    if msg.queue_id < 0 {
-        return Err(StoreError::InvalidMessage(format!(
-            "queue id {} is negative",
-            msg.queue_id
-        )));
-    }
-    let header = RecordHeader {
+/// The record header for `msg`; the appender fills in the offsets and store time.
+pub(crate) fn header(msg: &MessageInput, store_host: SocketAddr) -> RecordHeader {
+    RecordHeader {
         queue_id: msg.queue_id,
         flag: msg.flag,
         sys_flag: msg.sys_flag,
@@ -121,28 +102,40 @@ pub(crate) fn encode(
         reconsume_times: msg.reconsume_times,
         prepared_transaction_offset: msg.prepared_transaction_offset,
         ..RecordHeader::default()
-    };
-    let mut bytes = Vec::new();
-    encode_record(
-        &header,
+    }
+}
+
+/// Checks a message on the caller's thread, so the appender only ever sees messages that encode.
+pub(crate) fn validate(
+    msg: &MessageInput,
+    store_host: SocketAddr,
+    max_record: usize,
+) -> Result<()> {
+    validate_topic(&msg.topic)?;
+    if msg.queue_id < 0 {
+        return Err(StoreError::InvalidMessage(format!(
+            "queue id {} is negative",
+            msg.queue_id
+        )));
+    }
+    if msg.properties.len() > MAX_PROPERTIES_LEN {
+        return Err(StoreError::InvalidMessage(format!(
+            "properties of {} bytes exceed {MAX_PROPERTIES_LEN}",
+            msg.properties.len()
+        )));
+    }
+    let len = record_len(
+        &header(msg, store_host),
         &msg.body,
         &msg.topic,
         msg.properties.as_bytes(),
-        &mut bytes,
-    )
-    .map_err(|e| StoreError::InvalidMessage(e.to_string()))?;
-    if bytes.len() > max_record {
+    );
+    if len > max_record {
         return Err(StoreError::InvalidMessage(format!(
-            "record of {} bytes exceeds the limit of {max_record}",
-            bytes.len()
+            "record of {len} bytes exceeds the limit of {max_record}"
         )));
     }
-    Ok(EncodedRecord {
-        bytes,
-        topic: msg.topic.clone(),
-        queue_id: msg.queue_id,
-        consumable: msg.is_consumable(),
-    })
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -48,6 +48,8 @@ pub struct RecoveryReport {
     pub damaged_ranges: usize,
     /// Microseconds the commit-log scan took.
     pub scan_micros: u64,
+    /// Microseconds spent dispatching records again into consume queues and the index.
+    pub redispatch_micros: u64,
 }
 
 /// Facts recovery needs about the previous run.
@@ -123,19 +125,23 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
     Ok(report)
 }
 
-/// The first verified record or end marker after `pos`, with its watermark.
+/// The first verified record or end marker after `pos`, with its watermark. Only ranges that
+/// hold written data are searched.
 fn next_valid_after(log: &CommitLog, pos: u64) -> Option<(u64, u64)> {
     let mut from = pos + 1;
     while let Some(seg) = log.segment_for(from) {
-        let rel = (from - seg.base) as usize;
-        if let Some((p, probe)) =
-            framing::find_next_valid(seg.file.as_slice(), rel, seg.base, log.max_record())
-        {
-            let watermark = match probe {
-                Probe::Record { watermark, .. } | Probe::SegmentEnd { watermark } => watermark,
-                _ => 0,
-            };
-            return Some((seg.base + p as u64, watermark));
+        let bytes = seg.file.as_slice();
+        for (start, end) in seg.file.data_ranges(from - seg.base) {
+            let begin = start.max(from - seg.base) as usize;
+            let found =
+                framing::find_next_valid(bytes, begin, end as usize, seg.base, log.max_record());
+            if let Some((p, probe)) = found {
+                let watermark = match probe {
+                    Probe::Record { watermark, .. } | Probe::SegmentEnd { watermark } => watermark,
+                    _ => 0,
+                };
+                return Some((seg.base + p as u64, watermark));
+            }
         }
         from = seg.end();
     }
@@ -162,8 +168,8 @@ fn cut_tail(input: &ScanInput<'_>, pos: u64, reason: &str) -> Result<bool> {
     Ok(zeroed > 0 || deleted > 0)
 }
 
-/// Writes zeros over every non-zero chunk from `from` to the end of `file`; returns the bytes
-/// zeroed.
+/// Writes zeros over every non-zero chunk from `from` to the end of `file` (only ranges that
+/// hold written data are looked at); returns the bytes zeroed.
 pub(crate) fn zero_nonzero(
     file: &crate::mapped::MappedFile,
     io: &dyn StorageIo,
@@ -171,16 +177,18 @@ pub(crate) fn zero_nonzero(
 ) -> Result<u64> {
     const CHUNK: u64 = 64 * 1024;
     let zeros = vec![0u8; CHUNK as usize];
-    let mut pos = from;
     let mut zeroed = 0;
-    while pos < file.len() {
-        let n = (file.len() - pos).min(CHUNK - pos % CHUNK);
-        let slice = file.slice(pos, n as usize).expect("range checked");
-        if slice.iter().any(|b| *b != 0) {
-            file.write_at(io, &zeros[..n as usize], pos)?;
-            zeroed += n;
+    for (start, end) in file.data_ranges(from) {
+        let mut pos = start.max(from);
+        while pos < end {
+            let n = (end - pos).min(CHUNK - pos % CHUNK);
+            let slice = file.slice(pos, n as usize).expect("range checked");
+            if slice.iter().any(|b| *b != 0) {
+                file.write_at(io, &zeros[..n as usize], pos)?;
+                zeroed += n;
+            }
+            pos += n;
         }
-        pos += n;
     }
     Ok(zeroed)
 }

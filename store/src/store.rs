@@ -166,7 +166,9 @@ impl Store {
         } else {
             cp.dispatched.min(report.end)
         };
-        dispatcher.dispatch_range(redispatch_from.max(log.min_offset()), report.end)?;
+        let redispatch_started = std::time::Instant::now();
+        dispatcher.dispatch_all(redispatch_from.max(log.min_offset()), report.end)?;
+        report.redispatch_micros = redispatch_started.elapsed().as_micros() as u64;
         let queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
         report.damaged_ranges = damage.all().len();
         let shared = Arc::new(Shared::new(report.end));
@@ -174,6 +176,7 @@ impl Store {
         tracing::info!(
             data_dir = %cfg.data_dir.display(), clean, end = report.end, scanned_from = report.scanned_from,
             cut_at = ?report.cut_at, damaged = report.damaged_ranges, scan_us = report.scan_micros,
+            redispatch_us = report.redispatch_micros,
             "store recovered"
         );
         Ok(Self::start(
@@ -269,25 +272,29 @@ impl Store {
     }
 
     /// Queues messages for appending as one unit (stored contiguously, acknowledged together).
-    /// Encoding happens here, on the caller's thread. A full queue answers
+    /// Validation happens here, on the caller's thread; pass a `Vec` to avoid a copy. A full queue answers
     /// [`StoreError::Busy`] at once instead of blocking: the caller should push back.
     ///
     /// `wait_durable = false` (RocketMQ's `WAIT=false`) completes after the write, before the
     /// sync.
-    pub fn append(&self, messages: &[MessageInput], wait_durable: bool) -> Result<AppendFuture> {
+    pub fn append(
+        &self,
+        messages: impl Into<Vec<MessageInput>>,
+        wait_durable: bool,
+    ) -> Result<AppendFuture> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        let messages = messages.into();
         if messages.is_empty() {
             return Err(StoreError::InvalidMessage("nothing to append".into()));
         }
-        let records = messages
-            .iter()
-            .map(|m| message::encode(m, self.store_host, self.cfg.max_record_size))
-            .collect::<Result<Vec<_>>>()?;
+        for m in &messages {
+            message::validate(m, self.store_host, self.cfg.max_record_size)?;
+        }
         let (reply, rx) = oneshot::channel();
         let req = AppendRequest {
-            records,
+            messages,
             wait_durable,
             reply,
         };
@@ -301,7 +308,7 @@ impl Store {
     }
 
     /// Appends and blocks until acknowledged. For threads, not async tasks.
-    pub fn append_blocking(&self, messages: &[MessageInput]) -> Result<Vec<Appended>> {
+    pub fn append_blocking(&self, messages: impl Into<Vec<MessageInput>>) -> Result<Vec<Appended>> {
         self.append(messages, true)?.wait()
     }
 

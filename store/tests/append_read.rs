@@ -75,7 +75,7 @@ fn batch_is_stored_contiguously_with_consecutive_queue_offsets() {
     let store = open(&small_config(dir.path()));
     append_seqs(&store, "B", 1, 0..3);
     let batch: Vec<MessageInput> = (10..20).map(|s| message("B", 1, s)).collect();
-    let acks = store.append_blocking(&batch).unwrap();
+    let acks = store.append_blocking(batch).unwrap();
     let qoffs: Vec<i64> = acks.iter().map(|a| a.queue_offset).collect();
     assert_eq!(qoffs, (3..13).collect::<Vec<_>>());
     for w in acks.windows(2) {

@@ -1,0 +1,37 @@
+//! # sluice-bench
+//!
+//! Benchmarks whose every figure is a ratio against a baseline (or, later, a peer) measured in
+//! the same run, interleaved A/B, reporting medians and the ratio of medians.
+//!
+//! ## Layout
+//! - `stats`: medians, ratios, the markdown table.
+//! - `store`: storage-engine scenarios (append rate against a raw mmap loop, SYNC_FLUSH against
+//!   a raw `pwrite`+`fdatasync` loop, recovery seconds per GiB).
+//!
+//! Usage: `cargo run --release -p sluice-bench -- store [--quick] [--dir DIR]`.
+
+mod stats;
+mod store;
+
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let dir = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench-tmp"));
+    std::fs::create_dir_all(&dir)?;
+    let work = tempfile::tempdir_in(&dir)?;
+    println!("{}", stats::machine_line());
+    match args.first().map(String::as_str) {
+        Some("store") => store::run(work.path(), quick),
+        _ => {
+            eprintln!("usage: sluice-bench store [--quick] [--dir DIR]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -7,9 +7,12 @@
 //! - `stats`: medians, ratios, the markdown table.
 //! - `store`: storage-engine scenarios (append rate against a raw mmap loop, SYNC_FLUSH against
 //!   a raw `pwrite`+`fdatasync` loop, recovery seconds per GiB).
+//! - `footprint`: cold start and idle RSS of the `sluice` binary.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store [--quick] [--dir DIR]`.
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint [--quick] [--dir DIR]
+//! [--sluice target/release/sluice]`.
 
+mod footprint;
 mod stats;
 mod store;
 
@@ -27,10 +30,17 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let work = tempfile::tempdir_in(&dir)?;
     println!("{}", stats::machine_line());
+    let sluice = args
+        .iter()
+        .position(|a| a == "--sluice")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/sluice"));
     match args.first().map(String::as_str) {
         Some("store") => store::run(work.path(), quick),
+        Some("footprint") => footprint::run(work.path(), quick, &sluice),
         _ => {
-            eprintln!("usage: sluice-bench store [--quick] [--dir DIR]");
+            eprintln!("usage: sluice-bench store|footprint [--quick] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

@@ -56,6 +56,9 @@ pub struct StoreConfig {
     pub disk_max_used_ratio: f64,
     /// The broker address written into records as STOREHOST. Default 127.0.0.1:10911.
     pub store_host: SocketAddr,
+    /// How much of the newest commit log counts as "in memory" (RocketMQ's
+    /// `accessMessageInMemoryMaxRatio`). Default: 40 % of physical memory.
+    pub in_memory_window_bytes: Option<u64>,
 }
 
 impl StoreConfig {
@@ -78,6 +81,7 @@ impl StoreConfig {
             clean_interval: Duration::from_secs(10),
             disk_max_used_ratio: 0.90,
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
+            in_memory_window_bytes: None,
         }
     }
 

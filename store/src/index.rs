@@ -336,7 +336,11 @@ impl IndexFile {
             let ts = from_entry_time(i32::from_be_bytes(e[12..16].try_into().expect("4")));
             let prev = u32::from_be_bytes(e[16..].try_into().expect("4"));
             // Stored times are whole seconds: widen the window by one second on each side.
-            if h == hash && ts + 1000 >= begin_ts && ts <= end_ts + 1000 && !out.contains(&phys) {
+            if h == hash
+                && ts.saturating_add(1000) >= begin_ts
+                && ts <= end_ts.saturating_add(1000)
+                && !out.contains(&phys)
+            {
                 out.push(phys);
             }
             if prev >= n {
@@ -470,7 +474,10 @@ impl Index {
         let mut out = Vec::new();
         for f in files.iter().rev() {
             let h = f.header();
-            if h.count > 1 && (h.end_ts + 1000 < begin_ts || h.begin_ts - 1000 > end_ts) {
+            if h.count > 1
+                && (h.end_ts.saturating_add(1000) < begin_ts
+                    || h.begin_ts.saturating_sub(1000) > end_ts)
+            {
                 continue;
             }
             f.lookup(key, begin_ts, end_ts, max, &mut out);

@@ -154,6 +154,17 @@ impl Store {
         }
     }
 
+    /// Whether the message at `offset` is recent enough to count as "in memory", in RocketMQ's
+    /// sense: within the newest `in_memory_window_bytes` of the commit log (40 % of RAM by
+    /// default). A broker uses it to let a brand-new consumer group start at offset 0 of a young
+    /// queue, as RocketMQ 4.x does. An offset with no message yet counts as in memory.
+    pub fn offset_in_memory(&self, topic: &str, queue_id: i32, offset: u64) -> bool {
+        let Some(e) = self.cqs.get(topic, queue_id).and_then(|q| q.entry(offset)) else {
+            return true;
+        };
+        self.visible_end().saturating_sub(e.phys_offset) <= self.in_memory_window
+    }
+
     /// First offset still served in the queue (0 for an unknown queue).
     pub fn min_offset(&self, topic: &str, queue_id: i32) -> u64 {
         self.cqs.get(topic, queue_id).map_or(0, |q| q.min_offset())

@@ -43,6 +43,7 @@ pub struct Store {
     threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
     recovery: RecoveryReport,
     store_host: SocketAddr,
+    pub(crate) in_memory_window: u64,
     _lock: FolderLock,
 }
 
@@ -254,6 +255,9 @@ impl Store {
         ));
         let retention = make_retention();
         let store_host = cfg.store_host;
+        let in_memory_window = cfg
+            .in_memory_window_bytes
+            .unwrap_or_else(|| physical_memory() / 10 * 4);
         Self {
             cfg,
             log,
@@ -267,6 +271,7 @@ impl Store {
             threads: Mutex::new(threads),
             recovery,
             store_host,
+            in_memory_window,
             _lock: lock,
         }
     }
@@ -435,6 +440,23 @@ impl Drop for Store {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "store shutdown failed");
         }
+    }
+}
+
+/// Physical memory in bytes (1 GiB if the system will not say).
+#[allow(unsafe_code)]
+fn physical_memory() -> u64 {
+    // SAFETY: `sysconf` only reads system constants; it takes and returns plain integers.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        pages as u64 * size as u64
+    } else {
+        1 << 30
     }
 }
 

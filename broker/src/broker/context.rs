@@ -1,0 +1,111 @@
+//! Everything a request handler may touch, shared by the processor and the background tasks.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use sluice_protocol::message::UniqKeyGenerator;
+use sluice_protocol::remoting::custom::NotifyConsumerIdsChangedRequestHeader;
+use sluice_protocol::{request_code, RemotingCommand};
+use sluice_store::Store;
+use tokio::sync::watch;
+
+use crate::clients::ClientManager;
+use crate::config::BrokerConfig;
+use crate::hooks::PutHook;
+use crate::locks::QueueLocks;
+use crate::longpoll::PullWaiters;
+use crate::offsets::OffsetManager;
+use crate::remoting::tracker::TaskTracker;
+use crate::stats::Counters;
+use crate::topic::TopicManager;
+
+/// The broker's shared state. Owned by an `Arc`; dropped when the last task ends, which is when
+/// the store's folder lock is released.
+pub(crate) struct BrokerContext {
+    pub(crate) cfg: BrokerConfig,
+    /// The address in routes, message ids and records.
+    pub(crate) advertised: SocketAddr,
+    pub(crate) store: Arc<Store>,
+    pub(crate) topics: Arc<TopicManager>,
+    pub(crate) offsets: Arc<OffsetManager>,
+    pub(crate) clients: ClientManager,
+    pub(crate) locks: QueueLocks,
+    pub(crate) waiters: Arc<PullWaiters>,
+    pub(crate) hooks: Vec<Arc<dyn PutHook>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) tracker: Arc<TaskTracker>,
+    /// Flips to true when shutdown starts; parked pulls answer at once.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Makes UNIQ_KEYs for messages sent without one.
+    pub(crate) uniq: UniqKeyGenerator,
+    /// Spreads sends with a negative queue id over the queues.
+    queue_picker: AtomicU32,
+}
+
+impl BrokerContext {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: BrokerConfig,
+        advertised: SocketAddr,
+        store: Arc<Store>,
+        topics: Arc<TopicManager>,
+        offsets: Arc<OffsetManager>,
+        hooks: Vec<Arc<dyn PutHook>>,
+        counters: Arc<Counters>,
+        tracker: Arc<TaskTracker>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let ip = match advertised.ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+        };
+        Self {
+            cfg,
+            advertised,
+            store,
+            topics,
+            offsets,
+            clients: ClientManager::default(),
+            locks: QueueLocks::new(crate::locks::LOCK_MAX_LIVE),
+            waiters: Arc::new(PullWaiters::default()),
+            hooks,
+            counters,
+            tracker,
+            shutdown,
+            uniq: UniqKeyGenerator::new(ip),
+            queue_picker: AtomicU32::new(0),
+        }
+    }
+
+    /// True once shutdown started.
+    pub(crate) fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A queue id in `0..queues` for a send that asked the broker to pick.
+    pub(crate) fn pick_queue(&self, queues: i32) -> i32 {
+        let n = self.queue_picker.fetch_add(1, Ordering::Relaxed);
+        (n % queues.max(1) as u32) as i32
+    }
+
+    /// Sends one-way NOTIFY_CONSUMER_IDS_CHANGED to every member of each group, without waiting:
+    /// a member whose queue is full misses it and rebalances on its 20 s timer instead.
+    pub(crate) fn notify_consumers_changed(&self, groups: &[String]) {
+        for group in groups {
+            let header = NotifyConsumerIdsChangedRequestHeader {
+                consumer_group: group.clone(),
+            };
+            for conn in self.clients.consumer_connections(group) {
+                let cmd = RemotingCommand::request(
+                    request_code::NOTIFY_CONSUMER_IDS_CHANGED,
+                    header.to_ext(),
+                );
+                if let Err(e) = conn.try_invoke_oneway(cmd) {
+                    tracing::debug!(group = %group, remote = %conn.remote_addr(), error = %e, "consumer ids change notification not sent");
+                }
+            }
+            tracing::info!(group = %group, "consumer group membership changed; members notified");
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The broker: startup wiring, background loops and graceful shutdown.
+//!
+//! Start: validate the config, bind (so the real port is known), open the store with
+//! `store_host` = the advertised address, load topics and offsets, hook long polling to the
+//! store's dispatch listener, serve, register with name servers.
+//!
+//! Shutdown: stop accepting and reading, let in-flight requests and parked pulls finish
+//! (bounded), unregister, save offsets and topics, shut the store down on a blocking thread.
+
+pub(crate) mod context;
+mod register;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::hooks::BrokerExtensions;
+use crate::offsets::OffsetManager;
+use crate::processor::BrokerProcessor;
+use crate::remoting::server::{Server, ServerOptions};
+use crate::remoting::tracker::TaskTracker;
+use crate::remoting::ConnectionRegistry;
+use crate::stats::{BrokerStats, Counters};
+use crate::topic::TopicManager;
+use context::BrokerContext;
+use register::{Identity, Registrar};
+
+/// How long shutdown waits for in-flight requests and parked pulls.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound between two client-expiry scans.
+const CLIENT_SCAN_MAX: Duration = Duration::from_secs(10);
+
+/// Entry point of the broker.
+#[derive(Debug)]
+pub struct Broker;
+
+/// A running broker.
+pub struct BrokerHandle {
+    ctx: Arc<BrokerContext>,
+    server: Option<Server>,
+    registry: Arc<ConnectionRegistry>,
+    registrar: Arc<Registrar>,
+    stop: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("advertised", &self.ctx.advertised)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Starts a broker with no extensions.
+    pub async fn start(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        Self::start_with(cfg, BrokerExtensions::default()).await
+    }
+
+    /// Starts a broker with put hooks from later crates (transactions, delays, retries).
+    pub async fn start_with(
+        mut cfg: BrokerConfig,
+        ext: BrokerExtensions,
+    ) -> Result<BrokerHandle, BrokerError> {
+        cfg.validate()?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| BrokerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let advertised = cfg.advertised(bound);
+        cfg.store.store_host = advertised;
+        let (ctx, stop) = open_context(cfg, advertised, ext).await?;
+        let registry = Arc::new(ConnectionRegistry::default());
+        let server = Server::start(
+            listener,
+            server_options(&ctx.cfg),
+            Arc::new(BrokerProcessor {
+                ctx: Arc::clone(&ctx),
+            }),
+            Arc::clone(&registry),
+            Arc::clone(&ctx.counters),
+            Arc::clone(&ctx.tracker),
+        )
+        .map_err(|source| BrokerError::Bind {
+            addr: bound,
+            source,
+        })?;
+        let identity = Identity {
+            broker_name: ctx.cfg.broker_name.clone(),
+            cluster_name: ctx.cfg.cluster_name.clone(),
+            broker_addr: advertised,
+        };
+        let registrar = Arc::new(Registrar::new(
+            identity,
+            Arc::clone(&ctx.topics),
+            &ctx.cfg.namesrv_addrs,
+        ));
+        registrar.register_all().await;
+        let background = spawn_background(&ctx, &registrar, &stop);
+        tracing::info!(listen = %bound, advertised = %advertised, broker_name = %ctx.cfg.broker_name, "broker started");
+        Ok(BrokerHandle {
+            ctx,
+            server: Some(server),
+            registry,
+            registrar,
+            stop,
+            background,
+            local_addr: bound,
+        })
+    }
+}
+
+fn server_options(cfg: &BrokerConfig) -> ServerOptions {
+    ServerOptions {
+        name: "broker",
+        max_frame: cfg.max_frame,
+        max_body: cfg.max_body,
+        max_inflight: cfg.max_inflight_per_connection,
+        max_connections: cfg.max_connections,
+        drain_timeout: DRAIN_TIMEOUT,
+        idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
+    }
+}
+
+/// Opens the store and loads the state files, on a blocking thread: recovery and the state
+/// files are plain file I/O.
+async fn open_context(
+    cfg: BrokerConfig,
+    advertised: SocketAddr,
+    ext: BrokerExtensions,
+) -> Result<(Arc<BrokerContext>, watch::Sender<bool>), BrokerError> {
+    let open_cfg = cfg.clone();
+    let (store, topics, offsets) = tokio::task::spawn_blocking(move || open_state(&open_cfg))
+        .await
+        .map_err(|e| BrokerError::Task("open store and state", e.to_string()))??;
+    let (stop, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(BrokerContext::new(
+        cfg,
+        advertised,
+        Arc::clone(&store),
+        topics,
+        offsets,
+        ext.put_hooks,
+        Arc::new(Counters::default()),
+        Arc::new(TaskTracker::default()),
+        stop_rx,
+    ));
+    let waiters = Arc::clone(&ctx.waiters);
+    store.set_dispatch_listener(Arc::new(move |ev| waiters.wake(&ev.topic, ev.queue_id)));
+    Ok((ctx, stop))
+}
+
+type OpenedState = (Arc<Store>, Arc<TopicManager>, Arc<OffsetManager>);
+
+/// Blocking part of startup. On a state-file error the store is shut down again, or its folder
+/// would stay locked for the rest of this process.
+fn open_state(cfg: &BrokerConfig) -> Result<OpenedState, BrokerError> {
+    let store = Store::open(cfg.store.clone())?;
+    let data_dir = &cfg.store.data_dir;
+    let state = TopicManager::load(
+        data_dir,
+        cfg.auto_create_topic,
+        cfg.default_topic_queue_nums,
+    )
+    .and_then(|topics| {
+        topics.save()?;
+        Ok((Arc::new(topics), Arc::new(OffsetManager::load(data_dir)?)))
+    });
+    match state {
+        Ok((topics, offsets)) => Ok((Arc::new(store), topics, offsets)),
+        Err(e) => {
+            if let Err(close) = store.shutdown() {
+                tracing::error!(error = %close, "store shutdown after a failed start failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn spawn_background(
+    ctx: &Arc<BrokerContext>,
+    registrar: &Arc<Registrar>,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(Arc::clone(registrar).run(ctx.cfg.register_interval, stop.subscribe())),
+        tokio::spawn(flush_offsets_loop(Arc::clone(ctx), stop.subscribe())),
+        tokio::spawn(expire_clients_loop(Arc::clone(ctx), stop.subscribe())),
+    ]
+}
+
+/// Saves consumer offsets every `offset_flush_interval`.
+async fn flush_offsets_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ctx.cfg.offset_flush_interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let offsets = Arc::clone(&ctx.offsets);
+        match tokio::task::spawn_blocking(move || offsets.save_if_dirty()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "saving consumer offsets failed"),
+            Err(e) => tracing::error!(error = %e, "offset flush task failed"),
+        }
+    }
+}
+
+/// Drops clients silent for longer than `client_expiry` and closes their connections.
+async fn expire_clients_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) {
+    let every = (ctx.cfg.client_expiry / 4).clamp(Duration::from_millis(100), CLIENT_SCAN_MAX);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (changed, dropped) = ctx.clients.expire(Instant::now(), ctx.cfg.client_expiry);
+        for conn in &dropped {
+            tracing::info!(remote = %conn.remote_addr(), "client expired: no heartbeat in time; closing its connection");
+            conn.close();
+        }
+        ctx.notify_consumers_changed(&changed);
+    }
+}
+
+impl BrokerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address in routes and message ids.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.ctx.advertised
+    }
+
+    /// The storage engine.
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.ctx.store)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> BrokerStats {
+        self.ctx.counters.snapshot()
+    }
+
+    /// Open client connections (to send them requests: CHECK_TRANSACTION_STATE and the like).
+    pub fn connections(&self) -> &ConnectionRegistry {
+        &self.registry
+    }
+
+    /// Open connections of a producer group's members (transaction check-backs pick one).
+    pub fn producer_connections(&self, group: &str) -> Vec<crate::ConnectionHandle> {
+        self.ctx.clients.producer_connections(group)
+    }
+
+    /// What the broker knows of a consumer group.
+    pub fn consumer_group(&self, group: &str) -> Option<crate::ConsumerGroupInfo> {
+        self.ctx.clients.consumer_group_info(group)
+    }
+
+    /// Whether a consumer group holds unexpired orderly locks.
+    pub fn group_holds_locks(&self, group: &str) -> bool {
+        self.ctx.locks.group_holds_locks(group, Instant::now())
+    }
+
+    /// Waits (bounded) until woken parked pulls have queued their answers, so they go out
+    /// before the connections close.
+    async fn answer_parked_pulls(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self
+            .ctx
+            .counters
+            .parked_pulls
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            if Instant::now() >= deadline {
+                tracing::warn!("parked pulls still waiting at shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the broker gracefully; see the module docs for the order.
+    pub async fn shutdown(mut self) {
+        tracing::info!(addr = %self.local_addr, "broker shutting down");
+        self.stop.send_replace(true);
+        self.ctx.waiters.wake_all();
+        self.answer_parked_pulls().await;
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        if !self.ctx.tracker.wait_idle(DRAIN_TIMEOUT).await {
+            tracing::warn!(
+                live = self.ctx.tracker.live(),
+                "tasks still running after the drain timeout"
+            );
+        }
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        self.registrar.unregister_all().await;
+        let ctx = Arc::clone(&self.ctx);
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Err(e) = ctx.offsets.save_if_dirty() {
+                tracing::error!(error = %e, "saving consumer offsets at shutdown failed");
+            }
+            if let Err(e) = ctx.topics.save() {
+                tracing::error!(error = %e, "saving topics at shutdown failed");
+            }
+            if let Err(e) = ctx.store.shutdown() {
+                tracing::error!(error = %e, "store shutdown failed");
+            }
+        })
+        .await;
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "shutdown task failed");
+        }
+        tracing::info!(addr = %self.local_addr, "broker stopped");
+    }
+}

@@ -1,0 +1,362 @@
+//! Producer and consumer groups (Java's `ProducerManager` and `ConsumerManager`).
+//!
+//! Membership is per connection: a client registers over each connection by heartbeat and
+//! leaves by UNREGISTER_CLIENT, by closing the connection, or by staying silent longer than
+//! `client_expiry`. Every operation returns the consumer groups whose set of client ids changed,
+//! so the caller can send NOTIFY_CONSUMER_IDS_CHANGED to their members (they rebalance at once
+//! instead of within 20 s).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sluice_protocol::remoting::body::{
+    ConsumeFromWhere, ConsumeType, ConsumerData, HeartbeatData, MessageModel, SubscriptionData,
+};
+
+use crate::remoting::ConnectionHandle;
+
+/// One client over one connection.
+#[derive(Debug, Clone)]
+struct Member {
+    conn: ConnectionHandle,
+    client_id: String,
+    last_seen: Instant,
+}
+
+/// A consumer group. Like Java, one subscription table per group: members are expected to
+/// subscribe alike, and the latest heartbeat wins.
+#[derive(Debug, Default)]
+struct ConsumerGroup {
+    members: HashMap<u64, Member>,
+    subscriptions: HashMap<String, SubscriptionData>,
+    message_model: MessageModel,
+    consume_type: ConsumeType,
+    consume_from_where: ConsumeFromWhere,
+}
+
+impl ConsumerGroup {
+    fn client_ids(&self) -> BTreeSet<String> {
+        self.members.values().map(|m| m.client_id.clone()).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Groups {
+    producers: HashMap<String, HashMap<u64, Member>>,
+    consumers: HashMap<String, ConsumerGroup>,
+}
+
+/// What a consumer group looks like now (for admin and later crates).
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupInfo {
+    /// Clustering or broadcasting.
+    pub message_model: MessageModel,
+    /// Push, pull or pop.
+    pub consume_type: ConsumeType,
+    /// Where members start without an offset.
+    pub consume_from_where: ConsumeFromWhere,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Client ids, sorted.
+    pub client_ids: Vec<String>,
+}
+
+/// Every group this broker knows.
+#[derive(Debug, Default)]
+pub(crate) struct ClientManager {
+    groups: Mutex<Groups>,
+}
+
+impl ClientManager {
+    /// Registers (or refreshes) everything a heartbeat announces over `conn`.
+    pub(crate) fn heartbeat(
+        &self,
+        conn: &ConnectionHandle,
+        hb: &HeartbeatData,
+        now: Instant,
+    ) -> Vec<String> {
+        let member = Member {
+            conn: conn.clone(),
+            client_id: hb.client_id.clone(),
+            last_seen: now,
+        };
+        let mut g = self.groups.lock();
+        for p in &hb.producer_data_set {
+            g.producers
+                .entry(p.group_name.clone())
+                .or_default()
+                .insert(conn.id(), member.clone());
+        }
+        let mut changed = Vec::new();
+        for c in &hb.consumer_data_set {
+            let group = g.consumers.entry(c.group_name.clone()).or_default();
+            let before = group.client_ids();
+            group.members.insert(conn.id(), member.clone());
+            update_group(group, c);
+            if group.client_ids() != before {
+                changed.push(c.group_name.clone());
+            }
+        }
+        changed
+    }
+
+    /// Notes that `conn` sends for a producer group (C++ producers heartbeat late, and a
+    /// transaction check-back needs a producer connection). A heartbeat's client id is kept;
+    /// sending counts as a sign of life, so a producer that never heartbeats is not expired
+    /// (and disconnected) while it keeps sending.
+    pub(crate) fn note_producer(&self, conn: &ConnectionHandle, group: &str, now: Instant) {
+        let mut g = self.groups.lock();
+        let members = g.producers.entry(group.to_owned()).or_default();
+        members
+            .entry(conn.id())
+            .and_modify(|m| m.last_seen = now)
+            .or_insert_with(|| Member {
+                conn: conn.clone(),
+                client_id: conn.remote_addr().to_string(),
+                last_seen: now,
+            });
+    }
+
+    /// UNREGISTER_CLIENT: removes `conn` from the named groups.
+    pub(crate) fn unregister(
+        &self,
+        conn: &ConnectionHandle,
+        producer_group: Option<&str>,
+        consumer_group: Option<&str>,
+    ) -> Vec<String> {
+        let mut g = self.groups.lock();
+        if let Some(p) = producer_group {
+            remove_producer(&mut g, p, conn.id());
+        }
+        let mut changed = Vec::new();
+        if let Some(c) = consumer_group {
+            if remove_consumer(&mut g, c, conn.id()) {
+                changed.push(c.to_owned());
+            }
+        }
+        changed
+    }
+
+    /// Removes a closed connection from every group.
+    pub(crate) fn remove_connection(&self, conn_id: u64) -> Vec<String> {
+        let mut g = self.groups.lock();
+        let producer_groups: Vec<String> = g.producers.keys().cloned().collect();
+        for p in producer_groups {
+            remove_producer(&mut g, &p, conn_id);
+        }
+        let consumer_groups: Vec<String> = g.consumers.keys().cloned().collect();
+        consumer_groups
+            .into_iter()
+            .filter(|c| remove_consumer(&mut g, c, conn_id))
+            .collect()
+    }
+
+    /// Removes members silent for longer than `expiry`; returns the changed consumer groups and
+    /// the connections that were dropped (the caller closes them, as Java does).
+    pub(crate) fn expire(
+        &self,
+        now: Instant,
+        expiry: Duration,
+    ) -> (Vec<String>, Vec<ConnectionHandle>) {
+        let mut dropped: HashMap<u64, ConnectionHandle> = HashMap::new();
+        let mut g = self.groups.lock();
+        for members in g.producers.values_mut() {
+            dropped.extend(take_stale(members, now, expiry));
+        }
+        g.producers.retain(|_, m| !m.is_empty());
+        let mut changed = Vec::new();
+        for (name, group) in &mut g.consumers {
+            let before = group.client_ids();
+            dropped.extend(take_stale(&mut group.members, now, expiry));
+            if group.client_ids() != before {
+                changed.push(name.clone());
+            }
+        }
+        g.consumers.retain(|_, c| !c.members.is_empty());
+        (changed, dropped.into_values().collect())
+    }
+
+    /// Client ids of a consumer group, sorted and without duplicates.
+    pub(crate) fn consumer_ids(&self, group: &str) -> Vec<String> {
+        self.groups
+            .lock()
+            .consumers
+            .get(group)
+            .map(|c| c.client_ids().into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Connections of a consumer group's members.
+    pub(crate) fn consumer_connections(&self, group: &str) -> Vec<ConnectionHandle> {
+        self.groups
+            .lock()
+            .consumers
+            .get(group)
+            .map(|c| c.members.values().map(|m| m.conn.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Connections of a producer group's members that are still open.
+    pub(crate) fn producer_connections(&self, group: &str) -> Vec<ConnectionHandle> {
+        self.groups
+            .lock()
+            .producers
+            .get(group)
+            .map(|p| {
+                p.values()
+                    .filter(|m| !m.conn.is_closed())
+                    .map(|m| m.conn.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The group's registered subscription of `topic`.
+    pub(crate) fn subscription(&self, group: &str, topic: &str) -> Option<SubscriptionData> {
+        self.groups
+            .lock()
+            .consumers
+            .get(group)
+            .and_then(|c| c.subscriptions.get(topic).cloned())
+    }
+
+    /// Whether the consumer group has members.
+    pub(crate) fn has_consumer_group(&self, group: &str) -> bool {
+        self.groups.lock().consumers.contains_key(group)
+    }
+
+    /// A description of a consumer group.
+    pub(crate) fn consumer_group_info(&self, group: &str) -> Option<ConsumerGroupInfo> {
+        let g = self.groups.lock();
+        let c = g.consumers.get(group)?;
+        let mut topics: Vec<String> = c.subscriptions.keys().cloned().collect();
+        topics.sort();
+        Some(ConsumerGroupInfo {
+            message_model: c.message_model,
+            consume_type: c.consume_type,
+            consume_from_where: c.consume_from_where,
+            topics,
+            client_ids: c.client_ids().into_iter().collect(),
+        })
+    }
+}
+
+/// Copies a heartbeat's group settings and subscriptions. Tag subscriptions are normalised:
+/// C++ clients send `atoi(tag)` as codes, so codes are recomputed from `subString`.
+fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) {
+    group.message_model = c.message_model;
+    group.consume_type = c.consume_type;
+    group.consume_from_where = c.consume_from_where;
+    let mut subs = HashMap::with_capacity(c.subscription_data_set.len());
+    for s in &c.subscription_data_set {
+        let s = s.clone().normalized();
+        // Keep a newer version we already hold (a stale member's late heartbeat).
+        let keep = group
+            .subscriptions
+            .get(&s.topic)
+            .filter(|old| old.sub_version > s.sub_version)
+            .cloned();
+        subs.insert(s.topic.clone(), keep.unwrap_or(s));
+    }
+    group.subscriptions = subs;
+}
+
+/// Removes and returns the members silent for longer than `expiry`.
+fn take_stale(
+    members: &mut HashMap<u64, Member>,
+    now: Instant,
+    expiry: Duration,
+) -> Vec<(u64, ConnectionHandle)> {
+    let stale: Vec<u64> = members
+        .iter()
+        .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > expiry)
+        .map(|(id, _)| *id)
+        .collect();
+    stale
+        .into_iter()
+        .filter_map(|id| members.remove(&id).map(|m| (id, m.conn)))
+        .collect()
+}
+
+fn remove_producer(g: &mut Groups, group: &str, conn_id: u64) {
+    if let Some(members) = g.producers.get_mut(group) {
+        members.remove(&conn_id);
+        if members.is_empty() {
+            g.producers.remove(group);
+        }
+    }
+}
+
+/// Removes a member; true when the group's client-id set changed.
+fn remove_consumer(g: &mut Groups, group: &str, conn_id: u64) -> bool {
+    let Some(c) = g.consumers.get_mut(group) else {
+        return false;
+    };
+    let before = c.client_ids();
+    if c.members.remove(&conn_id).is_none() {
+        return false;
+    }
+    let changed = c.client_ids() != before;
+    if c.members.is_empty() {
+        g.consumers.remove(group);
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::java_hash;
+    use sluice_protocol::remoting::body::decode_json;
+    use std::net::SocketAddr;
+
+    fn conn(id: u64) -> ConnectionHandle {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + id as u16));
+        ConnectionHandle::new(id, addr, addr, tx)
+    }
+
+    fn hb(client_id: &str) -> HeartbeatData {
+        let raw = format!(
+            r#"{{"clientID":"{client_id}","consumerDataSet":[{{"groupName":"g","consumeType":1,"messageModel":1,"subscriptionDataSet":[{{"topic":"T","subString":"TagA","codeSet":[0],"subVersion":"5"}}]}}]}}"#
+        );
+        decode_json(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn membership_changes_are_reported_once() {
+        let m = ClientManager::default();
+        let (c1, c2) = (conn(1), conn(2));
+        let t0 = Instant::now();
+        assert_eq!(m.heartbeat(&c1, &hb("A"), t0), ["g"]);
+        assert!(m.heartbeat(&c1, &hb("A"), t0).is_empty());
+        assert_eq!(m.heartbeat(&c2, &hb("B"), t0), ["g"]);
+        assert_eq!(m.consumer_ids("g"), ["A", "B"]);
+        assert_eq!(m.remove_connection(2), ["g"]);
+        assert_eq!(m.consumer_ids("g"), ["A"]);
+        let sub = m.subscription("g", "T").unwrap();
+        assert_eq!(
+            sub.code_set,
+            [java_hash("TagA")],
+            "C++ atoi codes are recomputed"
+        );
+        let (changed, dropped) = m.expire(t0 + Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!((changed.len(), dropped.len()), (1, 1));
+        assert!(!m.has_consumer_group("g"));
+    }
+
+    #[test]
+    fn a_sending_producer_stays_registered_and_unregister_removes_it() {
+        let m = ClientManager::default();
+        let c = conn(3);
+        let t0 = Instant::now();
+        m.note_producer(&c, "pg", t0);
+        m.note_producer(&c, "pg", t0 + Duration::from_secs(10));
+        let (_, dropped) = m.expire(t0 + Duration::from_secs(11), Duration::from_secs(5));
+        assert!(dropped.is_empty());
+        assert_eq!(m.producer_connections("pg").len(), 1);
+        m.unregister(&c, Some("pg"), None);
+        assert!(m.producer_connections("pg").is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! Configuration of the two servers. Every field documents its default; `validate` checks the
+//! limits against each other before anything starts.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use sluice_protocol::remoting::frame::{DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME};
+use sluice_store::StoreConfig;
+
+use crate::error::BrokerError;
+
+/// Name-server settings.
+#[derive(Debug, Clone)]
+pub struct NameServerConfig {
+    /// Listening address. Default `0.0.0.0:9876`.
+    pub listen: SocketAddr,
+    /// A broker silent this long is dropped from routes. Default 120 s.
+    pub broker_expiry: Duration,
+    /// How often silent brokers are looked for. Default 5 s.
+    pub scan_interval: Duration,
+    /// Largest frame. Default 16 MiB.
+    pub max_frame: usize,
+    /// Largest body. Registration bodies list every topic of a broker, so default 16 MiB.
+    pub max_body: usize,
+}
+
+impl Default for NameServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
+            broker_expiry: Duration::from_secs(120),
+            scan_interval: Duration::from_secs(5),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_body: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl NameServerConfig {
+    pub(crate) fn validate(&self) -> Result<(), BrokerError> {
+        check_frames(self.max_frame, self.max_body)?;
+        if self.scan_interval.is_zero() || self.broker_expiry.is_zero() {
+            return Err(BrokerError::Config(
+                "scan_interval and broker_expiry must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Listening address. Default `0.0.0.0:10911`.
+    pub listen: SocketAddr,
+    /// The address put in routes and message ids. Default: `listen`, with 127.0.0.1 when the
+    /// listen IP is unspecified (and the real port when `listen` asks for port 0).
+    pub advertised_addr: Option<SocketAddr>,
+    /// Broker name. Default `broker-a`.
+    pub broker_name: String,
+    /// Cluster name, also added to every message as `CLUSTER`. Default `DefaultCluster`.
+    pub cluster_name: String,
+    /// Name servers to register with. Default none.
+    pub namesrv_addrs: Vec<SocketAddr>,
+    /// How often to register again. Default 30 s.
+    pub register_interval: Duration,
+    /// Create unknown topics on first send from the `TBW102` template, and create `TBW102`.
+    /// Default true.
+    pub auto_create_topic: bool,
+    /// Queues of `TBW102`. Default 8.
+    pub default_topic_queue_nums: u32,
+    /// Largest frame. Default 16 MiB.
+    pub max_frame: usize,
+    /// Largest body; bigger is answered MESSAGE_ILLEGAL. Default 4 MiB.
+    pub max_body: usize,
+    /// Requests running at once per connection; more are answered SYSTEM_BUSY. Default 256.
+    pub max_inflight_per_connection: usize,
+    /// Open connections; more are refused. Default 10 000.
+    pub max_connections: usize,
+    /// Cap on a pull's `suspendTimeoutMillis`. Default 30 s.
+    pub long_poll_max: Duration,
+    /// How often consumer offsets are written to disk. Default 5 s.
+    pub offset_flush_interval: Duration,
+    /// A client without heartbeat this long is dropped. Default 120 s.
+    pub client_expiry: Duration,
+    /// The storage engine's settings. `store_host` is overwritten with the advertised address.
+    pub store: StoreConfig,
+}
+
+impl BrokerConfig {
+    /// Defaults (see each field) around the given store settings.
+    pub fn new(store: StoreConfig) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 10911)),
+            advertised_addr: None,
+            broker_name: "broker-a".into(),
+            cluster_name: "DefaultCluster".into(),
+            namesrv_addrs: Vec::new(),
+            register_interval: Duration::from_secs(30),
+            auto_create_topic: true,
+            default_topic_queue_nums: 8,
+            max_frame: DEFAULT_MAX_FRAME,
+            max_body: DEFAULT_MAX_BODY,
+            max_inflight_per_connection: 256,
+            max_connections: 10_000,
+            long_poll_max: Duration::from_secs(30),
+            offset_flush_interval: Duration::from_secs(5),
+            client_expiry: Duration::from_secs(120),
+            store,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), BrokerError> {
+        check_frames(self.max_frame, self.max_body)?;
+        let positive = [
+            (
+                "max_inflight_per_connection",
+                self.max_inflight_per_connection,
+            ),
+            ("max_connections", self.max_connections),
+            (
+                "default_topic_queue_nums",
+                self.default_topic_queue_nums as usize,
+            ),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(BrokerError::Config(format!("{name} must be positive")));
+            }
+        }
+        if self.max_inflight_per_connection > u32::MAX as usize / 4 {
+            return Err(BrokerError::Config(
+                "max_inflight_per_connection is too large".into(),
+            ));
+        }
+        if self.broker_name.is_empty() || self.cluster_name.is_empty() {
+            return Err(BrokerError::Config(
+                "broker_name and cluster_name must be set".into(),
+            ));
+        }
+        let durations = [
+            ("register_interval", self.register_interval),
+            ("offset_flush_interval", self.offset_flush_interval),
+            ("client_expiry", self.client_expiry),
+        ];
+        for (name, d) in durations {
+            if d.is_zero() {
+                return Err(BrokerError::Config(format!("{name} must be positive")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address clients are told to use, once the listener is bound to `bound`.
+    pub(crate) fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        if let Some(addr) = self.advertised_addr {
+            return addr;
+        }
+        let ip = match bound.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, bound.port())
+    }
+}
+
+fn check_frames(max_frame: usize, max_body: usize) -> Result<(), BrokerError> {
+    if max_frame < 1024 || max_frame > i32::MAX as usize {
+        return Err(BrokerError::Config(format!(
+            "max_frame {max_frame} must be within 1 KiB and 2 GiB"
+        )));
+    }
+    if max_body == 0 || max_body > max_frame {
+        return Err(BrokerError::Config(format!(
+            "max_body {max_body} must be positive and at most max_frame {max_frame}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address_replaces_an_unspecified_ip_and_keeps_the_bound_port() {
+        let cfg = BrokerConfig::new(StoreConfig::for_tests("/tmp/x"));
+        let bound = SocketAddr::from(([0, 0, 0, 0], 40111));
+        assert_eq!(
+            cfg.advertised(bound),
+            SocketAddr::from(([127, 0, 0, 1], 40111))
+        );
+        let fixed = SocketAddr::from(([10, 1, 2, 3], 10911));
+        let cfg = BrokerConfig {
+            advertised_addr: Some(fixed),
+            ..cfg
+        };
+        assert_eq!(cfg.advertised(bound), fixed);
+    }
+
+    #[test]
+    fn inconsistent_limits_are_refused() {
+        let mut cfg = BrokerConfig::new(StoreConfig::for_tests("/tmp/x"));
+        assert!(cfg.validate().is_ok());
+        cfg.max_body = cfg.max_frame + 1;
+        assert!(cfg.validate().is_err());
+        let ns = NameServerConfig {
+            scan_interval: Duration::ZERO,
+            ..NameServerConfig::default()
+        };
+        assert!(ns.validate().is_err());
+    }
+}

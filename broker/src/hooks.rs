@@ -1,0 +1,83 @@
+//! Extension points for the crates that build on the broker.
+//!
+//! A [`PutHook`] sees every message a producer sends after the broker's checks and before it is
+//! stored, and may rewrite or refuse it. That is how later crates add RocketMQ's put-time
+//! behaviours without touching the send path:
+//! - transactions: `TRAN_MSG=true` half messages go to `RMQ_SYS_TRANS_HALF_TOPIC`/0 with
+//!   `REAL_TOPIC`/`REAL_QID`, transaction bits cleared (§5.2);
+//! - delay levels: `DELAY` > 0 goes to `SCHEDULE_TOPIC_XXXX`/`level-1` (§6);
+//! - timer messages: `TIMER_*` properties go to the timer topic (§7);
+//! - retries: `%RETRY%` sends past the maximum go to `%DLQ%<group>` (§8).
+//!
+//! Without hooks, delay and timer properties are stored as plain, immediately visible messages,
+//! and transactional (prepared) messages are refused with NO_PERMISSION, as Java does with
+//! `rejectTransactionMessage=true`: storing them would make them invisible forever.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_protocol::Properties;
+use sluice_store::MessageInput;
+
+/// A message on its way into the store. Hooks edit `input` (topic, queue, sysFlag) and
+/// `properties`; the broker encodes `properties` into `input.properties` after the last hook.
+#[derive(Debug, Clone)]
+pub struct PendingMessage {
+    /// What will be appended.
+    pub input: MessageInput,
+    /// Its properties, decoded.
+    pub properties: Properties,
+}
+
+/// Facts about the send a message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct PutContext<'a> {
+    /// Header `producerGroup`.
+    pub producer_group: &'a str,
+    /// The producer's address.
+    pub remote: SocketAddr,
+    /// True for SEND_BATCH_MESSAGE (batches may not be transactional or delayed).
+    pub batch: bool,
+    /// Header `maxReconsumeTimes`, for retry topics.
+    pub max_reconsume_times: Option<i32>,
+}
+
+/// What a hook decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// Store the (possibly rewritten) message; later hooks still run.
+    Continue,
+    /// Answer the send with this code and remark; nothing is stored.
+    Reject {
+        /// Response code.
+        code: i32,
+        /// Remark for the client.
+        remark: String,
+    },
+}
+
+/// Intercepts messages before they are stored. Runs on the request's task: keep it quick and
+/// never block (no store waits, no locks held across calls).
+pub trait PutHook: Send + Sync + 'static {
+    /// Name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Inspects and possibly rewrites one message.
+    fn before_put(&self, ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome;
+}
+
+/// What [`crate::Broker::start_with`] adds to a plain broker.
+#[derive(Clone, Default)]
+pub struct BrokerExtensions {
+    /// Run in order on every produced message.
+    pub put_hooks: Vec<Arc<dyn PutHook>>,
+}
+
+impl std::fmt::Debug for BrokerExtensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.put_hooks.iter().map(|h| h.name()).collect();
+        f.debug_struct("BrokerExtensions")
+            .field("put_hooks", &names)
+            .finish()
+    }
+}

@@ -1,0 +1,73 @@
+//! # sluice-broker
+//!
+//! A RocketMQ-compatible broker and name server that unmodified 4.x clients (Java, Go, C++)
+//! produce to and consume from, built on `sluice-protocol` (the wire format) and `sluice-store`
+//! (the storage engine).
+//!
+//! ## Layout
+//! - [`NameServer`] (`namesrv`): broker registration, expiry, routes, cluster info.
+//! - [`Broker`] (`broker`): startup, background loops (registration, offset flush, client
+//!   expiry), graceful shutdown; [`BrokerHandle`] gives the store, counters and connections.
+//! - `processor`: the broker's request handlers, one module per area: `send`, `pull` (long
+//!   polling), `offset`, `client` (heartbeats, consumer lists, locks), `query`, `admin`.
+//! - `topic`: topic configs, auto-creation, `topics.json`.
+//! - `offsets`: consumer offsets, `consumerOffset.json`.
+//! - `clients`: producer and consumer groups by connection.
+//! - `locks`: orderly-consumption queue locks.
+//! - `longpoll`: wake-ups of parked pulls from the store's dispatch listener.
+//! - [`hooks`]: [`PutHook`], where later crates (transactions, delays, retries) intercept
+//!   messages before they are stored.
+//! - [`remoting`]: the TCP machinery both servers share, and [`RemotingClient`].
+//! - [`config`], [`error`], `stats` ([`BrokerStats`]), `reply`, `state_file`.
+//!
+//! ## Guarantees
+//! - A send is answered SUCCESS only after the store acknowledged it (durable in sync mode).
+//! - Nothing a client sends can panic the server or close another client's connection: bad
+//!   headers and bodies are answered with an error code and a remark naming the problem, a
+//!   handler panic is contained to its request (SYSTEM_ERROR), and only an undecodable frame
+//!   closes its own connection.
+//! - Every response has language JAVA, version 401, an `extFields` object and string values.
+
+mod broker;
+mod clients;
+pub mod config;
+pub mod error;
+pub mod hooks;
+mod locks;
+mod longpoll;
+mod namesrv;
+mod offsets;
+mod processor;
+pub mod remoting;
+mod reply;
+mod state_file;
+mod stats;
+mod topic;
+
+pub use broker::{Broker, BrokerHandle};
+pub use clients::ConsumerGroupInfo;
+pub use config::{BrokerConfig, NameServerConfig};
+pub use error::{BrokerError, RemotingError};
+pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook};
+pub use namesrv::{NameServer, NameServerHandle};
+pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, RemotingClient};
+pub use stats::BrokerStats;
+pub use topic::{
+    DEFAULT_TOPIC, DLQ_PREFIX, RETRY_PREFIX, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TIME_TOPIC,
+    TRANS_HALF_TOPIC, TRANS_OP_HALF_TOPIC,
+};
+
+/// Deliberate misbehaviour, so tests can prove a handler panic is contained and the in-flight
+/// limit holds. Off unless a test turns it on; with it off these codes are just unknown
+/// request codes.
+#[doc(hidden)]
+pub mod test_hooks {
+    use std::sync::atomic::AtomicBool;
+
+    /// A request code whose handler panics when [`ENABLED`] is set.
+    pub const PANIC_REQUEST_CODE: i32 = -7001;
+    /// A request code whose handler sleeps 2 s, then succeeds, when [`ENABLED`] is set.
+    pub const SLOW_REQUEST_CODE: i32 = -7002;
+    /// Enables the hooks (process-wide).
+    pub static ENABLED: AtomicBool = AtomicBool::new(false);
+}

@@ -1,0 +1,134 @@
+//! Wake-ups for parked pulls (the waking half of Java's `PullRequestHoldService`).
+//!
+//! A parked pull subscribes to its `topic@queueId` and waits on a [`Notify`]. The store's
+//! dispatch listener calls [`PullWaiters::wake`] on its own thread for every record that became
+//! consumable: a short map lookup under a lock and `notify_waiters`, which never blocks. Only
+//! queues someone waits on have an entry; the last waiter to leave removes it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+#[derive(Debug)]
+struct Slot {
+    notify: Arc<Notify>,
+    waiters: usize,
+}
+
+/// Parked-pull subscriptions by topic and queue.
+#[derive(Debug, Default)]
+pub(crate) struct PullWaiters {
+    topics: Mutex<HashMap<String, HashMap<i32, Slot>>>,
+}
+
+/// A pull's subscription; dropping it unsubscribes.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    waiters: Arc<PullWaiters>,
+    topic: String,
+    queue_id: i32,
+    notify: Arc<Notify>,
+}
+
+impl Subscription {
+    /// Notified whenever a record is dispatched to the queue.
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl PullWaiters {
+    /// Subscribes to new records of `topic`/`queue_id`.
+    pub(crate) fn subscribe(self: &Arc<Self>, topic: &str, queue_id: i32) -> Subscription {
+        let mut topics = self.topics.lock();
+        let slot = topics
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(queue_id)
+            .or_insert_with(|| Slot {
+                notify: Arc::new(Notify::new()),
+                waiters: 0,
+            });
+        slot.waiters += 1;
+        Subscription {
+            waiters: Arc::clone(self),
+            topic: topic.to_owned(),
+            queue_id,
+            notify: Arc::clone(&slot.notify),
+        }
+    }
+
+    /// Wakes every pull parked on the queue. Called on the store's dispatcher thread.
+    pub(crate) fn wake(&self, topic: &str, queue_id: i32) {
+        let topics = self.topics.lock();
+        if let Some(slot) = topics.get(topic).and_then(|q| q.get(&queue_id)) {
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every parked pull (shutdown).
+    pub(crate) fn wake_all(&self) {
+        for queues in self.topics.lock().values() {
+            for slot in queues.values() {
+                slot.notify.notify_waiters();
+            }
+        }
+    }
+
+    fn unsubscribe(&self, topic: &str, queue_id: i32) {
+        let mut topics = self.topics.lock();
+        let Some(queues) = topics.get_mut(topic) else {
+            return;
+        };
+        if let Some(slot) = queues.get_mut(&queue_id) {
+            slot.waiters -= 1;
+            if slot.waiters == 0 {
+                queues.remove(&queue_id);
+            }
+        }
+        if queues.is_empty() {
+            topics.remove(topic);
+        }
+    }
+
+    #[cfg(test)]
+    fn queues_watched(&self) -> usize {
+        self.topics.lock().values().map(HashMap::len).sum()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.waiters.unsubscribe(&self.topic, self.queue_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::pin;
+
+    #[tokio::test]
+    async fn a_wake_reaches_an_enabled_waiter_and_entries_are_cleaned_up() {
+        let w = Arc::new(PullWaiters::default());
+        let sub = w.subscribe("T", 1);
+        let other = w.subscribe("T", 2);
+        {
+            let mut notified = pin!(sub.notify().notified());
+            notified.as_mut().enable();
+            let waker = Arc::clone(&w);
+            std::thread::spawn(move || waker.wake("T", 1))
+                .join()
+                .unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(5), notified)
+                .await
+                .expect("woken");
+        }
+        assert_eq!(w.queues_watched(), 2);
+        drop(sub);
+        drop(other);
+        assert_eq!(w.queues_watched(), 0);
+    }
+}

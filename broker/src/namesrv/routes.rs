@@ -1,0 +1,235 @@
+//! The name server's tables (Java's `RouteInfoManager`): brokers by name, clusters, the queues
+//! each broker holds per topic, and when each broker address last registered.
+//!
+//! Plain data behind one lock: every operation is a few map updates, and routes must be
+//! consistent snapshots (a topic's queue data and the broker addresses it names).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use sluice_protocol::remoting::body::{
+    BrokerData, ClusterInfo, QueueData, RegisterBrokerBody, TopicRouteData,
+};
+
+/// A broker address's registration.
+#[derive(Debug, Clone)]
+struct Live {
+    broker_name: String,
+    broker_id: i64,
+    last_update: Instant,
+    /// The connection it registered over; closing it removes the broker at once, as in Java.
+    conn_id: u64,
+}
+
+/// One REGISTER_BROKER, already decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    pub(crate) cluster: String,
+    pub(crate) broker_name: String,
+    pub(crate) broker_addr: String,
+    pub(crate) broker_id: i64,
+    pub(crate) body: RegisterBrokerBody,
+    pub(crate) conn_id: u64,
+}
+
+/// Routes and liveness.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    brokers: BTreeMap<String, BrokerData>,
+    clusters: BTreeMap<String, BTreeSet<String>>,
+    topics: BTreeMap<String, BTreeMap<String, QueueData>>,
+    live: HashMap<String, Live>,
+}
+
+impl RouteTable {
+    /// Records a registration. A master's registration replaces the topics of its broker name:
+    /// our brokers always send their whole topic table, so a topic missing from it is gone.
+    pub(crate) fn register(&mut self, reg: Registration, now: Instant) {
+        self.clusters
+            .entry(reg.cluster.clone())
+            .or_default()
+            .insert(reg.broker_name.clone());
+        let data = self
+            .brokers
+            .entry(reg.broker_name.clone())
+            .or_insert_with(|| BrokerData {
+                broker_name: reg.broker_name.clone(),
+                ..BrokerData::default()
+            });
+        data.cluster = reg.cluster.clone();
+        // The same address under another id means the broker changed role: forget the old id.
+        data.broker_addrs
+            .retain(|id, addr| *addr != reg.broker_addr || *id == reg.broker_id);
+        data.broker_addrs
+            .insert(reg.broker_id, reg.broker_addr.clone());
+        if reg.broker_id == 0 {
+            self.replace_topics(&reg.broker_name, &reg.body);
+        }
+        self.live.insert(
+            reg.broker_addr,
+            Live {
+                broker_name: reg.broker_name,
+                broker_id: reg.broker_id,
+                last_update: now,
+                conn_id: reg.conn_id,
+            },
+        );
+    }
+
+    fn replace_topics(&mut self, broker_name: &str, body: &RegisterBrokerBody) {
+        let table = &body.topic_config_serialize_wrapper.topic_config_table;
+        self.remove_queue_data(broker_name, |topic| !table.contains_key(topic));
+        for (name, cfg) in table {
+            let queue = QueueData {
+                broker_name: broker_name.to_owned(),
+                perm: cfg.perm,
+                read_queue_nums: cfg.read_queue_nums,
+                topic_sys_flag: cfg.topic_sys_flag,
+                write_queue_nums: cfg.write_queue_nums,
+            };
+            self.topics
+                .entry(name.clone())
+                .or_default()
+                .insert(broker_name.to_owned(), queue);
+        }
+    }
+
+    /// Removes `broker_name`'s queue data from every topic `which` selects; drops empty topics.
+    fn remove_queue_data(&mut self, broker_name: &str, which: impl Fn(&str) -> bool) {
+        self.topics.retain(|topic, queues| {
+            if which(topic) {
+                queues.remove(broker_name);
+            }
+            !queues.is_empty()
+        });
+    }
+
+    /// Removes one broker address (UNREGISTER_BROKER, expiry, closed connection). When a broker
+    /// name has no address left, it leaves its cluster and every route.
+    pub(crate) fn remove_addr(&mut self, broker_addr: &str) -> bool {
+        let Some(live) = self.live.remove(broker_addr) else {
+            return false;
+        };
+        let name = live.broker_name;
+        let now_empty = match self.brokers.get_mut(&name) {
+            Some(data) => {
+                if data.broker_addrs.get(&live.broker_id).map(String::as_str) == Some(broker_addr) {
+                    data.broker_addrs.remove(&live.broker_id);
+                }
+                data.broker_addrs.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.brokers.remove(&name);
+            self.clusters.retain(|_, names| {
+                names.remove(&name);
+                !names.is_empty()
+            });
+            self.remove_queue_data(&name, |_| true);
+        }
+        true
+    }
+
+    /// Addresses that did not register within `expiry`.
+    pub(crate) fn expired(&self, now: Instant, expiry: Duration) -> Vec<String> {
+        self.live
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.last_update) > expiry)
+            .map(|(addr, _)| addr.clone())
+            .collect()
+    }
+
+    /// Addresses that registered over connection `conn_id`.
+    pub(crate) fn registered_over(&self, conn_id: u64) -> Vec<String> {
+        self.live
+            .iter()
+            .filter(|(_, l)| l.conn_id == conn_id)
+            .map(|(addr, _)| addr.clone())
+            .collect()
+    }
+
+    /// The route of `topic`: its queues on every broker and those brokers' addresses.
+    pub(crate) fn route(&self, topic: &str) -> Option<TopicRouteData> {
+        let queues = self.topics.get(topic).filter(|q| !q.is_empty())?;
+        let queue_datas: Vec<QueueData> = queues.values().cloned().collect();
+        let broker_datas = queues
+            .keys()
+            .filter_map(|name| self.brokers.get(name).cloned())
+            .collect();
+        Some(TopicRouteData {
+            broker_datas,
+            queue_datas,
+            ..TopicRouteData::default()
+        })
+    }
+
+    /// Every broker and cluster.
+    pub(crate) fn cluster_info(&self) -> ClusterInfo {
+        ClusterInfo {
+            broker_addr_table: self.brokers.clone(),
+            cluster_addr_table: self.clusters.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::remoting::body::TopicConfig;
+
+    fn reg(name: &str, addr: &str, id: i64, topics: &[(&str, i32)], conn: u64) -> Registration {
+        let mut body = RegisterBrokerBody::default();
+        for (t, q) in topics {
+            body.topic_config_serialize_wrapper
+                .topic_config_table
+                .insert((*t).to_owned(), TopicConfig::new(*t, *q, 6));
+        }
+        Registration {
+            cluster: "C".into(),
+            broker_name: name.into(),
+            broker_addr: addr.into(),
+            broker_id: id,
+            body,
+            conn_id: conn,
+        }
+    }
+
+    #[test]
+    fn a_topic_spans_brokers_and_shrinks_when_one_leaves() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4)], 1), now);
+        t.register(reg("b", "h2:1", 0, &[("T", 2), ("U", 1)], 2), now);
+        let r = t.route("T").unwrap();
+        assert_eq!(r.queue_datas.len(), 2);
+        assert_eq!(r.broker_datas.len(), 2);
+        assert!(t.remove_addr("h2:1"));
+        assert_eq!(t.route("T").unwrap().queue_datas.len(), 1);
+        assert!(t.route("U").is_none());
+        assert!(!t.cluster_info().cluster_addr_table["C"].contains("b"));
+    }
+
+    #[test]
+    fn re_registration_drops_topics_the_broker_no_longer_has() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4), ("U", 1)], 1), now);
+        t.register(reg("a", "h1:1", 0, &[("T", 4)], 1), now);
+        assert!(t.route("U").is_none());
+        assert_eq!(t.registered_over(1), vec!["h1:1".to_string()]);
+    }
+
+    #[test]
+    fn silent_brokers_expire() {
+        let mut t = RouteTable::default();
+        let then = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4)], 1), then);
+        let later = then + Duration::from_secs(10);
+        assert!(t.expired(later, Duration::from_secs(20)).is_empty());
+        assert_eq!(
+            t.expired(later, Duration::from_secs(5)),
+            vec!["h1:1".to_string()]
+        );
+    }
+}

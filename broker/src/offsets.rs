@@ -1,0 +1,129 @@
+//! Consumer offsets (Java's `ConsumerOffsetManager`): `topic@group` → queue id → next offset to
+//! consume, saved to `<data_dir>/config/consumerOffset.json` every `offset_flush_interval` and at
+//! shutdown. At-least-once: after a crash up to one interval of progress is replayed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+use crate::state_file;
+
+/// The file's shape, as Java writes it (minus `dataVersion`, which nobody reads).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OffsetFile {
+    #[serde(default)]
+    offset_table: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+/// Committed offsets of every group.
+#[derive(Debug)]
+pub(crate) struct OffsetManager {
+    path: PathBuf,
+    table: Mutex<HashMap<String, BTreeMap<i32, i64>>>,
+    dirty: AtomicBool,
+    write_lock: Mutex<()>,
+}
+
+fn key(group: &str, topic: &str) -> String {
+    format!("{topic}@{group}")
+}
+
+impl OffsetManager {
+    /// Loads `consumerOffset.json`, if present.
+    pub(crate) fn load(data_dir: &Path) -> Result<Self, BrokerError> {
+        let path = state_file::config_dir(data_dir).join("consumerOffset.json");
+        let saved: Option<OffsetFile> = state_file::load(&path)?;
+        let table: HashMap<_, _> = saved.unwrap_or_default().offset_table.into_iter().collect();
+        tracing::info!(path = %path.display(), entries = table.len(), "consumer offsets loaded");
+        Ok(Self {
+            path,
+            table: Mutex::new(table),
+            dirty: AtomicBool::new(false),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// The committed offset, if any.
+    pub(crate) fn query(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
+        self.table
+            .lock()
+            .get(&key(group, topic))
+            .and_then(|q| q.get(&queue_id).copied())
+    }
+
+    /// Records `offset` as the next offset `group` consumes from the queue.
+    pub(crate) fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+        self.table
+            .lock()
+            .entry(key(group, topic))
+            .or_default()
+            .insert(queue_id, offset);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Writes the file if anything changed since the last write. Blocking.
+    pub(crate) fn save_if_dirty(&self) -> Result<bool, BrokerError> {
+        let _w = self.write_lock.lock();
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let file = OffsetFile {
+            offset_table: self
+                .table
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| BrokerError::StateFile {
+            op: "encode",
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Err(e) = state_file::store(&self.path, &bytes) {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_survive_a_reload_and_java_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = OffsetManager::load(dir.path()).unwrap();
+        assert_eq!(m.query("g", "T", 0), None);
+        m.commit("g", "T", 0, 12);
+        m.commit("g", "T", 3, 7);
+        assert!(m.save_if_dirty().unwrap());
+        assert!(!m.save_if_dirty().unwrap());
+        let m = OffsetManager::load(dir.path()).unwrap();
+        assert_eq!(
+            (m.query("g", "T", 0), m.query("g", "T", 3)),
+            (Some(12), Some(7))
+        );
+
+        let java =
+            br#"{"offsetTable":{"T@G":{0:5,1:6}},"dataVersion":{"counter":1,"timestamp":2}}"#;
+        std::fs::write(dir.path().join("config/consumerOffset.json"), java).unwrap();
+        let m = OffsetManager::load(dir.path()).unwrap();
+        assert_eq!(m.query("G", "T", 1), Some(6));
+    }
+
+    #[test]
+    fn a_corrupt_file_stops_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config/consumerOffset.json"), b"{not json").unwrap();
+        assert!(OffsetManager::load(dir.path()).is_err());
+    }
+}

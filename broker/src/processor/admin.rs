@@ -1,0 +1,69 @@
+//! Admin requests: UPDATE_AND_CREATE_TOPIC (17) and GET_ALL_TOPIC_CONFIG (21).
+//!
+//! There is no ACL yet, so these are open to anyone who can connect, as in Java with ACL off.
+
+use std::sync::Arc;
+
+use sluice_protocol::remoting::body::broker::{MULTI_TAG, SINGLE_TAG};
+use sluice_protocol::remoting::body::{encode_json, perm, TopicConfig};
+use sluice_protocol::remoting::custom::UpdateAndCreateTopicRequestHeader;
+use sluice_protocol::{response_code as code, RemotingCommand};
+
+use super::Reject;
+use crate::broker::context::BrokerContext;
+use crate::reply;
+use crate::topic::{self, MAX_QUEUE_NUMS};
+
+/// UPDATE_AND_CREATE_TOPIC: validates and stores the topic, then re-registers at once.
+pub(super) fn create_topic(
+    ctx: &Arc<BrokerContext>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let h = UpdateAndCreateTopicRequestHeader::from_ext(&req.ext_fields)
+        .map_err(|e| Reject::header(&e))?;
+    topic::validate_name(&h.topic)?;
+    if h.topic == h.default_topic || h.topic == topic::DEFAULT_TOPIC {
+        return Err(Reject::new(
+            code::SYSTEM_ERROR,
+            format!(
+                "The topic[{}] is conflict with system reserved words.",
+                h.topic
+            ),
+        ));
+    }
+    for (name, n) in [
+        ("readQueueNums", h.read_queue_nums),
+        ("writeQueueNums", h.write_queue_nums),
+    ] {
+        if !(1..=MAX_QUEUE_NUMS).contains(&n) {
+            return Err(Reject::new(
+                code::INVALID_PARAMETER,
+                format!("{name} {n} must be within 1 and {MAX_QUEUE_NUMS}"),
+            ));
+        }
+    }
+    let filter_type = if h.topic_filter_type == MULTI_TAG {
+        MULTI_TAG
+    } else {
+        SINGLE_TAG
+    };
+    let cfg = TopicConfig {
+        order: h.order,
+        perm: h.perm & (perm::READ | perm::WRITE | perm::INHERIT | perm::PRIORITY),
+        read_queue_nums: h.read_queue_nums,
+        topic_filter_type: filter_type.to_owned(),
+        topic_name: h.topic.clone(),
+        topic_sys_flag: h.topic_sys_flag.unwrap_or(0),
+        write_queue_nums: h.write_queue_nums,
+    };
+    ctx.topics.put(cfg);
+    Ok(reply::ok(req))
+}
+
+/// GET_ALL_TOPIC_CONFIG: `TopicConfigSerializeWrapper` JSON.
+pub(super) fn all_topic_config(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    Ok(reply::ok(req).with_body(encode_json(&ctx.topics.snapshot())))
+}

@@ -1,0 +1,127 @@
+//! Client management (§2.5): HEART_BEAT, UNREGISTER_CLIENT, GET_CONSUMER_LIST_BY_GROUP,
+//! LOCK_BATCH_MQ and UNLOCK_BATCH_MQ.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_protocol::remoting::body::{
+    decode_json, encode_json, ConsumerListBody, HeartbeatData, LockBatchRequestBody,
+    LockBatchResponseBody,
+};
+use sluice_protocol::remoting::custom::{
+    GetConsumerListByGroupRequestHeader, UnregisterClientRequestHeader,
+};
+use sluice_protocol::{response_code as code, RemotingCommand};
+
+use super::Reject;
+use crate::broker::context::BrokerContext;
+use crate::remoting::ConnectionHandle;
+use crate::reply;
+use crate::topic;
+
+/// HEART_BEAT: registers the client's groups over this connection (before answering, so the
+/// consumer list is right when the client's first rebalance asks), creates `%RETRY%<group>`
+/// for every consumer group, and tells a group's members when its membership changed.
+pub(super) fn heartbeat(
+    ctx: &Arc<BrokerContext>,
+    conn: &ConnectionHandle,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let hb: HeartbeatData = decode_json(&req.body).map_err(|e| {
+        Reject::new(
+            code::SYSTEM_ERROR,
+            format!("invalid HeartbeatData body: {e}"),
+        )
+    })?;
+    for c in &hb.consumer_data_set {
+        if let Err(r) = topic::validate_name(&topic::retry_topic(&c.group_name)) {
+            return Err(Reject::new(
+                code::INVALID_PARAMETER,
+                format!("invalid consumer group {:?}: {}", c.group_name, r.remark),
+            ));
+        }
+    }
+    // Java creates it for every consumer group; C++ rebalancing stops for all topics when a
+    // subscribed retry topic has no readable queue, so it gets one read-write queue at once.
+    for c in &hb.consumer_data_set {
+        ctx.topics
+            .get_or_create_retry(&topic::retry_topic(&c.group_name));
+    }
+    let changed = ctx.clients.heartbeat(conn, &hb, Instant::now());
+    ctx.notify_consumers_changed(&changed);
+    Ok(reply::ok(req))
+}
+
+/// UNREGISTER_CLIENT: the client leaves a producer or consumer group.
+pub(super) fn unregister(
+    ctx: &Arc<BrokerContext>,
+    conn: &ConnectionHandle,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let h =
+        UnregisterClientRequestHeader::from_ext(&req.ext_fields).map_err(|e| Reject::header(&e))?;
+    let changed = ctx.clients.unregister(
+        conn,
+        h.producer_group.as_deref(),
+        h.consumer_group.as_deref(),
+    );
+    tracing::info!(client_id = %h.client_id, remote = %conn.remote_addr(), "client unregistered");
+    ctx.notify_consumers_changed(&changed);
+    Ok(reply::ok(req))
+}
+
+/// GET_CONSUMER_LIST_BY_GROUP: sorted client ids, exactly as heartbeats sent them.
+pub(super) fn consumer_list(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let h = GetConsumerListByGroupRequestHeader::from_ext(&req.ext_fields)
+        .map_err(|e| Reject::header(&e))?;
+    let ids = ctx.clients.consumer_ids(&h.consumer_group);
+    if ids.is_empty() {
+        return Err(Reject::new(
+            code::SYSTEM_ERROR,
+            format!("no consumer for this group, {}", h.consumer_group),
+        ));
+    }
+    let body = ConsumerListBody {
+        consumer_id_list: ids,
+    };
+    Ok(reply::ok(req).with_body(encode_json(&body)))
+}
+
+fn lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Reject> {
+    decode_json(&req.body).map_err(|e| {
+        Reject::new(
+            code::SYSTEM_ERROR,
+            format!("invalid LockBatchRequestBody: {e}"),
+        )
+    })
+}
+
+/// LOCK_BATCH_MQ: locks what is free for the caller; answers the queues it holds (numeric
+/// `queueId`, which C++ requires).
+pub(super) fn lock(ctx: &BrokerContext, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
+    let body = lock_body(req)?;
+    let held = ctx.locks.lock(
+        &body.consumer_group,
+        &body.client_id,
+        &body.mq_set,
+        Instant::now(),
+    );
+    let resp = LockBatchResponseBody {
+        lock_ok_mq_set: held,
+    };
+    Ok(reply::ok(req).with_body(encode_json(&resp)))
+}
+
+/// UNLOCK_BATCH_MQ: releases the caller's locks on the named queues.
+pub(super) fn unlock(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let body = lock_body(req)?;
+    ctx.locks
+        .unlock(&body.consumer_group, &body.client_id, &body.mq_set);
+    Ok(reply::ok(req))
+}

@@ -1,0 +1,127 @@
+//! Request handlers of the broker, one module per area, and the dispatch by request code.
+//!
+//! - `send`: SEND_MESSAGE, SEND_MESSAGE_V2, SEND_BATCH_MESSAGE.
+//! - `pull`: PULL_MESSAGE and LITE_PULL_MESSAGE, with long polling.
+//! - `offset`: consumer offsets and queue offset queries.
+//! - `client`: heartbeat, unregister, consumer list, queue locks.
+//! - `query`: QUERY_MESSAGE, VIEW_MESSAGE_BY_ID.
+//! - `admin`: UPDATE_AND_CREATE_TOPIC, GET_ALL_TOPIC_CONFIG.
+//!
+//! Handlers return `Result<RemotingCommand, Reject>`: a [`Reject`] is a refusal the client
+//! caused or must handle, answered with its code and remark; it is never a panic or a closed
+//! connection.
+
+mod admin;
+mod client;
+mod offset;
+mod pull;
+mod query;
+mod send;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sluice_protocol::remoting::ext::HeaderError;
+use sluice_protocol::{request_code, RemotingCommand};
+
+use crate::broker::context::BrokerContext;
+use crate::remoting::server::Processor;
+use crate::remoting::ConnectionHandle;
+use crate::reply;
+use crate::test_hooks;
+
+/// GET_ALL_TOPIC_CONFIG: not in the protocol crate's list.
+pub(crate) const GET_ALL_TOPIC_CONFIG: i32 = 21;
+
+/// A refusal: response code and remark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reject {
+    pub(crate) code: i32,
+    pub(crate) remark: String,
+}
+
+impl Reject {
+    pub(crate) fn new(code: i32, remark: impl Into<String>) -> Self {
+        Self {
+            code,
+            remark: remark.into(),
+        }
+    }
+
+    /// SYSTEM_ERROR naming the unreadable header field.
+    pub(crate) fn header(err: &HeaderError) -> Self {
+        Self::new(
+            sluice_protocol::response_code::SYSTEM_ERROR,
+            err.to_string(),
+        )
+    }
+}
+
+impl From<crate::topic::TopicReject> for Reject {
+    fn from(r: crate::topic::TopicReject) -> Self {
+        Self::new(r.code, r.remark)
+    }
+}
+
+/// Turns a handler result into the response.
+fn respond(req: &RemotingCommand, result: Result<RemotingCommand, Reject>) -> RemotingCommand {
+    result.unwrap_or_else(|r| reply::error(req, r.code, r.remark))
+}
+
+/// The broker's [`Processor`].
+pub(crate) struct BrokerProcessor {
+    pub(crate) ctx: Arc<BrokerContext>,
+}
+
+impl Processor for BrokerProcessor {
+    async fn process(
+        self: Arc<Self>,
+        conn: ConnectionHandle,
+        req: RemotingCommand,
+    ) -> Option<RemotingCommand> {
+        dispatch(&self.ctx, &conn, req).await
+    }
+
+    fn on_closed(&self, conn: &ConnectionHandle) {
+        let changed = self.ctx.clients.remove_connection(conn.id());
+        self.ctx.notify_consumers_changed(&changed);
+    }
+}
+
+async fn dispatch(
+    ctx: &Arc<BrokerContext>,
+    conn: &ConnectionHandle,
+    req: RemotingCommand,
+) -> Option<RemotingCommand> {
+    use request_code as rc;
+    let result = match req.code {
+        rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
+            send::send(ctx, conn, &req).await
+        }
+        rc::PULL_MESSAGE | rc::LITE_PULL_MESSAGE => return pull::pull(ctx, conn, req).await,
+        rc::QUERY_CONSUMER_OFFSET => offset::query_consumer_offset(ctx, &req),
+        rc::UPDATE_CONSUMER_OFFSET => offset::update_consumer_offset(ctx, &req),
+        rc::GET_MAX_OFFSET => offset::max_offset(ctx, &req),
+        rc::GET_MIN_OFFSET => offset::min_offset(ctx, &req),
+        rc::SEARCH_OFFSET_BY_TIMESTAMP => offset::search_by_timestamp(ctx, &req),
+        rc::GET_EARLIEST_MSG_STORETIME => offset::earliest_store_time(ctx, &req),
+        rc::HEART_BEAT => client::heartbeat(ctx, conn, &req),
+        rc::UNREGISTER_CLIENT => client::unregister(ctx, conn, &req),
+        rc::GET_CONSUMER_LIST_BY_GROUP => client::consumer_list(ctx, &req),
+        rc::LOCK_BATCH_MQ => client::lock(ctx, &req),
+        rc::UNLOCK_BATCH_MQ => client::unlock(ctx, &req),
+        rc::QUERY_MESSAGE => query::query_message(ctx, &req).await,
+        rc::VIEW_MESSAGE_BY_ID => query::view_by_id(ctx, &req),
+        rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req),
+        GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),
+        test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
+            panic!("test hook: deliberate handler panic")
+        }
+        test_hooks::SLOW_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            Ok(reply::ok(&req))
+        }
+        _ => Ok(reply::not_supported(&req)),
+    };
+    Some(respond(&req, result))
+}

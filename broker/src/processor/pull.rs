@@ -1,0 +1,387 @@
+//! PULL_MESSAGE (11) and LITE_PULL_MESSAGE (361), with long polling (§2.3, §9.3).
+//!
+//! A pull that finds nothing new (PULL_NOT_FOUND) with the SUSPEND bit is parked: its request
+//! task ends (freeing the connection's in-flight slot) and a holder task waits for the store's
+//! dispatch listener to report a record on that queue, re-running the pull without suspension
+//! and answering with the original opaque. It answers 19 with the requested offset when
+//! `min(suspendTimeoutMillis, long_poll_max)` passes, and at once on shutdown.
+//!
+//! Every pull response, refusals included, carries the four required header fields as strings.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::remoting::body::{heartbeat::EXPRESSION_TYPE_TAG, parse_tags, perm};
+use sluice_protocol::remoting::custom::{PullMessageRequestHeader, PullMessageResponseHeader};
+use sluice_protocol::remoting::frame::flag;
+use sluice_protocol::{java_hash, response_code as code, RemotingCommand};
+use sluice_store::{GetResult, GetStatus};
+use tokio::time::Instant;
+
+use super::Reject;
+use crate::broker::context::BrokerContext;
+use crate::remoting::ConnectionHandle;
+use crate::reply;
+use crate::stats::Counters;
+
+/// Most messages per pull (Java's in-memory transfer cap).
+const MAX_PULL_MSGS: i32 = 32;
+/// Most bytes per pull (Java's in-memory transfer cap).
+const MAX_PULL_BYTES: usize = 256 * 1024;
+/// Parked pulls across the broker; beyond that a pull is answered SYSTEM_BUSY, which clients
+/// retry after a pause (1 s for C++, 3 s for Java) rather than at once.
+const MAX_PARKED_PULLS: u64 = 100_000;
+/// A parked pull looks at its queue at least this often, whatever the wake-ups say.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Which tag codes pass.
+#[derive(Debug, Clone)]
+enum TagFilter {
+    All,
+    Codes(Vec<i32>),
+}
+
+/// What a pull needs once its checks passed.
+#[derive(Debug, Clone)]
+struct Plan {
+    filter: TagFilter,
+    max_count: usize,
+    max_bytes: usize,
+}
+
+/// A pull's result, ready to become a response.
+struct Outcome {
+    code: i32,
+    remark: &'static str,
+    header: PullMessageResponseHeader,
+    body: Bytes,
+}
+
+pub(super) async fn pull(
+    ctx: &Arc<BrokerContext>,
+    conn: &ConnectionHandle,
+    req: RemotingCommand,
+) -> Option<RemotingCommand> {
+    let h = match PullMessageRequestHeader::from_ext(&req.ext_fields) {
+        Ok(h) => h,
+        Err(e) => return Some(reply::bad_header(&req, &e)),
+    };
+    let plan = match prepare(ctx, &h) {
+        Ok(plan) => plan,
+        Err(r) => return Some(refusal(ctx, &req, &h, r)),
+    };
+    if h.has_commit_offset() && h.commit_offset >= 0 {
+        ctx.offsets
+            .commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
+    }
+    let outcome = execute(ctx, &h, &plan);
+    let suspend = Duration::from_millis(u64::try_from(h.suspend_timeout_millis).unwrap_or(0))
+        .min(ctx.cfg.long_poll_max);
+    if outcome.code == code::PULL_NOT_FOUND && h.is_suspend() && !suspend.is_zero() {
+        return park(ctx, conn, req, h, plan, suspend);
+    }
+    Some(outcome.into_response(&req))
+}
+
+/// Topic, queue and subscription checks (§2.3 "Broker checks before reading").
+fn prepare(ctx: &BrokerContext, h: &PullMessageRequestHeader) -> Result<Plan, Reject> {
+    let topic = ctx.topics.get(&h.topic).ok_or_else(|| {
+        Reject::new(
+            code::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist, apply first please!", h.topic),
+        )
+    })?;
+    if !perm::is_readable(topic.perm) {
+        return Err(Reject::new(
+            code::NO_PERMISSION,
+            format!("the topic[{}] pulling message is forbidden", h.topic),
+        ));
+    }
+    if h.queue_id < 0 || h.queue_id >= topic.read_queue_nums {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "queueId[{}] is illegal, topic:[{}] topicConfig.readQueueNums:[{}]",
+                h.queue_id, h.topic, topic.read_queue_nums
+            ),
+        ));
+    }
+    let mut max_bytes = MAX_PULL_BYTES;
+    if let Some(b) = h
+        .max_msg_bytes
+        .and_then(|b| usize::try_from(b).ok())
+        .filter(|b| *b > 0)
+    {
+        max_bytes = max_bytes.min(b);
+    }
+    Ok(Plan {
+        filter: filter_of(ctx, h)?,
+        max_count: h.max_msg_nums.clamp(1, MAX_PULL_MSGS) as usize,
+        max_bytes,
+    })
+}
+
+/// The tag filter: from the request's `subscription` with sysFlag bit 2, else from the group's
+/// heartbeat-registered subscription. Codes are always recomputed with Java's hash.
+fn filter_of(ctx: &BrokerContext, h: &PullMessageRequestHeader) -> Result<TagFilter, Reject> {
+    let (expression_type, expression) = if h.has_subscription() {
+        let t = h
+            .expression_type
+            .clone()
+            .unwrap_or_else(|| EXPRESSION_TYPE_TAG.to_owned());
+        (t, h.subscription.clone().unwrap_or_default())
+    } else {
+        let sub = registered_subscription(ctx, h)?;
+        (sub.expression_type, sub.sub_string)
+    };
+    if !expression_type.eq_ignore_ascii_case(EXPRESSION_TYPE_TAG) {
+        return Err(Reject::new(
+            code::SYSTEM_ERROR,
+            format!("The broker does not support consumer to filter message by {expression_type}"),
+        ));
+    }
+    let tags = parse_tags(&expression);
+    if tags.is_empty() {
+        return Ok(TagFilter::All);
+    }
+    Ok(TagFilter::Codes(
+        tags.iter().map(|t| java_hash(t)).collect(),
+    ))
+}
+
+fn registered_subscription(
+    ctx: &BrokerContext,
+    h: &PullMessageRequestHeader,
+) -> Result<sluice_protocol::remoting::body::SubscriptionData, Reject> {
+    let Some(sub) = ctx.clients.subscription(&h.consumer_group, &h.topic) else {
+        let remark = if ctx.clients.has_consumer_group(&h.consumer_group) {
+            format!(
+                "the consumer's subscription not exist, group: {} topic: {}",
+                h.consumer_group, h.topic
+            )
+        } else {
+            format!(
+                "the consumer's group info not exist, group: {}",
+                h.consumer_group
+            )
+        };
+        return Err(Reject::new(code::SUBSCRIPTION_NOT_EXIST, remark));
+    };
+    if sub.sub_version < h.sub_version {
+        return Err(Reject::new(
+            code::SUBSCRIPTION_NOT_LATEST,
+            format!(
+                "the consumer's subscription not latest, group: {}",
+                h.consumer_group
+            ),
+        ));
+    }
+    Ok(sub)
+}
+
+/// Reads from the store and maps its status to a response code and `nextBeginOffset`.
+fn execute(ctx: &BrokerContext, h: &PullMessageRequestHeader, plan: &Plan) -> Outcome {
+    let Ok(offset) = u64::try_from(h.queue_offset) else {
+        let min = ctx.store.min_offset(&h.topic, h.queue_id);
+        let max = ctx.store.max_offset(&h.topic, h.queue_id);
+        return Outcome::empty(code::PULL_OFFSET_MOVED, "OFFSET_TOO_SMALL", min, min, max);
+    };
+    let filter_fn;
+    let filter: Option<&dyn Fn(i64) -> bool> = match &plan.filter {
+        TagFilter::All => None,
+        TagFilter::Codes(codes) => {
+            filter_fn = move |tags_code: i64| codes.contains(&(tags_code as i32));
+            Some(&filter_fn)
+        }
+    };
+    let r = ctx.store.get_messages(
+        &h.topic,
+        h.queue_id,
+        offset,
+        plan.max_count,
+        plan.max_bytes,
+        filter,
+    );
+    let (code, remark, next) = map_status(&r, offset);
+    if code != code::SUCCESS {
+        return Outcome::empty(code, remark, next, r.min_offset, r.max_offset);
+    }
+    Counters::add(&ctx.counters.messages_pulled, r.messages.len() as u64);
+    let mut outcome = Outcome::empty(code, remark, next, r.min_offset, r.max_offset);
+    outcome.body = concat(&r);
+    outcome
+}
+
+/// §2.3's table. A caught-up consumer on a queue whose messages were all deleted is told 19
+/// (so it long-polls), not "offset moved".
+fn map_status(r: &GetResult, offset: u64) -> (i32, &'static str, u64) {
+    match r.status {
+        GetStatus::Found => (code::SUCCESS, "FOUND", r.next_offset),
+        GetStatus::NoMatchedMessage => (
+            code::PULL_RETRY_IMMEDIATELY,
+            "NO_MATCHED_MESSAGE",
+            r.next_offset,
+        ),
+        GetStatus::NoMessageInQueue if offset == 0 || offset == r.max_offset => {
+            (code::PULL_NOT_FOUND, "NO_MESSAGE_IN_QUEUE", offset)
+        }
+        GetStatus::NoMessageInQueue => (
+            code::PULL_OFFSET_MOVED,
+            "NO_MESSAGE_IN_QUEUE",
+            r.next_offset,
+        ),
+        GetStatus::NoMatchedLogicQueue if offset == 0 => {
+            (code::PULL_NOT_FOUND, "NO_MATCHED_LOGIC_QUEUE", 0)
+        }
+        GetStatus::NoMatchedLogicQueue => (code::PULL_OFFSET_MOVED, "NO_MATCHED_LOGIC_QUEUE", 0),
+        GetStatus::OffsetTooSmall => (code::PULL_OFFSET_MOVED, "OFFSET_TOO_SMALL", r.next_offset),
+        GetStatus::OffsetOverflowOne => (code::PULL_NOT_FOUND, "OFFSET_OVERFLOW_ONE", offset),
+        GetStatus::OffsetOverflowBadly => (
+            code::PULL_OFFSET_MOVED,
+            "OFFSET_OVERFLOW_BADLY",
+            r.next_offset,
+        ),
+    }
+}
+
+/// The records back to back; one record is passed on without copying.
+fn concat(r: &GetResult) -> Bytes {
+    if let [one] = r.messages.as_slice() {
+        return one.bytes.clone();
+    }
+    let total = r.messages.iter().map(|m| m.bytes.len()).sum();
+    let mut body = BytesMut::with_capacity(total);
+    for m in &r.messages {
+        body.extend_from_slice(&m.bytes);
+    }
+    body.freeze()
+}
+
+impl Outcome {
+    fn empty(code: i32, remark: &'static str, next: u64, min: u64, max: u64) -> Self {
+        Self {
+            code,
+            remark,
+            header: PullMessageResponseHeader {
+                suggest_which_broker_id: 0,
+                next_begin_offset: next as i64,
+                min_offset: min as i64,
+                max_offset: max as i64,
+                ..PullMessageResponseHeader::default()
+            },
+            body: Bytes::new(),
+        }
+    }
+
+    fn into_response(self, req: &RemotingCommand) -> RemotingCommand {
+        RemotingCommand::response_to(req, self.code, Some(self.remark.to_owned()))
+            .with_ext(self.header.to_ext())
+            .with_body(self.body)
+    }
+}
+
+/// A refused pull, still with the four required fields (`nextBeginOffset` = the request's).
+fn refusal(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+    h: &PullMessageRequestHeader,
+    r: Reject,
+) -> RemotingCommand {
+    let header = PullMessageResponseHeader {
+        suggest_which_broker_id: 0,
+        next_begin_offset: h.queue_offset,
+        min_offset: ctx.store.min_offset(&h.topic, h.queue_id) as i64,
+        max_offset: ctx.store.max_offset(&h.topic, h.queue_id) as i64,
+        ..PullMessageResponseHeader::default()
+    };
+    reply::error(req, r.code, r.remark).with_ext(header.to_ext())
+}
+
+/// Parks a pull; the holder task answers later on `conn` with the request's opaque.
+fn park(
+    ctx: &Arc<BrokerContext>,
+    conn: &ConnectionHandle,
+    req: RemotingCommand,
+    h: PullMessageRequestHeader,
+    plan: Plan,
+    suspend: Duration,
+) -> Option<RemotingCommand> {
+    if ctx
+        .counters
+        .parked_pulls
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= MAX_PARKED_PULLS
+    {
+        let remark = format!("[OVERLOAD]system busy, {MAX_PARKED_PULLS} pulls already parked");
+        return Some(reply::error(&req, code::SYSTEM_BUSY, remark));
+    }
+    let stub = RemotingCommand {
+        code: req.code,
+        opaque: req.opaque,
+        flag: req.flag,
+        ..RemotingCommand::default()
+    };
+    let guard = ctx.tracker.guard();
+    Counters::inc(&ctx.counters.parked_pulls);
+    let (ctx, conn) = (Arc::clone(ctx), conn.clone());
+    tokio::spawn(async move {
+        let deadline = Instant::now() + suspend;
+        let holder = tokio::spawn(hold(Arc::clone(&ctx), conn.clone(), h, plan, deadline));
+        let mut response = match holder.await {
+            Ok(outcome) => outcome.into_response(&stub),
+            Err(_) => {
+                Counters::inc(&ctx.counters.handler_panics);
+                tracing::error!(remote = %conn.remote_addr(), "parked pull panicked");
+                reply::error(
+                    &stub,
+                    code::SYSTEM_ERROR,
+                    "internal error while holding a pull",
+                )
+            }
+        };
+        if !stub.is_oneway() {
+            response.flag |= flag::RESPONSE;
+            let _ = conn.send(response).await;
+        }
+        // Only now: shutdown waits for this count to reach zero before closing connections.
+        Counters::dec(&ctx.counters.parked_pulls);
+        drop(guard);
+    });
+    None
+}
+
+/// Waits for a record on the queue (or the deadline, shutdown, or the client leaving) and runs
+/// the pull again each time; the first result other than PULL_NOT_FOUND is the answer.
+async fn hold(
+    ctx: Arc<BrokerContext>,
+    conn: ConnectionHandle,
+    h: PullMessageRequestHeader,
+    plan: Plan,
+    deadline: Instant,
+) -> Outcome {
+    let sub = ctx.waiters.subscribe(&h.topic, h.queue_id);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        // Enabled before the check, so a record dispatched in between still wakes us.
+        let mut notified = pin!(sub.notify().notified());
+        notified.as_mut().enable();
+        let outcome = execute(&ctx, &h, &plan);
+        let now = Instant::now();
+        if outcome.code != code::PULL_NOT_FOUND
+            || now >= deadline
+            || ctx.shutting_down()
+            || conn.is_closed()
+        {
+            return outcome;
+        }
+        let wait = (deadline - now).min(RECHECK_INTERVAL);
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(wait) => {}
+            () = conn.closed() => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! SEND_MESSAGE (10), SEND_MESSAGE_V2 (310), SEND_BATCH_MESSAGE (320): `rocketmq-protocol.md` §2.2.
+//!
+//! Order of checks, as Java's `msgCheck`: topic name, not-sendable system topics, existence
+//! (auto-create from the template), writable, queue id range. Then the message is built (UNIQ_KEY
+//! generated if missing, `CLUSTER` added, bornHost = TCP peer), put hooks run, and the store
+//! append is awaited: the response says SUCCESS only once the store acknowledged the message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_protocol::decode_batch;
+use sluice_protocol::message::keys;
+use sluice_protocol::message::offset_msg_id;
+use sluice_protocol::message::record::{sysflag, MAX_PROPERTIES_LEN};
+use sluice_protocol::remoting::body::{perm, TopicConfig};
+use sluice_protocol::remoting::custom::{SendMessageRequestHeader, SendMessageResponseHeader};
+use sluice_protocol::{request_code, response_code as code, Properties, RemotingCommand};
+use sluice_store::{Appended, MessageInput, StoreError};
+
+use super::Reject;
+use crate::broker::context::BrokerContext;
+use crate::hooks::{HookOutcome, PendingMessage, PutContext};
+use crate::remoting::ConnectionHandle;
+use crate::reply;
+use crate::stats::Counters;
+use crate::topic::{self, RETRY_PREFIX};
+
+/// Most messages in one batch; the body cap bounds it too.
+const MAX_BATCH_MESSAGES: usize = 4096;
+
+pub(super) async fn send(
+    ctx: &Arc<BrokerContext>,
+    conn: &ConnectionHandle,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let h = SendMessageRequestHeader::from_ext(&req.ext_fields).map_err(|e| Reject::header(&e))?;
+    let topic_cfg = check_topic(ctx, &h)?;
+    let queue_id = choose_queue(ctx, &h, &topic_cfg)?;
+    ctx.clients
+        .note_producer(conn, &h.producer_group, Instant::now());
+    let batch = h.is_batch() || req.code == request_code::SEND_BATCH_MESSAGE;
+    let born_host = canonical(conn.remote_addr());
+    let base = base_input(&h, queue_id, born_host);
+    let header_props = Properties::decode(h.properties.as_deref().unwrap_or("").as_bytes());
+    let (pending, wait) = if batch {
+        (
+            batch_messages(ctx, &h, &base, &req.body)?,
+            waits(&header_props),
+        )
+    } else {
+        let msg = single_message(ctx, base, header_props, req.body.clone());
+        let wait = waits(&msg.properties);
+        (vec![msg], wait)
+    };
+    let put_ctx = PutContext {
+        producer_group: &h.producer_group,
+        remote: born_host,
+        batch,
+        max_reconsume_times: h.max_reconsume_times,
+    };
+    let pending = run_hooks(ctx, &put_ctx, pending)?;
+    let uniq_keys: Vec<String> = pending
+        .iter()
+        .filter_map(|m| m.properties.get(keys::UNIQ_KEY).map(str::to_owned))
+        .collect();
+    let inputs = finish(pending)?;
+    let appended = append(ctx, &inputs, wait).await?;
+    Counters::add(&ctx.counters.messages_stored, appended.len() as u64);
+    tracing::trace!(topic = %h.topic, queue_id, offset = appended[0].queue_offset, count = appended.len(), "stored");
+    Ok(success(ctx, req, queue_id, &appended, &uniq_keys))
+}
+
+/// Name, permission and existence checks; auto-creates the topic when allowed.
+fn check_topic(
+    ctx: &Arc<BrokerContext>,
+    h: &SendMessageRequestHeader,
+) -> Result<TopicConfig, Reject> {
+    topic::validate_name(&h.topic)?;
+    if topic::is_not_sendable(&h.topic) {
+        return Err(Reject::new(
+            code::NO_PERMISSION,
+            format!("Sending message to topic[{}] is forbidden.", h.topic),
+        ));
+    }
+    let cfg = if ctx.cfg.auto_create_topic || h.topic.starts_with(RETRY_PREFIX) {
+        ctx.topics
+            .get_or_create_for_send(&h.topic, &h.default_topic, h.default_topic_queue_nums)?
+    } else {
+        ctx.topics.get(&h.topic).ok_or_else(|| {
+            Reject::new(
+                code::TOPIC_NOT_EXIST,
+                format!("topic[{}] not exist, apply first please!", h.topic),
+            )
+        })?
+    };
+    if !perm::is_writeable(cfg.perm) {
+        return Err(Reject::new(
+            code::NO_PERMISSION,
+            format!("the topic[{}] sending message is forbidden", h.topic),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// The requested queue, or one picked for a negative id; out of range is INVALID_PARAMETER.
+fn choose_queue(
+    ctx: &BrokerContext,
+    h: &SendMessageRequestHeader,
+    cfg: &TopicConfig,
+) -> Result<i32, Reject> {
+    if h.queue_id < 0 {
+        return Ok(ctx.pick_queue(cfg.write_queue_nums));
+    }
+    let valid = cfg.read_queue_nums.max(cfg.write_queue_nums);
+    if h.queue_id >= valid {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "request queueId[{}] is illegal, topic:{} topicConfig.writeQueueNums:{} consumerIp:{}",
+                h.queue_id, h.topic, cfg.write_queue_nums, ""
+            ),
+        ));
+    }
+    Ok(h.queue_id)
+}
+
+/// An IPv4-mapped IPv6 peer is written as IPv4: C++ and Go clients only read IPv4 hosts.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// `WAIT=false` means "do not wait for the flush".
+fn waits(props: &Properties) -> bool {
+    props.get(keys::WAIT) != Some("false")
+}
+
+/// The fields every message of this send shares.
+fn base_input(h: &SendMessageRequestHeader, queue_id: i32, born_host: SocketAddr) -> MessageInput {
+    MessageInput {
+        topic: h.topic.clone(),
+        queue_id,
+        flag: h.flag,
+        sys_flag: h.sys_flag,
+        born_timestamp: h.born_timestamp,
+        born_host,
+        reconsume_times: h.reconsume_times.unwrap_or(0),
+        prepared_transaction_offset: 0,
+        body: bytes::Bytes::new(),
+        properties: String::new(),
+    }
+}
+
+/// Adds what the broker adds to every message: a UNIQ_KEY when missing, and `CLUSTER`.
+fn stamp(ctx: &BrokerContext, props: &mut Properties) {
+    if props.get(keys::UNIQ_KEY).is_none() {
+        props.insert(keys::UNIQ_KEY, ctx.uniq.next_key());
+    }
+    props.insert(keys::CLUSTER, ctx.cfg.cluster_name.clone());
+}
+
+fn single_message(
+    ctx: &BrokerContext,
+    mut input: MessageInput,
+    mut properties: Properties,
+    body: bytes::Bytes,
+) -> PendingMessage {
+    stamp(ctx, &mut properties);
+    input.body = body;
+    PendingMessage { input, properties }
+}
+
+/// Splits a batch body; every inner message gets the header's topic, queue, sysFlag and
+/// timestamps and only its own properties.
+fn batch_messages(
+    ctx: &BrokerContext,
+    h: &SendMessageRequestHeader,
+    base: &MessageInput,
+    body: &bytes::Bytes,
+) -> Result<Vec<PendingMessage>, Reject> {
+    if h.topic.starts_with(RETRY_PREFIX) {
+        return Err(Reject::new(
+            code::MESSAGE_ILLEGAL,
+            "batch request does not support retry group",
+        ));
+    }
+    if sysflag::transaction_type(h.sys_flag) == sysflag::TRANSACTION_PREPARED {
+        return Err(Reject::new(
+            code::MESSAGE_ILLEGAL,
+            "batch message does not support transaction",
+        ));
+    }
+    let entries = decode_batch(body, MAX_BATCH_MESSAGES, ctx.cfg.max_body)
+        .map_err(|e| Reject::new(code::MESSAGE_ILLEGAL, format!("invalid batch body: {e}")))?;
+    entries
+        .iter()
+        .map(|entry| {
+            let mut properties = Properties::decode(entry.properties);
+            if properties.get(keys::DELAY).is_some_and(|d| d.trim() != "0") {
+                return Err(Reject::new(
+                    code::MESSAGE_ILLEGAL,
+                    "batch message does not support delay level",
+                ));
+            }
+            if properties.get(keys::TRAN_MSG) == Some("true") {
+                return Err(Reject::new(
+                    code::MESSAGE_ILLEGAL,
+                    "batch message does not support transaction",
+                ));
+            }
+            stamp(ctx, &mut properties);
+            let mut input = base.clone();
+            input.flag = entry.flag;
+            input.body = body.slice_ref(entry.body);
+            Ok(PendingMessage { input, properties })
+        })
+        .collect()
+}
+
+fn run_hooks(
+    ctx: &BrokerContext,
+    put_ctx: &PutContext<'_>,
+    mut pending: Vec<PendingMessage>,
+) -> Result<Vec<PendingMessage>, Reject> {
+    for hook in &ctx.hooks {
+        for msg in &mut pending {
+            if let HookOutcome::Reject { code, remark } = hook.before_put(put_ctx, msg) {
+                tracing::debug!(hook = hook.name(), topic = %msg.input.topic, code, "put hook refused a message");
+                return Err(Reject::new(code, remark));
+            }
+        }
+    }
+    Ok(pending)
+}
+
+/// Encodes properties and refuses what no hook took care of.
+fn finish(pending: Vec<PendingMessage>) -> Result<Vec<MessageInput>, Reject> {
+    pending
+        .into_iter()
+        .map(|mut m| {
+            if is_unhandled_half(&m) {
+                return Err(Reject::new(
+                    code::NO_PERMISSION,
+                    "the broker does not accept transactional (half) messages yet",
+                ));
+            }
+            let len = m.properties.encoded_len();
+            if len > MAX_PROPERTIES_LEN {
+                return Err(Reject::new(
+                    code::MESSAGE_ILLEGAL,
+                    format!("message properties are {len} bytes, more than {MAX_PROPERTIES_LEN}"),
+                ));
+            }
+            m.input.properties = m.properties.encode();
+            Ok(m.input)
+        })
+        .collect()
+}
+
+/// A half message no hook moved to the half topic: storing it would hide it forever.
+fn is_unhandled_half(m: &PendingMessage) -> bool {
+    let prepared = sysflag::transaction_type(m.input.sys_flag) == sysflag::TRANSACTION_PREPARED
+        || m.properties
+            .get(keys::TRAN_MSG)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    prepared && m.input.topic != topic::TRANS_HALF_TOPIC
+}
+
+/// Appends and waits for the store's acknowledgement, mapping store errors to send codes.
+async fn append(
+    ctx: &BrokerContext,
+    inputs: &[MessageInput],
+    wait: bool,
+) -> Result<Vec<Appended>, Reject> {
+    let result = match ctx.store.append(inputs, wait) {
+        Ok(fut) => fut.await,
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| store_reject(ctx, &inputs[0], &e))
+}
+
+fn store_reject(ctx: &BrokerContext, msg: &MessageInput, e: &StoreError) -> Reject {
+    let (code, remark) = match e {
+        StoreError::Busy(_) => {
+            Counters::inc(&ctx.counters.busy_rejections);
+            (
+                code::SYSTEM_BUSY,
+                "[REJECTREQUEST]system busy, store append queue full".to_owned(),
+            )
+        }
+        StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed => (
+            code::SERVICE_NOT_AVAILABLE,
+            format!("service not available now: {e}"),
+        ),
+        StoreError::InvalidMessage(_) | StoreError::Record(_) => (
+            code::MESSAGE_ILLEGAL,
+            format!("the message is illegal: {e}"),
+        ),
+        _ => (code::SYSTEM_ERROR, format!("store error: {e}")),
+    };
+    tracing::warn!(topic = %msg.topic, queue_id = msg.queue_id, code, error = %e, "send refused by the store");
+    Reject::new(code, remark)
+}
+
+fn success(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+    queue_id: i32,
+    appended: &[Appended],
+    uniq_keys: &[String],
+) -> RemotingCommand {
+    let host = ctx.store.store_host();
+    let msg_id = appended
+        .iter()
+        .map(|a| offset_msg_id(host, a.phys_offset))
+        .collect::<Vec<_>>()
+        .join(",");
+    let header = SendMessageResponseHeader {
+        msg_id,
+        queue_id,
+        queue_offset: appended.first().map_or(0, |a| a.queue_offset),
+        transaction_id: uniq_keys.first().cloned(),
+    };
+    reply::ok_ext(req, header.to_ext())
+}

@@ -1,0 +1,193 @@
+//! One TCP connection as both ends see it: a sender feeding the writer task, the table of
+//! requests we sent that wait for their responses, and a close signal.
+//!
+//! RocketMQ connections are full duplex and multiplexed: either side may send requests, and
+//! responses come back in any order, matched by `opaque`. The same [`ConnectionHandle`] serves
+//! the broker (to send NOTIFY_CONSUMER_IDS_CHANGED or CHECK_TRANSACTION_STATE to a client) and
+//! [`crate::RemotingClient`] (to call a broker or name server).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sluice_protocol::remoting::frame::flag;
+use sluice_protocol::RemotingCommand;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::RemotingError;
+
+/// Cheap, cloneable handle on one connection. Dropping handles does not close the connection;
+/// [`ConnectionHandle::close`] does, and the owner of the socket closes it when the peer leaves.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    remote: SocketAddr,
+    local: SocketAddr,
+    /// Feeds the writer task. Bounded: a peer that stops reading slows its own handlers down.
+    tx: mpsc::Sender<RemotingCommand>,
+    /// Requests we sent, by opaque, waiting for the peer's response.
+    pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+    next_opaque: AtomicI32,
+    /// Flips to true once; the writer drains and exits, waiters give up.
+    closed: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("id", &self.inner.id)
+            .field("remote", &self.inner.remote)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl ConnectionHandle {
+    /// A handle whose frames go to `tx`; the caller runs the writer task on the other end.
+    pub(crate) fn new(
+        id: u64,
+        remote: SocketAddr,
+        local: SocketAddr,
+        tx: mpsc::Sender<RemotingCommand>,
+    ) -> Self {
+        let (closed, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                remote,
+                local,
+                tx,
+                pending: Mutex::new(HashMap::new()),
+                next_opaque: AtomicI32::new(1),
+                closed,
+            }),
+        }
+    }
+
+    /// Process-unique id of this connection (the broker's registry key).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The peer's address (the `bornHost` of messages it sends).
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    /// Our side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// True once the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        *self.inner.closed.borrow()
+    }
+
+    /// Closes the connection: the writer flushes what is queued and shuts the socket, and every
+    /// request waiting for a response fails with [`RemotingError::Closed`].
+    pub fn close(&self) {
+        self.inner.closed.send_replace(true);
+        self.inner.pending.lock().clear();
+    }
+
+    /// Resolves once the connection is closed.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// Queues a command exactly as given (opaque and flag untouched); waits while the writer's
+    /// queue is full.
+    pub async fn send(&self, cmd: RemotingCommand) -> Result<(), RemotingError> {
+        if self.is_closed() {
+            return Err(RemotingError::Closed(self.inner.remote));
+        }
+        self.inner
+            .tx
+            .send(cmd)
+            .await
+            .map_err(|_| RemotingError::Closed(self.inner.remote))
+    }
+
+    /// Queues a command without waiting; fails when the writer's queue is full. For callers that
+    /// must not block, such as notifications sent while a lock is held elsewhere.
+    pub fn try_send(&self, cmd: RemotingCommand) -> Result<(), RemotingError> {
+        if self.is_closed() {
+            return Err(RemotingError::Closed(self.inner.remote));
+        }
+        self.inner
+            .tx
+            .try_send(cmd)
+            .map_err(|_| RemotingError::Closed(self.inner.remote))
+    }
+
+    /// Sends a request with a fresh opaque and waits up to `timeout` for the matching response.
+    pub async fn invoke(
+        &self,
+        mut cmd: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand, RemotingError> {
+        let opaque = self.next_opaque();
+        cmd.opaque = opaque;
+        cmd.flag &= !(flag::RESPONSE | flag::ONEWAY);
+        let code = cmd.code;
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().insert(opaque, tx);
+        if let Err(e) = self.send(cmd).await {
+            self.inner.pending.lock().remove(&opaque);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(RemotingError::Closed(self.inner.remote)),
+            Err(_) => {
+                self.inner.pending.lock().remove(&opaque);
+                Err(RemotingError::Timeout {
+                    code,
+                    opaque,
+                    remote: self.inner.remote,
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// Sends a one-way request (flag bit 1 set, fresh opaque); nothing comes back.
+    pub async fn invoke_oneway(&self, cmd: RemotingCommand) -> Result<(), RemotingError> {
+        self.send(self.prepare_oneway(cmd)).await
+    }
+
+    /// As [`ConnectionHandle::invoke_oneway`], without waiting for room in the writer's queue.
+    pub fn try_invoke_oneway(&self, cmd: RemotingCommand) -> Result<(), RemotingError> {
+        self.try_send(self.prepare_oneway(cmd))
+    }
+
+    fn prepare_oneway(&self, mut cmd: RemotingCommand) -> RemotingCommand {
+        cmd.opaque = self.next_opaque();
+        cmd.flag = (cmd.flag & !flag::RESPONSE) | flag::ONEWAY;
+        cmd
+    }
+
+    fn next_opaque(&self) -> i32 {
+        // Wrapping is fine: an opaque only has to be unique among requests in flight.
+        self.inner.next_opaque.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands a response to the request waiting for it; false when nobody waits (late or
+    /// unknown opaque), which callers log and drop like RocketMQ clients do.
+    pub(crate) fn complete(&self, response: RemotingCommand) -> bool {
+        let waiter = self.inner.pending.lock().remove(&response.opaque);
+        match waiter {
+            Some(tx) => tx.send(response).is_ok(),
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The two halves of a socket: a frame reader that never reads ahead unboundedly, and a writer
+//! task that drains a bounded queue, coalescing frames into few `write` calls.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sluice_protocol::{FrameDecoder, FrameError, RemotingCommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use super::connection::ConnectionHandle;
+
+/// Most bytes asked of one `read`: a frame announced as 16 MiB is not reserved up front, so a
+/// peer that announces big frames and sends slowly costs only what it really sent.
+const READ_CHUNK: usize = 64 * 1024;
+/// Smallest reservation before a `read`.
+const MIN_READ: usize = 4 * 1024;
+/// Bytes coalesced into one `write` before it is issued.
+const WRITE_COALESCE: usize = 256 * 1024;
+/// How long the writer keeps flushing queued frames after the connection is closed.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
+
+/// What the reader produced.
+pub(crate) enum Inbound {
+    /// A whole command.
+    Command(RemotingCommand),
+    /// A frame whose body exceeded the body cap: consumed, header kept, body dropped.
+    Oversize {
+        /// The header, with an empty body.
+        command: Box<RemotingCommand>,
+        /// The body length the peer sent.
+        body_len: usize,
+        /// The cap.
+        max: usize,
+    },
+}
+
+/// Why reading stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The socket failed.
+    #[error("read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a frame; the stream cannot be trusted any more.
+    #[error("undecodable frame: {0}")]
+    Frame(FrameError),
+    /// The peer closed in the middle of a frame.
+    #[error("connection closed with {0} bytes of an incomplete frame")]
+    Truncated(usize),
+}
+
+/// Splits frames off a socket's read half.
+pub(crate) struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    pub(crate) fn new(rd: OwnedReadHalf, decoder: FrameDecoder) -> Self {
+        Self {
+            rd,
+            buf: BytesMut::with_capacity(MIN_READ),
+            decoder,
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream between frames.
+    pub(crate) async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(cmd)) => return Ok(Some(Inbound::Command(cmd))),
+                Ok(None) => {}
+                Err(FrameError::BodyTooLarge {
+                    command,
+                    body_len,
+                    max,
+                }) => {
+                    return Ok(Some(Inbound::Oversize {
+                        command,
+                        body_len,
+                        max,
+                    }))
+                }
+                Err(e) => return Err(ReadError::Frame(e)),
+            }
+            self.reserve_for_next_read()?;
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return match self.buf.len() {
+                    0 => Ok(None),
+                    n => Err(ReadError::Truncated(n)),
+                };
+            }
+        }
+    }
+
+    /// Reserves what the frame being read still needs, in chunks of at most [`READ_CHUNK`].
+    fn reserve_for_next_read(&mut self) -> Result<(), ReadError> {
+        let missing = match self.decoder.frame_len(&self.buf) {
+            Ok(Some(total)) => total.saturating_sub(self.buf.len()),
+            Ok(None) => MIN_READ,
+            Err(e) => return Err(ReadError::Frame(e)),
+        };
+        self.buf.reserve(missing.clamp(MIN_READ, READ_CHUNK));
+        Ok(())
+    }
+}
+
+/// Writes every queued command until the connection closes, then flushes what is left (bounded
+/// by [`FLUSH_ON_CLOSE`]) and shuts the socket down. A write error closes the connection.
+pub(crate) async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<RemotingCommand>,
+    conn: ConnectionHandle,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            biased;
+            cmd = rx.recv() => cmd,
+            () = conn.closed() => None,
+        };
+        let Some(cmd) = first else { break };
+        encode_into(&cmd, &mut buf, &conn);
+        while buf.len() < WRITE_COALESCE {
+            match rx.try_recv() {
+                Ok(cmd) => encode_into(&cmd, &mut buf, &conn),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&buf).await {
+            tracing::debug!(remote = %conn.remote_addr(), error = %e, "write failed; closing connection");
+            conn.close();
+            return;
+        }
+        buf.clear();
+    }
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, flush_rest(&mut wr, &mut rx, &conn)).await;
+    let _ = wr.shutdown().await;
+}
+
+async fn flush_rest(
+    wr: &mut OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<RemotingCommand>,
+    conn: &ConnectionHandle,
+) {
+    rx.close();
+    let mut buf = BytesMut::new();
+    while let Ok(cmd) = rx.try_recv() {
+        encode_into(&cmd, &mut buf, conn);
+    }
+    if !buf.is_empty() {
+        let _ = wr.write_all(&buf).await;
+    }
+}
+
+fn encode_into(cmd: &RemotingCommand, buf: &mut BytesMut, conn: &ConnectionHandle) {
+    if let Err(e) = cmd.encode(buf) {
+        // Only an absurd header or a >2 GiB frame gets here; the peer's request times out.
+        tracing::error!(remote = %conn.remote_addr(), code = cmd.code, opaque = cmd.opaque, error = %e, "cannot encode frame; dropped");
+    }
+}

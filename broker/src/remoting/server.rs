@@ -1,0 +1,331 @@
+//! The TCP side of a server (broker or name server): accept loop, per-connection reader, one
+//! task per request, and everything that must not let one client hurt the others.
+//!
+//! Per connection: a reader turns bytes into commands; each request runs in its own task,
+//! at most `max_inflight` at once (beyond that the request is answered SYSTEM_BUSY at once,
+//! without reading ahead); responses go through a bounded queue to the writer task. A handler
+//! that panics is caught through its task's `JoinError` and answered SYSTEM_ERROR. Only an
+//! undecodable frame closes a connection; a body over the cap is answered MESSAGE_ILLEGAL and
+//! the connection stays usable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::remoting::frame::flag;
+use sluice_protocol::{response_code, FrameDecoder, RemotingCommand};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::connection::ConnectionHandle;
+use super::io::{write_loop, FrameReader, Inbound, ReadError};
+use super::registry::ConnectionRegistry;
+use super::tracker::{TaskGuard, TaskTracker};
+use crate::stats::Counters;
+
+/// Handles the requests of one kind of server.
+pub(crate) trait Processor: Send + Sync + 'static {
+    /// Handles one request; `None` means "no response" (one-way requests, or a response that
+    /// will be sent later through `conn`, as a parked pull does).
+    fn process(
+        self: Arc<Self>,
+        conn: ConnectionHandle,
+        request: RemotingCommand,
+    ) -> impl Future<Output = Option<RemotingCommand>> + Send + 'static;
+
+    /// Called once when a connection is gone, after its in-flight requests finished.
+    fn on_closed(&self, _conn: &ConnectionHandle) {}
+}
+
+/// Java's `serverChannelMaxIdleTimeSeconds`.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Limits and names of one server.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerOptions {
+    pub(crate) name: &'static str,
+    pub(crate) max_frame: usize,
+    pub(crate) max_body: usize,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_connections: usize,
+    /// How long a closing connection waits for its in-flight requests.
+    pub(crate) drain_timeout: Duration,
+    /// A connection that completes no frame for this long is closed (Java's
+    /// `serverChannelMaxIdleTimeSeconds`, 120 s; clients heartbeat every 30 s). This also
+    /// drops peers that trickle a frame byte by byte.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// Everything the accept loop and connection tasks share.
+struct Shared<P> {
+    opts: ServerOptions,
+    processor: Arc<P>,
+    registry: Arc<ConnectionRegistry>,
+    counters: Arc<Counters>,
+    tracker: Arc<TaskTracker>,
+    shutdown: watch::Receiver<bool>,
+    connection_slots: Arc<Semaphore>,
+}
+
+/// A running server; [`Server::shutdown`] stops it.
+pub(crate) struct Server {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Server {
+    /// Starts accepting on `listener`.
+    pub(crate) fn start<P: Processor>(
+        listener: TcpListener,
+        opts: ServerOptions,
+        processor: Arc<P>,
+        registry: Arc<ConnectionRegistry>,
+        counters: Arc<Counters>,
+        tracker: Arc<TaskTracker>,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            connection_slots: Arc::new(Semaphore::new(opts.max_connections)),
+            opts,
+            processor,
+            registry,
+            counters,
+            tracker,
+            shutdown: shutdown_rx,
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared));
+        Ok(Self {
+            local_addr,
+            shutdown,
+            accept,
+        })
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and tells every connection to stop reading. Connections then wait for
+    /// their in-flight requests, flush and close; the caller waits on the task tracker.
+    pub(crate) async fn stop(self) {
+        self.shutdown.send_replace(true);
+        let _ = self.accept.await;
+    }
+}
+
+async fn accept_loop<P: Processor>(listener: TcpListener, shared: Arc<Shared<P>>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok((stream, remote)) => admit(stream, remote, &shared),
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(server = shared.opts.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(server = shared.opts.name, "stopped accepting connections");
+}
+
+fn admit<P: Processor>(stream: TcpStream, remote: SocketAddr, shared: &Arc<Shared<P>>) {
+    let Ok(slot) = Arc::clone(&shared.connection_slots).try_acquire_owned() else {
+        Counters::inc(&shared.counters.connections_refused);
+        tracing::warn!(server = shared.opts.name, %remote, limit = shared.opts.max_connections, "connection refused: too many connections");
+        return; // dropping the stream closes it
+    };
+    let _ = stream.set_nodelay(true);
+    Counters::inc(&shared.counters.connections_accepted);
+    let guard = shared.tracker.guard();
+    tokio::spawn(serve_connection(
+        stream,
+        remote,
+        Arc::clone(shared),
+        slot,
+        guard,
+    ));
+}
+
+async fn serve_connection<P: Processor>(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared<P>>,
+    _slot: OwnedSemaphorePermit,
+    _guard: TaskGuard,
+) {
+    let local = stream.local_addr().unwrap_or(remote);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(shared.opts.max_inflight * 2 + 16);
+    let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let conn = ConnectionHandle::new(id, remote, local, tx);
+    let writer = tokio::spawn(write_loop(wr, rx, conn.clone()));
+    shared.registry.insert(conn.clone());
+    Counters::inc(&shared.counters.connections_open);
+    tracing::debug!(server = shared.opts.name, %remote, conn_id = id, "connection opened");
+
+    let inflight = Arc::new(Semaphore::new(shared.opts.max_inflight));
+    let reason = read_requests(&shared, &conn, &inflight, rd).await;
+    tracing::debug!(server = shared.opts.name, %remote, conn_id = id, reason = %reason, "connection closing");
+
+    let all = u32::try_from(shared.opts.max_inflight).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(shared.opts.drain_timeout, inflight.acquire_many(all)).await;
+    if drained.is_err() {
+        tracing::warn!(server = shared.opts.name, %remote, "in-flight requests still running after the drain timeout");
+    }
+    shared.registry.remove(id);
+    shared.processor.on_closed(&conn);
+    conn.close();
+    let _ = writer.await;
+    Counters::dec(&shared.counters.connections_open);
+}
+
+/// Reads until the peer leaves, the stream breaks or the server stops; returns why.
+async fn read_requests<P: Processor>(
+    shared: &Arc<Shared<P>>,
+    conn: &ConnectionHandle,
+    inflight: &Arc<Semaphore>,
+    rd: tokio::net::tcp::OwnedReadHalf,
+) -> String {
+    let mut reader = FrameReader::new(
+        rd,
+        FrameDecoder::new(shared.opts.max_frame, shared.opts.max_body),
+    );
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout(shared.opts.idle_timeout, reader.next()) => match r {
+                Ok(r) => r,
+                Err(_) => return format!("no complete frame for {:?}", shared.opts.idle_timeout),
+            },
+            _ = shutdown.wait_for(|s| *s) => return "server shutting down".into(),
+            () = conn.closed() => return "closed by the server".into(),
+        };
+        match next {
+            Ok(Some(Inbound::Command(cmd))) if cmd.is_response() => {
+                if !conn.complete(cmd) {
+                    tracing::debug!(remote = %conn.remote_addr(), "response with unknown opaque dropped");
+                }
+            }
+            Ok(Some(Inbound::Command(cmd))) => dispatch(shared, conn, inflight, cmd).await,
+            Ok(Some(Inbound::Oversize {
+                command,
+                body_len,
+                max,
+            })) => reject_oversize(shared, conn, *command, body_len, max).await,
+            Ok(None) => return "peer closed".into(),
+            Err(e) => {
+                if matches!(e, ReadError::Frame(_)) {
+                    Counters::inc(&shared.counters.bad_frames);
+                    tracing::warn!(server = shared.opts.name, remote = %conn.remote_addr(), error = %e, "closing connection on an undecodable frame");
+                }
+                return e.to_string();
+            }
+        }
+    }
+}
+
+/// Starts a task for one request, or answers SYSTEM_BUSY when the connection is at its limit.
+async fn dispatch<P: Processor>(
+    shared: &Arc<Shared<P>>,
+    conn: &ConnectionHandle,
+    inflight: &Arc<Semaphore>,
+    cmd: RemotingCommand,
+) {
+    Counters::inc(&shared.counters.requests);
+    let Ok(permit) = Arc::clone(inflight).try_acquire_owned() else {
+        Counters::inc(&shared.counters.overload_rejections);
+        if !cmd.is_oneway() {
+            let remark = format!(
+                "[OVERLOAD]system busy, {} requests already in flight on this connection",
+                shared.opts.max_inflight
+            );
+            let resp = RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));
+            // Waiting here is the back-pressure: a peer that does not read stops being read.
+            let _ = conn.send(resp).await;
+        }
+        return;
+    };
+    let guard = shared.tracker.guard();
+    tokio::spawn(run_request(
+        Arc::clone(shared),
+        conn.clone(),
+        cmd,
+        permit,
+        guard,
+    ));
+}
+
+async fn run_request<P: Processor>(
+    shared: Arc<Shared<P>>,
+    conn: ConnectionHandle,
+    cmd: RemotingCommand,
+    _permit: OwnedSemaphorePermit,
+    _guard: TaskGuard,
+) {
+    let stub = RemotingCommand {
+        code: cmd.code,
+        opaque: cmd.opaque,
+        flag: cmd.flag,
+        ..RemotingCommand::default()
+    };
+    let handler = tokio::spawn(Arc::clone(&shared.processor).process(conn.clone(), cmd));
+    let response = match handler.await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => {
+            Counters::inc(&shared.counters.handler_panics);
+            tracing::error!(server = shared.opts.name, remote = %conn.remote_addr(), code = stub.code, "request handler panicked");
+            let remark = format!("internal error while handling request code {}", stub.code);
+            Some(RemotingCommand::response_to(
+                &stub,
+                response_code::SYSTEM_ERROR,
+                Some(remark),
+            ))
+        }
+        Err(_) => None,
+    };
+    let Some(mut response) = response else { return };
+    if stub.is_oneway() {
+        return;
+    }
+    response.opaque = stub.opaque;
+    response.flag |= flag::RESPONSE;
+    let _ = conn.send(response).await;
+}
+
+async fn reject_oversize<P: Processor>(
+    shared: &Arc<Shared<P>>,
+    conn: &ConnectionHandle,
+    cmd: RemotingCommand,
+    body_len: usize,
+    max: usize,
+) {
+    Counters::inc(&shared.counters.requests);
+    Counters::inc(&shared.counters.oversize_bodies);
+    tracing::warn!(server = shared.opts.name, remote = %conn.remote_addr(), code = cmd.code, body_len, max, "body over the limit refused");
+    if cmd.is_response() || cmd.is_oneway() {
+        return;
+    }
+    let remark = format!("the message body size {body_len} exceeds the limit {max}");
+    let resp = RemotingCommand::response_to(&cmd, response_code::MESSAGE_ILLEGAL, Some(remark));
+    let _ = conn.send(resp).await;
+}

@@ -1,0 +1,83 @@
+//! Plain counters, read as a [`BrokerStats`] snapshot. Metrics export builds on these later;
+//! for now they let operators and tests see rejections that clients only see as error codes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters shared by the server, the processors and the background tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) overload_rejections: AtomicU64,
+    pub(crate) busy_rejections: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+    pub(crate) oversize_bodies: AtomicU64,
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) messages_stored: AtomicU64,
+    pub(crate) messages_pulled: AtomicU64,
+    pub(crate) parked_pulls: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> BrokerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BrokerStats {
+            requests: get(&self.requests),
+            overload_rejections: get(&self.overload_rejections),
+            busy_rejections: get(&self.busy_rejections),
+            handler_panics: get(&self.handler_panics),
+            bad_frames: get(&self.bad_frames),
+            oversize_bodies: get(&self.oversize_bodies),
+            connections_open: get(&self.connections_open),
+            connections_accepted: get(&self.connections_accepted),
+            connections_refused: get(&self.connections_refused),
+            messages_stored: get(&self.messages_stored),
+            messages_pulled: get(&self.messages_pulled),
+            parked_pulls: get(&self.parked_pulls),
+        }
+    }
+}
+
+/// A snapshot of a server's counters (totals since start unless noted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Requests read (responses to our own requests excluded).
+    pub requests: u64,
+    /// Requests answered SYSTEM_BUSY because a connection had too many in flight.
+    pub overload_rejections: u64,
+    /// Sends answered SYSTEM_BUSY because the store's append queue was full.
+    pub busy_rejections: u64,
+    /// Handlers that panicked (answered SYSTEM_ERROR; the server kept running).
+    pub handler_panics: u64,
+    /// Connections closed because a frame could not be decoded.
+    pub bad_frames: u64,
+    /// Frames whose body exceeded `max_body` (answered MESSAGE_ILLEGAL).
+    pub oversize_bodies: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections refused because `max_connections` were open.
+    pub connections_refused: u64,
+    /// Messages stored by sends.
+    pub messages_stored: u64,
+    /// Messages returned by pulls.
+    pub messages_pulled: u64,
+    /// Pulls parked by long polling now.
+    pub parked_pulls: u64,
+}

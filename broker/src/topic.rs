@@ -1,0 +1,304 @@
+//! Topic configurations (Java's `TopicConfigManager`): loaded from and saved to
+//! `<data_dir>/config/topics.json`, created on first send from the `TBW102` template, created for
+//! `%RETRY%<group>` on consumer heartbeat, and announced to name servers on every change.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use sluice_protocol::remoting::body::{
+    encode_json, perm, DataVersion, TopicConfig, TopicConfigSerializeWrapper,
+};
+use sluice_protocol::response_code;
+use sluice_store::now_ms;
+use tokio::sync::Notify;
+
+use crate::error::BrokerError;
+use crate::state_file;
+
+/// The auto-create template topic.
+pub const DEFAULT_TOPIC: &str = "TBW102";
+/// Delay-level messages wait here.
+pub const SCHEDULE_TOPIC: &str = "SCHEDULE_TOPIC_XXXX";
+/// Half (prepared) transactional messages.
+pub const TRANS_HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
+/// Commit/rollback markers of half messages.
+pub const TRANS_OP_HALF_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
+/// Half messages checked too often.
+pub const TRANS_CHECK_MAX_TIME_TOPIC: &str = "TRANS_CHECK_MAX_TIME_TOPIC";
+/// Prefix of retry topics.
+pub const RETRY_PREFIX: &str = "%RETRY%";
+/// Prefix of dead-letter topics.
+pub const DLQ_PREFIX: &str = "%DLQ%";
+
+/// Topics producers may not send to (`TopicValidator.isNotAllowedSendTopic`).
+const NOT_SENDABLE: [&str; 6] = [
+    SCHEDULE_TOPIC,
+    TRANS_HALF_TOPIC,
+    TRANS_OP_HALF_TOPIC,
+    TRANS_CHECK_MAX_TIME_TOPIC,
+    "SELF_TEST_TOPIC",
+    "OFFSET_MOVED_EVENT",
+];
+
+/// Most queues a topic may have; queue ids become folders, so this is a resource bound.
+pub(crate) const MAX_QUEUE_NUMS: i32 = 4096;
+
+/// Why a topic operation was refused: a response code and its remark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicReject {
+    pub(crate) code: i32,
+    pub(crate) remark: String,
+}
+
+impl TopicReject {
+    fn new(code: i32, remark: impl Into<String>) -> Self {
+        Self {
+            code,
+            remark: remark.into(),
+        }
+    }
+}
+
+/// Checks a topic name as `TopicValidator` does: `[%|a-zA-Z0-9_-]`, at most 127 bytes (255 for
+/// retry and dead-letter topics).
+pub(crate) fn validate_name(topic: &str) -> Result<(), TopicReject> {
+    let max = if topic.starts_with(RETRY_PREFIX) || topic.starts_with(DLQ_PREFIX) {
+        255
+    } else {
+        127
+    };
+    if topic.trim().is_empty() {
+        return Err(TopicReject::new(
+            response_code::INVALID_PARAMETER,
+            "the topic is blank",
+        ));
+    }
+    if topic.len() > max {
+        return Err(TopicReject::new(
+            response_code::INVALID_PARAMETER,
+            format!("the topic is longer than {max} characters"),
+        ));
+    }
+    let ok = topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'));
+    if !ok {
+        return Err(TopicReject::new(
+            response_code::INVALID_PARAMETER,
+            format!(
+                "the topic[{topic}] contains illegal characters, allowing only ^[%|a-zA-Z0-9_-]+$"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// True for system topics producers may not send to.
+pub(crate) fn is_not_sendable(topic: &str) -> bool {
+    NOT_SENDABLE.contains(&topic)
+}
+
+/// The retry topic of a consumer group.
+pub(crate) fn retry_topic(group: &str) -> String {
+    format!("{RETRY_PREFIX}{group}")
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    topics: BTreeMap<String, TopicConfig>,
+    version: DataVersion,
+}
+
+/// The broker's topics. Every change bumps the data version, wakes the name-server registrar
+/// (`changed`) and is saved on a blocking thread.
+#[derive(Debug)]
+pub(crate) struct TopicManager {
+    path: PathBuf,
+    table: RwLock<Table>,
+    /// Serialises file writes so an older snapshot never overwrites a newer one.
+    write_lock: Mutex<()>,
+    /// Notified on every change; the registrar re-registers at once.
+    pub(crate) changed: Arc<Notify>,
+}
+
+impl TopicManager {
+    /// Loads `topics.json` (if any) and adds the system topics.
+    pub(crate) fn load(
+        data_dir: &std::path::Path,
+        auto_create: bool,
+        default_queue_nums: u32,
+    ) -> Result<Self, BrokerError> {
+        let path = state_file::config_dir(data_dir).join("topics.json");
+        let saved: Option<TopicConfigSerializeWrapper> = state_file::load(&path)?;
+        let mut table = Table::default();
+        if let Some(saved) = saved {
+            table.topics = saved.topic_config_table;
+            table.version = saved.data_version;
+        }
+        let queues = i32::try_from(default_queue_nums)
+            .unwrap_or(8)
+            .min(MAX_QUEUE_NUMS);
+        let mut system = vec![
+            TopicConfig::new(SCHEDULE_TOPIC, 18, perm::READ_WRITE),
+            TopicConfig::new(TRANS_HALF_TOPIC, 1, perm::READ_WRITE),
+            TopicConfig::new(TRANS_OP_HALF_TOPIC, 1, perm::READ_WRITE),
+            TopicConfig::new(TRANS_CHECK_MAX_TIME_TOPIC, 1, perm::READ_WRITE),
+        ];
+        if auto_create {
+            system.push(TopicConfig::new(
+                DEFAULT_TOPIC,
+                queues,
+                perm::READ_WRITE | perm::INHERIT,
+            ));
+        }
+        for cfg in system {
+            table.topics.entry(cfg.topic_name.clone()).or_insert(cfg);
+        }
+        tracing::info!(path = %path.display(), topics = table.topics.len(), "topics loaded");
+        Ok(Self {
+            path,
+            table: RwLock::new(table),
+            write_lock: Mutex::new(()),
+            changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The config of `topic`, if it exists.
+    pub(crate) fn get(&self, topic: &str) -> Option<TopicConfig> {
+        self.table.read().topics.get(topic).cloned()
+    }
+
+    /// Creates or replaces a topic; false when nothing changed.
+    pub(crate) fn put(self: &Arc<Self>, cfg: TopicConfig) -> bool {
+        {
+            let mut t = self.table.write();
+            if t.topics.get(&cfg.topic_name) == Some(&cfg) {
+                return false;
+            }
+            tracing::info!(topic = %cfg.topic_name, read_queues = cfg.read_queue_nums, write_queues = cfg.write_queue_nums, perm = cfg.perm, "topic created or updated");
+            t.topics.insert(cfg.topic_name.clone(), cfg);
+            t.version = DataVersion {
+                counter: t.version.counter + 1,
+                timestamp: now_ms(),
+            };
+        }
+        self.changed.notify_one();
+        self.save_in_background();
+        true
+    }
+
+    /// The topic a send names, creating it from `default_topic` when it is unknown and the
+    /// template allows it (§2.2: queue count `min(d, template write queues)`, template perm minus
+    /// INHERIT). A `%RETRY%` topic gets one read-write queue.
+    pub(crate) fn get_or_create_for_send(
+        self: &Arc<Self>,
+        topic: &str,
+        default_topic: &str,
+        requested_queues: i32,
+    ) -> Result<TopicConfig, TopicReject> {
+        if let Some(cfg) = self.get(topic) {
+            return Ok(cfg);
+        }
+        if topic.starts_with(RETRY_PREFIX) {
+            return Ok(self.get_or_create_retry(topic));
+        }
+        let template = self
+            .get(default_topic)
+            .filter(|t| perm::is_inherited(t.perm));
+        let Some(template) = template else {
+            return Err(TopicReject::new(
+                response_code::TOPIC_NOT_EXIST,
+                format!("topic[{topic}] not exist, apply first please!"),
+            ));
+        };
+        let queues = requested_queues.clamp(1, template.write_queue_nums.max(1));
+        let cfg = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
+        self.put(cfg.clone());
+        Ok(self.get(topic).unwrap_or(cfg))
+    }
+
+    /// `%RETRY%<group>`-style topic with one read-write queue, created if missing.
+    pub(crate) fn get_or_create_retry(self: &Arc<Self>, topic: &str) -> TopicConfig {
+        if let Some(cfg) = self.get(topic) {
+            return cfg;
+        }
+        let cfg = TopicConfig::new(topic, 1, perm::READ_WRITE);
+        self.put(cfg.clone());
+        cfg
+    }
+
+    /// Every topic and the data version, as sent to name servers and saved to disk.
+    pub(crate) fn snapshot(&self) -> TopicConfigSerializeWrapper {
+        let t = self.table.read();
+        TopicConfigSerializeWrapper {
+            data_version: t.version,
+            topic_config_table: t.topics.clone(),
+        }
+    }
+
+    /// Writes `topics.json` now. Blocking.
+    pub(crate) fn save(&self) -> Result<(), BrokerError> {
+        let _w = self.write_lock.lock();
+        let bytes = encode_json(&self.snapshot());
+        state_file::store(&self.path, &bytes)
+    }
+
+    fn save_in_background(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        let save = move || {
+            if let Err(e) = me.save() {
+                tracing::error!(error = %e, "saving topics failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(save);
+            }
+            Err(_) => save(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_like_java() {
+        assert!(validate_name("Topic_A-1%|x").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name(&"a".repeat(128)).is_err());
+        assert!(validate_name(&format!("%RETRY%{}", "g".repeat(200))).is_ok());
+        assert!(is_not_sendable(SCHEDULE_TOPIC) && !is_not_sendable("T"));
+    }
+
+    #[test]
+    fn auto_create_takes_the_smaller_queue_count_and_drops_inherit() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
+        let t = m.get_or_create_for_send("New", DEFAULT_TOPIC, 4).unwrap();
+        assert_eq!((t.read_queue_nums, t.write_queue_nums, t.perm), (4, 4, 6));
+        let t = m.get_or_create_for_send("Big", DEFAULT_TOPIC, 64).unwrap();
+        assert_eq!(t.write_queue_nums, 8);
+        let r = m
+            .get_or_create_for_send("%RETRY%g", DEFAULT_TOPIC, 4)
+            .unwrap();
+        assert_eq!((r.write_queue_nums, r.perm), (1, 6));
+        m.save().unwrap();
+        let again = TopicManager::load(dir.path(), false, 8).unwrap();
+        assert_eq!(again.get("New").unwrap().write_queue_nums, 4);
+    }
+
+    #[test]
+    fn without_auto_create_unknown_topics_do_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), false, 8).unwrap());
+        let err = m
+            .get_or_create_for_send("New", DEFAULT_TOPIC, 4)
+            .unwrap_err();
+        assert_eq!(err.code, response_code::TOPIC_NOT_EXIST);
+    }
+}

@@ -1,0 +1,380 @@
+//! The server's configuration file (TOML), layered: defaults < file < `SLUICE_*` environment
+//! variables < command-line flags. Unknown keys are refused, so a typo never silently falls back
+//! to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sluice_broker::{BrokerConfig, NameServerConfig};
+use sluice_store::{FlushMode, StoreConfig};
+
+/// Everything the `sluice` binary can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Folder for all data. Default `./sluice-data`.
+    pub data_dir: PathBuf,
+    /// The name server.
+    pub namesrv: NamesrvSection,
+    /// The broker.
+    pub broker: BrokerSection,
+    /// The storage engine.
+    pub store: StoreSection,
+    /// The HTTP facade.
+    pub http: HttpSection,
+}
+
+/// `[namesrv]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamesrvSection {
+    /// Run a name server in this process. Default true.
+    pub enabled: bool,
+    /// Listen address. Default `0.0.0.0:9876`.
+    pub listen: SocketAddr,
+    /// Seconds without a registration before a broker is dropped. Default 120.
+    pub broker_expiry_secs: u64,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Listen address. Default `0.0.0.0:10911`.
+    pub listen: SocketAddr,
+    /// Address published in routes; default: the listen address (127.0.0.1 for 0.0.0.0).
+    pub advertised_addr: Option<SocketAddr>,
+    /// Default `broker-a`.
+    pub broker_name: String,
+    /// Default `DefaultCluster`.
+    pub cluster_name: String,
+    /// Name servers to register with; default: the one in this process.
+    pub namesrv_addrs: Vec<SocketAddr>,
+    /// Create topics on first send. Default true.
+    pub auto_create_topic: bool,
+    /// Queues of an auto-created topic (capped by the client's request). Default 8.
+    pub default_topic_queue_nums: u32,
+    /// Largest frame accepted. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest message body accepted. Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// Requests in flight per connection before SYSTEM_BUSY. Default 256.
+    pub max_inflight_per_connection: usize,
+    /// Open connections. Default 10 000.
+    pub max_connections: usize,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `"sync"` (default: acknowledged only once durable) or `"async"` (risky: acknowledged
+    /// once written; a machine crash can lose up to `async_flush_interval_ms`).
+    pub flush: String,
+    /// Sync interval in async mode. Default 500 ms, at most 10 000.
+    pub async_flush_interval_ms: u64,
+    /// Commit-log segment size. Default 1 GiB.
+    pub segment_bytes: u64,
+    /// Segments older than this are deleted. Default 72.
+    pub retention_hours: u64,
+    /// Oldest segments are deleted while the log is larger than this. Default: no limit.
+    pub retention_bytes: Option<u64>,
+    /// Appends are refused above this fraction of the disk used. Default 0.90.
+    pub disk_max_used_ratio: f64,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address for the HTTP facade. Default `127.0.0.1:8080`. (Not served yet.)
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./sluice-data"),
+            namesrv: NamesrvSection::default(),
+            broker: BrokerSection::default(),
+            store: StoreSection::default(),
+            http: HttpSection::default(),
+        }
+    }
+}
+
+impl Default for NamesrvSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
+            broker_expiry_secs: 120,
+        }
+    }
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 10911)),
+            advertised_addr: None,
+            broker_name: "broker-a".into(),
+            cluster_name: "DefaultCluster".into(),
+            namesrv_addrs: Vec::new(),
+            auto_create_topic: true,
+            default_topic_queue_nums: 8,
+            max_frame_bytes: 16 << 20,
+            max_body_bytes: 4 << 20,
+            max_inflight_per_connection: 256,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            flush: "sync".into(),
+            async_flush_interval_ms: 500,
+            segment_bytes: 1 << 30,
+            retention_hours: 72,
+            retention_bytes: None,
+            disk_max_used_ratio: 0.90,
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Builds the layered table: the file (if any), then `SLUICE_*` variables from `env`.
+pub fn load(
+    file: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<ServerConfig> {
+    let mut table = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("parsing config {}", p.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    for (key, value) in env {
+        apply_env(&mut table, &key, &value)?;
+    }
+    let cfg: ServerConfig = toml::Value::Table(table)
+        .try_into()
+        .context("invalid configuration (unknown keys are refused)")?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+const SECTIONS: [&str; 4] = ["namesrv", "broker", "store", "http"];
+/// Variables that configure something other than the file's keys.
+const NOT_CONFIG: [&str; 2] = ["SLUICE_LOG", "SLUICE_CONFIG"];
+
+/// `SLUICE_BROKER_LISTEN=...` sets `[broker] listen`; `SLUICE_DATA_DIR` sets `data_dir`.
+/// Values are read as TOML (numbers, booleans, arrays) and otherwise as strings.
+fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let Some(rest) = key.strip_prefix("SLUICE_") else {
+        return Ok(());
+    };
+    if NOT_CONFIG.contains(&key) {
+        return Ok(());
+    }
+    let rest = rest.to_ascii_lowercase();
+    let parsed = parse_env_value(value);
+    for section in SECTIONS {
+        if let Some(field) = rest.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(sub) = entry.as_table_mut() else {
+                bail!("[{section}] in the config file is not a table")
+            };
+            sub.insert(field.to_string(), parsed);
+            return Ok(());
+        }
+    }
+    table.insert(rest, parsed);
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+impl ServerConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.store.flush.as_str(), "sync" | "async") {
+            bail!(
+                "store.flush must be \"sync\" or \"async\", not {:?}",
+                self.store.flush
+            );
+        }
+        if self.broker.max_body_bytes > self.broker.max_frame_bytes {
+            bail!("broker.max_body_bytes must not exceed broker.max_frame_bytes");
+        }
+        self.store_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+        Ok(())
+    }
+
+    /// The storage engine's configuration.
+    pub fn store_config(&self) -> StoreConfig {
+        let mut s = StoreConfig::new(self.data_dir.join("store"));
+        s.segment_size = self.store.segment_bytes;
+        s.flush = if self.store.flush == "async" {
+            FlushMode::Async {
+                interval: Duration::from_millis(self.store.async_flush_interval_ms),
+            }
+        } else {
+            FlushMode::Sync
+        };
+        s.retention_age = Duration::from_secs(self.store.retention_hours * 3600);
+        s.retention_bytes = self.store.retention_bytes;
+        s.disk_max_used_ratio = self.store.disk_max_used_ratio;
+        s.max_record_size = self.broker.max_body_bytes + 64 * 1024;
+        s.max_write_batch_bytes = s.max_write_batch_bytes.max(s.max_record_size + 64);
+        s.max_unflushed_bytes = s.max_unflushed_bytes.max(s.max_write_batch_bytes as u64);
+        s.segment_size = s.segment_size.max((s.max_record_size as u64 + 64) * 2);
+        s
+    }
+
+    /// The name server's configuration.
+    pub fn namesrv_config(&self) -> NameServerConfig {
+        NameServerConfig {
+            listen: self.namesrv.listen,
+            broker_expiry: Duration::from_secs(self.namesrv.broker_expiry_secs),
+            max_frame: self.broker.max_frame_bytes,
+            max_body: self.broker.max_body_bytes,
+            ..NameServerConfig::default()
+        }
+    }
+
+    /// The broker's configuration; `local_namesrv` is the in-process name server, if any.
+    pub fn broker_config(&self, local_namesrv: Option<SocketAddr>) -> BrokerConfig {
+        let mut b = BrokerConfig::new(self.store_config());
+        b.listen = self.broker.listen;
+        b.advertised_addr = self.broker.advertised_addr;
+        b.broker_name = self.broker.broker_name.clone();
+        b.cluster_name = self.broker.cluster_name.clone();
+        b.namesrv_addrs = if self.broker.namesrv_addrs.is_empty() {
+            local_namesrv
+                .map(loopback_if_unspecified)
+                .into_iter()
+                .collect()
+        } else {
+            self.broker.namesrv_addrs.clone()
+        };
+        b.auto_create_topic = self.broker.auto_create_topic;
+        b.default_topic_queue_nums = self.broker.default_topic_queue_nums;
+        b.max_frame = self.broker.max_frame_bytes;
+        b.max_body = self.broker.max_body_bytes;
+        b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
+        b.max_connections = self.broker.max_connections;
+        b
+    }
+}
+
+/// 0.0.0.0:port becomes 127.0.0.1:port, an address a client can dial.
+pub fn loopback_if_unspecified(a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], a.port()))
+    } else {
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_sync() {
+        let cfg = load(None, env(&[])).unwrap();
+        assert_eq!(cfg.store.flush, "sync");
+        assert_eq!(cfg.broker.listen.port(), 10911);
+        assert_eq!(cfg.namesrv.listen.port(), 9876);
+        assert_eq!(cfg.data_dir, PathBuf::from("./sluice-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[broker]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
+        let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
+        assert!(err.contains("listen_port"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_BROKER_NO_SUCH", "1")])).unwrap_err()
+        );
+        assert!(err.contains("no_such"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "data_dir = \"/a\"\n[store]\nflush = \"async\"\n").unwrap();
+        let cfg = load(
+            Some(&p),
+            env(&[
+                ("SLUICE_DATA_DIR", "/b"),
+                ("SLUICE_STORE_FLUSH", "sync"),
+                ("SLUICE_BROKER_DEFAULT_TOPIC_QUEUE_NUMS", "4"),
+                ("SLUICE_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/b"));
+        assert_eq!(cfg.store.flush, "sync");
+        assert_eq!(cfg.broker.default_topic_queue_nums, 4);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_STORE_FLUSH", "sometimes")])).unwrap_err()
+        );
+        assert!(err.contains("store.flush"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(
+                None,
+                env(&[
+                    ("SLUICE_STORE_ASYNC_FLUSH_INTERVAL_MS", "60000"),
+                    ("SLUICE_STORE_FLUSH", "async")
+                ])
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("interval"), "{err}");
+    }
+}

@@ -1,0 +1,182 @@
+//! # sluice
+//!
+//! One binary: name server + broker (+ the HTTP facade once it lands) with data in one folder.
+//!
+//! - `sluice` (no arguments) = `sluice serve` with defaults: name server on 9876, broker on
+//!   10911, data in `./sluice-data`.
+//! - `sluice serve [--data-dir DIR] [--config FILE] [--namesrv-listen ADDR] [--broker-listen ADDR]
+//!   [--http-listen ADDR]`
+//! - `sluice namesrv [--config FILE] [--listen ADDR]`: a name server alone.
+//!
+//! Configuration is layered: defaults < `--config` TOML < `SLUICE_*` variables < flags. The
+//! effective configuration is logged at start. One line on stdout says when it is ready.
+//! SIGTERM or SIGINT: stop accepting, finish in-flight work, flush, mark a clean shutdown,
+//! exit 0.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice_broker::{Broker, NameServer};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: transactional and delayed messaging, RocketMQ-compatible"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the name server and the broker (the default).
+    Serve(ServeArgs),
+    /// Serve a name server only.
+    Namesrv(NamesrvArgs),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Data folder (default ./sluice-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Name server listen address (default 0.0.0.0:9876).
+    #[arg(long)]
+    namesrv_listen: Option<SocketAddr>,
+    /// Broker listen address (default 0.0.0.0:10911).
+    #[arg(long)]
+    broker_listen: Option<SocketAddr>,
+    /// HTTP listen address (default 127.0.0.1:8080).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct NamesrvArgs {
+    /// TOML configuration file (its [namesrv] section is used).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (default 0.0.0.0:9876).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => serve(ServeArgs::default()).await,
+            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Namesrv(args)) => namesrv(args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("sluice: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<config::ServerConfig> {
+    config::load(config, std::env::vars())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut cfg = load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(a) = args.namesrv_listen {
+        cfg.namesrv.listen = a;
+    }
+    if let Some(a) = args.broker_listen {
+        cfg.broker.listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http.listen = a;
+    }
+    cfg.validate()?;
+    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+
+    let namesrv = if cfg.namesrv.enabled {
+        Some(
+            NameServer::start(cfg.namesrv_config())
+                .await
+                .context("starting the name server")?,
+        )
+    } else {
+        None
+    };
+    let local_ns = namesrv.as_ref().map(|n| n.local_addr());
+    let broker = Broker::start(cfg.broker_config(local_ns))
+        .await
+        .context("starting the broker")?;
+    println!(
+        "sluice ready: name server {}, broker {}, data {} ({} ms)",
+        local_ns.map_or("off".to_string(), |a| a.to_string()),
+        broker.local_addr(),
+        cfg.data_dir.display(),
+        started.elapsed().as_millis()
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    if let Some(ns) = namesrv {
+        ns.shutdown().await;
+    }
+    println!("sluice stopped cleanly");
+    Ok(())
+}
+
+async fn namesrv(args: NamesrvArgs) -> Result<()> {
+    let mut cfg = load(args.config.as_deref())?;
+    if let Some(a) = args.listen {
+        cfg.namesrv.listen = a;
+    }
+    let ns = NameServer::start(cfg.namesrv_config())
+        .await
+        .context("starting the name server")?;
+    println!("sluice name server ready: {}", ns.local_addr());
+    wait_for_signal().await?;
+    ns.shutdown().await;
+    println!("sluice name server stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

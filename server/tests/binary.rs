@@ -1,0 +1,72 @@
+//! The `sluice` binary as an operator runs it: ready line, clean shutdown on SIGTERM, refusal of
+//! a bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut child = sluice()
+        .args([
+            "serve",
+            "--namesrv-listen",
+            "127.0.0.1:0",
+            "--broker-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    let cold_start = started.elapsed();
+    assert!(
+        ready.starts_with("sluice ready: name server 127.0.0.1:"),
+        "{ready}"
+    );
+    assert!(ready.contains("broker 127.0.0.1:"), "{ready}");
+    eprintln!("cold start to ready on an empty data folder: {cold_start:?} ({ready})");
+    assert!(
+        dir.path().join("store/abort").exists(),
+        "running store has its abort marker"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit 0 after SIGTERM, got {exit}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(rest, vec!["sluice stopped cleanly".to_string()]);
+    assert!(
+        !dir.path().join("store/abort").exists(),
+        "clean shutdown removes the abort marker"
+    );
+}
+
+#[test]
+fn unknown_config_keys_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(&cfg, "[broker]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
+    let out = sluice()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_addr"), "{err}");
+}

@@ -1,0 +1,121 @@
+//! Starting and stopping the real `sluice` binary for end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `sluice serve` process.
+pub struct Sluice {
+    child: Option<Child>,
+    /// Name server address.
+    pub ns: SocketAddr,
+    /// Broker address.
+    pub broker: SocketAddr,
+    /// Data folder.
+    pub data: PathBuf,
+    /// Time from spawn to the ready line.
+    pub cold_start: Duration,
+}
+
+/// A port that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sluice serve` on the given ports and waits for its ready line.
+pub fn start(data: &Path, ns_port: u16, broker_port: u16) -> Sluice {
+    start_with_env(data, ns_port, broker_port, &[])
+}
+
+/// As [`start`], with extra environment variables (`SLUICE_*` configuration).
+pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str, &str)]) -> Sluice {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
+        .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
+        .env(
+            "SLUICE_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn sluice");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert!(
+        ready.starts_with("sluice ready:"),
+        "sluice did not start: {ready:?}"
+    );
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    Sluice {
+        child: Some(child),
+        ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
+        broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        data: data.to_path_buf(),
+        cold_start: started.elapsed(),
+    }
+}
+
+impl Sluice {
+    /// SIGTERM, and checks that it exits 0.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status =
+            wait_timeout(&mut child, Duration::from_secs(60)).expect("sluice stops within 60 s");
+        assert!(
+            status.success(),
+            "sluice exit status after SIGTERM: {status}"
+        );
+    }
+
+    /// SIGKILL: no chance to flush or mark a clean shutdown.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for a child with a deadline; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}

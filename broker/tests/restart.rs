@@ -128,6 +128,7 @@ async fn a_new_group_gets_query_not_found_once_the_queue_start_is_out_of_memory(
         )
         .await;
     }
+    wait_dispatched(&cluster.broker).await;
     let none = client.invoke(query("cg", "Old", 0), RPC).await.unwrap();
     assert_eq!(
         none.code, 22,

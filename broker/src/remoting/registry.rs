@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use super::connection::ConnectionHandle;
+use sluice_remoting::ConnectionHandle;
 
 /// Open connections by id. Entries are added by the connection task when it starts and removed
 /// by it when it ends, so a handle found here was open a moment ago (it may close at any time).

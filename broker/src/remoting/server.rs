@@ -20,11 +20,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::connection::ConnectionHandle;
-use super::io::{write_loop, FrameReader, Inbound, ReadError};
 use super::registry::ConnectionRegistry;
 use super::tracker::{TaskGuard, TaskTracker};
 use crate::stats::Counters;
+use sluice_remoting::io::{write_loop, FrameReader, Inbound, ReadError};
+use sluice_remoting::ConnectionHandle;
 
 /// Handles the requests of one kind of server.
 pub(crate) trait Processor: Send + Sync + 'static {

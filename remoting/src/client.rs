@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::connection::ConnectionHandle;
-use super::io::{write_loop, FrameReader, Inbound};
+use crate::connection::ConnectionHandle;
 use crate::error::RemotingError;
+use crate::io::{write_loop, FrameReader, Inbound};
 
 /// Client ids live in their own range so they never collide with server connection ids in logs.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1 << 62);

@@ -51,7 +51,7 @@ impl std::fmt::Debug for ConnectionHandle {
 
 impl ConnectionHandle {
     /// A handle whose frames go to `tx`; the caller runs the writer task on the other end.
-    pub(crate) fn new(
+    pub fn new(
         id: u64,
         remote: SocketAddr,
         local: SocketAddr,
@@ -183,7 +183,7 @@ impl ConnectionHandle {
 
     /// Hands a response to the request waiting for it; false when nobody waits (late or
     /// unknown opaque), which callers log and drop like RocketMQ clients do.
-    pub(crate) fn complete(&self, response: RemotingCommand) -> bool {
+    pub fn complete(&self, response: RemotingCommand) -> bool {
         let waiter = self.inner.pending.lock().remove(&response.opaque);
         match waiter {
             Some(tx) => tx.send(response).is_ok(),

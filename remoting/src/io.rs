@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use super::connection::ConnectionHandle;
+use crate::connection::ConnectionHandle;
 
 /// Most bytes asked of one `read`: a frame announced as 16 MiB is not reserved up front, so a
 /// peer that announces big frames and sends slowly costs only what it really sent.
@@ -22,7 +22,7 @@ const WRITE_COALESCE: usize = 256 * 1024;
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
 
 /// What the reader produced.
-pub(crate) enum Inbound {
+pub enum Inbound {
     /// A whole command.
     Command(RemotingCommand),
     /// A frame whose body exceeded the body cap: consumed, header kept, body dropped.
@@ -38,7 +38,7 @@ pub(crate) enum Inbound {
 
 /// Why reading stopped for good.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadError {
+pub enum ReadError {
     /// The socket failed.
     #[error("read: {0}")]
     Io(#[from] std::io::Error),
@@ -51,14 +51,15 @@ pub(crate) enum ReadError {
 }
 
 /// Splits frames off a socket's read half.
-pub(crate) struct FrameReader {
+pub struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     decoder: FrameDecoder,
 }
 
 impl FrameReader {
-    pub(crate) fn new(rd: OwnedReadHalf, decoder: FrameDecoder) -> Self {
+    /// A reader over the read half of a connection, decoding with `decoder`'s limits.
+    pub fn new(rd: OwnedReadHalf, decoder: FrameDecoder) -> Self {
         Self {
             rd,
             buf: BytesMut::with_capacity(MIN_READ),
@@ -67,7 +68,7 @@ impl FrameReader {
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream between frames.
-    pub(crate) async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
+    pub async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
         loop {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(cmd)) => return Ok(Some(Inbound::Command(cmd))),
@@ -109,7 +110,7 @@ impl FrameReader {
 
 /// Writes every queued command until the connection closes, then flushes what is left (bounded
 /// by [`FLUSH_ON_CLOSE`]) and shuts the socket down. A write error closes the connection.
-pub(crate) async fn write_loop(
+pub async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<RemotingCommand>,
     conn: ConnectionHandle,

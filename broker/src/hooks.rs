@@ -71,13 +71,17 @@ pub trait PutHook: Send + Sync + 'static {
 pub struct BrokerExtensions {
     /// Run in order on every produced message.
     pub put_hooks: Vec<Arc<dyn PutHook>>,
+    /// Features that answer request codes and run background work.
+    pub extensions: Vec<Arc<dyn crate::services::Extension>>,
 }
 
 impl std::fmt::Debug for BrokerExtensions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.put_hooks.iter().map(|h| h.name()).collect();
+        let hooks: Vec<&str> = self.put_hooks.iter().map(|h| h.name()).collect();
+        let exts: Vec<&str> = self.extensions.iter().map(|e| e.name()).collect();
         f.debug_struct("BrokerExtensions")
-            .field("put_hooks", &names)
+            .field("put_hooks", &hooks)
+            .field("extensions", &exts)
             .finish()
     }
 }

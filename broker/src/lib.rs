@@ -40,6 +40,7 @@ mod offsets;
 mod processor;
 pub mod remoting;
 mod reply;
+pub mod services;
 mod state_file;
 mod stats;
 mod topic;
@@ -51,6 +52,7 @@ pub use error::{BrokerError, RemotingError};
 pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook};
 pub use namesrv::{NameServer, NameServerHandle};
 pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, RemotingClient};
+pub use services::{BoxFuture, BrokerServices, Extension};
 pub use stats::BrokerStats;
 pub use topic::{
     DEFAULT_TOPIC, DLQ_PREFIX, RETRY_PREFIX, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TIME_TOPIC,

@@ -44,7 +44,9 @@ pub struct Store {
     recovery: RecoveryReport,
     store_host: SocketAddr,
     pub(crate) in_memory_window: u64,
-    _lock: FolderLock,
+    /// Held until shutdown, so another store (in this process or another) can open the folder
+    /// only after this one has let go.
+    lock: Mutex<Option<FolderLock>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -272,7 +274,7 @@ impl Store {
             recovery,
             store_host,
             in_memory_window,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         }
     }
 
@@ -427,11 +429,15 @@ impl Store {
         for (name, handle) in threads {
             join(name, handle);
         }
-        if let Some(reason) = self.shared.fenced() {
-            tracing::warn!(reason = %reason, "store was fenced: leaving the abort marker so the next open recovers");
-            return Ok(());
-        }
-        checkpoint::mark_clean(&self.cfg.data_dir)
+        let result = match self.shared.fenced() {
+            Some(reason) => {
+                tracing::warn!(reason = %reason, "store was fenced: leaving the abort marker so the next open recovers");
+                Ok(())
+            }
+            None => checkpoint::mark_clean(&self.cfg.data_dir),
+        };
+        self.lock.lock().take();
+        result
     }
 }
 

@@ -285,3 +285,14 @@ async fn async_callers_await_durable_appends() {
     }
     assert_eq!(offs, (0..64).collect::<Vec<_>>());
 }
+
+#[test]
+fn shutdown_releases_the_folder_for_the_next_store_even_before_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&small_config(dir.path()));
+    append_seqs(&first, "T", 0, 0..3);
+    first.shutdown().unwrap();
+    let second = open(&small_config(dir.path()));
+    assert_eq!(second.max_offset("T", 0), 3);
+    drop(first);
+}

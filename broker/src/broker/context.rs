@@ -33,6 +33,8 @@ pub(crate) struct BrokerContext {
     pub(crate) locks: QueueLocks,
     pub(crate) waiters: Arc<PullWaiters>,
     pub(crate) hooks: Vec<Arc<dyn PutHook>>,
+    /// Extensions by the request codes they answer.
+    pub(crate) handlers: std::collections::HashMap<i32, Arc<dyn crate::services::Extension>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) tracker: Arc<TaskTracker>,
     /// Flips to true when shutdown starts; parked pulls answer at once.
@@ -70,6 +72,7 @@ impl BrokerContext {
             locks: QueueLocks::new(crate::locks::LOCK_MAX_LIVE),
             waiters: Arc::new(PullWaiters::default()),
             hooks,
+            handlers: std::collections::HashMap::new(),
             counters,
             tracker,
             shutdown,

@@ -27,6 +27,7 @@ use crate::processor::BrokerProcessor;
 use crate::remoting::server::{Server, ServerOptions};
 use crate::remoting::tracker::TaskTracker;
 use crate::remoting::ConnectionRegistry;
+use crate::services::{BrokerServices, Extension};
 use crate::stats::{BrokerStats, Counters};
 use crate::topic::TopicManager;
 use context::BrokerContext;
@@ -44,6 +45,7 @@ pub struct Broker;
 /// A running broker.
 pub struct BrokerHandle {
     ctx: Arc<BrokerContext>,
+    extensions: Vec<Arc<dyn Extension>>,
     server: Option<Server>,
     registry: Arc<ConnectionRegistry>,
     registrar: Arc<Registrar>,
@@ -85,7 +87,9 @@ impl Broker {
         })?;
         let advertised = cfg.advertised(bound);
         cfg.store.store_host = advertised;
+        let extensions = ext.extensions.clone();
         let (ctx, stop) = open_context(cfg, advertised, ext).await?;
+        start_extensions(&ctx, &extensions)?;
         let registry = Arc::new(ConnectionRegistry::default());
         let server = Server::start(
             listener,
@@ -116,6 +120,7 @@ impl Broker {
         tracing::info!(listen = %bound, advertised = %advertised, broker_name = %ctx.cfg.broker_name, "broker started");
         Ok(BrokerHandle {
             ctx,
+            extensions,
             server: Some(server),
             registry,
             registrar,
@@ -124,6 +129,22 @@ impl Broker {
             local_addr: bound,
         })
     }
+}
+
+/// Starts each extension with the broker's services; an extension that fails stops the start.
+fn start_extensions(
+    ctx: &Arc<BrokerContext>,
+    extensions: &[Arc<dyn Extension>],
+) -> Result<(), BrokerError> {
+    for ext in extensions {
+        let services = BrokerServices {
+            ctx: Arc::clone(ctx),
+        };
+        ext.start(services)
+            .map_err(|e| BrokerError::Task(ext.name(), e))?;
+        tracing::info!(extension = ext.name(), codes = ?ext.request_codes(), "extension started");
+    }
+    Ok(())
 }
 
 fn server_options(cfg: &BrokerConfig) -> ServerOptions {
@@ -150,7 +171,7 @@ async fn open_context(
         .await
         .map_err(|e| BrokerError::Task("open store and state", e.to_string()))??;
     let (stop, stop_rx) = watch::channel(false);
-    let ctx = Arc::new(BrokerContext::new(
+    let mut ctx = BrokerContext::new(
         cfg,
         advertised,
         Arc::clone(&store),
@@ -160,7 +181,13 @@ async fn open_context(
         Arc::new(Counters::default()),
         Arc::new(TaskTracker::default()),
         stop_rx,
-    ));
+    );
+    for e in &ext.extensions {
+        for code in e.request_codes() {
+            ctx.handlers.insert(*code, Arc::clone(e));
+        }
+    }
+    let ctx = Arc::new(ctx);
     let waiters = Arc::clone(&ctx.waiters);
     store.set_dispatch_listener(Arc::new(move |ev| waiters.wake(&ev.topic, ev.queue_id)));
     Ok((ctx, stop))
@@ -249,6 +276,14 @@ impl BrokerHandle {
         self.ctx.advertised
     }
 
+    /// The broker's services, as extensions get them (in-process callers such as the HTTP
+    /// facade).
+    pub fn services(&self) -> BrokerServices {
+        BrokerServices {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
     /// The storage engine.
     pub fn store(&self) -> Arc<Store> {
         Arc::clone(&self.ctx.store)
@@ -317,6 +352,9 @@ impl BrokerHandle {
             let _ = task.await;
         }
         self.registrar.unregister_all().await;
+        for ext in self.extensions.drain(..) {
+            ext.stop().await;
+        }
         let ctx = Arc::clone(&self.ctx);
         let saved = tokio::task::spawn_blocking(move || {
             if let Err(e) = ctx.offsets.save_if_dirty() {

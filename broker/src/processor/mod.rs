@@ -121,7 +121,10 @@ async fn dispatch(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             Ok(reply::ok(&req))
         }
-        _ => Ok(reply::not_supported(&req)),
+        code => match ctx.handlers.get(&code) {
+            Some(ext) => return ext.handle(conn.clone(), req).await,
+            None => Ok(reply::not_supported(&req)),
+        },
     };
     Some(respond(&req, result))
 }

@@ -1,0 +1,143 @@
+//! What crates built on the broker (transactions, delays, retries, the HTTP facade) get: a
+//! handle to the broker's services, and the [`Extension`] trait through which they answer
+//! request codes, run background work and stop with the broker.
+//!
+//! An extension is started after the store and state files are open and before the broker
+//! accepts connections; it is stopped after in-flight requests finish and before the store
+//! closes. An extension that keeps its [`BrokerServices`] must drop it in [`Extension::stop`]:
+//! the services hold the broker's state alive.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sluice_protocol::remoting::body::TopicConfig;
+use sluice_protocol::RemotingCommand;
+use sluice_store::{Appended, MessageInput, Store, StoreError};
+use tokio::sync::watch;
+
+use crate::broker::context::BrokerContext;
+use crate::clients::ConsumerGroupInfo;
+use crate::ConnectionHandle;
+
+/// A boxed, sendable future (extension methods are object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A feature added to the broker by a later crate.
+pub trait Extension: Send + Sync + 'static {
+    /// Name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Called once before the broker accepts connections. An error stops the start.
+    fn start(&self, services: BrokerServices) -> Result<(), String> {
+        let _ = services;
+        Ok(())
+    }
+
+    /// Request codes this extension answers; the broker passes them to [`Extension::handle`].
+    fn request_codes(&self) -> &'static [i32] {
+        &[]
+    }
+
+    /// Answers one request with one of [`Extension::request_codes`]; `None` sends no response
+    /// (one-way requests). Runs on the request's task with the broker's panic containment.
+    fn handle(
+        &self,
+        conn: ConnectionHandle,
+        req: RemotingCommand,
+    ) -> BoxFuture<'static, Option<RemotingCommand>> {
+        let _ = conn;
+        Box::pin(async move { Some(crate::reply::not_supported(&req)) })
+    }
+
+    /// Called once at shutdown, before the store closes: stop background work, drop the
+    /// [`BrokerServices`].
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The broker's services, for extensions. Cheap to clone.
+#[derive(Clone)]
+pub struct BrokerServices {
+    pub(crate) ctx: Arc<BrokerContext>,
+}
+
+impl std::fmt::Debug for BrokerServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerServices")
+            .field("broker", &self.ctx.cfg.broker_name)
+            .finish()
+    }
+}
+
+impl BrokerServices {
+    /// The storage engine.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.ctx.store
+    }
+
+    /// The address in routes, message ids and records.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.ctx.advertised
+    }
+
+    /// This broker's name.
+    pub fn broker_name(&self) -> &str {
+        &self.ctx.cfg.broker_name
+    }
+
+    /// This broker's cluster name.
+    pub fn cluster_name(&self) -> &str {
+        &self.ctx.cfg.cluster_name
+    }
+
+    /// Appends messages straight to the store, past the put hooks (a commit re-puts a half
+    /// message; a timer releases a delayed one), and waits for durability.
+    pub async fn put(&self, messages: Vec<MessageInput>) -> Result<Vec<Appended>, StoreError> {
+        self.ctx.store.append(messages, true)?.await
+    }
+
+    /// A topic's configuration.
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.ctx.topics.get(name)
+    }
+
+    /// Creates or updates a topic (persisted; name servers hear of it).
+    pub fn put_topic(&self, cfg: TopicConfig) {
+        self.ctx.topics.put(cfg);
+    }
+
+    /// Open connections of a producer group's members (transaction check-backs pick one).
+    pub fn producer_connections(&self, group: &str) -> Vec<ConnectionHandle> {
+        self.ctx.clients.producer_connections(group)
+    }
+
+    /// What the broker knows of a consumer group.
+    pub fn consumer_group(&self, group: &str) -> Option<ConsumerGroupInfo> {
+        self.ctx.clients.consumer_group_info(group)
+    }
+
+    /// Whether a consumer group holds unexpired orderly locks.
+    pub fn group_holds_locks(&self, group: &str) -> bool {
+        self.ctx
+            .locks
+            .group_holds_locks(group, std::time::Instant::now())
+    }
+
+    /// A group's committed offset in a queue (system groups keep their progress here too).
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
+        self.ctx.offsets.query(group, topic, queue_id)
+    }
+
+    /// Commits a group's offset in a queue (persisted with the consumer offsets).
+    pub fn commit_offset(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+        self.ctx.offsets.commit(group, topic, queue_id, offset);
+    }
+
+    /// Becomes true when the broker starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.ctx.shutdown.clone()
+    }
+}

@@ -334,3 +334,133 @@ fn cpp_consumer_resumes_from_its_committed_offset_after_a_broker_restart() {
     );
     sluice.stop();
 }
+
+/// A consumer that runs for `secs` seconds whatever it receives.
+fn timed_consumer(
+    ns: std::net::SocketAddr,
+    group: &str,
+    topic: &str,
+    secs: u32,
+    extra: &[&str],
+    ready: &std::path::Path,
+) -> Child {
+    let t = secs.to_string();
+    let ready = ready.to_string_lossy().to_string();
+    let mut args = vec![
+        "consume",
+        "--group",
+        group,
+        "--topic",
+        topic,
+        "--expect",
+        "0",
+        "--timeout",
+        &t,
+        "--settle",
+        "0",
+        "--ready-file",
+        &ready,
+    ];
+    args.extend_from_slice(extra);
+    driver(ns, &args)
+}
+
+#[test]
+fn cpp_two_consumers_of_one_group_split_the_queues_and_together_get_everything() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    client_path();
+    let sluice = start(data.path(), free_port(), free_port());
+    produce(sluice.ns, "CompatShared", 1, 1_000_000, "Warm");
+    let (ra, rb) = (work.path().join("a.ready"), work.path().join("b.ready"));
+    let a = timed_consumer(
+        sluice.ns,
+        "compat_shared",
+        "CompatShared",
+        25,
+        &["--instance", "a"],
+        &ra,
+    );
+    let b = timed_consumer(
+        sluice.ns,
+        "compat_shared",
+        "CompatShared",
+        25,
+        &["--instance", "b"],
+        &rb,
+    );
+    wait_ready(&ra);
+    wait_ready(&rb);
+    // Let both rebalance (the C++ client rebalances at start and on the broker's notification).
+    std::thread::sleep(Duration::from_secs(3));
+    produce(sluice.ns, "CompatShared", 2_000, 0, "T");
+    let (ka, kb) = (
+        keys(&finish(a, Duration::from_secs(120))),
+        keys(&finish(b, Duration::from_secs(120))),
+    );
+    let want: BTreeSet<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+    let union: BTreeSet<String> = ka
+        .union(&kb)
+        .filter(|k| *k != "k1000000")
+        .cloned()
+        .collect();
+    assert_eq!(union, want, "together the group receives every message");
+    assert!(
+        ka.len() > 100 && kb.len() > 100,
+        "the queues are split between the two (a: {}, b: {})",
+        ka.len(),
+        kb.len()
+    );
+    sluice.stop();
+}
+
+#[test]
+fn cpp_broadcasting_consumers_each_get_every_message() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    client_path();
+    let sluice = start(data.path(), free_port(), free_port());
+    produce(sluice.ns, "CompatBroadcast", 1, 1_000_000, "Warm");
+    let (ra, rb) = (work.path().join("a.ready"), work.path().join("b.ready"));
+    let run = |ready: &std::path::Path, inst: &str| {
+        let r = ready.to_string_lossy().to_string();
+        driver(
+            sluice.ns,
+            &[
+                "consume",
+                "--group",
+                "compat_bcast",
+                "--topic",
+                "CompatBroadcast",
+                "--expect",
+                "500",
+                "--timeout",
+                "120",
+                "--settle",
+                "1",
+                "--broadcast",
+                "--instance",
+                inst,
+                "--ready-file",
+                &r,
+            ],
+        )
+    };
+    let a = run(&ra, "a");
+    let b = run(&rb, "b");
+    wait_ready(&ra);
+    wait_ready(&rb);
+    produce(sluice.ns, "CompatBroadcast", 500, 0, "T");
+    let want: BTreeSet<String> = (0..500).map(|i| format!("k{i}")).collect();
+    for (name, got) in [
+        ("a", finish(a, Duration::from_secs(180))),
+        ("b", finish(b, Duration::from_secs(180))),
+    ] {
+        let k: BTreeSet<String> = keys(&got).into_iter().filter(|k| k != "k1000000").collect();
+        assert_eq!(
+            k, want,
+            "broadcasting consumer {name} receives every message"
+        );
+    }
+    sluice.stop();
+}

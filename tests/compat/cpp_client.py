@@ -13,6 +13,7 @@ import threading
 import time
 
 from rocketmq.client import ConsumeStatus, Message, Producer, PushConsumer, SendStatus
+from rocketmq.ffi import MessageModel
 
 
 def produce(args):
@@ -90,7 +91,10 @@ def consume(args):
             keys.add(received[-1]["key"])
         return ConsumeStatus.CONSUME_SUCCESS
 
-    consumer = PushConsumer(args.group, orderly=args.orderly)
+    model = MessageModel.BROADCASTING if args.broadcast else MessageModel.CLUSTERING
+    consumer = PushConsumer(args.group, orderly=args.orderly, message_model=model)
+    if args.instance:
+        consumer.set_instance_name(args.instance)
     consumer.set_name_server_address(args.ns)
     consumer.set_thread_count(1 if args.orderly else 4)
     consumer.subscribe(args.topic, on_message, args.expression)
@@ -151,6 +155,8 @@ def main():
     co.add_argument("--timeout", type=float, default=60)
     co.add_argument("--settle", type=float, default=1.0)
     co.add_argument("--orderly", action="store_true")
+    co.add_argument("--broadcast", action="store_true")
+    co.add_argument("--instance", default="")
     co.add_argument("--full", action="store_true")
     co.add_argument("--ready-file", default="")
 

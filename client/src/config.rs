@@ -1,0 +1,182 @@
+//! [`ClientConfig`]: what every producer and consumer shares: where the name servers are, who
+//! this client is, and how long to wait. Each field documents its default.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::error::ClientError;
+
+/// Distinguishes clients of one process, so two consumers of one group in one process get
+/// different client ids (Java shares one instance per process and cannot do that).
+static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
+
+/// Settings shared by every kind of client.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_client::ClientConfig;
+///
+/// let cfg = ClientConfig::new("127.0.0.1:9876;127.0.0.1:9877")
+///     .with_rpc_timeout(Duration::from_secs(5))
+///     .with_instance_name("billing-1");
+/// assert_eq!(cfg.name_servers().len(), 2);
+/// assert!(cfg.client_id().ends_with("@billing-1"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    namesrv_addrs: Vec<String>,
+    instance_name: String,
+    client_ip: IpAddr,
+    /// Timeout of ordinary requests (send, offsets, heartbeat, routes). Default 3 s.
+    pub rpc_timeout: Duration,
+    /// How long to wait for a TCP connection. Default 3 s.
+    pub connect_timeout: Duration,
+    /// How often routes are fetched again (RocketMQ's `pollNameServerInterval`). Default 30 s.
+    pub route_refresh_interval: Duration,
+    /// How often every known broker gets a heartbeat. Default 30 s.
+    pub heartbeat_interval: Duration,
+    /// Largest body accepted for sending. Default 4 MiB, the broker's default.
+    pub max_message_size: usize,
+}
+
+impl ClientConfig {
+    /// A config for the given name servers: `host:port`, several separated by `;` (as
+    /// RocketMQ's `namesrvAddr`).
+    pub fn new(namesrv: &str) -> Self {
+        let instance = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        Self {
+            namesrv_addrs: split_addrs(namesrv),
+            instance_name: format!("{}#{:06X}#{instance}", std::process::id(), process_nonce()),
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rpc_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(3),
+            route_refresh_interval: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            max_message_size: 4 * 1024 * 1024,
+        }
+    }
+
+    /// Sets the instance name, the part after `@` in the client id. Default
+    /// `pid#nonce#n`: unique per client object in this process, and (through a per-process
+    /// nonce) across hosts. A fixed name must be unique within its consumer group.
+    #[must_use]
+    pub fn with_instance_name(mut self, name: impl Into<String>) -> Self {
+        self.instance_name = name.into();
+        self
+    }
+
+    /// Sets the IP put in the client id and in message unique keys. Default 127.0.0.1: the
+    /// client does not probe the network to find its address, so set it for readable ids.
+    #[must_use]
+    pub fn with_client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = ip;
+        self
+    }
+
+    /// Sets [`ClientConfig::rpc_timeout`].
+    #[must_use]
+    pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ClientConfig::route_refresh_interval`].
+    #[must_use]
+    pub fn with_route_refresh_interval(mut self, every: Duration) -> Self {
+        self.route_refresh_interval = every;
+        self
+    }
+
+    /// Sets [`ClientConfig::heartbeat_interval`].
+    #[must_use]
+    pub fn with_heartbeat_interval(mut self, every: Duration) -> Self {
+        self.heartbeat_interval = every;
+        self
+    }
+
+    /// The name-server addresses.
+    pub fn name_servers(&self) -> &[String] {
+        &self.namesrv_addrs
+    }
+
+    /// `ip@instance`: the id brokers list in consumer groups.
+    pub fn client_id(&self) -> String {
+        format!("{}@{}", self.client_ip, self.instance_name)
+    }
+
+    /// The IP put in unique keys.
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ClientError> {
+        if self.namesrv_addrs.is_empty() {
+            return Err(ClientError::Config("no name server address".into()));
+        }
+        let durations = [
+            ("rpc_timeout", self.rpc_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("route_refresh_interval", self.route_refresh_interval),
+            ("heartbeat_interval", self.heartbeat_interval),
+        ];
+        for (name, d) in durations {
+            if d.is_zero() {
+                return Err(ClientError::Config(format!("{name} must be positive")));
+            }
+        }
+        if self.max_message_size == 0 {
+            return Err(ClientError::Config(
+                "max_message_size must be positive".into(),
+            ));
+        }
+        if self.instance_name.is_empty() || self.instance_name.contains('@') {
+            return Err(ClientError::Config(
+                "instance_name must be non-empty and free of '@'".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn split_addrs(text: &str) -> Vec<String> {
+    text.split([';', ','])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A per-process nonce, so client ids of processes on different hosts that happen to share
+/// a pid (and the default IP) still differ.
+fn process_nonce() -> u32 {
+    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.subsec_nanos() ^ (now.as_secs() as u32).rotate_left(16)) & 0x00FF_FFFF
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_on_semicolons_and_commas() {
+        let cfg = ClientConfig::new(" a:1; b:2 ,c:3;");
+        assert_eq!(cfg.name_servers(), ["a:1", "b:2", "c:3"]);
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn each_config_gets_its_own_instance_name() {
+        let a = ClientConfig::new("a:1");
+        let b = ClientConfig::new("a:1");
+        assert_ne!(a.client_id(), b.client_id());
+        assert!(ClientConfig::new("").validate().is_err());
+        let bad = ClientConfig::new("a:1").with_rpc_timeout(Duration::ZERO);
+        assert!(bad.validate().is_err());
+    }
+}

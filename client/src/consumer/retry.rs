@@ -1,0 +1,209 @@
+//! Handing a failed message back (`rocketmq-protocol.md` §8.2).
+//!
+//! First CONSUMER_SEND_MSG_BACK to the broker that stored it, so the broker's retry schedule
+//! and dead-letter rule apply. If the broker refuses (Sluice answers
+//! REQUEST_CODE_NOT_SUPPORTED until its retry support lands) or cannot be reached, the client
+//! does what RocketMQ clients do: it sends a copy itself to `%RETRY%<group>` with
+//! `RETRY_TOPIC`, `ORIGIN_MESSAGE_ID`, `RECONSUME_TIME` and delay level `3 + reconsumeTimes`,
+//! or, past the maximum, to `%DLQ%<group>`. The copy keeps the `UNIQ_KEY`, so
+//! [`crate::ConsumedMessage::msg_id`] is stable across deliveries.
+
+use std::time::Duration;
+
+use sluice_protocol::message::keys;
+use sluice_protocol::remoting::body::MessageQueue;
+use sluice_protocol::remoting::custom::ConsumerSendMsgBackRequestHeader;
+use sluice_protocol::{request_code, RemotingCommand};
+
+use super::push::ConsumerInner;
+use super::{dlq_topic, retry_topic};
+use crate::error::ClientError;
+use crate::message::{delay_level_for, ConsumedMessage, Message};
+use crate::producer::{Outgoing, Target};
+
+/// Properties a retry copy must not carry over.
+const NOT_COPIED: [&str; 5] = [
+    keys::TRAN_MSG,
+    keys::DELAY,
+    keys::MIN_OFFSET,
+    keys::MAX_OFFSET,
+    keys::TIMER_DELIVER_MS,
+];
+
+impl ConsumerInner {
+    /// Hands `msg` back for a later delivery; false when neither way worked.
+    #[tracing::instrument(skip_all, fields(group = %self.group, msg_id = %msg.msg_id(), reconsume = msg.reconsume_times()))]
+    pub(crate) async fn send_back(&self, msg: &ConsumedMessage, delay: Option<Duration>) -> bool {
+        let level = delay.map_or(0, delay_level_for);
+        match self.send_back_rpc(msg, level).await {
+            Ok(()) => {
+                tracing::debug!("message handed back to the broker");
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "send-back refused; sending the retry copy ourselves")
+            }
+        }
+        let exceeded = msg.reconsume_times() >= self.s.max_reconsume_times;
+        match self.send_copy(msg, level, exceeded).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand the message back; consuming it again here");
+                false
+            }
+        }
+    }
+
+    /// Orderly mode past the maximum: straight to the dead-letter queue.
+    pub(crate) async fn dead_letter(&self, msg: &ConsumedMessage) -> bool {
+        if self.send_back_rpc(msg, -1).await.is_ok() {
+            return true;
+        }
+        match self.send_copy(msg, 0, true).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(msg_id = %msg.msg_id(), error = %e, "could not dead-letter the message");
+                false
+            }
+        }
+    }
+
+    async fn send_back_rpc(
+        &self,
+        msg: &ConsumedMessage,
+        delay_level: i32,
+    ) -> Result<(), ClientError> {
+        let addr = self
+            .core
+            .master_addr(&msg.queue().broker_name)
+            .unwrap_or_else(|_| msg.store_host().to_string());
+        let header = ConsumerSendMsgBackRequestHeader {
+            offset: msg.commit_log_offset(),
+            group: self.group.clone(),
+            delay_level,
+            origin_msg_id: Some(msg.msg_id().to_owned()),
+            origin_topic: Some(msg.topic().to_owned()),
+            unit_mode: Some(false),
+            max_reconsume_times: Some(self.s.max_reconsume_times),
+        };
+        let req = RemotingCommand::request(request_code::CONSUMER_SEND_MSG_BACK, header.to_ext());
+        self.core
+            .pool
+            .invoke_ok(&addr, req, self.core.cfg.rpc_timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Sends the retry (or dead-letter) copy to queue 0 of the retry (DLQ) topic on the broker
+    /// the message came from: both topics have one queue, as RocketMQ creates them.
+    async fn send_copy(
+        &self,
+        msg: &ConsumedMessage,
+        level: i32,
+        dead: bool,
+    ) -> Result<(), ClientError> {
+        let (copy, out) = retry_copy(&self.group, msg, level, dead, self.s.max_reconsume_times);
+        let queue = MessageQueue {
+            topic: copy,
+            broker_name: msg.queue().broker_name.clone(),
+            queue_id: 0,
+        };
+        let out = Outgoing {
+            msg: self.retry_sender.prepare(out.msg)?,
+            ..out
+        };
+        let r = self.retry_sender.send(&out, Target::Queue(&queue)).await?;
+        tracing::debug!(topic = %queue.topic, offset = r.queue_offset, dead, "retry copy sent");
+        Ok(())
+    }
+}
+
+/// The copy RocketMQ's client fallback sends: same body, flag and properties (minus the ones
+/// in [`NOT_COPIED`]), plus the retry bookkeeping. Returns the target topic and the message.
+fn retry_copy(
+    group: &str,
+    msg: &ConsumedMessage,
+    level: i32,
+    dead: bool,
+    max: i32,
+) -> (String, Outgoing) {
+    let topic = if dead {
+        dlq_topic(group)
+    } else {
+        retry_topic(group)
+    };
+    let mut copy = Message::new(topic.clone(), msg.body().clone()).with_flag(msg.flag());
+    let props = copy.properties_mut();
+    for (k, v) in msg.properties().iter() {
+        if !NOT_COPIED.contains(&k) {
+            props.insert(k, v);
+        }
+    }
+    let times = msg.reconsume_times().saturating_add(1);
+    if props.get(keys::RETRY_TOPIC).is_none() {
+        props.insert(keys::RETRY_TOPIC, msg.topic());
+    }
+    if props.get(keys::ORIGIN_MESSAGE_ID).is_none() {
+        props.insert(keys::ORIGIN_MESSAGE_ID, msg.msg_id());
+    }
+    props.insert(keys::RECONSUME_TIME, times.to_string());
+    props.insert(keys::MAX_RECONSUME_TIMES, max.to_string());
+    if !dead {
+        let level = if level > 0 {
+            level
+        } else {
+            3 + msg.reconsume_times()
+        };
+        props.insert(keys::DELAY, level.clamp(1, 18).to_string());
+    }
+    let out = Outgoing {
+        msg: copy,
+        sys_flag: 0,
+        reconsume_times: Some(times),
+        max_reconsume_times: Some(max),
+    };
+    (topic, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_copy_carries_rocketmq_bookkeeping() {
+        let msg = ConsumedMessage::for_tests("Orders", "x")
+            .with_property("UNIQ_KEY", "U1")
+            .with_property("TAGS", "t")
+            .with_property("TRAN_MSG", "true")
+            .with_reconsume_times(2);
+        let (topic, out) = retry_copy("g", &msg, 0, false, 16);
+        assert_eq!(topic, "%RETRY%g");
+        let p = out.msg.properties();
+        assert_eq!(p.get("RETRY_TOPIC"), Some("Orders"));
+        assert_eq!(p.get("ORIGIN_MESSAGE_ID"), Some("U1"));
+        assert_eq!(p.get("UNIQ_KEY"), Some("U1"));
+        assert_eq!(p.get("RECONSUME_TIME"), Some("3"));
+        assert_eq!(p.get("DELAY"), Some("5"), "3 + reconsumeTimes");
+        assert_eq!(p.get("TAGS"), Some("t"));
+        assert_eq!(p.get("TRAN_MSG"), None);
+        assert_eq!(
+            (out.reconsume_times, out.max_reconsume_times),
+            (Some(3), Some(16))
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_copy_has_no_delay_and_keeps_the_original_topic() {
+        let msg = ConsumedMessage::for_tests("%RETRY%g", "x")
+            .with_property("RETRY_TOPIC", "Orders")
+            .with_property("ORIGIN_MESSAGE_ID", "FIRST");
+        let (topic, out) = retry_copy("g", &msg, 4, true, 16);
+        assert_eq!(topic, "%DLQ%g");
+        let p = out.msg.properties();
+        assert_eq!(p.get("DELAY"), None);
+        assert_eq!(p.get("RETRY_TOPIC"), Some("Orders"));
+        assert_eq!(p.get("ORIGIN_MESSAGE_ID"), Some("FIRST"));
+        let (_, explicit) = retry_copy("g", &msg, 4, false, 16);
+        assert_eq!(explicit.msg.property("DELAY"), Some("4"));
+    }
+}

@@ -1,0 +1,193 @@
+//! One task per owned queue: pull with long polling from the next offset, then hand the
+//! messages to the handler, concurrently (bounded by the consumer's permits) or, orderly, one
+//! at a time while the queue's broker lock is held. Offsets move as messages finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::process_queue::ProcessQueue;
+use super::push::ConsumerInner;
+use super::remote::{self, PullStatus};
+use super::{run_handler, ConsumeResult, Subscription};
+use crate::message::ConsumedMessage;
+
+/// Pause after a failed pull (RocketMQ: 3 s; shorter here, the failure is usually brief).
+const PULL_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before asking again for an orderly lock that another member holds.
+const LOCK_RETRY: Duration = Duration::from_millis(500);
+/// Pause before consuming again locally a message that could not be handed back.
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs until the queue is dropped or the consumer stops.
+#[tracing::instrument(skip_all, fields(group = %inner.group, topic = %pq.mq.topic, queue_id = pq.mq.queue_id))]
+pub(super) async fn run(inner: Arc<ConsumerInner>, pq: Arc<ProcessQueue>) {
+    let Some(sub) = inner.subscription(&pq.mq.topic).cloned() else {
+        return;
+    };
+    let mut next = pq.commit_point();
+    while !pq.is_dropped() && !inner.is_stopped() {
+        if inner.s.orderly && !pq.is_locked() {
+            inner.lock(vec![pq.mq.clone()]).await;
+            if !pq.is_locked() {
+                pause(&pq, LOCK_RETRY).await;
+                continue;
+            }
+            // Someone else may have consumed meanwhile: restart from the committed offset.
+            next = pq.commit_point();
+        }
+        if pq.inflight() >= inner.s.max_cached_per_queue {
+            pq.wait_progress(Duration::from_millis(100)).await;
+            continue;
+        }
+        let pulled = tokio::select! {
+            r = remote::pull(&inner.core, &inner.group, &pq.mq, &sub, next, inner.s.pull_batch_size, inner.s.long_poll) => r,
+            () = pq.dropped() => break,
+        };
+        match pulled {
+            Ok(r) => next = on_pulled(&inner, &pq, &sub, r).await,
+            Err(e) => {
+                tracing::debug!(offset = next, error = %e, "pull failed");
+                pause(&pq, PULL_ERROR_PAUSE).await;
+            }
+        }
+    }
+    tracing::debug!("queue worker stopped");
+}
+
+/// Records a pull's outcome and dispatches its messages; returns the next offset to pull.
+async fn on_pulled(
+    inner: &Arc<ConsumerInner>,
+    pq: &Arc<ProcessQueue>,
+    sub: &Subscription,
+    r: remote::PullResult,
+) -> i64 {
+    match r.status {
+        PullStatus::Found => {
+            pq.add(
+                r.messages.iter().map(ConsumedMessage::queue_offset),
+                r.next_begin_offset,
+            );
+            if inner.s.orderly {
+                if let Some(resume) = consume_orderly(inner, pq, r.messages).await {
+                    pq.rewind(resume);
+                    return resume;
+                }
+            } else {
+                dispatch_concurrently(inner, pq, r.messages).await;
+            }
+        }
+        PullStatus::NoNewMessage | PullStatus::NoMatchedMessage => pq.advance(r.next_begin_offset),
+        PullStatus::OffsetIllegal => {
+            tracing::warn!(topic = %sub.topic, next = r.next_begin_offset, "pull offset out of range; moving");
+            pq.advance(r.next_begin_offset);
+        }
+    }
+    if !pq.is_dropped() {
+        inner.offsets.update(&pq.mq, pq.commit_point());
+    }
+    r.next_begin_offset
+}
+
+/// Spawns one handler task per message, each holding a permit of the consumer's bound.
+async fn dispatch_concurrently(
+    inner: &Arc<ConsumerInner>,
+    pq: &Arc<ProcessQueue>,
+    msgs: Vec<ConsumedMessage>,
+) {
+    for msg in msgs {
+        let permit = tokio::select! {
+            p = Arc::clone(&inner.permits).acquire_owned() => p,
+            () = pq.dropped() => return,
+        };
+        let Ok(permit) = permit else { return };
+        if pq.is_dropped() || inner.is_stopped() {
+            return;
+        }
+        let (inner, pq) = (Arc::clone(inner), Arc::clone(pq));
+        tokio::spawn(async move {
+            let offset = msg.queue_offset();
+            consume_until_settled(&inner, &pq, msg).await;
+            let point = pq.done(offset);
+            if !pq.is_dropped() {
+                inner.offsets.update(&pq.mq, point);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Handles a message; a `Retry` hands it back to the broker. When even that fails, the
+/// message is consumed again here after a pause (its offset held meanwhile), until the
+/// consumer stops or loses the queue.
+async fn consume_until_settled(inner: &ConsumerInner, pq: &ProcessQueue, msg: ConsumedMessage) {
+    loop {
+        match run_handler(inner.handler.as_ref(), msg.clone()).await {
+            ConsumeResult::Success => return,
+            ConsumeResult::Retry(delay) => {
+                if inner.send_back(&msg, delay).await {
+                    return;
+                }
+            }
+        }
+        if pq.is_dropped() || inner.is_stopped() {
+            return;
+        }
+        pause(pq, LOCAL_RETRY).await;
+    }
+}
+
+/// Handles messages one at a time in queue order. Returns the offset to pull again from when
+/// the lock was lost or the queue dropped midway, `None` when every message was handled.
+async fn consume_orderly(
+    inner: &ConsumerInner,
+    pq: &ProcessQueue,
+    msgs: Vec<ConsumedMessage>,
+) -> Option<i64> {
+    for msg in msgs {
+        let offset = msg.queue_offset();
+        if !consume_one_orderly(inner, pq, msg).await {
+            return Some(offset);
+        }
+        let point = pq.done(offset);
+        inner.offsets.update(&pq.mq, point);
+    }
+    None
+}
+
+/// Handles one message, retrying locally; false when interrupted (lock lost, queue dropped,
+/// consumer stopping) before it settled.
+async fn consume_one_orderly(
+    inner: &ConsumerInner,
+    pq: &ProcessQueue,
+    mut msg: ConsumedMessage,
+) -> bool {
+    loop {
+        let Ok(permit) = Arc::clone(&inner.permits).acquire_owned().await else {
+            return false;
+        };
+        let consuming = pq.consuming.lock().await;
+        if pq.is_dropped() || inner.is_stopped() || !pq.is_locked() {
+            return false;
+        }
+        let delay = match run_handler(inner.handler.as_ref(), msg.clone()).await {
+            ConsumeResult::Success => return true,
+            ConsumeResult::Retry(delay) => delay.unwrap_or(inner.s.orderly_retry_delay),
+        };
+        let tries = msg.reconsume_times().saturating_add(1);
+        if tries > inner.s.max_reconsume_times && inner.dead_letter(&msg).await {
+            return true;
+        }
+        msg = msg.with_reconsume_times(tries.min(inner.s.max_reconsume_times));
+        drop(consuming);
+        drop(permit);
+        pause(pq, delay).await;
+    }
+}
+
+/// Sleeps `d`, or less when the queue is dropped.
+async fn pause(pq: &ProcessQueue, d: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = pq.dropped() => {}
+    }
+}

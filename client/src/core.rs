@@ -1,0 +1,303 @@
+//! [`ClientCore`]: the machinery every producer and consumer owns one of: the connection pool,
+//! name-server lookups with failover, the route cache with its periodic refresh, and
+//! heartbeats to every broker the routes name.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use sluice_protocol::message::UniqKeyGenerator;
+use sluice_protocol::remoting::body::{encode_json, HeartbeatData, TopicRouteData};
+use sluice_protocol::remoting::custom::{GetRouteInfoRequestHeader, UnregisterClientRequestHeader};
+use sluice_protocol::{request_code, response_code, RemotingCommand};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+use crate::net::{expect_success, Pool, ServerRequest};
+use crate::route::TopicRoute;
+
+/// The auto-create template topic: a producer borrows its route for a topic that does not
+/// exist yet, and the broker creates the topic on the first send.
+pub(crate) const DEFAULT_TOPIC: &str = "TBW102";
+/// Queues a topic created on first send gets (RocketMQ's `defaultTopicQueueNums`).
+pub(crate) const DEFAULT_TOPIC_QUEUE_NUMS: i32 = 4;
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Shared machinery of one client.
+pub(crate) struct ClientCore {
+    pub(crate) cfg: ClientConfig,
+    pub(crate) client_id: String,
+    pub(crate) pool: Pool,
+    pub(crate) uniq: UniqKeyGenerator,
+    routes: RwLock<HashMap<String, Arc<TopicRoute>>>,
+    /// Broker name to master address, across every route seen: a message's broker stays
+    /// reachable for send-back and END_TRANSACTION even if a refresh drops it.
+    masters: RwLock<HashMap<String, String>>,
+    /// Addresses that already had a heartbeat.
+    greeted: Mutex<HashSet<String>>,
+    heartbeat: RwLock<HeartbeatData>,
+    namesrv_next: AtomicUsize,
+}
+
+impl ClientCore {
+    /// A core whose server-initiated requests go to `requests`.
+    pub(crate) fn new(
+        cfg: ClientConfig,
+        requests: mpsc::Sender<ServerRequest>,
+    ) -> Result<Arc<Self>, ClientError> {
+        cfg.validate()?;
+        let ip = match cfg.client_ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+        };
+        Ok(Arc::new(Self {
+            client_id: cfg.client_id(),
+            pool: Pool::new(cfg.connect_timeout, requests),
+            uniq: UniqKeyGenerator::new(ip),
+            routes: RwLock::new(HashMap::new()),
+            masters: RwLock::new(HashMap::new()),
+            greeted: Mutex::new(HashSet::new()),
+            heartbeat: RwLock::new(HeartbeatData::default()),
+            namesrv_next: AtomicUsize::new(0),
+            cfg,
+        }))
+    }
+
+    /// Sets what heartbeats announce.
+    pub(crate) fn set_heartbeat(&self, mut data: HeartbeatData) {
+        data.client_id = self.client_id.clone();
+        *self.heartbeat.write() = data;
+    }
+
+    /// The route of `topic` from the cache, or from the name servers.
+    pub(crate) async fn route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        if let Some(r) = self.cached_route(topic) {
+            return Ok(r);
+        }
+        self.fetch_route(topic).await
+    }
+
+    /// The cached route of `topic`.
+    pub(crate) fn cached_route(&self, topic: &str) -> Option<Arc<TopicRoute>> {
+        self.routes.read().get(topic).cloned()
+    }
+
+    /// A producer's route: the topic's own, or for a topic that does not exist yet, the
+    /// template's queues (at most [`DEFAULT_TOPIC_QUEUE_NUMS`] per broker), which the broker
+    /// turns into the topic on the first send. The borrowed route is not cached, so the real
+    /// one is used as soon as the name servers know it.
+    pub(crate) async fn publish_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        match self.route(topic).await {
+            Ok(r) if !r.write_queues.is_empty() => Ok(r),
+            Ok(_) | Err(ClientError::TopicNotFound(_)) => {
+                let data =
+                    self.query_route(DEFAULT_TOPIC)
+                        .await
+                        .map_err(|e| ClientError::NoRoute {
+                            topic: topic.to_owned(),
+                            reason: format!("topic unknown and no template route: {e}"),
+                        })?;
+                tracing::debug!(
+                    topic,
+                    "topic unknown to name servers; using the template route"
+                );
+                let route = TopicRoute::new(topic, &data, Some(DEFAULT_TOPIC_QUEUE_NUMS));
+                self.learn_brokers(&route).await;
+                Ok(Arc::new(route))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches the route of `topic` from the name servers and caches it.
+    pub(crate) async fn fetch_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        let data = self.query_route(topic).await?;
+        let route = Arc::new(TopicRoute::new(topic, &data, None));
+        self.routes
+            .write()
+            .insert(topic.to_owned(), Arc::clone(&route));
+        self.learn_brokers(&route).await;
+        Ok(route)
+    }
+
+    /// Asks the name servers in turn, starting with the last one that answered.
+    async fn query_route(&self, topic: &str) -> Result<TopicRouteData, ClientError> {
+        let servers = self.cfg.name_servers();
+        let start = self.namesrv_next.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        let mut not_found = 0;
+        for i in 0..servers.len() {
+            let idx = (start + i) % servers.len();
+            let addr = &servers[idx];
+            match self.query_route_at(addr, topic).await {
+                Ok(data) => {
+                    self.namesrv_next.store(idx, Ordering::Relaxed);
+                    return Ok(data);
+                }
+                Err(ClientError::TopicNotFound(_)) => not_found += 1,
+                Err(e) => {
+                    tracing::debug!(namesrv = %addr, topic, error = %e, "name server failed; trying the next");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if not_found > 0 {
+            return Err(ClientError::TopicNotFound(topic.to_owned()));
+        }
+        Err(ClientError::NoRoute {
+            topic: topic.to_owned(),
+            reason: errors.join("; "),
+        })
+    }
+
+    async fn query_route_at(&self, addr: &str, topic: &str) -> Result<TopicRouteData, ClientError> {
+        let header = GetRouteInfoRequestHeader {
+            topic: topic.to_owned(),
+            accept_standard_json_only: Some(true),
+        };
+        let req = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC, header.to_ext());
+        let resp = self.pool.invoke(addr, req, self.cfg.rpc_timeout).await?;
+        if resp.code == response_code::TOPIC_NOT_EXIST {
+            return Err(ClientError::TopicNotFound(topic.to_owned()));
+        }
+        let resp = expect_success(addr, resp)?;
+        TopicRouteData::from_json(&resp.body)
+            .map_err(|e| ClientError::protocol(addr, format!("route of {topic}: {e}")))
+    }
+
+    /// Records the brokers of a route and greets new ones with a heartbeat at once, so a
+    /// transactional producer can be asked for checks before its first periodic heartbeat.
+    async fn learn_brokers(&self, route: &TopicRoute) {
+        {
+            let mut masters = self.masters.write();
+            for (name, addr) in route.masters() {
+                masters.insert(name.to_owned(), addr.to_owned());
+            }
+        }
+        let fresh: Vec<String> = {
+            let mut greeted = self.greeted.lock();
+            route
+                .addrs
+                .iter()
+                .filter(|a| greeted.insert((*a).clone()))
+                .cloned()
+                .collect()
+        };
+        if self.has_groups() {
+            for addr in fresh {
+                if let Err(e) = self.heartbeat_to(&addr).await {
+                    tracing::debug!(broker = %addr, error = %e, "first heartbeat failed");
+                }
+            }
+        }
+    }
+
+    fn has_groups(&self) -> bool {
+        let hb = self.heartbeat.read();
+        !hb.producer_data_set.is_empty() || !hb.consumer_data_set.is_empty()
+    }
+
+    /// The master address of a broker seen in any route.
+    pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ClientError> {
+        self.masters
+            .read()
+            .get(broker_name)
+            .cloned()
+            .ok_or_else(|| ClientError::BrokerNotFound(broker_name.to_owned()))
+    }
+
+    /// Fetches every cached route again; a failure keeps the old route.
+    pub(crate) async fn refresh_routes(&self) {
+        let topics: Vec<String> = self.routes.read().keys().cloned().collect();
+        for topic in topics {
+            if let Err(e) = self.fetch_route(&topic).await {
+                tracing::debug!(topic = %topic, error = %e, "route refresh failed; keeping the cached route");
+            }
+        }
+    }
+
+    /// Every broker address of every cached route.
+    fn broker_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self
+            .routes
+            .read()
+            .values()
+            .flat_map(|r| r.addrs.iter().cloned())
+            .collect();
+        addrs.extend(self.masters.read().values().cloned());
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Sends a heartbeat to every known broker; returns how many accepted it.
+    pub(crate) async fn send_heartbeats(&self) -> usize {
+        let mut ok = 0;
+        for addr in self.broker_addrs() {
+            match self.heartbeat_to(&addr).await {
+                Ok(()) => ok += 1,
+                Err(e) => tracing::debug!(broker = %addr, error = %e, "heartbeat failed"),
+            }
+        }
+        ok
+    }
+
+    async fn heartbeat_to(&self, addr: &str) -> Result<(), ClientError> {
+        let body = encode_json(&*self.heartbeat.read());
+        let req =
+            RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(body);
+        self.pool
+            .invoke_ok(addr, req, self.cfg.rpc_timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Tells every known broker this client leaves its groups, so consumer groups rebalance
+    /// at once instead of after the broker's expiry.
+    pub(crate) async fn unregister(
+        &self,
+        producer_group: Option<&str>,
+        consumer_group: Option<&str>,
+    ) {
+        let header = UnregisterClientRequestHeader {
+            client_id: self.client_id.clone(),
+            producer_group: producer_group.map(str::to_owned),
+            consumer_group: consumer_group.map(str::to_owned),
+        };
+        for addr in self.broker_addrs() {
+            let req = RemotingCommand::request(request_code::UNREGISTER_CLIENT, header.to_ext());
+            if let Err(e) = self.pool.invoke_ok(&addr, req, self.cfg.rpc_timeout).await {
+                tracing::debug!(broker = %addr, error = %e, "unregister failed");
+            }
+        }
+    }
+
+    /// Runs route refreshes and heartbeats until `stop` turns true.
+    pub(crate) fn spawn_maintenance(
+        self: &Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut routes = tokio::time::interval(core.cfg.route_refresh_interval);
+            let mut beats = tokio::time::interval(core.cfg.heartbeat_interval);
+            routes.tick().await;
+            beats.tick().await;
+            loop {
+                tokio::select! {
+                    () = crate::core::stopped(&mut stop) => break,
+                    _ = routes.tick() => core.refresh_routes().await,
+                    _ = beats.tick() => { core.send_heartbeats().await; }
+                }
+            }
+        })
+    }
+}

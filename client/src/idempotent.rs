@@ -1,0 +1,486 @@
+//! Idempotent consumption: [`Idempotent`] runs a handler inside a database transaction that
+//! also records the message's dedupe key in `sluice_processed_messages`. The key is inserted
+//! first; if it is already there (a redelivery, a producer retry, a rebalance duplicate), the
+//! transaction is rolled back and the message acknowledged without running the handler, so
+//! nothing is written twice. SQLite and PostgreSQL are supported through
+//! [`DedupeBackend`]; the table comes from the embedded migration ([`migrate`]).
+//!
+//! The key defaults to the message's `UNIQ_KEY` ([`DedupeKey::UniqKey`]), which producers set
+//! once and which survives retries and dead-lettering; a business key can be chosen instead.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sqlx::{Pool, Postgres, Sqlite, Transaction};
+
+use crate::consumer::{ConsumeResult, MessageHandler};
+use crate::message::ConsumedMessage;
+use crate::producer::send::now_ms;
+
+/// The SQL of the processed-messages migration, for projects that run migrations their own
+/// way (copy it into your migrations folder instead of calling [`migrate`]).
+pub const MIGRATION_SQL: &str =
+    include_str!("../migrations/20240601000000_sluice_processed_messages.sql");
+
+/// The insert that claims a dedupe key; `ON CONFLICT DO NOTHING` (SQLite ≥ 3.24, PostgreSQL
+/// ≥ 9.5) turns a duplicate into zero affected rows, and on PostgreSQL makes a concurrent
+/// duplicate wait for the first transaction's outcome instead of failing.
+const CLAIM_SQL: &str = "INSERT INTO sluice_processed_messages \
+    (consumer_group, dedupe_key, topic, msg_id, processed_at_ms) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (consumer_group, dedupe_key) DO NOTHING";
+
+/// An error a handler returns; it rolls the transaction back and retries the message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A database the helper can use. Implemented for [`Sqlite`] and [`Postgres`].
+///
+/// ```
+/// fn uses<DB: sluice_client::idempotent::DedupeBackend>() {}
+/// uses::<sqlx::Sqlite>();
+/// uses::<sqlx::Postgres>();
+/// ```
+pub trait DedupeBackend: sqlx::Database + Sized {
+    /// Inserts the claim row; returns the rows inserted (0 for a duplicate).
+    fn claim<'c>(
+        tx: &'c mut Transaction<'static, Self>,
+        claim: &'c Claim,
+    ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
+
+    /// Creates `sluice_processed_messages` (and sqlx's migration table) if missing.
+    fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
+}
+
+/// The row that marks a message processed.
+///
+/// ```
+/// use sluice_client::idempotent::Claim;
+/// let c = Claim { consumer_group: "billing".into(), dedupe_key: "U1".into(), topic: "Orders".into(), msg_id: "U1".into() };
+/// assert_eq!(c.dedupe_key, "U1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Consumer group (two groups each process a message once).
+    pub consumer_group: String,
+    /// The dedupe key.
+    pub dedupe_key: String,
+    /// The message's topic.
+    pub topic: String,
+    /// The message's id.
+    pub msg_id: String,
+}
+
+macro_rules! backend {
+    ($db:ty) => {
+        impl DedupeBackend for $db {
+            fn claim<'c>(
+                tx: &'c mut Transaction<'static, Self>,
+                c: &'c Claim,
+            ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+                async move {
+                    let done = sqlx::query(CLAIM_SQL)
+                        .bind(&c.consumer_group)
+                        .bind(&c.dedupe_key)
+                        .bind(&c.topic)
+                        .bind(&c.msg_id)
+                        .bind(now_ms())
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(done.rows_affected())
+                }
+                .boxed()
+            }
+
+            fn migrate(
+                pool: &Pool<Self>,
+            ) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
+                async move {
+                    let mut m = sqlx::migrate!("./migrations");
+                    // The application's own migrations live in the same table.
+                    m.set_ignore_missing(true);
+                    m.run(pool).await
+                }
+                .boxed()
+            }
+        }
+    };
+}
+
+backend!(Sqlite);
+backend!(Postgres);
+
+/// Creates the processed-messages table (embedded migration). Safe to call at every start
+/// and beside the application's own sqlx migrations.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), sqlx::Error> {
+/// let pool = sqlx::SqlitePool::connect("sqlite://app.db?mode=rwc").await?;
+/// sluice_client::idempotent::migrate(&pool).await.expect("migration");
+/// # Ok(()) }
+/// ```
+pub async fn migrate<DB: DedupeBackend>(pool: &Pool<DB>) -> Result<(), crate::ClientError> {
+    DB::migrate(pool).await?;
+    Ok(())
+}
+
+/// Computes a dedupe key from a message (for [`DedupeKey::Custom`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use sluice_client::idempotent::{DedupeKey, KeyFn};
+/// let by_body: KeyFn = Arc::new(|m| std::str::from_utf8(m.body()).ok().map(str::to_owned));
+/// let _key = DedupeKey::Custom(by_body);
+/// ```
+pub type KeyFn = Arc<dyn Fn(&ConsumedMessage) -> Option<String> + Send + Sync>;
+
+/// Which value identifies a message for deduplication.
+///
+/// ```
+/// use sluice_client::idempotent::DedupeKey;
+/// let by_order = DedupeKey::Property("orderId".into());
+/// assert!(matches!(DedupeKey::default(), DedupeKey::UniqKey));
+/// # let _ = by_order;
+/// ```
+#[derive(Clone, Default)]
+pub enum DedupeKey {
+    /// The producer's `UNIQ_KEY` (the broker's id of the copy if a producer set none).
+    #[default]
+    UniqKey,
+    /// The first business key (`KEYS`).
+    FirstKey,
+    /// A property.
+    Property(String),
+    /// Computed from the message.
+    Custom(KeyFn),
+}
+
+impl fmt::Debug for DedupeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UniqKey => f.write_str("UniqKey"),
+            Self::FirstKey => f.write_str("FirstKey"),
+            Self::Property(p) => f.debug_tuple("Property").field(p).finish(),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl DedupeKey {
+    /// The key of `msg`, if it has one.
+    ///
+    /// ```
+    /// use sluice_client::{ConsumedMessage, idempotent::DedupeKey};
+    /// let msg = ConsumedMessage::for_tests("T", "x").with_property("UNIQ_KEY", "U").with_property("KEYS", "order-1 x");
+    /// assert_eq!(DedupeKey::UniqKey.extract(&msg).as_deref(), Some("U"));
+    /// assert_eq!(DedupeKey::FirstKey.extract(&msg).as_deref(), Some("order-1"));
+    /// assert_eq!(DedupeKey::Property("nope".into()).extract(&msg), None);
+    /// ```
+    pub fn extract(&self, msg: &ConsumedMessage) -> Option<String> {
+        let key = match self {
+            Self::UniqKey => Some(msg.msg_id().to_owned()),
+            Self::FirstKey => msg.keys().next().map(str::to_owned),
+            Self::Property(p) => msg.property(p).map(str::to_owned),
+            Self::Custom(f) => f(msg),
+        };
+        key.filter(|k| !k.is_empty())
+    }
+}
+
+/// Why [`Idempotent::process`] did not complete.
+///
+/// ```
+/// use sluice_client::idempotent::IdempotencyError;
+/// let e = IdempotencyError::MissingKey("U1".into());
+/// assert_eq!(e.to_string(), "message U1 has no dedupe key");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// The message has no value for the configured [`DedupeKey`]; it cannot be processed
+    /// safely, so it is retried (and dead-lettered eventually) rather than risked twice.
+    #[error("message {0} has no dedupe key")]
+    MissingKey(String),
+    /// The database failed; nothing was committed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The handler failed; its writes were rolled back.
+    #[error("handler: {0}")]
+    Handler(BoxError),
+}
+
+/// What [`Idempotent::process`] did.
+///
+/// ```no_run
+/// # async fn demo<H: sluice_client::idempotent::TxHandler<sqlx::Sqlite>>(h: &sluice_client::Idempotent<sqlx::Sqlite, H>, msg: &sluice_client::ConsumedMessage) {
+/// use sluice_client::Outcome;
+/// match h.process(msg).await {
+///     Ok(Outcome::Processed) => println!("written"),
+///     Ok(Outcome::Duplicate) => println!("already done; nothing written"),
+///     Err(e) => println!("rolled back: {e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler ran and its writes were committed with the claim.
+    Processed,
+    /// The key was already claimed: nothing ran, nothing was written.
+    Duplicate,
+}
+
+/// A handler that writes through the transaction it is given.
+///
+/// Implement it on a type, or wrap a function with [`handler_fn`].
+///
+/// ```
+/// use futures::future::{BoxFuture, FutureExt};
+/// use sluice_client::idempotent::{BoxError, TxHandler};
+/// use sluice_client::ConsumedMessage;
+/// use sqlx::{Postgres, Transaction};
+///
+/// struct RecordPayment;
+///
+/// impl TxHandler<Postgres> for RecordPayment {
+///     fn handle<'a>(&'a self, msg: &'a ConsumedMessage, tx: &'a mut Transaction<'static, Postgres>)
+///         -> BoxFuture<'a, Result<(), BoxError>> {
+///         async move {
+///             sqlx::query("INSERT INTO payments (msg_id) VALUES ($1)")
+///                 .bind(msg.msg_id())
+///                 .execute(&mut **tx)
+///                 .await?;
+///             Ok(())
+///         }
+///         .boxed()
+///     }
+/// }
+/// ```
+pub trait TxHandler<DB: sqlx::Database>: Send + Sync + 'static {
+    /// Handles `msg` with `tx`; an error rolls everything back.
+    fn handle<'a>(
+        &'a self,
+        msg: &'a ConsumedMessage,
+        tx: &'a mut Transaction<'static, DB>,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+}
+
+/// A [`TxHandler`] made from a function; see [`handler_fn`].
+///
+/// ```
+/// use futures::FutureExt;
+/// use sluice_client::idempotent::{handler_fn, BoxError, FnHandler, TxHandler};
+/// use sluice_client::ConsumedMessage;
+/// use sqlx::{Sqlite, Transaction};
+///
+/// fn assert_handler<H: TxHandler<Sqlite>>(_: &H) {}
+/// let h = handler_fn(|_m: &ConsumedMessage, _tx: &mut Transaction<'static, Sqlite>| {
+///     async { Ok::<(), BoxError>(()) }.boxed()
+/// });
+/// assert_handler(&h);
+/// ```
+pub struct FnHandler<F>(F);
+
+/// Makes a [`TxHandler`] from a function returning a boxed future (the signature lets the
+/// borrow of the transaction cross the `.await`s).
+///
+/// ```
+/// use futures::FutureExt;
+/// use sluice_client::idempotent::{handler_fn, BoxError};
+/// use sluice_client::ConsumedMessage;
+/// use sqlx::{Sqlite, Transaction};
+///
+/// let h = handler_fn(|msg: &ConsumedMessage, tx: &mut Transaction<'static, Sqlite>| {
+///     async move {
+///         sqlx::query("INSERT INTO payments (id) VALUES ($1)")
+///             .bind(msg.msg_id())
+///             .execute(&mut **tx)
+///             .await?;
+///         Ok::<(), BoxError>(())
+///     }
+///     .boxed()
+/// });
+/// # let _ = h;
+/// ```
+pub fn handler_fn<DB, F>(f: F) -> FnHandler<F>
+where
+    DB: sqlx::Database,
+    F: for<'a> Fn(
+            &'a ConsumedMessage,
+            &'a mut Transaction<'static, DB>,
+        ) -> BoxFuture<'a, Result<(), BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    FnHandler(f)
+}
+
+impl<DB, F> TxHandler<DB> for FnHandler<F>
+where
+    DB: sqlx::Database,
+    F: for<'a> Fn(
+            &'a ConsumedMessage,
+            &'a mut Transaction<'static, DB>,
+        ) -> BoxFuture<'a, Result<(), BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn handle<'a>(
+        &'a self,
+        msg: &'a ConsumedMessage,
+        tx: &'a mut Transaction<'static, DB>,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (self.0)(msg, tx)
+    }
+}
+
+/// Runs a [`TxHandler`] exactly once per dedupe key and consumer group. Use it directly, or
+/// as a push consumer's handler (it implements [`MessageHandler`]: processed and duplicate
+/// messages are acknowledged, failures retried).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::FutureExt;
+/// use sluice_client::idempotent::{self, handler_fn, BoxError, Idempotent};
+/// use sluice_client::{ClientConfig, ConsumedMessage, PushConsumer};
+/// use sqlx::{Sqlite, SqlitePool, Transaction};
+///
+/// let pool = SqlitePool::connect("sqlite://app.db?mode=rwc").await?;
+/// idempotent::migrate(&pool).await?;
+/// let handler = Idempotent::new(pool, "billing", handler_fn(
+///     |msg: &ConsumedMessage, tx: &mut Transaction<'static, Sqlite>| async move {
+///         sqlx::query("INSERT INTO invoices (order_id) VALUES ($1)")
+///             .bind(std::str::from_utf8(msg.body())?)
+///             .execute(&mut **tx)
+///             .await?;
+///         Ok::<(), BoxError>(())
+///     }.boxed(),
+/// ));
+/// let consumer = PushConsumer::builder(ClientConfig::new("127.0.0.1:9876"), "billing")
+///     .subscribe("Orders", "*")
+///     .start(handler)
+///     .await?;
+/// # let _ = consumer; Ok(()) }
+/// ```
+pub struct Idempotent<DB: DedupeBackend, H> {
+    inner: Arc<Inner<DB, H>>,
+}
+
+struct Inner<DB: DedupeBackend, H> {
+    pool: Pool<DB>,
+    group: String,
+    key: DedupeKey,
+    handler: H,
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl<DB: DedupeBackend, H> Clone for Idempotent<DB, H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
+    /// Dedupes `handler` for `consumer_group` on `pool`, keyed by `UNIQ_KEY`.
+    pub fn new(pool: Pool<DB>, consumer_group: impl Into<String>, handler: H) -> Self {
+        Self::with_key(pool, consumer_group, DedupeKey::UniqKey, handler)
+    }
+
+    /// As [`Idempotent::new`] with another dedupe key.
+    pub fn with_key(
+        pool: Pool<DB>,
+        consumer_group: impl Into<String>,
+        key: DedupeKey,
+        handler: H,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                group: consumer_group.into(),
+                key,
+                handler,
+                processed: AtomicU64::new(0),
+                duplicates: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Claims the message's key and runs the handler in one transaction.
+    #[tracing::instrument(skip_all, fields(group = %self.inner.group, msg_id = %msg.msg_id()))]
+    pub async fn process(&self, msg: &ConsumedMessage) -> Result<Outcome, IdempotencyError> {
+        let inner = &self.inner;
+        let key = inner
+            .key
+            .extract(msg)
+            .ok_or_else(|| IdempotencyError::MissingKey(msg.msg_id().to_owned()))?;
+        let claim = Claim {
+            consumer_group: inner.group.clone(),
+            dedupe_key: key,
+            topic: msg.topic().to_owned(),
+            msg_id: msg.msg_id().to_owned(),
+        };
+        let mut tx = inner.pool.begin().await?;
+        let claimed = match DB::claim(&mut tx, &claim).await {
+            Ok(n) => n > 0,
+            Err(e) if is_unique_violation(&e) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !claimed {
+            tx.rollback().await?;
+            inner.duplicates.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(dedupe_key = %claim.dedupe_key, "duplicate delivery skipped");
+            return Ok(Outcome::Duplicate);
+        }
+        if let Err(e) = inner.handler.handle(msg, &mut tx).await {
+            let _ = tx.rollback().await;
+            return Err(IdempotencyError::Handler(e));
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                inner.processed.fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Processed)
+            }
+            Err(e) if is_unique_violation(&e) => {
+                inner.duplicates.fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Duplicate)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Messages processed by this instance.
+    pub fn processed(&self) -> u64 {
+        self.inner.processed.load(Ordering::Relaxed)
+    }
+
+    /// Duplicates skipped by this instance.
+    pub fn duplicates(&self) -> u64 {
+        self.inner.duplicates.load(Ordering::Relaxed)
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+impl<DB: DedupeBackend, H: TxHandler<DB>> MessageHandler for Idempotent<DB, H> {
+    fn handle(&self, msg: ConsumedMessage) -> BoxFuture<'static, ConsumeResult> {
+        let this = self.clone();
+        async move {
+            match this.process(&msg).await {
+                Ok(_) => ConsumeResult::Success,
+                Err(e) => {
+                    tracing::warn!(msg_id = %msg.msg_id(), error = %e, "idempotent handler failed; retrying");
+                    ConsumeResult::Retry(None)
+                }
+            }
+        }
+        .boxed()
+    }
+}

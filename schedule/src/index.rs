@@ -1,0 +1,525 @@
+//! The timer index in memory: the near window, the memtable, the open runs and the counters,
+//! under one lock. Every operation here is in memory and short; file reads for window loads
+//! and far lookups happen outside the lock against a snapshot of the run list, and are
+//! installed only if that list did not change meanwhile (`generation`).
+//!
+//! - `near`: every indexed timer with key < `window_end`, with its release state. Timers
+//!   leave it only once the watermark passes them, so a crash snapshot can name releases done
+//!   above the watermark.
+//! - `memtable`: entries indexed since the last checkpoint (timers and tombstones), sorted;
+//!   a checkpoint writes it as a run. `flushing` is the one being written, still visible.
+//! - `runs`: everything indexed before the last checkpoint.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::entry::{DiskEntry, Key, Kind};
+use crate::run::Run;
+
+/// Release state of a timer in the near window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotState {
+    /// Waiting for its time.
+    Pending,
+    /// Taken by the deliverer; its release append is in flight.
+    InFlight,
+    /// A cancel is writing its marker; the deliverer leaves it alone.
+    Cancelling,
+    /// Cancelled.
+    Cancelled,
+    /// Released (or dropped as undeliverable).
+    Done,
+}
+
+/// A timer in the near window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    /// `None` for a tombstone whose timer has not been seen (yet).
+    pub(crate) kind: Option<Kind>,
+    pub(crate) size: u32,
+    pub(crate) state: SlotState,
+    /// Released possibly before a crash: check for an earlier release first.
+    pub(crate) verify: bool,
+}
+
+/// What the memtable knows of a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MemEntry {
+    pub(crate) target: Option<(Kind, u32)>,
+    pub(crate) tombstone: bool,
+}
+
+/// A timer taken for release.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Due {
+    pub(crate) key: Key,
+    pub(crate) kind: Kind,
+    pub(crate) size: u32,
+    pub(crate) verify: bool,
+}
+
+/// How a release ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Stored in its real topic (or rolled).
+    Done,
+    /// Try again later.
+    Retry,
+}
+
+/// Where a key stands, for cancel and list.
+#[derive(Debug, Clone)]
+pub(crate) enum Where {
+    /// In the near window.
+    Near(SlotState),
+    /// Below the window and gone from it: released or cancelled.
+    Gone,
+    /// Beyond the window: look in the memtable result and the runs.
+    Far {
+        mem: MemEntry,
+        runs: Vec<Arc<Run>>,
+        generation: u64,
+    },
+}
+
+/// The outcome of starting a cancel under the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeginCancel {
+    /// Marked; write the marker, then call `finish_cancel`.
+    Started,
+    /// Its state now.
+    Not(SlotState),
+    /// Released or cancelled earlier.
+    Gone,
+    /// The runs changed under a far lookup: look again.
+    Retry,
+}
+
+/// A window load to do outside the lock.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadPlan {
+    pub(crate) from: Key,
+    pub(crate) to: Key,
+    pub(crate) runs: Vec<Arc<Run>>,
+    pub(crate) generation: u64,
+}
+
+/// A checkpoint's consistent view.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) memtable: Arc<BTreeMap<Key, MemEntry>>,
+    pub(crate) enqueue: BTreeMap<String, u64>,
+    pub(crate) w: Key,
+    pub(crate) done_above_w: Vec<Key>,
+    pub(crate) pending: BTreeMap<String, i64>,
+    pub(crate) runs: Vec<Arc<Run>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) near: BTreeMap<Key, Slot>,
+    pub(crate) window_end: Key,
+    /// No Pending slot lies below this key.
+    scan_from: Key,
+    memtable: BTreeMap<Key, MemEntry>,
+    flushing: Option<Arc<BTreeMap<Key, MemEntry>>>,
+    pub(crate) runs: Vec<Arc<Run>>,
+    generation: u64,
+    cancelling: HashSet<Key>,
+    pub(crate) enqueue: BTreeMap<String, u64>,
+    pub(crate) pending: BTreeMap<String, i64>,
+    /// Timers firing at or before this (the start time) may have been released before a crash.
+    restart_ms: i64,
+    /// Releases done above the saved watermark, from the state file.
+    done_known: HashSet<Key>,
+    /// The first catch-up over the timer queues is complete.
+    pub(crate) ready: bool,
+}
+
+/// The index: see the module docs.
+#[derive(Debug)]
+pub(crate) struct TimerIndex {
+    pub(crate) inner: Mutex<Inner>,
+}
+
+impl TimerIndex {
+    /// An index over `runs`, with the window starting at the saved watermark `w`.
+    pub(crate) fn new(
+        runs: Vec<Arc<Run>>,
+        w: Key,
+        enqueue: BTreeMap<String, u64>,
+        pending: BTreeMap<String, i64>,
+        done_known: HashSet<Key>,
+        restart_ms: i64,
+    ) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                near: BTreeMap::new(),
+                window_end: w,
+                scan_from: w,
+                memtable: BTreeMap::new(),
+                flushing: None,
+                runs,
+                generation: 0,
+                cancelling: HashSet::new(),
+                enqueue,
+                pending,
+                restart_ms,
+                done_known,
+                ready: false,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn new_slot(&self, key: Key, kind: Option<Kind>, size: u32) -> Slot {
+        let state = if self.done_known.contains(&key) {
+            SlotState::Done
+        } else if self.cancelling.contains(&key) {
+            SlotState::Cancelling
+        } else {
+            SlotState::Pending
+        };
+        Slot {
+            kind,
+            size,
+            state,
+            verify: state == SlotState::Pending && key.fire_ms <= self.restart_ms,
+        }
+    }
+
+    fn note_pending(&mut self, key: Key) {
+        if key < self.scan_from {
+            self.scan_from = key;
+        }
+    }
+
+    /// Indexes a timer read from a timer queue. True when it landed in the near window.
+    pub(crate) fn insert_timer(&mut self, key: Key, kind: Kind, size: u32, topic: &str) -> bool {
+        self.memtable.entry(key).or_default().target = Some((kind, size));
+        *self.pending.entry(topic.to_owned()).or_default() += 1;
+        if key >= self.window_end {
+            return false;
+        }
+        let slot = self.new_slot(key, Some(kind), size);
+        match self.near.entry(key) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if o.get().kind.is_none() {
+                    o.get_mut().kind = Some(kind);
+                    o.get_mut().size = size;
+                }
+            }
+        }
+        if slot.state == SlotState::Pending {
+            self.note_pending(key);
+        }
+        true
+    }
+
+    /// Indexes a cancel marker (or the cancel implied by a rescheduled copy).
+    pub(crate) fn apply_tombstone(&mut self, key: Key, topic: &str) {
+        self.memtable.entry(key).or_default().tombstone = true;
+        let count = self.pending.entry(topic.to_owned()).or_default();
+        *count = (*count - 1).max(0);
+        if key >= self.window_end {
+            return;
+        }
+        let slot = self.near.entry(key).or_insert(Slot {
+            kind: None,
+            size: 0,
+            state: SlotState::Cancelled,
+            verify: false,
+        });
+        if slot.state == SlotState::Pending {
+            slot.state = SlotState::Cancelled;
+        }
+    }
+
+    /// Takes up to `max` timers due at `now`, in key order, marking them in flight.
+    pub(crate) fn take_due(&mut self, now: i64, max: usize) -> Vec<Due> {
+        let mut out = Vec::new();
+        let mut stop = self.window_end;
+        for (key, slot) in self.near.range_mut(self.scan_from..) {
+            if key.fire_ms > now || out.len() >= max {
+                stop = *key;
+                break;
+            }
+            if slot.state == SlotState::Pending {
+                slot.state = SlotState::InFlight;
+                out.push(Due {
+                    key: *key,
+                    kind: slot.kind.unwrap_or(Kind::Fire),
+                    size: slot.size,
+                    verify: slot.verify,
+                });
+            }
+        }
+        self.scan_from = stop;
+        out
+    }
+
+    /// Fire time of the first pending timer in the window.
+    pub(crate) fn next_due(&self) -> Option<i64> {
+        self.near
+            .range(self.scan_from..)
+            .find(|(_, s)| s.state == SlotState::Pending)
+            .map(|(k, _)| k.fire_ms)
+    }
+
+    /// Records how a release ended; `topic` loses one pending timer when done.
+    pub(crate) fn complete(&mut self, key: Key, how: Released, topic: Option<&str>) {
+        let Some(slot) = self.near.get_mut(&key) else {
+            return;
+        };
+        match how {
+            Released::Done => {
+                slot.state = SlotState::Done;
+                if let Some(count) = topic.and_then(|t| self.pending.get_mut(t)) {
+                    *count = (*count - 1).max(0);
+                }
+            }
+            Released::Retry => {
+                slot.state = SlotState::Pending;
+                self.note_pending(key);
+            }
+        }
+    }
+
+    /// Drops finished timers from the front of the window and returns the watermark: the
+    /// first unfinished key (or the window end).
+    pub(crate) fn advance_w(&mut self) -> Key {
+        while let Some(entry) = self.near.first_entry() {
+            let finished = matches!(entry.get().state, SlotState::Done | SlotState::Cancelled);
+            if !finished || !self.ready {
+                return *entry.key();
+            }
+            entry.remove();
+        }
+        self.window_end
+    }
+
+    /// A window load when the window reaches less than half `near_ms` ahead of `now`.
+    pub(crate) fn load_plan(&self, now: i64, near_ms: i64) -> Option<LoadPlan> {
+        if self.window_end.fire_ms > now.saturating_add(near_ms / 2) {
+            return None;
+        }
+        Some(LoadPlan {
+            from: self.window_end,
+            to: Key::at(now.saturating_add(near_ms)),
+            runs: self.runs.clone(),
+            generation: self.generation,
+        })
+    }
+
+    /// Installs a window load (`entries` read from `plan.runs`, complete below `cap`),
+    /// keeping at most `limit` keys. False when the runs changed meanwhile: plan again.
+    pub(crate) fn install(
+        &mut self,
+        plan: &LoadPlan,
+        entries: Vec<DiskEntry>,
+        limit: usize,
+        cap: Option<Key>,
+    ) -> bool {
+        if plan.generation != self.generation || plan.from != self.window_end {
+            return false;
+        }
+        let to = cap.map_or(plan.to, |c| c.min(plan.to)).max(plan.from);
+        let mut merged: BTreeMap<Key, MemEntry> = BTreeMap::new();
+        for e in entries {
+            let m = merged.entry(e.key).or_default();
+            match e.kind {
+                Kind::Tombstone => m.tombstone = true,
+                k => m.target = Some((k, e.size)),
+            }
+        }
+        let tables = self
+            .flushing
+            .iter()
+            .map(|f| f.as_ref())
+            .chain([&self.memtable]);
+        for table in tables {
+            for (k, v) in table.range(plan.from..to) {
+                let m = merged.entry(*k).or_default();
+                m.tombstone |= v.tombstone;
+                m.target = m.target.or(v.target);
+            }
+        }
+        let new_end = match merged.range(..to).nth(limit.max(1)) {
+            Some((k, _)) => *k,
+            None => to,
+        };
+        for (key, m) in merged.range(..new_end) {
+            self.install_one(*key, m);
+        }
+        self.window_end = new_end;
+        true
+    }
+
+    fn install_one(&mut self, key: Key, m: &MemEntry) {
+        if self.near.contains_key(&key) {
+            return;
+        }
+        let kind = m.target.map(|t| t.0);
+        let size = m.target.map_or(0, |t| t.1);
+        let mut slot = self.new_slot(key, kind, size);
+        if m.tombstone {
+            slot.state = SlotState::Cancelled;
+            slot.verify = false;
+        } else if kind.is_none() {
+            return;
+        }
+        if slot.state == SlotState::Pending {
+            self.note_pending(key);
+        }
+        self.near.insert(key, slot);
+    }
+
+    /// Where a key stands (see [`Where`]).
+    pub(crate) fn locate(&self, key: Key) -> Where {
+        if let Some(slot) = self.near.get(&key) {
+            return Where::Near(slot.state);
+        }
+        if key < self.window_end {
+            return Where::Gone;
+        }
+        let mut mem = MemEntry::default();
+        for table in self
+            .flushing
+            .iter()
+            .map(|f| f.as_ref())
+            .chain([&self.memtable])
+        {
+            if let Some(v) = table.get(&key) {
+                mem.tombstone |= v.tombstone;
+                mem.target = mem.target.or(v.target);
+            }
+        }
+        if self.cancelling.contains(&key) {
+            mem.tombstone = true;
+        }
+        Where::Far {
+            mem,
+            runs: self.runs.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Marks a pending key as being cancelled, so nothing releases it meanwhile.
+    pub(crate) fn begin_cancel(&mut self, key: Key, far_generation: Option<u64>) -> BeginCancel {
+        if let Some(slot) = self.near.get_mut(&key) {
+            return match slot.state {
+                SlotState::Pending => {
+                    slot.state = SlotState::Cancelling;
+                    BeginCancel::Started
+                }
+                other => BeginCancel::Not(other),
+            };
+        }
+        if key < self.window_end {
+            return BeginCancel::Gone;
+        }
+        if far_generation != Some(self.generation) {
+            return BeginCancel::Retry;
+        }
+        if !self.cancelling.insert(key) {
+            return BeginCancel::Not(SlotState::Cancelling);
+        }
+        BeginCancel::Started
+    }
+
+    /// Ends a cancel begun with [`Inner::begin_cancel`]: `written` says whether the marker is
+    /// durable. The pending count drops when the marker is indexed, not here.
+    pub(crate) fn finish_cancel(&mut self, key: Key, written: bool) {
+        let was_far = self.cancelling.remove(&key);
+        if written && was_far {
+            self.memtable.entry(key).or_default().tombstone = true;
+        }
+        if let Some(slot) = self.near.get_mut(&key) {
+            if slot.state == SlotState::Cancelling {
+                slot.state = if written {
+                    SlotState::Cancelled
+                } else {
+                    SlotState::Pending
+                };
+            }
+        }
+        if !written
+            && self
+                .near
+                .get(&key)
+                .is_some_and(|s| s.state == SlotState::Pending)
+        {
+            self.note_pending(key);
+        }
+    }
+
+    /// The checkpoint view: moves the memtable to `flushing` (still visible) and returns it
+    /// with the progress that goes with it.
+    pub(crate) fn snapshot(&mut self) -> Snapshot {
+        let memtable = Arc::new(std::mem::take(&mut self.memtable));
+        debug_assert!(self.flushing.is_none(), "one checkpoint at a time");
+        self.flushing = Some(Arc::clone(&memtable));
+        let w = self.advance_w();
+        let done_above_w = self
+            .near
+            .range(w..)
+            .filter(|(_, s)| s.state == SlotState::Done)
+            .map(|(k, _)| *k)
+            .collect();
+        Snapshot {
+            memtable,
+            enqueue: self.enqueue.clone(),
+            w,
+            done_above_w,
+            pending: self.pending.clone(),
+            runs: self.runs.clone(),
+        }
+    }
+
+    /// Installs a checkpoint's outcome: its new run (if any) replaces `flushing`, `dropped`
+    /// runs leave the list.
+    pub(crate) fn finish_snapshot(&mut self, new_run: Option<Arc<Run>>, dropped: &[u64]) {
+        self.flushing = None;
+        self.runs.retain(|r| !dropped.contains(&r.id));
+        self.runs.extend(new_run);
+        self.generation += 1;
+    }
+
+    /// A checkpoint that failed: its memtable goes back, to be written next time.
+    pub(crate) fn abort_snapshot(&mut self) {
+        if let Some(f) = self.flushing.take() {
+            for (k, v) in f.iter() {
+                let m = self.memtable.entry(*k).or_default();
+                m.tombstone |= v.tombstone;
+                m.target = m.target.or(v.target);
+            }
+        }
+    }
+
+    /// Replaces merged runs with their merge.
+    pub(crate) fn replace_runs(&mut self, old: &[u64], new_run: Option<Arc<Run>>) {
+        self.runs.retain(|r| !old.contains(&r.id));
+        self.runs.extend(new_run);
+        self.generation += 1;
+    }
+
+    /// Timers held in the near window (all states).
+    pub(crate) fn near_len(&self) -> usize {
+        self.near.len()
+    }
+
+    /// Entries waiting for the next checkpoint.
+    pub(crate) fn memtable_len(&self) -> usize {
+        self.memtable.len()
+    }
+}
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;

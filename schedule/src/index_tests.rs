@@ -1,0 +1,100 @@
+//! Unit tests of the in-memory index.
+
+use super::*;
+
+fn index() -> TimerIndex {
+    let ix = TimerIndex::new(
+        Vec::new(),
+        Key::MIN,
+        BTreeMap::new(),
+        BTreeMap::new(),
+        HashSet::new(),
+        0,
+    );
+    ix.inner.lock().ready = true;
+    ix
+}
+
+fn load(inner: &mut Inner, now: i64) {
+    let plan = inner.load_plan(now, 10_000).expect("a load is due");
+    assert!(inner.install(&plan, Vec::new(), 1000, None));
+}
+
+#[test]
+fn timers_are_released_in_key_order_never_before_their_time() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    load(&mut g, 1000);
+    for (fire, phys) in [(1500, 3), (1200, 9), (1200, 1), (20_000, 4)] {
+        g.insert_timer(Key::new(fire, phys), Kind::Fire, 10, "T");
+    }
+    assert!(g.take_due(1100, 10).is_empty());
+    let due: Vec<Key> = g.take_due(1500, 10).iter().map(|d| d.key).collect();
+    assert_eq!(
+        due,
+        vec![Key::new(1200, 1), Key::new(1200, 9), Key::new(1500, 3)]
+    );
+    assert_eq!(g.pending["T"], 4);
+    g.complete(Key::new(1200, 9), Released::Done, Some("T"));
+    assert_eq!(
+        g.advance_w(),
+        Key::new(1200, 1),
+        "the first is still in flight"
+    );
+    g.complete(Key::new(1200, 1), Released::Retry, Some("T"));
+    assert_eq!(g.take_due(1500, 10)[0].key, Key::new(1200, 1));
+    g.complete(Key::new(1200, 1), Released::Done, Some("T"));
+    g.complete(Key::new(1500, 3), Released::Done, Some("T"));
+    assert_eq!(
+        g.advance_w(),
+        g.window_end,
+        "the far timer is beyond the window"
+    );
+    assert_eq!(g.pending["T"], 1);
+}
+
+#[test]
+fn a_cancel_in_progress_blocks_release_and_ends_one_way() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    load(&mut g, 0);
+    let k = Key::new(100, 1);
+    g.insert_timer(k, Kind::Fire, 10, "T");
+    assert_eq!(g.begin_cancel(k, None), BeginCancel::Started);
+    assert!(g.take_due(200, 10).is_empty());
+    g.finish_cancel(k, false);
+    assert_eq!(g.begin_cancel(k, None), BeginCancel::Started);
+    g.finish_cancel(k, true);
+    assert!(g.take_due(200, 10).is_empty());
+    assert_eq!(
+        g.begin_cancel(k, None),
+        BeginCancel::Not(SlotState::Cancelled)
+    );
+}
+
+#[test]
+fn a_tombstone_seen_before_its_timer_still_cancels_it() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    load(&mut g, 0);
+    let k = Key::new(100, 1);
+    g.apply_tombstone(k, "T");
+    g.insert_timer(k, Kind::Fire, 10, "T");
+    assert!(g.take_due(200, 10).is_empty());
+}
+
+#[test]
+fn far_timers_stay_in_the_memtable_until_the_window_reaches_them() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    load(&mut g, 0);
+    let far = Key::new(60_000, 2);
+    assert!(!g.insert_timer(far, Kind::Fire, 10, "T"));
+    assert_eq!(g.near_len(), 0);
+    let snap = g.snapshot();
+    assert_eq!(snap.memtable.len(), 1);
+    assert!(matches!(g.locate(far), Where::Far { mem, .. } if mem.target.is_some()));
+    let plan = g.load_plan(55_000, 10_000).unwrap();
+    assert!(g.install(&plan, Vec::new(), 1000, None));
+    assert_eq!(g.take_due(60_000, 10)[0].key, far);
+}

@@ -2,6 +2,9 @@
 //! variables < command-line flags. Unknown keys are refused, so a typo never silently falls back
 //! to a default.
 
+mod schedule;
+pub use schedule::ScheduleSection;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sluice_broker::{BrokerConfig, NameServerConfig};
 use sluice_store::{FlushMode, StoreConfig};
+use sluice_txn::{FinalAction, GroupOverride, TxnConfig};
 
 /// Everything the `sluice` binary can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +29,10 @@ pub struct ServerConfig {
     pub store: StoreSection,
     /// The HTTP facade.
     pub http: HttpSection,
+    /// Transactional (half) messages.
+    pub txn: TxnSection,
+    /// Delayed messages.
+    pub schedule: ScheduleSection,
 }
 
 /// `[namesrv]`
@@ -94,6 +102,56 @@ pub struct HttpSection {
     pub listen: SocketAddr,
 }
 
+/// `[txn]`: transactional messages and their check-back policy (per producer group under
+/// `[txn.groups.<group>]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TxnSection {
+    /// Accept transactional (half) messages. Default true; false refuses them (NO_PERMISSION).
+    pub enabled: bool,
+    /// Age of a half message at its first check, unless it sets
+    /// `CHECK_IMMUNITY_TIME_IN_SECONDS`. Default 6 000.
+    pub check_after_ms: u64,
+    /// Time between checks of one transaction. Default 30 000.
+    pub check_interval_ms: u64,
+    /// Checks per transaction before the final action. Default 15.
+    pub check_max: u32,
+    /// `"rollback"` (default) or `"keep"` (RocketMQ: park in TRANS_CHECK_MAX_TIME_TOPIC).
+    pub final_action: String,
+    /// Most undecided transactions; more half messages get SYSTEM_BUSY. Default 500 000.
+    pub max_open: usize,
+    /// Seconds a decided transaction stays in memory (later answers come from the store).
+    /// Default 300.
+    pub resolved_retention_secs: u64,
+    /// Checkpoint interval when something changed. Default 1 000.
+    pub checkpoint_interval_ms: u64,
+    /// Undecided half messages older than this are carried forward. Default: half the
+    /// store's retention.
+    pub carry_forward_after_secs: Option<u64>,
+    /// Checks queued per pull-mode group. Default 10 000.
+    pub pending_checks_max: usize,
+    /// Per-group overrides.
+    pub groups: std::collections::BTreeMap<String, TxnGroupSection>,
+}
+
+/// `[txn.groups.<group>]`: fields left out keep the `[txn]` value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TxnGroupSection {
+    /// See `[txn] check_after_ms`.
+    pub check_after_ms: Option<u64>,
+    /// See `[txn] check_interval_ms`.
+    pub check_interval_ms: Option<u64>,
+    /// See `[txn] check_max`.
+    pub check_max: Option<u32>,
+    /// See `[txn] final_action`.
+    pub final_action: Option<String>,
+    /// Deliver checks to this URL (through the HTTP facade) instead of a TCP producer.
+    pub check_url: Option<String>,
+    /// Queue checks for pulling over HTTP instead of sending them to a TCP producer.
+    pub pull_checks: Option<bool>,
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -102,8 +160,34 @@ impl Default for ServerConfig {
             broker: BrokerSection::default(),
             store: StoreSection::default(),
             http: HttpSection::default(),
+            txn: TxnSection::default(),
+            schedule: ScheduleSection::default(),
         }
     }
+}
+
+impl Default for TxnSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            check_after_ms: 6_000,
+            check_interval_ms: 30_000,
+            check_max: 15,
+            final_action: "rollback".into(),
+            max_open: 500_000,
+            resolved_retention_secs: 300,
+            checkpoint_interval_ms: 1_000,
+            carry_forward_after_secs: None,
+            pending_checks_max: 10_000,
+            groups: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+fn final_action(s: &str, name: &str) -> Result<FinalAction> {
+    FinalAction::parse(s).ok_or_else(|| {
+        anyhow::anyhow!("{name}: final_action must be \"rollback\" or \"keep\", not {s:?}")
+    })
 }
 
 impl Default for NamesrvSection {
@@ -179,7 +263,7 @@ pub fn load(
     Ok(cfg)
 }
 
-const SECTIONS: [&str; 4] = ["namesrv", "broker", "store", "http"];
+const SECTIONS: [&str; 6] = ["namesrv", "broker", "store", "http", "txn", "schedule"];
 /// Variables that configure something other than the file's keys.
 const NOT_CONFIG: [&str; 2] = ["SLUICE_LOG", "SLUICE_CONFIG"];
 
@@ -233,7 +317,43 @@ impl ServerConfig {
         self.store_config()
             .validate()
             .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+        self.txn_config()?
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.schedule.to_config()?;
         Ok(())
+    }
+
+    /// The transaction extension's configuration.
+    pub fn txn_config(&self) -> Result<TxnConfig> {
+        let t = &self.txn;
+        let mut cfg = TxnConfig::default();
+        cfg.defaults.check_after = Duration::from_millis(t.check_after_ms);
+        cfg.defaults.check_interval = Duration::from_millis(t.check_interval_ms);
+        cfg.defaults.check_max = t.check_max;
+        cfg.defaults.final_action = final_action(&t.final_action, "txn")?;
+        cfg.max_open = t.max_open;
+        cfg.resolved_retention = Duration::from_secs(t.resolved_retention_secs);
+        cfg.checkpoint_interval = Duration::from_millis(t.checkpoint_interval_ms);
+        cfg.carry_forward_after = t.carry_forward_after_secs.map(Duration::from_secs);
+        cfg.pending_checks_max = t.pending_checks_max;
+        for (group, g) in &t.groups {
+            let name = format!("txn.groups.{group}");
+            let over = GroupOverride {
+                check_after: g.check_after_ms.map(Duration::from_millis),
+                check_interval: g.check_interval_ms.map(Duration::from_millis),
+                check_max: g.check_max,
+                final_action: g
+                    .final_action
+                    .as_deref()
+                    .map(|f| final_action(f, &name))
+                    .transpose()?,
+                check_url: g.check_url.clone(),
+                pull_checks: g.pull_checks,
+            };
+            cfg.groups.insert(group.clone(), over);
+        }
+        Ok(cfg)
     }
 
     /// The storage engine's configuration.
@@ -355,6 +475,41 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/b"));
         assert_eq!(cfg.store.flush, "sync");
         assert_eq!(cfg.broker.default_topic_queue_nums, 4);
+    }
+
+    #[test]
+    fn the_txn_section_has_defaults_group_overrides_and_env() {
+        let cfg = load(None, env(&[])).unwrap();
+        let t = cfg.txn_config().unwrap();
+        assert_eq!(t.defaults.check_after, Duration::from_secs(6));
+        assert_eq!(t.defaults.check_max, 15);
+        assert!(cfg.txn.enabled);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[txn]\nfinal_action = \"keep\"\n[txn.groups.pay]\ncheck_max = 3\npull_checks = true\n",
+        )
+        .unwrap();
+        let cfg = load(Some(&p), env(&[("SLUICE_TXN_CHECK_AFTER_MS", "300")])).unwrap();
+        let t = cfg.txn_config().unwrap();
+        assert_eq!(t.defaults.check_after, Duration::from_millis(300));
+        let pay = t.policy("pay");
+        assert_eq!((pay.check_max, pay.pull_checks), (3, true));
+        assert_eq!(pay.final_action, FinalAction::Keep);
+        std::fs::write(&p, "[txn.groups.pay]\nchek_max = 3\n").unwrap();
+        let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
+        assert!(err.contains("chek_max"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_TXN_FINAL_ACTION", "drop")])).unwrap_err()
+        );
+        assert!(err.contains("final_action"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_TXN_CHECK_MAX", "0")])).unwrap_err()
+        );
+        assert!(err.contains("check_max"), "{err}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sluice_broker::{Broker, NameServer};
+use sluice_broker::{Broker, BrokerExtensions, NameServer};
+use sluice_schedule::ScheduleExtension;
+use sluice_txn::TxnExtension;
 
 #[derive(Parser)]
 #[command(
@@ -135,7 +137,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None
     };
     let local_ns = namesrv.as_ref().map(|n| n.local_addr());
-    let broker = Broker::start(cfg.broker_config(local_ns))
+    let broker = Broker::start_with(cfg.broker_config(local_ns), extensions(&cfg)?)
         .await
         .context("starting the broker")?;
     println!(
@@ -153,6 +155,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     println!("sluice stopped cleanly");
     Ok(())
+}
+
+/// The broker's extensions: delayed messages (a put hook parks them until their time) and
+/// transactions (a put hook stores half messages; without it the broker refuses them). The
+/// schedule hook runs first and is also given to the transaction extension as a commit hook,
+/// so a committed message with a delay is delivered at its time.
+fn extensions(cfg: &config::ServerConfig) -> Result<BrokerExtensions> {
+    let mut all = BrokerExtensions::default();
+    let schedule = if cfg.schedule.enabled {
+        Some(ScheduleExtension::new(cfg.schedule.to_config()?))
+    } else {
+        tracing::info!("delayed messages disabled ([schedule] enabled = false): DELAY and TIMER_* are stored as plain messages");
+        None
+    };
+    if let Some(s) = &schedule {
+        let ext = s.broker_extensions();
+        all.put_hooks.extend(ext.put_hooks);
+        all.extensions.extend(ext.extensions);
+    }
+    if cfg.txn.enabled {
+        let commit_hooks = schedule.iter().map(ScheduleExtension::put_hook).collect();
+        let ext = TxnExtension::new(cfg.txn_config()?)
+            .with_commit_hooks(commit_hooks)
+            .broker_extensions();
+        all.put_hooks.extend(ext.put_hooks);
+        all.extensions.extend(ext.extensions);
+    } else {
+        tracing::info!("transactional messages disabled ([txn] enabled = false)");
+    }
+    Ok(all)
 }
 
 async fn namesrv(args: NamesrvArgs) -> Result<()> {

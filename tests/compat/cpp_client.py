@@ -125,6 +125,78 @@ def consume(args):
     os._exit(0)
 
 
+def txn(args):
+    """Transactional producer (TransactionMQProducer). Sends --count half messages whose local
+    transaction answers --local; answers every check-back with --check. Optionally sends one
+    committed warm-up message to --warm-topic first (so the broker knows this producer before its
+    30 s heartbeat). Waits until --expect-checks checks arrived or --hold seconds passed, then
+    prints what it sent and every check it got. --exit-hard ends with os._exit (a producer that
+    vanishes without unregistering); otherwise the producer shuts down cleanly."""
+    from rocketmq.client import TransactionMQProducer, TransactionStatus
+    status = {"commit": TransactionStatus.COMMIT, "rollback": TransactionStatus.ROLLBACK,
+              "unknown": TransactionStatus.UNKNOWN}
+    lock = threading.Lock()
+    checks = []
+
+    def on_check(msg):
+        with lock:
+            checks.append({
+                "key": msg.keys.decode() if isinstance(msg.keys, bytes) else msg.keys,
+                "id": msg.id.decode() if isinstance(msg.id, bytes) else msg.id,
+                "topic": msg.topic.decode() if isinstance(msg.topic, bytes) else msg.topic,
+                "queue_offset": msg.queue_offset,
+                "commit_log_offset": msg.commit_log_offset,
+                "times": (msg.get_property("TRANSACTION_CHECK_TIMES") or b"").decode(),
+                "at": int(time.time() * 1000),
+            })
+        return status[args.check]
+
+    def local(msg, user_args):
+        return status[args.local]
+
+    producer = TransactionMQProducer(args.group, on_check, timeout=args.send_timeout_ms)
+    producer.set_name_server_address(args.ns)
+    producer.start()
+    sent, failures = [], []
+    if args.warm_topic:
+        warm = Message(args.warm_topic)
+        warm.set_keys("warm-" + args.group)
+        warm.set_body("warm")
+        try:
+            producer.send_message_in_transaction(warm, lambda m, a: TransactionStatus.COMMIT, None)
+        except Exception as e:
+            failures.append({"key": "warm", "error": str(e)})
+    for i in range(args.start, args.start + args.count):
+        key = f"{args.key_prefix}{i}"
+        msg = Message(args.topic)
+        msg.set_keys(key)
+        msg.set_tags("txn")
+        msg.set_body(f"body-{key}")
+        try:
+            r = producer.send_message_in_transaction(msg, local, None)
+            sent.append({"key": key, "msg_id": r.msg_id, "offset": r.offset, "status": int(r.status)})
+        except Exception as e:
+            failures.append({"key": key, "error": str(e)})
+    if args.ready_file:
+        with open(args.ready_file, "w") as f:
+            f.write("sent\n")
+    deadline = time.time() + args.hold
+    while time.time() < deadline:
+        with lock:
+            if args.expect_checks and len(checks) >= args.expect_checks:
+                break
+        time.sleep(0.05)
+    time.sleep(args.settle)
+    with lock:
+        out = {"sent": len(sent), "results": sent, "failures": failures[:20],
+               "failure_count": len(failures), "checks": list(checks)}
+    print(json.dumps(out))
+    sys.stdout.flush()
+    if args.exit_hard:
+        os._exit(0)
+    producer.shutdown()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ns", required=True)
@@ -160,8 +232,25 @@ def main():
     co.add_argument("--full", action="store_true")
     co.add_argument("--ready-file", default="")
 
+    tx = sub.add_parser("txn")
+    tx.add_argument("--group", default="compat_txn_producer")
+    tx.add_argument("--topic", required=True)
+    tx.add_argument("--count", type=int, default=1)
+    tx.add_argument("--start", type=int, default=0)
+    tx.add_argument("--key-prefix", default="t")
+    tx.add_argument("--local", choices=["commit", "rollback", "unknown"], default="commit")
+    tx.add_argument("--check", choices=["commit", "rollback", "unknown"], default="unknown")
+    tx.add_argument("--expect-checks", type=int, default=0)
+    tx.add_argument("--hold", type=float, default=0)
+    tx.add_argument("--settle", type=float, default=0.5)
+    tx.add_argument("--warm-topic", default="")
+    tx.add_argument("--ready-file", default="")
+    tx.add_argument("--exit-hard", action="store_true")
+    tx.add_argument("--send-timeout-ms", type=int, default=5000)
+
     args = p.parse_args()
-    {"produce": produce, "produce-orderly": produce_orderly, "consume": consume}[args.cmd](args)
+    {"produce": produce, "produce-orderly": produce_orderly, "consume": consume,
+     "txn": txn}[args.cmd](args)
     sys.stdout.flush()
 
 

@@ -53,7 +53,12 @@ pub async fn start_cluster(n: usize) -> Cluster {
         cfg.listen = localhost();
         cfg.namesrv_addrs = vec![namesrv.local_addr()];
         cfg.broker_name = format!("broker-{}", (b'a' + i as u8) as char);
-        brokers.push(Broker::start(cfg).await.expect("broker starts"));
+        // As the `sluice` binary does: with the transaction extension (short check timings).
+        let mut txn = sluice_txn::TxnConfig::default();
+        txn.defaults.check_after = Duration::from_millis(500);
+        txn.defaults.check_interval = Duration::from_millis(500);
+        let ext = sluice_txn::TxnExtension::new(txn).broker_extensions();
+        brokers.push(Broker::start_with(cfg, ext).await.expect("broker starts"));
         dirs.push(dir);
     }
     Cluster {

@@ -1,0 +1,370 @@
+//! The background loop: every tick it
+//! 1. reads new half messages from `RMQ_SYS_TRANS_HALF_TOPIC`/0 into the table (the tailer);
+//! 2. forgets decided transactions past the retention window;
+//! 3. applies the final action to open transactions whose checks are exhausted;
+//! 4. sends due checks, never for a transaction that is not open (see [`Core::run_checks`]);
+//! 5. carries old undecided half messages forward (bounded);
+//! 6. writes the checkpoint when something changed.
+
+use std::sync::Arc;
+
+use sluice_broker::TRANS_HALF_TOPIC;
+use sluice_store::{now_ms, GetStatus};
+use tokio::sync::watch;
+
+use crate::core::Core;
+use crate::metrics::Counters;
+use crate::records::HalfRecord;
+use crate::sink::{check_command, send_round_robin, PendingCheck, Route};
+use crate::state::{Source, TxnState};
+use crate::table::{ms, Due, Entry, Location};
+
+/// Half messages read per store call.
+const TAIL_BATCH: usize = 512;
+/// Store calls per tick (the rest waits for the next tick).
+const TAIL_CALLS_PER_TICK: usize = 16;
+/// Bytes per store call.
+const TAIL_BYTES: usize = 8 << 20;
+/// Half messages carried forward per tick.
+const CARRY_BATCH: usize = 64;
+/// Undecided transactions per `checkpoint_interval` of periodic checkpoint spacing.
+const CHECKPOINT_ENTRIES_PER_INTERVAL: usize = 20_000;
+
+/// Runs until `stop` turns true (or its sender is dropped), then writes a last checkpoint.
+pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let tick = core.shared.cfg.tick();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        core.tick().await;
+    }
+    if let Err(e) = core.write_checkpoint().await {
+        tracing::warn!(error = %e, "final transaction checkpoint not written; the next start rescans more");
+    }
+}
+
+/// A check ready to leave: the entry as it was, what to send, and its number.
+struct Planned {
+    entry: Entry,
+    half: HalfRecord,
+    route: Route,
+}
+
+impl Core {
+    /// One round of the loop.
+    pub(crate) async fn tick(&self) {
+        self.tail_half_queue(TAIL_CALLS_PER_TICK, false);
+        let cfg = &self.shared.cfg;
+        self.table
+            .lock()
+            .forget(now_ms(), ms(cfg.resolved_retention), cfg.resolved_max);
+        let due = self.table.lock().due(now_ms(), cfg);
+        let mut checks = Vec::new();
+        for d in due {
+            match d {
+                Due::Final(id, decision) => {
+                    // Refused when a decision won the race: then nothing is to be done.
+                    let _ = self.decide(id, decision, Source::FinalAction).await;
+                }
+                Due::Check(id) => checks.push(id),
+            }
+        }
+        if !checks.is_empty() {
+            self.run_checks(checks).await;
+        }
+        self.carry_forward().await;
+        self.checkpoint_if_due().await;
+    }
+
+    /// Reads half messages from `half_next` on into the table; at most `calls` store reads.
+    /// `adopt_copies`: a carry-forward copy whose transaction is unknown starts one (only when
+    /// rebuilding without a checkpoint: then the original may be gone); otherwise such a copy
+    /// belongs to a forgotten, decided transaction and is ignored.
+    pub(crate) fn tail_half_queue(&self, calls: usize, adopt_copies: bool) -> usize {
+        let store = self.services.store();
+        let mut added = 0;
+        for _ in 0..calls {
+            let from = self.table.lock().half_next;
+            let r = store.get_messages(TRANS_HALF_TOPIC, 0, from, TAIL_BATCH, TAIL_BYTES, None);
+            match r.status {
+                GetStatus::Found => {
+                    for m in &r.messages {
+                        added += usize::from(self.register(&m.bytes, adopt_copies));
+                    }
+                }
+                GetStatus::OffsetTooSmall | GetStatus::NoMatchedMessage => {
+                    tracing::warn!(
+                        from,
+                        next = r.next_offset,
+                        "half messages skipped (deleted by retention, or damaged)"
+                    );
+                }
+                GetStatus::OffsetOverflowBadly => {
+                    tracing::warn!(
+                        from,
+                        max = r.max_offset,
+                        "half queue is shorter than the checkpoint says; continuing at its end"
+                    );
+                }
+                _ => break,
+            }
+            self.table.lock().half_next = r.next_offset;
+            if r.status != GetStatus::Found {
+                break;
+            }
+        }
+        added
+    }
+
+    /// Adds one half message (or applies a carry-forward copy); true when a transaction was added.
+    fn register(&self, raw: &bytes::Bytes, adopt_copies: bool) -> bool {
+        let rec = match HalfRecord::parse(raw, self.max_record) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "record in the half queue skipped");
+                return false;
+            }
+        };
+        let mut t = self.table.lock();
+        if let Some(id) = rec.origin {
+            if t.get(id.half_offset).is_some() || !adopt_copies {
+                t.relocate(
+                    id.half_offset,
+                    Location {
+                        half_offset: rec.queue_offset,
+                        phys_offset: rec.phys_offset,
+                        store_ms: rec.header.store_timestamp,
+                    },
+                );
+                return false;
+            }
+            return t.insert(Entry::from_copy(&rec));
+        }
+        t.insert(Entry::open(&rec))
+    }
+
+    /// Sends due checks. Order matters for "at most `check_max` checks, never one for a decided
+    /// transaction": (1) count each check under the lock, only if the transaction is open;
+    /// (2) write the checkpoint, so a crash can lose a sent check's count only by over-counting;
+    /// (3) send each under the lock after checking the state again: a decision takes that lock
+    /// to begin, so none can slip in between the check and the send.
+    pub(crate) async fn run_checks(&self, ids: Vec<u64>) {
+        let planned = self.plan_checks(ids);
+        let now = now_ms();
+        let mut counted = Vec::new();
+        {
+            let mut t = self.table.lock();
+            for p in planned {
+                let id = p.entry.id.half_offset;
+                if matches!(p.route, Route::Pull) {
+                    t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max);
+                } else if let Some(n) = t.count_check(id, now) {
+                    counted.push((p, n));
+                }
+            }
+        }
+        if counted.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_checkpoint().await {
+            tracing::warn!(error = %e, "checkpoint before checks not written; sending anyway");
+        }
+        for (p, n) in counted {
+            self.deliver(p, n);
+        }
+    }
+
+    /// Picks a route and reads the half message of each due transaction.
+    fn plan_checks(&self, ids: Vec<u64>) -> Vec<Planned> {
+        let entries: Vec<Entry> = {
+            let t = self.table.lock();
+            ids.iter().filter_map(|id| t.get(*id).cloned()).collect()
+        };
+        let now = now_ms();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let id = entry.id.half_offset;
+            let route = self.route(&entry.group);
+            if matches!(route, Route::Nowhere) {
+                Counters::inc(&self.counters().checks_undelivered);
+                self.table.lock().postpone_check(id, now);
+                tracing::debug!(producer_group = %entry.group, transaction_id = %entry.uniq, half_offset = id, "check due but no producer of the group is connected");
+                continue;
+            }
+            match self.read_half(entry.current.phys_offset) {
+                Ok(half) => out.push(Planned { entry, half, route }),
+                Err(e) => {
+                    self.table.lock().postpone_check(id, now);
+                    tracing::warn!(producer_group = %entry.group, half_offset = id, error = %e, "half message unreadable; check postponed");
+                }
+            }
+        }
+        out
+    }
+
+    /// Where checks of `group` go now (see `sink`).
+    pub(crate) fn route(&self, group: &str) -> Route {
+        if let Some(s) = self.shared.group_sinks.read().get(group) {
+            return Route::Sink(Arc::clone(s), None);
+        }
+        let policy = self.shared.cfg.policy(group);
+        if let Some(url) = policy.check_url {
+            match self.shared.url_sink.read().as_ref() {
+                Some(s) => return Route::Sink(Arc::clone(s), Some(url)),
+                None => tracing::debug!(
+                    producer_group = group,
+                    "check_url set but no URL sink installed; using TCP"
+                ),
+            }
+        } else if policy.pull_checks {
+            return Route::Pull;
+        }
+        let conns = self.services.producer_connections(group);
+        if conns.is_empty() {
+            Route::Nowhere
+        } else {
+            Route::Tcp(conns)
+        }
+    }
+
+    /// Sends one counted check, under the table lock, if the transaction is still open.
+    fn deliver(&self, p: Planned, n: u32) {
+        let id = p.entry.id.half_offset;
+        let store_host = self.services.store().store_host();
+        let cmd = match &p.route {
+            Route::Tcp(_) => Some(check_command(
+                &p.entry,
+                &p.half,
+                n,
+                store_host,
+                self.services.broker_name(),
+            )),
+            _ => None,
+        };
+        let start = self.next_round_robin(&p.entry.group);
+        let mut t = self.table.lock();
+        if t.get(id).map(|e| e.state) != Some(TxnState::Open) {
+            return;
+        }
+        let sent_to = match (&p.route, cmd) {
+            (Route::Tcp(conns), Some(cmd)) => {
+                send_round_robin(conns, start, &cmd).map(|a| a.to_string())
+            }
+            (Route::Sink(sink, url), _) => {
+                let check = PendingCheck::new(&p.entry, &p.half, n, url.clone());
+                match sink.deliver(check) {
+                    Ok(()) => Some(sink.name().to_owned()),
+                    Err(e) => {
+                        tracing::debug!(sink = sink.name(), error = %e, "check sink refused a check");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match sent_to {
+            Some(to) => {
+                Counters::inc(&self.counters().checks_sent);
+                tracing::debug!(producer_group = %p.entry.group, transaction_id = %p.entry.uniq, half_offset = id, check = n, to = %to, "transaction check sent");
+            }
+            None => {
+                t.uncount_check(id);
+                t.postpone_check(id, now_ms());
+                Counters::inc(&self.counters().checks_undelivered);
+                tracing::debug!(producer_group = %p.entry.group, transaction_id = %p.entry.uniq, half_offset = id, "no producer connection took the check; retrying next interval");
+            }
+        }
+    }
+
+    fn next_round_robin(&self, group: &str) -> usize {
+        let mut rr = self.round_robin.lock();
+        let slot = rr.entry(group.to_owned()).or_insert(0);
+        let v = *slot;
+        *slot = slot.wrapping_add(1);
+        v
+    }
+
+    /// Copies undecided half messages older than `carry_forward_after` to the queue's tail, so
+    /// retention never deletes the only copy of a transaction still waiting.
+    async fn carry_forward(&self) {
+        let after = self
+            .shared
+            .cfg
+            .carry_forward_after
+            .unwrap_or_else(|| self.services.store().config().retention_age / 2);
+        let cutoff = now_ms().saturating_sub(ms(after));
+        let due: Vec<Entry> = self
+            .table
+            .lock()
+            .entries()
+            .filter(|e| matches!(e.state, TxnState::Open | TxnState::Parked))
+            .filter(|e| e.current.store_ms <= cutoff)
+            .take(CARRY_BATCH)
+            .cloned()
+            .collect();
+        for e in due {
+            if let Err(err) = self.carry_one(&e).await {
+                tracing::warn!(producer_group = %e.group, half_offset = e.id.half_offset, error = %err, "carry-forward failed; retrying next tick");
+            }
+        }
+    }
+
+    async fn carry_one(&self, e: &Entry) -> Result<(), crate::TxnError> {
+        let half = self.read_half(e.current.phys_offset)?;
+        let copy =
+            half.carry_forward_copy(e.id, e.checks, e.stored_ms, e.state == TxnState::Parked);
+        let appended = self.services.put(vec![copy]).await?;
+        if let Some(a) = appended.first() {
+            let to = Location {
+                half_offset: u64::try_from(a.queue_offset).unwrap_or(0),
+                phys_offset: a.phys_offset,
+                store_ms: a.store_timestamp,
+            };
+            self.table.lock().relocate(e.id.half_offset, to);
+            Counters::inc(&self.counters().carried_forward);
+            tracing::info!(producer_group = %e.group, half_offset = e.id.half_offset, to_half_offset = to.half_offset, "undecided half message carried forward");
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint when something changed and the interval passed. The interval
+    /// grows with the number of undecided transactions (one more interval per 20 000), because
+    /// each checkpoint lists them all; a restart then rescans a little more of the half queue.
+    async fn checkpoint_if_due(&self) {
+        let due = {
+            let last = *self.last_checkpoint.lock();
+            let t = self.table.lock();
+            let factor = u32::try_from(t.live_count() / CHECKPOINT_ENTRIES_PER_INTERVAL)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1);
+            t.dirty && last.elapsed() >= self.shared.cfg.checkpoint_interval.saturating_mul(factor)
+        };
+        if due {
+            if let Err(e) = self.write_checkpoint().await {
+                tracing::warn!(error = %e, "transaction checkpoint not written; retrying");
+            }
+        }
+    }
+
+    /// Snapshots the table and writes the checkpoint on a blocking thread.
+    pub(crate) async fn write_checkpoint(&self) -> Result<(), crate::TxnError> {
+        let _one_at_a_time = self.checkpoint_lock.lock().await;
+        let op_max = self.op_max();
+        let data = {
+            let mut t = self.table.lock();
+            t.dirty = false;
+            t.snapshot(op_max)
+        };
+        let dir = self.state_dir.clone();
+        let result = tokio::task::spawn_blocking(move || crate::checkpoint::store(&dir, &data))
+            .await
+            .unwrap_or_else(|e| Err(crate::TxnError::Checkpoint(e.to_string())));
+        *self.last_checkpoint.lock() = std::time::Instant::now();
+        if result.is_err() {
+            self.table.lock().dirty = true;
+        }
+        result
+    }
+}

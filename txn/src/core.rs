@@ -1,0 +1,244 @@
+//! The running service and its one decision path. Every way a transaction can be decided
+//! (END_TRANSACTION, a check answer, an operator, the final action, a pulled check answered over
+//! HTTP) ends in [`Core::decide`]:
+//!
+//! 1. under the table lock, [`crate::state::plan`] judges the decision against the state; if it
+//!    applies, the state becomes `Resolving` (nobody else may change it now);
+//! 2. the records are built and appended as ONE store request, awaited until durable:
+//!    commit = [real message, op record]; park = [copy in `TRANS_CHECK_MAX_TIME_TOPIC`, op];
+//!    rollback, discard, re-arm = [op];
+//! 3. the state becomes final (or reverts if the append failed) and waiters are woken.
+//!
+//! A request meeting `Resolving` waits (bounded) for the outcome and is judged again, so a
+//! concurrent commit and rollback never both take effect, and a repeated decision is answered
+//! from the state, never applied twice.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sluice_broker::{BrokerServices, HookOutcome, PutContext, TRANS_OP_HALF_TOPIC};
+use sluice_protocol::message::record::MAX_PROPERTIES_LEN;
+use sluice_store::{now_ms, MessageInput};
+use tokio::sync::Notify;
+
+use crate::error::TxnError;
+use crate::extension::Shared;
+use crate::metrics::Counters;
+use crate::records::{op_record, HalfRecord};
+use crate::state::{Decision, Source, TxnState};
+use crate::table::{Begin, Entry, Table};
+
+/// How long a request waits for a concurrent decision on the same transaction.
+const RESOLVE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a decision request achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The decision was applied now; the transaction is in this state.
+    Applied(TxnState),
+    /// Nothing to do: the transaction already was in this state (an idempotent repeat).
+    Already(TxnState),
+    /// An UNKNOWN answer was noted; the transaction stays undecided.
+    Noted,
+}
+
+/// The running transaction service (exists between the extension's start and stop).
+pub(crate) struct Core {
+    pub(crate) services: BrokerServices,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) table: Mutex<Table>,
+    /// Woken whenever a decision completes or reverts.
+    pub(crate) resolved: Notify,
+    /// Where the checkpoint lives.
+    pub(crate) state_dir: PathBuf,
+    /// The store's record limit, for parsing.
+    pub(crate) max_record: usize,
+    /// Round-robin position per producer group (check-backs spread over members).
+    pub(crate) round_robin: Mutex<HashMap<String, usize>>,
+    /// Serialises checkpoint writes so an older snapshot never replaces a newer one.
+    pub(crate) checkpoint_lock: tokio::sync::Mutex<()>,
+    /// When the checkpoint was last written.
+    pub(crate) last_checkpoint: Mutex<std::time::Instant>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// End of the op queue (next offset to be written there).
+    pub(crate) fn op_max(&self) -> u64 {
+        self.services.store().max_offset(TRANS_OP_HALF_TOPIC, 0)
+    }
+
+    /// Reads and parses the half message (or copy) stored at `phys`.
+    pub(crate) fn read_half(&self, phys: u64) -> Result<HalfRecord, TxnError> {
+        let raw = self
+            .services
+            .store()
+            .read_record(phys)
+            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))?;
+        HalfRecord::parse(&raw, self.max_record)
+            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))
+    }
+
+    /// The one decision path; see the module docs.
+    pub(crate) async fn decide(
+        &self,
+        id: u64,
+        decision: Decision,
+        by: Source,
+    ) -> Result<Outcome, TxnError> {
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+        loop {
+            let notified = self.resolved.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let op_floor = self.op_max();
+            let begin = self.table.lock().begin(id, decision, op_floor);
+            match begin {
+                Begin::Proceed(entry) => return self.apply(*entry, decision, by).await,
+                Begin::Done(state) => return Ok(Outcome::Already(state)),
+                Begin::Refused(err) => {
+                    Counters::inc(&self.counters().conflicts);
+                    tracing::warn!(half_offset = id, decision = %decision, by = %by, error = %err, "transaction decision refused");
+                    return Err(err);
+                }
+                Begin::Missing => {
+                    return Err(TxnError::Unknown {
+                        half_offset: id,
+                        commit_log_offset: 0,
+                    })
+                }
+                Begin::Wait => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(TxnError::Busy(format!(
+                            "another decision on transaction {id} is still being stored"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes an applied decision durable, then final (or reverts it).
+    async fn apply(&self, e: Entry, decision: Decision, by: Source) -> Result<Outcome, TxnError> {
+        let id = e.id.half_offset;
+        let result = match self.records_for(&e, decision, by) {
+            Ok(records) => self.services.put(records).await.map_err(TxnError::from),
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(appended) => {
+                let op_offset = appended
+                    .last()
+                    .map_or(0, |a| u64::try_from(a.queue_offset).unwrap_or(0));
+                self.table
+                    .lock()
+                    .complete(id, decision, by, op_offset, now_ms());
+                self.resolved.notify_waiters();
+                self.count_applied(decision);
+                // Producers' own decisions are the hot path: debug. The rest is rarer and
+                // worth seeing (check answers, operators, final actions, recovery).
+                if by == Source::Producer {
+                    tracing::debug!(
+                        producer_group = %e.group, transaction_id = %e.uniq, half_offset = id,
+                        commit_log_offset = e.id.commit_log_offset, decision = %decision,
+                        "transaction decided"
+                    );
+                } else {
+                    tracing::info!(
+                        producer_group = %e.group, transaction_id = %e.uniq, half_offset = id,
+                        commit_log_offset = e.id.commit_log_offset, decision = %decision, by = %by,
+                        "transaction decided"
+                    );
+                }
+                Ok(Outcome::Applied(decision.target()))
+            }
+            Err(err) => {
+                self.table.lock().revert(id);
+                self.resolved.notify_waiters();
+                tracing::warn!(
+                    producer_group = %e.group, transaction_id = %e.uniq, half_offset = id,
+                    decision = %decision, error = %err, "transaction decision not stored; state restored"
+                );
+                Err(err)
+            }
+        }
+    }
+
+    fn count_applied(&self, decision: Decision) {
+        let c = self.counters();
+        Counters::inc(match decision {
+            Decision::Commit => &c.committed,
+            Decision::Rollback => &c.rolled_back,
+            Decision::Discard => &c.discarded,
+            Decision::Park => &c.parked,
+            Decision::Rearm => &c.rearmed,
+        });
+    }
+
+    /// The records one decision appends, in order.
+    fn records_for(
+        &self,
+        e: &Entry,
+        decision: Decision,
+        by: Source,
+    ) -> Result<Vec<MessageInput>, TxnError> {
+        let host = self.services.store().store_host();
+        let op = op_record(e.id, decision, by, &e.group, &e.uniq, host);
+        match decision {
+            Decision::Commit => {
+                let half = self.read_half(e.current.phys_offset)?;
+                Ok(vec![self.commit_input(&half, e)?, op])
+            }
+            Decision::Park => {
+                let half = self.read_half(e.current.phys_offset)?;
+                Ok(vec![half.park_copy(e.checks), op])
+            }
+            Decision::Rollback | Decision::Discard | Decision::Rearm => Ok(vec![op]),
+        }
+    }
+
+    /// The committed message, after the commit hooks: **the seam a schedule extension uses**.
+    /// A hook sees the message in its real topic and queue with sysFlag COMMIT and every stored
+    /// property (`DELAY`, `TIMER_*` included) and may move it, as a put hook moves a produced
+    /// message. Without hooks it is stored in its real topic at once.
+    pub(crate) fn commit_input(
+        &self,
+        half: &HalfRecord,
+        e: &Entry,
+    ) -> Result<MessageInput, TxnError> {
+        let mut msg = half.commit_message(e.id);
+        let ctx = PutContext {
+            producer_group: &e.group,
+            remote: half.header.born_host,
+            batch: false,
+            max_reconsume_times: None,
+        };
+        for hook in self.shared.commit_hooks.read().iter() {
+            if let HookOutcome::Reject { code, remark } = hook.before_put(&ctx, &mut msg) {
+                return Err(TxnError::Refused { code, remark });
+            }
+        }
+        let len = msg.properties.encoded_len();
+        if len > MAX_PROPERTIES_LEN {
+            return Err(TxnError::Record(format!(
+                "committed message properties are {len} bytes, more than {MAX_PROPERTIES_LEN}"
+            )));
+        }
+        msg.input.properties = msg.properties.encode();
+        Ok(msg.input)
+    }
+}

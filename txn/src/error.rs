@@ -1,0 +1,134 @@
+//! Why a transaction operation was refused, and the response code each reason maps to.
+
+use sluice_protocol::response_code as code;
+use sluice_store::StoreError;
+
+use crate::state::{Decision, Source, TxnState};
+
+/// A refused or failed transaction operation. Every variant names what the client must know.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TxnError {
+    /// The extension is not running (not started yet, or stopped).
+    #[error("the transaction service is not running")]
+    NotStarted,
+    /// No half message matches, and no op record remembers one.
+    #[error("unknown transaction: no half message at queue offset {half_offset} / commit-log offset {commit_log_offset}")]
+    Unknown {
+        /// `tranStateTableOffset` asked for.
+        half_offset: u64,
+        /// `commitLogOffset` asked for.
+        commit_log_offset: u64,
+    },
+    /// A half message exists there but the request does not describe it.
+    #[error("transaction mismatch: {0}")]
+    Mismatch(String),
+    /// The request names another producer group than the half message's `PGROUP`.
+    #[error("the transaction belongs to producer group {expected}, not {got}")]
+    WrongGroup {
+        /// The half message's group.
+        expected: String,
+        /// The request's group.
+        got: String,
+    },
+    /// The transaction went the other way already.
+    #[error("{requested} refused: the transaction is already {state}{}", by_suffix(.decided_by))]
+    Conflict {
+        /// What was asked.
+        requested: Decision,
+        /// Where the transaction is.
+        state: TxnState,
+        /// Who decided it, when known.
+        decided_by: Option<Source>,
+    },
+    /// A concurrent decision did not finish in time, or the broker pushed back.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The store refused the records of a decision; nothing changed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The half message could not be read or is not a half message.
+    #[error("half message unreadable: {0}")]
+    Record(String),
+    /// A commit hook (e.g. a schedule extension) refused the committed message.
+    #[error("refused by a commit hook: {remark}")]
+    Refused {
+        /// The hook's response code.
+        code: i32,
+        /// The hook's remark.
+        remark: String,
+    },
+    /// The state checkpoint could not be written (the next one retries; a restart rescans more).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// The request itself is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+fn by_suffix(by: &Option<Source>) -> String {
+    by.map(|s| format!(" (decided by {s})")).unwrap_or_default()
+}
+
+impl TxnError {
+    /// The RocketMQ response code a remoting client gets for this error.
+    ///
+    /// A conflict says which way the transaction went: TRANSACTION_SHOULD_COMMIT (200) when it
+    /// was committed, TRANSACTION_SHOULD_ROLLBACK (201) when it was rolled back or discarded.
+    pub fn response_code(&self) -> i32 {
+        match self {
+            Self::NotStarted => code::SERVICE_NOT_AVAILABLE,
+            Self::Unknown { .. } | Self::Mismatch(_) | Self::Record(_) | Self::Checkpoint(_) => {
+                code::SYSTEM_ERROR
+            }
+            Self::WrongGroup { .. } => code::TRANSACTION_STATE_GROUP_WRONG,
+            Self::Conflict { state, .. } => match state {
+                TxnState::Committed => code::TRANSACTION_SHOULD_COMMIT,
+                TxnState::RolledBack | TxnState::Discarded => code::TRANSACTION_SHOULD_ROLLBACK,
+                _ => code::ILLEGAL_OPERATION,
+            },
+            Self::Busy(_) => code::SYSTEM_BUSY,
+            Self::Store(e) => match e {
+                StoreError::Busy(_) => code::SYSTEM_BUSY,
+                StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed => {
+                    code::SERVICE_NOT_AVAILABLE
+                }
+                _ => code::SYSTEM_ERROR,
+            },
+            Self::Refused { code, .. } => *code,
+            Self::Invalid(_) => code::INVALID_PARAMETER,
+        }
+    }
+
+    /// True when retrying the same request later may succeed (nothing was decided).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Busy(_) | Self::Store(_) | Self::NotStarted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_tell_which_way_the_transaction_went() {
+        let e = TxnError::Conflict {
+            requested: Decision::Rollback,
+            state: TxnState::Committed,
+            decided_by: Some(Source::Producer),
+        };
+        assert_eq!(e.response_code(), code::TRANSACTION_SHOULD_COMMIT);
+        assert_eq!(
+            e.to_string(),
+            "rollback refused: the transaction is already committed (decided by producer)"
+        );
+        let e = TxnError::Conflict {
+            requested: Decision::Commit,
+            state: TxnState::Discarded,
+            decided_by: Some(Source::FinalAction),
+        };
+        assert_eq!(e.response_code(), code::TRANSACTION_SHOULD_ROLLBACK);
+        assert!(!e.is_retriable());
+        assert!(TxnError::Busy("x".into()).is_retriable());
+    }
+}

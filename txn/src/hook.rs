@@ -1,0 +1,183 @@
+//! The put hook that turns a transactional send into a half message (§5.2 "prepare").
+//!
+//! A message is a half message when its sysFlag says PREPARED or it carries `TRAN_MSG=true`
+//! (and is not a COMMIT, which a producer may not forge: the broker refuses that). It is
+//! rewritten to `RMQ_SYS_TRANS_HALF_TOPIC`/0 with the transaction bits cleared (so it is
+//! dispatched to that queue only, never to its real topic), `REAL_TOPIC`, `REAL_QID`,
+//! `__transactionId__` = UNIQ_KEY and `PGROUP` (from the header when the client left it out).
+//! The broker answers with the original queue id, the half queue offset, the half record's
+//! offset message id and the UNIQ_KEY as transaction id.
+//!
+//! `DELAY` and `TIMER_*` are kept (RocketMQ strips them): they apply after the commit, through
+//! the commit hooks. The commit hooks also run here once on a trial copy, so a delay the
+//! schedule extension would refuse is refused at send time, not at commit time.
+//!
+//! Without this hook the broker keeps refusing prepared messages (NO_PERMISSION).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, TRANS_HALF_TOPIC};
+use sluice_protocol::message::keys;
+use sluice_protocol::message::record::sysflag;
+use sluice_protocol::response_code as code;
+
+use crate::extension::Shared;
+use crate::metrics::Counters;
+
+/// See the module docs. Get it from [`crate::TxnExtension::put_hook`].
+pub struct TxnPutHook {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TxnPutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnPutHook").finish_non_exhaustive()
+    }
+}
+
+/// True for a message the producer sent as a half message.
+pub(crate) fn is_half(msg: &PendingMessage) -> bool {
+    let t = sysflag::transaction_type(msg.input.sys_flag);
+    t == sysflag::TRANSACTION_PREPARED
+        || (t != sysflag::TRANSACTION_COMMIT
+            && msg
+                .properties
+                .get(keys::TRAN_MSG)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")))
+}
+
+impl PutHook for TxnPutHook {
+    fn name(&self) -> &'static str {
+        "txn-half"
+    }
+
+    fn before_put(&self, ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome {
+        if !is_half(msg) {
+            return HookOutcome::Continue;
+        }
+        if ctx.batch {
+            return reject(
+                code::MESSAGE_ILLEGAL,
+                "batch message does not support transaction",
+            );
+        }
+        let live = self.shared.live.load(Ordering::Relaxed);
+        if live >= self.shared.cfg.max_open {
+            return reject(
+                code::SYSTEM_BUSY,
+                format!(
+                    "[REJECTREQUEST] {live} transactions are open, the limit is {}",
+                    self.shared.cfg.max_open
+                ),
+            );
+        }
+        if let Some(refusal) = self.trial_commit(ctx, msg) {
+            return refusal;
+        }
+        rewrite(ctx, msg);
+        Counters::inc(&self.shared.counters.halves_stored);
+        HookOutcome::Continue
+    }
+}
+
+impl TxnPutHook {
+    /// Runs the commit hooks on what the commit would store; their refusal refuses the send.
+    fn trial_commit(&self, ctx: &PutContext<'_>, msg: &PendingMessage) -> Option<HookOutcome> {
+        let hooks = self.shared.commit_hooks.read();
+        if hooks.is_empty() {
+            return None;
+        }
+        let mut trial = msg.clone();
+        trial.input.sys_flag =
+            (trial.input.sys_flag & !sysflag::TRANSACTION_MASK) | sysflag::TRANSACTION_COMMIT;
+        for hook in hooks.iter() {
+            if let r @ HookOutcome::Reject { .. } = hook.before_put(ctx, &mut trial) {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// The half-message rewrite itself.
+fn rewrite(ctx: &PutContext<'_>, msg: &mut PendingMessage) {
+    let p = &mut msg.properties;
+    p.insert(keys::REAL_TOPIC, msg.input.topic.clone());
+    p.insert(keys::REAL_QID, msg.input.queue_id.to_string());
+    p.insert(keys::TRAN_MSG, "true");
+    if let Some(uniq) = p.get(keys::UNIQ_KEY).map(str::to_owned) {
+        p.insert(keys::TRANSACTION_ID, uniq);
+    }
+    if p.get(keys::PGROUP).is_none() && !ctx.producer_group.is_empty() {
+        p.insert(keys::PGROUP, ctx.producer_group);
+    }
+    msg.input.topic = TRANS_HALF_TOPIC.to_owned();
+    msg.input.queue_id = 0;
+    msg.input.sys_flag &= !sysflag::TRANSACTION_MASK;
+}
+
+fn reject(code: i32, remark: impl Into<String>) -> HookOutcome {
+    HookOutcome::Reject {
+        code,
+        remark: remark.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::Properties;
+    use sluice_store::MessageInput;
+
+    fn ctx() -> PutContext<'static> {
+        PutContext {
+            producer_group: "pg",
+            remote: std::net::SocketAddr::from(([127, 0, 0, 1], 5)),
+            batch: false,
+            max_reconsume_times: None,
+        }
+    }
+
+    fn msg(sys_flag: i32, tran: Option<&str>) -> PendingMessage {
+        let mut properties = Properties::new();
+        properties.insert("UNIQ_KEY", "U1");
+        properties.insert("DELAY", "3");
+        if let Some(t) = tran {
+            properties.insert("TRAN_MSG", t);
+        }
+        let mut input = MessageInput::new("Orders", 2, "b");
+        input.sys_flag = sys_flag | sysflag::COMPRESSED;
+        PendingMessage { input, properties }
+    }
+
+    #[test]
+    fn half_messages_are_recognised_and_commits_are_not() {
+        assert!(is_half(&msg(sysflag::TRANSACTION_PREPARED, None)));
+        assert!(is_half(&msg(0, Some("TRUE"))));
+        assert!(!is_half(&msg(sysflag::TRANSACTION_COMMIT, Some("true"))));
+        assert!(!is_half(&msg(0, Some("false"))));
+        assert!(!is_half(&msg(0, None)));
+    }
+
+    #[test]
+    fn the_rewrite_parks_the_message_in_the_half_queue() {
+        let mut m = msg(sysflag::TRANSACTION_PREPARED, Some("true"));
+        rewrite(&ctx(), &mut m);
+        assert_eq!(
+            (m.input.topic.as_str(), m.input.queue_id),
+            (TRANS_HALF_TOPIC, 0)
+        );
+        assert_eq!(
+            m.input.sys_flag,
+            sysflag::COMPRESSED,
+            "transaction bits cleared, others kept"
+        );
+        let p = &m.properties;
+        assert_eq!(p.get("REAL_TOPIC"), Some("Orders"));
+        assert_eq!(p.get("REAL_QID"), Some("2"));
+        assert_eq!(p.get("__transactionId__"), Some("U1"));
+        assert_eq!(p.get("PGROUP"), Some("pg"));
+        assert_eq!(p.get("DELAY"), Some("3"), "delay kept for after the commit");
+    }
+}

@@ -1,0 +1,214 @@
+//! Restart: the table is rebuilt from the durable half and op queues, never from memory.
+//!
+//! 1. Load the checkpoint (`checkpoint`); without one, start from the queues' beginnings.
+//! 2. Re-read every transaction the checkpoint lists as undecided, at its current location,
+//!    with its saved check count (a half message that can no longer be read is counted in
+//!    `lost_at_restart` and logged).
+//! 3. Read the half queue from `half_next` to its end: each new half message is open.
+//! 4. Replay the op queue from `op_next` to its end, in order: each op record applies its
+//!    decision (commit, rollback, discard, park, re-arm) to the transaction it names.
+//! 5. After an unclean stop only: a commit whose two records were torn apart (the real message
+//!    stored, the op record not) would leave the transaction open and let a check commit it a
+//!    second time. For each undecided transaction the store's unique-key index is asked for a
+//!    COMMIT record pointing at its half message; if one exists, the transaction is completed as
+//!    committed by writing the missing op record (in the background; it waits as `Resolving`).
+//!
+//! The rebuild costs the checkpoint's live entries, one checkpoint interval of half messages,
+//! and the op records since the checkpoint: bounded, whatever the history.
+
+use std::sync::Arc;
+
+use sluice_broker::TRANS_OP_HALF_TOPIC;
+use sluice_protocol::message::record::sysflag;
+use sluice_protocol::RecordView;
+use sluice_store::{now_ms, GetStatus};
+
+use crate::checkpoint;
+use crate::core::Core;
+use crate::metrics::Counters;
+use crate::records::{op_record, OpRecord};
+use crate::state::{Decision, Source, TxnState};
+use crate::table::{Begin, Entry};
+
+/// Op records read per store call.
+const OP_BATCH: usize = 1024;
+/// Matching records asked of the index per transaction (torn-commit repair).
+const COMMIT_LOOKUP_MAX: usize = 32;
+
+/// What the rebuild found, for the start-up log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RebuildReport {
+    pub(crate) from_checkpoint: bool,
+    pub(crate) listed: usize,
+    pub(crate) lost: usize,
+    pub(crate) new_halves: usize,
+    pub(crate) ops_replayed: usize,
+    pub(crate) torn_commits: usize,
+}
+
+impl Core {
+    /// Steps 1 to 4, synchronously (the broker does not serve yet); returns the ids that step 5
+    /// must complete, already `Resolving`.
+    pub(crate) fn rebuild(&self) -> (RebuildReport, Vec<Entry>) {
+        let cp = checkpoint::load(&self.state_dir);
+        let mut report = RebuildReport {
+            from_checkpoint: cp.is_some(),
+            ..RebuildReport::default()
+        };
+        let cp = cp.unwrap_or_default();
+        for le in &cp.live {
+            match self.read_half(le.cp) {
+                Ok(rec) if rec.id().half_offset == le.q && rec.id().commit_log_offset == le.p => {
+                    let mut e = Entry::open(&rec);
+                    le.restore(&mut e, rec.header.store_timestamp);
+                    report.listed += usize::from(self.table.lock().insert(e));
+                }
+                other => {
+                    report.lost += 1;
+                    Counters::inc(&self.counters().lost_at_restart);
+                    let reason = other
+                        .map(|r| format!("another record ({:?})", r.id()))
+                        .unwrap_or_else(|e| e.to_string());
+                    tracing::error!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "undecided transaction lost at restart: its half message is unreadable");
+                }
+            }
+        }
+        self.table.lock().half_next = cp.half_next;
+        report.new_halves = self.tail_half_queue(usize::MAX, !report.from_checkpoint);
+        report.ops_replayed = self.replay_ops(cp.op_next);
+        self.table.lock().dirty = true;
+        let torn = if self.services.store().recovery_report().clean {
+            Vec::new()
+        } else {
+            self.find_torn_commits()
+        };
+        report.torn_commits = torn.len();
+        (report, torn)
+    }
+
+    /// Applies every op record from `from` on; returns how many were ours.
+    fn replay_ops(&self, from: u64) -> usize {
+        let store = self.services.store();
+        let mut next = from.max(store.min_offset(TRANS_OP_HALF_TOPIC, 0));
+        let mut n = 0;
+        loop {
+            let r = store.get_messages(TRANS_OP_HALF_TOPIC, 0, next, OP_BATCH, 8 << 20, None);
+            if r.status == GetStatus::Found {
+                let now = now_ms();
+                let mut t = self.table.lock();
+                for m in &r.messages {
+                    if let Some(op) = OpRecord::parse(&m.bytes, self.max_record) {
+                        let matches = t.get(op.id.half_offset).is_some_and(|e| e.id == op.id);
+                        if matches {
+                            t.replay(
+                                op.id.half_offset,
+                                op.decision,
+                                op.source,
+                                m.queue_offset,
+                                now,
+                            );
+                        }
+                        n += 1;
+                    }
+                }
+            } else if !matches!(
+                r.status,
+                GetStatus::NoMatchedMessage | GetStatus::OffsetTooSmall
+            ) {
+                return n;
+            }
+            if r.next_offset <= next {
+                return n;
+            }
+            next = r.next_offset;
+        }
+    }
+
+    /// Undecided transactions with a COMMIT record already stored; each is made `Resolving`.
+    fn find_torn_commits(&self) -> Vec<Entry> {
+        let undecided: Vec<Entry> = self
+            .table
+            .lock()
+            .entries()
+            .filter(|e| matches!(e.state, TxnState::Open | TxnState::Parked))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for e in undecided {
+            if !self.commit_stored(&e) {
+                continue;
+            }
+            tracing::warn!(producer_group = %e.group, transaction_id = %e.uniq, half_offset = e.id.half_offset, "committed message found without its op record (torn at the crash); completing the commit");
+            let op_floor = self.op_max();
+            if let Begin::Proceed(entry) =
+                self.table
+                    .lock()
+                    .begin(e.id.half_offset, Decision::Commit, op_floor)
+            {
+                out.push(*entry);
+            }
+        }
+        out
+    }
+
+    /// Whether the store holds this transaction's committed message, wherever the commit hooks
+    /// would have put it.
+    fn commit_stored(&self, e: &Entry) -> bool {
+        let Ok(half) = self.read_half(e.current.phys_offset) else {
+            return false;
+        };
+        let topic = match self.commit_input(&half, e) {
+            Ok(m) => m.topic,
+            Err(_) => e.topic.clone(),
+        };
+        let want = i64::try_from(e.id.commit_log_offset).unwrap_or(-1);
+        self.services
+            .store()
+            .query_by_uniq_key(&topic, &e.uniq, COMMIT_LOOKUP_MAX)
+            .iter()
+            .filter_map(|raw| {
+                RecordView::parse(raw, self.max_record)
+                    .ok()
+                    .map(|v| v.header)
+            })
+            .any(|h| {
+                sysflag::transaction_type(h.sys_flag) == sysflag::TRANSACTION_COMMIT
+                    && h.prepared_transaction_offset == want
+            })
+    }
+
+    /// Step 5: writes the missing op records of torn commits.
+    pub(crate) async fn complete_torn_commits(self: Arc<Self>, torn: Vec<Entry>) {
+        let host = self.services.store().store_host();
+        for e in torn {
+            let id = e.id.half_offset;
+            let op = op_record(
+                e.id,
+                Decision::Commit,
+                Source::Recovery,
+                &e.group,
+                &e.uniq,
+                host,
+            );
+            match self.services.put(vec![op]).await {
+                Ok(a) => {
+                    let op_offset = a
+                        .first()
+                        .map_or(0, |a| u64::try_from(a.queue_offset).unwrap_or(0));
+                    self.table.lock().complete(
+                        id,
+                        Decision::Commit,
+                        Source::Recovery,
+                        op_offset,
+                        now_ms(),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(half_offset = id, error = %err, "op record of a torn commit not stored; the transaction stays resolving until restart");
+                    continue;
+                }
+            }
+            self.resolved.notify_waiters();
+        }
+    }
+}

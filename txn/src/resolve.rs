@@ -1,0 +1,292 @@
+//! From a client's reference (END_TRANSACTION's offsets, group and ids) to a transaction, and
+//! the decision it asks for.
+//!
+//! A reference is checked before anything is decided: the half message at `commitLogOffset`
+//! must be the one at `tranStateTableOffset`, of the same producer group, with the same
+//! transaction id. Offsets are never reused, so a delayed or duplicated request for an old
+//! transaction can only ever touch that transaction.
+//!
+//! Where the transaction is found:
+//! - in memory (open, parked, or decided recently);
+//! - not yet read by the tailer (the END raced ahead of it): read through the half queue
+//!   (never at the client's commit-log offset: a bogus one would read as corruption) and added;
+//! - decided and forgotten: its op record, found through the store's key index, answers
+//!   idempotently or with the conflict. Without one, the answer is "unknown transaction".
+
+use std::time::Duration;
+
+use sluice_broker::{TRANS_HALF_TOPIC, TRANS_OP_HALF_TOPIC};
+use sluice_protocol::message::offset_msg_id;
+use sluice_store::now_ms;
+
+use crate::core::{Core, Outcome};
+use crate::error::TxnError;
+use crate::metrics::Counters;
+use crate::records::{HalfRecord, OpRecord, TxnId};
+use crate::state::{plan, CheckAnswer, Decision, Plan, Source};
+use crate::table::Entry;
+
+/// How long a reference to a half message written but not yet dispatched waits.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// Op records looked at for one forgotten transaction.
+const MAX_OPS_PER_TXN: usize = 16;
+
+/// A client's reference to a transaction: what END_TRANSACTION (or its HTTP twin) carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxnRef {
+    /// The producer group (must be the half message's `PGROUP`).
+    pub producer_group: String,
+    /// `tranStateTableOffset`: the half message's queue offset.
+    pub half_offset: u64,
+    /// `commitLogOffset`: the half message's commit-log offset.
+    pub commit_log_offset: u64,
+    /// The transaction id (UNIQ_KEY), when the client sends one.
+    pub transaction_id: Option<String>,
+    /// `msgId`: the UNIQ_KEY (or the half's offset message id), when sent.
+    pub msg_id: Option<String>,
+}
+
+/// A producer's resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Commit.
+    Commit,
+    /// Roll back.
+    Rollback,
+    /// Still unknown (only meaningful as a check answer).
+    Unknown,
+}
+
+/// Where a reference led.
+enum Located {
+    InMemory(u64),
+    Forgotten(OpRecord),
+}
+
+impl Core {
+    /// Resolves a reference with a decision from `by` (producer or check answer).
+    pub(crate) async fn resolve(
+        &self,
+        r: &TxnRef,
+        resolution: Resolution,
+        from_check: bool,
+    ) -> Result<Outcome, TxnError> {
+        let located = match self.locate(r).await {
+            Ok(l) => l,
+            Err(e) => {
+                if matches!(e, TxnError::Unknown { .. }) {
+                    Counters::inc(&self.counters().unknown_refs);
+                }
+                return Err(e);
+            }
+        };
+        if from_check {
+            self.note_answer(&located, resolution);
+        }
+        let decision = match resolution {
+            Resolution::Commit => Decision::Commit,
+            Resolution::Rollback => Decision::Rollback,
+            Resolution::Unknown => return Ok(Outcome::Noted),
+        };
+        let by = if from_check {
+            Source::CheckAnswer
+        } else {
+            Source::Producer
+        };
+        match located {
+            Located::InMemory(id) => self.decide(id, decision, by).await,
+            Located::Forgotten(op) => self.judge_forgotten(&op, decision),
+        }
+    }
+
+    fn note_answer(&self, located: &Located, resolution: Resolution) {
+        let (answer, counter) = match resolution {
+            Resolution::Commit => (CheckAnswer::Commit, &self.counters().answers_commit),
+            Resolution::Rollback => (CheckAnswer::Rollback, &self.counters().answers_rollback),
+            Resolution::Unknown => (CheckAnswer::Unknown, &self.counters().answers_unknown),
+        };
+        Counters::inc(counter);
+        if let Located::InMemory(id) = located {
+            self.table.lock().note_answer(*id, answer, now_ms());
+        }
+    }
+
+    /// A decided transaction no longer in memory: its op record decides the answer.
+    fn judge_forgotten(&self, op: &OpRecord, decision: Decision) -> Result<Outcome, TxnError> {
+        let state = op.decision.target();
+        match plan(state, decision) {
+            Plan::Already => Ok(Outcome::Already(state)),
+            Plan::Refuse => {
+                Counters::inc(&self.counters().conflicts);
+                Err(TxnError::Conflict {
+                    requested: decision,
+                    state,
+                    decided_by: op.source,
+                })
+            }
+            // A live transaction is never forgotten; an op saying otherwise is stale.
+            Plan::Apply | Plan::Wait => Err(TxnError::Unknown {
+                half_offset: op.id.half_offset,
+                commit_log_offset: op.id.commit_log_offset,
+            }),
+        }
+    }
+
+    async fn locate(&self, r: &TxnRef) -> Result<Located, TxnError> {
+        let (known, half_next) = {
+            let t = self.table.lock();
+            (t.get(r.half_offset).cloned(), t.half_next)
+        };
+        if let Some(e) = known {
+            self.validate(&e, r)?;
+            return Ok(Located::InMemory(r.half_offset));
+        }
+        if r.half_offset >= half_next {
+            return self.adopt(r).await.map(Located::InMemory);
+        }
+        self.find_op(r).map(Located::Forgotten)
+    }
+
+    /// Reads a half message the tailer has not reached yet and adds it to the table.
+    async fn adopt(&self, r: &TxnRef) -> Result<u64, TxnError> {
+        let rec = self.read_half_queue_entry(r).await?;
+        if rec.origin.is_some() {
+            return Err(TxnError::Mismatch(format!(
+                "queue offset {} holds a carried-forward copy, not a transaction's original",
+                r.half_offset
+            )));
+        }
+        let entry = Entry::open(&rec);
+        self.validate(&entry, r)?;
+        self.table.lock().insert(entry);
+        Ok(r.half_offset)
+    }
+
+    /// Reads the half message at queue offset `r.half_offset` through the half queue, never
+    /// at a client-supplied commit-log offset (a bogus one would read as corruption). Waits
+    /// briefly while the record at `r.commit_log_offset` is written but not yet dispatched
+    /// (an END racing its send's dispatch, or a send with `WAIT=false`).
+    async fn read_half_queue_entry(&self, r: &TxnRef) -> Result<HalfRecord, TxnError> {
+        let store = self.services.store();
+        let deadline = tokio::time::Instant::now() + FLUSH_WAIT;
+        loop {
+            let got =
+                store.get_messages(TRANS_HALF_TOPIC, 0, r.half_offset, 1, self.max_record, None);
+            if let Some(m) = got
+                .messages
+                .first()
+                .filter(|m| m.queue_offset == r.half_offset)
+            {
+                return HalfRecord::parse(&m.bytes, self.max_record).map_err(TxnError::Record);
+            }
+            let s = store.stats();
+            let pending = r.commit_log_offset < s.written && s.dispatched <= r.commit_log_offset;
+            if !pending || tokio::time::Instant::now() >= deadline {
+                tracing::debug!(
+                    half_offset = r.half_offset,
+                    commit_log_offset = r.commit_log_offset,
+                    "no half message for a transaction reference"
+                );
+                return Err(TxnError::Unknown {
+                    half_offset: r.half_offset,
+                    commit_log_offset: r.commit_log_offset,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The latest op record of a forgotten transaction, through the store's key index.
+    fn find_op(&self, r: &TxnRef) -> Result<OpRecord, TxnError> {
+        let id = TxnId {
+            half_offset: r.half_offset,
+            commit_log_offset: r.commit_log_offset,
+        };
+        let key = r.half_offset.to_string();
+        let store = self.services.store();
+        let op = store
+            .query_by_key(
+                TRANS_OP_HALF_TOPIC,
+                &key,
+                MAX_OPS_PER_TXN,
+                i64::MIN / 2,
+                i64::MAX / 2,
+            )
+            .iter()
+            .filter_map(|raw| OpRecord::parse(raw, self.max_record))
+            .filter(|op| op.id == id)
+            .max_by_key(|op| op.phys_offset)
+            .ok_or(TxnError::Unknown {
+                half_offset: r.half_offset,
+                commit_log_offset: r.commit_log_offset,
+            })?;
+        if !op.group.is_empty() && op.group != r.producer_group {
+            return Err(TxnError::WrongGroup {
+                expected: op.group,
+                got: r.producer_group.clone(),
+            });
+        }
+        if let Some(t) = r.transaction_id.as_deref().filter(|t| !t.is_empty()) {
+            if !op.uniq.is_empty() && !t.eq_ignore_ascii_case(&op.uniq) {
+                return Err(TxnError::Mismatch(format!(
+                    "transaction id {t} is not {}",
+                    op.uniq
+                )));
+            }
+        }
+        Ok(op)
+    }
+
+    /// Checks that a reference describes this transaction.
+    fn validate(&self, e: &Entry, r: &TxnRef) -> Result<(), TxnError> {
+        if r.commit_log_offset != e.id.commit_log_offset
+            && r.commit_log_offset != e.current.phys_offset
+        {
+            return Err(TxnError::Mismatch(format!(
+                "commitLogOffset {} does not match the half message at queue offset {} (commit-log offset {})",
+                r.commit_log_offset, e.id.half_offset, e.id.commit_log_offset
+            )));
+        }
+        if !e.group.is_empty() && e.group != r.producer_group {
+            return Err(TxnError::WrongGroup {
+                expected: e.group.clone(),
+                got: r.producer_group.clone(),
+            });
+        }
+        if let Some(t) = r.transaction_id.as_deref().filter(|t| !t.is_empty()) {
+            if !t.eq_ignore_ascii_case(&e.uniq) {
+                return Err(TxnError::Mismatch(format!(
+                    "transaction id {t} is not {}",
+                    e.uniq
+                )));
+            }
+        }
+        if let Some(m) = r.msg_id.as_deref().filter(|m| !m.is_empty()) {
+            let host = self.services.store().store_host();
+            let offset_id = offset_msg_id(host, e.id.commit_log_offset);
+            if !m.eq_ignore_ascii_case(&e.uniq) && !m.eq_ignore_ascii_case(&offset_id) {
+                return Err(TxnError::Mismatch(format!(
+                    "msgId {m} is neither the transaction id {} nor {offset_id}",
+                    e.uniq
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decision by an operator, by identity; no reference checks.
+    pub(crate) async fn force(
+        &self,
+        half_offset: u64,
+        decision: Decision,
+    ) -> Result<Outcome, TxnError> {
+        let known = self.table.lock().get(half_offset).map(|e| e.state);
+        match known {
+            Some(_) => self.decide(half_offset, decision, Source::Operator).await,
+            None => Err(TxnError::Unknown {
+                half_offset,
+                commit_log_offset: 0,
+            }),
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! [`TxnService`]: the in-process API the HTTP facade and metrics use. Cheap to clone; usable
+//! before start (sinks can be installed) and after stop (calls answer `NotStarted`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_store::now_ms;
+
+use crate::core::{Core, Outcome};
+use crate::error::TxnError;
+use crate::extension::Shared;
+use crate::metrics::TxnMetrics;
+use crate::resolve::{Resolution, TxnRef};
+use crate::sink::{CheckSink, PendingCheck};
+use crate::state::{CheckAnswer, Decision, Source, TxnState};
+use crate::table::{ms, Entry};
+
+/// Which transactions a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateFilter {
+    /// Undecided: open, resolving, parked (the default).
+    #[default]
+    Live,
+    /// Open (being checked) only.
+    Open,
+    /// Parked by the final action `keep` only.
+    Parked,
+    /// Decided and still in memory.
+    Decided,
+    /// Everything in memory.
+    All,
+}
+
+impl StateFilter {
+    fn admits(self, s: TxnState) -> bool {
+        match self {
+            Self::Live => s.is_live(),
+            Self::Open => s == TxnState::Open,
+            Self::Parked => s == TxnState::Parked,
+            Self::Decided => s.is_final(),
+            Self::All => true,
+        }
+    }
+}
+
+/// A listing request. Results are ordered by half offset; page with `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only this producer group.
+    pub producer_group: Option<String>,
+    /// Only transactions with this business key (one of `KEYS`) or this transaction id.
+    pub key: Option<String>,
+    /// Only transactions at least this old (since the half message was stored).
+    pub min_age: Option<Duration>,
+    /// Which states.
+    pub states: StateFilter,
+    /// Only half offsets above this one (paging).
+    pub after: Option<u64>,
+    /// Most results. Default 100.
+    pub limit: usize,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            producer_group: None,
+            key: None,
+            min_age: None,
+            states: StateFilter::Live,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+/// One transaction as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnView {
+    /// Identity: the half message's queue offset (what force/re-arm take).
+    pub half_offset: u64,
+    /// Identity: the half message's commit-log offset.
+    pub commit_log_offset: u64,
+    /// Where the half message's bytes are now (differs after a carry-forward).
+    pub current_half_offset: u64,
+    /// Transaction id (UNIQ_KEY).
+    pub transaction_id: String,
+    /// Producer group.
+    pub producer_group: String,
+    /// Real topic.
+    pub topic: String,
+    /// Real queue.
+    pub queue_id: i32,
+    /// `KEYS` (bounded).
+    pub keys: String,
+    /// `TAGS` (bounded).
+    pub tags: String,
+    /// Producer timestamp, epoch ms.
+    pub born_ms: i64,
+    /// When the half message was stored, epoch ms.
+    pub stored_ms: i64,
+    /// Age now, ms.
+    pub age_ms: u64,
+    /// State.
+    pub state: TxnState,
+    /// Checks delivered since (re)armed.
+    pub check_count: u32,
+    /// Last check, epoch ms.
+    pub last_check_ms: Option<i64>,
+    /// The producer's last answer to a check, and when.
+    pub last_answer: Option<(CheckAnswer, i64)>,
+    /// Who decided (or parked) it.
+    pub decided_by: Option<Source>,
+    /// When it was decided, epoch ms.
+    pub resolved_ms: Option<i64>,
+}
+
+impl TxnView {
+    fn of(e: &Entry, now: i64) -> Self {
+        Self {
+            half_offset: e.id.half_offset,
+            commit_log_offset: e.id.commit_log_offset,
+            current_half_offset: e.current.half_offset,
+            transaction_id: e.uniq.clone(),
+            producer_group: e.group.clone(),
+            topic: e.topic.clone(),
+            queue_id: e.queue_id,
+            keys: e.keys.clone(),
+            tags: e.tags.clone(),
+            born_ms: e.born_ms,
+            stored_ms: e.stored_ms,
+            age_ms: u64::try_from(now.saturating_sub(e.stored_ms)).unwrap_or(0),
+            state: e.state,
+            check_count: e.checks,
+            last_check_ms: e.last_check_ms,
+            last_answer: e.last_answer,
+            decided_by: e.decided_by,
+            resolved_ms: e.resolved_ms,
+        }
+    }
+}
+
+fn matches(e: &Entry, q: &ListQuery, now: i64) -> bool {
+    q.states.admits(e.state)
+        && q.after.is_none_or(|a| e.id.half_offset > a)
+        && q.producer_group.as_deref().is_none_or(|g| g == e.group)
+        && q.key
+            .as_deref()
+            .is_none_or(|k| e.uniq == k || e.keys.split(' ').any(|t| t == k))
+        && q.min_age
+            .is_none_or(|a| now.saturating_sub(e.stored_ms) >= ms(a))
+}
+
+/// The transaction service's in-process API (operators, the HTTP facade, metrics).
+#[derive(Clone)]
+pub struct TxnService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TxnService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnService").finish_non_exhaustive()
+    }
+}
+
+impl TxnService {
+    fn core(&self) -> Result<Arc<Core>, TxnError> {
+        self.shared.core.read().clone().ok_or(TxnError::NotStarted)
+    }
+
+    /// The core, with the half queue read up to what the store has dispatched, so a half
+    /// message whose send was acknowledged shows up without waiting for the checker's tick.
+    fn fresh_core(&self) -> Result<Arc<Core>, TxnError> {
+        let core = self.core()?;
+        core.tail_half_queue(4, false);
+        Ok(core)
+    }
+
+    /// Transactions in memory matching `q` (undecided ones are always in memory).
+    pub fn list(&self, q: &ListQuery) -> Result<Vec<TxnView>, TxnError> {
+        let core = self.fresh_core()?;
+        let now = now_ms();
+        let t = core.table.lock();
+        Ok(t.entries()
+            .filter(|e| matches(e, q, now))
+            .take(q.limit)
+            .map(|e| TxnView::of(e, now))
+            .collect())
+    }
+
+    /// One transaction by half offset, if in memory.
+    pub fn get(&self, half_offset: u64) -> Result<Option<TxnView>, TxnError> {
+        let core = self.fresh_core()?;
+        let now = now_ms();
+        let view = core
+            .table
+            .lock()
+            .get(half_offset)
+            .map(|e| TxnView::of(e, now));
+        Ok(view)
+    }
+
+    /// Forces a commit (`true`) or rollback (`false`) of an undecided transaction, as an
+    /// operator. The same rules hold: a decided transaction is not changed.
+    pub async fn force(&self, half_offset: u64, commit: bool) -> Result<Outcome, TxnError> {
+        let decision = if commit {
+            Decision::Commit
+        } else {
+            Decision::Rollback
+        };
+        self.fresh_core()?.force(half_offset, decision).await
+    }
+
+    /// Re-arms the checks of a parked transaction: open again, check count zero, first check
+    /// one `check_after` from now. Recorded durably (an op record).
+    pub async fn rearm(&self, half_offset: u64) -> Result<Outcome, TxnError> {
+        self.core()?.force(half_offset, Decision::Rearm).await
+    }
+
+    /// Answers a transaction by reference: the HTTP twin of END_TRANSACTION. `from_check`
+    /// marks an answer to a check (counted, shown as the last answer).
+    pub async fn resolve(
+        &self,
+        r: &TxnRef,
+        resolution: Resolution,
+        from_check: bool,
+    ) -> Result<Outcome, TxnError> {
+        self.core()?.resolve(r, resolution, from_check).await
+    }
+
+    /// Hands out up to `max` queued checks of a pull-mode group (each counts as a delivered
+    /// check). Checks of transactions decided meanwhile are dropped, never handed out.
+    pub fn pull_checks(&self, group: &str, max: usize) -> Result<Vec<PendingCheck>, TxnError> {
+        let core = self.core()?;
+        let taken = core.table.lock().take_pull(group, max, now_ms());
+        let mut out = Vec::with_capacity(taken.len());
+        for (e, n) in taken {
+            match core.read_half(e.current.phys_offset) {
+                Ok(half) => {
+                    crate::metrics::Counters::inc(&self.shared.counters.checks_sent);
+                    out.push(PendingCheck::new(&e, &half, n, None));
+                }
+                Err(err) => {
+                    core.table.lock().uncount_check(e.id.half_offset);
+                    tracing::warn!(half_offset = e.id.half_offset, error = %err, "pulled check dropped: half message unreadable");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs the sink that delivers checks of groups with a `check_url`. `deliver` runs
+    /// under the table lock: it must only queue, and must not call back into this service.
+    pub fn set_url_sink(&self, sink: Option<Arc<dyn CheckSink>>) {
+        *self.shared.url_sink.write() = sink;
+    }
+
+    /// Installs (or removes) a sink for one producer group; it takes precedence over the
+    /// group's configuration. Same rules as [`TxnService::set_url_sink`].
+    pub fn set_check_sink(&self, group: &str, sink: Option<Arc<dyn CheckSink>>) {
+        let mut sinks = self.shared.group_sinks.write();
+        match sink {
+            Some(s) => {
+                sinks.insert(group.to_owned(), s);
+            }
+            None => {
+                sinks.remove(group);
+            }
+        }
+    }
+
+    /// Gauges and counters.
+    pub fn metrics(&self) -> TxnMetrics {
+        let mut m = TxnMetrics::default();
+        self.shared.counters.fill(&mut m);
+        if let Some(core) = self.shared.core.read().clone() {
+            let t = core.table.lock();
+            let (open, parked, resolving, done, oldest) = t.gauges();
+            m.open = open;
+            m.parked = parked;
+            m.resolving = resolving;
+            m.resolved_in_memory = done;
+            m.oldest_open_age_ms = oldest.map_or(0, |o| {
+                u64::try_from(now_ms().saturating_sub(o)).unwrap_or(0)
+            });
+            m.pending_pull_checks = t.pending_pulls() as u64;
+        }
+        m
+    }
+}

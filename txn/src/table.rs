@@ -1,0 +1,483 @@
+//! The in-memory state of every transaction the broker knows, keyed by identity (the original
+//! half message's queue offset). All changes happen under one mutex, briefly: no I/O, no await.
+//!
+//! Invariants:
+//! - every half message below `half_next` is either in the table or decided and forgotten;
+//! - only decided entries below `half_next` are forgotten (so a restart that rescans from
+//!   `half_next` meets every entry it must and nothing it must not);
+//! - `live` counts entries in a live state (open, resolving, parked).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::checkpoint::{CheckpointData, LiveEntry};
+use crate::config::{FinalAction, GroupPolicy, TxnConfig};
+use crate::error::TxnError;
+use crate::records::{HalfRecord, TxnId};
+use crate::state::{plan, CheckAnswer, Decision, Plan, Source, TxnState};
+
+/// Where a transaction's half-message bytes are now (the original, or a carry-forward copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub(crate) half_offset: u64,
+    pub(crate) phys_offset: u64,
+    pub(crate) store_ms: i64,
+}
+
+/// One transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) id: TxnId,
+    pub(crate) current: Location,
+    pub(crate) group: String,
+    pub(crate) uniq: String,
+    pub(crate) topic: String,
+    pub(crate) queue_id: i32,
+    pub(crate) keys: String,
+    pub(crate) tags: String,
+    pub(crate) born_ms: i64,
+    /// When the original half message was stored (its age counts from here).
+    pub(crate) stored_ms: i64,
+    /// When checks (re)started: the store time, or the last re-arm.
+    pub(crate) armed_ms: i64,
+    /// Absolute time of the first check when the message set an immunity time.
+    pub(crate) first_check_ms: Option<i64>,
+    pub(crate) state: TxnState,
+    /// Checks delivered since armed.
+    pub(crate) checks: u32,
+    pub(crate) last_check_ms: Option<i64>,
+    pub(crate) last_answer: Option<(CheckAnswer, i64)>,
+    pub(crate) decided_by: Option<Source>,
+    pub(crate) resolved_ms: Option<i64>,
+    /// Op-queue max offset seen when the decision in flight began (its op lands at or above).
+    pub(crate) op_floor: u64,
+    /// Op-queue offset of the decision, once durable.
+    pub(crate) op_offset: Option<u64>,
+}
+
+impl Entry {
+    /// A new open transaction from its original half message.
+    pub(crate) fn open(rec: &HalfRecord) -> Self {
+        let stored_ms = rec.origin_store_ms();
+        Self {
+            id: rec.id(),
+            current: Location {
+                half_offset: rec.queue_offset,
+                phys_offset: rec.phys_offset,
+                store_ms: rec.header.store_timestamp,
+            },
+            group: rec.group.clone(),
+            uniq: rec.uniq.clone(),
+            topic: rec.real_topic.clone(),
+            queue_id: rec.real_qid,
+            keys: rec.keys_label(),
+            tags: rec.tags_label(),
+            born_ms: rec.header.born_timestamp,
+            stored_ms,
+            armed_ms: stored_ms,
+            first_check_ms: rec.immunity_ms().map(|i| stored_ms.saturating_add(i)),
+            state: TxnState::Open,
+            checks: 0,
+            last_check_ms: None,
+            last_answer: None,
+            decided_by: None,
+            resolved_ms: None,
+            op_floor: 0,
+            op_offset: None,
+        }
+    }
+
+    /// A transaction known only from a carry-forward copy (its original is gone): the copy
+    /// carries its check count and whether it was parked.
+    pub(crate) fn from_copy(rec: &HalfRecord) -> Self {
+        let mut e = Self::open(rec);
+        e.checks = rec.copied_checks();
+        if rec.copied_parked() {
+            e.state = TxnState::Parked;
+        }
+        e
+    }
+
+    /// When the next check is due under `p`.
+    fn next_check_ms(&self, p: &GroupPolicy) -> i64 {
+        match self.last_check_ms {
+            Some(t) => t.saturating_add(ms(p.check_interval)),
+            None => self
+                .first_check_ms
+                .unwrap_or_else(|| self.armed_ms.saturating_add(ms(p.check_after))),
+        }
+    }
+}
+
+pub(crate) fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the table says about a decision request.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// The entry is now `Resolving`; make it durable. Carries a copy of the entry.
+    Proceed(Box<Entry>),
+    /// Already in the asked state.
+    Done(TxnState),
+    /// Refused.
+    Refused(TxnError),
+    /// Another decision is in flight.
+    Wait,
+    /// Not in memory.
+    Missing,
+}
+
+/// Work the checker found due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Apply the final action.
+    Final(u64, Decision),
+    /// Send a check.
+    Check(u64),
+}
+
+/// The table.
+#[derive(Debug)]
+pub(crate) struct Table {
+    entries: BTreeMap<u64, Entry>,
+    /// Next half-queue offset the tailer reads.
+    pub(crate) half_next: u64,
+    resolved_order: VecDeque<u64>,
+    live: Arc<AtomicUsize>,
+    /// Something changed since the last checkpoint.
+    pub(crate) dirty: bool,
+    pull: HashMap<String, VecDeque<u64>>,
+    queued: HashSet<u64>,
+}
+
+impl Table {
+    pub(crate) fn new(live: Arc<AtomicUsize>) -> Self {
+        live.store(0, Ordering::Relaxed);
+        Self {
+            entries: BTreeMap::new(),
+            half_next: 0,
+            resolved_order: VecDeque::new(),
+            live,
+            dirty: false,
+            pull: HashMap::new(),
+            queued: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Adds an entry unless its identity is known; true when added.
+    pub(crate) fn insert(&mut self, e: Entry) -> bool {
+        if self.entries.contains_key(&e.id.half_offset) {
+            return false;
+        }
+        if e.state.is_live() {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.resolved_order.push_back(e.id.half_offset);
+        }
+        self.entries.insert(e.id.half_offset, e);
+        self.dirty = true;
+        true
+    }
+
+    /// A carry-forward copy was stored: the bytes now live there.
+    pub(crate) fn relocate(&mut self, id: u64, to: Location) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            if to.half_offset > e.current.half_offset {
+                e.current = to;
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: u64, state: TxnState) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        match (e.state.is_live(), state.is_live()) {
+            (true, false) => {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                self.resolved_order.push_back(id);
+            }
+            (false, true) => {
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        e.state = state;
+        self.dirty = true;
+    }
+
+    /// Starts a decision: the transition table decides whether it may proceed.
+    pub(crate) fn begin(&mut self, id: u64, decision: Decision, op_floor: u64) -> Begin {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return Begin::Missing;
+        };
+        match plan(e.state, decision) {
+            Plan::Apply => {
+                let from_parked = e.state == TxnState::Parked;
+                e.op_floor = op_floor;
+                let snapshot = Box::new(e.clone());
+                self.set_state(
+                    id,
+                    TxnState::Resolving {
+                        decision,
+                        from_parked,
+                    },
+                );
+                Begin::Proceed(snapshot)
+            }
+            Plan::Already => Begin::Done(e.state),
+            Plan::Wait => Begin::Wait,
+            Plan::Refuse => Begin::Refused(TxnError::Conflict {
+                requested: decision,
+                state: e.state,
+                decided_by: e.decided_by,
+            }),
+        }
+    }
+
+    /// The decision is durable.
+    pub(crate) fn complete(
+        &mut self,
+        id: u64,
+        decision: Decision,
+        by: Source,
+        op_offset: u64,
+        now: i64,
+    ) {
+        self.set_state(id, decision.target());
+        self.queued.remove(&id);
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        e.op_offset = Some(op_offset);
+        if decision == Decision::Rearm {
+            e.checks = 0;
+            e.last_check_ms = None;
+            e.first_check_ms = None;
+            e.armed_ms = now;
+            e.decided_by = None;
+        } else {
+            e.decided_by = Some(by);
+            if decision.target().is_final() {
+                e.resolved_ms = Some(now);
+            }
+        }
+    }
+
+    /// The decision's append failed: back to where it came from.
+    pub(crate) fn revert(&mut self, id: u64) {
+        if let Some(TxnState::Resolving { from_parked, .. }) =
+            self.entries.get(&id).map(|e| e.state)
+        {
+            let back = if from_parked {
+                TxnState::Parked
+            } else {
+                TxnState::Open
+            };
+            self.set_state(id, back);
+        }
+    }
+
+    /// Applies a replayed op record (restart): the decision is already durable.
+    pub(crate) fn replay(
+        &mut self,
+        id: u64,
+        decision: Decision,
+        by: Option<Source>,
+        op_offset: u64,
+        now: i64,
+    ) {
+        let Some(state) = self.entries.get(&id).map(|e| e.state) else {
+            return;
+        };
+        if plan(state, decision) == Plan::Apply {
+            self.complete(id, decision, by.unwrap_or(Source::Recovery), op_offset, now);
+        }
+    }
+
+    /// Records a producer's answer to a check.
+    pub(crate) fn note_answer(&mut self, id: u64, answer: CheckAnswer, now: i64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.last_answer = Some((answer, now));
+        }
+    }
+
+    /// Open transactions whose check or final action is due.
+    pub(crate) fn due(&mut self, now: i64, cfg: &TxnConfig) -> Vec<Due> {
+        let mut policies: HashMap<String, GroupPolicy> = HashMap::new();
+        let mut out = Vec::new();
+        for e in self.entries.values() {
+            if e.state != TxnState::Open || self.queued.contains(&e.id.half_offset) {
+                continue;
+            }
+            let p = policies
+                .entry(e.group.clone())
+                .or_insert_with(|| cfg.policy(&e.group));
+            if now < e.next_check_ms(p) {
+                continue;
+            }
+            let id = e.id.half_offset;
+            if e.checks >= p.check_max {
+                let d = match p.final_action {
+                    FinalAction::Rollback => Decision::Discard,
+                    FinalAction::Keep => Decision::Park,
+                };
+                out.push(Due::Final(id, d));
+            } else {
+                out.push(Due::Check(id));
+            }
+        }
+        out
+    }
+
+    /// A check was (about to be) delivered: count it against `check_max`. False when the
+    /// transaction is no longer open (then nothing may be sent).
+    pub(crate) fn count_check(&mut self, id: u64, now: i64) -> Option<u32> {
+        let e = self
+            .entries
+            .get_mut(&id)
+            .filter(|e| e.state == TxnState::Open)?;
+        e.checks += 1;
+        e.last_check_ms = Some(now);
+        self.dirty = true;
+        Some(e.checks)
+    }
+
+    /// The counted check could not be delivered after all.
+    pub(crate) fn uncount_check(&mut self, id: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.checks = e.checks.saturating_sub(1);
+            self.dirty = true;
+        }
+    }
+
+    /// Nobody could be asked: try again one interval later, without using the budget.
+    pub(crate) fn postpone_check(&mut self, id: u64, now: i64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.last_check_ms = Some(now);
+        }
+    }
+
+    /// Queues a check for a pull-mode group (at most `cap` per group, once per transaction).
+    pub(crate) fn queue_pull(&mut self, group: &str, id: u64, cap: usize) -> bool {
+        let q = self.pull.entry(group.to_owned()).or_default();
+        if q.len() >= cap {
+            // Drop ids decided while queued before judging the queue full.
+            q.retain(|i| self.queued.contains(i));
+        }
+        if q.len() >= cap || self.queued.contains(&id) {
+            return false;
+        }
+        q.push_back(id);
+        self.queued.insert(id);
+        true
+    }
+
+    /// Takes up to `max` queued checks of `group` whose transactions are still open, counting
+    /// each as delivered.
+    pub(crate) fn take_pull(&mut self, group: &str, max: usize, now: i64) -> Vec<(Entry, u32)> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(id) = self.pull.get_mut(group).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            self.queued.remove(&id);
+            if let Some(n) = self.count_check(id, now) {
+                if let Some(e) = self.entries.get(&id) {
+                    out.push((e.clone(), n));
+                }
+            }
+        }
+        out
+    }
+
+    /// Undecided transactions (what a checkpoint lists).
+    pub(crate) fn live_count(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Checks waiting to be pulled, all groups.
+    pub(crate) fn pending_pulls(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Forgets decided entries older than `retention`, and the oldest beyond `max`; never one
+    /// at or above `half_next` (a restart would rescan it).
+    pub(crate) fn forget(&mut self, now: i64, retention_ms: i64, max: usize) -> usize {
+        let mut n = 0;
+        while let Some(&id) = self.resolved_order.front() {
+            let Some(e) = self.entries.get(&id) else {
+                self.resolved_order.pop_front();
+                continue;
+            };
+            let old = e
+                .resolved_ms
+                .is_none_or(|t| now.saturating_sub(t) >= retention_ms);
+            let over = self.resolved_order.len() > max;
+            if !(old || over) || id >= self.half_next || e.state.is_live() {
+                break;
+            }
+            self.resolved_order.pop_front();
+            self.entries.remove(&id);
+            n += 1;
+        }
+        n
+    }
+
+    /// What a checkpoint must hold: see `checkpoint` for why `op_next` is computed this way.
+    pub(crate) fn snapshot(&self, op_max: u64) -> CheckpointData {
+        let mut op_next = op_max;
+        let mut live = Vec::new();
+        for e in self.entries.values() {
+            match e.state {
+                TxnState::Resolving { .. } => op_next = op_next.min(e.op_floor),
+                s if s.is_final() && e.id.half_offset >= self.half_next => {
+                    op_next = op_next.min(e.op_offset.unwrap_or(0));
+                }
+                _ => {}
+            }
+            if e.state.is_live() {
+                live.push(LiveEntry::from_entry(e));
+            }
+        }
+        CheckpointData {
+            version: crate::checkpoint::VERSION,
+            half_next: self.half_next,
+            op_next,
+            live,
+        }
+    }
+
+    /// Gauges for [`crate::TxnMetrics`]: (open, parked, resolving, decided, oldest live store time).
+    pub(crate) fn gauges(&self) -> (u64, u64, u64, u64, Option<i64>) {
+        let (mut open, mut parked, mut resolving, mut done) = (0, 0, 0, 0);
+        let mut oldest: Option<i64> = None;
+        for e in self.entries.values() {
+            match e.state {
+                TxnState::Open => open += 1,
+                TxnState::Parked => parked += 1,
+                TxnState::Resolving { .. } => resolving += 1,
+                _ => done += 1,
+            }
+            if e.state.is_live() {
+                oldest = Some(oldest.map_or(e.stored_ms, |o: i64| o.min(e.stored_ms)));
+            }
+        }
+        (open, parked, resolving, done, oldest)
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

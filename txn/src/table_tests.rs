@@ -1,0 +1,131 @@
+//! Unit tests of the state table.
+
+use super::*;
+use std::time::Duration;
+
+fn entry(id: u64, stored_ms: i64) -> Entry {
+    Entry {
+        id: TxnId {
+            half_offset: id,
+            commit_log_offset: id * 100,
+        },
+        current: Location {
+            half_offset: id,
+            phys_offset: id * 100,
+            store_ms: stored_ms,
+        },
+        group: "pg".into(),
+        uniq: format!("U{id}"),
+        topic: "T".into(),
+        queue_id: 0,
+        keys: String::new(),
+        tags: String::new(),
+        born_ms: stored_ms,
+        stored_ms,
+        armed_ms: stored_ms,
+        first_check_ms: None,
+        state: TxnState::Open,
+        checks: 0,
+        last_check_ms: None,
+        last_answer: None,
+        decided_by: None,
+        resolved_ms: None,
+        op_floor: 0,
+        op_offset: None,
+    }
+}
+
+fn cfg() -> TxnConfig {
+    let mut c = TxnConfig::default();
+    c.defaults.check_after = Duration::from_millis(100);
+    c.defaults.check_interval = Duration::from_millis(50);
+    c.defaults.check_max = 2;
+    c
+}
+
+#[test]
+fn checks_come_due_then_the_final_action() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut t = Table::new(Arc::clone(&live));
+    t.insert(entry(1, 1000));
+    assert_eq!(live.load(Ordering::Relaxed), 1);
+    assert!(t.due(1099, &cfg()).is_empty());
+    assert_eq!(t.due(1100, &cfg()), [Due::Check(1)]);
+    assert_eq!(t.count_check(1, 1100), Some(1));
+    assert!(t.due(1149, &cfg()).is_empty());
+    assert_eq!(t.count_check(1, 1150), Some(2));
+    assert_eq!(t.due(1200, &cfg()), [Due::Final(1, Decision::Discard)]);
+    let Begin::Proceed(_) = t.begin(1, Decision::Discard, 7) else {
+        panic!()
+    };
+    assert!(
+        t.due(5000, &cfg()).is_empty(),
+        "nothing is due while resolving"
+    );
+    assert!(
+        t.count_check(1, 5000).is_none(),
+        "no check for a resolving transaction"
+    );
+    t.complete(1, Decision::Discard, Source::FinalAction, 7, 1300);
+    assert_eq!(live.load(Ordering::Relaxed), 0);
+    assert!(matches!(
+        t.begin(1, Decision::Commit, 8),
+        Begin::Refused(TxnError::Conflict { .. })
+    ));
+}
+
+#[test]
+fn a_failed_append_restores_the_previous_state() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    let mut e = entry(2, 0);
+    e.state = TxnState::Parked;
+    t.insert(e);
+    assert!(matches!(t.begin(2, Decision::Commit, 0), Begin::Proceed(_)));
+    assert!(matches!(t.begin(2, Decision::Rollback, 0), Begin::Wait));
+    t.revert(2);
+    assert_eq!(t.get(2).unwrap().state, TxnState::Parked);
+}
+
+#[test]
+fn forgetting_keeps_live_entries_and_entries_above_the_tailer() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in 0..4 {
+        t.insert(entry(id, 0));
+    }
+    for id in [0, 1, 3] {
+        let Begin::Proceed(_) = t.begin(id, Decision::Rollback, 0) else {
+            panic!()
+        };
+        t.complete(id, Decision::Rollback, Source::Producer, id, 10);
+    }
+    t.half_next = 2;
+    assert_eq!(t.forget(10_000, 100, 1000), 2);
+    assert!(t.get(2).is_some() && t.get(3).is_some());
+    let cp = t.snapshot(50);
+    assert_eq!(cp.live.len(), 1);
+    assert_eq!(
+        cp.op_next, 3,
+        "the op of a decided entry above half_next is replayed"
+    );
+}
+
+#[test]
+fn pulled_checks_count_once_and_skip_decided_transactions() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    t.insert(entry(1, 0));
+    t.insert(entry(2, 0));
+    assert!(t.queue_pull("pg", 1, 10));
+    assert!(!t.queue_pull("pg", 1, 10), "queued once");
+    assert!(t.queue_pull("pg", 2, 10));
+    assert!(
+        t.due(1_000_000, &cfg()).is_empty(),
+        "queued checks are not due again"
+    );
+    let Begin::Proceed(_) = t.begin(2, Decision::Commit, 0) else {
+        panic!()
+    };
+    let got = t.take_pull("pg", 10, 5);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0.id.half_offset, got[0].1), (1, 1));
+    assert_eq!(t.pending_pulls(), 0);
+}

@@ -267,8 +267,11 @@ impl TransactionProducer {
     /// An error or panic in `local` counts as [`TransactionState::Unknown`]: the broker then
     /// asks the group's checkers. A half message the broker stored with a flush or slave
     /// timeout is rolled back without running `local` (Java's rule). END_TRANSACTION is
-    /// one-way: if it is lost, the check resolves the transaction. Delay levels are removed
-    /// (RocketMQ refuses delayed transactional messages).
+    /// one-way: if it is lost, the check resolves the transaction.
+    ///
+    /// **Sluice-only:** a delay level or deliver-at time on `msg` is kept, and Sluice delivers
+    /// the committed message at that time. Apache RocketMQ's own clients strip the delay level
+    /// from transactional messages and its brokers do not honour it.
     #[tracing::instrument(skip_all, fields(topic = %msg.topic(), group = %self.inner.sender.group))]
     pub async fn send_in_transaction<F, Fut, R>(
         &self,
@@ -284,7 +287,7 @@ impl TransactionProducer {
             return Err(ClientError::Shutdown);
         }
         let sender = &self.inner.sender;
-        let mut msg = sender.prepare(msg.with_delay_level(0))?;
+        let mut msg = sender.prepare(msg)?;
         msg.properties_mut().insert(keys::TRAN_MSG, "true");
         msg.properties_mut()
             .insert(keys::PGROUP, sender.group.clone());

@@ -282,8 +282,9 @@ async fn end_transaction_carries_the_protocol_headers_for_commit_rollback_and_un
         .unwrap();
     assert_eq!(panicked.state, TransactionState::Unknown);
 
-    // The half sends: prepared sysFlag, TRAN_MSG and PGROUP set, delay level removed.
-    for h in &fake.seen.lock().sends {
+    // The half sends: prepared sysFlag, TRAN_MSG and PGROUP set, the delay level kept (Sluice
+    // delivers a committed delayed message at its time).
+    for (i, h) in fake.seen.lock().sends.iter().enumerate() {
         assert_eq!(h.producer_group, GROUP);
         assert_eq!(
             h.sys_flag & sysflag::TRANSACTION_MASK,
@@ -292,7 +293,8 @@ async fn end_transaction_carries_the_protocol_headers_for_commit_rollback_and_un
         let props = Properties::decode(h.properties.as_deref().unwrap().as_bytes());
         assert_eq!(props.get("TRAN_MSG"), Some("true"));
         assert_eq!(props.get("PGROUP"), Some(GROUP));
-        assert_eq!(props.get("DELAY"), None);
+        // Only the first message ("order 1") was sent with a delay level.
+        assert_eq!(props.get("DELAY"), (i == 0).then_some("3"));
     }
 
     let ends = wait_ends(&fake, 4).await;

@@ -40,9 +40,15 @@ fn reject(code: i32, remark: impl Into<String>) -> HookOutcome {
     }
 }
 
-/// A half message (its transaction hook parks it; its delay applies after the commit).
+/// A half message waits for its transaction: its delay applies after commit. A committed
+/// message still carries `TRAN_MSG=true` (RocketMQ keeps the half's properties), so the
+/// COMMIT sysFlag decides first.
 fn is_half(msg: &PendingMessage) -> bool {
-    sysflag::transaction_type(msg.input.sys_flag) == sysflag::TRANSACTION_PREPARED
+    let tx = sysflag::transaction_type(msg.input.sys_flag);
+    if tx == sysflag::TRANSACTION_COMMIT {
+        return false;
+    }
+    tx == sysflag::TRANSACTION_PREPARED
         || msg
             .properties
             .get(keys::TRAN_MSG)

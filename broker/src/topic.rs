@@ -42,6 +42,17 @@ const NOT_SENDABLE: [&str; 6] = [
     "OFFSET_MOVED_EVENT",
 ];
 
+/// Topics that hold messages no consumer may see yet: half messages (and their op log),
+/// messages parked after too many checks, and delayed messages waiting for their time (RocketMQ
+/// lets a client pull these; Sluice promises they are invisible until committed or due).
+const NOT_CONSUMABLE: [&str; 5] = [
+    SCHEDULE_TOPIC,
+    TRANS_HALF_TOPIC,
+    TRANS_OP_HALF_TOPIC,
+    TRANS_CHECK_MAX_TIME_TOPIC,
+    "SLUICE_SYS_TIMER",
+];
+
 /// Most queues a topic may have; queue ids become folders, so this is a resource bound.
 pub(crate) const MAX_QUEUE_NUMS: i32 = 4096;
 
@@ -98,6 +109,11 @@ pub(crate) fn validate_name(topic: &str) -> Result<(), TopicReject> {
 /// True for system topics producers may not send to.
 pub(crate) fn is_not_sendable(topic: &str) -> bool {
     NOT_SENDABLE.contains(&topic)
+}
+
+/// True for system topics consumers may not pull.
+pub(crate) fn is_not_consumable(topic: &str) -> bool {
+    NOT_CONSUMABLE.contains(&topic)
 }
 
 /// The retry topic of a consumer group.

@@ -255,3 +255,27 @@ async fn go_style_v1_sends_and_negative_queue_ids_are_accepted() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn half_timer_and_op_topics_cannot_be_pulled() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    for topic in [
+        "RMQ_SYS_TRANS_HALF_TOPIC",
+        "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+        "SCHEDULE_TOPIC_XXXX",
+        "TRANS_CHECK_MAX_TIME_TOPIC",
+        "SLUICE_SYS_TIMER",
+    ] {
+        let resp = client
+            .invoke(pull_request("snoop", topic, 0, 0, 0, Some("*")), RPC)
+            .await
+            .unwrap();
+        assert_eq!(resp.code, 16, "{topic}: NO_PERMISSION");
+        assert!(
+            resp.ext_fields.get_str("nextBeginOffset").is_some(),
+            "{topic}: required fields present"
+        );
+    }
+    cluster.stop().await;
+}

@@ -248,7 +248,7 @@ async fn the_keep_action_parks_the_message_and_an_operator_can_rearm_it() {
             == TxnState::Parked)
         .await
     );
-    let parked = consume_all(&b, &c, "TRANS_CHECK_MAX_TIME_TOPIC").await;
+    let parked = read_stored(&b, "TRANS_CHECK_MAX_TIME_TOPIC").await;
     assert_eq!(parked.len(), 1, "RocketMQ's copy for tools");
     assert_eq!(parked[0].props.get("REAL_TOPIC"), Some(TOPIC));
     let listed = svc

@@ -334,7 +334,7 @@ async fn a_delayed_half_message_keeps_its_delay_and_commits_through_the_commit_h
         visible_keys(&b, &c).await.is_empty(),
         "the commit hook moved it out of the real topic"
     );
-    let parked = consume_all(&b, &c, sluice_broker::SCHEDULE_TOPIC).await;
+    let parked = read_stored(&b, sluice_broker::SCHEDULE_TOPIC).await;
     assert_eq!(parked.len(), 1);
     let m = &parked[0];
     assert_eq!(m.props.get("DELAY"), Some("3"));

@@ -87,6 +87,15 @@ pub(super) async fn pull(
 
 /// Topic, queue and subscription checks (§2.3 "Broker checks before reading").
 fn prepare(ctx: &BrokerContext, h: &PullMessageRequestHeader) -> Result<Plan, Reject> {
+    if crate::topic::is_not_consumable(&h.topic) {
+        return Err(Reject::new(
+            code::NO_PERMISSION,
+            format!(
+                "topic[{}] holds uncommitted or not-yet-due messages and cannot be consumed",
+                h.topic
+            ),
+        ));
+    }
     let topic = ctx.topics.get(&h.topic).ok_or_else(|| {
         Reject::new(
             code::TOPIC_NOT_EXIST,

@@ -350,6 +350,47 @@ pub async fn consume_all(b: &TestBroker, client: &RemotingClient, topic: &str) -
     out
 }
 
+/// Every message stored in a system topic, read from the store: consumers may not pull system
+/// topics (the broker answers NO_PERMISSION), tools read them this way.
+pub async fn read_stored(b: &TestBroker, topic: &str) -> Vec<Msg> {
+    settle(b).await;
+    let store = b.broker.store();
+    let mut out = Vec::new();
+    let queues: Vec<i32> = store
+        .queues()
+        .into_iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, q)| q)
+        .collect();
+    for queue_id in queues {
+        read_queue(&store, topic, queue_id, &mut out);
+    }
+    out
+}
+
+fn read_queue(store: &sluice_store::Store, topic: &str, queue_id: i32, out: &mut Vec<Msg>) {
+    let mut offset = store.min_offset(topic, queue_id);
+    for _ in 0..1000 {
+        let r = store.get_messages(topic, queue_id, offset, 32, 1 << 20, None);
+        for m in &r.messages {
+            let v = RecordView::parse(&m.bytes, usize::MAX).unwrap();
+            out.push(Msg {
+                queue_id: v.header.queue_id,
+                queue_offset: v.header.queue_offset,
+                sys_flag: v.header.sys_flag,
+                prepared_offset: v.header.prepared_transaction_offset,
+                body: v.body.to_vec(),
+                topic: v.topic.to_owned(),
+                props: Properties::decode(v.properties),
+            });
+        }
+        if r.messages.is_empty() || r.next_offset >= r.max_offset {
+            break;
+        }
+        offset = r.next_offset;
+    }
+}
+
 /// Keys consumable from the test topic, sorted.
 pub async fn visible_keys(b: &TestBroker, client: &RemotingClient) -> Vec<String> {
     let mut keys: Vec<String> = consume_all(b, client, TOPIC)

@@ -464,3 +464,76 @@ fn cpp_broadcasting_consumers_each_get_every_message() {
     }
     sluice.stop();
 }
+
+#[test]
+fn cpp_delay_level_messages_arrive_after_their_delay_and_not_before() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    client_path();
+    let sluice = start(data.path(), free_port(), free_port());
+    produce(sluice.ns, "CompatDelayed", 1, 1_000_000, "Warm");
+    let ready = work.path().join("delayed.ready");
+    let r = ready.to_string_lossy().to_string();
+    let c = driver(
+        sluice.ns,
+        &[
+            "consume",
+            "--group",
+            "compat_delayed",
+            "--topic",
+            "CompatDelayed",
+            "--expression",
+            "Later",
+            "--expect",
+            "20",
+            "--timeout",
+            "120",
+            "--settle",
+            "1",
+            "--full",
+            "--ready-file",
+            &r,
+        ],
+    );
+    wait_ready(&ready);
+    // Level 2 is 5 s in RocketMQ's default ladder.
+    let v = finish(
+        driver(
+            sluice.ns,
+            &[
+                "produce",
+                "--topic",
+                "CompatDelayed",
+                "--count",
+                "20",
+                "--tags",
+                "Later",
+                "--delay-level",
+                "2",
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    assert_eq!(v["sent"], 20, "{v}");
+    let got = finish(c, Duration::from_secs(180));
+    let msgs = got["messages"].as_array().unwrap();
+    let keys: BTreeSet<&str> = msgs.iter().map(|m| m["key"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        (0..20)
+            .map(|i| format!("k{i}"))
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect()
+    );
+    for m in msgs {
+        let (born, stored) = (m["born"].as_i64().unwrap(), m["stored"].as_i64().unwrap());
+        assert!(
+            stored >= born + 5_000,
+            "released {} ms after it was sent, before its 5 s delay",
+            stored - born
+        );
+    }
+    sluice.stop();
+}

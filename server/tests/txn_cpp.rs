@@ -6,99 +6,21 @@
 //! if it cannot be, the tests fail (a skipped compatibility test is not a pass).
 
 mod common;
+mod cpp_driver;
 mod txn_common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
+use cpp_driver::*;
 use serde_json::Value;
-use sluice_protocol::remoting::custom::pull_sysflag;
-use sluice_protocol::remoting::custom::PullMessageRequestHeader;
+use sluice_protocol::remoting::custom::QueryMessageRequestHeader;
 use sluice_protocol::{request_code, response_code, Properties, RecordView, RemotingCommand};
 use sluice_remoting::RemotingClient;
 use txn_common::*;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn client_path() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = workspace();
-        let out = Command::new(root.join("scripts/fetch-cpp-client"))
-            .arg(root.join("target/compat-cache"))
-            .current_dir(&root)
-            .output()
-            .expect("run scripts/fetch-cpp-client");
-        assert!(
-            out.status.success(),
-            "COMPATIBILITY CLIENT UNAVAILABLE: scripts/fetch-cpp-client failed; this test fails rather than skips.\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let p = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        if p.is_absolute() { p } else { root.join(p) }
-    })
-}
-
-fn driver(ns: SocketAddr, args: &[&str]) -> Child {
-    Command::new("python3")
-        .arg(workspace().join("tests/compat/cpp_client.py"))
-        .args(["--ns", &ns.to_string()])
-        .args(args)
-        .env("PYTHONPATH", client_path())
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3 driver")
-}
-
-/// Waits (bounded) for the driver and parses the JSON on its last stdout line.
-fn finish(mut child: Child, limit: Duration) -> Value {
-    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = read(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
-    );
-    let err = read(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
-    );
-    let status = wait_timeout(&mut child, limit);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let (text, err) = (out.join().unwrap(), err.join().unwrap());
-    let last = text.lines().last().unwrap_or("");
-    assert!(
-        status.is_some(),
-        "driver timed out after {limit:?}; last output: {last}\nstderr: {err}"
-    );
-    serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}): {text}\nstderr: {err}"))
-}
 
 /// A transactional producer run; returns its report.
 #[allow(clippy::too_many_arguments)]
@@ -360,22 +282,23 @@ fn cpp_another_producer_of_the_group_answers_for_one_that_is_gone() {
 }
 
 /// Waits (bounded) for the op record of the final action on `half_offset`.
+/// Waits for the op record of `op` on the half message at `half_offset`. Consumers may not
+/// pull the op topic, so it is found the way tools find messages: QUERY_MESSAGE by key (op
+/// records carry the half offset in KEYS).
 async fn wait_final_action(broker: SocketAddr, half_offset: i64, op: &str) -> bool {
     let client = RemotingClient::connect(broker).await.unwrap();
     for _ in 0..600 {
-        let h = PullMessageRequestHeader {
-            consumer_group: "txn_op_reader".into(),
+        let h = QueryMessageRequestHeader {
             topic: "RMQ_SYS_TRANS_OP_HALF_TOPIC".into(),
-            queue_id: 0,
-            queue_offset: 0,
-            max_msg_nums: 32,
-            sys_flag: pull_sysflag::SUBSCRIPTION,
-            subscription: Some("*".into()),
-            ..PullMessageRequestHeader::default()
+            key: half_offset.to_string(),
+            max_num: 32,
+            begin_timestamp: 0,
+            end_timestamp: i64::MAX / 2,
+            ..QueryMessageRequestHeader::default()
         };
         let resp = client
             .invoke(
-                RemotingCommand::request(request_code::PULL_MESSAGE, h.to_ext()),
+                RemotingCommand::request(request_code::QUERY_MESSAGE, h.to_ext()),
                 RPC,
             )
             .await

@@ -8,13 +8,22 @@
 //! - `store`: storage-engine scenarios (append rate against a raw mmap loop, SYNC_FLUSH against
 //!   a raw `pwrite`+`fdatasync` loop, recovery seconds per GiB).
 //! - `footprint`: cold start and idle RSS of the `sluice` binary.
+//! - `txn`: transactional send against plain send, and plain send while many half messages
+//!   are open and checked (real `sluice` binary, `sluice-client`).
+//! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
+//!   rate, lateness with many pending, burst release, memory.
+//! - `proc`, `redis_peer`: the `sluice` child process, the load driver, the Redis peer.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint [--quick] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|txn|timers [--quick] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
 mod footprint;
+mod proc;
+mod redis_peer;
 mod stats;
 mod store;
+mod timers;
+mod txn;
 
 use std::path::PathBuf;
 
@@ -39,8 +48,10 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("store") => store::run(work.path(), quick),
         Some("footprint") => footprint::run(work.path(), quick, &sluice),
+        Some("txn") => txn::run(work.path(), quick, &sluice),
+        Some("timers") => timers::run(work.path(), quick, &sluice),
         _ => {
-            eprintln!("usage: sluice-bench store|footprint [--quick] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|txn|timers [--quick] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

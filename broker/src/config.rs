@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     pub client_expiry: Duration,
     /// The storage engine's settings. `store_host` is overwritten with the advertised address.
     pub store: StoreConfig,
+    /// Consumer retry policies (maximum, back-off), per group. Default RocketMQ's: 16 retries
+    /// at delay level `3 + reconsumeTimes`.
+    pub retry: crate::retry::RetryConfig,
 }
 
 impl BrokerConfig {
@@ -107,6 +110,7 @@ impl BrokerConfig {
             offset_flush_interval: Duration::from_secs(5),
             client_expiry: Duration::from_secs(120),
             store,
+            retry: crate::retry::RetryConfig::default(),
         }
     }
 
@@ -148,7 +152,7 @@ impl BrokerConfig {
                 return Err(BrokerError::Config(format!("{name} must be positive")));
             }
         }
-        Ok(())
+        self.retry.validate().map_err(BrokerError::Config)
     }
 
     /// The address clients are told to use, once the listener is bound to `bound`.

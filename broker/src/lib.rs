@@ -18,6 +18,9 @@
 //! - [`hooks`]: [`PutHook`], where later crates (transactions, delays, retries) intercept
 //!   messages before they are stored.
 //! - [`remoting`]: the TCP machinery both servers share, and [`RemotingClient`].
+//! - [`retry`]: consumer retries and dead letters (CONSUMER_SEND_MSG_BACK, retry-topic sends,
+//!   the Rust send-back API), per-group policy.
+//! - [`dlq`]: reading dead-letter queues and replay (redrive) tasks.
 //! - [`config`], [`error`], `stats` ([`BrokerStats`]), `reply`, `state_file`.
 //!
 //! ## Guarantees
@@ -31,6 +34,7 @@
 mod broker;
 mod clients;
 pub mod config;
+pub mod dlq;
 pub mod error;
 pub mod hooks;
 mod locks;
@@ -40,6 +44,7 @@ mod offsets;
 mod processor;
 pub mod remoting;
 mod reply;
+pub mod retry;
 pub mod services;
 mod state_file;
 mod stats;
@@ -48,10 +53,17 @@ mod topic;
 pub use broker::{Broker, BrokerHandle};
 pub use clients::ConsumerGroupInfo;
 pub use config::{BrokerConfig, NameServerConfig};
+pub use dlq::{
+    DlqError, DlqFilter, DlqGroupStats, DlqMessage, DlqPage, DlqQuery, DlqService, ReplaySpec,
+    ReplayState, ReplayStatus,
+};
 pub use error::{BrokerError, RemotingError};
 pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook};
 pub use namesrv::{NameServer, NameServerHandle};
 pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, RemotingClient};
+pub use retry::{
+    Backoff, GroupRetryPolicy, RetryConfig, RetryDelay, RetryError, SendBack, SendBackOutcome,
+};
 pub use services::{BoxFuture, BrokerServices, Extension};
 pub use stats::BrokerStats;
 pub use topic::{

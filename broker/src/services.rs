@@ -136,6 +136,27 @@ impl BrokerServices {
         self.ctx.offsets.commit(group, topic, queue_id, offset);
     }
 
+    /// Dead-letter queues and replay tasks.
+    pub fn dlq(&self) -> crate::dlq::DlqService {
+        crate::dlq::DlqService {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
+    /// Hands a failed delivery back (HTTP lease expiry and nacks): the same decision, copies
+    /// and counts as CONSUMER_SEND_MSG_BACK.
+    pub async fn send_back(
+        &self,
+        req: &crate::retry::SendBack,
+    ) -> Result<crate::retry::SendBackOutcome, crate::retry::RetryError> {
+        crate::retry::send_back(&self.ctx, req).await
+    }
+
+    /// The retry policy of a consumer group.
+    pub fn retry_policy(&self, group: &str) -> crate::retry::GroupRetryPolicy {
+        self.ctx.cfg.retry.policy(group).clone()
+    }
+
     /// Becomes true when the broker starts shutting down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.ctx.shutdown.clone()

@@ -18,6 +18,9 @@ pub(crate) struct Counters {
     pub(crate) messages_stored: AtomicU64,
     pub(crate) messages_pulled: AtomicU64,
     pub(crate) parked_pulls: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) replayed: AtomicU64,
 }
 
 impl Counters {
@@ -48,6 +51,9 @@ impl Counters {
             messages_stored: get(&self.messages_stored),
             messages_pulled: get(&self.messages_pulled),
             parked_pulls: get(&self.parked_pulls),
+            retries: get(&self.retries),
+            dead_lettered: get(&self.dead_lettered),
+            replayed: get(&self.replayed),
         }
     }
 }
@@ -80,4 +86,10 @@ pub struct BrokerStats {
     pub messages_pulled: u64,
     /// Pulls parked by long polling now.
     pub parked_pulls: u64,
+    /// Failed deliveries sent to a retry topic.
+    pub retries: u64,
+    /// Messages sent to a dead-letter queue (send-back, or a retry send past the maximum).
+    pub dead_lettered: u64,
+    /// Dead letters written back by replay tasks.
+    pub replayed: u64,
 }

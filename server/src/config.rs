@@ -2,7 +2,9 @@
 //! variables < command-line flags. Unknown keys are refused, so a typo never silently falls back
 //! to a default.
 
+mod retry;
 mod schedule;
+pub use retry::RetrySection;
 pub use schedule::ScheduleSection;
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ pub struct ServerConfig {
     pub txn: TxnSection,
     /// Delayed messages.
     pub schedule: ScheduleSection,
+    /// Consumer retries and dead letters.
+    pub retry: RetrySection,
 }
 
 /// `[namesrv]`
@@ -162,6 +166,7 @@ impl Default for ServerConfig {
             http: HttpSection::default(),
             txn: TxnSection::default(),
             schedule: ScheduleSection::default(),
+            retry: RetrySection::default(),
         }
     }
 }
@@ -263,7 +268,9 @@ pub fn load(
     Ok(cfg)
 }
 
-const SECTIONS: [&str; 6] = ["namesrv", "broker", "store", "http", "txn", "schedule"];
+const SECTIONS: [&str; 7] = [
+    "namesrv", "broker", "store", "http", "txn", "schedule", "retry",
+];
 /// Variables that configure something other than the file's keys.
 const NOT_CONFIG: [&str; 2] = ["SLUICE_LOG", "SLUICE_CONFIG"];
 
@@ -321,6 +328,10 @@ impl ServerConfig {
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.schedule.to_config()?;
+        self.retry
+            .to_config()?
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 
@@ -409,6 +420,8 @@ impl ServerConfig {
         b.max_body = self.broker.max_body_bytes;
         b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
         b.max_connections = self.broker.max_connections;
+        // Validated in `validate`; a broken section cannot reach this point.
+        b.retry = self.retry.to_config().unwrap_or_default();
         b
     }
 }
@@ -510,6 +523,46 @@ mod tests {
             load(None, env(&[("SLUICE_TXN_CHECK_MAX", "0")])).unwrap_err()
         );
         assert!(err.contains("check_max"), "{err}");
+    }
+
+    #[test]
+    fn the_retry_section_has_defaults_group_overrides_and_env() {
+        let cfg = load(None, env(&[])).unwrap();
+        let r = cfg.broker_config(None).retry;
+        assert_eq!(r.defaults.max_reconsume_times, 16);
+        assert_eq!(r.defaults.backoff, sluice_broker::Backoff::default());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[retry.groups.fast]\nbackoff = \"ladder\"\nladder_ms = [10, 20]\nmax_reconsume_times = 2\n",
+        )
+        .unwrap();
+        let cfg = load(Some(&p), env(&[("SLUICE_RETRY_MAX_RECONSUME_TIMES", "3")])).unwrap();
+        let r = cfg.broker_config(None).retry;
+        assert_eq!(r.defaults.max_reconsume_times, 3);
+        let fast = r.policy("fast");
+        assert_eq!(fast.max_reconsume_times, 2);
+        assert_eq!(
+            fast.backoff,
+            sluice_broker::Backoff::Ladder(vec![
+                Duration::from_millis(10),
+                Duration::from_millis(20)
+            ])
+        );
+        std::fs::write(&p, "[retry.groups.g]\nmax_retries = 3\n").unwrap();
+        let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
+        assert!(err.contains("max_retries"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_RETRY_BACKOFF", "linear")])).unwrap_err()
+        );
+        assert!(err.contains("backoff"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_RETRY_BACKOFF", "ladder")])).unwrap_err()
+        );
+        assert!(err.contains("ladder"), "{err}");
     }
 
     #[test]

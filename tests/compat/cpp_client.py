@@ -74,8 +74,24 @@ def consume(args):
     lock = threading.Lock()
     received = []
     keys = set()
+    # --fail-first N: answer RECONSUME_LATER to the first N deliveries of each key (retry tests);
+    # a key counts as received only once it was consumed successfully.
+    failures = {}
 
     def on_message(msg):
+        if args.fail_first:
+            key = msg.keys.decode() if isinstance(msg.keys, bytes) else msg.keys
+            with lock:
+                n = failures.get(key, 0)
+                if n < args.fail_first:
+                    failures[key] = n + 1
+                    received.append({
+                        "key": key,
+                        "reconsume": msg.reconsume_times,
+                        "at": int(time.time() * 1000),
+                        "failed": True,
+                    })
+                    return ConsumeStatus.RECONSUME_LATER
         with lock:
             received.append({
                 "key": msg.keys.decode() if isinstance(msg.keys, bytes) else msg.keys,
@@ -231,6 +247,7 @@ def main():
     co.add_argument("--instance", default="")
     co.add_argument("--full", action="store_true")
     co.add_argument("--ready-file", default="")
+    co.add_argument("--fail-first", type=int, default=0)
 
     tx = sub.add_parser("txn")
     tx.add_argument("--group", default="compat_txn_producer")

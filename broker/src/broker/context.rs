@@ -43,6 +43,8 @@ pub(crate) struct BrokerContext {
     pub(crate) uniq: UniqKeyGenerator,
     /// Spreads sends with a negative queue id over the queues.
     queue_picker: AtomicU32,
+    /// Replay tasks, ledgers and the audit log of the dead-letter queues.
+    pub(crate) dlq: Arc<crate::dlq::state::DlqState>,
 }
 
 impl BrokerContext {
@@ -62,6 +64,7 @@ impl BrokerContext {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
         };
+        let dlq = Arc::new(crate::dlq::state::DlqState::new(&cfg.store.data_dir));
         Self {
             cfg,
             advertised,
@@ -78,6 +81,7 @@ impl BrokerContext {
             shutdown,
             uniq: UniqKeyGenerator::new(ip),
             queue_picker: AtomicU32::new(0),
+            dlq,
         }
     }
 

@@ -90,6 +90,7 @@ impl Broker {
         let extensions = ext.extensions.clone();
         let (ctx, stop) = open_context(cfg, advertised, ext).await?;
         start_extensions(&ctx, &extensions)?;
+        crate::dlq::resume_replays(&ctx);
         let registry = Arc::new(ConnectionRegistry::default());
         let server = Server::start(
             listener,
@@ -276,6 +277,13 @@ impl BrokerHandle {
         self.ctx.advertised
     }
 
+    /// Dead-letter queues and replay tasks (reading, sizes, redrive).
+    pub fn dlq(&self) -> crate::dlq::DlqService {
+        crate::dlq::DlqService {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
     /// The broker's services, as extensions get them (in-process callers such as the HTTP
     /// facade).
     pub fn services(&self) -> BrokerServices {
@@ -351,6 +359,7 @@ impl BrokerHandle {
         for task in self.background.drain(..) {
             let _ = task.await;
         }
+        self.ctx.dlq.join_runners().await;
         self.registrar.unregister_all().await;
         for ext in self.extensions.drain(..) {
             ext.stop().await;

@@ -6,6 +6,7 @@
 //! - `client`: heartbeat, unregister, consumer list, queue locks.
 //! - `query`: QUERY_MESSAGE, VIEW_MESSAGE_BY_ID.
 //! - `admin`: UPDATE_AND_CREATE_TOPIC, GET_ALL_TOPIC_CONFIG.
+//! - `retry`: CONSUMER_SEND_MSG_BACK (the logic is in `crate::retry`).
 //!
 //! Handlers return `Result<RemotingCommand, Reject>`: a [`Reject`] is a refusal the client
 //! caused or must handle, answered with its code and remark; it is never a panic or a closed
@@ -16,7 +17,8 @@ mod client;
 mod offset;
 mod pull;
 mod query;
-mod send;
+mod retry;
+pub(crate) mod send;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -112,6 +114,7 @@ async fn dispatch(
         rc::UNLOCK_BATCH_MQ => client::unlock(ctx, &req),
         rc::QUERY_MESSAGE => query::query_message(ctx, &req).await,
         rc::VIEW_MESSAGE_BY_ID => query::view_by_id(ctx, &req),
+        rc::CONSUMER_SEND_MSG_BACK => retry::send_back(ctx, &req).await,
         rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req),
         GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),
         test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {

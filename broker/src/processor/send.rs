@@ -53,6 +53,12 @@ pub(super) async fn send(
         let wait = waits(&msg.properties);
         (vec![msg], wait)
     };
+    let mut pending = pending;
+    if !batch {
+        for msg in &mut pending {
+            crate::retry::route_retry_send(ctx, h.max_reconsume_times, msg);
+        }
+    }
     let put_ctx = PutContext {
         producer_group: &h.producer_group,
         remote: born_host,
@@ -217,7 +223,7 @@ fn batch_messages(
         .collect()
 }
 
-fn run_hooks(
+pub(crate) fn run_hooks(
     ctx: &BrokerContext,
     put_ctx: &PutContext<'_>,
     mut pending: Vec<PendingMessage>,
@@ -234,7 +240,7 @@ fn run_hooks(
 }
 
 /// Encodes properties and refuses what no hook took care of.
-fn finish(pending: Vec<PendingMessage>) -> Result<Vec<MessageInput>, Reject> {
+pub(crate) fn finish(pending: Vec<PendingMessage>) -> Result<Vec<MessageInput>, Reject> {
     pending
         .into_iter()
         .map(|mut m| {
@@ -267,7 +273,7 @@ fn is_unhandled_half(m: &PendingMessage) -> bool {
 }
 
 /// Appends and waits for the store's acknowledgement, mapping store errors to send codes.
-async fn append(
+pub(crate) async fn append(
     ctx: &BrokerContext,
     inputs: &[MessageInput],
     wait: bool,

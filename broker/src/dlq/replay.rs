@@ -1,0 +1,401 @@
+//! Replay (redrive) tasks: copy dead letters back to their original topic (or another),
+//! filtered, rate-limited, cancellable, resumable, audited. See the module docs of `dlq` for
+//! the crash rule (copy first, then ledger, then progress: at most a duplicate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_store::now_ms;
+use tokio::time::Instant;
+
+use super::read::{scan, DlqFilter, DlqMessage};
+use super::state::{CancelFlag, Ledger};
+use super::DlqError;
+use crate::broker::context::BrokerContext;
+use crate::processor::send as put;
+use crate::retry::copy::{replay_copy, Original};
+use crate::retry::{dlq_topic, PROP_REPLAYED_FROM, PROP_REPLAY_TASK};
+use crate::stats::Counters;
+use crate::topic::DEFAULT_TOPIC;
+
+/// Default rate (messages per second).
+pub const DEFAULT_RATE: u32 = 100;
+/// Highest rate accepted.
+pub const MAX_RATE: u32 = 100_000;
+/// How often progress is written while a task runs.
+const PERSIST_EVERY: Duration = Duration::from_millis(500);
+
+/// What to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySpec {
+    /// Consumer group whose DLQ is replayed.
+    pub group: String,
+    /// Which messages (all when empty).
+    pub filter: DlqFilter,
+    /// Destination; default each message's original topic (`RETRY_TOPIC`).
+    pub target_topic: Option<String>,
+    /// Messages per second (0 = [`DEFAULT_RATE`]).
+    pub rate_per_sec: u32,
+    /// Count what would be replayed, write nothing.
+    pub dry_run: bool,
+    /// Stop after this many matching messages.
+    pub max_messages: Option<u64>,
+    /// Who asked (kept in the audit log).
+    pub requested_by: Option<String>,
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayState {
+    /// Working (or waiting to resume after a restart).
+    Running,
+    /// Every selected message was handled.
+    Completed,
+    /// Stopped by [`super::DlqService::cancel_replay`].
+    Cancelled,
+    /// Stopped by an error (`error` says which); what was not replayed stays in the DLQ.
+    Failed,
+}
+
+/// A task's definition and progress; also its file on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayStatus {
+    /// Task id.
+    pub id: String,
+    /// Consumer group.
+    pub group: String,
+    /// Which messages.
+    pub filter: DlqFilter,
+    /// Destination override.
+    pub target_topic: Option<String>,
+    /// Messages per second.
+    pub rate_per_sec: u32,
+    /// Nothing is written.
+    pub dry_run: bool,
+    /// Cap on matching messages.
+    pub max_messages: Option<u64>,
+    /// Who asked.
+    pub requested_by: Option<String>,
+    /// State.
+    pub state: ReplayState,
+    /// Next DLQ queue offset to look at (everything before it is done).
+    pub next_offset: u64,
+    /// The DLQ's end when the task started; later dead letters are not replayed.
+    pub end_offset: u64,
+    /// Messages that passed the filter (and were not replayed before).
+    pub matched: u64,
+    /// Copies written.
+    pub replayed: u64,
+    /// Messages skipped: replayed earlier (ledger, or a copy found after a crash).
+    pub skipped: u64,
+    /// Messages that could not be written (left in the DLQ).
+    pub failed: u64,
+    /// Why the task failed, or the last per-message error.
+    pub error: Option<String>,
+    /// Created (epoch ms).
+    pub created_ms: i64,
+    /// Last progress (epoch ms).
+    pub updated_ms: i64,
+    /// Times the task was resumed after a restart.
+    pub resumes: u32,
+}
+
+pub(crate) async fn start(
+    ctx: &Arc<BrokerContext>,
+    spec: ReplaySpec,
+) -> Result<ReplayStatus, DlqError> {
+    let topic = dlq_topic(&spec.group);
+    crate::topic::validate_name(&topic)
+        .map_err(|_| DlqError::Invalid(format!("invalid group {:?}", spec.group)))?;
+    if let Some(t) = &spec.target_topic {
+        crate::topic::validate_name(t).map_err(|r| DlqError::Invalid(r.remark))?;
+    }
+    if spec.rate_per_sec > MAX_RATE {
+        return Err(DlqError::Invalid(format!(
+            "rate_per_sec must be at most {MAX_RATE}"
+        )));
+    }
+    if let Some(id) = ctx.dlq.running_of(&spec.group) {
+        return Err(DlqError::Busy(id));
+    }
+    let now = now_ms();
+    let status = ReplayStatus {
+        id: ctx.dlq.next_id(),
+        group: spec.group,
+        filter: spec.filter,
+        target_topic: spec.target_topic,
+        rate_per_sec: if spec.rate_per_sec == 0 {
+            DEFAULT_RATE
+        } else {
+            spec.rate_per_sec
+        },
+        dry_run: spec.dry_run,
+        max_messages: spec.max_messages,
+        requested_by: spec.requested_by,
+        state: ReplayState::Running,
+        next_offset: ctx.store.min_offset(&topic, 0),
+        end_offset: ctx.store.max_offset(&topic, 0),
+        matched: 0,
+        replayed: 0,
+        skipped: 0,
+        failed: 0,
+        error: None,
+        created_ms: now,
+        updated_ms: now,
+        resumes: 0,
+    };
+    ctx.dlq.ledger(&status.group)?;
+    save(ctx, &status, Some("started")).await?;
+    let cancel = ctx
+        .dlq
+        .insert(status.clone())
+        .ok_or_else(|| DlqError::State(format!("task id {} reused", status.id)))?;
+    spawn(ctx, status.clone(), cancel);
+    tracing::info!(task = %status.id, group = %status.group, dry_run = status.dry_run, rate = status.rate_per_sec, "replay task started");
+    Ok(status)
+}
+
+/// Loads task files at broker start and resumes the running ones.
+pub(crate) fn resume_all(ctx: &Arc<BrokerContext>) {
+    for mut status in ctx.dlq.load_tasks() {
+        let running = status.state == ReplayState::Running;
+        if running {
+            status.resumes += 1;
+        }
+        let Some(cancel) = ctx.dlq.insert(status.clone()) else {
+            continue;
+        };
+        if running {
+            // Startup, before connections: a small synchronous write is fine here.
+            if let Err(e) = ctx.dlq.persist(&status) {
+                tracing::error!(task = %status.id, error = %e, "saving a resumed replay task failed");
+            }
+            if let Err(e) = ctx.dlq.audit("resumed", &status) {
+                tracing::error!(task = %status.id, error = %e, "audit of a resumed replay failed");
+            }
+            tracing::info!(task = %status.id, group = %status.group, next_offset = status.next_offset, "replay task resumed");
+            spawn(ctx, status, cancel);
+        }
+    }
+}
+
+fn spawn(ctx: &Arc<BrokerContext>, status: ReplayStatus, cancel: Arc<CancelFlag>) {
+    let h = tokio::spawn(run(Arc::clone(ctx), status, cancel));
+    ctx.dlq.add_runner(h);
+}
+
+/// Persists `status` (and an audit line for `event`) on a blocking thread.
+async fn save(
+    ctx: &Arc<BrokerContext>,
+    status: &ReplayStatus,
+    event: Option<&'static str>,
+) -> Result<(), DlqError> {
+    let ctx2 = Arc::clone(ctx);
+    let s = status.clone();
+    tokio::task::spawn_blocking(move || {
+        ctx2.dlq.persist(&s)?;
+        if let Some(ev) = event {
+            ctx2.dlq.audit(ev, &s)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| DlqError::State(e.to_string()))?
+}
+
+/// Why the loop stopped.
+enum Stop {
+    Finished(ReplayState),
+    Shutdown,
+}
+
+async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<CancelFlag>) {
+    let stop = match run_loop(&ctx, &mut status, &cancel).await {
+        Ok(stop) => stop,
+        Err(e) => {
+            status.error = Some(e.to_string());
+            Stop::Finished(ReplayState::Failed)
+        }
+    };
+    status.updated_ms = now_ms();
+    let event = match stop {
+        Stop::Shutdown => None,
+        Stop::Finished(state) => {
+            status.state = state;
+            Some(match state {
+                ReplayState::Completed => "completed",
+                ReplayState::Cancelled => "cancelled",
+                _ => "failed",
+            })
+        }
+    };
+    ctx.dlq.update(&status);
+    if let Err(e) = save(&ctx, &status, event).await {
+        tracing::error!(task = %status.id, error = %e, "saving replay task failed");
+    }
+    tracing::info!(task = %status.id, state = ?status.state, matched = status.matched, replayed = status.replayed, skipped = status.skipped, failed = status.failed, "replay task stopped");
+}
+
+struct Pacer {
+    started: Instant,
+    done: u64,
+    rate: u32,
+}
+
+impl Pacer {
+    fn due(&self) -> Instant {
+        self.started + Duration::from_secs_f64(self.done as f64 / f64::from(self.rate.max(1)))
+    }
+}
+
+async fn run_loop(
+    ctx: &Arc<BrokerContext>,
+    status: &mut ReplayStatus,
+    cancel: &CancelFlag,
+) -> Result<Stop, DlqError> {
+    let topic = dlq_topic(&status.group);
+    let ledger = ctx.dlq.ledger(&status.group)?;
+    let mut shutdown = ctx.shutdown.clone();
+    let mut pacer = Pacer {
+        started: Instant::now(),
+        done: 0,
+        rate: status.rate_per_sec,
+    };
+    let mut last_save = Instant::now();
+    loop {
+        if cancel.is_set() {
+            return Ok(Stop::Finished(ReplayState::Cancelled));
+        }
+        if *shutdown.borrow() {
+            return Ok(Stop::Shutdown);
+        }
+        if status.next_offset >= status.end_offset || capped(status) {
+            return Ok(Stop::Finished(ReplayState::Completed));
+        }
+        let batch = scan(&ctx.store, &topic, status.next_offset);
+        for (qo, rec) in &batch.records {
+            if *qo >= status.end_offset || capped(status) {
+                break;
+            }
+            let Some(orig) = Original::decode(rec) else {
+                status.next_offset = qo + 1;
+                continue;
+            };
+            let mut m = DlqMessage::from_original(&orig, *qo, &ctx.store);
+            if !status.filter.matches(&m) {
+                status.next_offset = qo + 1;
+                continue;
+            }
+            if ledger.contains(*qo) {
+                status.skipped += 1;
+                status.next_offset = qo + 1;
+                continue;
+            }
+            if !status.dry_run {
+                let due = pacer.due();
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = cancel.notify.notified() => return Ok(Stop::Finished(ReplayState::Cancelled)),
+                    _ = shutdown.wait_for(|s| *s) => return Ok(Stop::Shutdown),
+                }
+                pacer.done += 1;
+                m.replayed = true;
+                match replay_one(ctx, &ledger, &orig, &m, status).await {
+                    Ok(true) => status.replayed += 1,
+                    Ok(false) => status.skipped += 1,
+                    Err(e) => {
+                        tracing::warn!(task = %status.id, dlq_offset = qo, error = %e, "message not replayed; it stays in the DLQ");
+                        status.failed += 1;
+                        status.error = Some(e);
+                    }
+                }
+            }
+            status.matched += 1;
+            status.next_offset = qo + 1;
+            if cancel.is_set() {
+                break;
+            }
+            if last_save.elapsed() >= PERSIST_EVERY {
+                status.updated_ms = now_ms();
+                ctx.dlq.update(status);
+                save(ctx, status, None).await?;
+                last_save = Instant::now();
+            }
+        }
+        if batch.records.is_empty() {
+            if batch.end {
+                return Ok(Stop::Finished(ReplayState::Completed));
+            }
+            status.next_offset = status.next_offset.max(batch.next);
+        }
+        ctx.dlq.update(status);
+    }
+}
+
+fn capped(status: &ReplayStatus) -> bool {
+    status.max_messages.is_some_and(|m| status.matched >= m)
+}
+
+/// Writes one copy, then ledgers it. `Ok(false)`: a copy by this task was already there (a
+/// crash came between the copy and the ledger), so it is only ledgered.
+async fn replay_one(
+    ctx: &Arc<BrokerContext>,
+    ledger: &Arc<Ledger>,
+    orig: &Original,
+    m: &DlqMessage,
+    status: &ReplayStatus,
+) -> Result<bool, String> {
+    let dest = status
+        .target_topic
+        .clone()
+        .or_else(|| m.original_topic.clone())
+        .ok_or_else(|| "the message has no RETRY_TOPIC and the task no target topic".to_owned())?;
+    let cfg = if ctx.cfg.auto_create_topic {
+        ctx.topics
+            .get_or_create_for_send(&dest, DEFAULT_TOPIC, 4)
+            .map_err(|r| r.remark)?
+    } else {
+        ctx.topics
+            .get(&dest)
+            .ok_or_else(|| format!("topic {dest} does not exist"))?
+    };
+    let already = status.resumes > 0 && copy_exists(ctx, &dest, m, &status.id);
+    if !already {
+        let input = replay_copy(
+            orig,
+            &dest,
+            ctx.pick_queue(cfg.write_queue_nums),
+            &m.msg_id,
+            &status.id,
+        );
+        let appended = put::append(ctx, &[input], true)
+            .await
+            .map_err(|r| r.remark)?;
+        Counters::add(&ctx.counters.messages_stored, appended.len() as u64);
+        Counters::inc(&ctx.counters.replayed);
+    }
+    let ledger = Arc::clone(ledger);
+    let qo = m.queue_offset;
+    tokio::task::spawn_blocking(move || ledger.record(qo))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(!already)
+}
+
+/// True when `dest` holds a copy of `m` written by task `task_id` (found by UNIQ_KEY).
+fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -> bool {
+    let Some(uniq) = m.uniq_key.as_deref() else {
+        return false;
+    };
+    ctx.store
+        .query_by_uniq_key(dest, uniq, 32)
+        .iter()
+        .filter_map(Original::decode)
+        .any(|o| {
+            o.properties.get(PROP_REPLAY_TASK) == Some(task_id)
+                && o.properties.get(PROP_REPLAYED_FROM) == Some(m.msg_id.as_str())
+        })
+}

@@ -1,0 +1,296 @@
+//! What replay keeps on disk, under `<data>/config/dlq/`:
+//! - `tasks/<id>.json`: each task's status and progress, replaced atomically
+//!   (`sluice_store::write_atomic`); running tasks resume from it at start.
+//! - `ledger/<group>`: DLQ queue offsets already replayed, one per line, appended and synced
+//!   after the replayed copy is durable. A torn last line (crash) is ignored.
+//! - `audit.log`: one JSON line per task event (started, resumed, completed, cancelled,
+//!   failed), appended and synced.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::replay::{ReplayState, ReplayStatus};
+use super::DlqError;
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When (epoch ms).
+    pub ts_ms: i64,
+    /// `started`, `resumed`, `completed`, `cancelled`, `failed`.
+    pub event: String,
+    /// The task's status at that moment.
+    pub task: ReplayStatus,
+}
+
+/// Replayed DLQ offsets of one group.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    path: PathBuf,
+    done: Mutex<BTreeSet<u64>>,
+}
+
+impl Ledger {
+    fn load(path: PathBuf) -> Result<Self, DlqError> {
+        let done = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .filter_map(|l| l.trim().parse().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(state_err("read", &path, e)),
+        };
+        Ok(Self {
+            path,
+            done: Mutex::new(done),
+        })
+    }
+
+    /// True when `offset` was replayed.
+    pub(crate) fn contains(&self, offset: u64) -> bool {
+        self.done.lock().contains(&offset)
+    }
+
+    /// Replayed offsets within `[min, max)`.
+    pub(crate) fn count_in(&self, min: u64, max: u64) -> u64 {
+        self.done.lock().range(min..max).count() as u64
+    }
+
+    /// Records `offset` durably. Blocking.
+    pub(crate) fn record(&self, offset: u64) -> Result<(), DlqError> {
+        let mut done = self.done.lock();
+        if done.contains(&offset) {
+            return Ok(());
+        }
+        append_line(&self.path, &format!("{offset}\n"))?;
+        done.insert(offset);
+        Ok(())
+    }
+}
+
+/// A task known to this broker.
+pub(crate) struct TaskEntry {
+    pub(crate) status: ReplayStatus,
+    pub(crate) cancel: Arc<CancelFlag>,
+}
+
+/// Set by [`DlqState::cancel`]; the runner checks it between messages and while waiting.
+#[derive(Debug, Default)]
+pub(crate) struct CancelFlag {
+    set: AtomicBool,
+    pub(crate) notify: Notify,
+}
+
+impl CancelFlag {
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// The DLQ state of one broker.
+pub(crate) struct DlqState {
+    dir: PathBuf,
+    tasks: Mutex<BTreeMap<String, TaskEntry>>,
+    ledgers: Mutex<HashMap<String, Arc<Ledger>>>,
+    runners: Mutex<Vec<JoinHandle<()>>>,
+    audit_lock: Mutex<()>,
+    seq: AtomicU64,
+}
+
+impl DlqState {
+    pub(crate) fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: crate::state_file::config_dir(data_dir).join("dlq"),
+            tasks: Mutex::new(BTreeMap::new()),
+            ledgers: Mutex::new(HashMap::new()),
+            runners: Mutex::new(Vec::new()),
+            audit_lock: Mutex::new(()),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// A new task id, unique within this data folder.
+    pub(crate) fn next_id(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("replay-{}-{n}", sluice_store::now_ms())
+    }
+
+    /// The ledger of `group`, loaded on first use.
+    pub(crate) fn ledger(&self, group: &str) -> Result<Arc<Ledger>, DlqError> {
+        let mut ledgers = self.ledgers.lock();
+        if let Some(l) = ledgers.get(group) {
+            return Ok(Arc::clone(l));
+        }
+        let l = Arc::new(Ledger::load(self.dir.join("ledger").join(group))?);
+        ledgers.insert(group.to_owned(), Arc::clone(&l));
+        Ok(l)
+    }
+
+    /// Registers a task; `None` when the id is known already.
+    pub(crate) fn insert(&self, status: ReplayStatus) -> Option<Arc<CancelFlag>> {
+        let mut tasks = self.tasks.lock();
+        if tasks.contains_key(&status.id) {
+            return None;
+        }
+        let cancel = Arc::new(CancelFlag::default());
+        tasks.insert(
+            status.id.clone(),
+            TaskEntry {
+                status,
+                cancel: Arc::clone(&cancel),
+            },
+        );
+        Some(cancel)
+    }
+
+    /// The running task of `group`, if any.
+    pub(crate) fn running_of(&self, group: &str) -> Option<String> {
+        self.tasks
+            .lock()
+            .values()
+            .find(|t| t.status.group == group && t.status.state == ReplayState::Running)
+            .map(|t| t.status.id.clone())
+    }
+
+    pub(crate) fn status(&self, id: &str) -> Option<ReplayStatus> {
+        self.tasks.lock().get(id).map(|t| t.status.clone())
+    }
+
+    pub(crate) fn all_statuses(&self) -> Vec<ReplayStatus> {
+        let mut v: Vec<_> = self
+            .tasks
+            .lock()
+            .values()
+            .map(|t| t.status.clone())
+            .collect();
+        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        v
+    }
+
+    /// Updates the in-memory status (what `status` answers).
+    pub(crate) fn update(&self, status: &ReplayStatus) {
+        if let Some(t) = self.tasks.lock().get_mut(&status.id) {
+            t.status = status.clone();
+        }
+    }
+
+    pub(crate) fn cancel(&self, id: &str) -> Result<ReplayStatus, DlqError> {
+        let tasks = self.tasks.lock();
+        let t = tasks
+            .get(id)
+            .ok_or_else(|| DlqError::NoSuchTask(id.to_owned()))?;
+        t.cancel.set();
+        Ok(t.status.clone())
+    }
+
+    pub(crate) fn add_runner(&self, h: JoinHandle<()>) {
+        let mut r = self.runners.lock();
+        r.retain(|h| !h.is_finished());
+        r.push(h);
+    }
+
+    /// Waits for every runner (they stop on the broker's shutdown signal).
+    pub(crate) async fn join_runners(&self) {
+        let runners: Vec<_> = std::mem::take(&mut *self.runners.lock());
+        for h in runners {
+            let _ = h.await;
+        }
+    }
+
+    fn task_path(&self, id: &str) -> PathBuf {
+        self.dir.join("tasks").join(format!("{id}.json"))
+    }
+
+    /// Writes a task's file atomically. Blocking.
+    pub(crate) fn persist(&self, status: &ReplayStatus) -> Result<(), DlqError> {
+        let bytes = serde_json::to_vec_pretty(status)
+            .map_err(|e| DlqError::State(format!("encode task {}: {e}", status.id)))?;
+        crate::state_file::store(&self.task_path(&status.id), &bytes)
+            .map_err(|e| DlqError::State(e.to_string()))
+    }
+
+    /// Every task file. Blocking. An unreadable file is logged and skipped (its DLQ messages
+    /// stay in the DLQ: nothing is lost by not resuming it).
+    pub(crate) fn load_tasks(&self) -> Vec<ReplayStatus> {
+        let dir = self.dir.join("tasks");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<ReplayStatus>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "unreadable replay task file skipped")
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends one audit line and syncs it. Blocking.
+    pub(crate) fn audit(&self, event: &str, task: &ReplayStatus) -> Result<(), DlqError> {
+        let rec = AuditRecord {
+            ts_ms: sluice_store::now_ms(),
+            event: event.to_owned(),
+            task: task.clone(),
+        };
+        let mut line = serde_json::to_string(&rec)
+            .map_err(|e| DlqError::State(format!("encode audit record: {e}")))?;
+        line.push('\n');
+        let _g = self.audit_lock.lock();
+        append_line(&self.dir.join("audit.log"), &line)
+    }
+
+    pub(crate) fn read_audit(&self) -> Result<Vec<AuditRecord>, DlqError> {
+        let path = self.dir.join("audit.log");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(state_err("read", &path, e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> Result<(), DlqError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| state_err("create folder for", path, e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| state_err("open", path, e))?;
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| state_err("append to", path, e))
+}
+
+fn state_err(op: &str, path: &Path, e: impl std::fmt::Display) -> DlqError {
+    DlqError::State(format!("{op} {}: {e}", path.display()))
+}

@@ -319,3 +319,63 @@ async fn connection_and_in_flight_limits_hold() {
     assert!(admitted, "a slot frees up when a client leaves");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dropped() {
+    use sluice_protocol::remoting::custom::{
+        QueryConsumerOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
+    };
+    test_hooks::ENABLED.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), localhost());
+    cfg.namesrv_addrs.clear();
+    cfg.max_inflight_per_connection = 1;
+    let broker = Broker::start(cfg).await.unwrap();
+    let mut a = Raw::connect(broker.local_addr()).await;
+    a.send(
+        &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default()).with_opaque(2),
+    )
+    .await;
+    // One-way: nobody would read a SYSTEM_BUSY, so it must not be dropped for lack of a slot.
+    let update = UpdateConsumerOffsetRequestHeader {
+        consumer_group: "g".into(),
+        topic: "T".into(),
+        queue_id: 0,
+        commit_offset: 42,
+    };
+    a.send(
+        &RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, update.to_ext())
+            .with_opaque(3)
+            .oneway(),
+    )
+    .await;
+    let slow = a.read_frame(RPC).await.expect("slow request answered");
+    assert_eq!((slow.opaque, slow.code), (2, 0));
+    let q = QueryConsumerOffsetRequestHeader {
+        consumer_group: "g".into(),
+        topic: "T".into(),
+        queue_id: 0,
+        ..Default::default()
+    };
+    let mut answer = None;
+    for _ in 0..100 {
+        let resp = ask(
+            &mut a,
+            RemotingCommand::request(request_code::QUERY_CONSUMER_OFFSET, q.to_ext())
+                .with_opaque(4),
+        )
+        .await;
+        if resp.code == 0 {
+            answer = resp.ext_fields.get_str("offset").map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        answer.as_deref(),
+        Some("42"),
+        "the one-way offset commit was applied"
+    );
+    assert_eq!(broker.stats().overload_rejections, 0);
+    broker.shutdown().await;
+}

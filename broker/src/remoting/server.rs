@@ -252,9 +252,19 @@ async fn dispatch<P: Processor>(
     cmd: RemotingCommand,
 ) {
     Counters::inc(&shared.counters.requests);
-    let Ok(permit) = Arc::clone(inflight).try_acquire_owned() else {
-        Counters::inc(&shared.counters.overload_rejections);
-        if !cmd.is_oneway() {
+    let permit = match Arc::clone(inflight).try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) if cmd.is_oneway() => {
+            // A one-way request cannot be told "busy": its sender reads no answer, so dropping
+            // it would lose it silently (an END_TRANSACTION, an offset commit). Wait for a slot
+            // instead; this connection is not read meanwhile, which slows its sender down.
+            match Arc::clone(inflight).acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return, // the semaphore is closed: the server is stopping
+            }
+        }
+        Err(_) => {
+            Counters::inc(&shared.counters.overload_rejections);
             let remark = format!(
                 "[OVERLOAD]system busy, {} requests already in flight on this connection",
                 shared.opts.max_inflight
@@ -262,8 +272,8 @@ async fn dispatch<P: Processor>(
             let resp = RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));
             // Waiting here is the back-pressure: a peer that does not read stops being read.
             let _ = conn.send(resp).await;
+            return;
         }
-        return;
     };
     let guard = shared.tracker.guard();
     tokio::spawn(run_request(

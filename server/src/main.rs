@@ -109,6 +109,7 @@ fn load(config: Option<&std::path::Path>) -> Result<config::ServerConfig> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let started = Instant::now();
+    let signals = StopSignals::install()?;
     let mut cfg = load(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
@@ -147,7 +148,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cfg.data_dir.display(),
         started.elapsed().as_millis()
     );
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     broker.shutdown().await;
     if let Some(ns) = namesrv {
@@ -188,6 +189,7 @@ fn extensions(cfg: &config::ServerConfig) -> Result<BrokerExtensions> {
 }
 
 async fn namesrv(args: NamesrvArgs) -> Result<()> {
+    let signals = StopSignals::install()?;
     let mut cfg = load(args.config.as_deref())?;
     if let Some(a) = args.listen {
         cfg.namesrv.listen = a;
@@ -196,19 +198,33 @@ async fn namesrv(args: NamesrvArgs) -> Result<()> {
         .await
         .context("starting the name server")?;
     println!("sluice name server ready: {}", ns.local_addr());
-    wait_for_signal().await?;
+    signals.wait().await;
     ns.shutdown().await;
     println!("sluice name server stopped cleanly");
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, installed before the ready line is printed: a supervisor may signal
+/// the moment it reads that line, and an uninstalled handler would let the default action kill
+/// the process without a clean shutdown.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -70,3 +70,41 @@ fn unknown_config_keys_are_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_addr"), "{err}");
 }
+
+#[test]
+fn sigterm_right_after_the_ready_line_still_stops_cleanly() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = sluice()
+            .args([
+                "serve",
+                "--namesrv-listen",
+                "127.0.0.1:0",
+                "--broker-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(lines.next().unwrap().unwrap().starts_with("sluice ready:"));
+        // No pause: the handler must already be installed when the ready line appears.
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let exit = child.wait().unwrap();
+        assert!(
+            exit.success(),
+            "exit 0 after an immediate SIGTERM, got {exit}"
+        );
+        assert!(
+            !dir.path().join("store/abort").exists(),
+            "clean shutdown marker written"
+        );
+    }
+}

@@ -9,11 +9,9 @@ fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
-#[test]
-fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let mut child = sluice()
+/// `sluice serve` on free loopback ports over `data`, stdout piped for the ready line.
+fn serve(data: &std::path::Path) -> std::process::Child {
+    sluice()
         .args([
             "serve",
             "--namesrv-listen",
@@ -22,11 +20,18 @@ fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(dir.path())
+        .arg(data)
         .env("SLUICE_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut child = serve(dir.path());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.next().unwrap().unwrap();
     let cold_start = started.elapsed();
@@ -75,20 +80,7 @@ fn unknown_config_keys_are_refused_at_start() {
 fn sigterm_right_after_the_ready_line_still_stops_cleanly() {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = sluice()
-            .args([
-                "serve",
-                "--namesrv-listen",
-                "127.0.0.1:0",
-                "--broker-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = serve(dir.path());
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         assert!(lines.next().unwrap().unwrap().starts_with("sluice ready:"));
         // No pause: the handler must already be installed when the ready line appears.

@@ -13,23 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use cpp_driver::*;
-use serde_json::Value;
-
-fn produce(ns: std::net::SocketAddr, topic: &str, count: usize, start: usize, tags: &str) -> Value {
-    let (c, s) = (count.to_string(), start.to_string());
-    let v = finish(
-        driver(
-            ns,
-            &[
-                "produce", "--topic", topic, "--count", &c, "--start", &s, "--tags", tags,
-            ],
-        ),
-        Duration::from_secs(300),
-    );
-    assert_eq!(v["failure_count"], 0, "sends failed: {v}");
-    assert_eq!(v["sent"].as_u64().unwrap() as usize, count);
-    v
-}
 
 fn consumer(
     ns: std::net::SocketAddr,

@@ -46,24 +46,7 @@ fn cpp_reconsume_later_retries_at_the_configured_levels_then_dead_letters() {
         ],
     );
     // The topic must exist before the consumer starts (consumers look routes up every 30 s).
-    let warm = finish(
-        driver(
-            sluice.ns,
-            &[
-                "produce",
-                "--topic",
-                "CompatRetry",
-                "--count",
-                "1",
-                "--start",
-                "1000000",
-                "--tags",
-                "Warm",
-            ],
-        ),
-        Duration::from_secs(120),
-    );
-    assert_eq!(warm["sent"], 1, "{warm}");
+    produce(sluice.ns, "CompatRetry", 1, 1_000_000, "Warm");
     let ready = work.path().join("retry.ready");
     let r = ready.to_string_lossy().to_string();
     let c = driver(
@@ -88,22 +71,7 @@ fn cpp_reconsume_later_retries_at_the_configured_levels_then_dead_letters() {
         ],
     );
     wait_ready(&ready);
-    let v = finish(
-        driver(
-            sluice.ns,
-            &[
-                "produce",
-                "--topic",
-                "CompatRetry",
-                "--count",
-                "3",
-                "--tags",
-                "R",
-            ],
-        ),
-        Duration::from_secs(120),
-    );
-    assert_eq!(v["sent"], 3, "{v}");
+    produce(sluice.ns, "CompatRetry", 3, 0, "R");
     let got = finish(c, Duration::from_secs(120));
     let mut by_key: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for m in got["messages"].as_array().unwrap() {

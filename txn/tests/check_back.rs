@@ -189,15 +189,7 @@ async fn after_check_max_unknown_answers_the_final_rollback_applies_and_is_recor
         assert!(answered <= 3, "never more than check_max checks");
     }
     assert_eq!(answered, 3);
-    assert!(
-        eventually(WAIT, || svc
-            .get(s.queue_offset as u64)
-            .unwrap()
-            .unwrap()
-            .state
-            == TxnState::Discarded)
-        .await
-    );
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
     let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
     assert_eq!(
         (view.check_count, view.decided_by),
@@ -243,11 +235,7 @@ async fn the_keep_action_parks_the_message_and_an_operator_can_rearm_it() {
     answer_check(&c, GROUP, &check, UNKNOWN).await;
     let svc = b.txn.service();
     let id = s.queue_offset as u64;
-    assert!(
-        eventually(WAIT, || svc.get(id).unwrap().unwrap().state
-            == TxnState::Parked)
-        .await
-    );
+    assert!(reaches_state(&svc, id, TxnState::Parked, WAIT).await);
     let parked = read_stored(&b, "TRANS_CHECK_MAX_TIME_TOPIC").await;
     assert_eq!(parked.len(), 1, "RocketMQ's copy for tools");
     assert_eq!(parked[0].props.get("REAL_TOPIC"), Some(TOPIC));
@@ -291,15 +279,7 @@ async fn a_parked_transaction_can_still_be_committed_by_its_producer() {
     let s = send_half(&c, "pk").await;
     next_check(&mut checks, WAIT).await.unwrap();
     let svc = b.txn.service();
-    assert!(
-        eventually(WAIT, || svc
-            .get(s.queue_offset as u64)
-            .unwrap()
-            .unwrap()
-            .state
-            == TxnState::Parked)
-        .await
-    );
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Parked, WAIT).await);
     assert_eq!(end(&c, &s, COMMIT).await.code, 0);
     assert_eq!(visible_keys(&b, &c).await, ["pk"]);
     b.stop().await;

@@ -184,15 +184,7 @@ async fn check_counts_survive_a_restart() {
         answer_check(&c, GROUP, &check, UNKNOWN).await;
     }
     assert_eq!(before + more, 3, "check_max holds across the restart");
-    assert!(
-        eventually(WAIT, || svc
-            .get(s.queue_offset as u64)
-            .unwrap()
-            .unwrap()
-            .state
-            == TxnState::Discarded)
-        .await
-    );
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
     b.stop().await;
 }
 
@@ -255,15 +247,7 @@ async fn a_parked_transaction_stays_parked_across_restarts() {
     let s = send_half(&c, "p").await;
     next_check(&mut checks, WAIT).await.unwrap();
     let svc = b.txn.service();
-    assert!(
-        eventually(WAIT, || svc
-            .get(s.queue_offset as u64)
-            .unwrap()
-            .unwrap()
-            .state
-            == TxnState::Parked)
-        .await
-    );
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Parked, WAIT).await);
     b.stop().await;
     for drop_checkpoint in [false, true] {
         if drop_checkpoint {
@@ -322,13 +306,7 @@ async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated()
     heartbeat(&c, GROUP, "after-crash").await;
     let svc = b.txn.service();
     assert!(
-        eventually(WAIT, || svc
-            .get(s.queue_offset as u64)
-            .unwrap()
-            .unwrap()
-            .state
-            == TxnState::Committed)
-        .await,
+        reaches_state(&svc, s.queue_offset as u64, TxnState::Committed, WAIT).await,
         "recovery completes the commit"
     );
     assert_eq!(

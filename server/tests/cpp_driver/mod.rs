@@ -116,3 +116,27 @@ pub fn wait_ready(path: &std::path::Path) {
     }
     panic!("consumer did not start");
 }
+
+/// Sends `count` keyed messages (`k<start>`..) with tags cycling through `tags` and checks
+/// every send succeeded.
+pub fn produce(
+    ns: std::net::SocketAddr,
+    topic: &str,
+    count: usize,
+    start: usize,
+    tags: &str,
+) -> Value {
+    let (c, s) = (count.to_string(), start.to_string());
+    let v = finish(
+        driver(
+            ns,
+            &[
+                "produce", "--topic", topic, "--count", &c, "--start", &s, "--tags", tags,
+            ],
+        ),
+        Duration::from_secs(300),
+    );
+    assert_eq!(v["failure_count"], 0, "sends failed: {v}");
+    assert_eq!(v["sent"].as_u64().unwrap() as usize, count);
+    v
+}

@@ -403,6 +403,20 @@ pub async fn visible_keys(b: &TestBroker, client: &RemotingClient) -> Vec<String
 }
 
 /// Polls `f` every 20 ms until it returns true; false after `within`.
+/// Whether the transaction whose half message sits at queue offset `id` reaches `state` within
+/// `within`.
+pub async fn reaches_state(
+    svc: &sluice_txn::TxnService,
+    id: u64,
+    state: sluice_txn::TxnState,
+    within: Duration,
+) -> bool {
+    eventually(within, || {
+        svc.get(id).ok().flatten().is_some_and(|v| v.state == state)
+    })
+    .await
+}
+
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {

@@ -11,12 +11,14 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Used and total bytes of the file system holding the data folder.
+/// Used and usable bytes of the file system holding the data folder, counted as `df` counts
+/// them: blocks reserved for root or held back by the file system are in neither figure, so
+/// [`DiskUsage::ratio`] is the `Use%` an operator sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskUsage {
     /// Bytes in use.
     pub used: u64,
-    /// Bytes in all.
+    /// Bytes in use plus bytes still available to this process.
     pub total: u64,
 }
 
@@ -120,12 +122,15 @@ fn statvfs_usage(dir: &Path) -> io::Result<DiskUsage> {
     }
     // SAFETY: `statvfs` returned 0, so it initialised the struct (and it started zeroed).
     let st = unsafe { st.assume_init() };
+    // As `df` does: used = blocks - free blocks; the base is used + blocks available to an
+    // unprivileged writer. Counting reserved blocks as used would refuse appends on a disk
+    // that `df` shows far from full.
     let frsize = st.f_frsize;
-    let total = st.f_blocks * frsize;
-    let free = st.f_bavail * frsize;
+    let used = st.f_blocks.saturating_sub(st.f_bfree) * frsize;
+    let avail = st.f_bavail * frsize;
     Ok(DiskUsage {
-        used: total.saturating_sub(free),
-        total,
+        used,
+        total: used + avail,
     })
 }
 
@@ -224,5 +229,35 @@ impl StorageIo for FaultyIo {
                 total: 1000,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard must refuse at the figure an operator reads off `df`, not at a stricter one
+    /// that counts root-reserved blocks as used.
+    #[test]
+    fn disk_usage_ratio_agrees_with_df_use_percent() {
+        let dir = std::env::temp_dir();
+        let ours = RealIo.disk_usage(&dir).expect("statvfs").ratio() * 100.0;
+        let out = std::process::Command::new("df")
+            .args(["-P", "--"])
+            .arg(&dir)
+            .output()
+            .expect("df runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().nth(1).expect("df prints a data line");
+        let pcent: f64 = line
+            .split_whitespace()
+            .find_map(|f| f.strip_suffix('%'))
+            .and_then(|p| p.parse().ok())
+            .expect("df prints Use%");
+        // df rounds up to a whole percent; other writers may move the disk between the calls.
+        assert!(
+            (ours - pcent).abs() <= 2.0,
+            "ours {ours:.2}% vs df {pcent}%"
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! - [`hooks`]: [`PutHook`], where later crates (transactions, delays, retries) intercept
 //!   messages before they are stored.
 //! - [`remoting`]: the TCP machinery both servers share, and [`RemotingClient`].
+//! - [`produce`]: in-process sends (the HTTP facade) through the same checks and hooks.
 //! - [`retry`]: consumer retries and dead letters (CONSUMER_SEND_MSG_BACK, retry-topic sends,
 //!   the Rust send-back API), per-group policy.
 //! - [`dlq`]: reading dead-letter queues and replay (redrive) tasks.
@@ -42,6 +43,7 @@ mod longpoll;
 mod namesrv;
 mod offsets;
 mod processor;
+pub mod produce;
 pub mod remoting;
 mod reply;
 pub mod retry;

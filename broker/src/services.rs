@@ -99,6 +99,15 @@ impl BrokerServices {
         self.ctx.store.append(messages, true)?.await
     }
 
+    /// Sends one message as a producer would: topic checks, put hooks (delays, transactions),
+    /// then a durable append. The HTTP facade's produce path.
+    pub async fn produce(
+        &self,
+        message: crate::produce::Produce,
+    ) -> Result<crate::produce::Produced, crate::produce::ProduceError> {
+        crate::produce::produce(&self.ctx, message).await
+    }
+
     /// A topic's configuration.
     pub fn topic(&self, name: &str) -> Option<TopicConfig> {
         self.ctx.topics.get(name)

@@ -82,28 +82,38 @@ fn check_topic(
     ctx: &Arc<BrokerContext>,
     h: &SendMessageRequestHeader,
 ) -> Result<TopicConfig, Reject> {
-    topic::validate_name(&h.topic)?;
-    if topic::is_not_sendable(&h.topic) {
+    check_topic_named(ctx, &h.topic, &h.default_topic, h.default_topic_queue_nums)
+}
+
+/// [`check_topic`] for any sender: the TCP path and in-process producers share it.
+pub(crate) fn check_topic_named(
+    ctx: &Arc<BrokerContext>,
+    topic_name: &str,
+    default_topic: &str,
+    default_queue_nums: i32,
+) -> Result<TopicConfig, Reject> {
+    topic::validate_name(topic_name)?;
+    if topic::is_not_sendable(topic_name) {
         return Err(Reject::new(
             code::NO_PERMISSION,
-            format!("Sending message to topic[{}] is forbidden.", h.topic),
+            format!("Sending message to topic[{topic_name}] is forbidden."),
         ));
     }
-    let cfg = if ctx.cfg.auto_create_topic || h.topic.starts_with(RETRY_PREFIX) {
+    let cfg = if ctx.cfg.auto_create_topic || topic_name.starts_with(RETRY_PREFIX) {
         ctx.topics
-            .get_or_create_for_send(&h.topic, &h.default_topic, h.default_topic_queue_nums)?
+            .get_or_create_for_send(topic_name, default_topic, default_queue_nums)?
     } else {
-        ctx.topics.get(&h.topic).ok_or_else(|| {
+        ctx.topics.get(topic_name).ok_or_else(|| {
             Reject::new(
                 code::TOPIC_NOT_EXIST,
-                format!("topic[{}] not exist, apply first please!", h.topic),
+                format!("topic[{topic_name}] not exist, apply first please!"),
             )
         })?
     };
     if !perm::is_writeable(cfg.perm) {
         return Err(Reject::new(
             code::NO_PERMISSION,
-            format!("the topic[{}] sending message is forbidden", h.topic),
+            format!("the topic[{topic_name}] sending message is forbidden"),
         ));
     }
     Ok(cfg)
@@ -132,7 +142,7 @@ fn choose_queue(
 }
 
 /// An IPv4-mapped IPv6 peer is written as IPv4: C++ and Go clients only read IPv4 hosts.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
@@ -158,7 +168,7 @@ fn base_input(h: &SendMessageRequestHeader, queue_id: i32, born_host: SocketAddr
 }
 
 /// Adds what the broker adds to every message: a UNIQ_KEY when missing, and `CLUSTER`.
-fn stamp(ctx: &BrokerContext, props: &mut Properties) {
+pub(crate) fn stamp(ctx: &BrokerContext, props: &mut Properties) {
     if props.get(keys::UNIQ_KEY).is_none() {
         props.insert(keys::UNIQ_KEY, ctx.uniq.next_key());
     }

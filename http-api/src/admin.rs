@@ -1,0 +1,9 @@
+//! Stub: filled in by the admin work.
+
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::state::AppState;
+
+pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+}

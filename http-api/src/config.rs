@@ -1,0 +1,67 @@
+//! `HttpConfig`: everything the facade can be told. Every limit is explicit; the server's
+//! `[http]` section maps onto it.
+
+use std::net::SocketAddr;
+
+use crate::auth::Token;
+
+/// The HTTP facade's configuration.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Listen address. Default `127.0.0.1:8080`; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// Bearer tokens and their scopes. Empty = no authentication, which is allowed only on a
+    /// loopback listener (checked by [`HttpConfig::validate`]).
+    pub tokens: Vec<Token>,
+    /// Largest request body in bytes (413 above it). Default 6 MiB, so a maximum message
+    /// still fits when base64 in JSON.
+    pub max_request_bytes: usize,
+    /// Largest message body in bytes after decoding (413 above it). Default 4 MiB.
+    pub max_message_bytes: usize,
+    /// Most entries in one batch request. Default 256.
+    pub max_batch: usize,
+    /// Requests handled at once; more are answered 429 at once (never queued unboundedly).
+    /// Default 1 024.
+    pub max_concurrent_requests: usize,
+    /// Producer group recorded for HTTP sends that name none. Default `SLUICE_HTTP_PRODUCER`.
+    pub default_producer_group: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+            max_request_bytes: 6 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_batch: 256,
+            max_concurrent_requests: 1024,
+            default_producer_group: "SLUICE_HTTP_PRODUCER".into(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the limits, and refuses an unauthenticated listener that is not loopback.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "the HTTP listener {} is not loopback: configure [http] tokens (or listen on 127.0.0.1)",
+                self.listen
+            ));
+        }
+        if self.max_message_bytes == 0 || self.max_request_bytes < self.max_message_bytes {
+            return Err(format!(
+                "max_request_bytes ({}) must be at least max_message_bytes ({}), both > 0",
+                self.max_request_bytes, self.max_message_bytes
+            ));
+        }
+        if self.max_batch == 0 || self.max_concurrent_requests == 0 {
+            return Err("max_batch and max_concurrent_requests must be > 0".into());
+        }
+        for t in &self.tokens {
+            t.validate()?;
+        }
+        Ok(())
+    }
+}

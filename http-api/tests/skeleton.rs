@@ -1,0 +1,43 @@
+//! The facade's frame: listener, error shape, request ids, OpenAPI.
+
+mod common;
+
+use common::error_code;
+
+#[tokio::test]
+async fn unknown_routes_answer_the_json_error_shape_with_a_request_id() {
+    let s = common::start().await;
+    let r = s.http.get(s.url("/v1/nothing-here")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (_, body) = common::status_json(r).await;
+    assert_eq!(error_code(&body), "not_found");
+    assert_eq!(body["error"]["request_id"], rid);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_callers_request_id_is_kept_and_echoed() {
+    let s = common::start().await;
+    let r = s
+        .http
+        .get(s.url("/v1/nothing-here"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let (_, body) = common::status_json(r).await;
+    assert_eq!(body["error"]["request_id"], "abc-123");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let s = common::start().await;
+    let (status, doc) = s.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    s.stop().await;
+}

@@ -25,6 +25,10 @@ pub struct HttpConfig {
     pub max_concurrent_requests: usize,
     /// Producer group recorded for HTTP sends that name none. Default `SLUICE_HTTP_PRODUCER`.
     pub default_producer_group: String,
+    /// Lease-based consumption limits.
+    pub consume: crate::consume::ConsumeConfig,
+    /// Transaction check-back over HTTP (webhooks, polling).
+    pub checks: crate::txn::CheckConfig,
 }
 
 impl Default for HttpConfig {
@@ -37,6 +41,8 @@ impl Default for HttpConfig {
             max_batch: 256,
             max_concurrent_requests: 1024,
             default_producer_group: "SLUICE_HTTP_PRODUCER".into(),
+            consume: crate::consume::ConsumeConfig::default(),
+            checks: crate::txn::CheckConfig::default(),
         }
     }
 }
@@ -62,6 +68,8 @@ impl HttpConfig {
         for t in &self.tokens {
             t.validate()?;
         }
+        self.consume.validate()?;
+        self.checks.validate()?;
         Ok(())
     }
 }

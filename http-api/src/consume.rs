@@ -7,3 +7,13 @@ use crate::state::AppState;
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
 }
+
+/// Limits of lease-based consumption.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumeConfig {}
+
+impl ConsumeConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -26,14 +26,14 @@ pub mod request_id;
 mod state;
 
 mod admin;
-mod consume;
+pub mod consume;
 mod dlq;
 mod health;
 mod metrics;
 mod openapi;
 mod produce;
 mod schedule;
-mod txn;
+pub mod txn;
 
 use std::sync::Arc;
 

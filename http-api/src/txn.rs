@@ -5,6 +5,16 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::config::HttpConfig;
 use crate::state::AppState;
 
+/// How checks reach HTTP producers.
+#[derive(Debug, Clone, Default)]
+pub struct CheckConfig {}
+
+impl CheckConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Check-back machinery of the facade.
 #[derive(Debug, Default)]
 pub struct TxnHttp {}

@@ -66,7 +66,10 @@ impl Flusher {
         let flushed = self.shared.flushed.get();
         let target = self.shared.written.get();
         if target > flushed {
-            if let Err(e) = self.sync_range(flushed, target) {
+            let started = std::time::Instant::now();
+            let synced = self.sync_range(flushed, target);
+            self.shared.sync_latency.record(started.elapsed());
+            if let Err(e) = synced {
                 self.shared.fence(format!("sync failed: {e}"));
                 for (_, reply, _) in waiters.drain(..) {
                     let _ = reply.send(Err(StoreError::SyncFailed(e.to_string())));

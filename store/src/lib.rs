@@ -15,6 +15,7 @@
 //! - `retention`: deleting old segments with their queue and index files.
 //! - `checkpoint`: checkpoint, abort marker, folder lock, atomic file replacement.
 //! - [`io`]: the storage trait and its fault-injecting twin.
+//! - [`latency`]: the sync-latency histogram behind `/metrics`.
 //!
 //! ## Files under the data folder
 //! `commitlog/<20-digit offset>`, `consumequeue/<topic>/<queue>/<20-digit byte offset>`,
@@ -34,6 +35,7 @@ mod flusher;
 mod framing;
 mod index;
 pub mod io;
+pub mod latency;
 mod mapped;
 mod message;
 mod progress;

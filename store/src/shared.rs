@@ -19,6 +19,8 @@ pub(crate) struct Shared {
     fence_reason: Mutex<Option<String>>,
     /// Set when shutdown begins.
     pub(crate) closing: AtomicBool,
+    /// Time of each commit-log sync (group commit: one per batch of waiters).
+    pub(crate) sync_latency: crate::latency::LatencyHistogram,
 }
 
 impl Shared {
@@ -30,6 +32,7 @@ impl Shared {
             fenced: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
+            sync_latency: crate::latency::LatencyHistogram::default(),
         }
     }
 

@@ -38,6 +38,7 @@ pub struct Store {
     pub(crate) shared: Arc<Shared>,
     pub(crate) damage: Arc<DamageLog>,
     dispatcher: Arc<Dispatcher>,
+    io: Arc<dyn StorageIo>,
     retention: Retention,
     append_tx: Sender<AppendCommand>,
     threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
@@ -268,6 +269,7 @@ impl Store {
             shared,
             damage,
             dispatcher,
+            io,
             retention,
             append_tx,
             threads: Mutex::new(threads),
@@ -379,6 +381,16 @@ impl Store {
             commit_log_bytes: self.log.disk_bytes(),
             queues: self.cqs.all().len(),
         }
+    }
+
+    /// How long commit-log syncs took (one per group commit).
+    pub fn sync_latency(&self) -> crate::latency::LatencySnapshot {
+        self.shared.sync_latency.snapshot()
+    }
+
+    /// Disk usage of the data folder's file system, as the disk guard sees it.
+    pub fn disk_usage(&self) -> std::io::Result<crate::io::DiskUsage> {
+        self.io.disk_usage(&self.cfg.data_dir)
     }
 
     /// Fencing and damage.

@@ -380,7 +380,10 @@ async fn apply_group(
         if states.iter().any(|s| s.0 == RecState::Released) {
             return Ok(Outcome::AlreadyDelivered);
         }
-        if states.iter().any(|s| s.0 == RecState::Cancelled) {
+        // Every record cancelled: the message was cancelled. A cancelled record next to one
+        // that is gone is a reschedule (the old timer is cancelled, the new one was released
+        // or cancelled and compacted away): only the real topic can tell which.
+        if states.iter().all(|s| s.0 == RecState::Cancelled) {
             return Ok(Outcome::AlreadyCancelled);
         }
         let topic = recs

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::core::Core;
 use crate::metrics::Counters;
 use crate::records::HalfRecord;
-use crate::sink::{check_command, send_round_robin, PendingCheck, Route};
+use crate::sink::{check_command, send_round_robin, PendingCheck, Route, PROP_CHECK_URL};
 use crate::state::{Source, TxnState};
 use crate::table::{ms, Due, Entry, Location};
 
@@ -186,26 +186,39 @@ impl Core {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let id = entry.id.half_offset;
-            let route = self.route(&entry.group);
+            // Read first: the half message may name its own check URL, which decides the route.
+            let half = match self.read_half(entry.current.phys_offset) {
+                Ok(half) => half,
+                Err(e) => {
+                    self.table.lock().postpone_check(id, now);
+                    tracing::warn!(producer_group = %entry.group, half_offset = id, error = %e, "half message unreadable; check postponed");
+                    continue;
+                }
+            };
+            let route = self.route(&entry.group, half.props.get(PROP_CHECK_URL));
             if matches!(route, Route::Nowhere) {
                 Counters::inc(&self.counters().checks_undelivered);
                 self.table.lock().postpone_check(id, now);
                 tracing::debug!(producer_group = %entry.group, transaction_id = %entry.uniq, half_offset = id, "check due but no producer of the group is connected");
                 continue;
             }
-            match self.read_half(entry.current.phys_offset) {
-                Ok(half) => out.push(Planned { entry, half, route }),
-                Err(e) => {
-                    self.table.lock().postpone_check(id, now);
-                    tracing::warn!(producer_group = %entry.group, half_offset = id, error = %e, "half message unreadable; check postponed");
-                }
-            }
+            out.push(Planned { entry, half, route });
         }
         out
     }
 
-    /// Where checks of `group` go now (see `sink`).
-    pub(crate) fn route(&self, group: &str) -> Route {
+    /// Where checks of `group` go now (see `sink`); `message_url` is the half message's own
+    /// [`PROP_CHECK_URL`], which wins over the group's routing when a URL sink is installed.
+    pub(crate) fn route(&self, group: &str, message_url: Option<&str>) -> Route {
+        if let Some(url) = message_url {
+            match self.shared.url_sink.read().as_ref() {
+                Some(s) => return Route::Sink(Arc::clone(s), Some(url.to_owned())),
+                None => tracing::debug!(
+                    producer_group = group,
+                    "half message names a check URL but no URL sink is installed; using the group's route"
+                ),
+            }
+        }
         if let Some(s) = self.shared.group_sinks.read().get(group) {
             return Route::Sink(Arc::clone(s), None);
         }

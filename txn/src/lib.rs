@@ -60,5 +60,5 @@ pub use records::{
 };
 pub use resolve::{Resolution, TxnRef};
 pub use service::{ListQuery, StateFilter, TxnService, TxnView};
-pub use sink::{CheckSink, PendingCheck};
+pub use sink::{CheckSink, PendingCheck, PROP_CHECK_URL};
 pub use state::{CheckAnswer, Decision, Source, TxnState};

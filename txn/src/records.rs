@@ -179,7 +179,8 @@ impl HalfRecord {
     /// The committed message: real topic and queue, sysFlag COMMIT, prepared offset = the
     /// original half. Properties are kept as stored (RocketMQ keeps `TRAN_MSG`, `PGROUP`,
     /// `REAL_*` and `__transactionId__` too; Java clients derive the transaction id from
-    /// `TRAN_MSG`), minus our carry-forward markers. `DELAY`/`TIMER_*` stay for the commit hooks.
+    /// `TRAN_MSG`), minus our carry-forward markers and the check URL (not the consumers'
+    /// business, and it may carry a credential). `DELAY`/`TIMER_*` stay for the commit hooks.
     pub(crate) fn commit_message(&self, id: TxnId) -> PendingMessage {
         let mut props = self.props.clone();
         for k in [
@@ -188,6 +189,7 @@ impl HalfRecord {
             PROP_ORIGIN_STORE_MS,
             PROP_PARKED,
             keys::TRANSACTION_CHECK_TIMES,
+            crate::sink::PROP_CHECK_URL,
         ] {
             props.remove(k);
         }
@@ -423,6 +425,7 @@ mod tests {
             ("REAL_QID", "3"),
             ("__transactionId__", "U1"),
             ("DELAY", "2"),
+            ("SLUICE_CHECK_URL", "http://app/check"),
         ] {
             p.insert(k, v);
         }
@@ -452,6 +455,11 @@ mod tests {
             "delay kept for the commit hooks"
         );
         assert_eq!(c.properties.get("UNIQ_KEY"), Some("U1"));
+        assert_eq!(
+            c.properties.get("SLUICE_CHECK_URL"),
+            None,
+            "the check URL is not the consumers' business"
+        );
     }
 
     #[test]

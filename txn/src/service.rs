@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sluice_store::now_ms;
 
+use crate::config::GroupPolicy;
 use crate::core::{Core, Outcome};
 use crate::error::TxnError;
 use crate::extension::Shared;
@@ -266,6 +267,12 @@ impl TxnService {
                 sinks.remove(group);
             }
         }
+    }
+
+    /// The check-back policy `group` gets (its override over the defaults): the HTTP facade
+    /// asks whether a group is in pull mode or has a `check_url` before routing its checks.
+    pub fn policy(&self, group: &str) -> GroupPolicy {
+        self.shared.cfg.policy(group)
     }
 
     /// Gauges and counters.

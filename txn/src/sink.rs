@@ -1,7 +1,10 @@
 //! Where a check goes: a producer's TCP connection (RocketMQ's CHECK_TRANSACTION_STATE), or,
 //! for producers that cannot take an inbound request, a sink the HTTP facade provides.
 //!
-//! Routing per producer group, first match wins:
+//! Routing, first match wins:
+//! 0. the half message's own [`PROP_CHECK_URL`] → the URL sink, with that URL (a producer
+//!    over HTTP names where its checks go per message; kept in the half message, so it
+//!    survives a restart);
 //! 1. a sink registered for the group ([`crate::TxnService::set_check_sink`]);
 //! 2. the group's `check_url` → the URL sink ([`crate::TxnService::set_url_sink`]); the
 //!    [`PendingCheck`] carries the URL;
@@ -22,6 +25,10 @@ use sluice_protocol::{request_code, RemotingCommand};
 
 use crate::records::HalfRecord;
 use crate::table::Entry;
+
+/// Property of a half message naming the URL its checks go to (through the URL sink). Set by
+/// the HTTP facade; removed from the committed message, so consumers never see it.
+pub const PROP_CHECK_URL: &str = "SLUICE_CHECK_URL";
 
 /// A check handed to a sink or a puller: everything needed to ask the producer's application
 /// about the transaction and to answer it ([`crate::TxnService::resolve`] with
@@ -54,7 +61,8 @@ pub struct PendingCheck {
     pub stored_ms: i64,
     /// This check's number (1 = first).
     pub check_count: u32,
-    /// The group's check-back URL, for the URL sink.
+    /// Where the URL sink sends this check: the half message's [`PROP_CHECK_URL`], else the
+    /// group's `check_url`.
     pub url: Option<String>,
 }
 

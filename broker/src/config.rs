@@ -88,6 +88,9 @@ pub struct BrokerConfig {
     /// Consumer retry policies (maximum, back-off), per group. Default RocketMQ's: 16 retries
     /// at delay level `3 + reconsumeTimes`.
     pub retry: crate::retry::RetryConfig,
+    /// Lease-based consumption (the HTTP facade's receive/ack/nack): receive size, lease
+    /// times, long-poll cap, leases per group, expiry tick.
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl BrokerConfig {
@@ -111,6 +114,7 @@ impl BrokerConfig {
             client_expiry: Duration::from_secs(120),
             store,
             retry: crate::retry::RetryConfig::default(),
+            lease: crate::lease::LeaseConfig::default(),
         }
     }
 
@@ -152,6 +156,7 @@ impl BrokerConfig {
                 return Err(BrokerError::Config(format!("{name} must be positive")));
             }
         }
+        self.lease.validate().map_err(BrokerError::Config)?;
         self.retry.validate().map_err(BrokerError::Config)
     }
 

@@ -22,6 +22,8 @@
 //! - [`retry`]: consumer retries and dead letters (CONSUMER_SEND_MSG_BACK, retry-topic sends,
 //!   the Rust send-back API), per-group policy.
 //! - [`dlq`]: reading dead-letter queues and replay (redrive) tasks.
+//! - [`lease`]: lease-based consumption (receive, ack, nack, visibility) for the HTTP facade,
+//!   with receipts, expiry and the same retry/DLQ path.
 //! - [`config`], [`error`], `stats` ([`BrokerStats`]), `reply`, `state_file`.
 //!
 //! ## Guarantees
@@ -38,6 +40,7 @@ pub mod config;
 pub mod dlq;
 pub mod error;
 pub mod hooks;
+pub mod lease;
 mod locks;
 mod longpoll;
 mod namesrv;
@@ -61,6 +64,7 @@ pub use dlq::{
 };
 pub use error::{BrokerError, RemotingError};
 pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook};
+pub use lease::{Delivery, LeaseConfig, LeaseError, LeaseService, ReceiveRequest};
 pub use namesrv::{NameServer, NameServerHandle};
 pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, RemotingClient};
 pub use retry::{

@@ -113,6 +113,23 @@ impl BrokerServices {
         self.ctx.topics.get(name)
     }
 
+    /// Deletes a user topic's configuration (persisted; name servers hear of it). System
+    /// topics (the default template, schedule, transaction, retry and dead-letter topics)
+    /// are refused. The data ages out with retention. `Ok(None)`: no such topic.
+    pub fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, String> {
+        let system = name == crate::topic::DEFAULT_TOPIC
+            || crate::topic::is_not_sendable(name)
+            || crate::topic::is_not_consumable(name)
+            || name.starts_with(crate::topic::RETRY_PREFIX)
+            || name.starts_with(crate::topic::DLQ_PREFIX)
+            || name.starts_with("SLUICE_SYS_")
+            || name.starts_with("RMQ_SYS_");
+        if system {
+            return Err(format!("{name} is a system topic and cannot be deleted"));
+        }
+        Ok(self.ctx.topics.remove(name))
+    }
+
     /// Creates or updates a topic (persisted; name servers hear of it).
     pub fn put_topic(&self, cfg: TopicConfig) {
         self.ctx.topics.put(cfg);
@@ -161,9 +178,19 @@ impl BrokerServices {
         crate::retry::send_back(&self.ctx, req).await
     }
 
+    /// Lease-based consumption (receive, ack, nack, visibility) for HTTP consumers.
+    pub fn leases(&self) -> crate::lease::LeaseService {
+        crate::lease::service(&self.ctx)
+    }
+
     /// The retry policy of a consumer group.
     pub fn retry_policy(&self, group: &str) -> crate::retry::GroupRetryPolicy {
         self.ctx.cfg.retry.policy(group).clone()
+    }
+
+    /// The broker's counters (for `/metrics`).
+    pub fn stats(&self) -> crate::BrokerStats {
+        self.ctx.counters.snapshot()
     }
 
     /// Becomes true when the broker starts shutting down.
@@ -171,3 +198,23 @@ impl BrokerServices {
         self.ctx.shutdown.clone()
     }
 }
+
+// ---- BEGIN sluice-http admin accessors (read-only; added for the HTTP admin endpoints) ----
+impl BrokerServices {
+    /// Every topic's configuration (system topics included), sorted by name: the HTTP
+    /// facade's topic listing.
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        self.ctx
+            .topics
+            .snapshot()
+            .topic_config_table
+            .into_values()
+            .collect()
+    }
+
+    /// Queues a topic gets when created without a count (`default_topic_queue_nums`).
+    pub fn default_topic_queue_nums(&self) -> u32 {
+        self.ctx.cfg.default_topic_queue_nums
+    }
+}
+// ---- END sluice-http admin accessors ----

@@ -205,6 +205,25 @@ impl TopicManager {
         true
     }
 
+    /// Removes a topic's configuration (persisted; name servers drop its route at the next
+    /// registration). Its data stays until retention deletes the segments. Returns what was
+    /// removed.
+    pub(crate) fn remove(self: &Arc<Self>, topic: &str) -> Option<TopicConfig> {
+        let removed = {
+            let mut t = self.table.write();
+            let removed = t.topics.remove(topic)?;
+            t.version = DataVersion {
+                counter: t.version.counter + 1,
+                timestamp: now_ms(),
+            };
+            removed
+        };
+        tracing::info!(topic, "topic deleted");
+        self.changed.notify_one();
+        self.save_in_background();
+        Some(removed)
+    }
+
     /// The topic a send names, creating it from `default_topic` when it is unknown and the
     /// template allows it (§2.2: queue count `min(d, template write queues)`, template perm minus
     /// INHERIT). A `%RETRY%` topic gets one read-write queue.

@@ -45,6 +45,8 @@ pub(crate) struct BrokerContext {
     queue_picker: AtomicU32,
     /// Replay tasks, ledgers and the audit log of the dead-letter queues.
     pub(crate) dlq: Arc<crate::dlq::state::DlqState>,
+    /// In-flight leases of HTTP consumers (created on first use).
+    pub(crate) leases: std::sync::OnceLock<Arc<crate::lease::state::LeaseState>>,
 }
 
 impl BrokerContext {
@@ -82,6 +84,7 @@ impl BrokerContext {
             uniq: UniqKeyGenerator::new(ip),
             queue_picker: AtomicU32::new(0),
             dlq,
+            leases: std::sync::OnceLock::new(),
         }
     }
 

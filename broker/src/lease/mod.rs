@@ -1,0 +1,383 @@
+//! Lease-based consumption (SQS-style receive / ack / nack / visibility), the consumer model
+//! of the HTTP facade, with RocketMQ's retry and dead-letter policy.
+//!
+//! ## Model
+//! - **Competing consumers**: every receiver of a group shares every queue of the topic. A
+//!   receive leases up to `max` entries nobody holds, each with a fresh receipt, for a
+//!   visibility timeout; with nothing available it long-polls (woken by the store's dispatch
+//!   notifications, a failed hand-back, or broker shutdown).
+//! - **Receipts** ([`receipt`]) are opaque base64url strings naming group, queue, offset, the
+//!   broker run and a per-run delivery generation, plus a keyed-hash token. Every delivery
+//!   gets a new one. A receipt whose delivery is over is refused explicitly: `AlreadyAcked`,
+//!   `AlreadyNacked`, or `ReceiptExpired` (the lease ran out, also before the expiry task
+//!   handed the message back); an unparsable, forged, forgotten or pre-restart one is
+//!   `UnknownReceipt`; another group's is `WrongGroup`. Never a silent success.
+//! - **Failure path**: a nack or an expired lease is a failed delivery and goes through
+//!   [`crate::retry::send_back`], exactly as a TCP consumer's CONSUMER_SEND_MSG_BACK: a copy
+//!   in `%RETRY%<group>` with the group's back-off (a nack's delay becomes the smallest level
+//!   of [`LeaseConfig::nack_levels`] at least that long), or `%DLQ%<group>` after the group's
+//!   maximum. Then the original entry is finished.
+//! - **Retries**: a receive of topic T also takes the group's retry queue entries whose
+//!   `RETRY_TOPIC` is T (`delivery_count` = reconsume times + 1). The retry queue is per group,
+//!   not per topic, so its cursor keeps retries of other topics aside (open, waiting, bounded
+//!   by `max_parked_retries`) instead of skipping them; its committed offset stays below every
+//!   entry kept aside, so nothing is lost across restarts.
+//! - **Offsets**: each queue's committed offset is the lowest unfinished entry (acked, handed
+//!   back and filtered entries are finished), committed with the consumer offsets. After a
+//!   restart, leased-but-unacked messages are delivered again (at-least-once) and old receipts
+//!   are unknown. A group new to a queue starts at its committed offset if any, else at the
+//!   queue's **minimum** offset: it sees what was produced before its first receive (for a
+//!   young queue this is what RocketMQ's CONSUME_FROM_LAST_OFFSET does too).
+//! - **Tags**: a receive's tag expression (`*`, `a||b`) filters; entries that do not pass are
+//!   finished for the group, as RocketMQ's subscription filtering does, so a group should keep
+//!   one expression per topic.
+//! - **Expiry**: a background task (started on first use, stopped at shutdown) hands back up
+//!   to `max_expired_per_tick` expired leases every `expiry_tick`.
+//!
+//! ## Known limits
+//! - A compressed body (sysFlag bit 0, Java clients compress bodies over 4 KiB) is delivered
+//!   as stored with [`Delivery::compressed`] set: the broker crate has no zlib dependency yet.
+//! - HTTP receivers and TCP consumers must not share a group name: both commit the same
+//!   offsets.
+//! - The lease book lives in memory, keyed per broker instance in a process-wide registry
+//!   (the broker context has no slot for it).
+//!
+//! Layout: `config` ([`LeaseConfig`]), `receipt`, `state` (the book), `receive` (taking
+//! entries), `settle` (ack, nack, extend, expiry), `decode` (record → [`Delivery`]).
+
+mod config;
+mod decode;
+pub(crate) mod receipt;
+mod receive;
+mod settle;
+pub(crate) mod state;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::futures::Notified;
+use tokio::time::Instant;
+
+pub use config::LeaseConfig;
+
+use crate::broker::context::BrokerContext;
+use crate::retry::RetryError;
+use receive::{Plan, TagFilter};
+use state::LeaseState;
+
+/// A long poll looks again at least this often, whatever the wake-ups say.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One receive.
+#[derive(Debug, Clone)]
+pub struct ReceiveRequest {
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Most messages (1 ..= `max_per_receive`).
+    pub max: usize,
+    /// Long-poll time when nothing is available (at most `max_wait`; zero = answer at once).
+    pub wait: Duration,
+    /// Lease time (`min_visibility` ..= `max_visibility`).
+    pub visibility: Duration,
+    /// Tag expression: `None` or `*` for all, else `a||b`.
+    pub tag: Option<String>,
+}
+
+/// One leased message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Needed to ack, nack or extend this delivery; unique per delivery.
+    pub receipt: String,
+    /// The client message id (`UNIQ_KEY`, stable across retries), else the offset message id.
+    pub msg_id: String,
+    /// The original topic (also for a retried message).
+    pub topic: String,
+    /// Queue the entry was leased from (for a retry: queue 0 of `%RETRY%<group>`).
+    pub queue_id: i32,
+    /// Offset in that queue.
+    pub queue_offset: u64,
+    /// Commit-log offset of the record.
+    pub phys_offset: u64,
+    /// The body as stored.
+    pub body: Bytes,
+    /// True when the body is still compressed (see the module docs).
+    pub compressed: bool,
+    /// `TAGS`.
+    pub tags: Option<String>,
+    /// `KEYS`, split.
+    pub keys: Vec<String>,
+    /// The user's properties (system keys removed), in stored order.
+    pub properties: Vec<(String, String)>,
+    /// 1 on the first delivery; reconsume times + 1 for a retry.
+    pub delivery_count: u32,
+    /// Producer timestamp, epoch ms.
+    pub born_ms: i64,
+    /// Store timestamp of this record, epoch ms.
+    pub stored_ms: i64,
+}
+
+/// Why a lease operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// The topic does not exist.
+    #[error("topic {0} does not exist")]
+    TopicNotFound(String),
+    /// The topic cannot be consumed (system topic, or not readable).
+    #[error("topic {0} cannot be consumed")]
+    NotConsumable(String),
+    /// The group name cannot name a retry topic.
+    #[error("invalid consumer group {0:?}")]
+    InvalidGroup(String),
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not a receipt of this broker run (unparsable, forged, forgotten, or before a restart).
+    #[error("unknown receipt")]
+    UnknownReceipt,
+    /// The lease ran out; the message is or will be delivered again.
+    #[error("the lease of this receipt expired; the message is delivered again")]
+    ReceiptExpired,
+    /// The delivery was already acknowledged.
+    #[error("this delivery was already acknowledged")]
+    AlreadyAcked,
+    /// The delivery was already nacked.
+    #[error("this delivery was already nacked")]
+    AlreadyNacked,
+    /// The receipt belongs to another consumer group.
+    #[error("the receipt belongs to another consumer group")]
+    WrongGroup,
+    /// The failed message could not be copied to the retry topic or DLQ; it will be
+    /// delivered again.
+    #[error("the message could not be handed back: {0}")]
+    HandBack(RetryError),
+}
+
+/// Receive, ack, nack and visibility for consumer groups. Cheap to clone; get it from
+/// [`crate::BrokerServices::leases`].
+#[derive(Clone)]
+pub struct LeaseService {
+    ctx: Arc<BrokerContext>,
+    state: Arc<LeaseState>,
+}
+
+impl std::fmt::Debug for LeaseService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseService")
+            .field("broker", &self.ctx.cfg.broker_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The lease service of a broker (its state is created on first use).
+pub(crate) fn service(ctx: &Arc<BrokerContext>) -> LeaseService {
+    let state = Arc::clone(ctx.leases.get_or_init(|| Arc::new(LeaseState::new())));
+    LeaseService {
+        ctx: Arc::clone(ctx),
+        state,
+    }
+}
+
+impl LeaseService {
+    /// The limits in force.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.ctx.cfg.lease
+    }
+
+    /// Leases up to `max` messages of the topic (and the group's retries of it), waiting up to
+    /// `wait` for one to arrive. An empty result is not an error.
+    #[tracing::instrument(skip_all, fields(group = %req.group, topic = %req.topic, max = req.max))]
+    pub async fn receive(&self, req: ReceiveRequest) -> Result<Vec<Delivery>, LeaseError> {
+        let plan = self.plan(&req)?;
+        self.ensure_expiry_task();
+        let got = receive::collect(&self.ctx, &self.state, &plan);
+        if !got.is_empty() || req.wait.is_zero() || self.ctx.shutting_down() {
+            return Ok(got);
+        }
+        Ok(self.long_poll(&plan, Instant::now() + req.wait).await)
+    }
+
+    /// Acknowledges deliveries (one result per receipt).
+    pub fn ack(&self, group: &str, receipts: &[String]) -> Vec<Result<(), LeaseError>> {
+        settle::ack(&self.ctx, &self.state, group, receipts)
+    }
+
+    /// Hands deliveries back as failed: to `%RETRY%<group>` after `delay` (mapped onto
+    /// [`LeaseConfig::nack_levels`]) or the group's back-off when `None`, or to the DLQ after
+    /// the group's maximum.
+    pub async fn nack(
+        &self,
+        group: &str,
+        receipts: &[String],
+        delay: Option<Duration>,
+    ) -> Vec<Result<(), LeaseError>> {
+        let level = self.ctx.cfg.lease.nack_level(delay);
+        settle::nack(&self.ctx, &self.state, group, receipts, level).await
+    }
+
+    /// Sets the leases' remaining time to `visibility` (at most `max_visibility` after the
+    /// receive).
+    pub fn extend(
+        &self,
+        group: &str,
+        receipts: &[String],
+        visibility: Duration,
+    ) -> Vec<Result<(), LeaseError>> {
+        settle::extend(&self.ctx, &self.state, group, receipts, visibility)
+    }
+
+    /// Leases currently held by a group.
+    pub fn in_flight(&self, group: &str) -> usize {
+        self.state
+            .existing(group)
+            .map_or(0, |g| g.lock().leases.len())
+    }
+
+    /// Hands back expired leases now instead of at the next tick; returns how many.
+    pub async fn expire_now(&self) -> usize {
+        settle::expire_once(&self.ctx, &self.state).await
+    }
+
+    fn plan(&self, req: &ReceiveRequest) -> Result<Plan, LeaseError> {
+        let cfg = &self.ctx.cfg.lease;
+        if req.max == 0 || req.max > cfg.max_per_receive {
+            return Err(LeaseError::Invalid(format!(
+                "max must be within 1 and {}",
+                cfg.max_per_receive
+            )));
+        }
+        if req.wait > cfg.max_wait {
+            return Err(LeaseError::Invalid(format!(
+                "wait must be at most {:?}",
+                cfg.max_wait
+            )));
+        }
+        check_visibility(cfg, req.visibility)?;
+        let retry_topic = crate::topic::retry_topic(&req.group);
+        if req.group.is_empty() || crate::topic::validate_name(&retry_topic).is_err() {
+            return Err(LeaseError::InvalidGroup(req.group.clone()));
+        }
+        let queues = self.readable_queues(&req.topic)?;
+        Ok(Plan {
+            group: req.group.clone(),
+            topic: req.topic.clone(),
+            retry_topic,
+            queues,
+            filter: TagFilter::parse(req.tag.as_deref()),
+            visibility: req.visibility,
+            max: req.max,
+        })
+    }
+
+    fn readable_queues(&self, topic: &str) -> Result<i32, LeaseError> {
+        use sluice_protocol::remoting::body::perm;
+        let not_consumable = || LeaseError::NotConsumable(topic.to_owned());
+        if crate::topic::is_not_consumable(topic)
+            || topic.starts_with(crate::topic::RETRY_PREFIX)
+            || topic.starts_with(crate::topic::DLQ_PREFIX)
+        {
+            return Err(not_consumable());
+        }
+        let cfg = self
+            .ctx
+            .topics
+            .get(topic)
+            .ok_or_else(|| LeaseError::TopicNotFound(topic.to_owned()))?;
+        if !perm::is_readable(cfg.perm) {
+            return Err(not_consumable());
+        }
+        Ok(cfg.read_queue_nums.max(0))
+    }
+
+    /// Waits for entries: dispatches to any source queue, a failed hand-back, the deadline or
+    /// shutdown, looking again after each wake-up (bounded by the deadline).
+    async fn long_poll(&self, plan: &Plan, deadline: Instant) -> Vec<Delivery> {
+        let subs: Vec<_> = plan
+            .sources()
+            .iter()
+            .map(|(t, q)| self.ctx.waiters.subscribe(t, *q))
+            .collect();
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            // Enabled before looking, so an arrival in between still wakes us.
+            let mut wakes: Vec<Pin<Box<Notified<'_>>>> = subs
+                .iter()
+                .map(|s| Box::pin(s.notify().notified()))
+                .chain(std::iter::once(Box::pin(self.state.changed.notified())))
+                .collect();
+            for w in &mut wakes {
+                w.as_mut().enable();
+            }
+            let got = receive::collect(&self.ctx, &self.state, plan);
+            let now = Instant::now();
+            if !got.is_empty() || now >= deadline || self.ctx.shutting_down() {
+                return got;
+            }
+            tokio::select! {
+                () = any_of(&mut wakes) => {}
+                () = tokio::time::sleep((deadline - now).min(RECHECK_INTERVAL)) => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        }
+    }
+
+    /// Starts the expiry task once per broker run. It holds the context weakly (a stopped
+    /// broker's state must be released) and ends at shutdown.
+    fn ensure_expiry_task(&self) {
+        if self.state.expiry_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.ctx);
+        let state = Arc::clone(&self.state);
+        let mut stop = self.ctx.shutdown.clone();
+        let tick = self.ctx.cfg.lease.expiry_tick;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(tick) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let Some(ctx) = weak.upgrade() else { return };
+                if ctx.shutting_down() {
+                    return;
+                }
+                let _guard = ctx.tracker.guard();
+                settle::expire_once(&ctx, &state).await;
+            }
+        });
+    }
+}
+
+/// Checks a lease time against the limits.
+fn check_visibility(cfg: &LeaseConfig, visibility: Duration) -> Result<(), LeaseError> {
+    if visibility < cfg.min_visibility || visibility > cfg.max_visibility {
+        return Err(LeaseError::Invalid(format!(
+            "visibility must be within {:?} and {:?}",
+            cfg.min_visibility, cfg.max_visibility
+        )));
+    }
+    Ok(())
+}
+
+/// Completes when any of the notifications fires.
+async fn any_of(wakes: &mut [Pin<Box<Notified<'_>>>]) {
+    std::future::poll_fn(|cx| {
+        let mut ready = false;
+        for w in wakes.iter_mut() {
+            ready |= w.as_mut().poll(cx).is_ready();
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}

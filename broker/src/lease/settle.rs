@@ -1,0 +1,276 @@
+//! Ending deliveries: ack (finished), nack and lease expiry (failed: handed back through the
+//! retry path), and visibility changes. Each receipt gets its own result.
+//!
+//! A hand-back takes the entry out of the lease book first (so the receipt is stale from then
+//! on), copies the message to `%RETRY%<group>` or `%DLQ%<group>` with
+//! [`crate::retry::send_back`], and only then finishes the queue entry, so the committed
+//! offset never passes a message whose copy is not stored. When the copy fails the entry is
+//! delivered again from where it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::receipt::Receipt;
+use super::state::{Group, LeaseState, OpenState, Outcome, QueueKey};
+use super::LeaseError;
+use crate::broker::context::BrokerContext;
+use crate::retry::{RetryError, SendBack};
+
+/// Hand-backs running at once for one call or tick.
+const HAND_BACK_CONCURRENCY: usize = 32;
+
+/// One failed delivery to copy to the retry topic or the DLQ.
+#[derive(Debug, Clone)]
+pub(crate) struct HandBack {
+    key: QueueKey,
+    offset: u64,
+    phys: u64,
+    origin: String,
+    delay_level: i32,
+    reason: &'static str,
+}
+
+/// Parses a receipt and checks it belongs to `group` and to this broker run.
+pub(crate) fn resolve(state: &LeaseState, group: &str, text: &str) -> Result<Receipt, LeaseError> {
+    let r = Receipt::decode(text).ok_or(LeaseError::UnknownReceipt)?;
+    if r.group != group {
+        return Err(LeaseError::WrongGroup);
+    }
+    if r.run != state.minter.run {
+        return Err(LeaseError::UnknownReceipt);
+    }
+    Ok(r)
+}
+
+/// Runs `f` on each receipt under the group's lock.
+fn each<T>(
+    state: &LeaseState,
+    group: &str,
+    receipts: &[String],
+    mut f: impl FnMut(&mut Group, &Receipt, Instant) -> Result<T, LeaseError>,
+) -> Vec<Result<T, LeaseError>> {
+    let book = state.existing(group);
+    let mut guard = book.as_ref().map(|b| b.lock());
+    let now = Instant::now();
+    receipts
+        .iter()
+        .map(|text| {
+            let r = resolve(state, group, text)?;
+            let g = guard.as_deref_mut().ok_or(LeaseError::UnknownReceipt)?;
+            f(g, &r, now)
+        })
+        .collect()
+}
+
+/// Acknowledges deliveries: their entries are finished and the committed offsets move.
+pub(crate) fn ack(
+    ctx: &BrokerContext,
+    state: &LeaseState,
+    group: &str,
+    receipts: &[String],
+) -> Vec<Result<(), LeaseError>> {
+    let remember = ctx.cfg.lease.remembered_receipts;
+    each(state, group, receipts, |g, r, now| {
+        g.check(r, now)?;
+        if let Some(lease) = g.end(r.generation, Outcome::Acked, remember) {
+            g.finish(&lease.key, lease.offset);
+            g.commit(&ctx.offsets, &lease.key);
+        }
+        Ok(())
+    })
+}
+
+/// Moves the deadlines of live leases to `visibility` from now (not past the lease's limit).
+pub(crate) fn extend(
+    ctx: &BrokerContext,
+    state: &LeaseState,
+    group: &str,
+    receipts: &[String],
+    visibility: Duration,
+) -> Vec<Result<(), LeaseError>> {
+    if let Err(e) = super::check_visibility(&ctx.cfg.lease, visibility) {
+        return receipts.iter().map(|_| Err(e.clone())).collect();
+    }
+    each(state, group, receipts, |g, r, now| {
+        let limit = g.check(r, now)?.limit;
+        let deadline = now + visibility;
+        if deadline > limit {
+            return Err(LeaseError::Invalid(format!(
+                "a lease lasts at most {:?} from its receive",
+                ctx.cfg.lease.max_visibility
+            )));
+        }
+        g.extend(r.generation, deadline);
+        Ok(())
+    })
+}
+
+/// Hands deliveries back as failed, with a delay level (0 = the group's back-off).
+pub(crate) async fn nack(
+    ctx: &Arc<BrokerContext>,
+    state: &Arc<LeaseState>,
+    group: &str,
+    receipts: &[String],
+    delay_level: i32,
+) -> Vec<Result<(), LeaseError>> {
+    let remember = ctx.cfg.lease.remembered_receipts;
+    let jobs = each(state, group, receipts, |g, r, now| {
+        g.check(r, now)?;
+        start_hand_back(
+            g,
+            r.generation,
+            Outcome::Nacked,
+            remember,
+            delay_level,
+            "nacked",
+        )
+        .ok_or(LeaseError::UnknownReceipt)
+    });
+    let todo: Vec<HandBack> = jobs
+        .iter()
+        .filter_map(|j| j.as_ref().ok().cloned())
+        .collect();
+    let mut done = run_hand_backs(ctx, state, group, todo).await.into_iter();
+    jobs.into_iter()
+        .map(|j| j.and_then(|_| done.next().unwrap_or(Ok(()))))
+        .collect()
+}
+
+/// Ends a lease and marks its entry as being handed back.
+fn start_hand_back(
+    g: &mut Group,
+    generation: u64,
+    outcome: Outcome,
+    remember: usize,
+    delay_level: i32,
+    reason: &'static str,
+) -> Option<HandBack> {
+    let lease = g.end(generation, outcome, remember)?;
+    let open = g.open_entry(&lease.key, lease.offset)?.clone();
+    g.set_state(&lease.key, lease.offset, OpenState::HandingBack);
+    Some(HandBack {
+        key: lease.key,
+        offset: lease.offset,
+        phys: open.phys,
+        origin: open.origin,
+        delay_level,
+        reason,
+    })
+}
+
+/// Copies failed deliveries (bounded concurrency), then finishes or reopens their entries.
+/// Results come back in the order of `jobs`.
+async fn run_hand_backs(
+    ctx: &Arc<BrokerContext>,
+    state: &Arc<LeaseState>,
+    group: &str,
+    jobs: Vec<HandBack>,
+) -> Vec<Result<(), LeaseError>> {
+    let mut results: Vec<Result<(), LeaseError>> = vec![Ok(()); jobs.len()];
+    for (chunk_no, chunk) in jobs.chunks(HAND_BACK_CONCURRENCY).enumerate() {
+        let mut set = JoinSet::new();
+        for (i, job) in chunk.iter().enumerate() {
+            let (ctx, job, group) = (Arc::clone(ctx), job.clone(), group.to_owned());
+            set.spawn(async move {
+                let r = crate::retry::send_back(&ctx, &send_back_of(&group, &job)).await;
+                (chunk_no * HAND_BACK_CONCURRENCY + i, job, r)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            let Ok((i, job, r)) = joined else {
+                tracing::error!(group, "hand-back task failed");
+                continue;
+            };
+            results[i] = finish_hand_back(ctx, state, group, &job, r);
+        }
+    }
+    results
+}
+
+fn send_back_of(group: &str, job: &HandBack) -> SendBack {
+    SendBack {
+        group: group.to_owned(),
+        phys_offset: job.phys,
+        delay_level: job.delay_level,
+        origin_msg_id: None,
+        origin_topic: Some(job.origin.clone()),
+        max_reconsume_times: None,
+        reason: Some(job.reason.to_owned()),
+    }
+}
+
+/// Finishes a handed-back entry (or reopens it when the copy failed) and commits.
+fn finish_hand_back(
+    ctx: &BrokerContext,
+    state: &LeaseState,
+    group: &str,
+    job: &HandBack,
+    r: Result<crate::retry::SendBackOutcome, RetryError>,
+) -> Result<(), LeaseError> {
+    let book = state.group(group);
+    let mut g = book.lock();
+    let result = match r {
+        Ok(out) => {
+            tracing::debug!(group, topic = %job.key.0, queue_id = job.key.1, offset = job.offset, to = %out.topic, dead_letter = out.dead_letter, "delivery handed back");
+            g.finish(&job.key, job.offset);
+            Ok(())
+        }
+        Err(RetryError::NoSuchMessage(phys)) => {
+            tracing::warn!(group, topic = %job.key.0, offset = job.offset, phys_offset = phys, "handed-back message no longer stored; dropped");
+            g.finish(&job.key, job.offset);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, "hand-back failed; the message will be delivered again");
+            g.set_state(&job.key, job.offset, OpenState::Waiting);
+            state.changed.notify_waiters();
+            Err(LeaseError::HandBack(e))
+        }
+    };
+    g.commit(&ctx.offsets, &job.key);
+    result
+}
+
+/// One expiry pass: hands back up to `max_expired_per_tick` leases whose deadline passed.
+pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState>) -> usize {
+    let cfg = &ctx.cfg.lease;
+    let mut budget = cfg.max_expired_per_tick;
+    let mut total = 0;
+    for book in state.all() {
+        if budget == 0 {
+            break;
+        }
+        let (group, jobs) = expired_jobs(&book, cfg.remembered_receipts, budget);
+        budget -= jobs.len();
+        total += jobs.len();
+        if !jobs.is_empty() {
+            tracing::debug!(group = %group, count = jobs.len(), "leases expired");
+            run_hand_backs(ctx, state, &group, jobs).await;
+        }
+    }
+    total
+}
+
+fn expired_jobs(book: &Mutex<Group>, remember: usize, budget: usize) -> (String, Vec<HandBack>) {
+    let mut g = book.lock();
+    let now = Instant::now();
+    let jobs = g
+        .expired(now, budget)
+        .into_iter()
+        .filter_map(|generation| {
+            start_hand_back(
+                &mut g,
+                generation,
+                Outcome::Expired,
+                remember,
+                0,
+                "lease expired",
+            )
+        })
+        .collect();
+    (g.name.clone(), jobs)
+}

@@ -1,0 +1,404 @@
+//! The in-memory lease book of each group: a cursor per queue, the leases by generation with
+//! their deadlines, and the receipts recently finished. Plain data under one mutex per group;
+//! nothing here awaits, so the lock is never held across a suspension point.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::receipt::{Minter, Receipt};
+use super::LeaseError;
+use crate::offsets::OffsetManager;
+
+/// A queue: its topic (the topic itself, or `%RETRY%<group>`) and id.
+pub(crate) type QueueKey = (String, i32);
+
+/// Lease state of one broker run: shared by every clone of the service.
+#[derive(Debug)]
+pub(crate) struct LeaseState {
+    pub(crate) minter: Minter,
+    next_generation: AtomicU64,
+    groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
+    /// Told when an entry becomes deliverable again without a store dispatch (a failed
+    /// hand-back), so long polls look again.
+    pub(crate) changed: Notify,
+    /// Set once the expiry task runs.
+    pub(crate) expiry_started: AtomicBool,
+}
+
+impl LeaseState {
+    pub(crate) fn new() -> Self {
+        Self {
+            minter: Minter::new(),
+            next_generation: AtomicU64::new(1),
+            groups: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            expiry_started: AtomicBool::new(false),
+        }
+    }
+
+    /// The book of `group`, created on first use.
+    pub(crate) fn group(&self, group: &str) -> Arc<Mutex<Group>> {
+        let mut groups = self.groups.lock();
+        Arc::clone(
+            groups
+                .entry(group.to_owned())
+                .or_insert_with(|| Arc::new(Mutex::new(Group::new(group)))),
+        )
+    }
+
+    /// The book of `group` if it has one.
+    pub(crate) fn existing(&self, group: &str) -> Option<Arc<Mutex<Group>>> {
+        self.groups.lock().get(group).cloned()
+    }
+
+    /// Every group's book (the expiry task walks them).
+    pub(crate) fn all(&self) -> Vec<Arc<Mutex<Group>>> {
+        self.groups.lock().values().cloned().collect()
+    }
+
+    /// A generation never used before in this run.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// One live lease.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) token: u64,
+    pub(crate) key: QueueKey,
+    pub(crate) offset: u64,
+    pub(crate) deadline: Instant,
+    /// No extension may move the deadline past this (receive + `max_visibility`).
+    pub(crate) limit: Instant,
+}
+
+/// How a finished delivery ended, for telling stale receipts apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Acked,
+    Nacked,
+    Expired,
+}
+
+/// What a queue entry between the committed offset and the read position is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenState {
+    /// Leased under this generation.
+    Leased(u64),
+    /// Being copied to the retry topic or the DLQ.
+    HandingBack,
+    /// Deliverable again (a failed hand-back), or, in the retry queue, a retry of a topic not
+    /// being received right now, kept aside.
+    Waiting,
+}
+
+/// An entry read but not finished.
+#[derive(Debug, Clone)]
+pub(crate) struct Open {
+    pub(crate) phys: u64,
+    /// The original topic (differs from the queue's topic in the retry queue).
+    pub(crate) origin: String,
+    pub(crate) state: OpenState,
+}
+
+/// A group's position in one queue. Everything below `next` that is not in `open` is
+/// finished, so the committed offset is the first open entry, or `next`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cursor {
+    pub(crate) next: u64,
+    pub(crate) open: BTreeMap<u64, Open>,
+    committed: Option<u64>,
+}
+
+impl Cursor {
+    /// The lowest unfinished offset.
+    pub(crate) fn low_water(&self) -> u64 {
+        self.open.keys().next().copied().unwrap_or(self.next)
+    }
+
+    /// Entries kept aside or waiting.
+    pub(crate) fn waiting(&self) -> usize {
+        self.open
+            .values()
+            .filter(|o| o.state == OpenState::Waiting)
+            .count()
+    }
+}
+
+/// A group's lease book.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) name: String,
+    pub(crate) cursors: HashMap<QueueKey, Cursor>,
+    pub(crate) leases: HashMap<u64, Lease>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    finished: HashMap<u64, (u64, Outcome)>,
+    finished_order: VecDeque<u64>,
+    /// Rotates the first queue looked at, so no queue starves.
+    pub(crate) rotation: usize,
+}
+
+impl Group {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            cursors: HashMap::new(),
+            leases: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            rotation: 0,
+        }
+    }
+
+    /// The cursor of a queue, starting at the committed offset, or the queue's minimum for a
+    /// group that never committed, clamped into what the queue still holds.
+    pub(crate) fn cursor(&mut self, key: &QueueKey, start: impl FnOnce() -> u64) -> &mut Cursor {
+        self.cursors.entry(key.clone()).or_insert_with(|| {
+            let next = start();
+            Cursor {
+                next,
+                open: BTreeMap::new(),
+                // Committed on first use, so the start survives a restart.
+                committed: None,
+            }
+        })
+    }
+
+    /// Records a new lease of `offset` in `key`'s cursor.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn grant(
+        &mut self,
+        key: &QueueKey,
+        offset: u64,
+        phys: u64,
+        origin: &str,
+        generation: u64,
+        token: u64,
+        now: Instant,
+        visibility: Duration,
+        max_visibility: Duration,
+    ) {
+        let state = OpenState::Leased(generation);
+        if let Some(c) = self.cursors.get_mut(key) {
+            c.open.insert(
+                offset,
+                Open {
+                    phys,
+                    origin: origin.to_owned(),
+                    state,
+                },
+            );
+        }
+        let deadline = now + visibility;
+        self.deadlines.insert((deadline, generation));
+        self.leases.insert(
+            generation,
+            Lease {
+                token,
+                key: key.clone(),
+                offset,
+                deadline,
+                limit: now + max_visibility,
+            },
+        );
+    }
+
+    /// The live lease a receipt names, or why there is none. A lease past its deadline is
+    /// expired even before the expiry task handed it back.
+    pub(crate) fn check(&self, r: &Receipt, now: Instant) -> Result<&Lease, LeaseError> {
+        if let Some(l) = self.leases.get(&r.generation) {
+            if l.token != r.token
+                || l.key.0 != r.topic
+                || l.key.1 != r.queue_id
+                || l.offset != r.offset
+            {
+                return Err(LeaseError::UnknownReceipt);
+            }
+            if l.deadline <= now {
+                return Err(LeaseError::ReceiptExpired);
+            }
+            return Ok(l);
+        }
+        match self.finished.get(&r.generation) {
+            Some((token, outcome)) if *token == r.token => Err(match outcome {
+                Outcome::Acked => LeaseError::AlreadyAcked,
+                Outcome::Nacked => LeaseError::AlreadyNacked,
+                Outcome::Expired => LeaseError::ReceiptExpired,
+            }),
+            _ => Err(LeaseError::UnknownReceipt),
+        }
+    }
+
+    /// Ends a lease: forgets it (remembering its receipt as finished) and returns it. The
+    /// queue entry stays open for the caller to finish or hand back.
+    pub(crate) fn end(
+        &mut self,
+        generation: u64,
+        outcome: Outcome,
+        remember: usize,
+    ) -> Option<Lease> {
+        let lease = self.leases.remove(&generation)?;
+        self.deadlines.remove(&(lease.deadline, generation));
+        self.finished.insert(generation, (lease.token, outcome));
+        self.finished_order.push_back(generation);
+        while self.finished_order.len() > remember {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+        Some(lease)
+    }
+
+    /// Moves a lease's deadline.
+    pub(crate) fn extend(&mut self, generation: u64, deadline: Instant) {
+        if let Some(l) = self.leases.get_mut(&generation) {
+            self.deadlines.remove(&(l.deadline, generation));
+            l.deadline = deadline;
+            self.deadlines.insert((deadline, generation));
+        }
+    }
+
+    /// Up to `max` generations whose deadline passed, oldest first.
+    pub(crate) fn expired(&self, now: Instant, max: usize) -> Vec<u64> {
+        self.deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .take(max)
+            .map(|(_, g)| *g)
+            .collect()
+    }
+
+    /// Sets the state of an open entry.
+    pub(crate) fn set_state(&mut self, key: &QueueKey, offset: u64, state: OpenState) {
+        if let Some(o) = self
+            .cursors
+            .get_mut(key)
+            .and_then(|c| c.open.get_mut(&offset))
+        {
+            o.state = state;
+        }
+    }
+
+    /// The commit-log offset and original topic of an open entry.
+    pub(crate) fn open_entry(&self, key: &QueueKey, offset: u64) -> Option<&Open> {
+        self.cursors.get(key).and_then(|c| c.open.get(&offset))
+    }
+
+    /// Finishes an entry: its queue position may now be passed.
+    pub(crate) fn finish(&mut self, key: &QueueKey, offset: u64) {
+        if let Some(c) = self.cursors.get_mut(key) {
+            c.open.remove(&offset);
+        }
+    }
+
+    /// Commits the lowest unfinished offset of a queue when it moved.
+    pub(crate) fn commit(&mut self, offsets: &OffsetManager, key: &QueueKey) {
+        let Some(c) = self.cursors.get_mut(key) else {
+            return;
+        };
+        let low = c.low_water();
+        if c.committed != Some(low) {
+            offsets.commit(
+                &self.name,
+                &key.0,
+                key.1,
+                i64::try_from(low).unwrap_or(i64::MAX),
+            );
+            c.committed = Some(low);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(g: &Group, generation: u64, token: u64) -> Receipt {
+        let l = g.leases.get(&generation);
+        Receipt {
+            run: 1,
+            generation,
+            token,
+            group: g.name.clone(),
+            topic: l.map_or_else(|| "T".into(), |l| l.key.0.clone()),
+            queue_id: l.map_or(0, |l| l.key.1),
+            offset: l.map_or(0, |l| l.offset),
+        }
+    }
+
+    fn book_with_two_leases(now: Instant) -> Group {
+        let mut g = Group::new("g");
+        let key: QueueKey = ("T".into(), 0);
+        g.cursor(&key, || 5);
+        let vis = Duration::from_secs(10);
+        g.grant(&key, 5, 100, "T", 1, 11, now, vis, vis * 10);
+        g.grant(&key, 6, 200, "T", 2, 22, now, vis, vis * 10);
+        g
+    }
+
+    #[test]
+    fn the_low_water_mark_stays_at_the_first_unfinished_entry() {
+        let now = Instant::now();
+        let mut g = book_with_two_leases(now);
+        let key: QueueKey = ("T".into(), 0);
+        g.cursors.get_mut(&key).unwrap().next = 7;
+        assert_eq!(g.cursors[&key].low_water(), 5);
+        g.end(2, Outcome::Acked, 10);
+        g.finish(&key, 6);
+        assert_eq!(g.cursors[&key].low_water(), 5);
+        g.end(1, Outcome::Acked, 10);
+        g.finish(&key, 5);
+        assert_eq!(g.cursors[&key].low_water(), 7);
+    }
+
+    #[test]
+    fn a_finished_receipt_is_told_apart_from_a_forged_one() {
+        let now = Instant::now();
+        let mut g = book_with_two_leases(now);
+        let live = receipt(&g, 1, 11);
+        assert!(g.check(&live, now).is_ok());
+        assert_eq!(
+            g.check(&receipt(&g, 1, 12), now).err(),
+            Some(LeaseError::UnknownReceipt)
+        );
+        g.end(1, Outcome::Acked, 10);
+        assert_eq!(g.check(&live, now).err(), Some(LeaseError::AlreadyAcked));
+        let expired = receipt(&g, 2, 22);
+        g.end(2, Outcome::Expired, 10);
+        assert_eq!(
+            g.check(&expired, now).err(),
+            Some(LeaseError::ReceiptExpired)
+        );
+    }
+
+    #[test]
+    fn a_lease_past_its_deadline_is_expired_before_the_task_runs() {
+        let now = Instant::now();
+        let g = book_with_two_leases(now);
+        let later = now + Duration::from_secs(11);
+        assert_eq!(
+            g.check(&receipt(&g, 1, 11), later).err(),
+            Some(LeaseError::ReceiptExpired)
+        );
+        assert_eq!(g.expired(later, 1), vec![1]);
+        assert_eq!(g.expired(later, 10), vec![1, 2]);
+    }
+
+    #[test]
+    fn remembered_receipts_are_bounded() {
+        let now = Instant::now();
+        let mut g = book_with_two_leases(now);
+        let first = receipt(&g, 1, 11);
+        g.end(1, Outcome::Acked, 1);
+        g.end(2, Outcome::Acked, 1);
+        assert_eq!(g.check(&first, now).err(), Some(LeaseError::UnknownReceipt));
+    }
+}

@@ -48,6 +48,8 @@ fn one(sluice: &Path, data: &Path) -> Result<(f64, f64)> {
             "127.0.0.1:0",
             "--broker-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)

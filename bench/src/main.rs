@@ -12,12 +12,15 @@
 //!   are open and checked (real `sluice` binary, `sluice-client`).
 //! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
 //!   rate, lateness with many pending, burst release, memory.
+//! - `http`: the HTTP facade's produce against an axum null handler in the same process, and
+//!   receive + ack.
 //! - `proc`, `redis_peer`: the `sluice` child process, the load driver, the Redis peer.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|txn|timers [--quick] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|txn|timers|http [--quick] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
 mod footprint;
+mod http;
 mod proc;
 mod redis_peer;
 mod stats;
@@ -50,8 +53,9 @@ fn main() -> anyhow::Result<()> {
         Some("footprint") => footprint::run(work.path(), quick, &sluice),
         Some("txn") => txn::run(work.path(), quick, &sluice),
         Some("timers") => timers::run(work.path(), quick, &sluice),
+        Some("http") => http::run(work.path(), quick),
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|txn|timers [--quick] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|txn|timers|http [--quick] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

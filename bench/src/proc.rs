@@ -31,6 +31,8 @@ impl Sluice {
             "127.0.0.1:0",
             "--broker-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)

@@ -25,6 +25,9 @@ pub struct HttpConfig {
     pub max_concurrent_requests: usize,
     /// Producer group recorded for HTTP sends that name none. Default `SLUICE_HTTP_PRODUCER`.
     pub default_producer_group: String,
+    /// Serve `/metrics` without a token (it carries no message data or secrets). Default
+    /// true; false requires an admin token.
+    pub metrics_public: bool,
     /// Lease-based consumption limits.
     pub consume: crate::consume::ConsumeConfig,
     /// Transaction check-back over HTTP (webhooks, polling).
@@ -41,6 +44,7 @@ impl Default for HttpConfig {
             max_batch: 256,
             max_concurrent_requests: 1024,
             default_producer_group: "SLUICE_HTTP_PRODUCER".into(),
+            metrics_public: true,
             consume: crate::consume::ConsumeConfig::default(),
             checks: crate::txn::CheckConfig::default(),
         }

@@ -29,6 +29,7 @@ mod admin;
 pub mod consume;
 mod dlq;
 mod health;
+mod message;
 mod metrics;
 mod openapi;
 mod produce;

@@ -1,17 +1,482 @@
-//! HTTP request metrics (counts and latency by route and status), rendered with the broker's
-//! own figures by `health`'s `/metrics`.
+//! HTTP request metrics, and the Prometheus text rendering of everything an operator watches:
+//! requests and their latency, broker and store counters, sync (flush) latency, disk use,
+//! open transactions and the oldest one's age, pending timers and their lateness, DLQ sizes.
+//!
+//! Labels are bounded: routes are the matched path templates (`/v1/topics/{topic}/messages`),
+//! never raw paths, and unmatched requests share one label.
 
-use axum::extract::{Request, State};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use parking_lot::Mutex;
+use sluice_store::latency::{LatencyHistogram, LatencySnapshot, BOUNDS_US};
 
 use crate::state::AppState;
 
 /// Counters of the HTTP layer.
 #[derive(Debug, Default)]
-pub struct HttpMetrics {}
+pub struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), LatencyHistogram>>,
+}
 
-/// Middleware recording every request.
-pub(crate) async fn layer(State(_state): State<AppState>, req: Request, next: Next) -> Response {
-    next.run(req).await
+impl HttpMetrics {
+    fn record(&self, method: &str, route: &str, status: u16, took: Duration) {
+        *self
+            .requests
+            .lock()
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
+        self.latency
+            .lock()
+            .entry((method.to_owned(), route.to_owned()))
+            .or_default()
+            .record(took);
+    }
+
+    /// Requests answered with `status` on `route` so far (tests).
+    pub fn requests(&self, method: &str, route: &str, status: u16) -> u64 {
+        self.requests
+            .lock()
+            .get(&(method.to_owned(), route.to_owned(), status))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Middleware recording every request by method, route template and status.
+pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    state.metrics().record(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Renders every metric in the Prometheus text format (0.0.4).
+pub(crate) fn render(state: &AppState) -> String {
+    let mut out = Prom::default();
+    http_section(&mut out, state.metrics());
+    broker_section(&mut out, state);
+    store_section(&mut out, state);
+    if let Ok(txn) = state.txn() {
+        txn_section(&mut out, &txn.metrics());
+    }
+    if let Ok(schedule) = state.schedule() {
+        if let Ok(stats) = schedule.stats() {
+            schedule_section(&mut out, &stats);
+        }
+    }
+    dlq_section(&mut out, state);
+    out.text
+}
+
+fn http_section(out: &mut Prom, m: &HttpMetrics) {
+    out.help(
+        "sluice_http_requests_total",
+        "counter",
+        "HTTP requests by method, route and status.",
+    );
+    for ((method, route, status), n) in m.requests.lock().iter() {
+        out.sample(
+            "sluice_http_requests_total",
+            &[
+                ("method", method),
+                ("route", route),
+                ("status", &status.to_string()),
+            ],
+            *n as f64,
+        );
+    }
+    out.help(
+        "sluice_http_request_duration_seconds",
+        "histogram",
+        "HTTP request latency.",
+    );
+    for ((method, route), h) in m.latency.lock().iter() {
+        out.histogram(
+            "sluice_http_request_duration_seconds",
+            &[("method", method), ("route", route)],
+            &h.snapshot(),
+        );
+    }
+}
+
+fn broker_section(out: &mut Prom, state: &AppState) {
+    let s = state.broker().stats();
+    let counters: [(&str, &str, u64); 11] = [
+        (
+            "sluice_messages_stored_total",
+            "Messages stored (all protocols).",
+            s.messages_stored,
+        ),
+        (
+            "sluice_messages_pulled_total",
+            "Messages served to pulls.",
+            s.messages_pulled,
+        ),
+        (
+            "sluice_retries_total",
+            "Failed deliveries sent to retry topics.",
+            s.retries,
+        ),
+        (
+            "sluice_dead_lettered_total",
+            "Messages moved to dead-letter queues.",
+            s.dead_lettered,
+        ),
+        (
+            "sluice_replayed_total",
+            "Dead letters replayed.",
+            s.replayed,
+        ),
+        (
+            "sluice_remoting_requests_total",
+            "RocketMQ protocol requests.",
+            s.requests,
+        ),
+        (
+            "sluice_busy_rejections_total",
+            "Sends refused because the store queue was full.",
+            s.busy_rejections,
+        ),
+        (
+            "sluice_overload_rejections_total",
+            "Requests refused by the per-connection limit.",
+            s.overload_rejections,
+        ),
+        (
+            "sluice_handler_panics_total",
+            "Request handlers that panicked (contained).",
+            s.handler_panics,
+        ),
+        (
+            "sluice_bad_frames_total",
+            "Connections closed on undecodable frames.",
+            s.bad_frames,
+        ),
+        (
+            "sluice_connections_accepted_total",
+            "TCP connections accepted.",
+            s.connections_accepted,
+        ),
+    ];
+    for (name, help, v) in counters {
+        out.help(name, "counter", help);
+        out.sample(name, &[], v as f64);
+    }
+    out.gauge(
+        "sluice_connections_open",
+        "Open TCP connections.",
+        s.connections_open as f64,
+    );
+    out.gauge(
+        "sluice_parked_pulls",
+        "Long polls held now.",
+        s.parked_pulls as f64,
+    );
+}
+
+fn store_section(out: &mut Prom, state: &AppState) {
+    let store = state.broker().store();
+    let s = store.stats();
+    out.gauge(
+        "sluice_store_written_bytes",
+        "End of the commit log written.",
+        s.written as f64,
+    );
+    out.gauge(
+        "sluice_store_flushed_bytes",
+        "End of the commit log made durable.",
+        s.flushed as f64,
+    );
+    out.gauge(
+        "sluice_store_commit_log_bytes",
+        "Commit-log bytes on disk.",
+        s.commit_log_bytes as f64,
+    );
+    out.gauge("sluice_store_queues", "Consume queues.", s.queues as f64);
+    out.gauge(
+        "sluice_store_fenced",
+        "1 when appends are refused after a failed write or sync.",
+        if store.health().fenced.is_some() {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    if let Ok(u) = store.disk_usage() {
+        out.gauge(
+            "sluice_disk_used_ratio",
+            "Used fraction of the data folder's disk, as df shows it.",
+            u.ratio(),
+        );
+        out.gauge(
+            "sluice_disk_used_bytes",
+            "Used bytes of the data folder's disk.",
+            u.used as f64,
+        );
+    }
+    out.help(
+        "sluice_store_sync_duration_seconds",
+        "histogram",
+        "Commit-log sync (group commit) latency.",
+    );
+    out.histogram(
+        "sluice_store_sync_duration_seconds",
+        &[],
+        &store.sync_latency(),
+    );
+}
+
+fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
+    out.gauge(
+        "sluice_txn_open",
+        "Transactions open (being checked).",
+        m.open as f64,
+    );
+    out.gauge(
+        "sluice_txn_parked",
+        "Transactions parked by the final action keep.",
+        m.parked as f64,
+    );
+    out.gauge(
+        "sluice_txn_oldest_open_age_seconds",
+        "Age of the oldest open transaction.",
+        m.oldest_open_age_ms as f64 / 1000.0,
+    );
+    out.gauge(
+        "sluice_txn_pending_pull_checks",
+        "Checks queued for polling producers.",
+        m.pending_pull_checks as f64,
+    );
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "sluice_txn_halves_stored_total",
+            "Half messages stored.",
+            m.halves_stored,
+        ),
+        (
+            "sluice_txn_checks_sent_total",
+            "Check-backs delivered.",
+            m.checks_sent,
+        ),
+        (
+            "sluice_txn_committed_total",
+            "Transactions committed.",
+            m.committed,
+        ),
+        (
+            "sluice_txn_rolled_back_total",
+            "Transactions rolled back.",
+            m.rolled_back,
+        ),
+        (
+            "sluice_txn_conflicts_total",
+            "Decisions refused because the opposite was made.",
+            m.conflicts,
+        ),
+        (
+            "sluice_txn_answers_unknown_total",
+            "Check answers that said unknown.",
+            m.answers_unknown,
+        ),
+    ];
+    for (name, help, v) in counters {
+        out.help(name, "counter", help);
+        out.sample(name, &[], v as f64);
+    }
+}
+
+fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
+    out.gauge(
+        "sluice_timers_pending",
+        "Delayed messages waiting for their time.",
+        s.pending as f64,
+    );
+    out.help(
+        "sluice_timers_pending_by_topic",
+        "gauge",
+        "Delayed messages waiting, by topic.",
+    );
+    for (topic, n) in &s.pending_by_topic {
+        out.sample(
+            "sluice_timers_pending_by_topic",
+            &[("topic", topic)],
+            *n as f64,
+        );
+    }
+    let counters: [(&str, &str, u64); 3] = [
+        (
+            "sluice_timers_delivered_total",
+            "Delayed messages delivered.",
+            s.delivered,
+        ),
+        (
+            "sluice_timers_cancelled_total",
+            "Delayed messages cancelled.",
+            s.cancelled,
+        ),
+        (
+            "sluice_timers_rescheduled_total",
+            "Delayed messages rescheduled.",
+            s.rescheduled,
+        ),
+    ];
+    for (name, help, v) in counters {
+        out.help(name, "counter", help);
+        out.sample(name, &[], v as f64);
+    }
+    out.help(
+        "sluice_timer_lateness_seconds",
+        "histogram",
+        "How late delayed messages were released.",
+    );
+    let mut cumulative = 0u64;
+    for (bound_ms, n) in &s.lateness_histogram {
+        cumulative += n;
+        let le = if *bound_ms == i64::MAX {
+            "+Inf".to_owned()
+        } else {
+            fmt_f64(*bound_ms as f64 / 1000.0)
+        };
+        out.sample(
+            "sluice_timer_lateness_seconds_bucket",
+            &[("le", &le)],
+            cumulative as f64,
+        );
+    }
+    out.sample(
+        "sluice_timer_lateness_seconds_count",
+        &[],
+        cumulative as f64,
+    );
+    out.gauge(
+        "sluice_timer_max_lateness_seconds",
+        "Largest lateness seen.",
+        s.max_lateness_ms as f64 / 1000.0,
+    );
+}
+
+fn dlq_section(out: &mut Prom, state: &AppState) {
+    out.help(
+        "sluice_dlq_messages",
+        "gauge",
+        "Dead letters retained, by group and state.",
+    );
+    for g in state.broker().dlq().stats() {
+        out.sample(
+            "sluice_dlq_messages",
+            &[("group", &g.group), ("state", "waiting")],
+            g.waiting as f64,
+        );
+        out.sample(
+            "sluice_dlq_messages",
+            &[("group", &g.group), ("state", "replayed")],
+            g.replayed as f64,
+        );
+    }
+}
+
+/// A Prometheus text writer.
+#[derive(Default)]
+struct Prom {
+    text: String,
+}
+
+impl Prom {
+    fn help(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        self.help(name, "gauge", help);
+        self.sample(name, &[], v);
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape(val));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", fmt_f64(v));
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &LatencySnapshot) {
+        let mut cumulative = 0u64;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = BOUNDS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |us| fmt_f64(*us as f64 / 1e6));
+            let mut l: Vec<(&str, &str)> = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &l, cumulative as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), labels, cumulative as f64);
+    }
+}
+
+/// Label values escape backslash, quote and newline, as the format requires.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn fmt_f64(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut p = Prom::default();
+        p.sample("m", &[("t", "a\"b\\c\nd")], 1.0);
+        assert_eq!(p.text, "m{t=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(10));
+        h.record(Duration::from_millis(3));
+        let mut p = Prom::default();
+        p.histogram("x", &[], &h.snapshot());
+        assert!(
+            p.text.contains("x_bucket{le=\"0.00005\"} 1\n"),
+            "{}",
+            p.text
+        );
+        assert!(p.text.contains("x_bucket{le=\"+Inf\"} 2\n"), "{}", p.text);
+        assert!(p.text.contains("x_count 2\n"), "{}", p.text);
+    }
 }

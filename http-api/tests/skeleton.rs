@@ -41,3 +41,42 @@ async fn the_openapi_document_is_served() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     s.stop().await;
 }
+
+/// Every `$ref` in the document names a schema the document defines (clients generated from
+/// it, and schemathesis, fail on a dangling reference).
+#[tokio::test]
+async fn every_schema_reference_in_the_openapi_document_resolves() {
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x.as_str()) {
+                        ("$ref", Some(r)) => out.push(r.to_owned()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let s = common::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {r}"));
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling reference {r}"
+        );
+    }
+    assert!(
+        doc["paths"].as_object().unwrap().len() >= 25,
+        "every route is documented"
+    );
+    s.stop().await;
+}

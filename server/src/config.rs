@@ -2,8 +2,10 @@
 //! variables < command-line flags. Unknown keys are refused, so a typo never silently falls back
 //! to a default.
 
+mod http;
 mod retry;
 mod schedule;
+pub use http::HttpSection;
 pub use retry::RetrySection;
 pub use schedule::ScheduleSection;
 
@@ -96,14 +98,6 @@ pub struct StoreSection {
     pub retention_bytes: Option<u64>,
     /// Appends are refused above this fraction of the disk used. Default 0.90.
     pub disk_max_used_ratio: f64,
-}
-
-/// `[http]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSection {
-    /// Listen address for the HTTP facade. Default `127.0.0.1:8080`. (Not served yet.)
-    pub listen: SocketAddr,
 }
 
 /// `[txn]`: transactional messages and their check-back policy (per producer group under
@@ -236,14 +230,6 @@ impl Default for StoreSection {
     }
 }
 
-impl Default for HttpSection {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        }
-    }
-}
-
 /// Builds the layered table: the file (if any), then `SLUICE_*` variables from `env`.
 pub fn load(
     file: Option<&Path>,
@@ -328,6 +314,9 @@ impl ServerConfig {
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.schedule.to_config()?;
+        if self.http.enabled {
+            self.http.to_config()?;
+        }
         self.retry
             .to_config()?
             .validate()

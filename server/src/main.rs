@@ -1,9 +1,9 @@
 //! # sluice
 //!
-//! One binary: name server + broker (+ the HTTP facade once it lands) with data in one folder.
+//! One binary: name server + broker + HTTP facade, with data in one folder.
 //!
 //! - `sluice` (no arguments) = `sluice serve` with defaults: name server on 9876, broker on
-//!   10911, data in `./sluice-data`.
+//!   10911, HTTP on 127.0.0.1:8080, data in `./sluice-data`.
 //! - `sluice serve [--data-dir DIR] [--config FILE] [--namesrv-listen ADDR] [--broker-listen ADDR]
 //!   [--http-listen ADDR]`
 //! - `sluice namesrv [--config FILE] [--listen ADDR]`: a name server alone.
@@ -21,7 +21,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
 use sluice_broker::{Broker, BrokerExtensions, NameServer};
+use sluice_http::HttpFacade;
 use sluice_schedule::ScheduleExtension;
 use sluice_txn::TxnExtension;
 
@@ -138,13 +141,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None
     };
     let local_ns = namesrv.as_ref().map(|n| n.local_addr());
-    let broker = Broker::start_with(cfg.broker_config(local_ns), extensions(&cfg)?)
+    let (exts, http) = extensions(&cfg)?;
+    let broker = Broker::start_with(cfg.broker_config(local_ns), exts)
         .await
         .context("starting the broker")?;
+    let http_addr = http
+        .as_ref()
+        .and_then(|h| h.local_addr())
+        .map_or("off".to_string(), |a| a.to_string());
     println!(
-        "sluice ready: name server {}, broker {}, data {} ({} ms)",
+        "sluice ready: name server {}, broker {}, http {}, data {} ({} ms)",
         local_ns.map_or("off".to_string(), |a| a.to_string()),
         broker.local_addr(),
+        http_addr,
         cfg.data_dir.display(),
         started.elapsed().as_millis()
     );
@@ -158,11 +167,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The broker's extensions: delayed messages (a put hook parks them until their time) and
-/// transactions (a put hook stores half messages; without it the broker refuses them). The
+/// The broker's extensions: delayed messages (a put hook parks them until their time),
+/// transactions (a put hook stores half messages; without it the broker refuses them) and the
+/// HTTP facade (last: it starts after the services it calls and stops before them). The
 /// schedule hook runs first and is also given to the transaction extension as a commit hook,
 /// so a committed message with a delay is delivered at its time.
-fn extensions(cfg: &config::ServerConfig) -> Result<BrokerExtensions> {
+fn extensions(cfg: &config::ServerConfig) -> Result<(BrokerExtensions, Option<Arc<HttpFacade>>)> {
     let mut all = BrokerExtensions::default();
     let schedule = if cfg.schedule.enabled {
         Some(ScheduleExtension::new(cfg.schedule.to_config()?))
@@ -175,17 +185,30 @@ fn extensions(cfg: &config::ServerConfig) -> Result<BrokerExtensions> {
         all.put_hooks.extend(ext.put_hooks);
         all.extensions.extend(ext.extensions);
     }
+    let mut txn_service = None;
     if cfg.txn.enabled {
         let commit_hooks = schedule.iter().map(ScheduleExtension::put_hook).collect();
-        let ext = TxnExtension::new(cfg.txn_config()?)
-            .with_commit_hooks(commit_hooks)
-            .broker_extensions();
+        let txn = TxnExtension::new(cfg.txn_config()?).with_commit_hooks(commit_hooks);
+        txn_service = Some(txn.service());
+        let ext = txn.broker_extensions();
         all.put_hooks.extend(ext.put_hooks);
         all.extensions.extend(ext.extensions);
     } else {
         tracing::info!("transactional messages disabled ([txn] enabled = false)");
     }
-    Ok(all)
+    let http = if cfg.http.enabled {
+        let facade = HttpFacade::new(
+            cfg.http.to_config()?,
+            txn_service,
+            schedule.as_ref().map(ScheduleExtension::service),
+        );
+        all.extensions.push(facade.extension());
+        Some(facade)
+    } else {
+        tracing::info!("HTTP facade disabled ([http] enabled = false)");
+        None
+    };
+    Ok((all, http))
 }
 
 async fn namesrv(args: NamesrvArgs) -> Result<()> {

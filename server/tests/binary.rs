@@ -18,6 +18,8 @@ fn serve(data: &std::path::Path) -> std::process::Child {
             "127.0.0.1:0",
             "--broker-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)
@@ -99,4 +101,45 @@ fn sigterm_right_after_the_ready_line_still_stops_cleanly() {
             "clean shutdown marker written"
         );
     }
+}
+
+/// One plain HTTP/1.1 GET over a fresh connection; returns the status line and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[test]
+fn the_http_facade_serves_on_the_address_in_the_ready_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve(dir.path());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    let http: std::net::SocketAddr = ready
+        .split(", ")
+        .find_map(|p| p.strip_prefix("http "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
+    let (status, body) = http_get(http, "/readyz");
+    assert!(status.contains(" 200 "), "{status} {body}");
+    assert!(body.contains("\"ready\""), "{body}");
+    let (status, _) = http_get(http, "/openapi.json");
+    assert!(status.contains(" 200 "), "{status}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }

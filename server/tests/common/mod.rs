@@ -14,6 +14,8 @@ pub struct Sluice {
     pub ns: SocketAddr,
     /// Broker address.
     pub broker: SocketAddr,
+    /// HTTP facade address (a free port picked at start).
+    pub http: SocketAddr,
     /// Data folder.
     pub data: PathBuf,
     /// Time from spawn to the ready line.
@@ -42,6 +44,7 @@ pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str,
         .arg(data)
         .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
         .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
+        .args(["--http-listen", "127.0.0.1:0"])
         .env(
             "SLUICE_LOG",
             std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -58,12 +61,18 @@ pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str,
         ready.starts_with("sluice ready:"),
         "sluice did not start: {ready:?}"
     );
+    let http = ready
+        .split(", ")
+        .find_map(|part| part.strip_prefix("http "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     Sluice {
         child: Some(child),
         ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
         broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        http,
         data: data.to_path_buf(),
         cold_start: started.elapsed(),
     }

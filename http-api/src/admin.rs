@@ -1,9 +1,0 @@
-//! Stub: filled in by the admin work.
-
-use utoipa_axum::router::OpenApiRouter;
-
-use crate::state::AppState;
-
-pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-}

@@ -1,0 +1,254 @@
+//! `GET /v1/groups` and `GET /v1/groups/{group}`: consumer groups, their members, committed
+//! offsets and lag.
+//!
+//! The broker keeps no list of groups, so the listing is derived: every group that ever
+//! heartbeated has a `%RETRY%<group>` topic, and every group with dead letters a
+//! `%DLQ%<group>` queue. Offsets are looked up per topic and queue: the group's subscriptions
+//! when it is online (plus its retry topic), otherwise every user topic, at most
+//! `MAX_LOOKUPS` queues (`truncated` says when the bound cut the answer; `?topic=` narrows it).
+
+use std::collections::BTreeSet;
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sluice_broker::{DLQ_PREFIX, RETRY_PREFIX};
+use utoipa::{IntoParams, ToSchema};
+
+use super::topics::{is_system, topic_not_found};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{PathParams, QueryParams};
+use crate::state::AppState;
+
+/// Most queue offsets one group look-up reads.
+const MAX_LOOKUPS: usize = 100_000;
+
+/// Groups.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupsOut {
+    /// Sorted by name.
+    pub groups: Vec<GroupSummary>,
+}
+
+/// A group in the listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupSummary {
+    /// Group name.
+    pub group: String,
+    /// Members are connected now.
+    pub online: bool,
+    /// Dead letters not yet replayed.
+    pub dlq_waiting: u64,
+}
+
+/// Look-up options.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupQuery {
+    /// Only this topic's offsets.
+    pub topic: Option<String>,
+}
+
+/// A consumer group.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupOut {
+    /// Group name.
+    pub group: String,
+    /// Members are connected now (RocketMQ clients heartbeating).
+    pub online: bool,
+    /// Client ids of the members, when online.
+    pub members: Vec<String>,
+    /// Subscribed topics, when online.
+    pub subscriptions: Vec<String>,
+    /// `Clustering` or `Broadcasting`, when online.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_model: Option<String>,
+    /// Committed offsets with lag, per topic and queue.
+    pub offsets: Vec<OffsetOut>,
+    /// Sum of the lags.
+    pub total_lag: u64,
+    /// The look-up bound cut the offsets short.
+    pub truncated: bool,
+    /// Dead letters stored, replayed and still waiting.
+    pub dlq: DlqCounts,
+}
+
+/// One committed offset.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OffsetOut {
+    /// Topic.
+    pub topic: String,
+    /// Queue.
+    pub queue_id: i32,
+    /// Next offset the group consumes.
+    pub committed: i64,
+    /// Next offset to be written.
+    pub max_offset: u64,
+    /// Messages not yet consumed.
+    pub lag: u64,
+}
+
+/// Dead-letter counts.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub(crate) struct DlqCounts {
+    /// Stored.
+    pub total: u64,
+    /// Replayed.
+    pub replayed: u64,
+    /// Not replayed.
+    pub waiting: u64,
+}
+
+/// Lists consumer groups known to this broker.
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    tag = "admin",
+    responses((status = 200, description = "Groups with a retry topic or dead letters", body = GroupsOut)),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut> {
+    let b = state.broker();
+    let mut names: BTreeSet<String> = b
+        .topics()
+        .iter()
+        .filter_map(|t| t.topic_name.strip_prefix(RETRY_PREFIX).map(str::to_owned))
+        .collect();
+    let dlq = b.dlq().stats();
+    names.extend(dlq.iter().map(|s| s.group.clone()));
+    let groups = names
+        .into_iter()
+        .map(|g| GroupSummary {
+            online: b.consumer_group(&g).is_some(),
+            dlq_waiting: dlq.iter().find(|s| s.group == g).map_or(0, |s| s.waiting),
+            group: g,
+        })
+        .collect();
+    Json(GroupsOut { groups })
+}
+
+/// A consumer group: members, committed offsets, lag, dead letters.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}",
+    tag = "admin",
+    params(("group" = String, Path, description = "Consumer group"), GroupQuery),
+    responses(
+        (status = 200, description = "The group", body = GroupOut),
+        (status = 404, description = "Unknown group (or unknown ?topic)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_group(
+    State(state): State<AppState>,
+    PathParams(group): PathParams<String>,
+    QueryParams(q): QueryParams<GroupQuery>,
+) -> ApiResult<Json<GroupOut>> {
+    let b = state.broker();
+    if let Some(t) = &q.topic {
+        b.topic(t).ok_or_else(|| topic_not_found(t))?;
+    }
+    let info = b.consumer_group(&group);
+    let topics = topics_to_read(
+        &state,
+        &group,
+        q.topic,
+        info.as_ref().map(|i| &i.topics[..]),
+    );
+    let (offsets, truncated) = offsets_of(&state, &group, &topics);
+    let dlq = dlq_counts(&state, &group);
+    let retry_topic = b.topic(&format!("{RETRY_PREFIX}{group}")).is_some();
+    if info.is_none() && offsets.is_empty() && !retry_topic && dlq.total == 0 {
+        return Err(ApiError::not_found(format!(
+            "no consumer group {group:?} is known to this broker"
+        )));
+    }
+    Ok(Json(GroupOut {
+        total_lag: offsets.iter().map(|o| o.lag).sum(),
+        online: info.is_some(),
+        members: info
+            .as_ref()
+            .map(|i| i.client_ids.clone())
+            .unwrap_or_default(),
+        subscriptions: info.as_ref().map(|i| i.topics.clone()).unwrap_or_default(),
+        message_model: info.as_ref().map(|i| format!("{:?}", i.message_model)),
+        group,
+        offsets,
+        truncated,
+        dlq,
+    }))
+}
+
+/// The topics whose offsets are read: the asked one, the subscriptions, or every user topic.
+fn topics_to_read(
+    state: &AppState,
+    group: &str,
+    asked: Option<String>,
+    subscribed: Option<&[String]>,
+) -> Vec<String> {
+    if let Some(t) = asked {
+        return vec![t];
+    }
+    let mut topics: Vec<String> = match subscribed {
+        Some(s) if !s.is_empty() => s.to_vec(),
+        _ => state
+            .broker()
+            .topics()
+            .into_iter()
+            .map(|t| t.topic_name)
+            .filter(|t| !is_system(t))
+            .collect(),
+    };
+    let retry = format!("{RETRY_PREFIX}{group}");
+    if !topics.contains(&retry) {
+        topics.push(retry);
+    }
+    topics
+}
+
+/// Committed offsets with lag; true when [`MAX_LOOKUPS`] cut the list.
+fn offsets_of(state: &AppState, group: &str, topics: &[String]) -> (Vec<OffsetOut>, bool) {
+    let b = state.broker();
+    let store = b.store();
+    let mut out = Vec::new();
+    let mut lookups = 0usize;
+    for topic in topics {
+        let Some(cfg) = b.topic(topic) else { continue };
+        for q in 0..cfg.read_queue_nums.max(cfg.write_queue_nums) {
+            lookups += 1;
+            if lookups > MAX_LOOKUPS {
+                return (out, true);
+            }
+            let Some(committed) = b.query_offset(group, topic, q) else {
+                continue;
+            };
+            let max = store.max_offset(topic, q);
+            let lag = u64::try_from(i64::try_from(max).unwrap_or(i64::MAX) - committed.max(0))
+                .unwrap_or(0);
+            out.push(OffsetOut {
+                topic: topic.clone(),
+                queue_id: q,
+                committed,
+                max_offset: max,
+                lag,
+            });
+        }
+    }
+    (out, false)
+}
+
+fn dlq_counts(state: &AppState, group: &str) -> DlqCounts {
+    let topic = format!("{DLQ_PREFIX}{group}");
+    state
+        .broker()
+        .dlq()
+        .stats()
+        .into_iter()
+        .find(|s| s.group == group || format!("{DLQ_PREFIX}{}", s.group) == topic)
+        .map(|s| DlqCounts {
+            total: s.total,
+            replayed: s.replayed,
+            waiting: s.waiting,
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,172 @@
+//! `[http]`: the HTTP facade. Secrets (token secrets, the webhook signing secret) are never
+//! printed: the effective configuration logged at start shows them as `<redacted>`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde::{Deserialize, Serialize, Serializer};
+use sluice_http::auth::{Scope, Token};
+use sluice_http::HttpConfig;
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Serve the HTTP facade. Default true.
+    pub enabled: bool,
+    /// Listen address. Default `127.0.0.1:8080`. A non-loopback address needs `tokens`.
+    pub listen: SocketAddr,
+    /// Bearer tokens: `[[http.tokens]] name = "...", secret = "...", scopes = ["producer"]`.
+    /// None = no authentication (loopback only).
+    pub tokens: Vec<TokenSection>,
+    /// Largest request body. Default 6 MiB.
+    pub max_request_bytes: usize,
+    /// Largest message body after decoding. Default 4 MiB.
+    pub max_message_bytes: usize,
+    /// Most entries in one batch request. Default 256.
+    pub max_batch: usize,
+    /// Requests in progress at once; more are answered 429. Default 1 024.
+    pub max_concurrent_requests: usize,
+    /// Serve `/metrics` without a token. Default true.
+    pub metrics_public: bool,
+    /// Key of the check-back webhook signature (`X-Sluice-Signature`), at least 16 bytes.
+    /// None = unsigned webhook calls.
+    #[serde(serialize_with = "redacted_opt")]
+    pub webhook_secret: Option<String>,
+    /// Timeout of one webhook call. Default 5 000.
+    pub webhook_timeout_ms: u64,
+    /// Webhook calls in flight at once. Default 16.
+    pub webhook_concurrency: usize,
+    /// Checks waiting for a webhook call. Default 1 024.
+    pub webhook_queue: usize,
+    /// Longest long poll for checks. Default 20 000, at most 30 000.
+    pub max_check_poll_wait_ms: u64,
+}
+
+/// `[[http.tokens]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// A name for logs.
+    pub name: String,
+    /// The bearer secret (at least 16 characters).
+    #[serde(serialize_with = "redacted")]
+    pub secret: String,
+    /// `producer`, `consumer`, `admin`.
+    pub scopes: Vec<String>,
+}
+
+fn redacted_opt<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+fn redacted<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = HttpConfig::default();
+        Self {
+            enabled: true,
+            listen: d.listen,
+            tokens: Vec::new(),
+            max_request_bytes: d.max_request_bytes,
+            max_message_bytes: d.max_message_bytes,
+            max_batch: d.max_batch,
+            max_concurrent_requests: d.max_concurrent_requests,
+            metrics_public: d.metrics_public,
+            webhook_secret: None,
+            webhook_timeout_ms: d.checks.webhook_timeout.as_millis() as u64,
+            webhook_concurrency: d.checks.webhook_concurrency,
+            webhook_queue: d.checks.webhook_queue,
+            max_check_poll_wait_ms: d.checks.max_poll_wait.as_millis() as u64,
+        }
+    }
+}
+
+impl HttpSection {
+    /// The facade's configuration, validated.
+    pub fn to_config(&self) -> Result<HttpConfig> {
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|t| {
+                let scopes = t
+                    .scopes
+                    .iter()
+                    .map(|s| Scope::parse(s))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow!("[[http.tokens]] {:?}: {e}", t.name))?;
+                Ok(Token {
+                    name: t.name.clone(),
+                    secret: t.secret.clone(),
+                    scopes,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut checks = sluice_http::txn::CheckConfig {
+            webhook_secret: self.webhook_secret.clone(),
+            webhook_timeout: Duration::from_millis(self.webhook_timeout_ms),
+            webhook_concurrency: self.webhook_concurrency,
+            webhook_queue: self.webhook_queue,
+            max_poll_wait: Duration::from_millis(self.max_check_poll_wait_ms),
+            ..sluice_http::txn::CheckConfig::default()
+        };
+        checks.poll_idle = checks.poll_idle.max(checks.max_poll_wait);
+        let cfg = HttpConfig {
+            checks,
+            listen: self.listen,
+            tokens,
+            max_request_bytes: self.max_request_bytes,
+            max_message_bytes: self.max_message_bytes,
+            max_batch: self.max_batch,
+            max_concurrent_requests: self.max_concurrent_requests,
+            metrics_public: self.metrics_public,
+            ..HttpConfig::default()
+        };
+        cfg.validate().map_err(|e| anyhow!("[http] {e}"))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_secrets_are_redacted_when_the_configuration_is_printed() {
+        let mut s = HttpSection::default();
+        s.tokens.push(TokenSection {
+            name: "ops".into(),
+            secret: "very-secret-value-123".into(),
+            scopes: vec!["admin".into()],
+        });
+        s.webhook_secret = Some("webhook-secret-value-456".into());
+        let printed = serde_json::to_string(&s).unwrap();
+        assert!(!printed.contains("webhook-secret-value-456"), "{printed}");
+        assert!(!printed.contains("very-secret-value-123"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+        assert_eq!(s.to_config().unwrap().tokens[0].scopes, vec![Scope::Admin]);
+    }
+
+    #[test]
+    fn unknown_scopes_and_open_non_loopback_listeners_are_refused() {
+        let mut s = HttpSection::default();
+        s.tokens.push(TokenSection {
+            name: "x".into(),
+            secret: "0123456789abcdefgh".into(),
+            scopes: vec!["root".into()],
+        });
+        assert!(s.to_config().unwrap_err().to_string().contains("root"));
+        let open = HttpSection {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..HttpSection::default()
+        };
+        assert!(open.to_config().is_err());
+    }
+}

@@ -317,6 +317,10 @@ impl ServerConfig {
         if self.http.enabled {
             self.http.to_config()?;
         }
+        self.broker_config(None)
+            .lease
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[http] leases: {e}"))?;
         self.retry
             .to_config()?
             .validate()
@@ -411,6 +415,8 @@ impl ServerConfig {
         b.max_connections = self.broker.max_connections;
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();
+        let levels = self.schedule.to_config().ok().map(|s| s.levels);
+        self.http.apply_lease(&mut b.lease, levels);
         b
     }
 }

@@ -24,6 +24,7 @@ fn serve(data: &std::path::Path) -> std::process::Child {
         ])
         .arg(data)
         .env("SLUICE_LOG", "warn")
+        .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize, Serializer};
+use sluice_broker::lease::LeaseConfig;
 use sluice_http::auth::{Scope, Token};
 use sluice_http::HttpConfig;
 
@@ -42,6 +43,14 @@ pub struct HttpSection {
     pub webhook_queue: usize,
     /// Longest long poll for checks. Default 20 000, at most 30 000.
     pub max_check_poll_wait_ms: u64,
+    /// Most messages one receive hands out. Default 32.
+    pub max_receive: usize,
+    /// Lease of a receive that names none. Default 30 000.
+    pub default_visibility_ms: u64,
+    /// Longest lease, extensions included. Default 43 200 000 (12 h).
+    pub max_visibility_ms: u64,
+    /// Leases one consumer group may hold at once. Default 10 000.
+    pub max_inflight_per_group: usize,
 }
 
 /// `[[http.tokens]]`
@@ -71,6 +80,7 @@ fn redacted<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
 impl Default for HttpSection {
     fn default() -> Self {
         let d = HttpConfig::default();
+        let lease = LeaseConfig::default();
         Self {
             enabled: true,
             listen: d.listen,
@@ -85,11 +95,27 @@ impl Default for HttpSection {
             webhook_concurrency: d.checks.webhook_concurrency,
             webhook_queue: d.checks.webhook_queue,
             max_check_poll_wait_ms: d.checks.max_poll_wait.as_millis() as u64,
+            max_receive: lease.max_per_receive,
+            default_visibility_ms: lease.default_visibility.as_millis() as u64,
+            max_visibility_ms: lease.max_visibility.as_millis() as u64,
+            max_inflight_per_group: lease.max_inflight_per_group,
         }
     }
 }
 
 impl HttpSection {
+    /// Applies the lease settings to the broker's lease limits; `levels` is the schedule
+    /// ladder, so a nack's delay maps onto the levels the broker really has.
+    pub fn apply_lease(&self, lease: &mut LeaseConfig, levels: Option<Vec<Duration>>) {
+        lease.max_per_receive = self.max_receive;
+        lease.default_visibility = Duration::from_millis(self.default_visibility_ms);
+        lease.max_visibility = Duration::from_millis(self.max_visibility_ms);
+        lease.max_inflight_per_group = self.max_inflight_per_group;
+        if let Some(levels) = levels.filter(|l| !l.is_empty()) {
+            lease.nack_levels = levels;
+        }
+    }
+
     /// The facade's configuration, validated.
     pub fn to_config(&self) -> Result<HttpConfig> {
         let tokens = self
@@ -168,5 +194,22 @@ mod tests {
             ..HttpSection::default()
         };
         assert!(open.to_config().is_err());
+    }
+
+    #[test]
+    fn lease_settings_reach_the_broker_and_nacks_use_the_schedule_ladder() {
+        let mut cfg = crate::config::ServerConfig::default();
+        cfg.schedule.levels_ms = Some(vec![100, 200, 400]);
+        cfg.http.max_receive = 8;
+        cfg.http.default_visibility_ms = 5_000;
+        let lease = cfg.broker_config(None).lease;
+        assert_eq!(lease.max_per_receive, 8);
+        assert_eq!(lease.default_visibility, Duration::from_secs(5));
+        assert_eq!(
+            lease.nack_levels,
+            [100, 200, 400].map(Duration::from_millis).to_vec()
+        );
+        cfg.http.max_receive = 0;
+        assert!(cfg.validate().is_err(), "a zero receive size is refused");
     }
 }

@@ -45,6 +45,8 @@ pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str,
         .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
         .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
         .args(["--http-listen", "127.0.0.1:0"])
+        // 64 MiB segments instead of 1 GiB: tests run many brokers at once on shared disks.
+        .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
         .env(
             "SLUICE_LOG",
             std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -198,3 +198,73 @@ async fn reschedule_refuses_bad_bodies_and_times() {
     assert_eq!((st, error_code(&r)), (400, "bad_request"));
     s.stop().await;
 }
+
+/// Cancels sent exactly while the timers fire: every answer is definite and true. `cancelled`
+/// means never delivered; `already_delivered` means delivered once; nothing else is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_the_release_answer_definitely_and_truly() {
+    let s = common::start().await;
+    s.create_topic("Race", 1);
+    let base = sluice_store::now_ms() + 1_000;
+    let n = 80;
+    for i in 0..n {
+        let (st, r) = s
+            .post(
+                "/v1/topics/Race/messages",
+                json!({"body": format!("m{i}"), "keys": [format!("k-{i}")], "deliver_at_ms": base + i * 3}),
+            )
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    let wait = (base - sluice_store::now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, url) = (
+            s.http.clone(),
+            s.url(&format!("/v1/topics/Race/scheduled/k-{i}")),
+        );
+        tasks.spawn(async move {
+            let r = http.delete(url).send().await.expect("DELETE");
+            (i, common::status_json(r).await)
+        });
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, (st, body)) = r.unwrap();
+        assert_eq!(st, 200, "{body}");
+        answers.insert(i, body["result"].as_str().unwrap().to_owned());
+    }
+    let delivered = answers
+        .values()
+        .filter(|a| *a == "already_delivered")
+        .count() as u64;
+    assert!(answers
+        .values()
+        .all(|a| a == "cancelled" || a == "already_delivered"));
+    assert!(wait_count(&s, "Race", 0, delivered).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&s, "Race", 0),
+        delivered,
+        "no cancelled message was delivered"
+    );
+    for (i, answer) in &answers {
+        let (_, l) = s.get(&format!("/v1/topics/Race/scheduled?key=k-{i}")).await;
+        let state = l["messages"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let expected = if answer == "cancelled" {
+            "cancelled"
+        } else {
+            "delivered"
+        };
+        assert_eq!(state, expected, "k-{i} answered {answer}");
+    }
+    eprintln!(
+        "race: {delivered} delivered, {} cancelled",
+        n as u64 - delivered
+    );
+    s.stop().await;
+}

@@ -36,11 +36,13 @@ fn run_child_and_kill(
         .spawn()
         .expect("spawn crash child");
     let stdout = child.stdout.take().unwrap();
+    // The kill timer starts once the child is appending: on a loaded machine its start alone
+    // can take longer than the whole run.
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.next().and_then(|l| l.ok());
+    assert_eq!(ready.as_deref(), Some("READY"), "child did not start");
     let reader = std::thread::spawn(move || {
         let mut acks = BTreeMap::new();
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.next().and_then(|l| l.ok());
-        assert_eq!(ready.as_deref(), Some("READY"), "child did not start");
         for line in lines.map_while(Result::ok) {
             let f: Vec<&str> = line.split(' ').collect();
             if f.len() != 5 || f[0] != "A" {

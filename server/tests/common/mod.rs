@@ -40,6 +40,7 @@ pub fn start(data: &Path, ns_port: u16, broker_port: u16) -> Sluice {
 pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str, &str)]) -> Sluice {
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    without_inherited_config(&mut cmd);
     cmd.args(["serve", "--data-dir"])
         .arg(data)
         .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
@@ -129,4 +130,71 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// As [`start_with_env`], with the HTTP facade on a given port too, so a restarted process
+/// answers on the same three addresses (`http_port` 0 picks a free one). The child sees only
+/// the `SLUICE_*` variables given here: the test's own (`SLUICE_CRASH_CYCLES`,
+/// `SLUICE_TEST_LOG`…) would be refused by the broker as unknown configuration keys.
+pub fn start_on(
+    data: &Path,
+    ns_port: u16,
+    broker_port: u16,
+    http_port: u16,
+    env: &[(&str, &str)],
+) -> Sluice {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
+        .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .stdout(Stdio::piped());
+    without_inherited_config(&mut cmd);
+    cmd.env(
+        "SLUICE_LOG",
+        std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    cmd.env("SLUICE_STORE_SEGMENT_BYTES", "67108864");
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn sluice");
+    let http = read_ready_line(&mut child);
+    Sluice {
+        child: Some(child),
+        ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
+        broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        http,
+        data: data.to_path_buf(),
+        cold_start: started.elapsed(),
+    }
+}
+
+/// Waits for the ready line, returns the HTTP address it names, and keeps draining stdout
+/// so the child never blocks on a full pipe.
+fn read_ready_line(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert!(
+        ready.starts_with("sluice ready:"),
+        "sluice did not start: {ready:?}"
+    );
+    let http = ready
+        .split(", ")
+        .find_map(|part| part.strip_prefix("http "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    http
+}
+
+/// The broker refuses unknown `SLUICE_*` keys, so the test process's own `SLUICE_TEST_LOG`,
+/// `SLUICE_CRASH_CYCLES` and the like must not leak into it.
+fn without_inherited_config(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SLUICE_") {
+            cmd.env_remove(k);
+        }
+    }
 }

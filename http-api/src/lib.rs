@@ -12,7 +12,9 @@
 //! - Endpoints, one module per area: `produce` (send, batch, raw), `consume` (leases:
 //!   receive, ack, nack, visibility), `txn` (transactions, webhook and polled check-back),
 //!   `schedule` (cancel, reschedule, list by key), `dlq` (dead letters, replay), `admin`
-//!   (topics, groups, stats), `health` (healthz, readyz, Prometheus metrics).
+//!   (topics, groups, stats), `health` (healthz, readyz, Prometheus metrics), `lookup`
+//!   (a message and its trace), `figures` (JSON figures for dashboards).
+//! - `console`: the operator console's static files, embedded, served at `/console`.
 //! - Cross-cutting: [`error`] (one JSON error shape, stable codes), [`request_id`],
 //!   [`auth`] (bearer tokens with scopes), [`extract`] (extractors with JSON rejections),
 //!   `metrics`, [`config`], `state`.
@@ -26,9 +28,12 @@ pub mod request_id;
 mod state;
 
 mod admin;
+mod console;
 pub mod consume;
 mod dlq;
+mod figures;
 mod health;
+mod lookup;
 mod message;
 mod metrics;
 mod openapi;
@@ -61,7 +66,9 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let admin = OpenApiRouter::new()
         .merge(txn::admin_routes())
         .merge(dlq::admin_routes())
-        .merge(admin::admin_routes());
+        .merge(admin::admin_routes())
+        .merge(lookup::admin_routes())
+        .merge(figures::admin_routes());
     let admin = guarded(admin, &state, auth::Scope::Admin);
     let (routes, api) = OpenApiRouter::with_openapi(openapi::base())
         .merge(producer)
@@ -73,6 +80,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let limit = Arc::new(Semaphore::new(state.config().max_concurrent_requests));
     let router = routes
         .merge(openapi::spec_route(spec))
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -56,6 +56,22 @@ impl OffsetManager {
             .and_then(|q| q.get(&queue_id).copied())
     }
 
+    /// Every (group, topic) with a committed offset (a `topic@group` key splits at its last
+    /// `@`: topic names cannot contain one, group names may).
+    pub(crate) fn group_topics(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .table
+            .lock()
+            .keys()
+            .filter_map(|k| {
+                let (topic, group) = k.split_once('@')?;
+                Some((group.to_owned(), topic.to_owned()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Records `offset` as the next offset `group` consumes from the queue.
     pub(crate) fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
         self.table

@@ -157,6 +157,12 @@ impl BrokerServices {
         self.ctx.offsets.query(group, topic, queue_id)
     }
 
+    /// Every (consumer group, topic) pair with a committed offset, sorted: what groups exist
+    /// even when none of their members is online.
+    pub fn committed_groups(&self) -> Vec<(String, String)> {
+        self.ctx.offsets.group_topics()
+    }
+
     /// Commits a group's offset in a queue (persisted with the consumer offsets).
     pub fn commit_offset(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
         self.ctx.offsets.commit(group, topic, queue_id, offset);

@@ -196,3 +196,35 @@ async fn a_deleted_topic_is_gone_and_system_topics_cannot_be_deleted() {
     assert_eq!((st, error_code(&r)), (403, "forbidden"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_that_only_acknowledged_is_listed() {
+    let s = common::start().await;
+    s.create_topic("Acks", 1);
+    let (st, _) = s
+        .post("/v1/topics/Acks/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(st, 201);
+    let (_, got) = s
+        .post(
+            "/v1/groups/quiet/topics/Acks/receive",
+            json!({"max": 1, "wait_ms": 5000}),
+        )
+        .await;
+    let receipt = got["messages"][0]["receipt"].clone();
+    let (st, _) = s
+        .post("/v1/groups/quiet/ack", json!({"receipts": [receipt]}))
+        .await;
+    assert_eq!(st, 200);
+    let (st, r) = s.get("/v1/groups").await;
+    assert_eq!(st, 200);
+    assert!(
+        r["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["group"] == "quiet"),
+        "{r}"
+    );
+    s.stop().await;
+}

@@ -114,6 +114,12 @@ pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut
         .iter()
         .filter_map(|t| t.topic_name.strip_prefix(RETRY_PREFIX).map(str::to_owned))
         .collect();
+    names.extend(
+        b.committed_groups()
+            .into_iter()
+            .map(|(g, _)| g)
+            .filter(|g| !is_system_group(g)),
+    );
     let dlq = b.dlq().stats();
     names.extend(dlq.iter().map(|s| s.group.clone()));
     let groups = names
@@ -125,6 +131,11 @@ pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut
         })
         .collect();
     Json(GroupsOut { groups })
+}
+
+/// Groups the broker keeps for itself (transaction and timer progress), not users' groups.
+fn is_system_group(g: &str) -> bool {
+    g.starts_with("SLUICE_") || g.starts_with("CID_RMQ_SYS_") || g.starts_with("RMQ_SYS_")
 }
 
 /// A consumer group: members, committed offsets, lag, dead letters.

@@ -12,11 +12,12 @@
 //!   are open and checked (real `sluice` binary, `sluice-client`).
 //! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
 //!   rate, lateness with many pending, burst release, memory.
+//! - `timers_rss`: VmRSS / RssAnon while 10 M far-future timers fill, and the restart over them.
 //! - `http`: the HTTP facade's produce against an axum null handler in the same process, and
 //!   receive + ack.
 //! - `proc`, `redis_peer`: the `sluice` child process, the load driver, the Redis peer.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|txn|timers|http [--quick] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
 mod footprint;
@@ -26,6 +27,7 @@ mod redis_peer;
 mod stats;
 mod store;
 mod timers;
+mod timers_rss;
 mod txn;
 
 use std::path::PathBuf;
@@ -54,8 +56,17 @@ fn main() -> anyhow::Result<()> {
         Some("txn") => txn::run(work.path(), quick, &sluice),
         Some("timers") => timers::run(work.path(), quick, &sluice),
         Some("http") => http::run(work.path(), quick),
+        Some("timers-rss") => {
+            let pending = args
+                .iter()
+                .position(|a| a == "--pending")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000_000);
+            timers_rss::run(work.path(), &sluice, pending)
+        }
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|txn|timers|http [--quick] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

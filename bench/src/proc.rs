@@ -81,15 +81,28 @@ impl Sluice {
     }
 }
 
+impl Sluice {
+    /// Stops the process (SIGTERM) and keeps its data folder, for a restart over it.
+    pub fn stop_keep_data(mut self) {
+        stop_child(&mut self.child);
+        self.data = PathBuf::new();
+    }
+}
+
 impl Drop for Sluice {
     fn drop(&mut self) {
         stop_child(&mut self.child);
-        std::fs::remove_dir_all(&self.data).ok();
+        if !self.data.as_os_str().is_empty() {
+            std::fs::remove_dir_all(&self.data).ok();
+        }
     }
 }
 
 /// SIGTERM, wait up to 10 s, then SIGKILL: never leaves the child behind.
 pub fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return; // already stopped (and reaped)
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -27,11 +27,11 @@ use crate::redis_peer::{Conn, Redis, Reply};
 use crate::stats::{fmt, machine_line, median, print_table, Row};
 
 const SIZE: usize = 1024;
-const BG_SIZE: usize = 128;
+pub(crate) const BG_SIZE: usize = 128;
 const WINDOW: usize = 64;
 const ZKEY: &[u8] = b"delayq";
 const T_ENQ: &str = "BenchTimerEnq";
-const T_BG: &str = "BenchTimerBg";
+pub(crate) const T_BG: &str = "BenchTimerBg";
 const T_LATE: &str = "BenchTimerLate";
 /// A delivered timer: (kind, run, due ms, receive ms).
 type Got = (String, usize, u64, u64);
@@ -102,11 +102,15 @@ fn report(name: &str, l: &Load) -> Result<f64> {
     Ok(l.rate())
 }
 
-fn at(ms: u64) -> SystemTime {
+pub(crate) fn at(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-async fn producer(namesrv: &str, group: &str, topics: &[&str]) -> Result<Arc<Producer>> {
+pub(crate) async fn producer(
+    namesrv: &str,
+    group: &str,
+    topics: &[&str],
+) -> Result<Arc<Producer>> {
     let p = Producer::builder(ClientConfig::new(namesrv))
         .group(group)
         .warm_topics(topics.iter().copied())

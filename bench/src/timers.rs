@@ -106,11 +106,7 @@ pub(crate) fn at(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-pub(crate) async fn producer(
-    namesrv: &str,
-    group: &str,
-    topics: &[&str],
-) -> Result<Arc<Producer>> {
+pub(crate) async fn producer(namesrv: &str, group: &str, topics: &[&str]) -> Result<Arc<Producer>> {
     let p = Producer::builder(ClientConfig::new(namesrv))
         .group(group)
         .warm_topics(topics.iter().copied())

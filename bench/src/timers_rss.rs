@@ -26,7 +26,10 @@ const FILL_BOUND: Duration = Duration::from_secs(1_800);
 const STEP: usize = 1_000_000;
 
 pub fn run(dir: &Path, sluice: &Path, pending: usize) -> Result<()> {
-    println!("timers-rss: {pending} far-future timers of {BG_SIZE} B; {}", machine_line());
+    println!(
+        "timers-rss: {pending} far-future timers of {BG_SIZE} B; {}",
+        machine_line()
+    );
     let data = dir.join("timers-rss");
     let cold = Instant::now();
     let s = Sluice::start(sluice, &data, &[])?;

@@ -23,6 +23,9 @@ pub struct HttpConfig {
     /// Requests handled at once; more are answered 429 at once (never queued unboundedly).
     /// Default 1 024.
     pub max_concurrent_requests: usize,
+    /// Longest time a request body may take to arrive; a stalled upload is refused and
+    /// gives its request slot back. Default 30 s.
+    pub body_read_timeout: std::time::Duration,
     /// Producer group recorded for HTTP sends that name none. Default `SLUICE_HTTP_PRODUCER`.
     pub default_producer_group: String,
     /// Serve `/metrics` without a token (it carries no message data or secrets). Default
@@ -43,6 +46,7 @@ impl Default for HttpConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_batch: 256,
             max_concurrent_requests: 1024,
+            body_read_timeout: std::time::Duration::from_secs(30),
             default_producer_group: "SLUICE_HTTP_PRODUCER".into(),
             metrics_public: true,
             consume: crate::consume::ConsumeConfig::default(),
@@ -65,6 +69,9 @@ impl HttpConfig {
                 "max_request_bytes ({}) must be at least max_message_bytes ({}), both > 0",
                 self.max_request_bytes, self.max_message_bytes
             ));
+        }
+        if self.body_read_timeout.is_zero() {
+            return Err("body_read_timeout must be > 0".into());
         }
         if self.max_batch == 0 || self.max_concurrent_requests == 0 {
             return Err("max_batch and max_concurrent_requests must be > 0".into());

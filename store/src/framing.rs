@@ -117,8 +117,14 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
             base + pos as u64
         ));
     }
-    if let Err(e) = RecordView::parse(record, max_record) {
-        return Probe::Invalid(format!("record structure: {e}"));
+    match RecordView::parse(record, max_record) {
+        Err(e) => return Probe::Invalid(format!("record structure: {e}")),
+        // A topic names consume-queue folders: one that could not have been appended (`..`,
+        // `/`) is forged, and must never reach a path join.
+        Ok(v) if crate::message::validate_topic(v.topic).is_err() => {
+            return Probe::Invalid(format!("record topic {:?} is not a valid topic", v.topic));
+        }
+        Ok(_) => {}
     }
     Probe::Record { total, watermark }
 }
@@ -220,6 +226,22 @@ mod tests {
                     "flip at {byte}.{bit} accepted"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_record_whose_topic_could_not_be_appended_is_invalid() {
+        for topic in ["..", "../../x", "a/b", ""] {
+            let mut rec = Vec::new();
+            if encode_record(&RecordHeader::default(), b"x", topic, b"", &mut rec).is_err() {
+                continue; // the encoder refuses it already
+            }
+            patch_store_fields(&mut rec, 0, 0, 1);
+            let seg = segment_with(&[rec], 512);
+            assert!(
+                matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)),
+                "topic {topic:?} accepted"
+            );
         }
     }
 

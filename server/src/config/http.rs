@@ -31,6 +31,8 @@ pub struct HttpSection {
     pub max_concurrent_requests: usize,
     /// Serve `/metrics` without a token. Default true.
     pub metrics_public: bool,
+    /// Longest time a request body may take to arrive. Default 30 000.
+    pub body_read_timeout_ms: u64,
     /// Key of the check-back webhook signature (`X-Sluice-Signature`), at least 16 bytes.
     /// None = unsigned webhook calls.
     #[serde(serialize_with = "redacted_opt")]
@@ -90,6 +92,7 @@ impl Default for HttpSection {
             max_batch: d.max_batch,
             max_concurrent_requests: d.max_concurrent_requests,
             metrics_public: d.metrics_public,
+            body_read_timeout_ms: d.body_read_timeout.as_millis() as u64,
             webhook_secret: None,
             webhook_timeout_ms: d.checks.webhook_timeout.as_millis() as u64,
             webhook_concurrency: d.checks.webhook_concurrency,
@@ -153,6 +156,7 @@ impl HttpSection {
             max_batch: self.max_batch,
             max_concurrent_requests: self.max_concurrent_requests,
             metrics_public: self.metrics_public,
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             ..HttpConfig::default()
         };
         cfg.validate().map_err(|e| anyhow!("[http] {e}"))?;

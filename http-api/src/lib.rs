@@ -24,6 +24,8 @@ pub mod config;
 pub mod error;
 pub mod extract;
 mod facade;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod request_id;
 mod state;
 
@@ -88,6 +90,9 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         ))
         .layer(middleware::from_fn_with_state(limit, shed))
         .layer(DefaultBodyLimit::max(state.config().max_request_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config().body_read_timeout,
+        ))
         .layer(middleware::from_fn(request_id::layer))
         .with_state(state);
     (router, api)

@@ -33,6 +33,8 @@ mod dispatch;
 mod error;
 mod flusher;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 pub mod io;
 pub mod latency;

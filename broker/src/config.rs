@@ -91,6 +91,9 @@ pub struct BrokerConfig {
     /// Lease-based consumption (the HTTP facade's receive/ack/nack): receive size, lease
     /// times, long-poll cap, leases per group, expiry tick.
     pub lease: crate::lease::LeaseConfig,
+    /// Access control: signatures, permissions, the admin rule. Default off (admin request
+    /// codes from loopback peers only).
+    pub acl: crate::acl::AclConfig,
 }
 
 impl BrokerConfig {
@@ -115,6 +118,7 @@ impl BrokerConfig {
             store,
             retry: crate::retry::RetryConfig::default(),
             lease: crate::lease::LeaseConfig::default(),
+            acl: crate::acl::AclConfig::default(),
         }
     }
 
@@ -157,6 +161,7 @@ impl BrokerConfig {
             }
         }
         self.lease.validate().map_err(BrokerError::Config)?;
+        self.acl.validate().map_err(BrokerError::Config)?;
         self.retry.validate().map_err(BrokerError::Config)
     }
 

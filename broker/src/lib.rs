@@ -24,6 +24,8 @@
 //! - [`dlq`]: reading dead-letter queues and replay (redrive) tasks.
 //! - [`lease`]: lease-based consumption (receive, ack, nack, visibility) for the HTTP facade,
 //!   with receipts, expiry and the same retry/DLQ path.
+//! - [`acl`]: RocketMQ ACL signatures, per-topic/group permissions and the admin rule,
+//!   checked before any handler runs.
 //! - [`config`], [`error`], `stats` ([`BrokerStats`]), `reply`, `state_file`.
 //!
 //! ## Guarantees
@@ -34,6 +36,7 @@
 //!   closes its own connection.
 //! - Every response has language JAVA, version 401, an `extFields` object and string values.
 
+pub mod acl;
 mod broker;
 mod clients;
 pub mod config;

@@ -60,7 +60,8 @@ impl ClientCore {
         };
         Ok(Arc::new(Self {
             client_id: cfg.client_id(),
-            pool: Pool::new(cfg.connect_timeout, requests),
+            pool: Pool::new(cfg.connect_timeout, requests)
+                .with_credentials(cfg.credentials().cloned()),
             uniq: UniqKeyGenerator::new(ip),
             routes: RwLock::new(HashMap::new()),
             masters: RwLock::new(HashMap::new()),

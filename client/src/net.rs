@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sluice_protocol::acl::Credentials;
 use sluice_protocol::{request_code, response_code, RemotingCommand};
 use sluice_remoting::{ClientOptions, ConnectionHandle, RemotingClient};
 use tokio::sync::mpsc;
@@ -30,6 +31,8 @@ pub(crate) struct Pool {
     /// Serialises connecting, so concurrent callers share one new connection.
     connecting: tokio::sync::Mutex<()>,
     requests: mpsc::Sender<ServerRequest>,
+    /// ACL credentials every request is signed with.
+    credentials: Option<Credentials>,
 }
 
 impl Pool {
@@ -44,7 +47,21 @@ impl Pool {
             conns: Mutex::new(HashMap::new()),
             connecting: tokio::sync::Mutex::new(()),
             requests,
+            credentials: None,
         }
+    }
+
+    /// Signs every request with `credentials` (RocketMQ ACL).
+    pub(crate) fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    fn signed(&self, mut cmd: RemotingCommand) -> RemotingCommand {
+        if let Some(c) = &self.credentials {
+            c.sign(&mut cmd);
+        }
+        cmd
     }
 
     /// The open connection to `addr`, connecting when there is none (or it closed).
@@ -96,7 +113,7 @@ impl Pool {
     ) -> Result<RemotingCommand, ClientError> {
         let client = self.get(addr).await?;
         client
-            .invoke(cmd, timeout)
+            .invoke(self.signed(cmd), timeout)
             .await
             .map_err(|e| ClientError::remoting(addr, e))
     }
@@ -120,7 +137,7 @@ impl Pool {
     ) -> Result<(), ClientError> {
         let client = self.get(addr).await?;
         client
-            .invoke_oneway(cmd)
+            .invoke_oneway(self.signed(cmd))
             .await
             .map_err(|e| ClientError::remoting(addr, e))
     }

@@ -414,15 +414,21 @@ async fn answer_checks(
         };
         let group = inner.sender.group.clone();
         let checker = Arc::clone(&checker);
+        let credentials = inner.sender.core.cfg.credentials().cloned();
         tokio::spawn(async move {
-            answer_check(&group, req, checker.as_ref()).await;
+            answer_check(&group, req, checker.as_ref(), credentials.as_ref()).await;
             drop(permit);
         });
     }
 }
 
 #[tracing::instrument(skip_all, fields(group, remote = %req.conn.remote_addr()))]
-async fn answer_check(group: &str, req: ServerRequest, checker: &dyn TransactionChecker) {
+async fn answer_check(
+    group: &str,
+    req: ServerRequest,
+    checker: &dyn TransactionChecker,
+    credentials: Option<&sluice_protocol::acl::Credentials>,
+) {
     let h = match CheckTransactionStateRequestHeader::from_ext(&req.cmd.ext_fields) {
         Ok(h) => h,
         Err(e) => {
@@ -455,6 +461,9 @@ async fn answer_check(group: &str, req: ServerRequest, checker: &dyn Transaction
     tracing::debug!(msg_id = %end.msg_id, ?state, "answering a transaction check");
     let mut cmd = RemotingCommand::request(request_code::END_TRANSACTION, end.to_ext());
     cmd.remark = remark;
+    if let Some(c) = credentials {
+        c.sign(&mut cmd);
+    }
     if let Err(e) = req.conn.invoke_oneway(cmd).await {
         tracing::warn!(error = %e, "could not answer a transaction check; the broker asks again");
     }

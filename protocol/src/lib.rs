@@ -5,6 +5,8 @@
 //! broker, the store and the Rust client alike.
 //!
 //! ## Layout
+//! - [`acl`]: RocketMQ ACL request signatures (`AccessKey`, `Signature`: HmacSHA1 over the
+//!   sorted ext-field values and the body), to sign and to verify, with [`acl::Credentials`].
 //! - [`message`]: the stored-message record (the commit-log layout that is also a pull-response
 //!   element), its sysFlag bits, the properties string, message ids and Java's `String.hashCode`.
 //! - [`remoting`]: frames, command headers, request/response codes, typed custom headers and the
@@ -13,6 +15,7 @@
 //! Every integer on the wire is big-endian. Every decoder checks a length before it allocates
 //! or slices with it, and incomplete input is reported apart from invalid input.
 
+pub mod acl;
 pub mod message;
 pub mod remoting;
 

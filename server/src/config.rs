@@ -2,9 +2,11 @@
 //! variables < command-line flags. Unknown keys are refused, so a typo never silently falls back
 //! to a default.
 
+mod acl;
 mod http;
 mod retry;
 mod schedule;
+pub use acl::AclSection;
 pub use http::HttpSection;
 pub use retry::RetrySection;
 pub use schedule::ScheduleSection;
@@ -39,6 +41,8 @@ pub struct ServerConfig {
     pub schedule: ScheduleSection,
     /// Consumer retries and dead letters.
     pub retry: RetrySection,
+    /// Access control of the broker (RocketMQ ACL signatures and permissions).
+    pub acl: AclSection,
 }
 
 /// `[namesrv]`
@@ -161,6 +165,7 @@ impl Default for ServerConfig {
             txn: TxnSection::default(),
             schedule: ScheduleSection::default(),
             retry: RetrySection::default(),
+            acl: AclSection::default(),
         }
     }
 }
@@ -254,8 +259,8 @@ pub fn load(
     Ok(cfg)
 }
 
-const SECTIONS: [&str; 7] = [
-    "namesrv", "broker", "store", "http", "txn", "schedule", "retry",
+const SECTIONS: [&str; 8] = [
+    "namesrv", "broker", "store", "http", "txn", "schedule", "retry", "acl",
 ];
 /// Variables that configure something other than the file's keys.
 const NOT_CONFIG: [&str; 2] = ["SLUICE_LOG", "SLUICE_CONFIG"];
@@ -325,6 +330,7 @@ impl ServerConfig {
             .to_config()?
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.acl.to_config()?;
         Ok(())
     }
 
@@ -415,6 +421,14 @@ impl ServerConfig {
         b.max_connections = self.broker.max_connections;
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();
+        // Fail closed: an invalid section (refused by `validate`) makes the broker refuse to start.
+        b.acl = self
+            .acl
+            .to_config()
+            .unwrap_or_else(|_| sluice_broker::acl::AclConfig {
+                enabled: true,
+                ..Default::default()
+            });
         let levels = self.schedule.to_config().ok().map(|s| s.levels);
         self.http.apply_lease(&mut b.lease, levels);
         b

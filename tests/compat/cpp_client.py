@@ -16,9 +16,16 @@ from rocketmq.client import ConsumeStatus, Message, Producer, PushConsumer, Send
 from rocketmq.ffi import MessageModel
 
 
+def credentials(client, args):
+    """--access-key/--secret-key: sign every request (RocketMQ ACL session credentials)."""
+    if args.access_key:
+        client.set_session_credentials(args.access_key, args.secret_key, args.channel)
+
+
 def produce(args):
     producer = Producer(args.group, orderly=False, timeout=args.send_timeout_ms)
     producer.set_name_server_address(args.ns)
+    credentials(producer, args)
     producer.start()
     tags = args.tags.split(",") if args.tags else [None]
     sent, failures = [], []
@@ -50,6 +57,7 @@ def produce(args):
 def produce_orderly(args):
     producer = Producer(args.group, orderly=True, timeout=args.send_timeout_ms)
     producer.set_name_server_address(args.ns)
+    credentials(producer, args)
     producer.start()
     sent, failures = 0, []
     try:
@@ -112,6 +120,7 @@ def consume(args):
     if args.instance:
         consumer.set_instance_name(args.instance)
     consumer.set_name_server_address(args.ns)
+    credentials(consumer, args)
     consumer.set_thread_count(1 if args.orderly else 4)
     consumer.subscribe(args.topic, on_message, args.expression)
     consumer.start()
@@ -172,6 +181,7 @@ def txn(args):
 
     producer = TransactionMQProducer(args.group, on_check, timeout=args.send_timeout_ms)
     producer.set_name_server_address(args.ns)
+    credentials(producer, args)
     producer.start()
     sent, failures = [], []
     if args.warm_topic:
@@ -216,6 +226,10 @@ def txn(args):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ns", required=True)
+    # ACL session credentials (the secret is never printed).
+    p.add_argument("--access-key", default="")
+    p.add_argument("--secret-key", default="")
+    p.add_argument("--channel", default="ALIYUN")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pr = sub.add_parser("produce")

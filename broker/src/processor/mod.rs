@@ -8,6 +8,9 @@
 //! - `admin`: UPDATE_AND_CREATE_TOPIC, GET_ALL_TOPIC_CONFIG.
 //! - `retry`: CONSUMER_SEND_MSG_BACK (the logic is in `crate::retry`).
 //!
+//! Every request first passes `crate::acl::authorize` (signatures, permissions, the admin
+//! rule); a refusal is answered NO_PERMISSION before any handler runs.
+//!
 //! Handlers return `Result<RemotingCommand, Reject>`: a [`Reject`] is a refusal the client
 //! caused or must handle, answered with its code and remark; it is never a panic or a closed
 //! connection.
@@ -96,6 +99,10 @@ async fn dispatch(
     req: RemotingCommand,
 ) -> Option<RemotingCommand> {
     use request_code as rc;
+    if let Err(denied) = crate::acl::authorize(&ctx.cfg.acl, conn.remote_addr(), &req) {
+        let reject = Reject::new(sluice_protocol::response_code::NO_PERMISSION, denied.0);
+        return Some(respond(&req, Err(reject)));
+    }
     let result = match req.code {
         rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
             send::send(ctx, conn, &req).await

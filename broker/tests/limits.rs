@@ -119,6 +119,8 @@ async fn a_4_mib_body_is_stored_and_one_byte_more_is_refused_on_a_connection_tha
     );
     assert_eq!(broker.stats().oversize_bodies, 1);
 
+    // The queue offset appears once the dispatcher has caught up with the sync.
+    wait_dispatched(&broker).await;
     let resp = ask(&mut raw, max_offset_request("Big", 3)).await;
     assert_eq!(resp.code, response_code::SUCCESS);
     assert_eq!(
@@ -127,7 +129,6 @@ async fn a_4_mib_body_is_stored_and_one_byte_more_is_refused_on_a_connection_tha
         "only the 4 MiB message was stored"
     );
 
-    wait_dispatched(&broker).await;
     let client = RemotingClient::connect(broker.local_addr()).await.unwrap();
     let got = pull_all(&client, "big_readers", "Big", 0, 0, Some("*")).await;
     assert_eq!(got.len(), 1);

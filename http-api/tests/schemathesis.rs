@@ -42,7 +42,9 @@ async fn generated_requests_never_get_a_5xx_or_a_response_off_the_schema() {
             .args(["run", &spec, "--url", &base])
             .args(["--checks", "not_a_server_error,response_schema_conformance"])
             .args(["--phases", "examples,coverage,fuzzing"])
-            .args(["--max-examples", "20", "--seed", "7", "--workers", "2"])
+            // One worker: hypothesis describes strategies through a shared AST cache that two
+            // worker threads can race on ("AST constructor recursion depth mismatch").
+            .args(["--max-examples", "15", "--seed", "7", "--workers", "1"])
             .args(["--generation-database", "none", "--request-timeout", "45"])
             .args(["--no-color", "--report", "junit", "--report-dir"])
             .arg(&report)

@@ -56,6 +56,7 @@ fn start_acl(data: &Path, log: &Path) -> Server {
         .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
         .args(["--http-listen", "127.0.0.1:0"])
         .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
         .env("SLUICE_LOG", "info")
         .env("SLUICE_ACL_ENABLED", "true")
         .env("SLUICE_ACL_ACCOUNTS", accounts)

@@ -25,6 +25,7 @@ fn serve(data: &std::path::Path) -> std::process::Child {
         .arg(data)
         .env("SLUICE_LOG", "warn")
         .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

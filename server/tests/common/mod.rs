@@ -48,6 +48,8 @@ pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str,
         .args(["--http-listen", "127.0.0.1:0"])
         // 64 MiB segments instead of 1 GiB: tests run many brokers at once on shared disks.
         .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        // The disk guard has its own tests; here it must not trip on a crowded build disk.
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
         .env(
             "SLUICE_LOG",
             std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -156,7 +158,9 @@ pub fn start_on(
         "SLUICE_LOG",
         std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
     );
-    cmd.env("SLUICE_STORE_SEGMENT_BYTES", "67108864");
+    cmd.env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        // The disk guard has its own tests; here it must not trip on a crowded build disk.
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99");
     cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("spawn sluice");
     let http = read_ready_line(&mut child);

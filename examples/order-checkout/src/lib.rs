@@ -14,7 +14,7 @@
 pub mod cluster;
 pub mod db;
 pub mod order;
-pub mod timeline;
+pub use example_support::timeline;
 
 use std::future::Future;
 use std::path::PathBuf;

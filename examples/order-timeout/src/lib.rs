@@ -19,11 +19,11 @@
 //! - [`timers`]: scheduling (Rust client) and cancel by key (HTTP).
 //! - [`cluster`]: the embedded or external Sluice. [`timeline`]: the printed story.
 
-pub mod cluster;
+pub use example_support::cluster;
 mod consumer;
 pub mod db;
 mod flow;
-pub mod timeline;
+pub use example_support::timeline;
 pub mod timers;
 
 use std::future::Future;
@@ -180,7 +180,7 @@ pub fn expected_events() -> Vec<EventCount> {
 /// `echo`, the timeline is printed live.
 pub async fn run(db: Database, echo: bool) -> anyhow::Result<Report> {
     let timeline = Timeline::new(echo);
-    let cluster = Cluster::from_env().await?;
+    let cluster = Cluster::from_env(|_| {}).await?;
     timeline.log(format!(
         "broker ready, name server {}, HTTP facade {}",
         cluster.namesrv(),

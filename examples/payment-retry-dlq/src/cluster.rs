@@ -1,22 +1,13 @@
-//! Where the broker comes from: an embedded name server and broker with the schedule
-//! extension (which parks retry copies until their back-off has passed) and the HTTP facade
-//! (the operator's DLQ endpoints), so the demo needs nothing else; or an external Sluice named
-//! by `SLUICE_NAMESRV` (name server) and `SLUICE_HTTP` (facade base URL), whose own retry
-//! configuration then applies.
+//! The demo's broker: the shared embedded (or external) Sluice of `example-support`, with
+//! this demo's retry policy for its consumer group: a short back-off ladder and a small
+//! maximum, so poison payments reach `%DLQ%<group>` in seconds. An external Sluice keeps its
+//! own retry configuration.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use sluice_broker::{
-    Backoff, Broker, BrokerConfig, BrokerHandle, GroupRetryPolicy, NameServer, NameServerConfig,
-    NameServerHandle,
-};
-use sluice_client::ClientConfig;
-use sluice_http::{HttpConfig, HttpFacade};
-use sluice_schedule::{ScheduleConfig, ScheduleExtension};
-use sluice_store::StoreConfig;
+use sluice_broker::{Backoff, GroupRetryPolicy};
+
+pub use example_support::cluster::{Cluster, Embedded};
 
 /// Deliveries after the first before a payment is given up (`%DLQ%<group>`): a poison
 /// payment is delivered `MAX_RECONSUME + 1` times.
@@ -28,61 +19,9 @@ pub fn retry_ladder() -> Vec<Duration> {
     [250, 500, 1000].map(Duration::from_millis).to_vec()
 }
 
-/// A name server, broker and HTTP facade running in this process on 127.0.0.1 ephemeral
-/// ports, data in a temp dir removed at the end.
-pub struct Embedded {
-    /// The name server.
-    pub namesrv: NameServerHandle,
-    /// The broker; shutting it down also stops the facade (an extension of it).
-    pub broker: BrokerHandle,
-    /// The facade, kept for its bound address.
-    pub facade: Arc<HttpFacade>,
-    /// Keeps the data directory alive while the broker runs.
-    pub dir: tempfile::TempDir,
-}
-
-/// A running Sluice the flow connects to.
-pub enum Cluster {
-    /// Started by this process (boxed: it is much larger than two addresses).
-    Embedded(Box<Embedded>),
-    /// Someone else's Sluice.
-    External {
-        /// Name server, `host:port`.
-        namesrv: String,
-        /// HTTP facade base URL, `http://host:port`.
-        http: String,
-    },
-}
-
-impl Cluster {
-    /// `SLUICE_NAMESRV` and `SLUICE_HTTP` if set, else an embedded Sluice whose retry policy
-    /// for `group` is the short ladder. One variable without the other is refused.
-    pub async fn from_env(group: &str) -> anyhow::Result<Self> {
-        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
-        match (var("SLUICE_NAMESRV"), var("SLUICE_HTTP")) {
-            (Some(namesrv), Some(http)) => Ok(Self::External { namesrv, http }),
-            (None, None) => Self::embedded(group).await,
-            _ => {
-                bail!("set both SLUICE_NAMESRV and SLUICE_HTTP (or neither for an embedded broker)")
-            }
-        }
-    }
-
-    /// Starts the embedded Sluice with `group`'s retry policy: [`retry_ladder`] and
-    /// [`MAX_RECONSUME`].
-    pub async fn embedded(group: &str) -> anyhow::Result<Self> {
-        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
-        let namesrv = NameServer::start(NameServerConfig {
-            listen: localhost,
-            ..NameServerConfig::default()
-        })
-        .await
-        .context("name server start")?;
-        let dir = tempfile::tempdir().context("broker data dir")?;
-        let mut cfg = BrokerConfig::new(StoreConfig::for_tests(dir.path()));
-        cfg.listen = localhost;
-        cfg.namesrv_addrs = vec![namesrv.local_addr()];
-        cfg.default_topic_queue_nums = 2;
+/// The shared Sluice with `group`'s retry policy: [`retry_ladder`] and [`MAX_RECONSUME`].
+pub async fn start(group: &str) -> anyhow::Result<Cluster> {
+    Cluster::from_env(|cfg| {
         cfg.retry.groups.insert(
             group.to_owned(),
             GroupRetryPolicy {
@@ -91,63 +30,6 @@ impl Cluster {
                 backoff: Backoff::Ladder(retry_ladder()),
             },
         );
-        let schedule = ScheduleExtension::new(ScheduleConfig::default());
-        let http = HttpConfig {
-            listen: localhost,
-            ..HttpConfig::default()
-        };
-        let facade = HttpFacade::new(http, None, Some(schedule.service()));
-        let mut ext = schedule.broker_extensions();
-        ext.extensions.push(facade.extension());
-        let broker = Broker::start_with(cfg, ext).await.context("broker start")?;
-        Ok(Self::Embedded(Box::new(Embedded {
-            namesrv,
-            broker,
-            facade,
-            dir,
-        })))
-    }
-
-    /// The name server address clients use.
-    pub fn namesrv(&self) -> String {
-        match self {
-            Self::Embedded(e) => e.namesrv.local_addr().to_string(),
-            Self::External { namesrv, .. } => namesrv.clone(),
-        }
-    }
-
-    /// The facade's base URL.
-    pub fn http_base(&self) -> anyhow::Result<String> {
-        match self {
-            Self::Embedded(e) => {
-                let addr = e.facade.local_addr().context("HTTP facade not bound")?;
-                Ok(format!("http://{addr}"))
-            }
-            Self::External { http, .. } => Ok(http.trim_end_matches('/').to_owned()),
-        }
-    }
-
-    /// Client settings with short route refresh, so consumers see the auto-created topic soon.
-    pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::new(&self.namesrv())
-            .with_rpc_timeout(Duration::from_secs(5))
-            .with_route_refresh_interval(Duration::from_secs(1))
-            .with_heartbeat_interval(Duration::from_secs(2))
-    }
-
-    /// Stops what this process started.
-    pub async fn stop(self) {
-        if let Self::Embedded(e) = self {
-            let Embedded {
-                namesrv,
-                broker,
-                facade,
-                dir,
-            } = *e;
-            broker.shutdown().await;
-            namesrv.shutdown().await;
-            drop(facade);
-            drop(dir);
-        }
-    }
+    })
+    .await
 }

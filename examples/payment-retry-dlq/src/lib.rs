@@ -25,7 +25,7 @@ pub mod db;
 mod flow;
 pub mod operator;
 pub mod payment;
-pub mod timeline;
+pub use example_support::timeline;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use sqlx::Pool;
 
-use crate::cluster::{Cluster, MAX_RECONSUME};
+use crate::cluster::MAX_RECONSUME;
 use crate::db::ChargeRow;
 use crate::operator::Replay;
 use crate::payment::Payment;
@@ -150,7 +150,7 @@ pub struct Report {
 pub async fn run(db: Database, echo: bool) -> anyhow::Result<Report> {
     let timeline = Timeline::new(echo);
     let names = Names::new();
-    let cluster = Cluster::from_env(&names.group).await?;
+    let cluster = cluster::start(&names.group).await?;
     timeline.log(format!(
         "broker ready, name server {}, HTTP facade {}; group {} retries after {:?}, \
          dead-letters after {} retries",

@@ -47,11 +47,14 @@ pub enum Cluster {
 impl Cluster {
     /// `SLUICE_NAMESRV` and `SLUICE_HTTP` if set, else an embedded Sluice. One without the
     /// other is refused: the flow needs both the RocketMQ protocol and the facade.
-    pub async fn from_env() -> anyhow::Result<Self> {
+    ///
+    /// `tweak` adjusts the embedded broker's configuration (e.g. a group's retry policy); an
+    /// external Sluice keeps its own.
+    pub async fn from_env(tweak: impl FnOnce(&mut BrokerConfig)) -> anyhow::Result<Self> {
         let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         match (var("SLUICE_NAMESRV"), var("SLUICE_HTTP")) {
             (Some(namesrv), Some(http)) => Ok(Self::External { namesrv, http }),
-            (None, None) => Self::embedded().await,
+            (None, None) => Self::embedded(tweak).await,
             _ => {
                 bail!("set both SLUICE_NAMESRV and SLUICE_HTTP (or neither for an embedded broker)")
             }
@@ -61,7 +64,7 @@ impl Cluster {
     /// Starts the embedded Sluice. The schedule extension is also the transaction
     /// extension's commit hook, as in the `sluice` binary; the facade is installed last so
     /// it sees both services.
-    pub async fn embedded() -> anyhow::Result<Self> {
+    pub async fn embedded(tweak: impl FnOnce(&mut BrokerConfig)) -> anyhow::Result<Self> {
         let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
         let namesrv = NameServer::start(NameServerConfig {
             listen: localhost,
@@ -74,6 +77,7 @@ impl Cluster {
         cfg.listen = localhost;
         cfg.namesrv_addrs = vec![namesrv.local_addr()];
         cfg.default_topic_queue_nums = 2;
+        tweak(&mut cfg);
         let schedule = ScheduleExtension::new(ScheduleConfig::default());
         let txn =
             TxnExtension::new(TxnConfig::default()).with_commit_hooks(vec![schedule.put_hook()]);

@@ -15,8 +15,8 @@ pub mod cluster;
 pub mod db;
 pub mod order;
 pub use example_support::timeline;
+pub(crate) use example_support::{connect_sqlite, wait_for};
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,9 +34,6 @@ use crate::cluster::Cluster;
 use crate::db::Shop;
 use crate::order::Order;
 use crate::timeline::Timeline;
-
-/// Every wait is bounded by this: generous, since test machines are shared.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// Initial stock per SKU.
 pub const INITIAL_STOCK: &[(&str, i64)] = &[("KB-01", 100), ("MOUSE-02", 50)];
@@ -122,20 +119,6 @@ pub async fn run(db: Database, echo: bool) -> anyhow::Result<Report> {
     };
     cluster.stop().await;
     result
-}
-
-/// WAL and a busy timeout: the order service and two consumer groups write concurrently, and
-/// SQLite has one writer at a time, so writers should wait rather than fail.
-async fn connect_sqlite(path: &std::path::Path) -> anyhow::Result<Pool<sqlx::Sqlite>> {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    Ok(sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await?)
 }
 
 /// Names unique to this run, so runs never see each other's messages, groups or dedupe rows
@@ -569,20 +552,4 @@ pub fn expected(all: &[Order]) -> (Tally, Tally) {
         })
         .collect();
     (stock, points)
-}
-
-/// Polls `check` every 50 ms for at most [`WAIT`]; an error names what never happened.
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("timed out waiting for {what}")
 }

@@ -24,14 +24,13 @@ mod consumer;
 pub mod db;
 mod flow;
 pub use example_support::timeline;
+pub(crate) use example_support::{connect_sqlite, wait_for};
 pub mod timers;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
-use sqlx::Pool;
+use anyhow::Context;
 
 use crate::cluster::Cluster;
 use crate::db::EventCount;
@@ -39,9 +38,6 @@ use crate::timeline::Timeline;
 use crate::timers::CancelAnswer;
 
 pub use db::{CANCELLED, EV_CANCELLED, EV_IGNORED_PAID, EV_PAID, EV_REFUSED, PAID, PENDING};
-
-/// Every wait is bounded by this: generous, since test machines are shared.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// How long an order may stay unpaid. Short so the demo and its test take seconds; the
 /// mechanism is the same for 30 minutes.
@@ -206,20 +202,6 @@ pub async fn run(db: Database, echo: bool) -> anyhow::Result<Report> {
     result
 }
 
-/// WAL and a busy timeout: the payment service and the consumer write concurrently, and
-/// SQLite has one writer at a time, so writers should wait rather than fail.
-async fn connect_sqlite(path: &std::path::Path) -> anyhow::Result<Pool<sqlx::Sqlite>> {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    Ok(sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await?)
-}
-
 /// Names unique to this run, so runs never see each other's messages, groups or dedupe rows
 /// (the PostgreSQL database and an external broker outlive a run).
 struct Names {
@@ -238,20 +220,4 @@ impl Names {
             group: format!("order-timeout-{run}"),
         }
     }
-}
-
-/// Polls `check` every 50 ms for at most [`WAIT`]; an error names what never happened.
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("timed out waiting for {what}")
 }

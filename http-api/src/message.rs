@@ -31,46 +31,6 @@ use utoipa::ToSchema;
 use crate::config::HttpConfig;
 use crate::error::ApiError;
 
-/// Property names the broker gives meaning to (compared case-insensitively).
-const RESERVED: &[&str] = &[
-    keys::KEYS,
-    keys::TAGS,
-    keys::WAIT,
-    keys::DELAY,
-    keys::UNIQ_KEY,
-    keys::RETRY_TOPIC,
-    keys::REAL_TOPIC,
-    keys::REAL_QID,
-    keys::TRAN_MSG,
-    keys::PGROUP,
-    keys::TRANSACTION_ID,
-    keys::TRANSACTION_CHECK_TIMES,
-    keys::CHECK_IMMUNITY_TIME_IN_SECONDS,
-    keys::ORIGIN_MESSAGE_ID,
-    keys::RECONSUME_TIME,
-    keys::MAX_RECONSUME_TIMES,
-    keys::CLUSTER,
-    keys::TIMER_DELIVER_MS,
-    keys::TIMER_DELAY_MS,
-    keys::TIMER_DELAY_SEC,
-    keys::SHARDING_KEY,
-    keys::MIN_OFFSET,
-    keys::MAX_OFFSET,
-    "TIMER_OUT_MS",
-    "MSG_REGION",
-    "TRACE_ON",
-    "INSTANCE_ID",
-    "CORRECTION_FLAG",
-    "MQ2_FLAG",
-    "TRANSFER_FLAG",
-    "BUYER_ID",
-    "CONSUME_START_TIME",
-    "TRAN_PREPARED_QUEUE_OFFSET",
-];
-
-/// Reserved name prefixes (compared case-insensitively).
-const RESERVED_PREFIXES: &[&str] = &["SLUICE_", "TIMER_", "__"];
-
 /// Header prefix of user properties in the raw form.
 const PROPERTY_HEADER: &str = "x-sluice-property-";
 
@@ -368,8 +328,7 @@ fn check_property(name: &str, value: &str) -> Result<(), ApiError> {
 
 /// True for names the broker gives meaning to.
 pub(crate) fn is_reserved(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    RESERVED.iter().any(|r| upper == *r) || RESERVED_PREFIXES.iter().any(|p| upper.starts_with(p))
+    keys::is_system(name)
 }
 
 /// A header's value as text; not visible ASCII → 400.

@@ -9,55 +9,6 @@ use sluice_protocol::message::record::sysflag;
 use super::Delivery;
 use crate::retry::copy::Original;
 
-/// Properties the broker or the clients set for themselves (RocketMQ's `MessageConst` system
-/// keys, plus Sluice's own `SLUICE_*`); everything else is the user's.
-const SYSTEM_KEYS: [&str; 44] = [
-    keys::KEYS,
-    keys::TAGS,
-    keys::WAIT,
-    keys::DELAY,
-    keys::UNIQ_KEY,
-    keys::RETRY_TOPIC,
-    keys::REAL_TOPIC,
-    keys::REAL_QID,
-    keys::TRAN_MSG,
-    keys::PGROUP,
-    keys::TRANSACTION_ID,
-    keys::TRANSACTION_CHECK_TIMES,
-    keys::CHECK_IMMUNITY_TIME_IN_SECONDS,
-    keys::ORIGIN_MESSAGE_ID,
-    keys::RECONSUME_TIME,
-    keys::MAX_RECONSUME_TIMES,
-    keys::CLUSTER,
-    keys::TIMER_DELIVER_MS,
-    keys::TIMER_DELAY_MS,
-    keys::TIMER_DELAY_SEC,
-    keys::SHARDING_KEY,
-    keys::MIN_OFFSET,
-    keys::MAX_OFFSET,
-    "BUYER_ID",
-    "TRANSFER_FLAG",
-    "CORRECTION_FLAG",
-    "MQ2_FLAG",
-    "MSG_REGION",
-    "TRACE_ON",
-    "CONSUME_START_TIME",
-    "INSTANCE_ID",
-    "CORRELATION_ID",
-    "REPLY_TO_CLIENT",
-    "TTL",
-    "ARRIVE_TIME",
-    "PUSH_REPLY_TIME",
-    "MSG_TYPE",
-    "TIMER_OUT_MS",
-    "TIMER_ENQUEUE_MS",
-    "TIMER_DEQUEUE_MS",
-    "TIMER_ROLL_TIMES",
-    "TIMER_DEL_UNIQKEY",
-    "BORNHOST",
-    "bname",
-];
-
 /// Where a record was read from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Position<'a> {
@@ -108,10 +59,10 @@ pub(crate) fn delivery(o: &Original, at: Position<'_>) -> Delivery {
     }
 }
 
-/// True for a property the user set. The prefixes are the ones the HTTP produce path refuses
-/// in user properties (`SLUICE_`, `TIMER_`, `__`), so what goes in comes back out.
+/// True for a property the user set: the same rule (`keys::is_system`) the HTTP produce path
+/// refuses user properties by, so what goes in comes back out.
 pub(crate) fn is_user_key(k: &str) -> bool {
-    !SYSTEM_KEYS.contains(&k) && !["SLUICE_", "TIMER_", "__"].iter().any(|p| k.starts_with(p))
+    !keys::is_system(k)
 }
 
 /// Largest body a compressed message may inflate to; beyond it the body is handed out as

@@ -55,6 +55,66 @@ pub mod keys {
     pub const MIN_OFFSET: &str = "MIN_OFFSET";
     /// Highest queue offset, added client-side after a pull.
     pub const MAX_OFFSET: &str = "MAX_OFFSET";
+
+    /// Every property name the broker or the clients set for themselves (RocketMQ's
+    /// `MessageConst` system keys); with [`SYSTEM_PREFIXES`], what is not the user's.
+    pub const SYSTEM: &[&str] = &[
+        KEYS,
+        TAGS,
+        WAIT,
+        DELAY,
+        UNIQ_KEY,
+        RETRY_TOPIC,
+        REAL_TOPIC,
+        REAL_QID,
+        TRAN_MSG,
+        PGROUP,
+        TRANSACTION_ID,
+        TRANSACTION_CHECK_TIMES,
+        CHECK_IMMUNITY_TIME_IN_SECONDS,
+        ORIGIN_MESSAGE_ID,
+        RECONSUME_TIME,
+        MAX_RECONSUME_TIMES,
+        CLUSTER,
+        TIMER_DELIVER_MS,
+        TIMER_DELAY_MS,
+        TIMER_DELAY_SEC,
+        SHARDING_KEY,
+        MIN_OFFSET,
+        MAX_OFFSET,
+        "BUYER_ID",
+        "TRANSFER_FLAG",
+        "CORRECTION_FLAG",
+        "MQ2_FLAG",
+        "MSG_REGION",
+        "TRACE_ON",
+        "CONSUME_START_TIME",
+        "INSTANCE_ID",
+        "CORRELATION_ID",
+        "REPLY_TO_CLIENT",
+        "TTL",
+        "ARRIVE_TIME",
+        "PUSH_REPLY_TIME",
+        "MSG_TYPE",
+        "TIMER_OUT_MS",
+        "TIMER_ENQUEUE_MS",
+        "TIMER_DEQUEUE_MS",
+        "TIMER_ROLL_TIMES",
+        "TIMER_DEL_UNIQKEY",
+        "TRAN_PREPARED_QUEUE_OFFSET",
+        "BORNHOST",
+        "BNAME",
+    ];
+
+    /// Name prefixes kept for the broker: Sluice's own, RocketMQ 5 timers, Java internals.
+    pub const SYSTEM_PREFIXES: &[&str] = &["SLUICE_", "TIMER_", "__"];
+
+    /// True for a name the broker or clients give meaning to (compared case-insensitively,
+    /// so a user property can never shadow one by its spelling).
+    pub fn is_system(name: &str) -> bool {
+        let upper = name.to_ascii_uppercase();
+        SYSTEM.iter().any(|k| upper == *k) || SYSTEM_PREFIXES.iter().any(|p| upper.starts_with(p))
+    }
 }
 
 /// An ordered set of message properties.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/common/workload.rs"]
+#[path = "../../tests/it/common/workload.rs"]
 mod workload;
 
 use sluice_store::{Store, StoreConfig};

@@ -1,0 +1,338 @@
+//! RocketMQ ACL on the broker, through real TCP: requests signed with
+//! `sluice_protocol::acl::Credentials` (HmacSHA1 over the sorted ext-field values and the body)
+//! are accepted; a wrong secret, an unknown key, a tampered body or field, and a missing
+//! signature are answered NO_PERMISSION (16) and store nothing; per-topic and per-group PUB/SUB
+//! permissions hold; admin request codes need an admin account (and, with ACL off, a loopback
+//! peer); secrets never show in `Debug`.
+
+use crate::common;
+
+use common::*;
+use sluice_broker::acl::{authorize, AclAccount, AclConfig, Perm};
+use sluice_broker::RemotingClient;
+use sluice_protocol::acl::{Credentials, SIGNATURE};
+use sluice_protocol::{request_code, response_code, RemotingCommand};
+
+const NO_PERMISSION: i32 = response_code::NO_PERMISSION;
+
+fn producer() -> Credentials {
+    Credentials::new("orders-producer", "producer-secret-7f3a")
+}
+fn consumer() -> Credentials {
+    Credentials::new("billing-consumer", "consumer-secret-91bc")
+}
+fn admin() -> Credentials {
+    Credentials::new("ops-admin-account", "admin-secret-44d0")
+}
+
+fn account(c: &Credentials) -> AclAccount {
+    AclAccount {
+        access_key: c.access_key().into(),
+        secret_key: c.secret_key().into(),
+        ..AclAccount::default()
+    }
+}
+
+fn acl_config() -> AclConfig {
+    AclConfig {
+        enabled: true,
+        allow_remote_admin: false,
+        accounts: vec![
+            AclAccount {
+                topic_perms: [("AclOrders".to_string(), Perm::Pub)].into(),
+                ..account(&producer())
+            },
+            AclAccount {
+                topic_perms: [
+                    ("AclOrders".to_string(), Perm::Sub),
+                    ("AclAudit".to_string(), Perm::Deny),
+                ]
+                .into(),
+                group_perms: [("acl_billing".to_string(), Perm::Sub)].into(),
+                ..account(&consumer())
+            },
+            AclAccount {
+                admin: true,
+                ..account(&admin())
+            },
+        ],
+    }
+}
+
+fn signed(mut cmd: RemotingCommand, creds: &Credentials) -> RemotingCommand {
+    creds.sign(&mut cmd);
+    cmd
+}
+
+fn send(topic: &str, key: &str) -> RemotingCommand {
+    send_request(
+        topic,
+        0,
+        format!("body-{key}").as_bytes(),
+        &props(Some("T"), Some(key)),
+    )
+}
+
+async fn code_of(client: &RemotingClient, cmd: RemotingCommand) -> (i32, String) {
+    let resp = client.invoke(cmd, RPC).await.expect("answered");
+    (resp.code, resp.remark.unwrap_or_default())
+}
+
+/// Every message of queue 0 of `topic`, read with admin credentials.
+async fn stored_keys(client: &RemotingClient, topic: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for _ in 0..100 {
+        let req = signed(
+            pull_request("acl_admin_reader", topic, 0, offset, 0, Some("*")),
+            &admin(),
+        );
+        let resp = client.invoke(req, RPC).await.unwrap();
+        match resp.code {
+            0 => {
+                for m in decode_records(&resp.body) {
+                    out.push(m.props.get("KEYS").unwrap_or_default().to_string());
+                }
+            }
+            19 | 20 | 21 | 17 => return out,
+            other => panic!("admin pull answered {other}: {:?}", resp.remark),
+        }
+        offset = ext_i64(&resp, "nextBeginOffset");
+    }
+    out
+}
+
+#[tokio::test]
+async fn signed_requests_pass_and_bad_or_missing_signatures_are_refused_storing_nothing() {
+    let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
+    let client = cluster.client().await;
+
+    // A good signature: stored.
+    let (code, remark) = code_of(&client, signed(send("AclOrders", "good"), &producer())).await;
+    assert_eq!(code, 0, "{remark}");
+
+    // Wrong secret.
+    let wrong = Credentials::new(producer().access_key(), "not-the-secret-000");
+    let (code, remark) = code_of(&client, signed(send("AclOrders", "wrong-secret"), &wrong)).await;
+    assert_eq!(code, NO_PERMISSION, "{remark}");
+    assert!(remark.contains("signature"), "{remark}");
+    assert!(!remark.contains("producer-secret"), "{remark}");
+
+    // Unknown key: the same answer as a wrong secret.
+    let unknown = Credentials::new("who-is-this", "producer-secret-7f3a");
+    let (code, _) = code_of(&client, signed(send("AclOrders", "unknown"), &unknown)).await;
+    assert_eq!(code, NO_PERMISSION);
+
+    // Tampered body, tampered field, after signing.
+    let mut tampered = signed(send("AclOrders", "tampered-body"), &producer());
+    tampered.body = bytes::Bytes::from_static(b"changed in flight");
+    assert_eq!(code_of(&client, tampered).await.0, NO_PERMISSION);
+    let mut tampered = signed(send("AclOrders", "tampered-field"), &producer());
+    tampered.ext_fields.insert("e", "1");
+    assert_eq!(code_of(&client, tampered).await.0, NO_PERMISSION);
+
+    // Missing signature, missing everything, empty access key (what ACL-less C++ clients send).
+    let mut unsigned = signed(send("AclOrders", "no-signature"), &producer());
+    unsigned.ext_fields.remove(SIGNATURE);
+    let (code, remark) = code_of(&client, unsigned).await;
+    assert_eq!(code, NO_PERMISSION);
+    assert!(remark.contains("not signed"), "{remark}");
+    assert_eq!(
+        code_of(&client, send("AclOrders", "plain")).await.0,
+        NO_PERMISSION
+    );
+    let mut empty = send("AclOrders", "empty-key");
+    empty.ext_fields.insert("AccessKey", "");
+    empty.ext_fields.insert(SIGNATURE, "");
+    assert_eq!(code_of(&client, empty).await.0, NO_PERMISSION);
+
+    // Only the good one is stored.
+    wait_dispatched(&cluster.broker).await;
+    assert_eq!(stored_keys(&client, "AclOrders").await, vec!["good"]);
+
+    // A heartbeat without signature is refused too (every request is checked).
+    let hb = RemotingCommand::request(request_code::HEART_BEAT, Default::default())
+        .with_body(br#"{"clientID":"x","consumerDataSet":[],"producerDataSet":[]}"#.to_vec());
+    assert_eq!(code_of(&client, hb).await.0, NO_PERMISSION);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn topic_and_group_permissions_are_enforced() {
+    let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
+    let client = cluster.client().await;
+
+    // Producer: PUB on AclOrders only.
+    assert_eq!(
+        code_of(&client, signed(send("AclOrders", "p1"), &producer()))
+            .await
+            .0,
+        0
+    );
+    let (code, remark) = code_of(&client, signed(send("AclOther", "p2"), &producer())).await;
+    assert_eq!(code, NO_PERMISSION);
+    assert!(remark.contains("PUB on topic AclOther"), "{remark}");
+    // The producer cannot consume.
+    let pull = pull_request("acl_billing", "AclOrders", 0, 0, 0, Some("*"));
+    assert_eq!(
+        code_of(&client, signed(pull.clone(), &producer())).await.0,
+        NO_PERMISSION
+    );
+
+    // Consumer: SUB on AclOrders and group acl_billing; no PUB.
+    assert_eq!(
+        code_of(&client, signed(send("AclOrders", "c1"), &consumer()))
+            .await
+            .0,
+        NO_PERMISSION
+    );
+    wait_dispatched(&cluster.broker).await;
+    let resp = client.invoke(signed(pull, &consumer()), RPC).await.unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    assert_eq!(decode_records(&resp.body).len(), 1);
+    // Another group, or a denied topic: refused.
+    let other_group = pull_request("acl_other", "AclOrders", 0, 0, 0, None);
+    let (code, remark) = code_of(&client, signed(other_group, &consumer())).await;
+    assert_eq!(code, NO_PERMISSION);
+    assert!(remark.contains("SUB on group acl_other"), "{remark}");
+    let denied = pull_request("acl_billing", "AclAudit", 0, 0, 0, None);
+    assert_eq!(
+        code_of(&client, signed(denied, &consumer())).await.0,
+        NO_PERMISSION
+    );
+    // The group's retry topic follows the group: sending back into %RETRY%acl_billing needs
+    // SUB on acl_billing, which the consumer has and the producer has not.
+    assert_eq!(
+        code_of(
+            &client,
+            signed(send("%RETRY%acl_billing", "r1"), &producer())
+        )
+        .await
+        .0,
+        NO_PERMISSION
+    );
+    assert_eq!(
+        code_of(
+            &client,
+            signed(send("%RETRY%acl_billing", "r2"), &consumer())
+        )
+        .await
+        .0,
+        0
+    );
+    // Consumer offsets: SUB on topic and group.
+    let offset = |group: &str| {
+        RemotingCommand::request(
+            request_code::QUERY_CONSUMER_OFFSET,
+            ext(&[
+                ("consumerGroup", group),
+                ("topic", "AclOrders"),
+                ("queueId", "0"),
+            ]),
+        )
+    };
+    assert_ne!(
+        code_of(&client, signed(offset("acl_billing"), &consumer()))
+            .await
+            .0,
+        NO_PERMISSION
+    );
+    assert_eq!(
+        code_of(&client, signed(offset("acl_other"), &consumer()))
+            .await
+            .0,
+        NO_PERMISSION
+    );
+    // A heartbeat subscribing a topic the account may not read is refused.
+    let hb = |topic: &str| {
+        RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(
+            format!(
+                r#"{{"clientID":"127.0.0.1@acl","producerDataSet":[],"consumerDataSet":[{{"groupName":"acl_billing","consumeType":"CONSUME_PASSIVELY","messageModel":"CLUSTERING","consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","unitMode":false,"subscriptionDataSet":[{{"topic":"{topic}","subString":"*","tagsSet":[],"codeSet":[],"subVersion":0,"expressionType":"TAG","classFilterMode":false}}]}}]}}"#
+            )
+            .into_bytes(),
+        )
+    };
+    assert_eq!(
+        code_of(&client, signed(hb("AclOrders"), &consumer()))
+            .await
+            .0,
+        0
+    );
+    assert_eq!(
+        code_of(&client, signed(hb("AclAudit"), &consumer()))
+            .await
+            .0,
+        NO_PERMISSION
+    );
+    cluster.stop().await;
+}
+
+fn create_topic(topic: &str) -> RemotingCommand {
+    RemotingCommand::request(
+        request_code::UPDATE_AND_CREATE_TOPIC,
+        ext(&[
+            ("topic", topic),
+            ("defaultTopic", "TBW102"),
+            ("readQueueNums", "4"),
+            ("writeQueueNums", "4"),
+            ("perm", "6"),
+            ("topicFilterType", "SINGLE_TAG"),
+            ("order", "false"),
+        ]),
+    )
+}
+
+#[tokio::test]
+async fn admin_codes_need_an_admin_account_and_with_acl_off_a_loopback_peer() {
+    let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
+    let client = cluster.client().await;
+    let (code, remark) = code_of(&client, signed(create_topic("AclNew"), &producer())).await;
+    assert_eq!(code, NO_PERMISSION);
+    assert!(remark.contains("admin"), "{remark}");
+    let (code, remark) = code_of(&client, signed(create_topic("AclNew"), &admin())).await;
+    assert_eq!(code, 0, "{remark}");
+    // An admin account may also send and consume anywhere.
+    assert_eq!(
+        code_of(&client, signed(send("AclNew", "a1"), &admin()))
+            .await
+            .0,
+        0
+    );
+    cluster.stop().await;
+
+    // ACL off (the default): loopback peers may create topics, as before.
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    assert_eq!(code_of(&client, create_topic("OpenNew")).await.0, 0);
+    cluster.stop().await;
+
+    // ACL off: a remote peer is refused admin codes unless allow_remote_admin; other codes pass.
+    let off = AclConfig::default();
+    let remote = "10.1.2.3:5555".parse().unwrap();
+    let local = "127.0.0.1:5555".parse().unwrap();
+    assert!(authorize(&off, remote, &create_topic("X")).is_err());
+    assert!(authorize(&off, local, &create_topic("X")).is_ok());
+    assert!(authorize(&off, remote, &send("X", "k")).is_ok());
+    let open = AclConfig {
+        allow_remote_admin: true,
+        ..AclConfig::default()
+    };
+    assert!(authorize(&open, remote, &create_topic("X")).is_ok());
+    // ACL on: a loopback peer without an admin account is still refused.
+    assert!(authorize(&acl_config(), local, &create_topic("X")).is_err());
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let mut cfg = broker_config(std::path::Path::new("/tmp/x"), localhost());
+    cfg.acl = acl_config();
+    let text = format!("{cfg:?} {:?}", admin());
+    for secret in [
+        "producer-secret-7f3a",
+        "consumer-secret-91bc",
+        "admin-secret-44d0",
+    ] {
+        assert!(!text.contains(secret), "secret in Debug output");
+    }
+    assert!(text.contains("orders-producer"));
+}

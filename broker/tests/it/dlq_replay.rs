@@ -1,0 +1,493 @@
+//! Dead-letter queues: paging and filters, sizes, and replay tasks (subset by tag/key/time,
+//! dry run, rate limit, cancel, audit, provenance, restart).
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice_broker::{
+    BrokerHandle, DlqFilter, DlqQuery, RemotingClient, ReplaySpec, ReplayState, SendBack,
+};
+use sluice_protocol::message::record::RecordView;
+use sluice_protocol::Properties;
+
+/// Produces `n` messages to `topic` (tag `tag_of(i)`, key `k<i>`) and dead-letters each for
+/// group `group` through the Rust API. Returns their UNIQ_KEYs.
+async fn dead_letters(
+    cluster: &Cluster,
+    client: &RemotingClient,
+    group: &str,
+    topic: &str,
+    n: usize,
+    tag_of: impl Fn(usize) -> &'static str,
+) -> Vec<String> {
+    let services = cluster.broker.services();
+    let mut uniq = Vec::new();
+    for i in 0..n {
+        let key = format!("k{i}");
+        let resp = send_ok(
+            client,
+            topic,
+            0,
+            format!("m{i}").as_bytes(),
+            &props(Some(tag_of(i)), Some(&key)),
+        )
+        .await;
+        let msg_id = resp.ext_fields.get_str("msgId").expect("msgId").to_owned();
+        let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+        uniq.push(resp.ext_fields.get_str("transactionId").unwrap().to_owned());
+        wait_dispatched(&cluster.broker).await;
+        let out = services
+            .send_back(&SendBack {
+                group: group.into(),
+                phys_offset: phys,
+                delay_level: -1,
+                reason: Some(format!("failure {i}")),
+                ..SendBack::default()
+            })
+            .await
+            .expect("dead-lettered");
+        assert!(out.dead_letter);
+    }
+    wait_dispatched(&cluster.broker).await;
+    uniq
+}
+
+fn orders_queues(cluster: &Cluster) -> i32 {
+    cluster
+        .broker
+        .services()
+        .topic("Orders")
+        .expect("Orders exists")
+        .read_queue_nums
+}
+
+fn query(group: &str, filter: DlqFilter) -> DlqQuery {
+    DlqQuery {
+        group: group.into(),
+        filter,
+        limit: 1000,
+        ..DlqQuery::default()
+    }
+}
+
+/// Records of `topic` queue `q` as (properties, reconsume times).
+async fn topic_records(
+    client: &RemotingClient,
+    topic: &str,
+    queues: i32,
+) -> Vec<(Properties, i32)> {
+    let mut out = Vec::new();
+    for q in 0..queues {
+        let mut offset = 0;
+        for _ in 0..100 {
+            let resp = client
+                .invoke(pull_request("reader", topic, q, offset, 0, Some("*")), RPC)
+                .await
+                .expect("pull");
+            if resp.code != 0 {
+                break;
+            }
+            let mut body = &resp.body[..];
+            while !body.is_empty() {
+                let v = RecordView::parse(body, usize::MAX).unwrap();
+                out.push((Properties::decode(v.properties), v.header.reconsume_times));
+                body = &body[v.total_size..];
+            }
+            offset = ext_i64(&resp, "nextBeginOffset");
+        }
+    }
+    out
+}
+
+async fn wait_done(broker: &BrokerHandle, id: &str) -> sluice_broker::ReplayStatus {
+    let s = broker
+        .dlq()
+        .wait_replay(id, Duration::from_secs(20))
+        .await
+        .expect("status");
+    assert_ne!(s.state, ReplayState::Running, "task did not finish in time");
+    s
+}
+
+#[tokio::test]
+async fn dlq_pages_and_filters_by_topic_key_tag_and_time() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let t0 = sluice_store::now_ms();
+    dead_letters(&cluster, &client, "pg", "Orders", 7, |i| {
+        if i % 2 == 0 {
+            "A"
+        } else {
+            "B"
+        }
+    })
+    .await;
+    dead_letters(&cluster, &client, "pg", "Payments", 3, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+
+    // Paging: pages of 3 cover all 10, in order, without repeats.
+    let mut seen = Vec::new();
+    let mut q = DlqQuery {
+        group: "pg".into(),
+        limit: 3,
+        ..DlqQuery::default()
+    };
+    for _ in 0..10 {
+        let page = dlq.list(&q).unwrap();
+        seen.extend(page.messages.iter().map(|m| m.queue_offset));
+        if page.end && page.messages.is_empty() {
+            break;
+        }
+        q.start_offset = page.next_offset;
+    }
+    assert_eq!(seen, (0..10).collect::<Vec<u64>>());
+
+    let count = |f: DlqFilter| dlq.list(&query("pg", f)).unwrap().messages.len();
+    assert_eq!(
+        count(DlqFilter {
+            original_topic: Some("Payments".into()),
+            ..Default::default()
+        }),
+        3
+    );
+    assert_eq!(
+        count(DlqFilter {
+            tag: Some("A".into()),
+            ..Default::default()
+        }),
+        4 + 3
+    );
+    assert_eq!(
+        count(DlqFilter {
+            key: Some("k1".into()),
+            ..Default::default()
+        }),
+        2
+    );
+    assert_eq!(
+        count(DlqFilter {
+            since_ms: Some(t0 - 1000),
+            ..Default::default()
+        }),
+        10
+    );
+    assert_eq!(
+        count(DlqFilter {
+            since_ms: Some(sluice_store::now_ms() + 60_000),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        count(DlqFilter {
+            until_ms: Some(t0 - 60_000),
+            ..Default::default()
+        }),
+        0
+    );
+
+    let first = &dlq
+        .list(&query("pg", DlqFilter::default()))
+        .unwrap()
+        .messages[0];
+    assert_eq!(first.delivery_count, 1);
+    assert_eq!(first.failure_reason.as_deref(), Some("failure 0"));
+    assert_eq!(first.original_topic.as_deref(), Some("Orders"));
+    assert_eq!(&first.body[..], b"m0");
+
+    let stats = dlq.stats();
+    let pg = stats.iter().find(|s| s.group == "pg").expect("stats of pg");
+    assert_eq!((pg.total, pg.replayed, pg.waiting), (10, 0, 10));
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn replaying_a_subset_moves_it_once_and_leaves_the_rest() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let uniq = dead_letters(&cluster, &client, "rg", "Orders", 10, |i| {
+        if i < 4 {
+            "A"
+        } else {
+            "B"
+        }
+    })
+    .await;
+    let dlq = cluster.broker.dlq();
+    let s = dlq
+        .start_replay(ReplaySpec {
+            group: "rg".into(),
+            filter: DlqFilter {
+                tag: Some("A".into()),
+                ..Default::default()
+            },
+            rate_per_sec: 1000,
+            requested_by: Some("test".into()),
+            ..ReplaySpec::default()
+        })
+        .await
+        .expect("started");
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!(done.state, ReplayState::Completed);
+    assert_eq!((done.matched, done.replayed, done.failed), (4, 4, 0));
+    wait_dispatched(&cluster.broker).await;
+
+    let all = topic_records(&client, "Orders", orders_queues(&cluster)).await;
+    let replayed: Vec<_> = all
+        .iter()
+        .filter(|(p, _)| p.get("SLUICE_REPLAY_TASK").is_some())
+        .collect();
+    assert_eq!(replayed.len(), 4);
+    let mut got: Vec<_> = replayed
+        .iter()
+        .map(|(p, _)| p.get("UNIQ_KEY").unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want = uniq[..4].to_vec();
+    want.sort();
+    assert_eq!(got, want);
+    for (p, reconsume) in &replayed {
+        assert_eq!(p.get("SLUICE_REPLAY_TASK"), Some(s.id.as_str()));
+        assert!(p.get("SLUICE_REPLAYED_FROM").is_some());
+        assert_eq!(p.get("RETRY_TOPIC"), None, "fresh retry budget");
+        assert_eq!(p.get("DELAY"), None);
+        assert_eq!(*reconsume, 0);
+    }
+    // The rest stays; the replayed ones are hidden unless asked for.
+    let left = dlq
+        .list(&query("rg", DlqFilter::default()))
+        .unwrap()
+        .messages;
+    assert_eq!(left.len(), 6);
+    assert!(left.iter().all(|m| m.tag.as_deref() == Some("B")));
+    let mut with = query("rg", DlqFilter::default());
+    with.include_replayed = true;
+    assert_eq!(
+        dlq.list(&with)
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|m| m.replayed)
+            .count(),
+        4
+    );
+    let st = dlq.stats().into_iter().find(|s| s.group == "rg").unwrap();
+    assert_eq!((st.total, st.replayed, st.waiting), (10, 4, 6));
+
+    // The same selection again replays nothing.
+    let again = dlq
+        .start_replay(ReplaySpec {
+            group: "rg".into(),
+            filter: DlqFilter {
+                tag: Some("A".into()),
+                ..Default::default()
+            },
+            rate_per_sec: 1000,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    let again = wait_done(&cluster.broker, &again.id).await;
+    assert_eq!((again.replayed, again.skipped), (0, 4));
+
+    // A key subset to another topic.
+    let by_key = dlq
+        .start_replay(ReplaySpec {
+            group: "rg".into(),
+            filter: DlqFilter {
+                key: Some("k7".into()),
+                ..Default::default()
+            },
+            target_topic: Some("Elsewhere".into()),
+            rate_per_sec: 1000,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(wait_done(&cluster.broker, &by_key.id).await.replayed, 1);
+    wait_dispatched(&cluster.broker).await;
+    let queues = cluster
+        .broker
+        .services()
+        .topic("Elsewhere")
+        .unwrap()
+        .read_queue_nums;
+    let elsewhere = topic_records(&client, "Elsewhere", queues).await;
+    assert_eq!(elsewhere.len(), 1);
+    assert_eq!(elsewhere[0].0.get("KEYS"), Some("k7"));
+
+    let audit = dlq.audit().unwrap();
+    let events: Vec<_> = audit
+        .iter()
+        .filter(|a| a.task.id == s.id)
+        .map(|a| a.event.as_str())
+        .collect();
+    assert_eq!(events, vec!["started", "completed"]);
+    assert_eq!(audit[0].task.requested_by.as_deref(), Some("test"));
+    assert_eq!(cluster.broker.stats().replayed, 5);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_counts_and_writes_nothing() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "dg", "Orders", 5, |i| {
+        if i < 2 {
+            "A"
+        } else {
+            "B"
+        }
+    })
+    .await;
+    let dlq = cluster.broker.dlq();
+    let before = topic_records(&client, "Orders", orders_queues(&cluster))
+        .await
+        .len();
+    let s = dlq
+        .start_replay(ReplaySpec {
+            group: "dg".into(),
+            filter: DlqFilter {
+                tag: Some("B".into()),
+                ..Default::default()
+            },
+            dry_run: true,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!(
+        (done.state, done.matched, done.replayed),
+        (ReplayState::Completed, 3, 0)
+    );
+    wait_dispatched(&cluster.broker).await;
+    assert_eq!(
+        topic_records(&client, "Orders", orders_queues(&cluster))
+            .await
+            .len(),
+        before
+    );
+    assert_eq!(
+        dlq.list(&query("dg", DlqFilter::default()))
+            .unwrap()
+            .messages
+            .len(),
+        5
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_and_cancel_leaves_the_rest_in_the_dlq() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "cg", "Orders", 30, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    let started = Instant::now();
+    let s = dlq
+        .start_replay(ReplaySpec {
+            group: "cg".into(),
+            rate_per_sec: 5,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    // A second task of the same group is refused while this one runs.
+    assert!(dlq
+        .start_replay(ReplaySpec {
+            group: "cg".into(),
+            ..ReplaySpec::default()
+        })
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mid = dlq.replay(&s.id).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        (mid.replayed as f64) <= 5.0 * elapsed + 1.0,
+        "{} replayed in {elapsed:.2} s at 5/s",
+        mid.replayed
+    );
+    dlq.cancel_replay(&s.id).unwrap();
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!(done.state, ReplayState::Cancelled);
+    assert!(done.replayed < 30);
+    let left = dlq
+        .list(&query("cg", DlqFilter::default()))
+        .unwrap()
+        .messages
+        .len() as u64;
+    assert_eq!(
+        left + done.replayed,
+        30,
+        "every message is replayed or still waiting"
+    );
+    let events: Vec<_> = dlq.audit().unwrap().into_iter().map(|a| a.event).collect();
+    assert_eq!(events, vec!["started".to_owned(), "cancelled".to_owned()]);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_running_at_shutdown_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let cfg = broker_config(dir.path(), namesrv.local_addr());
+    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "sg", "Orders", 12, |_| "A").await;
+    let s = cluster
+        .broker
+        .dlq()
+        .start_replay(ReplaySpec {
+            group: "sg".into(),
+            rate_per_sec: 10,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let Cluster {
+        dir,
+        namesrv,
+        broker,
+    } = cluster;
+    broker.shutdown().await;
+    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
+    let status = broker.dlq().replay(&s.id).unwrap();
+    assert!(status.resumes >= 1 || status.state == ReplayState::Completed);
+    let done = wait_done(&broker, &s.id).await;
+    assert_eq!(done.state, ReplayState::Completed);
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    wait_dispatched(&cluster.broker).await;
+    let client = cluster.client().await;
+    let recs = topic_records(&client, "Orders", orders_queues(&cluster)).await;
+    let copies = recs
+        .iter()
+        .filter(|(p, _)| p.get("SLUICE_REPLAY_TASK") == Some(s.id.as_str()))
+        .count();
+    assert_eq!(
+        copies, 12,
+        "each dead letter replayed exactly once across the restart"
+    );
+    let left = cluster
+        .broker
+        .dlq()
+        .list(&query("sg", DlqFilter::default()))
+        .unwrap()
+        .messages
+        .len();
+    assert_eq!(left, 0);
+    cluster.stop().await;
+}

@@ -1,0 +1,96 @@
+//! The extension API later crates build on: an extension answers its request codes with the
+//! broker's services at hand, and is stopped before the store closes.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use parking_lot::Mutex;
+use sluice_broker::{
+    BoxFuture, Broker, BrokerExtensions, BrokerServices, ConnectionHandle, Extension,
+};
+use sluice_protocol::{ExtFields, RemotingCommand};
+use sluice_store::MessageInput;
+
+const ECHO_STORE: i32 = 9_001;
+
+#[derive(Default)]
+struct Probe {
+    services: Mutex<Option<BrokerServices>>,
+    stopped: AtomicBool,
+}
+
+impl Extension for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn start(&self, services: BrokerServices) -> Result<(), String> {
+        *self.services.lock() = Some(services);
+        Ok(())
+    }
+
+    fn request_codes(&self) -> &'static [i32] {
+        &[ECHO_STORE]
+    }
+
+    fn handle(
+        &self,
+        _conn: ConnectionHandle,
+        req: RemotingCommand,
+    ) -> BoxFuture<'static, Option<RemotingCommand>> {
+        let services = self.services.lock().clone().expect("started");
+        Box::pin(async move {
+            // Put past the hooks, then answer with where it went.
+            let a = services
+                .put(vec![MessageInput::new("ExtTopic", 0, "from an extension")])
+                .await
+                .unwrap();
+            let ext = ExtFields::new().with("offset", a[0].queue_offset.to_string());
+            Some(RemotingCommand::response_to(&req, 0, None).with_ext(ext))
+        })
+    }
+
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        self.services.lock().take();
+        self.stopped.store(true, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn an_extension_answers_its_codes_with_broker_services_and_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let probe = Arc::new(Probe::default());
+    let ext = BrokerExtensions {
+        extensions: vec![probe.clone() as Arc<dyn Extension>],
+        ..Default::default()
+    };
+    let broker = Broker::start_with(broker_config(dir.path(), namesrv.local_addr()), ext)
+        .await
+        .unwrap();
+    let client = sluice_broker::RemotingClient::connect(broker.local_addr())
+        .await
+        .unwrap();
+    for want in 0..2 {
+        let resp = client
+            .invoke(RemotingCommand::request(ECHO_STORE, ExtFields::new()), RPC)
+            .await
+            .unwrap();
+        assert_eq!(resp.code, 0);
+        assert_eq!(
+            resp.ext_fields.get_str("offset"),
+            Some(want.to_string().as_str())
+        );
+    }
+    assert!(!probe.stopped.load(Ordering::SeqCst));
+    broker.shutdown().await;
+    assert!(
+        probe.stopped.load(Ordering::SeqCst),
+        "stopped with the broker"
+    );
+    namesrv.shutdown().await;
+}

@@ -1,0 +1,381 @@
+//! Hostile and malformed input over raw sockets, while a well-behaved client keeps producing:
+//! random bytes, truncated frames, a 2 GiB length, an oversize body, unknown codes, bad
+//! headers and bodies, a handler panic, too many connections and too many requests in flight.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sluice_broker::{test_hooks, Broker, BrokerHandle, RemotingClient};
+use sluice_protocol::{request_code, RemotingCommand};
+use tokio::io::AsyncWriteExt;
+
+const MAX_BODY: usize = 64 * 1024;
+
+async fn start_small() -> (tempfile::TempDir, BrokerHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), localhost());
+    cfg.namesrv_addrs.clear();
+    cfg.max_body = MAX_BODY;
+    cfg.max_frame = 1 << 20;
+    let broker = Broker::start(cfg).await.unwrap();
+    (dir, broker)
+}
+
+/// A client that sends and checks a message every few milliseconds until told to stop;
+/// returns how many round trips succeeded. Any failure fails the test.
+fn well_behaved(
+    client: Arc<RemotingClient>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut ok = 0;
+        for i in 0..100_000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let resp = client
+                .invoke(
+                    send_request(
+                        "Steady",
+                        0,
+                        format!("steady-{i}").as_bytes(),
+                        &props(None, None),
+                    ),
+                    RPC,
+                )
+                .await
+                .expect("well-behaved client is served");
+            assert_eq!(resp.code, 0, "{:?}", resp.remark);
+            ok += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        ok
+    })
+}
+
+fn max_offset_request(opaque: i32) -> RemotingCommand {
+    RemotingCommand::request(
+        request_code::GET_MAX_OFFSET,
+        ext(&[("topic", "Steady"), ("queueId", "0")]),
+    )
+    .with_opaque(opaque)
+}
+
+/// Sends a request on `raw` and returns its answer (asserting the opaque matches).
+async fn ask(raw: &mut Raw, cmd: RemotingCommand) -> RemotingCommand {
+    let opaque = cmd.opaque;
+    raw.send(&cmd).await;
+    let resp = raw
+        .read_frame(RPC)
+        .await
+        .expect("answered, connection open");
+    assert_eq!(resp.opaque, opaque);
+    resp
+}
+
+fn pseudo_random(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_close_only_their_own_connection() {
+    let (_dir, broker) = start_small().await;
+    let addr = broker.local_addr();
+    let good = Arc::new(RemotingClient::connect(addr).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = well_behaved(Arc::clone(&good), Arc::clone(&stop));
+
+    for seed in 1..=5u64 {
+        let mut raw = Raw::connect(addr).await;
+        raw.write(&pseudo_random(4096, seed)).await;
+        raw.stream.shutdown().await.ok();
+        assert!(
+            raw.closed_by_peer(RPC).await,
+            "random bytes (seed {seed}) end that connection"
+        );
+    }
+
+    let mut raw = Raw::connect(addr).await;
+    let whole = frame(&max_offset_request(1));
+    raw.write(&whole[..whole.len() - 3]).await;
+    raw.stream.shutdown().await.ok();
+    assert!(
+        raw.closed_by_peer(RPC).await,
+        "a truncated frame ends that connection"
+    );
+
+    let before = broker.stats().bad_frames;
+    let mut raw = Raw::connect(addr).await;
+    raw.write(&[0x7F, 0xFF, 0xFF, 0xFF, 0, 0, 0, 10]).await;
+    assert!(
+        raw.closed_by_peer(RPC).await,
+        "a 2 GiB frame is refused by closing"
+    );
+    let mut raw = Raw::connect(addr).await;
+    raw.write(&json_frame("this is not json", b"")).await;
+    assert!(
+        raw.closed_by_peer(RPC).await,
+        "an unreadable header is refused by closing"
+    );
+    assert!(broker.stats().bad_frames >= before + 2);
+
+    stop.store(true, Ordering::Relaxed);
+    let served = steady.await.unwrap();
+    eprintln!("well-behaved client served {served} sends during the attack");
+    assert!(served > 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_error_codes_and_the_connection_stays_usable() {
+    let (_dir, broker) = start_small().await;
+    let addr = broker.local_addr();
+    let good = Arc::new(RemotingClient::connect(addr).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = well_behaved(Arc::clone(&good), Arc::clone(&stop));
+    let mut raw = Raw::connect(addr).await;
+
+    let big =
+        send_request("Steady", 0, &vec![b'x'; MAX_BODY + 1], &props(None, None)).with_opaque(11);
+    let resp = ask(&mut raw, big).await;
+    assert_eq!(resp.code, 13, "oversize body is MESSAGE_ILLEGAL");
+    assert_eq!(ask(&mut raw, max_offset_request(12)).await.code, 0);
+    assert_eq!(broker.stats().oversize_bodies, 1);
+
+    let resp = ask(
+        &mut raw,
+        RemotingCommand::request(9999, Default::default()).with_opaque(13),
+    )
+    .await;
+    assert_eq!(resp.code, 3);
+    assert_eq!(
+        resp.remark.as_deref(),
+        Some(" request type 9999 not supported")
+    );
+
+    for (i, body) in [
+        &b"{\"clientID\":"[..],
+        b"\xff\xfe",
+        br#"{"clientID":"c","consumerDataSet":[{"groupName":"g","consumeType":7}]}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let hb = RemotingCommand::request(request_code::HEART_BEAT, Default::default())
+            .with_body(body.to_vec())
+            .with_opaque(20 + i as i32);
+        let resp = ask(&mut raw, hb).await;
+        assert_eq!(resp.code, 1, "malformed heartbeat {i} is SYSTEM_ERROR");
+    }
+
+    let bad_pull = RemotingCommand::request(
+        request_code::PULL_MESSAGE,
+        ext(&[
+            ("consumerGroup", "g"),
+            ("topic", "Steady"),
+            ("queueId", "x"),
+        ]),
+    )
+    .with_opaque(30);
+    let resp = ask(&mut raw, bad_pull).await;
+    assert_eq!(resp.code, 1);
+    assert!(
+        resp.remark.unwrap_or_default().contains("queueId"),
+        "the remark names the field"
+    );
+
+    let mut no_topic = send_request("Steady", 0, b"x", &props(None, None)).with_opaque(31);
+    no_topic.ext_fields.remove("b");
+    let resp = ask(&mut raw, no_topic).await;
+    assert_eq!(resp.code, 1);
+    assert!(resp.remark.unwrap_or_default().contains('b'));
+
+    let bad_topic = send_request("bad topic!", 0, b"x", &props(None, None)).with_opaque(32);
+    assert_eq!(ask(&mut raw, bad_topic).await.code, 29);
+    let system = send_request("SCHEDULE_TOPIC_XXXX", 0, b"x", &props(None, None)).with_opaque(33);
+    assert_eq!(ask(&mut raw, system).await.code, 16);
+    let out_of_range = send_request("Steady", 4096, b"x", &props(None, None)).with_opaque(34);
+    assert_eq!(ask(&mut raw, out_of_range).await.code, 29);
+
+    stop.store(true, Ordering::Relaxed);
+    assert!(steady.await.unwrap() > 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpp_style_headers_are_read_and_responses_are_strict_json() {
+    let (_dir, broker) = start_small().await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    // Numbers as JSON numbers, language CPP, no serializeTypeCurrentRPC, trailing newline.
+    let header = r#"{"code":310,"extFields":{"AccessKey":"","a":"pg","b":"CppTopic","c":"TBW102","d":4,"e":0,"f":0,"g":1700000000000,"h":0,"i":"TAGS\u0001x\u0002","k":false,"m":"0"},"flag":0,"language":"CPP","opaque":77,"remark":"","version":333}
+"#;
+    raw.write(&json_frame(header, b"from cpp")).await;
+    let (header, _) = raw.read_raw(RPC).await.expect("answered");
+    let v: serde_json::Value = serde_json::from_str(&header).unwrap();
+    assert_eq!(v["code"], 0, "{header}");
+    assert_eq!(v["opaque"], 77);
+    assert_eq!(v["flag"], 1);
+    assert_eq!(v["language"], "JAVA");
+    assert_eq!(v["version"], 401);
+    let ext = v["extFields"].as_object().expect("extFields object");
+    assert!(
+        ext.values().all(serde_json::Value::is_string),
+        "all ext values are strings: {header}"
+    );
+    for key in ["msgId", "queueId", "queueOffset", "MSG_REGION"] {
+        assert!(ext.contains_key(key), "{key} in {header}");
+    }
+
+    // A response without ext fields still carries an extFields object.
+    let update = json_frame(
+        r#"{"code":15,"extFields":{"consumerGroup":"g","topic":"CppTopic","queueId":0,"commitOffset":1},"flag":0,"language":"CPP","opaque":78,"version":333}"#,
+        b"",
+    );
+    raw.write(&update).await;
+    let (header, _) = raw.read_raw(RPC).await.expect("answered");
+    let v: serde_json::Value = serde_json::from_str(&header).unwrap();
+    assert_eq!(v["code"], 0);
+    assert!(v["extFields"].is_object(), "{header}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_is_answered_and_the_broker_keeps_serving() {
+    test_hooks::ENABLED.store(true, Ordering::Relaxed);
+    let (_dir, broker) = start_small().await;
+    let client = RemotingClient::connect(broker.local_addr()).await.unwrap();
+    let other = RemotingClient::connect(broker.local_addr()).await.unwrap();
+    for _ in 0..3 {
+        let resp = client
+            .invoke(
+                RemotingCommand::request(test_hooks::PANIC_REQUEST_CODE, Default::default()),
+                RPC,
+            )
+            .await
+            .expect("a panicking handler is still answered");
+        assert_eq!(resp.code, 1);
+        send_ok(&client, "AfterPanic", 0, b"still here", &props(None, None)).await;
+        send_ok(&other, "AfterPanic", 0, b"me too", &props(None, None)).await;
+    }
+    assert_eq!(broker.stats().handler_panics, 3);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_in_flight_limits_hold() {
+    test_hooks::ENABLED.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), localhost());
+    cfg.namesrv_addrs.clear();
+    cfg.max_connections = 2;
+    cfg.max_inflight_per_connection = 1;
+    let broker = Broker::start(cfg).await.unwrap();
+    let addr = broker.local_addr();
+
+    let mut a = Raw::connect(addr).await;
+    assert_eq!(ask(&mut a, max_offset_request(1)).await.code, 0);
+    let b = RemotingClient::connect(addr).await.unwrap();
+    let mut third = Raw::connect(addr).await;
+    assert!(
+        third.closed_by_peer(RPC).await,
+        "a third connection is refused"
+    );
+    assert!(broker.stats().connections_refused >= 1);
+
+    // One slow request in flight: the next one on that connection is SYSTEM_BUSY at once.
+    a.send(
+        &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default()).with_opaque(2),
+    )
+    .await;
+    a.send(&max_offset_request(3)).await;
+    let first = a.read_frame(RPC).await.expect("answered");
+    assert_eq!((first.opaque, first.code), (3, 2), "{:?}", first.remark);
+    assert!(first.remark.unwrap_or_default().contains("[OVERLOAD]"));
+    let slow = a.read_frame(RPC).await.expect("answered");
+    assert_eq!((slow.opaque, slow.code), (2, 0));
+    assert_eq!(broker.stats().overload_rejections, 1);
+
+    drop(b);
+    let mut admitted = false;
+    for _ in 0..500 {
+        let mut again = Raw::connect(addr).await;
+        again.send(&max_offset_request(9)).await;
+        if again.read_frame(Duration::from_millis(200)).await.is_some() {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "a slot frees up when a client leaves");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dropped() {
+    use sluice_protocol::remoting::custom::{
+        QueryConsumerOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
+    };
+    test_hooks::ENABLED.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), localhost());
+    cfg.namesrv_addrs.clear();
+    cfg.max_inflight_per_connection = 1;
+    let broker = Broker::start(cfg).await.unwrap();
+    let mut a = Raw::connect(broker.local_addr()).await;
+    a.send(
+        &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default()).with_opaque(2),
+    )
+    .await;
+    // One-way: nobody would read a SYSTEM_BUSY, so it must not be dropped for lack of a slot.
+    let update = UpdateConsumerOffsetRequestHeader {
+        consumer_group: "g".into(),
+        topic: "T".into(),
+        queue_id: 0,
+        commit_offset: 42,
+    };
+    a.send(
+        &RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, update.to_ext())
+            .with_opaque(3)
+            .oneway(),
+    )
+    .await;
+    let slow = a.read_frame(RPC).await.expect("slow request answered");
+    assert_eq!((slow.opaque, slow.code), (2, 0));
+    let q = QueryConsumerOffsetRequestHeader {
+        consumer_group: "g".into(),
+        topic: "T".into(),
+        queue_id: 0,
+        ..Default::default()
+    };
+    let mut answer = None;
+    for _ in 0..100 {
+        let resp = ask(
+            &mut a,
+            RemotingCommand::request(request_code::QUERY_CONSUMER_OFFSET, q.to_ext())
+                .with_opaque(4),
+        )
+        .await;
+        if resp.code == 0 {
+            answer = resp.ext_fields.get_str("offset").map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        answer.as_deref(),
+        Some("42"),
+        "the one-way offset commit was applied"
+    );
+    assert_eq!(broker.stats().overload_rejections, 0);
+    broker.shutdown().await;
+}

@@ -1,0 +1,516 @@
+//! Lease-based consumption through the Rust API: receive, ack, competing receivers, lease
+//! expiry, nack to the dead-letter queue, restart, long polling, tags and stale receipts.
+//! The broker runs without the schedule extension, so a retry copy is visible at once.
+
+use crate::common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use sluice_broker::produce::Produce;
+use sluice_broker::{
+    Backoff, BrokerConfig, DlqQuery, GroupRetryPolicy, LeaseError, ReceiveRequest,
+};
+use sluice_protocol::remoting::body::TopicConfig;
+use sluice_protocol::Properties;
+
+/// A generous bound on waiting for something that should happen within milliseconds.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn short_leases(cfg: &mut BrokerConfig) {
+    cfg.lease.min_visibility = Duration::from_millis(200);
+    cfg.lease.expiry_tick = Duration::from_millis(20);
+}
+
+fn request(group: &str, topic: &str, max: usize, wait: Duration) -> ReceiveRequest {
+    ReceiveRequest {
+        group: group.into(),
+        topic: topic.into(),
+        max,
+        wait,
+        visibility: Duration::from_secs(60),
+        tag: None,
+    }
+}
+
+fn topic(cluster: &Cluster, name: &str, queues: i32) {
+    cluster
+        .broker
+        .services()
+        .put_topic(TopicConfig::new(name, queues, 6));
+}
+
+/// Produces to queue `queue` and returns the message ids (UNIQ_KEYs).
+async fn produce(
+    cluster: &Cluster,
+    topic: &str,
+    queue: i32,
+    bodies: &[&str],
+    tag: Option<&str>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for body in bodies {
+        let mut p = Produce::new("p", topic, body.as_bytes().to_vec());
+        p.queue_id = Some(queue);
+        let mut props = Properties::new();
+        if let Some(t) = tag {
+            props.insert("TAGS", t);
+        }
+        props.insert("KEYS", format!("key-{body}"));
+        props.insert("color", "blue");
+        p.properties = props;
+        let done = cluster
+            .broker
+            .services()
+            .produce(p)
+            .await
+            .expect("produced");
+        ids.push(done.uniq_key);
+    }
+    wait_dispatched(&cluster.broker).await;
+    ids
+}
+
+fn receipts(ds: &[sluice_broker::Delivery]) -> Vec<String> {
+    ds.iter().map(|d| d.receipt.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_receive_hands_out_produced_messages_with_their_fields() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 1);
+    let ids = produce(&cluster, "Orders", 0, &["a", "b", "c"], Some("created")).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let d = &got[0];
+    assert_eq!(d.msg_id, ids[0]);
+    assert_eq!(&d.body[..], b"a");
+    assert_eq!(
+        (d.topic.as_str(), d.queue_id, d.queue_offset),
+        ("Orders", 0, 0)
+    );
+    assert_eq!(d.tags.as_deref(), Some("created"));
+    assert_eq!(d.keys, vec!["key-a".to_owned()]);
+    assert_eq!(d.properties, vec![("color".to_owned(), "blue".to_owned())]);
+    assert_eq!(d.delivery_count, 1);
+    assert!(!d.compressed);
+    let unique: HashSet<_> = got.iter().map(|d| d.receipt.clone()).collect();
+    assert_eq!(unique.len(), 3, "every delivery has its own receipt");
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn acks_move_the_committed_offset_to_the_lowest_unfinished_entry() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a", "b", "c"], None).await;
+    let services = cluster.broker.services();
+    let leases = services.leases();
+    let got = leases
+        .receive(request("g", "Orders", 3, Duration::ZERO))
+        .await
+        .unwrap();
+    let r = receipts(&got);
+    assert_eq!(leases.ack("g", &r[1..2]), vec![Ok(())]);
+    assert_eq!(services.query_offset("g", "Orders", 0), Some(0));
+    assert_eq!(leases.ack("g", &r[0..1]), vec![Ok(())]);
+    assert_eq!(services.query_offset("g", "Orders", 0), Some(2));
+    assert_eq!(leases.ack("g", &r[2..3]), vec![Ok(())]);
+    assert_eq!(services.query_offset("g", "Orders", 0), Some(3));
+    assert_eq!(leases.in_flight("g"), 0);
+    drop((leases, services));
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn two_receivers_of_a_group_never_hold_the_same_message() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 4);
+    for q in 0..4 {
+        let bodies: Vec<String> = (0..10).map(|i| format!("{q}-{i}")).collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        produce(&cluster, "Orders", q, &refs, None).await;
+    }
+    let leases = cluster.broker.services().leases();
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(
+            leases.receive(request("g", "Orders", 3, Duration::ZERO)),
+            leases.receive(request("g", "Orders", 3, Duration::ZERO)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        if a.is_empty() && b.is_empty() {
+            break;
+        }
+        for d in a.iter().chain(&b) {
+            assert!(
+                seen.insert(d.msg_id.clone()),
+                "{} delivered twice",
+                d.msg_id
+            );
+        }
+    }
+    assert_eq!(seen.len(), 40);
+    assert_eq!(leases.in_flight("g"), 40);
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_delivered_again_and_its_old_receipt_is_refused() {
+    let cluster = start_cluster_with(short_leases).await;
+    topic(&cluster, "Orders", 1);
+    let ids = produce(&cluster, "Orders", 0, &["a"], None).await;
+    let leases = cluster.broker.services().leases();
+    let mut req = request("g", "Orders", 1, Duration::ZERO);
+    req.visibility = Duration::from_millis(200);
+    let first = leases.receive(req).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let again = leases
+        .receive(request("g", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "redelivered after the lease expired");
+    assert_eq!(again[0].msg_id, ids[0]);
+    assert_eq!(again[0].topic, "Orders");
+    assert_eq!(again[0].delivery_count, 2);
+    assert_eq!(
+        leases.ack("g", &receipts(&first)),
+        vec![Err(LeaseError::ReceiptExpired)]
+    );
+    assert_eq!(leases.ack("g", &receipts(&again)), vec![Ok(())]);
+    assert_eq!(
+        leases.ack("g", &receipts(&again)),
+        vec![Err(LeaseError::AlreadyAcked)]
+    );
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn nacks_past_the_groups_maximum_dead_letter_the_message() {
+    let cluster = start_cluster_with(|cfg| {
+        let policy = GroupRetryPolicy {
+            max_reconsume_times: 2,
+            backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
+            ..GroupRetryPolicy::default()
+        };
+        cfg.retry.groups.insert("g".into(), policy);
+    })
+    .await;
+    topic(&cluster, "Orders", 1);
+    let ids = produce(&cluster, "Orders", 0, &["a"], None).await;
+    let leases = cluster.broker.services().leases();
+    for attempt in 1..=3u32 {
+        let got = leases
+            .receive(request("g", "Orders", 1, PATIENCE))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "delivery {attempt}");
+        assert_eq!(got[0].delivery_count, attempt);
+        assert_eq!(got[0].msg_id, ids[0]);
+        let r = receipts(&got);
+        assert_eq!(leases.nack("g", &r, None).await, vec![Ok(())]);
+        assert_eq!(
+            leases.nack("g", &r, None).await,
+            vec![Err(LeaseError::AlreadyNacked)]
+        );
+    }
+    wait_dispatched(&cluster.broker).await;
+    let page = cluster
+        .broker
+        .dlq()
+        .list(&DlqQuery {
+            group: "g".into(),
+            ..DlqQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].uniq_key.as_deref(), Some(ids[0].as_str()));
+    assert_eq!(page.messages[0].delivery_count, 3);
+    assert_eq!(page.messages[0].original_topic.as_deref(), Some("Orders"));
+    let none = leases
+        .receive(request("g", "Orders", 1, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a dead letter is not delivered again");
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_committed_offset_and_forgets_old_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let cfg = broker_config(dir.path(), namesrv.local_addr());
+    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    topic(&cluster, "Orders", 1);
+    let ids = produce(&cluster, "Orders", 0, &["a", "b", "c", "d"], None).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g", "Orders", 4, Duration::ZERO))
+        .await
+        .unwrap();
+    let r = receipts(&got);
+    assert_eq!(leases.ack("g", &r[..2]), vec![Ok(()), Ok(())]);
+    drop(leases);
+    let Cluster {
+        dir,
+        namesrv,
+        broker,
+    } = cluster;
+    broker.shutdown().await;
+    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    let leases = cluster.broker.services().leases();
+    assert_eq!(
+        leases.ack("g", &r[2..3]),
+        vec![Err(LeaseError::UnknownReceipt)]
+    );
+    let again = leases
+        .receive(request("g", "Orders", 4, Duration::ZERO))
+        .await
+        .unwrap();
+    let got_ids: Vec<_> = again.iter().map(|d| d.msg_id.clone()).collect();
+    assert_eq!(
+        got_ids,
+        ids[2..].to_vec(),
+        "unacked messages come back, acked ones do not"
+    );
+    assert!(again.iter().all(|d| d.delivery_count == 1));
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_a_message_produced_while_it_waits() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 2);
+    let leases = cluster.broker.services().leases();
+    let waiting = {
+        let leases = leases.clone();
+        tokio::spawn(async move { leases.receive(request("g", "Orders", 5, PATIENCE)).await })
+    };
+    tokio::task::yield_now().await;
+    let ids = produce(&cluster, "Orders", 1, &["late"], None).await;
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1, "the long poll returned the new message");
+    assert_eq!(got[0].msg_id, ids[0]);
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_long_poll_at_once() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 1);
+    let leases = cluster.broker.services().leases();
+    let waiting = tokio::spawn(async move {
+        leases
+            .receive(request("g", "Orders", 1, Duration::from_secs(30)))
+            .await
+    });
+    tokio::task::yield_now().await;
+    cluster.stop().await;
+    let got = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the long poll ended with the broker")
+        .unwrap()
+        .unwrap();
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn messages_whose_tag_does_not_match_are_skipped_for_the_group() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a1"], Some("a")).await;
+    produce(&cluster, "Orders", 0, &["b1"], Some("b")).await;
+    produce(&cluster, "Orders", 0, &["c1"], Some("c")).await;
+    let services = cluster.broker.services();
+    let leases = services.leases();
+    let mut req = request("g", "Orders", 10, Duration::ZERO);
+    req.tag = Some("a || c".into());
+    let got = leases.receive(req).await.unwrap();
+    let bodies: Vec<_> = got.iter().map(|d| d.body.clone()).collect();
+    assert_eq!(bodies, vec!["a1".as_bytes(), "c1".as_bytes()]);
+    leases.ack("g", &receipts(&got));
+    assert_eq!(services.query_offset("g", "Orders", 0), Some(3));
+    drop((leases, services));
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn retries_of_each_topic_reach_the_receivers_of_that_topic_only() {
+    let cluster = start_cluster_with(|cfg| {
+        cfg.retry.defaults.backoff = Backoff::Ladder(vec![Duration::from_millis(10)]);
+    })
+    .await;
+    topic(&cluster, "X", 1);
+    topic(&cluster, "Y", 1);
+    let x = produce(&cluster, "X", 0, &["x"], None).await;
+    let y = produce(&cluster, "Y", 0, &["y"], None).await;
+    let leases = cluster.broker.services().leases();
+    for t in ["X", "Y"] {
+        let got = leases
+            .receive(request("g", t, 1, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(leases.nack("g", &receipts(&got), None).await, vec![Ok(())]);
+    }
+    wait_dispatched(&cluster.broker).await;
+    // Y first: the retry cursor passes X's retry, which must not be lost.
+    let got_y = leases
+        .receive(request("g", "Y", 5, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(
+        got_y.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
+        vec![&y[0]]
+    );
+    assert_eq!((got_y[0].topic.as_str(), got_y[0].delivery_count), ("Y", 2));
+    let got_x = leases
+        .receive(request("g", "X", 5, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(
+        got_x.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
+        vec![&x[0]]
+    );
+    assert_eq!((got_x[0].topic.as_str(), got_x[0].delivery_count), ("X", 2));
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_forged_and_garbage_receipts_are_refused() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g", "Orders", 1, Duration::ZERO))
+        .await
+        .unwrap();
+    let r = receipts(&got);
+    assert_eq!(leases.ack("other", &r), vec![Err(LeaseError::WrongGroup)]);
+    let mut forged = r[0].clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let results = leases.ack("g", &["garbage".to_owned(), forged]);
+    assert_eq!(results[0], Err(LeaseError::UnknownReceipt));
+    assert!(results[1].is_err());
+    assert_eq!(
+        leases.extend("g", &r, Duration::from_secs(120)),
+        vec![Ok(())]
+    );
+    assert!(matches!(
+        leases.extend("g", &r, Duration::from_secs(13 * 3600))[0],
+        Err(LeaseError::Invalid(_))
+    ));
+    assert_eq!(leases.ack("g", &r), vec![Ok(())]);
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_holds_at_most_its_in_flight_limit() {
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_inflight_per_group = 3).await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a", "b", "c", "d", "e"], None).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let more = leases
+        .receive(request("g", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(more.is_empty());
+    leases.ack("g", &receipts(&got[..1]));
+    let more = leases
+        .receive(request("g", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(more.len(), 1);
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_range_requests_and_unknown_topics_are_refused() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 1);
+    let leases = cluster.broker.services().leases();
+    let bad = [
+        request("g", "Orders", 0, Duration::ZERO),
+        request("g", "Orders", 33, Duration::ZERO),
+        request("g", "Orders", 1, Duration::from_secs(31)),
+        ReceiveRequest {
+            visibility: Duration::from_millis(10),
+            ..request("g", "Orders", 1, Duration::ZERO)
+        },
+    ];
+    for req in bad {
+        assert!(matches!(
+            leases.receive(req).await,
+            Err(LeaseError::Invalid(_))
+        ));
+    }
+    assert_eq!(
+        leases
+            .receive(request("g", "Nope", 1, Duration::ZERO))
+            .await
+            .err(),
+        Some(LeaseError::TopicNotFound("Nope".into()))
+    );
+    assert!(matches!(
+        leases
+            .receive(request("bad group!", "Orders", 1, Duration::ZERO))
+            .await,
+        Err(LeaseError::InvalidGroup(_))
+    ));
+    drop(leases);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_a_producer_compressed_is_handed_out_inflated() {
+    use std::io::Write;
+    let cluster = start_cluster().await;
+    topic(&cluster, "Zipped", 1);
+    let original = "a large body that a Java producer would compress ".repeat(200);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(5));
+    z.write_all(original.as_bytes()).unwrap();
+    let mut p = Produce::new("p", "Zipped", z.finish().unwrap());
+    p.sys_flag = 1; // COMPRESSED, as RocketMQ producers set it
+    cluster.broker.services().produce(p).await.unwrap();
+    let got = cluster
+        .broker
+        .services()
+        .leases()
+        .receive(request("g", "Zipped", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].compressed);
+    assert_eq!(&got[0].body[..], original.as_bytes());
+    cluster.stop().await;
+}

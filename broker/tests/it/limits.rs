@@ -1,0 +1,304 @@
+//! Input limits and resource exhaustion over real TCP (practices §3 test 12), at the broker's
+//! production limits rather than the small ones `hostile_input.rs` uses: a body of exactly
+//! 4 MiB is stored and one byte more is refused on a connection that stays usable; frames
+//! claiming more than the 16 MiB cap, up to 2 GiB, are refused from their prefix alone;
+//! a slow-loris connection is dropped by the idle timeout; the connection cap refuses extras
+//! without disturbing admitted clients; 1 000 hostile connections do not starve a client.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_broker::{Broker, BrokerConfig, BrokerHandle, RemotingClient};
+use sluice_protocol::remoting::frame::{DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME};
+use sluice_protocol::{request_code, response_code, RemotingCommand};
+use sluice_store::StoreConfig;
+
+/// The broker's idle timeout (`broker/src/remoting/server.rs`, `IDLE_TIMEOUT`): Java's
+/// `serverChannelMaxIdleTimeSeconds`. Not configurable, so the slow-loris test runs on
+/// tokio's paused clock instead of waiting two real minutes.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A broker with the production frame and body limits, and a store whose records fit a
+/// 4 MiB body (the test store's records stop at 256 KiB).
+async fn start_full_size(
+    tweak: impl FnOnce(&mut BrokerConfig),
+) -> (tempfile::TempDir, BrokerHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StoreConfig::for_tests(dir.path());
+    store.max_record_size = DEFAULT_MAX_BODY + 64 * 1024;
+    store.segment_size = 32 << 20;
+    store.max_write_batch_bytes = 8 << 20;
+    store.max_unflushed_bytes = 16 << 20;
+    let mut cfg = BrokerConfig::new(store);
+    cfg.listen = localhost();
+    tweak(&mut cfg);
+    assert_eq!(
+        (cfg.max_frame, cfg.max_body),
+        (DEFAULT_MAX_FRAME, DEFAULT_MAX_BODY)
+    );
+    let broker = Broker::start(cfg).await.unwrap();
+    (dir, broker)
+}
+
+fn max_offset_request(topic: &str, opaque: i32) -> RemotingCommand {
+    RemotingCommand::request(
+        request_code::GET_MAX_OFFSET,
+        ext(&[("topic", topic), ("queueId", "0")]),
+    )
+    .with_opaque(opaque)
+}
+
+/// Sends a request on `raw` and returns its answer (asserting the opaque matches).
+async fn ask(raw: &mut Raw, cmd: RemotingCommand) -> RemotingCommand {
+    let opaque = cmd.opaque;
+    raw.send(&cmd).await;
+    let resp = raw
+        .read_frame(RPC)
+        .await
+        .expect("answered, connection open");
+    assert_eq!(resp.opaque, opaque);
+    resp
+}
+
+/// Produces `count` messages to `topic` queue 0 through `client` and pulls them back.
+async fn produce_and_consume(
+    broker: &BrokerHandle,
+    client: &RemotingClient,
+    topic: &str,
+    count: usize,
+) {
+    for i in 0..count {
+        send_ok(
+            client,
+            topic,
+            0,
+            format!("{topic}-{i}").as_bytes(),
+            &props(None, None),
+        )
+        .await;
+    }
+    wait_dispatched(broker).await;
+    let got = pull_all(client, "limits_group", topic, 0, 0, Some("*")).await;
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..count).map(|i| format!("{topic}-{i}")).collect();
+    assert_eq!(
+        bodies, expected,
+        "every produced message is consumed, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_mib_body_is_stored_and_one_byte_more_is_refused_on_a_connection_that_stays_usable() {
+    let (_dir, broker) = start_full_size(|_| {}).await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+
+    let exact: Vec<u8> = (0..DEFAULT_MAX_BODY).map(|i| (i % 251) as u8).collect();
+    let resp = ask(
+        &mut raw,
+        send_request("Big", 0, &exact, &props(None, None)).with_opaque(1),
+    )
+    .await;
+    assert_eq!(resp.code, response_code::SUCCESS, "{:?}", resp.remark);
+
+    let over = vec![b'x'; DEFAULT_MAX_BODY + 1];
+    let resp = ask(
+        &mut raw,
+        send_request("Big", 0, &over, &props(None, None)).with_opaque(2),
+    )
+    .await;
+    assert_eq!(
+        resp.code,
+        response_code::MESSAGE_ILLEGAL,
+        "{:?}",
+        resp.remark
+    );
+    assert_eq!(broker.stats().oversize_bodies, 1);
+
+    // The queue offset appears once the dispatcher has caught up with the sync.
+    wait_dispatched(&broker).await;
+    let resp = ask(&mut raw, max_offset_request("Big", 3)).await;
+    assert_eq!(resp.code, response_code::SUCCESS);
+    assert_eq!(
+        ext_i64(&resp, "offset"),
+        1,
+        "only the 4 MiB message was stored"
+    );
+
+    let client = RemotingClient::connect(broker.local_addr()).await.unwrap();
+    let got = pull_all(&client, "big_readers", "Big", 0, 0, Some("*")).await;
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].body == exact,
+        "the 4 MiB body comes back byte for byte"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_cap_are_refused_from_their_length_prefix_alone() {
+    let (_dir, broker) = start_full_size(|_| {}).await;
+    let addr = broker.local_addr();
+    let good = RemotingClient::connect(addr).await.unwrap();
+    let before = broker.stats().bad_frames;
+
+    // Each prefix declares a frame the broker must not wait for, let alone buffer: 2 GiB - 1,
+    // one byte over the 16 MiB cap, and a negative length. Only the 8 header bytes are sent,
+    // so a broker that reserved or read the declared length would keep waiting instead of
+    // closing.
+    let just_over = (DEFAULT_MAX_FRAME - 4 + 1) as u32;
+    for declared in [0x7FFF_FFFFu32, just_over, 0x8000_0000] {
+        let mut raw = Raw::connect(addr).await;
+        let mut prefix = declared.to_be_bytes().to_vec();
+        prefix.extend_from_slice(&[0, 0, 0, 16]);
+        raw.write(&prefix).await;
+        assert!(
+            raw.closed_by_peer(RPC).await,
+            "a frame declaring {declared:#x} bytes is refused by closing"
+        );
+        send_ok(&good, "Steady", 0, b"still served", &props(None, None)).await;
+    }
+    assert!(broker.stats().bad_frames >= before + 3);
+
+    // A frame of exactly the cap is read; its body is over the body cap, so it is refused
+    // with MESSAGE_ILLEGAL on a connection that stays open.
+    let mut raw = Raw::connect(addr).await;
+    let mut at_cap = send_request("Steady", 0, b"", &props(None, None)).with_opaque(7);
+    let header_len = frame(&at_cap).len();
+    at_cap.body = vec![b'y'; DEFAULT_MAX_FRAME - header_len].into();
+    assert_eq!(frame(&at_cap).len(), DEFAULT_MAX_FRAME);
+    let resp = ask(&mut raw, at_cap).await;
+    assert_eq!(resp.code, response_code::MESSAGE_ILLEGAL);
+    assert_eq!(ask(&mut raw, max_offset_request("Steady", 8)).await.code, 0);
+    broker.shutdown().await;
+}
+
+/// True while the peer has neither closed `raw` nor sent anything: a read would block.
+fn still_open(raw: &Raw) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(raw.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+// Paused time: the runtime's clock jumps to the next timer whenever every task waits, so the
+// two-minute idle timeout passes at once and no assertion depends on real elapsed time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_loris_connection_is_dropped_by_the_idle_timeout() {
+    let (_dir, broker) = start_full_size(|_| {}).await;
+    let addr = broker.local_addr();
+    let whole = frame(&max_offset_request("Steady", 1));
+
+    let mut stalled = Raw::connect(addr).await;
+    stalled.write(&whole[..10]).await;
+    let mut dripping = Raw::connect(addr).await;
+    dripping.write(&whole[..1]).await;
+    tokio::task::yield_now().await;
+    tokio::time::pause();
+
+    tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+    assert!(still_open(&stalled), "not dropped before the idle timeout");
+    // One byte every 10 s never completes the frame: the timeout covers the whole frame, so
+    // trickling bytes does not keep the connection alive.
+    let mut dropped_after_drips = None;
+    for (drip, byte) in whole[1..].iter().enumerate().take(30) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if !still_open(&dripping) {
+            dropped_after_drips = Some(drip);
+            break;
+        }
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut dripping.stream, &[*byte]).await;
+    }
+    assert!(
+        dropped_after_drips.is_some(),
+        "a connection trickling one byte every 10 s is dropped"
+    );
+    assert!(
+        stalled.closed_by_peer(IDLE_TIMEOUT).await,
+        "a connection stalled inside a frame is dropped"
+    );
+
+    tokio::time::resume();
+    let client = RemotingClient::connect(addr).await.unwrap();
+    produce_and_consume(&broker, &client, "AfterLoris", 3).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_refuses_extras_while_admitted_clients_keep_working() {
+    const CAP: usize = 4;
+    let (_dir, broker) = start_full_size(|c| c.max_connections = CAP).await;
+    let addr = broker.local_addr();
+    let mut admitted = Vec::new();
+    for _ in 0..CAP {
+        let client = RemotingClient::connect(addr).await.unwrap();
+        send_ok(&client, "Capped", 0, b"hello", &props(None, None)).await;
+        admitted.push(client);
+    }
+
+    let refused_before = broker.stats().connections_refused;
+    for _ in 0..20 {
+        let mut extra = Raw::connect(addr).await;
+        extra.send(&max_offset_request("Capped", 1)).await;
+        assert!(
+            extra.closed_by_peer(RPC).await,
+            "a connection over the cap is closed unanswered"
+        );
+    }
+    assert!(broker.stats().connections_refused >= refused_before + 20);
+
+    for (i, client) in admitted.iter().enumerate() {
+        produce_and_consume(&broker, client, &format!("Capped{i}"), 5).await;
+    }
+    broker.shutdown().await;
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (`None` when unreadable).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_hostile_connections_do_not_starve_a_well_behaved_client() {
+    const HOSTILE: usize = 1000;
+    // Both ends of every connection live in this process.
+    if let Some(limit) = open_files_limit() {
+        assert!(
+            limit >= 2 * HOSTILE as u64 + 500,
+            "this test needs `ulimit -n` of at least {}, not {limit}",
+            2 * HOSTILE + 500
+        );
+    }
+    let (_dir, broker) = start_full_size(|_| {}).await;
+    let addr = broker.local_addr();
+    let whole = frame(&max_offset_request("Steady", 1));
+    let mut hostile = Vec::with_capacity(HOSTILE);
+    for i in 0..HOSTILE {
+        let mut raw = Raw::connect(addr).await;
+        match i % 4 {
+            0 => {}                                          // idle
+            1 => raw.write(&whole[..whole.len() / 2]).await, // stalled inside a frame
+            2 => raw.write(&[0, 0, 0x10]).await,             // stalled inside a prefix
+            _ => raw.write(b"GET / HTTP/1.1\r\n\r\n").await, // garbage: closed by the broker
+        }
+        hostile.push(raw);
+    }
+
+    let client = RemotingClient::connect(addr).await.unwrap();
+    produce_and_consume(&broker, &client, "Steady", 50).await;
+    let stats = broker.stats();
+    assert_eq!(
+        stats.connections_refused, 0,
+        "no hostile connection was over the cap"
+    );
+    assert!(
+        stats.connections_open >= (HOSTILE * 3 / 4) as u64,
+        "the idle ones are still held"
+    );
+    drop(hostile);
+    broker.shutdown().await;
+}

@@ -1,0 +1,127 @@
+//! Long polling: a pull parked on an empty queue is answered, with its own opaque, once a
+//! message arrives; it times out with PULL_NOT_FOUND; it does not hold up other requests.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice_protocol::remoting::custom::UpdateAndCreateTopicRequestHeader;
+use sluice_protocol::{request_code, RemotingCommand};
+
+async fn create_topic(cluster: &Cluster, topic: &str, queues: i32) {
+    let h = UpdateAndCreateTopicRequestHeader {
+        topic: topic.into(),
+        default_topic: "TBW102".into(),
+        read_queue_nums: queues,
+        write_queue_nums: queues,
+        perm: 6,
+        topic_filter_type: "SINGLE_TAG".into(),
+        ..UpdateAndCreateTopicRequestHeader::default()
+    };
+    let req = RemotingCommand::request(request_code::UPDATE_AND_CREATE_TOPIC, h.to_ext());
+    let resp = cluster.client().await.invoke(req, RPC).await.unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+}
+
+/// Waits (bounded) until the broker reports `n` parked pulls.
+async fn wait_parked(cluster: &Cluster, n: u64) {
+    for _ in 0..500 {
+        if cluster.broker.stats().parked_pulls == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "expected {n} parked pulls, have {}",
+        cluster.broker.stats().parked_pulls
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_pull_returns_the_message_sent_after_it_with_its_original_opaque() {
+    let cluster = start_cluster().await;
+    create_topic(&cluster, "LpTopic", 2).await;
+    let mut raw = Raw::connect(cluster.broker.local_addr()).await;
+    let pull = pull_request("lp", "LpTopic", 1, 0, 20_000, Some("*")).with_opaque(4242);
+    raw.send(&pull).await;
+    wait_parked(&cluster, 1).await;
+
+    let started = Instant::now();
+    let producer = cluster.client().await;
+    send_ok(&producer, "LpTopic", 1, b"wake up", &props(None, None)).await;
+    let resp = raw
+        .read_frame(Duration::from_secs(30))
+        .await
+        .expect("parked pull answered");
+    eprintln!(
+        "parked pull answered {:?} after the send",
+        started.elapsed()
+    );
+    assert!(resp.is_response());
+    assert_eq!(resp.opaque, 4242, "answered with the original opaque");
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let msgs = decode_records(&resp.body);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].body, b"wake up");
+    assert_eq!(ext_i64(&resp, "nextBeginOffset"), 1);
+    wait_parked(&cluster, 0).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_pull_times_out_with_pull_not_found_and_the_requested_offset() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    send_ok(&client, "LpTimeout", 0, b"m0", &props(None, None)).await;
+    wait_dispatched(&cluster.broker).await;
+    let resp = client
+        .invoke(pull_request("lp", "LpTimeout", 0, 1, 300, Some("*")), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 19, "{:?}", resp.remark);
+    assert_eq!(ext_i64(&resp, "nextBeginOffset"), 1);
+    assert_eq!(ext_i64(&resp, "maxOffset"), 1);
+    assert_eq!(ext_i64(&resp, "suggestWhichBrokerId"), 0);
+    assert_eq!(ext_i64(&resp, "minOffset"), 0);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_pulls_do_not_hold_up_other_requests_on_the_same_connection() {
+    let cluster = start_cluster().await;
+    create_topic(&cluster, "LpBusy", 4).await;
+    let mut raw = Raw::connect(cluster.broker.local_addr()).await;
+    for q in 0..4 {
+        raw.send(&pull_request("lp", "LpBusy", q, 0, 20_000, Some("*")).with_opaque(100 + q))
+            .await;
+    }
+    wait_parked(&cluster, 4).await;
+    let max = RemotingCommand::request(
+        request_code::GET_MAX_OFFSET,
+        ext(&[("topic", "LpBusy"), ("queueId", "0")]),
+    )
+    .with_opaque(7);
+    raw.send(&max).await;
+    let resp = raw
+        .read_frame(Duration::from_secs(10))
+        .await
+        .expect("answered");
+    assert_eq!((resp.opaque, resp.code), (7, 0));
+    assert_eq!(resp.ext_fields.get_str("offset"), Some("0"));
+
+    // Shutdown answers the parked pulls instead of leaving them hanging.
+    let broker = cluster.broker;
+    let stopping = tokio::spawn(broker.shutdown());
+    let mut answered = 0;
+    while let Some(resp) = raw.read_frame(Duration::from_secs(15)).await {
+        assert_eq!(resp.code, 19);
+        answered += 1;
+        if answered == 4 {
+            break;
+        }
+    }
+    assert_eq!(answered, 4);
+    stopping.await.unwrap();
+    cluster.namesrv.shutdown().await;
+}

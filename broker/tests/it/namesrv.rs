@@ -1,0 +1,218 @@
+//! The name server: routes after registration (legacy and standard JSON), unknown topics,
+//! cluster info, expiry of silent brokers, unregistration.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_broker::{NameServer, NameServerConfig, RemotingClient};
+use sluice_protocol::remoting::body::{
+    encode_json, ClusterInfo, RegisterBrokerBody, TopicConfig, TopicRouteData,
+};
+use sluice_protocol::remoting::custom::{
+    RegisterBrokerRequestHeader, UnregisterBrokerRequestHeader,
+};
+use sluice_protocol::{request_code, RemotingCommand};
+
+fn route_request(topic: &str, version: i32, standard_only: bool) -> RemotingCommand {
+    let mut e = ext(&[("topic", topic)]);
+    if standard_only {
+        e.insert("acceptStandardJsonOnly", "true");
+    }
+    let mut req = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC, e);
+    req.version = version;
+    req
+}
+
+fn register(name: &str, addr: &str, topic: &str) -> RemotingCommand {
+    let mut body = RegisterBrokerBody::default();
+    body.topic_config_serialize_wrapper
+        .topic_config_table
+        .insert(topic.into(), TopicConfig::new(topic, 2, 6));
+    let h = RegisterBrokerRequestHeader {
+        broker_name: name.into(),
+        broker_addr: addr.into(),
+        cluster_name: "C".into(),
+        ha_server_addr: addr.into(),
+        broker_id: 0,
+        ..RegisterBrokerRequestHeader::default()
+    };
+    RemotingCommand::request(request_code::REGISTER_BROKER, h.to_ext())
+        .with_body(encode_json(&body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_come_in_legacy_or_standard_json_by_client_version() {
+    let cluster = start_cluster().await;
+    let ns = RemotingClient::connect(cluster.namesrv.local_addr())
+        .await
+        .unwrap();
+    let broker_addr = cluster.broker.advertised_addr().to_string();
+
+    let legacy = ns
+        .invoke(route_request("TBW102", 333, false), RPC)
+        .await
+        .unwrap();
+    assert_eq!(legacy.code, 0, "{:?}", legacy.remark);
+    let text = String::from_utf8(legacy.body.to_vec()).unwrap();
+    assert!(
+        text.contains(&format!(r#"{{0:"{broker_addr}"}}"#)),
+        "legacy form: {text}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+    let route = TopicRouteData::from_json(&legacy.body).unwrap();
+    assert_eq!(
+        route.broker_datas[0].master_addr(),
+        Some(broker_addr.as_str())
+    );
+    assert_eq!(route.queue_datas[0].perm, 7);
+    assert_eq!(route.queue_datas[0].write_queue_nums, 8);
+
+    for (version, only) in [(401, false), (317, true)] {
+        let standard = ns
+            .invoke(route_request("TBW102", version, only), RPC)
+            .await
+            .unwrap();
+        let text = String::from_utf8(standard.body.to_vec()).unwrap();
+        assert!(
+            text.contains(&format!(r#"{{"0":"{broker_addr}"}}"#)),
+            "standard form: {text}"
+        );
+        serde_json::from_str::<serde_json::Value>(&text).expect("valid JSON");
+    }
+
+    let unknown = ns
+        .invoke(route_request("NoSuchTopic", 401, false), RPC)
+        .await
+        .unwrap();
+    assert_eq!(unknown.code, 17);
+
+    // A topic created on the broker reaches the name server without waiting 30 s.
+    let producer = cluster.client().await;
+    send_ok(&producer, "FreshTopic", 0, b"x", &props(None, None)).await;
+    let mut routed = false;
+    for _ in 0..500 {
+        if ns
+            .invoke(route_request("FreshTopic", 401, false), RPC)
+            .await
+            .unwrap()
+            .code
+            == 0
+        {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(routed, "auto-created topic was registered");
+
+    let info = ns
+        .invoke(
+            RemotingCommand::request(request_code::GET_BROKER_CLUSTER_INFO, Default::default()),
+            RPC,
+        )
+        .await
+        .unwrap();
+    let info = ClusterInfo::from_json(&info.body).unwrap();
+    assert!(info.cluster_addr_table["DefaultCluster"].contains("broker-a"));
+
+    let odd = ns
+        .invoke(RemotingCommand::request(777, Default::default()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(odd.code, 3);
+    assert_eq!(
+        odd.remark.as_deref(),
+        Some(" request type 777 not supported")
+    );
+
+    // Broker shutdown unregisters it.
+    let Cluster {
+        dir: _dir,
+        namesrv,
+        broker,
+    } = cluster;
+    broker.shutdown().await;
+    let gone = ns
+        .invoke(route_request("TBW102", 401, false), RPC)
+        .await
+        .unwrap();
+    assert_eq!(gone.code, 17);
+    drop(ns);
+    namesrv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_expire_when_silent_and_leave_when_they_unregister() {
+    let cfg = NameServerConfig {
+        listen: localhost(),
+        broker_expiry: Duration::from_millis(300),
+        scan_interval: Duration::from_millis(50),
+        ..NameServerConfig::default()
+    };
+    let namesrv = NameServer::start(cfg).await.unwrap();
+    let fake = RemotingClient::connect(namesrv.local_addr()).await.unwrap();
+    let resp = fake
+        .invoke(register("b1", "10.9.9.9:10911", "Expiring"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let resp = fake
+        .invoke(register("b2", "10.9.9.8:10911", "Leaving"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0);
+    assert_eq!(
+        fake.invoke(route_request("Expiring", 401, false), RPC)
+            .await
+            .unwrap()
+            .code,
+        0
+    );
+
+    let h = UnregisterBrokerRequestHeader {
+        broker_name: "b2".into(),
+        broker_addr: "10.9.9.8:10911".into(),
+        cluster_name: "C".into(),
+        broker_id: 0,
+    };
+    let req = RemotingCommand::request(request_code::UNREGISTER_BROKER, h.to_ext());
+    assert_eq!(fake.invoke(req, RPC).await.unwrap().code, 0);
+    assert_eq!(
+        fake.invoke(route_request("Leaving", 401, false), RPC)
+            .await
+            .unwrap()
+            .code,
+        17
+    );
+
+    let mut expired = false;
+    for _ in 0..500 {
+        if fake
+            .invoke(route_request("Expiring", 401, false), RPC)
+            .await
+            .unwrap()
+            .code
+            == 17
+        {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(expired, "a silent broker is dropped from routes");
+    let info = fake
+        .invoke(
+            RemotingCommand::request(request_code::GET_BROKER_CLUSTER_INFO, Default::default()),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert!(ClusterInfo::from_json(&info.body)
+        .unwrap()
+        .broker_addr_table
+        .is_empty());
+    drop(fake);
+    namesrv.shutdown().await;
+}

@@ -1,0 +1,207 @@
+//! Idempotent consumption with a real database: SQLite always, PostgreSQL when DATABASE_URL is
+//! set. One scenario, [`scenario`], runs on both: the migration, a duplicate skipped with
+//! exactly one business row, a failing handler rolled back, a business dedupe key, and a
+//! forced duplicate delivery through a real broker (the group's offsets rewound after a
+//! consumer committed them) that the helper skips.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sluice_client::idempotent::{
+    self, handler_fn, BoxError, DedupeBackend, DedupeKey, IdempotencyError, Idempotent, TxHandler,
+};
+use sluice_client::{
+    ConsumeFrom, ConsumedMessage, Message, Outcome, Producer, PullConsumer, PushConsumer,
+};
+use sqlx::{Pool, Postgres, Sqlite, Transaction};
+
+/// What the scenario needs from a backend beyond the helper itself: the business table and a
+/// handler that writes to it (typed per database, as application code is).
+trait Business: DedupeBackend {
+    fn reset<'a>(pool: &'a Pool<Self>, table: &'a str) -> BoxFuture<'a, ()>;
+    fn count<'a>(pool: &'a Pool<Self>, table: &'a str) -> BoxFuture<'a, i64>;
+    fn handler(table: &'static str) -> impl TxHandler<Self>;
+}
+
+macro_rules! business {
+    ($db:ty) => {
+        impl Business for $db {
+            fn reset<'a>(pool: &'a Pool<Self>, table: &'a str) -> BoxFuture<'a, ()> {
+                async move {
+                    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(pool).await.unwrap();
+                    let create = format!("CREATE TABLE {table} (order_id VARCHAR(64) NOT NULL, msg_id VARCHAR(64) NOT NULL)");
+                    sqlx::query(&create).execute(pool).await.unwrap();
+                }
+                .boxed()
+            }
+
+            fn count<'a>(pool: &'a Pool<Self>, table: &'a str) -> BoxFuture<'a, i64> {
+                async move {
+                    sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                        .fetch_one(pool)
+                        .await
+                        .unwrap()
+                }
+                .boxed()
+            }
+
+            fn handler(table: &'static str) -> impl TxHandler<Self> {
+                handler_fn(move |msg: &ConsumedMessage, tx: &mut Transaction<'static, $db>| {
+                    async move {
+                        let body = std::str::from_utf8(msg.body())?.to_owned();
+                        if body == "fail" {
+                            return Err::<(), BoxError>("the business rule refused".into());
+                        }
+                        sqlx::query(&format!("INSERT INTO {table} (order_id, msg_id) VALUES ($1, $2)"))
+                            .bind(body)
+                            .bind(msg.msg_id())
+                            .execute(&mut **tx)
+                            .await?;
+                        Ok(())
+                    }
+                    .boxed()
+                })
+            }
+        }
+    };
+}
+
+business!(Sqlite);
+business!(Postgres);
+
+fn msg(uniq: &str, body: &str) -> ConsumedMessage {
+    ConsumedMessage::for_tests("Payments", body.to_owned()).with_property("UNIQ_KEY", uniq)
+}
+
+/// The whole scenario on one database. `tag` keeps groups and tables of runs apart.
+async fn scenario<DB: Business>(pool: Pool<DB>, tag: &str) {
+    let table: &'static str = Box::leak(format!("payments_{tag}").into_boxed_str());
+    idempotent::migrate(&pool).await.expect("migration");
+    idempotent::migrate(&pool)
+        .await
+        .expect("the migration can run again");
+    DB::reset(&pool, table).await;
+    let group = format!("idem-{tag}-{}", std::process::id());
+
+    // Direct use: the second delivery of a key is skipped; one business row.
+    let helper = Idempotent::new(pool.clone(), group.clone(), DB::handler(table));
+    assert_eq!(
+        helper.process(&msg("U1", "order-1")).await.unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(
+        helper.process(&msg("U1", "order-1")).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(DB::count(&pool, table).await, 1);
+
+    // A failing handler rolls back its claim too: the key stays free for the retry.
+    let err = helper.process(&msg("U2", "fail")).await.unwrap_err();
+    assert!(matches!(err, IdempotencyError::Handler(_)), "{err}");
+    assert_eq!(
+        helper.process(&msg("U2", "order-2")).await.unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(DB::count(&pool, table).await, 2);
+
+    // A business key: two sends (two UNIQ_KEYs) of one order are one order.
+    let by_order = Idempotent::with_key(
+        pool.clone(),
+        format!("{group}-k"),
+        DedupeKey::FirstKey,
+        DB::handler(table),
+    );
+    let keyed = |u: &str| msg(u, "order-3").with_property("KEYS", "order-3");
+    assert_eq!(
+        by_order.process(&keyed("U3a")).await.unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(
+        by_order.process(&keyed("U3b")).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert!(matches!(
+        by_order.process(&msg("U4", "x")).await,
+        Err(IdempotencyError::MissingKey(_))
+    ));
+    assert_eq!(DB::count(&pool, table).await, 3);
+    DB::reset(&pool, table).await;
+
+    // Through a broker: consume, commit, rewind the group's offsets, consume again.
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Payments", 2).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    let sent = producer
+        .send(Message::new("Payments", "order-42"))
+        .await
+        .unwrap();
+    let handler = Idempotent::new(pool.clone(), group.clone(), DB::handler(table));
+    let start = |h: Idempotent<DB, _>| {
+        PushConsumer::builder(cluster.config(), group.clone())
+            .subscribe("Payments", "*")
+            .consume_from(ConsumeFrom::FirstOffset)
+            .long_polling(Duration::from_secs(2))
+            .start(h)
+    };
+    let first = start(handler.clone()).await.unwrap();
+    assert!(
+        wait_until(|| async { handler.processed() == 1 }).await,
+        "consumed once"
+    );
+    first.shutdown().await;
+    let offsets = PullConsumer::builder(cluster.config(), group.clone())
+        .start()
+        .await
+        .unwrap();
+    for mq in offsets.queues("Payments").await.unwrap() {
+        offsets.commit(&mq, 0).await.unwrap();
+    }
+    let second = start(handler.clone()).await.unwrap();
+    assert!(
+        wait_until(|| async { handler.duplicates() >= 1 }).await,
+        "the rewound offset redelivered the message"
+    );
+    // A producer re-send with the same UNIQ_KEY is a duplicate too.
+    producer
+        .send(Message::new("Payments", "order-42").with_property("UNIQ_KEY", sent.msg_id.as_str()))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(|| async { handler.duplicates() >= 2 }).await,
+        "the re-send was delivered and skipped"
+    );
+    second.shutdown().await;
+    assert_eq!(handler.processed(), 1);
+    assert_eq!(DB::count(&pool, table).await, 1, "exactly one business row");
+    producer.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_skips_duplicates_and_writes_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    scenario(pool, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_skips_duplicates_and_writes_each_message_once() {
+    let url = std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL",
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("connect to DATABASE_URL");
+    scenario(pool, "pg").await;
+}

@@ -1,0 +1,135 @@
+//! Pull consumers against a real Sluice broker: explicit offsets, long polling, tag filters,
+//! committed offsets, and assign/poll/commit with tracked positions.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_client::{ConsumeFrom, Message, Producer, PullConsumer, PullStatus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_from_offsets_long_polls_filters_and_commits() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Pulled", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    for i in 0..5 {
+        let tag = if i == 2 { "skip" } else { "keep" };
+        producer
+            .send(Message::new("Pulled", format!("m{i}")).with_tags(tag))
+            .await
+            .unwrap();
+    }
+    let c = PullConsumer::builder(cluster.config(), "puller")
+        .start()
+        .await
+        .unwrap();
+    let mq = c.queues("Pulled").await.unwrap().remove(0);
+    assert!(wait_until(|| async { c.max_offset(&mq).await.unwrap_or(0) == 5 }).await);
+    assert_eq!(c.min_offset(&mq).await.unwrap(), 0);
+
+    let r = c.pull(&mq, 1, 2).await.unwrap();
+    assert_eq!(r.status, PullStatus::Found);
+    let bodies: Vec<&[u8]> = r.messages.iter().map(|m| &m.body()[..]).collect();
+    assert_eq!(bodies, [&b"m1"[..], b"m2"]);
+    assert_eq!((r.next_begin_offset, r.max_offset), (3, 5));
+
+    // Caught up: an immediate answer, then a long poll that a new message ends.
+    let r = c.pull(&mq, 5, 32).await.unwrap();
+    assert_eq!(
+        (r.status, r.next_begin_offset),
+        (PullStatus::NoNewMessage, 5)
+    );
+    let waiting = c.pull_wait(&mq, 5, 32, Duration::from_secs(20));
+    let send_later = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        producer.send(Message::new("Pulled", "late")).await.unwrap()
+    };
+    let (r, _) = tokio::join!(waiting, send_later);
+    let r = r.unwrap();
+    assert_eq!(r.status, PullStatus::Found);
+    assert_eq!(&r.messages[0].body()[..], b"late");
+
+    // Out of range.
+    let r = c.pull(&mq, 1000, 32).await.unwrap();
+    assert_eq!(r.status, PullStatus::OffsetIllegal);
+
+    // Offsets: none committed yet (a young queue may answer 0, as RocketMQ does).
+    assert_eq!(
+        c.committed_offset(&mq).await.unwrap().filter(|o| *o > 0),
+        None
+    );
+    c.commit(&mq, 4).await.unwrap();
+    assert_eq!(c.committed_offset(&mq).await.unwrap(), Some(4));
+
+    // A tag filter drops the other tag.
+    let filtered = PullConsumer::builder(cluster.config(), "puller2")
+        .tags("keep")
+        .start()
+        .await
+        .unwrap();
+    let r = filtered.pull(&mq, 0, 32).await.unwrap();
+    assert!(r.messages.iter().all(|m| m.tags() == Some("keep")));
+    assert_eq!(
+        r.messages.len(),
+        4,
+        "m2 (tag skip) and the untagged late message are filtered out"
+    );
+    producer.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_poll_and_commit_positions_resume_where_the_group_stopped() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Polled", 2).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    for i in 0..10 {
+        producer
+            .send(Message::new("Polled", format!("p{i}")))
+            .await
+            .unwrap();
+    }
+    let c = PullConsumer::builder(cluster.config(), "poller")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .start()
+        .await
+        .unwrap();
+    let queues = c.queues("Polled").await.unwrap();
+    assert_eq!(queues.len(), 2);
+    c.assign(queues.clone());
+    assert_eq!(c.assignment(), queues);
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        if got.len() >= 10 {
+            break;
+        }
+        got.extend(c.poll(Duration::from_millis(500)).await.unwrap());
+    }
+    assert_eq!(got.len(), 10);
+    c.commit_positions().await.unwrap();
+    drop(c);
+
+    // The group resumes after what was committed: only new messages come.
+    producer.send(Message::new("Polled", "new")).await.unwrap();
+    let c = PullConsumer::builder(cluster.config(), "poller")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .start()
+        .await
+        .unwrap();
+    c.assign(queues);
+    let mut again = Vec::new();
+    for _ in 0..20 {
+        if !again.is_empty() {
+            break;
+        }
+        again.extend(c.poll(Duration::from_millis(500)).await.unwrap());
+    }
+    let bodies: Vec<String> = again
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.body()).into_owned())
+        .collect();
+    assert_eq!(bodies, ["new"]);
+    producer.shutdown().await;
+    cluster.stop().await;
+}

@@ -1,0 +1,230 @@
+//! Admin over HTTP: topics (create, list, get), groups (offsets, lag, dead letters), stats.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::error_code;
+use serde_json::json;
+
+#[tokio::test]
+async fn topics_are_created_idempotently_and_conflicting_shapes_refused() {
+    let s = common::start().await;
+    let (st, r) = s
+        .post("/v1/topics", json!({"name": "Payments", "queues": 3}))
+        .await;
+    assert_eq!(st, 201, "{r}");
+    assert_eq!(
+        (r["write_queues"].as_i64(), r["perm"].as_i64()),
+        (Some(3), Some(6))
+    );
+    let (st, _) = s
+        .post("/v1/topics", json!({"name": "Payments", "queues": 3}))
+        .await;
+    assert_eq!(st, 200, "same shape again is not an error");
+    let (st, r) = s
+        .post("/v1/topics", json!({"name": "Payments", "queues": 5}))
+        .await;
+    assert_eq!((st, error_code(&r)), (409, "conflict"));
+    for bad in [
+        json!({"name": "a b"}),
+        json!({"name": "%DLQ%x"}),
+        json!({"name": "T", "queues": 0}),
+        json!({"name": "T", "perm": 7}),
+    ] {
+        let (st, r) = s.post("/v1/topics", bad.clone()).await;
+        assert_eq!((st, error_code(&r)), (400, "bad_request"), "{bad}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn topics_are_listed_and_described_with_their_queue_offsets() {
+    let s = common::start().await;
+    let (st, _) = s
+        .post("/v1/topics", json!({"name": "Ledger", "queues": 2}))
+        .await;
+    assert_eq!(st, 201);
+    for _ in 0..3 {
+        let (st, _) = s
+            .post(
+                "/v1/topics/Ledger/messages",
+                json!({"body": "x", "sharding_key": "one"}),
+            )
+            .await;
+        assert_eq!(st, 201);
+    }
+    let (_, r) = s.get("/v1/topics").await;
+    let names: Vec<&str> = r["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"Ledger"));
+    assert!(
+        !names.contains(&"SCHEDULE_TOPIC_XXXX"),
+        "system topics only when asked"
+    );
+    let (_, r) = s.get("/v1/topics?system=true").await;
+    assert!(r["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "SCHEDULE_TOPIC_XXXX" && t["system"] == true));
+
+    assert!(s
+        .broker
+        .services()
+        .store()
+        .wait_dispatched(Duration::from_secs(10)));
+    let (st, r) = s.get("/v1/topics/Ledger").await;
+    assert_eq!(st, 200, "{r}");
+    let queues = r["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 2);
+    let total: u64 = queues.iter().map(|q| q["messages"].as_u64().unwrap()).sum();
+    assert_eq!(total, 3);
+    let (st, r) = s.get("/v1/topics/Missing").await;
+    assert_eq!((st, error_code(&r)), (404, "topic_not_found"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_shows_committed_offsets_lag_and_dead_letters() {
+    let s = common::start().await;
+    s.create_topic("Work", 1);
+    for _ in 0..5 {
+        let (st, _) = s
+            .post("/v1/topics/Work/messages", json!({"body": "x"}))
+            .await;
+        assert_eq!(st, 201);
+    }
+    let services = s.broker.services();
+    assert!(services.store().wait_dispatched(Duration::from_secs(10)));
+    services.commit_offset("workers", "Work", 0, 2);
+    let (st, r) = s.get("/v1/groups/workers").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["online"], false);
+    let o = &r["offsets"][0];
+    assert_eq!(
+        (
+            o["topic"].as_str(),
+            o["committed"].as_i64(),
+            o["lag"].as_u64()
+        ),
+        (Some("Work"), Some(2), Some(3))
+    );
+    assert_eq!(r["total_lag"], 3);
+    let (_, r) = s.get("/v1/groups/workers?topic=Work").await;
+    assert_eq!(r["offsets"].as_array().unwrap().len(), 1);
+    let (st, r) = s.get("/v1/groups/workers?topic=Nope").await;
+    assert_eq!((st, error_code(&r)), (404, "topic_not_found"));
+    let (st, r) = s.get("/v1/groups/nobody").await;
+    assert_eq!((st, error_code(&r)), (404, "not_found"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn groups_with_dead_letters_are_listed_and_stats_are_served() {
+    let s = common::start().await;
+    s.create_topic("Orders", 1);
+    let (_, r) = s
+        .post("/v1/topics/Orders/messages", json!({"body": "x"}))
+        .await;
+    let (_, phys) =
+        sluice_protocol::message::ids::decode_offset_msg_id(r["offset_msg_id"].as_str().unwrap())
+            .unwrap();
+    let services = s.broker.services();
+    assert!(services.store().wait_dispatched(Duration::from_secs(10)));
+    services
+        .send_back(&sluice_broker::SendBack {
+            group: "audit".into(),
+            phys_offset: phys,
+            delay_level: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(services.store().wait_dispatched(Duration::from_secs(10)));
+    let (st, r) = s.get("/v1/groups").await;
+    assert_eq!(st, 200);
+    let g = r["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "audit")
+        .expect("audit listed");
+    assert_eq!(g["dlq_waiting"], 1);
+    let (_, r) = s.get("/v1/groups/audit").await;
+    assert_eq!(r["dlq"]["total"], 1);
+
+    let (st, r) = s.get("/v1/stats").await;
+    assert_eq!(st, 200, "{r}");
+    assert!(r["broker"]["messages_stored"].as_u64().unwrap() >= 1);
+    assert!(r["store"]["written"].as_u64().unwrap() > 0);
+    assert!(r["schedule"]["pending"].is_i64());
+    assert_eq!(r["broker"]["dead_lettered"], 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_topic_is_gone_and_system_topics_cannot_be_deleted() {
+    let s = common::start_with(common::Options {
+        broker: Box::new(|b| b.auto_create_topic = false),
+        ..common::Options::default()
+    })
+    .await;
+    let (st, _) = s
+        .post("/v1/topics", json!({"name": "Temp", "queues": 1}))
+        .await;
+    assert_eq!(st, 201);
+    let (st, body) = s.delete("/v1/topics/Temp").await;
+    assert_eq!(st, 204, "{body}");
+    let (st, r) = s.get("/v1/topics/Temp").await;
+    assert_eq!((st, error_code(&r)), (404, "topic_not_found"));
+    let (st, r) = s
+        .post("/v1/topics/Temp/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(
+        (st, error_code(&r)),
+        (404, "topic_not_found"),
+        "sends are refused"
+    );
+    let (st, r) = s.delete("/v1/topics/Temp").await;
+    assert_eq!((st, error_code(&r)), (404, "topic_not_found"));
+    let (st, r) = s.delete("/v1/topics/RMQ_SYS_TRANS_HALF_TOPIC").await;
+    assert_eq!((st, error_code(&r)), (403, "forbidden"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_that_only_acknowledged_is_listed() {
+    let s = common::start().await;
+    s.create_topic("Acks", 1);
+    let (st, _) = s
+        .post("/v1/topics/Acks/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(st, 201);
+    let (_, got) = s
+        .post(
+            "/v1/groups/quiet/topics/Acks/receive",
+            json!({"max": 1, "wait_ms": 5000}),
+        )
+        .await;
+    let receipt = got["messages"][0]["receipt"].clone();
+    let (st, _) = s
+        .post("/v1/groups/quiet/ack", json!({"receipts": [receipt]}))
+        .await;
+    assert_eq!(st, 200);
+    let (st, r) = s.get("/v1/groups").await;
+    assert_eq!(st, 200);
+    assert!(
+        r["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["group"] == "quiet"),
+        "{r}"
+    );
+    s.stop().await;
+}

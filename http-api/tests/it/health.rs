@@ -1,0 +1,139 @@
+//! Liveness, readiness, Prometheus metrics, authentication and the request limits.
+
+use crate::common;
+
+use common::{error_code, Options};
+use sluice_http::auth::{Scope, Token};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_ok_on_a_healthy_broker() {
+    let s = common::start().await;
+    let (status, body) = s.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+    let (status, body) = s.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_covering_http_store_txn_and_timers() {
+    let s = common::start().await;
+    s.broker
+        .services()
+        .produce(sluice_broker::produce::Produce::new(
+            "G",
+            "MetricsTopic",
+            "x",
+        ))
+        .await
+        .expect("produce");
+    let _ = s.get("/healthz").await;
+    let r = s.http.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().await.unwrap();
+    for needle in [
+        "sluice_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
+        "sluice_http_request_duration_seconds_bucket{method=\"GET\",route=\"/healthz\",le=\"+Inf\"} 1",
+        "sluice_messages_stored_total 1",
+        "sluice_store_sync_duration_seconds_count",
+        "sluice_disk_used_ratio",
+        "sluice_txn_open 0",
+        "sluice_txn_oldest_open_age_seconds",
+        "sluice_timers_pending 0",
+        "sluice_timer_lateness_seconds_bucket{le=\"+Inf\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // Every sample line is `name{labels} value` with a numeric value.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+    }
+    s.stop().await;
+}
+
+fn with_tokens() -> Options {
+    let mut o = Options::default();
+    o.http.tokens = vec![
+        Token {
+            name: "prod".into(),
+            secret: "producer-secret-0123456789".into(),
+            scopes: vec![Scope::Producer],
+        },
+        Token {
+            name: "ops".into(),
+            secret: "admin-secret-0123456789abcd".into(),
+            scopes: vec![Scope::Admin],
+        },
+    ];
+    o.http.metrics_public = false;
+    o
+}
+
+#[tokio::test]
+async fn with_tokens_configured_metrics_need_an_admin_token_and_probes_do_not() {
+    let s = common::start_with(with_tokens()).await;
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200, "probes stay open");
+    let (status, body) = s.get("/metrics").await;
+    assert_eq!(status, 401);
+    assert_eq!(error_code(&body), "unauthorized");
+    let r = s
+        .http
+        .get(s.url("/metrics"))
+        .bearer_auth("producer-secret-0123456789")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::status_json(r).await;
+    assert_eq!(status, 403);
+    assert_eq!(error_code(&body), "forbidden");
+    let r = s
+        .http
+        .get(s.url("/metrics"))
+        .bearer_auth("admin-secret-0123456789abcd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = s
+        .http
+        .get(s.url("/metrics"))
+        .bearer_auth("admin-secret-0123456789abcX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a near miss is still unknown");
+    s.stop().await;
+}
+
+#[test]
+fn an_unauthenticated_listener_off_loopback_is_refused() {
+    let cfg = sluice_http::HttpConfig {
+        listen: "0.0.0.0:8080".parse().unwrap(),
+        ..sluice_http::HttpConfig::default()
+    };
+    let err = cfg.validate().unwrap_err();
+    assert!(err.contains("tokens"), "{err}");
+    let short = Token {
+        name: "t".into(),
+        secret: "short".into(),
+        scopes: vec![Scope::Admin],
+    };
+    assert!(short.validate().is_err(), "short secrets are refused");
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_in_the_json_error_shape() {
+    let s = common::start().await;
+    let (status, body) = s.delete("/healthz").await;
+    assert_eq!(status, 405);
+    assert_eq!(error_code(&body), "method_not_allowed");
+    s.stop().await;
+}

@@ -1,0 +1,227 @@
+//! Request-size and concurrency limits of the HTTP facade (practices §3 test 12). `produce.rs`
+//! covers a message over `max_message_bytes`; these cover the request limit itself
+//! (`max_request_bytes`) on every kind of body (JSON, raw, chunked without a length, a length
+//! declared far beyond it) and the in-progress cap (`max_concurrent_requests`), each followed
+//! by a request that still succeeds.
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{error_code, Options, Server};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const REQUEST_LIMIT: usize = 64 * 1024;
+
+async fn start_small() -> Server {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            max_request_bytes: REQUEST_LIMIT,
+            max_message_bytes: REQUEST_LIMIT / 2,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("T", 1);
+    s
+}
+
+fn addr_of(s: &Server) -> String {
+    s.base.trim_start_matches("http://").to_owned()
+}
+
+/// Sends `head` (and `body`) on a fresh connection; returns the status of the answer, read
+/// within a generous bound (`None`: no answer).
+async fn raw_status(s: &Server, head: String, body: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr_of(s)).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // The server may answer and close before taking the whole body; that is the point.
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for _ in 0..64 {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+async fn a_small_send_succeeds(s: &Server) {
+    let (st, r) = s
+        .post("/v1/topics/T/messages", json!({"body": "small"}))
+        .await;
+    assert_eq!(st, 201, "{r}");
+}
+
+#[tokio::test]
+async fn json_bodies_over_max_request_bytes_are_413_on_every_endpoint() {
+    let s = start_small().await;
+    let padding = "x".repeat(REQUEST_LIMIT);
+    let cases = [
+        ("/v1/topics/T/messages", json!({"body": padding})),
+        (
+            "/v1/topics/T/messages:batch",
+            json!({"messages": [{"body": padding}]}),
+        ),
+        (
+            "/v1/topics/T/transactions",
+            json!({"body": padding, "producer_group": "g"}),
+        ),
+        (
+            "/v1/groups/g/topics/T/receive",
+            json!({"max": 1, "tag": padding}),
+        ),
+        ("/v1/groups/g/ack", json!({"receipts": [padding]})),
+        ("/v1/groups/g/nack", json!({"receipts": [padding]})),
+    ];
+    for (path, body) in cases {
+        let (st, r) = s.post(path, body).await;
+        assert_eq!((st, error_code(&r)), (413, "payload_too_large"), "{path}");
+    }
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_raw_body_over_max_request_bytes_is_413() {
+    let s = start_small().await;
+    let r = s
+        .http
+        .post(s.url("/v1/topics/T/messages"))
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; REQUEST_LIMIT + 1])
+        .send()
+        .await
+        .expect("POST");
+    let (st, r) = common::status_json(r).await;
+    assert_eq!((st, error_code(&r)), (413, "payload_too_large"));
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_without_a_length_is_cut_off_at_the_limit() {
+    let s = start_small().await;
+    let head = format!(
+        "POST /v1/topics/T/messages HTTP/1.1\r\nhost: {}\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        addr_of(&s)
+    );
+    let mut body = Vec::new();
+    for _ in 0..(REQUEST_LIMIT / 4096 + 2) {
+        body.extend_from_slice(b"1000\r\n");
+        body.extend_from_slice(&[b'c'; 4096]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw_status(&s, head, &body).await, Some(413));
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_declared_length_of_a_gibibyte_is_413_once_the_limit_is_read_not_the_gibibyte() {
+    let s = start_small().await;
+    let head = format!(
+        "POST /v1/topics/T/messages HTTP/1.1\r\nhost: {}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+        addr_of(&s),
+        1u64 << 30
+    );
+    // Just over the limit follows, not the declared gibibyte: the answer comes from counting.
+    assert_eq!(
+        raw_status(&s, head, &vec![b'g'; REQUEST_LIMIT + 1]).await,
+        Some(413)
+    );
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
+/// A client that declares a body and then stalls would keep its request, and so one of the
+/// `max_concurrent_requests` slots: `body_read_timeout` refuses it and frees the slot.
+#[tokio::test]
+async fn a_stalled_upload_does_not_hold_a_request_slot_forever() {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            max_concurrent_requests: 1,
+            body_read_timeout: Duration::from_secs(1),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("T", 1);
+    let mut stalled = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    let head = format!(
+        "POST /v1/topics/T/messages HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"body\":",
+        addr_of(&s)
+    );
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    // Bounded wait for the facade to give the slot back (a timeout of up to a minute passes).
+    let mut served = false;
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if s.get("/healthz").await.0 == 200 {
+            served = true;
+            break;
+        }
+    }
+    assert!(
+        served,
+        "the stalled upload still holds the only request slot"
+    );
+    drop(stalled);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn requests_over_max_concurrent_requests_are_429_and_served_again_after() {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            max_concurrent_requests: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("Idle", 1);
+    // A long poll on an empty topic holds the only slot until its wait ends.
+    let poll = {
+        let (http, url) = (s.http.clone(), s.url("/v1/groups/g/topics/Idle/receive"));
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .json(&json!({"wait_ms": 3000}))
+                .send()
+                .await
+                .expect("long poll");
+            r.status().as_u16()
+        })
+    };
+    let mut shed = None;
+    for _ in 0..200 {
+        let (st, r) = s.get("/healthz").await;
+        if st == 429 {
+            shed = Some(error_code(&r).to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shed.as_deref(), Some("too_many_requests"));
+    assert_eq!(poll.await.unwrap(), 200, "the long poll itself is served");
+    let (st, _) = s.get("/healthz").await;
+    assert_eq!(st, 200, "the slot is free again");
+    s.stop().await;
+}

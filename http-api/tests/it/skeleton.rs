@@ -1,0 +1,82 @@
+//! The facade's frame: listener, error shape, request ids, OpenAPI.
+
+use crate::common;
+
+use common::error_code;
+
+#[tokio::test]
+async fn unknown_routes_answer_the_json_error_shape_with_a_request_id() {
+    let s = common::start().await;
+    let r = s.http.get(s.url("/v1/nothing-here")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (_, body) = common::status_json(r).await;
+    assert_eq!(error_code(&body), "not_found");
+    assert_eq!(body["error"]["request_id"], rid);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_callers_request_id_is_kept_and_echoed() {
+    let s = common::start().await;
+    let r = s
+        .http
+        .get(s.url("/v1/nothing-here"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let (_, body) = common::status_json(r).await;
+    assert_eq!(body["error"]["request_id"], "abc-123");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let s = common::start().await;
+    let (status, doc) = s.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    s.stop().await;
+}
+
+/// Every `$ref` in the document names a schema the document defines (clients generated from
+/// it, and schemathesis, fail on a dangling reference).
+#[tokio::test]
+async fn every_schema_reference_in_the_openapi_document_resolves() {
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x.as_str()) {
+                        ("$ref", Some(r)) => out.push(r.to_owned()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let s = common::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {r}"));
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling reference {r}"
+        );
+    }
+    assert!(
+        doc["paths"].as_object().unwrap().len() >= 25,
+        "every route is documented"
+    );
+    s.stop().await;
+}

@@ -1,0 +1,355 @@
+//! Cancel and reschedule: definite answers, durability across a restart, the race with
+//! release ending one way, RECALL_MESSAGE for RocketMQ 5 clients.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use sluice_protocol::{request_code, ExtFields, RemotingCommand};
+use sluice_schedule::{MessageState, Outcome, Selector, When};
+use sluice_store::now_ms;
+
+const TOPIC: &str = "Reminders";
+
+fn by_id(uniq: &str) -> Selector {
+    Selector::Id {
+        topic: Some(TOPIC.into()),
+        uniq_key: uniq.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_by_id_and_key_answers_definitely_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let soon = svc
+        .schedule_at(
+            input(TOPIC, 0, "soon", &[]),
+            When::After(Duration::from_millis(1500)),
+        )
+        .await
+        .unwrap();
+    let far = svc
+        .schedule_at(
+            input(TOPIC, 1, "far", &[]),
+            When::After(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for q in 0..3 {
+        order.push(
+            svc.schedule_at(
+                input(TOPIC, q, "order-7", &[]),
+                When::After(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let r = svc.cancel(&by_id(&soon.uniq_key)).await.unwrap();
+    assert_eq!((r.matched, r.cancelled), (1, 1));
+    let r = svc.cancel(&by_id(&soon.uniq_key)).await.unwrap();
+    assert_eq!(r.outcomes[0].1, Outcome::AlreadyCancelled);
+    let r = svc.cancel(&by_id(&far.uniq_key)).await.unwrap();
+    assert_eq!(
+        r.cancelled, 1,
+        "a timer beyond the near window is cancelled on disk"
+    );
+    let key = Selector::Key {
+        topic: TOPIC.into(),
+        key: "order-7".into(),
+    };
+    let r = svc.cancel(&key).await.unwrap();
+    assert_eq!((r.matched, r.cancelled, r.truncated), (3, 3, false));
+    let r = svc.cancel(&by_id("NO-SUCH-ID")).await.unwrap();
+    assert!(r.not_found());
+    let other_topic = Selector::Id {
+        topic: Some("Other".into()),
+        uniq_key: far.uniq_key.clone(),
+    };
+    assert!(
+        svc.cancel(&other_topic).await.unwrap().not_found(),
+        "ids are looked up within the topic"
+    );
+    assert_eq!(svc.stats().unwrap().pending, 0);
+    node.stop().await;
+
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let (listed, _) = svc.list(&key).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed
+        .iter()
+        .all(|m| m.state == MessageState::Cancelled && m.keys == ["order-7"]));
+    assert_eq!(
+        svc.cancel(&by_id(&far.uniq_key)).await.unwrap().outcomes[0].1,
+        Outcome::AlreadyCancelled
+    );
+    assert_eq!(
+        svc.stats().unwrap().pending,
+        0,
+        "pending counts survive the restart"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        node.released(TOPIC, 4).is_empty(),
+        "a cancelled message is never released"
+    );
+    node.stop().await;
+    ns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_release_says_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let s = svc
+        .schedule_at(
+            input(TOPIC, 0, "k", &[]),
+            When::After(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+    let got = node
+        .wait_released(TOPIC, 1, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].uniq(),
+        s.uniq_key,
+        "the released message keeps its id"
+    );
+    let r = svc.cancel(&by_id(&s.uniq_key)).await.unwrap();
+    assert_eq!(
+        r.outcomes,
+        vec![(s.uniq_key.clone(), Outcome::AlreadyDelivered)]
+    );
+    let (listed, _) = svc.list(&by_id(&s.uniq_key)).await.unwrap();
+    assert_eq!(listed[0].state, MessageState::Delivered);
+    node.stop().await;
+    ns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_racing_release_ends_one_way_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let base = now_ms() + 800;
+    let mut ids = Vec::new();
+    for i in 0..150i64 {
+        let at = When::At(base + i * 2);
+        ids.push(
+            svc.schedule_at(input(TOPIC, (i % 4) as i32, &format!("race-{i}"), &[]), at)
+                .await
+                .unwrap()
+                .uniq_key,
+        );
+    }
+    let wait = (base - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let mut outcomes = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids.clone() {
+        let svc = svc.clone();
+        tasks.spawn(async move {
+            let r = svc.cancel(&by_id(&id)).await.expect("cancel answers");
+            (id, r.outcomes[0].1)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (id, o) = r.unwrap();
+        outcomes.insert(id, o);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let released: HashMap<String, usize> =
+        node.released(TOPIC, 4)
+            .iter()
+            .fold(HashMap::new(), |mut m, msg| {
+                *m.entry(msg.uniq().to_owned()).or_default() += 1;
+                m
+            });
+    let (mut cancelled, mut delivered) = (0, 0);
+    for id in &ids {
+        match outcomes[id] {
+            Outcome::Cancelled => {
+                cancelled += 1;
+                assert!(!released.contains_key(id), "{id} cancelled and released");
+            }
+            Outcome::AlreadyDelivered => {
+                delivered += 1;
+                assert_eq!(
+                    released.get(id),
+                    Some(&1),
+                    "{id} said delivered but was not, once"
+                );
+            }
+            other => panic!("unexpected outcome {other:?} for {id}"),
+        }
+    }
+    assert_eq!(cancelled + delivered, ids.len());
+    assert_eq!(released.len(), delivered);
+    for m in node.released(TOPIC, 4) {
+        m.assert_not_early();
+    }
+    node.stop().await;
+    ns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reschedule_earlier_and_later_keeps_identity_and_releases_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let late = svc
+        .schedule_at(
+            input(TOPIC, 0, "to-earlier", &[("TAGS", "t1")]),
+            When::After(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let soon = svc
+        .schedule_at(
+            input(TOPIC, 1, "to-later", &[]),
+            When::After(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    let t0 = now_ms();
+    let r = svc
+        .reschedule(
+            &by_id(&late.uniq_key),
+            When::After(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rescheduled, 1);
+    let r = svc
+        .reschedule(
+            &by_id(&soon.uniq_key),
+            When::After(Duration::from_millis(2500)),
+        )
+        .await
+        .unwrap();
+    let Outcome::Rescheduled { due_ms: later_due } = r.outcomes[0].1 else {
+        panic!("{r:?}")
+    };
+    let first = node
+        .wait_released(TOPIC, 2, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].uniq(), late.uniq_key);
+    assert_eq!(first[0].props.get("TAGS"), Some("t1"));
+    assert!(first[0].due_ms() >= t0 + 300);
+    let all = node
+        .wait_released(TOPIC, 2, 2, Duration::from_secs(15))
+        .await;
+    assert_eq!(all.len(), 2, "each released once");
+    let moved = all.iter().find(|m| m.uniq() == soon.uniq_key).unwrap();
+    assert_eq!(moved.due_ms(), later_due);
+    for m in &all {
+        m.assert_not_early();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        node.released(TOPIC, 2).len(),
+        2,
+        "the replaced timers never fire"
+    );
+    let stats = node.service().stats().unwrap();
+    assert_eq!((stats.rescheduled, stats.pending), (2, 0));
+    let r = svc
+        .reschedule(
+            &by_id(&late.uniq_key),
+            When::After(Duration::from_secs(40 * 86_400)),
+        )
+        .await;
+    assert!(r.is_err(), "beyond the maximum delay");
+    node.stop().await;
+    ns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_message_cancels_by_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let client = node.client().await;
+    let resp = send(&client, TOPIC, 0, b"r", &props(&[("TIMER_DELAY_SEC", "5")])).await;
+    assert_eq!(resp.code, 0);
+    let uniq = resp
+        .ext_fields
+        .get_str("transactionId")
+        .expect("uniq key in the response")
+        .to_owned();
+    let broker_name = node.broker.services().broker_name().to_owned();
+    let recall = |topic: &str, handle: String| {
+        RemotingCommand::request(
+            request_code::RECALL_MESSAGE,
+            ExtFields::new()
+                .with("producerGroup", "g")
+                .with("topic", topic)
+                .with("recallHandle", handle),
+        )
+    };
+    let handle = sluice_schedule::recall_handle(TOPIC, &broker_name, now_ms() + 5000, &uniq);
+    let r = client
+        .invoke(recall(TOPIC, handle.clone()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    assert_eq!(r.ext_fields.get_str("msgId"), Some(uniq.as_str()));
+    let r = client
+        .invoke(recall("Elsewhere", handle), RPC)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 604);
+    let r = client
+        .invoke(recall(TOPIC, "%%%".into()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 604);
+    assert_eq!(node.service().stats().unwrap().pending, 0);
+    node.stop().await;
+    ns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_longer_than_the_roll_interval_are_rolled_and_released_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let cfg = sluice_schedule::ScheduleConfig {
+        roll_interval: Duration::from_secs(1),
+        ..test_config()
+    };
+    let node = Node::start(dir.path(), ns.local_addr(), cfg).await;
+    let svc = node.service();
+    let s = svc
+        .schedule_at(
+            input(TOPIC, 0, "rolling", &[]),
+            When::After(Duration::from_millis(2500)),
+        )
+        .await
+        .unwrap();
+    let got = node
+        .wait_released(TOPIC, 1, 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].uniq(), s.uniq_key);
+    got[0].assert_not_early();
+    let stats = svc.stats().unwrap();
+    assert!(stats.rolled >= 2, "rolled {} times", stats.rolled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.released(TOPIC, 1).len(), 1);
+    node.stop().await;
+    ns.shutdown().await;
+}

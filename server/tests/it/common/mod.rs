@@ -1,0 +1,220 @@
+//! Starting and stopping the real `sluice` binary for end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `sluice serve` process.
+pub struct Sluice {
+    child: Option<Child>,
+    /// Name server address.
+    pub ns: SocketAddr,
+    /// Broker address.
+    pub broker: SocketAddr,
+    /// HTTP facade address (a free port picked at start).
+    pub http: SocketAddr,
+    /// Data folder.
+    pub data: PathBuf,
+    /// Time from spawn to the ready line.
+    pub cold_start: Duration,
+}
+
+/// A port that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sluice serve` on the given ports and waits for its ready line.
+pub fn start(data: &Path, ns_port: u16, broker_port: u16) -> Sluice {
+    start_with_env(data, ns_port, broker_port, &[])
+}
+
+/// As [`start`], with extra environment variables (`SLUICE_*` configuration).
+pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str, &str)]) -> Sluice {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    without_inherited_config(&mut cmd);
+    cmd.args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
+        .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
+        .args(["--http-listen", "127.0.0.1:0"])
+        // 64 MiB segments instead of 1 GiB: tests run many brokers at once on shared disks.
+        .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        // The disk guard has its own tests; here it must not trip on a crowded build disk.
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
+        .env(
+            "SLUICE_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn sluice");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert!(
+        ready.starts_with("sluice ready:"),
+        "sluice did not start: {ready:?}"
+    );
+    let http = ready
+        .split(", ")
+        .find_map(|part| part.strip_prefix("http "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    Sluice {
+        child: Some(child),
+        ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
+        broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        http,
+        data: data.to_path_buf(),
+        cold_start: started.elapsed(),
+    }
+}
+
+impl Sluice {
+    /// SIGTERM, and checks that it exits 0.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status =
+            wait_timeout(&mut child, Duration::from_secs(60)).expect("sluice stops within 60 s");
+        assert!(
+            status.success(),
+            "sluice exit status after SIGTERM: {status}"
+        );
+    }
+
+    /// SIGKILL: no chance to flush or mark a clean shutdown.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Waits for the process to end by itself (at a crash point, say); `None` if it still
+    /// runs after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let status = wait_timeout(self.child.as_mut().expect("running"), limit)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Whether the process has ended (it is then still reaped by [`Self::wait_exit`]).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for a child with a deadline; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// As [`start_with_env`], with the HTTP facade on a given port too, so a restarted process
+/// answers on the same three addresses (`http_port` 0 picks a free one). The child sees only
+/// the `SLUICE_*` variables given here: the test's own (`SLUICE_CRASH_CYCLES`,
+/// `SLUICE_TEST_LOG`…) would be refused by the broker as unknown configuration keys.
+pub fn start_on(
+    data: &Path,
+    ns_port: u16,
+    broker_port: u16,
+    http_port: u16,
+    env: &[(&str, &str)],
+) -> Sluice {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
+        .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .stdout(Stdio::piped());
+    without_inherited_config(&mut cmd);
+    cmd.env(
+        "SLUICE_LOG",
+        std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    cmd.env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        // The disk guard has its own tests; here it must not trip on a crowded build disk.
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99");
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn sluice");
+    let http = read_ready_line(&mut child);
+    Sluice {
+        child: Some(child),
+        ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
+        broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        http,
+        data: data.to_path_buf(),
+        cold_start: started.elapsed(),
+    }
+}
+
+/// Waits for the ready line, returns the HTTP address it names, and keeps draining stdout
+/// so the child never blocks on a full pipe.
+fn read_ready_line(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert!(
+        ready.starts_with("sluice ready:"),
+        "sluice did not start: {ready:?}"
+    );
+    let http = ready
+        .split(", ")
+        .find_map(|part| part.strip_prefix("http "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    http
+}
+
+/// The broker refuses unknown `SLUICE_*` keys, so the test process's own `SLUICE_TEST_LOG`,
+/// `SLUICE_CRASH_CYCLES` and the like must not leak into it.
+fn without_inherited_config(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SLUICE_") {
+            cmd.env_remove(k);
+        }
+    }
+}

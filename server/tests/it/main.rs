@@ -1,0 +1,19 @@
+//! Every integration test of sluice-server, in one binary: one link and one executable on
+//! disk instead of one per file, which keeps a clean build of the workspace small.
+//! Shared helpers come first; each other module is one area of behaviour.
+
+mod common;
+mod cpp_driver;
+mod txn_common;
+
+mod acl_cpp;
+mod binary;
+mod compat_cpp;
+mod crash_loop;
+mod crash_produce;
+mod replay_crash;
+mod retry_cpp;
+mod timers_crash;
+mod txn_cpp;
+mod txn_crash;
+mod txn_delayed;

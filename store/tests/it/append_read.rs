@@ -1,0 +1,298 @@
+//! Appends and every kind of read, across segment boundaries and restarts.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sluice_protocol::message::ids::offset_msg_id;
+use sluice_protocol::message::java_hash;
+use sluice_protocol::message::record::sysflag;
+use sluice_store::{Boundary, GetStatus, MessageInput, StoreError};
+
+#[test]
+fn appended_records_read_back_byte_for_byte_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let acks = append_seqs(&store, "Orders", 0, 0..800);
+    assert!(
+        store.stats().min_offset == 0 && store.stats().written > 2 * 320 * 1024,
+        "crossed segments"
+    );
+    for (seq, phys, qoff) in &acks {
+        let rec = store.read_record(*phys).unwrap();
+        let v = parse(&rec);
+        assert_eq!(v.body, body_for(*seq));
+        assert_eq!(v.header.queue_offset, *qoff);
+        assert_eq!(v.header.physical_offset as u64, *phys);
+        assert_eq!(v.topic, "Orders");
+        v.verify_body_crc().unwrap();
+    }
+    let offsets: Vec<i64> = acks.iter().map(|a| a.2).collect();
+    assert_eq!(
+        offsets,
+        (0..800).collect::<Vec<_>>(),
+        "queue offsets are contiguous"
+    );
+}
+
+#[test]
+fn queue_offsets_are_contiguous_per_queue_under_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&small_config(dir.path())));
+    let seq = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, seq) = (Arc::clone(&store), Arc::clone(&seq));
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let s = seq.fetch_add(1, Ordering::SeqCst);
+                    store
+                        .append_blocking(&[message("T", (s % 4) as i32, s)])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut total = 0;
+    for q in 0..4 {
+        let msgs = read_queue(&store, "T", q);
+        let offs: Vec<u64> = msgs.iter().map(|m| m.0).collect();
+        assert_eq!(offs, (0..msgs.len() as u64).collect::<Vec<_>>());
+        total += msgs.len();
+    }
+    assert_eq!(total, 800);
+}
+
+#[test]
+fn batch_is_stored_contiguously_with_consecutive_queue_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    append_seqs(&store, "B", 1, 0..3);
+    let batch: Vec<MessageInput> = (10..20).map(|s| message("B", 1, s)).collect();
+    let acks = store.append_blocking(batch).unwrap();
+    let qoffs: Vec<i64> = acks.iter().map(|a| a.queue_offset).collect();
+    assert_eq!(qoffs, (3..13).collect::<Vec<_>>());
+    for w in acks.windows(2) {
+        assert!(w[1].phys_offset > w[0].phys_offset);
+    }
+}
+
+#[test]
+fn get_messages_reports_rocketmq_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    assert_eq!(
+        store.get_messages("Nope", 0, 0, 32, 1 << 20, None).status,
+        GetStatus::NoMatchedLogicQueue
+    );
+    append_seqs(&store, "S", 0, 0..10);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    let r = store.get_messages("S", 0, 0, 4, 1 << 20, None);
+    assert_eq!(
+        (r.status, r.messages.len(), r.next_offset, r.max_offset),
+        (GetStatus::Found, 4, 4, 10)
+    );
+    let r = store.get_messages("S", 0, 10, 4, 1 << 20, None);
+    assert_eq!(
+        (r.status, r.next_offset),
+        (GetStatus::OffsetOverflowOne, 10)
+    );
+    let r = store.get_messages("S", 0, 99, 4, 1 << 20, None);
+    assert_eq!(
+        (r.status, r.next_offset),
+        (GetStatus::OffsetOverflowBadly, 10)
+    );
+    // Byte limit: always at least one message, then stop before exceeding.
+    let r = store.get_messages("S", 0, 0, 32, 1, None);
+    assert_eq!(r.messages.len(), 1);
+}
+
+#[test]
+fn tag_filter_skips_other_tags_and_advances_past_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    append_seqs(&store, "F", 0, 0..9); // tags tag0, tag1, tag2 repeating
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    let want = i64::from(java_hash("tag1"));
+    let only_tag1 = move |code: i64| code == want;
+    let r = store.get_messages("F", 0, 0, 32, 1 << 20, Some(&only_tag1));
+    let offs: Vec<u64> = r.messages.iter().map(|m| m.queue_offset).collect();
+    assert_eq!(offs, vec![1, 4, 7]);
+    assert_eq!(r.next_offset, 9);
+    let none = |_: i64| false;
+    let r = store.get_messages("F", 0, 0, 32, 1 << 20, Some(&none));
+    assert_eq!((r.status, r.next_offset), (GetStatus::NoMatchedMessage, 9));
+}
+
+#[test]
+fn lookups_by_key_unique_key_offset_id_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let acks = append_seqs(&store, "K", 2, 0..50);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    let hits = store.query_by_key("K", "key-17", 10, 0, i64::MAX / 2);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(parse(&hits[0]).body, body_for(17));
+    assert_eq!(
+        store
+            .query_by_key("K", "shared", 100, 0, i64::MAX / 2)
+            .len(),
+        50
+    );
+    assert!(store
+        .query_by_key("Other", "key-17", 10, 0, i64::MAX / 2)
+        .is_empty());
+    let uniq = store.query_by_uniq_key("K", &format!("U{:030}", 33), 4);
+    assert_eq!(parse(&uniq[0]).body, body_for(33));
+    let id = offset_msg_id(store.store_host(), acks[5].1);
+    assert_eq!(
+        parse(&store.read_by_offset_msg_id(&id).unwrap()).body,
+        body_for(5)
+    );
+    let first = store.earliest_store_time("K", 2).unwrap();
+    assert_eq!(
+        store.offset_by_timestamp("K", 2, first - 1000, Boundary::Lower),
+        0
+    );
+    assert_eq!(
+        store.offset_by_timestamp("K", 2, i64::MAX / 2, Boundary::Lower),
+        50
+    );
+    assert_eq!(
+        store.offset_by_timestamp("K", 2, i64::MAX / 2, Boundary::Upper),
+        49
+    );
+}
+
+#[test]
+fn prepared_and_rolled_back_records_never_reach_a_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let mut half = message("TX", 0, 1);
+    half.sys_flag = sysflag::TRANSACTION_PREPARED;
+    let mut rollback = message("TX", 0, 2);
+    rollback.sys_flag = sysflag::TRANSACTION_ROLLBACK;
+    let mut commit = message("TX", 0, 3);
+    commit.sys_flag = sysflag::TRANSACTION_COMMIT;
+    let a = store.append_blocking(&[half, rollback, commit]).unwrap();
+    assert_eq!(
+        a.iter().map(|x| x.queue_offset).collect::<Vec<_>>(),
+        vec![0, 0, 0]
+    );
+    let msgs = read_queue(&store, "TX", 0);
+    assert_eq!(msgs, vec![(0, body_for(3))]);
+    assert!(
+        store.read_record(a[0].phys_offset).is_ok(),
+        "the half message is stored"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let before = store.stats().written;
+    for topic in ["", "a/b", "..", "x y"] {
+        let err = store
+            .append(&[MessageInput::new(topic, 0, "x")], true)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidMessage(_)),
+            "{topic:?}: {err}"
+        );
+    }
+    let big = MessageInput::new("T", 0, vec![0u8; 64 * 1024]);
+    assert!(matches!(
+        store.append(&[big], true),
+        Err(StoreError::InvalidMessage(_))
+    ));
+    assert!(matches!(
+        store.append(&[MessageInput::new("T", -1, "x")], true),
+        Err(StoreError::InvalidMessage(_))
+    ));
+    assert_eq!(store.stats().written, before);
+}
+
+#[test]
+fn clean_restart_keeps_everything_and_continues_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let first = {
+        let store = open(&cfg);
+        let a = append_seqs(&store, "R", 0, 0..300);
+        store.shutdown().unwrap();
+        a
+    };
+    let store = open(&cfg);
+    assert!(store.recovery_report().clean);
+    assert_eq!(store.max_offset("R", 0), 300);
+    let next = append_seqs(&store, "R", 0, 300..310);
+    assert_eq!(next[0].2, 300);
+    assert!(next[0].1 > first.last().unwrap().1);
+    let msgs = read_queue(&store, "R", 0);
+    assert_eq!(msgs.len(), 310);
+    for (off, body) in msgs {
+        assert_eq!(body, body_for(off));
+    }
+}
+
+#[test]
+fn a_second_store_on_the_same_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(&small_config(dir.path()));
+    assert!(matches!(
+        sluice_store::Store::open(small_config(dir.path())),
+        Err(StoreError::Locked(_))
+    ));
+}
+
+#[test]
+fn dispatch_listener_hears_each_consumable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let heard = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&heard);
+    store.set_dispatch_listener(Arc::new(move |e| {
+        assert_eq!(e.topic, "L");
+        h.fetch_add(1, Ordering::SeqCst);
+    }));
+    append_seqs(&store, "L", 0, 0..25);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    assert_eq!(heard.load(Ordering::SeqCst), 25);
+}
+
+#[tokio::test]
+async fn async_callers_await_durable_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let futs: Vec<_> = (0..64)
+        .map(|s| store.append(&[message("A", 0, s)], true).unwrap())
+        .collect();
+    let mut offs = Vec::new();
+    for f in futs {
+        let a = f.await.unwrap();
+        assert!(
+            a[0].phys_offset < store.stats().flushed,
+            "acknowledged only once flushed"
+        );
+        offs.push(a[0].queue_offset);
+    }
+    assert_eq!(offs, (0..64).collect::<Vec<_>>());
+}
+
+#[test]
+fn shutdown_releases_the_folder_for_the_next_store_even_before_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&small_config(dir.path()));
+    append_seqs(&first, "T", 0, 0..3);
+    first.shutdown().unwrap();
+    let second = open(&small_config(dir.path()));
+    assert_eq!(second.max_offset("T", 0), 3);
+    drop(first);
+}

@@ -1,0 +1,156 @@
+//! Disk faults through the injectable storage layer: no failure is ever acknowledged, and the
+//! store recovers or resumes as promised.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sluice_store::io::FaultyIo;
+use sluice_store::{MessageInput, Store, StoreError};
+
+fn open_faulty(cfg: &sluice_store::StoreConfig) -> (Store, Arc<FaultyIo>) {
+    let io = Arc::new(FaultyIo::new());
+    let store = Store::open_with_io(
+        cfg.clone(),
+        Arc::clone(&io) as Arc<dyn sluice_store::io::StorageIo>,
+    )
+    .unwrap();
+    (store, io)
+}
+
+#[test]
+fn eio_on_sync_fails_every_waiting_append_and_fences_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let acked = append_seqs(&store, "T", 0, 0..20);
+    io.fail_syncs(true);
+    let pending: Vec<_> = (20..60)
+        .map(|s| store.append(&[message("T", 0, s)], true).unwrap())
+        .collect();
+    let mut failures = 0;
+    for f in pending {
+        match f.wait() {
+            Ok(a) => panic!("append acknowledged although its sync failed: {a:?}"),
+            Err(StoreError::SyncFailed(_) | StoreError::Fenced(_)) => failures += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(failures, 40);
+    assert!(store.health().fenced.is_some());
+    let later = store.append_blocking(&[message("T", 0, 99)]);
+    assert!(
+        matches!(later, Err(StoreError::Fenced(_))),
+        "no silent retry after a failed sync"
+    );
+    drop(store);
+
+    // Reopen on a healthy disk: everything acknowledged is there, byte for byte.
+    let store = open(&cfg);
+    assert!(
+        !store.recovery_report().clean,
+        "a fenced store does not claim a clean stop"
+    );
+    for (seq, phys, _) in acked {
+        assert_eq!(parse(&store.read_record(phys).unwrap()).body, body_for(seq));
+    }
+}
+
+#[test]
+fn enospc_when_rolling_a_segment_is_a_clean_error_and_appends_resume_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    io.fail_allocations(true);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for seq in 0..2_000u64 {
+        match store.append_blocking(&[message("T", 0, seq)]) {
+            Ok(a) => acked.push((seq, a[0])),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(StoreError::DiskFull(_))),
+        "{refused:?}"
+    );
+    // Still full: still refused, still nothing half-written.
+    assert!(matches!(
+        store.append_blocking(&[message("T", 0, 5000)]),
+        Err(StoreError::DiskFull(_))
+    ));
+    assert!(
+        store.health().fenced.is_none(),
+        "a full disk does not fence the store"
+    );
+    io.fail_allocations(false);
+    let next = store.append_blocking(&[message("T", 0, 9999)]).unwrap()[0];
+    assert_eq!(
+        next.queue_offset,
+        acked.len() as i64,
+        "refused appends took no queue offset"
+    );
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len(), acked.len() + 1);
+    for (seq, a) in &acked {
+        assert_eq!(msgs[a.queue_offset as usize].1, body_for(*seq));
+    }
+    assert_eq!(msgs.last().unwrap().1, body_for(9999));
+}
+
+#[test]
+fn appends_are_refused_above_the_disk_usage_ratio_and_resume_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    append_seqs(&store, "T", 0, 0..5);
+    io.fake_disk_usage(Some(0.99));
+    std::thread::sleep(Duration::from_millis(250)); // the appender re-reads usage every 100 ms
+    let written = store.stats().written;
+    let err = store.append_blocking(&[message("T", 0, 5)]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::DiskFull(why) if why.contains("99.0%")),
+        "{err}"
+    );
+    assert_eq!(
+        store.stats().written,
+        written,
+        "nothing written while refused"
+    );
+    io.fake_disk_usage(None);
+    std::thread::sleep(Duration::from_millis(250));
+    let a = store.append_blocking(&[message("T", 0, 5)]).unwrap()[0];
+    assert_eq!(a.queue_offset, 5);
+}
+
+#[test]
+fn torn_write_fences_and_recovery_cuts_the_torn_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let acked = append_seqs(&store, "T", 0, 0..30);
+    let end = store.stats().written;
+    io.tear_next_write(37);
+    assert!(store.append_blocking(&[message("T", 0, 30)]).is_err());
+    assert!(store.health().fenced.is_some());
+    drop(store);
+
+    let store = open(&cfg);
+    assert_eq!(store.recovery_report().end, end);
+    assert_eq!(store.recovery_report().cut_at, Some(end));
+    for (seq, phys, _) in &acked {
+        assert_eq!(
+            parse(&store.read_record(*phys).unwrap()).body,
+            body_for(*seq)
+        );
+    }
+    let a = store
+        .append_blocking(&[MessageInput::new("T", 0, "after")])
+        .unwrap()[0];
+    assert_eq!((a.phys_offset, a.queue_offset), (end, 30));
+}

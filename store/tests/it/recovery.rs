@@ -1,0 +1,277 @@
+//! Recovery: torn tails at every byte, zeroed tails, garbage, interior bit flips, lost derived
+//! files. Each case damages a copy of a pristine data folder and reopens it.
+
+use crate::common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use sluice_store::{MessageInput, StoreConfig, StoreError};
+
+/// Builds a pristine folder with `n` messages in queue 0 of "T" and returns the phys offsets
+/// and the position just past the last record's frame.
+fn pristine(dir: &Path, n: u64) -> (StoreConfig, Vec<u64>, u64) {
+    let cfg = small_config(dir);
+    let store = open(&cfg);
+    let mut phys: Vec<u64> = append_seqs(&store, "T", 0, 0..n - 1)
+        .iter()
+        .map(|a| a.1)
+        .collect();
+    // Keep a checkpoint taken before the last record, as a crash during that write would.
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    std::thread::sleep(cfg.checkpoint_interval * 3);
+    std::fs::copy(dir.join("checkpoint"), dir.join("checkpoint.before-last")).unwrap();
+    // A short last record keeps the every-byte loop quick.
+    let last = store
+        .append_blocking(&[MessageInput::new("T", 0, "last!")])
+        .unwrap()[0];
+    phys.push(last.phys_offset);
+    let end = store.stats().written;
+    store.shutdown().unwrap();
+    (cfg, phys, end)
+}
+
+/// The state a crash while writing the last record leaves: no clean-shutdown marker, and a
+/// checkpoint from before that record.
+fn crash_during_last_write(d: &Path) {
+    std::fs::rename(d.join("checkpoint.before-last"), d.join("checkpoint")).unwrap();
+    mark_unclean(d);
+}
+
+fn reopen_copy(
+    pristine: &Path,
+    cfg: &StoreConfig,
+    damage: impl FnOnce(&Path),
+) -> (tempfile::TempDir, sluice_store::Store) {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(pristine, copy.path());
+    damage(copy.path());
+    let mut cfg = cfg.clone();
+    cfg.data_dir = copy.path().to_path_buf();
+    let store = sluice_store::Store::open(cfg).expect("recovery opens the store");
+    (copy, store)
+}
+
+/// After losing the last record: every earlier record is intact, the queue agrees, and the
+/// next append takes over the last record's place and queue offset.
+fn assert_recovered_without_last(store: &sluice_store::Store, phys: &[u64], n: u64) {
+    let last = phys[n as usize - 1];
+    assert_eq!(
+        store.recovery_report().end,
+        last,
+        "log ends at the last whole record"
+    );
+    assert_eq!(store.max_offset("T", 0), n - 1);
+    for (seq, p) in phys.iter().take(n as usize - 1).enumerate() {
+        assert_eq!(
+            parse(&store.read_record(*p).unwrap()).body,
+            body_for(seq as u64)
+        );
+    }
+    assert!(store.read_record(last).is_err());
+    let a = store
+        .append_blocking(&[MessageInput::new("T", 0, "again")])
+        .unwrap()[0];
+    assert_eq!((a.phys_offset, a.queue_offset), (last, n as i64 - 1));
+    let msgs = read_queue(store, "T", 0);
+    assert_eq!(msgs.len() as u64, n);
+    assert_eq!(msgs.last().unwrap().1, b"again");
+}
+
+#[test]
+fn torn_tail_cut_at_every_byte_of_the_last_record_ends_at_the_last_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 30;
+    let (cfg, phys, end) = pristine(dir.path(), n);
+    let last = phys[n as usize - 1];
+    let pristine_seg = std::fs::read(segment_files(dir.path()).pop().unwrap()).unwrap();
+    let base = segment_base(last, &cfg);
+    for cut in last..end {
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            let seg = segment_files(d).pop().unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            crash_during_last_write(d);
+        });
+        assert_recovered_without_last(&store, &phys, n);
+        let torn_bytes_left = pristine_seg[(last - base) as usize..(cut - base) as usize]
+            .iter()
+            .any(|b| *b != 0);
+        assert_eq!(
+            store.recovery_report().cut_at.is_some(),
+            torn_bytes_left,
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn torn_tail_with_zeroed_bytes_or_garbage_after_the_last_record_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20;
+    let (cfg, phys, end) = pristine(dir.path(), n);
+    let last = phys[n as usize - 1];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 0..40 {
+        let keep = rng.gen_range(last..end);
+        let garbage: Vec<u8> = (0..rng.gen_range(1..=1024)).map(|_| rng.gen()).collect();
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            let seg = segment_files(d).pop().unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            // Zero the rest of the last record, then (every other round) garbage after it.
+            f.write_all_at(&vec![0u8; (end - keep) as usize], keep)
+                .unwrap();
+            if round % 2 == 1 {
+                f.write_all_at(&garbage, keep).unwrap();
+            }
+            crash_during_last_write(d);
+        });
+        assert_recovered_without_last(&store, &phys, n);
+    }
+}
+
+#[test]
+fn random_garbage_after_an_intact_tail_is_cut_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, phys, end) = pristine(dir.path(), 10);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..20 {
+        let garbage: Vec<u8> = (0..rng.gen_range(1..=1024)).map(|_| rng.gen()).collect();
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            let seg = segment_files(d).pop().unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .write_all_at(&garbage, end)
+                .unwrap();
+            mark_unclean(d);
+        });
+        assert_eq!(store.recovery_report().end, end);
+        assert_eq!(store.max_offset("T", 0), 10);
+        let a = store
+            .append_blocking(&[MessageInput::new("T", 0, "after")])
+            .unwrap()[0];
+        assert_eq!((a.phys_offset, a.queue_offset), (end, 10));
+        assert_eq!(parse(&store.read_record(phys[9]).unwrap()).body, b"last!");
+    }
+}
+
+#[test]
+fn flipped_bit_in_a_sealed_segment_is_refused_and_nothing_after_it_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    let acks = append_seqs(&store, "T", 0, 0..1200);
+    store.shutdown().unwrap();
+    drop(store);
+    assert!(segment_files(dir.path()).len() >= 3);
+    let victim = 40usize; // in the first, sealed segment
+    flip_bit(&segment_files(dir.path())[0], acks[victim].1 + 120, 3);
+    for unclean in [false, true] {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        let store = open(&cfg);
+        assert!(matches!(
+            store.read_record(acks[victim].1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let msgs = read_queue(&store, "T", 0);
+        assert_eq!(msgs.len(), 1199, "only the damaged record is withheld");
+        assert!(msgs
+            .iter()
+            .all(|(off, body)| *off != victim as u64 && *body == body_for(*off)));
+        assert_eq!(store.max_offset("T", 0), 1200);
+        assert!(!store.health().damage.is_empty(), "damage is reported");
+        store.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn flipped_bit_in_the_active_segment_is_quarantined_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, phys, end) = pristine(dir.path(), 30);
+    for scan_all in [false, true] {
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            flip_bit(
+                &segment_files(d).pop().unwrap(),
+                phys[10] - segment_base(phys[10], &cfg) + 100,
+                0,
+            );
+            mark_unclean(d);
+            if scan_all {
+                // Without a checkpoint recovery scans every record, including the damaged one.
+                std::fs::remove_file(d.join("checkpoint")).unwrap();
+            }
+        });
+        assert_eq!(
+            store.recovery_report().end,
+            end,
+            "nothing after the damage is cut"
+        );
+        if scan_all {
+            assert_eq!(store.recovery_report().damaged_ranges, 1);
+        }
+        assert!(matches!(
+            store.read_record(phys[10]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let msgs = read_queue(&store, "T", 0);
+        assert_eq!(msgs.len(), 29);
+        assert!(msgs.iter().all(|(off, _)| *off != 10));
+        let a = store
+            .append_blocking(&[MessageInput::new("T", 0, "next")])
+            .unwrap()[0];
+        assert_eq!((a.phys_offset, a.queue_offset), (end, 30));
+    }
+}
+
+fn segment_base(phys: u64, cfg: &StoreConfig) -> u64 {
+    phys - phys % cfg.segment_size
+}
+
+#[test]
+fn lost_consume_queues_index_and_checkpoint_are_rebuilt_from_the_commit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, phys, _) = pristine(dir.path(), 200);
+    for what in ["consumequeue", "index", "checkpoint"] {
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            let p = d.join(what);
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        });
+        assert_eq!(store.max_offset("T", 0), 200, "{what}");
+        assert!(store.wait_dispatched(Duration::from_secs(5)));
+        let msgs = read_queue(&store, "T", 0);
+        assert_eq!(msgs.len(), 200, "{what}");
+        let hits = store.query_by_key("T", "key-77", 4, 0, i64::MAX / 2);
+        assert_eq!(hits.len(), 1, "{what}: index answers");
+        assert_eq!(
+            parse(&store.read_record(phys[77]).unwrap()).body,
+            body_for(77)
+        );
+    }
+}
+
+#[test]
+fn unclean_stop_without_damage_recovers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, phys, end) = pristine(dir.path(), 100);
+    let (_copy, store) = reopen_copy(dir.path(), &cfg, mark_unclean);
+    let r = store.recovery_report();
+    assert!(!r.clean);
+    assert_eq!((r.end, r.cut_at, r.damaged_ranges), (end, None, 0));
+    assert_eq!(read_queue(&store, "T", 0).len(), 100);
+    assert_eq!(parse(&store.read_record(phys[99]).unwrap()).body, b"last!");
+}

@@ -1,0 +1,119 @@
+//! Retention and index rolling: old data goes in whole files, never the active segment, and
+//! lookups keep working across index files.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_store::{GetStatus, StoreConfig};
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    let mut cfg = small_config(dir);
+    cfg.clean_interval = Duration::from_secs(3600); // passes are run by hand here
+    cfg
+}
+
+#[test]
+fn size_budget_deletes_oldest_segments_with_their_queue_and_index_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.cq_entries_per_file = 64;
+    cfg.retention_bytes = Some(cfg.segment_size * 2);
+    let store = open(&cfg);
+    let acks = append_seqs(&store, "T", 0, 0..1500);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    let segments_before = segment_files(dir.path()).len();
+    assert!(segments_before > 3, "{segments_before} segments");
+    let cq_files = |d: &std::path::Path| {
+        std::fs::read_dir(d.join("consumequeue/T/0"))
+            .unwrap()
+            .count()
+    };
+    let cq_before = cq_files(dir.path());
+
+    let report = store.run_retention().unwrap();
+    assert!(report.segments > 0);
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        segments_before - report.segments
+    );
+    assert!(store.stats().commit_log_bytes <= cfg.segment_size * 2);
+    assert!(report.queue_files > 0 && cq_files(dir.path()) < cq_before);
+
+    // The queue now starts at the first message still on disk; earlier offsets say so.
+    let min = store.min_offset("T", 0);
+    assert!(min > 0);
+    assert_eq!(store.max_offset("T", 0), 1500);
+    let r = store.get_messages("T", 0, 0, 8, 1 << 20, None);
+    assert_eq!((r.status, r.next_offset), (GetStatus::OffsetTooSmall, min));
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.first().unwrap().0, min);
+    assert_eq!(msgs.len() as u64, 1500 - min);
+    for (off, body) in &msgs {
+        assert_eq!(*body, body_for(*off));
+    }
+    assert!(
+        store.read_record(acks[0].1).is_err(),
+        "deleted data is gone"
+    );
+    // Appends go on into the active segment, which is never deleted.
+    let a = append_seqs(&store, "T", 0, 1500..1501);
+    assert_eq!(a[0].2, 1500);
+}
+
+#[test]
+fn age_limit_deletes_expired_segments_but_never_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention_age = Duration::from_millis(300);
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..1000);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(400));
+    let report = store.run_retention().unwrap();
+    assert!(report.segments >= 1);
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "only the active segment is left"
+    );
+    let a = append_seqs(&store, "T", 0, 1000..1001);
+    assert_eq!(a[0].2, 1000);
+    assert_eq!(read_queue(&store, "T", 0).last().unwrap().1, body_for(1000));
+}
+
+#[test]
+fn lookups_keep_working_when_the_index_rolls_to_new_files_and_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.index_slots = 64;
+    cfg.index_entries = 200; // 3 keys per message: a new index file every ~66 messages
+    {
+        let store = open(&cfg);
+        append_seqs(&store, "T", 0, 0..400);
+        assert!(store.wait_dispatched(Duration::from_secs(10)));
+        assert!(std::fs::read_dir(dir.path().join("index")).unwrap().count() >= 5);
+        for seq in [0u64, 150, 399] {
+            let hits = store.query_by_key("T", &format!("key-{seq}"), 4, 0, i64::MAX / 2);
+            assert_eq!(hits.len(), 1, "key-{seq}");
+            assert_eq!(parse(&hits[0]).body, body_for(seq));
+        }
+        assert_eq!(
+            store
+                .query_by_key("T", "shared", 1000, 0, i64::MAX / 2)
+                .len(),
+            400
+        );
+        store.shutdown().unwrap();
+    }
+    let store = open(&cfg);
+    let hits = store.query_by_uniq_key("T", &format!("U{:030}", 222), 4);
+    assert_eq!(parse(&hits[0]).body, body_for(222));
+    assert_eq!(
+        store
+            .query_by_key("T", "shared", 1000, 0, i64::MAX / 2)
+            .len(),
+        400
+    );
+}

@@ -1,0 +1,395 @@
+//! END_TRANSACTION over raw remoting: commit, rollback, idempotency, conflicts, bad
+//! references, the race between concurrent decisions, and the commit seam for delays.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook};
+use sluice_protocol::message::record::sysflag;
+use sluice_protocol::response_code as code;
+use sluice_txn::{ListQuery, StateFilter, TxnConfig, TxnExtension, TxnState};
+
+/// No checks during these tests: decisions come from the test only.
+fn quiet() -> TxnConfig {
+    let mut cfg = fast_config();
+    cfg.defaults.check_after = Duration::from_secs(3600);
+    cfg
+}
+
+#[tokio::test]
+async fn a_half_message_is_invisible_until_committed_then_visible_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "k1").await;
+    assert_eq!(s.queue_id, 1, "the send answers the original queue id");
+    assert_eq!(s.queue_offset, 0, "and the offset in the half queue");
+    assert_eq!(s.transaction_id, "UNIQ-k1", "transactionId = UNIQ_KEY");
+    assert!(
+        visible_keys(&b, &c).await.is_empty(),
+        "no consumer sees a half message"
+    );
+
+    let r = end(&c, &s, COMMIT).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    let got = consume_all(&b, &c, TOPIC).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(
+        (m.key(), m.queue_id, m.body.as_slice()),
+        ("k1".to_owned(), 1, &b"body-k1"[..])
+    );
+    assert_eq!(
+        sysflag::transaction_type(m.sys_flag),
+        sysflag::TRANSACTION_COMMIT
+    );
+    assert_eq!(
+        m.prepared_offset, s.commit_log_offset,
+        "points at the half message"
+    );
+    assert_eq!(
+        m.props.get("UNIQ_KEY"),
+        Some("UNIQ-k1"),
+        "same client id as the half message"
+    );
+    assert_eq!(
+        m.props.get("TRAN_MSG"),
+        Some("true"),
+        "kept, as RocketMQ does"
+    );
+
+    let again = end(&c, &s, COMMIT).await;
+    assert_eq!(again.code, code::SUCCESS, "a repeated commit is idempotent");
+    assert!(again.remark.unwrap().contains("already committed"));
+    let late = end(&c, &s, ROLLBACK).await;
+    assert_eq!(
+        late.code,
+        code::TRANSACTION_SHOULD_COMMIT,
+        "rollback after commit refused"
+    );
+    assert!(late.remark.unwrap().contains("already committed"));
+    assert_eq!(visible_keys(&b, &c).await, ["k1"], "still exactly once");
+    let m = b.txn.service().metrics();
+    assert_eq!((m.committed, m.conflicts, m.open), (1, 1, 0));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_rollback_discards_and_a_later_commit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "r1").await;
+    assert_eq!(end(&c, &s, ROLLBACK).await.code, code::SUCCESS);
+    assert_eq!(
+        end(&c, &s, ROLLBACK).await.code,
+        code::SUCCESS,
+        "idempotent"
+    );
+    let late = end(&c, &s, COMMIT).await;
+    assert_eq!(late.code, code::TRANSACTION_SHOULD_ROLLBACK);
+    assert!(late.remark.unwrap().contains("rolled_back"));
+    assert!(visible_keys(&b, &c).await.is_empty());
+    let view = b.txn.service().get(s.queue_offset as u64).unwrap().unwrap();
+    assert_eq!(view.state, TxnState::RolledBack);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_leaves_the_transaction_open_and_bad_references_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "u1").await;
+    let r = end(&c, &s, UNKNOWN).await;
+    assert_eq!(r.code, code::SUCCESS);
+    assert!(r.remark.unwrap().contains("UNKNOWN"));
+
+    let wrong_group = end_request(
+        "other_group",
+        s.queue_offset,
+        s.commit_log_offset,
+        &s.transaction_id,
+        COMMIT,
+        false,
+    );
+    let r = c.invoke(wrong_group, RPC).await.unwrap();
+    assert_eq!(
+        r.code,
+        code::TRANSACTION_STATE_GROUP_WRONG,
+        "{:?}",
+        r.remark
+    );
+    let wrong_offset = end_request(
+        GROUP,
+        s.queue_offset,
+        s.commit_log_offset + 1,
+        &s.transaction_id,
+        COMMIT,
+        false,
+    );
+    assert_eq!(
+        c.invoke(wrong_offset, RPC).await.unwrap().code,
+        code::SYSTEM_ERROR
+    );
+    let wrong_id = end_request(
+        GROUP,
+        s.queue_offset,
+        s.commit_log_offset,
+        "SOMEONE-ELSE",
+        COMMIT,
+        false,
+    );
+    let r = c.invoke(wrong_id, RPC).await.unwrap();
+    assert_eq!(r.code, code::SYSTEM_ERROR);
+    assert!(r.remark.unwrap().contains("mismatch"));
+    let nowhere = end_request(GROUP, 999, 123_456, "X", ROLLBACK, false);
+    let r = c.invoke(nowhere, RPC).await.unwrap();
+    assert_eq!(r.code, code::SYSTEM_ERROR);
+    assert!(r.remark.unwrap().contains("unknown transaction"));
+    let mid_record = end_request(
+        GROUP,
+        s.queue_offset + 1,
+        s.commit_log_offset + 7,
+        "X",
+        COMMIT,
+        false,
+    );
+    assert_eq!(
+        c.invoke(mid_record, RPC).await.unwrap().code,
+        code::SYSTEM_ERROR
+    );
+    assert!(
+        b.broker.store().health().damage.is_empty(),
+        "a bogus offset is never read as a record (it would be reported as damage)"
+    );
+    let bad_value = end_request(
+        GROUP,
+        s.queue_offset,
+        s.commit_log_offset,
+        &s.transaction_id,
+        5,
+        false,
+    );
+    assert_eq!(
+        c.invoke(bad_value, RPC).await.unwrap().code,
+        code::INVALID_PARAMETER
+    );
+
+    assert!(visible_keys(&b, &c).await.is_empty(), "nothing was applied");
+    let open = b.txn.service().list(&ListQuery::default()).unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].state, open[0].keys.as_str()),
+        (TxnState::Open, "u1")
+    );
+    assert_eq!(
+        end(&c, &s, COMMIT).await.code,
+        code::SUCCESS,
+        "the right reference still works"
+    );
+    assert_eq!(visible_keys(&b, &c).await, ["u1"]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_commits_and_rollbacks_have_exactly_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = Arc::new(b.client().await);
+    let mut sents = Vec::new();
+    for i in 0..5 {
+        sents.push(send_half(&c, &format!("race{i}")).await);
+    }
+    for s in &sents {
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let (c, s) = (Arc::clone(&c), s.clone());
+            let what = if i % 2 == 0 { COMMIT } else { ROLLBACK };
+            tasks.push(tokio::spawn(
+                async move { (what, end(&c, &s, what).await.code) },
+            ));
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        let winner = answers
+            .iter()
+            .find(|(_, code)| *code == 0)
+            .map(|(w, _)| *w)
+            .expect("one decision applied");
+        for (what, code) in answers {
+            if what == winner {
+                assert_eq!(code, 0, "the winner's repeats are idempotent");
+            } else {
+                let want = if winner == COMMIT {
+                    code::TRANSACTION_SHOULD_COMMIT
+                } else {
+                    code::TRANSACTION_SHOULD_ROLLBACK
+                };
+                assert_eq!(code, want, "the loser is refused with the real outcome");
+            }
+        }
+    }
+    let visible = visible_keys(&b, &c).await;
+    let mut dedup = visible.clone();
+    dedup.dedup();
+    assert_eq!(visible, dedup, "no transaction committed twice");
+    let committed = b
+        .txn
+        .service()
+        .list(&ListQuery {
+            states: StateFilter::Decided,
+            ..Default::default()
+        })
+        .unwrap();
+    let want: Vec<String> = committed
+        .iter()
+        .filter(|v| v.state == TxnState::Committed)
+        .map(|v| v.keys.clone())
+        .collect();
+    assert_eq!(visible, want);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_extension_prepared_messages_are_still_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sluice_broker::Broker::start(broker_config(dir.path()))
+        .await
+        .unwrap();
+    let c = sluice_broker::RemotingClient::connect(broker.local_addr())
+        .await
+        .unwrap();
+    let req = send_request(
+        GROUP,
+        TOPIC,
+        1,
+        sysflag::TRANSACTION_PREPARED,
+        &half_props(GROUP, "x"),
+        b"x",
+    );
+    assert_eq!(c.invoke(req, RPC).await.unwrap().code, code::NO_PERMISSION);
+    broker.shutdown().await;
+}
+
+/// Stands in for the future schedule extension: moves messages with DELAY to another topic.
+struct FakeSchedule;
+
+impl PutHook for FakeSchedule {
+    fn name(&self) -> &'static str {
+        "fake-schedule"
+    }
+    fn before_put(&self, _ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome {
+        match msg.properties.get("DELAY") {
+            Some("99") => HookOutcome::Reject {
+                code: code::MESSAGE_ILLEGAL,
+                remark: "delay level 99 is too long".into(),
+            },
+            Some(_) => {
+                let real = msg.input.topic.clone();
+                msg.properties.insert("REAL_TOPIC", real);
+                msg.input.topic = sluice_broker::SCHEDULE_TOPIC.into();
+                msg.input.queue_id = 2;
+                HookOutcome::Continue
+            }
+            None => HookOutcome::Continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_delayed_half_message_keeps_its_delay_and_commits_through_the_commit_hooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let txn = TxnExtension::new(quiet()).with_commit_hooks(vec![Arc::new(FakeSchedule)]);
+    let b = TestBroker::start_with(dir.path(), txn).await;
+    let c = b.client().await;
+    let mut p = half_props(GROUP, "d1");
+    p.insert("DELAY", "3");
+    p.insert("TIMER_DELAY_SEC", "30");
+    let s = send_half_with(&c, GROUP, "d1", p).await;
+    let mut refused = half_props(GROUP, "d2");
+    refused.insert("DELAY", "99");
+    let req = send_request(
+        GROUP,
+        TOPIC,
+        1,
+        sysflag::TRANSACTION_PREPARED,
+        &refused,
+        b"x",
+    );
+    let r = c.invoke(req, RPC).await.unwrap();
+    assert_eq!(
+        r.code,
+        code::MESSAGE_ILLEGAL,
+        "a delay the commit would refuse is refused at send time"
+    );
+
+    assert_eq!(end(&c, &s, COMMIT).await.code, 0);
+    assert!(
+        visible_keys(&b, &c).await.is_empty(),
+        "the commit hook moved it out of the real topic"
+    );
+    let parked = read_stored(&b, sluice_broker::SCHEDULE_TOPIC).await;
+    assert_eq!(parked.len(), 1);
+    let m = &parked[0];
+    assert_eq!(m.props.get("DELAY"), Some("3"));
+    assert_eq!(m.props.get("TIMER_DELAY_SEC"), Some("30"));
+    assert_eq!(m.props.get("REAL_TOPIC"), Some(TOPIC));
+    assert_eq!(
+        sysflag::transaction_type(m.sys_flag),
+        sysflag::TRANSACTION_COMMIT
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_decision_is_still_answered_from_its_op_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quiet();
+    cfg.resolved_retention = Duration::ZERO;
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let c = b.client().await;
+    let s = send_half(&c, "f1").await;
+    let t = send_half(&c, "f2").await;
+    assert_eq!(end(&c, &s, COMMIT).await.code, 0);
+    assert_eq!(end(&c, &t, ROLLBACK).await.code, 0);
+    let svc = b.txn.service();
+    assert!(
+        eventually(Duration::from_secs(10), || svc
+            .get(s.queue_offset as u64)
+            .unwrap()
+            .is_none()
+            && svc.get(t.queue_offset as u64).unwrap().is_none())
+        .await,
+        "decided transactions are forgotten"
+    );
+    let r = end(&c, &s, COMMIT).await;
+    assert_eq!(r.code, 0, "late repeat: {:?}", r.remark);
+    assert_eq!(
+        end(&c, &s, ROLLBACK).await.code,
+        code::TRANSACTION_SHOULD_COMMIT
+    );
+    assert_eq!(
+        end(&c, &t, COMMIT).await.code,
+        code::TRANSACTION_SHOULD_ROLLBACK
+    );
+    let wrong = end_request(
+        "intruder",
+        s.queue_offset,
+        s.commit_log_offset,
+        &s.transaction_id,
+        ROLLBACK,
+        false,
+    );
+    assert_eq!(
+        c.invoke(wrong, RPC).await.unwrap().code,
+        code::TRANSACTION_STATE_GROUP_WRONG
+    );
+    assert_eq!(visible_keys(&b, &c).await, ["f1"]);
+    b.stop().await;
+}

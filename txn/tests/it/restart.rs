@@ -1,0 +1,333 @@
+//! Restart: the state is rebuilt from the half and op queues, bounded by the checkpoint, and
+//! comes out the same whether the checkpoint is fresh, stale or missing. (SIGKILL of the real
+//! binary is in `server/tests/it/txn_crash.rs`.)
+
+use crate::common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use sluice_protocol::response_code as code;
+use sluice_txn::{FinalAction, ListQuery, StateFilter, TxnConfig, TxnState};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn quiet() -> TxnConfig {
+    let mut cfg = fast_config();
+    cfg.defaults.check_after = Duration::from_secs(3600);
+    cfg
+}
+
+fn checkpoint(dir: &Path) -> std::path::PathBuf {
+    dir.join("txn").join("checkpoint.json")
+}
+
+#[tokio::test]
+async fn open_and_decided_transactions_come_back_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let committed = send_half(&c, "a").await;
+    let rolled = send_half(&c, "b").await;
+    let open = send_half(&c, "c").await;
+    assert_eq!(end(&c, &committed, COMMIT).await.code, 0);
+    assert_eq!(end(&c, &rolled, ROLLBACK).await.code, 0);
+    assert_eq!(end(&c, &open, UNKNOWN).await.code, 0);
+    drop(c);
+    b.stop().await;
+    assert!(
+        checkpoint(dir.path()).exists(),
+        "a checkpoint is written at stop"
+    );
+
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let svc = b.txn.service();
+    let live = svc.list(&ListQuery::default()).unwrap();
+    assert_eq!(
+        live.iter()
+            .map(|v| (v.keys.as_str(), v.state))
+            .collect::<Vec<_>>(),
+        [("c", TxnState::Open)]
+    );
+    assert_eq!(
+        end(&c, &committed, COMMIT).await.code,
+        0,
+        "idempotent after restart"
+    );
+    assert_eq!(
+        end(&c, &committed, ROLLBACK).await.code,
+        code::TRANSACTION_SHOULD_COMMIT
+    );
+    assert_eq!(
+        end(&c, &rolled, COMMIT).await.code,
+        code::TRANSACTION_SHOULD_ROLLBACK
+    );
+    assert_eq!(end(&c, &open, COMMIT).await.code, 0);
+    assert_eq!(
+        visible_keys(&b, &c).await,
+        ["a", "c"],
+        "each committed exactly once"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_decided_ones() {
+    for variant in ["stale", "missing"] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = TestBroker::start(dir.path(), quiet()).await;
+        let c = b.client().await;
+        let mut sent = Vec::new();
+        for i in 0..6 {
+            sent.push(send_half(&c, &format!("{variant}{i}")).await);
+        }
+        settle(&b).await;
+        assert_eq!(
+            b.txn.service().list(&ListQuery::default()).unwrap().len(),
+            6
+        );
+        // Wait for a checkpoint listing all six as open, and keep a copy of it.
+        assert!(
+            eventually(WAIT, || std::fs::read(checkpoint(dir.path())).is_ok_and(
+                |x| String::from_utf8_lossy(&x).matches("\"q\"").count() == 6
+            ))
+            .await
+        );
+        let old = std::fs::read(checkpoint(dir.path())).unwrap();
+        for (i, s) in sent.iter().enumerate() {
+            let what = if i % 3 == 0 {
+                COMMIT
+            } else if i % 3 == 1 {
+                ROLLBACK
+            } else {
+                continue;
+            };
+            assert_eq!(end(&c, s, what).await.code, 0);
+        }
+        drop(c);
+        b.stop().await;
+        if variant == "stale" {
+            std::fs::write(checkpoint(dir.path()), &old).unwrap();
+        } else {
+            std::fs::remove_file(checkpoint(dir.path())).unwrap();
+        }
+
+        let mut cfg = fast_config();
+        cfg.defaults.check_max = 1;
+        let b = TestBroker::start(dir.path(), cfg).await;
+        let c = b.client().await;
+        let mut checks = c.take_requests().unwrap();
+        heartbeat(&c, GROUP, "checker-client").await;
+        let svc = b.txn.service();
+        let live: Vec<String> = svc
+            .list(&ListQuery::default())
+            .unwrap()
+            .into_iter()
+            .map(|v| v.keys)
+            .collect();
+        assert_eq!(
+            live,
+            [format!("{variant}2"), format!("{variant}5")],
+            "{variant}: only the undecided are open"
+        );
+        let mut checked = Vec::new();
+        while let Some(check) = next_check(&mut checks, Duration::from_secs(3)).await {
+            let h =
+                sluice_protocol::remoting::custom::CheckTransactionStateRequestHeader::from_ext(
+                    &check.ext_fields,
+                )
+                .unwrap();
+            checked.push(h.tran_state_table_offset);
+            answer_check(&c, GROUP, &check, UNKNOWN).await;
+        }
+        checked.sort_unstable();
+        assert_eq!(
+            checked,
+            [sent[2].queue_offset, sent[5].queue_offset],
+            "{variant}: checks only for undecided ones"
+        );
+        assert_eq!(
+            visible_keys(&b, &c).await,
+            [format!("{variant}0"), format!("{variant}3")]
+        );
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn check_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.defaults.check_max = 3;
+    let b = TestBroker::start(dir.path(), cfg.clone()).await;
+    let c = b.client().await;
+    let mut checks = c.take_requests().unwrap();
+    let s = send_half(&c, "cc").await;
+    for _ in 0..2 {
+        let check = next_check(&mut checks, WAIT).await.expect("check");
+        answer_check(&c, GROUP, &check, UNKNOWN).await;
+    }
+    b.stop().await;
+
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let c = b.client().await;
+    let mut checks = c.take_requests().unwrap();
+    heartbeat(&c, GROUP, "again").await;
+    let svc = b.txn.service();
+    let before = svc.get(s.queue_offset as u64).unwrap().unwrap().check_count;
+    assert!(before >= 2, "the count survived: {before}");
+    let mut more = 0;
+    while let Some(check) = next_check(&mut checks, Duration::from_secs(3)).await {
+        more += 1;
+        answer_check(&c, GROUP, &check, UNKNOWN).await;
+    }
+    assert_eq!(before + more, 3, "check_max holds across the restart");
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_old_undecided_half_message_is_carried_forward_under_the_same_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quiet();
+    cfg.carry_forward_after = Some(Duration::from_millis(200));
+    let b = TestBroker::start(dir.path(), cfg.clone()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "old").await;
+    let svc = b.txn.service();
+    assert!(
+        eventually(WAIT, || svc.metrics().carried_forward >= 2).await,
+        "carried forward again and again while it waits"
+    );
+    let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
+    assert!(view.current_half_offset > view.half_offset);
+    b.stop().await;
+
+    // Even without the checkpoint, the copies lead back to the same single transaction.
+    std::fs::remove_file(checkpoint(dir.path())).unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let live = b
+        .txn
+        .service()
+        .list(&ListQuery {
+            states: StateFilter::All,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].half_offset, s.queue_offset as u64);
+    assert_eq!(
+        end(&c, &s, COMMIT).await.code,
+        0,
+        "the producer's original offsets still work"
+    );
+    let got = consume_all(&b, &c, TOPIC).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].prepared_offset, s.commit_log_offset);
+    assert_eq!(
+        got[0].props.get("TXN_ORIGIN_PHYS"),
+        None,
+        "no internal markers on the real message"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_transaction_stays_parked_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.defaults.check_max = 1;
+    cfg.defaults.final_action = FinalAction::Keep;
+    let b = TestBroker::start(dir.path(), cfg.clone()).await;
+    let c = b.client().await;
+    let mut checks = c.take_requests().unwrap();
+    let s = send_half(&c, "p").await;
+    next_check(&mut checks, WAIT).await.unwrap();
+    let svc = b.txn.service();
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Parked, WAIT).await);
+    b.stop().await;
+    for drop_checkpoint in [false, true] {
+        if drop_checkpoint {
+            std::fs::remove_file(checkpoint(dir.path())).unwrap();
+        }
+        let b = TestBroker::start(dir.path(), cfg.clone()).await;
+        let c = b.client().await;
+        let mut checks = c.take_requests().unwrap();
+        heartbeat(&c, GROUP, "p2").await;
+        let view = b.txn.service().get(s.queue_offset as u64).unwrap().unwrap();
+        assert_eq!(
+            view.state,
+            TxnState::Parked,
+            "checkpoint dropped: {drop_checkpoint}"
+        );
+        assert!(
+            next_check(&mut checks, Duration::from_millis(1500))
+                .await
+                .is_none(),
+            "no checks for a parked one"
+        );
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated() {
+    use sluice_protocol::message::record::sysflag;
+    use sluice_protocol::Properties;
+    use sluice_store::MessageInput;
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "torn").await;
+    // The state a crash between the two records of a commit would leave: the real message is
+    // stored (past the hooks, as the commit does), its op record is not.
+    let mut p = Properties::new();
+    p.insert("KEYS", "torn");
+    p.insert("UNIQ_KEY", s.transaction_id.clone());
+    let mut m = MessageInput::new(TOPIC, 1, "body-torn");
+    m.sys_flag = sysflag::TRANSACTION_COMMIT;
+    m.prepared_transaction_offset = s.commit_log_offset;
+    m.properties = p.encode();
+    b.broker.services().put(vec![m]).await.unwrap();
+    drop(c);
+    b.stop().await;
+    // As after a SIGKILL: the abort marker says the last stop was not clean.
+    std::fs::write(dir.path().join("abort"), b"").unwrap();
+
+    let mut cfg = fast_config();
+    cfg.defaults.check_max = 1;
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let c = b.client().await;
+    let mut checks = c.take_requests().unwrap();
+    heartbeat(&c, GROUP, "after-crash").await;
+    let svc = b.txn.service();
+    assert!(
+        reaches_state(&svc, s.queue_offset as u64, TxnState::Committed, WAIT).await,
+        "recovery completes the commit"
+    );
+    assert_eq!(
+        svc.get(s.queue_offset as u64).unwrap().unwrap().decided_by,
+        Some(sluice_txn::Source::Recovery)
+    );
+    assert!(
+        next_check(&mut checks, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "no check for it"
+    );
+    assert_eq!(
+        end(&c, &s, COMMIT).await.code,
+        0,
+        "a repeated commit is idempotent"
+    );
+    assert_eq!(
+        end(&c, &s, ROLLBACK).await.code,
+        code::TRANSACTION_SHOULD_COMMIT
+    );
+    assert_eq!(visible_keys(&b, &c).await, ["torn"], "visible exactly once");
+    b.stop().await;
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Drives the independent C++ RocketMQ client (librocketmq.so through rocketmq-client-python)
-against a running Sluice, for the compatibility tests in server/tests/compat_cpp.rs.
+against a running Sluice, for the compatibility tests in server/tests/it/compat_cpp.rs.
 
 Every command prints exactly one JSON object on stdout as its last line; the Rust test parses it.
 Every loop is bounded by a count and a timeout. Only 127.0.0.1 addresses are used.
@@ -85,8 +85,12 @@ def consume(args):
     # --fail-first N: answer RECONSUME_LATER to the first N deliveries of each key (retry tests);
     # a key counts as received only once it was consumed successfully.
     failures = {}
+    # --idle S: stop once no message arrived for S seconds (the clock starts at ready), so a
+    # consumer sharing its group stops when the stream dries up, however slow the machine is.
+    last = [time.time()]
 
     def on_message(msg):
+        last[0] = time.time()
         if args.fail_first:
             key = msg.keys.decode() if isinstance(msg.keys, bytes) else msg.keys
             with lock:
@@ -128,10 +132,13 @@ def consume(args):
         with open(args.ready_file, "w") as f:
             f.write("started\n")
     deadline = time.time() + args.timeout
+    last[0] = time.time()
     while time.time() < deadline:
         with lock:
             if args.expect and len(keys) >= args.expect:
                 break
+        if args.idle and time.time() - last[0] >= args.idle:
+            break
         time.sleep(0.05)
     time.sleep(args.settle)
     with lock:
@@ -256,6 +263,7 @@ def main():
     co.add_argument("--expect", type=int, default=0)
     co.add_argument("--timeout", type=float, default=60)
     co.add_argument("--settle", type=float, default=1.0)
+    co.add_argument("--idle", type=float, default=0)
     co.add_argument("--orderly", action="store_true")
     co.add_argument("--broadcast", action="store_true")
     co.add_argument("--instance", default="")

@@ -214,16 +214,18 @@ fn cpp_consumer_resumes_from_its_committed_offset_after_a_broker_restart() {
     sluice.stop();
 }
 
-/// A consumer that runs for `secs` seconds whatever it receives.
-fn timed_consumer(
+/// A consumer that does not know how much it will get (it shares its group): it stops once
+/// nothing arrived for `idle_secs` (at most after 120 s), so a loaded machine only makes it
+/// wait longer, never stop early.
+fn idle_stopping_consumer(
     ns: std::net::SocketAddr,
     group: &str,
     topic: &str,
-    secs: u32,
+    idle_secs: u32,
     extra: &[&str],
     ready: &std::path::Path,
 ) -> Child {
-    let t = secs.to_string();
+    let idle = idle_secs.to_string();
     let ready = ready.to_string_lossy().to_string();
     let mut args = vec![
         "consume",
@@ -234,7 +236,9 @@ fn timed_consumer(
         "--expect",
         "0",
         "--timeout",
-        &t,
+        "120",
+        "--idle",
+        &idle,
         "--settle",
         "0",
         "--ready-file",
@@ -252,19 +256,19 @@ fn cpp_two_consumers_of_one_group_split_the_queues_and_together_get_everything()
     let sluice = start(data.path(), free_port(), free_port());
     produce(sluice.ns, "CompatShared", 1, 1_000_000, "Warm");
     let (ra, rb) = (work.path().join("a.ready"), work.path().join("b.ready"));
-    let a = timed_consumer(
+    let a = idle_stopping_consumer(
         sluice.ns,
         "compat_shared",
         "CompatShared",
-        25,
+        15,
         &["--instance", "a"],
         &ra,
     );
-    let b = timed_consumer(
+    let b = idle_stopping_consumer(
         sluice.ns,
         "compat_shared",
         "CompatShared",
-        25,
+        15,
         &["--instance", "b"],
         &rb,
     );
@@ -274,8 +278,8 @@ fn cpp_two_consumers_of_one_group_split_the_queues_and_together_get_everything()
     std::thread::sleep(Duration::from_secs(3));
     produce(sluice.ns, "CompatShared", 2_000, 0, "T");
     let (ka, kb) = (
-        keys(&finish(a, Duration::from_secs(120))),
-        keys(&finish(b, Duration::from_secs(120))),
+        keys(&finish(a, Duration::from_secs(180))),
+        keys(&finish(b, Duration::from_secs(180))),
     );
     let want: BTreeSet<String> = (0..2_000).map(|i| format!("k{i}")).collect();
     let union: BTreeSet<String> = ka

@@ -83,6 +83,9 @@ pub struct BrokerConfig {
     pub offset_flush_interval: Duration,
     /// A client without heartbeat this long is dropped. Default 120 s.
     pub client_expiry: Duration,
+    /// A connection that sends nothing for this long is closed (a silent peer, a half-open
+    /// socket, a slow-loris sender). Default 120 s, as RocketMQ's broker.
+    pub idle_timeout: Duration,
     /// The storage engine's settings. `store_host` is overwritten with the advertised address.
     pub store: StoreConfig,
     /// Consumer retry policies (maximum, back-off), per group. Default RocketMQ's: 16 retries
@@ -115,6 +118,7 @@ impl BrokerConfig {
             long_poll_max: Duration::from_secs(30),
             offset_flush_interval: Duration::from_secs(5),
             client_expiry: Duration::from_secs(120),
+            idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
             store,
             retry: crate::retry::RetryConfig::default(),
             lease: crate::lease::LeaseConfig::default(),
@@ -154,6 +158,7 @@ impl BrokerConfig {
             ("register_interval", self.register_interval),
             ("offset_flush_interval", self.offset_flush_interval),
             ("client_expiry", self.client_expiry),
+            ("idle_timeout", self.idle_timeout),
         ];
         for (name, d) in durations {
             if d.is_zero() {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::broker::context::BrokerContext;
 use crate::clients::ConsumerGroupInfo;
+use crate::error::BrokerError;
 use crate::ConnectionHandle;
 
 /// A boxed, sendable future (extension methods are object-safe).
@@ -130,9 +131,21 @@ impl BrokerServices {
         Ok(self.ctx.topics.remove(name))
     }
 
-    /// Creates or updates a topic (persisted; name servers hear of it).
+    /// Creates or updates a topic (saved in the background; name servers hear of it).
     pub fn put_topic(&self, cfg: TopicConfig) {
         self.ctx.topics.put(cfg);
+    }
+
+    /// Creates or updates a topic and returns once `topics.json` holds it: what an admin
+    /// request acknowledges survives a crash.
+    pub async fn put_topic_durably(&self, cfg: TopicConfig) -> Result<(), BrokerError> {
+        self.ctx.topics.put(cfg);
+        self.ctx.topics.save_durably().await
+    }
+
+    /// Waits until `topics.json` holds the current topics (after [`Self::delete_topic`]).
+    pub async fn save_topics(&self) -> Result<(), BrokerError> {
+        self.ctx.topics.save_durably().await
     }
 
     /// Open connections of a producer group's members (transaction check-backs pick one).

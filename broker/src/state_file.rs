@@ -42,6 +42,33 @@ pub(crate) fn store(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
     sluice_store::write_atomic(path, bytes).map_err(|e| state_error("write", path, e))
 }
 
+/// Removes the temporary files a crash in the middle of [`store`] left anywhere under
+/// `config/` (the DLQ keeps folders of its own there). Their targets are intact: the rename
+/// that would have replaced them never happened.
+pub(crate) fn sweep_temp_files(data_dir: &Path) -> Result<usize, BrokerError> {
+    let mut removed = 0;
+    let mut dirs = vec![config_dir(data_dir)];
+    while let Some(dir) = dirs.pop() {
+        removed +=
+            sluice_store::sweep_temp_files(&dir).map_err(|e| state_error("clean up", &dir, e))?;
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "temporary state files from an interrupted write removed"
+        );
+    }
+    Ok(removed)
+}
+
 fn state_error(op: &'static str, path: &Path, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::StateFile {
         op,

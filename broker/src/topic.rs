@@ -273,6 +273,15 @@ impl TopicManager {
         }
     }
 
+    /// Writes `topics.json` on a blocking thread and waits for it: admin requests answer
+    /// only once the change is on disk, so an acknowledged topic survives a crash.
+    pub(crate) async fn save_durably(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.save())
+            .await
+            .map_err(|e| BrokerError::Task("saving topics", e.to_string()))?
+    }
+
     /// Writes `topics.json` now. Blocking.
     pub(crate) fn save(&self) -> Result<(), BrokerError> {
         let _w = self.write_lock.lock();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_store::now_ms;
+use sluice_store::{crash_point, now_ms};
 
 use crate::core::{Core, StopFlags};
 use crate::entry::{DiskEntry, Key, Kind};
@@ -74,6 +74,7 @@ pub(crate) fn checkpoint(core: &Core, clean: bool) -> Result<()> {
     }
     match write(core, &snap, &last, clean) {
         Ok((state, new_run, dropped)) => {
+            crash_point::reach(crash_point::TIMER_STATE_SAVED);
             *core.last_state.lock() = state;
             core.index.inner.lock().finish_snapshot(new_run, &dropped);
             for id in dropped {
@@ -106,6 +107,9 @@ type Written = (State, Option<Arc<Run>>, Vec<u64>);
 fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Written> {
     let id = last.next_run_id;
     let new_run = run::write_run(&core.runs_dir(), id, entries(&snap.memtable))?.map(Arc::new);
+    if new_run.is_some() {
+        crash_point::reach(crash_point::TIMER_RUN_WRITTEN);
+    }
     let dropped: Vec<u64> = snap
         .runs
         .iter()
@@ -161,6 +165,9 @@ pub(crate) fn compact(core: &Core) -> Result<()> {
     let last = core.last_state.lock().clone();
     let id = last.next_run_id;
     let merged = run::merge(&core.runs_dir(), id, &chosen, last.w())?.map(Arc::new);
+    if merged.is_some() {
+        crash_point::reach(crash_point::TIMER_RUN_WRITTEN);
+    }
     let old: Vec<u64> = chosen.iter().map(|r| r.id).collect();
     let mut state = last;
     state.runs.retain(|r| !old.contains(r));
@@ -178,6 +185,7 @@ pub(crate) fn compact(core: &Core) -> Result<()> {
         entries = merged.as_ref().map_or(0, |r| r.count),
         "schedule runs merged"
     );
+    crash_point::reach(crash_point::TIMER_STATE_SAVED);
     *core.last_state.lock() = state;
     core.index.inner.lock().replace_runs(&old, merged);
     for id in old {

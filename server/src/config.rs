@@ -83,6 +83,11 @@ pub struct BrokerSection {
     pub max_inflight_per_connection: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,
+    /// A connection silent this long is closed. Default 120 000 (RocketMQ's).
+    pub idle_timeout_ms: u64,
+    /// How often consumer offsets are written to `config/consumerOffset.json`; a crash
+    /// replays at most this much consumption (at-least-once). Default 5 000.
+    pub offset_flush_interval_ms: u64,
 }
 
 /// `[store]`
@@ -218,6 +223,8 @@ impl Default for BrokerSection {
             max_body_bytes: 4 << 20,
             max_inflight_per_connection: 256,
             max_connections: 10_000,
+            idle_timeout_ms: 120_000,
+            offset_flush_interval_ms: 5_000,
         }
     }
 }
@@ -262,8 +269,13 @@ pub fn load(
 const SECTIONS: [&str; 8] = [
     "namesrv", "broker", "store", "http", "txn", "schedule", "retry", "acl",
 ];
-/// Variables that configure something other than the file's keys.
-const NOT_CONFIG: [&str; 2] = ["SLUICE_LOG", "SLUICE_CONFIG"];
+/// Variables that configure something other than the file's keys (the crash point is a test
+/// hook, checked by `sluice_store::crash_point::armed` at start).
+const NOT_CONFIG: [&str; 3] = [
+    "SLUICE_LOG",
+    "SLUICE_CONFIG",
+    sluice_store::crash_point::VAR,
+];
 
 /// `SLUICE_BROKER_LISTEN=...` sets `[broker] listen`; `SLUICE_DATA_DIR` sets `data_dir`.
 /// Values are read as TOML (numbers, booleans, arrays) and otherwise as strings.
@@ -311,6 +323,9 @@ impl ServerConfig {
         }
         if self.broker.max_body_bytes > self.broker.max_frame_bytes {
             bail!("broker.max_body_bytes must not exceed broker.max_frame_bytes");
+        }
+        if self.broker.idle_timeout_ms == 0 || self.broker.offset_flush_interval_ms == 0 {
+            bail!("broker.idle_timeout_ms and broker.offset_flush_interval_ms must be positive");
         }
         self.store_config()
             .validate()
@@ -419,6 +434,8 @@ impl ServerConfig {
         b.max_body = self.broker.max_body_bytes;
         b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
         b.max_connections = self.broker.max_connections;
+        b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);
+        b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();
         // Fail closed: an invalid section (refused by `validate`) makes the broker refuse to start.

@@ -106,6 +106,20 @@ fn init_tracing() {
         .init();
 }
 
+/// Refuses a malformed or unknown `SLUICE_CRASH_POINT` before anything is opened, and says
+/// loudly when one is armed: it makes the process abort on purpose.
+fn arm_crash_point() -> Result<()> {
+    if let Some(armed) = sluice_store::crash_point::armed().map_err(anyhow::Error::msg)? {
+        tracing::warn!(
+            point = %armed.name,
+            file = armed.file.as_deref().unwrap_or(""),
+            visit = armed.nth,
+            "crash point armed: this process will abort there (a test hook)"
+        );
+    }
+    Ok(())
+}
+
 fn load(config: Option<&std::path::Path>) -> Result<config::ServerConfig> {
     config::load(config, std::env::vars())
 }
@@ -127,6 +141,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cfg.http.listen = a;
     }
     cfg.validate()?;
+    arm_crash_point()?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::commitlog::{CommitLog, Segment};
 use crate::config::{FlushMode, StoreConfig};
+use crate::crash_point;
 use crate::error::{Result, StoreError};
 use crate::framing;
 use crate::io::StorageIo;
@@ -282,6 +283,7 @@ impl Appender {
         self.segment = Some(seg);
         self.write_staged();
         self.segment = None;
+        crash_point::reach(crash_point::SEGMENT_SEALED);
         if let Some(reason) = self.shared.fenced() {
             return Err(StoreError::Fenced(reason));
         }

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::crash_point;
 use crate::error::{Result, StoreError};
 use crate::mapped::sync_dir;
 
@@ -85,8 +86,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| StoreError::io("write", &tmp, e))?;
+        crash_point::reach_file(crash_point::ATOMIC_TMP_WRITTEN, path);
         f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+        crash_point::reach_file(crash_point::ATOMIC_TMP_SYNCED, path);
         std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename", path, e))?;
+        crash_point::reach_file(crash_point::ATOMIC_RENAMED, path);
         sync_dir(dir)
     })();
     if result.is_err() {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
+use crate::crash_point;
 use crate::error::{Result, StoreError};
 use crate::framing::{self, Probe};
 use crate::io::StorageIo;
@@ -122,6 +123,7 @@ impl CommitLog {
             }
         };
         sync_dir(&self.dir)?;
+        crash_point::reach_file(crash_point::SEGMENT_CREATED, &path);
         let seg = Arc::new(Segment { base, file });
         let mut segs = self.segments.write();
         if let Some(last) = segs.last() {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::commitlog::{file_name, list_numbered_files};
+use crate::crash_point;
 use crate::error::{Result, StoreError};
 use crate::io::StorageIo;
 use crate::mapped::{ensure_dir, MappedFile};
@@ -158,6 +159,7 @@ impl ConsumeQueue {
             self.per_file * ENTRY_LEN,
             io,
         )?);
+        crash_point::reach_file(crash_point::CQ_FILE_CREATED, &path);
         let mut files = self.files.write();
         let idx = files.partition_point(|(b, _)| *b < first);
         files.insert(idx, (first, Arc::clone(&f)));

@@ -14,6 +14,7 @@
 //! - [`recovery`]: the written policy for torn tails and interior damage.
 //! - `retention`: deleting old segments with their queue and index files.
 //! - `checkpoint`: checkpoint, abort marker, folder lock, atomic file replacement.
+//! - [`crash_point`]: named steps of multi-file operations where a test can abort the process.
 //! - [`io`]: the storage trait and its fault-injecting twin.
 //! - [`latency`]: the sync-latency histogram behind `/metrics`.
 //!
@@ -28,6 +29,7 @@ mod checkpoint;
 mod commitlog;
 mod config;
 mod consume_queue;
+pub mod crash_point;
 mod damage;
 mod dispatch;
 mod error;

@@ -156,7 +156,7 @@ fn server_options(cfg: &BrokerConfig) -> ServerOptions {
         max_inflight: cfg.max_inflight_per_connection,
         max_connections: cfg.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
-        idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
+        idle_timeout: cfg.idle_timeout,
     }
 }
 
@@ -201,15 +201,18 @@ type OpenedState = (Arc<Store>, Arc<TopicManager>, Arc<OffsetManager>);
 fn open_state(cfg: &BrokerConfig) -> Result<OpenedState, BrokerError> {
     let store = Store::open(cfg.store.clone())?;
     let data_dir = &cfg.store.data_dir;
-    let state = TopicManager::load(
-        data_dir,
-        cfg.auto_create_topic,
-        cfg.default_topic_queue_nums,
-    )
-    .and_then(|topics| {
-        topics.save()?;
-        Ok((Arc::new(topics), Arc::new(OffsetManager::load(data_dir)?)))
-    });
+    let state = crate::state_file::sweep_temp_files(data_dir)
+        .and_then(|_| {
+            TopicManager::load(
+                data_dir,
+                cfg.auto_create_topic,
+                cfg.default_topic_queue_nums,
+            )
+        })
+        .and_then(|topics| {
+            topics.save()?;
+            Ok((Arc::new(topics), Arc::new(OffsetManager::load(data_dir)?)))
+        });
     match state {
         Ok((topics, offsets)) => Ok((Arc::new(store), topics, offsets)),
         Err(e) => {

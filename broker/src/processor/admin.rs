@@ -1,6 +1,7 @@
 //! Admin requests: UPDATE_AND_CREATE_TOPIC (17) and GET_ALL_TOPIC_CONFIG (21).
 //!
-//! There is no ACL yet, so these are open to anyone who can connect, as in Java with ACL off.
+//! Who may send them is decided before dispatch (`crate::acl::authorize`: admin accounts with
+//! ACL on; loopback peers only with ACL off unless `allow_remote_admin`).
 
 use std::sync::Arc;
 
@@ -14,8 +15,9 @@ use crate::broker::context::BrokerContext;
 use crate::reply;
 use crate::topic::{self, MAX_QUEUE_NUMS};
 
-/// UPDATE_AND_CREATE_TOPIC: validates and stores the topic, then re-registers at once.
-pub(super) fn create_topic(
+/// UPDATE_AND_CREATE_TOPIC: validates and stores the topic, answers once `topics.json` holds
+/// it, and re-registers at once.
+pub(super) async fn create_topic(
     ctx: &Arc<BrokerContext>,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, Reject> {
@@ -57,6 +59,10 @@ pub(super) fn create_topic(
         write_queue_nums: h.write_queue_nums,
     };
     ctx.topics.put(cfg);
+    ctx.topics.save_durably().await.map_err(|e| {
+        tracing::error!(topic = %h.topic, error = %e, "saving a created topic failed");
+        Reject::new(code::SYSTEM_ERROR, format!("topic not saved: {e}"))
+    })?;
     Ok(reply::ok(req))
 }
 

@@ -122,7 +122,7 @@ async fn dispatch(
         rc::QUERY_MESSAGE => query::query_message(ctx, &req).await,
         rc::VIEW_MESSAGE_BY_ID => query::view_by_id(ctx, &req),
         rc::CONSUMER_SEND_MSG_BACK => retry::send_back(ctx, &req).await,
-        rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req),
+        rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req).await,
         GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),
         test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
             panic!("test hook: deliberate handler panic")

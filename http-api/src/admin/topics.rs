@@ -136,7 +136,11 @@ pub(super) async fn create_topic(
     if let Some(existing) = state.broker().topic(&body.name) {
         return same_shape(existing, &wanted).map(|t| (StatusCode::OK, Json(t)));
     }
-    state.broker().put_topic(wanted.clone());
+    state
+        .broker()
+        .put_topic_durably(wanted.clone())
+        .await
+        .map_err(not_saved)?;
     tracing::info!(topic = %body.name, queues, perm, "topic created over HTTP");
     Ok((StatusCode::CREATED, Json(topic_out(&wanted))))
 }
@@ -222,10 +226,20 @@ pub(super) async fn delete_topic(
     PathParams(topic): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     match state.broker().delete_topic(&topic) {
-        Ok(Some(_)) => Ok(StatusCode::NO_CONTENT),
+        Ok(Some(_)) => {
+            state.broker().save_topics().await.map_err(not_saved)?;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(None) => Err(topic_not_found(&topic)),
         Err(why) => Err(ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, why)),
     }
+}
+
+/// 503: the change is in effect but `topics.json` could not be written (a full or failing
+/// disk); the caller may retry, and the details go to the log under the request id.
+fn not_saved(e: sluice_broker::BrokerError) -> ApiError {
+    tracing::error!(request_id = %crate::request_id::current(), error = %e, "saving topics failed");
+    ApiError::unavailable("the topic change could not be saved to disk; retry later")
 }
 
 /// 404 `topic_not_found`.

@@ -10,6 +10,7 @@ mod acl_cpp;
 mod binary;
 mod compat_cpp;
 mod crash_loop;
+mod crash_points;
 mod crash_produce;
 mod replay_crash;
 mod retry_cpp;

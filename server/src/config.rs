@@ -610,5 +610,34 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("interval"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_BROKER_IDLE_TIMEOUT_MS", "0")])).unwrap_err()
+        );
+        assert!(err.contains("idle_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn connection_idle_time_and_offset_saves_are_configurable() {
+        let b = load(None, env(&[])).unwrap().broker_config(None);
+        assert_eq!(b.idle_timeout, Duration::from_secs(120));
+        assert_eq!(b.offset_flush_interval, Duration::from_secs(5));
+        let cfg = load(
+            None,
+            env(&[
+                ("SLUICE_BROKER_IDLE_TIMEOUT_MS", "30000"),
+                ("SLUICE_BROKER_OFFSET_FLUSH_INTERVAL_MS", "1000"),
+            ]),
+        )
+        .unwrap();
+        let b = cfg.broker_config(None);
+        assert_eq!(b.idle_timeout, Duration::from_secs(30));
+        assert_eq!(b.offset_flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_crash_point_variable_is_not_a_config_key() {
+        let cfg = load(None, env(&[("SLUICE_CRASH_POINT", "commitlog.sealed")]));
+        assert!(cfg.is_ok(), "{:?}", cfg.err());
     }
 }

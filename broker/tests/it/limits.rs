@@ -15,10 +15,10 @@ use sluice_protocol::remoting::frame::{DEFAULT_MAX_BODY, DEFAULT_MAX_FRAME};
 use sluice_protocol::{request_code, response_code, RemotingCommand};
 use sluice_store::StoreConfig;
 
-/// The broker's idle timeout (`broker/src/remoting/server.rs`, `IDLE_TIMEOUT`): Java's
-/// `serverChannelMaxIdleTimeSeconds`. Not configurable, so the slow-loris test runs on
-/// tokio's paused clock instead of waiting two real minutes.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The idle timeout the slow-loris test configures (`BrokerConfig::idle_timeout`, default
+/// 120 s as Java's `serverChannelMaxIdleTimeSeconds`). The test runs on tokio's paused clock
+/// instead of waiting in real time.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A broker with the production frame and body limits, and a store whose records fit a
 /// 4 MiB body (the test store's records stop at 256 KiB).
@@ -186,8 +186,12 @@ fn still_open(raw: &Raw) -> bool {
 // Paused time: the runtime's clock jumps to the next timer whenever every task waits, so the
 // two-minute idle timeout passes at once and no assertion depends on real elapsed time.
 #[tokio::test(flavor = "current_thread")]
-async fn a_slow_loris_connection_is_dropped_by_the_idle_timeout() {
-    let (_dir, broker) = start_full_size(|_| {}).await;
+async fn a_slow_loris_connection_is_dropped_by_the_configured_idle_timeout() {
+    let (_dir, broker) = start_full_size(|c| {
+        assert_eq!(c.idle_timeout, Duration::from_secs(120), "the default");
+        c.idle_timeout = IDLE_TIMEOUT;
+    })
+    .await;
     let addr = broker.local_addr();
     let whole = frame(&max_offset_request("Steady", 1));
 
@@ -200,11 +204,11 @@ async fn a_slow_loris_connection_is_dropped_by_the_idle_timeout() {
 
     tokio::time::sleep(IDLE_TIMEOUT / 2).await;
     assert!(still_open(&stalled), "not dropped before the idle timeout");
-    // One byte every 10 s never completes the frame: the timeout covers the whole frame, so
+    // One byte every 4 s never completes the frame: the timeout covers the whole frame, so
     // trickling bytes does not keep the connection alive.
     let mut dropped_after_drips = None;
     for (drip, byte) in whole[1..].iter().enumerate().take(30) {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
         if !still_open(&dripping) {
             dropped_after_drips = Some(drip);
             break;
@@ -213,7 +217,7 @@ async fn a_slow_loris_connection_is_dropped_by_the_idle_timeout() {
     }
     assert!(
         dropped_after_drips.is_some(),
-        "a connection trickling one byte every 10 s is dropped"
+        "a connection trickling one byte every 4 s is dropped"
     );
     assert!(
         stalled.closed_by_peer(IDLE_TIMEOUT).await,

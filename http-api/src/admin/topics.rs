@@ -134,7 +134,11 @@ pub(super) async fn create_topic(
     }
     let wanted = TopicConfig::new(&body.name, queues, perm);
     if let Some(existing) = state.broker().topic(&body.name) {
-        return same_shape(existing, &wanted).map(|t| (StatusCode::OK, Json(t)));
+        let out = same_shape(existing, &wanted)?;
+        // It may be in effect from an earlier request whose save failed (503): a 200 must
+        // mean it is on disk too.
+        state.broker().save_topics().await.map_err(not_saved)?;
+        return Ok((StatusCode::OK, Json(out)));
     }
     state
         .broker()

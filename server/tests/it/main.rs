@@ -12,6 +12,7 @@ mod compat_cpp;
 mod crash_loop;
 mod crash_points;
 mod crash_produce;
+mod disk_full;
 mod replay_crash;
 mod retry_cpp;
 mod timers_crash;

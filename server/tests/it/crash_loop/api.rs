@@ -125,6 +125,11 @@ impl Api {
         .await
     }
 
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<(u16, Value), NoAnswer> {
+        self.get("/healthz").await
+    }
+
     /// `GET /v1/topics/{topic}`.
     pub async fn topic(&self, name: &str) -> Result<(u16, Value), NoAnswer> {
         self.get(&format!("/v1/topics/{name}")).await

@@ -26,6 +26,12 @@ pub struct HttpConfig {
     /// Longest time a request body may take to arrive; a stalled upload is refused and
     /// gives its request slot back. Default 30 s.
     pub body_read_timeout: std::time::Duration,
+    /// Time a client has to send a request's line and headers, counted from when the
+    /// connection waits for them: slow-loris senders and idle keep-alive connections are
+    /// closed after it. Default 30 s.
+    pub header_read_timeout: std::time::Duration,
+    /// Open HTTP connections; one beyond it is closed at once. Default 10 000.
+    pub max_connections: usize,
     /// Producer group recorded for HTTP sends that name none. Default `SLUICE_HTTP_PRODUCER`.
     pub default_producer_group: String,
     /// Serve `/metrics` without a token (it carries no message data or secrets). Default
@@ -47,6 +53,8 @@ impl Default for HttpConfig {
             max_batch: 256,
             max_concurrent_requests: 1024,
             body_read_timeout: std::time::Duration::from_secs(30),
+            header_read_timeout: std::time::Duration::from_secs(30),
+            max_connections: 10_000,
             default_producer_group: "SLUICE_HTTP_PRODUCER".into(),
             metrics_public: true,
             consume: crate::consume::ConsumeConfig::default(),
@@ -70,8 +78,11 @@ impl HttpConfig {
                 self.max_request_bytes, self.max_message_bytes
             ));
         }
-        if self.body_read_timeout.is_zero() {
-            return Err("body_read_timeout must be > 0".into());
+        if self.body_read_timeout.is_zero() || self.header_read_timeout.is_zero() {
+            return Err("body_read_timeout and header_read_timeout must be > 0".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be > 0".into());
         }
         if self.max_batch == 0 || self.max_concurrent_requests == 0 {
             return Err("max_batch and max_concurrent_requests must be > 0".into());

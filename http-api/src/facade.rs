@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::HttpConfig;
+use crate::serve::{serve, ConnLimits};
 use crate::state::AppState;
 
 /// How long in-flight HTTP requests may take to finish at shutdown.
@@ -96,19 +97,12 @@ impl HttpFacade {
         );
         state.txn_http().start(&state);
         let (router, _) = crate::router(state.clone());
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let app = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let (stop, stopped) = watch::channel(false);
+        let limits = ConnLimits {
+            header_read_timeout: self.config.header_read_timeout,
+            max_connections: self.config.max_connections,
+        };
+        let task = tokio::spawn(serve(listener, router, limits, stopped));
         let _ = self.local_addr.set(addr);
         tracing::info!(%addr, "HTTP facade listening");
         *self.running.lock() = Some(Running { stop, task, state });

@@ -27,6 +27,7 @@ mod facade;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod request_id;
+mod serve;
 mod state;
 
 mod admin;

@@ -225,3 +225,120 @@ async fn requests_over_max_concurrent_requests_are_429_and_served_again_after() 
     assert_eq!(st, 200, "the slot is free again");
     s.stop().await;
 }
+
+/// True once the server closed `stream` (EOF or reset), waiting at most `limit`.
+async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A slow-loris client (request line and headers trickled, never finished) and an idle
+/// keep-alive connection are both closed after `header_read_timeout`, and the facade keeps
+/// serving everyone else.
+#[tokio::test]
+async fn trickled_headers_and_idle_connections_are_closed_after_the_header_read_timeout() {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            header_read_timeout: Duration::from_millis(500),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("T", 1);
+    let mut loris = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    loris.write_all(b"POST /v1/topics/T/mess").await.unwrap();
+    let mut idle = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    let get = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", addr_of(&s));
+    idle.write_all(get.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 512];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "served once");
+
+    // Keep trickling: a byte every 100 ms does not extend the deadline.
+    let mut dropped = false;
+    for b in b"ages HTTP/1.1\r\nhost: x\r\nx-slow: "
+        .iter()
+        .cycle()
+        .take(300)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if loris.write_all(&[*b]).await.is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(
+        dropped || closed_by_server(&mut loris, Duration::from_secs(30)).await,
+        "a client trickling its headers is disconnected"
+    );
+    assert!(
+        closed_by_server(&mut idle, Duration::from_secs(30)).await,
+        "an idle keep-alive connection is closed"
+    );
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
+/// Connections beyond `max_connections` are closed at once; admitted ones keep working, and
+/// a slot freed by a closed connection is reused.
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_and_admitted_ones_keep_working() {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            max_connections: 2,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let a = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    let b = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    let mut extra = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    assert!(
+        closed_by_server(&mut extra, Duration::from_secs(10)).await,
+        "a third connection is closed"
+    );
+    for conn in [a, b] {
+        let mut conn = conn;
+        let get = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", addr_of(&s));
+        conn.write_all(get.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 512];
+        let n = conn.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "admitted ones answer"
+        );
+    }
+    // Both admitted connections are dropped now; their slots come back.
+    let mut ok = false;
+    for _ in 0..100 {
+        if raw_status(
+            &s,
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_string(),
+            b"",
+        )
+        .await
+            == Some(200)
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "freed slots are reused");
+    s.stop().await;
+}

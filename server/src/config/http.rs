@@ -33,6 +33,11 @@ pub struct HttpSection {
     pub metrics_public: bool,
     /// Longest time a request body may take to arrive. Default 30 000.
     pub body_read_timeout_ms: u64,
+    /// Longest time a request's line and headers may take (slow-loris senders and idle
+    /// keep-alive connections are closed after it). Default 30 000.
+    pub header_read_timeout_ms: u64,
+    /// Open HTTP connections; more are closed at once. Default 10 000.
+    pub max_connections: usize,
     /// Key of the check-back webhook signature (`X-Sluice-Signature`), at least 16 bytes.
     /// None = unsigned webhook calls.
     #[serde(serialize_with = "redacted_opt")]
@@ -93,6 +98,8 @@ impl Default for HttpSection {
             max_concurrent_requests: d.max_concurrent_requests,
             metrics_public: d.metrics_public,
             body_read_timeout_ms: d.body_read_timeout.as_millis() as u64,
+            header_read_timeout_ms: d.header_read_timeout.as_millis() as u64,
+            max_connections: d.max_connections,
             webhook_secret: None,
             webhook_timeout_ms: d.checks.webhook_timeout.as_millis() as u64,
             webhook_concurrency: d.checks.webhook_concurrency,
@@ -157,6 +164,8 @@ impl HttpSection {
             max_concurrent_requests: self.max_concurrent_requests,
             metrics_public: self.metrics_public,
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
             ..HttpConfig::default()
         };
         cfg.validate().map_err(|e| anyhow!("[http] {e}"))?;

@@ -1,0 +1,104 @@
+//! The accept loop: each connection served by hyper with the facade's connection limits.
+//!
+//! `axum::serve` gives hyper no timer, so hyper's header-read timeout never fires there: a
+//! client trickling its request line and headers (or holding an idle keep-alive connection)
+//! kept a connection and a task forever. This loop sets `header_read_timeout`, caps open
+//! connections, and shuts down gracefully: it stops accepting, lets in-flight requests finish,
+//! and the facade aborts whatever outlives its grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+/// How the accept loop treats connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    /// Time a client has to send a request's line and headers, counted from when the
+    /// connection waits for them (so an idle keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+    /// Open connections; a connection beyond it is closed at once.
+    pub max_connections: usize,
+}
+
+/// Serves `router` on `listener` until `stopped` turns true, then drains.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%remote, max = limits.max_connections, "HTTP connection refused: too many open");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service_for(&router, remote))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The router for one connection, with the peer address handlers read as `ConnectInfo`.
+fn service_for(
+    router: &Router,
+    remote: SocketAddr,
+) -> TowerToHyperService<
+    impl tower::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future = impl Send,
+        > + Clone,
+> {
+    let svc = router
+        .clone()
+        .map_request(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req
+        });
+    TowerToHyperService::new(svc)
+}

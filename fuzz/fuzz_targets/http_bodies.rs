@@ -1,10 +1,9 @@
 //! The HTTP facade's JSON request bodies (produce, batch, transactional send, check answers,
-//! receive, ack, nack, visibility, reschedule, replay), parsed as the handlers parse them and
-//! checked by the handlers' own validation. Oracle: no panic, whatever a client posts.
+//!
+//! The oracles live in `sluice_fuzz::targets::http_bodies`, shared with the replay of the seed
+//! corpus that runs in the normal test suite (`server/tests/it/fuzz_replay.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    sluice_http::fuzzing::parse_request_bodies(data);
-});
+fuzz_target!(|data: &[u8]| sluice_fuzz::targets::http_bodies::run(data));

@@ -1,5 +1,6 @@
-//! Helpers shared by the fuzz targets and the seed generator (`examples/make_seeds.rs`), so
-//! that the seeds are written with exactly the limits the targets use.
+//! The fuzz targets' oracles ([`targets`]) and the helpers they share with the seed generator
+//! (`examples/make_seeds.rs`), so that the seeds are written with exactly the limits the
+//! targets use.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use sluice_protocol::message::{MAGIC_V1, MAGIC_V2};
 use sluice_protocol::RecordView;
 use sluice_store::StoreConfig;
+
+pub mod targets;
 
 /// Segment size of the store the recovery target opens: small, so an input covers a segment.
 pub const SEGMENT: usize = 16 * 1024;

@@ -13,6 +13,7 @@ mod crash_loop;
 mod crash_points;
 mod crash_produce;
 mod disk_full;
+mod fuzz_replay;
 mod replay_crash;
 mod retry_cpp;
 mod timers_crash;

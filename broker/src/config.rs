@@ -22,6 +22,8 @@ pub struct NameServerConfig {
     pub max_frame: usize,
     /// Largest body. Registration bodies list every topic of a broker, so default 16 MiB.
     pub max_body: usize,
+    /// TLS for the name server's port. Default `None`: plaintext.
+    pub tls: Option<sluice_remoting::ServerTls>,
 }
 
 impl Default for NameServerConfig {
@@ -32,6 +34,7 @@ impl Default for NameServerConfig {
             scan_interval: Duration::from_secs(5),
             max_frame: DEFAULT_MAX_FRAME,
             max_body: DEFAULT_MAX_FRAME,
+            tls: None,
         }
     }
 }
@@ -86,6 +89,10 @@ pub struct BrokerConfig {
     /// A connection that sends nothing for this long is closed (a silent peer, a half-open
     /// socket, a slow-loris sender). Default 120 s, as RocketMQ's broker.
     pub idle_timeout: Duration,
+    /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
+    pub tls: Option<sluice_remoting::ServerTls>,
+    /// TLS when registering with name servers (needed when they are TLS-only). Default `None`.
+    pub namesrv_tls: Option<sluice_remoting::ClientTls>,
     /// The storage engine's settings. `store_host` is overwritten with the advertised address.
     pub store: StoreConfig,
     /// Consumer retry policies (maximum, back-off), per group. Default RocketMQ's: 16 retries
@@ -119,6 +126,8 @@ impl BrokerConfig {
             offset_flush_interval: Duration::from_secs(5),
             client_expiry: Duration::from_secs(120),
             idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
+            tls: None,
+            namesrv_tls: None,
             store,
             retry: crate::retry::RetryConfig::default(),
             lease: crate::lease::LeaseConfig::default(),

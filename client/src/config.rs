@@ -40,6 +40,8 @@ pub struct ClientConfig {
     pub max_message_size: usize,
     /// RocketMQ ACL credentials every request is signed with. Default none.
     credentials: Option<sluice_protocol::acl::Credentials>,
+    /// TLS towards name servers and brokers. Default none (plaintext).
+    tls: Option<sluice_remoting::ClientTls>,
 }
 
 impl ClientConfig {
@@ -57,6 +59,7 @@ impl ClientConfig {
             heartbeat_interval: Duration::from_secs(30),
             max_message_size: 4 * 1024 * 1024,
             credentials: None,
+            tls: None,
         }
     }
 
@@ -73,6 +76,26 @@ impl ClientConfig {
             access_key, secret_key,
         ));
         self
+    }
+
+    /// Connects to name servers and brokers over TLS, trusting the CA certificates in
+    /// `ca_pem` (a self-signed server certificate is its own CA) and verifying `server_name`
+    /// (`None`: each address's IP must be in the certificate). For servers in
+    /// `permissive` or `enforcing` TLS mode.
+    pub fn with_tls(
+        mut self,
+        ca_pem: &std::path::Path,
+        server_name: Option<String>,
+    ) -> Result<Self, ClientError> {
+        let tls = sluice_remoting::ClientTls::from_ca_file(ca_pem, server_name)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        self.tls = Some(tls);
+        Ok(self)
+    }
+
+    /// The TLS settings, if any.
+    pub fn tls(&self) -> Option<&sluice_remoting::ClientTls> {
+        self.tls.as_ref()
     }
 
     /// The ACL credentials, if any.

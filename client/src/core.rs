@@ -61,7 +61,8 @@ impl ClientCore {
         Ok(Arc::new(Self {
             client_id: cfg.client_id(),
             pool: Pool::new(cfg.connect_timeout, requests)
-                .with_credentials(cfg.credentials().cloned()),
+                .with_credentials(cfg.credentials().cloned())
+                .with_tls(cfg.tls().cloned()),
             uniq: UniqKeyGenerator::new(ip),
             routes: RwLock::new(HashMap::new()),
             masters: RwLock::new(HashMap::new()),

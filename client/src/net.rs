@@ -51,6 +51,12 @@ impl Pool {
         }
     }
 
+    /// Connects over TLS with these settings.
+    pub(crate) fn with_tls(mut self, tls: Option<sluice_remoting::ClientTls>) -> Self {
+        self.opts.tls = tls;
+        self
+    }
+
     /// Signs every request with `credentials` (RocketMQ ACL).
     pub(crate) fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
         self.credentials = credentials;

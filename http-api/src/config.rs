@@ -32,6 +32,9 @@ pub struct HttpConfig {
     pub header_read_timeout: std::time::Duration,
     /// Open HTTP connections; one beyond it is closed at once. Default 10 000.
     pub max_connections: usize,
+    /// Serve HTTPS only, with this certificate (`ServerTls::from_files`; its mode is not used:
+    /// a port serves HTTP or HTTPS). Default `None`: plain HTTP.
+    pub tls: Option<sluice_remoting::ServerTls>,
     /// Producer group recorded for HTTP sends that name none. Default `SLUICE_HTTP_PRODUCER`.
     pub default_producer_group: String,
     /// Serve `/metrics` without a token (it carries no message data or secrets). Default
@@ -55,6 +58,7 @@ impl Default for HttpConfig {
             body_read_timeout: std::time::Duration::from_secs(30),
             header_read_timeout: std::time::Duration::from_secs(30),
             max_connections: 10_000,
+            tls: None,
             default_producer_group: "SLUICE_HTTP_PRODUCER".into(),
             metrics_public: true,
             consume: crate::consume::ConsumeConfig::default(),

@@ -102,7 +102,8 @@ impl HttpFacade {
             header_read_timeout: self.config.header_read_timeout,
             max_connections: self.config.max_connections,
         };
-        let task = tokio::spawn(serve(listener, router, limits, stopped));
+        let tls = self.config.tls.as_ref().map(|t| t.acceptor.clone());
+        let task = tokio::spawn(serve(listener, router, limits, tls, stopped));
         let _ = self.local_addr.set(addr);
         tracing::info!(%addr, "HTTP facade listening");
         *self.running.lock() = Some(Running { stop, task, state });

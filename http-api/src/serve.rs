@@ -1,4 +1,5 @@
-//! The accept loop: each connection served by hyper with the facade's connection limits.
+//! The accept loop: each connection served by hyper with the facade's connection limits,
+//! over TLS when configured.
 //!
 //! `axum::serve` gives hyper no timer, so hyper's header-read timeout never fires there: a
 //! client trickling its request line and headers (or holding an idle keep-alive connection)
@@ -19,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// How the accept loop treats connections.
@@ -31,11 +33,19 @@ pub(crate) struct ConnLimits {
     pub max_connections: usize,
 }
 
+/// One connection's hyper builder, shutdown watcher and service.
+struct ConnCtx {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    remote: SocketAddr,
+}
+
 /// Serves `router` on `listener` until `stopped` turns true, then drains.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -66,19 +76,44 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service_for(&router, remote))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let ctx = ConnCtx {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            remote,
+        };
+        let router = router.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            let _slot = slot;
+            match tls {
+                None => serve_one(ctx, TokioIo::new(stream), router).await,
+                Some(acceptor) => {
+                    // The handshake gets the same bound as the headers that follow it.
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(s)) => serve_one(ctx, TokioIo::new(s), router).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                }
             }
-            drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection until it ends or the facade shuts down.
+async fn serve_one<I>(ctx: ConnCtx, io: I, router: Router)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = ctx
+        .builder
+        .serve_connection(io, service_for(&router, ctx.remote));
+    if let Err(e) = ctx.watcher.watch(conn).await {
+        tracing::debug!(remote = %ctx.remote, error = %e, "HTTP connection ended with an error");
+    }
 }
 
 /// The router for one connection, with the peer address handlers read as `ConnectInfo`.

@@ -37,6 +37,8 @@ pub struct ClientOptions {
     /// Server-initiated requests buffered for [`RemotingClient::take_requests`]; beyond that they
     /// are dropped with a warning (they are one-way notifications). Default 1 024.
     pub request_queue: usize,
+    /// Connect with TLS, trusting these CA certificates. Default `None`: plaintext.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -47,6 +49,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(3),
             write_queue: 1024,
             request_queue: 1024,
+            tls: None,
         }
     }
 }
@@ -87,7 +90,36 @@ impl RemotingClient {
         let local = stream
             .local_addr()
             .map_err(|source| RemotingError::Connect { addr, source })?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = match &opts.tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (
+                    Box::new(rd) as crate::tls::ReadHalf,
+                    Box::new(wr) as crate::tls::WriteHalf,
+                )
+            }
+            Some(tls) => {
+                let name = tls
+                    .name_for(addr)
+                    .map_err(|e| RemotingError::Tls { addr, reason: e })?;
+                let handshake = tls.connector.connect(name, stream);
+                match tokio::time::timeout(opts.connect_timeout, handshake).await {
+                    Ok(Ok(s)) => crate::tls::split(s),
+                    Ok(Err(e)) => {
+                        return Err(RemotingError::Tls {
+                            addr,
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(RemotingError::ConnectTimeout {
+                            addr,
+                            timeout: opts.connect_timeout,
+                        })
+                    }
+                }
+            }
+        };
         let (tx, rx) = mpsc::channel(opts.write_queue.max(1));
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
         let conn = ConnectionHandle::new(id, addr, local, tx);

@@ -16,6 +16,14 @@ pub enum RemotingError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed (an untrusted certificate, a name mismatch, a plaintext peer).
+    #[error("TLS with {addr}: {reason}")]
+    Tls {
+        /// The peer.
+        addr: SocketAddr,
+        /// What the handshake said.
+        reason: String,
+    },
     /// Connecting took longer than allowed.
     #[error("connect to {addr} timed out after {timeout:?}")]
     ConnectTimeout {

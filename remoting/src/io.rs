@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use sluice_protocol::{FrameDecoder, FrameError, RemotingCommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::connection::ConnectionHandle;
@@ -50,18 +49,18 @@ pub enum ReadError {
     Truncated(usize),
 }
 
-/// Splits frames off a socket's read half.
+/// Splits frames off a socket's read half (plain TCP or TLS).
 pub struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: crate::tls::ReadHalf,
     buf: BytesMut,
     decoder: FrameDecoder,
 }
 
 impl FrameReader {
     /// A reader over the read half of a connection, decoding with `decoder`'s limits.
-    pub fn new(rd: OwnedReadHalf, decoder: FrameDecoder) -> Self {
+    pub fn new(rd: impl AsyncRead + Send + Unpin + 'static, decoder: FrameDecoder) -> Self {
         Self {
-            rd,
+            rd: Box::new(rd),
             buf: BytesMut::with_capacity(MIN_READ),
             decoder,
         }
@@ -110,8 +109,8 @@ impl FrameReader {
 
 /// Writes every queued command until the connection closes, then flushes what is left (bounded
 /// by [`FLUSH_ON_CLOSE`]) and shuts the socket down. A write error closes the connection.
-pub async fn write_loop(
-    mut wr: OwnedWriteHalf,
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<RemotingCommand>,
     conn: ConnectionHandle,
 ) {
@@ -141,8 +140,8 @@ pub async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn flush_rest(
-    wr: &mut OwnedWriteHalf,
+async fn flush_rest<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     rx: &mut mpsc::Receiver<RemotingCommand>,
     conn: &ConnectionHandle,
 ) {

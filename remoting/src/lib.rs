@@ -10,13 +10,16 @@
 //! - [`connection`]: [`ConnectionHandle`], one duplex connection (send, invoke, close).
 //! - [`io`]: the frame reader and the writer task, shared by servers and clients.
 //! - [`client`]: [`RemotingClient`], an outgoing connection.
+//! - [`tls`]: TLS settings (rustls) for servers and clients, from PEM files.
 //! - [`error`]: [`RemotingError`], why a request got no response.
 
 pub mod client;
 pub mod connection;
 pub mod error;
 pub mod io;
+pub mod tls;
 
 pub use client::{ClientOptions, RemotingClient};
 pub use connection::ConnectionHandle;
 pub use error::RemotingError;
+pub use tls::{ClientTls, ServerTls, TlsMode};

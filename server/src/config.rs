@@ -6,10 +6,12 @@ mod acl;
 mod http;
 mod retry;
 mod schedule;
+mod tls;
 pub use acl::AclSection;
 pub use http::HttpSection;
 pub use retry::RetrySection;
 pub use schedule::ScheduleSection;
+pub use tls::{LoadedTls, TlsSection};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ pub struct ServerConfig {
     pub retry: RetrySection,
     /// Access control of the broker (RocketMQ ACL signatures and permissions).
     pub acl: AclSection,
+    /// TLS for the TCP ports and the HTTP facade.
+    pub tls: TlsSection,
 }
 
 /// `[namesrv]`
@@ -171,6 +175,7 @@ impl Default for ServerConfig {
             schedule: ScheduleSection::default(),
             retry: RetrySection::default(),
             acl: AclSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -266,8 +271,8 @@ pub fn load(
     Ok(cfg)
 }
 
-const SECTIONS: [&str; 8] = [
-    "namesrv", "broker", "store", "http", "txn", "schedule", "retry", "acl",
+const SECTIONS: [&str; 9] = [
+    "namesrv", "broker", "store", "http", "txn", "schedule", "retry", "acl", "tls",
 ];
 /// Variables that configure something other than the file's keys (the crash point is a test
 /// hook, checked by `sluice_store::crash_point::armed` at start).
@@ -346,6 +351,7 @@ impl ServerConfig {
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.acl.to_config()?;
+        self.tls.load()?;
         Ok(())
     }
 
@@ -615,6 +621,16 @@ mod tests {
             load(None, env(&[("SLUICE_BROKER_IDLE_TIMEOUT_MS", "0")])).unwrap_err()
         );
         assert!(err.contains("idle_timeout_ms"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_TLS_MODE", "sometimes")])).unwrap_err()
+        );
+        assert!(err.contains("[tls] mode"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, env(&[("SLUICE_TLS_HTTP", "true")])).unwrap_err()
+        );
+        assert!(err.contains("cert_file and key_file"), "{err}");
     }
 
     #[test]

@@ -143,12 +143,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.validate()?;
     arm_crash_point()?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    let tls = cfg.tls.load()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
 
     let namesrv = if cfg.namesrv.enabled {
+        let mut ns_cfg = cfg.namesrv_config();
+        ns_cfg.tls = tls.remoting.clone();
         Some(
-            NameServer::start(cfg.namesrv_config())
+            NameServer::start(ns_cfg)
                 .await
                 .context("starting the name server")?,
         )
@@ -156,8 +159,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None
     };
     let local_ns = namesrv.as_ref().map(|n| n.local_addr());
-    let (exts, http) = extensions(&cfg)?;
-    let broker = Broker::start_with(cfg.broker_config(local_ns), exts)
+    let (exts, http) = extensions(&cfg, &tls)?;
+    let mut broker_cfg = cfg.broker_config(local_ns);
+    broker_cfg.tls = tls.remoting.clone();
+    broker_cfg.namesrv_tls = tls.registration.clone();
+    let broker = Broker::start_with(broker_cfg, exts)
         .await
         .context("starting the broker")?;
     let http_addr = http
@@ -187,7 +193,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// HTTP facade (last: it starts after the services it calls and stops before them). The
 /// schedule hook runs first and is also given to the transaction extension as a commit hook,
 /// so a committed message with a delay is delivered at its time.
-fn extensions(cfg: &config::ServerConfig) -> Result<(BrokerExtensions, Option<Arc<HttpFacade>>)> {
+fn extensions(
+    cfg: &config::ServerConfig,
+    tls: &config::LoadedTls,
+) -> Result<(BrokerExtensions, Option<Arc<HttpFacade>>)> {
     let mut all = BrokerExtensions::default();
     let schedule = if cfg.schedule.enabled {
         Some(ScheduleExtension::new(cfg.schedule.to_config()?))
@@ -212,8 +221,10 @@ fn extensions(cfg: &config::ServerConfig) -> Result<(BrokerExtensions, Option<Ar
         tracing::info!("transactional messages disabled ([txn] enabled = false)");
     }
     let http = if cfg.http.enabled {
+        let mut http_cfg = cfg.http.to_config()?;
+        http_cfg.tls = tls.http.clone();
         let facade = HttpFacade::new(
-            cfg.http.to_config()?,
+            http_cfg,
             txn_service,
             schedule.as_ref().map(ScheduleExtension::service),
         );
@@ -232,7 +243,9 @@ async fn namesrv(args: NamesrvArgs) -> Result<()> {
     if let Some(a) = args.listen {
         cfg.namesrv.listen = a;
     }
-    let ns = NameServer::start(cfg.namesrv_config())
+    let mut ns_cfg = cfg.namesrv_config();
+    ns_cfg.tls = cfg.tls.load()?.remoting;
+    let ns = NameServer::start(ns_cfg)
         .await
         .context("starting the name server")?;
     println!("sluice name server ready: {}", ns.local_addr());

@@ -115,6 +115,7 @@ impl Broker {
             identity,
             Arc::clone(&ctx.topics),
             &ctx.cfg.namesrv_addrs,
+            ctx.cfg.namesrv_tls.clone(),
         ));
         registrar.register_all().await;
         let background = spawn_background(&ctx, &registrar, &stop);
@@ -157,6 +158,7 @@ fn server_options(cfg: &BrokerConfig) -> ServerOptions {
         max_connections: cfg.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
         idle_timeout: cfg.idle_timeout,
+        tls: cfg.tls.clone(),
     }
 }
 

@@ -15,8 +15,9 @@ use sluice_protocol::{request_code, response_code, RemotingCommand};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 
-use crate::remoting::RemotingClient;
+use crate::remoting::{ClientOptions, RemotingClient};
 use crate::topic::TopicManager;
+use sluice_remoting::ClientTls;
 
 /// Timeout of one registration call (Java: 6 s; ours is a local, small body).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,14 +35,25 @@ pub(crate) struct Registrar {
     identity: Identity,
     topics: Arc<TopicManager>,
     servers: Vec<(SocketAddr, Mutex<Option<RemotingClient>>)>,
+    /// How to connect: TLS towards TLS-only name servers.
+    client: ClientOptions,
 }
 
 impl Registrar {
-    pub(crate) fn new(identity: Identity, topics: Arc<TopicManager>, addrs: &[SocketAddr]) -> Self {
+    pub(crate) fn new(
+        identity: Identity,
+        topics: Arc<TopicManager>,
+        addrs: &[SocketAddr],
+        tls: Option<ClientTls>,
+    ) -> Self {
         Self {
             identity,
             topics,
             servers: addrs.iter().map(|a| (*a, Mutex::new(None))).collect(),
+            client: ClientOptions {
+                tls,
+                ..ClientOptions::default()
+            },
         }
     }
 
@@ -94,7 +106,7 @@ impl Registrar {
         let (addr, slot) = &self.servers[index];
         let mut slot = slot.lock().await;
         if slot.as_ref().is_none_or(RemotingClient::is_closed) {
-            match RemotingClient::connect(*addr).await {
+            match RemotingClient::connect_with(*addr, self.client.clone()).await {
                 Ok(c) => *slot = Some(c),
                 Err(e) => {
                     tracing::warn!(namesrv = %addr, error = %e, "cannot reach name server");

@@ -72,6 +72,7 @@ impl NameServer {
             max_connections: 10_000,
             drain_timeout: DRAIN_TIMEOUT,
             idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
+            tls: cfg.tls.clone(),
         };
         let server = Server::start(
             listener,

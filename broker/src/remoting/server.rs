@@ -24,7 +24,8 @@ use super::registry::ConnectionRegistry;
 use super::tracker::{TaskGuard, TaskTracker};
 use crate::stats::Counters;
 use sluice_remoting::io::{write_loop, FrameReader, Inbound, ReadError};
-use sluice_remoting::ConnectionHandle;
+use sluice_remoting::tls::{self, ReadHalf, WriteHalf};
+use sluice_remoting::{ConnectionHandle, ServerTls, TlsMode};
 
 /// Handles the requests of one kind of server.
 pub(crate) trait Processor: Send + Sync + 'static {
@@ -57,6 +58,8 @@ pub(crate) struct ServerOptions {
     /// `serverChannelMaxIdleTimeSeconds`, 120 s; clients heartbeat every 30 s). This also
     /// drops peers that trickle a frame byte by byte.
     pub(crate) idle_timeout: Duration,
+    /// TLS (permissive: TLS and plaintext on one port; enforcing: TLS only). `None`: plaintext.
+    pub(crate) tls: Option<ServerTls>,
 }
 
 /// Everything the accept loop and connection tasks share.
@@ -174,7 +177,14 @@ async fn serve_connection<P: Processor>(
     _guard: TaskGuard,
 ) {
     let local = stream.local_addr().unwrap_or(remote);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = match open_stream(stream, remote, &shared.opts).await {
+        Ok(halves) => halves,
+        Err(why) => {
+            Counters::inc(&shared.counters.connections_refused);
+            tracing::warn!(server = shared.opts.name, %remote, reason = %why, "connection refused");
+            return;
+        }
+    };
     let (tx, rx) = mpsc::channel(shared.opts.max_inflight * 2 + 16);
     let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
     let conn = ConnectionHandle::new(id, remote, local, tx);
@@ -199,12 +209,49 @@ async fn serve_connection<P: Processor>(
     Counters::dec(&shared.counters.connections_open);
 }
 
+/// The connection's halves: plaintext, or TLS after a handshake (bounded by the idle
+/// timeout). With TLS on, the first byte tells a handshake from a RocketMQ frame.
+async fn open_stream(
+    stream: TcpStream,
+    remote: SocketAddr,
+    opts: &ServerOptions,
+) -> Result<(ReadHalf, WriteHalf), String> {
+    let plain = |stream: TcpStream| {
+        let (rd, wr) = stream.into_split();
+        (Box::new(rd) as ReadHalf, Box::new(wr) as WriteHalf)
+    };
+    let Some(tls) = &opts.tls else {
+        return Ok(plain(stream));
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(opts.idle_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(Ok(_)) => return Err("closed before sending anything".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("sent nothing within the idle timeout".into()),
+    }
+    if first[0] != tls::HANDSHAKE_BYTE {
+        return match tls.mode {
+            TlsMode::Permissive => Ok(plain(stream)),
+            TlsMode::Enforcing => Err("plaintext on a TLS-only port".into()),
+        };
+    }
+    match tokio::time::timeout(opts.idle_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            tracing::debug!(server = opts.name, %remote, "TLS connection");
+            Ok(tls::split(s))
+        }
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Err(_) => Err("TLS handshake not finished within the idle timeout".into()),
+    }
+}
+
 /// Reads until the peer leaves, the stream breaks or the server stops; returns why.
 async fn read_requests<P: Processor>(
     shared: &Arc<Shared<P>>,
     conn: &ConnectionHandle,
     inflight: &Arc<Semaphore>,
-    rd: tokio::net::tcp::OwnedReadHalf,
+    rd: ReadHalf,
 ) -> String {
     let mut reader = FrameReader::new(
         rd,

@@ -17,6 +17,7 @@ mod fuzz_replay;
 mod replay_crash;
 mod retry_cpp;
 mod timers_crash;
+mod tls;
 mod txn_cpp;
 mod txn_crash;
 mod txn_delayed;

@@ -52,7 +52,7 @@ fn cpp_client_sends_10000_keyed_tagged_messages_and_push_consumers_get_them_with
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start(data.path(), free_port(), free_port());
+    let sluice = start(data.path(), 0, 0);
     // Create the topic (auto-create on first send) so consumers find a route at once.
     produce(sluice.ns, "CompatTopic", 1, 1_000_000, "Warm");
     let all_ready = work.path().join("all.ready");
@@ -111,7 +111,7 @@ fn cpp_orderly_send_by_sharding_key_keeps_per_key_order() {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start(data.path(), free_port(), free_port());
+    let sluice = start(data.path(), 0, 0);
     produce(sluice.ns, "CompatOrdered", 1, 1_000_000, "Warm");
     let ready = work.path().join("ordered.ready");
     let c = driver(
@@ -253,7 +253,7 @@ fn cpp_two_consumers_of_one_group_split_the_queues_and_together_get_everything()
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start(data.path(), free_port(), free_port());
+    let sluice = start(data.path(), 0, 0);
     produce(sluice.ns, "CompatShared", 1, 1_000_000, "Warm");
     let (ra, rb) = (work.path().join("a.ready"), work.path().join("b.ready"));
     let a = idle_stopping_consumer(
@@ -302,7 +302,7 @@ fn cpp_broadcasting_consumers_each_get_every_message() {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start(data.path(), free_port(), free_port());
+    let sluice = start(data.path(), 0, 0);
     produce(sluice.ns, "CompatBroadcast", 1, 1_000_000, "Warm");
     let (ra, rb) = (work.path().join("a.ready"), work.path().join("b.ready"));
     let run = |ready: &std::path::Path, inst: &str| {
@@ -353,7 +353,7 @@ fn cpp_delay_level_messages_arrive_after_their_delay_and_not_before() {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start(data.path(), free_port(), free_port());
+    let sluice = start(data.path(), 0, 0);
     produce(sluice.ns, "CompatDelayed", 1, 1_000_000, "Warm");
     let ready = work.path().join("delayed.ready");
     let r = ready.to_string_lossy().to_string();

@@ -15,7 +15,7 @@ use sluice_protocol::remoting::custom::GetMaxOffsetRequestHeader;
 use sluice_protocol::{request_code, RemotingCommand};
 use sluice_remoting::{ClientOptions, ClientTls, RemotingClient};
 
-use crate::common::{free_port, start_with_env, Sluice};
+use crate::common::{start_with_env, Sluice};
 
 /// A self-signed certificate for 127.0.0.1 and `localhost`, as PEM files in `dir`.
 fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -38,8 +38,8 @@ fn start_tls(data: &Path, mode: &str, cert: &Path, key: &Path) -> Sluice {
     let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
     start_with_env(
         data,
-        free_port(),
-        free_port(),
+        0,
+        0,
         &[
             ("SLUICE_TLS_MODE", mode),
             ("SLUICE_TLS_CERT_FILE", &cert),

@@ -98,7 +98,7 @@ fn cpp_commit_rollback_and_check_back_answers_reach_consumers_exactly_as_decided
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start_txn(data.path(), free_port(), free_port(), &[]);
+    let sluice = start_txn(data.path(), 0, 0, &[]);
     let ns = sluice.ns;
     // Create the topic, so the consumer finds a route at once.
     sent_ok(
@@ -239,7 +239,7 @@ fn cpp_commit_rollback_and_check_back_answers_reach_consumers_exactly_as_decided
 fn cpp_another_producer_of_the_group_answers_for_one_that_is_gone() {
     let data = tempfile::tempdir().unwrap();
     client_path();
-    let sluice = start_txn(data.path(), free_port(), free_port(), &[]);
+    let sluice = start_txn(data.path(), 0, 0, &[]);
     let gone = finish(
         txn(
             sluice.ns,

@@ -59,24 +59,11 @@ pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str,
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn sluice");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
-    assert!(
-        ready.starts_with("sluice ready:"),
-        "sluice did not start: {ready:?}"
-    );
-    let http = ready
-        .split(", ")
-        .find_map(|part| part.strip_prefix("http "))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let (ns, broker, http) = read_ready_line(&mut child);
     Sluice {
         child: Some(child),
-        ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
-        broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        ns,
+        broker,
         http,
         data: data.to_path_buf(),
         cold_start: started.elapsed(),
@@ -179,11 +166,11 @@ pub fn start_on(
         .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99");
     cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("spawn sluice");
-    let http = read_ready_line(&mut child);
+    let (ns, broker, http) = read_ready_line(&mut child);
     Sluice {
         child: Some(child),
-        ns: SocketAddr::from(([127, 0, 0, 1], ns_port)),
-        broker: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+        ns,
+        broker,
         http,
         data: data.to_path_buf(),
         cold_start: started.elapsed(),
@@ -192,7 +179,7 @@ pub fn start_on(
 
 /// Waits for the ready line, returns the HTTP address it names, and keeps draining stdout
 /// so the child never blocks on a full pipe.
-fn read_ready_line(child: &mut Child) -> SocketAddr {
+fn read_ready_line(child: &mut Child) -> (SocketAddr, SocketAddr, SocketAddr) {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
@@ -200,13 +187,22 @@ fn read_ready_line(child: &mut Child) -> SocketAddr {
         ready.starts_with("sluice ready:"),
         "sluice did not start: {ready:?}"
     );
-    let http = ready
-        .split(", ")
-        .find_map(|part| part.strip_prefix("http "))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
+    // "sluice ready: name server A, broker B, http C, data …": the bound addresses, so a
+    // caller may ask for port 0 and never race another test for a "free" port.
+    let addr = |label: &str| -> SocketAddr {
+        ready
+            .split(", ")
+            .find_map(|part| {
+                part.strip_prefix("sluice ready: ")
+                    .unwrap_or(part)
+                    .strip_prefix(label)
+            })
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {label}address in {ready:?}"))
+    };
+    let found = (addr("name server "), addr("broker "), addr("http "));
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    http
+    found
 }
 
 /// The broker refuses unknown `SLUICE_*` keys, so the test process's own `SLUICE_TEST_LOG`,

@@ -12,9 +12,13 @@
 //! create/delete subscription group) need an admin account with ACL on; with ACL off they are
 //! accepted only from loopback peers unless [`AclConfig::allow_remote_admin`] is set.
 //!
+//! Peers matching [`AclConfig::white_remote_addresses`] (RocketMQ's
+//! `globalWhiteRemoteAddresses`, see [`white`]) skip every check, admin included.
+//!
 //! The name server does not check signatures (as RocketMQ 4.x's does not).
 
 mod resources;
+pub mod white;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ use sluice_protocol::RemotingCommand;
 
 pub use resources::{is_admin_code, ADMIN_CODES};
 use resources::{needed, Need};
+pub use white::AddressPattern;
 
 /// A permission, as RocketMQ's `plain_acl.yml` spells it: `DENY`, `PUB`, `SUB` or `PUB|SUB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,6 +142,9 @@ pub struct AclConfig {
     pub allow_remote_admin: bool,
     /// The accounts. Access keys must be unique.
     pub accounts: Vec<AclAccount>,
+    /// Peers trusted without signatures, with every right (RocketMQ's
+    /// `globalWhiteRemoteAddresses`). Default none. Only with ACL on.
+    pub white_remote_addresses: Vec<AddressPattern>,
 }
 
 /// Shortest access or secret key, as RocketMQ's `PlainPermissionManager` requires.
@@ -191,6 +199,13 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
                 req.code
             )));
         }
+        return Ok(());
+    }
+    if cfg
+        .white_remote_addresses
+        .iter()
+        .any(|p| p.matches(peer.ip()))
+    {
         return Ok(());
     }
     let access_key = req

@@ -7,8 +7,10 @@
 
 use crate::common;
 
+use std::net::SocketAddr;
+
 use common::*;
-use sluice_broker::acl::{authorize, AclAccount, AclConfig, Perm};
+use sluice_broker::acl::{authorize, AclAccount, AclConfig, AddressPattern, Perm};
 use sluice_broker::RemotingClient;
 use sluice_protocol::acl::{Credentials, SIGNATURE};
 use sluice_protocol::{request_code, response_code, RemotingCommand};
@@ -56,6 +58,7 @@ fn acl_config() -> AclConfig {
                 ..account(&admin())
             },
         ],
+        white_remote_addresses: Vec::new(),
     }
 }
 
@@ -320,6 +323,28 @@ async fn admin_codes_need_an_admin_account_and_with_acl_off_a_loopback_peer() {
     assert!(authorize(&open, remote, &create_topic("X")).is_ok());
     // ACL on: a loopback peer without an admin account is still refused.
     assert!(authorize(&acl_config(), local, &create_topic("X")).is_err());
+}
+
+#[test]
+fn white_listed_peers_need_no_signature_and_other_peers_still_do() {
+    let mut cfg = acl_config();
+    cfg.white_remote_addresses = vec![
+        AddressPattern::parse("10.1.2.*").unwrap(),
+        AddressPattern::parse("192.168.0.0/16").unwrap(),
+    ];
+    let white: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+    let also_white: SocketAddr = "192.168.40.1:5000".parse().unwrap();
+    let other: SocketAddr = "10.1.3.3:5000".parse().unwrap();
+    assert!(
+        authorize(&cfg, white, &send("AclAudit", "k")).is_ok(),
+        "unsigned, any topic"
+    );
+    assert!(
+        authorize(&cfg, also_white, &create_topic("X")).is_ok(),
+        "admin too"
+    );
+    assert!(authorize(&cfg, other, &send("AclOrders", "k")).is_err());
+    assert!(authorize(&cfg, other, &signed(send("AclOrders", "k"), &producer())).is_ok());
 }
 
 #[test]

@@ -31,6 +31,7 @@ async fn a_client_with_credentials_signs_every_request() {
             topic_perms: [("AclRust".to_string(), Perm::Pub)].into(),
             ..AclAccount::default()
         }],
+        white_remote_addresses: Vec::new(),
     };
     let broker = Broker::start(cfg).await.unwrap();
     let ns = namesrv.local_addr().to_string();

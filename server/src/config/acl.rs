@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize, Serializer};
-use sluice_broker::acl::{AclAccount, AclConfig, Perm};
+use sluice_broker::acl::{AclAccount, AclConfig, AddressPattern, Perm};
 
 /// `[acl]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub struct AclSection {
     pub allow_remote_admin: bool,
     /// `[[acl.accounts]]`.
     pub accounts: Vec<AccountSection>,
+    /// Peers trusted without signatures, with every right, as RocketMQ's
+    /// `globalWhiteRemoteAddresses`: `192.168.0.7`, `192.168.1.*`, `10.0.0.1-9`,
+    /// `10.0.1.{3,5}`, `10.0.0.0/8`, `*`. Default none.
+    pub white_remote_addresses: Vec<String>,
 }
 
 /// `[[acl.accounts]]`
@@ -110,10 +114,18 @@ impl AclSection {
                 group_perms,
             });
         }
+        let white_remote_addresses = self
+            .white_remote_addresses
+            .iter()
+            .map(|p| {
+                AddressPattern::parse(p).map_err(|e| anyhow!("acl.white_remote_addresses: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let cfg = AclConfig {
             enabled: self.enabled,
             allow_remote_admin: self.allow_remote_admin,
             accounts,
+            white_remote_addresses,
         };
         cfg.validate().map_err(|e| anyhow!(e))?;
         Ok(cfg)
@@ -159,5 +171,17 @@ mod tests {
         let err = format!("{:#}", bad.to_config().unwrap_err());
         assert!(err.contains("default_topic_perm"), "{err}");
         assert!(!err.contains("secret-1"), "{err}");
+    }
+
+    #[test]
+    fn white_remote_addresses_are_parsed_and_malformed_ones_refused() {
+        let ok: AclSection =
+            toml::from_str("white_remote_addresses = [\"10.0.0.*\", \"192.168.1.{3,5}\"]").unwrap();
+        let cfg = ok.to_config().unwrap();
+        assert_eq!(cfg.white_remote_addresses.len(), 2);
+        assert!(cfg.white_remote_addresses[1].matches("192.168.1.5".parse().unwrap()));
+        let bad: AclSection = toml::from_str("white_remote_addresses = [\"10.0\"]").unwrap();
+        let err = format!("{:#}", bad.to_config().unwrap_err());
+        assert!(err.contains("white_remote_addresses"), "{err}");
     }
 }

@@ -8,6 +8,7 @@
 //! - `store`: storage-engine scenarios (append rate against a raw mmap loop, SYNC_FLUSH against
 //!   a raw `pwrite`+`fdatasync` loop, recovery seconds per GiB).
 //! - `footprint`: cold start and idle RSS of the `sluice` binary.
+//! - `produce`: durable (SYNC_FLUSH) produce against Redis streams with `appendfsync always`.
 //! - `txn`: transactional send against plain send, and plain send while many half messages
 //!   are open and checked (real `sluice` binary, `sluice-client`).
 //! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
@@ -17,12 +18,13 @@
 //!   receive + ack.
 //! - `proc`, `redis_peer`: the `sluice` child process, the load driver, the Redis peer.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
 mod footprint;
 mod http;
 mod proc;
+mod produce;
 mod redis_peer;
 mod stats;
 mod store;
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Some("store") => store::run(work.path(), quick),
         Some("footprint") => footprint::run(work.path(), quick, &sluice),
         Some("txn") => txn::run(work.path(), quick, &sluice),
+        Some("produce") => produce::run(work.path(), quick, &sluice),
         Some("timers") => timers::run(work.path(), quick, &sluice),
         Some("http") => http::run(work.path(), quick),
         Some("timers-rss") => {
@@ -66,7 +69,7 @@ fn main() -> anyhow::Result<()> {
             timers_rss::run(work.path(), &sluice, pending)
         }
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|produce|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

@@ -22,17 +22,30 @@ impl Redis {
     /// Starts `redis-server --bind 127.0.0.1 --port <free> --save '' --appendonly no`, or says
     /// why it cannot (not installed: run `scripts/bench-peers`).
     pub fn start() -> Result<Self> {
+        Self::start_with(&["--appendonly", "no"])
+    }
+
+    /// Starts a durable `redis-server`: AOF in `dir` with `appendfsync always` (every write
+    /// is on disk before its reply; one fsync per event-loop turn covers every client).
+    pub fn start_durable(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.to_string_lossy().to_string();
+        Self::start_with(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir,
+        ])
+    }
+
+    fn start_with(persistence: &[&str]) -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+            .args(["--save", "", "--protected-mode", "yes"])
+            .args(persistence)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

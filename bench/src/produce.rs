@@ -12,13 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
-use sluice_client::{ClientConfig, Message, Producer};
+use sluice_client::Message;
 
 use crate::proc::{body, drive, runtime, Load, Sluice};
 use crate::redis_peer::{Conn, Redis};
 use crate::stats::{machine_line, print_table, Row};
+use crate::timers::producer;
 
 const TOPIC: &str = "BenchDurable";
 const SIZE: usize = 1024;
@@ -87,20 +88,7 @@ pub fn run(dir: &Path, quick: bool, sluice: &Path) -> Result<()> {
 }
 
 async fn sluice_produce(namesrv: &str, level: &Level) -> Result<Load> {
-    let p = Arc::new(
-        Producer::builder(ClientConfig::new(namesrv))
-            .group("bench-durable")
-            .warm_topics([TOPIC])
-            .start()
-            .await
-            .context("producer")?,
-    );
-    let warm = p.clone();
-    drive(200, 16, BOUND, move |i| {
-        let p = warm.clone();
-        async move { p.send(msg(i)).await.map(drop) }
-    })
-    .await;
+    let p = producer(namesrv, "bench-durable", &[TOPIC]).await?;
     let l = drive(level.n, level.window, BOUND, move |i| {
         let p = p.clone();
         async move { p.send(msg(i)).await.map(drop) }

@@ -34,7 +34,8 @@ const T_ENQ: &str = "BenchTimerEnq";
 pub(crate) const T_BG: &str = "BenchTimerBg";
 const T_LATE: &str = "BenchTimerLate";
 /// A delivered timer: (kind, run, due ms, receive ms).
-type Got = (String, usize, u64, u64);
+/// (kind, run, due ms, received ms, stored ms: when the release was appended to the topic).
+type Got = (String, usize, u64, u64, u64);
 
 struct Sizes {
     runs: usize,
@@ -316,10 +317,27 @@ async fn collect(
     want: usize,
     deadline: Instant,
 ) -> Vec<(u64, u64)> {
+    collect_stored(rx, kind, run, want, deadline)
+        .await
+        .into_iter()
+        .map(|(due, recv, _)| (due, recv))
+        .collect()
+}
+
+/// As [`collect`], with each release's store time: (due, received, stored).
+async fn collect_stored(
+    rx: &mut mpsc::UnboundedReceiver<Got>,
+    kind: &str,
+    run: usize,
+    want: usize,
+    deadline: Instant,
+) -> Vec<(u64, u64, u64)> {
     let mut got = Vec::with_capacity(want);
     while got.len() < want {
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-            Ok(Some((k, r, due, recv))) if k == kind && r == run => got.push((due, recv)),
+            Ok(Some((k, r, due, recv, stored))) if k == kind && r == run => {
+                got.push((due, recv, stored))
+            }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
@@ -336,8 +354,9 @@ async fn consumer(namesrv: &str, tx: mpsc::UnboundedSender<Got>) -> Result<PushC
         .rebalance_interval(Duration::from_secs(1))
         .start(move |m: ConsumedMessage| {
             let recv = now_ms();
+            let stored = u64::try_from(m.store_timestamp()).unwrap_or(0);
             if let Some((k, r, due)) = parse(m.body()) {
-                let _ = tx.send((k.to_owned(), r, due, recv));
+                let _ = tx.send((k.to_owned(), r, due, recv, stored));
             }
             async { sluice_client::ConsumeResult::Success }
         })
@@ -390,16 +409,41 @@ impl Lateness {
     }
 }
 
-/// Burst: T timers due at one whole second; returns (rate, ms from due to first, enqueue ok).
+/// What one Sluice burst showed.
+struct Burst {
+    /// Timers received per second, from the due second to the last receive (end to end).
+    received: f64,
+    /// Timers released per second, from the due second to the last release's store time
+    /// (appended to the real topic, durable): the release engine without the consumer hop.
+    released: f64,
+    /// Milliseconds from the due second to the first receive.
+    first: f64,
+    /// The enqueue finished before the due second.
+    in_time: bool,
+    /// Plain sends per second while the burst was released, and just before it (same
+    /// producer, same size and concurrency): how much the release takes from normal traffic.
+    plain_during: f64,
+    plain_before: f64,
+}
+
+/// Burst: T timers due at one whole second.
 async fn sluice_burst(
     p: &Arc<Producer>,
     rx: &mut mpsc::UnboundedReceiver<Got>,
     run: usize,
     t: usize,
     est_rate: f64,
-) -> Result<(f64, f64, bool)> {
+) -> Result<Burst> {
+    let plain_n = (t / 10).max(1_000);
+    let plain_before = plain_load(p, plain_n).await?;
     let lead = 2_000 + (t as f64 / (est_rate * 0.5).max(2_000.0) * 1000.0) as u64;
     let due = (now_ms() + lead).div_ceil(1000) * 1000;
+    // Plain sends that start at the due second, while the burst is being released.
+    let pd = p.clone();
+    let during = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(due.saturating_sub(now_ms()))).await;
+        plain_load(&pd, plain_n).await
+    });
     let pp = p.clone();
     let l = drive(t, WINDOW * 2, Duration::from_secs(120), move |i| {
         let pp = pp.clone();
@@ -415,7 +459,7 @@ async fn sluice_burst(
     .await;
     report("burst enqueue", &l)?;
     let in_time = now_ms() < due;
-    let got = collect(
+    let got = collect_stored(
         rx,
         "burst",
         run,
@@ -423,7 +467,33 @@ async fn sluice_burst(
         Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()) + 60_000),
     )
     .await;
-    burst_rate(&got, due, l.ok, in_time)
+    let received: Vec<(u64, u64)> = got.iter().map(|&(d, r, _)| (d, r)).collect();
+    let stored: Vec<(u64, u64)> = got.iter().map(|&(d, _, s)| (d, s)).collect();
+    let (received, first, in_time) = burst_rate(&received, due, l.ok, in_time)?;
+    let (released, _, _) = burst_rate(&stored, due, l.ok, in_time)?;
+    let plain_during = during.await??;
+    Ok(Burst {
+        received,
+        released,
+        first,
+        in_time,
+        plain_during,
+        plain_before,
+    })
+}
+
+/// `n` plain 1 KiB sends to the enqueue topic, `WINDOW` in flight; their rate.
+async fn plain_load(p: &Arc<Producer>, n: usize) -> Result<f64> {
+    let pp = p.clone();
+    let l = drive(n, WINDOW, Duration::from_secs(60), move |i| {
+        let pp = pp.clone();
+        async move {
+            let m = Message::new(T_ENQ, Bytes::from(body(&format!("plain:{i}:"), SIZE)));
+            pp.send(m).await.map(drop)
+        }
+    })
+    .await;
+    report("plain during burst", &l)
 }
 
 fn burst_rate(
@@ -474,6 +544,8 @@ fn main_phase(
     let anon_empty = s.rss_anon_mib();
     let (mut sl, mut rl) = (Lateness::new(), Lateness::new());
     let (mut sb, mut rb) = (Vec::new(), Vec::new());
+    let mut sb_released = Vec::new();
+    let mut plain_share = Vec::new();
     let mut rss = Vec::new();
     let mut anon = Vec::new();
     let mut redis_rss = Vec::new();
@@ -565,9 +637,11 @@ fn main_phase(
         }
         for run in 0..z.runs {
             println!("burst run {run}: {}", machine_line());
-            let (rate, first, ok) = sluice_burst(&p, &mut rx, run, z.burst_n, est_rate).await?;
-            println!("  Sluice: {} timers released at {rate:.0}/s (first {first:.0} ms after due){}", z.burst_n, if ok { "" } else { " -- enqueue finished after the due time" });
-            sb.push(rate);
+            let b = sluice_burst(&p, &mut rx, run, z.burst_n, est_rate).await?;
+            println!("  Sluice: {} timers released at {:.0}/s, received at {:.0}/s (first {:.0} ms after due){}; plain sends {:.0}/s during, {:.0}/s before", z.burst_n, b.released, b.received, b.first, if b.in_time { "" } else { " -- enqueue finished after the due time" }, b.plain_during, b.plain_before);
+            sb.push(b.received);
+            sb_released.push(b.released);
+            plain_share.push(b.plain_during / b.plain_before);
             if let Some(r) = redis {
                 let (rate, first, ok) = redis_burst(&r.addr, run, z.burst_n).await?;
                 println!("  Redis:  {} members taken at {rate:.0}/s (first {first:.0} ms after due){}", z.burst_n, if ok { "" } else { " -- enqueue finished after the due time" });
@@ -619,14 +693,21 @@ fn main_phase(
         "\nburst release, {} timers of {BG_SIZE} B due in the same second, default release_rate, {pending} pending:",
         z.burst_n
     );
-    println!("| system | runs | release rate (median) | runs | goal |");
+    println!("| system | runs | rate (median) | runs | goal |");
     println!("|---|---|---|---|---|");
     println!(
-        "| Sluice (default release_rate 50 000/s) | {} | {}/s | {:?} | >= 200k/s |",
+        "| Sluice released (appended to the topic), default release_rate 50 000/s | {} | {}/s | {:?} | >= 200k/s |",
+        sb_released.len(),
+        fmt(median(&sb_released)),
+        sb_released.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "| Sluice received by the push consumer, same runs | {} | {}/s | {:?} | |",
         sb.len(),
         fmt(median(&sb)),
         sb.iter().map(|v| v.round()).collect::<Vec<_>>()
     );
+    print_share(&plain_share);
     if !rb.is_empty() {
         println!(
             "| Redis ZSET + poller | {} | {}/s | {:?} | peer |",
@@ -674,36 +755,62 @@ fn ceiling_phase(
     let env = [("SLUICE_SCHEDULE_RELEASE_RATE", "10000000".to_string())];
     let s = Sluice::start(sluice, &dir.join("timers-ceiling"), &env)?;
     let mut sb = Vec::new();
+    let mut sb_released = Vec::new();
+    let mut plain_share = Vec::new();
     rt.block_on(async {
         let p = producer(&s.namesrv, "bench-timers", &[T_LATE]).await?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let cons = consumer(&s.namesrv, tx).await?;
         for run in 0..z.runs {
             println!("burst (release_rate 10M) run {run}: {}", machine_line());
-            let (rate, first, ok) = sluice_burst(&p, &mut rx, run, z.burst_n, est_rate).await?;
+            let b = sluice_burst(&p, &mut rx, run, z.burst_n, est_rate).await?;
             println!(
-                "  Sluice: {} timers released at {rate:.0}/s (first {first:.0} ms after due){}",
+                "  Sluice: {} timers released at {:.0}/s, received at {:.0}/s (first {:.0} ms after due){}; plain sends {:.0}/s during, {:.0}/s before",
                 z.burst_n,
-                if ok {
+                b.released,
+                b.received,
+                b.first,
+                if b.in_time {
                     ""
                 } else {
                     " -- enqueue finished after the due time"
-                }
+                },
+                b.plain_during,
+                b.plain_before
             );
-            sb.push(rate);
+            sb.push(b.received);
+            sb_released.push(b.released);
+            plain_share.push(b.plain_during / b.plain_before);
         }
         cons.shutdown().await;
         anyhow::Ok(())
     })?;
     drop(s);
     println!("\nburst release ceiling:");
-    println!("| system | runs | release rate (median) | runs | goal |");
+    println!("| system | runs | rate (median) | runs | goal |");
     println!("|---|---|---|---|---|");
     println!(
-        "| Sluice (release_rate 10 000 000/s, nothing else pending) | {} | {}/s | {:?} | >= 200k/s |",
+        "| Sluice released (appended to the topic), release_rate 10 000 000/s, nothing else pending | {} | {}/s | {:?} | >= 200k/s |",
+        sb_released.len(),
+        fmt(median(&sb_released)),
+        sb_released.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "| Sluice received by the push consumer, same runs | {} | {}/s | {:?} | |",
         sb.len(),
         fmt(median(&sb)),
         sb.iter().map(|v| v.round()).collect::<Vec<_>>()
     );
+    print_share(&plain_share);
     Ok(())
+}
+
+/// The row for plain sends during a burst, as a share of their rate just before it.
+fn print_share(share: &[f64]) {
+    println!(
+        "| plain sends during the burst / just before it, same runs | {} | {:.2}x | {:?} | no starvation |",
+        share.len(),
+        median(share),
+        share.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>()
+    );
 }

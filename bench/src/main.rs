@@ -9,6 +9,7 @@
 //!   a raw `pwrite`+`fdatasync` loop, recovery seconds per GiB).
 //! - `footprint`: cold start and idle RSS of the `sluice` binary.
 //! - `produce`: durable (SYNC_FLUSH) produce against Redis streams with `appendfsync always`.
+//! - `maxrate`: async-durability max-rate produce against NATS JetStream (file store).
 //! - `txn`: transactional send against plain send, and plain send while many half messages
 //!   are open and checked (real `sluice` binary, `sluice-client`).
 //! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
@@ -16,13 +17,16 @@
 //! - `timers_rss`: VmRSS / RssAnon while 10 M far-future timers fill, and the restart over them.
 //! - `http`: the HTTP facade's produce against an axum null handler in the same process, and
 //!   receive + ack.
-//! - `proc`, `redis_peer`: the `sluice` child process, the load driver, the Redis peer.
+//! - `proc`, `redis_peer`, `nats_peer`: the `sluice` child process, the load driver, the
+//!   Redis and NATS peers.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
 mod footprint;
 mod http;
+mod maxrate;
+mod nats_peer;
 mod proc;
 mod produce;
 mod redis_peer;
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Some("footprint") => footprint::run(work.path(), quick, &sluice),
         Some("txn") => txn::run(work.path(), quick, &sluice),
         Some("produce") => produce::run(work.path(), quick, &sluice),
+        Some("maxrate") => maxrate::run(work.path(), quick, &sluice),
         Some("timers") => timers::run(work.path(), quick, &sluice),
         Some("http") => http::run(work.path(), quick),
         Some("timers-rss") => {
@@ -69,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             timers_rss::run(work.path(), &sluice, pending)
         }
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|produce|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sluice_client::Message;
 
 use crate::nats_peer::Nats;
-use crate::proc::{body, drive, runtime, Load, Sluice};
+use crate::proc::{body, checked, drive, runtime, Load, Sluice};
 use crate::stats::{machine_line, print_table, Row};
 use crate::timers::producer;
 
@@ -95,17 +95,4 @@ async fn nats_publish(nats: &Nats, n: usize, size: usize) -> Result<Load> {
     })
     .await;
     checked("nats", l)
-}
-
-fn checked(who: &str, l: Load) -> Result<Load> {
-    if l.errors > 0 || l.timed_out {
-        anyhow::bail!(
-            "{who}: {} errors, timed out: {} ({} ok in {:.1} s)",
-            l.errors,
-            l.timed_out,
-            l.ok,
-            l.secs
-        );
-    }
-    Ok(l)
 }

@@ -225,6 +225,21 @@ where
     }
 }
 
+/// `l` when every operation succeeded within the bound; otherwise an error naming `who`, so
+/// a scenario never reports a rate from a partial or failing run.
+pub fn checked(who: &str, l: Load) -> anyhow::Result<Load> {
+    if l.errors > 0 || l.timed_out {
+        anyhow::bail!(
+            "{who}: {} errors, timed out: {} ({} ok in {:.1} s)",
+            l.errors,
+            l.timed_out,
+            l.ok,
+            l.secs
+        );
+    }
+    Ok(l)
+}
+
 /// A body of exactly `size` bytes starting with `head` (padded with `x`).
 pub fn body(head: &str, size: usize) -> Vec<u8> {
     let mut b = head.as_bytes().to_vec();

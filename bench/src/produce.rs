@@ -16,7 +16,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use sluice_client::Message;
 
-use crate::proc::{body, drive, runtime, Load, Sluice};
+use crate::proc::{body, checked, drive, runtime, Load, Sluice};
 use crate::redis_peer::{Conn, Redis};
 use crate::stats::{machine_line, print_table, Row};
 use crate::timers::producer;
@@ -122,17 +122,4 @@ async fn redis_xadd(addr: &str, level: &Level) -> Result<Load> {
     })
     .await;
     checked("redis", l)
-}
-
-fn checked(who: &str, l: Load) -> Result<Load> {
-    if l.errors > 0 || l.timed_out {
-        anyhow::bail!(
-            "{who}: {} errors, timed out: {} ({} ok in {:.1} s)",
-            l.errors,
-            l.timed_out,
-            l.ok,
-            l.secs
-        );
-    }
-    Ok(l)
 }

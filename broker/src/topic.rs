@@ -133,8 +133,10 @@ struct Table {
 pub(crate) struct TopicManager {
     path: PathBuf,
     table: RwLock<Table>,
-    /// Serialises file writes so an older snapshot never overwrites a newer one.
-    write_lock: Mutex<()>,
+    /// Serialises file writes so an older snapshot never overwrites a newer one; holds the
+    /// data-version counter last written (`None` until the first write of this process, which
+    /// also records the system topics added at load).
+    write_lock: Mutex<Option<i64>>,
     /// Notified on every change; the registrar re-registers at once.
     pub(crate) changed: Arc<Notify>,
 }
@@ -176,7 +178,7 @@ impl TopicManager {
         Ok(Self {
             path,
             table: RwLock::new(table),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(None),
             changed: Arc::new(Notify::new()),
         })
     }
@@ -282,11 +284,19 @@ impl TopicManager {
             .map_err(|e| BrokerError::Task("saving topics", e.to_string()))?
     }
 
-    /// Writes `topics.json` now. Blocking.
+    /// Writes `topics.json` now, unless the file already holds this data version (every
+    /// change bumps it under the table lock): a repeated admin request or a background save
+    /// after a durable one costs no write and no fsync. Blocking.
     pub(crate) fn save(&self) -> Result<(), BrokerError> {
-        let _w = self.write_lock.lock();
-        let bytes = encode_json(&self.snapshot());
-        state_file::store(&self.path, &bytes)
+        let mut written = self.write_lock.lock();
+        let snapshot = self.snapshot();
+        let version = snapshot.data_version.counter;
+        if *written == Some(version) {
+            return Ok(());
+        }
+        state_file::store(&self.path, &encode_json(&snapshot))?;
+        *written = Some(version);
+        Ok(())
     }
 
     fn save_in_background(self: &Arc<Self>) {
@@ -334,6 +344,24 @@ mod tests {
         m.save().unwrap();
         let again = TopicManager::load(dir.path(), false, 8).unwrap();
         assert_eq!(again.get("New").unwrap().write_queue_nums, 4);
+    }
+
+    #[test]
+    fn a_save_of_an_unchanged_table_writes_nothing_and_a_change_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), false, 8).unwrap());
+        m.save().unwrap();
+        let file = dir.path().join("config/topics.json");
+        assert!(
+            file.exists(),
+            "the first save writes (system topics included)"
+        );
+        std::fs::remove_file(&file).unwrap();
+        m.save().unwrap();
+        assert!(!file.exists(), "nothing changed since: no write, no fsync");
+        m.put(TopicConfig::new("Orders", 2, perm::READ_WRITE)); // saves (no runtime: inline)
+        let again = TopicManager::load(dir.path(), false, 8).unwrap();
+        assert_eq!(again.get("Orders").unwrap().write_queue_nums, 2);
     }
 
     #[test]

@@ -38,6 +38,11 @@ mod txn;
 
 use std::path::PathBuf;
 
+/// mimalloc, as the `sluice` binary uses: the in-process broker (store, http) and every
+/// client measure with the allocator the server ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");

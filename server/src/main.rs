@@ -28,6 +28,12 @@ use sluice_http::HttpFacade;
 use sluice_schedule::ScheduleExtension;
 use sluice_txn::TxnExtension;
 
+/// mimalloc instead of glibc's malloc: the request path allocates small buffers on tokio
+/// workers and frees them on store threads (and back), where glibc's arenas spent ~15 % of the
+/// broker's CPU in `_int_malloc`/`_int_free`/`malloc_consolidate` (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

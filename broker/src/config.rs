@@ -77,6 +77,8 @@ pub struct BrokerConfig {
     /// Largest body; bigger is answered MESSAGE_ILLEGAL. Default 4 MiB.
     pub max_body: usize,
     /// Requests running at once per connection; more are answered SYSTEM_BUSY. Default 256.
+    /// One-way requests (never answered) have a second budget of the same size: beyond it
+    /// the connection is not read until one finishes.
     pub max_inflight_per_connection: usize,
     /// Open connections; more are refused. Default 10 000.
     pub max_connections: usize,

@@ -385,3 +385,31 @@ async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dro
     );
     broker.shutdown().await;
 }
+
+/// One-way requests have their own budget: a connection full of slow one-way requests (a
+/// producer's END_TRANSACTIONs waiting for a sync) does not make its next send SYSTEM_BUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_requests_in_flight_do_not_crowd_out_answered_requests() {
+    test_hooks::ENABLED.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), localhost());
+    cfg.namesrv_addrs.clear();
+    cfg.max_inflight_per_connection = 1;
+    let broker = Broker::start(cfg).await.unwrap();
+    let mut a = Raw::connect(broker.local_addr()).await;
+    a.send(
+        &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default())
+            .with_opaque(2)
+            .oneway(),
+    )
+    .await;
+    let answer = ask(&mut a, max_offset_request(3)).await;
+    assert_eq!(
+        (answer.opaque, answer.code),
+        (3, 0),
+        "answered while the one-way holds its own slot: {:?}",
+        answer.remark
+    );
+    assert_eq!(broker.stats().overload_rejections, 0);
+    broker.shutdown().await;
+}

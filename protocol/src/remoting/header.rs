@@ -10,7 +10,6 @@
 //! only so tests and fuzzers can produce it.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::{Map, Value};
 
 use super::ext::ExtFields;
 use super::frame::RemotingCommand;
@@ -130,70 +129,9 @@ pub enum HeaderEncodeError {
     },
 }
 
-/// Parses a JSON header into a command with an empty body.
+/// Parses a JSON header into a command with an empty body (see `json_in`).
 pub fn decode_json_header(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
-    let value: Value =
-        serde_json::from_slice(raw).map_err(|e| HeaderDecodeError::Json(e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(HeaderDecodeError::NotObject);
-    };
-    Ok(RemotingCommand {
-        code: int_field(&map, "code")?,
-        language: map.get("language").map_or(LanguageCode::Java, language_of),
-        version: int_field(&map, "version")?,
-        opaque: int_field(&map, "opaque")?,
-        flag: int_field(&map, "flag")?,
-        remark: map.get("remark").and_then(text_of),
-        ext_fields: ext_fields_of(map.get("extFields"))?,
-        body: Bytes::new(),
-    })
-}
-
-/// A missing or null integer is 0 (C++ reads a missing `code` as SUCCESS); a numeric string is
-/// accepted; anything else, or a value outside `i32`, is refused.
-fn int_field(map: &Map<String, Value>, field: &'static str) -> Result<i32, HeaderDecodeError> {
-    let parsed = match map.get(field) {
-        None | Some(Value::Null) => return Ok(0),
-        Some(Value::Number(n)) => n.as_i64().and_then(|v| i32::try_from(v).ok()),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        Some(_) => None,
-    };
-    parsed.ok_or(HeaderDecodeError::Field(field))
-}
-
-fn language_of(value: &Value) -> LanguageCode {
-    let known = match value {
-        Value::String(s) => LanguageCode::from_name(s.trim()),
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|v| u8::try_from(v).ok())
-            .and_then(LanguageCode::from_ordinal),
-        _ => None,
-    };
-    known.unwrap_or(LanguageCode::Other)
-}
-
-/// The string form of a scalar: strings verbatim, numbers as written, booleans as
-/// `true`/`false`. Null is absent; arrays and objects keep their compact JSON text.
-fn text_of(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        other => Some(other.to_string()),
-    }
-}
-
-fn ext_fields_of(value: Option<&Value>) -> Result<ExtFields, HeaderDecodeError> {
-    match value {
-        None | Some(Value::Null) => Ok(ExtFields::new()),
-        Some(Value::Object(map)) => Ok(map
-            .iter()
-            .filter_map(|(k, v)| text_of(v).map(|t| (k.as_str(), t)))
-            .collect()),
-        Some(_) => Err(HeaderDecodeError::Field("extFields")),
-    }
+    json_in::decode(raw)
 }
 
 /// The JSON header as Java writes it: keys sorted, nulls left out.
@@ -355,5 +293,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
+mod json_in;
 #[cfg(test)]
 mod tests;

@@ -176,3 +176,148 @@ proptest! {
         let _ = decode_binary_header(&raw);
     }
 }
+
+// ---- The reference reading: the former `Value`-based decoder, kept as the oracle that the
+// one-pass decoder (`json_in`) must agree with.
+use serde_json::{Map, Value};
+
+/// Parses a JSON header into a command with an empty body.
+fn reference_decode(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| HeaderDecodeError::Json(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(HeaderDecodeError::NotObject);
+    };
+    Ok(RemotingCommand {
+        code: int_field(&map, "code")?,
+        language: map.get("language").map_or(LanguageCode::Java, language_of),
+        version: int_field(&map, "version")?,
+        opaque: int_field(&map, "opaque")?,
+        flag: int_field(&map, "flag")?,
+        remark: map.get("remark").and_then(text_of),
+        ext_fields: ext_fields_of(map.get("extFields"))?,
+        body: Bytes::new(),
+    })
+}
+
+/// A missing or null integer is 0 (C++ reads a missing `code` as SUCCESS); a numeric string is
+/// accepted; anything else, or a value outside `i32`, is refused.
+fn int_field(map: &Map<String, Value>, field: &'static str) -> Result<i32, HeaderDecodeError> {
+    let parsed = match map.get(field) {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Number(n)) => n.as_i64().and_then(|v| i32::try_from(v).ok()),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+    };
+    parsed.ok_or(HeaderDecodeError::Field(field))
+}
+
+fn language_of(value: &Value) -> LanguageCode {
+    let known = match value {
+        Value::String(s) => LanguageCode::from_name(s.trim()),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|v| u8::try_from(v).ok())
+            .and_then(LanguageCode::from_ordinal),
+        _ => None,
+    };
+    known.unwrap_or(LanguageCode::Other)
+}
+
+/// The string form of a scalar: strings verbatim, numbers as written, booleans as
+/// `true`/`false`. Null is absent; arrays and objects keep their compact JSON text.
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn ext_fields_of(value: Option<&Value>) -> Result<ExtFields, HeaderDecodeError> {
+    match value {
+        None | Some(Value::Null) => Ok(ExtFields::new()),
+        Some(Value::Object(map)) => Ok(map
+            .iter()
+            .filter_map(|(k, v)| text_of(v).map(|t| (k.as_str(), t)))
+            .collect()),
+        Some(_) => Err(HeaderDecodeError::Field("extFields")),
+    }
+}
+
+
+/// A JSON value of the kinds real and hostile clients send, nested a little.
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        (-1e6f64..1e6).prop_map(|f| f.to_string()),
+        Just("1e3".to_string()),
+        Just("-0".to_string()),
+        Just("2147483648".to_string()),
+        "[a-zA-Z0-9 _.-]{0,8}".prop_map(|s| format!("\"{s}\"")),
+        Just(r#""esc\"aped\\\u00e9\n""#.to_string()),
+        Just(r#"" 42 ""#.to_string()),
+        Just(r#""JAVA""#.to_string()),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(("[a-c]{1,2}", inner), 0..3).prop_map(|v| {
+                let fields: Vec<String> =
+                    v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
+                format!("{{{}}}", fields.join(","))
+            }),
+        ]
+    })
+}
+
+/// A header object: known and unknown keys (some repeated), any values, extFields usually an
+/// object of any values.
+fn json_header() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("code"),
+        Just("language"),
+        Just("version"),
+        Just("opaque"),
+        Just("flag"),
+        Just("remark"),
+        Just("extFields"),
+        Just("serializeTypeCurrentRPC"),
+        Just("other"),
+    ];
+    let ext = proptest::collection::vec(("[a-d]{1,2}|k\\\\u0041", json_value()), 0..5).prop_map(|v| {
+        let fields: Vec<String> = v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
+        format!("{{{}}}", fields.join(","))
+    });
+    let value = prop_oneof![3 => json_value(), 2 => ext];
+    proptest::collection::vec((key, value), 0..8).prop_map(|v| {
+        let fields: Vec<String> = v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
+        format!("{{{}}}\n", fields.join(","))
+    })
+}
+
+proptest! {
+    #[test]
+    fn one_pass_decoder_agrees_with_the_value_reading_on_headers(raw in json_header()) {
+        prop_assert_eq!(decode_json_header(raw.as_bytes()), reference_decode(raw.as_bytes()), "{}", raw);
+    }
+
+    #[test]
+    fn one_pass_decoder_agrees_with_the_value_reading_on_json_like_text(
+        raw in r#"[{}\[\]":,0-9a-zA-Z \-.e]{0,80}"#
+    ) {
+        prop_assert_eq!(decode_json_header(raw.as_bytes()), reference_decode(raw.as_bytes()), "{}", raw);
+    }
+
+    #[test]
+    fn one_pass_decoder_agrees_with_the_value_reading_on_any_bytes(
+        raw in proptest::collection::vec(any::<u8>(), 0..128)
+    ) {
+        prop_assert_eq!(decode_json_header(&raw), reference_decode(&raw));
+    }
+}

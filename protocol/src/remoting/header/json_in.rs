@@ -1,0 +1,319 @@
+//! Reading a JSON header straight into a command, in one pass.
+//!
+//! Every request's header is parsed here, so it avoids building a `serde_json::Value` tree and
+//! copying it into the ext-field map: keys and values are read into their final strings once.
+//! The rules are the liberal ones of the module above (numbers and booleans as ext values,
+//! numeric strings for integers, null as absent, unknown keys ignored, a repeated key's last
+//! value wins). The errors keep their order: malformed JSON first, then a non-object header,
+//! then the first unreadable field in the order code, version, opaque, flag, extFields. A
+//! property test in `tests.rs` checks this against a `Value`-based reading.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{HeaderDecodeError, LanguageCode};
+use crate::remoting::ext::ExtFields;
+use crate::remoting::frame::RemotingCommand;
+
+/// Parses a JSON header into a command with an empty body.
+pub(super) fn decode(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let parsed = de
+        .deserialize_any(HeaderVisitor)
+        .and_then(|h| de.end().map(|()| h))
+        .map_err(|e| HeaderDecodeError::Json(e.to_string()))?;
+    let Some(h) = parsed else {
+        return Err(HeaderDecodeError::NotObject);
+    };
+    Ok(RemotingCommand {
+        code: int_field(&h.code, "code")?,
+        language: h.language.map_or(LanguageCode::Java, |l| language_of(&l)),
+        version: int_field(&h.version, "version")?,
+        opaque: int_field(&h.opaque, "opaque")?,
+        flag: int_field(&h.flag, "flag")?,
+        remark: h.remark.and_then(text_of),
+        ext_fields: h.ext.ok_or(HeaderDecodeError::Field("extFields"))?,
+        body: Bytes::new(),
+    })
+}
+
+/// One JSON value as the header rules need it: scalars as they are, arrays and objects kept
+/// as their compact JSON text.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Null,
+    Bool(bool),
+    Neg(i64),
+    Pos(u64),
+    Float(f64),
+    Str(String),
+    Compound(String),
+}
+
+/// The fields read so far; `ext` is `None` when `extFields` is neither an object nor null.
+struct HeaderIn {
+    code: Option<Scalar>,
+    language: Option<Scalar>,
+    version: Option<Scalar>,
+    opaque: Option<Scalar>,
+    flag: Option<Scalar>,
+    remark: Option<Scalar>,
+    ext: Option<ExtFields>,
+}
+
+/// A missing or null integer is 0; a numeric string is accepted; anything else, or a value
+/// outside `i32`, is refused.
+fn int_field(v: &Option<Scalar>, field: &'static str) -> Result<i32, HeaderDecodeError> {
+    let parsed = match v {
+        None | Some(Scalar::Null) => return Ok(0),
+        Some(Scalar::Neg(n)) => i32::try_from(*n).ok(),
+        Some(Scalar::Pos(n)) => i32::try_from(*n).ok(),
+        Some(Scalar::Str(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+    };
+    parsed.ok_or(HeaderDecodeError::Field(field))
+}
+
+fn language_of(v: &Scalar) -> LanguageCode {
+    let known = match v {
+        Scalar::Str(s) => LanguageCode::from_name(s.trim()),
+        Scalar::Pos(n) => u8::try_from(*n).ok().and_then(LanguageCode::from_ordinal),
+        _ => None,
+    };
+    known.unwrap_or(LanguageCode::Other)
+}
+
+/// The string form of a value: strings verbatim, numbers as JSON writes them, booleans as
+/// `true`/`false`, arrays and objects as compact JSON; null is absent.
+fn text_of(v: Scalar) -> Option<String> {
+    match v {
+        Scalar::Null => None,
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Neg(n) => Some(n.to_string()),
+        Scalar::Pos(n) => Some(n.to_string()),
+        Scalar::Float(f) => Some(serde_json::Number::from_f64(f).map_or_else(
+            || "null".to_string(), // JSON cannot carry NaN or infinity: unreachable
+            |n| n.to_string(),
+        )),
+        Scalar::Str(s) | Scalar::Compound(s) => Some(s),
+    }
+}
+
+/// The top level: an object is a header; anything else is consumed and reported as `None`.
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Option<HeaderIn>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON header")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut h = HeaderIn {
+            code: None,
+            language: None,
+            version: None,
+            opaque: None,
+            flag: None,
+            remark: None,
+            ext: Some(ExtFields::new()),
+        };
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.0.as_ref() {
+                "code" => h.code = Some(map.next_value()?),
+                "language" => h.language = Some(map.next_value()?),
+                "version" => h.version = Some(map.next_value()?),
+                "opaque" => h.opaque = Some(map.next_value()?),
+                "flag" => h.flag = Some(map.next_value()?),
+                "remark" => h.remark = Some(map.next_value()?),
+                "extFields" => h.ext = map.next_value_seed(ExtSeed)?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(h))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// `extFields`: an object read straight into the map (null values drop the key, as a later
+/// null hides an earlier value); null is an empty map; anything else is `None` (refused).
+struct ExtSeed;
+
+impl<'de> DeserializeSeed<'de> for ExtSeed {
+    type Value = Option<ExtFields>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(ExtVisitor)
+    }
+}
+
+struct ExtVisitor;
+
+impl<'de> Visitor<'de> for ExtVisitor {
+    type Value = Option<ExtFields>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an extFields object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut ext = ExtFields::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match text_of(map.next_value::<Scalar>()?) {
+                Some(text) => ext.insert(key.0.into_owned(), text),
+                None => {
+                    ext.remove(key.0.as_ref());
+                }
+            }
+        }
+        Ok(Some(ext))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Some(ExtFields::new()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A key, borrowed from the input unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(if v < 0 {
+            Scalar::Neg(v)
+        } else {
+            Scalar::Pos(v as u64)
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Pos(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+        let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Scalar::Compound(v.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+        let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Scalar::Compound(v.to_string()))
+    }
+}

@@ -12,8 +12,8 @@
 //! stays usable.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -340,15 +340,16 @@ async fn dispatch<P: Processor>(
         match Arc::clone(&inflight.answered).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-            Counters::inc(&shared.counters.overload_rejections);
-            let remark = format!(
-                "[OVERLOAD]system busy, {} requests already in flight on this connection",
-                shared.opts.max_inflight
-            );
-            let resp = RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));
-            // Waiting here is the back-pressure: a peer that does not read stops being read.
-            let _ = conn.send(resp).await;
-            return;
+                Counters::inc(&shared.counters.overload_rejections);
+                let remark = format!(
+                    "[OVERLOAD]system busy, {} requests already in flight on this connection",
+                    shared.opts.max_inflight
+                );
+                let resp =
+                    RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));
+                // Waiting here is the back-pressure: a peer that does not read stops being read.
+                let _ = conn.send(resp).await;
+                return;
             }
         }
     };

@@ -1,7 +1,9 @@
 //! Where the broker comes from: an embedded name server and broker with the schedule
 //! extension (delayed messages, cancel by key), the transaction extension and the HTTP facade,
 //! as the `sluice` binary installs them, so the demo needs nothing else; or an external Sluice
-//! named by `SLUICE_NAMESRV` (name server) and `SLUICE_HTTP` (facade base URL).
+//! named by `SLUICE_NAMESRV` (name server) and `SLUICE_HTTP` (facade base URL). A flow that
+//! speaks only the RocketMQ protocol needs `SLUICE_NAMESRV` alone
+//! ([`Cluster::from_env_rocketmq_only`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,8 +41,8 @@ pub enum Cluster {
     External {
         /// Name server, `host:port`.
         namesrv: String,
-        /// HTTP facade base URL, `http://host:port`.
-        http: String,
+        /// HTTP facade base URL, `http://host:port`; `None` for a RocketMQ-protocol-only flow.
+        http: Option<String>,
     },
 }
 
@@ -53,7 +55,10 @@ impl Cluster {
     pub async fn from_env(tweak: impl FnOnce(&mut BrokerConfig)) -> anyhow::Result<Self> {
         let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         match (var("SLUICE_NAMESRV"), var("SLUICE_HTTP")) {
-            (Some(namesrv), Some(http)) => Ok(Self::External { namesrv, http }),
+            (Some(namesrv), Some(http)) => Ok(Self::External {
+                namesrv,
+                http: Some(http),
+            }),
             (None, None) => Self::embedded(tweak).await,
             _ => {
                 bail!("set both SLUICE_NAMESRV and SLUICE_HTTP (or neither for an embedded broker)")
@@ -61,10 +66,36 @@ impl Cluster {
         }
     }
 
+    /// For a flow that uses only the RocketMQ protocol: `SLUICE_NAMESRV` alone selects an
+    /// external Sluice (`SLUICE_HTTP` is kept if set), else an embedded one whose broker and
+    /// transaction settings `tweak` and `tweak_txn` adjust.
+    pub async fn from_env_rocketmq_only(
+        tweak: impl FnOnce(&mut BrokerConfig),
+        tweak_txn: impl FnOnce(&mut TxnConfig),
+    ) -> anyhow::Result<Self> {
+        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        match var("SLUICE_NAMESRV") {
+            Some(namesrv) => Ok(Self::External {
+                namesrv,
+                http: var("SLUICE_HTTP"),
+            }),
+            None => Self::embedded_with(tweak, tweak_txn).await,
+        }
+    }
+
     /// Starts the embedded Sluice. The schedule extension is also the transaction
     /// extension's commit hook, as in the `sluice` binary; the facade is installed last so
     /// it sees both services.
     pub async fn embedded(tweak: impl FnOnce(&mut BrokerConfig)) -> anyhow::Result<Self> {
+        Self::embedded_with(tweak, |_| {}).await
+    }
+
+    /// [`Cluster::embedded`] with the transaction extension's settings adjusted as well (e.g.
+    /// quick check-backs, so a demo shows one within a second).
+    pub async fn embedded_with(
+        tweak: impl FnOnce(&mut BrokerConfig),
+        tweak_txn: impl FnOnce(&mut TxnConfig),
+    ) -> anyhow::Result<Self> {
         let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
         let namesrv = NameServer::start(NameServerConfig {
             listen: localhost,
@@ -79,8 +110,9 @@ impl Cluster {
         cfg.default_topic_queue_nums = 2;
         tweak(&mut cfg);
         let schedule = ScheduleExtension::new(ScheduleConfig::default());
-        let txn =
-            TxnExtension::new(TxnConfig::default()).with_commit_hooks(vec![schedule.put_hook()]);
+        let mut txn_cfg = TxnConfig::default();
+        tweak_txn(&mut txn_cfg);
+        let txn = TxnExtension::new(txn_cfg).with_commit_hooks(vec![schedule.put_hook()]);
         let http = HttpConfig {
             listen: localhost,
             ..HttpConfig::default()
@@ -116,7 +148,12 @@ impl Cluster {
                 let addr = e.facade.local_addr().context("HTTP facade not bound")?;
                 Ok(format!("http://{addr}"))
             }
-            Self::External { http, .. } => Ok(http.trim_end_matches('/').to_owned()),
+            Self::External {
+                http: Some(http), ..
+            } => Ok(http.trim_end_matches('/').to_owned()),
+            Self::External { http: None, .. } => {
+                bail!("no HTTP facade: set SLUICE_HTTP as well as SLUICE_NAMESRV")
+            }
         }
     }
 

@@ -247,7 +247,6 @@ fn ext_fields_of(value: Option<&Value>) -> Result<ExtFields, HeaderDecodeError> 
     }
 }
 
-
 /// A JSON value of the kinds real and hostile clients send, nested a little.
 fn json_value() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
@@ -266,7 +265,8 @@ fn json_value() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(2, 8, 3, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(inner.clone(), 0..3)
+                .prop_map(|v| format!("[{}]", v.join(","))),
             proptest::collection::vec(("[a-c]{1,2}", inner), 0..3).prop_map(|v| {
                 let fields: Vec<String> =
                     v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
@@ -290,10 +290,11 @@ fn json_header() -> impl Strategy<Value = String> {
         Just("serializeTypeCurrentRPC"),
         Just("other"),
     ];
-    let ext = proptest::collection::vec(("[a-d]{1,2}|k\\\\u0041", json_value()), 0..5).prop_map(|v| {
-        let fields: Vec<String> = v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
-        format!("{{{}}}", fields.join(","))
-    });
+    let ext =
+        proptest::collection::vec(("[a-d]{1,2}|k\\\\u0041", json_value()), 0..5).prop_map(|v| {
+            let fields: Vec<String> = v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();
+            format!("{{{}}}", fields.join(","))
+        });
     let value = prop_oneof![3 => json_value(), 2 => ext];
     proptest::collection::vec((key, value), 0..8).prop_map(|v| {
         let fields: Vec<String> = v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect();

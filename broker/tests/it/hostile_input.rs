@@ -320,18 +320,25 @@ async fn connection_and_in_flight_limits_hold() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dropped() {
-    use sluice_protocol::remoting::custom::{
-        QueryConsumerOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
-    };
+/// A broker (test hooks on) allowing one request in flight per connection, and a raw
+/// connection to it.
+async fn one_slot_broker() -> (tempfile::TempDir, BrokerHandle, Raw) {
     test_hooks::ENABLED.store(true, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = broker_config(dir.path(), localhost());
     cfg.namesrv_addrs.clear();
     cfg.max_inflight_per_connection = 1;
     let broker = Broker::start(cfg).await.unwrap();
-    let mut a = Raw::connect(broker.local_addr()).await;
+    let a = Raw::connect(broker.local_addr()).await;
+    (dir, broker, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dropped() {
+    use sluice_protocol::remoting::custom::{
+        QueryConsumerOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
+    };
+    let (_dir, broker, mut a) = one_slot_broker().await;
     a.send(
         &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default()).with_opaque(2),
     )
@@ -390,13 +397,7 @@ async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dro
 /// producer's END_TRANSACTIONs waiting for a sync) does not make its next send SYSTEM_BUSY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_requests_in_flight_do_not_crowd_out_answered_requests() {
-    test_hooks::ENABLED.store(true, Ordering::Relaxed);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path(), localhost());
-    cfg.namesrv_addrs.clear();
-    cfg.max_inflight_per_connection = 1;
-    let broker = Broker::start(cfg).await.unwrap();
-    let mut a = Raw::connect(broker.local_addr()).await;
+    let (_dir, broker, mut a) = one_slot_broker().await;
     a.send(
         &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default())
             .with_opaque(2)

@@ -15,14 +15,17 @@
 //! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
 //!   rate, lateness with many pending, burst release, memory.
 //! - `timers_rss`: VmRSS / RssAnon while 10 M far-future timers fill, and the restart over them.
+//! - `e2e`: fixed-rate end-to-end latency (OMB `1-topic-16-partitions-1kb` at 20 000 msg/s)
+//!   with HDR histograms, against NATS JetStream.
 //! - `http`: the HTTP facade's produce against an axum null handler in the same process, and
 //!   receive + ack.
 //! - `proc`, `redis_peer`, `nats_peer`: the `sluice` child process, the load driver, the
 //!   Redis and NATS peers.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|e2e|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
+mod e2e;
 mod footprint;
 mod http;
 mod maxrate;
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Some("maxrate") => maxrate::run(work.path(), quick, &sluice),
         Some("timers") => timers::run(work.path(), quick, &sluice),
         Some("http") => http::run(work.path(), quick),
+        Some("e2e") => e2e::run(work.path(), quick, &sluice),
         Some("timers-rss") => {
             let pending = args
                 .iter()
@@ -79,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             timers_rss::run(work.path(), &sluice, pending)
         }
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|e2e|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

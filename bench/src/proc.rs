@@ -17,6 +17,8 @@ pub struct Sluice {
     child: Child,
     /// Name-server address for the clients.
     pub namesrv: String,
+    /// HTTP facade address (`host:port`), for admin calls such as creating a topic.
+    pub http: String,
     data: PathBuf,
 }
 
@@ -46,14 +48,20 @@ impl Sluice {
             .with_context(|| format!("spawn {}", bin.display()))?;
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let ready = lines.next().transpose()?.unwrap_or_default();
-        // "sluice ready: name server ADDR, broker ADDR, data ..."
+        // "sluice ready: name server ADDR, broker ADDR, http ADDR, data ..."
         let namesrv = ready
             .strip_prefix("sluice ready: name server ")
             .and_then(|r| r.split(',').next())
             .map(str::to_owned);
+        let http = ready
+            .split(", ")
+            .find_map(|f| f.strip_prefix("http "))
+            .unwrap_or_default()
+            .to_owned();
         let mut me = Self {
             child,
             namesrv: String::new(),
+            http,
             data: data.to_owned(),
         };
         match namesrv {
@@ -82,6 +90,19 @@ impl Sluice {
 }
 
 impl Sluice {
+    /// Creates `topic` with `queues` queues through the HTTP admin API (auto-creation would
+    /// give the client's default of 4).
+    pub async fn create_topic(&self, topic: &str, queues: i32) -> Result<()> {
+        let url = format!("http://{}/v1/topics", self.http);
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({ "name": topic, "queues": queues }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "create topic {topic}: {}", r.status());
+        Ok(())
+    }
+
     /// Stops the process (SIGTERM) and keeps its data folder, for a restart over it.
     pub fn stop_keep_data(mut self) {
         stop_child(&mut self.child);

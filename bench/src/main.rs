@@ -17,14 +17,17 @@
 //! - `timers_rss`: VmRSS / RssAnon while 10 M far-future timers fill, and the restart over them.
 //! - `e2e`: fixed-rate end-to-end latency (OMB `1-topic-16-partitions-1kb` at 20 000 msg/s)
 //!   with HDR histograms, against NATS JetStream.
+//! - `drain`: backlog drain (OMB `backlog-1-topic-16-partitions-1kb`, scaled) against NATS
+//!   JetStream.
 //! - `http`: the HTTP facade's produce against an axum null handler in the same process, and
 //!   receive + ack.
 //! - `proc`, `redis_peer`, `nats_peer`: the `sluice` child process, the load driver, the
 //!   Redis and NATS peers.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|e2e|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
+mod drain;
 mod e2e;
 mod footprint;
 mod http;
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Some("timers") => timers::run(work.path(), quick, &sluice),
         Some("http") => http::run(work.path(), quick),
         Some("e2e") => e2e::run(work.path(), quick, &sluice),
+        Some("drain") => drain::run(work.path(), quick, &sluice),
         Some("timers-rss") => {
             let pending = args
                 .iter()
@@ -83,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             timers_rss::run(work.path(), &sluice, pending)
         }
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|e2e|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }

@@ -195,7 +195,10 @@ async fn nats_phase(nats: &Nats, n: usize) -> Result<Drained> {
             async move {
                 let subject = format!("bench.drain.{}", i % QUEUES);
                 let payload = Bytes::from(body(&format!("{i}:"), SIZE));
-                let ack = js.publish(subject, payload).await.map_err(|e| e.to_string())?;
+                let ack = js
+                    .publish(subject, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 ack.await.map(drop).map_err(|e| e.to_string())
             }
         })

@@ -236,7 +236,8 @@ impl Recorder {
             let h = h.lock().expect("histogram lock");
             h.value_at_quantile(q) as f64 / 1000.0
         };
-        let max = |h: &Mutex<Histogram<u64>>| h.lock().expect("histogram lock").max() as f64 / 1000.0;
+        let max =
+            |h: &Mutex<Histogram<u64>>| h.lock().expect("histogram lock").max() as f64 / 1000.0;
         Figures {
             e2e_p50: ms(&self.e2e, 0.50),
             e2e_p99: ms(&self.e2e, 0.99),

@@ -21,8 +21,8 @@
 //!   JetStream.
 //! - `http`: the HTTP facade's produce against an axum null handler in the same process, and
 //!   receive + ack.
-//! - `proc`, `redis_peer`, `nats_peer`: the `sluice` child process, the load driver, the
-//!   Redis and NATS peers.
+//! - `proc`, `redis_peer`, `nats_peer`, `rabbit_peer`: the `sluice` child process, the load
+//!   driver, the Redis, NATS and RabbitMQ peers.
 //!
 //! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
@@ -35,6 +35,7 @@ mod maxrate;
 mod nats_peer;
 mod proc;
 mod produce;
+mod rabbit_peer;
 mod redis_peer;
 mod stats;
 mod store;

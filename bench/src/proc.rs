@@ -99,7 +99,11 @@ impl Sluice {
             .json(&serde_json::json!({ "name": topic, "queues": queues }))
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "create topic {topic}: {}", r.status());
+        anyhow::ensure!(
+            r.status().is_success(),
+            "create topic {topic}: {}",
+            r.status()
+        );
         Ok(())
     }
 

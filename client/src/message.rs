@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -294,6 +295,14 @@ pub(crate) fn validate_topic(topic: &str) -> Result<(), ClientError> {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedMessage {
+    /// Shared: a handler's copy (retries keep one) costs a reference count, not a deep copy of
+    /// the strings and properties.
+    inner: Arc<Fields>,
+}
+
+/// What a consumed message holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fields {
     queue: MessageQueue,
     queue_offset: i64,
     commit_log_offset: i64,
@@ -312,11 +321,11 @@ pub struct ConsumedMessage {
 
 impl ConsumedMessage {
     /// Decodes one record pulled from `broker_name`; a zlib-compressed body is inflated.
-    pub(crate) fn from_record(view: &RecordView<'_>, broker_name: &str) -> Self {
+    pub(crate) fn from_record(view: &RecordView<'_>, whole: &Bytes, broker_name: &str) -> Self {
         let h = &view.header;
         let properties = Properties::decode(view.properties);
-        let body = decode_body(view.body, h.sys_flag);
-        Self {
+        let body = decode_body(view.body, whole, h.sys_flag);
+        Self::of(Fields {
             queue: MessageQueue {
                 topic: view.topic.to_owned(),
                 broker_name: broker_name.to_owned(),
@@ -335,6 +344,12 @@ impl ConsumedMessage {
             body,
             properties,
             offset_msg_id: offset_msg_id(h.store_host, h.physical_offset.max(0) as u64),
+        })
+    }
+
+    fn of(fields: Fields) -> Self {
+        Self {
+            inner: Arc::new(fields),
         }
     }
 
@@ -342,7 +357,7 @@ impl ConsumedMessage {
     /// of handlers.
     pub fn for_tests(topic: &str, body: impl Into<Bytes>) -> Self {
         let zero = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self {
+        Self::of(Fields {
             queue: MessageQueue {
                 topic: topic.to_owned(),
                 broker_name: "test".into(),
@@ -361,136 +376,140 @@ impl ConsumedMessage {
             body: body.into(),
             properties: Properties::new(),
             offset_msg_id: offset_msg_id(zero, 0),
-        }
+        })
     }
 
     /// Sets a property (for tests of handlers).
     #[must_use]
     pub fn with_property(mut self, key: &str, value: &str) -> Self {
-        self.properties.insert(key, value);
+        Arc::make_mut(&mut self.inner).properties.insert(key, value);
         self
     }
 
     /// Sets the reconsume count (for tests of handlers).
     #[must_use]
     pub fn with_reconsume_times(mut self, n: i32) -> Self {
-        self.reconsume_times = n;
+        Arc::make_mut(&mut self.inner).reconsume_times = n;
         self
     }
 
     /// The topic the producer sent to (`RETRY_TOPIC` for a redelivered message).
     pub fn topic(&self) -> &str {
-        self.properties
+        self.inner
+            .properties
             .get(keys::RETRY_TOPIC)
-            .unwrap_or(&self.queue.topic)
+            .unwrap_or(&self.inner.queue.topic)
     }
 
     /// The queue this copy was pulled from (a `%RETRY%` queue for a redelivery).
     pub fn queue(&self) -> &MessageQueue {
-        &self.queue
+        &self.inner.queue
     }
 
     /// Position in its queue.
     pub fn queue_offset(&self) -> i64 {
-        self.queue_offset
+        self.inner.queue_offset
     }
 
     /// Position in the broker's commit log.
     pub fn commit_log_offset(&self) -> i64 {
-        self.commit_log_offset
+        self.inner.commit_log_offset
     }
 
     /// The client message id: `UNIQ_KEY`, stable across retries, dead-lettering and
     /// transaction commit; the offset id when a producer set none.
     pub fn msg_id(&self) -> &str {
-        self.properties
+        self.inner
+            .properties
             .get(keys::UNIQ_KEY)
-            .unwrap_or(&self.offset_msg_id)
+            .unwrap_or(&self.inner.offset_msg_id)
     }
 
     /// The broker's id of this stored copy (store address + commit-log offset).
     pub fn offset_msg_id(&self) -> &str {
-        &self.offset_msg_id
+        &self.inner.offset_msg_id
     }
 
     /// The body, decompressed.
     pub fn body(&self) -> &Bytes {
-        &self.body
+        &self.inner.body
     }
 
     /// The tag.
     pub fn tags(&self) -> Option<&str> {
-        self.properties.get(keys::TAGS)
+        self.inner.properties.get(keys::TAGS)
     }
 
     /// The business keys.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.properties.user_keys()
+        self.inner.properties.user_keys()
     }
 
     /// A property.
     pub fn property(&self, key: &str) -> Option<&str> {
-        self.properties.get(key)
+        self.inner.properties.get(key)
     }
 
     /// Every property.
     pub fn properties(&self) -> &Properties {
-        &self.properties
+        &self.inner.properties
     }
 
     /// How many times this message was handed back for retry before this delivery.
     pub fn reconsume_times(&self) -> i32 {
-        self.reconsume_times
+        self.inner.reconsume_times
     }
 
     /// The user flag.
     pub fn flag(&self) -> i32 {
-        self.flag
+        self.inner.flag
     }
 
     /// The message sysFlag (compression bit cleared once inflated).
     pub fn sys_flag(&self) -> i32 {
-        self.sys_flag
+        self.inner.sys_flag
     }
 
     /// When the producer made it, epoch ms.
     pub fn born_timestamp(&self) -> i64 {
-        self.born_timestamp
+        self.inner.born_timestamp
     }
 
     /// The producer's address.
     pub fn born_host(&self) -> SocketAddr {
-        self.born_host
+        self.inner.born_host
     }
 
     /// When the broker stored it, epoch ms.
     pub fn store_timestamp(&self) -> i64 {
-        self.store_timestamp
+        self.inner.store_timestamp
     }
 
     /// The broker's address.
     pub fn store_host(&self) -> SocketAddr {
-        self.store_host
+        self.inner.store_host
     }
 
     /// For a committed transactional message, the half message's commit-log offset.
     pub fn prepared_transaction_offset(&self) -> i64 {
-        self.prepared_transaction_offset
+        self.inner.prepared_transaction_offset
     }
 
     /// The transaction id of a transactional message (`__transactionId__`, else UNIQ_KEY).
     pub fn transaction_id(&self) -> Option<&str> {
-        self.properties
+        self.inner
+            .properties
             .get(keys::TRANSACTION_ID)
-            .or_else(|| self.properties.get(keys::UNIQ_KEY))
+            .or_else(|| self.inner.properties.get(keys::UNIQ_KEY))
     }
 }
 
 /// Inflates a zlib body (compression type 0 or 3 in bits 8-10); anything else, or a corrupt
 /// stream, is delivered as stored with a warning rather than dropped.
-fn decode_body(stored: &[u8], sys_flag: i32) -> Bytes {
+fn decode_body(stored: &[u8], whole: &Bytes, sys_flag: i32) -> Bytes {
     if sys_flag & sysflag::COMPRESSED == 0 {
-        return Bytes::copy_from_slice(stored);
+        // A view into the pulled response: no copy of the body.
+        return whole.slice_ref(stored);
     }
     let kind = (sys_flag >> 8) & 0x7;
     if kind != 0 && kind != 3 {
@@ -512,12 +531,13 @@ fn decode_body(stored: &[u8], sys_flag: i32) -> Bytes {
 
 /// Splits a pull (or query) body into messages. A record that does not parse ends the body:
 /// the rest cannot be framed, and the next pull starts from the broker's `nextBeginOffset`.
-pub(crate) fn decode_records(mut body: &[u8], broker_name: &str) -> Vec<ConsumedMessage> {
+pub(crate) fn decode_records(whole: &Bytes, broker_name: &str) -> Vec<ConsumedMessage> {
     let mut out = Vec::new();
+    let mut body = &whole[..];
     while !body.is_empty() {
         match RecordView::parse(body, body.len()) {
             Ok(view) => {
-                out.push(ConsumedMessage::from_record(&view, broker_name));
+                out.push(ConsumedMessage::from_record(&view, whole, broker_name));
                 body = &body[view.total_size..];
             }
             Err(e) => {
@@ -555,7 +575,7 @@ mod tests {
         let compressed = z.finish().unwrap();
         let mut body = record(&compressed, sysflag::COMPRESSED, "RETRY_TOPIC\u{1}T\u{2}");
         body.extend(record(b"plain", 0, "UNIQ_KEY\u{1}K\u{2}"));
-        let msgs = decode_records(&body, "b");
+        let msgs = decode_records(&Bytes::from(body), "b");
         assert_eq!(msgs.len(), 2);
         assert_eq!(&msgs[0].body()[..], b"hello hello hello");
         assert_eq!(msgs[0].sys_flag() & sysflag::COMPRESSED, 0);
@@ -571,7 +591,7 @@ mod tests {
         let mut body = record(b"one", 0, "");
         let second = record(b"two", 0, "");
         body.extend_from_slice(&second[..second.len() - 3]);
-        assert_eq!(decode_records(&body, "b").len(), 1);
+        assert_eq!(decode_records(&Bytes::from(body), "b").len(), 1);
     }
 
     #[test]

@@ -134,10 +134,14 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Uppercase hex by table: ids are made for every pulled message, where `write!` per byte
+/// showed in profiles.
 fn hex_upper(raw: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(raw.len() * 2);
     for b in raw {
-        let _ = write!(out, "{b:02X}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0F)]));
     }
     out
 }

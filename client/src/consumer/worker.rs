@@ -2,7 +2,9 @@
 //! messages to the handler, concurrently (bounded by the consumer's permits) or, orderly, one
 //! at a time while the queue's broker lock is held. Offsets move as messages finish.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use super::process_queue::ProcessQueue;
@@ -88,7 +90,8 @@ async fn on_pulled(
     r.next_begin_offset
 }
 
-/// Spawns one handler task per message, each holding a permit of the consumer's bound.
+/// Hands each message to the handler, holding a permit of the consumer's bound: inline when
+/// the handler finishes at once, else in a task of its own.
 async fn dispatch_concurrently(
     inner: &Arc<ConsumerInner>,
     pq: &Arc<ProcessQueue>,
@@ -104,7 +107,7 @@ async fn dispatch_concurrently(
             return;
         }
         let (inner, pq) = (Arc::clone(inner), Arc::clone(pq));
-        tokio::spawn(async move {
+        let mut handling = Box::pin(async move {
             let offset = msg.queue_offset();
             consume_until_settled(&inner, &pq, msg).await;
             let point = pq.done(offset);
@@ -113,6 +116,13 @@ async fn dispatch_concurrently(
             }
             drop(permit);
         });
+        // Polled once here first: a handler that finishes without waiting (the usual case)
+        // then costs no task of its own. One that waits goes on in a task, which polls it again
+        // at once with its own waker, so the no-op waker of this first poll is never relied on.
+        let mut cx = Context::from_waker(Waker::noop());
+        if handling.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(handling);
+        }
     }
 }
 

@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use sluice_client::{ClientConfig, ConsumeFrom, ConsumedMessage, Message, PushConsumer};
 
-use crate::nats_peer::{Nats, STREAM};
+use crate::nats_peer::{read_ackless, Nats};
 use crate::proc::{body, checked, drive, runtime, Sluice};
 use crate::stats::{machine_line, print_table, Row};
 use crate::timers::producer;
@@ -186,7 +185,6 @@ async fn sluice_phase(bin: &Path, dir: &Path, n: usize) -> Result<Drained> {
 }
 
 async fn nats_phase(nats: &Nats, n: usize) -> Result<Drained> {
-    use async_nats::jetstream::consumer::{pull, AckPolicy};
     let js = Arc::new(nats.jetstream().await?);
     let fill = {
         let js = Arc::clone(&js);
@@ -206,29 +204,9 @@ async fn nats_phase(nats: &Nats, n: usize) -> Result<Drained> {
     };
     let fill = checked("nats fill", fill)?;
     let counter = Counter::new();
-    let stream = js
-        .get_stream(STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("get stream: {e}"))?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-drain".into()),
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("create consumer: {e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("consume: {e}"))?;
     let reader = {
         let counter = Arc::clone(&counter);
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = messages.next().await {
-                counter.got(&m.payload);
-            }
-        })
+        read_ackless(&js, "bench-drain", move |body| counter.got(body)).await?
     };
     let last = counter.all(n, "nats").await;
     reader.abort();

@@ -23,12 +23,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 use sluice_client::{ClientConfig, ConsumeFrom, ConsumedMessage, Message, PushConsumer};
 use tokio::sync::Semaphore;
 
-use crate::nats_peer::{Nats, STREAM};
+use crate::nats_peer::{read_ackless, Nats};
 use crate::proc::{runtime, Sluice};
 use crate::stats::{machine_line, median, print_table, Row};
 use crate::timers::producer;
@@ -381,32 +380,11 @@ async fn sluice_consumer(namesrv: &str, rec: Arc<Recorder>) -> Result<PushConsum
 }
 
 async fn nats_phase(nats: &Nats, plan: Plan) -> Result<Figures> {
-    use async_nats::jetstream::consumer::{pull, AckPolicy};
     let js = Arc::new(nats.jetstream().await?);
     let rec = Recorder::new(plan.warm)?;
-    let stream = js
-        .get_stream(STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("get stream: {e}"))?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("bench-e2e".into()),
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("create consumer: {e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("consume: {e}"))?;
     let reader = {
         let rec = Arc::clone(&rec);
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = messages.next().await {
-                rec.received(&m.payload);
-            }
-        })
+        read_ackless(&js, "bench-e2e", move |body| rec.received(body)).await?
     };
     let rate = publish_at_rate(plan, &rec, move |seq, body| {
         let js = Arc::clone(&js);

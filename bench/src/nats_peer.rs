@@ -66,6 +66,39 @@ impl Nats {
     }
 }
 
+/// Reads the bench stream from its start through a pull consumer named `durable` that takes
+/// no acks (the cheapest consumer NATS offers), handing each payload to `got`, in a task the
+/// caller aborts when done.
+pub async fn read_ackless(
+    js: &async_nats::jetstream::Context,
+    durable: &str,
+    got: impl Fn(&[u8]) + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("get stream: {e}"))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.into()),
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("create consumer: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("consume: {e}"))?;
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(m)) = messages.next().await {
+            got(&m.payload);
+        }
+    }))
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         stop_child(&mut self.child);

@@ -89,26 +89,27 @@ pub fn run(dir: &Path, quick: bool, sluice: &Path) -> Result<()> {
             level.window, level.n
         )
     };
-    let mut rows: Vec<Row> = levels
-        .iter()
-        .enumerate()
-        .map(|(li, level)| Row {
+    let against = |peer: &[Vec<f64>], baseline_name: &'static str, goal: &'static str| {
+        let row = |(li, level): (usize, &Level)| Row {
             name: name(level),
             unit: "msg/s",
             subject: sluice_rates[li].clone(),
-            baseline: redis_rates[li].clone(),
-            baseline_name: "Redis XADD, appendfsync always, same run",
-            goal: ">= 1.5x",
-        })
-        .collect();
-    rows.extend(levels.iter().enumerate().map(|(li, level)| Row {
-        name: name(level),
-        unit: "msg/s",
-        subject: sluice_rates[li].clone(),
-        baseline: rabbit_rates[li].clone(),
-        baseline_name: "RabbitMQ durable queue, persistent, confirms, same run",
-        goal: ">= 10x",
-    }));
+            baseline: peer[li].clone(),
+            baseline_name,
+            goal,
+        };
+        levels.iter().enumerate().map(row).collect::<Vec<Row>>()
+    };
+    let mut rows = against(
+        &redis_rates,
+        "Redis XADD, appendfsync always, same run",
+        ">= 1.5x",
+    );
+    rows.extend(against(
+        &rabbit_rates,
+        "RabbitMQ durable queue, persistent, confirms, same run",
+        ">= 10x",
+    ));
     print_table(&rows);
     Ok(())
 }

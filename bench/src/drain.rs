@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
-use sluice_client::{ClientConfig, ConsumeFrom, ConsumedMessage, Message, PushConsumer};
+use sluice_client::Message;
 
 use crate::nats_peer::{read_ackless, Nats};
-use crate::proc::{body, checked, drive, runtime, Sluice};
+use crate::proc::{body, checked, drive, push_consumer, runtime, Sluice};
 use crate::stats::{machine_line, print_table, Row};
 use crate::timers::producer;
 
@@ -163,17 +163,10 @@ async fn sluice_phase(bin: &Path, dir: &Path, n: usize) -> Result<Drained> {
     let counter = Counter::new();
     let c = {
         let counter = Arc::clone(&counter);
-        PushConsumer::builder(ClientConfig::new(&s.namesrv), "bench-drain")
-            .subscribe(TOPIC, "*")
-            .consume_from(ConsumeFrom::FirstOffset)
-            .max_concurrency(64)
-            .pull_batch_size(64)
-            .start(move |m: ConsumedMessage| {
-                counter.got(m.body());
-                async { sluice_client::ConsumeResult::Success }
-            })
-            .await
-            .context("push consumer")?
+        push_consumer(&s.namesrv, "bench-drain", TOPIC, 0, move |m| {
+            counter.got(m.body())
+        })
+        .await?
     };
     let last = counter.all(n, "sluice").await;
     c.shutdown().await;

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use sluice_client::{ClientConfig, ConsumeFrom, ConsumedMessage, Message, PushConsumer};
+use sluice_client::Message;
 use tokio::sync::Semaphore;
 
 use crate::nats_peer::{read_ackless, Nats};
-use crate::proc::{runtime, Sluice};
+use crate::proc::{push_consumer, runtime, Sluice};
 use crate::stats::{machine_line, median, print_table, Row};
 use crate::timers::producer;
 
@@ -331,7 +331,13 @@ async fn sluice_phase(
     let s = Sluice::start(bin, dir, env)?;
     s.create_topic(TOPIC, QUEUES as i32).await?;
     let rec = Recorder::new(plan.warm)?;
-    let consumer = sluice_consumer(&s.namesrv, Arc::clone(&rec)).await?;
+    let consumer = {
+        let rec = Arc::clone(&rec);
+        push_consumer(&s.namesrv, "bench-e2e", TOPIC, QUEUES, move |m| {
+            rec.received(m.body())
+        })
+        .await?
+    };
     let p = producer(&s.namesrv, "bench-e2e", &[TOPIC]).await?;
     let rate = publish_at_rate(plan, &rec, move |_, body| {
         let p = Arc::clone(&p);
@@ -346,37 +352,6 @@ async fn sluice_phase(
     await_all(&rec, plan, "sluice").await?;
     consumer.shutdown().await;
     Ok(rec.figures(rate))
-}
-
-async fn sluice_consumer(namesrv: &str, rec: Arc<Recorder>) -> Result<PushConsumer> {
-    let c = PushConsumer::builder(ClientConfig::new(namesrv), "bench-e2e")
-        .subscribe(TOPIC, "*")
-        .consume_from(ConsumeFrom::FirstOffset)
-        .max_concurrency(64)
-        .pull_batch_size(64)
-        .rebalance_interval(Duration::from_secs(1))
-        .start(move |m: ConsumedMessage| {
-            rec.received(m.body());
-            async { sluice_client::ConsumeResult::Success }
-        })
-        .await
-        .context("push consumer")?;
-    let ours = |c: &PushConsumer| {
-        c.assigned_queues()
-            .iter()
-            .filter(|q| q.topic == TOPIC)
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ours(&c) < QUEUES && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::ensure!(
-        ours(&c) == QUEUES,
-        "the consumer got {} of {QUEUES} queues",
-        ours(&c)
-    );
-    Ok(c)
 }
 
 async fn nats_phase(nats: &Nats, plan: Plan) -> Result<Figures> {

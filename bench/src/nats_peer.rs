@@ -5,11 +5,11 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::proc::stop_child;
+use crate::proc::{await_listening, stop_child};
 
 /// The stream the peer's publishers write to.
 pub const STREAM: &str = "BENCH";
@@ -40,13 +40,7 @@ impl Nats {
             child,
             url: format!("nats://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on port {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        await_listening(port, Duration::from_secs(10), "nats-server")?;
         Ok(me)
     }
 

@@ -271,3 +271,57 @@ pub fn body(head: &str, size: usize) -> Vec<u8> {
     b.resize(size.max(head.len()), b'x');
     b
 }
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, or fails naming `who` after
+/// `within` (a peer server that did not start).
+pub fn await_listening(port: u16, within: Duration, who: &str) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{who} did not listen on port {port} within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The benches' push consumer of `topic` in `group`: from the first offset, 64 handlers at
+/// once, pulls of 64, `on_message` for each message. Returns once at least `min_queues` of the
+/// topic's queues are assigned (0: at once), or fails after 30 s.
+pub async fn push_consumer(
+    namesrv: &str,
+    group: &str,
+    topic: &str,
+    min_queues: usize,
+    on_message: impl Fn(&sluice_client::ConsumedMessage) + Send + Sync + 'static,
+) -> Result<sluice_client::PushConsumer> {
+    use sluice_client::{ClientConfig, ConsumeFrom, ConsumeResult, ConsumedMessage, PushConsumer};
+    let c = PushConsumer::builder(ClientConfig::new(namesrv), group)
+        .subscribe(topic, "*")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .max_concurrency(64)
+        .pull_batch_size(64)
+        .rebalance_interval(Duration::from_secs(1))
+        .start(move |m: ConsumedMessage| {
+            on_message(&m);
+            async { ConsumeResult::Success }
+        })
+        .await
+        .context("push consumer")?;
+    let ours = |c: &PushConsumer| {
+        c.assigned_queues()
+            .iter()
+            .filter(|q| q.topic == topic)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ours(&c) < min_queues && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(
+        ours(&c) >= min_queues,
+        "the consumer got {} of the {min_queues} queues it waited for",
+        ours(&c)
+    );
+    Ok(c)
+}

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::proc::await_listening;
+
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 /// Erlang's port mapper, which every node registers with.
 const EPMD_PORT: u16 = 4369;
@@ -68,13 +70,7 @@ impl Rabbit {
             epmd_was_running,
             dir: dir.to_owned(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("rabbitmq-server did not listen on port {port} within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        await_listening(port, Duration::from_secs(60), "rabbitmq-server")?;
         Ok(me)
     }
 }

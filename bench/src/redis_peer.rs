@@ -3,13 +3,13 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::proc::{rss_mib, stop_child};
+use crate::proc::{await_listening, rss_mib, stop_child};
 
 /// A running `redis-server`, stopped by pid when dropped.
 pub struct Redis {
@@ -54,13 +54,7 @@ impl Redis {
             child,
             addr: format!("127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&me.addr).is_err() {
-            if Instant::now() > deadline {
-                bail!("redis-server did not listen on {} within 10 s", me.addr);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        await_listening(port, Duration::from_secs(10), "redis-server")?;
         Ok(me)
     }
 

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use sluice_client::{ClientConfig, ConsumeFrom, ConsumedMessage, Message, Producer, PushConsumer};
+use sluice_client::{ClientConfig, Message, Producer, PushConsumer};
 use tokio::sync::mpsc;
 
-use crate::proc::{body, drive, now_ms, runtime, Load, Sluice};
+use crate::proc::{body, drive, now_ms, push_consumer, runtime, Load, Sluice};
 use crate::redis_peer::{Conn, Redis, Reply};
 use crate::stats::{fmt, machine_line, median, print_table, Row};
 
@@ -346,28 +346,14 @@ async fn collect_stored(
 }
 
 async fn consumer(namesrv: &str, tx: mpsc::UnboundedSender<Got>) -> Result<PushConsumer> {
-    let c = PushConsumer::builder(ClientConfig::new(namesrv), "bench-timers")
-        .subscribe(T_LATE, "*")
-        .consume_from(ConsumeFrom::FirstOffset)
-        .max_concurrency(64)
-        .pull_batch_size(64)
-        .rebalance_interval(Duration::from_secs(1))
-        .start(move |m: ConsumedMessage| {
-            let recv = now_ms();
-            let stored = u64::try_from(m.store_timestamp()).unwrap_or(0);
-            if let Some((k, r, due)) = parse(m.body()) {
-                let _ = tx.send((k.to_owned(), r, due, recv, stored));
-            }
-            async { sluice_client::ConsumeResult::Success }
-        })
-        .await
-        .context("push consumer")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.assigned_queues().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::ensure!(!c.assigned_queues().is_empty(), "the consumer got no queue");
-    Ok(c)
+    push_consumer(namesrv, "bench-timers", T_LATE, 1, move |m| {
+        let recv = now_ms();
+        let stored = u64::try_from(m.store_timestamp()).unwrap_or(0);
+        if let Some((k, r, due)) = parse(m.body()) {
+            let _ = tx.send((k.to_owned(), r, due, recv, stored));
+        }
+    })
+    .await
 }
 
 /// Lateness quantiles in ms: (p50, p99, max, min).

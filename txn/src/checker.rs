@@ -4,7 +4,8 @@
 //! 3. applies the final action to open transactions whose checks are exhausted;
 //! 4. sends due checks, never for a transaction that is not open (see [`Core::run_checks`]);
 //! 5. carries old undecided half messages forward (bounded);
-//! 6. writes the checkpoint when something changed.
+//! 6. writes the checkpoint when something changed (check counts reach the disk before their
+//!    checks leave through the check journal, `journal`).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use sluice_store::{now_ms, GetStatus};
 use tokio::sync::watch;
 
 use crate::core::Core;
+use crate::journal::{self, Counted};
 use crate::metrics::Counters;
 use crate::records::HalfRecord;
 use crate::sink::{check_command, send_round_robin, PendingCheck, Route, PROP_CHECK_URL};
@@ -147,20 +149,28 @@ impl Core {
 
     /// Sends due checks. Order matters for "at most `check_max` checks, never one for a decided
     /// transaction": (1) count each check under the lock, only if the transaction is open;
-    /// (2) write the checkpoint, so a crash can lose a sent check's count only by over-counting;
-    /// (3) send each under the lock after checking the state again: a decision takes that lock
-    /// to begin, so none can slip in between the check and the send.
+    /// (2) append the counts to the check journal and sync it, so a crash can lose a sent
+    /// check's count only by over-counting; (3) send each under the lock after checking the
+    /// state again: a decision takes that lock to begin, so none can slip in between the check
+    /// and the send.
     pub(crate) async fn run_checks(&self, ids: Vec<u64>) {
         let planned = self.plan_checks(ids);
         let now = now_ms();
         let mut counted = Vec::new();
+        let mut journal = Vec::new();
         {
             let mut t = self.table.lock();
             for p in planned {
                 let id = p.entry.id.half_offset;
                 if matches!(p.route, Route::Pull) {
                     t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max);
-                } else if let Some(n) = t.count_check(id, now) {
+                } else if let Some((n, armed_ms)) = t.count_check(id, now) {
+                    journal.push(Counted {
+                        half_offset: id,
+                        armed_ms,
+                        checks: n,
+                        at_ms: now,
+                    });
                     counted.push((p, n));
                 }
             }
@@ -168,12 +178,22 @@ impl Core {
         if counted.is_empty() {
             return;
         }
-        if let Err(e) = self.write_checkpoint().await {
-            tracing::warn!(error = %e, "checkpoint before checks not written; sending anyway");
+        if let Err(e) = self.journal_checks(journal).await {
+            tracing::warn!(error = %e, "check counts not journalled; sending anyway");
         }
         for (p, n) in counted {
             self.deliver(p, n);
         }
+    }
+
+    /// Appends counted checks to the journal on a blocking thread. Under the checkpoint lock, so
+    /// a checkpoint never empties the journal between a count and its record.
+    async fn journal_checks(&self, records: Vec<Counted>) -> Result<(), crate::TxnError> {
+        let _one_at_a_time = self.checkpoint_lock.lock().await;
+        let dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || journal::append(&dir, &records))
+            .await
+            .unwrap_or_else(|e| Err(crate::TxnError::Checkpoint(e.to_string())))
     }
 
     /// Picks a route and reads the half message of each due transaction.
@@ -371,8 +391,16 @@ impl Core {
             t.snapshot(op_max)
         };
         let dir = self.state_dir.clone();
-        let result = tokio::task::spawn_blocking(move || crate::checkpoint::store(&dir, &data))
-            .await
+        // Every journalled count is in this snapshot (counted before journalled, and journalled
+        // under this lock), so once the checkpoint is durable the journal is redundant.
+        let result = tokio::task::spawn_blocking(move || {
+            crate::checkpoint::store(&dir, &data)?;
+            if let Err(e) = journal::clear(&dir) {
+                tracing::warn!(error = %e, "check journal not emptied; a restart replays counts the checkpoint holds");
+            }
+            Ok(())
+        })
+        .await
             .unwrap_or_else(|e| Err(crate::TxnError::Checkpoint(e.to_string())));
         *self.last_checkpoint.lock() = std::time::Instant::now();
         if result.is_err() {

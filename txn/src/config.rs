@@ -105,8 +105,9 @@ pub struct TxnConfig {
     pub resolved_retention: Duration,
     /// Most decided transactions kept in memory; the oldest are forgotten first. Default 100 000.
     pub resolved_max: usize,
-    /// How often the state checkpoint is written when something changed (it is also written
-    /// before every round of checks). Default 1 s.
+    /// How often the state checkpoint is written when something changed (spaced further
+    /// apart as undecided transactions grow; check counts reach the disk in between through
+    /// the check journal). Default 1 s.
     pub checkpoint_interval: Duration,
     /// Undecided half messages older than this are copied to the tail of the half queue, so
     /// retention can free old segments without losing them. Default: half the store's retention.

@@ -138,6 +138,7 @@ impl TxnExtension {
             lost = report.lost,
             new_halves = report.new_halves,
             ops_replayed = report.ops_replayed,
+            check_journal_records = report.journalled,
             torn_commits = report.torn_commits,
             open,
             parked,

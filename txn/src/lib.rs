@@ -18,7 +18,8 @@
 //! - `checker`: the background loop: tail the half queue, checks, final actions,
 //!   carry-forward, checkpoints.
 //! - [`sink`]: where checks go: TCP producers, or a sink / pull queue for the HTTP facade.
-//! - `recovery`, `checkpoint`: the restart rebuild, bounded by a small checkpoint file.
+//! - `recovery`, `checkpoint`, `journal`: the restart rebuild, bounded by a checkpoint file,
+//!   and the check journal that keeps check counts between checkpoints.
 //! - `records`: the half, op, commit, copy and check-body records.
 //! - [`TxnService`] (`service`): list, force, re-arm, resolve, pull checks, metrics.
 //! - [`config`], [`error`], `metrics`.
@@ -29,7 +30,7 @@
 //! - Decisions are idempotent and exclusive: a repeat is answered from the state, the opposite
 //!   decision is refused (TRANSACTION_SHOULD_COMMIT / TRANSACTION_SHOULD_ROLLBACK).
 //! - No check is sent for a transaction that is not open, and at most `check_max` checks are
-//!   delivered per arming, even across a crash (counts are checkpointed before sending).
+//!   delivered per arming, even across a crash (counts are journalled before sending).
 
 mod checker;
 mod checkpoint;
@@ -39,6 +40,7 @@ mod end_txn;
 pub mod error;
 mod extension;
 mod hook;
+mod journal;
 mod metrics;
 mod records;
 mod recovery;

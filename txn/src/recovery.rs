@@ -4,9 +4,11 @@
 //! 2. Re-read every transaction the checkpoint lists as undecided, at its current location,
 //!    with its saved check count (a half message that can no longer be read is counted in
 //!    `lost_at_restart` and logged).
-//! 3. Read the half queue from `half_next` to its end: each new half message is open.
+//! 3. Read the half queue from `half_next` to its end: each new half message is open. Then
+//!    raise check counts to what the check journal (`journal`) recorded for the same arming.
 //! 4. Replay the op queue from `op_next` to its end, in order: each op record applies its
-//!    decision (commit, rollback, discard, park, re-arm) to the transaction it names.
+//!    decision (commit, rollback, discard, park, re-arm) to the transaction it names. Then
+//!    apply the journalled counts of checks sent after such a re-arm.
 //! 5. After an unclean stop only: a commit whose two records were torn apart (the real message
 //!    stored, the op record not) would leave the transaction open and let a check commit it a
 //!    second time. For each undecided transaction the store's unique-key index is asked for a
@@ -16,6 +18,7 @@
 //! The rebuild costs the checkpoint's live entries, one checkpoint interval of half messages,
 //! and the op records since the checkpoint: bounded, whatever the history.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_broker::TRANS_OP_HALF_TOPIC;
@@ -24,6 +27,7 @@ use sluice_protocol::RecordView;
 use sluice_store::{now_ms, GetStatus};
 
 use crate::checkpoint;
+use crate::journal::{self, Counted};
 use crate::core::Core;
 use crate::metrics::Counters;
 use crate::records::{op_record, OpRecord};
@@ -43,6 +47,8 @@ pub(crate) struct RebuildReport {
     pub(crate) lost: usize,
     pub(crate) new_halves: usize,
     pub(crate) ops_replayed: usize,
+    /// Check-journal records applied.
+    pub(crate) journalled: usize,
     pub(crate) torn_commits: usize,
 }
 
@@ -75,7 +81,10 @@ impl Core {
         }
         self.table.lock().half_next = cp.half_next;
         report.new_halves = self.tail_half_queue(usize::MAX, !report.from_checkpoint);
+        let counted = journal::load(&self.state_dir);
+        let armed_before = self.apply_journal_same_arming(&counted);
         report.ops_replayed = self.replay_ops(cp.op_next);
+        report.journalled += self.apply_journal_later_arming(&counted, &armed_before);
         self.table.lock().dirty = true;
         let torn = if self.services.store().recovery_report().clean {
             Vec::new()
@@ -84,6 +93,38 @@ impl Core {
         };
         report.torn_commits = torn.len();
         (report, torn)
+    }
+
+    /// Step 3b: journalled check counts of the arming each transaction has now (before the op
+    /// replay, which may re-arm it). Returns every journalled transaction's arming then.
+    fn apply_journal_same_arming(&self, counted: &[Counted]) -> HashMap<u64, i64> {
+        let mut t = self.table.lock();
+        let armed: HashMap<u64, i64> = counted
+            .iter()
+            .filter_map(|r| t.get(r.half_offset).map(|e| (r.half_offset, e.armed_ms)))
+            .collect();
+        for r in counted {
+            if armed.get(&r.half_offset) == Some(&r.armed_ms) {
+                t.apply_counted(r);
+            }
+        }
+        armed
+    }
+
+    /// Step 4b: checks journalled after a re-arm that the op replay has just applied again
+    /// (the replayed re-arm starts the count at zero; these checks were sent after it).
+    /// Returns how many records were applied in both steps.
+    fn apply_journal_later_arming(&self, counted: &[Counted], before: &HashMap<u64, i64>) -> usize {
+        let mut t = self.table.lock();
+        let mut applied = 0;
+        for r in counted {
+            match before.get(&r.half_offset) {
+                Some(a) if *a == r.armed_ms => applied += 1,
+                Some(a) if r.armed_ms > *a => applied += usize::from(t.apply_counted(r)),
+                _ => {}
+            }
+        }
+        applied
     }
 
     /// Applies every op record from `from` on; returns how many were ours.

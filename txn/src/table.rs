@@ -314,16 +314,30 @@ impl Table {
     }
 
     /// Open transactions whose check or final action is due.
+    ///
+    /// This walks every transaction under the table lock once per tick (100 000 and more), so
+    /// the walk allocates nothing and hashes nothing on the common path: one policy per group,
+    /// borrowed names, and the pull queue consulted only when something is queued.
     pub(crate) fn due(&mut self, now: i64, cfg: &TxnConfig) -> Vec<Due> {
-        let mut policies: HashMap<String, GroupPolicy> = HashMap::new();
+        let mut policies: HashMap<&str, GroupPolicy> = HashMap::new();
+        let mut last: Option<(&str, GroupPolicy)> = None;
         let mut out = Vec::new();
         for e in self.entries.values() {
-            if e.state != TxnState::Open || self.queued.contains(&e.id.half_offset) {
+            if e.state != TxnState::Open
+                || (!self.queued.is_empty() && self.queued.contains(&e.id.half_offset))
+            {
                 continue;
             }
-            let p = policies
-                .entry(e.group.clone())
-                .or_insert_with(|| cfg.policy(&e.group));
+            let p = match &last {
+                Some((group, p)) if *group == e.group => p,
+                _ => {
+                    let p = policies
+                        .entry(e.group.as_str())
+                        .or_insert_with(|| cfg.policy(&e.group))
+                        .clone();
+                    &last.insert((e.group.as_str(), p)).1
+                }
+            };
             if now < e.next_check_ms(p) {
                 continue;
             }
@@ -343,7 +357,7 @@ impl Table {
 
     /// A check was (about to be) delivered: count it against `check_max`. False when the
     /// transaction is no longer open (then nothing may be sent).
-    pub(crate) fn count_check(&mut self, id: u64, now: i64) -> Option<u32> {
+    pub(crate) fn count_check(&mut self, id: u64, now: i64) -> Option<(u32, i64)> {
         let e = self
             .entries
             .get_mut(&id)
@@ -351,7 +365,23 @@ impl Table {
         e.checks += 1;
         e.last_check_ms = Some(now);
         self.dirty = true;
-        Some(e.checks)
+        Some((e.checks, e.armed_ms))
+    }
+
+    /// Restart: raises an undecided transaction's check count to a journalled one (never
+    /// lowers it). The caller decides which records belong to the entry's arming.
+    pub(crate) fn apply_counted(&mut self, r: &crate::journal::Counted) -> bool {
+        let Some(e) = self
+            .entries
+            .get_mut(&r.half_offset)
+            .filter(|e| e.state.is_live())
+        else {
+            return false;
+        };
+        e.checks = e.checks.max(r.checks);
+        e.last_check_ms = Some(e.last_check_ms.map_or(r.at_ms, |t| t.max(r.at_ms)));
+        self.dirty = true;
+        true
     }
 
     /// The counted check could not be delivered after all.
@@ -393,7 +423,7 @@ impl Table {
                 break;
             };
             self.queued.remove(&id);
-            if let Some(n) = self.count_check(id, now) {
+            if let Some((n, _)) = self.count_check(id, now) {
                 if let Some(e) = self.entries.get(&id) {
                     out.push((e.clone(), n));
                 }

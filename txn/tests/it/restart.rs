@@ -188,6 +188,52 @@ async fn check_counts_survive_a_restart() {
     b.stop().await;
 }
 
+/// A crash between checkpoints: the checkpoint does not know the checks sent since, but the
+/// check journal, synced before each round leaves, does.
+#[tokio::test]
+async fn check_counts_sent_after_the_last_checkpoint_survive_through_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("txn").join("checks.journal");
+    let mut cfg = fast_config();
+    cfg.defaults.check_max = 3;
+    cfg.checkpoint_interval = Duration::from_secs(3600); // only the stop writes one
+    let b = TestBroker::start(dir.path(), cfg.clone()).await;
+    let c = b.client().await;
+    let mut checks = c.take_requests().unwrap();
+    let s = send_half(&c, "jj").await;
+    for _ in 0..2 {
+        let check = next_check(&mut checks, WAIT).await.expect("check");
+        answer_check(&c, GROUP, &check, UNKNOWN).await;
+    }
+    let journalled = std::fs::read(&journal).expect("the journal holds the sent checks");
+    assert_eq!(journalled.len(), 2 * 32, "one record per check sent");
+    b.stop().await;
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().len(),
+        0,
+        "the checkpoint written at stop empties the journal"
+    );
+
+    // What a SIGKILL after the two checks leaves: no checkpoint with them, the journal full.
+    std::fs::remove_file(checkpoint(dir.path())).unwrap();
+    std::fs::write(&journal, &journalled).unwrap();
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let c = b.client().await;
+    let mut checks = c.take_requests().unwrap();
+    heartbeat(&c, GROUP, "again").await;
+    let svc = b.txn.service();
+    let before = svc.get(s.queue_offset as u64).unwrap().unwrap().check_count;
+    assert_eq!(before, 2, "the journal restored the count");
+    let mut more = 0;
+    while let Some(check) = next_check(&mut checks, Duration::from_secs(3)).await {
+        more += 1;
+        answer_check(&c, GROUP, &check, UNKNOWN).await;
+    }
+    assert_eq!(more, 1, "check_max holds across the crash");
+    assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn an_old_undecided_half_message_is_carried_forward_under_the_same_identity() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@
 //! Typed getters (`get_i32`, `get_bool`, ...) treat an empty value as absent, as Java's binary
 //! header does; [`ExtFields::get_str`] returns values verbatim.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 /// Longest client-supplied value quoted back in a [`HeaderError`], so errors stay loggable.
 const MAX_QUOTED_VALUE: usize = 64;
@@ -39,9 +39,12 @@ impl HeaderError {
 }
 
 /// The ext-field map, sorted by key like Java's JSON writer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(transparent)]
-pub struct ExtFields(BTreeMap<String, String>);
+///
+/// A sorted `Vec` rather than a `BTreeMap`: a command has a dozen fields or so, written and
+/// read once each on every request, so one contiguous allocation and a binary search beat a
+/// tree's nodes; the names of typed header fields are `&'static str` and are not copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtFields(Vec<(Cow<'static, str>, String)>);
 
 impl ExtFields {
     /// An empty map.
@@ -49,9 +52,35 @@ impl ExtFields {
         Self::default()
     }
 
+    /// An empty map with room for `n` fields.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
     /// Sets `key`, replacing any previous value.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(key.into(), value.into());
+        self.put(Cow::Owned(key.into()), value.into());
+    }
+
+    /// [`ExtFields::insert`] for a field name known at compile time (no copy of the name).
+    pub fn insert_static(&mut self, key: &'static str, value: impl Into<String>) {
+        self.put(Cow::Borrowed(key), value.into());
+    }
+
+    fn put(&mut self, key: Cow<'static, str>, value: String) {
+        // Fields mostly arrive in key order (Java's writer sorts them): try the end first.
+        if self.0.last().is_none_or(|(last, _)| **last < *key) {
+            self.0.push((key, value));
+            return;
+        }
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
     /// Builder form of [`ExtFields::insert`].
@@ -63,12 +92,13 @@ impl ExtFields {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.0.remove(key)
+        let i = self.find(key).ok()?;
+        Some(self.0.remove(i).1)
     }
 
     /// True when `key` is present, even with an empty value.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.find(key).is_ok()
     }
 
     /// Number of fields.
@@ -83,12 +113,12 @@ impl ExtFields {
 
     /// Iterates the fields in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (&**k, v.as_str()))
     }
 
     /// The raw value of `key`, empty strings included.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.find(key).ok().map(|i| self.0[i].1.as_str())
     }
 
     /// `field` as an `i32`; `Ok(None)` when absent or empty.
@@ -167,20 +197,33 @@ fn parse_bool(s: &str) -> Option<bool> {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for ExtFields {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        let mut ext = Self::new();
+        for (k, v) in iter {
+            ext.insert(k, v);
+        }
+        ext
     }
 }
 
+/// An owned field, as [`ExtFields`] yields it by value.
+type OwnedField = (String, String);
+
 impl IntoIterator for ExtFields {
-    type Item = (String, String);
-    type IntoIter = std::collections::btree_map::IntoIter<String, String>;
+    type Item = OwnedField;
+    type IntoIter = std::iter::Map<
+        std::vec::IntoIter<(Cow<'static, str>, String)>,
+        fn((Cow<'static, str>, String)) -> OwnedField,
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.0.into_iter().map(|(k, v)| (k.into_owned(), v))
+    }
+}
+
+/// A JSON object in key order, as Java's writer produces.
+impl serde::Serialize for ExtFields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
     }
 }
 
@@ -198,7 +241,7 @@ impl ExtValue for String {
         ext.require_str(field).map(str::to_owned)
     }
     fn write(&self, ext: &mut ExtFields, field: &'static str) {
-        ext.insert(field, self.as_str());
+        ext.insert_static(field, self.as_str());
     }
 }
 
@@ -209,7 +252,7 @@ macro_rules! ext_value_via {
                 ext.$require(field)
             }
             fn write(&self, ext: &mut ExtFields, field: &'static str) {
-                ext.insert(field, self.to_string());
+                ext.insert_static(field, self.to_string());
             }
         }
 
@@ -241,7 +284,7 @@ impl ExtValue for Option<String> {
     }
     fn write(&self, ext: &mut ExtFields, field: &'static str) {
         if let Some(v) = self {
-            ext.insert(field, v.as_str());
+            ext.insert_static(field, v.as_str());
         }
     }
 }
@@ -296,6 +339,29 @@ mod tests {
         assert_eq!(e.require_i64("n"), Err(HeaderError::Missing("n")));
         assert_eq!(e.get_str("transactionId"), Some(""));
         assert_eq!(<Option<String>>::read(&e, "transactionId"), Ok(None));
+    }
+
+    #[test]
+    fn fields_stay_sorted_and_unique_whatever_the_insertion_order() {
+        let mut e = ExtFields::new();
+        for (k, v) in [("m", "1"), ("b", "2"), ("z", "3"), ("b", "4"), ("a", "5")] {
+            e.insert(k, v);
+        }
+        e.insert_static("m", "6");
+        assert_eq!(
+            e.iter().collect::<Vec<_>>(),
+            [("a", "5"), ("b", "4"), ("m", "6"), ("z", "3")]
+        );
+        assert_eq!(e.remove("b").as_deref(), Some("4"));
+        assert!(!e.contains_key("b") && e.contains_key("z"));
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"a":"5","m":"6","z":"3"}"#
+        );
+        let owned: Vec<(String, String)> = e.clone().into_iter().collect();
+        assert_eq!(owned[0], ("a".to_string(), "5".to_string()));
+        assert_eq!(e, owned.into_iter().collect::<ExtFields>());
     }
 
     #[test]

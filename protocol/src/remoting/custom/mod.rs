@@ -53,7 +53,7 @@ macro_rules! ext_header {
             /// Writes every required field and every optional field that is set.
             pub fn to_ext(&self) -> $crate::remoting::ext::ExtFields {
                 #[allow(unused_mut)]
-                let mut ext = $crate::remoting::ext::ExtFields::new();
+                let mut ext = $crate::remoting::ext::ExtFields::with_capacity(8);
                 $( $crate::remoting::ext::ExtValue::write(&self.$field, &mut ext, $key); )*
                 ext
             }

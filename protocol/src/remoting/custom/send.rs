@@ -114,7 +114,7 @@ impl SendMessageRequestHeader {
             SendHeaderForm::V1 => NAMES[i].0,
             SendHeaderForm::V2 => NAMES[i].1,
         };
-        let mut ext = ExtFields::new();
+        let mut ext = ExtFields::with_capacity(NAMES.len());
         self.producer_group.write(&mut ext, key(0));
         self.topic.write(&mut ext, key(1));
         self.default_topic.write(&mut ext, key(2));
@@ -168,13 +168,13 @@ impl SendMessageResponseHeader {
 
     /// Writes the header plus `MSG_REGION=DefaultRegion` and `TRACE_ON=true`.
     pub fn to_ext(&self) -> ExtFields {
-        let mut ext = ExtFields::new();
+        let mut ext = ExtFields::with_capacity(6);
         self.msg_id.write(&mut ext, "msgId");
         self.queue_id.write(&mut ext, "queueId");
         self.queue_offset.write(&mut ext, "queueOffset");
         self.transaction_id.write(&mut ext, "transactionId");
-        ext.insert("MSG_REGION", DEFAULT_MSG_REGION);
-        ext.insert("TRACE_ON", "true");
+        ext.insert_static("MSG_REGION", DEFAULT_MSG_REGION);
+        ext.insert_static("TRACE_ON", "true");
         ext
     }
 }

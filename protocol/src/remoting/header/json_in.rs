@@ -201,7 +201,7 @@ impl<'de> Visitor<'de> for ExtVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut ext = ExtFields::new();
+        let mut ext = ExtFields::with_capacity(16);
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match text_of(map.next_value::<Scalar>()?) {
                 Some(text) => ext.insert(key.0.into_owned(), text),

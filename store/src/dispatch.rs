@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::java_hash;
 use sluice_protocol::message::properties::{find_property, keys};
 use sluice_protocol::message::record::{sysflag, RecordView};
@@ -52,6 +52,10 @@ pub(crate) struct Dispatcher {
     pub(crate) index: Arc<Index>,
     pub(crate) damage: Arc<DamageLog>,
     pub(crate) listener: RwLock<Option<DispatchListener>>,
+    /// The batch buffers, kept between calls: a fresh batch of 4 096 records is a few hundred
+    /// KiB, which the allocator takes from (and returns to) the OS each time, faulting and
+    /// zeroing a huge page per call.
+    pub(crate) scratch: Mutex<Batch>,
 }
 
 /// Commit-log bytes behind the dispatcher that stay mapped (recent reads stay cheap).
@@ -63,13 +67,19 @@ const MAX_RECORDS_PER_CALL: usize = 4096;
 /// Entries gathered during one call and written together: one write per queue run and one
 /// for the index, instead of a system call per entry.
 #[derive(Default)]
-struct Batch {
+pub(crate) struct Batch {
     runs: Vec<(Arc<ConsumeQueue>, u64, Vec<CqEntry>)>,
     index: Vec<IndexItem>,
     events: Vec<DispatchEvent>,
 }
 
 impl Batch {
+    fn clear(&mut self) {
+        self.runs.clear();
+        self.index.clear();
+        self.events.clear();
+    }
+
     fn push_cq(&mut self, q: Arc<ConsumeQueue>, offset: u64, entry: CqEntry) {
         let run = self
             .runs
@@ -88,7 +98,9 @@ impl Dispatcher {
     /// offset reached. Entries become visible, and listeners hear of them, after the writes.
     pub(crate) fn dispatch_range(&self, from: u64, to: u64) -> Result<u64> {
         let mut pos = from;
-        let mut batch = Batch::default();
+        let mut scratch = self.scratch.lock();
+        let batch = &mut *scratch;
+        batch.clear();
         let mut records = 0;
         while pos < to && records < MAX_RECORDS_PER_CALL {
             let Some(seg) = self.log.segment_for(pos) else {
@@ -98,7 +110,7 @@ impl Dispatcher {
             match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record()) {
                 Probe::Record { total, .. } => {
                     let bytes = &seg.file.as_slice()[rel..rel + total];
-                    self.gather(pos, bytes, &mut batch)?;
+                    self.gather(pos, bytes, batch)?;
                     pos += framing::frame_len(total);
                     records += 1;
                 }
@@ -108,8 +120,9 @@ impl Dispatcher {
                 }
             }
         }
-        self.write_batch(batch)?;
-        Ok(pos)
+        let written = self.write_batch(batch);
+        batch.clear();
+        written.map(|()| pos)
     }
 
     /// Dispatches everything in `[from, to)` (recovery).
@@ -124,7 +137,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn write_batch(&self, batch: Batch) -> Result<()> {
+    fn write_batch(&self, batch: &Batch) -> Result<()> {
         self.index.put_batch(&batch.index)?;
         for (q, first, entries) in &batch.runs {
             q.put_run(*first, entries, self.cqs.io())?;

@@ -164,6 +164,7 @@ impl Store {
             index: Arc::clone(&index),
             damage: Arc::clone(&damage),
             listener: parking_lot::RwLock::new(None),
+            scratch: parking_lot::Mutex::default(),
         });
         let redispatch_from = if rebuild_all {
             log.min_offset()

@@ -117,6 +117,29 @@ impl ConnectionHandle {
             .map_err(|_| RemotingError::Closed(self.inner.remote))
     }
 
+    /// Like [`ConnectionHandle::send`], but runs `before_queued` once the writer has room and
+    /// just before `cmd` is queued. A server releases a request's in-flight slot there: the
+    /// peer can then never see the response (and send its next request) while the slot is
+    /// still taken, and a peer that does not read still holds its slots while it stalls.
+    pub async fn send_then(
+        &self,
+        cmd: RemotingCommand,
+        before_queued: impl FnOnce(),
+    ) -> Result<(), RemotingError> {
+        if self.is_closed() {
+            return Err(RemotingError::Closed(self.inner.remote));
+        }
+        let slot = self
+            .inner
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| RemotingError::Closed(self.inner.remote))?;
+        before_queued();
+        slot.send(cmd);
+        Ok(())
+    }
+
     /// Queues a command without waiting; fails when the writer's queue is full. For callers that
     /// must not block, such as notifications sent while a lock is held elsewhere.
     pub fn try_send(&self, cmd: RemotingCommand) -> Result<(), RemotingError> {

@@ -367,7 +367,7 @@ async fn run_request<P: Processor>(
     shared: Arc<Shared<P>>,
     conn: ConnectionHandle,
     cmd: RemotingCommand,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     _guard: TaskGuard,
 ) {
     let stub = RemotingCommand {
@@ -398,7 +398,10 @@ async fn run_request<P: Processor>(
     }
     response.opaque = stub.opaque;
     response.flag |= flag::RESPONSE;
-    let _ = conn.send(response).await;
+    // The slot is freed before the response is queued: a client that keeps exactly
+    // `max_inflight` requests outstanding must never be told "busy" because its next request
+    // overtook this task's last step.
+    let _ = conn.send_then(response, move || drop(permit)).await;
 }
 
 async fn reject_oversize<P: Processor>(

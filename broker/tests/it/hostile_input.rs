@@ -414,3 +414,22 @@ async fn one_way_requests_in_flight_do_not_crowd_out_answered_requests() {
     assert_eq!(broker.stats().overload_rejections, 0);
     broker.shutdown().await;
 }
+
+/// A client that sends its next request the moment it reads an answer keeps exactly the limit
+/// in flight: it must never be told "busy" because its request overtook the end of the task
+/// that answered the previous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_exactly_the_in_flight_limit_is_never_refused() {
+    let (_dir, broker, mut a) = one_slot_broker().await;
+    for opaque in 10..3_010 {
+        let answer = ask(&mut a, max_offset_request(opaque)).await;
+        assert_eq!(
+            (answer.opaque, answer.code),
+            (opaque, 0),
+            "request {opaque}: {:?}",
+            answer.remark
+        );
+    }
+    assert_eq!(broker.stats().overload_rejections, 0);
+    broker.shutdown().await;
+}

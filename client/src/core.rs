@@ -62,7 +62,8 @@ impl ClientCore {
             client_id: cfg.client_id(),
             pool: Pool::new(cfg.connect_timeout, requests)
                 .with_credentials(cfg.credentials().cloned())
-                .with_tls(cfg.tls().cloned()),
+                .with_tls(cfg.tls().cloned())
+                .with_binary_headers(cfg.binary_headers),
             uniq: UniqKeyGenerator::new(ip),
             routes: RwLock::new(HashMap::new()),
             masters: RwLock::new(HashMap::new()),

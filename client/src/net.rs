@@ -51,6 +51,12 @@ impl Pool {
         }
     }
 
+    /// Sends binary ("ROCKETMQ") request headers instead of JSON.
+    pub(crate) fn with_binary_headers(mut self, on: bool) -> Self {
+        self.opts.binary_headers = on;
+        self
+    }
+
     /// Connects over TLS with these settings.
     pub(crate) fn with_tls(mut self, tls: Option<sluice_remoting::ClientTls>) -> Self {
         self.opts.tls = tls;

@@ -39,6 +39,8 @@ pub struct ClientOptions {
     pub request_queue: usize,
     /// Connect with TLS, trusting these CA certificates. Default `None`: plaintext.
     pub tls: Option<crate::tls::ClientTls>,
+    /// Send requests with RocketMQ's binary header instead of JSON. Default false.
+    pub binary_headers: bool,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +52,7 @@ impl Default for ClientOptions {
             write_queue: 1024,
             request_queue: 1024,
             tls: None,
+            binary_headers: false,
         }
     }
 }
@@ -123,6 +126,7 @@ impl RemotingClient {
         let (tx, rx) = mpsc::channel(opts.write_queue.max(1));
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
         let conn = ConnectionHandle::new(id, addr, local, tx);
+        conn.set_binary_headers(opts.binary_headers);
         tokio::spawn(write_loop(wr, rx, conn.clone()));
         let (req_tx, req_rx) = mpsc::channel(opts.request_queue.max(1));
         let reader = FrameReader::new(rd, FrameDecoder::new(opts.max_frame, opts.max_body));

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ struct Inner {
     /// Requests we sent, by opaque, waiting for the peer's response.
     pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
     next_opaque: AtomicI32,
+    /// Frames are written with RocketMQ's binary header instead of JSON (see
+    /// [`ConnectionHandle::set_binary_headers`]).
+    binary_headers: AtomicBool,
     /// Flips to true once; the writer drains and exits, waiters give up.
     closed: watch::Sender<bool>,
 }
@@ -66,9 +69,23 @@ impl ConnectionHandle {
                 tx,
                 pending: Mutex::new(HashMap::new()),
                 next_opaque: AtomicI32::new(1),
+                binary_headers: AtomicBool::new(false),
                 closed,
             }),
         }
+    }
+
+    /// Writes the frames queued from now on with RocketMQ's binary ("ROCKETMQ") header rather
+    /// than JSON. A client turns it on when configured to; a server follows what the peer's
+    /// requests use, so a peer that sends JSON (the C++ client cannot read anything else) is
+    /// answered in JSON.
+    pub fn set_binary_headers(&self, on: bool) {
+        self.inner.binary_headers.store(on, Ordering::Relaxed);
+    }
+
+    /// True when frames are written with binary headers.
+    pub fn binary_headers(&self) -> bool {
+        self.inner.binary_headers.load(Ordering::Relaxed)
     }
 
     /// Process-unique id of this connection (the broker's registry key).

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use sluice_protocol::remoting::frame::SerializeType;
 use sluice_protocol::{FrameDecoder, FrameError, RemotingCommand};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -54,6 +55,8 @@ pub struct FrameReader {
     rd: crate::tls::ReadHalf,
     buf: BytesMut,
     decoder: FrameDecoder,
+    /// The last frame returned had a binary ("ROCKETMQ") header.
+    last_binary: bool,
 }
 
 impl FrameReader {
@@ -63,14 +66,20 @@ impl FrameReader {
             rd: Box::new(rd),
             buf: BytesMut::with_capacity(MIN_READ),
             decoder,
+            last_binary: false,
         }
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream between frames.
     pub async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
         loop {
+            // The serialize-type byte of the frame at the front (after the 4-byte length).
+            let binary = self.buf.get(4) == Some(&SerializeType::RocketMq.code());
             match self.decoder.decode(&mut self.buf) {
-                Ok(Some(cmd)) => return Ok(Some(Inbound::Command(cmd))),
+                Ok(Some(cmd)) => {
+                    self.last_binary = binary;
+                    return Ok(Some(Inbound::Command(cmd)));
+                }
                 Ok(None) => {}
                 Err(FrameError::BodyTooLarge {
                     command,
@@ -93,6 +102,11 @@ impl FrameReader {
                 };
             }
         }
+    }
+
+    /// True when the last command returned by [`FrameReader::next`] came with a binary header.
+    pub fn last_binary(&self) -> bool {
+        self.last_binary
     }
 
     /// Reserves what the frame being read still needs, in chunks of at most [`READ_CHUNK`].
@@ -156,7 +170,12 @@ async fn flush_rest<W: AsyncWrite + Unpin>(
 }
 
 fn encode_into(cmd: &RemotingCommand, buf: &mut BytesMut, conn: &ConnectionHandle) {
-    if let Err(e) = cmd.encode(buf) {
+    let encoded = if conn.binary_headers() {
+        sluice_protocol::remoting::frame::encode_binary(cmd, buf)
+    } else {
+        cmd.encode(buf)
+    };
+    if let Err(e) = encoded {
         // Only an absurd header or a >2 GiB frame gets here; the peer's request times out.
         tracing::error!(remote = %conn.remote_addr(), code = cmd.code, opaque = cmd.opaque, error = %e, "cannot encode frame; dropped");
     }

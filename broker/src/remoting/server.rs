@@ -302,7 +302,14 @@ async fn read_requests<P: Processor>(
                     tracing::debug!(remote = %conn.remote_addr(), "response with unknown opaque dropped");
                 }
             }
-            Ok(Some(Inbound::Command(cmd))) => dispatch(shared, conn, inflight, cmd).await,
+            Ok(Some(Inbound::Command(cmd))) => {
+                // Answer in kind: a peer that sends binary headers reads them, one that sends
+                // JSON (the C++ client) may read nothing else.
+                if reader.last_binary() != conn.binary_headers() {
+                    conn.set_binary_headers(reader.last_binary());
+                }
+                dispatch(shared, conn, inflight, cmd).await
+            }
             Ok(Some(Inbound::Oversize {
                 command,
                 body_len,

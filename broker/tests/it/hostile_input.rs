@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+
 use common::*;
 use sluice_broker::{test_hooks, Broker, BrokerHandle, RemotingClient};
 use sluice_protocol::{request_code, RemotingCommand};
@@ -431,5 +433,31 @@ async fn a_client_at_exactly_the_in_flight_limit_is_never_refused() {
         );
     }
     assert_eq!(broker.stats().overload_rejections, 0);
+    broker.shutdown().await;
+}
+
+/// A peer is answered in the header form it asked in: binary to a client that sends binary
+/// (sluice-client's default, a Java client's option), JSON to one that sends JSON (the C++
+/// client reads nothing else), switching when the peer does.
+#[tokio::test]
+async fn requests_are_answered_in_the_header_form_they_came_in() {
+    let (_dir, broker, mut a) = one_slot_broker().await;
+    for (opaque, binary) in [(1, false), (2, true), (3, true), (4, false)] {
+        let cmd = max_offset_request(opaque);
+        let mut bytes = BytesMut::new();
+        if binary {
+            sluice_protocol::remoting::frame::encode_binary(&cmd, &mut bytes).unwrap();
+        } else {
+            cmd.encode(&mut bytes).unwrap();
+        }
+        a.write(&bytes).await;
+        let (serialize_type, answer) = a
+            .read_typed_frame(Duration::from_secs(10))
+            .await
+            .expect("an answer");
+        assert_eq!((answer.opaque, answer.code), (opaque, 0), "{:?}", answer.remark);
+        assert_eq!(serialize_type, u8::from(binary), "request {opaque} binary={binary}");
+        assert!(answer.ext_fields.contains_key("offset"), "{answer:?}");
+    }
     broker.shutdown().await;
 }

@@ -49,7 +49,7 @@ pub mod flag {
 /// How a frame's header is serialised: the top byte of the second int.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SerializeType {
-    /// 0: JSON, the default and the only form we send.
+    /// 0: JSON, the default, and what a peer that sent JSON is answered in.
     Json,
     /// 1: RocketMQ's binary layout.
     RocketMq,
@@ -326,8 +326,8 @@ fn decode_header(serialize_type: u8, raw: &[u8]) -> Result<RemotingCommand, Fram
     }
 }
 
-/// Appends `cmd` to `out` as a frame with a JSON header: the only form we send (C++ clients
-/// cannot read binary headers). On error `out` is left as it was.
+/// Appends `cmd` to `out` as a frame with a JSON header, the form every client reads (C++
+/// clients read no other). On error `out` is left as it was.
 pub fn encode(cmd: &RemotingCommand, out: &mut BytesMut) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
@@ -335,8 +335,8 @@ pub fn encode(cmd: &RemotingCommand, out: &mut BytesMut) -> Result<(), EncodeErr
     finish_frame(cmd, out, start, SerializeType::Json)
 }
 
-/// Appends `cmd` as a frame with a binary header. For tests and fuzzing of the binary decoder;
-/// never send it to a client.
+/// Appends `cmd` as a frame with a binary header, for a peer that reads it (one that sent it,
+/// or a server when the client is configured to). On error `out` is left as it was.
 pub fn encode_binary(cmd: &RemotingCommand, out: &mut BytesMut) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);

@@ -5,9 +5,10 @@
 //! and booleans; Go sends `"remark":""`. Anything readable is accepted; only malformed JSON, a
 //! non-object header, a non-object `extFields` or an out-of-range number is refused.
 //!
-//! JSON is also the only form we write: the C++ client cannot read a binary header. The binary
-//! ("ROCKETMQ") form is decoded because Java clients may be configured to send it, and encoded
-//! only so tests and fuzzers can produce it.
+//! The binary ("ROCKETMQ") form is decoded because Java clients may be configured to send it,
+//! and written by `sluice-client` (cheaper than JSON on both ends) and by a server answering a
+//! peer that sent it. A peer that sends JSON gets JSON: the C++ client cannot read a binary
+//! header.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -167,7 +168,9 @@ pub fn encode_json_header(cmd: &RemotingCommand, out: &mut BytesMut) {
     serde_json::to_writer(out.writer(), &header).expect("JSON header serialisation cannot fail");
 }
 
-/// Appends the binary header of `cmd` to `out`. For tests and fuzzing only: never send it.
+/// Appends the binary header of `cmd` to `out`, as Java's `RocketMQSerializable` writes it. Only
+/// for a peer known to read it (see the module docs). On error `out` may hold part of a header:
+/// the caller truncates.
 pub fn encode_binary_header(
     cmd: &RemotingCommand,
     out: &mut BytesMut,
@@ -179,29 +182,29 @@ pub fn encode_binary_header(
         })
     };
     let (code, version) = (short("code", cmd.code)?, short("version", cmd.version)?);
-    let mut ext = Vec::new();
-    for (k, v) in cmd.ext_fields.iter() {
-        let key_len = i16::try_from(k.len()).map_err(|_| HeaderEncodeError::OutOfRange {
-            field: "ext key length",
-            value: k.len() as i64,
-        })?;
-        ext.put_i16(key_len);
-        ext.put_slice(k.as_bytes());
-        ext.put_i32(len_i32("ext value length", v.len())?);
-        ext.put_slice(v.as_bytes());
-    }
     let remark = cmd.remark.as_deref().unwrap_or("");
-    let remark_len = len_i32("remark length", remark.len())?;
-    let ext_len = len_i32("ext length", ext.len())?;
     out.put_i16(code);
     out.put_u8(cmd.language.ordinal());
     out.put_i16(version);
     out.put_i32(cmd.opaque);
     out.put_i32(cmd.flag);
-    out.put_i32(remark_len);
+    out.put_i32(len_i32("remark length", remark.len())?);
     out.put_slice(remark.as_bytes());
-    out.put_i32(ext_len);
-    out.put_slice(&ext);
+    // The ext fields are written in place; their length is filled in after.
+    let len_at = out.len();
+    out.put_i32(0);
+    for (k, v) in cmd.ext_fields.iter() {
+        let key_len = i16::try_from(k.len()).map_err(|_| HeaderEncodeError::OutOfRange {
+            field: "ext key length",
+            value: k.len() as i64,
+        })?;
+        out.put_i16(key_len);
+        out.put_slice(k.as_bytes());
+        out.put_i32(len_i32("ext value length", v.len())?);
+        out.put_slice(v.as_bytes());
+    }
+    let ext_len = len_i32("ext length", out.len() - len_at - 4)?;
+    out[len_at..len_at + 4].copy_from_slice(&ext_len.to_be_bytes());
     Ok(())
 }
 
@@ -240,7 +243,7 @@ pub fn decode_binary_header(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeE
 
 fn decode_binary_ext(raw: &[u8]) -> Result<ExtFields, HeaderDecodeError> {
     let mut r = Cursor { buf: raw, pos: 0 };
-    let mut ext = ExtFields::new();
+    let mut ext = ExtFields::with_capacity(16);
     while r.pos < raw.len() {
         let key_len = r.i16("ext key length")?;
         let key_len =

@@ -262,11 +262,17 @@ impl Raw {
 
     /// The next frame; `None` on EOF, reset or timeout.
     pub async fn read_frame(&mut self, timeout: Duration) -> Option<RemotingCommand> {
+        self.read_typed_frame(timeout).await.map(|(_, cmd)| cmd)
+    }
+
+    /// The next frame with its serialize-type byte (0 JSON, 1 binary).
+    pub async fn read_typed_frame(&mut self, timeout: Duration) -> Option<(u8, RemotingCommand)> {
         let decoder = FrameDecoder::new(64 << 20, 64 << 20);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            let serialize_type = self.buf.get(4).copied();
             if let Ok(Some(cmd)) = decoder.decode(&mut self.buf) {
-                return Some(cmd);
+                return Some((serialize_type.unwrap_or_default(), cmd));
             }
             let mut chunk = [0u8; 65536];
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))

@@ -27,8 +27,8 @@ use sluice_protocol::RecordView;
 use sluice_store::{now_ms, GetStatus};
 
 use crate::checkpoint;
-use crate::journal::{self, Counted};
 use crate::core::Core;
+use crate::journal::{self, Counted};
 use crate::metrics::Counters;
 use crate::records::{op_record, OpRecord};
 use crate::state::{Decision, Source, TxnState};

@@ -455,8 +455,17 @@ async fn requests_are_answered_in_the_header_form_they_came_in() {
             .read_typed_frame(Duration::from_secs(10))
             .await
             .expect("an answer");
-        assert_eq!((answer.opaque, answer.code), (opaque, 0), "{:?}", answer.remark);
-        assert_eq!(serialize_type, u8::from(binary), "request {opaque} binary={binary}");
+        assert_eq!(
+            (answer.opaque, answer.code),
+            (opaque, 0),
+            "{:?}",
+            answer.remark
+        );
+        assert_eq!(
+            serialize_type,
+            u8::from(binary),
+            "request {opaque} binary={binary}"
+        );
         assert!(answer.ext_fields.contains_key("offset"), "{answer:?}");
     }
     broker.shutdown().await;

@@ -137,11 +137,13 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let Some(cmd) = first else { break };
         encode_into(&cmd, &mut buf, &conn);
-        while buf.len() < WRITE_COALESCE {
-            match rx.try_recv() {
-                Ok(cmd) => encode_into(&cmd, &mut buf, &conn),
-                Err(_) => break,
-            }
+        drain_queued(&mut rx, &mut buf, &conn);
+        if buf.len() < WRITE_COALESCE {
+            // Let the tasks that are ready run first: under load they queue more frames, and
+            // one write then carries them all (a write is a trip through the TCP stack for
+            // both ends). When nothing else is ready this returns at once.
+            tokio::task::yield_now().await;
+            drain_queued(&mut rx, &mut buf, &conn);
         }
         if let Err(e) = wr.write_all(&buf).await {
             tracing::debug!(remote = %conn.remote_addr(), error = %e, "write failed; closing connection");
@@ -152,6 +154,20 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     }
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE, flush_rest(&mut wr, &mut rx, &conn)).await;
     let _ = wr.shutdown().await;
+}
+
+/// Encodes queued frames into `buf` until the queue is empty or `buf` holds enough.
+fn drain_queued(
+    rx: &mut mpsc::Receiver<RemotingCommand>,
+    buf: &mut BytesMut,
+    conn: &ConnectionHandle,
+) {
+    while buf.len() < WRITE_COALESCE {
+        match rx.try_recv() {
+            Ok(cmd) => encode_into(&cmd, buf, conn),
+            Err(_) => break,
+        }
+    }
 }
 
 async fn flush_rest<W: AsyncWrite + Unpin>(

@@ -93,6 +93,12 @@ impl Core {
             match r.status {
                 GetStatus::Found => {
                     for m in &r.messages {
+                        // The original of a transaction already known (an END_TRANSACTION that
+                        // overtook the tailer adopted it): nothing to parse. A carry-forward
+                        // copy sits at a queue offset of its own, never a transaction's id.
+                        if self.table.lock().get(m.queue_offset).is_some() {
+                            continue;
+                        }
                         added += usize::from(self.register(&m.bytes, adopt_copies));
                     }
                 }

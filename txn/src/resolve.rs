@@ -28,6 +28,10 @@ use crate::table::Entry;
 
 /// How long a reference to a half message written but not yet dispatched waits.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// How often such a reference looks again. The producer sends END_TRANSACTION the moment its
+/// half message is acknowledged, which can be before the dispatcher (woken by the same sync)
+/// has indexed it; the wait is then usually well under a millisecond.
+const DISPATCH_POLL: Duration = Duration::from_millis(1);
 /// Op records looked at for one forgotten transaction.
 const MAX_OPS_PER_TXN: usize = 16;
 
@@ -192,7 +196,7 @@ impl Core {
                     commit_log_offset: r.commit_log_offset,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(DISPATCH_POLL).await;
         }
     }
 

@@ -156,6 +156,31 @@ async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_dec
     }
 }
 
+/// Answers the next `n` checks UNKNOWN.
+async fn answer_unknown(
+    c: &sluice_broker::RemotingClient,
+    checks: &mut tokio::sync::mpsc::Receiver<sluice_protocol::RemotingCommand>,
+    n: usize,
+) {
+    for _ in 0..n {
+        let check = next_check(checks, WAIT).await.expect("check");
+        answer_check(c, GROUP, &check, UNKNOWN).await;
+    }
+}
+
+/// Answers UNKNOWN every check until none comes for 3 s; returns how many there were.
+async fn answer_the_rest_unknown(
+    c: &sluice_broker::RemotingClient,
+    checks: &mut tokio::sync::mpsc::Receiver<sluice_protocol::RemotingCommand>,
+) -> u32 {
+    let mut more = 0;
+    while let Some(check) = next_check(checks, Duration::from_secs(3)).await {
+        more += 1;
+        answer_check(c, GROUP, &check, UNKNOWN).await;
+    }
+    more
+}
+
 #[tokio::test]
 async fn check_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,10 +190,7 @@ async fn check_counts_survive_a_restart() {
     let c = b.client().await;
     let mut checks = c.take_requests().unwrap();
     let s = send_half(&c, "cc").await;
-    for _ in 0..2 {
-        let check = next_check(&mut checks, WAIT).await.expect("check");
-        answer_check(&c, GROUP, &check, UNKNOWN).await;
-    }
+    answer_unknown(&c, &mut checks, 2).await;
     b.stop().await;
 
     let b = TestBroker::start(dir.path(), cfg).await;
@@ -178,11 +200,7 @@ async fn check_counts_survive_a_restart() {
     let svc = b.txn.service();
     let before = svc.get(s.queue_offset as u64).unwrap().unwrap().check_count;
     assert!(before >= 2, "the count survived: {before}");
-    let mut more = 0;
-    while let Some(check) = next_check(&mut checks, Duration::from_secs(3)).await {
-        more += 1;
-        answer_check(&c, GROUP, &check, UNKNOWN).await;
-    }
+    let more = answer_the_rest_unknown(&c, &mut checks).await;
     assert_eq!(before + more, 3, "check_max holds across the restart");
     assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
     b.stop().await;
@@ -201,10 +219,7 @@ async fn check_counts_sent_after_the_last_checkpoint_survive_through_the_journal
     let c = b.client().await;
     let mut checks = c.take_requests().unwrap();
     let s = send_half(&c, "jj").await;
-    for _ in 0..2 {
-        let check = next_check(&mut checks, WAIT).await.expect("check");
-        answer_check(&c, GROUP, &check, UNKNOWN).await;
-    }
+    answer_unknown(&c, &mut checks, 2).await;
     let journalled = std::fs::read(&journal).expect("the journal holds the sent checks");
     assert_eq!(journalled.len(), 2 * 32, "one record per check sent");
     b.stop().await;
@@ -224,11 +239,7 @@ async fn check_counts_sent_after_the_last_checkpoint_survive_through_the_journal
     let svc = b.txn.service();
     let before = svc.get(s.queue_offset as u64).unwrap().unwrap().check_count;
     assert_eq!(before, 2, "the journal restored the count");
-    let mut more = 0;
-    while let Some(check) = next_check(&mut checks, Duration::from_secs(3)).await {
-        more += 1;
-        answer_check(&c, GROUP, &check, UNKNOWN).await;
-    }
+    let more = answer_the_rest_unknown(&c, &mut checks).await;
     assert_eq!(more, 1, "check_max holds across the crash");
     assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
     b.stop().await;

@@ -100,6 +100,18 @@ impl Core {
         decision: Decision,
         by: Source,
     ) -> Result<Outcome, TxnError> {
+        self.decide_with(id, decision, by, None).await
+    }
+
+    /// [`Core::decide`] with the half message already read (END_TRANSACTION adopting a
+    /// transaction the tailer has not reached), so a commit does not read and parse it again.
+    pub(crate) async fn decide_with(
+        &self,
+        id: u64,
+        decision: Decision,
+        by: Source,
+        mut half: Option<HalfRecord>,
+    ) -> Result<Outcome, TxnError> {
         let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
         loop {
             let notified = self.resolved.notified();
@@ -108,7 +120,9 @@ impl Core {
             let op_floor = self.op_max();
             let begin = self.table.lock().begin(id, decision, op_floor);
             match begin {
-                Begin::Proceed(entry) => return self.apply(*entry, decision, by).await,
+                Begin::Proceed(entry) => {
+                    return self.apply(*entry, decision, by, half.take()).await
+                }
                 Begin::Done(state) => return Ok(Outcome::Already(state)),
                 Begin::Refused(err) => {
                     Counters::inc(&self.counters().conflicts);
@@ -133,9 +147,15 @@ impl Core {
     }
 
     /// Makes an applied decision durable, then final (or reverts it).
-    async fn apply(&self, e: Entry, decision: Decision, by: Source) -> Result<Outcome, TxnError> {
+    async fn apply(
+        &self,
+        e: Entry,
+        decision: Decision,
+        by: Source,
+        half: Option<HalfRecord>,
+    ) -> Result<Outcome, TxnError> {
         let id = e.id.half_offset;
-        let result = match self.records_for(&e, decision, by) {
+        let result = match self.records_for(&e, decision, by, half) {
             Ok(records) => self.services.put(records).await.map_err(TxnError::from),
             Err(err) => Err(err),
         };
@@ -195,16 +215,22 @@ impl Core {
         e: &Entry,
         decision: Decision,
         by: Source,
+        half: Option<HalfRecord>,
     ) -> Result<Vec<MessageInput>, TxnError> {
         let host = self.services.store().store_host();
         let op = op_record(e.id, decision, by, &e.group, &e.uniq, host);
+        // A record read earlier is used only if it is the one the entry points at now.
+        let the_half = move || match half {
+            Some(h) if h.phys_offset == e.current.phys_offset => Ok(h),
+            _ => self.read_half(e.current.phys_offset),
+        };
         match decision {
             Decision::Commit => {
-                let half = self.read_half(e.current.phys_offset)?;
+                let half = the_half()?;
                 Ok(vec![self.commit_input(&half, e)?, op])
             }
             Decision::Park => {
-                let half = self.read_half(e.current.phys_offset)?;
+                let half = the_half()?;
                 Ok(vec![half.park_copy(e.checks), op])
             }
             Decision::Rollback | Decision::Discard | Decision::Rearm => Ok(vec![op]),

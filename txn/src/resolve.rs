@@ -63,7 +63,8 @@ pub enum Resolution {
 
 /// Where a reference led.
 enum Located {
-    InMemory(u64),
+    /// In the table; with its half message when it was just read to adopt it.
+    InMemory(u64, Option<HalfRecord>),
     Forgotten(OpRecord),
 }
 
@@ -98,7 +99,7 @@ impl Core {
             Source::Producer
         };
         match located {
-            Located::InMemory(id) => self.decide(id, decision, by).await,
+            Located::InMemory(id, half) => self.decide_with(id, decision, by, half).await,
             Located::Forgotten(op) => self.judge_forgotten(&op, decision),
         }
     }
@@ -110,7 +111,7 @@ impl Core {
             Resolution::Unknown => (CheckAnswer::Unknown, &self.counters().answers_unknown),
         };
         Counters::inc(counter);
-        if let Located::InMemory(id) = located {
+        if let Located::InMemory(id, _) = located {
             self.table.lock().note_answer(*id, answer, now_ms());
         }
     }
@@ -143,16 +144,19 @@ impl Core {
         };
         if let Some(e) = known {
             self.validate(&e, r)?;
-            return Ok(Located::InMemory(r.half_offset));
+            return Ok(Located::InMemory(r.half_offset, None));
         }
         if r.half_offset >= half_next {
-            return self.adopt(r).await.map(Located::InMemory);
+            return self
+                .adopt(r)
+                .await
+                .map(|(id, half)| Located::InMemory(id, Some(half)));
         }
         self.find_op(r).map(Located::Forgotten)
     }
 
     /// Reads a half message the tailer has not reached yet and adds it to the table.
-    async fn adopt(&self, r: &TxnRef) -> Result<u64, TxnError> {
+    async fn adopt(&self, r: &TxnRef) -> Result<(u64, HalfRecord), TxnError> {
         let rec = self.read_half_queue_entry(r).await?;
         if rec.origin.is_some() {
             return Err(TxnError::Mismatch(format!(
@@ -163,7 +167,7 @@ impl Core {
         let entry = Entry::open(&rec);
         self.validate(&entry, r)?;
         self.table.lock().insert(entry);
-        Ok(r.half_offset)
+        Ok((r.half_offset, rec))
     }
 
     /// Reads the half message at queue offset `r.half_offset` through the half queue, never

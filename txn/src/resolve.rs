@@ -64,7 +64,7 @@ pub enum Resolution {
 /// Where a reference led.
 enum Located {
     /// In the table; with its half message when it was just read to adopt it.
-    InMemory(u64, Option<HalfRecord>),
+    InMemory(u64, Option<Box<HalfRecord>>),
     Forgotten(OpRecord),
 }
 
@@ -99,7 +99,9 @@ impl Core {
             Source::Producer
         };
         match located {
-            Located::InMemory(id, half) => self.decide_with(id, decision, by, half).await,
+            Located::InMemory(id, half) => {
+                self.decide_with(id, decision, by, half.map(|h| *h)).await
+            }
             Located::Forgotten(op) => self.judge_forgotten(&op, decision),
         }
     }
@@ -150,7 +152,7 @@ impl Core {
             return self
                 .adopt(r)
                 .await
-                .map(|(id, half)| Located::InMemory(id, Some(half)));
+                .map(|(id, half)| Located::InMemory(id, Some(Box::new(half))));
         }
         self.find_op(r).map(Located::Forgotten)
     }

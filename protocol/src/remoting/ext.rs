@@ -62,6 +62,16 @@ impl ExtFields {
         self.put(Cow::Owned(key.into()), value.into());
     }
 
+    /// [`ExtFields::insert`] for a name read off the wire: the names of the hot requests'
+    /// fields (sends and their responses, pulls, END_TRANSACTION) are not copied.
+    pub fn insert_decoded(&mut self, key: &str, value: String) {
+        let key = match well_known(key) {
+            Some(k) => Cow::Borrowed(k),
+            None => Cow::Owned(key.to_owned()),
+        };
+        self.put(key, value);
+    }
+
     /// [`ExtFields::insert`] for a field name known at compile time (no copy of the name).
     pub fn insert_static(&mut self, key: &'static str, value: impl Into<String>) {
         self.put(Cow::Borrowed(key), value.into());
@@ -187,6 +197,58 @@ impl ExtFields {
             .map(Some)
             .ok_or_else(|| HeaderError::invalid(field, raw))
     }
+}
+
+/// The static copy of a field name every send, pull and transaction end carries, if `key` is
+/// one: decoding then allocates only values.
+fn well_known(key: &str) -> Option<&'static str> {
+    const ONE_LETTER: [&str; 14] = [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
+    ];
+    const NAMES: [&str; 32] = [
+        "producerGroup",
+        "topic",
+        "defaultTopic",
+        "defaultTopicQueueNums",
+        "queueId",
+        "sysFlag",
+        "bornTimestamp",
+        "flag",
+        "properties",
+        "reconsumeTimes",
+        "unitMode",
+        "maxReconsumeTimes",
+        "batch",
+        "bname",
+        "msgId",
+        "queueOffset",
+        "transactionId",
+        "MSG_REGION",
+        "TRACE_ON",
+        "consumerGroup",
+        "maxMsgNums",
+        "commitOffset",
+        "suspendTimeoutMillis",
+        "subscription",
+        "subVersion",
+        "expressionType",
+        "tranStateTableOffset",
+        "commitLogOffset",
+        "commitOrRollback",
+        "fromTransactionCheck",
+        "nextBeginOffset",
+        "minOffset",
+    ];
+    if let [b] = key.as_bytes() {
+        return b
+            .checked_sub(b'a')
+            .and_then(|i| ONE_LETTER.get(usize::from(i)))
+            .copied();
+    }
+    NAMES
+        .iter()
+        .find(|n| n.len() == key.len() && **n == key)
+        .copied()
 }
 
 /// Byte order of two field names, deciding on the first byte inline when it differs (it
@@ -375,6 +437,21 @@ mod tests {
         let owned: Vec<(String, String)> = e.clone().into_iter().collect();
         assert_eq!(owned[0], ("a".to_string(), "5".to_string()));
         assert_eq!(e, owned.into_iter().collect::<ExtFields>());
+    }
+
+    #[test]
+    fn decoded_names_read_the_same_whether_well_known_or_not() {
+        let mut e = ExtFields::new();
+        for k in ["a", "n", "o", "queueOffset", "queueOffsetX", "", "zz"] {
+            e.insert_decoded(k, format!("v-{k}"));
+        }
+        for k in ["a", "n", "o", "queueOffset", "queueOffsetX", "", "zz"] {
+            assert_eq!(e.get_str(k), Some(format!("v-{k}").as_str()), "{k}");
+        }
+        assert_eq!(well_known("a"), Some("a"));
+        assert_eq!(well_known("o"), None);
+        assert_eq!(well_known("commitLogOffset"), Some("commitLogOffset"));
+        assert_eq!(well_known("commitlogoffset"), None);
     }
 
     #[test]

@@ -251,8 +251,8 @@ fn decode_binary_ext(raw: &[u8]) -> Result<ExtFields, HeaderDecodeError> {
         let key = r.take(key_len, "ext key")?;
         let val_len = r.len_i32("ext value")?;
         let val = r.take(val_len, "ext value")?;
-        ext.insert(
-            String::from_utf8_lossy(key).into_owned(),
+        ext.insert_decoded(
+            &String::from_utf8_lossy(key),
             String::from_utf8_lossy(val).into_owned(),
         );
     }

@@ -204,7 +204,7 @@ impl<'de> Visitor<'de> for ExtVisitor {
         let mut ext = ExtFields::with_capacity(16);
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match text_of(map.next_value::<Scalar>()?) {
-                Some(text) => ext.insert(key.0.into_owned(), text),
+                Some(text) => ext.insert_decoded(&key.0, text),
                 None => {
                     ext.remove(key.0.as_ref());
                 }

@@ -156,6 +156,32 @@ async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_dec
     }
 }
 
+/// Starts the broker again on `dir`, greets it as a producer of the group, and returns it with
+/// the client, its check receiver and the check count of the transaction at `half_offset`.
+async fn restart_counting(
+    dir: &Path,
+    cfg: TxnConfig,
+    half_offset: i64,
+) -> (
+    TestBroker,
+    sluice_broker::RemotingClient,
+    tokio::sync::mpsc::Receiver<sluice_protocol::RemotingCommand>,
+    u32,
+) {
+    let b = TestBroker::start(dir, cfg).await;
+    let c = b.client().await;
+    let checks = c.take_requests().unwrap();
+    heartbeat(&c, GROUP, "again").await;
+    let count = b
+        .txn
+        .service()
+        .get(half_offset as u64)
+        .unwrap()
+        .unwrap()
+        .check_count;
+    (b, c, checks, count)
+}
+
 /// Answers the next `n` checks UNKNOWN.
 async fn answer_unknown(
     c: &sluice_broker::RemotingClient,
@@ -193,12 +219,8 @@ async fn check_counts_survive_a_restart() {
     answer_unknown(&c, &mut checks, 2).await;
     b.stop().await;
 
-    let b = TestBroker::start(dir.path(), cfg).await;
-    let c = b.client().await;
-    let mut checks = c.take_requests().unwrap();
-    heartbeat(&c, GROUP, "again").await;
+    let (b, c, mut checks, before) = restart_counting(dir.path(), cfg, s.queue_offset).await;
     let svc = b.txn.service();
-    let before = svc.get(s.queue_offset as u64).unwrap().unwrap().check_count;
     assert!(before >= 2, "the count survived: {before}");
     let more = answer_the_rest_unknown(&c, &mut checks).await;
     assert_eq!(before + more, 3, "check_max holds across the restart");
@@ -232,12 +254,8 @@ async fn check_counts_sent_after_the_last_checkpoint_survive_through_the_journal
     // What a SIGKILL after the two checks leaves: no checkpoint with them, the journal full.
     std::fs::remove_file(checkpoint(dir.path())).unwrap();
     std::fs::write(&journal, &journalled).unwrap();
-    let b = TestBroker::start(dir.path(), cfg).await;
-    let c = b.client().await;
-    let mut checks = c.take_requests().unwrap();
-    heartbeat(&c, GROUP, "again").await;
+    let (b, c, mut checks, before) = restart_counting(dir.path(), cfg, s.queue_offset).await;
     let svc = b.txn.service();
-    let before = svc.get(s.queue_offset as u64).unwrap().unwrap().check_count;
     assert_eq!(before, 2, "the journal restored the count");
     let more = answer_the_rest_unknown(&c, &mut checks).await;
     assert_eq!(more, 1, "check_max holds across the crash");

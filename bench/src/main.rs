@@ -13,7 +13,8 @@
 //! - `txn`: transactional send against plain send, and plain send while many half messages
 //!   are open and checked (real `sluice` binary, `sluice-client`).
 //! - `timers`: delayed sends against plain sends and a Redis sorted-set delay queue: enqueue
-//!   rate, lateness with many pending, burst release, memory.
+//!   rate, lateness with many pending, burst release, memory; `--burst N` runs only the
+//!   unpaced burst of N timers (by hand, e.g. the 1 M in one second of issue #6).
 //! - `timers_rss`: VmRSS / RssAnon while 10 M far-future timers fill, and the restart over them.
 //! - `e2e`: fixed-rate end-to-end latency (OMB `1-topic-16-partitions-1kb` at 20 000 msg/s)
 //!   with HDR histograms, against NATS JetStream.
@@ -24,7 +25,7 @@
 //! - `proc`, `redis_peer`, `nats_peer`, `rabbit_peer`: the `sluice` child process, the load
 //!   driver, the Redis, NATS and RabbitMQ peers.
 //!
-//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR]
+//! Usage: `cargo run --release -p sluice-bench -- store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--burst N] [--dir DIR]
 //! [--sluice target/release/sluice]`.
 
 mod drain;
@@ -74,22 +75,28 @@ fn main() -> anyhow::Result<()> {
         Some("txn") => txn::run(work.path(), quick, &sluice),
         Some("produce") => produce::run(work.path(), quick, &sluice),
         Some("maxrate") => maxrate::run(work.path(), quick, &sluice),
-        Some("timers") => timers::run(work.path(), quick, &sluice),
+        Some("timers") => match number_after(&args, "--burst") {
+            Some(n) => timers::run_burst(work.path(), &sluice, n),
+            None => timers::run(work.path(), quick, &sluice),
+        },
         Some("http") => http::run(work.path(), quick),
         Some("e2e") => e2e::run(work.path(), quick, &sluice),
         Some("drain") => drain::run(work.path(), quick, &sluice),
         Some("timers-rss") => {
-            let pending = args
-                .iter()
-                .position(|a| a == "--pending")
-                .and_then(|i| args.get(i + 1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10_000_000);
+            let pending = number_after(&args, "--pending").unwrap_or(10_000_000);
             timers_rss::run(work.path(), &sluice, pending)
         }
         _ => {
-            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--dir DIR] [--sluice PATH]");
+            eprintln!("usage: sluice-bench store|footprint|produce|maxrate|e2e|drain|txn|timers|timers-rss|http [--quick] [--pending N] [--burst N] [--dir DIR] [--sluice PATH]");
             std::process::exit(2);
         }
     }
+}
+
+/// The number after `flag`, if given.
+fn number_after(args: &[String], flag: &str) -> Option<usize> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }

@@ -92,6 +92,24 @@ pub fn run(dir: &Path, quick: bool, sluice: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `timers --burst N`, run by hand: only the unpaced burst (`release_rate` lifted, plain sends
+/// during it), with N timers due in one second, twice. For the "1 M in one second".
+pub fn run_burst(dir: &Path, sluice: &Path, n: usize) -> Result<()> {
+    println!("timers burst: 2 runs of {n} timers of {BG_SIZE} B due in one second");
+    let z = Sizes {
+        runs: 2,
+        lat_runs: 0,
+        enq_n: 0,
+        pending: 0,
+        fill_bound: Duration::ZERO,
+        late_n: 0,
+        late_span_ms: 0,
+        burst_n: n,
+    };
+    // The enqueue rate only sets how far ahead the due second lies (see `sluice_burst`).
+    ceiling_phase(&runtime()?, dir, sluice, &z, 50_000.0)
+}
+
 fn report(name: &str, l: &Load) -> Result<f64> {
     if l.errors > 0 || l.timed_out {
         eprintln!(

@@ -194,7 +194,13 @@ impl Core {
 
     /// Appends counted checks to the journal on a blocking thread. Under the checkpoint lock, so
     /// a checkpoint never empties the journal between a count and its record.
-    async fn journal_checks(&self, records: Vec<Counted>) -> Result<(), crate::TxnError> {
+    pub(crate) async fn journal_checks(
+        &self,
+        records: Vec<Counted>,
+    ) -> Result<(), crate::TxnError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let _one_at_a_time = self.checkpoint_lock.lock().await;
         let dir = self.state_dir.clone();
         tokio::task::spawn_blocking(move || journal::append(&dir, &records))

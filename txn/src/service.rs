@@ -229,10 +229,28 @@ impl TxnService {
     }
 
     /// Hands out up to `max` queued checks of a pull-mode group (each counts as a delivered
-    /// check). Checks of transactions decided meanwhile are dropped, never handed out.
-    pub fn pull_checks(&self, group: &str, max: usize) -> Result<Vec<PendingCheck>, TxnError> {
+    /// check, journalled before it is handed out, as a pushed check is before it is sent).
+    /// Checks of transactions decided meanwhile are dropped, never handed out.
+    pub async fn pull_checks(
+        &self,
+        group: &str,
+        max: usize,
+    ) -> Result<Vec<PendingCheck>, TxnError> {
         let core = self.core()?;
-        let taken = core.table.lock().take_pull(group, max, now_ms());
+        let now = now_ms();
+        let taken = core.table.lock().take_pull(group, max, now);
+        let counted = taken
+            .iter()
+            .map(|(e, n)| crate::journal::Counted {
+                half_offset: e.id.half_offset,
+                armed_ms: e.armed_ms,
+                checks: *n,
+                at_ms: now,
+            })
+            .collect::<Vec<_>>();
+        if let Err(e) = core.journal_checks(counted).await {
+            tracing::warn!(producer_group = group, error = %e, "pulled check counts not journalled; handing them out anyway");
+        }
         let mut out = Vec::with_capacity(taken.len());
         for (e, n) in taken {
             match core.read_half(e.current.phys_offset) {

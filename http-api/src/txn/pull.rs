@@ -233,7 +233,7 @@ impl PullGroups {
                 n.enable();
             }
             let got = match source {
-                Source::Configured => txn.pull_checks(group, max)?,
+                Source::Configured => txn.pull_checks(group, max).await?,
                 Source::Registered { .. } => self.still_open(txn, self.take(group, max)),
             };
             let now = tokio::time::Instant::now();

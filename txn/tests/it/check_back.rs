@@ -348,14 +348,21 @@ async fn a_pull_mode_group_gets_its_checks_from_the_queue_and_answers_over_the_s
             ..Default::default()
         },
     );
+    cfg.checkpoint_interval = Duration::from_secs(3600); // the journal is not emptied meanwhile
     let b = TestBroker::start(dir.path(), cfg).await;
     let c = b.client().await;
     let s = send_half_with(&c, "http_group", "h1", half_props("http_group", "h1")).await;
     let t = send_half_with(&c, "http_group", "h2", half_props("http_group", "h2")).await;
     let svc = b.txn.service();
     assert!(eventually(WAIT, || svc.metrics().pending_pull_checks == 2).await);
-    let first = svc.pull_checks("http_group", 1).unwrap();
+    let first = svc.pull_checks("http_group", 1).await.unwrap();
     assert_eq!(first.len(), 1);
+    let journal = dir.path().join("txn").join("checks.journal");
+    assert_eq!(
+        std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
+        32,
+        "the pulled check was journalled before it was handed out"
+    );
     assert_eq!(
         (
             first[0].half_offset,
@@ -380,7 +387,7 @@ async fn a_pull_mode_group_gets_its_checks_from_the_queue_and_answers_over_the_s
     svc.resolve(&href, Resolution::Rollback, false)
         .await
         .unwrap();
-    assert!(svc.pull_checks("http_group", 10).unwrap().is_empty());
+    assert!(svc.pull_checks("http_group", 10).await.unwrap().is_empty());
     assert_eq!(visible_keys(&b, &c).await, ["h1"]);
     b.stop().await;
 }

@@ -124,14 +124,7 @@ impl ConnectionHandle {
     /// Queues a command exactly as given (opaque and flag untouched); waits while the writer's
     /// queue is full.
     pub async fn send(&self, cmd: RemotingCommand) -> Result<(), RemotingError> {
-        if self.is_closed() {
-            return Err(RemotingError::Closed(self.inner.remote));
-        }
-        self.inner
-            .tx
-            .send(cmd)
-            .await
-            .map_err(|_| RemotingError::Closed(self.inner.remote))
+        self.send_then(cmd, || {}).await
     }
 
     /// Like [`ConnectionHandle::send`], but runs `before_queued` once the writer has room and
@@ -229,5 +222,40 @@ impl ConnectionHandle {
             Some(tx) => tx.send(response).is_ok(),
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the broker's in-flight accounting relies on: the step runs while the command is
+    /// not yet readable by the writer, so the peer cannot see the answer first.
+    #[tokio::test]
+    async fn send_then_runs_its_step_before_the_command_can_be_read() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = ConnectionHandle::new(1, addr, addr, tx);
+        let mut queue_empty_during_step = None;
+        conn.send_then(RemotingCommand::default().with_opaque(7), || {
+            queue_empty_during_step = Some(rx.try_recv().is_err());
+        })
+        .await
+        .unwrap();
+        assert_eq!(queue_empty_during_step, Some(true));
+        assert_eq!(rx.try_recv().map(|c| c.opaque).ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_refuses_and_skips_the_step() {
+        let (tx, _rx) = mpsc::channel(4);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = ConnectionHandle::new(1, addr, addr, tx);
+        conn.close();
+        let mut ran = false;
+        let sent = conn
+            .send_then(RemotingCommand::default(), || ran = true)
+            .await;
+        assert!(sent.is_err() && !ran);
     }
 }

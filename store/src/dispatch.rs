@@ -120,9 +120,8 @@ impl Dispatcher {
                 }
             }
         }
-        let written = self.write_batch(batch);
-        batch.clear();
-        written.map(|()| pos)
+        self.write_batch(batch)?;
+        Ok(pos)
     }
 
     /// Dispatches everything in `[from, to)` (recovery).

@@ -163,28 +163,23 @@ impl Core {
         let planned = self.plan_checks(ids);
         let now = now_ms();
         let mut counted = Vec::new();
-        let mut journal = Vec::new();
+        let mut records = Vec::new();
         {
             let mut t = self.table.lock();
             for p in planned {
                 let id = p.entry.id.half_offset;
                 if matches!(p.route, Route::Pull) {
                     t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max);
-                } else if let Some((n, armed_ms)) = t.count_check(id, now) {
-                    journal.push(Counted {
-                        half_offset: id,
-                        armed_ms,
-                        checks: n,
-                        at_ms: now,
-                    });
-                    counted.push((p, n));
+                } else if let Some(c) = t.count_check(id, now) {
+                    counted.push((p, c.checks));
+                    records.push(c);
                 }
             }
         }
         if counted.is_empty() {
             return;
         }
-        if let Err(e) = self.journal_checks(journal).await {
+        if let Err(e) = self.journal_checks(records).await {
             tracing::warn!(error = %e, "check counts not journalled; sending anyway");
         }
         for (p, n) in counted {

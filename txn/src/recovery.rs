@@ -82,9 +82,9 @@ impl Core {
         self.table.lock().half_next = cp.half_next;
         report.new_halves = self.tail_half_queue(usize::MAX, !report.from_checkpoint);
         let counted = journal::load(&self.state_dir);
-        let armed_before = self.apply_journal_same_arming(&counted);
+        let (armed_before, same) = self.apply_journal_same_arming(&counted);
         report.ops_replayed = self.replay_ops(cp.op_next);
-        report.journalled += self.apply_journal_later_arming(&counted, &armed_before);
+        report.journalled = same + self.apply_journal_later_arming(&counted, &armed_before);
         self.table.lock().dirty = true;
         let torn = if self.services.store().recovery_report().clean {
             Vec::new()
@@ -96,35 +96,32 @@ impl Core {
     }
 
     /// Step 3b: journalled check counts of the arming each transaction has now (before the op
-    /// replay, which may re-arm it). Returns every journalled transaction's arming then.
-    fn apply_journal_same_arming(&self, counted: &[Counted]) -> HashMap<u64, i64> {
+    /// replay, which may re-arm it). Returns every journalled transaction's arming then, and
+    /// how many records were applied.
+    fn apply_journal_same_arming(&self, counted: &[Counted]) -> (HashMap<u64, i64>, usize) {
         let mut t = self.table.lock();
         let armed: HashMap<u64, i64> = counted
             .iter()
             .filter_map(|r| t.get(r.half_offset).map(|e| (r.half_offset, e.armed_ms)))
             .collect();
-        for r in counted {
-            if armed.get(&r.half_offset) == Some(&r.armed_ms) {
-                t.apply_counted(r);
-            }
-        }
-        armed
+        let applied = counted
+            .iter()
+            .filter(|r| armed.get(&r.half_offset) == Some(&r.armed_ms))
+            .filter(|r| t.apply_counted(r))
+            .count();
+        (armed, applied)
     }
 
     /// Step 4b: checks journalled after a re-arm that the op replay has just applied again
     /// (the replayed re-arm starts the count at zero; these checks were sent after it).
-    /// Returns how many records were applied in both steps.
+    /// Returns how many records were applied.
     fn apply_journal_later_arming(&self, counted: &[Counted], before: &HashMap<u64, i64>) -> usize {
         let mut t = self.table.lock();
-        let mut applied = 0;
-        for r in counted {
-            match before.get(&r.half_offset) {
-                Some(a) if *a == r.armed_ms => applied += 1,
-                Some(a) if r.armed_ms > *a => applied += usize::from(t.apply_counted(r)),
-                _ => {}
-            }
-        }
-        applied
+        counted
+            .iter()
+            .filter(|r| before.get(&r.half_offset).is_some_and(|a| r.armed_ms > *a))
+            .filter(|r| t.apply_counted(r))
+            .count()
     }
 
     /// Applies every op record from `from` on; returns how many were ours.

@@ -239,24 +239,16 @@ impl TxnService {
         let core = self.core()?;
         let now = now_ms();
         let taken = core.table.lock().take_pull(group, max, now);
-        let counted = taken
-            .iter()
-            .map(|(e, n)| crate::journal::Counted {
-                half_offset: e.id.half_offset,
-                armed_ms: e.armed_ms,
-                checks: *n,
-                at_ms: now,
-            })
-            .collect::<Vec<_>>();
+        let counted = taken.iter().map(|(_, c)| *c).collect();
         if let Err(e) = core.journal_checks(counted).await {
             tracing::warn!(producer_group = group, error = %e, "pulled check counts not journalled; handing them out anyway");
         }
         let mut out = Vec::with_capacity(taken.len());
-        for (e, n) in taken {
+        for (e, c) in taken {
             match core.read_half(e.current.phys_offset) {
                 Ok(half) => {
                     crate::metrics::Counters::inc(&self.shared.counters.checks_sent);
-                    out.push(PendingCheck::new(&e, &half, n, None));
+                    out.push(PendingCheck::new(&e, &half, c.checks, None));
                 }
                 Err(err) => {
                     core.table.lock().uncount_check(e.id.half_offset);

@@ -7,6 +7,7 @@
 //!   `half_next` meets every entry it must and nothing it must not);
 //! - `live` counts entries in a live state (open, resolving, parked).
 
+use crate::journal::Counted;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -357,7 +358,8 @@ impl Table {
 
     /// A check was (about to be) delivered: count it against `check_max`. False when the
     /// transaction is no longer open (then nothing may be sent).
-    pub(crate) fn count_check(&mut self, id: u64, now: i64) -> Option<(u32, i64)> {
+    /// Returns the count as the check journal records it.
+    pub(crate) fn count_check(&mut self, id: u64, now: i64) -> Option<Counted> {
         let e = self
             .entries
             .get_mut(&id)
@@ -365,12 +367,17 @@ impl Table {
         e.checks += 1;
         e.last_check_ms = Some(now);
         self.dirty = true;
-        Some((e.checks, e.armed_ms))
+        Some(Counted {
+            half_offset: id,
+            armed_ms: e.armed_ms,
+            checks: e.checks,
+            at_ms: now,
+        })
     }
 
     /// Restart: raises an undecided transaction's check count to a journalled one (never
     /// lowers it). The caller decides which records belong to the entry's arming.
-    pub(crate) fn apply_counted(&mut self, r: &crate::journal::Counted) -> bool {
+    pub(crate) fn apply_counted(&mut self, r: &Counted) -> bool {
         let Some(e) = self
             .entries
             .get_mut(&r.half_offset)
@@ -416,16 +423,16 @@ impl Table {
 
     /// Takes up to `max` queued checks of `group` whose transactions are still open, counting
     /// each as delivered.
-    pub(crate) fn take_pull(&mut self, group: &str, max: usize, now: i64) -> Vec<(Entry, u32)> {
+    pub(crate) fn take_pull(&mut self, group: &str, max: usize, now: i64) -> Vec<(Entry, Counted)> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(id) = self.pull.get_mut(group).and_then(VecDeque::pop_front) else {
                 break;
             };
             self.queued.remove(&id);
-            if let Some((n, _)) = self.count_check(id, now) {
+            if let Some(c) = self.count_check(id, now) {
                 if let Some(e) = self.entries.get(&id) {
-                    out.push((e.clone(), n));
+                    out.push((e.clone(), c));
                 }
             }
         }

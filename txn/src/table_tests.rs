@@ -51,9 +51,9 @@ fn checks_come_due_then_the_final_action() {
     assert_eq!(live.load(Ordering::Relaxed), 1);
     assert!(t.due(1099, &cfg()).is_empty());
     assert_eq!(t.due(1100, &cfg()), [Due::Check(1)]);
-    assert_eq!(t.count_check(1, 1100).map(|(n, _)| n), Some(1));
+    assert_eq!(t.count_check(1, 1100).map(|c| c.checks), Some(1));
     assert!(t.due(1149, &cfg()).is_empty());
-    assert_eq!(t.count_check(1, 1150).map(|(n, _)| n), Some(2));
+    assert_eq!(t.count_check(1, 1150).map(|c| c.checks), Some(2));
     assert_eq!(t.due(1200, &cfg()), [Due::Final(1, Decision::Discard)]);
     let Begin::Proceed(_) = t.begin(1, Decision::Discard, 7) else {
         panic!()
@@ -126,6 +126,6 @@ fn pulled_checks_count_once_and_skip_decided_transactions() {
     };
     let got = t.take_pull("pg", 10, 5);
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].0.id.half_offset, got[0].1), (1, 1));
+    assert_eq!((got[0].0.id.half_offset, got[0].1.checks), (1, 1));
     assert_eq!(t.pending_pulls(), 0);
 }

@@ -200,26 +200,12 @@ impl ExtFields {
 }
 
 /// The static copy of a field name every send, pull and transaction end carries, if `key` is
-/// one: decoding then allocates only values.
+/// one: decoding then allocates only values. Send fields come from the send header's own name
+/// table (V2 names are the letters `a`..`n`, in its order).
 fn well_known(key: &str) -> Option<&'static str> {
-    const ONE_LETTER: [&str; 14] = [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
-    ];
-    const NAMES: [&str; 32] = [
-        "producerGroup",
-        "topic",
-        "defaultTopic",
-        "defaultTopicQueueNums",
-        "queueId",
-        "sysFlag",
-        "bornTimestamp",
-        "flag",
-        "properties",
-        "reconsumeTimes",
-        "unitMode",
-        "maxReconsumeTimes",
-        "batch",
-        "bname",
+    use super::custom::send::NAMES as SEND;
+    /// Fields of send responses, pulls and END_TRANSACTION not in the send header.
+    const OTHERS: [&str; 18] = [
         "msgId",
         "queueOffset",
         "transactionId",
@@ -240,15 +226,13 @@ fn well_known(key: &str) -> Option<&'static str> {
         "minOffset",
     ];
     if let [b] = key.as_bytes() {
-        return b
-            .checked_sub(b'a')
-            .and_then(|i| ONE_LETTER.get(usize::from(i)))
-            .copied();
+        let i = usize::from(b.checked_sub(b'a')?);
+        return SEND.get(i).map(|(_, v2)| *v2).filter(|v2| *v2 == key);
     }
-    NAMES
-        .iter()
-        .find(|n| n.len() == key.len() && **n == key)
-        .copied()
+    SEND.iter()
+        .map(|(v1, _)| *v1)
+        .chain(OTHERS)
+        .find(|n| n.len() == key.len() && *n == key)
 }
 
 /// Byte order of two field names, deciding on the first byte inline when it differs (it

@@ -28,7 +28,7 @@ impl SendHeaderForm {
 }
 
 /// (V1 name, V2 name) of each field, in declaration order.
-const NAMES: [(&str, &str); 14] = [
+pub(crate) const NAMES: [(&str, &str); 14] = [
     ("producerGroup", "a"),
     ("topic", "b"),
     ("defaultTopic", "c"),

@@ -25,6 +25,7 @@ use crate::framing;
 use crate::io::StorageIo;
 use crate::message::{self, now_ms, Appended, MessageInput};
 use crate::shared::Shared;
+use crate::warmer::WarmFront;
 
 /// The reply channel of one append.
 pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>>>;
@@ -80,6 +81,8 @@ pub(crate) struct Appender {
     staged: Vec<(u64, AppendRequest, Vec<Appended>)>,
     disk_checked: Instant,
     disk_full: Option<String>,
+    /// Shared with the warmer, when it runs: every write is announced there first.
+    warm: Option<Arc<WarmFront>>,
 }
 
 impl Appender {
@@ -91,6 +94,7 @@ impl Appender {
         flush_tx: Sender<FlushCommand>,
         queue_offsets: QueueOffsets,
         next: u64,
+        warm: Option<Arc<WarmFront>>,
     ) -> Self {
         let segment = log.segment_for(next);
         Self {
@@ -107,6 +111,7 @@ impl Appender {
             staged: Vec::new(),
             disk_checked: Instant::now() - Duration::from_secs(3600),
             disk_full: None,
+            warm,
         }
     }
 
@@ -320,6 +325,9 @@ impl Appender {
         // segment is empty, and counting it as written lets readers step over it.
         let end = self.next;
         let start = self.buf_start;
+        if let Some(front) = &self.warm {
+            front.before_write(start, start + self.buf.len() as u64);
+        }
         let outcome = match &self.segment {
             Some(seg) => seg
                 .file

@@ -56,6 +56,11 @@ pub struct StoreConfig {
     pub disk_max_used_ratio: f64,
     /// The broker address written into records as STOREHOST. Default 127.0.0.1:10911.
     pub store_host: SocketAddr,
+    /// Commit-log space the warmer keeps written with real zeros ahead of the appender, so
+    /// appends and their syncs land in blocks the file system already counts as written
+    /// (cheaper `fdatasync`: no extent conversion to commit). Sync flush only. 0 turns it
+    /// off. Default 64 MiB; otherwise at least 64 KiB.
+    pub warm_ahead_bytes: u64,
     /// How much of the newest commit log counts as "in memory" (RocketMQ's
     /// `accessMessageInMemoryMaxRatio`). Default: 40 % of physical memory.
     pub in_memory_window_bytes: Option<u64>,
@@ -82,6 +87,7 @@ impl StoreConfig {
             disk_max_used_ratio: 0.90,
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
             in_memory_window_bytes: None,
+            warm_ahead_bytes: 64 << 20,
         }
     }
 
@@ -127,6 +133,9 @@ impl StoreConfig {
         }
         if self.index_slots == 0 || self.index_entries < 2 {
             return Err("index_slots and index_entries must be positive".into());
+        }
+        if self.warm_ahead_bytes != 0 && self.warm_ahead_bytes < 64 << 10 {
+            return Err("warm_ahead_bytes must be 0 (off) or at least 64 KiB".into());
         }
         if !(0.0..=1.0).contains(&self.disk_max_used_ratio) {
             return Err("disk_max_used_ratio must be within 0..=1".into());

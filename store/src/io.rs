@@ -44,6 +44,16 @@ pub trait StorageIo: Send + Sync + std::fmt::Debug + 'static {
     fn sync(&self, file: &File) -> io::Result<()>;
     /// Disk usage of the file system holding `dir`.
     fn disk_usage(&self, dir: &Path) -> io::Result<DiskUsage>;
+    /// Writes `zeros` at `offset`: how the warmer prepares commit-log space ahead of the
+    /// appender (see `warmer`). Not an append, so fault injection leaves it alone by default.
+    fn write_zeros_ahead(&self, file: &File, zeros: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(zeros, offset)
+    }
+    /// Writes back `[offset, offset + len)` and waits until it is on the disk, without
+    /// committing metadata or syncing anything else of the file (`sync_file_range`).
+    fn write_back(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        write_back_range(file, offset, len)
+    }
 }
 
 /// The real thing: `fallocate`, `pwrite`, `fdatasync`, `statvfs`.
@@ -92,6 +102,28 @@ fn fallocate(fd: i32, len: i64) -> i32 {
         io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO)
+    }
+}
+
+/// `sync_file_range` with wait-before, write and wait-after: the range's dirty pages are
+/// written and their write-back has completed. It commits no metadata, which is why the
+/// warmer uses it (the next `fdatasync` of the flusher commits the extent conversions once).
+#[allow(unsafe_code)]
+fn write_back_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let (offset, len) = (offset as libc::off64_t, len as libc::off64_t);
+    loop {
+        // SAFETY: `file` is an open descriptor owned by the caller; the call reads no memory.
+        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 

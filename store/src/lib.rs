@@ -10,6 +10,7 @@
 //! - `commitlog`, `framing`: segments of RocketMQ-layout records, each followed by a trailer
 //!   (CRC over the whole record, durable watermark) so torn and corrupt bytes are caught.
 //! - `appender`, `flusher`: the single writer (`pwrite`) and group commit (`fdatasync`).
+//! - `warmer`: writes zeros ahead of the appender so its syncs commit no extent conversions.
 //! - `dispatch`, `consume_queue`, `index`: derived entries per queue and per key.
 //! - [`recovery`]: the written policy for torn tails and interior damage.
 //! - `retention`: deleting old segments with their queue and index files.
@@ -48,6 +49,7 @@ pub mod recovery;
 mod retention;
 mod shared;
 mod store;
+mod warmer;
 
 pub use checkpoint::{sweep_temp_files, write_atomic, Checkpoint};
 pub use config::{FlushMode, StoreConfig};

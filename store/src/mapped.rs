@@ -105,15 +105,40 @@ impl MappedFile {
 
     /// Writes `buf` at `pos` through `io`.
     pub(crate) fn write_at(&self, io: &dyn StorageIo, buf: &[u8], pos: u64) -> Result<()> {
-        if pos + buf.len() as u64 > self.len {
+        self.check_range("write past end of", pos, buf.len() as u64)?;
+        io.write_at(&self.file, buf, pos)
+            .map_err(|e| StoreError::io("write", &self.path, e))
+    }
+
+    /// Writes `zeros` at `pos` (the warmer's preparation of space nobody has written yet; see
+    /// `warmer`).
+    pub(crate) fn write_zeros_ahead(
+        &self,
+        io: &dyn StorageIo,
+        zeros: &[u8],
+        pos: u64,
+    ) -> Result<()> {
+        self.check_range("zero past end of", pos, zeros.len() as u64)?;
+        io.write_zeros_ahead(&self.file, zeros, pos)
+            .map_err(|e| StoreError::io("write zeros into", &self.path, e))
+    }
+
+    /// Writes back `[pos, pos + len)` and waits for it, committing no metadata.
+    pub(crate) fn write_back(&self, io: &dyn StorageIo, pos: u64, len: u64) -> Result<()> {
+        self.check_range("write back past end of", pos, len)?;
+        io.write_back(&self.file, pos, len)
+            .map_err(|e| StoreError::io("write back", &self.path, e))
+    }
+
+    fn check_range(&self, what: &'static str, pos: u64, len: u64) -> Result<()> {
+        if pos + len > self.len {
             return Err(StoreError::io(
-                "write past end of",
+                what,
                 &self.path,
                 std::io::Error::from(std::io::ErrorKind::InvalidInput),
             ));
         }
-        io.write_at(&self.file, buf, pos)
-            .map_err(|e| StoreError::io("write", &self.path, e))
+        Ok(())
     }
 
     /// The ranges at or after `from` that hold written data (`SEEK_DATA`/`SEEK_HOLE`), so a

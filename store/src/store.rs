@@ -28,6 +28,7 @@ use crate::message::{self, Appended, MessageInput};
 use crate::recovery::{self, RecoveryReport, ScanInput};
 use crate::retention::{self, Retention, RetentionReport};
 use crate::shared::Shared;
+use crate::warmer::{WarmFront, WarmPlan, Warmer};
 
 /// The storage engine. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Store {
@@ -41,6 +42,8 @@ pub struct Store {
     io: Arc<dyn StorageIo>,
     retention: Retention,
     append_tx: Sender<AppendCommand>,
+    /// The warmer's view of the writer, when warming is on.
+    warm: Option<Arc<WarmFront>>,
     threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
     recovery: RecoveryReport,
     store_host: SocketAddr,
@@ -95,6 +98,9 @@ pub struct StoreStats {
     pub commit_log_bytes: u64,
     /// Number of consume queues.
     pub queues: usize,
+    /// End of the commit-log space written with zeros ahead of the writer (`warm_ahead_bytes`);
+    /// 0 when warming is off.
+    pub warmed: u64,
 }
 
 /// Whether the store is fit to serve.
@@ -215,6 +221,11 @@ impl Store {
     ) -> Self {
         let (append_tx, append_rx) = crossbeam_channel::bounded(cfg.append_queue_capacity);
         let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+        // Async flush syncs rarely, each sync covering much: conversions cost it little, and a
+        // warmer would only take CPU and disk from the writer.
+        let warm_plan = WarmPlan::for_ahead(cfg.warm_ahead_bytes)
+            .filter(|_| matches!(cfg.flush, crate::config::FlushMode::Sync));
+        let warm = warm_plan.map(|_| Arc::new(WarmFront::new(recovery.end)));
         let appender = Appender::new(
             Arc::clone(&log),
             Arc::clone(&io),
@@ -223,6 +234,7 @@ impl Store {
             flush_tx,
             queue_offsets,
             recovery.end,
+            warm.clone(),
         );
         let flusher = Flusher {
             log: Arc::clone(&log),
@@ -257,6 +269,15 @@ impl Store {
             "cleaner",
             spawn("sluice-cleaner", move || retention::run(cleaner, interval)),
         ));
+        if let (Some(plan), Some(front)) = (warm_plan, &warm) {
+            let warmer = Warmer {
+                log: Arc::clone(&log),
+                io: Arc::clone(&io),
+                front: Arc::clone(front),
+                plan,
+            };
+            threads.push(("warmer", spawn("sluice-warmer", move || warmer.run())));
+        }
         let retention = make_retention();
         let store_host = cfg.store_host;
         let in_memory_window = cfg
@@ -273,6 +294,7 @@ impl Store {
             io,
             retention,
             append_tx,
+            warm,
             threads: Mutex::new(threads),
             recovery,
             store_host,
@@ -381,6 +403,7 @@ impl Store {
             dispatched: self.shared.dispatched.get(),
             commit_log_bytes: self.log.disk_bytes(),
             queues: self.cqs.all().len(),
+            warmed: self.warm.as_ref().map_or(0, |w| w.warmed()),
         }
     }
 
@@ -437,6 +460,9 @@ impl Store {
             join(name, handle); // appender, then flusher (it stops after the appender's Shutdown)
         }
         self.shared.closing.store(true, Ordering::Release);
+        if let Some(front) = &self.warm {
+            front.stop();
+        }
         self.shared.flushed.poke();
         self.shared.written.poke();
         for (name, handle) in threads {

@@ -9,3 +9,4 @@ mod crash;
 mod faults;
 mod recovery;
 mod retention;
+mod warm;

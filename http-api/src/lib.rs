@@ -15,15 +15,17 @@
 //!   (topics, groups, stats), `health` (healthz, readyz, Prometheus metrics), `lookup`
 //!   (a message and its trace), `figures` (JSON figures for dashboards).
 //! - `console`: the operator console's static files, embedded, served at `/console`.
-//! - Cross-cutting: [`error`] (one JSON error shape, stable codes), [`request_id`],
-//!   [`auth`] (bearer tokens with scopes), [`extract`] (extractors with JSON rejections),
-//!   `metrics`, [`config`], `state`.
+//! - Cross-cutting: `front` (the one middleware before every route: request id, load
+//!   shedding, error normalising, metrics), [`error`] (one JSON error shape, stable codes),
+//!   [`request_id`], [`auth`] (bearer tokens with scopes), [`extract`] (extractors with JSON
+//!   rejections), `metrics`, [`config`], `state`.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
 mod facade;
+mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod request_id;
@@ -46,9 +48,8 @@ pub mod txn;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::Router;
 use tokio::sync::Semaphore;
 use utoipa_axum::router::OpenApiRouter;
@@ -85,16 +86,17 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(openapi::spec_route(spec))
         .merge(console::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::layer,
-        ))
-        .layer(middleware::from_fn_with_state(limit, shed))
         .layer(DefaultBodyLimit::max(state.config().max_request_bytes))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             state.config().body_read_timeout,
         ))
-        .layer(middleware::from_fn(request_id::layer))
+        .layer(middleware::from_fn_with_state(
+            front::Front {
+                state: state.clone(),
+                limit,
+            },
+            front::layer,
+        ))
         .with_state(state);
     (router, api)
 }
@@ -117,19 +119,5 @@ fn guarded(
             routes.route_layer(middleware::from_fn_with_state(st, auth::consumer))
         }
         auth::Scope::Admin => routes.route_layer(middleware::from_fn_with_state(st, auth::admin)),
-    }
-}
-
-/// Answers 429 at once when `max_concurrent_requests` are already in progress: an overloaded
-/// broker says so instead of queueing without bound.
-async fn shed(State(limit): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    match limit.try_acquire() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            error::code::TOO_MANY_REQUESTS,
-            "too many requests in progress (max_concurrent_requests); retry shortly",
-        )
-        .into_response(),
     }
 }

@@ -7,11 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use parking_lot::Mutex;
 use sluice_store::latency::{LatencyHistogram, LatencySnapshot, BOUNDS_US};
 
@@ -20,50 +17,75 @@ use crate::state::AppState;
 /// Counters of the HTTP layer.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<(String, String), LatencyHistogram>>,
+    /// By route template, then method. Looked up with borrowed keys: recording a request
+    /// allocates nothing once its route and method have been seen.
+    routes: Mutex<BTreeMap<String, BTreeMap<String, RouteStats>>>,
+}
+
+#[derive(Debug, Default)]
+struct RouteStats {
+    by_status: BTreeMap<u16, u64>,
+    latency: LatencyHistogram,
 }
 
 impl HttpMetrics {
-    fn record(&self, method: &str, route: &str, status: u16, took: Duration) {
-        *self
-            .requests
-            .lock()
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default() += 1;
-        self.latency
-            .lock()
-            .entry((method.to_owned(), route.to_owned()))
-            .or_default()
-            .record(took);
+    /// Counts one answered request (called by the front middleware).
+    pub(crate) fn record(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let mut routes = self.routes.lock();
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), BTreeMap::new());
+        }
+        let methods = routes.get_mut(route).expect("inserted above");
+        if !methods.contains_key(method) {
+            methods.insert(method.to_owned(), RouteStats::default());
+        }
+        let stats = methods.get_mut(method).expect("inserted above");
+        *stats.by_status.entry(status).or_default() += 1;
+        stats.latency.record(took);
     }
 
     /// Requests answered with `status` on `route` so far (tests).
     pub fn requests(&self, method: &str, route: &str, status: u16) -> u64 {
-        self.requests
+        self.routes
             .lock()
-            .get(&(method.to_owned(), route.to_owned(), status))
+            .get(route)
+            .and_then(|m| m.get(method))
+            .and_then(|s| s.by_status.get(&status))
             .copied()
             .unwrap_or(0)
     }
-}
 
-/// Middleware recording every request by method, route template and status.
-pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    state.metrics().record(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+    /// `(method, route, status, count)` in that order, for rendering.
+    fn counts(&self) -> Vec<(String, String, u16, u64)> {
+        let routes = self.routes.lock();
+        let mut out: Vec<_> = routes
+            .iter()
+            .flat_map(|(route, methods)| {
+                methods.iter().flat_map(move |(method, s)| {
+                    s.by_status
+                        .iter()
+                        .map(move |(status, n)| (method.clone(), route.clone(), *status, *n))
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `(method, route, latency)` in that order, for rendering.
+    fn latencies(&self) -> Vec<(String, String, LatencySnapshot)> {
+        let routes = self.routes.lock();
+        let mut out: Vec<_> = routes
+            .iter()
+            .flat_map(|(route, methods)| {
+                methods
+                    .iter()
+                    .map(move |(method, s)| (method.clone(), route.clone(), s.latency.snapshot()))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
 }
 
 /// Renders every metric in the Prometheus text format (0.0.4).
@@ -90,15 +112,15 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
         "counter",
         "HTTP requests by method, route and status.",
     );
-    for ((method, route, status), n) in m.requests.lock().iter() {
+    for (method, route, status, n) in m.counts() {
         out.sample(
             "sluice_http_requests_total",
             &[
-                ("method", method),
-                ("route", route),
+                ("method", &method),
+                ("route", &route),
                 ("status", &status.to_string()),
             ],
-            *n as f64,
+            n as f64,
         );
     }
     out.help(
@@ -106,11 +128,11 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
         "histogram",
         "HTTP request latency.",
     );
-    for ((method, route), h) in m.latency.lock().iter() {
+    for (method, route, snapshot) in m.latencies() {
         out.histogram(
             "sluice_http_request_duration_seconds",
-            &[("method", method), ("route", route)],
-            &h.snapshot(),
+            &[("method", &method), ("route", &route)],
+            &snapshot,
         );
     }
 }

@@ -8,7 +8,6 @@
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{code, ApiError};
@@ -27,29 +26,25 @@ pub fn current() -> String {
         .unwrap_or_else(|_| "-".to_owned())
 }
 
-/// Middleware: assigns the id, runs the request inside its scope, normalises bare errors.
-pub async fn layer(req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+/// The id for a request: the caller's `x-request-id` when acceptable, else a new one.
+pub(crate) fn id_for(req: &Request) -> String {
+    req.headers()
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
-        .map_or_else(new_id, str::to_owned);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = REQUEST_ID
-        .scope(id.clone(), async move {
-            let response = next.run(req).await;
-            let response = normalise(response);
-            tracing::debug!(request_id = %current(), %method, %path, status = response.status().as_u16(), "http request");
-            response
-        })
-        .await;
-    let mut response = response;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+        .map_or_else(new_id, str::to_owned)
+}
+
+/// Runs `f` with `id` as the current request id.
+pub(crate) async fn scope<F: std::future::Future>(id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
+}
+
+/// Puts the id in the response's `x-request-id` header.
+pub(crate) fn tag(response: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         response.headers_mut().insert(HEADER, v);
     }
-    response
 }
 
 /// Ids from callers are kept when they cannot break a log line or a header.
@@ -66,7 +61,7 @@ fn new_id() -> String {
 
 /// An error response without a JSON body (made by axum or tower, not by a handler) becomes
 /// the JSON error shape with a code matching its status.
-fn normalise(response: Response) -> Response {
+pub(crate) fn normalise(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

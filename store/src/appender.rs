@@ -94,7 +94,6 @@ impl Appender {
         flush_tx: Sender<FlushCommand>,
         queue_offsets: QueueOffsets,
         next: u64,
-        warm: Option<Arc<WarmFront>>,
     ) -> Self {
         let segment = log.segment_for(next);
         Self {
@@ -111,8 +110,14 @@ impl Appender {
             staged: Vec::new(),
             disk_checked: Instant::now() - Duration::from_secs(3600),
             disk_full: None,
-            warm,
+            warm: None,
         }
+    }
+
+    /// Announces every write to the warmer's front (when warming is on).
+    pub(crate) fn with_warm_front(mut self, warm: Option<Arc<WarmFront>>) -> Self {
+        self.warm = warm;
+        self
     }
 
     /// Runs until a `Shutdown` command or until every sender is gone.

@@ -234,8 +234,8 @@ impl Store {
             flush_tx,
             queue_offsets,
             recovery.end,
-            warm.clone(),
-        );
+        )
+        .with_warm_front(warm.clone());
         let flusher = Flusher {
             log: Arc::clone(&log),
             io: Arc::clone(&io),

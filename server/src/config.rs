@@ -111,8 +111,8 @@ pub struct StoreSection {
     pub retention_bytes: Option<u64>,
     /// Appends are refused above this fraction of the disk used. Default 0.90.
     pub disk_max_used_ratio: f64,
-    /// Commit-log space kept written with zeros ahead of the writer, so syncs commit no
-    /// extent conversions. Sync flush only; 0 turns it off. Default 64 MiB (at least 64 KiB when on).
+    /// Commit-log space kept written with zeros ahead of the writer, so syncs write no
+    /// extent metadata. Sync flush only; 0 turns it off. Default 64 MiB (at least 64 KiB when on).
     pub warm_ahead_bytes: u64,
 }
 

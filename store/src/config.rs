@@ -58,7 +58,7 @@ pub struct StoreConfig {
     pub store_host: SocketAddr,
     /// Commit-log space the warmer keeps written with real zeros ahead of the appender, so
     /// appends and their syncs land in blocks the file system already counts as written
-    /// (cheaper `fdatasync`: no extent conversion to commit). Sync flush only. 0 turns it
+    /// (cheaper `fdatasync`: no extent metadata to make durable). Sync flush only. 0 turns it
     /// off. Default 64 MiB; otherwise at least 64 KiB.
     pub warm_ahead_bytes: u64,
     /// How much of the newest commit log counts as "in memory" (RocketMQ's

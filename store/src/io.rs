@@ -106,8 +106,9 @@ fn fallocate(fd: i32, len: i64) -> i32 {
 }
 
 /// `sync_file_range` with wait-before, write and wait-after: the range's dirty pages are
-/// written and their write-back has completed. It commits no metadata, which is why the
-/// warmer uses it (the next `fdatasync` of the flusher commits the extent conversions once).
+/// written and their write-back has completed. It makes no metadata durable, which is why the
+/// warmer uses it (the flusher's next `fdatasync` makes the chunk's extent conversions durable,
+/// once per chunk instead of once per sync).
 #[allow(unsafe_code)]
 fn write_back_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE

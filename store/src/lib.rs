@@ -10,7 +10,7 @@
 //! - `commitlog`, `framing`: segments of RocketMQ-layout records, each followed by a trailer
 //!   (CRC over the whole record, durable watermark) so torn and corrupt bytes are caught.
 //! - `appender`, `flusher`: the single writer (`pwrite`) and group commit (`fdatasync`).
-//! - `warmer`: writes zeros ahead of the appender so its syncs commit no extent conversions.
+//! - `warmer`: writes zeros ahead of the appender so its syncs write no extent metadata.
 //! - `dispatch`, `consume_queue`, `index`: derived entries per queue and per key.
 //! - [`recovery`]: the written policy for torn tails and interior damage.
 //! - `retention`: deleting old segments with their queue and index files.

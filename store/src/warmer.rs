@@ -5,10 +5,11 @@
 //! # Why
 //! Segments are preallocated with `fallocate`, which reserves *unwritten* extents. The first
 //! write-back into such an extent converts it to written, and that conversion is metadata: an
-//! `fdatasync` covering freshly converted blocks must also commit the file system's journal.
-//! On this machine an 8 KiB `pwrite` + `fdatasync` took ~210 µs (p50) in fallocated space and
-//! ~140 µs in space written with zeros beforehand, with ~30 % less CPU in the syncing thread
-//! (`docs/BENCHMARKS.md`, "Commit-log space written ahead"). The appender's `pwrite` also finds
+//! `fdatasync` covering freshly converted blocks must also make the changed extents durable
+//! (a journal commit on a journaled ext4; on this machine's journal-less ext4, a write of the
+//! inode's extent blocks that the sync waits for). Here an 8 KiB `pwrite` + `fdatasync` took
+//! ~210 µs (p50) in fallocated space and ~140 µs in space written with zeros beforehand, with
+//! ~30 % less CPU in the syncing thread (`docs/BENCHMARKS.md`, "Fourth pass"). The appender's `pwrite` also finds
 //! the pages already in the page cache instead of allocating and zeroing them itself.
 //!
 //! # Rules that keep it safe

@@ -21,6 +21,7 @@ use crate::commitlog::{CommitLog, Segment};
 use crate::config::{FlushMode, StoreConfig};
 use crate::crash_point;
 use crate::error::{Result, StoreError};
+use crate::flusher::Syncer;
 use crate::framing;
 use crate::io::StorageIo;
 use crate::message::{self, now_ms, Appended, MessageInput};
@@ -83,6 +84,8 @@ pub(crate) struct Appender {
     disk_full: Option<String>,
     /// Shared with the warmer, when it runs: every write is announced there first.
     warm: Option<Arc<WarmFront>>,
+    /// Set in sync mode: when idle, the appender syncs its own batch instead of handing it on.
+    syncer: Option<Arc<Syncer>>,
 }
 
 impl Appender {
@@ -111,7 +114,14 @@ impl Appender {
             disk_checked: Instant::now() - Duration::from_secs(3600),
             disk_full: None,
             warm: None,
+            syncer: None,
         }
+    }
+
+    /// Lets the appender sync inline when nothing else is queued and no sync is running.
+    pub(crate) fn with_inline_sync(mut self, syncer: Arc<Syncer>) -> Self {
+        self.syncer = Some(syncer);
+        self
     }
 
     /// Announces every write to the warmer's front (when warming is on).
@@ -130,7 +140,7 @@ impl Appender {
                     Err(_) => break,
                 }
             }
-            self.write_staged();
+            self.write_staged(!stop && rx.is_empty());
             if stop {
                 break;
             }
@@ -291,7 +301,7 @@ impl Appender {
         self.next = seg.end();
         // Write what is staged (with the marker) now, so the next segment starts clean.
         self.segment = Some(seg);
-        self.write_staged();
+        self.write_staged(false);
         self.segment = None;
         crash_point::reach(crash_point::SEGMENT_SEALED);
         if let Some(reason) = self.shared.fenced() {
@@ -320,8 +330,9 @@ impl Appender {
         }
     }
 
-    /// Issues one `pwrite` for everything staged, then hands the requests on.
-    fn write_staged(&mut self) {
+    /// Issues one `pwrite` for everything staged, then hands the requests on (or, when `idle`,
+    /// may sync them itself).
+    fn write_staged(&mut self, idle: bool) {
         if self.buf.is_empty() {
             return;
         }
@@ -340,11 +351,13 @@ impl Appender {
             None => Err(StoreError::Recovery("no open segment to write to".into())),
         };
         self.buf.clear();
-        let staged = std::mem::take(&mut self.staged);
+        let mut staged = std::mem::take(&mut self.staged);
         match outcome {
             Ok(()) => {
                 self.shared.written.set(end);
-                self.complete_written(staged);
+                if !(idle && self.sync_inline(&mut staged)) {
+                    self.complete_written(staged);
+                }
             }
             Err(e) => {
                 self.shared.fence(format!("commit-log write failed: {e}"));
@@ -353,6 +366,30 @@ impl Appender {
                 }
             }
         }
+    }
+
+    /// Syncs and completes `staged` on this thread when the flusher has nothing queued and is
+    /// not syncing; false (nothing done) otherwise. Requests handed to the flusher earlier are
+    /// covered by the same sync and completed by the flusher's next round without a sync.
+    fn sync_inline(&self, staged: &mut Vec<(u64, AppendRequest, Vec<Appended>)>) -> bool {
+        let Some(syncer) = &self.syncer else {
+            return false;
+        };
+        let durable = staged.iter().any(|(_, req, _)| req.wait_durable);
+        if !durable || !self.flush_tx.is_empty() {
+            return false;
+        }
+        let Some(outcome) = syncer.try_sync_written() else {
+            return false;
+        };
+        for (_, req, result) in staged.drain(..) {
+            let reply = match &outcome {
+                Ok(_) => Ok(result),
+                Err(why) => Err(why.to_error()),
+            };
+            let _ = req.reply.send(reply);
+        }
+        true
     }
 
     fn complete_written(&self, staged: Vec<(u64, AppendRequest, Vec<Appended>)>) {

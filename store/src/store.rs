@@ -21,7 +21,7 @@ use crate::consume_queue::ConsumeQueues;
 use crate::damage::{Damage, DamageLog};
 use crate::dispatch::{self, DispatchListener, Dispatcher};
 use crate::error::{Result, StoreError};
-use crate::flusher::Flusher;
+use crate::flusher::{Flusher, Syncer};
 use crate::index::Index;
 use crate::io::{RealIo, StorageIo};
 use crate::message::{self, Appended, MessageInput};
@@ -236,10 +236,17 @@ impl Store {
             recovery.end,
         )
         .with_warm_front(warm.clone());
+        let syncer = Arc::new(Syncer::new(
+            Arc::clone(&log),
+            Arc::clone(&io),
+            Arc::clone(&shared),
+        ));
+        let appender = match cfg.flush {
+            crate::config::FlushMode::Sync => appender.with_inline_sync(Arc::clone(&syncer)),
+            crate::config::FlushMode::Async { .. } => appender,
+        };
         let flusher = Flusher {
-            log: Arc::clone(&log),
-            io: Arc::clone(&io),
-            shared: Arc::clone(&shared),
+            syncer,
             mode: cfg.flush,
         };
         let mut threads = Vec::new();

@@ -59,6 +59,24 @@ fn eio_on_sync_fails_every_waiting_append_and_fences_the_store() {
 }
 
 #[test]
+fn a_lone_append_is_synced_before_its_ack_and_refused_when_its_sync_fails() {
+    // One append at a time: the appender finds nothing else queued and syncs it itself.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, io) = open_faulty(&small_config(dir.path()));
+    let before = io.sync_count();
+    append_seqs(&store, "T", 0, 0..10);
+    assert!(
+        io.sync_count() >= before + 10,
+        "every lone durable append had a sync of its own ({} for 10)",
+        io.sync_count() - before
+    );
+    io.fail_syncs(true);
+    let r = store.append_blocking(&[message("T", 0, 10)]);
+    assert!(matches!(r, Err(StoreError::SyncFailed(_))), "{r:?}");
+    assert!(store.health().fenced.is_some());
+}
+
+#[test]
 fn enospc_when_rolling_a_segment_is_a_clean_error_and_appends_resume_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(dir.path());

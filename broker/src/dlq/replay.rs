@@ -231,10 +231,13 @@ async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<Canc
             })
         }
     };
-    ctx.dlq.update(&status);
+    // Saved (task file and audit line) before the final state is shown, so whoever sees a
+    // task finished also finds it in the audit log, and a crash in between leaves a task
+    // that nobody has seen finish.
     if let Err(e) = save(&ctx, &status, event).await {
         tracing::error!(task = %status.id, error = %e, "saving replay task failed");
     }
+    ctx.dlq.update(&status);
     tracing::info!(task = %status.id, state = ?status.state, matched = status.matched, replayed = status.replayed, skipped = status.skipped, failed = status.failed, "replay task stopped");
 }
 

@@ -97,6 +97,23 @@ fn store_rate(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// [`store_rate`] in a store opened fresh with `cfg`, removed afterwards.
+fn fresh_store_rate(
+    cfg: StoreConfig,
+    msg: &MessageInput,
+    n: usize,
+    per_request: usize,
+    window: usize,
+) -> Result<f64> {
+    let sdir = cfg.data_dir.clone();
+    let store = Store::open(cfg)?;
+    let rate = store_rate(&store, msg, n, per_request, window)?;
+    store.shutdown()?;
+    drop(store);
+    std::fs::remove_dir_all(&sdir)?;
+    Ok(rate)
+}
+
 fn append_rate(dir: &Path, size: usize, n: usize, per_request: usize, runs: usize) -> Result<Row> {
     let msg = MessageInput::new("B", 0, body_for_record(size));
     let records = encoded(size, n);
@@ -106,23 +123,19 @@ fn append_rate(dir: &Path, size: usize, n: usize, per_request: usize, runs: usiz
         let t = baseline::mmap_append(&path, &records, SEGMENT)?;
         base.push(n as f64 / t.as_secs_f64());
         std::fs::remove_file(&path)?;
-        let sdir = dir.join(format!("append-{size}-{run}"));
-        let store = Store::open(store_config(
-            &sdir,
+        let cfg = store_config(
+            &dir.join(format!("append-{size}-{run}")),
             FlushMode::Async {
                 interval: Duration::from_secs(1),
             },
-        ))?;
-        subject.push(store_rate(
-            &store,
+        );
+        subject.push(fresh_store_rate(
+            cfg,
             &msg,
             n,
             per_request,
             4096 / per_request,
         )?);
-        store.shutdown()?;
-        drop(store);
-        std::fs::remove_dir_all(&sdir)?;
     }
     Ok(Row {
         name: format!("append {size} B, {per_request} msg/request, no sync in path ({n} msgs)"),
@@ -145,12 +158,8 @@ fn sync_rate(dir: &Path, inflight: usize, n: usize, runs: usize) -> Result<Row> 
         let t = baseline::pwrite_fdatasync(&path, &records, 64 << 20)?;
         base.push(raw_n as f64 / t.as_secs_f64());
         std::fs::remove_file(&path)?;
-        let sdir = dir.join(format!("sync-{inflight}-{run}"));
-        let store = Store::open(store_config(&sdir, FlushMode::Sync))?;
-        subject.push(store_rate(&store, &msg, n, 1, inflight)?);
-        store.shutdown()?;
-        drop(store);
-        std::fs::remove_dir_all(&sdir)?;
+        let cfg = store_config(&dir.join(format!("sync-{inflight}-{run}")), FlushMode::Sync);
+        subject.push(fresh_store_rate(cfg, &msg, n, 1, inflight)?);
     }
     Ok(Row {
         name: format!("SYNC_FLUSH append 1 KiB, {inflight} in flight ({n} msgs)"),
@@ -170,14 +179,9 @@ fn warm_rate(dir: &Path, inflight: usize, n: usize, runs: usize) -> Result<Row> 
     let (mut subject, mut base) = (Vec::new(), Vec::new());
     for run in 0..runs {
         for (ahead, out) in [(0, &mut base), (64 << 20, &mut subject)] {
-            let sdir = dir.join(format!("warm-{ahead}-{run}"));
-            let mut cfg = store_config(&sdir, FlushMode::Sync);
+            let mut cfg = store_config(&dir.join(format!("warm-{ahead}-{run}")), FlushMode::Sync);
             cfg.warm_ahead_bytes = ahead;
-            let store = Store::open(cfg)?;
-            out.push(store_rate(&store, &msg, n, 1, inflight)?);
-            store.shutdown()?;
-            drop(store);
-            std::fs::remove_dir_all(&sdir)?;
+            out.push(fresh_store_rate(cfg, &msg, n, 1, inflight)?);
         }
     }
     Ok(Row {

@@ -30,34 +30,33 @@ pub(crate) struct Front {
 
 /// The middleware (see the module docs).
 pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
     let id = request_id::id_for(&req);
+    let mut response = request_id::scope(id.clone(), answer(front, req, next)).await;
+    request_id::tag(&mut response, &id);
+    response
+}
+
+/// Sheds or runs the request, normalises its response and records it, inside the id's scope.
+async fn answer(front: Front, req: Request, next: Next) -> Response {
+    let started = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
-    // Only the debug log line needs the raw path (and its own copy of the method).
-    let log = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| (method.clone(), req.uri().path().to_owned()));
-    let limit = Arc::clone(&front.limit);
-    let mut response = request_id::scope(id.clone(), async move {
-        let response = match limit.try_acquire() {
-            Ok(_permit) => next.run(req).await,
-            Err(_) => too_many(),
-        };
-        let response = request_id::normalise(response);
-        if let Some((method, path)) = log {
-            tracing::debug!(request_id = %request_id::current(), %method, %path, status = response.status().as_u16(), "http request");
-        }
-        response
-    })
-    .await;
+    // Only the debug log line needs the raw path.
+    let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
+    let response = match front.limit.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => too_many(),
+    };
+    let response = request_id::normalise(response);
+    let status = response.status().as_u16();
+    if let Some(path) = path {
+        tracing::debug!(request_id = %request_id::current(), %method, %path, status, "http request");
+    }
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    front.state.metrics().record(
-        method.as_str(),
-        route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    request_id::tag(&mut response, &id);
+    front
+        .state
+        .metrics()
+        .record(method.as_str(), route, status, started.elapsed());
     response
 }
 

@@ -55,32 +55,21 @@ impl HttpMetrics {
             .unwrap_or(0)
     }
 
-    /// `(method, route, status, count)` in that order, for rendering.
-    fn counts(&self) -> Vec<(String, String, u16, u64)> {
+    /// Per method and route (in that order, for rendering): counts by status and latency.
+    fn rows(&self) -> Vec<(String, String, Vec<(u16, u64)>, LatencySnapshot)> {
         let routes = self.routes.lock();
         let mut out: Vec<_> = routes
             .iter()
             .flat_map(|(route, methods)| {
-                methods.iter().flat_map(move |(method, s)| {
-                    s.by_status
-                        .iter()
-                        .map(move |(status, n)| (method.clone(), route.clone(), *status, *n))
+                methods.iter().map(move |(method, s)| {
+                    let statuses = s.by_status.iter().map(|(k, n)| (*k, *n)).collect();
+                    (
+                        method.clone(),
+                        route.clone(),
+                        statuses,
+                        s.latency.snapshot(),
+                    )
                 })
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// `(method, route, latency)` in that order, for rendering.
-    fn latencies(&self) -> Vec<(String, String, LatencySnapshot)> {
-        let routes = self.routes.lock();
-        let mut out: Vec<_> = routes
-            .iter()
-            .flat_map(|(route, methods)| {
-                methods
-                    .iter()
-                    .map(move |(method, s)| (method.clone(), route.clone(), s.latency.snapshot()))
             })
             .collect();
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
@@ -112,27 +101,30 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
         "counter",
         "HTTP requests by method, route and status.",
     );
-    for (method, route, status, n) in m.counts() {
-        out.sample(
-            "sluice_http_requests_total",
-            &[
-                ("method", &method),
-                ("route", &route),
-                ("status", &status.to_string()),
-            ],
-            n as f64,
-        );
+    let rows = m.rows();
+    for (method, route, statuses, _) in &rows {
+        for (status, n) in statuses {
+            out.sample(
+                "sluice_http_requests_total",
+                &[
+                    ("method", method),
+                    ("route", route),
+                    ("status", &status.to_string()),
+                ],
+                *n as f64,
+            );
+        }
     }
     out.help(
         "sluice_http_request_duration_seconds",
         "histogram",
         "HTTP request latency.",
     );
-    for (method, route, snapshot) in m.latencies() {
+    for (method, route, _, latency) in &rows {
         out.histogram(
             "sluice_http_request_duration_seconds",
-            &[("method", &method), ("route", &route)],
-            &snapshot,
+            &[("method", method), ("route", route)],
+            latency,
         );
     }
 }

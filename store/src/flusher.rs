@@ -53,9 +53,9 @@ impl NotSynced {
 /// syncs inline when it is idle and the flusher is not busy), so one lock orders every sync and
 /// every advance of the flushed offset.
 pub(crate) struct Syncer {
-    pub(crate) log: Arc<CommitLog>,
-    pub(crate) io: Arc<dyn StorageIo>,
-    pub(crate) shared: Arc<Shared>,
+    log: Arc<CommitLog>,
+    io: Arc<dyn StorageIo>,
+    shared: Arc<Shared>,
     lock: Mutex<()>,
 }
 

@@ -205,7 +205,8 @@ impl FaultyIo {
         let v = ratio.map_or(0, |r| (r * 1000.0) as u64 + 1);
         self.fake_used_ratio_millis.store(v, Ordering::SeqCst);
     }
-    /// Successful syncs so far.
+    /// Successful syncs of commit-log segments so far (consume-queue and index files not
+    /// counted).
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
     }
@@ -250,7 +251,9 @@ impl StorageIo for FaultyIo {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.real.sync(file)?;
-        self.syncs.fetch_add(1, Ordering::SeqCst);
+        if is_commit_log(file) {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 

@@ -221,10 +221,10 @@ impl Store {
     ) -> Self {
         let (append_tx, append_rx) = crossbeam_channel::bounded(cfg.append_queue_capacity);
         let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+        let sync_mode = matches!(cfg.flush, crate::config::FlushMode::Sync);
         // Async flush syncs rarely, each sync covering much: conversions cost it little, and a
         // warmer would only take CPU and disk from the writer.
-        let warm_plan = WarmPlan::for_ahead(cfg.warm_ahead_bytes)
-            .filter(|_| matches!(cfg.flush, crate::config::FlushMode::Sync));
+        let warm_plan = WarmPlan::for_ahead(cfg.warm_ahead_bytes).filter(|_| sync_mode);
         let warm = warm_plan.map(|_| Arc::new(WarmFront::new(recovery.end)));
         let appender = Appender::new(
             Arc::clone(&log),
@@ -241,9 +241,10 @@ impl Store {
             Arc::clone(&io),
             Arc::clone(&shared),
         ));
-        let appender = match cfg.flush {
-            crate::config::FlushMode::Sync => appender.with_inline_sync(Arc::clone(&syncer)),
-            crate::config::FlushMode::Async { .. } => appender,
+        let appender = if sync_mode {
+            appender.with_inline_sync(Arc::clone(&syncer))
+        } else {
+            appender
         };
         let flusher = Flusher {
             syncer,

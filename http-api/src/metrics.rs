@@ -55,26 +55,31 @@ impl HttpMetrics {
             .unwrap_or(0)
     }
 
-    /// Per method and route (in that order, for rendering): counts by status and latency.
-    fn rows(&self) -> Vec<(String, String, Vec<(u16, u64)>, LatencySnapshot)> {
+    /// One row per method and route, in that order (for rendering).
+    fn rows(&self) -> Vec<Row> {
         let routes = self.routes.lock();
-        let mut out: Vec<_> = routes
+        let mut out: Vec<Row> = routes
             .iter()
             .flat_map(|(route, methods)| {
-                methods.iter().map(move |(method, s)| {
-                    let statuses = s.by_status.iter().map(|(k, n)| (*k, *n)).collect();
-                    (
-                        method.clone(),
-                        route.clone(),
-                        statuses,
-                        s.latency.snapshot(),
-                    )
+                methods.iter().map(move |(method, s)| Row {
+                    method: method.clone(),
+                    route: route.clone(),
+                    by_status: s.by_status.iter().map(|(k, n)| (*k, *n)).collect(),
+                    latency: s.latency.snapshot(),
                 })
             })
             .collect();
-        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out.sort_by(|a, b| (&a.method, &a.route).cmp(&(&b.method, &b.route)));
         out
     }
+}
+
+/// A copy of one method and route's figures, taken under the lock.
+struct Row {
+    method: String,
+    route: String,
+    by_status: Vec<(u16, u64)>,
+    latency: LatencySnapshot,
 }
 
 /// Renders every metric in the Prometheus text format (0.0.4).
@@ -102,13 +107,13 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
         "HTTP requests by method, route and status.",
     );
     let rows = m.rows();
-    for (method, route, statuses, _) in &rows {
-        for (status, n) in statuses {
+    for r in &rows {
+        for (status, n) in &r.by_status {
             out.sample(
                 "sluice_http_requests_total",
                 &[
-                    ("method", method),
-                    ("route", route),
+                    ("method", &r.method),
+                    ("route", &r.route),
                     ("status", &status.to_string()),
                 ],
                 *n as f64,
@@ -120,11 +125,11 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
         "histogram",
         "HTTP request latency.",
     );
-    for (method, route, _, latency) in &rows {
+    for r in &rows {
         out.histogram(
             "sluice_http_request_duration_seconds",
-            &[("method", method), ("route", route)],
-            latency,
+            &[("method", &r.method), ("route", &r.route)],
+            &r.latency,
         );
     }
 }

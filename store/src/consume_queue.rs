@@ -124,8 +124,8 @@ impl ConsumeQueue {
         self.raw_entry(offset)
     }
 
-    /// Writes entries for queue offsets `first..` (one write per file touched) and publishes
-    /// them.
+    /// Writes entries for queue offsets `first..` through the files' maps (one copy per file
+    /// touched) and then publishes them.
     pub(crate) fn put_run(
         &self,
         first: u64,
@@ -142,7 +142,7 @@ impl ConsumeQueue {
             let room = (self.per_file - offset % self.per_file) as usize;
             let (now, later) = rest.split_at(room.min(rest.len()));
             let bytes: Vec<u8> = now.iter().flat_map(CqEntry::encode).collect();
-            file.write_at(io, &bytes, (offset % self.per_file) * ENTRY_LEN)?;
+            file.write_mapped(io, &bytes, (offset % self.per_file) * ENTRY_LEN)?;
             offset += now.len() as u64;
             rest = later;
         }

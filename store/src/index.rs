@@ -196,7 +196,7 @@ impl IndexFile {
             buf.extend_from_slice(&slots[slot].to_be_bytes());
             slots[slot] = n;
         }
-        if let Err(e) = self.file.write_at(io, &buf, self.entry_pos(first)) {
+        if let Err(e) = self.file.write_mapped(io, &buf, self.entry_pos(first)) {
             for (slot, old) in undo.into_iter().rev() {
                 slots[slot] = old;
             }

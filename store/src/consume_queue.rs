@@ -80,7 +80,8 @@ impl ConsumeQueue {
         let mut files = Vec::with_capacity(names.len());
         for name in names {
             let first = name / ENTRY_LEN;
-            let f = MappedFile::open_zeroed(&dir.join(file_name(name)), per_file * ENTRY_LEN, io)?;
+            let f =
+                MappedFile::open_zeroed(&dir.join(file_name(name)), per_file * ENTRY_LEN, 0, io)?;
             files.push((first, Arc::new(f)));
         }
         let min = files.first().map_or(0, |(first, _)| *first);
@@ -157,6 +158,7 @@ impl ConsumeQueue {
         let f = Arc::new(MappedFile::open_zeroed(
             &path,
             self.per_file * ENTRY_LEN,
+            0,
             io,
         )?);
         crash_point::reach_file(crash_point::CQ_FILE_CREATED, &path);

@@ -105,8 +105,11 @@ struct IndexFile {
 
 impl IndexFile {
     fn open(path: &Path, slots: u32, entries: u32, io: &dyn StorageIo) -> Result<Self> {
-        let len = HEADER_LEN + u64::from(slots) * 4 + u64::from(entries) * ENTRY_LEN;
-        let file = MappedFile::open_zeroed(path, len, io)?;
+        let head = HEADER_LEN + u64::from(slots) * 4;
+        let len = head + u64::from(entries) * ENTRY_LEN;
+        // The header and slot table now (their pages are written at random); the entries,
+        // written in order, are zeroed just ahead of them.
+        let file = MappedFile::open_zeroed(path, len, head, io)?;
         let b = file.as_slice();
         let rd64 = |p: usize| i64::from_be_bytes(b[p..p + 8].try_into().expect("8 bytes"));
         let rd32 = |p: usize| u32::from_be_bytes(b[p..p + 4].try_into().expect("4 bytes"));

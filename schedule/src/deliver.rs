@@ -376,7 +376,7 @@ fn prepare_one(core: &Core, due: Due) -> Prepared {
 
 /// After a crash: was this timer released (or rolled) already? Looks for the copy by its
 /// UNIQ_KEY in the index and matches the timer's offset.
-fn released_before(core: &Core, rec: &TimerRecord, kind: Kind) -> bool {
+pub(crate) fn released_before(core: &Core, rec: &TimerRecord, kind: Kind) -> bool {
     Counters::add(&core.counters.crash_checks, 1);
     let Some(uniq) = rec.uniq_key.as_deref() else {
         Counters::add(&core.counters.possible_duplicates, 1);

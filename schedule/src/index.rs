@@ -433,6 +433,30 @@ impl Inner {
         BeginCancel::Started
     }
 
+    /// Whether the timer may have been released before a crash without this index knowing:
+    /// pending at an unclean start and due before it (the deliverer checks such a timer in the
+    /// real topic before releasing it; a cancel must too).
+    pub(crate) fn may_be_released(&self, key: Key) -> bool {
+        match self.near.get(&key) {
+            Some(slot) => slot.verify,
+            None => key.fire_ms <= self.restart_ms && !self.done_known.contains(&key),
+        }
+    }
+
+    /// Ends a cancel begun with [`Inner::begin_cancel`] for a timer found released before a
+    /// crash: no marker is written, and the timer counts as released (as the deliverer's own
+    /// check would have left it).
+    pub(crate) fn finish_cancel_released(&mut self, key: Key, topic: &str) {
+        self.cancelling.remove(&key);
+        let begun = self
+            .near
+            .get(&key)
+            .is_some_and(|s| s.state == SlotState::Cancelling);
+        if begun {
+            self.complete(key, Released::Done, Some(topic));
+        }
+    }
+
     /// Ends a cancel begun with [`Inner::begin_cancel`]: `written` says whether the marker is
     /// durable. The pending count drops when the marker is indexed, not here.
     pub(crate) fn finish_cancel(&mut self, key: Key, written: bool) {

@@ -22,6 +22,7 @@ use sluice_protocol::{Properties, RecordView};
 use sluice_store::now_ms;
 
 use crate::core::{millis, Core};
+use crate::deliver;
 use crate::entry::{Key, Kind};
 use crate::error::{Result, ScheduleError};
 use crate::index::{BeginCancel, SlotState, Where};
@@ -408,15 +409,23 @@ async fn refind(core: &Arc<Core>, sel: &Selector, uniq: &str) -> Result<Option<V
 
 /// Cancels or reschedules one pending record; `None` when its state changed meanwhile.
 async fn act(
-    core: &Core,
+    core: &Arc<Core>,
     f: &Found,
     generation: Option<u64>,
     action: Action,
 ) -> Result<Option<Outcome>> {
-    let begun = core.index.inner.lock().begin_cancel(f.key, generation);
+    let (begun, check) = {
+        let mut g = core.index.inner.lock();
+        (g.begin_cancel(f.key, generation), g.may_be_released(f.key))
+    };
     match begun {
         BeginCancel::Started => {}
         BeginCancel::Retry | BeginCancel::Not(_) | BeginCancel::Gone => return Ok(None),
+    }
+    if check {
+        if let Some(settled) = released_before_crash(core, f).await? {
+            return Ok(settled);
+        }
     }
     let (input, outcome) = match action {
         Action::Cancel => (
@@ -455,6 +464,35 @@ async fn act(
     Counters::add(counter, 1);
     tracing::info!(uniq_key = ?f.rec.uniq_key, topic = %f.rec.real_topic, phys = f.rec.phys, fire_ms = f.key.fire_ms, kind = ?f.kind, outcome = ?outcome, "scheduled message changed");
     Ok(Some(outcome))
+}
+
+/// For a timer that may have been released before a crash (see
+/// [`crate::index::Inner::may_be_released`]), with its cancel begun: looks for its copy as the
+/// deliverer would. Found: the timer is settled as released, and the answer is "delivered"
+/// (for a roll, `Some(None)`: its new timer is the one to act on). Not found: `None`, go on.
+async fn released_before_crash(core: &Arc<Core>, f: &Found) -> Result<Option<Option<Outcome>>> {
+    let (rec, kind) = (f.rec.clone(), f.kind);
+    let found = blocking(core, move |c| deliver::released_before(c, &rec, kind)).await;
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => {
+            core.index.inner.lock().finish_cancel(f.key, false);
+            return Err(e);
+        }
+    };
+    if !found {
+        return Ok(None);
+    }
+    core.index
+        .inner
+        .lock()
+        .finish_cancel_released(f.key, &f.rec.real_topic);
+    core.deliver_wake.notify_one();
+    tracing::info!(uniq_key = ?f.rec.uniq_key, topic = %f.rec.real_topic, phys = f.rec.phys, fire_ms = f.key.fire_ms, "cancel found a release made before the crash");
+    Ok(Some(match kind {
+        Kind::Roll => None,
+        _ => Some(Outcome::AlreadyDelivered),
+    }))
 }
 
 /// Lists the messages a selector matches, one entry per message.

@@ -368,31 +368,38 @@ fn map_alloc_error(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
+/// New space at creation: written with `pwrite` (a store write like any other) and synced.
 fn write_zeros(file: &File, io: &dyn StorageIo, from: u64, to: u64) -> std::io::Result<()> {
     if from >= to {
         return Ok(());
     }
-    let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
-    let mut pos = from;
-    while pos < to {
-        let n = (to - pos).min(zeros.len() as u64) as usize;
-        io.write_at(file, &zeros[..n], pos)?;
-        pos += n as u64;
-    }
+    fill_zeros(from, to, |zeros, pos| io.write_at(file, zeros, pos))?;
     io.sync(file)
 }
 
+/// Space ahead of entries: zeros only (fault injection leaves them alone), not synced.
 fn write_zeros_unsynced(
     file: &File,
     io: &dyn StorageIo,
     from: u64,
     to: u64,
 ) -> std::io::Result<()> {
-    let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
+    fill_zeros(from, to, |zeros, pos| {
+        io.write_zeros_ahead(file, zeros, pos)
+    })
+}
+
+/// Calls `write` with zeros for `[from, to)`, at most 1 MiB at a time.
+fn fill_zeros(
+    from: u64,
+    to: u64,
+    mut write: impl FnMut(&[u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let zeros = vec![0u8; to.saturating_sub(from).min(1 << 20) as usize];
     let mut pos = from;
     while pos < to {
         let n = (to - pos).min(zeros.len() as u64) as usize;
-        io.write_zeros_ahead(file, &zeros[..n], pos)?;
+        write(&zeros[..n], pos)?;
         pos += n as u64;
     }
     Ok(())

@@ -19,7 +19,8 @@
 //! with them), but not all at once: a new file gets only its head (the index's slot table)
 //! at creation, and the rest is zeroed [`ZERO_AHEAD`] bytes at a time just ahead of the
 //! sequential entry writes. Zeroing a whole new index file (84 MB) and its fdatasync on the
-//! dispatcher thread had stalled every producer's sync behind it for about 100 ms.
+//! dispatcher thread had held every producer's sync behind it at the disk (up to ~45 ms in
+//! the HTTP benchmark).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -182,8 +183,9 @@ impl MappedFile {
         };
         self.zero_ahead(io, pos + buf.len() as u64);
         // SAFETY: `check_range` put `[pos, pos + buf.len())` inside this live, writable
-        // MAP_SHARED mapping of a file with real, already written blocks of its full length,
-        // which is never truncated while mapped: the store cannot fault or SIGBUS here. `buf`
+        // MAP_SHARED mapping of a file whose blocks were reserved (`fallocate`) for its full
+        // length and which is never truncated while mapped: a write fault needs no new block,
+        // so the store cannot SIGBUS here. `buf`
         // is ordinary memory, so the ranges do not overlap. No reference to these bytes is
         // read concurrently (the caller's contract above).
         unsafe {

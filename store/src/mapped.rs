@@ -185,9 +185,9 @@ impl MappedFile {
         // SAFETY: `check_range` put `[pos, pos + buf.len())` inside this live, writable
         // MAP_SHARED mapping of a file whose blocks were reserved (`fallocate`) for its full
         // length and which is never truncated while mapped: a write fault needs no new block,
-        // so the store cannot SIGBUS here. `buf`
-        // is ordinary memory, so the ranges do not overlap. No reference to these bytes is
-        // read concurrently (the caller's contract above).
+        // so the store cannot SIGBUS here. `buf` is ordinary memory, so the ranges do not
+        // overlap. No reference to these bytes is read concurrently (the caller's contract
+        // above).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 buf.as_ptr(),
@@ -300,7 +300,9 @@ impl MappedFile {
             return;
         }
         let target = (end + ZERO_AHEAD).min(self.len);
-        match write_zeros_unsynced(&self.file, io, *to, target) {
+        match fill_zeros(*to, target, |zeros, pos| {
+            self.write_zeros_ahead(io, zeros, pos)
+        }) {
             Ok(()) => *to = target,
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "zeroing ahead of entries failed; entries go into reserved, unwritten space");
@@ -379,24 +381,12 @@ fn write_zeros(file: &File, io: &dyn StorageIo, from: u64, to: u64) -> std::io::
     io.sync(file)
 }
 
-/// Space ahead of entries: zeros only (fault injection leaves them alone), not synced.
-fn write_zeros_unsynced(
-    file: &File,
-    io: &dyn StorageIo,
-    from: u64,
-    to: u64,
-) -> std::io::Result<()> {
-    fill_zeros(from, to, |zeros, pos| {
-        io.write_zeros_ahead(file, zeros, pos)
-    })
-}
-
 /// Calls `write` with zeros for `[from, to)`, at most 1 MiB at a time.
-fn fill_zeros(
+fn fill_zeros<E>(
     from: u64,
     to: u64,
-    mut write: impl FnMut(&[u8], u64) -> std::io::Result<()>,
-) -> std::io::Result<()> {
+    mut write: impl FnMut(&[u8], u64) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let zeros = vec![0u8; to.saturating_sub(from).min(1 << 20) as usize];
     let mut pos = from;
     while pos < to {

@@ -244,7 +244,9 @@ impl MappedFile {
             if start >= self.len {
                 break;
             }
+            // A file system that cannot answer reports the offset itself: all the rest is data.
             let end = seek(fd, start, libc::SEEK_HOLE)
+                .filter(|end| *end > start)
                 .unwrap_or(self.len)
                 .min(self.len);
             out.push((start, end));

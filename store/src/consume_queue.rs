@@ -190,9 +190,24 @@ impl ConsumeQueue {
     /// Recovery: sets `max` to the end of the run of entries that point below `log_end`.
     /// Entries at or past the end point at records that no longer exist; they are left for
     /// later dispatches to overwrite and are never served, being beyond `max`.
+    ///
+    /// Entries past a file's last written byte are zeros, so they are judged without being
+    /// read: a read there would fault in a page the file system has to read around (8 MB on
+    /// this machine's disk), and every searched file would end up wholly cached and resident.
     pub(crate) fn recover_bounds(&self, log_min: u64, log_end: u64) {
-        let valid = |o: u64| self.raw_entry(o).is_some_and(|e| e.phys_offset < log_end);
         let files = self.files.read().clone();
+        let written: Vec<(u64, u64)> = files
+            .iter()
+            .map(|(first, f)| (*first, first + f.written_len() / ENTRY_LEN))
+            .collect();
+        let is_written = |o: u64| {
+            let first = o - o % self.per_file;
+            written
+                .binary_search_by_key(&first, |(f, _)| *f)
+                .is_ok_and(|i| o < written[i].1)
+        };
+        let valid =
+            |o: u64| is_written(o) && self.raw_entry(o).is_some_and(|e| e.phys_offset < log_end);
         let Some((last_first, _)) = files.last() else {
             return;
         };

@@ -255,6 +255,12 @@ impl MappedFile {
         out
     }
 
+    /// Where the written data ends (the end of the last range [`Self::data_ranges`] reports):
+    /// everything after it reads as zeros, without having to be read.
+    pub(crate) fn written_len(&self) -> u64 {
+        self.data_ranges(0).last().map_or(0, |(_, end)| *end)
+    }
+
     /// Stops `[from, to)` (shrunk inward to [`RELEASE_ALIGN`]) counting in this process's
     /// resident set: `MADV_DONTNEED` drops the page-table entries of a shared file mapping,
     /// the pages stay in the page cache, and the next read faults the same bytes back in.

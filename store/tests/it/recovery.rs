@@ -275,3 +275,53 @@ fn unclean_stop_without_damage_recovers_everything() {
     assert_eq!(read_queue(&store, "T", 0).len(), 100);
     assert_eq!(parse(&store.read_record(phys[99]).unwrap()).body, b"last!");
 }
+
+/// Resident kilobytes of this process's mappings of `path` (`/proc/self/smaps`).
+fn mapped_rss_kib(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_string_lossy();
+    let (mut in_it, mut total) = (false, 0);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if !first.ends_with(':') {
+            in_it = line.ends_with(name.as_ref());
+        } else if in_it && first == "Rss:" {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn an_unclean_restart_reads_only_the_written_parts_of_queue_and_index_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Full-size queue (6 MB) and index (84 MB) files, as a real broker has them.
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.segment_size = 16 << 20;
+    cfg.warm_ahead_bytes = 0;
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..100);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    store.shutdown().unwrap();
+    drop(store);
+    mark_unclean(dir.path());
+
+    let store = open(&cfg);
+    assert!(!store.recovery_report().clean);
+    assert_eq!(read_queue(&store, "T", 0).len(), 100);
+    let cq = dir.path().join("consumequeue/T/0/00000000000000000000");
+    let index = dir.path().join("index/00000000000000000000");
+    let (cq_kib, index_kib) = (mapped_rss_kib(&cq), mapped_rss_kib(&index));
+    // Written: 100 entries, the 256 KiB zeroed ahead of them and (index) the 4 MB slot table.
+    assert!(cq_kib < 1024, "{cq_kib} KiB of the queue file resident");
+    assert!(
+        index_kib < 6 * 1024,
+        "{index_kib} KiB of the index file resident"
+    );
+    store.shutdown().unwrap();
+}

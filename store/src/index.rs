@@ -37,6 +37,8 @@ const HEADER_LEN: u64 = 40;
 const ENTRY_LEN: u64 = 20;
 /// Entry times are whole seconds since 2020-01-01T00:00:00Z, so an entry decodes on its own.
 const TIME_EPOCH_MS: i64 = 1_577_836_800_000;
+/// Bytes of the newest entries kept mapped after a sync (the next entries go right after).
+const RESIDENT_TAIL: u64 = 256 * 1024;
 /// Upper bound on chain steps per file and query, so a hot key cannot stall a query.
 const MAX_CHAIN_STEPS: usize = 100_000;
 
@@ -249,7 +251,14 @@ impl IndexFile {
         out[32..36].copy_from_slice(&self.slots.to_be_bytes());
         out[36..40].copy_from_slice(&h.count.to_be_bytes());
         self.file.write_at(io, &out, 0)?;
-        self.file.sync(io)
+        self.file.sync(io)?;
+        // Entries are written through the map and the slot table was read through it (at
+        // open or rebuild); the live table is in memory, so all but the newest entries can
+        // leave the resident set (see `MappedFile::release_resident`).
+        let written = self.entry_pos(h.count);
+        self.file
+            .release_resident(0, written.saturating_sub(RESIDENT_TAIL));
+        Ok(())
     }
 
     /// Syncs and drops the in-memory slot table: the file is full and read from the map now.

@@ -417,29 +417,51 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io("fsync folder", dir, e))
 }
 
+/// Kilobytes of `file` in the page cache, mapped by anyone or not (tests): shows what a
+/// scan read, after its pages left this process's resident set.
+#[cfg(test)]
+#[allow(unsafe_code)]
+pub(crate) fn cached_kib(file: &MappedFile) -> u64 {
+    let page = 4096usize;
+    let bytes = file.as_slice();
+    let mut vec = vec![0u8; bytes.len().div_ceil(page)];
+    // SAFETY: the range is this live mapping (page aligned at its start, as every mapping
+    // is) and `vec` has one byte per page of it, as mincore requires; it only reports.
+    let r = unsafe {
+        libc::mincore(
+            bytes.as_ptr() as *mut libc::c_void,
+            bytes.len(),
+            vec.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64 / 1024
+}
+
+/// Resident kilobytes of this process's mappings of `path` (tests).
+#[cfg(test)]
+pub(crate) fn mapped_rss_kib(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_string_lossy();
+    let mut in_it = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if !first.ends_with(':') {
+            // A mapping header: range, perms, offset, device, inode, [path].
+            in_it = line.ends_with(name.as_ref());
+        } else if in_it && first == "Rss:" {
+            let kib = line.split_whitespace().nth(1).unwrap_or("0");
+            total += kib.parse::<u64>().unwrap();
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::io::RealIo;
-
-    /// Resident kilobytes of this process's mapping of `path` (`/proc/self/smaps`).
-    fn mapped_rss_kib(path: &Path) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let name = path.to_string_lossy();
-        let mut in_it = false;
-        let mut total = 0;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or_default();
-            if !first.ends_with(':') {
-                // A mapping header: range, perms, offset, device, inode, [path].
-                in_it = line.ends_with(name.as_ref());
-            } else if in_it && first == "Rss:" {
-                let kib = line.split_whitespace().nth(1).unwrap_or("0");
-                total += kib.parse::<u64>().unwrap();
-            }
-        }
-        total
-    }
 
     #[test]
     fn released_pages_leave_the_resident_set_and_read_back_unchanged() {

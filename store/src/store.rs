@@ -550,6 +550,9 @@ fn recover_queue_bounds(
         if unclean {
             q.clear_beyond_max(cqs.io())?;
         }
+        // Whatever the search and the clearing faulted in: a broker with thousands of queues
+        // would otherwise start with hundreds of megabytes of them resident.
+        q.release_all();
         next.entry(topic)
             .or_default()
             .insert(qid, q.max_offset() as i64);

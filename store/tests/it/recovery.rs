@@ -298,7 +298,7 @@ fn mapped_rss_kib(path: &Path) -> u64 {
 }
 
 #[test]
-fn an_unclean_restart_reads_only_the_written_parts_of_queue_and_index_files() {
+fn an_unclean_restart_leaves_queue_and_index_files_out_of_the_resident_set() {
     let dir = tempfile::tempdir().unwrap();
     // Full-size queue (6 MB) and index (84 MB) files, as a real broker has them.
     let mut cfg = StoreConfig::new(dir.path());
@@ -313,14 +313,16 @@ fn an_unclean_restart_reads_only_the_written_parts_of_queue_and_index_files() {
 
     let store = open(&cfg);
     assert!(!store.recovery_report().clean);
-    assert_eq!(read_queue(&store, "T", 0).len(), 100);
     let cq = dir.path().join("consumequeue/T/0/00000000000000000000");
     let index = dir.path().join("index/00000000000000000000");
     let (cq_kib, index_kib) = (mapped_rss_kib(&cq), mapped_rss_kib(&index));
-    // Written: 100 entries, the 256 KiB zeroed ahead of them and (index) the 4 MB slot table.
-    assert!(cq_kib < 1024, "{cq_kib} KiB of the queue file resident");
+    assert_eq!(read_queue(&store, "T", 0).len(), 100);
+    eprintln!("resident after the restart: queue {cq_kib} KiB, index {index_kib} KiB");
+    // Recovery reads only written parts (unit tests of both) and releases what it read; the
+    // index keeps its newest entries mapped. Before: the whole 6 MB queue file and 84 MB.
+    assert!(cq_kib < 256, "{cq_kib} KiB of the queue file resident");
     assert!(
-        index_kib < 6 * 1024,
+        index_kib < 1024,
         "{index_kib} KiB of the index file resident"
     );
     store.shutdown().unwrap();

@@ -14,6 +14,7 @@
 //! exit 0.
 
 mod config;
+mod limits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,14 +86,15 @@ struct NamesrvArgs {
 fn main() {
     let cli = Cli::parse();
     init_tracing();
+    let open_files = limits::raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            None => serve(ServeArgs::default()).await,
-            Some(Command::Serve(args)) => serve(args).await,
+            None => serve(ServeArgs::default(), open_files).await,
+            Some(Command::Serve(args)) => serve(args, open_files).await,
             Some(Command::Namesrv(args)) => namesrv(args).await,
         }
     });
@@ -130,7 +132,7 @@ fn load(config: Option<&std::path::Path>) -> Result<config::ServerConfig> {
     config::load(config, std::env::vars())
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+async fn serve(args: ServeArgs, open_files: limits::OpenFiles) -> Result<()> {
     let started = Instant::now();
     let signals = StopSignals::install()?;
     let mut cfg = load(args.config.as_deref())?;
@@ -149,6 +151,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.validate()?;
     arm_crash_point()?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    let http_connections = if cfg.http.enabled {
+        cfg.http.max_connections
+    } else {
+        0
+    };
+    limits::report(
+        open_files,
+        (cfg.broker.max_connections + http_connections) as u64,
+    );
     let tls = cfg.tls.load()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;

@@ -145,3 +145,49 @@ fn the_http_facade_serves_on_the_address_in_the_ready_line() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// Soft and hard "Max open files" of a running process (`/proc/PID/limits`).
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().unwrap().to_owned();
+    (soft, fields.next().unwrap().to_owned())
+}
+
+#[test]
+fn raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Started as from a login shell whose soft limit is low; the hard limit is inherited.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "ulimit -Sn 256 2>/dev/null; exec \"$0\" serve --namesrv-listen 127.0.0.1:0 \
+             --broker-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir \"$1\"",
+        )
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg(dir.path())
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("sluice ready"), "{ready}");
+    let (soft, hard) = open_files_limits(child.id());
+    let (_, own_hard) = open_files_limits(std::process::id());
+    // Stopped before the checks, so a failed one leaves no broker behind.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(hard, own_hard, "the hard limit is the operator's and stays");
+    assert_eq!(
+        soft, hard,
+        "the soft limit was raised from 256 to the hard limit"
+    );
+}

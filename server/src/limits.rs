@@ -9,9 +9,8 @@
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-/// Descriptors the broker uses besides connections: a generous allowance for queue, index and
-/// commit-log files, listeners and the runtime, for the warning below.
-const FILE_ALLOWANCE: u64 = 4_096;
+/// Below this soft limit a warning is logged: a few hundred queues and connections exhaust it.
+const LOW_LIMIT: u64 = 8_192;
 
 /// The open-files limits before and after [`raise_open_files`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,23 +44,18 @@ pub fn raise_open_files() -> OpenFiles {
     out
 }
 
-/// Logs the limit, and warns when it cannot cover `max_connections` (the broker's and the
-/// HTTP facade's together) plus the store's files.
+/// Logs the limit against `max_connections` (the broker's and the HTTP facade's together),
+/// and warns when it is low enough to be met in ordinary use.
 pub fn report(limits: OpenFiles, max_connections: u64) {
     let show = |v: Option<u64>| v.map_or("unlimited".to_owned(), |n| n.to_string());
-    if limits.soft != limits.soft_before {
-        tracing::info!(
-            before = %show(limits.soft_before), now = %show(limits.soft),
-            "open-files limit raised to the hard limit"
+    tracing::info!(
+        soft = %show(limits.soft), before = %show(limits.soft_before), hard = %show(limits.hard),
+        max_connections, "open-files limit (each connection and each queue or index file holding data is one)"
+    );
+    if limits.soft.is_some_and(|soft| soft < LOW_LIMIT) {
+        tracing::warn!(
+            limit = %show(limits.soft), max_connections,
+            "the open-files limit is low for a broker: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
         );
-    }
-    if let Some(soft) = limits.soft {
-        let needed = max_connections.saturating_add(FILE_ALLOWANCE);
-        if soft < needed {
-            tracing::warn!(
-                limit = soft, max_connections, needed,
-                "the open-files limit is below max_connections plus the store's files: raise it (ulimit -Hn, systemd LimitNOFILE=) or lower max_connections"
-            );
-        }
     }
 }

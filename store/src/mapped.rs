@@ -1,7 +1,8 @@
-//! A preallocated file with a memory map.
+//! A file of fixed size with a memory map.
 //!
 //! Every file the store maps (commit-log segments, consume-queue files, index files) is created
-//! at its full size with real blocks before it is mapped and never shrunk while mapped.
+//! at its full size before it is mapped and never shrunk while mapped. Commit-log segments get
+//! their blocks up front (`fallocate`); consume-queue and index files are sparse (below).
 //! Retention unlinks files; a mapping outlives the unlink, so readers holding a [`Bytes`] slice
 //! stay valid.
 //!
@@ -13,14 +14,16 @@
 //! produce profiles). `fdatasync` on the file makes pages dirtied through the map durable like
 //! any other.
 //!
-//! Their blocks are reserved (`fallocate`) before they are mapped, so a mapped write never
-//! needs a new block and cannot SIGBUS on a full disk. Their space is also written with real
-//! zeros before entries land in it, so entry writes convert no extents (no metadata to commit
-//! with them), but not all at once: a new file gets only its head (the index's slot table)
-//! at creation, and the rest is zeroed [`ZERO_AHEAD`] bytes at a time just ahead of the
-//! sequential entry writes. Zeroing a whole new index file (84 MB) and its fdatasync on the
-//! dispatcher thread had held every producer's sync behind it at the disk (up to ~45 ms in
-//! the HTTP benchmark).
+//! A mapped write into a hole would need a block at fault time and SIGBUS on a full disk, so
+//! entries only ever land in space already written: a new file gets its head (the index's
+//! slot table) written with zeros at creation, and the rest is zeroed [`ZERO_AHEAD`] bytes at
+//! a time with `pwrite` just ahead of the sequential entry writes. Those zeros are what gives
+//! the file its blocks: a queue holding a few messages takes ~256 KiB of disk, not 6 MB (and
+//! an index file ~4 MB, not 84 MB). A `pwrite` that finds the disk full fails cleanly, and a
+//! mapped write that would pass the zeroed space is then refused, to be retried. A file found
+//! on disk resumes zeroing after its written data. Zeroing a whole new index file (84 MB) and
+//! its fdatasync on the dispatcher thread had held every producer's sync behind it at the disk
+//! (up to ~45 ms in the HTTP benchmark); entry writes also convert no extents.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -40,8 +43,9 @@ pub(crate) struct MappedFile {
     file: File,
     map: Arc<Map>,
     len: u64,
-    /// For a file created by [`MappedFile::open_zeroed`] in this process: the end of the space
-    /// written with zeros so far. Nothing at or after it has ever been written.
+    /// For a file opened by [`MappedFile::open_zeroed`]: the end of the space written (with
+    /// zeros or entries) so far. Nothing at or after it has ever been written, and it may be a
+    /// hole: mapped writes stay below it.
     zeroed_to: Option<Mutex<u64>>,
 }
 
@@ -106,13 +110,25 @@ impl MappedFile {
             .map_err(|e| StoreError::io("stat", path, e))?
             .len();
         let mut zeroed_to = None;
-        if current < len {
-            io.allocate(&file, len)
-                .map_err(|e| map_alloc_error(path, e))?;
-            if let Some(head) = head {
-                let to = head.clamp(current, len);
-                write_zeros(&file, io, current, to).map_err(|e| map_alloc_error(path, e))?;
-                zeroed_to = Some(Mutex::new(to));
+        match head {
+            None if current < len => io
+                .allocate(&file, len)
+                .map_err(|e| map_alloc_error(path, e))?,
+            None => {}
+            // Written through the map: sparse, with blocks coming from the zeros written
+            // ahead of the entries (module docs).
+            Some(head) if current == 0 => {
+                file.set_len(len)
+                    .map_err(|e| StoreError::io("extend", path, e))?;
+                let to = head.min(len);
+                write_zeros(&file, io, 0, to).map_err(|e| map_alloc_error(path, e))?;
+                zeroed_to = Some(to);
+            }
+            Some(_) => {
+                if current < len {
+                    file.set_len(len)
+                        .map_err(|e| StoreError::io("extend", path, e))?;
+                }
             }
         }
         let map = if head.is_some() {
@@ -120,14 +136,34 @@ impl MappedFile {
         } else {
             Map::Read(map_file(&file, path)?)
         };
-        let len = map.as_slice().len() as u64;
-        Ok(Self {
+        let mut f = Self {
             path: path.to_path_buf(),
             file,
+            len: map.as_slice().len() as u64,
             map: Arc::new(map),
-            len,
-            zeroed_to,
-        })
+            zeroed_to: None,
+        };
+        if head.is_some() {
+            let to = match zeroed_to {
+                Some(to) => to,
+                None => f.zeroed_on_open(io)?,
+            };
+            f.zeroed_to = Some(Mutex::new(to));
+        }
+        Ok(f)
+    }
+
+    /// Where zeroing ahead resumes in a writable file found on disk: after its written data
+    /// (entries and the zeros written ahead of them; the rest may be a hole, or space an older
+    /// version reserved). Where the file system cannot tell holes apart, every block is
+    /// reserved now, as older versions did at creation, so no mapped write can need one.
+    fn zeroed_on_open(&self, io: &dyn StorageIo) -> Result<u64> {
+        let written = self.written_len();
+        if written >= self.len {
+            io.allocate(&self.file, self.len)
+                .map_err(|e| map_alloc_error(&self.path, e))?;
+        }
+        Ok(written)
     }
 
     /// The file's path.
@@ -181,13 +217,13 @@ impl MappedFile {
         let Map::Write(map) = &*self.map else {
             return self.write_at(io, buf, pos);
         };
-        self.zero_ahead(io, pos + buf.len() as u64);
+        self.zero_ahead(io, pos + buf.len() as u64)?;
         // SAFETY: `check_range` put `[pos, pos + buf.len())` inside this live, writable
-        // MAP_SHARED mapping of a file whose blocks were reserved (`fallocate`) for its full
-        // length and which is never truncated while mapped: a write fault needs no new block,
-        // so the store cannot SIGBUS here. `buf` is ordinary memory, so the ranges do not
-        // overlap. No reference to these bytes is read concurrently (the caller's contract
-        // above).
+        // MAP_SHARED mapping of a file that is never truncated while mapped, and `zero_ahead`
+        // returned Ok, so the range lies below `zeroed_to`: its blocks were written (zeros or
+        // entries) or reserved with `fallocate` before, a write fault needs no new block, and
+        // the store cannot SIGBUS here. `buf` is ordinary memory, so the ranges do not overlap.
+        // No reference to these bytes is read concurrently (the caller's contract above).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 buf.as_ptr(),
@@ -297,25 +333,30 @@ impl MappedFile {
 
     /// Writes zeros from the zeroed end to [`ZERO_AHEAD`] past `end` once `end` comes within
     /// half of that of it. Nothing there was ever written (see `zeroed_to`), so only zeros are
-    /// overwritten. Not synced: the file's next `fdatasync` covers it. A failure only ends
-    /// zeroing ahead for this file: mapped writes stay safe in reserved blocks.
-    fn zero_ahead(&self, io: &dyn StorageIo, end: u64) {
+    /// overwritten. Not synced: the file's next `fdatasync` covers it. The zeros are what
+    /// gives the sparse file its blocks, so when they cannot be written (a full disk) a write
+    /// that would reach past them is refused: a mapped write into a hole could SIGBUS.
+    fn zero_ahead(&self, io: &dyn StorageIo, end: u64) -> Result<()> {
         let Some(zeroed_to) = &self.zeroed_to else {
-            return;
+            return Ok(());
         };
         let mut to = zeroed_to.lock();
         if end + ZERO_AHEAD / 2 <= *to || *to >= self.len {
-            return;
+            return Ok(());
         }
         let target = (end + ZERO_AHEAD).min(self.len);
         match fill_zeros(*to, target, |zeros, pos| {
             self.write_zeros_ahead(io, zeros, pos)
         }) {
-            Ok(()) => *to = target,
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "zeroing ahead of entries failed; entries go into reserved, unwritten space");
-                *to = self.len;
+            Ok(()) => {
+                *to = target;
+                Ok(())
             }
+            Err(e) if end <= *to => {
+                tracing::warn!(path = %self.path.display(), error = %e, "zeroing ahead of entries failed; retried at the next write");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -618,5 +659,96 @@ mod tests {
         assert!(f.as_slice()[4096..pos as usize]
             .chunks(20)
             .all(|c| c == entry));
+    }
+
+    /// Blocks the file takes on disk.
+    fn disk_bytes(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn a_writable_file_takes_disk_space_only_as_its_entries_near_and_after_a_reopen_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq");
+        let len = 6_000_000; // a consume-queue file
+        let f = MappedFile::open_zeroed(&path, len, 0, &RealIo).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert!(disk_bytes(&path) < 64 * 1024, "{}", disk_bytes(&path));
+        for i in 0..100u64 {
+            f.write_mapped(&RealIo, &[7; 20], i * 20).unwrap();
+        }
+        f.sync(&RealIo).unwrap();
+        let used = disk_bytes(&path);
+        assert!(
+            (ZERO_AHEAD..2 * ZERO_AHEAD).contains(&used),
+            "entries and the zeros ahead of them: {used} bytes"
+        );
+        drop(f);
+
+        // Reopened: zeroing resumes after the written data, so a write far beyond it still
+        // lands in space that was written first.
+        let io = ZeroLog::default();
+        let f = MappedFile::open_zeroed(&path, len, 0, &io).unwrap();
+        f.write_mapped(&io, &[8; 20], 3_000_000).unwrap();
+        let zeroed = io.0.lock().clone();
+        let resumed = zeroed.first().map_or(0, |z| z.0);
+        assert!(
+            (2_000 + ZERO_AHEAD..=used).contains(&resumed),
+            "resumed at {resumed}, after the written {used} bytes"
+        );
+        assert_eq!(zeroed.last().map(|z| z.1), Some(3_000_020 + ZERO_AHEAD));
+        assert_eq!(f.slice(3_000_000, 20).unwrap(), &[8; 20]);
+        assert_eq!(f.slice(1_980, 20).unwrap(), &[7; 20]);
+    }
+
+    /// Fails every zero write ahead of entries while `full` is set, as a full disk would.
+    #[derive(Debug, Default)]
+    struct FullDisk {
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    impl StorageIo for FullDisk {
+        fn allocate(&self, file: &File, len: u64) -> std::io::Result<()> {
+            RealIo.allocate(file, len)
+        }
+        fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            RealIo.write_at(file, buf, offset)
+        }
+        fn sync(&self, file: &File) -> std::io::Result<()> {
+            RealIo.sync(file)
+        }
+        fn disk_usage(&self, dir: &Path) -> std::io::Result<crate::io::DiskUsage> {
+            RealIo.disk_usage(dir)
+        }
+        fn write_zeros_ahead(&self, file: &File, zeros: &[u8], offset: u64) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            RealIo.write_zeros_ahead(file, zeros, offset)
+        }
+    }
+
+    #[test]
+    fn a_mapped_write_past_the_zeroed_space_is_refused_while_zeros_cannot_be_written() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let io = FullDisk::default();
+        let f = MappedFile::open_zeroed(&dir.path().join("cq"), 4 * ZERO_AHEAD, 0, &io).unwrap();
+        f.write_mapped(&io, &[1; 20], 0).unwrap(); // zeroes [0, ZERO_AHEAD + 20)
+        io.full.store(true, Ordering::SeqCst);
+        // Inside the zeroed space: written (the zeroing ahead is retried later).
+        f.write_mapped(&io, &[2; 20], ZERO_AHEAD - 20).unwrap();
+        // Past it: refused, nothing written, instead of a write into a hole.
+        let far = 2 * ZERO_AHEAD;
+        assert!(f.write_mapped(&io, &[3; 20], far).is_err());
+        assert!(f.slice(far, 20).unwrap().iter().all(|b| *b == 0));
+        io.full.store(false, Ordering::SeqCst);
+        f.write_mapped(&io, &[3; 20], far).unwrap();
+        assert_eq!(
+            f.slice(far, 20).unwrap(),
+            &[3; 20],
+            "writes resume with space"
+        );
     }
 }

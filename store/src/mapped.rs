@@ -124,12 +124,10 @@ impl MappedFile {
                 write_zeros(&file, io, 0, to).map_err(|e| map_alloc_error(path, e))?;
                 zeroed_to = Some(to);
             }
-            Some(_) => {
-                if current < len {
-                    file.set_len(len)
-                        .map_err(|e| StoreError::io("extend", path, e))?;
-                }
-            }
+            Some(_) if current < len => file
+                .set_len(len)
+                .map_err(|e| StoreError::io("extend", path, e))?,
+            Some(_) => {}
         }
         let map = if head.is_some() {
             Map::Write(map_writable(&file, path)?)

@@ -588,9 +588,10 @@ mod tests {
         assert_eq!(seg.slice(100, 8).unwrap(), &[7; 8]);
     }
 
-    /// Records the zero writes ahead of entries.
+    /// Records the zero writes ahead of entries, and fails them while `full` is set, as a
+    /// full disk would.
     #[derive(Debug, Default)]
-    struct ZeroLog(Mutex<Vec<(u64, u64)>>);
+    struct ZeroLog(Mutex<Vec<(u64, u64)>>, std::sync::atomic::AtomicBool);
 
     impl StorageIo for ZeroLog {
         fn allocate(&self, file: &File, len: u64) -> std::io::Result<()> {
@@ -606,6 +607,9 @@ mod tests {
             RealIo.disk_usage(dir)
         }
         fn write_zeros_ahead(&self, file: &File, zeros: &[u8], offset: u64) -> std::io::Result<()> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             self.0.lock().push((offset, offset + zeros.len() as u64));
             RealIo.write_zeros_ahead(file, zeros, offset)
         }
@@ -700,48 +704,21 @@ mod tests {
         assert_eq!(f.slice(1_980, 20).unwrap(), &[7; 20]);
     }
 
-    /// Fails every zero write ahead of entries while `full` is set, as a full disk would.
-    #[derive(Debug, Default)]
-    struct FullDisk {
-        full: std::sync::atomic::AtomicBool,
-    }
-
-    impl StorageIo for FullDisk {
-        fn allocate(&self, file: &File, len: u64) -> std::io::Result<()> {
-            RealIo.allocate(file, len)
-        }
-        fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            RealIo.write_at(file, buf, offset)
-        }
-        fn sync(&self, file: &File) -> std::io::Result<()> {
-            RealIo.sync(file)
-        }
-        fn disk_usage(&self, dir: &Path) -> std::io::Result<crate::io::DiskUsage> {
-            RealIo.disk_usage(dir)
-        }
-        fn write_zeros_ahead(&self, file: &File, zeros: &[u8], offset: u64) -> std::io::Result<()> {
-            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            RealIo.write_zeros_ahead(file, zeros, offset)
-        }
-    }
-
     #[test]
     fn a_mapped_write_past_the_zeroed_space_is_refused_while_zeros_cannot_be_written() {
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let io = FullDisk::default();
+        let io = ZeroLog::default();
         let f = MappedFile::open_zeroed(&dir.path().join("cq"), 4 * ZERO_AHEAD, 0, &io).unwrap();
         f.write_mapped(&io, &[1; 20], 0).unwrap(); // zeroes [0, ZERO_AHEAD + 20)
-        io.full.store(true, Ordering::SeqCst);
+        io.1.store(true, Ordering::SeqCst);
         // Inside the zeroed space: written (the zeroing ahead is retried later).
         f.write_mapped(&io, &[2; 20], ZERO_AHEAD - 20).unwrap();
         // Past it: refused, nothing written, instead of a write into a hole.
         let far = 2 * ZERO_AHEAD;
         assert!(f.write_mapped(&io, &[3; 20], far).is_err());
         assert!(f.slice(far, 20).unwrap().iter().all(|b| *b == 0));
-        io.full.store(false, Ordering::SeqCst);
+        io.1.store(false, Ordering::SeqCst);
         f.write_mapped(&io, &[3; 20], far).unwrap();
         assert_eq!(
             f.slice(far, 20).unwrap(),

@@ -175,6 +175,7 @@ pub struct FaultyIo {
     real: RealIo,
     fail_sync: AtomicBool,
     fail_allocate: AtomicBool,
+    fail_queue_zeros: AtomicBool,
     /// When non-zero, the next write to a commit-log segment longer than this stores only this
     /// many bytes and then fails with EIO.
     torn_write_at: AtomicU64,
@@ -194,6 +195,11 @@ impl FaultyIo {
     /// Every allocation fails with ENOSPC while `on`.
     pub fn fail_allocations(&self, on: bool) {
         self.fail_allocate.store(on, Ordering::SeqCst);
+    }
+    /// Every zero write ahead of consume-queue and index entries fails with ENOSPC while
+    /// `on` (the commit log's warmer is left alone): a disk that fills up under the queues.
+    pub fn fail_queue_zeros(&self, on: bool) {
+        self.fail_queue_zeros.store(on, Ordering::SeqCst);
     }
     /// The next write to a commit-log segment that is longer than `keep` bytes keeps only its
     /// first `keep` bytes and fails with EIO.
@@ -255,6 +261,13 @@ impl StorageIo for FaultyIo {
             self.syncs.fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    fn write_zeros_ahead(&self, file: &File, zeros: &[u8], offset: u64) -> io::Result<()> {
+        if self.fail_queue_zeros.load(Ordering::SeqCst) && !is_commit_log(file) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.real.write_zeros_ahead(file, zeros, offset)
     }
 
     fn disk_usage(&self, dir: &Path) -> io::Result<DiskUsage> {

@@ -172,3 +172,41 @@ fn torn_write_fences_and_recovery_cuts_the_torn_bytes() {
         .unwrap()[0];
     assert_eq!((a.phys_offset, a.queue_offset), (end, 30));
 }
+
+#[test]
+fn a_full_disk_at_a_new_queue_file_holds_its_entries_back_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let per_file = cfg.cq_entries_per_file;
+    // Requests of 100 messages: a request never spans the test config's small segments.
+    let append = |seqs: std::ops::Range<u64>| {
+        let all: Vec<u64> = seqs.collect();
+        for chunk in all.chunks(100) {
+            let batch: Vec<MessageInput> = chunk.iter().map(|s| message("T", 0, *s)).collect();
+            store.append_blocking(batch).unwrap();
+        }
+    };
+    append(0..per_file - 10);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    assert_eq!(store.max_offset("T", 0), per_file - 10);
+
+    // The next queue file cannot get its space: the appends are still acknowledged (the
+    // commit log has room), and the queue holds them back instead of writing into a hole.
+    io.fail_queue_zeros(true);
+    append(per_file - 10..per_file + 20);
+    assert!(!store.wait_dispatched(Duration::from_millis(500)));
+    assert_eq!(
+        store.max_offset("T", 0),
+        per_file - 10,
+        "nothing of the run is published while part of it could not be written"
+    );
+
+    io.fail_queue_zeros(false);
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len() as u64, per_file + 20);
+    for (i, (offset, body)) in msgs.iter().enumerate() {
+        assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
+    }
+    store.shutdown().unwrap();
+}

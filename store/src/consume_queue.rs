@@ -187,23 +187,36 @@ impl ConsumeQueue {
                 f.sync(io)?;
             }
         }
-        self.release_behind(RESIDENT_TAIL);
+        self.release_behind(RESIDENT_TAIL, false);
         Ok(())
     }
 
     /// Drops this queue's mapped pages more than `keep` bytes behind its end from the
     /// process's resident set (they stay in the page cache, and a read faults them back):
     /// entries are written through the map, so without this every entry ever written or read
-    /// stays resident, ~20 MB per million messages. Runs after each sync of a written queue.
-    pub(crate) fn release_behind(&self, keep: u64) {
+    /// stays resident, ~20 MB per million messages. After each sync of a written queue only
+    /// its last two files are looked at (where writes went); `all_files` also sweeps older
+    /// ones, whose pages only lagging readers fault in (the dispatcher does it now and then).
+    pub(crate) fn release_behind(&self, keep: u64, all_files: bool) {
         let end = self.max_offset();
-        for (first, f) in self.files.read().iter() {
+        let files = self.files.read();
+        let skip = if all_files {
+            0
+        } else {
+            files.len().saturating_sub(2)
+        };
+        for (first, f) in files.iter().skip(skip) {
             let written = end.saturating_sub(*first).saturating_mul(ENTRY_LEN);
             f.release_resident(0, written.saturating_sub(keep));
             if written < f.len() {
                 break; // later files hold nothing yet
             }
         }
+    }
+
+    /// [`Self::release_behind`] over every file, keeping the newest entries mapped.
+    pub(crate) fn release_old(&self) {
+        self.release_behind(RESIDENT_TAIL, true);
     }
 
     /// Drops every mapped page of this queue from the resident set: after recovery, whose
@@ -461,6 +474,28 @@ mod tests {
             q.entry(0).unwrap().phys_offset,
             1000,
             "a released page reads back"
+        );
+    }
+
+    #[test]
+    fn pages_readers_fault_into_older_files_go_at_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let per_file = 32_768; // 640 KiB files
+        let q = ConsumeQueue::open(dir.path(), per_file, &RealIo).unwrap();
+        q.put_run(0, &entries(3 * per_file), &RealIo).unwrap();
+        q.sync_if_dirty(&RealIo).unwrap();
+        let oldest = dir.path().join(file_name(0));
+        for o in (0..per_file).step_by(100) {
+            assert!(q.entry(o).is_some()); // a lagging reader
+        }
+        assert!(mapped_rss_kib(&oldest) >= 512);
+        q.sync_if_dirty(&RealIo).unwrap(); // nothing written: nothing looked at
+        assert!(mapped_rss_kib(&oldest) >= 512);
+        q.release_old();
+        assert!(
+            mapped_rss_kib(&oldest) < 64,
+            "{} KiB",
+            mapped_rss_kib(&oldest)
         );
     }
 }

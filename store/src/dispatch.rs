@@ -222,6 +222,14 @@ impl Dispatcher {
         }
     }
 
+    /// Releases the pages readers faulted into the older files of every queue (writers'
+    /// pages are released at each sync; see `ConsumeQueue::release_behind`).
+    pub(crate) fn release_queue_pages(&self) {
+        for (_, _, q) in self.cqs.all() {
+            q.release_old();
+        }
+    }
+
     /// Syncs consume queues and the index, then records the checkpoint.
     pub(crate) fn checkpoint(&self, shared: &Shared, path: &std::path::Path) -> Result<()> {
         let flushed = shared.flushed.get();
@@ -259,10 +267,15 @@ fn gather_index(view: &RecordView<'_>, phys: u64, store_ts: i64, out: &mut Vec<I
 
 /// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
 /// dispatched, after a final checkpoint.
+/// Every this many checkpoints (a minute at the default interval), the pages readers faulted
+/// into older queue files are released too.
+const QUEUE_SWEEP_EVERY: u64 = 60;
+
 pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreConfig) {
     let checkpoint_path = cfg.data_dir.join("checkpoint");
     let follow_flushed = matches!(cfg.flush, FlushMode::Sync);
     let mut last_checkpoint = Instant::now();
+    let mut checkpoints = 0u64;
     loop {
         let closing = shared.closing.load(std::sync::atomic::Ordering::Acquire);
         let source = if follow_flushed {
@@ -290,6 +303,10 @@ pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreCo
                 tracing::error!(error = %e, "checkpoint failed");
             }
             dispatcher.release_behind(shared.dispatched.get());
+            checkpoints += 1;
+            if checkpoints.is_multiple_of(QUEUE_SWEEP_EVERY) {
+                dispatcher.release_queue_pages();
+            }
             last_checkpoint = Instant::now();
         }
     }

@@ -279,7 +279,7 @@ impl ConsumeQueue {
             .filter(|(first, _)| first + self.per_file > max)
         {
             let from = max.saturating_sub(*first) * ENTRY_LEN;
-            if crate::recovery::zero_nonzero(f, io, from)? > 0 {
+            if f.clear_from(io, from)?.zeroed > 0 {
                 f.sync(io)?;
             }
         }

@@ -307,13 +307,9 @@ impl IndexFile {
                 ..Header::default()
             };
         }
-        // Clear what lies beyond the first empty entry, so no stale chain link survives.
-        let examined = zero_range(
-            &self.file,
-            io,
-            self.entry_pos(n),
-            self.entry_pos(self.entries),
-        )?;
+        // Clear what lies beyond the first empty entry, so no stale chain link survives. Only
+        // written ranges are read: the whole entry region is 80 MB by default.
+        let examined = self.file.clear_from(io, self.entry_pos(n))?.examined;
         tracing::debug!(
             entries = n - 1,
             examined_bytes = examined,
@@ -376,34 +372,6 @@ fn to_entry_time(ts_ms: i64) -> i32 {
 
 fn from_entry_time(s: i32) -> i64 {
     TIME_EPOCH_MS + i64::from(s) * 1000
-}
-
-/// Zeroes whatever is not zero in `[from, to)`. Only the ranges the file system reports as
-/// written are read: the rest of a preallocated file is zeros already, and reading it through
-/// the map would fault in (and keep resident) up to the whole entry region, 80 MB by default,
-/// at every restart after an unclean stop. Returns how many bytes were examined.
-fn zero_range(file: &MappedFile, io: &dyn StorageIo, from: u64, to: u64) -> Result<u64> {
-    const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK as usize];
-    let mut examined = 0;
-    for (start, end) in file.data_ranges(from) {
-        let (mut pos, end) = (start.max(from), end.min(to));
-        while pos < end {
-            let slice = file
-                .slice(pos, (end - pos).min(CHUNK) as usize)
-                .unwrap_or(&[]);
-            let n = slice.len() as u64;
-            if n == 0 {
-                break;
-            }
-            if slice.iter().any(|b| *b != 0) {
-                file.write_at(io, &zeros[..n as usize], pos)?;
-            }
-            examined += n;
-            pos += n;
-        }
-    }
-    Ok(examined)
 }
 
 /// The set of index files, newest last.

@@ -49,6 +49,15 @@ pub(crate) struct MappedFile {
     zeroed_to: Option<Mutex<u64>>,
 }
 
+/// What [`MappedFile::clear_from`] did, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Cleared {
+    /// Read to look for non-zero bytes.
+    pub(crate) examined: u64,
+    /// Overwritten with zeros.
+    pub(crate) zeroed: u64,
+}
+
 /// How far ahead of an entry write the rest of a new consume-queue or index file is zeroed.
 pub(crate) const ZERO_AHEAD: u64 = 256 * 1024;
 
@@ -156,7 +165,7 @@ impl MappedFile {
     /// version reserved). Where the file system cannot tell holes apart, every block is
     /// reserved now, as older versions did at creation, so no mapped write can need one.
     fn zeroed_on_open(&self, io: &dyn StorageIo) -> Result<u64> {
-        let written = self.written_len();
+        let written = self.scan_written_len();
         if written >= self.len {
             io.allocate(&self.file, self.len)
                 .map_err(|e| map_alloc_error(&self.path, e))?;
@@ -289,10 +298,41 @@ impl MappedFile {
         out
     }
 
-    /// Where the written data ends (the end of the last range [`Self::data_ranges`] reports):
-    /// everything after it reads as zeros, without having to be read.
+    /// Where the written data ends: everything after it reads as zeros, without having to be
+    /// read. Known without a system call for a writable file (its zeroing front).
     pub(crate) fn written_len(&self) -> u64 {
+        match &self.zeroed_to {
+            Some(to) => *to.lock(),
+            None => self.scan_written_len(),
+        }
+    }
+
+    /// The end of the last range [`Self::data_ranges`] reports.
+    fn scan_written_len(&self) -> u64 {
         self.data_ranges(0).last().map_or(0, |(_, end)| *end)
+    }
+
+    /// Writes zeros over every non-zero chunk from `from` to the end of the file, reading only
+    /// the ranges that hold written data: the rest of a preallocated or sparse file is zeros
+    /// already, and reading it through the map would fault it in (and read around it).
+    pub(crate) fn clear_from(&self, io: &dyn StorageIo, from: u64) -> Result<Cleared> {
+        const CHUNK: u64 = 64 * 1024;
+        let zeros = vec![0u8; CHUNK as usize];
+        let mut out = Cleared::default();
+        for (start, end) in self.data_ranges(from) {
+            let mut pos = start.max(from);
+            while pos < end {
+                let n = (end - pos).min(CHUNK - pos % CHUNK);
+                let slice = self.slice(pos, n as usize).expect("range checked");
+                if slice.iter().any(|b| *b != 0) {
+                    self.write_at(io, &zeros[..n as usize], pos)?;
+                    out.zeroed += n;
+                }
+                out.examined += n;
+                pos += n;
+            }
+        }
+        Ok(out)
     }
 
     /// Stops `[from, to)` (shrunk inward to [`RELEASE_ALIGN`]) counting in this process's

@@ -154,7 +154,7 @@ fn cut_tail(input: &ScanInput<'_>, pos: u64, reason: &str) -> Result<bool> {
     let log = input.log;
     let seg = log.segment_for(pos).expect("cut position inside a segment");
     let rel = pos - seg.base;
-    let zeroed = zero_nonzero(&seg.file, input.io, rel)?;
+    let zeroed = seg.file.clear_from(input.io, rel)?.zeroed;
     if zeroed > 0 {
         seg.file.sync(input.io)?;
     }
@@ -166,29 +166,4 @@ fn cut_tail(input: &ScanInput<'_>, pos: u64, reason: &str) -> Result<bool> {
         );
     }
     Ok(zeroed > 0 || deleted > 0)
-}
-
-/// Writes zeros over every non-zero chunk from `from` to the end of `file` (only ranges that
-/// hold written data are looked at); returns the bytes zeroed.
-pub(crate) fn zero_nonzero(
-    file: &crate::mapped::MappedFile,
-    io: &dyn StorageIo,
-    from: u64,
-) -> Result<u64> {
-    const CHUNK: u64 = 64 * 1024;
-    let zeros = vec![0u8; CHUNK as usize];
-    let mut zeroed = 0;
-    for (start, end) in file.data_ranges(from) {
-        let mut pos = start.max(from);
-        while pos < end {
-            let n = (end - pos).min(CHUNK - pos % CHUNK);
-            let slice = file.slice(pos, n as usize).expect("range checked");
-            if slice.iter().any(|b| *b != 0) {
-                file.write_at(io, &zeros[..n as usize], pos)?;
-                zeroed += n;
-            }
-            pos += n;
-        }
-    }
-    Ok(zeroed)
 }

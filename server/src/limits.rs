@@ -44,17 +44,16 @@ pub fn raise_open_files() -> OpenFiles {
     out
 }
 
-/// Logs the limit against `max_connections` (the broker's and the HTTP facade's together),
-/// and warns when it is low enough to be met in ordinary use.
-pub fn report(limits: OpenFiles, max_connections: u64) {
+/// Logs the limit, and warns when it is low enough to be met in ordinary use.
+pub fn report(limits: OpenFiles) {
     let show = |v: Option<u64>| v.map_or("unlimited".to_owned(), |n| n.to_string());
     tracing::info!(
         soft = %show(limits.soft), before = %show(limits.soft_before), hard = %show(limits.hard),
-        max_connections, "open-files limit (each connection and each queue or index file holding data is one)"
+        "open-files limit (each connection and each queue or index file holding data is one)"
     );
     if limits.soft.is_some_and(|soft| soft < LOW_LIMIT) {
         tracing::warn!(
-            limit = %show(limits.soft), max_connections,
+            limit = %show(limits.soft),
             "the open-files limit is low for a broker: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
         );
     }

@@ -151,15 +151,7 @@ async fn serve(args: ServeArgs, open_files: limits::OpenFiles) -> Result<()> {
     cfg.validate()?;
     arm_crash_point()?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
-    let http_connections = if cfg.http.enabled {
-        cfg.http.max_connections
-    } else {
-        0
-    };
-    limits::report(
-        open_files,
-        (cfg.broker.max_connections + http_connections) as u64,
-    );
+    limits::report(open_files);
     let tls = cfg.tls.load()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;

@@ -228,9 +228,22 @@ impl Appender {
         let watermark = self.shared.flushed.get();
         let store_ts = now_ms();
         let mut result = Vec::with_capacity(req.messages.len());
-        for m in &req.messages {
+        // Offsets are reserved per run of messages for one queue (a batch is usually one run),
+        // so the topic is hashed once per run, not once per message.
+        let mut reserved = 0..0;
+        for (i, m) in req.messages.iter().enumerate() {
             let queue_offset = if m.is_consumable() {
-                self.next_queue_offset(&m.topic, m.queue_id)
+                if reserved.is_empty() {
+                    let run = req.messages[i..]
+                        .iter()
+                        .take_while(|n| {
+                            n.is_consumable() && n.queue_id == m.queue_id && n.topic == m.topic
+                        })
+                        .count() as i64;
+                    let first = self.reserve_queue_offsets(&m.topic, m.queue_id, run);
+                    reserved = first..first + run;
+                }
+                reserved.next().expect("reserved for the whole run")
             } else {
                 0
             };
@@ -259,15 +272,16 @@ impl Appender {
         self.staged.push((self.next, req, result));
     }
 
-    fn next_queue_offset(&mut self, topic: &str, queue_id: i32) -> i64 {
+    /// Reserves `count` consecutive offsets of a queue; returns the first.
+    fn reserve_queue_offsets(&mut self, topic: &str, queue_id: i32, count: i64) -> i64 {
         let per_topic = match self.queue_offsets.get_mut(topic) {
             Some(m) => m,
             None => self.queue_offsets.entry(topic.to_string()).or_default(),
         };
         let slot = per_topic.entry(queue_id).or_insert(0);
-        let off = *slot;
-        *slot += 1;
-        off
+        let first = *slot;
+        *slot += count;
+        first
     }
 
     /// Makes sure `need` bytes fit at `self.next` in an open segment.

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::java_hash;
-use sluice_protocol::message::properties::{find_property, keys};
+use sluice_protocol::message::properties::{find_properties, keys};
 use sluice_protocol::message::record::{sysflag, RecordView};
 
 use crate::checkpoint::Checkpoint;
-use crate::commitlog::CommitLog;
+use crate::commitlog::{CommitLog, Segment};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::{ConsumeQueue, ConsumeQueues, CqEntry};
 use crate::damage::DamageLog;
@@ -101,22 +101,31 @@ impl Dispatcher {
         let mut scratch = self.scratch.lock();
         let batch = &mut *scratch;
         batch.clear();
+        let mut ctx = Gathering {
+            queue: None,
+            events: self.listener.read().is_some(),
+        };
         let mut records = 0;
+        // The segment is looked up again only when `pos` leaves it, not once per record.
+        let mut seg = None::<Arc<Segment>>;
         while pos < to && records < MAX_RECORDS_PER_CALL {
-            let Some(seg) = self.log.segment_for(pos) else {
+            if !seg.as_ref().is_some_and(|s| s.base <= pos && pos < s.end()) {
+                seg = self.log.segment_for(pos);
+            }
+            let Some(seg) = seg.as_ref() else {
                 break;
             };
             let rel = (pos - seg.base) as usize;
             match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record()) {
                 Probe::Record { total, .. } => {
                     let bytes = &seg.file.as_slice()[rel..rel + total];
-                    self.gather(pos, bytes, batch)?;
+                    self.gather(pos, bytes, batch, &mut ctx)?;
                     pos += framing::frame_len(total);
                     records += 1;
                 }
                 Probe::SegmentEnd { .. } => pos = seg.end(),
                 Probe::Empty | Probe::Invalid(_) => {
-                    pos = self.skip_damage(pos, &seg);
+                    pos = self.skip_damage(pos, seg);
                 }
             }
         }
@@ -150,7 +159,7 @@ impl Dispatcher {
     }
 
     /// Steps over a damaged range: a known one, or one found now (recorded as damage).
-    fn skip_damage(&self, pos: u64, seg: &crate::commitlog::Segment) -> u64 {
+    fn skip_damage(&self, pos: u64, seg: &Segment) -> u64 {
         if let Some(end) = self.damage.range_end(pos) {
             return end;
         }
@@ -169,21 +178,28 @@ impl Dispatcher {
         end
     }
 
-    fn gather(&self, phys: u64, bytes: &[u8], batch: &mut Batch) -> Result<()> {
+    fn gather(
+        &self,
+        phys: u64,
+        bytes: &[u8],
+        batch: &mut Batch,
+        ctx: &mut Gathering,
+    ) -> Result<()> {
         let view = RecordView::parse(bytes, usize::MAX)?;
         let tx = view.transaction_type();
         let consumable = tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT;
         let store_ts = view.header.store_timestamp;
+        let [tags, uniq, user_keys] =
+            find_properties(view.properties, [keys::TAGS, keys::UNIQ_KEY, keys::KEYS]);
         if tx != sysflag::TRANSACTION_ROLLBACK {
-            gather_index(&view, phys, store_ts, &mut batch.index);
+            gather_index(&view, uniq, user_keys, phys, store_ts, &mut batch.index);
         }
         if !consumable {
             return Ok(());
         }
-        let tags_code = find_property(view.properties, keys::TAGS)
-            .map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
+        let tags_code = tags.map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
         let queue_offset = view.header.queue_offset as u64;
-        let cq = self.cqs.get_or_create(view.topic, view.header.queue_id)?;
+        let cq = ctx.queue_for(&self.cqs, view.topic, view.header.queue_id)?;
         batch.push_cq(
             cq,
             queue_offset,
@@ -193,7 +209,7 @@ impl Dispatcher {
                 tags_code,
             },
         );
-        if self.listener.read().is_some() {
+        if ctx.events {
             batch.events.push(DispatchEvent {
                 topic: view.topic.to_string(),
                 queue_id: view.header.queue_id,
@@ -247,21 +263,54 @@ impl Dispatcher {
     }
 }
 
-fn gather_index(view: &RecordView<'_>, phys: u64, store_ts: i64, out: &mut Vec<IndexItem>) {
-    if let Some(uniq) = find_property(view.properties, keys::UNIQ_KEY) {
+fn gather_index(
+    view: &RecordView<'_>,
+    uniq: Option<&[u8]>,
+    user_keys: Option<&[u8]>,
+    phys: u64,
+    store_ts: i64,
+    out: &mut Vec<IndexItem>,
+) {
+    if let Some(uniq) = uniq {
         out.push(IndexItem::new(
             &index_key(view.topic, &String::from_utf8_lossy(uniq)),
             phys,
             store_ts,
         ));
     }
-    if let Some(ks) = find_property(view.properties, keys::KEYS) {
+    if let Some(ks) = user_keys {
         for k in String::from_utf8_lossy(ks)
             .split(' ')
             .filter(|k| !k.is_empty())
         {
             out.push(IndexItem::new(&index_key(view.topic, k), phys, store_ts));
         }
+    }
+}
+
+/// What one `dispatch_range` call keeps between records: the queue the last record went to
+/// (most runs of records share one, and a lookup hashes the topic under a lock), and whether
+/// a listener wants events.
+struct Gathering {
+    queue: Option<(String, i32, Arc<ConsumeQueue>)>,
+    events: bool,
+}
+
+impl Gathering {
+    fn queue_for(
+        &mut self,
+        cqs: &ConsumeQueues,
+        topic: &str,
+        queue_id: i32,
+    ) -> Result<Arc<ConsumeQueue>> {
+        if let Some((t, q, cq)) = &self.queue {
+            if *q == queue_id && t == topic {
+                return Ok(Arc::clone(cq));
+            }
+        }
+        let cq = cqs.get_or_create(topic, queue_id)?;
+        self.queue = Some((topic.to_owned(), queue_id, Arc::clone(&cq)));
+        Ok(cq)
     }
 }
 

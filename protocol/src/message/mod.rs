@@ -14,7 +14,7 @@ pub mod record;
 
 pub use hash::java_hash;
 pub use ids::{decode_offset_msg_id, offset_msg_id, MessageIdError, UniqKeyGenerator};
-pub use properties::{find_property, keys, Properties};
+pub use properties::{find_properties, find_property, keys, Properties};
 pub use record::{
     sysflag, RecordError, RecordHeader, RecordView, BLANK_MAGIC, MAGIC_V1, MAGIC_V2,
     MAX_PROPERTIES_LEN,

@@ -84,6 +84,41 @@ fn batch_is_stored_contiguously_with_consecutive_queue_offsets() {
 }
 
 #[test]
+fn a_mixed_batch_takes_each_queues_next_offsets_and_lands_in_those_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    append_seqs(&store, "M", 0, 0..2);
+    let mut prepared = message("M", 0, 102);
+    prepared.sys_flag = sysflag::TRANSACTION_PREPARED;
+    let batch = vec![
+        message("M", 0, 100),
+        message("M", 0, 101),
+        prepared,
+        message("M", 0, 103),
+        message("M", 1, 104),
+        message("N", 0, 105),
+        message("M", 0, 106),
+    ];
+    let acks = store.append_blocking(batch).unwrap();
+    let qoffs: Vec<i64> = acks.iter().map(|a| a.queue_offset).collect();
+    assert_eq!(
+        qoffs,
+        [2, 3, 0, 4, 0, 0, 5],
+        "the prepared record takes no slot"
+    );
+    let bodies = |topic, q| -> Vec<(u64, Vec<u8>)> { read_queue(&store, topic, q) };
+    let expect = |seqs: &[u64], first: u64| -> Vec<(u64, Vec<u8>)> {
+        seqs.iter()
+            .enumerate()
+            .map(|(i, s)| (first + i as u64, body_for(*s)))
+            .collect()
+    };
+    assert_eq!(bodies("M", 0)[2..], expect(&[100, 101, 103, 106], 2));
+    assert_eq!(bodies("M", 1), expect(&[104], 0));
+    assert_eq!(bodies("N", 0), expect(&[105], 0));
+}
+
+#[test]
 fn get_messages_reports_rocketmq_statuses() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&small_config(dir.path()));

@@ -1,7 +1,8 @@
 //! Storage-engine benchmarks (issue: storage engine), each against a baseline in the same run:
 //!
 //! - append rate, 128 B and 1 KiB records, no sync in the path (async flush), against a raw
-//!   loop that copies pre-encoded records with a CRC into a mapped file (goal >= 0.7x);
+//!   loop that copies pre-encoded records with a CRC into a fresh mapped file (goal >= 0.7x),
+//!   and against the same loop into pages warmed first (the ceiling, reported);
 //! - SYNC_FLUSH append rate with 1, 16 and 256 appends in flight, against a raw
 //!   `pwrite`+`fdatasync` loop (one sync per record);
 //! - SYNC_FLUSH with the commit-log space written ahead (the default) against the same with
@@ -27,8 +28,8 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let mut rows = Vec::new();
     for size in [128usize, 1024] {
         let n = if quick { 100_000 } else { 400_000 };
-        rows.push(append_rate(dir, size, n, 1, runs)?);
-        rows.push(append_rate(dir, size, n, 64, runs)?);
+        rows.extend(append_rate(dir, size, n, 1, runs)?);
+        rows.extend(append_rate(dir, size, n, 64, runs)?);
     }
     for (inflight, n) in [(1usize, 1_000usize), (16, 10_000), (256, 60_000)] {
         let n = if quick { n / 4 } else { n };
@@ -114,14 +115,26 @@ fn fresh_store_rate(
     Ok(rate)
 }
 
-fn append_rate(dir: &Path, size: usize, n: usize, per_request: usize, runs: usize) -> Result<Row> {
+/// The store's append rate against two raw loops in the same runs: one into a fresh mapped
+/// file (it pays a page fault and a zeroed page per 4 KiB, so it swings with the host) and one
+/// into pages warmed before its timing (the ceiling).
+fn append_rate(
+    dir: &Path,
+    size: usize,
+    n: usize,
+    per_request: usize,
+    runs: usize,
+) -> Result<[Row; 2]> {
     let msg = MessageInput::new("B", 0, body_for_record(size));
     let records = encoded(size, n);
-    let (mut subject, mut base) = (Vec::new(), Vec::new());
+    let (mut subject, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let path = dir.join(format!("raw-mmap-{run}"));
         let t = baseline::mmap_append(&path, &records, SEGMENT)?;
-        base.push(n as f64 / t.as_secs_f64());
+        cold.push(n as f64 / t.as_secs_f64());
+        std::fs::remove_file(&path)?;
+        let t = baseline::mmap_append_warm(&path, &records, SEGMENT)?;
+        warm.push(n as f64 / t.as_secs_f64());
         std::fs::remove_file(&path)?;
         let cfg = store_config(
             &dir.join(format!("append-{size}-{run}")),
@@ -137,14 +150,25 @@ fn append_rate(dir: &Path, size: usize, n: usize, per_request: usize, runs: usiz
             4096 / per_request,
         )?);
     }
-    Ok(Row {
-        name: format!("append {size} B, {per_request} msg/request, no sync in path ({n} msgs)"),
-        unit: "msg/s",
-        subject,
-        baseline: base,
-        baseline_name: "raw mmap append + CRC",
-        goal: ">= 0.7x",
-    })
+    let name = format!("append {size} B, {per_request} msg/request, no sync in path ({n} msgs)");
+    Ok([
+        Row {
+            name: name.clone(),
+            unit: "msg/s",
+            subject: subject.clone(),
+            baseline: cold,
+            baseline_name: "raw mmap append + CRC, fresh file",
+            goal: ">= 0.7x",
+        },
+        Row {
+            name,
+            unit: "msg/s",
+            subject,
+            baseline: warm,
+            baseline_name: "same, pages warmed first (ceiling)",
+            goal: "(reported)",
+        },
+    ])
 }
 
 fn sync_rate(dir: &Path, inflight: usize, n: usize, runs: usize) -> Result<Row> {

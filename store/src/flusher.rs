@@ -24,7 +24,7 @@ use crate::commitlog::CommitLog;
 use crate::config::FlushMode;
 use crate::error::{Result, StoreError};
 use crate::io::StorageIo;
-use crate::message::Appended;
+use crate::message::{Appended, MessageInput};
 use crate::shared::Shared;
 
 pub(crate) struct Flusher {
@@ -111,7 +111,7 @@ impl Syncer {
     }
 }
 
-type Waiter = (u64, Reply, Vec<Appended>);
+type Waiter = (u64, Reply, Vec<Appended>, Vec<MessageInput>);
 
 impl Flusher {
     pub(crate) fn run(self, rx: Receiver<FlushCommand>) {
@@ -143,14 +143,14 @@ impl Flusher {
             // Every waiter's end is at most the synced offset: the appender sends a waiter
             // only after publishing the written offset that covers it.
             Ok(target) => {
-                for (end, reply, result) in waiters.drain(..) {
+                for (end, reply, result, spent) in waiters.drain(..) {
                     debug_assert!(end <= target, "waiter beyond the written offset");
-                    let _ = reply.send(Ok(result));
+                    reply.complete(Ok(result), spent);
                 }
             }
             Err(why) => {
-                for (_, reply, _) in waiters.drain(..) {
-                    let _ = reply.send(Err(why.to_error()));
+                for (_, reply, _, spent) in waiters.drain(..) {
+                    reply.complete(Err(why.to_error()), spent);
                 }
             }
         }
@@ -160,8 +160,13 @@ impl Flusher {
 /// Files a command; true means shutdown was asked.
 fn take(cmd: FlushCommand, waiters: &mut Vec<Waiter>) -> bool {
     match cmd {
-        FlushCommand::Wait { end, reply, result } => {
-            waiters.push((end, reply, result));
+        FlushCommand::Wait {
+            end,
+            reply,
+            result,
+            spent,
+        } => {
+            waiters.push((end, reply, result, spent));
             false
         }
         FlushCommand::Nudge => false,

@@ -13,7 +13,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::appender::{AppendCommand, AppendRequest, Appender, QueueOffsets};
+use crate::appender::{AppendCommand, AppendRequest, Appender, Done, QueueOffsets, Reply};
 use crate::checkpoint::{self, Checkpoint, FolderLock};
 use crate::commitlog::CommitLog;
 use crate::config::StoreConfig;
@@ -64,22 +64,26 @@ impl std::fmt::Debug for Store {
 /// Completes when an append is acknowledged: durable in sync mode, written in async mode.
 #[derive(Debug)]
 pub struct AppendFuture {
-    rx: oneshot::Receiver<Result<Vec<Appended>>>,
+    rx: oneshot::Receiver<Done>,
 }
 
 impl AppendFuture {
     /// Blocks the calling thread until the append completes. Not for async contexts.
     pub fn wait(self) -> Result<Vec<Appended>> {
-        self.rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+        self.rx
+            .blocking_recv()
+            .map_or(Err(StoreError::Closed), |(result, _spent)| result)
     }
 }
 
 impl Future for AppendFuture {
     type Output = Result<Vec<Appended>>;
+    /// The spent messages that come back with the outcome are freed here, on the caller's
+    /// thread (see `appender::Done`).
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx)
             .poll(cx)
-            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+            .map(|r| r.map_or(Err(StoreError::Closed), |(result, _spent)| result))
     }
 }
 
@@ -329,14 +333,17 @@ impl Store {
         if messages.is_empty() {
             return Err(StoreError::InvalidMessage("nothing to append".into()));
         }
+        let mut body_crcs = Vec::with_capacity(messages.len());
         for m in &messages {
             message::validate(m, self.store_host, self.cfg.max_record_size)?;
+            body_crcs.push(sluice_protocol::message::record::body_crc(&m.body));
         }
         let (reply, rx) = oneshot::channel();
         let req = AppendRequest {
             messages,
+            body_crcs,
             wait_durable,
-            reply,
+            reply: Reply(reply),
         };
         match self.append_tx.try_send(AppendCommand::Append(req)) {
             Ok(()) => Ok(AppendFuture { rx }),

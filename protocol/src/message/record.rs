@@ -177,6 +177,19 @@ pub fn encode_record(
     properties: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<usize, RecordError> {
+    encode_record_with_crc(header, body, body_crc(body), topic, properties, out)
+}
+
+/// [`encode_record`] with BODYCRC computed by the caller (`body_crc(body)`), so a store can
+/// compute it on the producer's thread rather than on its single writer thread.
+pub fn encode_record_with_crc(
+    header: &RecordHeader,
+    body: &[u8],
+    crc: u32,
+    topic: &str,
+    properties: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, RecordError> {
     check_len("topic", topic.len(), u16::MAX as usize)?;
     check_len("properties", properties.len(), MAX_PROPERTIES_LEN)?;
     check_len(
@@ -196,7 +209,7 @@ pub fn encode_record(
     out.reserve(total);
     out.extend_from_slice(&(total as i32).to_be_bytes());
     out.extend_from_slice(&(if v2 { MAGIC_V2 } else { MAGIC_V1 }).to_be_bytes());
-    out.extend_from_slice(&body_crc(body).to_be_bytes());
+    out.extend_from_slice(&crc.to_be_bytes());
     out.extend_from_slice(&header.queue_id.to_be_bytes());
     out.extend_from_slice(&header.flag.to_be_bytes());
     out.extend_from_slice(&header.queue_offset.to_be_bytes());

@@ -144,6 +144,9 @@ pub struct TxnSection {
     pub carry_forward_after_secs: Option<u64>,
     /// Checks queued per pull-mode group. Default 10 000.
     pub pending_checks_max: usize,
+    /// Most checks (and final actions) started per second over all groups, so a backlog of
+    /// due transactions does not take the CPU from plain traffic; 0 = no limit. Default 5 000.
+    pub max_checks_per_sec: u32,
     /// Per-group overrides.
     pub groups: std::collections::BTreeMap<String, TxnGroupSection>,
 }
@@ -196,6 +199,7 @@ impl Default for TxnSection {
             checkpoint_interval_ms: 1_000,
             carry_forward_after_secs: None,
             pending_checks_max: 10_000,
+            max_checks_per_sec: 5_000,
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -372,6 +376,7 @@ impl ServerConfig {
         cfg.checkpoint_interval = Duration::from_millis(t.checkpoint_interval_ms);
         cfg.carry_forward_after = t.carry_forward_after_secs.map(Duration::from_secs);
         cfg.pending_checks_max = t.pending_checks_max;
+        cfg.max_checks_per_sec = t.max_checks_per_sec;
         for (group, g) in &t.groups {
             let name = format!("txn.groups.{group}");
             let over = GroupOverride {

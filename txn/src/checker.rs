@@ -2,11 +2,13 @@
 //! 1. reads new half messages from `RMQ_SYS_TRANS_HALF_TOPIC`/0 into the table (the tailer);
 //! 2. forgets decided transactions past the retention window;
 //! 3. applies the final action to open transactions whose checks are exhausted;
-//! 4. sends due checks, never for a transaction that is not open (see [`Core::run_checks`]);
+//! 4. sends due checks, never for a transaction that is not open (see [`Core::run_checks`]),
+//!    in small rounds, and no more to a group once its route refused one this tick;
 //! 5. carries old undecided half messages forward (bounded);
 //! 6. writes the checkpoint when something changed (check counts reach the disk before their
 //!    checks leave through the check journal, `journal`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use sluice_broker::TRANS_HALF_TOPIC;
@@ -31,6 +33,10 @@ const TAIL_BYTES: usize = 8 << 20;
 const CARRY_BATCH: usize = 64;
 /// Undecided transactions per `checkpoint_interval` of periodic checkpoint spacing.
 const CHECKPOINT_ENTRIES_PER_INTERVAL: usize = 20_000;
+/// Due transactions (checks and final actions) taken per tick; the rest stay due.
+const MAX_DUE_PER_TICK: usize = 8_192;
+/// Checks planned (half message read), counted and offered per round of a tick.
+const CHECK_ROUND: usize = 64;
 
 /// Runs until `stop` turns true (or its sender is dropped), then writes a last checkpoint.
 pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
@@ -62,7 +68,8 @@ impl Core {
         self.table
             .lock()
             .forget(now_ms(), ms(cfg.resolved_retention), cfg.resolved_max);
-        let due = self.table.lock().due(now_ms(), cfg);
+        let limit = cfg.due_per_tick(cfg.tick()).min(MAX_DUE_PER_TICK);
+        let due = self.table.lock().due(now_ms(), cfg, limit);
         let mut checks = Vec::new();
         for d in due {
             match d {
@@ -160,7 +167,23 @@ impl Core {
     /// state again: a decision takes that lock to begin, so none can slip in between the check
     /// and the send.
     pub(crate) async fn run_checks(&self, ids: Vec<u64>) {
-        let planned = self.plan_checks(ids);
+        // A group whose route refused a check (full producer write queues, a full sink) gets
+        // no more this tick: its other due transactions stay due, uncounted (and from the next
+        // round on unread), for the next tick; only the refused one waits an interval. Offering all of them at once read every due half message only to
+        // have most refused, in one burst per `check_interval` (100 000 reads on one worker
+        // thread with that many due), and postponed the refused ones a whole interval.
+        let mut refused: HashSet<String> = HashSet::new();
+        for round in ids.chunks(CHECK_ROUND) {
+            for group in self.run_check_round(round, &refused).await {
+                refused.insert(group);
+            }
+        }
+    }
+
+    /// Plans, counts, journals and offers one round of checks; returns the groups whose route
+    /// refused one.
+    async fn run_check_round(&self, ids: &[u64], refused: &HashSet<String>) -> Vec<String> {
+        let planned = self.plan_checks(ids, refused);
         let now = now_ms();
         let mut counted = Vec::new();
         let mut records = Vec::new();
@@ -177,14 +200,26 @@ impl Core {
             }
         }
         if counted.is_empty() {
-            return;
+            return Vec::new();
         }
         if let Err(e) = self.journal_checks(records).await {
             tracing::warn!(error = %e, "check counts not journalled; sending anyway");
         }
+        let mut refused_now: Vec<String> = Vec::new();
         for (p, n) in counted {
-            self.deliver(p, n);
+            if refused_now.contains(&p.entry.group) {
+                // Never offered: as if not counted, still due at the next tick.
+                self.table
+                    .lock()
+                    .unclaim_check(p.entry.id.half_offset, p.entry.last_check_ms);
+                continue;
+            }
+            let group = p.entry.group.clone();
+            if !self.deliver(p, n) {
+                refused_now.push(group);
+            }
         }
+        refused_now
     }
 
     /// Appends counted checks to the journal on a blocking thread. Under the checkpoint lock, so
@@ -204,10 +239,15 @@ impl Core {
     }
 
     /// Picks a route and reads the half message of each due transaction.
-    fn plan_checks(&self, ids: Vec<u64>) -> Vec<Planned> {
+    /// Transactions of a group in `skip` are left as they are.
+    fn plan_checks(&self, ids: &[u64], skip: &HashSet<String>) -> Vec<Planned> {
         let entries: Vec<Entry> = {
             let t = self.table.lock();
-            ids.iter().filter_map(|id| t.get(*id).cloned()).collect()
+            ids.iter()
+                .filter_map(|id| t.get(*id))
+                .filter(|e| skip.is_empty() || !skip.contains(&e.group))
+                .cloned()
+                .collect()
         };
         let now = now_ms();
         let mut out = Vec::with_capacity(entries.len());
@@ -269,8 +309,9 @@ impl Core {
         }
     }
 
-    /// Sends one counted check, under the table lock, if the transaction is still open.
-    fn deliver(&self, p: Planned, n: u32) {
+    /// Sends one counted check, under the table lock, if the transaction is still open. False
+    /// when its route refused it (then it is uncounted and tried one `check_interval` later).
+    fn deliver(&self, p: Planned, n: u32) -> bool {
         let id = p.entry.id.half_offset;
         let store_host = self.services.store().store_host();
         let cmd = match &p.route {
@@ -286,7 +327,7 @@ impl Core {
         let start = self.next_round_robin(&p.entry.group);
         let mut t = self.table.lock();
         if t.get(id).map(|e| e.state) != Some(TxnState::Open) {
-            return;
+            return true;
         }
         let sent_to = match (&p.route, cmd) {
             (Route::Tcp(conns), Some(cmd)) => {
@@ -308,12 +349,14 @@ impl Core {
             Some(to) => {
                 Counters::inc(&self.counters().checks_sent);
                 tracing::debug!(producer_group = %p.entry.group, transaction_id = %p.entry.uniq, half_offset = id, check = n, to = %to, "transaction check sent");
+                true
             }
             None => {
                 t.uncount_check(id);
                 t.postpone_check(id, now_ms());
                 Counters::inc(&self.counters().checks_undelivered);
                 tracing::debug!(producer_group = %p.entry.group, transaction_id = %p.entry.uniq, half_offset = id, "no producer connection took the check; retrying next interval");
+                false
             }
         }
     }

@@ -114,6 +114,12 @@ pub struct TxnConfig {
     pub carry_forward_after: Option<Duration>,
     /// Most checks queued per pull-mode group. Default 10 000.
     pub pending_checks_max: usize,
+    /// Most checks (and final actions) started per second, over all groups; 0 means no limit.
+    /// Every check costs a half-message read, a request to the producer and its answer, so
+    /// without a limit a backlog of due transactions (100 000 after an outage of their
+    /// producers) is checked as fast as the producers answer, taking CPU from the plain
+    /// traffic. Due transactions beyond it wait, oldest first. Default 5 000.
+    pub max_checks_per_sec: u32,
     /// Folder of the checkpoint. Default `<store data dir>/txn`.
     pub state_dir: Option<PathBuf>,
 }
@@ -129,6 +135,7 @@ impl Default for TxnConfig {
             checkpoint_interval: Duration::from_secs(1),
             carry_forward_after: None,
             pending_checks_max: 10_000,
+            max_checks_per_sec: 5_000,
             state_dir: None,
         }
     }
@@ -203,6 +210,14 @@ impl TxnConfig {
             shortest = shortest.min(p.check_after).min(p.check_interval);
         }
         (shortest / 4).clamp(MIN_INTERVAL, Duration::from_secs(1))
+    }
+
+    /// Checks and final actions one tick of `tick` may start under `max_checks_per_sec`.
+    pub(crate) fn due_per_tick(&self, tick: Duration) -> usize {
+        match self.max_checks_per_sec {
+            0 => usize::MAX,
+            rate => ((f64::from(rate) * tick.as_secs_f64()).ceil() as usize).max(1),
+        }
     }
 }
 

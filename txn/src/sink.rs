@@ -12,7 +12,8 @@
 //! 4. a live producer connection of the group, round-robin, skipping closed or full ones.
 //!
 //! A check nobody could take is not counted against `check_max`: it is tried again one
-//! `check_interval` later.
+//! `check_interval` later, and its group gets no more checks in that tick (see
+//! `Core::run_checks`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

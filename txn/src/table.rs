@@ -314,16 +314,20 @@ impl Table {
         }
     }
 
-    /// Open transactions whose check or final action is due.
+    /// Open transactions whose check or final action is due, oldest first, at most `limit`
+    /// (the rest are found again at the next tick).
     ///
     /// This walks every transaction under the table lock once per tick (100 000 and more), so
     /// the walk allocates nothing and hashes nothing on the common path: one policy per group,
     /// borrowed names, and the pull queue consulted only when something is queued.
-    pub(crate) fn due(&mut self, now: i64, cfg: &TxnConfig) -> Vec<Due> {
+    pub(crate) fn due(&mut self, now: i64, cfg: &TxnConfig, limit: usize) -> Vec<Due> {
         let mut policies: HashMap<&str, GroupPolicy> = HashMap::new();
         let mut last: Option<(&str, GroupPolicy)> = None;
         let mut out = Vec::new();
         for e in self.entries.values() {
+            if out.len() >= limit {
+                break;
+            }
             if e.state != TxnState::Open
                 || (!self.queued.is_empty() && self.queued.contains(&e.id.half_offset))
             {
@@ -395,6 +399,16 @@ impl Table {
     pub(crate) fn uncount_check(&mut self, id: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.checks = e.checks.saturating_sub(1);
+            self.dirty = true;
+        }
+    }
+
+    /// A counted check that was never offered (its route refused an earlier one this tick):
+    /// the count and the check time go back to what they were, so it is due again at once.
+    pub(crate) fn unclaim_check(&mut self, id: u64, last_check_ms: Option<i64>) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.checks = e.checks.saturating_sub(1);
+            e.last_check_ms = last_check_ms;
             self.dirty = true;
         }
     }

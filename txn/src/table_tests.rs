@@ -44,22 +44,44 @@ fn cfg() -> TxnConfig {
 }
 
 #[test]
+fn due_takes_the_oldest_up_to_its_limit_and_leaves_the_rest_for_later() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in [7, 3, 9, 1, 5] {
+        t.insert(entry(id, 1000));
+    }
+    assert_eq!(
+        t.due(2000, &cfg(), 3),
+        [Due::Check(1), Due::Check(3), Due::Check(5)]
+    );
+    t.count_check(1, 2000);
+    t.count_check(3, 2000);
+    assert_eq!(
+        t.due(2000, &cfg(), 3),
+        [Due::Check(5), Due::Check(7), Due::Check(9)],
+        "checked ones are not due again before their interval"
+    );
+}
+
+#[test]
 fn checks_come_due_then_the_final_action() {
     let live = Arc::new(AtomicUsize::new(0));
     let mut t = Table::new(Arc::clone(&live));
     t.insert(entry(1, 1000));
     assert_eq!(live.load(Ordering::Relaxed), 1);
-    assert!(t.due(1099, &cfg()).is_empty());
-    assert_eq!(t.due(1100, &cfg()), [Due::Check(1)]);
+    assert!(t.due(1099, &cfg(), usize::MAX).is_empty());
+    assert_eq!(t.due(1100, &cfg(), usize::MAX), [Due::Check(1)]);
     assert_eq!(t.count_check(1, 1100).map(|c| c.checks), Some(1));
-    assert!(t.due(1149, &cfg()).is_empty());
+    assert!(t.due(1149, &cfg(), usize::MAX).is_empty());
     assert_eq!(t.count_check(1, 1150).map(|c| c.checks), Some(2));
-    assert_eq!(t.due(1200, &cfg()), [Due::Final(1, Decision::Discard)]);
+    assert_eq!(
+        t.due(1200, &cfg(), usize::MAX),
+        [Due::Final(1, Decision::Discard)]
+    );
     let Begin::Proceed(_) = t.begin(1, Decision::Discard, 7) else {
         panic!()
     };
     assert!(
-        t.due(5000, &cfg()).is_empty(),
+        t.due(5000, &cfg(), usize::MAX).is_empty(),
         "nothing is due while resolving"
     );
     assert!(
@@ -118,7 +140,7 @@ fn pulled_checks_count_once_and_skip_decided_transactions() {
     assert!(!t.queue_pull("pg", 1, 10), "queued once");
     assert!(t.queue_pull("pg", 2, 10));
     assert!(
-        t.due(1_000_000, &cfg()).is_empty(),
+        t.due(1_000_000, &cfg(), usize::MAX).is_empty(),
         "queued checks are not due again"
     );
     let Begin::Proceed(_) = t.begin(2, Decision::Commit, 0) else {

@@ -441,6 +441,101 @@ async fn a_check_url_group_gets_its_checks_through_the_url_sink() {
     b.stop().await;
 }
 
+/// Takes checks until `room` runs out, then refuses them, as a full producer write queue does.
+struct Throttled {
+    room: Mutex<usize>,
+    got: Mutex<Vec<PendingCheck>>,
+}
+
+impl CheckSink for Throttled {
+    fn name(&self) -> &'static str {
+        "throttled"
+    }
+    fn deliver(&self, check: PendingCheck) -> Result<(), String> {
+        let mut room = self.room.lock();
+        if *room == 0 {
+            return Err("full".into());
+        }
+        *room -= 1;
+        self.got.lock().push(check);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_route_that_refuses_leaves_the_other_due_checks_for_the_next_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    // A refused check waits a whole interval; the ones never offered must not.
+    cfg.defaults.check_interval = Duration::from_secs(3600);
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let sink = Arc::new(Throttled {
+        room: Mutex::new(5),
+        got: Mutex::new(Vec::new()),
+    });
+    let svc = b.txn.service();
+    svc.set_check_sink("slow_group", Some(Arc::clone(&sink) as Arc<dyn CheckSink>));
+    let c = b.client().await;
+    for i in 0..300 {
+        let key = format!("s{i}");
+        send_half_with(&c, "slow_group", &key, half_props("slow_group", &key)).await;
+    }
+    assert!(eventually(WAIT, || sink.got.lock().len() == 5).await);
+    // A few ticks (75 ms each) against the full sink: each refuses one check, not all.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refused = svc.metrics().checks_undelivered;
+    assert!(
+        (1..60).contains(&refused),
+        "one refusal per tick stops the group's round: {refused} of 295 refused"
+    );
+    *sink.room.lock() = usize::MAX;
+    let offered_once = || sink.got.lock().len() as u64 + svc.metrics().checks_undelivered == 300;
+    assert!(
+        eventually(WAIT, offered_once).await,
+        "the checks never offered go out at the next ticks; the refused wait an interval: \
+         {} taken, {} refused",
+        sink.got.lock().len(),
+        svc.metrics().checks_undelivered
+    );
+    assert_eq!(svc.metrics().checks_undelivered, refused);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn checks_start_no_faster_than_max_checks_per_sec() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.defaults.check_interval = Duration::from_secs(3600);
+    cfg.max_checks_per_sec = 20;
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let sink = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let svc = b.txn.service();
+    svc.set_check_sink("paced", Some(Arc::clone(&sink) as Arc<dyn CheckSink>));
+    let c = b.client().await;
+    for i in 0..100 {
+        let key = format!("p{i}");
+        send_half_with(&c, "paced", &key, half_props("paced", &key)).await;
+    }
+    assert!(eventually(WAIT, || !sink.0.lock().is_empty()).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 20 a second, in ticks of 75 ms (2 each): 30 at most in that second and the first tick.
+    let after_a_second = sink.0.lock().len();
+    assert!(
+        after_a_second <= 30,
+        "{after_a_second} checks in about a second at 20 per second"
+    );
+    assert!(
+        eventually(WAIT, || sink.0.lock().len() >= after_a_second + 10).await,
+        "the rest keep coming, oldest first"
+    );
+    let offsets: Vec<u64> = sink.0.lock().iter().map(|c| c.half_offset).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {offsets:?}"
+    );
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn operators_list_by_group_key_and_age_and_force_decisions() {
     let dir = tempfile::tempdir().unwrap();

@@ -62,6 +62,8 @@ pub(crate) struct Core {
     pub(crate) checkpoint_lock: tokio::sync::Mutex<()>,
     /// When the checkpoint was last written.
     pub(crate) last_checkpoint: Mutex<std::time::Instant>,
+    /// When the carry-forward scan last found nothing more to do (see `carry_forward`).
+    pub(crate) last_carry_scan: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Core {

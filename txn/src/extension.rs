@@ -129,6 +129,7 @@ impl TxnExtension {
             round_robin: Mutex::new(HashMap::new()),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             last_checkpoint: Mutex::new(std::time::Instant::now()),
+            last_carry_scan: Mutex::new(None),
         });
         let (report, torn) = core.rebuild();
         let (open, parked, _, done, _) = core.table.lock().gauges();

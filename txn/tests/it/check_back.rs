@@ -462,24 +462,36 @@ impl CheckSink for Throttled {
     }
 }
 
+/// A broker whose `group` sends its checks to `sink`, with `n` half messages of that group sent.
+async fn halves_checked_by(
+    dir: &std::path::Path,
+    cfg: sluice_txn::TxnConfig,
+    group: &str,
+    sink: Arc<dyn CheckSink>,
+    n: usize,
+) -> TestBroker {
+    let b = TestBroker::start(dir, cfg).await;
+    b.txn.service().set_check_sink(group, Some(sink));
+    let c = b.client().await;
+    for i in 0..n {
+        let key = format!("{group}-{i}");
+        send_half_with(&c, group, &key, half_props(group, &key)).await;
+    }
+    b
+}
+
 #[tokio::test]
 async fn a_route_that_refuses_leaves_the_other_due_checks_for_the_next_tick() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = fast_config();
     // A refused check waits a whole interval; the ones never offered must not.
     cfg.defaults.check_interval = Duration::from_secs(3600);
-    let b = TestBroker::start(dir.path(), cfg).await;
     let sink = Arc::new(Throttled {
         room: Mutex::new(5),
         got: Mutex::new(Vec::new()),
     });
+    let b = halves_checked_by(dir.path(), cfg, "slow_group", sink.clone(), 300).await;
     let svc = b.txn.service();
-    svc.set_check_sink("slow_group", Some(Arc::clone(&sink) as Arc<dyn CheckSink>));
-    let c = b.client().await;
-    for i in 0..300 {
-        let key = format!("s{i}");
-        send_half_with(&c, "slow_group", &key, half_props("slow_group", &key)).await;
-    }
     assert!(eventually(WAIT, || sink.got.lock().len() == 5).await);
     // A few ticks (75 ms each) against the full sink: each refuses one check, not all.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -507,15 +519,8 @@ async fn checks_start_no_faster_than_max_checks_per_sec() {
     let mut cfg = fast_config();
     cfg.defaults.check_interval = Duration::from_secs(3600);
     cfg.max_checks_per_sec = 20;
-    let b = TestBroker::start(dir.path(), cfg).await;
     let sink = Arc::new(Recorder(Mutex::new(Vec::new())));
-    let svc = b.txn.service();
-    svc.set_check_sink("paced", Some(Arc::clone(&sink) as Arc<dyn CheckSink>));
-    let c = b.client().await;
-    for i in 0..100 {
-        let key = format!("p{i}");
-        send_half_with(&c, "paced", &key, half_props("paced", &key)).await;
-    }
+    let b = halves_checked_by(dir.path(), cfg, "paced", sink.clone(), 100).await;
     assert!(eventually(WAIT, || !sink.0.lock().is_empty()).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // 20 a second, in ticks of 75 ms (2 each): 30 at most in that second and the first tick.

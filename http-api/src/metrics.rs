@@ -282,6 +282,11 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         "Checks queued for polling producers.",
         m.pending_pull_checks as f64,
     );
+    out.gauge(
+        "sluice_txn_checks_due_waiting",
+        "Transactions due for a check at the last tick but held back by max_checks_per_sec.",
+        m.checks_due_waiting as f64,
+    );
     let counters: [(&str, &str, u64); 6] = [
         (
             "sluice_txn_halves_stored_total",

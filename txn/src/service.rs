@@ -300,6 +300,7 @@ impl TxnService {
                 u64::try_from(now_ms().saturating_sub(o)).unwrap_or(0)
             });
             m.pending_pull_checks = t.pending_pulls() as u64;
+            m.checks_due_waiting = t.due_waiting as u64;
         }
         m
     }

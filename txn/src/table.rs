@@ -142,6 +142,9 @@ pub(crate) enum Due {
 /// The table.
 #[derive(Debug)]
 pub(crate) struct Table {
+    /// Due transactions the last `due` call left for later (over its limit): checks that
+    /// `max_checks_per_sec` is holding back.
+    pub(crate) due_waiting: usize,
     entries: BTreeMap<u64, Entry>,
     /// Next half-queue offset the tailer reads.
     pub(crate) half_next: u64,
@@ -157,6 +160,7 @@ impl Table {
     pub(crate) fn new(live: Arc<AtomicUsize>) -> Self {
         live.store(0, Ordering::Relaxed);
         Self {
+            due_waiting: 0,
             entries: BTreeMap::new(),
             half_next: 0,
             resolved_order: VecDeque::new(),
@@ -315,7 +319,7 @@ impl Table {
     }
 
     /// Open transactions whose check or final action is due, oldest first, at most `limit`
-    /// (the rest are found again at the next tick).
+    /// (the rest are found again at the next tick, and counted in `due_waiting`).
     ///
     /// This walks every transaction under the table lock once per tick (100 000 and more), so
     /// the walk allocates nothing and hashes nothing on the common path: one policy per group,
@@ -324,10 +328,8 @@ impl Table {
         let mut policies: HashMap<&str, GroupPolicy> = HashMap::new();
         let mut last: Option<(&str, GroupPolicy)> = None;
         let mut out = Vec::new();
+        let mut waiting = 0;
         for e in self.entries.values() {
-            if out.len() >= limit {
-                break;
-            }
             if e.state != TxnState::Open
                 || (!self.queued.is_empty() && self.queued.contains(&e.id.half_offset))
             {
@@ -346,6 +348,11 @@ impl Table {
             if now < e.next_check_ms(p) {
                 continue;
             }
+            if out.len() >= limit {
+                // Counted, not taken: the walk goes on only to measure what waits.
+                waiting += 1;
+                continue;
+            }
             let id = e.id.half_offset;
             if e.checks >= p.check_max {
                 let d = match p.final_action {
@@ -357,6 +364,7 @@ impl Table {
                 out.push(Due::Check(id));
             }
         }
+        self.due_waiting = waiting;
         out
     }
 

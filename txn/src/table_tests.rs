@@ -53,6 +53,7 @@ fn due_takes_the_oldest_up_to_its_limit_and_leaves_the_rest_for_later() {
         t.due(2000, &cfg(), 3),
         [Due::Check(1), Due::Check(3), Due::Check(5)]
     );
+    assert_eq!(t.due_waiting, 2, "two more were due");
     t.count_check(1, 2000);
     t.count_check(3, 2000);
     assert_eq!(
@@ -60,6 +61,7 @@ fn due_takes_the_oldest_up_to_its_limit_and_leaves_the_rest_for_later() {
         [Due::Check(5), Due::Check(7), Due::Check(9)],
         "checked ones are not due again before their interval"
     );
+    assert_eq!(t.due_waiting, 0);
 }
 
 #[test]

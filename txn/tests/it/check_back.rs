@@ -529,6 +529,11 @@ async fn checks_start_no_faster_than_max_checks_per_sec() {
         after_a_second <= 30,
         "{after_a_second} checks in about a second at 20 per second"
     );
+    let waiting = b.txn.service().metrics().checks_due_waiting;
+    assert!(
+        waiting >= 50,
+        "operators see the checks held back: {waiting} waiting"
+    );
     assert!(
         eventually(WAIT, || sink.0.lock().len() >= after_a_second + 10).await,
         "the rest keep coming, oldest first"

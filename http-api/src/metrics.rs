@@ -284,7 +284,7 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
     );
     out.gauge(
         "sluice_txn_checks_due_waiting",
-        "Transactions due for a check at the last tick but held back by max_checks_per_sec.",
+        "Transactions due for a check but held back by max_checks_per_sec (counted every 5 s).",
         m.checks_due_waiting as f64,
     );
     let counters: [(&str, &str, u64); 6] = [

@@ -48,8 +48,9 @@ pub struct TxnMetrics {
     pub oldest_open_age_ms: u64,
     /// Checks queued in pull-mode groups, not yet pulled.
     pub pending_pull_checks: u64,
-    /// Transactions whose check (or final action) was due at the last tick but held back by
-    /// `max_checks_per_sec`; above 0 for long, checks run later than `check_interval` says.
+    /// Transactions whose check (or final action) was due but held back by
+    /// `max_checks_per_sec`, counted at most 5 s ago; above 0 for long, checks run later than
+    /// `check_interval` says.
     pub checks_due_waiting: u64,
     /// Half messages stored (send path) since start.
     pub halves_stored: u64,

@@ -65,6 +65,21 @@ fn due_takes_the_oldest_up_to_its_limit_and_leaves_the_rest_for_later() {
 }
 
 #[test]
+fn what_waits_is_counted_when_a_backlog_starts_then_every_five_seconds() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in 1..=10 {
+        t.insert(entry(id, 1000));
+    }
+    assert_eq!(t.due(2000, &cfg(), 2).len(), 2);
+    assert_eq!(t.due_waiting, 8, "counted when the backlog starts");
+    t.insert(entry(11, 1000));
+    t.due(3000, &cfg(), 2);
+    assert_eq!(t.due_waiting, 8, "not walked again within 5 s");
+    t.due(7000, &cfg(), 2);
+    assert_eq!(t.due_waiting, 9, "counted again after 5 s");
+}
+
+#[test]
 fn checks_come_due_then_the_final_action() {
     let live = Arc::new(AtomicUsize::new(0));
     let mut t = Table::new(Arc::clone(&live));

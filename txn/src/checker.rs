@@ -69,8 +69,17 @@ impl Core {
         self.table
             .lock()
             .forget(now_ms(), ms(cfg.resolved_retention), cfg.resolved_max);
-        let limit = cfg.due_per_tick(cfg.tick()).min(MAX_DUE_PER_TICK);
+        let limit = self
+            .pacer
+            .lock()
+            .allowance(
+                cfg.max_checks_per_sec,
+                cfg.tick(),
+                std::time::Instant::now(),
+            )
+            .min(MAX_DUE_PER_TICK);
         let due = self.table.lock().due(now_ms(), cfg, limit);
+        self.pacer.lock().spend(due.len());
         let mut checks = Vec::new();
         for d in due {
             match d {
@@ -169,10 +178,11 @@ impl Core {
     /// and the send.
     pub(crate) async fn run_checks(&self, ids: Vec<u64>) {
         // A group whose route refused a check (full producer write queues, a full sink) gets
-        // no more this tick: its other due transactions stay due, uncounted (and from the next
-        // round on unread), for the next tick; only the refused one waits an interval. Offering all of them at once read every due half message only to
-        // have most refused, in one burst per `check_interval` (100 000 reads on one worker
-        // thread with that many due), and postponed the refused ones a whole interval.
+        // no more this tick: its other due transactions stay due and uncounted (from the next
+        // round on, unread) for the next tick; only the refused one waits an interval.
+        // Offering all of them at once read every due half message only to have most
+        // refused, in one burst per `check_interval` (100 000 reads on one worker thread with
+        // that many due), and postponed the refused ones a whole interval.
         let mut refused: HashSet<String> = HashSet::new();
         for round in ids.chunks(CHECK_ROUND) {
             for group in self.run_check_round(round, &refused).await {

@@ -211,14 +211,6 @@ impl TxnConfig {
         }
         (shortest / 4).clamp(MIN_INTERVAL, Duration::from_secs(1))
     }
-
-    /// Checks and final actions one tick of `tick` may start under `max_checks_per_sec`.
-    pub(crate) fn due_per_tick(&self, tick: Duration) -> usize {
-        match self.max_checks_per_sec {
-            0 => usize::MAX,
-            rate => ((f64::from(rate) * tick.as_secs_f64()).ceil() as usize).max(1),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub(crate) struct Core {
     pub(crate) last_checkpoint: Mutex<std::time::Instant>,
     /// When the carry-forward scan last found nothing more to do (see `carry_forward`).
     pub(crate) last_carry_scan: Mutex<Option<std::time::Instant>>,
+    /// How many checks each tick may start (`max_checks_per_sec`).
+    pub(crate) pacer: Mutex<crate::pace::Pacer>,
 }
 
 impl std::fmt::Debug for Core {

@@ -130,6 +130,7 @@ impl TxnExtension {
             checkpoint_lock: tokio::sync::Mutex::new(()),
             last_checkpoint: Mutex::new(std::time::Instant::now()),
             last_carry_scan: Mutex::new(None),
+            pacer: Mutex::new(crate::pace::Pacer::default()),
         });
         let (report, torn) = core.rebuild();
         let (open, parked, _, done, _) = core.table.lock().gauges();

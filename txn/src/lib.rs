@@ -16,7 +16,7 @@
 //! - `resolve`: from a client's reference (offsets, group, ids) to a transaction.
 //! - `end_txn`: END_TRANSACTION.
 //! - `checker`: the background loop: tail the half queue, checks, final actions,
-//!   carry-forward, checkpoints.
+//!   carry-forward, checkpoints; `pace`: how many checks a tick may start.
 //! - [`sink`]: where checks go: TCP producers, or a sink / pull queue for the HTTP facade.
 //! - `recovery`, `checkpoint`, `journal`: the restart rebuild, bounded by a checkpoint file,
 //!   and the check journal that keeps check counts between checkpoints.
@@ -42,6 +42,7 @@ mod extension;
 mod hook;
 mod journal;
 mod metrics;
+mod pace;
 mod records;
 mod recovery;
 mod resolve;

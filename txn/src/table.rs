@@ -335,9 +335,10 @@ impl Table {
         let mut last: Option<(&str, GroupPolicy)> = None;
         let mut out = Vec::new();
         let mut waiting = 0;
-        // Counting past the limit walks every entry (~8 ms for 100 000 that are due, most of
-        // it cache misses), so it is done only every WAITING_RECOUNT_MS, and when a backlog
-        // starts (nothing was waiting at the last count).
+        // Counting past the limit walks every entry (with 100 000 due, a few ms by estimate,
+        // the entries being spread over tens of MB), so it is done only every
+        // WAITING_RECOUNT_MS, and when a backlog starts (nothing was waiting at the last
+        // count).
         let counting = self.due_waiting == 0
             || now.saturating_sub(self.waiting_counted_ms) >= WAITING_RECOUNT_MS;
         let mut stopped = false;
@@ -433,10 +434,9 @@ impl Table {
     /// A counted check that was never offered (its route refused an earlier one this tick):
     /// the count and the check time go back to what they were, so it is due again at once.
     pub(crate) fn unclaim_check(&mut self, id: u64, last_check_ms: Option<i64>) {
+        self.uncount_check(id);
         if let Some(e) = self.entries.get_mut(&id) {
-            e.checks = e.checks.saturating_sub(1);
             e.last_check_ms = last_check_ms;
-            self.dirty = true;
         }
     }
 

@@ -523,10 +523,11 @@ async fn checks_start_no_faster_than_max_checks_per_sec() {
     let b = halves_checked_by(dir.path(), cfg, "paced", sink.clone(), 100).await;
     assert!(eventually(WAIT, || !sink.0.lock().is_empty()).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // 20 a second, in ticks of 75 ms (2 each): 30 at most in that second and the first tick.
+    // 20 a second in ticks of 75 ms (1.5 each, fractions carried): about 21 from the first
+    // tick through the second after it, 24 allowing for the eventually loop's 20 ms step.
     let after_a_second = sink.0.lock().len();
     assert!(
-        after_a_second <= 30,
+        after_a_second <= 24,
         "{after_a_second} checks in about a second at 20 per second"
     );
     let waiting = b.txn.service().metrics().checks_due_waiting;

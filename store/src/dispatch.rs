@@ -309,7 +309,17 @@ impl Gathering {
             }
         }
         let cq = cqs.get_or_create(topic, queue_id)?;
-        self.queue = Some((topic.to_owned(), queue_id, Arc::clone(&cq)));
+        // Records of several queues interleave (a transaction's half, op and real message),
+        // so the cached name's buffer is reused rather than allocated at every switch.
+        match &mut self.queue {
+            Some((t, q, c)) => {
+                t.clear();
+                t.push_str(topic);
+                *q = queue_id;
+                *c = Arc::clone(&cq);
+            }
+            None => self.queue = Some((topic.to_owned(), queue_id, Arc::clone(&cq))),
+        }
         Ok(cq)
     }
 }

@@ -140,14 +140,15 @@ impl Core {
     }
 
     async fn locate(&self, r: &TxnRef) -> Result<Located, TxnError> {
-        let (known, half_next) = {
+        // Validated in place: no copy of the entry (five strings) per reference.
+        let half_next = {
             let t = self.table.lock();
-            (t.get(r.half_offset).cloned(), t.half_next)
+            if let Some(e) = t.get(r.half_offset) {
+                self.validate(e, r)?;
+                return Ok(Located::InMemory(r.half_offset, None));
+            }
+            t.half_next
         };
-        if let Some(e) = known {
-            self.validate(&e, r)?;
-            return Ok(Located::InMemory(r.half_offset, None));
-        }
         if r.half_offset >= half_next {
             return self
                 .adopt(r)

@@ -150,7 +150,10 @@ pub(crate) struct Table {
     pub(crate) due_waiting: usize,
     /// When `due_waiting` was last counted (epoch ms).
     waiting_counted_ms: i64,
-    entries: BTreeMap<u64, Entry>,
+    /// Boxed: a B-tree filled in ascending order leaves its nodes about half full, which with
+    /// ~300-byte entries inline doubled the memory per transaction (kept until forgotten,
+    /// `resolved_max` of them by default). Boxed, a node slot is a pointer.
+    entries: BTreeMap<u64, Box<Entry>>,
     /// Next half-queue offset the tailer reads.
     pub(crate) half_next: u64,
     resolved_order: VecDeque<u64>,
@@ -178,11 +181,11 @@ impl Table {
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
-        self.entries.get(&id)
+        self.entries.get(&id).map(|e| &**e)
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     /// Adds an entry unless its identity is known; true when added.
@@ -195,7 +198,7 @@ impl Table {
         } else {
             self.resolved_order.push_back(e.id.half_offset);
         }
-        self.entries.insert(e.id.half_offset, e);
+        self.entries.insert(e.id.half_offset, Box::new(e));
         self.dirty = true;
         true
     }
@@ -237,7 +240,7 @@ impl Table {
             Plan::Apply => {
                 let from_parked = e.state == TxnState::Parked;
                 e.op_floor = op_floor;
-                let snapshot = Box::new(e.clone());
+                let snapshot = e.clone();
                 self.set_state(
                     id,
                     TxnState::Resolving {
@@ -473,7 +476,7 @@ impl Table {
             self.queued.remove(&id);
             if let Some(c) = self.count_check(id, now) {
                 if let Some(e) = self.entries.get(&id) {
-                    out.push((e.clone(), c));
+                    out.push(((**e).clone(), c));
                 }
             }
         }

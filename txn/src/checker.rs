@@ -26,8 +26,11 @@ use crate::table::{ms, Due, Entry, Location};
 
 /// Half messages read per store call.
 const TAIL_BATCH: usize = 512;
-/// Store calls per tick (the rest waits for the next tick).
-const TAIL_CALLS_PER_TICK: usize = 16;
+/// Time one tick may spend tailing the half queue (the rest waits for the next tick). Offsets
+/// already in the table cost a lookup, not a read, so this is rarely reached.
+const TAIL_BUDGET: Duration = Duration::from_millis(200);
+/// Offsets stepped over per table lock in `step_over_known`.
+const STEP_OVER: u64 = 4096;
 /// Bytes per store call.
 const TAIL_BYTES: usize = 8 << 20;
 /// Half messages carried forward per tick.
@@ -64,7 +67,7 @@ struct Planned {
 impl Core {
     /// One round of the loop.
     pub(crate) async fn tick(&self) {
-        self.tail_half_queue(TAIL_CALLS_PER_TICK, false);
+        self.tail_half_queue(usize::MAX, TAIL_BUDGET, false);
         let cfg = &self.shared.cfg;
         self.table
             .lock()
@@ -97,15 +100,32 @@ impl Core {
         self.checkpoint_if_due().await;
     }
 
-    /// Reads half messages from `half_next` on into the table; at most `calls` store reads.
-    /// `adopt_copies`: a carry-forward copy whose transaction is unknown starts one (only when
-    /// rebuilding without a checkpoint: then the original may be gone); otherwise such a copy
-    /// belongs to a forgotten, decided transaction and is ignored.
-    pub(crate) fn tail_half_queue(&self, calls: usize, adopt_copies: bool) -> usize {
+    /// Reads half messages from `half_next` on into the table, until it has caught up with the
+    /// half queue, `calls` store reads were made or `budget` has passed. `adopt_copies`: a
+    /// carry-forward copy whose transaction is unknown starts one (only when rebuilding without
+    /// a checkpoint: then the original may be gone); otherwise such a copy belongs to a
+    /// forgotten, decided transaction and is ignored.
+    ///
+    /// Most half messages are already in the table when the tailer reaches them (their
+    /// END_TRANSACTION adopted them), and those are stepped over without being read, so the
+    /// tailer keeps up with any send rate the broker sustains. It must: `forget` never drops an
+    /// entry at or above `half_next`, and a half message beyond it is not checked.
+    pub(crate) fn tail_half_queue(
+        &self,
+        calls: usize,
+        budget: Duration,
+        adopt_copies: bool,
+    ) -> usize {
+        let _one = self.tailing.lock();
+        let started = std::time::Instant::now();
         let store = self.services.store();
         let mut added = 0;
         for _ in 0..calls {
-            let from = self.table.lock().half_next;
+            let end = store.max_offset(TRANS_HALF_TOPIC, 0);
+            let from = self.step_over_known(end);
+            if from >= end {
+                break;
+            }
             let r = store.get_messages(TRANS_HALF_TOPIC, 0, from, TAIL_BATCH, TAIL_BYTES, None);
             match r.status {
                 GetStatus::Found => {
@@ -135,12 +155,32 @@ impl Core {
                 }
                 _ => break,
             }
-            self.table.lock().half_next = r.next_offset;
-            if r.status != GetStatus::Found {
+            {
+                let mut t = self.table.lock();
+                // Only forward: what lies below was read (or skipped) already.
+                t.half_next = t.half_next.max(r.next_offset);
+            }
+            if r.status != GetStatus::Found || started.elapsed() >= budget {
                 break;
             }
         }
         added
+    }
+
+    /// Moves `half_next` over the transactions already in the table (adopted by their
+    /// END_TRANSACTION before the tailer reached them), below `end`; returns where it stops.
+    /// The lock is taken per step of at most `STEP_OVER` offsets, so END_TRANSACTION is not
+    /// held up behind a long run.
+    fn step_over_known(&self, end: u64) -> u64 {
+        loop {
+            let mut t = self.table.lock();
+            let from = t.half_next;
+            let next = t.first_unknown(from, end.min(from.saturating_add(STEP_OVER)));
+            t.half_next = next;
+            if next == from || next >= end {
+                return next;
+            }
+        }
     }
 
     /// Adds one half message (or applies a carry-forward copy); true when a transaction was added.

@@ -66,6 +66,10 @@ pub(crate) struct Core {
     pub(crate) last_carry_scan: Mutex<Option<std::time::Instant>>,
     /// How many checks each tick may start (`max_checks_per_sec`).
     pub(crate) pacer: Mutex<crate::pace::Pacer>,
+    /// Held while the half queue is tailed: the checker and the operator views both tail, and
+    /// two tailers interleaving could move `half_next` back over transactions decided and
+    /// forgotten meanwhile, which would then be read again as open.
+    pub(crate) tailing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Core {

@@ -131,6 +131,7 @@ impl TxnExtension {
             last_checkpoint: Mutex::new(std::time::Instant::now()),
             last_carry_scan: Mutex::new(None),
             pacer: Mutex::new(crate::pace::Pacer::default()),
+            tailing: Mutex::new(()),
         });
         let (report, torn) = core.rebuild();
         let (open, parked, _, done, _) = core.table.lock().gauges();

@@ -80,7 +80,11 @@ impl Core {
             }
         }
         self.table.lock().half_next = cp.half_next;
-        report.new_halves = self.tail_half_queue(usize::MAX, !report.from_checkpoint);
+        report.new_halves = self.tail_half_queue(
+            usize::MAX,
+            std::time::Duration::MAX,
+            !report.from_checkpoint,
+        );
         let counted = journal::load(&self.state_dir);
         let (armed_before, same) = self.apply_journal_same_arming(&counted);
         report.ops_replayed = self.replay_ops(cp.op_next);

@@ -172,7 +172,7 @@ impl TxnService {
     /// message whose send was acknowledged shows up without waiting for the checker's tick.
     fn fresh_core(&self) -> Result<Arc<Core>, TxnError> {
         let core = self.core()?;
-        core.tail_half_queue(4, false);
+        core.tail_half_queue(4, Duration::from_millis(50), false);
         Ok(core)
     }
 
@@ -208,13 +208,15 @@ impl TxnService {
         } else {
             Decision::Rollback
         };
-        self.fresh_core()?.force(half_offset, decision).await
+        let core = self.fresh_core()?;
+        to_completion(async move { core.force(half_offset, decision).await }).await
     }
 
     /// Re-arms the checks of a parked transaction: open again, check count zero, first check
     /// one `check_after` from now. Recorded durably (an op record).
     pub async fn rearm(&self, half_offset: u64) -> Result<Outcome, TxnError> {
-        self.core()?.force(half_offset, Decision::Rearm).await
+        let core = self.core()?;
+        to_completion(async move { core.force(half_offset, Decision::Rearm).await }).await
     }
 
     /// Answers a transaction by reference: the HTTP twin of END_TRANSACTION. `from_check`
@@ -225,7 +227,8 @@ impl TxnService {
         resolution: Resolution,
         from_check: bool,
     ) -> Result<Outcome, TxnError> {
-        self.core()?.resolve(r, resolution, from_check).await
+        let (core, r) = (self.core()?, r.clone());
+        to_completion(async move { core.resolve(&r, resolution, from_check).await }).await
     }
 
     /// Hands out up to `max` queued checks of a pull-mode group (each counts as a delivered
@@ -236,27 +239,8 @@ impl TxnService {
         group: &str,
         max: usize,
     ) -> Result<Vec<PendingCheck>, TxnError> {
-        let core = self.core()?;
-        let now = now_ms();
-        let taken = core.table.lock().take_pull(group, max, now);
-        let counted = taken.iter().map(|(_, c)| *c).collect();
-        if let Err(e) = core.journal_checks(counted).await {
-            tracing::warn!(producer_group = group, error = %e, "pulled check counts not journalled; handing them out anyway");
-        }
-        let mut out = Vec::with_capacity(taken.len());
-        for (e, c) in taken {
-            match core.read_half(e.current.phys_offset) {
-                Ok(half) => {
-                    crate::metrics::Counters::inc(&self.shared.counters.checks_sent);
-                    out.push(PendingCheck::new(&e, &half, c.checks, None));
-                }
-                Err(err) => {
-                    core.table.lock().uncount_check(e.id.half_offset);
-                    tracing::warn!(half_offset = e.id.half_offset, error = %err, "pulled check dropped: half message unreadable");
-                }
-            }
-        }
-        Ok(out)
+        let (core, shared, group) = (self.core()?, Arc::clone(&self.shared), group.to_owned());
+        to_completion(async move { hand_out_checks(&core, &shared, &group, max).await }).await
     }
 
     /// Installs the sink that delivers checks of groups with a `check_url`. `deliver` runs
@@ -303,5 +287,50 @@ impl TxnService {
             m.checks_due_waiting = t.due_waiting as u64;
         }
         m
+    }
+}
+
+/// Takes up to `max` queued checks of a pull-mode group, counts and journals them, and reads
+/// what they carry (see [`TxnService::pull_checks`]).
+async fn hand_out_checks(
+    core: &Core,
+    shared: &Shared,
+    group: &str,
+    max: usize,
+) -> Result<Vec<PendingCheck>, TxnError> {
+    let now = now_ms();
+    let taken = core.table.lock().take_pull(group, max, now);
+    let counted = taken.iter().map(|(_, c)| *c).collect();
+    if let Err(e) = core.journal_checks(counted).await {
+        tracing::warn!(producer_group = group, error = %e, "pulled check counts not journalled; handing them out anyway");
+    }
+    let mut out = Vec::with_capacity(taken.len());
+    for (e, c) in taken {
+        match core.read_half(e.current.phys_offset) {
+            Ok(half) => {
+                crate::metrics::Counters::inc(&shared.counters.checks_sent);
+                out.push(PendingCheck::new(&e, &half, c.checks, None));
+            }
+            Err(err) => {
+                core.table.lock().uncount_check(e.id.half_offset);
+                tracing::warn!(half_offset = e.id.half_offset, error = %err, "pulled check dropped: half message unreadable");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `work` on a task of its own and waits for it. A decision moves its transaction to
+/// `Resolving`, appends, then makes it final (or reverts it): dropped halfway, as an HTTP
+/// handler is when its client disconnects, it would leave the transaction `Resolving` until
+/// a restart (every later decision answered "busy", no checks). A task is not dropped with its
+/// caller, so the decision always finishes. Pulled checks are counted the same way.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, TxnError>> + Send + 'static,
+) -> Result<T, TxnError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(TxnError::Busy("the broker is shutting down".into())),
     }
 }

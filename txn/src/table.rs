@@ -184,6 +184,18 @@ impl Table {
         self.entries.get(&id).map(|e| &**e)
     }
 
+    /// The first offset in `[from, end)` with no entry (`end` when every one has one).
+    pub(crate) fn first_unknown(&self, from: u64, end: u64) -> u64 {
+        let mut next = from;
+        for &id in self.entries.range(from..end).map(|(id, _)| id) {
+            if id != next {
+                break;
+            }
+            next += 1;
+        }
+        next
+    }
+
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values().map(|e| &**e)
     }

@@ -168,3 +168,32 @@ fn pulled_checks_count_once_and_skip_decided_transactions() {
     assert_eq!((got[0].0.id.half_offset, got[0].1.checks), (1, 1));
     assert_eq!(t.pending_pulls(), 0);
 }
+
+#[test]
+fn the_tailer_steps_over_a_run_of_known_entries_up_to_the_first_gap() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in (10..20).chain(21..25) {
+        t.insert(entry(id, 0));
+    }
+    assert_eq!(
+        t.first_unknown(10, 100),
+        20,
+        "stops at the first offset not adopted"
+    );
+    assert_eq!(
+        t.first_unknown(21, 100),
+        25,
+        "and past the end of the entries"
+    );
+    assert_eq!(
+        t.first_unknown(12, 15),
+        15,
+        "never beyond the end it is given"
+    );
+    assert_eq!(
+        t.first_unknown(5, 100),
+        5,
+        "an unknown first offset is where it starts"
+    );
+    assert_eq!(t.first_unknown(30, 30), 30);
+}

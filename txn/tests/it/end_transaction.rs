@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -391,5 +392,45 @@ async fn a_forgotten_decision_is_still_answered_from_its_op_record() {
         code::TRANSACTION_STATE_GROUP_WRONG
     );
     assert_eq!(visible_keys(&b, &c).await, ["f1"]);
+    b.stop().await;
+}
+
+/// An HTTP handler is dropped when its client disconnects. A decision dropped between
+/// "Resolving" and its durable append used to stay Resolving until a restart: every later
+/// decision waited 10 s and was answered busy.
+#[tokio::test]
+async fn a_decision_whose_caller_gives_up_midway_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "gone").await;
+    settle(&b).await;
+    let svc = b.txn.service();
+    let id = s.queue_offset as u64;
+    // Polled once, then dropped: the decision is past its first await (the append) by then.
+    let mut force = Box::pin(svc.force(id, true));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(force.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "a durable append does not finish in one poll"
+    );
+    drop(force);
+    let finished = eventually(Duration::from_secs(10), || {
+        svc.get(id)
+            .unwrap()
+            .is_some_and(|v| v.state == TxnState::Committed)
+    })
+    .await;
+    assert!(finished, "the dropped commit was carried out");
+    let again = tokio::time::timeout(Duration::from_secs(5), svc.force(id, true))
+        .await
+        .expect("answered at once, not after the 10 s wait for a stuck decision")
+        .unwrap();
+    assert_eq!(again, sluice_txn::Outcome::Already(TxnState::Committed));
+    assert_eq!(
+        consume_all(&b, &c, TOPIC).await.len(),
+        1,
+        "committed exactly once"
+    );
     b.stop().await;
 }

@@ -219,7 +219,27 @@ impl LeaseService {
         delay: Option<Duration>,
     ) -> Vec<Result<(), LeaseError>> {
         let level = self.ctx.cfg.lease.nack_level(delay);
-        settle::nack(&self.ctx, &self.state, group, receipts, level).await
+        // On a task of its own: a nack ends its leases, then copies the messages back. Dropped
+        // in between (an HTTP handler whose client disconnects), its entries would stay
+        // "being handed back", neither redelivered nor finished, and hold the group's
+        // committed offset on that queue until a restart.
+        let (ctx, state) = (Arc::clone(&self.ctx), Arc::clone(&self.state));
+        let (group, receipts) = (group.to_owned(), receipts.to_vec());
+        let n = receipts.len();
+        let work = async move { settle::nack(&ctx, &state, &group, &receipts, level).await };
+        match tokio::spawn(work).await {
+            Ok(results) => results,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down: the leases run out and redeliver after a restart.
+            Err(_) => (0..n)
+                .map(|_| {
+                    Err(LeaseError::HandBack(RetryError::Refused {
+                        code: sluice_protocol::response_code::SYSTEM_BUSY,
+                        remark: "the broker is shutting down".into(),
+                    }))
+                })
+                .collect(),
+        }
     }
 
     /// Sets the leases' remaining time to `visibility` (at most `max_visibility` after the

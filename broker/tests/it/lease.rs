@@ -5,6 +5,7 @@
 use crate::common;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::Duration;
 
 use common::*;
@@ -513,4 +514,41 @@ async fn a_body_a_producer_compressed_is_handed_out_inflated() {
     assert!(!got[0].compressed);
     assert_eq!(&got[0].body[..], original.as_bytes());
     cluster.stop().await;
+}
+
+/// An HTTP handler is dropped when its client disconnects. A nack dropped after it ended the
+/// lease and before its copy was stored used to leave the entry "being handed back": never
+/// delivered again, never finished.
+#[tokio::test]
+async fn a_nack_whose_caller_gives_up_midway_still_hands_the_message_back() {
+    let cluster = start_cluster_with(|cfg| {
+        let policy = GroupRetryPolicy {
+            backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
+            ..GroupRetryPolicy::default()
+        };
+        cfg.retry.groups.insert("g".into(), policy);
+    })
+    .await;
+    topic(&cluster, "Orders", 1);
+    let ids = produce(&cluster, "Orders", 0, &["a"], None).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    let r = receipts(&got);
+    let mut nack = Box::pin(leases.nack("g", &r, None));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(nack.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "a durable copy does not finish in one poll"
+    );
+    drop(nack);
+    let again = leases
+        .receive(request("g", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the nacked message is delivered again");
+    assert_eq!(again[0].msg_id, ids[0]);
+    assert_eq!(again[0].delivery_count, 2);
 }

@@ -48,12 +48,15 @@ pub(crate) async fn serve(
     tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only. Serving both makes hyper read the first bytes to tell them apart, with no
+    // deadline: a connection that sends nothing (or half an HTTP/2 preface) was never closed
+    // and kept its slot, so a few thousand silent sockets refused everyone else. HTTP/2 is
+    // neither documented nor tested here; its idle and keep-alive limits would be needed too.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {

@@ -292,6 +292,36 @@ async fn trickled_headers_and_idle_connections_are_closed_after_the_header_read_
     s.stop().await;
 }
 
+/// A connection that sends nothing, or only the start of an HTTP/2 preface, is closed after
+/// `header_read_timeout` too: before, the server waited for enough bytes to tell HTTP/1 from
+/// HTTP/2 with no deadline, so silent connections could take every slot.
+#[tokio::test]
+async fn silent_connections_and_a_stalled_http2_preface_are_closed_after_the_header_read_timeout() {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            header_read_timeout: Duration::from_millis(500),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("T", 1);
+    let mut silent = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    let mut preface = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        closed_by_server(&mut silent, Duration::from_secs(30)).await,
+        "a connection that never sends a byte is closed"
+    );
+    assert!(
+        closed_by_server(&mut preface, Duration::from_secs(30)).await,
+        "a connection stalled in an HTTP/2 preface is closed"
+    );
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
 /// Connections beyond `max_connections` are closed at once; admitted ones keep working, and
 /// a slot freed by a closed connection is reused.
 #[tokio::test]

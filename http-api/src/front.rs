@@ -1,9 +1,11 @@
 //! The one middleware in front of every route. In order, it:
-//! - gives the request its id and runs it in that id's scope (`request_id`);
+//! - gives the request its id and runs it in that id's scope (`request_id`) and in a tracing
+//!   span carrying it, so every line logged meanwhile names the request;
 //! - sheds load: past `max_concurrent_requests` requests in progress it answers 429 at once,
 //!   instead of queueing without bound;
 //! - normalises bare error responses into the JSON error shape;
-//! - records the request's route, status and latency (`metrics`), 429s included;
+//! - records the request's method (a bounded label), route, status and latency (`metrics`),
+//!   429s included;
 //! - puts the id in the `x-request-id` response header.
 //!
 //! One layer, not one per concern: every axum `from_fn` layer clones and boxes the service
@@ -13,9 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::error::{code, ApiError};
 use crate::request_id;
@@ -31,7 +35,12 @@ pub(crate) struct Front {
 /// The middleware (see the module docs).
 pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) -> Response {
     let id = request_id::id_for(&req);
-    let mut response = request_id::scope(id.clone(), answer(front, req, next)).await;
+    // Every line logged while the request runs (facade, broker, transactions, store) carries
+    // the id through this span, not only the facade's own lines.
+    let span = tracing::info_span!("http", request_id = %id);
+    let mut response = request_id::scope(id.clone(), answer(front, req, next))
+        .instrument(span)
+        .await;
     request_id::tag(&mut response, &id);
     response
 }
@@ -39,7 +48,7 @@ pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) 
 /// Sheds or runs the request, normalises its response and records it, inside the id's scope.
 async fn answer(front: Front, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().cloned();
     // Only the debug log line needs the raw path.
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
@@ -50,14 +59,35 @@ async fn answer(front: Front, req: Request, next: Next) -> Response {
     let response = request_id::normalise(response);
     let status = response.status().as_u16();
     if let Some(path) = path {
-        tracing::debug!(request_id = %request_id::current(), %method, %path, status, "http request");
+        tracing::debug!(method = %method, %path, status, "http request");
     }
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     front
         .state
         .metrics()
-        .record(method.as_str(), route, status, started.elapsed());
+        .record(method, route, status, started.elapsed());
     response
+}
+
+/// The method as a metrics label: the standard methods by name, any other token `OTHER`. hyper
+/// accepts any token as a method, and each new label was a new series kept for good, so a
+/// client inventing methods grew the metrics (and every scrape) without bound.
+fn method_label(m: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::TRACE, "TRACE"),
+        (Method::CONNECT, "CONNECT"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == m)
+        .map_or("OTHER", |(_, name)| name)
 }
 
 fn too_many() -> Response {

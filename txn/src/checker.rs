@@ -196,7 +196,7 @@ impl Core {
         if let Some(id) = rec.origin {
             if t.get(id.half_offset).is_some() || !adopt_copies {
                 t.relocate(
-                    id.half_offset,
+                    id,
                     Location {
                         half_offset: rec.queue_offset,
                         phys_offset: rec.phys_offset,
@@ -468,7 +468,7 @@ impl Core {
                 phys_offset: a.phys_offset,
                 store_ms: a.store_timestamp,
             };
-            self.table.lock().relocate(e.id.half_offset, to);
+            self.table.lock().relocate(e.id, to);
             Counters::inc(&self.counters().carried_forward);
             tracing::info!(producer_group = %e.group, half_offset = e.id.half_offset, to_half_offset = to.half_offset, "undecided half message carried forward");
         }

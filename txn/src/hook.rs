@@ -100,9 +100,23 @@ impl TxnPutHook {
     }
 }
 
+/// Properties only the broker writes (on carry-forward copies of half messages). A producer
+/// setting them could make its half message pass for a copy of another transaction, whose
+/// checks and commit would then carry this message's body, or move its age.
+const BROKER_ONLY: [&str; 5] = [
+    crate::records::PROP_ORIGIN_QUEUE_OFFSET,
+    crate::records::PROP_ORIGIN_PHYS,
+    crate::records::PROP_ORIGIN_STORE_MS,
+    crate::records::PROP_PARKED,
+    keys::TRANSACTION_CHECK_TIMES,
+];
+
 /// The half-message rewrite itself.
 fn rewrite(ctx: &PutContext<'_>, msg: &mut PendingMessage) {
     let p = &mut msg.properties;
+    for key in BROKER_ONLY {
+        p.remove(key);
+    }
     p.insert(keys::REAL_TOPIC, msg.input.topic.clone());
     p.insert(keys::REAL_QID, msg.input.queue_id.to_string());
     p.insert(keys::TRAN_MSG, "true");
@@ -179,5 +193,24 @@ mod tests {
         assert_eq!(p.get("__transactionId__"), Some("U1"));
         assert_eq!(p.get("PGROUP"), Some("pg"));
         assert_eq!(p.get("DELAY"), Some("3"), "delay kept for after the commit");
+    }
+
+    #[test]
+    fn a_producer_cannot_pass_its_half_message_off_as_a_carry_forward_copy() {
+        let mut m = msg(sysflag::TRANSACTION_PREPARED, Some("true"));
+        for (k, v) in [
+            ("TRAN_PREPARED_QUEUE_OFFSET", "7"),
+            ("TXN_ORIGIN_PHYS", "700"),
+            ("TXN_ORIGIN_STORE_MS", "99999999999999"),
+            ("TXN_PARKED", "true"),
+            ("TRANSACTION_CHECK_TIMES", "14"),
+        ] {
+            m.properties.insert(k, v);
+        }
+        rewrite(&ctx(), &mut m);
+        for k in BROKER_ONLY {
+            assert_eq!(m.properties.get(k), None, "{k} is the broker's to write");
+        }
+        assert_eq!(m.properties.get("REAL_TOPIC"), Some("Orders"));
     }
 }

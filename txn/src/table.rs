@@ -216,8 +216,19 @@ impl Table {
     }
 
     /// A carry-forward copy was stored: the bytes now live there.
-    pub(crate) fn relocate(&mut self, id: u64, to: Location) {
-        if let Some(e) = self.entries.get_mut(&id) {
+    /// Only a copy naming the transaction's whole identity (both offsets) moves it: a record
+    /// naming the queue offset alone is not this transaction's copy.
+    pub(crate) fn relocate(&mut self, id: TxnId, to: Location) {
+        if let Some(e) = self.entries.get_mut(&id.half_offset) {
+            if e.id != id {
+                tracing::warn!(
+                    half_offset = id.half_offset,
+                    commit_log_offset = id.commit_log_offset,
+                    expected = e.id.commit_log_offset,
+                    "a carry-forward copy names another transaction's half message; ignored"
+                );
+                return;
+            }
             if to.half_offset > e.current.half_offset {
                 e.current = to;
                 self.dirty = true;

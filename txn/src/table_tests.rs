@@ -197,3 +197,26 @@ fn the_tailer_steps_over_a_run_of_known_entries_up_to_the_first_gap() {
     );
     assert_eq!(t.first_unknown(30, 30), 30);
 }
+
+#[test]
+fn a_copy_moves_its_transaction_only_when_both_offsets_match() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    t.insert(entry(3, 0));
+    let to = Location {
+        half_offset: 50,
+        phys_offset: 5_000,
+        store_ms: 9,
+    };
+    let forged = TxnId {
+        half_offset: 3,
+        commit_log_offset: 123,
+    };
+    t.relocate(forged, to);
+    assert_eq!(
+        t.get(3).unwrap().current.half_offset,
+        3,
+        "a foreign copy is ignored"
+    );
+    t.relocate(t.get(3).unwrap().id, to);
+    assert_eq!(t.get(3).unwrap().current, to, "its own copy moves it");
+}

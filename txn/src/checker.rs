@@ -39,6 +39,8 @@ const CARRY_BATCH: usize = 64;
 const CHECKPOINT_ENTRIES_PER_INTERVAL: usize = 20_000;
 /// Due transactions (checks and final actions) taken per tick; the rest stay due.
 const MAX_DUE_PER_TICK: usize = 8_192;
+/// Walks of the due transactions per tick (each after a group's route refused).
+const MAX_DUE_WALKS: usize = 4;
 /// Checks planned (half message read), counted and offered per round of a tick.
 const CHECK_ROUND: usize = 64;
 
@@ -72,7 +74,7 @@ impl Core {
         self.table
             .lock()
             .forget(now_ms(), ms(cfg.resolved_retention), cfg.resolved_max);
-        let limit = self
+        let allowance = self
             .pacer
             .lock()
             .allowance(
@@ -81,23 +83,49 @@ impl Core {
                 std::time::Instant::now(),
             )
             .min(MAX_DUE_PER_TICK);
-        let due = self.table.lock().due(now_ms(), cfg, limit);
-        self.pacer.lock().spend(due.len());
-        let mut checks = Vec::new();
-        for d in due {
-            match d {
-                Due::Final(id, decision) => {
-                    // Refused when a decision won the race: then nothing is to be done.
-                    let _ = self.decide(id, decision, Source::FinalAction).await;
-                }
-                Due::Check(id) => checks.push(id),
-            }
-        }
-        if !checks.is_empty() {
-            self.run_checks(checks).await;
-        }
+        let taken = self.run_due(allowance).await;
+        self.pacer.lock().spend(taken);
         self.carry_forward().await;
         self.checkpoint_if_due().await;
+    }
+
+    /// Takes up to `allowance` due transactions, oldest first, and applies their final actions
+    /// or offers their checks; returns how many were started (what the pace is charged).
+    ///
+    /// A group whose route refuses a check gets no more this tick, and the due walk is
+    /// repeated without it: otherwise a jammed group holding the oldest due transactions took
+    /// the whole allowance every tick, and no other group was checked while it stayed jammed.
+    async fn run_due(&self, allowance: usize) -> usize {
+        let cfg = &self.shared.cfg;
+        let mut refused: HashSet<String> = HashSet::new();
+        let mut taken = 0;
+        for _ in 0..MAX_DUE_WALKS {
+            let limit = allowance.saturating_sub(taken);
+            if limit == 0 {
+                break;
+            }
+            let due = self.table.lock().due(now_ms(), cfg, limit, &refused);
+            if due.is_empty() {
+                break;
+            }
+            let refused_before = refused.len();
+            let mut checks = Vec::new();
+            for d in due {
+                match d {
+                    Due::Final(id, decision) => {
+                        taken += 1;
+                        // Refused when a decision won the race: then nothing is to be done.
+                        let _ = self.decide(id, decision, Source::FinalAction).await;
+                    }
+                    Due::Check(id) => checks.push(id),
+                }
+            }
+            taken += self.run_checks(checks, &mut refused).await;
+            if refused.len() == refused_before {
+                break; // everything due was taken: nothing was left for another walk
+            }
+        }
+        taken
     }
 
     /// Reads half messages from `half_next` on into the table, until it has caught up with the
@@ -216,34 +244,49 @@ impl Core {
     /// check's count only by over-counting; (3) send each under the lock after checking the
     /// state again: a decision takes that lock to begin, so none can slip in between the check
     /// and the send.
-    pub(crate) async fn run_checks(&self, ids: Vec<u64>) {
+    pub(crate) async fn run_checks(&self, ids: Vec<u64>, refused: &mut HashSet<String>) -> usize {
         // A group whose route refused a check (full producer write queues, a full sink) gets
         // no more this tick: its other due transactions stay due and uncounted (from the next
         // round on, unread) for the next tick; only the refused one waits an interval.
         // Offering all of them at once read every due half message only to have most
         // refused, in one burst per `check_interval` (100 000 reads on one worker thread with
         // that many due), and postponed the refused ones a whole interval.
-        let mut refused: HashSet<String> = HashSet::new();
+        let mut offered = 0;
         for round in ids.chunks(CHECK_ROUND) {
-            for group in self.run_check_round(round, &refused).await {
-                refused.insert(group);
-            }
+            let (n, groups) = self.run_check_round(round, refused).await;
+            offered += n;
+            refused.extend(groups);
         }
+        offered
     }
 
-    /// Plans, counts, journals and offers one round of checks; returns the groups whose route
-    /// refused one.
-    async fn run_check_round(&self, ids: &[u64], refused: &HashSet<String>) -> Vec<String> {
+    /// Plans, counts, journals and offers one round of checks; returns how many were offered
+    /// (queued for pulling, sent, or refused by their route) and the groups whose route
+    /// refused one. A full pull queue counts as a refusal: the check waits an interval instead
+    /// of being read and offered again at every tick.
+    async fn run_check_round(
+        &self,
+        ids: &[u64],
+        refused: &HashSet<String>,
+    ) -> (usize, Vec<String>) {
         let planned = self.plan_checks(ids, refused);
         let now = now_ms();
         let mut counted = Vec::new();
         let mut records = Vec::new();
+        let mut offered = 0;
+        let mut refused_now: Vec<String> = Vec::new();
         {
             let mut t = self.table.lock();
             for p in planned {
                 let id = p.entry.id.half_offset;
                 if matches!(p.route, Route::Pull) {
-                    t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max);
+                    offered += 1;
+                    if !t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max) {
+                        t.postpone_check(id, now);
+                        if !refused_now.contains(&p.entry.group) {
+                            refused_now.push(p.entry.group.clone());
+                        }
+                    }
                 } else if let Some(c) = t.count_check(id, now) {
                     counted.push((p, c.checks));
                     records.push(c);
@@ -251,12 +294,11 @@ impl Core {
             }
         }
         if counted.is_empty() {
-            return Vec::new();
+            return (offered, refused_now);
         }
         if let Err(e) = self.journal_checks(records).await {
             tracing::warn!(error = %e, "check counts not journalled; sending anyway");
         }
-        let mut refused_now: Vec<String> = Vec::new();
         for (p, n) in counted {
             if refused_now.contains(&p.entry.group) {
                 // Never offered: as if not counted, still due at the next tick.
@@ -265,12 +307,13 @@ impl Core {
                     .unclaim_check(p.entry.id.half_offset, p.entry.last_check_ms);
                 continue;
             }
+            offered += 1;
             let group = p.entry.group.clone();
             if !self.deliver(p, n) {
                 refused_now.push(group);
             }
         }
-        refused_now
+        (offered, refused_now)
     }
 
     /// Appends counted checks to the journal on a blocking thread. Under the checkpoint lock, so

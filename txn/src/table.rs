@@ -356,7 +356,15 @@ impl Table {
     /// This walks every transaction under the table lock once per tick (100 000 and more), so
     /// the walk allocates nothing and hashes nothing on the common path: one policy per group,
     /// borrowed names, and the pull queue consulted only when something is queued.
-    pub(crate) fn due(&mut self, now: i64, cfg: &TxnConfig, limit: usize) -> Vec<Due> {
+    ///
+    /// Transactions of the groups in `skip` (refused this tick) are passed over.
+    pub(crate) fn due(
+        &mut self,
+        now: i64,
+        cfg: &TxnConfig,
+        limit: usize,
+        skip: &HashSet<String>,
+    ) -> Vec<Due> {
         let mut policies: HashMap<&str, GroupPolicy> = HashMap::new();
         let mut last: Option<(&str, GroupPolicy)> = None;
         let mut out = Vec::new();
@@ -371,6 +379,7 @@ impl Table {
         for e in self.entries.values() {
             if e.state != TxnState::Open
                 || (!self.queued.is_empty() && self.queued.contains(&e.id.half_offset))
+                || (!skip.is_empty() && skip.contains(&e.group))
             {
                 continue;
             }

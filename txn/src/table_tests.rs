@@ -50,14 +50,14 @@ fn due_takes_the_oldest_up_to_its_limit_and_leaves_the_rest_for_later() {
         t.insert(entry(id, 1000));
     }
     assert_eq!(
-        t.due(2000, &cfg(), 3),
+        t.due(2000, &cfg(), 3, &HashSet::new()),
         [Due::Check(1), Due::Check(3), Due::Check(5)]
     );
     assert_eq!(t.due_waiting, 2, "two more were due");
     t.count_check(1, 2000);
     t.count_check(3, 2000);
     assert_eq!(
-        t.due(2000, &cfg(), 3),
+        t.due(2000, &cfg(), 3, &HashSet::new()),
         [Due::Check(5), Due::Check(7), Due::Check(9)],
         "checked ones are not due again before their interval"
     );
@@ -70,12 +70,12 @@ fn what_waits_is_counted_when_a_backlog_starts_then_every_five_seconds() {
     for id in 1..=10 {
         t.insert(entry(id, 1000));
     }
-    assert_eq!(t.due(2000, &cfg(), 2).len(), 2);
+    assert_eq!(t.due(2000, &cfg(), 2, &HashSet::new()).len(), 2);
     assert_eq!(t.due_waiting, 8, "counted when the backlog starts");
     t.insert(entry(11, 1000));
-    t.due(3000, &cfg(), 2);
+    t.due(3000, &cfg(), 2, &HashSet::new());
     assert_eq!(t.due_waiting, 8, "not walked again within 5 s");
-    t.due(7000, &cfg(), 2);
+    t.due(7000, &cfg(), 2, &HashSet::new());
     assert_eq!(t.due_waiting, 9, "counted again after 5 s");
 }
 
@@ -85,20 +85,23 @@ fn checks_come_due_then_the_final_action() {
     let mut t = Table::new(Arc::clone(&live));
     t.insert(entry(1, 1000));
     assert_eq!(live.load(Ordering::Relaxed), 1);
-    assert!(t.due(1099, &cfg(), usize::MAX).is_empty());
-    assert_eq!(t.due(1100, &cfg(), usize::MAX), [Due::Check(1)]);
+    assert!(t.due(1099, &cfg(), usize::MAX, &HashSet::new()).is_empty());
+    assert_eq!(
+        t.due(1100, &cfg(), usize::MAX, &HashSet::new()),
+        [Due::Check(1)]
+    );
     assert_eq!(t.count_check(1, 1100).map(|c| c.checks), Some(1));
-    assert!(t.due(1149, &cfg(), usize::MAX).is_empty());
+    assert!(t.due(1149, &cfg(), usize::MAX, &HashSet::new()).is_empty());
     assert_eq!(t.count_check(1, 1150).map(|c| c.checks), Some(2));
     assert_eq!(
-        t.due(1200, &cfg(), usize::MAX),
+        t.due(1200, &cfg(), usize::MAX, &HashSet::new()),
         [Due::Final(1, Decision::Discard)]
     );
     let Begin::Proceed(_) = t.begin(1, Decision::Discard, 7) else {
         panic!()
     };
     assert!(
-        t.due(5000, &cfg(), usize::MAX).is_empty(),
+        t.due(5000, &cfg(), usize::MAX, &HashSet::new()).is_empty(),
         "nothing is due while resolving"
     );
     assert!(
@@ -157,7 +160,8 @@ fn pulled_checks_count_once_and_skip_decided_transactions() {
     assert!(!t.queue_pull("pg", 1, 10), "queued once");
     assert!(t.queue_pull("pg", 2, 10));
     assert!(
-        t.due(1_000_000, &cfg(), usize::MAX).is_empty(),
+        t.due(1_000_000, &cfg(), usize::MAX, &HashSet::new())
+            .is_empty(),
         "queued checks are not due again"
     );
     let Begin::Proceed(_) = t.begin(2, Decision::Commit, 0) else {

@@ -513,6 +513,42 @@ async fn a_route_that_refuses_leaves_the_other_due_checks_for_the_next_tick() {
     b.stop().await;
 }
 
+/// A group whose route refuses every check, holding the oldest due transactions, used to
+/// take the whole per-tick allowance every tick: no other group was checked until it had
+/// drained by refusals (one per tick).
+#[tokio::test]
+async fn a_jammed_group_does_not_hold_up_the_checks_of_other_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.defaults.check_interval = Duration::from_secs(3600);
+    // About 15 a tick of 75 ms: far fewer than the jammed group has due.
+    cfg.max_checks_per_sec = 200;
+    let jammed = Arc::new(Throttled {
+        room: Mutex::new(0),
+        got: Mutex::new(Vec::new()),
+    });
+    let b = halves_checked_by(dir.path(), cfg, "jammed", jammed.clone(), 200).await;
+    let healthy = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let svc = b.txn.service();
+    svc.set_check_sink("healthy", Some(healthy.clone()));
+    let c = b.client().await;
+    for i in 0..20 {
+        let key = format!("healthy-{i}");
+        send_half_with(&c, "healthy", &key, half_props("healthy", &key)).await;
+    }
+    assert!(
+        eventually(WAIT, || healthy.0.lock().len() == 20).await,
+        "the healthy group gets its checks: {} of 20",
+        healthy.0.lock().len()
+    );
+    let refused = svc.metrics().checks_undelivered;
+    assert!(
+        refused < 100,
+        "while the jammed group still has most of its checks due ({refused} of 200 refused)"
+    );
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn checks_start_no_faster_than_max_checks_per_sec() {
     let dir = tempfile::tempdir().unwrap();

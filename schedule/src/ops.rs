@@ -6,10 +6,10 @@
 //! once: a producer that resends a delayed message after a lost acknowledgement keeps its
 //! UNIQ_KEY (RocketMQ clients do), and each copy is a timer of its own. So a cancel or
 //! reschedule acts on every pending record of the message (waiting out releases in flight
-//! first), and answers once per
-//! message with what is true of all copies: `AlreadyDelivered` if any copy reached its real
-//! topic (the pending ones are then cancelled, even by a reschedule, so it does not arrive
-//! again), else `Cancelled`/`Rescheduled` if it changed any, else `AlreadyCancelled`.
+//! first, and following a finished roll to the record it wrote), and answers once per message
+//! with what is true of all copies: `AlreadyDelivered` if any copy reached its real topic (the
+//! pending ones are then cancelled, even by a reschedule, so it does not arrive again), else
+//! `Cancelled`/`Rescheduled` if it changed any, else `AlreadyCancelled`.
 //!
 //! Cancel protocol: under the index lock, Pending → Cancelling (the deliverer leaves it
 //! alone; a far timer is put in a set the window load honours); a cancel marker is appended
@@ -363,8 +363,10 @@ struct RecView {
     kind: Kind,
     state: RecState,
     phys: u64,
-    /// Written by this call (a rescheduled copy): the result of the action, not something to
-    /// act on again.
+    /// The record it was rolled from.
+    prev: Option<u64>,
+    /// Written by this call (a rescheduled copy), or rolled from such a record: the result of
+    /// the action, not something to act on again.
     ours: bool,
 }
 
@@ -373,6 +375,9 @@ struct RecView {
 enum Next {
     /// A release of one of its records is in flight: wait for it, then look again.
     Wait,
+    /// These rolls finished, but the records they wrote are not among those found: find the
+    /// message's records again (once per roll) before calling anything final.
+    Refind(Vec<u64>),
     /// Act on these pending records. `cancel`: a copy was released, so the rest are only
     /// cancelled, even by a reschedule (moving them would deliver the message again).
     Act { idx: Vec<usize>, cancel: bool },
@@ -380,15 +385,30 @@ enum Next {
     Settled { delivered: bool },
 }
 
+/// A roll that finished (or left memory) without its successor among `views`.
+fn orphan_roll(v: &RecView, views: &[RecView]) -> bool {
+    v.kind == Kind::Roll
+        && matches!(v.state, RecState::Released | RecState::Gone)
+        && !views.iter().any(|w| w.prev == Some(v.phys))
+}
+
 /// The step a message needs, from its records' states (pure, so the races are testable).
 /// Releases in flight are waited out before anything is acted on, so a copy being released
 /// meanwhile turns the answer into "delivered" instead of a false "cancelled". A finished
-/// roll is not a release. `gone_delivered` says a record no longer in memory was found
-/// released.
-fn decide(views: &[RecView], gone_delivered: bool) -> Next {
+/// roll is not a release: its successor is the record to look at. `refound` holds rolls a
+/// look-up was already repeated for (one whose successor is still missing was cancelled or
+/// dropped); `gone_delivered` says a record no longer in memory was found released.
+fn decide(views: &[RecView], refound: &HashSet<u64>, gone_delivered: bool) -> Next {
     let theirs = || views.iter().enumerate().filter(|(_, v)| !v.ours);
     if theirs().any(|(_, v)| v.state == RecState::Busy) {
         return Next::Wait;
+    }
+    let orphans: Vec<u64> = theirs()
+        .filter(|(_, v)| orphan_roll(v, views) && !refound.contains(&v.phys))
+        .map(|(_, v)| v.phys)
+        .collect();
+    if !orphans.is_empty() {
+        return Next::Refind(orphans);
     }
     let delivered = gone_delivered
         || theirs().any(|(_, v)| v.kind != Kind::Roll && v.state == RecState::Released);
@@ -416,6 +436,8 @@ struct GroupProgress {
     /// Records this call found released before a crash. The index may still hold such a
     /// record as pending beyond the window (the deliverer's own check settles it later).
     released_before_crash: HashSet<u64>,
+    /// Rolls a look-up was repeated for.
+    refound: HashSet<u64>,
     /// Records no longer in memory already looked up in the real topic.
     checked_gone: HashSet<u64>,
     /// One of those was released.
@@ -451,11 +473,13 @@ async fn views_of(
         if p.released_before_crash.contains(&f.rec.phys) {
             state = RecState::Released;
         }
+        let mine = |phys: u64| p.written.contains(&phys);
         views.push(RecView {
             kind: f.kind,
             state,
             phys: f.rec.phys,
-            ours: p.written.contains(&f.rec.phys),
+            prev: f.rec.prev,
+            ours: mine(f.rec.phys) || f.rec.prev.is_some_and(mine),
         });
         generations.push(generation);
     }
@@ -508,11 +532,11 @@ async fn apply_group(
         }
         let (views, generations) = views_of(core, &recs, &p).await?;
         check_gone(core, uniq, &recs, &views, &mut p).await?;
-        match decide(&views, p.gone_delivered) {
+        match decide(&views, &p.refound, p.gone_delivered) {
             Next::Settled { delivered } => return Ok(p.answer(delivered)),
-            Next::Wait => {
-                // A roll in flight writes a new record for the message: find them again.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            Next::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
+            Next::Refind(rolls) => {
+                p.refound.extend(rolls);
                 recs = refind(core, sel, uniq).await?.unwrap_or(recs);
             }
             Next::Act { idx, cancel } => {
@@ -728,7 +752,12 @@ fn list_state(recs: &[Found], states: &[RecState]) -> ListState {
     }
     let waiting = states
         .iter()
-        .any(|s| matches!(s, RecState::Pending | RecState::Busy));
+        .any(|s| matches!(s, RecState::Pending | RecState::Busy))
+        || recs.iter().zip(states).any(|(f, s)| {
+            f.kind == Kind::Roll
+                && *s == RecState::Released
+                && !recs.iter().any(|r| r.rec.prev == Some(f.rec.phys))
+        });
     let otherwise = if waiting {
         MessageState::Pending
     } else {
@@ -793,6 +822,7 @@ mod tests {
             kind,
             state,
             phys,
+            prev: None,
             ours: false,
         }
     }
@@ -802,7 +832,7 @@ mod tests {
     }
 
     fn decide_fresh(views: &[RecView]) -> Next {
-        decide(views, false)
+        decide(views, &HashSet::new(), false)
     }
 
     #[test]
@@ -835,7 +865,7 @@ mod tests {
         );
         let views = [fire(RecState::Gone, 10), fire(RecState::Pending, 20)];
         assert_eq!(
-            decide(&views, true),
+            decide(&views, &HashSet::new(), true),
             Next::Act {
                 idx: vec![1],
                 cancel: true
@@ -875,6 +905,40 @@ mod tests {
                 idx: vec![1],
                 cancel: true
             }
+        );
+    }
+
+    /// Defect: a cancel racing a roll saw the old record finish (Released, or Gone once the
+    /// watermark passed it) before the rolled copy was found, and answered "delivered" (or
+    /// "cancelled before") while the copy was still pending.
+    #[test]
+    fn a_finished_roll_is_never_final_until_its_new_record_is_looked_for() {
+        for state in [RecState::Released, RecState::Gone] {
+            let views = [rec(Kind::Roll, state, 10)];
+            assert_eq!(decide_fresh(&views), Next::Refind(vec![10]), "{state:?}");
+            let refound: HashSet<u64> = [10].into();
+            assert_eq!(
+                decide(&views, &refound, false),
+                Next::Settled { delivered: false },
+                "looked for after it finished and still alone: it was cancelled or dropped"
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_roll_with_its_new_record_found_acts_on_the_new_record() {
+        let rolled = RecView {
+            prev: Some(10),
+            ..fire(RecState::Pending, 20)
+        };
+        let views = [rec(Kind::Roll, RecState::Released, 10), rolled];
+        assert_eq!(
+            decide_fresh(&views),
+            Next::Act {
+                idx: vec![1],
+                cancel: false
+            },
+            "a roll is not a release"
         );
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct TimerRecord {
     pub(crate) replaces: Option<Key>,
     /// A cancel marker cancels this entry.
     pub(crate) cancels: Option<Key>,
+    /// A rolled copy names the record it was rolled from, so a cancel can tell that a roll
+    /// it saw finish has a successor to act on.
+    pub(crate) prev: Option<u64>,
 }
 
 impl TimerRecord {
@@ -62,6 +65,7 @@ impl TimerRecord {
             uniq_key: props.get(keys::UNIQ_KEY).map(str::to_owned),
             replaces: key_prop(PROP_REPLACES),
             cancels: key_prop(PROP_CANCEL),
+            prev: props.get(PROP_PREV).and_then(|v| v.parse().ok()),
         })
     }
 
@@ -244,5 +248,8 @@ mod tests {
         let copy = copy_timer(&rec, 100_000, Some(4096), None).unwrap();
         let p = Properties::decode(copy.properties.as_bytes());
         assert_eq!(p.get(PROP_PREV), Some("4096"));
+        let rolled = record(&[("SLUICE_TIMER_PREV", "4096"), ("REAL_TOPIC", "T")], 1000);
+        let t = TimerRecord::parse(&rolled, &ScheduleConfig::default()).unwrap();
+        assert_eq!(t.prev, Some(4096), "a rolled copy names its predecessor");
     }
 }

@@ -6,4 +6,5 @@ mod common;
 
 mod cancel;
 mod many_timers;
+mod resent;
 mod send_path;

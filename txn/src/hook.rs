@@ -9,8 +9,9 @@
 //! offset message id and the UNIQ_KEY as transaction id.
 //!
 //! `DELAY` and `TIMER_*` are kept (RocketMQ strips them): they apply after the commit, through
-//! the commit hooks. The commit hooks also run here once on a trial copy, so a delay the
-//! schedule extension would refuse is refused at send time, not at commit time.
+//! the commit hooks. The commit hooks also run here once on a trial copy (as a plain send of
+//! the message, judged strictly), so a delay the schedule extension would refuse is refused at
+//! send time, not shortened at commit time.
 //!
 //! Without this hook the broker keeps refusing prepared messages (NO_PERMISSION).
 
@@ -82,15 +83,19 @@ impl PutHook for TxnPutHook {
 }
 
 impl TxnPutHook {
-    /// Runs the commit hooks on what the commit would store; their refusal refuses the send.
+    /// Runs the commit hooks on the message as a plain send of it, now; their refusal refuses
+    /// the send. Plain, not COMMIT: the schedule hook is lenient with committed messages (a
+    /// delay past its maximum is shortened, a passed time releases at once, since a
+    /// transaction may stay open a while), so a trial as a commit refused nothing, and a
+    /// 60-day delay was accepted and then delivered after the 30-day maximum.
     fn trial_commit(&self, ctx: &PutContext<'_>, msg: &PendingMessage) -> Option<HookOutcome> {
         let hooks = self.shared.commit_hooks.read();
         if hooks.is_empty() {
             return None;
         }
         let mut trial = msg.clone();
-        trial.input.sys_flag =
-            (trial.input.sys_flag & !sysflag::TRANSACTION_MASK) | sysflag::TRANSACTION_COMMIT;
+        trial.input.sys_flag &= !sysflag::TRANSACTION_MASK;
+        trial.properties.remove(keys::TRAN_MSG);
         for hook in hooks.iter() {
             if let r @ HookOutcome::Reject { .. } = hook.before_put(ctx, &mut trial) {
                 return Some(r);

@@ -151,7 +151,7 @@ pub(crate) async fn send_one(
 
 /// The broker's refusal as HTTP; MESSAGE_ILLEGAL of a delayed message is the schedule hook
 /// refusing the delay (422).
-fn produce_error(e: ProduceError, delayed: bool) -> ApiError {
+pub(crate) fn produce_error(e: ProduceError, delayed: bool) -> ApiError {
     if delayed && e.code == rc::MESSAGE_ILLEGAL {
         ApiError::unprocessable(e.remark)
     } else {

@@ -28,8 +28,15 @@ pub struct SendTxnRequest {
     /// contract. Without it, the group's configuration decides (its `check_url`, pull mode, a
     /// polling producer, or a TCP producer).
     pub check_url: Option<String>,
+    /// Delay level (1-based, as for produce), counted from the commit.
+    pub delay_level: Option<i32>,
     /// Deliver this many milliseconds after the commit (not after the send).
     pub delay_ms: Option<i64>,
+    /// Deliver at this epoch millisecond (at once if it passed while the transaction was
+    /// open; refused at send time if already past, or beyond the schedule's maximum).
+    pub deliver_at_ms: Option<i64>,
+    /// Messages with the same sharding key go to the same queue, as for produce.
+    pub sharding_key: Option<String>,
 }
 
 /// The half message was stored; nothing is visible until the commit.

@@ -20,6 +20,7 @@ use super::pull::Source;
 use crate::error::{code, ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::message::MessageIn;
+use crate::produce::produce_error;
 use crate::state::AppState;
 
 /// Longest `check_url` accepted.
@@ -36,8 +37,9 @@ const DEFAULT_POLL_MAX: usize = 16;
         (status = 400, description = "Bad field, body or check_url", body = ErrorBody),
         (status = 404, description = "Topic not found", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Delay refused by the schedule", body = ErrorBody),
         (status = 429, description = "Too many open transactions or store busy", body = ErrorBody),
-        (status = 503, description = "Transactions disabled", body = ErrorBody)),
+        (status = 503, description = "Transactions or (for a delay) scheduling disabled", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn send(
     State(state): State<AppState>,
@@ -55,11 +57,19 @@ pub(super) async fn send(
         tag: req.tag,
         keys: req.keys,
         properties: req.properties,
+        delay_level: req.delay_level,
         delay_ms: req.delay_ms,
+        deliver_at_ms: req.deliver_at_ms,
+        sharding_key: req.sharding_key,
         producer_group: Some(group.clone()),
-        ..MessageIn::default()
     }
     .decode(state.config())?;
+    // As for produce: a delay needs the schedule (503 without it, never delivered at once),
+    // and one it refuses is 422.
+    let delayed = message.meta.delay.is_some();
+    if delayed {
+        state.schedule()?;
+    }
     let peer = peer.map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0 .0);
     let mut p = message.into_produce(&topic, &group, peer);
     p.sys_flag |= sysflag::TRANSACTION_PREPARED;
@@ -68,7 +78,11 @@ pub(super) async fn send(
     if let Some(url) = url {
         p.properties.insert(PROP_CHECK_URL, url);
     }
-    let stored = state.broker().produce(p).await?;
+    let stored = state
+        .broker()
+        .produce(p)
+        .await
+        .map_err(|e| produce_error(e, delayed))?;
     let handle = TxnHandle {
         producer_group: group,
         half_offset: u64::try_from(stored.queue_offset)

@@ -222,6 +222,45 @@ async fn bad_send_requests_are_refused_before_anything_is_stored() {
     s.stop().await;
 }
 
+/// A transactional send takes every delay form and the sharding key a produce takes, and a
+/// delay the schedule refuses is 422 at send time, as for produce. Before, the trial at send
+/// time ran as a commit (leniently): a 60-day delay was accepted and delivered at 30 days.
+#[tokio::test]
+async fn a_transactional_send_judges_its_delay_as_produce_does() {
+    let s = start_signed().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for refused in [
+        json!({"body": "x", "producer_group": "g", "delay_ms": 60_i64 * 24 * 3600 * 1000}),
+        json!({"body": "x", "producer_group": "g", "deliver_at_ms": now - 3_600_000}),
+    ] {
+        let (status, v) = s
+            .post("/v1/topics/Orders/transactions", refused.clone())
+            .await;
+        assert_eq!(status, 422, "{refused} → {v}");
+    }
+    let (status, v) = s.get("/v1/transactions?producer_group=g").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["transactions"].as_array().map(Vec::len),
+        Some(0),
+        "nothing stored"
+    );
+    for accepted in [
+        json!({"body": "x", "producer_group": "g", "sharding_key": "order-42"}),
+        json!({"body": "x", "producer_group": "g", "deliver_at_ms": now + 3_600_000}),
+        json!({"body": "x", "producer_group": "g", "delay_level": 2}),
+    ] {
+        let (status, v) = s
+            .post("/v1/topics/Orders/transactions", accepted.clone())
+            .await;
+        assert_eq!(status, 201, "{accepted} → {v}");
+    }
+    s.stop().await;
+}
+
 /// A webhook receiver: answers from a script (the last answer repeats), records every check
 /// and whether its signature verified.
 #[derive(Default)]

@@ -2,6 +2,8 @@
 //! in request order. A bad entry fails alone (partial success is normal, as in SQS); the
 //! entries are sent one after another, so entries with one sharding key keep their order.
 
+use std::collections::HashSet;
+
 use axum::extract::{FromRequest, Request, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -118,9 +120,24 @@ pub(super) async fn send_batch(
     let JsonBody(batch) = JsonBody::<BatchIn>::from_request(req, &state).await?;
     check_size(batch.messages.len(), state.config().max_batch)?;
     let mut results = Vec::with_capacity(batch.messages.len());
+    // Sharding keys of entries that failed: a later entry with one of them is not sent, or a
+    // client retrying the failed entry would have it consumed after the later one.
+    let mut broken: HashSet<String> = HashSet::new();
     for entry in batch.messages {
-        let r = match parse_entry(entry).and_then(|m| m.decode(state.config())) {
-            Ok(msg) => send_one(&state, &topic, msg, peer).await,
+        let r = match parse_entry(entry) {
+            Ok(m) => match m.sharding_key.clone() {
+                Some(key) if broken.contains(&key) => Err(after_failure(&key)),
+                key => {
+                    let r = match m.decode(state.config()) {
+                        Ok(msg) => send_one(&state, &topic, msg, peer).await,
+                        Err(e) => Err(e),
+                    };
+                    if let (Err(_), Some(key)) = (&r, key) {
+                        broken.insert(key);
+                    }
+                    r
+                }
+            },
             Err(e) => Err(e),
         };
         results.push(BatchEntry::from(r));
@@ -128,6 +145,18 @@ pub(super) async fn send_batch(
     let failed = results.iter().filter(|r| !r.ok).count();
     tracing::debug!(topic = %topic, entries = results.len(), failed, "batch sent over HTTP");
     Ok(Json(BatchOut { results }))
+}
+
+/// The refusal of an entry whose sharding key failed earlier in the batch.
+fn after_failure(key: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        code::CONFLICT,
+        format!(
+            "not sent: an earlier entry with sharding key {key:?} failed, and sending this one \
+             would put it ahead of that entry once retried"
+        ),
+    )
 }
 
 fn check_size(n: usize, max: usize) -> ApiResult<()> {

@@ -275,6 +275,30 @@ async fn a_batch_answers_each_entry_in_order() {
     s.stop().await;
 }
 
+/// A client retries the entries that failed. Had a later entry with the same sharding key
+/// been stored, the retried one would be consumed after it: such entries are not sent.
+#[tokio::test]
+async fn a_batch_does_not_send_past_a_failed_entry_of_the_same_sharding_key() {
+    let s = common::start().await;
+    s.create_topic("B", 2);
+    let (st, r) = s
+        .post(
+            "/v1/topics/B/messages:batch",
+            json!({"messages": [
+                {"body": "one", "sharding_key": "k", "properties": {"UNIQ_KEY": "mine"}},
+                {"body": "two", "sharding_key": "k"},
+                {"body": "other", "sharding_key": "j"}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let res = r["results"].as_array().unwrap();
+    let oks: Vec<bool> = res.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, vec![false, false, true], "{r}");
+    assert_eq!(res[1]["error"]["code"], "conflict", "{r}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_batch_over_max_batch_is_413_and_an_empty_one_422() {
     let s = common::start().await;

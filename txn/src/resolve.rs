@@ -91,7 +91,7 @@ impl Core {
         let decision = match resolution {
             Resolution::Commit => Decision::Commit,
             Resolution::Rollback => Decision::Rollback,
-            Resolution::Unknown => return Ok(Outcome::Noted),
+            Resolution::Unknown => return Ok(self.unknown_noted(&located)),
         };
         let by = if from_check {
             Source::CheckAnswer
@@ -104,6 +104,21 @@ impl Core {
             }
             Located::Forgotten(op) => self.judge_forgotten(&op, decision),
         }
+    }
+
+    /// What an UNKNOWN answer is told: the decided state when the transaction is already
+    /// decided (not "it stays open"), otherwise that it was noted.
+    fn unknown_noted(&self, located: &Located) -> Outcome {
+        let decided = match located {
+            Located::InMemory(id, _) => self
+                .table
+                .lock()
+                .get(*id)
+                .map(|e| e.state)
+                .filter(|s| s.is_final()),
+            Located::Forgotten(op) => Some(op.decision.target()),
+        };
+        decided.map_or(Outcome::Noted, Outcome::Already)
     }
 
     fn note_answer(&self, located: &Located, resolution: Resolution) {

@@ -434,3 +434,20 @@ async fn a_decision_whose_caller_gives_up_midway_still_finishes() {
     );
     b.stop().await;
 }
+
+/// An UNKNOWN for a decided transaction used to be answered "noted; the transaction stays
+/// open": it is answered with the decision.
+#[tokio::test]
+async fn an_unknown_answer_for_a_decided_transaction_is_told_its_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "decided").await;
+    let r = end(&c, &s, sysflag::TRANSACTION_COMMIT).await;
+    assert_eq!(r.code, code::SUCCESS);
+    let r = end(&c, &s, sysflag::TRANSACTION_NOT_TYPE).await;
+    assert_eq!(r.code, code::SUCCESS);
+    let remark = r.remark.unwrap_or_default();
+    assert!(remark.contains("already committed"), "{remark}");
+    b.stop().await;
+}

@@ -117,9 +117,6 @@ pub(crate) async fn start(
             "rate_per_sec must be at most {MAX_RATE}"
         )));
     }
-    if let Some(id) = ctx.dlq.running_of(&spec.group) {
-        return Err(DlqError::Busy(id));
-    }
     let now = now_ms();
     let status = ReplayStatus {
         id: ctx.dlq.next_id(),
@@ -147,12 +144,28 @@ pub(crate) async fn start(
         resumes: 0,
     };
     ctx.dlq.ledger(&status.group)?;
-    save(ctx, &status, Some("started")).await?;
-    let cancel = ctx
-        .dlq
-        .insert(status.clone())
-        .ok_or_else(|| DlqError::State(format!("task id {} reused", status.id)))?;
-    spawn(ctx, status.clone(), cancel);
+    // Reserved before the save awaits, so a concurrent start for the group sees it (Busy).
+    let cancel = ctx.dlq.reserve(status.clone())?;
+    // Launched on its own task: a caller that goes away while the file is being saved (an
+    // HTTP client hanging up) must not leave the reservation behind with no runner, which
+    // would refuse every later replay of the group as Busy.
+    tokio::spawn(launch(Arc::clone(ctx), status, cancel))
+        .await
+        .map_err(|e| DlqError::State(e.to_string()))?
+}
+
+/// Saves a reserved task's file and audit line, then runs it; drops the reservation when
+/// the save fails, so the group is free again.
+async fn launch(
+    ctx: Arc<BrokerContext>,
+    status: ReplayStatus,
+    cancel: Arc<CancelFlag>,
+) -> Result<ReplayStatus, DlqError> {
+    if let Err(e) = save(&ctx, &status, Some("started")).await {
+        ctx.dlq.forget(&status.id);
+        return Err(e);
+    }
+    spawn(&ctx, status.clone(), cancel);
     tracing::info!(task = %status.id, group = %status.group, dry_run = status.dry_run, rate = status.rate_per_sec, "replay task started");
     Ok(status)
 }

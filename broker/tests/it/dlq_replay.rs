@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sluice_broker::{
-    BrokerHandle, DlqFilter, DlqQuery, RemotingClient, ReplaySpec, ReplayState, SendBack,
+    BrokerHandle, DlqError, DlqFilter, DlqQuery, RemotingClient, ReplaySpec, ReplayState, SendBack,
 };
 use sluice_protocol::message::record::RecordView;
 use sluice_protocol::Properties;
@@ -489,5 +489,83 @@ async fn a_task_running_at_shutdown_resumes_after_restart() {
         .messages
         .len();
     assert_eq!(left, 0);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn two_replays_started_together_for_one_group_run_once_and_copy_each_letter_once() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let uniq = dead_letters(&cluster, &client, "twice", "Orders", 6, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    let spec = || ReplaySpec {
+        group: "twice".into(),
+        rate_per_sec: 1000,
+        ..ReplaySpec::default()
+    };
+    // Both calls are polled before either finishes saving its task file: the window two HTTP
+    // requests arriving together would hit.
+    let (a, b) = tokio::join!(dlq.start_replay(spec()), dlq.start_replay(spec()));
+    let (started, refused) = match (a, b) {
+        (Ok(s), Err(e)) | (Err(e), Ok(s)) => (s, e),
+        (a, b) => panic!("exactly one of two concurrent replays must start: {a:?} / {b:?}"),
+    };
+    assert!(
+        matches!(&refused, DlqError::Busy(id) if *id == started.id),
+        "the second is refused as busy with the first: {refused:?}"
+    );
+    let done = wait_done(&cluster.broker, &started.id).await;
+    assert_eq!(
+        (done.state, done.replayed, done.skipped),
+        (ReplayState::Completed, 6, 0)
+    );
+    assert_eq!(
+        dlq.replays().len(),
+        1,
+        "the refused call left no task behind"
+    );
+    wait_dispatched(&cluster.broker).await;
+    let mut copies: Vec<_> = topic_records(&client, "Orders", orders_queues(&cluster))
+        .await
+        .into_iter()
+        .filter(|(p, _)| p.get("SLUICE_REPLAY_TASK").is_some())
+        .map(|(p, _)| p.get("UNIQ_KEY").unwrap().to_owned())
+        .collect();
+    copies.sort();
+    let mut want = uniq;
+    want.sort();
+    assert_eq!(copies, want, "each dead letter copied exactly once");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_whose_task_file_cannot_be_saved_leaves_its_group_free() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "sf", "Orders", 2, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    // A plain file where the task folder belongs: saving any task file fails.
+    let tasks = cluster.dir.path().join("config/dlq/tasks");
+    if tasks.exists() {
+        std::fs::remove_dir_all(&tasks).unwrap();
+    }
+    std::fs::create_dir_all(tasks.parent().unwrap()).unwrap();
+    std::fs::write(&tasks, b"in the way").unwrap();
+    let spec = || ReplaySpec {
+        group: "sf".into(),
+        rate_per_sec: 1000,
+        ..ReplaySpec::default()
+    };
+    let r = dlq.start_replay(spec()).await;
+    assert!(matches!(r, Err(DlqError::State(_))), "{r:?}");
+    assert!(dlq.replays().is_empty(), "the failed start left no task");
+
+    std::fs::remove_file(&tasks).unwrap();
+    let s = dlq
+        .start_replay(spec())
+        .await
+        .expect("the group is not held by the failed start");
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!((done.state, done.replayed), (ReplayState::Completed, 2));
     cluster.stop().await;
 }

@@ -292,7 +292,14 @@ async fn run_loop(
         }
         let batch = scan(&ctx.store, &topic, status.next_offset);
         for (qo, rec) in &batch.records {
-            if *qo >= status.end_offset || capped(status) {
+            if *qo >= status.end_offset {
+                // The store skipped every entry from `next_offset` up to here (unreadable
+                // records), so nothing before the end is left: without this the same batch
+                // would be read again and again, never awaiting, with the task stuck Running.
+                status.next_offset = status.end_offset;
+                break;
+            }
+            if capped(status) {
                 break;
             }
             let Some(orig) = Original::decode(rec) else {

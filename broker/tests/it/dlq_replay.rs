@@ -569,3 +569,113 @@ async fn a_replay_whose_task_file_cannot_be_saved_leaves_its_group_free() {
     assert_eq!((done.state, done.replayed), (ReplayState::Completed, 2));
     cluster.stop().await;
 }
+
+/// Flips one bit inside the stored record at commit-log offset `phys`, so its checksum fails
+/// and every read of the store skips it (as it skips any damaged record).
+fn damage_record(data_dir: &std::path::Path, phys: u64) {
+    use std::os::unix::fs::FileExt;
+    let (base, path) = std::fs::read_dir(data_dir.join("commitlog"))
+        .expect("commit-log folder")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let base: u64 = path.file_name()?.to_str()?.parse().ok()?;
+            (base <= phys).then_some((base, path))
+        })
+        .max()
+        .expect("the segment holding the record");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // Inside the record's flag field: past the length and magic the framing reads first.
+    let pos = phys - base + 20;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos).unwrap();
+    b[0] ^= 1;
+    f.write_all_at(&b, pos).unwrap();
+    f.sync_all().unwrap();
+}
+
+// Multi-threaded: before the fix the task spun without yielding and would have held the only
+// thread of a current-thread runtime, so the bounded wait below could never end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_remaining_letters_are_unreadable_completes_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let cfg = broker_config(dir.path(), namesrv.local_addr());
+    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "ug", "Orders", 4, |_| "A").await;
+    let mut all = query("ug", DlqFilter::default());
+    all.include_replayed = true;
+    let letters = cluster.broker.dlq().list(&all).unwrap().messages;
+    assert_eq!(letters.len(), 4);
+    let Cluster {
+        dir,
+        namesrv,
+        broker,
+    } = cluster;
+    broker.shutdown().await;
+
+    // DLQ entries 0 and 1 become unreadable; 2 and 3 stay readable but lie past the end of a
+    // task that was running over [0, 2) when the broker stopped.
+    for m in &letters[..2] {
+        let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&m.msg_id).unwrap();
+        damage_record(&cfg.store.data_dir, phys);
+    }
+    let now = sluice_store::now_ms();
+    let task = sluice_broker::ReplayStatus {
+        id: "replay-unreadable-1".into(),
+        group: "ug".into(),
+        filter: DlqFilter::default(),
+        target_topic: None,
+        rate_per_sec: 1000,
+        dry_run: false,
+        max_messages: None,
+        requested_by: None,
+        state: ReplayState::Running,
+        next_offset: 0,
+        end_offset: 2,
+        matched: 0,
+        replayed: 0,
+        skipped: 0,
+        failed: 0,
+        error: None,
+        created_ms: now,
+        updated_ms: now,
+        resumes: 0,
+    };
+    let tasks = cfg.store.data_dir.join("config/dlq/tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(
+        tasks.join(format!("{}.json", task.id)),
+        serde_json::to_vec(&task).unwrap(),
+    )
+    .unwrap();
+
+    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
+    let status = broker
+        .dlq()
+        .wait_replay(&task.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Stopped before asserting: shutdown also ends a task that never finishes.
+    Cluster {
+        dir,
+        namesrv,
+        broker,
+    }
+    .stop()
+    .await;
+    assert_eq!(
+        (status.state, status.next_offset, status.replayed),
+        (ReplayState::Completed, 2, 0),
+        "nothing before the task's end was readable, and what follows is not its to replay"
+    );
+}

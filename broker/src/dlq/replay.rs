@@ -17,7 +17,7 @@ use crate::processor::send as put;
 use crate::retry::copy::{replay_copy, Original};
 use crate::retry::{dlq_topic, PROP_REPLAYED_FROM, PROP_REPLAY_TASK};
 use crate::stats::Counters;
-use crate::topic::DEFAULT_TOPIC;
+use crate::topic::{DEFAULT_TOPIC, DLQ_PREFIX};
 
 /// Default rate (messages per second).
 pub const DEFAULT_RATE: u32 = 100;
@@ -110,7 +110,7 @@ pub(crate) async fn start(
     crate::topic::validate_name(&topic)
         .map_err(|_| DlqError::Invalid(format!("invalid group {:?}", spec.group)))?;
     if let Some(t) = &spec.target_topic {
-        crate::topic::validate_name(t).map_err(|r| DlqError::Invalid(r.remark))?;
+        check_target(t)?;
     }
     if spec.rate_per_sec > MAX_RATE {
         return Err(DlqError::Invalid(format!(
@@ -168,6 +168,25 @@ async fn launch(
     spawn(&ctx, status.clone(), cancel);
     tracing::info!(task = %status.id, group = %status.group, dry_run = status.dry_run, rate = status.rate_per_sec, "replay task started");
     Ok(status)
+}
+
+/// Refuses a destination a producer may not send to, and the broker's own topics. Copies are
+/// appended without the send path's checks and hooks, so a copy there would be read as a
+/// timer, a half message or an op record, or would sit where no consumer reads it (a DLQ),
+/// while the ledger marks its dead letter replayed.
+fn check_target(topic: &str) -> Result<(), DlqError> {
+    crate::topic::validate_name(topic).map_err(|r| DlqError::Invalid(r.remark))?;
+    let system = crate::topic::is_not_sendable(topic)
+        || crate::topic::is_not_consumable(topic)
+        || topic.starts_with(DLQ_PREFIX)
+        || topic.starts_with("SLUICE_SYS_")
+        || topic.starts_with("RMQ_SYS_");
+    if system {
+        return Err(DlqError::Forbidden(format!(
+            "replaying to topic[{topic}] is forbidden: it is a system topic"
+        )));
+    }
+    Ok(())
 }
 
 /// Loads task files at broker start and resumes the running ones.
@@ -375,6 +394,9 @@ async fn replay_one(
         .clone()
         .or_else(|| m.original_topic.clone())
         .ok_or_else(|| "the message has no RETRY_TOPIC and the task no target topic".to_owned())?;
+    // Checked per message too: RETRY_TOPIC comes from the message, and a producer may have
+    // set it; a task file from an older version may also name any target.
+    check_target(&dest).map_err(|e| e.to_string())?;
     let cfg = if ctx.cfg.auto_create_topic {
         ctx.topics
             .get_or_create_for_send(&dest, DEFAULT_TOPIC, 4)
@@ -421,4 +443,42 @@ fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -
             o.properties.get(PROP_REPLAY_TASK) == Some(task_id)
                 && o.properties.get(PROP_REPLAYED_FROM) == Some(m.msg_id.as_str())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_retry_topics_are_replay_targets() {
+        for t in ["Orders", "%RETRY%billing", "SLUICE_orders"] {
+            assert!(check_target(t).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn system_topics_are_refused_as_replay_targets() {
+        for t in [
+            "SLUICE_SYS_TIMER",
+            "SCHEDULE_TOPIC_XXXX",
+            "RMQ_SYS_TRANS_HALF_TOPIC",
+            "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+            "TRANS_CHECK_MAX_TIME_TOPIC",
+            "OFFSET_MOVED_EVENT",
+            "%DLQ%billing",
+        ] {
+            assert!(
+                matches!(check_target(t), Err(DlqError::Forbidden(_))),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_target_is_invalid_not_forbidden() {
+        assert!(matches!(
+            check_target("bad topic"),
+            Err(DlqError::Invalid(_))
+        ));
+    }
 }

@@ -679,3 +679,86 @@ async fn a_task_whose_remaining_letters_are_unreadable_completes_instead_of_spin
         "nothing before the task's end was readable, and what follows is not its to replay"
     );
 }
+
+#[tokio::test]
+async fn a_replay_into_a_system_topic_is_refused_at_start() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "sysg", "Orders", 2, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    for target in [
+        "SLUICE_SYS_TIMER",
+        "RMQ_SYS_TRANS_HALF_TOPIC",
+        "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+        "SCHEDULE_TOPIC_XXXX",
+        "%DLQ%sysg",
+        "%DLQ%other",
+    ] {
+        let r = dlq
+            .start_replay(ReplaySpec {
+                group: "sysg".into(),
+                target_topic: Some(target.into()),
+                rate_per_sec: 1000,
+                ..ReplaySpec::default()
+            })
+            .await;
+        assert!(
+            matches!(&r, Err(DlqError::Forbidden(m)) if m.contains(target)),
+            "a replay into {target} must be refused as forbidden: {r:?}"
+        );
+    }
+    assert!(dlq.replays().is_empty(), "no task was created");
+    let st = dlq.stats().into_iter().find(|s| s.group == "sysg").unwrap();
+    assert_eq!((st.total, st.waiting), (2, 2), "every letter still waits");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_whose_original_topic_is_a_system_topic_stays_in_the_dlq() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    // RETRY_TOPIC is kept from the producer when set, so it can name any topic.
+    let mut p = props(Some("A"), Some("forged"));
+    p.insert("RETRY_TOPIC", "SLUICE_SYS_TIMER");
+    let resp = send_ok(&client, "Orders", 0, b"forged", &p).await;
+    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+    wait_dispatched(&cluster.broker).await;
+    let services = cluster.broker.services();
+    let out = services
+        .send_back(&SendBack {
+            group: "fg".into(),
+            phys_offset: phys,
+            delay_level: -1,
+            ..SendBack::default()
+        })
+        .await
+        .unwrap();
+    assert!(out.dead_letter);
+    wait_dispatched(&cluster.broker).await;
+    let dlq = cluster.broker.dlq();
+    let s = dlq
+        .start_replay(ReplaySpec {
+            group: "fg".into(),
+            rate_per_sec: 1000,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!((done.replayed, done.failed), (0, 1));
+    assert!(
+        done.error
+            .as_deref()
+            .is_some_and(|e| e.contains("SLUICE_SYS_TIMER")),
+        "{:?}",
+        done.error
+    );
+    assert!(
+        services.topic("SLUICE_SYS_TIMER").is_none(),
+        "nothing written there"
+    );
+    let st = dlq.stats().into_iter().find(|s| s.group == "fg").unwrap();
+    assert_eq!((st.total, st.waiting), (1, 1), "the letter still waits");
+    cluster.stop().await;
+}

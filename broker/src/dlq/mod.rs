@@ -40,6 +40,10 @@ pub enum DlqError {
     /// The request is not acceptable.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The operation is not allowed, as a producer's send to the same topic would not be
+    /// (NO_PERMISSION): e.g. a replay into a system topic.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// Another replay task of the group is still running (one at a time, as SQS).
     #[error("replay task {0} of this group is still running")]
     Busy(String),

@@ -17,7 +17,7 @@ use crate::processor::send as put;
 use crate::retry::copy::{replay_copy, Original};
 use crate::retry::{dlq_topic, PROP_REPLAYED_FROM, PROP_REPLAY_TASK};
 use crate::stats::Counters;
-use crate::topic::DEFAULT_TOPIC;
+use crate::topic::{DEFAULT_TOPIC, DLQ_PREFIX};
 
 /// Default rate (messages per second).
 pub const DEFAULT_RATE: u32 = 100;
@@ -110,15 +110,12 @@ pub(crate) async fn start(
     crate::topic::validate_name(&topic)
         .map_err(|_| DlqError::Invalid(format!("invalid group {:?}", spec.group)))?;
     if let Some(t) = &spec.target_topic {
-        crate::topic::validate_name(t).map_err(|r| DlqError::Invalid(r.remark))?;
+        check_target(t)?;
     }
     if spec.rate_per_sec > MAX_RATE {
         return Err(DlqError::Invalid(format!(
             "rate_per_sec must be at most {MAX_RATE}"
         )));
-    }
-    if let Some(id) = ctx.dlq.running_of(&spec.group) {
-        return Err(DlqError::Busy(id));
     }
     let now = now_ms();
     let status = ReplayStatus {
@@ -147,14 +144,49 @@ pub(crate) async fn start(
         resumes: 0,
     };
     ctx.dlq.ledger(&status.group)?;
-    save(ctx, &status, Some("started")).await?;
-    let cancel = ctx
-        .dlq
-        .insert(status.clone())
-        .ok_or_else(|| DlqError::State(format!("task id {} reused", status.id)))?;
-    spawn(ctx, status.clone(), cancel);
+    // Reserved before the save awaits, so a concurrent start for the group sees it (Busy).
+    let cancel = ctx.dlq.reserve(status.clone())?;
+    // Launched on its own task: a caller that goes away while the file is being saved (an
+    // HTTP client hanging up) must not leave the reservation behind with no runner, which
+    // would refuse every later replay of the group as Busy.
+    tokio::spawn(launch(Arc::clone(ctx), status, cancel))
+        .await
+        .map_err(|e| DlqError::State(e.to_string()))?
+}
+
+/// Saves a reserved task's file and audit line, then runs it; drops the reservation when
+/// the save fails, so the group is free again.
+async fn launch(
+    ctx: Arc<BrokerContext>,
+    status: ReplayStatus,
+    cancel: Arc<CancelFlag>,
+) -> Result<ReplayStatus, DlqError> {
+    if let Err(e) = save(&ctx, &status, Some("started")).await {
+        ctx.dlq.forget(&status.id);
+        return Err(e);
+    }
+    spawn(&ctx, status.clone(), cancel);
     tracing::info!(task = %status.id, group = %status.group, dry_run = status.dry_run, rate = status.rate_per_sec, "replay task started");
     Ok(status)
+}
+
+/// Refuses a destination a producer may not send to, and the broker's own topics. Copies are
+/// appended without the send path's checks and hooks, so a copy there would be read as a
+/// timer, a half message or an op record, or would sit where no consumer reads it (a DLQ),
+/// while the ledger marks its dead letter replayed.
+fn check_target(topic: &str) -> Result<(), DlqError> {
+    crate::topic::validate_name(topic).map_err(|r| DlqError::Invalid(r.remark))?;
+    let system = crate::topic::is_not_sendable(topic)
+        || crate::topic::is_not_consumable(topic)
+        || topic.starts_with(DLQ_PREFIX)
+        || topic.starts_with("SLUICE_SYS_")
+        || topic.starts_with("RMQ_SYS_");
+    if system {
+        return Err(DlqError::Forbidden(format!(
+            "replaying to topic[{topic}] is forbidden: it is a system topic"
+        )));
+    }
+    Ok(())
 }
 
 /// Loads task files at broker start and resumes the running ones.
@@ -279,7 +311,14 @@ async fn run_loop(
         }
         let batch = scan(&ctx.store, &topic, status.next_offset);
         for (qo, rec) in &batch.records {
-            if *qo >= status.end_offset || capped(status) {
+            if *qo >= status.end_offset {
+                // The store skipped every entry from `next_offset` up to here (unreadable
+                // records), so nothing before the end is left: without this the same batch
+                // would be read again and again, never awaiting, with the task stuck Running.
+                status.next_offset = status.end_offset;
+                break;
+            }
+            if capped(status) {
                 break;
             }
             let Some(orig) = Original::decode(rec) else {
@@ -355,6 +394,9 @@ async fn replay_one(
         .clone()
         .or_else(|| m.original_topic.clone())
         .ok_or_else(|| "the message has no RETRY_TOPIC and the task no target topic".to_owned())?;
+    // Checked per message too: RETRY_TOPIC comes from the message, and a producer may have
+    // set it; a task file from an older version may also name any target.
+    check_target(&dest).map_err(|e| e.to_string())?;
     let cfg = if ctx.cfg.auto_create_topic {
         ctx.topics
             .get_or_create_for_send(&dest, DEFAULT_TOPIC, 4)
@@ -401,4 +443,42 @@ fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -
             o.properties.get(PROP_REPLAY_TASK) == Some(task_id)
                 && o.properties.get(PROP_REPLAYED_FROM) == Some(m.msg_id.as_str())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_retry_topics_are_replay_targets() {
+        for t in ["Orders", "%RETRY%billing", "SLUICE_orders"] {
+            assert!(check_target(t).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn system_topics_are_refused_as_replay_targets() {
+        for t in [
+            "SLUICE_SYS_TIMER",
+            "SCHEDULE_TOPIC_XXXX",
+            "RMQ_SYS_TRANS_HALF_TOPIC",
+            "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+            "TRANS_CHECK_MAX_TIME_TOPIC",
+            "OFFSET_MOVED_EVENT",
+            "%DLQ%billing",
+        ] {
+            assert!(
+                matches!(check_target(t), Err(DlqError::Forbidden(_))),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_target_is_invalid_not_forbidden() {
+        assert!(matches!(
+            check_target("bad topic"),
+            Err(DlqError::Invalid(_))
+        ));
+    }
 }

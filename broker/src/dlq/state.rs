@@ -157,13 +157,32 @@ impl DlqState {
         Some(cancel)
     }
 
-    /// The running task of `group`, if any.
-    pub(crate) fn running_of(&self, group: &str) -> Option<String> {
-        self.tasks
-            .lock()
-            .values()
-            .find(|t| t.status.group == group && t.status.state == ReplayState::Running)
-            .map(|t| t.status.id.clone())
+    /// Registers a new task unless its group already has a running one. The check and the
+    /// registration share one lock: two starts for one group arriving together must not both
+    /// pass the check while the first is still saving its file, or both would run and copy
+    /// every dead letter twice. Undo with [`Self::forget`] when the task cannot be saved.
+    pub(crate) fn reserve(&self, status: ReplayStatus) -> Result<Arc<CancelFlag>, DlqError> {
+        let mut tasks = self.tasks.lock();
+        if let Some(id) = running_of(&tasks, &status.group) {
+            return Err(DlqError::Busy(id));
+        }
+        if tasks.contains_key(&status.id) {
+            return Err(DlqError::State(format!("task id {} reused", status.id)));
+        }
+        let cancel = Arc::new(CancelFlag::default());
+        tasks.insert(
+            status.id.clone(),
+            TaskEntry {
+                status,
+                cancel: Arc::clone(&cancel),
+            },
+        );
+        Ok(cancel)
+    }
+
+    /// Drops a task [`Self::reserve`] registered but that never started.
+    pub(crate) fn forget(&self, id: &str) {
+        self.tasks.lock().remove(id);
     }
 
     pub(crate) fn status(&self, id: &str) -> Option<ReplayStatus> {
@@ -275,6 +294,14 @@ impl DlqState {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect())
     }
+}
+
+/// The running task of `group` among `tasks`, if any.
+fn running_of(tasks: &BTreeMap<String, TaskEntry>, group: &str) -> Option<String> {
+    tasks
+        .values()
+        .find(|t| t.status.group == group && t.status.state == ReplayState::Running)
+        .map(|t| t.status.id.clone())
 }
 
 fn append_line(path: &Path, line: &str) -> Result<(), DlqError> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sluice_broker::{
-    BrokerHandle, DlqFilter, DlqQuery, RemotingClient, ReplaySpec, ReplayState, SendBack,
+    BrokerHandle, DlqError, DlqFilter, DlqQuery, RemotingClient, ReplaySpec, ReplayState, SendBack,
 };
 use sluice_protocol::message::record::RecordView;
 use sluice_protocol::Properties;
@@ -489,5 +489,276 @@ async fn a_task_running_at_shutdown_resumes_after_restart() {
         .messages
         .len();
     assert_eq!(left, 0);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn two_replays_started_together_for_one_group_run_once_and_copy_each_letter_once() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let uniq = dead_letters(&cluster, &client, "twice", "Orders", 6, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    let spec = || ReplaySpec {
+        group: "twice".into(),
+        rate_per_sec: 1000,
+        ..ReplaySpec::default()
+    };
+    // Both calls are polled before either finishes saving its task file: the window two HTTP
+    // requests arriving together would hit.
+    let (a, b) = tokio::join!(dlq.start_replay(spec()), dlq.start_replay(spec()));
+    let (started, refused) = match (a, b) {
+        (Ok(s), Err(e)) | (Err(e), Ok(s)) => (s, e),
+        (a, b) => panic!("exactly one of two concurrent replays must start: {a:?} / {b:?}"),
+    };
+    assert!(
+        matches!(&refused, DlqError::Busy(id) if *id == started.id),
+        "the second is refused as busy with the first: {refused:?}"
+    );
+    let done = wait_done(&cluster.broker, &started.id).await;
+    assert_eq!(
+        (done.state, done.replayed, done.skipped),
+        (ReplayState::Completed, 6, 0)
+    );
+    assert_eq!(
+        dlq.replays().len(),
+        1,
+        "the refused call left no task behind"
+    );
+    wait_dispatched(&cluster.broker).await;
+    let mut copies: Vec<_> = topic_records(&client, "Orders", orders_queues(&cluster))
+        .await
+        .into_iter()
+        .filter(|(p, _)| p.get("SLUICE_REPLAY_TASK").is_some())
+        .map(|(p, _)| p.get("UNIQ_KEY").unwrap().to_owned())
+        .collect();
+    copies.sort();
+    let mut want = uniq;
+    want.sort();
+    assert_eq!(copies, want, "each dead letter copied exactly once");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_whose_task_file_cannot_be_saved_leaves_its_group_free() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "sf", "Orders", 2, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    // A plain file where the task folder belongs: saving any task file fails.
+    let tasks = cluster.dir.path().join("config/dlq/tasks");
+    if tasks.exists() {
+        std::fs::remove_dir_all(&tasks).unwrap();
+    }
+    std::fs::create_dir_all(tasks.parent().unwrap()).unwrap();
+    std::fs::write(&tasks, b"in the way").unwrap();
+    let spec = || ReplaySpec {
+        group: "sf".into(),
+        rate_per_sec: 1000,
+        ..ReplaySpec::default()
+    };
+    let r = dlq.start_replay(spec()).await;
+    assert!(matches!(r, Err(DlqError::State(_))), "{r:?}");
+    assert!(dlq.replays().is_empty(), "the failed start left no task");
+
+    std::fs::remove_file(&tasks).unwrap();
+    let s = dlq
+        .start_replay(spec())
+        .await
+        .expect("the group is not held by the failed start");
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!((done.state, done.replayed), (ReplayState::Completed, 2));
+    cluster.stop().await;
+}
+
+/// Flips one bit inside the stored record at commit-log offset `phys`, so its checksum fails
+/// and every read of the store skips it (as it skips any damaged record).
+fn damage_record(data_dir: &std::path::Path, phys: u64) {
+    use std::os::unix::fs::FileExt;
+    let (base, path) = std::fs::read_dir(data_dir.join("commitlog"))
+        .expect("commit-log folder")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let base: u64 = path.file_name()?.to_str()?.parse().ok()?;
+            (base <= phys).then_some((base, path))
+        })
+        .max()
+        .expect("the segment holding the record");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // Inside the record's flag field: past the length and magic the framing reads first.
+    let pos = phys - base + 20;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos).unwrap();
+    b[0] ^= 1;
+    f.write_all_at(&b, pos).unwrap();
+    f.sync_all().unwrap();
+}
+
+// Multi-threaded: before the fix the task spun without yielding and would have held the only
+// thread of a current-thread runtime, so the bounded wait below could never end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_remaining_letters_are_unreadable_completes_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let cfg = broker_config(dir.path(), namesrv.local_addr());
+    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "ug", "Orders", 4, |_| "A").await;
+    let mut all = query("ug", DlqFilter::default());
+    all.include_replayed = true;
+    let letters = cluster.broker.dlq().list(&all).unwrap().messages;
+    assert_eq!(letters.len(), 4);
+    let Cluster {
+        dir,
+        namesrv,
+        broker,
+    } = cluster;
+    broker.shutdown().await;
+
+    // DLQ entries 0 and 1 become unreadable; 2 and 3 stay readable but lie past the end of a
+    // task that was running over [0, 2) when the broker stopped.
+    for m in &letters[..2] {
+        let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&m.msg_id).unwrap();
+        damage_record(&cfg.store.data_dir, phys);
+    }
+    let now = sluice_store::now_ms();
+    let task = sluice_broker::ReplayStatus {
+        id: "replay-unreadable-1".into(),
+        group: "ug".into(),
+        filter: DlqFilter::default(),
+        target_topic: None,
+        rate_per_sec: 1000,
+        dry_run: false,
+        max_messages: None,
+        requested_by: None,
+        state: ReplayState::Running,
+        next_offset: 0,
+        end_offset: 2,
+        matched: 0,
+        replayed: 0,
+        skipped: 0,
+        failed: 0,
+        error: None,
+        created_ms: now,
+        updated_ms: now,
+        resumes: 0,
+    };
+    let tasks = cfg.store.data_dir.join("config/dlq/tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(
+        tasks.join(format!("{}.json", task.id)),
+        serde_json::to_vec(&task).unwrap(),
+    )
+    .unwrap();
+
+    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
+    let status = broker
+        .dlq()
+        .wait_replay(&task.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Stopped before asserting: shutdown also ends a task that never finishes.
+    Cluster {
+        dir,
+        namesrv,
+        broker,
+    }
+    .stop()
+    .await;
+    assert_eq!(
+        (status.state, status.next_offset, status.replayed),
+        (ReplayState::Completed, 2, 0),
+        "nothing before the task's end was readable, and what follows is not its to replay"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_into_a_system_topic_is_refused_at_start() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "sysg", "Orders", 2, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    for target in [
+        "SLUICE_SYS_TIMER",
+        "RMQ_SYS_TRANS_HALF_TOPIC",
+        "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+        "SCHEDULE_TOPIC_XXXX",
+        "%DLQ%sysg",
+        "%DLQ%other",
+    ] {
+        let r = dlq
+            .start_replay(ReplaySpec {
+                group: "sysg".into(),
+                target_topic: Some(target.into()),
+                rate_per_sec: 1000,
+                ..ReplaySpec::default()
+            })
+            .await;
+        assert!(
+            matches!(&r, Err(DlqError::Forbidden(m)) if m.contains(target)),
+            "a replay into {target} must be refused as forbidden: {r:?}"
+        );
+    }
+    assert!(dlq.replays().is_empty(), "no task was created");
+    let st = dlq.stats().into_iter().find(|s| s.group == "sysg").unwrap();
+    assert_eq!((st.total, st.waiting), (2, 2), "every letter still waits");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_whose_original_topic_is_a_system_topic_stays_in_the_dlq() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    // RETRY_TOPIC is kept from the producer when set, so it can name any topic.
+    let mut p = props(Some("A"), Some("forged"));
+    p.insert("RETRY_TOPIC", "SLUICE_SYS_TIMER");
+    let resp = send_ok(&client, "Orders", 0, b"forged", &p).await;
+    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+    wait_dispatched(&cluster.broker).await;
+    let services = cluster.broker.services();
+    let out = services
+        .send_back(&SendBack {
+            group: "fg".into(),
+            phys_offset: phys,
+            delay_level: -1,
+            ..SendBack::default()
+        })
+        .await
+        .unwrap();
+    assert!(out.dead_letter);
+    wait_dispatched(&cluster.broker).await;
+    let dlq = cluster.broker.dlq();
+    let s = dlq
+        .start_replay(ReplaySpec {
+            group: "fg".into(),
+            rate_per_sec: 1000,
+            ..ReplaySpec::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&cluster.broker, &s.id).await;
+    assert_eq!((done.replayed, done.failed), (0, 1));
+    assert!(
+        done.error
+            .as_deref()
+            .is_some_and(|e| e.contains("SLUICE_SYS_TIMER")),
+        "{:?}",
+        done.error
+    );
+    assert!(
+        services.topic("SLUICE_SYS_TIMER").is_none(),
+        "nothing written there"
+    );
+    let st = dlq.stats().into_iter().find(|s| s.group == "fg").unwrap();
+    assert_eq!((st.total, st.waiting), (1, 1), "the letter still waits");
     cluster.stop().await;
 }

@@ -146,6 +146,12 @@ async fn replay_refusals_have_their_codes() {
         )
         .await;
     assert_eq!((st, error_code(&r)), (400, "bad_request"));
+    for system in ["SLUICE_SYS_TIMER", "RMQ_SYS_TRANS_HALF_TOPIC", "%DLQ%g"] {
+        let (st, r) = s
+            .post("/v1/groups/g/dlq/replay", json!({"target_topic": system}))
+            .await;
+        assert_eq!((st, error_code(&r)), (403, "forbidden"), "{system}: {r}");
+    }
     let (st, r) = s.post("/v1/groups/g/dlq/replay", json!({"speed": 1})).await;
     assert_eq!((st, error_code(&r)), (400, "invalid_json"));
     s.stop().await;

@@ -99,6 +99,7 @@ fn unchanged(snap: &Snapshot, last: &State) -> bool {
         && snap.enqueue == last.enqueue
         && snap.pending == last.pending
         && snap.done_above_w.len() == last.done_above_w.len()
+        && snap.verify_until == last.verify_until_ms
         && snap.runs.iter().all(|r| r.max >= snap.w)
 }
 
@@ -137,6 +138,7 @@ fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Writ
         pending: snap.pending.clone(),
         written_at_ms: now_ms(),
         clean,
+        verify_until_ms: snap.verify_until,
         ..last.clone()
     };
     if let Err(e) = state.save(&core.state_path()) {

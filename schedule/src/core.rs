@@ -120,9 +120,7 @@ impl Core {
             .iter()
             .map(|(f, p)| Key::new(*f, *p))
             .collect();
-        // After a crash, a timer due before now may have been released after the last
-        // checkpoint: such timers are checked before release. After a clean stop, none.
-        let verify_until = if state.clean { i64::MIN } else { now_ms() };
+        let verify_until = state.verify_until(now_ms());
         let index = TimerIndex::new(
             runs,
             state.w(),
@@ -131,7 +129,7 @@ impl Core {
             done,
             verify_until,
         );
-        tracing::info!(dir = %dir.display(), runs = state.runs.len(), w_fire_ms = state.w_fire_ms, clean = state.clean, "timer index opened");
+        tracing::info!(dir = %dir.display(), runs = state.runs.len(), w_fire_ms = state.w_fire_ms, clean = state.clean, verify_until, "timer index opened");
         ensure_topics(&services, cfg.levels.len());
         Ok(Self {
             roll_ms: state.roll_interval_ms,

@@ -115,6 +115,8 @@ pub(crate) struct Snapshot {
     pub(crate) done_above_w: Vec<Key>,
     pub(crate) pending: BTreeMap<String, i64>,
     pub(crate) runs: Vec<Arc<Run>>,
+    /// The check horizon still needed (see [`Inner::verify_until`]).
+    pub(crate) verify_until: i64,
 }
 
 #[derive(Debug)]
@@ -130,7 +132,9 @@ pub(crate) struct Inner {
     cancelling: HashSet<Key>,
     pub(crate) enqueue: BTreeMap<String, u64>,
     pub(crate) pending: BTreeMap<String, i64>,
-    /// Timers firing at or before this (the start time) may have been released before a crash.
+    /// Timers firing at or before this may have been released before a crash unrecorded: the
+    /// start time after an unclean stop, or the horizon saved by a clean stop that came before
+    /// they were all checked (`State::verify_until`). `i64::MIN` when none.
     restart_ms: i64,
     /// Releases done above the saved watermark, from the state file.
     done_known: HashSet<Key>,
@@ -434,8 +438,8 @@ impl Inner {
     }
 
     /// Whether the timer may have been released before a crash without this index knowing:
-    /// pending at an unclean start and due before it (the deliverer checks such a timer in the
-    /// real topic before releasing it; a cancel must too).
+    /// pending and due by the check horizon (`restart_ms`; the deliverer checks such a timer
+    /// in the real topic before releasing it; a cancel must too).
     pub(crate) fn may_be_released(&self, key: Key) -> bool {
         match self.near.get(&key) {
             Some(slot) => slot.verify,
@@ -503,6 +507,18 @@ impl Inner {
             done_above_w,
             pending: self.pending.clone(),
             runs: self.runs.clone(),
+            verify_until: self.verify_until(w),
+        }
+    }
+
+    /// The check horizon a checkpoint saves, given watermark `w`: the start time after an
+    /// unclean start, kept (across clean stops too) until every timer due by then is indexed
+    /// and finished — `ready`, and `w` past it. Until then some may still be unchecked.
+    fn verify_until(&self, w: Key) -> i64 {
+        if self.ready && w.fire_ms > self.restart_ms {
+            i64::MIN
+        } else {
+            self.restart_ms
         }
     }
 

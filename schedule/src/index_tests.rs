@@ -98,3 +98,41 @@ fn far_timers_stay_in_the_memtable_until_the_window_reaches_them() {
     assert!(g.install(&plan, Vec::new(), 1000, None));
     assert_eq!(g.take_due(60_000, 10)[0].key, far);
 }
+
+/// Defect: the check horizon lived only in memory, so a clean stop before every suspect timer
+/// was checked forgot it. A checkpoint now carries it until nothing due by then is left.
+#[test]
+fn the_check_horizon_is_saved_until_the_watermark_passes_it() {
+    let ix = TimerIndex::new(
+        Vec::new(),
+        Key::MIN,
+        BTreeMap::new(),
+        BTreeMap::new(),
+        HashSet::new(),
+        1000,
+    );
+    let mut g = ix.inner.lock();
+    load(&mut g, 1000);
+    let suspect = Key::new(900, 1);
+    g.insert_timer(suspect, Kind::Fire, 10, "T");
+    assert!(g.may_be_released(suspect));
+    assert_eq!(
+        g.snapshot().verify_until,
+        1000,
+        "before the first catch-up the watermark proves nothing"
+    );
+    g.abort_snapshot();
+    g.ready = true;
+    assert_eq!(g.snapshot().verify_until, 1000, "the suspect is unchecked");
+    g.abort_snapshot();
+    let due = g.take_due(1000, 10);
+    assert!(due[0].verify, "the deliverer checks it");
+    g.complete(suspect, Released::Done, Some("T"));
+    let snap = g.snapshot();
+    assert!(snap.w.fire_ms > 1000);
+    assert_eq!(
+        snap.verify_until,
+        i64::MIN,
+        "everything due by then is settled"
+    );
+}

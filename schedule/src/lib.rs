@@ -17,7 +17,8 @@
 //! - `entry`, `run`: the on-disk part: sorted, immutable runs of 32-byte entries.
 //! - `checkpoint`: writes runs and `state.json`, merges runs (its own thread).
 //! - `deliver`: releases due timers at the configured rate (a tokio task).
-//! - `ops`: cancel, reschedule, list. `recall`: RECALL_MESSAGE (370).
+//! - `ops`: cancel, reschedule, list (finding a message's timer records); `ops::group`: what
+//!   one message needs next and doing it. `recall`: RECALL_MESSAGE (370).
 //! - `records`: reading timer records, building released messages and markers.
 //! - [`config`], [`error`], `stats` ([`ScheduleStats`]), `state`, `core`.
 //!

@@ -3,8 +3,9 @@
 //! It is a consistent snapshot taken under the index lock: the runs that hold every timer
 //! read from the timer queues below `enqueue`, the watermark `w` below which every indexed
 //! timer is delivered or cancelled, the releases already done above `w`, and the pending
-//! count per topic at that instant. A restart loads runs from `w` on and re-reads the timer
-//! queues from `enqueue`: it never re-reads every message.
+//! count per topic at that instant, and the crash-check horizon an unclean start left open.
+//! A restart loads runs from `w` on and re-reads the timer queues from `enqueue`: it never
+//! re-reads every message.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,9 +43,19 @@ pub(crate) struct State {
     /// When this snapshot was taken, epoch ms.
     pub(crate) written_at_ms: i64,
     /// Written by a clean stop (after the last release finished): every release done is in
-    /// `w` and `done_above_w`, so the next start checks nothing for earlier releases.
+    /// `w` and `done_above_w`, so the next start checks nothing for releases of its own run.
     #[serde(default)]
     pub(crate) clean: bool,
+    /// Timers due at or before this (an unclean start's time) may have been released before
+    /// that crash and are not all checked yet: they stay checked before release or cancel,
+    /// across clean stops, until the watermark passes it. `i64::MIN` when none (and in files
+    /// written before this field existed).
+    #[serde(default = "no_check")]
+    pub(crate) verify_until_ms: i64,
+}
+
+fn no_check() -> i64 {
+    i64::MIN
 }
 
 impl State {
@@ -53,6 +64,7 @@ impl State {
         Self {
             version: VERSION,
             w_fire_ms: i64::MIN,
+            verify_until_ms: i64::MIN,
             roll_interval_ms,
             ..Self::default()
         }
@@ -60,6 +72,17 @@ impl State {
 
     pub(crate) fn w(&self) -> Key {
         Key::new(self.w_fire_ms, self.w_phys)
+    }
+
+    /// The check horizon for a start at `now`: after an unclean stop, every timer due before
+    /// now may have been released unrecorded; after a clean one, only those an earlier crash
+    /// left unchecked (a clean stop does not check them, so it must not forget them).
+    pub(crate) fn verify_until(&self, now: i64) -> i64 {
+        if self.clean {
+            self.verify_until_ms
+        } else {
+            now.max(self.verify_until_ms)
+        }
     }
 
     /// Reads the state file; `Ok(None)` when there is none.
@@ -112,5 +135,33 @@ mod tests {
             State::load(&path),
             Err(ScheduleError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_state_file_from_before_the_check_horizon_still_loads_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut old = serde_json::to_value(State::fresh(1000)).unwrap();
+        old.as_object_mut().unwrap().remove("verify_until_ms");
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let loaded = State::load(&path).unwrap().unwrap();
+        assert_eq!(loaded.verify_until_ms, i64::MIN);
+    }
+
+    #[test]
+    fn a_clean_stop_keeps_the_check_horizon_an_earlier_crash_left() {
+        let mut s = State {
+            clean: true,
+            ..State::fresh(1000)
+        };
+        assert_eq!(s.verify_until(5000), i64::MIN, "clean, nothing unchecked");
+        s.verify_until_ms = 3000;
+        assert_eq!(
+            s.verify_until(5000),
+            3000,
+            "clean, an earlier crash unchecked"
+        );
+        s.clean = false;
+        assert_eq!(s.verify_until(5000), 5000, "unclean: everything due by now");
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod cancel;
+mod crash;
 mod many_timers;
 mod resent;
 mod send_path;

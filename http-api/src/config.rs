@@ -21,8 +21,12 @@ pub struct HttpConfig {
     /// Most entries in one batch request. Default 256.
     pub max_batch: usize,
     /// Requests handled at once; more are answered 429 at once (never queued unboundedly).
-    /// Default 1 024.
+    /// Long polls and the health probes are not counted here. Default 1 024.
     pub max_concurrent_requests: usize,
+    /// Long polls (receive, and polls for checks) waiting at once; more are answered 429.
+    /// Their own budget: idle consumers polling must not take the slots acks and sends need
+    /// (refused acks let leases run out, which counts toward the DLQ). Default 4 096.
+    pub max_long_polls: usize,
     /// Longest time a request body may take to arrive; a stalled upload is refused and
     /// gives its request slot back. Default 30 s.
     pub body_read_timeout: std::time::Duration,
@@ -55,6 +59,7 @@ impl Default for HttpConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_batch: 256,
             max_concurrent_requests: 1024,
+            max_long_polls: 4096,
             body_read_timeout: std::time::Duration::from_secs(30),
             header_read_timeout: std::time::Duration::from_secs(30),
             max_connections: 10_000,
@@ -88,8 +93,8 @@ impl HttpConfig {
         if self.max_connections == 0 {
             return Err("max_connections must be > 0".into());
         }
-        if self.max_batch == 0 || self.max_concurrent_requests == 0 {
-            return Err("max_batch and max_concurrent_requests must be > 0".into());
+        if self.max_batch == 0 || self.max_concurrent_requests == 0 || self.max_long_polls == 0 {
+            return Err("max_batch, max_concurrent_requests and max_long_polls must be > 0".into());
         }
         for t in &self.tokens {
             t.validate()?;

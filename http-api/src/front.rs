@@ -2,7 +2,8 @@
 //! - gives the request its id and runs it in that id's scope (`request_id`) and in a tracing
 //!   span carrying it, so every line logged meanwhile names the request;
 //! - sheds load: past `max_concurrent_requests` requests in progress it answers 429 at once,
-//!   instead of queueing without bound;
+//!   instead of queueing without bound; long polls have their own budget (`max_long_polls`),
+//!   and the health probes are never shed;
 //! - normalises bare error responses into the JSON error shape;
 //! - records the request's method (a bounded label), route, status and latency (`metrics`),
 //!   429s included;
@@ -29,8 +30,19 @@ use crate::state::AppState;
 #[derive(Clone)]
 pub(crate) struct Front {
     pub(crate) state: AppState,
+    /// `max_concurrent_requests`.
     pub(crate) limit: Arc<Semaphore>,
+    /// `max_long_polls`.
+    pub(crate) long_polls: Arc<Semaphore>,
 }
+
+/// Routes whose requests may wait long (up to 30 s) for something to arrive.
+const LONG_POLLS: [&str; 2] = [
+    "/v1/groups/{group}/topics/{topic}/receive",
+    "/v1/producer-groups/{group}/checks",
+];
+/// Probes answer whatever the load: shedding them told orchestrators a busy broker was dead.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
 /// The middleware (see the module docs).
 pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) -> Response {
@@ -52,9 +64,16 @@ async fn answer(front: Front, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     // Only the debug log line needs the raw path.
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
-    let response = match front.limit.try_acquire() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => too_many(),
+    let template = route.as_ref().map(MatchedPath::as_str);
+    let budget = match template {
+        Some(t) if PROBES.contains(&t) => None,
+        Some(t) if LONG_POLLS.contains(&t) => Some(&front.long_polls),
+        _ => Some(&front.limit),
+    };
+    let response = match budget.map(|b| b.try_acquire()) {
+        None => next.run(req).await,
+        Some(Ok(_permit)) => next.run(req).await,
+        Some(Err(_)) => too_many(),
     };
     let response = request_id::normalise(response);
     let status = response.status().as_u16();
@@ -94,7 +113,8 @@ fn too_many() -> Response {
     ApiError::new(
         axum::http::StatusCode::TOO_MANY_REQUESTS,
         code::TOO_MANY_REQUESTS,
-        "too many requests in progress (max_concurrent_requests); retry shortly",
+        "too many requests in progress (max_concurrent_requests, or max_long_polls for long \
+         polls); retry shortly",
     )
     .into_response()
 }

@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .split_for_parts();
     let spec = Arc::new(api.clone());
     let limit = Arc::new(Semaphore::new(state.config().max_concurrent_requests));
+    let long_polls = Arc::new(Semaphore::new(state.config().max_long_polls));
     let router = routes
         .merge(openapi::spec_route(spec))
         .merge(console::routes())
@@ -94,6 +95,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             front::Front {
                 state: state.clone(),
                 limit,
+                long_polls,
             },
             front::layer,
         ))

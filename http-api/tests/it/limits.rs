@@ -185,6 +185,8 @@ async fn a_stalled_upload_does_not_hold_a_request_slot_forever() {
     s.stop().await;
 }
 
+/// A request stalled in its body upload holds one of `max_concurrent_requests`; the next is
+/// 429 at once, the probes still answer, and the slot is free again once the upload ends.
 #[tokio::test]
 async fn requests_over_max_concurrent_requests_are_429_and_served_again_after() {
     let s = common::start_with(Options {
@@ -196,8 +198,57 @@ async fn requests_over_max_concurrent_requests_are_429_and_served_again_after() 
         ..Options::default()
     })
     .await;
+    s.create_topic("T", 1);
+    let mut upload = TcpStream::connect(addr_of(&s)).await.expect("connect");
+    let body = br#"{"body": "stalled"}"#;
+    let (first, rest) = body.split_at(8);
+    let head = format!(
+        "POST /v1/topics/T/messages HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        addr_of(&s),
+        body.len()
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(first).await.unwrap();
+    let mut shed = None;
+    for _ in 0..200 {
+        let (st, r) = s.post("/v1/topics/T/messages", json!({"body": "x"})).await;
+        if st == 429 {
+            shed = Some(error_code(&r).to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shed.as_deref(), Some("too_many_requests"));
+    assert_eq!(s.get("/healthz").await.0, 200, "probes are never shed");
+    assert_eq!(s.get("/readyz").await.0, 200, "probes are never shed");
+    upload.write_all(rest).await.unwrap();
+    let mut answer = [0u8; 512];
+    let n = upload.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 201"),
+        "the stalled send itself is served"
+    );
+    a_small_send_succeeds(&s).await;
+    s.stop().await;
+}
+
+/// Long polls have their own budget: idle consumers polling do not take the slots acks need
+/// (a refused ack lets its lease run out, which counts toward the DLQ).
+#[tokio::test]
+async fn long_polls_over_max_long_polls_are_429_and_do_not_starve_other_requests() {
+    let s = common::start_with(Options {
+        http: sluice_http::HttpConfig {
+            max_concurrent_requests: 1,
+            max_long_polls: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..sluice_http::HttpConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
     s.create_topic("Idle", 1);
-    // A long poll on an empty topic holds the only slot until its wait ends.
+    s.create_topic("T", 1);
+    // A long poll on an empty topic holds the only long-poll slot until its wait ends.
     let poll = {
         let (http, url) = (s.http.clone(), s.url("/v1/groups/g/topics/Idle/receive"));
         tokio::spawn(async move {
@@ -212,17 +263,26 @@ async fn requests_over_max_concurrent_requests_are_429_and_served_again_after() 
     };
     let mut shed = None;
     for _ in 0..200 {
-        let (st, r) = s.get("/healthz").await;
+        let (st, r) = s
+            .post("/v1/groups/g2/topics/Idle/receive", json!({"wait_ms": 0}))
+            .await;
         if st == 429 {
             shed = Some(error_code(&r).to_owned());
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(shed.as_deref(), Some("too_many_requests"));
+    assert_eq!(
+        shed.as_deref(),
+        Some("too_many_requests"),
+        "a second poll is shed"
+    );
+    a_small_send_succeeds(&s).await;
+    let (st, _) = s
+        .post("/v1/groups/g/ack", json!({"receipts": ["nonsense"]}))
+        .await;
+    assert_eq!(st, 200, "an ack is served while the poll waits");
     assert_eq!(poll.await.unwrap(), 200, "the long poll itself is served");
-    let (st, _) = s.get("/healthz").await;
-    assert_eq!(st, 200, "the slot is free again");
     s.stop().await;
 }
 

@@ -27,8 +27,12 @@ pub struct HttpSection {
     pub max_message_bytes: usize,
     /// Most entries in one batch request. Default 256.
     pub max_batch: usize,
-    /// Requests in progress at once; more are answered 429. Default 1 024.
+    /// Requests in progress at once (long polls and health probes aside); more are answered
+    /// 429. Default 1 024.
     pub max_concurrent_requests: usize,
+    /// Long polls (receive, polls for checks) waiting at once; more are answered 429.
+    /// Default 4 096.
+    pub max_long_polls: usize,
     /// Serve `/metrics` without a token. Default true.
     pub metrics_public: bool,
     /// Longest time a request body may take to arrive. Default 30 000.
@@ -96,6 +100,7 @@ impl Default for HttpSection {
             max_message_bytes: d.max_message_bytes,
             max_batch: d.max_batch,
             max_concurrent_requests: d.max_concurrent_requests,
+            max_long_polls: d.max_long_polls,
             metrics_public: d.metrics_public,
             body_read_timeout_ms: d.body_read_timeout.as_millis() as u64,
             header_read_timeout_ms: d.header_read_timeout.as_millis() as u64,
@@ -162,6 +167,7 @@ impl HttpSection {
             max_message_bytes: self.max_message_bytes,
             max_batch: self.max_batch,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_long_polls: self.max_long_polls,
             metrics_public: self.metrics_public,
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),

@@ -119,12 +119,8 @@ impl BrokerServices {
     /// are refused. The data ages out with retention. `Ok(None)`: no such topic.
     pub fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, String> {
         let system = name == crate::topic::DEFAULT_TOPIC
-            || crate::topic::is_not_sendable(name)
-            || crate::topic::is_not_consumable(name)
             || name.starts_with(crate::topic::RETRY_PREFIX)
-            || name.starts_with(crate::topic::DLQ_PREFIX)
-            || name.starts_with("SLUICE_SYS_")
-            || name.starts_with("RMQ_SYS_");
+            || crate::topic::is_broker_topic(name);
         if system {
             return Err(format!("{name} is a system topic and cannot be deleted"));
         }

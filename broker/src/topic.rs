@@ -116,6 +116,16 @@ pub(crate) fn is_not_consumable(topic: &str) -> bool {
     NOT_CONSUMABLE.contains(&topic)
 }
 
+/// True for the broker's own topics (schedule, transaction, timer, dead-letter and the other
+/// system topics); retry topics and the default template are not among them.
+pub(crate) fn is_broker_topic(topic: &str) -> bool {
+    is_not_sendable(topic)
+        || is_not_consumable(topic)
+        || topic.starts_with(DLQ_PREFIX)
+        || topic.starts_with("SLUICE_SYS_")
+        || topic.starts_with("RMQ_SYS_")
+}
+
 /// The retry topic of a consumer group.
 pub(crate) fn retry_topic(group: &str) -> String {
     format!("{RETRY_PREFIX}{group}")

@@ -17,7 +17,7 @@ use crate::processor::send as put;
 use crate::retry::copy::{replay_copy, Original};
 use crate::retry::{dlq_topic, PROP_REPLAYED_FROM, PROP_REPLAY_TASK};
 use crate::stats::Counters;
-use crate::topic::{DEFAULT_TOPIC, DLQ_PREFIX};
+use crate::topic::DEFAULT_TOPIC;
 
 /// Default rate (messages per second).
 pub const DEFAULT_RATE: u32 = 100;
@@ -176,12 +176,7 @@ async fn launch(
 /// while the ledger marks its dead letter replayed.
 fn check_target(topic: &str) -> Result<(), DlqError> {
     crate::topic::validate_name(topic).map_err(|r| DlqError::Invalid(r.remark))?;
-    let system = crate::topic::is_not_sendable(topic)
-        || crate::topic::is_not_consumable(topic)
-        || topic.starts_with(DLQ_PREFIX)
-        || topic.starts_with("SLUICE_SYS_")
-        || topic.starts_with("RMQ_SYS_");
-    if system {
+    if crate::topic::is_broker_topic(topic) {
         return Err(DlqError::Forbidden(format!(
             "replaying to topic[{topic}] is forbidden: it is a system topic"
         )));

@@ -146,15 +146,7 @@ impl DlqState {
         if tasks.contains_key(&status.id) {
             return None;
         }
-        let cancel = Arc::new(CancelFlag::default());
-        tasks.insert(
-            status.id.clone(),
-            TaskEntry {
-                status,
-                cancel: Arc::clone(&cancel),
-            },
-        );
-        Some(cancel)
+        Some(register(&mut tasks, status))
     }
 
     /// Registers a new task unless its group already has a running one. The check and the
@@ -169,15 +161,7 @@ impl DlqState {
         if tasks.contains_key(&status.id) {
             return Err(DlqError::State(format!("task id {} reused", status.id)));
         }
-        let cancel = Arc::new(CancelFlag::default());
-        tasks.insert(
-            status.id.clone(),
-            TaskEntry {
-                status,
-                cancel: Arc::clone(&cancel),
-            },
-        );
-        Ok(cancel)
+        Ok(register(&mut tasks, status))
     }
 
     /// Drops a task [`Self::reserve`] registered but that never started.
@@ -297,6 +281,19 @@ impl DlqState {
 }
 
 /// The running task of `group` among `tasks`, if any.
+/// Adds a task (its id checked unused by the caller) with a fresh cancel flag.
+fn register(tasks: &mut BTreeMap<String, TaskEntry>, status: ReplayStatus) -> Arc<CancelFlag> {
+    let cancel = Arc::new(CancelFlag::default());
+    tasks.insert(
+        status.id.clone(),
+        TaskEntry {
+            status,
+            cancel: Arc::clone(&cancel),
+        },
+    );
+    cancel
+}
+
 fn running_of(tasks: &BTreeMap<String, TaskEntry>, group: &str) -> Option<String> {
     tasks
         .values()

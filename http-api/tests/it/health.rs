@@ -125,6 +125,9 @@ async fn lines_logged_during_a_request_carry_its_request_id() {
         .finish();
     // The test runs on one thread (current-thread runtime): the facade's tasks log here.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary may have met the span's callsite first, with no subscriber,
+    // and cached "never interested" for it: judge every callsite again with this one.
+    tracing::callsite::rebuild_interest_cache();
     let s = common::start().await;
     s.create_topic("T", 1);
     let r = s

@@ -311,7 +311,14 @@ impl Core {
             return (offered, refused_now);
         }
         if let Err(e) = self.journal_checks(records).await {
-            tracing::warn!(error = %e, "check counts not journalled; sending anyway");
+            // Sent without their record, these checks could be sent again after a crash, past
+            // check_max: they stay due, uncounted, and go out once the journal takes them.
+            tracing::warn!(error = %e, checks = counted.len(), "check counts not journalled; the checks wait");
+            let mut t = self.table.lock();
+            for (p, _) in &counted {
+                t.unclaim_check(p.entry.id.half_offset, p.entry.last_check_ms);
+            }
+            return (offered, refused_now);
         }
         for (p, n) in counted {
             if refused_now.contains(&p.entry.group) {

@@ -68,7 +68,17 @@ impl LiveEntry {
             checks: e.checks,
             last_check: e.last_check_ms,
             armed: e.armed_ms,
-            parked: e.state == TxnState::Parked,
+            // A decision still being stored counts as where it came from: if the crash loses
+            // it, a parked transaction must come back parked, not open with its checks spent
+            // (parked again with a second copy, or discarded if the final action changed).
+            parked: matches!(
+                e.state,
+                TxnState::Parked
+                    | TxnState::Resolving {
+                        from_parked: true,
+                        ..
+                    }
+            ),
         }
     }
 

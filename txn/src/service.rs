@@ -302,7 +302,14 @@ async fn hand_out_checks(
     let taken = core.table.lock().take_pull(group, max, now);
     let counted = taken.iter().map(|(_, c)| *c).collect();
     if let Err(e) = core.journal_checks(counted).await {
-        tracing::warn!(producer_group = group, error = %e, "pulled check counts not journalled; handing them out anyway");
+        // As for pushed checks: never handed out without their record (see `run_check_round`).
+        tracing::warn!(producer_group = group, error = %e, "pulled check counts not journalled; the checks wait");
+        let mut t = core.table.lock();
+        for (entry, _) in taken.iter().rev() {
+            t.uncount_check(entry.id.half_offset);
+            t.requeue_pull(group, entry.id.half_offset);
+        }
+        return Err(e);
     }
     let mut out = Vec::with_capacity(taken.len());
     for (e, c) in taken {

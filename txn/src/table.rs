@@ -482,6 +482,16 @@ impl Table {
         }
     }
 
+    /// Puts a taken check back at the head of its group's pull queue (it was not handed out).
+    pub(crate) fn requeue_pull(&mut self, group: &str, id: u64) {
+        if self.queued.insert(id) {
+            self.pull
+                .entry(group.to_owned())
+                .or_default()
+                .push_front(id);
+        }
+    }
+
     /// Queues a check for a pull-mode group (at most `cap` per group, once per transaction).
     pub(crate) fn queue_pull(&mut self, group: &str, id: u64, cap: usize) -> bool {
         let q = self.pull.entry(group.to_owned()).or_default();

@@ -224,3 +224,20 @@ fn a_copy_moves_its_transaction_only_when_both_offsets_match() {
     t.relocate(t.get(3).unwrap().id, to);
     assert_eq!(t.get(3).unwrap().current, to, "its own copy moves it");
 }
+
+#[test]
+fn a_parked_transaction_being_decided_is_checkpointed_as_parked() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    let mut e = entry(1, 0);
+    e.state = TxnState::Parked;
+    t.insert(e);
+    let Begin::Proceed(_) = t.begin(1, Decision::Commit, 0) else {
+        panic!("a parked transaction may be committed")
+    };
+    let cp = t.snapshot(0);
+    assert_eq!(cp.live.len(), 1);
+    assert!(
+        cp.live[0].parked,
+        "if the crash loses the commit, it comes back parked, not open with its checks spent"
+    );
+}

@@ -549,6 +549,35 @@ async fn a_jammed_group_does_not_hold_up_the_checks_of_other_groups() {
     b.stop().await;
 }
 
+/// A check sent without its journal record could be sent again after a crash, past
+/// `check_max`: while the journal cannot be written, checks wait (they used to go out anyway).
+#[tokio::test]
+async fn checks_wait_while_the_check_journal_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.defaults.check_interval = Duration::from_secs(3600);
+    // The journal's path taken by a folder: every append fails.
+    let journal = dir.path().join("txn").join("checks.journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let sink = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let b = halves_checked_by(dir.path(), cfg, "journalled", sink.clone(), 5).await;
+    // Several ticks past the first check's due time (75 ms ticks, checks due after 100 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(sink.0.lock().is_empty(), "no check leaves unrecorded");
+    std::fs::remove_dir(&journal).unwrap();
+    assert!(
+        eventually(WAIT, || sink.0.lock().len() == 5).await,
+        "they go out once the journal takes them: {} of 5",
+        sink.0.lock().len()
+    );
+    let counts: Vec<u32> = sink.0.lock().iter().map(|c| c.check_count).collect();
+    assert!(
+        counts.iter().all(|n| *n == 1),
+        "counted once each: {counts:?}"
+    );
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn checks_start_no_faster_than_max_checks_per_sec() {
     let dir = tempfile::tempdir().unwrap();

@@ -254,10 +254,42 @@ impl MappedFile {
             .map_err(|e| StoreError::io("write zeros into", &self.path, e))
     }
 
-    /// Writes back `[pos, pos + len)` and waits for it, committing no metadata.
-    pub(crate) fn write_back(&self, io: &dyn StorageIo, pos: u64, len: u64) -> Result<()> {
+    /// Another descriptor of this file, for the commit-log warmer. A write-back error is
+    /// reported once per open descriptor: had the warmer waited on write-back through the
+    /// descriptor the store syncs with, it could take the report of a failed write-back of
+    /// appended records, and the sync after it would succeed and acknowledge them. Through its
+    /// own descriptor it sees its own copy of the report, and the sync still sees the error.
+    pub(crate) fn open_another(&self) -> Result<File> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| StoreError::io("open another descriptor of", &self.path, e))
+    }
+
+    /// [`Self::write_zeros_ahead`] through `via`, a descriptor from [`Self::open_another`].
+    pub(crate) fn write_zeros_ahead_via(
+        &self,
+        via: &File,
+        io: &dyn StorageIo,
+        zeros: &[u8],
+        pos: u64,
+    ) -> Result<()> {
+        self.check_range("zero past end of", pos, zeros.len() as u64)?;
+        io.write_zeros_ahead(via, zeros, pos)
+            .map_err(|e| StoreError::io("write zeros into", &self.path, e))
+    }
+
+    /// Writes back `[pos, pos + len)` through `via`, a descriptor of this file, and waits for
+    /// it, committing no metadata.
+    pub(crate) fn write_back_via(
+        &self,
+        via: &File,
+        io: &dyn StorageIo,
+        pos: u64,
+        len: u64,
+    ) -> Result<()> {
         self.check_range("write back past end of", pos, len)?;
-        io.write_back(&self.file, pos, len)
+        io.write_back(via, pos, len)
             .map_err(|e| StoreError::io("write back", &self.path, e))
     }
 
@@ -541,6 +573,24 @@ pub(crate) fn mapped_rss_kib(path: &Path) -> u64 {
 mod tests {
     use super::*;
     use crate::io::RealIo;
+
+    #[test]
+    fn the_warmer_writes_through_a_descriptor_of_its_own() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let f = MappedFile::open_zeroed(&path, 1 << 20, 1 << 20, &RealIo).unwrap();
+        let own = f.open_another().unwrap();
+        assert_ne!(
+            own.as_raw_fd(),
+            f.file.as_raw_fd(),
+            "write-back errors are reported per descriptor: the sync's must stay its own"
+        );
+        f.write_zeros_ahead_via(&own, &RealIo, &[7u8; 4096], 4096)
+            .unwrap();
+        f.write_back_via(&own, &RealIo, 4096, 4096).unwrap();
+        assert_eq!(f.bytes(4096, 4096).unwrap(), vec![7u8; 4096], "same file");
+    }
 
     #[test]
     fn released_pages_leave_the_resident_set_and_read_back_unchanged() {

@@ -21,7 +21,10 @@
 //! - Zeros read as "no record here", exactly like unwritten space, so a crash at any moment
 //!   leaves recovery nothing new to interpret. Recovery's search for valid records after a
 //!   torn tail reads at most `warm_ahead_bytes` more zero bytes than before.
-//! - Its writes go through [`StorageIo::prewrite_zeros`], which fault injection leaves alone:
+//! - It writes and waits through a descriptor of its own, not the one the store syncs with:
+//!   Linux reports a write-back error once per open descriptor, and a wait here must not
+//!   take the report a sync needs to fail the appends it covers.
+//! - Its writes go through [`StorageIo::write_zeros_ahead`], which fault injection leaves alone:
 //!   they are not appends. A failed zero write only costs speed: it is logged once and the
 //!   warmer stops; appends are unaffected.
 //! - It works only inside segments that exist (the appender still creates each segment) and
@@ -191,6 +194,9 @@ impl Warmer {
     /// appender waits at most for one `pwrite`, then writes back what it zeroed. A piece the
     /// writer has come within the gap of is left alone, with the rest of the chunk.
     fn warm_chunk(&self, seg: &Segment, lo: u64, hi: u64, zeros: &[u8]) -> crate::Result<()> {
+        // Its own descriptor (see `MappedFile::open_another`): never the one the store syncs
+        // with, so no write-back error of appended records is reported here instead of there.
+        let own = seg.file.open_another()?;
         let mut pos = lo;
         while pos < hi {
             let end = (pos + zeros.len() as u64).min(hi);
@@ -198,16 +204,16 @@ impl Warmer {
                 break;
             }
             let piece = &zeros[..(end - pos) as usize];
-            let written = seg
-                .file
-                .write_zeros_ahead(self.io.as_ref(), piece, pos - seg.base);
+            let written =
+                seg.file
+                    .write_zeros_ahead_via(&own, self.io.as_ref(), piece, pos - seg.base);
             self.release_piece();
             written?;
             pos = end;
         }
         if pos > lo {
             seg.file
-                .write_back(self.io.as_ref(), lo - seg.base, pos - lo)?;
+                .write_back_via(&own, self.io.as_ref(), lo - seg.base, pos - lo)?;
             self.front.warmed.fetch_max(pos, Ordering::Relaxed);
         }
         Ok(())

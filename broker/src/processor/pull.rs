@@ -247,6 +247,12 @@ fn map_status(r: &GetResult, offset: u64) -> (i32, &'static str, u64) {
         GetStatus::NoMatchedLogicQueue => (code::PULL_OFFSET_MOVED, "NO_MATCHED_LOGIC_QUEUE", 0),
         GetStatus::OffsetTooSmall => (code::PULL_OFFSET_MOVED, "OFFSET_TOO_SMALL", r.next_offset),
         GetStatus::OffsetOverflowOne => (code::PULL_NOT_FOUND, "OFFSET_OVERFLOW_ONE", offset),
+        // Past the end of a queue that still starts at 0 (its data was replaced, or an async
+        // flush crash cut it short): start again at 0, as RocketMQ 4.x does, so the messages
+        // now in it are delivered; jumping to its end would skip them.
+        GetStatus::OffsetOverflowBadly if r.min_offset == 0 => {
+            (code::PULL_OFFSET_MOVED, "OFFSET_OVERFLOW_BADLY", 0)
+        }
         GetStatus::OffsetOverflowBadly => (
             code::PULL_OFFSET_MOVED,
             "OFFSET_OVERFLOW_BADLY",

@@ -279,3 +279,32 @@ async fn half_timer_and_op_topics_cannot_be_pulled() {
     }
     cluster.stop().await;
 }
+
+/// A consumer holding an offset past the end of a queue that starts at 0 (the broker's data
+/// was replaced) is moved back to 0, as RocketMQ 4.x does, not to the end: the messages in
+/// the queue now are delivered, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_far_past_the_end_of_a_queue_starting_at_zero_moves_back_to_zero() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    for i in 0..5 {
+        send_ok(
+            &client,
+            "Reset",
+            0,
+            format!("m{i}").as_bytes(),
+            &props(None, None),
+        )
+        .await;
+    }
+    wait_dispatched(&cluster.broker).await;
+    let resp = client
+        .invoke(pull_request("rg", "Reset", 0, 1000, 0, Some("*")), RPC)
+        .await
+        .expect("pull answered");
+    assert_eq!(resp.code, 21, "PULL_OFFSET_MOVED: {:?}", resp.remark);
+    assert_eq!(ext_i64(&resp, "nextBeginOffset"), 0);
+    let msgs = pull_all(&client, "rg", "Reset", 0, 0, Some("*")).await;
+    assert_eq!(msgs.len(), 5, "everything in the queue is delivered");
+    cluster.stop().await;
+}

@@ -109,10 +109,13 @@ async fn dispatch_concurrently(
         let (inner, pq) = (Arc::clone(inner), Arc::clone(pq));
         let mut handling = Box::pin(async move {
             let offset = msg.queue_offset();
-            consume_until_settled(&inner, &pq, msg).await;
-            let point = pq.done(offset);
-            if !pq.is_dropped() {
-                inner.offsets.update(&pq.mq, point);
+            // An unsettled message stays in flight, holding the commit point at its offset,
+            // so whoever consumes the queue next gets it again.
+            if consume_until_settled(&inner, &pq, msg).await {
+                let point = pq.done(offset);
+                if !pq.is_dropped() {
+                    inner.offsets.update(&pq.mq, point);
+                }
             }
             drop(permit);
         });
@@ -127,22 +130,28 @@ async fn dispatch_concurrently(
 }
 
 /// Handles a message; a `Retry` hands it back to the broker. When even that fails, the
-/// message is consumed again here after a pause (its offset held meanwhile), until the
-/// consumer stops or loses the queue.
-async fn consume_until_settled(inner: &ConsumerInner, pq: &ProcessQueue, msg: ConsumedMessage) {
+/// message is consumed again here after a pause (its offset held meanwhile). Returns true
+/// once it settled (handled, or handed back), false when the consumer stopped or lost the
+/// queue first: the message is then neither done nor handed back, and the handler is not
+/// run again, since the queue's next owner will deliver it.
+async fn consume_until_settled(
+    inner: &ConsumerInner,
+    pq: &ProcessQueue,
+    msg: ConsumedMessage,
+) -> bool {
     loop {
         match run_handler(inner.handler.as_ref(), msg.clone()).await {
-            ConsumeResult::Success => return,
+            ConsumeResult::Success => return true,
             ConsumeResult::Retry(delay) => {
                 if inner.send_back(&msg, delay).await {
-                    return;
+                    return true;
                 }
             }
         }
-        if pq.is_dropped() || inner.is_stopped() {
-            return;
-        }
         pause(pq, LOCAL_RETRY).await;
+        if pq.is_dropped() || inner.is_stopped() {
+            return false;
+        }
     }
 }
 

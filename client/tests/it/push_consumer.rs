@@ -377,3 +377,61 @@ async fn an_orderly_consumer_handles_each_queue_one_message_at_a_time_in_order()
     producer.shutdown().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_that_could_not_be_handed_back_is_not_committed_at_shutdown() {
+    let refuse = RefuseHandBacks::on();
+    let cluster = start_cluster_with_hooks(1, vec![refuse.clone()]).await;
+    cluster.create_topic("Stuck", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    let sent = producer.send(Message::new("Stuck", "stuck")).await.unwrap();
+
+    // The handler fails and both hand-backs are refused: the message waits to be consumed
+    // again here, and the consumer shuts down meanwhile.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = consumer(&cluster, "stuck-g", "Stuck", "*")
+        .start({
+            let attempts = attempts.clone();
+            move |_m: ConsumedMessage| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async { ConsumeResult::Retry(None) }
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        wait_until(|| async { attempts.load(Ordering::SeqCst) >= 1 }).await,
+        "the handler ran"
+    );
+    a.shutdown().await;
+    let reader = PullConsumer::builder(cluster.config(), "stuck-g")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.committed_offset(&sent.queue).await.unwrap(),
+        Some(sent.queue_offset),
+        "the unsettled message's offset stays uncommitted"
+    );
+
+    // The next owner gets it.
+    refuse.turn_off();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let b = consumer(&cluster, "stuck-g", "Stuck", "*")
+        .start({
+            let got = got.clone();
+            move |m: ConsumedMessage| {
+                got.lock().push(body(&m));
+                async { ConsumeResult::Success }
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        wait_until(|| async { got.lock().iter().any(|b| b == "stuck") }).await,
+        "the message was redelivered"
+    );
+    b.shutdown().await;
+    producer.shutdown().await;
+    cluster.stop().await;
+}

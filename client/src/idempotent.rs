@@ -3,7 +3,8 @@
 //! first; if it is already there (a redelivery, a producer retry, a rebalance duplicate), the
 //! transaction is rolled back and the message acknowledged without running the handler, so
 //! nothing is written twice. SQLite and PostgreSQL are supported through
-//! [`DedupeBackend`]; the table comes from the embedded migration ([`migrate`]).
+//! [`DedupeBackend`]; the table comes from [`migrate`] (or [`MIGRATION_SQL`] in the
+//! application's own migrations).
 //!
 //! The key defaults to the message's `UNIQ_KEY` ([`DedupeKey::UniqKey`]), which producers set
 //! once and which survives retries and dead-lettering; a business key can be chosen instead.
@@ -49,7 +50,8 @@ pub trait DedupeBackend: sqlx::Database + Sized {
         claim: &'c Claim,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
 
-    /// Creates `sluice_processed_messages` (and sqlx's migration table) if missing.
+    /// Creates `sluice_processed_messages` if missing, leaving sqlx's migration table (the
+    /// application's) alone.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
 }
 
@@ -73,7 +75,7 @@ pub struct Claim {
 }
 
 macro_rules! backend {
-    ($db:ty) => {
+    ($db:ty, $lock:expr) => {
         impl DedupeBackend for $db {
             fn claim<'c>(
                 tx: &'c mut Transaction<'static, Self>,
@@ -97,10 +99,14 @@ macro_rules! backend {
                 pool: &Pool<Self>,
             ) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
                 async move {
-                    let mut m = sqlx::migrate!("./migrations");
-                    // The application's own migrations live in the same table.
-                    m.set_ignore_missing(true);
-                    m.run(pool).await
+                    let mut tx = pool.begin().await?;
+                    if let Some(lock) = $lock {
+                        sqlx::query(lock).execute(&mut *tx).await?;
+                    }
+                    // One statement (after comments), so a plain query runs it.
+                    sqlx::query(MIGRATION_SQL).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
                 .boxed()
             }
@@ -108,11 +114,19 @@ macro_rules! backend {
     };
 }
 
-backend!(Sqlite);
-backend!(Postgres);
+/// PostgreSQL: serializes concurrent [`migrate`] calls (two consumers starting at once), since
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail there. Held until commit.
+const PG_MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(7236828746011468915)";
 
-/// Creates the processed-messages table (embedded migration). Safe to call at every start
-/// and beside the application's own sqlx migrations.
+backend!(Sqlite, None::<&str>);
+backend!(Postgres, Some(PG_MIGRATE_LOCK));
+
+/// Creates the processed-messages table ([`MIGRATION_SQL`], `CREATE TABLE IF NOT EXISTS`).
+/// Safe to call at every start and beside the application's own sqlx migrations: the SQL
+/// runs directly, not through sqlx's migrator, so nothing is recorded in `_sqlx_migrations`,
+/// whose versions the application's migrator checks against its own folder. (Versions of this
+/// crate before that change recorded version 20240601000000 there; delete that row if the
+/// application's migrator reports it missing.)
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), sqlx::Error> {

@@ -205,3 +205,36 @@ async fn postgres_skips_duplicates_and_writes_each_message_once() {
         .expect("connect to DATABASE_URL");
     scenario(pool, "pg").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applications_own_sqlx_migrations_still_run_beside_the_helpers_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let folder = dir.path().join("migrations");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(
+        folder.join("20250101000000_app_orders.sql"),
+        "CREATE TABLE app_orders (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    // The application's migrator, with sqlx's defaults (a missing version is an error).
+    let app = sqlx::migrate::Migrator::new(folder.as_path())
+        .await
+        .unwrap();
+
+    idempotent::migrate(&pool)
+        .await
+        .expect("the helper's table");
+    app.run(&pool).await.expect("the app's migrations after it");
+    idempotent::migrate(&pool).await.expect("the helper again");
+    app.run(&pool).await.expect("the app's migrations again");
+    for table in ["sluice_processed_messages", "app_orders"] {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = $1")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{table} exists");
+    }
+}

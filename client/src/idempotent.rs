@@ -33,6 +33,10 @@ const CLAIM_SQL: &str = "INSERT INTO sluice_processed_messages \
     (consumer_group, dedupe_key, topic, msg_id, processed_at_ms) VALUES ($1, $2, $3, $4, $5) \
     ON CONFLICT (consumer_group, dedupe_key) DO NOTHING";
 
+/// Reads the claim back before commit (see [`Idempotent::process`]).
+const CLAIMED_SQL: &str = "SELECT COUNT(*) FROM sluice_processed_messages \
+    WHERE consumer_group = $1 AND dedupe_key = $2";
+
 /// An error a handler returns; it rolls the transaction back and retries the message.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -49,6 +53,12 @@ pub trait DedupeBackend: sqlx::Database + Sized {
         tx: &'c mut Transaction<'static, Self>,
         claim: &'c Claim,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
+
+    /// Counts the claim rows of `claim`'s key visible in `tx` (1 after a successful claim).
+    fn claimed<'c>(
+        tx: &'c mut Transaction<'static, Self>,
+        claim: &'c Claim,
+    ) -> BoxFuture<'c, Result<i64, sqlx::Error>>;
 
     /// Creates `sluice_processed_messages` if missing, leaving sqlx's migration table (the
     /// application's) alone.
@@ -93,6 +103,17 @@ macro_rules! backend {
                     Ok(done.rows_affected())
                 }
                 .boxed()
+            }
+
+            fn claimed<'c>(
+                tx: &'c mut Transaction<'static, Self>,
+                c: &'c Claim,
+            ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+                sqlx::query_scalar(CLAIMED_SQL)
+                    .bind(&c.consumer_group)
+                    .bind(&c.dedupe_key)
+                    .fetch_one(&mut **tx)
+                    .boxed()
             }
 
             fn migrate(
@@ -222,6 +243,10 @@ pub enum IdempotencyError {
     /// The handler failed; its writes were rolled back.
     #[error("handler: {0}")]
     Handler(BoxError),
+    /// The handler returned Ok but the transaction no longer held the message's claim (the
+    /// handler deleted it); nothing was committed, so the message is retried.
+    #[error("the claim of dedupe key {0} was gone before commit; rolled back")]
+    ClaimLost(String),
 }
 
 /// What [`Idempotent::process`] did.
@@ -453,6 +478,21 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
         if let Err(e) = inner.handler.handle(msg, &mut tx).await {
             let _ = tx.rollback().await;
             return Err(IdempotencyError::Handler(e));
+        }
+        // A handler may swallow an SQL error; PostgreSQL has then aborted the transaction,
+        // and answers COMMIT with ROLLBACK, which sqlx reports as Ok. Reading the claim back
+        // fails in an aborted transaction (25P02), so nothing is reported processed that
+        // was not committed.
+        match DB::claimed(&mut tx, &claim).await {
+            Ok(1) => {}
+            Ok(_) => {
+                let _ = tx.rollback().await;
+                return Err(IdempotencyError::ClaimLost(claim.dedupe_key));
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e.into());
+            }
         }
         match tx.commit().await {
             Ok(()) => {

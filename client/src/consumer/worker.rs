@@ -29,13 +29,13 @@ pub(super) async fn run(inner: Arc<ConsumerInner>, pq: Arc<ProcessQueue>) {
     let mut next = pq.commit_point();
     while !pq.is_dropped() && !inner.is_stopped() {
         if inner.s.orderly && !pq.is_locked() {
-            inner.lock(vec![pq.mq.clone()]).await;
-            if !pq.is_locked() {
-                pause(&pq, LOCK_RETRY).await;
-                continue;
+            match lock_and_sync(&inner, &pq).await {
+                Some(start) => next = start,
+                None => {
+                    pause(&pq, LOCK_RETRY).await;
+                    continue;
+                }
             }
-            // Someone else may have consumed meanwhile: restart from the committed offset.
-            next = pq.commit_point();
         }
         if pq.inflight() >= inner.s.max_cached_per_queue {
             pq.wait_progress(Duration::from_millis(100)).await;
@@ -54,6 +54,32 @@ pub(super) async fn run(inner: Arc<ConsumerInner>, pq: Arc<ProcessQueue>) {
         }
     }
     tracing::debug!("queue worker stopped");
+}
+
+/// Orderly: takes the queue's broker lock, then reads the group's committed offset and
+/// starts from it (or from this worker's own commit point, when that is further). The offset
+/// read when the queue was assigned came before the lock, while the previous owner still
+/// consumed; starting there would redeliver all it handled since. `None` when the lock is
+/// not ours or the offset could not be read (the lock is then taken again, and the offset
+/// read again, next time).
+async fn lock_and_sync(inner: &ConsumerInner, pq: &ProcessQueue) -> Option<i64> {
+    inner.lock(vec![pq.mq.clone()]).await;
+    if !pq.is_locked() {
+        return None;
+    }
+    match remote::query_offset(&inner.core, &inner.group, &pq.mq).await {
+        Ok(committed) => {
+            let start = committed.unwrap_or(-1).max(pq.commit_point());
+            pq.restart_at(start);
+            inner.offsets.update(&pq.mq, start);
+            Some(start)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "committed offset not read after locking");
+            pq.set_locked(false);
+            None
+        }
+    }
 }
 
 /// Records a pull's outcome and dispatches its messages; returns the next offset to pull.

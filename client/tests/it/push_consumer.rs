@@ -486,7 +486,8 @@ async fn orderly_member(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished() {
+async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_and_resumes_where_it_stopped(
+) {
     let cluster = start_cluster(1).await;
     cluster.create_topic("Handover", 1).await;
     let producer = Producer::builder(cluster.config()).start().await.unwrap();
@@ -545,6 +546,11 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished(
         "never both on the queue"
     );
     assert_eq!(a_m.log.lock().clone(), ["m0", "m1"]);
+    assert_eq!(
+        b_m.log.lock().clone(),
+        ["m2"],
+        "b resumed after what a handled"
+    );
     producer.shutdown().await;
     cluster.stop().await;
 }

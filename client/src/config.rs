@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::error::ClientError;
 
 /// Distinguishes clients of one process, so two consumers of one group in one process get
-/// different client ids (Java shares one instance per process and cannot do that).
+/// different client ids (Java shares one instance per process and cannot do that). Taken by
+/// each client when it is made, not by each config: configs are cloned and shared.
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
 
 /// Settings shared by every kind of client.
@@ -26,7 +27,9 @@ static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     namesrv_addrs: Vec<String>,
-    instance_name: String,
+    /// Set by [`ClientConfig::with_instance_name`]; `None` for the default, `pid#nonce#n`
+    /// with `n` counted per client.
+    instance_name: Option<String>,
     client_ip: IpAddr,
     /// Timeout of ordinary requests (send, offsets, heartbeat, routes). Default 3 s.
     pub rpc_timeout: Duration,
@@ -53,10 +56,9 @@ impl ClientConfig {
     /// A config for the given name servers: `host:port`, several separated by `;` (as
     /// RocketMQ's `namesrvAddr`).
     pub fn new(namesrv: &str) -> Self {
-        let instance = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         Self {
             namesrv_addrs: split_addrs(namesrv),
-            instance_name: format!("{}#{:06X}#{instance}", std::process::id(), process_nonce()),
+            instance_name: None,
             client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rpc_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
@@ -110,11 +112,13 @@ impl ClientConfig {
     }
 
     /// Sets the instance name, the part after `@` in the client id. Default
-    /// `pid#nonce#n`: unique per client object in this process, and (through a per-process
-    /// nonce) across hosts. A fixed name must be unique within its consumer group.
+    /// `pid#nonce#n`, `n` numbered as each producer or consumer is made: unique per client
+    /// object in this process even when they share one (cloned) config, and (through a
+    /// per-process nonce) across hosts. A name set here is used as given by every client made
+    /// from the config, so it must be unique within its consumer group.
     #[must_use]
     pub fn with_instance_name(mut self, name: impl Into<String>) -> Self {
-        self.instance_name = name.into();
+        self.instance_name = Some(name.into());
         self
     }
 
@@ -152,9 +156,32 @@ impl ClientConfig {
         &self.namesrv_addrs
     }
 
-    /// `ip@instance`: the id brokers list in consumer groups.
+    /// `ip@instance`: the id brokers list in consumer groups, for a client made from this
+    /// config with [`ClientConfig::with_instance_name`]. Without it, this is the shared
+    /// prefix (`ip@pid#nonce`), and each client made from the config (or a clone of it)
+    /// appends `#n`, its own number in this process.
     pub fn client_id(&self) -> String {
-        format!("{}@{}", self.client_ip, self.instance_name)
+        match &self.instance_name {
+            Some(name) => format!("{}@{name}", self.client_ip),
+            None => format!(
+                "{}@{}#{:06X}",
+                self.client_ip,
+                std::process::id(),
+                process_nonce()
+            ),
+        }
+    }
+
+    /// The id of a client being made now: [`ClientConfig::client_id`], plus a fresh number
+    /// unless the instance name was set.
+    pub(crate) fn client_id_for_new_client(&self) -> String {
+        match self.instance_name {
+            Some(_) => self.client_id(),
+            None => {
+                let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+                format!("{}#{n}", self.client_id())
+            }
+        }
     }
 
     /// The IP put in unique keys.
@@ -182,7 +209,11 @@ impl ClientConfig {
                 "max_message_size must be positive".into(),
             ));
         }
-        if self.instance_name.is_empty() || self.instance_name.contains('@') {
+        if self
+            .instance_name
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.contains('@'))
+        {
             return Err(ClientError::Config(
                 "instance_name must be non-empty and free of '@'".into(),
             ));
@@ -223,11 +254,16 @@ mod tests {
     }
 
     #[test]
-    fn each_config_gets_its_own_instance_name() {
-        let a = ClientConfig::new("a:1");
-        let b = ClientConfig::new("a:1");
-        assert_ne!(a.client_id(), b.client_id());
+    fn each_client_of_one_config_gets_its_own_id_and_bad_settings_are_refused() {
+        let cfg = ClientConfig::new("a:1");
+        let (a, b) = (
+            cfg.client_id_for_new_client(),
+            cfg.clone().client_id_for_new_client(),
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{}#", cfg.client_id())), "{a}");
         assert!(ClientConfig::new("").validate().is_err());
+        assert!(cfg.clone().with_instance_name("x@y").validate().is_err());
         let bad = ClientConfig::new("a:1").with_rpc_timeout(Duration::ZERO);
         assert!(bad.validate().is_err());
     }

@@ -59,7 +59,7 @@ impl ClientCore {
             IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
         };
         Ok(Arc::new(Self {
-            client_id: cfg.client_id(),
+            client_id: cfg.client_id_for_new_client(),
             pool: Pool::new(cfg.connect_timeout, requests)
                 .with_credentials(cfg.credentials().cloned())
                 .with_tls(cfg.tls().cloned())
@@ -302,5 +302,27 @@ impl ClientCore {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clients_made_from_one_cloned_config_get_different_ids_unless_named() {
+        let cfg = ClientConfig::new("127.0.0.1:9876");
+        let (tx, _rx) = mpsc::channel(1);
+        let a = ClientCore::new(cfg.clone(), tx.clone()).unwrap();
+        let b = ClientCore::new(cfg.clone(), tx.clone()).unwrap();
+        assert_ne!(a.client_id, b.client_id);
+        // A name the user chose is kept as given: its uniqueness is theirs to keep.
+        let named = cfg.with_instance_name("billing-1");
+        let c = ClientCore::new(named.clone(), tx.clone()).unwrap();
+        let d = ClientCore::new(named, tx).unwrap();
+        assert_eq!(
+            (c.client_id.as_str(), d.client_id.as_str()),
+            ("127.0.0.1@billing-1", "127.0.0.1@billing-1")
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! first; if it is already there (a redelivery, a producer retry, a rebalance duplicate), the
 //! transaction is rolled back and the message acknowledged without running the handler, so
 //! nothing is written twice. SQLite and PostgreSQL are supported through
-//! [`DedupeBackend`]; the table comes from the embedded migration ([`migrate`]).
+//! [`DedupeBackend`]; the table comes from [`migrate`] (or [`MIGRATION_SQL`] in the
+//! application's own migrations).
 //!
 //! The key defaults to the message's `UNIQ_KEY` ([`DedupeKey::UniqKey`]), which producers set
 //! once and which survives retries and dead-lettering; a business key can be chosen instead.
@@ -32,6 +33,10 @@ const CLAIM_SQL: &str = "INSERT INTO sluice_processed_messages \
     (consumer_group, dedupe_key, topic, msg_id, processed_at_ms) VALUES ($1, $2, $3, $4, $5) \
     ON CONFLICT (consumer_group, dedupe_key) DO NOTHING";
 
+/// Reads the claim back before commit (see [`Idempotent::process`]).
+const CLAIMED_SQL: &str = "SELECT COUNT(*) FROM sluice_processed_messages \
+    WHERE consumer_group = $1 AND dedupe_key = $2";
+
 /// An error a handler returns; it rolls the transaction back and retries the message.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -49,7 +54,14 @@ pub trait DedupeBackend: sqlx::Database + Sized {
         claim: &'c Claim,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
 
-    /// Creates `sluice_processed_messages` (and sqlx's migration table) if missing.
+    /// Counts the claim rows of `claim`'s key visible in `tx` (1 after a successful claim).
+    fn claimed<'c>(
+        tx: &'c mut Transaction<'static, Self>,
+        claim: &'c Claim,
+    ) -> BoxFuture<'c, Result<i64, sqlx::Error>>;
+
+    /// Creates `sluice_processed_messages` if missing, leaving sqlx's migration table (the
+    /// application's) alone.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
 }
 
@@ -73,7 +85,7 @@ pub struct Claim {
 }
 
 macro_rules! backend {
-    ($db:ty) => {
+    ($db:ty, $lock:expr) => {
         impl DedupeBackend for $db {
             fn claim<'c>(
                 tx: &'c mut Transaction<'static, Self>,
@@ -93,14 +105,29 @@ macro_rules! backend {
                 .boxed()
             }
 
+            fn claimed<'c>(
+                tx: &'c mut Transaction<'static, Self>,
+                c: &'c Claim,
+            ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+                sqlx::query_scalar(CLAIMED_SQL)
+                    .bind(&c.consumer_group)
+                    .bind(&c.dedupe_key)
+                    .fetch_one(&mut **tx)
+                    .boxed()
+            }
+
             fn migrate(
                 pool: &Pool<Self>,
             ) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
                 async move {
-                    let mut m = sqlx::migrate!("./migrations");
-                    // The application's own migrations live in the same table.
-                    m.set_ignore_missing(true);
-                    m.run(pool).await
+                    let mut tx = pool.begin().await?;
+                    if let Some(lock) = $lock {
+                        sqlx::query(lock).execute(&mut *tx).await?;
+                    }
+                    // One statement (after comments), so a plain query runs it.
+                    sqlx::query(MIGRATION_SQL).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
                 .boxed()
             }
@@ -108,11 +135,19 @@ macro_rules! backend {
     };
 }
 
-backend!(Sqlite);
-backend!(Postgres);
+/// PostgreSQL: serializes concurrent [`migrate`] calls (two consumers starting at once), since
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail there. Held until commit.
+const PG_MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(7236828746011468915)";
 
-/// Creates the processed-messages table (embedded migration). Safe to call at every start
-/// and beside the application's own sqlx migrations.
+backend!(Sqlite, None::<&str>);
+backend!(Postgres, Some(PG_MIGRATE_LOCK));
+
+/// Creates the processed-messages table ([`MIGRATION_SQL`], `CREATE TABLE IF NOT EXISTS`).
+/// Safe to call at every start and beside the application's own sqlx migrations: the SQL
+/// runs directly, not through sqlx's migrator, so nothing is recorded in `_sqlx_migrations`,
+/// whose versions the application's migrator checks against its own folder. (Versions of this
+/// crate before that change recorded version 20240601000000 there; delete that row if the
+/// application's migrator reports it missing.)
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), sqlx::Error> {
@@ -208,6 +243,10 @@ pub enum IdempotencyError {
     /// The handler failed; its writes were rolled back.
     #[error("handler: {0}")]
     Handler(BoxError),
+    /// The handler returned Ok but the transaction no longer held the message's claim (the
+    /// handler deleted it); nothing was committed, so the message is retried.
+    #[error("the claim of dedupe key {0} was gone before commit; rolled back")]
+    ClaimLost(String),
 }
 
 /// What [`Idempotent::process`] did.
@@ -439,6 +478,21 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
         if let Err(e) = inner.handler.handle(msg, &mut tx).await {
             let _ = tx.rollback().await;
             return Err(IdempotencyError::Handler(e));
+        }
+        // A handler may swallow an SQL error; PostgreSQL has then aborted the transaction,
+        // and answers COMMIT with ROLLBACK, which sqlx reports as Ok. Reading the claim back
+        // fails in an aborted transaction (25P02), so nothing is reported processed that
+        // was not committed.
+        match DB::claimed(&mut tx, &claim).await {
+            Ok(1) => {}
+            Ok(_) => {
+                let _ = tx.rollback().await;
+                return Err(IdempotencyError::ClaimLost(claim.dedupe_key));
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e.into());
+            }
         }
         match tx.commit().await {
             Ok(()) => {

@@ -83,6 +83,14 @@ impl ProcessQueue {
         s.high_water = offset;
     }
 
+    /// Forgets every in-flight offset and makes `offset` the next to pull (an orderly
+    /// worker that just took the lock starts from the group's committed offset).
+    pub(crate) fn restart_at(&self, offset: i64) {
+        let mut s = self.state.lock();
+        s.inflight.clear();
+        s.high_water = offset;
+    }
+
     /// The offset to commit now.
     pub(crate) fn commit_point(&self) -> i64 {
         commit_point(&self.state.lock())
@@ -151,6 +159,9 @@ mod tests {
         pq.rewind(21);
         assert_eq!((pq.inflight(), pq.commit_point()), (1, 20));
         assert_eq!(pq.done(20), 21);
+        pq.add([21], 22);
+        pq.restart_at(30);
+        assert_eq!((pq.inflight(), pq.commit_point()), (0, 30));
     }
 
     #[test]

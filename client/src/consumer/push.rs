@@ -452,9 +452,16 @@ impl PushConsumer {
         PushConsumerBuilder::new(cfg, group)
     }
 
-    /// The queues this member consumes now.
+    /// The queues this member consumes now (not those it is giving up).
     pub fn assigned_queues(&self) -> Vec<MessageQueue> {
-        let mut v: Vec<MessageQueue> = self.inner.queues.lock().keys().cloned().collect();
+        let mut v: Vec<MessageQueue> = self
+            .inner
+            .queues
+            .lock()
+            .iter()
+            .filter(|(_, pq)| !pq.is_dropped())
+            .map(|(mq, _)| mq.clone())
+            .collect();
         v.sort();
         v
     }

@@ -122,18 +122,17 @@ impl ConsumerInner {
         Err(last)
     }
 
-    /// Releases queues of `topic` no longer ours and starts workers for new ones.
+    /// Releases queues of `topic` no longer ours (and retries releases left pending) and
+    /// starts workers for new ones.
     async fn apply(&self, topic: &str, mine: Vec<MessageQueue>) {
         let wanted: HashSet<&MessageQueue> = mine.iter().collect();
-        let lost: Vec<Arc<ProcessQueue>> = {
-            let mut queues = self.queues.lock();
-            let gone: Vec<MessageQueue> = queues
-                .keys()
-                .filter(|mq| mq.topic == topic && !wanted.contains(mq))
-                .cloned()
-                .collect();
-            gone.iter().filter_map(|mq| queues.remove(mq)).collect()
-        };
+        let lost: Vec<Arc<ProcessQueue>> = self
+            .queues
+            .lock()
+            .iter()
+            .filter(|(mq, pq)| mq.topic == topic && (!wanted.contains(mq) || pq.is_dropped()))
+            .map(|(_, pq)| Arc::clone(pq))
+            .collect();
         for pq in lost {
             self.release(pq).await;
         }
@@ -161,15 +160,25 @@ impl ConsumerInner {
         }
     }
 
-    /// Stops a lost queue's worker, lets running handlers finish (bounded), persists its
-    /// offset and, orderly, unlocks it.
+    /// Stops a lost queue's worker, lets running handlers finish (bounded), forgets the
+    /// queue, persists its offset and, orderly, unlocks it.
+    ///
+    /// Orderly, a handler still running after the wait keeps the queue: it stays in the table,
+    /// dropped, with its broker lock (still renewed), and the next rebalance tries again.
+    /// Unlocking now would let the next owner consume the queue beside that handler, out of
+    /// order (RocketMQ's `removeUnnecessaryMessageQueue` waits the same way).
     async fn release(&self, pq: Arc<ProcessQueue>) {
         pq.drop_queue();
         let deadline = tokio::time::Instant::now() + RELEASE_DRAIN;
         while pq.inflight() > 0 && tokio::time::Instant::now() < deadline {
             pq.wait_progress(Duration::from_millis(50)).await;
         }
-        let _consuming = tokio::time::timeout(RELEASE_DRAIN, pq.consuming.lock()).await;
+        let consuming = tokio::time::timeout(RELEASE_DRAIN, pq.consuming.lock()).await;
+        if self.s.orderly && consuming.is_err() {
+            tracing::info!(group = %self.group, topic = %pq.mq.topic, queue_id = pq.mq.queue_id, "orderly handler still running; the queue is released at the next rebalance");
+            return;
+        }
+        self.forget(&pq);
         self.offsets.update(&pq.mq, pq.commit_point());
         if let Err(e) = self.offsets.persist(&self.core, &self.group, &pq.mq).await {
             tracing::warn!(topic = %pq.mq.topic, queue_id = pq.mq.queue_id, error = %e, "offset of a released queue not persisted");
@@ -179,6 +188,14 @@ impl ConsumerInner {
             self.unlock(vec![pq.mq.clone()]).await;
         }
         tracing::info!(group = %self.group, topic = %pq.mq.topic, queue_id = pq.mq.queue_id, offset = pq.commit_point(), "queue released");
+    }
+
+    /// Removes `pq` from the owned queues, unless the table holds another one for its queue.
+    fn forget(&self, pq: &Arc<ProcessQueue>) {
+        let mut queues = self.queues.lock();
+        if queues.get(&pq.mq).is_some_and(|q| Arc::ptr_eq(q, pq)) {
+            queues.remove(&pq.mq);
+        }
     }
 
     /// The committed offset, else the consume-from policy (retry topics start at 0).

@@ -29,13 +29,13 @@ pub(super) async fn run(inner: Arc<ConsumerInner>, pq: Arc<ProcessQueue>) {
     let mut next = pq.commit_point();
     while !pq.is_dropped() && !inner.is_stopped() {
         if inner.s.orderly && !pq.is_locked() {
-            inner.lock(vec![pq.mq.clone()]).await;
-            if !pq.is_locked() {
-                pause(&pq, LOCK_RETRY).await;
-                continue;
+            match lock_and_sync(&inner, &pq).await {
+                Some(start) => next = start,
+                None => {
+                    pause(&pq, LOCK_RETRY).await;
+                    continue;
+                }
             }
-            // Someone else may have consumed meanwhile: restart from the committed offset.
-            next = pq.commit_point();
         }
         if pq.inflight() >= inner.s.max_cached_per_queue {
             pq.wait_progress(Duration::from_millis(100)).await;
@@ -54,6 +54,32 @@ pub(super) async fn run(inner: Arc<ConsumerInner>, pq: Arc<ProcessQueue>) {
         }
     }
     tracing::debug!("queue worker stopped");
+}
+
+/// Orderly: takes the queue's broker lock, then reads the group's committed offset and
+/// starts from it (or from this worker's own commit point, when that is further). The offset
+/// read when the queue was assigned came before the lock, while the previous owner still
+/// consumed; starting there would redeliver all it handled since. `None` when the lock is
+/// not ours or the offset could not be read (the lock is then taken again, and the offset
+/// read again, next time).
+async fn lock_and_sync(inner: &ConsumerInner, pq: &ProcessQueue) -> Option<i64> {
+    inner.lock(vec![pq.mq.clone()]).await;
+    if !pq.is_locked() {
+        return None;
+    }
+    match remote::query_offset(&inner.core, &inner.group, &pq.mq).await {
+        Ok(committed) => {
+            let start = committed.unwrap_or(-1).max(pq.commit_point());
+            pq.restart_at(start);
+            inner.offsets.update(&pq.mq, start);
+            Some(start)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "committed offset not read after locking");
+            pq.set_locked(false);
+            None
+        }
+    }
 }
 
 /// Records a pull's outcome and dispatches its messages; returns the next offset to pull.
@@ -109,10 +135,13 @@ async fn dispatch_concurrently(
         let (inner, pq) = (Arc::clone(inner), Arc::clone(pq));
         let mut handling = Box::pin(async move {
             let offset = msg.queue_offset();
-            consume_until_settled(&inner, &pq, msg).await;
-            let point = pq.done(offset);
-            if !pq.is_dropped() {
-                inner.offsets.update(&pq.mq, point);
+            // An unsettled message stays in flight, holding the commit point at its offset,
+            // so whoever consumes the queue next gets it again.
+            if consume_until_settled(&inner, &pq, msg).await {
+                let point = pq.done(offset);
+                if !pq.is_dropped() {
+                    inner.offsets.update(&pq.mq, point);
+                }
             }
             drop(permit);
         });
@@ -127,22 +156,28 @@ async fn dispatch_concurrently(
 }
 
 /// Handles a message; a `Retry` hands it back to the broker. When even that fails, the
-/// message is consumed again here after a pause (its offset held meanwhile), until the
-/// consumer stops or loses the queue.
-async fn consume_until_settled(inner: &ConsumerInner, pq: &ProcessQueue, msg: ConsumedMessage) {
+/// message is consumed again here after a pause (its offset held meanwhile). Returns true
+/// once it settled (handled, or handed back), false when the consumer stopped or lost the
+/// queue first: the message is then neither done nor handed back, and the handler is not
+/// run again, since the queue's next owner will deliver it.
+async fn consume_until_settled(
+    inner: &ConsumerInner,
+    pq: &ProcessQueue,
+    msg: ConsumedMessage,
+) -> bool {
     loop {
         match run_handler(inner.handler.as_ref(), msg.clone()).await {
-            ConsumeResult::Success => return,
+            ConsumeResult::Success => return true,
             ConsumeResult::Retry(delay) => {
                 if inner.send_back(&msg, delay).await {
-                    return;
+                    return true;
                 }
             }
         }
-        if pq.is_dropped() || inner.is_stopped() {
-            return;
-        }
         pause(pq, LOCAL_RETRY).await;
+        if pq.is_dropped() || inner.is_stopped() {
+            return false;
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Idempotent consumption with a real database: SQLite always, PostgreSQL when DATABASE_URL is
 //! set. One scenario, [`scenario`], runs on both: the migration, a duplicate skipped with
-//! exactly one business row, a failing handler rolled back, a business dedupe key, and a
-//! forced duplicate delivery through a real broker (the group's offsets rewound after a
-//! consumer committed them) that the helper skips.
+//! exactly one business row, a failing handler rolled back, a business dedupe key, a handler
+//! that swallowed an SQL error or removed its claim (never reported processed unless
+//! committed), and a forced duplicate delivery through a real broker (the group's offsets
+//! rewound after a consumer committed them) that the helper skips.
 
 use crate::common;
 
@@ -55,6 +56,20 @@ macro_rules! business {
                         let body = std::str::from_utf8(msg.body())?.to_owned();
                         if body == "fail" {
                             return Err::<(), BoxError>("the business rule refused".into());
+                        }
+                        if body == "swallow" {
+                            // A handler that ignores a failed statement (PostgreSQL has then
+                            // aborted the transaction; SQLite carries on).
+                            let failed = sqlx::query("SELECT * FROM no_such_table").execute(&mut **tx).await;
+                            assert!(failed.is_err());
+                            return Ok(());
+                        }
+                        if body == "unclaim" {
+                            sqlx::query("DELETE FROM sluice_processed_messages WHERE msg_id = $1")
+                                .bind(msg.msg_id())
+                                .execute(&mut **tx)
+                                .await?;
+                            return Ok(());
                         }
                         sqlx::query(&format!("INSERT INTO {table} (order_id, msg_id) VALUES ($1, $2)"))
                             .bind(body)
@@ -129,6 +144,26 @@ async fn scenario<DB: Business>(pool: Pool<DB>, tag: &str) {
         Err(IdempotencyError::MissingKey(_))
     ));
     assert_eq!(DB::count(&pool, table).await, 3);
+
+    // A handler that swallowed a failed statement: what the helper reports is what was
+    // committed (on PostgreSQL the transaction was aborted, so nothing was).
+    let first = helper.process(&msg("U5", "swallow")).await;
+    let again = helper.process(&msg("U5", "order-5")).await.unwrap();
+    match first {
+        Ok(Outcome::Processed) => assert_eq!(again, Outcome::Duplicate, "the claim was committed"),
+        Err(IdempotencyError::Database(_)) => {
+            assert_eq!(again, Outcome::Processed, "nothing was committed")
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    // A handler that removed its own claim: not reported processed.
+    let err = helper.process(&msg("U6", "unclaim")).await.unwrap_err();
+    assert!(matches!(err, IdempotencyError::ClaimLost(_)), "{err}");
+    assert_eq!(
+        helper.process(&msg("U6", "order-6")).await.unwrap(),
+        Outcome::Processed,
+        "the key is still free"
+    );
     DB::reset(&pool, table).await;
 
     // Through a broker: consume, commit, rewind the group's offsets, consume again.
@@ -204,4 +239,37 @@ async fn postgres_skips_duplicates_and_writes_each_message_once() {
         .await
         .expect("connect to DATABASE_URL");
     scenario(pool, "pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applications_own_sqlx_migrations_still_run_beside_the_helpers_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let folder = dir.path().join("migrations");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(
+        folder.join("20250101000000_app_orders.sql"),
+        "CREATE TABLE app_orders (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    // The application's migrator, with sqlx's defaults (a missing version is an error).
+    let app = sqlx::migrate::Migrator::new(folder.as_path())
+        .await
+        .unwrap();
+
+    idempotent::migrate(&pool)
+        .await
+        .expect("the helper's table");
+    app.run(&pool).await.expect("the app's migrations after it");
+    idempotent::migrate(&pool).await.expect("the helper again");
+    app.run(&pool).await.expect("the app's migrations again");
+    for table in ["sluice_processed_messages", "app_orders"] {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = $1")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{table} exists");
+    }
 }

@@ -6,7 +6,7 @@
 use crate::common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -374,6 +374,183 @@ async fn an_orderly_consumer_handles_each_queue_one_message_at_a_time_in_order()
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
         assert_eq!(seqs.len(), 10);
     }
+    producer.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_that_could_not_be_handed_back_is_not_committed_at_shutdown() {
+    let refuse = RefuseHandBacks::on();
+    let cluster = start_cluster_with_hooks(1, vec![refuse.clone()]).await;
+    cluster.create_topic("Stuck", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    let sent = producer.send(Message::new("Stuck", "stuck")).await.unwrap();
+
+    // The handler fails and both hand-backs are refused: the message waits to be consumed
+    // again here, and the consumer shuts down meanwhile.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = consumer(&cluster, "stuck-g", "Stuck", "*")
+        .start({
+            let attempts = attempts.clone();
+            move |_m: ConsumedMessage| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async { ConsumeResult::Retry(None) }
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        wait_until(|| async { attempts.load(Ordering::SeqCst) >= 1 }).await,
+        "the handler ran"
+    );
+    a.shutdown().await;
+    let reader = PullConsumer::builder(cluster.config(), "stuck-g")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.committed_offset(&sent.queue).await.unwrap(),
+        Some(sent.queue_offset),
+        "the unsettled message's offset stays uncommitted"
+    );
+
+    // The next owner gets it.
+    refuse.turn_off();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let b = consumer(&cluster, "stuck-g", "Stuck", "*")
+        .start({
+            let got = got.clone();
+            move |m: ConsumedMessage| {
+                got.lock().push(body(&m));
+                async { ConsumeResult::Success }
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        wait_until(|| async { got.lock().iter().any(|b| b == "stuck") }).await,
+        "the message was redelivered"
+    );
+    b.shutdown().await;
+    producer.shutdown().await;
+    cluster.stop().await;
+}
+
+/// An orderly member that records what it handled; its handler holds `held` until `release`
+/// has a permit (bounded by [`WAIT`]), with `running` true meanwhile.
+struct Member {
+    log: Arc<Mutex<Vec<String>>>,
+    running: Arc<AtomicBool>,
+}
+
+async fn orderly_member(
+    cluster: &Cluster,
+    instance: &str,
+    held: &'static str,
+    release: Arc<tokio::sync::Semaphore>,
+    other_running: Option<Arc<AtomicBool>>,
+    overlaps: Arc<AtomicUsize>,
+) -> (PushConsumer, Member) {
+    let member = Member {
+        log: Arc::default(),
+        running: Arc::default(),
+    };
+    let (log, running) = (member.log.clone(), member.running.clone());
+    let c = PushConsumer::builder(cluster.config().with_instance_name(instance), "handover-g")
+        .subscribe("Handover", "*")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .long_polling(Duration::from_secs(2))
+        .persist_interval(Duration::from_millis(500))
+        .rebalance_interval(Duration::from_secs(3))
+        .orderly(true)
+        .start(move |m: ConsumedMessage| {
+            let (log, running, release) = (log.clone(), running.clone(), release.clone());
+            let (other, overlaps) = (other_running.clone(), overlaps.clone());
+            async move {
+                if other.is_some_and(|o| o.load(Ordering::SeqCst)) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let text = body(&m);
+                log.lock().push(text.clone());
+                if text == held {
+                    running.store(true, Ordering::SeqCst);
+                    let _ = tokio::time::timeout(WAIT, release.acquire()).await;
+                    running.store(false, Ordering::SeqCst);
+                }
+                ConsumeResult::Success
+            }
+        })
+        .await
+        .unwrap();
+    (c, member)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_and_resumes_where_it_stopped(
+) {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Handover", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    for text in ["m0", "m1"] {
+        producer.send(Message::new("Handover", text)).await.unwrap();
+    }
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    // "zz-a" sorts after "aa-b": once b joins, the only queue is b's.
+    let (a, a_m) = orderly_member(
+        &cluster,
+        "zz-a",
+        "m1",
+        release.clone(),
+        None,
+        overlaps.clone(),
+    )
+    .await;
+    assert!(
+        wait_until(|| async { a_m.running.load(Ordering::SeqCst) }).await,
+        "a is handling m1"
+    );
+    let (b, b_m) = orderly_member(
+        &cluster,
+        "aa-b",
+        "",
+        release.clone(),
+        Some(a_m.running.clone()),
+        overlaps.clone(),
+    )
+    .await;
+    assert!(
+        wait_until(|| async { b.assigned_queues().iter().any(|q| q.topic == "Handover") }).await,
+        "b was assigned the queue"
+    );
+    // A bounded look while a's handler runs: a gives the queue up (its drain wait, 2 × 2 s,
+    // then the unlock) and b asks for the lock every 500 ms, so b would get it in this window.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        b_m.log.lock().clone(),
+        Vec::<String>::new(),
+        "b waited for a's handler"
+    );
+
+    release.add_permits(1);
+    producer.send(Message::new("Handover", "m2")).await.unwrap();
+    assert!(
+        wait_until(|| async { b_m.log.lock().iter().any(|t| t == "m2") }).await,
+        "b took over"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "never both on the queue"
+    );
+    assert_eq!(a_m.log.lock().clone(), ["m0", "m1"]);
+    assert_eq!(
+        b_m.log.lock().clone(),
+        ["m2"],
+        "b resumed after what a handled"
+    );
     producer.shutdown().await;
     cluster.stop().await;
 }

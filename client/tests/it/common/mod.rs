@@ -4,10 +4,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::{
-    Broker, BrokerConfig, BrokerHandle, NameServer, NameServerConfig, NameServerHandle,
+    Broker, BrokerConfig, BrokerHandle, HookOutcome, NameServer, NameServerConfig,
+    NameServerHandle, PendingMessage, PutContext, PutHook,
 };
 use sluice_client::ClientConfig;
 use sluice_protocol::remoting::custom::UpdateAndCreateTopicRequestHeader;
@@ -38,6 +41,12 @@ fn localhost() -> SocketAddr {
 
 /// A name server and `n` brokers named `broker-a`, `broker-b`, ...
 pub async fn start_cluster(n: usize) -> Cluster {
+    start_cluster_with_hooks(n, Vec::new()).await
+}
+
+/// As [`start_cluster`], with `hooks` run on every broker before the transaction hook: how a
+/// test makes the broker refuse some messages.
+pub async fn start_cluster_with_hooks(n: usize, hooks: Vec<Arc<dyn PutHook>>) -> Cluster {
     init_tracing();
     let namesrv = NameServer::start(NameServerConfig {
         listen: localhost(),
@@ -57,7 +66,8 @@ pub async fn start_cluster(n: usize) -> Cluster {
         let mut txn = sluice_txn::TxnConfig::default();
         txn.defaults.check_after = Duration::from_millis(500);
         txn.defaults.check_interval = Duration::from_millis(500);
-        let ext = sluice_txn::TxnExtension::new(txn).broker_extensions();
+        let mut ext = sluice_txn::TxnExtension::new(txn).broker_extensions();
+        ext.put_hooks.splice(0..0, hooks.iter().cloned());
         brokers.push(Broker::start_with(cfg, ext).await.expect("broker starts"));
         dirs.push(dir);
     }
@@ -147,4 +157,44 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A put hook that, while on, refuses every message to a `%RETRY%` or `%DLQ%` topic: both
+/// ways a consumer hands a failed message back (CONSUMER_SEND_MSG_BACK and its own retry-copy
+/// send) then fail, as they do when the broker is overloaded or its disk is full.
+#[derive(Debug, Default)]
+pub struct RefuseHandBacks {
+    on: AtomicBool,
+}
+
+impl RefuseHandBacks {
+    /// A hook that refuses from the start.
+    pub fn on() -> Arc<Self> {
+        let hook = Self::default();
+        hook.on.store(true, Ordering::SeqCst);
+        Arc::new(hook)
+    }
+
+    /// Lets hand-backs through again.
+    pub fn turn_off(&self) {
+        self.on.store(false, Ordering::SeqCst);
+    }
+}
+
+impl PutHook for RefuseHandBacks {
+    fn name(&self) -> &'static str {
+        "refuse-hand-backs"
+    }
+
+    fn before_put(&self, _ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome {
+        let topic = &msg.input.topic;
+        let hand_back = topic.starts_with("%RETRY%") || topic.starts_with("%DLQ%");
+        if hand_back && self.on.load(Ordering::SeqCst) {
+            return HookOutcome::Reject {
+                code: sluice_protocol::response_code::SYSTEM_ERROR,
+                remark: "test: hand-backs refused".into(),
+            };
+        }
+        HookOutcome::Continue
+    }
 }

@@ -327,3 +327,97 @@ fn an_unclean_restart_leaves_queue_and_index_files_out_of_the_resident_set() {
     );
     store.shutdown().unwrap();
 }
+
+/// Appends messages `0..batch` as ONE request (one sync window, so every record of it carries
+/// the same watermark, below the batch's first record), then `batch..total` one by one, which
+/// spreads over later segments. Returns each message's phys offset, in sequence order.
+fn batch_then_singles(cfg: &StoreConfig, batch: u64, total: u64) -> Vec<u64> {
+    let store = open(cfg);
+    let msgs: Vec<MessageInput> = (0..batch).map(|s| message("T", 0, s)).collect();
+    let mut phys: Vec<u64> = store
+        .append_blocking(msgs)
+        .unwrap()
+        .iter()
+        .map(|a| a.phys_offset)
+        .collect();
+    phys.extend(
+        append_seqs(&store, "T", 0, batch..total)
+            .iter()
+            .map(|a| a.1),
+    );
+    store.shutdown().unwrap();
+    phys
+}
+
+/// What a damaged record inside a batch must leave: that record refused, every other message
+/// (in this and in later segments) served, the log end and the queue's end unchanged.
+fn assert_only_victim_refused(store: &sluice_store::Store, phys: &[u64], victim: usize) {
+    let total = phys.len() as u64;
+    assert!(store.recovery_report().cut_at.is_none(), "nothing is cut");
+    assert_eq!(store.recovery_report().damaged_ranges, 1);
+    // Corrupt for a flipped bit; a zeroed head reads as "no record here".
+    assert!(store.read_record(phys[victim]).is_err());
+    assert_eq!(store.max_offset("T", 0), total);
+    let msgs = read_queue(store, "T", 0);
+    assert_eq!(
+        msgs.len() as u64,
+        total - 1,
+        "only the damaged record is withheld"
+    );
+    assert!(msgs
+        .iter()
+        .all(|(off, body)| *off != victim as u64 && *body == body_for(*off)));
+    let a = store
+        .append_blocking(&[MessageInput::new("T", 0, "next")])
+        .unwrap()[0];
+    assert_eq!(a.queue_offset, total as i64);
+}
+
+#[test]
+fn flipped_bit_in_a_record_of_one_batch_is_refused_and_later_records_and_segments_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let phys = batch_then_singles(&cfg, 40, 1200);
+    let segments = segment_files(dir.path()).len();
+    assert!(segments >= 3);
+    let victim = 10;
+    let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+        flip_bit(&segment_files(d)[0], phys[victim] + 100, 2);
+        mark_unclean(d);
+        // No checkpoint: the damaged record is above anything a checkpoint vouches for.
+        std::fs::remove_file(d.join("checkpoint")).unwrap();
+    });
+    assert_eq!(
+        segment_files(_copy.path()).len(),
+        segments,
+        "no segment deleted"
+    );
+    assert!(matches!(
+        store.read_record(phys[victim]),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_only_victim_refused(&store, &phys, victim);
+}
+
+#[test]
+fn zeroed_record_head_inside_a_batch_is_damage_after_a_clean_or_unclean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let phys = batch_then_singles(&cfg, 40, 1200);
+    let victim = 10;
+    for unclean in [false, true] {
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment_files(d)[0])
+                .unwrap()
+                .write_all_at(&[0u8; 8], phys[victim])
+                .unwrap();
+            if unclean {
+                mark_unclean(d);
+            }
+            std::fs::remove_file(d.join("checkpoint")).unwrap();
+        });
+        assert_only_victim_refused(&store, &phys, victim);
+    }
+}

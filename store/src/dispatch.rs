@@ -324,12 +324,12 @@ impl Gathering {
     }
 }
 
-/// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
-/// dispatched, after a final checkpoint.
 /// Every this many checkpoints (a minute at the default interval), the pages readers faulted
 /// into older queue files are released too.
 const QUEUE_SWEEP_EVERY: u64 = 60;
 
+/// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
+/// dispatched (or a dispatch fails while closing), after a final checkpoint.
 pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreConfig) {
     let checkpoint_path = cfg.data_dir.join("checkpoint");
     let follow_flushed = matches!(cfg.flush, FlushMode::Sync);
@@ -347,6 +347,17 @@ pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreCo
         if done < target {
             match dispatcher.dispatch_range(done, target) {
                 Ok(reached) => shared.dispatched.set(reached),
+                // Closing: stop without the final dispatch rather than retry forever (a full
+                // disk under the queues, no descriptors or maps left would hang shutdown). The
+                // commit log holds the records, and the checkpoint written below still says
+                // `dispatched`, so the next open dispatches them again.
+                Err(e) if closing => {
+                    tracing::error!(
+                        error = %e, offset = done, target,
+                        "dispatch failed while closing; the next open dispatches the rest"
+                    );
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, offset = done, "dispatch failed; retrying");
                     std::thread::sleep(Duration::from_millis(100));

@@ -421,3 +421,41 @@ fn zeroed_record_head_inside_a_batch_is_damage_after_a_clean_or_unclean_stop() {
         assert_only_victim_refused(&store, &phys, victim);
     }
 }
+
+#[test]
+fn a_corrupt_index_header_is_rejected_and_the_file_rebuilt_from_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..300);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    store.shutdown().unwrap();
+    drop(store);
+    // Slot count (bytes 32..36) larger than the file could hold, or an entry count (36..40)
+    // beyond its entries.
+    for (field, value) in [(32u64, u32::MAX), (32, 1 << 30), (36, u32::MAX)] {
+        for unclean in [false, true] {
+            let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("index/00000000000000000000"))
+                    .unwrap()
+                    .write_all_at(&value.to_be_bytes(), field)
+                    .unwrap();
+                if unclean {
+                    mark_unclean(d);
+                }
+            });
+            let hits = store.query_by_key("T", "key-77", 4, 0, i64::MAX / 2);
+            assert_eq!(
+                hits.len(),
+                1,
+                "field {field} = {value:#x}, unclean {unclean}"
+            );
+            append_seqs(&store, "T", 0, 300..310);
+            let hits = store.query_by_key("T", "key-305", 4, 0, i64::MAX / 2);
+            assert_eq!(hits.len(), 1, "new entries are indexed too");
+            store.shutdown().unwrap();
+        }
+    }
+}

@@ -459,3 +459,49 @@ fn a_corrupt_index_header_is_rejected_and_the_file_rebuilt_from_its_entries() {
         }
     }
 }
+
+/// Writes a record for queue 0 of "T" claiming `queue_offset`, with a valid trailer, at the
+/// end of the log (where a torn write could leave a record forged inside a message body).
+fn forge_record_at_end(data: &Path, cfg: &StoreConfig, end: u64, queue_offset: i64) {
+    use sluice_protocol::message::record::{encode_record, patch_store_fields, RecordHeader};
+    let header = RecordHeader {
+        queue_id: 0,
+        ..RecordHeader::default()
+    };
+    let mut rec = Vec::new();
+    encode_record(&header, b"forged", "T", b"", &mut rec).unwrap();
+    patch_store_fields(&mut rec, queue_offset, end as i64, 1);
+    let watermark = 0u64.to_be_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&rec);
+    crc.update(&watermark);
+    rec.extend_from_slice(&watermark);
+    rec.extend_from_slice(&crc.finalize().to_be_bytes());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment_files(data).pop().unwrap())
+        .unwrap()
+        .write_all_at(&rec, end - segment_base(end, cfg))
+        .unwrap();
+}
+
+#[test]
+fn a_record_claiming_a_negative_or_impossible_queue_offset_is_never_dispatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _, end) = pristine(dir.path(), 20);
+    for queue_offset in [-1, i64::MIN, i64::MAX, 1 << 40] {
+        for unclean in [false, true] {
+            let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+                forge_record_at_end(d, &cfg, end, queue_offset);
+                if unclean {
+                    mark_unclean(d);
+                }
+            });
+            assert_eq!(store.max_offset("T", 0), 20, "queue offset {queue_offset}");
+            let msgs = read_queue(&store, "T", 0);
+            assert_eq!(msgs.len(), 20);
+            assert!(msgs.iter().all(|(_, body)| body != b"forged"));
+            store.shutdown().unwrap();
+        }
+    }
+}

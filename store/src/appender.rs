@@ -309,10 +309,10 @@ impl Appender {
 
     /// Makes sure `need` bytes fit at `self.next` in an open segment.
     fn ensure_room(&mut self, need: u64) -> Result<()> {
-        let seg_size = self.log.segment_size();
         if let Some(seg) = &self.segment {
+            // The segment's own length: one written under another configured size keeps it.
             let pos = self.next - seg.base;
-            if pos + need + framing::BLANK_LEN as u64 <= seg_size {
+            if pos + need + framing::BLANK_LEN as u64 <= seg.file.len() {
                 return Ok(());
             }
             self.seal_segment(pos)?;

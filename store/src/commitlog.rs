@@ -1,5 +1,6 @@
-//! The commit log: an ordered run of equally sized segments, each named by the commit-log
-//! offset of its first byte (20 decimal digits, as RocketMQ names them).
+//! The commit log: an ordered run of segments, each named by the commit-log offset of its
+//! first byte (20 decimal digits, as RocketMQ names them). New segments have the configured
+//! size; existing ones keep theirs, so the size can change between runs.
 //!
 //! This module owns the segment list and reads; the appender thread owns writing, and
 //! `recovery` decides where the valid data ends.
@@ -58,9 +59,13 @@ impl CommitLog {
         let mut bases = list_numbered_files(dir)?;
         bases.sort_unstable();
         let mut segments = Vec::with_capacity(bases.len());
-        for base in bases {
-            let file =
-                MappedFile::open_or_create(&dir.join(file_name(base)), segment_size, io.as_ref())?;
+        for (i, &base) in bases.iter().enumerate() {
+            // A segment followed by another one is as long as the gap to it, whatever the
+            // configured size is now: growing it to a raised size had broken contiguity (and
+            // the open) for good. Only a shorter file (cut by a crash or an operator) is
+            // extended. The last one may grow to the configured size: nothing follows it.
+            let len = bases.get(i + 1).map_or(segment_size, |next| next - base);
+            let file = MappedFile::open_or_create(&dir.join(file_name(base)), len, io.as_ref())?;
             let seg = Arc::new(Segment { base, file });
             if let Some(prev) = segments.last().map(|s: &Arc<Segment>| s.end()) {
                 if prev != base {

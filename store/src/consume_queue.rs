@@ -136,6 +136,14 @@ impl ConsumeQueue {
         entries: &[CqEntry],
         io: &dyn StorageIo,
     ) -> Result<()> {
+        // Queue offsets come from records: refuse, rather than overflow on, one whose entries
+        // would lie past what a file name (20-digit byte position) can express.
+        let end = first
+            .checked_add(entries.len() as u64)
+            .filter(|end| end.checked_mul(ENTRY_LEN).is_some())
+            .ok_or_else(|| {
+                StoreError::InvalidMessage(format!("queue offset {first} out of range"))
+            })?;
         let mut offset = first;
         let mut rest = entries;
         while !rest.is_empty() {
@@ -151,8 +159,7 @@ impl ConsumeQueue {
             rest = later;
         }
         self.dirty.store(true, Ordering::Release);
-        self.max
-            .fetch_max(first + entries.len() as u64, Ordering::AcqRel);
+        self.max.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
 

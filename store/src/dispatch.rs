@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::java_hash;
 use sluice_protocol::message::properties::{find_properties, keys};
-use sluice_protocol::message::record::{sysflag, RecordView};
+use sluice_protocol::message::record::{sysflag, RecordView, MIN_RECORD_LEN};
 
 use crate::checkpoint::Checkpoint;
 use crate::commitlog::{CommitLog, Segment};
@@ -119,7 +119,11 @@ impl Dispatcher {
             match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record()) {
                 Probe::Record { total, .. } => {
                     let bytes = &seg.file.as_slice()[rel..rel + total];
-                    self.gather(pos, bytes, batch, &mut ctx)?;
+                    if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
+                        let len = framing::frame_len(total);
+                        self.damage
+                            .record(seg.file.path(), rel as u64, pos, len, &why);
+                    }
                     pos += framing::frame_len(total);
                     records += 1;
                 }
@@ -178,14 +182,23 @@ impl Dispatcher {
         end
     }
 
+    /// Adds a record's index and consume-queue entries to the batch. The inner `Err` is a
+    /// record refused (it verified, but claims what no appended record can): nothing of it is
+    /// dispatched, and the caller records it as damage.
     fn gather(
         &self,
         phys: u64,
         bytes: &[u8],
         batch: &mut Batch,
         ctx: &mut Gathering,
-    ) -> Result<()> {
+    ) -> Result<std::result::Result<(), String>> {
         let view = RecordView::parse(bytes, usize::MAX)?;
+        let Some(queue_offset) = plausible_queue_offset(view.header.queue_offset, phys) else {
+            return Ok(Err(format!(
+                "queue offset {} impossible at commit-log offset {phys}",
+                view.header.queue_offset
+            )));
+        };
         let tx = view.transaction_type();
         let consumable = tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT;
         let store_ts = view.header.store_timestamp;
@@ -195,10 +208,9 @@ impl Dispatcher {
             gather_index(&view, uniq, user_keys, phys, store_ts, &mut batch.index);
         }
         if !consumable {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let tags_code = tags.map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
-        let queue_offset = view.header.queue_offset as u64;
         let cq = ctx.queue_for(&self.cqs, view.topic, view.header.queue_id)?;
         batch.push_cq(
             cq,
@@ -219,7 +231,7 @@ impl Dispatcher {
                 store_timestamp: store_ts,
             });
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Releases the commit-log pages mapped below `dispatched - RESIDENT_WINDOW` from this
@@ -261,6 +273,18 @@ impl Dispatcher {
         }
         .store(path)
     }
+}
+
+/// The queue offset a record at `phys` claims, if an appended record could claim it. Offset
+/// `n` of a queue follows `n` records of that queue earlier in the commit log (offsets are
+/// never reused, and the log's offsets never restart), each at least a minimal frame long, so
+/// `n` is at most `phys / min frame`. A negative or larger one is forged (a record inside a
+/// message body, exposed by a torn write); taken as it is, it named consume-queue files past
+/// `u64::MAX` bytes and panicked the open.
+fn plausible_queue_offset(claimed: i64, phys: u64) -> Option<u64> {
+    let claimed = u64::try_from(claimed).ok()?;
+    let most = phys / framing::frame_len(MIN_RECORD_LEN);
+    (claimed <= most).then_some(claimed)
 }
 
 fn gather_index(
@@ -324,12 +348,12 @@ impl Gathering {
     }
 }
 
-/// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
-/// dispatched, after a final checkpoint.
 /// Every this many checkpoints (a minute at the default interval), the pages readers faulted
 /// into older queue files are released too.
 const QUEUE_SWEEP_EVERY: u64 = 60;
 
+/// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
+/// dispatched (or a dispatch fails while closing), after a final checkpoint.
 pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreConfig) {
     let checkpoint_path = cfg.data_dir.join("checkpoint");
     let follow_flushed = matches!(cfg.flush, FlushMode::Sync);
@@ -347,6 +371,17 @@ pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreCo
         if done < target {
             match dispatcher.dispatch_range(done, target) {
                 Ok(reached) => shared.dispatched.set(reached),
+                // Closing: stop without the final dispatch rather than retry forever (a full
+                // disk under the queues, no descriptors or maps left would hang shutdown). The
+                // commit log holds the records, and the checkpoint written below still says
+                // `dispatched`, so the next open dispatches them again.
+                Err(e) if closing => {
+                    tracing::error!(
+                        error = %e, offset = done, target,
+                        "dispatch failed while closing; the next open dispatches the rest"
+                    );
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, offset = done, "dispatch failed; retrying");
                     std::thread::sleep(Duration::from_millis(100));

@@ -12,7 +12,8 @@
 //! - `watermark` is the commit-log offset known durable (synced) when the record was written.
 //!   Recovery uses it to tell a torn tail from interior corruption: an invalid record at `p`
 //!   followed by a valid record whose watermark is beyond `p` means `p` had been durable, so it
-//!   is damage, not an unfinished write (see `recovery`).
+//!   is damage, not an unfinished write (see `recovery`). A watermark beyond the record's own
+//!   offset is impossible, and such a record is refused.
 //!
 //! The record keeps its exact RocketMQ bytes, so a pull serves `TOTALSIZE` bytes unchanged.
 //! A segment ends with a 20-byte blank marker when the next record does not fit:
@@ -85,7 +86,7 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
     let total = i32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
     let magic = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
     if magic == BLANK_MAGIC {
-        return probe_blank(seg, pos, total);
+        return probe_blank(seg, pos, base, total);
     }
     if magic != MAGIC_V1 && magic != MAGIC_V2 {
         return Probe::Invalid(format!("bad magic {magic:#010x}"));
@@ -105,6 +106,9 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
     h.update(&tail[..8]);
     if h.finalize() != stored_crc {
         return Probe::Invalid("record checksum mismatch".into());
+    }
+    if let Some(why) = watermark_beyond_itself(watermark, base + pos as u64) {
+        return Probe::Invalid(why);
     }
     let phys = i64::from_be_bytes(
         record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8]
@@ -129,7 +133,7 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
     Probe::Record { total, watermark }
 }
 
-fn probe_blank(seg: &[u8], pos: usize, remaining: i32) -> Probe {
+fn probe_blank(seg: &[u8], pos: usize, base: u64, remaining: i32) -> Probe {
     let Some(marker) = seg.get(pos..pos + BLANK_LEN) else {
         return Probe::Invalid("end marker runs past the segment end".into());
     };
@@ -137,9 +141,20 @@ fn probe_blank(seg: &[u8], pos: usize, remaining: i32) -> Probe {
     if crc32fast::hash(&marker[..16]) != crc || remaining as i64 != (seg.len() - pos) as i64 {
         return Probe::Invalid("end marker checksum or length mismatch".into());
     }
-    Probe::SegmentEnd {
-        watermark: u64::from_be_bytes(marker[8..16].try_into().expect("8")),
+    let watermark = u64::from_be_bytes(marker[8..16].try_into().expect("8"));
+    if let Some(why) = watermark_beyond_itself(watermark, base + pos as u64) {
+        return Probe::Invalid(why);
     }
+    Probe::SegmentEnd { watermark }
+}
+
+/// Why a record or marker at `offset` claiming `watermark` cannot be real, if it cannot. The
+/// watermark is the synced offset when it was written, and nothing past the writer is ever
+/// synced, so a real one is never beyond its own offset. A record forged inside a message body
+/// (found after a torn write) need not respect that, and recovery would take its watermark as
+/// proof that earlier bad bytes had been durable.
+fn watermark_beyond_itself(watermark: u64, offset: u64) -> Option<String> {
+    (watermark > offset).then(|| format!("watermark {watermark} is beyond its own offset {offset}"))
 }
 
 /// The first position in `[from, until)` holding a verified record or end marker, with what
@@ -275,5 +290,34 @@ mod tests {
         let (pos, p) = find_next_valid(&seg, 1, seg.len(), 0, 1 << 20).unwrap();
         assert_eq!(pos, b_pos);
         assert!(matches!(p, Probe::Record { .. }));
+    }
+
+    #[test]
+    fn a_record_whose_watermark_is_beyond_its_own_offset_is_invalid() {
+        // A real record's watermark is the synced offset when it was written, never past the
+        // record itself; a record forged inside a message body need not respect that.
+        let at = 4096u64;
+        let rec = record_at(at, b"x");
+        let mut seg = vec![0u8; 512];
+        let framed = |watermark: u64| {
+            let mut s = seg.clone();
+            s[..rec.len()].copy_from_slice(&rec);
+            s[rec.len()..rec.len() + TRAILER_LEN].copy_from_slice(&trailer(&rec, watermark));
+            s
+        };
+        for ok in [0, at - 1, at] {
+            assert!(matches!(
+                probe(&framed(ok), 0, at, 1 << 20),
+                Probe::Record { .. }
+            ));
+        }
+        for bad in [at + 1, u64::MAX] {
+            assert!(matches!(
+                probe(&framed(bad), 0, at, 1 << 20),
+                Probe::Invalid(_)
+            ));
+        }
+        seg[40..60].copy_from_slice(&blank_marker(40, 512, at + 41));
+        assert!(matches!(probe(&seg, 40, at, 1 << 20), Probe::Invalid(_)));
     }
 }

@@ -19,7 +19,9 @@
 //! each (an entry's `prev` is its slot's old value). The newest file's slot table lives in
 //! memory and is written, with the header, at each sync (checkpoint); after an unclean stop it
 //! is rebuilt from the entries up to the first empty one, and entries for records after the
-//! checkpoint are then added again by the dispatcher. A query therefore
+//! checkpoint are then added again by the dispatcher. A header whose slot or entry count the
+//! file cannot hold is rejected at open and that file rebuilt the same way, with the
+//! configured slot count (trusting it would place the table outside the file). A query therefore
 //! de-duplicates by commit-log offset and the caller verifies each record's keys, so a hash
 //! collision or a stale entry can cost time, never a wrong answer.
 
@@ -102,7 +104,16 @@ struct IndexFile {
     file: MappedFile,
     slots: u32,
     entries: u32,
+    /// The header on disk did not fit the file: rebuild before use.
+    header_rejected: bool,
     state: Mutex<FileState>,
+}
+
+/// Entries a file of `len` bytes holds after a header and `slots` slots; `None` when not even
+/// the unused entry 0 fits.
+fn entries_fitting(len: u64, slots: u32) -> Option<u32> {
+    let entries = len.checked_sub(HEADER_LEN + u64::from(slots) * 4)? / ENTRY_LEN;
+    (entries > 0).then(|| u32::try_from(entries).unwrap_or(u32::MAX))
 }
 
 impl IndexFile {
@@ -115,20 +126,42 @@ impl IndexFile {
         let b = file.as_slice();
         let rd64 = |p: usize| i64::from_be_bytes(b[p..p + 8].try_into().expect("8 bytes"));
         let rd32 = |p: usize| u32::from_be_bytes(b[p..p + 4].try_into().expect("4 bytes"));
-        let on_disk_slots = rd32(32);
-        let (slots, count) = if on_disk_slots == 0 {
-            (slots, 1)
+        let (on_disk_slots, on_disk_count) = (rd32(32), rd32(36));
+        let fits = entries_fitting(file.len(), on_disk_slots).is_some_and(|e| on_disk_count <= e);
+        // A slot or entry count the file cannot hold is a corrupt header: trusting it would
+        // put the slot table or entries outside the file. The configured slot count is what
+        // the file was created with unless the configuration changed; the caller rebuilds the
+        // slot table and header from the entries, and query answers are verified anyway.
+        let header_rejected = on_disk_slots != 0 && !fits;
+        if header_rejected {
+            tracing::warn!(
+                path = %path.display(), on_disk_slots, on_disk_count,
+                "index header does not fit its file: rejected, rebuilding from the entries"
+            );
+        }
+        let (slots, header) = if on_disk_slots == 0 || header_rejected {
+            let fresh = Header {
+                count: 1,
+                ..Header::default()
+            };
+            (slots, fresh)
         } else {
-            (on_disk_slots, rd32(36).max(1))
+            let header = Header {
+                begin_ts: rd64(0),
+                end_ts: rd64(8),
+                begin_phys: rd64(16) as u64,
+                end_phys: rd64(24) as u64,
+                count: on_disk_count.max(1),
+            };
+            (on_disk_slots, header)
         };
-        let entries = ((file.len() - HEADER_LEN - u64::from(slots) * 4) / ENTRY_LEN) as u32;
-        let header = Header {
-            begin_ts: rd64(0),
-            end_ts: rd64(8),
-            begin_phys: rd64(16) as u64,
-            end_phys: rd64(24) as u64,
-            count,
-        };
+        let entries = entries_fitting(file.len(), slots).ok_or_else(|| {
+            StoreError::Recovery(format!(
+                "index file {} of {} bytes cannot hold {slots} slots",
+                path.display(),
+                file.len()
+            ))
+        })?;
         let state = FileState {
             header,
             live_slots: None,
@@ -138,6 +171,7 @@ impl IndexFile {
             file,
             slots,
             entries,
+            header_rejected,
             state: Mutex::new(state),
         })
     }
@@ -397,16 +431,20 @@ impl Index {
         let mut names = list_numbered_files(dir)?;
         names.sort_unstable();
         let mut files = Vec::new();
+        let newest_name = names.last().copied();
         for name in names {
             let f = IndexFile::open(&dir.join(file_name(name)), slots, entries, io.as_ref())?;
-            files.push((name, Arc::new(f)));
-        }
-        if let Some((_, newest)) = files.last() {
-            if clean {
-                newest.make_live();
-            } else {
-                newest.rebuild(io.as_ref())?;
+            let newest = Some(name) == newest_name;
+            if newest && (!clean || f.header_rejected) {
+                f.rebuild(io.as_ref())?;
+            } else if newest {
+                f.make_live();
+            } else if f.header_rejected {
+                // An older file is read from its map: rebuilt, written, then sealed again.
+                f.rebuild(io.as_ref())?;
+                f.state.lock().live_slots = None;
             }
+            files.push((name, Arc::new(f)));
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -502,43 +540,4 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::io::RealIo;
-
-    #[test]
-    fn a_rebuild_clears_stale_entries_and_reads_only_the_written_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000000000000000000");
-        let (slots, entries) = (1024, 1_000_000); // 20 MB of entries
-        let ts = TIME_EPOCH_MS + 86_400_000;
-        let f = IndexFile::open(&path, slots, entries, &RealIo).unwrap();
-        f.make_live();
-        let items: Vec<_> = (0..10u64)
-            .map(|i| IndexItem::new(&index_key("T", &format!("k{i}")), 1000 + i, ts))
-            .collect();
-        assert_eq!(f.put_batch(&items, &RealIo).unwrap(), 10);
-        // An entry far beyond the first empty one, as a torn write-back could leave; unsynced
-        // header and slot table, as after a SIGKILL.
-        let far = f.entry_pos(600_000);
-        f.file
-            .write_at(&RealIo, &[0xAA; ENTRY_LEN as usize], far)
-            .unwrap();
-        drop(f);
-
-        let f = IndexFile::open(&path, slots, entries, &RealIo).unwrap();
-        let examined = f.rebuild(&RealIo).unwrap();
-        assert!(
-            examined < 2 << 20,
-            "read {examined} bytes of a 20 MB entry region that holds 10 entries"
-        );
-        assert_eq!(f.header().count, 11, "entry 0 is unused");
-        let stale = f.file.slice(far, ENTRY_LEN as usize).unwrap();
-        assert!(stale.iter().all(|b| *b == 0), "the stale entry is cleared");
-        for i in 0..10u64 {
-            let mut out = Vec::new();
-            f.lookup(&index_key("T", &format!("k{i}")), ts, ts, 4, &mut out);
-            assert_eq!(out, vec![1000 + i], "key k{i} is found after the rebuild");
-        }
-    }
-}
+mod tests;

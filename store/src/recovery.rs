@@ -5,7 +5,9 @@
 //! Recovery scans forward from the checkpoint (`min(flushed, dispatched)`; the whole log when
 //! there is no readable checkpoint), verifying every record (length range, magic, the offset it
 //! claims, and the CRC over record and trailer). When it meets a position `p` that is not a
-//! verified record or end marker:
+//! verified record or end marker (zeros included: a zeroed record head followed by valid data
+//! is damage too; only after a clean stop are zeros at the checkpoint's flushed offset taken
+//! as the end without searching, since that checkpoint was written at the end):
 //!
 //! 1. **Nothing valid follows** (in this segment or any later one): `p` is the end of the log.
 //!    Whatever bytes lie after it are a torn or never-completed write; they are zeroed (the
@@ -13,8 +15,13 @@
 //!    WARN with the file and position. Nothing acknowledged can be lost this way: an
 //!    acknowledgement needs a sync covering the record, and a synced record is valid.
 //! 2. **Something valid follows at `q`** and `p` is known to have been durable: the previous run
-//!    shut down cleanly, or `p` is below the checkpoint's flushed offset, or the record at `q`
-//!    carries a watermark (durable offset when it was written) beyond `p`. Then `[p, q)` is
+//!    shut down cleanly, or `p` is below the checkpoint's flushed offset, or any verified record
+//!    or end marker from `q` to the end of the log carries a watermark (durable offset when it
+//!    was written) beyond `p`. Not only the one at `q`: every record of one sync window (a
+//!    batch, a group commit, `WAIT=false` appends) carries the watermark of the sync before
+//!    it, so the records right after a damaged one may not vouch for it while a later one
+//!    does. Stopping at `q` had cut acknowledged records and deleted every later segment.
+//!    Then `[p, q)` is
 //!    **damage**: it is recorded, logged at ERROR with file and position, never served, and
 //!    never "repaired" by cutting the valid records after it. The scan goes on from `q`.
 //! 3. **Something valid follows, but `p` was never known durable** (an unclean stop, above the
@@ -88,36 +95,46 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
     }
     let mut pos = input.start.max(log.min_offset());
     report.scanned_from = pos;
+    // Everything below this was proven synced by a watermark found after a bad position.
+    let mut proven_durable = 0;
     while let Some(seg) = log.segment_for(pos) {
         let rel = (pos - seg.base) as usize;
         let probe = framing::probe(seg.file.as_slice(), rel, seg.base, log.max_record());
-        match probe {
-            Probe::Record { total, .. } => pos += framing::frame_len(total),
-            Probe::SegmentEnd { .. } => pos = seg.end(),
-            Probe::Empty if input.clean => break,
-            Probe::Empty | Probe::Invalid(_) => {
-                let reason = match probe {
-                    Probe::Invalid(r) => r,
-                    _ => "zeroed bytes".to_string(),
-                };
-                match next_valid_after(log, pos) {
-                    Some((q, watermark))
-                        if input.clean || pos < input.checkpoint_flushed || watermark > pos =>
-                    {
-                        input
-                            .damage
-                            .record(seg.file.path(), rel as u64, pos, q - pos, &reason);
-                        report.damaged_ranges += 1;
-                        pos = q;
-                    }
-                    _ => {
-                        if cut_tail(input, pos, &reason)? {
-                            report.cut_at = Some(pos);
-                        }
-                        break;
-                    }
-                }
+        let reason = match probe {
+            Probe::Record { total, .. } => {
+                pos += framing::frame_len(total);
+                continue;
             }
+            Probe::SegmentEnd { .. } => {
+                pos = seg.end();
+                continue;
+            }
+            // After a clean stop the checkpoint's flushed offset is the end of the log: zeros
+            // there are its end, found without searching the zeros written ahead of it.
+            Probe::Empty if input.clean && pos == input.checkpoint_flushed => break,
+            Probe::Empty => "zeroed bytes".to_string(),
+            Probe::Invalid(r) => r,
+        };
+        let Some((q, _)) = next_valid_after(log, pos) else {
+            if cut_tail(input, pos, &reason)? {
+                report.cut_at = Some(pos);
+            }
+            break;
+        };
+        if pos >= proven_durable && !input.clean && pos >= input.checkpoint_flushed {
+            proven_durable = proven_durable.max(durable_proof_after(log, pos, q).unwrap_or(0));
+        }
+        if input.clean || pos < input.checkpoint_flushed || pos < proven_durable {
+            input
+                .damage
+                .record(seg.file.path(), rel as u64, pos, q - pos, &reason);
+            report.damaged_ranges += 1;
+            pos = q;
+        } else {
+            if cut_tail(input, pos, &reason)? {
+                report.cut_at = Some(pos);
+            }
+            break;
         }
     }
     report.end = pos;
@@ -144,6 +161,31 @@ fn next_valid_after(log: &CommitLog, pos: u64) -> Option<(u64, u64)> {
             }
         }
         from = seg.end();
+    }
+    None
+}
+
+/// The first watermark beyond `pos` carried by a verified record or end marker at or after `q`
+/// (the first valid position after `pos`), up to the end of the log.
+///
+/// Records written in one sync window (a batch, group commit, `WAIT=false`) all carry the
+/// watermark of the sync before them, so the record right after a damaged one may not vouch
+/// for it while a later one does: stopping at the first valid record would cut acknowledged
+/// data. Each step moves forward by at least one byte and stops at the last segment's end.
+fn durable_proof_after(log: &CommitLog, pos: u64, q: u64) -> Option<u64> {
+    let mut at = q;
+    while let Some(seg) = log.segment_for(at) {
+        let rel = (at - seg.base) as usize;
+        at = match framing::probe(seg.file.as_slice(), rel, seg.base, log.max_record()) {
+            Probe::Record { watermark, .. } | Probe::SegmentEnd { watermark }
+                if watermark > pos =>
+            {
+                return Some(watermark);
+            }
+            Probe::Record { total, .. } => at + framing::frame_len(total),
+            Probe::SegmentEnd { .. } => seg.end(),
+            Probe::Empty | Probe::Invalid(_) => next_valid_after(log, at)?.0,
+        };
     }
     None
 }

@@ -331,3 +331,43 @@ fn shutdown_releases_the_folder_for_the_next_store_even_before_drop() {
     assert_eq!(second.max_offset("T", 0), 3);
     drop(first);
 }
+
+#[test]
+fn raising_the_segment_size_keeps_old_segments_as_they_are_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..800);
+    store.shutdown().unwrap();
+    drop(store);
+    let old_segments = segment_files(dir.path()).len();
+    assert!(old_segments >= 2);
+
+    let mut bigger = cfg.clone();
+    bigger.segment_size = cfg.segment_size * 2;
+    for (round, unclean) in [false, true].into_iter().enumerate() {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        let store =
+            sluice_store::Store::open(bigger.clone()).expect("opens with a larger segment size");
+        let from = 800 + round as u64 * 800;
+        append_seqs(&store, "T", 0, from..from + 800);
+        let msgs = read_queue(&store, "T", 0);
+        assert_eq!(msgs.len() as u64, from + 800);
+        for (i, (offset, body)) in msgs.iter().enumerate() {
+            assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
+        }
+        store.shutdown().unwrap();
+    }
+    let sizes: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(
+        sizes[..old_segments - 1]
+            .iter()
+            .all(|s| *s == cfg.segment_size),
+        "sealed segments keep their size: {sizes:?}"
+    );
+}

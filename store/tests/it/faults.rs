@@ -210,3 +210,43 @@ fn a_full_disk_at_a_new_queue_file_holds_its_entries_back_and_loses_nothing() {
     }
     store.shutdown().unwrap();
 }
+
+#[test]
+fn shutdown_while_dispatching_keeps_failing_stops_cleanly_and_the_next_open_dispatches_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let per_file = cfg.cq_entries_per_file;
+    let append = |seqs: std::ops::Range<u64>| {
+        let all: Vec<u64> = seqs.collect();
+        for chunk in all.chunks(100) {
+            let batch: Vec<MessageInput> = chunk.iter().map(|s| message("T", 0, *s)).collect();
+            store.append_blocking(batch).unwrap();
+        }
+    };
+    append(0..per_file - 10);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    // The next queue file cannot get its space, and never will during this run.
+    io.fail_queue_zeros(true);
+    append(per_file - 10..per_file + 20);
+    assert!(!store.wait_dispatched(Duration::from_millis(300)));
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(store.shutdown().map_err(|e| e.to_string()));
+    });
+    // Generous: a shutdown takes milliseconds; before the fix it never returned.
+    let result = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("shutdown returns although the last dispatch keeps failing");
+    result.unwrap();
+
+    let store = open(&cfg);
+    assert!(store.recovery_report().clean, "the stop was clean");
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len() as u64, per_file + 20);
+    for (i, (offset, body)) in msgs.iter().enumerate() {
+        assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
+    }
+    store.shutdown().unwrap();
+}

@@ -327,3 +327,181 @@ fn an_unclean_restart_leaves_queue_and_index_files_out_of_the_resident_set() {
     );
     store.shutdown().unwrap();
 }
+
+/// Appends messages `0..batch` as ONE request (one sync window, so every record of it carries
+/// the same watermark, below the batch's first record), then `batch..total` one by one, which
+/// spreads over later segments. Returns each message's phys offset, in sequence order.
+fn batch_then_singles(cfg: &StoreConfig, batch: u64, total: u64) -> Vec<u64> {
+    let store = open(cfg);
+    let msgs: Vec<MessageInput> = (0..batch).map(|s| message("T", 0, s)).collect();
+    let mut phys: Vec<u64> = store
+        .append_blocking(msgs)
+        .unwrap()
+        .iter()
+        .map(|a| a.phys_offset)
+        .collect();
+    phys.extend(
+        append_seqs(&store, "T", 0, batch..total)
+            .iter()
+            .map(|a| a.1),
+    );
+    store.shutdown().unwrap();
+    phys
+}
+
+/// What a damaged record inside a batch must leave: that record refused, every other message
+/// (in this and in later segments) served, the log end and the queue's end unchanged.
+fn assert_only_victim_refused(store: &sluice_store::Store, phys: &[u64], victim: usize) {
+    let total = phys.len() as u64;
+    assert!(store.recovery_report().cut_at.is_none(), "nothing is cut");
+    assert_eq!(store.recovery_report().damaged_ranges, 1);
+    // Corrupt for a flipped bit; a zeroed head reads as "no record here".
+    assert!(store.read_record(phys[victim]).is_err());
+    assert_eq!(store.max_offset("T", 0), total);
+    let msgs = read_queue(store, "T", 0);
+    assert_eq!(
+        msgs.len() as u64,
+        total - 1,
+        "only the damaged record is withheld"
+    );
+    assert!(msgs
+        .iter()
+        .all(|(off, body)| *off != victim as u64 && *body == body_for(*off)));
+    let a = store
+        .append_blocking(&[MessageInput::new("T", 0, "next")])
+        .unwrap()[0];
+    assert_eq!(a.queue_offset, total as i64);
+}
+
+#[test]
+fn flipped_bit_in_a_record_of_one_batch_is_refused_and_later_records_and_segments_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let phys = batch_then_singles(&cfg, 40, 1200);
+    let segments = segment_files(dir.path()).len();
+    assert!(segments >= 3);
+    let victim = 10;
+    let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+        flip_bit(&segment_files(d)[0], phys[victim] + 100, 2);
+        mark_unclean(d);
+        // No checkpoint: the damaged record is above anything a checkpoint vouches for.
+        std::fs::remove_file(d.join("checkpoint")).unwrap();
+    });
+    assert_eq!(
+        segment_files(_copy.path()).len(),
+        segments,
+        "no segment deleted"
+    );
+    assert!(matches!(
+        store.read_record(phys[victim]),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_only_victim_refused(&store, &phys, victim);
+}
+
+#[test]
+fn zeroed_record_head_inside_a_batch_is_damage_after_a_clean_or_unclean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let phys = batch_then_singles(&cfg, 40, 1200);
+    let victim = 10;
+    for unclean in [false, true] {
+        let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment_files(d)[0])
+                .unwrap()
+                .write_all_at(&[0u8; 8], phys[victim])
+                .unwrap();
+            if unclean {
+                mark_unclean(d);
+            }
+            std::fs::remove_file(d.join("checkpoint")).unwrap();
+        });
+        assert_only_victim_refused(&store, &phys, victim);
+    }
+}
+
+#[test]
+fn a_corrupt_index_header_is_rejected_and_the_file_rebuilt_from_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..300);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    store.shutdown().unwrap();
+    drop(store);
+    // Slot count (bytes 32..36) larger than the file could hold, or an entry count (36..40)
+    // beyond its entries.
+    for (field, value) in [(32u64, u32::MAX), (32, 1 << 30), (36, u32::MAX)] {
+        for unclean in [false, true] {
+            let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("index/00000000000000000000"))
+                    .unwrap()
+                    .write_all_at(&value.to_be_bytes(), field)
+                    .unwrap();
+                if unclean {
+                    mark_unclean(d);
+                }
+            });
+            let hits = store.query_by_key("T", "key-77", 4, 0, i64::MAX / 2);
+            assert_eq!(
+                hits.len(),
+                1,
+                "field {field} = {value:#x}, unclean {unclean}"
+            );
+            append_seqs(&store, "T", 0, 300..310);
+            let hits = store.query_by_key("T", "key-305", 4, 0, i64::MAX / 2);
+            assert_eq!(hits.len(), 1, "new entries are indexed too");
+            store.shutdown().unwrap();
+        }
+    }
+}
+
+/// Writes a record for queue 0 of "T" claiming `queue_offset`, with a valid trailer, at the
+/// end of the log (where a torn write could leave a record forged inside a message body).
+fn forge_record_at_end(data: &Path, cfg: &StoreConfig, end: u64, queue_offset: i64) {
+    use sluice_protocol::message::record::{encode_record, patch_store_fields, RecordHeader};
+    let header = RecordHeader {
+        queue_id: 0,
+        ..RecordHeader::default()
+    };
+    let mut rec = Vec::new();
+    encode_record(&header, b"forged", "T", b"", &mut rec).unwrap();
+    patch_store_fields(&mut rec, queue_offset, end as i64, 1);
+    let watermark = 0u64.to_be_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&rec);
+    crc.update(&watermark);
+    rec.extend_from_slice(&watermark);
+    rec.extend_from_slice(&crc.finalize().to_be_bytes());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment_files(data).pop().unwrap())
+        .unwrap()
+        .write_all_at(&rec, end - segment_base(end, cfg))
+        .unwrap();
+}
+
+#[test]
+fn a_record_claiming_a_negative_or_impossible_queue_offset_is_never_dispatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _, end) = pristine(dir.path(), 20);
+    for queue_offset in [-1, i64::MIN, i64::MAX, 1 << 40] {
+        for unclean in [false, true] {
+            let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+                forge_record_at_end(d, &cfg, end, queue_offset);
+                if unclean {
+                    mark_unclean(d);
+                }
+            });
+            assert_eq!(store.max_offset("T", 0), 20, "queue offset {queue_offset}");
+            let msgs = read_queue(&store, "T", 0);
+            assert_eq!(msgs.len(), 20);
+            assert!(msgs.iter().all(|(_, body)| body != b"forged"));
+            store.shutdown().unwrap();
+        }
+    }
+}

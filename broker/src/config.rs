@@ -89,7 +89,9 @@ pub struct BrokerConfig {
     /// A client without heartbeat this long is dropped. Default 120 s.
     pub client_expiry: Duration,
     /// A connection that sends nothing for this long is closed (a silent peer, a half-open
-    /// socket, a slow-loris sender). Default 120 s, as RocketMQ's broker.
+    /// socket, a slow-loris sender), and so is one that accepts none of our bytes for this
+    /// long (a peer that stopped reading would otherwise pin its connection, its handlers and
+    /// its parked pulls forever). Default 120 s, as RocketMQ's broker.
     pub idle_timeout: Duration,
     /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,

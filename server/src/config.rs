@@ -88,7 +88,8 @@ pub struct BrokerSection {
     pub max_inflight_per_connection: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,
-    /// A connection silent this long is closed. Default 120 000 (RocketMQ's).
+    /// A connection silent this long is closed, and so is one that accepts none of our bytes
+    /// for this long (it stopped reading). Default 120 000 (RocketMQ's).
     pub idle_timeout_ms: u64,
     /// How often consumer offsets are written to `config/consumerOffset.json`; a crash
     /// replays at most this much consumption (at-least-once). Default 5 000.

@@ -88,6 +88,8 @@ pub struct BrokerSection {
     pub max_inflight_per_connection: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,
+    /// Long-polling pulls parked at once per connection before SYSTEM_BUSY. Default 4 096.
+    pub max_parked_pulls_per_connection: usize,
     /// A connection silent this long is closed, and so is one that accepts none of our bytes
     /// for this long (it stopped reading). Default 120 000 (RocketMQ's).
     pub idle_timeout_ms: u64,
@@ -237,6 +239,7 @@ impl Default for BrokerSection {
             max_body_bytes: 4 << 20,
             max_inflight_per_connection: 256,
             max_connections: 10_000,
+            max_parked_pulls_per_connection: 4096,
             idle_timeout_ms: 120_000,
             offset_flush_interval_ms: 5_000,
         }
@@ -455,6 +458,7 @@ impl ServerConfig {
         b.max_body = self.broker.max_body_bytes;
         b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
         b.max_connections = self.broker.max_connections;
+        b.max_parked_pulls_per_connection = self.broker.max_parked_pulls_per_connection;
         b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         // Validated in `validate`; a broken section cannot reach this point.
@@ -664,6 +668,18 @@ mod tests {
         let b = cfg.broker_config(None);
         assert_eq!(b.idle_timeout, Duration::from_secs(30));
         assert_eq!(b.offset_flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn parked_pulls_per_connection_are_configurable() {
+        let b = load(None, env(&[])).unwrap().broker_config(None);
+        assert_eq!(b.max_parked_pulls_per_connection, 4096);
+        let cfg = load(
+            None,
+            env(&[("SLUICE_BROKER_MAX_PARKED_PULLS_PER_CONNECTION", "16")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.broker_config(None).max_parked_pulls_per_connection, 16);
     }
 
     #[test]

@@ -22,6 +22,10 @@ struct Member {
     conn: ConnectionHandle,
     client_id: String,
     last_seen: Instant,
+    /// Announced by a heartbeat. False for a producer only noted from its sends: such an
+    /// entry going stale says nothing about the connection, which may carry a healthy
+    /// heartbeating consumer, so it is dropped without closing the connection.
+    heartbeat: bool,
 }
 
 /// A consumer group. Like Java, one subscription table per group: members are expected to
@@ -80,6 +84,7 @@ impl ClientManager {
             conn: conn.clone(),
             client_id: hb.client_id.clone(),
             last_seen: now,
+            heartbeat: true,
         };
         let mut g = self.groups.lock();
         for p in &hb.producer_data_set {
@@ -104,7 +109,8 @@ impl ClientManager {
     /// Notes that `conn` sends for a producer group (C++ producers heartbeat late, and a
     /// transaction check-back needs a producer connection). A heartbeat's client id is kept;
     /// sending counts as a sign of life, so a producer that never heartbeats is not expired
-    /// (and disconnected) while it keeps sending.
+    /// while it keeps sending. When an entry only noted here expires, it leaves its group but
+    /// its connection stays open (see `Member::heartbeat`).
     pub(crate) fn note_producer(&self, conn: &ConnectionHandle, group: &str, now: Instant) {
         let mut g = self.groups.lock();
         let members = g.producers.entry(group.to_owned()).or_default();
@@ -115,6 +121,7 @@ impl ClientManager {
                 conn: conn.clone(),
                 client_id: conn.remote_addr().to_string(),
                 last_seen: now,
+                heartbeat: false,
             });
     }
 
@@ -153,7 +160,7 @@ impl ClientManager {
     }
 
     /// Removes members silent for longer than `expiry`; returns the changed consumer groups and
-    /// the connections that were dropped (the caller closes them, as Java does).
+    /// the connections of expired heartbeat members (the caller closes them, as Java does).
     pub(crate) fn expire(
         &self,
         now: Instant,
@@ -262,7 +269,8 @@ fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) {
     group.subscriptions = subs;
 }
 
-/// Removes and returns the members silent for longer than `expiry`.
+/// Removes the members silent for longer than `expiry`; returns the connections of those
+/// that were announced by a heartbeat (only those are closed).
 fn take_stale(
     members: &mut HashMap<u64, Member>,
     now: Instant,
@@ -275,7 +283,9 @@ fn take_stale(
         .collect();
     stale
         .into_iter()
-        .filter_map(|id| members.remove(&id).map(|m| (id, m.conn)))
+        .filter_map(|id| members.remove(&id))
+        .filter(|m| m.heartbeat)
+        .map(|m| (m.conn.id(), m.conn))
         .collect()
 }
 
@@ -322,6 +332,33 @@ mod tests {
             r#"{{"clientID":"{client_id}","consumerDataSet":[{{"groupName":"g","consumeType":1,"messageModel":1,"subscriptionDataSet":[{{"topic":"T","subString":"TagA","codeSet":[0],"subVersion":"5"}}]}}]}}"#
         );
         decode_json(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_stale_send_only_producer_entry_leaves_without_closing_a_heartbeating_consumer() {
+        let m = ClientManager::default();
+        let c = conn(1);
+        let t0 = Instant::now();
+        let expiry = Duration::from_secs(10);
+        m.note_producer(&c, "pg", t0);
+        assert_eq!(
+            m.heartbeat(&c, &hb("A"), t0 + Duration::from_secs(8)),
+            ["g"]
+        );
+        let (changed, dropped) = m.expire(t0 + Duration::from_secs(15), expiry);
+        assert!(dropped.is_empty(), "the consumer's connection stays open");
+        assert!(changed.is_empty());
+        assert!(
+            m.producer_connections("pg").is_empty(),
+            "the stale entry is gone"
+        );
+        assert_eq!(m.consumer_ids("g"), ["A"]);
+        // The consumer itself still expires, closing its connection, when it goes silent.
+        let (_, dropped) = m.expire(t0 + Duration::from_secs(30), expiry);
+        assert_eq!(
+            dropped.iter().map(ConnectionHandle::id).collect::<Vec<_>>(),
+            [1]
+        );
     }
 
     #[test]

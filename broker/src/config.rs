@@ -82,6 +82,12 @@ pub struct BrokerConfig {
     pub max_inflight_per_connection: usize,
     /// Open connections; more are refused. Default 10 000.
     pub max_connections: usize,
+    /// Long-polling pulls parked at once per connection; more are answered SYSTEM_BUSY. A
+    /// parked pull gives its in-flight slot back, so without this bound one connection could
+    /// take the whole broker-wide pool (100 000). A client process parks one pull per queue it
+    /// consumes over one connection per broker, hence a default of 4 096, far above
+    /// `max_inflight_per_connection`.
+    pub max_parked_pulls_per_connection: usize,
     /// Cap on a pull's `suspendTimeoutMillis`. Default 30 s.
     pub long_poll_max: Duration,
     /// How often consumer offsets are written to disk. Default 5 s.
@@ -89,7 +95,9 @@ pub struct BrokerConfig {
     /// A client without heartbeat this long is dropped. Default 120 s.
     pub client_expiry: Duration,
     /// A connection that sends nothing for this long is closed (a silent peer, a half-open
-    /// socket, a slow-loris sender). Default 120 s, as RocketMQ's broker.
+    /// socket, a slow-loris sender), and so is one that accepts none of our bytes for this
+    /// long (a peer that stopped reading would otherwise pin its connection, its handlers and
+    /// its parked pulls forever). Default 120 s, as RocketMQ's broker.
     pub idle_timeout: Duration,
     /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
@@ -124,6 +132,7 @@ impl BrokerConfig {
             max_body: DEFAULT_MAX_BODY,
             max_inflight_per_connection: 256,
             max_connections: 10_000,
+            max_parked_pulls_per_connection: 4096,
             long_poll_max: Duration::from_secs(30),
             offset_flush_interval: Duration::from_secs(5),
             client_expiry: Duration::from_secs(120),
@@ -145,6 +154,10 @@ impl BrokerConfig {
                 self.max_inflight_per_connection,
             ),
             ("max_connections", self.max_connections),
+            (
+                "max_parked_pulls_per_connection",
+                self.max_parked_pulls_per_connection,
+            ),
             (
                 "default_topic_queue_nums",
                 self.default_topic_queue_nums as usize,

@@ -105,6 +105,73 @@ impl Drop for Subscription {
     }
 }
 
+/// Parked pulls per connection. A parked pull no longer holds its connection's in-flight
+/// slot, so without this one connection could park pulls until the broker-wide cap is
+/// reached and every other consumer's empty pull were answered SYSTEM_BUSY. Only connections
+/// with a parked pull have an entry; the last slot to go removes it.
+#[derive(Debug)]
+pub(crate) struct ParkedPerConnection {
+    max: usize,
+    counts: Mutex<HashMap<u64, usize>>,
+}
+
+/// One parked pull's share of its connection's budget; dropping it gives the share back.
+#[derive(Debug)]
+pub(crate) struct ParkSlot {
+    owner: Arc<ParkedPerConnection>,
+    conn_id: u64,
+}
+
+impl ParkedPerConnection {
+    /// At most `max` parked pulls per connection.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cap per connection.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A slot for one more parked pull on connection `conn_id`; `None` at the cap.
+    pub(crate) fn try_take(self: &Arc<Self>, conn_id: u64) -> Option<ParkSlot> {
+        let mut counts = self.counts.lock();
+        let count = counts.entry(conn_id).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ParkSlot {
+            owner: Arc::clone(self),
+            conn_id,
+        })
+    }
+
+    fn give_back(&self, conn_id: u64) {
+        let mut counts = self.counts.lock();
+        if let Some(count) = counts.get_mut(&conn_id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&conn_id);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn connections_tracked(&self) -> usize {
+        self.counts.lock().len()
+    }
+}
+
+impl Drop for ParkSlot {
+    fn drop(&mut self) {
+        self.owner.give_back(self.conn_id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +197,22 @@ mod tests {
         drop(sub);
         drop(other);
         assert_eq!(w.queues_watched(), 0);
+    }
+
+    #[test]
+    fn a_connection_at_its_parking_cap_is_refused_while_another_still_parks() {
+        let parked = Arc::new(ParkedPerConnection::new(2));
+        let first = parked.try_take(1).expect("first slot");
+        let second = parked.try_take(1).expect("second slot");
+        assert!(parked.try_take(1).is_none(), "over the cap");
+        let other = parked.try_take(2).expect("another connection parks");
+        drop(first);
+        let again = parked.try_take(1).expect("a freed slot is reusable");
+        drop((second, again, other));
+        assert_eq!(
+            parked.connections_tracked(),
+            0,
+            "no entry outlives its slots"
+        );
     }
 }

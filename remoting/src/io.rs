@@ -1,5 +1,7 @@
 //! The two halves of a socket: a frame reader that never reads ahead unboundedly, and a writer
-//! task that drains a bounded queue, coalescing frames into few `write` calls.
+//! task that drains a bounded queue, coalescing frames into few `write` calls. A peer that
+//! stops accepting bytes gets its connection closed after a stall bound, so a writer never
+//! blocks forever (and with it everything that waits to queue a frame).
 
 use std::time::Duration;
 
@@ -20,6 +22,10 @@ const MIN_READ: usize = 4 * 1024;
 const WRITE_COALESCE: usize = 256 * 1024;
 /// How long the writer keeps flushing queued frames after the connection is closed.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
+/// How long [`write_loop`] lets a peer accept no bytes at all before it closes the connection
+/// (RocketMQ's idle time, 120 s). Servers pass their own configured bound to
+/// [`write_loop_with`].
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the reader produced.
 pub enum Inbound {
@@ -121,12 +127,26 @@ impl FrameReader {
     }
 }
 
-/// Writes every queued command until the connection closes, then flushes what is left (bounded
-/// by [`FLUSH_ON_CLOSE`]) and shuts the socket down. A write error closes the connection.
+/// [`write_loop_with`] bounded by [`DEFAULT_WRITE_STALL_TIMEOUT`].
 pub async fn write_loop<W: AsyncWrite + Unpin>(
+    wr: W,
+    rx: mpsc::Receiver<RemotingCommand>,
+    conn: ConnectionHandle,
+) {
+    write_loop_with(wr, rx, conn, DEFAULT_WRITE_STALL_TIMEOUT).await;
+}
+
+/// Writes every queued command until the connection closes, then flushes what is left (bounded
+/// by [`FLUSH_ON_CLOSE`]) and shuts the socket down. A write error closes the connection, and
+/// so does a peer that accepts no bytes for `stall_timeout`: a live peer that stops reading
+/// would otherwise block this task forever, and with it every sender waiting for room in the
+/// queue (request handlers holding in-flight slots, parked pulls). Once the writer is gone the
+/// queue is dropped, so those senders fail at once instead of waiting.
+pub async fn write_loop_with<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<RemotingCommand>,
     conn: ConnectionHandle,
+    stall_timeout: Duration,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -145,8 +165,15 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
             tokio::task::yield_now().await;
             drain_queued(&mut rx, &mut buf, &conn);
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            tracing::debug!(remote = %conn.remote_addr(), error = %e, "write failed; closing connection");
+        if let Err(e) = write_bounded(&mut wr, &buf, &conn, stall_timeout).await {
+            match e {
+                WriteError::Stalled(_) => {
+                    tracing::warn!(remote = %conn.remote_addr(), error = %e, "peer stopped reading; closing connection")
+                }
+                _ => {
+                    tracing::debug!(remote = %conn.remote_addr(), error = %e, "write failed; closing connection")
+                }
+            }
             conn.close();
             return;
         }
@@ -154,6 +181,52 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     }
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE, flush_rest(&mut wr, &mut rx, &conn)).await;
     let _ = wr.shutdown().await;
+}
+
+/// Why a write did not complete.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The socket failed.
+    #[error("write: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer accepted no bytes for this long.
+    #[error("the peer accepted no bytes for {0:?}")]
+    Stalled(Duration),
+}
+
+/// Writes all of `buf`, failing when one `write` makes no progress for `stall_timeout` (a
+/// slow peer that keeps reading is never cut off), or for [`FLUSH_ON_CLOSE`] once the
+/// connection is closed: a closing connection must not wait the whole stall bound.
+async fn write_bounded<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &[u8],
+    conn: &ConnectionHandle,
+    stall_timeout: Duration,
+) -> Result<(), WriteError> {
+    let mut written = 0;
+    while written < buf.len() {
+        let limit = if conn.is_closed() {
+            stall_timeout.min(FLUSH_ON_CLOSE)
+        } else {
+            stall_timeout
+        };
+        let step = tokio::time::timeout(limit, wr.write(&buf[written..]));
+        let n = tokio::select! {
+            r = step => r.map_err(|_| WriteError::Stalled(limit))??,
+            () = grace_after_close(conn) => return Err(WriteError::Stalled(FLUSH_ON_CLOSE)),
+        };
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        written += n;
+    }
+    Ok(())
+}
+
+/// Resolves [`FLUSH_ON_CLOSE`] after the connection is closed.
+async fn grace_after_close(conn: &ConnectionHandle) {
+    conn.closed().await;
+    tokio::time::sleep(FLUSH_ON_CLOSE).await;
 }
 
 /// Encodes queued frames into `buf` until the queue is empty or `buf` holds enough.
@@ -194,5 +267,60 @@ fn encode_into(cmd: &RemotingCommand, buf: &mut BytesMut, conn: &ConnectionHandl
     if let Err(e) = encoded {
         // Only an absurd header or a >2 GiB frame gets here; the peer's request times out.
         tracing::error!(remote = %conn.remote_addr(), code = cmd.code, opaque = cmd.opaque, error = %e, "cannot encode frame; dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn connection() -> (ConnectionHandle, mpsc::Receiver<RemotingCommand>) {
+        let (tx, rx) = mpsc::channel(4);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        (ConnectionHandle::new(1, addr, addr, tx), rx)
+    }
+
+    /// The writer of a peer that reads nothing ends on its own, closes the connection and
+    /// drops its queue, so senders fail instead of waiting for room.
+    #[tokio::test]
+    async fn a_peer_that_accepts_no_bytes_is_closed_after_the_stall_bound() {
+        // 64 bytes of pipe, never read from the other end.
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let (conn, rx) = connection();
+        let stall = Duration::from_millis(100);
+        let writer = tokio::spawn(write_loop_with(ours, rx, conn.clone(), stall));
+        let big = RemotingCommand::default().with_body(vec![0u8; 4096]);
+        conn.send(big.clone()).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(30), writer).await;
+        assert!(ended.is_ok(), "the writer gave up on the stalled peer");
+        assert!(conn.is_closed());
+        assert!(conn.send(big).await.is_err(), "a later send fails at once");
+    }
+
+    /// A slow reader that keeps taking bytes is never cut off: the bound is on progress, not
+    /// on the whole write.
+    #[tokio::test]
+    async fn a_slow_peer_that_keeps_reading_gets_every_byte() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let (conn, rx) = connection();
+        let stall = Duration::from_secs(30);
+        let writer = tokio::spawn(write_loop_with(ours, rx, conn.clone(), stall));
+        let cmd = RemotingCommand::default().with_body(vec![7u8; 8192]);
+        let mut expected = BytesMut::new();
+        cmd.encode(&mut expected).unwrap();
+        conn.send(cmd).await.unwrap();
+        let mut got = vec![0u8; expected.len()];
+        let mut filled = 0;
+        while filled < got.len() {
+            let n = theirs.read(&mut got[filled..]).await.unwrap();
+            assert!(n > 0, "the writer closed early");
+            filled += n;
+        }
+        assert_eq!(got, expected.to_vec());
+        assert!(!conn.is_closed());
+        conn.close();
+        writer.await.unwrap();
     }
 }

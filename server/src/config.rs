@@ -79,15 +79,19 @@ pub struct BrokerSection {
     pub auto_create_topic: bool,
     /// Queues of an auto-created topic (capped by the client's request). Default 8.
     pub default_topic_queue_nums: u32,
-    /// Largest frame accepted. Default 16 MiB.
+    /// Largest frame accepted. Default 16 MiB. Also the name server's body cap: a
+    /// registration body lists every topic of a broker.
     pub max_frame_bytes: usize,
-    /// Largest message body accepted. Default 4 MiB.
+    /// Largest message body the broker accepts. Default 4 MiB. Not applied to the name server.
     pub max_body_bytes: usize,
     /// Requests in flight per connection before SYSTEM_BUSY. Default 256.
     pub max_inflight_per_connection: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,
-    /// A connection silent this long is closed. Default 120 000 (RocketMQ's).
+    /// Long-polling pulls parked at once per connection before SYSTEM_BUSY. Default 4 096.
+    pub max_parked_pulls_per_connection: usize,
+    /// A connection silent this long is closed, and so is one that accepts none of our bytes
+    /// for this long (it stopped reading). Default 120 000 (RocketMQ's).
     pub idle_timeout_ms: u64,
     /// How often consumer offsets are written to `config/consumerOffset.json`; a crash
     /// replays at most this much consumption (at-least-once). Default 5 000.
@@ -235,6 +239,7 @@ impl Default for BrokerSection {
             max_body_bytes: 4 << 20,
             max_inflight_per_connection: 256,
             max_connections: 10_000,
+            max_parked_pulls_per_connection: 4096,
             idle_timeout_ms: 120_000,
             offset_flush_interval_ms: 5_000,
         }
@@ -418,13 +423,16 @@ impl ServerConfig {
         s
     }
 
-    /// The name server's configuration.
+    /// The name server's configuration. Its body cap is the frame cap, not the broker's
+    /// `max_body_bytes`: a REGISTER_BROKER body lists every topic of a broker (a %RETRY% topic
+    /// per consumer group included), and a refused registration drops the broker from every
+    /// route once it expires.
     pub fn namesrv_config(&self) -> NameServerConfig {
         NameServerConfig {
             listen: self.namesrv.listen,
             broker_expiry: Duration::from_secs(self.namesrv.broker_expiry_secs),
             max_frame: self.broker.max_frame_bytes,
-            max_body: self.broker.max_body_bytes,
+            max_body: self.broker.max_frame_bytes,
             ..NameServerConfig::default()
         }
     }
@@ -450,6 +458,7 @@ impl ServerConfig {
         b.max_body = self.broker.max_body_bytes;
         b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
         b.max_connections = self.broker.max_connections;
+        b.max_parked_pulls_per_connection = self.broker.max_parked_pulls_per_connection;
         b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         // Validated in `validate`; a broken section cannot reach this point.
@@ -659,6 +668,47 @@ mod tests {
         let b = cfg.broker_config(None);
         assert_eq!(b.idle_timeout, Duration::from_secs(30));
         assert_eq!(b.offset_flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn parked_pulls_per_connection_are_configurable() {
+        let b = load(None, env(&[])).unwrap().broker_config(None);
+        assert_eq!(b.max_parked_pulls_per_connection, 4096);
+        let cfg = load(
+            None,
+            env(&[("SLUICE_BROKER_MAX_PARKED_PULLS_PER_CONNECTION", "16")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.broker_config(None).max_parked_pulls_per_connection, 16);
+    }
+
+    #[test]
+    fn the_name_server_accepts_registration_bodies_up_to_the_frame_size() {
+        let cfg = load(None, env(&[])).unwrap();
+        let n = cfg.namesrv_config();
+        assert_eq!(n.max_body, n.max_frame);
+        // A registration body bigger than the broker's own body cap decodes whole.
+        let body_len = cfg.broker_config(None).max_body + (1 << 20);
+        let register = sluice_protocol::RemotingCommand::request(
+            sluice_protocol::request_code::REGISTER_BROKER,
+            Default::default(),
+        )
+        .with_body(vec![b'x'; body_len]);
+        let mut wire = bytes::BytesMut::new();
+        register.encode(&mut wire).unwrap();
+        let decoder = sluice_protocol::FrameDecoder::new(n.max_frame, n.max_body);
+        let decoded = decoder.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(decoded.body.len(), body_len);
+        let cfg = load(
+            None,
+            env(&[
+                ("SLUICE_BROKER_MAX_FRAME_BYTES", "33554432"),
+                ("SLUICE_BROKER_MAX_BODY_BYTES", "1048576"),
+            ]),
+        )
+        .unwrap();
+        let n = cfg.namesrv_config();
+        assert_eq!((n.max_frame, n.max_body), (33_554_432, 33_554_432));
     }
 
     #[test]

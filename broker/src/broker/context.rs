@@ -32,6 +32,8 @@ pub(crate) struct BrokerContext {
     pub(crate) clients: ClientManager,
     pub(crate) locks: QueueLocks,
     pub(crate) waiters: Arc<PullWaiters>,
+    /// Parked pulls per connection, capped by `cfg.max_parked_pulls_per_connection`.
+    pub(crate) parked: Arc<crate::longpoll::ParkedPerConnection>,
     pub(crate) hooks: Vec<Arc<dyn PutHook>>,
     /// Extensions by the request codes they answer.
     pub(crate) handlers: std::collections::HashMap<i32, Arc<dyn crate::services::Extension>>,
@@ -67,6 +69,9 @@ impl BrokerContext {
             IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
         };
         let dlq = Arc::new(crate::dlq::state::DlqState::new(&cfg.store.data_dir));
+        let parked = Arc::new(crate::longpoll::ParkedPerConnection::new(
+            cfg.max_parked_pulls_per_connection,
+        ));
         Self {
             cfg,
             advertised,
@@ -76,6 +81,7 @@ impl BrokerContext {
             clients: ClientManager::default(),
             locks: QueueLocks::new(crate::locks::LOCK_MAX_LIVE),
             waiters: Arc::new(PullWaiters::default()),
+            parked,
             hooks,
             handlers: std::collections::HashMap::new(),
             counters,

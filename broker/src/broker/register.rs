@@ -121,7 +121,9 @@ impl Registrar {
                 tracing::debug!(namesrv = %addr, code, "name server call done");
             }
             Ok(resp) => {
-                tracing::warn!(namesrv = %addr, code, response = resp.code, remark = ?resp.remark, "name server refused");
+                // Error, not warning: a name server that keeps refusing our registration drops
+                // this broker from every route once `broker_expiry` passes.
+                tracing::error!(namesrv = %addr, code, response = resp.code, remark = ?resp.remark, "name server refused");
             }
             Err(e) => {
                 tracing::warn!(namesrv = %addr, code, error = %e, "name server call failed");

@@ -4,7 +4,10 @@
 //! task ends (freeing the connection's in-flight slot) and a holder task waits for the store's
 //! dispatch listener to report a record on that queue, re-running the pull without suspension
 //! and answering with the original opaque. It answers 19 with the requested offset when
-//! `min(suspendTimeoutMillis, long_poll_max)` passes, and at once on shutdown.
+//! `min(suspendTimeoutMillis, long_poll_max)` passes, and at once on shutdown. Because a parked
+//! pull no longer counts against the connection's in-flight budget, parked pulls have budgets
+//! of their own: per connection and broker-wide; beyond either the pull is answered
+//! SYSTEM_BUSY.
 //!
 //! Every pull response, refusals included, carries the four required header fields as strings.
 
@@ -31,7 +34,9 @@ const MAX_PULL_MSGS: i32 = 32;
 /// Most bytes per pull (Java's in-memory transfer cap).
 const MAX_PULL_BYTES: usize = 256 * 1024;
 /// Parked pulls across the broker; beyond that a pull is answered SYSTEM_BUSY, which clients
-/// retry after a pause (1 s for C++, 3 s for Java) rather than at once.
+/// retry after a pause (1 s for C++, 3 s for Java) rather than at once. Each connection also
+/// has its own cap (`BrokerConfig::max_parked_pulls_per_connection`), so no single one takes
+/// this whole pool.
 const MAX_PARKED_PULLS: u64 = 100_000;
 /// A parked pull looks at its queue at least this often, whatever the wake-ups say.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -332,6 +337,13 @@ fn park(
         let remark = format!("[OVERLOAD]system busy, {MAX_PARKED_PULLS} pulls already parked");
         return Some(reply::error(&req, code::SYSTEM_BUSY, remark));
     }
+    let Some(slot) = ctx.parked.try_take(conn.id()) else {
+        let remark = format!(
+            "[OVERLOAD]system busy, {} pulls already parked on this connection",
+            ctx.parked.max()
+        );
+        return Some(reply::error(&req, code::SYSTEM_BUSY, remark));
+    };
     let stub = RemotingCommand {
         code: req.code,
         opaque: req.opaque,
@@ -362,6 +374,7 @@ fn park(
         }
         // Only now: shutdown waits for this count to reach zero before closing connections.
         Counters::dec(&ctx.counters.parked_pulls);
+        drop(slot);
         drop(guard);
     });
     None

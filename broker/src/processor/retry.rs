@@ -29,11 +29,23 @@ pub(super) async fn send_back(
             format!("no message at commit-log offset {}", h.offset),
         )
     })?;
+    // Without an id the offset would be trusted as is (the path for in-process callers), and
+    // a client could copy any record into a retry topic: a half message, a not-yet-due
+    // scheduled one, another topic's. RocketMQ clients always send it.
+    let Some(origin_msg_id) = h.origin_msg_id.filter(|id| !id.is_empty()) else {
+        return Err(Reject::new(
+            sluice_protocol::response_code::SYSTEM_ERROR,
+            format!(
+                "originMsgId is required to hand back the message at commit-log offset {}",
+                h.offset
+            ),
+        ));
+    };
     let back = SendBack {
         group: h.group,
         phys_offset,
         delay_level: h.delay_level,
-        origin_msg_id: h.origin_msg_id,
+        origin_msg_id: Some(origin_msg_id),
         origin_topic: h.origin_topic.filter(|t| !t.is_empty()),
         max_reconsume_times: h.max_reconsume_times,
         reason: req

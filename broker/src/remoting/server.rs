@@ -7,9 +7,10 @@
 //! requests have a budget of their own of the same size: they cannot be answered "busy", so
 //! the reader waits for a slot (back-pressure on that connection), and they never take the
 //! slots of requests that wait for an answer. A handler that panics is caught
-//! (`catch_unwind` around its future) and answered SYSTEM_ERROR. Only an undecodable frame
-//! closes a connection; a body over the cap is answered MESSAGE_ILLEGAL and the connection
-//! stays usable.
+//! (`catch_unwind` around its future) and answered SYSTEM_ERROR. Only an undecodable frame,
+//! the idle timeout, or a peer that accepts no bytes for the idle timeout (it stopped reading;
+//! see `sluice_remoting::io::write_loop_with`) closes a connection; a body over the cap is
+//! answered MESSAGE_ILLEGAL and the connection stays usable.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::registry::ConnectionRegistry;
 use super::tracker::{TaskGuard, TaskTracker};
 use crate::stats::Counters;
-use sluice_remoting::io::{write_loop, FrameReader, Inbound, ReadError};
+use sluice_remoting::io::{write_loop_with, FrameReader, Inbound, ReadError};
 use sluice_remoting::tls::{self, ReadHalf, WriteHalf};
 use sluice_remoting::{ConnectionHandle, ServerTls, TlsMode};
 
@@ -61,7 +62,9 @@ pub(crate) struct ServerOptions {
     pub(crate) drain_timeout: Duration,
     /// A connection that completes no frame for this long is closed (Java's
     /// `serverChannelMaxIdleTimeSeconds`, 120 s; clients heartbeat every 30 s). This also
-    /// drops peers that trickle a frame byte by byte.
+    /// drops peers that trickle a frame byte by byte. It bounds writes too: a peer that
+    /// accepts no bytes for this long (it stopped reading) is closed, so its writer, the
+    /// handlers waiting to queue its responses and its slots are all freed.
     pub(crate) idle_timeout: Duration,
     /// TLS (permissive: TLS and plaintext on one port; enforcing: TLS only). `None`: plaintext.
     pub(crate) tls: Option<ServerTls>,
@@ -193,7 +196,12 @@ async fn serve_connection<P: Processor>(
     let (tx, rx) = mpsc::channel(shared.opts.max_inflight * 2 + 16);
     let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
     let conn = ConnectionHandle::new(id, remote, local, tx);
-    let writer = tokio::spawn(write_loop(wr, rx, conn.clone()));
+    let writer = tokio::spawn(write_loop_with(
+        wr,
+        rx,
+        conn.clone(),
+        shared.opts.idle_timeout,
+    ));
     shared.registry.insert(conn.clone());
     Counters::inc(&shared.counters.connections_open);
     tracing::debug!(server = shared.opts.name, %remote, conn_id = id, "connection opened");
@@ -355,6 +363,8 @@ async fn dispatch<P: Processor>(
                 let resp =
                     RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));
                 // Waiting here is the back-pressure: a peer that does not read stops being read.
+                // The wait is bounded: a writer stalled for the idle timeout closes the
+                // connection, and this send then fails.
                 let _ = conn.send(resp).await;
                 return;
             }

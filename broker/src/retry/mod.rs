@@ -46,8 +46,10 @@ pub struct SendBack {
     /// 0 = the group's back-off; -1 = dead-letter now; > 0 = that delay level.
     pub delay_level: i32,
     /// The message's id (UNIQ_KEY, or an offset message id) as the client saw it. With it the
-    /// offset is checked through the key index before it is read; without it the offset is
-    /// trusted (Rust callers that read the record themselves).
+    /// offset is checked through the key index before it is read, and only records of the
+    /// origin topic or the group's retry topic are handed back; without it the offset is
+    /// trusted (Rust callers that read the record themselves). CONSUMER_SEND_MSG_BACK over
+    /// the wire is refused without it.
     pub origin_msg_id: Option<String>,
     /// The topic the client saw (the original topic for a retried message).
     pub origin_topic: Option<String>,
@@ -166,10 +168,8 @@ pub(crate) async fn send_back(
     })
 }
 
-/// Reads the record at the request's offset. A client's offset is checked through the key
-/// index first (its UNIQ_KEY in the topic it named or the retry topic, or an offset message id
-/// naming the same offset), so a bogus offset is refused without reading into the middle of
-/// a record, which the store would report as damage.
+/// Reads the record at the request's offset. Without `origin_msg_id` (in-process callers only:
+/// the wire requires it) the offset is trusted. With it, see [`locate_named`].
 fn locate(ctx: &BrokerContext, req: &SendBack, retry: &str) -> Result<Bytes, RetryError> {
     let not_found = || RetryError::NoSuchMessage(req.phys_offset);
     let Some(id) = req.origin_msg_id.as_deref().filter(|s| !s.is_empty()) else {
@@ -178,24 +178,37 @@ fn locate(ctx: &BrokerContext, req: &SendBack, retry: &str) -> Result<Bytes, Ret
             not_found()
         });
     };
-    let topics = req
+    locate_named(ctx, req, id, retry).ok_or_else(not_found)
+}
+
+/// The record a client named by `id` at the request's offset, only from a topic it may hand
+/// back from: the origin topic it named (unless that is one consumers never read, such as
+/// half or not-yet-due scheduled messages) or the group's retry topic. Looked up as UNIQ_KEY
+/// through the key index (so a bogus offset is never read), or as an offset message id
+/// naming the same offset, whose record must then be that message and in one of those topics.
+fn locate_named(ctx: &BrokerContext, req: &SendBack, id: &str, retry: &str) -> Option<Bytes> {
+    let topics: Vec<&str> = req
         .origin_topic
         .iter()
         .map(String::as_str)
-        .chain(std::iter::once(retry));
-    for t in topics {
+        .filter(|t| !topic::is_not_consumable(t))
+        .chain(std::iter::once(retry))
+        .collect();
+    for t in &topics {
         for rec in ctx.store.query_by_uniq_key(t, id, LOOKUP_MAX) {
             if Original::decode(&rec).is_some_and(|o| o.phys_offset == req.phys_offset) {
-                return Ok(rec);
+                return Some(rec);
             }
         }
     }
-    match decode_offset_msg_id(id) {
-        Ok((_, phys)) if phys == req.phys_offset => {
-            ctx.store.read_record(phys).map_err(|_| not_found())
-        }
-        _ => Err(not_found()),
+    let (_, phys) = decode_offset_msg_id(id).ok()?;
+    if phys != req.phys_offset {
+        return None;
     }
+    // The offset is the client's: a miss there is not store damage.
+    let rec = ctx.store.read_record_untrusted(phys).ok()?;
+    let orig = Original::decode(&rec)?;
+    (orig.phys_offset == phys && topics.contains(&orig.topic.as_str())).then_some(rec)
 }
 
 /// Creates `%RETRY%`/`%DLQ%` topics on demand: one read-write queue (RocketMQ ≥ 4.9.2 perm).

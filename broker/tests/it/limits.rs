@@ -230,6 +230,94 @@ async fn a_slow_loris_connection_is_dropped_by_the_configured_idle_timeout() {
     broker.shutdown().await;
 }
 
+/// A socket with a tiny receive buffer, so the broker's send buffer fills after a few answers.
+async fn connect_deaf(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+// A peer that sends pulls with 200 KiB answers and never reads: the broker's writer blocks, its
+// queue and in-flight slots fill, and the reader waits to answer SYSTEM_BUSY. Paused time
+// (as above) lets the write-stall bound (the idle timeout) pass at once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_stops_reading_is_closed_by_the_write_stall_bound_and_others_are_served() {
+    const INFLIGHT: usize = 4;
+    /// Frames the deaf peer sends at most; far more than the broker takes before it stalls.
+    const PULLS: usize = 400;
+    let (_dir, broker) = start_full_size(|c| {
+        c.idle_timeout = IDLE_TIMEOUT;
+        c.max_inflight_per_connection = INFLIGHT;
+    })
+    .await;
+    let addr = broker.local_addr();
+    let other = RemotingClient::connect(addr).await.unwrap();
+    send_ok(
+        &other,
+        "Unread",
+        0,
+        &vec![b'p'; 200 * 1024],
+        &props(None, None),
+    )
+    .await;
+    wait_dispatched(&broker).await;
+
+    let deaf = connect_deaf(addr).await;
+    let (_deaf_rd, mut deaf_wr) = deaf.into_split();
+    let pull = frame(&pull_request("deaf_group", "Unread", 0, 0, 0, Some("*")));
+    let sender = tokio::spawn(async move {
+        for _ in 0..PULLS {
+            if tokio::io::AsyncWriteExt::write_all(&mut deaf_wr, &pull)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    // Stalled: the queue and the slots are full, so a pull was told SYSTEM_BUSY.
+    let mut stalled = false;
+    for _ in 0..1000 {
+        if broker.stats().overload_rejections > 0 {
+            stalled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stalled, "the deaf peer filled its connection's budget");
+    tokio::time::pause();
+
+    let resp = other
+        .invoke(max_offset_request("Unread", 0), RPC)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.code,
+        response_code::SUCCESS,
+        "another connection is served meanwhile"
+    );
+    drop(other);
+
+    let mut closed = false;
+    for _ in 0..10 {
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        if broker.stats().connections_open == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the connection of a peer that stopped reading is freed"
+    );
+    tokio::time::resume();
+    sender.abort();
+
+    let client = RemotingClient::connect(addr).await.unwrap();
+    produce_and_consume(&broker, &client, "AfterDeaf", 3).await;
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_refuses_extras_while_admitted_clients_keep_working() {
     const CAP: usize = 4;

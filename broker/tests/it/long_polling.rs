@@ -125,3 +125,50 @@ async fn parked_pulls_do_not_hold_up_other_requests_on_the_same_connection() {
     stopping.await.unwrap();
     cluster.namesrv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_parking_cap_is_told_busy_while_another_connection_still_parks() {
+    const CAP: i32 = 3;
+    let cluster = start_cluster_with(|c| c.max_parked_pulls_per_connection = CAP as usize).await;
+    create_topic(&cluster, "LpCap", 1).await;
+    let addr = cluster.broker.local_addr();
+    let mut greedy = Raw::connect(addr).await;
+    for i in 0..CAP {
+        greedy
+            .send(&pull_request("lp", "LpCap", 0, 0, 20_000, Some("*")).with_opaque(100 + i))
+            .await;
+    }
+    wait_parked(&cluster, CAP as u64).await;
+    greedy
+        .send(&pull_request("lp", "LpCap", 0, 0, 20_000, Some("*")).with_opaque(999))
+        .await;
+    let refused = greedy.read_frame(RPC).await.expect("answered at once");
+    assert_eq!(refused.opaque, 999);
+    assert_eq!(
+        refused.code,
+        sluice_protocol::response_code::SYSTEM_BUSY,
+        "{:?}",
+        refused.remark
+    );
+    assert_eq!(cluster.broker.stats().parked_pulls, CAP as u64);
+
+    let mut other = Raw::connect(addr).await;
+    other
+        .send(&pull_request("lp", "LpCap", 0, 0, 20_000, Some("*")).with_opaque(7))
+        .await;
+    wait_parked(&cluster, CAP as u64 + 1).await;
+    let producer = cluster.client().await;
+    send_ok(&producer, "LpCap", 0, b"for everyone", &props(None, None)).await;
+    let resp = other
+        .read_frame(RPC)
+        .await
+        .expect("the other pull answered");
+    assert_eq!((resp.opaque, resp.code), (7, 0), "{:?}", resp.remark);
+    assert_eq!(decode_records(&resp.body)[0].body, b"for everyone");
+    for _ in 0..CAP {
+        let resp = greedy.read_frame(RPC).await.expect("parked pull answered");
+        assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    }
+    wait_parked(&cluster, 0).await;
+    cluster.stop().await;
+}

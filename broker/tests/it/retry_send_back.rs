@@ -237,6 +237,77 @@ async fn a_bogus_offset_is_refused_without_recording_damage() {
     cluster.stop().await;
 }
 
+#[tokio::test]
+async fn a_wire_send_back_without_origin_msg_id_is_refused_and_copies_nothing() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let orig = produce_one(&cluster, &client, &props(None, None)).await;
+    for id in [None, Some("")] {
+        let mut req = send_back_request("g5", &orig, "Orders", 0, None);
+        match id {
+            None => {
+                req.ext_fields.remove("originMsgId");
+            }
+            Some(id) => req.ext_fields.insert("originMsgId", id),
+        }
+        let resp = client.invoke(req, RPC).await.expect("answered");
+        assert_eq!(resp.code, 1, "{:?}", resp.remark);
+        assert!(
+            resp.remark.as_deref().unwrap_or("").contains("originMsgId"),
+            "{:?}",
+            resp.remark
+        );
+    }
+    wait_dispatched(&cluster.broker).await;
+    assert!(pull_recs(&client, "%RETRY%g5").await.is_empty());
+    assert!(pull_recs(&client, "%DLQ%g5").await.is_empty());
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_offset_message_id_hands_back_only_a_record_of_the_named_or_retry_topic() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let host = cluster.broker.store().store_host();
+    let with_offset_id = |rec: &Rec, origin_topic: &str| {
+        let mut req = send_back_request("g6", rec, origin_topic, 0, None);
+        let id = sluice_protocol::message::offset_msg_id(host, rec.phys as u64);
+        req.ext_fields.insert("originMsgId", &id);
+        req
+    };
+    // Another topic's record, named by its offset id, with a topic the client may read.
+    send_ok(&client, "Secret", 0, b"not yours", &props(None, None)).await;
+    wait_dispatched(&cluster.broker).await;
+    let secret = pull_recs(&client, "Secret").await.remove(0);
+    let resp = client
+        .invoke(with_offset_id(&secret, "Orders"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 1, "{:?}", resp.remark);
+    // Nor when the client names a topic consumers never read.
+    let resp = client
+        .invoke(with_offset_id(&secret, "SCHEDULE_TOPIC_XXXX"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 1, "{:?}", resp.remark);
+    wait_dispatched(&cluster.broker).await;
+    assert!(pull_recs(&client, "%RETRY%g6").await.is_empty());
+
+    // The message the client really consumed, named the same way, is handed back.
+    let orig = produce_one(&cluster, &client, &props(None, None)).await;
+    let resp = client
+        .invoke(with_offset_id(&orig, "Orders"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    wait_dispatched(&cluster.broker).await;
+    let retries = pull_recs(&client, "%RETRY%g6").await;
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].body, b"payload");
+    assert!(cluster.broker.store().health().damage.is_empty());
+    cluster.stop().await;
+}
+
 fn retry_send(reconsume: i32, max: Option<i32>, p: &Properties) -> RemotingCommand {
     let header = sluice_protocol::remoting::custom::SendMessageRequestHeader {
         producer_group: "CLIENT_INNER_PRODUCER".into(),

@@ -308,3 +308,41 @@ async fn a_pull_far_past_the_end_of_a_queue_starting_at_zero_moves_back_to_zero(
     assert_eq!(msgs.len(), 5, "everything in the queue is delivered");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_by_id_with_offsets_that_start_no_record_is_refused_without_recording_damage() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    for i in 0..3 {
+        send_ok(
+            &client,
+            "ViewProbe",
+            0,
+            format!("m{i}").as_bytes(),
+            &props(None, None),
+        )
+        .await;
+    }
+    wait_dispatched(&cluster.broker).await;
+    // A client walking offsets 1, 2, 3, ... lands inside records.
+    for offset in 1..64 {
+        let view = ViewMessageByIdRequestHeader {
+            offset,
+            topic: None,
+        };
+        let resp = client
+            .invoke(
+                RemotingCommand::request(request_code::VIEW_MESSAGE_BY_ID, view.to_ext()),
+                RPC,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.code, 1, "offset {offset}: {:?}", resp.remark);
+    }
+    assert!(
+        cluster.broker.store().health().damage.is_empty(),
+        "{:?}",
+        cluster.broker.store().health().damage
+    );
+    cluster.stop().await;
+}

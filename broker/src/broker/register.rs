@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::remoting::{ClientOptions, RemotingClient};
 use crate::topic::TopicManager;
-use sluice_remoting::ClientTls;
+use sluice_remoting::{ClientTls, RemotingError};
 
 /// Timeout of one registration call (Java: 6 s; ours is a local, small body).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,6 +124,12 @@ impl Registrar {
                 // Error, not warning: a name server that keeps refusing our registration drops
                 // this broker from every route once `broker_expiry` passes.
                 tracing::error!(namesrv = %addr, code, response = resp.code, remark = ?resp.remark, "name server refused");
+            }
+            // A slow answer keeps the connection: the name server drops every broker
+            // registered over a connection when it closes, so closing it on a timeout took
+            // this broker out of every route until the next registration (up to 30 s later).
+            Err(e @ RemotingError::Timeout { .. }) => {
+                tracing::warn!(namesrv = %addr, code, error = %e, "name server call timed out; the connection is kept");
             }
             Err(e) => {
                 tracing::warn!(namesrv = %addr, code, error = %e, "name server call failed");

@@ -216,3 +216,66 @@ async fn brokers_expire_when_silent_and_leave_when_they_unregister() {
     drop(fake);
     namesrv.shutdown().await;
 }
+
+/// A name server drops every broker registered over a connection when it closes. The broker
+/// used to close its connection when a registration merely timed out, which took it out of
+/// every route until the next registration; a slow answer now keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_that_times_out_keeps_its_name_server_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    // A name server that reads requests and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (accepted, frames) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, f) = (Arc::clone(&accepted), Arc::clone(&frames));
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = silent.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let f = Arc::clone(&f);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let cluster = start_cluster_with(|cfg| {
+        cfg.namesrv_addrs = vec![addr];
+        cfg.register_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let waited = |n: usize| {
+        let frames = Arc::clone(&frames);
+        async move {
+            for _ in 0..600 {
+                if frames.load(Ordering::SeqCst) >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(waited(1).await, "the broker registers at start");
+    // Past the registration's timeout (3 s), then a topic change registers again.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let before = frames.load(Ordering::SeqCst);
+    cluster
+        .broker
+        .services()
+        .put_topic(TopicConfig::new("Changed", 1, 6));
+    assert!(waited(before + 1).await, "the topic change registers again");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "over the same connection: a timeout does not close it"
+    );
+    cluster.stop().await;
+    server.abort();
+}

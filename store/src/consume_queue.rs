@@ -23,6 +23,9 @@ use crate::io::StorageIo;
 use crate::mapped::{ensure_dir, MappedFile};
 
 /// Bytes per entry.
+/// Entries looked at past a queue's apparent end for valid ones after a hole (records skipped
+/// as damage, a run of them after a torn range): 20 KiB of reads at most per hole.
+const HOLE_LOOKAHEAD: u64 = 1024;
 pub(crate) const ENTRY_LEN: u64 = 20;
 
 /// One consume-queue entry.
@@ -234,7 +237,8 @@ impl ConsumeQueue {
         }
     }
 
-    /// Recovery: sets `max` to the end of the run of entries that point below `log_end`.
+    /// Recovery: sets `max` to the end of the run of entries that point below `log_end`,
+    /// holes included (the zero entry of a record skipped as damage does not end the run).
     /// Entries at or past the end point at records that no longer exist; they are left for
     /// later dispatches to overwrite and are never served, being beyond `max`.
     ///
@@ -270,8 +274,14 @@ impl ConsumeQueue {
         if valid(start) {
             lo = start;
         }
-        let hi = start + self.per_file;
-        let end = partition_point(lo, hi, valid);
+        let hi = last_first + self.per_file;
+        let mut end = partition_point(lo, (start + self.per_file).min(hi), valid);
+        // A record skipped as damage leaves a zero entry (a hole) with valid entries after
+        // it, where the search above may have stopped: look a little past the end found, and
+        // search again from any valid entry there.
+        while let Some(next) = (end..hi.min(end + HOLE_LOOKAHEAD)).find(|o| valid(*o)) {
+            end = partition_point(next, hi, valid);
+        }
         self.max.store(end, Ordering::Release);
         self.advance_min(log_min);
     }

@@ -505,3 +505,37 @@ fn a_record_claiming_a_negative_or_impossible_queue_offset_is_never_dispatched()
         }
     }
 }
+
+/// A damaged record skipped while the consume queue is rebuilt leaves a hole (a zero entry)
+/// with valid entries after it. The queue's end was found by a binary search that assumed
+/// none: a probe landing on the hole ended the queue there, and new appends took the queue
+/// offsets of the records after it.
+#[test]
+fn a_hole_left_by_a_damaged_record_does_not_end_its_rebuilt_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, phys, _) = pristine(dir.path(), 10);
+    // Queue offset 8 is where a search over a file of 1 024 entries probes last.
+    let (_copy, store) = reopen_copy(dir.path(), &cfg, |d| {
+        flip_bit(
+            &segment_files(d).pop().unwrap(),
+            phys[8] - segment_base(phys[8], &cfg) + 100,
+            0,
+        );
+        std::fs::remove_dir_all(d.join("consumequeue")).unwrap();
+    });
+    assert_eq!(
+        store.max_offset("T", 0),
+        10,
+        "the queue ends after its last record"
+    );
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(
+        msgs.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5, 6, 7, 9],
+        "only the damaged record is withheld"
+    );
+    let a = store
+        .append_blocking(&[MessageInput::new("T", 0, "next")])
+        .unwrap()[0];
+    assert_eq!(a.queue_offset, 10, "no queue offset is given out twice");
+}

@@ -20,7 +20,7 @@ use crate::commitlog::{file_name, list_numbered_files};
 use crate::crash_point;
 use crate::error::{Result, StoreError};
 use crate::io::StorageIo;
-use crate::mapped::{ensure_dir, MappedFile};
+use crate::mapped::{ensure_dir, sync_dir, MappedFile};
 
 /// Bytes per entry.
 /// Entries looked at past a queue's apparent end for valid ones after a hole (records skipped
@@ -75,11 +75,19 @@ pub(crate) struct ConsumeQueue {
     min: AtomicU64,
     /// Next offset to be written: entries `[min, max)` exist.
     max: AtomicU64,
-    dirty: AtomicBool,
+    /// Lowest offset written since the last sync (`u64::MAX`: none). The checkpoint that
+    /// follows a sync vouches for every entry below `dispatched`, so every file written since
+    /// is synced, not only the newest ones: a rebuild or a burst can fill many files between
+    /// two checkpoints.
+    dirty_from: AtomicU64,
+    /// A file (or this queue's folder) was created since the last sync: its folder entry must
+    /// be made durable too.
+    created: AtomicBool,
 }
 
 impl ConsumeQueue {
     fn open(dir: &Path, per_file: u64, io: &dyn StorageIo) -> Result<Self> {
+        let existed = dir.is_dir();
         ensure_dir(dir)?;
         let mut names = list_numbered_files(dir)?;
         names.sort_unstable();
@@ -97,7 +105,8 @@ impl ConsumeQueue {
             files: RwLock::new(files),
             min: AtomicU64::new(min),
             max: AtomicU64::new(min),
-            dirty: AtomicBool::new(false),
+            dirty_from: AtomicU64::new(u64::MAX),
+            created: AtomicBool::new(!existed),
         })
     }
 
@@ -161,7 +170,7 @@ impl ConsumeQueue {
             offset += now.len() as u64;
             rest = later;
         }
-        self.dirty.store(true, Ordering::Release);
+        self.dirty_from.fetch_min(first, Ordering::AcqRel);
         self.max.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
@@ -175,6 +184,7 @@ impl ConsumeQueue {
             io,
         )?);
         crash_point::reach_file(crash_point::CQ_FILE_CREATED, &path);
+        self.created.store(true, Ordering::Release);
         let mut files = self.files.write();
         let idx = files.partition_point(|(b, _)| *b < first);
         files.insert(idx, (first, Arc::clone(&f)));
@@ -184,17 +194,24 @@ impl ConsumeQueue {
         Ok(f)
     }
 
-    /// Syncs the files written since the last call.
+    /// Syncs every file written since the last call, and the folder entries of files (and
+    /// of this queue's folder) created since.
     pub(crate) fn sync_if_dirty(&self, io: &dyn StorageIo) -> Result<()> {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
+        let from = self.dirty_from.swap(u64::MAX, Ordering::AcqRel);
+        if from == u64::MAX {
             return Ok(());
         }
         let max = self.max_offset();
         let files = self.files.read().clone();
-        // Only the last two files can hold entries written since the previous sync.
-        for (first, f) in files.iter().rev().take(2) {
-            if *first <= max {
+        for (first, f) in &files {
+            if first + self.per_file > from && *first <= max {
                 f.sync(io)?;
+            }
+        }
+        if self.created.swap(false, Ordering::AcqRel) {
+            sync_dir(&self.dir)?;
+            for parent in self.dir.ancestors().skip(1).take(2) {
+                sync_dir(parent)?;
             }
         }
         self.release_behind(RESIDENT_TAIL, false);
@@ -474,6 +491,47 @@ mod tests {
         q.release_all();
         assert_eq!(mapped_rss_kib(&file), 0);
         assert_eq!(q.entry(99).unwrap().phys_offset, 1000 + 99 * 100);
+    }
+
+    /// Counts data syncs, per file path.
+    #[derive(Debug, Default)]
+    struct CountingIo(parking_lot::Mutex<Vec<std::path::PathBuf>>);
+
+    impl StorageIo for CountingIo {
+        fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+            RealIo.allocate(file, len)
+        }
+        fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            RealIo.write_at(file, buf, offset)
+        }
+        fn sync(&self, file: &std::fs::File) -> std::io::Result<()> {
+            use std::os::fd::AsRawFd;
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+            self.0.lock().push(path);
+            RealIo.sync(file)
+        }
+        fn disk_usage(&self, dir: &Path) -> std::io::Result<crate::io::DiskUsage> {
+            RealIo.disk_usage(dir)
+        }
+    }
+
+    #[test]
+    fn a_sync_covers_every_file_written_since_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let per_file = 1024;
+        let io = CountingIo::default();
+        let q = ConsumeQueue::open(dir.path(), per_file, &io).unwrap();
+        // Five files filled between two checkpoints (a rebuild, or a burst on one queue).
+        q.put_run(0, &entries(5 * per_file), &io).unwrap();
+        q.sync_if_dirty(&io).unwrap();
+        let synced = io.0.lock().clone();
+        for n in 0..5 {
+            let file = dir.path().join(file_name(n * per_file * ENTRY_LEN));
+            assert!(
+                synced.iter().any(|p| *p == file.canonicalize().unwrap()),
+                "file {n} synced before a checkpoint vouches for it: {synced:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //!
 //! The key defaults to the message's `UNIQ_KEY` ([`DedupeKey::UniqKey`]), which producers set
 //! once and which survives retries and dead-lettering; a business key can be chosen instead.
+//!
+//! A `UNIQ_KEY` is unique for about a month only: its time field counts milliseconds since the
+//! start of the month (RocketMQ's layout), so a producer process running for months repeats
+//! keys, a 16-bit counter apart. A `UNIQ_KEY` claim therefore counts as a duplicate for
+//! [`UNIQ_KEY_WINDOW`] (7 days, [`Idempotent::with_uniq_key_window`]); an older claim of the
+//! same key is a new message and is claimed again. Redeliveries and producer retries come
+//! within hours. Business keys are claimed for good.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,9 +36,17 @@ pub const MIGRATION_SQL: &str =
 /// The insert that claims a dedupe key; `ON CONFLICT DO NOTHING` (SQLite ≥ 3.24, PostgreSQL
 /// ≥ 9.5) turns a duplicate into zero affected rows, and on PostgreSQL makes a concurrent
 /// duplicate wait for the first transaction's outcome instead of failing.
+/// A claim older than `$6` (ms) is stale: it is taken over, as a new message's (see the
+/// module docs on `UNIQ_KEY` reuse).
 const CLAIM_SQL: &str = "INSERT INTO sluice_processed_messages \
     (consumer_group, dedupe_key, topic, msg_id, processed_at_ms) VALUES ($1, $2, $3, $4, $5) \
-    ON CONFLICT (consumer_group, dedupe_key) DO NOTHING";
+    ON CONFLICT (consumer_group, dedupe_key) DO UPDATE SET topic = excluded.topic, \
+    msg_id = excluded.msg_id, processed_at_ms = excluded.processed_at_ms \
+    WHERE sluice_processed_messages.processed_at_ms < $6";
+
+/// How long a `UNIQ_KEY` claim counts as a duplicate (see the module docs): well under the
+/// month after which keys repeat, well over any redelivery or producer retry.
+pub const UNIQ_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Reads the claim back before commit (see [`Idempotent::process`]).
 const CLAIMED_SQL: &str = "SELECT COUNT(*) FROM sluice_processed_messages \
@@ -69,7 +84,7 @@ pub trait DedupeBackend: sqlx::Database + Sized {
 ///
 /// ```
 /// use sluice_client::idempotent::Claim;
-/// let c = Claim { consumer_group: "billing".into(), dedupe_key: "U1".into(), topic: "Orders".into(), msg_id: "U1".into() };
+/// let c = Claim { consumer_group: "billing".into(), dedupe_key: "U1".into(), topic: "Orders".into(), msg_id: "U1".into(), stale_before_ms: i64::MIN };
 /// assert_eq!(c.dedupe_key, "U1");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +97,9 @@ pub struct Claim {
     pub topic: String,
     /// The message's id.
     pub msg_id: String,
+    /// An earlier claim of the key stored before this time (epoch ms) is stale and taken over;
+    /// `i64::MIN`: never.
+    pub stale_before_ms: i64,
 }
 
 macro_rules! backend {
@@ -98,6 +116,7 @@ macro_rules! backend {
                         .bind(&c.topic)
                         .bind(&c.msg_id)
                         .bind(now_ms())
+                        .bind(c.stale_before_ms)
                         .execute(&mut **tx)
                         .await?;
                     Ok(done.rows_affected())
@@ -411,6 +430,7 @@ struct Inner<DB: DedupeBackend, H> {
     pool: Pool<DB>,
     group: String,
     key: DedupeKey,
+    uniq_key_window: std::time::Duration,
     handler: H,
     processed: AtomicU64,
     duplicates: AtomicU64,
@@ -442,11 +462,28 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
                 pool,
                 group: consumer_group.into(),
                 key,
+                uniq_key_window: UNIQ_KEY_WINDOW,
                 handler,
                 processed: AtomicU64::new(0),
                 duplicates: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How long a `UNIQ_KEY` claim counts as a duplicate (default [`UNIQ_KEY_WINDOW`]); at
+    /// most ~27 days, since keys repeat after a month. No effect with business keys.
+    ///
+    /// # Panics
+    /// If `window` is 27 days or more.
+    pub fn with_uniq_key_window(mut self, window: std::time::Duration) -> Self {
+        assert!(
+            window < std::time::Duration::from_secs(27 * 24 * 3600),
+            "UNIQ_KEY values repeat after about a month: a window must be shorter"
+        );
+        Arc::get_mut(&mut self.inner)
+            .expect("configured before it is cloned")
+            .uniq_key_window = window;
+        self
     }
 
     /// Claims the message's key and runs the handler in one transaction.
@@ -457,11 +494,16 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
             .key
             .extract(msg)
             .ok_or_else(|| IdempotencyError::MissingKey(msg.msg_id().to_owned()))?;
+        let stale_before_ms = match inner.key {
+            DedupeKey::UniqKey => now_ms().saturating_sub(inner.uniq_key_window.as_millis() as i64),
+            _ => i64::MIN,
+        };
         let claim = Claim {
             consumer_group: inner.group.clone(),
             dedupe_key: key,
             topic: msg.topic().to_owned(),
             msg_id: msg.msg_id().to_owned(),
+            stale_before_ms,
         };
         let mut tx = inner.pool.begin().await?;
         let claimed = match DB::claim(&mut tx, &claim).await {

@@ -26,6 +26,13 @@ trait Business: DedupeBackend {
     fn reset<'a>(pool: &'a Pool<Self>, table: &'a str) -> BoxFuture<'a, ()>;
     fn count<'a>(pool: &'a Pool<Self>, table: &'a str) -> BoxFuture<'a, i64>;
     fn handler(table: &'static str) -> impl TxHandler<Self>;
+    /// Moves a group's claim of `key` `by_ms` into the past.
+    fn age_claim<'a>(
+        pool: &'a Pool<Self>,
+        group: &'a str,
+        key: &'a str,
+        by_ms: i64,
+    ) -> BoxFuture<'a, ()>;
 }
 
 macro_rules! business {
@@ -46,6 +53,20 @@ macro_rules! business {
                         .fetch_one(pool)
                         .await
                         .unwrap()
+                }
+                .boxed()
+            }
+
+            fn age_claim<'a>(pool: &'a Pool<Self>, group: &'a str, key: &'a str, by_ms: i64) -> BoxFuture<'a, ()> {
+                async move {
+                    let aged = sqlx::query("UPDATE sluice_processed_messages SET processed_at_ms = processed_at_ms - $1 WHERE consumer_group = $2 AND dedupe_key = $3")
+                        .bind(by_ms)
+                        .bind(group)
+                        .bind(key)
+                        .execute(pool)
+                        .await
+                        .unwrap();
+                    assert_eq!(aged.rows_affected(), 1, "{group}/{key} is claimed");
                 }
                 .boxed()
             }
@@ -144,6 +165,33 @@ async fn scenario<DB: Business>(pool: Pool<DB>, tag: &str) {
         Err(IdempotencyError::MissingKey(_))
     ));
     assert_eq!(DB::count(&pool, table).await, 3);
+
+    // A UNIQ_KEY repeats about a month later (its time field counts from the start of the
+    // month): a claim older than the window belongs to another message, which is processed.
+    let day_ms = 24 * 3600 * 1000;
+    DB::age_claim(&pool, &group, "U1", 8 * day_ms).await;
+    assert_eq!(
+        helper
+            .process(&msg("U1", "order-1-next-month"))
+            .await
+            .unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(
+        helper
+            .process(&msg("U1", "order-1-next-month"))
+            .await
+            .unwrap(),
+        Outcome::Duplicate,
+        "and claimed afresh"
+    );
+    // A business key is claimed for good.
+    DB::age_claim(&pool, &format!("{group}-k"), "order-3", 60 * day_ms).await;
+    assert_eq!(
+        by_order.process(&keyed("U3c")).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(DB::count(&pool, table).await, 4);
 
     // A handler that swallowed a failed statement: what the helper reports is what was
     // committed (on PostgreSQL the transaction was aborted, so nothing was).

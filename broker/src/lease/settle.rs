@@ -236,20 +236,30 @@ fn finish_hand_back(
 }
 
 /// One expiry pass: hands back up to `max_expired_per_tick` leases whose deadline passed.
+///
+/// The budget is shared: every group first gets an equal part, starting from a different
+/// group each pass, then what is left goes round again. Given first-come in a fixed order, a
+/// group with a steady stream of expiries took the whole budget every pass, and the expired
+/// leases of the others were never handed back (their receipts refused, their messages never
+/// delivered again, their committed offsets stuck).
 pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState>) -> usize {
     let cfg = &ctx.cfg.lease;
+    let books = state.all_rotated();
     let mut budget = cfg.max_expired_per_tick;
     let mut total = 0;
-    for book in state.all() {
-        if budget == 0 {
-            break;
-        }
-        let (group, jobs) = expired_jobs(&book, cfg.remembered_receipts, budget);
-        budget -= jobs.len();
-        total += jobs.len();
-        if !jobs.is_empty() {
-            tracing::debug!(group = %group, count = jobs.len(), "leases expired");
-            run_hand_backs(ctx, state, &group, jobs).await;
+    let share = budget.div_ceil(books.len().max(1)).max(1);
+    for most in [share, usize::MAX] {
+        for book in &books {
+            if budget == 0 {
+                return total;
+            }
+            let (group, jobs) = expired_jobs(book, cfg.remembered_receipts, budget.min(most));
+            budget -= jobs.len();
+            total += jobs.len();
+            if !jobs.is_empty() {
+                tracing::debug!(group = %group, count = jobs.len(), "leases expired");
+                run_hand_backs(ctx, state, &group, jobs).await;
+            }
         }
     }
     total

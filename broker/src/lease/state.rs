@@ -29,6 +29,8 @@ pub(crate) struct LeaseState {
     pub(crate) changed: Notify,
     /// Set once the expiry task runs.
     pub(crate) expiry_started: AtomicBool,
+    /// Where the next expiry pass starts among the groups (it moves every pass).
+    expiry_rotation: AtomicU64,
 }
 
 impl LeaseState {
@@ -39,6 +41,7 @@ impl LeaseState {
             groups: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             expiry_started: AtomicBool::new(false),
+            expiry_rotation: AtomicU64::new(0),
         }
     }
 
@@ -60,6 +63,17 @@ impl LeaseState {
     /// Every group's book (the expiry task walks them).
     pub(crate) fn all(&self) -> Vec<Arc<Mutex<Group>>> {
         self.groups.lock().values().cloned().collect()
+    }
+
+    /// Every group's book, starting from a different group at each call.
+    pub(crate) fn all_rotated(&self) -> Vec<Arc<Mutex<Group>>> {
+        let mut books = self.all();
+        if !books.is_empty() {
+            let start = self.expiry_rotation.fetch_add(1, Ordering::Relaxed) as usize;
+            let n = books.len();
+            books.rotate_left(start % n);
+        }
+        books
     }
 
     /// A generation never used before in this run.

@@ -552,3 +552,51 @@ async fn a_nack_whose_caller_gives_up_midway_still_hands_the_message_back() {
     assert_eq!(again[0].msg_id, ids[0]);
     assert_eq!(again[0].delivery_count, 2);
 }
+
+/// The expiry pass has a budget per tick. It went to groups first-come in a fixed order, so
+/// a group with many expired leases held up the expiry of every group after it.
+#[tokio::test]
+async fn a_group_with_many_expired_leases_does_not_hold_up_another_groups_expiry() {
+    let cluster = start_cluster_with(|cfg| {
+        short_leases(cfg);
+        cfg.lease.max_expired_per_tick = 2;
+        cfg.lease.expiry_tick = Duration::from_millis(50);
+    })
+    .await;
+    topic(&cluster, "Orders", 1);
+    let bodies: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    produce(&cluster, "Orders", 0, &refs, None).await;
+    let leases = cluster.broker.services().leases();
+    let heavy = ["heavy-1", "heavy-2", "heavy-3", "heavy-4", "heavy-5"];
+    for g in heavy {
+        for _ in 0..2 {
+            let mut req = request(g, "Orders", 32, Duration::ZERO);
+            req.visibility = Duration::from_millis(200);
+            leases.receive(req).await.unwrap();
+        }
+        assert_eq!(leases.in_flight(g), 60);
+    }
+    topic(&cluster, "Light", 1);
+    produce(&cluster, "Light", 0, &["only"], None).await;
+    let mut req = request("light", "Light", 1, Duration::ZERO);
+    req.visibility = Duration::from_millis(200);
+    assert_eq!(leases.receive(req).await.unwrap().len(), 1);
+    let again = leases
+        .receive(request("light", "Light", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "the light group's expired lease is handed back"
+    );
+    assert_eq!(again[0].delivery_count, 2);
+    let waiting: usize = heavy.iter().map(|g| leases.in_flight(g)).sum();
+    assert!(
+        waiting >= 200,
+        "while the heavy groups still have most of their 300 expired leases: {waiting}"
+    );
+    drop(leases);
+    cluster.stop().await;
+}

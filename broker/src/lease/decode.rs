@@ -23,13 +23,26 @@ pub(crate) fn original_topic(o: &Original) -> &str {
     o.properties.get(keys::RETRY_TOPIC).unwrap_or(&o.topic)
 }
 
+/// The topic a record read from `queue_topic`'s queue is delivered as: its `RETRY_TOPIC` only
+/// in a retry topic. A message of a topic may carry `RETRY_TOPIC` (a consumer forwarding a
+/// retried message keeps its properties); taken as its origin, it was delivered as that
+/// other topic, and after a failed hand-back never leased again from its own queue, whose
+/// committed offset then stayed behind it.
+pub(crate) fn origin_in<'a>(o: &'a Original, queue_topic: &'a str) -> &'a str {
+    if queue_topic.starts_with(crate::topic::RETRY_PREFIX) {
+        original_topic(o)
+    } else {
+        queue_topic
+    }
+}
+
 /// The tag of a record.
 pub(crate) fn tag(o: &Original) -> Option<&str> {
     o.properties.get(keys::TAGS)
 }
 
 /// Builds the delivery of a decoded record.
-pub(crate) fn delivery(o: &Original, at: Position<'_>) -> Delivery {
+pub(crate) fn delivery(o: &Original, origin: &str, at: Position<'_>) -> Delivery {
     let p = &o.properties;
     let (body, compressed) = body_of(o);
     Delivery {
@@ -38,7 +51,7 @@ pub(crate) fn delivery(o: &Original, at: Position<'_>) -> Delivery {
             || offset_msg_id(at.store_host, o.phys_offset),
             str::to_owned,
         ),
-        topic: original_topic(o).to_owned(),
+        topic: origin.to_owned(),
         queue_id: at.queue_id,
         queue_offset: at.queue_offset,
         phys_offset: o.phys_offset,

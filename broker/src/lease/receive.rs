@@ -297,6 +297,7 @@ impl Pass<'_> {
     /// Leases one entry and adds its delivery.
     fn grant(&mut self, g: &mut Group, key: &QueueKey, offset: u64, o: &Original) {
         let cfg = &self.ctx.cfg.lease;
+        let origin = decode::origin_in(o, &key.0);
         let generation = self.state.next_generation();
         let token = self.state.minter.token(generation);
         let receipt = Receipt {
@@ -313,7 +314,7 @@ impl Pass<'_> {
             key,
             offset,
             o.phys_offset,
-            decode::original_topic(o),
+            origin,
             generation,
             token,
             self.now,
@@ -326,7 +327,7 @@ impl Pass<'_> {
             store_host: self.ctx.store.store_host(),
             receipt: &receipt,
         };
-        self.out.push(decode::delivery(o, at));
+        self.out.push(decode::delivery(o, origin, at));
         self.budget.count -= 1;
         self.budget.bytes = self.budget.bytes.saturating_sub(o.body.len().max(1));
         tracing::trace!(group = %g.name, topic = %key.0, queue_id = key.1, offset, generation, "leased");

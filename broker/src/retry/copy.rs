@@ -116,7 +116,7 @@ pub(crate) enum Target {
 }
 
 /// The retry or dead-letter copy of `orig` (RocketMQ `consumerSendMsgBack`): reconsume count
-/// plus one, `RETRY_TOPIC` set if absent, `ORIGIN_MESSAGE_ID` kept or set to `origin_id`,
+/// plus one, `RETRY_TOPIC` set if absent (or if `orig` is not itself a retry copy), `ORIGIN_MESSAGE_ID` kept or set to `origin_id`,
 /// `RECONSUME_TIME`, and the delay; a dead letter gets `DELAY=-1` and no timer, so no hook
 /// parks it (apache/rocketmq#2724).
 pub(crate) fn failure_copy(
@@ -129,7 +129,10 @@ pub(crate) fn failure_copy(
 ) -> PendingMessage {
     let times = orig.reconsume_times.saturating_add(1);
     let mut p = orig.copied_properties();
-    if p.get(keys::RETRY_TOPIC).is_none() {
+    // RETRY_TOPIC means something only on a record of a retry topic (as RocketMQ clients read
+    // it): a message of a topic that carries one (forwarded with its properties) is retried
+    // for the topic it was consumed from.
+    if p.get(keys::RETRY_TOPIC).is_none() || !orig.topic.starts_with(crate::topic::RETRY_PREFIX) {
         p.insert(keys::RETRY_TOPIC, orig.topic.clone());
     }
     if p.get(keys::ORIGIN_MESSAGE_ID).is_none() {

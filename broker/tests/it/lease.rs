@@ -600,3 +600,54 @@ async fn a_group_with_many_expired_leases_does_not_hold_up_another_groups_expiry
     drop(leases);
     cluster.stop().await;
 }
+
+/// RETRY_TOPIC means something only on a retry copy. A message of a topic carrying one (a
+/// consumer forwarded a retried message with its properties) was delivered as that other
+/// topic, and its retry copy went to that topic's receivers, never back to this one's.
+#[tokio::test]
+async fn a_message_carrying_a_foreign_retry_topic_is_delivered_and_retried_as_its_own_topic() {
+    let cluster = start_cluster_with(|cfg| {
+        let policy = GroupRetryPolicy {
+            backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
+            ..GroupRetryPolicy::default()
+        };
+        cfg.retry.groups.insert("g".into(), policy);
+    })
+    .await;
+    topic(&cluster, "Orders", 1);
+    let mut p = Produce::new("p", "Orders", b"forwarded".to_vec());
+    p.queue_id = Some(0);
+    let mut props = Properties::new();
+    props.insert("RETRY_TOPIC", "Elsewhere");
+    p.properties = props;
+    cluster
+        .broker
+        .services()
+        .produce(p)
+        .await
+        .expect("produced");
+    wait_dispatched(&cluster.broker).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].topic, "Orders",
+        "delivered as the topic it was read from"
+    );
+    assert_eq!(leases.nack("g", &receipts(&got), None).await, vec![Ok(())]);
+    let again = leases
+        .receive(request("g", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "its retry comes back to this topic's receivers"
+    );
+    assert_eq!(again[0].delivery_count, 2);
+    drop(leases);
+    cluster.stop().await;
+}

@@ -3,7 +3,6 @@
 //! another test met first with no subscriber could stay cached as "not interested").
 
 #[path = "it/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -203,10 +203,20 @@ struct Prepared {
 /// Releases one batch; holds `permit` (bounding appends in flight) until done.
 async fn release(core: Arc<Core>, due: Vec<Due>, permit: OwnedSemaphorePermit) {
     let prep_core = Arc::clone(&core);
+    let keys: Vec<Key> = due.iter().map(|d| d.key).collect();
     let prepared = match tokio::task::spawn_blocking(move || prepare(&prep_core, due)).await {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(error = %e, "release preparation failed");
+            // Back to the window, not left in flight for good (the watermark could not pass
+            // them, and once the window filled no timer would be released again).
+            tracing::error!(error = %e, timers = keys.len(), "release preparation failed; the timers are tried again");
+            let mut g = core.index.inner.lock();
+            for key in keys {
+                g.complete(key, Released::Retry, None);
+            }
+            drop(g);
+            drop(permit);
+            core.deliver_wake.notify_one();
             return;
         }
     };

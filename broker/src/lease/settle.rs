@@ -173,19 +173,33 @@ async fn run_hand_backs(
     let mut results: Vec<Result<(), LeaseError>> = vec![Ok(()); jobs.len()];
     for (chunk_no, chunk) in jobs.chunks(HAND_BACK_CONCURRENCY).enumerate() {
         let mut set = JoinSet::new();
+        // Which job each task copies: a task that fails (a panic) returns nothing of it.
+        let mut tasks = std::collections::HashMap::new();
         for (i, job) in chunk.iter().enumerate() {
-            let (ctx, job, group) = (Arc::clone(ctx), job.clone(), group.to_owned());
-            set.spawn(async move {
-                let r = crate::retry::send_back(&ctx, &send_back_of(&group, &job)).await;
-                (chunk_no * HAND_BACK_CONCURRENCY + i, job, r)
+            let at = chunk_no * HAND_BACK_CONCURRENCY + i;
+            let (ctx, copy, group) = (Arc::clone(ctx), job.clone(), group.to_owned());
+            let handle = set.spawn(async move {
+                crate::retry::send_back(&ctx, &send_back_of(&group, &copy)).await
             });
+            tasks.insert(handle.id(), (at, job));
         }
-        while let Some(joined) = set.join_next().await {
-            let Ok((i, job, r)) = joined else {
-                tracing::error!(group, "hand-back task failed");
-                continue;
+        while let Some(joined) = set.join_next_with_id().await {
+            let (id, r) = match joined {
+                Ok((id, r)) => (id, r),
+                Err(e) => {
+                    // Reopened, not left "being handed back" for the rest of the run (never
+                    // delivered again, holding the committed offset), and reported failed.
+                    tracing::error!(group, error = %e, "hand-back task failed; the message will be delivered again");
+                    let failed = RetryError::Refused {
+                        code: sluice_protocol::response_code::SYSTEM_ERROR,
+                        remark: format!("hand-back task failed: {e}"),
+                    };
+                    (e.id(), Err(failed))
+                }
             };
-            results[i] = finish_hand_back(ctx, state, group, &job, r);
+            if let Some((at, job)) = tasks.get(&id) {
+                results[*at] = finish_hand_back(ctx, state, group, job, r);
+            }
         }
     }
     results

@@ -446,6 +446,7 @@ fn a_corrupt_index_header_is_rejected_and_the_file_rebuilt_from_its_entries() {
                     mark_unclean(d);
                 }
             });
+            assert!(store.wait_dispatched(Duration::from_secs(10)));
             let hits = store.query_by_key("T", "key-77", 4, 0, i64::MAX / 2);
             assert_eq!(
                 hits.len(),
@@ -453,6 +454,8 @@ fn a_corrupt_index_header_is_rejected_and_the_file_rebuilt_from_its_entries() {
                 "field {field} = {value:#x}, unclean {unclean}"
             );
             append_seqs(&store, "T", 0, 300..310);
+            // Indexed by the dispatcher after the appends are acknowledged.
+            assert!(store.wait_dispatched(Duration::from_secs(10)));
             let hits = store.query_by_key("T", "key-305", 4, 0, i64::MAX / 2);
             assert_eq!(hits.len(), 1, "new entries are indexed too");
             store.shutdown().unwrap();

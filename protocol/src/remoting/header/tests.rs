@@ -302,6 +302,17 @@ fn json_header() -> impl Strategy<Value = String> {
     })
 }
 
+/// The same header, or both refused. Which error a refusal names may differ: the one-pass
+/// reader and serde_json's value reader give up at different points of malformed text ("[-"
+/// is an invalid number to one and an early end to the other).
+fn same_outcome<T: PartialEq, E>(a: &Result<T, E>, b: &Result<T, E>) -> bool {
+    match (a, b) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(_), Err(_)) => true,
+        _ => false,
+    }
+}
+
 proptest! {
     #[test]
     fn one_pass_decoder_agrees_with_the_value_reading_on_headers(raw in json_header()) {
@@ -312,13 +323,15 @@ proptest! {
     fn one_pass_decoder_agrees_with_the_value_reading_on_json_like_text(
         raw in r#"[{}\[\]":,0-9a-zA-Z \-.e]{0,80}"#
     ) {
-        prop_assert_eq!(decode_json_header(raw.as_bytes()), reference_decode(raw.as_bytes()), "{}", raw);
+        let (one, reference) = (decode_json_header(raw.as_bytes()), reference_decode(raw.as_bytes()));
+        prop_assert!(same_outcome(&one, &reference), "{}: {:?} against {:?}", raw, one, reference);
     }
 
     #[test]
     fn one_pass_decoder_agrees_with_the_value_reading_on_any_bytes(
         raw in proptest::collection::vec(any::<u8>(), 0..128)
     ) {
-        prop_assert_eq!(decode_json_header(&raw), reference_decode(&raw));
+        let (one, reference) = (decode_json_header(&raw), reference_decode(&raw));
+        prop_assert!(same_outcome(&one, &reference), "{:?} against {:?}", one, reference);
     }
 }

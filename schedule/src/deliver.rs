@@ -397,12 +397,23 @@ pub(crate) fn released_before(core: &Core, rec: &TimerRecord, kind: Kind) -> boo
         _ => (rec.real_topic.as_str(), PROP_TIMER_OFFSET),
     };
     let want = rec.phys.to_string();
+    any_copy(core, topic, uniq, |p| p.get(marker) == Some(want.as_str()))
+}
+
+/// Whether a record of `topic` whose UNIQ_KEY is `uniq` (found through the key index) has
+/// properties for which `marks` holds: how a release or roll of a timer record is recognised.
+pub(crate) fn any_copy(
+    core: &Core,
+    topic: &str,
+    uniq: &str,
+    marks: impl Fn(&Properties) -> bool,
+) -> bool {
     core.store
         .query_by_uniq_key(topic, uniq, 256)
         .iter()
         .filter_map(|b| RecordView::parse(b, usize::MAX).ok())
         .any(|v| {
             let p = Properties::decode(v.properties);
-            p.get(marker) == Some(want.as_str()) && p.get(keys::UNIQ_KEY) == Some(uniq)
+            p.get(keys::UNIQ_KEY) == Some(uniq) && marks(&p)
         })
 }

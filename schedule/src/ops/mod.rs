@@ -471,15 +471,9 @@ fn state_of(core: &Core, key: Key) -> Result<(RecState, Option<u64>)> {
 /// just made may not be in the key index yet: wait for the store to dispatch first.)
 fn delivered(core: &Core, uniq: &str, topic: &str, offsets: &[u64]) -> bool {
     core.store.wait_dispatched(core.cfg.op_timeout);
-    core.store
-        .query_by_uniq_key(topic, uniq, 256)
-        .iter()
-        .filter_map(|b| RecordView::parse(b, usize::MAX).ok())
-        .any(|v| {
-            let p = Properties::decode(v.properties);
-            p.get(keys::UNIQ_KEY) == Some(uniq)
-                && p.get(PROP_TIMER_OFFSET)
-                    .and_then(|o| o.parse::<u64>().ok())
-                    .is_some_and(|o| offsets.contains(&o))
-        })
+    crate::deliver::any_copy(core, topic, uniq, |p| {
+        p.get(PROP_TIMER_OFFSET)
+            .and_then(|o| o.parse::<u64>().ok())
+            .is_some_and(|o| offsets.contains(&o))
+    })
 }

@@ -14,10 +14,7 @@ use sluice_store::now_ms;
 const TOPIC: &str = "Reminders";
 
 fn by_id(uniq: &str) -> Selector {
-    Selector::Id {
-        topic: Some(TOPIC.into()),
-        uniq_key: uniq.into(),
-    }
+    id_in(TOPIC, uniq)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,10 +13,7 @@ use sluice_schedule::{Outcome, ScheduleConfig, Selector, When};
 const TOPIC: &str = "Reminders";
 
 fn by_key(key: &str) -> Selector {
-    Selector::Key {
-        topic: TOPIC.into(),
-        key: key.into(),
-    }
+    key_in(TOPIC, key)
 }
 
 /// Defect: a clean stop soon after a crash-restart wrote `clean` while timers due before

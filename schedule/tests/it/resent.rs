@@ -13,17 +13,11 @@ use sluice_schedule::{MessageState, Outcome, ScheduleConfig, ScheduleService, Se
 const TOPIC: &str = "Resent";
 
 fn by_key(key: &str) -> Selector {
-    Selector::Key {
-        topic: TOPIC.into(),
-        key: key.into(),
-    }
+    key_in(TOPIC, key)
 }
 
 fn by_id(uniq: &str) -> Selector {
-    Selector::Id {
-        topic: Some(TOPIC.into()),
-        uniq_key: uniq.into(),
-    }
+    id_in(TOPIC, uniq)
 }
 
 /// Parks one copy of the message `uniq` with business key `key`.

@@ -12,7 +12,7 @@ use sluice_broker::{
 };
 use sluice_protocol::remoting::custom::{SendHeaderForm, SendMessageRequestHeader};
 use sluice_protocol::{request_code, Properties, RecordView, RemotingCommand};
-use sluice_schedule::{ScheduleConfig, ScheduleExtension, ScheduleService, PROP_DUE_MS};
+use sluice_schedule::{ScheduleConfig, ScheduleExtension, ScheduleService, Selector, PROP_DUE_MS};
 use sluice_store::{GetStatus, MessageInput, StoreConfig};
 
 /// Timeout of every test RPC.
@@ -232,4 +232,20 @@ pub fn input(topic: &str, queue_id: i32, keys: &str, extra: &[(&str, &str)]) -> 
     let mut m = MessageInput::new(topic, queue_id, format!("body of {keys}"));
     m.properties = p.encode();
     m
+}
+
+/// The messages of `topic` carrying business key `key`.
+pub fn key_in(topic: &str, key: &str) -> Selector {
+    Selector::Key {
+        topic: topic.into(),
+        key: key.into(),
+    }
+}
+
+/// The message of `topic` whose UNIQ_KEY is `uniq`.
+pub fn id_in(topic: &str, uniq: &str) -> Selector {
+    Selector::Id {
+        topic: Some(topic.into()),
+        uniq_key: uniq.into(),
+    }
 }

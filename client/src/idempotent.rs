@@ -474,7 +474,8 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
     /// most ~27 days, since keys repeat after a month. No effect with business keys.
     ///
     /// # Panics
-    /// If `window` is 27 days or more.
+    /// If `window` is 27 days or more, or if the helper was cloned before (configure it
+    /// first, as a builder).
     pub fn with_uniq_key_window(mut self, window: std::time::Duration) -> Self {
         assert!(
             window < std::time::Duration::from_secs(27 * 24 * 3600),

@@ -156,8 +156,22 @@ impl Warmer {
     pub(crate) fn run(self) {
         let zeros = vec![0u8; PIECE];
         let mut pace = Pace::new(self.front.state.lock().writer_end);
+        // Its own descriptor of the segment being warmed (see `MappedFile::open_another`):
+        // never the one the store syncs with, so no write-back error of appended records is
+        // reported here instead of there. Opened once per segment.
+        let mut own: Option<(u64, std::fs::File)> = None;
         while let Some((seg, lo, hi)) = self.next_chunk(&mut pace) {
-            if let Err(e) = self.warm_chunk(&seg, lo, hi, &zeros) {
+            let warmed = match &own {
+                Some((base, file)) if *base == seg.base => {
+                    self.warm_chunk(&seg, file, lo, hi, &zeros)
+                }
+                _ => seg.file.open_another().and_then(|file| {
+                    let done = self.warm_chunk(&seg, &file, lo, hi, &zeros);
+                    own = Some((seg.base, file));
+                    done
+                }),
+            };
+            if let Err(e) = warmed {
                 tracing::warn!(
                     error = %e, offset = lo,
                     "cannot write zeros ahead of the commit-log writer; appends go on without it"
@@ -193,10 +207,14 @@ impl Warmer {
     /// Zeroes `[lo, hi)` piece by piece, each piece claimed under the front's lock so an
     /// appender waits at most for one `pwrite`, then writes back what it zeroed. A piece the
     /// writer has come within the gap of is left alone, with the rest of the chunk.
-    fn warm_chunk(&self, seg: &Segment, lo: u64, hi: u64, zeros: &[u8]) -> crate::Result<()> {
-        // Its own descriptor (see `MappedFile::open_another`): never the one the store syncs
-        // with, so no write-back error of appended records is reported here instead of there.
-        let own = seg.file.open_another()?;
+    fn warm_chunk(
+        &self,
+        seg: &Segment,
+        own: &std::fs::File,
+        lo: u64,
+        hi: u64,
+        zeros: &[u8],
+    ) -> crate::Result<()> {
         let mut pos = lo;
         while pos < hi {
             let end = (pos + zeros.len() as u64).min(hi);
@@ -206,14 +224,14 @@ impl Warmer {
             let piece = &zeros[..(end - pos) as usize];
             let written =
                 seg.file
-                    .write_zeros_ahead_via(&own, self.io.as_ref(), piece, pos - seg.base);
+                    .write_zeros_ahead_via(own, self.io.as_ref(), piece, pos - seg.base);
             self.release_piece();
             written?;
             pos = end;
         }
         if pos > lo {
             seg.file
-                .write_back_via(&own, self.io.as_ref(), lo - seg.base, pos - lo)?;
+                .write_back_via(own, self.io.as_ref(), lo - seg.base, pos - lo)?;
             self.front.warmed.fetch_max(pos, Ordering::Relaxed);
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! - sheds load: past `max_concurrent_requests` requests in progress it answers 429 at once,
 //!   instead of queueing without bound; long polls have their own budget (`max_long_polls`),
 //!   and the health probes are never shed;
+//! - puts `body_read_timeout` on the request body (`body_timeout`);
 //! - normalises bare error responses into the JSON error shape;
 //! - records the request's method (a bounded label), route, status and latency (`metrics`),
 //!   429s included;
@@ -23,8 +24,8 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::error::{code, ApiError};
-use crate::request_id;
 use crate::state::AppState;
+use crate::{body_timeout, request_id};
 
 /// What the front middleware needs.
 #[derive(Clone)]
@@ -60,6 +61,7 @@ pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) 
 /// Sheds or runs the request, normalises its response and records it, inside the id's scope.
 async fn answer(front: Front, req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let req = body_timeout::limit(req, front.state.config().body_read_timeout);
     let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().cloned();
     // Only the debug log line needs the raw path.

@@ -16,11 +16,12 @@
 //!   (a message and its trace), `figures` (JSON figures for dashboards).
 //! - `console`: the operator console's static files, embedded, served at `/console`.
 //! - Cross-cutting: `front` (the one middleware before every route: request id, load
-//!   shedding, error normalising, metrics), [`error`] (one JSON error shape, stable codes),
+//!   shedding, the body's idle timeout (`body_timeout`), error normalising, metrics), [`error`] (one JSON error shape, stable codes),
 //!   [`request_id`], [`auth`] (bearer tokens with scopes), [`extract`] (extractors with JSON
 //!   rejections), `metrics`, [`config`], `state`.
 
 pub mod auth;
+mod body_timeout;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -88,9 +89,6 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(console::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.config().max_request_bytes))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            state.config().body_read_timeout,
-        ))
         .layer(middleware::from_fn_with_state(
             front::Front {
                 state: state.clone(),

@@ -7,13 +7,15 @@
 //! rewritten into the one JSON error shape, so no caller ever sees a bare text error.
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{code, ApiError};
 
 /// The request and response header carrying the id.
 pub const HEADER: &str = "x-request-id";
+/// [`HEADER`] as a parsed name: a lookup or insert by `&str` parses the name every time.
+static HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -29,7 +31,7 @@ pub fn current() -> String {
 /// The id for a request: the caller's `x-request-id` when acceptable, else a new one.
 pub(crate) fn id_for(req: &Request) -> String {
     req.headers()
-        .get(HEADER)
+        .get(&HEADER_NAME)
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
         .map_or_else(new_id, str::to_owned)
@@ -43,7 +45,7 @@ pub(crate) async fn scope<F: std::future::Future>(id: String, f: F) -> F::Output
 /// Puts the id in the response's `x-request-id` header.
 pub(crate) fn tag(response: &mut Response, id: &str) {
     if let Ok(v) = HeaderValue::from_str(id) {
-        response.headers_mut().insert(HEADER, v);
+        response.headers_mut().insert(HEADER_NAME.clone(), v);
     }
 }
 

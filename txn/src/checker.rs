@@ -394,7 +394,13 @@ impl Core {
     pub(crate) fn route(&self, group: &str, message_url: Option<&str>) -> Route {
         if let Some(url) = message_url {
             match self.shared.url_sink.read().as_ref() {
-                Some(s) => return Route::Sink(Arc::clone(s), Some(url.to_owned())),
+                Some(s) if s.accepts(url) => {
+                    return Route::Sink(Arc::clone(s), Some(url.to_owned()))
+                }
+                Some(_) => tracing::debug!(
+                    producer_group = group,
+                    "half message names a check URL whose host is not allowed; using the group's route"
+                ),
                 None => tracing::debug!(
                     producer_group = group,
                     "half message names a check URL but no URL sink is installed; using the group's route"

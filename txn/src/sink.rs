@@ -4,7 +4,8 @@
 //! Routing, first match wins:
 //! 0. the half message's own [`PROP_CHECK_URL`] → the URL sink, with that URL (a producer
 //!    over HTTP names where its checks go per message; kept in the half message, so it
-//!    survives a restart);
+//!    survives a restart), when the sink accepts that URL ([`CheckSink::accepts`]: the
+//!    operator's allowed hosts); a URL it refuses is ignored;
 //! 1. a sink registered for the group ([`crate::TxnService::set_check_sink`]);
 //! 2. the group's `check_url` → the URL sink ([`crate::TxnService::set_url_sink`]); the
 //!    [`PendingCheck`] carries the URL;
@@ -108,6 +109,15 @@ impl PendingCheck {
 pub trait CheckSink: Send + Sync + 'static {
     /// Name for logs.
     fn name(&self) -> &'static str;
+
+    /// Whether this sink may call the URL a half message names for itself
+    /// ([`PROP_CHECK_URL`]). A URL sink refuses hosts its operator did not allow, so a
+    /// producer cannot point the broker at an address of its choosing; a refused URL is
+    /// ignored and the check takes the group's route. Group sinks never see message URLs.
+    fn accepts(&self, message_url: &str) -> bool {
+        let _ = message_url;
+        true
+    }
 
     /// Hands a check over without blocking (queue it). An error means "not delivered": the
     /// check is not counted and is tried again one interval later.

@@ -9,6 +9,7 @@
 //! ## Layout
 //! - `routes`: producer endpoints (send, commit, rollback, check-answer, poll).
 //! - `admin`: operator endpoints (list, get, force).
+//! - `allow`: the hosts a per-message `check_url` may name (`check_url_hosts`).
 //! - `id`: the `txn_id` format (group + half offsets + UNIQ_KEY, base64url; strict decode).
 //! - `webhook`: the URL sink, its worker, signing.
 //! - `pull`: pull mode, configured or by polling.
@@ -16,11 +17,14 @@
 //!
 //! ## Where a check goes
 //! A half message sent with `check_url` keeps it as its `SLUICE_CHECK_URL` property (so it
-//! survives a restart; removed from the committed message): its checks go to that URL. Else
+//! survives a restart; removed from the committed message): its checks go to that URL, when
+//! its host is in `check_url_hosts` (a URL outside it is refused at send, 403, and one set by
+//! a TCP producer is ignored: its checks take the group's route). Else
 //! the group decides: `[txn.groups.<g>] check_url` (webhook), `pull_checks` (polling), a group
 //! that polls (pull mode by polling), or a TCP producer of the group.
 
 mod admin;
+mod allow;
 mod convert;
 mod id;
 mod model;
@@ -52,6 +56,11 @@ const MAX_POLL_WAIT_LIMIT: Duration = Duration::from_secs(30);
 /// How checks reach HTTP producers. Defaults suit production; every limit is explicit.
 #[derive(Clone)]
 pub struct CheckConfig {
+    /// Hosts a producer may name in a per-message `check_url` (`host`, `host:port` or
+    /// `*.domain`; see `allow`). Empty (the default) refuses every per-message URL, so a
+    /// producer cannot make the broker call an address of its choosing; a group's configured
+    /// `check_url` is not limited by it.
+    pub check_url_hosts: Vec<String>,
     /// Key of the webhook signature (`X-Sluice-Signature`); none = unsigned requests. At
     /// least 16 bytes. Never logged.
     pub webhook_secret: Option<String>,
@@ -82,6 +91,7 @@ impl std::fmt::Debug for CheckConfig {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("check_url_hosts", &self.check_url_hosts)
             .field("webhook_timeout", &self.webhook_timeout)
             .field("webhook_concurrency", &self.webhook_concurrency)
             .field("webhook_queue", &self.webhook_queue)
@@ -97,6 +107,7 @@ impl std::fmt::Debug for CheckConfig {
 impl Default for CheckConfig {
     fn default() -> Self {
         Self {
+            check_url_hosts: Vec::new(),
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(5),
             webhook_concurrency: 16,
@@ -111,7 +122,20 @@ impl Default for CheckConfig {
 }
 
 impl CheckConfig {
+    /// The parsed `check_url_hosts`; entries [`CheckConfig::validate`] would refuse are left
+    /// out (they allow nothing).
+    pub(crate) fn allowed_hosts(&self) -> allow::CheckUrlHosts {
+        let valid: Vec<String> = self
+            .check_url_hosts
+            .iter()
+            .filter(|e| allow::CheckUrlHosts::parse(std::slice::from_ref(*e)).is_ok())
+            .cloned()
+            .collect();
+        allow::CheckUrlHosts::parse(&valid).unwrap_or_default()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
+        allow::CheckUrlHosts::parse(&self.check_url_hosts)?;
         if self.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err("checks.webhook_secret must be at least 16 bytes".into());
         }
@@ -201,7 +225,10 @@ impl TxnHttp {
             self.stop.subscribe(),
         ));
         self.tasks.lock().extend([worker, sweeper]);
-        txn.set_url_sink(Some(Arc::new(webhook::UrlSink { tx })));
+        txn.set_url_sink(Some(Arc::new(webhook::UrlSink {
+            tx,
+            hosts: self.config.allowed_hosts(),
+        })));
         tracing::debug!(
             signed = self.config.webhook_secret.is_some(),
             "transaction check-back over HTTP started"

@@ -10,6 +10,7 @@ use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
 use sluice_txn::{Resolution, PROP_CHECK_URL};
 
+use super::allow::CheckUrlHosts;
 use super::convert::{check_item, decision, txn_error};
 use super::id::{is_group_char, TxnHandle};
 use super::model::{
@@ -35,6 +36,7 @@ const DEFAULT_POLL_MAX: usize = 16;
     responses(
         (status = 201, description = "Half message stored", body = SendTxnResponse),
         (status = 400, description = "Bad field, body or check_url", body = ErrorBody),
+        (status = 403, description = "check_url names a host outside checks.check_url_hosts", body = ErrorBody),
         (status = 404, description = "Topic not found", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Delay refused by the schedule", body = ErrorBody),
@@ -49,7 +51,12 @@ pub(super) async fn send(
 ) -> ApiResult<(StatusCode, Json<SendTxnResponse>)> {
     state.txn()?;
     check_group(&req.producer_group)?;
-    let url = req.check_url.as_deref().map(check_url).transpose()?;
+    let hosts = state.config().checks.allowed_hosts();
+    let url = req
+        .check_url
+        .as_deref()
+        .map(|u| check_url(u, &hosts))
+        .transpose()?;
     let group = req.producer_group;
     let message = MessageIn {
         body: req.body,
@@ -239,8 +246,9 @@ pub(super) fn check_group(group: &str) -> Result<(), ApiError> {
 }
 
 /// An absolute http(s) URL with a host and no credentials (the signature authenticates the
-/// broker to the receiver; a password in the URL would end up stored in the message).
-fn check_url(raw: &str) -> Result<String, ApiError> {
+/// broker to the receiver; a password in the URL would end up stored in the message), whose
+/// host the operator allows (403 otherwise: see `allow`).
+fn check_url(raw: &str, hosts: &CheckUrlHosts) -> Result<String, ApiError> {
     if raw.len() > MAX_URL_LEN {
         return Err(ApiError::bad_request(format!(
             "check_url is longer than {MAX_URL_LEN} bytes"
@@ -259,6 +267,14 @@ fn check_url(raw: &str) -> Result<String, ApiError> {
             "check_url must not hold credentials; verify X-Sluice-Signature instead",
         ));
     }
+    if !hosts.allows(&url) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code::FORBIDDEN,
+            "check_url names a host this broker may not call: the operator lists allowed hosts \
+             in checks.check_url_hosts ([http] check_url_hosts)",
+        ));
+    }
     Ok(url.into())
 }
 
@@ -268,6 +284,8 @@ mod tests {
 
     #[test]
     fn only_absolute_http_urls_without_credentials_are_check_urls() {
+        let hosts = CheckUrlHosts::parse(&["127.0.0.1".into(), "app.example".into()]).unwrap();
+        let check_url = |u: &str| super::check_url(u, &hosts);
         assert_eq!(
             check_url("http://127.0.0.1:9000/check?x=1").unwrap(),
             "http://127.0.0.1:9000/check?x=1"
@@ -283,6 +301,20 @@ mod tests {
             assert!(check_url(bad).is_err(), "accepted {bad}");
         }
         assert!(check_url(&format!("http://a.example/{}", "x".repeat(MAX_URL_LEN))).is_err());
+    }
+
+    #[test]
+    fn a_check_url_outside_the_allowed_hosts_is_forbidden() {
+        let hosts = CheckUrlHosts::parse(&["hooks.example.com".into()]).unwrap();
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://127.0.0.1:6379/",
+            "http://hooks.example.com.evil.net/",
+        ] {
+            let e = check_url(url, &hosts).expect_err(url);
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{url}");
+        }
+        assert!(check_url("http://127.0.0.1:9000/", &CheckUrlHosts::default()).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService, PROP_CHECK_URL
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+use super::allow::CheckUrlHosts;
 use super::convert::check_item;
 use super::model::{AnswerState, CheckAnswer};
 use super::CheckConfig;
@@ -39,11 +40,17 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The sink installed with `TxnService::set_url_sink`: queues, never blocks.
 pub(super) struct UrlSink {
     pub(super) tx: mpsc::Sender<PendingCheck>,
+    /// `check_url_hosts`: the only hosts a half message's own URL may name.
+    pub(super) hosts: CheckUrlHosts,
 }
 
 impl CheckSink for UrlSink {
     fn name(&self) -> &'static str {
         "http-webhook"
+    }
+
+    fn accepts(&self, message_url: &str) -> bool {
+        self.hosts.allows_text(message_url)
     }
 
     fn deliver(&self, check: PendingCheck) -> Result<(), String> {

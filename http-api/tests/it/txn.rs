@@ -38,6 +38,7 @@ async fn start_signed() -> Server {
     opts.http = HttpConfig {
         checks: CheckConfig {
             webhook_secret: Some(SECRET.into()),
+            check_url_hosts: vec!["127.0.0.1".into()],
             ..CheckConfig::default()
         },
         ..opts.http
@@ -219,6 +220,46 @@ async fn bad_send_requests_are_refused_before_anything_is_stored() {
     let (status, v) = s.get("/v1/transactions?producer_group=g").await;
     assert_eq!(status, 200);
     assert_eq!(v["transactions"].as_array().map(Vec::len), Some(0));
+    s.stop().await;
+}
+
+/// A per-message `check_url` makes the broker call an address the producer chose. Before,
+/// any http(s) URL was taken (a cloud metadata endpoint, a local Redis): now only hosts in
+/// `check_url_hosts` are, the rest is 403 and nothing is stored; with no list (the default)
+/// every per-message URL is refused.
+#[tokio::test]
+async fn a_check_url_outside_the_allowed_hosts_is_403_and_nothing_is_stored() {
+    let s = start_signed().await; // allows 127.0.0.1 only
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://localhost:6379/",
+        "http://127.0.0.1.nip.io/check",
+    ] {
+        let body = json!({"body": "x", "producer_group": "g", "check_url": url});
+        let (status, v) = s.post("/v1/topics/Orders/transactions", body).await;
+        assert_eq!((status, error_code(&v)), (403, "forbidden"), "{url}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("check_url_hosts"),
+            "the refusal names the setting: {v}"
+        );
+    }
+    let (status, v) = s.get("/v1/transactions?producer_group=g").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["transactions"].as_array().map(Vec::len), Some(0));
+    s.stop().await;
+
+    let s = common::start_with(common::Options::default()).await;
+    s.create_topic("Orders", 2);
+    let body = json!({"body": "x", "producer_group": "g", "check_url": "http://127.0.0.1:9/check"});
+    let (status, v) = s.post("/v1/topics/Orders/transactions", body).await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (403, "forbidden"),
+        "no list refuses every URL: {v}"
+    );
     s.stop().await;
 }
 
@@ -461,6 +502,7 @@ async fn a_per_message_check_url_survives_a_broker_restart() {
         http: HttpConfig {
             checks: CheckConfig {
                 webhook_secret: Some(SECRET.into()),
+                check_url_hosts: vec!["127.0.0.1".into()],
                 ..CheckConfig::default()
             },
             ..common::Options::default().http
@@ -622,6 +664,7 @@ fn webhook_config_refuses_a_short_secret_and_a_long_poll_past_30s() {
         "{:?}",
         CheckConfig {
             webhook_secret: Some(SECRET.into()),
+            check_url_hosts: vec!["127.0.0.1".into()],
             ..CheckConfig::default()
         }
     );

@@ -42,6 +42,11 @@ pub struct HttpSection {
     pub header_read_timeout_ms: u64,
     /// Open HTTP connections; more are closed at once. Default 10 000.
     pub max_connections: usize,
+    /// Hosts a producer may name in a per-message `check_url`: `host` (any port),
+    /// `host:port` or `*.domain`. Empty (the default) refuses every per-message URL (403), so
+    /// producers cannot make the broker call addresses of their choosing; groups' configured
+    /// `check_url`s are not limited by it.
+    pub check_url_hosts: Vec<String>,
     /// Key of the check-back webhook signature (`X-Sluice-Signature`), at least 16 bytes.
     /// None = unsigned webhook calls.
     #[serde(serialize_with = "redacted_opt")]
@@ -105,6 +110,7 @@ impl Default for HttpSection {
             body_read_timeout_ms: d.body_read_timeout.as_millis() as u64,
             header_read_timeout_ms: d.header_read_timeout.as_millis() as u64,
             max_connections: d.max_connections,
+            check_url_hosts: d.checks.check_url_hosts.clone(),
             webhook_secret: None,
             webhook_timeout_ms: d.checks.webhook_timeout.as_millis() as u64,
             webhook_concurrency: d.checks.webhook_concurrency,
@@ -151,6 +157,7 @@ impl HttpSection {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut checks = sluice_http::txn::CheckConfig {
+            check_url_hosts: self.check_url_hosts.clone(),
             webhook_secret: self.webhook_secret.clone(),
             webhook_timeout: Duration::from_millis(self.webhook_timeout_ms),
             webhook_concurrency: self.webhook_concurrency,

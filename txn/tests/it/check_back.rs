@@ -14,7 +14,7 @@ use sluice_protocol::response_code as code;
 use sluice_protocol::{Properties, RecordView};
 use sluice_txn::{
     CheckSink, FinalAction, GroupOverride, ListQuery, PendingCheck, Resolution, Source,
-    StateFilter, TxnState,
+    StateFilter, TxnState, PROP_CHECK_URL,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -438,6 +438,68 @@ async fn a_check_url_group_gets_its_checks_through_the_url_sink() {
     assert_eq!(visible_keys(&b, &c).await, ["w1"]);
     let m = svc.metrics();
     assert_eq!((m.committed, m.open), (1, 0));
+    b.stop().await;
+}
+
+/// A URL sink that allows only one host, as the HTTP facade's `check_url_hosts` does.
+struct OnlyHost(&'static str, Mutex<Vec<PendingCheck>>);
+
+impl CheckSink for OnlyHost {
+    fn name(&self) -> &'static str {
+        "only-host"
+    }
+    fn accepts(&self, message_url: &str) -> bool {
+        message_url.starts_with(self.0)
+    }
+    fn deliver(&self, check: PendingCheck) -> Result<(), String> {
+        self.1.lock().push(check);
+        Ok(())
+    }
+}
+
+/// A TCP producer can put `SLUICE_CHECK_URL` on its half message. Before, the checker sent the
+/// check to that URL whatever it was, so any producer could make the broker POST to an address
+/// of its choosing (a metadata endpoint, an internal service). A URL the sink does not accept
+/// is now ignored and the check takes the group's own route.
+#[tokio::test]
+async fn a_message_check_url_the_sink_refuses_is_ignored_for_the_groups_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.groups.insert(
+        "hook_group".into(),
+        GroupOverride {
+            check_url: Some("http://app.local/txn/check".into()),
+            ..Default::default()
+        },
+    );
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let sink = Arc::new(OnlyHost("http://allowed.local/", Mutex::new(Vec::new())));
+    let svc = b.txn.service();
+    svc.set_url_sink(Some(Arc::clone(&sink) as Arc<dyn CheckSink>));
+    let c = b.client().await;
+    let mut forged = half_props("hook_group", "f1");
+    forged.insert(PROP_CHECK_URL, "http://169.254.169.254/latest/meta-data/");
+    send_half_with(&c, "hook_group", "f1", forged).await;
+    let mut allowed = half_props("hook_group", "a1");
+    allowed.insert(PROP_CHECK_URL, "http://allowed.local/check");
+    send_half_with(&c, "hook_group", "a1", allowed).await;
+    assert!(eventually(WAIT, || sink.1.lock().len() >= 2).await);
+    let urls: std::collections::BTreeMap<String, Option<String>> = sink
+        .1
+        .lock()
+        .iter()
+        .map(|c| (c.transaction_id.clone(), c.url.clone()))
+        .collect();
+    assert_eq!(
+        urls.get("UNIQ-f1").cloned().flatten().as_deref(),
+        Some("http://app.local/txn/check"),
+        "the refused URL gave way to the group's check_url"
+    );
+    assert_eq!(
+        urls.get("UNIQ-a1").cloned().flatten().as_deref(),
+        Some("http://allowed.local/check"),
+        "an accepted URL still wins"
+    );
     b.stop().await;
 }
 

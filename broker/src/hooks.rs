@@ -73,6 +73,9 @@ pub struct BrokerExtensions {
     pub put_hooks: Vec<Arc<dyn PutHook>>,
     /// Features that answer request codes and run background work.
     pub extensions: Vec<Arc<dyn crate::services::Extension>>,
+    /// The store's file operations; `None` is the real thing. Tests put a fault layer here
+    /// (`sluice_store::io::FaultyIo`) to fail syncs under a whole broker and its extensions.
+    pub storage_io: Option<Arc<dyn sluice_store::io::StorageIo>>,
 }
 
 impl std::fmt::Debug for BrokerExtensions {
@@ -82,6 +85,7 @@ impl std::fmt::Debug for BrokerExtensions {
         f.debug_struct("BrokerExtensions")
             .field("put_hooks", &hooks)
             .field("extensions", &exts)
+            .field("storage_io", &self.storage_io.as_ref().map(|_| "custom"))
             .finish()
     }
 }

@@ -28,6 +28,9 @@ use crate::stats::Counters;
 const MAX_IDLE: Duration = Duration::from_millis(100);
 /// Pause before retrying a refused release append.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between retries of a failing release (a fenced store fails them all until
+/// it is reopened); short enough not to hold a clean stop back for long.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Release pacing: `rate` per second, bursts up to `burst`.
 struct TokenBucket {
@@ -263,6 +266,8 @@ async fn put_chunk(core: &Core, chunk: Vec<Prepared>) {
             _ => None,
         })
         .collect();
+    let mut pause = RETRY_PAUSE;
+    let mut suspected = false;
     loop {
         match core.services.put(inputs.clone()).await {
             Ok(appended) => {
@@ -290,15 +295,50 @@ async fn put_chunk(core: &Core, chunk: Vec<Prepared>) {
             }
             Err(e) => {
                 Counters::add(&core.counters.release_retries, 1);
+                if !suspected && may_have_written(&e) {
+                    suspected = true;
+                    suspect(core, &chunk);
+                }
                 if StopFlags::get(&core.stop.deliver) || matches!(e, StoreError::Closed) {
                     retry_later(core, &chunk);
                     return;
                 }
-                tracing::warn!(error = %e, count = chunk.len(), "release append failed; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
+                if pause == RETRY_PAUSE {
+                    tracing::warn!(error = %e, count = chunk.len(), "release append failed; retrying");
+                } else {
+                    tracing::debug!(error = %e, count = chunk.len(), "release append failed again; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                // A fenced store refuses every append until it is reopened: back off instead
+                // of logging and retrying ten times a second until then.
+                if may_have_written(&e) {
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
             }
         }
     }
+}
+
+/// Whether a failed append may still have put its records on the disk: a failed sync or
+/// write (the store is fenced after either). Refusals before any write (busy, disk full,
+/// closed, invalid) leave nothing behind.
+fn may_have_written(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::SyncFailed(_) | StoreError::Fenced(_) | StoreError::Io { .. }
+    )
+}
+
+/// Marks a chunk's timers as possibly released (see `Inner::suspect`).
+fn suspect(core: &Core, items: &[Prepared]) {
+    let mut g = core.index.inner.lock();
+    for p in items {
+        g.suspect(p.due.key);
+    }
+    tracing::warn!(
+        count = items.len(),
+        "release outcome unknown (failed sync or write): these timers are checked in their real topic before any later release"
+    );
 }
 
 /// Gives timers back to the window (shutdown during a retry).

@@ -295,6 +295,18 @@ impl Inner {
         }
     }
 
+    /// A release of `key` failed in a way that leaves unknown whether its copy reached the
+    /// disk (a failed sync or write, after which the store is fenced): the timer is checked in
+    /// its real topic before any later release or cancel, and the check horizon saved by
+    /// checkpoints (also clean stops) covers it, so a restart cannot release it a second
+    /// time unchecked.
+    pub(crate) fn suspect(&mut self, key: Key) {
+        if let Some(slot) = self.near.get_mut(&key) {
+            slot.verify = true;
+        }
+        self.restart_ms = self.restart_ms.max(key.fire_ms);
+    }
+
     /// Drops finished timers from the front of the window and returns the watermark: the
     /// first unfinished key (or the window end).
     pub(crate) fn advance_w(&mut self) -> Key {

@@ -113,6 +113,7 @@ impl ScheduleExtension {
         BrokerExtensions {
             put_hooks: vec![self.put_hook()],
             extensions: vec![Arc::new(self.clone()) as Arc<dyn Extension>],
+            ..BrokerExtensions::default()
         }
     }
 

@@ -95,6 +95,7 @@ impl TxnExtension {
         BrokerExtensions {
             put_hooks: vec![self.put_hook()],
             extensions: vec![Arc::new(self.clone()) as Arc<dyn Extension>],
+            ..BrokerExtensions::default()
         }
     }
 

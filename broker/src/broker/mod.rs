@@ -170,7 +170,8 @@ async fn open_context(
     ext: BrokerExtensions,
 ) -> Result<(Arc<BrokerContext>, watch::Sender<bool>), BrokerError> {
     let open_cfg = cfg.clone();
-    let (store, topics, offsets) = tokio::task::spawn_blocking(move || open_state(&open_cfg))
+    let io = ext.storage_io.clone();
+    let (store, topics, offsets) = tokio::task::spawn_blocking(move || open_state(&open_cfg, io))
         .await
         .map_err(|e| BrokerError::Task("open store and state", e.to_string()))??;
     let (stop, stop_rx) = watch::channel(false);
@@ -200,8 +201,14 @@ type OpenedState = (Arc<Store>, Arc<TopicManager>, Arc<OffsetManager>);
 
 /// Blocking part of startup. On a state-file error the store is shut down again, or its folder
 /// would stay locked for the rest of this process.
-fn open_state(cfg: &BrokerConfig) -> Result<OpenedState, BrokerError> {
-    let store = Store::open(cfg.store.clone())?;
+fn open_state(
+    cfg: &BrokerConfig,
+    io: Option<Arc<dyn sluice_store::io::StorageIo>>,
+) -> Result<OpenedState, BrokerError> {
+    let store = match io {
+        Some(io) => Store::open_with_io(cfg.store.clone(), io)?,
+        None => Store::open(cfg.store.clone())?,
+    };
     let data_dir = &cfg.store.data_dir;
     let state = crate::state_file::sweep_temp_files(data_dir)
         .and_then(|_| {

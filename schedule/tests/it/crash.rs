@@ -91,6 +91,56 @@ async fn crash_checks_survive_clean_stops_until_every_suspect_timer_is_checked()
     ns.shutdown().await;
 }
 
+/// Defect: a release whose sync failed (EIO; the store is fenced after it) may still have put
+/// its copy on the disk, but a clean stop after it saved no check horizon for it, so the next
+/// start released the timer again unchecked: consumers got the message twice. Such a timer is
+/// now checked in its real topic before it is released again, across the clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_sync_failed_is_checked_not_repeated_after_a_clean_stop() {
+    const N: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let faulty = std::sync::Arc::new(sluice_store::io::FaultyIo::new());
+    let node = Node::start_with_io(
+        dir.path(),
+        ns.local_addr(),
+        test_config(),
+        Some(faulty.clone()),
+    )
+    .await;
+    let svc = node.service();
+    for i in 0..N {
+        svc.schedule_at(
+            input(TOPIC, 0, &format!("sync-failed-{i}"), &[]),
+            When::After(Duration::from_millis(1_500)),
+        )
+        .await
+        .unwrap();
+    }
+    // 1. Every sync fails from now on: the releases are written, not made durable, and the
+    //    store is fenced.
+    faulty.fail_syncs(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while svc.stats().unwrap().release_retries == 0 {
+        assert!(Instant::now() < deadline, "no release was attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(svc.stats().unwrap().delivered, 0, "nothing acknowledged");
+    // 2. A clean stop, then a start on a healthy disk: the written copies came back.
+    node.stop().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    wait_nothing_pending(&node).await;
+    let released = node.released(TOPIC, 1);
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for m in &released {
+        *seen.entry(m.uniq()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), N, "every timer released: {seen:?}");
+    assert_eq!(released.len(), N, "none released twice: {seen:?}");
+    node.stop().await;
+    ns.shutdown().await;
+}
+
 /// Waits (bounded) until the index counts no pending timer.
 async fn wait_nothing_pending(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -50,13 +50,23 @@ pub struct Node {
 
 impl Node {
     pub async fn start(dir: &Path, namesrv: SocketAddr, cfg: ScheduleConfig) -> Node {
+        Self::start_with_io(dir, namesrv, cfg, None).await
+    }
+
+    /// As [`Node::start`], the store doing its file operations through `io` (a fault layer).
+    pub async fn start_with_io(
+        dir: &Path,
+        namesrv: SocketAddr,
+        cfg: ScheduleConfig,
+        io: Option<std::sync::Arc<dyn sluice_store::io::StorageIo>>,
+    ) -> Node {
         let mut bcfg = BrokerConfig::new(StoreConfig::for_tests(dir));
         bcfg.listen = localhost();
         bcfg.namesrv_addrs = vec![namesrv];
         let ext = ScheduleExtension::new(cfg);
-        let broker = Broker::start_with(bcfg, ext.broker_extensions())
-            .await
-            .expect("broker starts");
+        let mut plug = ext.broker_extensions();
+        plug.storage_io = io;
+        let broker = Broker::start_with(bcfg, plug).await.expect("broker starts");
         Node { broker, ext }
     }
 

@@ -84,10 +84,14 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Long-polling pulls parked at once per connection; more are answered SYSTEM_BUSY. A
     /// parked pull gives its in-flight slot back, so without this bound one connection could
-    /// take the whole broker-wide pool (100 000). A client process parks one pull per queue it
-    /// consumes over one connection per broker, hence a default of 4 096, far above
-    /// `max_inflight_per_connection`.
+    /// take the whole broker-wide pool (`max_parked_pulls`). A client process parks one pull
+    /// per queue it consumes over one connection per broker, hence a default of 4 096, far
+    /// above `max_inflight_per_connection`.
     pub max_parked_pulls_per_connection: usize,
+    /// Long-polling pulls parked at once across the broker (each holds a task and a request
+    /// in memory); more are answered SYSTEM_BUSY, which clients retry after a pause. Default
+    /// 100 000.
+    pub max_parked_pulls: usize,
     /// Cap on a pull's `suspendTimeoutMillis`. Default 30 s.
     pub long_poll_max: Duration,
     /// How often consumer offsets are written to disk. Default 5 s.
@@ -133,6 +137,7 @@ impl BrokerConfig {
             max_inflight_per_connection: 256,
             max_connections: 10_000,
             max_parked_pulls_per_connection: 4096,
+            max_parked_pulls: 100_000,
             long_poll_max: Duration::from_secs(30),
             offset_flush_interval: Duration::from_secs(5),
             client_expiry: Duration::from_secs(120),
@@ -158,6 +163,7 @@ impl BrokerConfig {
                 "max_parked_pulls_per_connection",
                 self.max_parked_pulls_per_connection,
             ),
+            ("max_parked_pulls", self.max_parked_pulls),
             (
                 "default_topic_queue_nums",
                 self.default_topic_queue_nums as usize,

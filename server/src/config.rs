@@ -90,6 +90,9 @@ pub struct BrokerSection {
     pub max_connections: usize,
     /// Long-polling pulls parked at once per connection before SYSTEM_BUSY. Default 4 096.
     pub max_parked_pulls_per_connection: usize,
+    /// Long-polling pulls parked at once across the broker before SYSTEM_BUSY. Default
+    /// 100 000.
+    pub max_parked_pulls: usize,
     /// A connection silent this long is closed, and so is one that accepts none of our bytes
     /// for this long (it stopped reading). Default 120 000 (RocketMQ's).
     pub idle_timeout_ms: u64,
@@ -240,6 +243,7 @@ impl Default for BrokerSection {
             max_inflight_per_connection: 256,
             max_connections: 10_000,
             max_parked_pulls_per_connection: 4096,
+            max_parked_pulls: 100_000,
             idle_timeout_ms: 120_000,
             offset_flush_interval_ms: 5_000,
         }
@@ -459,6 +463,7 @@ impl ServerConfig {
         b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
         b.max_connections = self.broker.max_connections;
         b.max_parked_pulls_per_connection = self.broker.max_parked_pulls_per_connection;
+        b.max_parked_pulls = self.broker.max_parked_pulls;
         b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         // Validated in `validate`; a broken section cannot reach this point.
@@ -680,6 +685,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.broker_config(None).max_parked_pulls_per_connection, 16);
+        assert_eq!(b.max_parked_pulls, 100_000);
+        let cfg = load(None, env(&[("SLUICE_BROKER_MAX_PARKED_PULLS", "500")])).unwrap();
+        assert_eq!(cfg.broker_config(None).max_parked_pulls, 500);
     }
 
     #[test]

@@ -112,8 +112,10 @@ pub struct StoreStats {
 pub struct Health {
     /// Why appends are refused, after a failed write or sync.
     pub fenced: Option<String>,
-    /// Damaged ranges (never served).
+    /// Damaged ranges (never served), by offset; at most 10 000 (`damage::MAX_LISTED`).
     pub damage: Vec<Damage>,
+    /// Damaged ranges found while that list was full (logged, never served, not listed).
+    pub damage_unlisted: u64,
 }
 
 impl Store {
@@ -452,6 +454,7 @@ impl Store {
         Health {
             fenced: self.shared.fenced(),
             damage: self.damage.all(),
+            damage_unlisted: self.damage.unlisted(),
         }
     }
 

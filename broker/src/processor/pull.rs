@@ -33,11 +33,6 @@ use crate::stats::Counters;
 const MAX_PULL_MSGS: i32 = 32;
 /// Most bytes per pull (Java's in-memory transfer cap).
 const MAX_PULL_BYTES: usize = 256 * 1024;
-/// Parked pulls across the broker; beyond that a pull is answered SYSTEM_BUSY, which clients
-/// retry after a pause (1 s for C++, 3 s for Java) rather than at once. Each connection also
-/// has its own cap (`BrokerConfig::max_parked_pulls_per_connection`), so no single one takes
-/// this whole pool.
-const MAX_PARKED_PULLS: u64 = 100_000;
 /// A parked pull looks at its queue at least this often, whatever the wake-ups say.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -328,13 +323,17 @@ fn park(
     plan: Plan,
     suspend: Duration,
 ) -> Option<RemotingCommand> {
+    // Past the broker-wide cap (`max_parked_pulls`) a pull is answered SYSTEM_BUSY, which
+    // clients retry after a pause (1 s for C++, 3 s for Java) rather than at once. Each
+    // connection also has its own cap, so no single one takes this whole pool.
+    let cap = ctx.cfg.max_parked_pulls as u64;
     if ctx
         .counters
         .parked_pulls
         .load(std::sync::atomic::Ordering::Relaxed)
-        >= MAX_PARKED_PULLS
+        >= cap
     {
-        let remark = format!("[OVERLOAD]system busy, {MAX_PARKED_PULLS} pulls already parked");
+        let remark = format!("[OVERLOAD]system busy, {cap} pulls already parked");
         return Some(reply::error(&req, code::SYSTEM_BUSY, remark));
     }
     let Some(slot) = ctx.parked.try_take(conn.id()) else {

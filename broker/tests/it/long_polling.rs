@@ -172,3 +172,40 @@ async fn a_connection_over_its_parking_cap_is_told_busy_while_another_connection
     wait_parked(&cluster, 0).await;
     cluster.stop().await;
 }
+
+/// The broker-wide pool of parked pulls was a constant (100 000); it is `max_parked_pulls`
+/// now, and a pull past it is told busy at once, on any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_past_the_broker_wide_parking_cap_are_told_busy() {
+    const CAP: i32 = 2;
+    let cluster = start_cluster_with(|c| c.max_parked_pulls = CAP as usize).await;
+    create_topic(&cluster, "LpPool", 1).await;
+    let addr = cluster.broker.local_addr();
+    let mut first = Raw::connect(addr).await;
+    for i in 0..CAP {
+        first
+            .send(&pull_request("lp", "LpPool", 0, 0, 20_000, Some("*")).with_opaque(100 + i))
+            .await;
+    }
+    wait_parked(&cluster, CAP as u64).await;
+    let mut second = Raw::connect(addr).await;
+    second
+        .send(&pull_request("lp", "LpPool", 0, 0, 20_000, Some("*")).with_opaque(7))
+        .await;
+    let refused = second.read_frame(RPC).await.expect("answered at once");
+    assert_eq!(
+        (refused.opaque, refused.code),
+        (7, sluice_protocol::response_code::SYSTEM_BUSY),
+        "{:?}",
+        refused.remark
+    );
+    assert_eq!(cluster.broker.stats().parked_pulls, CAP as u64);
+    let producer = cluster.client().await;
+    send_ok(&producer, "LpPool", 0, b"wake", &props(None, None)).await;
+    for _ in 0..CAP {
+        let resp = first.read_frame(RPC).await.expect("parked pull answered");
+        assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    }
+    wait_parked(&cluster, 0).await;
+    cluster.stop().await;
+}

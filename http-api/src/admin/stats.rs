@@ -177,7 +177,7 @@ fn store_out(state: &AppState) -> StoreOut {
         commit_log_bytes: s.commit_log_bytes,
         queues: s.queues,
         fenced: h.fenced,
-        damaged_ranges: h.damage.len(),
+        damaged_ranges: h.damage.len() + usize::try_from(h.damage_unlisted).unwrap_or(usize::MAX),
     }
 }
 

@@ -123,6 +123,10 @@ pub struct Delivery {
     pub stored_ms: i64,
 }
 
+/// Longest tag expression a receive takes (`a||b||...`), in bytes: far above any real
+/// subscription, and it bounds the per-message matching done under the group's lock.
+pub const MAX_TAG_EXPRESSION: usize = 4096;
+
 /// Why a lease operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -277,6 +281,13 @@ impl LeaseService {
             return Err(LeaseError::Invalid(format!(
                 "wait must be at most {:?}",
                 cfg.max_wait
+            )));
+        }
+        let tag_len = req.tag.as_deref().map_or(0, str::len);
+        if tag_len > MAX_TAG_EXPRESSION {
+            // Every scanned message is matched against each tag, under the group's lock.
+            return Err(LeaseError::Invalid(format!(
+                "tag expression is {tag_len} bytes, more than {MAX_TAG_EXPRESSION}"
             )));
         }
         check_visibility(cfg, req.visibility)?;

@@ -42,7 +42,18 @@ pub(super) async fn send(
     let batch = h.is_batch() || req.code == request_code::SEND_BATCH_MESSAGE;
     let born_host = canonical(conn.remote_addr());
     let base = base_input(&h, queue_id, born_host);
-    let header_props = Properties::decode(h.properties.as_deref().unwrap_or("").as_bytes());
+    let raw_props = h.properties.as_deref().unwrap_or("");
+    if raw_props.len() > MAX_PROPERTIES_LEN {
+        // Refused before decoding, as RocketMQ does: the header may be as long as the frame.
+        return Err(Reject::new(
+            code::MESSAGE_ILLEGAL,
+            format!(
+                "message properties are {} bytes, more than {MAX_PROPERTIES_LEN}",
+                raw_props.len()
+            ),
+        ));
+    }
+    let header_props = Properties::decode(raw_props.as_bytes());
     let (pending, wait) = if batch {
         (
             batch_messages(ctx, &h, &base, &req.body)?,

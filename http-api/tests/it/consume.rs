@@ -235,6 +235,12 @@ async fn request_errors_use_the_error_shape_with_stable_codes() {
         (recv, json!({"max": 0}), 422, "unprocessable"),
         (recv, json!({"max": 33}), 422, "unprocessable"),
         (recv, json!({"visibility_ms": 10}), 422, "unprocessable"),
+        (
+            recv,
+            json!({"tag": "t||".repeat(1_400)}),
+            422,
+            "unprocessable",
+        ),
         (recv, json!({"wait_ms": -1}), 400, "invalid_json"),
         (recv, json!({"unknown": 1}), 400, "invalid_json"),
         (

@@ -38,6 +38,11 @@ impl HeaderError {
     }
 }
 
+/// Most fields one decoded header may carry. Real headers have a few dozen; without a bound a
+/// single frame of ~2 million tiny keys in descending order made each insert shift every
+/// entry already stored (hours of CPU on the connection's task).
+pub const MAX_EXT_FIELDS: usize = 1024;
+
 /// The ext-field map, sorted by key like Java's JSON writer.
 ///
 /// A sorted `Vec` rather than a `BTreeMap`: a command has a dozen fields or so, written and

@@ -12,7 +12,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::ext::ExtFields;
+use super::ext::{ExtFields, MAX_EXT_FIELDS};
 use super::frame::RemotingCommand;
 
 /// Fixed part of a binary header: code, language, version, opaque, flag and the two lengths.
@@ -114,6 +114,9 @@ pub enum HeaderDecodeError {
     /// A binary length field is negative.
     #[error("binary header has a negative {0} length")]
     NegativeLength(&'static str),
+    /// The header has more ext fields than [`crate::remoting::ext::MAX_EXT_FIELDS`].
+    #[error("header has more than {0} ext fields")]
+    TooManyExtFields(usize),
 }
 
 /// Why a command header could not be written.
@@ -251,6 +254,9 @@ fn decode_binary_ext(raw: &[u8]) -> Result<ExtFields, HeaderDecodeError> {
         let key = r.take(key_len, "ext key")?;
         let val_len = r.len_i32("ext value")?;
         let val = r.take(val_len, "ext value")?;
+        if ext.len() >= MAX_EXT_FIELDS {
+            return Err(HeaderDecodeError::TooManyExtFields(MAX_EXT_FIELDS));
+        }
         ext.insert_decoded(
             &String::from_utf8_lossy(key),
             String::from_utf8_lossy(val).into_owned(),

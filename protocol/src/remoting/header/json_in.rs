@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use super::{HeaderDecodeError, LanguageCode};
 use crate::remoting::ext::ExtFields;
+use crate::remoting::ext::MAX_EXT_FIELDS;
 use crate::remoting::frame::RemotingCommand;
+use serde::de::Error as _;
 
 /// Parses a JSON header into a command with an empty body.
 pub(super) fn decode(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
@@ -203,6 +205,11 @@ impl<'de> Visitor<'de> for ExtVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut ext = ExtFields::with_capacity(16);
         while let Some(key) = map.next_key::<Key<'de>>()? {
+            if ext.len() >= MAX_EXT_FIELDS {
+                return Err(A::Error::custom(format_args!(
+                    "more than {MAX_EXT_FIELDS} extFields"
+                )));
+            }
             match text_of(map.next_value::<Scalar>()?) {
                 Some(text) => ext.insert_decoded(&key.0, text),
                 None => {

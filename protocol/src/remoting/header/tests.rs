@@ -335,3 +335,40 @@ proptest! {
         prop_assert!(same_outcome(&one, &reference), "{:?} against {:?}", one, reference);
     }
 }
+
+/// Before, a header could carry any number of ext fields, each inserted into a sorted vector:
+/// ~2 million tiny keys in descending order (one 16 MiB frame) cost hours of CPU on the
+/// connection's task. Past `MAX_EXT_FIELDS` the header is refused, in both encodings.
+#[test]
+fn a_header_with_more_ext_fields_than_the_cap_is_refused_in_both_encodings() {
+    use crate::remoting::ext::MAX_EXT_FIELDS;
+    let keys: Vec<String> = (0..=MAX_EXT_FIELDS)
+        .rev()
+        .map(|i| format!("k{i:06}"))
+        .collect();
+    let mut ext = String::new();
+    for k in &keys {
+        if !ext.is_empty() {
+            ext.push(',');
+        }
+        ext.push_str(&format!("\"{k}\":\"v\""));
+    }
+    let raw = format!(r#"{{"code":310,"extFields":{{{ext}}}}}"#);
+    assert!(decode_json_header(raw.as_bytes()).is_err());
+
+    let mut cmd = RemotingCommand::request(310, ExtFields::new());
+    for k in &keys[1..] {
+        cmd.ext_fields.insert(k.clone(), "v");
+    }
+    let mut ok = BytesMut::new();
+    encode_binary_header(&cmd, &mut ok).unwrap();
+    let at_cap = decode_binary_header(&ok).expect("exactly the cap is fine");
+    assert_eq!(at_cap.ext_fields.len(), MAX_EXT_FIELDS);
+    cmd.ext_fields.insert(keys[0].clone(), "v");
+    let mut over = BytesMut::new();
+    encode_binary_header(&cmd, &mut over).unwrap();
+    assert_eq!(
+        decode_binary_header(&over).unwrap_err(),
+        HeaderDecodeError::TooManyExtFields(MAX_EXT_FIELDS)
+    );
+}

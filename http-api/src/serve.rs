@@ -59,7 +59,11 @@ pub(crate) async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Connection tasks belong to this one: when the facade gives up waiting and aborts it,
+    // dropping the set aborts them too, so no request runs on after the broker's store closed.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             _ = stopped.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
@@ -86,7 +90,7 @@ pub(crate) async fn serve(
         };
         let router = router.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _slot = slot;
             match tls {
                 None => serve_one(ctx, TokioIo::new(stream), router).await,
@@ -104,6 +108,7 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+    conns.abort_all();
 }
 
 /// Serves one connection until it ends or the facade shuts down.

@@ -5,7 +5,8 @@
 //! store's dispatch listener, serve, register with name servers.
 //!
 //! Shutdown: stop accepting and reading, let in-flight requests and parked pulls finish
-//! (bounded), unregister, save offsets and topics, shut the store down on a blocking thread.
+//! (bounded), unregister, stop the extensions (last started, first stopped), save offsets and
+//! topics, shut the store down on a blocking thread.
 
 pub(crate) mod context;
 mod register;
@@ -373,7 +374,9 @@ impl BrokerHandle {
         }
         self.ctx.dlq.join_runners().await;
         self.registrar.unregister_all().await;
-        for ext in self.extensions.drain(..) {
+        // In the reverse of their start order: a later extension may call an earlier one
+        // (the HTTP facade decides transactions and cancels timers), so it stops first.
+        for ext in self.extensions.drain(..).rev() {
             ext.stop().await;
         }
         let ctx = Arc::clone(&self.ctx);

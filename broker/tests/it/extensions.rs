@@ -94,3 +94,44 @@ async fn an_extension_answers_its_codes_with_broker_services_and_is_stopped() {
     );
     namesrv.shutdown().await;
 }
+
+/// Notes its name in a shared log when stopped.
+struct Recorder(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+impl Extension for Recorder {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+
+    fn start(&self, _services: BrokerServices) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        self.1.lock().push(self.0);
+        Box::pin(async {})
+    }
+}
+
+/// Extensions were stopped in their start order, so the HTTP facade (started last, calling
+/// the transaction and schedule extensions) kept serving after both had stopped, and its
+/// callers got "not running" errors during every graceful stop.
+#[tokio::test]
+async fn extensions_stop_in_the_reverse_of_their_start_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ext = BrokerExtensions {
+        extensions: ["schedule", "txn", "http"]
+            .into_iter()
+            .map(|n| Arc::new(Recorder(n, Arc::clone(&log))) as Arc<dyn Extension>)
+            .collect(),
+        ..Default::default()
+    };
+    let broker = Broker::start_with(broker_config(dir.path(), namesrv.local_addr()), ext)
+        .await
+        .unwrap();
+    broker.shutdown().await;
+    assert_eq!(*log.lock(), ["http", "txn", "schedule"]);
+    namesrv.shutdown().await;
+}

@@ -36,7 +36,8 @@
 //!
 //! ## Known limits
 //! - A compressed body (sysFlag bit 0, Java clients compress bodies over 4 KiB) is delivered
-//!   as stored with [`Delivery::compressed`] set: the broker crate has no zlib dependency yet.
+//!   inflated, and counts inflated against `max_receive_bytes`; one that does not inflate
+//!   (damaged, or over 64 MiB) is delivered as stored with [`Delivery::compressed`] set.
 //! - HTTP receivers and TCP consumers must not share a group name: both commit the same
 //!   offsets.
 //! - The lease book lives in memory, keyed per broker instance in a process-wide registry

@@ -216,9 +216,16 @@ impl Pass<'_> {
                 self.budget.bytes,
                 Some(&by_code),
             );
+            let mut reached = r.next_offset;
             match r.status {
                 GetStatus::Found => {
                     for m in &r.messages {
+                        // The read was sized by stored bytes; a compressed body counts
+                        // inflated, so the budget can run out first: the rest stays unread.
+                        if self.budget.exhausted() {
+                            reached = m.queue_offset;
+                            break;
+                        }
                         match Original::decode(&m.bytes) {
                             Some(o) if filter.passes(decode::tag(&o)) => {
                                 self.grant(g, key, m.queue_offset, &o);
@@ -232,7 +239,7 @@ impl Pass<'_> {
                 _ => return,
             }
             if let Some(c) = g.cursors.get_mut(key) {
-                c.next = c.next.max(r.next_offset);
+                c.next = c.next.max(reached);
             }
         }
     }
@@ -327,9 +334,13 @@ impl Pass<'_> {
             store_host: self.ctx.store.store_host(),
             receipt: &receipt,
         };
-        self.out.push(decode::delivery(o, origin, at));
+        let delivery = decode::delivery(o, origin, at);
+        // Charged as handed out: a compressed body counts inflated (stored sizes let one
+        // receive of 32 small compressed records inflate to gigabytes).
+        let size = delivery.body.len().max(1);
+        self.out.push(delivery);
         self.budget.count -= 1;
-        self.budget.bytes = self.budget.bytes.saturating_sub(o.body.len().max(1));
+        self.budget.bytes = self.budget.bytes.saturating_sub(size);
         tracing::trace!(group = %g.name, topic = %key.0, queue_id = key.1, offset, generation, "leased");
     }
 }

@@ -516,6 +516,36 @@ async fn a_body_a_producer_compressed_is_handed_out_inflated() {
     cluster.stop().await;
 }
 
+/// A receive's byte budget counted compressed bodies at their stored size, so 32 small
+/// compressed records could inflate to gigabytes in one answer. They count inflated now: the
+/// answer stops once the budget is spent (with at least one message).
+#[tokio::test]
+async fn compressed_bodies_count_inflated_against_the_receive_byte_budget() {
+    use std::io::Write;
+    const INFLATED: usize = 1 << 20;
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_receive_bytes = 2 * INFLATED).await;
+    topic(&cluster, "Zipped", 1);
+    for _ in 0..4 {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(5));
+        z.write_all(&vec![b'z'; INFLATED]).unwrap();
+        let mut p = Produce::new("p", "Zipped", z.finish().unwrap());
+        p.sys_flag = 1; // COMPRESSED
+        cluster.broker.services().produce(p).await.unwrap();
+    }
+    let got = cluster
+        .broker
+        .services()
+        .leases()
+        .receive(request("g", "Zipped", 4, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "two inflated bodies spend the 2 MiB budget");
+    assert!(got
+        .iter()
+        .all(|d| d.body.len() == INFLATED && !d.compressed));
+    cluster.stop().await;
+}
+
 /// An HTTP handler is dropped when its client disconnects. A nack dropped after it ended the
 /// lease and before its copy was stored used to leave the entry "being handed back": never
 /// delivered again, never finished.

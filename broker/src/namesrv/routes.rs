@@ -45,6 +45,21 @@ impl RouteTable {
     /// Records a registration. A master's registration replaces the topics of its broker name:
     /// our brokers always send their whole topic table, so a topic missing from it is gone.
     pub(crate) fn register(&mut self, reg: Registration, now: Instant) {
+        // The address was registered under another broker name: it leaves that name first,
+        // or the old name's route would stay with nothing live to ever remove it.
+        if let Some(old) = self.live.get(&reg.broker_addr) {
+            if old.broker_name != reg.broker_name {
+                let (name, id) = (old.broker_name.clone(), old.broker_id);
+                self.forget_addr(&name, id, &reg.broker_addr);
+            }
+        }
+        // A broker name that moved to another cluster leaves the old one.
+        if let Some(old) = self.brokers.get(&reg.broker_name) {
+            if old.cluster != reg.cluster {
+                let (name, cluster) = (reg.broker_name.clone(), old.cluster.clone());
+                self.leave_cluster(&cluster, &name);
+            }
+        }
         self.clusters
             .entry(reg.cluster.clone())
             .or_default()
@@ -110,25 +125,40 @@ impl RouteTable {
         let Some(live) = self.live.remove(broker_addr) else {
             return false;
         };
-        let name = live.broker_name;
-        let now_empty = match self.brokers.get_mut(&name) {
+        self.forget_addr(&live.broker_name, live.broker_id, broker_addr);
+        true
+    }
+
+    /// Takes `broker_addr` (as `broker_id`) out of `name`'s addresses; a name left without
+    /// any leaves its cluster and every route.
+    fn forget_addr(&mut self, name: &str, broker_id: i64, broker_addr: &str) {
+        let now_empty = match self.brokers.get_mut(name) {
             Some(data) => {
-                if data.broker_addrs.get(&live.broker_id).map(String::as_str) == Some(broker_addr) {
-                    data.broker_addrs.remove(&live.broker_id);
+                if data.broker_addrs.get(&broker_id).map(String::as_str) == Some(broker_addr) {
+                    data.broker_addrs.remove(&broker_id);
                 }
                 data.broker_addrs.is_empty()
             }
             None => false,
         };
         if now_empty {
-            self.brokers.remove(&name);
+            self.brokers.remove(name);
             self.clusters.retain(|_, names| {
-                names.remove(&name);
+                names.remove(name);
                 !names.is_empty()
             });
-            self.remove_queue_data(&name, |_| true);
+            self.remove_queue_data(name, |_| true);
         }
-        true
+    }
+
+    /// Removes `name` from `cluster`'s members; drops the cluster when it has none left.
+    fn leave_cluster(&mut self, cluster: &str, name: &str) {
+        if let Some(names) = self.clusters.get_mut(cluster) {
+            names.remove(name);
+            if names.is_empty() {
+                self.clusters.remove(cluster);
+            }
+        }
     }
 
     /// Addresses that did not register within `expiry`.
@@ -218,6 +248,35 @@ mod tests {
         t.register(reg("a", "h1:1", 0, &[("T", 4)], 1), now);
         assert!(t.route("U").is_none());
         assert_eq!(t.registered_over(1), vec!["h1:1".to_string()]);
+    }
+
+    /// An address registered again under another broker name kept its old name's route: no
+    /// live entry pointed at it any more, so expiry, close and unregister never removed it,
+    /// and clients kept routing to a dead address.
+    #[test]
+    fn an_address_registered_under_a_new_name_leaves_its_old_name_and_route() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4)], 1), now);
+        t.register(reg("b", "h1:1", 0, &[("U", 1)], 2), now);
+        assert!(t.route("T").is_none(), "the old name's route is gone");
+        assert!(!t.cluster_info().cluster_addr_table["C"].contains("a"));
+        assert!(t.remove_addr("h1:1"));
+        assert!(t.route("U").is_none());
+        assert!(t.cluster_info().cluster_addr_table.is_empty());
+    }
+
+    #[test]
+    fn a_broker_that_moves_to_another_cluster_leaves_the_old_one() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4)], 1), now);
+        let mut moved = reg("a", "h1:1", 0, &[("T", 4)], 1);
+        moved.cluster = "D".into();
+        t.register(moved, now);
+        let clusters = t.cluster_info().cluster_addr_table;
+        assert!(!clusters.contains_key("C"), "{clusters:?}");
+        assert!(clusters["D"].contains("a"));
     }
 
     #[test]

@@ -334,6 +334,9 @@ fn parse_env_value(value: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(value.to_string()))
 }
 
+/// Longest `store.retention_hours` accepted (100 years).
+const MAX_RETENTION_HOURS: u64 = 24 * 365 * 100;
+
 impl ServerConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<()> {
@@ -348,6 +351,28 @@ impl ServerConfig {
         }
         if self.broker.idle_timeout_ms == 0 || self.broker.offset_flush_interval_ms == 0 {
             bail!("broker.idle_timeout_ms and broker.offset_flush_interval_ms must be positive");
+        }
+        // 0 would delete every dispatched segment at once, consumed or not (and make the
+        // transaction checker copy open halves forward on every tick); 0 is not "no limit".
+        if !(1..=MAX_RETENTION_HOURS).contains(&self.store.retention_hours) {
+            bail!("store.retention_hours must be between 1 and {MAX_RETENTION_HOURS}");
+        }
+        if self.txn.carry_forward_after_secs == Some(0) {
+            bail!("txn.carry_forward_after_secs must be positive");
+        }
+        if !self.http.enabled {
+            let needs_http = self
+                .txn
+                .groups
+                .iter()
+                .find(|(_, g)| g.check_url.is_some() || g.pull_checks == Some(true));
+            if let Some((group, _)) = needs_http {
+                bail!(
+                    "txn.groups.{group}: check_url and pull_checks deliver checks through the \
+                     HTTP facade, which is disabled ([http] enabled = false): its checks would \
+                     never be delivered"
+                );
+            }
         }
         self.store_config()
             .validate()
@@ -416,7 +441,7 @@ impl ServerConfig {
         } else {
             FlushMode::Sync
         };
-        s.retention_age = Duration::from_secs(self.store.retention_hours * 3600);
+        s.retention_age = Duration::from_secs(self.store.retention_hours.saturating_mul(3600));
         s.retention_bytes = self.store.retention_bytes;
         s.disk_max_used_ratio = self.store.disk_max_used_ratio;
         s.warm_ahead_bytes = self.store.warm_ahead_bytes;
@@ -673,6 +698,36 @@ mod tests {
         let b = cfg.broker_config(None);
         assert_eq!(b.idle_timeout, Duration::from_secs(30));
         assert_eq!(b.offset_flush_interval, Duration::from_secs(1));
+    }
+
+    /// Accepted before: retention 0 deleted every dispatched segment (consumed or not) and
+    /// made the transaction checker copy open halves forward on every tick; a carry-forward of
+    /// 0 did the latter; a group checked over HTTP with the facade off was never checked.
+    #[test]
+    fn settings_that_would_delete_everything_or_strand_checks_are_refused() {
+        for (k, v, names) in [
+            ("SLUICE_STORE_RETENTION_HOURS", "0", "retention_hours"),
+            ("SLUICE_STORE_RETENTION_HOURS", "876001", "retention_hours"),
+            (
+                "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
+                "0",
+                "carry_forward_after_secs",
+            ),
+        ] {
+            let err = load(None, env(&[(k, v)])).expect_err(k).to_string();
+            assert!(err.contains(names), "{k}={v}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "[http]\nenabled = false\n[txn.groups.g]\ncheck_url = \"http://127.0.0.1:9/c\"\n",
+        )
+        .unwrap();
+        let err = load(Some(&path), env(&[]))
+            .expect_err("stranded")
+            .to_string();
+        assert!(err.contains("txn.groups.g"), "{err}");
     }
 
     #[test]

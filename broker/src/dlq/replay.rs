@@ -268,15 +268,31 @@ async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<Canc
     tracing::info!(task = %status.id, state = ?status.state, matched = status.matched, replayed = status.replayed, skipped = status.skipped, failed = status.failed, "replay task stopped");
 }
 
+/// Spaces copies `1 / rate` apart. Time spent without copying (scanning entries the filter
+/// skips, or already replayed ones) earns no credit: before, the due time counted from the
+/// task's start, so a match found 10 s in at 100/s went out as a burst of 1 000 copies.
 struct Pacer {
-    started: Instant,
-    done: u64,
-    rate: u32,
+    next: Instant,
+    interval: Duration,
 }
 
 impl Pacer {
-    fn due(&self) -> Instant {
-        self.started + Duration::from_secs_f64(self.done as f64 / f64::from(self.rate.max(1)))
+    fn new(rate: u32) -> Self {
+        Self {
+            next: Instant::now(),
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
+        }
+    }
+
+    /// When the next copy may go.
+    fn due(&mut self) -> Instant {
+        self.next = self.next.max(Instant::now());
+        self.next
+    }
+
+    /// One copy went.
+    fn sent(&mut self) {
+        self.next += self.interval;
     }
 }
 
@@ -288,11 +304,7 @@ async fn run_loop(
     let topic = dlq_topic(&status.group);
     let ledger = ctx.dlq.ledger(&status.group)?;
     let mut shutdown = ctx.shutdown.clone();
-    let mut pacer = Pacer {
-        started: Instant::now(),
-        done: 0,
-        rate: status.rate_per_sec,
-    };
+    let mut pacer = Pacer::new(status.rate_per_sec);
     let mut last_save = Instant::now();
     loop {
         if cancel.is_set() {
@@ -337,7 +349,7 @@ async fn run_loop(
                     () = cancel.notify.notified() => return Ok(Stop::Finished(ReplayState::Cancelled)),
                     _ = shutdown.wait_for(|s| *s) => return Ok(Stop::Shutdown),
                 }
-                pacer.done += 1;
+                pacer.sent();
                 m.replayed = true;
                 match replay_one(ctx, &ledger, &orig, &m, status).await {
                     Ok(true) => status.replayed += 1,
@@ -368,6 +380,9 @@ async fn run_loop(
             status.next_offset = status.next_offset.max(batch.next);
         }
         ctx.dlq.update(status);
+        // A batch of entries the filter skips awaits nothing: without this a replay over a
+        // large DLQ held its worker thread until the end.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -443,6 +458,24 @@ fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Time spent sending nothing (scanning skipped entries) earned credit before: the next
+    /// matches went out back to back. Now copies stay `1 / rate` apart whatever came before.
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_earns_no_credit_while_nothing_is_sent() {
+        let mut pacer = Pacer::new(10);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let start = Instant::now();
+        let mut offsets = Vec::new();
+        for _ in 0..3 {
+            let due = pacer.due();
+            offsets.push(due - start);
+            tokio::time::sleep_until(due).await;
+            pacer.sent();
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(offsets, [ms(0), ms(100), ms(200)]);
+    }
 
     #[test]
     fn user_and_retry_topics_are_replay_targets() {

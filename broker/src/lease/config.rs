@@ -29,6 +29,10 @@ pub struct LeaseConfig {
     /// Leases a group may hold at once; a receive beyond it returns what still fits (maybe
     /// nothing). Default 10 000.
     pub max_inflight_per_group: usize,
+    /// Consumer groups that may hold lease books at once (each keeps cursors, leases and
+    /// remembered receipts in memory, and commits offsets); a receive for a new group past it
+    /// is refused (HTTP 429). Books are kept for the broker's life. Default 10 000.
+    pub max_groups: usize,
     /// Retry messages of other topics a group's retry cursor keeps aside while it looks for the
     /// topic being received; when full, the cursor stops advancing. Default 10 000.
     pub max_parked_retries: usize,
@@ -56,6 +60,7 @@ impl Default for LeaseConfig {
             default_visibility: Duration::from_secs(30),
             max_wait: Duration::from_secs(30),
             max_inflight_per_group: 10_000,
+            max_groups: 10_000,
             max_parked_retries: 10_000,
             max_retry_scan: 1_024,
             remembered_receipts: 100_000,
@@ -76,6 +81,7 @@ impl LeaseConfig {
             ("max_per_receive", self.max_per_receive),
             ("max_receive_bytes", self.max_receive_bytes),
             ("max_inflight_per_group", self.max_inflight_per_group),
+            ("max_groups", self.max_groups),
             ("max_parked_retries", self.max_parked_retries),
             ("max_retry_scan", self.max_retry_scan),
             ("max_expired_per_tick", self.max_expired_per_tick),

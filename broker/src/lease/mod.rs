@@ -132,6 +132,9 @@ pub const MAX_TAG_EXPRESSION: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LeaseError {
+    /// A receive for a new group while `max_groups` groups already hold lease books.
+    #[error("{0} consumer groups already receive here (max_groups); retry later or reuse a group")]
+    TooManyGroups(usize),
     /// The topic does not exist.
     #[error("topic {0} does not exist")]
     TopicNotFound(String),
@@ -201,6 +204,10 @@ impl LeaseService {
     #[tracing::instrument(skip_all, fields(group = %req.group, topic = %req.topic, max = req.max))]
     pub async fn receive(&self, req: ReceiveRequest) -> Result<Vec<Delivery>, LeaseError> {
         let plan = self.plan(&req)?;
+        let max_groups = self.ctx.cfg.lease.max_groups;
+        if !self.state.admits(&plan.group, max_groups) {
+            return Err(LeaseError::TooManyGroups(max_groups));
+        }
         self.ensure_expiry_task();
         let got = receive::collect(&self.ctx, &self.state, &plan);
         if !got.is_empty() || req.wait.is_zero() || self.ctx.shutting_down() {

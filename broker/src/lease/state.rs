@@ -55,6 +55,13 @@ impl LeaseState {
         )
     }
 
+    /// Whether `group` may receive: it has a book, or there is room for one more
+    /// (`max_groups`).
+    pub(crate) fn admits(&self, group: &str, max_groups: usize) -> bool {
+        let groups = self.groups.lock();
+        groups.contains_key(group) || groups.len() < max_groups
+    }
+
     /// The book of `group` if it has one.
     pub(crate) fn existing(&self, group: &str) -> Option<Arc<Mutex<Group>>> {
         self.groups.lock().get(group).cloned()

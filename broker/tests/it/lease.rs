@@ -516,6 +516,36 @@ async fn a_body_a_producer_compressed_is_handed_out_inflated() {
     cluster.stop().await;
 }
 
+/// Every group name a caller invented got a lease book kept for the broker's life (and its
+/// offsets committed), so a loop of receives with fresh names grew memory without bound.
+/// Past `max_groups` a new group is refused; groups that have a book still receive.
+#[tokio::test]
+async fn a_new_group_past_max_groups_is_refused_and_known_groups_still_receive() {
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_groups = 2).await;
+    topic(&cluster, "Orders", 1);
+    let leases = cluster.broker.services().leases();
+    for g in ["g1", "g2"] {
+        leases
+            .receive(request(g, "Orders", 1, Duration::ZERO))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        leases
+            .receive(request("g3", "Orders", 1, Duration::ZERO))
+            .await
+            .err(),
+        Some(LeaseError::TooManyGroups(2))
+    );
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let got = leases
+        .receive(request("g1", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "a known group still receives");
+    cluster.stop().await;
+}
+
 /// A receive's byte budget counted compressed bodies at their stored size, so 32 small
 /// compressed records could inflate to gigabytes in one answer. They count inflated now: the
 /// answer stops once the budget is spent (with at least one message).

@@ -88,6 +88,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         (status = 403, description = "The topic cannot be consumed", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
         (status = 422, description = "A value out of range", body = ErrorBody),
+        (status = 429, description = "A new group while max_groups groups already receive", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -234,6 +235,11 @@ fn receive_error(e: LeaseError) -> ApiError {
         }
         LeaseError::InvalidGroup(_) => ApiError::bad_request(e.to_string()),
         LeaseError::Invalid(m) => ApiError::unprocessable(m),
+        LeaseError::TooManyGroups(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::TOO_MANY_REQUESTS,
+            e.to_string(),
+        ),
         other => ApiError::internal(other),
     }
 }

@@ -67,6 +67,9 @@ pub struct HttpSection {
     pub max_visibility_ms: u64,
     /// Leases one consumer group may hold at once. Default 10 000.
     pub max_inflight_per_group: usize,
+    /// Consumer groups that may receive over HTTP (each keeps its lease book for the broker's
+    /// life); a receive for a new group past it is 429. Default 10 000.
+    pub max_receive_groups: usize,
 }
 
 /// `[[http.tokens]]`
@@ -120,6 +123,7 @@ impl Default for HttpSection {
             default_visibility_ms: lease.default_visibility.as_millis() as u64,
             max_visibility_ms: lease.max_visibility.as_millis() as u64,
             max_inflight_per_group: lease.max_inflight_per_group,
+            max_receive_groups: lease.max_groups,
         }
     }
 }
@@ -132,6 +136,7 @@ impl HttpSection {
         lease.default_visibility = Duration::from_millis(self.default_visibility_ms);
         lease.max_visibility = Duration::from_millis(self.max_visibility_ms);
         lease.max_inflight_per_group = self.max_inflight_per_group;
+        lease.max_groups = self.max_receive_groups;
         if let Some(levels) = levels.filter(|l| !l.is_empty()) {
             lease.nack_levels = levels;
         }

@@ -90,10 +90,13 @@ impl Broker {
         cfg.store.store_host = advertised;
         let extensions = ext.extensions.clone();
         let (ctx, stop) = open_context(cfg, advertised, ext).await?;
-        start_extensions(&ctx, &extensions)?;
+        if let Err((started, e)) = start_extensions(&ctx, &extensions) {
+            abandon_start(&ctx, &stop, &extensions[..started]).await;
+            return Err(e);
+        }
         crate::dlq::resume_replays(&ctx);
         let registry = Arc::new(ConnectionRegistry::default());
-        let server = Server::start(
+        let server = match Server::start(
             listener,
             server_options(&ctx.cfg),
             Arc::new(BrokerProcessor {
@@ -102,11 +105,16 @@ impl Broker {
             Arc::clone(&registry),
             Arc::clone(&ctx.counters),
             Arc::clone(&ctx.tracker),
-        )
-        .map_err(|source| BrokerError::Bind {
-            addr: bound,
-            source,
-        })?;
+        ) {
+            Ok(server) => server,
+            Err(source) => {
+                abandon_start(&ctx, &stop, &extensions).await;
+                return Err(BrokerError::Bind {
+                    addr: bound,
+                    source,
+                });
+            }
+        };
         let identity = Identity {
             broker_name: ctx.cfg.broker_name.clone(),
             cluster_name: ctx.cfg.cluster_name.clone(),
@@ -134,20 +142,41 @@ impl Broker {
     }
 }
 
-/// Starts each extension with the broker's services; an extension that fails stops the start.
+/// Starts each extension with the broker's services; an extension that fails stops the start
+/// (the error comes with how many had started).
 fn start_extensions(
     ctx: &Arc<BrokerContext>,
     extensions: &[Arc<dyn Extension>],
-) -> Result<(), BrokerError> {
-    for ext in extensions {
+) -> Result<(), (usize, BrokerError)> {
+    for (i, ext) in extensions.iter().enumerate() {
         let services = BrokerServices {
             ctx: Arc::clone(ctx),
         };
         ext.start(services)
-            .map_err(|e| BrokerError::Task(ext.name(), e))?;
+            .map_err(|e| (i, BrokerError::Task(ext.name(), e)))?;
         tracing::info!(extension = ext.name(), codes = ?ext.request_codes(), "extension started");
     }
     Ok(())
+}
+
+/// Undoes a start that failed after the store opened: stops the extensions that started (last
+/// first) and closes the store cleanly. Before, the process exited with the store open, so
+/// every later start after a misconfiguration (a port in use) ran crash recovery.
+async fn abandon_start(
+    ctx: &Arc<BrokerContext>,
+    stop: &watch::Sender<bool>,
+    started: &[Arc<dyn Extension>],
+) {
+    stop.send_replace(true);
+    for ext in started.iter().rev() {
+        ext.stop().await;
+    }
+    ctx.dlq.join_runners().await;
+    let store = Arc::clone(&ctx.store);
+    let closed = tokio::task::spawn_blocking(move || store.shutdown()).await;
+    if !matches!(closed, Ok(Ok(()))) {
+        tracing::error!("closing the store after a failed start failed");
+    }
 }
 
 fn server_options(cfg: &BrokerConfig) -> ServerOptions {

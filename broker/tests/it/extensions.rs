@@ -135,3 +135,51 @@ async fn extensions_stop_in_the_reverse_of_their_start_order() {
     assert_eq!(*log.lock(), ["http", "txn", "schedule"]);
     namesrv.shutdown().await;
 }
+
+/// Fails to start, as the HTTP facade does when its port is taken.
+struct FailsToStart;
+
+impl Extension for FailsToStart {
+    fn name(&self) -> &'static str {
+        "fails"
+    }
+
+    fn start(&self, _services: BrokerServices) -> Result<(), String> {
+        Err("port in use".into())
+    }
+}
+
+/// A start that failed after the store opened left it open: the process exited with the
+/// abort marker in place, so every later start ran crash recovery. The extensions that
+/// started are stopped and the store is closed cleanly now.
+#[tokio::test]
+async fn a_failed_start_stops_what_started_and_closes_the_store_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ext = BrokerExtensions {
+        extensions: vec![
+            Arc::new(Recorder("schedule", Arc::clone(&log))) as Arc<dyn Extension>,
+            Arc::new(FailsToStart),
+        ],
+        ..Default::default()
+    };
+    let cfg = broker_config(dir.path(), namesrv.local_addr());
+    let store_dir = cfg.store.data_dir.clone();
+    let err = Broker::start_with(cfg, ext).await.err().expect("refused");
+    assert!(err.to_string().contains("port in use"), "{err}");
+    assert_eq!(
+        *log.lock(),
+        ["schedule"],
+        "the started extension was stopped"
+    );
+    assert!(
+        !store_dir.join("abort").exists(),
+        "the store was closed cleanly"
+    );
+    let broker = Broker::start(broker_config(dir.path(), namesrv.local_addr()))
+        .await
+        .expect("the folder is free again");
+    broker.shutdown().await;
+    namesrv.shutdown().await;
+}

@@ -281,9 +281,15 @@ pub fn load(
     for (key, value) in env {
         apply_env(&mut table, &key, &value)?;
     }
-    let cfg: ServerConfig = toml::Value::Table(table)
-        .try_into()
-        .context("invalid configuration (unknown keys are refused)")?;
+    let cfg: ServerConfig =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                anyhow::anyhow!(
+                    "invalid configuration (unknown keys are refused): {}",
+                    without_values(&e.to_string())
+                )
+            })?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -309,6 +315,13 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
         return Ok(());
     }
     let rest = rest.to_ascii_lowercase();
+    if rest != "data_dir" && !SECTIONS.iter().any(|s| rest.starts_with(&format!("{s}_"))) {
+        // Not a key of the file: SLUICE_NAMESRV and SLUICE_HTTP are the examples' addresses of
+        // a running Sluice, SLUICE_CRASH_CYCLES and the like configure tests. Taking them as
+        // keys made `sluice` refuse to start in a shell that had them set.
+        eprintln!("sluice: {key} is not a configuration variable; ignored");
+        return Ok(());
+    }
     let parsed = parse_env_value(value);
     for section in SECTIONS {
         if let Some(field) = rest.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
@@ -324,6 +337,28 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
     }
     table.insert(rest, parsed);
     Ok(())
+}
+
+/// An error text with its quoted values left out: a value of the wrong type is quoted in it,
+/// and the value may be a secret (`SLUICE_ACL_ACCOUNTS`, `SLUICE_HTTP_TOKENS` with a quoting
+/// mistake fell back to a plain string and was printed whole).
+fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => quoted = false,
+            (true, false, _) => {}
+            (false, _, '"') => {
+                out.push_str("\"…\"");
+                quoted = true;
+            }
+            (false, _, c) => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_env_value(value: &str) -> toml::Value {
@@ -728,6 +763,36 @@ mod tests {
             .expect_err("stranded")
             .to_string();
         assert!(err.contains("txn.groups.g"), "{err}");
+    }
+
+    /// `SLUICE_NAMESRV` and `SLUICE_HTTP` (the examples' addresses of a running Sluice) and
+    /// test variables were taken as keys, so `sluice` refused to start in a shell that had
+    /// them set; a malformed secret-bearing variable was printed whole in the error.
+    #[test]
+    fn variables_that_are_not_keys_are_ignored_and_errors_do_not_echo_values() {
+        let cfg = load(
+            None,
+            env(&[
+                ("SLUICE_NAMESRV", "127.0.0.1:9876"),
+                ("SLUICE_HTTP", "http://127.0.0.1:8080"),
+                ("SLUICE_CRASH_CYCLES", "100"),
+            ]),
+        )
+        .expect("not configuration variables");
+        assert!(cfg.namesrv.enabled);
+        let err = load(
+            None,
+            env(&[(
+                "SLUICE_ACL_ACCOUNTS",
+                r#"[{access_key = "ak", secret_key = "topsecret-123"}"#,
+            )]),
+        )
+        .expect_err("malformed")
+        .to_string();
+        assert!(!err.contains("topsecret-123"), "{err}");
+        assert!(err.contains("acl"), "the error still names the key: {err}");
+        let typo = load(None, env(&[("SLUICE_BROKER_LISTN", "127.0.0.1:1")]));
+        assert!(typo.is_err(), "a typo inside a section is still refused");
     }
 
     #[test]

@@ -166,7 +166,9 @@ async fn a_failed_start_stops_what_started_and_closes_the_store_cleanly() {
     };
     let cfg = broker_config(dir.path(), namesrv.local_addr());
     let store_dir = cfg.store.data_dir.clone();
-    let err = Broker::start_with(cfg, ext).await.err().expect("refused");
+    let Err(err) = Broker::start_with(cfg, ext).await else {
+        panic!("a failing extension must refuse the start");
+    };
     assert!(err.to_string().contains("port in use"), "{err}");
     assert_eq!(
         *log.lock(),

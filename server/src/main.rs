@@ -211,6 +211,8 @@ fn extensions(
         Some(ScheduleExtension::new(cfg.schedule.to_config()?))
     } else {
         tracing::info!("delayed messages disabled ([schedule] enabled = false): DELAY and TIMER_* are stored as plain messages");
+        // Retry back-off, nack delays and delayed commits all wait in the schedule.
+        tracing::warn!("with [schedule] disabled, consumer retries have no back-off: a failed message is redelivered at once, up to its maximum, then dead-lettered; nack delays and delayed commits are not honoured");
         None
     };
     if let Some(s) = &schedule {

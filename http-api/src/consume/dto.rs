@@ -181,11 +181,26 @@ impl ReceiptResults {
                 ok: r.is_ok(),
                 error: r.err().map(|e| ReceiptError {
                     code: receipt_code_of(&e).to_owned(),
-                    message: e.to_string(),
+                    message: receipt_message(&e),
                 }),
             })
             .collect();
         Self { results }
+    }
+}
+
+/// What a caller is told. A failed hand-back's cause (a store or I/O error, a task's panic
+/// text) is logged with the request id, not returned: internals stay in the log, as for
+/// `ApiError::internal`.
+fn receipt_message(e: &LeaseError) -> String {
+    match e {
+        LeaseError::HandBack(cause) => {
+            tracing::warn!(request_id = %crate::request_id::current(), error = %cause, "message not handed back");
+            "the message could not be handed back now; its lease ends as usual and it is \
+             delivered again (details in the broker log under this request id)"
+                .to_owned()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -223,6 +238,24 @@ mod tests {
             born_ms: 0,
             stored_ms: 0,
         }
+    }
+
+    /// A failed hand-back returned its cause to the caller: store and I/O error texts, or a
+    /// task's panic message.
+    #[test]
+    fn a_failed_hand_back_does_not_tell_the_caller_its_internal_cause() {
+        let cause = sluice_broker::retry::RetryError::Refused {
+            code: 1,
+            remark: "hand-back task failed: task 7 panicked with message \"os error 5\"".into(),
+        };
+        let r = ReceiptResults::new(vec!["r".into()], vec![Err(LeaseError::HandBack(cause))]);
+        let e = r.results[0].error.as_ref().expect("an error");
+        assert_eq!(e.code, receipt_code::HAND_BACK_FAILED);
+        assert!(
+            !e.message.contains("panicked") && !e.message.contains("os error"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

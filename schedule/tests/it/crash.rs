@@ -80,10 +80,7 @@ async fn crash_checks_survive_clean_stops_until_every_suspect_timer_is_checked()
     let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
     wait_nothing_pending(&node).await;
     let released = node.released(TOPIC, 1);
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for m in &released {
-        *seen.entry(m.uniq()).or_default() += 1;
-    }
+    let seen = copies_by_id(&released);
     assert_eq!(seen.len(), 2 * HALF);
     assert_eq!(released.len(), 2 * HALF, "none released twice: {seen:?}");
     assert_eq!(node.service().stats().unwrap().possible_duplicates, 0);
@@ -131,14 +128,20 @@ async fn a_release_whose_sync_failed_is_checked_not_repeated_after_a_clean_stop(
     let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
     wait_nothing_pending(&node).await;
     let released = node.released(TOPIC, 1);
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for m in &released {
-        *seen.entry(m.uniq()).or_default() += 1;
-    }
+    let seen = copies_by_id(&released);
     assert_eq!(seen.len(), N, "every timer released: {seen:?}");
     assert_eq!(released.len(), N, "none released twice: {seen:?}");
     node.stop().await;
     ns.shutdown().await;
+}
+
+/// How many copies of each message id were released.
+fn copies_by_id(released: &[Msg]) -> HashMap<&str, usize> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for m in released {
+        *seen.entry(m.uniq()).or_default() += 1;
+    }
+    seen
 }
 
 /// Waits (bounded) until the index counts no pending timer.

@@ -404,9 +404,8 @@ impl CheckSink for Recorder {
     }
 }
 
-#[tokio::test]
-async fn a_check_url_group_gets_its_checks_through_the_url_sink() {
-    let dir = tempfile::tempdir().unwrap();
+/// A broker whose group `hook_group` is configured with a check URL.
+async fn start_with_hook_group(dir: &std::path::Path) -> TestBroker {
     let mut cfg = fast_config();
     cfg.groups.insert(
         "hook_group".into(),
@@ -415,7 +414,13 @@ async fn a_check_url_group_gets_its_checks_through_the_url_sink() {
             ..Default::default()
         },
     );
-    let b = TestBroker::start(dir.path(), cfg).await;
+    TestBroker::start(dir, cfg).await
+}
+
+#[tokio::test]
+async fn a_check_url_group_gets_its_checks_through_the_url_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with_hook_group(dir.path()).await;
     let sink = Arc::new(Recorder(Mutex::new(Vec::new())));
     let svc = b.txn.service();
     svc.set_url_sink(Some(Arc::clone(&sink) as Arc<dyn CheckSink>));
@@ -464,15 +469,7 @@ impl CheckSink for OnlyHost {
 #[tokio::test]
 async fn a_message_check_url_the_sink_refuses_is_ignored_for_the_groups_route() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = fast_config();
-    cfg.groups.insert(
-        "hook_group".into(),
-        GroupOverride {
-            check_url: Some("http://app.local/txn/check".into()),
-            ..Default::default()
-        },
-    );
-    let b = TestBroker::start(dir.path(), cfg).await;
+    let b = start_with_hook_group(dir.path()).await;
     let sink = Arc::new(OnlyHost("http://allowed.local/", Mutex::new(Vec::new())));
     let svc = b.txn.service();
     svc.set_url_sink(Some(Arc::clone(&sink) as Arc<dyn CheckSink>));

@@ -1,17 +1,26 @@
 //! The `sluice` binary as an operator runs it: ready line, clean shutdown on SIGTERM, refusal of
 //! a bad configuration.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::common::{
+    output_within, wait_timeout, without_inherited_config, KillOnDrop, LineReader,
+};
+
+/// Bound of every wait on the process: a start, a line, a stop.
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    without_inherited_config(&mut cmd);
+    cmd
 }
 
-/// `sluice serve` on free loopback ports over `data`, stdout piped for the ready line.
-fn serve(data: &std::path::Path) -> std::process::Child {
-    sluice()
+/// `sluice serve` on free loopback ports over `data`, stdout read line by line (bounded);
+/// killed if the test fails before it stops it.
+fn serve(data: &std::path::Path) -> (KillOnDrop, LineReader) {
+    let mut child = sluice()
         .args([
             "serve",
             "--namesrv-listen",
@@ -28,16 +37,28 @@ fn serve(data: &std::path::Path) -> std::process::Child {
         .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let lines = LineReader::new(child.stdout.take().unwrap());
+    (KillOnDrop(child), lines)
+}
+
+/// Sends SIGTERM and waits (bounded) for the exit.
+fn terminate(child: &mut KillOnDrop) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_timeout(&mut child.0, LIMIT)
+        .unwrap_or_else(|| panic!("still running {LIMIT:?} after SIGTERM"))
 }
 
 #[test]
 fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut child = serve(dir.path());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
+    let (mut child, lines) = serve(dir.path());
+    let ready = lines.next_within(LIMIT);
     let cold_start = started.elapsed();
     assert!(
         ready.starts_with("sluice ready: name server 127.0.0.1:"),
@@ -50,14 +71,9 @@ fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
         "running store has its abort marker"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
+    let exit = terminate(&mut child);
     assert!(exit.success(), "exit 0 after SIGTERM, got {exit}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest = lines.rest_within(LIMIT);
     assert_eq!(rest, vec!["sluice stopped cleanly".to_string()]);
     assert!(
         !dir.path().join("store/abort").exists(),
@@ -70,11 +86,7 @@ fn unknown_config_keys_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sluice.toml");
     std::fs::write(&cfg, "[broker]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
-    let out = sluice()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = output_within(sluice().args(["serve", "--config"]).arg(&cfg), LIMIT);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_addr"), "{err}");
@@ -84,16 +96,10 @@ fn unknown_config_keys_are_refused_at_start() {
 fn sigterm_right_after_the_ready_line_still_stops_cleanly() {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = serve(dir.path());
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(lines.next().unwrap().unwrap().starts_with("sluice ready:"));
+        let (mut child, lines) = serve(dir.path());
+        assert!(lines.next_within(LIMIT).starts_with("sluice ready:"));
         // No pause: the handler must already be installed when the ready line appears.
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let exit = child.wait().unwrap();
+        let exit = terminate(&mut child);
         assert!(
             exit.success(),
             "exit 0 after an immediate SIGTERM, got {exit}"
@@ -126,9 +132,8 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 #[test]
 fn the_http_facade_serves_on_the_address_in_the_ready_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = serve(dir.path());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
+    let (mut child, lines) = serve(dir.path());
+    let ready = lines.next_within(LIMIT);
     let http: std::net::SocketAddr = ready
         .split(", ")
         .find_map(|p| p.strip_prefix("http "))
@@ -139,11 +144,7 @@ fn the_http_facade_serves_on_the_address_in_the_ready_line() {
     assert!(body.contains("\"ready\""), "{body}");
     let (status, _) = http_get(http, "/openapi.json");
     assert!(status.contains(" 200 "), "{status}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(terminate(&mut child).success());
 }
 
 /// Soft and hard "Max open files" of a running process (`/proc/PID/limits`).
@@ -162,7 +163,9 @@ fn open_files_limits(pid: u32) -> (String, String) {
 fn raises_its_open_files_soft_limit_to_the_hard_limit() {
     let dir = tempfile::tempdir().unwrap();
     // Started as from a login shell whose soft limit is low; the hard limit is inherited.
-    let mut child = Command::new("sh")
+    let mut sh = Command::new("sh");
+    without_inherited_config(&mut sh);
+    let mut child = sh
         .arg("-c")
         .arg(
             "ulimit -Sn 256 2>/dev/null; exec \"$0\" serve --namesrv-listen 127.0.0.1:0 \
@@ -174,17 +177,13 @@ fn raises_its_open_files_soft_limit_to_the_hard_limit() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
+    let lines = LineReader::new(child.stdout.take().unwrap());
+    let mut child = KillOnDrop(child);
+    let ready = lines.next_within(LIMIT);
     assert!(ready.starts_with("sluice ready"), "{ready}");
-    let (soft, hard) = open_files_limits(child.id());
+    let (soft, hard) = open_files_limits(child.0.id());
     let (_, own_hard) = open_files_limits(std::process::id());
-    // Stopped before the checks, so a failed one leaves no broker behind.
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(terminate(&mut child).success());
     assert_eq!(hard, own_hard, "the hard limit is the operator's and stays");
     assert_eq!(
         soft, hard,

@@ -186,30 +186,40 @@ fn permissive_tls_serves_tls_and_plaintext_on_the_same_ports() {
     sluice.stop();
 }
 
+/// The binary, without the test process's own `SLUICE_*` variables; bounded by
+/// `output_within`, so a refusal that regressed into a start cannot hang the suite.
+fn refused_start() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    crate::common::without_inherited_config(&mut cmd);
+    cmd
+}
+
 #[test]
 fn a_tls_key_that_does_not_match_its_certificate_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, _) = certificate(dir.path(), "server");
     let (_, wrong_key) = certificate(dir.path(), "other");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("SLUICE_TLS_MODE", "enforcing")
-        .env("SLUICE_TLS_CERT_FILE", &cert)
-        .env("SLUICE_TLS_KEY_FILE", &wrong_key)
-        .output()
-        .unwrap();
+    let out = crate::common::output_within(
+        refused_start()
+            .args(["serve", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("SLUICE_TLS_MODE", "enforcing")
+            .env("SLUICE_TLS_CERT_FILE", &cert)
+            .env("SLUICE_TLS_KEY_FILE", &wrong_key),
+        std::time::Duration::from_secs(60),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[tls]"), "the error names the section: {err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("SLUICE_TLS_MODE", "enforcing")
-        .env("SLUICE_TLS_CERT_FILE", dir.path().join("missing.pem"))
-        .env("SLUICE_TLS_KEY_FILE", &wrong_key)
-        .output()
-        .unwrap();
+    let out = crate::common::output_within(
+        refused_start()
+            .args(["serve", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("SLUICE_TLS_MODE", "enforcing")
+            .env("SLUICE_TLS_CERT_FILE", dir.path().join("missing.pem"))
+            .env("SLUICE_TLS_KEY_FILE", &wrong_key),
+        std::time::Duration::from_secs(60),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -205,12 +205,96 @@ fn read_ready_line(child: &mut Child) -> (SocketAddr, SocketAddr, SocketAddr) {
     found
 }
 
-/// The broker refuses unknown `SLUICE_*` keys, so the test process's own `SLUICE_TEST_LOG`,
-/// `SLUICE_CRASH_CYCLES` and the like must not leak into it.
-fn without_inherited_config(cmd: &mut Command) {
+/// The test process's own `SLUICE_*` variables (`SLUICE_CRASH_CYCLES`, or a key an operator
+/// exported) must not change the process under test.
+pub fn without_inherited_config(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("SLUICE_") {
             cmd.env_remove(k);
+        }
+    }
+}
+
+/// A child process that is killed (and reaped) when dropped, so a failed assertion leaves no
+/// broker running on the machine.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to its end with stdout and stderr captured, failing the test (and killing the
+/// process) if it runs past `limit`: a refusal that regressed into a start must not hang
+/// the suite.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut guard = KillOnDrop(child);
+    let status = wait_timeout(&mut guard.0, limit)
+        .unwrap_or_else(|| panic!("still running after {limit:?}"));
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut o) = guard.0.stdout.take() {
+        let _ = o.read_to_end(&mut stdout);
+    }
+    if let Some(mut e) = guard.0.stderr.take() {
+        let _ = e.read_to_end(&mut stderr);
+    }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The lines a child writes to stdout, read on a thread so each wait has a deadline.
+pub struct LineReader(std::sync::mpsc::Receiver<String>);
+
+impl LineReader {
+    pub fn new(stdout: std::process::ChildStdout) -> Self {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// The next line, failing the test after `limit`.
+    pub fn next_within(&self, limit: Duration) -> String {
+        self.0
+            .recv_timeout(limit)
+            .unwrap_or_else(|e| panic!("no line within {limit:?}: {e}"))
+    }
+
+    /// Every line still to come, until the child closes stdout (bounded by `limit`).
+    pub fn rest_within(&self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("stdout still open after {limit:?}")
+                }
+            }
         }
     }
 }

@@ -369,6 +369,9 @@ fn parse_env_value(value: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(value.to_string()))
 }
 
+/// Shortest `namesrv.broker_expiry_secs`: two of the brokers' 30 s registration intervals.
+const MIN_BROKER_EXPIRY_SECS: u64 = 60;
+
 /// Longest `store.retention_hours` accepted (100 years).
 const MAX_RETENTION_HOURS: u64 = 24 * 365 * 100;
 
@@ -391,6 +394,19 @@ impl ServerConfig {
         // transaction checker copy open halves forward on every tick); 0 is not "no limit".
         if !(1..=MAX_RETENTION_HOURS).contains(&self.store.retention_hours) {
             bail!("store.retention_hours must be between 1 and {MAX_RETENTION_HOURS}");
+        }
+        // A segment holds at least two of the largest records; smaller was raised silently.
+        let min_segment = (self.broker.max_body_bytes as u64 + 64 * 1024 + 64) * 2;
+        if self.store.segment_bytes < min_segment {
+            bail!(
+                "store.segment_bytes must be at least {min_segment} (two of the largest records \
+                 broker.max_body_bytes allows)"
+            );
+        }
+        // Brokers register every 30 s; an expiry below two of those drops live brokers from
+        // the routes between their registrations.
+        if self.namesrv.broker_expiry_secs < MIN_BROKER_EXPIRY_SECS {
+            bail!("namesrv.broker_expiry_secs must be at least {MIN_BROKER_EXPIRY_SECS}");
         }
         if self.txn.carry_forward_after_secs == Some(0) {
             bail!("txn.carry_forward_after_secs must be positive");
@@ -483,7 +499,6 @@ impl ServerConfig {
         s.max_record_size = self.broker.max_body_bytes + 64 * 1024;
         s.max_write_batch_bytes = s.max_write_batch_bytes.max(s.max_record_size + 64);
         s.max_unflushed_bytes = s.max_unflushed_bytes.max(s.max_write_batch_bytes as u64);
-        s.segment_size = s.segment_size.max((s.max_record_size as u64 + 64) * 2);
         s
     }
 
@@ -747,6 +762,12 @@ mod tests {
                 "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
                 "0",
                 "carry_forward_after_secs",
+            ),
+            ("SLUICE_STORE_SEGMENT_BYTES", "1048576", "segment_bytes"),
+            (
+                "SLUICE_NAMESRV_BROKER_EXPIRY_SECS",
+                "20",
+                "broker_expiry_secs",
             ),
         ] {
             let err = load(None, env(&[(k, v)])).expect_err(k).to_string();

@@ -318,10 +318,20 @@ impl<'a> RecordView<'a> {
                 available: buf.len(),
             });
         }
-        let mut r = Reader {
-            buf: &buf[..total],
-            pos: 8,
-        };
+        // Every byte of the record is at hand now: a field that runs past TOTALSIZE is a
+        // corrupt record, not one more input could complete.
+        Self::parse_whole(&buf[..total], magic).map_err(|e| match e {
+            RecordError::Incomplete { .. } => {
+                RecordError::Inconsistent("a field runs past TOTALSIZE")
+            }
+            other => other,
+        })
+    }
+
+    /// The rest of [`RecordView::parse`], over exactly one record's bytes.
+    fn parse_whole(buf: &'a [u8], magic: u32) -> Result<Self, RecordError> {
+        let total = buf.len();
+        let mut r = Reader { buf, pos: 8 };
         let body_crc = r.i32()? as u32;
         let mut header = RecordHeader {
             queue_id: r.i32()?,

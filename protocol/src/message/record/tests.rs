@@ -148,3 +148,30 @@ proptest! {
         let _ = RecordView::parse(&buf, 1 << 20);
     }
 }
+
+/// A complete record whose body length runs past its TOTALSIZE was reported `Incomplete`,
+/// which says more input may complete it; all its bytes were at hand, so it is corrupt.
+#[test]
+fn a_field_running_past_totalsize_in_a_complete_record_is_inconsistent() {
+    let mut out = Vec::new();
+    encode_record(&sample_header(), b"body", "TopicA", b"", &mut out).unwrap();
+    assert_eq!(
+        &out[84..88],
+        &4i32.to_be_bytes(),
+        "BODYLEN of an IPv4 record"
+    );
+    let total = out.len() as i32;
+    out[84..88].copy_from_slice(&total.to_be_bytes());
+    assert!(matches!(
+        RecordView::parse(&out, 1 << 20),
+        Err(RecordError::Inconsistent(_))
+    ));
+    let cut = &out[..out.len() - 1];
+    assert!(
+        matches!(
+            RecordView::parse(cut, 1 << 20),
+            Err(RecordError::Incomplete { .. })
+        ),
+        "a record cut short is still incomplete"
+    );
+}

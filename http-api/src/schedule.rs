@@ -149,6 +149,7 @@ pub(crate) struct ScheduledOut {
     responses(
         (status = 200, description = "cancelled, already_delivered or not_found", body = OpOut),
         (status = 400, description = "Bad key or query", body = ErrorBody),
+        (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
         (status = 503, description = "Delays disabled, or the index did not catch up in time", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -180,6 +181,7 @@ async fn cancel(
         (status = 200, description = "rescheduled, already_delivered or not_found", body = OpOut),
         (status = 400, description = "Bad body (not exactly one of delay_ms, deliver_at_ms)", body = ErrorBody),
         (status = 422, description = "New time out of range", body = ErrorBody),
+        (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
         (status = 503, description = "Delays disabled, or the index did not catch up in time", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -111,6 +111,7 @@ pub(crate) struct ListTopicsQuery {
         (status = 200, description = "Already exists with this shape", body = TopicOut),
         (status = 400, description = "Bad name, queue count or permission", body = ErrorBody),
         (status = 409, description = "Exists with another shape", body = ErrorBody),
+        (status = 503, description = "In effect, but topics.json could not be saved; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -222,6 +223,7 @@ pub(super) async fn get_topic(
         (status = 204, description = "Deleted"),
         (status = 403, description = "A system topic", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
+        (status = 503, description = "Deleted, but topics.json could not be saved; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

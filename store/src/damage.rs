@@ -32,7 +32,7 @@ pub struct Damage {
 struct Ranges {
     /// By commit-log offset.
     listed: BTreeMap<u64, Damage>,
-    /// Ranges found while the list was full.
+    /// Encounters of damage while the list was full (not deduplicated: nothing is kept).
     unlisted: u64,
 }
 
@@ -44,27 +44,27 @@ pub(crate) struct DamageLog {
 
 impl DamageLog {
     pub(crate) fn record(&self, path: &Path, position: u64, offset: u64, len: u64, reason: &str) {
-        let mut r = self.ranges.lock();
-        if r.listed.contains_key(&offset) {
-            return;
+        {
+            let mut r = self.ranges.lock();
+            if r.listed.contains_key(&offset) {
+                return;
+            }
+            if r.listed.len() >= MAX_LISTED {
+                r.unlisted += 1;
+            } else {
+                let damage = Damage {
+                    path: path.to_path_buf(),
+                    position,
+                    offset,
+                    len,
+                    reason: reason.to_string(),
+                };
+                r.listed.insert(offset, damage);
+            }
         }
         tracing::error!(
             segment = %path.display(), position, offset, len, reason,
             "commit-log damage: range quarantined, never served"
-        );
-        if r.listed.len() >= MAX_LISTED {
-            r.unlisted += 1;
-            return;
-        }
-        r.listed.insert(
-            offset,
-            Damage {
-                path: path.to_path_buf(),
-                position,
-                offset,
-                len,
-                reason: reason.to_string(),
-            },
         );
     }
 

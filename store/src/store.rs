@@ -114,7 +114,8 @@ pub struct Health {
     pub fenced: Option<String>,
     /// Damaged ranges (never served), by offset; at most 10 000 (`damage::MAX_LISTED`).
     pub damage: Vec<Damage>,
-    /// Damaged ranges found while that list was full (logged, never served, not listed).
+    /// Encounters of damage while that list was full (an unlisted range met again counts
+    /// again: no memory is kept of it); logged, never served.
     pub damage_unlisted: u64,
 }
 

@@ -205,7 +205,7 @@ impl LeaseService {
     pub async fn receive(&self, req: ReceiveRequest) -> Result<Vec<Delivery>, LeaseError> {
         let plan = self.plan(&req)?;
         let max_groups = self.ctx.cfg.lease.max_groups;
-        if !self.state.admits(&plan.group, max_groups) {
+        if !self.state.admit(&plan.group, max_groups) {
             return Err(LeaseError::TooManyGroups(max_groups));
         }
         self.ensure_expiry_task();

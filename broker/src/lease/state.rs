@@ -55,11 +55,19 @@ impl LeaseState {
         )
     }
 
-    /// Whether `group` may receive: it has a book, or there is room for one more
-    /// (`max_groups`).
-    pub(crate) fn admits(&self, group: &str, max_groups: usize) -> bool {
-        let groups = self.groups.lock();
-        groups.contains_key(group) || groups.len() < max_groups
+    /// Whether `group` may receive: it has a book, or one is made for it now while there are
+    /// fewer than `max_groups` (checked and made under one lock, so concurrent receives of new
+    /// groups cannot pass the bound together).
+    pub(crate) fn admit(&self, group: &str, max_groups: usize) -> bool {
+        let mut groups = self.groups.lock();
+        if groups.contains_key(group) {
+            return true;
+        }
+        if groups.len() >= max_groups {
+            return false;
+        }
+        groups.insert(group.to_owned(), Arc::new(Mutex::new(Group::new(group))));
+        true
     }
 
     /// The book of `group` if it has one.

@@ -24,6 +24,18 @@ fn short_leases(cfg: &mut BrokerConfig) {
     cfg.lease.expiry_tick = Duration::from_millis(20);
 }
 
+/// Group `g` retries after 10 ms, `max` times when given.
+fn fast_retries(cfg: &mut BrokerConfig, max: Option<i32>) {
+    let mut policy = GroupRetryPolicy {
+        backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
+        ..GroupRetryPolicy::default()
+    };
+    if let Some(max) = max {
+        policy.max_reconsume_times = max;
+    }
+    cfg.retry.groups.insert("g".into(), policy);
+}
+
 fn request(group: &str, topic: &str, max: usize, wait: Duration) -> ReceiveRequest {
     ReceiveRequest {
         group: group.into(),
@@ -196,15 +208,7 @@ async fn an_expired_lease_is_delivered_again_and_its_old_receipt_is_refused() {
 
 #[tokio::test]
 async fn nacks_past_the_groups_maximum_dead_letter_the_message() {
-    let cluster = start_cluster_with(|cfg| {
-        let policy = GroupRetryPolicy {
-            max_reconsume_times: 2,
-            backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
-            ..GroupRetryPolicy::default()
-        };
-        cfg.retry.groups.insert("g".into(), policy);
-    })
-    .await;
+    let cluster = start_cluster_with(|cfg| fast_retries(cfg, Some(2))).await;
     topic(&cluster, "Orders", 1);
     let ids = produce(&cluster, "Orders", 0, &["a"], None).await;
     let leases = cluster.broker.services().leases();
@@ -581,14 +585,7 @@ async fn compressed_bodies_count_inflated_against_the_receive_byte_budget() {
 /// delivered again, never finished.
 #[tokio::test]
 async fn a_nack_whose_caller_gives_up_midway_still_hands_the_message_back() {
-    let cluster = start_cluster_with(|cfg| {
-        let policy = GroupRetryPolicy {
-            backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
-            ..GroupRetryPolicy::default()
-        };
-        cfg.retry.groups.insert("g".into(), policy);
-    })
-    .await;
+    let cluster = start_cluster_with(|cfg| fast_retries(cfg, None)).await;
     topic(&cluster, "Orders", 1);
     let ids = produce(&cluster, "Orders", 0, &["a"], None).await;
     let leases = cluster.broker.services().leases();
@@ -666,14 +663,7 @@ async fn a_group_with_many_expired_leases_does_not_hold_up_another_groups_expiry
 /// topic, and its retry copy went to that topic's receivers, never back to this one's.
 #[tokio::test]
 async fn a_message_carrying_a_foreign_retry_topic_is_delivered_and_retried_as_its_own_topic() {
-    let cluster = start_cluster_with(|cfg| {
-        let policy = GroupRetryPolicy {
-            backoff: Backoff::Ladder(vec![Duration::from_millis(10)]),
-            ..GroupRetryPolicy::default()
-        };
-        cfg.retry.groups.insert("g".into(), policy);
-    })
-    .await;
+    let cluster = start_cluster_with(|cfg| fast_retries(cfg, None)).await;
     topic(&cluster, "Orders", 1);
     let mut p = Produce::new("p", "Orders", b"forwarded".to_vec());
     p.queue_id = Some(0);

@@ -122,18 +122,6 @@ impl Default for CheckConfig {
 }
 
 impl CheckConfig {
-    /// The parsed `check_url_hosts`; entries [`CheckConfig::validate`] would refuse are left
-    /// out (they allow nothing).
-    pub(crate) fn allowed_hosts(&self) -> allow::CheckUrlHosts {
-        let valid: Vec<String> = self
-            .check_url_hosts
-            .iter()
-            .filter(|e| allow::CheckUrlHosts::parse(std::slice::from_ref(*e)).is_ok())
-            .cloned()
-            .collect();
-        allow::CheckUrlHosts::parse(&valid).unwrap_or_default()
-    }
-
     pub(crate) fn validate(&self) -> Result<(), String> {
         allow::CheckUrlHosts::parse(&self.check_url_hosts)?;
         if self.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
@@ -170,6 +158,8 @@ impl CheckConfig {
 /// with the state, started by the facade at broker start and stopped before the store closes.
 pub struct TxnHttp {
     config: CheckConfig,
+    /// `check_url_hosts`, parsed once (the facade refuses to start with a bad entry).
+    hosts: allow::CheckUrlHosts,
     txn: Option<TxnService>,
     pull: Arc<pull::PullGroups>,
     /// `true` stops the worker, the sweeper and every poll in progress.
@@ -192,11 +182,17 @@ impl TxnHttp {
         let (stop, stopped) = watch::channel(false);
         Self {
             config: config.checks.clone(),
+            hosts: allow::CheckUrlHosts::parse(&config.checks.check_url_hosts).unwrap_or_default(),
             txn,
             pull: pull::PullGroups::new(config.checks.clone(), stopped),
             stop,
             tasks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The hosts a per-message `check_url` may name.
+    pub(crate) fn check_url_hosts(&self) -> &allow::CheckUrlHosts {
+        &self.hosts
     }
 
     /// Installs the URL sink and starts the webhook worker and the pull sweeper.
@@ -227,7 +223,7 @@ impl TxnHttp {
         self.tasks.lock().extend([worker, sweeper]);
         txn.set_url_sink(Some(Arc::new(webhook::UrlSink {
             tx,
-            hosts: self.config.allowed_hosts(),
+            hosts: self.hosts.clone(),
         })));
         tracing::debug!(
             signed = self.config.webhook_secret.is_some(),

@@ -51,11 +51,11 @@ pub(super) async fn send(
 ) -> ApiResult<(StatusCode, Json<SendTxnResponse>)> {
     state.txn()?;
     check_group(&req.producer_group)?;
-    let hosts = state.config().checks.allowed_hosts();
+    let hosts = state.txn_http().check_url_hosts();
     let url = req
         .check_url
         .as_deref()
-        .map(|u| check_url(u, &hosts))
+        .map(|u| check_url(u, hosts))
         .transpose()?;
     let group = req.producer_group;
     let message = MessageIn {

@@ -173,20 +173,23 @@ fn torn_write_fences_and_recovery_cuts_the_torn_bytes() {
     assert_eq!((a.phys_offset, a.queue_offset), (end, 30));
 }
 
+/// As `common::append_seqs` for queue T/0, in requests of 100 instead of one sync per message
+/// (a request never spans the test config's small segments).
+fn append_in_hundreds(store: &Store, seqs: std::ops::Range<u64>) {
+    let all: Vec<u64> = seqs.collect();
+    for chunk in all.chunks(100) {
+        let batch: Vec<MessageInput> = chunk.iter().map(|s| message("T", 0, *s)).collect();
+        store.append_blocking(batch).unwrap();
+    }
+}
+
 #[test]
 fn a_full_disk_at_a_new_queue_file_holds_its_entries_back_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(dir.path());
     let (store, io) = open_faulty(&cfg);
     let per_file = cfg.cq_entries_per_file;
-    // Requests of 100 messages: a request never spans the test config's small segments.
-    let append = |seqs: std::ops::Range<u64>| {
-        let all: Vec<u64> = seqs.collect();
-        for chunk in all.chunks(100) {
-            let batch: Vec<MessageInput> = chunk.iter().map(|s| message("T", 0, *s)).collect();
-            store.append_blocking(batch).unwrap();
-        }
-    };
+    let append = |seqs| append_in_hundreds(&store, seqs);
     append(0..per_file - 10);
     assert!(store.wait_dispatched(Duration::from_secs(10)));
     assert_eq!(store.max_offset("T", 0), per_file - 10);
@@ -217,13 +220,7 @@ fn shutdown_while_dispatching_keeps_failing_stops_cleanly_and_the_next_open_disp
     let cfg = small_config(dir.path());
     let (store, io) = open_faulty(&cfg);
     let per_file = cfg.cq_entries_per_file;
-    let append = |seqs: std::ops::Range<u64>| {
-        let all: Vec<u64> = seqs.collect();
-        for chunk in all.chunks(100) {
-            let batch: Vec<MessageInput> = chunk.iter().map(|s| message("T", 0, *s)).collect();
-            store.append_blocking(batch).unwrap();
-        }
-    };
+    let append = |seqs| append_in_hundreds(&store, seqs);
     append(0..per_file - 10);
     assert!(store.wait_dispatched(Duration::from_secs(10)));
     // The next queue file cannot get its space, and never will during this run.

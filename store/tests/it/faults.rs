@@ -183,21 +183,25 @@ fn append_in_hundreds(store: &Store, seqs: std::ops::Range<u64>) {
     }
 }
 
+/// Fills queue T/0 to 10 entries short of its first file's end (all dispatched), then makes
+/// the next queue file's space fail and appends 30 more: a run that crosses into that file.
+fn run_into_a_full_queue_file(store: &Store, io: &FaultyIo, per_file: u64) {
+    append_in_hundreds(store, 0..per_file - 10);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    assert_eq!(store.max_offset("T", 0), per_file - 10);
+    io.fail_queue_zeros(true);
+    append_in_hundreds(store, per_file - 10..per_file + 20);
+}
+
 #[test]
 fn a_full_disk_at_a_new_queue_file_holds_its_entries_back_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(dir.path());
     let (store, io) = open_faulty(&cfg);
     let per_file = cfg.cq_entries_per_file;
-    let append = |seqs| append_in_hundreds(&store, seqs);
-    append(0..per_file - 10);
-    assert!(store.wait_dispatched(Duration::from_secs(10)));
-    assert_eq!(store.max_offset("T", 0), per_file - 10);
-
-    // The next queue file cannot get its space: the appends are still acknowledged (the
-    // commit log has room), and the queue holds them back instead of writing into a hole.
-    io.fail_queue_zeros(true);
-    append(per_file - 10..per_file + 20);
+    // The appends are still acknowledged (the commit log has room), and the queue holds them
+    // back instead of writing into a hole.
+    run_into_a_full_queue_file(&store, &io, per_file);
     assert!(!store.wait_dispatched(Duration::from_millis(500)));
     assert_eq!(
         store.max_offset("T", 0),
@@ -220,12 +224,8 @@ fn shutdown_while_dispatching_keeps_failing_stops_cleanly_and_the_next_open_disp
     let cfg = small_config(dir.path());
     let (store, io) = open_faulty(&cfg);
     let per_file = cfg.cq_entries_per_file;
-    let append = |seqs| append_in_hundreds(&store, seqs);
-    append(0..per_file - 10);
-    assert!(store.wait_dispatched(Duration::from_secs(10)));
-    // The next queue file cannot get its space, and never will during this run.
-    io.fail_queue_zeros(true);
-    append(per_file - 10..per_file + 20);
+    // The next queue file never gets its space during this run.
+    run_into_a_full_queue_file(&store, &io, per_file);
     assert!(!store.wait_dispatched(Duration::from_millis(300)));
 
     let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -31,7 +31,8 @@ pub struct LeaseConfig {
     pub max_inflight_per_group: usize,
     /// Consumer groups that may hold lease books at once (each keeps cursors, leases and
     /// remembered receipts in memory, and commits offsets); a receive for a new group past it
-    /// is refused (HTTP 429). Books are kept for the broker's life. Default 10 000.
+    /// is refused (HTTP 429), unless idle books (no leases, nothing open, offsets committed)
+    /// can be dropped to make room. Default 10 000.
     pub max_groups: usize,
     /// Retry messages of other topics a group's retry cursor keeps aside while it looks for the
     /// topic being received; when full, the cursor stops advancing. Default 10 000.

@@ -132,7 +132,8 @@ pub const MAX_TAG_EXPRESSION: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LeaseError {
-    /// A receive for a new group while `max_groups` groups already hold lease books.
+    /// A receive for a new group while `max_groups` groups hold lease books and none of them
+    /// is idle (see [`LeaseConfig::max_groups`]).
     #[error("{0} consumer groups already receive here (max_groups); retry later or reuse a group")]
     TooManyGroups(usize),
     /// The topic does not exist.

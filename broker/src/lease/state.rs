@@ -31,7 +31,13 @@ pub(crate) struct LeaseState {
     pub(crate) expiry_started: AtomicBool,
     /// Where the next expiry pass starts among the groups (it moves every pass).
     expiry_rotation: AtomicU64,
+    /// When the books were last swept for idle ones (see [`LeaseState::admit`]).
+    last_sweep: Mutex<Option<std::time::Instant>>,
 }
+
+/// Least time between two sweeps for idle books. A sweep walks every book under the map's
+/// lock; without this, each receive of a new group at the bound would pay for one.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl LeaseState {
     pub(crate) fn new() -> Self {
@@ -42,6 +48,7 @@ impl LeaseState {
             changed: Notify::new(),
             expiry_started: AtomicBool::new(false),
             expiry_rotation: AtomicU64::new(0),
+            last_sweep: Mutex::new(None),
         }
     }
 
@@ -57,17 +64,58 @@ impl LeaseState {
 
     /// Whether `group` may receive: it has a book, or one is made for it now while there are
     /// fewer than `max_groups` (checked and made under one lock, so concurrent receives of new
-    /// groups cannot pass the bound together).
+    /// groups cannot pass the bound together). At the bound, idle books are dropped first
+    /// (at most one sweep per [`SWEEP_INTERVAL`]), so a broker that saw many short-lived
+    /// groups over its life keeps admitting new ones.
     pub(crate) fn admit(&self, group: &str, max_groups: usize) -> bool {
         let mut groups = self.groups.lock();
         if groups.contains_key(group) {
             return true;
         }
-        if groups.len() >= max_groups {
+        if groups.len() >= max_groups && !self.sweep_idle(&mut groups, max_groups) {
             return false;
         }
         groups.insert(group.to_owned(), Arc::new(Mutex::new(Group::new(group))));
         true
+    }
+
+    /// Drops every book that holds nothing a new book would not rebuild; true when there is
+    /// room for one more afterwards.
+    ///
+    /// A book may go when nobody else holds it (every user takes its `Arc` from the map,
+    /// under this lock, so none can appear during the sweep) and [`Group::is_idle`]: no
+    /// leases, no open entries, every cursor committed where it stands. A new book for the
+    /// same group then starts each cursor at that committed offset, exactly where the old
+    /// one was, so no entry is leased twice or skipped. What is lost is the memory of
+    /// finished receipts: acking one of the old book's receipts answers `UnknownReceipt`
+    /// instead of `AlreadyAcked`.
+    fn sweep_idle(
+        &self,
+        groups: &mut HashMap<String, Arc<Mutex<Group>>>,
+        max_groups: usize,
+    ) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last_sweep.lock();
+            if last.is_some_and(|t| now.duration_since(t) < SWEEP_INTERVAL) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        let before = groups.len();
+        groups.retain(|_, book| {
+            let idle = Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle());
+            !idle
+        });
+        let dropped = before - groups.len();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                kept = groups.len(),
+                "idle lease books dropped to admit a new group"
+            );
+        }
+        groups.len() < max_groups
     }
 
     /// The book of `group` if it has one.
@@ -185,6 +233,16 @@ impl Group {
             finished_order: VecDeque::new(),
             rotation: 0,
         }
+    }
+
+    /// Whether a fresh book would be the same: no leases, and every cursor without open
+    /// entries and committed at its read position.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.leases.is_empty()
+            && self
+                .cursors
+                .values()
+                .all(|c| c.open.is_empty() && c.committed == Some(c.next))
     }
 
     /// The cursor of a queue, starting at the committed offset, or the queue's minimum for a

@@ -88,7 +88,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         (status = 403, description = "The topic cannot be consumed", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
         (status = 422, description = "A value out of range", body = ErrorBody),
-        (status = 429, description = "A new group while max_groups groups already receive", body = ErrorBody),
+        (status = 429, description = "A new group while max_groups groups hold leases or open entries", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

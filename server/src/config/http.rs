@@ -67,8 +67,9 @@ pub struct HttpSection {
     pub max_visibility_ms: u64,
     /// Leases one consumer group may hold at once. Default 10 000.
     pub max_inflight_per_group: usize,
-    /// Consumer groups that may receive over HTTP (each keeps its lease book for the broker's
-    /// life); a receive for a new group past it is 429. Default 10 000.
+    /// Consumer groups that may hold a lease book at once; at the bound, idle books (no
+    /// leases, nothing open) are dropped, and a receive for a new group is 429 only when none
+    /// is idle. Default 10 000.
     pub max_receive_groups: usize,
 }
 

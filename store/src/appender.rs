@@ -104,6 +104,10 @@ pub(crate) struct Appender {
     staged: Vec<(u64, AppendRequest, Vec<Appended>)>,
     disk_checked: Instant,
     disk_full: Option<String>,
+    /// Read once per drained batch (the clock is not free at one record per request): when
+    /// the batch started, and its store timestamp.
+    batch_started: Instant,
+    batch_store_ts: i64,
     /// Shared with the warmer, when it runs: every write is announced there first.
     warm: Option<Arc<WarmFront>>,
     /// Set in sync mode: when idle, the appender syncs its own batch instead of handing it on.
@@ -135,6 +139,8 @@ impl Appender {
             staged: Vec::new(),
             disk_checked: Instant::now() - Duration::from_secs(3600),
             disk_full: None,
+            batch_started: Instant::now(),
+            batch_store_ts: now_ms(),
             warm: None,
             syncer: None,
         }
@@ -155,6 +161,8 @@ impl Appender {
     /// Runs until a `Shutdown` command or until every sender is gone.
     pub(crate) fn run(mut self, rx: Receiver<AppendCommand>) {
         while let Ok(cmd) = rx.recv() {
+            self.batch_started = Instant::now();
+            self.batch_store_ts = now_ms();
             let mut stop = !self.handle(cmd);
             while !stop && self.buf.len() < self.cfg.max_write_batch_bytes {
                 match rx.try_recv() {
@@ -193,7 +201,11 @@ impl Appender {
         if let Some(reason) = self.shared.fenced() {
             return Err(StoreError::Fenced(reason));
         }
-        if self.disk_checked.elapsed() >= Duration::from_millis(100) {
+        if self
+            .batch_started
+            .saturating_duration_since(self.disk_checked)
+            >= Duration::from_millis(100)
+        {
             self.refresh_disk_usage();
         }
         match &self.disk_full {
@@ -221,19 +233,18 @@ impl Appender {
     /// Places a request's records after the staged bytes, rolling the segment first if needed.
     fn stage(&mut self, req: AppendRequest) {
         let host = self.cfg.store_host;
-        let sizes: Vec<usize> = req
+        let need: u64 = req
             .messages
             .iter()
             .map(|m| {
-                record_len(
+                framing::frame_len(record_len(
                     &message::header(m, host),
                     &m.body,
                     &m.topic,
                     m.properties.as_bytes(),
-                )
+                ))
             })
-            .collect();
-        let need: u64 = sizes.iter().map(|n| framing::frame_len(*n)).sum();
+            .sum();
         if need + framing::BLANK_LEN as u64 > self.log.segment_size() {
             let e =
                 StoreError::InvalidMessage(format!("request of {need} bytes exceeds a segment"));
@@ -248,7 +259,7 @@ impl Appender {
             self.buf_start = self.next;
         }
         let watermark = self.shared.flushed.get();
-        let store_ts = now_ms();
+        let store_ts = self.batch_store_ts;
         let mut result = Vec::with_capacity(req.messages.len());
         // Offsets are reserved per run of messages for one queue (a batch is usually one run),
         // so the topic is hashed once per run, not once per message.
@@ -324,6 +335,8 @@ impl Appender {
         }
         let seg = self.log.create_segment(self.next)?;
         self.segment = Some(seg);
+        // Rolling a segment may have waited: later records of this batch get a fresh time.
+        self.batch_store_ts = now_ms();
         Ok(())
     }
 

@@ -112,7 +112,8 @@ pub struct StoreSection {
     pub async_flush_interval_ms: u64,
     /// Commit-log segment size. Default 1 GiB.
     pub segment_bytes: u64,
-    /// Segments older than this are deleted. Default 72.
+    /// Segments older than this are deleted. Default 72; at least 48 while `[schedule]` is
+    /// enabled (its far timers are re-written every 24 h).
     pub retention_hours: u64,
     /// Oldest segments are deleted while the log is larger than this. Default: no limit.
     pub retention_bytes: Option<u64>,
@@ -375,6 +376,12 @@ const MIN_BROKER_EXPIRY_SECS: u64 = 60;
 /// Longest `store.retention_hours` accepted (100 years).
 const MAX_RETENTION_HOURS: u64 = 24 * 365 * 100;
 
+/// Shortest `store.retention_hours` while the schedule runs: a timer due further ahead than
+/// the schedule's 24 h roll keeps its record in the commit log until the roll re-writes it,
+/// so retention must outlast one roll with a day to spare (a broker down over a roll, a
+/// loaded one behind on it). Below this, such timers could be deleted before they fire.
+const MIN_RETENTION_HOURS_WITH_SCHEDULE: u64 = 48;
+
 impl ServerConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<()> {
@@ -394,6 +401,13 @@ impl ServerConfig {
         // transaction checker copy open halves forward on every tick); 0 is not "no limit".
         if !(1..=MAX_RETENTION_HOURS).contains(&self.store.retention_hours) {
             bail!("store.retention_hours must be between 1 and {MAX_RETENTION_HOURS}");
+        }
+        if self.schedule.enabled && self.store.retention_hours < MIN_RETENTION_HOURS_WITH_SCHEDULE {
+            bail!(
+                "store.retention_hours must be at least {MIN_RETENTION_HOURS_WITH_SCHEDULE} while \
+                 [schedule] is enabled: timers due more than 24 h ahead stay in the commit log \
+                 until the schedule re-writes them every 24 h"
+            );
         }
         // A segment holds at least two of the largest records; smaller was raised silently.
         let min_segment = (self.broker.max_body_bytes as u64 + 64 * 1024 + 64) * 2;
@@ -758,6 +772,7 @@ mod tests {
         for (k, v, names) in [
             ("SLUICE_STORE_RETENTION_HOURS", "0", "retention_hours"),
             ("SLUICE_STORE_RETENTION_HOURS", "876001", "retention_hours"),
+            ("SLUICE_STORE_RETENTION_HOURS", "47", "schedule"),
             (
                 "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
                 "0",
@@ -773,6 +788,16 @@ mod tests {
             let err = load(None, env(&[(k, v)])).expect_err(k).to_string();
             assert!(err.contains(names), "{k}={v}: {err}");
         }
+        // Without the schedule, short retention deletes nothing it still needs.
+        let cfg = load(
+            None,
+            env(&[
+                ("SLUICE_STORE_RETENTION_HOURS", "1"),
+                ("SLUICE_SCHEDULE_ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.store.retention_hours, 1);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
         std::fs::write(

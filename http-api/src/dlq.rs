@@ -40,6 +40,7 @@ pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
 
 /// Which dead letters, and which page.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DlqListQuery {
     /// Most messages (1..=1000, default 100).

@@ -5,9 +5,9 @@
 //!
 //! `{key}` is a business key (one of the message's `keys`); with `?by=id` it is the message id
 //! (`msg_id` of the send). A key may name several messages: `result` summarises (any
-//! cancelled → `cancelled`; else any delivered → `already_delivered`; else `not_found`, which
-//! includes messages cancelled before), `count` is how many got that result, and `messages`
-//! gives each one's outcome.
+//! cancelled now → `cancelled`; else any delivered → `already_delivered`; else any cancelled
+//! before → `already_cancelled`, so a retried cancel is told apart from an unknown key; else
+//! `not_found`), `count` is how many got that result, and `messages` gives each one's outcome.
 
 use axum::extract::State;
 use axum::Json;
@@ -43,6 +43,7 @@ pub(crate) enum By {
 
 /// Query of cancel and reschedule.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ByQuery {
     /// `key` (default) or `id`.
@@ -53,6 +54,7 @@ pub(crate) struct ByQuery {
 
 /// Query of the listing: exactly one of `key` and `msg_id`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// A business key.
@@ -74,7 +76,7 @@ pub(crate) struct RescheduleIn {
 /// The answer to a cancel or reschedule.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OpOut {
-    /// `cancelled`, `rescheduled`, `already_delivered` or `not_found`.
+    /// `cancelled`, `rescheduled`, `already_delivered`, `already_cancelled` or `not_found`.
     pub result: String,
     /// Messages with that result.
     pub count: usize,
@@ -147,7 +149,7 @@ pub(crate) struct ScheduledOut {
         ByQuery
     ),
     responses(
-        (status = 200, description = "cancelled, already_delivered or not_found", body = OpOut),
+        (status = 200, description = "cancelled, already_delivered, already_cancelled or not_found", body = OpOut),
         (status = 400, description = "Bad key or query", body = ErrorBody),
         (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
         (status = 503, description = "Delays disabled, or the index did not catch up in time", body = ErrorBody),
@@ -178,7 +180,7 @@ async fn cancel(
     ),
     request_body = RescheduleIn,
     responses(
-        (status = 200, description = "rescheduled, already_delivered or not_found", body = OpOut),
+        (status = 200, description = "rescheduled, already_delivered, already_cancelled or not_found", body = OpOut),
         (status = 400, description = "Bad body (not exactly one of delay_ms, deliver_at_ms)", body = ErrorBody),
         (status = 422, description = "New time out of range", body = ErrorBody),
         (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
@@ -268,6 +270,8 @@ fn op_out(r: &OpReport, done_name: &str, done: usize) -> OpOut {
         (done_name, done)
     } else if r.already_delivered > 0 {
         ("already_delivered", r.already_delivered)
+    } else if r.already_cancelled > 0 {
+        ("already_cancelled", r.already_cancelled)
     } else {
         ("not_found", 0)
     };

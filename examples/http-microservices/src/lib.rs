@@ -8,6 +8,26 @@
 //! The embedded broker is tuned for a demo that finishes in seconds: check-backs start 1 s
 //! after a half message, and the shipping group retries twice (300 ms, 700 ms) before its
 //! dead-letter queue.
+//!
+//! Against a `sluice` of your own (`SLUICE_HTTP=http://127.0.0.1:8080`), give it the same
+//! setup in its TOML, or the demo fails (a per-message webhook outside `check_url_hosts` is
+//! refused with 403; a shipping group with the default back-off reaches its dead-letter queue
+//! only after hours), and export the same `SLUICE_WEBHOOK_SECRET` for the services:
+//!
+//! ```toml
+//! [http]
+//! check_url_hosts = ["127.0.0.1"]
+//! webhook_secret = "at least 16 characters, also exported as SLUICE_WEBHOOK_SECRET"
+//!
+//! [txn]
+//! check_after_ms = 1000
+//! check_interval_ms = 1000
+//!
+//! [retry.groups.py-shipping]
+//! backoff = "ladder"
+//! ladder_ms = [300, 700]
+//! max_reconsume_times = 2
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,12 +127,21 @@ pub struct Outcome {
 
 /// Runs `services.py` against `base_url`, echoing its timeline when `echo`; fails when it
 /// fails or prints no result. Bounded by the script's own deadline plus a margin.
-pub async fn run_services(base_url: &str, echo: bool) -> Result<Outcome> {
+/// `webhook_secret` is the broker's (the embedded one's [`WEBHOOK_SECRET`]); `None` leaves
+/// the services whatever `SLUICE_WEBHOOK_SECRET` this process has.
+pub async fn run_services(
+    base_url: &str,
+    webhook_secret: Option<&str>,
+    echo: bool,
+) -> Result<Outcome> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("services.py");
-    let child = tokio::process::Command::new("python3")
+    let mut cmd = tokio::process::Command::new("python3");
+    if let Some(secret) = webhook_secret {
+        cmd.env("SLUICE_WEBHOOK_SECRET", secret);
+    }
+    let child = cmd
         .arg(&script)
         .env("SLUICE_HTTP", base_url)
-        .env("SLUICE_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("DEMO_TIMEOUT_S", "90")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

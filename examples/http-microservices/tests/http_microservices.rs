@@ -1,11 +1,11 @@
 //! Runs the Python services end to end against an embedded broker and checks what they saw.
 
-use example_http_microservices::{run_services, Embedded};
+use example_http_microservices::{run_services, Embedded, WEBHOOK_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_services_use_transactions_leases_retries_and_dlq_replay_over_http() {
     let broker = Embedded::start().await.expect("broker");
-    let outcome = run_services(&broker.base_url(), false).await;
+    let outcome = run_services(&broker.base_url(), Some(WEBHOOK_SECRET), false).await;
     broker.stop().await;
     let outcome = outcome.expect("services.py");
     let r = &outcome.result;

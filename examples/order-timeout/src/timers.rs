@@ -15,16 +15,17 @@ pub const TAG: &str = "CancelIfUnpaid";
 /// What `DELETE /v1/topics/{topic}/scheduled/{key}` answered.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CancelAnswer {
-    /// `cancelled`, `already_delivered` or `not_found`.
+    /// `cancelled`, `already_delivered`, `already_cancelled` (by an earlier call) or
+    /// `not_found`.
     pub result: String,
-    /// Messages the key matched.
+    /// Messages with that result (`matched` in the answer counts every message of the key).
     pub count: u64,
 }
 
 impl CancelAnswer {
-    /// The timer will never fire.
+    /// The timer will never fire (cancelled by this call or an earlier one).
     pub fn cancelled(&self) -> bool {
-        self.result == "cancelled"
+        self.result == "cancelled" || self.result == "already_cancelled"
     }
 
     /// The message is already in the topic: the consumer decides.

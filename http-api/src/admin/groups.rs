@@ -43,6 +43,7 @@ pub(crate) struct GroupSummary {
 
 /// Look-up options.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GroupQuery {
     /// Only this topic's offsets.

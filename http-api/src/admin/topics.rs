@@ -93,6 +93,7 @@ pub(crate) struct QueueOut {
 
 /// Listing options.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListTopicsQuery {
     /// Also list the broker's own topics (retry, dead-letter, schedule, transactions).

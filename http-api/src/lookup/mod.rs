@@ -30,6 +30,7 @@ pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
 
 /// Which message: `id` (a `msg_id`, or an `offset_msg_id`), or `key` with `topic`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LookupQuery {
     /// The message id (`msg_id` of the send, the `UNIQ_KEY`), or a stored record's

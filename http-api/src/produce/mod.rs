@@ -85,6 +85,7 @@ enum BodyKind {
     responses(
         (status = 201, description = "Stored (durable); scheduled when delayed", body = SendResult),
         (status = 400, description = "Malformed message, bad base64, reserved property", body = ErrorBody),
+        (status = 403, description = "The topic is a system topic or not writable", body = ErrorBody),
         (status = 404, description = "Unknown topic (auto-create off)", body = ErrorBody),
         (status = 413, description = "Body over max_message_bytes", body = ErrorBody),
         (status = 415, description = "Neither JSON nor octet-stream", body = ErrorBody),

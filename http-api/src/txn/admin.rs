@@ -94,7 +94,8 @@ pub(super) async fn get_one(
         (status = 400, description = "Malformed txn_id or action", body = ErrorBody),
         (status = 404, description = "Unknown, or decided and forgotten", body = ErrorBody),
         (status = 409, description = "Decided the other way", body = ErrorBody),
-        (status = 503, description = "Transactions disabled", body = ErrorBody)),
+        (status = 429, description = "Another decision on it is being stored, or the store is busy: nothing changed, retry", body = ErrorBody),
+        (status = 503, description = "Transactions disabled, disk full, or shutting down", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn force(
     State(state): State<AppState>,

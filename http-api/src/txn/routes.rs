@@ -113,7 +113,8 @@ pub(super) async fn send(
         (status = 400, description = "Malformed txn_id", body = ErrorBody),
         (status = 404, description = "No such transaction", body = ErrorBody),
         (status = 409, description = "Already rolled back", body = ErrorBody),
-        (status = 503, description = "Transactions disabled", body = ErrorBody)),
+        (status = 429, description = "Another decision on it is being stored, or the store is busy: nothing changed, retry", body = ErrorBody),
+        (status = 503, description = "Transactions disabled, disk full, or shutting down", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn commit(
     State(state): State<AppState>,
@@ -130,7 +131,8 @@ pub(super) async fn commit(
         (status = 400, description = "Malformed txn_id", body = ErrorBody),
         (status = 404, description = "No such transaction", body = ErrorBody),
         (status = 409, description = "Already committed", body = ErrorBody),
-        (status = 503, description = "Transactions disabled", body = ErrorBody)),
+        (status = 429, description = "Another decision on it is being stored, or the store is busy: nothing changed, retry", body = ErrorBody),
+        (status = 503, description = "Transactions disabled, disk full, or shutting down", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn rollback(
     State(state): State<AppState>,
@@ -149,7 +151,8 @@ pub(super) async fn rollback(
         (status = 400, description = "Malformed txn_id or state", body = ErrorBody),
         (status = 404, description = "No such transaction", body = ErrorBody),
         (status = 409, description = "Decided the other way already", body = ErrorBody),
-        (status = 503, description = "Transactions disabled", body = ErrorBody)),
+        (status = 429, description = "Another decision on it is being stored, or the store is busy: nothing changed, retry", body = ErrorBody),
+        (status = 503, description = "Transactions disabled, disk full, or shutting down", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn check_answer(
     State(state): State<AppState>,

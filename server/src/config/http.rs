@@ -71,6 +71,9 @@ pub struct HttpSection {
     /// leases, nothing open) are dropped, and a receive for a new group is 429 only when none
     /// is idle. Default 10 000.
     pub max_receive_groups: usize,
+    /// Most receipts in one ack, nack or visibility request (422 above). Default 1 000, at
+    /// most 100 000.
+    pub max_receipts: usize,
 }
 
 /// `[[http.tokens]]`
@@ -125,6 +128,7 @@ impl Default for HttpSection {
             max_visibility_ms: lease.max_visibility.as_millis() as u64,
             max_inflight_per_group: lease.max_inflight_per_group,
             max_receive_groups: lease.max_groups,
+            max_receipts: d.consume.max_receipts,
         }
     }
 }
@@ -185,6 +189,9 @@ impl HttpSection {
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_connections: self.max_connections,
+            consume: sluice_http::consume::ConsumeConfig {
+                max_receipts: self.max_receipts,
+            },
             ..HttpConfig::default()
         };
         cfg.validate().map_err(|e| anyhow!("[http] {e}"))?;

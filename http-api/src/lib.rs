@@ -75,12 +75,13 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(lookup::admin_routes())
         .merge(figures::admin_routes());
     let admin = guarded(admin, &state, auth::Scope::Admin);
-    let (routes, api) = OpenApiRouter::with_openapi(openapi::base())
+    let (routes, mut api) = OpenApiRouter::with_openapi(openapi::base())
         .merge(producer)
         .merge(consumer)
         .merge(admin)
         .merge(health::public_routes(&state))
         .split_for_parts();
+    openapi::add_shared_responses(&mut api);
     let spec = Arc::new(api.clone());
     let limit = Arc::new(Semaphore::new(state.config().max_concurrent_requests));
     let long_polls = Arc::new(Semaphore::new(state.config().max_long_polls));

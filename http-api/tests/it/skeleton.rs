@@ -121,3 +121,39 @@ async fn path_parameters_are_exactly_the_template_variables() {
     }
     s.stop().await;
 }
+
+/// The answers of the layers every route shares (token check, body extractors, load
+/// shedding) were declared on no operation, so generated clients had no type for them.
+#[tokio::test]
+async fn every_operation_declares_the_answers_of_the_shared_layers() {
+    let s = common::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let codes = op["responses"].as_object().unwrap();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let mut want = Vec::new();
+            if secured {
+                want.extend(["401", "403"]);
+            }
+            if op.get("requestBody").is_some() {
+                want.extend(["400", "413", "415"]);
+            }
+            if path != "/healthz" && path != "/readyz" {
+                want.push("429");
+            }
+            for code in want {
+                assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+            }
+        }
+    }
+    let produce = &doc["paths"]["/v1/topics/{topic}/messages"]["post"]["responses"];
+    assert!(
+        produce["429"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Store busy"),
+        "a route's own description is kept"
+    );
+    s.stop().await;
+}

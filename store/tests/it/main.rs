@@ -7,6 +7,7 @@ mod common;
 mod append_read;
 mod crash;
 mod faults;
+mod power_cut;
 mod recovery;
 mod retention;
 mod warm;

@@ -104,10 +104,11 @@ pub(crate) struct Appender {
     staged: Vec<(u64, AppendRequest, Vec<Appended>)>,
     disk_checked: Instant,
     disk_full: Option<String>,
-    /// Read once per drained batch (the clock is not free at one record per request): when
-    /// the batch started, and its store timestamp.
+    /// When the drained batch started: the disk-usage check reads this instead of the clock
+    /// (not free at one record per request). The store timestamp is still read per request:
+    /// it must not be older than the request (a timer released at its due time is stored at
+    /// or after it).
     batch_started: Instant,
-    batch_store_ts: i64,
     /// Shared with the warmer, when it runs: every write is announced there first.
     warm: Option<Arc<WarmFront>>,
     /// Set in sync mode: when idle, the appender syncs its own batch instead of handing it on.
@@ -140,7 +141,6 @@ impl Appender {
             disk_checked: Instant::now() - Duration::from_secs(3600),
             disk_full: None,
             batch_started: Instant::now(),
-            batch_store_ts: now_ms(),
             warm: None,
             syncer: None,
         }
@@ -162,7 +162,6 @@ impl Appender {
     pub(crate) fn run(mut self, rx: Receiver<AppendCommand>) {
         while let Ok(cmd) = rx.recv() {
             self.batch_started = Instant::now();
-            self.batch_store_ts = now_ms();
             let mut stop = !self.handle(cmd);
             while !stop && self.buf.len() < self.cfg.max_write_batch_bytes {
                 match rx.try_recv() {
@@ -201,11 +200,14 @@ impl Appender {
         if let Some(reason) = self.shared.fenced() {
             return Err(StoreError::Fenced(reason));
         }
-        if self
-            .batch_started
-            .saturating_duration_since(self.disk_checked)
-            >= Duration::from_millis(100)
-        {
+        // While refusing, the clock is read per request: refused requests add nothing to the
+        // batch, so under a backlog one batch could last long after space returned.
+        let now = if self.disk_full.is_some() {
+            Instant::now()
+        } else {
+            self.batch_started
+        };
+        if now.saturating_duration_since(self.disk_checked) >= Duration::from_millis(100) {
             self.refresh_disk_usage();
         }
         match &self.disk_full {
@@ -259,7 +261,7 @@ impl Appender {
             self.buf_start = self.next;
         }
         let watermark = self.shared.flushed.get();
-        let store_ts = self.batch_store_ts;
+        let store_ts = now_ms();
         let mut result = Vec::with_capacity(req.messages.len());
         // Offsets are reserved per run of messages for one queue (a batch is usually one run),
         // so the topic is hashed once per run, not once per message.
@@ -335,8 +337,6 @@ impl Appender {
         }
         let seg = self.log.create_segment(self.next)?;
         self.segment = Some(seg);
-        // Rolling a segment may have waited: later records of this batch get a fresh time.
-        self.batch_store_ts = now_ms();
         Ok(())
     }
 

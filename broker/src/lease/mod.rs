@@ -206,15 +206,17 @@ impl LeaseService {
     pub async fn receive(&self, req: ReceiveRequest) -> Result<Vec<Delivery>, LeaseError> {
         let plan = self.plan(&req)?;
         let max_groups = self.ctx.cfg.lease.max_groups;
-        if !self.state.admit(&plan.group, max_groups) {
+        let Some(book) = self.state.admit(&plan.group, max_groups) else {
             return Err(LeaseError::TooManyGroups(max_groups));
-        }
+        };
         self.ensure_expiry_task();
-        let got = receive::collect(&self.ctx, &self.state, &plan);
+        let got = receive::collect(&self.ctx, &self.state, &plan, &book);
         if !got.is_empty() || req.wait.is_zero() || self.ctx.shutting_down() {
             return Ok(got);
         }
-        Ok(self.long_poll(&plan, Instant::now() + req.wait).await)
+        Ok(self
+            .long_poll(&plan, &book, Instant::now() + req.wait)
+            .await)
     }
 
     /// Acknowledges deliveries (one result per receipt).
@@ -338,7 +340,12 @@ impl LeaseService {
 
     /// Waits for entries: dispatches to any source queue, a failed hand-back, the deadline or
     /// shutdown, looking again after each wake-up (bounded by the deadline).
-    async fn long_poll(&self, plan: &Plan, deadline: Instant) -> Vec<Delivery> {
+    async fn long_poll(
+        &self,
+        plan: &Plan,
+        book: &parking_lot::Mutex<state::Group>,
+        deadline: Instant,
+    ) -> Vec<Delivery> {
         let subs: Vec<_> = plan
             .sources()
             .iter()
@@ -355,7 +362,7 @@ impl LeaseService {
             for w in &mut wakes {
                 w.as_mut().enable();
             }
-            let got = receive::collect(&self.ctx, &self.state, plan);
+            let got = receive::collect(&self.ctx, &self.state, plan, book);
             let now = Instant::now();
             if !got.is_empty() || now >= deadline || self.ctx.shutting_down() {
                 return got;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sluice_protocol::java_hash;
 use sluice_protocol::remoting::body::parse_tags;
 use sluice_store::GetStatus;
@@ -97,10 +98,15 @@ impl Budget {
     }
 }
 
-/// One receive's pass over the queues: whatever is available now, leased.
-pub(crate) fn collect(ctx: &BrokerContext, state: &LeaseState, plan: &Plan) -> Vec<Delivery> {
+/// One receive's pass over the queues of `book` (the group's, held by the receive): whatever
+/// is available now, leased.
+pub(crate) fn collect(
+    ctx: &BrokerContext,
+    state: &LeaseState,
+    plan: &Plan,
+    book: &Mutex<Group>,
+) -> Vec<Delivery> {
     let cfg = &ctx.cfg.lease;
-    let book = state.group(&plan.group);
     let mut g = book.lock();
     let room = cfg.max_inflight_per_group.saturating_sub(g.leases.len());
     let mut budget = Budget {

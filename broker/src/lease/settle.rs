@@ -258,16 +258,21 @@ fn finish_hand_back(
 /// delivered again, their committed offsets stuck).
 pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState>) -> usize {
     let cfg = &ctx.cfg.lease;
-    let books = state.all_rotated();
+    let names = state.names_rotated();
     let mut budget = cfg.max_expired_per_tick;
     let mut total = 0;
-    let share = budget.div_ceil(books.len().max(1)).max(1);
+    let share = budget.div_ceil(names.len().max(1)).max(1);
     for most in [share, usize::MAX] {
-        for book in &books {
+        for name in &names {
             if budget == 0 {
                 return total;
             }
-            let (group, jobs) = expired_jobs(book, cfg.remembered_receipts, budget.min(most));
+            // Dropped since the pass began (it was idle): nothing of it can expire.
+            let Some(book) = state.existing(name) else {
+                continue;
+            };
+            let (group, jobs) = expired_jobs(&book, cfg.remembered_receipts, budget.min(most));
+            drop(book);
             budget -= jobs.len();
             total += jobs.len();
             if !jobs.is_empty() {

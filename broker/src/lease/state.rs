@@ -52,7 +52,8 @@ impl LeaseState {
         }
     }
 
-    /// The book of `group`, created on first use.
+    /// The book of `group`, created on first use (a hand-back finishing: its open entry keeps
+    /// the book from being swept, so this finds the one the hand-back began in).
     pub(crate) fn group(&self, group: &str) -> Arc<Mutex<Group>> {
         let mut groups = self.groups.lock();
         Arc::clone(
@@ -67,16 +68,20 @@ impl LeaseState {
     /// groups cannot pass the bound together). At the bound, idle books are dropped first
     /// (at most one sweep per [`SWEEP_INTERVAL`]), so a broker that saw many short-lived
     /// groups over its life keeps admitting new ones.
-    pub(crate) fn admit(&self, group: &str, max_groups: usize) -> bool {
+    ///
+    /// The receive holds the book it is given until it answers, long poll included: a book in
+    /// use is never swept, and the receive never makes a second one past the bound.
+    pub(crate) fn admit(&self, group: &str, max_groups: usize) -> Option<Arc<Mutex<Group>>> {
         let mut groups = self.groups.lock();
-        if groups.contains_key(group) {
-            return true;
+        if let Some(book) = groups.get(group) {
+            return Some(Arc::clone(book));
         }
         if groups.len() >= max_groups && !self.sweep_idle(&mut groups, max_groups) {
-            return false;
+            return None;
         }
-        groups.insert(group.to_owned(), Arc::new(Mutex::new(Group::new(group))));
-        true
+        let book = Arc::new(Mutex::new(Group::new(group)));
+        groups.insert(group.to_owned(), Arc::clone(&book));
+        Some(book)
     }
 
     /// Drops every book that holds nothing a new book would not rebuild; true when there is
@@ -123,20 +128,17 @@ impl LeaseState {
         self.groups.lock().get(group).cloned()
     }
 
-    /// Every group's book (the expiry task walks them).
-    pub(crate) fn all(&self) -> Vec<Arc<Mutex<Group>>> {
-        self.groups.lock().values().cloned().collect()
-    }
-
-    /// Every group's book, starting from a different group at each call.
-    pub(crate) fn all_rotated(&self) -> Vec<Arc<Mutex<Group>>> {
-        let mut books = self.all();
-        if !books.is_empty() {
+    /// Every group that has a book, starting from a different group at each call (the expiry
+    /// task walks them). Names, not books: the task takes each book only while it looks into
+    /// it, so a pass that waits on hand-backs does not keep every book from being swept.
+    pub(crate) fn names_rotated(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.groups.lock().keys().cloned().collect();
+        if !names.is_empty() {
             let start = self.expiry_rotation.fetch_add(1, Ordering::Relaxed) as usize;
-            let n = books.len();
-            books.rotate_left(start % n);
+            let n = names.len();
+            names.rotate_left(start % n);
         }
-        books
+        names
     }
 
     /// A generation never used before in this run.

@@ -594,6 +594,50 @@ async fn idle_books_make_room_for_new_groups_and_a_returning_group_resumes_where
     cluster.stop().await;
 }
 
+/// A receive fetched its group's book again for every look, so a long-polling group's book
+/// counted as idle between looks: a new group took its place and the poll then made a second
+/// book past the bound. A receive holds its book until it answers now.
+#[tokio::test]
+async fn a_long_polling_groups_book_is_not_dropped_under_it() {
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_groups = 1).await;
+    topic(&cluster, "Orders", 1);
+    let leases = cluster.broker.services().leases();
+    let poller = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            leases
+                .receive(request("g1", "Orders", 1, Duration::from_secs(2)))
+                .await
+        })
+    };
+    // This test's runtime has one thread: the poll runs into its wait while this task sleeps.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Until the poll answers, the bound has no room (sweeps included).
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            leases
+                .receive(request("g2", "Orders", 1, Duration::ZERO))
+                .await
+                .err(),
+            Some(LeaseError::TooManyGroups(1)),
+            "g1 is polling"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let got = poller.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1, "the poll got the message in its own book");
+    assert!(leases.ack("g1", &[got[0].receipt.clone()])[0].is_ok());
+    let g2 = admitted_within_patience(&leases, "g2").await;
+    assert_eq!(
+        g2[0].body,
+        "a".as_bytes(),
+        "g2 starts at the queue's minimum"
+    );
+    cluster.stop().await;
+}
+
 /// Receives one message for `group`, retrying while the bound refuses it (a sweep for idle
 /// books runs at most every 100 ms), within [`PATIENCE`].
 async fn admitted_within_patience(

@@ -425,6 +425,23 @@ impl ServerConfig {
         if self.txn.carry_forward_after_secs == Some(0) {
             bail!("txn.carry_forward_after_secs must be positive");
         }
+        // Webhook check-backs are promised HMAC-signed: a service must be able to tell the
+        // broker's calls from anyone else's. Unsigned calls were sent when no key was set.
+        if self.http.enabled && self.http.webhook_secret.is_none() {
+            let webhook_group = self.txn.groups.iter().find(|(_, g)| g.check_url.is_some());
+            if let Some((group, _)) = webhook_group {
+                bail!(
+                    "txn.groups.{group}.check_url needs [http] webhook_secret (at least 16 \
+                     bytes): webhook check-backs are HMAC-signed with it"
+                );
+            }
+            if !self.http.check_url_hosts.is_empty() {
+                bail!(
+                    "[http] check_url_hosts needs [http] webhook_secret (at least 16 bytes): \
+                     webhook check-backs are HMAC-signed with it"
+                );
+            }
+        }
         if !self.http.enabled {
             let needs_http = self
                 .txn
@@ -809,6 +826,39 @@ mod tests {
             .expect_err("stranded")
             .to_string();
         assert!(err.contains("txn.groups.g"), "{err}");
+    }
+
+    /// Webhook check-backs went out unsigned when no key was set, although they are promised
+    /// HMAC-signed: a service could not tell the broker's calls from anyone else's.
+    #[test]
+    fn webhook_check_backs_need_a_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        for (toml, names) in [
+            (
+                "[txn.groups.g]\ncheck_url = \"http://127.0.0.1:9/c\"\n",
+                "txn.groups.g.check_url",
+            ),
+            (
+                "[http]\ncheck_url_hosts = [\"127.0.0.1\"]\n",
+                "check_url_hosts",
+            ),
+        ] {
+            std::fs::write(&path, toml).unwrap();
+            let err = load(Some(&path), env(&[])).expect_err(toml).to_string();
+            assert!(
+                err.contains(names) && err.contains("webhook_secret"),
+                "{err}"
+            );
+            let key = "webhook_secret = \"0123456789abcdef\"\n";
+            let with_key = if toml.starts_with("[http]") {
+                toml.replace("[http]\n", &format!("[http]\n{key}"))
+            } else {
+                format!("[http]\n{key}{toml}")
+            };
+            std::fs::write(&path, with_key).unwrap();
+            load(Some(&path), env(&[])).expect("accepted with a key");
+        }
     }
 
     /// `SLUICE_NAMESRV` and `SLUICE_HTTP` (the examples' addresses of a running Sluice) and

@@ -48,7 +48,7 @@ pub struct HttpSection {
     /// `check_url`s are not limited by it.
     pub check_url_hosts: Vec<String>,
     /// Key of the check-back webhook signature (`X-Sluice-Signature`), at least 16 bytes.
-    /// None = unsigned webhook calls.
+    /// Required when webhooks can be called (`check_url_hosts` or a group's `check_url`).
     #[serde(serialize_with = "redacted_opt")]
     pub webhook_secret: Option<String>,
     /// Timeout of one webhook call. Default 5 000.

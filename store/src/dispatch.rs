@@ -6,6 +6,7 @@
 //! of the async risk). Each record's entries go to the slot its QUEUEOFFSET names, so running
 //! it twice over the same records (recovery) is harmless.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -258,14 +259,29 @@ impl Dispatcher {
         }
     }
 
-    /// Syncs consume queues and the index, then records the checkpoint.
+    /// Syncs consume queues and the index, then records the checkpoint. After a failed sync
+    /// it records nothing more in this run (see `Shared::queues_unsynced`).
     pub(crate) fn checkpoint(&self, shared: &Shared, path: &std::path::Path) -> Result<()> {
+        if shared.queues_unsynced.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let flushed = shared.flushed.get();
         let dispatched = shared.dispatched.get();
-        for (_, _, q) in self.cqs.all() {
-            q.sync_if_dirty(self.cqs.io())?;
+        let synced = self
+            .cqs
+            .all()
+            .into_iter()
+            .try_for_each(|(_, _, q)| q.sync_if_dirty(self.cqs.io()))
+            .and_then(|()| self.index.sync());
+        if let Err(e) = synced {
+            shared.queues_unsynced.store(true, Ordering::Release);
+            tracing::error!(
+                error = %e,
+                "consume-queue or index sync failed: the checkpoint stays where it was for the \
+                 rest of this run, and the next open re-dispatches from it"
+            );
+            return Err(e);
         }
-        self.index.sync()?;
         Checkpoint {
             flushed,
             dispatched,

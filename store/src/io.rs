@@ -174,6 +174,8 @@ fn statvfs_usage(dir: &Path) -> io::Result<DiskUsage> {
 pub struct FaultyIo {
     real: RealIo,
     fail_sync: AtomicBool,
+    fail_queue_sync: AtomicBool,
+    queue_sync_failures: AtomicU64,
     fail_allocate: AtomicBool,
     fail_queue_zeros: AtomicBool,
     /// When non-zero, the next write to a commit-log segment longer than this stores only this
@@ -191,6 +193,15 @@ impl FaultyIo {
     /// Every sync fails with EIO while `on`.
     pub fn fail_syncs(&self, on: bool) {
         self.fail_sync.store(on, Ordering::SeqCst);
+    }
+    /// Every sync of a file that is not a commit-log segment (consume queues, index) fails
+    /// with EIO while `on`.
+    pub fn fail_queue_syncs(&self, on: bool) {
+        self.fail_queue_sync.store(on, Ordering::SeqCst);
+    }
+    /// Syncs failed by [`FaultyIo::fail_queue_syncs`] so far.
+    pub fn queue_sync_failures(&self) -> u64 {
+        self.queue_sync_failures.load(Ordering::SeqCst)
     }
     /// Every allocation fails with ENOSPC while `on`.
     pub fn fail_allocations(&self, on: bool) {
@@ -254,6 +265,10 @@ impl StorageIo for FaultyIo {
 
     fn sync(&self, file: &File) -> io::Result<()> {
         if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if self.fail_queue_sync.load(Ordering::SeqCst) && !is_commit_log(file) {
+            self.queue_sync_failures.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.real.sync(file)?;

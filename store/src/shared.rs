@@ -19,6 +19,11 @@ pub(crate) struct Shared {
     fence_reason: Mutex<Option<String>>,
     /// Set when shutdown begins.
     pub(crate) closing: AtomicBool,
+    /// Set when a consume-queue or index sync failed: after a failed sync the kernel may have
+    /// dropped the pages it could not write, so what those files hold past the last
+    /// checkpoint is not trusted any more. The checkpoint stops advancing and the next open
+    /// recovers (re-dispatching from the last good checkpoint) even after a clean stop.
+    pub(crate) queues_unsynced: AtomicBool,
     /// Time of each commit-log sync (group commit: one per batch of waiters).
     pub(crate) sync_latency: crate::latency::LatencyHistogram,
 }
@@ -32,6 +37,7 @@ impl Shared {
             fenced: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
+            queues_unsynced: AtomicBool::new(false),
             sync_latency: crate::latency::LatencyHistogram::default(),
         }
     }

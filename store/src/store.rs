@@ -502,9 +502,14 @@ impl Store {
         for (name, handle) in threads {
             join(name, handle);
         }
+        let unsynced = self.shared.queues_unsynced.load(Ordering::Acquire);
         let result = match self.shared.fenced() {
             Some(reason) => {
                 tracing::warn!(reason = %reason, "store was fenced: leaving the abort marker so the next open recovers");
+                Ok(())
+            }
+            None if unsynced => {
+                tracing::warn!("a consume-queue or index sync failed: leaving the abort marker so the next open re-dispatches");
                 Ok(())
             }
             None => checkpoint::mark_clean(&self.cfg.data_dir),

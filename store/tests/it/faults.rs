@@ -247,3 +247,48 @@ fn shutdown_while_dispatching_keeps_failing_stops_cleanly_and_the_next_open_disp
     }
     store.shutdown().unwrap();
 }
+
+/// A failed consume-queue or index sync was retried at the next checkpoint, which the kernel
+/// may report as a success after dropping the pages it could not write, and the checkpoint
+/// then vouched for entries that might not be on the disk; a stop after it was called clean.
+/// Now the checkpoint stays where it was for the rest of the run and the next open
+/// re-dispatches from it.
+#[test]
+fn a_failed_queue_sync_freezes_the_checkpoint_and_the_next_open_re_dispatches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    append_seqs(&store, "T", 0, 0..10);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    io.fail_queue_syncs(true);
+    append_seqs(&store, "T", 0, 10..20);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    // A checkpoint (every 200 ms here) meets the failure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while io.queue_sync_failures() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        io.queue_sync_failures() > 0,
+        "a checkpoint synced the queue"
+    );
+    io.fail_queue_syncs(false); // later syncs would succeed: the run must not trust them
+    append_seqs(&store, "T", 0, 20..25);
+    store.shutdown().unwrap();
+    assert!(
+        store.health().fenced.is_none(),
+        "appends were never refused for it"
+    );
+    drop(store);
+
+    let store = open(&cfg);
+    assert!(
+        !store.recovery_report().clean,
+        "a stop after a failed queue sync is recovered as unclean"
+    );
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len(), 25);
+    for (i, (offset, body)) in msgs.iter().enumerate() {
+        assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
+    }
+}

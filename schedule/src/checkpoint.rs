@@ -141,12 +141,10 @@ fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Writ
         verify_until_ms: snap.verify_until,
         ..last.clone()
     };
-    if let Err(e) = state.save(&core.state_path()) {
-        if let Some(r) = &new_run {
-            let _ = std::fs::remove_file(r.path());
-        }
-        return Err(e);
-    }
+    // On an error the run is kept: the save may have failed after its rename (the folder's
+    // fsync), and then `state.json` names it. The next attempt reuses its id and replaces
+    // it; a restart first removes every run `state.json` does not name.
+    state.save(&core.state_path())?;
     tracing::debug!(
         run = id,
         entries = new_run.as_ref().map_or(0, |r| r.count),
@@ -175,12 +173,8 @@ pub(crate) fn compact(core: &Core) -> Result<()> {
     state.runs.retain(|r| !old.contains(r));
     state.runs.extend(merged.as_ref().map(|r| r.id));
     state.next_run_id = id + 1;
-    if let Err(e) = state.save(&core.state_path()) {
-        if let Some(r) = &merged {
-            let _ = std::fs::remove_file(r.path());
-        }
-        return Err(e);
-    }
+    // Kept on an error, as in `write`.
+    state.save(&core.state_path())?;
     tracing::info!(
         merged = old.len(),
         into = id,

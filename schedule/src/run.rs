@@ -55,7 +55,9 @@ pub(crate) fn list_runs(dir: &Path) -> Result<Vec<u64>> {
 }
 
 /// Writes sorted entries as run `id` (temp file, fsync, rename, fsync folder); `None` when
-/// there were no entries.
+/// there were no entries. A failed write removes its temporary file: left behind (a full
+/// disk), it held its space until the next attempt, which refilled it with a new merge, so
+/// space an operator freed was taken again.
 pub(crate) fn write_run(
     dir: &Path,
     id: u64,
@@ -63,15 +65,29 @@ pub(crate) fn write_run(
 ) -> Result<Option<Run>> {
     let path = run_path(dir, id);
     let tmp = path.with_extension("run.tmp");
+    let written = write_through_tmp(dir, id, path, &tmp, entries);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_through_tmp(
+    dir: &Path,
+    id: u64,
+    path: PathBuf,
+    tmp: &Path,
+    entries: impl Iterator<Item = DiskEntry>,
+) -> Result<Option<Run>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
-        .map_err(|e| ScheduleError::io("create", &tmp, e))?;
+        .open(tmp)
+        .map_err(|e| ScheduleError::io("create", tmp, e))?;
     let mut w = BufWriter::with_capacity(1 << 16, file);
-    let io = |e| ScheduleError::io("write", &tmp, e);
+    let io = |e| ScheduleError::io("write", tmp, e);
     let (mut count, mut sparse, mut min, mut max) = (0u64, Vec::new(), None, Key::MIN);
     let mut last: Option<(Key, Kind)> = None;
     for e in entries {
@@ -90,7 +106,7 @@ pub(crate) fn write_run(
     }
     let Some(min) = min else {
         drop(w);
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
         return Ok(None);
     };
     let mut sparse_bytes = Vec::with_capacity(sparse.len() * 16);
@@ -103,8 +119,8 @@ pub(crate) fn write_run(
         .map_err(io)?;
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all()
-        .map_err(|e| ScheduleError::io("fsync", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| ScheduleError::io("rename", &path, e))?;
+        .map_err(|e| ScheduleError::io("fsync", tmp, e))?;
+    std::fs::rename(tmp, &path).map_err(|e| ScheduleError::io("rename", &path, e))?;
     sync_dir(dir)?;
     Ok(Some(Run {
         id,
@@ -426,6 +442,19 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(list_runs(dir.path()).unwrap(), vec![7]);
+    }
+
+    /// A temporary run left by a failed write kept its space (on a full disk, until the next
+    /// merge refilled it). Here the rename fails: a folder holds the run's name.
+    #[test]
+    fn a_failed_run_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = run_path(dir.path(), 3);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("blocker"), b"x").unwrap();
+        let entries = (0..100).map(|i| e(i, i as u64, Kind::Fire));
+        assert!(write_run(dir.path(), 3, entries).is_err());
+        assert!(!path.with_extension("run.tmp").exists());
     }
 
     #[test]

@@ -99,6 +99,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Appends `bytes` to `path` (created if missing) and syncs them. On failure the file is cut
+/// back to its length before the call: a short write on a full disk left a fragment that the
+/// next append joined, and a reader took the joined line or record for a real one.
+pub fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let before = f.metadata()?.len();
+    let result = f.write_all(bytes).and_then(|()| f.sync_data());
+    if result.is_err() {
+        let _ = f.set_len(before);
+    }
+    result
+}
+
 /// Removes temporary files a crash left behind in `dir` (names ending in `.tmp`).
 pub fn sweep_temp_files(dir: &Path) -> Result<usize> {
     let mut n = 0;

@@ -16,7 +16,6 @@
 //! emptying — over-counts at worst, which the guarantee allows.
 
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::TxnError;
@@ -81,13 +80,7 @@ pub(crate) fn append(dir: &Path, records: &[Counted]) -> Result<(), TxnError> {
     for r in records {
         r.encode(&mut buf);
     }
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| fail("open", e))?;
-    f.write_all(&buf).map_err(|e| fail("append to", e))?;
-    f.sync_data().map_err(|e| fail("sync", e))
+    sluice_store::append_synced(&path, &buf).map_err(|e| fail("append to", e))
 }
 
 /// Empties the journal after a checkpoint made its records redundant. Blocking. Not synced: a

@@ -7,7 +7,6 @@
 //!   failed), appended and synced.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -305,14 +304,7 @@ fn append_line(path: &Path, line: &str) -> Result<(), DlqError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| state_err("create folder for", path, e))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| state_err("open", path, e))?;
-    f.write_all(line.as_bytes())
-        .and_then(|()| f.sync_data())
-        .map_err(|e| state_err("append to", path, e))
+    sluice_store::append_synced(path, line.as_bytes()).map_err(|e| state_err("append to", path, e))
 }
 
 fn state_err(op: &str, path: &Path, e: impl std::fmt::Display) -> DlqError {

@@ -190,7 +190,12 @@ impl Store {
         let queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
         report.damaged_ranges = damage.all().len();
         let shared = Arc::new(Shared::new(report.end));
-        dispatcher.checkpoint(&shared, &cp_path)?;
+        // Not fatal: on a full disk a store that cannot open cannot run the cleaner that frees
+        // space. The previous checkpoint stays valid (recovery from it redoes more work), and
+        // the dispatcher writes a new one at its interval.
+        if let Err(e) = dispatcher.checkpoint(&shared, &cp_path) {
+            tracing::error!(error = %e, "checkpoint after recovery failed; the dispatcher tries again");
+        }
         tracing::info!(
             data_dir = %cfg.data_dir.display(), clean, end = report.end, scanned_from = report.scanned_from,
             cut_at = ?report.cut_at, damaged = report.damaged_ranges, scan_us = report.scan_micros,

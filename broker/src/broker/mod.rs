@@ -249,7 +249,11 @@ fn open_state(
             )
         })
         .and_then(|topics| {
-            topics.save()?;
+            // Not fatal (a full disk must not keep the broker from starting and freeing
+            // space): the offset flush loop saves the topics again until it succeeds.
+            if let Err(e) = topics.save() {
+                tracing::error!(error = %e, "saving topics at start failed; tried again at the next offset flush");
+            }
             Ok((Arc::new(topics), Arc::new(OffsetManager::load(data_dir)?)))
         });
     match state {
@@ -275,17 +279,29 @@ fn spawn_background(
     ]
 }
 
-/// Saves consumer offsets every `offset_flush_interval`.
+/// Saves consumer offsets, and the topics when they changed since their last save, every
+/// `offset_flush_interval`.
 async fn flush_offsets_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(ctx.cfg.offset_flush_interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let offsets = Arc::clone(&ctx.offsets);
-        match tokio::task::spawn_blocking(move || offsets.save_if_dirty()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "saving consumer offsets failed"),
+        let (offsets, topics) = (Arc::clone(&ctx.offsets), Arc::clone(&ctx.topics));
+        // Topics too: a topic created on the send path is saved in the background once, and
+        // when that save failed (a full disk) nothing wrote it again, so after a crash its
+        // stored messages had no topic to be read through. A save of an unchanged table
+        // costs nothing.
+        let saved = move || (offsets.save_if_dirty(), topics.save());
+        match tokio::task::spawn_blocking(saved).await {
+            Ok((offsets, topics)) => {
+                if let Err(e) = offsets {
+                    tracing::error!(error = %e, "saving consumer offsets failed");
+                }
+                if let Err(e) = topics {
+                    tracing::error!(error = %e, "saving topics failed; tried again at the next flush");
+                }
+            }
             Err(e) => tracing::error!(error = %e, "offset flush task failed"),
         }
     }

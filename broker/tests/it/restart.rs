@@ -3,6 +3,8 @@
 
 use crate::common;
 
+use std::time::Duration;
+
 use common::*;
 use sluice_broker::Broker;
 use sluice_protocol::remoting::body::{decode_json, TopicConfigSerializeWrapper};
@@ -134,5 +136,34 @@ async fn a_new_group_gets_query_not_found_once_the_queue_start_is_out_of_memory(
         none.code, 22,
         "no offset and an old queue start: QUERY_NOT_FOUND"
     );
+    cluster.stop().await;
+}
+
+/// A topic created on the send path was saved once, in the background; when that save failed
+/// (a full disk) nothing saved it again, so after a crash its stored messages had no topic to
+/// be read through. The offset flush saves a changed topic table until it succeeds.
+#[tokio::test]
+async fn a_topic_whose_first_save_failed_is_saved_by_a_later_flush() {
+    let cluster =
+        start_cluster_with(|cfg| cfg.offset_flush_interval = Duration::from_millis(50)).await;
+    let file = cluster.dir.path().join("config").join("topics.json");
+    assert!(file.is_file(), "written at start");
+    // Saves fail while a folder holds the file's name (the rename over it is refused).
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("blocker"), b"x").unwrap();
+    let client = cluster.client().await;
+    send_ok(&client, "MadeOnSend", 0, b"m", &props(None, None)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the background save has failed
+    std::fs::remove_dir_all(&file).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let saved = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("MadeOnSend") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(saved.contains("MadeOnSend"), "topics.json: {saved}");
     cluster.stop().await;
 }

@@ -162,7 +162,9 @@ async fn launch(
     cancel: Arc<CancelFlag>,
 ) -> Result<ReplayStatus, DlqError> {
     if let Err(e) = save(&ctx, &status, Some("started")).await {
-        ctx.dlq.forget(&status.id);
+        // The task file may be saved although the audit line was not.
+        let (ctx2, id) = (Arc::clone(&ctx), status.id.clone());
+        let _ = tokio::task::spawn_blocking(move || ctx2.dlq.discard(&id)).await;
         return Err(e);
     }
     spawn(&ctx, status.clone(), cancel);

@@ -168,6 +168,20 @@ impl DlqState {
         self.tasks.lock().remove(id);
     }
 
+    /// Forgets a task that never started and removes its file, if one was written: left on
+    /// disk as running, it was resumed at the next start next to any task started instead.
+    /// Blocking.
+    pub(crate) fn discard(&self, id: &str) {
+        self.forget(id);
+        match std::fs::remove_file(self.task_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(task = id, error = %e, "cannot remove the file of a replay task that did not start")
+            }
+        }
+    }
+
     pub(crate) fn status(&self, id: &str) -> Option<ReplayStatus> {
         self.tasks.lock().get(id).map(|t| t.status.clone())
     }

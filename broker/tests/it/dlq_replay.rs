@@ -570,6 +570,38 @@ async fn a_replay_whose_task_file_cannot_be_saved_leaves_its_group_free() {
     cluster.stop().await;
 }
 
+/// The task file was saved but its audit line was not (a full disk): the start failed, yet
+/// the file said "running", and the next start resumed the task next to any task started
+/// instead. The file of a task that did not start is removed.
+#[tokio::test]
+async fn a_replay_whose_audit_line_cannot_be_written_leaves_no_task_file() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "sa", "Orders", 2, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    // A folder where the audit log belongs: appending a line fails.
+    let audit = cluster.dir.path().join("config/dlq/audit.log");
+    if audit.exists() {
+        std::fs::remove_file(&audit).unwrap();
+    }
+    std::fs::create_dir_all(&audit).unwrap();
+    let r = dlq
+        .start_replay(ReplaySpec {
+            group: "sa".into(),
+            rate_per_sec: 1000,
+            ..ReplaySpec::default()
+        })
+        .await;
+    assert!(matches!(r, Err(DlqError::State(_))), "{r:?}");
+    assert!(dlq.replays().is_empty(), "the failed start left no task");
+    let tasks = cluster.dir.path().join("config/dlq/tasks");
+    let left: Vec<_> = std::fs::read_dir(&tasks)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "task files left: {left:?}");
+    cluster.stop().await;
+}
+
 /// Flips one bit inside the stored record at commit-log offset `phys`, so its checksum fails
 /// and every read of the store skips it (as it skips any damaged record).
 fn damage_record(data_dir: &std::path::Path, phys: u64) {

@@ -6,7 +6,7 @@
 //! of the async risk). Each record's entries go to the slot its QUEUEOFFSET names, so running
 //! it twice over the same records (recovery) is harmless.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,10 @@ pub(crate) struct Dispatcher {
     /// KiB, which the allocator takes from (and returns to) the OS each time, faulting and
     /// zeroing a huge page per call.
     pub(crate) scratch: Mutex<Batch>,
+    /// The most a checkpoint may claim dispatched: what the last successful consume-queue and
+    /// index sync covered (at open, where this run began to re-dispatch). It stops moving
+    /// once such a sync fails (see `Shared::queues_unsynced`).
+    pub(crate) synced_to: AtomicU64,
 }
 
 /// Commit-log bytes behind the dispatcher that stay mapped (recent reads stay cheap).
@@ -260,31 +264,37 @@ impl Dispatcher {
     }
 
     /// Syncs consume queues and the index, then records the checkpoint. After a failed sync
-    /// it records nothing more in this run (see `Shared::queues_unsynced`).
+    /// those files are not synced again in this run (a retry may be reported a success after
+    /// the kernel dropped what it could not write): checkpoints go on recording the commit
+    /// log's progress, with `dispatched` held at what the last good sync covered, so the
+    /// next open re-dispatches from there (see `Shared::queues_unsynced`). An error means no
+    /// checkpoint was written (a failed queue sync is logged, not returned).
     pub(crate) fn checkpoint(&self, shared: &Shared, path: &std::path::Path) -> Result<()> {
-        if shared.queues_unsynced.load(Ordering::Acquire) {
-            return Ok(());
-        }
         let flushed = shared.flushed.get();
-        let dispatched = shared.dispatched.get();
-        let synced = self
-            .cqs
-            .all()
-            .into_iter()
-            .try_for_each(|(_, _, q)| q.sync_if_dirty(self.cqs.io()))
-            .and_then(|()| self.index.sync());
-        if let Err(e) = synced {
-            shared.queues_unsynced.store(true, Ordering::Release);
-            tracing::error!(
-                error = %e,
-                "consume-queue or index sync failed: the checkpoint stays where it was for the \
-                 rest of this run, and the next open re-dispatches from it"
-            );
-            return Err(e);
+        if !shared.queues_unsynced.load(Ordering::Acquire) {
+            let dispatched = shared.dispatched.get();
+            let synced = self
+                .cqs
+                .all()
+                .into_iter()
+                .try_for_each(|(_, _, q)| q.sync_if_dirty(self.cqs.io()))
+                .and_then(|()| self.index.sync());
+            match synced {
+                Ok(()) => self.synced_to.store(dispatched, Ordering::Release),
+                Err(e) => {
+                    shared.queues_unsynced.store(true, Ordering::Release);
+                    tracing::error!(
+                        error = %e, held_at = self.synced_to.load(Ordering::Acquire),
+                        "consume-queue or index sync failed: for the rest of this run checkpoints \
+                         hold `dispatched` where the last good sync left it, and the next open \
+                         re-dispatches from there"
+                    );
+                }
+            }
         }
         Checkpoint {
             flushed,
-            dispatched,
+            dispatched: self.synced_to.load(Ordering::Acquire),
             written_at_ms: now_ms(),
         }
         .store(path)

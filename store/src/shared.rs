@@ -20,9 +20,10 @@ pub(crate) struct Shared {
     /// Set when shutdown begins.
     pub(crate) closing: AtomicBool,
     /// Set when a consume-queue or index sync failed: after a failed sync the kernel may have
-    /// dropped the pages it could not write, so what those files hold past the last
-    /// checkpoint is not trusted any more. The checkpoint stops advancing and the next open
-    /// recovers (re-dispatching from the last good checkpoint) even after a clean stop.
+    /// dropped the pages it could not write, so what those files hold past the last good
+    /// sync is not trusted any more. Checkpoints hold `dispatched` there (`Dispatcher::
+    /// synced_to`), and a stop, even a clean one, leaves the abort marker: the next open
+    /// re-dispatches from there and does not trust the index's own summary.
     pub(crate) queues_unsynced: AtomicBool,
     /// Time of each commit-log sync (group commit: one per batch of waiters).
     pub(crate) sync_latency: crate::latency::LatencyHistogram,

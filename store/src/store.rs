@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -178,12 +178,18 @@ impl Store {
             damage: Arc::clone(&damage),
             listener: parking_lot::RwLock::new(None),
             scratch: parking_lot::Mutex::default(),
+            synced_to: AtomicU64::new(0),
         });
         let redispatch_from = if rebuild_all {
             log.min_offset()
         } else {
             cp.dispatched.min(report.end)
         };
+        // Below this the files are as the last checkpoint vouched; above it this run writes
+        // them again, unsynced so far.
+        dispatcher
+            .synced_to
+            .store(redispatch_from.max(log.min_offset()), Ordering::Release);
         let redispatch_started = std::time::Instant::now();
         dispatcher.dispatch_all(redispatch_from.max(log.min_offset()), report.end)?;
         report.redispatch_micros = redispatch_started.elapsed().as_micros() as u64;
@@ -191,10 +197,12 @@ impl Store {
         report.damaged_ranges = damage.all().len();
         let shared = Arc::new(Shared::new(report.end));
         // Not fatal: on a full disk a store that cannot open cannot run the cleaner that frees
-        // space. The previous checkpoint stays valid (recovery from it redoes more work), and
-        // the dispatcher writes a new one at its interval.
+        // space. But the previous checkpoint may describe files this recovery cut or rebuilt,
+        // so when no new one replaced it, it goes (removing needs no space): the next open
+        // then dispatches the whole log again. The dispatcher writes one at its interval.
         if let Err(e) = dispatcher.checkpoint(&shared, &cp_path) {
             tracing::error!(error = %e, "checkpoint after recovery failed; the dispatcher tries again");
+            discard_checkpoint(&cfg.data_dir, &cp_path);
         }
         tracing::info!(
             data_dir = %cfg.data_dir.display(), clean, end = report.end, scanned_from = report.scanned_from,
@@ -564,6 +572,18 @@ fn join(name: &str, handle: JoinHandle<()>) {
 
 /// Syncs the recovered range: after a process crash the bytes read back may sit only in the
 /// page cache, and the checkpoint is about to vouch for them.
+/// Removes a checkpoint that may no longer be true (and makes the removal durable), so the
+/// next open dispatches the whole log again. Failures are logged: nothing else can be done.
+fn discard_checkpoint(data_dir: &std::path::Path, path: &std::path::Path) {
+    let removed = match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => crate::mapped::sync_dir(data_dir).map_err(|e| e.to_string()),
+    };
+    if let Err(e) = removed {
+        tracing::error!(error = %e, path = %path.display(), "cannot remove a stale checkpoint");
+    }
+}
+
 fn sync_recovered(log: &CommitLog, io: &dyn StorageIo, from: u64, to: u64) -> Result<()> {
     for seg in log.segments() {
         if seg.end() > from && seg.base < to.max(from + 1) {

@@ -251,17 +251,17 @@ fn shutdown_while_dispatching_keeps_failing_stops_cleanly_and_the_next_open_disp
 /// A failed consume-queue or index sync was retried at the next checkpoint, which the kernel
 /// may report as a success after dropping the pages it could not write, and the checkpoint
 /// then vouched for entries that might not be on the disk; a stop after it was called clean.
-/// Now the checkpoint stays where it was for the rest of the run and the next open
-/// re-dispatches from it.
+/// Now checkpoints hold `dispatched` where the last good sync left it for the rest of the run
+/// and the next open re-dispatches from there.
 #[test]
-fn a_failed_queue_sync_freezes_the_checkpoint_and_the_next_open_re_dispatches() {
+fn a_failed_queue_sync_holds_the_checkpoint_and_the_next_open_re_dispatches() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(dir.path());
     let (store, io) = open_faulty(&cfg);
     append_seqs(&store, "T", 0, 0..10);
     assert!(store.wait_dispatched(Duration::from_secs(10)));
     io.fail_queue_syncs(true);
-    append_seqs(&store, "T", 0, 10..20);
+    let during = append_seqs(&store, "T", 0, 10..20);
     assert!(store.wait_dispatched(Duration::from_secs(10)));
     // A checkpoint (every 200 ms here) meets the failure.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -273,7 +273,20 @@ fn a_failed_queue_sync_freezes_the_checkpoint_and_the_next_open_re_dispatches() 
         "a checkpoint synced the queue"
     );
     io.fail_queue_syncs(false); // later syncs would succeed: the run must not trust them
-    append_seqs(&store, "T", 0, 20..25);
+    let after = append_seqs(&store, "T", 0, 20..25);
+    // Checkpoints go on recording the log's progress, with `dispatched` held below the
+    // entries the failed sync may have lost.
+    let last_phys = after.last().unwrap().1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let cp = loop {
+        let cp = sluice_store::Checkpoint::load(&cfg.data_dir.join("checkpoint")).unwrap();
+        if cp.flushed > last_phys || std::time::Instant::now() > deadline {
+            break cp;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(cp.flushed > last_phys, "checkpoints went on: {cp:?}");
+    assert!(cp.dispatched <= during[0].1, "dispatched held: {cp:?}");
     store.shutdown().unwrap();
     assert!(
         store.health().fenced.is_none(),

@@ -141,10 +141,13 @@ fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Writ
         verify_until_ms: snap.verify_until,
         ..last.clone()
     };
-    // On an error the run is kept: the save may have failed after its rename (the folder's
-    // fsync), and then `state.json` names it. The next attempt reuses its id and replaces
-    // it; a restart first removes every run `state.json` does not name.
-    state.save(&core.state_path())?;
+    // On an error the run is kept and its id never used again: the save may have failed
+    // after its rename (the folder's fsync), and then `state.json` names it, so no later
+    // write may replace it. A restart removes every run `state.json` does not name.
+    if let Err(e) = state.save(&core.state_path()) {
+        retire_run_id(core, id);
+        return Err(e);
+    }
     tracing::debug!(
         run = id,
         entries = new_run.as_ref().map_or(0, |r| r.count),
@@ -152,6 +155,12 @@ fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Writ
         "schedule checkpoint written"
     );
     Ok((state, new_run, dropped))
+}
+
+/// Makes sure run `id` is never written again in this run of the broker.
+fn retire_run_id(core: &Core, id: u64) {
+    let mut last = core.last_state.lock();
+    last.next_run_id = last.next_run_id.max(id + 1);
 }
 
 /// Merges the smaller half of the runs when there are more than `max_runs`.
@@ -173,8 +182,11 @@ pub(crate) fn compact(core: &Core) -> Result<()> {
     state.runs.retain(|r| !old.contains(r));
     state.runs.extend(merged.as_ref().map(|r| r.id));
     state.next_run_id = id + 1;
-    // Kept on an error, as in `write`.
-    state.save(&core.state_path())?;
+    // Kept on an error, its id retired, as in `write`.
+    if let Err(e) = state.save(&core.state_path()) {
+        retire_run_id(core, id);
+        return Err(e);
+    }
     tracing::info!(
         merged = old.len(),
         into = id,

@@ -237,6 +237,15 @@ fn store_section(out: &mut Prom, state: &AppState) {
             0.0
         },
     );
+    out.gauge(
+        "sluice_store_queues_unsynced",
+        "1 when a consume-queue or index sync failed in this run (the next open re-dispatches them).",
+        if store.health().queues_unsynced {
+            1.0
+        } else {
+            0.0
+        },
+    );
     if let Ok(u) = store.disk_usage() {
         out.gauge(
             "sluice_disk_used_ratio",

@@ -117,6 +117,9 @@ pub struct Health {
     /// Encounters of damage while that list was full (an unlisted range met again counts
     /// again: no memory is kept of it); logged, never served.
     pub damage_unlisted: u64,
+    /// A consume-queue or index sync failed in this run: appends go on, the next open
+    /// re-dispatches those files (see DURABILITY.md). A sign of a failing disk.
+    pub queues_unsynced: bool,
 }
 
 impl Store {
@@ -469,6 +472,7 @@ impl Store {
             fenced: self.shared.fenced(),
             damage: self.damage.all(),
             damage_unlisted: self.damage.unlisted(),
+            queues_unsynced: self.shared.queues_unsynced.load(Ordering::Acquire),
         }
     }
 

@@ -43,6 +43,7 @@ async fn metrics_are_prometheus_text_covering_http_store_txn_and_timers() {
         "sluice_messages_stored_total 1",
         "sluice_store_sync_duration_seconds_count",
         "sluice_disk_used_ratio",
+        "sluice_store_queues_unsynced 0",
         "sluice_txn_open 0",
         "sluice_txn_oldest_open_age_seconds",
         "sluice_timers_pending 0",

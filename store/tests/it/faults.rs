@@ -286,6 +286,7 @@ fn a_failed_queue_sync_holds_the_checkpoint_and_the_next_open_re_dispatches() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(cp.flushed > last_phys, "checkpoints went on: {cp:?}");
+    assert!(store.health().queues_unsynced, "operators can see it");
     assert!(cp.dispatched <= during[0].1, "dispatched held: {cp:?}");
     store.shutdown().unwrap();
     assert!(

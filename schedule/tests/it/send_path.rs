@@ -84,7 +84,16 @@ async fn timer_properties_and_levels_are_released_on_time_with_their_identity() 
         Some("3"),
         "a level above the last is clamped to it"
     );
-    let stats = node.service().stats().unwrap();
+    // A released message is visible once stored, a moment before the deliverer hears its
+    // append acknowledged and counts it: wait (bounded) for the count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = node.service().stats().unwrap();
+        if stats.delivered >= cases.len() as u64 || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(stats.delivered, cases.len() as u64);
     assert_eq!(stats.pending, 0);
     assert!(stats.lateness_quantile_ms(0.99).is_some());

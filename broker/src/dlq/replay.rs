@@ -435,10 +435,15 @@ async fn replay_one(
     }
     let ledger = Arc::clone(ledger);
     let qo = m.queue_offset;
-    tokio::task::spawn_blocking(move || ledger.record(qo))
+    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = recorded {
+        // The copy is stored: reported as replayed, not as "stays in the DLQ". Only the
+        // ledger misses it, so a later task may copy it again.
+        tracing::warn!(task = %status.id, dlq_offset = qo, error = %e, "message copied but not written to the replay ledger; a later task may copy it again");
+    }
     Ok(!already)
 }
 

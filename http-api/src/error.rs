@@ -172,9 +172,24 @@ impl IntoResponse for ApiError {
                 request_id,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        // Busy (429) and unavailable (503: disk full, shutting down, a service off) answers
+        // changed nothing: say when a retry makes sense rather than leave clients to guess.
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
+
+/// `Retry-After` of 429 and 503 answers, in seconds.
+pub const RETRY_AFTER_SECS: &str = "1";
 
 /// Handler results.
 pub type ApiResult<T> = Result<T, ApiError>;

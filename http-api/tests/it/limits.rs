@@ -211,14 +211,28 @@ async fn requests_over_max_concurrent_requests_are_429_and_served_again_after() 
     upload.write_all(first).await.unwrap();
     let mut shed = None;
     for _ in 0..200 {
-        let (st, r) = s.post("/v1/topics/T/messages", json!({"body": "x"})).await;
-        if st == 429 {
-            shed = Some(error_code(&r).to_owned());
+        let r = s
+            .http
+            .post(s.url("/v1/topics/T/messages"))
+            .json(&json!({"body": "x"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 429 {
+            let retry_after = r.headers().get("retry-after").cloned();
+            let (_, body) = common::status_json(r).await;
+            shed = Some((error_code(&body).to_owned(), retry_after));
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(shed.as_deref(), Some("too_many_requests"));
+    let (code, retry_after) = shed.expect("shed");
+    assert_eq!(code, "too_many_requests");
+    assert_eq!(
+        retry_after.as_ref().and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "a 429 says when to retry"
+    );
     assert_eq!(s.get("/healthz").await.0, 200, "probes are never shed");
     assert_eq!(s.get("/readyz").await.0, 200, "probes are never shed");
     upload.write_all(rest).await.unwrap();

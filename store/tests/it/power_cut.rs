@@ -150,28 +150,6 @@ enum Fate {
     Torn(u64),
 }
 
-/// Copies a folder tree as it is now; a file removed meanwhile (a state file's temporary
-/// copy renamed into place) is skipped, as a power cut would have found it gone.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        let copied = if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-            Ok(0)
-        } else {
-            std::fs::copy(entry.path(), dest)
-        };
-        match copied {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            other => {
-                other.unwrap();
-            }
-        }
-    }
-}
-
 /// Puts the copy in the state a power cut could leave: each page an unsynced write touched is
 /// kept, lost or torn; a lost byte gets back what it held before the writes (undone newest
 /// first, so overlapping writes end at the oldest earlier content).
@@ -281,7 +259,7 @@ fn run_until_cut(
                 std::thread::sleep(Duration::from_micros(200));
                 return None;
             }
-            copy_tree(from, to);
+            copy_dir(from, to);
             Some(std::mem::take(&mut *io.writes.lock().unwrap()))
         })
         .expect("the last attempt cuts");

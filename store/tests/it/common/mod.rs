@@ -61,7 +61,9 @@ pub fn read_queue(store: &Store, topic: &str, queue_id: i32) -> Vec<(u64, Vec<u8
     out
 }
 
-/// Copies a folder tree (a pristine data folder to damage in many ways).
+/// Copies a folder tree (a pristine data folder to damage in many ways, or a live one at a
+/// simulated power cut: a file removed meanwhile, such as a state file's temporary copy
+/// renamed into place, is skipped, as the cut would have found it gone).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -69,8 +71,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
         let dest = to.join(entry.file_name());
         if entry.file_type().unwrap().is_dir() {
             copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
+            continue;
+        }
+        match std::fs::copy(entry.path(), dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            copied => {
+                copied.unwrap();
+            }
         }
     }
 }

@@ -81,6 +81,21 @@ async fn every_schema_reference_in_the_openapi_document_resolves() {
     s.stop().await;
 }
 
+/// Every operation of the document as (path, method, operation).
+fn operations(doc: &serde_json::Value) -> Vec<(&str, &str, &serde_json::Value)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .iter()
+                .map(move |(method, op)| (path.as_str(), method.as_str(), op))
+        })
+        .collect()
+}
+
 /// Query parameters read through the facade's own extractor were documented as path
 /// parameters (utoipa's default location when it does not recognise the extractor): not
 /// required, absent from the template, so the document was invalid and generated clients put
@@ -90,33 +105,31 @@ async fn every_schema_reference_in_the_openapi_document_resolves() {
 async fn path_parameters_are_exactly_the_template_variables() {
     let s = common::start().await;
     let (_, doc) = s.get("/openapi.json").await;
-    for (path, item) in doc["paths"].as_object().unwrap() {
+    for (path, method, op) in operations(&doc) {
         let vars: Vec<&str> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|v| v.strip_suffix('}')))
             .collect();
-        for (method, op) in item.as_object().unwrap() {
-            let params = op["parameters"].as_array().cloned().unwrap_or_default();
-            let in_path: Vec<&str> = params
-                .iter()
-                .filter(|p| p["in"] == "path")
-                .map(|p| {
-                    assert_eq!(p["required"], true, "{method} {path}: {p}");
-                    p["name"].as_str().unwrap()
-                })
-                .collect();
-            for name in &in_path {
-                assert!(
-                    vars.contains(name),
-                    "{method} {path}: {name} is documented in the path but is not in it"
-                );
-            }
-            for v in &vars {
-                assert!(
-                    in_path.contains(v),
-                    "{method} {path}: {v} is not documented"
-                );
-            }
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        let in_path: Vec<&str> = params
+            .iter()
+            .filter(|p| p["in"] == "path")
+            .map(|p| {
+                assert_eq!(p["required"], true, "{method} {path}: {p}");
+                p["name"].as_str().unwrap()
+            })
+            .collect();
+        for name in &in_path {
+            assert!(
+                vars.contains(name),
+                "{method} {path}: {name} is documented in the path but is not in it"
+            );
+        }
+        for v in &vars {
+            assert!(
+                in_path.contains(v),
+                "{method} {path}: {v} is not documented"
+            );
         }
     }
     s.stop().await;
@@ -128,25 +141,29 @@ async fn path_parameters_are_exactly_the_template_variables() {
 async fn every_operation_declares_the_answers_of_the_shared_layers() {
     let s = common::start().await;
     let (_, doc) = s.get("/openapi.json").await;
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            let codes = op["responses"].as_object().unwrap();
-            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
-            let mut want = Vec::new();
-            if secured {
-                want.extend(["401", "403"]);
-            }
-            if op.get("requestBody").is_some() {
-                want.extend(["400", "413", "415"]);
-            }
-            if path != "/healthz" && path != "/readyz" {
-                want.push("429");
-            }
-            for code in want {
-                assert!(codes.contains_key(code), "{method} {path} lacks {code}");
-            }
+    for (path, method, op) in operations(&doc) {
+        let codes = op["responses"].as_object().unwrap();
+        let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        let mut want = Vec::new();
+        if secured {
+            want.extend(["401", "403"]);
+        }
+        if op.get("requestBody").is_some() {
+            want.extend(["400", "413", "415"]);
+        }
+        if path != "/healthz" && path != "/readyz" {
+            want.push("429");
+        }
+        for code in want {
+            assert!(codes.contains_key(code), "{method} {path} lacks {code}");
         }
     }
+    assert!(
+        operations(&doc)
+            .iter()
+            .any(|(_, _, op)| op["security"].as_array().is_some_and(|s| !s.is_empty())),
+        "the document has secured routes to check"
+    );
     let produce = &doc["paths"]["/v1/topics/{topic}/messages"]["post"]["responses"];
     assert!(
         produce["429"]["description"]

@@ -85,7 +85,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 fn not_ready_reasons(state: &AppState) -> Vec<String> {
     let mut reasons = Vec::new();
     let store = state.broker().store();
-    if let Some(why) = store.health().fenced {
+    if let Some(why) = store.fenced() {
         reasons.push(format!("store fenced: {why}"));
     }
     if let Ok(u) = store.disk_usage() {

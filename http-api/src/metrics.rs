@@ -231,16 +231,12 @@ fn store_section(out: &mut Prom, state: &AppState) {
     out.gauge(
         "sluice_store_fenced",
         "1 when appends are refused after a failed write or sync.",
-        if store.health().fenced.is_some() {
-            1.0
-        } else {
-            0.0
-        },
+        if store.fenced().is_some() { 1.0 } else { 0.0 },
     );
     out.gauge(
         "sluice_store_queues_unsynced",
         "1 when a consume-queue or index sync failed in this run (the next open re-dispatches them).",
-        if store.health().queues_unsynced {
+        if store.queues_unsynced() {
             1.0
         } else {
             0.0

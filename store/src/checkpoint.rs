@@ -112,6 +112,17 @@ pub fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Removes `path` (already gone is fine) and syncs its folder, so the removal survives a
+/// power cut.
+pub fn remove_synced(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        removed => removed?,
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Removes temporary files a crash left behind in `dir` (names ending in `.tmp`).
 pub fn sweep_temp_files(dir: &Path) -> Result<usize> {
     let mut n = 0;

@@ -83,6 +83,12 @@ impl DamageLog {
         self.ranges.lock().listed.values().cloned().collect()
     }
 
+    /// Damage encounters: the listed ranges plus those met while the list was full.
+    pub(crate) fn count(&self) -> u64 {
+        let r = self.ranges.lock();
+        (r.listed.len() as u64).saturating_add(r.unlisted)
+    }
+
     /// Ranges found but not listed (the list was full).
     pub(crate) fn unlisted(&self) -> u64 {
         self.ranges.lock().unlisted

@@ -205,7 +205,7 @@ impl Store {
         // then dispatches the whole log again. The dispatcher writes one at its interval.
         if let Err(e) = dispatcher.checkpoint(&shared, &cp_path) {
             tracing::error!(error = %e, "checkpoint after recovery failed; the dispatcher tries again");
-            discard_checkpoint(&cfg.data_dir, &cp_path);
+            discard_checkpoint(&cp_path);
         }
         tracing::info!(
             data_dir = %cfg.data_dir.display(), clean, end = report.end, scanned_from = report.scanned_from,
@@ -466,7 +466,22 @@ impl Store {
         self.io.disk_usage(&self.cfg.data_dir)
     }
 
-    /// Fencing and damage.
+    /// Why appends are refused, if they are (cheap: [`Store::health`] copies the damage list).
+    pub fn fenced(&self) -> Option<String> {
+        self.shared.fenced()
+    }
+
+    /// Whether a consume-queue or index sync failed in this run (see [`Health`]).
+    pub fn queues_unsynced(&self) -> bool {
+        self.shared.queues_unsynced.load(Ordering::Acquire)
+    }
+
+    /// Damaged ranges listed plus damage met while the list was full, without copying it.
+    pub fn damage_count(&self) -> u64 {
+        self.damage.count()
+    }
+
+    /// Fencing and damage (copies the damage list: for operators' views, not per request).
     pub fn health(&self) -> Health {
         Health {
             fenced: self.shared.fenced(),
@@ -574,20 +589,16 @@ fn join(name: &str, handle: JoinHandle<()>) {
     }
 }
 
-/// Syncs the recovered range: after a process crash the bytes read back may sit only in the
-/// page cache, and the checkpoint is about to vouch for them.
 /// Removes a checkpoint that may no longer be true (and makes the removal durable), so the
 /// next open dispatches the whole log again. Failures are logged: nothing else can be done.
-fn discard_checkpoint(data_dir: &std::path::Path, path: &std::path::Path) {
-    let removed = match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-        _ => crate::mapped::sync_dir(data_dir).map_err(|e| e.to_string()),
-    };
-    if let Err(e) = removed {
+fn discard_checkpoint(path: &std::path::Path) {
+    if let Err(e) = checkpoint::remove_synced(path) {
         tracing::error!(error = %e, path = %path.display(), "cannot remove a stale checkpoint");
     }
 }
 
+/// Syncs the recovered range: after a process crash the bytes read back may sit only in the
+/// page cache, and the checkpoint is about to vouch for them.
 fn sync_recovered(log: &CommitLog, io: &dyn StorageIo, from: u64, to: u64) -> Result<()> {
     for seg in log.segments() {
         if seg.end() > from && seg.base < to.max(from + 1) {

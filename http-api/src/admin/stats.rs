@@ -168,7 +168,6 @@ pub(super) async fn get_stats(State(state): State<AppState>) -> Json<StatsOut> {
 fn store_out(state: &AppState) -> StoreOut {
     let store = state.broker().store();
     let s = store.stats();
-    let h = store.health();
     StoreOut {
         min_offset: s.min_offset,
         written: s.written,
@@ -176,8 +175,8 @@ fn store_out(state: &AppState) -> StoreOut {
         dispatched: s.dispatched,
         commit_log_bytes: s.commit_log_bytes,
         queues: s.queues,
-        fenced: h.fenced,
-        damaged_ranges: h.damage.len() + usize::try_from(h.damage_unlisted).unwrap_or(usize::MAX),
+        fenced: store.fenced(),
+        damaged_ranges: usize::try_from(store.damage_count()).unwrap_or(usize::MAX),
     }
 }
 

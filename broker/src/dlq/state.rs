@@ -173,16 +173,8 @@ impl DlqState {
     /// Blocking.
     pub(crate) fn discard(&self, id: &str) {
         self.forget(id);
-        let path = self.task_path(id);
-        let removed = match std::fs::remove_file(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            // Durable, or a power cut could bring the "running" file back.
-            Ok(()) => path.parent().map_or(Ok(()), |dir| {
-                std::fs::File::open(dir).and_then(|d| d.sync_all())
-            }),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = removed {
+        // Durably, or a power cut could bring the "running" file back.
+        if let Err(e) = sluice_store::remove_synced(&self.task_path(id)) {
             tracing::error!(task = id, error = %e, "cannot remove the file of a replay task that did not start");
         }
     }

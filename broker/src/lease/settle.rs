@@ -258,17 +258,17 @@ fn finish_hand_back(
 /// delivered again, their committed offsets stuck).
 pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState>) -> usize {
     let cfg = &ctx.cfg.lease;
-    let names = state.names_rotated();
+    let books = state.books_rotated();
     let mut budget = cfg.max_expired_per_tick;
     let mut total = 0;
-    let share = budget.div_ceil(names.len().max(1)).max(1);
+    let share = budget.div_ceil(books.len().max(1)).max(1);
     for most in [share, usize::MAX] {
-        for name in &names {
+        for weak in &books {
             if budget == 0 {
                 return total;
             }
             // Dropped since the pass began (it was idle): nothing of it can expire.
-            let Some(book) = state.existing(name) else {
+            let Some(book) = weak.upgrade() else {
                 continue;
             };
             let (group, jobs) = expired_jobs(&book, cfg.remembered_receipts, budget.min(most));

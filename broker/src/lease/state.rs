@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -128,17 +128,18 @@ impl LeaseState {
         self.groups.lock().get(group).cloned()
     }
 
-    /// Every group that has a book, starting from a different group at each call (the expiry
-    /// task walks them). Names, not books: the task takes each book only while it looks into
-    /// it, so a pass that waits on hand-backs does not keep every book from being swept.
-    pub(crate) fn names_rotated(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.groups.lock().keys().cloned().collect();
-        if !names.is_empty() {
+    /// Every book, weakly held, starting from a different group at each call (the expiry task
+    /// walks them). Weak: the task upgrades each only while it looks into it, so a pass that
+    /// waits on hand-backs does not keep every book from being swept (a sweep counts strong
+    /// holders only), and the map is locked once per pass.
+    pub(crate) fn books_rotated(&self) -> Vec<Weak<Mutex<Group>>> {
+        let mut books: Vec<_> = self.groups.lock().values().map(Arc::downgrade).collect();
+        if !books.is_empty() {
             let start = self.expiry_rotation.fetch_add(1, Ordering::Relaxed) as usize;
-            let n = names.len();
-            names.rotate_left(start % n);
+            let n = books.len();
+            books.rotate_left(start % n);
         }
-        names
+        books
     }
 
     /// A generation never used before in this run.

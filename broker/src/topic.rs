@@ -299,11 +299,12 @@ impl TopicManager {
     /// after a durable one costs no write and no fsync. Blocking.
     pub(crate) fn save(&self) -> Result<(), BrokerError> {
         let mut written = self.write_lock.lock();
-        let snapshot = self.snapshot();
-        let version = snapshot.data_version.counter;
-        if *written == Some(version) {
+        // Checked before the table is copied: the offset flush calls this every interval.
+        if *written == Some(self.table.read().version.counter) {
             return Ok(());
         }
+        let snapshot = self.snapshot();
+        let version = snapshot.data_version.counter;
         state_file::store(&self.path, &encode_json(&snapshot))?;
         *written = Some(version);
         Ok(())

@@ -291,7 +291,7 @@ async fn flush_offsets_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<b
         // Topics too: a topic created on the send path is saved in the background once, and
         // when that save failed (a full disk) nothing wrote it again, so after a crash its
         // stored messages had no topic to be read through. A save of an unchanged table
-        // costs nothing.
+        // only compares a version.
         let saved = move || (offsets.save_if_dirty(), topics.save());
         match tokio::task::spawn_blocking(saved).await {
             Ok((offsets, topics)) => {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
+use sluice_protocol::Properties;
 use sluice_store::io::{DiskUsage, RealIo, StorageIo};
 use sluice_store::{Store, StoreConfig};
 
@@ -300,9 +301,11 @@ fn read_entries(store: &Store, queue_id: i32) -> Vec<(u64, Option<u64>, Vec<u8>)
 
 /// The seq a record's properties name in `UNIQ_KEY`.
 fn seq_of(properties: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(properties).ok()?;
-    let at = text.find("UNIQ_KEY\u{1}U")? + "UNIQ_KEY\u{1}U".len();
-    text.get(at..at + 30)?.parse().ok()
+    Properties::decode(properties)
+        .get("UNIQ_KEY")?
+        .strip_prefix('U')?
+        .parse()
+        .ok()
 }
 
 /// Everything acknowledged is there, at its offsets; queues are contiguous and whole.

@@ -202,7 +202,12 @@ pub enum DedupeKey {
     /// The producer's `UNIQ_KEY` (the broker's id of the copy if a producer set none).
     #[default]
     UniqKey,
-    /// The first business key (`KEYS`).
+    /// The first business key (`KEYS`). The key names the *work*, not the message: two
+    /// different messages with the same first key (an order's `created` and its later
+    /// `paid`, or the same id on two subscribed topics) count as one, and the second is
+    /// acknowledged as a duplicate without running the handler. Use it only when each key is
+    /// sent once per group, or compose a key from what tells the messages apart with
+    /// [`DedupeKey::Custom`] (e.g. topic, tag and key).
     FirstKey,
     /// A property.
     Property(String),
@@ -394,7 +399,9 @@ where
     }
 }
 
-/// Runs a [`TxHandler`] exactly once per dedupe key and consumer group. Use it directly, or
+/// Runs a [`TxHandler`] at most once per dedupe key and consumer group (for a `UNIQ_KEY`, once
+/// within [`UNIQ_KEY_WINDOW`]; see the module docs), and exactly once for a message that is
+/// eventually processed. Use it directly, or
 /// as a push consumer's handler (it implements [`MessageHandler`]: processed and duplicate
 /// messages are acknowledged, failures retried).
 ///

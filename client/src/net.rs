@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sluice_protocol::acl::Credentials;
 use sluice_protocol::{request_code, response_code, RemotingCommand};
-use sluice_remoting::{ClientOptions, ConnectionHandle, RemotingClient};
+use sluice_remoting::{ClientOptions, ConnectionHandle, RemotingClient, RemotingError};
 use tokio::sync::mpsc;
 
 use crate::error::ClientError;
@@ -28,8 +28,9 @@ pub(crate) struct ServerRequest {
 pub(crate) struct Pool {
     opts: ClientOptions,
     conns: Mutex<HashMap<String, Arc<RemotingClient>>>,
-    /// Serialises connecting, so concurrent callers share one new connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// One dial slot per address: concurrent callers of one address share one attempt (its
+    /// connection, or its failure), while a dead address never delays connecting to another.
+    dialing: Mutex<HashMap<String, Arc<DialSlot>>>,
     requests: mpsc::Sender<ServerRequest>,
     /// ACL credentials every request is signed with.
     credentials: Option<Credentials>,
@@ -45,7 +46,7 @@ impl Pool {
         Self {
             opts,
             conns: Mutex::new(HashMap::new()),
-            connecting: tokio::sync::Mutex::new(()),
+            dialing: Mutex::new(HashMap::new()),
             requests,
             credentials: None,
         }
@@ -76,16 +77,43 @@ impl Pool {
         cmd
     }
 
-    /// The open connection to `addr`, connecting when there is none (or it closed).
+    /// The open connection to `addr`, connecting when there is none (or it closed). Callers
+    /// that waited while another caller's attempt at the same address failed get that failure
+    /// instead of trying again one after another (a black-holed broker would otherwise cost
+    /// each of them a full `connect_timeout` in turn).
     pub(crate) async fn get(&self, addr: &str) -> Result<Arc<RemotingClient>, ClientError> {
         if let Some(c) = self.open(addr) {
             return Ok(c);
         }
-        let _guard = self.connecting.lock().await;
+        let slot = Arc::clone(self.dialing.lock().entry(addr.to_owned()).or_default());
+        let arrived = Instant::now();
+        let mut last_failure = slot.0.lock().await;
         if let Some(c) = self.open(addr) {
             return Ok(c);
         }
-        let sock = resolve(addr).await?;
+        if let Some((at, e)) = last_failure.as_ref() {
+            if *at >= arrived {
+                if let Some(e) = replay(e) {
+                    return Err(e);
+                }
+            }
+        }
+        match self.connect(addr).await {
+            Ok(c) => {
+                *last_failure = None;
+                Ok(c)
+            }
+            Err(e) => {
+                if let Some(copy) = replay(&e) {
+                    *last_failure = Some((Instant::now(), copy));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Arc<RemotingClient>, ClientError> {
+        let sock = resolve(addr, self.opts.connect_timeout).await?;
         let client = RemotingClient::connect_with(sock, self.opts.clone())
             .await
             .map_err(|e| ClientError::remoting(addr, e))?;
@@ -188,20 +216,57 @@ pub(crate) fn failure(addr: &str, resp: RemotingCommand) -> ClientError {
     }
 }
 
-async fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
+/// Connecting state of one address: the last failed attempt, if the last attempt failed.
+#[derive(Default)]
+struct DialSlot(tokio::sync::Mutex<Option<(Instant, ClientError)>>);
+
+/// A copy of a connect failure, for the callers that waited on the same attempt; `None` for
+/// failures that are not about reaching the address (those callers try themselves).
+fn replay(e: &ClientError) -> Option<ClientError> {
+    match e {
+        ClientError::Resolve { addr, reason } => Some(ClientError::Resolve {
+            addr: addr.clone(),
+            reason: reason.clone(),
+        }),
+        ClientError::Remoting { addr, source } => {
+            let source = match source {
+                RemotingError::Connect { addr, source } => RemotingError::Connect {
+                    addr: *addr,
+                    source: std::io::Error::new(source.kind(), source.to_string()),
+                },
+                RemotingError::ConnectTimeout { addr, timeout } => RemotingError::ConnectTimeout {
+                    addr: *addr,
+                    timeout: *timeout,
+                },
+                RemotingError::Tls { addr, reason } => RemotingError::Tls {
+                    addr: *addr,
+                    reason: reason.clone(),
+                },
+                _ => return None,
+            };
+            Some(ClientError::Remoting {
+                addr: addr.clone(),
+                source,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `addr` as a socket address; a host name is looked up, for at most `timeout`.
+async fn resolve(addr: &str, timeout: Duration) -> Result<SocketAddr, ClientError> {
     if let Ok(sock) = addr.parse() {
         return Ok(sock);
     }
-    let mut found = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| ClientError::Resolve {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
-    found.next().ok_or_else(|| ClientError::Resolve {
+    let failed = |reason: String| ClientError::Resolve {
         addr: addr.to_owned(),
-        reason: "no address".into(),
-    })
+        reason,
+    };
+    let mut found = tokio::time::timeout(timeout, tokio::net::lookup_host(addr))
+        .await
+        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    found.next().ok_or_else(|| failed("no address".into()))
 }
 
 /// Hands server requests to the owner. A request nobody handles, that expects an answer,
@@ -240,4 +305,86 @@ async fn reply_not_supported(conn: &ConnectionHandle, cmd: &RemotingCommand) {
     let resp =
         RemotingCommand::response_to(cmd, response_code::REQUEST_CODE_NOT_SUPPORTED, Some(remark));
     let _ = conn.send(resp).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener whose accept queue is full, so a new connect hangs (Linux drops the SYN).
+    async fn black_hole() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>, String) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Fills the queue; these connects complete in the kernel without an accept.
+        let fillers = (0..3)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            })
+            .collect();
+        (listener, fillers, addr.to_string())
+    }
+
+    /// Connecting to one unreachable broker used to hold a pool-wide lock for the whole
+    /// connect timeout, so a healthy broker could not be reached meanwhile.
+    #[tokio::test]
+    async fn a_hanging_connect_does_not_delay_another_address() {
+        let (_hole, _fillers, dead) = black_hole().await;
+        let healthy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let healthy_addr = healthy.local_addr().unwrap().to_string();
+        let accept = tokio::spawn(async move { healthy.accept().await.map(|(s, _)| s) });
+        let (tx, _rx) = mpsc::channel(1);
+        let pool = Arc::new(Pool::new(Duration::from_secs(30), tx));
+        let p = Arc::clone(&pool);
+        let stuck = tokio::spawn(async move { p.get(&dead).await.map(drop) });
+        // The dead address's attempt is under way before the healthy one starts.
+        for _ in 0..100 {
+            if pool.dialing.lock().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.get(&healthy_addr)
+            .await
+            .expect("the healthy broker connects");
+        assert!(
+            !stuck.is_finished(),
+            "the dead address's connect is still waiting for its timeout"
+        );
+        stuck.abort();
+        accept.await.unwrap().expect("accepted");
+    }
+
+    /// Callers that waited while an attempt failed share its failure.
+    #[tokio::test]
+    async fn waiting_callers_share_a_failed_attempt() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let pool = Pool::new(Duration::from_secs(5), tx);
+        let slot = Arc::clone(pool.dialing.lock().entry(closed.clone()).or_default());
+        let held = slot.0.lock().await;
+        let waiter = pool.get(&closed);
+        tokio::pin!(waiter);
+        // The waiter queues on the slot; the attempt it waits for fails meanwhile.
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        let mut held = held;
+        *held = Some((
+            Instant::now(),
+            ClientError::Resolve {
+                addr: closed.clone(),
+                reason: "shared".into(),
+            },
+        ));
+        drop(held);
+        let err = waiter.await.map(drop).expect_err("refused");
+        assert!(err.to_string().contains("shared"), "{err}");
+        // A caller arriving later tries for itself (the port is closed: refused).
+        let err = pool.get(&closed).await.map(drop).expect_err("refused");
+        assert!(!err.to_string().contains("shared"), "{err}");
+    }
 }

@@ -8,6 +8,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -88,7 +89,8 @@ impl<E: Display> IntoTransactionState for Result<TransactionState, E> {
 /// state (the database the local transaction wrote), never in this process's memory.
 ///
 /// Closures `Fn(ConsumedMessage) -> impl Future<Output = impl IntoTransactionState>` implement
-/// it. A panic or error counts as [`TransactionState::Unknown`] (the broker asks again).
+/// it. A panic, an error or a check past its timeout counts as [`TransactionState::Unknown`]
+/// (the broker asks again).
 ///
 /// ```
 /// use sluice_client::{ConsumedMessage, TransactionChecker, TransactionState};
@@ -183,6 +185,7 @@ pub struct TransactionProducerBuilder {
     base: ProducerBuilder,
     checker: Arc<dyn TransactionChecker>,
     check_concurrency: usize,
+    check_timeout: Duration,
 }
 
 impl TransactionProducerBuilder {
@@ -192,6 +195,7 @@ impl TransactionProducerBuilder {
             base,
             checker: Arc::new(checker),
             check_concurrency: 4,
+            check_timeout: Duration::from_secs(60),
         }
     }
 
@@ -203,6 +207,14 @@ impl TransactionProducerBuilder {
         self
     }
 
+    /// Longest one check may take (default 60 s); past it the check is cancelled and
+    /// answered Unknown, and the broker asks again later.
+    #[must_use]
+    pub fn check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Starts the producer and its check handler.
     pub async fn start(self) -> Result<TransactionProducer, ClientError> {
         let (inner, requests) = ProducerInner::start(&self.base).await?;
@@ -211,6 +223,7 @@ impl TransactionProducerBuilder {
             requests,
             self.checker,
             Arc::new(Semaphore::new(self.check_concurrency)),
+            self.check_timeout,
         ));
         inner.tasks.lock().push(dispatcher);
         Ok(TransactionProducer { inner })
@@ -404,6 +417,7 @@ async fn answer_checks(
     mut requests: mpsc::Receiver<ServerRequest>,
     checker: Arc<dyn TransactionChecker>,
     permits: Arc<Semaphore>,
+    timeout: Duration,
 ) {
     while let Some(req) = requests.recv().await {
         if req.cmd.code != request_code::CHECK_TRANSACTION_STATE {
@@ -416,7 +430,7 @@ async fn answer_checks(
         let checker = Arc::clone(&checker);
         let credentials = inner.sender.core.cfg.credentials().cloned();
         tokio::spawn(async move {
-            answer_check(&group, req, checker.as_ref(), credentials.as_ref()).await;
+            answer_check(&group, req, checker.as_ref(), credentials.as_ref(), timeout).await;
             drop(permit);
         });
     }
@@ -428,6 +442,7 @@ async fn answer_check(
     req: ServerRequest,
     checker: &dyn TransactionChecker,
     credentials: Option<&sluice_protocol::acl::Credentials>,
+    timeout: Duration,
 ) {
     let h = match CheckTransactionStateRequestHeader::from_ext(&req.cmd.ext_fields) {
         Ok(h) => h,
@@ -447,16 +462,7 @@ async fn answer_check(
             return;
         }
     }
-    let (state, remark) = match AssertUnwindSafe(checker.check(msg.clone()))
-        .catch_unwind()
-        .await
-    {
-        Ok(r) => r,
-        Err(_) => (
-            TransactionState::Unknown,
-            Some("transaction checker panicked".into()),
-        ),
-    };
+    let (state, remark) = run_check(checker, msg.clone(), timeout).await;
     let end = check_answer(group, &h, &msg, state);
     tracing::debug!(msg_id = %end.msg_id, ?state, "answering a transaction check");
     let mut cmd = RemotingCommand::request(request_code::END_TRANSACTION, end.to_ext());
@@ -466,6 +472,33 @@ async fn answer_check(
     }
     if let Err(e) = req.conn.invoke_oneway(cmd).await {
         tracing::warn!(error = %e, "could not answer a transaction check; the broker asks again");
+    }
+}
+
+/// Runs the checker; a panic (while it builds its future or while the future runs) or a
+/// check still running after `timeout` answers Unknown, so the broker asks again. Without the
+/// bound, `check_concurrency` checks stuck on a stalled database would hold every permit,
+/// and the checks queued behind them would be dropped until the broker gave up on them.
+async fn run_check(
+    checker: &dyn TransactionChecker,
+    msg: ConsumedMessage,
+    timeout: Duration,
+) -> (TransactionState, Option<String>) {
+    let unknown = |why: &str| (TransactionState::Unknown, Some(why.to_owned()));
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| checker.check(msg))) {
+        Ok(fut) => fut,
+        Err(_) => return unknown("transaction checker panicked"),
+    };
+    match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => unknown("transaction checker panicked"),
+        Err(_) => {
+            tracing::warn!(
+                ?timeout,
+                "transaction check timed out (check_timeout); answering unknown"
+            );
+            unknown("transaction checker timed out")
+        }
     }
 }
 
@@ -545,6 +578,39 @@ mod tests {
         )
         .await;
         assert_eq!(panic_in_call.0, TransactionState::Unknown);
+    }
+
+    /// A checker that panics before its future exists, panics inside it, or never finishes
+    /// answers Unknown; the hung one is cancelled at the timeout instead of holding a permit.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_or_hung_checker_answers_unknown() {
+        let msg = || ConsumedMessage::for_tests("T", "x");
+        let t = Duration::from_secs(60);
+        let ok = |_m: ConsumedMessage| async { TransactionState::Commit };
+        assert_eq!(run_check(&ok, msg(), t).await.0, TransactionState::Commit);
+        let early =
+            |_m: ConsumedMessage| -> std::future::Ready<TransactionState> { panic!("no db") };
+        assert_eq!(
+            run_check(&early, msg(), t).await.0,
+            TransactionState::Unknown
+        );
+        let late = |_m: ConsumedMessage| async {
+            if true {
+                panic!("query failed");
+            }
+            TransactionState::Commit
+        };
+        assert_eq!(
+            run_check(&late, msg(), t).await.0,
+            TransactionState::Unknown
+        );
+        let hung = |_m: ConsumedMessage| async {
+            std::future::pending::<()>().await;
+            TransactionState::Commit
+        };
+        let (state, remark) = run_check(&hung, msg(), t).await;
+        assert_eq!(state, TransactionState::Unknown);
+        assert!(remark.is_some_and(|r| r.contains("timed out")));
     }
 
     #[test]

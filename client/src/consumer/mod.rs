@@ -197,19 +197,30 @@ pub(crate) fn dlq_topic(group: &str) -> String {
     format!("%DLQ%{group}")
 }
 
-/// Runs a handler; a panic counts as `Retry(None)`.
+/// Runs a handler; a panic counts as `Retry(None)`, whether it happens while the handler
+/// builds its future (a `parse().unwrap()` before the `async` block) or while the future runs.
+/// A handler still running after `timeout` is dropped (cancelled at its next await) and counts
+/// as `Retry(None)` too: otherwise it would hold its queue's commit point and a permit forever
+/// (RocketMQ's `consumeTimeout`).
 pub(crate) async fn run_handler(
     handler: &dyn MessageHandler,
     msg: ConsumedMessage,
+    timeout: Duration,
 ) -> ConsumeResult {
     let msg_id = msg.msg_id().to_owned();
-    match std::panic::AssertUnwindSafe(handler.handle(msg))
-        .catch_unwind()
-        .await
-    {
-        Ok(r) => r,
+    let panicked = || {
+        tracing::error!(msg_id = %msg_id, "handler panicked; the message will be retried");
+        ConsumeResult::Retry(None)
+    };
+    let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(msg))) {
+        Ok(fut) => fut,
+        Err(_) => return panicked(),
+    };
+    match tokio::time::timeout(timeout, std::panic::AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => panicked(),
         Err(_) => {
-            tracing::error!(msg_id = %msg_id, "handler panicked; the message will be retried");
+            tracing::warn!(msg_id = %msg_id, ?timeout, "handler timed out (consume_timeout); it was cancelled and the message will be retried");
             ConsumeResult::Retry(None)
         }
     }
@@ -240,7 +251,58 @@ mod tests {
             }
             ConsumeResult::Success
         };
-        let r = run_handler(&h, ConsumedMessage::for_tests("T", "x")).await;
+        let r = run_handler(&h, ConsumedMessage::for_tests("T", "x"), LONG).await;
         assert_eq!(r, ConsumeResult::Retry(None));
+    }
+
+    /// A panic before the handler's future exists (parsing outside the `async` block) used to
+    /// escape `run_handler` and kill the queue's worker, stopping the queue for good.
+    #[tokio::test]
+    async fn a_handler_panicking_before_its_future_means_retry() {
+        let h = |m: ConsumedMessage| {
+            let n: u32 = std::str::from_utf8(m.body()).unwrap().parse().unwrap();
+            async move {
+                assert!(n > 0);
+                ConsumeResult::Success
+            }
+        };
+        let r = run_handler(&h, ConsumedMessage::for_tests("T", "not a number"), LONG).await;
+        assert_eq!(r, ConsumeResult::Retry(None));
+        let r = run_handler(&h, ConsumedMessage::for_tests("T", "7"), LONG).await;
+        assert_eq!(r, ConsumeResult::Success);
+    }
+
+    /// A handler that never finishes is cancelled at the consume timeout and the message is
+    /// retried; its future is dropped, not left running.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_past_the_consume_timeout_is_cancelled_and_retried() {
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = dropped.clone();
+        let h = move |_m: ConsumedMessage| {
+            let guard = DropFlag(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                ConsumeResult::Success
+            }
+        };
+        let r = run_handler(
+            &h,
+            ConsumedMessage::for_tests("T", "x"),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(r, ConsumeResult::Retry(None));
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }

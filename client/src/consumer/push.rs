@@ -40,6 +40,7 @@ pub(crate) struct Settings {
     pub(crate) orderly_retry_delay: Duration,
     pub(crate) max_cached_per_queue: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) consume_timeout: Duration,
 }
 
 /// Settings of a [`PushConsumer`].
@@ -74,7 +75,8 @@ pub struct PushConsumerBuilder {
 impl PushConsumerBuilder {
     /// A consumer of `group` with RocketMQ's defaults: start at the last offset, 20 handlers
     /// at once, 16 retries, 32 messages per pull, 15 s long polls, offsets persisted every
-    /// 5 s, rebalance every 20 s (and whenever the broker says the group changed).
+    /// 5 s, rebalance every 20 s (and whenever the broker says the group changed), handlers
+    /// cut after 15 min.
     pub fn new(cfg: ClientConfig, group: impl Into<String>) -> Self {
         Self {
             cfg,
@@ -92,6 +94,7 @@ impl PushConsumerBuilder {
                 orderly_retry_delay: Duration::from_secs(1),
                 max_cached_per_queue: 1000,
                 shutdown_timeout: Duration::from_secs(30),
+                consume_timeout: Duration::from_secs(15 * 60),
             },
             max_reconsume_set: false,
         }
@@ -174,6 +177,16 @@ impl PushConsumerBuilder {
         self
     }
 
+    /// Longest one handler call may run (default 15 min, RocketMQ's `consumeTimeout`). Past
+    /// it the handler's future is dropped, cancelling it at its next await, and the message
+    /// counts as `Retry(None)`: a handler stuck on a call without a timeout would otherwise
+    /// hold its queue's committed offset and a concurrency permit forever.
+    #[must_use]
+    pub fn consume_timeout(mut self, timeout: Duration) -> Self {
+        self.s.consume_timeout = timeout;
+        self
+    }
+
     /// How long [`PushConsumer::shutdown`] waits for running handlers (default 30 s).
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -216,9 +229,15 @@ impl PushConsumerBuilder {
                 "max_concurrency must be positive".into(),
             ));
         }
-        let positive = [self.s.persist_interval, self.s.rebalance_interval];
+        let positive = [
+            self.s.persist_interval,
+            self.s.rebalance_interval,
+            self.s.consume_timeout,
+        ];
         if positive.iter().any(Duration::is_zero) {
-            return Err(ClientError::Config("intervals must be positive".into()));
+            return Err(ClientError::Config(
+                "intervals and the consume timeout must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -16,9 +16,8 @@
 //!   answering the broker's check-backs.
 //! - [`consumer`]: [`PushConsumer`] (subscriptions, rebalance, bounded concurrency, retries
 //!   through the broker, orderly mode, offsets, graceful shutdown) and [`PullConsumer`].
-//! - [`idempotent`]: [`Idempotent`], handlers that run at most once per dedupe key (within a window
-//!   for `UNIQ_KEY`) inside a
-//!   SQLite or PostgreSQL transaction.
+//! - [`idempotent`]: [`Idempotent`], handlers that run at most once per dedupe key (within a
+//!   window for `UNIQ_KEY`) inside a SQLite or PostgreSQL transaction.
 //! - [`error`]: [`ClientError`], every failure, typed.
 //! - Internals: `core` (connection pool, routes, heartbeats), `net`, `route`.
 //!

@@ -112,6 +112,14 @@ pub fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Cuts `path` back to `len` bytes and syncs it: for the torn tail a crash left in an
+/// append-only file, which the next append would otherwise join to its first record.
+pub fn truncate_synced(path: &Path, len: u64) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(len)?;
+    f.sync_all()
+}
+
 /// Removes `path` (already gone is fine) and syncs its folder, so the removal survives a
 /// power cut.
 pub fn remove_synced(path: &Path) -> std::io::Result<()> {

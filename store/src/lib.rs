@@ -51,7 +51,9 @@ mod shared;
 mod store;
 mod warmer;
 
-pub use checkpoint::{append_synced, remove_synced, sweep_temp_files, write_atomic, Checkpoint};
+pub use checkpoint::{
+    append_synced, remove_synced, sweep_temp_files, truncate_synced, write_atomic, Checkpoint,
+};
 pub use config::{FlushMode, StoreConfig};
 pub use consume_queue::CqEntry;
 pub use damage::Damage;

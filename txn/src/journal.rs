@@ -9,7 +9,8 @@
 //! Record, 32 bytes, big-endian: half queue offset `u64`, armed epoch ms `i64`, check count
 //! `u32`, check time epoch ms `i64`, CRC32 of the first 28 bytes `u32`. A record that fails its
 //! CRC (torn by a crash while its round was written: those checks were never sent) is skipped
-//! and counted; records are fixed-size, so the ones after it still read.
+//! and counted; records are fixed-size, so the ones after it still read. A torn partial record
+//! at the end is cut when the journal is loaded, before anything is appended after it.
 //!
 //! Replaying a record can only raise a count (the higher of the saved and the journalled count
 //! wins), so a stale journal — left behind when a crash fell between a checkpoint and the
@@ -123,6 +124,15 @@ pub(crate) fn load(dir: &Path) -> Vec<Counted> {
             None => damaged += 1,
         }
     }
+    if torn > 0 {
+        // The next append would start inside the torn record and shift every later one off
+        // the record boundaries, where each fails its CRC: cut it first.
+        let whole = (bytes.len() - torn) as u64;
+        if let Err(e) = sluice_store::truncate_synced(&path, whole) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cut the check journal's torn tail; emptying it");
+            let _ = clear(dir);
+        }
+    }
     if damaged > 0 || torn > 0 || bytes.len() / RECORD_LEN > MAX_RECORDS {
         tracing::warn!(path = %path.display(), damaged, torn_tail_bytes = torn, read = out.len(), "check journal damaged or over its bound; intact records used");
     }
@@ -172,5 +182,20 @@ mod tests {
         bytes.extend_from_slice(&[0xAB; 13]); // half a record written when the process died
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(load(dir.path()), vec![rec(1, 1), rec(3, 1)]);
+    }
+
+    /// A torn tail used to stay in the file, so every record appended after the restart
+    /// started off the record boundaries and failed its CRC: those checks were lost.
+    #[test]
+    fn records_appended_after_a_torn_tail_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), &[rec(1, 1)]).unwrap();
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0xAB; 13]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(load(dir.path()), vec![rec(1, 1)]);
+        append(dir.path(), &[rec(2, 4)]).unwrap();
+        assert_eq!(load(dir.path()), vec![rec(1, 1), rec(2, 4)]);
     }
 }

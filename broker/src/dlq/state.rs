@@ -2,7 +2,8 @@
 //! - `tasks/<id>.json`: each task's status and progress, replaced atomically
 //!   (`sluice_store::write_atomic`); running tasks resume from it at start.
 //! - `ledger/<group>`: DLQ queue offsets already replayed, one per line, appended and synced
-//!   after the replayed copy is durable. A torn last line (crash) is ignored.
+//!   after the replayed copy is durable. A torn last line (crash) is ignored, and cut before
+//!   the next append.
 //! - `audit.log`: one JSON line per task event (started, resumed, completed, cancelled,
 //!   failed), appended and synced.
 
@@ -315,9 +316,53 @@ fn append_line(path: &Path, line: &str) -> Result<(), DlqError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| state_err("create folder for", path, e))?;
     }
+    cut_torn_line(path).map_err(|e| state_err("repair the torn last line of", path, e))?;
     sluice_store::append_synced(path, line.as_bytes()).map_err(|e| state_err("append to", path, e))
+}
+
+/// Cuts a last line without its newline (a write torn by a crash or power cut) before the next
+/// append: joined to it, a torn `12` and a new `13` read back as offset 1213, replayed although
+/// it never was. Costs one byte read per append; the file is read whole only to repair it.
+fn cut_torn_line(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path)?;
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tracing::warn!(path = %path.display(), cut = bytes.len() - keep, "torn last line cut before appending");
+    sluice_store::truncate_synced(path, keep as u64)
 }
 
 fn state_err(op: &str, path: &Path, e: impl std::fmt::Display) -> DlqError {
     DlqError::State(format!("{op} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A power cut left `12` without its newline; the next record used to join it, and the
+    /// reloaded ledger then held 1213 (never replayed) and lost both 12 and 13.
+    #[test]
+    fn a_record_after_a_torn_line_is_not_joined_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger").join("g");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"7\n12").unwrap();
+        let ledger = Ledger::load(path.clone()).unwrap();
+        assert!(ledger.contains(7) && !ledger.contains(12));
+        ledger.record(13).unwrap();
+        let again = Ledger::load(path.clone()).unwrap();
+        assert!(again.contains(7) && again.contains(13));
+        assert!(!again.contains(1213) && !again.contains(12));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "7\n13\n");
+    }
 }

@@ -381,10 +381,15 @@ fn park(
 
 /// Waits for a record on the queue (or the deadline, shutdown, or the client leaving) and runs
 /// the pull again each time; the first result other than PULL_NOT_FOUND is the answer.
+///
+/// Records its tag filter skips move the pull on past them and it stays parked, as RocketMQ's
+/// hold service does by matching the tag before it wakes a pull: answering each such wake-up
+/// with an empty PULL_RETRY_IMMEDIATELY cost a tag-filtered consumer one round trip per
+/// dispatched batch of other tags.
 async fn hold(
     ctx: Arc<BrokerContext>,
     conn: ConnectionHandle,
-    h: PullMessageRequestHeader,
+    mut h: PullMessageRequestHeader,
     plan: Plan,
     deadline: Instant,
 ) -> Outcome {
@@ -396,19 +401,38 @@ async fn hold(
         notified.as_mut().enable();
         let outcome = execute(&ctx, &h, &plan);
         let now = Instant::now();
-        if outcome.code != code::PULL_NOT_FOUND
+        let skipped = skipped_to(&outcome, &h);
+        if (outcome.code != code::PULL_NOT_FOUND && skipped.is_none())
             || now >= deadline
             || ctx.shutting_down()
             || conn.is_closed()
         {
             return outcome;
         }
+        if let Some(next) = skipped {
+            h.queue_offset = next;
+            continue;
+        }
         let wait = (deadline - now).min(RECHECK_INTERVAL);
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep(wait) => {}
-            () = conn.closed() => {}
-            _ = shutdown.wait_for(|s| *s) => {}
+        let shutdown_gone = tokio::select! {
+            () = notified => false,
+            () = tokio::time::sleep(wait) => false,
+            () = conn.closed() => false,
+            r = shutdown.wait_for(|s| *s) => r.is_err(),
+        };
+        // The broker's shutdown sender is gone (its handle dropped without a shutdown): the
+        // wait would return at once from now on and the loop would spin until the deadline.
+        if shutdown_gone {
+            return outcome;
         }
     }
+}
+
+/// The offset a pull moved on to when every record it looked at was filtered out.
+fn skipped_to(outcome: &Outcome, h: &PullMessageRequestHeader) -> Option<i64> {
+    let next = outcome.header.next_begin_offset;
+    (outcome.code == code::PULL_RETRY_IMMEDIATELY
+        && outcome.remark == "NO_MATCHED_MESSAGE"
+        && next > h.queue_offset)
+        .then_some(next)
 }

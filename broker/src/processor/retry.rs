@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
+use sluice_protocol::message::offset_msg_id;
 use sluice_protocol::remoting::custom::ConsumerSendMsgBackRequestHeader;
 use sluice_protocol::RemotingCommand;
 
 use super::Reject;
 use crate::broker::context::BrokerContext;
 use crate::reply;
+use crate::retry::copy::Original;
 use crate::retry::{self, SendBack};
+use crate::topic;
 
 /// Ext field carrying a failure reason.
 pub(crate) const FAILURE_REASON_FIELD: &str = "failureReason";
@@ -29,24 +32,16 @@ pub(super) async fn send_back(
             format!("no message at commit-log offset {}", h.offset),
         )
     })?;
-    // Without an id the offset would be trusted as is (the path for in-process callers), and
-    // a client could copy any record into a retry topic: a half message, a not-yet-due
-    // scheduled one, another topic's. RocketMQ clients always send it.
-    let Some(origin_msg_id) = h.origin_msg_id.filter(|id| !id.is_empty()) else {
-        return Err(Reject::new(
-            sluice_protocol::response_code::SYSTEM_ERROR,
-            format!(
-                "originMsgId is required to hand back the message at commit-log offset {}",
-                h.offset
-            ),
-        ));
+    let (origin_msg_id, origin_topic) = match h.origin_msg_id.filter(|id| !id.is_empty()) {
+        Some(id) => (id, h.origin_topic.filter(|t| !t.is_empty())),
+        None => named_by_offset(ctx, &h.group, phys_offset)?,
     };
     let back = SendBack {
-        group: h.group,
+        group: h.group.clone(),
         phys_offset,
         delay_level: h.delay_level,
         origin_msg_id: Some(origin_msg_id),
-        origin_topic: h.origin_topic.filter(|t| !t.is_empty()),
+        origin_topic,
         max_reconsume_times: h.max_reconsume_times,
         reason: req
             .ext_fields
@@ -60,4 +55,46 @@ pub(super) async fn send_back(
             Err(Reject::new(e.response_code(), e.to_string()))
         }
     }
+}
+
+/// For a request without `originMsgId` (rocketmq-client-cpp before 2.1 sends only `group`,
+/// `delayLevel` and `offset`): the record at the offset names itself, by its offset message
+/// id and topic, but only when it is a whole record starting there, of the group's retry topic
+/// or of a topic the group's connected consumers subscribe to (never a broker topic: a half,
+/// not-yet-due scheduled or dead-lettered message). Trusting the offset as it is would let a
+/// client copy any record into a retry topic; refusing outright made those clients lose every
+/// failed message (1.x commits the offset anyway) or retry it locally for ever (2.0).
+fn named_by_offset(
+    ctx: &BrokerContext,
+    group: &str,
+    phys_offset: u64,
+) -> Result<(String, Option<String>), Reject> {
+    let refuse = |why: String| {
+        Reject::new(
+            sluice_protocol::response_code::SYSTEM_ERROR,
+            format!("no message of group {group} at commit-log offset {phys_offset} to hand back: {why}"),
+        )
+    };
+    // The offset is the client's: a miss there is not store damage.
+    let record = ctx
+        .store
+        .read_record_untrusted(phys_offset)
+        .map_err(|e| refuse(e.to_string()))?;
+    let orig = Original::decode(&record).ok_or_else(|| refuse("unreadable record".into()))?;
+    if orig.phys_offset != phys_offset {
+        return Err(refuse("no record starts there".into()));
+    }
+    let allowed = orig.topic == topic::retry_topic(group)
+        || (!topic::is_broker_topic(&orig.topic)
+            && ctx.clients.subscription(group, &orig.topic).is_some());
+    if !allowed {
+        return Err(refuse(format!(
+            "its topic {} is neither %RETRY%{group} nor one the group subscribes to",
+            orig.topic
+        )));
+    }
+    Ok((
+        offset_msg_id(ctx.store.store_host(), phys_offset),
+        Some(orig.topic),
+    ))
 }

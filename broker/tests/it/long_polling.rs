@@ -209,3 +209,63 @@ async fn pulls_past_the_broker_wide_parking_cap_are_told_busy() {
     wait_parked(&cluster, 0).await;
     cluster.stop().await;
 }
+
+/// Records of other tags move a parked tag-filtered pull on and leave it parked: it used to
+/// wake for each and answer an empty PULL_RETRY_IMMEDIATELY, one round trip per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_pull_skips_other_tags_and_answers_its_own() {
+    let cluster = start_cluster().await;
+    create_topic(&cluster, "LpTags", 1).await;
+    let mut raw = Raw::connect(cluster.broker.local_addr()).await;
+    let pull = pull_request("lp", "LpTags", 0, 0, 20_000, Some("A")).with_opaque(77);
+    raw.send(&pull).await;
+    wait_parked(&cluster, 1).await;
+    let producer = cluster.client().await;
+    for i in 0..3 {
+        let body = format!("b{i}");
+        send_ok(
+            &producer,
+            "LpTags",
+            0,
+            body.as_bytes(),
+            &props(Some("B"), None),
+        )
+        .await;
+    }
+    wait_dispatched(&cluster.broker).await;
+    send_ok(&producer, "LpTags", 0, b"mine", &props(Some("A"), None)).await;
+    let resp = raw
+        .read_frame(Duration::from_secs(30))
+        .await
+        .expect("parked pull answered");
+    assert_eq!(resp.opaque, 77);
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let msgs = decode_records(&resp.body);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].body, b"mine");
+    assert_eq!(ext_i64(&resp, "nextBeginOffset"), 4);
+    wait_parked(&cluster, 0).await;
+    cluster.stop().await;
+}
+
+/// When only other tags arrive before the deadline, the answer moves the consumer past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_pull_that_saw_only_other_tags_times_out_past_them() {
+    let cluster = start_cluster().await;
+    create_topic(&cluster, "LpTagsTimeout", 1).await;
+    let mut raw = Raw::connect(cluster.broker.local_addr()).await;
+    let pull = pull_request("lp", "LpTagsTimeout", 0, 0, 1_500, Some("A")).with_opaque(78);
+    raw.send(&pull).await;
+    wait_parked(&cluster, 1).await;
+    let producer = cluster.client().await;
+    send_ok(&producer, "LpTagsTimeout", 0, b"b", &props(Some("B"), None)).await;
+    let resp = raw
+        .read_frame(Duration::from_secs(30))
+        .await
+        .expect("parked pull answered");
+    assert_eq!(resp.opaque, 78);
+    assert_eq!(resp.code, 19, "PULL_NOT_FOUND: {:?}", resp.remark);
+    assert!(resp.body.is_empty());
+    assert_eq!(ext_i64(&resp, "nextBeginOffset"), 1);
+    cluster.stop().await;
+}

@@ -237,30 +237,94 @@ async fn a_bogus_offset_is_refused_without_recording_damage() {
     cluster.stop().await;
 }
 
+/// A heartbeat subscribing `group` to `topic` (rocketmq-client-cpp's JSON).
+fn subscribe(group: &str, topic: &str) -> RemotingCommand {
+    let body = format!(
+        r#"{{"clientID":"cpp@1","consumerDataSet":[{{"consumeFromWhere":0,"consumeType":1,"groupName":"{group}","messageModel":1,"subscriptionDataSet":[{{"subString":"*","subVersion":1,"topic":"{topic}","tagsSet":[],"codeSet":[]}}]}}],"producerDataSet":[]}}"#
+    );
+    RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(body)
+}
+
+/// CONSUMER_SEND_MSG_BACK as rocketmq-client-cpp before 2.1 sends it: no `originMsgId` (or an
+/// empty one) and no `originTopic`.
+fn bare_send_back(group: &str, rec: &Rec, id: Option<&str>) -> RemotingCommand {
+    let mut req = send_back_request(group, rec, "Orders", 0, None);
+    req.ext_fields.remove("originTopic");
+    match id {
+        None => {
+            req.ext_fields.remove("originMsgId");
+        }
+        Some(id) => req.ext_fields.insert("originMsgId", id),
+    }
+    req
+}
+
+/// Without `originMsgId` the record at the offset is handed back only when it is a whole
+/// record of a topic the group subscribes to (or of its retry topic). These requests used to be
+/// refused outright, so such a client lost every failed message (1.x commits anyway) or
+/// retried it locally for ever (2.0).
 #[tokio::test]
-async fn a_wire_send_back_without_origin_msg_id_is_refused_and_copies_nothing() {
+async fn a_send_back_without_origin_msg_id_hands_back_only_a_subscribed_record() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
     let orig = produce_one(&cluster, &client, &props(None, None)).await;
+    // No consumer of g5 subscribes to Orders yet: refused, nothing copied.
     for id in [None, Some("")] {
-        let mut req = send_back_request("g5", &orig, "Orders", 0, None);
-        match id {
-            None => {
-                req.ext_fields.remove("originMsgId");
-            }
-            Some(id) => req.ext_fields.insert("originMsgId", id),
-        }
-        let resp = client.invoke(req, RPC).await.expect("answered");
+        let resp = client
+            .invoke(bare_send_back("g5", &orig, id), RPC)
+            .await
+            .unwrap();
         assert_eq!(resp.code, 1, "{:?}", resp.remark);
         assert!(
-            resp.remark.as_deref().unwrap_or("").contains("originMsgId"),
+            resp.remark.as_deref().unwrap_or("").contains("subscribes"),
             "{:?}",
             resp.remark
         );
     }
+    let hb = client.invoke(subscribe("g5", "Orders"), RPC).await.unwrap();
+    assert_eq!(hb.code, 0, "{:?}", hb.remark);
+    // Subscribed, but the offset is inside the record: refused, and no damage recorded.
+    let mut inside = orig.clone();
+    inside.phys += 7;
+    let resp = client
+        .invoke(bare_send_back("g5", &inside, None), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 1, "{:?}", resp.remark);
+    // Another topic's record at a true offset: refused.
+    send_ok(&client, "Secret", 0, b"not yours", &props(None, None)).await;
+    wait_dispatched(&cluster.broker).await;
+    let secret = pull_recs(&client, "Secret").await.remove(0);
+    let resp = client
+        .invoke(bare_send_back("g5", &secret, None), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 1, "{:?}", resp.remark);
     wait_dispatched(&cluster.broker).await;
     assert!(pull_recs(&client, "%RETRY%g5").await.is_empty());
+    // The subscribed record at its own offset is handed back, once per request.
+    let resp = client
+        .invoke(bare_send_back("g5", &orig, None), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    wait_dispatched(&cluster.broker).await;
+    let retries = pull_recs(&client, "%RETRY%g5").await;
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].body, b"payload");
+    assert_eq!(retries[0].props.get("RETRY_TOPIC"), Some("Orders"));
+    // And its retry copy, named the same way, goes on to the next retry.
+    let resp = client
+        .invoke(bare_send_back("g5", &retries[0], None), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    wait_dispatched(&cluster.broker).await;
+    let retries = pull_recs(&client, "%RETRY%g5").await;
+    assert_eq!(retries.len(), 2);
+    assert_eq!(retries[1].reconsume, 2);
     assert!(pull_recs(&client, "%DLQ%g5").await.is_empty());
+    assert!(cluster.broker.store().health().damage.is_empty());
     cluster.stop().await;
 }
 

@@ -121,6 +121,8 @@ impl Core {
             .map(|(f, p)| Key::new(*f, *p))
             .collect();
         let verify_until = state.verify_until(now_ms());
+        let state = mark_running(&dir.join("state.json"), state, verify_until);
+        let verify_until = state.verify_until_ms.max(verify_until);
         let index = TimerIndex::new(
             runs,
             state.w(),
@@ -224,6 +226,34 @@ fn ensure_topics(services: &BrokerServices, levels: usize) {
             cfg.read_queue_nums = queues;
             cfg.write_queue_nums = queues;
             services.put_topic(cfg);
+        }
+    }
+}
+
+/// Rewrites a clean stop's state as not clean before anything is released: a crash in this run
+/// must make the next start check its releases. Left as it was until the first checkpoint
+/// (a second later, or never while saves fail), a crash soon after a clean start, or a crash
+/// loop, re-delivered every timer released meanwhile. When the rewrite fails, this run checks
+/// every timer due by now itself, as after a crash (`verify_until_ms` set to `verify_until`,
+/// the horizon an unclean start would use).
+fn mark_running(path: &Path, state: State, verify_until: i64) -> State {
+    if !state.clean {
+        return state;
+    }
+    let running = State {
+        clean: false,
+        written_at_ms: now_ms(),
+        ..state.clone()
+    };
+    match running.save(path) {
+        Ok(()) => running,
+        Err(e) => {
+            let now = now_ms();
+            tracing::warn!(error = %e, "cannot mark the schedule state as running; releases due by now are checked against the topic first, as after a crash");
+            State {
+                verify_until_ms: state.verify_until_ms.max(verify_until).max(now),
+                ..state
+            }
         }
     }
 }

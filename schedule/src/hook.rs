@@ -71,6 +71,9 @@ impl PutHook for SchedulePutHook {
                 ),
             );
         }
+        for k in props::INTERNAL {
+            msg.properties.remove(k);
+        }
         if is_half(msg) || !props::has_delay(&msg.properties) {
             return HookOutcome::Continue;
         }

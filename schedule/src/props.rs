@@ -39,6 +39,18 @@ pub const PROP_REPLACES: &str = "SLUICE_TIMER_REPLACES";
 /// On a cancel marker: `fire_ms:offset` of the index entry it cancels.
 pub const PROP_CANCEL: &str = "SLUICE_TIMER_CANCEL";
 
+/// The properties only the schedule writes. A producer's are removed before anything else
+/// (see `SchedulePutHook`): a delayed send carrying `SLUICE_TIMER_REPLACES` named any timer it
+/// liked and cancelled it, and a plain send carrying `SLUICE_TIMER_OFFSET` could pass for a
+/// timer's release in the crash check, so that timer would never be released.
+pub(crate) const INTERNAL: [&str; 5] = [
+    PROP_TIMER_OFFSET,
+    PROP_DUE_MS,
+    PROP_PREV,
+    PROP_REPLACES,
+    PROP_CANCEL,
+];
+
 /// Room kept in the properties for what parking and delivery add.
 const PROPERTY_HEADROOM: usize = 192;
 
@@ -126,12 +138,12 @@ fn check_due(due: i64, now: i64, cfg: &ScheduleConfig, lenient: bool) -> Result<
     let tolerance = i64::try_from(cfg.past_tolerance.as_millis()).unwrap_or(i64::MAX);
     let max = i64::try_from(cfg.max_delay.as_millis()).unwrap_or(i64::MAX);
     if due <= now {
-        if lenient || now - due <= tolerance {
+        if lenient || now.saturating_sub(due) <= tolerance {
             return Ok(Plan::Immediate);
         }
         return Err(format!(
             "TIMER_DELIVER_MS {due} is {} ms in the past, more than the tolerance of {tolerance} ms",
-            now - due
+            now.saturating_sub(due)
         ));
     }
     if due - now > max {
@@ -287,6 +299,17 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    /// `now - due` overflowed for a due time of `i64::MIN` and panicked the send.
+    #[test]
+    fn the_most_negative_deliver_time_is_refused_not_a_panic() {
+        let cfg = ScheduleConfig::default();
+        let min = props(&[("TIMER_DELIVER_MS", &i64::MIN.to_string())]);
+        assert!(plan(&min, NOW, &cfg, false)
+            .unwrap_err()
+            .contains("in the past"));
+        assert_eq!(plan(&min, NOW, &cfg, true), Ok(Plan::Immediate));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::core::Core;
 use crate::deliver;
-use crate::entry::Kind;
+use crate::entry::{Key, Kind};
 use crate::error::{Result, ScheduleError};
 use crate::index::BeginCancel;
 use crate::records;
@@ -271,8 +271,68 @@ async fn act(
             return Ok(Acted::Unchanged)
         }
     }
-    if check && released_before_crash(core, f).await? {
-        return Ok(Acted::ReleasedBeforeCrash);
+    // From here the timer is `Cancelling` until this ends it. The rest runs as a task of its
+    // own: run in the caller's future, a caller that went away mid-way (an HTTP client that
+    // hung up while the marker was being written) left it `Cancelling` for good, never
+    // delivered nor reported, with the index's watermark stuck behind it.
+    let guard = Begun {
+        core: Arc::clone(core),
+        key: f.key,
+        armed: true,
+    };
+    tokio::spawn(act_begun(guard, f.clone(), action, check))
+        .await
+        .map_err(|_| ScheduleError::Timeout("a cancel or reschedule task failed"))?
+}
+
+/// Ends a cancel begun with `begin_cancel` exactly once: through [`Begun::finish`] or, when
+/// the task ends any other way (a panic, the runtime stopping), by putting the timer back.
+struct Begun {
+    core: Arc<Core>,
+    key: Key,
+    armed: bool,
+}
+
+impl Begun {
+    fn finish(mut self, written: bool) {
+        self.armed = false;
+        self.core
+            .index
+            .inner
+            .lock()
+            .finish_cancel(self.key, written);
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        if self.armed {
+            self.core.index.inner.lock().finish_cancel(self.key, false);
+            self.core.deliver_wake.notify_one();
+        }
+    }
+}
+
+/// The part of [`act`] after the timer became `Cancelling`.
+async fn act_begun(guard: Begun, f: Found, action: Action, check: bool) -> Result<Acted> {
+    let core = Arc::clone(&guard.core);
+    let core = &core;
+    if check {
+        match released_before_crash(core, &f).await {
+            Ok(true) => {
+                guard.disarm(); // `released_before_crash` ended the cancel
+                return Ok(Acted::ReleasedBeforeCrash);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                guard.finish(false);
+                return Err(e);
+            }
+        }
     }
     let (input, outcome) = match action {
         Action::Cancel => (
@@ -285,7 +345,7 @@ async fn act(
             match copy {
                 Ok(m) => (m, Outcome::Rescheduled { due_ms }),
                 Err(e) => {
-                    core.index.inner.lock().finish_cancel(f.key, false);
+                    guard.finish(false);
                     return Err(e);
                 }
             }
@@ -293,10 +353,7 @@ async fn act(
     };
     let queue = queue_name(&input.topic, input.queue_id);
     let written = core.services.put(vec![input]).await;
-    core.index
-        .inner
-        .lock()
-        .finish_cancel(f.key, written.is_ok());
+    guard.finish(written.is_ok());
     core.deliver_wake.notify_one();
     core.wake.wake();
     let appended = written?.first().copied();
@@ -336,13 +393,7 @@ async fn written_copy(core: &Arc<Core>, phys: u64) -> Result<Option<Box<Found>>>
 async fn released_before_crash(core: &Arc<Core>, f: &Found) -> Result<bool> {
     let (rec, kind) = (f.rec.clone(), f.kind);
     let found = blocking(core, move |c| deliver::released_before(c, &rec, kind)).await;
-    let found = match found {
-        Ok(found) => found,
-        Err(e) => {
-            core.index.inner.lock().finish_cancel(f.key, false);
-            return Err(e);
-        }
-    };
+    let found = found?;
     if !found {
         return Ok(false);
     }

@@ -306,7 +306,7 @@ pub(crate) fn check_new_due(core: &Core, when: When) -> Result<i64> {
     if now.saturating_sub(due) > millis(core.cfg.past_tolerance) {
         return Err(ScheduleError::InvalidArgument(format!(
             "due time {due} is {} ms in the past",
-            now - due
+            now.saturating_sub(due)
         )));
     }
     Ok(due.max(now))

@@ -259,6 +259,138 @@ async fn cancel_racing_release_ends_one_way_only() {
     ns.shutdown().await;
 }
 
+/// Cancels whose callers go away at every stage (an HTTP client hanging up) end one way or
+/// the other: the timer is cancelled, or released once at its time. One dropped while its
+/// marker was being written used to leave the timer `Cancelling` for good: never released,
+/// never reported, and every later cancel of it timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_caller_goes_away_leaves_no_timer_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let due = now_ms() + 1_500;
+    let mut ids = Vec::new();
+    for i in 0..60i64 {
+        let msg = input(TOPIC, (i % 4) as i32, &format!("gone-{i}"), &[]);
+        ids.push(svc.schedule_at(msg, When::At(due)).await.unwrap().uniq_key);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (svc, id) = (svc.clone(), id.clone());
+        let task = tokio::spawn(async move { svc.cancel(&by_id(&id)).await });
+        // Gone at once, after a few scheduler turns, or a few milliseconds in.
+        match i % 3 {
+            0 => {}
+            1 => {
+                for _ in 0..i % 17 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ => tokio::time::sleep(Duration::from_micros(300 * (i as u64 % 11))).await,
+        }
+        task.abort();
+        let _ = task.await;
+    }
+    let wait = (due - now_ms()).max(0) as u64 + 1_000;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let (mut cancelled, mut delivered) = (0, 0);
+    for id in &ids {
+        let r = svc
+            .cancel(&by_id(id))
+            .await
+            .expect("a later cancel answers");
+        let released = node
+            .released(TOPIC, 4)
+            .iter()
+            .filter(|m| m.uniq() == id)
+            .count();
+        match r.outcomes[0].1 {
+            Outcome::AlreadyCancelled => {
+                cancelled += 1;
+                assert_eq!(released, 0, "{id} cancelled and released");
+            }
+            Outcome::AlreadyDelivered => {
+                delivered += 1;
+                assert_eq!(
+                    released, 1,
+                    "{id} said delivered, released {released} times"
+                );
+            }
+            other => panic!("unexpected outcome {other:?} for {id}"),
+        }
+    }
+    assert_eq!(cancelled + delivered, ids.len());
+    eprintln!("{cancelled} cancelled, {delivered} delivered");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while svc.stats().unwrap().pending != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(svc.stats().unwrap().pending, 0);
+    node.stop().await;
+    ns.shutdown().await;
+}
+
+/// Properties only the schedule writes are removed from what producers send: a delayed send
+/// naming another timer in `SLUICE_TIMER_REPLACES` used to cancel it, and a plain send could
+/// carry a forged `SLUICE_TIMER_OFFSET` into the topic the crash check reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_cannot_set_the_schedules_own_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    let victim = svc
+        .schedule_at(
+            input(TOPIC, 0, "victim", &[]),
+            When::After(Duration::from_millis(1_500)),
+        )
+        .await
+        .unwrap();
+    let victim_ref = format!(
+        "{}:{}",
+        victim.due_ms.expect("delayed"),
+        victim.appended.phys_offset
+    );
+    let client = node.client().await;
+    let forged = props(&[
+        ("KEYS", "attacker"),
+        ("TIMER_DELAY_MS", "300"),
+        ("SLUICE_TIMER_REPLACES", &victim_ref),
+        ("SLUICE_TIMER_OFFSET", "12345"),
+        ("SLUICE_DUE_MS", "1"),
+    ]);
+    let resp = send(&client, TOPIC, 0, b"forged", &forged).await;
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let plain = props(&[
+        ("KEYS", "plain"),
+        (
+            "SLUICE_TIMER_OFFSET",
+            &victim.appended.phys_offset.to_string(),
+        ),
+        ("SLUICE_TIMER_CANCEL", &victim_ref),
+    ]);
+    let resp = send(&client, TOPIC, 0, b"plain", &plain).await;
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let got = node
+        .wait_released(TOPIC, 1, 3, Duration::from_secs(10))
+        .await;
+    let by_key = |k: &str| {
+        got.iter()
+            .find(|m| m.props.get("KEYS") == Some(k))
+            .unwrap_or_else(|| panic!("{k} not in {got:?}"))
+    };
+    by_key("victim"); // released: the forged replacement did not cancel it
+    let attacker = by_key("attacker");
+    assert_ne!(attacker.props.get("SLUICE_TIMER_OFFSET"), Some("12345"));
+    assert_eq!(attacker.props.get("SLUICE_TIMER_REPLACES"), None);
+    let plain = by_key("plain");
+    for k in ["SLUICE_TIMER_OFFSET", "SLUICE_TIMER_CANCEL"] {
+        assert_eq!(plain.props.get(k), None, "{k} kept on a plain send");
+    }
+    node.stop().await;
+    ns.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reschedule_earlier_and_later_keeps_identity_and_releases_once() {
     let dir = tempfile::tempdir().unwrap();

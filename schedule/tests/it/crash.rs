@@ -156,3 +156,57 @@ async fn wait_nothing_pending(node: &Node) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A clean stop's `state.json` used to stay "clean" until the next run's first checkpoint, so
+/// a crash before it (soon after a clean start, or a crash loop) made the next start trust
+/// that nothing had been released: every timer released in between was released again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_soon_after_a_clean_start_does_not_release_twice() {
+    const N: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let no_checkpoint = ScheduleConfig {
+        checkpoint_interval: Duration::from_secs(3_600),
+        ..test_config()
+    };
+    // 1. Scheduled, then a clean stop before anything is due.
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    for _ in 0..N {
+        node.service()
+            .schedule_at(
+                input(TOPIC, 0, "after-clean", &[]),
+                When::After(Duration::from_millis(1_500)),
+            )
+            .await
+            .unwrap();
+    }
+    node.stop().await;
+    // 2. A clean start releases them, then crashes before any checkpoint.
+    let node = Node::start(dir.path(), ns.local_addr(), no_checkpoint).await;
+    let got = node
+        .wait_released(TOPIC, 1, N, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), N);
+    node.ext.crash_on_stop();
+    node.stop().await;
+    // 3. The next start finds the releases and makes no second copy.
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.service().stats().unwrap().pending != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.service().stats().unwrap().pending, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let released = node.released(TOPIC, 1);
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for m in &released {
+        *per_id.entry(m.uniq()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), N);
+    assert!(
+        per_id.values().all(|&n| n == 1),
+        "released again after the crash: {per_id:?}"
+    );
+    node.stop().await;
+    ns.shutdown().await;
+}

@@ -99,6 +99,7 @@ fn unchanged(snap: &Snapshot, last: &State) -> bool {
         && snap.enqueue == last.enqueue
         && snap.pending == last.pending
         && snap.done_above_w.len() == last.done_above_w.len()
+        && snap.late.len() == last.late.len()
         && snap.verify_until == last.verify_until_ms
         && snap.runs.iter().all(|r| r.max >= snap.w)
 }
@@ -134,6 +135,11 @@ fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Writ
             .done_above_w
             .iter()
             .map(|k| (k.fire_ms, k.phys))
+            .collect(),
+        late: snap
+            .late
+            .iter()
+            .map(|(k, kind, size)| (k.fire_ms, k.phys, *kind as u8, *size))
             .collect(),
         pending: snap.pending.clone(),
         written_at_ms: now_ms(),

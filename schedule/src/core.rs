@@ -131,6 +131,7 @@ impl Core {
             done,
             verify_until,
         );
+        index.restore_late(&state.late_timers());
         tracing::info!(dir = %dir.display(), runs = state.runs.len(), w_fire_ms = state.w_fire_ms, clean = state.clean, verify_until, "timer index opened");
         ensure_topics(&services, cfg.levels.len());
         Ok(Self {

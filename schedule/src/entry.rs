@@ -48,7 +48,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Kind::Fire),
             2 => Some(Kind::Roll),

@@ -113,6 +113,8 @@ pub(crate) struct Snapshot {
     pub(crate) enqueue: BTreeMap<String, u64>,
     pub(crate) w: Key,
     pub(crate) done_above_w: Vec<Key>,
+    /// Unfinished timers below `w` (see [`Inner::floor`]).
+    pub(crate) late: Vec<(Key, Kind, u32)>,
     pub(crate) pending: BTreeMap<String, i64>,
     pub(crate) runs: Vec<Arc<Run>>,
     /// The check horizon still needed (see [`Inner::verify_until`]).
@@ -140,6 +142,12 @@ pub(crate) struct Inner {
     done_known: HashSet<Key>,
     /// The first catch-up over the timer queues is complete.
     pub(crate) ready: bool,
+    /// The highest watermark a snapshot has taken. The saved watermark never goes below it:
+    /// finished timers below it have left `near`, so a lower one would load them again from
+    /// the runs at the next start, as pending, and a released one would be released twice. A
+    /// timer indexed late (already due when read, or rescheduled to now) with a key below it
+    /// is saved on its own in the state's `late` list instead.
+    floor: Key,
 }
 
 /// The index: see the module docs.
@@ -173,7 +181,20 @@ impl TimerIndex {
                 restart_ms,
                 done_known,
                 ready: false,
+                floor: w,
             }),
+        }
+    }
+
+    /// Puts back the unfinished timers a checkpoint saved below its watermark (`State::late`).
+    pub(crate) fn restore_late(&self, late: &[(Key, Kind, u32)]) {
+        let mut g = self.inner.lock();
+        for &(key, kind, size) in late {
+            let slot = g.new_slot(key, Some(kind), size);
+            if slot.state == SlotState::Pending {
+                g.note_pending(key);
+            }
+            g.near.insert(key, slot);
         }
     }
 }
@@ -505,21 +526,32 @@ impl Inner {
         let memtable = Arc::new(std::mem::take(&mut self.memtable));
         debug_assert!(self.flushing.is_none(), "one checkpoint at a time");
         self.flushing = Some(Arc::clone(&memtable));
-        let w = self.advance_w();
+        let first_unfinished = self.advance_w();
+        let w = first_unfinished.max(self.floor);
+        self.floor = w;
         let done_above_w = self
             .near
             .range(w..)
             .filter(|(_, s)| s.state == SlotState::Done)
             .map(|(k, _)| *k)
             .collect();
+        let late = self
+            .near
+            .range(..w)
+            .filter(|(_, s)| !matches!(s.state, SlotState::Done | SlotState::Cancelled))
+            .filter_map(|(k, s)| s.kind.map(|kind| (*k, kind, s.size)))
+            .collect();
         Snapshot {
             memtable,
             enqueue: self.enqueue.clone(),
             w,
             done_above_w,
+            late,
             pending: self.pending.clone(),
             runs: self.runs.clone(),
-            verify_until: self.verify_until(w),
+            // A late timer may have been released before a crash: the horizon stays until
+            // it is finished too.
+            verify_until: self.verify_until(first_unfinished),
         }
     }
 

@@ -136,3 +136,52 @@ fn the_check_horizon_is_saved_until_the_watermark_passes_it() {
         "everything due by then is settled"
     );
 }
+
+/// A timer indexed after the watermark passed its key (already due when read) used to pull
+/// the saved watermark back below released timers no longer listed, so the next start loaded
+/// them from the runs as pending and released them again. The watermark now holds, and the
+/// late timer is saved on its own and restored.
+#[test]
+fn a_late_timer_never_pulls_the_saved_watermark_back() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    load(&mut g, 1000);
+    for (fire, phys) in [(1200, 1), (1300, 2)] {
+        g.insert_timer(Key::new(fire, phys), Kind::Fire, 10, "T");
+    }
+    for d in g.take_due(1300, 10) {
+        g.complete(d.key, Released::Done, Some("T"));
+    }
+    let first = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    assert!(first.late.is_empty());
+    assert!(first.w > Key::new(1300, 2), "both released: {:?}", first.w);
+    // Indexed late: due before the released (1300, 2).
+    let late = Key::new(1250, 7);
+    g.insert_timer(late, Kind::Fire, 33, "T");
+    let second = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    assert_eq!(second.w, first.w, "the watermark does not move back");
+    assert_eq!(second.late, vec![(late, Kind::Fire, 33)]);
+    assert!(second.done_above_w.is_empty());
+    drop(g);
+
+    // A start from that snapshot releases the late timer, and only it.
+    let again = TimerIndex::new(
+        Vec::new(),
+        second.w,
+        BTreeMap::new(),
+        second.pending.clone(),
+        HashSet::new(),
+        i64::MIN,
+    );
+    again.restore_late(&second.late);
+    let mut g = again.inner.lock();
+    g.ready = true;
+    let due: Vec<Key> = g.take_due(2000, 10).iter().map(|d| d.key).collect();
+    assert_eq!(due, vec![late]);
+    g.complete(late, Released::Done, Some("T"));
+    let third = g.snapshot();
+    assert!(third.late.is_empty());
+    assert_eq!(third.w, second.w);
+}

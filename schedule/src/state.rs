@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::entry::Key;
+use crate::entry::{Key, Kind};
 use crate::error::{Result, ScheduleError};
 
 /// Format version written and accepted.
@@ -35,6 +35,11 @@ pub(crate) struct State {
     pub(crate) w_phys: u64,
     /// Keys at or above `w` already released, as `(fire_ms, offset)`.
     pub(crate) done_above_w: Vec<(i64, u64)>,
+    /// Unfinished timers below `w`, as `(fire_ms, offset, kind, size)`: indexed late, with
+    /// keys below a watermark already saved, which never moves back (finished timers below it
+    /// are no longer known one by one).
+    #[serde(default)]
+    pub(crate) late: Vec<(i64, u64, u8, u32)>,
     /// Pending timers per real topic.
     pub(crate) pending: BTreeMap<String, i64>,
     /// The roll interval the index was built with (ms); it decides fire times, so it never
@@ -72,6 +77,25 @@ impl State {
 
     pub(crate) fn w(&self) -> Key {
         Key::new(self.w_fire_ms, self.w_phys)
+    }
+
+    /// [`State::late`] decoded; an entry of an unknown kind is skipped, logged.
+    pub(crate) fn late_timers(&self) -> Vec<(Key, Kind, u32)> {
+        self.late
+            .iter()
+            .filter_map(|&(f, p, kind, size)| {
+                let k = Kind::from_u8(kind);
+                if k.is_none() {
+                    tracing::warn!(
+                        fire_ms = f,
+                        phys = p,
+                        kind,
+                        "late timer of unknown kind skipped"
+                    );
+                }
+                k.map(|k| (Key::new(f, p), k, size))
+            })
+            .collect()
     }
 
     /// The check horizon for a start at `now`: after an unclean stop, every timer due before

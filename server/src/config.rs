@@ -115,7 +115,9 @@ pub struct StoreSection {
     /// Segments older than this are deleted. Default 72; at least 48 while `[schedule]` is
     /// enabled (its far timers are re-written every 24 h).
     pub retention_hours: u64,
-    /// Oldest segments are deleted while the log is larger than this. Default: no limit.
+    /// Oldest segments are deleted while the log is larger than this, but none younger than
+    /// half `retention_hours` plus an hour (48 h while `[schedule]` is enabled; at most
+    /// `retention_hours`): those may hold open half messages or timers. Default: no limit.
     pub retention_bytes: Option<u64>,
     /// Appends are refused above this fraction of the disk used. Default 0.90.
     pub disk_max_used_ratio: f64,
@@ -525,12 +527,27 @@ impl ServerConfig {
         };
         s.retention_age = Duration::from_secs(self.store.retention_hours.saturating_mul(3600));
         s.retention_bytes = self.store.retention_bytes;
+        s.retention_bytes_min_age = self.retention_bytes_min_age(s.retention_age);
         s.disk_max_used_ratio = self.store.disk_max_used_ratio;
         s.warm_ahead_bytes = self.store.warm_ahead_bytes;
         s.max_record_size = self.broker.max_body_bytes + 64 * 1024;
         s.max_write_batch_bytes = s.max_write_batch_bytes.max(s.max_record_size + 64);
         s.max_unflushed_bytes = s.max_unflushed_bytes.max(s.max_write_batch_bytes as u64);
         s
+    }
+
+    /// The youngest segment `retention_bytes` may delete: never one holding a timer the
+    /// schedule has not rolled yet (as for `retention_hours`, 48 h), nor an open half message
+    /// the transaction checker has not carried forward (it copies those older than half the
+    /// retention age; an hour more for its rounds). Never above the retention age itself.
+    fn retention_bytes_min_age(&self, retention_age: Duration) -> Duration {
+        let txn = retention_age / 2 + Duration::from_secs(3600);
+        let schedule = if self.schedule.enabled {
+            Duration::from_secs(MIN_RETENTION_HOURS_WITH_SCHEDULE * 3600)
+        } else {
+            Duration::ZERO
+        };
+        txn.max(schedule).min(retention_age)
     }
 
     /// The name server's configuration. Its body cap is the frame cap, not the broker's
@@ -616,6 +633,31 @@ mod tests {
         assert_eq!(cfg.broker.listen.port(), 10911);
         assert_eq!(cfg.namesrv.listen.port(), 9876);
         assert_eq!(cfg.data_dir, PathBuf::from("./sluice-data"));
+    }
+
+    /// The size budget never takes a segment the schedule or the transaction checker may
+    /// still need, and never waits longer than the age limit.
+    #[test]
+    fn the_size_budget_spares_what_timers_and_open_halves_need() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let with = |retention: &str, schedule: &str| {
+            load(
+                None,
+                env(&[
+                    ("SLUICE_STORE_RETENTION_HOURS", retention),
+                    ("SLUICE_STORE_RETENTION_BYTES", "1073741824"),
+                    ("SLUICE_SCHEDULE_ENABLED", schedule),
+                ]),
+            )
+            .unwrap()
+            .store_config()
+        };
+        let s = with("72", "true");
+        assert_eq!(s.retention_bytes, Some(1 << 30));
+        assert_eq!(s.retention_bytes_min_age, hours(48));
+        assert_eq!(with("200", "true").retention_bytes_min_age, hours(101));
+        assert_eq!(with("72", "false").retention_bytes_min_age, hours(37));
+        assert_eq!(with("1", "false").retention_bytes_min_age, hours(1));
     }
 
     #[test]

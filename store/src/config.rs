@@ -49,6 +49,11 @@ pub struct StoreConfig {
     pub retention_age: Duration,
     /// Oldest segments are deleted while the commit log is larger than this. Default: no limit.
     pub retention_bytes: Option<u64>,
+    /// `retention_bytes` never deletes a segment whose last write is younger than this: the
+    /// broker keeps records of its own there that it has not finished with (open half
+    /// messages until they are carried forward, timers until they are rolled or released).
+    /// Past the budget, the log then grows until the disk guard refuses appends. Default 0.
+    pub retention_bytes_min_age: Duration,
     /// How often the cleaner runs. Default 10 s.
     pub clean_interval: Duration,
     /// Above this fraction of the disk used, appends are refused before anything is written.
@@ -83,6 +88,7 @@ impl StoreConfig {
             checkpoint_interval: Duration::from_secs(1),
             retention_age: Duration::from_secs(72 * 3600),
             retention_bytes: None,
+            retention_bytes_min_age: Duration::ZERO,
             clean_interval: Duration::from_secs(10),
             disk_max_used_ratio: 0.90,
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),

@@ -1,7 +1,8 @@
 //! Retention: whole commit-log segments go when they are older than `retention_age` (by their
 //! last write) or while the log is larger than `retention_bytes`; consume-queue and index files
 //! that only point below the new minimum go with them. The active segment, and any segment
-//! holding records not yet dispatched, are never deleted.
+//! holding records not yet dispatched, are never deleted; nor, for the size budget, a segment
+//! younger than `retention_bytes_min_age` (see [`StoreConfig::retention_bytes_min_age`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +31,8 @@ pub(crate) struct Retention {
     pub(crate) index: Arc<Index>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) cfg: StoreConfig,
+    /// When the last "budget held" warning was logged (one a minute at most).
+    pub(crate) held_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Retention {
@@ -65,16 +68,38 @@ impl Retention {
         if oldest.end() > self.shared.dispatched.get() {
             return false;
         }
+        let age = std::fs::metadata(oldest.file.path())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        let expired = age.is_some_and(|age| age >= self.cfg.retention_age);
         let over_budget = self
             .cfg
             .retention_bytes
             .is_some_and(|b| self.log.disk_bytes() > b);
-        let expired = std::fs::metadata(oldest.file.path())
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age >= self.cfg.retention_age);
-        over_budget || expired
+        let old_enough = age.is_some_and(|age| age >= self.cfg.retention_bytes_min_age);
+        if over_budget && !old_enough && !expired {
+            self.note_budget_held(oldest.file.path());
+        }
+        expired || (over_budget && old_enough)
+    }
+}
+
+impl Retention {
+    fn note_budget_held(&self, oldest: &std::path::Path) {
+        let mut last = self.held_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(
+            segment = %oldest.display(),
+            bytes = self.log.disk_bytes(),
+            budget = ?self.cfg.retention_bytes,
+            min_age = ?self.cfg.retention_bytes_min_age,
+            "commit log over retention_bytes, but its oldest segment is younger than the size \
+             budget's minimum age: kept (it may hold open transactions or timers)"
+        );
     }
 }
 

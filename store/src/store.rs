@@ -293,6 +293,7 @@ impl Store {
             index: Arc::clone(&index),
             shared: Arc::clone(&shared),
             cfg: cfg.clone(),
+            held_warned: std::sync::Mutex::new(None),
         };
         let cleaner = make_retention();
         let interval = cfg.clean_interval;

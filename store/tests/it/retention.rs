@@ -62,6 +62,28 @@ fn size_budget_deletes_oldest_segments_with_their_queue_and_index_files() {
     assert_eq!(a[0].2, 1500);
 }
 
+/// The size budget keeps segments younger than its minimum age (they may hold open half
+/// messages or timers the broker still owes) and deletes them once they are older.
+#[test]
+fn size_budget_spares_segments_younger_than_its_minimum_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention_bytes = Some(cfg.segment_size * 2);
+    cfg.retention_bytes_min_age = Duration::from_millis(600);
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..1500);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    let before = segment_files(dir.path()).len();
+    assert!(before > 3, "{before} segments");
+    let report = store.run_retention().unwrap();
+    assert_eq!(report.segments, 0, "all younger than the minimum age");
+    assert_eq!(segment_files(dir.path()).len(), before);
+    std::thread::sleep(Duration::from_millis(700));
+    let report = store.run_retention().unwrap();
+    assert!(report.segments > 0);
+    assert!(store.stats().commit_log_bytes <= cfg.segment_size * 2);
+}
+
 #[test]
 fn age_limit_deletes_expired_segments_but_never_the_active_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -127,7 +127,8 @@ pub(crate) struct ReplayIn {
     pub since_ms: Option<i64>,
     /// Only messages dead-lettered at or before this time (epoch ms).
     pub until_ms: Option<i64>,
-    /// Write the copies here instead of each message's original topic.
+    /// Write the copies here. By default they go to the group's retry topic as retries of
+    /// their original topic, so only this group receives them again.
     pub target_topic: Option<String>,
     /// Messages per second (1..=100000, default 100).
     pub rate_per_sec: Option<u32>,

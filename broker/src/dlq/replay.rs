@@ -15,9 +15,9 @@ use super::DlqError;
 use crate::broker::context::BrokerContext;
 use crate::processor::send as put;
 use crate::retry::copy::{replay_copy, Original};
-use crate::retry::{dlq_topic, PROP_REPLAYED_FROM, PROP_REPLAY_TASK};
+use crate::retry::{dlq_topic, ensure_one_queue_topic, PROP_REPLAYED_FROM, PROP_REPLAY_TASK};
 use crate::stats::Counters;
-use crate::topic::DEFAULT_TOPIC;
+use crate::topic::{retry_topic, DEFAULT_TOPIC};
 
 /// Default rate (messages per second).
 pub const DEFAULT_RATE: u32 = 100;
@@ -33,7 +33,9 @@ pub struct ReplaySpec {
     pub group: String,
     /// Which messages (all when empty).
     pub filter: DlqFilter,
-    /// Destination; default each message's original topic (`RETRY_TOPIC`).
+    /// Destination. By default each copy goes to the group's retry topic
+    /// (`%RETRY%<group>`), as a retry of the message's original topic with a fresh retry
+    /// count, so only this group consumes it again.
     pub target_topic: Option<String>,
     /// Messages per second (0 = [`DEFAULT_RATE`]).
     pub rate_per_sec: u32,
@@ -401,29 +403,42 @@ async fn replay_one(
     m: &DlqMessage,
     status: &ReplayStatus,
 ) -> Result<bool, String> {
-    let dest = status
-        .target_topic
-        .clone()
-        .or_else(|| m.original_topic.clone())
-        .ok_or_else(|| "the message has no RETRY_TOPIC and the task no target topic".to_owned())?;
-    // Checked per message too: RETRY_TOPIC comes from the message, and a producer may have
-    // set it; a task file from an older version may also name any target.
-    check_target(&dest).map_err(|e| e.to_string())?;
-    let cfg = if ctx.cfg.auto_create_topic {
-        ctx.topics
-            .get_or_create_for_send(&dest, DEFAULT_TOPIC, 4)
-            .map_err(|r| r.remark)?
-    } else {
-        ctx.topics
-            .get(&dest)
-            .ok_or_else(|| format!("topic {dest} does not exist"))?
+    let (dest, queue_id, retry_of) = match &status.target_topic {
+        Some(t) => {
+            // Checked per message too: a task file from an older version may name any target.
+            check_target(t).map_err(|e| e.to_string())?;
+            let cfg = if ctx.cfg.auto_create_topic {
+                ctx.topics
+                    .get_or_create_for_send(t, DEFAULT_TOPIC, 4)
+                    .map_err(|r| r.remark)?
+            } else {
+                ctx.topics
+                    .get(t)
+                    .ok_or_else(|| format!("topic {t} does not exist"))?
+            };
+            (t.clone(), ctx.pick_queue(cfg.write_queue_nums), None)
+        }
+        // By default the copy goes to the group's retry topic, as a retry of its original
+        // topic: only this group consumes it again. Copied into the original topic, it went
+        // to every other group subscribed there too, which had handled it already.
+        None => {
+            let origin = m
+                .original_topic
+                .clone()
+                .ok_or_else(|| "the message has no RETRY_TOPIC and the task no target topic")?;
+            check_target(&origin).map_err(|e| e.to_string())?;
+            let retry = retry_topic(&status.group);
+            ensure_one_queue_topic(ctx, &retry);
+            (retry, 0, Some(origin))
+        }
     };
     let already = status.resumes > 0 && copy_exists(ctx, &dest, m, &status.id);
     if !already {
         let input = replay_copy(
             orig,
             &dest,
-            ctx.pick_queue(cfg.write_queue_nums),
+            queue_id,
+            retry_of.as_deref(),
             &m.msg_id,
             &status.id,
         );

@@ -160,11 +160,14 @@ pub(crate) fn failure_copy(
 }
 
 /// The replay copy of a dead letter: fresh retry budget (reconsume count 0, no retry
-/// bookkeeping), provenance in [`PROP_REPLAYED_FROM`] and [`PROP_REPLAY_TASK`].
+/// bookkeeping), provenance in [`PROP_REPLAYED_FROM`] and [`PROP_REPLAY_TASK`]. Copied into a
+/// group's retry topic, `retry_of` names the original topic (`RETRY_TOPIC`), which consumers
+/// deliver it as.
 pub(crate) fn replay_copy(
     orig: &Original,
     topic: &str,
     queue_id: i32,
+    retry_of: Option<&str>,
     dlq_msg_id: &str,
     task_id: &str,
 ) -> MessageInput {
@@ -176,6 +179,9 @@ pub(crate) fn replay_copy(
         PROP_DLQ_TIME,
     ] {
         p.remove(k);
+    }
+    if let Some(origin) = retry_of {
+        p.insert(keys::RETRY_TOPIC, origin);
     }
     p.insert(PROP_REPLAYED_FROM, dlq_msg_id);
     p.insert(PROP_REPLAY_TASK, task_id);

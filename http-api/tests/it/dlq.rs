@@ -87,6 +87,7 @@ async fn a_replay_copies_dead_letters_back_and_reports_progress() {
     dead_letter(&s, "billing", "Orders", "m1", "boom").await;
     let store = s.broker.services().store().clone();
     let before = store.max_offset("Orders", 0);
+    let retry_before = store.max_offset("%RETRY%billing", 0);
 
     let (st, r) = s
         .post(
@@ -103,9 +104,31 @@ async fn a_replay_copies_dead_letters_back_and_reports_progress() {
     );
     assert!(store.wait_dispatched(Duration::from_secs(10)));
     assert_eq!(
+        store.max_offset("%RETRY%billing", 0),
+        retry_before + 1,
+        "the copy is a retry of the group's"
+    );
+    assert_eq!(
         store.max_offset("Orders", 0),
-        before + 1,
-        "the copy is back in Orders"
+        before,
+        "other groups of Orders do not get it again"
+    );
+    // The group receives it as a message of Orders: the original (never consumed over HTTP
+    // here) and the replayed copy.
+    let (st, r) = s
+        .post(
+            "/v1/groups/billing/topics/Orders/receive",
+            json!({"max": 10}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let got = r["messages"].as_array().unwrap();
+    assert_eq!(
+        got.iter()
+            .filter(|m| m["body"] == "m1" && m["topic"] == "Orders")
+            .count(),
+        2,
+        "the replayed letter is received again: {r}"
     );
 
     let (_, r) = s.get("/v1/groups/billing/dlq").await;

@@ -91,7 +91,7 @@ fn sigkill_during_a_replay_loses_nothing_and_the_task_resumes() {
         .unwrap()
         .as_millis() as i64;
     let task = serde_json::json!({
-        "id": TASK, "group": GROUP, "filter": {}, "target_topic": null, "rate_per_sec": 10,
+        "id": TASK, "group": GROUP, "filter": {}, "target_topic": TOPIC, "rate_per_sec": 10,
         "dry_run": false, "max_messages": null, "requested_by": "crash-test", "state": "running",
         "next_offset": 0, "end_offset": N, "matched": 0, "replayed": 0, "skipped": 0,
         "failed": 0, "error": null, "created_ms": now, "updated_ms": now, "resumes": 0

@@ -212,11 +212,17 @@ pub(crate) fn list(ctx: &BrokerContext, q: &DlqQuery) -> Result<DlqPage, DlqErro
         0 => 100,
         n => n.min(MAX_PAGE),
     };
-    let ledger = ctx.dlq.ledger(&q.group)?;
     let mut page = DlqPage {
         next_offset: q.start_offset,
         ..DlqPage::default()
     };
+    // A group that never dead-lettered anything has no DLQ topic: nothing to list, and no
+    // ledger is loaded (kept for the broker's life) for a name any caller may invent.
+    if ctx.topics.get(&topic).is_none() {
+        page.end = true;
+        return Ok(page);
+    }
+    let ledger = ctx.dlq.ledger(&q.group)?;
     let mut offset = q.start_offset;
     while page.messages.len() < limit && offset - q.start_offset < MAX_SCAN {
         let batch = scan(&ctx.store, &topic, offset);

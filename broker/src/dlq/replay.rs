@@ -425,7 +425,7 @@ async fn replay_one(
             let origin = m
                 .original_topic
                 .clone()
-                .ok_or_else(|| "the message has no RETRY_TOPIC and the task no target topic")?;
+                .ok_or("the message has no RETRY_TOPIC and the task no target topic")?;
             check_target(&origin).map_err(|e| e.to_string())?;
             let retry = retry_topic(&status.group);
             ensure_one_queue_topic(ctx, &retry);

@@ -98,11 +98,29 @@ impl From<Reject> for ProduceError {
     }
 }
 
+/// Retry, dead-letter and the broker's own topics take no sends on this path. RocketMQ's TCP
+/// send accepts `%RETRY%<group>` because a consumer's send-back fallback writes there; over
+/// HTTP any producer token could inject "retries" that a group's consumers then handle,
+/// forge dead letters an operator later replays, and create a retry topic per invented name.
+fn refuse_broker_topic(topic: &str) -> Result<(), ProduceError> {
+    if topic.starts_with(crate::topic::RETRY_PREFIX) || crate::topic::is_broker_topic(topic) {
+        return Err(ProduceError {
+            code: sluice_protocol::response_code::NO_PERMISSION,
+            remark: format!(
+                "topic {topic} belongs to the broker (retry, dead-letter or system topic): it \
+                 takes no direct sends"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks, hooks and a durable append; answers only after the store acknowledged.
 pub(crate) async fn produce(
     ctx: &Arc<BrokerContext>,
     p: Produce,
 ) -> Result<Produced, ProduceError> {
+    refuse_broker_topic(&p.topic)?;
     let topic_cfg = send::check_topic_named(ctx, &p.topic, DEFAULT_TOPIC, 4)?;
     let queue_id = pick_queue(ctx, &p, topic_cfg.write_queue_nums)?;
     let born_host = send::canonical(p.born_host);

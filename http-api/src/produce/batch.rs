@@ -124,22 +124,21 @@ pub(super) async fn send_batch(
     // client retrying the failed entry would have it consumed after the later one.
     let mut broken: HashSet<String> = HashSet::new();
     for entry in batch.messages {
-        let r = match parse_entry(entry) {
-            Ok(m) => match m.sharding_key.clone() {
-                Some(key) if broken.contains(&key) => Err(after_failure(&key)),
-                key => {
-                    let r = match m.decode(state.config()) {
-                        Ok(msg) => send_one(&state, &topic, msg, peer).await,
-                        Err(e) => Err(e),
-                    };
-                    if let (Err(_), Some(key)) = (&r, key) {
-                        broken.insert(key);
-                    }
-                    r
-                }
+        // Read before the entry is parsed: one that does not parse breaks its key too.
+        let key = raw_sharding_key(&entry);
+        let r = match &key {
+            Some(k) if broken.contains(k) => Err(after_failure(k)),
+            _ => match parse_entry(entry) {
+                Ok(m) => match m.decode(state.config()) {
+                    Ok(msg) => send_one(&state, &topic, msg, peer).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
             },
-            Err(e) => Err(e),
         };
+        if let (Err(_), Some(key)) = (&r, key) {
+            broken.insert(key);
+        }
         results.push(BatchEntry::from(r));
     }
     let failed = results.iter().filter(|r| !r.ok).count();
@@ -169,6 +168,13 @@ fn check_size(n: usize, max: usize) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// An entry's `sharding_key` as sent, whatever else is wrong with the entry.
+fn raw_sharding_key(v: &serde_json::Value) -> Option<String> {
+    v.get("sharding_key")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
 }
 
 fn parse_entry(v: serde_json::Value) -> ApiResult<MessageIn> {

@@ -236,6 +236,63 @@ async fn an_unknown_topic_is_404_when_auto_create_is_off() {
     s.stop().await;
 }
 
+/// Retry, dead-letter and system topics take no sends over HTTP: any producer token could
+/// otherwise inject "retries" a group's consumers handle, or forge dead letters.
+#[tokio::test]
+async fn broker_topics_are_403_for_produce_and_transactions() {
+    let s = common::start().await;
+    for topic in [
+        "%25RETRY%25billing",
+        "%25DLQ%25billing",
+        "RMQ_SYS_TRANS_HALF_TOPIC",
+        "SCHEDULE_TOPIC_XXXX",
+    ] {
+        let (st, r) = s
+            .post(
+                &format!("/v1/topics/{topic}/messages"),
+                json!({"body": "x"}),
+            )
+            .await;
+        assert_eq!((st, error_code(&r)), (403, "forbidden"), "{topic}: {r}");
+        let (st, r) = s
+            .post(
+                &format!("/v1/topics/{topic}/transactions"),
+                json!({"body": "x", "producer_group": "pg"}),
+            )
+            .await;
+        assert_eq!(st, 403, "{topic}: {r}");
+    }
+    assert!(
+        s.broker.services().topic("%RETRY%billing").is_none(),
+        "no retry topic was created"
+    );
+    s.stop().await;
+}
+
+/// An entry that does not even parse breaks its sharding key like any failed entry.
+#[tokio::test]
+async fn a_batch_entry_that_does_not_parse_holds_back_its_sharding_key() {
+    let s = common::start().await;
+    s.create_topic("B", 2);
+    let (st, r) = s
+        .post(
+            "/v1/topics/B/messages:batch",
+            json!({"messages": [
+                {"body": "one", "sharding_key": "k", "tag": 5},
+                {"body": "two", "sharding_key": "k"},
+                {"body": "other", "sharding_key": "j"}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let res = r["results"].as_array().unwrap();
+    let oks: Vec<bool> = res.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, vec![false, false, true], "{r}");
+    assert_eq!(res[0]["error"]["code"], "invalid_json", "{r}");
+    assert_eq!(res[1]["error"]["code"], "conflict", "{r}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_batch_answers_each_entry_in_order() {
     let s = common::start().await;

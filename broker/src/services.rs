@@ -132,11 +132,16 @@ impl BrokerServices {
         self.ctx.topics.put(cfg);
     }
 
-    /// Creates or updates a topic and returns once `topics.json` holds it: what an admin
-    /// request acknowledges survives a crash.
-    pub async fn put_topic_durably(&self, cfg: TopicConfig) -> Result<(), BrokerError> {
-        self.ctx.topics.put(cfg);
-        self.ctx.topics.save_durably().await
+    /// Creates a topic unless one of that name exists (checked and added in one step), then
+    /// waits until `topics.json` holds it. `Ok(Err(existing))`: it existed, nothing changed.
+    pub async fn create_topic_durably(
+        &self,
+        cfg: TopicConfig,
+    ) -> Result<Result<(), TopicConfig>, BrokerError> {
+        if let Err(existing) = self.ctx.topics.put_if_absent(cfg) {
+            return Ok(Err(existing));
+        }
+        self.ctx.topics.save_durably().await.map(Ok)
     }
 
     /// Waits until `topics.json` holds the current topics (after [`Self::delete_topic`]).

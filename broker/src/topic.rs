@@ -217,6 +217,27 @@ impl TopicManager {
         true
     }
 
+    /// Adds `cfg` unless a topic of that name exists, in one step under the table lock:
+    /// `Err` holds the existing one. Two creates racing with different shapes cannot both
+    /// pass a check and the last silently win.
+    pub(crate) fn put_if_absent(self: &Arc<Self>, cfg: TopicConfig) -> Result<(), TopicConfig> {
+        {
+            let mut t = self.table.write();
+            if let Some(existing) = t.topics.get(&cfg.topic_name) {
+                return Err(existing.clone());
+            }
+            tracing::info!(topic = %cfg.topic_name, read_queues = cfg.read_queue_nums, write_queues = cfg.write_queue_nums, perm = cfg.perm, "topic created");
+            t.topics.insert(cfg.topic_name.clone(), cfg);
+            t.version = DataVersion {
+                counter: t.version.counter + 1,
+                timestamp: now_ms(),
+            };
+        }
+        self.changed.notify_one();
+        self.save_in_background();
+        Ok(())
+    }
+
     /// Removes a topic's configuration (persisted; name servers drop its route at the next
     /// registration). Its data stays until retention deletes the segments. Returns what was
     /// removed.

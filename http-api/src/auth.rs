@@ -10,6 +10,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{code, ApiError};
@@ -104,9 +105,15 @@ pub fn authorize(state: &AppState, scope: Scope, req: &Request) -> Result<(), Ap
                 "missing bearer token (Authorization: Bearer <token>)",
             )
         })?;
+    // Digests are compared, not the secrets: a slice comparison returns at once on a length
+    // difference, which told a caller each secret's length.
+    let presented = Sha256::digest(presented.as_bytes());
     let mut found: Option<&Token> = None;
     for t in tokens {
-        let eq: bool = t.secret.as_bytes().ct_eq(presented.as_bytes()).into();
+        let eq: bool = Sha256::digest(t.secret.as_bytes())
+            .as_slice()
+            .ct_eq(presented.as_slice())
+            .into();
         if eq {
             found = Some(t);
         }

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sluice_broker::produce::Produce;
 use sluice_protocol::message::keys;
+use sluice_protocol::message::record::MAX_PROPERTIES_LEN;
 use sluice_protocol::Properties;
 use utoipa::ToSchema;
 
@@ -168,6 +169,9 @@ impl MessageMeta {
     }
 }
 
+/// Encoded property bytes left to the broker (UNIQ_KEY, CLUSTER, a delay's bookkeeping).
+const BROKER_PROPERTY_ROOM: usize = 1024;
+
 impl DecodedMessage {
     /// Checks the body size and every metadata field.
     pub(crate) fn new(body: Bytes, meta: MessageMeta, cfg: &HttpConfig) -> Result<Self, ApiError> {
@@ -179,7 +183,23 @@ impl DecodedMessage {
             )));
         }
         check_meta(&meta)?;
-        Ok(Self { body, meta })
+        let msg = Self { body, meta };
+        msg.check_properties_size()?;
+        Ok(msg)
+    }
+
+    /// Refuses properties (tag, keys, delay and the user's) too large to store once the
+    /// broker adds its own, as 400 here: the broker's refusal of them shares its code with a
+    /// refused delay, and a delayed message was answered "delay refused" (422).
+    fn check_properties_size(&self) -> Result<(), ApiError> {
+        let len = self.properties().encoded_len();
+        let max = MAX_PROPERTIES_LEN.saturating_sub(BROKER_PROPERTY_ROOM);
+        if len > max {
+            return Err(ApiError::bad_request(format!(
+                "tag, keys and properties take {len} bytes encoded, more than {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// The properties the broker stores: the user's, then tag, keys and delay.

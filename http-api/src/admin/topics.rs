@@ -135,18 +135,20 @@ pub(super) async fn create_topic(
         ));
     }
     let wanted = TopicConfig::new(&body.name, queues, perm);
-    if let Some(existing) = state.broker().topic(&body.name) {
+    // Checked and added in one step: two creates of one name racing with different shapes
+    // get one 201 and one 409, never two 201s with the last shape silently in force.
+    let created = state
+        .broker()
+        .create_topic_durably(wanted.clone())
+        .await
+        .map_err(not_saved)?;
+    if let Err(existing) = created {
         let out = same_shape(existing, &wanted)?;
         // It may be in effect from an earlier request whose save failed (503): a 200 must
         // mean it is on disk too.
         state.broker().save_topics().await.map_err(not_saved)?;
         return Ok((StatusCode::OK, Json(out)));
     }
-    state
-        .broker()
-        .put_topic_durably(wanted.clone())
-        .await
-        .map_err(not_saved)?;
     tracing::info!(topic = %body.name, queues, perm, "topic created over HTTP");
     Ok((StatusCode::CREATED, Json(topic_out(&wanted))))
 }

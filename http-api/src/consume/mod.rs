@@ -33,7 +33,7 @@ use crate::error::{code, ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, PathParams};
 use crate::state::AppState;
 
-/// Messages per receive when the request names no `max`.
+/// Messages per receive when the request names no `max` (or `max_per_receive`, if lower).
 const DEFAULT_MAX: usize = 10;
 
 /// HTTP-side limits of lease-based consumption (the lease bounds themselves are the broker's
@@ -105,7 +105,10 @@ async fn receive(
     let req = ReceiveRequest {
         group,
         topic,
-        max: body.max.unwrap_or(DEFAULT_MAX),
+        // The default never exceeds the configured most per receive (which may be below it).
+        max: body
+            .max
+            .unwrap_or(DEFAULT_MAX.min(leases.config().max_per_receive)),
         wait: Duration::from_millis(body.wait_ms.unwrap_or(0)),
         visibility,
         tag: body.tag,

@@ -381,9 +381,15 @@ fn events_of(state: &AppState, r: &Rec, timers: &[ScheduledMessage]) -> Vec<Trac
         return vec![e];
     }
     if let Some(g) = r.topic.strip_prefix(RETRY_PREFIX) {
-        let mut e = event("retried", at, r);
+        // A replay copies a dead letter back into its group's retry topic by default.
+        let mut e = if r.props.get(PROP_REPLAYED_FROM).is_some() {
+            replayed_event(r)
+        } else {
+            let mut e = event("retried", at, r);
+            e.detail = failure_detail(r);
+            e
+        };
         e.group = Some(g.to_owned());
-        e.detail = failure_detail(r);
         return vec![e];
     }
     if let Some(g) = r.topic.strip_prefix(DLQ_PREFIX) {
@@ -407,11 +413,16 @@ fn user_topic_event(r: &Rec) -> TraceEvent {
         return e;
     }
     if r.props.get(PROP_REPLAYED_FROM).is_some() {
-        let mut e = event("replayed", at, r);
-        e.detail = r.prop(PROP_REPLAY_TASK).map(|t| format!("replay task {t}"));
-        return e;
+        return replayed_event(r);
     }
     event("produced", at, r)
+}
+
+/// A dead letter's replayed copy, in its group's retry topic or in a target topic.
+fn replayed_event(r: &Rec) -> TraceEvent {
+    let mut e = event("replayed", Some(r.store_ms), r);
+    e.detail = r.prop(PROP_REPLAY_TASK).map(|t| format!("replay task {t}"));
+    e
 }
 
 /// The half message, and the decision when the txn service still holds it.

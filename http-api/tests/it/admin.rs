@@ -38,6 +38,32 @@ async fn topics_are_created_idempotently_and_conflicting_shapes_refused() {
     s.stop().await;
 }
 
+/// Two creates of one name with different shapes, at once: one 201 and one 409, and the
+/// shape in force is the created one. Both used to pass the existence check and answer 201,
+/// the last write silently setting the queue count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_of_one_topic_with_different_shapes_get_one_201_and_one_409() {
+    let s = common::start().await;
+    for i in 0..20 {
+        let name = format!("Race{i}");
+        let (a, b) = tokio::join!(
+            s.post("/v1/topics", json!({"name": name, "queues": 4})),
+            s.post("/v1/topics", json!({"name": name, "queues": 16})),
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{name}: {a:?} / {b:?}");
+        let winner = if a.0 == 201 { &a.1 } else { &b.1 };
+        let live = s.broker.services().topic(&name).expect("created");
+        assert_eq!(
+            i64::from(live.write_queue_nums),
+            winner["write_queues"].as_i64().unwrap(),
+            "{name}: the shape in force is the one answered 201"
+        );
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn topics_are_listed_and_described_with_their_queue_offsets() {
     let s = common::start().await;

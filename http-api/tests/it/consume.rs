@@ -79,6 +79,21 @@ fn quick(max_reconsume_times: i32) -> Options {
     }
 }
 
+/// A receive without `max` used to ask for 10 and get 422 when `max_per_receive` was lower.
+#[tokio::test]
+async fn a_receive_without_max_works_under_a_low_max_per_receive() {
+    let s = common::start_with(Options {
+        broker: Box::new(|cfg| cfg.lease.max_per_receive = 3),
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("Few", 1);
+    produce(&s, "Few", &[b"1", b"2", b"3", b"4", b"5"], "t").await;
+    let got = receive(&s, "g", "Few", json!({})).await;
+    assert_eq!(got.len(), 3, "the configured most, not 10");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn receive_returns_text_and_binary_bodies_with_their_metadata_and_ack_finishes_them() {
     let s = common::start().await;

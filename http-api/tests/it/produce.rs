@@ -293,6 +293,31 @@ async fn a_batch_entry_that_does_not_parse_holds_back_its_sharding_key() {
     s.stop().await;
 }
 
+/// Properties too large to store are a bad request, delayed or not: a delayed message's was
+/// answered 422 "delay refused", the broker's refusal sharing its code with a refused delay.
+#[tokio::test]
+async fn oversized_properties_are_400_even_on_a_delayed_message() {
+    let s = common::start().await;
+    let keys: Vec<String> = (0..140).map(|i| format!("{i:0>250}")).collect();
+    for delay in [json!(null), json!(1000)] {
+        let (st, r) = s
+            .post(
+                "/v1/topics/Big/messages",
+                json!({"body": "x", "keys": keys, "delay_ms": delay}),
+            )
+            .await;
+        assert_eq!((st, error_code(&r)), (400, "bad_request"), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bytes encoded"),
+            "{r}"
+        );
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_batch_answers_each_entry_in_order() {
     let s = common::start().await;

@@ -75,8 +75,9 @@ pub struct CheckConfig {
     pub max_poll_wait: Duration,
     /// Most checks one poll returns (`max` is capped to it). Default 64.
     pub max_poll_batch: usize,
-    /// How long after its last poll a group that is in pull mode by polling still takes checks;
-    /// then it is unregistered. Default 60 s; at least `max_poll_wait`.
+    /// How long after its last poll a group that is in pull mode by polling stays registered
+    /// (it queues checks only while a poll waits or for 2 s after one); then it is
+    /// unregistered. Default 60 s; at least `max_poll_wait`.
     pub poll_idle: Duration,
     /// Checks queued per group in pull mode by polling. Default 1 000.
     pub pending_per_group: usize,

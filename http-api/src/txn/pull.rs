@@ -7,11 +7,14 @@
 //! - **by polling**: any other group (no `check_url`) becomes pull mode when it polls: the
 //!   facade registers a group sink (`TxnService::set_check_sink`) that takes the group's checks
 //!   into a bounded queue here, but only while the group is *live*: a poll is waiting, or the
-//!   last one ended less than `poll_idle` ago. Otherwise the sink refuses, so the check is not
-//!   counted and is tried again one interval later (as for a TCP group with no producer
-//!   connected). A group idle for `poll_idle` is unregistered (its TCP producers, if any, get
-//!   the checks again) and its unanswered queued checks are dropped (each check is repeated
-//!   on schedule anyway). Checks of transactions decided while queued are never handed out.
+//!   last one ended less than [`LIVE_GRACE`] ago (a producer polling in a loop is between two
+//!   polls). Otherwise the sink refuses, so the check is not counted and is tried again one
+//!   interval later (as for a TCP group with no producer connected). Each queued check was
+//!   counted against `check_max`, so the window is short: a producer that stops polling burns
+//!   at most the checks of that grace, not of the whole registration. A group idle for
+//!   `poll_idle` is unregistered (its TCP producers, if any, get the checks again) and its
+//!   unanswered queued checks are dropped (each check is repeated on schedule anyway). Checks
+//!   of transactions decided while queued are never handed out.
 //!
 //! Polling a group with a `check_url` is refused (409): its checks go to the URL.
 
@@ -48,8 +51,18 @@ struct Group {
     wake: Arc<Notify>,
 }
 
+/// How long after a poll ends its group still takes checks into its queue (see the module
+/// docs): long enough for a producer to handle a batch and poll again.
+const LIVE_GRACE: Duration = Duration::from_secs(2);
+
 impl Group {
-    fn live(&self, idle: Duration) -> bool {
+    /// Takes checks now: a poll waits, or one ended within `grace`.
+    fn takes_checks(&self, grace: Duration) -> bool {
+        self.polling > 0 || self.last_poll.elapsed() < grace
+    }
+
+    /// Keeps its registration: a poll waits, or one ended within `idle`.
+    fn registered(&self, idle: Duration) -> bool {
         self.polling > 0 || self.last_poll.elapsed() < idle
     }
 }
@@ -156,8 +169,8 @@ impl PullGroups {
     fn offer(&self, group: &str, check: PendingCheck) -> Result<(), String> {
         let mut groups = self.groups.lock();
         let g = groups.get_mut(group).ok_or("the group no longer polls")?;
-        if !g.live(self.cfg.poll_idle) {
-            return Err("no producer of the group polled recently".into());
+        if !g.takes_checks(LIVE_GRACE.min(self.cfg.poll_idle)) {
+            return Err("no producer of the group is polling".into());
         }
         if let Some(slot) = g
             .queue
@@ -189,7 +202,7 @@ impl PullGroups {
         let mut groups = self.groups.lock();
         let idle: Vec<String> = groups
             .iter()
-            .filter(|(_, g)| !g.live(self.cfg.poll_idle))
+            .filter(|(_, g)| !g.registered(self.cfg.poll_idle))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &idle {

@@ -558,6 +558,38 @@ async fn a_group_that_polls_gets_its_checks_and_answers_them() {
     s.stop().await;
 }
 
+/// A group that polled once and stopped is no longer handed checks after a short grace: they
+/// are not counted, so the transaction keeps its check budget. They used to be queued (and
+/// counted) for the whole 60 s registration, then dropped unanswered.
+#[tokio::test]
+async fn checks_are_not_counted_for_a_group_that_stopped_polling() {
+    let s = start_signed().await;
+    let (id, _) = send(&s, "quitter", json!({})).await;
+    let (status, v) = s.get("/v1/producer-groups/quitter/checks?wait_ms=0").await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["checks"].as_array().unwrap().is_empty(), "none due yet");
+    // Checks fall due every 500 ms. Past the grace after the poll, none is counted.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let count = |v: &Value| v["check_count"].as_u64().unwrap();
+    let (_, before) = s.get(&format!("/v1/transactions/{id}")).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (_, after) = s.get(&format!("/v1/transactions/{id}")).await;
+    assert_eq!(
+        count(&after),
+        count(&before),
+        "no check counted while nobody polls: {before} / {after}"
+    );
+    let checks = poll(&s, "quitter").await;
+    assert_eq!(checks[0]["txn_id"], id.as_str());
+    // One queued within the grace (already counted), or a new one.
+    assert!(
+        checks[0]["check_number"].as_u64().unwrap() <= count(&after) + 1,
+        "{}",
+        checks[0]
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_configured_pull_group_is_polled_and_answered_with_commit() {
     let mut opts = common::Options::default();

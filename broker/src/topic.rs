@@ -21,6 +21,8 @@ use crate::state_file;
 pub const DEFAULT_TOPIC: &str = "TBW102";
 /// Delay-level messages wait here.
 pub const SCHEDULE_TOPIC: &str = "SCHEDULE_TOPIC_XXXX";
+/// Messages delayed to an arbitrary time (the schedule extension's timers) wait here.
+pub const TIMER_TOPIC: &str = "SLUICE_SYS_TIMER";
 /// Half (prepared) transactional messages.
 pub const TRANS_HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
 /// Commit/rollback markers of half messages.
@@ -50,7 +52,7 @@ const NOT_CONSUMABLE: [&str; 5] = [
     TRANS_HALF_TOPIC,
     TRANS_OP_HALF_TOPIC,
     TRANS_CHECK_MAX_TIME_TOPIC,
-    "SLUICE_SYS_TIMER",
+    TIMER_TOPIC,
 ];
 
 /// Most queues a topic may have; queue ids become folders, so this is a resource bound.

@@ -19,7 +19,7 @@ use sluice_protocol::Properties;
 use crate::config::ScheduleConfig;
 
 /// Where timers with an arbitrary time wait: queue 0 holds timers, queue 1 cancel markers.
-pub const TIMER_TOPIC: &str = "SLUICE_SYS_TIMER";
+pub const TIMER_TOPIC: &str = sluice_broker::TIMER_TOPIC;
 /// Queue of [`TIMER_TOPIC`] holding timers.
 pub const TIMER_QUEUE: i32 = 0;
 /// Queue of [`TIMER_TOPIC`] holding cancel markers.

@@ -19,7 +19,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TxnError;
-use crate::state::TxnState;
+use crate::state::{Decision, TxnState};
 use crate::table::{Entry, Location};
 
 /// Format version written.
@@ -56,6 +56,10 @@ pub(crate) struct LiveEntry {
     /// Parked by the final action `keep`.
     #[serde(default)]
     pub(crate) parked: bool,
+    /// A commit was being stored: its message may be there without its op record (a failed
+    /// op append, a stop in between), so the next start looks for it even after a clean stop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) commit_pending: bool,
 }
 
 impl LiveEntry {
@@ -78,6 +82,13 @@ impl LiveEntry {
                         from_parked: true,
                         ..
                     }
+            ),
+            commit_pending: matches!(
+                e.state,
+                TxnState::Resolving {
+                    decision: Decision::Commit,
+                    ..
+                }
             ),
         }
     }
@@ -157,6 +168,7 @@ mod tests {
                 last_check: Some(5),
                 armed: 1,
                 parked: false,
+                commit_pending: true,
             }],
         };
         store(dir.path(), &cp).unwrap();

@@ -27,7 +27,11 @@ pub(crate) const FILE: &str = "checks.journal";
 const RECORD_LEN: usize = 32;
 /// Most records read back at a restart (32 MiB): a journal is emptied at every checkpoint, so
 /// a longer one is damage, not history.
+#[cfg(not(test))]
 const MAX_RECORDS: usize = 1 << 20;
+/// Small in unit tests, so the bound is exercised.
+#[cfg(test)]
+const MAX_RECORDS: usize = 4;
 
 /// One counted check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +119,10 @@ pub(crate) fn load(dir: &Path) -> Vec<Counted> {
     let torn = chunks.remainder().len();
     let mut out = Vec::new();
     let mut damaged = 0usize;
-    for chunk in chunks.take(MAX_RECORDS) {
+    // Past the bound, the newest records are kept: a count only rises, so the latest ones
+    // hold the most; keeping the oldest let checks beyond `check_max` go out after a crash.
+    let skip = (bytes.len() / RECORD_LEN).saturating_sub(MAX_RECORDS);
+    for chunk in chunks.skip(skip) {
         match <&[u8; RECORD_LEN]>::try_from(chunk)
             .ok()
             .and_then(Counted::decode)
@@ -197,5 +204,14 @@ mod tests {
         assert_eq!(load(dir.path()), vec![rec(1, 1)]);
         append(dir.path(), &[rec(2, 4)]).unwrap();
         assert_eq!(load(dir.path()), vec![rec(1, 1), rec(2, 4)]);
+    }
+
+    /// Past its bound the journal used to keep its oldest records and drop the newest counts.
+    #[test]
+    fn past_the_bound_the_newest_records_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<Counted> = (1..=6).map(|n| rec(9, n)).collect();
+        append(dir.path(), &all).unwrap();
+        assert_eq!(load(dir.path()), all[2..].to_vec());
     }
 }

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_broker::TRANS_OP_HALF_TOPIC;
+use sluice_broker::{SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_OP_HALF_TOPIC};
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::RecordView;
 use sluice_store::{now_ms, GetStatus};
@@ -90,11 +90,16 @@ impl Core {
         report.ops_replayed = self.replay_ops(cp.op_next);
         report.journalled = same + self.apply_journal_later_arming(&counted, &armed_before);
         self.table.lock().dirty = true;
-        let torn = if self.services.store().recovery_report().clean {
-            Vec::new()
-        } else {
-            self.find_torn_commits()
-        };
+        // After a clean stop only the commits still being stored at the last checkpoint can
+        // be torn (their op append failed, or the stop came first); after a crash, any.
+        let pending: std::collections::HashSet<u64> = cp
+            .live
+            .iter()
+            .filter(|le| le.commit_pending)
+            .map(|le| le.q)
+            .collect();
+        let clean = self.services.store().recovery_report().clean;
+        let torn = self.find_torn_commits(|q| !clean || pending.contains(&q));
         report.torn_commits = torn.len();
         (report, torn)
     }
@@ -167,12 +172,13 @@ impl Core {
     }
 
     /// Undecided transactions with a COMMIT record already stored; each is made `Resolving`.
-    fn find_torn_commits(&self) -> Vec<Entry> {
+    fn find_torn_commits(&self, suspect: impl Fn(u64) -> bool) -> Vec<Entry> {
         let undecided: Vec<Entry> = self
             .table
             .lock()
             .entries()
             .filter(|e| matches!(e.state, TxnState::Open | TxnState::Parked))
+            .filter(|e| suspect(e.id.half_offset))
             .cloned()
             .collect();
         let mut out = Vec::new();
@@ -194,29 +200,36 @@ impl Core {
     }
 
     /// Whether the store holds this transaction's committed message, wherever the commit hooks
-    /// would have put it.
+    /// put it: its topic, or parked in a schedule topic. Every place is searched, not only where
+    /// the hooks would put it now: for an absolute deliver time they answer by the clock, so a
+    /// commit parked before the crash looks "due at once" after a long enough stop, and a search
+    /// of its topic alone missed it (the transaction was checked and committed again).
     fn commit_stored(&self, e: &Entry) -> bool {
-        let Ok(half) = self.read_half(e.current.phys_offset) else {
-            return false;
-        };
-        let topic = match self.commit_input(&half, e) {
-            Ok(m) => m.topic,
-            Err(_) => e.topic.clone(),
-        };
+        let hooked = self
+            .read_half(e.current.phys_offset)
+            .ok()
+            .and_then(|half| self.commit_input(&half, e).ok())
+            .map(|m| m.topic);
+        let mut topics = vec![e.topic.as_str(), SCHEDULE_TOPIC, TIMER_TOPIC];
+        if let Some(t) = hooked.as_deref().filter(|t| !topics.contains(t)) {
+            topics.push(t);
+        }
         let want = i64::try_from(e.id.commit_log_offset).unwrap_or(-1);
-        self.services
-            .store()
-            .query_by_uniq_key(&topic, &e.uniq, COMMIT_LOOKUP_MAX)
-            .iter()
-            .filter_map(|raw| {
-                RecordView::parse(raw, self.max_record)
-                    .ok()
-                    .map(|v| v.header)
-            })
-            .any(|h| {
-                sysflag::transaction_type(h.sys_flag) == sysflag::TRANSACTION_COMMIT
-                    && h.prepared_transaction_offset == want
-            })
+        let store = self.services.store();
+        topics.iter().any(|topic| {
+            store
+                .query_by_uniq_key(topic, &e.uniq, COMMIT_LOOKUP_MAX)
+                .iter()
+                .filter_map(|raw| {
+                    RecordView::parse(raw, self.max_record)
+                        .ok()
+                        .map(|v| v.header)
+                })
+                .any(|h| {
+                    sysflag::transaction_type(h.sys_flag) == sysflag::TRANSACTION_COMMIT
+                        && h.prepared_transaction_offset == want
+                })
+        })
     }
 
     /// Step 5: writes the missing op records of torn commits.
@@ -232,7 +245,7 @@ impl Core {
                 &e.uniq,
                 host,
             );
-            match self.services.put(vec![op]).await {
+            match self.put_with_retries(op).await {
                 Ok(a) => {
                     let op_offset = a
                         .first()
@@ -246,11 +259,32 @@ impl Core {
                     );
                 }
                 Err(err) => {
-                    tracing::error!(half_offset = id, error = %err, "op record of a torn commit not stored; the transaction stays resolving until restart");
+                    tracing::error!(half_offset = id, error = %err, "op record of a torn commit not stored; the transaction stays resolving, and the next start completes it");
                     continue;
                 }
             }
             self.resolved.notify_waiters();
+        }
+    }
+
+    /// Appends a torn commit's op record, trying again every second for a while (a full
+    /// disk, a busy store): until it is stored the transaction stays `Resolving`, and a
+    /// checkpoint marks it `commit_pending` so that the next start, clean or not, completes it.
+    async fn put_with_retries(
+        &self,
+        op: sluice_store::MessageInput,
+    ) -> Result<Vec<sluice_store::Appended>, sluice_store::StoreError> {
+        const TRIES: u32 = 30;
+        let mut tried = 1;
+        loop {
+            match self.services.put(vec![op.clone()]).await {
+                Err(e) if tried < TRIES && !matches!(e, sluice_store::StoreError::Closed) => {
+                    tracing::warn!(error = %e, tried, "op record of a torn commit not stored yet; trying again");
+                    tried += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                done => return done,
+            }
         }
     }
 }

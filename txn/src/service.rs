@@ -313,6 +313,16 @@ async fn hand_out_checks(
     }
     let mut out = Vec::with_capacity(taken.len());
     for (e, c) in taken {
+        // Decided while its count was journalled: never handed out (no check for a resolved
+        // transaction).
+        let still_open = core
+            .table
+            .lock()
+            .get(e.id.half_offset)
+            .is_some_and(|now| now.state == TxnState::Open);
+        if !still_open {
+            continue;
+        }
         match core.read_half(e.current.phys_offset) {
             Ok(half) => {
                 crate::metrics::Counters::inc(&shared.counters.checks_sent);

@@ -241,3 +241,21 @@ fn a_parked_transaction_being_decided_is_checkpointed_as_parked() {
         "if the crash loses the commit, it comes back parked, not open with its checks spent"
     );
 }
+
+/// A commit being stored is saved as `commit_pending`, so a start after a clean stop still
+/// looks for its message; a rollback being stored is not (it writes no message).
+#[test]
+fn a_commit_in_flight_is_checkpointed_as_commit_pending() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in [1, 2, 3] {
+        t.insert(entry(id, 1000));
+    }
+    assert!(matches!(t.begin(1, Decision::Commit, 0), Begin::Proceed(_)));
+    assert!(matches!(
+        t.begin(2, Decision::Rollback, 0),
+        Begin::Proceed(_)
+    ));
+    let cp = t.snapshot(0);
+    let pending: Vec<(u64, bool)> = cp.live.iter().map(|l| (l.q, l.commit_pending)).collect();
+    assert_eq!(pending, [(1, true), (2, false), (3, false)]);
+}

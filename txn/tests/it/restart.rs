@@ -348,8 +348,21 @@ async fn a_parked_transaction_stays_parked_across_restarts() {
     }
 }
 
-#[tokio::test]
-async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated() {
+/// A commit torn from its op record by a crash, its message stored in `stored_topic` (its own
+/// topic, or parked in the timer topic for a delivery time): recovery completes the commit.
+async fn torn_commit_is_completed_not_repeated(stored_topic: &str, key: &str) {
+    torn_commit_after(stored_topic, key, Stop::Crash).await;
+}
+
+/// How the broker stopped after the torn commit.
+enum Stop {
+    /// As after a SIGKILL.
+    Crash,
+    /// Cleanly, with the commit still being stored at the last checkpoint.
+    CleanWhileCommitPending,
+}
+
+async fn torn_commit_after(stored_topic: &str, key: &str, stop: Stop) {
     use sluice_protocol::message::record::sysflag;
     use sluice_protocol::Properties;
     use sluice_store::MessageInput;
@@ -357,21 +370,51 @@ async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated()
     let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start(dir.path(), quiet()).await;
     let c = b.client().await;
-    let s = send_half(&c, "torn").await;
+    let s = send_half(&c, key).await;
     // The state a crash between the two records of a commit would leave: the real message is
     // stored (past the hooks, as the commit does), its op record is not.
     let mut p = Properties::new();
-    p.insert("KEYS", "torn");
+    p.insert("KEYS", key);
     p.insert("UNIQ_KEY", s.transaction_id.clone());
-    let mut m = MessageInput::new(TOPIC, 1, "body-torn");
+    let parked = stored_topic != TOPIC;
+    if parked {
+        p.insert("REAL_TOPIC", TOPIC);
+        p.insert("REAL_QID", "1");
+        p.insert("TIMER_OUT_MS", "1");
+    }
+    let mut m = MessageInput::new(stored_topic, if parked { 0 } else { 1 }, "body-torn");
     m.sys_flag = sysflag::TRANSACTION_COMMIT;
     m.prepared_transaction_offset = s.commit_log_offset;
     m.properties = p.encode();
     b.broker.services().put(vec![m]).await.unwrap();
+    // In memory before the stop, so the last checkpoint lists it.
+    assert!(
+        reaches_state(
+            &b.txn.service(),
+            s.queue_offset as u64,
+            TxnState::Open,
+            WAIT
+        )
+        .await,
+        "the half message is read"
+    );
     drop(c);
     b.stop().await;
-    // As after a SIGKILL: the abort marker says the last stop was not clean.
-    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    match stop {
+        // As after a SIGKILL: the abort marker says the last stop was not clean.
+        Stop::Crash => std::fs::write(dir.path().join("abort"), b"").unwrap(),
+        // The checkpoint of a clean stop that came while the commit's op record was still
+        // being stored (or its append had failed).
+        Stop::CleanWhileCommitPending => {
+            let path = checkpoint(dir.path());
+            let mut cp: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let live = cp["live"].as_array_mut().unwrap();
+            assert_eq!(live.len(), 1, "{cp}");
+            live[0]["commit_pending"] = serde_json::Value::Bool(true);
+            std::fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
+        }
+    }
 
     let mut cfg = fast_config();
     cfg.defaults.check_max = 1;
@@ -403,6 +446,29 @@ async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated()
         end(&c, &s, ROLLBACK).await.code,
         code::TRANSACTION_SHOULD_COMMIT
     );
-    assert_eq!(visible_keys(&b, &c).await, ["torn"], "visible exactly once");
+    if !parked {
+        assert_eq!(visible_keys(&b, &c).await, [key], "visible exactly once");
+    }
     b.stop().await;
+}
+
+#[tokio::test]
+async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated() {
+    torn_commit_is_completed_not_repeated(TOPIC, "torn").await;
+}
+
+/// The torn commit of a message with a delivery time was parked in the timer topic. Recovery
+/// looked only where the hooks would put it at restart, which for a time now past is the
+/// message's own topic: it missed the parked copy, and a check then committed it again.
+/// A commit whose op record could not be stored before a clean stop: the checkpoint marks it,
+/// and the next start completes it though the stop was clean (it used to look only after a
+/// crash, so the transaction came back open and a check could commit it again).
+#[tokio::test]
+async fn a_commit_pending_at_a_clean_stop_is_completed_at_the_next_start() {
+    torn_commit_after(TOPIC, "pending", Stop::CleanWhileCommitPending).await;
+}
+
+#[tokio::test]
+async fn a_torn_commit_parked_for_a_delivery_time_is_found_and_completed() {
+    torn_commit_is_completed_not_repeated(sluice_broker::TIMER_TOPIC, "torn-parked").await;
 }

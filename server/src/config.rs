@@ -142,6 +142,9 @@ pub struct TxnSection {
     pub check_max: u32,
     /// `"rollback"` (default) or `"keep"` (RocketMQ: park in TRANS_CHECK_MAX_TIME_TOPIC).
     pub final_action: String,
+    /// A transaction still open this many hours after its half message gets the final action
+    /// whatever its check count (its checks may never reach a producer). Default 72.
+    pub max_age_hours: u64,
     /// Most undecided transactions; more half messages get SYSTEM_BUSY. Default 500 000.
     pub max_open: usize,
     /// Seconds a decided transaction stays in memory (later answers come from the store).
@@ -173,6 +176,8 @@ pub struct TxnGroupSection {
     pub check_max: Option<u32>,
     /// See `[txn] final_action`.
     pub final_action: Option<String>,
+    /// See `[txn] max_age_hours`.
+    pub max_age_hours: Option<u64>,
     /// Deliver checks to this URL (through the HTTP facade) instead of a TCP producer.
     pub check_url: Option<String>,
     /// Queue checks for pulling over HTTP instead of sending them to a TCP producer.
@@ -204,6 +209,7 @@ impl Default for TxnSection {
             check_interval_ms: 30_000,
             check_max: 15,
             final_action: "rollback".into(),
+            max_age_hours: 72,
             max_open: 500_000,
             resolved_retention_secs: 300,
             checkpoint_interval_ms: 1_000,
@@ -213,6 +219,11 @@ impl Default for TxnSection {
             groups: std::collections::BTreeMap::new(),
         }
     }
+}
+
+/// `h` hours (saturating).
+fn hours(h: u64) -> Duration {
+    Duration::from_secs(h.saturating_mul(3600))
 }
 
 fn final_action(s: &str, name: &str) -> Result<FinalAction> {
@@ -489,6 +500,7 @@ impl ServerConfig {
         cfg.defaults.check_interval = Duration::from_millis(t.check_interval_ms);
         cfg.defaults.check_max = t.check_max;
         cfg.defaults.final_action = final_action(&t.final_action, "txn")?;
+        cfg.defaults.max_age = hours(t.max_age_hours);
         cfg.max_open = t.max_open;
         cfg.resolved_retention = Duration::from_secs(t.resolved_retention_secs);
         cfg.checkpoint_interval = Duration::from_millis(t.checkpoint_interval_ms);
@@ -506,6 +518,7 @@ impl ServerConfig {
                     .as_deref()
                     .map(|f| final_action(f, &name))
                     .transpose()?,
+                max_age: g.max_age_hours.map(hours),
                 check_url: g.check_url.clone(),
                 pull_checks: g.pull_checks,
             };

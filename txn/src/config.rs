@@ -52,6 +52,12 @@ pub struct GroupPolicy {
     pub check_max: u32,
     /// Applied one `check_interval` after the last check. Default rollback.
     pub final_action: FinalAction,
+    /// A transaction still open this long after its half message was stored gets the final
+    /// action whatever its check count: one whose checks can never be delivered (no producer
+    /// of its group ever connects) or that set a huge `CHECK_IMMUNITY_TIME_IN_SECONDS` would
+    /// otherwise stay open for ever, holding one of `max_open` (RocketMQ skips halves older
+    /// than its 72 h file reservation). Default 72 h.
+    pub max_age: Duration,
     /// A check-back URL (DTM style). The txn crate holds no HTTP code: checks of such a group
     /// go to the URL sink the HTTP facade installs ([`crate::TxnService::set_url_sink`]).
     pub check_url: Option<String>,
@@ -67,6 +73,7 @@ impl Default for GroupPolicy {
             check_interval: Duration::from_secs(30),
             check_max: 15,
             final_action: FinalAction::Rollback,
+            max_age: Duration::from_secs(72 * 3600),
             check_url: None,
             pull_checks: false,
         }
@@ -84,6 +91,8 @@ pub struct GroupOverride {
     pub check_max: Option<u32>,
     /// See [`GroupPolicy::final_action`].
     pub final_action: Option<FinalAction>,
+    /// See [`GroupPolicy::max_age`].
+    pub max_age: Option<Duration>,
     /// See [`GroupPolicy::check_url`].
     pub check_url: Option<String>,
     /// See [`GroupPolicy::pull_checks`].
@@ -161,6 +170,9 @@ impl TxnConfig {
             if let Some(v) = o.final_action {
                 p.final_action = v;
             }
+            if let Some(v) = o.max_age {
+                p.max_age = v;
+            }
             if o.check_url.is_some() {
                 p.check_url.clone_from(&o.check_url);
             }
@@ -183,6 +195,9 @@ impl TxnConfig {
             }
             if p.check_max == 0 {
                 return Err(format!("txn {name}: check_max must be at least 1"));
+            }
+            if p.max_age < p.check_after {
+                return Err(format!("txn {name}: max_age must be at least check_after"));
             }
             if p.check_url.is_some() && p.pull_checks {
                 return Err(format!(

@@ -393,7 +393,8 @@ impl Table {
                     &last.insert((e.group.as_str(), p)).1
                 }
             };
-            if now < e.next_check_ms(p) {
+            let too_old = now.saturating_sub(e.stored_ms) >= ms(p.max_age);
+            if !too_old && now < e.next_check_ms(p) {
                 continue;
             }
             if out.len() >= limit {
@@ -406,7 +407,7 @@ impl Table {
                 continue;
             }
             let id = e.id.half_offset;
-            if e.checks >= p.check_max {
+            if e.checks >= p.check_max || too_old {
                 let d = match p.final_action {
                     FinalAction::Rollback => Decision::Discard,
                     FinalAction::Keep => Decision::Park,

@@ -259,3 +259,26 @@ fn a_commit_in_flight_is_checkpointed_as_commit_pending() {
     let pending: Vec<(u64, bool)> = cp.live.iter().map(|l| (l.q, l.commit_pending)).collect();
     assert_eq!(pending, [(1, true), (2, false), (3, false)]);
 }
+
+/// A transaction that can never be checked (its immunity far away, or no producer online to
+/// count a check) used to stay open for ever; past `max_age` it gets the final action.
+#[test]
+fn a_transaction_past_max_age_gets_the_final_action_whatever_its_checks() {
+    let mut c = cfg();
+    c.defaults.max_age = Duration::from_secs(3600);
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    let mut immune = entry(1, 1_000);
+    immune.first_check_ms = Some(i64::MAX / 2);
+    t.insert(immune);
+    t.insert(entry(2, 1_000));
+    let young = 1_000 + 3_599_000;
+    assert_eq!(t.due(young, &c, 10, &HashSet::new()), [Due::Check(2)]);
+    let old = 1_000 + 3_600_000;
+    assert_eq!(
+        t.due(old, &c, 10, &HashSet::new()),
+        [
+            Due::Final(1, Decision::Discard),
+            Due::Final(2, Decision::Discard)
+        ]
+    );
+}

@@ -256,6 +256,17 @@ mod tests {
         assert_eq!(hb.producer_data_set[0].group_name, "pg");
     }
 
+    /// A GBK client id in a C++ heartbeat is read with U+FFFD, not refused.
+    #[test]
+    fn a_heartbeat_with_bytes_that_are_not_utf8_is_read() {
+        let mut raw = br#"{"clientID":"host@"#.to_vec();
+        raw.extend_from_slice(&[0xB6, 0xA9]);
+        raw.extend_from_slice(br#"","consumerDataSet":[],"producerDataSet":[{"groupName":"pg"}]}"#);
+        let hb: HeartbeatData = decode_json(&raw).unwrap();
+        assert_eq!(hb.client_id, "host@\u{FFFD}\u{FFFD}");
+        assert_eq!(hb.producer_data_set[0].group_name, "pg");
+    }
+
     #[test]
     fn java_heartbeat_with_names_decodes_and_reencodes_with_names() {
         let raw = br#"{"clientID":"c","producerDataSet":[],"consumerDataSet":[{"groupName":"CG","consumeType":"CONSUME_PASSIVELY","messageModel":"BROADCASTING","consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","unitMode":false,"subscriptionDataSet":[{"topic":"T","subString":"*","tagsSet":[],"codeSet":[],"subVersion":1,"expressionType":"TAG","classFilterMode":false}]}],"heartbeatFingerprint":0,"withoutSub":false}"#;

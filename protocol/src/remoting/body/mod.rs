@@ -34,18 +34,17 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BodyError {
-    /// The body is not UTF-8.
-    #[error("body is not UTF-8")]
-    NotUtf8,
     /// The body is not the expected JSON.
     #[error("invalid JSON body: {0}")]
     Json(String),
 }
 
 /// Decodes a JSON body, accepting fastjson's unquoted integer keys and trailing whitespace.
+/// Bytes that are not UTF-8 are read as U+FFFD, as Java's decoder does (a C++ client sends a
+/// GBK group or topic name as it is).
 pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
-    let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
-    serde_json::from_str(&quote_numeric_keys(text)).map_err(|e| BodyError::Json(e.to_string()))
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str(&quote_numeric_keys(&text)).map_err(|e| BodyError::Json(e.to_string()))
 }
 
 /// Encodes a body as compact JSON.

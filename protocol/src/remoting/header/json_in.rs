@@ -23,12 +23,18 @@ use crate::remoting::frame::RemotingCommand;
 use serde::de::Error as _;
 
 /// Parses a JSON header into a command with an empty body.
+///
+/// Bytes that are not UTF-8 inside strings are read as U+FFFD, as Java's decoder does:
+/// rocketmq-client-cpp passes a GBK tag, key or property through unescaped, and refusing the
+/// header closed the connection (and every pull parked on it) at each such send.
 pub(super) fn decode(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    let parsed = de
-        .deserialize_any(HeaderVisitor)
-        .and_then(|h| de.end().map(|()| h))
-        .map_err(|e| HeaderDecodeError::Json(e.to_string()))?;
+    let parsed = match parse(raw) {
+        Err(e) if std::str::from_utf8(raw).is_err() => {
+            parse(String::from_utf8_lossy(raw).as_bytes()).map_err(|_| e)
+        }
+        other => other,
+    }
+    .map_err(|e| HeaderDecodeError::Json(e.to_string()))?;
     let Some(h) = parsed else {
         return Err(HeaderDecodeError::NotObject);
     };
@@ -42,6 +48,12 @@ pub(super) fn decode(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeError> {
         ext_fields: h.ext.ok_or(HeaderDecodeError::Field("extFields"))?,
         body: Bytes::new(),
     })
+}
+
+fn parse(raw: &[u8]) -> Result<Option<HeaderIn>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    de.deserialize_any(HeaderVisitor)
+        .and_then(|h| de.end().map(|()| h))
 }
 
 /// One JSON value as the header rules need it: scalars as they are, arrays and objects kept

@@ -22,6 +22,25 @@ fn cpp_client_header_with_numbers_and_trailing_newline_decodes() {
     assert_eq!(cmd.ext_fields.get_bool("m"), Ok(Some(false)));
 }
 
+/// rocketmq-client-cpp passes GBK bytes through unescaped: the header is read with U+FFFD in
+/// their place, as Java reads it, instead of failing (which closed the connection).
+#[test]
+fn bytes_that_are_not_utf8_inside_strings_are_replaced_not_refused() {
+    let mut raw = br#"{"code":310,"extFields":{"a":"pg","i":"TAGS\u0001"#.to_vec();
+    raw.extend_from_slice(&[0xB6, 0xA9, 0xB5, 0xA5]); // GBK
+    raw.extend_from_slice(br#""},"language":"CPP","opaque":7}"#);
+    let cmd = decode_json_header(&raw).expect("read");
+    assert_eq!((cmd.code, cmd.opaque), (310, 7));
+    assert_eq!(cmd.ext_fields.get_str("a"), Some("pg"));
+    let props = cmd.ext_fields.get_str("i").unwrap();
+    assert!(
+        props.starts_with("TAGS\u{1}") && props.contains('\u{FFFD}'),
+        "{props:?}"
+    );
+    // Still refused when it is not JSON at all.
+    assert!(decode_json_header(&[0xFF, 0xFE, b'{']).is_err());
+}
+
 #[test]
 fn missing_and_null_fields_default_instead_of_failing() {
     let cmd = json(r#"{"code":34}"#);

@@ -91,6 +91,8 @@ pub mod test_hooks {
     pub const PANIC_REQUEST_CODE: i32 = -7001;
     /// A request code whose handler sleeps 2 s, then succeeds, when [`ENABLED`] is set.
     pub const SLOW_REQUEST_CODE: i32 = -7002;
+    /// A request code whose handler sleeps 50 ms, then succeeds, when [`ENABLED`] is set.
+    pub const BRIEF_REQUEST_CODE: i32 = -7003;
     /// Enables the hooks (process-wide).
     pub static ENABLED: AtomicBool = AtomicBool::new(false);
 }

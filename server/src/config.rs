@@ -84,7 +84,8 @@ pub struct BrokerSection {
     pub max_frame_bytes: usize,
     /// Largest message body the broker accepts. Default 4 MiB. Not applied to the name server.
     pub max_body_bytes: usize,
-    /// Requests in flight per connection before SYSTEM_BUSY. Default 256.
+    /// Answered requests in flight per connection; one more waits up to 200 ms for a slot (the
+    /// connection is not read meanwhile), then gets SYSTEM_BUSY. Default 256.
     pub max_inflight_per_connection: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,

@@ -131,6 +131,10 @@ async fn dispatch(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             Ok(reply::ok(&req))
         }
+        test_hooks::BRIEF_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            Ok(reply::ok(&req))
+        }
         code => match ctx.handlers.get(&code) {
             Some(ext) => return ext.handle(conn.clone(), req).await,
             None => Ok(reply::not_supported(&req)),

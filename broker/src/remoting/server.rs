@@ -335,7 +335,12 @@ async fn read_requests<P: Processor>(
     }
 }
 
-/// Starts a task for one request, or answers SYSTEM_BUSY when the connection is at its limit.
+/// How long a request waits for an in-flight slot on its connection before it is answered
+/// SYSTEM_BUSY.
+const BUSY_AFTER: Duration = Duration::from_millis(200);
+
+/// Starts a task for one request, or answers SYSTEM_BUSY when the connection stays at its
+/// limit for [`BUSY_AFTER`].
 async fn dispatch<P: Processor>(
     shared: &Arc<Shared<P>>,
     conn: &ConnectionHandle,
@@ -352,8 +357,16 @@ async fn dispatch<P: Processor>(
             Err(_) => return, // the semaphore is closed: the server is stopping
         }
     } else {
-        match Arc::clone(&inflight.answered).try_acquire_owned() {
-            Ok(permit) => permit,
+        // A short wait first, during which this connection is not read (back-pressure), as
+        // Java waits up to 200 ms (`waitTimeMillsInSendQueue`) before it answers busy: an async
+        // producer keeping more sends outstanding than the limit is slowed, not failed (Java
+        // 4.9 and Go clients do not retry SYSTEM_BUSY). Bounded, so a request that waits on
+        // this connection's next read (a client's answer) cannot hold it up for long.
+        let slot =
+            tokio::time::timeout(BUSY_AFTER, Arc::clone(&inflight.answered).acquire_owned()).await;
+        match slot {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return, // the semaphore is closed: the server is stopping
             Err(_) => {
                 Counters::inc(&shared.counters.overload_rejections);
                 let remark = format!(

@@ -295,7 +295,8 @@ async fn connection_and_in_flight_limits_hold() {
     );
     assert!(broker.stats().connections_refused >= 1);
 
-    // One slow request in flight: the next one on that connection is SYSTEM_BUSY at once.
+    // One slow request in flight: the next one on that connection is SYSTEM_BUSY after the
+    // short wait for a slot.
     a.send(
         &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default()).with_opaque(2),
     )
@@ -392,6 +393,26 @@ async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dro
         Some("42"),
         "the one-way offset commit was applied"
     );
+    broker.shutdown().await;
+}
+
+/// A request that finds the connection at its limit waits briefly for a slot (the connection
+/// is not read meanwhile) instead of being told SYSTEM_BUSY at once: an async producer keeping
+/// more sends outstanding than the limit is slowed, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_limit_waits_briefly_for_a_slot_instead_of_failing() {
+    let (_dir, broker, mut a) = one_slot_broker().await;
+    a.send(
+        &RemotingCommand::request(test_hooks::BRIEF_REQUEST_CODE, Default::default())
+            .with_opaque(2),
+    )
+    .await;
+    a.send(&max_offset_request(3)).await;
+    let first = a.read_frame(RPC).await.expect("answered");
+    let second = a.read_frame(RPC).await.expect("answered");
+    assert_eq!((first.opaque, first.code), (2, 0), "{:?}", first.remark);
+    assert_eq!((second.opaque, second.code), (3, 0), "{:?}", second.remark);
+    assert_eq!(broker.stats().overload_rejections, 0);
     broker.shutdown().await;
 }
 

@@ -35,6 +35,8 @@ const STEP_OVER: u64 = 4096;
 const TAIL_BYTES: usize = 8 << 20;
 /// Half messages carried forward per tick.
 const CARRY_BATCH: usize = 64;
+/// How long a transaction whose carry-forward failed is passed over.
+const CARRY_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Undecided transactions per `checkpoint_interval` of periodic checkpoint spacing.
 const CHECKPOINT_ENTRIES_PER_INTERVAL: usize = 20_000;
 /// Due transactions (checks and final actions) taken per tick; the rest stay due.
@@ -510,19 +512,28 @@ impl Core {
             return;
         }
         let cutoff = now_ms().saturating_sub(ms(after));
+        let failed: std::collections::HashSet<u64> = {
+            let mut f = self.carry_failed.lock();
+            f.retain(|_, at| at.elapsed() < CARRY_RETRY_AFTER);
+            f.keys().copied().collect()
+        };
         let due: Vec<Entry> = self
             .table
             .lock()
             .entries()
             .filter(|e| matches!(e.state, TxnState::Open | TxnState::Parked))
             .filter(|e| e.current.store_ms <= cutoff)
+            .filter(|e| !failed.contains(&e.id.half_offset))
             .take(CARRY_BATCH)
             .cloned()
             .collect();
         *self.last_carry_scan.lock() = (due.len() < CARRY_BATCH).then(std::time::Instant::now);
         for e in due {
             if let Err(err) = self.carry_one(&e).await {
-                tracing::warn!(producer_group = %e.group, half_offset = e.id.half_offset, error = %err, "carry-forward failed; retrying next tick");
+                self.carry_failed
+                    .lock()
+                    .insert(e.id.half_offset, std::time::Instant::now());
+                tracing::warn!(producer_group = %e.group, half_offset = e.id.half_offset, error = %err, retry_in = ?CARRY_RETRY_AFTER, "carry-forward failed; the others go on");
             }
         }
     }

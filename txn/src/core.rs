@@ -64,6 +64,10 @@ pub(crate) struct Core {
     pub(crate) last_checkpoint: Mutex<std::time::Instant>,
     /// When the carry-forward scan last found nothing more to do (see `carry_forward`).
     pub(crate) last_carry_scan: Mutex<Option<std::time::Instant>>,
+    /// Transactions whose carry-forward failed, and when: passed over for a while, so that
+    /// a few that fail every time (an unreadable half) cannot hold the head of every scan
+    /// while the ones after them age out of retention.
+    pub(crate) carry_failed: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     /// How many checks each tick may start (`max_checks_per_sec`).
     pub(crate) pacer: Mutex<crate::pace::Pacer>,
     /// Held while the half queue is tailed: the checker and the operator views both tail, and

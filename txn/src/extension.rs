@@ -131,6 +131,7 @@ impl TxnExtension {
             checkpoint_lock: tokio::sync::Mutex::new(()),
             last_checkpoint: Mutex::new(std::time::Instant::now()),
             last_carry_scan: Mutex::new(None),
+            carry_failed: Mutex::new(std::collections::HashMap::new()),
             pacer: Mutex::new(crate::pace::Pacer::default()),
             tailing: Mutex::new(()),
         });

@@ -436,6 +436,23 @@ impl ServerConfig {
         if self.namesrv.broker_expiry_secs < MIN_BROKER_EXPIRY_SECS {
             bail!("namesrv.broker_expiry_secs must be at least {MIN_BROKER_EXPIRY_SECS}");
         }
+        // Open halves must be copied forward before retention can delete them: one hour of
+        // the retention is left for the checker's rounds.
+        let latest = self
+            .store
+            .retention_hours
+            .saturating_mul(3600)
+            .saturating_sub(3600);
+        if self
+            .txn
+            .carry_forward_after_secs
+            .is_some_and(|s| s > latest.max(1))
+        {
+            bail!(
+                "txn.carry_forward_after_secs must be at most store.retention_hours minus an hour \
+                 ({latest} s): an open half message older than the retention is deleted"
+            );
+        }
         if self.txn.carry_forward_after_secs == Some(0) {
             bail!("txn.carry_forward_after_secs must be positive");
         }
@@ -552,10 +569,15 @@ impl ServerConfig {
 
     /// The youngest segment `retention_bytes` may delete: never one holding a timer the
     /// schedule has not rolled yet (as for `retention_hours`, 48 h), nor an open half message
-    /// the transaction checker has not carried forward (it copies those older than half the
-    /// retention age; an hour more for its rounds). Never above the retention age itself.
+    /// the transaction checker has not carried forward (it copies those older than
+    /// `carry_forward_after_secs`, by default half the retention age; an hour more for its
+    /// rounds). Never above the retention age itself.
     fn retention_bytes_min_age(&self, retention_age: Duration) -> Duration {
-        let txn = retention_age / 2 + Duration::from_secs(3600);
+        let carry = self
+            .txn
+            .carry_forward_after_secs
+            .map_or(retention_age / 2, Duration::from_secs);
+        let txn = carry + Duration::from_secs(3600);
         let schedule = if self.schedule.enabled {
             Duration::from_secs(MIN_RETENTION_HOURS_WITH_SCHEDULE * 3600)
         } else {
@@ -672,6 +694,20 @@ mod tests {
         assert_eq!(with("200", "true").retention_bytes_min_age, hours(101));
         assert_eq!(with("72", "false").retention_bytes_min_age, hours(37));
         assert_eq!(with("1", "false").retention_bytes_min_age, hours(1));
+        // A later carry-forward keeps younger segments off the budget for longer.
+        let late_carry = load(
+            None,
+            env(&[
+                ("SLUICE_STORE_RETENTION_HOURS", "200"),
+                (
+                    "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
+                    &(150 * 3600).to_string(),
+                ),
+            ]),
+        )
+        .unwrap()
+        .store_config();
+        assert_eq!(late_carry.retention_bytes_min_age, hours(151));
     }
 
     #[test]
@@ -849,6 +885,12 @@ mod tests {
             (
                 "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
                 "0",
+                "carry_forward_after_secs",
+            ),
+            (
+                // Past the default 72 h retention: open halves would be deleted first.
+                "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
+                "300000",
                 "carry_forward_after_secs",
             ),
             ("SLUICE_STORE_SEGMENT_BYTES", "1048576", "segment_bytes"),

@@ -101,6 +101,9 @@ impl Pool {
         match self.connect(addr).await {
             Ok(c) => {
                 *last_failure = None;
+                // Callers waiting on this slot find the connection; new ones need no slot
+                // until it closes. Kept, the map grew with every address ever dialled.
+                self.dialing.lock().remove(addr);
                 Ok(c)
             }
             Err(e) => {
@@ -253,7 +256,8 @@ fn replay(e: &ClientError) -> Option<ClientError> {
     }
 }
 
-/// `addr` as a socket address; a host name is looked up, for at most `timeout`.
+/// `addr` as a socket address; a host name is looked up, for at most `timeout` (so an
+/// attempt takes at most twice the connect timeout: the lookup, then the connect).
 async fn resolve(addr: &str, timeout: Duration) -> Result<SocketAddr, ClientError> {
     if let Ok(sock) = addr.parse() {
         return Ok(sock);

@@ -121,8 +121,8 @@ impl Core {
             .map(|(f, p)| Key::new(*f, *p))
             .collect();
         let verify_until = state.verify_until(now_ms());
-        let state = mark_running(&dir.join("state.json"), state, verify_until);
-        let verify_until = state.verify_until_ms.max(verify_until);
+        let was_clean = state.clean;
+        let state = mark_running(&dir.join("state.json"), state);
         let index = TimerIndex::new(
             runs,
             state.w(),
@@ -132,7 +132,7 @@ impl Core {
             verify_until,
         );
         index.restore_late(&state.late_timers());
-        tracing::info!(dir = %dir.display(), runs = state.runs.len(), w_fire_ms = state.w_fire_ms, clean = state.clean, verify_until, "timer index opened");
+        tracing::info!(dir = %dir.display(), runs = state.runs.len(), w_fire_ms = state.w_fire_ms, clean = was_clean, verify_until, "timer index opened");
         ensure_topics(&services, cfg.levels.len());
         Ok(Self {
             roll_ms: state.roll_interval_ms,
@@ -234,10 +234,10 @@ fn ensure_topics(services: &BrokerServices, levels: usize) {
 /// Rewrites a clean stop's state as not clean before anything is released: a crash in this run
 /// must make the next start check its releases. Left as it was until the first checkpoint
 /// (a second later, or never while saves fail), a crash soon after a clean start, or a crash
-/// loop, re-delivered every timer released meanwhile. When the rewrite fails, this run checks
-/// every timer due by now itself, as after a crash (`verify_until_ms` set to `verify_until`,
-/// the horizon an unclean start would use).
-fn mark_running(path: &Path, state: State, verify_until: i64) -> State {
+/// loop, re-delivered every timer released meanwhile. When the rewrite fails the state stays
+/// as loaded (clean), and the deliverer waits until a checkpoint has saved it as running (see
+/// `deliver::wait_ready`).
+fn mark_running(path: &Path, state: State) -> State {
     if !state.clean {
         return state;
     }
@@ -249,12 +249,8 @@ fn mark_running(path: &Path, state: State, verify_until: i64) -> State {
     match running.save(path) {
         Ok(()) => running,
         Err(e) => {
-            let now = now_ms();
-            tracing::warn!(error = %e, "cannot mark the schedule state as running; releases due by now are checked against the topic first, as after a crash");
-            State {
-                verify_until_ms: state.verify_until_ms.max(verify_until).max(now),
-                ..state
-            }
+            tracing::warn!(error = %e, "cannot mark the schedule state as running; no timer is released until a checkpoint saves it");
+            state
         }
     }
 }

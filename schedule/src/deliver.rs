@@ -101,12 +101,15 @@ pub(crate) async fn run(core: Arc<Core>) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// Waits until the index has caught up with the timer queues and `state.json` says this run
+/// is running (not a clean stop's file: a crash then makes the next start check this run's
+/// releases; see `core::mark_running`).
 async fn wait_ready(core: &Core) -> bool {
     loop {
         if StopFlags::get(&core.stop.deliver) {
             return false;
         }
-        if core.index.inner.lock().ready {
+        if core.index.inner.lock().ready && !core.last_state.lock().clean {
             return true;
         }
         idle(core, Duration::from_millis(20)).await;

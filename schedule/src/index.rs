@@ -142,11 +142,13 @@ pub(crate) struct Inner {
     done_known: HashSet<Key>,
     /// The first catch-up over the timer queues is complete.
     pub(crate) ready: bool,
-    /// The highest watermark a snapshot has taken. The saved watermark never goes below it:
-    /// finished timers below it have left `near`, so a lower one would load them again from
+    /// Above every timer that has left `near` (and, at open, the saved watermark). The saved
+    /// watermark never goes below it: a lower one would load those finished timers again from
     /// the runs at the next start, as pending, and a released one would be released twice. A
     /// timer indexed late (already due when read, or rescheduled to now) with a key below it
-    /// is saved on its own in the state's `late` list instead.
+    /// is saved on its own in the state's `late` list instead. Only evictions move it, so a
+    /// watermark taken at the window's end while the window was empty does not make every
+    /// timer indexed next "late".
     floor: Key,
 }
 
@@ -336,6 +338,7 @@ impl Inner {
             if !finished || !self.ready {
                 return *entry.key();
             }
+            self.floor = self.floor.max(entry.key().next());
             entry.remove();
         }
         self.window_end
@@ -528,7 +531,6 @@ impl Inner {
         self.flushing = Some(Arc::clone(&memtable));
         let first_unfinished = self.advance_w();
         let w = first_unfinished.max(self.floor);
-        self.floor = w;
         let done_above_w = self
             .near
             .range(w..)

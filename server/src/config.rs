@@ -117,8 +117,9 @@ pub struct StoreSection {
     /// enabled (its far timers are re-written every 24 h).
     pub retention_hours: u64,
     /// Oldest segments are deleted while the log is larger than this, but none younger than
-    /// half `retention_hours` plus an hour (48 h while `[schedule]` is enabled; at most
-    /// `retention_hours`): those may hold open half messages or timers. Default: no limit.
+    /// `[txn] carry_forward_after_secs` (by default half `retention_hours`) plus an hour while
+    /// transactions are enabled, nor than 48 h while `[schedule]` is; at most
+    /// `retention_hours`. Those may hold open half messages or timers. Default: no limit.
     pub retention_bytes: Option<u64>,
     /// Appends are refused above this fraction of the disk used. Default 0.90.
     pub disk_max_used_ratio: f64,
@@ -577,7 +578,11 @@ impl ServerConfig {
             .txn
             .carry_forward_after_secs
             .map_or(retention_age / 2, Duration::from_secs);
-        let txn = carry + Duration::from_secs(3600);
+        let txn = if self.txn.enabled {
+            carry + Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        };
         let schedule = if self.schedule.enabled {
             Duration::from_secs(MIN_RETENTION_HOURS_WITH_SCHEDULE * 3600)
         } else {
@@ -694,6 +699,18 @@ mod tests {
         assert_eq!(with("200", "true").retention_bytes_min_age, hours(101));
         assert_eq!(with("72", "false").retention_bytes_min_age, hours(37));
         assert_eq!(with("1", "false").retention_bytes_min_age, hours(1));
+        // Neither transactions nor the schedule: nothing of the broker's own to keep.
+        let plain = load(
+            None,
+            env(&[
+                ("SLUICE_STORE_RETENTION_BYTES", "1073741824"),
+                ("SLUICE_SCHEDULE_ENABLED", "false"),
+                ("SLUICE_TXN_ENABLED", "false"),
+            ]),
+        )
+        .unwrap()
+        .store_config();
+        assert_eq!(plain.retention_bytes_min_age, Duration::ZERO);
         // A later carry-forward keeps younger segments off the budget for longer.
         let late_carry = load(
             None,

@@ -52,8 +52,8 @@ pub struct GroupPolicy {
     pub check_max: u32,
     /// Applied one `check_interval` after the last check. Default rollback.
     pub final_action: FinalAction,
-    /// A transaction still open this long after its half message was stored gets the final
-    /// action whatever its check count: one whose checks can never be delivered (no producer
+    /// A transaction still open this long after its half message was stored (or after an
+    /// operator re-armed it) gets the final action whatever its check count: one whose checks can never be delivered (no producer
     /// of its group ever connects) or that set a huge `CHECK_IMMUNITY_TIME_IN_SECONDS` would
     /// otherwise stay open for ever, holding one of `max_open` (RocketMQ skips halves older
     /// than its 72 h file reservation). Default 72 h.

@@ -393,7 +393,8 @@ impl Table {
                     &last.insert((e.group.as_str(), p)).1
                 }
             };
-            let too_old = now.saturating_sub(e.stored_ms) >= ms(p.max_age);
+            // From the arming: a re-armed (parked) transaction gets its checks again first.
+            let too_old = now.saturating_sub(e.armed_ms) >= ms(p.max_age);
             if !too_old && now < e.next_check_ms(p) {
                 continue;
             }

@@ -411,6 +411,8 @@ async fn hold(
         }
         if let Some(next) = skipped {
             h.queue_offset = next;
+            // Many parked pulls may chase a long run of other tags: let other tasks run.
+            tokio::task::yield_now().await;
             continue;
         }
         let wait = (deadline - now).min(RECHECK_INTERVAL);

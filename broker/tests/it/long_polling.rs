@@ -254,7 +254,7 @@ async fn a_parked_pull_that_saw_only_other_tags_times_out_past_them() {
     let cluster = start_cluster().await;
     create_topic(&cluster, "LpTagsTimeout", 1).await;
     let mut raw = Raw::connect(cluster.broker.local_addr()).await;
-    let pull = pull_request("lp", "LpTagsTimeout", 0, 0, 1_500, Some("A")).with_opaque(78);
+    let pull = pull_request("lp", "LpTagsTimeout", 0, 0, 5_000, Some("A")).with_opaque(78);
     raw.send(&pull).await;
     wait_parked(&cluster, 1).await;
     let producer = cluster.client().await;

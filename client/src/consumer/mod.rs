@@ -199,13 +199,14 @@ pub(crate) fn dlq_topic(group: &str) -> String {
 
 /// Runs a handler; a panic counts as `Retry(None)`, whether it happens while the handler
 /// builds its future (a `parse().unwrap()` before the `async` block) or while the future runs.
-/// A handler still running after `timeout` is dropped (cancelled at its next await) and counts
-/// as `Retry(None)` too: otherwise it would hold its queue's commit point and a permit forever
-/// (RocketMQ's `consumeTimeout`).
+/// With a `timeout` (concurrent consumption, as RocketMQ's `consumeTimeout`), a handler still
+/// running after it is dropped (cancelled at its next await) and counts as `Retry(None)` too:
+/// otherwise it would hold its queue's commit point and a permit forever. Orderly consumption
+/// passes none: a slow handler there holds only its own queue, which is the point of the mode.
 pub(crate) async fn run_handler(
     handler: &dyn MessageHandler,
     msg: ConsumedMessage,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> ConsumeResult {
     let msg_id = msg.msg_id().to_owned();
     let panicked = || {
@@ -216,7 +217,12 @@ pub(crate) async fn run_handler(
         Ok(fut) => fut,
         Err(_) => return panicked(),
     };
-    match tokio::time::timeout(timeout, std::panic::AssertUnwindSafe(fut).catch_unwind()).await {
+    let guarded = std::panic::AssertUnwindSafe(fut).catch_unwind();
+    let outcome = match timeout {
+        Some(t) => tokio::time::timeout(t, guarded).await,
+        None => Ok(guarded.await),
+    };
+    match outcome {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => panicked(),
         Err(_) => {
@@ -289,14 +295,14 @@ mod tests {
         let r = run_handler(
             &h,
             ConsumedMessage::for_tests("T", "x"),
-            Duration::from_secs(60),
+            Some(Duration::from_secs(60)),
         )
         .await;
         assert_eq!(r, ConsumeResult::Retry(None));
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     }
 
-    const LONG: Duration = Duration::from_secs(3600);
+    const LONG: Option<Duration> = Some(Duration::from_secs(3600));
 
     struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
 

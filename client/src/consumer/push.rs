@@ -177,10 +177,11 @@ impl PushConsumerBuilder {
         self
     }
 
-    /// Longest one handler call may run (default 15 min, RocketMQ's `consumeTimeout`). Past
-    /// it the handler's future is dropped, cancelling it at its next await, and the message
-    /// counts as `Retry(None)`: a handler stuck on a call without a timeout would otherwise
-    /// hold its queue's committed offset and a concurrency permit forever.
+    /// Longest one handler call may run in concurrent mode (default 15 min, RocketMQ's
+    /// `consumeTimeout`). Past it the handler's future is dropped, cancelling it at its next
+    /// await, and the message counts as `Retry(None)`: a handler stuck on a call without a
+    /// timeout would otherwise hold its queue's committed offset and a concurrency permit
+    /// forever. Orderly handlers are not cut (as in RocketMQ).
     #[must_use]
     pub fn consume_timeout(mut self, timeout: Duration) -> Self {
         self.s.consume_timeout = timeout;

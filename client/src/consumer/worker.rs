@@ -166,7 +166,13 @@ async fn consume_until_settled(
     msg: ConsumedMessage,
 ) -> bool {
     loop {
-        match run_handler(inner.handler.as_ref(), msg.clone(), inner.s.consume_timeout).await {
+        match run_handler(
+            inner.handler.as_ref(),
+            msg.clone(),
+            Some(inner.s.consume_timeout),
+        )
+        .await
+        {
             ConsumeResult::Success => return true,
             ConsumeResult::Retry(delay) => {
                 if inner.send_back(&msg, delay).await {
@@ -214,11 +220,10 @@ async fn consume_one_orderly(
         if pq.is_dropped() || inner.is_stopped() || !pq.is_locked() {
             return false;
         }
-        let delay =
-            match run_handler(inner.handler.as_ref(), msg.clone(), inner.s.consume_timeout).await {
-                ConsumeResult::Success => return true,
-                ConsumeResult::Retry(delay) => delay.unwrap_or(inner.s.orderly_retry_delay),
-            };
+        let delay = match run_handler(inner.handler.as_ref(), msg.clone(), None).await {
+            ConsumeResult::Success => return true,
+            ConsumeResult::Retry(delay) => delay.unwrap_or(inner.s.orderly_retry_delay),
+        };
         let tries = msg.reconsume_times().saturating_add(1);
         if tries > inner.s.max_reconsume_times && inner.dead_letter(&msg).await {
             return true;

@@ -457,9 +457,6 @@ async fn a_commit_torn_from_its_op_record_by_a_crash_is_completed_not_repeated()
     torn_commit_is_completed_not_repeated(TOPIC, "torn").await;
 }
 
-/// The torn commit of a message with a delivery time was parked in the timer topic. Recovery
-/// looked only where the hooks would put it at restart, which for a time now past is the
-/// message's own topic: it missed the parked copy, and a check then committed it again.
 /// A commit whose op record could not be stored before a clean stop: the checkpoint marks it,
 /// and the next start completes it though the stop was clean (it used to look only after a
 /// crash, so the transaction came back open and a check could commit it again).
@@ -468,6 +465,9 @@ async fn a_commit_pending_at_a_clean_stop_is_completed_at_the_next_start() {
     torn_commit_after(TOPIC, "pending", Stop::CleanWhileCommitPending).await;
 }
 
+/// The torn commit of a message with a delivery time was parked in the timer topic. Recovery
+/// looked only where the hooks would put it at restart, which for a time now past is the
+/// message's own topic: it missed the parked copy, and a check then committed it again.
 #[tokio::test]
 async fn a_torn_commit_parked_for_a_delivery_time_is_found_and_completed() {
     torn_commit_is_completed_not_repeated(sluice_broker::TIMER_TOPIC, "torn-parked").await;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 #[derive(Debug)]
 struct Slot {
@@ -112,14 +112,22 @@ impl Drop for Subscription {
 #[derive(Debug)]
 pub(crate) struct ParkedPerConnection {
     max: usize,
-    counts: Mutex<HashMap<u64, usize>>,
+    counts: Mutex<HashMap<u64, (usize, Arc<Semaphore>)>>,
 }
+
+/// Parked pulls of one connection that may build and hold an answer at once. A woken pull
+/// holds its answer (up to a pull's byte limit) until the connection takes it: without this
+/// bound a peer that reads slowly, with thousands of pulls parked, had the broker hold a
+/// response per pull, over a GiB per connection.
+const ANSWERING_PER_CONNECTION: usize = 32;
 
 /// One parked pull's share of its connection's budget; dropping it gives the share back.
 #[derive(Debug)]
 pub(crate) struct ParkSlot {
     owner: Arc<ParkedPerConnection>,
     conn_id: u64,
+    /// Its connection's answering budget (see [`ANSWERING_PER_CONNECTION`]).
+    pub(crate) answering: Arc<Semaphore>,
 }
 
 impl ParkedPerConnection {
@@ -139,7 +147,9 @@ impl ParkedPerConnection {
     /// A slot for one more parked pull on connection `conn_id`; `None` at the cap.
     pub(crate) fn try_take(self: &Arc<Self>, conn_id: u64) -> Option<ParkSlot> {
         let mut counts = self.counts.lock();
-        let count = counts.entry(conn_id).or_insert(0);
+        let (count, answering) = counts
+            .entry(conn_id)
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(ANSWERING_PER_CONNECTION))));
         if *count >= self.max {
             return None;
         }
@@ -147,12 +157,13 @@ impl ParkedPerConnection {
         Some(ParkSlot {
             owner: Arc::clone(self),
             conn_id,
+            answering: Arc::clone(answering),
         })
     }
 
     fn give_back(&self, conn_id: u64) {
         let mut counts = self.counts.lock();
-        if let Some(count) = counts.get_mut(&conn_id) {
+        if let Some((count, _)) = counts.get_mut(&conn_id) {
             *count -= 1;
             if *count == 0 {
                 counts.remove(&conn_id);

@@ -21,6 +21,7 @@ use sluice_protocol::remoting::custom::{PullMessageRequestHeader, PullMessageRes
 use sluice_protocol::remoting::frame::flag;
 use sluice_protocol::{java_hash, response_code as code, RemotingCommand};
 use sluice_store::{GetResult, GetStatus};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::Reject;
@@ -354,9 +355,22 @@ fn park(
     let (ctx, conn) = (Arc::clone(ctx), conn.clone());
     tokio::spawn(async move {
         let deadline = Instant::now() + suspend;
-        let holder = tokio::spawn(hold(Arc::clone(&ctx), conn.clone(), h, plan, deadline));
+        let answering = Arc::clone(&slot.answering);
+        let holder = tokio::spawn(hold(
+            Arc::clone(&ctx),
+            conn.clone(),
+            h,
+            plan,
+            deadline,
+            answering,
+        ));
+        // The permit is held until the answer is queued (below), then dropped with it.
+        let mut permit = None;
         let mut response = match holder.await {
-            Ok(outcome) => outcome.into_response(&stub),
+            Ok((outcome, p)) => {
+                permit = p;
+                outcome.into_response(&stub)
+            }
             Err(_) => {
                 Counters::inc(&ctx.counters.handler_panics);
                 tracing::error!(remote = %conn.remote_addr(), "parked pull panicked");
@@ -371,6 +385,7 @@ fn park(
             response.flag |= flag::RESPONSE;
             let _ = conn.send(response).await;
         }
+        drop(permit);
         // Only now: shutdown waits for this count to reach zero before closing connections.
         Counters::dec(&ctx.counters.parked_pulls);
         drop(slot);
@@ -386,19 +401,24 @@ fn park(
 /// hold service does by matching the tag before it wakes a pull: answering each such wake-up
 /// with an empty PULL_RETRY_IMMEDIATELY cost a tag-filtered consumer one round trip per
 /// dispatched batch of other tags.
+///
+/// Each look is made holding one of the connection's answering permits, kept with the answer
+/// until it is queued: only that many answers of one connection's parked pulls are held at once.
 async fn hold(
     ctx: Arc<BrokerContext>,
     conn: ConnectionHandle,
     mut h: PullMessageRequestHeader,
     plan: Plan,
     deadline: Instant,
-) -> Outcome {
+    answering: Arc<Semaphore>,
+) -> (Outcome, Option<OwnedSemaphorePermit>) {
     let sub = ctx.waiters.subscribe(&h.topic, h.queue_id);
     let mut shutdown = ctx.shutdown.clone();
     loop {
         // Enabled before the check, so a record dispatched in between still wakes us.
         let mut notified = pin!(sub.notify().notified());
         notified.as_mut().enable();
+        let permit = Arc::clone(&answering).acquire_owned().await.ok();
         let outcome = execute(&ctx, &h, &plan);
         let now = Instant::now();
         let skipped = skipped_to(&outcome, &h);
@@ -407,8 +427,9 @@ async fn hold(
             || ctx.shutting_down()
             || conn.is_closed()
         {
-            return outcome;
+            return (outcome, permit);
         }
+        drop(permit);
         if let Some(next) = skipped {
             h.queue_offset = next;
             // Many parked pulls may chase a long run of other tags: let other tasks run.
@@ -425,7 +446,7 @@ async fn hold(
         // The broker's shutdown sender is gone (its handle dropped without a shutdown): the
         // wait would return at once from now on and the loop would spin until the deadline.
         if shutdown_gone {
-            return outcome;
+            return (outcome, None);
         }
     }
 }

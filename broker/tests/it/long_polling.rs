@@ -269,3 +269,33 @@ async fn a_parked_pull_that_saw_only_other_tags_times_out_past_them() {
     assert_eq!(ext_i64(&resp, "nextBeginOffset"), 1);
     cluster.stop().await;
 }
+
+/// More parked pulls on one connection than may hold an answer at once (32): all are
+/// answered when a message arrives, in turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_parked_pulls_than_answer_slots_are_all_answered() {
+    const PULLS: i32 = 40;
+    let cluster = start_cluster().await;
+    create_topic(&cluster, "LpMany", 1).await;
+    let mut raw = Raw::connect(cluster.broker.local_addr()).await;
+    for i in 0..PULLS {
+        let pull = pull_request("lp", "LpMany", 0, 0, 20_000, Some("*")).with_opaque(1000 + i);
+        raw.send(&pull).await;
+    }
+    wait_parked(&cluster, PULLS as u64).await;
+    let producer = cluster.client().await;
+    send_ok(&producer, "LpMany", 0, b"for all", &props(None, None)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..PULLS {
+        let resp = raw
+            .read_frame(Duration::from_secs(30))
+            .await
+            .expect("every parked pull answered");
+        assert_eq!(resp.code, 0, "{:?}", resp.remark);
+        assert_eq!(decode_records(&resp.body)[0].body, b"for all");
+        seen.insert(resp.opaque);
+    }
+    assert_eq!(seen.len(), PULLS as usize);
+    wait_parked(&cluster, 0).await;
+    cluster.stop().await;
+}

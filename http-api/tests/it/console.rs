@@ -37,7 +37,8 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `scripts/fetch-browser`; returns the folder holding `node_modules`, or fails the test.
+/// Runs `scripts/fetch-browser`; returns the folder holding `node_modules` and `bin/node`, or
+/// fails the test.
 fn fetch_browser() -> PathBuf {
     let out = Command::new(workspace().join("scripts/fetch-browser"))
         .current_dir(workspace())
@@ -254,7 +255,8 @@ fn ticker(s: &Server, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
 /// the result it wrote.
 fn run_browser(modules: &Path, facts: &Path, result: &Path) -> Value {
     let script = workspace().join("http-api/console/tests/e2e.mjs");
-    let mut child = Command::new("node")
+    // The Node.js fetch-browser chose (at least 20, as playwright-core needs).
+    let mut child = Command::new(modules.join("bin/node"))
         .arg(&script)
         .arg(facts)
         .env("PLAYWRIGHT_MODULES", modules)

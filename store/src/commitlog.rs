@@ -37,10 +37,18 @@ impl Segment {
 pub(crate) struct CommitLog {
     dir: PathBuf,
     segment_size: u64,
+    /// The longest record a read accepts: any a record's length field can say (the segment's
+    /// end and the checksum bound it), not the configured `max_record_size`, which limits new
+    /// appends only. Read against the configured one, a record stored before an operator
+    /// lowered it counted as damage: never served again, and cut with every acknowledged
+    /// record after it when it lay in the window an unclean stop rescans.
     max_record: usize,
     io: Arc<dyn StorageIo>,
     segments: RwLock<Vec<Arc<Segment>>>,
 }
+
+/// The longest record any stored length field can describe (TOTALSIZE is an `i32`).
+pub const STORED_RECORD_MAX: usize = i32::MAX as usize;
 
 /// 20-digit zero-padded decimal, RocketMQ's file naming.
 pub(crate) fn file_name(offset: u64) -> String {
@@ -49,12 +57,7 @@ pub(crate) fn file_name(offset: u64) -> String {
 
 impl CommitLog {
     /// Opens every segment under `dir`, in offset order, checking that they are contiguous.
-    pub(crate) fn open(
-        dir: &Path,
-        segment_size: u64,
-        max_record: usize,
-        io: Arc<dyn StorageIo>,
-    ) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, segment_size: u64, io: Arc<dyn StorageIo>) -> Result<Self> {
         ensure_dir(dir)?;
         let mut bases = list_numbered_files(dir)?;
         bases.sort_unstable();
@@ -80,7 +83,7 @@ impl CommitLog {
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_size,
-            max_record,
+            max_record: STORED_RECORD_MAX,
             io,
             segments: RwLock::new(segments),
         })

@@ -54,6 +54,7 @@ mod warmer;
 pub use checkpoint::{
     append_synced, remove_synced, sweep_temp_files, truncate_synced, write_atomic, Checkpoint,
 };
+pub use commitlog::STORED_RECORD_MAX;
 pub use config::{FlushMode, StoreConfig};
 pub use consume_queue::CqEntry;
 pub use damage::Damage;

@@ -143,7 +143,6 @@ impl Store {
         let log = Arc::new(CommitLog::open(
             &cfg.data_dir.join("commitlog"),
             cfg.segment_size,
-            cfg.max_record_size,
             Arc::clone(&io),
         )?);
         let damage = Arc::new(DamageLog::default());

@@ -126,7 +126,8 @@ impl TxnExtension {
             table: Mutex::new(Table::new(Arc::clone(&self.shared.live))),
             resolved: tokio::sync::Notify::new(),
             state_dir,
-            max_record: store.config().max_record_size,
+            // Records are read whatever their size when stored (see STORED_RECORD_MAX).
+            max_record: sluice_store::STORED_RECORD_MAX,
             round_robin: Mutex::new(HashMap::new()),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             last_checkpoint: Mutex::new(std::time::Instant::now()),

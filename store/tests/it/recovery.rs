@@ -542,3 +542,44 @@ fn a_hole_left_by_a_damaged_record_does_not_end_its_rebuilt_queue() {
         .unwrap()[0];
     assert_eq!(a.queue_offset, 10, "no queue offset is given out twice");
 }
+
+/// A record stored under a larger `max_record_size` reads back after the limit is lowered,
+/// after a clean stop and after an unclean one: it used to count as damage (never served
+/// again), and the unclean open could cut it and every acknowledged record after it.
+#[test]
+fn records_stored_before_max_record_size_was_lowered_still_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_record_size = 100 * 1024;
+    cfg.max_write_batch_bytes = 128 * 1024;
+    let big_body = vec![b'b'; 90 * 1024];
+    let (big, small) = {
+        let store = open(&cfg);
+        let big = store
+            .append_blocking(&[sluice_store::MessageInput::new("T", 0, big_body.clone())])
+            .unwrap()[0];
+        let small = append_seqs(&store, "T", 0, 1..4);
+        store.shutdown().unwrap();
+        (big, small)
+    };
+    let mut lowered = cfg.clone();
+    lowered.max_record_size = 16 * 1024;
+    lowered.max_write_batch_bytes = 32 * 1024;
+    for unclean in [false, true] {
+        if unclean {
+            std::fs::write(dir.path().join("abort"), b"").unwrap();
+            let _ = std::fs::remove_file(dir.path().join("checkpoint"));
+        }
+        let store = open(&lowered);
+        let rec = store
+            .read_record(big.phys_offset)
+            .expect("the big record reads back");
+        assert_eq!(parse(&rec).body, &big_body[..]);
+        for (_, phys, _) in &small {
+            store.read_record(*phys).expect("later records are kept");
+        }
+        assert_eq!(read_queue(&store, "T", 0).len(), 4);
+        assert!(store.health().damage.is_empty(), "unclean: {unclean}");
+        store.shutdown().unwrap();
+    }
+}

@@ -202,20 +202,14 @@ impl TopicManager {
 
     /// Creates or replaces a topic; false when nothing changed.
     pub(crate) fn put(self: &Arc<Self>, cfg: TopicConfig) -> bool {
-        {
+        let inserted = {
             let mut t = self.table.write();
             if t.topics.get(&cfg.topic_name) == Some(&cfg) {
                 return false;
             }
-            tracing::info!(topic = %cfg.topic_name, read_queues = cfg.read_queue_nums, write_queues = cfg.write_queue_nums, perm = cfg.perm, "topic created or updated");
-            t.topics.insert(cfg.topic_name.clone(), cfg);
-            t.version = DataVersion {
-                counter: t.version.counter + 1,
-                timestamp: now_ms(),
-            };
-        }
-        self.changed.notify_one();
-        self.save_in_background();
+            insert(&mut t, cfg)
+        };
+        self.announce(&inserted);
         true
     }
 
@@ -223,21 +217,22 @@ impl TopicManager {
     /// `Err` holds the existing one. Two creates racing with different shapes cannot both
     /// pass a check and the last silently win.
     pub(crate) fn put_if_absent(self: &Arc<Self>, cfg: TopicConfig) -> Result<(), TopicConfig> {
-        {
+        let inserted = {
             let mut t = self.table.write();
             if let Some(existing) = t.topics.get(&cfg.topic_name) {
                 return Err(existing.clone());
             }
-            tracing::info!(topic = %cfg.topic_name, read_queues = cfg.read_queue_nums, write_queues = cfg.write_queue_nums, perm = cfg.perm, "topic created");
-            t.topics.insert(cfg.topic_name.clone(), cfg);
-            t.version = DataVersion {
-                counter: t.version.counter + 1,
-                timestamp: now_ms(),
-            };
-        }
+            insert(&mut t, cfg)
+        };
+        self.announce(&inserted);
+        Ok(())
+    }
+
+    /// After a change: logs it, wakes the registration loop, saves in the background.
+    fn announce(self: &Arc<Self>, cfg: &TopicConfig) {
+        tracing::info!(topic = %cfg.topic_name, read_queues = cfg.read_queue_nums, write_queues = cfg.write_queue_nums, perm = cfg.perm, "topic created or updated");
         self.changed.notify_one();
         self.save_in_background();
-        Ok(())
     }
 
     /// Removes a topic's configuration (persisted; name servers drop its route at the next
@@ -347,6 +342,16 @@ impl TopicManager {
             Err(_) => save(),
         }
     }
+}
+
+/// Puts `cfg` in the table and bumps the data version; returns a copy for the log.
+fn insert(t: &mut Table, cfg: TopicConfig) -> TopicConfig {
+    t.topics.insert(cfg.topic_name.clone(), cfg.clone());
+    t.version = DataVersion {
+        counter: t.version.counter + 1,
+        timestamp: now_ms(),
+    };
+    cfg
 }
 
 #[cfg(test)]

@@ -27,6 +27,20 @@ fn stored(s: &Server, topic: &str, queue_id: i64, queue_offset: i64) -> (Vec<u8>
     (v.body.to_vec(), Properties::decode(v.properties))
 }
 
+/// Posts `messages` as a batch to topic `B`; returns each entry's `ok` and the results.
+async fn post_batch(s: &Server, messages: Value) -> (Vec<bool>, Vec<Value>) {
+    let (st, r) = s
+        .post(
+            "/v1/topics/B/messages:batch",
+            json!({ "messages": messages }),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let res = r["results"].as_array().unwrap().clone();
+    let oks = res.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
+    (oks, res)
+}
+
 async fn raw(
     s: &Server,
     path: &str,
@@ -274,22 +288,18 @@ async fn broker_topics_are_403_for_produce_and_transactions() {
 async fn a_batch_entry_that_does_not_parse_holds_back_its_sharding_key() {
     let s = common::start().await;
     s.create_topic("B", 2);
-    let (st, r) = s
-        .post(
-            "/v1/topics/B/messages:batch",
-            json!({"messages": [
-                {"body": "one", "sharding_key": "k", "tag": 5},
-                {"body": "two", "sharding_key": "k"},
-                {"body": "other", "sharding_key": "j"}
-            ]}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    let res = r["results"].as_array().unwrap();
-    let oks: Vec<bool> = res.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
-    assert_eq!(oks, vec![false, false, true], "{r}");
-    assert_eq!(res[0]["error"]["code"], "invalid_json", "{r}");
-    assert_eq!(res[1]["error"]["code"], "conflict", "{r}");
+    let (oks, res) = post_batch(
+        &s,
+        json!([
+            {"body": "one", "sharding_key": "k", "tag": 5},
+            {"body": "two", "sharding_key": "k"},
+            {"body": "other", "sharding_key": "j"}
+        ]),
+    )
+    .await;
+    assert_eq!(oks, vec![false, false, true], "{res:?}");
+    assert_eq!(res[0]["error"]["code"], "invalid_json", "{res:?}");
+    assert_eq!(res[1]["error"]["code"], "conflict", "{res:?}");
     s.stop().await;
 }
 
@@ -363,21 +373,17 @@ async fn a_batch_answers_each_entry_in_order() {
 async fn a_batch_does_not_send_past_a_failed_entry_of_the_same_sharding_key() {
     let s = common::start().await;
     s.create_topic("B", 2);
-    let (st, r) = s
-        .post(
-            "/v1/topics/B/messages:batch",
-            json!({"messages": [
-                {"body": "one", "sharding_key": "k", "properties": {"UNIQ_KEY": "mine"}},
-                {"body": "two", "sharding_key": "k"},
-                {"body": "other", "sharding_key": "j"}
-            ]}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    let res = r["results"].as_array().unwrap();
-    let oks: Vec<bool> = res.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
-    assert_eq!(oks, vec![false, false, true], "{r}");
-    assert_eq!(res[1]["error"]["code"], "conflict", "{r}");
+    let (oks, res) = post_batch(
+        &s,
+        json!([
+            {"body": "one", "sharding_key": "k", "properties": {"UNIQ_KEY": "mine"}},
+            {"body": "two", "sharding_key": "k"},
+            {"body": "other", "sharding_key": "j"}
+        ]),
+    )
+    .await;
+    assert_eq!(oks, vec![false, false, true], "{res:?}");
+    assert_eq!(res[1]["error"]["code"], "conflict", "{res:?}");
     s.stop().await;
 }
 

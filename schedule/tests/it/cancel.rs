@@ -143,10 +143,7 @@ async fn a_cancel_right_after_a_crash_finds_the_releases_made_before_it() {
     const N: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let ns = start_namesrv().await;
-    let no_checkpoint = ScheduleConfig {
-        checkpoint_interval: Duration::from_secs(3_600),
-        ..test_config()
-    };
+    let no_checkpoint = no_checkpoint_config();
     let node = Node::start(dir.path(), ns.local_addr(), no_checkpoint.clone()).await;
     let svc = node.service();
     for _ in 0..N {

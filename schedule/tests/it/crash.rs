@@ -25,10 +25,7 @@ async fn crash_checks_survive_clean_stops_until_every_suspect_timer_is_checked()
     const HALF: usize = 5;
     let dir = tempfile::tempdir().unwrap();
     let ns = start_namesrv().await;
-    let no_checkpoint = ScheduleConfig {
-        checkpoint_interval: Duration::from_secs(3_600),
-        ..test_config()
-    };
+    let no_checkpoint = no_checkpoint_config();
     // 1. Released, then a crash before any checkpoint: every timer is pending on disk.
     let node = Node::start(dir.path(), ns.local_addr(), no_checkpoint.clone()).await;
     let svc = node.service();
@@ -165,10 +162,7 @@ async fn a_crash_soon_after_a_clean_start_does_not_release_twice() {
     const N: usize = 8;
     let dir = tempfile::tempdir().unwrap();
     let ns = start_namesrv().await;
-    let no_checkpoint = ScheduleConfig {
-        checkpoint_interval: Duration::from_secs(3_600),
-        ..test_config()
-    };
+    let no_checkpoint = no_checkpoint_config();
     // 1. Scheduled, then a clean stop before anything is due.
     let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
     for _ in 0..N {

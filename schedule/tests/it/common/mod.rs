@@ -30,6 +30,15 @@ pub fn test_config() -> ScheduleConfig {
     .expect("levels")
 }
 
+/// [`test_config`] with no checkpoint in a test's time: a crash then loses every release's
+/// record, as a crash right after releasing does.
+pub fn no_checkpoint_config() -> ScheduleConfig {
+    ScheduleConfig {
+        checkpoint_interval: Duration::from_secs(3_600),
+        ..test_config()
+    }
+}
+
 fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }

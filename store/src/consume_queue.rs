@@ -323,10 +323,29 @@ impl ConsumeQueue {
     /// Raises `min` past entries whose records were deleted by retention.
     pub(crate) fn advance_min(&self, log_min: u64) {
         let (lo, hi) = (self.min_offset(), self.max_offset());
-        let first_live = partition_point(lo, hi, |o| {
-            self.raw_entry(o).is_none_or(|e| e.phys_offset < log_min)
-        });
+        let below = |o: u64| match self.raw_entry(o) {
+            Some(e) => e.phys_offset < log_min,
+            None => self.hole_below(o, lo, hi, log_min),
+        };
+        let first_live = partition_point(lo, hi, below);
         self.min.store(first_live.max(lo), Ordering::Release);
+    }
+
+    /// Whether a hole (the zero entry of a record skipped as damage) lies in the deleted part
+    /// of the queue: judged by the nearest entry after it, else before it, within
+    /// `HOLE_LOOKAHEAD`. A hole counted as deleted whatever its place let the search jump past
+    /// live entries after it, and their files were then deleted. With no entry near, it is
+    /// kept (the minimum stays lower; reads step over holes).
+    fn hole_below(&self, o: u64, lo: u64, hi: u64, log_min: u64) -> bool {
+        let after = (o + 1..hi.min(o + 1 + HOLE_LOOKAHEAD)).find_map(|n| self.raw_entry(n));
+        let before = || {
+            (o.saturating_sub(HOLE_LOOKAHEAD).max(lo)..o)
+                .rev()
+                .find_map(|n| self.raw_entry(n))
+        };
+        after
+            .or_else(before)
+            .is_some_and(|e| e.phys_offset < log_min)
     }
 
     /// Deletes whole files below `min` (never the last file). Returns how many.
@@ -491,6 +510,23 @@ mod tests {
         q.release_all();
         assert_eq!(mapped_rss_kib(&file), 0);
         assert_eq!(q.entry(99).unwrap().phys_offset, 1000 + 99 * 100);
+    }
+
+    /// A hole (a record skipped as damage) among live entries is not taken for the deleted
+    /// part of the queue: the minimum used to jump past it and the live entries before it.
+    #[test]
+    fn a_hole_among_live_entries_does_not_move_the_minimum_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::open(dir.path(), 1000, &RealIo).unwrap();
+        let all = entries(100);
+        // Entries 0..20 point below the log's minimum; 50 is a hole among live ones.
+        q.put_run(0, &all[..50], &RealIo).unwrap();
+        q.put_run(51, &all[51..], &RealIo).unwrap();
+        q.recover_bounds(0, 1000 + 100 * 100);
+        assert_eq!(q.max_offset(), 100);
+        // The binary search's first probe (50) is the hole.
+        q.advance_min(all[20].phys_offset);
+        assert_eq!(q.min_offset(), 20);
     }
 
     /// Counts data syncs, per file path.

@@ -50,6 +50,28 @@ pub(crate) struct CommitLog {
 /// The longest record any stored length field can describe (TOTALSIZE is an `i32`).
 pub const STORED_RECORD_MAX: usize = i32::MAX as usize;
 
+/// Where the log's data ends if a segment file is shorter than its place in the log (cut by
+/// an operator or a tool; [`CommitLog::open`] pads such a file with zeros): the end of the
+/// first such file. Looked at before the open pads anything.
+pub(crate) fn short_file_end(dir: &Path, segment_size: u64) -> Result<Option<u64>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut bases = list_numbered_files(dir)?;
+    bases.sort_unstable();
+    for (i, &base) in bases.iter().enumerate() {
+        let len = bases.get(i + 1).map_or(segment_size, |next| next - base);
+        let path = dir.join(file_name(base));
+        let found = std::fs::metadata(&path)
+            .map_err(|e| StoreError::io("stat", &path, e))?
+            .len();
+        if found < len {
+            return Ok(Some(base + found));
+        }
+    }
+    Ok(None)
+}
+
 /// 20-digit zero-padded decimal, RocketMQ's file naming.
 pub(crate) fn file_name(offset: u64) -> String {
     format!("{offset:020}")

@@ -13,7 +13,11 @@
 //!    Whatever bytes lie after it are a torn or never-completed write; they are zeroed (the
 //!    file keeps its size, so no mapping can fault) and later segments are deleted. Logged at
 //!    WARN with the file and position. Nothing acknowledged can be lost this way: an
-//!    acknowledgement needs a sync covering the record, and a synced record is valid.
+//!    acknowledgement needs a sync covering the record, and a synced record is valid. So when
+//!    `p` is below the checkpoint's flushed offset, synced records are gone (a disk that lost
+//!    them, bytes zeroed by a tool): the open is refused with nothing changed, as it is when a
+//!    segment file is found cut short below that offset (`Store::open`, before the commit log
+//!    pads the file). Removing the checkpoint accepts the loss.
 //! 2. **Something valid follows at `q`** and `p` is known to have been durable: the previous run
 //!    shut down cleanly, or `p` is below the checkpoint's flushed offset, or any verified record
 //!    or end marker from `q` to the end of the log carries a watermark (durable offset when it
@@ -116,6 +120,12 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
             Probe::Invalid(r) => r,
         };
         let Some((q, _)) = next_valid_after(log, pos) else {
+            if pos < input.checkpoint_flushed {
+                // Nothing valid follows, yet the checkpoint says more was synced: those
+                // acknowledged records are gone (a disk that lost synced writes, a segment
+                // zeroed). Opening would hand their offsets to new records.
+                return Err(missing(pos, &reason, input.checkpoint_flushed));
+            }
             if cut_tail(input, pos, &reason)? {
                 report.cut_at = Some(pos);
             }
@@ -140,6 +150,15 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
     report.end = pos;
     report.scan_micros = started.elapsed().as_micros() as u64;
     Ok(report)
+}
+
+/// The refusal of a log that ends at `end`, below the `flushed` bytes a checkpoint vouches for.
+pub(crate) fn missing(end: u64, why: &str, flushed: u64) -> StoreError {
+    StoreError::Recovery(format!(
+        "the commit log ends at {end} ({why}), below the {flushed} bytes the checkpoint says \
+         were synced: acknowledged records are missing. Nothing was changed. To accept the \
+         loss, remove the `checkpoint` file of the store's data folder and start again"
+    ))
 }
 
 /// The first verified record or end marker after `pos`, with its watermark. Only ranges that

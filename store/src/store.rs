@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::appender::{AppendCommand, AppendRequest, Appender, Done, QueueOffsets, Reply};
 use crate::checkpoint::{self, Checkpoint, FolderLock};
-use crate::commitlog::CommitLog;
+use crate::commitlog::{self, CommitLog};
 use crate::config::StoreConfig;
 use crate::consume_queue::ConsumeQueues;
 use crate::damage::{Damage, DamageLog};
@@ -140,8 +140,17 @@ impl Store {
         let cq_root = cfg.data_dir.join("consumequeue");
         // Derived files that are missing are rebuilt by dispatching the whole log again.
         let rebuild_all = cp.is_none() || !cq_root.exists() || !cfg.data_dir.join("index").exists();
+        let log_dir = cfg.data_dir.join("commitlog");
+        // Before the open pads a short file: synced records the checkpoint vouches for past
+        // its end are gone, and nothing must be changed before an operator decides.
+        let flushed = cp.as_ref().map_or(0, |c| c.flushed);
+        if let Some(end) = commitlog::short_file_end(&log_dir, cfg.segment_size)? {
+            if end < flushed {
+                return Err(recovery::missing(end, "a segment file cut short", flushed));
+            }
+        }
         let log = Arc::new(CommitLog::open(
-            &cfg.data_dir.join("commitlog"),
+            &log_dir,
             cfg.segment_size,
             Arc::clone(&io),
         )?);

@@ -583,3 +583,47 @@ fn records_stored_before_max_record_size_was_lowered_still_read_back() {
         store.shutdown().unwrap();
     }
 }
+
+/// A segment file cut short below what the checkpoint says was synced: acknowledged records
+/// are gone. The open used to accept the shorter log silently and hand their offsets to new
+/// records; it now refuses, naming the loss, and changes nothing.
+#[test]
+fn a_log_shorter_than_the_checkpoint_vouches_for_is_refused_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let acks = {
+        let store = open(&cfg);
+        let acks = append_seqs(&store, "T", 0, 0..20);
+        assert!(store.wait_dispatched(Duration::from_secs(5)));
+        std::thread::sleep(cfg.checkpoint_interval * 3);
+        store.shutdown().unwrap();
+        acks
+    };
+    // The file loses its last five records (and is padded with zeros again at open).
+    let base = segment_base(acks[15].1, &cfg);
+    let seg = dir.path().join("commitlog").join(format!("{base:020}"));
+    let cut = acks[15].1 - base;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    for unclean in [false, true] {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        let err = sluice_store::Store::open(cfg.clone())
+            .map(drop)
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("acknowledged records are missing"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            cut,
+            "nothing was changed"
+        );
+    }
+}

@@ -72,6 +72,9 @@ pub enum Boundary {
     Upper,
 }
 
+/// Entries looked at on each side of one without a store time (see `store_time_near`).
+const TIME_PROBE: u64 = 64;
+
 impl Store {
     /// Reads up to `max_count` messages and about `max_bytes` from `topic`/`queue_id` starting
     /// at `offset`, keeping entries whose tag code passes `filter`.
@@ -202,8 +205,12 @@ impl Store {
         let (mut lo, mut hi) = (q.min_offset(), q.max_offset());
         let (min, max) = (lo, hi);
         let before = |o: u64| match boundary {
-            Boundary::Lower => self.store_time_at(&q, o).is_some_and(|t| t < timestamp_ms),
-            Boundary::Upper => self.store_time_at(&q, o).is_some_and(|t| t <= timestamp_ms),
+            Boundary::Lower => self
+                .store_time_near(&q, o, min, max)
+                .is_some_and(|t| t < timestamp_ms),
+            Boundary::Upper => self
+                .store_time_near(&q, o, min, max)
+                .is_some_and(|t| t <= timestamp_ms),
         };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -217,6 +224,22 @@ impl Store {
             Boundary::Lower => lo,
             Boundary::Upper => lo.saturating_sub(1).clamp(min, max),
         }
+    }
+
+    /// The store time at `offset`, or, where it has none (a hole, a damaged record), at the
+    /// nearest readable entry after it, else before it, within [`TIME_PROBE`] entries. Counted
+    /// as "not before", such an entry steered the search left: an offset too early.
+    fn store_time_near(&self, q: &ConsumeQueue, offset: u64, min: u64, max: u64) -> Option<i64> {
+        self.store_time_at(q, offset)
+            .or_else(|| {
+                (offset + 1..max.min(offset + 1 + TIME_PROBE))
+                    .find_map(|o| self.store_time_at(q, o))
+            })
+            .or_else(|| {
+                (min.max(offset.saturating_sub(TIME_PROBE))..offset)
+                    .rev()
+                    .find_map(|o| self.store_time_at(q, o))
+            })
     }
 
     fn store_time_at(&self, q: &ConsumeQueue, offset: u64) -> Option<i64> {

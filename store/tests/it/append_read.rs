@@ -371,3 +371,34 @@ fn raising_the_segment_size_keeps_old_segments_as_they_are_and_appends_continue(
         "sealed segments keep their size: {sizes:?}"
     );
 }
+
+/// A damaged record where the timestamp search first probes does not steer it too early:
+/// the search takes the nearest readable entry's time instead.
+#[test]
+fn the_timestamp_search_steps_over_a_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    let mut acks = Vec::new();
+    for s in 0..60 {
+        acks.extend(append_seqs(&store, "Z", 0, s..s + 1));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    let time_of = |o: u64| {
+        let r = store.get_messages("Z", 0, o, 1, 1 << 20, None);
+        parse(&r.messages[0].bytes).header.store_timestamp
+    };
+    let t45 = time_of(45);
+    assert!(time_of(44) < t45, "distinct times");
+    // The record at queue offset 30, the search's first probe, fails its checksum.
+    let phys = acks[30].1;
+    let base = phys - phys % cfg.segment_size;
+    flip_bit(
+        &dir.path().join("commitlog").join(format!("{base:020}")),
+        phys - base + 40,
+        3,
+    );
+    assert_eq!(store.offset_by_timestamp("Z", 0, t45, Boundary::Lower), 45);
+    assert_eq!(store.offset_by_timestamp("Z", 0, t45, Boundary::Upper), 45);
+}

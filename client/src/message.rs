@@ -324,7 +324,7 @@ impl ConsumedMessage {
     pub(crate) fn from_record(view: &RecordView<'_>, whole: &Bytes, broker_name: &str) -> Self {
         let h = &view.header;
         let properties = Properties::decode(view.properties);
-        let body = decode_body(view.body, whole, h.sys_flag);
+        let (body, inflated) = decode_body(view.body, whole, h.sys_flag);
         Self::of(Fields {
             queue: MessageQueue {
                 topic: view.topic.to_owned(),
@@ -333,7 +333,13 @@ impl ConsumedMessage {
             },
             queue_offset: h.queue_offset,
             commit_log_offset: h.physical_offset,
-            sys_flag: h.sys_flag & !sysflag::COMPRESSED,
+            // The COMPRESSED bit stays set when the body could not be inflated, so a handler
+            // can tell stored bytes from the message's own.
+            sys_flag: if inflated {
+                h.sys_flag & !sysflag::COMPRESSED
+            } else {
+                h.sys_flag
+            },
             flag: h.flag,
             born_timestamp: h.born_timestamp,
             born_host: h.born_host,
@@ -504,12 +510,18 @@ impl ConsumedMessage {
     }
 }
 
-/// Inflates a zlib body (compression type 0 or 3 in bits 8-10); anything else, or a corrupt
-/// stream, is delivered as stored with a warning rather than dropped.
-fn decode_body(stored: &[u8], whole: &Bytes, sys_flag: i32) -> Bytes {
+/// Most bytes a compressed body may inflate to. A few MiB of zeros inflate to gigabytes: one
+/// such message, pulled 32 at a time and again after every crash, would take the consumer
+/// down for good.
+pub const MAX_INFLATED_BODY: u64 = 64 << 20;
+
+/// Inflates a zlib body (compression type 0 or 3 in bits 8-10), up to [`MAX_INFLATED_BODY`];
+/// anything else, a corrupt stream or one inflating past the cap, is delivered as stored with
+/// a warning rather than dropped. The flag says whether the body was inflated (or was plain).
+fn decode_body(stored: &[u8], whole: &Bytes, sys_flag: i32) -> (Bytes, bool) {
     if sys_flag & sysflag::COMPRESSED == 0 {
         // A view into the pulled response: no copy of the body.
-        return whole.slice_ref(stored);
+        return (whole.slice_ref(stored), true);
     }
     let kind = (sys_flag >> 8) & 0x7;
     if kind != 0 && kind != 3 {
@@ -517,14 +529,22 @@ fn decode_body(stored: &[u8], whole: &Bytes, sys_flag: i32) -> Bytes {
             kind,
             "unsupported body compression; delivering the stored bytes"
         );
-        return Bytes::copy_from_slice(stored);
+        return (Bytes::copy_from_slice(stored), false);
     }
-    let mut out = Vec::with_capacity(stored.len() * 4);
-    match flate2::read::ZlibDecoder::new(stored).read_to_end(&mut out) {
-        Ok(_) => Bytes::from(out),
+    let mut out = Vec::with_capacity(stored.len().saturating_mul(4).min(1 << 20));
+    let mut inflater = flate2::read::ZlibDecoder::new(stored).take(MAX_INFLATED_BODY + 1);
+    match inflater.read_to_end(&mut out) {
+        Ok(n) if n as u64 > MAX_INFLATED_BODY => {
+            tracing::warn!(
+                limit = MAX_INFLATED_BODY,
+                "compressed body inflates past the limit; delivering the stored bytes"
+            );
+            (Bytes::copy_from_slice(stored), false)
+        }
+        Ok(_) => (Bytes::from(out), true),
         Err(e) => {
             tracing::warn!(error = %e, "corrupt zlib body; delivering the stored bytes");
-            Bytes::copy_from_slice(stored)
+            (Bytes::copy_from_slice(stored), false)
         }
     }
 }
@@ -584,6 +604,22 @@ mod tests {
         assert_eq!((msgs[0].queue_offset(), msgs[0].reconsume_times()), (5, 2));
         assert_eq!(msgs[1].msg_id(), "K");
         assert_eq!(msgs[0].msg_id(), msgs[0].offset_msg_id());
+    }
+
+    /// A small body inflating past the cap (a zlib bomb) is delivered as stored, flagged
+    /// compressed, instead of being inflated without bound.
+    #[test]
+    fn a_body_inflating_past_the_cap_is_delivered_as_stored_and_flagged() {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(9));
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=(MAX_INFLATED_BODY >> 20) {
+            z.write_all(&zeros).unwrap();
+        }
+        let bomb = z.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let msgs = decode_records(&Bytes::from(record(&bomb, sysflag::COMPRESSED, "")), "b");
+        assert_eq!(&msgs[0].body()[..], &bomb[..]);
+        assert_ne!(msgs[0].sys_flag() & sysflag::COMPRESSED, 0);
     }
 
     #[test]

@@ -214,8 +214,10 @@ impl PullConsumer {
                 .lock()
                 .insert(mq.clone(), r.next_begin_offset);
             if r.status == PullStatus::Found && !r.messages.is_empty() {
+                // The next poll starts at the queue after this one (`fetch_add` returns
+                // what is stored): storing this one kept one busy queue read for ever.
                 self.next
-                    .store((start + i) % queues.len(), Ordering::Relaxed);
+                    .store((start + i + 1) % queues.len(), Ordering::Relaxed);
                 return Ok(r.messages);
             }
         }

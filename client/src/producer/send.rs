@@ -105,9 +105,19 @@ impl Sender {
         let attempts = self.retry_times + 1;
         let mut avoid: Option<String> = None;
         let mut attempt = 0;
+        // An ordered send keeps the queue its key picked first: hashed again after a route
+        // refresh, a retry could land on another queue and break the key's order silently.
+        let mut hashed: Option<MessageQueue> = None;
         loop {
             attempt += 1;
-            let result = match self.pick(out.msg.topic(), target, avoid.as_deref()).await {
+            let picked = match (&hashed, target) {
+                (Some(mq), _) => Ok(mq.clone()),
+                _ => self.pick(out.msg.topic(), target, avoid.as_deref()).await,
+            };
+            if let (Ok(mq), Target::Hash(_)) = (&picked, target) {
+                hashed.get_or_insert_with(|| mq.clone());
+            }
+            let result = match picked {
                 Ok(mq) => {
                     let r = self.attempt(out, &mq).await;
                     if let Err(e) = &r {

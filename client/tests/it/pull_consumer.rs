@@ -133,3 +133,47 @@ async fn assign_poll_and_commit_positions_resume_where_the_group_stopped() {
     producer.shutdown().await;
     cluster.stop().await;
 }
+
+/// A busy queue does not starve the others: each poll starts at the queue after the last one
+/// read. It used to start at that same queue again, so while it had messages no other queue
+/// was ever pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_take_turns_over_the_assigned_queues() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Turns", 2).await;
+    let producer = Producer::builder(cluster.config())
+        .warm_topics(["Turns"])
+        .start()
+        .await
+        .unwrap();
+    let c = PullConsumer::builder(cluster.config(), "turns")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .batch_size(1)
+        .start()
+        .await
+        .unwrap();
+    let queues = c.queues("Turns").await.unwrap();
+    assert_eq!(queues.len(), 2);
+    for (q, n) in [(&queues[0], 20), (&queues[1], 3)] {
+        for i in 0..n {
+            let m = Message::new("Turns", format!("{}-{i}", q.queue_id));
+            producer.send_to_queue(m, q).await.unwrap();
+        }
+    }
+    for q in &queues {
+        let want = if q == &queues[0] { 20 } else { 3 };
+        assert!(wait_until(|| async { c.max_offset(q).await.unwrap_or(0) == want }).await);
+    }
+    c.assign(queues.clone());
+    let mut from_second = 0;
+    for _ in 0..6 {
+        for m in c.poll(Duration::from_millis(100)).await.unwrap() {
+            if m.queue().queue_id == queues[1].queue_id {
+                from_second += 1;
+            }
+        }
+    }
+    assert_eq!(from_second, 3, "the quieter queue is read in turn");
+    producer.shutdown().await;
+    cluster.stop().await;
+}

@@ -74,6 +74,19 @@ impl std::fmt::Debug for BrokerServices {
 }
 
 impl BrokerServices {
+    /// With ACL on: may the account that signed `req` (from `peer`) `perm` on `topic`? For
+    /// extension requests whose topic is known only once the handler has looked something
+    /// up (END_TRANSACTION's half message). `Err` is the NO_PERMISSION remark.
+    pub fn authorize_topic(
+        &self,
+        peer: SocketAddr,
+        req: &RemotingCommand,
+        topic: &str,
+        perm: crate::acl::Perm,
+    ) -> Result<(), String> {
+        crate::acl::authorize_topic(&self.ctx.cfg.acl, peer, req, topic, perm).map_err(|d| d.0)
+    }
+
     /// The storage engine.
     pub fn store(&self) -> &Arc<Store> {
         &self.ctx.store

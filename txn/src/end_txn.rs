@@ -7,6 +7,7 @@
 //! the broker logs every refusal with the transaction's fields, and a client that invokes it
 //! two-way learns the outcome. An UNKNOWN answer is noted and answered SUCCESS.
 
+use sluice_broker::acl::Perm;
 use sluice_broker::ConnectionHandle;
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::remoting::custom::EndTransactionRequestHeader;
@@ -26,8 +27,19 @@ pub(crate) async fn handle(
         Ok(h) => h,
         Err(e) => return error(req, code::SYSTEM_ERROR, e.to_string()),
     };
+    // Under ACL the request is let through on its signature alone (its header names no
+    // topic): deciding needs PUB on the transaction's real topic, or any signed account could
+    // commit or roll back another producer's transactions.
+    let may = |topic: &str| {
+        core.services
+            .authorize_topic(conn.remote_addr(), req, topic, Perm::Pub)
+            .map_err(TxnError::Denied)
+    };
     let result = match parse(&h) {
-        Ok((r, resolution)) => core.resolve(&r, resolution, h.is_from_check()).await,
+        Ok((r, resolution)) => {
+            core.resolve_if(&r, resolution, h.is_from_check(), may)
+                .await
+        }
         Err(e) => Err(e),
     };
     match result {

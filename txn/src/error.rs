@@ -47,6 +47,9 @@ pub enum TxnError {
     /// The store refused the records of a decision; nothing changed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The requester may not decide this transaction (ACL: no PUB on its topic).
+    #[error("{0}")]
+    Denied(String),
     /// The half message could not be read or is not a half message.
     #[error("half message unreadable: {0}")]
     Record(String),
@@ -96,6 +99,7 @@ impl TxnError {
                 _ => code::SYSTEM_ERROR,
             },
             Self::Refused { code, .. } => *code,
+            Self::Denied(_) => code::NO_PERMISSION,
             Self::Invalid(_) => code::INVALID_PARAMETER,
         }
     }

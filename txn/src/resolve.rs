@@ -76,6 +76,19 @@ impl Core {
         resolution: Resolution,
         from_check: bool,
     ) -> Result<Outcome, TxnError> {
+        self.resolve_if(r, resolution, from_check, |_| Ok(())).await
+    }
+
+    /// As [`Core::resolve`], once `may` allows the transaction's real topic (END_TRANSACTION
+    /// under ACL: PUB on it). A decided transaction known only by its op record is answered
+    /// without the check: nothing changes.
+    pub(crate) async fn resolve_if(
+        &self,
+        r: &TxnRef,
+        resolution: Resolution,
+        from_check: bool,
+        may: impl Fn(&str) -> Result<(), TxnError>,
+    ) -> Result<Outcome, TxnError> {
         let located = match self.locate(r).await {
             Ok(l) => l,
             Err(e) => {
@@ -85,6 +98,15 @@ impl Core {
                 return Err(e);
             }
         };
+        if let Located::InMemory(id, half) = &located {
+            let topic = match half {
+                Some(h) => Some(h.real_topic.clone()),
+                None => self.table.lock().get(*id).map(|e| e.topic.clone()),
+            };
+            if let Some(topic) = topic {
+                may(&topic)?;
+            }
+        }
         if from_check {
             self.note_answer(&located, resolution);
         }

@@ -258,6 +258,50 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
     Ok(())
 }
 
+/// For a request [`authorize`] let through on its signature alone, whose resource is known only
+/// once the handler has read it (VIEW_MESSAGE_BY_ID's record, END_TRANSACTION's half message):
+/// may the request's account `perm` on `topic`? Broker-internal topics (half, op, schedule,
+/// timer, dead-letter, system) need an admin account. Always `Ok` with ACL off or from a
+/// trusted address.
+pub fn authorize_topic(
+    cfg: &AclConfig,
+    peer: SocketAddr,
+    req: &RemotingCommand,
+    topic: &str,
+    perm: Perm,
+) -> Result<(), Denied> {
+    if !cfg.enabled
+        || cfg
+            .white_remote_addresses
+            .iter()
+            .any(|p| p.matches(peer.ip()))
+    {
+        return Ok(());
+    }
+    let access_key = req.ext_fields.get_str(acl::ACCESS_KEY).unwrap_or_default();
+    let account = cfg
+        .account(access_key)
+        .filter(|a| acl::verify(req, &a.secret_key));
+    let Some(account) = account else {
+        return Err(Denied(format!(
+            "ACL: signature check failed for access key {access_key}"
+        )));
+    };
+    if account.admin {
+        return Ok(());
+    }
+    let internal = !topic.starts_with(crate::RETRY_PREFIX) && crate::topic::is_broker_topic(topic);
+    if internal || !account.topic_perm(topic).allows(perm) {
+        tracing::warn!(remote = %peer, access_key = %access_key, code = req.code, topic, decision = "deny", "ACL: permission refused on the record's topic");
+        return Err(Denied(format!(
+            "ACL: access key {access_key} has no {} on topic {topic} (request code {})",
+            perm.name(),
+            req.code
+        )));
+    }
+    Ok(())
+}
+
 fn is_loopback(peer: SocketAddr) -> bool {
     peer.ip().to_canonical().is_loopback()
 }

@@ -12,7 +12,9 @@
 //! | QUERY_MESSAGE | SUB on the topic |
 //! | RECALL_MESSAGE | PUB on the topic |
 //! | admin codes ([`ADMIN_CODES`]) | an admin account |
-//! | anything else (END_TRANSACTION, VIEW_MESSAGE_BY_ID, offsets by queue, GET_ALL_TOPIC_CONFIG…) | a valid signature only |
+//! | VIEW_MESSAGE_BY_ID | a valid signature here; then SUB on the record's topic, checked by the handler once it has read it (broker-internal topics: admin) |
+//! | END_TRANSACTION | a valid signature here; then PUB on the transaction's real topic, checked by the txn extension once it has found it |
+//! | anything else (offsets by queue, GET_ALL_TOPIC_CONFIG…) | a valid signature only |
 //!
 //! A header or body that cannot be read adds no need: the handler refuses it anyway, after the
 //! signature was checked.

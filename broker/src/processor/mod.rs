@@ -120,7 +120,7 @@ async fn dispatch(
         rc::LOCK_BATCH_MQ => client::lock(ctx, &req),
         rc::UNLOCK_BATCH_MQ => client::unlock(ctx, &req),
         rc::QUERY_MESSAGE => query::query_message(ctx, &req).await,
-        rc::VIEW_MESSAGE_BY_ID => query::view_by_id(ctx, &req),
+        rc::VIEW_MESSAGE_BY_ID => query::view_by_id(ctx, conn.remote_addr(), &req),
         rc::CONSUMER_SEND_MSG_BACK => retry::send_back(ctx, &req).await,
         rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req).await,
         GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),

@@ -361,3 +361,39 @@ fn secrets_never_show_in_debug_output() {
     }
     assert!(text.contains("orders-producer"));
 }
+
+/// VIEW_MESSAGE_BY_ID names an offset, not a topic: the record's own topic decides. Any signed
+/// account used to read any record, other tenants' topics and half messages included.
+#[tokio::test]
+async fn viewing_a_message_by_id_needs_sub_on_its_topic() {
+    let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
+    let client = cluster.client().await;
+    let resp = client
+        .invoke(signed(send("AclOrders", "v1"), &producer()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+    wait_dispatched(&cluster.broker).await;
+    let view = || {
+        let h = sluice_protocol::remoting::custom::ViewMessageByIdRequestHeader {
+            offset: phys as i64,
+            topic: None,
+        };
+        RemotingCommand::request(request_code::VIEW_MESSAGE_BY_ID, h.to_ext())
+    };
+    // The consumer has SUB on AclOrders; the producer only PUB.
+    let ok = client
+        .invoke(signed(view(), &consumer()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(ok.code, 0, "{:?}", ok.remark);
+    assert!(!ok.body.is_empty());
+    let (code, remark) = code_of(&client, signed(view(), &producer())).await;
+    assert_eq!(code, NO_PERMISSION, "{remark}");
+    assert!(remark.contains("SUB on topic AclOrders"), "{remark}");
+    let admin_view = client.invoke(signed(view(), &admin()), RPC).await.unwrap();
+    assert_eq!(admin_view.code, 0);
+    cluster.stop().await;
+}

@@ -451,3 +451,75 @@ async fn an_unknown_answer_for_a_decided_transaction_is_told_its_decision() {
     assert!(remark.contains("already committed"), "{remark}");
     b.stop().await;
 }
+
+/// With ACL on, END_TRANSACTION (let through on its signature: its header names no topic)
+/// needs PUB on the transaction's real topic. Any signed account used to commit or roll back
+/// another producer's transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acl_deciding_a_transaction_needs_pub_on_its_topic() {
+    use sluice_broker::acl::{AclAccount, AclConfig, Perm};
+    use sluice_protocol::acl::Credentials;
+    let owner = Credentials::new("txn-owner-key", "owner-secret-1234");
+    let stranger = Credentials::new("txn-stranger-key", "stranger-secret-1234");
+    let account = |c: &Credentials, topic: &str| AclAccount {
+        access_key: c.access_key().into(),
+        secret_key: c.secret_key().into(),
+        topic_perms: [(topic.to_string(), Perm::Pub)].into(),
+        ..AclAccount::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path());
+    cfg.acl = AclConfig {
+        enabled: true,
+        accounts: vec![account(&owner, TOPIC), account(&stranger, "Elsewhere")],
+        ..AclConfig::default()
+    };
+    let txn = sluice_txn::TxnExtension::new(fast_config());
+    let broker = sluice_broker::Broker::start_with(cfg, txn.broker_extensions())
+        .await
+        .unwrap();
+    let c = sluice_broker::RemotingClient::connect(broker.local_addr())
+        .await
+        .unwrap();
+    let signed = |mut cmd: sluice_protocol::RemotingCommand, who: &Credentials| {
+        who.sign(&mut cmd);
+        cmd
+    };
+    let half = send_request(
+        GROUP,
+        TOPIC,
+        1,
+        sluice_protocol::message::record::sysflag::TRANSACTION_PREPARED,
+        &half_props(GROUP, "acl"),
+        b"body-acl",
+    );
+    let resp = c.invoke(signed(half, &owner), RPC).await.unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let get = |k: &str| resp.ext_fields.get_str(k).unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&get("msgId")).unwrap();
+    let end = |what: i32| {
+        end_request(
+            GROUP,
+            get("queueOffset").parse().unwrap(),
+            phys as i64,
+            &get("transactionId"),
+            what,
+            false,
+        )
+    };
+    let refused = c
+        .invoke(signed(end(ROLLBACK), &stranger), RPC)
+        .await
+        .unwrap();
+    assert_eq!(refused.code, code::NO_PERMISSION, "{:?}", refused.remark);
+    assert!(
+        refused
+            .remark
+            .unwrap_or_default()
+            .contains("PUB on topic TxnTopic"),
+        "the remark names what is missing"
+    );
+    let ok = c.invoke(signed(end(COMMIT), &owner), RPC).await.unwrap();
+    assert_eq!(ok.code, 0, "{:?}", ok.remark);
+    broker.shutdown().await;
+}

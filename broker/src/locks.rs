@@ -18,10 +18,15 @@ struct Owner {
 }
 
 /// Locks of every group.
+///
+/// Lapsed locks are dropped (every `max_live` at most, over all groups), and an entry is made
+/// only for a queue being locked: a lapsed lock used to stay until its owner unlocked it, so
+/// invented groups and queues in LOCK_BATCH_MQ bodies filled memory for the broker's life.
 #[derive(Debug)]
 pub(crate) struct QueueLocks {
     max_live: Duration,
     groups: Mutex<HashMap<String, HashMap<MessageQueue, Owner>>>,
+    pruned: Mutex<Option<Instant>>,
 }
 
 impl QueueLocks {
@@ -29,7 +34,21 @@ impl QueueLocks {
         Self {
             max_live,
             groups: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(None),
         }
+    }
+
+    /// Drops lapsed locks and emptied groups, at most once per `max_live`.
+    fn prune(&self, groups: &mut HashMap<String, HashMap<MessageQueue, Owner>>, now: Instant) {
+        let mut pruned = self.pruned.lock();
+        if pruned.is_some_and(|t| now.saturating_duration_since(t) < self.max_live) {
+            return;
+        }
+        *pruned = Some(now);
+        for locks in groups.values_mut() {
+            locks.retain(|_, o| now.saturating_duration_since(o.renewed) <= self.max_live);
+        }
+        groups.retain(|_, locks| !locks.is_empty());
     }
 
     /// Locks or renews each queue for `client_id` where it is free, lapsed or already its own;
@@ -42,6 +61,10 @@ impl QueueLocks {
         now: Instant,
     ) -> Vec<MessageQueue> {
         let mut groups = self.groups.lock();
+        self.prune(&mut groups, now);
+        if queues.is_empty() {
+            return Vec::new();
+        }
         let locks = groups.entry(group.to_owned()).or_default();
         let mut held = Vec::new();
         for mq in queues {
@@ -114,5 +137,20 @@ mod tests {
         assert_eq!(locks.lock("g", "c2", &[mq(1)], later), vec![mq(1)]);
         assert!(locks.group_holds_locks("g", later));
         assert!(!locks.group_holds_locks("other", later));
+    }
+
+    /// Lapsed locks of groups nobody locks any more go; an empty request makes no entry.
+    #[test]
+    fn lapsed_locks_and_empty_requests_leave_nothing_behind() {
+        let locks = QueueLocks::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        for g in 0..100 {
+            locks.lock(&format!("invented-{g}"), "c", &[mq(g)], t0);
+        }
+        assert!(locks.lock("empty", "c", &[], t0).is_empty());
+        assert_eq!(locks.groups.lock().len(), 100);
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(locks.lock("g", "c", &[mq(0)], later), vec![mq(0)]);
+        assert_eq!(locks.groups.lock().len(), 1, "only the live group is left");
     }
 }

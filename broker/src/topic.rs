@@ -280,8 +280,12 @@ impl TopicManager {
         };
         let queues = requested_queues.clamp(1, template.write_queue_nums.max(1));
         let cfg = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
-        self.put(cfg.clone());
-        Ok(self.get(topic).unwrap_or(cfg))
+        // Two first sends racing with different queue counts: the first one's shape stays (a
+        // replace could leave the other send's message in a queue the topic no longer has).
+        Ok(match self.put_if_absent(cfg.clone()) {
+            Ok(()) => cfg,
+            Err(existing) => existing,
+        })
     }
 
     /// `%RETRY%<group>`-style topic with one read-write queue, created if missing.

@@ -93,14 +93,18 @@ impl ClientCore {
         self.routes.read().get(topic).cloned()
     }
 
-    /// A producer's route: the topic's own, or for a topic that does not exist yet, the
-    /// template's queues (at most [`DEFAULT_TOPIC_QUEUE_NUMS`] per broker), which the broker
+    /// A producer's route: the topic's own (writable or not), or for a topic the name servers
+    /// do not know, the template's queues (at most [`DEFAULT_TOPIC_QUEUE_NUMS`] per broker), which the broker
     /// turns into the topic on the first send. The borrowed route is not cached, so the real
     /// one is used as soon as the name servers know it.
     pub(crate) async fn publish_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
         match self.route(topic).await {
-            Ok(r) if !r.write_queues.is_empty() => Ok(r),
-            Ok(_) | Err(ClientError::TopicNotFound(_)) => {
+            // A topic the name servers know, even with no writable queue now (its master
+            // down, or made read-only), is sent to as it is, and fails: borrowing the template
+            // there had another broker create the topic silently and take its messages
+            // (ordered keys moved while the old queues still held a backlog).
+            Ok(r) => Ok(r),
+            Err(ClientError::TopicNotFound(_)) => {
                 let data =
                     self.query_route(DEFAULT_TOPIC)
                         .await

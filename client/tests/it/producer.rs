@@ -271,3 +271,22 @@ async fn sends_fail_over_to_a_live_name_server_and_a_live_broker_and_give_up_aft
     producer.shutdown().await;
     cluster.stop().await;
 }
+
+/// A topic the name servers know with no writable queue is not sent through the template
+/// route: that had a broker with auto-create make the topic anew and take its messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_topic_without_writable_queues_fails_instead_of_borrowing_the_template() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic_with_perm("ReadOnly", 2, 4).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    let err = producer
+        .send(Message::new("ReadOnly", "x"))
+        .await
+        .expect_err("nothing to write to");
+    assert!(
+        err.to_string().contains("no writable queue"),
+        "refused by the route, not sent: {err}"
+    );
+    producer.shutdown().await;
+    cluster.stop().await;
+}

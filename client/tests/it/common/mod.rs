@@ -90,6 +90,11 @@ impl Cluster {
     /// Creates `topic` with `queues` read/write queues on every broker and waits until the
     /// name server routes it to all of them.
     pub async fn create_topic(&self, topic: &str, queues: i32) {
+        self.create_topic_with_perm(topic, queues, 6).await;
+    }
+
+    /// As [`Cluster::create_topic`], with RocketMQ's `perm` (6 read-write, 4 read-only).
+    pub async fn create_topic_with_perm(&self, topic: &str, queues: i32, perm: i32) {
         for b in &self.brokers {
             let client = RemotingClient::connect(b.local_addr())
                 .await
@@ -99,7 +104,7 @@ impl Cluster {
                 default_topic: "TBW102".into(),
                 read_queue_nums: queues,
                 write_queue_nums: queues,
-                perm: 6,
+                perm,
                 topic_filter_type: "SINGLE_TAG".into(),
                 ..Default::default()
             };

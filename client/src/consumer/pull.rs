@@ -197,19 +197,35 @@ impl PullConsumer {
 
     /// Reads the next messages of the assigned queues, round robin from the queue after the
     /// last one read, and advances that queue's position. With nothing anywhere, waits up to
-    /// `wait` on one queue (long polling) and returns what came, possibly nothing.
+    /// `wait` on one queue (long polling) and returns what came, possibly nothing. A queue
+    /// whose pull fails is passed over (logged); the poll fails only when every queue did.
     pub async fn poll(&self, wait: Duration) -> Result<Vec<ConsumedMessage>, ClientError> {
         let queues = self.assignment();
         if queues.is_empty() {
             return Err(ClientError::Config("no queue assigned".into()));
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A queue whose broker fails is passed over: its error used to end the whole poll, so
+        // one unreachable broker starved the queues of every other one.
+        let mut failed: Option<ClientError> = None;
+        let mut answered = false;
         for i in 0..queues.len() {
             let mq = &queues[(start + i) % queues.len()];
             let last = i + 1 == queues.len();
             let hold = if last { wait } else { Duration::ZERO };
-            let offset = self.position(mq).await?;
-            let r = self.pull_inner(mq, offset, self.batch as u32, hold).await?;
+            let pulled = match self.position(mq).await {
+                Ok(offset) => self.pull_inner(mq, offset, self.batch as u32, hold).await,
+                Err(e) => Err(e),
+            };
+            let r = match pulled {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(topic = %mq.topic, broker = %mq.broker_name, queue_id = mq.queue_id, error = %e, "pull failed; polling the other queues");
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            answered = true;
             self.positions
                 .lock()
                 .insert(mq.clone(), r.next_begin_offset);
@@ -221,7 +237,11 @@ impl PullConsumer {
                 return Ok(r.messages);
             }
         }
-        Ok(Vec::new())
+        match failed {
+            // Every queue failed: that is the caller's error.
+            Some(e) if !answered => Err(e),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// The next offset [`PullConsumer::poll`] reads on `mq`: set by [`PullConsumer::seek`],

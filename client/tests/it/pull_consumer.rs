@@ -177,3 +177,42 @@ async fn polls_take_turns_over_the_assigned_queues() {
     producer.shutdown().await;
     cluster.stop().await;
 }
+
+/// A queue whose broker cannot be reached is passed over: its error used to end every poll
+/// that met it first, starving the healthy queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_queue_does_not_stop_the_poll_of_the_others() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Mixed", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    producer.send(Message::new("Mixed", "here")).await.unwrap();
+    let c = PullConsumer::builder(cluster.config(), "mixed")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .start()
+        .await
+        .unwrap();
+    let real = c.queues("Mixed").await.unwrap().remove(0);
+    assert!(wait_until(|| async { c.max_offset(&real).await.unwrap_or(0) == 1 }).await);
+    let mut ghost = real.clone();
+    ghost.broker_name = "no-such-broker".into();
+    c.assign(vec![ghost.clone(), real]);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(
+            c.poll(Duration::from_millis(100))
+                .await
+                .expect("the healthy queue answers"),
+        );
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(&got[0].body()[..], b"here");
+    c.assign(vec![ghost]);
+    assert!(
+        c.poll(Duration::ZERO).await.is_err(),
+        "only a failing queue: an error"
+    );
+    producer.shutdown().await;
+    cluster.stop().await;
+}

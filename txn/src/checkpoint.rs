@@ -60,6 +60,10 @@ pub(crate) struct LiveEntry {
     /// op append, a stop in between), so the next start looks for it even after a clean stop.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) commit_pending: bool,
+    /// Op-queue offset of the last op record applied to it (a park or a re-arm): a restart's
+    /// op replay may start below it, and applying those records again reset its check count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) op: Option<u64>,
 }
 
 impl LiveEntry {
@@ -90,6 +94,7 @@ impl LiveEntry {
                     ..
                 }
             ),
+            op: e.op_offset,
         }
     }
 
@@ -102,6 +107,7 @@ impl LiveEntry {
         };
         e.checks = self.checks;
         e.last_check_ms = self.last_check;
+        e.op_offset = self.op;
         if self.armed != e.armed_ms {
             // Re-armed: the immunity applied to the first arming only.
             e.armed_ms = self.armed;
@@ -169,6 +175,7 @@ mod tests {
                 armed: 1,
                 parked: false,
                 commit_pending: true,
+                op: Some(7),
             }],
         };
         store(dir.path(), &cp).unwrap();

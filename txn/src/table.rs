@@ -335,9 +335,14 @@ impl Table {
         op_offset: u64,
         now: i64,
     ) {
-        let Some(state) = self.entries.get(&id).map(|e| e.state) else {
+        let Some((state, applied)) = self.entries.get(&id).map(|e| (e.state, e.op_offset)) else {
             return;
         };
+        // Already in the state the checkpoint saved: replayed again, a park and a re-arm
+        // before it reset its check count and arming, and checks past `check_max` went out.
+        if applied.is_some_and(|o| op_offset <= o) {
+            return;
+        }
         if plan(state, decision) == Plan::Apply {
             self.complete(id, decision, by.unwrap_or(Source::Recovery), op_offset, now);
         }

@@ -282,3 +282,20 @@ fn a_transaction_past_max_age_gets_the_final_action_whatever_its_checks() {
         ]
     );
 }
+
+/// Op records at or below the last one an entry's checkpoint saved are not applied again: an
+/// old park and re-arm replayed on a re-armed transaction reset its check count.
+#[test]
+fn op_records_already_applied_are_not_replayed() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    let mut e = entry(1, 1000);
+    e.checks = 3;
+    e.op_offset = Some(10);
+    t.insert(e);
+    t.replay(1, Decision::Park, None, 9, 5000);
+    t.replay(1, Decision::Rearm, None, 10, 5000);
+    let now = t.get(1).unwrap();
+    assert_eq!((now.state, now.checks), (TxnState::Open, 3));
+    t.replay(1, Decision::Park, None, 11, 5000);
+    assert_eq!(t.get(1).unwrap().state, TxnState::Parked);
+}

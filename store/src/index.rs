@@ -302,14 +302,20 @@ impl IndexFile {
         Ok(())
     }
 
-    /// After an unclean stop: count the entries up to the first empty one and rebuild the
-    /// slot table from them (entries carry their own chain links).
+    /// After an unclean stop: count the entries up to the first empty one, or the first that
+    /// points at or past `log_end` (recovery cut the log there: an async-mode crash loses
+    /// records the index already had, and new records take their offsets, where a lookup
+    /// then read mid-record and reported false damage), and rebuild the slot table from them
+    /// (entries carry their own chain links). Entries are written in commit-log order.
     /// Returns how many bytes of the entry region were read to clear it.
-    fn rebuild(&self, io: &dyn StorageIo) -> Result<u64> {
+    fn rebuild(&self, io: &dyn StorageIo, log_end: u64) -> Result<u64> {
         let written = |n: u32| {
             self.file
                 .slice(self.entry_pos(n), ENTRY_LEN as usize)
-                .is_some_and(|e| e.iter().any(|b| *b != 0))
+                .is_some_and(|e| {
+                    let phys = u64::from_be_bytes(e[4..12].try_into().expect("8"));
+                    e.iter().any(|b| *b != 0) && phys < log_end
+                })
         };
         let mut n = 1;
         while n < self.entries && written(n) {
@@ -419,13 +425,15 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// Opens the index; after an unclean stop (`clean == false`) the newest file is rebuilt.
+    /// Opens the index; after an unclean stop (`clean == false`) the newest file is rebuilt,
+    /// keeping only entries below `log_end` (the recovered end of the commit log).
     pub(crate) fn open(
         dir: &Path,
         slots: u32,
         entries: u32,
         io: Arc<dyn StorageIo>,
         clean: bool,
+        log_end: u64,
     ) -> Result<Self> {
         ensure_dir(dir)?;
         let mut names = list_numbered_files(dir)?;
@@ -436,12 +444,12 @@ impl Index {
             let f = IndexFile::open(&dir.join(file_name(name)), slots, entries, io.as_ref())?;
             let newest = Some(name) == newest_name;
             if newest && (!clean || f.header_rejected) {
-                f.rebuild(io.as_ref())?;
+                f.rebuild(io.as_ref(), log_end)?;
             } else if newest {
                 f.make_live();
             } else if f.header_rejected {
                 // An older file is read from its map: rebuilt, written, then sealed again.
-                f.rebuild(io.as_ref())?;
+                f.rebuild(io.as_ref(), log_end)?;
                 f.state.lock().live_slots = None;
             }
             files.push((name, Arc::new(f)));

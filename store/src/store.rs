@@ -181,6 +181,7 @@ impl Store {
             cfg.index_entries,
             Arc::clone(&io),
             clean && !rebuild_all,
+            report.end,
         )?);
         let dispatcher = Arc::new(Dispatcher {
             log: Arc::clone(&log),

@@ -24,7 +24,7 @@ fn a_rebuild_clears_stale_entries_and_reads_only_the_written_ranges() {
     drop(f);
 
     let f = IndexFile::open(&path, slots, entries, &RealIo).unwrap();
-    let examined = f.rebuild(&RealIo).unwrap();
+    let examined = f.rebuild(&RealIo, u64::MAX).unwrap();
     assert!(
         examined < 2 << 20,
         "read {examined} bytes of a 20 MB entry region that holds 10 entries"
@@ -45,7 +45,7 @@ fn an_older_file_with_a_slot_count_it_cannot_hold_is_rebuilt_not_trusted() {
     let (slots, entries) = (64, 8);
     let ts = TIME_EPOCH_MS + 86_400_000;
     let io: Arc<dyn StorageIo> = Arc::new(RealIo);
-    let index = Index::open(dir.path(), slots, entries, Arc::clone(&io), true).unwrap();
+    let index = Index::open(dir.path(), slots, entries, Arc::clone(&io), true, u64::MAX).unwrap();
     let items: Vec<_> = (0..20u64)
         .map(|i| IndexItem::new(&index_key("T", &format!("k{i}")), 1000 + i, ts))
         .collect();
@@ -59,7 +59,7 @@ fn an_older_file_with_a_slot_count_it_cannot_hold_is_rebuilt_not_trusted() {
         .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &u32::MAX.to_be_bytes(), 32).unwrap();
 
-    let index = Index::open(dir.path(), slots, entries, io, true).unwrap();
+    let index = Index::open(dir.path(), slots, entries, io, true, u64::MAX).unwrap();
     assert!(
         index.files.lock().len() >= 3,
         "the oldest file is not the newest"
@@ -67,5 +67,35 @@ fn an_older_file_with_a_slot_count_it_cannot_hold_is_rebuilt_not_trusted() {
     for i in 0..20u64 {
         let found = index.lookup(&index_key("T", &format!("k{i}")), ts, ts, 4);
         assert_eq!(found, vec![1000 + i], "key k{i}");
+    }
+}
+
+/// After an async-mode crash recovery cut the log below records the index had: their entries
+/// go, so lookups never read at offsets new records take.
+#[test]
+fn a_rebuild_drops_entries_past_the_recovered_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000000");
+    let (slots, entries) = (1024, 1000);
+    let ts = TIME_EPOCH_MS + 86_400_000;
+    let f = IndexFile::open(&path, slots, entries, &RealIo).unwrap();
+    f.make_live();
+    let items: Vec<_> = (0..10u64)
+        .map(|i| IndexItem::new(&index_key("T", &format!("k{i}")), 1000 + i * 100, ts))
+        .collect();
+    assert_eq!(f.put_batch(&items, &RealIo).unwrap(), 10);
+    drop(f);
+    let f = IndexFile::open(&path, slots, entries, &RealIo).unwrap();
+    f.rebuild(&RealIo, 1500).unwrap();
+    assert_eq!(
+        f.header().count,
+        6,
+        "entries for 1000..=1400, and the unused entry 0"
+    );
+    for i in 0..10u64 {
+        let mut out = Vec::new();
+        f.lookup(&index_key("T", &format!("k{i}")), ts, ts, 4, &mut out);
+        let want: Vec<u64> = if i < 5 { vec![1000 + i * 100] } else { vec![] };
+        assert_eq!(out, want, "key k{i}");
     }
 }

@@ -26,6 +26,10 @@ struct Member {
     /// entry going stale says nothing about the connection, which may carry a healthy
     /// heartbeating consumer, so it is dropped without closing the connection.
     heartbeat: bool,
+    /// The ACL access key of the request that registered it (None with ACL off, or from a
+    /// trusted address): transaction checks go only to members whose account may publish to
+    /// the transaction's topic.
+    access_key: Option<String>,
 }
 
 /// A consumer group. Like Java, one subscription table per group: members are expected to
@@ -79,12 +83,14 @@ impl ClientManager {
         conn: &ConnectionHandle,
         hb: &HeartbeatData,
         now: Instant,
+        access_key: Option<&str>,
     ) -> Vec<String> {
         let member = Member {
             conn: conn.clone(),
             client_id: hb.client_id.clone(),
             last_seen: now,
             heartbeat: true,
+            access_key: access_key.map(str::to_owned),
         };
         let mut g = self.groups.lock();
         for p in &hb.producer_data_set {
@@ -111,18 +117,43 @@ impl ClientManager {
     /// sending counts as a sign of life, so a producer that never heartbeats is not expired
     /// while it keeps sending. When an entry only noted here expires, it leaves its group but
     /// its connection stays open (see `Member::heartbeat`).
-    pub(crate) fn note_producer(&self, conn: &ConnectionHandle, group: &str, now: Instant) {
+    pub(crate) fn note_producer(
+        &self,
+        conn: &ConnectionHandle,
+        group: &str,
+        now: Instant,
+        access_key: Option<&str>,
+    ) {
         let mut g = self.groups.lock();
         let members = g.producers.entry(group.to_owned()).or_default();
         members
             .entry(conn.id())
-            .and_modify(|m| m.last_seen = now)
+            .and_modify(|m| {
+                m.last_seen = now;
+                m.access_key = access_key.map(str::to_owned);
+            })
             .or_insert_with(|| Member {
                 conn: conn.clone(),
                 client_id: conn.remote_addr().to_string(),
                 last_seen: now,
                 heartbeat: false,
+                access_key: access_key.map(str::to_owned),
             });
+    }
+
+    /// The open connections of a producer group, each with the access key that registered it.
+    pub(crate) fn producer_members(&self, group: &str) -> Vec<(ConnectionHandle, Option<String>)> {
+        self.groups
+            .lock()
+            .producers
+            .get(group)
+            .map(|p| {
+                p.values()
+                    .filter(|m| !m.conn.is_closed())
+                    .map(|m| (m.conn.clone(), m.access_key.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// UNREGISTER_CLIENT: removes `conn` from the named groups.
@@ -340,9 +371,9 @@ mod tests {
         let c = conn(1);
         let t0 = Instant::now();
         let expiry = Duration::from_secs(10);
-        m.note_producer(&c, "pg", t0);
+        m.note_producer(&c, "pg", t0, None);
         assert_eq!(
-            m.heartbeat(&c, &hb("A"), t0 + Duration::from_secs(8)),
+            m.heartbeat(&c, &hb("A"), t0 + Duration::from_secs(8), None),
             ["g"]
         );
         let (changed, dropped) = m.expire(t0 + Duration::from_secs(15), expiry);
@@ -366,9 +397,9 @@ mod tests {
         let m = ClientManager::default();
         let (c1, c2) = (conn(1), conn(2));
         let t0 = Instant::now();
-        assert_eq!(m.heartbeat(&c1, &hb("A"), t0), ["g"]);
-        assert!(m.heartbeat(&c1, &hb("A"), t0).is_empty());
-        assert_eq!(m.heartbeat(&c2, &hb("B"), t0), ["g"]);
+        assert_eq!(m.heartbeat(&c1, &hb("A"), t0, None), ["g"]);
+        assert!(m.heartbeat(&c1, &hb("A"), t0, None).is_empty());
+        assert_eq!(m.heartbeat(&c2, &hb("B"), t0, None), ["g"]);
         assert_eq!(m.consumer_ids("g"), ["A", "B"]);
         assert_eq!(m.remove_connection(2), ["g"]);
         assert_eq!(m.consumer_ids("g"), ["A"]);
@@ -388,8 +419,8 @@ mod tests {
         let m = ClientManager::default();
         let c = conn(3);
         let t0 = Instant::now();
-        m.note_producer(&c, "pg", t0);
-        m.note_producer(&c, "pg", t0 + Duration::from_secs(10));
+        m.note_producer(&c, "pg", t0, None);
+        m.note_producer(&c, "pg", t0 + Duration::from_secs(10), None);
         let (_, dropped) = m.expire(t0 + Duration::from_secs(11), Duration::from_secs(5));
         assert!(dropped.is_empty());
         assert_eq!(m.producer_connections("pg").len(), 1);

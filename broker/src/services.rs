@@ -167,6 +167,19 @@ impl BrokerServices {
         self.ctx.clients.producer_connections(group)
     }
 
+    /// The open connections of a producer group that may receive the checks of a transaction
+    /// of `topic`: with ACL on, those registered by an account that may publish there.
+    pub fn producer_connections_for(&self, group: &str, topic: &str) -> Vec<ConnectionHandle> {
+        let acl = &self.ctx.cfg.acl;
+        self.ctx
+            .clients
+            .producer_members(group)
+            .into_iter()
+            .filter(|(_, key)| crate::acl::may_take_checks(acl, key.as_deref(), topic))
+            .map(|(conn, _)| conn)
+            .collect()
+    }
+
     /// What the broker knows of a consumer group.
     pub fn consumer_group(&self, group: &str) -> Option<ConsumerGroupInfo> {
         self.ctx.clients.consumer_group_info(group)

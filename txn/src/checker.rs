@@ -379,7 +379,7 @@ impl Core {
                     continue;
                 }
             };
-            let route = self.route(&entry.group, half.props.get(PROP_CHECK_URL));
+            let route = self.route(&entry.group, &entry.topic, half.props.get(PROP_CHECK_URL));
             if matches!(route, Route::Nowhere) {
                 Counters::inc(&self.counters().checks_undelivered);
                 self.table.lock().postpone_check(id, now);
@@ -393,7 +393,9 @@ impl Core {
 
     /// Where checks of `group` go now (see `sink`); `message_url` is the half message's own
     /// [`PROP_CHECK_URL`], which wins over the group's routing when a URL sink is installed.
-    pub(crate) fn route(&self, group: &str, message_url: Option<&str>) -> Route {
+    /// Over TCP, only to the group's connections that may take checks of `topic` (with ACL
+    /// on: registered by an account that may publish there).
+    pub(crate) fn route(&self, group: &str, topic: &str, message_url: Option<&str>) -> Route {
         if let Some(url) = message_url {
             match self.shared.url_sink.read().as_ref() {
                 Some(s) if s.accepts(url) => {
@@ -424,7 +426,7 @@ impl Core {
         } else if policy.pull_checks {
             return Route::Pull;
         }
-        let conns = self.services.producer_connections(group);
+        let conns = self.services.producer_connections_for(group, topic);
         if conns.is_empty() {
             Route::Nowhere
         } else {

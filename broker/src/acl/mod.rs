@@ -258,6 +258,31 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
     Ok(())
 }
 
+/// The access key a request was authorized under (it passed [`authorize`]), with ACL on.
+pub(crate) fn access_key_of<'a>(cfg: &AclConfig, req: &'a RemotingCommand) -> Option<&'a str> {
+    if !cfg.enabled {
+        return None;
+    }
+    req.ext_fields
+        .get_str(acl::ACCESS_KEY)
+        .filter(|k| !k.is_empty())
+}
+
+/// May a connection registered by `access_key` (None: ACL off, or a trusted address) receive
+/// the transaction checks of `topic`, which carry its half messages? Only if its account may
+/// publish there: otherwise any account could register under another producer group and read
+/// that group's transactions.
+pub fn may_take_checks(cfg: &AclConfig, access_key: Option<&str>, topic: &str) -> bool {
+    if !cfg.enabled {
+        return true;
+    }
+    let Some(key) = access_key else {
+        return true; // registered from a trusted address, which skips every check
+    };
+    cfg.account(key)
+        .is_some_and(|a| a.admin || a.topic_perm(topic).allows(Perm::Pub))
+}
+
 /// For a request [`authorize`] let through on its signature alone, whose resource is known only
 /// once the handler has read it (VIEW_MESSAGE_BY_ID's record, END_TRANSACTION's half message):
 /// may the request's account `perm` on `topic`? Broker-internal topics (half, op, schedule,

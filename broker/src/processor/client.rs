@@ -47,7 +47,12 @@ pub(super) fn heartbeat(
         ctx.topics
             .get_or_create_retry(&topic::retry_topic(&c.group_name));
     }
-    let changed = ctx.clients.heartbeat(conn, &hb, Instant::now());
+    let changed = ctx.clients.heartbeat(
+        conn,
+        &hb,
+        Instant::now(),
+        crate::acl::access_key_of(&ctx.cfg.acl, req),
+    );
     ctx.notify_consumers_changed(&changed);
     Ok(reply::ok(req))
 }

@@ -523,3 +523,79 @@ async fn with_acl_deciding_a_transaction_needs_pub_on_its_topic() {
     assert_eq!(ok.code, 0, "{:?}", ok.remark);
     broker.shutdown().await;
 }
+
+/// With ACL on, transaction checks (which carry the half message) go only to connections of
+/// the group registered by an account that may publish to the transaction's topic. Any
+/// account used to register under another producer group and receive its share of checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acl_checks_go_only_to_producers_allowed_on_the_topic() {
+    use sluice_broker::acl::{AclAccount, AclConfig, Perm};
+    use sluice_protocol::acl::Credentials;
+    let owner = Credentials::new("txn-owner-key", "owner-secret-1234");
+    let stranger = Credentials::new("txn-stranger-key", "stranger-secret-1234");
+    let account = |c: &Credentials, topic: &str| AclAccount {
+        access_key: c.access_key().into(),
+        secret_key: c.secret_key().into(),
+        topic_perms: [(topic.to_string(), Perm::Pub)].into(),
+        ..AclAccount::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path());
+    cfg.acl = AclConfig {
+        enabled: true,
+        accounts: vec![account(&owner, TOPIC), account(&stranger, "Elsewhere")],
+        ..AclConfig::default()
+    };
+    let txn = sluice_txn::TxnExtension::new(fast_config());
+    let broker = sluice_broker::Broker::start_with(cfg, txn.broker_extensions())
+        .await
+        .unwrap();
+    let connect = || sluice_broker::RemotingClient::connect(broker.local_addr());
+    let (owner_c, stranger_c) = (connect().await.unwrap(), connect().await.unwrap());
+    let mut owner_checks = owner_c.take_requests().unwrap();
+    let mut stranger_checks = stranger_c.take_requests().unwrap();
+    let signed = |mut cmd: sluice_protocol::RemotingCommand, who: &Credentials| {
+        who.sign(&mut cmd);
+        cmd
+    };
+    // The stranger registers under the owner's producer group with a send of its own.
+    let mut p = sluice_protocol::Properties::new();
+    p.insert("KEYS", "x");
+    let plain = send_request(GROUP, "Elsewhere", 0, 0, &p, b"plain");
+    let r = stranger_c
+        .invoke(signed(plain, &stranger), RPC)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    for i in 0..4 {
+        let key = format!("open-{i}");
+        let half = send_request(
+            GROUP,
+            TOPIC,
+            1,
+            sluice_protocol::message::record::sysflag::TRANSACTION_PREPARED,
+            &half_props(GROUP, &key),
+            key.as_bytes(),
+        );
+        let r = owner_c.invoke(signed(half, &owner), RPC).await.unwrap();
+        assert_eq!(r.code, 0, "{:?}", r.remark);
+    }
+    let mut to_owner = 0;
+    while next_check(&mut owner_checks, Duration::from_secs(3))
+        .await
+        .is_some()
+    {
+        to_owner += 1;
+        if to_owner >= 8 {
+            break;
+        }
+    }
+    assert!(to_owner >= 4, "the owner is checked ({to_owner})");
+    assert!(
+        next_check(&mut stranger_checks, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no check reaches the stranger"
+    );
+    broker.shutdown().await;
+}

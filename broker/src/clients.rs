@@ -237,17 +237,10 @@ impl ClientManager {
 
     /// Connections of a producer group's members that are still open.
     pub(crate) fn producer_connections(&self, group: &str) -> Vec<ConnectionHandle> {
-        self.groups
-            .lock()
-            .producers
-            .get(group)
-            .map(|p| {
-                p.values()
-                    .filter(|m| !m.conn.is_closed())
-                    .map(|m| m.conn.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.producer_members(group)
+            .into_iter()
+            .map(|(conn, _)| conn)
+            .collect()
     }
 
     /// The group's registered subscription of `topic`.

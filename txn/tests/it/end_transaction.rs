@@ -457,31 +457,12 @@ async fn an_unknown_answer_for_a_decided_transaction_is_told_its_decision() {
 /// another producer's transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_acl_deciding_a_transaction_needs_pub_on_its_topic() {
-    use sluice_broker::acl::{AclAccount, AclConfig, Perm};
-    use sluice_protocol::acl::Credentials;
-    let owner = Credentials::new("txn-owner-key", "owner-secret-1234");
-    let stranger = Credentials::new("txn-stranger-key", "stranger-secret-1234");
-    let account = |c: &Credentials, topic: &str| AclAccount {
-        access_key: c.access_key().into(),
-        secret_key: c.secret_key().into(),
-        topic_perms: [(topic.to_string(), Perm::Pub)].into(),
-        ..AclAccount::default()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path());
-    cfg.acl = AclConfig {
-        enabled: true,
-        accounts: vec![account(&owner, TOPIC), account(&stranger, "Elsewhere")],
-        ..AclConfig::default()
-    };
-    let txn = sluice_txn::TxnExtension::new(fast_config());
-    let broker = sluice_broker::Broker::start_with(cfg, txn.broker_extensions())
-        .await
-        .unwrap();
+    let (_dir, broker, owner, stranger) = acl_broker().await;
     let c = sluice_broker::RemotingClient::connect(broker.local_addr())
         .await
         .unwrap();
-    let signed = |mut cmd: sluice_protocol::RemotingCommand, who: &Credentials| {
+    let signed = |mut cmd: sluice_protocol::RemotingCommand,
+                  who: &sluice_protocol::acl::Credentials| {
         who.sign(&mut cmd);
         cmd
     };
@@ -529,32 +510,13 @@ async fn with_acl_deciding_a_transaction_needs_pub_on_its_topic() {
 /// account used to register under another producer group and receive its share of checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_acl_checks_go_only_to_producers_allowed_on_the_topic() {
-    use sluice_broker::acl::{AclAccount, AclConfig, Perm};
-    use sluice_protocol::acl::Credentials;
-    let owner = Credentials::new("txn-owner-key", "owner-secret-1234");
-    let stranger = Credentials::new("txn-stranger-key", "stranger-secret-1234");
-    let account = |c: &Credentials, topic: &str| AclAccount {
-        access_key: c.access_key().into(),
-        secret_key: c.secret_key().into(),
-        topic_perms: [(topic.to_string(), Perm::Pub)].into(),
-        ..AclAccount::default()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path());
-    cfg.acl = AclConfig {
-        enabled: true,
-        accounts: vec![account(&owner, TOPIC), account(&stranger, "Elsewhere")],
-        ..AclConfig::default()
-    };
-    let txn = sluice_txn::TxnExtension::new(fast_config());
-    let broker = sluice_broker::Broker::start_with(cfg, txn.broker_extensions())
-        .await
-        .unwrap();
+    let (_dir, broker, owner, stranger) = acl_broker().await;
     let connect = || sluice_broker::RemotingClient::connect(broker.local_addr());
     let (owner_c, stranger_c) = (connect().await.unwrap(), connect().await.unwrap());
     let mut owner_checks = owner_c.take_requests().unwrap();
     let mut stranger_checks = stranger_c.take_requests().unwrap();
-    let signed = |mut cmd: sluice_protocol::RemotingCommand, who: &Credentials| {
+    let signed = |mut cmd: sluice_protocol::RemotingCommand,
+                  who: &sluice_protocol::acl::Credentials| {
         who.sign(&mut cmd);
         cmd
     };
@@ -598,4 +560,36 @@ async fn with_acl_checks_go_only_to_producers_allowed_on_the_topic() {
         "no check reaches the stranger"
     );
     broker.shutdown().await;
+}
+
+/// A broker with ACL on: `owner` may publish to the transactions' topic, `stranger` only to
+/// `Elsewhere`.
+async fn acl_broker() -> (
+    tempfile::TempDir,
+    sluice_broker::BrokerHandle,
+    sluice_protocol::acl::Credentials,
+    sluice_protocol::acl::Credentials,
+) {
+    use sluice_broker::acl::{AclAccount, AclConfig, Perm};
+    use sluice_protocol::acl::Credentials;
+    let owner = Credentials::new("txn-owner-key", "owner-secret-1234");
+    let stranger = Credentials::new("txn-stranger-key", "stranger-secret-1234");
+    let account = |c: &Credentials, topic: &str| AclAccount {
+        access_key: c.access_key().into(),
+        secret_key: c.secret_key().into(),
+        topic_perms: [(topic.to_string(), Perm::Pub)].into(),
+        ..AclAccount::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path());
+    cfg.acl = AclConfig {
+        enabled: true,
+        accounts: vec![account(&owner, TOPIC), account(&stranger, "Elsewhere")],
+        ..AclConfig::default()
+    };
+    let txn = sluice_txn::TxnExtension::new(fast_config());
+    let broker = sluice_broker::Broker::start_with(cfg, txn.broker_extensions())
+        .await
+        .unwrap();
+    (dir, broker, owner, stranger)
 }

@@ -130,7 +130,9 @@ impl ClientManager {
             .entry(conn.id())
             .and_modify(|m| {
                 m.last_seen = now;
-                m.access_key = access_key.map(str::to_owned);
+                if m.access_key.as_deref() != access_key {
+                    m.access_key = access_key.map(str::to_owned);
+                }
             })
             .or_insert_with(|| Member {
                 conn: conn.clone(),
@@ -236,6 +238,7 @@ impl ClientManager {
     }
 
     /// Connections of a producer group's members that are still open.
+    #[cfg(test)]
     pub(crate) fn producer_connections(&self, group: &str) -> Vec<ConnectionHandle> {
         self.producer_members(group)
             .into_iter()

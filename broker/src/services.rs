@@ -162,11 +162,6 @@ impl BrokerServices {
         self.ctx.topics.save_durably().await
     }
 
-    /// Open connections of a producer group's members (transaction check-backs pick one).
-    pub fn producer_connections(&self, group: &str) -> Vec<ConnectionHandle> {
-        self.ctx.clients.producer_connections(group)
-    }
-
     /// The open connections of a producer group that may receive the checks of a transaction
     /// of `topic`: with ACL on, those registered by an account that may publish there.
     pub fn producer_connections_for(&self, group: &str, topic: &str) -> Vec<ConnectionHandle> {

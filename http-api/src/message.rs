@@ -103,6 +103,8 @@ pub(crate) struct DecodedMessage {
     pub body: Bytes,
     /// Its metadata, checked.
     pub meta: MessageMeta,
+    /// The properties the broker stores, built once from `meta` (see [`Self::properties`]).
+    props: Properties,
 }
 
 impl MessageIn {
@@ -183,7 +185,8 @@ impl DecodedMessage {
             )));
         }
         check_meta(&meta)?;
-        let msg = Self { body, meta };
+        let props = build_properties(&meta);
+        let msg = Self { body, meta, props };
         msg.check_properties_size()?;
         Ok(msg)
     }
@@ -192,7 +195,7 @@ impl DecodedMessage {
     /// broker adds its own, as 400 here: the broker's refusal of them shares its code with a
     /// refused delay, and a delayed message was answered "delay refused" (422).
     fn check_properties_size(&self) -> Result<(), ApiError> {
-        let len = self.properties().encoded_len();
+        let len = self.props.encoded_len();
         let max = MAX_PROPERTIES_LEN.saturating_sub(BROKER_PROPERTY_ROOM);
         if len > max {
             return Err(ApiError::bad_request(format!(
@@ -203,24 +206,9 @@ impl DecodedMessage {
     }
 
     /// The properties the broker stores: the user's, then tag, keys and delay.
-    pub(crate) fn properties(&self) -> Properties {
-        let mut p = Properties::new();
-        for (k, v) in &self.meta.properties {
-            p.insert(k.as_str(), v.as_str());
-        }
-        if let Some(tag) = &self.meta.tag {
-            p.insert(keys::TAGS, tag.as_str());
-        }
-        if !self.meta.keys.is_empty() {
-            p.insert(keys::KEYS, self.meta.keys.join(" "));
-        }
-        match self.meta.delay {
-            Some(Delay::Level(l)) => p.insert(keys::DELAY, l.to_string()),
-            Some(Delay::AfterMs(ms)) => p.insert(keys::TIMER_DELAY_MS, ms.to_string()),
-            Some(Delay::AtMs(at)) => p.insert(keys::TIMER_DELIVER_MS, at.to_string()),
-            None => {}
-        }
-        p
+    #[cfg(test)]
+    pub(crate) fn properties(&self) -> &Properties {
+        &self.props
     }
 
     /// The in-process send of this message to `topic`, from `peer`.
@@ -230,7 +218,7 @@ impl DecodedMessage {
         default_group: &str,
         peer: SocketAddr,
     ) -> Produce {
-        let properties = self.properties();
+        let properties = self.props;
         let group = self
             .meta
             .producer_group
@@ -241,6 +229,27 @@ impl DecodedMessage {
         p.born_host = peer;
         p
     }
+}
+
+/// The properties the broker stores for `meta`: the user's, then tag, keys and delay.
+fn build_properties(meta: &MessageMeta) -> Properties {
+    let mut p = Properties::new();
+    for (k, v) in &meta.properties {
+        p.insert(k.as_str(), v.as_str());
+    }
+    if let Some(tag) = &meta.tag {
+        p.insert(keys::TAGS, tag.as_str());
+    }
+    if !meta.keys.is_empty() {
+        p.insert(keys::KEYS, meta.keys.join(" "));
+    }
+    match meta.delay {
+        Some(Delay::Level(l)) => p.insert(keys::DELAY, l.to_string()),
+        Some(Delay::AfterMs(ms)) => p.insert(keys::TIMER_DELAY_MS, ms.to_string()),
+        Some(Delay::AtMs(at)) => p.insert(keys::TIMER_DELIVER_MS, at.to_string()),
+        None => {}
+    }
+    p
 }
 
 /// At most one delay; a level must be ≥ 1 and a relative delay ≥ 0.
@@ -486,7 +495,7 @@ mod tests {
             keys: vec!["a".into(), "b".into()],
             ..msg("x")
         };
-        let p = ok.decode(&cfg()).unwrap().properties();
+        let p = ok.decode(&cfg()).unwrap().properties().clone();
         assert_eq!(p.get(keys::TIMER_DELAY_MS), Some("700"));
         assert_eq!(
             (p.get(keys::TAGS), p.get(keys::KEYS)),

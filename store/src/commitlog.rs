@@ -37,12 +37,6 @@ impl Segment {
 pub(crate) struct CommitLog {
     dir: PathBuf,
     segment_size: u64,
-    /// The longest record a read accepts: any a record's length field can say (the segment's
-    /// end and the checksum bound it), not the configured `max_record_size`, which limits new
-    /// appends only. Read against the configured one, a record stored before an operator
-    /// lowered it counted as damage: never served again, and cut with every acknowledged
-    /// record after it when it lay in the window an unclean stop rescans.
-    max_record: usize,
     io: Arc<dyn StorageIo>,
     segments: RwLock<Vec<Arc<Segment>>>,
 }
@@ -105,14 +99,18 @@ impl CommitLog {
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_size,
-            max_record: STORED_RECORD_MAX,
             io,
             segments: RwLock::new(segments),
         })
     }
 
+    /// The longest record a read accepts: any a record's length field can say (the segment's
+    /// end and the checksum bound it), not the configured `max_record_size`, which limits new
+    /// appends only. Read against the configured one, a record stored before an operator
+    /// lowered it counted as damage: never served again, and cut with every acknowledged
+    /// record after it when it lay in the window an unclean stop rescans.
     pub(crate) fn max_record(&self) -> usize {
-        self.max_record
+        STORED_RECORD_MAX
     }
 
     pub(crate) fn segment_size(&self) -> u64 {
@@ -203,7 +201,7 @@ impl CommitLog {
             .segment_for(offset)
             .ok_or(StoreError::NotFound(offset))?;
         let pos = (offset - seg.base) as usize;
-        match framing::probe(seg.file.as_slice(), pos, seg.base, self.max_record) {
+        match framing::probe(seg.file.as_slice(), pos, seg.base, STORED_RECORD_MAX) {
             Probe::Record { total, .. } => seg
                 .file
                 .bytes(pos as u64, total)

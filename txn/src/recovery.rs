@@ -205,12 +205,17 @@ impl Core {
     /// commit parked before the crash looks "due at once" after a long enough stop, and a search
     /// of its topic alone missed it (the transaction was checked and committed again).
     fn commit_stored(&self, e: &Entry) -> bool {
-        let hooked = self
-            .read_half(e.current.phys_offset)
-            .ok()
-            .and_then(|half| self.commit_input(&half, e).ok())
+        let half = self.read_half(e.current.phys_offset).ok();
+        let hooked = half
+            .as_ref()
+            .and_then(|h| self.commit_input(h, e).ok())
             .map(|m| m.topic);
-        let mut topics = vec![e.topic.as_str(), SCHEDULE_TOPIC, TIMER_TOPIC];
+        let mut topics = vec![e.topic.as_str()];
+        // The schedule topics only for a half that asks for a delay (or one unreadable now):
+        // after a crash every undecided transaction is searched.
+        if half.as_ref().is_none_or(|h| delayed(&h.props)) {
+            topics.extend([SCHEDULE_TOPIC, TIMER_TOPIC]);
+        }
         if let Some(t) = hooked.as_deref().filter(|t| !topics.contains(t)) {
             topics.push(t);
         }
@@ -287,4 +292,17 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether a half message asks for a delay (its commit may have been parked).
+fn delayed(props: &sluice_protocol::Properties) -> bool {
+    use sluice_protocol::message::keys;
+    [
+        keys::DELAY,
+        keys::TIMER_DELAY_SEC,
+        keys::TIMER_DELAY_MS,
+        keys::TIMER_DELIVER_MS,
+    ]
+    .iter()
+    .any(|k| props.get(k).is_some())
 }

@@ -201,11 +201,7 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
         }
         return Ok(());
     }
-    if cfg
-        .white_remote_addresses
-        .iter()
-        .any(|p| p.matches(peer.ip()))
-    {
+    if trusted(cfg, peer) {
         return Ok(());
     }
     let access_key = req
@@ -272,7 +268,7 @@ pub(crate) fn access_key_of<'a>(cfg: &AclConfig, req: &'a RemotingCommand) -> Op
 /// the transaction checks of `topic`, which carry its half messages? Only if its account may
 /// publish there: otherwise any account could register under another producer group and read
 /// that group's transactions.
-pub fn may_take_checks(cfg: &AclConfig, access_key: Option<&str>, topic: &str) -> bool {
+pub(crate) fn may_take_checks(cfg: &AclConfig, access_key: Option<&str>, topic: &str) -> bool {
     if !cfg.enabled {
         return true;
     }
@@ -287,7 +283,8 @@ pub fn may_take_checks(cfg: &AclConfig, access_key: Option<&str>, topic: &str) -
 /// once the handler has read it (VIEW_MESSAGE_BY_ID's record, END_TRANSACTION's half message):
 /// may the request's account `perm` on `topic`? Broker-internal topics (half, op, schedule,
 /// timer, dead-letter, system) need an admin account. Always `Ok` with ACL off or from a
-/// trusted address.
+/// trusted address. The request must have passed [`authorize`] (every request does before its
+/// handler runs): its signature is not verified again.
 pub fn authorize_topic(
     cfg: &AclConfig,
     peer: SocketAddr,
@@ -295,28 +292,18 @@ pub fn authorize_topic(
     topic: &str,
     perm: Perm,
 ) -> Result<(), Denied> {
-    if !cfg.enabled
-        || cfg
-            .white_remote_addresses
-            .iter()
-            .any(|p| p.matches(peer.ip()))
-    {
+    if !cfg.enabled || trusted(cfg, peer) {
         return Ok(());
     }
     let access_key = req.ext_fields.get_str(acl::ACCESS_KEY).unwrap_or_default();
-    let account = cfg
-        .account(access_key)
-        .filter(|a| acl::verify(req, &a.secret_key));
-    let Some(account) = account else {
-        return Err(Denied(format!(
-            "ACL: signature check failed for access key {access_key}"
-        )));
+    let Some(account) = cfg.account(access_key) else {
+        return Err(Denied(format!("ACL: unknown access key {access_key}")));
     };
     if account.admin {
         return Ok(());
     }
-    let internal = !topic.starts_with(crate::RETRY_PREFIX) && crate::topic::is_broker_topic(topic);
-    if internal || !account.topic_perm(topic).allows(perm) {
+    // Retry topics are not broker topics: they take the group's permission.
+    if crate::topic::is_broker_topic(topic) || !account.topic_perm(topic).allows(perm) {
         tracing::warn!(remote = %peer, access_key = %access_key, code = req.code, topic, decision = "deny", "ACL: permission refused on the record's topic");
         return Err(Denied(format!(
             "ACL: access key {access_key} has no {} on topic {topic} (request code {})",
@@ -325,6 +312,13 @@ pub fn authorize_topic(
         )));
     }
     Ok(())
+}
+
+/// A peer matching [`AclConfig::white_remote_addresses`], which skips every check.
+fn trusted(cfg: &AclConfig, peer: SocketAddr) -> bool {
+    cfg.white_remote_addresses
+        .iter()
+        .any(|p| p.matches(peer.ip()))
 }
 
 fn is_loopback(peer: SocketAddr) -> bool {

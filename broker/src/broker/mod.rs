@@ -365,11 +365,6 @@ impl BrokerHandle {
         &self.registry
     }
 
-    /// Open connections of a producer group's members (transaction check-backs pick one).
-    pub fn producer_connections(&self, group: &str) -> Vec<crate::ConnectionHandle> {
-        self.ctx.clients.producer_connections(group)
-    }
-
     /// What the broker knows of a consumer group.
     pub fn consumer_group(&self, group: &str) -> Option<crate::ConsumerGroupInfo> {
         self.ctx.clients.consumer_group_info(group)

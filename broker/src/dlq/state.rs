@@ -40,6 +40,8 @@ pub(crate) struct Ledger {
 
 impl Ledger {
     fn load(path: PathBuf) -> Result<Self, DlqError> {
+        // Cut once here, before any append of this run (see `cut_torn_line`).
+        cut_torn_line(&path).map_err(|e| state_err("repair the torn last line of", &path, e))?;
         let done = match std::fs::read_to_string(&path) {
             Ok(text) => text
                 .split_inclusive('\n')
@@ -274,7 +276,10 @@ impl DlqState {
             .map_err(|e| DlqError::State(format!("encode audit record: {e}")))?;
         line.push('\n');
         let _g = self.audit_lock.lock();
-        append_line(&self.dir.join("audit.log"), &line)
+        let path = self.dir.join("audit.log");
+        // The audit log is never loaded: its torn last line is cut here (events are rare).
+        cut_torn_line(&path).map_err(|e| state_err("repair the torn last line of", &path, e))?;
+        append_line(&path, &line)
     }
 
     pub(crate) fn read_audit(&self) -> Result<Vec<AuditRecord>, DlqError> {
@@ -316,13 +321,13 @@ fn append_line(path: &Path, line: &str) -> Result<(), DlqError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| state_err("create folder for", path, e))?;
     }
-    cut_torn_line(path).map_err(|e| state_err("repair the torn last line of", path, e))?;
     sluice_store::append_synced(path, line.as_bytes()).map_err(|e| state_err("append to", path, e))
 }
 
 /// Cuts a last line without its newline (a write torn by a crash or power cut) before the next
 /// append: joined to it, a torn `12` and a new `13` read back as offset 1213, replayed although
-/// it never was. Costs one byte read per append; the file is read whole only to repair it.
+/// it never was. One byte read; the file is read whole only to repair it. A failed append of
+/// this run is cut back by `append_synced` itself.
 fn cut_torn_line(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = match std::fs::File::open(path) {

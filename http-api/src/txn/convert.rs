@@ -135,9 +135,6 @@ pub(crate) fn txn_error(e: TxnError) -> ApiError {
             format!("busy, nothing changed; retry: {m}"),
         ),
         TxnError::Refused { code, remark } => ApiError::from_broker(code, remark),
-        TxnError::Denied(m) => {
-            ApiError::from_broker(sluice_protocol::response_code::NO_PERMISSION, m)
-        }
         other => {
             let code = other.response_code();
             ApiError::from_broker(code, other.to_string())

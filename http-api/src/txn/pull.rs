@@ -56,14 +56,10 @@ struct Group {
 const LIVE_GRACE: Duration = Duration::from_secs(2);
 
 impl Group {
-    /// Takes checks now: a poll waits, or one ended within `grace`.
-    fn takes_checks(&self, grace: Duration) -> bool {
-        self.polling > 0 || self.last_poll.elapsed() < grace
-    }
-
-    /// Keeps its registration: a poll waits, or one ended within `idle`.
-    fn registered(&self, idle: Duration) -> bool {
-        self.polling > 0 || self.last_poll.elapsed() < idle
+    /// A poll waits, or one ended within `within` ([`LIVE_GRACE`] to take checks, `poll_idle`
+    /// to stay registered).
+    fn live(&self, within: Duration) -> bool {
+        self.polling > 0 || self.last_poll.elapsed() < within
     }
 }
 
@@ -169,7 +165,7 @@ impl PullGroups {
     fn offer(&self, group: &str, check: PendingCheck) -> Result<(), String> {
         let mut groups = self.groups.lock();
         let g = groups.get_mut(group).ok_or("the group no longer polls")?;
-        if !g.takes_checks(LIVE_GRACE.min(self.cfg.poll_idle)) {
+        if !g.live(LIVE_GRACE.min(self.cfg.poll_idle)) {
             return Err("no producer of the group is polling".into());
         }
         if let Some(slot) = g
@@ -202,7 +198,7 @@ impl PullGroups {
         let mut groups = self.groups.lock();
         let idle: Vec<String> = groups
             .iter()
-            .filter(|(_, g)| !g.registered(self.cfg.poll_idle))
+            .filter(|(_, g)| !g.live(self.cfg.poll_idle))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &idle {

@@ -370,13 +370,18 @@ async fn torn_commit_after(stored_topic: &str, key: &str, stop: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start(dir.path(), quiet()).await;
     let c = b.client().await;
-    let s = send_half(&c, key).await;
+    // A commit is parked only for a half that asks for a delivery time.
+    let parked = stored_topic != TOPIC;
+    let mut hp = half_props(GROUP, key);
+    if parked {
+        hp.insert("TIMER_DELIVER_MS", "1");
+    }
+    let s = send_half_with(&c, GROUP, key, hp).await;
     // The state a crash between the two records of a commit would leave: the real message is
     // stored (past the hooks, as the commit does), its op record is not.
     let mut p = Properties::new();
     p.insert("KEYS", key);
     p.insert("UNIQ_KEY", s.transaction_id.clone());
-    let parked = stored_topic != TOPIC;
     if parked {
         p.insert("REAL_TOPIC", TOPIC);
         p.insert("REAL_QID", "1");

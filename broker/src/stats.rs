@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) replayed: AtomicU64,
+    pub(crate) state_save_failures: AtomicU64,
 }
 
 impl Counters {
@@ -54,6 +55,7 @@ impl Counters {
             retries: get(&self.retries),
             dead_lettered: get(&self.dead_lettered),
             replayed: get(&self.replayed),
+            state_save_failures: get(&self.state_save_failures),
         }
     }
 }
@@ -92,4 +94,8 @@ pub struct BrokerStats {
     pub dead_lettered: u64,
     /// Dead letters written back by replay tasks.
     pub replayed: u64,
+    /// Failed saves of the broker's own state files (`topics.json`, consumer offsets) by the
+    /// periodic flush, which tries again every `offset_flush_interval`. Rising means those
+    /// files on disk are behind what clients were told (a full disk, a read-only folder).
+    pub state_save_failures: u64,
 }

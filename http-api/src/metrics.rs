@@ -136,7 +136,7 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
 
 fn broker_section(out: &mut Prom, state: &AppState) {
     let s = state.broker().stats();
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "sluice_messages_stored_total",
             "Messages stored (all protocols).",
@@ -191,6 +191,11 @@ fn broker_section(out: &mut Prom, state: &AppState) {
             "sluice_connections_accepted_total",
             "TCP connections accepted.",
             s.connections_accepted,
+        ),
+        (
+            "sluice_state_save_failures_total",
+            "Failed periodic saves of topics.json or consumer offsets (retried).",
+            s.state_save_failures,
         ),
     ];
     for (name, help, v) in counters {

@@ -296,9 +296,11 @@ async fn flush_offsets_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<b
         match tokio::task::spawn_blocking(saved).await {
             Ok((offsets, topics)) => {
                 if let Err(e) = offsets {
+                    Counters::inc(&ctx.counters.state_save_failures);
                     tracing::error!(error = %e, "saving consumer offsets failed");
                 }
                 if let Err(e) = topics {
+                    Counters::inc(&ctx.counters.state_save_failures);
                     tracing::error!(error = %e, "saving topics failed; tried again at the next flush");
                 }
             }

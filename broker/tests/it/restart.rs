@@ -154,7 +154,15 @@ async fn a_topic_whose_first_save_failed_is_saved_by_a_later_flush() {
     std::fs::write(file.join("blocker"), b"x").unwrap();
     let client = cluster.client().await;
     send_ok(&client, "MadeOnSend", 0, b"m", &props(None, None)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // the background save has failed
+    // The flush has tried and failed with the topic in the table: only a retry can save it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.broker.stats().state_save_failures == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the periodic flush never tried to save the changed topics"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     std::fs::remove_dir_all(&file).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let saved = loop {

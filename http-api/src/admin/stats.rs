@@ -58,6 +58,8 @@ pub(crate) struct BrokerCounters {
     pub dead_lettered: u64,
     /// Dead letters replayed.
     pub replayed: u64,
+    /// Failed periodic saves of the broker's state files (topics, consumer offsets).
+    pub state_save_failures: u64,
 }
 
 /// The store's state.
@@ -144,6 +146,7 @@ pub(super) async fn get_stats(State(state): State<AppState>) -> Json<StatsOut> {
         retries: s.retries,
         dead_lettered: s.dead_lettered,
         replayed: s.replayed,
+        state_save_failures: s.state_save_failures,
     };
     let dlq = b
         .dlq()

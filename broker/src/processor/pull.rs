@@ -224,16 +224,16 @@ fn execute(ctx: &BrokerContext, h: &PullMessageRequestHeader, plan: &Plan) -> Ou
     outcome
 }
 
+/// The remark of a pull whose every record was filtered out; [`skipped_to`] recognises the
+/// outcome by this constant, so the two cannot drift apart.
+const NO_MATCHED: &str = "NO_MATCHED_MESSAGE";
+
 /// §2.3's table. A caught-up consumer on a queue whose messages were all deleted is told 19
 /// (so it long-polls), not "offset moved".
 fn map_status(r: &GetResult, offset: u64) -> (i32, &'static str, u64) {
     match r.status {
         GetStatus::Found => (code::SUCCESS, "FOUND", r.next_offset),
-        GetStatus::NoMatchedMessage => (
-            code::PULL_RETRY_IMMEDIATELY,
-            "NO_MATCHED_MESSAGE",
-            r.next_offset,
-        ),
+        GetStatus::NoMatchedMessage => (code::PULL_RETRY_IMMEDIATELY, NO_MATCHED, r.next_offset),
         GetStatus::NoMessageInQueue if offset == 0 || offset == r.max_offset => {
             (code::PULL_NOT_FOUND, "NO_MESSAGE_IN_QUEUE", offset)
         }
@@ -455,7 +455,7 @@ async fn hold(
 fn skipped_to(outcome: &Outcome, h: &PullMessageRequestHeader) -> Option<i64> {
     let next = outcome.header.next_begin_offset;
     (outcome.code == code::PULL_RETRY_IMMEDIATELY
-        && outcome.remark == "NO_MATCHED_MESSAGE"
+        && outcome.remark == NO_MATCHED
         && next > h.queue_offset)
         .then_some(next)
 }

@@ -58,7 +58,7 @@ mod state_file;
 mod stats;
 mod topic;
 
-pub use broker::{Broker, BrokerHandle};
+pub use broker::{Broker, BrokerHandle, ShutdownReport};
 pub use clients::ConsumerGroupInfo;
 pub use config::{BrokerConfig, NameServerConfig};
 pub use dlq::{

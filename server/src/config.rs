@@ -180,10 +180,42 @@ pub struct TxnGroupSection {
     pub final_action: Option<String>,
     /// See `[txn] max_age_hours`.
     pub max_age_hours: Option<u64>,
-    /// Deliver checks to this URL (through the HTTP facade) instead of a TCP producer.
+    /// Deliver checks to this URL (through the HTTP facade) instead of a TCP producer. Its
+    /// user info and query are left out of the effective configuration logged at start (they
+    /// may carry credentials).
+    #[serde(serialize_with = "url_without_credentials")]
     pub check_url: Option<String>,
     /// Queue checks for pulling over HTTP instead of sending them to a TCP producer.
     pub pull_checks: Option<bool>,
+}
+
+fn url_without_credentials<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&redact_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `url` with `user:pass@` and the query (and fragment) replaced by `<redacted>`.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (mut rest, tail) = match rest.find(['?', '#']) {
+        Some(i) => (rest[..i].to_string(), "?<redacted>"),
+        None => (rest.to_string(), ""),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        rest.replace_range(..at, "<redacted>");
+    }
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{rest}{tail}")
 }
 
 impl Default for ServerConfig {
@@ -280,8 +312,21 @@ impl Default for StoreSection {
     }
 }
 
-/// Builds the layered table: the file (if any), then `SLUICE_*` variables from `env`.
+/// [`layered`], validated: the whole loader as the tests and the `server_config` fuzz target
+/// drive it (the binary validates after applying its flags).
+#[allow(dead_code)]
 pub fn load(
+    file: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<ServerConfig> {
+    let cfg = layered(file, env)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Builds the layered table: the file (if any), then `SLUICE_*` variables from `env`. Not
+/// validated: the binary applies its flags first, then calls [`ServerConfig::validate`].
+pub fn layered(
     file: Option<&Path>,
     env: impl Iterator<Item = (String, String)>,
 ) -> Result<ServerConfig> {
@@ -289,25 +334,70 @@ pub fn load(
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading config {}", p.display()))?;
-            text.parse::<toml::Table>()
-                .with_context(|| format!("parsing config {}", p.display()))?
+            parse_file(&text).with_context(|| format!("parsing config {}", p.display()))?
         }
         None => toml::Table::new(),
     };
+    let mut sniffed = Vec::new();
     for (key, value) in env {
-        apply_env(&mut table, &key, &value)?;
+        sniffed.extend(apply_env(&mut table, &key, &value)?);
     }
-    let cfg: ServerConfig =
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                anyhow::anyhow!(
-                    "invalid configuration (unknown keys are refused): {}",
-                    without_values(&e.to_string())
-                )
-            })?;
-    cfg.validate()?;
-    Ok(cfg)
+    loop {
+        let e = match toml::Value::Table(table.clone()).try_into::<ServerConfig>() {
+            Ok(cfg) => return Ok(cfg),
+            Err(e) => e.to_string(),
+        };
+        // A variable read as a number or boolean where the key takes a string (a digit-only
+        // secret or name) is taken as the string it was: each such variable once at most.
+        match sniffed
+            .iter()
+            .position(|s: &Sniffed| e.contains(&format!("in `{}`", s.path)))
+        {
+            Some(i) => sniffed.swap_remove(i).restore(&mut table),
+            None => bail!(
+                "invalid configuration (unknown keys are refused): {}",
+                without_values(&e)
+            ),
+        }
+    }
+}
+
+/// The file's table. A syntax error names its line and column and what is wrong, but not the
+/// line's text, which may hold a secret (`secret = "abc` without its closing quote).
+fn parse_file(text: &str) -> Result<toml::Table> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        anyhow::anyhow!("TOML syntax error{at}: {}", e.message())
+    })
+}
+
+/// A `SLUICE_*` value that read as TOML other than a string, kept to be taken as a string
+/// when its key turns out to take one.
+struct Sniffed {
+    /// `section.field`, or the top-level key.
+    path: String,
+    raw: String,
+}
+
+impl Sniffed {
+    fn restore(self, table: &mut toml::Table) {
+        let value = toml::Value::String(self.raw);
+        match self.path.split_once('.') {
+            Some((section, field)) => {
+                if let Some(sub) = table.get_mut(section).and_then(|v| v.as_table_mut()) {
+                    sub.insert(field.to_string(), value);
+                }
+            }
+            None => {
+                table.insert(self.path, value);
+            }
+        }
+    }
 }
 
 const SECTIONS: [&str; 9] = [
@@ -322,13 +412,14 @@ const NOT_CONFIG: [&str; 3] = [
 ];
 
 /// `SLUICE_BROKER_LISTEN=...` sets `[broker] listen`; `SLUICE_DATA_DIR` sets `data_dir`.
-/// Values are read as TOML (numbers, booleans, arrays) and otherwise as strings.
-fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+/// Values are read as TOML (numbers, booleans, arrays) and otherwise as strings; one read as
+/// something else than a string is returned, to be taken as a string if its key needs one.
+fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<Option<Sniffed>> {
     let Some(rest) = key.strip_prefix("SLUICE_") else {
-        return Ok(());
+        return Ok(None);
     };
     if NOT_CONFIG.contains(&key) {
-        return Ok(());
+        return Ok(None);
     }
     let rest = rest.to_ascii_lowercase();
     if rest != "data_dir" && !SECTIONS.iter().any(|s| rest.starts_with(&format!("{s}_"))) {
@@ -336,9 +427,15 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
         // a running Sluice, SLUICE_CRASH_CYCLES and the like configure tests. Taking them as
         // keys made `sluice` refuse to start in a shell that had them set.
         eprintln!("sluice: {key} is not a configuration variable; ignored");
-        return Ok(());
+        return Ok(None);
     }
     let parsed = parse_env_value(value);
+    let sniffed = |path: String, parsed: &toml::Value| {
+        (!parsed.is_str()).then(|| Sniffed {
+            path,
+            raw: value.to_string(),
+        })
+    };
     for section in SECTIONS {
         if let Some(field) = rest.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
             let entry = table
@@ -347,12 +444,14 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
             let Some(sub) = entry.as_table_mut() else {
                 bail!("[{section}] in the config file is not a table")
             };
+            let found = sniffed(format!("{section}.{field}"), &parsed);
             sub.insert(field.to_string(), parsed);
-            return Ok(());
+            return Ok(found);
         }
     }
+    let found = sniffed(rest.clone(), &parsed);
     table.insert(rest, parsed);
-    Ok(())
+    Ok(found)
 }
 
 /// An error text with its quoted values left out: a value of the wrong type is quoted in it,
@@ -361,6 +460,20 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
 fn without_values(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let (mut quoted, mut escaped) = (false, false);
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        // serde quotes a value of the wrong type in backticks (``invalid type: integer
+        // `1234`, expected a string``); the key path is the line "in `http.secret`".
+        if line.starts_with("in `") {
+            out.push_str(line);
+        } else {
+            out.push_str(&without_backticked(line));
+        }
+        if lines.peek().is_some() {
+            out.push('\n');
+        }
+    }
+    let text = std::mem::take(&mut out);
     for c in text.chars() {
         match (quoted, escaped, c) {
             (true, true, _) => escaped = false,
@@ -377,6 +490,31 @@ fn without_values(text: &str) -> String {
     out
 }
 
+/// `line` with the value serde quotes in backticks after "invalid type: integer" or
+/// "invalid value: ..." replaced by `…`; other backticked names (unknown fields, the
+/// expected ones) stay, since they name keys, not values.
+fn without_backticked(line: &str) -> String {
+    let Some(start) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|p| line.find(p).map(|i| i + p.len()))
+    else {
+        return line.to_string();
+    };
+    let rest = &line[start..];
+    match rest.find('`').and_then(|open| {
+        let close = rest[open + 1..].find('`')? + open + 1;
+        Some((open, close))
+    }) {
+        Some((open, close)) => format!(
+            "{}{}`…`{}",
+            &line[..start],
+            &rest[..open],
+            &rest[close + 1..]
+        ),
+        None => line.to_string(),
+    }
+}
+
 fn parse_env_value(value: &str) -> toml::Value {
     format!("v = {value}")
         .parse::<toml::Table>()
@@ -387,6 +525,10 @@ fn parse_env_value(value: &str) -> toml::Value {
 
 /// Shortest `namesrv.broker_expiry_secs`: two of the brokers' 30 s registration intervals.
 const MIN_BROKER_EXPIRY_SECS: u64 = 60;
+
+/// Shortest `broker.idle_timeout_ms`: two of the clients' 30 s heartbeat intervals (a parked
+/// pull is silent for up to 30 s too).
+const MIN_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 /// Longest `store.retention_hours` accepted (100 years).
 const MAX_RETENTION_HOURS: u64 = 24 * 365 * 100;
@@ -409,9 +551,10 @@ impl ServerConfig {
         if self.broker.max_body_bytes > self.broker.max_frame_bytes {
             bail!("broker.max_body_bytes must not exceed broker.max_frame_bytes");
         }
-        if self.broker.idle_timeout_ms == 0 || self.broker.offset_flush_interval_ms == 0 {
-            bail!("broker.idle_timeout_ms and broker.offset_flush_interval_ms must be positive");
+        if self.broker.offset_flush_interval_ms == 0 {
+            bail!("broker.offset_flush_interval_ms must be positive");
         }
+        self.check_limits_agree()?;
         // 0 would delete every dispatched segment at once, consumed or not (and make the
         // transaction checker copy open halves forward on every tick); 0 is not "no limit".
         if !(1..=MAX_RETENTION_HOURS).contains(&self.store.retention_hours) {
@@ -508,6 +651,56 @@ impl ServerConfig {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.acl.to_config()?;
         self.tls.load()?;
+        Ok(())
+    }
+
+    /// Limits that must agree with each other or with what clients do.
+    fn check_limits_agree(&self) -> Result<()> {
+        // A parked pull sends nothing for up to 30 s and clients heartbeat every 30 s: a
+        // shorter idle limit closes healthy consumers' connections over and over.
+        if self.broker.idle_timeout_ms < MIN_IDLE_TIMEOUT_MS {
+            bail!(
+                "broker.idle_timeout_ms must be at least {MIN_IDLE_TIMEOUT_MS}: clients send                  nothing for up to 30 s while a pull is parked or between heartbeats"
+            );
+        }
+        // Larger HTTP bodies passed the facade's 413 check and failed in the store instead.
+        if self.http.enabled && self.http.max_message_bytes > self.broker.max_body_bytes {
+            bail!(
+                "http.max_message_bytes ({}) must not exceed broker.max_body_bytes ({})",
+                self.http.max_message_bytes,
+                self.broker.max_body_bytes
+            );
+        }
+        // Below two segments every sealed segment is over the budget: each would be deleted
+        // as soon as it is dispatched, consumed or not (as `retention_hours = 0` would).
+        if let Some(bytes) = self.store.retention_bytes {
+            let min = self.store.segment_bytes.saturating_mul(2);
+            if bytes < min {
+                bail!("store.retention_bytes must be at least two segments ({min} bytes)");
+            }
+        }
+        self.check_listeners_apart()
+    }
+
+    /// Two listeners on one port fail only once the store is open (after a recovery that may
+    /// be long); refused here instead. Port 0 (any free port) never collides.
+    fn check_listeners_apart(&self) -> Result<()> {
+        let mut listeners = vec![("broker.listen", self.broker.listen)];
+        if self.namesrv.enabled {
+            listeners.push(("namesrv.listen", self.namesrv.listen));
+        }
+        if self.http.enabled {
+            listeners.push(("http.listen", self.http.listen));
+        }
+        for (i, (a_name, a)) in listeners.iter().enumerate() {
+            for (b_name, b) in &listeners[i + 1..] {
+                let same_host =
+                    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                if a.port() != 0 && a.port() == b.port() && same_host {
+                    bail!("{a_name} ({a}) and {b_name} ({b}) use the same port");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -656,403 +849,4 @@ pub fn loopback_if_unspecified(a: SocketAddr) -> SocketAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>()
-            .into_iter()
-    }
-
-    #[test]
-    fn defaults_are_valid_and_sync() {
-        let cfg = load(None, env(&[])).unwrap();
-        assert_eq!(cfg.store.flush, "sync");
-        assert_eq!(cfg.broker.listen.port(), 10911);
-        assert_eq!(cfg.namesrv.listen.port(), 9876);
-        assert_eq!(cfg.data_dir, PathBuf::from("./sluice-data"));
-    }
-
-    /// The size budget never takes a segment the schedule or the transaction checker may
-    /// still need, and never waits longer than the age limit.
-    #[test]
-    fn the_size_budget_spares_what_timers_and_open_halves_need() {
-        let hours = |h: u64| Duration::from_secs(h * 3600);
-        let with = |retention: &str, schedule: &str| {
-            load(
-                None,
-                env(&[
-                    ("SLUICE_STORE_RETENTION_HOURS", retention),
-                    ("SLUICE_STORE_RETENTION_BYTES", "1073741824"),
-                    ("SLUICE_SCHEDULE_ENABLED", schedule),
-                ]),
-            )
-            .unwrap()
-            .store_config()
-        };
-        let s = with("72", "true");
-        assert_eq!(s.retention_bytes, Some(1 << 30));
-        assert_eq!(s.retention_bytes_min_age, hours(48));
-        assert_eq!(with("200", "true").retention_bytes_min_age, hours(101));
-        assert_eq!(with("72", "false").retention_bytes_min_age, hours(37));
-        assert_eq!(with("1", "false").retention_bytes_min_age, hours(1));
-        // Neither transactions nor the schedule: nothing of the broker's own to keep.
-        let plain = load(
-            None,
-            env(&[
-                ("SLUICE_STORE_RETENTION_BYTES", "1073741824"),
-                ("SLUICE_SCHEDULE_ENABLED", "false"),
-                ("SLUICE_TXN_ENABLED", "false"),
-            ]),
-        )
-        .unwrap()
-        .store_config();
-        assert_eq!(plain.retention_bytes_min_age, Duration::ZERO);
-        // A later carry-forward keeps younger segments off the budget for longer.
-        let late_carry = load(
-            None,
-            env(&[
-                ("SLUICE_STORE_RETENTION_HOURS", "200"),
-                (
-                    "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
-                    &(150 * 3600).to_string(),
-                ),
-            ]),
-        )
-        .unwrap()
-        .store_config();
-        assert_eq!(late_carry.retention_bytes_min_age, hours(151));
-    }
-
-    #[test]
-    fn unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        std::fs::write(&p, "[broker]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
-        let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
-        assert!(err.contains("listen_port"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_BROKER_NO_SUCH", "1")])).unwrap_err()
-        );
-        assert!(err.contains("no_such"), "{err}");
-    }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        std::fs::write(&p, "data_dir = \"/a\"\n[store]\nflush = \"async\"\n").unwrap();
-        let cfg = load(
-            Some(&p),
-            env(&[
-                ("SLUICE_DATA_DIR", "/b"),
-                ("SLUICE_STORE_FLUSH", "sync"),
-                ("SLUICE_BROKER_DEFAULT_TOPIC_QUEUE_NUMS", "4"),
-                ("SLUICE_LOG", "debug"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(cfg.data_dir, PathBuf::from("/b"));
-        assert_eq!(cfg.store.flush, "sync");
-        assert_eq!(cfg.broker.default_topic_queue_nums, 4);
-    }
-
-    #[test]
-    fn the_txn_section_has_defaults_group_overrides_and_env() {
-        let cfg = load(None, env(&[])).unwrap();
-        let t = cfg.txn_config().unwrap();
-        assert_eq!(t.defaults.check_after, Duration::from_secs(6));
-        assert_eq!(t.defaults.check_max, 15);
-        assert!(cfg.txn.enabled);
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        std::fs::write(
-            &p,
-            "[txn]\nfinal_action = \"keep\"\n[txn.groups.pay]\ncheck_max = 3\npull_checks = true\n",
-        )
-        .unwrap();
-        let cfg = load(Some(&p), env(&[("SLUICE_TXN_CHECK_AFTER_MS", "300")])).unwrap();
-        let t = cfg.txn_config().unwrap();
-        assert_eq!(t.defaults.check_after, Duration::from_millis(300));
-        let pay = t.policy("pay");
-        assert_eq!((pay.check_max, pay.pull_checks), (3, true));
-        assert_eq!(pay.final_action, FinalAction::Keep);
-        std::fs::write(&p, "[txn.groups.pay]\nchek_max = 3\n").unwrap();
-        let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
-        assert!(err.contains("chek_max"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_TXN_FINAL_ACTION", "drop")])).unwrap_err()
-        );
-        assert!(err.contains("final_action"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_TXN_CHECK_MAX", "0")])).unwrap_err()
-        );
-        assert!(err.contains("check_max"), "{err}");
-    }
-
-    #[test]
-    fn the_retry_section_has_defaults_group_overrides_and_env() {
-        let cfg = load(None, env(&[])).unwrap();
-        let r = cfg.broker_config(None).retry;
-        assert_eq!(r.defaults.max_reconsume_times, 16);
-        assert_eq!(r.defaults.backoff, sluice_broker::Backoff::default());
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        std::fs::write(
-            &p,
-            "[retry.groups.fast]\nbackoff = \"ladder\"\nladder_ms = [10, 20]\nmax_reconsume_times = 2\n",
-        )
-        .unwrap();
-        let cfg = load(Some(&p), env(&[("SLUICE_RETRY_MAX_RECONSUME_TIMES", "3")])).unwrap();
-        let r = cfg.broker_config(None).retry;
-        assert_eq!(r.defaults.max_reconsume_times, 3);
-        let fast = r.policy("fast");
-        assert_eq!(fast.max_reconsume_times, 2);
-        assert_eq!(
-            fast.backoff,
-            sluice_broker::Backoff::Ladder(vec![
-                Duration::from_millis(10),
-                Duration::from_millis(20)
-            ])
-        );
-        std::fs::write(&p, "[retry.groups.g]\nmax_retries = 3\n").unwrap();
-        let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
-        assert!(err.contains("max_retries"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_RETRY_BACKOFF", "linear")])).unwrap_err()
-        );
-        assert!(err.contains("backoff"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_RETRY_BACKOFF", "ladder")])).unwrap_err()
-        );
-        assert!(err.contains("ladder"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_a_reason() {
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_STORE_FLUSH", "sometimes")])).unwrap_err()
-        );
-        assert!(err.contains("store.flush"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(
-                None,
-                env(&[
-                    ("SLUICE_STORE_ASYNC_FLUSH_INTERVAL_MS", "60000"),
-                    ("SLUICE_STORE_FLUSH", "async")
-                ])
-            )
-            .unwrap_err()
-        );
-        assert!(err.contains("interval"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_BROKER_IDLE_TIMEOUT_MS", "0")])).unwrap_err()
-        );
-        assert!(err.contains("idle_timeout_ms"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_TLS_MODE", "sometimes")])).unwrap_err()
-        );
-        assert!(err.contains("[tls] mode"), "{err}");
-        let err = format!(
-            "{:#}",
-            load(None, env(&[("SLUICE_TLS_HTTP", "true")])).unwrap_err()
-        );
-        assert!(err.contains("cert_file and key_file"), "{err}");
-    }
-
-    #[test]
-    fn connection_idle_time_and_offset_saves_are_configurable() {
-        let b = load(None, env(&[])).unwrap().broker_config(None);
-        assert_eq!(b.idle_timeout, Duration::from_secs(120));
-        assert_eq!(b.offset_flush_interval, Duration::from_secs(5));
-        let cfg = load(
-            None,
-            env(&[
-                ("SLUICE_BROKER_IDLE_TIMEOUT_MS", "30000"),
-                ("SLUICE_BROKER_OFFSET_FLUSH_INTERVAL_MS", "1000"),
-            ]),
-        )
-        .unwrap();
-        let b = cfg.broker_config(None);
-        assert_eq!(b.idle_timeout, Duration::from_secs(30));
-        assert_eq!(b.offset_flush_interval, Duration::from_secs(1));
-    }
-
-    /// Accepted before: retention 0 deleted every dispatched segment (consumed or not) and
-    /// made the transaction checker copy open halves forward on every tick; a carry-forward of
-    /// 0 did the latter; a group checked over HTTP with the facade off was never checked.
-    #[test]
-    fn settings_that_would_delete_everything_or_strand_checks_are_refused() {
-        for (k, v, names) in [
-            ("SLUICE_STORE_RETENTION_HOURS", "0", "retention_hours"),
-            ("SLUICE_STORE_RETENTION_HOURS", "876001", "retention_hours"),
-            ("SLUICE_STORE_RETENTION_HOURS", "47", "schedule"),
-            (
-                "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
-                "0",
-                "carry_forward_after_secs",
-            ),
-            (
-                // Past the default 72 h retention: open halves would be deleted first.
-                "SLUICE_TXN_CARRY_FORWARD_AFTER_SECS",
-                "300000",
-                "carry_forward_after_secs",
-            ),
-            ("SLUICE_STORE_SEGMENT_BYTES", "1048576", "segment_bytes"),
-            (
-                "SLUICE_NAMESRV_BROKER_EXPIRY_SECS",
-                "20",
-                "broker_expiry_secs",
-            ),
-        ] {
-            let err = load(None, env(&[(k, v)])).expect_err(k).to_string();
-            assert!(err.contains(names), "{k}={v}: {err}");
-        }
-        // Without the schedule, short retention deletes nothing it still needs.
-        let cfg = load(
-            None,
-            env(&[
-                ("SLUICE_STORE_RETENTION_HOURS", "1"),
-                ("SLUICE_SCHEDULE_ENABLED", "false"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(cfg.store.retention_hours, 1);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(
-            &path,
-            "[http]\nenabled = false\n[txn.groups.g]\ncheck_url = \"http://127.0.0.1:9/c\"\n",
-        )
-        .unwrap();
-        let err = load(Some(&path), env(&[]))
-            .expect_err("stranded")
-            .to_string();
-        assert!(err.contains("txn.groups.g"), "{err}");
-    }
-
-    /// Webhook check-backs went out unsigned when no key was set, although they are promised
-    /// HMAC-signed: a service could not tell the broker's calls from anyone else's.
-    #[test]
-    fn webhook_check_backs_need_a_signing_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.toml");
-        for (toml, names) in [
-            (
-                "[txn.groups.g]\ncheck_url = \"http://127.0.0.1:9/c\"\n",
-                "txn.groups.g.check_url",
-            ),
-            (
-                "[http]\ncheck_url_hosts = [\"127.0.0.1\"]\n",
-                "check_url_hosts",
-            ),
-        ] {
-            std::fs::write(&path, toml).unwrap();
-            let err = load(Some(&path), env(&[])).expect_err(toml).to_string();
-            assert!(
-                err.contains(names) && err.contains("webhook_secret"),
-                "{err}"
-            );
-            let key = "webhook_secret = \"0123456789abcdef\"\n";
-            let with_key = if toml.starts_with("[http]") {
-                toml.replace("[http]\n", &format!("[http]\n{key}"))
-            } else {
-                format!("[http]\n{key}{toml}")
-            };
-            std::fs::write(&path, with_key).unwrap();
-            load(Some(&path), env(&[])).expect("accepted with a key");
-        }
-    }
-
-    /// `SLUICE_NAMESRV` and `SLUICE_HTTP` (the examples' addresses of a running Sluice) and
-    /// test variables were taken as keys, so `sluice` refused to start in a shell that had
-    /// them set; a malformed secret-bearing variable was printed whole in the error.
-    #[test]
-    fn variables_that_are_not_keys_are_ignored_and_errors_do_not_echo_values() {
-        let cfg = load(
-            None,
-            env(&[
-                ("SLUICE_NAMESRV", "127.0.0.1:9876"),
-                ("SLUICE_HTTP", "http://127.0.0.1:8080"),
-                ("SLUICE_CRASH_CYCLES", "100"),
-            ]),
-        )
-        .expect("not configuration variables");
-        assert!(cfg.namesrv.enabled);
-        let err = load(
-            None,
-            env(&[(
-                "SLUICE_ACL_ACCOUNTS",
-                r#"[{access_key = "ak", secret_key = "topsecret-123"}"#,
-            )]),
-        )
-        .expect_err("malformed")
-        .to_string();
-        assert!(!err.contains("topsecret-123"), "{err}");
-        assert!(err.contains("acl"), "the error still names the key: {err}");
-        let typo = load(None, env(&[("SLUICE_BROKER_LISTN", "127.0.0.1:1")]));
-        assert!(typo.is_err(), "a typo inside a section is still refused");
-    }
-
-    #[test]
-    fn parked_pulls_per_connection_are_configurable() {
-        let b = load(None, env(&[])).unwrap().broker_config(None);
-        assert_eq!(b.max_parked_pulls_per_connection, 4096);
-        let cfg = load(
-            None,
-            env(&[("SLUICE_BROKER_MAX_PARKED_PULLS_PER_CONNECTION", "16")]),
-        )
-        .unwrap();
-        assert_eq!(cfg.broker_config(None).max_parked_pulls_per_connection, 16);
-        assert_eq!(b.max_parked_pulls, 100_000);
-        let cfg = load(None, env(&[("SLUICE_BROKER_MAX_PARKED_PULLS", "500")])).unwrap();
-        assert_eq!(cfg.broker_config(None).max_parked_pulls, 500);
-    }
-
-    #[test]
-    fn the_name_server_accepts_registration_bodies_up_to_the_frame_size() {
-        let cfg = load(None, env(&[])).unwrap();
-        let n = cfg.namesrv_config();
-        assert_eq!(n.max_body, n.max_frame);
-        // A registration body bigger than the broker's own body cap decodes whole.
-        let body_len = cfg.broker_config(None).max_body + (1 << 20);
-        let register = sluice_protocol::RemotingCommand::request(
-            sluice_protocol::request_code::REGISTER_BROKER,
-            Default::default(),
-        )
-        .with_body(vec![b'x'; body_len]);
-        let mut wire = bytes::BytesMut::new();
-        register.encode(&mut wire).unwrap();
-        let decoder = sluice_protocol::FrameDecoder::new(n.max_frame, n.max_body);
-        let decoded = decoder.decode(&mut wire).unwrap().unwrap();
-        assert_eq!(decoded.body.len(), body_len);
-        let cfg = load(
-            None,
-            env(&[
-                ("SLUICE_BROKER_MAX_FRAME_BYTES", "33554432"),
-                ("SLUICE_BROKER_MAX_BODY_BYTES", "1048576"),
-            ]),
-        )
-        .unwrap();
-        let n = cfg.namesrv_config();
-        assert_eq!((n.max_frame, n.max_body), (33_554_432, 33_554_432));
-    }
-
-    #[test]
-    fn the_crash_point_variable_is_not_a_config_key() {
-        let cfg = load(None, env(&[("SLUICE_CRASH_POINT", "commitlog.sealed")]));
-        assert!(cfg.is_ok(), "{:?}", cfg.err());
-    }
-}
+mod tests;

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 
@@ -54,7 +54,14 @@ enum Command {
     Namesrv(NamesrvArgs),
 }
 
-#[derive(Args, Default)]
+/// `sluice` without a subcommand: serve's arguments, read from the environment alone.
+#[derive(Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// Data folder (default ./sluice-data).
     #[arg(long)]
@@ -93,7 +100,8 @@ fn main() {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            None => serve(ServeArgs::default(), open_files).await,
+            // Parsed, not defaulted: `SLUICE_CONFIG` must count without `serve` too.
+            None => serve(ServeOnly::parse_from(["sluice"]).args, open_files).await,
             Some(Command::Serve(args)) => serve(args, open_files).await,
             Some(Command::Namesrv(args)) => namesrv(args).await,
         }
@@ -128,14 +136,17 @@ fn arm_crash_point() -> Result<()> {
     Ok(())
 }
 
-fn load(config: Option<&std::path::Path>) -> Result<config::ServerConfig> {
-    config::load(config, std::env::vars())
+/// The file and `SLUICE_*` variables, not yet validated: flags are applied on top first, so
+/// a flag can correct what the file says (`--http-listen 127.0.0.1:8080` over a public
+/// address without tokens).
+fn layered(config: Option<&std::path::Path>) -> Result<config::ServerConfig> {
+    config::layered(config, std::env::vars())
 }
 
 async fn serve(args: ServeArgs, open_files: limits::OpenFiles) -> Result<()> {
     let started = Instant::now();
     let signals = StopSignals::install()?;
-    let mut cfg = load(args.config.as_deref())?;
+    let mut cfg = layered(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
     }
@@ -187,11 +198,17 @@ async fn serve(args: ServeArgs, open_files: limits::OpenFiles) -> Result<()> {
         cfg.data_dir.display(),
         started.elapsed().as_millis()
     );
-    signals.wait().await;
+    let forced = signals.wait_then_force().await;
     tracing::info!("shutting down");
-    broker.shutdown().await;
+    let report = broker.shutdown().await;
     if let Some(ns) = namesrv {
         ns.shutdown().await;
+    }
+    forced.abort();
+    if !report.is_clean() {
+        // Not "stopped cleanly": a supervisor must not take this stop for one that saved
+        // everything (the next start recovers, or state files are behind).
+        bail!("stopped, but not cleanly: {}", report.problems.join("; "));
     }
     println!("sluice stopped cleanly");
     Ok(())
@@ -250,18 +267,20 @@ fn extensions(
 
 async fn namesrv(args: NamesrvArgs) -> Result<()> {
     let signals = StopSignals::install()?;
-    let mut cfg = load(args.config.as_deref())?;
+    let mut cfg = layered(args.config.as_deref())?;
     if let Some(a) = args.listen {
         cfg.namesrv.listen = a;
     }
+    cfg.validate()?;
     let mut ns_cfg = cfg.namesrv_config();
     ns_cfg.tls = cfg.tls.load()?.remoting;
     let ns = NameServer::start(ns_cfg)
         .await
         .context("starting the name server")?;
     println!("sluice name server ready: {}", ns.local_addr());
-    signals.wait().await;
+    let forced = signals.wait_then_force().await;
     ns.shutdown().await;
+    forced.abort();
     println!("sluice name server stopped cleanly");
     Ok(())
 }
@@ -283,10 +302,23 @@ impl StopSignals {
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+
+    /// Waits for the first signal, then keeps listening: a second one ends the process at
+    /// once (exit 130), for an operator who will not wait out a slow shutdown. The store then
+    /// keeps its abort marker and the next start recovers. Abort the returned task once the
+    /// shutdown is done.
+    async fn wait_then_force(mut self) -> tokio::task::JoinHandle<()> {
+        self.wait().await;
+        tokio::spawn(async move {
+            self.wait().await;
+            eprintln!("sluice: second stop signal; exiting without finishing the shutdown");
+            std::process::exit(130);
+        })
     }
 }

@@ -396,8 +396,10 @@ impl BrokerHandle {
         }
     }
 
-    /// Stops the broker gracefully; see the module docs for the order.
-    pub async fn shutdown(mut self) {
+    /// Stops the broker gracefully; see the module docs for the order. The report says
+    /// whether everything was saved and the store closed cleanly (the next start then needs
+    /// no recovery); problems are logged as they happen and listed in it.
+    pub async fn shutdown(mut self) -> ShutdownReport {
         tracing::info!(addr = %self.local_addr, "broker shutting down");
         self.stop.send_replace(true);
         self.ctx.waiters.wake_all();
@@ -422,21 +424,53 @@ impl BrokerHandle {
             ext.stop().await;
         }
         let ctx = Arc::clone(&self.ctx);
-        let saved = tokio::task::spawn_blocking(move || {
-            if let Err(e) = ctx.offsets.save_if_dirty() {
-                tracing::error!(error = %e, "saving consumer offsets at shutdown failed");
-            }
-            if let Err(e) = ctx.topics.save() {
-                tracing::error!(error = %e, "saving topics at shutdown failed");
-            }
-            if let Err(e) = ctx.store.shutdown() {
-                tracing::error!(error = %e, "store shutdown failed");
-            }
-        })
-        .await;
-        if let Err(e) = saved {
+        let saved = tokio::task::spawn_blocking(move || close_state(&ctx)).await;
+        let problems = saved.unwrap_or_else(|e| {
             tracing::error!(error = %e, "shutdown task failed");
-        }
-        tracing::info!(addr = %self.local_addr, "broker stopped");
+            vec![format!("shutdown task failed: {e}")]
+        });
+        tracing::info!(addr = %self.local_addr, clean = problems.is_empty(), "broker stopped");
+        ShutdownReport { problems }
     }
+}
+
+/// What a shutdown left undone; empty when the broker stopped cleanly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Each state file not saved, and why the store kept its abort marker, if it did.
+    pub problems: Vec<String>,
+}
+
+impl ShutdownReport {
+    /// True when offsets and topics were saved and the store closed with its clean marker.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Saves the broker's state files and closes the store (blocking); returns what failed.
+fn close_state(ctx: &BrokerContext) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = ctx.offsets.save_if_dirty() {
+        tracing::error!(error = %e, "saving consumer offsets at shutdown failed");
+        problems.push(format!("consumer offsets not saved: {e}"));
+    }
+    if let Err(e) = ctx.topics.save() {
+        tracing::error!(error = %e, "saving topics at shutdown failed");
+        problems.push(format!("topics not saved: {e}"));
+    }
+    if let Err(e) = ctx.store.shutdown() {
+        tracing::error!(error = %e, "store shutdown failed");
+        problems.push(format!("store not closed cleanly: {e}"));
+    }
+    let health = ctx.store.health();
+    if let Some(reason) = health.fenced {
+        problems.push(format!(
+            "store fenced ({reason}): the next start recovers from the commit log"
+        ));
+    } else if health.queues_unsynced {
+        problems
+            .push("a consume-queue or index sync failed: the next start re-dispatches".to_string());
+    }
+    problems
 }

@@ -111,15 +111,113 @@ fn sigterm_right_after_the_ready_line_still_stops_cleanly() {
     }
 }
 
+/// Plain `sluice` (no subcommand) read its defaults only: `SLUICE_CONFIG` counted for
+/// `sluice serve` alone, so an operator's file (ACL, TLS, data folder) was silently ignored.
+#[test]
+fn sluice_without_a_subcommand_reads_the_config_file_named_in_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(&cfg, "[broker]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
+    let out = output_within(sluice().env("SLUICE_CONFIG", &cfg), LIMIT);
+    assert!(!out.status.success(), "started without reading {cfg:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_addr"), "{err}");
+}
+
+/// The file was validated before the flags were applied, so a flag could not correct it.
+#[test]
+fn a_flag_corrects_the_file_before_it_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    // A public HTTP address without tokens is refused, unless the flag moves it to loopback.
+    std::fs::write(&cfg, "[http]\nlisten = \"0.0.0.0:18080\"\n").unwrap();
+    let mut child = KillOnDrop(
+        sluice()
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .args([
+                "--namesrv-listen",
+                "127.0.0.1:0",
+                "--broker-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env("SLUICE_LOG", "warn")
+            .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+            .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = LineReader::new(child.0.stdout.take().unwrap());
+    let ready = lines.next_within(LIMIT);
+    assert!(ready.starts_with("sluice ready:"), "{ready:?}");
+    assert!(terminate(&mut child).success());
+}
+
+/// A stop that could not save the broker's state printed "sluice stopped cleanly" and exited
+/// 0, so a supervisor took it for a clean one.
+#[test]
+fn a_stop_that_could_not_save_the_topics_is_not_reported_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = serve(dir.path());
+    let ready = lines.next_within(LIMIT);
+    let http = http_addr(&ready);
+    // Saves fail while a folder holds the file's name (the rename over it is refused).
+    let file = dir.path().join("store/config/topics.json");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("blocker"), b"x").unwrap();
+    let (status, body) = http_request(
+        http,
+        "POST",
+        "/v1/topics",
+        r#"{"name":"Unsaved","queues":1}"#,
+    );
+    assert!(status.contains(" 503 "), "{status} {body}");
+    let exit = terminate(&mut child);
+    assert!(!exit.success(), "exit status {exit}");
+    let rest = lines.rest_within(LIMIT);
+    assert!(
+        !rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
+}
+
+/// The HTTP address in the ready line.
+fn http_addr(ready: &str) -> std::net::SocketAddr {
+    ready
+        .split(", ")
+        .find_map(|p| p.strip_prefix("http "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no http address in {ready:?}"))
+}
+
 /// One plain HTTP/1.1 GET over a fresh connection; returns the status line and the body.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    http_request(addr, "GET", path, "")
+}
+
+/// One plain HTTP/1.1 request (a JSON body when not empty) over a fresh connection; returns
+/// the status line and the body.
+fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut text = String::new();
@@ -133,12 +231,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 fn the_http_facade_serves_on_the_address_in_the_ready_line() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, lines) = serve(dir.path());
-    let ready = lines.next_within(LIMIT);
-    let http: std::net::SocketAddr = ready
-        .split(", ")
-        .find_map(|p| p.strip_prefix("http "))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address in {ready:?}"));
+    let http = http_addr(&lines.next_within(LIMIT));
     let (status, body) = http_get(http, "/readyz");
     assert!(status.contains(" 200 "), "{status} {body}");
     assert!(body.contains("\"ready\""), "{body}");

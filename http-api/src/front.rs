@@ -1,6 +1,7 @@
 //! The one middleware in front of every route. In order, it:
 //! - gives the request its id and runs it in that id's scope (`request_id`) and in a tracing
 //!   span carrying it, so every line logged meanwhile names the request;
+//! - refuses every request but the probes with 503 once the broker's shutdown has begun;
 //! - sheds load: past `max_concurrent_requests` requests in progress it answers 429 at once,
 //!   instead of queueing without bound; long polls have their own budget (`max_long_polls`),
 //!   and the health probes are never shed;
@@ -74,6 +75,10 @@ async fn answer(front: Front, req: Request, next: Next) -> Response {
     };
     let response = match budget.map(|b| b.try_acquire()) {
         None => next.run(req).await,
+        // The listener stays open while the broker drains its other work, and requests taken
+        // then would be cut off when the facade stops: they are refused instead (nothing
+        // changed, retry elsewhere or later).
+        Some(_) if front.state.stopping() => shutting_down(),
         Some(Ok(_permit)) => next.run(req).await,
         Some(Err(_)) => too_many(),
     };
@@ -109,6 +114,15 @@ fn method_label(m: &Method) -> &'static str {
         .iter()
         .find(|(known, _)| known == m)
         .map_or("OTHER", |(_, name)| name)
+}
+
+fn shutting_down() -> Response {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        code::UNAVAILABLE,
+        "the broker is shutting down; nothing was done",
+    )
+    .into_response()
 }
 
 fn too_many() -> Response {

@@ -179,3 +179,73 @@ async fn a_wrong_method_is_405_in_the_json_error_shape() {
     assert_eq!(error_code(&body), "method_not_allowed");
     s.stop().await;
 }
+
+/// Holds the broker's shutdown (it is stopped before the facade) until told to go on.
+#[derive(Default)]
+struct HoldStop(std::sync::Arc<HoldSignals>);
+
+#[derive(Default)]
+struct HoldSignals {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl sluice_broker::Extension for HoldStop {
+    fn name(&self) -> &'static str {
+        "hold-stop"
+    }
+
+    fn stop(&self) -> sluice_broker::BoxFuture<'static, ()> {
+        let signals = std::sync::Arc::clone(&self.0);
+        Box::pin(async move {
+            signals.entered.notify_one();
+            signals.release.notified().await;
+        })
+    }
+}
+
+/// The facade kept taking (and storing) sends while the broker drained, then cut them off
+/// when it stopped: clients saw resets for sends that might be stored, and retried them.
+#[tokio::test]
+async fn requests_are_refused_with_503_once_the_shutdown_has_begun() {
+    let hold = HoldStop::default();
+    let signals = std::sync::Arc::clone(&hold.0);
+    let s = common::start_with(Options {
+        after_facade: vec![std::sync::Arc::new(hold)],
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = s
+        .post(
+            "/v1/topics/Stopping/messages",
+            serde_json::json!({"body": "before"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (base, http) = (s.base.clone(), s.http.clone());
+    let entered = signals.entered.notified();
+    let stopping = tokio::spawn(s.broker.shutdown());
+    tokio::time::timeout(std::time::Duration::from_secs(30), entered)
+        .await
+        .expect("the shutdown reached the extensions");
+    let r = http
+        .post(format!("{base}/v1/topics/Stopping/messages"))
+        .json(&serde_json::json!({"body": "during"}))
+        .send()
+        .await
+        .expect("the facade still answers");
+    let (status, body) = common::status_json(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_code(&body), "unavailable");
+    // Probes still answer, and say why.
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    let (status, body) = common::status_json(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reasons"].to_string().contains("shutting down"),
+        "{body}"
+    );
+    signals.release.notify_one();
+    let report = stopping.await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}

@@ -19,6 +19,8 @@ pub struct Options {
     pub broker: Box<dyn FnOnce(&mut BrokerConfig) + Send>,
     pub txn: TxnConfig,
     pub schedule: ScheduleConfig,
+    /// Extensions started after the facade, so stopped before it.
+    pub after_facade: Vec<Arc<dyn sluice_broker::Extension>>,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             schedule: ScheduleConfig::default()
                 .with_levels("300ms 700ms 1s 2s")
                 .expect("levels"),
+            after_facade: Vec::new(),
         }
     }
 }
@@ -76,6 +79,7 @@ pub async fn start_in(dir: tempfile::TempDir, opts: Options) -> Server {
         ext.extensions.extend(e.extensions);
     }
     ext.extensions.push(facade.extension());
+    ext.extensions.extend(opts.after_facade);
     let broker = Broker::start_with(cfg, ext).await.expect("broker start");
     let addr = facade.local_addr().expect("http bound");
     Server {

@@ -387,6 +387,16 @@ impl Appender {
             return;
         }
         self.wait_for_flush_window();
+        // A failed sync may have fenced the store since these requests were staged (the
+        // window wait returns at once then): nothing more is written, and none of them is
+        // acknowledged, `WAIT=false` ones included.
+        if let Some(reason) = self.shared.fenced() {
+            self.buf.clear();
+            for (_, req, _) in std::mem::take(&mut self.staged) {
+                req.reply.fail(StoreError::Fenced(reason.clone()));
+            }
+            return;
+        }
         // After a seal `next` is the following segment's base: the rest of the sealed
         // segment is empty, and counting it as written lets readers step over it.
         let end = self.next;

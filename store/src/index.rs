@@ -422,6 +422,11 @@ pub(crate) struct Index {
     entries: u32,
     io: Arc<dyn StorageIo>,
     files: Mutex<Vec<(u64, Arc<IndexFile>)>>,
+    /// Set when sealing a full file failed to sync. The dispatcher retries the seal, and a
+    /// retried `fdatasync` may report success after the kernel dropped what it could not
+    /// write, so from then on [`Index::sync`] fails: the checkpoint marks the queues
+    /// unsynced and the next open re-dispatches from the last good sync.
+    seal_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Index {
@@ -460,6 +465,7 @@ impl Index {
             entries,
             io,
             files: Mutex::new(files),
+            seal_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -480,7 +486,11 @@ impl Index {
             if !f.is_full() {
                 return Ok(Arc::clone(f));
             }
-            f.seal(self.io.as_ref())?;
+            if let Err(e) = f.seal(self.io.as_ref()) {
+                self.seal_failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                return Err(e);
+            }
         }
         let name = files.last().map_or(phys, |(n, _)| phys.max(n + 1));
         let f = Arc::new(IndexFile::open(
@@ -497,6 +507,12 @@ impl Index {
 
     /// Makes the newest file durable (older ones were sealed when they filled up).
     pub(crate) fn sync(&self) -> Result<()> {
+        if self.seal_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::SyncFailed(
+                "an index file's sync failed when it was sealed; not synced again in this run"
+                    .into(),
+            ));
+        }
         let newest = self.files.lock().last().map(|(_, f)| Arc::clone(f));
         match newest {
             Some(f) => f.sync(self.io.as_ref()),

@@ -1,15 +1,18 @@
 //! Retention: whole commit-log segments go when they are older than `retention_age` (by their
 //! last write) or while the log is larger than `retention_bytes`; consume-queue and index files
 //! that only point below the new minimum go with them. The active segment, and any segment
-//! holding records not yet dispatched, are never deleted; nor, for the size budget, a segment
+//! holding records whose consume-queue and index entries are not yet synced (a checkpoint's
+//! `synced_to`), are never deleted; nor, for the size budget, a segment
 //! younger than `retention_bytes_min_age` (see [`StoreConfig::retention_bytes_min_age`]).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::commitlog::CommitLog;
 use crate::config::StoreConfig;
 use crate::consume_queue::ConsumeQueues;
+use crate::dispatch::Dispatcher;
 use crate::error::Result;
 use crate::index::Index;
 use crate::shared::Shared;
@@ -30,6 +33,8 @@ pub(crate) struct Retention {
     pub(crate) cqs: Arc<ConsumeQueues>,
     pub(crate) index: Arc<Index>,
     pub(crate) shared: Arc<Shared>,
+    /// Its `synced_to` gates deletion (see `oldest_is_due`).
+    pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) cfg: StoreConfig,
     /// When the last "budget held" warning was logged (one a minute at most).
     pub(crate) held_warned: std::sync::Mutex<Option<std::time::Instant>>,
@@ -65,7 +70,11 @@ impl Retention {
         let (Some(oldest), true) = (segs.first(), segs.len() > 1) else {
             return false;
         };
-        if oldest.end() > self.shared.dispatched.get() {
+        // Not past what a consume-queue and index sync covered: entries only written through
+        // the map could be lost with power, and their records must then be there for the next
+        // open to dispatch again (a queue whose newest entries pointed into a deleted segment
+        // came back shorter, and its offsets were handed out a second time).
+        if oldest.end() > self.dispatcher.synced_to.load(Ordering::Acquire) {
             return false;
         }
         let age = std::fs::metadata(oldest.file.path())

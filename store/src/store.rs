@@ -301,6 +301,7 @@ impl Store {
             cqs: Arc::clone(&cqs),
             index: Arc::clone(&index),
             shared: Arc::clone(&shared),
+            dispatcher: Arc::clone(&dispatcher),
             cfg: cfg.clone(),
             held_warned: std::sync::Mutex::new(None),
         };
@@ -521,6 +522,21 @@ impl Store {
             }
             self.shared.dispatched.wait_beyond(done, deadline - now);
         }
+    }
+
+    /// Waits until a checkpoint has synced the consume-queue and index entries of every record
+    /// written so far (retention deletes only segments behind that point). False on timeout,
+    /// or when a queue sync failed (the point then stops for the rest of the run).
+    pub fn wait_queues_synced(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let target = self.visible_end();
+        while self.dispatcher.synced_to.load(Ordering::Acquire) < target {
+            if std::time::Instant::now() >= deadline || self.queues_unsynced() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
     }
 
     /// Stops accepting appends, completes what is queued, syncs, dispatches everything, writes

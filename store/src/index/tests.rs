@@ -99,3 +99,30 @@ fn a_rebuild_drops_entries_past_the_recovered_log_end() {
         assert_eq!(out, want, "key k{i}");
     }
 }
+
+/// A failed sync when a full file was sealed was retried by the dispatcher, and a retried
+/// `fdatasync` may report success after the kernel dropped the pages it could not write: the
+/// file was then trusted, and the checkpoint vouched for it.
+#[test]
+fn a_failed_seal_is_not_trusted_after_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(crate::io::FaultyIo::new());
+    let index = Index::open(dir.path(), 64, 4, io.clone(), true, 0).unwrap();
+    let ts = TIME_EPOCH_MS + 86_400_000;
+    let items: Vec<_> = (0..8u64)
+        .map(|i| IndexItem::new(&index_key("T", &format!("k{i}")), 1000 + i, ts))
+        .collect();
+    index.put_batch(&items[..3]).unwrap();
+    index.sync().unwrap();
+    io.fail_queue_syncs(true);
+    assert!(
+        index.put_batch(&items[3..]).is_err(),
+        "the seal's sync fails"
+    );
+    io.fail_queue_syncs(false);
+    index.put_batch(&items[3..]).unwrap(); // the dispatcher's retry goes through
+    assert!(
+        index.sync().is_err(),
+        "the checkpoint must not vouch for the index after a failed seal"
+    );
+}

@@ -69,15 +69,35 @@ enum Map {
 }
 
 impl Map {
+    /// The whole mapping. For a writable one, only while nothing writes it (at open, in
+    /// tests): a slice of the whole map while the dispatcher writes other bytes through it
+    /// would alias those writes. Readers of a live file use [`Map::range`].
     #[allow(unsafe_code)]
     fn as_slice(&self) -> &[u8] {
         match self {
             Map::Read(m) => m,
             // SAFETY: the pointer and length describe one live MAP_SHARED mapping owned by
-            // `self`, of a file that is never truncated while mapped (see `map_file`). Bytes
-            // are written through the map only at positions no reader looks at before the
-            // writer publishes them (`write_mapped`), the same contract `pwrite` had.
+            // `self`, of a file that is never truncated while mapped (see `map_file`); callers
+            // take the whole of a writable map only while no thread writes through it.
             Map::Write(m) => unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) },
+        }
+    }
+
+    /// `len` bytes at `start`, or `None` when out of range.
+    #[allow(unsafe_code)]
+    fn range(&self, start: usize, len: usize) -> Option<&[u8]> {
+        let end = start.checked_add(len)?;
+        match self {
+            Map::Read(m) => m.get(start..end),
+            Map::Write(m) if end <= m.len() => {
+                // SAFETY: `[start, end)` lies inside one live MAP_SHARED mapping owned by
+                // `self`, of a file that is never truncated while mapped (see `map_file`). It
+                // covers only the bytes asked for: a writer writes (through `write_mapped`)
+                // only positions no reader looks at before the writer publishes them, the
+                // same contract `pwrite` had, so no write aliases this slice.
+                Some(unsafe { std::slice::from_raw_parts(m.as_ptr().add(start), len) })
+            }
+            Map::Write(_) => None,
         }
     }
 }
@@ -183,16 +203,15 @@ impl MappedFile {
         self.len
     }
 
-    /// The mapped bytes.
+    /// The mapped bytes. For a file opened with [`MappedFile::open_zeroed`], only while
+    /// nothing writes it (see `Map::as_slice`); [`MappedFile::slice`] otherwise.
     pub(crate) fn as_slice(&self) -> &[u8] {
         self.map.as_slice()
     }
 
     /// `len` bytes at `pos`, or `None` when out of range.
     pub(crate) fn slice(&self, pos: u64, len: usize) -> Option<&[u8]> {
-        let start = usize::try_from(pos).ok()?;
-        let end = start.checked_add(len)?;
-        self.map.as_slice().get(start..end)
+        self.map.range(usize::try_from(pos).ok()?, len)
     }
 
     /// A zero-copy [`Bytes`] of `len` bytes at `pos` that keeps the mapping alive.
@@ -449,7 +468,9 @@ struct MapSlice {
 
 impl AsRef<[u8]> for MapSlice {
     fn as_ref(&self) -> &[u8] {
-        &self.map.as_slice()[self.start..self.end]
+        self.map
+            .range(self.start, self.end - self.start)
+            .expect("checked when the slice was made")
     }
 }
 

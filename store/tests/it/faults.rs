@@ -306,3 +306,37 @@ fn a_failed_queue_sync_holds_the_checkpoint_and_the_next_open_re_dispatches() {
         assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
     }
 }
+
+/// The disk filled at a roll, so the last segment on disk ends in an end marker; the store
+/// stopped cleanly and is opened with a larger `segment_size` (which grows that last file),
+/// then once more after an unclean stop with no checkpoint (a scan across the marker). A
+/// review suspected the grown file's marker would refuse the open; it does not.
+#[test]
+fn a_store_whose_last_segment_was_sealed_opens_with_a_larger_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    io.fail_allocations(true);
+    let mut acked = 0u64;
+    while store.append_blocking(&[message("T", 0, acked)]).is_ok() {
+        acked += 1;
+        assert!(acked < 10_000, "the segment never filled");
+    }
+    store.shutdown().unwrap();
+    drop(store);
+    let mut bigger = cfg.clone();
+    bigger.segment_size = cfg.segment_size * 2;
+    let store = open(&bigger);
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len() as u64, acked);
+    let next = store.append_blocking(&[message("T", 0, acked)]).unwrap()[0];
+    assert_eq!(next.queue_offset, acked as i64);
+    store.shutdown().unwrap();
+    drop(store);
+    // A full scan (an unclean stop without a checkpoint) reads across the end marker.
+    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let store = open(&bigger);
+    assert_eq!(read_queue(&store, "T", 0).len() as u64, acked + 1);
+    store.shutdown().unwrap();
+}

@@ -154,11 +154,14 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Consume-queue runs first: rewriting them on a retry puts the same entries at the same
+    /// places, while index entries are appended, so a retry after a failed run (a full disk
+    /// under a new queue file) appended the whole batch's keys to the index again.
     fn write_batch(&self, batch: &Batch) -> Result<()> {
-        self.index.put_batch(&batch.index)?;
         for (q, first, entries) in &batch.runs {
             q.put_run(*first, entries, self.cqs.io())?;
         }
+        self.index.put_batch(&batch.index)?;
         if let Some(listener) = self.listener.read().as_ref() {
             for e in &batch.events {
                 listener(e);

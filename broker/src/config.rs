@@ -40,7 +40,8 @@ impl Default for NameServerConfig {
 }
 
 impl NameServerConfig {
-    pub(crate) fn validate(&self) -> Result<(), BrokerError> {
+    /// Refuses settings the broker cannot run with (also checked by `Broker::start_with`).
+    pub fn validate(&self) -> Result<(), BrokerError> {
         check_frames(self.max_frame, self.max_body)?;
         if self.scan_interval.is_zero() || self.broker_expiry.is_zero() {
             return Err(BrokerError::Config(
@@ -151,7 +152,8 @@ impl BrokerConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), BrokerError> {
+    /// Refuses settings the broker cannot run with (also checked by `Broker::start_with`).
+    pub fn validate(&self) -> Result<(), BrokerError> {
         check_frames(self.max_frame, self.max_body)?;
         let positive = [
             (

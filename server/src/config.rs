@@ -641,10 +641,16 @@ impl ServerConfig {
         if self.http.enabled {
             self.http.to_config()?;
         }
-        self.broker_config(None)
+        let broker = self.broker_config(None);
+        broker
             .lease
             .validate()
             .map_err(|e| anyhow::anyhow!("[http] leases: {e}"))?;
+        // Before anything is created (the data folder, the name server): these were refused
+        // only by `Broker::start_with`.
+        broker
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[broker] {e}"))?;
         self.retry
             .to_config()?
             .validate()

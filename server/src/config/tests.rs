@@ -492,3 +492,23 @@ fn a_check_url_is_logged_without_its_credentials() {
         "{logged}"
     );
 }
+
+/// Decreasing levels were accepted by the schedule and then refused as an "[http] leases"
+/// error, with HTTP off too; zero connections passed until the broker started (after the
+/// data folder and the name server).
+#[test]
+fn schedule_levels_and_broker_limits_are_refused_where_they_are_set() {
+    let err = format!(
+        "{:#}",
+        load(None, env(&[("SLUICE_SCHEDULE_LEVELS_MS", "[5000, 1000]")])).unwrap_err()
+    );
+    assert!(err.contains("schedule.levels_ms"), "{err}");
+    let err = format!(
+        "{:#}",
+        load(None, env(&[("SLUICE_BROKER_MAX_CONNECTIONS", "0")])).unwrap_err()
+    );
+    assert!(
+        err.contains("[broker]") && err.contains("max_connections"),
+        "{err}"
+    );
+}

@@ -104,6 +104,9 @@ pub struct BrokerConfig {
     /// long (a peer that stopped reading would otherwise pin its connection, its handlers and
     /// its parked pulls forever). Default 120 s, as RocketMQ's broker.
     pub idle_timeout: Duration,
+    /// How long a shutdown waits for parked pulls to be answered, then for requests in
+    /// flight to finish, each. Default 10 s.
+    pub drain_timeout: Duration,
     /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
     /// TLS when registering with name servers (needed when they are TLS-only). Default `None`.
@@ -143,6 +146,7 @@ impl BrokerConfig {
             offset_flush_interval: Duration::from_secs(5),
             client_expiry: Duration::from_secs(120),
             idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
+            drain_timeout: Duration::from_secs(10),
             tls: None,
             namesrv_tls: None,
             store,
@@ -191,6 +195,7 @@ impl BrokerConfig {
             ("offset_flush_interval", self.offset_flush_interval),
             ("client_expiry", self.client_expiry),
             ("idle_timeout", self.idle_timeout),
+            ("drain_timeout", self.drain_timeout),
         ];
         for (name, d) in durations {
             if d.is_zero() {

@@ -30,6 +30,9 @@ pub struct HttpConfig {
     /// Longest time a request body may take to arrive; a stalled upload is refused and
     /// gives its request slot back. Default 30 s.
     pub body_read_timeout: std::time::Duration,
+    /// How long requests in progress may take to finish once the facade stops (after the
+    /// broker drained); the rest are cut off. Default 5 s.
+    pub shutdown_grace: std::time::Duration,
     /// Time a client has to send a request's line and headers, counted from when the
     /// connection waits for them: slow-loris senders and idle keep-alive connections are
     /// closed after it. Default 30 s.
@@ -61,6 +64,7 @@ impl Default for HttpConfig {
             max_concurrent_requests: 1024,
             max_long_polls: 4096,
             body_read_timeout: std::time::Duration::from_secs(30),
+            shutdown_grace: std::time::Duration::from_secs(5),
             header_read_timeout: std::time::Duration::from_secs(30),
             max_connections: 10_000,
             tls: None,

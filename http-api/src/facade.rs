@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_broker::services::{BoxFuture, BrokerServices, Extension};
@@ -17,9 +16,6 @@ use tokio::task::JoinHandle;
 use crate::config::HttpConfig;
 use crate::serve::{serve, ConnLimits};
 use crate::state::AppState;
-
-/// How long in-flight HTTP requests may take to finish at shutdown.
-const GRACE: Duration = Duration::from_secs(5);
 
 /// The HTTP facade. Clone-free: wrap in `Arc` and hand [`HttpFacade::extension`] to the
 /// broker.
@@ -117,7 +113,8 @@ impl HttpFacade {
         running.state.txn_http().stop().await;
         let _ = running.stop.send(true);
         let mut task = running.task;
-        if tokio::time::timeout(GRACE, &mut task).await.is_err() {
+        let grace = running.state.config().shutdown_grace;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
             tracing::warn!("HTTP requests still running after the grace period; aborting them");
             task.abort();
         }

@@ -97,6 +97,9 @@ pub struct BrokerSection {
     /// A connection silent this long is closed, and so is one that accepts none of our bytes
     /// for this long (it stopped reading). Default 120 000 (RocketMQ's).
     pub idle_timeout_ms: u64,
+    /// At shutdown, how long to wait for parked pulls to be answered, then for requests in
+    /// flight to finish (each). Default 10 000.
+    pub drain_timeout_ms: u64,
     /// How often consumer offsets are written to `config/consumerOffset.json`; a crash
     /// replays at most this much consumption (at-least-once). Default 5 000.
     pub offset_flush_interval_ms: u64,
@@ -293,6 +296,7 @@ impl Default for BrokerSection {
             max_parked_pulls_per_connection: 4096,
             max_parked_pulls: 100_000,
             idle_timeout_ms: 120_000,
+            drain_timeout_ms: 10_000,
             offset_flush_interval_ms: 5_000,
         }
     }
@@ -666,7 +670,8 @@ impl ServerConfig {
         // shorter idle limit closes healthy consumers' connections over and over.
         if self.broker.idle_timeout_ms < MIN_IDLE_TIMEOUT_MS {
             bail!(
-                "broker.idle_timeout_ms must be at least {MIN_IDLE_TIMEOUT_MS}: clients send                  nothing for up to 30 s while a pull is parked or between heartbeats"
+                "broker.idle_timeout_ms must be at least {MIN_IDLE_TIMEOUT_MS}: clients send \
+                 nothing for up to 30 s while a pull is parked or between heartbeats"
             );
         }
         // Larger HTTP bodies passed the facade's 413 check and failed in the store instead.
@@ -828,6 +833,7 @@ impl ServerConfig {
         b.max_parked_pulls_per_connection = self.broker.max_parked_pulls_per_connection;
         b.max_parked_pulls = self.broker.max_parked_pulls;
         b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);
+        b.drain_timeout = Duration::from_millis(self.broker.drain_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();

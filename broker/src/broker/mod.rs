@@ -34,8 +34,6 @@ use crate::topic::TopicManager;
 use context::BrokerContext;
 use register::{Identity, Registrar};
 
-/// How long shutdown waits for in-flight requests and parked pulls.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound between two client-expiry scans.
 const CLIENT_SCAN_MAX: Duration = Duration::from_secs(10);
 
@@ -186,7 +184,7 @@ fn server_options(cfg: &BrokerConfig) -> ServerOptions {
         max_body: cfg.max_body,
         max_inflight: cfg.max_inflight_per_connection,
         max_connections: cfg.max_connections,
-        drain_timeout: DRAIN_TIMEOUT,
+        drain_timeout: cfg.drain_timeout,
         idle_timeout: cfg.idle_timeout,
         tls: cfg.tls.clone(),
     }
@@ -380,7 +378,7 @@ impl BrokerHandle {
     /// Waits (bounded) until woken parked pulls have queued their answers, so they go out
     /// before the connections close.
     async fn answer_parked_pulls(&self) {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let deadline = Instant::now() + self.ctx.cfg.drain_timeout;
         while self
             .ctx
             .counters
@@ -407,7 +405,7 @@ impl BrokerHandle {
         if let Some(server) = self.server.take() {
             server.stop().await;
         }
-        if !self.ctx.tracker.wait_idle(DRAIN_TIMEOUT).await {
+        if !self.ctx.tracker.wait_idle(self.ctx.cfg.drain_timeout).await {
             tracing::warn!(
                 live = self.ctx.tracker.live(),
                 "tasks still running after the drain timeout"

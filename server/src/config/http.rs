@@ -37,6 +37,9 @@ pub struct HttpSection {
     pub metrics_public: bool,
     /// Longest time a request body may take to arrive. Default 30 000.
     pub body_read_timeout_ms: u64,
+    /// At shutdown, after the broker drained, how long HTTP requests still in progress may
+    /// take before they are cut off. Default 5 000.
+    pub shutdown_grace_ms: u64,
     /// Longest time a request's line and headers may take (slow-loris senders and idle
     /// keep-alive connections are closed after it). Default 30 000.
     pub header_read_timeout_ms: u64,
@@ -115,6 +118,7 @@ impl Default for HttpSection {
             max_long_polls: d.max_long_polls,
             metrics_public: d.metrics_public,
             body_read_timeout_ms: d.body_read_timeout.as_millis() as u64,
+            shutdown_grace_ms: d.shutdown_grace.as_millis() as u64,
             header_read_timeout_ms: d.header_read_timeout.as_millis() as u64,
             max_connections: d.max_connections,
             check_url_hosts: d.checks.check_url_hosts.clone(),
@@ -187,6 +191,7 @@ impl HttpSection {
             max_long_polls: self.max_long_polls,
             metrics_public: self.metrics_public,
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_connections: self.max_connections,
             consume: sluice_http::consume::ConsumeConfig {

@@ -227,6 +227,23 @@ fn connection_idle_time_and_offset_saves_are_configurable() {
     .unwrap();
     let b = cfg.broker_config(None);
     assert_eq!(b.idle_timeout, Duration::from_secs(90));
+    assert_eq!(b.drain_timeout, Duration::from_secs(10));
+    let cfg = load(
+        None,
+        env(&[
+            ("SLUICE_BROKER_DRAIN_TIMEOUT_MS", "2500"),
+            ("SLUICE_HTTP_SHUTDOWN_GRACE_MS", "750"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.broker_config(None).drain_timeout,
+        Duration::from_millis(2500)
+    );
+    assert_eq!(
+        cfg.http.to_config().unwrap().shutdown_grace,
+        Duration::from_millis(750)
+    );
     assert_eq!(b.offset_flush_interval, Duration::from_secs(1));
 }
 

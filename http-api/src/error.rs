@@ -174,7 +174,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         // Busy (429) and unavailable (503: disk full, shutting down, a service off) answers
-        // changed nothing: say when a retry makes sense rather than leave clients to guess.
+        // changed nothing (except a topic create or delete whose save failed: in effect, not
+        // yet on disk; see docs/HTTP.md): say when a retry makes sense rather than leave
+        // clients to guess.
         if matches!(
             self.status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

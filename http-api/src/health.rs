@@ -106,7 +106,9 @@ fn not_ready_reasons(state: &AppState) -> Vec<String> {
 
 /// Prometheus metrics (text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")),
+    // Public by default; with `metrics_public = false` an admin token is needed.
+    security((), ("bearer" = [])))]
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

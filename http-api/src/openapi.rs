@@ -78,10 +78,22 @@ fn add_shared(op: &mut Operation, shed: bool) {
         shared.push(("413", "Request body over max_request_bytes"));
         shared.push(("415", "Wrong content-type for the body"));
     }
+    // Path and query parameters are parsed by extractors that refuse bad values (and
+    // unknown query parameters) with 400.
+    if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+        shared.push((
+            "400",
+            "Malformed path or query parameter, or an unknown one",
+        ));
+    }
     if shed {
         shared.push((
             "429",
             "Too many requests in progress (max_concurrent_requests, or max_long_polls for long polls): retry shortly",
+        ));
+        shared.push((
+            "503",
+            "The broker is shutting down (or the store cannot take writes): nothing was done",
         ));
     }
     for (status, description) in shared {

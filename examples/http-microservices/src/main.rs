@@ -6,11 +6,12 @@ use example_http_microservices::{run_services, Embedded, WEBHOOK_SECRET};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match std::env::var("SLUICE_HTTP") {
-        Ok(base) => {
+    // An empty value counts as unset, as in the other examples.
+    match std::env::var("SLUICE_HTTP").ok().filter(|v| !v.is_empty()) {
+        Some(base) => {
             run_services(&base, None, true).await?;
         }
-        Err(_) => {
+        None => {
             let broker = Embedded::start().await?;
             let outcome = run_services(&broker.base_url(), Some(WEBHOOK_SECRET), true).await;
             broker.stop().await;

@@ -77,7 +77,16 @@ enum BodyKind {
     post,
     path = "/v1/topics/{topic}/messages",
     tag = "produce",
-    params(("topic" = String, Path, description = "Destination topic")),
+    params(
+        ("topic" = String, Path, description = "Destination topic"),
+        ("x-sluice-tag" = Option<String>, Header, description = "Raw body only: the tag"),
+        ("x-sluice-keys" = Option<String>, Header, description = "Raw body only: keys, comma-separated"),
+        ("x-sluice-delay-level" = Option<i32>, Header, description = "Raw body only: a delay level"),
+        ("x-sluice-delay-ms" = Option<i64>, Header, description = "Raw body only: a delay in milliseconds"),
+        ("x-sluice-deliver-at-ms" = Option<i64>, Header, description = "Raw body only: a delivery time (epoch ms)"),
+        ("x-sluice-sharding-key" = Option<String>, Header, description = "Raw body only: messages with one key keep their order"),
+        ("x-sluice-producer-group" = Option<String>, Header, description = "Raw body only: the producer group"),
+    ),
     request_body(content(
         (MessageIn = "application/json"),
         ("application/octet-stream")

@@ -92,13 +92,31 @@ impl<E: Display> IntoTransactionState for Result<TransactionState, E> {
 /// it. A panic, an error or a check past its timeout counts as [`TransactionState::Unknown`]
 /// (the broker asks again).
 ///
+/// The answer must come from what the local transaction left durably, keyed by the
+/// transaction id (a row written in that same transaction), never from the message alone:
+///
 /// ```
 /// use sluice_client::{ConsumedMessage, TransactionChecker, TransactionState};
 ///
+/// /// Your database's answer: `Some(true)` when the row written by the local transaction
+/// /// exists, `Some(false)` when that transaction is known to have failed, `None` when it
+/// /// may still be running.
+/// async fn local_outcome(tx_id: &str) -> Option<bool> {
+///     // SELECT ... FROM orders WHERE tx_id = $1
+/// #   let _ = tx_id;
+///     None
+/// }
+///
 /// fn checker() -> impl TransactionChecker {
 ///     |msg: ConsumedMessage| async move {
-///         // e.g. SELECT 1 FROM orders WHERE tx_id = msg.transaction_id()
-///         if msg.transaction_id().is_some() { TransactionState::Commit } else { TransactionState::Rollback }
+///         let Some(tx_id) = msg.transaction_id() else {
+///             return TransactionState::Unknown;
+///         };
+///         match local_outcome(tx_id).await {
+///             Some(true) => TransactionState::Commit,
+///             Some(false) => TransactionState::Rollback,
+///             None => TransactionState::Unknown, // asked again later
+///         }
 ///     }
 /// }
 /// # let _ = checker();

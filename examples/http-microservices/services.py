@@ -11,8 +11,9 @@ Python standard library.
   until the broker parks it in the dead-letter queue; after a "fix" an operator replays it and
   it ships.
 
-Set SLUICE_HTTP to the facade's base URL (the Rust launcher does) and optionally
-SLUICE_WEBHOOK_SECRET. The last line printed is `RESULT {json}` for the test to check.
+Set SLUICE_HTTP to the facade's base URL (the Rust launcher does) and SLUICE_WEBHOOK_SECRET
+to the broker's `[http] webhook_secret` (the check-back webhook refuses to run without it). The
+last line printed is `RESULT {json}` for the test to check.
 """
 
 import base64
@@ -34,6 +35,11 @@ SECRET = os.environ.get("SLUICE_WEBHOOK_SECRET", "")
 TOPIC = os.environ.get("DEMO_TOPIC", "PyOrders")
 GROUP = os.environ.get("DEMO_GROUP", "py-shipping")
 PRODUCER_GROUP = "py-orders"
+# A local transaction takes at most this long: a check-back for a transaction younger than this
+# whose row is missing is answered "unknown" (the write may still commit), not "rollback".
+LOCAL_TXN_TIMEOUT_S = 5.0
+# Check-backs signed longer ago than this are refused (a replayed request).
+MAX_SIGNATURE_AGE_S = 300
 STARTED = time.monotonic()
 DEADLINE = STARTED + float(os.environ.get("DEMO_TIMEOUT_S", "90"))
 
@@ -70,10 +76,18 @@ class Orders:
         self.db.commit()
         self.checks = []
 
-    def has(self, order_id):
+    def check_state(self, txn_id, born_at_ms):
+        """The answer to a check-back, from this transaction's own row: the order row is
+        written with the txn id in the local transaction, so its presence is the outcome.
+        (Looking the order up by its id answered "commit" for a second transaction of the
+        same order whose local write had failed.)"""
         with self.lock:
-            row = self.db.execute("SELECT 1 FROM orders WHERE id = ?", (order_id,)).fetchone()
-        return row is not None
+            row = self.db.execute("SELECT 1 FROM orders WHERE txn_id = ?", (txn_id,)).fetchone()
+        if row is not None:
+            return "commit"
+        if time.time() - born_at_ms / 1000 < LOCAL_TXN_TIMEOUT_S:
+            return "unknown"  # the local transaction may still be running
+        return "rollback"
 
     def place(self, order_id, item, check_url, crash_before_commit=False, local_fails=False):
         """Half message, local transaction, then commit or rollback."""
@@ -90,9 +104,13 @@ class Orders:
             log("orders", f"{order_id}: local transaction failed -> rollback")
             _, r = call("POST", f"/v1/transactions/{txn_id}/rollback", {})
             return r
-        with self.lock:
-            self.db.execute("INSERT INTO orders VALUES (?, ?, ?)", (order_id, item, txn_id))
-            self.db.commit()
+        try:
+            with self.lock, self.db:  # one SQLite transaction: committed, or rolled back
+                self.db.execute("INSERT INTO orders VALUES (?, ?, ?)", (order_id, item, txn_id))
+        except sqlite3.Error as e:
+            log("orders", f"{order_id}: local write failed ({e}) -> rollback")
+            call("POST", f"/v1/transactions/{txn_id}/rollback", {})
+            raise
         if crash_before_commit:
             log("orders", f"{order_id}: order row committed, then the service 'crashes' before telling Sluice")
             return None
@@ -101,28 +119,38 @@ class Orders:
         return r
 
 
+def signed_recently(headers, raw):
+    """The broker's HMAC-SHA256 over "{timestamp}.{body}", compared in constant time, with a
+    timestamp (epoch seconds) no older than MAX_SIGNATURE_AGE_S."""
+    ts = headers.get("X-Sluice-Timestamp", "")
+    try:
+        age = abs(time.time() - int(ts))
+    except ValueError:
+        return False
+    want = "sha256=" + hmac.new(SECRET.encode(), f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
+    return age <= MAX_SIGNATURE_AGE_S and hmac.compare_digest(want, headers.get("X-Sluice-Signature", ""))
+
+
 def webhook_server(orders):
     """The orders service's check-back endpoint: verifies the signature, answers from the DB."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if SECRET:
-                ts = self.headers.get("X-Sluice-Timestamp", "")
-                want = "sha256=" + hmac.new(SECRET.encode(), f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
-                if not hmac.compare_digest(want, self.headers.get("X-Sluice-Signature", "")):
-                    log("orders", "check-back with a bad signature refused")
-                    self.send_response(401)
-                    self.end_headers()
-                    return
+            if not signed_recently(self.headers, raw):
+                log("orders", "check-back with a bad or stale signature refused")
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             check = json.loads(raw)
             body = check.get("body")
             if body is None:
                 body = base64.b64decode(check.get("body_base64", "")).decode()
             order_id = json.loads(body)["order"]
-            state = "commit" if orders.has(order_id) else "rollback"
+            state = orders.check_state(check["txn_id"], check["born_at_ms"])
             orders.checks.append((order_id, state))
-            log("orders", f"check-back #{check.get('check_number')} for {order_id}: the order row {'exists' if state == 'commit' else 'is missing'} -> {state}")
+            log("orders", f"check-back #{check.get('check_number')} for {order_id}: -> {state}")
             out = json.dumps({"state": state}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -142,10 +170,30 @@ def webhook_server(orders):
 
 
 class Shipping:
-    def __init__(self):
-        self.shipped = {}  # order id -> delivery count when shipped
+    """Ships each order once: the shipment row (keyed by order id) is the effect and its own
+    dedupe record, written in one SQLite transaction before the ack. A redelivery after a
+    crash between that commit and the ack finds the row and is acked without shipping."""
+
+    def __init__(self, path):
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE shipments (order_id TEXT PRIMARY KEY, item TEXT, delivery INTEGER)")
+        self.db.commit()
+        self.duplicates = 0
         self.nacks = 0
         self.broken = {"glass-vase"}  # items the shipping partner refuses until the fix
+
+    @property
+    def shipped(self):
+        """Order id -> the delivery that shipped it."""
+        return dict(self.db.execute("SELECT order_id, delivery FROM shipments"))
+
+    def ship(self, oid, item, delivery):
+        """True when shipped now, False when it had been shipped before."""
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO shipments VALUES (?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
+                (oid, item, delivery))
+        return cur.rowcount == 1
 
     def body_of(self, m):
         if m.get("body") is not None:
@@ -157,26 +205,39 @@ class Shipping:
                       {"max": 16, "wait_ms": wait_ms, "visibility_ms": 15000})
         acks, nacks = [], []
         for m in got["messages"]:
-            order = self.body_of(m)
-            oid, item = order["order"], order["item"]
+            try:
+                order = self.body_of(m)
+                oid, item = order["order"], order["item"]
+            except (ValueError, KeyError, TypeError) as e:
+                # A body this service cannot read is poison: nacked until the broker parks it
+                # in the DLQ, instead of failing the batch (and the service) on every receive.
+                log("shipping", f"unreadable message {m.get('msg_id')} ({e}) -> nack")
+                nacks.append(m["receipt"])
+                continue
             if item in self.broken:
                 log("shipping", f"{oid}: partner refuses {item!r} (delivery {m['delivery_count']}) -> nack")
                 nacks.append(m["receipt"])
                 continue
-            if oid in self.shipped:
-                log("shipping", f"{oid}: already shipped, duplicate acked without shipping again")
-            else:
-                self.shipped[oid] = m["delivery_count"]
+            if self.ship(oid, item, m["delivery_count"]):
                 log("shipping", f"{oid}: shipped {item!r} (delivery {m['delivery_count']}) -> ack")
+            else:
+                self.duplicates += 1
+                log("shipping", f"{oid}: already shipped, duplicate acked without shipping again")
             acks.append(m["receipt"])
         if acks:
-            _, r = call("POST", f"/v1/groups/{GROUP}/ack", {"receipts": acks})
-            assert all(x["ok"] for x in r["results"]), r
+            self.settle("ack", acks)
         if nacks:
             self.nacks += len(nacks)
-            _, r = call("POST", f"/v1/groups/{GROUP}/nack", {"receipts": nacks})
-            assert all(x["ok"] for x in r["results"]), r
+            self.settle("nack", nacks)
         return len(got["messages"])
+
+    def settle(self, verb, receipts):
+        _, r = call("POST", f"/v1/groups/{GROUP}/{verb}", {"receipts": receipts})
+        refused = [x for x in r["results"] if not x["ok"]]
+        if refused:
+            # An expired lease: the message comes back, and the shipment row keeps a second
+            # delivery from shipping again.
+            log("shipping", f"{verb} refused for {len(refused)} receipt(s): {refused}")
 
 
 def wait_until(what, predicate, step):
@@ -193,7 +254,10 @@ def dead_letters():
 
 
 def main():
-    orders = Orders(os.path.join(tempfile.mkdtemp(), "orders.db"))
+    if not SECRET:
+        raise RuntimeError("SLUICE_WEBHOOK_SECRET is not set: check-backs could not be verified")
+    folder = tempfile.mkdtemp()
+    orders = Orders(os.path.join(folder, "orders.db"))
     hook = webhook_server(orders)
     check_url = f"http://127.0.0.1:{hook.server_address[1]}/sluice/check"
     log("orders", f"check-back webhook listening at {check_url}")
@@ -203,7 +267,7 @@ def main():
     orders.place("order-3", "mouse", check_url, crash_before_commit=True)
     orders.place("order-4", "monitor", check_url, local_fails=True)
 
-    shipping = Shipping()
+    shipping = Shipping(os.path.join(folder, "shipping.db"))
     wait_until("order-1..3 shipped or dead-lettered",
                lambda: {"order-1", "order-3"} <= set(shipping.shipped) and len(dead_letters()) >= 1,
                shipping.poll_once)
@@ -227,9 +291,13 @@ def main():
 
     # order-4 was rolled back: it must never reach shipping. Drain a little to be sure.
     shipping.poll_once(wait_ms=500)
+    forged = forged_check_back_status(check_url)
+    log("demo", f"a check-back with a forged signature was answered {forged}")
     result = {
         "shipped": sorted(shipping.shipped),
         "order2_delivery_count": shipping.shipped.get("order-2"),
+        "duplicates": shipping.duplicates,
+        "forged_check_back": forged,
         "nacks": shipping.nacks,
         "checks": orders.checks,
         "dead_lettered": sorted({k for d in dlq for k in d["keys"]}),
@@ -237,6 +305,20 @@ def main():
     log("demo", "done")
     print("RESULT " + json.dumps(result), flush=True)
     hook.shutdown()
+
+
+def forged_check_back_status(check_url):
+    """What the webhook answers a check-back signed with the wrong key."""
+    raw = json.dumps({"txn_id": "forged", "born_at_ms": 0, "body": "{}"}).encode()
+    ts = str(int(time.time()))
+    sig = "sha256=" + hmac.new(b"not-the-secret", f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
+    req = urllib.request.Request(check_url, data=raw, method="POST", headers={
+        "Content-Type": "application/json", "X-Sluice-Timestamp": ts, "X-Sluice-Signature": sig})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 if __name__ == "__main__":

@@ -30,4 +30,9 @@ async fn python_services_use_transactions_leases_retries_and_dlq_replay_over_htt
         outcome.output
     );
     assert_eq!(r["dead_lettered"], serde_json::json!(["order-2"]));
+    assert_eq!(
+        r["forged_check_back"], 401,
+        "a check-back signed with another key is refused:\n{}",
+        outcome.output
+    );
 }

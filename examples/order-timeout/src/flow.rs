@@ -72,10 +72,18 @@ pub(crate) async fn flow<DB: Orders>(
     finish(c, backend, &idem).await
 }
 
-/// Creates every order (pending payment) and schedules its CancelIfUnpaid. The till order is
-/// paid at checkout, before the order service schedules the usual time-out anyway.
+/// Schedules every order's CancelIfUnpaid, then creates the order (pending payment). In this
+/// order a crash between the two leaves a time-out for an order that does not exist, which
+/// the consumer refuses (retried, then dead-lettered where an operator sees it), never an
+/// order that waits for payment with no time-out. The till order is paid at checkout, after
+/// the order service scheduled the usual time-out anyway.
 async fn place_orders<DB: Orders>(c: &Ctx<'_, DB>, producer: &Producer) -> anyhow::Result<()> {
     for (id, fate, amount) in orders() {
+        let window = fate.window();
+        let msg_id = timers::schedule(producer, &c.names.topic, id, window).await?;
+        c.tl.log(format!(
+            "{id}: CancelIfUnpaid({id}) scheduled, due in {window:?} (msg {msg_id})"
+        ));
         DB::create(&c.pool, id, amount).await?;
         c.tl.log(format!("{id} created ({amount} cents, pending_payment)"));
         if fate == Fate::PaidWithoutCancel {
@@ -84,11 +92,6 @@ async fn place_orders<DB: Orders>(c: &Ctx<'_, DB>, producer: &Producer) -> anyho
                 "{id} PAID at a till that knows nothing about timers"
             ));
         }
-        let window = fate.window();
-        let msg_id = timers::schedule(producer, &c.names.topic, id, window).await?;
-        c.tl.log(format!(
-            "{id}: CancelIfUnpaid({id}) scheduled, due in {window:?} (msg {msg_id})"
-        ));
     }
     Ok(())
 }
@@ -103,14 +106,30 @@ async fn start_consumer<DB: Orders, H: TxHandler<DB>>(
 }
 
 /// The payment service: cancel the timer by key (definite answer), then mark the order paid
-/// with the compare-and-set. Returns whether the payment was accepted.
-async fn pay<DB: Orders>(c: &mut Ctx<'_, DB>, id: &str) -> anyhow::Result<(CancelAnswer, bool)> {
-    let answer = c.api.cancel(&c.names.topic, id).await?;
-    c.tl.log(format!(
-        "payment for {id}: DELETE /v1/topics/{}/scheduled/{id} -> {{\"result\": \"{}\", \"count\": {}}}",
-        c.names.topic, answer.result, answer.count
-    ));
-    c.answers.push((id.to_owned(), answer.clone()));
+/// with the compare-and-set. Returns the cancel's answer (`None` when the timer API could not
+/// be reached) and whether the payment was accepted. The compare-and-set is what decides: a
+/// payment goes on when the cancel fails, and a time-out delivered meanwhile finds the order
+/// paid and changes nothing.
+async fn pay<DB: Orders>(
+    c: &mut Ctx<'_, DB>,
+    id: &str,
+) -> anyhow::Result<(Option<CancelAnswer>, bool)> {
+    let answer = match c.api.cancel(&c.names.topic, id).await {
+        Ok(answer) => {
+            c.tl.log(format!(
+                "payment for {id}: DELETE /v1/topics/{}/scheduled/{id} -> {{\"result\": \"{}\", \"count\": {}}}",
+                c.names.topic, answer.result, answer.count
+            ));
+            c.answers.push((id.to_owned(), answer.clone()));
+            Some(answer)
+        }
+        Err(e) => {
+            c.tl.log(format!(
+                "payment for {id}: cancelling its timer failed ({e:#}); paying anyway"
+            ));
+            None
+        }
+    };
     let accepted = DB::pay(&c.pool, id).await?;
     Ok((answer, accepted))
 }
@@ -122,7 +141,10 @@ async fn pay_in_time<DB: Orders>(c: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
             continue;
         }
         let (answer, accepted) = pay(c, id).await?;
-        ensure!(answer.cancelled(), "{id}: timer not cancelled: {answer:?}");
+        ensure!(
+            answer.as_ref().is_some_and(CancelAnswer::cancelled),
+            "{id}: timer not cancelled: {answer:?}"
+        );
         ensure!(accepted, "{id}: in-time payment refused");
         c.tl.log(format!("{id} PAID; its time-out will never be delivered"));
     }
@@ -138,7 +160,7 @@ async fn pay_late<DB: Orders>(c: &mut Ctx<'_, DB>) -> anyhow::Result<()> {
         }
         let (answer, accepted) = pay(c, id).await?;
         ensure!(
-            answer.already_delivered(),
+            answer.as_ref().is_some_and(CancelAnswer::already_delivered),
             "{id}: expected already_delivered, got {answer:?}"
         );
         ensure!(!accepted, "{id}: a payment after the time-out was accepted");

@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
+use example_support::enc;
 use serde::Deserialize;
 use sluice_client::{Message, Producer};
 
@@ -71,7 +72,12 @@ impl TimerApi {
 
     /// Cancels every pending timer of `topic` keyed `key`.
     pub async fn cancel(&self, topic: &str, key: &str) -> anyhow::Result<CancelAnswer> {
-        let url = format!("{}/v1/topics/{topic}/scheduled/{key}", self.base);
+        let url = format!(
+            "{}/v1/topics/{}/scheduled/{}",
+            self.base,
+            enc(topic),
+            enc(key)
+        );
         let resp = self
             .http
             .delete(&url)
@@ -84,7 +90,12 @@ impl TimerApi {
     /// The state of every timer of `topic` keyed `key` (`pending`, `cancelled`,
     /// `delivered`), as the broker's listing reports it.
     pub async fn states(&self, topic: &str, key: &str) -> anyhow::Result<Vec<String>> {
-        let url = format!("{}/v1/topics/{topic}/scheduled?key={key}", self.base);
+        let url = format!(
+            "{}/v1/topics/{}/scheduled?key={}",
+            self.base,
+            enc(topic),
+            enc(key)
+        );
         let resp = self
             .http
             .get(&url)

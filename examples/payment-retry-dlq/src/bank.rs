@@ -7,9 +7,12 @@
 //!   class that a later deploy fixes: those are replayed from the DLQ).
 //! - The account `closed` always fails (a poison class nobody can fix: it stays in the DLQ).
 //!
-//! The bank counts attempts and successful charges per payment *without* deduplicating, so a
-//! double charge by the consumer would show in [`Bank::charges`]. (A real bank call would
-//! also carry the payment id as its idempotency key.)
+//! The payment id is the bank's idempotency key, as real payment APIs take one: a call for a
+//! payment already charged answers success without moving money again, and is counted in
+//! [`Bank::repeats`]. The consumer's own dedupe (the ledger row and the dedupe row in one
+//! database transaction) keeps repeats at zero; the key covers what a database cannot: the
+//! bank call happens before the ledger's commit, and a commit that fails after it (a dropped
+//! connection, a crash) sends the message back for another try.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -21,6 +24,7 @@ use crate::payment::Payment;
 struct State {
     attempts: BTreeMap<String, u32>,
     charges: BTreeMap<String, u32>,
+    repeats: BTreeMap<String, u32>,
     chf_fixed: bool,
 }
 
@@ -31,9 +35,13 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// Charges `p`, or says why not.
+    /// Charges `p` once per payment id (the idempotency key), or says why not.
     pub fn charge(&self, p: &Payment) -> Result<(), String> {
         let mut s = self.lock();
+        if s.charges.contains_key(&p.id) {
+            *s.repeats.entry(p.id.clone()).or_insert(0) += 1;
+            return Ok(());
+        }
         let attempt = {
             let n = s.attempts.entry(p.id.clone()).or_insert(0);
             *n += 1;
@@ -54,9 +62,14 @@ impl Bank {
         self.lock().attempts.clone()
     }
 
-    /// Successful charges per payment id.
+    /// Successful charges per payment id (money moved: at most 1 each).
     pub fn charges(&self) -> BTreeMap<String, u32> {
         self.lock().charges.clone()
+    }
+
+    /// Calls for payments already charged, answered from the idempotency key.
+    pub fn repeats(&self) -> BTreeMap<String, u32> {
+        self.lock().repeats.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -104,12 +117,15 @@ mod tests {
         assert!(verdict(&closed, 9, true).is_err());
     }
 
+    /// The consumer charged the bank before its ledger commit; when that commit failed the
+    /// message came back and the bank charged again.
     #[test]
-    fn charges_are_counted_not_deduplicated() {
+    fn a_second_call_for_a_charged_payment_moves_no_money() {
         let bank = Bank::default();
         let p = Payment::new("p", "acct", "EUR", 1);
         assert!(bank.charge(&p).is_ok());
         assert!(bank.charge(&p).is_ok());
-        assert_eq!(bank.charges().get("p"), Some(&2));
+        assert_eq!(bank.charges().get("p"), Some(&1));
+        assert_eq!(bank.repeats().get("p"), Some(&1));
     }
 }

@@ -53,7 +53,9 @@ pub trait Ledger: DedupeBackend {
 
 /// Charges a payment at the bank and records it, inside the dedupe transaction. A bank
 /// failure is an error: the transaction (and its dedupe row) rolls back and the broker
-/// retries the message after its back-off.
+/// retries the message after its back-off. The bank call cannot be part of the database
+/// transaction: when the ledger insert or the commit fails after it, the retry calls the bank
+/// again, and the payment id as the bank's idempotency key makes that call move no money.
 pub struct Charge(Arc<Bank>);
 
 /// The delivery number of `msg` (1 for the first) and whether it is a replayed copy.

@@ -245,6 +245,11 @@ async fn finish<DB: Ledger, H: TxHandler<DB>>(
         bank_attempts == expected_attempts(),
         "attempts {bank_attempts:?}"
     );
+    let repeats = c.bank.repeats();
+    ensure!(
+        repeats.is_empty(),
+        "the consumer called the bank again for payments it had charged: {repeats:?}"
+    );
     ensure!(dlq_waiting == ["pay-7"], "DLQ waiting {dlq_waiting:?}");
     c.tl.log("every payment charged exactly once; the closed account's stays in the DLQ");
     Ok(Report {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use example_support::enc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -80,7 +81,7 @@ impl Operator {
     /// The dead letters of `group` still waiting (not replayed), oldest first (one page of
     /// up to 1 000 is plenty for the demo).
     pub async fn waiting(&self, group: &str) -> anyhow::Result<Vec<DeadLetter>> {
-        let url = format!("{}/v1/groups/{group}/dlq?limit=1000", self.base);
+        let url = format!("{}/v1/groups/{}/dlq?limit=1000", self.base, enc(group));
         let page: Page = json_of(self.http.get(&url).send().await, &url).await?;
         Ok(page.messages)
     }
@@ -88,7 +89,7 @@ impl Operator {
     /// Starts a replay of `group`'s dead letters selected by `selection` (the facade's
     /// request body: `tag`, `key`, `original_topic`, time range, `rate_per_sec`, `dry_run`).
     pub async fn replay(&self, group: &str, selection: Value) -> anyhow::Result<Replay> {
-        let url = format!("{}/v1/groups/{group}/dlq/replay", self.base);
+        let url = format!("{}/v1/groups/{}/dlq/replay", self.base, enc(group));
         let resp = self.http.post(&url).json(&selection).send().await;
         json_of(resp, &url).await
     }
@@ -100,7 +101,7 @@ impl Operator {
         id: &str,
         mut progress: impl FnMut(&Replay),
     ) -> anyhow::Result<Replay> {
-        let url = format!("{}/v1/replays/{id}", self.base);
+        let url = format!("{}/v1/replays/{}", self.base, enc(id));
         let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
         let mut last = None;
         while tokio::time::Instant::now() < deadline {

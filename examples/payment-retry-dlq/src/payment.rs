@@ -42,6 +42,15 @@ impl Payment {
         let [id, account, currency, amount] = parts.as_slice() else {
             return Err(anyhow!("expected 4 fields in {text:?}"));
         };
+        // What the ledger's columns hold (VARCHAR(64), VARCHAR(8)): checked here, so a bad
+        // payment is refused before the bank is called, on SQLite (which does not enforce
+        // lengths) and PostgreSQL alike.
+        if id.is_empty() || id.len() > 64 {
+            return Err(anyhow!("payment id of {} bytes in {text:?}", id.len()));
+        }
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(anyhow!("currency {currency:?} is not an ISO 4217 code"));
+        }
         Ok(Self::new(
             id,
             account,
@@ -63,5 +72,9 @@ mod tests {
         assert_eq!(Payment::decode(p.encode().as_bytes()).ok(), Some(p));
         assert!(Payment::decode(b"pay-1,acct").is_err());
         assert!(Payment::decode(b"pay-1,a,EUR,x").is_err());
+        // Would not fit the ledger's columns (PostgreSQL refused the insert after the bank
+        // had charged).
+        assert!(Payment::decode(b"pay-1,a,EURO-LONG,5").is_err());
+        assert!(Payment::decode(format!("{},a,EUR,5", "p".repeat(65)).as_bytes()).is_err());
     }
 }

@@ -6,12 +6,28 @@
 //!   HTTP facade, as the `sluice` binary installs them) or an external one from the
 //!   environment.
 //! - [`connect_sqlite`], [`wait_for`]: the demos' SQLite pool and their bounded waits.
+//! - [`enc`]: a business key as one URL path segment or query value.
 
 pub mod cluster;
 pub mod timeline;
 
 use std::future::Future;
 use std::time::Duration;
+
+/// `s` percent-encoded as one URL path segment or query value: an order id holding `/`, `?`,
+/// `&` or `#` must not cancel or list something else. Everything but RFC 3986's unreserved
+/// characters is encoded.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 /// How long a demo waits for anything it expects to happen.
 pub const WAIT: Duration = Duration::from_secs(60);

@@ -112,7 +112,7 @@ fn consume_as(
     group: &str,
     expect: usize,
     timeout_secs: u32,
-) -> Child {
+) -> crate::common::KillOnDrop {
     let (e, t) = (expect.to_string(), timeout_secs.to_string());
     driver(
         ns,

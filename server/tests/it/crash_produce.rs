@@ -146,15 +146,26 @@ async fn every_acknowledged_send_is_consumed_after_sigkill_and_restart() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xC0FFEE);
     let acks = Arc::new(Acks::default());
     for cycle in 0..5 {
+        let before = acks.0.lock().unwrap().len();
         let sluice = start(data.path(), nsp, bp);
         let tasks: Vec<_> = (0..8)
             .map(|id| tokio::spawn(producer(sluice.broker, id, cycle, Arc::clone(&acks))))
             .collect();
         tokio::time::sleep(Duration::from_millis(rng.gen_range(200..900))).await;
         sluice.kill();
+        // A producer's panic (a send refused by a live broker) fails the test.
         for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("producer ends")
+                .expect("producer panicked");
         }
+        // Every kill must put acknowledged sends at risk, not only the first one's.
+        let acked = acks.0.lock().unwrap().len() - before;
+        assert!(
+            acked > 0,
+            "cycle {cycle}: nothing acknowledged before the kill"
+        );
     }
     let sluice = start(data.path(), nsp, bp);
     let consumed = consume_all(sluice.broker).await;

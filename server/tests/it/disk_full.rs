@@ -259,6 +259,7 @@ async fn read_back(api: &Api, acked: &[usize]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < want.len() && Instant::now() < deadline {
         let Ok((200, v)) = api.receive(GROUP, TOPIC, 500).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await; // not a busy loop
             continue;
         };
         let msgs = v["messages"].as_array().cloned().unwrap_or_default();

@@ -142,9 +142,14 @@ fn sigkill_during_a_replay_loses_nothing_and_the_task_resumes() {
             for m in batch {
                 assert_eq!(m.property("SLUICE_REPLAY_TASK"), Some(TASK));
                 assert_eq!(m.reconsume_times(), 0);
-                *by_key
-                    .entry(m.keys().next().unwrap().to_owned())
-                    .or_default() += 1;
+                let key = m.keys().next().unwrap().to_owned();
+                let body = format!("body-{}", &key[1..]);
+                assert_eq!(
+                    m.body(),
+                    body.as_bytes(),
+                    "{key} replayed with another body"
+                );
+                *by_key.entry(key).or_default() += 1;
             }
             if by_key.len() >= N && idle >= 3 {
                 break;

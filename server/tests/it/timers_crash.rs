@@ -1,7 +1,8 @@
 //! Delayed messages survive SIGKILL of the real `sluice` process: 100 000 timers with random
-//! due times are scheduled, the process is killed while many are pending, restarted,
-//! and every timer is delivered (duplicates counted, rare), never before its due time, and the
-//! ones due after the restart within a generous lateness bound.
+//! due times are scheduled, the process is killed while many are pending, restarted, and every
+//! timer is delivered intact (duplicates counted, rare), never before its due time. The
+//! lateness of the ones due after the restart is reported, not asserted (no timing threshold
+//! in a test; the `timers` benchmark measures it).
 
 use crate::common;
 
@@ -20,9 +21,6 @@ const DUE_FROM_MS: i64 = 4_000;
 const DUE_TO_MS: i64 = 14_000;
 /// The kill comes this long after the last send, while the last sends' timers are pending.
 const KILL_AFTER_LAST_SEND_MS: u64 = 3_000;
-/// A timer due well after the restart must arrive within this bound: a correctness bound
-/// (it was not lost in a queue), far above the p99 the benchmarks measure.
-const LATENESS_BOUND_MS: i64 = 10_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -73,7 +71,13 @@ async fn scheduled_messages_survive_sigkill_and_none_arrives_early() {
     let scheduled_in = now_ms() - base;
     // Kill a few seconds after the last send: the early ones have fired, the late ones wait.
     tokio::time::sleep(Duration::from_millis(KILL_AFTER_LAST_SEND_MS)).await;
+    let killed_at = now_ms();
     sluice.kill();
+    let pending = plan.iter().filter(|(_, d)| *d > killed_at).count();
+    assert!(
+        pending > 0,
+        "no timer was pending at the kill: nothing was at risk"
+    );
     let sluice = start(data.path(), nsp, bp);
     let restarted = now_ms();
 
@@ -90,6 +94,11 @@ async fn scheduled_messages_survive_sigkill_and_none_arrives_early() {
     while seen.len() < TIMERS && now_ms() < deadline {
         for m in consumer.poll(Duration::from_millis(300)).await.unwrap() {
             let key = m.keys().next().unwrap().to_string();
+            assert_eq!(
+                m.body(),
+                key.as_bytes(),
+                "{key} delivered with another body"
+            );
             let d = due[key.as_str()];
             assert!(
                 m.store_timestamp() >= d,
@@ -112,16 +121,12 @@ async fn scheduled_messages_survive_sigkill_and_none_arrives_early() {
         "every scheduled message is delivered after the kill"
     );
     eprintln!(
-        "{TIMERS} timers scheduled in {scheduled_in} ms, SIGKILL while many were pending: all delivered, none \
-         early, {dups} duplicates; lateness of the {} due after the restart: p50 {} ms, p99 {} \
-         ms, max {max} ms",
+        "{TIMERS} timers scheduled in {scheduled_in} ms, SIGKILL while {pending} were pending: all \
+         delivered, none early, {dups} duplicates; lateness of the {} due after the restart: \
+         p50 {} ms, p99 {} ms, max {max} ms",
         lateness.len(),
         pct(50),
         pct(99)
-    );
-    assert!(
-        max <= LATENESS_BOUND_MS,
-        "a timer due after the restart came {max} ms late"
     );
     assert!(dups * 100 <= TIMERS, "duplicates stay rare: {dups}");
     if let Ok(p) = Arc::try_unwrap(producer) {

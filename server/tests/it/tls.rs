@@ -191,6 +191,15 @@ fn permissive_tls_serves_tls_and_plaintext_on_the_same_ports() {
 fn refused_start() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
     crate::common::without_inherited_config(&mut cmd);
+    // Were the refusal to regress into a start, it binds free loopback ports, not the
+    // default public ones.
+    for (var, addr) in [
+        ("SLUICE_NAMESRV_LISTEN", "127.0.0.1:0"),
+        ("SLUICE_BROKER_LISTEN", "127.0.0.1:0"),
+        ("SLUICE_HTTP_LISTEN", "127.0.0.1:0"),
+    ] {
+        cmd.env(var, addr);
+    }
     cmd
 }
 

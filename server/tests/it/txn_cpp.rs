@@ -11,7 +11,6 @@ use crate::txn_common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -34,7 +33,7 @@ fn txn(
     check: &str,
     expect_checks: usize,
     extra: &[&str],
-) -> Child {
+) -> KillOnDrop {
     let (n, e) = (count.to_string(), expect_checks.to_string());
     let mut args = vec![
         "txn",

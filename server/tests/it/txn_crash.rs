@@ -95,6 +95,14 @@ async fn a_commit_after_sigkill_between_half_and_commit_applies_exactly_once() {
     assert!(pulled
         .iter()
         .all(|p| sysflag::transaction_type(p.sys_flag) == sysflag::TRANSACTION_COMMIT));
+    for p in &pulled {
+        assert_eq!(
+            p.body,
+            format!("body-{}", p.key).into_bytes(),
+            "{} changed",
+            p.key
+        );
+    }
     drop(c);
     sluice.kill();
 
@@ -189,7 +197,9 @@ async fn sigkill_during_transactional_traffic_never_shows_an_uncommitted_message
     let (nsp, bp) = (free_port(), free_port());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7A11);
     let log = Arc::new(Mutex::new(Log::default()));
+    let mut watched = 0;
     for cycle in 0..3 {
+        let before = log.lock().unwrap().halves.len();
         let sluice = start_txn(data.path(), nsp, bp, 3_600_000);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let w = tokio::spawn(watcher(sluice.broker, Arc::clone(&log), Arc::clone(&stop)));
@@ -199,13 +209,22 @@ async fn sigkill_during_transactional_traffic_never_shows_an_uncommitted_message
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         sluice.kill();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A producer's panic (a half or an END refused by a live broker) and the watcher's
+        // (an uncommitted message seen) fail the test; they were dropped here before.
         for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("producer ends")
+                .expect("producer panicked");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), w)
+        watched += tokio::time::timeout(Duration::from_secs(30), w)
             .await
-            .expect("watcher ends");
+            .expect("watcher ends")
+            .expect("watcher panicked");
+        let stored = log.lock().unwrap().halves.len() - before;
+        assert!(stored > 0, "cycle {cycle}: no transaction before the kill");
     }
+    assert!(watched > 0, "the watcher never saw a committed message");
     let sluice = start_txn(data.path(), nsp, bp, 3_600_000);
     let c = RemotingClient::connect(sluice.broker).await.unwrap();
     let (halves, decided) = {
@@ -244,6 +263,15 @@ async fn sigkill_during_transactional_traffic_never_shows_an_uncommitted_message
         "no commit applied twice, no rollback visible"
     );
     assert_eq!(got, want_sorted);
+    // What a consumer reads is what the producer sent, byte for byte.
+    for p in pull_all(sluice.broker, TOPIC, 4).await {
+        assert_eq!(
+            p.body,
+            format!("body-{}", p.key).into_bytes(),
+            "{} changed",
+            p.key
+        );
+    }
     eprintln!(
         "{} transactions over 3 kills ({} decided after a restart); {} committed, each visible once",
         halves.len(),

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::wait_timeout;
+use crate::common::{wait_timeout, KillOnDrop};
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,9 +42,10 @@ pub fn client_path() -> &'static PathBuf {
     })
 }
 
-/// Spawns the driver script with `args`.
-pub fn driver(ns: std::net::SocketAddr, args: &[&str]) -> Child {
-    Command::new("python3")
+/// Spawns the driver script with `args`; killed if the test fails before [`finish`] (it would
+/// otherwise run on until its own `--timeout`).
+pub fn driver(ns: std::net::SocketAddr, args: &[&str]) -> KillOnDrop {
+    let child = Command::new("python3")
         .arg(workspace().join("tests/compat/cpp_client.py"))
         .args(["--ns", &ns.to_string()])
         .args(args)
@@ -53,12 +54,14 @@ pub fn driver(ns: std::net::SocketAddr, args: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn python3 driver")
+        .expect("spawn python3 driver");
+    KillOnDrop(child)
 }
 
 /// Waits for the driver (bounded) and parses the JSON object on its last stdout line. Output
 /// is read while waiting, so a chatty driver never blocks on a full pipe.
-pub fn finish(mut child: Child, limit: Duration) -> Value {
+pub fn finish(mut child: KillOnDrop, limit: Duration) -> Value {
+    let child = &mut child.0;
     let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -80,7 +83,7 @@ pub fn finish(mut child: Child, limit: Duration) -> Value {
             .take()
             .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
     );
-    let status = wait_timeout(&mut child, limit);
+    let status = wait_timeout(child, limit);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();

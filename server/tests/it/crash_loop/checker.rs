@@ -56,6 +56,13 @@ pub enum Violation {
         offset: i64,
         keys: [String; 2],
     },
+    /// A plain message (sent once, never retried by the load) stored at two positions of
+    /// its topic: a second copy of an acknowledged send.
+    StoredTwice {
+        topic: String,
+        key: String,
+        positions: [(i32, i64); 2],
+    },
     /// After a clean stop, the committed offset is not the last one committed.
     OffsetNotKept {
         group: String,
@@ -79,7 +86,8 @@ impl Violation {
             | Violation::TxnUnresolved { key, .. }
             | Violation::TimerEarly { key, .. }
             | Violation::TimerLost { key, .. }
-            | Violation::CancelledDelivered { key, .. } => Some(key),
+            | Violation::CancelledDelivered { key, .. }
+            | Violation::StoredTwice { key, .. } => Some(key),
             Violation::OffsetBackwards { .. }
             | Violation::OffsetNotKept { .. }
             | Violation::OffsetReused { .. } => None,
@@ -380,9 +388,23 @@ fn check_offsets(events: &[Event], r: &mut Report) {
 }
 
 /// A queue position holds one message for good: every group, every delivery, reads the same
-/// key there (a crash must not reuse an offset for another message).
+/// key there (a crash must not reuse an offset for another message). And a plain message is
+/// stored once: the load sends each once, so a second position is a second copy (recovery
+/// dispatching a record twice, a send stored twice).
 fn check_positions(events: &[Event], out: &mut Vec<Violation>) {
+    let plain: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| match &e.ev {
+            Ev::Sent {
+                key,
+                class: Class::Plain,
+                ..
+            } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut at: BTreeMap<(&str, i32, i64), &str> = BTreeMap::new();
+    let mut stored: BTreeMap<(&str, &str), (i32, i64)> = BTreeMap::new();
     for e in events {
         let Ev::Consumed(c) = &e.ev else { continue };
         if c.offset < 0 {
@@ -396,6 +418,17 @@ fn check_positions(events: &[Event], out: &mut Vec<Violation>) {
                 offset: c.offset,
                 keys: [first.to_owned(), c.key.clone()],
             });
+        }
+        if plain.contains(c.key.as_str()) {
+            let here = (c.queue, c.offset);
+            let first = *stored.entry((&c.topic, &c.key)).or_insert(here);
+            if first != here {
+                out.push(Violation::StoredTwice {
+                    topic: c.topic.clone(),
+                    key: c.key.clone(),
+                    positions: [first, here],
+                });
+            }
         }
     }
 }

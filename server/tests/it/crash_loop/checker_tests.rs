@@ -47,6 +47,26 @@ impl H {
         let wall = 1_000 + self.0.len() as i64;
         self.consumed_at(wall, key, topic, None)
     }
+    /// A redelivery: `key` consumed again from the position it was first consumed at.
+    fn redelivered(mut self, key: &str) -> Self {
+        let first = self
+            .0
+            .iter()
+            .find_map(|e| match &e.ev {
+                Ev::Consumed(c) if c.key == key => Some(c.clone()),
+                _ => None,
+            })
+            .expect("consumed before");
+        self = self.consumed(key, &first.topic);
+        if let Some(Event {
+            ev: Ev::Consumed(c),
+            ..
+        }) = self.0.last_mut()
+        {
+            c.offset = first.offset;
+        }
+        self
+    }
     fn decide(self, key: &str, commit: bool, answer: &str) -> Self {
         self.push(Ev::TxnDecision {
             key: key.into(),
@@ -99,7 +119,7 @@ fn a_clean_history() -> H {
 
 #[test]
 fn a_history_that_keeps_every_promise_passes_and_counts_duplicates() {
-    let r = a_clean_history().consumed("p1", PLAIN).check();
+    let r = a_clean_history().redelivered("p1").check();
     assert_eq!(r.violations, vec![]);
     assert_eq!(r.stats.groups[G].duplicates, 1);
     assert_eq!(r.stats.txn_committed, 1);
@@ -395,6 +415,26 @@ fn two_messages_at_one_queue_position_are_reported() {
             queue: 0,
             offset: 2,
             keys: ["a".into(), "b".into()]
+        }]
+    );
+}
+
+/// The same plain key at two positions was counted as a duplicate only, yet the load sends
+/// each plain message once: the second position is a second stored copy.
+#[test]
+fn a_plain_message_stored_at_two_positions_is_reported() {
+    let r = H::default()
+        .sent("a", Class::Plain)
+        .acked("a")
+        .consumed("a", PLAIN)
+        .consumed("a", PLAIN)
+        .check();
+    assert_eq!(
+        r.violations,
+        vec![Violation::StoredTwice {
+            topic: PLAIN.into(),
+            key: "a".into(),
+            positions: [(0, 2), (0, 3)],
         }]
     );
 }

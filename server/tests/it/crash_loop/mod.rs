@@ -147,11 +147,27 @@ fn kill_cycle(rt: &Runtime, w: &World, cycle: usize, load_ms: u64) {
         }
         consume::snapshot_offsets(&run, false).await;
     });
+    let acked = || {
+        w.hist
+            .snapshot()
+            .iter()
+            .filter(|e| matches!(e.ev, Ev::Acked { .. }))
+            .count()
+    };
+    let before = acked();
     let tasks = spawn_tasks(rt, &run);
     std::thread::sleep(Duration::from_millis(load_ms));
     sluice.kill();
     w.hist.record(Ev::Killed { cycle });
     stop_tasks(rt, &run, tasks);
+    // A long cycle must put acknowledged messages at risk: a broker refusing everything after
+    // a restart (counted only as indeterminate sends) passed while the first cycle had acks.
+    if load_ms >= LONG_LOAD_MS.start {
+        assert!(
+            acked() > before,
+            "cycle {cycle}: {load_ms} ms of load and nothing acknowledged"
+        );
+    }
 }
 
 /// Decides every acknowledged transaction still open, with its producer's decision.

@@ -117,6 +117,7 @@ pub async fn end(client: &RemotingClient, group: &str, h: &Half, what: i32) -> i
 #[derive(Debug, Clone)]
 pub struct Pulled {
     pub key: String,
+    pub body: Vec<u8>,
     pub sys_flag: i32,
     pub prepared_offset: i64,
     pub props: Properties,
@@ -162,6 +163,7 @@ pub async fn try_pull_all(broker: SocketAddr, topic: &str, queues: i32) -> Optio
                 let props = Properties::decode(v.properties);
                 out.push(Pulled {
                     key: props.get("KEYS").unwrap_or("").to_owned(),
+                    body: v.body.to_vec(),
                     sys_flag: v.header.sys_flag,
                     prepared_offset: v.header.prepared_transaction_offset,
                     props,

@@ -90,7 +90,7 @@ fn size_budget_spares_segments_younger_than_its_minimum_age() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.retention_bytes = Some(cfg.segment_size * 2);
-    cfg.retention_bytes_min_age = Duration::from_millis(600);
+    cfg.retention_bytes_min_age = Duration::from_secs(3600);
     let store = open(&cfg);
     append_seqs(&store, "T", 0, 0..1500);
     assert!(store.wait_queues_synced(Duration::from_secs(10)));
@@ -99,7 +99,13 @@ fn size_budget_spares_segments_younger_than_its_minimum_age() {
     let report = store.run_retention().unwrap();
     assert_eq!(report.segments, 0, "all younger than the minimum age");
     assert_eq!(segment_files(dir.path()).len(), before);
-    std::thread::sleep(Duration::from_millis(700));
+    // Age is the last write's time: the segments are made two hours old instead of the
+    // test waiting (a short minimum age raced a loaded machine).
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for seg in segment_files(dir.path()) {
+        let f = std::fs::File::options().write(true).open(&seg).unwrap();
+        f.set_modified(two_hours_ago).unwrap();
+    }
     let report = store.run_retention().unwrap();
     assert!(report.segments > 0);
     assert!(store.stats().commit_log_bytes <= cfg.segment_size * 2);

@@ -1,10 +1,12 @@
 //! Starting and stopping the real `sluice` binary for end-to-end tests.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running `sluice serve` process.
@@ -20,7 +22,13 @@ pub struct Sluice {
     pub data: PathBuf,
     /// Time from spawn to the ready line.
     pub cold_start: Duration,
+    /// The process's stderr lines (the newest [`STDERR_KEPT`]), when it was started with
+    /// [`start_on`]; they are passed on to the test's stderr too.
+    stderr: Option<Arc<Mutex<VecDeque<String>>>>,
 }
+
+/// Stderr lines of a [`start_on`] process kept for [`Sluice::stderr_shows`].
+const STDERR_KEPT: usize = 1000;
 
 /// A port that was free a moment ago (bind to port 0, read it, release it).
 pub fn free_port() -> u16 {
@@ -67,10 +75,27 @@ pub fn start_with_env(data: &Path, ns_port: u16, broker_port: u16, env: &[(&str,
         http,
         data: data.to_path_buf(),
         cold_start: started.elapsed(),
+        stderr: None,
     }
 }
 
 impl Sluice {
+    /// Whether the process wrote a stderr line containing `needle` (waiting up to `limit`
+    /// for its stderr to be read); only for a process started with [`start_on`].
+    pub fn stderr_shows(&self, needle: &str, limit: Duration) -> bool {
+        let lines = self.stderr.as_ref().expect("started with start_on");
+        let deadline = Instant::now() + limit;
+        loop {
+            if lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, and checks that it exits 0.
     pub fn stop(mut self) {
         let mut child = self.child.take().unwrap();
@@ -155,7 +180,8 @@ pub fn start_on(
         .args(["--namesrv-listen", &format!("127.0.0.1:{ns_port}")])
         .args(["--broker-listen", &format!("127.0.0.1:{broker_port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     without_inherited_config(&mut cmd);
     cmd.env(
         "SLUICE_LOG",
@@ -166,6 +192,7 @@ pub fn start_on(
         .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99");
     cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("spawn sluice");
+    let stderr = keep_stderr(&mut child);
     let (ns, broker, http) = read_ready_line(&mut child);
     Sluice {
         child: Some(child),
@@ -174,7 +201,27 @@ pub fn start_on(
         http,
         data: data.to_path_buf(),
         cold_start: started.elapsed(),
+        stderr: Some(stderr),
     }
+}
+
+/// Reads the child's stderr on a thread: each line goes on to the test's stderr (as when it
+/// was inherited) and the newest [`STDERR_KEPT`] are kept.
+fn keep_stderr(child: &mut Child) -> Arc<Mutex<VecDeque<String>>> {
+    let kept = Arc::new(Mutex::new(VecDeque::new()));
+    let pipe = child.stderr.take().expect("piped stderr");
+    let sink = Arc::clone(&kept);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let mut k = sink.lock().unwrap();
+            if k.len() == STDERR_KEPT {
+                k.pop_front();
+            }
+            k.push_back(line);
+        }
+    });
+    kept
 }
 
 /// Waits for the ready line, returns the HTTP address it names, and keeps draining stdout

@@ -84,7 +84,7 @@ pub struct BrokerStats {
     pub connections_refused: u64,
     /// Messages stored by sends.
     pub messages_stored: u64,
-    /// Messages returned by pulls.
+    /// Messages returned by pulls and leased by HTTP receives.
     pub messages_pulled: u64,
     /// Pulls parked by long polling now.
     pub parked_pulls: u64,

@@ -136,7 +136,7 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
 
 fn broker_section(out: &mut Prom, state: &AppState) {
     let s = state.broker().stats();
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "sluice_messages_stored_total",
             "Messages stored (all protocols).",
@@ -144,7 +144,7 @@ fn broker_section(out: &mut Prom, state: &AppState) {
         ),
         (
             "sluice_messages_pulled_total",
-            "Messages served to pulls.",
+            "Messages served to pulls and HTTP receives.",
             s.messages_pulled,
         ),
         (
@@ -193,6 +193,16 @@ fn broker_section(out: &mut Prom, state: &AppState) {
             s.connections_accepted,
         ),
         (
+            "sluice_connections_refused_total",
+            "TCP connections refused at max_connections.",
+            s.connections_refused,
+        ),
+        (
+            "sluice_oversize_bodies_total",
+            "Frames refused for a body over max_body_bytes.",
+            s.oversize_bodies,
+        ),
+        (
             "sluice_state_save_failures_total",
             "Failed periodic saves of topics.json or consumer offsets (retried).",
             s.state_save_failures,
@@ -233,6 +243,16 @@ fn store_section(out: &mut Prom, state: &AppState) {
         s.commit_log_bytes as f64,
     );
     out.gauge("sluice_store_queues", "Consume queues.", s.queues as f64);
+    out.gauge(
+        "sluice_store_dispatch_lag_bytes",
+        "Readable commit-log bytes not yet in consume queues (hidden from consumers).",
+        store.dispatch_lag_bytes() as f64,
+    );
+    out.counter(
+        "sluice_store_damage_total",
+        "Damaged commit-log ranges found (never served; see /v1/stats).",
+        store.damage_count() as f64,
+    );
     out.gauge(
         "sluice_store_fenced",
         "1 when appends are refused after a failed write or sync.",
@@ -297,7 +317,22 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         "Transactions due for a check but held back by max_checks_per_sec (counted every 5 s).",
         m.checks_due_waiting as f64,
     );
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "sluice_txn_discarded_total",
+            "Transactions rolled back by the final action (no answer in time).",
+            m.discarded,
+        ),
+        (
+            "sluice_txn_lost_at_restart_total",
+            "Undecided transactions whose half message was unreadable at a restart.",
+            m.lost_at_restart,
+        ),
+        (
+            "sluice_txn_checks_undelivered_total",
+            "Checks due with no live producer of the group to ask.",
+            m.checks_undelivered,
+        ),
         (
             "sluice_txn_halves_stored_total",
             "Half messages stored.",
@@ -335,6 +370,9 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
     }
 }
 
+/// Most per-topic series one metric exports.
+const TOPIC_SERIES_MAX: usize = 50;
+
 fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
     out.gauge(
         "sluice_timers_pending",
@@ -344,16 +382,47 @@ fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
     out.help(
         "sluice_timers_pending_by_topic",
         "gauge",
-        "Delayed messages waiting, by topic.",
+        "Delayed messages waiting, by topic (the largest TOPIC_SERIES_MAX; the rest as _other).",
     );
-    for (topic, n) in &s.pending_by_topic {
+    // Topics are named by clients (and created on first send): a series per topic is
+    // bounded so a producer inventing names cannot grow every scrape without limit.
+    let mut by_count: Vec<(&String, &i64)> = s.pending_by_topic.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let other: i64 = by_count
+        .iter()
+        .skip(TOPIC_SERIES_MAX)
+        .map(|(_, n)| **n)
+        .sum();
+    for (topic, n) in by_count.into_iter().take(TOPIC_SERIES_MAX) {
         out.sample(
             "sluice_timers_pending_by_topic",
             &[("topic", topic)],
             *n as f64,
         );
     }
-    let counters: [(&str, &str, u64); 3] = [
+    if s.pending_by_topic.len() > TOPIC_SERIES_MAX {
+        out.sample(
+            "sluice_timers_pending_by_topic",
+            &[("topic", "_other")],
+            other as f64,
+        );
+    }
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "sluice_timers_dropped_total",
+            "Delayed messages dropped as undeliverable (record lost or corrupt).",
+            s.dropped,
+        ),
+        (
+            "sluice_timers_possible_duplicates_total",
+            "Delayed messages released again after a crash without a way to check.",
+            s.possible_duplicates,
+        ),
+        (
+            "sluice_timers_release_retries_total",
+            "Release appends retried (store busy or failing).",
+            s.release_retries,
+        ),
         (
             "sluice_timers_delivered_total",
             "Delayed messages delivered.",
@@ -438,6 +507,11 @@ impl Prom {
 
     fn gauge(&mut self, name: &str, help: &str, v: f64) {
         self.help(name, "gauge", help);
+        self.sample(name, &[], v);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: f64) {
+        self.help(name, "counter", help);
         self.sample(name, &[], v);
     }
 

@@ -445,6 +445,11 @@ impl ConsumeQueues {
         Ok(q)
     }
 
+    /// How many queues there are (no copy of the map).
+    pub(crate) fn count(&self) -> usize {
+        self.queues.read().values().map(HashMap::len).sum()
+    }
+
     /// Every queue with its topic and id.
     pub(crate) fn all(&self) -> Vec<(String, i32, Arc<ConsumeQueue>)> {
         let all = self.queues.read();

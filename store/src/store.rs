@@ -462,7 +462,7 @@ impl Store {
             flushed: self.shared.flushed.get(),
             dispatched: self.shared.dispatched.get(),
             commit_log_bytes: self.log.disk_bytes(),
-            queues: self.cqs.all().len(),
+            queues: self.cqs.count(),
             warmed: self.warm.as_ref().map_or(0, |w| w.warmed()),
         }
     }
@@ -485,6 +485,14 @@ impl Store {
     /// Whether a consume-queue or index sync failed in this run (see [`Health`]).
     pub fn queues_unsynced(&self) -> bool {
         self.shared.queues_unsynced.load(Ordering::Acquire)
+    }
+
+    /// Bytes readers may see whose records are not dispatched yet (consume-queue and index
+    /// entries to write): a dispatcher that falls behind, or stalls on a failing disk, hides
+    /// acknowledged messages from consumers.
+    pub fn dispatch_lag_bytes(&self) -> u64 {
+        self.visible_end()
+            .saturating_sub(self.shared.dispatched.get())
     }
 
     /// Damaged ranges listed plus damage met while the list was full, without copying it.

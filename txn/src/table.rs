@@ -600,7 +600,9 @@ impl Table {
                 TxnState::Resolving { .. } => resolving += 1,
                 _ => done += 1,
             }
-            if e.state.is_live() {
+            // Parked transactions wait for an operator, not for their producer: counted in
+            // `parked`, not in the age of the oldest open one (which then only grew).
+            if matches!(e.state, TxnState::Open | TxnState::Resolving { .. }) {
                 oldest = Some(oldest.map_or(e.stored_ms, |o: i64| o.min(e.stored_ms)));
             }
         }

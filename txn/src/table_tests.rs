@@ -299,3 +299,18 @@ fn op_records_already_applied_are_not_replayed() {
     t.replay(1, Decision::Park, None, 11, 5000);
     assert_eq!(t.get(1).unwrap().state, TxnState::Parked);
 }
+
+/// A parked transaction waits for an operator: it made the "oldest open" age grow for good
+/// (an alert that never clears) while nothing was open.
+#[test]
+fn the_oldest_open_age_leaves_parked_transactions_out() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    let mut parked = entry(1, 100);
+    parked.state = TxnState::Parked;
+    t.insert(parked);
+    let (open, parked_n, _, _, oldest) = t.gauges();
+    assert_eq!((open, parked_n, oldest), (0, 1, None));
+    t.insert(entry(2, 500));
+    let (open, _, _, _, oldest) = t.gauges();
+    assert_eq!((open, oldest), (1, Some(500)));
+}

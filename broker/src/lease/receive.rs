@@ -142,6 +142,9 @@ pub(crate) fn collect(
         }
         g.commit(&ctx.offsets, key);
     }
+    // Leased deliveries count as pulled too: `messages_pulled` is every protocol's reads, as
+    // `messages_stored` is every protocol's writes.
+    crate::stats::Counters::add(&ctx.counters.messages_pulled, out.len() as u64);
     out
 }
 

@@ -255,6 +255,17 @@ impl ClientManager {
             .and_then(|c| c.subscriptions.get(topic).cloned())
     }
 
+    /// The groups with a member subscribing to `topic`.
+    pub(crate) fn groups_subscribing(&self, topic: &str) -> std::collections::BTreeSet<String> {
+        self.groups
+            .lock()
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.subscriptions.contains_key(topic))
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
     /// Whether the consumer group has members.
     pub(crate) fn has_consumer_group(&self, group: &str) -> bool {
         self.groups.lock().consumers.contains_key(group)

@@ -1,7 +1,10 @@
 //! The name server: brokers register their topics here, clients ask it for routes.
 //!
 //! Codes served: REGISTER_BROKER (103), UNREGISTER_BROKER (104), GET_ROUTEINFO_BY_TOPIC (105),
-//! GET_BROKER_CLUSTER_INFO (106); everything else is REQUEST_CODE_NOT_SUPPORTED. A broker that
+//! GET_BROKER_CLUSTER_INFO (106), GET_ALL_TOPIC_LIST_FROM_NAMESERVER (206, `mqadmin
+//! topicList`), and PUT/GET/DELETE_KV_CONFIG (100-102: kept in memory, at most
+//! [`KV_MAX`] entries; `updateTopic -o` stores one and reports failure without it). Everything
+//! else is REQUEST_CODE_NOT_SUPPORTED. A broker that
 //! does not register again within `broker_expiry`, or whose registering connection closes, is
 //! dropped from every route.
 
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use sluice_protocol::remoting::body::{decode_json, JsonForm, RegisterBrokerBody};
 use sluice_protocol::remoting::custom::{
-    GetRouteInfoRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader,
+    GetKvConfigResponseHeader, GetRouteInfoRequestHeader, KvConfigKeyHeader,
+    PutKvConfigRequestHeader, RegisterBrokerRequestHeader, RegisterBrokerResponseHeader,
     UnregisterBrokerRequestHeader,
 };
 use sluice_protocol::{request_code, response_code, RemotingCommand};
@@ -30,6 +34,9 @@ use crate::remoting::{ConnectionHandle, ConnectionRegistry};
 use crate::reply;
 use crate::stats::{BrokerStats, Counters};
 use routes::{Registration, RouteTable};
+
+/// Most key/value entries the name server keeps (they come from admin tools).
+const KV_MAX: usize = 10_000;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +70,7 @@ impl NameServer {
         let tracker = Arc::new(TaskTracker::default());
         let processor = Arc::new(NameServerProcessor {
             table: Mutex::new(RouteTable::default()),
+            kv: Mutex::default(),
         });
         let opts = ServerOptions {
             name: "namesrv",
@@ -152,6 +160,8 @@ async fn scan_loop(
 
 struct NameServerProcessor {
     table: Mutex<RouteTable>,
+    /// PUT_KV_CONFIG's entries by (namespace, key).
+    kv: Mutex<std::collections::BTreeMap<(String, String), String>>,
 }
 
 impl Processor for NameServerProcessor {
@@ -166,6 +176,10 @@ impl Processor for NameServerProcessor {
             request_code::UNREGISTER_BROKER => self.unregister(&req),
             request_code::GET_ROUTEINFO_BY_TOPIC => self.route(&req),
             request_code::GET_BROKER_CLUSTER_INFO => self.cluster_info(&req),
+            request_code::GET_ALL_TOPIC_LIST_FROM_NAMESERVER => self.topic_list(&req),
+            request_code::PUT_KV_CONFIG => self.put_kv(&req),
+            request_code::GET_KV_CONFIG => self.get_kv(&req),
+            request_code::DELETE_KV_CONFIG => self.delete_kv(&req),
             _ => reply::not_supported(&req),
         };
         std::future::ready(Some(resp))
@@ -250,6 +264,62 @@ impl NameServerProcessor {
         };
         let form = JsonForm::for_client(req.version, h.accept_standard_json_only.unwrap_or(false));
         reply::ok(req).with_body(route.to_json(form))
+    }
+
+    /// `TopicList` JSON: every topic some live broker registered.
+    fn topic_list(&self, req: &RemotingCommand) -> RemotingCommand {
+        let topics = self.table.lock().topic_names();
+        let body = serde_json::json!({ "topicList": topics });
+        reply::ok(req).with_body(body.to_string().into_bytes())
+    }
+
+    fn put_kv(&self, req: &RemotingCommand) -> RemotingCommand {
+        let h = match PutKvConfigRequestHeader::from_ext(&req.ext_fields) {
+            Ok(h) => h,
+            Err(e) => return reply::bad_header(req, &e),
+        };
+        let mut kv = self.kv.lock();
+        let key = (h.namespace, h.key);
+        if kv.len() >= KV_MAX && !kv.contains_key(&key) {
+            return reply::error(
+                req,
+                response_code::SYSTEM_ERROR,
+                format!("the name server keeps at most {KV_MAX} key/value entries"),
+            );
+        }
+        tracing::info!(namespace = %key.0, key = %key.1, "name server key/value stored");
+        kv.insert(key, h.value);
+        reply::ok(req)
+    }
+
+    fn get_kv(&self, req: &RemotingCommand) -> RemotingCommand {
+        let h = match KvConfigKeyHeader::from_ext(&req.ext_fields) {
+            Ok(h) => h,
+            Err(e) => return reply::bad_header(req, &e),
+        };
+        match self.kv.lock().get(&(h.namespace.clone(), h.key.clone())) {
+            Some(v) => reply::ok_ext(
+                req,
+                GetKvConfigResponseHeader {
+                    value: Some(v.clone()),
+                }
+                .to_ext(),
+            ),
+            None => reply::error(
+                req,
+                response_code::QUERY_NOT_FOUND,
+                format!("No config item, Namespace: {} Key: {}", h.namespace, h.key),
+            ),
+        }
+    }
+
+    fn delete_kv(&self, req: &RemotingCommand) -> RemotingCommand {
+        let h = match KvConfigKeyHeader::from_ext(&req.ext_fields) {
+            Ok(h) => h,
+            Err(e) => return reply::bad_header(req, &e),
+        };
+        self.kv.lock().remove(&(h.namespace, h.key));
+        reply::ok(req)
     }
 
     fn cluster_info(&self, req: &RemotingCommand) -> RemotingCommand {

@@ -194,6 +194,15 @@ impl RouteTable {
         })
     }
 
+    /// Every topic some registered broker serves, sorted.
+    pub(crate) fn topic_names(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
     /// Every broker and cluster.
     pub(crate) fn cluster_info(&self) -> ClusterInfo {
         ClusterInfo {

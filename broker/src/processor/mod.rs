@@ -6,6 +6,7 @@
 //! - `client`: heartbeat, unregister, consumer list, queue locks.
 //! - `query`: QUERY_MESSAGE, VIEW_MESSAGE_BY_ID.
 //! - `admin`: UPDATE_AND_CREATE_TOPIC, GET_ALL_TOPIC_CONFIG.
+//! - `progress`: GET_CONSUME_STATS, QUERY_TOPIC_CONSUME_BY_WHO (`mqadmin consumerProgress`).
 //! - `retry`: CONSUMER_SEND_MSG_BACK (the logic is in `crate::retry`).
 //!
 //! Every request first passes `crate::acl::authorize` (signatures, permissions, the admin
@@ -18,6 +19,7 @@
 mod admin;
 mod client;
 mod offset;
+mod progress;
 mod pull;
 mod query;
 mod retry;
@@ -124,6 +126,8 @@ async fn dispatch(
         rc::CONSUMER_SEND_MSG_BACK => retry::send_back(ctx, &req).await,
         rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req).await,
         GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),
+        rc::GET_CONSUME_STATS => progress::consume_stats(ctx, &req),
+        rc::QUERY_TOPIC_CONSUME_BY_WHO => progress::consumed_by(ctx, &req),
         test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
             panic!("test hook: deliberate handler panic")
         }

@@ -5,6 +5,7 @@
 mod common;
 
 mod acl;
+mod admin_tools;
 mod consumers;
 mod dlq_replay;
 mod extensions;

@@ -48,12 +48,22 @@ pub mod request_code {
     pub const UNLOCK_BATCH_MQ: i32 = 42;
     /// Broker to name server: periodic registration.
     pub const REGISTER_BROKER: i32 = 103;
+    /// Admin to name server: store a key/value (`updateTopic -o` stores an order config).
+    pub const PUT_KV_CONFIG: i32 = 100;
+    /// Admin or client to name server: read a key/value.
+    pub const GET_KV_CONFIG: i32 = 101;
+    /// Admin to name server: delete a key/value.
+    pub const DELETE_KV_CONFIG: i32 = 102;
     /// Broker to name server: leaving.
     pub const UNREGISTER_BROKER: i32 = 104;
     /// Client to name server: the route of one topic.
     pub const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
     /// Admin to name server: every broker of every cluster.
     pub const GET_BROKER_CLUSTER_INFO: i32 = 106;
+    /// Admin to name server: every topic (`mqadmin topicList`).
+    pub const GET_ALL_TOPIC_LIST_FROM_NAMESERVER: i32 = 206;
+    /// Admin to broker: a group's offsets against the queues' ends (`consumerProgress`).
+    pub const GET_CONSUME_STATS: i32 = 208;
     /// Broker to consumer: reset offsets (admin-triggered).
     pub const RESET_CONSUMER_CLIENT_OFFSET: i32 = 220;
     /// Broker to consumer: report consume status.
@@ -62,6 +72,8 @@ pub mod request_code {
     pub const GET_CONSUMER_RUNNING_INFO: i32 = 307;
     /// Broker to consumer: consume one message directly (admin tool).
     pub const CONSUME_MESSAGE_DIRECTLY: i32 = 309;
+    /// Admin to broker: the groups consuming a topic.
+    pub const QUERY_TOPIC_CONSUME_BY_WHO: i32 = 300;
     /// Send one message, V2 (short `a`..`n`) header names. Java and C++ default.
     pub const SEND_MESSAGE_V2: i32 = 310;
     /// Send an encoded batch; V2 header with `m=true`.
@@ -99,9 +111,15 @@ pub mod request_code {
             LOCK_BATCH_MQ => "LOCK_BATCH_MQ",
             UNLOCK_BATCH_MQ => "UNLOCK_BATCH_MQ",
             REGISTER_BROKER => "REGISTER_BROKER",
+            PUT_KV_CONFIG => "PUT_KV_CONFIG",
+            GET_KV_CONFIG => "GET_KV_CONFIG",
+            DELETE_KV_CONFIG => "DELETE_KV_CONFIG",
             UNREGISTER_BROKER => "UNREGISTER_BROKER",
             GET_ROUTEINFO_BY_TOPIC => "GET_ROUTEINFO_BY_TOPIC",
             GET_BROKER_CLUSTER_INFO => "GET_BROKER_CLUSTER_INFO",
+            GET_ALL_TOPIC_LIST_FROM_NAMESERVER => "GET_ALL_TOPIC_LIST_FROM_NAMESERVER",
+            GET_CONSUME_STATS => "GET_CONSUME_STATS",
+            QUERY_TOPIC_CONSUME_BY_WHO => "QUERY_TOPIC_CONSUME_BY_WHO",
             RESET_CONSUMER_CLIENT_OFFSET => "RESET_CONSUMER_CLIENT_OFFSET",
             GET_CONSUMER_STATUS_FROM_CLIENT => "GET_CONSUMER_STATUS_FROM_CLIENT",
             GET_CONSUMER_RUNNING_INFO => "GET_CONSUMER_RUNNING_INFO",

@@ -140,3 +140,21 @@ mod tests {
         ));
     }
 }
+
+ext_header! {
+    /// GET_CONSUME_STATS request (admin to broker).
+    pub struct GetConsumeStatsRequestHeader {
+        /// Consumer group.
+        consumer_group: String = "consumerGroup",
+        /// One topic; every topic the group has offsets in when absent.
+        topic: Option<String> = "topic",
+    }
+}
+
+ext_header! {
+    /// QUERY_TOPIC_CONSUME_BY_WHO request (admin to broker).
+    pub struct QueryTopicConsumeByWhoRequestHeader {
+        /// Topic.
+        topic: String = "topic",
+    }
+}

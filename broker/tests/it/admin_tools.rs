@@ -1,0 +1,131 @@
+//! What `mqadmin` asks for: the topic list from the name server, key/value configs
+//! (`updateTopic -o`), a group's consume progress and the groups of a topic. They were
+//! answered REQUEST_CODE_NOT_SUPPORTED, and the tool printed a stack trace instead.
+
+use crate::common;
+
+use common::*;
+use sluice_broker::RemotingClient;
+use sluice_protocol::remoting::custom::UpdateConsumerOffsetRequestHeader;
+use sluice_protocol::{request_code, response_code, RemotingCommand};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_name_server_lists_topics_and_keeps_key_values() {
+    // Registration at start carries the broker's topics (the TBW102 template among them).
+    let cluster = start_cluster().await;
+    let ns = RemotingClient::connect(cluster.namesrv.local_addr())
+        .await
+        .unwrap();
+    let list = ns
+        .invoke(
+            RemotingCommand::request(request_code::GET_ALL_TOPIC_LIST_FROM_NAMESERVER, ext(&[])),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.code, 0, "{:?}", list.remark);
+    let v: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    let topics: Vec<&str> = v["topicList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(topics.contains(&"TBW102"), "{v}");
+
+    let key = [("namespace", "ORDER_TOPIC_CONFIG"), ("key", "Listed")];
+    let get = || RemotingCommand::request(request_code::GET_KV_CONFIG, ext(&key));
+    let missing = ns.invoke(get(), RPC).await.unwrap();
+    assert_eq!(missing.code, response_code::QUERY_NOT_FOUND);
+    let mut put = key.to_vec();
+    put.push(("value", "broker-a:4"));
+    let stored = ns
+        .invoke(
+            RemotingCommand::request(request_code::PUT_KV_CONFIG, ext(&put)),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.code, 0, "{:?}", stored.remark);
+    let found = ns.invoke(get(), RPC).await.unwrap();
+    assert_eq!(found.code, 0);
+    assert_eq!(found.ext_fields.get_str("value"), Some("broker-a:4"));
+    let deleted = ns
+        .invoke(
+            RemotingCommand::request(request_code::DELETE_KV_CONFIG, ext(&key)),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.code, 0);
+    assert_eq!(
+        ns.invoke(get(), RPC).await.unwrap().code,
+        response_code::QUERY_NOT_FOUND
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_stats_show_a_groups_offset_against_each_queues_end() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    for i in 0..5 {
+        send_ok(
+            &client,
+            "Progress",
+            1,
+            format!("m{i}").as_bytes(),
+            &props(None, None),
+        )
+        .await;
+    }
+    let commit = UpdateConsumerOffsetRequestHeader {
+        consumer_group: "billing".into(),
+        topic: "Progress".into(),
+        queue_id: 1,
+        commit_offset: 3,
+    };
+    let r = client
+        .invoke(
+            RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, commit.to_ext()),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.code, 0);
+    let stats = client
+        .invoke(
+            RemotingCommand::request(
+                request_code::GET_CONSUME_STATS,
+                ext(&[("consumerGroup", "billing")]),
+            ),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.code, 0, "{:?}", stats.remark);
+    let text = String::from_utf8(stats.body.to_vec()).unwrap();
+    // fastjson's form: MessageQueue objects as keys (what mqadmin parses).
+    let row = r#"{"brokerName":"broker-a","queueId":1,"topic":"Progress"}:{"brokerOffset":5,"consumerOffset":3,"lastTimestamp":"#;
+    assert!(text.contains(row), "{text}");
+    let last = text.split(row).nth(1).unwrap();
+    let last: i64 = last[..last.find('}').unwrap()].parse().unwrap();
+    assert!(
+        last > 0,
+        "the store time of message 2, the last consumed: {text}"
+    );
+    let by_who = client
+        .invoke(
+            RemotingCommand::request(
+                request_code::QUERY_TOPIC_CONSUME_BY_WHO,
+                ext(&[("topic", "Progress")]),
+            ),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_who.code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
+    assert_eq!(v["groupList"], serde_json::json!(["billing"]));
+    cluster.stop().await;
+}

@@ -3,6 +3,7 @@
 //! to a default.
 
 mod acl;
+mod env;
 mod http;
 mod retry;
 mod schedule;
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use sluice_broker::{BrokerConfig, NameServerConfig};
 use sluice_store::{FlushMode, StoreConfig};
@@ -316,6 +317,8 @@ impl Default for StoreSection {
     }
 }
 
+pub use env::layered;
+
 /// [`layered`], validated: the whole loader as the tests and the `server_config` fuzz target
 /// drive it (the binary validates after applying its flags).
 #[allow(dead_code)]
@@ -325,210 +328,22 @@ pub fn load(
 ) -> Result<ServerConfig> {
     let cfg = layered(file, env)?;
     cfg.validate()?;
+    cfg.check_listeners_apart()?;
     Ok(cfg)
-}
-
-/// Builds the layered table: the file (if any), then `SLUICE_*` variables from `env`. Not
-/// validated: the binary applies its flags first, then calls [`ServerConfig::validate`].
-pub fn layered(
-    file: Option<&Path>,
-    env: impl Iterator<Item = (String, String)>,
-) -> Result<ServerConfig> {
-    let mut table = match file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
-            parse_file(&text).with_context(|| format!("parsing config {}", p.display()))?
-        }
-        None => toml::Table::new(),
-    };
-    let mut sniffed = Vec::new();
-    for (key, value) in env {
-        sniffed.extend(apply_env(&mut table, &key, &value)?);
-    }
-    loop {
-        let e = match toml::Value::Table(table.clone()).try_into::<ServerConfig>() {
-            Ok(cfg) => return Ok(cfg),
-            Err(e) => e.to_string(),
-        };
-        // A variable read as a number or boolean where the key takes a string (a digit-only
-        // secret or name) is taken as the string it was: each such variable once at most.
-        match sniffed
-            .iter()
-            .position(|s: &Sniffed| e.contains(&format!("in `{}`", s.path)))
-        {
-            Some(i) => sniffed.swap_remove(i).restore(&mut table),
-            None => bail!(
-                "invalid configuration (unknown keys are refused): {}",
-                without_values(&e)
-            ),
-        }
-    }
-}
-
-/// The file's table. A syntax error names its line and column and what is wrong, but not the
-/// line's text, which may hold a secret (`secret = "abc` without its closing quote).
-fn parse_file(text: &str) -> Result<toml::Table> {
-    text.parse::<toml::Table>().map_err(|e| {
-        let at = e.span().map_or(String::new(), |span| {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!(" at line {line}, column {column}")
-        });
-        anyhow::anyhow!("TOML syntax error{at}: {}", e.message())
-    })
-}
-
-/// A `SLUICE_*` value that read as TOML other than a string, kept to be taken as a string
-/// when its key turns out to take one.
-struct Sniffed {
-    /// `section.field`, or the top-level key.
-    path: String,
-    raw: String,
-}
-
-impl Sniffed {
-    fn restore(self, table: &mut toml::Table) {
-        let value = toml::Value::String(self.raw);
-        match self.path.split_once('.') {
-            Some((section, field)) => {
-                if let Some(sub) = table.get_mut(section).and_then(|v| v.as_table_mut()) {
-                    sub.insert(field.to_string(), value);
-                }
-            }
-            None => {
-                table.insert(self.path, value);
-            }
-        }
-    }
-}
-
-const SECTIONS: [&str; 9] = [
-    "namesrv", "broker", "store", "http", "txn", "schedule", "retry", "acl", "tls",
-];
-/// Variables that configure something other than the file's keys (the crash point is a test
-/// hook, checked by `sluice_store::crash_point::armed` at start).
-const NOT_CONFIG: [&str; 3] = [
-    "SLUICE_LOG",
-    "SLUICE_CONFIG",
-    sluice_store::crash_point::VAR,
-];
-
-/// `SLUICE_BROKER_LISTEN=...` sets `[broker] listen`; `SLUICE_DATA_DIR` sets `data_dir`.
-/// Values are read as TOML (numbers, booleans, arrays) and otherwise as strings; one read as
-/// something else than a string is returned, to be taken as a string if its key needs one.
-fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<Option<Sniffed>> {
-    let Some(rest) = key.strip_prefix("SLUICE_") else {
-        return Ok(None);
-    };
-    if NOT_CONFIG.contains(&key) {
-        return Ok(None);
-    }
-    let rest = rest.to_ascii_lowercase();
-    if rest != "data_dir" && !SECTIONS.iter().any(|s| rest.starts_with(&format!("{s}_"))) {
-        // Not a key of the file: SLUICE_NAMESRV and SLUICE_HTTP are the examples' addresses of
-        // a running Sluice, SLUICE_CRASH_CYCLES and the like configure tests. Taking them as
-        // keys made `sluice` refuse to start in a shell that had them set.
-        eprintln!("sluice: {key} is not a configuration variable; ignored");
-        return Ok(None);
-    }
-    let parsed = parse_env_value(value);
-    let sniffed = |path: String, parsed: &toml::Value| {
-        (!parsed.is_str()).then(|| Sniffed {
-            path,
-            raw: value.to_string(),
-        })
-    };
-    for section in SECTIONS {
-        if let Some(field) = rest.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
-            let entry = table
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let Some(sub) = entry.as_table_mut() else {
-                bail!("[{section}] in the config file is not a table")
-            };
-            let found = sniffed(format!("{section}.{field}"), &parsed);
-            sub.insert(field.to_string(), parsed);
-            return Ok(found);
-        }
-    }
-    let found = sniffed(rest.clone(), &parsed);
-    table.insert(rest, parsed);
-    Ok(found)
-}
-
-/// An error text with its quoted values left out: a value of the wrong type is quoted in it,
-/// and the value may be a secret (`SLUICE_ACL_ACCOUNTS`, `SLUICE_HTTP_TOKENS` with a quoting
-/// mistake fell back to a plain string and was printed whole).
-fn without_values(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut quoted, mut escaped) = (false, false);
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        // serde quotes a value of the wrong type in backticks (``invalid type: integer
-        // `1234`, expected a string``); the key path is the line "in `http.secret`".
-        if line.starts_with("in `") {
-            out.push_str(line);
-        } else {
-            out.push_str(&without_backticked(line));
-        }
-        if lines.peek().is_some() {
-            out.push('\n');
-        }
-    }
-    let text = std::mem::take(&mut out);
-    for c in text.chars() {
-        match (quoted, escaped, c) {
-            (true, true, _) => escaped = false,
-            (true, false, '\\') => escaped = true,
-            (true, false, '"') => quoted = false,
-            (true, false, _) => {}
-            (false, _, '"') => {
-                out.push_str("\"…\"");
-                quoted = true;
-            }
-            (false, _, c) => out.push(c),
-        }
-    }
-    out
-}
-
-/// `line` with the value serde quotes in backticks after "invalid type: integer" or
-/// "invalid value: ..." replaced by `…`; other backticked names (unknown fields, the
-/// expected ones) stay, since they name keys, not values.
-fn without_backticked(line: &str) -> String {
-    let Some(start) = ["invalid type: ", "invalid value: "]
-        .iter()
-        .find_map(|p| line.find(p).map(|i| i + p.len()))
-    else {
-        return line.to_string();
-    };
-    let rest = &line[start..];
-    match rest.find('`').and_then(|open| {
-        let close = rest[open + 1..].find('`')? + open + 1;
-        Some((open, close))
-    }) {
-        Some((open, close)) => format!(
-            "{}{}`…`{}",
-            &line[..start],
-            &rest[..open],
-            &rest[close + 1..]
-        ),
-        None => line.to_string(),
-    }
-}
-
-fn parse_env_value(value: &str) -> toml::Value {
-    format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()))
 }
 
 /// Shortest `namesrv.broker_expiry_secs`: two of the brokers' 30 s registration intervals.
 const MIN_BROKER_EXPIRY_SECS: u64 = 60;
+
+/// Whether listeners on `a` and `b` (same port) would clash: the same address, or an
+/// unspecified one covering the other (`0.0.0.0` covers IPv4 addresses; `[::]` covers every
+/// address, being dual-stack on Linux).
+fn overlap(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    let covers = |x: std::net::IpAddr, y: std::net::IpAddr| {
+        x.is_unspecified() && (x.is_ipv6() || y.is_ipv4())
+    };
+    a == b || covers(a, b) || covers(b, a)
+}
 
 /// Shortest `broker.idle_timeout_ms`: two of the clients' 30 s heartbeat intervals (a parked
 /// pull is silent for up to 30 s too).
@@ -690,12 +505,13 @@ impl ServerConfig {
                 bail!("store.retention_bytes must be at least two segments ({min} bytes)");
             }
         }
-        self.check_listeners_apart()
+        Ok(())
     }
 
-    /// Two listeners on one port fail only once the store is open (after a recovery that may
-    /// be long); refused here instead. Port 0 (any free port) never collides.
-    fn check_listeners_apart(&self) -> Result<()> {
+    /// For `sluice serve`: two of its listeners on one port fail only once the store is open
+    /// (after a recovery that may be long); refused here instead. Port 0 (any free port) never
+    /// collides. (`sluice namesrv` opens one listener and does not call this.)
+    pub fn check_listeners_apart(&self) -> Result<()> {
         let mut listeners = vec![("broker.listen", self.broker.listen)];
         if self.namesrv.enabled {
             listeners.push(("namesrv.listen", self.namesrv.listen));
@@ -705,9 +521,7 @@ impl ServerConfig {
         }
         for (i, (a_name, a)) in listeners.iter().enumerate() {
             for (b_name, b) in &listeners[i + 1..] {
-                let same_host =
-                    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
-                if a.port() != 0 && a.port() == b.port() && same_host {
+                if a.port() != 0 && a.port() == b.port() && overlap(a.ip(), b.ip()) {
                     bail!("{a_name} ({a}) and {b_name} ({b}) use the same port");
                 }
             }

@@ -160,6 +160,7 @@ async fn serve(args: ServeArgs, open_files: limits::OpenFiles) -> Result<()> {
         cfg.http.listen = a;
     }
     cfg.validate()?;
+    cfg.check_listeners_apart()?;
     arm_crash_point()?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
     limits::report(open_files);

@@ -156,8 +156,12 @@ impl ConsumeQueue {
             .ok_or_else(|| {
                 StoreError::InvalidMessage(format!("queue offset {first} out of range"))
             })?;
-        let mut offset = first;
-        let mut rest = entries;
+        // A retry after a failure later in its batch (the index) writes the same run again:
+        // the part already published (below `max`) is left alone, since readers may hold
+        // slices of it, and it holds these very entries.
+        let published = self.max.load(Ordering::Acquire).clamp(first, end);
+        let mut offset = published;
+        let mut rest = &entries[(published - first) as usize..];
         while !rest.is_empty() {
             let file = match self.file_for(offset) {
                 Some(f) => f,

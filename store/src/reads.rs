@@ -183,6 +183,12 @@ impl Store {
         self.cqs.all().into_iter().map(|(t, q, _)| (t, q)).collect()
     }
 
+    /// Store time of the message at `offset` of a queue, if it is there and readable.
+    pub fn store_time(&self, topic: &str, queue_id: i32, offset: u64) -> Option<i64> {
+        let q = self.cqs.get(topic, queue_id)?;
+        self.store_time_at(&q, offset)
+    }
+
     /// Store time of the message at the queue's minimum offset.
     pub fn earliest_store_time(&self, topic: &str, queue_id: i32) -> Option<i64> {
         let q = self.cqs.get(topic, queue_id)?;

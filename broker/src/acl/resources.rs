@@ -5,7 +5,7 @@
 //! | SEND_MESSAGE, SEND_MESSAGE_V2, SEND_BATCH_MESSAGE | PUB on the topic; for `%RETRY%<g>`, SUB on group `g` |
 //! | PULL_MESSAGE, LITE_PULL_MESSAGE | SUB on the topic and on `consumerGroup` |
 //! | QUERY_CONSUMER_OFFSET, UPDATE_CONSUMER_OFFSET | SUB on the topic and on `consumerGroup` |
-//! | GET_CONSUME_STATS | SUB on `consumerGroup`, and on the topic when given |
+//! | GET_CONSUME_STATS | SUB on the topic and on `consumerGroup`; without a topic (every topic of the group), an admin account |
 //! | QUERY_TOPIC_CONSUME_BY_WHO | SUB on the topic |
 //! | HEART_BEAT | per consumer in the body: SUB on its group and on every subscribed topic |
 //! | CONSUMER_SEND_MSG_BACK | SUB on `group`, and on `originTopic` when given |
@@ -70,8 +70,11 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
         rc::PULL_MESSAGE
         | rc::LITE_PULL_MESSAGE
         | rc::QUERY_CONSUMER_OFFSET
-        | rc::UPDATE_CONSUMER_OFFSET
-        | rc::GET_CONSUME_STATS => sub_topic_and_group(&mut out),
+        | rc::UPDATE_CONSUMER_OFFSET => sub_topic_and_group(&mut out),
+        // Without a topic it reports every topic of the group, SUB on some of which the
+        // account may lack.
+        rc::GET_CONSUME_STATS if s("topic").is_none() => out.push(Need::Admin),
+        rc::GET_CONSUME_STATS => sub_topic_and_group(&mut out),
         rc::HEART_BEAT => {
             if let Ok(hb) = decode_json::<HeartbeatData>(&req.body) {
                 for c in hb.consumer_data_set {

@@ -460,6 +460,7 @@ fn close_state(ctx: &BrokerContext) -> Vec<String> {
     if let Err(e) = ctx.store.shutdown() {
         tracing::error!(error = %e, "store shutdown failed");
         problems.push(format!("store not closed cleanly: {e}"));
+        return problems;
     }
     let health = ctx.store.health();
     if let Some(reason) = health.fenced {

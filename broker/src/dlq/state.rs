@@ -395,5 +395,10 @@ mod tests {
             "1 and 2 were deleted by retention"
         );
         assert_eq!(ledger.count_in(3, 10), 3);
+        assert_eq!(
+            ledger.done.lock().len(),
+            3,
+            "offsets below the start left memory"
+        );
     }
 }

@@ -37,6 +37,10 @@ use routes::{Registration, RouteTable};
 
 /// Most key/value entries the name server keeps (they come from admin tools).
 const KV_MAX: usize = 10_000;
+/// Largest entry (namespace + key + value bytes): `ORDER_TOPIC_CONFIG` values are like
+/// `broker-a:4`. With [`KV_MAX`] this bounds the store at 40 MiB, whoever sends to it (the
+/// name server checks no signatures).
+const KV_ENTRY_MAX: usize = 4096;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -278,6 +282,14 @@ impl NameServerProcessor {
             Ok(h) => h,
             Err(e) => return reply::bad_header(req, &e),
         };
+        let size = h.namespace.len() + h.key.len() + h.value.len();
+        if size > KV_ENTRY_MAX {
+            return reply::error(
+                req,
+                response_code::SYSTEM_ERROR,
+                format!("a key/value entry is at most {KV_ENTRY_MAX} bytes, not {size}"),
+            );
+        }
         let mut kv = self.kv.lock();
         let key = (h.namespace, h.key);
         if kv.len() >= KV_MAX && !kv.contains_key(&key) {

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use sluice_protocol::message::record::RecordView;
 use sluice_protocol::remoting::custom::{
     GetConsumeStatsRequestHeader, QueryTopicConsumeByWhoRequestHeader,
 };
@@ -99,7 +98,8 @@ fn queue_progress(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32) 
         .unwrap_or(0);
     let last_timestamp = consumer_offset
         .checked_sub(1)
-        .map_or(0, |last| store_time(ctx, topic, queue_id, last));
+        .and_then(|last| ctx.store.store_time(topic, queue_id, last))
+        .unwrap_or(0);
     QueueProgress {
         topic: topic.to_owned(),
         queue_id,
@@ -107,18 +107,6 @@ fn queue_progress(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32) 
         consumer_offset,
         last_timestamp,
     }
-}
-
-/// Store time of the message at `offset`, 0 when it is gone or unreadable.
-fn store_time(ctx: &BrokerContext, topic: &str, queue_id: i32, offset: u64) -> i64 {
-    let r = ctx
-        .store
-        .get_messages(topic, queue_id, offset, 1, 1 << 20, None);
-    r.messages
-        .first()
-        .filter(|m| m.queue_offset == offset)
-        .and_then(|m| RecordView::parse(&m.bytes, usize::MAX).ok())
-        .map_or(0, |v| v.header.store_timestamp)
 }
 
 /// ConsumeStats as fastjson writes it: `{"consumeTps":0.0,"offsetTable":{{"brokerName":..,

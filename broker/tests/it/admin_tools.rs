@@ -62,6 +62,27 @@ async fn the_name_server_lists_topics_and_keeps_key_values() {
         ns.invoke(get(), RPC).await.unwrap().code,
         response_code::QUERY_NOT_FOUND
     );
+    // Anyone may reach the name server: an entry's size is bounded.
+    let big = "x".repeat(5000);
+    let mut put = key.to_vec();
+    put.push(("value", &big));
+    let refused = ns
+        .invoke(
+            RemotingCommand::request(request_code::PUT_KV_CONFIG, ext(&put)),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.code,
+        response_code::SYSTEM_ERROR,
+        "{:?}",
+        refused.remark
+    );
+    assert_eq!(
+        ns.invoke(get(), RPC).await.unwrap().code,
+        response_code::QUERY_NOT_FOUND
+    );
     cluster.stop().await;
 }
 

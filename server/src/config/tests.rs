@@ -464,8 +464,8 @@ fn limits_that_contradict_each_other_are_refused() {
         ),
         (
             vec![
-                ("SLUICE_BROKER_LISTEN", "127.0.0.1:18080"),
-                ("SLUICE_HTTP_LISTEN", "0.0.0.0:18080"),
+                ("SLUICE_BROKER_LISTEN", "0.0.0.0:18080"),
+                ("SLUICE_HTTP_LISTEN", "127.0.0.1:18080"),
             ],
             "same port",
         ),
@@ -473,6 +473,27 @@ fn limits_that_contradict_each_other_are_refused() {
         let err = format!("{:#}", load(None, env(&vars)).unwrap_err());
         assert!(err.contains(names), "{vars:?}: {err}");
     }
+    // 0.0.0.0 covers IPv4 addresses only; [::] covers every address (dual-stack).
+    load(
+        None,
+        env(&[
+            ("SLUICE_BROKER_LISTEN", "0.0.0.0:18080"),
+            ("SLUICE_HTTP_LISTEN", "[::1]:18080"),
+        ]),
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        load(
+            None,
+            env(&[
+                ("SLUICE_BROKER_LISTEN", "[::]:18080"),
+                ("SLUICE_HTTP_LISTEN", "127.0.0.1:18080"),
+            ]),
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("same port"), "{err}");
     // Port 0 twice is two free ports, and an HTTP limit below the broker's is fine.
     load(
         None,

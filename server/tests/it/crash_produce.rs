@@ -151,6 +151,16 @@ async fn every_acknowledged_send_is_consumed_after_sigkill_and_restart() {
         let tasks: Vec<_> = (0..8)
             .map(|id| tokio::spawn(producer(sluice.broker, id, cycle, Arc::clone(&acks))))
             .collect();
+        // The random kill time counts from the first acknowledgement of this cycle, so a
+        // slow start on a loaded machine cannot leave a cycle with nothing at risk.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while acks.0.lock().unwrap().len() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cycle {cycle}: no ack in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(200..900))).await;
         sluice.kill();
         // A producer's panic (a send refused by a live broker) fails the test.

@@ -206,6 +206,16 @@ async fn sigkill_during_transactional_traffic_never_shows_an_uncommitted_message
         let tasks: Vec<_> = (0..4)
             .map(|id| tokio::spawn(producer(sluice.broker, id, cycle, Arc::clone(&log))))
             .collect();
+        // The random kill time counts from this cycle's first transaction (a slow start
+        // must not leave a cycle with nothing at risk).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while log.lock().unwrap().halves.len() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cycle {cycle}: no half in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         sluice.kill();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

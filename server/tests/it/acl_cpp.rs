@@ -192,6 +192,12 @@ fn cpp_client_with_acl_credentials_produces_and_consumes_and_wrong_credentials_a
         text.contains("ACL"),
         "refusals are logged (access key, code): {text}"
     );
+    // The wrong-secret consumer was refused (its zero messages were not a slow start).
+    assert!(
+        text.lines()
+            .any(|l| l.contains("bad signature") && l.contains(CONSUMER_AK)),
+        "no refusal of {CONSUMER_AK}'s wrong signature is logged: {text}"
+    );
     for secret in [PRODUCER_SK, CONSUMER_SK] {
         assert!(!text.contains(secret), "a secret key reached the log");
     }

@@ -53,6 +53,39 @@ impl ConsumerGroup {
 struct Groups {
     producers: HashMap<String, HashMap<u64, Member>>,
     consumers: HashMap<String, ConsumerGroup>,
+    /// Language and version of each connection's last heartbeat (admin listings).
+    meta: HashMap<u64, (&'static str, i32)>,
+}
+
+/// One member connection of a group, as `mqadmin consumerConnection` and
+/// `producerConnection` show it (Java's `Connection`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClientConnection {
+    /// The client's id.
+    pub client_id: String,
+    /// Its address as the broker sees it.
+    pub client_addr: String,
+    /// `JAVA`, `CPP`, ... from its heartbeat's frame (`OTHER` when it never sent one).
+    pub language: &'static str,
+    /// Its version ordinal, from the same frame (0 when unknown).
+    pub version: i32,
+}
+
+/// A consumer group's members and settings (Java's `ConsumerConnection`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConsumerConnection {
+    /// Its members.
+    pub connection_set: Vec<ClientConnection>,
+    /// Its subscriptions by topic.
+    pub subscription_table: std::collections::BTreeMap<String, SubscriptionData>,
+    /// Push, pull or pop.
+    pub consume_type: ConsumeType,
+    /// Clustering or broadcasting.
+    pub message_model: MessageModel,
+    /// Where members start without an offset.
+    pub consume_from_where: ConsumeFromWhere,
 }
 
 /// What a consumer group looks like now (for admin and later crates).
@@ -181,6 +214,7 @@ impl ClientManager {
     /// Removes a closed connection from every group.
     pub(crate) fn remove_connection(&self, conn_id: u64) -> Vec<String> {
         let mut g = self.groups.lock();
+        g.meta.remove(&conn_id);
         let producer_groups: Vec<String> = g.producers.keys().cloned().collect();
         for p in producer_groups {
             remove_producer(&mut g, &p, conn_id);
@@ -255,6 +289,36 @@ impl ClientManager {
             .and_then(|c| c.subscriptions.get(topic).cloned())
     }
 
+    /// Notes the language and version a connection's heartbeat frame named.
+    pub(crate) fn note_meta(&self, conn_id: u64, language: &'static str, version: i32) {
+        self.groups.lock().meta.insert(conn_id, (language, version));
+    }
+
+    /// A consumer group's members and settings; `None` when it has no member.
+    pub(crate) fn consumer_connection(&self, group: &str) -> Option<ConsumerConnection> {
+        let g = self.groups.lock();
+        let c = g.consumers.get(group).filter(|c| !c.members.is_empty())?;
+        Some(ConsumerConnection {
+            connection_set: connections(&g, c.members.iter()),
+            subscription_table: c
+                .subscriptions
+                .iter()
+                .map(|(t, s)| (t.clone(), s.clone()))
+                .collect(),
+            consume_type: c.consume_type,
+            message_model: c.message_model,
+            consume_from_where: c.consume_from_where,
+        })
+    }
+
+    /// A producer group's member connections; empty when it has none.
+    pub(crate) fn producer_connection(&self, group: &str) -> Vec<ClientConnection> {
+        let g = self.groups.lock();
+        g.producers
+            .get(group)
+            .map_or_else(Vec::new, |members| connections(&g, members.iter()))
+    }
+
     /// The groups with a member subscribing to `topic`.
     pub(crate) fn groups_subscribing(&self, topic: &str) -> std::collections::BTreeSet<String> {
         self.groups
@@ -285,6 +349,26 @@ impl ClientManager {
             client_ids: c.client_ids().into_iter().collect(),
         })
     }
+}
+
+/// Members as admin listings show them, sorted by client id.
+fn connections<'a>(
+    g: &Groups,
+    members: impl Iterator<Item = (&'a u64, &'a Member)>,
+) -> Vec<ClientConnection> {
+    let mut out: Vec<ClientConnection> = members
+        .map(|(id, m)| {
+            let (language, version) = g.meta.get(id).copied().unwrap_or(("OTHER", 0));
+            ClientConnection {
+                client_id: m.client_id.clone(),
+                client_addr: m.conn.remote_addr().to_string(),
+                language,
+                version,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.client_id, &a.client_addr).cmp(&(&b.client_id, &b.client_addr)));
+    out
 }
 
 /// Copies a heartbeat's group settings and subscriptions. Tag subscriptions are normalised:

@@ -47,6 +47,8 @@ pub(super) fn heartbeat(
         ctx.topics
             .get_or_create_retry(&topic::retry_topic(&c.group_name));
     }
+    ctx.clients
+        .note_meta(conn.id(), req.language.name(), req.version);
     let changed = ctx.clients.heartbeat(
         conn,
         &hb,

@@ -6,7 +6,9 @@
 //! - `client`: heartbeat, unregister, consumer list, queue locks.
 //! - `query`: QUERY_MESSAGE, VIEW_MESSAGE_BY_ID.
 //! - `admin`: UPDATE_AND_CREATE_TOPIC, GET_ALL_TOPIC_CONFIG.
-//! - `progress`: GET_CONSUME_STATS, QUERY_TOPIC_CONSUME_BY_WHO (`mqadmin consumerProgress`).
+//! - `progress`: GET_CONSUME_STATS, QUERY_TOPIC_CONSUME_BY_WHO, GET_TOPIC_STATS_INFO
+//!   (`mqadmin consumerProgress`, `topicStatus`).
+//! - `connections`: GET_CONSUMER/PRODUCER_CONNECTION_LIST (`mqadmin consumerConnection`).
 //! - `retry`: CONSUMER_SEND_MSG_BACK (the logic is in `crate::retry`).
 //!
 //! Every request first passes `crate::acl::authorize` (signatures, permissions, the admin
@@ -18,6 +20,7 @@
 
 mod admin;
 mod client;
+mod connections;
 mod offset;
 mod progress;
 mod pull;
@@ -128,6 +131,9 @@ async fn dispatch(
         GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),
         rc::GET_CONSUME_STATS => progress::consume_stats(ctx, &req),
         rc::QUERY_TOPIC_CONSUME_BY_WHO => progress::consumed_by(ctx, &req),
+        rc::GET_TOPIC_STATS_INFO => progress::topic_stats(ctx, &req),
+        rc::GET_CONSUMER_CONNECTION_LIST => connections::consumer_connections(ctx, &req),
+        rc::GET_PRODUCER_CONNECTION_LIST => connections::producer_connections(ctx, &req),
         test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
             panic!("test hook: deliberate handler panic")
         }

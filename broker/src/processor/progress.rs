@@ -1,16 +1,19 @@
-//! What `mqadmin` asks to show a group's progress: GET_CONSUME_STATS (208,
-//! `consumerProgress`) and QUERY_TOPIC_CONSUME_BY_WHO (300, the groups of a topic).
+//! What `mqadmin` asks to show progress: GET_CONSUME_STATS (208, `consumerProgress`),
+//! QUERY_TOPIC_CONSUME_BY_WHO (300, the groups of a topic) and GET_TOPIC_STATS_INFO (202,
+//! `topicStatus`).
 //!
-//! ConsumeStats is a `Map<MessageQueue, OffsetWrapper>`, which Java's fastjson writes (and
-//! the admin tool reads) with JSON objects as keys: not JSON, so written here by hand.
+//! ConsumeStats and TopicStatsTable are `Map<MessageQueue, ...>`, which Java's fastjson
+//! writes (and the admin tool reads) with JSON objects as keys: not JSON, so written here by
+//! hand.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use sluice_protocol::remoting::custom::{
-    GetConsumeStatsRequestHeader, QueryTopicConsumeByWhoRequestHeader,
+    GetConsumeStatsRequestHeader, GetTopicStatsInfoRequestHeader,
+    QueryTopicConsumeByWhoRequestHeader,
 };
-use sluice_protocol::RemotingCommand;
+use sluice_protocol::{response_code as code, RemotingCommand};
 
 use super::Reject;
 use crate::broker::context::BrokerContext;
@@ -72,6 +75,44 @@ pub(super) fn consumed_by(
     );
     let body = serde_json::json!({ "groupList": groups });
     Ok(reply::ok(req).with_body(body.to_string().into_bytes()))
+}
+
+/// GET_TOPIC_STATS_INFO: each write queue's min and max offset and the store time of its
+/// newest message, or TOPIC_NOT_EXIST.
+pub(super) fn topic_stats(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let h = GetTopicStatsInfoRequestHeader::from_ext(&req.ext_fields)
+        .map_err(|e| Reject::header(&e))?;
+    let Some(cfg) = ctx.topics.get(&h.topic) else {
+        return Err(Reject::new(
+            code::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist", h.topic),
+        ));
+    };
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let (broker, topic) = (quote(&ctx.cfg.broker_name), quote(&h.topic));
+    let mut out = String::from(r#"{"offsetTable":{"#);
+    for queue_id in 0..cfg.write_queue_nums {
+        let (min, max) = (
+            ctx.store.min_offset(&h.topic, queue_id),
+            ctx.store.max_offset(&h.topic, queue_id),
+        );
+        let last = max
+            .checked_sub(1)
+            .and_then(|o| ctx.store.store_time(&h.topic, queue_id, o))
+            .unwrap_or(0);
+        if queue_id > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"brokerName":{broker},"queueId":{queue_id},"topic":{topic}}}:{{"lastUpdateTimestamp":{last},"maxOffset":{max},"minOffset":{min}}}"#
+        );
+    }
+    out.push_str("}}");
+    Ok(reply::ok(req).with_body(out.into_bytes()))
 }
 
 /// The topics a group has committed offsets in or subscribes to.

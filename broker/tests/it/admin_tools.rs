@@ -150,3 +150,82 @@ async fn consume_stats_show_a_groups_offset_against_each_queues_end() {
     assert_eq!(v["groupList"], serde_json::json!(["billing"]));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_topic_status_are_listed_for_the_admin_tool() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    send_ok(&client, "Status", 2, b"m", &props(None, None)).await;
+    let hb = r#"{"clientID":"10.0.0.9@7","consumerDataSet":[{"consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"readers","messageModel":"CLUSTERING","subscriptionDataSet":[{"subString":"*","subVersion":1,"topic":"Status","tagsSet":[],"codeSet":[]}]}],"producerDataSet":[{"groupName":"writers"}]}"#;
+    let mut req = RemotingCommand::request(request_code::HEART_BEAT, Default::default())
+        .with_body(hb.as_bytes().to_vec());
+    req.version = 401;
+    assert_eq!(client.invoke(req, RPC).await.unwrap().code, 0);
+
+    let ask = |code, key, value| RemotingCommand::request(code, ext(&[(key, value)]));
+    let consumers = client
+        .invoke(
+            ask(
+                request_code::GET_CONSUMER_CONNECTION_LIST,
+                "consumerGroup",
+                "readers",
+            ),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(consumers.code, 0, "{:?}", consumers.remark);
+    let v: serde_json::Value = serde_json::from_slice(&consumers.body).unwrap();
+    assert_eq!(v["connectionSet"][0]["clientId"], "10.0.0.9@7", "{v}");
+    assert_eq!(v["connectionSet"][0]["version"], 401, "{v}");
+    assert_eq!(v["messageModel"], "CLUSTERING", "{v}");
+    assert_eq!(v["subscriptionTable"]["Status"]["subString"], "*", "{v}");
+    let nobody = client
+        .invoke(
+            ask(
+                request_code::GET_CONSUMER_CONNECTION_LIST,
+                "consumerGroup",
+                "nobody",
+            ),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(nobody.code, response_code::CONSUMER_NOT_ONLINE);
+    let producers = client
+        .invoke(
+            ask(
+                request_code::GET_PRODUCER_CONNECTION_LIST,
+                "producerGroup",
+                "writers",
+            ),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(producers.code, 0, "{:?}", producers.remark);
+    let v: serde_json::Value = serde_json::from_slice(&producers.body).unwrap();
+    assert_eq!(v["connectionSet"][0]["clientId"], "10.0.0.9@7", "{v}");
+
+    let status = client
+        .invoke(
+            ask(request_code::GET_TOPIC_STATS_INFO, "topic", "Status"),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.code, 0, "{:?}", status.remark);
+    let text = String::from_utf8(status.body.to_vec()).unwrap();
+    let q2 = r#"{"brokerName":"broker-a","queueId":2,"topic":"Status"}:{"lastUpdateTimestamp":"#;
+    assert!(text.contains(q2), "{text}");
+    assert!(text.contains(r#""maxOffset":1,"minOffset":0}"#), "{text}");
+    let unknown = client
+        .invoke(
+            ask(request_code::GET_TOPIC_STATS_INFO, "topic", "NoSuch"),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown.code, response_code::TOPIC_NOT_EXIST);
+    cluster.stop().await;
+}

@@ -60,6 +60,12 @@ pub mod request_code {
     pub const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
     /// Admin to name server: every broker of every cluster.
     pub const GET_BROKER_CLUSTER_INFO: i32 = 106;
+    /// Admin to broker: each queue's min and max offset (`mqadmin topicStatus`).
+    pub const GET_TOPIC_STATS_INFO: i32 = 202;
+    /// Admin to broker: a consumer group's members (`mqadmin consumerConnection`).
+    pub const GET_CONSUMER_CONNECTION_LIST: i32 = 203;
+    /// Admin to broker: a producer group's members (`mqadmin producerConnection`).
+    pub const GET_PRODUCER_CONNECTION_LIST: i32 = 204;
     /// Admin to name server: every topic (`mqadmin topicList`).
     pub const GET_ALL_TOPIC_LIST_FROM_NAMESERVER: i32 = 206;
     /// Admin to broker: a group's offsets against the queues' ends (`consumerProgress`).
@@ -117,6 +123,9 @@ pub mod request_code {
             UNREGISTER_BROKER => "UNREGISTER_BROKER",
             GET_ROUTEINFO_BY_TOPIC => "GET_ROUTEINFO_BY_TOPIC",
             GET_BROKER_CLUSTER_INFO => "GET_BROKER_CLUSTER_INFO",
+            GET_TOPIC_STATS_INFO => "GET_TOPIC_STATS_INFO",
+            GET_CONSUMER_CONNECTION_LIST => "GET_CONSUMER_CONNECTION_LIST",
+            GET_PRODUCER_CONNECTION_LIST => "GET_PRODUCER_CONNECTION_LIST",
             GET_ALL_TOPIC_LIST_FROM_NAMESERVER => "GET_ALL_TOPIC_LIST_FROM_NAMESERVER",
             GET_CONSUME_STATS => "GET_CONSUME_STATS",
             QUERY_TOPIC_CONSUME_BY_WHO => "QUERY_TOPIC_CONSUME_BY_WHO",

@@ -175,3 +175,19 @@ mod tests {
         assert_eq!(CheckTransactionStateRequestHeader::from_ext(&ext), Ok(h));
     }
 }
+
+ext_header! {
+    /// GET_CONSUMER_CONNECTION_LIST request (admin to broker).
+    pub struct GetConsumerConnectionListRequestHeader {
+        /// Consumer group.
+        consumer_group: String = "consumerGroup",
+    }
+}
+
+ext_header! {
+    /// GET_PRODUCER_CONNECTION_LIST request (admin to broker).
+    pub struct GetProducerConnectionListRequestHeader {
+        /// Producer group.
+        producer_group: String = "producerGroup",
+    }
+}

@@ -158,3 +158,11 @@ ext_header! {
         topic: String = "topic",
     }
 }
+
+ext_header! {
+    /// GET_TOPIC_STATS_INFO request (admin to broker).
+    pub struct GetTopicStatsInfoRequestHeader {
+        /// Topic.
+        topic: String = "topic",
+    }
+}

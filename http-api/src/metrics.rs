@@ -464,6 +464,11 @@ fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
         );
     }
     out.sample(
+        "sluice_timer_lateness_seconds_sum",
+        &[],
+        s.lateness_sum_ms as f64 / 1000.0,
+    );
+    out.sample(
         "sluice_timer_lateness_seconds_count",
         &[],
         cumulative as f64,

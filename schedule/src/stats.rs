@@ -24,6 +24,8 @@ pub(crate) struct Counters {
     pub(crate) compactions: AtomicU64,
     pub(crate) lateness: [AtomicU64; LATENESS_BOUNDS_MS.len() + 1],
     pub(crate) max_lateness_ms: AtomicU64,
+    /// Sum of every recorded lateness (the histogram's `_sum`).
+    pub(crate) lateness_sum_ms: AtomicU64,
 }
 
 impl Counters {
@@ -39,6 +41,8 @@ impl Counters {
             .position(|b| late <= *b)
             .unwrap_or(LATENESS_BOUNDS_MS.len());
         self.lateness[i].fetch_add(1, Ordering::Relaxed);
+        self.lateness_sum_ms
+            .fetch_add(late as u64, Ordering::Relaxed);
         self.max_lateness_ms
             .fetch_max(late as u64, Ordering::Relaxed);
     }
@@ -85,6 +89,8 @@ pub struct ScheduleStats {
     pub lateness_histogram: Vec<(i64, u64)>,
     /// Largest lateness seen, ms.
     pub max_lateness_ms: u64,
+    /// Sum of every release's lateness, ms (with the histogram's count: the mean).
+    pub lateness_sum_ms: u64,
     /// Timers held in memory (the near window).
     pub near_window_entries: usize,
     /// Index entries waiting for the next checkpoint.
@@ -133,6 +139,7 @@ impl Counters {
         s.checkpoints = get(&self.checkpoints);
         s.compactions = get(&self.compactions);
         s.max_lateness_ms = get(&self.max_lateness_ms);
+        s.lateness_sum_ms = get(&self.lateness_sum_ms);
         s.lateness_histogram = LATENESS_BOUNDS_MS
             .iter()
             .copied()
@@ -157,5 +164,9 @@ mod tests {
         assert_eq!(s.lateness_quantile_ms(0.5), Some(5));
         assert_eq!(s.lateness_quantile_ms(0.99), Some(500));
         assert_eq!(s.max_lateness_ms, 400);
+        assert_eq!(
+            s.lateness_sum_ms, 421,
+            "the histogram's _sum: the mean is sum / count"
+        );
     }
 }

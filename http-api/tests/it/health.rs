@@ -57,6 +57,7 @@ async fn metrics_are_prometheus_text_covering_http_store_txn_and_timers() {
         "sluice_txn_checks_undelivered_total 0",
         "sluice_timers_dropped_total 0",
         "sluice_timers_possible_duplicates_total 0",
+        "sluice_timer_lateness_seconds_sum 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

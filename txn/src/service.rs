@@ -181,7 +181,7 @@ impl TxnService {
         let core = self.fresh_core()?;
         let now = now_ms();
         let t = core.table.lock();
-        Ok(t.entries()
+        Ok(t.entries_after(q.after)
             .filter(|e| matches(e, q, now))
             .take(q.limit)
             .map(|e| TxnView::of(e, now))

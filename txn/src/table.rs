@@ -200,6 +200,18 @@ impl Table {
         self.entries.values().map(|e| &**e)
     }
 
+    /// Entries whose half offset is above `after` (all with `None`), in offset order: a page
+    /// after a cursor starts there instead of walking the table from its start.
+    pub(crate) fn entries_after(&self, after: Option<u64>) -> impl Iterator<Item = &Entry> {
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.entries
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, e)| &**e)
+    }
+
     /// Adds an entry unless its identity is known; true when added.
     pub(crate) fn insert(&mut self, e: Entry) -> bool {
         if self.entries.contains_key(&e.id.half_offset) {

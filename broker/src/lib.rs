@@ -50,6 +50,7 @@ mod namesrv;
 mod offsets;
 mod processor;
 pub mod produce;
+mod rates;
 pub mod remoting;
 mod reply;
 pub mod retry;

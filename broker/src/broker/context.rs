@@ -49,6 +49,8 @@ pub(crate) struct BrokerContext {
     pub(crate) dlq: Arc<crate::dlq::state::DlqState>,
     /// In-flight leases of HTTP consumers (created on first use).
     pub(crate) leases: std::sync::OnceLock<Arc<crate::lease::state::LeaseState>>,
+    /// Stored and pulled rates and daily totals (GET_BROKER_RUNTIME_INFO).
+    pub(crate) rates: crate::rates::Rates,
 }
 
 impl BrokerContext {
@@ -91,6 +93,7 @@ impl BrokerContext {
             queue_picker: AtomicU32::new(0),
             dlq,
             leases: std::sync::OnceLock::new(),
+            rates: crate::rates::Rates::default(),
         }
     }
 

@@ -274,6 +274,7 @@ fn spawn_background(
         tokio::spawn(Arc::clone(registrar).run(ctx.cfg.register_interval, stop.subscribe())),
         tokio::spawn(flush_offsets_loop(Arc::clone(ctx), stop.subscribe())),
         tokio::spawn(expire_clients_loop(Arc::clone(ctx), stop.subscribe())),
+        tokio::spawn(sample_rates_loop(Arc::clone(ctx), stop.subscribe())),
     ]
 }
 
@@ -304,6 +305,22 @@ async fn flush_offsets_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<b
             }
             Err(e) => tracing::error!(error = %e, "offset flush task failed"),
         }
+    }
+}
+
+/// Samples the stored and pulled counters once a second (GET_BROKER_RUNTIME_INFO's rates).
+async fn sample_rates_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let s = ctx.counters.snapshot();
+        let day = sluice_store::now_ms() / 86_400_000;
+        ctx.rates
+            .sample(Instant::now(), day, s.messages_stored, s.messages_pulled);
     }
 }
 

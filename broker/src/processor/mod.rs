@@ -9,6 +9,7 @@
 //! - `progress`: GET_CONSUME_STATS, QUERY_TOPIC_CONSUME_BY_WHO, GET_TOPIC_STATS_INFO
 //!   (`mqadmin consumerProgress`, `topicStatus`).
 //! - `connections`: GET_CONSUMER/PRODUCER_CONNECTION_LIST (`mqadmin consumerConnection`).
+//! - `runtime`: GET_BROKER_RUNTIME_INFO (`mqadmin clusterList`, `brokerStatus`).
 //! - `retry`: CONSUMER_SEND_MSG_BACK (the logic is in `crate::retry`).
 //!
 //! Every request first passes `crate::acl::authorize` (signatures, permissions, the admin
@@ -26,6 +27,7 @@ mod progress;
 mod pull;
 mod query;
 mod retry;
+mod runtime;
 pub(crate) mod send;
 
 use std::sync::atomic::Ordering;
@@ -134,6 +136,7 @@ async fn dispatch(
         rc::GET_TOPIC_STATS_INFO => progress::topic_stats(ctx, &req),
         rc::GET_CONSUMER_CONNECTION_LIST => connections::consumer_connections(ctx, &req),
         rc::GET_PRODUCER_CONNECTION_LIST => connections::producer_connections(ctx, &req),
+        runtime::GET_BROKER_RUNTIME_INFO => runtime::runtime_info(ctx, &req),
         test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
             panic!("test hook: deliberate handler panic")
         }

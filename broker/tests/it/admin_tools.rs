@@ -229,3 +229,55 @@ async fn connections_and_topic_status_are_listed_for_the_admin_tool() {
     assert_eq!(unknown.code, response_code::TOPIC_NOT_EXIST);
     cluster.stop().await;
 }
+
+/// `mqadmin clusterList` parses these keys (numbers, TPS as three numbers); a missing one
+/// printed a stack trace per broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_info_gives_every_figure_cluster_list_parses() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    send_ok(&client, "Runtime", 0, b"m", &props(None, None)).await;
+    let r = client
+        .invoke(RemotingCommand::request(28, ext(&[])), RPC)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let t = &v["table"];
+    for tps in ["putTps", "getTransferedTps"] {
+        let parts: Vec<f64> = t[tps]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(parts.len(), 3, "{tps}: {v}");
+    }
+    for number in [
+        "msgPutTotalYesterdayMorning",
+        "msgPutTotalTodayMorning",
+        "msgPutTotalTodayNow",
+        "msgGetTotalYesterdayMorning",
+        "msgGetTotalTodayMorning",
+        "msgGetTotalTodayNow",
+        "pageCacheLockTimeMills",
+        "earliestMessageTimeStamp",
+    ] {
+        let n: i64 = t[number].as_str().unwrap().parse().unwrap();
+        assert!(n >= 0, "{number}: {v}");
+    }
+    assert_eq!(t["msgPutTotalTodayNow"], "1", "{v}");
+    assert!(
+        t["earliestMessageTimeStamp"].as_str().unwrap() != "0",
+        "{v}"
+    );
+    assert!(
+        t["brokerVersionDesc"]
+            .as_str()
+            .unwrap()
+            .starts_with("V4_9_4"),
+        "{v}"
+    );
+    let _: f64 = t["commitLogDiskRatio"].as_str().unwrap().parse().unwrap();
+    cluster.stop().await;
+}

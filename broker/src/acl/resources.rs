@@ -8,7 +8,7 @@
 //! | GET_CONSUME_STATS | SUB on the topic and on `consumerGroup`; without a topic (every topic of the group), an admin account |
 //! | QUERY_TOPIC_CONSUME_BY_WHO, GET_TOPIC_STATS_INFO | SUB on the topic |
 //! | GET_CONSUMER_CONNECTION_LIST | SUB on `consumerGroup` |
-//! | GET_PRODUCER_CONNECTION_LIST | an admin account (member addresses of any producer group) |
+//! | GET_PRODUCER_CONNECTION_LIST, INVOKE_BROKER_TO_RESET_OFFSET | an admin account |
 //! | HEART_BEAT | per consumer in the body: SUB on its group and on every subscribed topic |
 //! | CONSUMER_SEND_MSG_BACK | SUB on `group`, and on `originTopic` when given |
 //! | UNREGISTER_CLIENT, GET_CONSUMER_LIST_BY_GROUP | SUB on `consumerGroup` (when given) |
@@ -110,7 +110,9 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
                 out.push(Need::Group(g, Perm::Sub));
             }
         }
-        rc::GET_PRODUCER_CONNECTION_LIST => out.push(Need::Admin),
+        rc::GET_PRODUCER_CONNECTION_LIST | rc::INVOKE_BROKER_TO_RESET_OFFSET => {
+            out.push(Need::Admin)
+        }
         rc::QUERY_MESSAGE | rc::QUERY_TOPIC_CONSUME_BY_WHO | rc::GET_TOPIC_STATS_INFO => {
             if let Some(t) = s("topic") {
                 out.push(Need::Topic(t, Perm::Sub));

@@ -47,3 +47,33 @@ pub(super) fn producer_connections(
     let body = serde_json::json!({ "connectionSet": set });
     Ok(reply::ok(req).with_body(body.to_string().into_bytes()))
 }
+
+/// INVOKE_BROKER_TO_RESET_OFFSET (`mqadmin resetOffsetByTime`). Sluice does not push offset
+/// resets to running clients: with no member online it answers CONSUMER_NOT_ONLINE, on which
+/// the tool resets through GET_CONSUME_STATS, SEARCH_OFFSET_BY_TIMESTAMP and
+/// UPDATE_CONSUMER_OFFSET; with members online the reset is refused with what to do, since
+/// their next commit would overwrite it.
+pub(super) fn reset_offset(
+    ctx: &BrokerContext,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, Reject> {
+    let h = sluice_protocol::remoting::custom::ResetOffsetRequestHeader::from_ext(&req.ext_fields)
+        .map_err(|e| Reject::header(&e))?;
+    if ctx.clients.consumer_connection(&h.group).is_none() {
+        return Err(Reject::new(
+            code::CONSUMER_NOT_ONLINE,
+            format!(
+                "Consumer not online, so can not reset offset, Group: {} Topic: {} Timestamp: {}",
+                h.group, h.topic, h.timestamp
+            ),
+        ));
+    }
+    Err(Reject::new(
+        code::SYSTEM_ERROR,
+        format!(
+            "group {} has consumers online: stop them, then reset again (Sluice does not push \
+             offset resets to running clients, whose next commit would overwrite it)",
+            h.group
+        ),
+    ))
+}

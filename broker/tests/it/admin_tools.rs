@@ -281,3 +281,41 @@ async fn runtime_info_gives_every_figure_cluster_list_parses() {
     let _: f64 = t["commitLogDiskRatio"].as_str().unwrap().parse().unwrap();
     cluster.stop().await;
 }
+
+/// resetOffsetByTime: with the group offline the tool's fallback does the reset (it needs
+/// CONSUMER_NOT_ONLINE to take it); with members online the refusal says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_reset_defers_to_the_tool_or_asks_to_stop_the_consumers() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let reset = || {
+        RemotingCommand::request(
+            request_code::INVOKE_BROKER_TO_RESET_OFFSET,
+            ext(&[
+                ("topic", "Resettable"),
+                ("group", "resetters"),
+                ("timestamp", "0"),
+                ("isForce", "true"),
+            ]),
+        )
+    };
+    let offline = client.invoke(reset(), RPC).await.unwrap();
+    assert_eq!(
+        offline.code,
+        response_code::CONSUMER_NOT_ONLINE,
+        "{:?}",
+        offline.remark
+    );
+    let hb = r#"{"clientID":"c@1","consumerDataSet":[{"consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"resetters","messageModel":"CLUSTERING","subscriptionDataSet":[{"subString":"*","subVersion":1,"topic":"Resettable","tagsSet":[],"codeSet":[]}]}],"producerDataSet":[]}"#;
+    let beat = RemotingCommand::request(request_code::HEART_BEAT, Default::default())
+        .with_body(hb.as_bytes().to_vec());
+    assert_eq!(client.invoke(beat, RPC).await.unwrap().code, 0);
+    let online = client.invoke(reset(), RPC).await.unwrap();
+    assert_eq!(online.code, response_code::SYSTEM_ERROR);
+    assert!(
+        online.remark.as_deref().unwrap_or("").contains("stop them"),
+        "{:?}",
+        online.remark
+    );
+    cluster.stop().await;
+}

@@ -78,6 +78,8 @@ pub mod request_code {
     pub const GET_CONSUMER_RUNNING_INFO: i32 = 307;
     /// Broker to consumer: consume one message directly (admin tool).
     pub const CONSUME_MESSAGE_DIRECTLY: i32 = 309;
+    /// Admin to broker: reset a group's offsets to a time (`mqadmin resetOffsetByTime`).
+    pub const INVOKE_BROKER_TO_RESET_OFFSET: i32 = 222;
     /// Admin to broker: the groups consuming a topic.
     pub const QUERY_TOPIC_CONSUME_BY_WHO: i32 = 300;
     /// Send one message, V2 (short `a`..`n`) header names. Java and C++ default.
@@ -129,6 +131,7 @@ pub mod request_code {
             GET_ALL_TOPIC_LIST_FROM_NAMESERVER => "GET_ALL_TOPIC_LIST_FROM_NAMESERVER",
             GET_CONSUME_STATS => "GET_CONSUME_STATS",
             QUERY_TOPIC_CONSUME_BY_WHO => "QUERY_TOPIC_CONSUME_BY_WHO",
+            INVOKE_BROKER_TO_RESET_OFFSET => "INVOKE_BROKER_TO_RESET_OFFSET",
             RESET_CONSUMER_CLIENT_OFFSET => "RESET_CONSUMER_CLIENT_OFFSET",
             GET_CONSUMER_STATUS_FROM_CLIENT => "GET_CONSUMER_STATUS_FROM_CLIENT",
             GET_CONSUMER_RUNNING_INFO => "GET_CONSUMER_RUNNING_INFO",

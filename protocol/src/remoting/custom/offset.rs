@@ -166,3 +166,17 @@ ext_header! {
         topic: String = "topic",
     }
 }
+
+ext_header! {
+    /// INVOKE_BROKER_TO_RESET_OFFSET request (admin to broker).
+    pub struct ResetOffsetRequestHeader {
+        /// Topic.
+        topic: String = "topic",
+        /// Consumer group.
+        group: String = "group",
+        /// Time to reset to (epoch ms; -1: the queues' ends).
+        timestamp: i64 = "timestamp",
+        /// Move offsets forward too (otherwise only back).
+        is_force: Option<bool> = "isForce",
+    }
+}

@@ -72,6 +72,28 @@ impl OffsetManager {
         out
     }
 
+    /// The groups with a committed offset in `topic` (filtered under the lock: only the
+    /// matches are copied).
+    pub(crate) fn groups_of(&self, topic: &str) -> Vec<String> {
+        self.table
+            .lock()
+            .keys()
+            .filter_map(|k| k.strip_prefix(topic)?.strip_prefix('@').map(str::to_owned))
+            .collect()
+    }
+
+    /// The topics where `group` has a committed offset.
+    pub(crate) fn topics_of(&self, group: &str) -> Vec<String> {
+        self.table
+            .lock()
+            .keys()
+            .filter_map(|k| {
+                let (topic, g) = k.split_once('@')?;
+                (g == group).then(|| topic.to_owned())
+            })
+            .collect()
+    }
+
     /// Records `offset` as the next offset `group` consumes from the queue.
     pub(crate) fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
         self.table

@@ -46,7 +46,8 @@ impl Rates {
     pub(crate) fn sample(&self, now: Instant, day: i64, put: u64, get: u64) {
         let mut s = self.state.lock();
         match s.day {
-            Some(d) if d == day => {}
+            // The same day, or the clock stepped back over midnight: nothing rolls.
+            Some(d) if day <= d => {}
             Some(_) => {
                 let t = s.totals;
                 s.totals = DayTotals {
@@ -126,6 +127,9 @@ mod tests {
                 get_today_morning: 200,
             }
         );
+        // A clock stepped back over midnight rolls nothing.
+        r.sample(t0 + Duration::from_secs(23), 6, 600, 250);
+        assert_eq!(r.day_totals().put_today_morning, 500);
         assert_eq!(Rates::default().tps(Duration::from_secs(10)), (0.0, 0.0));
     }
 }

@@ -8,7 +8,8 @@
 //! - `admin`: UPDATE_AND_CREATE_TOPIC, GET_ALL_TOPIC_CONFIG.
 //! - `progress`: GET_CONSUME_STATS, QUERY_TOPIC_CONSUME_BY_WHO, GET_TOPIC_STATS_INFO
 //!   (`mqadmin consumerProgress`, `topicStatus`).
-//! - `connections`: GET_CONSUMER/PRODUCER_CONNECTION_LIST (`mqadmin consumerConnection`).
+//! - `connections`: GET_CONSUMER/PRODUCER_CONNECTION_LIST (`mqadmin consumerConnection`),
+//!   INVOKE_BROKER_TO_RESET_OFFSET (`resetOffsetByTime`).
 //! - `runtime`: GET_BROKER_RUNTIME_INFO (`mqadmin clusterList`, `brokerStatus`).
 //! - `retry`: CONSUMER_SEND_MSG_BACK (the logic is in `crate::retry`).
 //!

@@ -33,7 +33,7 @@ pub(crate) struct QueueProgress {
 }
 
 /// GET_CONSUME_STATS: the group's committed offset against each queue's end, for the topic
-/// named or every topic the group has offsets in or subscribes to.
+/// named or every topic the group has offsets in (see `group_topics`).
 pub(super) fn consume_stats(
     ctx: &BrokerContext,
     req: &RemotingCommand,
@@ -66,13 +66,7 @@ pub(super) fn consumed_by(
     let h = QueryTopicConsumeByWhoRequestHeader::from_ext(&req.ext_fields)
         .map_err(|e| Reject::header(&e))?;
     let mut groups: BTreeSet<String> = ctx.clients.groups_subscribing(&h.topic);
-    groups.extend(
-        ctx.offsets
-            .group_topics()
-            .into_iter()
-            .filter(|(_, t)| *t == h.topic)
-            .map(|(g, _)| g),
-    );
+    groups.extend(ctx.offsets.groups_of(&h.topic));
     let body = serde_json::json!({ "groupList": groups });
     Ok(reply::ok(req).with_body(body.to_string().into_bytes()))
 }
@@ -115,19 +109,15 @@ pub(super) fn topic_stats(
     Ok(reply::ok(req).with_body(out.into_bytes()))
 }
 
-/// The topics a group has committed offsets in or subscribes to.
+/// The topics a group has committed offsets in, as Java's broker reports them: without those
+/// an online group no longer subscribes to (a dropped topic's backlog is not the group's lag).
 fn group_topics(ctx: &BrokerContext, group: &str) -> BTreeSet<String> {
-    let mut topics: BTreeSet<String> = ctx
-        .offsets
-        .group_topics()
+    let online = ctx.clients.consumer_group_info(group);
+    ctx.offsets
+        .topics_of(group)
         .into_iter()
-        .filter(|(g, _)| g == group)
-        .map(|(_, t)| t)
-        .collect();
-    if let Some(info) = ctx.clients.consumer_group_info(group) {
-        topics.extend(info.topics);
-    }
-    topics
+        .filter(|t| online.as_ref().is_none_or(|g| g.topics.contains(t)))
+        .collect()
 }
 
 fn queue_progress(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32) -> QueueProgress {

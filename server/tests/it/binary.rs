@@ -20,9 +20,15 @@ fn sluice() -> Command {
 /// `sluice serve` on free loopback ports over `data`, stdout read line by line (bounded);
 /// killed if the test fails before it stops it.
 fn serve(data: &std::path::Path) -> (KillOnDrop, LineReader) {
+    serve_with(data, &[])
+}
+
+/// [`serve`] with `extra` arguments after `serve` (a `--config`, say).
+fn serve_with(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (KillOnDrop, LineReader) {
     let mut child = sluice()
+        .arg("serve")
+        .args(extra)
         .args([
-            "serve",
             "--namesrv-listen",
             "127.0.0.1:0",
             "--broker-listen",
@@ -131,28 +137,10 @@ fn a_flag_corrects_the_file_before_it_is_validated() {
     let cfg = dir.path().join("sluice.toml");
     // A public HTTP address without tokens is refused, unless the flag moves it to loopback.
     std::fs::write(&cfg, "[http]\nlisten = \"0.0.0.0:18080\"\n").unwrap();
-    let mut child = KillOnDrop(
-        sluice()
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args([
-                "--namesrv-listen",
-                "127.0.0.1:0",
-                "--broker-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .env("SLUICE_LOG", "warn")
-            .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
-            .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut child, lines) = serve_with(
+        &dir.path().join("data"),
+        &["--config".as_ref(), cfg.as_os_str()],
     );
-    let lines = LineReader::new(child.0.stdout.take().unwrap());
     let ready = lines.next_within(LIMIT);
     assert!(ready.starts_with("sluice ready:"), "{ready:?}");
     assert!(terminate(&mut child).success());

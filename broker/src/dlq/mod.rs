@@ -77,6 +77,11 @@ impl DlqService {
         read::stats(&self.ctx)
     }
 
+    /// Sizes of one group's DLQ (zero when it has none).
+    pub fn group_stats(&self, group: &str) -> DlqGroupStats {
+        read::group_stats(&self.ctx, group.to_owned())
+    }
+
     /// Starts a replay task in the background; returns its first status.
     pub async fn start_replay(&self, spec: ReplaySpec) -> Result<ReplayStatus, DlqError> {
         replay::start(&self.ctx, spec).await

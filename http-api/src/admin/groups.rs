@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sluice_broker::{DLQ_PREFIX, RETRY_PREFIX};
+use sluice_broker::RETRY_PREFIX;
 use utoipa::{IntoParams, ToSchema};
 
 use super::topics::{is_system, topic_not_found};
@@ -121,13 +121,18 @@ pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut
             .map(|(g, _)| g)
             .filter(|g| !is_system_group(g)),
     );
-    let dlq = b.dlq().stats();
-    names.extend(dlq.iter().map(|s| s.group.clone()));
+    let dlq: std::collections::HashMap<String, u64> = b
+        .dlq()
+        .stats()
+        .into_iter()
+        .map(|s| (s.group, s.waiting))
+        .collect();
+    names.extend(dlq.keys().cloned());
     let groups = names
         .into_iter()
         .map(|g| GroupSummary {
             online: b.consumer_group(&g).is_some(),
-            dlq_waiting: dlq.iter().find(|s| s.group == g).map_or(0, |s| s.waiting),
+            dlq_waiting: dlq.get(&g).copied().unwrap_or(0),
             group: g,
         })
         .collect();
@@ -250,17 +255,10 @@ fn offsets_of(state: &AppState, group: &str, topics: &[String]) -> (Vec<OffsetOu
 }
 
 fn dlq_counts(state: &AppState, group: &str) -> DlqCounts {
-    let topic = format!("{DLQ_PREFIX}{group}");
-    state
-        .broker()
-        .dlq()
-        .stats()
-        .into_iter()
-        .find(|s| s.group == group || format!("{DLQ_PREFIX}{}", s.group) == topic)
-        .map(|s| DlqCounts {
-            total: s.total,
-            replayed: s.replayed,
-            waiting: s.waiting,
-        })
-        .unwrap_or_default()
+    let s = state.broker().dlq().group_stats(group);
+    DlqCounts {
+        total: s.total,
+        replayed: s.replayed,
+        waiting: s.waiting,
+    }
 }

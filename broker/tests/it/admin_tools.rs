@@ -100,6 +100,8 @@ async fn consume_stats_show_a_groups_offset_against_each_queues_end() {
         )
         .await;
     }
+    // Queue ends and store times come from the consume queue, written after the ack.
+    wait_dispatched(&cluster.broker).await;
     let commit = UpdateConsumerOffsetRequestHeader {
         consumer_group: "billing".into(),
         topic: "Progress".into(),
@@ -156,6 +158,7 @@ async fn connections_and_topic_status_are_listed_for_the_admin_tool() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
     send_ok(&client, "Status", 2, b"m", &props(None, None)).await;
+    wait_dispatched(&cluster.broker).await;
     let hb = r#"{"clientID":"10.0.0.9@7","consumerDataSet":[{"consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"readers","messageModel":"CLUSTERING","subscriptionDataSet":[{"subString":"*","subVersion":1,"topic":"Status","tagsSet":[],"codeSet":[]}]}],"producerDataSet":[{"groupName":"writers"}]}"#;
     let mut req = RemotingCommand::request(request_code::HEART_BEAT, Default::default())
         .with_body(hb.as_bytes().to_vec());

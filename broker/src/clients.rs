@@ -297,7 +297,8 @@ impl ClientManager {
     /// A consumer group's members and settings; `None` when it has no member.
     pub(crate) fn consumer_connection(&self, group: &str) -> Option<ConsumerConnection> {
         let g = self.groups.lock();
-        let c = g.consumers.get(group).filter(|c| !c.members.is_empty())?;
+        // Groups leave the map as their last member goes: one here has members.
+        let c = g.consumers.get(group)?;
         Some(ConsumerConnection {
             connection_set: connections(&g, c.members.iter()),
             subscription_table: c

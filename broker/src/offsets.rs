@@ -33,6 +33,12 @@ fn key(group: &str, topic: &str) -> String {
     format!("{topic}@{group}")
 }
 
+/// `(topic, group)` of a `topic@group` key: the first `@` splits it (topic names cannot
+/// contain one, group names may).
+fn split_key(k: &str) -> Option<(&str, &str)> {
+    k.split_once('@')
+}
+
 impl OffsetManager {
     /// Loads `consumerOffset.json`, if present.
     pub(crate) fn load(data_dir: &Path) -> Result<Self, BrokerError> {
@@ -56,15 +62,14 @@ impl OffsetManager {
             .and_then(|q| q.get(&queue_id).copied())
     }
 
-    /// Every (group, topic) with a committed offset (a `topic@group` key splits at its last
-    /// `@`: topic names cannot contain one, group names may).
+    /// Every (group, topic) with a committed offset.
     pub(crate) fn group_topics(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
             .table
             .lock()
             .keys()
             .filter_map(|k| {
-                let (topic, group) = k.split_once('@')?;
+                let (topic, group) = split_key(k)?;
                 Some((group.to_owned(), topic.to_owned()))
             })
             .collect();
@@ -78,7 +83,8 @@ impl OffsetManager {
         self.table
             .lock()
             .keys()
-            .filter_map(|k| k.strip_prefix(topic)?.strip_prefix('@').map(str::to_owned))
+            .filter_map(|k| split_key(k).filter(|(t, _)| *t == topic))
+            .map(|(_, g)| g.to_owned())
             .collect()
     }
 
@@ -87,10 +93,8 @@ impl OffsetManager {
         self.table
             .lock()
             .keys()
-            .filter_map(|k| {
-                let (topic, g) = k.split_once('@')?;
-                (g == group).then(|| topic.to_owned())
-            })
+            .filter_map(|k| split_key(k).filter(|(_, g)| *g == group))
+            .map(|(t, _)| t.to_owned())
             .collect()
     }
 

@@ -40,6 +40,8 @@ PRODUCER_GROUP = "py-orders"
 LOCAL_TXN_TIMEOUT_S = 5.0
 # Check-backs signed longer ago than this are refused (a replayed request).
 MAX_SIGNATURE_AGE_S = 300
+# Larger check-back bodies are refused before they are read.
+MAX_CHECK_BYTES = 1 << 20
 STARTED = time.monotonic()
 DEADLINE = STARTED + float(os.environ.get("DEMO_TIMEOUT_S", "90"))
 
@@ -136,7 +138,16 @@ def webhook_server(orders):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_CHECK_BYTES:
+                self.send_response(400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            raw = self.rfile.read(length)
             if not signed_recently(self.headers, raw):
                 log("orders", "check-back with a bad or stale signature refused")
                 self.send_response(401)
@@ -144,10 +155,14 @@ def webhook_server(orders):
                 self.end_headers()
                 return
             check = json.loads(raw)
-            body = check.get("body")
-            if body is None:
-                body = base64.b64decode(check.get("body_base64", "")).decode()
-            order_id = json.loads(body)["order"]
+            # The answer needs only the transaction id; the order id is for the log.
+            try:
+                body = check.get("body")
+                if body is None:
+                    body = base64.b64decode(check.get("body_base64", "")).decode()
+                order_id = json.loads(body).get("order", "?")
+            except (ValueError, AttributeError):
+                order_id = "?"
             state = orders.check_state(check["txn_id"], check["born_at_ms"])
             orders.checks.append((order_id, state))
             log("orders", f"check-back #{check.get('check_number')} for {order_id}: -> {state}")
@@ -291,13 +306,17 @@ def main():
 
     # order-4 was rolled back: it must never reach shipping. Drain a little to be sure.
     shipping.poll_once(wait_ms=500)
-    forged = forged_check_back_status(check_url)
-    log("demo", f"a check-back with a forged signature was answered {forged}")
+    forged = probe_check_back(check_url, b"not-the-secret", 0)
+    stale = probe_check_back(check_url, SECRET.encode(), 3600)
+    fresh = probe_check_back(check_url, SECRET.encode(), 0)
+    log("demo", f"check-backs signed with another key / an hour ago / now: {forged} / {stale} / {fresh}")
     result = {
         "shipped": sorted(shipping.shipped),
         "order2_delivery_count": shipping.shipped.get("order-2"),
         "duplicates": shipping.duplicates,
         "forged_check_back": forged,
+        "stale_check_back": stale,
+        "fresh_check_back": fresh,
         "nacks": shipping.nacks,
         "checks": orders.checks,
         "dead_lettered": sorted({k for d in dlq for k in d["keys"]}),
@@ -307,11 +326,11 @@ def main():
     hook.shutdown()
 
 
-def forged_check_back_status(check_url):
-    """What the webhook answers a check-back signed with the wrong key."""
-    raw = json.dumps({"txn_id": "forged", "born_at_ms": 0, "body": "{}"}).encode()
-    ts = str(int(time.time()))
-    sig = "sha256=" + hmac.new(b"not-the-secret", f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
+def probe_check_back(check_url, key, age_s):
+    """What the webhook answers a check-back signed with `key`, `age_s` seconds ago."""
+    raw = json.dumps({"txn_id": "probe", "born_at_ms": 0, "body": "{}"}).encode()
+    ts = str(int(time.time()) - age_s)
+    sig = "sha256=" + hmac.new(key, f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
     req = urllib.request.Request(check_url, data=raw, method="POST", headers={
         "Content-Type": "application/json", "X-Sluice-Timestamp": ts, "X-Sluice-Signature": sig})
     try:

@@ -92,7 +92,6 @@ impl HttpFacade {
             self.schedule.clone(),
         );
         state.txn_http().start(&state);
-        state.watch_shutdown();
         let (router, _) = crate::router(state.clone());
         let (stop, stopped) = watch::channel(false);
         let limits = ConnLimits {

@@ -98,7 +98,7 @@ fn not_ready_reasons(state: &AppState) -> Vec<String> {
             ));
         }
     }
-    if *state.broker().shutdown_signal().borrow() {
+    if state.stopping() {
         reasons.push("shutting down".into());
     }
     reasons

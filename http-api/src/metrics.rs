@@ -370,8 +370,27 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
     }
 }
 
-/// Most per-topic series one metric exports.
+/// Most series per client-named label (topics, groups) one metric exports; the rest are
+/// summed under [`OTHER`].
 const TOPIC_SERIES_MAX: usize = 50;
+/// The label of that sum: `*` is in no topic or group name, so it cannot clash with one.
+const OTHER: &str = "*other*";
+
+/// The `TOPIC_SERIES_MAX` largest of `items` by `size`, largest first, and the sum of the
+/// values of the rest (`None` when nothing was left out). Names are chosen by clients (and
+/// topics created on first send): a series each would grow every scrape without limit.
+fn top_series<T>(
+    mut items: Vec<(String, T)>,
+    size: impl Fn(&T) -> u64,
+) -> (Vec<(String, T)>, Vec<T>) {
+    items.sort_by(|a, b| size(&b.1).cmp(&size(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    let rest = items
+        .split_off(TOPIC_SERIES_MAX.min(items.len()))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    (items, rest)
+}
 
 fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
     out.gauge(
@@ -382,29 +401,26 @@ fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
     out.help(
         "sluice_timers_pending_by_topic",
         "gauge",
-        "Delayed messages waiting, by topic (the 50 largest; the rest as topic=\"%other%\").",
+        "Delayed messages waiting, by topic (the 50 largest; the rest as topic=\"*other*\").",
     );
-    // Topics are named by clients (and created on first send): a series per topic is
-    // bounded so a producer inventing names cannot grow every scrape without limit.
-    let mut by_count: Vec<(&String, &i64)> = s.pending_by_topic.iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-    let other: i64 = by_count
+    let by_topic = s
+        .pending_by_topic
         .iter()
-        .skip(TOPIC_SERIES_MAX)
-        .map(|(_, n)| **n)
-        .sum();
-    for (topic, n) in by_count.into_iter().take(TOPIC_SERIES_MAX) {
+        .map(|(t, n)| (t.clone(), *n))
+        .collect();
+    let (top, rest) = top_series(by_topic, |n| u64::try_from(*n).unwrap_or(0));
+    for (topic, n) in &top {
         out.sample(
             "sluice_timers_pending_by_topic",
             &[("topic", topic)],
             *n as f64,
         );
     }
-    if s.pending_by_topic.len() > TOPIC_SERIES_MAX {
+    if !rest.is_empty() {
+        let other: i64 = rest.iter().sum();
         out.sample(
             "sluice_timers_pending_by_topic",
-            // No topic can be named this (`%` is refused in names): no clash with a real one.
-            &[("topic", "%other%")],
+            &[("topic", OTHER)],
             other as f64,
         );
     }
@@ -484,19 +500,28 @@ fn dlq_section(out: &mut Prom, state: &AppState) {
     out.help(
         "sluice_dlq_messages",
         "gauge",
-        "Dead letters retained, by group and state.",
+        "Dead letters retained, by group and state (the 50 largest groups; the rest as group=\"*other*\").",
     );
-    for g in state.broker().dlq().stats() {
-        out.sample(
-            "sluice_dlq_messages",
-            &[("group", &g.group), ("state", "waiting")],
-            g.waiting as f64,
-        );
-        out.sample(
-            "sluice_dlq_messages",
-            &[("group", &g.group), ("state", "replayed")],
-            g.replayed as f64,
-        );
+    let by_group = state
+        .broker()
+        .dlq()
+        .stats()
+        .into_iter()
+        .map(|g| (g.group, (g.waiting, g.replayed)))
+        .collect();
+    let (top, rest) = top_series(by_group, |(w, r)| w + r);
+    let other = (!rest.is_empty()).then(|| {
+        let sum = |f: fn(&(u64, u64)) -> u64| rest.iter().map(f).sum::<u64>();
+        (OTHER.to_owned(), (sum(|v| v.0), sum(|v| v.1)))
+    });
+    for (group, (waiting, replayed)) in top.iter().chain(other.iter()) {
+        for (state, n) in [("waiting", waiting), ("replayed", replayed)] {
+            out.sample(
+                "sluice_dlq_messages",
+                &[("group", group), ("state", state)],
+                *n as f64,
+            );
+        }
     }
 }
 

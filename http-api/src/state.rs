@@ -24,9 +24,9 @@ struct Inner {
     started: Instant,
     metrics: crate::metrics::HttpMetrics,
     txn_http: crate::txn::TxnHttp,
-    /// Set once the broker begins to shut down: new requests (probes aside) are answered 503
-    /// from then on, while the broker drains (see `front`).
-    stopping: std::sync::atomic::AtomicBool,
+    /// The broker's shutdown flag: once set, new requests (probes aside) are answered 503
+    /// while the broker drains (see `front`).
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -47,6 +47,7 @@ impl AppState {
         schedule: Option<ScheduleService>,
     ) -> Self {
         let txn_http = crate::txn::TxnHttp::new(&config, txn.clone());
+        let services_shutdown = services.shutdown_signal();
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -56,29 +57,14 @@ impl AppState {
                 started: Instant::now(),
                 metrics: crate::metrics::HttpMetrics::default(),
                 txn_http,
-                stopping: std::sync::atomic::AtomicBool::new(false),
+                shutdown: services_shutdown,
             }),
         }
     }
 
     /// True once the broker's shutdown has begun.
     pub(crate) fn stopping(&self) -> bool {
-        self.inner
-            .stopping
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Sets [`AppState::stopping`] when the broker's shutdown begins (or the broker is gone).
-    pub(crate) fn watch_shutdown(&self) {
-        let mut signal = self.inner.services.shutdown_signal();
-        let state = self.clone();
-        tokio::spawn(async move {
-            let _ = signal.wait_for(|s| *s).await;
-            state
-                .inner
-                .stopping
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        });
+        *self.inner.shutdown.borrow()
     }
 
     /// The configuration.

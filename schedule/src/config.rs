@@ -90,6 +90,10 @@ impl ScheduleConfig {
                 self.levels.len()
             ));
         }
+        // Retries and HTTP nacks climb the levels as a back-off ladder.
+        if self.levels.windows(2).any(|w| w[0] > w[1]) {
+            return bad("levels must not decrease (level 1 first)".into());
+        }
         if self.max_delay.is_zero() || self.max_delay > Duration::from_secs(10 * 365 * 86_400) {
             return bad("max_delay must be between 1 ms and 10 years".into());
         }

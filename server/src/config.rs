@@ -198,28 +198,9 @@ fn url_without_credentials<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     match url {
-        Some(u) => s.serialize_str(&redact_url(u)),
+        Some(u) => s.serialize_str(&sluice_http::txn::webhook::redacted(u)),
         None => s.serialize_none(),
     }
-}
-
-/// `url` with `user:pass@` and the query (and fragment) replaced by `<redacted>`.
-fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (mut rest, tail) = match rest.find(['?', '#']) {
-        Some(i) => (rest[..i].to_string(), "?<redacted>"),
-        None => (rest.to_string(), ""),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    if let Some(at) = rest[..authority_end].rfind('@') {
-        rest.replace_range(..at, "<redacted>");
-    }
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
-    format!("{scheme}{rest}{tail}")
 }
 
 impl Default for ServerConfig {
@@ -460,6 +441,13 @@ impl ServerConfig {
         if self.http.enabled {
             self.http.to_config()?;
         }
+        // The sections' own errors first: `broker_config` turns a bad `[acl]` into a
+        // fail-closed ACL, whose refusal would hide the real cause.
+        self.retry
+            .to_config()?
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.acl.to_config()?;
         let broker = self.broker_config(None);
         broker
             .lease
@@ -470,11 +458,6 @@ impl ServerConfig {
         broker
             .validate()
             .map_err(|e| anyhow::anyhow!("[broker] {e}"))?;
-        self.retry
-            .to_config()?
-            .validate()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.acl.to_config()?;
         self.tls.load()?;
         Ok(())
     }

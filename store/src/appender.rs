@@ -387,28 +387,23 @@ impl Appender {
             return;
         }
         self.wait_for_flush_window();
-        // A failed sync may have fenced the store since these requests were staged (the
-        // window wait returns at once then): nothing more is written, and none of them is
-        // acknowledged, `WAIT=false` ones included.
-        if let Some(reason) = self.shared.fenced() {
-            self.buf.clear();
-            for (_, req, _) in std::mem::take(&mut self.staged) {
-                req.reply.fail(StoreError::Fenced(reason.clone()));
-            }
-            return;
-        }
         // After a seal `next` is the following segment's base: the rest of the sealed
         // segment is empty, and counting it as written lets readers step over it.
         let end = self.next;
         let start = self.buf_start;
-        if let Some(front) = &self.warm {
-            front.before_write(start, start + self.buf.len() as u64);
-        }
-        let outcome = match &self.segment {
-            Some(seg) => seg
-                .file
-                .write_at(self.io.as_ref(), &self.buf, start - seg.base),
-            None => Err(StoreError::Recovery("no open segment to write to".into())),
+        // A failed sync may have fenced the store since these requests were staged (the
+        // window wait returns at once then): nothing more is written, and none of them is
+        // acknowledged, `WAIT=false` ones included.
+        let outcome = match (self.shared.fenced(), &self.segment) {
+            (Some(reason), _) => Err(StoreError::Fenced(reason)),
+            (None, Some(seg)) => {
+                if let Some(front) = &self.warm {
+                    front.before_write(start, start + self.buf.len() as u64);
+                }
+                seg.file
+                    .write_at(self.io.as_ref(), &self.buf, start - seg.base)
+            }
+            (None, None) => Err(StoreError::Recovery("no open segment to write to".into())),
         };
         self.buf.clear();
         let mut staged = std::mem::take(&mut self.staged);
@@ -420,9 +415,15 @@ impl Appender {
                 }
             }
             Err(e) => {
-                self.shared.fence(format!("commit-log write failed: {e}"));
+                let why = match e {
+                    StoreError::Fenced(reason) => reason,
+                    e => {
+                        self.shared.fence(format!("commit-log write failed: {e}"));
+                        e.to_string()
+                    }
+                };
                 for (_, req, _) in staged {
-                    req.reply.fail(StoreError::Fenced(e.to_string()));
+                    req.reply.fail(StoreError::Fenced(why.clone()));
                 }
             }
         }

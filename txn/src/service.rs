@@ -141,8 +141,8 @@ impl TxnView {
 }
 
 fn matches(e: &Entry, q: &ListQuery, now: i64) -> bool {
+    // `q.after` is applied by the range the caller walks (`Table::entries_after`).
     q.states.admits(e.state)
-        && q.after.is_none_or(|a| e.id.half_offset > a)
         && q.producer_group.as_deref().is_none_or(|g| g == e.group)
         && q.key
             .as_deref()

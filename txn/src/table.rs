@@ -605,17 +605,21 @@ impl Table {
     pub(crate) fn gauges(&self) -> (u64, u64, u64, u64, Option<i64>) {
         let (mut open, mut parked, mut resolving, mut done) = (0, 0, 0, 0);
         let mut oldest: Option<i64> = None;
+        // Parked transactions wait for an operator, not for their producer: counted in
+        // `parked`, not in the age of the oldest open one (which then only grew).
+        let mut older = |ms: i64| oldest = Some(oldest.map_or(ms, |o: i64| o.min(ms)));
         for e in self.entries.values() {
             match e.state {
-                TxnState::Open => open += 1,
+                TxnState::Open => {
+                    open += 1;
+                    older(e.stored_ms);
+                }
+                TxnState::Resolving { .. } => {
+                    resolving += 1;
+                    older(e.stored_ms);
+                }
                 TxnState::Parked => parked += 1,
-                TxnState::Resolving { .. } => resolving += 1,
                 _ => done += 1,
-            }
-            // Parked transactions wait for an operator, not for their producer: counted in
-            // `parked`, not in the age of the oldest open one (which then only grew).
-            if matches!(e.state, TxnState::Open | TxnState::Resolving { .. }) {
-                oldest = Some(oldest.map_or(e.stored_ms, |o: i64| o.min(e.stored_ms)));
             }
         }
         (open, parked, resolving, done, oldest)

@@ -59,7 +59,7 @@ pub(super) fn reset_offset(
 ) -> Result<RemotingCommand, Reject> {
     let h = sluice_protocol::remoting::custom::ResetOffsetRequestHeader::from_ext(&req.ext_fields)
         .map_err(|e| Reject::header(&e))?;
-    if ctx.clients.consumer_connection(&h.group).is_none() {
+    if !ctx.clients.has_consumer_group(&h.group) {
         return Err(Reject::new(
             code::CONSUMER_NOT_ONLINE,
             format!(

@@ -85,10 +85,7 @@ pub(super) fn topic_stats(
             format!("topic[{}] not exist", h.topic),
         ));
     };
-    let quote = |s: &str| serde_json::Value::from(s).to_string();
-    let (broker, topic) = (quote(&ctx.cfg.broker_name), quote(&h.topic));
-    let mut out = String::from(r#"{"offsetTable":{"#);
-    for queue_id in 0..cfg.write_queue_nums {
+    let entries = (0..cfg.write_queue_nums).map(|queue_id| {
         let (min, max) = (
             ctx.store.min_offset(&h.topic, queue_id),
             ctx.store.max_offset(&h.topic, queue_id),
@@ -97,15 +94,14 @@ pub(super) fn topic_stats(
             .checked_sub(1)
             .and_then(|o| ctx.store.store_time(&h.topic, queue_id, o))
             .unwrap_or(0);
-        if queue_id > 0 {
-            out.push(',');
-        }
-        let _ = write!(
-            out,
-            r#"{{"brokerName":{broker},"queueId":{queue_id},"topic":{topic}}}:{{"lastUpdateTimestamp":{last},"maxOffset":{max},"minOffset":{min}}}"#
-        );
-    }
-    out.push_str("}}");
+        let value =
+            format!(r#"{{"lastUpdateTimestamp":{last},"maxOffset":{max},"minOffset":{min}}}"#);
+        (h.topic.as_str(), queue_id, value)
+    });
+    let out = format!(
+        r#"{{"offsetTable":{}}}"#,
+        mq_map(&ctx.cfg.broker_name, entries)
+    );
     Ok(reply::ok(req).with_body(out.into_bytes()))
 }
 
@@ -144,24 +140,36 @@ fn queue_progress(ctx: &BrokerContext, group: &str, topic: &str, queue_id: i32) 
 /// "queueId":..,"topic":..}:{"brokerOffset":..,"consumerOffset":..,"lastTimestamp":..},..}}`
 /// (properties in alphabetical order, as fastjson sorts them).
 pub(crate) fn encode_consume_stats(broker_name: &str, rows: &[QueueProgress]) -> String {
+    let entries = rows.iter().map(|r| {
+        let value = format!(
+            r#"{{"brokerOffset":{},"consumerOffset":{},"lastTimestamp":{}}}"#,
+            r.broker_offset, r.consumer_offset, r.last_timestamp
+        );
+        (r.topic.as_str(), r.queue_id, value)
+    });
+    format!(
+        r#"{{"consumeTps":0.0,"offsetTable":{}}}"#,
+        mq_map(broker_name, entries)
+    )
+}
+
+/// A `Map<MessageQueue, _>` as fastjson writes it: each key the queue as an object
+/// (`{"brokerName":..,"queueId":..,"topic":..}`), each value the JSON given with it.
+fn mq_map<'a>(broker_name: &str, entries: impl Iterator<Item = (&'a str, i32, String)>) -> String {
     let quote = |s: &str| serde_json::Value::from(s).to_string();
-    let mut out = String::from(r#"{"consumeTps":0.0,"offsetTable":{"#);
-    for (i, r) in rows.iter().enumerate() {
+    let broker = quote(broker_name);
+    let mut out = String::from("{");
+    for (i, (topic, queue_id, value)) in entries.enumerate() {
         if i > 0 {
             out.push(',');
         }
         let _ = write!(
             out,
-            r#"{{"brokerName":{},"queueId":{},"topic":{}}}:{{"brokerOffset":{},"consumerOffset":{},"lastTimestamp":{}}}"#,
-            quote(broker_name),
-            r.queue_id,
-            quote(&r.topic),
-            r.broker_offset,
-            r.consumer_offset,
-            r.last_timestamp
+            r#"{{"brokerName":{broker},"queueId":{queue_id},"topic":{}}}:{value}"#,
+            quote(topic)
         );
     }
-    out.push_str("}}");
+    out.push('}');
     out
 }
 

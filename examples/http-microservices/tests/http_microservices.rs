@@ -30,9 +30,17 @@ async fn python_services_use_transactions_leases_retries_and_dlq_replay_over_htt
         outcome.output
     );
     assert_eq!(r["dead_lettered"], serde_json::json!(["order-2"]));
+    // Signed with another key, or an hour ago (a replay): refused; signed now: answered, so
+    // the refusals are not the webhook refusing everything.
+    let probes = (
+        &r["forged_check_back"],
+        &r["stale_check_back"],
+        &r["fresh_check_back"],
+    );
     assert_eq!(
-        r["forged_check_back"], 401,
-        "a check-back signed with another key is refused:\n{}",
+        probes,
+        (&401.into(), &401.into(), &200.into()),
+        "{}",
         outcome.output
     );
 }

@@ -123,8 +123,11 @@ pub struct Report {
     pub backend: &'static str,
     /// Charge rows in the database, by payment id.
     pub charges: Vec<ChargeRow>,
-    /// Successful charges per payment, as the bank counted them.
+    /// Successful charges per payment, as the bank counted them (at most 1 each: the payment
+    /// id is the bank's idempotency key).
     pub bank_charges: BTreeMap<String, u32>,
+    /// Calls for payments the bank had already charged (the consumer charging again).
+    pub bank_repeats: BTreeMap<String, u32>,
     /// Attempts per payment, as the bank counted them.
     pub bank_attempts: BTreeMap<String, u32>,
     /// Payment ids that were in the DLQ before the replay.

@@ -17,12 +17,15 @@ fn assert_report(r: &Report) {
         "good payments charged on delivery 1, flaky ones after their retries, CHF through the \
          replay, the closed account never"
     );
+    // The bank moves money once per payment id whatever happens; that the consumer never
+    // called it again for a charged payment is what its dedupe promises.
+    assert!(
+        r.bank_repeats.is_empty(),
+        "the consumer charged again: {:?}",
+        r.bank_repeats
+    );
     for (id, _, _) in &r.charges {
-        assert_eq!(
-            r.bank_charges.get(id),
-            Some(&1),
-            "{id} charged exactly once at the bank"
-        );
+        assert!(r.bank_charges.contains_key(id), "{id} charged at the bank");
     }
     assert_eq!(
         r.bank_charges.len(),

@@ -272,8 +272,9 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// The URL for logs: scheme, host, port and path; no query, no user info.
-fn redacted(url: &str) -> String {
+/// The URL for logs: scheme, host, port and path; no query, no user info (they may carry
+/// credentials).
+pub fn redacted(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => format!(
             "{}://{}{}{}",

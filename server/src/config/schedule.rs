@@ -42,11 +42,6 @@ impl ScheduleSection {
     pub fn to_config(&self) -> Result<ScheduleConfig> {
         let mut cfg = ScheduleConfig::default();
         if let Some(levels) = &self.levels_ms {
-            // Retries and HTTP nacks climb these levels as a back-off ladder; refused here,
-            // where the setting is, not later as an "[http] leases" error.
-            if levels.windows(2).any(|w| w[0] > w[1]) {
-                anyhow::bail!("schedule.levels_ms must not decrease (level 1 first)");
-            }
             cfg.levels = levels.iter().copied().map(Duration::from_millis).collect();
         }
         cfg.max_delay = Duration::from_secs(self.max_delay_secs);

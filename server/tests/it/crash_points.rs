@@ -397,9 +397,19 @@ fn assert_timer_runs_named(dir: &Path, case: &Case) {
         .iter()
         .filter_map(Value::as_u64)
         .collect();
-    let Ok(entries) = std::fs::read_dir(dir.join("store/schedule/runs")) else {
-        return;
+    let entries = match std::fs::read_dir(dir.join("store/schedule/runs")) {
+        Ok(entries) => entries,
+        Err(_) if !matches!(case.needs, Need::Timers) => return,
+        Err(e) => panic!("{spec}: schedule/runs after the restart: {e}"),
     };
+    // Every run state.json names is on disk too (a named run lost is a lost timer).
+    for id in &named {
+        let run = dir.join(format!("store/schedule/runs/{id:020}.run"));
+        assert!(
+            run.is_file(),
+            "{spec}: state.json names run {id}, missing on disk"
+        );
+    }
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let id: u64 = name

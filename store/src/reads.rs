@@ -294,13 +294,15 @@ impl Store {
             end_ms,
             max.saturating_mul(4).max(16),
         );
-        let visible = self.visible_end();
         let mut out = Vec::new();
         for phys in candidates {
-            if out.len() >= max || phys >= visible {
+            if out.len() >= max {
                 continue;
             }
-            let Ok(rec) = self.read_verified(phys) else {
+            // Index entries are not cut when recovery cuts a torn tail, so an entry may point
+            // past the end or into the middle of a record written since: that is a stale hit,
+            // not damage on disk, and must not fill the damage log.
+            let Ok(rec) = self.read_record_untrusted(phys) else {
                 continue;
             };
             let Ok(view) = RecordView::parse(&rec, usize::MAX) else {
@@ -343,4 +345,37 @@ fn record_is(rec: &[u8], topic: &str, queue_id: i32, offset: u64) -> bool {
     }
     RecordView::parse(rec, usize::MAX)
         .is_ok_and(|v| v.topic == topic && v.header.queue_id == queue_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sluice_protocol::message::properties::keys;
+
+    use crate::index::{index_key, IndexItem};
+    use crate::{MessageInput, Store, StoreConfig};
+
+    #[test]
+    fn a_stale_index_hit_inside_a_record_is_skipped_without_recording_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let mut m = MessageInput::new("T", 0, vec![b'x'; 300]);
+        m.properties = format!("{}\u{1}k\u{2}", keys::KEYS);
+        let a = store.append_blocking(vec![m]).unwrap()[0];
+        assert!(store.wait_dispatched(Duration::from_secs(5)));
+        // What a cut tail leaves behind: an entry for the key that now points mid-record.
+        let stale = IndexItem::new(&index_key("T", "k"), a.phys_offset + 40, a.store_timestamp);
+        store.index.put_batch(&[stale]).unwrap();
+
+        let hits = store.query_by_key("T", "k", 10, 0, i64::MAX / 2);
+
+        assert_eq!(
+            hits.len(),
+            1,
+            "the real record is found, the stale hit skipped"
+        );
+        assert_eq!(store.damage_count(), 0, "a stale index hit is not damage");
+        store.shutdown().unwrap();
+    }
 }

@@ -244,19 +244,21 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
             ),
         };
         if !ok {
-            tracing::warn!(remote = %peer, access_key = %access_key, code = req.code, needed = %what, decision = "deny", "ACL: permission refused");
-            return Err(Denied(format!(
-                "ACL: access key {access_key} has no {what} (request code {})",
-                req.code
-            )));
+            return Err(refused(peer, access_key, req.code, &what));
         }
     }
     Ok(())
 }
 
-/// The access key a request was authorized under (it passed [`authorize`]), with ACL on.
-pub(crate) fn access_key_of<'a>(cfg: &AclConfig, req: &'a RemotingCommand) -> Option<&'a str> {
-    if !cfg.enabled {
+/// The access key a request was authorized under (it passed [`authorize`]), with ACL on and
+/// the peer not trusted. A trusted peer skips every check, so an access key it happens to send
+/// must not narrow what it may do (it would lose, say, its producer group's checks).
+pub(crate) fn access_key_of<'a>(
+    cfg: &AclConfig,
+    peer: SocketAddr,
+    req: &'a RemotingCommand,
+) -> Option<&'a str> {
+    if !cfg.enabled || trusted(cfg, peer) {
         return None;
     }
     req.ext_fields
@@ -304,14 +306,18 @@ pub fn authorize_topic(
     }
     // Retry topics are not broker topics: they take the group's permission.
     if crate::topic::is_broker_topic(topic) || !account.topic_perm(topic).allows(perm) {
-        tracing::warn!(remote = %peer, access_key = %access_key, code = req.code, topic, decision = "deny", "ACL: permission refused on the record's topic");
-        return Err(Denied(format!(
-            "ACL: access key {access_key} has no {} on topic {topic} (request code {})",
-            perm.name(),
-            req.code
-        )));
+        let what = format!("{} on topic {topic}", perm.name());
+        return Err(refused(peer, access_key, req.code, &what));
     }
     Ok(())
+}
+
+/// A signed request whose account lacks `what`: logged, and the answer's text.
+fn refused(peer: SocketAddr, access_key: &str, code: i32, what: &str) -> Denied {
+    tracing::warn!(remote = %peer, access_key = %access_key, code, needed = %what, decision = "deny", "ACL: permission refused");
+    Denied(format!(
+        "ACL: access key {access_key} has no {what} (request code {code})"
+    ))
 }
 
 /// A peer matching [`AclConfig::white_remote_addresses`], which skips every check.
@@ -371,6 +377,27 @@ mod tests {
         cfg.accounts = vec![acct("account1", "secret-1")];
         assert!(cfg.validate().is_ok());
         assert!(!format!("{cfg:?}").contains("secret-1"));
+    }
+
+    #[test]
+    fn a_trusted_peer_is_registered_without_its_access_key() {
+        let cfg = AclConfig {
+            enabled: true,
+            white_remote_addresses: vec![AddressPattern::parse("10.0.0.*").unwrap()],
+            ..AclConfig::default()
+        };
+        let mut ext = sluice_protocol::remoting::ExtFields::default();
+        ext.insert(acl::ACCESS_KEY, "limited");
+        let req = RemotingCommand::request(10, ext);
+        let trusted: SocketAddr = "10.0.0.7:1".parse().unwrap();
+        let other: SocketAddr = "10.0.1.7:1".parse().unwrap();
+        assert_eq!(access_key_of(&cfg, trusted, &req), None);
+        assert_eq!(access_key_of(&cfg, other, &req), Some("limited"));
+        assert!(may_take_checks(
+            &cfg,
+            access_key_of(&cfg, trusted, &req),
+            "Orders"
+        ));
     }
 
     #[test]

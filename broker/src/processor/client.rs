@@ -53,7 +53,7 @@ pub(super) fn heartbeat(
         conn,
         &hb,
         Instant::now(),
-        crate::acl::access_key_of(&ctx.cfg.acl, req),
+        crate::acl::access_key_of(&ctx.cfg.acl, conn.remote_addr(), req),
     );
     ctx.notify_consumers_changed(&changed);
     Ok(reply::ok(req))

@@ -41,7 +41,7 @@ pub(super) async fn send(
         conn,
         &h.producer_group,
         Instant::now(),
-        crate::acl::access_key_of(&ctx.cfg.acl, req),
+        crate::acl::access_key_of(&ctx.cfg.acl, conn.remote_addr(), req),
     );
     let batch = h.is_batch() || req.code == request_code::SEND_BATCH_MESSAGE;
     let born_host = canonical(conn.remote_addr());

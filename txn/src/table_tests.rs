@@ -314,3 +314,28 @@ fn the_oldest_open_age_leaves_parked_transactions_out() {
     let (open, _, _, _, oldest) = t.gauges();
     assert_eq!((open, oldest), (1, Some(500)));
 }
+
+#[test]
+fn a_page_after_a_cursor_starts_past_it_in_offset_order() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in [30, 10, 20] {
+        t.insert(entry(id, 1000));
+    }
+    let ids = |after| {
+        t.entries_after(after)
+            .map(|e| e.id.half_offset)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(None), [10, 20, 30]);
+    assert_eq!(
+        ids(Some(10)),
+        [20, 30],
+        "the cursor's own entry is not repeated"
+    );
+    assert_eq!(ids(Some(15)), [20, 30], "a cursor between entries");
+    assert_eq!(
+        ids(Some(30)),
+        Vec::<u64>::new(),
+        "past the last: an empty page"
+    );
+}

@@ -672,6 +672,41 @@ async fn operators_list_inspect_and_force_transactions() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn the_transaction_listing_pages_after_its_cursor_without_repeats_or_gaps() {
+    let s = start_signed().await;
+    let mut sent = Vec::new();
+    for _ in 0..5 {
+        sent.push(send(&s, "pages", json!({})).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut url = "/v1/transactions?producer_group=pages&limit=2".to_string();
+    for _ in 0..5 {
+        let (status, v) = s.get(&url).await;
+        assert_eq!(status, 200, "{v}");
+        let page: Vec<String> = v["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["txn_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(page.len() <= 2, "{v}");
+        seen.extend(page);
+        match v["next_after"].as_u64() {
+            Some(next) => {
+                url = format!("/v1/transactions?producer_group=pages&limit=2&after={next}")
+            }
+            None => break,
+        }
+    }
+    let mut want = sent.clone();
+    want.sort();
+    let mut got = seen.clone();
+    got.sort();
+    assert_eq!(got, want, "every open transaction listed once: {seen:?}");
+    s.stop().await;
+}
+
 #[test]
 fn webhook_config_refuses_a_short_secret_and_a_long_poll_past_30s() {
     let short = HttpConfig {

@@ -107,6 +107,10 @@ pub struct BrokerConfig {
     /// How long a shutdown waits for parked pulls to be answered, then for requests in
     /// flight to finish, each. Default 10 s.
     pub drain_timeout: Duration,
+    /// Finished DLQ replay tasks kept (in memory, as files, and in `GET /v1/replays`); past
+    /// it the oldest finished ones are forgotten (their audit lines stay). Running tasks
+    /// always count. Default 1 000.
+    pub replays_kept: usize,
     /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
     /// TLS when registering with name servers (needed when they are TLS-only). Default `None`.
@@ -147,6 +151,7 @@ impl BrokerConfig {
             client_expiry: Duration::from_secs(120),
             idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
+            replays_kept: 1_000,
             tls: None,
             namesrv_tls: None,
             store,
@@ -170,6 +175,7 @@ impl BrokerConfig {
                 self.max_parked_pulls_per_connection,
             ),
             ("max_parked_pulls", self.max_parked_pulls),
+            ("replays_kept", self.replays_kept),
             (
                 "default_topic_queue_nums",
                 self.default_topic_queue_nums as usize,

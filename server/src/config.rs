@@ -104,6 +104,9 @@ pub struct BrokerSection {
     /// How often consumer offsets are written to `config/consumerOffset.json`; a crash
     /// replays at most this much consumption (at-least-once). Default 5 000.
     pub offset_flush_interval_ms: u64,
+    /// Finished DLQ replay tasks kept (listed by `GET /v1/replays`, one small file each);
+    /// the oldest finished ones are forgotten past it. Default 1 000.
+    pub replays_kept: usize,
 }
 
 /// `[store]`
@@ -280,6 +283,7 @@ impl Default for BrokerSection {
             idle_timeout_ms: 120_000,
             drain_timeout_ms: 10_000,
             offset_flush_interval_ms: 5_000,
+            replays_kept: 1_000,
         }
     }
 }
@@ -632,6 +636,7 @@ impl ServerConfig {
         b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);
         b.drain_timeout = Duration::from_millis(self.broker.drain_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
+        b.replays_kept = self.broker.replays_kept;
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();
         // Fail closed: an invalid section (refused by `validate`) makes the broker refuse to start.

@@ -70,7 +70,10 @@ impl BrokerContext {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
         };
-        let dlq = Arc::new(crate::dlq::state::DlqState::new(&cfg.store.data_dir));
+        let dlq = Arc::new(crate::dlq::state::DlqState::new(
+            &cfg.store.data_dir,
+            cfg.replays_kept,
+        ));
         let parked = Arc::new(crate::longpoll::ParkedPerConnection::new(
             cfg.max_parked_pulls_per_connection,
         ));

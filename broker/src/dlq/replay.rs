@@ -210,6 +210,7 @@ pub(crate) fn resume_all(ctx: &Arc<BrokerContext>) {
             spawn(ctx, status, cancel);
         }
     }
+    ctx.dlq.prune();
 }
 
 fn spawn(ctx: &Arc<BrokerContext>, status: ReplayStatus, cancel: Arc<CancelFlag>) {
@@ -269,6 +270,8 @@ async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<Canc
         tracing::error!(task = %status.id, error = %e, "saving replay task failed");
     }
     ctx.dlq.update(&status);
+    let ctx2 = Arc::clone(&ctx);
+    let _ = tokio::task::spawn_blocking(move || ctx2.dlq.prune()).await;
     tracing::info!(task = %status.id, state = ?status.state, matched = status.matched, replayed = status.replayed, skipped = status.skipped, failed = status.failed, "replay task stopped");
 }
 

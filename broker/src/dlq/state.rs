@@ -115,6 +115,8 @@ impl CancelFlag {
 /// The DLQ state of one broker.
 pub(crate) struct DlqState {
     dir: PathBuf,
+    /// Finished tasks kept; the oldest beyond it are forgotten ([`Self::prune`]).
+    kept: usize,
     tasks: Mutex<BTreeMap<String, TaskEntry>>,
     ledgers: Mutex<HashMap<String, Arc<Ledger>>>,
     runners: Mutex<Vec<JoinHandle<()>>>,
@@ -123,9 +125,10 @@ pub(crate) struct DlqState {
 }
 
 impl DlqState {
-    pub(crate) fn new(data_dir: &Path) -> Self {
+    pub(crate) fn new(data_dir: &Path, kept: usize) -> Self {
         Self {
             dir: crate::state_file::config_dir(data_dir).join("dlq"),
+            kept,
             tasks: Mutex::new(BTreeMap::new()),
             ledgers: Mutex::new(HashMap::new()),
             runners: Mutex::new(Vec::new()),
@@ -188,6 +191,35 @@ impl DlqState {
         // Durably, or a power cut could bring the "running" file back.
         if let Err(e) = sluice_store::remove_synced(&self.task_path(id)) {
             tracing::error!(task = id, error = %e, "cannot remove the file of a replay task that did not start");
+        }
+    }
+
+    /// Forgets the oldest finished tasks beyond `kept` and removes their files, so a script
+    /// that replays one message at a time cannot grow memory, the task folder and the
+    /// listing without bound. Their audit lines stay. Blocking.
+    pub(crate) fn prune(&self) {
+        let gone = {
+            let mut tasks = self.tasks.lock();
+            let mut finished: Vec<(i64, String)> = tasks
+                .values()
+                .filter(|t| t.status.state != ReplayState::Running)
+                .map(|t| (t.status.created_ms, t.status.id.clone()))
+                .collect();
+            let excess = finished.len().saturating_sub(self.kept);
+            finished.sort_unstable();
+            finished.truncate(excess);
+            for (_, id) in &finished {
+                tasks.remove(id);
+            }
+            finished
+        };
+        for (_, id) in gone {
+            // Not synced: a file that comes back after a power cut is pruned again.
+            if let Err(e) = std::fs::remove_file(self.task_path(&id)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(task = %id, error = %e, "cannot remove the file of a forgotten replay task");
+                }
+            }
         }
     }
 

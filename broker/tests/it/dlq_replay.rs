@@ -807,3 +807,60 @@ async fn a_producer_set_retry_topic_does_not_redirect_a_dead_letters_replay() {
     );
     cluster.stop().await;
 }
+
+/// Replay task files under the data folder.
+fn task_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.parent().is_some_and(|p| p.ends_with("tasks"))
+                && p.extension().is_some_and(|x| x == "json")
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn only_the_newest_finished_replays_are_kept() {
+    let cluster = start_cluster_with(|c| c.replays_kept = 2).await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "kg", "Orders", 1, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let s = dlq
+            .start_replay(ReplaySpec {
+                group: "kg".into(),
+                dry_run: true,
+                ..ReplaySpec::default()
+            })
+            .await
+            .unwrap();
+        wait_done(&cluster.broker, &s.id).await;
+        ids.push(s.id);
+    }
+    // The last task is pruned after it shows as finished: wait (bounded) for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dlq.replays().len() > 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut kept: Vec<String> = dlq.replays().into_iter().map(|r| r.id).collect();
+    kept.sort();
+    let mut newest = ids[2..].to_vec();
+    newest.sort();
+    assert_eq!(kept, newest, "the two newest of {ids:?}");
+    assert!(matches!(dlq.replay(&ids[0]), Err(DlqError::NoSuchTask(_))));
+    assert_eq!(
+        task_files(cluster.dir.path()),
+        2,
+        "forgotten tasks' files are removed"
+    );
+    cluster.stop().await;
+}

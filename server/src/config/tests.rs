@@ -379,6 +379,15 @@ fn parked_pulls_per_connection_are_configurable() {
 }
 
 #[test]
+fn kept_replay_tasks_are_configurable_and_zero_is_refused() {
+    let b = load(None, env(&[])).unwrap().broker_config(None);
+    assert_eq!(b.replays_kept, 1_000);
+    let cfg = load(None, env(&[("SLUICE_BROKER_REPLAYS_KEPT", "5")])).unwrap();
+    assert_eq!(cfg.broker_config(None).replays_kept, 5);
+    assert!(load(None, env(&[("SLUICE_BROKER_REPLAYS_KEPT", "0")])).is_err());
+}
+
+#[test]
 fn the_name_server_accepts_registration_bodies_up_to_the_frame_size() {
     let cfg = load(None, env(&[])).unwrap();
     let n = cfg.namesrv_config();

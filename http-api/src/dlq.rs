@@ -259,6 +259,7 @@ async fn list_dead_letters(
         (status = 202, description = "Started; poll GET /v1/replays/{id}", body = ReplayOut),
         (status = 400, description = "Bad group, topic or body", body = ErrorBody),
         (status = 403, description = "target_topic is a system topic", body = ErrorBody),
+        (status = 404, description = "The group has no dead-letter queue", body = ErrorBody),
         (status = 409, description = "A replay of this group is still running", body = ErrorBody),
         (status = 422, description = "rate_per_sec out of range", body = ErrorBody),
     ),
@@ -426,6 +427,9 @@ fn replay_out(s: ReplayStatus) -> ReplayOut {
 fn dlq_error(e: DlqError) -> ApiError {
     match e {
         DlqError::NoSuchTask(id) => ApiError::not_found(format!("no replay task {id:?}")),
+        DlqError::NoDeadLetters(g) => {
+            ApiError::not_found(format!("group {g:?} has no dead-letter queue"))
+        }
         DlqError::Invalid(m) => ApiError::bad_request(m),
         DlqError::Forbidden(m) => {
             ApiError::new(StatusCode::FORBIDDEN, crate::error::code::FORBIDDEN, m)

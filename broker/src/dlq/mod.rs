@@ -37,6 +37,9 @@ pub enum DlqError {
     /// No such replay task.
     #[error("no replay task {0:?}")]
     NoSuchTask(String),
+    /// The group has never had a dead letter (no `%DLQ%<group>` topic): nothing to replay.
+    #[error("group {0:?} has no dead-letter queue")]
+    NoDeadLetters(String),
     /// The request is not acceptable.
     #[error("invalid request: {0}")]
     Invalid(String),

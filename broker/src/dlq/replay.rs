@@ -119,6 +119,11 @@ pub(crate) async fn start(
             "rate_per_sec must be at most {MAX_RATE}"
         )));
     }
+    // Refused before any state is made: a ledger and a task per invented group name would
+    // otherwise pile up.
+    if ctx.topics.get(&topic).is_none() {
+        return Err(DlqError::NoDeadLetters(spec.group));
+    }
     let now = now_ms();
     let status = ReplayStatus {
         id: ctx.dlq.next_id(),
@@ -393,6 +398,16 @@ async fn run_loop(
     }
 }
 
+/// The topic a dead letter was first sent to, for a copy into a retry topic.
+fn original_of(m: &DlqMessage) -> Result<String, String> {
+    let origin = m
+        .original_topic
+        .clone()
+        .ok_or("the message has no RETRY_TOPIC, so it cannot go back to a retry topic")?;
+    check_target(&origin).map_err(|e| e.to_string())?;
+    Ok(origin)
+}
+
 fn capped(status: &ReplayStatus) -> bool {
     status.max_messages.is_some_and(|m| status.matched >= m)
 }
@@ -407,6 +422,16 @@ async fn replay_one(
     status: &ReplayStatus,
 ) -> Result<bool, String> {
     let (dest, queue_id, retry_of) = match &status.target_topic {
+        // A retry topic named as the target (this group's, or another group's to redrive
+        // there) is written as the default is: queue 0, with the original topic, which its
+        // readers need; without it the lease reader skipped the copy while the ledger marked
+        // its dead letter replayed.
+        Some(t) if t.starts_with(crate::topic::RETRY_PREFIX) => {
+            check_target(t).map_err(|e| e.to_string())?;
+            let origin = original_of(m)?;
+            ensure_one_queue_topic(ctx, t);
+            (t.clone(), 0, Some(origin))
+        }
         Some(t) => {
             // Checked per message too: a task file from an older version may name any target.
             check_target(t).map_err(|e| e.to_string())?;
@@ -425,11 +450,7 @@ async fn replay_one(
         // topic: only this group consumes it again. Copied into the original topic, it went
         // to every other group subscribed there too, which had handled it already.
         None => {
-            let origin = m
-                .original_topic
-                .clone()
-                .ok_or("the message has no RETRY_TOPIC and the task no target topic")?;
-            check_target(&origin).map_err(|e| e.to_string())?;
+            let origin = original_of(m)?;
             let retry = retry_topic(&status.group);
             ensure_one_queue_topic(ctx, &retry);
             (retry, 0, Some(origin))

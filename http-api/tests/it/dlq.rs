@@ -81,6 +81,42 @@ async fn dead_letters_are_listed_with_reason_origin_and_count() {
 }
 
 #[tokio::test]
+async fn a_replay_to_the_groups_retry_topic_named_explicitly_is_received_again() {
+    let s = common::start().await;
+    s.create_topic("Orders", 1);
+    dead_letter(&s, "billing", "Orders", "m1", "boom").await;
+    let (st, r) = s
+        .post(
+            "/v1/groups/billing/dlq/replay",
+            json!({"rate_per_sec": 1000, "target_topic": "%RETRY%billing"}),
+        )
+        .await;
+    assert_eq!(st, 202, "{r}");
+    let done = finished(&s, r["id"].as_str().unwrap()).await;
+    assert_eq!(done["replayed"].as_u64(), Some(1), "{done}");
+    assert!(s
+        .broker
+        .services()
+        .store()
+        .wait_dispatched(Duration::from_secs(10)));
+    let (st, r) = s
+        .post(
+            "/v1/groups/billing/topics/Orders/receive",
+            json!({"max": 10}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let copies = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["body"] == "m1" && m["topic"] == "Orders")
+        .count();
+    assert_eq!(copies, 2, "the original and the replayed copy: {r}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_replay_copies_dead_letters_back_and_reports_progress() {
     let s = common::start().await;
     s.create_topic("Orders", 1);
@@ -177,5 +213,13 @@ async fn replay_refusals_have_their_codes() {
     }
     let (st, r) = s.post("/v1/groups/g/dlq/replay", json!({"speed": 1})).await;
     assert_eq!((st, error_code(&r)), (400, "invalid_json"));
+    let (st, r) = s.post("/v1/groups/nobody/dlq/replay", json!({})).await;
+    assert_eq!((st, error_code(&r)), (404, "not_found"), "{r}");
+    let (_, r) = s.get("/v1/replays").await;
+    assert_eq!(
+        r["replays"].as_array().map(Vec::len),
+        Some(0),
+        "no task made: {r}"
+    );
     s.stop().await;
 }

@@ -126,7 +126,14 @@ fn until_next(core: &Core) -> Duration {
     let now = now_ms();
     let near = millis(core.cfg.near_window);
     let g = core.index.inner.lock();
-    let refresh = g.window_end.fire_ms.saturating_sub(near / 2);
+    // A full window is not loaded further (`maintain_window`), so its refresh time is no
+    // reason to wake: with a million timers due together, loaded seconds early, the
+    // refresh time is already past and the loop spun until they fell due.
+    let refresh = if g.near_len() >= core.cfg.max_window_load {
+        i64::MAX
+    } else {
+        g.window_end.fire_ms.saturating_sub(near / 2)
+    };
     let next = g.next_due().unwrap_or(i64::MAX).min(refresh);
     drop(g);
     let wait = next.saturating_sub(now).clamp(0, millis(MAX_IDLE));

@@ -342,7 +342,15 @@ impl ScheduleService {
     pub(crate) async fn apply(&self, sel: &Selector, action: Action) -> Result<OpReport> {
         check_selector(sel)?;
         let core = self.core()?;
-        ops::apply(&core, sel, action).await
+        // On a task of its own, holding the operations' lock to the end: run in the caller's
+        // future, a caller that went away (an HTTP client hanging up during a slow write)
+        // released the lock while its begun cancel went on, and a cancel of the same key let
+        // in meanwhile could settle as already cancelled while the rescheduled copy was
+        // still being written, to be delivered after that answer.
+        let sel = sel.clone();
+        tokio::spawn(async move { ops::apply(&core, &sel, action).await })
+            .await
+            .map_err(|_| ScheduleError::Timeout("a cancel or reschedule task failed"))?
     }
 
     /// The messages `sel` matches with their state; the flag says the list was cut at

@@ -102,6 +102,29 @@ pub struct Claim {
     pub stale_before_ms: i64,
 }
 
+/// Widths of the table's columns on PostgreSQL (`VARCHAR(255)`, `VARCHAR(128)` for `msg_id`),
+/// which refuses longer values on every delivery (SQLite ignores widths).
+const MAX_KEY_CHARS: usize = 255;
+const MAX_MSG_ID_CHARS: usize = 128;
+
+/// `value`, or when longer than `max` characters its SHA-256 as `sha256:<hex>` (71
+/// characters): a business key built from a long topic and key, or a producer's own long
+/// UNIQ_KEY, is still claimed once instead of failing every delivery into the DLQ.
+fn fitted(value: String, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    if value.chars().count() <= max {
+        return value;
+    }
+    let digest = Sha256::digest(value.as_bytes());
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256:");
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 macro_rules! backend {
     ($db:ty, $lock:expr) => {
         impl DedupeBackend for $db {
@@ -508,9 +531,9 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
         };
         let claim = Claim {
             consumer_group: inner.group.clone(),
-            dedupe_key: key,
-            topic: msg.topic().to_owned(),
-            msg_id: msg.msg_id().to_owned(),
+            dedupe_key: fitted(key, MAX_KEY_CHARS),
+            topic: fitted(msg.topic().to_owned(), MAX_KEY_CHARS),
+            msg_id: fitted(msg.msg_id().to_owned(), MAX_MSG_ID_CHARS),
             stale_before_ms,
         };
         let mut tx = inner.pool.begin().await?;
@@ -544,17 +567,12 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
                 return Err(e.into());
             }
         }
-        match tx.commit().await {
-            Ok(()) => {
-                inner.processed.fetch_add(1, Ordering::Relaxed);
-                Ok(Outcome::Processed)
-            }
-            Err(e) if is_unique_violation(&e) => {
-                inner.duplicates.fetch_add(1, Ordering::Relaxed);
-                Ok(Outcome::Duplicate)
-            }
-            Err(e) => Err(e.into()),
-        }
+        // A unique violation at COMMIT is never the claim's (its upsert cannot conflict): it
+        // is the handler's own deferred constraint, so the business writes were rolled back
+        // with the claim. Reported as a duplicate, the message was acknowledged unprocessed.
+        tx.commit().await?;
+        inner.processed.fetch_add(1, Ordering::Relaxed);
+        Ok(Outcome::Processed)
     }
 
     /// Messages processed by this instance.

@@ -166,6 +166,19 @@ async fn scenario<DB: Business>(pool: Pool<DB>, tag: &str) {
     ));
     assert_eq!(DB::count(&pool, table).await, 3);
 
+    // A business key longer than the key column (255 on PostgreSQL) is claimed by digest.
+    let long = format!("order-{}", "7".repeat(300));
+    let long_keyed = |u: &str| msg(u, "order-long").with_property("KEYS", &long);
+    assert_eq!(
+        by_order.process(&long_keyed("U5a")).await.unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(
+        by_order.process(&long_keyed("U5b")).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(DB::count(&pool, table).await, 4);
+
     // A UNIQ_KEY repeats about a month later (its time field counts from the start of the
     // month): a claim older than the window belongs to another message, which is processed.
     let day_ms = 24 * 3600 * 1000;
@@ -191,7 +204,7 @@ async fn scenario<DB: Business>(pool: Pool<DB>, tag: &str) {
         by_order.process(&keyed("U3c")).await.unwrap(),
         Outcome::Duplicate
     );
-    assert_eq!(DB::count(&pool, table).await, 4);
+    assert_eq!(DB::count(&pool, table).await, 5);
 
     // A handler that swallowed a failed statement: what the helper reports is what was
     // committed (on PostgreSQL the transaction was aborted, so nothing was).
@@ -287,6 +300,66 @@ async fn postgres_skips_duplicates_and_writes_each_message_once() {
         .await
         .expect("connect to DATABASE_URL");
     scenario(pool, "pg").await;
+}
+
+/// A handler whose write breaks a deferred unique constraint fails at COMMIT: that is the
+/// handler failing (its writes and the claim are rolled back), not a duplicate delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_deferred_constraint_failing_at_commit_is_an_error_not_a_duplicate() {
+    let url = std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL",
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect to DATABASE_URL");
+    idempotent::migrate(&pool).await.expect("migration");
+    let table = format!("deferred_{}", std::process::id());
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (order_id TEXT, UNIQUE (order_id) DEFERRABLE INITIALLY DEFERRED)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!("INSERT INTO {table} VALUES ('order-1')"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let insert: &'static str =
+        Box::leak(format!("INSERT INTO {table} VALUES ($1)").into_boxed_str());
+    let handler = handler_fn(
+        move |msg: &ConsumedMessage, tx: &mut Transaction<'static, Postgres>| {
+            async move {
+                let body = std::str::from_utf8(msg.body())?.to_owned();
+                sqlx::query(insert).bind(body).execute(&mut **tx).await?;
+                Ok(())
+            }
+            .boxed()
+        },
+    );
+    let group = format!("deferred-{}", std::process::id());
+    let helper = Idempotent::new(pool.clone(), group.clone(), handler);
+
+    let first = helper.process(&msg("D1", "order-1")).await;
+    assert!(
+        matches!(first, Err(IdempotencyError::Database(_))),
+        "{first:?}"
+    );
+    assert_eq!(helper.duplicates(), 0, "not counted as a duplicate");
+    // Nothing was claimed: the redelivery with a good body is processed.
+    assert_eq!(
+        helper.process(&msg("D1", "order-2")).await.unwrap(),
+        Outcome::Processed
+    );
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,7 +147,9 @@ impl PushConsumerBuilder {
         self
     }
 
-    /// How long the broker may hold a pull that finds nothing (default 15 s).
+    /// How long the broker may hold a pull that finds nothing (default 15 s). Must be
+    /// positive: a pull that is not held is answered at once, and the worker would pull again
+    /// in a tight loop.
     #[must_use]
     pub fn long_polling(mut self, hold: Duration) -> Self {
         self.s.long_poll = hold;
@@ -238,6 +240,11 @@ impl PushConsumerBuilder {
         if positive.iter().any(Duration::is_zero) {
             return Err(ClientError::Config(
                 "intervals and the consume timeout must be positive".into(),
+            ));
+        }
+        if self.s.long_poll.is_zero() {
+            return Err(ClientError::Config(
+                "long_polling must be positive (an unheld pull would be repeated at once)".into(),
             ));
         }
         Ok(())

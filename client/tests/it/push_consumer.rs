@@ -554,3 +554,18 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_
     producer.shutdown().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_push_consumer_without_long_polling_is_refused_at_start() {
+    let started = PushConsumer::builder(sluice_client::ClientConfig::new("127.0.0.1:1"), "g")
+        .subscribe("T", "*")
+        .long_polling(Duration::ZERO)
+        .start(|_m: ConsumedMessage| async { ConsumeResult::Success })
+        .await;
+    match started {
+        Err(sluice_client::ClientError::Config(why)) => {
+            assert!(why.contains("long_polling"), "{why}")
+        }
+        other => panic!("expected a config error, got {:?}", other.err()),
+    }
+}

@@ -51,8 +51,12 @@ pub(crate) const INTERNAL: [&str; 5] = [
     PROP_CANCEL,
 ];
 
-/// Room kept in the properties for what parking and delivery add.
-const PROPERTY_HEADROOM: usize = 192;
+/// Room kept in the properties for what parking, delivery and rolls add, beyond the real
+/// topic's name (`REAL_TOPIC`, up to 255 bytes, counted apart): `REAL_QID`, the due time,
+/// the timer's offset, `SLUICE_TIMER_PREV` and a delay level, each with its separators, come
+/// to about 215 bytes. A fixed 192 for everything let an acknowledged message with a long
+/// topic grow past the limit at its release, where the store refused it and it was dropped.
+const PROPERTY_HEADROOM: usize = 256;
 
 /// What to do with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,10 +184,11 @@ pub(crate) fn park(msg: &mut PendingMessage, plan: Plan) -> Result<Option<i64>, 
         }
         Plan::Timer { due_ms } => (TIMER_TOPIC, TIMER_QUEUE, due_ms),
     };
-    if msg.properties.encoded_len() + PROPERTY_HEADROOM > MAX_PROPERTIES_LEN {
+    let headroom = PROPERTY_HEADROOM + msg.input.topic.len();
+    if msg.properties.encoded_len() + headroom > MAX_PROPERTIES_LEN {
         return Err(format!(
-            "a delayed message's properties may be at most {} bytes",
-            MAX_PROPERTIES_LEN - PROPERTY_HEADROOM
+            "a delayed message's properties may be at most {} bytes to this topic",
+            MAX_PROPERTIES_LEN - headroom
         ));
     }
     let props = &mut msg.properties;
@@ -219,6 +224,38 @@ mod tests {
     }
 
     const NOW: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_parked_message_that_was_accepted_still_fits_after_release_and_rolls() {
+        let topic = "t".repeat(255);
+        let room = MAX_PROPERTIES_LEN - PROPERTY_HEADROOM - topic.len();
+        let with_filler = |len: usize| {
+            let mut p = Properties::new();
+            p.insert("KEYS", "k");
+            let filler = len - p.encoded_len() - "PAD".len() - 2;
+            p.insert("PAD", "x".repeat(filler));
+            assert_eq!(p.encoded_len(), len);
+            PendingMessage {
+                input: sluice_store::MessageInput::new(topic.clone(), 3, "body"),
+                properties: p,
+            }
+        };
+        let plan = Plan::Timer { due_ms: i64::MAX };
+        assert!(
+            park(&mut with_filler(room + 1), plan).is_err(),
+            "one byte over"
+        );
+        let mut msg = with_filler(room);
+        park(&mut msg, plan).expect("accepted");
+        // The most a release and a roll add, with the longest numbers.
+        let p = &mut msg.properties;
+        p.insert(PROP_TIMER_OFFSET, u64::MAX.to_string());
+        p.insert(PROP_DUE_MS, i64::MIN.to_string());
+        p.insert(PROP_PREV, key_ref(i64::MIN, u64::MAX));
+        p.insert(keys::DELAY, "18");
+        p.insert(keys::REAL_QID, i32::MIN.to_string());
+        assert!(p.encoded_len() <= MAX_PROPERTIES_LEN, "{}", p.encoded_len());
+    }
 
     #[test]
     fn delay_levels_clamp_and_ignore_non_positive() {

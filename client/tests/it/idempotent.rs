@@ -289,31 +289,28 @@ async fn sqlite_skips_duplicates_and_writes_each_message_once() {
     scenario(pool, "sqlite").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_skips_duplicates_and_writes_each_message_once() {
+/// A pool on the suite's PostgreSQL (`DATABASE_URL`, set by `./scripts/test`).
+async fn postgres() -> Pool<Postgres> {
     let url = std::env::var("DATABASE_URL").expect(
         "DATABASE_URL is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL",
     );
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&url)
         .await
-        .expect("connect to DATABASE_URL");
-    scenario(pool, "pg").await;
+        .expect("connect to DATABASE_URL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_skips_duplicates_and_writes_each_message_once() {
+    scenario(postgres().await, "pg").await;
 }
 
 /// A handler whose write breaks a deferred unique constraint fails at COMMIT: that is the
 /// handler failing (its writes and the claim are rolled back), not a duplicate delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_deferred_constraint_failing_at_commit_is_an_error_not_a_duplicate() {
-    let url = std::env::var("DATABASE_URL").expect(
-        "DATABASE_URL is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL",
-    );
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .expect("connect to DATABASE_URL");
+    let pool = postgres().await;
     idempotent::migrate(&pool).await.expect("migration");
     let table = format!("deferred_{}", std::process::id());
     sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))

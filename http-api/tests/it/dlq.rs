@@ -50,6 +50,25 @@ async fn finished(s: &Server, id: &str) -> Value {
     panic!("replay {id} did not finish");
 }
 
+/// Receives (group billing, topic Orders, up to 10) and counts the messages with `body`
+/// delivered as messages of Orders; the answer too, for assertion messages.
+async fn received_from_orders(s: &Server, body: &str) -> (usize, Value) {
+    let (st, r) = s
+        .post(
+            "/v1/groups/billing/topics/Orders/receive",
+            json!({"max": 10}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let n = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["body"] == body && m["topic"] == "Orders")
+        .count();
+    (n, r)
+}
+
 #[tokio::test]
 async fn dead_letters_are_listed_with_reason_origin_and_count() {
     let s = common::start().await;
@@ -99,19 +118,7 @@ async fn a_replay_to_the_groups_retry_topic_named_explicitly_is_received_again()
         .services()
         .store()
         .wait_dispatched(Duration::from_secs(10)));
-    let (st, r) = s
-        .post(
-            "/v1/groups/billing/topics/Orders/receive",
-            json!({"max": 10}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    let copies = r["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["body"] == "m1" && m["topic"] == "Orders")
-        .count();
+    let (copies, r) = received_from_orders(&s, "m1").await;
     assert_eq!(copies, 2, "the original and the replayed copy: {r}");
     s.stop().await;
 }
@@ -151,21 +158,8 @@ async fn a_replay_copies_dead_letters_back_and_reports_progress() {
     );
     // The group receives it as a message of Orders: the original (never consumed over HTTP
     // here) and the replayed copy.
-    let (st, r) = s
-        .post(
-            "/v1/groups/billing/topics/Orders/receive",
-            json!({"max": 10}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    let got = r["messages"].as_array().unwrap();
-    assert_eq!(
-        got.iter()
-            .filter(|m| m["body"] == "m1" && m["topic"] == "Orders")
-            .count(),
-        2,
-        "the replayed letter is received again: {r}"
-    );
+    let (copies, r) = received_from_orders(&s, "m1").await;
+    assert_eq!(copies, 2, "the replayed letter is received again: {r}");
 
     let (_, r) = s.get("/v1/groups/billing/dlq").await;
     assert!(

@@ -28,6 +28,20 @@ const MAX_LOOKUPS: usize = 100_000;
 pub(crate) struct GroupsOut {
     /// Sorted by name.
     pub groups: Vec<GroupSummary>,
+    /// More groups follow: pass this as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// Listing options.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListGroupsQuery {
+    /// Most groups in the answer, 1 to 10 000 (default 1 000).
+    pub limit: Option<usize>,
+    /// Groups after this name (the previous page's `next_after`).
+    pub after: Option<String>,
 }
 
 /// A group in the listing.
@@ -105,10 +119,17 @@ pub(crate) struct DlqCounts {
     get,
     path = "/v1/groups",
     tag = "admin",
-    responses((status = 200, description = "Groups with a retry topic or dead letters", body = GroupsOut)),
+    params(ListGroupsQuery),
+    responses(
+        (status = 200, description = "Groups with a retry topic or dead letters", body = GroupsOut),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
-pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut> {
+pub(super) async fn list_groups(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ListGroupsQuery>,
+) -> ApiResult<Json<GroupsOut>> {
     let b = state.broker();
     let mut names: BTreeSet<String> = b
         .topics()
@@ -128,6 +149,12 @@ pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut
         .map(|s| (s.group, s.waiting))
         .collect();
     names.extend(dlq.keys().cloned());
+    let (names, next_after) = super::page(
+        names.into_iter(),
+        String::as_str,
+        q.after.as_deref(),
+        q.limit,
+    )?;
     let groups = names
         .into_iter()
         .map(|g| GroupSummary {
@@ -136,7 +163,7 @@ pub(super) async fn list_groups(State(state): State<AppState>) -> Json<GroupsOut
             group: g,
         })
         .collect();
-    Json(GroupsOut { groups })
+    Ok(Json(GroupsOut { groups, next_after }))
 }
 
 /// Groups the broker keeps for itself (transaction and timer progress), not users' groups.

@@ -66,6 +66,9 @@ pub(crate) struct TopicOut {
 pub(crate) struct TopicsOut {
     /// Sorted by name.
     pub topics: Vec<TopicOut>,
+    /// More topics follow: pass this as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 /// A topic with its queues.
@@ -99,6 +102,10 @@ pub(crate) struct ListTopicsQuery {
     /// Also list the broker's own topics (retry, dead-letter, schedule, transactions).
     #[serde(default)]
     pub system: bool,
+    /// Most topics in the answer, 1 to 10 000 (default 1 000).
+    pub limit: Option<usize>,
+    /// Topics after this name (the previous page's `next_after`).
+    pub after: Option<String>,
 }
 
 /// Creates a topic (idempotent for the same shape).
@@ -159,21 +166,29 @@ pub(super) async fn create_topic(
     path = "/v1/topics",
     tag = "admin",
     params(ListTopicsQuery),
-    responses((status = 200, description = "Topics, sorted by name", body = TopicsOut)),
+    responses(
+        (status = 200, description = "Topics, sorted by name", body = TopicsOut),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub(super) async fn list_topics(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListTopicsQuery>,
-) -> Json<TopicsOut> {
-    let topics = state
-        .broker()
-        .topics()
-        .iter()
-        .map(topic_out)
-        .filter(|t| q.system || !t.system)
-        .collect();
-    Json(TopicsOut { topics })
+) -> ApiResult<Json<TopicsOut>> {
+    let mut all = state.broker().topics();
+    all.sort_unstable_by(|a, b| a.topic_name.cmp(&b.topic_name));
+    let shown = all.iter().filter(|t| q.system || !is_system(&t.topic_name));
+    let (topics, next_after) = super::page(
+        shown,
+        |t| t.topic_name.as_str(),
+        q.after.as_deref(),
+        q.limit,
+    )?;
+    Ok(Json(TopicsOut {
+        topics: topics.into_iter().map(topic_out).collect(),
+        next_after,
+    }))
 }
 
 /// A topic with its queues' offsets.

@@ -254,3 +254,60 @@ async fn a_group_that_only_acknowledged_is_listed() {
     );
     s.stop().await;
 }
+
+/// Walks a listing page by page (two per page), returning every name in order.
+async fn walk(s: &common::Server, path: &str, key: &str, field: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut url = format!("{path}?limit=2");
+    for _ in 0..100 {
+        let (st, r) = s.get(&url).await;
+        assert_eq!(st, 200, "{r}");
+        let page = r[key].as_array().unwrap();
+        assert!(page.len() <= 2, "{r}");
+        names.extend(page.iter().map(|t| t[field].as_str().unwrap().to_owned()));
+        match r["next_after"].as_str() {
+            Some(next) => url = format!("{path}?limit=2&after={next}"),
+            None => return names,
+        }
+    }
+    panic!("{path}: the pages never ended");
+}
+
+#[tokio::test]
+async fn topic_and_group_listings_page_by_name_without_repeats_or_gaps() {
+    let s = common::start().await;
+    for name in ["Pa", "Pb", "Pc", "Pd", "Pe"] {
+        s.create_topic(name, 1);
+        // Every group that ever heartbeated has a retry topic: that is how groups are found.
+        s.create_topic(&format!("%RETRY%g{name}"), 1);
+    }
+    let (_, all) = s.get("/v1/topics?limit=10000").await;
+    let want: Vec<String> = all["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(want.len() >= 5, "{all}");
+    assert_eq!(walk(&s, "/v1/topics", "topics", "name").await, want);
+
+    let groups = walk(&s, "/v1/groups", "groups", "group").await;
+    let mut sorted = groups.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(groups, sorted, "in order, each once");
+    assert!(
+        ["gPa", "gPe"].iter().all(|g| groups.iter().any(|x| x == g)),
+        "{groups:?}"
+    );
+
+    for bad in ["/v1/topics?limit=0", "/v1/groups?limit=10001"] {
+        let (st, r) = s.get(bad).await;
+        assert_eq!(
+            (st, common::error_code(&r)),
+            (400, "bad_request"),
+            "{bad}: {r}"
+        );
+    }
+    s.stop().await;
+}

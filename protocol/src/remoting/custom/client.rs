@@ -117,6 +117,17 @@ ext_header! {
     }
 }
 
+/// GET_CONSUMER_CONNECTION_LIST request (admin to broker): the consumer group alone.
+pub type GetConsumerConnectionListRequestHeader = GetConsumerListByGroupRequestHeader;
+
+ext_header! {
+    /// GET_PRODUCER_CONNECTION_LIST request (admin to broker).
+    pub struct GetProducerConnectionListRequestHeader {
+        /// Producer group.
+        producer_group: String = "producerGroup",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,21 +184,5 @@ mod tests {
         assert_eq!(ext.get_str("commitLogOffset"), Some("77"));
         assert_eq!(ext.get_str("tranStateTableOffset"), Some("3"));
         assert_eq!(CheckTransactionStateRequestHeader::from_ext(&ext), Ok(h));
-    }
-}
-
-ext_header! {
-    /// GET_CONSUMER_CONNECTION_LIST request (admin to broker).
-    pub struct GetConsumerConnectionListRequestHeader {
-        /// Consumer group.
-        consumer_group: String = "consumerGroup",
-    }
-}
-
-ext_header! {
-    /// GET_PRODUCER_CONNECTION_LIST request (admin to broker).
-    pub struct GetProducerConnectionListRequestHeader {
-        /// Producer group.
-        producer_group: String = "producerGroup",
     }
 }

@@ -86,6 +86,36 @@ ext_header! {
     }
 }
 
+ext_header! {
+    /// PUT_KV_CONFIG request (admin to name server).
+    pub struct PutKvConfigRequestHeader {
+        /// Namespace (`ORDER_TOPIC_CONFIG` for ordered topics).
+        namespace: String = "namespace",
+        /// Key.
+        key: String = "key",
+        /// Value.
+        value: String = "value",
+    }
+}
+
+ext_header! {
+    /// GET_KV_CONFIG and DELETE_KV_CONFIG request.
+    pub struct KvConfigKeyHeader {
+        /// Namespace.
+        namespace: String = "namespace",
+        /// Key.
+        key: String = "key",
+    }
+}
+
+ext_header! {
+    /// GET_KV_CONFIG response.
+    pub struct GetKvConfigResponseHeader {
+        /// The value.
+        value: Option<String> = "value",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,35 +163,5 @@ mod tests {
             UpdateAndCreateTopicRequestHeader::from_ext(&ext),
             Err(HeaderError::Missing("order"))
         );
-    }
-}
-
-ext_header! {
-    /// PUT_KV_CONFIG request (admin to name server).
-    pub struct PutKvConfigRequestHeader {
-        /// Namespace (`ORDER_TOPIC_CONFIG` for ordered topics).
-        namespace: String = "namespace",
-        /// Key.
-        key: String = "key",
-        /// Value.
-        value: String = "value",
-    }
-}
-
-ext_header! {
-    /// GET_KV_CONFIG and DELETE_KV_CONFIG request.
-    pub struct KvConfigKeyHeader {
-        /// Namespace.
-        namespace: String = "namespace",
-        /// Key.
-        key: String = "key",
-    }
-}
-
-ext_header! {
-    /// GET_KV_CONFIG response.
-    pub struct GetKvConfigResponseHeader {
-        /// The value.
-        value: Option<String> = "value",
     }
 }

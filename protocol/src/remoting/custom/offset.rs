@@ -104,6 +104,43 @@ pub type GetMinOffsetResponseHeader = OffsetResponseHeader;
 /// SEARCH_OFFSET_BY_TIMESTAMP response.
 pub type SearchOffsetResponseHeader = OffsetResponseHeader;
 
+ext_header! {
+    /// GET_CONSUME_STATS request (admin to broker).
+    pub struct GetConsumeStatsRequestHeader {
+        /// Consumer group.
+        consumer_group: String = "consumerGroup",
+        /// One topic; every topic the group has offsets in when absent.
+        topic: Option<String> = "topic",
+    }
+}
+
+ext_header! {
+    /// An admin request naming one topic and nothing else.
+    pub struct TopicRequestHeader {
+        /// Topic.
+        topic: String = "topic",
+    }
+}
+
+/// QUERY_TOPIC_CONSUME_BY_WHO request (admin to broker).
+pub type QueryTopicConsumeByWhoRequestHeader = TopicRequestHeader;
+/// GET_TOPIC_STATS_INFO request (admin to broker).
+pub type GetTopicStatsInfoRequestHeader = TopicRequestHeader;
+
+ext_header! {
+    /// INVOKE_BROKER_TO_RESET_OFFSET request (admin to broker).
+    pub struct ResetOffsetRequestHeader {
+        /// Topic.
+        topic: String = "topic",
+        /// Consumer group.
+        group: String = "group",
+        /// Time to reset to (epoch ms; -1: the queues' ends).
+        timestamp: i64 = "timestamp",
+        /// Move offsets forward too (otherwise only back).
+        is_force: Option<bool> = "isForce",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,45 +175,5 @@ mod tests {
                 ..
             })
         ));
-    }
-}
-
-ext_header! {
-    /// GET_CONSUME_STATS request (admin to broker).
-    pub struct GetConsumeStatsRequestHeader {
-        /// Consumer group.
-        consumer_group: String = "consumerGroup",
-        /// One topic; every topic the group has offsets in when absent.
-        topic: Option<String> = "topic",
-    }
-}
-
-ext_header! {
-    /// QUERY_TOPIC_CONSUME_BY_WHO request (admin to broker).
-    pub struct QueryTopicConsumeByWhoRequestHeader {
-        /// Topic.
-        topic: String = "topic",
-    }
-}
-
-ext_header! {
-    /// GET_TOPIC_STATS_INFO request (admin to broker).
-    pub struct GetTopicStatsInfoRequestHeader {
-        /// Topic.
-        topic: String = "topic",
-    }
-}
-
-ext_header! {
-    /// INVOKE_BROKER_TO_RESET_OFFSET request (admin to broker).
-    pub struct ResetOffsetRequestHeader {
-        /// Topic.
-        topic: String = "topic",
-        /// Consumer group.
-        group: String = "group",
-        /// Time to reset to (epoch ms; -1: the queues' ends).
-        timestamp: i64 = "timestamp",
-        /// Move offsets forward too (otherwise only back).
-        is_force: Option<bool> = "isForce",
     }
 }

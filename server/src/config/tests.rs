@@ -10,6 +10,11 @@ fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
         .into_iter()
 }
 
+/// Why `load` refuses these variables (the whole error chain).
+fn refusal(vars: &[(&str, &str)]) -> String {
+    format!("{:#}", load(None, env(vars)).unwrap_err())
+}
+
 #[test]
 fn defaults_are_valid_and_sync() {
     let cfg = load(None, env(&[])).unwrap();
@@ -77,10 +82,7 @@ fn unknown_keys_are_refused() {
     std::fs::write(&p, "[broker]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
     let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
     assert!(err.contains("listen_port"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_BROKER_NO_SUCH", "1")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_BROKER_NO_SUCH", "1")]);
     assert!(err.contains("no_such"), "{err}");
 }
 
@@ -127,15 +129,9 @@ fn the_txn_section_has_defaults_group_overrides_and_env() {
     std::fs::write(&p, "[txn.groups.pay]\nchek_max = 3\n").unwrap();
     let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
     assert!(err.contains("chek_max"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_TXN_FINAL_ACTION", "drop")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_TXN_FINAL_ACTION", "drop")]);
     assert!(err.contains("final_action"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_TXN_CHECK_MAX", "0")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_TXN_CHECK_MAX", "0")]);
     assert!(err.contains("check_max"), "{err}");
 }
 
@@ -164,51 +160,26 @@ fn the_retry_section_has_defaults_group_overrides_and_env() {
     std::fs::write(&p, "[retry.groups.g]\nmax_retries = 3\n").unwrap();
     let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
     assert!(err.contains("max_retries"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_RETRY_BACKOFF", "linear")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_RETRY_BACKOFF", "linear")]);
     assert!(err.contains("backoff"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_RETRY_BACKOFF", "ladder")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_RETRY_BACKOFF", "ladder")]);
     assert!(err.contains("ladder"), "{err}");
 }
 
 #[test]
 fn bad_values_are_refused_with_a_reason() {
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_STORE_FLUSH", "sometimes")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_STORE_FLUSH", "sometimes")]);
     assert!(err.contains("store.flush"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(
-            None,
-            env(&[
-                ("SLUICE_STORE_ASYNC_FLUSH_INTERVAL_MS", "60000"),
-                ("SLUICE_STORE_FLUSH", "async")
-            ])
-        )
-        .unwrap_err()
-    );
+    let err = refusal(&[
+        ("SLUICE_STORE_ASYNC_FLUSH_INTERVAL_MS", "60000"),
+        ("SLUICE_STORE_FLUSH", "async"),
+    ]);
     assert!(err.contains("interval"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_BROKER_IDLE_TIMEOUT_MS", "0")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_BROKER_IDLE_TIMEOUT_MS", "0")]);
     assert!(err.contains("idle_timeout_ms"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_TLS_MODE", "sometimes")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_TLS_MODE", "sometimes")]);
     assert!(err.contains("[tls] mode"), "{err}");
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_TLS_HTTP", "true")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_TLS_HTTP", "true")]);
     assert!(err.contains("cert_file and key_file"), "{err}");
 }
 
@@ -434,10 +405,7 @@ fn a_digit_only_string_from_the_environment_is_taken_as_a_string() {
     .unwrap();
     assert_eq!(cfg.http.webhook_secret.as_deref(), Some("1234567890123456"));
     // Still refused where a boolean is needed, without the value in the message.
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_TXN_ENABLED", "987654321")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_TXN_ENABLED", "987654321")]);
     assert!(err.contains("txn.enabled"), "{err}");
     assert!(!err.contains("987654321"), "{err}");
 }
@@ -479,7 +447,7 @@ fn limits_that_contradict_each_other_are_refused() {
             "same port",
         ),
     ] {
-        let err = format!("{:#}", load(None, env(&vars)).unwrap_err());
+        let err = refusal(&vars);
         assert!(err.contains(names), "{vars:?}: {err}");
     }
     // 0.0.0.0 covers IPv4 addresses only; [::] covers every address (dual-stack).
@@ -491,17 +459,10 @@ fn limits_that_contradict_each_other_are_refused() {
         ]),
     )
     .unwrap();
-    let err = format!(
-        "{:#}",
-        load(
-            None,
-            env(&[
-                ("SLUICE_BROKER_LISTEN", "[::]:18080"),
-                ("SLUICE_HTTP_LISTEN", "127.0.0.1:18080"),
-            ]),
-        )
-        .unwrap_err()
-    );
+    let err = refusal(&[
+        ("SLUICE_BROKER_LISTEN", "[::]:18080"),
+        ("SLUICE_HTTP_LISTEN", "127.0.0.1:18080"),
+    ]);
     assert!(err.contains("same port"), "{err}");
     // Port 0 twice is two free ports, and an HTTP limit below the broker's is fine.
     load(
@@ -545,18 +506,12 @@ fn a_check_url_is_logged_without_its_credentials() {
 /// data folder and the name server).
 #[test]
 fn schedule_levels_and_broker_limits_are_refused_where_they_are_set() {
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_SCHEDULE_LEVELS_MS", "[5000, 1000]")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_SCHEDULE_LEVELS_MS", "[5000, 1000]")]);
     assert!(
         err.contains("schedule:") && err.contains("levels must not decrease"),
         "{err}"
     );
-    let err = format!(
-        "{:#}",
-        load(None, env(&[("SLUICE_BROKER_MAX_CONNECTIONS", "0")])).unwrap_err()
-    );
+    let err = refusal(&[("SLUICE_BROKER_MAX_CONNECTIONS", "0")]);
     assert!(
         err.contains("[broker]") && err.contains("max_connections"),
         "{err}"

@@ -9,6 +9,14 @@ use sluice_broker::RemotingClient;
 use sluice_protocol::remoting::custom::UpdateConsumerOffsetRequestHeader;
 use sluice_protocol::{request_code, response_code, RemotingCommand};
 
+/// Sends request `code` with `fields` and returns the answer.
+async fn ask(client: &RemotingClient, code: i32, fields: &[(&str, &str)]) -> RemotingCommand {
+    client
+        .invoke(RemotingCommand::request(code, ext(fields)), RPC)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_name_server_lists_topics_and_keeps_key_values() {
     // Registration at start carries the broker's topics (the TBW102 template among them).
@@ -16,13 +24,7 @@ async fn the_name_server_lists_topics_and_keeps_key_values() {
     let ns = RemotingClient::connect(cluster.namesrv.local_addr())
         .await
         .unwrap();
-    let list = ns
-        .invoke(
-            RemotingCommand::request(request_code::GET_ALL_TOPIC_LIST_FROM_NAMESERVER, ext(&[])),
-            RPC,
-        )
-        .await
-        .unwrap();
+    let list = ask(&ns, request_code::GET_ALL_TOPIC_LIST_FROM_NAMESERVER, &[]).await;
     assert_eq!(list.code, 0, "{:?}", list.remark);
     let v: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
     let topics: Vec<&str> = v["topicList"]
@@ -39,24 +41,12 @@ async fn the_name_server_lists_topics_and_keeps_key_values() {
     assert_eq!(missing.code, response_code::QUERY_NOT_FOUND);
     let mut put = key.to_vec();
     put.push(("value", "broker-a:4"));
-    let stored = ns
-        .invoke(
-            RemotingCommand::request(request_code::PUT_KV_CONFIG, ext(&put)),
-            RPC,
-        )
-        .await
-        .unwrap();
+    let stored = ask(&ns, request_code::PUT_KV_CONFIG, &put).await;
     assert_eq!(stored.code, 0, "{:?}", stored.remark);
     let found = ns.invoke(get(), RPC).await.unwrap();
     assert_eq!(found.code, 0);
     assert_eq!(found.ext_fields.get_str("value"), Some("broker-a:4"));
-    let deleted = ns
-        .invoke(
-            RemotingCommand::request(request_code::DELETE_KV_CONFIG, ext(&key)),
-            RPC,
-        )
-        .await
-        .unwrap();
+    let deleted = ask(&ns, request_code::DELETE_KV_CONFIG, &key).await;
     assert_eq!(deleted.code, 0);
     assert_eq!(
         ns.invoke(get(), RPC).await.unwrap().code,
@@ -66,13 +56,7 @@ async fn the_name_server_lists_topics_and_keeps_key_values() {
     let big = "x".repeat(5000);
     let mut put = key.to_vec();
     put.push(("value", &big));
-    let refused = ns
-        .invoke(
-            RemotingCommand::request(request_code::PUT_KV_CONFIG, ext(&put)),
-            RPC,
-        )
-        .await
-        .unwrap();
+    let refused = ask(&ns, request_code::PUT_KV_CONFIG, &put).await;
     assert_eq!(
         refused.code,
         response_code::SYSTEM_ERROR,
@@ -116,16 +100,12 @@ async fn consume_stats_show_a_groups_offset_against_each_queues_end() {
         .await
         .unwrap();
     assert_eq!(r.code, 0);
-    let stats = client
-        .invoke(
-            RemotingCommand::request(
-                request_code::GET_CONSUME_STATS,
-                ext(&[("consumerGroup", "billing")]),
-            ),
-            RPC,
-        )
-        .await
-        .unwrap();
+    let stats = ask(
+        &client,
+        request_code::GET_CONSUME_STATS,
+        &[("consumerGroup", "billing")],
+    )
+    .await;
     assert_eq!(stats.code, 0, "{:?}", stats.remark);
     let text = String::from_utf8(stats.body.to_vec()).unwrap();
     // fastjson's form: MessageQueue objects as keys (what mqadmin parses).
@@ -137,16 +117,12 @@ async fn consume_stats_show_a_groups_offset_against_each_queues_end() {
         last > 0,
         "the store time of message 2, the last consumed: {text}"
     );
-    let by_who = client
-        .invoke(
-            RemotingCommand::request(
-                request_code::QUERY_TOPIC_CONSUME_BY_WHO,
-                ext(&[("topic", "Progress")]),
-            ),
-            RPC,
-        )
-        .await
-        .unwrap();
+    let by_who = ask(
+        &client,
+        request_code::QUERY_TOPIC_CONSUME_BY_WHO,
+        &[("topic", "Progress")],
+    )
+    .await;
     assert_eq!(by_who.code, 0);
     let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
     assert_eq!(v["groupList"], serde_json::json!(["billing"]));
@@ -240,10 +216,7 @@ async fn runtime_info_gives_every_figure_cluster_list_parses() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
     send_ok(&client, "Runtime", 0, b"m", &props(None, None)).await;
-    let r = client
-        .invoke(RemotingCommand::request(28, ext(&[])), RPC)
-        .await
-        .unwrap();
+    let r = ask(&client, 28, &[]).await;
     assert_eq!(r.code, 0, "{:?}", r.remark);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let t = &v["table"];

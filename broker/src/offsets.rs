@@ -62,39 +62,38 @@ impl OffsetManager {
             .and_then(|q| q.get(&queue_id).copied())
     }
 
-    /// Every (group, topic) with a committed offset.
+    /// Every (group, topic) with a committed offset, sorted.
     pub(crate) fn group_topics(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .table
-            .lock()
-            .keys()
-            .filter_map(|k| {
-                let (topic, group) = split_key(k)?;
-                Some((group.to_owned(), topic.to_owned()))
-            })
-            .collect();
+        let mut out = self.pairs(|_, _| true);
         out.sort();
         out
     }
 
-    /// The groups with a committed offset in `topic` (filtered under the lock: only the
-    /// matches are copied).
+    /// The groups with a committed offset in `topic`.
     pub(crate) fn groups_of(&self, topic: &str) -> Vec<String> {
-        self.table
-            .lock()
-            .keys()
-            .filter_map(|k| split_key(k).filter(|(t, _)| *t == topic))
-            .map(|(_, g)| g.to_owned())
+        self.pairs(|_, t| t == topic)
+            .into_iter()
+            .map(|(g, _)| g)
             .collect()
     }
 
     /// The topics where `group` has a committed offset.
     pub(crate) fn topics_of(&self, group: &str) -> Vec<String> {
+        self.pairs(|g, _| g == group)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// The (group, topic) pairs with a committed offset that `keep` accepts, filtered under
+    /// the lock so only the matches are copied.
+    fn pairs(&self, keep: impl Fn(&str, &str) -> bool) -> Vec<(String, String)> {
         self.table
             .lock()
             .keys()
-            .filter_map(|k| split_key(k).filter(|(_, g)| *g == group))
-            .map(|(t, _)| t.to_owned())
+            .filter_map(|k| split_key(k))
+            .filter(|(topic, group)| keep(group, topic))
+            .map(|(topic, group)| (group.to_owned(), topic.to_owned()))
             .collect()
     }
 

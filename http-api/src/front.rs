@@ -78,7 +78,9 @@ async fn answer(front: Front, req: Request, next: Next) -> Response {
         // The listener stays open while the broker drains its other work, and requests taken
         // then would be cut off when the facade stops: they are refused instead (nothing
         // changed, retry elsewhere or later).
-        Some(_) if front.state.stopping() => shutting_down(),
+        Some(_) if front.state.stopping() => {
+            ApiError::unavailable("the broker is shutting down; nothing was done").into_response()
+        }
         Some(Ok(_permit)) => next.run(req).await,
         Some(Err(_)) => too_many(),
     };
@@ -114,15 +116,6 @@ fn method_label(m: &Method) -> &'static str {
         .iter()
         .find(|(known, _)| known == m)
         .map_or("OTHER", |(_, name)| name)
-}
-
-fn shutting_down() -> Response {
-    ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        code::UNAVAILABLE,
-        "the broker is shutting down; nothing was done",
-    )
-    .into_response()
 }
 
 fn too_many() -> Response {

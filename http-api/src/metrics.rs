@@ -537,12 +537,16 @@ impl Prom {
     }
 
     fn gauge(&mut self, name: &str, help: &str, v: f64) {
-        self.help(name, "gauge", help);
-        self.sample(name, &[], v);
+        self.scalar(name, "gauge", help, v);
     }
 
     fn counter(&mut self, name: &str, help: &str, v: f64) {
-        self.help(name, "counter", help);
+        self.scalar(name, "counter", help, v);
+    }
+
+    /// One unlabelled series with its HELP and TYPE lines.
+    fn scalar(&mut self, name: &str, kind: &str, help: &str, v: f64) {
+        self.help(name, kind, help);
         self.sample(name, &[], v);
     }
 

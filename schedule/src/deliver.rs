@@ -126,10 +126,9 @@ fn until_next(core: &Core) -> Duration {
     let now = now_ms();
     let near = millis(core.cfg.near_window);
     let g = core.index.inner.lock();
-    // A full window is not loaded further (`maintain_window`), so its refresh time is no
-    // reason to wake: with a million timers due together, loaded seconds early, the
-    // refresh time is already past and the loop spun until they fell due.
-    let refresh = if g.near_len() >= core.cfg.max_window_load {
+    // With a million timers due together, loaded seconds early, a full window's refresh
+    // time is already past, and waking for it spun the loop until they fell due.
+    let refresh = if g.window_full(core.cfg.max_window_load) {
         i64::MAX
     } else {
         g.window_end.fire_ms.saturating_sub(near / 2)
@@ -147,7 +146,7 @@ async fn maintain_window(core: &Arc<Core>) {
     for _ in 0..8 {
         let plan = {
             let g = core.index.inner.lock();
-            if g.near_len() >= limit {
+            if g.window_full(limit) {
                 return;
             }
             match g.load_plan(now_ms(), near) {

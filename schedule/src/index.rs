@@ -600,6 +600,12 @@ impl Inner {
         self.near.len()
     }
 
+    /// The near window holds `limit` timers or more: it is not loaded further until some
+    /// are released, so its refresh time is no reason to wake the deliverer.
+    pub(crate) fn window_full(&self, limit: usize) -> bool {
+        self.near.len() >= limit
+    }
+
     /// Entries waiting for the next checkpoint.
     pub(crate) fn memtable_len(&self) -> usize {
         self.memtable.len()

@@ -421,20 +421,12 @@ async fn replay_one(
     m: &DlqMessage,
     status: &ReplayStatus,
 ) -> Result<bool, String> {
+    // Checked per message too: a task file from an older version may name any target.
+    if let Some(t) = &status.target_topic {
+        check_target(t).map_err(|e| e.to_string())?;
+    }
     let (dest, queue_id, retry_of) = match &status.target_topic {
-        // A retry topic named as the target (this group's, or another group's to redrive
-        // there) is written as the default is: queue 0, with the original topic, which its
-        // readers need; without it the lease reader skipped the copy while the ledger marked
-        // its dead letter replayed.
-        Some(t) if t.starts_with(crate::topic::RETRY_PREFIX) => {
-            check_target(t).map_err(|e| e.to_string())?;
-            let origin = original_of(m)?;
-            ensure_one_queue_topic(ctx, t);
-            (t.clone(), 0, Some(origin))
-        }
-        Some(t) => {
-            // Checked per message too: a task file from an older version may name any target.
-            check_target(t).map_err(|e| e.to_string())?;
+        Some(t) if !t.starts_with(crate::topic::RETRY_PREFIX) => {
             let cfg = if ctx.cfg.auto_create_topic {
                 ctx.topics
                     .get_or_create_for_send(t, DEFAULT_TOPIC, 4)
@@ -448,10 +440,15 @@ async fn replay_one(
         }
         // By default the copy goes to the group's retry topic, as a retry of its original
         // topic: only this group consumes it again. Copied into the original topic, it went
-        // to every other group subscribed there too, which had handled it already.
-        None => {
+        // to every other group subscribed there too, which had handled it already. A retry
+        // topic named as the target (another group's, to redrive there) is written the same
+        // way: queue 0, with the original topic, which its readers need (without it the
+        // lease reader skipped the copy while the ledger marked its dead letter replayed).
+        retry_target => {
             let origin = original_of(m)?;
-            let retry = retry_topic(&status.group);
+            let retry = retry_target
+                .clone()
+                .unwrap_or_else(|| retry_topic(&status.group));
             ensure_one_queue_topic(ctx, &retry);
             (retry, 0, Some(origin))
         }

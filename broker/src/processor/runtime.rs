@@ -12,9 +12,6 @@ use super::Reject;
 use crate::broker::context::BrokerContext;
 use crate::reply;
 
-/// Request code (not in the protocol crate's list of client codes).
-pub(crate) const GET_BROKER_RUNTIME_INFO: i32 = 28;
-
 pub(super) fn runtime_info(
     ctx: &BrokerContext,
     req: &RemotingCommand,

@@ -216,7 +216,7 @@ async fn runtime_info_gives_every_figure_cluster_list_parses() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
     send_ok(&client, "Runtime", 0, b"m", &props(None, None)).await;
-    let r = ask(&client, 28, &[]).await;
+    let r = ask(&client, request_code::GET_BROKER_RUNTIME_INFO, &[]).await;
     assert_eq!(r.code, 0, "{:?}", r.remark);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let t = &v["table"];

@@ -122,7 +122,6 @@ pub(crate) struct DlqCounts {
     params(ListGroupsQuery),
     responses(
         (status = 200, description = "Groups with a retry topic or dead letters", body = GroupsOut),
-        (status = 400, description = "Bad parameter", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -18,6 +18,8 @@ pub mod request_code {
     pub const UPDATE_CONSUMER_OFFSET: i32 = 15;
     /// Create or update a topic (admin).
     pub const UPDATE_AND_CREATE_TOPIC: i32 = 17;
+    /// Admin to broker: the broker's figures as a key/value table (`mqadmin clusterList`).
+    pub const GET_BROKER_RUNTIME_INFO: i32 = 28;
     /// Find the queue offset of the first message stored at or after a timestamp.
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     /// The next offset to be written in a queue.
@@ -104,6 +106,7 @@ pub mod request_code {
             QUERY_CONSUMER_OFFSET => "QUERY_CONSUMER_OFFSET",
             UPDATE_CONSUMER_OFFSET => "UPDATE_CONSUMER_OFFSET",
             UPDATE_AND_CREATE_TOPIC => "UPDATE_AND_CREATE_TOPIC",
+            GET_BROKER_RUNTIME_INFO => "GET_BROKER_RUNTIME_INFO",
             SEARCH_OFFSET_BY_TIMESTAMP => "SEARCH_OFFSET_BY_TIMESTAMP",
             GET_MAX_OFFSET => "GET_MAX_OFFSET",
             GET_MIN_OFFSET => "GET_MIN_OFFSET",

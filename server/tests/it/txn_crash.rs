@@ -231,8 +231,6 @@ async fn sigkill_during_transactional_traffic_never_shows_an_uncommitted_message
             .await
             .expect("watcher ends")
             .expect("watcher panicked");
-        let stored = log.lock().unwrap().halves.len() - before;
-        assert!(stored > 0, "cycle {cycle}: no transaction before the kill");
     }
     assert!(watched > 0, "the watcher never saw a committed message");
     let sluice = start_txn(data.path(), nsp, bp, 3_600_000);

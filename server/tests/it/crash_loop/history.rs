@@ -151,6 +151,17 @@ impl History {
         });
     }
 
+    /// How many recorded events `which` accepts, counted under the lock (no copy: this is
+    /// polled while the load tasks record).
+    pub fn count(&self, which: impl Fn(&Ev) -> bool) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| which(&e.ev))
+            .count()
+    }
+
     /// A copy of everything so far.
     pub fn snapshot(&self) -> Vec<Event> {
         self.events.lock().unwrap().clone()

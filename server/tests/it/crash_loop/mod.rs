@@ -147,13 +147,7 @@ fn kill_cycle(rt: &Runtime, w: &World, cycle: usize, load_ms: u64) {
         }
         consume::snapshot_offsets(&run, false).await;
     });
-    let acked = || {
-        w.hist
-            .snapshot()
-            .iter()
-            .filter(|e| matches!(e.ev, Ev::Acked { .. }))
-            .count()
-    };
+    let acked = || w.hist.count(|e| matches!(e, Ev::Acked { .. }));
     let before = acked();
     let tasks = spawn_tasks(rt, &run);
     // A long cycle must put acknowledged messages at risk: a broker refusing everything after

@@ -157,6 +157,10 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Attempts after the first before a held folder lock is refused, and the pause between them.
+const LOCK_RETRIES: u32 = 10;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The exclusive lock on a data folder, held until dropped.
 #[derive(Debug)]
 pub(crate) struct FolderLock {
@@ -172,10 +176,20 @@ impl FolderLock {
             .write(true)
             .open(&path)
             .map_err(|e| StoreError::io("open", &path, e))?;
-        if !flock_exclusive(&file) {
-            return Err(StoreError::Locked(dir.to_path_buf()));
+        // A lock just released can still be held for a moment by a copy of its descriptor:
+        // a process this one forks (any `Command::spawn` on another thread) inherits it
+        // until its `exec` closes it. A reopen right after a clean stop was refused so, now
+        // and then, in the test suite; a short bounded wait covers that window and still
+        // refuses a folder another live process holds.
+        for attempt in 0..=LOCK_RETRIES {
+            if flock_exclusive(&file) {
+                return Ok(Self { _file: file });
+            }
+            if attempt < LOCK_RETRIES {
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
         }
-        Ok(Self { _file: file })
+        Err(StoreError::Locked(dir.to_path_buf()))
     }
 }
 

@@ -32,11 +32,23 @@ const STDERR_KEPT: usize = 1000;
 
 /// A port that was free a moment ago (bind to port 0, read it, release it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The kernel may hand the same just-released port to two calls in a row (a test asking
+    // for a name-server and a broker port got one port twice, and `sluice` refused to
+    // start): no port is handed out twice in this process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh free port in 1000 tries");
 }
 
 /// Starts `sluice serve` on the given ports and waits for its ready line.

@@ -73,6 +73,11 @@ pub struct BrokerConfig {
     pub auto_create_topic: bool,
     /// Queues of `TBW102`. Default 8.
     pub default_topic_queue_nums: u32,
+    /// Most topics the broker holds. Past it a new topic is refused, whether auto-created by
+    /// a send, a consumer group's retry topic, or created by an admin; the broker's own
+    /// topics (system and dead-letter topics) are always created. Topics already on disk
+    /// stay when the limit is lowered. Default 10 000.
+    pub max_topics: usize,
     /// Largest frame. Default 16 MiB.
     pub max_frame: usize,
     /// Largest body; bigger is answered MESSAGE_ILLEGAL. Default 4 MiB.
@@ -140,6 +145,7 @@ impl BrokerConfig {
             register_interval: Duration::from_secs(30),
             auto_create_topic: true,
             default_topic_queue_nums: 8,
+            max_topics: 10_000,
             max_frame: DEFAULT_MAX_FRAME,
             max_body: DEFAULT_MAX_BODY,
             max_inflight_per_connection: 256,
@@ -176,6 +182,7 @@ impl BrokerConfig {
             ),
             ("max_parked_pulls", self.max_parked_pulls),
             ("replays_kept", self.replays_kept),
+            ("max_topics", self.max_topics),
             (
                 "default_topic_queue_nums",
                 self.default_topic_queue_nums as usize,

@@ -77,7 +77,7 @@ pub use retry::{
 pub use services::{BoxFuture, BrokerServices, Extension};
 pub use stats::BrokerStats;
 pub use topic::{
-    DEFAULT_TOPIC, DLQ_PREFIX, RETRY_PREFIX, SCHEDULE_TOPIC, TIMER_TOPIC,
+    NotAdded, TopicLimit, DEFAULT_TOPIC, DLQ_PREFIX, RETRY_PREFIX, SCHEDULE_TOPIC, TIMER_TOPIC,
     TRANS_CHECK_MAX_TIME_TOPIC, TRANS_HALF_TOPIC, TRANS_OP_HALF_TOPIC,
 };
 

@@ -141,18 +141,20 @@ impl BrokerServices {
     }
 
     /// Creates or updates a topic (saved in the background; name servers hear of it).
-    pub fn put_topic(&self, cfg: TopicConfig) {
-        self.ctx.topics.put(cfg);
+    /// Refused for a new topic past `max_topics`.
+    pub fn put_topic(&self, cfg: TopicConfig) -> Result<(), crate::TopicLimit> {
+        self.ctx.topics.put(cfg).map(drop)
     }
 
     /// Creates a topic unless one of that name exists (checked and added in one step), then
-    /// waits until `topics.json` holds it. `Ok(Err(existing))`: it existed, nothing changed.
+    /// waits until `topics.json` holds it. `Ok(Err(_))`: it existed, or the table is full;
+    /// nothing changed.
     pub async fn create_topic_durably(
         &self,
         cfg: TopicConfig,
-    ) -> Result<Result<(), TopicConfig>, BrokerError> {
-        if let Err(existing) = self.ctx.topics.put_if_absent(cfg) {
-            return Ok(Err(existing));
+    ) -> Result<Result<(), crate::NotAdded>, BrokerError> {
+        if let Err(why) = self.ctx.topics.put_if_absent(cfg) {
+            return Ok(Err(why));
         }
         self.ctx.topics.save_durably().await.map(Ok)
     }

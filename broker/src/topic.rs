@@ -58,6 +58,17 @@ const NOT_CONSUMABLE: [&str; 5] = [
 /// Most queues a topic may have; queue ids become folders, so this is a resource bound.
 pub(crate) const MAX_QUEUE_NUMS: i32 = 4096;
 
+/// A new topic refused: the table already holds the configured most (`max_topics`).
+///
+/// Any producer may auto-create topics and any consumer group gets a retry topic, and every
+/// topic is held in memory, saved with the others, and sent to the name servers at every
+/// registration; without a bound, a client inventing names would grow all three for good.
+/// The broker's own topics (system and dead-letter topics) are always created: refusing a
+/// dead-letter topic would leave a failed message nowhere to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker holds its limit of {0} topics ([broker] max_topics); delete unused topics or raise the limit")]
+pub struct TopicLimit(pub usize);
+
 /// Why a topic operation was refused: a response code and its remark.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TopicReject {
@@ -139,6 +150,28 @@ struct Table {
     version: DataVersion,
 }
 
+impl Table {
+    /// Whether `name` may be added: it exists already, it is one of the broker's own, or the
+    /// table is below `max`.
+    fn admits(&self, name: &str, max: usize) -> Result<(), TopicLimit> {
+        let exempt = is_broker_topic(name) || name == DEFAULT_TOPIC;
+        if exempt || self.topics.len() < max || self.topics.contains_key(name) {
+            Ok(())
+        } else {
+            Err(TopicLimit(max))
+        }
+    }
+}
+
+/// Why [`TopicManager::put_if_absent`] added nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotAdded {
+    /// A topic of that name exists; this is its config.
+    Exists(TopicConfig),
+    /// The table is full.
+    Limit(TopicLimit),
+}
+
 /// The broker's topics. Every change bumps the data version, wakes the name-server registrar
 /// (`changed`) and is saved on a blocking thread.
 #[derive(Debug)]
@@ -151,6 +184,8 @@ pub(crate) struct TopicManager {
     write_lock: Mutex<Option<i64>>,
     /// Notified on every change; the registrar re-registers at once.
     pub(crate) changed: Arc<Notify>,
+    /// Most topics the table holds (see [`TopicLimit`]).
+    max_topics: usize,
 }
 
 impl TopicManager {
@@ -192,7 +227,15 @@ impl TopicManager {
             table: RwLock::new(table),
             write_lock: Mutex::new(None),
             changed: Arc::new(Notify::new()),
+            max_topics: usize::MAX,
         })
+    }
+
+    /// Bounds the table at `max` topics (see [`TopicLimit`]). Topics loaded from disk stay
+    /// even when there are more: lowering the limit refuses new topics, it removes none.
+    pub(crate) fn with_max_topics(mut self, max: usize) -> Self {
+        self.max_topics = max;
+        self
     }
 
     /// The config of `topic`, if it exists.
@@ -201,27 +244,30 @@ impl TopicManager {
     }
 
     /// Creates or replaces a topic; false when nothing changed.
-    pub(crate) fn put(self: &Arc<Self>, cfg: TopicConfig) -> bool {
+    pub(crate) fn put(self: &Arc<Self>, cfg: TopicConfig) -> Result<bool, TopicLimit> {
         let inserted = {
             let mut t = self.table.write();
             if t.topics.get(&cfg.topic_name) == Some(&cfg) {
-                return false;
+                return Ok(false);
             }
+            t.admits(&cfg.topic_name, self.max_topics)?;
             insert(&mut t, cfg)
         };
         self.announce(&inserted);
-        true
+        Ok(true)
     }
 
     /// Adds `cfg` unless a topic of that name exists, in one step under the table lock:
     /// `Err` holds the existing one. Two creates racing with different shapes cannot both
     /// pass a check and the last silently win.
-    pub(crate) fn put_if_absent(self: &Arc<Self>, cfg: TopicConfig) -> Result<(), TopicConfig> {
+    pub(crate) fn put_if_absent(self: &Arc<Self>, cfg: TopicConfig) -> Result<(), NotAdded> {
         let inserted = {
             let mut t = self.table.write();
             if let Some(existing) = t.topics.get(&cfg.topic_name) {
-                return Err(existing.clone());
+                return Err(NotAdded::Exists(existing.clone()));
             }
+            t.admits(&cfg.topic_name, self.max_topics)
+                .map_err(NotAdded::Limit)?;
             insert(&mut t, cfg)
         };
         self.announce(&inserted);
@@ -256,7 +302,8 @@ impl TopicManager {
 
     /// The topic a send names, creating it from `default_topic` when it is unknown and the
     /// template allows it (§2.2: queue count `min(d, template write queues)`, template perm minus
-    /// INHERIT). A `%RETRY%` topic gets one read-write queue.
+    /// INHERIT). A `%RETRY%` topic gets one read-write queue. A new topic past `max_topics`
+    /// does not exist, and is answered as such, with the limit in the remark.
     pub(crate) fn get_or_create_for_send(
         self: &Arc<Self>,
         topic: &str,
@@ -267,7 +314,9 @@ impl TopicManager {
             return Ok(cfg);
         }
         if topic.starts_with(RETRY_PREFIX) {
-            return Ok(self.get_or_create_retry(topic));
+            return self
+                .get_or_create_retry(topic)
+                .map_err(|l| not_created(topic, l));
         }
         let template = self
             .get(default_topic)
@@ -282,20 +331,27 @@ impl TopicManager {
         let cfg = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
         // Two first sends racing with different queue counts: the first one's shape stays (a
         // replace could leave the other send's message in a queue the topic no longer has).
-        Ok(match self.put_if_absent(cfg.clone()) {
-            Ok(()) => cfg,
-            Err(existing) => existing,
-        })
+        match self.put_if_absent(cfg.clone()) {
+            Ok(()) => Ok(cfg),
+            Err(NotAdded::Exists(existing)) => Ok(existing),
+            Err(NotAdded::Limit(l)) => Err(not_created(topic, l)),
+        }
     }
 
-    /// `%RETRY%<group>`-style topic with one read-write queue, created if missing.
-    pub(crate) fn get_or_create_retry(self: &Arc<Self>, topic: &str) -> TopicConfig {
+    /// `%RETRY%<group>`- or `%DLQ%<group>`-style topic with one read-write queue (RocketMQ
+    /// >= 4.9.2 perm), created if missing.
+    pub(crate) fn get_or_create_retry(
+        self: &Arc<Self>,
+        topic: &str,
+    ) -> Result<TopicConfig, TopicLimit> {
         if let Some(cfg) = self.get(topic) {
-            return cfg;
+            return Ok(cfg);
         }
-        let cfg = TopicConfig::new(topic, 1, perm::READ_WRITE);
-        self.put(cfg.clone());
-        cfg
+        match self.put_if_absent(TopicConfig::new(topic, 1, perm::READ_WRITE)) {
+            Ok(()) => Ok(TopicConfig::new(topic, 1, perm::READ_WRITE)),
+            Err(NotAdded::Exists(existing)) => Ok(existing),
+            Err(NotAdded::Limit(l)) => Err(l),
+        }
     }
 
     /// Every topic and the data version, as sent to name servers and saved to disk.
@@ -346,6 +402,15 @@ impl TopicManager {
             Err(_) => save(),
         }
     }
+}
+
+/// TOPIC_NOT_EXIST for a send whose topic could not be created: the topic does not exist, and
+/// the remark says why it was not made.
+fn not_created(topic: &str, limit: TopicLimit) -> TopicReject {
+    TopicReject::new(
+        response_code::TOPIC_NOT_EXIST,
+        format!("topic[{topic}] not exist and not created: {limit}"),
+    )
 }
 
 /// Puts `cfg` in the table and bumps the data version; returns a copy for the log.
@@ -402,9 +467,38 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         m.save().unwrap();
         assert!(!file.exists(), "nothing changed since: no write, no fsync");
-        m.put(TopicConfig::new("Orders", 2, perm::READ_WRITE)); // saves (no runtime: inline)
+        m.put(TopicConfig::new("Orders", 2, perm::READ_WRITE))
+            .unwrap(); // saves (no runtime: inline)
         let again = TopicManager::load(dir.path(), false, 8).unwrap();
         assert_eq!(again.get("Orders").unwrap().write_queue_nums, 2);
+    }
+
+    #[test]
+    fn past_max_topics_new_topics_are_refused_but_existing_and_dead_letter_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
+        let system = m.snapshot().topic_config_table.len();
+        let m = Arc::new(Arc::into_inner(m).unwrap().with_max_topics(system + 2));
+        m.get_or_create_for_send("A", DEFAULT_TOPIC, 4).unwrap();
+        m.get_or_create_retry("%RETRY%g").unwrap();
+        let full = m.get_or_create_for_send("B", DEFAULT_TOPIC, 4).unwrap_err();
+        assert_eq!(full.code, response_code::TOPIC_NOT_EXIST);
+        assert!(full.remark.contains("max_topics"), "{}", full.remark);
+        assert_eq!(
+            m.get_or_create_retry("%RETRY%h"),
+            Err(TopicLimit(system + 2))
+        );
+        let admin = m.put_if_absent(TopicConfig::new("C", 1, perm::READ_WRITE));
+        assert_eq!(admin, Err(NotAdded::Limit(TopicLimit(system + 2))));
+        assert!(m.get("B").is_none() && m.get("C").is_none());
+        // What exists can still be sent to and changed; the broker's own topics still come.
+        m.get_or_create_for_send("A", DEFAULT_TOPIC, 4).unwrap();
+        assert_eq!(m.put(TopicConfig::new("A", 2, perm::READ_WRITE)), Ok(true));
+        // Deleting one makes room again.
+        m.remove("A").unwrap();
+        m.get_or_create_for_send("B", DEFAULT_TOPIC, 4).unwrap();
+        m.get_or_create_retry("%DLQ%g").unwrap();
+        assert!(m.snapshot().topic_config_table.len() > system + 2);
     }
 
     #[test]

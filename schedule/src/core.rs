@@ -226,7 +226,10 @@ fn ensure_topics(services: &BrokerServices, levels: usize) {
                 .unwrap_or_else(|| TopicConfig::new(name, queues, perm::READ | perm::WRITE));
             cfg.read_queue_nums = queues;
             cfg.write_queue_nums = queues;
-            services.put_topic(cfg);
+            // The broker's own topics are never refused for the topic limit.
+            if let Err(e) = services.put_topic(cfg) {
+                tracing::error!(topic = name, error = %e, "schedule topic not created");
+            }
         }
     }
 }

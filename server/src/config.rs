@@ -107,6 +107,9 @@ pub struct BrokerSection {
     /// Finished DLQ replay tasks kept (listed by `GET /v1/replays`, one small file each);
     /// the oldest finished ones are forgotten past it. Default 1 000.
     pub replays_kept: usize,
+    /// Most topics the broker holds (auto-created, retry and admin-created alike); past it a
+    /// new topic is refused. The broker's own topics are always created. Default 10 000.
+    pub max_topics: usize,
 }
 
 /// `[store]`
@@ -284,6 +287,7 @@ impl Default for BrokerSection {
             drain_timeout_ms: 10_000,
             offset_flush_interval_ms: 5_000,
             replays_kept: 1_000,
+            max_topics: 10_000,
         }
     }
 }
@@ -637,6 +641,7 @@ impl ServerConfig {
         b.drain_timeout = Duration::from_millis(self.broker.drain_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         b.replays_kept = self.broker.replays_kept;
+        b.max_topics = self.broker.max_topics;
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();
         // Fail closed: an invalid section (refused by `validate`) makes the broker refuse to start.

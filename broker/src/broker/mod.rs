@@ -245,6 +245,7 @@ fn open_state(
                 cfg.auto_create_topic,
                 cfg.default_topic_queue_nums,
             )
+            .map(|t| t.with_max_topics(cfg.max_topics))
         })
         .and_then(|topics| {
             // Not fatal (a full disk must not keep the broker from starting and freeing

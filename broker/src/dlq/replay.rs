@@ -449,7 +449,7 @@ async fn replay_one(
             let retry = retry_target
                 .clone()
                 .unwrap_or_else(|| retry_topic(&status.group));
-            ensure_one_queue_topic(ctx, &retry);
+            ensure_one_queue_topic(ctx, &retry).map_err(|e| e.to_string())?;
             (retry, 0, Some(origin))
         }
     };

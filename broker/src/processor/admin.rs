@@ -58,7 +58,9 @@ pub(super) async fn create_topic(
         topic_sys_flag: h.topic_sys_flag.unwrap_or(0),
         write_queue_nums: h.write_queue_nums,
     };
-    ctx.topics.put(cfg);
+    ctx.topics
+        .put(cfg)
+        .map_err(|limit| Reject::new(code::SYSTEM_ERROR, limit.to_string()))?;
     ctx.topics.save_durably().await.map_err(|e| {
         tracing::error!(topic = %h.topic, error = %e, "saving a created topic failed");
         Reject::new(code::SYSTEM_ERROR, format!("topic not saved: {e}"))

@@ -43,9 +43,19 @@ pub(super) fn heartbeat(
     }
     // Java creates it for every consumer group; C++ rebalancing stops for all topics when a
     // subscribed retry topic has no readable queue, so it gets one read-write queue at once.
+    // Past `max_topics` the heartbeat is refused: registered without its retry topic, the
+    // consumer would stop rebalancing (C++) or lose its retries.
     for c in &hb.consumer_data_set {
-        ctx.topics
-            .get_or_create_retry(&topic::retry_topic(&c.group_name));
+        let retry = topic::retry_topic(&c.group_name);
+        ctx.topics.get_or_create_retry(&retry).map_err(|limit| {
+            Reject::new(
+                code::SYSTEM_ERROR,
+                format!(
+                    "consumer group {} has no retry topic: {limit}",
+                    c.group_name
+                ),
+            )
+        })?;
     }
     ctx.clients
         .note_meta(conn.id(), req.language.name(), req.version);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_protocol::message::ids::decode_offset_msg_id;
 use sluice_protocol::message::{keys, offset_msg_id};
-use sluice_protocol::remoting::body::{perm, TopicConfig};
+use sluice_protocol::remoting::body::TopicConfig;
 use sluice_protocol::response_code as code;
 use sluice_store::{now_ms, StoreError};
 
@@ -137,7 +137,7 @@ pub(crate) async fn send_back(
         Target::DeadLetter => dlq_topic(&req.group),
         Target::Retry(_) => retry,
     };
-    ensure_one_queue_topic(ctx, &topic);
+    ensure_one_queue_topic(ctx, &topic)?;
     let origin_id = offset_msg_id(ctx.store.store_host(), orig.phys_offset);
     let msg = copy::failure_copy(
         &orig,
@@ -212,13 +212,17 @@ fn locate_named(ctx: &BrokerContext, req: &SendBack, id: &str, retry: &str) -> O
 }
 
 /// Creates `%RETRY%`/`%DLQ%` topics on demand: one read-write queue (RocketMQ ≥ 4.9.2 perm).
-pub(crate) fn ensure_one_queue_topic(ctx: &BrokerContext, name: &str) -> TopicConfig {
-    if let Some(cfg) = ctx.topics.get(name) {
-        return cfg;
-    }
-    let cfg = TopicConfig::new(name, 1, perm::READ_WRITE);
-    ctx.topics.put(cfg.clone());
-    cfg
+/// A new retry topic past `max_topics` is refused (a dead-letter topic never is).
+pub(crate) fn ensure_one_queue_topic(
+    ctx: &BrokerContext,
+    name: &str,
+) -> Result<TopicConfig, RetryError> {
+    ctx.topics
+        .get_or_create_retry(name)
+        .map_err(|limit| RetryError::Refused {
+            code: code::SYSTEM_ERROR,
+            remark: format!("topic {name} not created: {limit}"),
+        })
 }
 
 /// Runs the put hooks (the schedule extension parks a delayed retry), then appends.
@@ -277,10 +281,10 @@ pub(crate) fn route_retry_send(
         return false;
     }
     let dlq = dlq_topic(&group);
-    if topic::validate_name(&dlq).is_err() {
+    // A dead-letter topic is never refused for the topic limit; a bad name can still fail.
+    if topic::validate_name(&dlq).is_err() || ensure_one_queue_topic(ctx, &dlq).is_err() {
         return false;
     }
-    ensure_one_queue_topic(ctx, &dlq);
     copy::to_dead_letter(msg, &dlq, now_ms());
     Counters::inc(&ctx.counters.dead_lettered);
     tracing::debug!(group = %group, reconsume_times = msg.input.reconsume_times, max, locked, "retry send dead-lettered");

@@ -51,7 +51,8 @@ fn topic(cluster: &Cluster, name: &str, queues: i32) {
     cluster
         .broker
         .services()
-        .put_topic(TopicConfig::new(name, queues, 6));
+        .put_topic(TopicConfig::new(name, queues, 6))
+        .unwrap();
 }
 
 /// Produces to queue `queue` and returns the message ids (UNIQ_KEYs).

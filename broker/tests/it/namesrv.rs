@@ -269,7 +269,8 @@ async fn a_registration_that_times_out_keeps_its_name_server_connection() {
     cluster
         .broker
         .services()
-        .put_topic(TopicConfig::new("Changed", 1, 6));
+        .put_topic(TopicConfig::new("Changed", 1, 6))
+        .unwrap();
     assert!(waited(before + 1).await, "the topic change registers again");
     assert_eq!(
         accepted.load(Ordering::SeqCst),

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sluice_broker::NotAdded;
 use sluice_protocol::remoting::body::{perm, TopicConfig};
 use utoipa::{IntoParams, ToSchema};
 
@@ -119,6 +120,7 @@ pub(crate) struct ListTopicsQuery {
         (status = 200, description = "Already exists with this shape", body = TopicOut),
         (status = 400, description = "Bad name, queue count or permission", body = ErrorBody),
         (status = 409, description = "Exists with another shape", body = ErrorBody),
+        (status = 422, description = "The broker holds its limit of topics (`[broker] max_topics`)", body = ErrorBody),
         (status = 503, description = "In effect, but topics.json could not be saved; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -149,7 +151,11 @@ pub(super) async fn create_topic(
         .create_topic_durably(wanted.clone())
         .await
         .map_err(not_saved)?;
-    if let Err(existing) = created {
+    if let Err(not_added) = created {
+        let existing = match not_added {
+            NotAdded::Exists(existing) => existing,
+            NotAdded::Limit(limit) => return Err(ApiError::unprocessable(limit.to_string())),
+        };
         let out = same_shape(existing, &wanted)?;
         // It may be in effect from an earlier request whose save failed (503): a 200 must
         // mean it is on disk too.

@@ -446,3 +446,56 @@ async fn connections_over_max_connections_are_closed_and_admitted_ones_keep_work
     assert!(ok, "freed slots are reused");
     s.stop().await;
 }
+
+/// `[broker] max_topics`: past it a new topic is refused, by the admin API (422) and by an
+/// auto-creating send (404: the topic does not exist, and the message says why); topics that
+/// exist keep working, and deleting one makes room.
+#[tokio::test]
+async fn past_max_topics_new_topics_are_refused_with_the_reason_and_existing_ones_work() {
+    const MAX: usize = 12;
+    let s = common::start_with(Options {
+        broker: Box::new(|b| b.max_topics = MAX),
+        ..Options::default()
+    })
+    .await;
+    let mut created = Vec::new();
+    let mut refused = None;
+    for i in 0..MAX {
+        let name = format!("T{i}");
+        let (status, body) = s
+            .post("/v1/topics", json!({ "name": name, "queues": 1 }))
+            .await;
+        if status == 422 {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        created.push(name);
+    }
+    let refused = refused.expect("the broker's own topics plus ours reach the limit");
+    assert_eq!(error_code(&refused), "unprocessable");
+    assert!(refused.to_string().contains("max_topics"), "{refused}");
+    assert!(
+        !created.is_empty(),
+        "the limit is above the broker's own topics"
+    );
+
+    let (status, body) = s
+        .post("/v1/topics/Auto/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "topic_not_found"),
+        "{body}"
+    );
+    assert!(body.to_string().contains("max_topics"), "{body}");
+    let path = format!("/v1/topics/{}/messages", created[0]);
+    assert_eq!(s.post(&path, json!({"body": "x"})).await.0, 201);
+
+    assert_eq!(s.delete(&format!("/v1/topics/{}", created[0])).await.0, 204);
+    let (status, body) = s
+        .post("/v1/topics/Auto/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(status, 201, "deleting a topic makes room: {body}");
+    s.stop().await;
+}

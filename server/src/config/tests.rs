@@ -359,6 +359,15 @@ fn kept_replay_tasks_are_configurable_and_zero_is_refused() {
 }
 
 #[test]
+fn the_topic_limit_is_configurable_and_zero_is_refused() {
+    let b = load(None, env(&[])).unwrap().broker_config(None);
+    assert_eq!(b.max_topics, 10_000);
+    let cfg = load(None, env(&[("SLUICE_BROKER_MAX_TOPICS", "50")])).unwrap();
+    assert_eq!(cfg.broker_config(None).max_topics, 50);
+    assert!(load(None, env(&[("SLUICE_BROKER_MAX_TOPICS", "0")])).is_err());
+}
+
+#[test]
 fn the_name_server_accepts_registration_bodies_up_to_the_frame_size() {
     let cfg = load(None, env(&[])).unwrap();
     let n = cfg.namesrv_config();

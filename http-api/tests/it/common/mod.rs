@@ -144,7 +144,7 @@ impl Server {
     /// Creates a topic through the broker (not through HTTP) with `queues` queues.
     pub fn create_topic(&self, topic: &str, queues: i32) {
         let cfg = sluice_protocol::remoting::body::TopicConfig::new(topic, queues, 6);
-        self.broker.services().put_topic(cfg);
+        self.broker.services().put_topic(cfg).unwrap();
     }
 
     /// Stops the broker (HTTP first) and returns the data folder for a restart.

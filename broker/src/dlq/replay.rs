@@ -2,6 +2,7 @@
 //! filtered, rate-limited, cancellable, resumable, audited. See the module docs of `dlq` for
 //! the crash rule (copy first, then ledger, then progress: at most a duplicate).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -318,6 +319,7 @@ async fn run_loop(
     let mut shutdown = ctx.shutdown.clone();
     let mut pacer = Pacer::new(status.rate_per_sec);
     let mut last_save = Instant::now();
+    let mut mine_unsaved = recorded_since_save(&ledger, status).await?;
     loop {
         if cancel.is_set() {
             return Ok(Stop::Finished(ReplayState::Cancelled));
@@ -350,7 +352,13 @@ async fn run_loop(
                 continue;
             }
             if ledger.contains(*qo) {
-                status.skipped += 1;
+                // Copied by this task after its last save, before a crash: counted as then.
+                if mine_unsaved.remove(qo) {
+                    status.replayed += 1;
+                    status.matched += 1;
+                } else {
+                    status.skipped += 1;
+                }
                 status.next_offset = qo + 1;
                 continue;
             }
@@ -396,6 +404,20 @@ async fn run_loop(
         // large DLQ held its worker thread until the end.
         tokio::task::yield_now().await;
     }
+}
+
+/// For a resumed task: the dead letters it copied (and ledgered) past its saved progress.
+async fn recorded_since_save(
+    ledger: &Arc<Ledger>,
+    status: &ReplayStatus,
+) -> Result<BTreeSet<u64>, DlqError> {
+    if status.resumes == 0 {
+        return Ok(BTreeSet::new());
+    }
+    let (ledger, task, from) = (Arc::clone(ledger), status.id.clone(), status.next_offset);
+    tokio::task::spawn_blocking(move || ledger.recorded_by(&task, from))
+        .await
+        .map_err(|e| DlqError::State(format!("reading the replay ledger: {e}")))?
 }
 
 /// The topic a dead letter was first sent to, for a copy into a retry topic.
@@ -471,7 +493,8 @@ async fn replay_one(
     }
     let ledger = Arc::clone(ledger);
     let qo = m.queue_offset;
-    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo))
+    let task = status.id.clone();
+    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo, &task))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));

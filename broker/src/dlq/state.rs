@@ -43,11 +43,7 @@ impl Ledger {
         // Cut once here, before any append of this run (see `cut_torn_line`).
         cut_torn_line(&path).map_err(|e| state_err("repair the torn last line of", &path, e))?;
         let done = match std::fs::read_to_string(&path) {
-            Ok(text) => text
-                .split_inclusive('\n')
-                .filter(|l| l.ends_with('\n'))
-                .filter_map(|l| l.trim().parse().ok())
-                .collect(),
+            Ok(text) => whole_lines(&text).map(|(offset, _)| offset).collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(state_err("read", &path, e)),
         };
@@ -76,16 +72,44 @@ impl Ledger {
         }
     }
 
-    /// Records `offset` durably. Blocking.
-    pub(crate) fn record(&self, offset: u64) -> Result<(), DlqError> {
+    /// Records `offset` durably, as replayed by `task`. Blocking.
+    pub(crate) fn record(&self, offset: u64, task: &str) -> Result<(), DlqError> {
         let mut done = self.done.lock();
         if done.contains(&offset) {
             return Ok(());
         }
-        append_line(&self.path, &format!("{offset}\n"))?;
+        append_line(&self.path, &format!("{offset} {task}\n"))?;
         done.insert(offset);
         Ok(())
     }
+
+    /// The offsets from `from` on that `task` recorded. A task resumed after a crash reads
+    /// these: its saved progress (written every half second) can be older than its last
+    /// copies, and those must count toward its `max` as replayed, not as skipped, or the
+    /// task would copy up to `max` more. Blocking (reads the file).
+    pub(crate) fn recorded_by(&self, task: &str, from: u64) -> Result<BTreeSet<u64>, DlqError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => return Err(state_err("read", &self.path, e)),
+        };
+        Ok(whole_lines(&text)
+            .filter(|(offset, by)| *offset >= from && *by == Some(task))
+            .map(|(offset, _)| offset)
+            .collect())
+    }
+}
+
+/// The ledger's whole lines as (offset, task). Lines written before tasks were recorded hold
+/// the offset alone; a torn last line (no newline) is left out.
+fn whole_lines(text: &str) -> impl Iterator<Item = (u64, Option<&str>)> {
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let offset = words.next()?.parse().ok()?;
+            Some((offset, words.next()))
+        })
 }
 
 /// A task known to this broker.
@@ -405,11 +429,27 @@ mod tests {
         std::fs::write(&path, b"7\n12").unwrap();
         let ledger = Ledger::load(path.clone()).unwrap();
         assert!(ledger.contains(7) && !ledger.contains(12));
-        ledger.record(13).unwrap();
+        ledger.record(13, "t").unwrap();
         let again = Ledger::load(path.clone()).unwrap();
         assert!(again.contains(7) && again.contains(13));
         assert!(!again.contains(1213) && !again.contains(12));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "7\n13\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "7\n13 t\n");
+    }
+
+    #[test]
+    fn a_task_finds_what_it_recorded_from_an_offset_on_and_old_lines_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g");
+        std::fs::write(&path, b"1\n").unwrap(); // written before lines named their task
+        let ledger = Ledger::load(path.clone()).unwrap();
+        for (offset, task) in [(2, "a"), (3, "b"), (4, "a"), (6, "a")] {
+            ledger.record(offset, task).unwrap();
+        }
+        let again = Ledger::load(path).unwrap();
+        assert!([1, 2, 3, 4, 6].iter().all(|o| again.contains(*o)));
+        let mine: Vec<u64> = again.recorded_by("a", 3).unwrap().into_iter().collect();
+        assert_eq!(mine, [4, 6]);
+        assert!(again.recorded_by("c", 0).unwrap().is_empty());
     }
 
     #[test]
@@ -417,7 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::load(dir.path().join("g")).unwrap();
         for offset in [1, 2, 5, 8, 9] {
-            ledger.record(offset).unwrap();
+            ledger.record(offset, "t").unwrap();
         }
         assert_eq!(ledger.count_in(0, 10), 5);
         assert_eq!(ledger.count_in(0, 9), 4, "9 is past the end");

@@ -864,3 +864,73 @@ async fn only_the_newest_finished_replays_are_kept() {
     );
     cluster.stop().await;
 }
+
+/// A task saves its progress every half second; a crash can come after copies it made (and
+/// ledgered) since. Resumed, it counted those as "skipped" (replayed earlier), not toward its
+/// `max`, and copied up to `max` more. Here the crash state is written by hand: a running task
+/// with `max_messages` 5 whose saved progress is nil while the ledger holds three of its
+/// copies.
+#[tokio::test]
+async fn a_resumed_task_counts_its_copies_since_the_last_save_toward_its_max() {
+    const TASK: &str = "replay-unsaved-1";
+    let dir = tempfile::tempdir().unwrap();
+    let namesrv = start_namesrv().await;
+    let cfg = broker_config(dir.path(), namesrv.local_addr());
+    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
+    let cluster = Cluster {
+        dir,
+        namesrv,
+        broker,
+    };
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "ug", "Orders", 10, |_| "A").await;
+    let Cluster {
+        dir,
+        namesrv,
+        broker,
+    } = cluster;
+    broker.shutdown().await;
+
+    let dlq_dir = dir.path().join("config").join("dlq");
+    let task = serde_json::json!({
+        "id": TASK, "group": "ug", "filter": {}, "target_topic": null, "rate_per_sec": 1000,
+        "dry_run": false, "max_messages": 5, "requested_by": "test", "state": "running",
+        "next_offset": 0, "end_offset": 10, "matched": 0, "replayed": 0, "skipped": 0,
+        "failed": 0, "error": null, "created_ms": 1, "updated_ms": 1, "resumes": 0
+    });
+    std::fs::create_dir_all(dlq_dir.join("tasks")).unwrap();
+    std::fs::write(
+        dlq_dir.join("tasks").join(format!("{TASK}.json")),
+        task.to_string(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dlq_dir.join("ledger")).unwrap();
+    let ledger = dlq_dir.join("ledger").join("ug");
+    std::fs::write(&ledger, format!("0 {TASK}\n1 {TASK}\n2 {TASK}\n")).unwrap();
+
+    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
+    let done = wait_done(&broker, TASK).await;
+    assert_eq!(done.state, ReplayState::Completed);
+    assert_eq!(
+        (done.matched, done.replayed, done.skipped),
+        (5, 5, 0),
+        "the three copies before the crash count toward max 5: {done:?}"
+    );
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let offsets: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        offsets,
+        [0, 1, 2, 3, 4],
+        "no letter past the fifth was copied"
+    );
+    Cluster {
+        dir,
+        namesrv,
+        broker,
+    }
+    .stop()
+    .await;
+}

@@ -120,7 +120,12 @@ impl Core {
             .iter()
             .map(|(f, p)| Key::new(*f, *p))
             .collect();
-        let verify_until = state.verify_until(now_ms());
+        // After a crash, timers due by the previous run's clock may have been released
+        // unrecorded. That clock is at least the newest store time recovery found: a clock
+        // stepped back across the restart (a VM restored, NTP correcting a fast clock) must not
+        // shrink the set of timers checked before release.
+        let clock = now_ms().max(store.recovery_report().clock_high_water_ms);
+        let verify_until = state.verify_until(clock);
         let was_clean = state.clean;
         let state = mark_running(&dir.join("state.json"), state);
         let index = TimerIndex::new(

@@ -36,6 +36,8 @@ pub(crate) enum Probe {
         total: usize,
         /// Durable offset when it was written.
         watermark: u64,
+        /// STORETIMESTAMP: the wall clock when it was appended.
+        store_ms: i64,
     },
     /// A verified end-of-segment marker.
     SegmentEnd {
@@ -121,16 +123,20 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
             base + pos as u64
         ));
     }
-    match RecordView::parse(record, max_record) {
+    let store_ms = match RecordView::parse(record, max_record) {
         Err(e) => return Probe::Invalid(format!("record structure: {e}")),
         // A topic names consume-queue folders: one that could not have been appended (`..`,
         // `/`) is forged, and must never reach a path join.
         Ok(v) if crate::message::validate_topic(v.topic).is_err() => {
             return Probe::Invalid(format!("record topic {:?} is not a valid topic", v.topic));
         }
-        Ok(_) => {}
+        Ok(v) => v.header.store_timestamp,
+    };
+    Probe::Record {
+        total,
+        watermark,
+        store_ms,
     }
-    Probe::Record { total, watermark }
 }
 
 fn probe_blank(seg: &[u8], pos: usize, base: u64, remaining: i32) -> Probe {
@@ -218,7 +224,8 @@ mod tests {
             probe(&seg, 0, 1000, 1 << 20),
             Probe::Record {
                 total: r.len(),
-                watermark: 0
+                watermark: 0,
+                store_ms: 1
             }
         );
         assert_eq!(

@@ -52,7 +52,9 @@ pub fn find_next_valid(
 
 fn found(p: Probe) -> Found {
     match p {
-        Probe::Record { total, watermark } => Found::Record { total, watermark },
+        Probe::Record {
+            total, watermark, ..
+        } => Found::Record { total, watermark },
         Probe::SegmentEnd { watermark } => Found::SegmentEnd { watermark },
         Probe::Empty => Found::Empty,
         Probe::Invalid(_) => Found::Invalid,

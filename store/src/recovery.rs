@@ -61,6 +61,11 @@ pub struct RecoveryReport {
     pub scan_micros: u64,
     /// Microseconds spent dispatching records again into consume queues and the index.
     pub redispatch_micros: u64,
+    /// The newest STORETIMESTAMP among the records scanned, or the checkpoint's time when
+    /// later (epoch ms; 0 when neither is known). A lower bound of the wall clock the
+    /// previous run reached: after a crash and a clock stepped back, whatever that run
+    /// released by time (delayed messages) was due at or before this.
+    pub clock_high_water_ms: i64,
 }
 
 /// Facts recovery needs about the previous run.
@@ -71,6 +76,8 @@ pub(crate) struct ScanInput<'a> {
     pub(crate) start: u64,
     pub(crate) clean: bool,
     pub(crate) checkpoint_flushed: u64,
+    /// When the checkpoint was written (epoch ms), 0 without one.
+    pub(crate) checkpoint_written_ms: i64,
 }
 
 /// Finds the end of the valid log, applying the policy above.
@@ -79,6 +86,7 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
     let log = input.log;
     let mut report = RecoveryReport {
         clean: input.clean,
+        clock_high_water_ms: input.checkpoint_written_ms,
         ..RecoveryReport::default()
     };
     let Some(last) = log.last() else {
@@ -105,7 +113,10 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
         let rel = (pos - seg.base) as usize;
         let probe = framing::probe(seg.file.as_slice(), rel, seg.base, log.max_record());
         let reason = match probe {
-            Probe::Record { total, .. } => {
+            Probe::Record {
+                total, store_ms, ..
+            } => {
+                report.clock_high_water_ms = report.clock_high_water_ms.max(store_ms);
                 pos += framing::frame_len(total);
                 continue;
             }

@@ -168,6 +168,7 @@ impl Store {
             start,
             clean,
             checkpoint_flushed: cp.flushed,
+            checkpoint_written_ms: cp.written_at_ms,
         })?;
         sync_recovered(&log, io.as_ref(), start, report.end)?;
         let cqs = Arc::new(ConsumeQueues::open(

@@ -24,6 +24,8 @@ fn pristine(dir: &Path, n: u64) -> (StoreConfig, Vec<u64>, u64) {
     assert!(store.wait_dispatched(Duration::from_secs(5)));
     std::thread::sleep(cfg.checkpoint_interval * 3);
     std::fs::copy(dir.join("checkpoint"), dir.join("checkpoint.before-last")).unwrap();
+    // Stored in a later millisecond than that checkpoint was written.
+    std::thread::sleep(Duration::from_millis(5));
     // A short last record keeps the every-byte loop quick.
     let last = store
         .append_blocking(&[MessageInput::new("T", 0, "last!")])
@@ -274,6 +276,20 @@ fn unclean_stop_without_damage_recovers_everything() {
     assert_eq!((r.end, r.cut_at, r.damaged_ranges), (end, None, 0));
     assert_eq!(read_queue(&store, "T", 0).len(), 100);
     assert_eq!(parse(&store.read_record(phys[99]).unwrap()).body, b"last!");
+}
+
+/// The schedule bounds the previous run's wall clock by this after a crash (a clock stepped
+/// back must not let it release a delayed message again unchecked): the newest record's store
+/// time, not just the (older) checkpoint's.
+#[test]
+fn recovery_reports_the_newest_store_time_it_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, phys, _) = pristine(dir.path(), 10);
+    let (_copy, store) = reopen_copy(dir.path(), &cfg, crash_during_last_write);
+    let last = parse(&store.read_record(phys[9]).unwrap())
+        .header
+        .store_timestamp;
+    assert_eq!(store.recovery_report().clock_high_water_ms, last);
 }
 
 /// Resident kilobytes of this process's mappings of `path` (`/proc/self/smaps`).

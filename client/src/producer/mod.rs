@@ -86,7 +86,8 @@ impl ProducerBuilder {
         self
     }
 
-    /// How long one attempt waits for the broker.
+    /// How long a send may take, retries included (RocketMQ's `sendMsgTimeout`): each
+    /// attempt waits for what is left, and no retry starts once it is spent. Default 3 s.
     #[must_use]
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;

@@ -95,7 +95,10 @@ impl Sender {
     }
 
     /// Sends and waits for the broker, retrying retryable failures up to `retry_times` more
-    /// times (on another broker when the target allows it).
+    /// times (on another broker when the target allows it). All attempts share one
+    /// `send_timeout`, as RocketMQ's producers do: each waits only for what is left of it, and
+    /// none starts once it is spent, so a send returns within about `send_timeout` however
+    /// many retries are allowed.
     #[tracing::instrument(skip_all, fields(topic = %out.msg.topic(), group = %self.group))]
     pub(crate) async fn send(
         &self,
@@ -103,6 +106,7 @@ impl Sender {
         target: Target<'_>,
     ) -> Result<SendResult, ClientError> {
         let attempts = self.retry_times + 1;
+        let deadline = Instant::now() + self.send_timeout;
         let mut avoid: Option<String> = None;
         let mut attempt = 0;
         // An ordered send keeps the queue its key picked first: hashed again after a route
@@ -119,7 +123,7 @@ impl Sender {
             }
             let result = match picked {
                 Ok(mq) => {
-                    let r = self.attempt(out, &mq).await;
+                    let r = self.attempt(out, &mq, left(deadline)).await;
                     if let Err(e) = &r {
                         self.note_failure(&mq, e);
                         avoid = Some(mq.broker_name.clone());
@@ -130,7 +134,7 @@ impl Sender {
             };
             match result {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_retryable() && attempt < attempts => {
+                Err(e) if e.is_retryable() && attempt < attempts && !spent(deadline) => {
                     tracing::warn!(attempt, error = %e, "send failed; retrying");
                     if matches!(e.response_code(), Some(16 | 17)) {
                         let _ = self.core.fetch_route(out.msg.topic()).await;
@@ -180,14 +184,18 @@ impl Sender {
             .map(|m| m.property(keys::UNIQ_KEY).unwrap_or_default().to_owned())
             .collect();
         let attempts = self.retry_times + 1;
+        let deadline = Instant::now() + self.send_timeout;
         let mut avoid = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mq = self.pick(topic, Target::Any, avoid.as_deref()).await?;
-            match self.batch_attempt(&carrier, &mq, &ids).await {
+            match self
+                .batch_attempt(&carrier, &mq, &ids, left(deadline))
+                .await
+            {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_retryable() && attempt < attempts => {
+                Err(e) if e.is_retryable() && attempt < attempts && !spent(deadline) => {
                     tracing::warn!(topic, attempt, error = %e, "batch send failed; retrying");
                     self.note_failure(&mq, &e);
                     avoid = Some(mq.broker_name.clone());
@@ -208,11 +216,12 @@ impl Sender {
         carrier: &Outgoing,
         mq: &MessageQueue,
         ids: &[String],
+        timeout: Duration,
     ) -> Result<BatchSendResult, ClientError> {
         let addr = self.core.master_addr(&mq.broker_name)?;
         let mut req = self.request(carrier, mq, true);
         req.code = request_code::SEND_BATCH_MESSAGE;
-        let resp = self.core.pool.invoke(&addr, req, self.send_timeout).await?;
+        let resp = self.core.pool.invoke(&addr, req, timeout).await?;
         let single = read_response(&addr, mq, resp, String::new())?;
         Ok(BatchSendResult {
             status: single.status,
@@ -228,11 +237,16 @@ impl Sender {
         })
     }
 
-    /// One attempt at one queue.
-    async fn attempt(&self, out: &Outgoing, mq: &MessageQueue) -> Result<SendResult, ClientError> {
+    /// One attempt at one queue, waiting at most `timeout`.
+    async fn attempt(
+        &self,
+        out: &Outgoing,
+        mq: &MessageQueue,
+        timeout: Duration,
+    ) -> Result<SendResult, ClientError> {
         let addr = self.core.master_addr(&mq.broker_name)?;
         let req = self.request(out, mq, false);
-        let resp = self.core.pool.invoke(&addr, req, self.send_timeout).await?;
+        let resp = self.core.pool.invoke(&addr, req, timeout).await?;
         let uniq = out
             .msg
             .property(keys::UNIQ_KEY)
@@ -371,6 +385,19 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// What is left of a send's budget for its next attempt (at least a millisecond: a route
+/// lookup that spent it all still gets its answer checked rather than a zero wait).
+fn left(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// True once a send's budget is spent: no further attempt starts.
+fn spent(deadline: Instant) -> bool {
+    Instant::now() >= deadline
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! broker does not take half messages until its transaction extension lands): the half send,
 //! END_TRANSACTION's headers for commit / rollback / unknown (errors and panics), and
 //! CHECK_TRANSACTION_STATE answered by another producer of the group after the first one
-//! crashed between its local commit and END_TRANSACTION.
+//! crashed between its local commit and END_TRANSACTION. The same fake never answers a send to
+//! `SILENT`, for the producer's shared send timeout.
 
 use crate::common;
 
@@ -33,6 +34,8 @@ use tokio::net::TcpListener;
 
 const GROUP: &str = "tx-pg";
 const TOPIC: &str = "TxTopic";
+/// Sends to this topic are recorded and never answered.
+const SILENT: &str = "Silent";
 /// Commit-log offset the fake reports for the n-th half message: BASE + n.
 const PHYS_BASE: i64 = 4096;
 /// Queue offset the fake reports for the n-th half message: QUEUE_BASE + n.
@@ -158,6 +161,10 @@ async fn serve(
             request_code::SEND_MESSAGE_V2 => {
                 let h = SendMessageRequestHeader::from_ext(&req.ext_fields).unwrap();
                 let props = Properties::decode(h.properties.as_deref().unwrap_or("").as_bytes());
+                if h.topic == SILENT {
+                    seen.lock().sends.push(h);
+                    continue;
+                }
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 seen.lock().sends.push(h);
                 let ext = SendMessageResponseHeader {
@@ -382,4 +389,42 @@ async fn a_producer_crashing_after_its_local_commit_is_resolved_by_another_produ
         (12, 22)
     );
     survivor.shutdown().await;
+}
+
+/// `send_timeout` bounds the whole send, retries included (RocketMQ's `sendMsgTimeout`). It
+/// bounded each attempt before, so a broker that never answered held a send for
+/// `(retry_times + 1) * send_timeout`. Checked by the attempts made, not by a clock.
+#[tokio::test]
+async fn a_send_the_broker_never_answers_is_not_retried_past_its_send_timeout() {
+    init_tracing();
+    let fake = FakeBroker::start().await;
+    let producer = ProducerBuilder::new(fake.config())
+        .group("silent-pg")
+        .retry_times(2)
+        .send_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let err = producer
+        .send(Message::new(SILENT, "unanswered"))
+        .await
+        .expect_err("never answered");
+    match &err {
+        sluice_client::ClientError::SendFailed { attempts, .. } => {
+            assert_eq!(
+                *attempts, 1,
+                "the first attempt spent the whole budget: {err}"
+            )
+        }
+        other => panic!("expected SendFailed, got {other}"),
+    }
+    let sends = fake
+        .seen
+        .lock()
+        .sends
+        .iter()
+        .filter(|h| h.topic == SILENT)
+        .count();
+    assert_eq!(sends, 1, "no retry went out");
+    producer.shutdown().await;
 }

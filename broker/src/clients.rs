@@ -30,6 +30,26 @@ struct Member {
     /// trusted address): transaction checks go only to members whose account may publish to
     /// the transaction's topic.
     access_key: Option<String>,
+    /// What its last heartbeat's frame said it is (admin listings).
+    meta: ClientMeta,
+}
+
+/// A client's language and version, from the frame of its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientMeta {
+    /// `JAVA`, `CPP`, ...; `OTHER` when it never sent a heartbeat.
+    pub(crate) language: &'static str,
+    /// Its version ordinal (0 when unknown).
+    pub(crate) version: i32,
+}
+
+impl Default for ClientMeta {
+    fn default() -> Self {
+        Self {
+            language: "OTHER",
+            version: 0,
+        }
+    }
 }
 
 /// A consumer group. Like Java, one subscription table per group: members are expected to
@@ -53,8 +73,6 @@ impl ConsumerGroup {
 struct Groups {
     producers: HashMap<String, HashMap<u64, Member>>,
     consumers: HashMap<String, ConsumerGroup>,
-    /// Language and version of each connection's last heartbeat (admin listings).
-    meta: HashMap<u64, (&'static str, i32)>,
 }
 
 /// One member connection of a group, as `mqadmin consumerConnection` and
@@ -117,6 +135,7 @@ impl ClientManager {
         hb: &HeartbeatData,
         now: Instant,
         access_key: Option<&str>,
+        meta: ClientMeta,
     ) -> Vec<String> {
         let member = Member {
             conn: conn.clone(),
@@ -124,6 +143,7 @@ impl ClientManager {
             last_seen: now,
             heartbeat: true,
             access_key: access_key.map(str::to_owned),
+            meta,
         };
         let mut g = self.groups.lock();
         for p in &hb.producer_data_set {
@@ -173,6 +193,7 @@ impl ClientManager {
                 last_seen: now,
                 heartbeat: false,
                 access_key: access_key.map(str::to_owned),
+                meta: ClientMeta::default(),
             });
     }
 
@@ -214,7 +235,6 @@ impl ClientManager {
     /// Removes a closed connection from every group.
     pub(crate) fn remove_connection(&self, conn_id: u64) -> Vec<String> {
         let mut g = self.groups.lock();
-        g.meta.remove(&conn_id);
         let producer_groups: Vec<String> = g.producers.keys().cloned().collect();
         for p in producer_groups {
             remove_producer(&mut g, &p, conn_id);
@@ -289,18 +309,13 @@ impl ClientManager {
             .and_then(|c| c.subscriptions.get(topic).cloned())
     }
 
-    /// Notes the language and version a connection's heartbeat frame named.
-    pub(crate) fn note_meta(&self, conn_id: u64, language: &'static str, version: i32) {
-        self.groups.lock().meta.insert(conn_id, (language, version));
-    }
-
     /// A consumer group's members and settings; `None` when it has no member.
     pub(crate) fn consumer_connection(&self, group: &str) -> Option<ConsumerConnection> {
         let g = self.groups.lock();
         // Groups leave the map as their last member goes: one here has members.
         let c = g.consumers.get(group)?;
         Some(ConsumerConnection {
-            connection_set: connections(&g, c.members.iter()),
+            connection_set: connections(c.members.values()),
             subscription_table: c
                 .subscriptions
                 .iter()
@@ -317,7 +332,7 @@ impl ClientManager {
         let g = self.groups.lock();
         g.producers
             .get(group)
-            .map_or_else(Vec::new, |members| connections(&g, members.iter()))
+            .map_or_else(Vec::new, |members| connections(members.values()))
     }
 
     /// The groups with a member subscribing to `topic`.
@@ -353,13 +368,10 @@ impl ClientManager {
 }
 
 /// Members as admin listings show them, sorted by client id.
-fn connections<'a>(
-    g: &Groups,
-    members: impl Iterator<Item = (&'a u64, &'a Member)>,
-) -> Vec<ClientConnection> {
+fn connections<'a>(members: impl Iterator<Item = &'a Member>) -> Vec<ClientConnection> {
     let mut out: Vec<ClientConnection> = members
-        .map(|(id, m)| {
-            let (language, version) = g.meta.get(id).copied().unwrap_or(("OTHER", 0));
+        .map(|m| {
+            let ClientMeta { language, version } = m.meta;
             // Names newer than Java 4.9.3's enum are listed as OTHER: an older admin tool
             // would fail to read the whole listing over one unknown name (our responses'
             // frames say JAVA for the same reason).
@@ -472,7 +484,13 @@ mod tests {
         let expiry = Duration::from_secs(10);
         m.note_producer(&c, "pg", t0, None);
         assert_eq!(
-            m.heartbeat(&c, &hb("A"), t0 + Duration::from_secs(8), None),
+            m.heartbeat(
+                &c,
+                &hb("A"),
+                t0 + Duration::from_secs(8),
+                None,
+                ClientMeta::default()
+            ),
             ["g"]
         );
         let (changed, dropped) = m.expire(t0 + Duration::from_secs(15), expiry);
@@ -496,9 +514,17 @@ mod tests {
         let m = ClientManager::default();
         let (c1, c2) = (conn(1), conn(2));
         let t0 = Instant::now();
-        assert_eq!(m.heartbeat(&c1, &hb("A"), t0, None), ["g"]);
-        assert!(m.heartbeat(&c1, &hb("A"), t0, None).is_empty());
-        assert_eq!(m.heartbeat(&c2, &hb("B"), t0, None), ["g"]);
+        assert_eq!(
+            m.heartbeat(&c1, &hb("A"), t0, None, ClientMeta::default()),
+            ["g"]
+        );
+        assert!(m
+            .heartbeat(&c1, &hb("A"), t0, None, ClientMeta::default())
+            .is_empty());
+        assert_eq!(
+            m.heartbeat(&c2, &hb("B"), t0, None, ClientMeta::default()),
+            ["g"]
+        );
         assert_eq!(m.consumer_ids("g"), ["A", "B"]);
         assert_eq!(m.remove_connection(2), ["g"]);
         assert_eq!(m.consumer_ids("g"), ["A"]);

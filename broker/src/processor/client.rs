@@ -57,13 +57,16 @@ pub(super) fn heartbeat(
             )
         })?;
     }
-    ctx.clients
-        .note_meta(conn.id(), req.language.name(), req.version);
+    let meta = crate::clients::ClientMeta {
+        language: req.language.name(),
+        version: req.version,
+    };
     let changed = ctx.clients.heartbeat(
         conn,
         &hb,
         Instant::now(),
         crate::acl::access_key_of(&ctx.cfg.acl, conn.remote_addr(), req),
+        meta,
     );
     ctx.notify_consumers_changed(&changed);
     Ok(reply::ok(req))

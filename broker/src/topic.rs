@@ -63,8 +63,10 @@ pub(crate) const MAX_QUEUE_NUMS: i32 = 4096;
 /// Any producer may auto-create topics and any consumer group gets a retry topic, and every
 /// topic is held in memory, saved with the others, and sent to the name servers at every
 /// registration; without a bound, a client inventing names would grow all three for good.
-/// The broker's own topics (system and dead-letter topics) are always created: refusing a
-/// dead-letter topic would leave a failed message nowhere to go.
+/// The broker's fixed system topics are always created, and so is the dead-letter topic of a
+/// group whose retry topic exists: refusing it would leave that group's failed messages
+/// nowhere to go. Any other name counts, whatever its prefix: a client could otherwise send
+/// to invented `%DLQ%…` or `SLUICE_SYS_…` names without bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the broker holds its limit of {0} topics ([broker] max_topics); delete unused topics or raise the limit")]
 pub struct TopicLimit(pub usize);
@@ -139,6 +141,12 @@ pub(crate) fn is_broker_topic(topic: &str) -> bool {
         || topic.starts_with("RMQ_SYS_")
 }
 
+/// The broker's own fixed-name topics (schedule, timer, transactions, the auto-create
+/// template).
+fn is_fixed_system_topic(topic: &str) -> bool {
+    is_not_sendable(topic) || is_not_consumable(topic) || topic == DEFAULT_TOPIC
+}
+
 /// The retry topic of a consumer group.
 pub(crate) fn retry_topic(group: &str) -> String {
     format!("{RETRY_PREFIX}{group}")
@@ -154,7 +162,10 @@ impl Table {
     /// Whether `name` may be added: it exists already, it is one of the broker's own, or the
     /// table is below `max`.
     fn admits(&self, name: &str, max: usize) -> Result<(), TopicLimit> {
-        let exempt = is_broker_topic(name) || name == DEFAULT_TOPIC;
+        let known_group_dlq = name
+            .strip_prefix(DLQ_PREFIX)
+            .is_some_and(|group| self.topics.contains_key(&retry_topic(group)));
+        let exempt = is_fixed_system_topic(name) || known_group_dlq;
         if exempt || self.topics.len() < max || self.topics.contains_key(name) {
             Ok(())
         } else {
@@ -491,6 +502,17 @@ mod tests {
         let admin = m.put_if_absent(TopicConfig::new("C", 1, perm::READ_WRITE));
         assert_eq!(admin, Err(NotAdded::Limit(TopicLimit(system + 2))));
         assert!(m.get("B").is_none() && m.get("C").is_none());
+        // Prefixes are no way around it: only a known group's dead-letter topic is exempt.
+        for name in ["%DLQ%nobody", "SLUICE_SYS_X", "RMQ_SYS_Y"] {
+            assert!(
+                m.get_or_create_for_send(name, DEFAULT_TOPIC, 4).is_err(),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            m.get_or_create_retry("%DLQ%nobody"),
+            Err(TopicLimit(system + 2))
+        );
         // What exists can still be sent to and changed; the broker's own topics still come.
         m.get_or_create_for_send("A", DEFAULT_TOPIC, 4).unwrap();
         assert_eq!(m.put(TopicConfig::new("A", 2, perm::READ_WRITE)), Ok(true));

@@ -43,20 +43,21 @@ pub(super) fn heartbeat(
     }
     // Java creates it for every consumer group; C++ rebalancing stops for all topics when a
     // subscribed retry topic has no readable queue, so it gets one read-write queue at once.
-    // Past `max_topics` the heartbeat is refused: registered without its retry topic, the
-    // consumer would stop rebalancing (C++) or lose its retries.
-    for c in &hb.consumer_data_set {
+    // A group whose retry topic is refused (`max_topics`) is left out and named in an error
+    // answer; the client's other groups are still registered, or one new group at the limit
+    // would let all of them expire.
+    let mut hb = hb;
+    let mut refused = Vec::new();
+    hb.consumer_data_set.retain(|c| {
         let retry = topic::retry_topic(&c.group_name);
-        ctx.topics.get_or_create_retry(&retry).map_err(|limit| {
-            Reject::new(
-                code::SYSTEM_ERROR,
-                format!(
-                    "consumer group {} has no retry topic: {limit}",
-                    c.group_name
-                ),
-            )
-        })?;
-    }
+        match ctx.topics.get_or_create_retry(&retry) {
+            Ok(_) => true,
+            Err(limit) => {
+                refused.push((c.group_name.clone(), limit));
+                false
+            }
+        }
+    });
     let meta = crate::clients::ClientMeta {
         language: req.language.name(),
         version: req.version,
@@ -69,7 +70,20 @@ pub(super) fn heartbeat(
         meta,
     );
     ctx.notify_consumers_changed(&changed);
-    Ok(reply::ok(req))
+    match refused.first() {
+        None => Ok(reply::ok(req)),
+        Some((_, limit)) => {
+            let names: Vec<&str> = refused.iter().map(|(g, _)| g.as_str()).collect();
+            Err(Reject::new(
+                code::SYSTEM_ERROR,
+                format!(
+                    "consumer group(s) {} not registered, their retry topics could not be \
+                     created: {limit}; the heartbeat's other groups are registered",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// UNREGISTER_CLIENT: the client leaves a producer or consumer group.

@@ -430,3 +430,103 @@ async fn a_properties_header_over_the_limit_is_refused_before_it_is_decoded() {
         "the connection stays usable"
     );
 }
+
+fn heartbeat(client_id: &str, consumer_groups: &[&str], producer_group: &str) -> RemotingCommand {
+    let consumers: Vec<String> = consumer_groups
+        .iter()
+        .map(|g| {
+            format!(
+                r#"{{"consumeFromWhere":"CONSUME_FROM_LAST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"{g}","messageModel":"CLUSTERING","subscriptionDataSet":[]}}"#
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"clientID":"{client_id}","consumerDataSet":[{}],"producerDataSet":[{{"groupName":"{producer_group}"}}]}}"#,
+        consumers.join(",")
+    );
+    RemotingCommand::request(request_code::HEART_BEAT, Default::default())
+        .with_body(body.into_bytes())
+}
+
+/// At `max_topics`, a heartbeat naming a new consumer group (whose retry topic cannot be
+/// created) is answered with an error that names it, and the heartbeat's other groups are
+/// still registered: refusing it whole let a client's every registration expire over one new
+/// group. Auto-created topics and the new group's dead-letter topic are refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_topics_a_new_group_is_refused_and_the_heartbeats_other_groups_still_register() {
+    let cluster = start_cluster_with(|c| c.max_topics = 12).await;
+    let client = cluster.client().await;
+    let first = client
+        .invoke(heartbeat("c1", &["known"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(first.code, 0, "{:?}", first.remark);
+    // Fill the table with auto-created topics until one is refused (bounded by the limit).
+    let mut refused = None;
+    for i in 0..12 {
+        let resp = client
+            .invoke(
+                send_request(&format!("Fill{i}"), 0, b"m", &props(None, None)),
+                RPC,
+            )
+            .await
+            .unwrap();
+        if resp.code != 0 {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let refused = refused.expect("the table fills up");
+    assert_eq!(refused.code, response_code::TOPIC_NOT_EXIST);
+    assert!(refused
+        .remark
+        .as_deref()
+        .unwrap_or("")
+        .contains("max_topics"));
+    let dlq = client
+        .invoke(
+            send_request("%DLQ%invented", 0, b"m", &props(None, None)),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dlq.code,
+        response_code::TOPIC_NOT_EXIST,
+        "no way around it by prefix"
+    );
+
+    let both = client
+        .invoke(heartbeat("c2", &["known", "brand-new"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(both.code, response_code::SYSTEM_ERROR);
+    let remark = both.remark.unwrap_or_default();
+    assert!(
+        remark.contains("brand-new") && !remark.contains("known,"),
+        "{remark}"
+    );
+    let ids = |group: &'static str| {
+        let client = &client;
+        async move {
+            let h = ext(&[("consumerGroup", group)]);
+            let r = client
+                .invoke(
+                    RemotingCommand::request(request_code::GET_CONSUMER_LIST_BY_GROUP, h),
+                    RPC,
+                )
+                .await
+                .unwrap();
+            (r.code, String::from_utf8_lossy(&r.body).into_owned())
+        }
+    };
+    let (code, known) = ids("known").await;
+    assert_eq!(code, 0);
+    assert!(
+        known.contains("c2"),
+        "the known group took the heartbeat: {known}"
+    );
+    let (_, brand_new) = ids("brand-new").await;
+    assert!(!brand_new.contains("c2"), "{brand_new}");
+    cluster.stop().await;
+}

@@ -120,12 +120,7 @@ impl Core {
             .iter()
             .map(|(f, p)| Key::new(*f, *p))
             .collect();
-        // After a crash, timers due by the previous run's clock may have been released
-        // unrecorded. That clock is at least the newest store time recovery found: a clock
-        // stepped back across the restart (a VM restored, NTP correcting a fast clock) must not
-        // shrink the set of timers checked before release.
-        let clock = now_ms().max(store.recovery_report().clock_high_water_ms);
-        let verify_until = state.verify_until(clock);
+        let verify_until = state.verify_until(start_clock(store.recovery_report()));
         let was_clean = state.clean;
         let state = mark_running(&dir.join("state.json"), state);
         let index = TimerIndex::new(
@@ -220,6 +215,14 @@ fn load_or_rebuild(dir: &Path, roll_ms: i64) -> Result<(State, Vec<Arc<Run>>)> {
     Ok((state, runs))
 }
 
+/// The clock a start judges "due before the restart" by. After a crash, timers due by the
+/// previous run's clock may have been released unrecorded, and that clock was at least the
+/// newest store time recovery found: a clock stepped back across the restart (a VM restored,
+/// NTP correcting a fast clock) must not shrink the set of timers checked before release.
+fn start_clock(recovery: &sluice_store::RecoveryReport) -> i64 {
+    now_ms().max(recovery.clock_high_water_ms)
+}
+
 /// Creates the schedule topics' configs (so tools and routes see them) when missing.
 fn ensure_topics(services: &BrokerServices, levels: usize) {
     let want = [(SCHEDULE_TOPIC, levels as i32), (TIMER_TOPIC, 2)];
@@ -260,5 +263,29 @@ fn mark_running(path: &Path, state: State) -> State {
             tracing::warn!(error = %e, "cannot mark the schedule state as running; no timer is released until a checkpoint saves it");
             state
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_behind_the_last_runs_store_times_judges_by_those() {
+        let ahead = now_ms() + 3_600_000;
+        let report = sluice_store::RecoveryReport {
+            clock_high_water_ms: ahead,
+            ..Default::default()
+        };
+        assert_eq!(
+            start_clock(&report),
+            ahead,
+            "the clock stepped back an hour"
+        );
+        let behind = sluice_store::RecoveryReport::default();
+        assert!(
+            start_clock(&behind) >= now_ms() - 1_000,
+            "otherwise the clock"
+        );
     }
 }

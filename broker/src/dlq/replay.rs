@@ -319,7 +319,11 @@ async fn run_loop(
     let mut shutdown = ctx.shutdown.clone();
     let mut pacer = Pacer::new(status.rate_per_sec);
     let mut last_save = Instant::now();
-    let mut mine_unsaved = recorded_since_save(&ledger, status).await?;
+    // Copies this task made after its last saved progress (a crash) count at once, not when
+    // the scan reaches them: their letters may be gone by then (retention) or not decode.
+    let mine_unsaved = recorded_since_save(&ledger, status).await?;
+    status.replayed += mine_unsaved.len() as u64;
+    status.matched += mine_unsaved.len() as u64;
     loop {
         if cancel.is_set() {
             return Ok(Stop::Finished(ReplayState::Cancelled));
@@ -352,11 +356,7 @@ async fn run_loop(
                 continue;
             }
             if ledger.contains(*qo) {
-                // Copied by this task after its last save, before a crash: counted as then.
-                if mine_unsaved.remove(qo) {
-                    status.replayed += 1;
-                    status.matched += 1;
-                } else {
+                if !mine_unsaved.contains(qo) {
                     status.skipped += 1;
                 }
                 status.next_offset = qo + 1;

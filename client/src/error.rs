@@ -83,6 +83,17 @@ pub enum ClientError {
         #[source]
         last: Box<ClientError>,
     },
+    /// A send's `send_timeout` ran out (route lookups and connecting count toward it) before
+    /// an answer came. When an attempt was on its way, the message may still have been stored.
+    #[error("send to {topic} timed out after {timeout:?} ({attempts} attempt(s) started)")]
+    SendTimeout {
+        /// The topic.
+        topic: String,
+        /// The budget that ran out.
+        timeout: std::time::Duration,
+        /// Attempts that went out, the last one perhaps cut short.
+        attempts: u32,
+    },
     /// The client was shut down.
     #[error("the client is shut down")]
     Shutdown,

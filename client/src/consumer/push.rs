@@ -280,11 +280,12 @@ impl ConsumerInner {
         // RocketMQ clustering consumers read their group's retry topic like any topic.
         subs.push(Subscription::new(&retry_topic(&b.group), "*"));
         core.set_heartbeat(heartbeat(&b.group, &b.s, &subs));
+        // One retry, and a budget for two attempts of `rpc_timeout` each.
         let retry_sender = Sender::new(
             Arc::clone(&core),
             INNER_PRODUCER_GROUP.into(),
             1,
-            core.cfg.rpc_timeout,
+            core.cfg.rpc_timeout * 2,
         );
         let (stop, _) = watch::channel(false);
         let inner = Arc::new_cyclic(|me| Self {

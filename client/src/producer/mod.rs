@@ -58,7 +58,7 @@ pub struct ProducerBuilder {
 }
 
 impl ProducerBuilder {
-    /// Defaults: group `DEFAULT_PRODUCER`, 2 retries, 3 s per attempt.
+    /// Defaults: group `DEFAULT_PRODUCER`, 2 retries, 3 s for a whole send.
     pub fn new(cfg: ClientConfig) -> Self {
         Self {
             cfg,

@@ -107,6 +107,7 @@ impl Sender {
     ) -> Result<SendResult, ClientError> {
         let attempts = self.retry_times + 1;
         let deadline = Instant::now() + self.send_timeout;
+        let topic = out.msg.topic();
         let mut avoid: Option<String> = None;
         let mut attempt = 0;
         // An ordered send keeps the queue its key picked first: hashed again after a route
@@ -116,14 +117,18 @@ impl Sender {
             attempt += 1;
             let picked = match (&hashed, target) {
                 (Some(mq), _) => Ok(mq.clone()),
-                _ => self.pick(out.msg.topic(), target, avoid.as_deref()).await,
+                _ => within(deadline, self.pick(topic, target, avoid.as_deref()))
+                    .await
+                    .ok_or_else(|| self.timed_out(topic, attempt - 1))?,
             };
             if let (Ok(mq), Target::Hash(_)) = (&picked, target) {
                 hashed.get_or_insert_with(|| mq.clone());
             }
             let result = match picked {
                 Ok(mq) => {
-                    let r = self.attempt(out, &mq, left(deadline)).await;
+                    let r = within(deadline, self.attempt(out, &mq, left(deadline)))
+                        .await
+                        .ok_or_else(|| self.timed_out(topic, attempt))?;
                     if let Err(e) = &r {
                         self.note_failure(&mq, e);
                         avoid = Some(mq.broker_name.clone());
@@ -137,17 +142,26 @@ impl Sender {
                 Err(e) if e.is_retryable() && attempt < attempts && !spent(deadline) => {
                     tracing::warn!(attempt, error = %e, "send failed; retrying");
                     if matches!(e.response_code(), Some(16 | 17)) {
-                        let _ = self.core.fetch_route(out.msg.topic()).await;
+                        let _ = within(deadline, self.core.fetch_route(topic)).await;
                     }
                 }
                 Err(e) => {
                     return Err(ClientError::SendFailed {
-                        topic: out.msg.topic().to_owned(),
+                        topic: topic.to_owned(),
                         attempts: attempt,
                         last: Box::new(e),
                     })
                 }
             }
+        }
+    }
+
+    /// The error of a send whose budget ran out after `attempts` attempts started.
+    fn timed_out(&self, topic: &str, attempts: u32) -> ClientError {
+        ClientError::SendTimeout {
+            topic: topic.to_owned(),
+            timeout: self.send_timeout,
+            attempts,
         }
     }
 
@@ -189,11 +203,14 @@ impl Sender {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mq = self.pick(topic, Target::Any, avoid.as_deref()).await?;
-            match self
-                .batch_attempt(&carrier, &mq, &ids, left(deadline))
+            let mq = within(deadline, self.pick(topic, Target::Any, avoid.as_deref()))
                 .await
-            {
+                .ok_or_else(|| self.timed_out(topic, attempt - 1))??;
+            let sent = within(
+                deadline,
+                self.batch_attempt(&carrier, &mq, &ids, left(deadline)),
+            );
+            match sent.await.ok_or_else(|| self.timed_out(topic, attempt))? {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_retryable() && attempt < attempts && !spent(deadline) => {
                     tracing::warn!(topic, attempt, error = %e, "batch send failed; retrying");
@@ -387,12 +404,15 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// What is left of a send's budget for its next attempt (at least a millisecond: a route
-/// lookup that spent it all still gets its answer checked rather than a zero wait).
+/// What is left of a send's budget.
 fn left(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Runs `f` within what is left of a send's budget; `None` when the budget ran out first
+/// (a future already done when polled still counts).
+async fn within<T>(deadline: Instant, f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(left(deadline), f).await.ok()
 }
 
 /// True once a send's budget is spent: no further attempt starts.

@@ -3,7 +3,7 @@
 //! END_TRANSACTION's headers for commit / rollback / unknown (errors and panics), and
 //! CHECK_TRANSACTION_STATE answered by another producer of the group after the first one
 //! crashed between its local commit and END_TRANSACTION. The same fake never answers a send to
-//! `SILENT`, for the producer's shared send timeout.
+//! `SILENT` and answers the route of `SLOW_ROUTE` late, for the producer's send budget.
 
 use crate::common;
 
@@ -36,6 +36,8 @@ const GROUP: &str = "tx-pg";
 const TOPIC: &str = "TxTopic";
 /// Sends to this topic are recorded and never answered.
 const SILENT: &str = "Silent";
+/// The route of this topic is answered after a second.
+const SLOW_ROUTE: &str = "SlowRoute";
 /// Commit-log offset the fake reports for the n-th half message: BASE + n.
 const PHYS_BASE: i64 = 4096;
 /// Queue offset the fake reports for the n-th half message: QUEUE_BASE + n.
@@ -149,8 +151,13 @@ async fn serve(
             continue;
         }
         let resp = match req.code {
-            request_code::GET_ROUTEINFO_BY_TOPIC => RemotingCommand::response_to(&req, 0, None)
-                .with_body(route(me).to_json(JsonForm::Standard)),
+            request_code::GET_ROUTEINFO_BY_TOPIC => {
+                if req.ext_fields.get_str("topic") == Some(SLOW_ROUTE) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                RemotingCommand::response_to(&req, 0, None)
+                    .with_body(route(me).to_json(JsonForm::Standard))
+            }
             request_code::HEART_BEAT => {
                 let hb: HeartbeatData = decode_json(&req.body).unwrap();
                 if hb.producer_data_set.iter().any(|p| p.group_name == GROUP) {
@@ -409,14 +416,16 @@ async fn a_send_the_broker_never_answers_is_not_retried_past_its_send_timeout() 
         .send(Message::new(SILENT, "unanswered"))
         .await
         .expect_err("never answered");
+    // Whichever ends first at the deadline: the attempt's own timeout or the send's budget.
     match &err {
-        sluice_client::ClientError::SendFailed { attempts, .. } => {
+        sluice_client::ClientError::SendFailed { attempts, .. }
+        | sluice_client::ClientError::SendTimeout { attempts, .. } => {
             assert_eq!(
                 *attempts, 1,
                 "the first attempt spent the whole budget: {err}"
             )
         }
-        other => panic!("expected SendFailed, got {other}"),
+        other => panic!("expected a failed or timed-out send, got {other}"),
     }
     let sends = fake
         .seen
@@ -426,5 +435,31 @@ async fn a_send_the_broker_never_answers_is_not_retried_past_its_send_timeout() 
         .filter(|h| h.topic == SILENT)
         .count();
     assert_eq!(sends, 1, "no retry went out");
+    producer.shutdown().await;
+}
+
+/// A route lookup counts toward `send_timeout`: one that outlasts it ends the send before any
+/// attempt goes out.
+#[tokio::test]
+async fn a_route_lookup_that_outlasts_send_timeout_ends_the_send_before_it_goes_out() {
+    init_tracing();
+    let fake = FakeBroker::start().await;
+    let producer = ProducerBuilder::new(fake.config())
+        .group("slow-route-pg")
+        .send_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let err = producer
+        .send(Message::new(SLOW_ROUTE, "late"))
+        .await
+        .expect_err("the route came too late");
+    match &err {
+        sluice_client::ClientError::SendTimeout { attempts, .. } => assert_eq!(*attempts, 0),
+        other => panic!("expected a timed-out send, got {other}"),
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the route answer arrives
+    let sends = fake.seen.lock().sends.len();
+    assert_eq!(sends, 0, "nothing went out after the budget was spent");
     producer.shutdown().await;
 }

@@ -178,6 +178,17 @@ impl ClientManager {
         access_key: Option<&str>,
     ) {
         let mut g = self.groups.lock();
+        // A new member only sent for is listed with what the connection's heartbeats said
+        // (looked up only then: it walks every group).
+        let known = g
+            .producers
+            .get(group)
+            .is_some_and(|m| m.contains_key(&conn.id()));
+        let meta = if known {
+            ClientMeta::default() // not used: the member exists
+        } else {
+            meta_of(&g, conn.id())
+        };
         let members = g.producers.entry(group.to_owned()).or_default();
         members
             .entry(conn.id())
@@ -193,7 +204,7 @@ impl ClientManager {
                 last_seen: now,
                 heartbeat: false,
                 access_key: access_key.map(str::to_owned),
-                meta: ClientMeta::default(),
+                meta,
             });
     }
 
@@ -367,6 +378,16 @@ impl ClientManager {
     }
 }
 
+/// What the heartbeats over connection `id` said, from any group it is a member of.
+fn meta_of(g: &Groups, id: u64) -> ClientMeta {
+    let producers = g.producers.values().filter_map(|m| m.get(&id));
+    let consumers = g.consumers.values().filter_map(|c| c.members.get(&id));
+    producers
+        .chain(consumers)
+        .find(|m| m.heartbeat)
+        .map_or_else(ClientMeta::default, |m| m.meta)
+}
+
 /// Members as admin listings show them, sorted by client id.
 fn connections<'a>(members: impl Iterator<Item = &'a Member>) -> Vec<ClientConnection> {
     let mut out: Vec<ClientConnection> = members
@@ -474,6 +495,25 @@ mod tests {
             r#"{{"clientID":"{client_id}","consumerDataSet":[{{"groupName":"g","consumeType":1,"messageModel":1,"subscriptionDataSet":[{{"topic":"T","subString":"TagA","codeSet":[0],"subVersion":"5"}}]}}]}}"#
         );
         decode_json(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_producer_group_only_sent_for_is_listed_with_its_connections_heartbeat_language() {
+        let m = ClientManager::default();
+        let c = conn(1);
+        let cpp = ClientMeta {
+            language: "CPP",
+            version: 401,
+        };
+        m.heartbeat(&c, &hb("A"), Instant::now(), None, cpp);
+        m.note_producer(&c, "sends-only", Instant::now(), None);
+        let listed = m.producer_connection("sends-only");
+        assert_eq!((listed[0].language, listed[0].version), ("CPP", 401));
+        m.note_producer(&conn(2), "sends-only", Instant::now(), None);
+        let unknown = m.producer_connection("sends-only");
+        assert!(unknown
+            .iter()
+            .any(|c| (c.language, c.version) == ("OTHER", 0)));
     }
 
     #[test]

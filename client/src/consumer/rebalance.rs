@@ -231,6 +231,11 @@ impl ConsumerInner {
     }
 
     /// Locks queues at their brokers; each owned queue learns whether it holds its lock.
+    ///
+    /// A queue released while its lock request was on the way (the renewal loop took its list
+    /// before the release, and a release unlocks without waiting for the renewal) was locked
+    /// again after its unlock, and its next owner could not lock it until the broker's lock
+    /// expired. A lock granted for a queue no longer owned is given back at once.
     pub(crate) async fn lock(&self, queues: Vec<MessageQueue>) {
         for (broker, mqs) in by_broker(queues) {
             let held = match self.lock_request(&broker, &mqs).await {
@@ -240,11 +245,20 @@ impl ConsumerInner {
                     HashSet::new()
                 }
             };
-            let queues = self.queues.lock();
-            for mq in &mqs {
-                if let Some(pq) = queues.get(mq) {
-                    pq.set_locked(held.contains(mq));
+            let not_owned: Vec<MessageQueue> = {
+                let queues = self.queues.lock();
+                for mq in &mqs {
+                    if let Some(pq) = queues.get(mq) {
+                        pq.set_locked(held.contains(mq));
+                    }
                 }
+                held.into_iter()
+                    .filter(|mq| !queues.contains_key(mq))
+                    .collect()
+            };
+            if !not_owned.is_empty() {
+                tracing::debug!(broker = %broker, queues = not_owned.len(), "lock granted for queues released meanwhile; unlocking");
+                self.unlock(not_owned).await;
             }
         }
     }

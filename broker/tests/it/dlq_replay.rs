@@ -444,15 +444,7 @@ async fn the_rate_limit_holds_and_cancel_leaves_the_rest_in_the_dlq() {
 
 #[tokio::test]
 async fn a_task_running_at_shutdown_resumes_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let namesrv = start_namesrv().await;
-    let cfg = broker_config(dir.path(), namesrv.local_addr());
-    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
-    let cluster = Cluster {
-        dir,
-        namesrv,
-        broker,
-    };
+    let cluster = start_cluster().await;
     let client = cluster.client().await;
     dead_letters(&cluster, &client, "sg", "Orders", 12, |_| "A").await;
     let s = cluster
@@ -466,22 +458,11 @@ async fn a_task_running_at_shutdown_resumes_after_restart() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let Cluster {
-        dir,
-        namesrv,
-        broker,
-    } = cluster;
-    broker.shutdown().await;
-    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
-    let status = broker.dlq().replay(&s.id).unwrap();
+    let cluster = cluster.restart(|_| {}).await;
+    let status = cluster.broker.dlq().replay(&s.id).unwrap();
     assert!(status.resumes >= 1 || status.state == ReplayState::Completed);
-    let done = wait_done(&broker, &s.id).await;
+    let done = wait_done(&cluster.broker, &s.id).await;
     assert_eq!(done.state, ReplayState::Completed);
-    let cluster = Cluster {
-        dir,
-        namesrv,
-        broker,
-    };
     wait_dispatched(&cluster.broker).await;
     let client = cluster.client().await;
     let recs = retry_records(&client, "sg").await;
@@ -873,43 +854,31 @@ async fn only_the_newest_finished_replays_are_kept() {
 #[tokio::test]
 async fn a_resumed_task_counts_its_copies_since_the_last_save_toward_its_max() {
     const TASK: &str = "replay-unsaved-1";
-    let dir = tempfile::tempdir().unwrap();
-    let namesrv = start_namesrv().await;
-    let cfg = broker_config(dir.path(), namesrv.local_addr());
-    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
-    let cluster = Cluster {
-        dir,
-        namesrv,
-        broker,
-    };
+    let cluster = start_cluster().await;
     let client = cluster.client().await;
     dead_letters(&cluster, &client, "ug", "Orders", 10, |_| "A").await;
-    let Cluster {
-        dir,
-        namesrv,
-        broker,
-    } = cluster;
-    broker.shutdown().await;
-
-    let dlq_dir = dir.path().join("config").join("dlq");
-    let task = serde_json::json!({
-        "id": TASK, "group": "ug", "filter": {}, "target_topic": null, "rate_per_sec": 1000,
-        "dry_run": false, "max_messages": 5, "requested_by": "test", "state": "running",
-        "next_offset": 0, "end_offset": 10, "matched": 0, "replayed": 0, "skipped": 0,
-        "failed": 0, "error": null, "created_ms": 1, "updated_ms": 1, "resumes": 0
-    });
-    std::fs::create_dir_all(dlq_dir.join("tasks")).unwrap();
-    std::fs::write(
-        dlq_dir.join("tasks").join(format!("{TASK}.json")),
-        task.to_string(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(dlq_dir.join("ledger")).unwrap();
-    let ledger = dlq_dir.join("ledger").join("ug");
-    std::fs::write(&ledger, format!("0 {TASK}\n1 {TASK}\n2 {TASK}\n")).unwrap();
-
-    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
-    let done = wait_done(&broker, TASK).await;
+    let mut ledger = std::path::PathBuf::new();
+    let cluster = cluster
+        .restart(|data| {
+            let dlq_dir = data.join("config").join("dlq");
+            let task = serde_json::json!({
+                "id": TASK, "group": "ug", "filter": {}, "target_topic": null, "rate_per_sec": 1000,
+                "dry_run": false, "max_messages": 5, "requested_by": "test", "state": "running",
+                "next_offset": 0, "end_offset": 10, "matched": 0, "replayed": 0, "skipped": 0,
+                "failed": 0, "error": null, "created_ms": 1, "updated_ms": 1, "resumes": 0
+            });
+            std::fs::create_dir_all(dlq_dir.join("tasks")).unwrap();
+            std::fs::write(
+                dlq_dir.join("tasks").join(format!("{TASK}.json")),
+                task.to_string(),
+            )
+            .unwrap();
+            std::fs::create_dir_all(dlq_dir.join("ledger")).unwrap();
+            ledger = dlq_dir.join("ledger").join("ug");
+            std::fs::write(&ledger, format!("0 {TASK}\n1 {TASK}\n2 {TASK}\n")).unwrap();
+        })
+        .await;
+    let done = wait_done(&cluster.broker, TASK).await;
     assert_eq!(done.state, ReplayState::Completed);
     assert_eq!(
         (done.matched, done.replayed, done.skipped),
@@ -926,11 +895,5 @@ async fn a_resumed_task_counts_its_copies_since_the_last_save_toward_its_max() {
         [0, 1, 2, 3, 4],
         "no letter past the fifth was copied"
     );
-    Cluster {
-        dir,
-        namesrv,
-        broker,
-    }
-    .stop()
-    .await;
+    cluster.stop().await;
 }

@@ -252,15 +252,7 @@ async fn nacks_past_the_groups_maximum_dead_letter_the_message() {
 
 #[tokio::test]
 async fn a_restart_resumes_from_the_committed_offset_and_forgets_old_receipts() {
-    let dir = tempfile::tempdir().unwrap();
-    let namesrv = start_namesrv().await;
-    let cfg = broker_config(dir.path(), namesrv.local_addr());
-    let broker = sluice_broker::Broker::start(cfg.clone()).await.unwrap();
-    let cluster = Cluster {
-        dir,
-        namesrv,
-        broker,
-    };
+    let cluster = start_cluster().await;
     topic(&cluster, "Orders", 1);
     let ids = produce(&cluster, "Orders", 0, &["a", "b", "c", "d"], None).await;
     let leases = cluster.broker.services().leases();
@@ -271,18 +263,7 @@ async fn a_restart_resumes_from_the_committed_offset_and_forgets_old_receipts() 
     let r = receipts(&got);
     assert_eq!(leases.ack("g", &r[..2]), vec![Ok(()), Ok(())]);
     drop(leases);
-    let Cluster {
-        dir,
-        namesrv,
-        broker,
-    } = cluster;
-    broker.shutdown().await;
-    let broker = sluice_broker::Broker::start(cfg).await.unwrap();
-    let cluster = Cluster {
-        dir,
-        namesrv,
-        broker,
-    };
+    let cluster = cluster.restart(|_| {}).await;
     let leases = cluster.broker.services().leases();
     assert_eq!(
         leases.ack("g", &r[2..3]),

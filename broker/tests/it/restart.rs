@@ -6,7 +6,6 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use sluice_broker::Broker;
 use sluice_protocol::remoting::body::{decode_json, TopicConfigSerializeWrapper};
 use sluice_protocol::remoting::custom::{
     pull_sysflag, QueryConsumerOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
@@ -76,20 +75,7 @@ async fn consumer_offsets_topics_and_messages_survive_a_restart() {
     assert_eq!((got.code, ext_i64(&got, "offset")), (0, 3));
     drop(client);
 
-    let Cluster {
-        dir,
-        namesrv,
-        broker,
-    } = cluster;
-    broker.shutdown().await;
-    let broker = Broker::start(broker_config(dir.path(), namesrv.local_addr()))
-        .await
-        .expect("broker restarts on the same data folder");
-    let cluster = Cluster {
-        dir,
-        namesrv,
-        broker,
-    };
+    let cluster = cluster.restart(|_| {}).await;
     let client = cluster.client().await;
     for (queue, want) in [(0, 3), (5, 9), (1, 7)] {
         let got = client

@@ -70,6 +70,27 @@ pub async fn start_cluster_with(tweak: impl FnOnce(&mut BrokerConfig)) -> Cluste
 }
 
 impl Cluster {
+    /// Stops the broker cleanly, runs `between` on its data folder (to write the state a crash
+    /// would leave, say), and starts it again there with the default test config.
+    pub async fn restart(self, between: impl FnOnce(&Path)) -> Cluster {
+        let Cluster {
+            dir,
+            namesrv,
+            broker,
+        } = self;
+        broker.shutdown().await;
+        between(dir.path());
+        let cfg = broker_config(dir.path(), namesrv.local_addr());
+        let broker = Broker::start(cfg)
+            .await
+            .expect("broker restarts on its data folder");
+        Cluster {
+            dir,
+            namesrv,
+            broker,
+        }
+    }
+
     pub async fn client(&self) -> RemotingClient {
         RemotingClient::connect(self.broker.local_addr())
             .await

@@ -190,7 +190,15 @@ impl AclConfig {
 pub struct Denied(pub String);
 
 /// Decides whether `req`, from `peer`, may run. `Err` is answered NO_PERMISSION.
-pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Result<(), Denied> {
+///
+/// `Ok` holds the access key the request runs under: `None` with ACL off, or from a trusted
+/// peer, which skips every check (an access key it happens to send must not narrow what it
+/// may do: registered under it, it could lose its producer group's checks).
+pub fn authorize<'a>(
+    cfg: &AclConfig,
+    peer: SocketAddr,
+    req: &'a RemotingCommand,
+) -> Result<Option<&'a str>, Denied> {
     if !cfg.enabled {
         if is_admin_code(req.code) && !cfg.allow_remote_admin && !is_loopback(peer) {
             tracing::warn!(remote = %peer, code = req.code, decision = "deny", "ACL off: admin request from a non-loopback peer refused");
@@ -199,10 +207,10 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
                 req.code
             )));
         }
-        return Ok(());
+        return Ok(None);
     }
     if trusted(cfg, peer) {
-        return Ok(());
+        return Ok(None);
     }
     let access_key = req
         .ext_fields
@@ -229,7 +237,7 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
         )));
     };
     if account.admin {
-        return Ok(());
+        return Ok(Some(access_key));
     }
     for need in needed(req) {
         let (ok, what) = match &need {
@@ -247,23 +255,7 @@ pub fn authorize(cfg: &AclConfig, peer: SocketAddr, req: &RemotingCommand) -> Re
             return Err(refused(peer, access_key, req.code, &what));
         }
     }
-    Ok(())
-}
-
-/// The access key a request was authorized under (it passed [`authorize`]), with ACL on and
-/// the peer not trusted. A trusted peer skips every check, so an access key it happens to send
-/// must not narrow what it may do (it would lose, say, its producer group's checks).
-pub(crate) fn access_key_of<'a>(
-    cfg: &AclConfig,
-    peer: SocketAddr,
-    req: &'a RemotingCommand,
-) -> Option<&'a str> {
-    if !cfg.enabled || trusted(cfg, peer) {
-        return None;
-    }
-    req.ext_fields
-        .get_str(acl::ACCESS_KEY)
-        .filter(|k| !k.is_empty())
+    Ok(Some(access_key))
 }
 
 /// May a connection registered by `access_key` (None: ACL off, or a trusted address) receive
@@ -381,23 +373,28 @@ mod tests {
 
     #[test]
     fn a_trusted_peer_is_registered_without_its_access_key() {
+        let account = AclAccount {
+            access_key: "limited".into(),
+            secret_key: "limited-secret".into(),
+            admin: false,
+            default_topic_perm: Perm::PubSub,
+            default_group_perm: Perm::PubSub,
+            topic_perms: HashMap::new(),
+            group_perms: HashMap::new(),
+        };
         let cfg = AclConfig {
             enabled: true,
             white_remote_addresses: vec![AddressPattern::parse("10.0.0.*").unwrap()],
+            accounts: vec![account],
             ..AclConfig::default()
         };
-        let mut ext = sluice_protocol::remoting::ExtFields::default();
-        ext.insert(acl::ACCESS_KEY, "limited");
-        let req = RemotingCommand::request(10, ext);
+        let mut req = RemotingCommand::request(10, Default::default());
+        acl::Credentials::new("limited", "limited-secret").sign(&mut req);
         let trusted: SocketAddr = "10.0.0.7:1".parse().unwrap();
         let other: SocketAddr = "10.0.1.7:1".parse().unwrap();
-        assert_eq!(access_key_of(&cfg, trusted, &req), None);
-        assert_eq!(access_key_of(&cfg, other, &req), Some("limited"));
-        assert!(may_take_checks(
-            &cfg,
-            access_key_of(&cfg, trusted, &req),
-            "Orders"
-        ));
+        assert_eq!(authorize(&cfg, trusted, &req), Ok(None));
+        assert_eq!(authorize(&cfg, other, &req), Ok(Some("limited")));
+        assert!(may_take_checks(&cfg, None, "Orders"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(super) fn heartbeat(
     ctx: &Arc<BrokerContext>,
     conn: &ConnectionHandle,
     req: &RemotingCommand,
+    access_key: Option<&str>,
 ) -> Result<RemotingCommand, Reject> {
     let hb: HeartbeatData = decode_json(&req.body).map_err(|e| {
         Reject::new(
@@ -62,13 +63,9 @@ pub(super) fn heartbeat(
         language: req.language.name(),
         version: req.version,
     };
-    let changed = ctx.clients.heartbeat(
-        conn,
-        &hb,
-        Instant::now(),
-        crate::acl::access_key_of(&ctx.cfg.acl, conn.remote_addr(), req),
-        meta,
-    );
+    let changed = ctx
+        .clients
+        .heartbeat(conn, &hb, Instant::now(), access_key, meta);
     ctx.notify_consumers_changed(&changed);
     match refused.first() {
         None => Ok(reply::ok(req)),

@@ -107,13 +107,19 @@ async fn dispatch(
     req: RemotingCommand,
 ) -> Option<RemotingCommand> {
     use request_code as rc;
-    if let Err(denied) = crate::acl::authorize(&ctx.cfg.acl, conn.remote_addr(), &req) {
-        let reject = Reject::new(sluice_protocol::response_code::NO_PERMISSION, denied.0);
-        return Some(respond(&req, Err(reject)));
-    }
+    // The access key a producer or consumer is registered under (transaction checks go
+    // only to accounts that may publish to the transaction's topic).
+    let access_key = match crate::acl::authorize(&ctx.cfg.acl, conn.remote_addr(), &req) {
+        Ok(key) => key.map(str::to_owned),
+        Err(denied) => {
+            let reject = Reject::new(sluice_protocol::response_code::NO_PERMISSION, denied.0);
+            return Some(respond(&req, Err(reject)));
+        }
+    };
+    let access_key = access_key.as_deref();
     let result = match req.code {
         rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
-            send::send(ctx, conn, &req).await
+            send::send(ctx, conn, &req, access_key).await
         }
         rc::PULL_MESSAGE | rc::LITE_PULL_MESSAGE => return pull::pull(ctx, conn, req).await,
         rc::QUERY_CONSUMER_OFFSET => offset::query_consumer_offset(ctx, &req),
@@ -122,7 +128,7 @@ async fn dispatch(
         rc::GET_MIN_OFFSET => offset::min_offset(ctx, &req),
         rc::SEARCH_OFFSET_BY_TIMESTAMP => offset::search_by_timestamp(ctx, &req),
         rc::GET_EARLIEST_MSG_STORETIME => offset::earliest_store_time(ctx, &req),
-        rc::HEART_BEAT => client::heartbeat(ctx, conn, &req),
+        rc::HEART_BEAT => client::heartbeat(ctx, conn, &req, access_key),
         rc::UNREGISTER_CLIENT => client::unregister(ctx, conn, &req),
         rc::GET_CONSUMER_LIST_BY_GROUP => client::consumer_list(ctx, &req),
         rc::LOCK_BATCH_MQ => client::lock(ctx, &req),

@@ -33,16 +33,13 @@ pub(super) async fn send(
     ctx: &Arc<BrokerContext>,
     conn: &ConnectionHandle,
     req: &RemotingCommand,
+    access_key: Option<&str>,
 ) -> Result<RemotingCommand, Reject> {
     let h = SendMessageRequestHeader::from_ext(&req.ext_fields).map_err(|e| Reject::header(&e))?;
     let topic_cfg = check_topic(ctx, &h)?;
     let queue_id = choose_queue(ctx, &h, &topic_cfg)?;
-    ctx.clients.note_producer(
-        conn,
-        &h.producer_group,
-        Instant::now(),
-        crate::acl::access_key_of(&ctx.cfg.acl, conn.remote_addr(), req),
-    );
+    ctx.clients
+        .note_producer(conn, &h.producer_group, Instant::now(), access_key);
     let batch = h.is_batch() || req.code == request_code::SEND_BATCH_MESSAGE;
     let born_host = canonical(conn.remote_addr());
     let base = base_input(&h, queue_id, born_host);

@@ -372,7 +372,8 @@ impl Table {
     ///
     /// This walks every transaction under the table lock once per tick (100 000 and more), so
     /// the walk allocates nothing and hashes nothing on the common path: one policy per group,
-    /// borrowed names, and the pull queue consulted only when something is queued.
+    /// borrowed names, and the pull queue consulted only when something is queued. A
+    /// transaction whose check waits to be pulled is due only for its final action by age.
     ///
     /// Transactions of the groups in `skip` (refused this tick) are passed over.
     pub(crate) fn due(
@@ -394,12 +395,10 @@ impl Table {
             || now.saturating_sub(self.waiting_counted_ms) >= WAITING_RECOUNT_MS;
         let mut stopped = false;
         for e in self.entries.values() {
-            if e.state != TxnState::Open
-                || (!self.queued.is_empty() && self.queued.contains(&e.id.half_offset))
-                || (!skip.is_empty() && skip.contains(&e.group))
-            {
+            if e.state != TxnState::Open || (!skip.is_empty() && skip.contains(&e.group)) {
                 continue;
             }
+            let queued = !self.queued.is_empty() && self.queued.contains(&e.id.half_offset);
             let p = match &last {
                 Some((group, p)) if *group == e.group => p,
                 _ => {
@@ -412,7 +411,9 @@ impl Table {
             };
             // From the arming: a re-armed (parked) transaction gets its checks again first.
             let too_old = now.saturating_sub(e.armed_ms) >= ms(p.max_age);
-            if !too_old && now < e.next_check_ms(p) {
+            // A check waiting to be pulled is not sent again, but the age limit still ends
+            // the transaction: a group whose producers never poll kept it open for good.
+            if !too_old && (queued || now < e.next_check_ms(p)) {
                 continue;
             }
             if out.len() >= limit {

@@ -173,6 +173,24 @@ fn pulled_checks_count_once_and_skip_decided_transactions() {
     assert_eq!(t.pending_pulls(), 0);
 }
 
+/// A pull-mode group whose producers never poll: its queued checks are never taken, so its
+/// check count never reaches `check_max`; the age limit must still end the transaction.
+#[test]
+fn a_transaction_whose_check_is_never_pulled_still_gets_its_final_action_by_age() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    t.insert(entry(1, 0));
+    assert!(t.queue_pull("pg", 1, 10));
+    let mut c = cfg();
+    c.defaults.max_age = Duration::from_secs(60);
+    let young = t.due(59_000, &c, usize::MAX, &HashSet::new());
+    assert!(young.is_empty(), "no second check while one waits");
+    let old = t.due(60_000, &c, usize::MAX, &HashSet::new());
+    assert!(
+        matches!(old[..], [Due::Final(1, Decision::Discard)]),
+        "{old:?}"
+    );
+}
+
 #[test]
 fn the_tailer_steps_over_a_run_of_known_entries_up_to_the_first_gap() {
     let mut t = Table::new(Arc::new(AtomicUsize::new(0)));

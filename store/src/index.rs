@@ -407,7 +407,9 @@ impl IndexFile {
 }
 
 fn to_entry_time(ts_ms: i64) -> i32 {
-    ((ts_ms - TIME_EPOCH_MS) / 1000).clamp(0, i64::from(i32::MAX)) as i32
+    // Saturating: a forged record reached past damage may carry any STORETIMESTAMP, and an
+    // overflow (checked in release builds too) would fail every open.
+    (ts_ms.saturating_sub(TIME_EPOCH_MS) / 1000).clamp(0, i64::from(i32::MAX)) as i32
 }
 
 fn from_entry_time(s: i32) -> i64 {

@@ -29,6 +29,10 @@ pub struct RetentionReport {
 }
 
 pub(crate) struct Retention {
+    /// Held for a whole pass, shared by the cleaner thread and `Store::run_retention`: two
+    /// passes at once both found the oldest segment due, and the second then deleted the one
+    /// after it, which nothing had checked.
+    pub(crate) pass: Arc<parking_lot::Mutex<()>>,
     pub(crate) log: Arc<CommitLog>,
     pub(crate) cqs: Arc<ConsumeQueues>,
     pub(crate) index: Arc<Index>,
@@ -43,6 +47,7 @@ pub(crate) struct Retention {
 impl Retention {
     /// One pass, as the cleaner thread runs it every `clean_interval`.
     pub(crate) fn run_once(&self) -> Result<RetentionReport> {
+        let _one_at_a_time = self.pass.lock();
         let mut report = RetentionReport::default();
         while self.oldest_is_due() {
             match self.log.delete_oldest()? {

@@ -297,7 +297,9 @@ impl Store {
             "dispatcher",
             spawn("sluice-dispatch", move || dispatch::run(d, s, c)),
         ));
+        let passes = Arc::new(parking_lot::Mutex::new(()));
         let make_retention = || Retention {
+            pass: Arc::clone(&passes),
             log: Arc::clone(&log),
             cqs: Arc::clone(&cqs),
             index: Arc::clone(&index),

@@ -126,3 +126,11 @@ fn a_failed_seal_is_not_trusted_after_a_retry() {
         "the checkpoint must not vouch for the index after a failed seal"
     );
 }
+
+/// A forged record reached past damage may carry any STORETIMESTAMP: with overflow checks on
+/// in release builds, `i64::MIN` panicked the dispatcher, and so every open.
+#[test]
+fn any_store_timestamp_maps_to_an_entry_time_without_overflow() {
+    assert_eq!(super::to_entry_time(i64::MIN), 0);
+    assert_eq!(super::to_entry_time(i64::MAX), i32::MAX);
+}

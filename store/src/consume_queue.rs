@@ -165,7 +165,7 @@ impl ConsumeQueue {
         while !rest.is_empty() {
             let file = match self.file_for(offset) {
                 Some(f) => f,
-                None => self.create_file(offset - offset % self.per_file, io)?,
+                None => self.create_file(offset, io)?,
             };
             let room = (self.per_file - offset % self.per_file) as usize;
             let (now, later) = rest.split_at(room.min(rest.len()));
@@ -179,7 +179,10 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    fn create_file(&self, first: u64, io: &dyn StorageIo) -> Result<Arc<MappedFile>> {
+    /// Creates the file that holds queue offset `entry`. The queue's first file sets its `min`
+    /// to `entry`, not to the file's start: a queue rebuilt after retention starts mid-file.
+    fn create_file(&self, entry: u64, io: &dyn StorageIo) -> Result<Arc<MappedFile>> {
+        let first = entry - entry % self.per_file;
         let path = self.dir.join(file_name(first * ENTRY_LEN));
         let f = Arc::new(MappedFile::open_zeroed(
             &path,
@@ -193,7 +196,7 @@ impl ConsumeQueue {
         let idx = files.partition_point(|(b, _)| *b < first);
         files.insert(idx, (first, Arc::clone(&f)));
         if idx == 0 && files.len() == 1 {
-            self.min.store(first, Ordering::Release);
+            self.min.store(entry, Ordering::Release);
         }
         Ok(f)
     }
@@ -259,13 +262,20 @@ impl ConsumeQueue {
     }
 
     /// Recovery: sets `max` to the end of the run of entries that point below `log_end`,
-    /// holes included (the zero entry of a record skipped as damage does not end the run).
-    /// Entries at or past the end point at records that no longer exist; they are left for
-    /// later dispatches to overwrite and are never served, being beyond `max`.
+    /// holes included (the zero entry of a record skipped as damage does not end the run),
+    /// and `min` to its first entry. Entries at or past the end point at records that no
+    /// longer exist; they are left for later dispatches to overwrite and are never served,
+    /// being beyond `max`.
     ///
     /// Entries past a file's last written byte are zeros, so they are judged without being
     /// read: a read there would fault in a page the file system has to read around (8 MB on
     /// this machine's disk), and every searched file would end up wholly cached and resident.
+    ///
+    /// A queue's entries point at ever later records, so past the first entry at or beyond
+    /// `log_end` none is valid: after a binary search for the end, the written entries after
+    /// it are read up to the first one that is not a hole, however many holes come first. A
+    /// queue rebuilt from the log after retention starts with such holes, thousands of them
+    /// in its first file, and a search limited to a short look-ahead took it for empty.
     pub(crate) fn recover_bounds(&self, log_min: u64, log_end: u64) {
         let files = self.files.read().clone();
         let written: Vec<(u64, u64)> = files
@@ -280,6 +290,15 @@ impl ConsumeQueue {
         };
         let valid =
             |o: u64| is_written(o) && self.raw_entry(o).is_some_and(|e| e.phys_offset < log_end);
+        // The first written entry at or after `from` that is not a hole, if it is valid.
+        let next_valid = |from: u64| {
+            written
+                .iter()
+                .flat_map(|(first, end)| (*first).max(from)..*end)
+                .find_map(|o| self.raw_entry(o).map(|e| (o, e)))
+                .filter(|(_, e)| e.phys_offset < log_end)
+                .map(|(o, _)| o)
+        };
         let Some((last_first, _)) = files.last() else {
             return;
         };
@@ -294,15 +313,20 @@ impl ConsumeQueue {
         }
         if valid(start) {
             lo = start;
+        } else if let Some(first_entry) = next_valid(lo) {
+            start = first_entry;
+            lo = first_entry;
         }
+        let first_entry = next_valid(files.first().map_or(0, |(f, _)| *f)).unwrap_or(lo);
         let hi = last_first + self.per_file;
-        let mut end = partition_point(lo, (start + self.per_file).min(hi), valid);
-        // A record skipped as damage leaves a zero entry (a hole) with valid entries after
-        // it, where the search above may have stopped: look a little past the end found, and
-        // search again from any valid entry there.
-        while let Some(next) = (end..hi.min(end + HOLE_LOOKAHEAD)).find(|o| valid(*o)) {
+        let file_end = start - start % self.per_file + self.per_file;
+        let mut end = partition_point(lo, file_end.min(hi), valid);
+        // Holes (records skipped as damage) may follow with valid entries after them, where
+        // the search above stopped: search again from the next valid entry, until none.
+        while let Some(next) = next_valid(end) {
             end = partition_point(next, hi, valid);
         }
+        self.min.store(first_entry.min(end), Ordering::Release);
         self.max.store(end, Ordering::Release);
         self.advance_min(log_min);
     }

@@ -166,3 +166,36 @@ fn lookups_keep_working_when_the_index_rolls_to_new_files_and_after_restart() {
         400
     );
 }
+
+/// A consume queue rebuilt from the log (its folder lost) after retention starts mid-file,
+/// behind thousands of empty entries. Recovery looked for its end only from the file's
+/// start, found nothing there, and took the queue for empty: its offsets were handed out
+/// again and the retained messages could no longer be reached.
+#[test]
+fn a_queue_rebuilt_after_retention_keeps_its_offsets_and_hands_none_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.cq_entries_per_file = 8192; // far more than recovery's short look-ahead
+    cfg.retention_bytes = Some(cfg.segment_size * 2);
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..6000);
+    assert!(store.wait_queues_synced(Duration::from_secs(10)));
+    assert!(store.run_retention().unwrap().segments > 0);
+    let min = store.min_offset("T", 0);
+    assert!(
+        min > 2048,
+        "retention left {min} empty entries before the first"
+    );
+    store.shutdown().unwrap();
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+
+    let store = open(&cfg);
+    assert_eq!(store.max_offset("T", 0), 6000);
+    assert_eq!(store.min_offset("T", 0), min);
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!((msgs.len() as u64, msgs[0].0), (6000 - min, min));
+    let next = append_seqs(&store, "T", 0, 6000..6001);
+    assert_eq!(next[0].2, 6000, "the next message takes the next offset");
+    store.shutdown().unwrap();
+}

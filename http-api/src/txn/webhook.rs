@@ -3,7 +3,8 @@
 //! The txn crate hands checks to [`UrlSink::deliver`] under its table lock, so delivery only
 //! queues (a bounded channel; full = "not delivered", the check is not counted and comes again
 //! one interval later). One worker task takes them and POSTs each, at most
-//! `webhook_concurrency` at once, each bounded by `webhook_timeout`.
+//! `webhook_concurrency` at once, each bounded by `webhook_timeout`. A check whose
+//! transaction was decided, or checked again, while it waited is dropped, not sent.
 //!
 //! The request: `POST <url>`, JSON [`CheckItem`], headers `X-Sluice-Timestamp` (epoch seconds)
 //! and, with a secret configured, `X-Sluice-Signature: sha256=<hex HMAC-SHA256 of
@@ -21,7 +22,7 @@ use std::time::Duration;
 use axum::http::header::CONTENT_TYPE;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService, PROP_CHECK_URL};
+use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService, TxnState, PROP_CHECK_URL};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -107,11 +108,26 @@ impl Caller {
             return;
         };
         let target = redacted(&url);
+        if !self.still_wanted(&c) {
+            tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, "transaction decided or checked again while its webhook waited; not sent");
+            return;
+        }
         match self.call(&url, &c).await {
             CallResult::Answer(state) => self.apply(&c, state, &target).await,
             CallResult::Failed(why) => {
                 tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, url = %target, error = %why, "check webhook gave no answer; the transaction stays open and is checked again");
             }
+        }
+    }
+
+    /// Whether the check is still the transaction's latest and it is still open. Checks wait
+    /// in the queue behind slow webhooks (up to `webhook_queue` of them, `webhook_concurrency`
+    /// at a time, each up to `webhook_timeout`): one whose transaction was decided meanwhile
+    /// must not be sent ("no check for a resolved transaction").
+    fn still_wanted(&self, c: &PendingCheck) -> bool {
+        match self.txn.get(c.half_offset) {
+            Ok(Some(t)) => t.state == TxnState::Open && t.check_count == c.check_count,
+            Ok(None) | Err(_) => false,
         }
     }
 

@@ -306,6 +306,8 @@ async fn a_transactional_send_judges_its_delay_as_produce_does() {
 /// and whether its signature verified.
 #[derive(Default)]
 struct Hook {
+    /// How long each call takes before it answers.
+    delay: Mutex<Duration>,
     script: Mutex<VecDeque<(StatusCode, Value)>>,
     last: Mutex<Option<(StatusCode, Value)>>,
     calls: Mutex<Vec<(Value, bool)>>,
@@ -336,6 +338,8 @@ async fn hook_handler(
     let verified = !ts.is_empty() && sig == format!("sha256={expected}");
     let check: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     hook.calls.lock().push((check, verified));
+    let delay = *hook.delay.lock();
+    tokio::time::sleep(delay).await;
     let next = hook.script.lock().pop_front();
     let answer = match next {
         Some(a) => {
@@ -420,6 +424,61 @@ async fn a_webhook_answering_commit_commits_with_a_signed_check() {
             "consumers never see the check URL"
         );
     }
+    s.stop().await;
+}
+
+/// Checks wait in the webhook queue behind slow calls: one whose transaction was committed
+/// meanwhile was still POSTed ("no check for a resolved transaction").
+#[tokio::test]
+async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
+    let mut opts = common::Options::default();
+    opts.http = HttpConfig {
+        checks: CheckConfig {
+            webhook_secret: Some(SECRET.into()),
+            check_url_hosts: vec!["127.0.0.1".into()],
+            webhook_concurrency: 1,
+            ..CheckConfig::default()
+        },
+        ..opts.http
+    };
+    let s = common::start_with(opts).await;
+    s.create_topic("Orders", 2);
+    let (hook, url) = start_hook(vec![answer("unknown")]).await;
+    *hook.delay.lock() = Duration::from_secs(2);
+    let (a, _) = send(&s, "web", json!({"check_url": url})).await;
+    let (b, _) = send(&s, "web", json!({"check_url": url})).await;
+    // Both checks are counted (queued); the single call slot is busy with the first one.
+    wait_for_txn(&s, &b, |v| v["check_count"].as_u64() >= Some(1)).await;
+    for _ in 0..ROUNDS {
+        if !hook.calls.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(NAP).await;
+    }
+    let first = hook.calls.lock()[0].0["txn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let queued = if first == a { &b } else { &a };
+    let (status, v) = s
+        .post(&format!("/v1/transactions/{queued}/commit"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    *hook.delay.lock() = Duration::ZERO;
+    // The first call ends, and the first transaction's next check comes: the queue moved on.
+    wait_for_txn(&s, &first, |v| v["check_count"].as_u64() >= Some(2)).await;
+    for _ in 0..ROUNDS {
+        if hook.calls.lock().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(NAP).await;
+    }
+    let calls = hook.calls.lock().clone();
+    assert!(calls.len() >= 2, "the next check came: {calls:?}");
+    assert!(
+        calls.iter().all(|(c, _)| c["txn_id"] != queued.as_str()),
+        "no check was sent for the transaction committed while its check waited: {calls:?}"
+    );
     s.stop().await;
 }
 

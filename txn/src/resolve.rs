@@ -187,16 +187,18 @@ impl Core {
             t.half_next
         };
         if r.half_offset >= half_next {
-            return self
-                .adopt(r)
-                .await
-                .map(|(id, half)| Located::InMemory(id, Some(Box::new(half))));
+            if let Some((id, half)) = self.adopt(r).await? {
+                return Ok(Located::InMemory(id, Some(Box::new(half))));
+            }
         }
         self.find_op(r).map(Located::Forgotten)
     }
 
-    /// Reads a half message the tailer has not reached yet and adds it to the table.
-    async fn adopt(&self, r: &TxnRef) -> Result<(u64, HalfRecord), TxnError> {
+    /// Reads a half message the tailer has not reached yet and adds it to the table. `None`
+    /// when the tailer passed it while it was read and it is gone from the table again: it
+    /// was added then, decided and forgotten meanwhile, and its op record answers (adding it
+    /// again would have opened a decided transaction a second time).
+    async fn adopt(&self, r: &TxnRef) -> Result<Option<(u64, HalfRecord)>, TxnError> {
         let rec = self.read_half_queue_entry(r).await?;
         if rec.origin.is_some() {
             return Err(TxnError::Mismatch(format!(
@@ -206,8 +208,14 @@ impl Core {
         }
         let entry = Entry::open(&rec);
         self.validate(&entry, r)?;
-        self.table.lock().insert(entry);
-        Ok((r.half_offset, rec))
+        let mut t = self.table.lock();
+        if t.get(r.half_offset).is_none() {
+            if r.half_offset < t.half_next {
+                return Ok(None);
+            }
+            t.insert(entry);
+        }
+        Ok(Some((r.half_offset, rec)))
     }
 
     /// Reads the half message at queue offset `r.half_offset` through the half queue, never

@@ -58,16 +58,30 @@ impl Retention {
                 None => break,
             }
         }
-        if report.segments == 0 {
-            return Ok(report);
-        }
+        // Every pass, not only one that deleted a segment: files a failed or interrupted pass
+        // left behind go at the next one. One queue's failure does not stop the others.
         let log_min = self.log.min_offset();
+        let mut first_error = None;
         for (_, _, q) in self.cqs.all() {
             q.advance_min(log_min);
-            report.queue_files += q.delete_files_below_min()?;
+            match q.delete_files_below_min() {
+                Ok(n) => report.queue_files += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting consume-queue files behind retention failed; tried again at the next pass");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        report.index_files = self.index.delete_below(log_min)?;
-        Ok(report)
+        match self.index.delete_below(log_min) {
+            Ok(n) => report.index_files = n,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     fn oldest_is_due(&self) -> bool {

@@ -25,6 +25,8 @@ use crate::state::{Decision, Source, TxnState};
 use crate::table::{ms, Due, Entry, Location};
 
 /// Half messages read per store call.
+/// Producer groups whose round-robin position is remembered (see `next_round_robin`).
+const ROUND_ROBIN_GROUPS: usize = 10_000;
 const TAIL_BATCH: usize = 512;
 /// Time one tick may spend tailing the half queue (the rest waits for the next tick). Offsets
 /// already in the table cost a lookup, not a read, so this is rarely reached.
@@ -486,8 +488,14 @@ impl Core {
         }
     }
 
+    /// Where the group's next check starts among its producers. One counter per producer
+    /// group ever checked; past `ROUND_ROBIN_GROUPS` they all start over (which only moves
+    /// where the spreading resumes), so invented group names cannot grow the map for good.
     fn next_round_robin(&self, group: &str) -> usize {
         let mut rr = self.round_robin.lock();
+        if rr.len() >= ROUND_ROBIN_GROUPS && !rr.contains_key(group) {
+            rr.clear();
+        }
         let slot = rr.entry(group.to_owned()).or_insert(0);
         let v = *slot;
         *slot = slot.wrapping_add(1);

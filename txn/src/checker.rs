@@ -75,7 +75,7 @@ struct Planned {
 impl Core {
     /// One round of the loop.
     pub(crate) async fn tick(&self) {
-        self.tail_half_queue(usize::MAX, TAIL_BUDGET, false);
+        self.tail_half_queue(usize::MAX, TAIL_BUDGET, false, None);
         let cfg = &self.shared.cfg;
         self.table
             .lock()
@@ -161,6 +161,7 @@ impl Core {
         calls: usize,
         budget: Duration,
         adopt_copies: bool,
+        settled: Option<&crate::recovery::Settled>,
     ) -> usize {
         let _one = self.tailing.lock();
         let started = std::time::Instant::now();
@@ -182,7 +183,7 @@ impl Core {
                         if self.table.lock().get(m.queue_offset).is_some() {
                             continue;
                         }
-                        added += usize::from(self.register(&m.bytes, adopt_copies));
+                        added += usize::from(self.register(&m.bytes, adopt_copies, settled));
                     }
                 }
                 GetStatus::OffsetTooSmall | GetStatus::NoMatchedMessage => {
@@ -230,7 +231,15 @@ impl Core {
     }
 
     /// Adds one half message (or applies a carry-forward copy); true when a transaction was added.
-    fn register(&self, raw: &bytes::Bytes, adopt_copies: bool) -> bool {
+    /// Adds a half message read by the tailer to the table (or, a carry-forward copy, moves
+    /// its transaction there). At a restart, one whose transaction the op queue shows decided
+    /// (`settled`) is left out: its op record answers for it.
+    fn register(
+        &self,
+        raw: &bytes::Bytes,
+        adopt_copies: bool,
+        settled: Option<&crate::recovery::Settled>,
+    ) -> bool {
         let rec = match HalfRecord::parse(raw, self.max_record) {
             Ok(r) => r,
             Err(e) => {
@@ -238,6 +247,10 @@ impl Core {
                 return false;
             }
         };
+        let id = rec.origin.unwrap_or_else(|| rec.id());
+        if settled.is_some_and(|s| s.contains(id.half_offset)) {
+            return false;
+        }
         let mut t = self.table.lock();
         if let Some(id) = rec.origin {
             if t.get(id.half_offset).is_some() || !adopt_copies {

@@ -4,8 +4,10 @@
 //! 2. Re-read every transaction the checkpoint lists as undecided, at its current location,
 //!    with its saved check count (a half message that can no longer be read is counted in
 //!    `lost_at_restart` and logged).
-//! 3. Read the half queue from `half_next` to its end: each new half message is open. Then
-//!    raise check counts to what the check journal (`journal`) recorded for the same arming.
+//! 3. Read the half queue from `half_next` to its end: each new half message is open, except
+//!    those a pass over the op queue (from `op_next`) found decided for good, which stay out
+//!    of memory (one bit each while the pass lasts). Then raise check counts to what the
+//!    check journal (`journal`) recorded for the same arming.
 //! 4. Replay the op queue from `op_next` to its end, in order: each op record applies its
 //!    decision (commit, rollback, discard, park, re-arm) to the transaction it names. Then
 //!    apply the journalled counts of checks sent after such a re-arm.
@@ -21,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_broker::{SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_OP_HALF_TOPIC};
+use sluice_broker::{SCHEDULE_TOPIC, TIMER_TOPIC, TRANS_HALF_TOPIC, TRANS_OP_HALF_TOPIC};
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::RecordView;
 use sluice_store::{now_ms, GetStatus};
@@ -80,11 +82,14 @@ impl Core {
             }
         }
         self.table.lock().half_next = cp.half_next;
+        let settled = self.settled_since(cp.op_next);
         report.new_halves = self.tail_half_queue(
             usize::MAX,
             std::time::Duration::MAX,
             !report.from_checkpoint,
+            Some(&settled),
         );
+        drop(settled);
         let counted = journal::load(&self.state_dir);
         let (armed_before, same) = self.apply_journal_same_arming(&counted);
         report.ops_replayed = self.replay_ops(cp.op_next);
@@ -133,39 +138,60 @@ impl Core {
             .count()
     }
 
+    /// Step 3a: the half messages whose latest op record from `from` on is a final decision.
+    /// The tail of step 3 leaves them out of the table. Without a checkpoint it reads the whole
+    /// retained half queue: before, every half message there became an entry first (~300
+    /// bytes each) and the op replay decided them afterwards, so days of transactional traffic
+    /// had to fit in memory at once. One bit per half offset instead.
+    fn settled_since(&self, from: u64) -> Settled {
+        let store = self.services.store();
+        let base = store.min_offset(TRANS_HALF_TOPIC, 0);
+        let end = store.max_offset(TRANS_HALF_TOPIC, 0);
+        let mut settled = Settled::new(base, end);
+        self.each_op(from, |op, _| {
+            let done = matches!(
+                op.decision.target(),
+                TxnState::Committed | TxnState::RolledBack | TxnState::Discarded
+            );
+            settled.set(op.id.half_offset, done);
+        });
+        settled
+    }
+
     /// Applies every op record from `from` on; returns how many were ours.
     fn replay_ops(&self, from: u64) -> usize {
+        let now = now_ms();
+        let mut n = 0;
+        self.each_op(from, |op, queue_offset| {
+            let mut t = self.table.lock();
+            if t.get(op.id.half_offset).is_some_and(|e| e.id == op.id) {
+                t.replay(op.id.half_offset, op.decision, op.source, queue_offset, now);
+            }
+            n += 1;
+        });
+        n
+    }
+
+    /// Calls `f` with every op record from `from` on, in order, and its queue offset.
+    fn each_op(&self, from: u64, mut f: impl FnMut(&OpRecord, u64)) {
         let store = self.services.store();
         let mut next = from.max(store.min_offset(TRANS_OP_HALF_TOPIC, 0));
-        let mut n = 0;
         loop {
             let r = store.get_messages(TRANS_OP_HALF_TOPIC, 0, next, OP_BATCH, 8 << 20, None);
             if r.status == GetStatus::Found {
-                let now = now_ms();
-                let mut t = self.table.lock();
                 for m in &r.messages {
                     if let Some(op) = OpRecord::parse(&m.bytes, self.max_record) {
-                        let matches = t.get(op.id.half_offset).is_some_and(|e| e.id == op.id);
-                        if matches {
-                            t.replay(
-                                op.id.half_offset,
-                                op.decision,
-                                op.source,
-                                m.queue_offset,
-                                now,
-                            );
-                        }
-                        n += 1;
+                        f(&op, m.queue_offset);
                     }
                 }
             } else if !matches!(
                 r.status,
                 GetStatus::NoMatchedMessage | GetStatus::OffsetTooSmall
             ) {
-                return n;
+                return;
             }
             if r.next_offset <= next {
-                return n;
+                return;
             }
             next = r.next_offset;
         }
@@ -305,4 +331,46 @@ fn delayed(props: &sluice_protocol::Properties) -> bool {
     ]
     .iter()
     .any(|k| props.get(k).is_some())
+}
+
+/// One bit per half-queue offset in `[base, end)`: set when the transaction's latest op record
+/// is a final decision (see `Core::settled_since`).
+pub(crate) struct Settled {
+    base: u64,
+    end: u64,
+    bits: Vec<u64>,
+}
+
+impl Settled {
+    fn new(base: u64, end: u64) -> Self {
+        let len = end.saturating_sub(base);
+        Self {
+            base,
+            end,
+            bits: vec![0; usize::try_from(len.div_ceil(64)).unwrap_or(0)],
+        }
+    }
+
+    /// Marks `half_offset` settled or not; offsets outside the queue are ignored.
+    fn set(&mut self, half_offset: u64, settled: bool) {
+        if !(self.base..self.end).contains(&half_offset) {
+            return;
+        }
+        let i = half_offset - self.base;
+        let (word, bit) = ((i / 64) as usize, i % 64);
+        if settled {
+            self.bits[word] |= 1 << bit;
+        } else {
+            self.bits[word] &= !(1 << bit);
+        }
+    }
+
+    /// Whether the transaction at `half_offset` is decided for good.
+    pub(crate) fn contains(&self, half_offset: u64) -> bool {
+        if !(self.base..self.end).contains(&half_offset) {
+            return false;
+        }
+        let i = half_offset - self.base;
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
 }

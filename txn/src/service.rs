@@ -172,7 +172,7 @@ impl TxnService {
     /// message whose send was acknowledged shows up without waiting for the checker's tick.
     fn fresh_core(&self) -> Result<Arc<Core>, TxnError> {
         let core = self.core()?;
-        core.tail_half_queue(4, Duration::from_millis(50), false);
+        core.tail_half_queue(4, Duration::from_millis(50), false, None);
         Ok(core)
     }
 

@@ -178,34 +178,31 @@ impl ClientManager {
         access_key: Option<&str>,
     ) {
         let mut g = self.groups.lock();
-        // A new member only sent for is listed with what the connection's heartbeats said
-        // (looked up only then: it walks every group).
-        let known = g
+        let existing = g
             .producers
-            .get(group)
-            .is_some_and(|m| m.contains_key(&conn.id()));
-        let meta = if known {
-            ClientMeta::default() // not used: the member exists
-        } else {
-            meta_of(&g, conn.id())
+            .get_mut(group)
+            .and_then(|members| members.get_mut(&conn.id()));
+        if let Some(m) = existing {
+            m.last_seen = now;
+            if m.access_key.as_deref() != access_key {
+                m.access_key = access_key.map(str::to_owned);
+            }
+            return;
+        }
+        // A new member only sent for is listed with what the connection's heartbeats said
+        // (looked up only here: it walks every group).
+        let member = Member {
+            conn: conn.clone(),
+            client_id: conn.remote_addr().to_string(),
+            last_seen: now,
+            heartbeat: false,
+            access_key: access_key.map(str::to_owned),
+            meta: meta_of(&g, conn.id()),
         };
-        let members = g.producers.entry(group.to_owned()).or_default();
-        members
-            .entry(conn.id())
-            .and_modify(|m| {
-                m.last_seen = now;
-                if m.access_key.as_deref() != access_key {
-                    m.access_key = access_key.map(str::to_owned);
-                }
-            })
-            .or_insert_with(|| Member {
-                conn: conn.clone(),
-                client_id: conn.remote_addr().to_string(),
-                last_seen: now,
-                heartbeat: false,
-                access_key: access_key.map(str::to_owned),
-                meta,
-            });
+        g.producers
+            .entry(group.to_owned())
+            .or_default()
+            .insert(conn.id(), member);
     }
 
     /// The open connections of a producer group, each with the access key that registered it.

@@ -162,11 +162,14 @@ impl Table {
     /// Whether `name` may be added: it exists already, it is one of the broker's own, or the
     /// table is below `max`.
     fn admits(&self, name: &str, max: usize) -> Result<(), TopicLimit> {
+        if self.topics.len() < max || self.topics.contains_key(name) || is_fixed_system_topic(name)
+        {
+            return Ok(());
+        }
         let known_group_dlq = name
             .strip_prefix(DLQ_PREFIX)
             .is_some_and(|group| self.topics.contains_key(&retry_topic(group)));
-        let exempt = is_fixed_system_topic(name) || known_group_dlq;
-        if exempt || self.topics.len() < max || self.topics.contains_key(name) {
+        if known_group_dlq {
             Ok(())
         } else {
             Err(TopicLimit(max))
@@ -342,11 +345,7 @@ impl TopicManager {
         let cfg = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
         // Two first sends racing with different queue counts: the first one's shape stays (a
         // replace could leave the other send's message in a queue the topic no longer has).
-        match self.put_if_absent(cfg.clone()) {
-            Ok(()) => Ok(cfg),
-            Err(NotAdded::Exists(existing)) => Ok(existing),
-            Err(NotAdded::Limit(l)) => Err(not_created(topic, l)),
-        }
+        self.get_or_add(cfg).map_err(|l| not_created(topic, l))
     }
 
     /// `%RETRY%<group>`- or `%DLQ%<group>`-style topic with one read-write queue (RocketMQ
@@ -355,11 +354,16 @@ impl TopicManager {
         self: &Arc<Self>,
         topic: &str,
     ) -> Result<TopicConfig, TopicLimit> {
-        if let Some(cfg) = self.get(topic) {
-            return Ok(cfg);
+        match self.get(topic) {
+            Some(cfg) => Ok(cfg),
+            None => self.get_or_add(TopicConfig::new(topic, 1, perm::READ_WRITE)),
         }
-        match self.put_if_absent(TopicConfig::new(topic, 1, perm::READ_WRITE)) {
-            Ok(()) => Ok(TopicConfig::new(topic, 1, perm::READ_WRITE)),
+    }
+
+    /// Adds `cfg` unless a topic of its name exists; returns the config in force.
+    fn get_or_add(self: &Arc<Self>, cfg: TopicConfig) -> Result<TopicConfig, TopicLimit> {
+        match self.put_if_absent(cfg.clone()) {
+            Ok(()) => Ok(cfg),
             Err(NotAdded::Exists(existing)) => Ok(existing),
             Err(NotAdded::Limit(l)) => Err(l),
         }
@@ -487,9 +491,9 @@ mod tests {
     #[test]
     fn past_max_topics_new_topics_are_refused_but_existing_and_dead_letter_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
+        let m = TopicManager::load(dir.path(), true, 8).unwrap();
         let system = m.snapshot().topic_config_table.len();
-        let m = Arc::new(Arc::into_inner(m).unwrap().with_max_topics(system + 2));
+        let m = Arc::new(m.with_max_topics(system + 2));
         m.get_or_create_for_send("A", DEFAULT_TOPIC, 4).unwrap();
         m.get_or_create_retry("%RETRY%g").unwrap();
         let full = m.get_or_create_for_send("B", DEFAULT_TOPIC, 4).unwrap_err();

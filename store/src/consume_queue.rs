@@ -302,7 +302,9 @@ impl ConsumeQueue {
         let Some((last_first, _)) = files.last() else {
             return;
         };
-        let mut lo = files.first().map_or(0, |(f, _)| *f);
+        let queue_start = files.first().map_or(0, |(f, _)| *f);
+        // The queue's first entry: past any holes a rebuild after retention left before it.
+        let first_entry = next_valid(queue_start);
         // Find the last file that holds a valid first entry, then search inside it.
         let mut start = *last_first;
         for (first, _) in files.iter().rev() {
@@ -311,13 +313,11 @@ impl ConsumeQueue {
                 break;
             }
         }
-        if valid(start) {
-            lo = start;
-        } else if let Some(first_entry) = next_valid(lo) {
-            start = first_entry;
-            lo = first_entry;
+        if !valid(start) {
+            start = first_entry.unwrap_or(queue_start);
         }
-        let first_entry = next_valid(files.first().map_or(0, |(f, _)| *f)).unwrap_or(lo);
+        let lo = start;
+        let first_entry = first_entry.unwrap_or(lo);
         let hi = last_first + self.per_file;
         let file_end = start - start % self.per_file + self.per_file;
         let mut end = partition_point(lo, file_end.min(hi), valid);

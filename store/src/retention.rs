@@ -31,8 +31,11 @@ pub struct RetentionReport {
 pub(crate) struct Retention {
     /// Held for a whole pass, shared by the cleaner thread and `Store::run_retention`: two
     /// passes at once both found the oldest segment due, and the second then deleted the one
-    /// after it, which nothing had checked.
-    pub(crate) pass: Arc<parking_lot::Mutex<()>>,
+    /// after it, which nothing had checked. It holds whether queue and index files behind the
+    /// log's start may be left to delete: set by a pass that deleted a segment or failed to
+    /// clean up after one, and at open (a crash may have stopped a pass midway). Only then
+    /// does a pass walk every queue.
+    pub(crate) pass: Arc<parking_lot::Mutex<bool>>,
     pub(crate) log: Arc<CommitLog>,
     pub(crate) cqs: Arc<ConsumeQueues>,
     pub(crate) index: Arc<Index>,
@@ -47,7 +50,7 @@ pub(crate) struct Retention {
 impl Retention {
     /// One pass, as the cleaner thread runs it every `clean_interval`.
     pub(crate) fn run_once(&self) -> Result<RetentionReport> {
-        let _one_at_a_time = self.pass.lock();
+        let mut cleanup_pending = self.pass.lock();
         let mut report = RetentionReport::default();
         while self.oldest_is_due() {
             match self.log.delete_oldest()? {
@@ -58,8 +61,10 @@ impl Retention {
                 None => break,
             }
         }
-        // Every pass, not only one that deleted a segment: files a failed or interrupted pass
-        // left behind go at the next one. One queue's failure does not stop the others.
+        if report.segments == 0 && !*cleanup_pending {
+            return Ok(report);
+        }
+        // One queue's failure does not stop the others; the next pass tries again.
         let log_min = self.log.min_offset();
         let mut first_error = None;
         for (_, _, q) in self.cqs.all() {
@@ -78,6 +83,7 @@ impl Retention {
                 first_error.get_or_insert(e);
             }
         }
+        *cleanup_pending = first_error.is_some();
         match first_error {
             Some(e) => Err(e),
             None => Ok(report),

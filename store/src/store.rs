@@ -297,7 +297,7 @@ impl Store {
             "dispatcher",
             spawn("sluice-dispatch", move || dispatch::run(d, s, c)),
         ));
-        let passes = Arc::new(parking_lot::Mutex::new(()));
+        let passes = Arc::new(parking_lot::Mutex::new(true));
         let make_retention = || Retention {
             pass: Arc::clone(&passes),
             log: Arc::clone(&log),

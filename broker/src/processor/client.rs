@@ -28,7 +28,7 @@ pub(super) fn heartbeat(
     req: &RemotingCommand,
     access_key: Option<&str>,
 ) -> Result<RemotingCommand, Reject> {
-    let hb: HeartbeatData = decode_json(&req.body).map_err(|e| {
+    let mut hb: HeartbeatData = decode_json(&req.body).map_err(|e| {
         Reject::new(
             code::SYSTEM_ERROR,
             format!("invalid HeartbeatData body: {e}"),
@@ -47,7 +47,6 @@ pub(super) fn heartbeat(
     // A group whose retry topic is refused (`max_topics`) is left out and named in an error
     // answer; the client's other groups are still registered, or one new group at the limit
     // would let all of them expire.
-    let mut hb = hb;
     let mut refused = Vec::new();
     hb.consumer_data_set.retain(|c| {
         let retry = topic::retry_topic(&c.group_name);

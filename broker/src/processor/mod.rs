@@ -110,13 +110,12 @@ async fn dispatch(
     // The access key a producer or consumer is registered under (transaction checks go
     // only to accounts that may publish to the transaction's topic).
     let access_key = match crate::acl::authorize(&ctx.cfg.acl, conn.remote_addr(), &req) {
-        Ok(key) => key.map(str::to_owned),
+        Ok(key) => key,
         Err(denied) => {
             let reject = Reject::new(sluice_protocol::response_code::NO_PERMISSION, denied.0);
             return Some(respond(&req, Err(reject)));
         }
     };
-    let access_key = access_key.as_deref();
     let result = match req.code {
         rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
             send::send(ctx, conn, &req, access_key).await

@@ -212,7 +212,8 @@ fn locate_named(ctx: &BrokerContext, req: &SendBack, id: &str, retry: &str) -> O
 }
 
 /// Creates `%RETRY%`/`%DLQ%` topics on demand: one read-write queue (RocketMQ ≥ 4.9.2 perm).
-/// A new retry topic past `max_topics` is refused (a dead-letter topic never is).
+/// Past `max_topics` a new retry topic is refused, and so is the dead-letter topic of a group
+/// without a retry topic (see `topic::TopicLimit`).
 pub(crate) fn ensure_one_queue_topic(
     ctx: &BrokerContext,
     name: &str,
@@ -281,7 +282,8 @@ pub(crate) fn route_retry_send(
         return false;
     }
     let dlq = dlq_topic(&group);
-    // A dead-letter topic is never refused for the topic limit; a bad name can still fail.
+    // The group's retry topic exists (this send is to it), so its dead-letter topic is not
+    // refused for the topic limit; a bad name can still fail.
     if topic::validate_name(&dlq).is_err() || ensure_one_queue_topic(ctx, &dlq).is_err() {
         return false;
     }

@@ -503,7 +503,7 @@ async fn at_max_topics_a_new_group_is_refused_and_the_heartbeats_other_groups_st
     assert_eq!(both.code, response_code::SYSTEM_ERROR);
     let remark = both.remark.unwrap_or_default();
     assert!(
-        remark.contains("brand-new") && !remark.contains("known,"),
+        remark.contains("brand-new") && !remark.contains("known"),
         "{remark}"
     );
     let ids = |group: &'static str| {

@@ -25,6 +25,7 @@
 
 mod admin;
 mod allow;
+mod budget;
 mod convert;
 mod id;
 mod model;
@@ -71,6 +72,11 @@ pub struct CheckConfig {
     /// Checks waiting for a webhook call; more are refused (not counted, retried one interval
     /// later). Default 1 024.
     pub webhook_queue: usize,
+    /// Bytes all checks waiting in the facade may hold together (the webhook queue and the
+    /// queues of polling groups; each check counts its body and properties); beyond it a
+    /// check is refused like one over a count (tried again one interval later). One check is
+    /// always let in when none waits. Default 64 MiB.
+    pub queue_bytes: usize,
     /// Longest long-poll (`wait_ms` is capped to it). Default 20 s, at most 30 s.
     pub max_poll_wait: Duration,
     /// Most checks one poll returns (`max` is capped to it). Default 64.
@@ -96,6 +102,7 @@ impl std::fmt::Debug for CheckConfig {
             .field("webhook_timeout", &self.webhook_timeout)
             .field("webhook_concurrency", &self.webhook_concurrency)
             .field("webhook_queue", &self.webhook_queue)
+            .field("queue_bytes", &self.queue_bytes)
             .field("max_poll_wait", &self.max_poll_wait)
             .field("max_poll_batch", &self.max_poll_batch)
             .field("poll_idle", &self.poll_idle)
@@ -113,6 +120,7 @@ impl Default for CheckConfig {
             webhook_timeout: Duration::from_secs(5),
             webhook_concurrency: 16,
             webhook_queue: 1024,
+            queue_bytes: 64 << 20,
             max_poll_wait: Duration::from_secs(20),
             max_poll_batch: 64,
             poll_idle: Duration::from_secs(60),
@@ -151,6 +159,9 @@ impl CheckConfig {
                 return Err(format!("checks.{name} must be between 1 and 1 000 000"));
             }
         }
+        if self.queue_bytes == 0 {
+            return Err("checks.queue_bytes must be positive".into());
+        }
         Ok(())
     }
 }
@@ -163,6 +174,8 @@ pub struct TxnHttp {
     hosts: allow::CheckUrlHosts,
     txn: Option<TxnService>,
     pull: Arc<pull::PullGroups>,
+    /// `queue_bytes`: shared by the webhook queue and the polled queues.
+    budget: Arc<budget::ByteBudget>,
     /// `true` stops the worker, the sweeper and every poll in progress.
     stop: watch::Sender<bool>,
     /// The webhook worker and the pull sweeper; joined by `stop`.
@@ -181,11 +194,13 @@ impl std::fmt::Debug for TxnHttp {
 impl TxnHttp {
     pub(crate) fn new(config: &HttpConfig, txn: Option<TxnService>) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let budget = budget::ByteBudget::new(config.checks.queue_bytes);
         Self {
             config: config.checks.clone(),
             hosts: allow::CheckUrlHosts::parse(&config.checks.check_url_hosts).unwrap_or_default(),
             txn,
-            pull: pull::PullGroups::new(config.checks.clone(), stopped),
+            pull: pull::PullGroups::new(config.checks.clone(), Arc::clone(&budget), stopped),
+            budget,
             stop,
             tasks: Mutex::new(Vec::new()),
         }
@@ -224,6 +239,7 @@ impl TxnHttp {
         self.tasks.lock().extend([worker, sweeper]);
         txn.set_url_sink(Some(Arc::new(webhook::UrlSink {
             tx,
+            budget: Arc::clone(&self.budget),
             hosts: self.hosts.clone(),
         })));
         tracing::debug!(

@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use sluice_txn::{CheckSink, PendingCheck, TxnService, TxnState};
 use tokio::sync::{watch, Notify};
 
+use super::budget::{ByteBudget, Held};
 use super::CheckConfig;
 
 /// How often a poll of a configured pull-mode group looks at the txn crate's queue (it has no
@@ -37,13 +38,16 @@ const REGISTERED_RECHECK: Duration = Duration::from_secs(1);
 /// Groups in pull mode by polling, and their queued checks.
 pub(super) struct PullGroups {
     cfg: CheckConfig,
+    /// Shared with the webhook queue (`check_queue_bytes`).
+    budget: Arc<ByteBudget>,
     groups: Mutex<HashMap<String, Group>>,
     /// Set by `TxnHttp::stop`; a poll sees it and answers at once.
     stop: watch::Receiver<bool>,
 }
 
 struct Group {
-    queue: VecDeque<PendingCheck>,
+    /// Each check with its share of the byte budget, given back when it is handed out.
+    queue: VecDeque<(PendingCheck, Held)>,
     /// Polls in progress.
     polling: usize,
     /// When the last poll ended (or began, while one runs).
@@ -111,9 +115,14 @@ pub(super) enum Source {
 }
 
 impl PullGroups {
-    pub(super) fn new(cfg: CheckConfig, stop: watch::Receiver<bool>) -> Arc<Self> {
+    pub(super) fn new(
+        cfg: CheckConfig,
+        budget: Arc<ByteBudget>,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cfg,
+            budget,
             groups: Mutex::new(HashMap::new()),
             stop,
         })
@@ -168,16 +177,21 @@ impl PullGroups {
         if !g.live(LIVE_GRACE.min(self.cfg.poll_idle)) {
             return Err("no producer of the group is polling".into());
         }
-        if let Some(slot) = g
+        let queued = g
             .queue
-            .iter_mut()
-            .find(|c| c.half_offset == check.half_offset)
-        {
-            *slot = check; // a newer check of the same transaction replaces the older one
-        } else if g.queue.len() >= self.cfg.pending_per_group {
+            .iter()
+            .position(|(c, _)| c.half_offset == check.half_offset);
+        if queued.is_none() && g.queue.len() >= self.cfg.pending_per_group {
             return Err("the group's queue of polled checks is full".into());
-        } else {
-            g.queue.push_back(check);
+        }
+        // A newer check of the same transaction replaces the older one (whose share is given
+        // back first, so a replacement is never refused for the room its older self took).
+        let older = queued.map(|i| g.queue.remove(i));
+        drop(older);
+        let held = self.budget.hold(&check)?;
+        match queued {
+            Some(i) => g.queue.insert(i, (check, held)),
+            None => g.queue.push_back((check, held)),
         }
         g.wake.notify_waiters();
         Ok(())
@@ -190,7 +204,7 @@ impl PullGroups {
             return Vec::new();
         };
         let n = max.min(g.queue.len());
-        g.queue.drain(..n).collect()
+        g.queue.drain(..n).map(|(c, _)| c).collect()
     }
 
     /// Unregisters groups idle for `poll_idle`; returns how many.
@@ -266,5 +280,43 @@ impl PullGroups {
                 matches!(txn.get(c.half_offset), Ok(Some(v)) if v.state == TxnState::Open && v.commit_log_offset == c.commit_log_offset)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::budget::test_check;
+    use super::*;
+
+    /// Groups sharing a budget of `bytes`, with "a" and "b" polling.
+    fn polling_groups(bytes: usize) -> (Arc<PullGroups>, Arc<ByteBudget>) {
+        let budget = ByteBudget::new(bytes);
+        let (_stop, stopped) = watch::channel(false);
+        let groups = PullGroups::new(CheckConfig::default(), Arc::clone(&budget), stopped);
+        for name in ["a", "b"] {
+            let g = Group {
+                queue: VecDeque::new(),
+                polling: 1,
+                last_poll: Instant::now(),
+                wake: Arc::new(Notify::new()),
+            };
+            groups.groups.lock().insert(name.into(), g);
+        }
+        (groups, budget)
+    }
+
+    #[test]
+    fn polled_checks_of_all_groups_share_one_byte_budget() {
+        let (groups, budget) = polling_groups(100_000);
+        groups.offer("a", test_check(1, 40_000)).unwrap();
+        groups.offer("b", test_check(2, 40_000)).unwrap();
+        let why = groups.offer("b", test_check(3, 40_000)).unwrap_err();
+        assert!(why.contains("check_queue_bytes"), "{why}");
+        // A newer check of a queued transaction takes its older self's place.
+        groups.offer("a", test_check(1, 50_000)).unwrap();
+        assert_eq!(groups.take("a", 10).len(), 1);
+        groups.offer("b", test_check(3, 40_000)).unwrap();
+        assert_eq!(groups.take("b", 10).len(), 2);
+        assert_eq!(budget.used(), 0, "handed-out checks give their bytes back");
     }
 }

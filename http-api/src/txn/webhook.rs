@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::allow::CheckUrlHosts;
+use super::budget::{ByteBudget, Held};
 use super::convert::check_item;
 use super::model::{AnswerState, CheckAnswer};
 use super::CheckConfig;
@@ -40,7 +41,9 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The sink installed with `TxnService::set_url_sink`: queues, never blocks.
 pub(super) struct UrlSink {
-    pub(super) tx: mpsc::Sender<PendingCheck>,
+    /// Each check with its share of the byte budget, held until its call ends.
+    pub(super) tx: mpsc::Sender<(PendingCheck, Held)>,
+    pub(super) budget: Arc<ByteBudget>,
     /// `check_url_hosts`: the only hosts a half message's own URL may name.
     pub(super) hosts: CheckUrlHosts,
 }
@@ -55,7 +58,8 @@ impl CheckSink for UrlSink {
     }
 
     fn deliver(&self, check: PendingCheck) -> Result<(), String> {
-        self.tx.try_send(check).map_err(|e| match e {
+        let held = self.budget.hold(&check)?;
+        self.tx.try_send((check, held)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => "webhook queue full (webhook_queue)".to_owned(),
             mpsc::error::TrySendError::Closed(_) => "webhook worker stopped".to_owned(),
         })
@@ -180,7 +184,7 @@ impl Caller {
 /// for calls in flight (each bounded by the client's timeout) up to `grace`.
 pub(super) async fn run(
     caller: Arc<Caller>,
-    mut rx: mpsc::Receiver<PendingCheck>,
+    mut rx: mpsc::Receiver<(PendingCheck, Held)>,
     limit: usize,
     grace: Duration,
     mut stop: watch::Receiver<bool>,
@@ -193,7 +197,7 @@ pub(super) async fn run(
             () = super::stopped(&mut stop) => break,
             Some(_) = calls.join_next(), if !calls.is_empty() => {}
             next = rx.recv() => {
-                let Some(check) = next else { break };
+                let Some((check, held)) = next else { break };
                 let permit = tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => p,
                     () = super::stopped(&mut stop_waiting) => break,
@@ -202,6 +206,7 @@ pub(super) async fn run(
                 let caller = Arc::clone(&caller);
                 calls.spawn(async move {
                     let _permit = permit;
+                    let _held = held;
                     caller.check(check).await;
                 });
                 // Reap finished calls so the set holds at most `limit` live ones.

@@ -60,6 +60,10 @@ pub struct HttpSection {
     pub webhook_concurrency: usize,
     /// Checks waiting for a webhook call. Default 1 024.
     pub webhook_queue: usize,
+    /// Bytes the checks waiting in the facade (for a webhook call, or for their group's next
+    /// poll) may hold together; more are refused and tried again one check interval later.
+    /// Default 67 108 864 (64 MiB).
+    pub check_queue_bytes: usize,
     /// Longest long poll for checks. Default 20 000, at most 30 000.
     pub max_check_poll_wait_ms: u64,
     /// Most messages one receive hands out. Default 32.
@@ -126,6 +130,7 @@ impl Default for HttpSection {
             webhook_timeout_ms: d.checks.webhook_timeout.as_millis() as u64,
             webhook_concurrency: d.checks.webhook_concurrency,
             webhook_queue: d.checks.webhook_queue,
+            check_queue_bytes: d.checks.queue_bytes,
             max_check_poll_wait_ms: d.checks.max_poll_wait.as_millis() as u64,
             max_receive: lease.max_per_receive,
             default_visibility_ms: lease.default_visibility.as_millis() as u64,
@@ -176,6 +181,7 @@ impl HttpSection {
             webhook_timeout: Duration::from_millis(self.webhook_timeout_ms),
             webhook_concurrency: self.webhook_concurrency,
             webhook_queue: self.webhook_queue,
+            queue_bytes: self.check_queue_bytes,
             max_poll_wait: Duration::from_millis(self.max_check_poll_wait_ms),
             ..sluice_http::txn::CheckConfig::default()
         };

@@ -562,6 +562,11 @@ impl Core {
     }
 
     async fn carry_one(&self, e: &Entry) -> Result<(), crate::TxnError> {
+        let id = e.id.half_offset;
+        if !self.table.lock().begin_carry(id) {
+            return Ok(()); // decided (or being decided) since the scan: nothing to carry
+        }
+        let _carrying = Carrying { core: self, id };
         let half = self.read_half(e.current.phys_offset)?;
         let copy =
             half.carry_forward_copy(e.id, e.checks, e.stored_ms, e.state == TxnState::Parked);
@@ -624,5 +629,19 @@ impl Core {
             self.table.lock().dirty = true;
         }
         result
+    }
+}
+
+/// Ends a carry-forward when dropped (after the copy's relocation, on an error, or when the
+/// checker stops midway) and wakes the decisions waiting for it.
+struct Carrying<'a> {
+    core: &'a Core,
+    id: u64,
+}
+
+impl Drop for Carrying<'_> {
+    fn drop(&mut self) {
+        self.core.table.lock().end_carry(self.id);
+        self.core.resolved.notify_waiters();
     }
 }

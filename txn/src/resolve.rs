@@ -122,7 +122,19 @@ impl Core {
         };
         match located {
             Located::InMemory(id, half) => {
-                self.decide_with(id, decision, by, half.map(|h| *h)).await
+                match self.decide_with(id, decision, by, half.map(|h| *h)).await {
+                    // Decided and forgotten between `locate` and the decision (only decided
+                    // entries are forgotten): its op record answers, as for any late repeat.
+                    Err(TxnError::Unknown { .. }) => {
+                        let op = self.find_op(r).inspect_err(|e| {
+                            if matches!(e, TxnError::Unknown { .. }) {
+                                Counters::inc(&self.counters().unknown_refs);
+                            }
+                        })?;
+                        self.judge_forgotten(&op, decision)
+                    }
+                    other => other,
+                }
             }
             Located::Forgotten(op) => self.judge_forgotten(&op, decision),
         }

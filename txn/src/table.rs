@@ -162,6 +162,11 @@ pub(crate) struct Table {
     pub(crate) dirty: bool,
     pull: HashMap<String, VecDeque<u64>>,
     queued: HashSet<u64>,
+    /// Transactions whose carry-forward copy is being stored. A decision waits for the copy
+    /// to land, so its op record always comes after it: a copy stored after the op would,
+    /// once retention took the op's segment, be adopted as open at a restart without a
+    /// checkpoint, and checked (and perhaps committed) a second time.
+    carrying: HashSet<u64>,
 }
 
 impl Table {
@@ -177,7 +182,23 @@ impl Table {
             dirty: false,
             pull: HashMap::new(),
             queued: HashSet::new(),
+            carrying: HashSet::new(),
         }
+    }
+
+    /// Marks an undecided transaction as being carried forward (decisions wait until
+    /// [`Table::end_carry`]); false, and nothing marked, when it is decided or being decided.
+    pub(crate) fn begin_carry(&mut self, id: u64) -> bool {
+        let undecided = self
+            .entries
+            .get(&id)
+            .is_some_and(|e| matches!(e.state, TxnState::Open | TxnState::Parked));
+        undecided && self.carrying.insert(id)
+    }
+
+    /// The carry-forward copy landed (or failed): decisions may proceed.
+    pub(crate) fn end_carry(&mut self, id: u64) {
+        self.carrying.remove(&id);
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
@@ -268,10 +289,12 @@ impl Table {
 
     /// Starts a decision: the transition table decides whether it may proceed.
     pub(crate) fn begin(&mut self, id: u64, decision: Decision, op_floor: u64) -> Begin {
+        let carrying = self.carrying.contains(&id);
         let Some(e) = self.entries.get_mut(&id) else {
             return Begin::Missing;
         };
         match plan(e.state, decision) {
+            Plan::Apply if carrying => Begin::Wait,
             Plan::Apply => {
                 let from_parked = e.state == TxnState::Parked;
                 e.op_floor = op_floor;

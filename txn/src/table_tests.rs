@@ -129,6 +129,24 @@ fn a_failed_append_restores_the_previous_state() {
 }
 
 #[test]
+fn a_decision_waits_while_its_transaction_is_carried_forward() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    t.insert(entry(3, 0));
+    t.insert(entry(4, 0));
+    assert!(t.begin_carry(3));
+    assert!(matches!(t.begin(3, Decision::Commit, 0), Begin::Wait));
+    t.end_carry(3);
+    assert!(matches!(t.begin(3, Decision::Commit, 0), Begin::Proceed(_)));
+    assert!(!t.begin_carry(3), "one being decided is not carried");
+    assert!(!t.begin_carry(9), "nor an unknown one");
+    assert!(t.begin_carry(4));
+    assert!(
+        matches!(t.begin(4, Decision::Rollback, 0), Begin::Wait),
+        "a rollback waits too"
+    );
+}
+
+#[test]
 fn forgetting_keeps_live_entries_and_entries_above_the_tailer() {
     let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
     for id in 0..4 {

@@ -162,18 +162,32 @@ impl CommitLog {
         Ok(seg)
     }
 
-    /// Removes the oldest segment from the list and deletes its file. Readers holding its
+    /// Deletes the oldest segment's file and removes it from the list. Readers holding its
     /// bytes keep them; the mapping lives until the last one is dropped.
+    ///
+    /// The file goes first and the segment leaves the list only after: when the removal
+    /// fails, the segment stays listed (counted against `retention_bytes`, readable, tried
+    /// again at the next pass) instead of lingering on disk unseen by the size budget. Its
+    /// map stays valid for readers that hold it while the file is unlinked.
     pub(crate) fn delete_oldest(&self) -> Result<Option<Arc<Segment>>> {
         let seg = {
-            let mut segs = self.segments.write();
+            let segs = self.segments.read();
             if segs.len() <= 1 {
                 return Ok(None);
             }
-            segs.remove(0)
+            Arc::clone(&segs[0])
         };
-        std::fs::remove_file(seg.file.path())
-            .map_err(|e| StoreError::io("delete", seg.file.path(), e))?;
+        match std::fs::remove_file(seg.file.path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("delete", seg.file.path(), e)),
+        }
+        {
+            let mut segs = self.segments.write();
+            if segs.first().is_some_and(|s| Arc::ptr_eq(s, &seg)) {
+                segs.remove(0);
+            }
+        }
         sync_dir(&self.dir)?;
         Ok(Some(seg))
     }

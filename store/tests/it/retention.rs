@@ -85,6 +85,41 @@ fn size_budget_deletes_oldest_segments_with_their_queue_and_index_files() {
 
 /// The size budget keeps segments younger than its minimum age (they may hold open half
 /// messages or timers the broker still owes) and deletes them once they are older.
+/// A segment whose file could not be removed left the list anyway: it stayed on disk, no
+/// longer counted against the size budget and never tried again.
+#[test]
+fn a_segment_whose_file_cannot_be_removed_stays_counted_and_goes_at_a_later_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention_bytes = Some(cfg.segment_size * 2);
+    let store = open(&cfg);
+    let acks = append_seqs(&store, "T", 0, 0..1500);
+    assert!(store.wait_queues_synced(Duration::from_secs(10)));
+    let oldest = segment_files(dir.path()).into_iter().min().unwrap();
+    let bytes_before = store.stats().commit_log_bytes;
+    // A directory that is not empty where the file was: its removal fails.
+    let aside = oldest.with_extension("aside");
+    std::fs::rename(&oldest, &aside).unwrap();
+    std::fs::create_dir(&oldest).unwrap();
+    std::fs::write(oldest.join("pin"), b"x").unwrap();
+
+    assert!(store.run_retention().is_err());
+    assert_eq!(
+        store.stats().commit_log_bytes,
+        bytes_before,
+        "still counted"
+    );
+    assert!(store.read_record(acks[0].1).is_ok(), "and still readable");
+
+    std::fs::remove_dir_all(&oldest).unwrap();
+    std::fs::rename(&aside, &oldest).unwrap();
+    let report = store.run_retention().unwrap();
+    assert!(report.segments > 0, "{report:?}");
+    assert!(!oldest.exists());
+    assert!(store.stats().commit_log_bytes <= cfg.segment_size * 2);
+    store.shutdown().unwrap();
+}
+
 #[test]
 fn size_budget_spares_segments_younger_than_its_minimum_age() {
     let dir = tempfile::tempdir().unwrap();

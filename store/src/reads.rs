@@ -9,6 +9,7 @@ use sluice_protocol::message::record::{
 
 use crate::consume_queue::{ConsumeQueue, CqEntry};
 use crate::error::{Result, StoreError};
+use crate::framing::{self, Probe};
 use crate::index::index_key;
 use crate::store::Store;
 
@@ -233,14 +234,18 @@ impl Store {
     }
 
     /// The store time at `offset`, or, where it has none (a hole, a damaged record), at the
-    /// nearest readable entry after it, else before it, within [`TIME_PROBE`] entries. Counted
-    /// as "not before", such an entry steered the search left: an offset too early.
+    /// nearest readable entry after it within [`TIME_PROBE`] entries, else of the first intact
+    /// commit-log record after its own (any topic: store times rise with the log), else at the
+    /// nearest readable entry before it. Counted as "not before", an entry without a time
+    /// steered the search left: inside a damaged run longer than the probes, a time after
+    /// the run was answered with an offset inside it.
     fn store_time_near(&self, q: &ConsumeQueue, offset: u64, min: u64, max: u64) -> Option<i64> {
         self.store_time_at(q, offset)
             .or_else(|| {
                 (offset + 1..max.min(offset + 1 + TIME_PROBE))
                     .find_map(|o| self.store_time_at(q, o))
             })
+            .or_else(|| self.store_time_after_phys(q.entry(offset)?.phys_offset))
             .or_else(|| {
                 (min.max(offset.saturating_sub(TIME_PROBE))..offset)
                     .rev()
@@ -250,10 +255,30 @@ impl Store {
 
     fn store_time_at(&self, q: &ConsumeQueue, offset: u64) -> Option<i64> {
         let e = q.entry(offset)?;
-        let rec = self.read_verified(e.phys_offset).ok()?;
-        let flag = i32::from_be_bytes(rec.get(SYSFLAG_POS..SYSFLAG_POS + 4)?.try_into().ok()?);
-        let pos = store_timestamp_pos(flag);
-        Some(i64::from_be_bytes(rec.get(pos..pos + 8)?.try_into().ok()?))
+        store_time_of(&self.read_verified(e.phys_offset).ok()?)
+    }
+
+    /// Store time of the first intact record after commit-log offset `phys`, in its segment
+    /// or the next, below the written end (the search never scans unwritten space).
+    fn store_time_after_phys(&self, phys: u64) -> Option<i64> {
+        let written = self.shared.written.get();
+        let mut from = self.damage.range_end(phys).unwrap_or(phys).max(phys + 1);
+        for _ in 0..2 {
+            let seg = self.log.segment_for(from)?;
+            let until = (written.min(seg.end()) - seg.base) as usize;
+            let bytes = seg.file.as_slice();
+            let rel = (from - seg.base) as usize;
+            match framing::find_next_valid(bytes, rel, until, seg.base, self.log.max_record()) {
+                Some((pos, Probe::Record { .. })) => {
+                    return store_time_of(&self.read_verified(seg.base + pos as u64).ok()?)
+                }
+                Some((_, Probe::SegmentEnd { .. })) | None if seg.end() < written => {
+                    from = seg.end();
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Records of `topic` whose KEYS contain `key`, stored within `[begin_ms, end_ms]`, newest
@@ -345,6 +370,13 @@ fn record_is(rec: &[u8], topic: &str, queue_id: i32, offset: u64) -> bool {
     }
     RecordView::parse(rec, usize::MAX)
         .is_ok_and(|v| v.topic == topic && v.header.queue_id == queue_id)
+}
+
+/// STORETIMESTAMP of a verified record.
+fn store_time_of(rec: &[u8]) -> Option<i64> {
+    let flag = i32::from_be_bytes(rec.get(SYSFLAG_POS..SYSFLAG_POS + 4)?.try_into().ok()?);
+    let pos = store_timestamp_pos(flag);
+    Some(i64::from_be_bytes(rec.get(pos..pos + 8)?.try_into().ok()?))
 }
 
 #[cfg(test)]

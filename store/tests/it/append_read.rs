@@ -402,3 +402,45 @@ fn the_timestamp_search_steps_over_a_damaged_record() {
     assert_eq!(store.offset_by_timestamp("Z", 0, t45, Boundary::Lower), 45);
     assert_eq!(store.offset_by_timestamp("Z", 0, t45, Boundary::Upper), 45);
 }
+
+/// Where the search probes inside a damaged run longer than its probes on either side, it
+/// found no time and went left: a time after the run was answered with an offset inside it
+/// (a consumer reset by time would have read the whole run and more again).
+#[test]
+fn the_timestamp_search_crosses_a_long_damaged_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    let mut acks = Vec::new();
+    for s in 0..300 {
+        acks.extend(append_seqs(&store, "Z", 0, s..s + 1));
+        if s >= 290 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    let time_of = |o: u64| {
+        let r = store.get_messages("Z", 0, o, 1, 1 << 20, None);
+        parse(&r.messages[0].bytes).header.store_timestamp
+    };
+    let t295 = time_of(295);
+    assert!(time_of(294) < t295, "distinct times");
+    // Queue offsets 40..290 all fail their checksums: the first probes (150, ...) lie more
+    // than 64 entries from any readable one.
+    for (_, phys, _) in &acks[40..290] {
+        let base = phys - phys % cfg.segment_size;
+        flip_bit(
+            &dir.path().join("commitlog").join(format!("{base:020}")),
+            phys - base + 40,
+            3,
+        );
+    }
+    assert_eq!(
+        store.offset_by_timestamp("Z", 0, t295, Boundary::Lower),
+        295
+    );
+    assert_eq!(
+        store.offset_by_timestamp("Z", 0, t295, Boundary::Upper),
+        295
+    );
+}

@@ -35,10 +35,6 @@ const TAIL_BUDGET: Duration = Duration::from_millis(200);
 const STEP_OVER: u64 = 4096;
 /// Bytes per store call.
 const TAIL_BYTES: usize = 8 << 20;
-/// Half messages carried forward per tick.
-const CARRY_BATCH: usize = 64;
-/// How long a transaction whose carry-forward failed is passed over.
-const CARRY_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Undecided transactions per `checkpoint_interval` of periodic checkpoint spacing.
 const CHECKPOINT_ENTRIES_PER_INTERVAL: usize = 20_000;
 /// Due transactions (checks and final actions) taken per tick; the rest stay due.
@@ -515,75 +511,6 @@ impl Core {
         v
     }
 
-    /// Copies undecided half messages older than `carry_forward_after` to the queue's tail, so
-    /// retention never deletes the only copy of a transaction still waiting.
-    async fn carry_forward(&self) {
-        let after = self
-            .shared
-            .cfg
-            .carry_forward_after
-            .unwrap_or_else(|| self.services.store().config().retention_age / 2);
-        // The scan walks every undecided transaction; the deadline is hours away by default,
-        // so once a scan found everything carried, the next waits a tenth of it (5 s at most)
-        // instead of running every tick (with 100 000 open, ~3 % of a core).
-        let every = (after / 10).min(Duration::from_secs(5));
-        if self
-            .last_carry_scan
-            .lock()
-            .is_some_and(|t| t.elapsed() < every)
-        {
-            return;
-        }
-        let cutoff = now_ms().saturating_sub(ms(after));
-        let failed: std::collections::HashSet<u64> = {
-            let mut f = self.carry_failed.lock();
-            f.retain(|_, at| at.elapsed() < CARRY_RETRY_AFTER);
-            f.keys().copied().collect()
-        };
-        let due: Vec<Entry> = self
-            .table
-            .lock()
-            .entries()
-            .filter(|e| matches!(e.state, TxnState::Open | TxnState::Parked))
-            .filter(|e| e.current.store_ms <= cutoff)
-            .filter(|e| !failed.contains(&e.id.half_offset))
-            .take(CARRY_BATCH)
-            .cloned()
-            .collect();
-        *self.last_carry_scan.lock() = (due.len() < CARRY_BATCH).then(std::time::Instant::now);
-        for e in due {
-            if let Err(err) = self.carry_one(&e).await {
-                self.carry_failed
-                    .lock()
-                    .insert(e.id.half_offset, std::time::Instant::now());
-                tracing::warn!(producer_group = %e.group, half_offset = e.id.half_offset, error = %err, retry_in = ?CARRY_RETRY_AFTER, "carry-forward failed; the others go on");
-            }
-        }
-    }
-
-    async fn carry_one(&self, e: &Entry) -> Result<(), crate::TxnError> {
-        let id = e.id.half_offset;
-        if !self.table.lock().begin_carry(id) {
-            return Ok(()); // decided (or being decided) since the scan: nothing to carry
-        }
-        let _carrying = Carrying { core: self, id };
-        let half = self.read_half(e.current.phys_offset)?;
-        let copy =
-            half.carry_forward_copy(e.id, e.checks, e.stored_ms, e.state == TxnState::Parked);
-        let appended = self.services.put(vec![copy]).await?;
-        if let Some(a) = appended.first() {
-            let to = Location {
-                half_offset: u64::try_from(a.queue_offset).unwrap_or(0),
-                phys_offset: a.phys_offset,
-                store_ms: a.store_timestamp,
-            };
-            self.table.lock().relocate(e.id, to);
-            Counters::inc(&self.counters().carried_forward);
-            tracing::info!(producer_group = %e.group, half_offset = e.id.half_offset, to_half_offset = to.half_offset, "undecided half message carried forward");
-        }
-        Ok(())
-    }
-
     /// Writes the checkpoint when something changed and the interval passed. The interval
     /// grows with the number of undecided transactions (one more interval per 20 000), because
     /// each checkpoint lists them all; a restart then rescans a little more of the half queue.
@@ -629,19 +556,5 @@ impl Core {
             self.table.lock().dirty = true;
         }
         result
-    }
-}
-
-/// Ends a carry-forward when dropped (after the copy's relocation, on an error, or when the
-/// checker stops midway) and wakes the decisions waiting for it.
-struct Carrying<'a> {
-    core: &'a Core,
-    id: u64,
-}
-
-impl Drop for Carrying<'_> {
-    fn drop(&mut self) {
-        self.core.table.lock().end_carry(self.id);
-        self.core.resolved.notify_waiters();
     }
 }

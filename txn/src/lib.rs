@@ -16,7 +16,8 @@
 //! - `resolve`: from a client's reference (offsets, group, ids) to a transaction.
 //! - `end_txn`: END_TRANSACTION.
 //! - `checker`: the background loop: tail the half queue, checks, final actions,
-//!   carry-forward, checkpoints; `pace`: how many checks a tick may start.
+//!   checkpoints; `carry`: undecided half messages copied forward ahead of retention;
+//!   `pace`: how many checks a tick may start.
 //! - [`sink`]: where checks go: TCP producers, or a sink / pull queue for the HTTP facade.
 //! - `recovery`, `checkpoint`, `journal`: the restart rebuild, bounded by a checkpoint file,
 //!   and the check journal that keeps check counts between checkpoints.
@@ -32,6 +33,7 @@
 //! - No check is sent for a transaction that is not open, and at most `check_max` checks are
 //!   delivered per arming, even across a crash (counts are journalled before sending).
 
+mod carry;
 mod checker;
 mod checkpoint;
 pub mod config;

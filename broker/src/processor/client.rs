@@ -19,6 +19,17 @@ use crate::remoting::ConnectionHandle;
 use crate::reply;
 use crate::topic;
 
+/// Longest client id taken (Java's are `ip@instance[@unit]`): every group of a heartbeat and
+/// every queue locked keeps a copy of it.
+const MAX_CLIENT_ID: usize = 1024;
+/// Most producer and consumer groups in one heartbeat (each keeps a member entry).
+const MAX_GROUPS_PER_HEARTBEAT: usize = 1024;
+/// Longest producer group name (RocketMQ's limit for group names; consumer groups are held to
+/// the topic-name rules of their retry topics).
+const MAX_GROUP_NAME: usize = 255;
+/// Most queues one LOCK_BATCH_MQ or UNLOCK_BATCH_MQ names.
+const MAX_QUEUES_PER_LOCK: usize = 4096;
+
 /// HEART_BEAT: registers the client's groups over this connection (before answering, so the
 /// consumer list is right when the client's first rebalance asks), creates `%RETRY%<group>`
 /// for every consumer group, and tells a group's members when its membership changed.
@@ -34,6 +45,7 @@ pub(super) fn heartbeat(
             format!("invalid HeartbeatData body: {e}"),
         )
     })?;
+    check_heartbeat_bounds(&hb)?;
     for c in &hb.consumer_data_set {
         if let Err(r) = topic::validate_name(&topic::retry_topic(&c.group_name)) {
             return Err(Reject::new(
@@ -82,6 +94,46 @@ pub(super) fn heartbeat(
     }
 }
 
+/// Refuses a heartbeat whose client id, group count or producer group names are over their
+/// bounds: one body of 4 MiB otherwise made the broker copy a long id once per group.
+fn check_heartbeat_bounds(hb: &HeartbeatData) -> Result<(), Reject> {
+    check_client_id(&hb.client_id)?;
+    let groups = hb.producer_data_set.len() + hb.consumer_data_set.len();
+    if groups > MAX_GROUPS_PER_HEARTBEAT {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!("the heartbeat names {groups} groups, at most {MAX_GROUPS_PER_HEARTBEAT}"),
+        ));
+    }
+    if let Some(p) = hb
+        .producer_data_set
+        .iter()
+        .find(|p| p.group_name.len() > MAX_GROUP_NAME)
+    {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "producer group names are at most {MAX_GROUP_NAME} bytes, not {}",
+                p.group_name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_client_id(client_id: &str) -> Result<(), Reject> {
+    if client_id.len() > MAX_CLIENT_ID {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "the client id has {} bytes, at most {MAX_CLIENT_ID}",
+                client_id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// UNREGISTER_CLIENT: the client leaves a producer or consumer group.
 pub(super) fn unregister(
     ctx: &Arc<BrokerContext>,
@@ -121,12 +173,23 @@ pub(super) fn consumer_list(
 }
 
 fn lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Reject> {
-    decode_json(&req.body).map_err(|e| {
+    let body: LockBatchRequestBody = decode_json(&req.body).map_err(|e| {
         Reject::new(
             code::SYSTEM_ERROR,
             format!("invalid LockBatchRequestBody: {e}"),
         )
-    })
+    })?;
+    check_client_id(&body.client_id)?;
+    if body.mq_set.len() > MAX_QUEUES_PER_LOCK {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "the request names {} queues, at most {MAX_QUEUES_PER_LOCK}",
+                body.mq_set.len()
+            ),
+        ));
+    }
+    Ok(body)
 }
 
 /// LOCK_BATCH_MQ: locks what is free for the caller; answers the queues it holds (numeric

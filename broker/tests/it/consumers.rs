@@ -172,3 +172,69 @@ async fn queue_locks_go_to_one_client_and_answer_numeric_queue_ids() {
     assert_eq!(held.lock_ok_mq_set.len(), 1);
     cluster.stop().await;
 }
+
+/// One 4 MiB request made the broker copy a long client id once per group or queue named, or
+/// compare every scanned entry's tag against millions of tags: such requests are refused with
+/// the bound named, and requests within the bounds work as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_would_multiply_their_size_are_refused_with_the_bound_named() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let long_id = "x".repeat(2000);
+    let resp = client
+        .invoke(cpp_heartbeat(&long_id, "cg", "*"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 29, "INVALID_PARAMETER: {:?}", resp.remark);
+    assert!(resp.remark.unwrap().contains("at most 1024"));
+
+    let groups: Vec<String> = (0..1100)
+        .map(|i| format!(r#"{{"groupName":"p{i}"}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"clientID":"c@1","consumerDataSet":[],"producerDataSet":[{}]}}"#,
+        groups.join(",")
+    );
+    let many =
+        RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(body);
+    let resp = client.invoke(many, RPC).await.unwrap();
+    assert_eq!(resp.code, 29, "{:?}", resp.remark);
+    assert!(resp.remark.unwrap().contains("1100 groups"));
+
+    let mqs: Vec<String> = (0..5000)
+        .map(|q| format!(r#"{{"topic":"T","brokerName":"broker-a","queueId":{q}}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"consumerGroup":"og","clientId":"c1","mqSet":[{}]}}"#,
+        mqs.join(",")
+    );
+    let lock =
+        RemotingCommand::request(request_code::LOCK_BATCH_MQ, Default::default()).with_body(body);
+    let resp = client.invoke(lock, RPC).await.unwrap();
+    assert_eq!(resp.code, 29, "{:?}", resp.remark);
+
+    send_ok(&client, "GroupTopic", 0, b"a", &props(Some("t7"), None)).await;
+    wait_dispatched(&cluster.broker).await;
+    let tags: Vec<String> = (0..5000).map(|i| format!("t{i}")).collect();
+    let resp = client
+        .invoke(
+            pull_request("g", "GroupTopic", 0, 0, 0, Some(&tags.join("||"))),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.code, 23,
+        "SUBSCRIPTION_PARSE_FAILED: {:?}",
+        resp.remark
+    );
+    let resp = client
+        .invoke(
+            pull_request("g", "GroupTopic", 0, 0, 0, Some(&tags[..4000].join("||"))),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "within the bound: {:?}", resp.remark);
+    cluster.stop().await;
+}

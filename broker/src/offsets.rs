@@ -107,6 +107,19 @@ impl OffsetManager {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// Forgets every group's offsets of `topic` (it was deleted); returns how many groups had
+    /// some. Without this, a topic's offsets outlived it in every save and every start.
+    pub(crate) fn remove_topic(&self, topic: &str) -> usize {
+        let mut t = self.table.lock();
+        let before = t.len();
+        t.retain(|k, _| split_key(k).is_none_or(|(tp, _)| tp != topic));
+        let removed = before - t.len();
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        removed
+    }
+
     /// Writes the file if anything changed since the last write. Blocking.
     pub(crate) fn save_if_dirty(&self) -> Result<bool, BrokerError> {
         let _w = self.write_lock.lock();

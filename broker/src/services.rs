@@ -127,9 +127,10 @@ impl BrokerServices {
         self.ctx.topics.get(name)
     }
 
-    /// Deletes a user topic's configuration (persisted; name servers hear of it). System
-    /// topics (the default template, schedule, transaction, retry and dead-letter topics)
-    /// are refused. The data ages out with retention. `Ok(None)`: no such topic.
+    /// Deletes a user topic's configuration (persisted; name servers hear of it) and every
+    /// group's committed offsets of it. System topics (the default template, schedule,
+    /// transaction, retry and dead-letter topics) are refused. The data ages out with
+    /// retention. `Ok(None)`: no such topic.
     pub fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, String> {
         let system = name == crate::topic::DEFAULT_TOPIC
             || name.starts_with(crate::topic::RETRY_PREFIX)
@@ -137,7 +138,16 @@ impl BrokerServices {
         if system {
             return Err(format!("{name} is a system topic and cannot be deleted"));
         }
-        Ok(self.ctx.topics.remove(name))
+        let removed = self.ctx.topics.remove(name);
+        if removed.is_some() {
+            let groups = self.ctx.offsets.remove_topic(name);
+            tracing::info!(
+                topic = name,
+                groups,
+                "consumer offsets of the deleted topic forgotten"
+            );
+        }
+        Ok(removed)
     }
 
     /// Creates or updates a topic (saved in the background; name servers hear of it).

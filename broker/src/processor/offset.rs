@@ -53,16 +53,50 @@ pub(super) fn update_consumer_offset(
 ) -> Result<RemotingCommand, Reject> {
     let h = UpdateConsumerOffsetRequestHeader::from_ext(&req.ext_fields)
         .map_err(|e| Reject::header(&e))?;
-    if h.queue_id < 0 {
-        return Err(Reject::new(
-            code::INVALID_PARAMETER,
-            format!("queueId {} is negative", h.queue_id),
-        ));
-    }
+    check_offset_target(ctx, &h)?;
     ctx.offsets
         .commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
     Ok(reply::ok(req))
 }
+
+/// Every committed offset is kept in memory, saved whole every few seconds and loaded at each
+/// start, so one is taken only for a queue that exists, of a group with a valid name (5.x
+/// answers the same codes): invented topics, queue ids or megabyte names grew the file
+/// without bound.
+fn check_offset_target(
+    ctx: &BrokerContext,
+    h: &UpdateConsumerOffsetRequestHeader,
+) -> Result<(), Reject> {
+    let Some(topic) = ctx.topics.get(&h.topic) else {
+        return Err(Reject::new(
+            code::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist", h.topic),
+        ));
+    };
+    let queues = topic.read_queue_nums.max(topic.write_queue_nums);
+    if h.queue_id < 0 || h.queue_id >= queues {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "queueId {} is not a queue of {} (it has {queues})",
+                h.queue_id, h.topic
+            ),
+        ));
+    }
+    if h.consumer_group.is_empty() || h.consumer_group.len() > MAX_GROUP_NAME {
+        return Err(Reject::new(
+            code::INVALID_PARAMETER,
+            format!(
+                "consumer group names are 1 to {MAX_GROUP_NAME} bytes, not {}",
+                h.consumer_group.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest consumer group name an offset is kept for (RocketMQ's limit for group names).
+const MAX_GROUP_NAME: usize = 255;
 
 /// GET_MAX_OFFSET: the next offset to be written.
 pub(super) fn max_offset(

@@ -295,3 +295,61 @@ async fn an_offset_reset_defers_to_the_tool_or_asks_to_stop_the_consumers() {
     );
     cluster.stop().await;
 }
+
+/// Offsets were taken for any topic, queue id and group name and kept forever: a few one-way
+/// requests with invented or megabyte names grew the offsets file that is saved whole every
+/// few seconds and loaded at each start. And a deleted topic's offsets outlived it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_kept_only_for_existing_queues_and_go_with_their_topic() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    send_ok(&client, "Kept", 0, b"m", &props(None, None)).await;
+    let commit = |group: &str, topic: &str, queue_id: i32| {
+        let h = UpdateConsumerOffsetRequestHeader {
+            consumer_group: group.into(),
+            topic: topic.into(),
+            queue_id,
+            commit_offset: 1,
+        };
+        RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, h.to_ext())
+    };
+    let query_fields = [("consumerGroup", "g"), ("topic", "Kept"), ("queueId", "0")];
+    let r = client
+        .invoke(commit("g", "Invented", 0), RPC)
+        .await
+        .unwrap();
+    assert_eq!(r.code, response_code::TOPIC_NOT_EXIST, "{:?}", r.remark);
+    let r = client.invoke(commit("g", "Kept", 4096), RPC).await.unwrap();
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+    let long = "g".repeat(300);
+    let r = client.invoke(commit(&long, "Kept", 0), RPC).await.unwrap();
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+
+    let r = client.invoke(commit("g", "Kept", 0), RPC).await.unwrap();
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    let r = ask(&client, request_code::QUERY_CONSUMER_OFFSET, &query_fields).await;
+    assert_eq!(r.ext_fields.get_str("offset"), Some("1"));
+    let by_who = ask(
+        &client,
+        request_code::QUERY_TOPIC_CONSUME_BY_WHO,
+        &[("topic", "Kept")],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
+    assert_eq!(v["groupList"], serde_json::json!(["g"]));
+    let services = cluster.broker.services();
+    assert!(services.delete_topic("Kept").unwrap().is_some());
+    let by_who = ask(
+        &client,
+        request_code::QUERY_TOPIC_CONSUME_BY_WHO,
+        &[("topic", "Kept")],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
+    assert_eq!(
+        v["groupList"],
+        serde_json::json!([]),
+        "forgotten with its topic"
+    );
+    cluster.stop().await;
+}

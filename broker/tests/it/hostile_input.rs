@@ -342,6 +342,10 @@ async fn a_one_way_request_beyond_the_in_flight_limit_waits_instead_of_being_dro
         QueryConsumerOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
     };
     let (_dir, broker, mut a) = one_slot_broker().await;
+    broker
+        .services()
+        .put_topic(sluice_protocol::remoting::body::TopicConfig::new("T", 1, 6))
+        .unwrap();
     a.send(
         &RemotingCommand::request(test_hooks::SLOW_REQUEST_CODE, Default::default()).with_opaque(2),
     )

@@ -291,16 +291,43 @@ impl Store {
         begin_ms: i64,
         end_ms: i64,
     ) -> Vec<Bytes> {
+        self.query_by_key_where(topic, key, max, (begin_ms, end_ms), &|_| true)
+    }
+
+    /// [`Store::query_by_key`] keeping only records whose properties also pass `also`, before
+    /// the cap: `max` counts only records that pass, so others sharing the key cannot crowd
+    /// them out.
+    pub fn query_by_key_where(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        (begin_ms, end_ms): (i64, i64),
+        also: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Bytes> {
         self.query_index(topic, key, max, begin_ms, end_ms, |props| {
             find_property(props, keys::KEYS)
                 .is_some_and(|ks| ks.split(|b| *b == b' ').any(|k| k == key.as_bytes()))
+                && also(props)
         })
     }
 
     /// Records of `topic` whose UNIQ_KEY is `uniq_key`.
     pub fn query_by_uniq_key(&self, topic: &str, uniq_key: &str, max: usize) -> Vec<Bytes> {
+        self.query_by_uniq_key_where(topic, uniq_key, max, &|_| true)
+    }
+
+    /// [`Store::query_by_uniq_key`] keeping only records whose properties also pass `also`,
+    /// before the cap.
+    pub fn query_by_uniq_key_where(
+        &self,
+        topic: &str,
+        uniq_key: &str,
+        max: usize,
+        also: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Bytes> {
         self.query_index(topic, uniq_key, max, i64::MIN / 2, i64::MAX / 2, |props| {
-            find_property(props, keys::UNIQ_KEY) == Some(uniq_key.as_bytes())
+            find_property(props, keys::UNIQ_KEY) == Some(uniq_key.as_bytes()) && also(props)
         })
     }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_broker::SCHEDULE_TOPIC;
 use sluice_protocol::message::keys;
+use sluice_protocol::message::properties::find_property;
 use sluice_protocol::{Properties, RecordView};
 use sluice_store::now_ms;
 
@@ -366,20 +367,33 @@ fn find(core: &Core, sel: &Selector) -> Result<(BTreeMap<String, Vec<Found>>, bo
         return Err(ScheduleError::Timeout("the store did not finish indexing"));
     }
     let max = core.cfg.max_key_matches;
-    let mut raw: Vec<Bytes> = Vec::new();
-    for topic in [SCHEDULE_TOPIC, TIMER_TOPIC] {
-        raw.extend(match sel {
-            Selector::Id { uniq_key, .. } => core.store.query_by_uniq_key(topic, uniq_key, max),
-            Selector::Key { key, .. } => core.store.query_by_key(topic, key, max, 0, i64::MAX / 2),
-        });
-    }
-    let truncated = raw.len() >= max;
     let want_topic = match sel {
         Selector::Id { topic, .. } => topic.as_deref(),
         Selector::Key { topic, .. } => Some(topic.as_str()),
     };
+    // The real topic is matched inside the store's look-up, before its cap: records of other
+    // topics sharing the key (retry copies keep KEYS) took the cap first, and a pending timer
+    // behind them was answered "not found".
+    let of_topic = |props: &[u8]| {
+        want_topic.is_none_or(|t| find_property(props, keys::REAL_TOPIC) == Some(t.as_bytes()))
+    };
+    let mut raw: Vec<Bytes> = Vec::new();
+    let mut truncated = false;
+    for topic in [SCHEDULE_TOPIC, TIMER_TOPIC] {
+        let got = match sel {
+            Selector::Id { uniq_key, .. } => core
+                .store
+                .query_by_uniq_key_where(topic, uniq_key, max, &of_topic),
+            Selector::Key { key, .. } => {
+                core.store
+                    .query_by_key_where(topic, key, max, (0, i64::MAX / 2), &of_topic)
+            }
+        };
+        truncated |= got.len() >= max;
+        raw.extend(got);
+    }
     let mut groups: BTreeMap<String, Vec<Found>> = BTreeMap::new();
-    for bytes in raw.into_iter().take(max) {
+    for bytes in raw {
         let Some(f) = found(core, bytes) else {
             continue;
         };

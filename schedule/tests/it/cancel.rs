@@ -546,3 +546,37 @@ async fn timers_longer_than_the_roll_interval_are_rolled_and_released_once() {
     node.stop().await;
     ns.shutdown().await;
 }
+
+/// Records of other topics sharing the key (up to `max_key_matches` of them) filled the
+/// look-up's cap before the topic was checked, and a pending timer of the topic asked for was
+/// answered "not found" while it stayed due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_topics_sharing_a_key_do_not_hide_the_topics_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let cfg = ScheduleConfig {
+        max_key_matches: 4,
+        ..test_config()
+    };
+    let node = Node::start(dir.path(), ns.local_addr(), cfg).await;
+    let svc = node.service();
+    svc.schedule_at(
+        input(TOPIC, 0, "cust-42", &[]),
+        When::After(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    for q in 0..6 {
+        svc.schedule_at(
+            input("Elsewhere", q % 2, "cust-42", &[]),
+            When::After(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    }
+    let r = svc.cancel(&key_in(TOPIC, "cust-42")).await.unwrap();
+    assert_eq!((r.matched, r.cancelled, r.truncated), (1, 1, false));
+    let r = svc.cancel(&key_in("Elsewhere", "cust-42")).await.unwrap();
+    assert_eq!((r.matched, r.truncated), (4, true), "capped, and says so");
+    node.stop().await;
+}

@@ -181,7 +181,7 @@ pub(crate) fn millis(d: std::time::Duration) -> i64 {
 }
 
 /// The saved state and its runs; a fresh index when there is none; a rebuild when either
-/// is unreadable.
+/// is unreadable, or a run has a damaged entry (every entry is checked here).
 fn load_or_rebuild(dir: &Path, roll_ms: i64) -> Result<(State, Vec<Arc<Run>>)> {
     let runs_dir = dir.join("runs");
     let loaded = State::load(&dir.join("state.json")).and_then(|s| {
@@ -191,7 +191,11 @@ fn load_or_rebuild(dir: &Path, roll_ms: i64) -> Result<(State, Vec<Arc<Run>>)> {
         let runs = state
             .runs
             .iter()
-            .map(|id| Run::open(&runs_dir, *id).map(Arc::new))
+            .map(|id| {
+                let run = Run::open(&runs_dir, *id)?;
+                run.verify()?;
+                Ok(Arc::new(run))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((state, runs))
     });

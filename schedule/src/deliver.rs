@@ -159,7 +159,9 @@ async fn maintain_window(core: &Arc<Core>) {
         let (entries, cap) = match read {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "reading the timer window failed; retrying");
+                // A damaged run stays damaged: the next start checks every run and rebuilds
+                // the index from the timer queues.
+                tracing::error!(error = %e, "reading the timer window failed; retrying (if a run is damaged, a restart rebuilds the index)");
                 tokio::time::sleep(RETRY_PAUSE).await;
                 return;
             }

@@ -171,7 +171,11 @@ pub(crate) enum Action {
 
 /// Cancels or reschedules every message a selector matches.
 pub(crate) async fn apply(core: &Arc<Core>, sel: &Selector, action: Action) -> Result<OpReport> {
-    let _serial = core.op_lock.lock().await;
+    // Operations run one at a time (each reads the index and appends its markers); a caller
+    // waits at most `op_timeout` for its turn instead of queueing for good behind a long one.
+    let _serial = tokio::time::timeout(core.cfg.op_timeout, core.op_lock.lock())
+        .await
+        .map_err(|_| ScheduleError::Timeout("another cancel or reschedule is still running"))?;
     let (groups, truncated) = find_async(core, sel).await?;
     let mut report = OpReport {
         matched: groups.len(),

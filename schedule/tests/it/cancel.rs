@@ -580,3 +580,24 @@ async fn other_topics_sharing_a_key_do_not_hide_the_topics_timer() {
     assert_eq!((r.matched, r.truncated), (4, true), "capped, and says so");
     node.stop().await;
 }
+
+/// The Rust API skipped what the put hook enforces: a message aimed at the timer topic was
+/// released into it and indexed as a new timer, due at once, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_own_topics_are_refused_as_destinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let svc = node.service();
+    for topic in [sluice_schedule::TIMER_TOPIC, sluice_broker::SCHEDULE_TOPIC] {
+        let err = svc
+            .schedule_at(
+                input(topic, 0, "k", &[]),
+                When::After(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("schedule's own"), "{err}");
+    }
+    node.stop().await;
+}

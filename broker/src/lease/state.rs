@@ -195,6 +195,10 @@ pub(crate) struct Cursor {
     pub(crate) next: u64,
     pub(crate) open: BTreeMap<u64, Open>,
     committed: Option<u64>,
+    /// Where the cursor began. A group that never moved from it has nothing to commit (a
+    /// restart starts it there again): committed on first use, every receive by a new group
+    /// name left offsets behind for good, whatever it consumed.
+    start: u64,
 }
 
 impl Cursor {
@@ -239,13 +243,13 @@ impl Group {
     }
 
     /// Whether a fresh book would be the same: no leases, and every cursor without open
-    /// entries and committed at its read position.
+    /// entries and committed at its read position (or never moved from its start).
     pub(crate) fn is_idle(&self) -> bool {
         self.leases.is_empty()
             && self
                 .cursors
                 .values()
-                .all(|c| c.open.is_empty() && c.committed == Some(c.next))
+                .all(|c| c.open.is_empty() && c.committed.unwrap_or(c.start) == c.next)
     }
 
     /// The cursor of a queue, starting at the committed offset, or the queue's minimum for a
@@ -256,8 +260,8 @@ impl Group {
             Cursor {
                 next,
                 open: BTreeMap::new(),
-                // Committed on first use, so the start survives a restart.
                 committed: None,
+                start: next,
             }
         })
     }
@@ -389,13 +393,14 @@ impl Group {
         }
     }
 
-    /// Commits the lowest unfinished offset of a queue when it moved.
+    /// Commits the lowest unfinished offset of a queue when it moved (from the last commit, or
+    /// from where the cursor began).
     pub(crate) fn commit(&mut self, offsets: &OffsetManager, key: &QueueKey) {
         let Some(c) = self.cursors.get_mut(key) else {
             return;
         };
         let low = c.low_water();
-        if c.committed != Some(low) {
+        if c.committed.unwrap_or(c.start) != low {
             offsets.commit(
                 &self.name,
                 &key.0,

@@ -132,12 +132,50 @@ async fn acks_move_the_committed_offset_to_the_lowest_unfinished_entry() {
         .unwrap();
     let r = receipts(&got);
     assert_eq!(leases.ack("g", &r[1..2]), vec![Ok(())]);
-    assert_eq!(services.query_offset("g", "Orders", 0), Some(0));
+    assert_eq!(
+        services.query_offset("g", "Orders", 0),
+        None,
+        "nothing to commit while the lowest unfinished entry is where the group began"
+    );
     assert_eq!(leases.ack("g", &r[0..1]), vec![Ok(())]);
     assert_eq!(services.query_offset("g", "Orders", 0), Some(2));
     assert_eq!(leases.ack("g", &r[2..3]), vec![Ok(())]);
     assert_eq!(services.query_offset("g", "Orders", 0), Some(3));
     assert_eq!(leases.in_flight("g"), 0);
+    drop((leases, services));
+    cluster.stop().await;
+}
+
+/// Committed on first use, every receive by a new group name left offsets (of every queue
+/// and of the group's retry topic) behind for good, in memory and in the offsets file, and
+/// the book was then dropped as idle: group names cycled by a client grew both without bound.
+#[tokio::test]
+async fn a_group_that_consumed_nothing_leaves_no_offsets_behind() {
+    let cluster = start_cluster().await;
+    topic(&cluster, "Orders", 2);
+    topic(&cluster, "Empty", 1);
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let services = cluster.broker.services();
+    let leases = services.leases();
+    for i in 0..20 {
+        let got = leases
+            .receive(request(&format!("passer-{i}"), "Empty", 1, Duration::ZERO))
+            .await;
+        assert!(got.unwrap().is_empty());
+    }
+    let got = leases
+        .receive(request("nack-free", "Orders", 1, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    for i in 0..20 {
+        let g = format!("passer-{i}");
+        assert_eq!(services.query_offset(&g, "Empty", 0), None, "{g}");
+        assert_eq!(services.query_offset(&g, &format!("%RETRY%{g}"), 0), None);
+    }
+    assert_eq!(services.query_offset("nack-free", "Orders", 1), None);
+    assert_eq!(leases.ack("nack-free", &receipts(&got)), vec![Ok(())]);
+    assert_eq!(services.query_offset("nack-free", "Orders", 0), Some(1));
     drop((leases, services));
     cluster.stop().await;
 }

@@ -129,13 +129,13 @@ impl BrokerServices {
 
     /// Deletes a user topic's configuration (persisted; name servers hear of it) and every
     /// group's committed offsets of it. System topics (the default template, schedule,
-    /// transaction, retry and dead-letter topics) are refused. The data ages out with
-    /// retention. `Ok(None)`: no such topic.
+    /// transaction and dead-letter topics) are refused, and so is a consumer group's retry
+    /// topic while the group has members. The data ages out with retention. `Ok(None)`: no
+    /// such topic.
     pub fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, String> {
-        let system = name == crate::topic::DEFAULT_TOPIC
-            || name.starts_with(crate::topic::RETRY_PREFIX)
-            || crate::topic::is_broker_topic(name);
-        if system {
+        if let Some(group) = name.strip_prefix(crate::topic::RETRY_PREFIX) {
+            self.retry_topic_unused(name, group)?;
+        } else if name == crate::topic::DEFAULT_TOPIC || crate::topic::is_broker_topic(name) {
             return Err(format!("{name} is a system topic and cannot be deleted"));
         }
         let removed = self.ctx.topics.remove(name);
@@ -148,6 +148,21 @@ impl BrokerServices {
             );
         }
         Ok(removed)
+    }
+
+    /// A consumer group's retry topic may go once the group has no member over TCP and no
+    /// lease book over HTTP: every group named in a heartbeat gets one, and they count toward
+    /// `max_topics`, so groups that no longer exist (or were invented) would hold that room
+    /// for good. A member's next heartbeat creates it again.
+    fn retry_topic_unused(&self, name: &str, group: &str) -> Result<(), String> {
+        let leased = self.ctx.leases.get().is_some_and(|l| l.has_book(group));
+        if self.ctx.clients.has_consumer_group(group) || leased {
+            return Err(format!(
+                "{name} is the retry topic of consumer group {group}, which has members; \
+                 it can be deleted once they are gone"
+            ));
+        }
+        Ok(())
     }
 
     /// Creates or updates a topic (saved in the background; name servers hear of it).

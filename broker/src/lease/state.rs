@@ -52,6 +52,11 @@ impl LeaseState {
         }
     }
 
+    /// Whether `group` has a lease book (it received recently, or holds leases).
+    pub(crate) fn has_book(&self, group: &str) -> bool {
+        self.groups.lock().contains_key(group)
+    }
+
     /// The book of `group`, created on first use (a hand-back finishing: its open entry keeps
     /// the book from being swept, so this finds the one the hand-back began in).
     pub(crate) fn group(&self, group: &str) -> Arc<Mutex<Group>> {

@@ -530,3 +530,53 @@ async fn at_max_topics_a_new_group_is_refused_and_the_heartbeats_other_groups_st
     assert!(!brand_new.contains("c2"), "{brand_new}");
     cluster.stop().await;
 }
+
+/// Every group named in a heartbeat gets a retry topic, counted toward `max_topics`, and none
+/// could be deleted: groups that were gone (or invented) held that room for good, and new
+/// groups were refused. A retry topic now goes once its group has no member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_topic_of_a_group_without_members_can_be_deleted_to_make_room() {
+    let cluster = start_cluster_with(|c| c.max_topics = 12).await;
+    let services = cluster.broker.services();
+    let gone = cluster.client().await;
+    let mut i = 0;
+    loop {
+        let resp = gone
+            .invoke(heartbeat("c1", &[&format!("g{i}")], "pg"), RPC)
+            .await
+            .unwrap();
+        if resp.code != 0 {
+            break;
+        }
+        i += 1;
+        assert!(i < 12, "the table fills up");
+    }
+    let stays = cluster.client().await;
+    let refused = stays
+        .invoke(heartbeat("c2", &["late"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(refused.code, response_code::SYSTEM_ERROR, "full");
+    let why = services.delete_topic("%RETRY%g0").unwrap_err();
+    assert!(why.contains("has members"), "{why}");
+
+    drop(gone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while services.delete_topic("%RETRY%g0").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "members leave with their connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admitted = stays
+        .invoke(heartbeat("c2", &["late"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(admitted.code, 0, "{:?}", admitted.remark);
+    assert!(
+        services.delete_topic("%DLQ%g1").is_err(),
+        "dead-letter topics stay system topics"
+    );
+    cluster.stop().await;
+}

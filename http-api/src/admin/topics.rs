@@ -244,7 +244,7 @@ pub(super) async fn get_topic(
     params(("topic" = String, Path, description = "Topic")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 403, description = "A system topic", body = ErrorBody),
+        (status = 403, description = "A system topic, or the retry topic of a consumer group that has members", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
         (status = 503, description = "Deleted, but topics.json could not be saved; retry", body = ErrorBody),
     ),

@@ -32,6 +32,13 @@ pub(crate) fn run(core: Arc<Core>) {
         tracing::warn!("store still dispatching after 30 s; indexing what is visible");
     }
     let mut queues = core.timer_queues();
+    // What the timer queues held at start: once the index has read that far, it knows every
+    // timer stored before this run, and releases may begin (waiting for a pass that finds
+    // nothing never ended while delayed sends kept arriving).
+    let mut at_start: Vec<(String, u64)> = queues
+        .iter()
+        .map(|(t, q)| (queue_name(t, *q), core.store.max_offset(t, *q)))
+        .collect();
     let mut refreshed = Instant::now();
     let mut hot_until = Instant::now();
     loop {
@@ -44,6 +51,10 @@ pub(crate) fn run(core: Arc<Core>) {
         }
         let found: usize = queues.iter().map(|(t, q)| poll_queue(&core, t, *q)).sum();
         if found > 0 {
+            if !at_start.is_empty() && read_past(&core, &at_start) {
+                at_start.clear();
+                mark_ready(&core);
+            }
             hot_until = Instant::now() + HOT_FOR;
             continue;
         }
@@ -59,7 +70,15 @@ pub(crate) fn run(core: Arc<Core>) {
     }
 }
 
-/// After the first full pass found nothing new, releases may start.
+/// Whether the index has read every queue up to `ends`.
+fn read_past(core: &Core, ends: &[(String, u64)]) -> bool {
+    let g = core.index.inner.lock();
+    ends.iter()
+        .all(|(name, end)| g.enqueue.get(name).is_some_and(|read| read >= end) || *end == 0)
+}
+
+/// After the index read what the timer queues held at start (or a full pass found nothing
+/// new), releases may start.
 fn mark_ready(core: &Core) {
     let mut g = core.index.inner.lock();
     if !g.ready {

@@ -329,27 +329,24 @@ async fn offsets_are_kept_only_for_existing_queues_and_go_with_their_topic() {
     assert_eq!(r.code, 0, "{:?}", r.remark);
     let r = ask(&client, request_code::QUERY_CONSUMER_OFFSET, &query_fields).await;
     assert_eq!(r.ext_fields.get_str("offset"), Some("1"));
-    let by_who = ask(
-        &client,
-        request_code::QUERY_TOPIC_CONSUME_BY_WHO,
-        &[("topic", "Kept")],
-    )
-    .await;
-    let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
-    assert_eq!(v["groupList"], serde_json::json!(["g"]));
+    assert_eq!(groups_with_offsets(&client, "Kept").await, ["g"]);
     let services = cluster.broker.services();
     assert!(services.delete_topic("Kept").unwrap().is_some());
-    let by_who = ask(
-        &client,
-        request_code::QUERY_TOPIC_CONSUME_BY_WHO,
-        &[("topic", "Kept")],
-    )
-    .await;
-    let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
-    assert_eq!(
-        v["groupList"],
-        serde_json::json!([]),
+    assert!(
+        groups_with_offsets(&client, "Kept").await.is_empty(),
         "forgotten with its topic"
     );
     cluster.stop().await;
+}
+
+/// QUERY_TOPIC_CONSUME_BY_WHO's groups of `topic`.
+async fn groups_with_offsets(client: &RemotingClient, topic: &str) -> Vec<String> {
+    let by_who = ask(
+        client,
+        request_code::QUERY_TOPIC_CONSUME_BY_WHO,
+        &[("topic", topic)],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&by_who.body).unwrap();
+    serde_json::from_value(v["groupList"].clone()).unwrap()
 }

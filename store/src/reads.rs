@@ -265,7 +265,7 @@ impl Store {
         let mut from = self.damage.range_end(phys).unwrap_or(phys).max(phys + 1);
         for _ in 0..2 {
             let seg = self.log.segment_for(from)?;
-            let until = (written.min(seg.end()) - seg.base) as usize;
+            let until = written.min(seg.end()).saturating_sub(seg.base) as usize;
             let bytes = seg.file.as_slice();
             let rel = (from - seg.base) as usize;
             match framing::find_next_valid(bytes, rel, until, seg.base, self.log.max_record()) {

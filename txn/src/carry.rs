@@ -22,6 +22,7 @@ const CARRY_PUT: usize = 64;
 const CARRY_PUT_BYTES: u64 = 4 << 20;
 /// How long a transaction whose carry-forward failed is passed over.
 const CARRY_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl Core {
     /// Copies undecided half messages older than `carry_forward_after` to the queue's tail, so
     /// retention never deletes the only copy of a transaction still waiting.

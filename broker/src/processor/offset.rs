@@ -12,6 +12,7 @@ use sluice_store::Boundary;
 use super::Reject;
 use crate::broker::context::BrokerContext;
 use crate::reply;
+use crate::topic;
 
 fn offset_reply(req: &RemotingCommand, offset: u64) -> RemotingCommand {
     let offset = i64::try_from(offset).unwrap_or(i64::MAX);
@@ -60,8 +61,8 @@ pub(super) fn update_consumer_offset(
 }
 
 /// Every committed offset is kept in memory, saved whole every few seconds and loaded at each
-/// start, so one is taken only for a queue that exists, of a group with a valid name (5.x
-/// answers the same codes): invented topics, queue ids or megabyte names grew the file
+/// start, so one is taken only for a queue that exists, of a group whose name a heartbeat
+/// would take (5.x answers the same codes): invented topics, queue ids or megabyte names grew the file
 /// without bound.
 fn check_offset_target(
     ctx: &BrokerContext,
@@ -83,20 +84,17 @@ fn check_offset_target(
             ),
         ));
     }
-    if h.consumer_group.is_empty() || h.consumer_group.len() > MAX_GROUP_NAME {
-        return Err(Reject::new(
+    // The heartbeat's rule for consumer groups: their retry topic's name must be valid.
+    topic::validate_name(&topic::retry_topic(&h.consumer_group)).map_err(|r| {
+        Reject::new(
             code::INVALID_PARAMETER,
             format!(
-                "consumer group names are 1 to {MAX_GROUP_NAME} bytes, not {}",
-                h.consumer_group.len()
+                "invalid consumer group {:?}: {}",
+                h.consumer_group, r.remark
             ),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
-
-/// Longest consumer group name an offset is kept for (RocketMQ's limit for group names).
-const MAX_GROUP_NAME: usize = 255;
 
 /// GET_MAX_OFFSET: the next offset to be written.
 pub(super) fn max_offset(

@@ -184,11 +184,21 @@ impl PullGroups {
         if queued.is_none() && g.queue.len() >= self.cfg.pending_per_group {
             return Err("the group's queue of polled checks is full".into());
         }
-        // A newer check of the same transaction replaces the older one (whose share is given
-        // back first, so a replacement is never refused for the room its older self took).
-        let older = queued.map(|i| g.queue.remove(i));
-        drop(older);
-        let held = self.budget.hold(&check)?;
+        // A newer check of the same transaction replaces the older one, whose share is given
+        // back first (a replacement is never refused for the room its older self took); when
+        // the budget still refuses it, the older one stays queued.
+        let older = queued.and_then(|i| g.queue.remove(i).map(|(c, _)| (i, c)));
+        let held = match self.budget.hold(&check) {
+            Ok(held) => held,
+            Err(why) => {
+                if let Some((i, c)) = older {
+                    if let Ok(held) = self.budget.hold(&c) {
+                        g.queue.insert(i, (c, held));
+                    }
+                }
+                return Err(why);
+            }
+        };
         match queued {
             Some(i) => g.queue.insert(i, (check, held)),
             None => g.queue.push_back((check, held)),
@@ -312,7 +322,11 @@ mod tests {
         groups.offer("b", test_check(2, 40_000)).unwrap();
         let why = groups.offer("b", test_check(3, 40_000)).unwrap_err();
         assert!(why.contains("check_queue_bytes"), "{why}");
-        // A newer check of a queued transaction takes its older self's place.
+        // A newer check the budget refuses leaves its older self queued.
+        assert!(groups.offer("a", test_check(1, 90_000)).is_err());
+        let kept = groups.groups.lock()["a"].queue.len();
+        assert_eq!(kept, 1, "the older check stays queued");
+        // One that fits takes its older self's place.
         groups.offer("a", test_check(1, 50_000)).unwrap();
         assert_eq!(groups.take("a", 10).len(), 1);
         groups.offer("b", test_check(3, 40_000)).unwrap();

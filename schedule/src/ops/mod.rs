@@ -401,9 +401,6 @@ fn find(core: &Core, sel: &Selector) -> Result<(BTreeMap<String, Vec<Found>>, bo
         let Some(f) = found(core, bytes) else {
             continue;
         };
-        if want_topic.is_some_and(|t| t != f.rec.real_topic) {
-            continue;
-        }
         let group = f
             .rec
             .uniq_key

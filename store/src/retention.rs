@@ -53,12 +53,18 @@ impl Retention {
         let mut cleanup_pending = self.pass.lock();
         let mut report = RetentionReport::default();
         while self.oldest_is_due() {
-            match self.log.delete_oldest()? {
-                Some(seg) => {
+            match self.log.delete_oldest() {
+                Ok(Some(seg)) => {
                     report.segments += 1;
                     tracing::info!(segment = %seg.file.path().display(), "retention deleted segment");
                 }
-                None => break,
+                Ok(None) => break,
+                Err(e) => {
+                    // A segment may have gone before the error (a failed folder sync), or in
+                    // an earlier round of this pass: the queue and index clean-up is owed.
+                    *cleanup_pending = true;
+                    return Err(e);
+                }
             }
         }
         if report.segments == 0 && !*cleanup_pending {

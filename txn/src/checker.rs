@@ -24,9 +24,9 @@ use crate::sink::{check_command, send_round_robin, PendingCheck, Route, PROP_CHE
 use crate::state::{Decision, Source, TxnState};
 use crate::table::{ms, Due, Entry, Location};
 
-/// Half messages read per store call.
 /// Producer groups whose round-robin position is remembered (see `next_round_robin`).
 const ROUND_ROBIN_GROUPS: usize = 10_000;
+/// Half messages read per store call.
 const TAIL_BATCH: usize = 512;
 /// Time one tick may spend tailing the half queue (the rest waits for the next tick). Offsets
 /// already in the table cost a lookup, not a read, so this is rarely reached.
@@ -226,10 +226,9 @@ impl Core {
         }
     }
 
-    /// Adds one half message (or applies a carry-forward copy); true when a transaction was added.
     /// Adds a half message read by the tailer to the table (or, a carry-forward copy, moves
     /// its transaction there). At a restart, one whose transaction the op queue shows decided
-    /// (`settled`) is left out: its op record answers for it.
+    /// (`settled`) is left out: its op record answers for it. True when a transaction was added.
     fn register(
         &self,
         raw: &bytes::Bytes,

@@ -200,6 +200,23 @@ impl TxnService {
         Ok(view)
     }
 
+    /// Whether the check `check` (its transaction's `check_count`-th) is still wanted: the
+    /// transaction is open, it is the same half message, and no later check was counted. A
+    /// check exists only for a transaction already in memory, so unlike [`TxnService::get`]
+    /// this reads no half messages and builds no view: the HTTP facade asks it for every
+    /// queued check before sending or handing it out.
+    pub fn check_still_wanted(&self, check: &PendingCheck, same_count: bool) -> bool {
+        let Ok(core) = self.core() else {
+            return false;
+        };
+        let t = core.table.lock();
+        t.get(check.half_offset).is_some_and(|e| {
+            e.state == TxnState::Open
+                && e.id.commit_log_offset == check.commit_log_offset
+                && (!same_count || e.checks == check.check_count)
+        })
+    }
+
     /// Forces a commit (`true`) or rollback (`false`) of an undecided transaction, as an
     /// operator. The same rules hold: a decided transaction is not changed.
     pub async fn force(&self, half_offset: u64, commit: bool) -> Result<Outcome, TxnError> {

@@ -169,7 +169,7 @@ async fn launch(
     status: ReplayStatus,
     cancel: Arc<CancelFlag>,
 ) -> Result<ReplayStatus, DlqError> {
-    if let Err(e) = save(&ctx, &status, Some("started")).await {
+    if let Err(e) = save(&ctx, &status, Some("started"), &BTreeSet::new()).await {
         // The task file may be saved although the audit line was not.
         let (ctx2, id) = (Arc::clone(&ctx), status.id.clone());
         let _ = tokio::task::spawn_blocking(move || ctx2.dlq.discard(&id)).await;
@@ -225,13 +225,23 @@ fn spawn(ctx: &Arc<BrokerContext>, status: ReplayStatus, cancel: Arc<CancelFlag>
 }
 
 /// Persists `status` (and an audit line for `event`) on a blocking thread.
+/// Saves the task. Progress of a task that may resume (still running) leaves out the copies
+/// counted ahead of the scan at this run's start (`ahead`, at or past `next_offset`): the next
+/// resume finds them in the ledger past the saved `next_offset` and counts them again, so
+/// saving them too counted them twice after a second crash.
 async fn save(
     ctx: &Arc<BrokerContext>,
     status: &ReplayStatus,
     event: Option<&'static str>,
+    ahead: &BTreeSet<u64>,
 ) -> Result<(), DlqError> {
     let ctx2 = Arc::clone(ctx);
-    let s = status.clone();
+    let mut s = status.clone();
+    if s.state == ReplayState::Running {
+        let n = ahead.range(s.next_offset..).count() as u64;
+        s.replayed = s.replayed.saturating_sub(n);
+        s.matched = s.matched.saturating_sub(n);
+    }
     tokio::task::spawn_blocking(move || {
         ctx2.dlq.persist(&s)?;
         if let Some(ev) = event {
@@ -250,7 +260,8 @@ enum Stop {
 }
 
 async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<CancelFlag>) {
-    let stop = match run_loop(&ctx, &mut status, &cancel).await {
+    let mut ahead = BTreeSet::new();
+    let stop = match run_loop(&ctx, &mut status, &cancel, &mut ahead).await {
         Ok(stop) => stop,
         Err(e) => {
             status.error = Some(e.to_string());
@@ -272,7 +283,7 @@ async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<Canc
     // Saved (task file and audit line) before the final state is shown, so whoever sees a
     // task finished also finds it in the audit log, and a crash in between leaves a task
     // that nobody has seen finish.
-    if let Err(e) = save(&ctx, &status, event).await {
+    if let Err(e) = save(&ctx, &status, event, &ahead).await {
         tracing::error!(task = %status.id, error = %e, "saving replay task failed");
     }
     ctx.dlq.update(&status);
@@ -313,6 +324,7 @@ async fn run_loop(
     ctx: &Arc<BrokerContext>,
     status: &mut ReplayStatus,
     cancel: &CancelFlag,
+    ahead: &mut BTreeSet<u64>,
 ) -> Result<Stop, DlqError> {
     let topic = dlq_topic(&status.group);
     let ledger = ctx.dlq.ledger(&status.group)?;
@@ -321,9 +333,9 @@ async fn run_loop(
     let mut last_save = Instant::now();
     // Copies this task made after its last saved progress (a crash) count at once, not when
     // the scan reaches them: their letters may be gone by then (retention) or not decode.
-    let mine_unsaved = recorded_since_save(&ledger, status).await?;
-    status.replayed += mine_unsaved.len() as u64;
-    status.matched += mine_unsaved.len() as u64;
+    *ahead = recorded_since_save(&ledger, status).await?;
+    status.replayed += ahead.len() as u64;
+    status.matched += ahead.len() as u64;
     loop {
         if cancel.is_set() {
             return Ok(Stop::Finished(ReplayState::Cancelled));
@@ -356,7 +368,7 @@ async fn run_loop(
                 continue;
             }
             if ledger.contains(*qo) {
-                if !mine_unsaved.contains(qo) {
+                if !ahead.contains(qo) {
                     status.skipped += 1;
                 }
                 status.next_offset = qo + 1;
@@ -389,7 +401,7 @@ async fn run_loop(
             if last_save.elapsed() >= PERSIST_EVERY {
                 status.updated_ms = now_ms();
                 ctx.dlq.update(status);
-                save(ctx, status, None).await?;
+                save(ctx, status, None, ahead).await?;
                 last_save = Instant::now();
             }
         }

@@ -142,7 +142,7 @@ async fn dispatch(
         rc::GET_TOPIC_STATS_INFO => progress::topic_stats(ctx, &req),
         rc::GET_CONSUMER_CONNECTION_LIST => connections::consumer_connections(ctx, &req),
         rc::GET_PRODUCER_CONNECTION_LIST => connections::producer_connections(ctx, &req),
-        request_code::GET_BROKER_RUNTIME_INFO => runtime::runtime_info(ctx, &req),
+        rc::GET_BROKER_RUNTIME_INFO => runtime::runtime_info(ctx, &req),
         rc::INVOKE_BROKER_TO_RESET_OFFSET => connections::reset_offset(ctx, &req),
         test_hooks::PANIC_REQUEST_CODE if test_hooks::ENABLED.load(Ordering::Relaxed) => {
             panic!("test hook: deliberate handler panic")

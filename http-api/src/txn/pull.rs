@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sluice_txn::{CheckSink, PendingCheck, TxnService, TxnState};
+use sluice_txn::{CheckSink, PendingCheck, TxnService};
 use tokio::sync::{watch, Notify};
 
 use super::budget::{ByteBudget, Held};
@@ -286,9 +286,7 @@ impl PullGroups {
     fn still_open(&self, txn: &TxnService, checks: Vec<PendingCheck>) -> Vec<PendingCheck> {
         checks
             .into_iter()
-            .filter(|c| {
-                matches!(txn.get(c.half_offset), Ok(Some(v)) if v.state == TxnState::Open && v.commit_log_offset == c.commit_log_offset)
-            })
+            .filter(|c| txn.check_still_wanted(c, false))
             .collect()
     }
 }

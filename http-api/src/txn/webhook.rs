@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::http::header::CONTENT_TYPE;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService, TxnState, PROP_CHECK_URL};
+use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService, PROP_CHECK_URL};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -129,10 +129,7 @@ impl Caller {
     /// at a time, each up to `webhook_timeout`): one whose transaction was decided meanwhile
     /// must not be sent ("no check for a resolved transaction").
     fn still_wanted(&self, c: &PendingCheck) -> bool {
-        match self.txn.get(c.half_offset) {
-            Ok(Some(t)) => t.state == TxnState::Open && t.check_count == c.check_count,
-            Ok(None) | Err(_) => false,
-        }
+        self.txn.check_still_wanted(c, true)
     }
 
     async fn call(&self, url: &str, c: &PendingCheck) -> CallResult {

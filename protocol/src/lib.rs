@@ -11,6 +11,7 @@
 //!   element), its sysFlag bits, the properties string, message ids and Java's `String.hashCode`.
 //! - [`remoting`]: frames, command headers, request/response codes, typed custom headers and the
 //!   JSON bodies clients send and expect.
+//! - [`text`]: wire bytes as text (lossy UTF-8 with a fast path for valid input).
 //!
 //! Every integer on the wire is big-endian. Every decoder checks a length before it allocates
 //! or slices with it, and incomplete input is reported apart from invalid input.
@@ -18,6 +19,7 @@
 pub mod acl;
 pub mod message;
 pub mod remoting;
+pub mod text;
 
 pub use message::batch::{decode_batch, encode_batch, BatchEntry, BatchError};
 pub use message::{

@@ -14,6 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::java_hash;
 use sluice_protocol::message::properties::{find_properties, keys};
 use sluice_protocol::message::record::{sysflag, RecordView, MIN_RECORD_LEN};
+use sluice_protocol::text::lossy_utf8;
 
 use crate::checkpoint::Checkpoint;
 use crate::commitlog::{CommitLog, Segment};
@@ -61,6 +62,11 @@ pub(crate) struct Dispatcher {
     /// index sync covered (at open, where this run began to re-dispatch). It stops moving
     /// once such a sync fails (see `Shared::queues_unsynced`).
     pub(crate) synced_to: AtomicU64,
+    /// Where the log ended at open: records from here on were encoded by this run's appender
+    /// from checked input and are read back from the same page cache, so their checksum and
+    /// structure are not verified again (see [`framing::own_record_len`]). Below it (records
+    /// re-dispatched at open) every record is probed in full.
+    pub(crate) own_from: u64,
 }
 
 /// Commit-log bytes behind the dispatcher that stay mapped (recent reads stay cheap).
@@ -121,25 +127,45 @@ impl Dispatcher {
                 break;
             };
             let rel = (pos - seg.base) as usize;
-            match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record()) {
-                Probe::Record { total, .. } => {
-                    let bytes = &seg.file.as_slice()[rel..rel + total];
-                    if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
-                        let len = framing::frame_len(total);
-                        self.damage
-                            .record(seg.file.path(), rel as u64, pos, len, &why);
-                    }
-                    pos += framing::frame_len(total);
-                    records += 1;
-                }
-                Probe::SegmentEnd { .. } => pos = seg.end(),
-                Probe::Empty | Probe::Invalid(_) => {
-                    pos = self.skip_damage(pos, seg);
-                }
+            let Some(total) = self.record_at(seg, rel, pos) else {
+                pos =
+                    match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record())
+                    {
+                        Probe::SegmentEnd { .. } => seg.end(),
+                        _ => self.skip_damage(pos, seg),
+                    };
+                continue;
+            };
+            let bytes = &seg.file.as_slice()[rel..rel + total];
+            if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
+                let len = framing::frame_len(total);
+                self.damage
+                    .record(seg.file.path(), rel as u64, pos, len, &why);
             }
+            pos += framing::frame_len(total);
+            records += 1;
         }
         self.write_batch(batch)?;
         Ok(pos)
+    }
+
+    /// The length of the record at `rel` of `seg` (commit-log offset `pos`), if a whole record
+    /// is there: read from its frame alone for this run's own records, verified in full
+    /// (checksum, structure, topic) for older ones. `None` for anything else (a segment's end
+    /// marker, damage), which the caller probes again to tell apart: that is rare, and keeps
+    /// this, the path of every record, short.
+    fn record_at(&self, seg: &Segment, rel: usize, pos: u64) -> Option<usize> {
+        let bytes = seg.file.as_slice();
+        let max = self.log.max_record();
+        if pos >= self.own_from {
+            if let Some(total) = framing::own_record_len(bytes, rel, max) {
+                return Some(total);
+            }
+        }
+        match framing::probe(bytes, rel, seg.base, max) {
+            Probe::Record { total, .. } => Some(total),
+            _ => None,
+        }
     }
 
     /// Dispatches everything in `[from, to)` (recovery).
@@ -200,7 +226,12 @@ impl Dispatcher {
         batch: &mut Batch,
         ctx: &mut Gathering,
     ) -> Result<std::result::Result<(), String>> {
-        let view = RecordView::parse(bytes, usize::MAX)?;
+        // Records of this run are not probed in full (`own_from`): one that does not parse is
+        // damage like any other, not a dispatch failure retried for ever.
+        let view = match RecordView::parse(bytes, usize::MAX) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(format!("record structure: {e}"))),
+        };
         let Some(queue_offset) = plausible_queue_offset(view.header.queue_offset, phys) else {
             return Ok(Err(format!(
                 "queue offset {} impossible at commit-log offset {phys}",
@@ -218,7 +249,7 @@ impl Dispatcher {
         if !consumable {
             return Ok(Ok(()));
         }
-        let tags_code = tags.map_or(0, |t| i64::from(java_hash(&String::from_utf8_lossy(t))));
+        let tags_code = tags.map_or(0, |t| i64::from(java_hash(&lossy_utf8(t))));
         let cq = ctx.queue_for(&self.cqs, view.topic, view.header.queue_id)?;
         batch.push_cq(
             cq,
@@ -326,16 +357,13 @@ fn gather_index(
 ) {
     if let Some(uniq) = uniq {
         out.push(IndexItem::new(
-            &index_key(view.topic, &String::from_utf8_lossy(uniq)),
+            &index_key(view.topic, &lossy_utf8(uniq)),
             phys,
             store_ts,
         ));
     }
     if let Some(ks) = user_keys {
-        for k in String::from_utf8_lossy(ks)
-            .split(' ')
-            .filter(|k| !k.is_empty())
-        {
+        for k in lossy_utf8(ks).split(' ').filter(|k| !k.is_empty()) {
             out.push(IndexItem::new(&index_key(view.topic, k), phys, store_ts));
         }
     }

@@ -77,6 +77,23 @@ pub(crate) fn frame_len(total: usize) -> u64 {
     (total + TRAILER_LEN) as u64
 }
 
+/// The length of the record at `pos`, read from its frame only: TOTALSIZE and magic sane and
+/// the whole frame inside the segment. For the dispatcher's reading of records this run's
+/// appender wrote (encoded here from checked input, read back from the same page cache):
+/// their checksum guards against the disk and a crash, neither of which stands between the
+/// write and this read, and checking it again cost the dispatcher a pass over every byte.
+/// Everything else (an end marker, zeros, a frame that does not fit) is `None`: [`probe`] it.
+pub(crate) fn own_record_len(seg: &[u8], pos: usize, max_record: usize) -> Option<usize> {
+    let head = seg.get(pos..pos + 8)?;
+    let total = i32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
+    let magic = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
+    let total = usize::try_from(total).ok()?;
+    let sane = (magic == MAGIC_V1 || magic == MAGIC_V2)
+        && (MIN_RECORD_LEN..=max_record).contains(&total)
+        && pos + total + TRAILER_LEN <= seg.len();
+    sane.then_some(total)
+}
+
 /// Judges the bytes at `pos` of a segment whose first byte is commit-log offset `base`.
 pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Probe {
     let Some(head) = seg.get(pos..pos + 8) else {
@@ -232,6 +249,32 @@ mod tests {
             probe(&seg, r.len() + TRAILER_LEN, 1000, 1 << 20),
             Probe::Empty
         );
+    }
+
+    #[test]
+    fn own_records_are_measured_from_their_frame_and_anything_else_is_left_to_the_probe() {
+        let r = record_at(1000, b"abc");
+        let seg = segment_with(std::slice::from_ref(&r), 4096);
+        assert_eq!(own_record_len(&seg, 0, 1 << 20), Some(r.len()));
+        let mut flipped = seg.clone();
+        flipped[r.len() - 1] ^= 1;
+        assert_eq!(
+            own_record_len(&flipped, 0, 1 << 20),
+            Some(r.len()),
+            "the checksum is the probe's to check"
+        );
+        let next = r.len() + TRAILER_LEN;
+        assert_eq!(own_record_len(&seg, next, 1 << 20), None, "zeros");
+        assert_eq!(own_record_len(&seg, 0, r.len() - 1), None, "over the limit");
+        assert_eq!(
+            own_record_len(&seg[..r.len() + TRAILER_LEN - 1], 0, 1 << 20),
+            None,
+            "frame past the segment's end"
+        );
+        let mut blank = seg.clone();
+        blank[..4].copy_from_slice(&100i32.to_be_bytes());
+        blank[4..8].copy_from_slice(&BLANK_MAGIC.to_be_bytes());
+        assert_eq!(own_record_len(&blank, 0, 1 << 20), None, "end marker");
     }
 
     #[test]

@@ -192,6 +192,7 @@ impl Store {
             listener: parking_lot::RwLock::new(None),
             scratch: parking_lot::Mutex::default(),
             synced_to: AtomicU64::new(0),
+            own_from: report.end,
         });
         let redispatch_from = if rebuild_all {
             log.min_offset()

@@ -138,7 +138,7 @@ impl Properties {
     pub fn decode(raw: &[u8]) -> Self {
         /// Pairs up to which a scan is cheaper than building a map.
         const SCAN_UP_TO: usize = 32;
-        let text = String::from_utf8_lossy(raw);
+        let text = crate::text::lossy_utf8(raw);
         let mut props = Self::new();
         let mut index: Option<std::collections::HashMap<String, usize>> = None;
         for pair in text.split(PROPERTY_SEPARATOR) {

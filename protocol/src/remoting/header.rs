@@ -229,7 +229,7 @@ pub fn decode_binary_header(raw: &[u8]) -> Result<RemotingCommand, HeaderDecodeE
     let flag = r.i32("flag")?;
     let remark_len = r.len_i32("remark")?;
     let remark = r.take(remark_len, "remark")?;
-    let remark = (!remark.is_empty()).then(|| String::from_utf8_lossy(remark).into_owned());
+    let remark = (!remark.is_empty()).then(|| crate::text::lossy_utf8(remark).into_owned());
     let ext_len = r.len_i32("ext")?;
     let ext_fields = decode_binary_ext(r.take(ext_len, "ext")?)?;
     Ok(RemotingCommand {
@@ -258,8 +258,8 @@ fn decode_binary_ext(raw: &[u8]) -> Result<ExtFields, HeaderDecodeError> {
             return Err(HeaderDecodeError::TooManyExtFields(MAX_EXT_FIELDS));
         }
         ext.insert_decoded(
-            &String::from_utf8_lossy(key),
-            String::from_utf8_lossy(val).into_owned(),
+            &crate::text::lossy_utf8(key),
+            crate::text::lossy_utf8(val).into_owned(),
         );
     }
     Ok(ext)

@@ -239,7 +239,7 @@ impl Core {
         match decision {
             Decision::Commit => {
                 let half = the_half()?;
-                Ok(vec![self.commit_input(&half, e)?, op])
+                Ok(vec![self.commit_input(half, e)?, op])
             }
             Decision::Park => {
                 let half = the_half()?;
@@ -255,13 +255,14 @@ impl Core {
     /// message. Without hooks it is stored in its real topic at once.
     pub(crate) fn commit_input(
         &self,
-        half: &HalfRecord,
+        half: HalfRecord,
         e: &Entry,
     ) -> Result<MessageInput, TxnError> {
-        let mut msg = half.commit_message(e.id);
+        let remote = half.header.born_host;
+        let mut msg = half.into_commit_message(e.id);
         let ctx = PutContext {
             producer_group: &e.group,
-            remote: half.header.born_host,
+            remote,
             batch: false,
             max_reconsume_times: None,
         };

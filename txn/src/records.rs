@@ -181,8 +181,9 @@ impl HalfRecord {
     /// `REAL_*` and `__transactionId__` too; Java clients derive the transaction id from
     /// `TRAN_MSG`), minus our carry-forward markers and the check URL (not the consumers'
     /// business, and it may carry a credential). `DELAY`/`TIMER_*` stay for the commit hooks.
-    pub(crate) fn commit_message(&self, id: TxnId) -> PendingMessage {
-        let mut props = self.props.clone();
+    /// Takes the record: its properties and body become the committed message's, uncopied.
+    pub(crate) fn into_commit_message(self, id: TxnId) -> PendingMessage {
+        let mut props = self.props;
         for k in [
             PROP_ORIGIN_QUEUE_OFFSET,
             PROP_ORIGIN_PHYS,
@@ -194,7 +195,7 @@ impl HalfRecord {
             props.remove(k);
         }
         let input = MessageInput {
-            topic: self.real_topic.clone(),
+            topic: self.real_topic,
             queue_id: self.real_qid,
             flag: self.header.flag,
             sys_flag: clean_sysflag(self.header.sys_flag) | sysflag::TRANSACTION_COMMIT,
@@ -202,7 +203,7 @@ impl HalfRecord {
             born_host: self.header.born_host,
             reconsume_times: self.header.reconsume_times,
             prepared_transaction_offset: i64::try_from(id.commit_log_offset).unwrap_or(i64::MAX),
-            body: self.body.clone(),
+            body: self.body,
             properties: String::new(),
         };
         PendingMessage {
@@ -332,27 +333,28 @@ pub(crate) fn op_record(
     uniq: &str,
     store_host: SocketAddr,
 ) -> MessageInput {
-    let mut props = Properties::new();
     let tag = if decision == Decision::Rearm {
         REARM_TAG
     } else {
         REMOVE_TAG
     };
-    props.insert(keys::TAGS, tag);
-    props.insert(keys::KEYS, id.half_offset.to_string());
-    props.insert(PROP_OP, decision.op_name());
-    props.insert(PROP_BY, source.name());
-    props.insert(PROP_PHYS, id.commit_log_offset.to_string());
-    if !group.is_empty() {
-        props.insert(keys::PGROUP, group);
-    }
-    if !uniq.is_empty() {
-        props.insert(keys::TRANSACTION_ID, uniq);
-    }
-    let mut input = MessageInput::new(TRANS_OP_HALF_TOPIC, 0, id.half_offset.to_string());
+    let half_offset = id.half_offset.to_string();
+    let phys = id.commit_log_offset.to_string();
+    // Encoded in one go: one op per decision, and a `Properties` built pair by pair cost two
+    // allocations a pair on the commit path.
+    let pairs = [
+        (keys::TAGS, tag),
+        (keys::KEYS, half_offset.as_str()),
+        (PROP_OP, decision.op_name()),
+        (PROP_BY, source.name()),
+        (PROP_PHYS, phys.as_str()),
+        (keys::PGROUP, group),
+        (keys::TRANSACTION_ID, uniq),
+    ];
+    let mut input = MessageInput::new(TRANS_OP_HALF_TOPIC, 0, half_offset.clone());
     input.born_timestamp = now_ms();
     input.born_host = store_host;
-    input.properties = props.encode();
+    input.properties = Properties::encode_pairs(pairs.into_iter().filter(|(_, v)| !v.is_empty()));
     input
 }
 
@@ -440,7 +442,7 @@ mod tests {
         let h = half();
         let id = h.id();
         assert_eq!((id.half_offset, id.commit_log_offset), (5, 4096));
-        let c = h.commit_message(id);
+        let c = h.into_commit_message(id);
         assert_eq!((c.input.topic.as_str(), c.input.queue_id), ("Orders", 3));
         assert_eq!(
             sysflag::transaction_type(c.input.sys_flag),
@@ -472,7 +474,8 @@ mod tests {
         assert_eq!((again.copied_checks(), again.origin_store_ms()), (4, 1234));
         assert_eq!(
             again
-                .commit_message(again.id())
+                .clone()
+                .into_commit_message(again.id())
                 .properties
                 .get(PROP_ORIGIN_PHYS),
             None

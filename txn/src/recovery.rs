@@ -232,14 +232,14 @@ impl Core {
     /// of its topic alone missed it (the transaction was checked and committed again).
     fn commit_stored(&self, e: &Entry) -> bool {
         let half = self.read_half(e.current.phys_offset).ok();
+        let maybe_delayed = half.as_ref().is_none_or(|h| delayed(&h.props));
         let hooked = half
-            .as_ref()
             .and_then(|h| self.commit_input(h, e).ok())
             .map(|m| m.topic);
         let mut topics = vec![e.topic.as_str()];
         // The schedule topics only for a half that asks for a delay (or one unreadable now):
         // after a crash every undecided transaction is searched.
-        if half.as_ref().is_none_or(|h| delayed(&h.props)) {
+        if maybe_delayed {
             topics.extend([SCHEDULE_TOPIC, TIMER_TOPIC]);
         }
         if let Some(t) = hooked.as_deref().filter(|t| !topics.contains(t)) {

@@ -179,6 +179,24 @@ impl Properties {
         out
     }
 
+    /// The properties string of `pairs`, as [`Properties::encode`] writes it, without building
+    /// a `Properties` first (for records the broker writes itself, whose keys are distinct).
+    pub fn encode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> String {
+        let len = pairs
+            .clone()
+            .into_iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        let mut out = String::with_capacity(len);
+        for (k, v) in pairs {
+            out.push_str(k);
+            out.push(NAME_VALUE_SEPARATOR);
+            out.push_str(v);
+            out.push(PROPERTY_SEPARATOR);
+        }
+        out
+    }
+
     /// Length in bytes of [`Properties::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         self.pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum()
@@ -274,6 +292,19 @@ mod tests {
 
     /// Past the scan threshold, decoding switches to a map: a repeated key still keeps its
     /// first position and takes its last value, as before, and malformed pairs are dropped.
+    #[test]
+    fn pairs_encode_as_a_built_properties_does() {
+        let mut p = Properties::new();
+        p.insert("TAGS", "d");
+        p.insert("KEYS", "17");
+        let direct = Properties::encode_pairs([("TAGS", "d"), ("KEYS", "17")]);
+        assert_eq!(direct, p.encode());
+        assert_eq!(
+            Properties::decode(direct.as_bytes()).get("KEYS"),
+            Some("17")
+        );
+    }
+
     #[test]
     fn many_pairs_with_repeats_decode_as_few_do() {
         let mut raw = String::new();

@@ -127,7 +127,7 @@ impl Dispatcher {
                 break;
             };
             let rel = (pos - seg.base) as usize;
-            let Some(total) = self.record_at(seg, rel, pos) else {
+            let Some(total) = self.record_at(seg, rel, pos, to) else {
                 pos =
                     match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record())
                     {
@@ -154,11 +154,18 @@ impl Dispatcher {
     /// (checksum, structure, topic) for older ones. `None` for anything else (a segment's end
     /// marker, damage), which the caller probes again to tell apart: that is rare, and keeps
     /// this, the path of every record, short.
-    fn record_at(&self, seg: &Segment, rel: usize, pos: u64) -> Option<usize> {
+    fn record_at(&self, seg: &Segment, rel: usize, pos: u64, to: u64) -> Option<usize> {
         let bytes = seg.file.as_slice();
         let max = self.log.max_record();
         if pos >= self.own_from {
-            if let Some(total) = framing::own_record_len(bytes, rel, max) {
+            // Bounded by `to` and by the offset the record names: in async mode the dispatcher
+            // follows `written`, and pages the kernel failed to write back and dropped are read
+            // from the disk again; a length read there cannot walk past what was written or
+            // out of step with the records.
+            let own = framing::own_record_len(bytes, rel, max)
+                .filter(|t| pos + framing::frame_len(*t) <= to)
+                .filter(|_| framing::claimed_offset(bytes, rel) == Some(pos));
+            if let Some(total) = own {
                 return Some(total);
             }
         }
@@ -217,8 +224,8 @@ impl Dispatcher {
     }
 
     /// Adds a record's index and consume-queue entries to the batch. The inner `Err` is a
-    /// record refused (it verified, but claims what no appended record can): nothing of it is
-    /// dispatched, and the caller records it as damage.
+    /// record refused (it does not parse, or claims what no appended record can): nothing of
+    /// it is dispatched, and the caller records it as damage.
     fn gather(
         &self,
         phys: u64,

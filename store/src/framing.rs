@@ -94,6 +94,13 @@ pub(crate) fn own_record_len(seg: &[u8], pos: usize, max_record: usize) -> Optio
     sane.then_some(total)
 }
 
+/// The commit-log offset (PHYSICALOFFSET) the record at `pos` names, if its field is there.
+pub(crate) fn claimed_offset(seg: &[u8], pos: usize) -> Option<u64> {
+    let at = pos + PHYSICAL_OFFSET_POS;
+    let field = seg.get(at..at + 8)?;
+    u64::try_from(i64::from_be_bytes(field.try_into().expect("8 bytes"))).ok()
+}
+
 /// Judges the bytes at `pos` of a segment whose first byte is commit-log offset `base`.
 pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Probe {
     let Some(head) = seg.get(pos..pos + 8) else {
@@ -256,6 +263,7 @@ mod tests {
         let r = record_at(1000, b"abc");
         let seg = segment_with(std::slice::from_ref(&r), 4096);
         assert_eq!(own_record_len(&seg, 0, 1 << 20), Some(r.len()));
+        assert_eq!(claimed_offset(&seg, 0), Some(1000));
         let mut flipped = seg.clone();
         flipped[r.len() - 1] ^= 1;
         assert_eq!(

@@ -290,8 +290,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Past the scan threshold, decoding switches to a map: a repeated key still keeps its
-    /// first position and takes its last value, as before, and malformed pairs are dropped.
     #[test]
     fn pairs_encode_as_a_built_properties_does() {
         let mut p = Properties::new();
@@ -305,6 +303,8 @@ mod tests {
         );
     }
 
+    /// Past the scan threshold, decoding switches to a map: a repeated key still keeps its
+    /// first position and takes its last value, as before, and malformed pairs are dropped.
     #[test]
     fn many_pairs_with_repeats_decode_as_few_do() {
         let mut raw = String::new();

@@ -99,39 +99,37 @@ pub(super) fn heartbeat(
 fn check_heartbeat_bounds(hb: &HeartbeatData) -> Result<(), Reject> {
     check_client_id(&hb.client_id)?;
     let groups = hb.producer_data_set.len() + hb.consumer_data_set.len();
-    if groups > MAX_GROUPS_PER_HEARTBEAT {
-        return Err(Reject::new(
-            code::INVALID_PARAMETER,
-            format!("the heartbeat names {groups} groups, at most {MAX_GROUPS_PER_HEARTBEAT}"),
-        ));
-    }
-    if let Some(p) = hb
+    let bad = code::INVALID_PARAMETER;
+    Reject::unless_at_most(
+        bad,
+        "the heartbeat",
+        groups,
+        "groups",
+        MAX_GROUPS_PER_HEARTBEAT,
+    )?;
+    let longest = hb
         .producer_data_set
         .iter()
-        .find(|p| p.group_name.len() > MAX_GROUP_NAME)
-    {
-        return Err(Reject::new(
-            code::INVALID_PARAMETER,
-            format!(
-                "producer group names are at most {MAX_GROUP_NAME} bytes, not {}",
-                p.group_name.len()
-            ),
-        ));
-    }
-    Ok(())
+        .map(|p| p.group_name.len())
+        .max();
+    Reject::unless_at_most(
+        bad,
+        "a producer group name",
+        longest.unwrap_or(0),
+        "bytes",
+        MAX_GROUP_NAME,
+    )
 }
 
 fn check_client_id(client_id: &str) -> Result<(), Reject> {
-    if client_id.len() > MAX_CLIENT_ID {
-        return Err(Reject::new(
-            code::INVALID_PARAMETER,
-            format!(
-                "the client id has {} bytes, at most {MAX_CLIENT_ID}",
-                client_id.len()
-            ),
-        ));
-    }
-    Ok(())
+    let len = client_id.len();
+    Reject::unless_at_most(
+        code::INVALID_PARAMETER,
+        "the client id",
+        len,
+        "bytes",
+        MAX_CLIENT_ID,
+    )
 }
 
 /// UNREGISTER_CLIENT: the client leaves a producer or consumer group.
@@ -180,15 +178,14 @@ fn lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Reject> {
         )
     })?;
     check_client_id(&body.client_id)?;
-    if body.mq_set.len() > MAX_QUEUES_PER_LOCK {
-        return Err(Reject::new(
-            code::INVALID_PARAMETER,
-            format!(
-                "the request names {} queues, at most {MAX_QUEUES_PER_LOCK}",
-                body.mq_set.len()
-            ),
-        ));
-    }
+    let queues = body.mq_set.len();
+    Reject::unless_at_most(
+        code::INVALID_PARAMETER,
+        "the request",
+        queues,
+        "queues",
+        MAX_QUEUES_PER_LOCK,
+    )?;
     Ok(body)
 }
 

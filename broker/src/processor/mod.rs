@@ -61,6 +61,24 @@ impl Reject {
         }
     }
 
+    /// Refuses `n` of something past its bound `max`, naming both, as
+    /// "{what} has {n} {unit}, at most {max}": every bound a request can cross says which.
+    pub(crate) fn unless_at_most(
+        code: i32,
+        what: &str,
+        n: usize,
+        unit: &str,
+        max: usize,
+    ) -> Result<(), Self> {
+        if n <= max {
+            return Ok(());
+        }
+        Err(Self::new(
+            code,
+            format!("{what} has {n} {unit}, at most {max}"),
+        ))
+    }
+
     /// SYSTEM_ERROR naming the unreadable header field.
     pub(crate) fn header(err: &HeaderError) -> Self {
         Self::new(

@@ -162,15 +162,14 @@ fn filter_of(ctx: &BrokerContext, h: &PullMessageRequestHeader) -> Result<TagFil
     if tags.is_empty() {
         return Ok(TagFilter::All);
     }
-    if tags.len() > MAX_TAGS {
-        return Err(Reject::new(
-            code::SUBSCRIPTION_PARSE_FAILED,
-            format!(
-                "the subscription names {} tags, at most {MAX_TAGS}",
-                tags.len()
-            ),
-        ));
-    }
+    let n = tags.len();
+    Reject::unless_at_most(
+        code::SUBSCRIPTION_PARSE_FAILED,
+        "the subscription",
+        n,
+        "tags",
+        MAX_TAGS,
+    )?;
     let mut codes: Vec<i32> = tags.iter().map(|t| java_hash(t)).collect();
     codes.sort_unstable();
     codes.dedup();

@@ -127,14 +127,16 @@ impl Dispatcher {
                 break;
             };
             let rel = (pos - seg.base) as usize;
-            let Some(total) = self.record_at(seg, rel, pos, to) else {
-                pos =
-                    match framing::probe(seg.file.as_slice(), rel, seg.base, self.log.max_record())
-                    {
-                        Probe::SegmentEnd { .. } => seg.end(),
-                        _ => self.skip_damage(pos, seg),
-                    };
-                continue;
+            let total = match self.record_at(seg, rel, pos, to) {
+                Probe::Record { total, .. } => total,
+                Probe::SegmentEnd { .. } => {
+                    pos = seg.end();
+                    continue;
+                }
+                Probe::Empty | Probe::Invalid(_) => {
+                    pos = self.skip_damage(pos, seg);
+                    continue;
+                }
             };
             let bytes = &seg.file.as_slice()[rel..rel + total];
             if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
@@ -149,12 +151,10 @@ impl Dispatcher {
         Ok(pos)
     }
 
-    /// The length of the record at `rel` of `seg` (commit-log offset `pos`), if a whole record
-    /// is there: read from its frame alone for this run's own records, verified in full
-    /// (checksum, structure, topic) for older ones. `None` for anything else (a segment's end
-    /// marker, damage), which the caller probes again to tell apart: that is rare, and keeps
-    /// this, the path of every record, short.
-    fn record_at(&self, seg: &Segment, rel: usize, pos: u64, to: u64) -> Option<usize> {
+    /// What is at `rel` of `seg` (commit-log offset `pos`): for this run's own records, read
+    /// from the frame alone; for older ones (and anything the frame does not vouch for), the
+    /// full probe (checksum, structure, topic).
+    fn record_at(&self, seg: &Segment, rel: usize, pos: u64, to: u64) -> Probe {
         let bytes = seg.file.as_slice();
         let max = self.log.max_record();
         if pos >= self.own_from {
@@ -166,13 +166,15 @@ impl Dispatcher {
                 .filter(|t| pos + framing::frame_len(*t) <= to)
                 .filter(|_| framing::claimed_offset(bytes, rel) == Some(pos));
             if let Some(total) = own {
-                return Some(total);
+                // The caller reads only `total` of it.
+                return Probe::Record {
+                    total,
+                    watermark: 0,
+                    store_ms: 0,
+                };
             }
         }
-        match framing::probe(bytes, rel, seg.base, max) {
-            Probe::Record { total, .. } => Some(total),
-            _ => None,
-        }
+        framing::probe(bytes, rel, seg.base, max)
     }
 
     /// Dispatches everything in `[from, to)` (recovery).

@@ -269,9 +269,8 @@ impl Store {
             let bytes = seg.file.as_slice();
             let rel = (from - seg.base) as usize;
             match framing::find_next_valid(bytes, rel, until, seg.base, self.log.max_record()) {
-                Some((pos, Probe::Record { .. })) => {
-                    return store_time_of(&self.read_verified(seg.base + pos as u64).ok()?)
-                }
+                // The probe verified the record and read its time already.
+                Some((_, Probe::Record { store_ms, .. })) => return Some(store_ms),
                 Some((_, Probe::SegmentEnd { .. })) | None if seg.end() < written => {
                     from = seg.end();
                 }

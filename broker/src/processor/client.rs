@@ -47,12 +47,7 @@ pub(super) fn heartbeat(
     })?;
     check_heartbeat_bounds(&hb)?;
     for c in &hb.consumer_data_set {
-        if let Err(r) = topic::validate_name(&topic::retry_topic(&c.group_name)) {
-            return Err(Reject::new(
-                code::INVALID_PARAMETER,
-                format!("invalid consumer group {:?}: {}", c.group_name, r.remark),
-            ));
-        }
+        check_consumer_group(&c.group_name)?;
     }
     // Java creates it for every consumer group; C++ rebalancing stops for all topics when a
     // subscribed retry topic has no readable queue, so it gets one read-write queue at once.
@@ -119,6 +114,17 @@ fn check_heartbeat_bounds(hb: &HeartbeatData) -> Result<(), Reject> {
         "bytes",
         MAX_GROUP_NAME,
     )
+}
+
+/// A consumer group's name is valid when its retry topic's is (the heartbeat's rule, which
+/// consumer offsets follow too).
+pub(super) fn check_consumer_group(group: &str) -> Result<(), Reject> {
+    topic::validate_name(&topic::retry_topic(group)).map_err(|r| {
+        Reject::new(
+            code::INVALID_PARAMETER,
+            format!("invalid consumer group {group:?}: {}", r.remark),
+        )
+    })
 }
 
 fn check_client_id(client_id: &str) -> Result<(), Reject> {

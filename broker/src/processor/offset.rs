@@ -12,7 +12,6 @@ use sluice_store::Boundary;
 use super::Reject;
 use crate::broker::context::BrokerContext;
 use crate::reply;
-use crate::topic;
 
 fn offset_reply(req: &RemotingCommand, offset: u64) -> RemotingCommand {
     let offset = i64::try_from(offset).unwrap_or(i64::MAX);
@@ -84,16 +83,7 @@ fn check_offset_target(
             ),
         ));
     }
-    // The heartbeat's rule for consumer groups: their retry topic's name must be valid.
-    topic::validate_name(&topic::retry_topic(&h.consumer_group)).map_err(|r| {
-        Reject::new(
-            code::INVALID_PARAMETER,
-            format!(
-                "invalid consumer group {:?}: {}",
-                h.consumer_group, r.remark
-            ),
-        )
-    })
+    super::client::check_consumer_group(&h.consumer_group)
 }
 
 /// GET_MAX_OFFSET: the next offset to be written.

@@ -30,6 +30,39 @@ impl Drop for Held {
     }
 }
 
+impl Held {
+    /// Makes this share `check`'s size, in one step: a newer check replacing a queued one
+    /// never gives the older one's room away first (another queue could take it, and the
+    /// older check was then lost with the newer one refused). Judged as if the older one were
+    /// gone; on refusal nothing changes.
+    pub(super) fn resize_for(&mut self, check: &PendingCheck) -> Result<(), String> {
+        let bytes = size_of_check(check);
+        let budget = &self.budget;
+        let mut used = budget.used.load(Ordering::Acquire);
+        loop {
+            let others = used - self.bytes;
+            if others > 0 && others.saturating_add(bytes) > budget.max {
+                return Err(format!(
+                    "queued checks hold {used} bytes, at most {} (check_queue_bytes)",
+                    budget.max
+                ));
+            }
+            match budget.used.compare_exchange_weak(
+                used,
+                others + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.bytes = bytes;
+                    return Ok(());
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
 impl ByteBudget {
     pub(super) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -117,6 +150,26 @@ mod tests {
 
     fn check(body: usize) -> PendingCheck {
         test_check(0, body)
+    }
+
+    #[test]
+    fn a_replacement_is_judged_without_its_older_self_and_changes_nothing_when_refused() {
+        let budget = ByteBudget::new(10_000);
+        let mut older = budget.hold(&check(4_000)).unwrap();
+        let other = budget.hold(&check(4_000)).unwrap();
+        let before = budget.used();
+        assert!(older.resize_for(&check(7_000)).is_err());
+        assert_eq!(
+            budget.used(),
+            before,
+            "a refused replacement keeps the older share"
+        );
+        older.resize_for(&check(5_000)).unwrap();
+        assert_eq!(budget.used(), before + 1_000);
+        drop(other);
+        older.resize_for(&check(9_000)).unwrap();
+        drop(older);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

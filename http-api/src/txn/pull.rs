@@ -184,24 +184,18 @@ impl PullGroups {
         if queued.is_none() && g.queue.len() >= self.cfg.pending_per_group {
             return Err("the group's queue of polled checks is full".into());
         }
-        // A newer check of the same transaction replaces the older one, whose share is given
-        // back first (a replacement is never refused for the room its older self took); when
-        // the budget still refuses it, the older one stays queued.
-        let older = queued.and_then(|i| g.queue.remove(i).map(|(c, _)| (i, c)));
-        let held = match self.budget.hold(&check) {
-            Ok(held) => held,
-            Err(why) => {
-                if let Some((i, c)) = older {
-                    if let Ok(held) = self.budget.hold(&c) {
-                        g.queue.insert(i, (c, held));
-                    }
-                }
-                return Err(why);
-            }
-        };
+        // A newer check of the same transaction replaces the older one in place, its share
+        // resized in one step; when the budget refuses the newer one, the older one stays.
         match queued {
-            Some(i) => g.queue.insert(i, (check, held)),
-            None => g.queue.push_back((check, held)),
+            Some(i) => {
+                let (queued_check, held) = &mut g.queue[i];
+                held.resize_for(&check)?;
+                *queued_check = check;
+            }
+            None => {
+                let held = self.budget.hold(&check)?;
+                g.queue.push_back((check, held));
+            }
         }
         g.wake.notify_waiters();
         Ok(())

@@ -169,14 +169,7 @@ impl Properties {
 
     /// Encodes as `key\x01value\x02...`.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(self.encoded_len());
-        for (k, v) in &self.pairs {
-            out.push_str(k);
-            out.push(NAME_VALUE_SEPARATOR);
-            out.push_str(v);
-            out.push(PROPERTY_SEPARATOR);
-        }
-        out
+        Self::encode_pairs(self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// The properties string of `pairs`, as [`Properties::encode`] writes it, without building

@@ -131,6 +131,10 @@ fn a_full_disk_refuses_cleanly_and_service_resumes_when_space_returns() {
             .expect("the first send fits");
         // Its queue file (preallocated) must exist before the disk is filled.
         dispatched(&api, 1).await;
+        // The dispatcher creates the index file (its ~4 MB slot table written with zeros)
+        // after it publishes the queue entry; measured before that, the free space would
+        // include what the index is about to take, and the ballast would leave none.
+        settled(fs.path()).await;
 
         // Phase A: less than a segment left; the segment in use fills, then its roll is refused.
         let free = available(fs.path());
@@ -206,6 +210,23 @@ async fn dispatched(api: &Api, n: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{TOPIC} never showed {n} messages");
+}
+
+/// Waits until the file system's free space stops changing (five readings 100 ms apart),
+/// so files the broker is still creating are counted before the ballast is sized.
+async fn settled(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut same) = (available(p), 0);
+    while same < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker's files never stopped growing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = available(p);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
 }
 
 /// Sends message `i`; `Err` with the answer when refused.

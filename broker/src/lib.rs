@@ -68,7 +68,7 @@ pub use dlq::{
 };
 pub use error::{BrokerError, RemotingError};
 pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook};
-pub use lease::{Delivery, LeaseConfig, LeaseError, LeaseService, ReceiveRequest};
+pub use lease::{Delivery, LeaseConfig, LeaseError, LeaseService, LeaseTotals, ReceiveRequest};
 pub use namesrv::{NameServer, NameServerHandle};
 pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, RemotingClient};
 pub use retry::{

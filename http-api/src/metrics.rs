@@ -97,6 +97,7 @@ pub(crate) fn render(state: &AppState) -> String {
         }
     }
     dlq_section(&mut out, state);
+    lease_section(&mut out, &state.broker().leases().totals());
     out.text
 }
 
@@ -523,6 +524,24 @@ fn dlq_section(out: &mut Prom, state: &AppState) {
             );
         }
     }
+}
+
+fn lease_section(out: &mut Prom, t: &sluice_broker::LeaseTotals) {
+    out.gauge(
+        "sluice_lease_in_flight",
+        "HTTP leases held by every consumer group (bounded by max_inflight_total).",
+        t.in_flight as f64,
+    );
+    out.gauge(
+        "sluice_lease_waiting",
+        "Entries waiting in lease books: retries kept aside, failed hand-backs (bounded by max_parked_retries_total).",
+        t.waiting as f64,
+    );
+    out.gauge(
+        "sluice_lease_remembered_receipts",
+        "Finished receipts remembered to answer stale ones (bounded by remembered_receipts_total).",
+        t.remembered_receipts as f64,
+    );
 }
 
 /// A Prometheus text writer.

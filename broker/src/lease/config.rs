@@ -29,6 +29,10 @@ pub struct LeaseConfig {
     /// Leases a group may hold at once; a receive beyond it returns what still fits (maybe
     /// nothing). Default 10 000.
     pub max_inflight_per_group: usize,
+    /// Leases every group together may hold at once: the per-group bound alone multiplies by
+    /// `max_groups`. A receive beyond it returns what still fits (maybe nothing). Default
+    /// 100 000.
+    pub max_inflight_total: usize,
     /// Consumer groups that may hold lease books at once (each keeps cursors, leases and
     /// remembered receipts in memory, and commits offsets); a receive for a new group past it
     /// is refused (HTTP 429), unless idle books (no leases, nothing open, offsets committed)
@@ -37,11 +41,18 @@ pub struct LeaseConfig {
     /// Retry messages of other topics a group's retry cursor keeps aside while it looks for the
     /// topic being received; when full, the cursor stops advancing. Default 10 000.
     pub max_parked_retries: usize,
+    /// Entries every group together keeps waiting (retries kept aside and failed hand-backs);
+    /// past it, no group keeps another retry aside (its retry cursor waits, as at
+    /// `max_parked_retries`). Default 100 000.
+    pub max_parked_retries_total: usize,
     /// Retry-queue entries one receive looks at. Default 1 024.
     pub max_retry_scan: usize,
     /// Finished receipts remembered per group, so a stale receipt is told apart from a forged
     /// one (`already_acked` / `receipt_expired` instead of `receipt_unknown`). Default 100 000.
     pub remembered_receipts: usize,
+    /// Finished receipts every group together remembers; past it, the group finishing a
+    /// delivery forgets its own oldest first. Default 1 000 000.
+    pub remembered_receipts_total: usize,
     /// How often expired leases are looked for. Default 200 ms.
     pub expiry_tick: Duration,
     /// Most expired leases handed back per tick (the rest wait for the next). Default 256.
@@ -61,10 +72,13 @@ impl Default for LeaseConfig {
             default_visibility: Duration::from_secs(30),
             max_wait: Duration::from_secs(30),
             max_inflight_per_group: 10_000,
+            max_inflight_total: 100_000,
             max_groups: 10_000,
             max_parked_retries: 10_000,
+            max_parked_retries_total: 100_000,
             max_retry_scan: 1_024,
             remembered_receipts: 100_000,
+            remembered_receipts_total: 1_000_000,
             expiry_tick: Duration::from_millis(200),
             max_expired_per_tick: 256,
             nack_levels: ROCKETMQ_LEVELS_MS
@@ -82,8 +96,11 @@ impl LeaseConfig {
             ("max_per_receive", self.max_per_receive),
             ("max_receive_bytes", self.max_receive_bytes),
             ("max_inflight_per_group", self.max_inflight_per_group),
+            ("max_inflight_total", self.max_inflight_total),
             ("max_groups", self.max_groups),
             ("max_parked_retries", self.max_parked_retries),
+            ("max_parked_retries_total", self.max_parked_retries_total),
+            ("remembered_receipts_total", self.remembered_receipts_total),
             ("max_retry_scan", self.max_retry_scan),
             ("max_expired_per_tick", self.max_expired_per_tick),
         ];

@@ -31,6 +31,10 @@
 //! - **Tags**: a receive's tag expression (`*`, `a||b`) filters; entries that do not pass are
 //!   finished for the group, as RocketMQ's subscription filtering does, so a group should keep
 //!   one expression per topic.
+//! - **Bounds**: every count a book keeps has a per-group bound and a broker-wide one
+//!   (`max_inflight_total`, `max_parked_retries_total`, `remembered_receipts_total`), counted
+//!   by the books themselves ([`state::Totals`]), so the memory of all books together is
+//!   bounded whatever `max_groups` is.
 //! - **Expiry**: a background task (started on first use, stopped at shutdown) hands back up
 //!   to `max_expired_per_tick` expired leases every `expiry_tick`.
 //!
@@ -73,6 +77,18 @@ use state::LeaseState;
 
 /// A long poll looks again at least this often, whatever the wake-ups say.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What every group's lease book holds together, against the `*_total` bounds of
+/// [`LeaseConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTotals {
+    /// Leases held (and room reserved by receives collecting right now).
+    pub in_flight: usize,
+    /// Entries waiting: retries kept aside, failed hand-backs.
+    pub waiting: usize,
+    /// Finished receipts remembered.
+    pub remembered_receipts: usize,
+}
 
 /// One receive.
 #[derive(Debug, Clone)]
@@ -273,6 +289,16 @@ impl LeaseService {
         self.state
             .existing(group)
             .map_or(0, |g| g.lock().leases.len())
+    }
+
+    /// What every group's lease book holds together (the broker-wide bounds' counts).
+    pub fn totals(&self) -> LeaseTotals {
+        let t = &self.state.totals;
+        LeaseTotals {
+            in_flight: t.leases(),
+            waiting: t.waiting(),
+            remembered_receipts: t.remembered(),
+        }
     }
 
     /// Hands back expired leases now instead of at the next tick; returns how many.

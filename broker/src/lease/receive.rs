@@ -109,8 +109,29 @@ pub(crate) fn collect(
     let cfg = &ctx.cfg.lease;
     let mut g = book.lock();
     let room = cfg.max_inflight_per_group.saturating_sub(g.leases.len());
+    let reserved = state
+        .totals
+        .reserve_leases(plan.max.min(room), cfg.max_inflight_total);
+    let out = collect_reserved(ctx, state, plan, &mut g, reserved);
+    state.totals.release_leases(reserved);
+    // Leased deliveries count as pulled too: `messages_pulled` is every protocol's reads, as
+    // `messages_stored` is every protocol's writes.
+    crate::stats::Counters::add(&ctx.counters.messages_pulled, out.len() as u64);
+    out
+}
+
+/// [`collect`] with room for `reserved` leases (reserved against the broker-wide bound; each
+/// lease granted counts itself as well until the reservation is released).
+fn collect_reserved(
+    ctx: &BrokerContext,
+    state: &LeaseState,
+    plan: &Plan,
+    g: &mut Group,
+    reserved: usize,
+) -> Vec<Delivery> {
+    let cfg = &ctx.cfg.lease;
     let mut budget = Budget {
-        count: plan.max.min(room),
+        count: reserved,
         bytes: cfg.max_receive_bytes,
     };
     let mut out = Vec::new();
@@ -134,17 +155,14 @@ pub(crate) fn collect(
         }
         let key = &sources[(start + i) % sources.len()];
         g.cursor(key, || start_offset(ctx, &plan.group, key));
-        pass.take_waiting(&mut g, key);
+        pass.take_waiting(g, key);
         if key.0 == plan.retry_topic {
-            pass.scan_retry(&mut g, key);
+            pass.scan_retry(g, key);
         } else {
-            pass.scan_queue(&mut g, key);
+            pass.scan_queue(g, key);
         }
         g.commit(&ctx.offsets, key);
     }
-    // Leased deliveries count as pulled too: `messages_pulled` is every protocol's reads, as
-    // `messages_stored` is every protocol's writes.
-    crate::stats::Counters::add(&ctx.counters.messages_pulled, out.len() as u64);
     out
 }
 
@@ -292,7 +310,9 @@ impl Pass<'_> {
                     }
                 } else if origin == key.0 {
                     tracing::debug!(group = %g.name, offset = m.queue_offset, "retry entry without RETRY_TOPIC; skipped");
-                } else if parked >= cfg.max_parked_retries {
+                } else if parked >= cfg.max_parked_retries
+                    || self.state.totals.waiting() >= cfg.max_parked_retries_total
+                {
                     return;
                 } else {
                     park(g, key, m.queue_offset, o.phys_offset, origin);
@@ -356,16 +376,15 @@ impl Pass<'_> {
 
 /// Keeps a retry of another topic aside in the retry queue's cursor.
 fn park(g: &mut Group, key: &QueueKey, offset: u64, phys: u64, origin: String) {
-    if let Some(c) = g.cursors.get_mut(key) {
-        c.open.insert(
-            offset,
-            Open {
-                phys,
-                origin,
-                state: OpenState::Waiting,
-            },
-        );
-    }
+    g.put_open(
+        key,
+        offset,
+        Open {
+            phys,
+            origin,
+            state: OpenState::Waiting,
+        },
+    );
 }
 
 #[cfg(test)]

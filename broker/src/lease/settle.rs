@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::receipt::Receipt;
-use super::state::{Group, LeaseState, OpenState, Outcome, QueueKey};
+use super::state::{Group, LeaseState, OpenState, Outcome, QueueKey, Remember};
 use super::LeaseError;
 use crate::broker::context::BrokerContext;
 use crate::retry::{RetryError, SendBack};
@@ -73,7 +73,7 @@ pub(crate) fn ack(
     group: &str,
     receipts: &[String],
 ) -> Vec<Result<(), LeaseError>> {
-    let remember = ctx.cfg.lease.remembered_receipts;
+    let remember = Remember::from(&ctx.cfg.lease);
     each(state, group, receipts, |g, r, now| {
         g.check(r, now)?;
         if let Some(lease) = g.end(r.generation, Outcome::Acked, remember) {
@@ -117,7 +117,7 @@ pub(crate) async fn nack(
     receipts: &[String],
     delay_level: i32,
 ) -> Vec<Result<(), LeaseError>> {
-    let remember = ctx.cfg.lease.remembered_receipts;
+    let remember = Remember::from(&ctx.cfg.lease);
     let jobs = each(state, group, receipts, |g, r, now| {
         g.check(r, now)?;
         start_hand_back(
@@ -145,7 +145,7 @@ fn start_hand_back(
     g: &mut Group,
     generation: u64,
     outcome: Outcome,
-    remember: usize,
+    remember: Remember,
     delay_level: i32,
     reason: &'static str,
 ) -> Option<HandBack> {
@@ -271,7 +271,7 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
             let Some(book) = weak.upgrade() else {
                 continue;
             };
-            let (group, jobs) = expired_jobs(&book, cfg.remembered_receipts, budget.min(most));
+            let (group, jobs) = expired_jobs(&book, Remember::from(cfg), budget.min(most));
             drop(book);
             budget -= jobs.len();
             total += jobs.len();
@@ -284,7 +284,7 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
     total
 }
 
-fn expired_jobs(book: &Mutex<Group>, remember: usize, budget: usize) -> (String, Vec<HandBack>) {
+fn expired_jobs(book: &Mutex<Group>, remember: Remember, budget: usize) -> (String, Vec<HandBack>) {
     let mut g = book.lock();
     let now = Instant::now();
     let jobs = g

@@ -3,7 +3,7 @@
 //! nothing here awaits, so the lock is never held across a suspension point.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -33,6 +33,65 @@ pub(crate) struct LeaseState {
     expiry_rotation: AtomicU64,
     /// When the books were last swept for idle ones (see [`LeaseState::admit`]).
     last_sweep: Mutex<Option<std::time::Instant>>,
+    /// What every book holds together, against the broker-wide bounds.
+    pub(crate) totals: Arc<Totals>,
+}
+
+/// Broker-wide counts of what the lease books hold, kept by the books themselves (every
+/// change goes through a [`Group`] method, and a dropped book gives its share back), so the
+/// `*_total` bounds of [`super::LeaseConfig`] hold across groups: the per-group bounds alone
+/// multiply by `max_groups`.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    /// Live leases, plus room reserved by receives still collecting.
+    leases: AtomicUsize,
+    /// Finished receipts remembered.
+    remembered: AtomicUsize,
+    /// Open entries waiting: retries kept aside, failed hand-backs.
+    waiting: AtomicUsize,
+}
+
+impl Totals {
+    /// Reserves room for up to `want` leases under `max` in all; returns how many it got. A
+    /// receive reserves before it collects and releases the reservation after, so concurrent
+    /// receives of different groups cannot pass the bound together.
+    pub(crate) fn reserve_leases(&self, want: usize, max: usize) -> usize {
+        let mut got = 0;
+        let _ = self
+            .leases
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                got = want.min(max.saturating_sub(held));
+                Some(held + got)
+            });
+        got
+    }
+
+    /// Gives back a reservation.
+    pub(crate) fn release_leases(&self, n: usize) {
+        sub(&self.leases, n);
+    }
+
+    /// Entries waiting in every book.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Live leases (and reservations) in every book.
+    pub(crate) fn leases(&self) -> usize {
+        self.leases.load(Ordering::Acquire)
+    }
+
+    /// Finished receipts remembered by every book.
+    pub(crate) fn remembered(&self) -> usize {
+        self.remembered.load(Ordering::Acquire)
+    }
+}
+
+/// Subtracts without wrapping (a count is never below zero, whatever the order of updates).
+fn sub(counter: &AtomicUsize, n: usize) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(n))
+    });
 }
 
 /// Least time between two sweeps for idle books. A sweep walks every book under the map's
@@ -49,6 +108,7 @@ impl LeaseState {
             expiry_started: AtomicBool::new(false),
             expiry_rotation: AtomicU64::new(0),
             last_sweep: Mutex::new(None),
+            totals: Arc::new(Totals::default()),
         }
     }
 
@@ -64,7 +124,7 @@ impl LeaseState {
         Arc::clone(
             groups
                 .entry(group.to_owned())
-                .or_insert_with(|| Arc::new(Mutex::new(Group::new(group)))),
+                .or_insert_with(|| Arc::new(Mutex::new(self.new_book(group)))),
         )
     }
 
@@ -84,7 +144,7 @@ impl LeaseState {
         if groups.len() >= max_groups && !self.sweep_idle(&mut groups, max_groups) {
             return None;
         }
-        let book = Arc::new(Mutex::new(Group::new(group)));
+        let book = Arc::new(Mutex::new(self.new_book(group)));
         groups.insert(group.to_owned(), Arc::clone(&book));
         Some(book)
     }
@@ -147,6 +207,10 @@ impl LeaseState {
         books
     }
 
+    fn new_book(&self, group: &str) -> Group {
+        Group::new(group, Arc::clone(&self.totals))
+    }
+
     /// A generation never used before in this run.
     pub(crate) fn next_generation(&self) -> u64 {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
@@ -162,6 +226,22 @@ pub(crate) struct Lease {
     pub(crate) deadline: Instant,
     /// No extension may move the deadline past this (receive + `max_visibility`).
     pub(crate) limit: Instant,
+}
+
+/// How many finished receipts a book may remember: its own bound, and every book's together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Remember {
+    pub(crate) per_group: usize,
+    pub(crate) total: usize,
+}
+
+impl Remember {
+    pub(crate) fn from(cfg: &super::LeaseConfig) -> Self {
+        Self {
+            per_group: cfg.remembered_receipts,
+            total: cfg.remembered_receipts_total,
+        }
+    }
 }
 
 /// How a finished delivery ended, for telling stale receipts apart.
@@ -232,10 +312,22 @@ pub(crate) struct Group {
     finished_order: VecDeque<u64>,
     /// Rotates the first queue looked at, so no queue starves.
     pub(crate) rotation: usize,
+    /// The broker-wide counts this book adds to.
+    totals: Arc<Totals>,
+}
+
+impl Drop for Group {
+    /// A book dropped (swept while idle, or at shutdown) gives back what it counted.
+    fn drop(&mut self) {
+        let waiting = self.cursors.values().map(Cursor::waiting).sum();
+        sub(&self.totals.leases, self.leases.len());
+        sub(&self.totals.remembered, self.finished_order.len());
+        sub(&self.totals.waiting, waiting);
+    }
 }
 
 impl Group {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, totals: Arc<Totals>) -> Self {
         Self {
             name: name.to_owned(),
             cursors: HashMap::new(),
@@ -244,6 +336,31 @@ impl Group {
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             rotation: 0,
+            totals,
+        }
+    }
+
+    /// Puts `open` at `offset` in `key`'s cursor (replacing what was there), keeping the
+    /// count of waiting entries.
+    pub(crate) fn put_open(&mut self, key: &QueueKey, offset: u64, open: Open) {
+        let Some(c) = self.cursors.get_mut(key) else {
+            return;
+        };
+        let now_waiting = open.state == OpenState::Waiting;
+        let was_waiting = c
+            .open
+            .insert(offset, open)
+            .is_some_and(|o| o.state == OpenState::Waiting);
+        self.count_waiting(was_waiting, now_waiting);
+    }
+
+    fn count_waiting(&self, was: bool, now: bool) {
+        match (was, now) {
+            (false, true) => {
+                self.totals.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => sub(&self.totals.waiting, 1),
+            _ => {}
         }
     }
 
@@ -286,18 +403,18 @@ impl Group {
         max_visibility: Duration,
     ) {
         let state = OpenState::Leased(generation);
-        if let Some(c) = self.cursors.get_mut(key) {
-            c.open.insert(
-                offset,
-                Open {
-                    phys,
-                    origin: origin.to_owned(),
-                    state,
-                },
-            );
-        }
+        self.put_open(
+            key,
+            offset,
+            Open {
+                phys,
+                origin: origin.to_owned(),
+                state,
+            },
+        );
         let deadline = now + visibility;
         self.deadlines.insert((deadline, generation));
+        self.totals.leases.fetch_add(1, Ordering::AcqRel);
         self.leases.insert(
             generation,
             Lease {
@@ -338,19 +455,28 @@ impl Group {
 
     /// Ends a lease: forgets it (remembering its receipt as finished) and returns it. The
     /// queue entry stays open for the caller to finish or hand back.
+    ///
+    /// At most `remember.per_group` receipts are remembered per book, and while every book
+    /// together holds more than `remember.total`, this one forgets its own oldest first (a
+    /// stale receipt it forgot answers `UnknownReceipt` instead of `AlreadyAcked`).
     pub(crate) fn end(
         &mut self,
         generation: u64,
         outcome: Outcome,
-        remember: usize,
+        remember: Remember,
     ) -> Option<Lease> {
         let lease = self.leases.remove(&generation)?;
+        sub(&self.totals.leases, 1);
         self.deadlines.remove(&(lease.deadline, generation));
         self.finished.insert(generation, (lease.token, outcome));
         self.finished_order.push_back(generation);
-        while self.finished_order.len() > remember {
+        self.totals.remembered.fetch_add(1, Ordering::AcqRel);
+        while self.finished_order.len() > remember.per_group
+            || (self.totals.remembered() > remember.total && !self.finished_order.is_empty())
+        {
             if let Some(old) = self.finished_order.pop_front() {
                 self.finished.remove(&old);
+                sub(&self.totals.remembered, 1);
             }
         }
         Some(lease)
@@ -377,13 +503,16 @@ impl Group {
 
     /// Sets the state of an open entry.
     pub(crate) fn set_state(&mut self, key: &QueueKey, offset: u64, state: OpenState) {
-        if let Some(o) = self
+        let Some(o) = self
             .cursors
             .get_mut(key)
             .and_then(|c| c.open.get_mut(&offset))
-        {
-            o.state = state;
-        }
+        else {
+            return;
+        };
+        let was_waiting = o.state == OpenState::Waiting;
+        o.state = state;
+        self.count_waiting(was_waiting, state == OpenState::Waiting);
     }
 
     /// The commit-log offset and original topic of an open entry.
@@ -393,8 +522,12 @@ impl Group {
 
     /// Finishes an entry: its queue position may now be passed.
     pub(crate) fn finish(&mut self, key: &QueueKey, offset: u64) {
-        if let Some(c) = self.cursors.get_mut(key) {
-            c.open.remove(&offset);
+        let removed = self
+            .cursors
+            .get_mut(key)
+            .and_then(|c| c.open.remove(&offset));
+        if removed.is_some_and(|o| o.state == OpenState::Waiting) {
+            sub(&self.totals.waiting, 1);
         }
     }
 
@@ -434,8 +567,20 @@ mod tests {
         }
     }
 
+    /// Room to remember `n` receipts per book, and plenty in all.
+    fn keep(n: usize) -> Remember {
+        Remember {
+            per_group: n,
+            total: usize::MAX,
+        }
+    }
+
     fn book_with_two_leases(now: Instant) -> Group {
-        let mut g = Group::new("g");
+        book_in("g", Arc::new(Totals::default()), now)
+    }
+
+    fn book_in(name: &str, totals: Arc<Totals>, now: Instant) -> Group {
+        let mut g = Group::new(name, totals);
         let key: QueueKey = ("T".into(), 0);
         g.cursor(&key, || 5);
         let vis = Duration::from_secs(10);
@@ -451,10 +596,10 @@ mod tests {
         let key: QueueKey = ("T".into(), 0);
         g.cursors.get_mut(&key).unwrap().next = 7;
         assert_eq!(g.cursors[&key].low_water(), 5);
-        g.end(2, Outcome::Acked, 10);
+        g.end(2, Outcome::Acked, keep(10));
         g.finish(&key, 6);
         assert_eq!(g.cursors[&key].low_water(), 5);
-        g.end(1, Outcome::Acked, 10);
+        g.end(1, Outcome::Acked, keep(10));
         g.finish(&key, 5);
         assert_eq!(g.cursors[&key].low_water(), 7);
     }
@@ -469,10 +614,10 @@ mod tests {
             g.check(&receipt(&g, 1, 12), now).err(),
             Some(LeaseError::UnknownReceipt)
         );
-        g.end(1, Outcome::Acked, 10);
+        g.end(1, Outcome::Acked, keep(10));
         assert_eq!(g.check(&live, now).err(), Some(LeaseError::AlreadyAcked));
         let expired = receipt(&g, 2, 22);
-        g.end(2, Outcome::Expired, 10);
+        g.end(2, Outcome::Expired, keep(10));
         assert_eq!(
             g.check(&expired, now).err(),
             Some(LeaseError::ReceiptExpired)
@@ -497,8 +642,72 @@ mod tests {
         let now = Instant::now();
         let mut g = book_with_two_leases(now);
         let first = receipt(&g, 1, 11);
-        g.end(1, Outcome::Acked, 1);
-        g.end(2, Outcome::Acked, 1);
+        g.end(1, Outcome::Acked, keep(1));
+        g.end(2, Outcome::Acked, keep(1));
         assert_eq!(g.check(&first, now).err(), Some(LeaseError::UnknownReceipt));
+    }
+
+    #[test]
+    fn the_broker_wide_counts_follow_every_book_and_a_dropped_book_gives_its_share_back() {
+        let now = Instant::now();
+        let totals = Arc::new(Totals::default());
+        let key: QueueKey = ("T".into(), 0);
+        let mut a = book_in("a", Arc::clone(&totals), now);
+        let b = book_in("b", Arc::clone(&totals), now);
+        assert_eq!(totals.leases(), 4);
+        a.end(1, Outcome::Nacked, keep(10));
+        a.set_state(&key, 5, OpenState::Waiting);
+        assert_eq!(
+            (totals.leases(), totals.remembered(), totals.waiting()),
+            (3, 1, 1)
+        );
+        // Leased again from waiting: no longer waiting.
+        let vis = Duration::from_secs(10);
+        a.grant(&key, 5, 100, "T", 3, 33, now, vis, vis * 10);
+        assert_eq!((totals.leases(), totals.waiting()), (4, 0));
+        a.set_state(&key, 6, OpenState::Waiting);
+        a.finish(&key, 6);
+        assert_eq!(totals.waiting(), 0);
+        a.set_state(&key, 5, OpenState::Waiting);
+        drop(a);
+        drop(b);
+        assert_eq!(
+            (totals.leases(), totals.remembered(), totals.waiting()),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn past_the_broker_wide_bound_a_book_forgets_its_own_oldest_receipts() {
+        let now = Instant::now();
+        let totals = Arc::new(Totals::default());
+        let mut a = book_in("a", Arc::clone(&totals), now);
+        let mut b = book_in("b", Arc::clone(&totals), now);
+        let bound = Remember {
+            per_group: 10,
+            total: 2,
+        };
+        let a1 = receipt(&a, 1, 11);
+        a.end(1, Outcome::Acked, bound);
+        a.end(2, Outcome::Acked, bound);
+        assert_eq!(totals.remembered(), 2);
+        assert_eq!(a.check(&a1, now).err(), Some(LeaseError::AlreadyAcked));
+        // b finishing one passes the bound: b forgets its own, a keeps what it has.
+        b.end(1, Outcome::Acked, bound);
+        assert_eq!(totals.remembered(), 2);
+        assert_eq!(a.check(&a1, now).err(), Some(LeaseError::AlreadyAcked));
+        assert_eq!(b.finished_order.len(), 0);
+    }
+
+    #[test]
+    fn a_reservation_never_passes_the_broker_wide_lease_bound() {
+        let totals = Totals::default();
+        assert_eq!(totals.reserve_leases(8, 10), 8);
+        assert_eq!(totals.reserve_leases(8, 10), 2);
+        assert_eq!(totals.reserve_leases(8, 10), 0);
+        totals.release_leases(8);
+        assert_eq!(totals.reserve_leases(8, 10), 8);
+        totals.release_leases(100);
+        assert_eq!(totals.leases(), 0, "a count never wraps below zero");
     }
 }

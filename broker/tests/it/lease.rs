@@ -422,6 +422,92 @@ async fn retries_of_each_topic_reach_the_receivers_of_that_topic_only() {
     cluster.stop().await;
 }
 
+/// Waits (bounded) until `group`'s retry queue holds `n` entries.
+async fn retries_stored(cluster: &Cluster, group: &str, n: u64) {
+    let store = cluster.broker.store();
+    let topic = format!("%RETRY%{group}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.max_offset(&topic, 0) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} never held {n} entries"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `max_parked_retries_total` holds across groups: while another group keeps the only
+/// waiting slot, a group's retry cursor stops at a retry of another topic instead of keeping
+/// it aside, and moves on once the slot is free again. Nothing is lost either way.
+#[tokio::test]
+async fn past_the_broker_wide_waiting_bound_a_retry_cursor_waits_and_loses_nothing() {
+    let cluster = start_cluster_with(|cfg| {
+        cfg.retry.defaults.backoff = Backoff::Ladder(vec![Duration::from_millis(10)]);
+        cfg.lease.max_parked_retries_total = 1;
+    })
+    .await;
+    topic(&cluster, "X", 1);
+    topic(&cluster, "Y", 1);
+    produce(&cluster, "X", 0, &["x"], None).await;
+    let y = produce(&cluster, "Y", 0, &["y"], None).await;
+    let leases = cluster.broker.services().leases();
+    // Each group's retry queue: X's retry, then Y's. Everything is received before the first
+    // nack, so no receive here meets a retry (and keeps it aside) yet.
+    let mut held = Vec::new();
+    for g in ["g1", "g2"] {
+        for t in ["X", "Y"] {
+            let got = leases
+                .receive(request(g, t, 1, Duration::ZERO))
+                .await
+                .unwrap();
+            held.push((g, receipts(&got)));
+        }
+    }
+    for (g, r) in &held {
+        assert_eq!(leases.nack(g, r, None).await, vec![Ok(())]);
+    }
+    retries_stored(&cluster, "g1", 2).await;
+    retries_stored(&cluster, "g2", 2).await;
+    wait_dispatched(&cluster.broker).await;
+    let take = |g: &'static str, t: &'static str| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .receive(request(g, t, 5, Duration::ZERO))
+                .await
+                .unwrap()
+        }
+    };
+    let g1_y = take("g1", "Y").await;
+    assert_eq!(
+        g1_y.len(),
+        1,
+        "g1 kept X's retry aside, the one waiting slot"
+    );
+    assert!(
+        take("g2", "Y").await.is_empty(),
+        "g2 may not keep X's retry aside, so its cursor waits before Y's"
+    );
+    assert_eq!(
+        take("g1", "X").await.len(),
+        1,
+        "g1's X retry, taken from aside"
+    );
+    let g2_y = take("g2", "Y").await;
+    assert_eq!(
+        g2_y.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
+        vec![&y[0]],
+        "with the slot free, g2's cursor moves on"
+    );
+    assert_eq!(
+        take("g2", "X").await.len(),
+        1,
+        "and g2's X retry was not lost"
+    );
+    drop(leases);
+    cluster.stop().await;
+}
+
 #[tokio::test]
 async fn foreign_forged_and_garbage_receipts_are_refused() {
     let cluster = start_cluster().await;
@@ -475,6 +561,38 @@ async fn a_group_holds_at_most_its_in_flight_limit() {
         .await
         .unwrap();
     assert_eq!(more.len(), 1);
+    drop(leases);
+    cluster.stop().await;
+}
+
+/// The per-group bound alone multiplies by `max_groups`; `max_inflight_total` holds across
+/// groups, and room given back by one group's ack is open to another.
+#[tokio::test]
+async fn every_group_together_holds_at_most_the_broker_wide_in_flight_limit() {
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_inflight_total = 3).await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a", "b", "c", "d", "e"], None).await;
+    let leases = cluster.broker.services().leases();
+    let first = leases
+        .receive(request("g1", "Orders", 2, Duration::ZERO))
+        .await
+        .unwrap();
+    let second = leases
+        .receive(request("g2", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!((first.len(), second.len()), (2, 1));
+    let third = leases
+        .receive(request("g3", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(third.is_empty(), "no room left in the broker");
+    assert_eq!(leases.ack("g1", &receipts(&first)), vec![Ok(()), Ok(())]);
+    let third = leases
+        .receive(request("g3", "Orders", 10, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(third.len(), 2, "g1's acks made room for g3");
     drop(leases);
     cluster.stop().await;
 }

@@ -58,6 +58,9 @@ async fn metrics_are_prometheus_text_covering_http_store_txn_and_timers() {
         "sluice_timers_dropped_total 0",
         "sluice_timers_possible_duplicates_total 0",
         "sluice_timer_lateness_seconds_sum 0",
+        "sluice_lease_in_flight 0",
+        "sluice_lease_waiting 0",
+        "sluice_lease_remembered_receipts 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

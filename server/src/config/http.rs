@@ -74,6 +74,19 @@ pub struct HttpSection {
     pub max_visibility_ms: u64,
     /// Leases one consumer group may hold at once. Default 10 000.
     pub max_inflight_per_group: usize,
+    /// Leases every consumer group together may hold at once. Default 100 000.
+    pub max_inflight_total: usize,
+    /// Retries of other topics one group's retry queue keeps aside while a receive looks for
+    /// its own topic's; past it that group's retry cursor waits. Default 10 000.
+    pub max_parked_retries: usize,
+    /// Entries every group together keeps waiting (retries kept aside, failed hand-backs).
+    /// Default 100 000.
+    pub max_parked_retries_total: usize,
+    /// Finished receipts one group remembers, so a stale receipt answers `already_acked`
+    /// rather than `receipt_unknown`. Default 100 000.
+    pub remembered_receipts: usize,
+    /// Finished receipts every group together remembers. Default 1 000 000.
+    pub remembered_receipts_total: usize,
     /// Consumer groups that may hold a lease book at once; at the bound, idle books (no
     /// leases, nothing open) are dropped, and a receive for a new group is 429 only when none
     /// is idle. Default 10 000.
@@ -136,6 +149,11 @@ impl Default for HttpSection {
             default_visibility_ms: lease.default_visibility.as_millis() as u64,
             max_visibility_ms: lease.max_visibility.as_millis() as u64,
             max_inflight_per_group: lease.max_inflight_per_group,
+            max_inflight_total: lease.max_inflight_total,
+            max_parked_retries: lease.max_parked_retries,
+            max_parked_retries_total: lease.max_parked_retries_total,
+            remembered_receipts: lease.remembered_receipts,
+            remembered_receipts_total: lease.remembered_receipts_total,
             max_receive_groups: lease.max_groups,
             max_receipts: d.consume.max_receipts,
         }
@@ -150,6 +168,11 @@ impl HttpSection {
         lease.default_visibility = Duration::from_millis(self.default_visibility_ms);
         lease.max_visibility = Duration::from_millis(self.max_visibility_ms);
         lease.max_inflight_per_group = self.max_inflight_per_group;
+        lease.max_inflight_total = self.max_inflight_total;
+        lease.max_parked_retries = self.max_parked_retries;
+        lease.max_parked_retries_total = self.max_parked_retries_total;
+        lease.remembered_receipts = self.remembered_receipts;
+        lease.remembered_receipts_total = self.remembered_receipts_total;
         lease.max_groups = self.max_receive_groups;
         if let Some(levels) = levels.filter(|l| !l.is_empty()) {
             lease.nack_levels = levels;

@@ -22,10 +22,36 @@ def credentials(client, args):
         client.set_session_credentials(args.access_key, args.secret_key, args.channel)
 
 
+def client_log_dir(producer):
+    """A fresh folder for the C++ client's own log (INFO), so a failed send can show what the
+    client saw: which request failed, and how (its exceptions carry no more than "No route
+    info of this topic" after five failed attempts)."""
+    import tempfile
+    from rocketmq.ffi import dll, _CLogLevel
+    path = tempfile.mkdtemp(prefix="sluice-cpp-log-")
+    dll.SetProducerLogPath(producer._handle, path.encode())
+    dll.SetProducerLogLevel(producer._handle, _CLogLevel.INFO)
+    return path
+
+
+def client_log_tail(path, lines=60):
+    """The last `lines` lines of every file the client logged to under `path`."""
+    out = []
+    for root, _, files in os.walk(path):
+        for name in sorted(files):
+            try:
+                with open(os.path.join(root, name), errors="replace") as f:
+                    out.extend(f"{name}: {l.rstrip()}" for l in f.readlines()[-lines:])
+            except OSError as e:
+                out.append(f"{name}: unreadable: {e}")
+    return out[-lines:]
+
+
 def produce(args):
     producer = Producer(args.group, orderly=False, timeout=args.send_timeout_ms)
     producer.set_name_server_address(args.ns)
     credentials(producer, args)
+    log_dir = client_log_dir(producer)
     producer.start()
     tags = args.tags.split(",") if args.tags else [None]
     sent, failures = [], []
@@ -50,8 +76,13 @@ def produce(args):
                 failures.append({"key": key, "error": str(e)})
     finally:
         producer.shutdown()
-    print(json.dumps({"sent": len(sent), "failures": failures[:20], "failure_count": len(failures),
-                      "sample": sent[:3]}))
+    result = {"sent": len(sent), "failures": failures[:20], "failure_count": len(failures),
+              "sample": sent[:3]}
+    if failures:
+        result["client_log"] = client_log_tail(log_dir)
+    import shutil
+    shutil.rmtree(log_dir, ignore_errors=True)
+    print(json.dumps(result))
 
 
 def produce_orderly(args):

@@ -10,15 +10,13 @@
 
 use std::sync::Arc;
 
-use sluice_broker::{
-    HookOutcome, PendingMessage, PutContext, PutHook, SCHEDULE_TOPIC, TRANS_HALF_TOPIC,
-};
+use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, TRANS_HALF_TOPIC};
 use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::response_code as code;
 use sluice_store::now_ms;
 
-use crate::props::{self, TIMER_TOPIC};
+use crate::props;
 use crate::service::Shared;
 use crate::stats::Counters;
 
@@ -62,17 +60,9 @@ impl PutHook for SchedulePutHook {
     }
 
     fn before_put(&self, ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome {
-        if msg.input.topic == TIMER_TOPIC || msg.input.topic == SCHEDULE_TOPIC {
-            return reject(
-                code::NO_PERMISSION,
-                format!(
-                    "Sending message to topic[{}] is forbidden.",
-                    msg.input.topic
-                ),
-            );
-        }
-        for k in props::INTERNAL {
-            msg.properties.remove(k);
+        if let Err(topic) = props::sanitize(msg) {
+            let remark = format!("Sending message to topic[{topic}] is forbidden.");
+            return reject(code::NO_PERMISSION, remark);
         }
         if is_half(msg) || !props::has_delay(&msg.properties) {
             return HookOutcome::Continue;

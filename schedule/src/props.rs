@@ -51,6 +51,20 @@ pub(crate) const INTERNAL: [&str; 5] = [
     PROP_CANCEL,
 ];
 
+/// What every way in (a send through the put hook, the service's own `prepare`) does first:
+/// a message aimed at a schedule topic is refused (it would be indexed as a new timer at each
+/// release, for ever), and the schedule's own properties are never taken from a caller
+/// ([`INTERNAL`]). `Err` names the topic.
+pub(crate) fn sanitize(msg: &mut PendingMessage) -> Result<(), &str> {
+    if msg.input.topic == TIMER_TOPIC || msg.input.topic == SCHEDULE_TOPIC {
+        return Err(&msg.input.topic);
+    }
+    for k in INTERNAL {
+        msg.properties.remove(k);
+    }
+    Ok(())
+}
+
 /// Room kept in the properties for what parking, delivery and rolls add, beyond the real
 /// topic's name (`REAL_TOPIC`, up to 255 bytes, counted apart): `REAL_QID`, the due time,
 /// the timer's offset, `SLUICE_TIMER_PREV` and a delay level, each with its separators, come

@@ -268,21 +268,15 @@ impl ScheduleService {
     /// beyond the maximum is clamped); others are refused as the send path refuses them.
     /// Works before start too (it only rewrites).
     pub fn prepare(&self, input: MessageInput) -> Result<PreparedMessage> {
-        // What the put hook enforces on sends: a message aimed at a schedule topic would be
-        // indexed as a new timer at each release, for ever, and the schedule's own
-        // properties are never taken from a caller.
-        if input.topic == props::TIMER_TOPIC || input.topic == sluice_broker::SCHEDULE_TOPIC {
-            return Err(ScheduleError::InvalidArgument(format!(
-                "topic {} is the schedule's own",
-                input.topic
-            )));
-        }
         let mut msg = PendingMessage {
             properties: Properties::decode(input.properties.as_bytes()),
             input,
         };
-        for k in props::INTERNAL {
-            msg.properties.remove(k);
+        // What the put hook enforces on sends.
+        if let Err(topic) = props::sanitize(&mut msg) {
+            return Err(ScheduleError::InvalidArgument(format!(
+                "topic {topic} is the schedule's own"
+            )));
         }
         if msg.properties.get(keys::UNIQ_KEY).is_none() {
             msg.properties

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_protocol::Properties;
-use sluice_store::MessageInput;
+use sluice_store::{Appended, MessageInput};
 
 /// A message on its way into the store. Hooks edit `input` (topic, queue, sysFlag) and
 /// `properties`; the broker encodes `properties` into `input.properties` after the last hook.
@@ -64,6 +64,43 @@ pub trait PutHook: Send + Sync + 'static {
 
     /// Inspects and possibly rewrites one message.
     fn before_put(&self, ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome;
+
+    /// Sees each message of a send once the store accepted it, exactly as stored and where
+    /// it went, before the producer is answered. The transaction hook keeps fresh half
+    /// messages here, so the END_TRANSACTION that follows at once need not read its half back
+    /// from the store and decode it again. Same rules as `before_put`.
+    fn after_put(&self, _stored: &mut Stored<'_>) {}
+}
+
+/// A message a send stored, as [`PutHook::after_put`] sees it.
+#[derive(Debug)]
+pub struct Stored<'a> {
+    /// Exactly what was appended (after every hook, properties encoded).
+    pub msg: &'a MessageInput,
+    /// Where it went.
+    pub at: Appended,
+    /// The send's own decoded properties, until a hook takes them.
+    properties: Option<Properties>,
+}
+
+impl<'a> Stored<'a> {
+    /// `msg` stored at `at`; `properties` are its decoded properties when the caller still
+    /// has them.
+    pub fn new(msg: &'a MessageInput, at: Appended, properties: Option<Properties>) -> Self {
+        Self {
+            msg,
+            at,
+            properties,
+        }
+    }
+
+    /// The properties, decoded: the send's own decoded copy for the first hook that asks (no
+    /// second decode, no copy), decoded again from `msg` for any later one.
+    pub fn take_properties(&mut self) -> Properties {
+        self.properties
+            .take()
+            .unwrap_or_else(|| Properties::decode(self.msg.properties.as_bytes()))
+    }
 }
 
 /// What [`crate::Broker::start_with`] adds to a plain broker.

@@ -67,7 +67,7 @@ pub use dlq::{
     ReplayState, ReplayStatus,
 };
 pub use error::{BrokerError, RemotingError};
-pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook};
+pub use hooks::{BrokerExtensions, HookOutcome, PendingMessage, PutContext, PutHook, Stored};
 pub use lease::{Delivery, LeaseConfig, LeaseError, LeaseService, LeaseTotals, ReceiveRequest};
 pub use namesrv::{NameServer, NameServerHandle};
 pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, RemotingClient};

@@ -150,8 +150,8 @@ pub(crate) async fn produce(
     };
     let pending = vec![PendingMessage { input, properties }];
     let pending = send::run_hooks(ctx, &put_ctx, pending)?;
-    let inputs = send::finish(pending)?;
-    let appended = send::append(ctx, &inputs, true).await?;
+    let (inputs, properties) = send::finish(pending)?;
+    let appended = send::append(ctx, &inputs, properties, true).await?;
     Counters::add(&ctx.counters.messages_stored, appended.len() as u64);
     let a = appended.first().ok_or_else(|| ProduceError {
         code: sluice_protocol::response_code::SYSTEM_ERROR,

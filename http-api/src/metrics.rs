@@ -318,7 +318,12 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         "Transactions due for a check but held back by max_checks_per_sec (counted every 5 s).",
         m.checks_due_waiting as f64,
     );
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 10] = [
+        (
+            "sluice_txn_halves_kept_used_total",
+            "Decisions that took their half message from memory, as its send stored it, instead of reading it back.",
+            m.halves_kept_used,
+        ),
         (
             "sluice_txn_discarded_total",
             "Transactions rolled back by the final action (no answer in time).",

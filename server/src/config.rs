@@ -172,6 +172,9 @@ pub struct TxnSection {
     /// Most checks (and final actions) started per second over all groups, so a backlog of
     /// due transactions does not take the CPU from plain traffic; 0 = no limit. Default 5 000.
     pub max_checks_per_sec: u32,
+    /// Bytes of just-stored half messages kept in memory for their END_TRANSACTION (which
+    /// then reads nothing back from the store); 0 keeps none. Default 16 777 216 (16 MiB).
+    pub fresh_half_bytes: usize,
     /// Per-group overrides.
     pub groups: std::collections::BTreeMap<String, TxnGroupSection>,
 }
@@ -241,6 +244,7 @@ impl Default for TxnSection {
             carry_forward_after_secs: None,
             pending_checks_max: 10_000,
             max_checks_per_sec: 5_000,
+            fresh_half_bytes: 16 << 20,
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -535,6 +539,7 @@ impl ServerConfig {
         cfg.carry_forward_after = t.carry_forward_after_secs.map(Duration::from_secs);
         cfg.pending_checks_max = t.pending_checks_max;
         cfg.max_checks_per_sec = t.max_checks_per_sec;
+        cfg.fresh_half_bytes = t.fresh_half_bytes;
         for (group, g) in &t.groups {
             let name = format!("txn.groups.{group}");
             let over = GroupOverride {

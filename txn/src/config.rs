@@ -131,6 +131,10 @@ pub struct TxnConfig {
     pub max_checks_per_sec: u32,
     /// Folder of the checkpoint. Default `<store data dir>/txn`.
     pub state_dir: Option<PathBuf>,
+    /// Bytes of freshly stored half messages kept in memory for their END_TRANSACTION, which
+    /// then need not read them back from the store (see `fresh`); the oldest go first, and 0
+    /// keeps none. Default 16 MiB.
+    pub fresh_half_bytes: usize,
 }
 
 impl Default for TxnConfig {
@@ -146,6 +150,7 @@ impl Default for TxnConfig {
             pending_checks_max: 10_000,
             max_checks_per_sec: 5_000,
             state_dir: None,
+            fresh_half_bytes: 16 << 20,
         }
     }
 }

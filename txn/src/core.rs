@@ -105,6 +105,19 @@ impl Core {
             .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))
     }
 
+    /// The half message stored at half queue offset `half_offset` and commit-log offset
+    /// `phys`, when its send kept it (see `fresh`): no read, no parse of a stored record.
+    pub(crate) fn fresh_half(&self, half_offset: u64, phys: u64) -> Option<HalfRecord> {
+        let fresh = self.shared.fresh.lock().take(half_offset, phys)?;
+        let mut header = fresh.header;
+        header.store_host = self.services.store().store_host();
+        let half = HalfRecord::from_parts(header, fresh.body, fresh.props)
+            .inspect_err(|e| tracing::debug!(half_offset, error = %e, "kept half message unusable; reading it"))
+            .ok()?;
+        Counters::inc(&self.counters().halves_kept_used);
+        Some(half)
+    }
+
     /// The one decision path; see the module docs.
     pub(crate) async fn decide(
         &self,
@@ -234,7 +247,10 @@ impl Core {
         // A record read earlier is used only if it is the one the entry points at now.
         let the_half = move || match half {
             Some(h) if h.phys_offset == e.current.phys_offset => Ok(h),
-            _ => self.read_half(e.current.phys_offset),
+            _ => match self.fresh_half(e.id.half_offset, e.current.phys_offset) {
+                Some(h) => Ok(h),
+                None => self.read_half(e.current.phys_offset),
+            },
         };
         match decision {
             Decision::Commit => {

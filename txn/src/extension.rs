@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::TxnConfig;
 use crate::core::Core;
+use crate::fresh::FreshHalves;
 use crate::hook::TxnPutHook;
 use crate::metrics::Counters;
 use crate::service::TxnService;
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) group_sinks: RwLock<HashMap<String, Arc<dyn CheckSink>>>,
     /// Present between start and stop.
     pub(crate) core: RwLock<Option<Arc<Core>>>,
+    /// Half messages just stored, for their END_TRANSACTION (see `fresh`).
+    pub(crate) fresh: Mutex<FreshHalves>,
     checker: Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
@@ -70,6 +73,7 @@ impl TxnExtension {
                 url_sink: RwLock::new(None),
                 group_sinks: RwLock::new(HashMap::new()),
                 core: RwLock::new(None),
+                fresh: Mutex::new(FreshHalves::default()),
                 checker: Mutex::new(None),
             }),
         }
@@ -136,6 +140,7 @@ impl TxnExtension {
             pacer: Mutex::new(crate::pace::Pacer::default()),
             tailing: Mutex::new(()),
         });
+        self.shared.fresh.lock().clear();
         let (report, torn) = core.rebuild();
         let (open, parked, _, done, _) = core.table.lock().gauges();
         tracing::info!(

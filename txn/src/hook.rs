@@ -18,13 +18,15 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, TRANS_HALF_TOPIC};
+use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, Stored, TRANS_HALF_TOPIC};
 use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::response_code as code;
 
 use crate::extension::Shared;
+use crate::fresh::Fresh;
 use crate::metrics::Counters;
+use crate::records::HalfRecord;
 
 /// See the module docs. Get it from [`crate::TxnExtension::put_hook`].
 pub struct TxnPutHook {
@@ -79,6 +81,28 @@ impl PutHook for TxnPutHook {
         rewrite(ctx, msg);
         Counters::inc(&self.shared.counters.halves_stored);
         HookOutcome::Continue
+    }
+
+    /// Keeps a half message just stored for its END_TRANSACTION (see `fresh`). The broker's
+    /// address is filled in when it is taken.
+    fn after_put(&self, stored: &mut Stored<'_>) {
+        let budget = self.shared.cfg.fresh_half_bytes;
+        if stored.msg.topic != TRANS_HALF_TOPIC || budget == 0 {
+            return;
+        }
+        let props = stored.take_properties();
+        // Kept only when they are exactly what a read of the record decodes.
+        if !props.round_trips() {
+            return;
+        }
+        let unknown_host = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        let fresh = Fresh {
+            header: HalfRecord::stored_header(stored.msg, &stored.at, unknown_host),
+            body: stored.msg.body.clone(),
+            props_len: stored.msg.properties.len(),
+            props,
+        };
+        self.shared.fresh.lock().keep(fresh, budget);
     }
 }
 

@@ -13,7 +13,8 @@
 //! - [`state`]: the per-transaction state machine as a pure transition table.
 //! - `table`: the in-memory state of every transaction, under one lock.
 //! - `core`: the one decision path: in-memory transition, then ONE atomic store append.
-//! - `resolve`: from a client's reference (offsets, group, ids) to a transaction.
+//! - `resolve`: from a client's reference (offsets, group, ids) to a transaction; `fresh`:
+//!   half messages kept from their put, so END_TRANSACTION need not read them back.
 //! - `end_txn`: END_TRANSACTION.
 //! - `checker`: the background loop: tail the half queue, checks, final actions,
 //!   checkpoints; `carry`: undecided half messages copied forward ahead of retention;
@@ -41,6 +42,7 @@ mod core;
 mod end_txn;
 pub mod error;
 mod extension;
+mod fresh;
 mod hook;
 mod journal;
 mod metrics;

@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub(crate) unknown_refs: AtomicU64,
     pub(crate) carried_forward: AtomicU64,
     pub(crate) lost_at_restart: AtomicU64,
+    pub(crate) halves_kept_used: AtomicU64,
 }
 
 impl Counters {
@@ -83,6 +84,9 @@ pub struct TxnMetrics {
     pub carried_forward: u64,
     /// Undecided transactions whose half message was unreadable at restart.
     pub lost_at_restart: u64,
+    /// Decisions that took their half message as its send kept it in memory instead of
+    /// reading it back from the store (`fresh_half_bytes`).
+    pub halves_kept_used: u64,
 }
 
 impl Counters {
@@ -103,5 +107,6 @@ impl Counters {
         m.unknown_refs = Self::get(&self.unknown_refs);
         m.carried_forward = Self::get(&self.carried_forward);
         m.lost_at_restart = Self::get(&self.lost_at_restart);
+        m.halves_kept_used = Self::get(&self.halves_kept_used);
     }
 }

@@ -24,7 +24,7 @@ use sluice_broker::{
 use sluice_protocol::message::keys;
 use sluice_protocol::message::record::{encode_record, sysflag, RecordHeader};
 use sluice_protocol::{Properties, RecordView};
-use sluice_store::{now_ms, MessageInput};
+use sluice_store::{now_ms, Appended, MessageInput};
 
 use crate::state::{Decision, Source};
 
@@ -87,6 +87,39 @@ impl HalfRecord {
             ));
         }
         let props = Properties::decode(view.properties);
+        Self::from_parts(view.header, raw.slice_ref(view.body), props)
+    }
+
+    /// The header of the record `msg` became when stored at `at` by a broker at `store_host`:
+    /// what a read of that record would return.
+    pub(crate) fn stored_header(
+        msg: &MessageInput,
+        at: &Appended,
+        store_host: SocketAddr,
+    ) -> RecordHeader {
+        RecordHeader {
+            queue_id: msg.queue_id,
+            flag: msg.flag,
+            queue_offset: at.queue_offset,
+            physical_offset: i64::try_from(at.phys_offset).unwrap_or(i64::MAX),
+            sys_flag: msg.sys_flag,
+            born_timestamp: msg.born_timestamp,
+            born_host: msg.born_host,
+            store_timestamp: at.store_timestamp,
+            store_host,
+            reconsume_times: msg.reconsume_times,
+            prepared_transaction_offset: msg.prepared_transaction_offset,
+        }
+    }
+
+    /// A half message from its header, body and decoded properties: how a record read back is
+    /// made ([`HalfRecord::parse`]), and one kept from its send (`fresh`, with
+    /// [`HalfRecord::stored_header`]).
+    pub(crate) fn from_parts(
+        header: RecordHeader,
+        body: Bytes,
+        props: Properties,
+    ) -> Result<Self, String> {
         let real_topic = props
             .get(keys::REAL_TOPIC)
             .ok_or("half message without REAL_TOPIC")?
@@ -115,10 +148,10 @@ impl HalfRecord {
             _ => None,
         };
         Ok(Self {
-            queue_offset: u64::try_from(view.header.queue_offset).unwrap_or(0),
-            phys_offset: u64::try_from(view.header.physical_offset).unwrap_or(0),
-            body: raw.slice_ref(view.body),
-            header: view.header,
+            queue_offset: u64::try_from(header.queue_offset).unwrap_or(0),
+            phys_offset: u64::try_from(header.physical_offset).unwrap_or(0),
+            body,
+            header,
             props,
             real_topic,
             real_qid,
@@ -416,6 +449,10 @@ mod tests {
     }
 
     fn half() -> HalfRecord {
+        HalfRecord::parse(&stored(&half_input(), 5, 4096), 1 << 20).unwrap()
+    }
+
+    fn half_input() -> MessageInput {
         let mut p = Properties::new();
         for (k, v) in [
             ("KEYS", "order-1"),
@@ -433,8 +470,28 @@ mod tests {
         }
         let mut m = MessageInput::new(TRANS_HALF_TOPIC, 0, "hello");
         m.flag = 7;
+        m.reconsume_times = 2;
+        m.born_host = SocketAddr::from(([10, 1, 2, 3], 4567));
         m.properties = p.encode();
-        HalfRecord::parse(&stored(&m, 5, 4096), 1 << 20).unwrap()
+        m
+    }
+
+    /// The record kept from a send's put is the one a read of that record returns.
+    #[test]
+    fn a_half_kept_from_its_put_is_the_half_read_back() {
+        let m = half_input();
+        let at = Appended {
+            phys_offset: 4096,
+            size: 0,
+            queue_offset: 5,
+            store_timestamp: 1_700_000_000_000,
+        };
+        let host = SocketAddr::from(([127, 0, 0, 1], 10911));
+        let header = HalfRecord::stored_header(&m, &at, host);
+        let props = Properties::decode(m.properties.as_bytes());
+        let kept = HalfRecord::from_parts(header, m.body.clone(), props).unwrap();
+        let read = HalfRecord::parse(&stored(&m, 5, 4096), 1 << 20).unwrap();
+        assert_eq!(format!("{kept:?}"), format!("{read:?}"));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!
 //! Where the transaction is found:
 //! - in memory (open, parked, or decided recently);
-//! - not yet read by the tailer (the END raced ahead of it): read through the half queue
-//!   (never at the client's commit-log offset: a bogus one would read as corruption) and added;
+//! - not yet read by the tailer (the END raced ahead of it): taken as its send stored it
+//!   (`fresh`), or read through the half queue (never at the client's commit-log offset: a
+//!   bogus one would read as corruption), and added;
 //! - decided and forgotten: its op record, found through the store's key index, answers
 //!   idempotently or with the conflict. Without one, the answer is "unknown transaction".
 
@@ -211,7 +212,10 @@ impl Core {
     /// was added then, decided and forgotten meanwhile, and its op record answers (adding it
     /// again would have opened a decided transaction a second time).
     async fn adopt(&self, r: &TxnRef) -> Result<Option<(u64, HalfRecord)>, TxnError> {
-        let rec = self.read_half_queue_entry(r).await?;
+        let rec = match self.fresh_half(r.half_offset, r.commit_log_offset) {
+            Some(rec) => rec,
+            None => self.read_half_queue_entry(r).await?,
+        };
         if rec.origin.is_some() {
             return Err(TxnError::Mismatch(format!(
                 "queue offset {} holds a carried-forward copy, not a transaction's original",

@@ -497,7 +497,7 @@ async fn replay_one(
             &m.msg_id,
             &status.id,
         );
-        let appended = put::append(ctx, &[input], true)
+        let appended = put::append(ctx, &[input], Vec::new(), true)
             .await
             .map_err(|r| r.remark)?;
         Counters::add(&ctx.counters.messages_stored, appended.len() as u64);

@@ -20,7 +20,7 @@ use sluice_store::{Appended, MessageInput, StoreError};
 
 use super::Reject;
 use crate::broker::context::BrokerContext;
-use crate::hooks::{HookOutcome, PendingMessage, PutContext};
+use crate::hooks::{HookOutcome, PendingMessage, PutContext, Stored};
 use crate::remoting::ConnectionHandle;
 use crate::reply;
 use crate::stats::Counters;
@@ -82,8 +82,8 @@ pub(super) async fn send(
         .iter()
         .filter_map(|m| m.properties.get(keys::UNIQ_KEY).map(str::to_owned))
         .collect();
-    let inputs = finish(pending)?;
-    let appended = append(ctx, &inputs, wait).await?;
+    let (inputs, properties) = finish(pending)?;
+    let appended = append(ctx, &inputs, properties, wait).await?;
     Counters::add(&ctx.counters.messages_stored, appended.len() as u64);
     tracing::trace!(topic = %h.topic, queue_id, offset = appended[0].queue_offset, count = appended.len(), "stored");
     Ok(success(ctx, req, queue_id, &appended, &uniq_keys))
@@ -261,8 +261,11 @@ pub(crate) fn run_hooks(
     Ok(pending)
 }
 
-/// Encodes properties and refuses what no hook took care of.
-pub(crate) fn finish(pending: Vec<PendingMessage>) -> Result<Vec<MessageInput>, Reject> {
+/// Encodes properties and refuses what no hook took care of; returns what to append and
+/// each message's decoded properties (for the hooks' `after_put`).
+pub(crate) fn finish(
+    pending: Vec<PendingMessage>,
+) -> Result<(Vec<MessageInput>, Vec<Properties>), Reject> {
     pending
         .into_iter()
         .map(|mut m| {
@@ -280,7 +283,7 @@ pub(crate) fn finish(pending: Vec<PendingMessage>) -> Result<Vec<MessageInput>, 
                 ));
             }
             m.input.properties = m.properties.encode();
-            Ok(m.input)
+            Ok((m.input, m.properties))
         })
         .collect()
 }
@@ -294,17 +297,27 @@ fn is_unhandled_half(m: &PendingMessage) -> bool {
     prepared && m.input.topic != topic::TRANS_HALF_TOPIC
 }
 
-/// Appends and waits for the store's acknowledgement, mapping store errors to send codes.
+/// Appends and waits for the store's acknowledgement, mapping store errors to send codes;
+/// then shows each stored message to the put hooks (`PutHook::after_put`).
 pub(crate) async fn append(
     ctx: &BrokerContext,
     inputs: &[MessageInput],
+    properties: Vec<Properties>,
     wait: bool,
 ) -> Result<Vec<Appended>, Reject> {
     let result = match ctx.store.append(inputs, wait) {
         Ok(fut) => fut.await,
         Err(e) => Err(e),
     };
-    result.map_err(|e| store_reject(ctx, &inputs[0], &e))
+    let appended = result.map_err(|e| store_reject(ctx, &inputs[0], &e))?;
+    let mut properties = properties.into_iter();
+    for (msg, at) in inputs.iter().zip(&appended) {
+        let mut stored = Stored::new(msg, *at, properties.next());
+        for hook in &ctx.hooks {
+            hook.after_put(&mut stored);
+        }
+    }
+    Ok(appended)
 }
 
 fn store_reject(ctx: &BrokerContext, msg: &MessageInput, e: &StoreError) -> Reject {

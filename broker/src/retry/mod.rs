@@ -244,8 +244,10 @@ async fn store_through_hooks(
         remark: r.remark,
     };
     let pending = put::run_hooks(ctx, &put_ctx, vec![msg]).map_err(refused)?;
-    let inputs = put::finish(pending).map_err(refused)?;
-    let appended = put::append(ctx, &inputs, true).await.map_err(refused)?;
+    let (inputs, properties) = put::finish(pending).map_err(refused)?;
+    let appended = put::append(ctx, &inputs, properties, true)
+        .await
+        .map_err(refused)?;
     Counters::add(&ctx.counters.messages_stored, appended.len() as u64);
     Ok(appended
         .first()

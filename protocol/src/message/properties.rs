@@ -190,6 +190,17 @@ impl Properties {
         out
     }
 
+    /// Whether [`Properties::decode`] of [`Properties::encode`]'s output gives these same pairs
+    /// back: no name or value is empty, no name holds a separator and no value the pair
+    /// separator (decode drops or splits those; a value may hold the name separator).
+    /// A caller keeping decoded properties in place of the encoded ones checks this.
+    pub fn round_trips(&self) -> bool {
+        let name =
+            |k: &str| !k.is_empty() && !k.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR]);
+        let value = |v: &str| !v.is_empty() && !v.contains(PROPERTY_SEPARATOR);
+        self.pairs.iter().all(|(k, v)| name(k) && value(v))
+    }
+
     /// Length in bytes of [`Properties::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         self.pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum()
@@ -294,6 +305,32 @@ mod tests {
             Properties::decode(direct.as_bytes()).get("KEYS"),
             Some("17")
         );
+    }
+
+    #[test]
+    fn only_pairs_decode_gives_back_unchanged_round_trip() {
+        let mut p = Properties::new();
+        p.insert("KEYS", "a b");
+        assert!(p.round_trips());
+        assert_eq!(Properties::decode(p.encode().as_bytes()), p);
+        let mut named = p.clone();
+        named.insert("NAMED", "a\u{1}b");
+        assert!(
+            named.round_trips(),
+            "decode splits a pair at its first name separator"
+        );
+        assert_eq!(Properties::decode(named.encode().as_bytes()), named);
+        for (k, v) in [
+            ("EMPTY", ""),
+            ("SPLIT", "a\u{2}b"),
+            ("A\u{1}B", "v"),
+            ("A\u{2}B", "v"),
+        ] {
+            let mut q = p.clone();
+            q.insert(k, v);
+            assert!(!q.round_trips(), "{k}");
+            assert_ne!(Properties::decode(q.encode().as_bytes()), q, "{k}");
+        }
     }
 
     /// Past the scan threshold, decoding switches to a map: a repeated key still keeps its

@@ -22,8 +22,23 @@ fn quiet() -> TxnConfig {
 
 #[tokio::test]
 async fn a_half_message_is_invisible_until_committed_then_visible_exactly_once() {
+    commit_once(quiet().fresh_half_bytes).await;
+}
+
+/// The same commit with nothing kept from the put: END reads the half back from the store,
+/// and the committed message is the same.
+#[tokio::test]
+async fn a_half_message_read_back_from_the_store_commits_the_same() {
+    commit_once(0).await;
+}
+
+async fn commit_once(fresh_half_bytes: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), quiet()).await;
+    let cfg = TxnConfig {
+        fresh_half_bytes,
+        ..quiet()
+    };
+    let b = TestBroker::start(dir.path(), cfg).await;
     let c = b.client().await;
     let s = send_half(&c, "k1").await;
     assert_eq!(s.queue_id, 1, "the send answers the original queue id");
@@ -75,6 +90,11 @@ async fn a_half_message_is_invisible_until_committed_then_visible_exactly_once()
     assert_eq!(visible_keys(&b, &c).await, ["k1"], "still exactly once");
     let m = b.txn.service().metrics();
     assert_eq!((m.committed, m.conflicts, m.open), (1, 1, 0));
+    assert_eq!(
+        m.halves_kept_used,
+        u64::from(fresh_half_bytes > 0),
+        "the commit took the half as its send kept it, unless nothing is kept"
+    );
     b.stop().await;
 }
 

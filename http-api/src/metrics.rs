@@ -534,12 +534,12 @@ fn dlq_section(out: &mut Prom, state: &AppState) {
 fn lease_section(out: &mut Prom, t: &sluice_broker::LeaseTotals) {
     out.gauge(
         "sluice_lease_in_flight",
-        "HTTP leases held by every consumer group (bounded by max_inflight_total).",
+        "HTTP leases held by every consumer group, with room reserved by receives in progress (bounded by max_inflight_total).",
         t.in_flight as f64,
     );
     out.gauge(
         "sluice_lease_waiting",
-        "Entries waiting in lease books: retries kept aside, failed hand-backs (bounded by max_parked_retries_total).",
+        "Entries waiting in lease books: retries kept aside, failed hand-backs (see max_parked_retries_total).",
         t.waiting as f64,
     );
     out.gauge(

@@ -42,8 +42,9 @@ pub struct LeaseConfig {
     /// topic being received; when full, the cursor stops advancing. Default 10 000.
     pub max_parked_retries: usize,
     /// Entries every group together keeps waiting (retries kept aside and failed hand-backs);
-    /// past it, no group keeps another retry aside (its retry cursor waits, as at
-    /// `max_parked_retries`). Default 100 000.
+    /// past it, a group holding at least its share (this over the groups with a book) keeps
+    /// no more retries aside (its retry cursor waits, as at `max_parked_retries`), while one
+    /// below its share still may. A failed hand-back always waits. Default 100 000.
     pub max_parked_retries_total: usize,
     /// Retry-queue entries one receive looks at. Default 1 024.
     pub max_retry_scan: usize,

@@ -33,8 +33,10 @@
 //!   one expression per topic.
 //! - **Bounds**: every count a book keeps has a per-group bound and a broker-wide one
 //!   (`max_inflight_total`, `max_parked_retries_total`, `remembered_receipts_total`), counted
-//!   by the books themselves (`state::Totals`; [`LeaseService::totals`] reads them), so the memory of all books together is
-//!   bounded whatever `max_groups` is.
+//!   by the books themselves (`state::Totals`; [`LeaseService::totals`] reads them), so the
+//!   memory of all books together stays within about twice those, whatever `max_groups` is
+//!   (past the waiting bound a group below its share may still keep a retry aside, and a
+//!   failed hand-back always waits).
 //! - **Expiry**: a background task (started on first use, stopped at shutdown) hands back up
 //!   to `max_expired_per_tick` expired leases every `expiry_tick`.
 //!

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::decode::{self, Position};
 use super::receipt::Receipt;
-use super::state::{Group, LeaseState, Open, OpenState, QueueKey};
+use super::state::{Group, LeaseState, Open, OpenState, QueueKey, Reservation};
 use super::Delivery;
 use crate::broker::context::BrokerContext;
 use crate::retry::copy::Original;
@@ -109,11 +109,9 @@ pub(crate) fn collect(
     let cfg = &ctx.cfg.lease;
     let mut g = book.lock();
     let room = cfg.max_inflight_per_group.saturating_sub(g.leases.len());
-    let reserved = state
-        .totals
-        .reserve_leases(plan.max.min(room), cfg.max_inflight_total);
-    let out = collect_reserved(ctx, state, plan, &mut g, reserved);
-    state.totals.release_leases(reserved);
+    let reserved = Reservation::new(&state.totals, plan.max.min(room), cfg.max_inflight_total);
+    let out = collect_reserved(ctx, state, plan, &mut g, reserved.count);
+    drop(reserved);
     // Leased deliveries count as pulled too: `messages_pulled` is every protocol's reads, as
     // `messages_stored` is every protocol's writes.
     crate::stats::Counters::add(&ctx.counters.messages_pulled, out.len() as u64);
@@ -310,9 +308,7 @@ impl Pass<'_> {
                     }
                 } else if origin == key.0 {
                     tracing::debug!(group = %g.name, offset = m.queue_offset, "retry entry without RETRY_TOPIC; skipped");
-                } else if parked >= cfg.max_parked_retries
-                    || self.state.totals.waiting() >= cfg.max_parked_retries_total
-                {
+                } else if parked >= cfg.max_parked_retries || self.aside_full(parked) {
                     return;
                 } else {
                     park(g, key, m.queue_offset, o.phys_offset, origin);
@@ -322,6 +318,13 @@ impl Pass<'_> {
             }
             self.advance(g, key, r.next_offset);
         }
+    }
+
+    /// Whether the broker-wide bound on entries kept aside stops a group that keeps `parked`:
+    /// only when every book together is at the bound and this group holds at least its share.
+    fn aside_full(&self, parked: usize) -> bool {
+        let total = self.ctx.cfg.lease.max_parked_retries_total;
+        self.state.totals.waiting() >= total && parked >= self.state.parked_share(total)
     }
 
     fn advance(&self, g: &mut Group, key: &QueueKey, to: u64) {

@@ -87,6 +87,27 @@ impl Totals {
     }
 }
 
+/// Room for leases reserved against the broker-wide bound, given back when dropped (also
+/// when a receive unwinds), so a reservation never outlives its receive.
+pub(crate) struct Reservation<'a> {
+    totals: &'a Totals,
+    pub(crate) count: usize,
+}
+
+impl<'a> Reservation<'a> {
+    /// Reserves up to `want` of `max` in all (see [`Totals::reserve_leases`]).
+    pub(crate) fn new(totals: &'a Totals, want: usize, max: usize) -> Self {
+        let count = totals.reserve_leases(want, max);
+        Self { totals, count }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.totals.release_leases(self.count);
+    }
+}
+
 /// Subtracts without wrapping (a count is never below zero, whatever the order of updates).
 fn sub(counter: &AtomicUsize, n: usize) {
     let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
@@ -209,6 +230,15 @@ impl LeaseState {
 
     fn new_book(&self, group: &str) -> Group {
         Group::new(group, Arc::clone(&self.totals))
+    }
+
+    /// Retries kept aside a group is sure of, whatever the others hold: the broker-wide
+    /// bound shared by the books that exist, at least one. Past the broker-wide bound only
+    /// groups above their share stop keeping retries aside, so groups that filled it (one
+    /// that stopped receiving a topic keeps that topic's retries aside for good) cannot stall
+    /// every other group's retry queue.
+    pub(crate) fn parked_share(&self, total: usize) -> usize {
+        (total / self.groups.lock().len().max(1)).max(1)
     }
 
     /// A generation never used before in this run.

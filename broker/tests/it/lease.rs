@@ -436,11 +436,12 @@ async fn retries_stored(cluster: &Cluster, group: &str, n: u64) {
     }
 }
 
-/// `max_parked_retries_total` holds across groups: while another group keeps the only
-/// waiting slot, a group's retry cursor stops at a retry of another topic instead of keeping
-/// it aside, and moves on once the slot is free again. Nothing is lost either way.
+/// `max_parked_retries_total` holds across groups, and fairly: at the bound, a group holding
+/// its share (the bound over the books, at least one) stops keeping retries of other topics
+/// aside and its retry cursor waits, while a group below its share may still keep one aside,
+/// so one group that filled the bound cannot stall everyone's retries. Nothing is lost.
 #[tokio::test]
-async fn past_the_broker_wide_waiting_bound_a_retry_cursor_waits_and_loses_nothing() {
+async fn past_the_broker_wide_waiting_bound_only_groups_over_their_share_wait() {
     let cluster = start_cluster_with(|cfg| {
         cfg.retry.defaults.backoff = Backoff::Ladder(vec![Duration::from_millis(10)]);
         cfg.lease.max_parked_retries_total = 1;
@@ -448,61 +449,65 @@ async fn past_the_broker_wide_waiting_bound_a_retry_cursor_waits_and_loses_nothi
     .await;
     topic(&cluster, "X", 1);
     topic(&cluster, "Y", 1);
-    produce(&cluster, "X", 0, &["x"], None).await;
+    produce(&cluster, "X", 0, &["x1", "x2"], None).await;
     let y = produce(&cluster, "Y", 0, &["y"], None).await;
     let leases = cluster.broker.services().leases();
-    // Each group's retry queue: X's retry, then Y's. Everything is received before the first
-    // nack, so no receive here meets a retry (and keeps it aside) yet.
-    let mut held = Vec::new();
-    for g in ["g1", "g2"] {
-        for t in ["X", "Y"] {
-            let got = leases
-                .receive(request(g, t, 1, Duration::ZERO))
-                .await
-                .unwrap();
-            held.push((g, receipts(&got)));
-        }
-    }
-    for (g, r) in &held {
-        assert_eq!(leases.nack(g, r, None).await, vec![Ok(())]);
-    }
-    retries_stored(&cluster, "g1", 2).await;
-    retries_stored(&cluster, "g2", 2).await;
-    wait_dispatched(&cluster.broker).await;
-    let take = |g: &'static str, t: &'static str| {
+    let take = |g: &'static str, t: &'static str, max: usize| {
         let leases = leases.clone();
         async move {
             leases
-                .receive(request(g, t, 5, Duration::ZERO))
+                .receive(request(g, t, max, Duration::ZERO))
                 .await
                 .unwrap()
         }
     };
-    let g1_y = take("g1", "Y").await;
-    assert_eq!(
-        g1_y.len(),
-        1,
-        "g1 kept X's retry aside, the one waiting slot"
-    );
+    // Retry queues: g1 holds X's two retries then Y's, g2 one of X's then Y's. Everything is
+    // received before the first nack, so no receive here meets a retry yet.
+    let held = [
+        ("g1", take("g1", "X", 2).await),
+        ("g1", take("g1", "Y", 1).await),
+        ("g2", take("g2", "X", 1).await),
+        ("g2", take("g2", "Y", 1).await),
+    ];
+    for (g, got) in &held {
+        assert!(!got.is_empty());
+        let r = receipts(got);
+        assert!(leases.nack(g, &r, None).await.iter().all(Result::is_ok));
+    }
+    retries_stored(&cluster, "g1", 3).await;
+    retries_stored(&cluster, "g2", 2).await;
+    wait_dispatched(&cluster.broker).await;
+
     assert!(
-        take("g2", "Y").await.is_empty(),
-        "g2 may not keep X's retry aside, so its cursor waits before Y's"
+        take("g1", "Y", 5).await.is_empty(),
+        "g1 keeps one X retry aside (the whole bound, and its share of it), then waits"
     );
-    assert_eq!(
-        take("g1", "X").await.len(),
-        1,
-        "g1's X retry, taken from aside"
-    );
-    let g2_y = take("g2", "Y").await;
+    let g2_y = take("g2", "Y", 5).await;
     assert_eq!(
         g2_y.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
         vec![&y[0]],
-        "with the slot free, g2's cursor moves on"
+        "g2, below its share, still keeps its X retry aside and gets Y's"
     );
     assert_eq!(
-        take("g2", "X").await.len(),
+        take("g1", "X", 5).await.len(),
+        2,
+        "g1's X retries: aside, then next"
+    );
+    assert_eq!(
+        take("g1", "Y", 5).await.len(),
         1,
-        "and g2's X retry was not lost"
+        "and g1's cursor moved on to Y's"
+    );
+    let mut g2_x: Vec<u32> = take("g2", "X", 5)
+        .await
+        .iter()
+        .map(|d| d.delivery_count)
+        .collect();
+    g2_x.sort_unstable();
+    assert_eq!(
+        g2_x,
+        [1, 2],
+        "g2's X retry was not lost (and x2, which g2 never received, comes too)"
     );
     drop(leases);
     cluster.stop().await;

@@ -79,8 +79,8 @@ pub struct HttpSection {
     /// Retries of other topics one group's retry queue keeps aside while a receive looks for
     /// its own topic's; past it that group's retry cursor waits. Default 10 000.
     pub max_parked_retries: usize,
-    /// Entries every group together keeps waiting (retries kept aside, failed hand-backs).
-    /// Default 100 000.
+    /// Entries every group together keeps waiting (retries kept aside, failed hand-backs);
+    /// past it, groups holding their share of it keep no more retries aside. Default 100 000.
     pub max_parked_retries_total: usize,
     /// Finished receipts one group remembers, so a stale receipt answers `already_acked`
     /// rather than `receipt_unknown`. Default 100 000.

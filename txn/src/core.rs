@@ -109,9 +109,7 @@ impl Core {
     /// `phys`, when its send kept it (see `fresh`): no read, no parse of a stored record.
     pub(crate) fn fresh_half(&self, half_offset: u64, phys: u64) -> Option<HalfRecord> {
         let fresh = self.shared.fresh.lock().take(half_offset, phys)?;
-        let mut header = fresh.header;
-        header.store_host = self.services.store().store_host();
-        let half = HalfRecord::from_parts(header, fresh.body, fresh.props)
+        let half = HalfRecord::from_parts(fresh.header, fresh.body, fresh.props)
             .inspect_err(|e| tracing::debug!(half_offset, error = %e, "kept half message unusable; reading it"))
             .ok()?;
         Counters::inc(&self.counters().halves_kept_used);
@@ -261,7 +259,14 @@ impl Core {
                 let half = the_half()?;
                 Ok(vec![half.park_copy(e.checks), op])
             }
-            Decision::Rollback | Decision::Discard | Decision::Rearm => Ok(vec![op]),
+            Decision::Rollback | Decision::Discard | Decision::Rearm => {
+                // Its half message is not needed: a kept copy would only wait to be evicted.
+                self.shared
+                    .fresh
+                    .lock()
+                    .take(e.id.half_offset, e.current.phys_offset);
+                Ok(vec![op])
+            }
         }
     }
 

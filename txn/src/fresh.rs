@@ -10,7 +10,8 @@
 //! the one a read would return, and it goes through the same checks.
 //!
 //! Bounded by bytes (`fresh_half_bytes`): the oldest go first, and a transaction whose half is
-//! no longer here is read from the store as before. Nothing here is needed for correctness.
+//! no longer here is read from the store as before. A decision takes its transaction's entry
+//! (a commit or park uses it, a rollback drops it). Nothing here is needed for correctness.
 
 use std::collections::BTreeMap;
 
@@ -18,9 +19,10 @@ use bytes::Bytes;
 use sluice_protocol::message::record::RecordHeader;
 use sluice_protocol::Properties;
 
-/// Bytes counted per entry beyond its body and encoded properties (the header, the decoded
-/// properties' own overhead, the map slot).
-const OVERHEAD: usize = 256;
+/// Bytes counted per entry beyond its body and properties (the header and the map slot).
+const OVERHEAD: usize = 192;
+/// Bytes counted per decoded property beyond its text (two strings and their allocations).
+const PER_PROPERTY: usize = 80;
 
 /// One kept half message: the parts a read of its record would give, properties already
 /// decoded (the send's own decoded copy, so neither side decodes them twice).
@@ -35,7 +37,7 @@ pub(crate) struct Fresh {
 
 impl Fresh {
     fn bytes(&self) -> usize {
-        self.body.len() + 2 * self.props_len + OVERHEAD
+        self.body.len() + self.props_len + PER_PROPERTY * self.props.len() + OVERHEAD
     }
 
     fn queue_offset(&self) -> u64 {

@@ -18,6 +18,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, Stored, TRANS_HALF_TOPIC};
 use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
@@ -90,15 +92,25 @@ impl PutHook for TxnPutHook {
         if stored.msg.topic != TRANS_HALF_TOPIC || budget == 0 {
             return;
         }
+        let Some(store_host) = self
+            .shared
+            .core
+            .read()
+            .as_ref()
+            .map(|c| c.services.store().store_host())
+        else {
+            return;
+        };
         let props = stored.take_properties();
         // Kept only when they are exactly what a read of the record decodes.
         if !props.round_trips() {
             return;
         }
-        let unknown_host = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
         let fresh = Fresh {
-            header: HalfRecord::stored_header(stored.msg, &stored.at, unknown_host),
-            body: stored.msg.body.clone(),
+            header: HalfRecord::stored_header(stored.msg, &stored.at, store_host),
+            // A copy: the send's body is a slice of its connection's read buffer, which a
+            // kept slice would hold whole.
+            body: Bytes::copy_from_slice(&stored.msg.body),
             props_len: stored.msg.properties.len(),
             props,
         };

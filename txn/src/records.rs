@@ -97,12 +97,21 @@ impl HalfRecord {
         at: &Appended,
         store_host: SocketAddr,
     ) -> RecordHeader {
+        // The encoder sets the address-family bits from the addresses (and a read returns
+        // them set), whatever the message said.
+        let mut sys_flag = msg.sys_flag & !(sysflag::BORNHOST_V6 | sysflag::STOREHOST_V6);
+        if msg.born_host.is_ipv6() {
+            sys_flag |= sysflag::BORNHOST_V6;
+        }
+        if store_host.is_ipv6() {
+            sys_flag |= sysflag::STOREHOST_V6;
+        }
         RecordHeader {
             queue_id: msg.queue_id,
             flag: msg.flag,
             queue_offset: at.queue_offset,
             physical_offset: i64::try_from(at.phys_offset).unwrap_or(i64::MAX),
-            sys_flag: msg.sys_flag,
+            sys_flag,
             born_timestamp: msg.born_timestamp,
             born_host: msg.born_host,
             store_timestamp: at.store_timestamp,
@@ -487,11 +496,15 @@ mod tests {
             store_timestamp: 1_700_000_000_000,
         };
         let host = SocketAddr::from(([127, 0, 0, 1], 10911));
-        let header = HalfRecord::stored_header(&m, &at, host);
-        let props = Properties::decode(m.properties.as_bytes());
-        let kept = HalfRecord::from_parts(header, m.body.clone(), props).unwrap();
-        let read = HalfRecord::parse(&stored(&m, 5, 4096), 1 << 20).unwrap();
-        assert_eq!(format!("{kept:?}"), format!("{read:?}"));
+        let mut v6 = m.clone();
+        v6.born_host = "[::1]:4567".parse().unwrap();
+        for m in [m, v6] {
+            let header = HalfRecord::stored_header(&m, &at, host);
+            let props = Properties::decode(m.properties.as_bytes());
+            let kept = HalfRecord::from_parts(header, m.body.clone(), props).unwrap();
+            let read = HalfRecord::parse(&stored(&m, 5, 4096), 1 << 20).unwrap();
+            assert_eq!(format!("{kept:?}"), format!("{read:?}"), "{}", m.born_host);
+        }
     }
 
     #[test]

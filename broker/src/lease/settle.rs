@@ -162,6 +162,10 @@ fn start_hand_back(
     })
 }
 
+/// Groups whose expired leases one expiry pass hands back at the same time (each with up to
+/// `HAND_BACK_CONCURRENCY` copies in flight).
+const EXPIRY_GROUPS_AT_ONCE: usize = 8;
+
 /// Copies failed deliveries (bounded concurrency), then finishes or reopens their entries.
 /// Results come back in the order of `jobs`.
 async fn run_hand_backs(
@@ -256,16 +260,20 @@ fn finish_hand_back(
 /// group with a steady stream of expiries took the whole budget every pass, and the expired
 /// leases of the others were never handed back (their receipts refused, their messages never
 /// delivered again, their committed offsets stuck).
+///
+/// The groups' hand-backs then run side by side ([`EXPIRY_GROUPS_AT_ONCE`] groups at a time):
+/// one group after the other, each waiting for its copies to be durable, a pass over many
+/// groups with one expiry each took a sync per group, longer than the tick.
 pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState>) -> usize {
     let cfg = &ctx.cfg.lease;
     let books = state.books_rotated();
     let mut budget = cfg.max_expired_per_tick;
-    let mut total = 0;
+    let mut todo: Vec<(String, Vec<HandBack>)> = Vec::new();
     let share = budget.div_ceil(books.len().max(1)).max(1);
-    for most in [share, usize::MAX] {
+    'passes: for most in [share, usize::MAX] {
         for weak in &books {
             if budget == 0 {
-                return total;
+                break 'passes;
             }
             // Dropped since the pass began (it was idle): nothing of it can expire.
             let Some(book) = weak.upgrade() else {
@@ -274,13 +282,24 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
             let (group, jobs) = expired_jobs(&book, Remember::from(cfg), budget.min(most));
             drop(book);
             budget -= jobs.len();
-            total += jobs.len();
             if !jobs.is_empty() {
                 tracing::debug!(group = %group, count = jobs.len(), "leases expired");
-                run_hand_backs(ctx, state, &group, jobs).await;
+                todo.push((group, jobs));
             }
         }
     }
+    let total = todo.iter().map(|(_, jobs)| jobs.len()).sum();
+    let mut running = JoinSet::new();
+    for (group, jobs) in todo {
+        while running.len() >= EXPIRY_GROUPS_AT_ONCE {
+            running.join_next().await;
+        }
+        let (ctx, state) = (Arc::clone(ctx), Arc::clone(state));
+        running.spawn(async move {
+            run_hand_backs(&ctx, &state, &group, jobs).await;
+        });
+    }
+    while running.join_next().await.is_some() {}
     total
 }
 

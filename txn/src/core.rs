@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 
 use crate::error::TxnError;
 use crate::extension::Shared;
+use crate::fresh::Fresh;
 use crate::metrics::Counters;
 use crate::records::{op_record, HalfRecord};
 use crate::state::{Decision, Source, TxnState};
@@ -112,8 +113,22 @@ impl Core {
         let half = HalfRecord::from_parts(fresh.header, fresh.body, fresh.props)
             .inspect_err(|e| tracing::debug!(half_offset, error = %e, "kept half message unusable; reading it"))
             .ok()?;
-        Counters::inc(&self.counters().halves_kept_used);
         Some(half)
+    }
+
+    /// Puts back a half message [`Core::fresh_half`] took for a reference that turned out not
+    /// to describe it.
+    pub(crate) fn keep_again(&self, half: HalfRecord) {
+        let fresh = Fresh {
+            header: half.header,
+            body: half.body,
+            props_len: half.props.encoded_len(),
+            props: half.props,
+        };
+        self.shared
+            .fresh
+            .lock()
+            .keep(fresh, self.shared.cfg.fresh_half_bytes);
     }
 
     /// The one decision path; see the module docs.
@@ -246,7 +261,10 @@ impl Core {
         let the_half = move || match half {
             Some(h) if h.phys_offset == e.current.phys_offset => Ok(h),
             _ => match self.fresh_half(e.id.half_offset, e.current.phys_offset) {
-                Some(h) => Ok(h),
+                Some(h) => {
+                    Counters::inc(&self.counters().halves_kept_used);
+                    Ok(h)
+                }
                 None => self.read_half(e.current.phys_offset),
             },
         };

@@ -212,9 +212,9 @@ impl Core {
     /// was added then, decided and forgotten meanwhile, and its op record answers (adding it
     /// again would have opened a decided transaction a second time).
     async fn adopt(&self, r: &TxnRef) -> Result<Option<(u64, HalfRecord)>, TxnError> {
-        let rec = match self.fresh_half(r.half_offset, r.commit_log_offset) {
-            Some(rec) => rec,
-            None => self.read_half_queue_entry(r).await?,
+        let (rec, kept) = match self.fresh_half(r.half_offset, r.commit_log_offset) {
+            Some(rec) => (rec, true),
+            None => (self.read_half_queue_entry(r).await?, false),
         };
         if rec.origin.is_some() {
             return Err(TxnError::Mismatch(format!(
@@ -223,7 +223,17 @@ impl Core {
             )));
         }
         let entry = Entry::open(&rec);
-        self.validate(&entry, r)?;
+        if let Err(e) = self.validate(&entry, r) {
+            // A reference that does not describe it (another group, another id) leaves the
+            // kept half for the one that does.
+            if kept {
+                self.keep_again(rec);
+            }
+            return Err(e);
+        }
+        if kept {
+            Counters::inc(&self.counters().halves_kept_used);
+        }
         let mut t = self.table.lock();
         if t.get(r.half_offset).is_none() {
             if r.half_offset < t.half_next {

@@ -25,6 +25,36 @@ async fn a_half_message_is_invisible_until_committed_then_visible_exactly_once()
     commit_once(quiet().fresh_half_bytes).await;
 }
 
+/// An END naming the half message with the wrong producer group is refused without using up
+/// the copy kept from the put: the right END still commits from memory.
+#[tokio::test]
+async fn a_refused_reference_leaves_the_kept_half_for_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "k1").await;
+    let wrong_group = end_request(
+        "other_group",
+        s.queue_offset,
+        s.commit_log_offset,
+        &s.transaction_id,
+        COMMIT,
+        false,
+    );
+    let r = c.invoke(wrong_group, RPC).await.unwrap();
+    assert_eq!(
+        r.code,
+        code::TRANSACTION_STATE_GROUP_WRONG,
+        "{:?}",
+        r.remark
+    );
+    assert_eq!(end(&c, &s, COMMIT).await.code, code::SUCCESS);
+    let m = b.txn.service().metrics();
+    assert_eq!((m.committed, m.halves_kept_used), (1, 1));
+    assert_eq!(visible_keys(&b, &c).await, ["k1"]);
+    b.stop().await;
+}
+
 /// The same commit with nothing kept from the put: END reads the half back from the store,
 /// and the committed message is the same.
 #[tokio::test]
@@ -144,6 +174,7 @@ async fn unknown_leaves_the_transaction_open_and_bad_references_are_refused() {
         "{:?}",
         r.remark
     );
+
     let wrong_offset = end_request(
         GROUP,
         s.queue_offset,

@@ -321,7 +321,7 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
     let counters: [(&str, &str, u64); 10] = [
         (
             "sluice_txn_halves_kept_used_total",
-            "Decisions that took their half message from memory, as its send stored it, instead of reading it back.",
+            "Store reads of half messages avoided: taken from memory, as their sends stored them, to adopt or decide a transaction.",
             m.halves_kept_used,
         ),
         (

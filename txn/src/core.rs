@@ -117,11 +117,12 @@ impl Core {
     }
 
     /// Puts back a half message [`Core::fresh_half`] took for a reference that turned out not
-    /// to describe it.
+    /// to describe it, or for a transaction not decided now. The body is copied: one read
+    /// from the store is a slice of a mapped segment, which would keep the segment mapped.
     pub(crate) fn keep_again(&self, half: HalfRecord) {
         let fresh = Fresh {
             header: half.header,
-            body: half.body,
+            body: bytes::Bytes::copy_from_slice(&half.body),
             props_len: half.props.encoded_len(),
             props: half.props,
         };

@@ -61,16 +61,25 @@ impl FreshHalves {
     /// one larger than the whole budget is not kept.
     pub(crate) fn keep(&mut self, fresh: Fresh, max_bytes: usize) {
         let size = fresh.bytes();
+        let offset = fresh.queue_offset();
         if size > max_bytes {
             return;
         }
         while self.bytes + size > max_bytes {
+            // Oldest first, the newcomer included (a half put back after its reference was
+            // refused may be older than everything kept since).
+            if self
+                .by_offset
+                .first_key_value()
+                .is_some_and(|(k, _)| offset < *k)
+            {
+                return;
+            }
             let Some((_, old)) = self.by_offset.pop_first() else {
                 break;
             };
             self.bytes -= old.bytes();
         }
-        let offset = fresh.queue_offset();
         self.bytes += size;
         if let Some(old) = self.by_offset.insert(offset, fresh) {
             self.bytes -= old.bytes();
@@ -130,6 +139,20 @@ mod tests {
         assert_eq!(f.take(4, 1004).map(|x| x.phys_offset()), Some(1004));
         assert!(f.take(4, 1004).is_none(), "taken once");
         assert_eq!(f.bytes, 2 * one);
+    }
+
+    #[test]
+    fn one_put_back_older_than_everything_kept_since_is_the_one_dropped() {
+        let mut f = FreshHalves::default();
+        let one = fresh(0, 1000).bytes();
+        for i in 1..=3 {
+            f.keep(fresh(i, 1000), 3 * one);
+        }
+        f.keep(fresh(0, 1000), 3 * one);
+        assert!(f.take(0, 1000).is_none(), "the oldest is the one left out");
+        for i in 1..=3u64 {
+            assert!(f.take(i, 1000 + i).is_some(), "{i} kept");
+        }
     }
 
     #[test]

@@ -85,8 +85,8 @@ impl PutHook for TxnPutHook {
         HookOutcome::Continue
     }
 
-    /// Keeps a half message just stored for its END_TRANSACTION (see `fresh`). The broker's
-    /// address is filled in when it is taken.
+    /// Keeps a half message just stored for its END_TRANSACTION (see `fresh`), with the
+    /// header a read of its record would return (the broker's own address included).
     fn after_put(&self, stored: &mut Stored<'_>) {
         let budget = self.shared.cfg.fresh_half_bytes;
         if stored.msg.topic != TRANS_HALF_TOPIC || budget == 0 {

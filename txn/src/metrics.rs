@@ -84,8 +84,8 @@ pub struct TxnMetrics {
     pub carried_forward: u64,
     /// Undecided transactions whose half message was unreadable at restart.
     pub lost_at_restart: u64,
-    /// Decisions that took their half message as its send kept it in memory instead of
-    /// reading it back from the store (`fresh_half_bytes`).
+    /// Store reads of half messages avoided: taken from memory, as their sends stored them
+    /// (`fresh_half_bytes`), to adopt or decide a transaction.
     pub halves_kept_used: u64,
 }
 

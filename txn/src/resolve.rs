@@ -99,14 +99,19 @@ impl Core {
                 return Err(e);
             }
         };
-        if let Located::InMemory(id, half) = &located {
-            let topic = match half {
-                Some(h) => Some(h.real_topic.clone()),
-                None => self.table.lock().get(*id).map(|e| e.topic.clone()),
-            };
-            if let Some(topic) = topic {
-                may(&topic)?;
+        let refused = match &located {
+            Located::InMemory(id, half) => {
+                let topic = match half {
+                    Some(h) => Some(h.real_topic.clone()),
+                    None => self.table.lock().get(*id).map(|e| e.topic.clone()),
+                };
+                topic.and_then(|t| may(&t).err())
             }
+            Located::Forgotten(_) => None,
+        };
+        if let Some(e) = refused {
+            self.put_back(located);
+            return Err(e);
         }
         if from_check {
             self.note_answer(&located, resolution);
@@ -114,7 +119,11 @@ impl Core {
         let decision = match resolution {
             Resolution::Commit => Decision::Commit,
             Resolution::Rollback => Decision::Rollback,
-            Resolution::Unknown => return Ok(self.unknown_noted(&located)),
+            Resolution::Unknown => {
+                let noted = self.unknown_noted(&located);
+                self.put_back(located);
+                return Ok(noted);
+            }
         };
         let by = if from_check {
             Source::CheckAnswer
@@ -138,6 +147,16 @@ impl Core {
                 }
             }
             Located::Forgotten(op) => self.judge_forgotten(&op, decision),
+        }
+    }
+
+    /// A half message taken from memory to adopt a transaction that is not being decided
+    /// now goes back for the decision that will come.
+    fn put_back(&self, located: Located) {
+        if let Located::InMemory(_, Some(half)) = located {
+            if half.phys_offset == half.id().commit_log_offset {
+                self.keep_again(*half);
+            }
         }
     }
 

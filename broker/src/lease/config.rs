@@ -44,7 +44,8 @@ pub struct LeaseConfig {
     /// Entries every group together keeps waiting (retries kept aside and failed hand-backs);
     /// past it, a group holding at least its share (this over the groups with a book) keeps
     /// no more retries aside (its retry cursor waits, as at `max_parked_retries`), while one
-    /// below its share still may. A failed hand-back always waits. Default 100 000.
+    /// below its share still may, up to twice this. A failed hand-back always waits. Default
+    /// 100 000.
     pub max_parked_retries_total: usize,
     /// Retry-queue entries one receive looks at. Default 1 024.
     pub max_retry_scan: usize,

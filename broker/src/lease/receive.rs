@@ -321,10 +321,14 @@ impl Pass<'_> {
     }
 
     /// Whether the broker-wide bound on entries kept aside stops a group that keeps `parked`:
-    /// only when every book together is at the bound and this group holds at least its share.
+    /// when every book together is at the bound and this group holds at least its share, and
+    /// for every group at twice the bound (groups below their share, arriving one after
+    /// another, would otherwise add a share each for good).
     fn aside_full(&self, parked: usize) -> bool {
         let total = self.ctx.cfg.lease.max_parked_retries_total;
-        self.state.totals.waiting() >= total && parked >= self.state.parked_share(total)
+        let waiting = self.state.totals.waiting();
+        waiting >= total.saturating_mul(2)
+            || (waiting >= total && parked >= self.state.parked_share(total))
     }
 
     fn advance(&self, g: &mut Group, key: &QueueKey, to: u64) {

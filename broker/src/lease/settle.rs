@@ -282,9 +282,14 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
             let (group, jobs) = expired_jobs(&book, Remember::from(cfg), budget.min(most));
             drop(book);
             budget -= jobs.len();
-            if !jobs.is_empty() {
-                tracing::debug!(group = %group, count = jobs.len(), "leases expired");
-                todo.push((group, jobs));
+            if jobs.is_empty() {
+                continue;
+            }
+            tracing::debug!(group = %group, count = jobs.len(), "leases expired");
+            // The second round adds to a group's first-round share: one task per group.
+            match todo.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, first)) => first.extend(jobs),
+                None => todo.push((group, jobs)),
             }
         }
     }
@@ -292,15 +297,25 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
     let mut running = JoinSet::new();
     for (group, jobs) in todo {
         while running.len() >= EXPIRY_GROUPS_AT_ONCE {
-            running.join_next().await;
+            log_failed(running.join_next().await);
         }
         let (ctx, state) = (Arc::clone(ctx), Arc::clone(state));
         running.spawn(async move {
             run_hand_backs(&ctx, &state, &group, jobs).await;
         });
     }
-    while running.join_next().await.is_some() {}
+    while let Some(done) = running.join_next().await {
+        log_failed(Some(done));
+    }
     total
+}
+
+/// A group's hand-backs that panicked: its entries stay being handed back (they hold the
+/// committed offset, so they are delivered again after a restart); said, not swallowed.
+fn log_failed(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        tracing::error!(error = %e, "an expiry hand-back task failed; its messages are delivered again after a restart");
+    }
 }
 
 fn expired_jobs(book: &Mutex<Group>, remember: Remember, budget: usize) -> (String, Vec<HandBack>) {

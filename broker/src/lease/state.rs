@@ -234,9 +234,9 @@ impl LeaseState {
 
     /// Retries kept aside a group is sure of, whatever the others hold: the broker-wide
     /// bound shared by the books that exist, at least one. Past the broker-wide bound only
-    /// groups above their share stop keeping retries aside, so groups that filled it (one
-    /// that stopped receiving a topic keeps that topic's retries aside for good) cannot stall
-    /// every other group's retry queue.
+    /// groups holding at least their share stop keeping retries aside (until twice the bound,
+    /// where all do), so groups that filled it (one that stopped receiving a topic keeps that
+    /// topic's retries aside for good) cannot stall every other group's retry queue.
     pub(crate) fn parked_share(&self, total: usize) -> usize {
         (total / self.groups.lock().len().max(1)).max(1)
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use sluice_broker::produce::Produce;
 use sluice_broker::{
-    Backoff, BrokerConfig, DlqQuery, GroupRetryPolicy, LeaseError, ReceiveRequest,
+    Backoff, BrokerConfig, Delivery, DlqQuery, GroupRetryPolicy, LeaseError, ReceiveRequest,
 };
 use sluice_protocol::remoting::body::TopicConfig;
 use sluice_protocol::Properties;
@@ -439,7 +439,8 @@ async fn retries_stored(cluster: &Cluster, group: &str, n: u64) {
 /// `max_parked_retries_total` holds across groups, and fairly: at the bound, a group holding
 /// its share (the bound over the books, at least one) stops keeping retries of other topics
 /// aside and its retry cursor waits, while a group below its share may still keep one aside,
-/// so one group that filled the bound cannot stall everyone's retries. Nothing is lost.
+/// so one group that filled the bound cannot stall everyone's retries; at twice the bound
+/// every group waits. Nothing is lost.
 #[tokio::test]
 async fn past_the_broker_wide_waiting_bound_only_groups_over_their_share_wait() {
     let cluster = start_cluster_with(|cfg| {
@@ -461,54 +462,67 @@ async fn past_the_broker_wide_waiting_bound_only_groups_over_their_share_wait() 
                 .unwrap()
         }
     };
-    // Retry queues: g1 holds X's two retries then Y's, g2 one of X's then Y's. Everything is
-    // received before the first nack, so no receive here meets a retry yet.
-    let held = [
+    // Retry queues: g1 holds X's two retries then Y's; g2 and g3 one of X's then Y's.
+    // Everything is received before the first nack, so no receive here meets a retry yet.
+    let mut held = vec![
         ("g1", take("g1", "X", 2).await),
         ("g1", take("g1", "Y", 1).await),
-        ("g2", take("g2", "X", 1).await),
-        ("g2", take("g2", "Y", 1).await),
     ];
+    for g in ["g2", "g3"] {
+        held.push((g, take(g, "X", 1).await));
+        held.push((g, take(g, "Y", 1).await));
+    }
     for (g, got) in &held {
         assert!(!got.is_empty());
         let r = receipts(got);
         assert!(leases.nack(g, &r, None).await.iter().all(Result::is_ok));
     }
-    retries_stored(&cluster, "g1", 3).await;
-    retries_stored(&cluster, "g2", 2).await;
+    for (g, n) in [("g1", 3), ("g2", 2), ("g3", 2)] {
+        retries_stored(&cluster, g, n).await;
+    }
     wait_dispatched(&cluster.broker).await;
+    let ids = |got: Vec<Delivery>| got.into_iter().map(|d| d.msg_id).collect::<Vec<_>>();
+    let delivery_counts = |got: Vec<Delivery>| {
+        let mut n: Vec<u32> = got.iter().map(|d| d.delivery_count).collect();
+        n.sort_unstable();
+        n
+    };
 
     assert!(
         take("g1", "Y", 5).await.is_empty(),
         "g1 keeps one X retry aside (the whole bound, and its share of it), then waits"
     );
-    let g2_y = take("g2", "Y", 5).await;
     assert_eq!(
-        g2_y.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
-        vec![&y[0]],
+        ids(take("g2", "Y", 5).await),
+        [y[0].clone()],
         "g2, below its share, still keeps its X retry aside and gets Y's"
+    );
+    assert!(
+        take("g3", "Y", 5).await.is_empty(),
+        "at twice the bound every group waits, below its share or not"
     );
     assert_eq!(
         take("g1", "X", 5).await.len(),
         2,
-        "g1's X retries: aside, then next"
+        "g1's X retries: aside, then next (its Y retry is kept aside now)"
     );
     assert_eq!(
         take("g1", "Y", 5).await.len(),
         1,
-        "and g1's cursor moved on to Y's"
+        "g1's Y retry, from aside"
     );
-    let mut g2_x: Vec<u32> = take("g2", "X", 5)
-        .await
-        .iter()
-        .map(|d| d.delivery_count)
-        .collect();
-    g2_x.sort_unstable();
     assert_eq!(
-        g2_x,
-        [1, 2],
-        "g2's X retry was not lost (and x2, which g2 never received, comes too)"
+        ids(take("g3", "Y", 5).await),
+        [y[0].clone()],
+        "with room again, g3 moves on"
     );
+    for g in ["g2", "g3"] {
+        assert_eq!(
+            delivery_counts(take(g, "X", 5).await),
+            [1, 2],
+            "{g}'s X retry was not lost (and x2, which {g} never received, comes too)"
+        );
+    }
     drop(leases);
     cluster.stop().await;
 }

@@ -90,15 +90,10 @@ impl Core {
         from_check: bool,
         may: impl Fn(&str) -> Result<(), TxnError>,
     ) -> Result<Outcome, TxnError> {
-        let located = match self.locate(r).await {
-            Ok(l) => l,
-            Err(e) => {
-                if matches!(e, TxnError::Unknown { .. }) {
-                    Counters::inc(&self.counters().unknown_refs);
-                }
-                return Err(e);
-            }
-        };
+        let located = self
+            .locate(r)
+            .await
+            .inspect_err(|e| self.count_unknown(e))?;
         let refused = match &located {
             Located::InMemory(id, half) => {
                 let topic = match half {
@@ -136,17 +131,20 @@ impl Core {
                     // Decided and forgotten between `locate` and the decision (only decided
                     // entries are forgotten): its op record answers, as for any late repeat.
                     Err(TxnError::Unknown { .. }) => {
-                        let op = self.find_op(r).inspect_err(|e| {
-                            if matches!(e, TxnError::Unknown { .. }) {
-                                Counters::inc(&self.counters().unknown_refs);
-                            }
-                        })?;
+                        let op = self.find_op(r).inspect_err(|e| self.count_unknown(e))?;
                         self.judge_forgotten(&op, decision)
                     }
                     other => other,
                 }
             }
             Located::Forgotten(op) => self.judge_forgotten(&op, decision),
+        }
+    }
+
+    /// Counts a reference that named no known transaction.
+    fn count_unknown(&self, e: &TxnError) {
+        if matches!(e, TxnError::Unknown { .. }) {
+            Counters::inc(&self.counters().unknown_refs);
         }
     }
 

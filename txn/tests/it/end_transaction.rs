@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook};
+use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, RemotingClient};
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::response_code as code;
 use sluice_txn::{ListQuery, StateFilter, TxnConfig, TxnExtension, TxnState};
@@ -27,12 +27,8 @@ async fn a_half_message_is_invisible_until_committed_then_visible_exactly_once()
 
 /// An END naming the half message with the wrong producer group is refused without using up
 /// the copy kept from the put: the right END still commits from memory.
-#[tokio::test]
-async fn a_refused_reference_leaves_the_kept_half_for_the_right_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), quiet()).await;
-    let c = b.client().await;
-    let s = send_half(&c, "k1").await;
+/// A commit naming the half message under another producer group is refused.
+async fn commit_as_another_group_is_refused(c: &RemotingClient, s: &Sent) {
     let wrong_group = end_request(
         "other_group",
         s.queue_offset,
@@ -48,6 +44,15 @@ async fn a_refused_reference_leaves_the_kept_half_for_the_right_one() {
         "{:?}",
         r.remark
     );
+}
+
+#[tokio::test]
+async fn a_refused_reference_leaves_the_kept_half_for_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "k1").await;
+    commit_as_another_group_is_refused(&c, &s).await;
     assert_eq!(end(&c, &s, COMMIT).await.code, code::SUCCESS);
     let m = b.txn.service().metrics();
     assert_eq!((m.committed, m.halves_kept_used), (1, 1));
@@ -159,21 +164,7 @@ async fn unknown_leaves_the_transaction_open_and_bad_references_are_refused() {
     assert_eq!(r.code, code::SUCCESS);
     assert!(r.remark.unwrap().contains("UNKNOWN"));
 
-    let wrong_group = end_request(
-        "other_group",
-        s.queue_offset,
-        s.commit_log_offset,
-        &s.transaction_id,
-        COMMIT,
-        false,
-    );
-    let r = c.invoke(wrong_group, RPC).await.unwrap();
-    assert_eq!(
-        r.code,
-        code::TRANSACTION_STATE_GROUP_WRONG,
-        "{:?}",
-        r.remark
-    );
+    commit_as_another_group_is_refused(&c, &s).await;
 
     let wrong_offset = end_request(
         GROUP,

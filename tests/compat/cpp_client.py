@@ -8,6 +8,7 @@ Every loop is bounded by a count and a timeout. Only 127.0.0.1 addresses are use
 import argparse
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -52,6 +53,14 @@ def produce(args):
     producer.set_name_server_address(args.ns)
     credentials(producer, args)
     log_dir = client_log_dir(producer)
+    try:
+        result = produce_with(producer, args, log_dir)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    print(json.dumps(result))
+
+
+def produce_with(producer, args, log_dir):
     producer.start()
     tags = args.tags.split(",") if args.tags else [None]
     sent, failures = [], []
@@ -79,10 +88,8 @@ def produce(args):
     result = {"sent": len(sent), "failures": failures[:20], "failure_count": len(failures),
               "sample": sent[:3]}
     if failures:
-        result["client_log"] = client_log_tail(log_dir)
-    import shutil
-    shutil.rmtree(log_dir, ignore_errors=True)
-    print(json.dumps(result))
+        result["client_log"] = client_log_tail(log_dir) or [f"nothing logged under {log_dir}"]
+    return result
 
 
 def produce_orderly(args):

@@ -148,8 +148,8 @@ impl Core {
         }
     }
 
-    /// A half message taken from memory to adopt a transaction that is not being decided
-    /// now goes back for the decision that will come.
+    /// The half message read to adopt a transaction that is not being decided now (taken
+    /// from memory or read from the store) is kept for the decision that will come.
     fn put_back(&self, located: Located) {
         if let Located::InMemory(_, Some(half)) = located {
             if half.phys_offset == half.id().commit_log_offset {

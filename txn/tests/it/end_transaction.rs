@@ -25,8 +25,6 @@ async fn a_half_message_is_invisible_until_committed_then_visible_exactly_once()
     commit_once(quiet().fresh_half_bytes).await;
 }
 
-/// An END naming the half message with the wrong producer group is refused without using up
-/// the copy kept from the put: the right END still commits from memory.
 /// A commit naming the half message under another producer group is refused.
 async fn commit_as_another_group_is_refused(c: &RemotingClient, s: &Sent) {
     let wrong_group = end_request(
@@ -46,6 +44,8 @@ async fn commit_as_another_group_is_refused(c: &RemotingClient, s: &Sent) {
     );
 }
 
+/// An END naming the half message with the wrong producer group is refused without using up
+/// the copy kept from the put: the right END still commits from memory.
 #[tokio::test]
 async fn a_refused_reference_leaves_the_kept_half_for_the_right_one() {
     let dir = tempfile::tempdir().unwrap();

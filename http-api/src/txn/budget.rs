@@ -37,29 +37,9 @@ impl Held {
     /// gone; on refusal nothing changes.
     pub(super) fn resize_for(&mut self, check: &PendingCheck) -> Result<(), String> {
         let bytes = size_of_check(check);
-        let budget = &self.budget;
-        let mut used = budget.used.load(Ordering::Acquire);
-        loop {
-            let others = used - self.bytes;
-            if others > 0 && others.saturating_add(bytes) > budget.max {
-                return Err(format!(
-                    "queued checks hold {used} bytes, at most {} (check_queue_bytes)",
-                    budget.max
-                ));
-            }
-            match budget.used.compare_exchange_weak(
-                used,
-                others + bytes,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.bytes = bytes;
-                    return Ok(());
-                }
-                Err(now) => used = now,
-            }
-        }
+        self.budget.swap(self.bytes, bytes)?;
+        self.bytes = bytes;
+        Ok(())
     }
 }
 
@@ -74,9 +54,20 @@ impl ByteBudget {
     /// Holds room for `check`, or says why there is none.
     pub(super) fn hold(self: &Arc<Self>, check: &PendingCheck) -> Result<Held, String> {
         let bytes = size_of_check(check);
+        self.swap(0, bytes)?;
+        Ok(Held {
+            budget: Arc::clone(self),
+            bytes,
+        })
+    }
+
+    /// Replaces a share of `from` bytes with one of `to`, atomically, judged as if the old
+    /// share were gone (one share is always let in when nothing else is held).
+    fn swap(&self, from: usize, to: usize) -> Result<(), String> {
         let mut used = self.used.load(Ordering::Acquire);
         loop {
-            if used > 0 && used.saturating_add(bytes) > self.max {
+            let others = used - from;
+            if others > 0 && others.saturating_add(to) > self.max {
                 return Err(format!(
                     "queued checks hold {used} bytes, at most {} (check_queue_bytes)",
                     self.max
@@ -84,16 +75,11 @@ impl ByteBudget {
             }
             match self.used.compare_exchange_weak(
                 used,
-                used + bytes,
+                others + to,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    return Ok(Held {
-                        budget: Arc::clone(self),
-                        bytes,
-                    })
-                }
+                Ok(_) => return Ok(()),
                 Err(now) => used = now,
             }
         }

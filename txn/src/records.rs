@@ -97,15 +97,7 @@ impl HalfRecord {
         at: &Appended,
         store_host: SocketAddr,
     ) -> RecordHeader {
-        // The encoder sets the address-family bits from the addresses (and a read returns
-        // them set), whatever the message said.
-        let mut sys_flag = msg.sys_flag & !(sysflag::BORNHOST_V6 | sysflag::STOREHOST_V6);
-        if msg.born_host.is_ipv6() {
-            sys_flag |= sysflag::BORNHOST_V6;
-        }
-        if store_host.is_ipv6() {
-            sys_flag |= sysflag::STOREHOST_V6;
-        }
+        let sys_flag = sysflag::with_host_bits(msg.sys_flag, msg.born_host, store_host);
         RecordHeader {
             queue_id: msg.queue_id,
             flag: msg.flag,

@@ -57,6 +57,23 @@ pub mod sysflag {
     pub fn transaction_type(flag: i32) -> i32 {
         flag & TRANSACTION_MASK
     }
+
+    /// `flag` with the address-family bits set from the addresses, as a stored record has
+    /// them whatever the message said.
+    pub fn with_host_bits(
+        flag: i32,
+        born: std::net::SocketAddr,
+        store: std::net::SocketAddr,
+    ) -> i32 {
+        let mut flag = flag & !(BORNHOST_V6 | STOREHOST_V6);
+        if born.is_ipv6() {
+            flag |= BORNHOST_V6;
+        }
+        if store.is_ipv6() {
+            flag |= STOREHOST_V6;
+        }
+        flag
+    }
 }
 
 /// Why a record was refused.
@@ -199,13 +216,7 @@ pub fn encode_record_with_crc(
     )?;
     let total = record_len(header, body, topic, properties);
     let v2 = topic.len() > 127;
-    let mut sys_flag = header.sys_flag & !(sysflag::BORNHOST_V6 | sysflag::STOREHOST_V6);
-    if header.born_host.is_ipv6() {
-        sys_flag |= sysflag::BORNHOST_V6;
-    }
-    if header.store_host.is_ipv6() {
-        sys_flag |= sysflag::STOREHOST_V6;
-    }
+    let sys_flag = sysflag::with_host_bits(header.sys_flag, header.born_host, header.store_host);
     out.reserve(total);
     out.extend_from_slice(&(total as i32).to_be_bytes());
     out.extend_from_slice(&(if v2 { MAGIC_V2 } else { MAGIC_V1 }).to_be_bytes());

@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::*;
 use sluice_broker::produce::Produce;
 use sluice_broker::{
-    Backoff, BrokerConfig, Delivery, DlqQuery, GroupRetryPolicy, LeaseError, ReceiveRequest,
+    Backoff, BrokerConfig, Delivery, DlqQuery, GroupRetryPolicy, LeaseError, LeaseService,
+    ReceiveRequest,
 };
 use sluice_protocol::remoting::body::TopicConfig;
 use sluice_protocol::Properties;
@@ -34,6 +35,14 @@ fn fast_retries(cfg: &mut BrokerConfig, max: Option<i32>) {
         policy.max_reconsume_times = max;
     }
     cfg.retry.groups.insert("g".into(), policy);
+}
+
+/// One receive that does not wait, answered.
+async fn receive_now(leases: &LeaseService, group: &str, topic: &str, max: usize) -> Vec<Delivery> {
+    leases
+        .receive(request(group, topic, max, Duration::ZERO))
+        .await
+        .unwrap()
 }
 
 fn request(group: &str, topic: &str, max: usize, wait: Duration) -> ReceiveRequest {
@@ -453,24 +462,15 @@ async fn past_the_broker_wide_waiting_bound_only_groups_over_their_share_wait() 
     produce(&cluster, "X", 0, &["x1", "x2"], None).await;
     let y = produce(&cluster, "Y", 0, &["y"], None).await;
     let leases = cluster.broker.services().leases();
-    let take = |g: &'static str, t: &'static str, max: usize| {
-        let leases = leases.clone();
-        async move {
-            leases
-                .receive(request(g, t, max, Duration::ZERO))
-                .await
-                .unwrap()
-        }
-    };
     // Retry queues: g1 holds X's two retries then Y's; g2 and g3 one of X's then Y's.
     // Everything is received before the first nack, so no receive here meets a retry yet.
     let mut held = vec![
-        ("g1", take("g1", "X", 2).await),
-        ("g1", take("g1", "Y", 1).await),
+        ("g1", receive_now(&leases, "g1", "X", 2).await),
+        ("g1", receive_now(&leases, "g1", "Y", 1).await),
     ];
     for g in ["g2", "g3"] {
-        held.push((g, take(g, "X", 1).await));
-        held.push((g, take(g, "Y", 1).await));
+        held.push((g, receive_now(&leases, g, "X", 1).await));
+        held.push((g, receive_now(&leases, g, "Y", 1).await));
     }
     for (g, got) in &held {
         assert!(!got.is_empty());
@@ -489,36 +489,36 @@ async fn past_the_broker_wide_waiting_bound_only_groups_over_their_share_wait() 
     };
 
     assert!(
-        take("g1", "Y", 5).await.is_empty(),
+        receive_now(&leases, "g1", "Y", 5).await.is_empty(),
         "g1 keeps one X retry aside (the whole bound, and its share of it), then waits"
     );
     assert_eq!(
-        ids(take("g2", "Y", 5).await),
+        ids(receive_now(&leases, "g2", "Y", 5).await),
         [y[0].clone()],
         "g2, below its share, still keeps its X retry aside and gets Y's"
     );
     assert!(
-        take("g3", "Y", 5).await.is_empty(),
+        receive_now(&leases, "g3", "Y", 5).await.is_empty(),
         "at twice the bound every group waits, below its share or not"
     );
     assert_eq!(
-        take("g1", "X", 5).await.len(),
+        receive_now(&leases, "g1", "X", 5).await.len(),
         2,
         "g1's X retries: aside, then next (its Y retry is kept aside now)"
     );
     assert_eq!(
-        take("g1", "Y", 5).await.len(),
+        receive_now(&leases, "g1", "Y", 5).await.len(),
         1,
         "g1's Y retry, from aside"
     );
     assert_eq!(
-        ids(take("g3", "Y", 5).await),
+        ids(receive_now(&leases, "g3", "Y", 5).await),
         [y[0].clone()],
         "with room again, g3 moves on"
     );
     for g in ["g2", "g3"] {
         assert_eq!(
-            delivery_counts(take(g, "X", 5).await),
+            delivery_counts(receive_now(&leases, g, "X", 5).await),
             [1, 2],
             "{g}'s X retry was not lost (and x2, which {g} never received, comes too)"
         );
@@ -592,25 +592,13 @@ async fn every_group_together_holds_at_most_the_broker_wide_in_flight_limit() {
     topic(&cluster, "Orders", 1);
     produce(&cluster, "Orders", 0, &["a", "b", "c", "d", "e"], None).await;
     let leases = cluster.broker.services().leases();
-    let first = leases
-        .receive(request("g1", "Orders", 2, Duration::ZERO))
-        .await
-        .unwrap();
-    let second = leases
-        .receive(request("g2", "Orders", 10, Duration::ZERO))
-        .await
-        .unwrap();
+    let first = receive_now(&leases, "g1", "Orders", 2).await;
+    let second = receive_now(&leases, "g2", "Orders", 10).await;
     assert_eq!((first.len(), second.len()), (2, 1));
-    let third = leases
-        .receive(request("g3", "Orders", 10, Duration::ZERO))
-        .await
-        .unwrap();
+    let third = receive_now(&leases, "g3", "Orders", 10).await;
     assert!(third.is_empty(), "no room left in the broker");
     assert_eq!(leases.ack("g1", &receipts(&first)), vec![Ok(()), Ok(())]);
-    let third = leases
-        .receive(request("g3", "Orders", 10, Duration::ZERO))
-        .await
-        .unwrap();
+    let third = receive_now(&leases, "g3", "Orders", 10).await;
     assert_eq!(third.len(), 2, "g1's acks made room for g3");
     drop(leases);
     cluster.stop().await;

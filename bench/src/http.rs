@@ -23,7 +23,7 @@ use sluice_http::{HttpConfig, HttpFacade};
 use sluice_store::StoreConfig;
 
 use crate::proc::{drive, runtime};
-use crate::stats::{machine_line, print_table, Row};
+use crate::stats::{machine_line, print_table, CpuUse, Row};
 
 const TOPIC: &str = "BenchHttp";
 const GROUP: &str = "bench-http";
@@ -41,8 +41,11 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let (mut null, mut produce, mut consume) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         println!("run {run}: {}", machine_line());
-        let (a, b, c) = rt.block_on(one_run(&dir.join(format!("http-{run}")), n))?;
+        let (a, b, c, notes) = rt.block_on(one_run(&dir.join(format!("http-{run}")), n))?;
         println!("run {run}: null {a:.0}/s, produce {b:.0}/s, receive+ack {c:.0} msgs/s");
+        for note in notes {
+            println!("  {note}");
+        }
         null.push(a);
         produce.push(b);
         consume.push(c);
@@ -68,7 +71,9 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     Ok(())
 }
 
-async fn one_run(dir: &Path, n: usize) -> Result<(f64, f64, f64)> {
+/// One run's rates (null, produce, receive + ack) and what each post phase measured besides
+/// its rate (see `CpuUse`), so a ratio can be read as more work or more waiting.
+async fn one_run(dir: &Path, n: usize) -> Result<(f64, f64, f64, Vec<String>)> {
     let null_addr = start_null().await?;
     let (broker, facade) = start_sluice(dir).await?;
     let http_addr = facade.local_addr().context("http bound")?;
@@ -77,15 +82,43 @@ async fn one_run(dir: &Path, n: usize) -> Result<(f64, f64, f64)> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let body = json!({ "body": String::from_utf8(crate::proc::body("m", SIZE))? });
-    let null = post_load(&client, format!("http://{null_addr}/null"), &body, n).await?;
+    let (null, null_cpu) = post_load(&client, format!("http://{null_addr}/null"), &body, n).await?;
     let url = format!("http://{http_addr}/v1/topics/{TOPIC}/messages");
-    let produce = post_load(&client, url, &body, n).await?;
+    let syncs = broker.store().sync_latency();
+    let (produce, produce_cpu) = post_load(&client, url, &body, n).await?;
+    let after = broker.store().sync_latency();
+    let (count, us) = (after.count() - syncs.count(), after.sum_us - syncs.sum_us);
+    let notes = vec![
+        format!("null: {null_cpu}"),
+        format!(
+            "produce: {produce_cpu}; {count} syncs of {:.1} requests, {:.0} us each",
+            n as f64 / count.max(1) as f64,
+            us as f64 / count.max(1) as f64
+        ),
+    ];
     let consume = receive_ack(&client, http_addr, n).await?;
     broker.shutdown().await;
-    Ok((null, produce, consume))
+    Ok((null, produce, consume, notes))
 }
 
-async fn post_load(client: &reqwest::Client, url: String, body: &Value, n: usize) -> Result<f64> {
+/// The rate of `n` posts, and the phase's CPU line (see `CpuUse`).
+async fn post_load(
+    client: &reqwest::Client,
+    url: String,
+    body: &Value,
+    n: usize,
+) -> Result<(f64, String)> {
+    let cpu = CpuUse::start();
+    let rate = post_load_inner(client, url, body, n).await?;
+    Ok((rate, cpu.line(n)))
+}
+
+async fn post_load_inner(
+    client: &reqwest::Client,
+    url: String,
+    body: &Value,
+    n: usize,
+) -> Result<f64> {
     let (client, url, body) = (client.clone(), Arc::new(url), Arc::new(body.clone()));
     let load = drive(n, WINDOW, BOUND, move |_| {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());

@@ -22,6 +22,10 @@ pub struct NameServerConfig {
     pub max_frame: usize,
     /// Largest body. Registration bodies list every topic of a broker, so default 16 MiB.
     pub max_body: usize,
+    /// Bytes of request frames being handled at once, all connections together; past it a
+    /// request waits (at most 200 ms, then SYSTEM_BUSY), except the next request of a
+    /// connection with nothing running. At least `max_frame`. Default 64 MiB.
+    pub max_inflight_bytes: usize,
     /// TLS for the name server's port. Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
 }
@@ -34,6 +38,7 @@ impl Default for NameServerConfig {
             scan_interval: Duration::from_secs(5),
             max_frame: DEFAULT_MAX_FRAME,
             max_body: DEFAULT_MAX_FRAME,
+            max_inflight_bytes: 64 << 20,
             tls: None,
         }
     }
@@ -43,6 +48,7 @@ impl NameServerConfig {
     /// Refuses settings the broker cannot run with (also checked by `Broker::start_with`).
     pub fn validate(&self) -> Result<(), BrokerError> {
         check_frames(self.max_frame, self.max_body)?;
+        check_inflight_bytes(self.max_inflight_bytes, self.max_frame)?;
         if self.scan_interval.is_zero() || self.broker_expiry.is_zero() {
             return Err(BrokerError::Config(
                 "scan_interval and broker_expiry must be positive".into(),
@@ -86,6 +92,13 @@ pub struct BrokerConfig {
     /// One-way requests (never answered) have a second budget of the same size: beyond it
     /// the connection is not read until one finishes.
     pub max_inflight_per_connection: usize,
+    /// Bytes of request frames being handled at once, all connections together (the count
+    /// above times `max_frame` is gigabytes per connection). Past it a request waits like
+    /// one over its connection's count (an answered one at most 200 ms, then SYSTEM_BUSY),
+    /// except the next request of a connection with nothing running, which always gets
+    /// through: a flood on other connections cannot starve a client sending one request at a
+    /// time. At least `max_frame`. Default 256 MiB.
+    pub max_inflight_bytes: usize,
     /// Open connections; more are refused. Default 10 000.
     pub max_connections: usize,
     /// Long-polling pulls parked at once per connection; more are answered SYSTEM_BUSY. A
@@ -149,6 +162,7 @@ impl BrokerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_body: DEFAULT_MAX_BODY,
             max_inflight_per_connection: 256,
+            max_inflight_bytes: 256 << 20,
             max_connections: 10_000,
             max_parked_pulls_per_connection: 4096,
             max_parked_pulls: 100_000,
@@ -170,6 +184,7 @@ impl BrokerConfig {
     /// Refuses settings the broker cannot run with (also checked by `Broker::start_with`).
     pub fn validate(&self) -> Result<(), BrokerError> {
         check_frames(self.max_frame, self.max_body)?;
+        check_inflight_bytes(self.max_inflight_bytes, self.max_frame)?;
         let positive = [
             (
                 "max_inflight_per_connection",
@@ -233,6 +248,16 @@ impl BrokerConfig {
     }
 }
 
+/// The byte budget must let the largest frame through.
+fn check_inflight_bytes(max_inflight_bytes: usize, max_frame: usize) -> Result<(), BrokerError> {
+    if max_inflight_bytes < max_frame {
+        return Err(BrokerError::Config(format!(
+            "max_inflight_bytes {max_inflight_bytes} must be at least max_frame {max_frame}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_frames(max_frame: usize, max_body: usize) -> Result<(), BrokerError> {
     if max_frame < 1024 || max_frame > i32::MAX as usize {
         return Err(BrokerError::Config(format!(
@@ -275,6 +300,20 @@ mod tests {
         assert!(cfg.validate().is_err());
         let ns = NameServerConfig {
             scan_interval: Duration::ZERO,
+            ..NameServerConfig::default()
+        };
+        assert!(ns.validate().is_err());
+    }
+
+    #[test]
+    fn a_byte_budget_below_the_largest_frame_is_refused() {
+        let mut cfg = BrokerConfig::new(StoreConfig::for_tests("/tmp/x"));
+        cfg.max_inflight_bytes = cfg.max_frame;
+        assert!(cfg.validate().is_ok());
+        cfg.max_inflight_bytes = cfg.max_frame - 1;
+        assert!(cfg.validate().is_err());
+        let ns = NameServerConfig {
+            max_inflight_bytes: DEFAULT_MAX_FRAME - 1,
             ..NameServerConfig::default()
         };
         assert!(ns.validate().is_err());

@@ -63,6 +63,8 @@ pub struct FrameReader {
     decoder: FrameDecoder,
     /// The last frame returned had a binary ("ROCKETMQ") header.
     last_binary: bool,
+    /// Length of the last frame returned, its 4-byte length prefix included.
+    last_len: usize,
 }
 
 impl FrameReader {
@@ -73,6 +75,7 @@ impl FrameReader {
             buf: BytesMut::with_capacity(MIN_READ),
             decoder,
             last_binary: false,
+            last_len: 0,
         }
     }
 
@@ -81,9 +84,12 @@ impl FrameReader {
         loop {
             // The serialize-type byte of the frame at the front (after the 4-byte length).
             let binary = self.buf.get(4) == Some(&SerializeType::RocketMq.code());
+            let len = self.buf.len();
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(cmd)) => {
                     self.last_binary = binary;
+                    // What decoding took off the front of the buffer: the whole frame.
+                    self.last_len = len - self.buf.len();
                     return Ok(Some(Inbound::Command(cmd)));
                 }
                 Ok(None) => {}
@@ -113,6 +119,12 @@ impl FrameReader {
     /// True when the last command returned by [`FrameReader::next`] came with a binary header.
     pub fn last_binary(&self) -> bool {
         self.last_binary
+    }
+
+    /// Length in bytes of the last command returned by [`FrameReader::next`] (its whole frame,
+    /// length prefix included): what a server charges to its in-flight byte budget.
+    pub fn last_len(&self) -> usize {
+        self.last_len
     }
 
     /// Reserves what the frame being read still needs, in chunks of at most [`READ_CHUNK`].
@@ -322,5 +334,28 @@ mod tests {
         assert!(!conn.is_closed());
         conn.close();
         writer.await.unwrap();
+    }
+
+    /// `last_len` is each frame's own length, also when several frames arrive in one read.
+    #[tokio::test]
+    async fn the_reader_reports_each_frames_whole_length() {
+        let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+        let mut wire = BytesMut::new();
+        let small = RemotingCommand::request(10, Default::default());
+        let large = RemotingCommand::request(11, Default::default()).with_body(vec![1u8; 5000]);
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        small.encode(&mut a).unwrap();
+        large.encode(&mut b).unwrap();
+        wire.extend_from_slice(&a);
+        wire.extend_from_slice(&b);
+        ours.write_all(&wire).await.unwrap();
+        let mut reader = FrameReader::new(theirs, FrameDecoder::new(1 << 20, 1 << 20));
+        for (code, len) in [(10, a.len()), (11, b.len())] {
+            match reader.next().await.unwrap() {
+                Some(Inbound::Command(cmd)) => assert_eq!(cmd.code, code),
+                _ => panic!("expected a command"),
+            }
+            assert_eq!(reader.last_len(), len);
+        }
     }
 }

@@ -60,6 +60,10 @@ pub struct NamesrvSection {
     pub listen: SocketAddr,
     /// Seconds without a registration before a broker is dropped. Default 120.
     pub broker_expiry_secs: u64,
+    /// Bytes of requests the name server handles at once, all connections together; past it
+    /// a request waits (at most 200 ms, then SYSTEM_BUSY), except the next request of a
+    /// connection with nothing running. At least `broker.max_frame_bytes`. Default 64 MiB.
+    pub max_inflight_bytes: usize,
 }
 
 /// `[broker]`
@@ -88,6 +92,10 @@ pub struct BrokerSection {
     /// Answered requests in flight per connection; one more waits up to 200 ms for a slot (the
     /// connection is not read meanwhile), then gets SYSTEM_BUSY. Default 256.
     pub max_inflight_per_connection: usize,
+    /// Bytes of requests the broker handles at once, all connections together; past it a
+    /// request waits like one over its connection's count, except the next request of a
+    /// connection with nothing running. At least `max_frame_bytes`. Default 256 MiB.
+    pub max_inflight_bytes: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,
     /// Long-polling pulls parked at once per connection before SYSTEM_BUSY. Default 4 096.
@@ -267,6 +275,7 @@ impl Default for NamesrvSection {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
             broker_expiry_secs: 120,
+            max_inflight_bytes: 64 << 20,
         }
     }
 }
@@ -284,6 +293,7 @@ impl Default for BrokerSection {
             max_frame_bytes: 16 << 20,
             max_body_bytes: 4 << 20,
             max_inflight_per_connection: 256,
+            max_inflight_bytes: 256 << 20,
             max_connections: 10_000,
             max_parked_pulls_per_connection: 4096,
             max_parked_pulls: 100_000,
@@ -362,6 +372,17 @@ impl ServerConfig {
         }
         if self.broker.max_body_bytes > self.broker.max_frame_bytes {
             bail!("broker.max_body_bytes must not exceed broker.max_frame_bytes");
+        }
+        for (name, budget) in [
+            ("broker.max_inflight_bytes", self.broker.max_inflight_bytes),
+            (
+                "namesrv.max_inflight_bytes",
+                self.namesrv.max_inflight_bytes,
+            ),
+        ] {
+            if budget < self.broker.max_frame_bytes {
+                bail!("{name} must be at least broker.max_frame_bytes ({} bytes): the largest frame must fit", self.broker.max_frame_bytes);
+            }
         }
         if self.broker.offset_flush_interval_ms == 0 {
             bail!("broker.offset_flush_interval_ms must be positive");
@@ -615,6 +636,7 @@ impl ServerConfig {
             broker_expiry: Duration::from_secs(self.namesrv.broker_expiry_secs),
             max_frame: self.broker.max_frame_bytes,
             max_body: self.broker.max_frame_bytes,
+            max_inflight_bytes: self.namesrv.max_inflight_bytes,
             ..NameServerConfig::default()
         }
     }
@@ -639,6 +661,7 @@ impl ServerConfig {
         b.max_frame = self.broker.max_frame_bytes;
         b.max_body = self.broker.max_body_bytes;
         b.max_inflight_per_connection = self.broker.max_inflight_per_connection;
+        b.max_inflight_bytes = self.broker.max_inflight_bytes;
         b.max_connections = self.broker.max_connections;
         b.max_parked_pulls_per_connection = self.broker.max_parked_pulls_per_connection;
         b.max_parked_pulls = self.broker.max_parked_pulls;

@@ -183,6 +183,7 @@ fn server_options(cfg: &BrokerConfig) -> ServerOptions {
         max_frame: cfg.max_frame,
         max_body: cfg.max_body,
         max_inflight: cfg.max_inflight_per_connection,
+        max_inflight_bytes: cfg.max_inflight_bytes,
         max_connections: cfg.max_connections,
         drain_timeout: cfg.drain_timeout,
         idle_timeout: cfg.idle_timeout,

@@ -81,6 +81,7 @@ impl NameServer {
             max_frame: cfg.max_frame,
             max_body: cfg.max_body,
             max_inflight: 256,
+            max_inflight_bytes: cfg.max_inflight_bytes,
             max_connections: 10_000,
             drain_timeout: DRAIN_TIMEOUT,
             idle_timeout: crate::remoting::server::IDLE_TIMEOUT,

@@ -5,6 +5,8 @@
 //! - `registry`: [`ConnectionRegistry`], open connections by id.
 //! - `tracker`: live-task counting for bounded graceful shutdown.
 
+#[cfg(test)]
+mod budget_tests;
 mod registry;
 pub(crate) mod server;
 pub(crate) mod tracker;

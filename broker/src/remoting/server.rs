@@ -6,7 +6,12 @@
 //! without reading ahead); responses go through a bounded queue to the writer task. One-way
 //! requests have a budget of their own of the same size: they cannot be answered "busy", so
 //! the reader waits for a slot (back-pressure on that connection), and they never take the
-//! slots of requests that wait for an answer. A handler that panics is caught
+//! slots of requests that wait for an answer. Across all connections, the bytes of the
+//! requests running are bounded too (`max_inflight_bytes`), since each per-connection count
+//! times the largest frame is gigabytes: past the bound a request waits like one over its
+//! connection's count, but a connection with nothing running always gets its next request
+//! through (that frame is in memory already), so a flood on other connections cannot starve a
+//! client that sends one request at a time. A handler that panics is caught
 //! (`catch_unwind` around its future) and answered SYSTEM_ERROR. Only an undecodable frame,
 //! the idle timeout, or a peer that accepts no bytes for the idle timeout (it stopped reading;
 //! see `sluice_remoting::io::write_loop_with`) closes a connection; a body over the cap is
@@ -15,7 +20,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +62,9 @@ pub(crate) struct ServerOptions {
     pub(crate) max_frame: usize,
     pub(crate) max_body: usize,
     pub(crate) max_inflight: usize,
+    /// Bytes of request frames running at once across every connection (see the module docs);
+    /// at least `max_frame`.
+    pub(crate) max_inflight_bytes: usize,
     pub(crate) max_connections: usize,
     /// How long a closing connection waits for its in-flight requests.
     pub(crate) drain_timeout: Duration,
@@ -79,6 +87,8 @@ struct Shared<P> {
     tracker: Arc<TaskTracker>,
     shutdown: watch::Receiver<bool>,
     connection_slots: Arc<Semaphore>,
+    /// One permit per byte of the request frames running (`max_inflight_bytes`).
+    request_bytes: Arc<Semaphore>,
 }
 
 /// A running server; [`Server::shutdown`] stops it.
@@ -112,6 +122,9 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             connection_slots: Arc::new(Semaphore::new(opts.max_connections)),
+            request_bytes: Arc::new(Semaphore::new(
+                opts.max_inflight_bytes.min(Semaphore::MAX_PERMITS),
+            )),
             opts,
             processor,
             registry,
@@ -259,11 +272,12 @@ async fn open_stream(
 }
 
 /// A connection's request budgets: one for requests that are answered, one for one-way
-/// requests (see the module docs).
+/// requests (see the module docs), and the bytes its running requests hold.
 struct Inflight {
     answered: Arc<Semaphore>,
     oneway: Arc<Semaphore>,
     max: usize,
+    bytes: Arc<AtomicUsize>,
 }
 
 impl Inflight {
@@ -272,6 +286,7 @@ impl Inflight {
             answered: Arc::new(Semaphore::new(max)),
             oneway: Arc::new(Semaphore::new(max)),
             max,
+            bytes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -316,7 +331,7 @@ async fn read_requests<P: Processor>(
                 if reader.last_binary() != conn.binary_headers() {
                     conn.set_binary_headers(reader.last_binary());
                 }
-                dispatch(shared, conn, inflight, cmd).await
+                dispatch(shared, conn, inflight, cmd, reader.last_len()).await
             }
             Ok(Some(Inbound::Oversize {
                 command,
@@ -339,22 +354,97 @@ async fn read_requests<P: Processor>(
 /// SYSTEM_BUSY.
 const BUSY_AFTER: Duration = Duration::from_millis(200);
 
+/// What a running request holds: its connection's slot and its bytes.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _bytes: Charge,
+}
+
+/// A request's frame bytes, charged to the server's budget (`None`: taken over the budget by
+/// a connection that had nothing running) and to its connection; both given back on drop.
+struct Charge {
+    _permit: Option<OwnedSemaphorePermit>,
+    connection: Arc<AtomicUsize>,
+    len: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.connection.fetch_sub(self.len, Ordering::AcqRel);
+    }
+}
+
+/// Charges `len` bytes, waiting while the server's budget is spent, unless the connection has
+/// nothing running: then at once, over the budget if need be. `None` once the server stops.
+async fn charge<P: Processor>(
+    shared: &Arc<Shared<P>>,
+    inflight: &Inflight,
+    len: usize,
+) -> Option<Charge> {
+    let permits = u32::try_from(len).unwrap_or(u32::MAX);
+    let budget = Arc::clone(&shared.request_bytes);
+    // Only this connection's reader adds to its count, so an idle count stays idle until the
+    // charge below: running requests can only lower it meanwhile.
+    let permit = if inflight.bytes.load(Ordering::Acquire) == 0 {
+        budget.try_acquire_many_owned(permits).ok()
+    } else {
+        Some(budget.acquire_many_owned(permits).await.ok()?)
+    };
+    inflight.bytes.fetch_add(len, Ordering::AcqRel);
+    Some(Charge {
+        _permit: permit,
+        connection: Arc::clone(&inflight.bytes),
+        len,
+    })
+}
+
+/// Takes a slot and the request's bytes for a request that is answered, or gives up after
+/// [`BUSY_AFTER`] (`Err(true)` when the slots were the limit, `Err(false)` the bytes).
+async fn hold_answered<P: Processor>(
+    shared: &Arc<Shared<P>>,
+    inflight: &Inflight,
+    len: usize,
+) -> Result<Option<Held>, bool> {
+    let mut got_slot = false;
+    let wait = async {
+        let Ok(slot) = Arc::clone(&inflight.answered).acquire_owned().await else {
+            return None; // the semaphore is closed: the server is stopping
+        };
+        got_slot = true;
+        let bytes = charge(shared, inflight, len).await?;
+        Some(Held {
+            _slot: slot,
+            _bytes: bytes,
+        })
+    };
+    tokio::time::timeout(BUSY_AFTER, wait)
+        .await
+        .map_err(|_| !got_slot)
+}
+
 /// Starts a task for one request, or answers SYSTEM_BUSY when the connection stays at its
-/// limit for [`BUSY_AFTER`].
+/// limit (or the server at its byte budget) for [`BUSY_AFTER`].
 async fn dispatch<P: Processor>(
     shared: &Arc<Shared<P>>,
     conn: &ConnectionHandle,
     inflight: &Inflight,
     cmd: RemotingCommand,
+    len: usize,
 ) {
     Counters::inc(&shared.counters.requests);
-    let permit = if cmd.is_oneway() {
+    let held = if cmd.is_oneway() {
         // A one-way request cannot be told "busy": its sender reads no answer, so dropping it
         // would lose it silently (an END_TRANSACTION, an offset commit). Wait for a slot
         // instead; this connection is not read meanwhile, which slows its sender down.
-        match Arc::clone(&inflight.oneway).acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => return, // the semaphore is closed: the server is stopping
+        let Ok(slot) = Arc::clone(&inflight.oneway).acquire_owned().await else {
+            return; // the semaphore is closed: the server is stopping
+        };
+        let Some(bytes) = charge(shared, inflight, len).await else {
+            return;
+        };
+        Held {
+            _slot: slot,
+            _bytes: bytes,
         }
     } else {
         // A short wait first, during which this connection is not read (back-pressure), as
@@ -362,17 +452,22 @@ async fn dispatch<P: Processor>(
         // producer keeping more sends outstanding than the limit is slowed, not failed (Java
         // 4.9 and Go clients do not retry SYSTEM_BUSY). Bounded, so a request that waits on
         // this connection's next read (a client's answer) cannot hold it up for long.
-        let slot =
-            tokio::time::timeout(BUSY_AFTER, Arc::clone(&inflight.answered).acquire_owned()).await;
-        match slot {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return, // the semaphore is closed: the server is stopping
-            Err(_) => {
+        match hold_answered(shared, inflight, len).await {
+            Ok(Some(held)) => held,
+            Ok(None) => return,
+            Err(slots) => {
                 Counters::inc(&shared.counters.overload_rejections);
-                let remark = format!(
-                    "[OVERLOAD]system busy, {} requests already in flight on this connection",
-                    shared.opts.max_inflight
-                );
+                let remark = if slots {
+                    format!(
+                        "[OVERLOAD]system busy, {} requests already in flight on this connection",
+                        shared.opts.max_inflight
+                    )
+                } else {
+                    format!(
+                        "[OVERLOAD]system busy, {} bytes of requests already in flight on this server",
+                        shared.opts.max_inflight_bytes
+                    )
+                };
                 let resp =
                     RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));
                 // Waiting here is the back-pressure: a peer that does not read stops being read.
@@ -388,7 +483,7 @@ async fn dispatch<P: Processor>(
         Arc::clone(shared),
         conn.clone(),
         cmd,
-        permit,
+        held,
         guard,
     ));
 }
@@ -397,7 +492,7 @@ async fn run_request<P: Processor>(
     shared: Arc<Shared<P>>,
     conn: ConnectionHandle,
     cmd: RemotingCommand,
-    permit: OwnedSemaphorePermit,
+    held: Held,
     _guard: TaskGuard,
 ) {
     let stub = RemotingCommand {
@@ -431,7 +526,7 @@ async fn run_request<P: Processor>(
     // The slot is freed before the response is queued: a client that keeps exactly
     // `max_inflight` requests outstanding must never be told "busy" because its next request
     // overtook this task's last step.
-    let _ = conn.send_then(response, move || drop(permit)).await;
+    let _ = conn.send_then(response, move || drop(held)).await;
 }
 
 async fn reject_oversize<P: Processor>(

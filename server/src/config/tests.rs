@@ -449,6 +449,14 @@ fn limits_that_contradict_each_other_are_refused() {
             "retention_bytes",
         ),
         (
+            vec![("SLUICE_BROKER_MAX_INFLIGHT_BYTES", "1048576")],
+            "broker.max_inflight_bytes",
+        ),
+        (
+            vec![("SLUICE_BROKER_MAX_FRAME_BYTES", "134217728")],
+            "namesrv.max_inflight_bytes",
+        ),
+        (
             vec![
                 ("SLUICE_BROKER_LISTEN", "0.0.0.0:18080"),
                 ("SLUICE_HTTP_LISTEN", "127.0.0.1:18080"),

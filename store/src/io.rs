@@ -183,6 +183,7 @@ pub struct FaultyIo {
     torn_write_at: AtomicU64,
     fake_used_ratio_millis: AtomicU64,
     syncs: AtomicU64,
+    hold_sync: AtomicBool,
 }
 
 impl FaultyIo {
@@ -202,6 +203,12 @@ impl FaultyIo {
     /// Syncs failed by [`FaultyIo::fail_queue_syncs`] so far.
     pub fn queue_sync_failures(&self) -> u64 {
         self.queue_sync_failures.load(Ordering::SeqCst)
+    }
+    /// Syncs of commit-log segments wait while `on` (at most 30 s), then go on as they would
+    /// have (failing if [`FaultyIo::fail_syncs`] says so by then): a sync in progress, for
+    /// as long as a test needs one.
+    pub fn hold_syncs(&self, on: bool) {
+        self.hold_sync.store(on, Ordering::SeqCst);
     }
     /// Every allocation fails with ENOSPC while `on`.
     pub fn fail_allocations(&self, on: bool) {
@@ -264,6 +271,12 @@ impl StorageIo for FaultyIo {
     }
 
     fn sync(&self, file: &File) -> io::Result<()> {
+        if self.hold_sync.load(Ordering::SeqCst) && is_commit_log(file) {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while self.hold_sync.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         if self.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }

@@ -58,6 +58,45 @@ fn eio_on_sync_fails_every_waiting_append_and_fences_the_store() {
     }
 }
 
+/// A request staged while a sync is running waits for the flush window before it is written;
+/// when that sync fails meanwhile, the request is refused unwritten, though it did not ask to
+/// wait for durability (the appender checks the fence again after the wait).
+#[test]
+fn a_request_staged_during_a_sync_that_fails_is_neither_written_nor_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_record_size = 2048;
+    cfg.max_write_batch_bytes = 4096;
+    cfg.max_unflushed_bytes = 4096;
+    let (store, io) = open_faulty(&cfg);
+    io.hold_syncs(true);
+    // Written at once (no wait for durability), 6 KB: its sync is handed to the flusher, held.
+    let part = MessageInput::new("T", 0, bytes::Bytes::from(vec![b'a'; 1900]));
+    store.append(vec![part; 3], false).unwrap().wait().unwrap();
+    let written = store.stats().written;
+    // Over the flush window now: this one is staged and waits for the held sync.
+    let staged = store
+        .append(
+            vec![MessageInput::new("T", 0, bytes::Bytes::from_static(b"b"))],
+            false,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    io.fail_syncs(true);
+    io.hold_syncs(false);
+    match staged.wait() {
+        Ok(a) => panic!("acknowledged after the store was fenced: {a:?}"),
+        Err(StoreError::Fenced(_)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+    }
+    assert!(store.health().fenced.is_some());
+    assert_eq!(
+        store.stats().written,
+        written,
+        "nothing written after the fence"
+    );
+}
+
 #[test]
 fn a_lone_append_is_synced_before_its_ack_and_refused_when_its_sync_fails() {
     // One append at a time: the appender finds nothing else queued and syncs it itself.

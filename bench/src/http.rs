@@ -108,7 +108,7 @@ async fn post_load(
     body: &Value,
     n: usize,
 ) -> Result<(f64, String)> {
-    let cpu = CpuUse::start();
+    let cpu = CpuUse::start(None);
     let rate = post_load_inner(client, url, body, n).await?;
     Ok((rate, cpu.line(n)))
 }

@@ -79,20 +79,24 @@ pub fn machine_line() -> String {
     )
 }
 
-/// This process's CPU time (user + system, all threads) and the machine's idle time
-/// (idle + iowait, all cores), in seconds, read from `/proc`: what [`CpuUse`] compares.
-fn cpu_times() -> (f64, f64) {
-    // Both files count in USER_HZ ticks, 100 a second on Linux whatever the kernel's HZ.
+/// CPU time (user + system, all threads) of a process (`self` or a pid), in seconds, from
+/// `/proc/<pid>/stat`; 0 when it cannot be read.
+fn process_cpu(pid: &str) -> f64 {
+    // USER_HZ ticks, 100 a second on Linux whatever the kernel's HZ.
     const TICK: f64 = 0.01;
-    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces), from field 3 (`state`) on:
     // utime and stime are fields 14 and 15.
-    let after = own.rfind(')').map_or("", |i| &own[i + 1..]);
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
     let fields: Vec<f64> = after
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0.0))
         .collect();
-    let process = fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0);
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) * TICK
+}
+
+/// The machine's idle time (idle + iowait, all cores) in seconds, from `/proc/stat`.
+fn machine_idle() -> f64 {
     let all = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let cpu: Vec<f64> = all
         .lines()
@@ -102,39 +106,49 @@ fn cpu_times() -> (f64, f64) {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0.0))
         .collect();
-    let idle = cpu.get(3).unwrap_or(&0.0) + cpu.get(4).unwrap_or(&0.0);
-    (process * TICK, idle * TICK)
+    (cpu.get(3).unwrap_or(&0.0) + cpu.get(4).unwrap_or(&0.0)) * 0.01
 }
 
-/// Where a load phase's time went: this process's CPU per operation and the share of the
-/// machine's cores left idle. A phase that waits (for a sync, say) shows idle cores; one that
-/// does more work per operation shows more CPU per operation. Ratios alone cannot tell the two
-/// apart.
+/// Where a load phase's time went: CPU per operation (this process, and a server it runs as a
+/// child if any) and the share of the machine's cores left idle. A phase that waits (for a
+/// sync, say) shows idle cores; one that does more work per operation shows more CPU per
+/// operation. Ratios alone cannot tell the two apart.
 pub struct CpuUse {
     started: std::time::Instant,
-    process: f64,
+    child: Option<u32>,
+    own: f64,
+    server: f64,
     idle: f64,
 }
 
 impl CpuUse {
-    pub fn start() -> Self {
-        let (process, idle) = cpu_times();
+    /// Starts counting for this process and, if given, the child `server`.
+    pub fn start(server: Option<u32>) -> Self {
         Self {
             started: std::time::Instant::now(),
-            process,
-            idle,
+            child: server,
+            own: process_cpu("self"),
+            server: server.map_or(0.0, |p| process_cpu(&p.to_string())),
+            idle: machine_idle(),
         }
     }
 
-    /// "CPU x us per op, y % of the cores idle" for `ops` operations since `start`.
+    /// "CPU x us per op ..., y % of the cores idle" for `ops` operations since `start`.
     pub fn line(&self, ops: usize) -> String {
-        let (process, idle) = cpu_times();
         let wall = self.started.elapsed().as_secs_f64();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        format!(
-            "CPU {:.0} us per op (this process), {:.0} % of the cores idle",
-            (process - self.process) / ops.max(1) as f64 * 1e6,
-            (idle - self.idle) / (wall * cores) * 100.0
-        )
+        let per_op = |secs: f64| secs / ops.max(1) as f64 * 1e6;
+        let own = per_op(process_cpu("self") - self.own);
+        let idle = (machine_idle() - self.idle) / (wall * cores) * 100.0;
+        match self.child {
+            None => format!("CPU {own:.0} us per op (this process), {idle:.0} % of the cores idle"),
+            Some(pid) => {
+                let server = per_op(process_cpu(&pid.to_string()) - self.server);
+                format!(
+                    "CPU {:.0} us per op (server {server:.0}, bench client {own:.0}), {idle:.0} % of the cores idle",
+                    server + own
+                )
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use sluice_client::{
 };
 
 use crate::proc::{drive, runtime, Load, Sluice};
-use crate::stats::{machine_line, median, print_table, Row};
+use crate::stats::{machine_line, median, print_table, CpuUse, Row};
 
 const TOPIC: &str = "BenchTxn";
 const SIZE: usize = 1024;
@@ -40,6 +40,8 @@ struct RunResult {
     halves: usize,
     checks_during: usize,
     window_secs: f64,
+    /// Where the plain and transactional phases' time went (see `CpuUse`).
+    notes: Vec<String>,
 }
 
 pub fn run(dir: &Path, quick: bool, sluice: &Path) -> Result<()> {
@@ -63,7 +65,7 @@ pub fn run(dir: &Path, quick: bool, sluice: &Path) -> Result<()> {
             ("SLUICE_TXN_CHECK_MAX", "1000000".to_string()),
         ];
         let s = Sluice::start(sluice, &dir.join(format!("txn-{run}")), &env)?;
-        let r = rt.block_on(one_run(&s.namesrv, n, halves))?;
+        let r = rt.block_on(one_run(&s.namesrv, s.pid(), n, halves))?;
         println!(
             "run {run}: plain {:.0}/s, txn {:.0}/s, plain with {} open halves {:.0}/s \
              ({} checks answered in its {:.1} s), sluice RSS {:.0} MiB",
@@ -75,6 +77,9 @@ pub fn run(dir: &Path, quick: bool, sluice: &Path) -> Result<()> {
             r.window_secs,
             s.rss_mib()
         );
+        for note in &r.notes {
+            println!("  {note}");
+        }
         results.push(r);
         drop(s);
     }
@@ -129,7 +134,7 @@ fn report(name: &str, l: &Load) -> Result<f64> {
     Ok(l.rate())
 }
 
-async fn one_run(namesrv: &str, n: usize, halves: usize) -> Result<RunResult> {
+async fn one_run(namesrv: &str, pid: u32, n: usize, halves: usize) -> Result<RunResult> {
     let plain = Arc::new(
         Producer::builder(ClientConfig::new(namesrv))
             .group("bench-plain")
@@ -147,11 +152,13 @@ async fn one_run(namesrv: &str, n: usize, halves: usize) -> Result<RunResult> {
     .await;
 
     let p = plain.clone();
+    let cpu = CpuUse::start(Some(pid));
     let a = drive(n, WINDOW, BOUND, move |i| {
         let p = p.clone();
         async move { p.send(msg(i)).await.map(drop) }
     })
     .await;
+    let mut notes = vec![format!("plain: {}", cpu.line(a.ok))];
     let a = report("plain", &a)?;
 
     let tx = Arc::new(
@@ -166,6 +173,7 @@ async fn one_run(namesrv: &str, n: usize, halves: usize) -> Result<RunResult> {
         .context("transaction producer")?,
     );
     let t = tx.clone();
+    let cpu = CpuUse::start(Some(pid));
     let b = drive(n, WINDOW, BOUND, move |i| {
         let t = t.clone();
         async move {
@@ -175,6 +183,7 @@ async fn one_run(namesrv: &str, n: usize, halves: usize) -> Result<RunResult> {
         }
     })
     .await;
+    notes.push(format!("transactional: {}", cpu.line(b.ok)));
     let b = report("txn", &b)?;
 
     let checks = Arc::new(AtomicUsize::new(0));
@@ -250,5 +259,6 @@ async fn one_run(namesrv: &str, n: usize, halves: usize) -> Result<RunResult> {
         halves: fill.ok,
         checks_during,
         window_secs,
+        notes,
     })
 }

@@ -22,9 +22,10 @@ pub struct NameServerConfig {
     pub max_frame: usize,
     /// Largest body. Registration bodies list every topic of a broker, so default 16 MiB.
     pub max_body: usize,
-    /// Bytes of request frames being handled at once, all connections together; past it a
-    /// request waits (at most 200 ms, then SYSTEM_BUSY), except the next request of a
-    /// connection with nothing running. At least `max_frame`. Default 64 MiB.
+    /// Bytes of request frames being handled at once, all connections together, and a
+    /// quarter of it per connection; past either a request waits (at most 200 ms, then
+    /// SYSTEM_BUSY), except that a connection with nothing else running always gets through
+    /// the server-wide bound. At least `max_frame`. Default 64 MiB.
     pub max_inflight_bytes: usize,
     /// TLS for the name server's port. Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
@@ -93,11 +94,12 @@ pub struct BrokerConfig {
     /// the connection is not read until one finishes.
     pub max_inflight_per_connection: usize,
     /// Bytes of request frames being handled at once, all connections together (the count
-    /// above times `max_frame` is gigabytes per connection). Past it a request waits like
-    /// one over its connection's count (an answered one at most 200 ms, then SYSTEM_BUSY),
-    /// except the next request of a connection with nothing running, which always gets
-    /// through: a flood on other connections cannot starve a client sending one request at a
-    /// time. At least `max_frame`. Default 256 MiB.
+    /// above times `max_frame` is gigabytes per connection), and a quarter of it (at least
+    /// `max_frame`) per connection. Past either a request waits like one over its
+    /// connection's count (an answered one at most 200 ms, then SYSTEM_BUSY), except that a
+    /// connection with nothing else running always gets through the server-wide bound: a
+    /// flood on other connections cannot starve a client sending one request at a time. At
+    /// least `max_frame`. Default 256 MiB.
     pub max_inflight_bytes: usize,
     /// Open connections; more are refused. Default 10 000.
     pub max_connections: usize,

@@ -60,9 +60,11 @@ pub struct NamesrvSection {
     pub listen: SocketAddr,
     /// Seconds without a registration before a broker is dropped. Default 120.
     pub broker_expiry_secs: u64,
-    /// Bytes of requests the name server handles at once, all connections together; past it
-    /// a request waits (at most 200 ms, then SYSTEM_BUSY), except the next request of a
-    /// connection with nothing running. At least `broker.max_frame_bytes`. Default 64 MiB.
+    /// Bytes of requests the name server handles at once, all connections together, and a
+    /// quarter of it per connection; past either a request waits (at most 200 ms, then
+    /// SYSTEM_BUSY), except that a connection with nothing else running always gets through
+    /// the server-wide bound. At least `broker.max_frame_bytes` (the name server's frame
+    /// cap). Default 64 MiB.
     pub max_inflight_bytes: usize,
 }
 
@@ -92,9 +94,10 @@ pub struct BrokerSection {
     /// Answered requests in flight per connection; one more waits up to 200 ms for a slot (the
     /// connection is not read meanwhile), then gets SYSTEM_BUSY. Default 256.
     pub max_inflight_per_connection: usize,
-    /// Bytes of requests the broker handles at once, all connections together; past it a
-    /// request waits like one over its connection's count, except the next request of a
-    /// connection with nothing running. At least `max_frame_bytes`. Default 256 MiB.
+    /// Bytes of requests the broker handles at once, all connections together, and a quarter
+    /// of it per connection; past either a request waits like one over its connection's
+    /// count, except that a connection with nothing else running always gets through the
+    /// server-wide bound. At least `max_frame_bytes`. Default 256 MiB.
     pub max_inflight_bytes: usize,
     /// Open connections. Default 10 000.
     pub max_connections: usize,

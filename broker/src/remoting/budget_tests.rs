@@ -1,12 +1,13 @@
-//! The server-wide byte budget of running requests (`ServerOptions::max_inflight_bytes`),
-//! against a processor whose handlers wait at a gate, so requests hold their bytes for as long
-//! as the test says.
+//! The byte budgets of running requests (`budget`), against a processor whose handlers wait
+//! at a gate of their own (keyed by request code), so requests hold their bytes for as long as
+//! the test says.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sluice_protocol::{response_code, RemotingCommand};
 use sluice_remoting::{ConnectionHandle, RemotingClient};
 use tokio::net::TcpListener;
@@ -17,13 +18,33 @@ use super::tracker::TaskTracker;
 use super::ConnectionRegistry;
 use crate::stats::Counters;
 
-const BUDGET: usize = 10_000;
+const MAX_FRAME: usize = 8192;
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Handlers count themselves in, then wait for a permit of `gate`.
+/// Handlers note their request code, then wait for a permit of that code's gate.
+#[derive(Default)]
 struct Gated {
-    started: AtomicUsize,
-    gate: Semaphore,
+    started: Mutex<Vec<i32>>,
+    gates: Mutex<HashMap<i32, Arc<Semaphore>>>,
+}
+
+impl Gated {
+    fn gate(&self, code: i32) -> Arc<Semaphore> {
+        Arc::clone(
+            self.gates
+                .lock()
+                .entry(code)
+                .or_insert_with(|| Arc::new(Semaphore::new(0))),
+        )
+    }
+
+    fn open(&self, code: i32) {
+        self.gate(code).add_permits(1);
+    }
+
+    fn has_started(&self, code: i32) -> bool {
+        self.started.lock().contains(&code)
+    }
 }
 
 impl Processor for Gated {
@@ -32,8 +53,9 @@ impl Processor for Gated {
         _conn: ConnectionHandle,
         request: RemotingCommand,
     ) -> Option<RemotingCommand> {
-        self.started.fetch_add(1, Ordering::SeqCst);
-        self.gate.acquire().await.expect("gate open").forget();
+        self.started.lock().push(request.code);
+        let gate = self.gate(request.code);
+        gate.acquire().await.expect("gate open").forget();
         Some(RemotingCommand::response_to(
             &request,
             response_code::SUCCESS,
@@ -42,23 +64,20 @@ impl Processor for Gated {
     }
 }
 
-async fn start() -> (Server, Arc<Gated>, SocketAddr) {
+async fn start(budget: usize) -> (Server, Arc<Gated>, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = ServerOptions {
         name: "test",
-        max_frame: 8192,
-        max_body: 8192,
+        max_frame: MAX_FRAME,
+        max_body: MAX_FRAME,
         max_inflight: 16,
-        max_inflight_bytes: BUDGET,
+        max_inflight_bytes: budget,
         max_connections: 16,
         drain_timeout: WAIT,
         idle_timeout: Duration::from_secs(60),
         tls: None,
     };
-    let processor = Arc::new(Gated {
-        started: AtomicUsize::new(0),
-        gate: Semaphore::new(0),
-    });
+    let processor = Arc::new(Gated::default());
     let server = Server::start(
         listener,
         opts,
@@ -72,57 +91,117 @@ async fn start() -> (Server, Arc<Gated>, SocketAddr) {
     (server, processor, addr)
 }
 
-/// A request whose frame is a little over `body` bytes.
-fn request(body: usize) -> RemotingCommand {
-    RemotingCommand::request(9999, Default::default()).with_body(vec![7u8; body])
+async fn connect(addr: SocketAddr) -> Arc<RemotingClient> {
+    Arc::new(RemotingClient::connect(addr).await.unwrap())
 }
 
-/// Sends `cmd` on `client` in a task and waits until the server's handlers started `count`.
-async fn started_with(
+/// Request `code` with a frame a little over `body` bytes.
+fn request(code: i32, body: usize) -> RemotingCommand {
+    RemotingCommand::request(code, Default::default()).with_body(vec![7u8; body])
+}
+
+/// Sends request `code` on `client` in a task and waits until its handler started.
+async fn started(
     client: &Arc<RemotingClient>,
     gated: &Gated,
-    cmd: RemotingCommand,
-    count: usize,
+    code: i32,
+    body: usize,
 ) -> tokio::task::JoinHandle<RemotingCommand> {
-    let c = Arc::clone(client);
-    let task = tokio::spawn(async move { c.invoke(cmd, WAIT).await.unwrap() });
+    let task = sent(client, code, body);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while gated.started.load(Ordering::SeqCst) < count {
+    while !gated.has_started(code) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "handler {count} never started"
+            "request {code} never started"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     task
 }
 
+/// Sends request `code` on `client` in a task.
+fn sent(
+    client: &Arc<RemotingClient>,
+    code: i32,
+    body: usize,
+) -> tokio::task::JoinHandle<RemotingCommand> {
+    let c = Arc::clone(client);
+    tokio::spawn(async move { c.invoke(request(code, body), WAIT).await.unwrap() })
+}
+
+/// A request answered SYSTEM_BUSY whose remark names `limit`, never handled.
+async fn assert_busy(client: &RemotingClient, gated: &Gated, code: i32, body: usize, limit: &str) {
+    let resp = client.invoke(request(code, body), WAIT).await.unwrap();
+    assert_eq!(resp.code, response_code::SYSTEM_BUSY, "request {code}");
+    let remark = resp.remark.unwrap_or_default();
+    assert!(remark.contains(limit), "request {code}: {remark}");
+    assert!(!gated.has_started(code));
+}
+
+async fn assert_answered(tasks: Vec<tokio::task::JoinHandle<RemotingCommand>>) {
+    for t in tasks {
+        assert_eq!(t.await.unwrap().code, response_code::SUCCESS);
+    }
+}
+
 #[tokio::test]
-async fn past_the_byte_budget_a_pipelined_request_is_busy_but_an_idle_connection_gets_through() {
-    let (server, gated, addr) = start().await;
-    let a = Arc::new(RemotingClient::connect(addr).await.unwrap());
-    let b = Arc::new(RemotingClient::connect(addr).await.unwrap());
+async fn past_the_server_budget_a_request_waits_and_is_busy_but_an_idle_connection_gets_through() {
+    // 10 KB across the server; each connection's share is one largest frame (8 KiB).
+    let (server, gated, addr) = start(10_000).await;
+    let (a, b, c) = (
+        connect(addr).await,
+        connect(addr).await,
+        connect(addr).await,
+    );
 
-    // A's first request takes 6 KB of the 10 KB budget.
-    let first = started_with(&a, &gated, request(6000), 1).await;
-    // A's second would pass the budget while A has one running: busy, never handled.
-    let second = a.invoke(request(6000), WAIT).await.unwrap();
-    assert_eq!(second.code, response_code::SYSTEM_BUSY);
-    let remark = second.remark.unwrap_or_default();
-    assert!(remark.contains("bytes of requests"), "{remark}");
-    assert_eq!(gated.started.load(Ordering::SeqCst), 1);
-    // B has nothing running: its request goes through over the budget.
-    let third = started_with(&b, &gated, request(6000), 2).await;
+    let b1 = started(&b, &gated, 1, 6000).await;
+    let c2 = started(&c, &gated, 2, 3000).await;
+    // Under 1 KB left. A has nothing running: its request goes through over the budget.
+    let a3 = started(&a, &gated, 3, 6000).await;
+    // Now A has a request running: busy.
+    assert_busy(&a, &gated, 4, 1000, "on this server").await;
+    // A's next request waits for the budget. A's running request finishes meanwhile, giving
+    // the server nothing back (it ran over the budget), but the waiting request is now A's
+    // only one, so it goes through at once.
+    let a5 = sent(&a, 5, 1000);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!gated.has_started(5), "waiting for the budget");
+    gated.open(3);
+    assert_answered(vec![a3]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !gated.has_started(5) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request 5 never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for code in [1, 2, 5] {
+        gated.open(code);
+    }
+    assert_answered(vec![b1, c2, a5]).await;
 
-    gated.gate.add_permits(2);
-    assert_eq!(first.await.unwrap().code, response_code::SUCCESS);
-    assert_eq!(third.await.unwrap().code, response_code::SUCCESS);
+    // Every byte came back: 3 KB and then 4 KB more run together on one connection (a leak of
+    // any request's bytes above would leave too little for the second).
+    let a6 = started(&a, &gated, 6, 3000).await;
+    let a7 = started(&a, &gated, 7, 4000).await;
+    gated.open(6);
+    gated.open(7);
+    assert_answered(vec![a6, a7]).await;
+    server.stop().await;
+}
 
-    // Every byte came back: 6 KB and then 3 KB more run together on one connection.
-    let fourth = started_with(&a, &gated, request(6000), 3).await;
-    let fifth = started_with(&a, &gated, request(3000), 4).await;
-    gated.gate.add_permits(2);
-    assert_eq!(fourth.await.unwrap().code, response_code::SUCCESS);
-    assert_eq!(fifth.await.unwrap().code, response_code::SUCCESS);
+#[tokio::test]
+async fn a_connection_holds_at_most_its_share_of_the_byte_budget() {
+    // 40 KB across the server, a quarter (10 KB) per connection.
+    let (server, gated, addr) = start(40_000).await;
+    let (a, b) = (connect(addr).await, connect(addr).await);
+    let a1 = started(&a, &gated, 1, 6000).await;
+    assert_busy(&a, &gated, 2, 6000, "on this connection").await;
+    // The server has room: another connection is not held back by A's share.
+    let b3 = started(&b, &gated, 3, 6000).await;
+    gated.open(1);
+    gated.open(3);
+    assert_answered(vec![a1, b3]).await;
     server.stop().await;
 }

@@ -2,16 +2,13 @@
 //! task per request, and everything that must not let one client hurt the others.
 //!
 //! Per connection: a reader turns bytes into commands; each request runs in its own task,
-//! at most `max_inflight` at once (beyond that the request is answered SYSTEM_BUSY at once,
-//! without reading ahead); responses go through a bounded queue to the writer task. One-way
-//! requests have a budget of their own of the same size: they cannot be answered "busy", so
-//! the reader waits for a slot (back-pressure on that connection), and they never take the
-//! slots of requests that wait for an answer. Across all connections, the bytes of the
-//! requests running are bounded too (`max_inflight_bytes`), since each per-connection count
-//! times the largest frame is gigabytes: past the bound a request waits like one over its
-//! connection's count, but a connection with nothing running always gets its next request
-//! through (that frame is in memory already), so a flood on other connections cannot starve a
-//! client that sends one request at a time. A handler that panics is caught
+//! at most `max_inflight` at once (beyond that the reader waits up to 200 ms for a slot,
+//! without reading ahead, then answers SYSTEM_BUSY); responses go through a bounded queue to
+//! the writer task. One-way requests have a budget of their own of the same size: they cannot
+//! be answered "busy", so the reader waits for a slot (back-pressure on that connection), and
+//! they never take the slots of requests that wait for an answer. The bytes of running
+//! requests are bounded too, per connection and across the server (`budget`), since each
+//! per-connection count times the largest frame is gigabytes. A handler that panics is caught
 //! (`catch_unwind` around its future) and answered SYSTEM_ERROR. Only an undecodable frame,
 //! the idle timeout, or a peer that accepts no bytes for the idle timeout (it stopped reading;
 //! see `sluice_remoting::io::write_loop_with`) closes a connection; a body over the cap is
@@ -20,7 +17,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::budget::{self, Held, Inflight, Limit, ServerBudget};
 use super::registry::ConnectionRegistry;
 use super::tracker::{TaskGuard, TaskTracker};
 use crate::stats::Counters;
@@ -87,8 +85,7 @@ struct Shared<P> {
     tracker: Arc<TaskTracker>,
     shutdown: watch::Receiver<bool>,
     connection_slots: Arc<Semaphore>,
-    /// One permit per byte of the request frames running (`max_inflight_bytes`).
-    request_bytes: Arc<Semaphore>,
+    budget: ServerBudget,
 }
 
 /// A running server; [`Server::shutdown`] stops it.
@@ -122,9 +119,7 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             connection_slots: Arc::new(Semaphore::new(opts.max_connections)),
-            request_bytes: Arc::new(Semaphore::new(
-                opts.max_inflight_bytes.min(Semaphore::MAX_PERMITS),
-            )),
+            budget: ServerBudget::new(opts.max_inflight_bytes, shutdown_rx.clone()),
             opts,
             processor,
             registry,
@@ -219,7 +214,11 @@ async fn serve_connection<P: Processor>(
     Counters::inc(&shared.counters.connections_open);
     tracing::debug!(server = shared.opts.name, %remote, conn_id = id, "connection opened");
 
-    let inflight = Inflight::new(shared.opts.max_inflight);
+    let inflight = Inflight::new(
+        shared.opts.max_inflight,
+        shared.opts.max_inflight_bytes,
+        shared.opts.max_frame,
+    );
     let reason = read_requests(&shared, &conn, &inflight, rd).await;
     tracing::debug!(server = shared.opts.name, %remote, conn_id = id, reason = %reason, "connection closing");
 
@@ -268,33 +267,6 @@ async fn open_stream(
         }
         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
         Err(_) => Err("TLS handshake not finished within the idle timeout".into()),
-    }
-}
-
-/// A connection's request budgets: one for requests that are answered, one for one-way
-/// requests (see the module docs), and the bytes its running requests hold.
-struct Inflight {
-    answered: Arc<Semaphore>,
-    oneway: Arc<Semaphore>,
-    max: usize,
-    bytes: Arc<AtomicUsize>,
-}
-
-impl Inflight {
-    fn new(max: usize) -> Self {
-        Self {
-            answered: Arc::new(Semaphore::new(max)),
-            oneway: Arc::new(Semaphore::new(max)),
-            max,
-            bytes: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// Waits until every request of the connection has finished.
-    async fn drain(&self) {
-        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
-        let _answered = self.answered.acquire_many(all).await;
-        let _oneway = self.oneway.acquire_many(all).await;
     }
 }
 
@@ -354,74 +326,6 @@ async fn read_requests<P: Processor>(
 /// SYSTEM_BUSY.
 const BUSY_AFTER: Duration = Duration::from_millis(200);
 
-/// What a running request holds: its connection's slot and its bytes.
-struct Held {
-    _slot: OwnedSemaphorePermit,
-    _bytes: Charge,
-}
-
-/// A request's frame bytes, charged to the server's budget (`None`: taken over the budget by
-/// a connection that had nothing running) and to its connection; both given back on drop.
-struct Charge {
-    _permit: Option<OwnedSemaphorePermit>,
-    connection: Arc<AtomicUsize>,
-    len: usize,
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.connection.fetch_sub(self.len, Ordering::AcqRel);
-    }
-}
-
-/// Charges `len` bytes, waiting while the server's budget is spent, unless the connection has
-/// nothing running: then at once, over the budget if need be. `None` once the server stops.
-async fn charge<P: Processor>(
-    shared: &Arc<Shared<P>>,
-    inflight: &Inflight,
-    len: usize,
-) -> Option<Charge> {
-    let permits = u32::try_from(len).unwrap_or(u32::MAX);
-    let budget = Arc::clone(&shared.request_bytes);
-    // Only this connection's reader adds to its count, so an idle count stays idle until the
-    // charge below: running requests can only lower it meanwhile.
-    let permit = if inflight.bytes.load(Ordering::Acquire) == 0 {
-        budget.try_acquire_many_owned(permits).ok()
-    } else {
-        Some(budget.acquire_many_owned(permits).await.ok()?)
-    };
-    inflight.bytes.fetch_add(len, Ordering::AcqRel);
-    Some(Charge {
-        _permit: permit,
-        connection: Arc::clone(&inflight.bytes),
-        len,
-    })
-}
-
-/// Takes a slot and the request's bytes for a request that is answered, or gives up after
-/// [`BUSY_AFTER`] (`Err(true)` when the slots were the limit, `Err(false)` the bytes).
-async fn hold_answered<P: Processor>(
-    shared: &Arc<Shared<P>>,
-    inflight: &Inflight,
-    len: usize,
-) -> Result<Option<Held>, bool> {
-    let mut got_slot = false;
-    let wait = async {
-        let Ok(slot) = Arc::clone(&inflight.answered).acquire_owned().await else {
-            return None; // the semaphore is closed: the server is stopping
-        };
-        got_slot = true;
-        let bytes = charge(shared, inflight, len).await?;
-        Some(Held {
-            _slot: slot,
-            _bytes: bytes,
-        })
-    };
-    tokio::time::timeout(BUSY_AFTER, wait)
-        .await
-        .map_err(|_| !got_slot)
-}
-
 /// Starts a task for one request, or answers SYSTEM_BUSY when the connection stays at its
 /// limit (or the server at its byte budget) for [`BUSY_AFTER`].
 async fn dispatch<P: Processor>(
@@ -432,19 +336,14 @@ async fn dispatch<P: Processor>(
     len: usize,
 ) {
     Counters::inc(&shared.counters.requests);
+    let mut at = Limit::Slots;
     let held = if cmd.is_oneway() {
         // A one-way request cannot be told "busy": its sender reads no answer, so dropping it
         // would lose it silently (an END_TRANSACTION, an offset commit). Wait for a slot
         // instead; this connection is not read meanwhile, which slows its sender down.
-        let Ok(slot) = Arc::clone(&inflight.oneway).acquire_owned().await else {
-            return; // the semaphore is closed: the server is stopping
-        };
-        let Some(bytes) = charge(shared, inflight, len).await else {
-            return;
-        };
-        Held {
-            _slot: slot,
-            _bytes: bytes,
+        match budget::hold(&shared.budget, inflight, &inflight.oneway, len, &mut at).await {
+            Some(held) => held,
+            None => return, // the server is stopping
         }
     } else {
         // A short wait first, during which this connection is not read (back-pressure), as
@@ -452,21 +351,25 @@ async fn dispatch<P: Processor>(
         // producer keeping more sends outstanding than the limit is slowed, not failed (Java
         // 4.9 and Go clients do not retry SYSTEM_BUSY). Bounded, so a request that waits on
         // this connection's next read (a client's answer) cannot hold it up for long.
-        match hold_answered(shared, inflight, len).await {
+        let wait = budget::hold(&shared.budget, inflight, &inflight.answered, len, &mut at);
+        match tokio::time::timeout(BUSY_AFTER, wait).await {
             Ok(Some(held)) => held,
-            Ok(None) => return,
-            Err(slots) => {
+            Ok(None) => return, // the server is stopping
+            Err(_) => {
                 Counters::inc(&shared.counters.overload_rejections);
-                let remark = if slots {
-                    format!(
+                let remark = match at {
+                    Limit::Slots => format!(
                         "[OVERLOAD]system busy, {} requests already in flight on this connection",
                         shared.opts.max_inflight
-                    )
-                } else {
-                    format!(
+                    ),
+                    Limit::Share => format!(
+                        "[OVERLOAD]system busy, {} bytes of requests already in flight on this connection",
+                        inflight.share()
+                    ),
+                    Limit::Server => format!(
                         "[OVERLOAD]system busy, {} bytes of requests already in flight on this server",
                         shared.opts.max_inflight_bytes
-                    )
+                    ),
                 };
                 let resp =
                     RemotingCommand::response_to(&cmd, response_code::SYSTEM_BUSY, Some(remark));

@@ -549,24 +549,37 @@ fn decode_body(stored: &[u8], whole: &Bytes, sys_flag: i32) -> (Bytes, bool) {
     }
 }
 
-/// Splits a pull (or query) body into messages. A record that does not parse ends the body:
-/// the rest cannot be framed, and the next pull starts from the broker's `nextBeginOffset`.
-pub(crate) fn decode_records(whole: &Bytes, broker_name: &str) -> Vec<ConsumedMessage> {
-    let mut out = Vec::new();
+/// A pull (or query) body split into messages.
+pub(crate) struct Decoded {
+    pub(crate) messages: Vec<ConsumedMessage>,
+    /// Why decoding stopped before the end: a record that does not parse ends the body (the
+    /// rest cannot be framed). The caller must not move past it.
+    pub(crate) stopped: Option<String>,
+}
+
+/// Splits a pull (or query) body into messages, up to the first record that does not parse.
+pub(crate) fn decode_records(whole: &Bytes, broker_name: &str) -> Decoded {
+    let mut messages = Vec::new();
     let mut body = &whole[..];
     while !body.is_empty() {
         match RecordView::parse(body, body.len()) {
             Ok(view) => {
-                out.push(ConsumedMessage::from_record(&view, whole, broker_name));
+                messages.push(ConsumedMessage::from_record(&view, whole, broker_name));
                 body = &body[view.total_size..];
             }
             Err(e) => {
-                tracing::warn!(error = %e, remaining = body.len(), "undecodable record in a pull body");
-                break;
+                let why = format!("{e} ({} bytes left undecoded)", body.len());
+                return Decoded {
+                    messages,
+                    stopped: Some(why),
+                };
             }
         }
     }
-    out
+    Decoded {
+        messages,
+        stopped: None,
+    }
 }
 
 #[cfg(test)]
@@ -595,7 +608,7 @@ mod tests {
         let compressed = z.finish().unwrap();
         let mut body = record(&compressed, sysflag::COMPRESSED, "RETRY_TOPIC\u{1}T\u{2}");
         body.extend(record(b"plain", 0, "UNIQ_KEY\u{1}K\u{2}"));
-        let msgs = decode_records(&Bytes::from(body), "b");
+        let msgs = decode_records(&Bytes::from(body), "b").messages;
         assert_eq!(msgs.len(), 2);
         assert_eq!(&msgs[0].body()[..], b"hello hello hello");
         assert_eq!(msgs[0].sys_flag() & sysflag::COMPRESSED, 0);
@@ -617,17 +630,22 @@ mod tests {
         }
         let bomb = z.finish().unwrap();
         assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
-        let msgs = decode_records(&Bytes::from(record(&bomb, sysflag::COMPRESSED, "")), "b");
+        let msgs =
+            decode_records(&Bytes::from(record(&bomb, sysflag::COMPRESSED, "")), "b").messages;
         assert_eq!(&msgs[0].body()[..], &bomb[..]);
         assert_ne!(msgs[0].sys_flag() & sysflag::COMPRESSED, 0);
     }
 
     #[test]
-    fn a_truncated_body_yields_the_records_before_it() {
+    fn a_truncated_body_yields_the_records_before_it_and_says_it_stopped() {
         let mut body = record(b"one", 0, "");
         let second = record(b"two", 0, "");
         body.extend_from_slice(&second[..second.len() - 3]);
-        assert_eq!(decode_records(&Bytes::from(body), "b").len(), 1);
+        let decoded = decode_records(&Bytes::from(body), "b");
+        assert_eq!(decoded.messages.len(), 1);
+        assert!(decoded.stopped.is_some());
+        let whole = decode_records(&Bytes::from(record(b"one", 0, "")), "b");
+        assert!(whole.stopped.is_none());
     }
 
     #[test]

@@ -470,7 +470,11 @@ async fn answer_check(
         }
     };
     let broker = h.broker_name.clone().unwrap_or_default();
-    let Some(msg) = decode_records(&req.cmd.body, &broker).into_iter().next() else {
+    let Some(msg) = decode_records(&req.cmd.body, &broker)
+        .messages
+        .into_iter()
+        .next()
+    else {
         tracing::warn!("CHECK_TRANSACTION_STATE without a message body");
         return;
     };

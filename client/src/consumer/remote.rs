@@ -117,8 +117,14 @@ fn read_pull(
     };
     let h = PullMessageResponseHeader::from_ext(&resp.ext_fields)
         .map_err(|e| ClientError::protocol(addr, format!("pull response: {e}")))?;
+    let mut next_begin_offset = h.next_begin_offset;
     let messages = if status == PullStatus::Found {
-        decode_records(&resp.body, &mq.broker_name)
+        let decoded = decode_records(&resp.body, &mq.broker_name);
+        if let Some(why) = decoded.stopped {
+            next_begin_offset = resume_before_undecodable(addr, mq, &decoded.messages, &why)?;
+        }
+        decoded
+            .messages
             .into_iter()
             .filter(|m| sub.matches(m))
             .collect()
@@ -127,11 +133,32 @@ fn read_pull(
     };
     Ok(PullResult {
         status,
-        next_begin_offset: h.next_begin_offset,
+        next_begin_offset,
         min_offset: h.min_offset,
         max_offset: h.max_offset,
         messages,
     })
+}
+
+/// Where to pull next when a pull body holds a record that does not decode: right after the
+/// last message decoded, so the next pull starts at that record, never past it (the broker's
+/// `nextBeginOffset` would skip it and every record after it in the body, and the group would
+/// commit past messages it never saw). With nothing decoded the pull fails: the queue is
+/// pulled again after a pause, and the record stays in the log until it can be read.
+fn resume_before_undecodable(
+    addr: &str,
+    mq: &MessageQueue,
+    decoded: &[ConsumedMessage],
+    why: &str,
+) -> Result<i64, ClientError> {
+    tracing::error!(topic = %mq.topic, broker = %mq.broker_name, queue_id = mq.queue_id, decoded = decoded.len(), reason = %why, "undecodable record in a pull body: not consumed past it");
+    match decoded.last() {
+        Some(last) => Ok(last.queue_offset() + 1),
+        None => Err(ClientError::protocol(
+            addr,
+            format!("the first record of a pull does not decode: {why}"),
+        )),
+    }
 }
 
 /// The group's committed offset on `mq`; `None` when the broker has none (code 22).
@@ -270,5 +297,43 @@ mod tests {
             read_pull("a", &mq, &sub, missing),
             Err(ClientError::Protocol { .. })
         ));
+    }
+
+    /// A record that does not decode is never pulled past: the next pull starts at it (right
+    /// after the last message decoded), and a pull whose first record does not decode fails.
+    #[test]
+    fn an_undecodable_record_is_not_pulled_past() {
+        use sluice_protocol::message::record::{encode_record, RecordHeader};
+        let mq = MessageQueue::default();
+        let sub = Subscription::new("T", "*");
+        let found = |body: Vec<u8>| {
+            let ext = PullMessageResponseHeader {
+                next_begin_offset: 40,
+                ..Default::default()
+            }
+            .to_ext();
+            RemotingCommand::response_to(&RemotingCommand::default(), code::SUCCESS, None)
+                .with_ext(ext)
+                .with_body(body)
+        };
+        let mut body = Vec::new();
+        for queue_offset in [5, 6] {
+            let header = RecordHeader {
+                queue_offset,
+                ..Default::default()
+            };
+            encode_record(&header, b"m", "T", b"", &mut body).unwrap();
+        }
+        let whole = read_pull("a", &mq, &sub, found(body.clone())).unwrap();
+        assert_eq!((whole.messages.len(), whole.next_begin_offset), (2, 40));
+
+        let mut damaged = body.clone();
+        damaged.extend_from_slice(&[0xAB; 64]);
+        let r = read_pull("a", &mq, &sub, found(damaged)).unwrap();
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.next_begin_offset, 7, "resumes at the undecodable record");
+
+        let err = read_pull("a", &mq, &sub, found(vec![0xAB; 64])).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol { .. }), "{err}");
     }
 }

@@ -6,6 +6,12 @@
 //! [`DedupeBackend`]; the table comes from [`migrate`] (or [`MIGRATION_SQL`] in the
 //! application's own migrations).
 //!
+//! On SQLite the transaction holds the database's one write lock from the claim to the
+//! commit, so handlers run one at a time there whatever the consumer's concurrency; keep slow
+//! calls (a remote service) short or outside the handler. A transaction refused for
+//! contention (SQLite busy, PostgreSQL serialization failure or deadlock) is run again a few
+//! times before the message is retried ([`Idempotent::process`]).
+//!
 //! The key defaults to the message's `UNIQ_KEY` ([`DedupeKey::UniqKey`]), which producers set
 //! once and which survives retries and dead-lettering; a business key can be chosen instead.
 //!
@@ -14,7 +20,10 @@
 //! keys, a 16-bit counter apart. A `UNIQ_KEY` claim therefore counts as a duplicate for
 //! [`UNIQ_KEY_WINDOW`] (7 days, [`Idempotent::with_uniq_key_window`]); an older claim of the
 //! same key is a new message and is claimed again. Redeliveries and producer retries come
-//! within hours. Business keys are claimed for good.
+//! within hours. A deliberate re-send under a fixed `UNIQ_KEY` is therefore deduplicated only
+//! within the window too; work that may be re-sent later needs a business key. Business keys
+//! are claimed for good, until [`purge_claims`] removes old claims (the table keeps a row per
+//! message processed until then).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +32,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::{Pool, Postgres, Sqlite, Transaction};
+
+use sluice_protocol::message::keys::{ORIGIN_MESSAGE_ID, UNIQ_KEY};
 
 use crate::consumer::{ConsumeResult, MessageHandler};
 use crate::message::ConsumedMessage;
@@ -47,6 +58,10 @@ const CLAIM_SQL: &str = "INSERT INTO sluice_processed_messages \
 /// How long a `UNIQ_KEY` claim counts as a duplicate (see the module docs): well under the
 /// month after which keys repeat, well over any redelivery or producer retry.
 pub const UNIQ_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes a group's claims older than a time (see [`purge_claims`]).
+const PURGE_SQL: &str = "DELETE FROM sluice_processed_messages \
+    WHERE consumer_group = $1 AND processed_at_ms < $2";
 
 /// Reads the claim back before commit (see [`Idempotent::process`]).
 const CLAIMED_SQL: &str = "SELECT COUNT(*) FROM sluice_processed_messages \
@@ -78,6 +93,13 @@ pub trait DedupeBackend: sqlx::Database + Sized {
     /// Creates `sluice_processed_messages` if missing, leaving sqlx's migration table (the
     /// application's) alone.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
+
+    /// Deletes `consumer_group`'s claims stored before `before_ms`; returns how many.
+    fn purge<'c>(
+        pool: &'c Pool<Self>,
+        consumer_group: &'c str,
+        before_ms: i64,
+    ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
 }
 
 /// The row that marks a message processed.
@@ -158,6 +180,22 @@ macro_rules! backend {
                     .boxed()
             }
 
+            fn purge<'c>(
+                pool: &'c Pool<Self>,
+                consumer_group: &'c str,
+                before_ms: i64,
+            ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+                async move {
+                    let done = sqlx::query(PURGE_SQL)
+                        .bind(consumer_group)
+                        .bind(before_ms)
+                        .execute(pool)
+                        .await?;
+                    Ok(done.rows_affected())
+                }
+                .boxed()
+            }
+
             fn migrate(
                 pool: &Pool<Self>,
             ) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
@@ -202,6 +240,32 @@ pub async fn migrate<DB: DedupeBackend>(pool: &Pool<DB>) -> Result<(), crate::Cl
     Ok(())
 }
 
+/// Deletes `consumer_group`'s claims older than `age`; returns how many. The helper never
+/// deletes claims itself, so without this the table keeps a row per message processed, for
+/// ever. Call it now and then (a daily job) with an age past which no delivery of an old
+/// message can come any more:
+///
+/// - keyed by `UNIQ_KEY` (the default), [`UNIQ_KEY_WINDOW`] or more loses nothing, since
+///   older claims count as new messages anyway;
+/// - keyed by a business key, a claim deleted is forgotten: a message with that key arriving
+///   later is processed again. Choose an age beyond any re-send of the same work.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::SqlitePool) -> Result<(), sluice_client::ClientError> {
+/// use sluice_client::idempotent::{purge_claims, UNIQ_KEY_WINDOW};
+/// let removed = purge_claims(&pool, "billing", UNIQ_KEY_WINDOW).await?;
+/// # let _ = removed; Ok(()) }
+/// ```
+pub async fn purge_claims<DB: DedupeBackend>(
+    pool: &Pool<DB>,
+    consumer_group: &str,
+    age: std::time::Duration,
+) -> Result<u64, crate::ClientError> {
+    let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let before_ms = now_ms().saturating_sub(age_ms);
+    Ok(DB::purge(pool, consumer_group, before_ms).await?)
+}
+
 /// Computes a dedupe key from a message (for [`DedupeKey::Custom`]).
 ///
 /// ```
@@ -222,7 +286,9 @@ pub type KeyFn = Arc<dyn Fn(&ConsumedMessage) -> Option<String> + Send + Sync>;
 /// ```
 #[derive(Clone, Default)]
 pub enum DedupeKey {
-    /// The producer's `UNIQ_KEY` (the broker's id of the copy if a producer set none).
+    /// The producer's `UNIQ_KEY`. A message whose producer set none is known by its first
+    /// stored copy's id: `ORIGIN_MESSAGE_ID` on retry and dead-letter copies, else its own
+    /// offset id (the Sluice broker gives every message a `UNIQ_KEY`; others may not).
     #[default]
     UniqKey,
     /// The first business key (`KEYS`). The key names the *work*, not the message: two
@@ -258,10 +324,18 @@ impl DedupeKey {
     /// assert_eq!(DedupeKey::UniqKey.extract(&msg).as_deref(), Some("U"));
     /// assert_eq!(DedupeKey::FirstKey.extract(&msg).as_deref(), Some("order-1"));
     /// assert_eq!(DedupeKey::Property("nope".into()).extract(&msg), None);
+    /// // A retry copy of a message stored without UNIQ_KEY, by a broker that adds none.
+    /// let copy = ConsumedMessage::for_tests("%RETRY%g", "x").with_property("ORIGIN_MESSAGE_ID", "AC1A...0001");
+    /// assert_eq!(DedupeKey::UniqKey.extract(&copy).as_deref(), Some("AC1A...0001"));
     /// ```
     pub fn extract(&self, msg: &ConsumedMessage) -> Option<String> {
         let key = match self {
-            Self::UniqKey => Some(msg.msg_id().to_owned()),
+            Self::UniqKey => Some(
+                msg.property(UNIQ_KEY)
+                    .or_else(|| msg.property(ORIGIN_MESSAGE_ID))
+                    .unwrap_or(msg.offset_msg_id())
+                    .to_owned(),
+            ),
             Self::FirstKey => msg.keys().next().map(str::to_owned),
             Self::Property(p) => msg.property(p).map(str::to_owned),
             Self::Custom(f) => f(msg),
@@ -281,7 +355,9 @@ impl DedupeKey {
 #[non_exhaustive]
 pub enum IdempotencyError {
     /// The message has no value for the configured [`DedupeKey`]; it cannot be processed
-    /// safely, so it is retried (and dead-lettered eventually) rather than risked twice.
+    /// safely, so it is retried rather than risked twice, and dead-lettered after the
+    /// consumer's `max_reconsume_times`. An orderly consumer retries without limit unless
+    /// `max_reconsume_times` is set, so such a message holds its queue until it is.
     #[error("message {0} has no dedupe key")]
     MissingKey(String),
     /// The database failed; nothing was committed.
@@ -294,6 +370,36 @@ pub enum IdempotencyError {
     /// handler deleted it); nothing was committed, so the message is retried.
     #[error("the claim of dedupe key {0} was gone before commit; rolled back")]
     ClaimLost(String),
+}
+
+/// Runs of a transaction after the first that failed on contention (see
+/// [`Idempotent::process`]), and the pause before each (times its number).
+const CONTENTION_RETRIES: u32 = 4;
+const CONTENTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl IdempotencyError {
+    /// Whether the database refused for contention alone (retrying may succeed): SQLite's
+    /// SQLITE_BUSY or SQLITE_LOCKED (extended codes included), PostgreSQL's
+    /// serialization_failure (40001) or deadlock_detected (40P01). A handler's own error
+    /// counts when it is such an `sqlx::Error`.
+    pub fn is_contention(&self) -> bool {
+        let db = match self {
+            Self::Database(e) => e,
+            Self::Handler(e) => match e.downcast_ref::<sqlx::Error>() {
+                Some(e) => e,
+                None => return false,
+            },
+            _ => return false,
+        };
+        let Some(d) = db.as_database_error() else {
+            return false;
+        };
+        let code = d.code().unwrap_or_default();
+        if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+            return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+        }
+        matches!(code.as_ref(), "40001" | "40P01")
+    }
 }
 
 /// What [`Idempotent::process`] did.
@@ -517,9 +623,28 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
         self
     }
 
-    /// Claims the message's key and runs the handler in one transaction.
+    /// Claims the message's key and runs the handler in one transaction. A transaction that
+    /// fails on contention (SQLite's busy or locked database, PostgreSQL's serialization
+    /// failure or deadlock) is run again, a few times with a short pause, before the error is
+    /// returned: everything was rolled back, and on SQLite a busy writer is the normal case
+    /// with several handlers at once, which would otherwise each cost a redelivery with
+    /// back-off (and count toward the dead-letter queue).
     #[tracing::instrument(skip_all, fields(group = %self.inner.group, msg_id = %msg.msg_id()))]
     pub async fn process(&self, msg: &ConsumedMessage) -> Result<Outcome, IdempotencyError> {
+        let mut attempt = 0;
+        loop {
+            match self.process_once(msg).await {
+                Err(e) if e.is_contention() && attempt < CONTENTION_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "database contention; running the transaction again");
+                    tokio::time::sleep(CONTENTION_PAUSE * attempt).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn process_once(&self, msg: &ConsumedMessage) -> Result<Outcome, IdempotencyError> {
         let inner = &self.inner;
         let key = inner
             .key
@@ -537,11 +662,10 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
             stale_before_ms,
         };
         let mut tx = inner.pool.begin().await?;
-        let claimed = match DB::claim(&mut tx, &claim).await {
-            Ok(n) => n > 0,
-            Err(e) if is_unique_violation(&e) => false,
-            Err(e) => return Err(e.into()),
-        };
+        // The upsert cannot conflict on its own key, so any error here, a unique violation
+        // included (of an index the application added to the table), is a failure, not a
+        // duplicate: reported as a duplicate, the message would be acknowledged unprocessed.
+        let claimed = DB::claim(&mut tx, &claim).await? > 0;
         if !claimed {
             tx.rollback().await?;
             inner.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -569,7 +693,8 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
         }
         // A unique violation at COMMIT is never the claim's (its upsert cannot conflict): it
         // is the handler's own deferred constraint, so the business writes were rolled back
-        // with the claim. Reported as a duplicate, the message was acknowledged unprocessed.
+        // with the claim, and it is returned as the error it is (a duplicate would have the
+        // message acknowledged unprocessed).
         tx.commit().await?;
         inner.processed.fetch_add(1, Ordering::Relaxed);
         Ok(Outcome::Processed)
@@ -584,11 +709,6 @@ impl<DB: DedupeBackend, H: TxHandler<DB>> Idempotent<DB, H> {
     pub fn duplicates(&self) -> u64 {
         self.inner.duplicates.load(Ordering::Relaxed)
     }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
 }
 
 impl<DB: DedupeBackend, H: TxHandler<DB>> MessageHandler for Idempotent<DB, H> {

@@ -146,6 +146,12 @@ fn retry_copy(
     if props.get(keys::ORIGIN_MESSAGE_ID).is_none() {
         props.insert(keys::ORIGIN_MESSAGE_ID, msg.msg_id());
     }
+    // A message stored without one (its producer set none) gets its own id as UNIQ_KEY, so the
+    // copy keeps the message's id (`msg_id`) instead of getting a new one when it is sent:
+    // an idempotent consumer keyed by it then sees the copy as the same message.
+    if props.get(keys::UNIQ_KEY).is_none() {
+        props.insert(keys::UNIQ_KEY, msg.msg_id());
+    }
     props.insert(keys::RECONSUME_TIME, times.to_string());
     props.insert(keys::MAX_RECONSUME_TIMES, max.to_string());
     if !dead {
@@ -199,6 +205,11 @@ mod tests {
             .with_property("ORIGIN_MESSAGE_ID", "FIRST");
         let (topic, out) = retry_copy("g", &msg, 4, true, 16);
         assert_eq!(topic, "%DLQ%g");
+        assert_eq!(
+            out.msg.property("UNIQ_KEY"),
+            Some(msg.msg_id()),
+            "the id is kept"
+        );
         let p = out.msg.properties();
         assert_eq!(p.get("DELAY"), None);
         assert_eq!(p.get("RETRY_TOPIC"), Some("Orders"));

@@ -85,6 +85,16 @@ macro_rules! business {
                             assert!(failed.is_err());
                             return Ok(());
                         }
+                        if let Some(order) = body.strip_prefix("slow:") {
+                            // Holds its transaction open while another delivery arrives.
+                            sqlx::query(&format!("INSERT INTO {table} (order_id, msg_id) VALUES ($1, $2)"))
+                                .bind(order)
+                                .bind(msg.msg_id())
+                                .execute(&mut **tx)
+                                .await?;
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            return Ok(());
+                        }
                         if body == "unclaim" {
                             sqlx::query("DELETE FROM sluice_processed_messages WHERE msg_id = $1")
                                 .bind(msg.msg_id())
@@ -275,6 +285,139 @@ async fn scenario<DB: Business>(pool: Pool<DB>, tag: &str) {
     assert_eq!(DB::count(&pool, table).await, 1, "exactly one business row");
     producer.shutdown().await;
     cluster.stop().await;
+}
+
+/// Two deliveries of one message at once (a rebalance duplicate): exactly one runs the
+/// handler and commits, the other is told it is a duplicate, and there is one business row.
+async fn concurrent_deliveries<DB: Business>(pool: Pool<DB>, tag: &str) {
+    let table: &'static str = Box::leak(format!("payments_conc_{tag}").into_boxed_str());
+    idempotent::migrate(&pool).await.expect("migration");
+    DB::reset(&pool, table).await;
+    let group = format!("idem-conc-{tag}-{}", std::process::id());
+    let helper = Idempotent::new(pool.clone(), group, DB::handler(table));
+    let (a, b) = (helper.clone(), helper.clone());
+    let m = msg("UC1", "slow:order-c");
+    let (x, y) = tokio::join!(a.process(&m), b.process(&m));
+    let mut outcomes = vec![x.unwrap(), y.unwrap()];
+    outcomes.sort_by_key(|o| *o == Outcome::Processed);
+    assert_eq!(outcomes, vec![Outcome::Duplicate, Outcome::Processed]);
+    assert_eq!(DB::count(&pool, table).await, 1, "exactly one business row");
+}
+
+/// SQLite's "database is locked" (another writer, no busy wait) counts as contention, which
+/// `process` runs again; a constraint failure does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_busy_database_is_contention_and_a_constraint_failure_is_not() {
+    use std::str::FromStr;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .busy_timeout(Duration::ZERO);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO t (id) VALUES (1)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let busy = sqlx::query("INSERT INTO t (id) VALUES (2)")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(IdempotencyError::Database(busy).is_contention());
+    holder.commit().await.unwrap();
+    let dup = sqlx::query("INSERT INTO t (id) VALUES (1)")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(!IdempotencyError::Database(dup).is_contention());
+}
+
+/// `purge_claims` deletes one group's claims older than the age and nothing else; a business
+/// key whose claim was purged counts as new.
+async fn purge<DB: Business>(pool: Pool<DB>, tag: &str) {
+    let table: &'static str = Box::leak(format!("payments_purge_{tag}").into_boxed_str());
+    idempotent::migrate(&pool).await.expect("migration");
+    DB::reset(&pool, table).await;
+    let group = format!("idem-purge-{tag}-{}", std::process::id());
+    let other = format!("{group}-other");
+    let by_key =
+        |g: &str| Idempotent::with_key(pool.clone(), g, DedupeKey::FirstKey, DB::handler(table));
+    let keyed = |uniq: &str, key: &str| msg(uniq, "order-p").with_property("KEYS", key);
+    for (g, uniq, key) in [
+        (&group, "P1", "old"),
+        (&group, "P2", "new"),
+        (&other, "P3", "old"),
+    ] {
+        assert_eq!(
+            by_key(g).process(&keyed(uniq, key)).await.unwrap(),
+            Outcome::Processed
+        );
+    }
+    let ten_days = 10 * 24 * 3600 * 1000;
+    DB::age_claim(&pool, &group, "old", ten_days).await;
+    DB::age_claim(&pool, &other, "old", ten_days).await;
+    let removed = idempotent::purge_claims(&pool, &group, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "only the group's old claim");
+    let h = by_key(&group);
+    assert_eq!(
+        h.process(&keyed("P4", "new")).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        h.process(&keyed("P5", "old")).await.unwrap(),
+        Outcome::Processed
+    );
+    let o = by_key(&other);
+    assert_eq!(
+        o.process(&keyed("P6", "old")).await.unwrap(),
+        Outcome::Duplicate,
+        "another group's claim stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_purge_deletes_a_groups_old_claims_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    purge(pool, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_purge_deletes_a_groups_old_claims_only() {
+    purge(postgres().await, "pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_deliveries_of_one_message_process_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    concurrent_deliveries(pool, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_deliveries_of_one_message_process_it_once() {
+    concurrent_deliveries(postgres().await, "pg").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -383,7 +383,10 @@ impl TransactionProducer {
         let mut req = RemotingCommand::request(request_code::END_TRANSACTION, header.to_ext());
         req.remark = remark;
         let addr = sender.core.master_addr(&send.queue.broker_name)?;
-        sender.core.pool.invoke_oneway(&addr, req).await
+        // Bounded: the local transaction is done and the caller waits for its result; an END
+        // that cannot go out in time is left to the broker's check.
+        let end = sender.core.pool.invoke_oneway(&addr, req);
+        sender.bounded(&send.queue.topic, end).await
     }
 
     /// The id brokers know this client by.

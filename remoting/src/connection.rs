@@ -163,6 +163,8 @@ impl ConnectionHandle {
     }
 
     /// Sends a request with a fresh opaque and waits up to `timeout` for the matching response.
+    /// The request's entry among those waiting for a response goes with it, however it ends:
+    /// answered, timed out, failed, or dropped by the caller (a caller's own deadline).
     pub async fn invoke(
         &self,
         mut cmd: RemotingCommand,
@@ -174,22 +176,17 @@ impl ConnectionHandle {
         let code = cmd.code;
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(opaque, tx);
-        if let Err(e) = self.send(cmd).await {
-            self.inner.pending.lock().remove(&opaque);
-            return Err(e);
-        }
+        let _waiting = Waiting { conn: self, opaque };
+        self.send(cmd).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(RemotingError::Closed(self.inner.remote)),
-            Err(_) => {
-                self.inner.pending.lock().remove(&opaque);
-                Err(RemotingError::Timeout {
-                    code,
-                    opaque,
-                    remote: self.inner.remote,
-                    timeout,
-                })
-            }
+            Err(_) => Err(RemotingError::Timeout {
+                code,
+                opaque,
+                remote: self.inner.remote,
+                timeout,
+            }),
         }
     }
 
@@ -225,9 +222,35 @@ impl ConnectionHandle {
     }
 }
 
+/// Removes a request's entry among those waiting for a response when its `invoke` ends in
+/// any way. (An answered request's entry is gone already: `complete` took it.)
+struct Waiting<'a> {
+    conn: &'a ConnectionHandle,
+    opaque: i32,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.conn.inner.pending.lock().remove(&self.opaque);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller that gives up on `invoke` (its own deadline drops the future) leaves no entry
+    /// behind among the requests waiting for a response.
+    #[tokio::test]
+    async fn an_abandoned_invoke_leaves_no_waiting_entry() {
+        let (tx, _rx) = mpsc::channel(4);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = ConnectionHandle::new(1, addr, addr, tx);
+        let call = conn.invoke(RemotingCommand::default(), Duration::from_secs(60));
+        let abandoned = tokio::time::timeout(Duration::from_millis(20), call).await;
+        assert!(abandoned.is_err(), "nobody answers");
+        assert!(conn.inner.pending.lock().is_empty());
+    }
 
     /// What the broker's in-flight accounting relies on: the step runs while the command is
     /// not yet readable by the writer, so the peer cannot see the answer first.

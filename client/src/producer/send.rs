@@ -126,9 +126,13 @@ impl Sender {
             }
             let result = match picked {
                 Ok(mq) => {
-                    let r = within(deadline, self.attempt(out, &mq, left(deadline)))
-                        .await
-                        .ok_or_else(|| self.timed_out(topic, attempt))?;
+                    let Some(r) = within(deadline, self.attempt(out, &mq, left(deadline))).await
+                    else {
+                        // The broker took the whole budget (unreachable, say, with a connect
+                        // that waits as long as a send may): the next sends avoid it.
+                        self.note_stalled(&mq);
+                        return Err(self.timed_out(topic, attempt));
+                    };
                     if let Err(e) = &r {
                         self.note_failure(&mq, e);
                         avoid = Some(mq.broker_name.clone());
@@ -165,12 +169,30 @@ impl Sender {
         }
     }
 
-    /// Sends without waiting for (or getting) an answer: one attempt.
+    /// Sends without waiting for (or getting) an answer: one attempt, within `send_timeout`
+    /// (a route lookup, a connect or a full writer queue could otherwise hold it for minutes).
     pub(crate) async fn send_oneway(&self, out: &Outgoing) -> Result<(), ClientError> {
-        let mq = self.pick(out.msg.topic(), Target::Any, None).await?;
-        let addr = self.core.master_addr(&mq.broker_name)?;
-        let req = self.request(out, &mq, false);
-        self.core.pool.invoke_oneway(&addr, req).await
+        let topic = out.msg.topic();
+        let deadline = Instant::now() + self.send_timeout;
+        let sent = within(deadline, async {
+            let mq = self.pick(topic, Target::Any, None).await?;
+            let addr = self.core.master_addr(&mq.broker_name)?;
+            let req = self.request(out, &mq, false);
+            self.core.pool.invoke_oneway(&addr, req).await
+        });
+        sent.await.unwrap_or_else(|| Err(self.timed_out(topic, 1)))
+    }
+
+    /// Runs `f` (a one-way send outside [`Self::send`]: END_TRANSACTION) within
+    /// `send_timeout`, failing with a timeout past it.
+    pub(crate) async fn bounded<T>(
+        &self,
+        topic: &str,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        within(Instant::now() + self.send_timeout, f)
+            .await
+            .unwrap_or_else(|| Err(self.timed_out(topic, 1)))
     }
 
     /// Sends `msgs` (one topic, already prepared) as one SEND_BATCH_MESSAGE.
@@ -210,7 +232,11 @@ impl Sender {
                 deadline,
                 self.batch_attempt(&carrier, &mq, &ids, left(deadline)),
             );
-            match sent.await.ok_or_else(|| self.timed_out(topic, attempt))? {
+            let Some(sent) = sent.await else {
+                self.note_stalled(&mq);
+                return Err(self.timed_out(topic, attempt));
+            };
+            match sent {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_retryable() && attempt < attempts && !spent(deadline) => {
                     tracing::warn!(topic, attempt, error = %e, "batch send failed; retrying");
@@ -348,10 +374,16 @@ impl Sender {
     /// Network failures park the broker for [`FAULT_BACKOFF`], so later sends skip it.
     fn note_failure(&self, mq: &MessageQueue, e: &ClientError) {
         if matches!(e, ClientError::Remoting { .. }) {
-            self.faults
-                .lock()
-                .insert(mq.broker_name.clone(), Instant::now() + FAULT_BACKOFF);
+            self.note_stalled(mq);
         }
+    }
+
+    /// Avoids `mq`'s broker for [`FAULT_BACKOFF`]: a network failure, or an attempt still
+    /// unfinished when the send's budget ran out.
+    fn note_stalled(&self, mq: &MessageQueue) {
+        self.faults
+            .lock()
+            .insert(mq.broker_name.clone(), Instant::now() + FAULT_BACKOFF);
     }
 }
 

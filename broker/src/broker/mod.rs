@@ -88,11 +88,14 @@ impl Broker {
         cfg.store.store_host = advertised;
         let extensions = ext.extensions.clone();
         let (ctx, stop) = open_context(cfg, advertised, ext).await?;
+        // Saved replay tasks are registered before the extensions start (the HTTP facade can
+        // start a new one at once) and run after (their copies go through the put hooks).
+        let resumed = crate::dlq::register_saved_replays(&ctx);
         if let Err((started, e)) = start_extensions(&ctx, &extensions) {
             abandon_start(&ctx, &stop, &extensions[..started]).await;
             return Err(e);
         }
-        crate::dlq::resume_replays(&ctx);
+        crate::dlq::run_resumed_replays(&ctx, resumed);
         let registry = Arc::new(ConnectionRegistry::default());
         let server = match Server::start(
             listener,

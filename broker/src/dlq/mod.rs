@@ -25,9 +25,15 @@ pub use state::AuditRecord;
 use crate::broker::context::BrokerContext;
 use crate::retry::SendBack;
 
-/// Resumes the replay tasks a previous run left running (called once at broker start).
-pub(crate) fn resume_replays(ctx: &Arc<BrokerContext>) {
-    replay::resume_all(ctx);
+/// Registers the replay tasks a previous run saved (called once at broker start, before the
+/// extensions start); returns the running ones, for [`run_resumed_replays`].
+pub(crate) fn register_saved_replays(ctx: &Arc<BrokerContext>) -> Vec<replay::Resumed> {
+    replay::register_saved(ctx)
+}
+
+/// Runs the replay tasks [`register_saved_replays`] found running.
+pub(crate) fn run_resumed_replays(ctx: &Arc<BrokerContext>, resumed: Vec<replay::Resumed>) {
+    replay::run_resumed(ctx, resumed);
 }
 
 /// Why a DLQ operation failed.

@@ -120,6 +120,7 @@ pub(crate) async fn start(
             "rate_per_sec must be at most {MAX_RATE}"
         )));
     }
+    check_spec(ctx, &spec)?;
     // Refused before any state is made: a ledger and a task per invented group name would
     // otherwise pile up.
     if ctx.topics.get(&topic).is_none() {
@@ -194,8 +195,53 @@ fn check_target(topic: &str) -> Result<(), DlqError> {
     Ok(())
 }
 
-/// Loads task files at broker start and resumes the running ones.
-pub(crate) fn resume_all(ctx: &Arc<BrokerContext>) {
+/// A task saved as running, registered again at start and waiting to be run.
+pub(crate) struct Resumed(ReplayStatus, Arc<CancelFlag>);
+
+/// Refuses what would match nothing or fail every message, instead of a task that walks the
+/// whole DLQ at the given rate to that end: an empty filter value (leave it out to match any),
+/// a time window that ends before it starts, `max` 0, a target topic that does not exist while
+/// topics are not created on first send.
+fn check_spec(ctx: &BrokerContext, spec: &ReplaySpec) -> Result<(), DlqError> {
+    let f = &spec.filter;
+    for (name, value) in [
+        ("original_topic", &f.original_topic),
+        ("key", &f.key),
+        ("tag", &f.tag),
+    ] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(DlqError::Invalid(format!(
+                "{name} must not be empty (leave it out to match any)"
+            )));
+        }
+    }
+    if let (Some(since), Some(until)) = (f.since_ms, f.until_ms) {
+        if since > until {
+            return Err(DlqError::Invalid(format!(
+                "since_ms {since} is after until_ms {until}"
+            )));
+        }
+    }
+    if spec.max_messages == Some(0) {
+        return Err(DlqError::Invalid("max must be at least 1".into()));
+    }
+    if let Some(t) = &spec.target_topic {
+        let created_on_use = t.starts_with(crate::topic::RETRY_PREFIX) || ctx.cfg.auto_create_topic;
+        if !created_on_use && ctx.topics.get(t).is_none() {
+            return Err(DlqError::Invalid(format!(
+                "target topic {t} does not exist, and topics are not created on first send"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads task files at broker start and registers them, before anything can start a new task
+/// (the HTTP facade, started with the extensions, accepts requests at once): a start for a
+/// group whose saved task is still running is then refused as Busy, instead of running next
+/// to it. Returns the running ones, for [`run_resumed`] once the extensions have started.
+pub(crate) fn register_saved(ctx: &Arc<BrokerContext>) -> Vec<Resumed> {
+    let mut resumed = Vec::new();
     for mut status in ctx.dlq.load_tasks() {
         let running = status.state == ReplayState::Running;
         if running {
@@ -212,11 +258,19 @@ pub(crate) fn resume_all(ctx: &Arc<BrokerContext>) {
             if let Err(e) = ctx.dlq.audit("resumed", &status) {
                 tracing::error!(task = %status.id, error = %e, "audit of a resumed replay failed");
             }
-            tracing::info!(task = %status.id, group = %status.group, next_offset = status.next_offset, "replay task resumed");
-            spawn(ctx, status, cancel);
+            resumed.push(Resumed(status, cancel));
         }
     }
     ctx.dlq.prune();
+    resumed
+}
+
+/// Runs the tasks [`register_saved`] found running.
+pub(crate) fn run_resumed(ctx: &Arc<BrokerContext>, resumed: Vec<Resumed>) {
+    for Resumed(status, cancel) in resumed {
+        tracing::info!(task = %status.id, group = %status.group, next_offset = status.next_offset, "replay task resumed");
+        spawn(ctx, status, cancel);
+    }
 }
 
 fn spawn(ctx: &Arc<BrokerContext>, status: ReplayStatus, cancel: Arc<CancelFlag>) {
@@ -381,11 +435,25 @@ async fn run_loop(
                     () = cancel.notify.notified() => return Ok(Stop::Finished(ReplayState::Cancelled)),
                     _ = shutdown.wait_for(|s| *s) => return Ok(Stop::Shutdown),
                 }
+                // A cancel between the last check and the wait above woke nobody: without
+                // this check the task copied one more message after it.
+                if cancel.is_set() {
+                    return Ok(Stop::Finished(ReplayState::Cancelled));
+                }
                 pacer.sent();
                 m.replayed = true;
                 match replay_one(ctx, &ledger, &orig, &m, status).await {
-                    Ok(true) => status.replayed += 1,
-                    Ok(false) => status.skipped += 1,
+                    Ok(Replayed::Copied) => status.replayed += 1,
+                    Ok(Replayed::FoundCopied) => status.skipped += 1,
+                    Ok(Replayed::NotLedgered(e)) => {
+                        // The copy is stored but the ledger does not say so: going on would
+                        // leave more such letters for a later task to copy again. Stopped
+                        // here, with progress at this letter.
+                        status.replayed += 1;
+                        return Err(DlqError::State(format!(
+                            "dead letter at offset {qo} was copied, but the replay ledger could not record it ({e}); a later task may copy it again"
+                        )));
+                    }
                     Err(e) => {
                         tracing::warn!(task = %status.id, dlq_offset = qo, error = %e, "message not replayed; it stays in the DLQ");
                         status.failed += 1;
@@ -446,15 +514,25 @@ fn capped(status: &ReplayStatus) -> bool {
     status.max_messages.is_some_and(|m| status.matched >= m)
 }
 
-/// Writes one copy, then ledgers it. `Ok(false)`: a copy by this task was already there (a
-/// crash came between the copy and the ledger), so it is only ledgered.
+/// What [`replay_one`] did with a dead letter.
+enum Replayed {
+    /// Copied and ledgered.
+    Copied,
+    /// A copy by this task was already there (a crash came between the copy and the ledger),
+    /// so it was only ledgered.
+    FoundCopied,
+    /// Copied (or found copied), but the ledger write failed.
+    NotLedgered(String),
+}
+
+/// Writes one copy, then ledgers it.
 async fn replay_one(
     ctx: &Arc<BrokerContext>,
     ledger: &Arc<Ledger>,
     orig: &Original,
     m: &DlqMessage,
     status: &ReplayStatus,
-) -> Result<bool, String> {
+) -> Result<Replayed, String> {
     // Checked per message too: a task file from an older version may name any target.
     if let Some(t) = &status.target_topic {
         check_target(t).map_err(|e| e.to_string())?;
@@ -511,11 +589,14 @@ async fn replay_one(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
     if let Err(e) = recorded {
-        // The copy is stored: reported as replayed, not as "stays in the DLQ". Only the
-        // ledger misses it, so a later task may copy it again.
-        tracing::warn!(task = %status.id, dlq_offset = qo, error = %e, "message copied but not written to the replay ledger; a later task may copy it again");
+        tracing::error!(task = %status.id, dlq_offset = qo, error = %e, "message copied but not written to the replay ledger; the task stops");
+        return Ok(Replayed::NotLedgered(e));
     }
-    Ok(!already)
+    Ok(if already {
+        Replayed::FoundCopied
+    } else {
+        Replayed::Copied
+    })
 }
 
 /// True when `dest` holds a copy of `m` written by task `task_id` (found by UNIQ_KEY).
@@ -529,13 +610,40 @@ fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -
         .filter_map(Original::decode)
         .any(|o| {
             o.properties.get(PROP_REPLAY_TASK) == Some(task_id)
-                && o.properties.get(PROP_REPLAYED_FROM) == Some(m.msg_id.as_str())
+                && o.properties
+                    .get(PROP_REPLAYED_FROM)
+                    .is_some_and(|from| same_record(from, &m.msg_id))
         })
+}
+
+/// Whether two offset message ids name one record: the same commit-log offset, whatever
+/// store address each was made with (the broker may come back on another address after a
+/// crash, and the id of a dead letter is made with the current one).
+fn same_record(a: &str, b: &str) -> bool {
+    use sluice_protocol::message::decode_offset_msg_id;
+    a == b
+        || matches!(
+            (decode_offset_msg_id(a), decode_offset_msg_id(b)),
+            (Ok((_, x)), Ok((_, y))) if x == y
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dead letter's id made after the broker came back on another address still names the
+    /// record a copy was made from before.
+    #[test]
+    fn ids_of_one_record_match_across_store_addresses() {
+        use sluice_protocol::message::offset_msg_id;
+        let before = offset_msg_id("10.0.0.1:10911".parse().unwrap(), 4096);
+        let after = offset_msg_id("10.0.0.2:10912".parse().unwrap(), 4096);
+        let other = offset_msg_id("10.0.0.1:10911".parse().unwrap(), 8192);
+        assert!(same_record(&before, &after));
+        assert!(!same_record(&before, &other));
+        assert!(!same_record("not-an-id", &before));
+    }
 
     /// Time spent sending nothing (scanning skipped entries) earned credit before: the next
     /// matches went out back to back. Now copies stay `1 / rate` apart whatever came before.

@@ -738,6 +738,41 @@ async fn a_replay_into_a_system_topic_is_refused_at_start() {
     cluster.stop().await;
 }
 
+/// A replay that would match nothing or fail every message is refused at start, with the
+/// reason, instead of walking the whole DLQ.
+#[tokio::test]
+async fn a_replay_that_can_match_nothing_is_refused_at_start() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "badg", "Orders", 1, |_| "A").await;
+    let dlq = cluster.broker.dlq();
+    let spec = || ReplaySpec {
+        group: "badg".into(),
+        rate_per_sec: 1000,
+        ..ReplaySpec::default()
+    };
+    let mut empty_tag = spec();
+    empty_tag.filter.tag = Some(String::new());
+    let mut backwards = spec();
+    backwards.filter.since_ms = Some(2_000);
+    backwards.filter.until_ms = Some(1_000);
+    let mut none = spec();
+    none.max_messages = Some(0);
+    for (bad, says) in [
+        (empty_tag, "tag must not be empty"),
+        (backwards, "is after until_ms"),
+        (none, "max must be at least 1"),
+    ] {
+        let r = dlq.start_replay(bad).await;
+        assert!(
+            matches!(&r, Err(DlqError::Invalid(m)) if m.contains(says)),
+            "{says}: {r:?}"
+        );
+    }
+    assert!(dlq.replays().is_empty(), "no task was created");
+    cluster.stop().await;
+}
+
 /// A producer may set RETRY_TOPIC on a message of a topic. It means something only on a
 /// retry copy, so the dead letter of such a message names the topic it was consumed from, and
 /// its replay goes there, never into the topic the producer named (here a system topic).

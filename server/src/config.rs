@@ -479,10 +479,13 @@ impl ServerConfig {
         }
         // The sections' own errors first: `broker_config` turns a bad `[acl]` into a
         // fail-closed ACL, whose refusal would hide the real cause.
-        self.retry
-            .to_config()?
-            .validate()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let retry = self.retry.to_config()?;
+        retry.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.schedule.enabled {
+            retry
+                .check_max_delay(self.schedule.to_config()?.max_delay)
+                .map_err(|e| anyhow::anyhow!("{e} ([schedule] max_delay_secs)"))?;
+        }
         self.acl.to_config()?;
         let broker = self.broker_config(None);
         broker

@@ -165,6 +165,28 @@ impl RetryConfig {
         self.groups.get(group).unwrap_or(&self.defaults)
     }
 
+    /// Refuses a back-off longer than `max_delay`, the longest delay the schedule accepts: a
+    /// retry copy asking for more is refused at its send-back, so the message could neither
+    /// be retried nor reach the dead-letter queue. (Levels come from the schedule's own
+    /// ladder and are not checked here.)
+    pub fn check_max_delay(&self, max_delay: Duration) -> Result<(), String> {
+        for (name, p) in std::iter::once(("defaults", &self.defaults))
+            .chain(self.groups.iter().map(|(g, p)| (g.as_str(), p)))
+        {
+            let longest = match &p.backoff {
+                Backoff::Levels { .. } => continue,
+                Backoff::Ladder(steps) => steps.iter().max().copied().unwrap_or_default(),
+                Backoff::Exponential { max, .. } => *max,
+            };
+            if longest > max_delay {
+                return Err(format!(
+                    "retry {name}: a back-off of {longest:?} is longer than the schedule's max_delay ({max_delay:?}); retries that long would be refused"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every policy.
     pub fn validate(&self) -> Result<(), String> {
         for (name, p) in std::iter::once(("defaults", &self.defaults))
@@ -186,6 +208,30 @@ impl RetryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_back_off_longer_than_the_schedules_maximum_is_refused() {
+        let hour = Duration::from_secs(3600);
+        let mut cfg = RetryConfig::default();
+        assert!(cfg.check_max_delay(hour).is_ok(), "levels are not checked");
+        cfg.defaults.backoff = Backoff::Exponential {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max: 2 * hour,
+        };
+        assert!(cfg.check_max_delay(hour).is_err());
+        assert!(cfg.check_max_delay(2 * hour).is_ok());
+        cfg.defaults = GroupRetryPolicy::default();
+        cfg.groups.insert(
+            "g".into(),
+            GroupRetryPolicy {
+                backoff: Backoff::Ladder(vec![Duration::from_secs(1), 3 * hour]),
+                ..GroupRetryPolicy::default()
+            },
+        );
+        let err = cfg.check_max_delay(hour).unwrap_err();
+        assert!(err.contains("retry g"), "{err}");
+    }
 
     #[test]
     fn levels_follow_rocketmq_and_clamp() {

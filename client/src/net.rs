@@ -155,10 +155,23 @@ impl Pool {
         timeout: Duration,
     ) -> Result<RemotingCommand, ClientError> {
         let client = self.get(addr).await?;
-        client
-            .invoke(self.signed(cmd), timeout)
-            .await
-            .map_err(|e| ClientError::remoting(addr, e))
+        let heard = client.connection().frames_heard();
+        let result = client.invoke(self.signed(cmd), timeout).await;
+        if let Err(RemotingError::Timeout { .. }) = &result {
+            self.close_if_silent(addr, &client, heard, timeout);
+        }
+        result.map_err(|e| ClientError::remoting(addr, e))
+    }
+
+    /// Closes `client`'s connection when not one frame came from the peer while a request
+    /// waited `waited` for its answer: a broker whose host went away without closing the
+    /// socket (a power cut) looks open for as long as the kernel keeps retrying, ~15 minutes,
+    /// and every request on it would time out meanwhile. The next request connects again.
+    fn close_if_silent(&self, addr: &str, client: &RemotingClient, heard: u64, waited: Duration) {
+        if client.connection().frames_heard() == heard && !client.is_closed() {
+            tracing::warn!(addr, waited = ?waited, "nothing heard from the broker while a request waited; closing the connection, the next request connects again");
+            client.close();
+        }
     }
 
     /// As [`Pool::invoke`], turning a non-SUCCESS code into [`ClientError::Broker`].
@@ -362,6 +375,45 @@ mod tests {
     }
 
     /// Callers that waited while an attempt failed share its failure.
+    /// A peer that accepts and reads but never answers: the request times out, nothing was
+    /// heard meanwhile, so the connection is closed and the next request dials again.
+    #[tokio::test]
+    async fn a_connection_silent_for_a_whole_request_is_replaced() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s); // kept open, never answered
+            }
+        });
+        let (tx, _rx) = mpsc::channel(1);
+        let pool = Pool::new(Duration::from_secs(5), tx);
+        let ask = || RemotingCommand::request(request_code::HEART_BEAT, Default::default());
+        let first = pool.invoke(&addr, ask(), Duration::from_millis(100)).await;
+        assert!(
+            matches!(
+                &first,
+                Err(ClientError::Remoting {
+                    source: RemotingError::Timeout { .. },
+                    ..
+                })
+            ),
+            "{first:?}"
+        );
+        let second = pool.invoke(&addr, ask(), Duration::from_millis(100)).await;
+        assert!(second.is_err());
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the silent connection was replaced"
+        );
+        server.abort();
+    }
+
     #[tokio::test]
     async fn waiting_callers_share_a_failed_attempt() {
         let closed = {

@@ -206,6 +206,9 @@ async fn read_loop(
             r = reader.next() => r,
             () = conn.closed() => break,
         };
+        if matches!(next, Ok(Some(_))) {
+            conn.note_heard();
+        }
         match next {
             Ok(Some(Inbound::Command(cmd))) if cmd.is_response() => {
                 if !conn.complete(cmd) {

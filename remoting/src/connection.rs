@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ struct Inner {
     binary_headers: AtomicBool,
     /// Flips to true once; the writer drains and exits, waiters give up.
     closed: watch::Sender<bool>,
+    /// Frames read from the peer so far (see [`ConnectionHandle::frames_heard`]).
+    heard: AtomicU64,
 }
 
 impl std::fmt::Debug for ConnectionHandle {
@@ -71,6 +73,7 @@ impl ConnectionHandle {
                 next_opaque: AtomicI32::new(1),
                 binary_headers: AtomicBool::new(false),
                 closed,
+                heard: AtomicU64::new(0),
             }),
         }
     }
@@ -209,6 +212,17 @@ impl ConnectionHandle {
     fn next_opaque(&self) -> i32 {
         // Wrapping is fine: an opaque only has to be unique among requests in flight.
         self.inner.next_opaque.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a frame read from the peer (the reader calls it for every frame).
+    pub fn note_heard(&self) {
+        self.inner.heard.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames read from the peer so far: a caller whose request timed out can tell a silent
+    /// peer (nothing at all arrived meanwhile) from a slow answer.
+    pub fn frames_heard(&self) -> u64 {
+        self.inner.heard.load(Ordering::Relaxed)
     }
 
     /// Hands a response to the request waiting for it; false when nobody waits (late or

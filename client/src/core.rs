@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::UniqKeyGenerator;
@@ -31,6 +32,9 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// How long a route lookup waits for the first heartbeats to the brokers it found.
+const FIRST_GREETING_WAIT: Duration = Duration::from_secs(1);
+
 /// Shared machinery of one client.
 pub(crate) struct ClientCore {
     pub(crate) cfg: ClientConfig,
@@ -42,6 +46,7 @@ pub(crate) struct ClientCore {
     /// reachable for send-back and END_TRANSACTION even if a refresh drops it.
     masters: RwLock<HashMap<String, String>>,
     /// Addresses that already had a heartbeat.
+    /// Brokers greeted with a first heartbeat (see `learn_brokers`).
     greeted: Mutex<HashSet<String>>,
     heartbeat: RwLock<HeartbeatData>,
     namesrv_next: AtomicUsize,
@@ -182,12 +187,19 @@ impl ClientCore {
 
     /// Records the brokers of a route and greets new ones with a heartbeat at once, so a
     /// transactional producer can be asked for checks before its first periodic heartbeat.
+    /// The greetings run together and are waited for [`FIRST_GREETING_WAIT`] at most: this
+    /// runs inside a send's budget, and one unreachable broker (a slave, say) must not spend
+    /// it. Each broker is greeted once this way; one whose greeting failed or was cut short
+    /// gets the periodic heartbeat (every 30 s) instead.
     async fn learn_brokers(&self, route: &TopicRoute) {
         {
             let mut masters = self.masters.write();
             for (name, addr) in route.masters() {
                 masters.insert(name.to_owned(), addr.to_owned());
             }
+        }
+        if !self.has_groups() {
+            return;
         }
         let fresh: Vec<String> = {
             let mut greeted = self.greeted.lock();
@@ -198,12 +210,20 @@ impl ClientCore {
                 .cloned()
                 .collect()
         };
-        if self.has_groups() {
-            for addr in fresh {
-                if let Err(e) = self.heartbeat_to(&addr).await {
-                    tracing::debug!(broker = %addr, error = %e, "first heartbeat failed");
-                }
+        if fresh.is_empty() {
+            return;
+        }
+        let greetings = futures::future::join_all(fresh.iter().map(|addr| async move {
+            if let Err(e) = self.heartbeat_to(addr).await {
+                tracing::debug!(broker = %addr, error = %e, "first heartbeat failed");
             }
+        }));
+        let wait = FIRST_GREETING_WAIT.min(self.cfg.rpc_timeout);
+        if tokio::time::timeout(wait, greetings).await.is_err() {
+            tracing::debug!(
+                brokers = fresh.len(),
+                "first heartbeats not all answered in time; the periodic heartbeat greets the rest"
+            );
         }
     }
 

@@ -307,26 +307,64 @@ impl ClientCore {
         }
     }
 
-    /// Runs route refreshes and heartbeats until `stop` turns true.
+    /// Runs route refreshes and heartbeats until `stop` turns true, each in a task of its own:
+    /// a refresh of many topics against a slow name server must not hold the heartbeats back
+    /// past the brokers' expiry of this client.
     pub(crate) fn spawn_maintenance(
         self: &Arc<Self>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        let core = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut routes = tokio::time::interval(core.cfg.route_refresh_interval);
-            let mut beats = tokio::time::interval(core.cfg.heartbeat_interval);
-            routes.tick().await;
-            beats.tick().await;
-            loop {
-                tokio::select! {
-                    () = crate::core::stopped(&mut stop) => break,
-                    _ = routes.tick() => core.refresh_routes().await,
-                    _ = beats.tick() => { core.send_heartbeats().await; }
-                }
+        let refresh = Arc::clone(self);
+        let routes = every(
+            refresh.cfg.route_refresh_interval,
+            stop.clone(),
+            move || {
+                let core = Arc::clone(&refresh);
+                async move { core.refresh_routes().await }
+            },
+        );
+        let beat = Arc::clone(self);
+        let beats = every(beat.cfg.heartbeat_interval, stop, move || {
+            let core = Arc::clone(&beat);
+            async move {
+                core.send_heartbeats().await;
             }
+        });
+        tokio::spawn(async move {
+            // Aborting the returned task (a shutdown) aborts both, as it did the one before.
+            let _both = AbortOnDrop(vec![routes.abort_handle(), beats.abort_handle()]);
+            let _ = tokio::join!(routes, beats);
         })
     }
+}
+
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Runs `job` every `period` (the first after one period) until `stop` turns true.
+fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = crate::core::stopped(&mut stop) => break,
+                _ = ticks.tick() => job().await,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub struct AuditRecord {
 pub(crate) struct Ledger {
     path: PathBuf,
     done: Mutex<BTreeSet<u64>>,
+    /// Held while a line is appended and synced, so `done` is never held across an `fsync`:
+    /// `contains` and `count_in` are asked from async code (a replay's scan, `/metrics`).
+    writing: Mutex<()>,
 }
 
 impl Ledger {
@@ -50,6 +53,7 @@ impl Ledger {
         Ok(Self {
             path,
             done: Mutex::new(done),
+            writing: Mutex::new(()),
         })
     }
 
@@ -74,12 +78,12 @@ impl Ledger {
 
     /// Records `offset` durably, as replayed by `task`. Blocking.
     pub(crate) fn record(&self, offset: u64, task: &str) -> Result<(), DlqError> {
-        let mut done = self.done.lock();
-        if done.contains(&offset) {
+        let _writing = self.writing.lock();
+        if self.contains(offset) {
             return Ok(());
         }
         append_line(&self.path, &format!("{offset} {task}\n"))?;
-        done.insert(offset);
+        self.done.lock().insert(offset);
         Ok(())
     }
 

@@ -64,6 +64,16 @@ impl CheckUrlHosts {
     }
 }
 
+/// The port written in an entry's `host[:port]` text: `Some(None)` when there is none, `None`
+/// when it is not a port.
+fn explicit_port(rest: &str) -> Option<Option<u16>> {
+    let after_host = rest.rfind(']').map_or(rest, |i| &rest[i + 1..]);
+    match after_host.rfind(':') {
+        None => Some(None),
+        Some(i) => after_host[i + 1..].parse::<u16>().ok().map(Some),
+    }
+}
+
 fn bad_entry(e: &str) -> String {
     format!(
         "checks.check_url_hosts: {e:?} is not a host, host:port or *.domain (no scheme, path or \
@@ -83,9 +93,9 @@ fn parse_entry(raw: &str) -> Option<Entry> {
     };
     let url = Url::parse(&format!("http://{rest}/")).ok()?;
     let host = url.host_str().filter(|h| !h.is_empty())?.to_owned();
-    let port = url.port();
-    // `http://host:80/` parses with no port: keep an explicit `:80` as written.
-    let port = port.or_else(|| rest.ends_with(":80").then_some(80));
+    // `http://host:80/` (or `:080`) parses with no port, as the scheme's default: keep an
+    // explicit port as written, or the entry would allow every port.
+    let port = url.port().or(explicit_port(rest)?);
     let host = if wildcard {
         if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
             return None; // addresses have no names under them
@@ -168,8 +178,14 @@ mod tests {
 
     #[test]
     fn an_explicit_default_port_is_kept() {
-        let h = hosts(&["hooks.example.com:80"]);
-        assert!(h.allows_text("http://hooks.example.com/x"));
-        assert!(!h.allows_text("https://hooks.example.com/x"));
+        for entry in ["hooks.example.com:80", "hooks.example.com:080"] {
+            let h = hosts(&[entry]);
+            assert!(h.allows_text("http://hooks.example.com/x"), "{entry}");
+            assert!(!h.allows_text("https://hooks.example.com/x"), "{entry}");
+            assert!(!h.allows_text("http://hooks.example.com:8080/x"), "{entry}");
+        }
+        let v6 = hosts(&["[::1]:80"]);
+        assert!(v6.allows_text("http://[::1]/x"));
+        assert!(!v6.allows_text("http://[::1]:81/x"));
     }
 }

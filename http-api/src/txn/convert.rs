@@ -119,13 +119,16 @@ pub(crate) fn decision(outcome: Outcome, txn_id: String) -> DecisionResponse {
 }
 
 /// How a refused or failed transaction request is answered. A reference that does not
-/// describe a stored transaction (unknown, other group, other id) is 404 whatever the cause:
-/// the caller holds an id we did not issue for this transaction.
+/// describe a stored transaction (unknown, other group, other id) is 404 whatever the cause,
+/// with one fixed message: the caller holds an id we did not issue for this transaction, and
+/// the details (the half's real commit-log offset, its group, its id) are exactly what it
+/// would need to forge one for somebody else's transaction. They go to the debug log only.
 pub(crate) fn txn_error(e: TxnError) -> ApiError {
     match e {
         TxnError::NotStarted => ApiError::unavailable("the transaction service is not running"),
         TxnError::Unknown { .. } | TxnError::Mismatch(_) | TxnError::WrongGroup { .. } => {
-            ApiError::not_found(format!("no such transaction: {e}"))
+            tracing::debug!(reason = %e, "transaction reference refused");
+            ApiError::not_found("no such transaction")
         }
         TxnError::Conflict { .. } => ApiError::conflict(e.to_string()),
         TxnError::Invalid(m) => ApiError::bad_request(m),

@@ -214,6 +214,15 @@ impl TxnHttp {
     /// Installs the URL sink and starts the webhook worker and the pull sweeper.
     pub(crate) fn start(&self, _state: &AppState) {
         let Some(txn) = self.txn.clone() else { return };
+        // The sweeper first: polling works without webhooks, and without it idle polling
+        // groups were never unregistered when the webhook client could not be built.
+        let sweeper = tokio::spawn(sweep_loop(
+            Arc::clone(&self.pull),
+            txn.clone(),
+            self.config.poll_idle,
+            self.stop.subscribe(),
+        ));
+        self.tasks.lock().push(sweeper);
         let caller = match webhook::Caller::new(&self.config, txn.clone()) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -230,13 +239,7 @@ impl TxnHttp {
             grace,
             self.stop.subscribe(),
         ));
-        let sweeper = tokio::spawn(sweep_loop(
-            Arc::clone(&self.pull),
-            txn.clone(),
-            self.config.poll_idle,
-            self.stop.subscribe(),
-        ));
-        self.tasks.lock().extend([worker, sweeper]);
+        self.tasks.lock().push(worker);
         txn.set_url_sink(Some(Arc::new(webhook::UrlSink {
             tx,
             budget: Arc::clone(&self.budget),

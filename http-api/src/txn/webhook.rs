@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::http::header::CONTENT_TYPE;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService, PROP_CHECK_URL};
+use sluice_txn::{CheckSink, PendingCheck, Resolution, TxnService};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -103,11 +103,9 @@ impl Caller {
 
     /// One check: call, then apply the answer.
     async fn check(&self, c: PendingCheck) {
-        let Some(url) = c
-            .url
-            .clone()
-            .or_else(|| prop(&c, PROP_CHECK_URL).map(str::to_owned))
-        else {
+        // Only the URL the checker chose (and checked against the allowed hosts): the
+        // message's own SLUICE_CHECK_URL is never called unchecked.
+        let Some(url) = c.url.clone() else {
             tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, "check routed to the webhook sink without a URL; dropped");
             return;
         };
@@ -290,8 +288,9 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// The URL for logs: scheme, host, port and path; no query, no user info (they may carry
-/// credentials).
+/// The URL for logs and the printed configuration: scheme, host and port only. The query and
+/// user info may carry credentials, and so may the path (Slack- and Zapier-style hooks put
+/// their token there); a path is shown as `/...`.
 pub fn redacted(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => format!(
@@ -299,17 +298,10 @@ pub fn redacted(url: &str) -> String {
             u.scheme(),
             u.host_str().unwrap_or(""),
             u.port().map(|p| format!(":{p}")).unwrap_or_default(),
-            u.path()
+            if u.path().len() > 1 { "/..." } else { "" }
         ),
         Err(_) => "<unparsable>".to_owned(),
     }
-}
-
-fn prop<'a>(c: &'a PendingCheck, key: &str) -> Option<&'a str> {
-    c.properties
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
 }
 
 fn epoch_secs() -> u64 {
@@ -365,10 +357,15 @@ mod tests {
     }
 
     #[test]
-    fn logged_urls_lose_their_query_and_credentials() {
+    fn logged_urls_lose_their_path_query_and_credentials() {
         assert_eq!(
             redacted("https://user:pw@app.example:8443/txn/check?token=s3cret"),
-            "https://app.example:8443/txn/check"
+            "https://app.example:8443/..."
         );
+        assert_eq!(
+            redacted("https://hooks.example/services/T0/B0/s3cretToken"),
+            "https://hooks.example/..."
+        );
+        assert_eq!(redacted("http://app.example"), "http://app.example");
     }
 }

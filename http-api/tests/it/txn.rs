@@ -188,10 +188,29 @@ async fn unknown_and_malformed_transaction_ids_are_404_and_400() {
     let group_at = 1 + 8 + 8 + 1;
     raw[group_at] = b'X';
     let other_group = URL_SAFE_NO_PAD.encode(&raw);
-    let (status, _) = s
+    let (status, v) = s
         .post(&format!("/v1/transactions/{other_group}/commit"), json!({}))
         .await;
     assert_eq!(status, 404);
+    // The answer says nothing that would help forge an id: not the real group, not the real
+    // commit-log offset, not the real id.
+    let (_, real) = s.get(&format!("/v1/transactions/{id}")).await;
+    for answer in [
+        &v,
+        &s.post(&format!("/v1/transactions/{forged}/commit"), json!({}))
+            .await
+            .1,
+    ] {
+        let text = answer.to_string();
+        assert!(!text.contains("orders"), "{text}");
+        assert!(
+            !text.contains("belongs to") && !text.contains("commit-log offset"),
+            "{text}"
+        );
+        if let Some(msg_id) = real["msg_id"].as_str() {
+            assert!(!text.contains(msg_id), "{text}");
+        }
+    }
     let (status, v) = s
         .post("/v1/transactions/not-an-id!/commit", json!({}))
         .await;

@@ -508,10 +508,7 @@ fn a_check_url_is_logged_without_its_credentials() {
     )
     .unwrap();
     let logged = serde_json::to_string(&cfg).unwrap();
-    assert!(
-        logged.contains(r#""https://example.com/check""#),
-        "{logged}"
-    );
+    assert!(logged.contains(r#""https://example.com/...""#), "{logged}");
     assert!(
         !logged.contains("pw") && !logged.contains("t0k"),
         "{logged}"

@@ -428,6 +428,12 @@ impl Inner {
         if key < self.window_end {
             return Where::Gone;
         }
+        // Released above the watermark before the last stop (saved by the checkpoint): after
+        // a start it has no slot until the window is loaded again, and the runs still hold it
+        // as pending.
+        if self.done_known.contains(&key) {
+            return Where::Near(SlotState::Done);
+        }
         let mut mem = MemEntry::default();
         for table in self
             .flushing
@@ -463,6 +469,9 @@ impl Inner {
         }
         if key < self.window_end {
             return BeginCancel::Gone;
+        }
+        if self.done_known.contains(&key) {
+            return BeginCancel::Not(SlotState::Done);
         }
         if far_generation != Some(self.generation) {
             return BeginCancel::Retry;

@@ -204,3 +204,29 @@ fn a_late_timer_never_pulls_the_saved_watermark_back() {
     assert!(after.late.is_empty());
     assert_eq!(after.w, second.w);
 }
+
+/// A timer released above the watermark before a stop is known released after the start,
+/// before the window is loaded again: the runs still hold it as pending, and a cancel must not
+/// be told it stopped a message its consumers already have.
+#[test]
+fn a_timer_released_before_a_restart_is_done_before_the_window_is_loaded() {
+    let released = Key::new(5_000, 7);
+    let ix = TimerIndex::new(
+        Vec::new(),
+        Key::new(1_000, 0),
+        BTreeMap::new(),
+        BTreeMap::new(),
+        HashSet::from([released]),
+        0,
+    );
+    let mut g = ix.inner.lock();
+    g.ready = true;
+    assert!(matches!(g.locate(released), Where::Near(SlotState::Done)));
+    let generation = g.generation;
+    assert!(matches!(
+        g.begin_cancel(released, Some(generation)),
+        BeginCancel::Not(SlotState::Done)
+    ));
+    let other = Key::new(5_000, 8);
+    assert!(matches!(g.locate(other), Where::Far { .. }));
+}

@@ -304,11 +304,8 @@ impl Store {
         (begin_ms, end_ms): (i64, i64),
         also: &dyn Fn(&[u8]) -> bool,
     ) -> Vec<Bytes> {
-        self.query_index(topic, key, max, begin_ms, end_ms, |props| {
-            find_property(props, keys::KEYS)
-                .is_some_and(|ks| ks.split(|b| *b == b' ').any(|k| k == key.as_bytes()))
-                && also(props)
-        })
+        self.query_by_key_where_capped(topic, key, max, (begin_ms, end_ms), also)
+            .0
     }
 
     /// Records of `topic` whose UNIQ_KEY is `uniq_key`.
@@ -325,6 +322,39 @@ impl Store {
         max: usize,
         also: &dyn Fn(&[u8]) -> bool,
     ) -> Vec<Bytes> {
+        self.query_by_uniq_key_where_capped(topic, uniq_key, max, also)
+            .0
+    }
+
+    /// [`Store::query_by_key_where`], also saying whether the look-up stopped at its cap on
+    /// candidates (`4 × max`, newest first) before it had seen every record the index holds
+    /// for the key: then fewer than `max` results do not mean there are no more. Records of
+    /// other topics sharing a key (the schedule's topic holds every real topic's timers)
+    /// count toward that cap.
+    pub fn query_by_key_where_capped(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        (begin_ms, end_ms): (i64, i64),
+        also: &dyn Fn(&[u8]) -> bool,
+    ) -> (Vec<Bytes>, bool) {
+        self.query_index(topic, key, max, begin_ms, end_ms, |props| {
+            find_property(props, keys::KEYS)
+                .is_some_and(|ks| ks.split(|b| *b == b' ').any(|k| k == key.as_bytes()))
+                && also(props)
+        })
+    }
+
+    /// [`Store::query_by_uniq_key_where`], with the flag of
+    /// [`Store::query_by_key_where_capped`].
+    pub fn query_by_uniq_key_where_capped(
+        &self,
+        topic: &str,
+        uniq_key: &str,
+        max: usize,
+        also: &dyn Fn(&[u8]) -> bool,
+    ) -> (Vec<Bytes>, bool) {
         self.query_index(topic, uniq_key, max, i64::MIN / 2, i64::MAX / 2, |props| {
             find_property(props, keys::UNIQ_KEY) == Some(uniq_key.as_bytes()) && also(props)
         })
@@ -338,13 +368,12 @@ impl Store {
         begin_ms: i64,
         end_ms: i64,
         matches: impl Fn(&[u8]) -> bool,
-    ) -> Vec<Bytes> {
-        let candidates = self.index.lookup(
-            &index_key(topic, key),
-            begin_ms,
-            end_ms,
-            max.saturating_mul(4).max(16),
-        );
+    ) -> (Vec<Bytes>, bool) {
+        let limit = candidate_limit(max);
+        let candidates = self
+            .index
+            .lookup(&index_key(topic, key), begin_ms, end_ms, limit);
+        let capped = candidates.len() >= limit;
         let mut out = Vec::new();
         for phys in candidates {
             if out.len() >= max {
@@ -364,7 +393,7 @@ impl Store {
                 out.push(rec);
             }
         }
-        out
+        (out, capped)
     }
 
     /// The record named by an offset message id (store address + commit-log offset).
@@ -403,6 +432,12 @@ fn store_time_of(rec: &[u8]) -> Option<i64> {
     let flag = i32::from_be_bytes(rec.get(SYSFLAG_POS..SYSFLAG_POS + 4)?.try_into().ok()?);
     let pos = store_timestamp_pos(flag);
     Some(i64::from_be_bytes(rec.get(pos..pos + 8)?.try_into().ok()?))
+}
+
+/// Index entries a key look-up examines for `max` results: entries of other topics sharing
+/// the key's hash, stale entries and records filtered out by the caller take room too.
+fn candidate_limit(max: usize) -> usize {
+    max.saturating_mul(4).max(16)
 }
 
 #[cfg(test)]

@@ -384,16 +384,19 @@ fn find(core: &Core, sel: &Selector) -> Result<(BTreeMap<String, Vec<Found>>, bo
     let mut raw: Vec<Bytes> = Vec::new();
     let mut truncated = false;
     for topic in [SCHEDULE_TOPIC, TIMER_TOPIC] {
-        let got = match sel {
+        // `capped`: the index look-up stopped at its cap on candidates (records of other
+        // topics sharing the key take room there too), so fewer matches than `max` is no
+        // proof that there are no more: the answer says truncated, never a plain "not found".
+        let (got, capped) = match sel {
             Selector::Id { uniq_key, .. } => core
                 .store
-                .query_by_uniq_key_where(topic, uniq_key, max, &of_topic),
+                .query_by_uniq_key_where_capped(topic, uniq_key, max, &of_topic),
             Selector::Key { key, .. } => {
                 core.store
-                    .query_by_key_where(topic, key, max, (0, i64::MAX / 2), &of_topic)
+                    .query_by_key_where_capped(topic, key, max, (0, i64::MAX / 2), &of_topic)
             }
         };
-        truncated |= got.len() >= max;
+        truncated |= got.len() >= max || capped;
         raw.extend(got);
     }
     let mut groups: BTreeMap<String, Vec<Found>> = BTreeMap::new();

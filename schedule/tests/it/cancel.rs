@@ -581,6 +581,38 @@ async fn other_topics_sharing_a_key_do_not_hide_the_topics_timer() {
     node.stop().await;
 }
 
+/// When more newer timers of other topics share the key than the look-up examines (4 × the
+/// match cap), the topic's own timer may not be seen: the answer then says truncated instead
+/// of a definite "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_crowded_out_by_other_topics_says_truncated_not_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let cfg = ScheduleConfig {
+        max_key_matches: 4,
+        ..test_config()
+    };
+    let node = Node::start(dir.path(), ns.local_addr(), cfg).await;
+    let svc = node.service();
+    svc.schedule_at(
+        input(TOPIC, 0, "cust-7", &[]),
+        When::After(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    for q in 0..20 {
+        svc.schedule_at(
+            input("Elsewhere", q % 2, "cust-7", &[]),
+            When::After(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    }
+    let r = svc.cancel(&key_in(TOPIC, "cust-7")).await.unwrap();
+    assert!(r.truncated, "not a definite answer: {r:?}");
+    node.stop().await;
+}
+
 /// The Rust API skipped what the put hook enforces: a message aimed at the timer topic was
 /// released into it and indexed as a new timer, due at once, for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

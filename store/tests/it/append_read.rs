@@ -165,6 +165,25 @@ fn tag_filter_skips_other_tags_and_advances_past_them() {
     assert_eq!((r.status, r.next_offset), (GetStatus::NoMatchedMessage, 9));
 }
 
+/// Fewer results than asked is a definite "no more" only when the look-up saw every
+/// candidate: with 50 records sharing a key and a filter refusing all, a look-up for 2 (16
+/// candidates) says it stopped at its cap; one for 100 saw them all.
+#[test]
+fn a_key_lookup_says_when_it_stopped_at_its_candidate_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    append_seqs(&store, "K", 2, 0..50);
+    assert!(store.wait_dispatched(Duration::from_secs(5)));
+    let none = |_: &[u8]| false;
+    let window = (0, i64::MAX / 2);
+    let (hits, capped) = store.query_by_key_where_capped("K", "shared", 2, window, &none);
+    assert!(hits.is_empty() && capped);
+    let (hits, capped) = store.query_by_key_where_capped("K", "shared", 100, window, &none);
+    assert!(hits.is_empty() && !capped);
+    let (hits, capped) = store.query_by_key_where_capped("K", "shared", 100, window, &|_| true);
+    assert_eq!((hits.len(), capped), (50, false));
+}
+
 #[test]
 fn lookups_by_key_unique_key_offset_id_and_time() {
     let dir = tempfile::tempdir().unwrap();

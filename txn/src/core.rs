@@ -42,8 +42,9 @@ pub enum Outcome {
     Applied(TxnState),
     /// Nothing to do: the transaction already was in this state (an idempotent repeat).
     Already(TxnState),
-    /// An UNKNOWN answer was noted; the transaction stays undecided.
-    Noted,
+    /// An UNKNOWN answer was noted; the transaction stays undecided, in this state (open,
+    /// parked, or being resolved by another request).
+    Noted(TxnState),
 }
 
 /// The running transaction service (exists between the extension's start and stop).

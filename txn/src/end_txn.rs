@@ -48,9 +48,9 @@ pub(crate) async fn handle(
             let remark = match outcome {
                 Outcome::Applied(_) => None,
                 Outcome::Already(s) => Some(format!("the transaction is already {s}")),
-                Outcome::Noted => {
-                    Some("state UNKNOWN noted; the transaction stays open".to_owned())
-                }
+                Outcome::Noted(s) => Some(format!(
+                    "state UNKNOWN noted; the transaction stays undecided ({s})"
+                )),
             };
             RemotingCommand::response_to(req, code::SUCCESS, remark)
         }

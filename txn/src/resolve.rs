@@ -24,7 +24,7 @@ use crate::core::{Core, Outcome};
 use crate::error::TxnError;
 use crate::metrics::Counters;
 use crate::records::{HalfRecord, OpRecord, TxnId};
-use crate::state::{plan, CheckAnswer, Decision, Plan, Source};
+use crate::state::{plan, CheckAnswer, Decision, Plan, Source, TxnState};
 use crate::table::Entry;
 
 /// How long a reference to a half message written but not yet dispatched waits.
@@ -161,16 +161,19 @@ impl Core {
     /// What an UNKNOWN answer is told: the decided state when the transaction is already
     /// decided (not "it stays open"), otherwise that it was noted.
     fn unknown_noted(&self, located: &Located) -> Outcome {
-        let decided = match located {
+        let state = match located {
             Located::InMemory(id, _) => self
                 .table
                 .lock()
                 .get(*id)
-                .map(|e| e.state)
-                .filter(|s| s.is_final()),
-            Located::Forgotten(op) => Some(op.decision.target()),
+                .map_or(TxnState::Open, |e| e.state),
+            Located::Forgotten(op) => op.decision.target(),
         };
-        decided.map_or(Outcome::Noted, Outcome::Already)
+        if state.is_final() {
+            Outcome::Already(state)
+        } else {
+            Outcome::Noted(state)
+        }
     }
 
     fn note_answer(&self, located: &Located, resolution: Resolution) {

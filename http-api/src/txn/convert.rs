@@ -100,20 +100,19 @@ fn non_empty(s: &str) -> Option<String> {
 /// The answer to a commit, rollback, force or check answer.
 pub(crate) fn decision(outcome: Outcome, txn_id: String) -> DecisionResponse {
     let (state, repeated) = match outcome {
-        Outcome::Applied(s) => (Some(s), false),
-        Outcome::Already(s) => (Some(s), true),
-        Outcome::Noted => (None, false),
+        Outcome::Applied(s) | Outcome::Noted(s) => (s, false),
+        Outcome::Already(s) => (s, true),
     };
-    let result = match state {
-        Some(TxnState::Committed) => "committed",
-        Some(TxnState::RolledBack | TxnState::Discarded) => "rolled_back",
-        Some(other) => other.name(),
-        None => "unknown",
+    let result = match (outcome, state) {
+        (Outcome::Noted(_), _) => "unknown",
+        (_, TxnState::Committed) => "committed",
+        (_, TxnState::RolledBack | TxnState::Discarded) => "rolled_back",
+        (_, other) => other.name(),
     };
     DecisionResponse {
         result: result.to_owned(),
         txn_id,
-        state: state.map_or("open", TxnState::name).to_owned(),
+        state: state.name().to_owned(),
         repeated,
     }
 }
@@ -142,5 +141,27 @@ pub(crate) fn txn_error(e: TxnError) -> ApiError {
             let code = other.response_code();
             ApiError::from_broker(code, other.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `unknown` answer reports where the transaction stands, not always "open".
+    #[test]
+    fn an_unknown_answer_reports_the_transactions_real_state() {
+        let parked = decision(Outcome::Noted(TxnState::Parked), "t".into());
+        assert_eq!(
+            (parked.result.as_str(), parked.state.as_str()),
+            ("unknown", "parked")
+        );
+        let open = decision(Outcome::Noted(TxnState::Open), "t".into());
+        assert_eq!(open.state, "open");
+        let again = decision(Outcome::Already(TxnState::Discarded), "t".into());
+        assert_eq!(
+            (again.result.as_str(), again.state.as_str(), again.repeated),
+            ("rolled_back", "discarded", true)
+        );
     }
 }

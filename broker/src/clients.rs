@@ -73,6 +73,9 @@ impl ConsumerGroup {
 struct Groups {
     producers: HashMap<String, HashMap<u64, Member>>,
     consumers: HashMap<String, ConsumerGroup>,
+    /// (group, client id) of consumers whose last connection left the group, until
+    /// [`ClientManager::take_departed`] (called right after each removal) takes them.
+    departed: Vec<(String, String)>,
 }
 
 /// One member connection of a group, as `mqadmin consumerConnection` and
@@ -254,6 +257,12 @@ impl ClientManager {
             .collect()
     }
 
+    /// The (group, client id) of consumers whose last connection left their group since the
+    /// last call (their orderly queue locks are released at once, not after they lapse).
+    pub(crate) fn take_departed(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.groups.lock().departed)
+    }
+
     /// Removes members silent for longer than `expiry`; returns the changed consumer groups and
     /// the connections of expired heartbeat members (the caller closes them, as Java does).
     pub(crate) fn expire(
@@ -268,14 +277,18 @@ impl ClientManager {
         }
         g.producers.retain(|_, m| !m.is_empty());
         let mut changed = Vec::new();
+        let mut departed = Vec::new();
         for (name, group) in &mut g.consumers {
             let before = group.client_ids();
             dropped.extend(take_stale(&mut group.members, now, expiry));
-            if group.client_ids() != before {
+            let after = group.client_ids();
+            if after != before {
+                note_departed(&mut departed, name, &before, &after);
                 changed.push(name.clone());
             }
         }
         g.consumers.retain(|_, c| !c.members.is_empty());
+        g.departed.extend(departed);
         (changed, dropped.into_values().collect())
     }
 
@@ -467,11 +480,27 @@ fn remove_consumer(g: &mut Groups, group: &str, conn_id: u64) -> bool {
     if c.members.remove(&conn_id).is_none() {
         return false;
     }
-    let changed = c.client_ids() != before;
+    let after = c.client_ids();
+    let changed = after != before;
     if c.members.is_empty() {
         g.consumers.remove(group);
     }
+    note_departed(&mut g.departed, group, &before, &after);
     changed
+}
+
+/// Notes the client ids in `before` and not in `after` as gone from `group`.
+fn note_departed(
+    departed: &mut Vec<(String, String)>,
+    group: &str,
+    before: &BTreeSet<String>,
+    after: &BTreeSet<String>,
+) {
+    departed.extend(
+        before
+            .difference(after)
+            .map(|id| (group.to_owned(), id.clone())),
+    );
 }
 
 #[cfg(test)]
@@ -565,6 +594,9 @@ mod tests {
         assert_eq!(m.consumer_ids("g"), ["A", "B"]);
         assert_eq!(m.remove_connection(2), ["g"]);
         assert_eq!(m.consumer_ids("g"), ["A"]);
+        let gone = |who: &str| vec![("g".to_owned(), who.to_owned())];
+        assert_eq!(m.take_departed(), gone("B"), "B's orderly locks go");
+        assert!(m.take_departed().is_empty(), "taken once");
         let sub = m.subscription("g", "T").unwrap();
         assert_eq!(
             sub.code_set,
@@ -574,6 +606,7 @@ mod tests {
         let (changed, dropped) = m.expire(t0 + Duration::from_secs(5), Duration::from_secs(1));
         assert_eq!((changed.len(), dropped.len()), (1, 1));
         assert!(!m.has_consumer_group("g"));
+        assert_eq!(m.take_departed(), gone("A"), "an expired client leaves too");
     }
 
     #[test]

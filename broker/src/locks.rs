@@ -99,6 +99,20 @@ impl QueueLocks {
         }
     }
 
+    /// Releases every queue of `group` that `client_id` holds (it left the group: its last
+    /// connection closed or it expired), so another member can take them at once instead of
+    /// after they lapse, and the group stops counting as holding locks.
+    pub(crate) fn release_client(&self, group: &str, client_id: &str) {
+        let mut groups = self.groups.lock();
+        let Some(locks) = groups.get_mut(group) else {
+            return;
+        };
+        locks.retain(|_, o| o.client_id != client_id);
+        if locks.is_empty() {
+            groups.remove(group);
+        }
+    }
+
     /// Whether the group holds any unexpired lock (5.1.1+ routes its retries to the DLQ).
     pub(crate) fn group_holds_locks(&self, group: &str, now: Instant) -> bool {
         self.groups.lock().get(group).is_some_and(|locks| {
@@ -112,6 +126,27 @@ impl QueueLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_departed_client_releases_only_its_own_locks_of_that_group() {
+        let locks = QueueLocks::new(LOCK_MAX_LIVE);
+        let now = Instant::now();
+        assert_eq!(locks.lock("g", "a", &[mq(0), mq(1)], now).len(), 2);
+        assert_eq!(locks.lock("g", "b", &[mq(2)], now).len(), 1);
+        assert_eq!(locks.lock("h", "a", &[mq(0)], now).len(), 1);
+        locks.release_client("g", "a");
+        assert_eq!(
+            locks.lock("g", "b", &[mq(0), mq(1)], now).len(),
+            2,
+            "free now"
+        );
+        assert!(
+            locks.lock("h", "b", &[mq(0)], now).is_empty(),
+            "other group kept"
+        );
+        locks.release_client("g", "b");
+        assert!(!locks.group_holds_locks("g", now));
+    }
 
     fn mq(id: i32) -> MessageQueue {
         MessageQueue {

@@ -111,6 +111,15 @@ impl BrokerContext {
         (n % queues.max(1) as u32) as i32
     }
 
+    /// Releases the orderly queue locks of consumers that just left their group (last
+    /// connection closed, or expired): a crashed orderly consumer's queues were held until
+    /// its locks lapsed (60 s), and meanwhile its group counted as holding locks.
+    pub(crate) fn release_departed_locks(&self) {
+        for (group, client_id) in self.clients.take_departed() {
+            self.locks.release_client(&group, &client_id);
+        }
+    }
+
     /// Sends one-way NOTIFY_CONSUMER_IDS_CHANGED to every member of each group, without waiting:
     /// a member whose queue is full misses it and rebalances on its 20 s timer instead.
     pub(crate) fn notify_consumers_changed(&self, groups: &[String]) {

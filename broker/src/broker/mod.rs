@@ -338,6 +338,7 @@ async fn expire_clients_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<
             _ = stop.wait_for(|s| *s) => return,
         }
         let (changed, dropped) = ctx.clients.expire(Instant::now(), ctx.cfg.client_expiry);
+        ctx.release_departed_locks();
         for conn in &dropped {
             tracing::info!(remote = %conn.remote_addr(), "client expired: no heartbeat in time; closing its connection");
             conn.close();

@@ -152,6 +152,7 @@ pub(super) fn unregister(
         h.consumer_group.as_deref(),
     );
     tracing::info!(client_id = %h.client_id, remote = %conn.remote_addr(), "client unregistered");
+    ctx.release_departed_locks();
     ctx.notify_consumers_changed(&changed);
     Ok(reply::ok(req))
 }

@@ -115,6 +115,7 @@ impl Processor for BrokerProcessor {
 
     fn on_closed(&self, conn: &ConnectionHandle) {
         let changed = self.ctx.clients.remove_connection(conn.id());
+        self.ctx.release_departed_locks();
         self.ctx.notify_consumers_changed(&changed);
     }
 }

@@ -94,6 +94,10 @@ pub(super) async fn pull(
 
 /// Topic, queue and subscription checks (§2.3 "Broker checks before reading").
 fn prepare(ctx: &BrokerContext, h: &PullMessageRequestHeader) -> Result<Plan, Reject> {
+    // A pull commits the group's offset (`commitOffset`): the group name follows the rule
+    // UPDATE_CONSUMER_OFFSET's does, or a pull with its own subscription (no heartbeat)
+    // stored offsets under any name, megabytes long, for good.
+    super::client::check_consumer_group(&h.consumer_group)?;
     if crate::topic::is_not_consumable(&h.topic) {
         return Err(Reject::new(
             code::NO_PERMISSION,
@@ -342,17 +346,19 @@ fn park(
     // Past the broker-wide cap (`max_parked_pulls`) a pull is answered SYSTEM_BUSY, which
     // clients retry after a pause (1 s for C++, 3 s for Java) rather than at once. Each
     // connection also has its own cap, so no single one takes this whole pool.
+    // Reserved in one step: a check and a later increment let concurrent pulls all pass.
     let cap = ctx.cfg.max_parked_pulls as u64;
-    if ctx
-        .counters
-        .parked_pulls
-        .load(std::sync::atomic::Ordering::Relaxed)
-        >= cap
-    {
+    let reserved = ctx.counters.parked_pulls.fetch_update(
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+        |n| (n < cap).then_some(n + 1),
+    );
+    if reserved.is_err() {
         let remark = format!("[OVERLOAD]system busy, {cap} pulls already parked");
         return Some(reply::error(&req, code::SYSTEM_BUSY, remark));
     }
     let Some(slot) = ctx.parked.try_take(conn.id()) else {
+        Counters::dec(&ctx.counters.parked_pulls);
         let remark = format!(
             "[OVERLOAD]system busy, {} pulls already parked on this connection",
             ctx.parked.max()
@@ -366,7 +372,6 @@ fn park(
         ..RemotingCommand::default()
     };
     let guard = ctx.tracker.guard();
-    Counters::inc(&ctx.counters.parked_pulls);
     let (ctx, conn) = (Arc::clone(ctx), conn.clone());
     tokio::spawn(async move {
         let deadline = Instant::now() + suspend;

@@ -330,6 +330,19 @@ async fn offsets_are_kept_only_for_existing_queues_and_go_with_their_topic() {
     let r = ask(&client, request_code::QUERY_CONSUMER_OFFSET, &query_fields).await;
     assert_eq!(r.ext_fields.get_str("offset"), Some("1"));
     assert_eq!(groups_with_offsets(&client, "Kept").await, ["g"]);
+    // A negative offset is no position: answered, not stored (read back as -1, clients took
+    // it for "no offset" and skipped the backlog).
+    let mut negative = commit("g", "Kept", 0);
+    negative.ext_fields.insert("commitOffset", "-1");
+    let r = client.invoke(negative, RPC).await.unwrap();
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    let r = ask(&client, request_code::QUERY_CONSUMER_OFFSET, &query_fields).await;
+    assert_eq!(r.ext_fields.get_str("offset"), Some("1"));
+    // A pull commits offsets too: its group name follows the same rule.
+    let pull = pull_request(&long, "Kept", 0, 0, 1, Some("*"));
+    let r = client.invoke(pull, RPC).await.unwrap();
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+    assert_eq!(groups_with_offsets(&client, "Kept").await, ["g"]);
     let services = cluster.broker.services();
     assert!(services.delete_topic("Kept").unwrap().is_some());
     assert!(

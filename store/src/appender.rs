@@ -335,7 +335,15 @@ impl Appender {
         if let Some(why) = &self.disk_full {
             return Err(StoreError::DiskFull(why.clone()));
         }
-        let seg = self.log.create_segment(self.next)?;
+        let seg = match self.log.create_segment(self.next) {
+            Ok(seg) => seg,
+            Err(StoreError::SyncFailed(why)) => {
+                let reason = format!("commit-log segment not made durable: {why}");
+                self.shared.fence(reason.clone());
+                return Err(StoreError::Fenced(reason));
+            }
+            Err(e) => return Err(e),
+        };
         self.segment = Some(seg);
         Ok(())
     }

@@ -60,15 +60,21 @@ impl Checkpoint {
         })
     }
 
-    /// Reads `path`. A missing or unreadable checkpoint is `None`: recovery then scans the whole
-    /// commit log, which is slow but safe.
-    pub fn load(path: &Path) -> Option<Self> {
-        let bytes = std::fs::read(path).ok()?;
+    /// Reads `path`. A missing or undecodable checkpoint is `None`: recovery then scans the
+    /// whole commit log, which is slow but safe. A file that is there but cannot be read
+    /// (EIO, EMFILE) is an error: taken as "no checkpoint", its promise of what was synced
+    /// would be forgotten, and with it the refusal of a log shorter than promised.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("read", path, e)),
+        };
         let cp = Self::decode(&bytes);
         if cp.is_none() {
             tracing::warn!(path = %path.display(), "checkpoint unreadable; scanning the whole commit log");
         }
-        cp
+        Ok(cp)
     }
 
     /// Writes `path` atomically.
@@ -229,11 +235,21 @@ mod tests {
             written_at_ms: 99,
         };
         cp.store(&path).unwrap();
-        assert_eq!(Checkpoint::load(&path), Some(cp));
+        assert_eq!(Checkpoint::load(&path).unwrap(), Some(cp));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Checkpoint::load(&path), None);
+        assert_eq!(Checkpoint::load(&path).unwrap(), None);
+    }
+
+    /// Missing is "no checkpoint"; there but unreadable is an error, not a forgotten promise.
+    #[test]
+    fn a_checkpoint_that_cannot_be_read_is_an_error_not_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        assert_eq!(Checkpoint::load(&path).unwrap(), None);
+        std::fs::create_dir(&path).unwrap(); // reading it fails with EISDIR
+        assert!(Checkpoint::load(&path).is_err());
     }
 
     #[test]

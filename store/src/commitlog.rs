@@ -150,7 +150,15 @@ impl CommitLog {
                 return Err(e);
             }
         };
-        sync_dir(&self.dir)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // The segment exists but its folder entry may not be durable, and a retry's folder
+            // sync could succeed without it being so (the error was reported once): this fails
+            // as a failed sync does, and the appender fences the store on it.
+            return Err(StoreError::SyncFailed(format!(
+                "new segment {}: {e}",
+                path.display()
+            )));
+        }
         crash_point::reach_file(crash_point::SEGMENT_CREATED, &path);
         let seg = Arc::new(Segment { base, file });
         let mut segs = self.segments.write();
@@ -199,7 +207,8 @@ impl CommitLog {
             let keep = segs.partition_point(|s| s.base < offset);
             segs.split_off(keep)
         };
-        for seg in &doomed {
+        // Newest first: a crash midway leaves the log's tail shorter, never a gap.
+        for seg in doomed.iter().rev() {
             std::fs::remove_file(seg.file.path())
                 .map_err(|e| StoreError::io("delete", seg.file.path(), e))?;
         }

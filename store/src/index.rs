@@ -502,7 +502,14 @@ impl Index {
             self.io.as_ref(),
         )?);
         f.make_live();
-        sync_dir(&self.dir)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // The file exists but its folder entry may not be durable, and a retry's folder
+            // sync could succeed without it being so: no later index sync of this run is
+            // trusted (the next open re-dispatches), as after a failed seal.
+            self.seal_failed
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(e);
+        }
         files.push((name, Arc::clone(&f)));
         Ok(f)
     }

@@ -136,7 +136,7 @@ impl Store {
         checkpoint::sweep_temp_files(&cfg.data_dir)?;
         let clean = !checkpoint::mark_running(&cfg.data_dir)?;
         let cp_path = cfg.data_dir.join("checkpoint");
-        let cp = Checkpoint::load(&cp_path);
+        let cp = Checkpoint::load(&cp_path)?;
         let cq_root = cfg.data_dir.join("consumequeue");
         // Derived files that are missing are rebuilt by dispatching the whole log again.
         let rebuild_all = cp.is_none() || !cq_root.exists() || !cfg.data_dir.join("index").exists();

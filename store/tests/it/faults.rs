@@ -318,7 +318,9 @@ fn a_failed_queue_sync_holds_the_checkpoint_and_the_next_open_re_dispatches() {
     let last_phys = after.last().unwrap().1;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let cp = loop {
-        let cp = sluice_store::Checkpoint::load(&cfg.data_dir.join("checkpoint")).unwrap();
+        let cp = sluice_store::Checkpoint::load(&cfg.data_dir.join("checkpoint"))
+            .unwrap()
+            .unwrap();
         if cp.flushed > last_phys || std::time::Instant::now() > deadline {
             break cp;
         }

@@ -373,6 +373,15 @@ fn park(
     };
     let guard = ctx.tracker.guard();
     let (ctx, conn) = (Arc::clone(ctx), conn.clone());
+    // A parked pull's request frame no longer counts against the connection's byte budget:
+    // keep only what the wait reads (topic, queue, offset; the filter is in `plan`), not a
+    // subscription string of up to a frame's size, times thousands of parked pulls.
+    drop(req);
+    let h = PullMessageRequestHeader {
+        subscription: None,
+        expression_type: None,
+        ..h
+    };
     tokio::spawn(async move {
         let deadline = Instant::now() + suspend;
         let answering = Arc::clone(&slot.answering);

@@ -388,13 +388,7 @@ async fn purge<DB: Business>(pool: Pool<DB>, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_purge_deletes_a_groups_old_claims_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .unwrap();
+    let (_dir, pool) = sqlite().await;
     purge(pool, "sqlite").await;
 }
 
@@ -405,13 +399,7 @@ async fn postgres_purge_deletes_a_groups_old_claims_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_concurrent_deliveries_of_one_message_process_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .unwrap();
+    let (_dir, pool) = sqlite().await;
     concurrent_deliveries(pool, "sqlite").await;
 }
 
@@ -422,6 +410,12 @@ async fn postgres_concurrent_deliveries_of_one_message_process_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_skips_duplicates_and_writes_each_message_once() {
+    let (_dir, pool) = sqlite().await;
+    scenario(pool, "sqlite").await;
+}
+
+/// A pool on a fresh SQLite file (the folder goes when the first value is dropped).
+async fn sqlite() -> (tempfile::TempDir, Pool<Sqlite>) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -429,7 +423,7 @@ async fn sqlite_skips_duplicates_and_writes_each_message_once() {
         .connect(&url)
         .await
         .unwrap();
-    scenario(pool, "sqlite").await;
+    (dir, pool)
 }
 
 /// A pool on the suite's PostgreSQL (`DATABASE_URL`, set by `./scripts/test`).

@@ -547,6 +547,27 @@ async fn timers_longer_than_the_roll_interval_are_rolled_and_released_once() {
     ns.shutdown().await;
 }
 
+/// A node whose key look-ups match at most 4 records (16 index candidates), holding one timer
+/// of `TOPIC` and then `others` timers of "Elsewhere", all with business key `key`.
+async fn crowded(dir: &std::path::Path, ns: std::net::SocketAddr, key: &str, others: i32) -> Node {
+    let cfg = ScheduleConfig {
+        max_key_matches: 4,
+        ..test_config()
+    };
+    let node = Node::start(dir, ns, cfg).await;
+    let svc = node.service();
+    let later = When::After(Duration::from_secs(60));
+    svc.schedule_at(input(TOPIC, 0, key, &[]), later)
+        .await
+        .unwrap();
+    for q in 0..others {
+        svc.schedule_at(input("Elsewhere", q % 2, key, &[]), later)
+            .await
+            .unwrap();
+    }
+    node
+}
+
 /// Records of other topics sharing the key (up to `max_key_matches` of them) filled the
 /// look-up's cap before the topic was checked, and a pending timer of the topic asked for was
 /// answered "not found" while it stayed due.
@@ -554,26 +575,8 @@ async fn timers_longer_than_the_roll_interval_are_rolled_and_released_once() {
 async fn other_topics_sharing_a_key_do_not_hide_the_topics_timer() {
     let dir = tempfile::tempdir().unwrap();
     let ns = start_namesrv().await;
-    let cfg = ScheduleConfig {
-        max_key_matches: 4,
-        ..test_config()
-    };
-    let node = Node::start(dir.path(), ns.local_addr(), cfg).await;
+    let node = crowded(dir.path(), ns.local_addr(), "cust-42", 6).await;
     let svc = node.service();
-    svc.schedule_at(
-        input(TOPIC, 0, "cust-42", &[]),
-        When::After(Duration::from_secs(60)),
-    )
-    .await
-    .unwrap();
-    for q in 0..6 {
-        svc.schedule_at(
-            input("Elsewhere", q % 2, "cust-42", &[]),
-            When::After(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
-    }
     let r = svc.cancel(&key_in(TOPIC, "cust-42")).await.unwrap();
     assert_eq!((r.matched, r.cancelled, r.truncated), (1, 1, false));
     let r = svc.cancel(&key_in("Elsewhere", "cust-42")).await.unwrap();
@@ -588,27 +591,12 @@ async fn other_topics_sharing_a_key_do_not_hide_the_topics_timer() {
 async fn a_lookup_crowded_out_by_other_topics_says_truncated_not_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let ns = start_namesrv().await;
-    let cfg = ScheduleConfig {
-        max_key_matches: 4,
-        ..test_config()
-    };
-    let node = Node::start(dir.path(), ns.local_addr(), cfg).await;
-    let svc = node.service();
-    svc.schedule_at(
-        input(TOPIC, 0, "cust-7", &[]),
-        When::After(Duration::from_secs(60)),
-    )
-    .await
-    .unwrap();
-    for q in 0..20 {
-        svc.schedule_at(
-            input("Elsewhere", q % 2, "cust-7", &[]),
-            When::After(Duration::from_secs(60)),
-        )
+    let node = crowded(dir.path(), ns.local_addr(), "cust-7", 20).await;
+    let r = node
+        .service()
+        .cancel(&key_in(TOPIC, "cust-7"))
         .await
         .unwrap();
-    }
-    let r = svc.cancel(&key_in(TOPIC, "cust-7")).await.unwrap();
     assert!(r.truncated, "not a definite answer: {r:?}");
     node.stop().await;
 }

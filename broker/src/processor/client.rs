@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use sluice_protocol::remoting::body::{
     decode_json, encode_json, ConsumerListBody, HeartbeatData, LockBatchRequestBody,
-    LockBatchResponseBody,
+    LockBatchResponseBody, MessageQueue,
 };
 use sluice_protocol::remoting::custom::{
     GetConsumerListByGroupRequestHeader, UnregisterClientRequestHeader,
@@ -198,18 +198,36 @@ fn lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Reject> {
 
 /// LOCK_BATCH_MQ: locks what is free for the caller; answers the queues it holds (numeric
 /// `queueId`, which C++ requires).
+///
+/// Only queues this broker has are locked, for a group whose name a heartbeat would take:
+/// locks of invented groups and queues filled memory, and one invented queue locked under
+/// another group's name made that group count as holding locks (its plain retries then go to
+/// the DLQ). Others are left out of the answer, as queues the caller does not hold.
 pub(super) fn lock(ctx: &BrokerContext, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
     let body = lock_body(req)?;
-    let held = ctx.locks.lock(
-        &body.consumer_group,
-        &body.client_id,
-        &body.mq_set,
-        Instant::now(),
-    );
+    check_consumer_group(&body.consumer_group)?;
+    let ours: Vec<MessageQueue> = body
+        .mq_set
+        .iter()
+        .filter(|mq| is_our_queue(ctx, mq))
+        .cloned()
+        .collect();
+    let held = ctx
+        .locks
+        .lock(&body.consumer_group, &body.client_id, &ours, Instant::now());
     let resp = LockBatchResponseBody {
         lock_ok_mq_set: held,
     };
     Ok(reply::ok(req).with_body(encode_json(&resp)))
+}
+
+/// Whether `mq` is a queue of an existing topic on this broker.
+fn is_our_queue(ctx: &BrokerContext, mq: &MessageQueue) -> bool {
+    mq.broker_name == ctx.cfg.broker_name
+        && ctx
+            .topics
+            .get(&mq.topic)
+            .is_some_and(|t| (0..t.read_queue_nums.max(t.write_queue_nums)).contains(&mq.queue_id))
 }
 
 /// UNLOCK_BATCH_MQ: releases the caller's locks on the named queues.

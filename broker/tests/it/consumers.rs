@@ -144,17 +144,36 @@ async fn a_registered_subscription_filters_pulls_without_the_subscription_bit() 
 async fn queue_locks_go_to_one_client_and_answer_numeric_queue_ids() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
-    let lock = |client_id: &str, queues: &[i32]| {
+    send_ok(&client, "T", 0, b"creates the topic", &props(None, None)).await;
+    let lock_in = |group: &str, client_id: &str, topic: &str, queues: &[i32]| {
         let mqs: Vec<String> = queues
             .iter()
-            .map(|q| format!(r#"{{"topic":"T","brokerName":"broker-a","queueId":{q}}}"#))
+            .map(|q| format!(r#"{{"topic":"{topic}","brokerName":"broker-a","queueId":{q}}}"#))
             .collect();
         let body = format!(
-            r#"{{"consumerGroup":"og","clientId":"{client_id}","mqSet":[{}]}}"#,
+            r#"{{"consumerGroup":"{group}","clientId":"{client_id}","mqSet":[{}]}}"#,
             mqs.join(",")
         );
         RemotingCommand::request(request_code::LOCK_BATCH_MQ, Default::default()).with_body(body)
     };
+    let lock = |client_id: &str, queues: &[i32]| lock_in("og", client_id, "T", queues);
+    // Queues this broker does not have are not locked; a group name a heartbeat would refuse
+    // is refused.
+    let invented = client
+        .invoke(lock_in("og", "c1", "Invented", &[0]), RPC)
+        .await
+        .unwrap();
+    let held: LockBatchResponseBody = decode_json(&invented.body).unwrap();
+    assert!(held.lock_ok_mq_set.is_empty());
+    let beyond = client.invoke(lock("c1", &[4096]), RPC).await.unwrap();
+    let held: LockBatchResponseBody = decode_json(&beyond.body).unwrap();
+    assert!(held.lock_ok_mq_set.is_empty());
+    let long_group = "g".repeat(300);
+    let bad = client
+        .invoke(lock_in(&long_group, "c1", "T", &[0]), RPC)
+        .await
+        .unwrap();
+    assert_eq!(bad.code, 29, "INVALID_PARAMETER: {:?}", bad.remark);
     let first = client.invoke(lock("c1", &[0, 1]), RPC).await.unwrap();
     assert_eq!(first.code, 0);
     let second = client.invoke(lock("c2", &[1, 2]), RPC).await.unwrap();

@@ -291,47 +291,16 @@ impl Store {
         end_ms: i64,
     ) -> Vec<Bytes> {
         self.query_by_key_where(topic, key, max, (begin_ms, end_ms), &|_| true)
+            .0
     }
 
     /// [`Store::query_by_key`] keeping only records whose properties also pass `also`, before
     /// the cap: `max` counts only records that pass, so others sharing the key cannot crowd
-    /// them out.
+    /// them out. Also says whether the look-up stopped at its cap on candidates (`4 × max`,
+    /// newest first) before it had seen every record the index holds for the key: then fewer
+    /// than `max` results do not mean there are no more. Records of other topics sharing a key
+    /// (the schedule's topic holds every real topic's timers) count toward that cap.
     pub fn query_by_key_where(
-        &self,
-        topic: &str,
-        key: &str,
-        max: usize,
-        (begin_ms, end_ms): (i64, i64),
-        also: &dyn Fn(&[u8]) -> bool,
-    ) -> Vec<Bytes> {
-        self.query_by_key_where_capped(topic, key, max, (begin_ms, end_ms), also)
-            .0
-    }
-
-    /// Records of `topic` whose UNIQ_KEY is `uniq_key`.
-    pub fn query_by_uniq_key(&self, topic: &str, uniq_key: &str, max: usize) -> Vec<Bytes> {
-        self.query_by_uniq_key_where(topic, uniq_key, max, &|_| true)
-    }
-
-    /// [`Store::query_by_uniq_key`] keeping only records whose properties also pass `also`,
-    /// before the cap.
-    pub fn query_by_uniq_key_where(
-        &self,
-        topic: &str,
-        uniq_key: &str,
-        max: usize,
-        also: &dyn Fn(&[u8]) -> bool,
-    ) -> Vec<Bytes> {
-        self.query_by_uniq_key_where_capped(topic, uniq_key, max, also)
-            .0
-    }
-
-    /// [`Store::query_by_key_where`], also saying whether the look-up stopped at its cap on
-    /// candidates (`4 × max`, newest first) before it had seen every record the index holds
-    /// for the key: then fewer than `max` results do not mean there are no more. Records of
-    /// other topics sharing a key (the schedule's topic holds every real topic's timers)
-    /// count toward that cap.
-    pub fn query_by_key_where_capped(
         &self,
         topic: &str,
         key: &str,
@@ -346,9 +315,15 @@ impl Store {
         })
     }
 
-    /// [`Store::query_by_uniq_key_where`], with the flag of
-    /// [`Store::query_by_key_where_capped`].
-    pub fn query_by_uniq_key_where_capped(
+    /// Records of `topic` whose UNIQ_KEY is `uniq_key`.
+    pub fn query_by_uniq_key(&self, topic: &str, uniq_key: &str, max: usize) -> Vec<Bytes> {
+        self.query_by_uniq_key_where(topic, uniq_key, max, &|_| true)
+            .0
+    }
+
+    /// [`Store::query_by_uniq_key`] keeping only records whose properties also pass `also`,
+    /// before the cap, with the flag of [`Store::query_by_key_where`].
+    pub fn query_by_uniq_key_where(
         &self,
         topic: &str,
         uniq_key: &str,

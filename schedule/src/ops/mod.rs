@@ -390,10 +390,10 @@ fn find(core: &Core, sel: &Selector) -> Result<(BTreeMap<String, Vec<Found>>, bo
         let (got, capped) = match sel {
             Selector::Id { uniq_key, .. } => core
                 .store
-                .query_by_uniq_key_where_capped(topic, uniq_key, max, &of_topic),
+                .query_by_uniq_key_where(topic, uniq_key, max, &of_topic),
             Selector::Key { key, .. } => {
                 core.store
-                    .query_by_key_where_capped(topic, key, max, (0, i64::MAX / 2), &of_topic)
+                    .query_by_key_where(topic, key, max, (0, i64::MAX / 2), &of_topic)
             }
         };
         truncated |= got.len() >= max || capped;

@@ -176,11 +176,11 @@ fn a_key_lookup_says_when_it_stopped_at_its_candidate_cap() {
     assert!(store.wait_dispatched(Duration::from_secs(5)));
     let none = |_: &[u8]| false;
     let window = (0, i64::MAX / 2);
-    let (hits, capped) = store.query_by_key_where_capped("K", "shared", 2, window, &none);
+    let (hits, capped) = store.query_by_key_where("K", "shared", 2, window, &none);
     assert!(hits.is_empty() && capped);
-    let (hits, capped) = store.query_by_key_where_capped("K", "shared", 100, window, &none);
+    let (hits, capped) = store.query_by_key_where("K", "shared", 100, window, &none);
     assert!(hits.is_empty() && !capped);
-    let (hits, capped) = store.query_by_key_where_capped("K", "shared", 100, window, &|_| true);
+    let (hits, capped) = store.query_by_key_where("K", "shared", 100, window, &|_| true);
     assert_eq!((hits.len(), capped), (50, false));
 }
 

@@ -79,11 +79,13 @@ pub fn machine_line() -> String {
     )
 }
 
+/// Seconds per USER_HZ tick, the unit of `/proc/<pid>/stat` and `/proc/stat` (100 a second on
+/// Linux whatever the kernel's HZ).
+const TICK: f64 = 0.01;
+
 /// CPU time (user + system, all threads) of a process (`self` or a pid), in seconds, from
 /// `/proc/<pid>/stat`; 0 when it cannot be read.
 fn process_cpu(pid: &str) -> f64 {
-    // USER_HZ ticks, 100 a second on Linux whatever the kernel's HZ.
-    const TICK: f64 = 0.01;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces), from field 3 (`state`) on:
     // utime and stime are fields 14 and 15.
@@ -106,7 +108,7 @@ fn machine_idle() -> f64 {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0.0))
         .collect();
-    (cpu.get(3).unwrap_or(&0.0) + cpu.get(4).unwrap_or(&0.0)) * 0.01
+    (cpu.get(3).unwrap_or(&0.0) + cpu.get(4).unwrap_or(&0.0)) * TICK
 }
 
 /// Where a load phase's time went: CPU per operation (this process, and a server it runs as a

@@ -45,7 +45,6 @@ pub(crate) struct ClientCore {
     /// Broker name to master address, across every route seen: a message's broker stays
     /// reachable for send-back and END_TRANSACTION even if a refresh drops it.
     masters: RwLock<HashMap<String, String>>,
-    /// Addresses that already had a heartbeat.
     /// Brokers greeted with a first heartbeat (see `learn_brokers`).
     greeted: Mutex<HashSet<String>>,
     heartbeat: RwLock<HeartbeatData>,
@@ -309,62 +308,47 @@ impl ClientCore {
 
     /// Runs route refreshes and heartbeats until `stop` turns true, each in a task of its own:
     /// a refresh of many topics against a slow name server must not hold the heartbeats back
-    /// past the brokers' expiry of this client.
+    /// past the brokers' expiry of this client. Aborting the returned task aborts both (the
+    /// set drops with it).
     pub(crate) fn spawn_maintenance(
         self: &Arc<Self>,
         stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
+        let mut loops = tokio::task::JoinSet::new();
         let refresh = Arc::clone(self);
-        let routes = every(
+        loops.spawn(every(
             refresh.cfg.route_refresh_interval,
             stop.clone(),
             move || {
                 let core = Arc::clone(&refresh);
                 async move { core.refresh_routes().await }
             },
-        );
+        ));
         let beat = Arc::clone(self);
-        let beats = every(beat.cfg.heartbeat_interval, stop, move || {
+        loops.spawn(every(beat.cfg.heartbeat_interval, stop, move || {
             let core = Arc::clone(&beat);
             async move {
                 core.send_heartbeats().await;
             }
-        });
-        tokio::spawn(async move {
-            // Aborting the returned task (a shutdown) aborts both, as it did the one before.
-            let _both = AbortOnDrop(vec![routes.abort_handle(), beats.abort_handle()]);
-            let _ = tokio::join!(routes, beats);
-        })
-    }
-}
-
-/// Aborts its tasks when dropped.
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
+        }));
+        tokio::spawn(async move { while loops.join_next().await.is_some() {} })
     }
 }
 
 /// Runs `job` every `period` (the first after one period) until `stop` turns true.
-fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F) -> JoinHandle<()>
+async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = crate::core::stopped(&mut stop) => break,
-                _ = ticks.tick() => job().await,
-            }
+    let mut ticks = tokio::time::interval(period);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = crate::core::stopped(&mut stop) => break,
+            _ = ticks.tick() => job().await,
         }
-    })
+    }
 }
 
 #[cfg(test)]

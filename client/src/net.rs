@@ -155,23 +155,12 @@ impl Pool {
         timeout: Duration,
     ) -> Result<RemotingCommand, ClientError> {
         let client = self.get(addr).await?;
-        let heard = client.connection().frames_heard();
+        let mut silence = Silence::watch(addr, &client, timeout);
         let result = client.invoke(self.signed(cmd), timeout).await;
-        if let Err(RemotingError::Timeout { .. }) = &result {
-            self.close_if_silent(addr, &client, heard, timeout);
+        if result.is_ok() {
+            silence.answered();
         }
         result.map_err(|e| ClientError::remoting(addr, e))
-    }
-
-    /// Closes `client`'s connection when not one frame came from the peer while a request
-    /// waited `waited` for its answer: a broker whose host went away without closing the
-    /// socket (a power cut) looks open for as long as the kernel keeps retrying, ~15 minutes,
-    /// and every request on it would time out meanwhile. The next request connects again.
-    fn close_if_silent(&self, addr: &str, client: &RemotingClient, heard: u64, waited: Duration) {
-        if client.connection().frames_heard() == heard && !client.is_closed() {
-            tracing::warn!(addr, waited = ?waited, "nothing heard from the broker while a request waited; closing the connection, the next request connects again");
-            client.close();
-        }
     }
 
     /// As [`Pool::invoke`], turning a non-SUCCESS code into [`ClientError::Broker`].
@@ -324,6 +313,53 @@ async fn reply_not_supported(conn: &ConnectionHandle, cmd: &RemotingCommand) {
     let _ = conn.send(resp).await;
 }
 
+/// Closes a connection from which not one frame came while a request waited for its answer,
+/// however that wait ended: its own timeout, or the caller's deadline dropping it (a send's
+/// budget ends at about the same moment as its attempt's timeout). A broker whose host went
+/// away without closing the socket (a power cut) looks open for as long as the kernel keeps
+/// retrying, ~15 minutes, and every request on it would time out meanwhile; the next request
+/// connects again. A wait cut short (under its timeout and under a second) proves nothing.
+struct Silence<'a> {
+    addr: &'a str,
+    client: &'a RemotingClient,
+    heard: u64,
+    since: Instant,
+    enough: Duration,
+    answered: bool,
+}
+
+impl<'a> Silence<'a> {
+    fn watch(addr: &'a str, client: &'a RemotingClient, timeout: Duration) -> Self {
+        Self {
+            addr,
+            client,
+            heard: client.connection().frames_heard(),
+            since: Instant::now(),
+            enough: timeout.min(Duration::from_secs(1)),
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Silence<'_> {
+    fn drop(&mut self) {
+        let waited = self.since.elapsed();
+        if self.answered
+            || waited < self.enough
+            || self.client.connection().frames_heard() != self.heard
+            || self.client.is_closed()
+        {
+            return;
+        }
+        tracing::warn!(addr = self.addr, waited = ?waited, "nothing heard from the broker while a request waited; closing the connection, the next request connects again");
+        self.client.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,7 +410,6 @@ mod tests {
         accept.await.unwrap().expect("accepted");
     }
 
-    /// Callers that waited while an attempt failed share its failure.
     /// A peer that accepts and reads but never answers: the request times out, nothing was
     /// heard meanwhile, so the connection is closed and the next request dials again.
     #[tokio::test]
@@ -411,9 +446,17 @@ mod tests {
             2,
             "the silent connection was replaced"
         );
+        // Ended by the caller's deadline rather than its own timeout: replaced too.
+        let cut = Duration::from_millis(1100);
+        let third = pool.invoke(&addr, ask(), Duration::from_secs(60));
+        assert!(tokio::time::timeout(cut, third).await.is_err());
+        let fourth = pool.invoke(&addr, ask(), Duration::from_millis(100)).await;
+        assert!(fourth.is_err());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
         server.abort();
     }
 
+    /// Callers that waited while an attempt failed share its failure.
     #[tokio::test]
     async fn waiting_callers_share_a_failed_attempt() {
         let closed = {

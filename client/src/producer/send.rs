@@ -173,18 +173,17 @@ impl Sender {
     /// (a route lookup, a connect or a full writer queue could otherwise hold it for minutes).
     pub(crate) async fn send_oneway(&self, out: &Outgoing) -> Result<(), ClientError> {
         let topic = out.msg.topic();
-        let deadline = Instant::now() + self.send_timeout;
-        let sent = within(deadline, async {
+        self.bounded(topic, async {
             let mq = self.pick(topic, Target::Any, None).await?;
             let addr = self.core.master_addr(&mq.broker_name)?;
             let req = self.request(out, &mq, false);
             self.core.pool.invoke_oneway(&addr, req).await
-        });
-        sent.await.unwrap_or_else(|| Err(self.timed_out(topic, 1)))
+        })
+        .await
     }
 
-    /// Runs `f` (a one-way send outside [`Self::send`]: END_TRANSACTION) within
-    /// `send_timeout`, failing with a timeout past it.
+    /// Runs `f` (a one-way send: this one's, END_TRANSACTION) within `send_timeout`, failing
+    /// with a timeout past it.
     pub(crate) async fn bounded<T>(
         &self,
         topic: &str,

@@ -93,9 +93,9 @@ fn parse_entry(raw: &str) -> Option<Entry> {
     };
     let url = Url::parse(&format!("http://{rest}/")).ok()?;
     let host = url.host_str().filter(|h| !h.is_empty())?.to_owned();
-    // `http://host:80/` (or `:080`) parses with no port, as the scheme's default: keep an
-    // explicit port as written, or the entry would allow every port.
-    let port = url.port().or(explicit_port(rest)?);
+    // The port as written: `http://host:80/` (or `:080`) parses with no port, as the
+    // scheme's default, and the entry would then allow every port.
+    let port = explicit_port(rest)?;
     let host = if wildcard {
         if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
             return None; // addresses have no names under them

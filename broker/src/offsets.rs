@@ -98,7 +98,20 @@ impl OffsetManager {
     }
 
     /// Records `offset` as the next offset `group` consumes from the queue.
+    /// A negative offset is no position and is ignored, whoever commits it: stored, it was
+    /// read back as -1, which clients take for "no offset" (consuming from the last offset,
+    /// they skipped the backlog).
     pub(crate) fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+        if offset < 0 {
+            tracing::debug!(
+                group,
+                topic,
+                queue_id,
+                offset,
+                "negative consumer offset ignored"
+            );
+            return;
+        }
         self.table
             .lock()
             .entry(key(group, topic))

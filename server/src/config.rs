@@ -376,17 +376,6 @@ impl ServerConfig {
         if self.broker.max_body_bytes > self.broker.max_frame_bytes {
             bail!("broker.max_body_bytes must not exceed broker.max_frame_bytes");
         }
-        for (name, budget) in [
-            ("broker.max_inflight_bytes", self.broker.max_inflight_bytes),
-            (
-                "namesrv.max_inflight_bytes",
-                self.namesrv.max_inflight_bytes,
-            ),
-        ] {
-            if budget < self.broker.max_frame_bytes {
-                bail!("{name} must be at least broker.max_frame_bytes ({} bytes): the largest frame must fit", self.broker.max_frame_bytes);
-            }
-        }
         if self.broker.offset_flush_interval_ms == 0 {
             bail!("broker.offset_flush_interval_ms must be positive");
         }
@@ -497,6 +486,9 @@ impl ServerConfig {
         broker
             .validate()
             .map_err(|e| anyhow::anyhow!("[broker] {e}"))?;
+        self.namesrv_config().validate().map_err(|e| {
+            anyhow::anyhow!("[namesrv] {e} (its frame cap is broker.max_frame_bytes)")
+        })?;
         self.tls.load()?;
         Ok(())
     }

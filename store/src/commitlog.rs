@@ -150,15 +150,8 @@ impl CommitLog {
                 return Err(e);
             }
         };
-        if let Err(e) = sync_dir(&self.dir) {
-            // The segment exists but its folder entry may not be durable, and a retry's folder
-            // sync could succeed without it being so (the error was reported once): this fails
-            // as a failed sync does, and the appender fences the store on it.
-            return Err(StoreError::SyncFailed(format!(
-                "new segment {}: {e}",
-                path.display()
-            )));
-        }
+        // A failure is SyncFailed (see `sync_dir`): the appender fences the store on it.
+        sync_dir(&self.dir)?;
         crash_point::reach_file(crash_point::SEGMENT_CREATED, &path);
         let seg = Arc::new(Segment { base, file });
         let mut segs = self.segments.write();

@@ -503,9 +503,8 @@ impl Index {
         )?);
         f.make_live();
         if let Err(e) = sync_dir(&self.dir) {
-            // The file exists but its folder entry may not be durable, and a retry's folder
-            // sync could succeed without it being so: no later index sync of this run is
-            // trusted (the next open re-dispatches), as after a failed seal.
+            // The file's folder entry may not be durable (see `sync_dir`): no later index sync
+            // of this run is trusted (the next open re-dispatches), as after a failed seal.
             self.seal_failed
                 .store(true, std::sync::atomic::Ordering::Release);
             return Err(e);

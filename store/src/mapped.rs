@@ -543,10 +543,13 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
 }
 
 /// Syncs a folder so that file creations, renames and deletions in it are durable.
+/// A failure is [`StoreError::SyncFailed`], as a failed file sync is: the kernel reports a
+/// failed write-back once, so a second folder sync may succeed without the entries being
+/// durable, and no caller may take a retry's success for it.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("fsync folder", dir, e))
+        .map_err(|e| StoreError::SyncFailed(format!("fsync folder {}: {e}", dir.display())))
 }
 
 /// Kilobytes of `file` in the page cache, mapped by anyone or not (tests): shows what a

@@ -151,10 +151,9 @@ impl Core {
     /// The half message read to adopt a transaction that is not being decided now (taken
     /// from memory or read from the store) is kept for the decision that will come.
     fn put_back(&self, located: Located) {
+        // Only `adopt` makes such a half, and it takes originals only (no carried copies).
         if let Located::InMemory(_, Some(half)) = located {
-            if half.phys_offset == half.id().commit_log_offset {
-                self.keep_again(*half);
-            }
+            self.keep_again(*half);
         }
     }
 

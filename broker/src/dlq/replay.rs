@@ -432,13 +432,8 @@ async fn run_loop(
                 let due = pacer.due();
                 tokio::select! {
                     () = tokio::time::sleep_until(due) => {}
-                    () = cancel.notify.notified() => return Ok(Stop::Finished(ReplayState::Cancelled)),
+                    () = cancel.cancelled() => return Ok(Stop::Finished(ReplayState::Cancelled)),
                     _ = shutdown.wait_for(|s| *s) => return Ok(Stop::Shutdown),
-                }
-                // A cancel between the last check and the wait above woke nobody: without
-                // this check the task copied one more message after it.
-                if cancel.is_set() {
-                    return Ok(Stop::Finished(ReplayState::Cancelled));
                 }
                 pacer.sent();
                 m.replayed = true;

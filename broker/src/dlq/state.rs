@@ -126,12 +126,24 @@ pub(crate) struct TaskEntry {
 #[derive(Debug, Default)]
 pub(crate) struct CancelFlag {
     set: AtomicBool,
-    pub(crate) notify: Notify,
+    notify: Notify,
 }
 
 impl CancelFlag {
     pub(crate) fn is_set(&self) -> bool {
         self.set.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the task is cancelled, also when that happened before this was called:
+    /// the wake-up is registered before the flag is checked, so none is lost in between.
+    pub(crate) async fn cancelled(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_set() {
+            return;
+        }
+        notified.await;
     }
 
     fn set(&self) {

@@ -54,13 +54,6 @@ pub(super) fn update_consumer_offset(
     let h = UpdateConsumerOffsetRequestHeader::from_ext(&req.ext_fields)
         .map_err(|e| Reject::header(&e))?;
     check_offset_target(ctx, &h)?;
-    // A negative offset is not a position: stored, it was answered to QUERY_CONSUMER_OFFSET
-    // as -1, which clients read as "no offset" and, consuming from the last offset, skipped
-    // the backlog. Ignored, as a pull's commitOffset below 0 is.
-    if h.commit_offset < 0 {
-        tracing::debug!(group = %h.consumer_group, topic = %h.topic, queue_id = h.queue_id, offset = h.commit_offset, "negative consumer offset ignored");
-        return Ok(reply::ok(req));
-    }
     ctx.offsets
         .commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
     Ok(reply::ok(req))

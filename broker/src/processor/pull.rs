@@ -79,7 +79,7 @@ pub(super) async fn pull(
         Ok(plan) => plan,
         Err(r) => return Some(refusal(ctx, &req, &h, r)),
     };
-    if h.has_commit_offset() && h.commit_offset >= 0 {
+    if h.has_commit_offset() {
         ctx.offsets
             .commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
     }

@@ -450,11 +450,11 @@ fn limits_that_contradict_each_other_are_refused() {
         ),
         (
             vec![("SLUICE_BROKER_MAX_INFLIGHT_BYTES", "1048576")],
-            "broker.max_inflight_bytes",
+            "max_inflight_bytes 1048576",
         ),
         (
             vec![("SLUICE_BROKER_MAX_FRAME_BYTES", "134217728")],
-            "namesrv.max_inflight_bytes",
+            "[namesrv] invalid config: max_inflight_bytes",
         ),
         (
             vec![

@@ -6,7 +6,7 @@
 //! so the caller can send NOTIFY_CONSUMER_IDS_CHANGED to their members (they rebalance at once
 //! instead of within 20 s).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -73,9 +73,39 @@ impl ConsumerGroup {
 struct Groups {
     producers: HashMap<String, HashMap<u64, Member>>,
     consumers: HashMap<String, ConsumerGroup>,
+    /// The groups each connection is a member of: bounds a connection's memberships and lets
+    /// a closing connection leave only its own groups instead of a walk over all of them.
+    by_conn: HashMap<u64, ConnGroups>,
     /// (group, client id) of consumers whose last connection left the group, until
     /// [`ClientManager::take_departed`] (called right after each removal) takes them.
     departed: Vec<(String, String)>,
+}
+
+/// The producer and consumer groups one connection is a member of.
+#[derive(Debug, Default)]
+struct ConnGroups {
+    producers: HashSet<String>,
+    consumers: HashSet<String>,
+}
+
+impl ConnGroups {
+    fn len(&self) -> usize {
+        self.producers.len() + self.consumers.len()
+    }
+}
+
+/// A connection would be a member of more groups than `max_groups_per_connection` allows.
+/// Each membership keeps a copy of the client id and the group name until the connection
+/// closes or goes silent, so without a bound one connection could register groups by the
+/// million, a heartbeat or a send at a time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this connection would be a member of {would_be} producer and consumer groups, \
+     at most {max} ([broker] max_groups_per_connection)"
+)]
+pub(crate) struct TooManyGroups {
+    pub(crate) would_be: usize,
+    pub(crate) max: usize,
 }
 
 /// One member connection of a group, as `mqadmin consumerConnection` and
@@ -125,13 +155,29 @@ pub struct ConsumerGroupInfo {
 }
 
 /// Every group this broker knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ClientManager {
     groups: Mutex<Groups>,
+    max_groups_per_connection: usize,
+}
+
+impl Default for ClientManager {
+    fn default() -> Self {
+        Self::new(crate::config::DEFAULT_MAX_GROUPS_PER_CONNECTION)
+    }
 }
 
 impl ClientManager {
-    /// Registers (or refreshes) everything a heartbeat announces over `conn`.
+    /// A manager allowing each connection `max_groups_per_connection` memberships.
+    pub(crate) fn new(max_groups_per_connection: usize) -> Self {
+        Self {
+            groups: Mutex::default(),
+            max_groups_per_connection,
+        }
+    }
+
+    /// Registers (or refreshes) everything a heartbeat announces over `conn`. Refused, with
+    /// nothing registered, when the connection would then be a member of too many groups.
     pub(crate) fn heartbeat(
         &self,
         conn: &ConnectionHandle,
@@ -139,7 +185,7 @@ impl ClientManager {
         now: Instant,
         access_key: Option<&str>,
         meta: ClientMeta,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, TooManyGroups> {
         let member = Member {
             conn: conn.clone(),
             client_id: hb.client_id.clone(),
@@ -149,37 +195,84 @@ impl ClientManager {
             meta,
         };
         let mut g = self.groups.lock();
+        self.check_room(&g, conn.id(), hb)?;
+        let mut changed = Vec::new();
+        let Groups {
+            producers,
+            consumers,
+            by_conn,
+            ..
+        } = &mut *g;
+        let index = by_conn.entry(conn.id()).or_default();
         for p in &hb.producer_data_set {
-            g.producers
+            producers
                 .entry(p.group_name.clone())
                 .or_default()
                 .insert(conn.id(), member.clone());
+            index.producers.insert(p.group_name.clone());
         }
-        let mut changed = Vec::new();
         for c in &hb.consumer_data_set {
-            let group = g.consumers.entry(c.group_name.clone()).or_default();
+            let group = consumers.entry(c.group_name.clone()).or_default();
             let before = group.client_ids();
             group.members.insert(conn.id(), member.clone());
             update_group(group, c);
             if group.client_ids() != before {
                 changed.push(c.group_name.clone());
             }
+            index.consumers.insert(c.group_name.clone());
         }
-        changed
+        Ok(changed)
+    }
+
+    /// Refuses a heartbeat after which `conn_id` would be a member of too many groups (asked
+    /// before the heartbeat creates retry topics; `heartbeat` asks again under its lock).
+    pub(crate) fn room_for(&self, conn_id: u64, hb: &HeartbeatData) -> Result<(), TooManyGroups> {
+        self.check_room(&self.groups.lock(), conn_id, hb)
+    }
+
+    fn check_room(
+        &self,
+        g: &Groups,
+        conn_id: u64,
+        hb: &HeartbeatData,
+    ) -> Result<(), TooManyGroups> {
+        let empty = ConnGroups::default();
+        let have = g.by_conn.get(&conn_id).unwrap_or(&empty);
+        let new_producers: HashSet<&str> = hb
+            .producer_data_set
+            .iter()
+            .map(|p| p.group_name.as_str())
+            .filter(|name| !have.producers.contains(*name))
+            .collect();
+        let new_consumers: HashSet<&str> = hb
+            .consumer_data_set
+            .iter()
+            .map(|c| c.group_name.as_str())
+            .filter(|name| !have.consumers.contains(*name))
+            .collect();
+        let would_be = have.len() + new_producers.len() + new_consumers.len();
+        if would_be > self.max_groups_per_connection {
+            return Err(TooManyGroups {
+                would_be,
+                max: self.max_groups_per_connection,
+            });
+        }
+        Ok(())
     }
 
     /// Notes that `conn` sends for a producer group (C++ producers heartbeat late, and a
     /// transaction check-back needs a producer connection). A heartbeat's client id is kept;
     /// sending counts as a sign of life, so a producer that never heartbeats is not expired
     /// while it keeps sending. When an entry only noted here expires, it leaves its group but
-    /// its connection stays open (see `Member::heartbeat`).
+    /// its connection stays open (see `Member::heartbeat`). Refused for a new group when the
+    /// connection is a member of as many groups as it may be.
     pub(crate) fn note_producer(
         &self,
         conn: &ConnectionHandle,
         group: &str,
         now: Instant,
         access_key: Option<&str>,
-    ) {
+    ) -> Result<(), TooManyGroups> {
         let mut g = self.groups.lock();
         let existing = g
             .producers
@@ -190,10 +283,16 @@ impl ClientManager {
             if m.access_key.as_deref() != access_key {
                 m.access_key = access_key.map(str::to_owned);
             }
-            return;
+            return Ok(());
         }
-        // A new member only sent for is listed with what the connection's heartbeats said
-        // (looked up only here: it walks every group).
+        let have = g.by_conn.get(&conn.id()).map_or(0, ConnGroups::len);
+        if have >= self.max_groups_per_connection {
+            return Err(TooManyGroups {
+                would_be: have + 1,
+                max: self.max_groups_per_connection,
+            });
+        }
+        // A new member only sent for is listed with what the connection's heartbeats said.
         let member = Member {
             conn: conn.clone(),
             client_id: conn.remote_addr().to_string(),
@@ -206,6 +305,12 @@ impl ClientManager {
             .entry(group.to_owned())
             .or_default()
             .insert(conn.id(), member);
+        g.by_conn
+            .entry(conn.id())
+            .or_default()
+            .producers
+            .insert(group.to_owned());
+        Ok(())
     }
 
     /// The open connections of a producer group, each with the access key that registered it.
@@ -243,15 +348,16 @@ impl ClientManager {
         changed
     }
 
-    /// Removes a closed connection from every group.
+    /// Removes a closed connection from every group it is a member of.
     pub(crate) fn remove_connection(&self, conn_id: u64) -> Vec<String> {
         let mut g = self.groups.lock();
-        let producer_groups: Vec<String> = g.producers.keys().cloned().collect();
-        for p in producer_groups {
-            remove_producer(&mut g, &p, conn_id);
+        let Some(mine) = g.by_conn.remove(&conn_id) else {
+            return Vec::new();
+        };
+        for p in &mine.producers {
+            remove_producer(&mut g, p, conn_id);
         }
-        let consumer_groups: Vec<String> = g.consumers.keys().cloned().collect();
-        consumer_groups
+        mine.consumers
             .into_iter()
             .filter(|c| remove_consumer(&mut g, c, conn_id))
             .collect()
@@ -272,23 +378,37 @@ impl ClientManager {
     ) -> (Vec<String>, Vec<ConnectionHandle>) {
         let mut dropped: HashMap<u64, ConnectionHandle> = HashMap::new();
         let mut g = self.groups.lock();
-        for members in g.producers.values_mut() {
-            dropped.extend(take_stale(members, now, expiry));
+        let Groups {
+            producers,
+            consumers,
+            by_conn,
+            departed,
+        } = &mut *g;
+        for (name, members) in producers.iter_mut() {
+            for stale in take_stale(members, now, expiry) {
+                unindex(by_conn, stale.conn.id(), |c| c.producers.remove(name));
+                if stale.heartbeat {
+                    dropped.insert(stale.conn.id(), stale.conn);
+                }
+            }
         }
-        g.producers.retain(|_, m| !m.is_empty());
+        producers.retain(|_, m| !m.is_empty());
         let mut changed = Vec::new();
-        let mut departed = Vec::new();
-        for (name, group) in &mut g.consumers {
+        for (name, group) in consumers.iter_mut() {
             let before = group.client_ids();
-            dropped.extend(take_stale(&mut group.members, now, expiry));
+            for stale in take_stale(&mut group.members, now, expiry) {
+                unindex(by_conn, stale.conn.id(), |c| c.consumers.remove(name));
+                if stale.heartbeat {
+                    dropped.insert(stale.conn.id(), stale.conn);
+                }
+            }
             let after = group.client_ids();
             if after != before {
-                note_departed(&mut departed, name, &before, &after);
+                note_departed(departed, name, &before, &after);
                 changed.push(name.clone());
             }
         }
-        g.consumers.retain(|_, c| !c.members.is_empty());
-        g.departed.extend(departed);
+        consumers.retain(|_, c| !c.members.is_empty());
         (changed, dropped.into_values().collect())
     }
 
@@ -390,8 +510,17 @@ impl ClientManager {
 
 /// What the heartbeats over connection `id` said, from any group it is a member of.
 fn meta_of(g: &Groups, id: u64) -> ClientMeta {
-    let producers = g.producers.values().filter_map(|m| m.get(&id));
-    let consumers = g.consumers.values().filter_map(|c| c.members.get(&id));
+    let Some(mine) = g.by_conn.get(&id) else {
+        return ClientMeta::default();
+    };
+    let producers = mine
+        .producers
+        .iter()
+        .filter_map(|p| g.producers.get(p)?.get(&id));
+    let consumers = mine
+        .consumers
+        .iter()
+        .filter_map(|c| g.consumers.get(c)?.members.get(&id));
     producers
         .chain(consumers)
         .find(|m| m.heartbeat)
@@ -442,13 +571,9 @@ fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) {
     group.subscriptions = subs;
 }
 
-/// Removes the members silent for longer than `expiry`; returns the connections of those
-/// that were announced by a heartbeat (only those are closed).
-fn take_stale(
-    members: &mut HashMap<u64, Member>,
-    now: Instant,
-    expiry: Duration,
-) -> Vec<(u64, ConnectionHandle)> {
+/// Removes and returns the members silent for longer than `expiry` (the caller closes the
+/// connections of those announced by a heartbeat).
+fn take_stale(members: &mut HashMap<u64, Member>, now: Instant, expiry: Duration) -> Vec<Member> {
     let stale: Vec<u64> = members
         .iter()
         .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > expiry)
@@ -457,12 +582,26 @@ fn take_stale(
     stale
         .into_iter()
         .filter_map(|id| members.remove(&id))
-        .filter(|m| m.heartbeat)
-        .map(|m| (m.conn.id(), m.conn))
         .collect()
 }
 
+/// Takes a membership out of connection `conn_id`'s index entry, dropping the entry once it
+/// holds none.
+fn unindex(
+    by_conn: &mut HashMap<u64, ConnGroups>,
+    conn_id: u64,
+    remove: impl FnOnce(&mut ConnGroups) -> bool,
+) {
+    if let Some(c) = by_conn.get_mut(&conn_id) {
+        remove(c);
+        if c.len() == 0 {
+            by_conn.remove(&conn_id);
+        }
+    }
+}
+
 fn remove_producer(g: &mut Groups, group: &str, conn_id: u64) {
+    unindex(&mut g.by_conn, conn_id, |c| c.producers.remove(group));
     if let Some(members) = g.producers.get_mut(group) {
         members.remove(&conn_id);
         if members.is_empty() {
@@ -473,6 +612,7 @@ fn remove_producer(g: &mut Groups, group: &str, conn_id: u64) {
 
 /// Removes a member; true when the group's client-id set changed.
 fn remove_consumer(g: &mut Groups, group: &str, conn_id: u64) -> bool {
+    unindex(&mut g.by_conn, conn_id, |c| c.consumers.remove(group));
     let Some(c) = g.consumers.get_mut(group) else {
         return false;
     };
@@ -531,11 +671,14 @@ mod tests {
             language: "CPP",
             version: 401,
         };
-        m.heartbeat(&c, &hb("A"), Instant::now(), None, cpp);
-        m.note_producer(&c, "sends-only", Instant::now(), None);
+        m.heartbeat(&c, &hb("A"), Instant::now(), None, cpp)
+            .unwrap();
+        m.note_producer(&c, "sends-only", Instant::now(), None)
+            .unwrap();
         let listed = m.producer_connection("sends-only");
         assert_eq!((listed[0].language, listed[0].version), ("CPP", 401));
-        m.note_producer(&conn(2), "sends-only", Instant::now(), None);
+        m.note_producer(&conn(2), "sends-only", Instant::now(), None)
+            .unwrap();
         let unknown = m.producer_connection("sends-only");
         assert!(unknown
             .iter()
@@ -548,7 +691,7 @@ mod tests {
         let c = conn(1);
         let t0 = Instant::now();
         let expiry = Duration::from_secs(10);
-        m.note_producer(&c, "pg", t0, None);
+        m.note_producer(&c, "pg", t0, None).unwrap();
         assert_eq!(
             m.heartbeat(
                 &c,
@@ -556,7 +699,8 @@ mod tests {
                 t0 + Duration::from_secs(8),
                 None,
                 ClientMeta::default()
-            ),
+            )
+            .unwrap(),
             ["g"]
         );
         let (changed, dropped) = m.expire(t0 + Duration::from_secs(15), expiry);
@@ -581,14 +725,17 @@ mod tests {
         let (c1, c2) = (conn(1), conn(2));
         let t0 = Instant::now();
         assert_eq!(
-            m.heartbeat(&c1, &hb("A"), t0, None, ClientMeta::default()),
+            m.heartbeat(&c1, &hb("A"), t0, None, ClientMeta::default())
+                .unwrap(),
             ["g"]
         );
         assert!(m
             .heartbeat(&c1, &hb("A"), t0, None, ClientMeta::default())
+            .unwrap()
             .is_empty());
         assert_eq!(
-            m.heartbeat(&c2, &hb("B"), t0, None, ClientMeta::default()),
+            m.heartbeat(&c2, &hb("B"), t0, None, ClientMeta::default())
+                .unwrap(),
             ["g"]
         );
         assert_eq!(m.consumer_ids("g"), ["A", "B"]);
@@ -614,12 +761,97 @@ mod tests {
         let m = ClientManager::default();
         let c = conn(3);
         let t0 = Instant::now();
-        m.note_producer(&c, "pg", t0, None);
-        m.note_producer(&c, "pg", t0 + Duration::from_secs(10), None);
+        m.note_producer(&c, "pg", t0, None).unwrap();
+        m.note_producer(&c, "pg", t0 + Duration::from_secs(10), None)
+            .unwrap();
         let (_, dropped) = m.expire(t0 + Duration::from_secs(11), Duration::from_secs(5));
         assert!(dropped.is_empty());
         assert_eq!(m.producer_connections("pg").len(), 1);
         m.unregister(&c, Some("pg"), None);
         assert!(m.producer_connections("pg").is_empty());
+    }
+
+    fn hb_groups(client_id: &str, producers: &[&str], consumers: &[&str]) -> HeartbeatData {
+        let producers: Vec<String> = producers
+            .iter()
+            .map(|g| format!(r#"{{"groupName":"{g}"}}"#))
+            .collect();
+        let consumers: Vec<String> = consumers
+            .iter()
+            .map(|g| {
+                format!(
+                    r#"{{"groupName":"{g}","consumeType":1,"messageModel":1,"subscriptionDataSet":[]}}"#
+                )
+            })
+            .collect();
+        let raw = format!(
+            r#"{{"clientID":"{client_id}","producerDataSet":[{}],"consumerDataSet":[{}]}}"#,
+            producers.join(","),
+            consumers.join(",")
+        );
+        decode_json(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_connection_past_its_group_bound_is_refused_and_keeps_what_it_had() {
+        let m = ClientManager::new(3);
+        let (c, t0) = (conn(1), Instant::now());
+        let meta = ClientMeta::default();
+        m.heartbeat(&c, &hb_groups("A", &["p1"], &["c1"]), t0, None, meta)
+            .unwrap();
+        m.note_producer(&c, "p2", t0, None).unwrap();
+        let refused = m.note_producer(&c, "p3", t0, None).unwrap_err();
+        assert_eq!((refused.would_be, refused.max), (4, 3));
+        assert!(m.producer_connections("p3").is_empty());
+        // Groups it already has are refreshed, whatever the bound.
+        m.note_producer(&c, "p2", t0, None).unwrap();
+        m.heartbeat(&c, &hb_groups("A", &["p1", "p2"], &["c1"]), t0, None, meta)
+            .unwrap();
+        let refused = m
+            .heartbeat(&c, &hb_groups("A", &["p1"], &["c1", "c2"]), t0, None, meta)
+            .unwrap_err();
+        assert_eq!(refused.would_be, 4);
+        assert_eq!(m.room_for(1, &hb_groups("A", &[], &["c2"])), Err(refused));
+        assert!(
+            !m.has_consumer_group("c2"),
+            "nothing of a refused heartbeat is kept"
+        );
+        assert_eq!(m.consumer_ids("c1"), ["A"]);
+        // Another connection has a bound of its own.
+        m.heartbeat(&conn(2), &hb_groups("B", &["p3"], &["c2"]), t0, None, meta)
+            .unwrap();
+    }
+
+    #[test]
+    fn leaving_groups_frees_room_and_a_closed_connection_leaves_only_its_own() {
+        let m = ClientManager::new(2);
+        let t0 = Instant::now();
+        let meta = ClientMeta::default();
+        let (c1, c2) = (conn(1), conn(2));
+        m.heartbeat(&c1, &hb_groups("A", &["p"], &["g"]), t0, None, meta)
+            .unwrap();
+        m.heartbeat(&c2, &hb_groups("B", &["p"], &["g"]), t0, None, meta)
+            .unwrap();
+        assert!(m.note_producer(&c1, "q", t0, None).is_err());
+        m.unregister(&c1, Some("p"), None);
+        m.note_producer(&c1, "q", t0, None).unwrap();
+        assert_eq!(m.remove_connection(1), ["g"]);
+        assert_eq!(m.consumer_ids("g"), ["B"]);
+        assert_eq!(m.producer_connections("p").len(), 1);
+        assert!(m.producer_connections("q").is_empty());
+        // A member gone by expiry frees its room too.
+        m.note_producer(&c2, "late", t0 + Duration::from_secs(20), None)
+            .unwrap_err();
+        let (_, dropped) = m.expire(t0 + Duration::from_secs(20), Duration::from_secs(10));
+        assert_eq!(
+            dropped.len(),
+            1,
+            "the heartbeating member's connection is closed"
+        );
+        m.note_producer(&c2, "late", t0 + Duration::from_secs(20), None)
+            .unwrap();
+        m.note_producer(&c2, "later", t0 + Duration::from_secs(20), None)
+            .unwrap();
+        assert!(m.groups.lock().by_conn.get(&1).is_none());
     }
 }

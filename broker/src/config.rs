@@ -9,6 +9,10 @@ use sluice_store::StoreConfig;
 
 use crate::error::BrokerError;
 
+/// Default of [`BrokerConfig::max_groups_per_connection`]: the most groups one heartbeat may
+/// name, so a client that announces all its groups at once always fits.
+pub(crate) const DEFAULT_MAX_GROUPS_PER_CONNECTION: usize = 1024;
+
 /// Name-server settings.
 #[derive(Debug, Clone)]
 pub struct NameServerConfig {
@@ -103,6 +107,10 @@ pub struct BrokerConfig {
     pub max_inflight_bytes: usize,
     /// Open connections; more are refused. Default 10 000.
     pub max_connections: usize,
+    /// Producer and consumer groups one connection may be a member of at once (each keeps a
+    /// copy of the client id until the connection closes or goes silent); a heartbeat or a
+    /// send that would go past it is refused with INVALID_PARAMETER. Default 1 024.
+    pub max_groups_per_connection: usize,
     /// Long-polling pulls parked at once per connection; more are answered SYSTEM_BUSY. A
     /// parked pull gives its in-flight slot back, so without this bound one connection could
     /// take the whole broker-wide pool (`max_parked_pulls`). A client process parks one pull
@@ -166,6 +174,7 @@ impl BrokerConfig {
             max_inflight_per_connection: 256,
             max_inflight_bytes: 256 << 20,
             max_connections: 10_000,
+            max_groups_per_connection: DEFAULT_MAX_GROUPS_PER_CONNECTION,
             max_parked_pulls_per_connection: 4096,
             max_parked_pulls: 100_000,
             long_poll_max: Duration::from_secs(30),
@@ -193,6 +202,7 @@ impl BrokerConfig {
                 self.max_inflight_per_connection,
             ),
             ("max_connections", self.max_connections),
+            ("max_groups_per_connection", self.max_groups_per_connection),
             (
                 "max_parked_pulls_per_connection",
                 self.max_parked_pulls_per_connection,

@@ -74,6 +74,7 @@ impl BrokerContext {
             &cfg.store.data_dir,
             cfg.replays_kept,
         ));
+        let clients = ClientManager::new(cfg.max_groups_per_connection);
         let parked = Arc::new(crate::longpoll::ParkedPerConnection::new(
             cfg.max_parked_pulls_per_connection,
         ));
@@ -83,7 +84,7 @@ impl BrokerContext {
             store,
             topics,
             offsets,
-            clients: ClientManager::default(),
+            clients,
             locks: QueueLocks::new(crate::locks::LOCK_MAX_LIVE),
             waiters: Arc::new(PullWaiters::default()),
             parked,

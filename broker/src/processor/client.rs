@@ -49,6 +49,10 @@ pub(super) fn heartbeat(
     for c in &hb.consumer_data_set {
         check_consumer_group(&c.group_name)?;
     }
+    let too_many = |e: crate::clients::TooManyGroups| {
+        Reject::new(code::INVALID_PARAMETER, format!("heartbeat refused: {e}"))
+    };
+    ctx.clients.room_for(conn.id(), &hb).map_err(too_many)?;
     // Java creates it for every consumer group; C++ rebalancing stops for all topics when a
     // subscribed retry topic has no readable queue, so it gets one read-write queue at once.
     // A group whose retry topic is refused (`max_topics`) is left out and named in an error
@@ -71,7 +75,8 @@ pub(super) fn heartbeat(
     };
     let changed = ctx
         .clients
-        .heartbeat(conn, &hb, Instant::now(), access_key, meta);
+        .heartbeat(conn, &hb, Instant::now(), access_key, meta)
+        .map_err(too_many)?;
     ctx.notify_consumers_changed(&changed);
     match refused.first() {
         None => Ok(reply::ok(req)),
@@ -107,10 +112,16 @@ fn check_heartbeat_bounds(hb: &HeartbeatData) -> Result<(), Reject> {
         .iter()
         .map(|p| p.group_name.len())
         .max();
+    check_producer_group_len(longest.unwrap_or(0))
+}
+
+/// Refuses a producer group name longer than RocketMQ's clients allow. Sends are held to it
+/// too: the broker keeps the name of every group a connection sends for.
+pub(super) fn check_producer_group_len(len: usize) -> Result<(), Reject> {
     Reject::unless_at_most(
-        bad,
+        code::INVALID_PARAMETER,
         "a producer group name",
-        longest.unwrap_or(0),
+        len,
         "bytes",
         MAX_GROUP_NAME,
     )

@@ -38,8 +38,10 @@ pub(super) async fn send(
     let h = SendMessageRequestHeader::from_ext(&req.ext_fields).map_err(|e| Reject::header(&e))?;
     let topic_cfg = check_topic(ctx, &h)?;
     let queue_id = choose_queue(ctx, &h, &topic_cfg)?;
+    super::client::check_producer_group_len(h.producer_group.len())?;
     ctx.clients
-        .note_producer(conn, &h.producer_group, Instant::now(), access_key);
+        .note_producer(conn, &h.producer_group, Instant::now(), access_key)
+        .map_err(|e| Reject::new(code::INVALID_PARAMETER, format!("send refused: {e}")))?;
     let batch = h.is_batch() || req.code == request_code::SEND_BATCH_MESSAGE;
     let born_host = canonical(conn.remote_addr());
     let base = base_input(&h, queue_id, born_host);

@@ -252,6 +252,45 @@ async fn cpp_style_headers_are_read_and_responses_are_strict_json() {
     broker.shutdown().await;
 }
 
+/// A send with `group` as its producer group (field `a` of the V2 header).
+fn send_as(group: &str, opaque: i32) -> RemotingCommand {
+    let mut cmd = send_request("Steady", 0, b"x", &props(None, None)).with_opaque(opaque);
+    cmd.ext_fields.insert("a".to_owned(), group.to_owned());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_groups_a_connection_sends_for_are_bounded_in_length_and_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), localhost());
+    cfg.namesrv_addrs.clear();
+    cfg.max_groups_per_connection = 3;
+    let broker = Broker::start(cfg).await.unwrap();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+
+    let long = ask(&mut raw, send_as(&"g".repeat(256), 1)).await;
+    assert_eq!(long.code, 29, "{:?}", long.remark);
+    assert!(long.remark.unwrap().contains("at most 255"));
+    assert_eq!(ask(&mut raw, send_as(&"g".repeat(255), 2)).await.code, 0);
+    assert_eq!(ask(&mut raw, send_as("two", 3)).await.code, 0);
+    assert_eq!(ask(&mut raw, send_as("three", 4)).await.code, 0);
+    let fourth = ask(&mut raw, send_as("four", 5)).await;
+    assert_eq!(fourth.code, 29);
+    assert!(
+        fourth.remark.unwrap().contains("max_groups_per_connection"),
+        "the remark names the bound"
+    );
+    assert_eq!(
+        ask(&mut raw, send_as("two", 6)).await.code,
+        0,
+        "a known group still sends"
+    );
+    // Another connection has room of its own.
+    let mut other = Raw::connect(broker.local_addr()).await;
+    assert_eq!(ask(&mut other, send_as("four", 7)).await.code, 0);
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panic_is_answered_and_the_broker_keeps_serving() {
     test_hooks::ENABLED.store(true, Ordering::Relaxed);

@@ -531,3 +531,22 @@ fn schedule_levels_and_broker_limits_are_refused_where_they_are_set() {
         "{err}"
     );
 }
+
+#[test]
+fn groups_per_connection_are_configurable_and_must_be_positive() {
+    let b = load(None, env(&[])).unwrap().broker_config(None);
+    assert_eq!(b.max_groups_per_connection, 1024);
+    let cfg = load(
+        None,
+        env(&[("SLUICE_BROKER_MAX_GROUPS_PER_CONNECTION", "8")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.broker_config(None).max_groups_per_connection, 8);
+    let mut zero = cfg.broker_config(None);
+    zero.max_groups_per_connection = 0;
+    assert!(zero
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("max_groups_per_connection"));
+}

@@ -540,12 +540,22 @@ impl Inner {
         self.flushing = Some(Arc::clone(&memtable));
         let first_unfinished = self.advance_w();
         let w = first_unfinished.max(self.floor);
-        let done_above_w = self
+        // Releases the state file listed that the window has not loaded again stay listed:
+        // dropped, a stop before the first window load would forget them, and the next start
+        // would load those timers from the runs as pending and release them a second time.
+        let mut done_above_w: Vec<Key> = self
             .near
             .range(w..)
             .filter(|(_, s)| s.state == SlotState::Done)
             .map(|(k, _)| *k)
+            .chain(
+                self.done_known
+                    .iter()
+                    .filter(|k| **k >= w && !self.near.contains_key(k))
+                    .copied(),
+            )
             .collect();
+        done_above_w.sort_unstable();
         let late = self
             .near
             .range(..w)

@@ -230,3 +230,32 @@ fn a_timer_released_before_a_restart_is_done_before_the_window_is_loaded() {
     let other = Key::new(5_000, 8);
     assert!(matches!(g.locate(other), Where::Far { .. }));
 }
+
+/// A checkpoint taken before the window is loaded again keeps the releases the state file
+/// listed above the watermark: a stop then (before `ready`, or before the first load) must not
+/// save a list without them, or the start after would release those timers again.
+#[test]
+fn a_checkpoint_before_the_window_is_loaded_keeps_the_releases_known_from_the_state() {
+    let released = Key::new(5_000, 7);
+    let below = Key::new(500, 1);
+    let ix = TimerIndex::new(
+        Vec::new(),
+        Key::new(1_000, 0),
+        BTreeMap::new(),
+        BTreeMap::new(),
+        HashSet::from([released, below]),
+        i64::MIN,
+    );
+    let mut g = ix.inner.lock();
+    let snap = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    assert_eq!(
+        snap.done_above_w,
+        vec![released],
+        "only those at or above w"
+    );
+    g.ready = true;
+    let again = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    assert_eq!(again.done_above_w, vec![released]);
+}

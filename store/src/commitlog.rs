@@ -82,9 +82,22 @@ impl CommitLog {
             // A segment followed by another one is as long as the gap to it, whatever the
             // configured size is now: growing it to a raised size had broken contiguity (and
             // the open) for good. Only a shorter file (cut by a crash or an operator) is
-            // extended. The last one may grow to the configured size: nothing follows it.
-            let len = bases.get(i + 1).map_or(segment_size, |next| next - base);
-            let file = MappedFile::open_or_create(&dir.join(file_name(base)), len, io.as_ref())?;
+            // extended. The last one keeps the length it has (an empty one gets the
+            // configured size): if it was sealed under a smaller size, its end marker holds
+            // only at that length. Recovery grows it once it knows the log ends inside it
+            // (`grow_last`).
+            let path = dir.join(file_name(base));
+            let len = match bases.get(i + 1) {
+                Some(next) => next - base,
+                None => match std::fs::metadata(&path)
+                    .map_err(|e| StoreError::io("stat", &path, e))?
+                    .len()
+                {
+                    0 => segment_size,
+                    found => found,
+                },
+            };
+            let file = MappedFile::open_or_create(&path, len, io.as_ref())?;
             let seg = Arc::new(Segment { base, file });
             if let Some(prev) = segments.last().map(|s: &Arc<Segment>| s.end()) {
                 if prev != base {
@@ -102,6 +115,27 @@ impl CommitLog {
             io,
             segments: RwLock::new(segments),
         })
+    }
+
+    /// Grows the last segment to the configured size when the log ends inside it (`end`) and
+    /// it is shorter: written under a smaller size and not sealed, or cut short by a tool. A
+    /// last segment the log ends at the end of (sealed, or full) keeps its length, and the
+    /// appender starts the next segment. Run at open, before anything reads or writes.
+    pub(crate) fn grow_last(&self, end: u64) -> Result<()> {
+        let mut segs = self.segments.write();
+        let Some(last) = segs.last_mut() else {
+            return Ok(());
+        };
+        if end >= last.end() || last.file.len() >= self.segment_size {
+            return Ok(());
+        }
+        let path = self.dir.join(file_name(last.base));
+        let file = MappedFile::open_or_create(&path, self.segment_size, self.io.as_ref())?;
+        *last = Arc::new(Segment {
+            base: last.base,
+            file,
+        });
+        Ok(())
     }
 
     /// The longest record a read accepts: any a record's length field can say (the segment's

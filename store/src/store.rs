@@ -171,6 +171,7 @@ impl Store {
             checkpoint_written_ms: cp.written_at_ms,
         })?;
         sync_recovered(&log, io.as_ref(), start, report.end)?;
+        log.grow_last(report.end)?;
         let cqs = Arc::new(ConsumeQueues::open(
             &cq_root,
             cfg.cq_entries_per_file,

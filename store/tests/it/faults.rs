@@ -348,23 +348,41 @@ fn a_failed_queue_sync_holds_the_checkpoint_and_the_next_open_re_dispatches() {
     }
 }
 
+/// Fills the first segment until the roll to a second one fails (disk full), so the only
+/// segment on disk ends in an end marker; returns how many appends were acknowledged.
+fn fill_until_the_roll_fails(store: &Store, io: &FaultyIo) -> u64 {
+    store.append_blocking(&[message("T", 0, 0)]).unwrap();
+    io.fail_allocations(true);
+    let mut acked = 1u64;
+    while store.append_blocking(&[message("T", 0, acked)]).is_ok() {
+        acked += 1;
+        assert!(acked < 10_000, "the segment never filled");
+    }
+    acked
+}
+
 /// The disk filled at a roll, so the last segment on disk ends in an end marker; the store
-/// stopped cleanly and is opened with a larger `segment_size` (which grows that last file),
-/// then once more after an unclean stop with no checkpoint (a scan across the marker). A
-/// review suspected the grown file's marker would refuse the open; it does not.
+/// stopped cleanly and is opened with a larger `segment_size`. The open used to grow that
+/// last file first, so its marker no longer matched the file's length: a later scan across it
+/// (an unclean stop without a checkpoint) recorded the marker as damage. Now the sealed file
+/// keeps its length and the next append starts a segment of the new size.
 #[test]
 fn a_store_whose_last_segment_was_sealed_opens_with_a_larger_segment_size() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(dir.path());
     let (store, io) = open_faulty(&cfg);
-    io.fail_allocations(true);
-    let mut acked = 0u64;
-    while store.append_blocking(&[message("T", 0, acked)]).is_ok() {
-        acked += 1;
-        assert!(acked < 10_000, "the segment never filled");
-    }
+    let acked = fill_until_the_roll_fails(&store, &io);
+    assert!(acked > 1);
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "the roll left no second file"
+    );
     store.shutdown().unwrap();
     drop(store);
+    let sealed_len = std::fs::metadata(&segment_files(dir.path())[0])
+        .unwrap()
+        .len();
     let mut bigger = cfg.clone();
     bigger.segment_size = cfg.segment_size * 2;
     let store = open(&bigger);
@@ -374,10 +392,46 @@ fn a_store_whose_last_segment_was_sealed_opens_with_a_larger_segment_size() {
     assert_eq!(next.queue_offset, acked as i64);
     store.shutdown().unwrap();
     drop(store);
+    let files = segment_files(dir.path());
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), sealed_len);
+    assert_eq!(
+        std::fs::metadata(&files[1]).unwrap().len(),
+        bigger.segment_size
+    );
     // A full scan (an unclean stop without a checkpoint) reads across the end marker.
-    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    mark_unclean(dir.path());
     std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
     let store = open(&bigger);
+    assert!(
+        store.health().damage.is_empty(),
+        "{:?}",
+        store.health().damage
+    );
     assert_eq!(read_queue(&store, "T", 0).len() as u64, acked + 1);
+    store.shutdown().unwrap();
+}
+
+/// The same sealed last segment, after a stop whose checkpoint held `dispatched` below the
+/// marker (a queue sync failed): the open rescans from there, across the marker. With the
+/// file grown first that scan found no valid marker and refused the open, saying
+/// acknowledged records were missing.
+#[test]
+fn a_sealed_last_segment_rescanned_under_a_larger_segment_size_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    io.fail_queue_syncs(true);
+    let acked = fill_until_the_roll_fails(&store, &io);
+    store.shutdown().unwrap();
+    drop(store);
+    let mut bigger = cfg.clone();
+    bigger.segment_size = cfg.segment_size * 2;
+    let store = open(&bigger);
+    assert!(
+        store.health().damage.is_empty(),
+        "{:?}",
+        store.health().damage
+    );
+    assert_eq!(read_queue(&store, "T", 0).len() as u64, acked);
     store.shutdown().unwrap();
 }

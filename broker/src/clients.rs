@@ -852,6 +852,6 @@ mod tests {
             .unwrap();
         m.note_producer(&c2, "later", t0 + Duration::from_secs(20), None)
             .unwrap();
-        assert!(m.groups.lock().by_conn.get(&1).is_none());
+        assert!(!m.groups.lock().by_conn.contains_key(&1));
     }
 }

@@ -111,6 +111,12 @@ pub struct BrokerConfig {
     /// copy of the client id until the connection closes or goes silent); a heartbeat or a
     /// send that would go past it is refused with INVALID_PARAMETER. Default 1 024.
     pub max_groups_per_connection: usize,
+    /// Committed-offset entries (one per topic and consumer group) kept at most; a commit
+    /// that would add one more is refused (UPDATE_CONSUMER_OFFSET answers SYSTEM_ERROR naming
+    /// the bound; a pull's piggy-backed commit and an HTTP ack's are dropped and logged). A
+    /// retired group's entries are removed with `DELETE /v1/groups/{group}/offsets`.
+    /// Default 100 000.
+    pub max_consumer_offsets: usize,
     /// Long-polling pulls parked at once per connection; more are answered SYSTEM_BUSY. A
     /// parked pull gives its in-flight slot back, so without this bound one connection could
     /// take the whole broker-wide pool (`max_parked_pulls`). A client process parks one pull
@@ -175,6 +181,7 @@ impl BrokerConfig {
             max_inflight_bytes: 256 << 20,
             max_connections: 10_000,
             max_groups_per_connection: DEFAULT_MAX_GROUPS_PER_CONNECTION,
+            max_consumer_offsets: 100_000,
             max_parked_pulls_per_connection: 4096,
             max_parked_pulls: 100_000,
             long_poll_max: Duration::from_secs(30),
@@ -203,6 +210,7 @@ impl BrokerConfig {
             ),
             ("max_connections", self.max_connections),
             ("max_groups_per_connection", self.max_groups_per_connection),
+            ("max_consumer_offsets", self.max_consumer_offsets),
             (
                 "max_parked_pulls_per_connection",
                 self.max_parked_pulls_per_connection,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,24 @@ pub(crate) struct OffsetManager {
     table: Mutex<HashMap<String, BTreeMap<i32, i64>>>,
     dirty: AtomicBool,
     write_lock: Mutex<()>,
+    /// Most `topic@group` entries; a commit that would add one more is refused.
+    max_entries: usize,
+    /// Commits refused for that bound (the log says so at most every 10 s).
+    refused: AtomicU64,
+    last_warned: Mutex<Option<std::time::Instant>>,
+}
+
+/// A commit refused because the table holds `[broker] max_consumer_offsets` entries. Every
+/// entry is kept in memory, saved whole every few seconds and loaded at each start, and a
+/// group that is gone leaves its entries behind, so without a bound group names (a test run's,
+/// a deploy's, an invented one's) would grow the table and its file for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "consumer offsets hold their limit of {max} topic@group entries \
+     ([broker] max_consumer_offsets); delete a retired group's offsets to make room"
+)]
+pub(crate) struct OffsetsFull {
+    pub(crate) max: usize,
 }
 
 fn key(group: &str, topic: &str) -> String {
@@ -41,7 +59,7 @@ fn split_key(k: &str) -> Option<(&str, &str)> {
 
 impl OffsetManager {
     /// Loads `consumerOffset.json`, if present.
-    pub(crate) fn load(data_dir: &Path) -> Result<Self, BrokerError> {
+    pub(crate) fn load(data_dir: &Path, max_entries: usize) -> Result<Self, BrokerError> {
         let path = state_file::config_dir(data_dir).join("consumerOffset.json");
         let saved: Option<OffsetFile> = state_file::load(&path)?;
         let table: HashMap<_, _> = saved.unwrap_or_default().offset_table.into_iter().collect();
@@ -51,6 +69,9 @@ impl OffsetManager {
             table: Mutex::new(table),
             dirty: AtomicBool::new(false),
             write_lock: Mutex::new(()),
+            max_entries,
+            refused: AtomicU64::new(0),
+            last_warned: Mutex::new(None),
         })
     }
 
@@ -100,8 +121,15 @@ impl OffsetManager {
     /// Records `offset` as the next offset `group` consumes from the queue.
     /// A negative offset is no position and is ignored, whoever commits it: stored, it was
     /// read back as -1, which clients take for "no offset" (consuming from the last offset,
-    /// they skipped the backlog).
-    pub(crate) fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+    /// they skipped the backlog). A commit for a new `topic@group` is refused once the table
+    /// holds `max_entries` (logged at most every 10 s); existing entries always move.
+    pub(crate) fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+    ) -> Result<(), OffsetsFull> {
         if offset < 0 {
             tracing::debug!(
                 group,
@@ -110,14 +138,55 @@ impl OffsetManager {
                 offset,
                 "negative consumer offset ignored"
             );
-            return;
+            return Ok(());
         }
-        self.table
-            .lock()
-            .entry(key(group, topic))
-            .or_default()
-            .insert(queue_id, offset);
+        let k = key(group, topic);
+        let mut t = self.table.lock();
+        let full = t.len() >= self.max_entries;
+        match t.get_mut(&k) {
+            Some(queues) => {
+                queues.insert(queue_id, offset);
+            }
+            None if full => {
+                drop(t);
+                return Err(self.refuse(group, topic));
+            }
+            None => {
+                t.insert(k, BTreeMap::from([(queue_id, offset)]));
+            }
+        }
         self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn refuse(&self, group: &str, topic: &str) -> OffsetsFull {
+        let full = OffsetsFull {
+            max: self.max_entries,
+        };
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_warned.lock();
+        if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(group, topic, refused, "{full}");
+        }
+        full
+    }
+
+    /// Commits refused because the table was full, since start.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every offset of `group` (a retired group); returns how many topics it had.
+    pub(crate) fn remove_group(&self, group: &str) -> usize {
+        let mut t = self.table.lock();
+        let before = t.len();
+        t.retain(|k, _| split_key(k).is_none_or(|(_, g)| g != group));
+        let removed = before - t.len();
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        removed
     }
 
     /// Forgets every group's offsets of `topic` (it was deleted); returns how many groups had
@@ -167,13 +236,13 @@ mod tests {
     #[test]
     fn offsets_survive_a_reload_and_java_files_are_read() {
         let dir = tempfile::tempdir().unwrap();
-        let m = OffsetManager::load(dir.path()).unwrap();
+        let m = OffsetManager::load(dir.path(), 100).unwrap();
         assert_eq!(m.query("g", "T", 0), None);
-        m.commit("g", "T", 0, 12);
-        m.commit("g", "T", 3, 7);
+        m.commit("g", "T", 0, 12).unwrap();
+        m.commit("g", "T", 3, 7).unwrap();
         assert!(m.save_if_dirty().unwrap());
         assert!(!m.save_if_dirty().unwrap());
-        let m = OffsetManager::load(dir.path()).unwrap();
+        let m = OffsetManager::load(dir.path(), 100).unwrap();
         assert_eq!(
             (m.query("g", "T", 0), m.query("g", "T", 3)),
             (Some(12), Some(7))
@@ -182,7 +251,7 @@ mod tests {
         let java =
             br#"{"offsetTable":{"T@G":{0:5,1:6}},"dataVersion":{"counter":1,"timestamp":2}}"#;
         std::fs::write(dir.path().join("config/consumerOffset.json"), java).unwrap();
-        let m = OffsetManager::load(dir.path()).unwrap();
+        let m = OffsetManager::load(dir.path(), 100).unwrap();
         assert_eq!(m.query("G", "T", 1), Some(6));
     }
 
@@ -191,6 +260,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         std::fs::write(dir.path().join("config/consumerOffset.json"), b"{not json").unwrap();
-        assert!(OffsetManager::load(dir.path()).is_err());
+        assert!(OffsetManager::load(dir.path(), 100).is_err());
+    }
+
+    #[test]
+    fn a_new_entry_past_the_bound_is_refused_and_known_ones_still_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = OffsetManager::load(dir.path(), 2).unwrap();
+        m.commit("g1", "T", 0, 1).unwrap();
+        m.commit("g2", "T", 0, 1).unwrap();
+        assert_eq!(m.commit("g3", "T", 0, 1), Err(OffsetsFull { max: 2 }));
+        assert_eq!(m.refused(), 1);
+        m.commit("g1", "T", 1, 5).unwrap();
+        assert_eq!(m.query("g1", "T", 1), Some(5));
+        assert_eq!(m.query("g3", "T", 0), None);
+        // Room comes back when a retired group is removed, and the removal is saved.
+        assert_eq!(m.remove_group("g2"), 1);
+        m.commit("g3", "T", 0, 1).unwrap();
+        assert!(m.save_if_dirty().unwrap());
+        let m = OffsetManager::load(dir.path(), 2).unwrap();
+        assert_eq!(m.query("g2", "T", 0), None);
+        assert_eq!(m.query("g3", "T", 0), Some(1));
+        let file = std::fs::read_to_string(dir.path().join("config/consumerOffset.json")).unwrap();
+        assert!(!file.contains("T@g2"), "{file}");
     }
 }

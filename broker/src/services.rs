@@ -189,6 +189,15 @@ impl BrokerServices {
         self.ctx.topics.save_durably().await
     }
 
+    /// Writes the consumer offsets now if they changed (after [`Self::delete_group_offsets`]),
+    /// off the async threads.
+    pub async fn save_offsets(&self) -> Result<(), BrokerError> {
+        let offsets = Arc::clone(&self.ctx.offsets);
+        tokio::task::spawn_blocking(move || offsets.save_if_dirty().map(drop))
+            .await
+            .map_err(|e| BrokerError::Config(format!("offset save task failed: {e}")))?
+    }
+
     /// The open connections of a producer group that may receive the checks of a transaction
     /// of `topic`: with ACL on, those registered by an account that may publish there.
     pub fn producer_connections_for(&self, group: &str, topic: &str) -> Vec<ConnectionHandle> {
@@ -225,9 +234,35 @@ impl BrokerServices {
         self.ctx.offsets.group_topics()
     }
 
-    /// Commits a group's offset in a queue (persisted with the consumer offsets).
-    pub fn commit_offset(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
-        self.ctx.offsets.commit(group, topic, queue_id, offset);
+    /// Commits a group's offset in a queue (persisted with the consumer offsets). Refused,
+    /// with the reason, for a new topic and group past `max_consumer_offsets`.
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+    ) -> Result<(), String> {
+        self.ctx
+            .offsets
+            .commit(group, topic, queue_id, offset)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Forgets every committed offset of a retired consumer group; returns how many topics it
+    /// had offsets in. Refused while the group has members (a TCP connection in the group, or
+    /// an HTTP lease book): they would commit again, or start over from where a group without
+    /// offsets starts.
+    pub fn delete_group_offsets(&self, group: &str) -> Result<usize, String> {
+        let leased = self.ctx.leases.get().is_some_and(|l| l.has_book(group));
+        if self.ctx.clients.has_consumer_group(group) || leased {
+            return Err(format!(
+                "consumer group {group} has members; its offsets can be deleted once they are gone"
+            ));
+        }
+        let topics = self.ctx.offsets.remove_group(group);
+        tracing::info!(group, topics, "consumer offsets of a retired group deleted");
+        Ok(topics)
     }
 
     /// Dead-letter queues and replay tasks.
@@ -258,7 +293,7 @@ impl BrokerServices {
 
     /// The broker's counters (for `/metrics`).
     pub fn stats(&self) -> crate::BrokerStats {
-        self.ctx.counters.snapshot()
+        self.ctx.stats()
     }
 
     /// Becomes true when the broker starts shutting down.

@@ -56,6 +56,7 @@ impl Counters {
             dead_lettered: get(&self.dead_lettered),
             replayed: get(&self.replayed),
             state_save_failures: get(&self.state_save_failures),
+            offset_commits_refused: 0,
         }
     }
 }
@@ -98,4 +99,7 @@ pub struct BrokerStats {
     /// periodic flush, which tries again every `offset_flush_interval`. Rising means those
     /// files on disk are behind what clients were told (a full disk, a read-only folder).
     pub state_save_failures: u64,
+    /// Offset commits refused because `max_consumer_offsets` entries are kept (each a commit
+    /// for a topic and group with none yet).
+    pub offset_commits_refused: u64,
 }

@@ -137,7 +137,7 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
 
 fn broker_section(out: &mut Prom, state: &AppState) {
     let s = state.broker().stats();
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "sluice_messages_stored_total",
             "Messages stored (all protocols).",
@@ -202,6 +202,11 @@ fn broker_section(out: &mut Prom, state: &AppState) {
             "sluice_oversize_bodies_total",
             "Frames refused for a body over max_body_bytes.",
             s.oversize_bodies,
+        ),
+        (
+            "sluice_offset_commits_refused_total",
+            "Offset commits refused at max_consumer_offsets entries.",
+            s.offset_commits_refused,
         ),
         (
             "sluice_state_save_failures_total",

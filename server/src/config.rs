@@ -104,6 +104,9 @@ pub struct BrokerSection {
     /// Producer and consumer groups one connection may be a member of at once; a heartbeat
     /// or send past it is refused. Default 1 024.
     pub max_groups_per_connection: usize,
+    /// Committed-offset entries (topic and consumer group) kept at most; a commit that would
+    /// add one more is refused. Default 100 000.
+    pub max_consumer_offsets: usize,
     /// Long-polling pulls parked at once per connection before SYSTEM_BUSY. Default 4 096.
     pub max_parked_pulls_per_connection: usize,
     /// Long-polling pulls parked at once across the broker before SYSTEM_BUSY. Default
@@ -302,6 +305,7 @@ impl Default for BrokerSection {
             max_inflight_bytes: 256 << 20,
             max_connections: 10_000,
             max_groups_per_connection: 1024,
+            max_consumer_offsets: 100_000,
             max_parked_pulls_per_connection: 4096,
             max_parked_pulls: 100_000,
             idle_timeout_ms: 120_000,
@@ -666,6 +670,7 @@ impl ServerConfig {
         b.max_inflight_bytes = self.broker.max_inflight_bytes;
         b.max_connections = self.broker.max_connections;
         b.max_groups_per_connection = self.broker.max_groups_per_connection;
+        b.max_consumer_offsets = self.broker.max_consumer_offsets;
         b.max_parked_pulls_per_connection = self.broker.max_parked_pulls_per_connection;
         b.max_parked_pulls = self.broker.max_parked_pulls;
         b.idle_timeout = Duration::from_millis(self.broker.idle_timeout_ms);

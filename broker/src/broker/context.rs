@@ -54,6 +54,13 @@ pub(crate) struct BrokerContext {
 }
 
 impl BrokerContext {
+    /// The server's counters, with the offset manager's refusals.
+    pub(crate) fn stats(&self) -> crate::BrokerStats {
+        let mut s = self.counters.snapshot();
+        s.offset_commits_refused = self.offsets.refused();
+        s
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: BrokerConfig,

@@ -257,7 +257,10 @@ fn open_state(
             if let Err(e) = topics.save() {
                 tracing::error!(error = %e, "saving topics at start failed; tried again at the next offset flush");
             }
-            Ok((Arc::new(topics), Arc::new(OffsetManager::load(data_dir)?)))
+            Ok((Arc::new(topics), Arc::new(OffsetManager::load(
+                data_dir,
+                cfg.max_consumer_offsets,
+            )?)))
         });
     match state {
         Ok((topics, offsets)) => Ok((Arc::new(store), topics, offsets)),
@@ -380,7 +383,7 @@ impl BrokerHandle {
 
     /// Counters since start.
     pub fn stats(&self) -> BrokerStats {
-        self.ctx.counters.snapshot()
+        self.ctx.stats()
     }
 
     /// Open client connections (to send them requests: CHECK_TRANSACTION_STATE and the like).

@@ -568,13 +568,18 @@ impl Group {
             return;
         };
         let low = c.low_water();
-        if c.committed.unwrap_or(c.start) != low {
-            offsets.commit(
-                &self.name,
-                &key.0,
-                key.1,
-                i64::try_from(low).unwrap_or(i64::MAX),
-            );
+        let moved = c.committed.unwrap_or(c.start) != low;
+        // Refused past `max_consumer_offsets` (logged there): tried again at the next commit.
+        if moved
+            && offsets
+                .commit(
+                    &self.name,
+                    &key.0,
+                    key.1,
+                    i64::try_from(low).unwrap_or(i64::MAX),
+                )
+                .is_ok()
+        {
             c.committed = Some(low);
         }
     }

@@ -55,7 +55,8 @@ pub(super) fn update_consumer_offset(
         .map_err(|e| Reject::header(&e))?;
     check_offset_target(ctx, &h)?;
     ctx.offsets
-        .commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
+        .commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset)
+        .map_err(|e| Reject::new(code::SYSTEM_ERROR, e.to_string()))?;
     Ok(reply::ok(req))
 }
 

@@ -10,13 +10,14 @@
 use std::collections::BTreeSet;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_broker::RETRY_PREFIX;
 use utoipa::{IntoParams, ToSchema};
 
 use super::topics::{is_system, topic_not_found};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{code, ApiError, ApiResult, ErrorBody};
 use crate::extract::{PathParams, QueryParams};
 use crate::state::AppState;
 
@@ -163,6 +164,52 @@ pub(super) async fn list_groups(
         })
         .collect();
     Ok(Json(GroupsOut { groups, next_after }))
+}
+
+/// What `DELETE /v1/groups/{group}/offsets` removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OffsetsDeleted {
+    /// The group.
+    pub group: String,
+    /// Topics it had committed offsets in.
+    pub topics: usize,
+}
+
+/// Deletes every committed offset of a retired consumer group (they are kept for good
+/// otherwise, and count toward `[broker] max_consumer_offsets`), saved before the answer.
+/// Refused while the group has members over TCP or HTTP leases (403). A group that comes back
+/// later starts where a new group starts.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{group}/offsets",
+    tag = "admin",
+    params(("group" = String, Path, description = "Consumer group")),
+    responses(
+        (status = 200, description = "Deleted", body = OffsetsDeleted),
+        (status = 403, description = "The group has members", body = ErrorBody),
+        (status = 404, description = "The group has no committed offsets", body = ErrorBody),
+        (status = 503, description = "Deleted, but the offsets file could not be saved; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn delete_group_offsets(
+    State(state): State<AppState>,
+    PathParams(group): PathParams<String>,
+) -> ApiResult<Json<OffsetsDeleted>> {
+    let b = state.broker();
+    let topics = b
+        .delete_group_offsets(&group)
+        .map_err(|why| ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, why))?;
+    if topics == 0 {
+        return Err(ApiError::not_found(format!(
+            "consumer group {group:?} has no committed offsets"
+        )));
+    }
+    b.save_offsets().await.map_err(|e| {
+        tracing::error!(request_id = %crate::request_id::current(), error = %e, "saving consumer offsets failed");
+        ApiError::unavailable("the offsets were deleted but could not be saved to disk; retry later")
+    })?;
+    Ok(Json(OffsetsDeleted { group, topics }))
 }
 
 /// Groups the broker keeps for itself (transaction and timer progress), not users' groups.

@@ -51,5 +51,6 @@ pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(topics::get_topic, topics::delete_topic))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::get_group))
+        .routes(routes!(groups::delete_group_offsets))
         .routes(routes!(stats::get_stats))
 }

@@ -127,7 +127,7 @@ async fn a_group_shows_committed_offsets_lag_and_dead_letters() {
     }
     let services = s.broker.services();
     assert!(services.store().wait_dispatched(Duration::from_secs(10)));
-    services.commit_offset("workers", "Work", 0, 2);
+    services.commit_offset("workers", "Work", 0, 2).unwrap();
     let (st, r) = s.get("/v1/groups/workers").await;
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["online"], false);
@@ -147,6 +147,25 @@ async fn a_group_shows_committed_offsets_lag_and_dead_letters() {
     assert_eq!((st, error_code(&r)), (404, "topic_not_found"));
     let (st, r) = s.get("/v1/groups/nobody").await;
     assert_eq!((st, error_code(&r)), (404, "not_found"));
+    // A retired group's offsets can be deleted, once; saved before the answer.
+    let (st, r) = s.delete("/v1/groups/workers/offsets").await;
+    assert_eq!((st, r["topics"].as_u64()), (200, Some(1)), "{r}");
+    assert_eq!(services.committed_groups(), Vec::<(String, String)>::new());
+    let saved = std::fs::read_to_string(s.dir.path().join("config/consumerOffset.json")).unwrap();
+    assert!(!saved.contains("workers"), "{saved}");
+    let (st, r) = s.delete("/v1/groups/workers/offsets").await;
+    assert_eq!((st, error_code(&r)), (404, "not_found"));
+    // Not while the group has members (here an HTTP lease book).
+    let (st, _) = s
+        .post(
+            "/v1/groups/live/topics/Work/receive",
+            json!({"max": 1, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    services.commit_offset("live", "Work", 0, 1).unwrap();
+    let (st, r) = s.delete("/v1/groups/live/offsets").await;
+    assert_eq!((st, error_code(&r)), (403, "forbidden"), "{r}");
     s.stop().await;
 }
 

@@ -7,6 +7,7 @@
 //! (`msg_id` of the send). A key may name several messages: `result` summarises (any
 //! cancelled now → `cancelled`; else any delivered → `already_delivered`; else any cancelled
 //! before → `already_cancelled`, so a retried cancel is told apart from an unknown key; else
+//! any given up as undeliverable → `already_dropped` (it never reached its topic); else
 //! `not_found`), `count` is how many got that result, and `messages` gives each one's outcome.
 
 use axum::extract::State;
@@ -76,7 +77,8 @@ pub(crate) struct RescheduleIn {
 /// The answer to a cancel or reschedule.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OpOut {
-    /// `cancelled`, `rescheduled`, `already_delivered`, `already_cancelled` or `not_found`.
+    /// `cancelled`, `rescheduled`, `already_delivered`, `already_cancelled`,
+    /// `already_dropped` or `not_found`.
     pub result: String,
     /// Messages with that result.
     pub count: usize,
@@ -86,6 +88,8 @@ pub(crate) struct OpOut {
     pub already_cancelled: usize,
     /// Of those, delivered before this call (or being delivered when it came).
     pub already_delivered: usize,
+    /// Of those, dropped as undeliverable before this call (never delivered).
+    pub already_dropped: usize,
     /// More messages matched than the broker handles in one call (`max_key_matches`).
     pub truncated: bool,
     /// For a reschedule: the new delivery time.
@@ -100,7 +104,8 @@ pub(crate) struct OpOut {
 pub(crate) struct OutcomeOut {
     /// Its id.
     pub msg_id: String,
-    /// `cancelled`, `rescheduled`, `already_cancelled` or `already_delivered`.
+    /// `cancelled`, `rescheduled`, `already_cancelled`, `already_delivered` or
+    /// `already_dropped`.
     pub outcome: String,
     /// For `rescheduled`: the new delivery time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +139,7 @@ pub(crate) struct ScheduledOut {
     /// Its tag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
-    /// `pending`, `cancelled` or `delivered`.
+    /// `pending`, `cancelled`, `delivered` or `dropped` (given up as undeliverable).
     pub state: String,
 }
 
@@ -149,7 +154,7 @@ pub(crate) struct ScheduledOut {
         ByQuery
     ),
     responses(
-        (status = 200, description = "cancelled, already_delivered, already_cancelled or not_found", body = OpOut),
+        (status = 200, description = "cancelled, already_delivered, already_cancelled, already_dropped or not_found", body = OpOut),
         (status = 400, description = "Bad key or query", body = ErrorBody),
         (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
         (status = 503, description = "Delays disabled, or the index did not catch up in time", body = ErrorBody),
@@ -180,7 +185,7 @@ async fn cancel(
     ),
     request_body = RescheduleIn,
     responses(
-        (status = 200, description = "rescheduled, already_delivered, already_cancelled or not_found", body = OpOut),
+        (status = 200, description = "rescheduled, already_delivered, already_cancelled, already_dropped or not_found", body = OpOut),
         (status = 400, description = "Bad body (not exactly one of delay_ms, deliver_at_ms)", body = ErrorBody),
         (status = 422, description = "New time out of range", body = ErrorBody),
         (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
@@ -272,6 +277,8 @@ fn op_out(r: &OpReport, done_name: &str, done: usize) -> OpOut {
         ("already_delivered", r.already_delivered)
     } else if r.already_cancelled > 0 {
         ("already_cancelled", r.already_cancelled)
+    } else if r.already_dropped > 0 {
+        ("already_dropped", r.already_dropped)
     } else {
         ("not_found", 0)
     };
@@ -285,6 +292,7 @@ fn op_out(r: &OpReport, done_name: &str, done: usize) -> OpOut {
         matched: r.matched,
         already_cancelled: r.already_cancelled,
         already_delivered: r.already_delivered,
+        already_dropped: r.already_dropped,
         truncated: r.truncated,
         deliver_at_ms,
         messages: r.outcomes.iter().map(outcome_out).collect(),
@@ -297,6 +305,7 @@ fn outcome_out((id, o): &(String, Outcome)) -> OutcomeOut {
         Outcome::Rescheduled { due_ms } => ("rescheduled", Some(*due_ms)),
         Outcome::AlreadyCancelled => ("already_cancelled", None),
         Outcome::AlreadyDelivered => ("already_delivered", None),
+        Outcome::AlreadyDropped => ("already_dropped", None),
     };
     OutcomeOut {
         msg_id: id.clone(),
@@ -310,6 +319,7 @@ fn scheduled_out(m: ScheduledMessage) -> ScheduledOut {
         MessageState::Pending => "pending",
         MessageState::Cancelled => "cancelled",
         MessageState::Delivered => "delivered",
+        MessageState::Dropped => "dropped",
     };
     ScheduledOut {
         msg_id: m.uniq_key,

@@ -99,6 +99,7 @@ fn unchanged(snap: &Snapshot, last: &State) -> bool {
         && snap.enqueue == last.enqueue
         && snap.pending == last.pending
         && snap.done_above_w.len() == last.done_above_w.len()
+        && snap.dropped.len() == last.dropped.len()
         && snap.late.len() == last.late.len()
         && snap.verify_until == last.verify_until_ms
         && snap.runs.iter().all(|r| r.max >= snap.w)
@@ -136,6 +137,7 @@ fn write(core: &Core, snap: &Snapshot, last: &State, clean: bool) -> Result<Writ
             .iter()
             .map(|k| (k.fire_ms, k.phys))
             .collect(),
+        dropped: snap.dropped.iter().map(|k| (k.fire_ms, k.phys)).collect(),
         late: snap
             .late
             .iter()

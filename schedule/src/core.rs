@@ -129,6 +129,11 @@ impl Core {
             state.enqueue.clone(),
             state.pending.clone(),
             done,
+            state
+                .dropped
+                .iter()
+                .map(|(f, p)| Key::new(*f, *p))
+                .collect(),
             verify_until,
         );
         index.restore_late(&state.late_timers());

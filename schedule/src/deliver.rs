@@ -365,7 +365,11 @@ fn finish(core: &Core, items: &[Prepared], times: Option<&[i64]>) {
     let mut put_i = 0;
     let mut g = core.index.inner.lock();
     for p in items {
-        g.complete(p.due.key, Released::Done, Some(&p.topic));
+        let how = match p.action {
+            Action::Drop => Released::Dropped,
+            _ => Released::Done,
+        };
+        g.complete(p.due.key, how, Some(&p.topic));
         let c = &core.counters;
         match (&p.action, p.due.kind) {
             (Action::Put(_), Kind::Roll) => Counters::add(&c.rolled, 1),

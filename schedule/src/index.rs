@@ -10,13 +10,18 @@
 //!   a checkpoint writes it as a run. `flushing` is the one being written, still visible.
 //! - `runs`: everything indexed before the last checkpoint.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::entry::{DiskEntry, Key, Kind};
 use crate::run::Run;
+
+/// Most dropped timers remembered once they left the window (each 16 bytes in memory and a
+/// pair in the state file). Drops are failures that are logged; past this many the oldest
+/// reads as gone again.
+pub(crate) const MAX_DROPPED_KEPT: usize = 100_000;
 
 /// Release state of a timer in the near window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +34,12 @@ pub(crate) enum SlotState {
     Cancelling,
     /// Cancelled.
     Cancelled,
-    /// Released (or dropped as undeliverable).
+    /// Released.
     Done,
+    /// Dropped as undeliverable (its record unreadable or unparsable, no valid real queue,
+    /// or refused by the store): it never reaches its topic, and cancels and listings say so
+    /// instead of "delivered" or, once it left memory, "cancelled".
+    Dropped,
 }
 
 /// A timer in the near window.
@@ -65,6 +74,8 @@ pub(crate) struct Due {
 pub(crate) enum Released {
     /// Stored in its real topic (or rolled).
     Done,
+    /// Given up as undeliverable.
+    Dropped,
     /// Try again later.
     Retry,
 }
@@ -113,6 +124,8 @@ pub(crate) struct Snapshot {
     pub(crate) enqueue: BTreeMap<String, u64>,
     pub(crate) w: Key,
     pub(crate) done_above_w: Vec<Key>,
+    /// Timers dropped as undeliverable, newest `MAX_DROPPED_KEPT` (see `Inner::dropped_known`).
+    pub(crate) dropped: Vec<Key>,
     /// Unfinished timers below `w` (see [`Inner::floor`]).
     pub(crate) late: Vec<(Key, Kind, u32)>,
     pub(crate) pending: BTreeMap<String, i64>,
@@ -140,6 +153,10 @@ pub(crate) struct Inner {
     restart_ms: i64,
     /// Releases done above the saved watermark, from the state file.
     done_known: HashSet<Key>,
+    /// Timers dropped as undeliverable, also once they left the window (saved, newest
+    /// `MAX_DROPPED_KEPT`): below the watermark a key reads as "gone", which a cancel would
+    /// take for released or cancelled.
+    dropped_known: BTreeSet<Key>,
     /// The first catch-up over the timer queues is complete.
     pub(crate) ready: bool,
     /// Above every timer that has left `near` (and, at open, the saved watermark). The saved
@@ -166,6 +183,7 @@ impl TimerIndex {
         enqueue: BTreeMap<String, u64>,
         pending: BTreeMap<String, i64>,
         done_known: HashSet<Key>,
+        dropped_known: BTreeSet<Key>,
         restart_ms: i64,
     ) -> Self {
         Self {
@@ -182,6 +200,7 @@ impl TimerIndex {
                 pending,
                 restart_ms,
                 done_known,
+                dropped_known,
                 ready: false,
                 floor: w,
             }),
@@ -203,7 +222,9 @@ impl TimerIndex {
 
 impl Inner {
     fn new_slot(&self, key: Key, kind: Option<Kind>, size: u32) -> Slot {
-        let state = if self.done_known.contains(&key) {
+        let state = if self.dropped_known.contains(&key) {
+            SlotState::Dropped
+        } else if self.done_known.contains(&key) {
             SlotState::Done
         } else if self.cancelling.contains(&key) {
             SlotState::Cancelling
@@ -305,8 +326,12 @@ impl Inner {
             return;
         };
         match how {
-            Released::Done => {
-                slot.state = SlotState::Done;
+            Released::Done | Released::Dropped => {
+                slot.state = if how == Released::Done {
+                    SlotState::Done
+                } else {
+                    SlotState::Dropped
+                };
                 if let Some(count) = topic.and_then(|t| self.pending.get_mut(t)) {
                     *count = (*count - 1).max(0);
                 }
@@ -334,12 +359,19 @@ impl Inner {
     /// first unfinished key (or the window end).
     pub(crate) fn advance_w(&mut self) -> Key {
         while let Some(entry) = self.near.first_entry() {
-            let finished = matches!(entry.get().state, SlotState::Done | SlotState::Cancelled);
+            let state = entry.get().state;
+            let finished = matches!(
+                state,
+                SlotState::Done | SlotState::Cancelled | SlotState::Dropped
+            );
             if !finished || !self.ready {
                 return *entry.key();
             }
             self.floor = self.floor.max(entry.key().next());
-            entry.remove();
+            let (key, _) = entry.remove_entry();
+            if state == SlotState::Dropped {
+                self.keep_dropped(key);
+            }
         }
         self.window_end
     }
@@ -420,10 +452,21 @@ impl Inner {
         self.near.insert(key, slot);
     }
 
+    /// Remembers a dropped timer that leaves the window, forgetting the oldest past the bound.
+    fn keep_dropped(&mut self, key: Key) {
+        self.dropped_known.insert(key);
+        while self.dropped_known.len() > MAX_DROPPED_KEPT {
+            self.dropped_known.pop_first();
+        }
+    }
+
     /// Where a key stands (see [`Where`]).
     pub(crate) fn locate(&self, key: Key) -> Where {
         if let Some(slot) = self.near.get(&key) {
             return Where::Near(slot.state);
+        }
+        if self.dropped_known.contains(&key) {
+            return Where::Near(SlotState::Dropped);
         }
         if key < self.window_end {
             return Where::Gone;
@@ -466,6 +509,9 @@ impl Inner {
                 }
                 other => BeginCancel::Not(other),
             };
+        }
+        if self.dropped_known.contains(&key) {
+            return BeginCancel::Not(SlotState::Dropped);
         }
         if key < self.window_end {
             return BeginCancel::Gone;
@@ -559,14 +605,31 @@ impl Inner {
         let late = self
             .near
             .range(..w)
-            .filter(|(_, s)| !matches!(s.state, SlotState::Done | SlotState::Cancelled))
+            .filter(|(_, s)| {
+                !matches!(
+                    s.state,
+                    SlotState::Done | SlotState::Cancelled | SlotState::Dropped
+                )
+            })
             .filter_map(|(k, s)| s.kind.map(|kind| (*k, kind, s.size)))
             .collect();
+        let mut dropped: Vec<Key> = self
+            .near
+            .iter()
+            .filter(|(_, s)| s.state == SlotState::Dropped)
+            .map(|(k, _)| *k)
+            .chain(self.dropped_known.iter().copied())
+            .collect();
+        dropped.sort_unstable();
+        dropped.dedup();
+        let excess = dropped.len().saturating_sub(MAX_DROPPED_KEPT);
+        dropped.drain(..excess);
         Snapshot {
             memtable,
             enqueue: self.enqueue.clone(),
             w,
             done_above_w,
+            dropped,
             late,
             pending: self.pending.clone(),
             runs: self.runs.clone(),

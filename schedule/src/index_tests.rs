@@ -1,6 +1,7 @@
 //! Unit tests of the in-memory index.
 
 use super::*;
+use std::collections::BTreeSet;
 
 fn index() -> TimerIndex {
     let ix = TimerIndex::new(
@@ -9,6 +10,7 @@ fn index() -> TimerIndex {
         BTreeMap::new(),
         BTreeMap::new(),
         HashSet::new(),
+        BTreeSet::new(),
         0,
     );
     ix.inner.lock().ready = true;
@@ -109,6 +111,7 @@ fn the_check_horizon_is_saved_until_the_watermark_passes_it() {
         BTreeMap::new(),
         BTreeMap::new(),
         HashSet::new(),
+        BTreeSet::new(),
         1000,
     );
     let mut g = ix.inner.lock();
@@ -192,6 +195,7 @@ fn a_late_timer_never_pulls_the_saved_watermark_back() {
         BTreeMap::new(),
         second.pending.clone(),
         HashSet::new(),
+        BTreeSet::new(),
         i64::MIN,
     );
     again.restore_late(&second.late);
@@ -217,6 +221,7 @@ fn a_timer_released_before_a_restart_is_done_before_the_window_is_loaded() {
         BTreeMap::new(),
         BTreeMap::new(),
         HashSet::from([released]),
+        BTreeSet::new(),
         0,
     );
     let mut g = ix.inner.lock();
@@ -244,6 +249,7 @@ fn a_checkpoint_before_the_window_is_loaded_keeps_the_releases_known_from_the_st
         BTreeMap::new(),
         BTreeMap::new(),
         HashSet::from([released, below]),
+        BTreeSet::new(),
         i64::MIN,
     );
     let mut g = ix.inner.lock();
@@ -258,4 +264,51 @@ fn a_checkpoint_before_the_window_is_loaded_keeps_the_releases_known_from_the_st
     let again = g.snapshot();
     g.finish_snapshot(None, &[]);
     assert_eq!(again.done_above_w, vec![released]);
+}
+
+/// A timer dropped as undeliverable reads as dropped, not released: in the window, after it
+/// left the window, in the next checkpoint, and after a restart from that checkpoint.
+#[test]
+fn a_dropped_timer_is_known_as_dropped_in_and_after_the_window() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    let (dropped, released) = (Key::new(100, 1), Key::new(100, 2));
+    g.insert_timer(dropped, Kind::Fire, 10, "T");
+    g.insert_timer(released, Kind::Fire, 10, "T");
+    load(&mut g, 1_000);
+    let due = g.take_due(1_000, 10);
+    assert_eq!(due.len(), 2);
+    g.complete(dropped, Released::Dropped, Some("T"));
+    g.complete(released, Released::Done, Some("T"));
+    assert!(matches!(g.locate(dropped), Where::Near(SlotState::Dropped)));
+    assert_eq!(
+        g.pending.get("T"),
+        Some(&0),
+        "a drop leaves the pending count"
+    );
+    let snap = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    assert!(
+        snap.w > released,
+        "both finished: the window moved past them"
+    );
+    assert_eq!(snap.dropped, vec![dropped]);
+    assert!(matches!(g.locate(released), Where::Gone));
+    assert!(matches!(g.locate(dropped), Where::Near(SlotState::Dropped)));
+    assert!(matches!(
+        g.begin_cancel(dropped, None),
+        BeginCancel::Not(SlotState::Dropped)
+    ));
+    drop(g);
+    let again = TimerIndex::new(
+        Vec::new(),
+        snap.w,
+        BTreeMap::new(),
+        snap.pending.clone(),
+        HashSet::new(),
+        snap.dropped.iter().copied().collect(),
+        i64::MIN,
+    );
+    let g = again.inner.lock();
+    assert!(matches!(g.locate(dropped), Where::Near(SlotState::Dropped)));
 }

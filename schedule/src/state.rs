@@ -35,6 +35,10 @@ pub(crate) struct State {
     pub(crate) w_phys: u64,
     /// Keys at or above `w` already released, as `(fire_ms, offset)`.
     pub(crate) done_above_w: Vec<(i64, u64)>,
+    /// Timers dropped as undeliverable, as `(fire_ms, offset)`, newest 100 000: cancels and
+    /// listings answer "dropped" for them, below the watermark too.
+    #[serde(default)]
+    pub(crate) dropped: Vec<(i64, u64)>,
     /// Unfinished timers below `w`, as `(fire_ms, offset, kind, size)`: indexed late, with
     /// keys below a watermark already saved, which never moves back (finished timers below it
     /// are no longer known one by one).

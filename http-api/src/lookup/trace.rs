@@ -462,6 +462,7 @@ fn timer_state(timers: &[ScheduledMessage], due: Option<i64>) -> Option<String> 
         MessageState::Pending => "pending",
         MessageState::Cancelled => "cancelled",
         MessageState::Delivered => "delivered",
+        MessageState::Dropped => "dropped",
     };
     Some(name.to_owned())
 }

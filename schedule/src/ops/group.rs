@@ -119,10 +119,13 @@ struct GroupProgress {
 impl GroupProgress {
     /// The answer once settled: one per message, true for every copy. Delivered when any copy
     /// reached consumers (the others were cancelled by this call or before); otherwise what
-    /// this call did, or "cancelled before" when it found nothing to do.
-    fn answer(&self, delivered: bool) -> Outcome {
+    /// this call did, or when it found nothing to do, "dropped" if a copy was given up as
+    /// undeliverable, else "cancelled before".
+    fn answer(&self, delivered: bool, dropped: bool) -> Outcome {
         if delivered {
             Outcome::AlreadyDelivered
+        } else if dropped {
+            self.done.unwrap_or(Outcome::AlreadyDropped)
         } else {
             self.done.unwrap_or(Outcome::AlreadyCancelled)
         }
@@ -203,7 +206,12 @@ pub(super) async fn apply_group(
         let (views, generations) = views_of(core, &recs, &p).await?;
         check_gone(core, uniq, &recs, &views, &mut p).await?;
         match decide(&views, &p.refound, p.gone_delivered) {
-            Next::Settled { delivered } => return Ok(p.answer(delivered)),
+            Next::Settled { delivered } => {
+                let dropped = views
+                    .iter()
+                    .any(|v| !v.ours && v.state == RecState::Dropped);
+                return Ok(p.answer(delivered, dropped));
+            }
             Next::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
             Next::Refind(rolls) => {
                 p.refound.extend(rolls);
@@ -533,5 +541,23 @@ mod tests {
             },
             "a roll is not a release"
         );
+    }
+
+    #[test]
+    fn a_dropped_copy_is_not_a_delivery_and_the_pending_one_is_acted_on() {
+        let views = [fire(RecState::Dropped, 10), fire(RecState::Pending, 20)];
+        assert_eq!(
+            decide_fresh(&views),
+            Next::Act {
+                idx: vec![1],
+                cancel: false
+            },
+            "a reschedule moves the deliverable copy instead of cancelling it"
+        );
+        let settled = [fire(RecState::Dropped, 10)];
+        assert_eq!(decide_fresh(&settled), Next::Settled { delivered: false });
+        let p = GroupProgress::default();
+        assert_eq!(p.answer(false, true), Outcome::AlreadyDropped);
+        assert_eq!(p.answer(true, true), Outcome::AlreadyDelivered);
     }
 }

@@ -85,6 +85,9 @@ pub enum MessageState {
     Cancelled,
     /// Released to its real topic.
     Delivered,
+    /// Given up as undeliverable (its record unreadable, its real queue invalid, refused by
+    /// the store; logged as an error): it never reaches its topic.
+    Dropped,
 }
 
 /// What an operation did to one message.
@@ -101,6 +104,9 @@ pub enum Outcome {
     AlreadyCancelled,
     /// It had been released before (or its release was under way).
     AlreadyDelivered,
+    /// It had been dropped as undeliverable: it never reached its topic, and nothing was
+    /// left to cancel or reschedule.
+    AlreadyDropped,
 }
 
 /// One scheduled message, as listed.
@@ -139,6 +145,8 @@ pub struct OpReport {
     pub already_cancelled: usize,
     /// Released before.
     pub already_delivered: usize,
+    /// Dropped as undeliverable before.
+    pub already_dropped: usize,
     /// True when more than `max_key_matches` records matched; only that many were handled.
     pub truncated: bool,
     /// Per message: its UNIQ_KEY and what happened.
@@ -152,6 +160,7 @@ impl OpReport {
             Outcome::Rescheduled { .. } => self.rescheduled += 1,
             Outcome::AlreadyCancelled => self.already_cancelled += 1,
             Outcome::AlreadyDelivered => self.already_delivered += 1,
+            Outcome::AlreadyDropped => self.already_dropped += 1,
         }
         self.outcomes.push((uniq, o));
     }
@@ -264,6 +273,8 @@ fn list_state(recs: &[Found], states: &[RecState]) -> ListState {
         });
     let otherwise = if waiting {
         MessageState::Pending
+    } else if states.contains(&RecState::Dropped) {
+        MessageState::Dropped
     } else {
         MessageState::Cancelled
     };
@@ -336,6 +347,8 @@ enum RecState {
     Cancelled,
     /// Released (still in the near window).
     Released,
+    /// Dropped as undeliverable.
+    Dropped,
     /// Released or cancelled, no longer in memory.
     Gone,
 }
@@ -461,6 +474,7 @@ fn state_of(core: &Core, key: Key) -> Result<(RecState, Option<u64>)> {
         Where::Near(SlotState::InFlight | SlotState::Cancelling) => (RecState::Busy, None),
         Where::Near(SlotState::Cancelled) => (RecState::Cancelled, None),
         Where::Near(SlotState::Done) => (RecState::Released, None),
+        Where::Near(SlotState::Dropped) => (RecState::Dropped, None),
         Where::Gone => (RecState::Gone, None),
         Where::Far {
             mem,

@@ -621,3 +621,58 @@ async fn the_schedules_own_topics_are_refused_as_destinations() {
     }
     node.stop().await;
 }
+
+/// A timer the deliverer gives up on (here its real queue id is not a number) is reported as
+/// dropped, never as delivered, and later never as cancelled: while in the window, after the
+/// window moved past it, and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_timer_is_reported_dropped_not_delivered_or_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    let due = (now_ms() + 300).to_string();
+    // Stored past the send hook (which would refuse it): a record as a damaged or
+    // hand-written timer would be.
+    let timer = input(
+        sluice_schedule::TIMER_TOPIC,
+        sluice_schedule::TIMER_QUEUE,
+        "drop-me",
+        &[
+            ("REAL_TOPIC", TOPIC),
+            ("REAL_QID", "x"),
+            ("UNIQ_KEY", "U-DROP"),
+            (sluice_schedule::TIMER_OUT_MS, &due),
+        ],
+    );
+    node.broker
+        .store()
+        .append(vec![timer], true)
+        .unwrap()
+        .await
+        .unwrap();
+    let svc = node.service();
+    let started = std::time::Instant::now();
+    while svc.stats().unwrap().dropped < 1 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(node.released(TOPIC, 4).is_empty());
+    let check = |svc: sluice_schedule::ScheduleService| async move {
+        let r = svc.cancel(&by_id("U-DROP")).await.unwrap();
+        assert_eq!(
+            r.outcomes,
+            vec![("U-DROP".to_owned(), Outcome::AlreadyDropped)]
+        );
+        let (listed, _) = svc.list(&by_id("U-DROP")).await.unwrap();
+        assert_eq!(listed[0].state, MessageState::Dropped);
+    };
+    check(svc.clone()).await;
+    // The window moves past it (the near window is 2 s here).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    check(svc).await;
+    node.stop().await;
+    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
+    check(node.service()).await;
+    node.stop().await;
+    ns.shutdown().await;
+}

@@ -579,7 +579,8 @@ async fn replay_one(
     let ledger = Arc::clone(ledger);
     let qo = m.queue_offset;
     let task = status.id.clone();
-    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo, &task))
+    let floor = ctx.store.min_offset(&dlq_topic(&status.group), 0);
+    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo, &task, floor))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));

@@ -3,7 +3,9 @@
 //!   (`sluice_store::write_atomic`); running tasks resume from it at start.
 //! - `ledger/<group>`: DLQ queue offsets already replayed, one per line, appended and synced
 //!   after the replayed copy is durable. A torn last line (crash) is ignored, and cut before
-//!   the next append.
+//!   the next append. Lines of letters retention deleted (below the DLQ queue's first offset:
+//!   never listed or replayed again) are dropped by rewriting the file atomically once it
+//!   holds over twice the live lines (and at least `COMPACT_SLACK` more).
 //! - `audit.log`: one JSON line per task event (started, resumed, completed, cancelled,
 //!   failed), appended and synced.
 
@@ -31,11 +33,19 @@ pub struct AuditRecord {
     pub task: ReplayStatus,
 }
 
+/// Dead lines a ledger file may hold beyond its live ones before it is rewritten.
+#[cfg(not(test))]
+const COMPACT_SLACK: u64 = 4096;
+#[cfg(test)]
+const COMPACT_SLACK: u64 = 8;
+
 /// Replayed DLQ offsets of one group.
 #[derive(Debug)]
 pub(crate) struct Ledger {
     path: PathBuf,
     done: Mutex<BTreeSet<u64>>,
+    /// Whole lines in the file (live and dead).
+    lines: AtomicU64,
     /// Held while a line is appended and synced, so `done` is never held across an `fsync`:
     /// `contains` and `count_in` are asked from async code (a replay's scan, `/metrics`).
     writing: Mutex<()>,
@@ -45,14 +55,18 @@ impl Ledger {
     fn load(path: PathBuf) -> Result<Self, DlqError> {
         // Cut once here, before any append of this run (see `cut_torn_line`).
         cut_torn_line(&path).map_err(|e| state_err("repair the torn last line of", &path, e))?;
-        let done = match std::fs::read_to_string(&path) {
-            Ok(text) => whole_lines(&text).map(|(offset, _)| offset).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        let (done, lines) = match std::fs::read_to_string(&path) {
+            Ok(text) => (
+                whole_lines(&text).map(|(offset, _)| offset).collect(),
+                whole_lines(&text).count() as u64,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeSet::new(), 0),
             Err(e) => return Err(state_err("read", &path, e)),
         };
         Ok(Self {
             path,
             done: Mutex::new(done),
+            lines: AtomicU64::new(lines),
             writing: Mutex::new(()),
         })
     }
@@ -76,14 +90,52 @@ impl Ledger {
         }
     }
 
-    /// Records `offset` durably, as replayed by `task`. Blocking.
-    pub(crate) fn record(&self, offset: u64, task: &str) -> Result<(), DlqError> {
+    /// Records `offset` durably, as replayed by `task`; `floor` is the DLQ queue's first
+    /// offset now (lines below it are dead, see the module docs). Blocking.
+    pub(crate) fn record(&self, offset: u64, task: &str, floor: u64) -> Result<(), DlqError> {
         let _writing = self.writing.lock();
         if self.contains(offset) {
             return Ok(());
         }
         append_line(&self.path, &format!("{offset} {task}\n"))?;
-        self.done.lock().insert(offset);
+        let live = {
+            let mut done = self.done.lock();
+            done.insert(offset);
+            if done.first().is_some_and(|first| *first < floor) {
+                *done = done.split_off(&floor);
+            }
+            done.len() as u64
+        };
+        let lines = self.lines.fetch_add(1, Ordering::Relaxed) + 1;
+        if lines > 2 * live + COMPACT_SLACK {
+            // Not fatal: the ledger stays right, only longer, and the next append tries again.
+            if let Err(e) = self.compact(floor) {
+                tracing::warn!(path = %self.path.display(), error = %e, "replay ledger not compacted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the file (atomically) without the lines below `floor`. Called with `writing`
+    /// held.
+    fn compact(&self, floor: u64) -> Result<(), DlqError> {
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|e| state_err("read", &self.path, e))?;
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .is_some_and(|offset| offset >= floor)
+            })
+            .collect();
+        let count = kept.lines().count() as u64;
+        sluice_store::write_atomic(&self.path, kept.as_bytes())
+            .map_err(|e| state_err("rewrite", &self.path, e))?;
+        tracing::info!(path = %self.path.display(), before = self.lines.load(Ordering::Relaxed), after = count, "replay ledger compacted");
+        self.lines.store(count, Ordering::Relaxed);
         Ok(())
     }
 
@@ -445,7 +497,7 @@ mod tests {
         std::fs::write(&path, b"7\n12").unwrap();
         let ledger = Ledger::load(path.clone()).unwrap();
         assert!(ledger.contains(7) && !ledger.contains(12));
-        ledger.record(13, "t").unwrap();
+        ledger.record(13, "t", 0).unwrap();
         let again = Ledger::load(path.clone()).unwrap();
         assert!(again.contains(7) && again.contains(13));
         assert!(!again.contains(1213) && !again.contains(12));
@@ -459,7 +511,7 @@ mod tests {
         std::fs::write(&path, b"1\n").unwrap(); // written before lines named their task
         let ledger = Ledger::load(path.clone()).unwrap();
         for (offset, task) in [(2, "a"), (3, "b"), (4, "a"), (6, "a")] {
-            ledger.record(offset, task).unwrap();
+            ledger.record(offset, task, 0).unwrap();
         }
         let again = Ledger::load(path).unwrap();
         assert!([1, 2, 3, 4, 6].iter().all(|o| again.contains(*o)));
@@ -473,7 +525,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::load(dir.path().join("g")).unwrap();
         for offset in [1, 2, 5, 8, 9] {
-            ledger.record(offset, "t").unwrap();
+            ledger.record(offset, "t", 0).unwrap();
         }
         assert_eq!(ledger.count_in(0, 10), 5);
         assert_eq!(ledger.count_in(0, 9), 4, "9 is past the end");
@@ -488,5 +540,31 @@ mod tests {
             3,
             "offsets below the start left memory"
         );
+    }
+
+    /// Lines of letters retention deleted are dropped once the file holds over twice the live
+    /// lines; what is live, and what each task recorded, reads back the same.
+    #[test]
+    fn the_ledger_drops_lines_below_the_queue_floor_once_they_outnumber_the_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g");
+        let ledger = Ledger::load(path.clone()).unwrap();
+        for offset in 0..20 {
+            ledger.record(offset, "old", 0).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 20);
+        // Retention deleted letters 0..18: the floor is 18 from now on.
+        for offset in 20..24 {
+            ledger.record(offset, "new", 18).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "18 old\n19 old\n20 new\n21 new\n22 new\n23 new\n");
+        let again = Ledger::load(path).unwrap();
+        assert!((18..24).all(|o| again.contains(o)));
+        assert!(!again.contains(17));
+        let mine: Vec<u64> = again.recorded_by("new", 0).unwrap().into_iter().collect();
+        assert_eq!(mine, [20, 21, 22, 23]);
+        again.record(24, "new", 18).unwrap();
+        assert_eq!(again.lines.load(Ordering::Relaxed), 7);
     }
 }

@@ -261,6 +261,7 @@ impl Appender {
             self.buf_start = self.next;
         }
         let watermark = self.shared.flushed.get();
+        let seal = self.log.seal();
         let store_ts = now_ms();
         let mut result = Vec::with_capacity(req.messages.len());
         // Offsets are reserved per run of messages for one queue (a batch is usually one run),
@@ -295,7 +296,7 @@ impl Appender {
             .expect("validated before queueing");
             let record = &mut self.buf[start..];
             patch_store_fields(record, queue_offset, phys as i64, store_ts);
-            let trailer = framing::trailer(record, watermark);
+            let trailer = framing::trailer(record, watermark, seal, phys);
             self.buf.extend_from_slice(&trailer);
             self.next += framing::frame_len(size);
             result.push(Appended {
@@ -351,7 +352,13 @@ impl Appender {
     /// Writes the end marker into the current segment and moves `next` to the next segment.
     fn seal_segment(&mut self, pos: u64) -> Result<()> {
         let seg = self.segment.take().expect("sealing needs a segment");
-        let marker = framing::blank_marker(pos, seg.file.len(), self.shared.flushed.get());
+        let marker = framing::blank_marker(
+            pos,
+            seg.file.len(),
+            self.shared.flushed.get(),
+            self.log.seal(),
+            seg.base,
+        );
         if self.buf.is_empty() {
             self.buf_start = self.next;
         }

@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 use crate::crash_point;
 use crate::error::{Result, StoreError};
-use crate::framing::{self, Probe};
+use crate::framing::{self, Probe, Seal};
 use crate::io::StorageIo;
 use crate::mapped::{ensure_dir, sync_dir, MappedFile};
 
@@ -39,6 +39,8 @@ pub(crate) struct CommitLog {
     segment_size: u64,
     io: Arc<dyn StorageIo>,
     segments: RwLock<Vec<Arc<Segment>>>,
+    /// What trailer checksums start from (`framing`, "Sealed checksums"); set once at open.
+    seal: RwLock<Seal>,
 }
 
 /// The longest record any stored length field can describe (TOTALSIZE is an `i32`).
@@ -73,7 +75,12 @@ pub(crate) fn file_name(offset: u64) -> String {
 
 impl CommitLog {
     /// Opens every segment under `dir`, in offset order, checking that they are contiguous.
-    pub(crate) fn open(dir: &Path, segment_size: u64, io: Arc<dyn StorageIo>) -> Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        segment_size: u64,
+        io: Arc<dyn StorageIo>,
+        seal: Seal,
+    ) -> Result<Self> {
         ensure_dir(dir)?;
         let mut bases = list_numbered_files(dir)?;
         bases.sort_unstable();
@@ -114,7 +121,18 @@ impl CommitLog {
             segment_size,
             io,
             segments: RwLock::new(segments),
+            seal: RwLock::new(seal),
         })
+    }
+
+    /// What trailer checksums start from.
+    pub(crate) fn seal(&self) -> Seal {
+        *self.seal.read()
+    }
+
+    /// Sets the seal made at open for a folder without one (before anything is appended).
+    pub(crate) fn set_seal(&self, seal: Seal) {
+        *self.seal.write() = seal;
     }
 
     /// Grows the last segment to the configured size when the log ends inside it (`end`) and
@@ -251,7 +269,13 @@ impl CommitLog {
             .segment_for(offset)
             .ok_or(StoreError::NotFound(offset))?;
         let pos = (offset - seg.base) as usize;
-        match framing::probe(seg.file.as_slice(), pos, seg.base, STORED_RECORD_MAX) {
+        match framing::probe(
+            seg.file.as_slice(),
+            pos,
+            seg.base,
+            STORED_RECORD_MAX,
+            self.seal(),
+        ) {
             Probe::Record { total, .. } => seg
                 .file
                 .bytes(pos as u64, total)

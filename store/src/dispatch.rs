@@ -174,7 +174,7 @@ impl Dispatcher {
                 };
             }
         }
-        framing::probe(bytes, rel, seg.base, max)
+        framing::probe(bytes, rel, seg.base, max, self.log.seal())
     }
 
     /// Dispatches everything in `[from, to)` (recovery).
@@ -212,8 +212,14 @@ impl Dispatcher {
         }
         let rel = (pos - seg.base) as usize;
         let bytes = seg.file.as_slice();
-        let next =
-            framing::find_next_valid(bytes, rel + 1, bytes.len(), seg.base, self.log.max_record());
+        let next = framing::find_next_valid(
+            bytes,
+            rel + 1,
+            bytes.len(),
+            seg.base,
+            self.log.max_record(),
+            self.log.seal(),
+        );
         let end = next.map_or(seg.end(), |(p, _)| seg.base + p as u64);
         self.damage.record(
             seg.file.path(),

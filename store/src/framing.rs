@@ -15,6 +15,16 @@
 //!   is damage, not an unfinished write (see `recovery`). A watermark beyond the record's own
 //!   offset is impossible, and such a record is refused.
 //!
+//! # Sealed checksums
+//! A message body can hold bytes that look like a whole record with its trailer, placed so
+//! that they claim the offset they would land at. After a torn write of that message, the
+//! search for valid records past the torn bytes would find them: their watermark would make
+//! the torn tail count as interior damage (kept, not cut), and the forged record would be
+//! served in whatever queue it names. So the CRC of trailers and end markers starts from a
+//! secret of the data folder (the `seal` file, see [`crate::seal`]) instead of from zero,
+//! for everything at or after the offset where that secret was first used; trailers are never
+//! served, so a producer cannot learn it. Older bytes keep the plain CRC.
+//!
 //! The record keeps its exact RocketMQ bytes, so a pull serves `TOTALSIZE` bytes unchanged.
 //! A segment ends with a 20-byte blank marker when the next record does not fit:
 //! `remaining: i32 | BLANK_MAGIC | watermark: u64 | crc: u32`.
@@ -26,6 +36,44 @@ use sluice_protocol::message::{BLANK_MAGIC, MAGIC_V1, MAGIC_V2};
 pub(crate) const TRAILER_LEN: usize = 12;
 /// Bytes of the end-of-segment marker.
 pub(crate) const BLANK_LEN: usize = 20;
+
+/// The secret the checksums of trailers and end markers start from (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    key: u32,
+    /// First commit-log offset written under `key`; before it, the plain CRC.
+    from: u64,
+}
+
+impl Seal {
+    /// No secret: every checksum is the plain CRC.
+    pub const PLAIN: Seal = Seal {
+        key: 0,
+        from: u64::MAX,
+    };
+
+    /// Checksums at or after `from` start from `key`.
+    pub(crate) fn new(key: u32, from: u64) -> Self {
+        Self { key, from }
+    }
+
+    pub(crate) fn key(self) -> u32 {
+        self.key
+    }
+
+    pub(crate) fn from(self) -> u64 {
+        self.from
+    }
+
+    /// The checksum state for bytes at commit-log offset `offset`.
+    fn hasher(self, offset: u64) -> crc32fast::Hasher {
+        if offset >= self.from {
+            crc32fast::Hasher::new_with_initial(self.key)
+        } else {
+            crc32fast::Hasher::new()
+        }
+    }
+}
 
 /// What is found at a position in a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,24 +98,33 @@ pub(crate) enum Probe {
     Invalid(String),
 }
 
-/// The trailer for an encoded record.
-pub(crate) fn trailer(record: &[u8], watermark: u64) -> [u8; TRAILER_LEN] {
+/// The trailer for an encoded record stored at commit-log offset `offset`.
+pub(crate) fn trailer(record: &[u8], watermark: u64, seal: Seal, offset: u64) -> [u8; TRAILER_LEN] {
     let mut out = [0u8; TRAILER_LEN];
     out[..8].copy_from_slice(&watermark.to_be_bytes());
-    let mut h = crc32fast::Hasher::new();
+    let mut h = seal.hasher(offset);
     h.update(record);
     h.update(&out[..8]);
     out[8..].copy_from_slice(&h.finalize().to_be_bytes());
     out
 }
 
-/// The end-of-segment marker for a marker written at `pos` in a segment of `segment_size`.
-pub(crate) fn blank_marker(pos: u64, segment_size: u64, watermark: u64) -> [u8; BLANK_LEN] {
+/// The end-of-segment marker for a marker written at `pos` in a segment of `segment_size`
+/// starting at commit-log offset `base`.
+pub(crate) fn blank_marker(
+    pos: u64,
+    segment_size: u64,
+    watermark: u64,
+    seal: Seal,
+    base: u64,
+) -> [u8; BLANK_LEN] {
     let mut out = [0u8; BLANK_LEN];
     out[..4].copy_from_slice(&((segment_size - pos) as i32).to_be_bytes());
     out[4..8].copy_from_slice(&BLANK_MAGIC.to_be_bytes());
     out[8..16].copy_from_slice(&watermark.to_be_bytes());
-    let crc = crc32fast::hash(&out[..16]);
+    let mut h = seal.hasher(base + pos);
+    h.update(&out[..16]);
+    let crc = h.finalize();
     out[16..].copy_from_slice(&crc.to_be_bytes());
     out
 }
@@ -102,7 +159,7 @@ pub(crate) fn claimed_offset(seg: &[u8], pos: usize) -> Option<u64> {
 }
 
 /// Judges the bytes at `pos` of a segment whose first byte is commit-log offset `base`.
-pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Probe {
+pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize, seal: Seal) -> Probe {
     let Some(head) = seg.get(pos..pos + 8) else {
         return Probe::Empty;
     };
@@ -112,7 +169,7 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
     let total = i32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
     let magic = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
     if magic == BLANK_MAGIC {
-        return probe_blank(seg, pos, base, total);
+        return probe_blank(seg, pos, base, total, seal);
     }
     if magic != MAGIC_V1 && magic != MAGIC_V2 {
         return Probe::Invalid(format!("bad magic {magic:#010x}"));
@@ -127,7 +184,7 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
     let (record, tail) = frame.split_at(total);
     let stored_crc = u32::from_be_bytes(tail[8..].try_into().expect("4 bytes"));
     let watermark = u64::from_be_bytes(tail[..8].try_into().expect("8 bytes"));
-    let mut h = crc32fast::Hasher::new();
+    let mut h = seal.hasher(base + pos as u64);
     h.update(record);
     h.update(&tail[..8]);
     if h.finalize() != stored_crc {
@@ -163,12 +220,14 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Pro
     }
 }
 
-fn probe_blank(seg: &[u8], pos: usize, base: u64, remaining: i32) -> Probe {
+fn probe_blank(seg: &[u8], pos: usize, base: u64, remaining: i32, seal: Seal) -> Probe {
     let Some(marker) = seg.get(pos..pos + BLANK_LEN) else {
         return Probe::Invalid("end marker runs past the segment end".into());
     };
     let crc = u32::from_be_bytes(marker[16..].try_into().expect("4 bytes"));
-    if crc32fast::hash(&marker[..16]) != crc || remaining as i64 != (seg.len() - pos) as i64 {
+    let mut h = seal.hasher(base + pos as u64);
+    h.update(&marker[..16]);
+    if h.finalize() != crc || remaining as i64 != (seg.len() - pos) as i64 {
         return Probe::Invalid("end marker checksum or length mismatch".into());
     }
     let watermark = u64::from_be_bytes(marker[8..16].try_into().expect("8"));
@@ -195,6 +254,7 @@ pub(crate) fn find_next_valid(
     until: usize,
     base: u64,
     max_record: usize,
+    seal: Seal,
 ) -> Option<(usize, Probe)> {
     let until = until.min(seg.len());
     let mut pos = from;
@@ -208,7 +268,7 @@ pub(crate) fn find_next_valid(
         }
         let magic = u32::from_be_bytes(seg[pos + 4..pos + 8].try_into().expect("4 bytes"));
         if magic == MAGIC_V1 || magic == MAGIC_V2 || magic == BLANK_MAGIC {
-            let p = probe(seg, pos, base, max_record);
+            let p = probe(seg, pos, base, max_record, seal);
             if matches!(p, Probe::Record { .. } | Probe::SegmentEnd { .. }) {
                 return Some((pos, p));
             }
@@ -234,7 +294,7 @@ mod tests {
         let mut seg = Vec::new();
         for r in records {
             seg.extend_from_slice(r);
-            seg.extend_from_slice(&trailer(r, 0));
+            seg.extend_from_slice(&trailer(r, 0, Seal::PLAIN, 0));
         }
         seg.resize(size, 0);
         seg
@@ -245,7 +305,7 @@ mod tests {
         let r = record_at(1000, b"abc");
         let seg = segment_with(std::slice::from_ref(&r), 4096);
         assert_eq!(
-            probe(&seg, 0, 1000, 1 << 20),
+            probe(&seg, 0, 1000, 1 << 20, Seal::PLAIN),
             Probe::Record {
                 total: r.len(),
                 watermark: 0,
@@ -253,7 +313,7 @@ mod tests {
             }
         );
         assert_eq!(
-            probe(&seg, r.len() + TRAILER_LEN, 1000, 1 << 20),
+            probe(&seg, r.len() + TRAILER_LEN, 1000, 1 << 20, Seal::PLAIN),
             Probe::Empty
         );
     }
@@ -293,7 +353,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = seg.clone();
                 bad[byte] ^= 1 << bit;
-                let p = probe(&bad, 0, 0, 1 << 20);
+                let p = probe(&bad, 0, 0, 1 << 20, Seal::PLAIN);
                 assert!(
                     !matches!(p, Probe::Record { .. }),
                     "flip at {byte}.{bit} accepted"
@@ -312,7 +372,7 @@ mod tests {
             patch_store_fields(&mut rec, 0, 0, 1);
             let seg = segment_with(&[rec], 512);
             assert!(
-                matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)),
+                matches!(probe(&seg, 0, 0, 1 << 20, Seal::PLAIN), Probe::Invalid(_)),
                 "topic {topic:?} accepted"
             );
         }
@@ -321,20 +381,26 @@ mod tests {
     #[test]
     fn record_at_wrong_offset_is_invalid() {
         let seg = segment_with(&[record_at(64, b"x")], 512);
-        assert!(matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)));
+        assert!(matches!(
+            probe(&seg, 0, 0, 1 << 20, Seal::PLAIN),
+            Probe::Invalid(_)
+        ));
     }
 
     #[test]
     fn blank_marker_round_trips_and_checks_length() {
         let mut seg = vec![0u8; 100];
-        seg[40..60].copy_from_slice(&blank_marker(40, 100, 7));
+        seg[40..60].copy_from_slice(&blank_marker(40, 100, 7, Seal::PLAIN, 0));
         assert_eq!(
-            probe(&seg, 40, 0, 1 << 20),
+            probe(&seg, 40, 0, 1 << 20, Seal::PLAIN),
             Probe::SegmentEnd { watermark: 7 }
         );
         let mut short = seg[..90].to_vec();
-        short[40..60].copy_from_slice(&blank_marker(40, 100, 7));
-        assert!(matches!(probe(&short, 40, 0, 1 << 20), Probe::Invalid(_)));
+        short[40..60].copy_from_slice(&blank_marker(40, 100, 7, Seal::PLAIN, 0));
+        assert!(matches!(
+            probe(&short, 40, 0, 1 << 20, Seal::PLAIN),
+            Probe::Invalid(_)
+        ));
     }
 
     #[test]
@@ -344,8 +410,11 @@ mod tests {
         let b = record_at(b_pos as u64, b"b");
         let mut seg = segment_with(&[a, b], 1024);
         seg[3] ^= 0x55; // damage the first record's length
-        assert!(matches!(probe(&seg, 0, 0, 1 << 20), Probe::Invalid(_)));
-        let (pos, p) = find_next_valid(&seg, 1, seg.len(), 0, 1 << 20).unwrap();
+        assert!(matches!(
+            probe(&seg, 0, 0, 1 << 20, Seal::PLAIN),
+            Probe::Invalid(_)
+        ));
+        let (pos, p) = find_next_valid(&seg, 1, seg.len(), 0, 1 << 20, Seal::PLAIN).unwrap();
         assert_eq!(pos, b_pos);
         assert!(matches!(p, Probe::Record { .. }));
     }
@@ -360,22 +429,73 @@ mod tests {
         let framed = |watermark: u64| {
             let mut s = seg.clone();
             s[..rec.len()].copy_from_slice(&rec);
-            s[rec.len()..rec.len() + TRAILER_LEN].copy_from_slice(&trailer(&rec, watermark));
+            s[rec.len()..rec.len() + TRAILER_LEN].copy_from_slice(&trailer(
+                &rec,
+                watermark,
+                Seal::PLAIN,
+                0,
+            ));
             s
         };
         for ok in [0, at - 1, at] {
             assert!(matches!(
-                probe(&framed(ok), 0, at, 1 << 20),
+                probe(&framed(ok), 0, at, 1 << 20, Seal::PLAIN),
                 Probe::Record { .. }
             ));
         }
         for bad in [at + 1, u64::MAX] {
             assert!(matches!(
-                probe(&framed(bad), 0, at, 1 << 20),
+                probe(&framed(bad), 0, at, 1 << 20, Seal::PLAIN),
                 Probe::Invalid(_)
             ));
         }
-        seg[40..60].copy_from_slice(&blank_marker(40, 512, at + 41));
-        assert!(matches!(probe(&seg, 40, at, 1 << 20), Probe::Invalid(_)));
+        seg[40..60].copy_from_slice(&blank_marker(40, 512, at + 41, Seal::PLAIN, 0));
+        assert!(matches!(
+            probe(&seg, 40, at, 1 << 20, Seal::PLAIN),
+            Probe::Invalid(_)
+        ));
+    }
+
+    /// Under a seal, bytes at or after its first offset verify only with the secret: a
+    /// record with the plain CRC there (one forged inside a message body) is refused, while
+    /// bytes before that offset keep verifying with the plain CRC.
+    #[test]
+    fn a_sealed_offset_verifies_only_with_the_secret_and_older_bytes_with_the_plain_crc() {
+        let seal = Seal::new(0x5EA1_0001, 1000);
+        let rec = record_at(1000, b"body");
+        let framed = |seal: Seal| {
+            let mut seg = rec.clone();
+            seg.extend_from_slice(&trailer(&rec, 0, seal, 1000));
+            seg
+        };
+        assert!(matches!(
+            probe(&framed(seal), 0, 1000, 1 << 20, seal),
+            Probe::Record { .. }
+        ));
+        assert!(matches!(
+            probe(&framed(Seal::PLAIN), 0, 1000, 1 << 20, seal),
+            Probe::Invalid(_)
+        ));
+        assert!(
+            find_next_valid(&framed(Seal::PLAIN), 0, rec.len() + 12, 1000, 1 << 20, seal).is_none()
+        );
+        // Below the seal's first offset the plain CRC still holds.
+        let old = record_at(500, b"body");
+        let mut seg = old.clone();
+        seg.extend_from_slice(&trailer(&old, 0, Seal::PLAIN, 500));
+        assert!(matches!(
+            probe(&seg, 0, 500, 1 << 20, seal),
+            Probe::Record { .. }
+        ));
+        let mut marker = vec![0u8; 40];
+        marker[20..40].copy_from_slice(&blank_marker(20, 40, 0, seal, 1000));
+        assert!(matches!(
+            probe(&marker, 20, 1000, 1 << 20, seal),
+            Probe::SegmentEnd { .. }
+        ));
+        assert!(matches!(
+            probe(&marker, 20, 1000, 1 << 20, Seal::PLAIN),
+            Probe::Invalid(_)
+        ));
     }
 }

@@ -36,7 +36,13 @@ pub enum Found {
 
 /// `framing::probe`: judges the bytes at `pos` of a segment starting at offset `base`.
 pub fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize) -> Found {
-    found(framing::probe(seg, pos, base, max_record))
+    found(framing::probe(
+        seg,
+        pos,
+        base,
+        max_record,
+        framing::Seal::PLAIN,
+    ))
 }
 
 /// `framing::find_next_valid`: the first verified record or end marker in `[from, until)`.
@@ -47,7 +53,8 @@ pub fn find_next_valid(
     base: u64,
     max_record: usize,
 ) -> Option<(usize, Found)> {
-    framing::find_next_valid(seg, from, until, base, max_record).map(|(p, f)| (p, found(f)))
+    framing::find_next_valid(seg, from, until, base, max_record, framing::Seal::PLAIN)
+        .map(|(p, f)| (p, found(f)))
 }
 
 fn found(p: Probe) -> Found {

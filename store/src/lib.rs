@@ -15,13 +15,14 @@
 //! - [`recovery`]: the written policy for torn tails and interior damage.
 //! - `retention`: deleting old segments with their queue and index files.
 //! - `checkpoint`: checkpoint, abort marker, folder lock, atomic file replacement.
+//! - `seal`: the secret the trailers' checksums start from (see `framing`).
 //! - [`crash_point`]: named steps of multi-file operations where a test can abort the process.
 //! - [`io`]: the storage trait and its fault-injecting twin.
 //! - [`latency`]: the sync-latency histogram behind `/metrics`.
 //!
 //! ## Files under the data folder
 //! `commitlog/<20-digit offset>`, `consumequeue/<topic>/<queue>/<20-digit byte offset>`,
-//! `index/<20-digit offset>`, `checkpoint`, `abort`, `lock`.
+//! `index/<20-digit offset>`, `checkpoint`, `abort`, `lock`, `seal`.
 
 mod appender;
 #[doc(hidden)]
@@ -47,6 +48,7 @@ mod progress;
 mod reads;
 pub mod recovery;
 mod retention;
+mod seal;
 mod shared;
 mod store;
 mod warmer;

@@ -268,7 +268,14 @@ impl Store {
             let until = written.min(seg.end()).saturating_sub(seg.base) as usize;
             let bytes = seg.file.as_slice();
             let rel = (from - seg.base) as usize;
-            match framing::find_next_valid(bytes, rel, until, seg.base, self.log.max_record()) {
+            match framing::find_next_valid(
+                bytes,
+                rel,
+                until,
+                seg.base,
+                self.log.max_record(),
+                self.log.seal(),
+            ) {
                 // The probe verified the record and read its time already.
                 Some((_, Probe::Record { store_ms, .. })) => return Some(store_ms),
                 Some((_, Probe::SegmentEnd { .. })) | None if seg.end() < written => {

@@ -111,7 +111,13 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
     let mut proven_durable = 0;
     while let Some(seg) = log.segment_for(pos) {
         let rel = (pos - seg.base) as usize;
-        let probe = framing::probe(seg.file.as_slice(), rel, seg.base, log.max_record());
+        let probe = framing::probe(
+            seg.file.as_slice(),
+            rel,
+            seg.base,
+            log.max_record(),
+            log.seal(),
+        );
         let reason = match probe {
             Probe::Record {
                 total, store_ms, ..
@@ -180,8 +186,14 @@ fn next_valid_after(log: &CommitLog, pos: u64) -> Option<(u64, u64)> {
         let bytes = seg.file.as_slice();
         for (start, end) in seg.file.data_ranges(from - seg.base) {
             let begin = start.max(from - seg.base) as usize;
-            let found =
-                framing::find_next_valid(bytes, begin, end as usize, seg.base, log.max_record());
+            let found = framing::find_next_valid(
+                bytes,
+                begin,
+                end as usize,
+                seg.base,
+                log.max_record(),
+                log.seal(),
+            );
             if let Some((p, probe)) = found {
                 let watermark = match probe {
                     Probe::Record { watermark, .. } | Probe::SegmentEnd { watermark } => watermark,
@@ -206,7 +218,13 @@ fn durable_proof_after(log: &CommitLog, pos: u64, q: u64) -> Option<u64> {
     let mut at = q;
     while let Some(seg) = log.segment_for(at) {
         let rel = (at - seg.base) as usize;
-        at = match framing::probe(seg.file.as_slice(), rel, seg.base, log.max_record()) {
+        at = match framing::probe(
+            seg.file.as_slice(),
+            rel,
+            seg.base,
+            log.max_record(),
+            log.seal(),
+        ) {
             Probe::Record { watermark, .. } | Probe::SegmentEnd { watermark }
                 if watermark > pos =>
             {

@@ -22,11 +22,13 @@ use crate::damage::{Damage, DamageLog};
 use crate::dispatch::{self, DispatchListener, Dispatcher};
 use crate::error::{Result, StoreError};
 use crate::flusher::{Flusher, Syncer};
+use crate::framing::Seal;
 use crate::index::Index;
 use crate::io::{RealIo, StorageIo};
 use crate::message::{self, Appended, MessageInput};
 use crate::recovery::{self, RecoveryReport, ScanInput};
 use crate::retention::{self, Retention, RetentionReport};
+use crate::seal;
 use crate::shared::Shared;
 use crate::warmer::{WarmFront, WarmPlan, Warmer};
 
@@ -149,10 +151,12 @@ impl Store {
                 return Err(recovery::missing(end, "a segment file cut short", flushed));
             }
         }
+        let sealed = seal::load(&cfg.data_dir)?;
         let log = Arc::new(CommitLog::open(
             &log_dir,
             cfg.segment_size,
             Arc::clone(&io),
+            sealed.unwrap_or(Seal::PLAIN),
         )?);
         let damage = Arc::new(DamageLog::default());
         let cp = cp.unwrap_or_default();
@@ -172,6 +176,9 @@ impl Store {
         })?;
         sync_recovered(&log, io.as_ref(), start, report.end)?;
         log.grow_last(report.end)?;
+        if sealed.is_none() {
+            log.set_seal(seal::create(&cfg.data_dir, report.end)?);
+        }
         let cqs = Arc::new(ConsumeQueues::open(
             &cq_root,
             cfg.cq_entries_per_file,

@@ -435,3 +435,57 @@ fn a_sealed_last_segment_rescanned_under_a_larger_segment_size_opens() {
     assert_eq!(read_queue(&store, "T", 0).len() as u64, acked);
     store.shutdown().unwrap();
 }
+
+/// A producer sends a message whose body holds a whole forged record (with a trailer, a
+/// watermark beyond the message's own offset, and the offset the forged record would land
+/// at), and the write of that message is torn. Recovery's search past the torn bytes used to
+/// find the forged record: its watermark made the torn tail count as interior damage (kept,
+/// not cut) and the forged record was dispatched into the queue it named, over an
+/// acknowledged message. Trailer checksums start from the folder's secret now, which no
+/// producer can know: the forged record does not verify and the torn tail is cut.
+#[test]
+fn a_record_forged_inside_a_torn_message_body_is_not_taken_for_a_real_one() {
+    use sluice_protocol::message::record::{encode_record, patch_store_fields, RecordHeader};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let acked = append_seqs(&store, "V", 0, 0..5);
+    let first = store.read_record(acked[0].1).unwrap();
+    let body = body_for(0);
+    let body_at = first
+        .windows(body.len())
+        .position(|w| w == body.as_slice())
+        .expect("the body is in the record") as u64;
+    let p = store.stats().written;
+    let q = p + body_at;
+    let mut forged = Vec::new();
+    encode_record(&RecordHeader::default(), b"forged", "V", b"", &mut forged).unwrap();
+    patch_store_fields(&mut forged, 0, q as i64, 1);
+    let watermark = q.to_be_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&forged);
+    crc.update(&watermark);
+    let mut evil = forged.clone();
+    evil.extend_from_slice(&watermark);
+    evil.extend_from_slice(&crc.finalize().to_be_bytes());
+    let keep = body_at + evil.len() as u64 + 16;
+    evil.extend_from_slice(&[0u8; 64]);
+    io.tear_next_write(keep);
+    assert!(store
+        .append_blocking(&[MessageInput::new("V", 0, evil)])
+        .is_err());
+    drop(store);
+
+    let store = open(&cfg);
+    assert_eq!(store.recovery_report().cut_at, Some(p));
+    assert!(
+        store.health().damage.is_empty(),
+        "{:?}",
+        store.health().damage
+    );
+    let msgs = read_queue(&store, "V", 0);
+    let bodies: Vec<Vec<u8>> = msgs.into_iter().map(|(_, b)| b).collect();
+    let expected: Vec<Vec<u8>> = (0..5).map(body_for).collect();
+    assert_eq!(bodies, expected);
+    store.shutdown().unwrap();
+}

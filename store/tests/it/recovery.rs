@@ -491,7 +491,16 @@ fn forge_record_at_end(data: &Path, cfg: &StoreConfig, end: u64, queue_offset: i
     encode_record(&header, b"forged", "T", b"", &mut rec).unwrap();
     patch_store_fields(&mut rec, queue_offset, end as i64, 1);
     let watermark = 0u64.to_be_bytes();
-    let mut crc = crc32fast::Hasher::new();
+    // With the folder's seal (its checksums start from that secret), so the record verifies
+    // and the queue-offset checks are what refuse it.
+    let seal = std::fs::read(data.join("seal")).unwrap();
+    let from = u64::from_be_bytes(seal[..8].try_into().unwrap());
+    let key = u32::from_be_bytes(seal[8..12].try_into().unwrap());
+    let mut crc = if end >= from {
+        crc32fast::Hasher::new_with_initial(key)
+    } else {
+        crc32fast::Hasher::new()
+    };
     crc.update(&rec);
     crc.update(&watermark);
     rec.extend_from_slice(&watermark);

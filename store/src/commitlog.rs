@@ -6,6 +6,7 @@
 //! `recovery` decides where the valid data ends.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,8 +40,10 @@ pub(crate) struct CommitLog {
     segment_size: u64,
     io: Arc<dyn StorageIo>,
     segments: RwLock<Vec<Arc<Segment>>>,
-    /// What trailer checksums start from (`framing`, "Sealed checksums"); set once at open.
-    seal: RwLock<Seal>,
+    /// What trailer checksums start from (`framing`, "Sealed checksums"): set once at open,
+    /// before any other thread runs, and read on every verification (so no lock).
+    seal_key: AtomicU32,
+    seal_from: AtomicU64,
 }
 
 /// The longest record any stored length field can describe (TOTALSIZE is an `i32`).
@@ -121,18 +124,23 @@ impl CommitLog {
             segment_size,
             io,
             segments: RwLock::new(segments),
-            seal: RwLock::new(seal),
+            seal_key: AtomicU32::new(seal.key()),
+            seal_from: AtomicU64::new(seal.from()),
         })
     }
 
     /// What trailer checksums start from.
     pub(crate) fn seal(&self) -> Seal {
-        *self.seal.read()
+        Seal::new(
+            self.seal_key.load(Ordering::Acquire),
+            self.seal_from.load(Ordering::Acquire),
+        )
     }
 
-    /// Sets the seal made at open for a folder without one (before anything is appended).
+    /// Sets the seal made at open for a folder without one, before the store's threads start.
     pub(crate) fn set_seal(&self, seal: Seal) {
-        *self.seal.write() = seal;
+        self.seal_key.store(seal.key(), Ordering::Release);
+        self.seal_from.store(seal.from(), Ordering::Release);
     }
 
     /// Grows the last segment to the configured size when the log ends inside it (`end`) and

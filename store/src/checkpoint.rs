@@ -17,8 +17,10 @@ use crate::error::{Result, StoreError};
 use crate::mapped::sync_dir;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"SLCP";
-const CHECKPOINT_VERSION: u32 = 1;
-const CHECKPOINT_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
+const CHECKPOINT_VERSION: u32 = 2;
+/// Version 1 had no `sealed_from`.
+const CHECKPOINT_V1_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
+const CHECKPOINT_LEN: usize = CHECKPOINT_V1_LEN + 8;
 
 /// The offsets recorded at the last checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,6 +31,10 @@ pub struct Checkpoint {
     pub dispatched: u64,
     /// When it was written, epoch ms.
     pub written_at_ms: i64,
+    /// Where the commit log's sealed checksums begin (`seal` file), when it has a seal: an
+    /// open that finds this but no `seal` file refuses instead of making a new one, which
+    /// would leave every record written since unverifiable for good.
+    pub sealed_from: Option<u64>,
 }
 
 impl Checkpoint {
@@ -39,24 +45,29 @@ impl Checkpoint {
         out.extend_from_slice(&self.flushed.to_be_bytes());
         out.extend_from_slice(&self.dispatched.to_be_bytes());
         out.extend_from_slice(&self.written_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.sealed_from.unwrap_or(u64::MAX).to_be_bytes());
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != CHECKPOINT_LEN || &b[..4] != CHECKPOINT_MAGIC {
+        if ![CHECKPOINT_V1_LEN, CHECKPOINT_LEN].contains(&b.len()) || &b[..4] != CHECKPOINT_MAGIC {
             return None;
         }
-        let (body, crc) = b.split_at(CHECKPOINT_LEN - 4);
+        let (body, crc) = b.split_at(b.len() - 4);
         if crc32fast::hash(body).to_be_bytes() != crc {
             return None;
         }
         let u64_at = |p: usize| u64::from_be_bytes(b[p..p + 8].try_into().expect("8 bytes"));
+        let sealed_from = (b.len() == CHECKPOINT_LEN)
+            .then(|| u64_at(32))
+            .filter(|from| *from != u64::MAX);
         Some(Self {
             flushed: u64_at(8),
             dispatched: u64_at(16),
             written_at_ms: u64_at(24) as i64,
+            sealed_from,
         })
     }
 
@@ -233,9 +244,25 @@ mod tests {
             flushed: 10,
             dispatched: 7,
             written_at_ms: 99,
+            sealed_from: Some(4),
         };
         cp.store(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(cp));
+        let unsealed = Checkpoint {
+            sealed_from: None,
+            ..cp
+        };
+        unsealed.store(&path).unwrap();
+        assert_eq!(Checkpoint::load(&path).unwrap(), Some(unsealed));
+        // A version-1 file (no seal field) still reads.
+        let mut v1 = std::fs::read(&path).unwrap();
+        v1.truncate(CHECKPOINT_V1_LEN - 4);
+        v1[4..8].copy_from_slice(&1u32.to_be_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        std::fs::write(&path, &v1).unwrap();
+        assert_eq!(Checkpoint::load(&path).unwrap(), Some(unsealed));
+        cp.store(&path).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;
         std::fs::write(&path, &bytes).unwrap();

@@ -50,8 +50,9 @@ pub(crate) struct CommitLog {
 pub const STORED_RECORD_MAX: usize = i32::MAX as usize;
 
 /// Where the log's data ends if a segment file is shorter than its place in the log (cut by
-/// an operator or a tool; [`CommitLog::open`] pads such a file with zeros): the end of the
-/// first such file. Looked at before the open pads anything.
+/// an operator or a tool; [`CommitLog::open`] pads such a file with zeros when a later one
+/// follows it, and [`CommitLog::grow_last`] the last one after recovery): the end of the
+/// first such file. Looked at before anything is padded.
 pub(crate) fn short_file_end(dir: &Path, segment_size: u64) -> Result<Option<u64>> {
     if !dir.exists() {
         return Ok(None);

@@ -341,10 +341,12 @@ impl Dispatcher {
                 }
             }
         }
+        let seal = self.log.seal();
         Checkpoint {
             flushed,
             dispatched: self.synced_to.load(Ordering::Acquire),
             written_at_ms: now_ms(),
+            sealed_from: (seal != crate::framing::Seal::PLAIN).then(|| seal.from()),
         }
         .store(path)
     }

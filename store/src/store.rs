@@ -139,6 +139,19 @@ impl Store {
         let clean = !checkpoint::mark_running(&cfg.data_dir)?;
         let cp_path = cfg.data_dir.join("checkpoint");
         let cp = Checkpoint::load(&cp_path)?;
+        let sealed = seal::load(&cfg.data_dir)?;
+        if let Some(from) = cp
+            .as_ref()
+            .and_then(|c| c.sealed_from)
+            .filter(|_| sealed.is_none())
+        {
+            return Err(StoreError::Recovery(format!(
+                "{} is missing, but the checkpoint says the commit log's checksums have started \
+                 from its secret since offset {from}: records written since cannot be verified \
+                 without it. Restore the `seal` file from this folder's backup",
+                cfg.data_dir.join("seal").display()
+            )));
+        }
         let cq_root = cfg.data_dir.join("consumequeue");
         // Derived files that are missing are rebuilt by dispatching the whole log again.
         let rebuild_all = cp.is_none() || !cq_root.exists() || !cfg.data_dir.join("index").exists();
@@ -151,7 +164,6 @@ impl Store {
                 return Err(recovery::missing(end, "a segment file cut short", flushed));
             }
         }
-        let sealed = seal::load(&cfg.data_dir)?;
         let log = Arc::new(CommitLog::open(
             &log_dir,
             cfg.segment_size,

@@ -489,3 +489,34 @@ fn a_record_forged_inside_a_torn_message_body_is_not_taken_for_a_real_one() {
     assert_eq!(bodies, expected);
     store.shutdown().unwrap();
 }
+
+/// A folder whose `seal` file was lost (a copy that left it behind) is refused while its
+/// checkpoint says it was sealed: making a new seal would leave every record written since
+/// unverifiable for good. With the file back, the folder opens with everything in it.
+#[test]
+fn a_folder_that_lost_its_seal_file_is_refused_until_it_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    let acked = append_seqs(&store, "T", 0, 0..10);
+    store.shutdown().unwrap();
+    drop(store);
+    let seal = dir.path().join("seal");
+    let saved = std::fs::read(&seal).unwrap();
+    std::fs::remove_file(&seal).unwrap();
+    for unclean in [false, true] {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        let err = sluice_store::Store::open(cfg.clone())
+            .map(drop)
+            .expect_err("refused");
+        assert!(err.to_string().contains("Restore the `seal` file"), "{err}");
+        assert!(!seal.exists(), "no new seal was made");
+    }
+    std::fs::write(&seal, &saved).unwrap();
+    let store = open(&cfg);
+    assert!(store.health().damage.is_empty());
+    assert_eq!(read_queue(&store, "T", 0).len(), acked.len());
+    store.shutdown().unwrap();
+}

@@ -168,7 +168,9 @@ impl Default for ClientManager {
 }
 
 impl ClientManager {
-    /// A manager allowing each connection `max_groups_per_connection` memberships.
+    /// A manager allowing each connection `max_groups_per_connection` memberships. A
+    /// heartbeat past the bound is refused whole (none of its groups is refreshed, and they
+    /// expire after `client_expiry` if the client keeps announcing too many).
     pub(crate) fn new(max_groups_per_connection: usize) -> Self {
         Self {
             groups: Mutex::default(),
@@ -196,6 +198,11 @@ impl ClientManager {
         };
         let mut g = self.groups.lock();
         self.check_room(&g, conn.id(), hb)?;
+        if hb.producer_data_set.is_empty() && hb.consumer_data_set.is_empty() {
+            // No entry for a connection of no group: one made after the connection closed
+            // (a heartbeat finishing late) would never be removed.
+            return Ok(Vec::new());
+        }
         let mut changed = Vec::new();
         let Groups {
             producers,

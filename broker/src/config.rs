@@ -10,7 +10,8 @@ use sluice_store::StoreConfig;
 use crate::error::BrokerError;
 
 /// Default of [`BrokerConfig::max_groups_per_connection`]: the most groups one heartbeat may
-/// name, so a client that announces all its groups at once always fits.
+/// name (far more than a client has: a client with that many producer and consumer groups
+/// over one connection, plus groups it only sends for, would be refused).
 pub(crate) const DEFAULT_MAX_GROUPS_PER_CONNECTION: usize = 1024;
 
 /// Name-server settings.

@@ -100,6 +100,11 @@ fn unchanged(snap: &Snapshot, last: &State) -> bool {
         && snap.pending == last.pending
         && snap.done_above_w.len() == last.done_above_w.len()
         && snap.dropped.len() == last.dropped.len()
+        && snap
+            .dropped
+            .iter()
+            .zip(&last.dropped)
+            .all(|(k, (f, p))| (k.fire_ms, k.phys) == (*f, *p))
         && snap.late.len() == last.late.len()
         && snap.verify_until == last.verify_until_ms
         && snap.runs.iter().all(|r| r.max >= snap.w)

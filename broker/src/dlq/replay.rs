@@ -580,7 +580,15 @@ async fn replay_one(
     let qo = m.queue_offset;
     let task = status.id.clone();
     let floor = ctx.store.min_offset(&dlq_topic(&status.group), 0);
-    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo, &task, floor))
+    let (dlq, group) = (Arc::clone(&ctx.dlq), status.group.clone());
+    let running = move || {
+        dlq.all_statuses()
+            .into_iter()
+            .filter(|s| s.group == group && s.state == ReplayState::Running)
+            .map(|s| s.id)
+            .collect()
+    };
+    let recorded = tokio::task::spawn_blocking(move || ledger.record(qo, &task, floor, running))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));

@@ -9,7 +9,7 @@
 //! - `audit.log`: one JSON line per task event (started, resumed, completed, cancelled,
 //!   failed), appended and synced.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +46,9 @@ pub(crate) struct Ledger {
     done: Mutex<BTreeSet<u64>>,
     /// Whole lines in the file (live and dead).
     lines: AtomicU64,
+    /// Lines the last compaction kept: the next waits until the file has grown past twice
+    /// that too, so lines kept for running tasks are not rewritten at every record.
+    kept: AtomicU64,
     /// Held while a line is appended and synced, so `done` is never held across an `fsync`:
     /// `contains` and `count_in` are asked from async code (a replay's scan, `/metrics`).
     writing: Mutex<()>,
@@ -67,6 +70,7 @@ impl Ledger {
             path,
             done: Mutex::new(done),
             lines: AtomicU64::new(lines),
+            kept: AtomicU64::new(0),
             writing: Mutex::new(()),
         })
     }
@@ -91,8 +95,16 @@ impl Ledger {
     }
 
     /// Records `offset` durably, as replayed by `task`; `floor` is the DLQ queue's first
-    /// offset now (lines below it are dead, see the module docs). Blocking.
-    pub(crate) fn record(&self, offset: u64, task: &str, floor: u64) -> Result<(), DlqError> {
+    /// offset now (lines below it are dead, see the module docs). A compaction keeps the lines
+    /// of the tasks `running` names (asked only then): one resumed after a crash counts its
+    /// lines past its saved progress, retention or not. Blocking.
+    pub(crate) fn record(
+        &self,
+        offset: u64,
+        task: &str,
+        floor: u64,
+        running: impl FnOnce() -> HashSet<String>,
+    ) -> Result<(), DlqError> {
         let _writing = self.writing.lock();
         if self.contains(offset) {
             return Ok(());
@@ -107,28 +119,31 @@ impl Ledger {
             done.len() as u64
         };
         let lines = self.lines.fetch_add(1, Ordering::Relaxed) + 1;
-        if lines > 2 * live + COMPACT_SLACK {
+        let kept = self.kept.load(Ordering::Relaxed);
+        if lines > 2 * live.max(kept) + COMPACT_SLACK {
             // Not fatal: the ledger stays right, only longer, and the next append tries again.
-            if let Err(e) = self.compact(floor) {
+            if let Err(e) = self.compact(floor, &running()) {
                 tracing::warn!(path = %self.path.display(), error = %e, "replay ledger not compacted");
             }
         }
         Ok(())
     }
 
-    /// Rewrites the file (atomically) without the lines below `floor`. Called with `writing`
-    /// held.
-    fn compact(&self, floor: u64) -> Result<(), DlqError> {
+    /// Rewrites the file (atomically) without the lines below `floor`, except those of the
+    /// tasks in `keep`. Called with `writing` held.
+    fn compact(&self, floor: u64, keep: &HashSet<String>) -> Result<(), DlqError> {
         let text =
             std::fs::read_to_string(&self.path).map_err(|e| state_err("read", &self.path, e))?;
         let kept: String = text
             .split_inclusive('\n')
             .filter(|l| l.ends_with('\n'))
             .filter(|l| {
-                l.split_whitespace()
+                let mut words = l.split_whitespace();
+                let live = words
                     .next()
                     .and_then(|w| w.parse::<u64>().ok())
-                    .is_some_and(|offset| offset >= floor)
+                    .is_some_and(|offset| offset >= floor);
+                live || words.next().is_some_and(|task| keep.contains(task))
             })
             .collect();
         let count = kept.lines().count() as u64;
@@ -136,6 +151,7 @@ impl Ledger {
             .map_err(|e| state_err("rewrite", &self.path, e))?;
         tracing::info!(path = %self.path.display(), before = self.lines.load(Ordering::Relaxed), after = count, "replay ledger compacted");
         self.lines.store(count, Ordering::Relaxed);
+        self.kept.store(count, Ordering::Relaxed);
         Ok(())
     }
 
@@ -497,7 +513,7 @@ mod tests {
         std::fs::write(&path, b"7\n12").unwrap();
         let ledger = Ledger::load(path.clone()).unwrap();
         assert!(ledger.contains(7) && !ledger.contains(12));
-        ledger.record(13, "t", 0).unwrap();
+        ledger.record(13, "t", 0, HashSet::new).unwrap();
         let again = Ledger::load(path.clone()).unwrap();
         assert!(again.contains(7) && again.contains(13));
         assert!(!again.contains(1213) && !again.contains(12));
@@ -511,7 +527,7 @@ mod tests {
         std::fs::write(&path, b"1\n").unwrap(); // written before lines named their task
         let ledger = Ledger::load(path.clone()).unwrap();
         for (offset, task) in [(2, "a"), (3, "b"), (4, "a"), (6, "a")] {
-            ledger.record(offset, task, 0).unwrap();
+            ledger.record(offset, task, 0, HashSet::new).unwrap();
         }
         let again = Ledger::load(path).unwrap();
         assert!([1, 2, 3, 4, 6].iter().all(|o| again.contains(*o)));
@@ -525,7 +541,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::load(dir.path().join("g")).unwrap();
         for offset in [1, 2, 5, 8, 9] {
-            ledger.record(offset, "t", 0).unwrap();
+            ledger.record(offset, "t", 0, HashSet::new).unwrap();
         }
         assert_eq!(ledger.count_in(0, 10), 5);
         assert_eq!(ledger.count_in(0, 9), 4, "9 is past the end");
@@ -550,12 +566,12 @@ mod tests {
         let path = dir.path().join("g");
         let ledger = Ledger::load(path.clone()).unwrap();
         for offset in 0..20 {
-            ledger.record(offset, "old", 0).unwrap();
+            ledger.record(offset, "old", 0, HashSet::new).unwrap();
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 20);
         // Retention deleted letters 0..18: the floor is 18 from now on.
         for offset in 20..24 {
-            ledger.record(offset, "new", 18).unwrap();
+            ledger.record(offset, "new", 18, HashSet::new).unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "18 old\n19 old\n20 new\n21 new\n22 new\n23 new\n");
@@ -564,7 +580,16 @@ mod tests {
         assert!(!again.contains(17));
         let mine: Vec<u64> = again.recorded_by("new", 0).unwrap().into_iter().collect();
         assert_eq!(mine, [20, 21, 22, 23]);
-        again.record(24, "new", 18).unwrap();
+        again.record(24, "new", 18, HashSet::new).unwrap();
         assert_eq!(again.lines.load(Ordering::Relaxed), 7);
+        // A task still running keeps its lines below the floor (a resume counts them).
+        for offset in 25..40 {
+            again
+                .record(offset, "new", 30, || HashSet::from(["new".to_owned()]))
+                .unwrap();
+        }
+        let kept = again.recorded_by("new", 20).unwrap();
+        assert_eq!(kept.len(), 20, "every line of the running task: 20..40");
+        assert!(!again.recorded_by("old", 0).unwrap().contains(&18));
     }
 }

@@ -16,17 +16,21 @@ pub const TAG: &str = "CancelIfUnpaid";
 /// What `DELETE /v1/topics/{topic}/scheduled/{key}` answered.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CancelAnswer {
-    /// `cancelled`, `already_delivered`, `already_cancelled` (by an earlier call) or
-    /// `not_found`.
+    /// `cancelled`, `already_delivered`, `already_cancelled` (by an earlier call),
+    /// `already_dropped` (the broker gave the timer up as undeliverable) or `not_found`.
     pub result: String,
     /// Messages with that result (`matched` in the answer counts every message of the key).
     pub count: u64,
 }
 
 impl CancelAnswer {
-    /// The timer will never fire (cancelled by this call or an earlier one).
+    /// The timer will never fire (cancelled by this call or an earlier one, or dropped by the
+    /// broker as undeliverable).
     pub fn cancelled(&self) -> bool {
-        self.result == "cancelled" || self.result == "already_cancelled"
+        matches!(
+            self.result.as_str(),
+            "cancelled" | "already_cancelled" | "already_dropped"
+        )
     }
 
     /// The message is already in the topic: the consumer decides.

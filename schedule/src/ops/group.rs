@@ -98,6 +98,17 @@ fn decide(views: &[RecView], refound: &HashSet<u64>, gone_delivered: bool) -> Ne
     }
 }
 
+/// Whether a copy of the message was dropped as undeliverable and none was cancelled: a
+/// retried cancel of a message one copy of which was cancelled and another dropped still
+/// answers "cancelled before".
+fn only_dropped(views: &[RecView]) -> bool {
+    let theirs = || views.iter().filter(|v| !v.ours);
+    theirs().any(|v| v.state == RecState::Dropped)
+        && !theirs().any(|v| {
+            v.state == RecState::Cancelled || (v.state == RecState::Gone && v.kind != Kind::Roll)
+        })
+}
+
 /// What one call has learnt and done for one message, across its rounds.
 #[derive(Debug, Default)]
 struct GroupProgress {
@@ -206,12 +217,7 @@ pub(super) async fn apply_group(
         let (views, generations) = views_of(core, &recs, &p).await?;
         check_gone(core, uniq, &recs, &views, &mut p).await?;
         match decide(&views, &p.refound, p.gone_delivered) {
-            Next::Settled { delivered } => {
-                let dropped = views
-                    .iter()
-                    .any(|v| !v.ours && v.state == RecState::Dropped);
-                return Ok(p.answer(delivered, dropped));
-            }
+            Next::Settled { delivered } => return Ok(p.answer(delivered, only_dropped(&views))),
             Next::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
             Next::Refind(rolls) => {
                 p.refound.extend(rolls);
@@ -556,6 +562,12 @@ mod tests {
         );
         let settled = [fire(RecState::Dropped, 10)];
         assert_eq!(decide_fresh(&settled), Next::Settled { delivered: false });
+        assert!(only_dropped(&settled));
+        let one_cancelled = [fire(RecState::Dropped, 10), fire(RecState::Cancelled, 20)];
+        assert!(
+            !only_dropped(&one_cancelled),
+            "a retried cancel says cancelled"
+        );
         let p = GroupProgress::default();
         assert_eq!(p.answer(false, true), Outcome::AlreadyDropped);
         assert_eq!(p.answer(true, true), Outcome::AlreadyDelivered);

@@ -1,7 +1,10 @@
 //! The put hook that turns a transactional send into a half message (§5.2 "prepare").
 //!
 //! A message is a half message when its sysFlag says PREPARED or it carries `TRAN_MSG=true`
-//! (and is not a COMMIT, which a producer may not forge: the broker refuses that). It is
+//! (and is not a COMMIT). A producer's send typed COMMIT is stored as RocketMQ stores it, as a
+//! visible message; its prepared offset is 0, so recovery's search for torn commits (which
+//! matches a commit record to its half by that offset) can mistake it only for the commit of
+//! a half stored at commit-log offset 0. It is
 //! rewritten to `RMQ_SYS_TRANS_HALF_TOPIC`/0 with the transaction bits cleared (so it is
 //! dispatched to that queue only, never to its real topic), `REAL_TOPIC`, `REAL_QID`,
 //! `__transactionId__` = UNIQ_KEY and `PGROUP` (from the header when the client left it out).

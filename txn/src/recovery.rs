@@ -63,7 +63,8 @@ impl Core {
             from_checkpoint: cp.is_some(),
             ..RebuildReport::default()
         };
-        let cp = cp.unwrap_or_default();
+        let mut cp = cp.unwrap_or_default();
+        self.clamp_to_queues(&mut cp);
         for le in &cp.live {
             match self.read_half(le.cp) {
                 Ok(rec) if rec.id().half_offset == le.q && rec.id().commit_log_offset == le.p => {
@@ -143,6 +144,28 @@ impl Core {
     /// retained half queue: before, every half message there became an entry first (~300
     /// bytes each) and the op replay decided them afterwards, so days of transactional traffic
     /// had to fit in memory at once. One bit per half offset instead.
+    /// A checkpoint can be ahead of the queues it read (a machine crash under async flush, a
+    /// store restored from a backup, a damaged tail recovery cut): new halves and ops then land
+    /// below the offsets it saved. Left there, the tailer would never read those halves (their
+    /// END answered "unknown transaction", no check ever sent), and every later checkpoint
+    /// would save the stale offsets again. So reading starts at most at each queue's end.
+    fn clamp_to_queues(&self, cp: &mut checkpoint::CheckpointData) {
+        let store = self.services.store();
+        let half_end = store.max_offset(TRANS_HALF_TOPIC, 0);
+        let op_end = self.op_max();
+        if cp.half_next > half_end || cp.op_next > op_end {
+            tracing::warn!(
+                saved_half_next = cp.half_next,
+                half_end,
+                saved_op_next = cp.op_next,
+                op_end,
+                "the transaction checkpoint is ahead of its queues (records were lost or the store was restored); reading from the queues' ends"
+            );
+            cp.half_next = cp.half_next.min(half_end);
+            cp.op_next = cp.op_next.min(op_end);
+        }
+    }
+
     fn settled_since(&self, from: u64) -> Settled {
         let store = self.services.store();
         let base = store.min_offset(TRANS_HALF_TOPIC, 0);

@@ -487,3 +487,34 @@ async fn a_commit_pending_at_a_clean_stop_is_completed_at_the_next_start() {
 async fn a_torn_commit_parked_for_a_delivery_time_is_found_and_completed() {
     torn_commit_is_completed_not_repeated(sluice_broker::TIMER_TOPIC, "torn-parked").await;
 }
+
+/// A checkpoint ahead of its queues (a machine crash under async flush, a store restored
+/// from a backup, a damaged tail cut by recovery) used to leave every half stored below its
+/// saved offset unread for good: END answered "unknown transaction" and no check was ever
+/// sent. Reading now starts at most at each queue's end.
+#[tokio::test]
+async fn a_checkpoint_ahead_of_its_queues_does_not_hide_new_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let first = send_half(&c, "k1").await;
+    assert_eq!(end(&c, &first, COMMIT).await.code, 0);
+    drop(c);
+    b.stop().await;
+    let path = checkpoint(dir.path());
+    let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for field in ["half_next", "op_next"] {
+        let v = cp[field].as_u64().unwrap();
+        cp[field] = serde_json::json!(v + 100);
+    }
+    std::fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
+
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let second = send_half(&c, "k2").await;
+    let r = end(&c, &second, COMMIT).await;
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    assert_eq!(visible_keys(&b, &c).await, ["k1", "k2"]);
+    drop(c);
+    b.stop().await;
+}

@@ -251,6 +251,25 @@ impl Core {
         }
         let mut t = self.table.lock();
         if let Some(id) = rec.origin {
+            let listed = {
+                let mut lost = self.lost_listed.lock();
+                let same = lost
+                    .get(&id.half_offset)
+                    .is_some_and(|le| le.p == id.commit_log_offset);
+                same.then(|| lost.remove(&id.half_offset)).flatten()
+            };
+            if let Some(le) = listed {
+                // Listed by the checkpoint, its original gone: this copy is the transaction,
+                // with the progress the checkpoint saved.
+                let mut e = Entry::from_copy(&rec);
+                le.restore(&mut e, rec.header.store_timestamp);
+                e.current = Location {
+                    half_offset: rec.queue_offset,
+                    phys_offset: rec.phys_offset,
+                    store_ms: rec.header.store_timestamp,
+                };
+                return t.insert(e);
+            }
             if t.get(id.half_offset).is_some() || !adopt_copies {
                 t.relocate(
                     id,

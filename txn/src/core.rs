@@ -76,6 +76,11 @@ pub(crate) struct Core {
     /// two tailers interleaving could move `half_next` back over transactions decided and
     /// forgotten meanwhile, which would then be read again as open.
     pub(crate) tailing: Mutex<()>,
+    /// At a restart: undecided transactions the checkpoint listed whose half could not be read
+    /// where it said (retention took the original after a carry-forward the checkpoint did not
+    /// see yet), by half offset. The rebuild's tail adopts them from a newer copy if it finds
+    /// one; what is left is counted lost.
+    pub(crate) lost_listed: Mutex<HashMap<u64, crate::checkpoint::LiveEntry>>,
 }
 
 impl std::fmt::Debug for Core {

@@ -146,6 +146,7 @@ impl TxnExtension {
             carry_failed: Mutex::new(std::collections::HashMap::new()),
             pacer: Mutex::new(crate::pace::Pacer::default()),
             tailing: Mutex::new(()),
+            lost_listed: Mutex::new(HashMap::new()),
         });
         self.shared.fresh.lock().clear();
         let (report, torn) = core.rebuild();

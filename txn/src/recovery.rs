@@ -73,12 +73,11 @@ impl Core {
                     report.listed += usize::from(self.table.lock().insert(e));
                 }
                 other => {
-                    report.lost += 1;
-                    Counters::inc(&self.counters().lost_at_restart);
                     let reason = other
                         .map(|r| format!("another record ({:?})", r.id()))
                         .unwrap_or_else(|e| e.to_string());
-                    tracing::error!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "undecided transaction lost at restart: its half message is unreadable");
+                    tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "undecided transaction's half unreadable where the checkpoint says; looking for a newer copy");
+                    self.lost_listed.lock().insert(le.q, le.clone());
                 }
             }
         }
@@ -91,6 +90,11 @@ impl Core {
             Some(&settled),
         );
         drop(settled);
+        for le in std::mem::take(&mut *self.lost_listed.lock()).into_values() {
+            report.lost += 1;
+            Counters::inc(&self.counters().lost_at_restart);
+            tracing::error!(half_offset = le.q, commit_log_offset = le.p, "undecided transaction lost at restart: neither its half message nor a copy of it is readable");
+        }
         let counted = journal::load(&self.state_dir);
         let (armed_before, same) = self.apply_journal_same_arming(&counted);
         report.ops_replayed = self.replay_ops(cp.op_next);

@@ -518,3 +518,41 @@ async fn a_checkpoint_ahead_of_its_queues_does_not_hide_new_transactions() {
     drop(c);
     b.stop().await;
 }
+
+/// The checkpoint lists an undecided transaction whose original half is gone (retention took
+/// it) while a carry-forward copy lies past the checkpoint's `half_next` (stored after it
+/// was written). The copy used to be ignored at the restart and the transaction counted
+/// lost; it is now adopted with the progress the checkpoint saved.
+#[tokio::test]
+async fn a_listed_transaction_whose_original_is_gone_is_found_again_through_its_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quiet();
+    cfg.carry_forward_after = Some(Duration::from_millis(200));
+    let b = TestBroker::start(dir.path(), cfg.clone()).await;
+    let c = b.client().await;
+    let s = send_half(&c, "old").await;
+    let svc = b.txn.service();
+    assert!(eventually(WAIT, || svc.metrics().carried_forward >= 1).await);
+    let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
+    drop(c);
+    b.stop().await;
+
+    // As if the checkpoint predates the copy, and the half it points at is gone.
+    let path = checkpoint(dir.path());
+    let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cp["half_next"] = serde_json::json!(view.current_half_offset);
+    let live = cp["live"].as_array_mut().unwrap();
+    assert_eq!(live.len(), 1);
+    live[0]["cp"] = serde_json::json!(1u64 << 40);
+    std::fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
+
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let svc = b.txn.service();
+    assert_eq!(svc.metrics().lost_at_restart, 0);
+    assert!(svc.get(s.queue_offset as u64).unwrap().is_some());
+    assert_eq!(end(&c, &s, COMMIT).await.code, 0);
+    assert_eq!(visible_keys(&b, &c).await, ["old"]);
+    drop(c);
+    b.stop().await;
+}

@@ -273,22 +273,30 @@ async fn check_counts_sent_after_the_last_checkpoint_survive_through_the_journal
     b.stop().await;
 }
 
-#[tokio::test]
-async fn an_old_undecided_half_message_is_carried_forward_under_the_same_identity() {
-    let dir = tempfile::tempdir().unwrap();
+/// Sends one half message ("old") that nobody ends, waits until it has been carried forward
+/// `times` times, and stops the broker; returns the send and the transaction's last view.
+async fn carried_forward(dir: &Path, times: u64) -> (Sent, sluice_txn::TxnView) {
     let mut cfg = quiet();
     cfg.carry_forward_after = Some(Duration::from_millis(200));
-    let b = TestBroker::start(dir.path(), cfg.clone()).await;
+    let b = TestBroker::start(dir, cfg).await;
     let c = b.client().await;
     let s = send_half(&c, "old").await;
     let svc = b.txn.service();
     assert!(
-        eventually(WAIT, || svc.metrics().carried_forward >= 2).await,
+        eventually(WAIT, || svc.metrics().carried_forward >= times).await,
         "carried forward again and again while it waits"
     );
     let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
     assert!(view.current_half_offset > view.half_offset);
+    drop(c);
     b.stop().await;
+    (s, view)
+}
+
+#[tokio::test]
+async fn an_old_undecided_half_message_is_carried_forward_under_the_same_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = carried_forward(dir.path(), 2).await;
 
     // Even without the checkpoint, the copies lead back to the same single transaction.
     std::fs::remove_file(checkpoint(dir.path())).unwrap();
@@ -526,16 +534,7 @@ async fn a_checkpoint_ahead_of_its_queues_does_not_hide_new_transactions() {
 #[tokio::test]
 async fn a_listed_transaction_whose_original_is_gone_is_found_again_through_its_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = quiet();
-    cfg.carry_forward_after = Some(Duration::from_millis(200));
-    let b = TestBroker::start(dir.path(), cfg.clone()).await;
-    let c = b.client().await;
-    let s = send_half(&c, "old").await;
-    let svc = b.txn.service();
-    assert!(eventually(WAIT, || svc.metrics().carried_forward >= 1).await);
-    let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
-    drop(c);
-    b.stop().await;
+    let (s, view) = carried_forward(dir.path(), 1).await;
 
     // As if the checkpoint predates the copy, and the half it points at is gone.
     let path = checkpoint(dir.path());

@@ -9,7 +9,6 @@
 //!    checks leave through the check journal, `journal`).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,8 +207,6 @@ impl Core {
                 break;
             }
         }
-        let read = self.table.lock().half_next;
-        self.shared.half_read.store(read, Ordering::Relaxed);
         added
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -29,11 +29,6 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Live (undecided) transactions, for the hook's `max_open` check.
     pub(crate) live: Arc<AtomicUsize>,
-    /// One past the newest half message stored in this run (its half-queue offset), and the
-    /// tailer's `half_next` after its last round: the halves between are stored but not yet
-    /// in `live`, and count toward `max_open` too.
-    pub(crate) half_put_end: AtomicU64,
-    pub(crate) half_read: AtomicU64,
     /// Hooks the committed message goes through (the schedule seam).
     pub(crate) commit_hooks: RwLock<Vec<Arc<dyn PutHook>>>,
     pub(crate) url_sink: RwLock<Option<Arc<dyn CheckSink>>>,
@@ -74,8 +69,6 @@ impl TxnExtension {
                 cfg: config,
                 counters: Counters::default(),
                 live: Arc::new(AtomicUsize::new(0)),
-                half_put_end: AtomicU64::new(0),
-                half_read: AtomicU64::new(0),
                 commit_hooks: RwLock::new(Vec::new()),
                 url_sink: RwLock::new(None),
                 group_sinks: RwLock::new(HashMap::new()),

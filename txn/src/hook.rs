@@ -70,20 +70,12 @@ impl PutHook for TxnPutHook {
                 "batch message does not support transaction",
             );
         }
-        // Halves stored but not yet read by the tailer (up to a tick behind) are open too:
-        // counting only the table let a client that never ends its transactions store far
-        // past the limit between two ticks.
-        let unread = self
-            .shared
-            .half_put_end
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.shared.half_read.load(Ordering::Relaxed));
-        let open = self.shared.live.load(Ordering::Relaxed) + unread as usize;
-        if open >= self.shared.cfg.max_open {
+        let live = self.shared.live.load(Ordering::Relaxed);
+        if live >= self.shared.cfg.max_open {
             return reject(
                 code::SYSTEM_BUSY,
                 format!(
-                    "[REJECTREQUEST] {open} transactions are open, the limit is {}",
+                    "[REJECTREQUEST] {live} transactions are open, the limit is {}",
                     self.shared.cfg.max_open
                 ),
             );
@@ -99,13 +91,8 @@ impl PutHook for TxnPutHook {
     /// Keeps a half message just stored for its END_TRANSACTION (see `fresh`), with the
     /// header a read of its record would return (the broker's own address included).
     fn after_put(&self, stored: &mut Stored<'_>) {
-        if stored.msg.topic != TRANS_HALF_TOPIC {
-            return;
-        }
-        let end = u64::try_from(stored.at.queue_offset).unwrap_or(0) + 1;
-        self.shared.half_put_end.fetch_max(end, Ordering::Relaxed);
         let budget = self.shared.cfg.fresh_half_bytes;
-        if budget == 0 {
+        if stored.msg.topic != TRANS_HALF_TOPIC || budget == 0 {
             return;
         }
         let Some(store_host) = self

@@ -244,6 +244,8 @@ impl Core {
         };
         let id = rec.origin.unwrap_or_else(|| rec.id());
         if settled.is_some_and(|s| s.contains(id.half_offset)) {
+            // Decided by an op after the checkpoint: not lost, whatever became of its half.
+            self.lost_listed.lock().remove(&id.half_offset);
             return false;
         }
         let mut t = self.table.lock();

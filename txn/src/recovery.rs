@@ -167,6 +167,13 @@ impl Core {
             );
             cp.half_next = cp.half_next.min(half_end);
             cp.op_next = cp.op_next.min(op_end);
+            // An entry's last op at or past the op queue's end is gone: kept, it would make
+            // the replay skip the entry's next ops stored at the offsets lost.
+            for le in &mut cp.live {
+                if le.op.is_some_and(|op| op >= op_end) {
+                    le.op = None;
+                }
+            }
         }
     }
 

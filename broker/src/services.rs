@@ -155,14 +155,20 @@ impl BrokerServices {
     /// `max_topics`, so groups that no longer exist (or were invented) would hold that room
     /// for good. A member's next heartbeat creates it again.
     fn retry_topic_unused(&self, name: &str, group: &str) -> Result<(), String> {
-        let leased = self.ctx.leases.get().is_some_and(|l| l.has_book(group));
-        if self.ctx.clients.has_consumer_group(group) || leased {
+        if self.group_has_members(group) {
             return Err(format!(
                 "{name} is the retry topic of consumer group {group}, which has members; \
                  it can be deleted once they are gone"
             ));
         }
         Ok(())
+    }
+
+    /// Whether a consumer group has a member: a TCP connection in the group, or an HTTP
+    /// lease book.
+    fn group_has_members(&self, group: &str) -> bool {
+        let leased = self.ctx.leases.get().is_some_and(|l| l.has_book(group));
+        self.ctx.clients.has_consumer_group(group) || leased
     }
 
     /// Creates or updates a topic (saved in the background; name servers hear of it).
@@ -254,17 +260,13 @@ impl BrokerServices {
     /// an HTTP lease book): they would commit again, or start over from where a group without
     /// offsets starts.
     pub fn delete_group_offsets(&self, group: &str) -> Result<usize, String> {
-        let has_members = || {
-            let leased = self.ctx.leases.get().is_some_and(|l| l.has_book(group));
-            self.ctx.clients.has_consumer_group(group) || leased
-        };
-        if has_members() {
+        if self.group_has_members(group) {
             return Err(format!(
                 "consumer group {group} has members; its offsets can be deleted once they are gone"
             ));
         }
         let topics = self.ctx.offsets.remove_group(group);
-        if has_members() {
+        if self.group_has_members(group) {
             // Joined between the check and the removal: nothing holds both still.
             tracing::warn!(
                 group,

@@ -98,15 +98,9 @@ fn decide(views: &[RecView], refound: &HashSet<u64>, gone_delivered: bool) -> Ne
     }
 }
 
-/// Whether a copy of the message was dropped as undeliverable and none was cancelled: a
-/// retried cancel of a message one copy of which was cancelled and another dropped still
-/// answers "cancelled before".
+/// [`super::dropped_not_cancelled`] over the records this call did not write.
 fn only_dropped(views: &[RecView]) -> bool {
-    let theirs = || views.iter().filter(|v| !v.ours);
-    theirs().any(|v| v.state == RecState::Dropped)
-        && !theirs().any(|v| {
-            v.state == RecState::Cancelled || (v.state == RecState::Gone && v.kind != Kind::Roll)
-        })
+    super::dropped_not_cancelled(views.iter().filter(|v| !v.ours).map(|v| (v.kind, v.state)))
 }
 
 /// What one call has learnt and done for one message, across its rounds.

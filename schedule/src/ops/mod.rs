@@ -273,7 +273,7 @@ fn list_state(recs: &[Found], states: &[RecState]) -> ListState {
         });
     let otherwise = if waiting {
         MessageState::Pending
-    } else if states.contains(&RecState::Dropped) {
+    } else if dropped_not_cancelled(recs.iter().map(|f| f.kind).zip(states.iter().copied())) {
         MessageState::Dropped
     } else {
         MessageState::Cancelled
@@ -287,6 +287,16 @@ fn list_state(recs: &[Found], states: &[RecState]) -> ListState {
     } else {
         ListState::Lookup { offsets, otherwise }
     }
+}
+
+/// Whether a message whose records stand as given was dropped as undeliverable and not
+/// cancelled: a copy dropped, none cancelled (a fire gone from memory and not found
+/// delivered was cancelled). Cancels and listings answer by this one rule.
+fn dropped_not_cancelled(records: impl Iterator<Item = (Kind, RecState)> + Clone) -> bool {
+    let cancelled = |(kind, s): (Kind, RecState)| {
+        s == RecState::Cancelled || (s == RecState::Gone && kind != Kind::Roll)
+    };
+    records.clone().any(|(_, s)| s == RecState::Dropped) && !records.into_iter().any(cancelled)
 }
 
 fn describe(f: &Found, uniq: String, state: MessageState) -> ScheduledMessage {

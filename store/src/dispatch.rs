@@ -134,7 +134,7 @@ impl Dispatcher {
                     continue;
                 }
                 Probe::Empty | Probe::Invalid(_) => {
-                    pos = self.skip_damage(pos, seg);
+                    pos = self.skip_damage(pos, seg, to);
                     continue;
                 }
             };
@@ -205,22 +205,26 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Steps over a damaged range: a known one, or one found now (recorded as damage).
-    fn skip_damage(&self, pos: u64, seg: &Segment) -> u64 {
+    /// Steps over a damaged range: a known one, or one found now (recorded as damage). The
+    /// search for the next valid record stops at `to`: past it the appender may be writing,
+    /// and a record found there would have made every record between `to` and it "damage"
+    /// that was never dispatched. Damage reaching past `to` is stepped over by the next call.
+    fn skip_damage(&self, pos: u64, seg: &Segment, to: u64) -> u64 {
         if let Some(end) = self.damage.range_end(pos) {
             return end;
         }
         let rel = (pos - seg.base) as usize;
         let bytes = seg.file.as_slice();
+        let until = usize::try_from(to.min(seg.end()) - seg.base).unwrap_or(bytes.len());
         let next = framing::find_next_valid(
             bytes,
             rel + 1,
-            bytes.len(),
+            until,
             seg.base,
             self.log.max_record(),
             self.log.seal(),
         );
-        let end = next.map_or(seg.end(), |(p, _)| seg.base + p as u64);
+        let end = next.map_or(to.min(seg.end()), |(p, _)| seg.base + p as u64);
         self.damage.record(
             seg.file.path(),
             pos - seg.base,

@@ -146,6 +146,10 @@ pub struct BrokerConfig {
     /// it the oldest finished ones are forgotten (their audit lines stay). Running tasks
     /// always count. Default 1 000.
     pub replays_kept: usize,
+    /// Size past which the DLQ replay audit log (`config/dlq/audit.log`) is renamed to
+    /// `audit.log.1`, replacing the one before: between one and two of these are kept.
+    /// Default 16 MiB.
+    pub audit_log_max_bytes: u64,
     /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
     /// TLS when registering with name servers (needed when they are TLS-only). Default `None`.
@@ -191,6 +195,7 @@ impl BrokerConfig {
             idle_timeout: crate::remoting::server::IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
             replays_kept: 1_000,
+            audit_log_max_bytes: 16 << 20,
             tls: None,
             namesrv_tls: None,
             store,
@@ -218,6 +223,10 @@ impl BrokerConfig {
             ),
             ("max_parked_pulls", self.max_parked_pulls),
             ("replays_kept", self.replays_kept),
+            (
+                "audit_log_max_bytes",
+                usize::try_from(self.audit_log_max_bytes).unwrap_or(usize::MAX),
+            ),
             ("max_topics", self.max_topics),
             (
                 "default_topic_queue_nums",

@@ -124,6 +124,9 @@ pub struct BrokerSection {
     /// Finished DLQ replay tasks kept (listed by `GET /v1/replays`, one small file each);
     /// the oldest finished ones are forgotten past it. Default 1 000.
     pub replays_kept: usize,
+    /// Size past which the DLQ replay audit log is rotated to `audit.log.1` (the one before
+    /// is dropped). Default 16 MiB.
+    pub audit_log_max_bytes: u64,
     /// Most topics the broker holds (auto-created, retry and admin-created alike); past it a
     /// new topic is refused. The broker's own topics are always created. Default 10 000.
     pub max_topics: usize,
@@ -312,6 +315,7 @@ impl Default for BrokerSection {
             drain_timeout_ms: 10_000,
             offset_flush_interval_ms: 5_000,
             replays_kept: 1_000,
+            audit_log_max_bytes: 16 << 20,
             max_topics: 10_000,
         }
     }
@@ -677,6 +681,7 @@ impl ServerConfig {
         b.drain_timeout = Duration::from_millis(self.broker.drain_timeout_ms);
         b.offset_flush_interval = Duration::from_millis(self.broker.offset_flush_interval_ms);
         b.replays_kept = self.broker.replays_kept;
+        b.audit_log_max_bytes = self.broker.audit_log_max_bytes;
         b.max_topics = self.broker.max_topics;
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();

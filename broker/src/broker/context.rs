@@ -80,6 +80,7 @@ impl BrokerContext {
         let dlq = Arc::new(crate::dlq::state::DlqState::new(
             &cfg.store.data_dir,
             cfg.replays_kept,
+            cfg.audit_log_max_bytes,
         ));
         let clients = ClientManager::new(cfg.max_groups_per_connection);
         let parked = Arc::new(crate::longpoll::ParkedPerConnection::new(

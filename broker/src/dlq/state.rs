@@ -7,7 +7,9 @@
 //!   never listed or replayed again) are dropped by rewriting the file atomically once it
 //!   holds over twice the live lines (and at least `COMPACT_SLACK` more).
 //! - `audit.log`: one JSON line per task event (started, resumed, completed, cancelled,
-//!   failed), appended and synced.
+//!   failed), appended and synced. Once the next line would take it past
+//!   `audit_log_max_bytes` it is renamed to `audit.log.1` (replacing the one before) and a
+//!   new one is started, so the history kept is bounded (between one and two caps' worth).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -229,11 +231,13 @@ pub(crate) struct DlqState {
     ledgers: Mutex<HashMap<String, Arc<Ledger>>>,
     runners: Mutex<Vec<JoinHandle<()>>>,
     audit_lock: Mutex<()>,
+    /// Size past which `audit.log` is rotated (see the module docs).
+    audit_max: u64,
     seq: AtomicU64,
 }
 
 impl DlqState {
-    pub(crate) fn new(data_dir: &Path, kept: usize) -> Self {
+    pub(crate) fn new(data_dir: &Path, kept: usize, audit_max: u64) -> Self {
         Self {
             dir: crate::state_file::config_dir(data_dir).join("dlq"),
             kept,
@@ -241,6 +245,7 @@ impl DlqState {
             ledgers: Mutex::new(HashMap::new()),
             runners: Mutex::new(Vec::new()),
             audit_lock: Mutex::new(()),
+            audit_max,
             seq: AtomicU64::new(0),
         }
     }
@@ -428,20 +433,45 @@ impl DlqState {
         let path = self.dir.join("audit.log");
         // The audit log is never loaded: its torn last line is cut here (events are rare).
         cut_torn_line(&path).map_err(|e| state_err("repair the torn last line of", &path, e))?;
+        self.rotate_audit(&path, line.len() as u64)?;
         append_line(&path, &line)
     }
 
+    /// Renames a full `audit.log` to `audit.log.1` before a line that would take it past
+    /// `audit_max`: a script replaying one letter at a time adds lines for ever. A file
+    /// already empty is never rotated, so one line larger than the cap is still written.
+    fn rotate_audit(&self, path: &Path, adding: u64) -> Result<(), DlqError> {
+        let len = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(state_err("inspect", path, e)),
+        };
+        if len == 0 || len.saturating_add(adding) <= self.audit_max {
+            return Ok(());
+        }
+        let old = path.with_extension("log.1");
+        std::fs::rename(path, &old).map_err(|e| state_err("rotate", path, e))?;
+        // Synced, or a power cut could bring the full file back under the new lines' name.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| state_err("sync the folder of", path, e))?;
+        tracing::info!(path = %old.display(), bytes = len, "DLQ audit log rotated");
+        Ok(())
+    }
+
+    /// The audit lines kept, oldest first: the rotated file's, then the current one's.
     pub(crate) fn read_audit(&self) -> Result<Vec<AuditRecord>, DlqError> {
         let path = self.dir.join("audit.log");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(state_err("read", &path, e)),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        let mut out = Vec::new();
+        for p in [path.with_extension("log.1"), path] {
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(state_err("read", &p, e)),
+            };
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+        Ok(out)
     }
 }
 
@@ -502,6 +532,69 @@ fn state_err(op: &str, path: &Path, e: impl std::fmt::Display) -> DlqError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(id: &str) -> ReplayStatus {
+        ReplayStatus {
+            id: id.to_owned(),
+            group: "g".to_owned(),
+            filter: Default::default(),
+            target_topic: None,
+            rate_per_sec: 1,
+            dry_run: false,
+            max_messages: None,
+            requested_by: None,
+            state: ReplayState::Completed,
+            next_offset: 0,
+            end_offset: 0,
+            matched: 0,
+            replayed: 0,
+            skipped: 0,
+            failed: 0,
+            error: None,
+            created_ms: 0,
+            updated_ms: 0,
+            resumes: 0,
+        }
+    }
+
+    /// A script replaying one letter at a time grew `audit.log` for ever: past the cap it
+    /// is rotated to `audit.log.1` (the one before dropped), and reads see both, in order.
+    #[test]
+    fn the_audit_log_is_rotated_past_its_cap_and_read_across_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = serde_json::to_string(&AuditRecord {
+            ts_ms: sluice_store::now_ms(),
+            event: "completed".into(),
+            task: task("replay-00"),
+        })
+        .unwrap()
+        .len() as u64
+            + 1;
+        // Room for three lines per file.
+        let state = DlqState::new(dir.path(), 10, one * 3 + one / 2);
+        for i in 0..10 {
+            state
+                .audit("completed", &task(&format!("replay-{i:02}")))
+                .unwrap();
+        }
+        let log = state.dir.join("audit.log");
+        let current = std::fs::metadata(&log).unwrap().len();
+        let rotated = std::fs::metadata(log.with_extension("log.1"))
+            .unwrap()
+            .len();
+        assert!(
+            current <= one * 3 && rotated <= one * 3,
+            "{current} / {rotated}"
+        );
+        let ids: Vec<String> = state
+            .read_audit()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.task.id)
+            .collect();
+        // Files of three lines: [0..2] and [3..5] are gone, [6..8] were rotated last.
+        assert_eq!(ids, ["replay-06", "replay-07", "replay-08", "replay-09"]);
+    }
 
     /// A power cut left `12` without its newline; the next record used to join it, and the
     /// reloaded ledger then held 1213 (never replayed) and lost both 12 and 13.

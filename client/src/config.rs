@@ -37,6 +37,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How often routes are fetched again (RocketMQ's `pollNameServerInterval`). Default 30 s.
     pub route_refresh_interval: Duration,
+    /// A topic's cached route unused (no send, rebalance or pull needed it) for this long is
+    /// forgotten at the next refresh, and fetched again when it is next needed. Default
+    /// 10 min.
+    pub route_idle_expiry: Duration,
     /// How often every known broker gets a heartbeat. Default 30 s.
     pub heartbeat_interval: Duration,
     /// Largest body accepted for sending. Default 4 MiB, the broker's default.
@@ -63,6 +67,7 @@ impl ClientConfig {
             rpc_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
             route_refresh_interval: Duration::from_secs(30),
+            route_idle_expiry: Duration::from_secs(600),
             heartbeat_interval: Duration::from_secs(30),
             max_message_size: 4 * 1024 * 1024,
             binary_headers: true,
@@ -197,6 +202,7 @@ impl ClientConfig {
             ("rpc_timeout", self.rpc_timeout),
             ("connect_timeout", self.connect_timeout),
             ("route_refresh_interval", self.route_refresh_interval),
+            ("route_idle_expiry", self.route_idle_expiry),
             ("heartbeat_interval", self.heartbeat_interval),
         ];
         for (name, d) in durations {

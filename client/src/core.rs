@@ -4,9 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::UniqKeyGenerator;
@@ -35,13 +35,22 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// How long a route lookup waits for the first heartbeats to the brokers it found.
 const FIRST_GREETING_WAIT: Duration = Duration::from_secs(1);
 
+/// A cached route and its last use (ms since `ClientCore::born`).
+struct CachedRoute {
+    route: Arc<TopicRoute>,
+    used_ms: AtomicU64,
+}
+
 /// Shared machinery of one client.
 pub(crate) struct ClientCore {
     pub(crate) cfg: ClientConfig,
     pub(crate) client_id: String,
     pub(crate) pool: Pool,
     pub(crate) uniq: UniqKeyGenerator,
-    routes: RwLock<HashMap<String, Arc<TopicRoute>>>,
+    /// Routes by topic, each with when it was last used (see [`Self::refresh_routes`]).
+    routes: RwLock<HashMap<String, CachedRoute>>,
+    /// The clock `CachedRoute::used_ms` counts from.
+    born: Instant,
     /// Broker name to master address, across every route seen: a message's broker stays
     /// reachable for send-back and END_TRANSACTION even if a refresh drops it.
     masters: RwLock<HashMap<String, String>>,
@@ -70,6 +79,7 @@ impl ClientCore {
                 .with_binary_headers(cfg.binary_headers),
             uniq: UniqKeyGenerator::new(ip),
             routes: RwLock::new(HashMap::new()),
+            born: Instant::now(),
             masters: RwLock::new(HashMap::new()),
             greeted: Mutex::new(HashSet::new()),
             heartbeat: RwLock::new(HeartbeatData::default()),
@@ -92,9 +102,16 @@ impl ClientCore {
         self.fetch_route(topic).await
     }
 
-    /// The cached route of `topic`.
+    /// The cached route of `topic` (which counts as a use of it).
     pub(crate) fn cached_route(&self, topic: &str) -> Option<Arc<TopicRoute>> {
-        self.routes.read().get(topic).cloned()
+        let routes = self.routes.read();
+        let cached = routes.get(topic)?;
+        cached.used_ms.store(self.now_ms(), Ordering::Relaxed);
+        Some(Arc::clone(&cached.route))
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// A producer's route: the topic's own (writable or not), or for a topic the name servers
@@ -128,13 +145,34 @@ impl ClientCore {
         }
     }
 
-    /// Fetches the route of `topic` from the name servers and caches it.
+    /// Fetches the route of `topic` from the name servers and caches it (a use of it).
     pub(crate) async fn fetch_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        self.fetch_and_cache(topic, true).await
+    }
+
+    /// `used`: the caller needs the route now; a refresh does not, and keeps the route's
+    /// last use as it was, or no route would ever go idle.
+    async fn fetch_and_cache(
+        &self,
+        topic: &str,
+        used: bool,
+    ) -> Result<Arc<TopicRoute>, ClientError> {
         let data = self.query_route(topic).await?;
         let route = Arc::new(TopicRoute::new(topic, &data, None));
-        self.routes
-            .write()
-            .insert(topic.to_owned(), Arc::clone(&route));
+        {
+            let mut routes = self.routes.write();
+            let used_ms = match routes.get(topic) {
+                Some(old) if !used => old.used_ms.load(Ordering::Relaxed),
+                _ => self.now_ms(),
+            };
+            routes.insert(
+                topic.to_owned(),
+                CachedRoute {
+                    route: Arc::clone(&route),
+                    used_ms: AtomicU64::new(used_ms),
+                },
+            );
+        }
         self.learn_brokers(&route).await;
         Ok(route)
     }
@@ -240,14 +278,33 @@ impl ClientCore {
             .ok_or_else(|| ClientError::BrokerNotFound(broker_name.to_owned()))
     }
 
-    /// Fetches every cached route again; a failure keeps the old route.
+    /// Forgets the routes unused for `route_idle_expiry`, then fetches the others again; a
+    /// failure keeps the old route. A producer that sent once to each of many topics (one per
+    /// tenant, per day) kept every route and asked the name servers for all of them at every
+    /// refresh, for ever.
     pub(crate) async fn refresh_routes(&self) {
+        self.forget_idle_routes();
         let topics: Vec<String> = self.routes.read().keys().cloned().collect();
         for topic in topics {
-            if let Err(e) = self.fetch_route(&topic).await {
+            if let Err(e) = self.fetch_and_cache(&topic, false).await {
                 tracing::debug!(topic = %topic, error = %e, "route refresh failed; keeping the cached route");
             }
         }
+    }
+
+    fn forget_idle_routes(&self) {
+        self.forget_routes_idle_at(self.now_ms());
+    }
+
+    fn forget_routes_idle_at(&self, now: u64) {
+        let idle = u64::try_from(self.cfg.route_idle_expiry.as_millis()).unwrap_or(u64::MAX);
+        self.routes.write().retain(|topic, cached| {
+            let keep = now.saturating_sub(cached.used_ms.load(Ordering::Relaxed)) < idle;
+            if !keep {
+                tracing::debug!(topic = %topic, "route unused for route_idle_expiry; forgotten");
+            }
+            keep
+        });
     }
 
     /// Every broker address of every cached route.
@@ -256,7 +313,7 @@ impl ClientCore {
             .routes
             .read()
             .values()
-            .flat_map(|r| r.addrs.iter().cloned())
+            .flat_map(|r| r.route.addrs.iter().cloned())
             .collect();
         addrs.extend(self.masters.read().values().cloned());
         addrs.sort();
@@ -370,5 +427,34 @@ mod tests {
             (c.client_id.as_str(), d.client_id.as_str()),
             ("127.0.0.1@billing-1", "127.0.0.1@billing-1")
         );
+    }
+
+    /// A producer that sent once to each of many topics kept every route, and asked the name
+    /// servers for all of them at every refresh, for ever: a route no send, rebalance or pull
+    /// used for `route_idle_expiry` is forgotten, and a look-up counts as a use.
+    #[tokio::test]
+    async fn routes_unused_for_the_idle_expiry_are_forgotten_and_used_ones_kept() {
+        let mut cfg = ClientConfig::new("127.0.0.1:9876");
+        cfg.route_idle_expiry = Duration::from_secs(600);
+        let (tx, _rx) = mpsc::channel(1);
+        let core = ClientCore::new(cfg, tx).unwrap();
+        let hour = 3_600_000;
+        for (topic, used_ms) in [("Used", hour), ("Idle", 0)] {
+            let route = Arc::new(TopicRoute::new(topic, &TopicRouteData::default(), None));
+            let used_ms = AtomicU64::new(used_ms);
+            core.routes
+                .write()
+                .insert(topic.to_owned(), CachedRoute { route, used_ms });
+        }
+        core.forget_routes_idle_at(hour + 1_000);
+        let left: Vec<String> = core.routes.read().keys().cloned().collect();
+        assert_eq!(left, ["Used"]);
+
+        core.routes.read()["Used"]
+            .used_ms
+            .store(0, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(core.cached_route("Used").is_some());
+        assert!(core.routes.read()["Used"].used_ms.load(Ordering::Relaxed) >= 5);
     }
 }

@@ -276,6 +276,7 @@ impl Pass<'_> {
     fn scan_retry(&mut self, g: &mut Group, key: &QueueKey) {
         let cfg = &self.ctx.cfg.lease;
         let mut parked = g.cursors[key].waiting();
+        let mut share = None;
         let mut examined = 0usize;
         while examined < cfg.max_retry_scan && !self.budget.exhausted() {
             let next = g.cursors[key].next;
@@ -308,7 +309,7 @@ impl Pass<'_> {
                     }
                 } else if origin == key.0 {
                     tracing::debug!(group = %g.name, offset = m.queue_offset, "retry entry without RETRY_TOPIC; skipped");
-                } else if parked >= cfg.max_parked_retries || self.aside_full(parked) {
+                } else if parked >= cfg.max_parked_retries || self.aside_full(parked, &mut share) {
                     return;
                 } else {
                     park(g, key, m.queue_offset, o.phys_offset, origin);
@@ -323,12 +324,14 @@ impl Pass<'_> {
     /// Whether the broker-wide bound on entries kept aside stops a group that keeps `parked`:
     /// when every book together is at the bound and this group holds at least its share, and
     /// for every group at twice the bound (groups below their share, arriving one after
-    /// another, would otherwise add a share each for good).
-    fn aside_full(&self, parked: usize) -> bool {
+    /// another, would otherwise add a share each for good). `share` is worked out once per
+    /// scan: it takes the broker-wide groups lock, once per entry looked at under pressure.
+    fn aside_full(&self, parked: usize, share: &mut Option<usize>) -> bool {
         let total = self.ctx.cfg.lease.max_parked_retries_total;
         let waiting = self.state.totals.waiting();
         waiting >= total.saturating_mul(2)
-            || (waiting >= total && parked >= self.state.parked_share(total))
+            || (waiting >= total
+                && parked >= *share.get_or_insert_with(|| self.state.parked_share(total)))
     }
 
     fn advance(&self, g: &mut Group, key: &QueueKey, to: u64) {

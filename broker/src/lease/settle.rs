@@ -7,6 +7,7 @@
 //! offset never passes a message whose copy is not stored. When the copy fails the entry is
 //! delivered again from where it is.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,6 +270,9 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
     let books = state.books_rotated();
     let mut budget = cfg.max_expired_per_tick;
     let mut todo: Vec<(String, Vec<HandBack>)> = Vec::new();
+    // Where each group sits in `todo`: a linear search there was O(groups²) string compares
+    // per tick (5x10^7 at 10 000 groups).
+    let mut slot: HashMap<String, usize> = HashMap::new();
     let share = budget.div_ceil(books.len().max(1)).max(1);
     'passes: for most in [share, usize::MAX] {
         for weak in &books {
@@ -287,9 +291,12 @@ pub(crate) async fn expire_once(ctx: &Arc<BrokerContext>, state: &Arc<LeaseState
             }
             tracing::debug!(group = %group, count = jobs.len(), "leases expired");
             // The second round adds to a group's first-round share: one task per group.
-            match todo.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, first)) => first.extend(jobs),
-                None => todo.push((group, jobs)),
+            match slot.get(&group) {
+                Some(&i) => todo[i].1.extend(jobs),
+                None => {
+                    slot.insert(group.clone(), todo.len());
+                    todo.push((group, jobs));
+                }
             }
         }
     }

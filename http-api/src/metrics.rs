@@ -90,6 +90,7 @@ pub(crate) fn render(state: &AppState) -> String {
     store_section(&mut out, state);
     if let Ok(txn) = state.txn() {
         txn_section(&mut out, &txn.metrics());
+        webhook_section(&mut out, state.txn_http().webhook_counts());
     }
     if let Ok(schedule) = state.schedule() {
         if let Ok(stats) = schedule.stats() {
@@ -351,7 +352,7 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         ),
         (
             "sluice_txn_checks_sent_total",
-            "Check-backs delivered.",
+            "Check-backs handed to a producer connection, the webhook queue or a poller (see sluice_http_check_webhooks_total for how webhook calls ended).",
             m.checks_sent,
         ),
         (
@@ -505,6 +506,18 @@ fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
         "Largest lateness seen.",
         s.max_lateness_ms as f64 / 1000.0,
     );
+}
+
+fn webhook_section(out: &mut Prom, counts: &crate::txn::webhook::WebhookCounts) {
+    let name = "sluice_http_check_webhooks_total";
+    out.help(
+        name,
+        "counter",
+        "Webhook check-backs taken from the queue, by result: the answer (commit, rollback, unknown), no_answer (error status, bad body, timeout, refused), skipped (decided or checked again while queued).",
+    );
+    for (result, n) in counts.by_result() {
+        out.sample(name, &[("result", result)], n as f64);
+    }
 }
 
 fn dlq_section(out: &mut Prom, state: &AppState) {

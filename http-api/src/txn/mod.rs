@@ -180,6 +180,8 @@ pub struct TxnHttp {
     stop: watch::Sender<bool>,
     /// The webhook worker and the pull sweeper; joined by `stop`.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// How webhook checks ended (`/metrics`).
+    webhooks: Arc<webhook::WebhookCounts>,
 }
 
 impl std::fmt::Debug for TxnHttp {
@@ -203,7 +205,13 @@ impl TxnHttp {
             budget,
             stop,
             tasks: Mutex::new(Vec::new()),
+            webhooks: Arc::default(),
         }
+    }
+
+    /// How the webhook checks taken so far ended.
+    pub fn webhook_counts(&self) -> &webhook::WebhookCounts {
+        &self.webhooks
     }
 
     /// The hosts a per-message `check_url` may name.
@@ -223,7 +231,11 @@ impl TxnHttp {
             self.stop.subscribe(),
         ));
         self.tasks.lock().push(sweeper);
-        let caller = match webhook::Caller::new(&self.config, txn.clone()) {
+        let caller = match webhook::Caller::new(
+            &self.config,
+            txn.clone(),
+            Arc::clone(&self.webhooks),
+        ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::error!(error = %e, "check webhooks disabled: groups with a check_url are checked over TCP");

@@ -16,6 +16,7 @@
 //! stays open and is checked again (logged at WARN). Commit and rollback are applied with
 //! `resolve(.., from_check = true)`; UNKNOWN is noted as the last answer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,42 @@ impl CheckSink for UrlSink {
     }
 }
 
+/// How the webhook checks taken from the queue ended, for `/metrics`: the txn crate counts
+/// a check as sent once it is queued here, which says nothing of whether anyone answered.
+#[derive(Debug, Default)]
+pub struct WebhookCounts {
+    commit: AtomicU64,
+    rollback: AtomicU64,
+    unknown: AtomicU64,
+    /// Calls that produced no answer (error status, bad body, timeout, refused).
+    no_answer: AtomicU64,
+    /// Checks not sent: decided or checked again while they waited.
+    skipped: AtomicU64,
+}
+
+impl WebhookCounts {
+    /// `(result, count)` for each result label, in a fixed order.
+    pub fn by_result(&self) -> [(&'static str, u64); 5] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("commit", get(&self.commit)),
+            ("rollback", get(&self.rollback)),
+            ("unknown", get(&self.unknown)),
+            ("no_answer", get(&self.no_answer)),
+            ("skipped", get(&self.skipped)),
+        ]
+    }
+
+    fn answered(&self, state: AnswerState) {
+        let c = match state {
+            AnswerState::Commit => &self.commit,
+            AnswerState::Rollback => &self.rollback,
+            AnswerState::Unknown => &self.unknown,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// What one webhook call produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CallResult {
@@ -80,10 +117,15 @@ pub(super) struct Caller {
     client: reqwest::Client,
     secret: Option<Arc<[u8]>>,
     txn: TxnService,
+    counts: Arc<WebhookCounts>,
 }
 
 impl Caller {
-    pub(super) fn new(cfg: &CheckConfig, txn: TxnService) -> Result<Self, String> {
+    pub(super) fn new(
+        cfg: &CheckConfig,
+        txn: TxnService,
+        counts: Arc<WebhookCounts>,
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(cfg.webhook_timeout)
             .connect_timeout(cfg.webhook_timeout)
@@ -98,6 +140,7 @@ impl Caller {
                 .as_deref()
                 .map(|s| Arc::from(s.as_bytes())),
             txn,
+            counts,
         })
     }
 
@@ -111,12 +154,17 @@ impl Caller {
         };
         let target = redacted(&url);
         if !self.still_wanted(&c) {
+            self.counts.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, "transaction decided or checked again while its webhook waited; not sent");
             return;
         }
         match self.call(&url, &c).await {
-            CallResult::Answer(state) => self.apply(&c, state, &target).await,
+            CallResult::Answer(state) => {
+                self.counts.answered(state);
+                self.apply(&c, state, &target).await;
+            }
             CallResult::Failed(why) => {
+                self.counts.no_answer.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, url = %target, error = %why, "check webhook gave no answer; the transaction stays open and is checked again");
             }
         }

@@ -495,7 +495,28 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
         calls.iter().all(|(c, _)| c["txn_id"] != queued.as_str()),
         "no check was sent for the transaction committed while its check waited: {calls:?}"
     );
+    // Counted as skipped: the txn crate's checks_sent counted it when it was queued.
+    assert!(webhook_count(&s, "skipped").await >= 1);
     s.stop().await;
+}
+
+/// The count of `sluice_http_check_webhooks_total` for `result`.
+async fn webhook_count(s: &common::Server, result: &str) -> u64 {
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("sluice_http_check_webhooks_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -548,6 +569,10 @@ async fn a_webhook_failing_or_answering_nonsense_leaves_the_transaction_open() {
         "only the third call answered: {v}"
     );
     assert!(hook.calls.lock().len() >= 3);
+    // The two failed calls are told apart from answers in /metrics.
+    assert_eq!(webhook_count(&s, "no_answer").await, 2);
+    assert_eq!(webhook_count(&s, "commit").await, 1);
+    assert_eq!(webhook_count(&s, "unknown").await, 0);
     s.stop().await;
 }
 

@@ -124,17 +124,32 @@ fn verify(store: &Store, acks: &BTreeMap<u64, Ack>, cycle: u64) {
         assert_eq!(v.header.queue_offset as u64, ack.queue_offset);
     }
     for q in 0..4 {
-        let msgs = read_queue(store, "C", q);
+        // What a consumer is served: each entry's commit-log offset and record.
+        let msgs = read_queue_with(store, "C", q, |m| (m.phys_offset, m.bytes.clone()));
         for (i, (off, _)) in msgs.iter().enumerate() {
             assert_eq!(
                 *off, i as u64,
                 "cycle {cycle}: queue {q} offsets contiguous"
             );
         }
-        for ack in acks.values().filter(|a| a.queue_id == q) {
-            assert!(
-                ack.queue_offset < msgs.len() as u64,
-                "cycle {cycle}: acked offset beyond the queue"
+        for (seq, ack) in acks.iter().filter(|(_, a)| a.queue_id == q) {
+            let Some((_, (phys, bytes))) = msgs.get(ack.queue_offset as usize) else {
+                panic!(
+                    "cycle {cycle}: acked seq {seq} at offset {} beyond the queue",
+                    ack.queue_offset
+                );
+            };
+            // The entry at the acknowledged offset serves that very append, not another one.
+            assert_eq!(
+                *phys, ack.phys,
+                "cycle {cycle}: queue {q} entry of seq {seq}"
+            );
+            let v = parse(bytes);
+            let want = message("C", q, *seq);
+            assert_eq!(
+                (v.body, v.properties),
+                (&want.body[..], want.properties.as_bytes()),
+                "cycle {cycle}: queue {q} serves seq {seq}"
             );
         }
     }

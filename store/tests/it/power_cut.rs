@@ -282,21 +282,13 @@ fn run_until_cut(
 /// Every entry of a queue, from its minimum offset, as (queue offset, seq, body), the seq
 /// read from the record's `UNIQ_KEY` (`U<seq, 30 digits>`, see `message`).
 fn read_entries(store: &Store, queue_id: i32) -> Vec<(u64, Option<u64>, Vec<u8>)> {
-    assert!(store.wait_dispatched(Duration::from_secs(10)));
-    let mut out = Vec::new();
-    let mut off = store.min_offset(TOPIC, queue_id);
-    loop {
-        let r = store.get_messages(TOPIC, queue_id, off, 32, 1 << 20, None);
-        for m in &r.messages {
-            let view = parse(&m.bytes);
-            out.push((m.queue_offset, seq_of(view.properties), view.body.to_vec()));
-        }
-        if r.messages.is_empty() || r.next_offset >= r.max_offset {
-            break;
-        }
-        off = r.next_offset;
-    }
-    out
+    read_queue_with(store, TOPIC, queue_id, |m| {
+        let view = parse(&m.bytes);
+        (seq_of(view.properties), view.body.to_vec())
+    })
+    .into_iter()
+    .map(|(off, (seq, body))| (off, seq, body))
+    .collect()
 }
 
 /// The seq a record's properties name in `UNIQ_KEY`.

@@ -45,20 +45,34 @@ pub fn append_seqs(
 
 /// Every message of a queue, from its min offset, as (queue offset, body).
 pub fn read_queue(store: &Store, topic: &str, queue_id: i32) -> Vec<(u64, Vec<u8>)> {
+    read_queue_with(store, topic, queue_id, |m| parse(&m.bytes).body.to_vec())
+}
+
+/// Reads of a queue end within this many batches (a read that stopped advancing would
+/// otherwise loop, and grow, for ever).
+pub const MAX_QUEUE_BATCHES: usize = 100_000;
+
+/// Every message of a queue, from its min offset, as (queue offset, `take(message)`).
+pub fn read_queue_with<T>(
+    store: &Store,
+    topic: &str,
+    queue_id: i32,
+    mut take: impl FnMut(&sluice_store::QueueMessage) -> T,
+) -> Vec<(u64, T)> {
     assert!(store.wait_dispatched(std::time::Duration::from_secs(10)));
     let mut out = Vec::new();
     let mut off = store.min_offset(topic, queue_id);
-    loop {
+    for _ in 0..MAX_QUEUE_BATCHES {
         let r = store.get_messages(topic, queue_id, off, 32, 1 << 20, None);
         for m in &r.messages {
-            out.push((m.queue_offset, parse(&m.bytes).body.to_vec()));
+            out.push((m.queue_offset, take(m)));
         }
         if r.messages.is_empty() || r.next_offset >= r.max_offset {
-            break;
+            return out;
         }
         off = r.next_offset;
     }
-    out
+    panic!("the read of {topic}/{queue_id} did not end within {MAX_QUEUE_BATCHES} batches");
 }
 
 /// Copies a folder tree (a pristine data folder to damage in many ways, or a live one at a

@@ -48,6 +48,7 @@ fn assert_report(r: &Report) {
 async fn order_checkout_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Database::Sqlite(dir.path().join("shop.db"));
+    example_support::cluster::embedded_only();
     let report = run(db, false).await.expect("the flow completes");
     assert_eq!(report.backend, "sqlite");
     assert_report(&report);
@@ -58,6 +59,7 @@ async fn order_checkout_on_postgres() {
     let url = std::env::var("DATABASE_URL").expect(
         "DATABASE_URL is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL",
     );
+    example_support::cluster::embedded_only();
     let report = run(Database::Postgres(url), false)
         .await
         .expect("the flow completes");

@@ -73,6 +73,7 @@ fn assert_report(r: &Report) {
 async fn paid_orders_stay_paid_and_unpaid_ones_are_cancelled_once_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Database::Sqlite(dir.path().join("orders.db"));
+    example_support::cluster::embedded_only();
     let report = run(db, false).await.expect("the flow completes");
     assert_eq!(report.backend, "sqlite");
     assert_report(&report);
@@ -83,6 +84,7 @@ async fn paid_orders_stay_paid_and_unpaid_ones_are_cancelled_once_on_postgres() 
     let url = std::env::var("DATABASE_URL").expect(
         "DATABASE_URL is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL",
     );
+    example_support::cluster::embedded_only();
     let report = run(Database::Postgres(url), false)
         .await
         .expect("the flow completes");

@@ -6,6 +6,7 @@
 //! ([`Cluster::from_env_rocketmq_only`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,25 @@ pub struct Embedded {
     pub dir: tempfile::TempDir,
 }
 
+/// Set by [`embedded_only`].
+static EMBEDDED_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Makes every `Cluster::from_env*` of this process start an embedded Sluice, whatever
+/// `SLUICE_NAMESRV` and `SLUICE_HTTP` say. For tests: their assertions rely on the embedded
+/// broker's settings (quick check-backs, a short retry ladder), and a test must start the
+/// servers it needs rather than use whichever one the shell names for the demos.
+pub fn embedded_only() {
+    EMBEDDED_ONLY.store(true, Ordering::Relaxed);
+}
+
+/// An environment variable, unless [`embedded_only`] was called.
+fn var(key: &str) -> Option<String> {
+    if EMBEDDED_ONLY.load(Ordering::Relaxed) {
+        return None;
+    }
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
 /// A running Sluice the flow connects to.
 pub enum Cluster {
     /// Started by this process (boxed: it is much larger than two addresses).
@@ -53,7 +73,6 @@ impl Cluster {
     /// `tweak` adjusts the embedded broker's configuration (e.g. a group's retry policy); an
     /// external Sluice keeps its own.
     pub async fn from_env(tweak: impl FnOnce(&mut BrokerConfig)) -> anyhow::Result<Self> {
-        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         match (var("SLUICE_NAMESRV"), var("SLUICE_HTTP")) {
             (Some(namesrv), Some(http)) => Ok(Self::External {
                 namesrv,
@@ -73,7 +92,6 @@ impl Cluster {
         tweak: impl FnOnce(&mut BrokerConfig),
         tweak_txn: impl FnOnce(&mut TxnConfig),
     ) -> anyhow::Result<Self> {
-        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
         match var("SLUICE_NAMESRV") {
             Some(namesrv) => Ok(Self::External {
                 namesrv,

@@ -136,13 +136,7 @@ fn cpp_commit_rollback_and_check_back_answers_reach_consumers_exactly_as_decided
             &ready.to_string_lossy(),
         ],
     );
-    for _ in 0..600 {
-        if ready.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(3));
+    wait_ready(&ready);
 
     let commits = txn(
         ns,

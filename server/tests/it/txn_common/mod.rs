@@ -130,7 +130,8 @@ pub async fn pull_all(broker: SocketAddr, topic: &str, queues: i32) -> Vec<Pulle
         .expect("pulls answered")
 }
 
-/// As [`pull_all`]; `None` when the broker is unreachable (it may have just been killed).
+/// As [`pull_all`]; `None` when the broker is unreachable (it may have just been killed) or
+/// refuses a pull for another reason than the queue's end.
 pub async fn try_pull_all(broker: SocketAddr, topic: &str, queues: i32) -> Option<Vec<Pulled>> {
     let client = RemotingClient::connect(broker).await.ok()?;
     let mut out = Vec::new();
@@ -154,8 +155,19 @@ pub async fn try_pull_all(broker: SocketAddr, topic: &str, queues: i32) -> Optio
                 )
                 .await
                 .ok()?;
-            if resp.code != response_code::SUCCESS {
-                break;
+            match resp.code {
+                response_code::SUCCESS => {}
+                // The end of the queue, or a topic nothing was ever stored in.
+                response_code::PULL_NOT_FOUND | response_code::TOPIC_NOT_EXIST => break,
+                // Any other refusal is no answer, not an empty queue: "nothing visible" must
+                // not pass because the pulls failed.
+                other => {
+                    eprintln!(
+                        "pull of {topic}/{queue_id} at {offset} refused: {other} {:?}",
+                        resp.remark
+                    );
+                    return None;
+                }
             }
             let mut body = &resp.body[..];
             while !body.is_empty() {

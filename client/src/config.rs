@@ -37,9 +37,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How often routes are fetched again (RocketMQ's `pollNameServerInterval`). Default 30 s.
     pub route_refresh_interval: Duration,
-    /// A topic's cached route unused (no send, rebalance or pull needed it) for this long is
-    /// forgotten at the next refresh, and fetched again when it is next needed. Default
-    /// 10 min.
+    /// A topic's cached route unused (no send, rebalance, pull or offset request of a pull
+    /// consumer needed it) for this long is forgotten at the next refresh, and fetched again
+    /// when it is next needed. Default 10 min.
     pub route_idle_expiry: Duration,
     /// How often every known broker gets a heartbeat. Default 30 s.
     pub heartbeat_interval: Duration,

@@ -315,9 +315,13 @@ impl PullConsumer {
         remote::search_offset(&self.core, mq, timestamp).await
     }
 
-    /// Makes sure the broker of `mq` is known.
+    /// Makes sure the broker of `mq` is known, and the topic's route stays cached (a use of
+    /// it): a route forgotten as idle is fetched again, or its broker's address would never
+    /// be refreshed again and pulls would follow a moved master nowhere.
     async fn route_for(&self, mq: &MessageQueue) -> Result<(), ClientError> {
-        if self.core.master_addr(&mq.broker_name).is_err() {
+        if self.core.cached_route(&mq.topic).is_none()
+            || self.core.master_addr(&mq.broker_name).is_err()
+        {
             self.core.fetch_route(&mq.topic).await?;
         }
         Ok(())

@@ -331,6 +331,8 @@ impl Sender {
         avoid: Option<&str>,
     ) -> Result<MessageQueue, ClientError> {
         if let Target::Queue(mq) = target {
+            // A use of the topic's route, which keeps it (and its broker's address) refreshed.
+            let _ = self.core.cached_route(topic);
             return Ok(mq.clone());
         }
         let route = self.core.publish_route(topic).await?;

@@ -216,3 +216,52 @@ async fn a_failing_queue_does_not_stop_the_poll_of_the_others() {
     producer.shutdown().await;
     cluster.stop().await;
 }
+
+/// A pull consumer keeps its topic's route (its polls are uses of it), so the route refresh
+/// keeps following the broker's address: once routes went idle after `route_idle_expiry`,
+/// the master address was never refreshed again and every pull went to where the broker
+/// used to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_consumer_follows_its_broker_to_a_new_address() {
+    let mut cluster = start_cluster(1).await;
+    cluster.create_topic("Moves", 1).await;
+    let mut cfg = cluster
+        .config()
+        .with_route_refresh_interval(Duration::from_millis(200));
+    cfg.route_idle_expiry = Duration::from_millis(500);
+    let c = PullConsumer::builder(cfg, "mover")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .start()
+        .await
+        .unwrap();
+    c.assign(c.queues("Moves").await.unwrap());
+    // Polls for well past the idle expiry.
+    let polled_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < polled_until {
+        assert!(c.poll(Duration::from_millis(100)).await.unwrap().is_empty());
+    }
+    let old = cluster.brokers[0].local_addr();
+    cluster.move_broker(0).await;
+    assert_ne!(cluster.brokers[0].local_addr(), old, "the broker moved");
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    producer
+        .send(Message::new("Moves", "after the move"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.is_empty() && tokio::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)).await {
+            Ok(msgs) => got.extend(msgs),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(
+        got.iter().map(|m| m.body().to_vec()).collect::<Vec<_>>(),
+        [b"after the move".to_vec()],
+        "the pulls reached the broker at its new address"
+    );
+    producer.shutdown().await;
+    c.shutdown().await;
+    cluster.stop().await;
+}

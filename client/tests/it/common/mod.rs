@@ -140,6 +140,24 @@ impl Cluster {
         }
     }
 
+    /// Stops broker `i` and starts it again on a new port, same name and data folder: its
+    /// master address moves, as a rescheduled pod's does.
+    pub async fn move_broker(&mut self, i: usize) {
+        let old = self.brokers.remove(i);
+        let name = format!("broker-{}", (b'a' + i as u8) as char);
+        old.shutdown().await;
+        let mut cfg = BrokerConfig::new(StoreConfig::for_tests(self.dirs[i].path()));
+        cfg.listen = localhost();
+        cfg.namesrv_addrs = vec![self.namesrv.local_addr()];
+        cfg.broker_name = name;
+        let ext =
+            sluice_txn::TxnExtension::new(sluice_txn::TxnConfig::default()).broker_extensions();
+        let moved = Broker::start_with(cfg, ext)
+            .await
+            .expect("broker starts again");
+        self.brokers.insert(i, moved);
+    }
+
     pub async fn stop(self) {
         for b in self.brokers {
             b.shutdown().await;

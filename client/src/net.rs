@@ -154,8 +154,22 @@ impl Pool {
         cmd: RemotingCommand,
         timeout: Duration,
     ) -> Result<RemotingCommand, ClientError> {
+        self.invoke_held(addr, cmd, timeout, Duration::ZERO).await
+    }
+
+    /// As [`Pool::invoke`] for a request the broker may hold unanswered for up to `hold` (a
+    /// long-polling pull): silence within it is expected, so a wait cut short within it (a
+    /// rebalance dropping the queue) does not close the connection and fail every other
+    /// request on it.
+    pub(crate) async fn invoke_held(
+        &self,
+        addr: &str,
+        cmd: RemotingCommand,
+        timeout: Duration,
+        hold: Duration,
+    ) -> Result<RemotingCommand, ClientError> {
         let client = self.get(addr).await?;
-        let mut silence = Silence::watch(addr, &client, timeout);
+        let mut silence = Silence::watch(addr, &client, timeout, hold);
         let result = client.invoke(self.signed(cmd), timeout).await;
         if result.is_ok() {
             silence.answered();
@@ -318,7 +332,8 @@ async fn reply_not_supported(conn: &ConnectionHandle, cmd: &RemotingCommand) {
 /// budget ends at about the same moment as its attempt's timeout). A broker whose host went
 /// away without closing the socket (a power cut) looks open for as long as the kernel keeps
 /// retrying, ~15 minutes, and every request on it would time out meanwhile; the next request
-/// connects again. A wait cut short (under its timeout and under a second) proves nothing.
+/// connects again. A wait cut short (under its timeout and under a second, beyond the time
+/// the broker may hold the request) proves nothing.
 struct Silence<'a> {
     addr: &'a str,
     client: &'a RemotingClient,
@@ -329,13 +344,14 @@ struct Silence<'a> {
 }
 
 impl<'a> Silence<'a> {
-    fn watch(addr: &'a str, client: &'a RemotingClient, timeout: Duration) -> Self {
+    fn watch(addr: &'a str, client: &'a RemotingClient, timeout: Duration, hold: Duration) -> Self {
+        let hold = hold.min(timeout);
         Self {
             addr,
             client,
             heard: client.connection().frames_heard(),
             since: Instant::now(),
-            enough: timeout.min(Duration::from_secs(1)),
+            enough: hold + (timeout - hold).min(Duration::from_secs(1)),
             answered: false,
         }
     }
@@ -453,6 +469,22 @@ mod tests {
         let fourth = pool.invoke(&addr, ask(), Duration::from_millis(100)).await;
         assert!(fourth.is_err());
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
+        // A long poll cut short while the broker may still hold it (a rebalance dropped its
+        // queue) proves nothing: the connection stays, for the other requests on it.
+        let held = pool.invoke_held(
+            &addr,
+            ask(),
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+        );
+        assert!(tokio::time::timeout(cut, held).await.is_err());
+        let sixth = pool.invoke(&addr, ask(), Duration::from_millis(100)).await;
+        assert!(sixth.is_err());
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            5,
+            "the held request's connection was kept"
+        );
         server.abort();
     }
 

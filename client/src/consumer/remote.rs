@@ -98,7 +98,7 @@ pub(crate) async fn pull(
     let req = RemotingCommand::request(request_code::PULL_MESSAGE, header.to_ext());
     // The broker answers a held pull after `suspend`; allow the usual RPC time on top.
     let timeout = suspend + core.cfg.rpc_timeout.max(Duration::from_secs(5));
-    let resp = core.pool.invoke(&addr, req, timeout).await?;
+    let resp = core.pool.invoke_held(&addr, req, timeout, suspend).await?;
     read_pull(&addr, mq, sub, resp)
 }
 

@@ -146,11 +146,18 @@ fn retry_copy(
     if props.get(keys::ORIGIN_MESSAGE_ID).is_none() {
         props.insert(keys::ORIGIN_MESSAGE_ID, msg.msg_id());
     }
-    // A message stored without one (its producer set none) gets its own id as UNIQ_KEY, so the
-    // copy keeps the message's id (`msg_id`) instead of getting a new one when it is sent:
-    // an idempotent consumer keyed by it then sees the copy as the same message.
+    // A message stored without one (its producer set none, and the broker added none) gets
+    // as UNIQ_KEY the key an idempotent consumer knows it by (`DedupeKey::UniqKey`): its
+    // ORIGIN_MESSAGE_ID when it is itself a retry copy, else its own id. The copy then keeps
+    // that identity instead of getting a new one when it is sent. The copy's own id was used
+    // before, so a second retry's fallback copy got a key the first copy's never had, and
+    // was processed again beside the broker's copy of the same retry.
     if props.get(keys::UNIQ_KEY).is_none() {
-        props.insert(keys::UNIQ_KEY, msg.msg_id());
+        let key = msg
+            .property(keys::ORIGIN_MESSAGE_ID)
+            .unwrap_or(msg.msg_id())
+            .to_owned();
+        props.insert(keys::UNIQ_KEY, key);
     }
     props.insert(keys::RECONSUME_TIME, times.to_string());
     props.insert(keys::MAX_RECONSUME_TIMES, max.to_string());
@@ -207,8 +214,20 @@ mod tests {
         assert_eq!(topic, "%DLQ%g");
         assert_eq!(
             out.msg.property("UNIQ_KEY"),
-            Some(msg.msg_id()),
-            "the id is kept"
+            Some("FIRST"),
+            "the identity an idempotent consumer knows it by is kept"
+        );
+        assert_eq!(
+            out.msg.property("UNIQ_KEY").map(str::to_owned),
+            crate::idempotent::DedupeKey::UniqKey.extract(&msg)
+        );
+        // A first delivery stored without UNIQ_KEY: its own id.
+        let plain = ConsumedMessage::for_tests("Orders", "x");
+        let (_, first) = retry_copy("g", &plain, 0, false, 16);
+        assert_eq!(first.msg.property("UNIQ_KEY"), Some(plain.msg_id()));
+        assert_eq!(
+            first.msg.property("UNIQ_KEY").map(str::to_owned),
+            crate::idempotent::DedupeKey::UniqKey.extract(&plain)
         );
         let p = out.msg.properties();
         assert_eq!(p.get("DELAY"), None);

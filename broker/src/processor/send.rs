@@ -133,7 +133,11 @@ pub(crate) fn check_topic_named(
     Ok(cfg)
 }
 
-/// The requested queue, or one picked for a negative id; out of range is INVALID_PARAMETER.
+/// The requested queue, or one picked for a negative id. Out of range is SYSTEM_ERROR, as
+/// 4.x brokers answer it (5.x answers INVALID_PARAMETER): 4.x producers retry a send answered
+/// SYSTEM_ERROR on another queue, and throw INVALID_PARAMETER at the application at once. A
+/// producer routed to a queue the topic no longer has (it was shrunk, or auto-created with
+/// fewer queues by another producer) then delivers on the next attempt.
 fn choose_queue(
     ctx: &BrokerContext,
     h: &SendMessageRequestHeader,
@@ -145,10 +149,10 @@ fn choose_queue(
     let valid = cfg.read_queue_nums.max(cfg.write_queue_nums);
     if h.queue_id >= valid {
         return Err(Reject::new(
-            code::INVALID_PARAMETER,
+            code::SYSTEM_ERROR,
             format!(
-                "request queueId[{}] is illegal, topic:{} topicConfig.writeQueueNums:{} consumerIp:{}",
-                h.queue_id, h.topic, cfg.write_queue_nums, ""
+                "request queueId[{}] is illegal, topic:{} topicConfig.writeQueueNums:{} readQueueNums:{}",
+                h.queue_id, h.topic, cfg.write_queue_nums, cfg.read_queue_nums
             ),
         ));
     }

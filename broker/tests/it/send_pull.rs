@@ -256,6 +256,46 @@ async fn go_style_v1_sends_and_negative_queue_ids_are_accepted() {
     cluster.stop().await;
 }
 
+/// A send to a queue the topic does not have is answered SYSTEM_ERROR, as 4.x brokers do:
+/// 4.x producers retry that code on another queue, while INVALID_PARAMETER (5.x's answer)
+/// reaches the application at once, e.g. for a route cached before the topic shrank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_queue_the_topic_lacks_is_refused_with_a_code_4x_producers_retry() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let header = |queue_id| SendMessageRequestHeader {
+        producer_group: "pg".into(),
+        topic: "Shrunk".into(),
+        default_topic: "TBW102".into(),
+        default_topic_queue_nums: 4,
+        queue_id,
+        born_timestamp: 1,
+        properties: Some(props(None, None).encode()),
+        ..SendMessageRequestHeader::default()
+    };
+    let send = |queue_id| {
+        RemotingCommand::request(
+            request_code::SEND_MESSAGE_V2,
+            header(queue_id).to_ext(SendHeaderForm::V2),
+        )
+        .with_body(&b"m"[..])
+    };
+    let created = client.invoke(send(3), RPC).await.unwrap();
+    assert_eq!(created.code, 0, "{:?}", created.remark);
+    let refused = client.invoke(send(6), RPC).await.unwrap();
+    assert_eq!(
+        refused.code,
+        sluice_protocol::response_code::SYSTEM_ERROR,
+        "{:?}",
+        refused.remark
+    );
+    assert!(refused
+        .remark
+        .unwrap_or_default()
+        .contains("queueId[6] is illegal"));
+    cluster.stop().await;
+}
+
 #[tokio::test]
 async fn half_timer_and_op_topics_cannot_be_pulled() {
     let cluster = start_cluster().await;

@@ -32,6 +32,14 @@ pub struct NameServerConfig {
     /// SYSTEM_BUSY), except that a connection with nothing else running always gets through
     /// the server-wide bound. At least `max_frame`. Default 64 MiB.
     pub max_inflight_bytes: usize,
+    /// Broker addresses registered at once; a registration from a new address past it is
+    /// refused (SYSTEM_ERROR, the bound named). Default 1 024.
+    pub max_brokers: usize,
+    /// Topic routes held, one per (topic, broker name): a registration that would take the
+    /// table past it is refused. Registrations are unauthenticated, so without it one
+    /// request listing many topics could make the name server allocate without end.
+    /// Default 500 000 (fifty brokers at the broker's default `max_topics`).
+    pub max_topic_routes: usize,
     /// TLS for the name server's port. Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
 }
@@ -45,6 +53,8 @@ impl Default for NameServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_body: DEFAULT_MAX_FRAME,
             max_inflight_bytes: 64 << 20,
+            max_brokers: 1024,
+            max_topic_routes: 500_000,
             tls: None,
         }
     }
@@ -58,6 +68,11 @@ impl NameServerConfig {
         if self.scan_interval.is_zero() || self.broker_expiry.is_zero() {
             return Err(BrokerError::Config(
                 "scan_interval and broker_expiry must be positive".into(),
+            ));
+        }
+        if self.max_brokers == 0 || self.max_topic_routes == 0 {
+            return Err(BrokerError::Config(
+                "max_brokers and max_topic_routes must be positive".into(),
             ));
         }
         Ok(())
@@ -246,6 +261,12 @@ impl BrokerConfig {
         if self.broker_name.is_empty() || self.cluster_name.is_empty() {
             return Err(BrokerError::Config(
                 "broker_name and cluster_name must be set".into(),
+            ));
+        }
+        // Name servers refuse registrations with longer ones (crate::namesrv::MAX_NAME_LEN).
+        if self.broker_name.len() > 127 || self.cluster_name.len() > 127 {
+            return Err(BrokerError::Config(
+                "broker_name and cluster_name must be at most 127 bytes".into(),
             ));
         }
         let durations = [

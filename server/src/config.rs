@@ -66,6 +66,12 @@ pub struct NamesrvSection {
     /// the server-wide bound. At least `broker.max_frame_bytes` (the name server's frame
     /// cap). Default 64 MiB.
     pub max_inflight_bytes: usize,
+    /// Broker addresses registered at once; a registration from a new address past it is
+    /// refused. Default 1 024.
+    pub max_brokers: usize,
+    /// Topic routes held, one per (topic, broker name); a registration that would pass it is
+    /// refused. Default 500 000.
+    pub max_topic_routes: usize,
 }
 
 /// `[broker]`
@@ -288,6 +294,8 @@ impl Default for NamesrvSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
             broker_expiry_secs: 120,
             max_inflight_bytes: 64 << 20,
+            max_brokers: 1024,
+            max_topic_routes: 500_000,
         }
     }
 }
@@ -647,6 +655,8 @@ impl ServerConfig {
             max_frame: self.broker.max_frame_bytes,
             max_body: self.broker.max_frame_bytes,
             max_inflight_bytes: self.namesrv.max_inflight_bytes,
+            max_brokers: self.namesrv.max_brokers,
+            max_topic_routes: self.namesrv.max_topic_routes,
             ..NameServerConfig::default()
         }
     }

@@ -74,6 +74,10 @@ impl NameServer {
         let tracker = Arc::new(TaskTracker::default());
         let processor = Arc::new(NameServerProcessor {
             table: Mutex::new(RouteTable::default()),
+            limits: routes::Limits {
+                max_brokers: cfg.max_brokers,
+                max_topic_routes: cfg.max_topic_routes,
+            },
             kv: Mutex::default(),
         });
         let opts = ServerOptions {
@@ -165,6 +169,7 @@ async fn scan_loop(
 
 struct NameServerProcessor {
     table: Mutex<RouteTable>,
+    limits: routes::Limits,
     /// PUT_KV_CONFIG's entries by (namespace, key).
     kv: Mutex<std::collections::BTreeMap<(String, String), String>>,
 }
@@ -236,7 +241,14 @@ impl NameServerProcessor {
             body,
             conn_id: conn.id(),
         };
-        self.table.lock().register(reg, Instant::now());
+        let mut table = self.table.lock();
+        if let Some(why) = table.refusal(&reg, self.limits) {
+            drop(table);
+            tracing::warn!(remote = %conn.remote_addr(), reason = %why, "broker registration refused");
+            return reply::error(req, response_code::SYSTEM_ERROR, why);
+        }
+        table.register(reg, Instant::now());
+        drop(table);
         // Java answers with the (empty) order-topic KV table.
         reply::ok_ext(req, RegisterBrokerResponseHeader::default().to_ext())
             .with_body(&br#"{"table":{}}"#[..])

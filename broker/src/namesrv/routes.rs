@@ -41,7 +41,68 @@ pub(crate) struct RouteTable {
     live: HashMap<String, Live>,
 }
 
+/// What a registration may hold and add (see `NameServerConfig`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_brokers: usize,
+    pub(crate) max_topic_routes: usize,
+}
+
+/// The topics of a registration that get routes: those with a name a client may use (up to
+/// 255 bytes, `^[%|a-zA-Z0-9_-]+$`). Any other is skipped rather than kept at any length.
+fn routable(
+    body: &RegisterBrokerBody,
+) -> impl Iterator<Item = (&String, &sluice_protocol::remoting::body::TopicConfig)> {
+    body.topic_config_serialize_wrapper
+        .topic_config_table
+        .iter()
+        .filter(|(name, _)| crate::topic::validate_name(name).is_ok())
+}
+
+/// Longest broker and cluster name kept (RocketMQ's topic-name bound): each route keeps its
+/// broker's name, so a long one multiplied by many topics was unbounded memory.
+pub(crate) const MAX_NAME_LEN: usize = 127;
+/// Longest broker address kept (`host:port`, an IPv6 host included).
+pub(crate) const MAX_ADDR_LEN: usize = 255;
+
 impl RouteTable {
+    /// Why `reg` cannot be taken without passing `limits`, or holds names no broker sends.
+    /// Checked before anything changes: a refused registration leaves the table as it was.
+    pub(crate) fn refusal(&self, reg: &Registration, limits: Limits) -> Option<String> {
+        for (what, v, max) in [
+            ("brokerName", &reg.broker_name, MAX_NAME_LEN),
+            ("clusterName", &reg.cluster, MAX_NAME_LEN),
+            ("brokerAddr", &reg.broker_addr, MAX_ADDR_LEN),
+        ] {
+            if v.is_empty() || v.len() > max {
+                return Some(format!("{what} must be 1 to {max} bytes, not {}", v.len()));
+            }
+        }
+        if !self.live.contains_key(&reg.broker_addr) && self.live.len() >= limits.max_brokers {
+            return Some(format!(
+                "the name server holds {} brokers, its max_brokers",
+                limits.max_brokers
+            ));
+        }
+        if reg.broker_id != 0 {
+            return None; // a slave's topics are not taken
+        }
+        let (total, mine) = self.topics.values().fold((0usize, 0usize), |(t, m), q| {
+            (
+                t + q.len(),
+                m + usize::from(q.contains_key(&reg.broker_name)),
+            )
+        });
+        let adding = routable(&reg.body).count();
+        let after = total - mine + adding;
+        (after > limits.max_topic_routes).then(|| {
+            format!(
+                "registering {adding} topics would hold {after} topic routes, past max_topic_routes ({})",
+                limits.max_topic_routes
+            )
+        })
+    }
+
     /// Records a registration. A master's registration replaces the topics of its broker name:
     /// our brokers always send their whole topic table, so a topic missing from it is gone.
     pub(crate) fn register(&mut self, reg: Registration, now: Instant) {
@@ -94,7 +155,15 @@ impl RouteTable {
     fn replace_topics(&mut self, broker_name: &str, body: &RegisterBrokerBody) {
         let table = &body.topic_config_serialize_wrapper.topic_config_table;
         self.remove_queue_data(broker_name, |topic| !table.contains_key(topic));
-        for (name, cfg) in table {
+        let skipped = table.len() - routable(body).count();
+        if skipped > 0 {
+            tracing::warn!(
+                broker_name,
+                skipped,
+                "topics with names no client may use are not routed"
+            );
+        }
+        for (name, cfg) in routable(body) {
             let queue = QueueData {
                 broker_name: broker_name.to_owned(),
                 perm: cfg.perm,

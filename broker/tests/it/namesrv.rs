@@ -280,3 +280,112 @@ async fn a_registration_that_times_out_keeps_its_name_server_connection() {
     cluster.stop().await;
     server.abort();
 }
+
+fn register_topics(name: &str, addr: &str, topics: &[String]) -> RemotingCommand {
+    let mut body = RegisterBrokerBody::default();
+    for t in topics {
+        body.topic_config_serialize_wrapper
+            .topic_config_table
+            .insert(t.clone(), TopicConfig::new(t, 1, 6));
+    }
+    let h = RegisterBrokerRequestHeader {
+        broker_name: name.into(),
+        broker_addr: addr.into(),
+        cluster_name: "C".into(),
+        ha_server_addr: addr.into(),
+        broker_id: 0,
+        ..RegisterBrokerRequestHeader::default()
+    };
+    RemotingCommand::request(request_code::REGISTER_BROKER, h.to_ext())
+        .with_body(encode_json(&body))
+}
+
+/// Registrations are unauthenticated: one frame naming a 1 MiB broker and thousands of
+/// topics made the name server keep two copies of the name per topic (gigabytes). Names are
+/// bounded, so are brokers and topic routes, and a refused registration changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_past_the_name_and_table_bounds_are_refused_and_change_nothing() {
+    let cfg = NameServerConfig {
+        listen: localhost(),
+        max_brokers: 2,
+        max_topic_routes: 10,
+        ..NameServerConfig::default()
+    };
+    let namesrv = NameServer::start(cfg).await.unwrap();
+    let ns = RemotingClient::connect(namesrv.local_addr()).await.unwrap();
+    let topics = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    };
+    let code = |resp: RemotingCommand| (resp.code, resp.remark.unwrap_or_default());
+
+    let huge = "b".repeat(1 << 20);
+    let (c, why) = code(
+        ns.invoke(register_topics(&huge, "10.0.0.1:1", &topics("T", 3)), RPC)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(c, 1, "{why}");
+    assert!(why.contains("brokerName must be 1 to 127 bytes"), "{why}");
+
+    let ok = ns
+        .invoke(register_topics("b1", "10.0.0.1:1", &topics("A", 6)), RPC)
+        .await
+        .unwrap();
+    assert_eq!(ok.code, 0, "{:?}", ok.remark);
+    // Six routes held; another broker's five would make eleven.
+    let (c, why) = code(
+        ns.invoke(register_topics("b2", "10.0.0.2:1", &topics("B", 5)), RPC)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(c, 1, "{why}");
+    assert!(why.contains("max_topic_routes"), "{why}");
+    assert_eq!(
+        ns.invoke(route_request("B0", 401, false), RPC)
+            .await
+            .unwrap()
+            .code,
+        17,
+        "the refused registration routed nothing"
+    );
+    // b1 may replace its own six with ten: its old routes do not count twice.
+    let again = ns
+        .invoke(register_topics("b1", "10.0.0.1:1", &topics("A", 10)), RPC)
+        .await
+        .unwrap();
+    assert_eq!(again.code, 0, "{:?}", again.remark);
+    // A topic name no client may use is not routed; the rest of the registration is.
+    let second = ns
+        .invoke(
+            register_topics("b2", "10.0.0.2:1", &["bad name!".into(), "Fine".into()]),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.code, 1, "eleven routes: {:?}", second.remark);
+    let second = ns
+        .invoke(
+            register_topics("b2", "10.0.0.2:1", &["bad name!".into()]),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.code, 0, "{:?}", second.remark);
+    assert_eq!(
+        ns.invoke(route_request("bad name!", 401, false), RPC)
+            .await
+            .unwrap()
+            .code,
+        17
+    );
+    // Two brokers held: a third address is refused.
+    let (c, why) = code(
+        ns.invoke(register_topics("b3", "10.0.0.3:1", &[]), RPC)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(c, 1, "{why}");
+    assert!(why.contains("max_brokers"), "{why}");
+    drop(ns);
+    namesrv.shutdown().await;
+}

@@ -112,7 +112,59 @@ fn check_heartbeat_bounds(hb: &HeartbeatData) -> Result<(), Reject> {
         .iter()
         .map(|p| p.group_name.len())
         .max();
-    check_producer_group_len(longest.unwrap_or(0))
+    check_producer_group_len(longest.unwrap_or(0))?;
+    check_subscriptions(hb)
+}
+
+/// Subscriptions one heartbeat may announce, all its consumer groups together.
+const MAX_SUBSCRIPTIONS_PER_HEARTBEAT: usize = 4096;
+/// Bytes of subscription text (topics, expressions, tags, tag codes) one heartbeat may
+/// announce: each group keeps its latest set, with every tag decoded again.
+const MAX_SUBSCRIPTION_BYTES_PER_HEARTBEAT: usize = 1 << 20;
+
+/// Longest topic a subscription may name (the longest a topic can have, a %RETRY% one).
+const MAX_SUBSCRIBED_TOPIC_LEN: usize = 255;
+
+/// Refuses a heartbeat whose subscriptions are over their bounds: they were kept whatever
+/// their number and size (hundreds of thousands per group, each stored at ten times its size
+/// in the body).
+fn check_subscriptions(hb: &HeartbeatData) -> Result<(), Reject> {
+    let bad = code::INVALID_PARAMETER;
+    let subs = || {
+        hb.consumer_data_set
+            .iter()
+            .flat_map(|c| &c.subscription_data_set)
+    };
+    Reject::unless_at_most(
+        bad,
+        "the heartbeat",
+        subs().count(),
+        "subscriptions",
+        MAX_SUBSCRIPTIONS_PER_HEARTBEAT,
+    )?;
+    let bytes: usize = subs()
+        .map(|s| {
+            s.topic.len()
+                + s.sub_string.len()
+                + s.tags_set.iter().map(String::len).sum::<usize>()
+                + 4 * s.code_set.len()
+        })
+        .sum();
+    Reject::unless_at_most(
+        bad,
+        "the heartbeat",
+        bytes,
+        "bytes of subscriptions",
+        MAX_SUBSCRIPTION_BYTES_PER_HEARTBEAT,
+    )?;
+    let longest = subs().map(|s| s.topic.len()).max().unwrap_or(0);
+    Reject::unless_at_most(
+        bad,
+        "a subscription's topic",
+        longest,
+        "bytes",
+        MAX_SUBSCRIBED_TOPIC_LEN,
+    )
 }
 
 /// Refuses a producer group name longer than RocketMQ's clients allow. Sends are held to it

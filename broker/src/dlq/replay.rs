@@ -225,6 +225,14 @@ fn check_spec(ctx: &BrokerContext, spec: &ReplaySpec) -> Result<(), DlqError> {
     if spec.max_messages == Some(0) {
         return Err(DlqError::Invalid("max must be at least 1".into()));
     }
+    if let Some(cfg) = spec.target_topic.as_ref().and_then(|t| ctx.topics.get(t)) {
+        if !sluice_protocol::remoting::body::perm::is_writeable(cfg.perm) {
+            return Err(DlqError::Forbidden(format!(
+                "replaying to topic[{}] is forbidden: it is not writable",
+                cfg.topic_name
+            )));
+        }
+    }
     if let Some(t) = &spec.target_topic {
         let created_on_use = t.starts_with(crate::topic::RETRY_PREFIX) || ctx.cfg.auto_create_topic;
         if !created_on_use && ctx.topics.get(t).is_none() {
@@ -240,9 +248,35 @@ fn check_spec(ctx: &BrokerContext, spec: &ReplaySpec) -> Result<(), DlqError> {
 /// (the HTTP facade, started with the extensions, accepts requests at once): a start for a
 /// group whose saved task is still running is then refused as Busy, instead of running next
 /// to it. Returns the running ones, for [`run_resumed`] once the extensions have started.
+///
+/// At most one task per group resumes, the newest: two saved as running for one group (a
+/// task whose final state could not be saved, and one started after it) ran side by side
+/// and copied the same dead letters. The others are saved as failed, saying why.
 pub(crate) fn register_saved(ctx: &Arc<BrokerContext>) -> Vec<Resumed> {
     let mut resumed = Vec::new();
-    for mut status in ctx.dlq.load_tasks() {
+    let mut tasks = ctx.dlq.load_tasks();
+    let newest_running = newest_running_per_group(&tasks);
+    for status in &mut tasks {
+        if status.state == ReplayState::Running
+            && newest_running.get(&status.group) != Some(&status.id)
+        {
+            status.state = ReplayState::Failed;
+            status.error = Some(format!(
+                "not resumed at restart: task {} of the same group was running too, and resumed instead",
+                newest_running[&status.group]
+            ));
+            status.updated_ms = now_ms();
+            tracing::warn!(task = %status.id, group = %status.group, "a second running replay task of one group found at restart; only the newest resumes");
+            if let Err(e) = ctx
+                .dlq
+                .persist(status)
+                .and_then(|()| ctx.dlq.audit("failed", status))
+            {
+                tracing::error!(task = %status.id, error = %e, "saving a replay task stopped at restart failed");
+            }
+        }
+    }
+    for mut status in tasks {
         let running = status.state == ReplayState::Running;
         if running {
             status.resumes += 1;
@@ -263,6 +297,18 @@ pub(crate) fn register_saved(ctx: &Arc<BrokerContext>) -> Vec<Resumed> {
     }
     ctx.dlq.prune();
     resumed
+}
+
+/// The id of the newest running task of each group (by creation time, then id).
+fn newest_running_per_group(tasks: &[ReplayStatus]) -> std::collections::HashMap<String, String> {
+    let mut newest: std::collections::HashMap<String, &ReplayStatus> = Default::default();
+    for t in tasks.iter().filter(|t| t.state == ReplayState::Running) {
+        let e = newest.entry(t.group.clone()).or_insert(t);
+        if (t.created_ms, &t.id) > (e.created_ms, &e.id) {
+            *e = t;
+        }
+    }
+    newest.into_iter().map(|(g, t)| (g, t.id.clone())).collect()
 }
 
 /// Runs the tasks [`register_saved`] found running.
@@ -307,6 +353,9 @@ async fn save(
     .map_err(|e| DlqError::State(e.to_string()))?
 }
 
+/// Tries of a task's last save before its final state is shown anyway.
+const FINAL_SAVE_ATTEMPTS: u32 = 4;
+
 /// Why the loop stopped.
 enum Stop {
     Finished(ReplayState),
@@ -337,8 +386,19 @@ async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<Canc
     // Saved (task file and audit line) before the final state is shown, so whoever sees a
     // task finished also finds it in the audit log, and a crash in between leaves a task
     // that nobody has seen finish.
-    if let Err(e) = save(&ctx, &status, event, &ahead).await {
-        tracing::error!(task = %status.id, error = %e, "saving replay task failed");
+    // Tried a few times: a final state left unsaved (a full disk) shows the task finished
+    // here while its file still says running, and the next start resumes it.
+    for attempt in 1..=FINAL_SAVE_ATTEMPTS {
+        match save(&ctx, &status, event, &ahead).await {
+            Ok(()) => break,
+            Err(e) if attempt == FINAL_SAVE_ATTEMPTS => {
+                tracing::error!(task = %status.id, error = %e, "saving the replay task's final state failed; a restart resumes it");
+            }
+            Err(e) => {
+                tracing::warn!(task = %status.id, error = %e, attempt, "saving the replay task's final state failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
     }
     ctx.dlq.update(&status);
     let ctx2 = Arc::clone(&ctx);
@@ -513,8 +573,8 @@ fn capped(status: &ReplayStatus) -> bool {
 enum Replayed {
     /// Copied and ledgered.
     Copied,
-    /// A copy by this task was already there (a crash came between the copy and the ledger),
-    /// so it was only ledgered.
+    /// A replay copy was already there (a crash came between the copy and the ledger), so
+    /// it was only ledgered.
     FoundCopied,
     /// Copied (or found copied), but the ledger write failed.
     NotLedgered(String),
@@ -543,6 +603,7 @@ async fn replay_one(
                     .get(t)
                     .ok_or_else(|| format!("topic {t} does not exist"))?
             };
+            writable(t, &cfg)?;
             (t.clone(), ctx.pick_queue(cfg.write_queue_nums), None)
         }
         // By default the copy goes to the group's retry topic, as a retry of its original
@@ -556,11 +617,15 @@ async fn replay_one(
             let retry = retry_target
                 .clone()
                 .unwrap_or_else(|| retry_topic(&status.group));
-            ensure_one_queue_topic(ctx, &retry).map_err(|e| e.to_string())?;
+            let cfg = ensure_one_queue_topic(ctx, &retry).map_err(|e| e.to_string())?;
+            writable(&retry, &cfg)?;
             (retry, 0, Some(origin))
         }
     };
-    let already = status.resumes > 0 && copy_exists(ctx, &dest, m, &status.id);
+    // Looked up for every letter, whoever copied it: a task that copied it and crashed before
+    // ledgering may have been cancelled after resuming, before it came back to the letter,
+    // and the next task (which never resumed) copied it a second time.
+    let already = copy_exists(ctx, &dest, m);
     if !already {
         let input = replay_copy(
             orig,
@@ -603,8 +668,17 @@ async fn replay_one(
     })
 }
 
-/// True when `dest` holds a copy of `m` written by task `task_id` (found by UNIQ_KEY).
-fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -> bool {
+/// The write restriction an operator set on a topic holds for copies as for sends.
+fn writable(topic: &str, cfg: &sluice_protocol::remoting::body::TopicConfig) -> Result<(), String> {
+    if sluice_protocol::remoting::body::perm::is_writeable(cfg.perm) {
+        Ok(())
+    } else {
+        Err(format!("the topic[{topic}] sending message is forbidden"))
+    }
+}
+
+/// True when `dest` holds a replay copy of `m`, by any task (found by UNIQ_KEY).
+fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage) -> bool {
     let Some(uniq) = m.uniq_key.as_deref() else {
         return false;
     };
@@ -613,7 +687,7 @@ fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage, task_id: &str) -
         .iter()
         .filter_map(Original::decode)
         .any(|o| {
-            o.properties.get(PROP_REPLAY_TASK) == Some(task_id)
+            o.properties.get(PROP_REPLAY_TASK).is_some()
                 && o.properties
                     .get(PROP_REPLAYED_FROM)
                     .is_some_and(|from| same_record(from, &m.msg_id))

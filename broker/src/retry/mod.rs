@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_protocol::message::ids::decode_offset_msg_id;
 use sluice_protocol::message::{keys, offset_msg_id};
-use sluice_protocol::remoting::body::TopicConfig;
+use sluice_protocol::remoting::body::{perm, TopicConfig};
 use sluice_protocol::response_code as code;
 use sluice_store::{now_ms, StoreError};
 
@@ -137,7 +137,15 @@ pub(crate) async fn send_back(
         Target::DeadLetter => dlq_topic(&req.group),
         Target::Retry(_) => retry,
     };
-    ensure_one_queue_topic(ctx, &topic)?;
+    let cfg = ensure_one_queue_topic(ctx, &topic)?;
+    // As 4.x brokers answer a send-back to a retry topic an operator made read-only: the
+    // restriction holds for copies as it does for producers' sends.
+    if !perm::is_writeable(cfg.perm) {
+        return Err(RetryError::Refused {
+            code: code::NO_PERMISSION,
+            remark: format!("the topic[{topic}] sending message is forbidden"),
+        });
+    }
     let origin_id = offset_msg_id(ctx.store.store_host(), orig.phys_offset);
     let msg = copy::failure_copy(
         &orig,

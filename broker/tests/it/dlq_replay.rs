@@ -932,3 +932,151 @@ async fn a_resumed_task_counts_its_copies_since_the_last_save_toward_its_max() {
     );
     cluster.stop().await;
 }
+
+/// The UNIQ_KEYs of the replay copies in `group`'s retry topic, sorted.
+async fn replayed_keys(client: &RemotingClient, group: &str) -> Vec<String> {
+    let mut keys: Vec<String> = retry_records(client, group)
+        .await
+        .iter()
+        .filter(|(p, _)| p.get("SLUICE_REPLAY_TASK").is_some())
+        .map(|(p, _)| p.get("UNIQ_KEY").unwrap_or("").to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn running_task(id: &str, group: &str, created_ms: i64, end: u64) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "group": group, "filter": {}, "target_topic": null, "rate_per_sec": 1000,
+        "dry_run": false, "max_messages": null, "requested_by": "test", "state": "running",
+        "next_offset": 0, "end_offset": end, "matched": 0, "replayed": 0, "skipped": 0,
+        "failed": 0, "error": null, "created_ms": created_ms, "updated_ms": created_ms,
+        "resumes": 0
+    })
+}
+
+/// Two tasks of one group saved as running (one whose final state could not be saved, one
+/// started after it) both resumed at restart, side by side, copying the same dead letters.
+/// Only the newest resumes; the other is failed, saying why, and every letter is copied once.
+#[tokio::test]
+async fn of_two_running_tasks_of_one_group_at_restart_only_the_newest_resumes() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let mut uniq = dead_letters(&cluster, &client, "twin", "Orders", 10, |_| "A").await;
+    let cluster = cluster
+        .restart(|data| {
+            let tasks = data.join("config").join("dlq").join("tasks");
+            std::fs::create_dir_all(&tasks).unwrap();
+            for (id, created) in [("replay-old-1", 1), ("replay-new-2", 2)] {
+                let task = running_task(id, "twin", created, 10);
+                std::fs::write(tasks.join(format!("{id}.json")), task.to_string()).unwrap();
+            }
+        })
+        .await;
+    let client = cluster.client().await;
+    let newest = wait_done(&cluster.broker, "replay-new-2").await;
+    assert_eq!(newest.state, ReplayState::Completed, "{newest:?}");
+    let old = wait_done(&cluster.broker, "replay-old-1").await;
+    assert_eq!(old.state, ReplayState::Failed, "{old:?}");
+    assert!(old.error.unwrap_or_default().contains("replay-new-2"));
+    wait_dispatched(&cluster.broker).await;
+    uniq.sort();
+    assert_eq!(
+        replayed_keys(&client, "twin").await,
+        uniq,
+        "each letter copied once"
+    );
+    cluster.stop().await;
+}
+
+/// A letter copied by a task that crashed before ledgering it, and was then cancelled after
+/// resuming, was copied again by the next task: only a resumed task looked for its own
+/// copies. Every task now looks for any replay copy. Here the ledger is lost after a first
+/// task copied every letter; a second task finds the copies and copies nothing.
+#[tokio::test]
+async fn a_copy_left_unledgered_by_another_task_is_found_and_not_made_again() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let mut uniq = dead_letters(&cluster, &client, "cp", "Orders", 3, |_| "A").await;
+    let spec = || ReplaySpec {
+        group: "cp".into(),
+        rate_per_sec: 1000,
+        requested_by: Some("test".into()),
+        ..ReplaySpec::default()
+    };
+    let first = cluster.broker.dlq().start_replay(spec()).await.unwrap();
+    assert_eq!(wait_done(&cluster.broker, &first.id).await.replayed, 3);
+    let cluster = cluster
+        .restart(|data| {
+            let ledger = data.join("config").join("dlq").join("ledger").join("cp");
+            std::fs::remove_file(ledger).unwrap();
+        })
+        .await;
+    let client = cluster.client().await;
+    let second = cluster.broker.dlq().start_replay(spec()).await.unwrap();
+    let done = wait_done(&cluster.broker, &second.id).await;
+    assert_eq!((done.replayed, done.skipped), (0, 3), "{done:?}");
+    wait_dispatched(&cluster.broker).await;
+    uniq.sort();
+    assert_eq!(
+        replayed_keys(&client, "cp").await,
+        uniq,
+        "each letter copied once"
+    );
+    cluster.stop().await;
+}
+
+/// An operator's write restriction holds for copies as for sends: a replay into a read-only
+/// topic is refused at start, and a send-back into a read-only retry topic is NO_PERMISSION,
+/// as 4.x brokers answer it. Both wrote anyway.
+#[tokio::test]
+async fn replays_and_send_backs_into_read_only_topics_are_refused() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    dead_letters(&cluster, &client, "ro", "Orders", 1, |_| "A").await;
+    let services = cluster.broker.services();
+    services
+        .put_topic(sluice_protocol::remoting::body::TopicConfig::new(
+            "ReadOnly", 1, 4,
+        ))
+        .unwrap();
+    let refused = cluster
+        .broker
+        .dlq()
+        .start_replay(ReplaySpec {
+            group: "ro".into(),
+            target_topic: Some("ReadOnly".into()),
+            ..ReplaySpec::default()
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(DlqError::Forbidden(_))),
+        "{refused:?}"
+    );
+
+    services
+        .put_topic(sluice_protocol::remoting::body::TopicConfig::new(
+            "%RETRY%ro2",
+            1,
+            4,
+        ))
+        .unwrap();
+    let resp = send_ok(&client, "Orders", 0, b"m", &props(None, Some("k"))).await;
+    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+    wait_dispatched(&cluster.broker).await;
+    let back = services
+        .send_back(&SendBack {
+            group: "ro2".into(),
+            phys_offset: phys,
+            delay_level: 0,
+            ..SendBack::default()
+        })
+        .await;
+    let err = back.expect_err("refused");
+    assert!(
+        err.to_string().contains("sending message is forbidden"),
+        "{err}"
+    );
+    cluster.stop().await;
+}

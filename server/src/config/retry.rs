@@ -92,6 +92,7 @@ impl RetrySection {
     fn policy(&self, g: &RetryGroupSection, name: &str) -> Result<sluice_broker::GroupRetryPolicy> {
         use sluice_broker::Backoff;
         let kind = g.backoff.as_deref().unwrap_or(&self.backoff);
+        check_fields_of(g, kind, name)?;
         let backoff = match kind {
             "levels" => Backoff::Levels {
                 first_level: g.first_level.unwrap_or(self.first_level),
@@ -121,4 +122,28 @@ impl RetrySection {
             backoff,
         })
     }
+}
+
+/// Refuses a group's back-off field that its back-off kind does not read: `ladder_ms` set for
+/// a group whose kind is still `"levels"` was accepted and ignored, and the group retried at
+/// 10 s, 30 s, ... instead of its ladder. (`[retry]`'s own fields of other kinds are the
+/// defaults of groups that choose those kinds, so they are not checked.)
+fn check_fields_of(g: &RetryGroupSection, kind: &str, name: &str) -> Result<()> {
+    let set = [
+        ("first_level", "levels", g.first_level.is_some()),
+        ("max_level", "levels", g.max_level.is_some()),
+        ("ladder_ms", "ladder", g.ladder_ms.is_some()),
+        ("initial_ms", "exponential", g.initial_ms.is_some()),
+        ("multiplier", "exponential", g.multiplier.is_some()),
+        ("max_ms", "exponential", g.max_ms.is_some()),
+    ];
+    for (field, of, is_set) in set {
+        if is_set && of != kind {
+            bail!(
+                "{name}: {field} is for backoff = \"{of}\", but this group's backoff is \"{kind}\" \
+                 (set backoff = \"{of}\" in it, or leave {field} out)"
+            );
+        }
+    }
+    Ok(())
 }

@@ -160,6 +160,13 @@ fn the_retry_section_has_defaults_group_overrides_and_env() {
     std::fs::write(&p, "[retry.groups.g]\nmax_retries = 3\n").unwrap();
     let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
     assert!(err.contains("max_retries"), "{err}");
+    // A field of another back-off kind than the group's was accepted and ignored.
+    std::fs::write(&p, "[retry.groups.fast]\nladder_ms = [10, 20]\n").unwrap();
+    let err = format!("{:#}", load(Some(&p), env(&[])).unwrap_err());
+    assert!(
+        err.contains("retry.groups.fast: ladder_ms is for backoff = \"ladder\""),
+        "{err}"
+    );
     let err = refusal(&[("SLUICE_RETRY_BACKOFF", "linear")]);
     assert!(err.contains("backoff"), "{err}");
     let err = refusal(&[("SLUICE_RETRY_BACKOFF", "ladder")]);

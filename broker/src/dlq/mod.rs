@@ -18,7 +18,7 @@ pub(crate) mod state;
 
 use std::sync::Arc;
 
-pub use read::{DlqFilter, DlqGroupStats, DlqMessage, DlqPage, DlqQuery};
+pub use read::{DlqFilter, DlqGroupStats, DlqMessage, DlqPage, DlqQuery, MAX_PAGE_BYTES};
 pub use replay::{ReplaySpec, ReplayState, ReplayStatus};
 pub use state::AuditRecord;
 

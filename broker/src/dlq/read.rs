@@ -18,6 +18,9 @@ use crate::topic::DLQ_PREFIX;
 pub(crate) const MAX_SCAN: u64 = 10_000;
 /// Largest page.
 pub const MAX_PAGE: usize = 1_000;
+/// Body bytes past which a page ends early (with `next_offset` where it stopped): a page of
+/// 1 000 letters of 4 MiB held 4 GiB, then its JSON. A page always has at least one message.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
 /// Entries read from the store per step.
 const BATCH: usize = 64;
 
@@ -224,10 +227,11 @@ pub(crate) fn list(ctx: &BrokerContext, q: &DlqQuery) -> Result<DlqPage, DlqErro
     }
     let ledger = ctx.dlq.ledger(&q.group)?;
     let mut offset = q.start_offset;
+    let mut bytes = 0usize;
     while page.messages.len() < limit && offset - q.start_offset < MAX_SCAN {
         let batch = scan(&ctx.store, &topic, offset);
         for (qo, rec) in &batch.records {
-            if page.messages.len() >= limit {
+            if page.messages.len() >= limit || bytes >= MAX_PAGE_BYTES {
                 page.next_offset = *qo;
                 return Ok(page);
             }
@@ -238,6 +242,7 @@ pub(crate) fn list(ctx: &BrokerContext, q: &DlqQuery) -> Result<DlqPage, DlqErro
             let mut m = DlqMessage::from_original(&o, *qo, &ctx.store);
             m.replayed = ledger.contains(*qo);
             if (q.include_replayed || !m.replayed) && q.filter.matches(&m) {
+                bytes += m.body.len();
                 page.messages.push(m);
             }
         }

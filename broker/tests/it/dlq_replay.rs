@@ -1080,3 +1080,68 @@ async fn replays_and_send_backs_into_read_only_topics_are_refused() {
     );
     cluster.stop().await;
 }
+
+/// A page of 1 000 letters of 4 MiB held 4 GiB of bodies (then its JSON): a page ends once
+/// its bodies pass 16 MiB, saying where the next one starts, and paging on reaches them all.
+#[tokio::test]
+async fn a_dlq_page_ends_at_its_byte_bound_and_paging_reaches_every_letter() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let services = cluster.broker.services();
+    let body = vec![b'x'; 200 << 10];
+    let n = 100;
+    for i in 0..n {
+        let resp = send_ok(
+            &client,
+            "Orders",
+            0,
+            &body,
+            &props(None, Some(&format!("k{i}"))),
+        )
+        .await;
+        let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+        let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+        wait_dispatched(&cluster.broker).await;
+        services
+            .send_back(&SendBack {
+                group: "big".into(),
+                phys_offset: phys,
+                delay_level: -1,
+                ..SendBack::default()
+            })
+            .await
+            .expect("dead-lettered");
+    }
+    wait_dispatched(&cluster.broker).await;
+    let dlq = cluster.broker.dlq();
+    let first = dlq.list(&query("big", DlqFilter::default())).unwrap();
+    let bytes: usize = first.messages.iter().map(|m| m.body.len()).sum();
+    assert!(
+        first.messages.len() < n,
+        "{} letters in one page",
+        first.messages.len()
+    );
+    assert!(
+        bytes <= sluice_broker::dlq::MAX_PAGE_BYTES + body.len(),
+        "{bytes}"
+    );
+    assert!(!first.end);
+    assert_eq!(first.next_offset, first.messages.len() as u64);
+    let mut seen = first.messages.len();
+    let mut next = first.next_offset;
+    for _ in 0..n {
+        let page = dlq
+            .list(&DlqQuery {
+                start_offset: next,
+                ..query("big", DlqFilter::default())
+            })
+            .unwrap();
+        seen += page.messages.len();
+        next = page.next_offset;
+        if page.end {
+            break;
+        }
+    }
+    assert_eq!(seen, n, "paging reached every letter once");
+    cluster.stop().await;
+}

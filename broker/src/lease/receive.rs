@@ -193,10 +193,15 @@ impl Pass<'_> {
     /// Redelivers entries of this topic waiting in the queue (failed hand-backs, retries kept
     /// aside). An entry whose record is gone (retention) is finished.
     fn take_waiting(&mut self, g: &mut Group, key: &QueueKey) {
+        let now = Instant::now();
         let waiting: Vec<(u64, Open)> = g.cursors[key]
             .open
             .iter()
-            .filter(|(_, o)| o.state == OpenState::Waiting && o.origin == self.plan.topic)
+            .filter(|(_, o)| {
+                o.state == OpenState::Waiting
+                    && o.origin == self.plan.topic
+                    && o.not_before.is_none_or(|t| t <= now)
+            })
             .take(self.budget.count)
             .map(|(off, o)| (*off, o.clone()))
             .collect();
@@ -393,6 +398,7 @@ fn park(g: &mut Group, key: &QueueKey, offset: u64, phys: u64, origin: String) {
             phys,
             origin,
             state: OpenState::Waiting,
+            not_before: None,
         },
     );
 }

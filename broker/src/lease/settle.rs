@@ -244,9 +244,12 @@ fn finish_hand_back(
             Ok(())
         }
         Err(e) => {
-            tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, "hand-back failed; the message will be delivered again");
-            g.set_state(&job.key, job.offset, OpenState::Waiting);
-            state.changed.notify_waiters();
+            // Held for a lease period, not deliverable at once: a failure that does not go
+            // away (no room for the retry topic) made a nacked message come back at request
+            // rate, its nack's delay ignored.
+            let hold = ctx.cfg.lease.default_visibility;
+            tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, hold = ?hold, "hand-back failed; the message is delivered again after a lease period");
+            g.hold_until(&job.key, job.offset, Instant::now() + hold);
             Err(LeaseError::HandBack(e))
         }
     };

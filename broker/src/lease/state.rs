@@ -301,6 +301,9 @@ pub(crate) struct Open {
     /// The original topic (differs from the queue's topic in the retry queue).
     pub(crate) origin: String,
     pub(crate) state: OpenState,
+    /// A `Waiting` entry is not delivered before this (a failed hand-back, held for a lease
+    /// period instead of coming back at once).
+    pub(crate) not_before: Option<Instant>,
 }
 
 /// A group's position in one queue. Everything below `next` that is not in `open` is
@@ -440,6 +443,7 @@ impl Group {
                 phys,
                 origin: origin.to_owned(),
                 state,
+                not_before: None,
             },
         );
         let deadline = now + visibility;
@@ -543,6 +547,18 @@ impl Group {
         let was_waiting = o.state == OpenState::Waiting;
         o.state = state;
         self.count_waiting(was_waiting, state == OpenState::Waiting);
+    }
+
+    /// Makes an entry whose hand-back failed deliverable again at `at`, not at once.
+    pub(crate) fn hold_until(&mut self, key: &QueueKey, offset: u64, at: Instant) {
+        self.set_state(key, offset, OpenState::Waiting);
+        if let Some(o) = self
+            .cursors
+            .get_mut(key)
+            .and_then(|c| c.open.get_mut(&offset))
+        {
+            o.not_before = Some(at);
+        }
     }
 
     /// The commit-log offset and original topic of an open entry.

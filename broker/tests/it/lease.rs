@@ -955,3 +955,53 @@ async fn a_message_carrying_a_foreign_retry_topic_is_delivered_and_retried_as_it
     drop(leases);
     cluster.stop().await;
 }
+
+/// A nack whose copy could not be made (here the retry topic is read-only) made the message
+/// deliverable again at once, so a failure that does not go away looped it at request rate.
+/// It is now held for a lease period (`default_visibility`), then delivered again.
+#[tokio::test]
+async fn a_message_whose_hand_back_failed_is_held_for_a_lease_period() {
+    let cluster = start_cluster_with(|cfg| {
+        short_leases(cfg);
+        cfg.lease.default_visibility = Duration::from_secs(3);
+    })
+    .await;
+    topic(&cluster, "Orders", 1);
+    cluster
+        .broker
+        .services()
+        .put_topic(TopicConfig::new("%RETRY%g", 1, 4))
+        .unwrap();
+    let ids = produce(&cluster, "Orders", 0, &["a"], None).await;
+    let leases = cluster.broker.services().leases();
+    let got = receive_now(&leases, "g", "Orders", 1).await;
+    assert_eq!(got.len(), 1);
+    let nacked = leases.nack("g", &receipts(&got), None).await;
+    assert!(
+        matches!(nacked.as_slice(), [Err(LeaseError::HandBack(_))]),
+        "{nacked:?}"
+    );
+    assert!(
+        receive_now(&leases, "g", "Orders", 1).await.is_empty(),
+        "not deliverable at once"
+    );
+    let again = eventually_receive(&leases, "g", "Orders").await;
+    assert_eq!(
+        again.map(|d| d.msg_id),
+        Some(ids[0].clone()),
+        "delivered again later"
+    );
+    cluster.stop().await;
+}
+
+/// Receives (bounded) until one delivery comes.
+async fn eventually_receive(leases: &LeaseService, group: &str, topic: &str) -> Option<Delivery> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(d) = receive_now(leases, group, topic, 1).await.pop() {
+            return Some(d);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}

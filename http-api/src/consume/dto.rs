@@ -196,8 +196,9 @@ fn receipt_message(e: &LeaseError) -> String {
     match e {
         LeaseError::HandBack(cause) => {
             tracing::warn!(request_id = %crate::request_id::current(), error = %cause, "message not handed back");
-            "the message could not be handed back now; its lease ends as usual and it is \
-             delivered again (details in the broker log under this request id)"
+            "the message could not be handed back now; it is held for one lease period \
+             (the default visibility), then delivered again (details in the broker log under \
+             this request id)"
                 .to_owned()
         }
         other => other.to_string(),

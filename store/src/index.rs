@@ -41,8 +41,12 @@ const ENTRY_LEN: u64 = 20;
 const TIME_EPOCH_MS: i64 = 1_577_836_800_000;
 /// Bytes of the newest entries kept mapped after a sync (the next entries go right after).
 const RESIDENT_TAIL: u64 = 256 * 1024;
-/// Upper bound on chain steps per file and query, so a hot key cannot stall a query.
+/// Upper bound on chain steps per file and query, so a hot key cannot stall a query. A walk
+/// cut short by it says so: the entries past it may hold the key.
+#[cfg(not(test))]
 const MAX_CHAIN_STEPS: usize = 100_000;
+#[cfg(test)]
+const MAX_CHAIN_STEPS: usize = 1_000;
 
 /// 32-bit FNV-1a of the key; stable across versions because it is on disk.
 fn key_hash(key: &str) -> u32 {
@@ -376,12 +380,24 @@ impl IndexFile {
         (head, st.header.count)
     }
 
-    /// Commit-log offsets of entries matching `key`, newest first.
-    fn lookup(&self, key: &str, begin_ts: i64, end_ts: i64, max: usize, out: &mut Vec<u64>) {
+    /// Commit-log offsets of entries matching `key`, newest first. True when the walk stopped
+    /// at [`MAX_CHAIN_STEPS`] with entries left: the slot is shared with other keys, and a
+    /// frequent one can fill the budget before an older entry of `key` is reached.
+    fn lookup(
+        &self,
+        key: &str,
+        begin_ts: i64,
+        end_ts: i64,
+        max: usize,
+        out: &mut Vec<u64>,
+    ) -> bool {
         let hash = key_hash(key);
         let (mut n, count) = self.slot_head(hash);
         let mut steps = 0;
-        while n != 0 && n < count && out.len() < max && steps < MAX_CHAIN_STEPS {
+        while n != 0 && n < count && out.len() < max {
+            if steps >= MAX_CHAIN_STEPS {
+                return true;
+            }
             steps += 1;
             let Some(e) = self.file.slice(self.entry_pos(n), ENTRY_LEN as usize) else {
                 break;
@@ -403,6 +419,7 @@ impl IndexFile {
             }
             n = prev;
         }
+        false
     }
 }
 
@@ -529,7 +546,15 @@ impl Index {
     }
 
     /// Commit-log offsets for `key` stored within `[begin_ts, end_ts]`, newest first.
-    pub(crate) fn lookup(&self, key: &str, begin_ts: i64, end_ts: i64, max: usize) -> Vec<u64> {
+    /// Commit-log offsets of `key`'s entries, newest file first, and whether a walk was cut
+    /// short (more entries may exist than were returned).
+    pub(crate) fn lookup(
+        &self,
+        key: &str,
+        begin_ts: i64,
+        end_ts: i64,
+        max: usize,
+    ) -> (Vec<u64>, bool) {
         let files: Vec<_> = self
             .files
             .lock()
@@ -537,6 +562,7 @@ impl Index {
             .map(|(_, f)| Arc::clone(f))
             .collect();
         let mut out = Vec::new();
+        let mut truncated = false;
         for f in files.iter().rev() {
             let h = f.header();
             if h.count > 1
@@ -545,12 +571,12 @@ impl Index {
             {
                 continue;
             }
-            f.lookup(key, begin_ts, end_ts, max, &mut out);
+            truncated |= f.lookup(key, begin_ts, end_ts, max, &mut out);
             if out.len() >= max {
                 break;
             }
         }
-        out
+        (out, truncated)
     }
 
     /// Deletes files whose entries all point below `log_min` (never the newest).

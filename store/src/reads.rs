@@ -352,10 +352,11 @@ impl Store {
         matches: impl Fn(&[u8]) -> bool,
     ) -> (Vec<Bytes>, bool) {
         let limit = candidate_limit(max);
-        let candidates = self
-            .index
-            .lookup(&index_key(topic, key), begin_ms, end_ms, limit);
-        let capped = candidates.len() >= limit;
+        let (candidates, truncated) =
+            self.index
+                .lookup(&index_key(topic, key), begin_ms, end_ms, limit);
+        // A walk cut short may have missed entries: the answer is not "no more exist".
+        let capped = candidates.len() >= limit || truncated;
         let mut out = Vec::new();
         for phys in candidates {
             if out.len() >= max {

@@ -65,7 +65,7 @@ fn an_older_file_with_a_slot_count_it_cannot_hold_is_rebuilt_not_trusted() {
         "the oldest file is not the newest"
     );
     for i in 0..20u64 {
-        let found = index.lookup(&index_key("T", &format!("k{i}")), ts, ts, 4);
+        let (found, _) = index.lookup(&index_key("T", &format!("k{i}")), ts, ts, 4);
         assert_eq!(found, vec![1000 + i], "key k{i}");
     }
 }
@@ -133,4 +133,27 @@ fn a_failed_seal_is_not_trusted_after_a_retry() {
 fn any_store_timestamp_maps_to_an_entry_time_without_overflow() {
     assert_eq!(super::to_entry_time(i64::MIN), 0);
     assert_eq!(super::to_entry_time(i64::MAX), i32::MAX);
+}
+
+/// A slot is shared by every key whose hash falls in it, and the walk's step budget counts
+/// them all: a frequent key could use it up before an older entry of another key, and the
+/// look-up answered "none", not "there may be more" (a transaction's recovery then took a
+/// stored commit for a missing one).
+#[test]
+fn a_walk_cut_short_by_its_step_budget_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = TIME_EPOCH_MS + 86_400_000;
+    // One slot: every key collides.
+    let index = Index::open(dir.path(), 1, 10_000, Arc::new(RealIo), true, 0).unwrap();
+    index
+        .put_batch(&[IndexItem::new(&index_key("T", "target"), 100, ts)])
+        .unwrap();
+    let hot: Vec<_> = (0..MAX_CHAIN_STEPS as u64 + 1)
+        .map(|i| IndexItem::new(&index_key("T", "hot"), 1_000 + i, ts))
+        .collect();
+    index.put_batch(&hot).unwrap();
+    let (found, truncated) = index.lookup(&index_key("T", "target"), ts, ts, 4);
+    assert!(found.is_empty() && truncated, "{found:?} {truncated}");
+    let (found, truncated) = index.lookup(&index_key("T", "hot"), ts, ts, 4);
+    assert_eq!((found.len(), truncated), (4, false));
 }

@@ -40,6 +40,8 @@ pub mod code {
     pub const UNAVAILABLE: &str = "unavailable";
     /// A bug or an unexpected failure; the log has the details under the request id.
     pub const INTERNAL: &str = "internal";
+    /// A change of several messages failed part way: some were changed (503).
+    pub const PARTIALLY_APPLIED: &str = "partially_applied";
 }
 
 /// The JSON error body.

@@ -336,6 +336,20 @@ fn scheduled_out(m: ScheduledMessage) -> ScheduledOut {
 /// The schedule service's errors as HTTP.
 fn schedule_error(e: ScheduleError) -> ApiError {
     match e {
+        ScheduleError::Partial {
+            done,
+            matched,
+            cause,
+        } => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            crate::error::code::PARTIALLY_APPLIED,
+            format!(
+                "{done} of the {matched} messages were changed before the next one failed \
+                 ({}); repeating the request is safe, and GET .../scheduled shows each \
+                 message's state",
+                schedule_error(*cause).message
+            ),
+        ),
         ScheduleError::InvalidArgument(m) => ApiError::bad_request(m),
         ScheduleError::InvalidDelay(m) => ApiError::unprocessable(m),
         ScheduleError::NotRunning => ApiError::unavailable("the schedule service is not running"),
@@ -351,5 +365,37 @@ fn schedule_error(e: ScheduleError) -> ApiError {
             e @ (StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed),
         ) => ApiError::unavailable(format!("the store cannot take writes now: {e}")),
         other => ApiError::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cancel of a key naming several messages that fails after the first was changed was
+    /// answered 429/503 like a request that changed nothing; it now says what was done.
+    #[test]
+    fn a_change_that_failed_part_way_is_told_apart_from_one_that_changed_nothing() {
+        let partial = schedule_error(ScheduleError::Partial {
+            done: 1,
+            matched: 2,
+            cause: Box::new(ScheduleError::Store(StoreError::Busy("queue full".into()))),
+        });
+        assert_eq!(partial.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(partial.code, crate::error::code::PARTIALLY_APPLIED);
+        assert!(
+            partial
+                .message
+                .starts_with("1 of the 2 messages were changed"),
+            "{}",
+            partial.message
+        );
+        assert!(
+            partial.message.contains("store is busy"),
+            "{}",
+            partial.message
+        );
+        let nothing = schedule_error(ScheduleError::Store(StoreError::Busy("queue full".into())));
+        assert_eq!(nothing.code, crate::error::code::TOO_MANY_REQUESTS);
     }
 }

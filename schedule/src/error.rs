@@ -45,6 +45,17 @@ pub enum ScheduleError {
     /// A bounded wait ran out (the index did not catch up, a delivery did not finish).
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// A cancel or reschedule of several messages failed part way: `done` were already
+    /// changed (their new state is durable) when the next one failed with `cause`.
+    #[error("{done} of {matched} messages were changed before the next failed: {cause}")]
+    Partial {
+        /// Messages changed (or found already in that state) before the failure.
+        done: usize,
+        /// Messages the selector matched.
+        matched: usize,
+        /// The failure.
+        cause: Box<ScheduleError>,
+    },
 }
 
 impl ScheduleError {

@@ -192,7 +192,19 @@ pub(crate) async fn apply(core: &Arc<Core>, sel: &Selector, action: Action) -> R
         ..OpReport::default()
     };
     for (uniq, recs) in groups {
-        let outcome = apply_group(core, sel, &uniq, recs, action).await?;
+        // One message after the other, each durable on its own: a failure past the first
+        // says how many were done, since an error alone reads as "nothing changed".
+        let outcome = match apply_group(core, sel, &uniq, recs, action).await {
+            Ok(o) => o,
+            Err(e) if report.outcomes.is_empty() => return Err(e),
+            Err(e) => {
+                return Err(ScheduleError::Partial {
+                    done: report.outcomes.len(),
+                    matched: report.matched,
+                    cause: Box::new(e),
+                })
+            }
+        };
         report.add(uniq, outcome);
     }
     Ok(report)

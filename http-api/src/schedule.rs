@@ -379,7 +379,7 @@ mod tests {
         let partial = schedule_error(ScheduleError::Partial {
             done: 1,
             matched: 2,
-            cause: Box::new(ScheduleError::Store(StoreError::Busy("queue full".into()))),
+            cause: Box::new(ScheduleError::Store(StoreError::Busy("queue full"))),
         });
         assert_eq!(partial.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(partial.code, crate::error::code::PARTIALLY_APPLIED);
@@ -395,7 +395,7 @@ mod tests {
             "{}",
             partial.message
         );
-        let nothing = schedule_error(ScheduleError::Store(StoreError::Busy("queue full".into())));
+        let nothing = schedule_error(ScheduleError::Store(StoreError::Busy("queue full")));
         assert_eq!(nothing.code, crate::error::code::TOO_MANY_REQUESTS);
     }
 }

@@ -100,6 +100,13 @@ impl HttpConfig {
         if self.max_batch == 0 || self.max_concurrent_requests == 0 || self.max_long_polls == 0 {
             return Err("max_batch, max_concurrent_requests and max_long_polls must be > 0".into());
         }
+        if self.max_batch > crate::extract::MAX_ARRAY_ENTRIES {
+            return Err(format!(
+                "max_batch ({}) must be at most {}",
+                self.max_batch,
+                crate::extract::MAX_ARRAY_ENTRIES
+            ));
+        }
         for t in &self.tokens {
             t.validate()?;
         }

@@ -96,3 +96,40 @@ where
             .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
     }
 }
+
+/// Most entries a JSON array of the request bodies may hold (receipts, batch entries), checked
+/// while it is parsed: counted after parsing, `[0,0,0,...]` in a 6 MiB body built millions of
+/// values (over 100 MB) before the configured bound refused it.
+pub(crate) const MAX_ARRAY_ENTRIES: usize = 100_000;
+
+/// Deserializes an array of at most [`MAX_ARRAY_ENTRIES`], refusing it at the first entry
+/// past the bound.
+pub(crate) fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_ARRAY_ENTRIES} entries")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = seq.next_element()? {
+                if out.len() == MAX_ARRAY_ENTRIES {
+                    return Err(serde::de::Error::invalid_length(
+                        MAX_ARRAY_ENTRIES + 1,
+                        &self,
+                    ));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
+}

@@ -118,6 +118,7 @@ impl From<Delivery> for ReceivedMessage {
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     /// Receipts of the deliveries (1 to 1 000 by default).
+    #[serde(deserialize_with = "crate::extract::bounded_vec")]
     pub receipts: Vec<String>,
 }
 
@@ -126,6 +127,7 @@ pub struct AckBody {
 #[serde(deny_unknown_fields)]
 pub struct NackBody {
     /// Receipts of the deliveries (1 to 1 000 by default).
+    #[serde(deserialize_with = "crate::extract::bounded_vec")]
     pub receipts: Vec<String>,
     /// Wait before the retry, in ms, rounded up to the next delay level (0 = the first
     /// level). Default: the group's back-off.
@@ -137,6 +139,7 @@ pub struct NackBody {
 #[serde(deny_unknown_fields)]
 pub struct VisibilityBody {
     /// Receipts of the deliveries (1 to 1 000 by default).
+    #[serde(deserialize_with = "crate::extract::bounded_vec")]
     pub receipts: Vec<String>,
     /// New remaining lease time in ms, from now.
     pub visibility_ms: u64,

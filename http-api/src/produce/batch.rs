@@ -20,8 +20,11 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchIn {
     /// The messages (each checked on its own: one bad entry does not fail the others).
+    /// Kept as their JSON text and parsed one at a time: as values, a body of nested arrays
+    /// took over ten times its size in memory.
     #[schema(value_type = Vec<MessageIn>)]
-    pub messages: Vec<serde_json::Value>,
+    #[serde(deserialize_with = "crate::extract::bounded_vec")]
+    pub messages: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// The results, one per entry, in request order.
@@ -128,7 +131,7 @@ pub(super) async fn send_batch(
         let key = raw_sharding_key(&entry);
         let r = match &key {
             Some(k) if broken.contains(k) => Err(after_failure(k)),
-            _ => match parse_entry(entry) {
+            _ => match parse_entry(&entry) {
                 Ok(m) => match m.decode(state.config()) {
                     Ok(msg) => send_one(&state, &topic, msg, peer).await,
                     Err(e) => Err(e),
@@ -171,14 +174,17 @@ fn check_size(n: usize, max: usize) -> ApiResult<()> {
 }
 
 /// An entry's `sharding_key` as sent, whatever else is wrong with the entry.
-fn raw_sharding_key(v: &serde_json::Value) -> Option<String> {
-    v.get("sharding_key")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned)
+fn raw_sharding_key(v: &serde_json::value::RawValue) -> Option<String> {
+    /// Only the key; every other field is skipped without being built.
+    #[derive(Deserialize)]
+    struct Key {
+        sharding_key: Option<String>,
+    }
+    serde_json::from_str::<Key>(v.get()).ok()?.sharding_key
 }
 
-fn parse_entry(v: serde_json::Value) -> ApiResult<MessageIn> {
-    serde_json::from_value(v).map_err(|e| {
+fn parse_entry(v: &serde_json::value::RawValue) -> ApiResult<MessageIn> {
+    serde_json::from_str(v.get()).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
             code::INVALID_JSON,

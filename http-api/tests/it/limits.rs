@@ -499,3 +499,46 @@ async fn past_max_topics_new_topics_are_refused_with_the_reason_and_existing_one
     assert_eq!(status, 201, "deleting a topic makes room: {body}");
     s.stop().await;
 }
+
+/// Arrays in a body are counted while they are parsed: `[0,0,0,...]` of a few MiB built
+/// millions of values (over ten times the body in memory) before the configured bound
+/// refused it. Past 100 000 entries the body is refused as it is read (400), and a batch
+/// keeps each entry's JSON text, parsed one at a time.
+#[tokio::test]
+async fn arrays_past_their_bound_are_refused_while_parsed_and_batches_still_work() {
+    let s = common::start().await;
+    s.create_topic("T", 1);
+    let zeros = vec![0u8; 100_001];
+    let empties = vec![""; 100_001];
+    for (path, body) in [
+        ("/v1/topics/T/messages:batch", json!({"messages": zeros})),
+        ("/v1/groups/g/ack", json!({"receipts": empties})),
+    ] {
+        let (st, r) = s.post(path, body).await;
+        assert_eq!((st, error_code(&r)), (400, "invalid_json"), "{path}: {r}");
+        assert!(
+            r.to_string().contains("at most 100000 entries"),
+            "{path}: {r}"
+        );
+    }
+    let (st, r) = s
+        .post(
+            "/v1/topics/T/messages:batch",
+            json!({"messages": [
+                {"body": "a", "sharding_key": "k"},
+                7,
+                {"body": "b", "sharding_key": "k"},
+                {"body": "c"}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let oks: Vec<bool> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(oks, [true, false, true, true], "{r}");
+    s.stop().await;
+}

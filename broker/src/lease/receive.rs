@@ -161,6 +161,7 @@ fn collect_reserved(
         }
         g.commit(&ctx.offsets, key);
     }
+    g.forget_settled_cursors(&sources);
     out
 }
 

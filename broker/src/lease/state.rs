@@ -320,6 +320,12 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
+    /// Nothing open and the committed offset at the read position: dropped, the cursor is
+    /// made again from the committed offset with nothing lost.
+    pub(crate) fn settled(&self) -> bool {
+        self.open.is_empty() && self.committed.unwrap_or(self.start) == self.next
+    }
+
     /// The lowest unfinished offset.
     pub(crate) fn low_water(&self) -> u64 {
         self.open.keys().next().copied().unwrap_or(self.next)
@@ -333,6 +339,10 @@ impl Cursor {
             .count()
     }
 }
+
+/// Cursors a book keeps before settled ones are dropped (they are made again from the
+/// committed offset when next needed).
+pub(crate) const SETTLED_CURSORS_KEPT: usize = 256;
 
 /// A group's lease book.
 #[derive(Debug)]
@@ -579,6 +589,18 @@ impl Group {
 
     /// Commits the lowest unfinished offset of a queue when it moved (from the last commit, or
     /// from where the cursor began).
+    /// Past [`SETTLED_CURSORS_KEPT`] cursors, drops the settled ones (see
+    /// [`Cursor::settled`]) other than `keep`: a cursor was kept for every queue a group ever
+    /// received from, deleted topics included, so a long-lived group receiving short-lived
+    /// (per-tenant) topics grew without end.
+    pub(crate) fn forget_settled_cursors(&mut self, keep: &[QueueKey]) {
+        if self.cursors.len() <= SETTLED_CURSORS_KEPT {
+            return;
+        }
+        self.cursors
+            .retain(|key, c| !c.settled() || keep.contains(key));
+    }
+
     pub(crate) fn commit(&mut self, offsets: &OffsetManager, key: &QueueKey) {
         let Some(c) = self.cursors.get_mut(key) else {
             return;
@@ -624,6 +646,30 @@ mod tests {
             per_group: n,
             total: usize::MAX,
         }
+    }
+
+    /// A cursor was kept for every queue a group ever received from: past the bound, the
+    /// settled ones go (nothing open, committed at the read position); one with an open
+    /// entry, one whose commit is pending and the ones the receive uses stay.
+    #[test]
+    fn settled_cursors_past_the_bound_are_forgotten_and_busy_ones_kept() {
+        let mut g = Group::new("g", Arc::new(Totals::default()));
+        let key = |t: usize| -> QueueKey { (format!("T{t}"), 0) };
+        for t in 0..SETTLED_CURSORS_KEPT + 10 {
+            g.cursor(&key(t), || 0);
+        }
+        let now = Instant::now();
+        let vis = Duration::from_secs(10);
+        g.grant(&key(1), 0, 100, "T1", 1, 11, now, vis, vis * 10);
+        g.cursor(&key(2), || 0).next = 5; // read past, not yet committed
+        g.forget_settled_cursors(&[key(3)]);
+        let mut left: Vec<String> = g.cursors.keys().map(|k| k.0.clone()).collect();
+        left.sort();
+        assert_eq!(left, ["T1", "T2", "T3"]);
+        // Below the bound nothing is dropped.
+        g.cursor(&key(9), || 0);
+        g.forget_settled_cursors(&[]);
+        assert_eq!(g.cursors.len(), 4);
     }
 
     fn book_with_two_leases(now: Instant) -> Group {

@@ -177,16 +177,59 @@ impl Dispatcher {
         framing::probe(bytes, rel, seg.base, max, self.log.seal())
     }
 
-    /// Dispatches everything in `[from, to)` (recovery).
-    pub(crate) fn dispatch_all(&self, mut from: u64, to: u64) -> Result<()> {
+    /// Dispatches everything in `[from, to)` (recovery) until done or a write fails; returns
+    /// the offset reached, with the failure if one stopped it. The dispatcher thread goes on
+    /// from there, as it does after a failure at run time: a full disk under the queue files
+    /// must not keep the store from opening (its cleaner, which frees space, runs only once
+    /// it is open).
+    pub(crate) fn dispatch_all(&self, mut from: u64, to: u64) -> (u64, Option<crate::StoreError>) {
         while from < to {
-            let reached = self.dispatch_range(from, to)?;
+            let reached = match self.dispatch_range(from, to) {
+                Ok(r) => r,
+                Err(e) => return (from, Some(e)),
+            };
             if reached == from {
                 break; // no segment there: nothing more to dispatch
             }
             from = reached;
         }
-        Ok(())
+        (from, None)
+    }
+
+    /// The next queue offset of every queue with records in `[pos, to)`, which are not in
+    /// their consume queues yet: the appender must not hand out their offsets again.
+    pub(crate) fn queue_ends(
+        &self,
+        mut pos: u64,
+        to: u64,
+    ) -> std::collections::HashMap<(String, i32), u64> {
+        let mut out = std::collections::HashMap::new();
+        let mut seg = None::<Arc<Segment>>;
+        while pos < to {
+            if !seg.as_ref().is_some_and(|s| s.base <= pos && pos < s.end()) {
+                seg = self.log.segment_for(pos);
+            }
+            let Some(seg) = seg.as_ref() else {
+                break;
+            };
+            let rel = (pos - seg.base) as usize;
+            match self.record_at(seg, rel, pos, to) {
+                Probe::Record { total, .. } => {
+                    let bytes = &seg.file.as_slice()[rel..rel + total];
+                    if let Ok(view) = RecordView::parse(bytes, usize::MAX) {
+                        if let Ok(q) = u64::try_from(view.header.queue_offset) {
+                            let key = (view.topic.to_owned(), view.header.queue_id);
+                            let next = out.entry(key).or_insert(0);
+                            *next = (*next).max(q + 1);
+                        }
+                    }
+                    pos += framing::frame_len(total);
+                }
+                Probe::SegmentEnd { .. } => pos = seg.end(),
+                Probe::Empty | Probe::Invalid(_) => pos = self.skip_damage(pos, seg, to),
+            }
+        }
+        out
     }
 
     /// Consume-queue runs first: rewriting them on a retry puts the same entries at the same

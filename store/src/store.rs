@@ -225,11 +225,25 @@ impl Store {
             .synced_to
             .store(redispatch_from.max(log.min_offset()), Ordering::Release);
         let redispatch_started = std::time::Instant::now();
-        dispatcher.dispatch_all(redispatch_from.max(log.min_offset()), report.end)?;
+        let (dispatched, failed) =
+            dispatcher.dispatch_all(redispatch_from.max(log.min_offset()), report.end);
         report.redispatch_micros = redispatch_started.elapsed().as_micros() as u64;
-        let queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
+        let mut queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
+        if let Some(e) = failed {
+            tracing::error!(error = %e, dispatched, end = report.end, "re-dispatch at open stopped; the dispatcher goes on from there (entries past it are not visible until it can write them)");
+            // The records past it are in the log but not in their queues yet.
+            for ((topic, queue_id), next) in dispatcher.queue_ends(dispatched, report.end) {
+                let e = queue_offsets
+                    .entry(topic)
+                    .or_default()
+                    .entry(queue_id)
+                    .or_insert(0);
+                *e = (*e).max(i64::try_from(next).unwrap_or(i64::MAX));
+            }
+        }
         report.damaged_ranges = damage.all().len();
         let shared = Arc::new(Shared::new(report.end));
+        shared.dispatched.set(dispatched);
         // Not fatal: on a full disk a store that cannot open cannot run the cleaner that frees
         // space. But the previous checkpoint may describe files this recovery cut or rebuilt,
         // so when no new one replaced it, it goes (removing needs no space): the next open

@@ -520,3 +520,44 @@ fn a_folder_that_lost_its_seal_file_is_refused_until_it_is_restored() {
     assert_eq!(read_queue(&store, "T", 0).len(), acked.len());
     store.shutdown().unwrap();
 }
+
+/// At open, re-dispatching onto a disk that is still full failed the open, so the broker could
+/// not start (and the cleaner that frees space runs only once the store is open). The store
+/// now opens, holds the entries it cannot write back, hands out no queue offset twice, and
+/// the dispatcher writes them once space returns.
+#[test]
+fn a_store_opens_on_a_still_full_disk_and_dispatches_the_rest_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let per_file = cfg.cq_entries_per_file;
+    run_into_a_full_queue_file(&store, &io, per_file);
+    store.shutdown().unwrap();
+    drop(store);
+
+    let store = Store::open_with_io(
+        cfg.clone(),
+        Arc::clone(&io) as Arc<dyn sluice_store::io::StorageIo>,
+    )
+    .expect("a still-full disk does not keep the store from opening");
+    // Written up to the queue file that has no space; the rest held back, not published.
+    let visible = store.max_offset("T", 0);
+    assert!(
+        (per_file - 10..=per_file).contains(&visible),
+        "{visible} of {} visible",
+        per_file + 20
+    );
+    // A new append takes the next offset after the held-back ones, not one of theirs.
+    let next = store
+        .append_blocking(&[message("T", 0, per_file + 20)])
+        .unwrap()[0];
+    assert_eq!(next.queue_offset, (per_file + 20) as i64);
+    io.fail_queue_zeros(false);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len() as u64, per_file + 21);
+    for (i, (offset, body)) in msgs.iter().enumerate() {
+        assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
+    }
+    store.shutdown().unwrap();
+}

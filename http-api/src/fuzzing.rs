@@ -28,18 +28,20 @@ pub fn parse_request_bodies(body: &[u8]) {
     let _ = serde_json::from_slice::<crate::dlq::ReplayIn>(body);
 }
 
-/// A batch (`{"messages": [...]}`) is read as JSON values, then each entry as a message, as
-/// the batch handler does; at most `max_batch` entries are looked at, as it refuses more.
+/// A batch (`{"messages": [...]}`) is read as the batch handler reads it: an array bounded
+/// while parsed, of entries kept as JSON text, then each entry as a message; at most
+/// `max_batch` entries are looked at, as it refuses more.
 fn batch_entries(body: &[u8], cfg: &HttpConfig) {
     #[derive(serde::Deserialize)]
     struct Batch {
-        messages: Vec<serde_json::Value>,
+        #[serde(deserialize_with = "crate::extract::bounded_vec")]
+        messages: Vec<Box<serde_json::value::RawValue>>,
     }
     let Ok(batch) = serde_json::from_slice::<Batch>(body) else {
         return;
     };
-    for entry in batch.messages.into_iter().take(cfg.max_batch) {
-        if let Ok(m) = serde_json::from_value::<MessageIn>(entry) {
+    for entry in batch.messages.iter().take(cfg.max_batch) {
+        if let Ok(m) = serde_json::from_str::<MessageIn>(entry.get()) {
             let _ = m.decode(cfg);
         }
     }

@@ -216,8 +216,14 @@ impl Dispatcher {
             match self.record_at(seg, rel, pos, to) {
                 Probe::Record { total, .. } => {
                     let bytes = &seg.file.as_slice()[rel..rel + total];
+                    // As `gather` takes them: consumable records only (a prepared or rolled
+                    // back one has no queue entry), at a queue offset a record can have.
                     if let Ok(view) = RecordView::parse(bytes, usize::MAX) {
-                        if let Ok(q) = u64::try_from(view.header.queue_offset) {
+                        let tx = view.transaction_type();
+                        let consumable = tx == sysflag::TRANSACTION_NOT_TYPE
+                            || tx == sysflag::TRANSACTION_COMMIT;
+                        let q = plausible_queue_offset(view.header.queue_offset, pos);
+                        if let (true, Some(q)) = (consumable, q) {
                             let key = (view.topic.to_owned(), view.header.queue_id);
                             let next = out.entry(key).or_insert(0);
                             *next = (*next).max(q + 1);

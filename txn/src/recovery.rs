@@ -282,8 +282,9 @@ impl Core {
         let want = i64::try_from(e.id.commit_log_offset).unwrap_or(-1);
         let store = self.services.store();
         topics.iter().any(|topic| {
-            store
-                .query_by_uniq_key(topic, &e.uniq, COMMIT_LOOKUP_MAX)
+            let (records, capped) =
+                store.query_by_uniq_key_where(topic, &e.uniq, COMMIT_LOOKUP_MAX, &|_| true);
+            let found = records
                 .iter()
                 .filter_map(|raw| {
                     RecordView::parse(raw, self.max_record)
@@ -293,7 +294,13 @@ impl Core {
                 .any(|h| {
                     sysflag::transaction_type(h.sys_flag) == sysflag::TRANSACTION_COMMIT
                         && h.prepared_transaction_offset == want
-                })
+                });
+            if !found && capped {
+                // Taken as not stored: the commit is made again (a possible duplicate)
+                // rather than the message lost.
+                tracing::warn!(topic, transaction_id = %e.uniq, "the look-up of a torn commit was cut short; committing again, which may deliver the message twice");
+            }
+            found
         })
     }
 

@@ -388,10 +388,15 @@ async fn run(ctx: Arc<BrokerContext>, mut status: ReplayStatus, cancel: Arc<Canc
     // that nobody has seen finish.
     // Tried a few times: a final state left unsaved (a full disk) shows the task finished
     // here while its file still says running, and the next start resumes it.
-    for attempt in 1..=FINAL_SAVE_ATTEMPTS {
+    let attempts = if event.is_some() {
+        FINAL_SAVE_ATTEMPTS
+    } else {
+        1
+    };
+    for attempt in 1..=attempts {
         match save(&ctx, &status, event, &ahead).await {
             Ok(()) => break,
-            Err(e) if attempt == FINAL_SAVE_ATTEMPTS => {
+            Err(e) if attempt == attempts => {
                 tracing::error!(task = %status.id, error = %e, "saving the replay task's final state failed; a restart resumes it");
             }
             Err(e) => {
@@ -625,7 +630,7 @@ async fn replay_one(
     // Looked up for every letter, whoever copied it: a task that copied it and crashed before
     // ledgering may have been cancelled after resuming, before it came back to the letter,
     // and the next task (which never resumed) copied it a second time.
-    let already = copy_exists(ctx, &dest, m);
+    let already = copy_exists(ctx, &dest, m)?;
     if !already {
         let input = replay_copy(
             orig,
@@ -677,21 +682,26 @@ fn writable(topic: &str, cfg: &sluice_protocol::remoting::body::TopicConfig) -> 
     }
 }
 
-/// True when `dest` holds a replay copy of `m`, by any task (found by UNIQ_KEY).
-fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage) -> bool {
+/// True when `dest` holds a replay copy of `m`, by any task (found by UNIQ_KEY). An index
+/// look-up that could not say (capped before finding one) is an error: the letter is counted
+/// failed and stays in the DLQ rather than risk a second copy.
+fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage) -> Result<bool, String> {
     let Some(uniq) = m.uniq_key.as_deref() else {
-        return false;
+        return Ok(false);
     };
-    ctx.store
-        .query_by_uniq_key(dest, uniq, 32)
-        .iter()
-        .filter_map(Original::decode)
-        .any(|o| {
-            o.properties.get(PROP_REPLAY_TASK).is_some()
-                && o.properties
-                    .get(PROP_REPLAYED_FROM)
-                    .is_some_and(|from| same_record(from, &m.msg_id))
-        })
+    let (records, capped) = ctx.store.query_by_uniq_key_where(dest, uniq, 32, &|_| true);
+    let found = records.iter().filter_map(Original::decode).any(|o| {
+        o.properties.get(PROP_REPLAY_TASK).is_some()
+            && o.properties
+                .get(PROP_REPLAYED_FROM)
+                .is_some_and(|from| same_record(from, &m.msg_id))
+    });
+    if !found && capped {
+        return Err(format!(
+            "cannot tell whether {dest} holds a copy already: the index look-up of its id was cut short"
+        ));
+    }
+    Ok(found)
 }
 
 /// Whether two offset message ids name one record: the same commit-log offset, whatever

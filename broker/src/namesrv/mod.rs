@@ -242,9 +242,17 @@ impl NameServerProcessor {
             conn_id: conn.id(),
         };
         let mut table = self.table.lock();
-        if let Some(why) = table.refusal(&reg, self.limits) {
+        if let Some(refusal) = table.refusal(&reg, self.limits) {
+            let kept = matches!(refusal, routes::Refusal::Routes(_))
+                && table.keep_alive(&reg, Instant::now());
             drop(table);
-            tracing::warn!(remote = %conn.remote_addr(), reason = %why, "broker registration refused");
+            let (routes::Refusal::Invalid(why) | routes::Refusal::Routes(why)) = refusal;
+            tracing::warn!(remote = %conn.remote_addr(), reason = %why, kept_live = kept, "broker registration refused");
+            let why = if kept {
+                format!("{why}; the broker stays registered with the routes it had")
+            } else {
+                why
+            };
             return reply::error(req, response_code::SYSTEM_ERROR, why);
         }
         table.register(reg, Instant::now());

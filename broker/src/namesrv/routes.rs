@@ -59,6 +59,15 @@ fn routable(
         .filter(|(name, _)| crate::topic::validate_name(name).is_ok())
 }
 
+/// Why a registration is not taken.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Names out of bounds, or no room for another broker: nothing of it is kept.
+    Invalid(String),
+    /// Its topics would pass `max_topic_routes`: a broker already live keeps its routes.
+    Routes(String),
+}
+
 /// Longest broker and cluster name kept (RocketMQ's topic-name bound): each route keeps its
 /// broker's name, so a long one multiplied by many topics was unbounded memory.
 pub(crate) const MAX_NAME_LEN: usize = 127;
@@ -66,23 +75,41 @@ pub(crate) const MAX_NAME_LEN: usize = 127;
 pub(crate) const MAX_ADDR_LEN: usize = 255;
 
 impl RouteTable {
+    /// Keeps a live broker whose registration was refused for the route bound live (as its
+    /// registration would), with the routes it had: refused whole, it expired after
+    /// `broker_expiry` with every route, and could never come back (its routes no longer
+    /// counted as its own). True when `reg`'s address is live under the same name.
+    pub(crate) fn keep_alive(&mut self, reg: &Registration, now: Instant) -> bool {
+        match self.live.get_mut(&reg.broker_addr) {
+            Some(l) if l.broker_name == reg.broker_name && l.broker_id == reg.broker_id => {
+                l.last_update = now;
+                l.conn_id = reg.conn_id;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Why `reg` cannot be taken without passing `limits`, or holds names no broker sends.
     /// Checked before anything changes: a refused registration leaves the table as it was.
-    pub(crate) fn refusal(&self, reg: &Registration, limits: Limits) -> Option<String> {
+    pub(crate) fn refusal(&self, reg: &Registration, limits: Limits) -> Option<Refusal> {
         for (what, v, max) in [
             ("brokerName", &reg.broker_name, MAX_NAME_LEN),
             ("clusterName", &reg.cluster, MAX_NAME_LEN),
             ("brokerAddr", &reg.broker_addr, MAX_ADDR_LEN),
         ] {
             if v.is_empty() || v.len() > max {
-                return Some(format!("{what} must be 1 to {max} bytes, not {}", v.len()));
+                return Some(Refusal::Invalid(format!(
+                    "{what} must be 1 to {max} bytes, not {}",
+                    v.len()
+                )));
             }
         }
         if !self.live.contains_key(&reg.broker_addr) && self.live.len() >= limits.max_brokers {
-            return Some(format!(
+            return Some(Refusal::Invalid(format!(
                 "the name server holds {} brokers, its max_brokers",
                 limits.max_brokers
-            ));
+            )));
         }
         if reg.broker_id != 0 {
             return None; // a slave's topics are not taken
@@ -96,10 +123,10 @@ impl RouteTable {
         let adding = routable(&reg.body).count();
         let after = total - mine + adding;
         (after > limits.max_topic_routes).then(|| {
-            format!(
+            Refusal::Routes(format!(
                 "registering {adding} topics would hold {after} topic routes, past max_topic_routes ({})",
                 limits.max_topic_routes
-            )
+            ))
         })
     }
 

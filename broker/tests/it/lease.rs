@@ -976,6 +976,7 @@ async fn a_message_whose_hand_back_failed_is_held_for_a_lease_period() {
     let leases = cluster.broker.services().leases();
     let got = receive_now(&leases, "g", "Orders", 1).await;
     assert_eq!(got.len(), 1);
+    let nacked_at = std::time::Instant::now();
     let nacked = leases.nack("g", &receipts(&got), None).await;
     assert!(
         matches!(nacked.as_slice(), [Err(LeaseError::HandBack(_))]),
@@ -986,10 +987,16 @@ async fn a_message_whose_hand_back_failed_is_held_for_a_lease_period() {
         "not deliverable at once"
     );
     let again = eventually_receive(&leases, "g", "Orders").await;
+    let held = nacked_at.elapsed();
     assert_eq!(
         again.map(|d| d.msg_id),
         Some(ids[0].clone()),
         "delivered again later"
+    );
+    // A lower bound only (the hold is 3 s): a slow machine can only make it longer.
+    assert!(
+        held >= Duration::from_secs(2),
+        "held {held:?}, not a lease period"
     );
     cluster.stop().await;
 }

@@ -389,3 +389,56 @@ async fn registrations_past_the_name_and_table_bounds_are_refused_and_change_not
     drop(ns);
     namesrv.shutdown().await;
 }
+
+/// A live broker whose registration is refused for the route bound (it created one topic too
+/// many) stays registered with the routes it had: refused whole, it expired after
+/// `broker_expiry` and every route went with it, and it could never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_broker_refused_for_the_route_bound_keeps_its_routes_and_stays_live() {
+    let cfg = NameServerConfig {
+        listen: localhost(),
+        broker_expiry: Duration::from_millis(300),
+        scan_interval: Duration::from_millis(50),
+        max_topic_routes: 10,
+        ..NameServerConfig::default()
+    };
+    let namesrv = NameServer::start(cfg).await.unwrap();
+    let ns = RemotingClient::connect(namesrv.local_addr()).await.unwrap();
+    let topics = |n: usize| -> Vec<String> { (0..n).map(|i| format!("A{i}")).collect() };
+    let first = ns
+        .invoke(register_topics("b1", "10.0.0.1:1", &topics(6)), RPC)
+        .await
+        .unwrap();
+    assert_eq!(first.code, 0, "{:?}", first.remark);
+    // Registers every 100 ms for well past the expiry, each time with too many topics.
+    for _ in 0..10 {
+        let resp = ns
+            .invoke(register_topics("b1", "10.0.0.1:1", &topics(20)), RPC)
+            .await
+            .unwrap();
+        assert_eq!(resp.code, 1);
+        assert!(
+            resp.remark.unwrap_or_default().contains("stays registered"),
+            "the bound is named and the broker kept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ns.invoke(route_request("A0", 401, false), RPC)
+            .await
+            .unwrap()
+            .code,
+        0,
+        "its routes are still served"
+    );
+    assert_eq!(
+        ns.invoke(route_request("A10", 401, false), RPC)
+            .await
+            .unwrap()
+            .code,
+        17,
+        "the topics past the bound are not"
+    );
+    drop(ns);
+    namesrv.shutdown().await;
+}

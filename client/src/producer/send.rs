@@ -331,8 +331,12 @@ impl Sender {
         avoid: Option<&str>,
     ) -> Result<MessageQueue, ClientError> {
         if let Target::Queue(mq) = target {
-            // A use of the topic's route, which keeps it (and its broker's address) refreshed.
-            let _ = self.core.cached_route(topic);
+            // A use of the topic's route, which keeps it (and its broker's address) refreshed;
+            // a route forgotten as idle is fetched again, or a moved broker would be sent to
+            // at its old address for good. A failed fetch leaves the address known.
+            if self.core.cached_route(topic).is_none() {
+                let _ = self.core.fetch_route(topic).await;
+            }
             return Ok(mq.clone());
         }
         let route = self.core.publish_route(topic).await?;

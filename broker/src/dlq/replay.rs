@@ -682,6 +682,10 @@ fn writable(topic: &str, cfg: &sluice_protocol::remoting::body::TopicConfig) -> 
     }
 }
 
+/// Records of one message id looked at for an earlier replay copy (the index yields up to
+/// four times as many candidates).
+const COPY_LOOKUP_MAX: usize = 1024;
+
 /// True when `dest` holds a replay copy of `m`, by any task (found by UNIQ_KEY). An index
 /// look-up that could not say (capped before finding one) is an error: the letter is counted
 /// failed and stays in the DLQ rather than risk a second copy.
@@ -689,7 +693,12 @@ fn copy_exists(ctx: &BrokerContext, dest: &str, m: &DlqMessage) -> Result<bool, 
     let Some(uniq) = m.uniq_key.as_deref() else {
         return Ok(false);
     };
-    let (records, capped) = ctx.store.query_by_uniq_key_where(dest, uniq, 32, &|_| true);
+    // Records of this id in `dest` include its retry copies (up to the group's maximum per
+    // dead-lettering, again after each replay): looked at in the thousands, so only an id
+    // retried and replayed that often, or a cut-short index walk, leaves it undecided.
+    let (records, capped) = ctx
+        .store
+        .query_by_uniq_key_where(dest, uniq, COPY_LOOKUP_MAX, &|_| true);
     let found = records.iter().filter_map(Original::decode).any(|o| {
         o.properties.get(PROP_REPLAY_TASK).is_some()
             && o.properties

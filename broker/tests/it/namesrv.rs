@@ -26,10 +26,17 @@ fn route_request(topic: &str, version: i32, standard_only: bool) -> RemotingComm
 }
 
 fn register(name: &str, addr: &str, topic: &str) -> RemotingCommand {
+    register_with(name, addr, &[topic.to_owned()], 2)
+}
+
+/// A master's REGISTER_BROKER listing `topics`, each with `queues` queues.
+fn register_with(name: &str, addr: &str, topics: &[String], queues: i32) -> RemotingCommand {
     let mut body = RegisterBrokerBody::default();
-    body.topic_config_serialize_wrapper
-        .topic_config_table
-        .insert(topic.into(), TopicConfig::new(topic, 2, 6));
+    for t in topics {
+        body.topic_config_serialize_wrapper
+            .topic_config_table
+            .insert(t.clone(), TopicConfig::new(t, queues, 6));
+    }
     let h = RegisterBrokerRequestHeader {
         broker_name: name.into(),
         broker_addr: addr.into(),
@@ -282,22 +289,7 @@ async fn a_registration_that_times_out_keeps_its_name_server_connection() {
 }
 
 fn register_topics(name: &str, addr: &str, topics: &[String]) -> RemotingCommand {
-    let mut body = RegisterBrokerBody::default();
-    for t in topics {
-        body.topic_config_serialize_wrapper
-            .topic_config_table
-            .insert(t.clone(), TopicConfig::new(t, 1, 6));
-    }
-    let h = RegisterBrokerRequestHeader {
-        broker_name: name.into(),
-        broker_addr: addr.into(),
-        cluster_name: "C".into(),
-        ha_server_addr: addr.into(),
-        broker_id: 0,
-        ..RegisterBrokerRequestHeader::default()
-    };
-    RemotingCommand::request(request_code::REGISTER_BROKER, h.to_ext())
-        .with_body(encode_json(&body))
+    register_with(name, addr, topics, 1)
 }
 
 /// Registrations are unauthenticated: one frame naming a 1 MiB broker and thousands of

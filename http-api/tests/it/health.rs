@@ -91,15 +91,7 @@ async fn invented_methods_share_one_metrics_label() {
             "in the JSON error shape, as any wrong method"
         );
     }
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains(
             "sluice_http_requests_total{method=\"OTHER\",route=\"/healthz\",status=\"405\"} 20"

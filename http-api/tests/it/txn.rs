@@ -502,15 +502,7 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
 
 /// The count of `sluice_http_check_webhooks_total` for `result`.
 async fn webhook_count(s: &common::Server, result: &str) -> u64 {
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let prefix = format!("sluice_http_check_webhooks_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))

@@ -112,6 +112,12 @@ impl Server {
         status_json(r).await
     }
 
+    /// The `/metrics` text (no token).
+    pub async fn metrics(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await;
+        r.expect("GET /metrics").text().await.expect("metrics text")
+    }
+
     /// GETs; returns status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.http.get(self.url(path)).send().await.expect("GET");

@@ -203,7 +203,15 @@ impl Core {
                 // Only forward: what lies below was read (or skipped) already.
                 t.half_next = t.half_next.max(r.next_offset);
             }
-            if r.status != GetStatus::Found || started.elapsed() >= budget {
+            // Past entries retention deleted (or damage) the tail goes on: at a restart without
+            // a checkpoint it starts at 0, and stopping there left every retained half unread
+            // by the rebuild, so the first tick took decided ones for open (the op queue is not
+            // replayed then) and dropped carry-forward copies.
+            let skipped = matches!(
+                r.status,
+                GetStatus::OffsetTooSmall | GetStatus::NoMatchedMessage
+            ) && r.next_offset > from;
+            if (r.status != GetStatus::Found && !skipped) || started.elapsed() >= budget {
                 break;
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use sluice_protocol::response_code as code;
-use sluice_txn::{FinalAction, ListQuery, StateFilter, TxnConfig, TxnState};
+use sluice_txn::{FinalAction, ListQuery, StateFilter, TxnConfig, TxnExtension, TxnState};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -553,5 +553,78 @@ async fn a_listed_transaction_whose_original_is_gone_is_found_again_through_its_
     assert_eq!(end(&c, &s, COMMIT).await.code, 0);
     assert_eq!(visible_keys(&b, &c).await, ["old"]);
     drop(c);
+    b.stop().await;
+}
+
+/// A size budget that deletes every segment but the newest (checked by hand here).
+fn tiny_retention(cfg: &mut sluice_broker::BrokerConfig) {
+    cfg.store.retention_bytes = Some(1);
+    cfg.store.retention_bytes_min_age = Duration::ZERO;
+    cfg.store.clean_interval = Duration::from_secs(3600);
+}
+
+/// At a restart without a checkpoint the rebuild reads the half queue from 0; once retention
+/// had deleted its first entries the read stopped there, nothing was rebuilt, and the first
+/// tick took every retained half for an open transaction: decided ones were checked (and
+/// could be committed) again.
+#[tokio::test]
+async fn without_a_checkpoint_decided_halves_past_retention_stay_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_tweaked(dir.path(), TxnExtension::new(quiet()), tiny_retention).await;
+    let c = b.client().await;
+    let a = send_half(&c, "a").await;
+    assert_eq!(end(&c, &a, COMMIT).await.code, 0);
+    // Filler past two 4 MiB segments, so the half queue's first entry goes with retention.
+    let body = vec![b'f'; 200 << 10];
+    for i in 0..45 {
+        let mut p = sluice_protocol::Properties::new();
+        p.insert("KEYS", format!("fill-{i}"));
+        let resp = c
+            .invoke(send_request(GROUP, "Filler", 0, 0, &p, &body), RPC)
+            .await
+            .unwrap();
+        assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    }
+    let done = send_half(&c, "b").await;
+    assert_eq!(end(&c, &done, COMMIT).await.code, 0);
+    let open = send_half(&c, "c").await;
+    let store = b.broker.services().store().clone();
+    // Retention waits for a checkpoint's queue sync to cover the segments (bounded wait).
+    for _ in 0..100 {
+        store.run_retention().unwrap();
+        if store.min_offset("RMQ_SYS_TRANS_HALF_TOPIC", 0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        store.min_offset("RMQ_SYS_TRANS_HALF_TOPIC", 0) > 0,
+        "retention took the first half"
+    );
+    settle(&b).await;
+    drop(c);
+    b.stop().await;
+
+    std::fs::remove_file(checkpoint(dir.path())).unwrap();
+    let b = TestBroker::start_tweaked(dir.path(), TxnExtension::new(quiet()), tiny_retention).await;
+    settle(&b).await;
+    let svc = b.txn.service();
+    let open_now: Vec<i64> = svc
+        .list(&ListQuery {
+            states: StateFilter::Live,
+            ..ListQuery::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|v| v.half_offset as i64)
+        .collect();
+    assert_eq!(open_now, [open.queue_offset], "only c is open");
+    let b_now = svc.get(done.queue_offset as u64).unwrap();
+    assert!(
+        b_now
+            .as_ref()
+            .is_none_or(|v| v.state == TxnState::Committed),
+        "b stays committed: {b_now:?}"
+    );
     b.stop().await;
 }

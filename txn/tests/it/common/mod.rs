@@ -51,7 +51,18 @@ impl TestBroker {
     }
 
     pub async fn start_with(dir: &Path, txn: TxnExtension) -> Self {
-        let broker = Broker::start_with(broker_config(dir), txn.broker_extensions())
+        Self::start_tweaked(dir, txn, |_| {}).await
+    }
+
+    /// As [`TestBroker::start_with`], with the broker's config adjusted first.
+    pub async fn start_tweaked(
+        dir: &Path,
+        txn: TxnExtension,
+        tweak: impl FnOnce(&mut BrokerConfig),
+    ) -> Self {
+        let mut cfg = broker_config(dir);
+        tweak(&mut cfg);
+        let broker = Broker::start_with(cfg, txn.broker_extensions())
             .await
             .expect("broker starts");
         Self { broker, txn }

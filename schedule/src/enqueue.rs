@@ -112,9 +112,15 @@ fn poll_queue(core: &Core, topic: &str, queue_id: i32) -> usize {
                 .insert(name, res.next_offset);
             0
         }
-        GetStatus::NoMessageInQueue
-        | GetStatus::NoMatchedLogicQueue
-        | GetStatus::OffsetOverflowOne => 0,
+        // Empty, retention having taken every entry: read up to its end, or readiness would
+        // wait for a pass that finds nothing at all, which steady delayed sends never allow.
+        GetStatus::NoMessageInQueue => {
+            if res.max_offset > 0 {
+                core.index.inner.lock().enqueue.insert(name, res.max_offset);
+            }
+            0
+        }
+        GetStatus::NoMatchedLogicQueue | GetStatus::OffsetOverflowOne => 0,
     }
 }
 

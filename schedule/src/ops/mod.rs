@@ -413,8 +413,15 @@ fn find(core: &Core, sel: &Selector) -> Result<(BTreeMap<String, Vec<Found>>, bo
     // The real topic is matched inside the store's look-up, before its cap: records of other
     // topics sharing the key (retry copies keep KEYS) took the cap first, and a pending timer
     // behind them was answered "not found".
+    // With no topic named, a consumer group's retry timers (a send-back keeps the message's
+    // UNIQ_KEY) are not the message's own: grouped with it, a cancel by id cancelled the
+    // group's retry and answered "cancelled" for a message already delivered.
     let of_topic = |props: &[u8]| {
-        want_topic.is_none_or(|t| find_property(props, keys::REAL_TOPIC) == Some(t.as_bytes()))
+        let real = find_property(props, keys::REAL_TOPIC);
+        match want_topic {
+            Some(t) => real == Some(t.as_bytes()),
+            None => !real.is_some_and(|r| r.starts_with(b"%RETRY%") || r.starts_with(b"%DLQ%")),
+        }
     };
     let mut raw: Vec<Bytes> = Vec::new();
     let mut truncated = false;

@@ -558,7 +558,12 @@ impl Table {
             let Some(id) = self.pull.get_mut(group).and_then(VecDeque::pop_front) else {
                 break;
             };
-            self.queued.remove(&id);
+            // Not queued any more (decided or parked while it waited; `complete` leaves the
+            // id here): a stale entry, or a second one for a transaction re-armed and queued
+            // again, which handed out two checks at once.
+            if !self.queued.remove(&id) {
+                continue;
+            }
             if let Some(c) = self.count_check(id, now) {
                 if let Some(e) = self.entries.get(&id) {
                     out.push(((**e).clone(), c));

@@ -191,6 +191,25 @@ fn pulled_checks_count_once_and_skip_decided_transactions() {
     assert_eq!(t.pending_pulls(), 0);
 }
 
+/// A check queued for a pull-mode group, then parked and re-armed before anyone polled, was
+/// queued again beside its stale entry: one poll handed out two checks, counted twice.
+#[test]
+fn a_check_queued_again_after_park_and_rearm_is_handed_out_once() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    t.insert(entry(1, 0));
+    assert!(t.queue_pull("pg", 1, 10));
+    for (d, op) in [(Decision::Park, 5), (Decision::Rearm, 6)] {
+        let Begin::Proceed(_) = t.begin(1, d, 0) else {
+            panic!("{d:?}")
+        };
+        t.complete(1, d, Source::Operator, op, 10);
+    }
+    assert!(t.queue_pull("pg", 1, 10));
+    let got = t.take_pull("pg", 10, 20);
+    assert_eq!(got.len(), 1, "one check");
+    assert_eq!(got[0].1.checks, 1);
+}
+
 /// A pull-mode group whose producers never poll: its queued checks are never taken, so its
 /// check count never reaches `check_max`; the age limit must still end the transaction.
 #[test]

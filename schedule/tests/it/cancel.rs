@@ -130,6 +130,37 @@ async fn cancel_after_release_says_delivered() {
     );
     let (listed, _) = svc.list(&by_id(&s.uniq_key)).await.unwrap();
     assert_eq!(listed[0].state, MessageState::Delivered);
+
+    // A consumer group's retry of it is a timer with its UNIQ_KEY and `%RETRY%<group>` as its
+    // real topic. Cancelled by id with no topic, it was grouped with the message's own
+    // (released) timer: the retry was cancelled and the answer "cancelled" for a message
+    // consumers already had. Without a topic, retry and dead-letter timers are left out.
+    svc.schedule_at(
+        input("%RETRY%G", 0, "k", &[("UNIQ_KEY", s.uniq_key.as_str())]),
+        When::After(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let any_topic = Selector::Id {
+        topic: None,
+        uniq_key: s.uniq_key.clone(),
+    };
+    let r = svc.cancel(&any_topic).await.unwrap();
+    assert_eq!(
+        r.outcomes,
+        vec![(s.uniq_key.clone(), Outcome::AlreadyDelivered)]
+    );
+    let retry = Selector::Id {
+        topic: Some("%RETRY%G".into()),
+        uniq_key: s.uniq_key.clone(),
+    };
+    let (listed, _) = svc.list(&retry).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].state,
+        MessageState::Pending,
+        "the retry still comes"
+    );
     node.stop().await;
     ns.shutdown().await;
 }
@@ -673,60 +704,6 @@ async fn a_dropped_timer_is_reported_dropped_not_delivered_or_cancelled() {
     node.stop().await;
     let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
     check(node.service()).await;
-    node.stop().await;
-    ns.shutdown().await;
-}
-
-/// A consumer group's retry of a delivered message is a timer with the message's UNIQ_KEY
-/// and `%RETRY%<group>` as its real topic. Cancelled by id with no topic, it was grouped with
-/// the message's own (released) timer: the retry was cancelled and the answer "cancelled" for
-/// a message consumers already had. Without a topic, retry and dead-letter timers are left out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_by_id_without_a_topic_leaves_a_groups_retry_timer_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let ns = start_namesrv().await;
-    let node = Node::start(dir.path(), ns.local_addr(), test_config()).await;
-    let svc = node.service();
-    let s = svc
-        .schedule_at(
-            input(TOPIC, 0, "k", &[]),
-            When::After(Duration::from_millis(200)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        node.wait_released(TOPIC, 1, 1, Duration::from_secs(10))
-            .await
-            .len(),
-        1
-    );
-    // The group's retry: same id, real topic its retry topic, due later.
-    svc.schedule_at(
-        input("%RETRY%G", 0, "k", &[("UNIQ_KEY", s.uniq_key.as_str())]),
-        When::After(Duration::from_secs(60)),
-    )
-    .await
-    .unwrap();
-    let any_topic = Selector::Id {
-        topic: None,
-        uniq_key: s.uniq_key.clone(),
-    };
-    let r = svc.cancel(&any_topic).await.unwrap();
-    assert_eq!(
-        r.outcomes,
-        vec![(s.uniq_key.clone(), Outcome::AlreadyDelivered)]
-    );
-    let retry = Selector::Id {
-        topic: Some("%RETRY%G".into()),
-        uniq_key: s.uniq_key.clone(),
-    };
-    let (listed, _) = svc.list(&retry).await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(
-        listed[0].state,
-        MessageState::Pending,
-        "the retry still comes"
-    );
     node.stop().await;
     ns.shutdown().await;
 }

@@ -134,7 +134,14 @@ impl TxnPutHook {
         }
         let mut trial = msg.clone();
         trial.input.sys_flag &= !sysflag::TRANSACTION_MASK;
-        trial.properties.remove(keys::TRAN_MSG);
+        // With the properties the committed message will carry (the half's, less the check
+        // URL), so a bound on their size refuses the send, not every commit: the half's
+        // additions (~90 bytes and the topic) passed the trial and failed each commit, and
+        // the transaction the producer committed ended discarded. TRAN_MSG's place is held
+        // by a value of its length that does not mark a half (a half is not delayed yet).
+        half_properties(ctx, &mut trial);
+        trial.properties.remove(crate::sink::PROP_CHECK_URL);
+        trial.properties.insert(keys::TRAN_MSG, "fals");
         for hook in hooks.iter() {
             if let r @ HookOutcome::Reject { .. } = hook.before_put(ctx, &mut trial) {
                 return Some(r);
@@ -157,6 +164,14 @@ const BROKER_ONLY: [&str; 5] = [
 
 /// The half-message rewrite itself.
 fn rewrite(ctx: &PutContext<'_>, msg: &mut PendingMessage) {
+    half_properties(ctx, msg);
+    msg.input.topic = TRANS_HALF_TOPIC.to_owned();
+    msg.input.queue_id = 0;
+    msg.input.sys_flag &= !sysflag::TRANSACTION_MASK;
+}
+
+/// The properties a half message is stored with (and its committed message keeps).
+fn half_properties(ctx: &PutContext<'_>, msg: &mut PendingMessage) {
     let p = &mut msg.properties;
     for key in BROKER_ONLY {
         p.remove(key);
@@ -170,9 +185,6 @@ fn rewrite(ctx: &PutContext<'_>, msg: &mut PendingMessage) {
     if p.get(keys::PGROUP).is_none() && !ctx.producer_group.is_empty() {
         p.insert(keys::PGROUP, ctx.producer_group);
     }
-    msg.input.topic = TRANS_HALF_TOPIC.to_owned();
-    msg.input.queue_id = 0;
-    msg.input.sys_flag &= !sysflag::TRANSACTION_MASK;
 }
 
 fn reject(code: i32, remark: impl Into<String>) -> HookOutcome {

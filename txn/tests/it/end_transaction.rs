@@ -635,3 +635,53 @@ async fn acl_broker() -> (
         .unwrap();
     (dir, broker, owner, stranger)
 }
+
+/// Refuses a delayed plain message whose properties pass `limit` bytes, as the schedule
+/// refuses one that would not fit once parked.
+struct SizeLimit(usize);
+
+impl PutHook for SizeLimit {
+    fn name(&self) -> &'static str {
+        "size-limit"
+    }
+    fn before_put(&self, _ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome {
+        let half = msg.properties.get("TRAN_MSG") == Some("true")
+            && sysflag::transaction_type(msg.input.sys_flag) != sysflag::TRANSACTION_COMMIT;
+        if !half && msg.properties.get("DELAY").is_some() && msg.properties.encoded_len() > self.0 {
+            return HookOutcome::Reject {
+                code: code::MESSAGE_ILLEGAL,
+                remark: "properties too long for a delayed message".into(),
+            };
+        }
+        HookOutcome::Continue
+    }
+}
+
+/// The send's trial of the commit hooks saw the message without the properties the half adds
+/// (REAL_TOPIC, REAL_QID, TRAN_MSG, the transaction id, ~90 bytes): a message just under the
+/// hooks' size bound was accepted, and every commit of it was refused, so the transaction
+/// the producer committed ended discarded. The trial now sees the committed properties.
+#[tokio::test]
+async fn a_delayed_half_whose_commit_the_hooks_would_refuse_is_refused_at_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 2_000;
+    let txn = TxnExtension::new(quiet()).with_commit_hooks(vec![Arc::new(SizeLimit(limit))]);
+    let b = TestBroker::start_with(dir.path(), txn).await;
+    let c = b.client().await;
+    let mut p = half_props(GROUP, "big");
+    p.insert("DELAY", "3");
+    // Just under the bound without the half's additions, past it with them.
+    let pad = limit - 30 - p.encoded_len();
+    p.insert("PAD", "x".repeat(pad));
+    assert!(p.encoded_len() <= limit);
+    let req = send_request(GROUP, TOPIC, 1, sysflag::TRANSACTION_PREPARED, &p, b"x");
+    let r = c.invoke(req, RPC).await.unwrap();
+    assert_eq!(r.code, code::MESSAGE_ILLEGAL, "{:?}", r.remark);
+    // Well under the bound: accepted and committed.
+    let mut small = half_props(GROUP, "small");
+    small.insert("DELAY", "3");
+    let s = send_half_with(&c, GROUP, "small", small).await;
+    assert_eq!(end(&c, &s, COMMIT).await.code, 0);
+    drop(c);
+    b.stop().await;
+}

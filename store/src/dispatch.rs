@@ -120,23 +120,16 @@ impl Dispatcher {
         // The segment is looked up again only when `pos` leaves it, not once per record.
         let mut seg = None::<Arc<Segment>>;
         while pos < to && records < MAX_RECORDS_PER_CALL {
-            if !seg.as_ref().is_some_and(|s| s.base <= pos && pos < s.end()) {
-                seg = self.log.segment_for(pos);
-            }
-            let Some(seg) = seg.as_ref() else {
-                break;
+            let (rel, total) = match self.step(&mut seg, pos, to) {
+                Step::Record { rel, total } => (rel, total),
+                Step::Skip(next) => {
+                    pos = next;
+                    continue;
+                }
+                Step::End => break,
             };
-            let rel = (pos - seg.base) as usize;
-            let total = match self.record_at(seg, rel, pos, to) {
-                Probe::Record { total, .. } => total,
-                Probe::SegmentEnd { .. } => {
-                    pos = seg.end();
-                    continue;
-                }
-                Probe::Empty | Probe::Invalid(_) => {
-                    pos = self.skip_damage(pos, seg, to);
-                    continue;
-                }
+            let Some(seg) = seg.as_ref() else {
+                break; // `step` found the record in it
             };
             let bytes = &seg.file.as_slice()[rel..rel + total];
             if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
@@ -149,6 +142,24 @@ impl Dispatcher {
         }
         self.write_batch(batch)?;
         Ok(pos)
+    }
+
+    /// One step of a walk over `[pos, to)`: the record at `pos`, or where to go on (a
+    /// segment's end, past damage). `seg` is the segment of the last step, looked up again
+    /// only when `pos` leaves it.
+    fn step(&self, seg: &mut Option<Arc<Segment>>, pos: u64, to: u64) -> Step {
+        if !seg.as_ref().is_some_and(|s| s.base <= pos && pos < s.end()) {
+            *seg = self.log.segment_for(pos);
+        }
+        let Some(s) = seg.as_ref() else {
+            return Step::End;
+        };
+        let rel = (pos - s.base) as usize;
+        match self.record_at(s, rel, pos, to) {
+            Probe::Record { total, .. } => Step::Record { rel, total },
+            Probe::SegmentEnd { .. } => Step::Skip(s.end()),
+            Probe::Empty | Probe::Invalid(_) => Step::Skip(self.skip_damage(pos, s, to)),
+        }
     }
 
     /// What is at `rel` of `seg` (commit-log offset `pos`): for this run's own records, read
@@ -206,34 +217,29 @@ impl Dispatcher {
         let mut out = std::collections::HashMap::new();
         let mut seg = None::<Arc<Segment>>;
         while pos < to {
-            if !seg.as_ref().is_some_and(|s| s.base <= pos && pos < s.end()) {
-                seg = self.log.segment_for(pos);
-            }
+            let (rel, total) = match self.step(&mut seg, pos, to) {
+                Step::Record { rel, total } => (rel, total),
+                Step::Skip(next) => {
+                    pos = next;
+                    continue;
+                }
+                Step::End => break,
+            };
             let Some(seg) = seg.as_ref() else {
                 break;
             };
-            let rel = (pos - seg.base) as usize;
-            match self.record_at(seg, rel, pos, to) {
-                Probe::Record { total, .. } => {
-                    let bytes = &seg.file.as_slice()[rel..rel + total];
-                    // As `gather` takes them: consumable records only (a prepared or rolled
-                    // back one has no queue entry), at a queue offset a record can have.
-                    if let Ok(view) = RecordView::parse(bytes, usize::MAX) {
-                        let tx = view.transaction_type();
-                        let consumable = tx == sysflag::TRANSACTION_NOT_TYPE
-                            || tx == sysflag::TRANSACTION_COMMIT;
-                        let q = plausible_queue_offset(view.header.queue_offset, pos);
-                        if let (true, Some(q)) = (consumable, q) {
-                            let key = (view.topic.to_owned(), view.header.queue_id);
-                            let next = out.entry(key).or_insert(0);
-                            *next = (*next).max(q + 1);
-                        }
-                    }
-                    pos += framing::frame_len(total);
+            // As `gather` takes them: consumable records at a queue offset a record can have.
+            if let Ok(view) = RecordView::parse(&seg.file.as_slice()[rel..rel + total], usize::MAX)
+            {
+                let q = plausible_queue_offset(view.header.queue_offset, pos);
+                if let (true, Some(q)) = (consumable(&view), q) {
+                    let next = out
+                        .entry((view.topic.to_owned(), view.header.queue_id))
+                        .or_insert(0);
+                    *next = (*next).max(q + 1);
                 }
-                Probe::SegmentEnd { .. } => pos = seg.end(),
-                Probe::Empty | Probe::Invalid(_) => pos = self.skip_damage(pos, seg, to),
             }
+            pos += framing::frame_len(total);
         }
         out
     }
@@ -307,14 +313,13 @@ impl Dispatcher {
             )));
         };
         let tx = view.transaction_type();
-        let consumable = tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT;
         let store_ts = view.header.store_timestamp;
         let [tags, uniq, user_keys] =
             find_properties(view.properties, [keys::TAGS, keys::UNIQ_KEY, keys::KEYS]);
         if tx != sysflag::TRANSACTION_ROLLBACK {
             gather_index(&view, uniq, user_keys, phys, store_ts, &mut batch.index);
         }
-        if !consumable {
+        if !consumable(&view) {
             return Ok(Ok(()));
         }
         let tags_code = tags.map_or(0, |t| i64::from(java_hash(&lossy_utf8(t))));
@@ -411,6 +416,22 @@ impl Dispatcher {
 /// `n` is at most `phys / min frame`. A negative or larger one is forged (a record inside a
 /// message body, exposed by a torn write); taken as it is, it named consume-queue files past
 /// `u64::MAX` bytes and panicked the open.
+/// What [`Dispatcher::step`] found.
+enum Step {
+    /// A record of `total` bytes at `rel` of the step's segment.
+    Record { rel: usize, total: usize },
+    /// Nothing to read at the position: go on at this offset.
+    Skip(u64),
+    /// No segment holds the position.
+    End,
+}
+
+/// Whether a record gets a consume-queue entry: a prepared or rolled-back one does not.
+fn consumable(view: &RecordView<'_>) -> bool {
+    let tx = view.transaction_type();
+    tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT
+}
+
 fn plausible_queue_offset(claimed: i64, phys: u64) -> Option<u64> {
     let claimed = u64::try_from(claimed).ok()?;
     let most = phys / framing::frame_len(MIN_RECORD_LEN);

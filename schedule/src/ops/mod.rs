@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_broker::SCHEDULE_TOPIC;
+use sluice_broker::{DLQ_PREFIX, RETRY_PREFIX, SCHEDULE_TOPIC};
 use sluice_protocol::message::keys;
 use sluice_protocol::message::properties::find_property;
 use sluice_protocol::{Properties, RecordView};
@@ -420,7 +420,9 @@ fn find(core: &Core, sel: &Selector) -> Result<(BTreeMap<String, Vec<Found>>, bo
         let real = find_property(props, keys::REAL_TOPIC);
         match want_topic {
             Some(t) => real == Some(t.as_bytes()),
-            None => !real.is_some_and(|r| r.starts_with(b"%RETRY%") || r.starts_with(b"%DLQ%")),
+            None => !real.is_some_and(|r| {
+                r.starts_with(RETRY_PREFIX.as_bytes()) || r.starts_with(DLQ_PREFIX.as_bytes())
+            }),
         }
     };
     let mut raw: Vec<Bytes> = Vec::new();

@@ -39,6 +39,11 @@ pub(crate) struct RouteTable {
     clusters: BTreeMap<String, BTreeSet<String>>,
     topics: BTreeMap<String, BTreeMap<String, QueueData>>,
     live: HashMap<String, Live>,
+    /// Routes (a topic's queue data on one broker name) held per broker name, kept with
+    /// `topics` so the route bound is checked without walking every topic.
+    routes_of: HashMap<String, usize>,
+    /// The sum of `routes_of`.
+    routes: usize,
 }
 
 /// What a registration may hold and add (see `NameServerConfig`).
@@ -114,20 +119,39 @@ impl RouteTable {
         if reg.broker_id != 0 {
             return None; // a slave's topics are not taken
         }
-        let (total, mine) = self.topics.values().fold((0usize, 0usize), |(t, m), q| {
-            (
-                t + q.len(),
-                m + usize::from(q.contains_key(&reg.broker_name)),
-            )
-        });
         let adding = routable(&reg.body).count();
-        let after = total - mine + adding;
+        let after = self.routes - self.routes_of(&reg.broker_name) - self.leaving(reg) + adding;
         (after > limits.max_topic_routes).then(|| {
             Refusal::Routes(format!(
                 "registering {adding} topics would hold {after} topic routes, past max_topic_routes ({})",
                 limits.max_topic_routes
             ))
         })
+    }
+
+    fn routes_of(&self, broker_name: &str) -> usize {
+        self.routes_of.get(broker_name).copied().unwrap_or(0)
+    }
+
+    /// Routes `reg` takes away besides its own name's: those of the name its address was
+    /// registered under before, when that address is the name's last (see `register`).
+    fn leaving(&self, reg: &Registration) -> usize {
+        let Some(old) = self.live.get(&reg.broker_addr) else {
+            return 0;
+        };
+        if old.broker_name == reg.broker_name {
+            return 0;
+        }
+        let last = self.brokers.get(&old.broker_name).is_some_and(|data| {
+            data.broker_addrs
+                .iter()
+                .all(|(id, addr)| *id == old.broker_id && *addr == reg.broker_addr)
+        });
+        if last {
+            self.routes_of(&old.broker_name)
+        } else {
+            0
+        }
     }
 
     /// Records a registration. A master's registration replaces the topics of its broker name:
@@ -198,21 +222,38 @@ impl RouteTable {
                 topic_sys_flag: cfg.topic_sys_flag,
                 write_queue_nums: cfg.write_queue_nums,
             };
-            self.topics
+            let added = self
+                .topics
                 .entry(name.clone())
                 .or_default()
-                .insert(broker_name.to_owned(), queue);
+                .insert(broker_name.to_owned(), queue)
+                .is_none();
+            if added {
+                *self.routes_of.entry(broker_name.to_owned()).or_default() += 1;
+                self.routes += 1;
+            }
         }
     }
 
     /// Removes `broker_name`'s queue data from every topic `which` selects; drops empty topics.
     fn remove_queue_data(&mut self, broker_name: &str, which: impl Fn(&str) -> bool) {
+        if self.routes_of(broker_name) == 0 {
+            return;
+        }
+        let mut removed = 0;
         self.topics.retain(|topic, queues| {
-            if which(topic) {
-                queues.remove(broker_name);
+            if which(topic) && queues.remove(broker_name).is_some() {
+                removed += 1;
             }
             !queues.is_empty()
         });
+        self.routes -= removed;
+        if let Some(n) = self.routes_of.get_mut(broker_name) {
+            *n -= removed;
+            if *n == 0 {
+                self.routes_of.remove(broker_name);
+            }
+        }
     }
 
     /// Removes one broker address (UNREGISTER_BROKER, expiry, closed connection). When a broker
@@ -382,6 +423,62 @@ mod tests {
         let clusters = t.cluster_info().cluster_addr_table;
         assert!(!clusters.contains_key("C"), "{clusters:?}");
         assert!(clusters["D"].contains("a"));
+    }
+
+    /// The running route counts agree with the table after every kind of change.
+    fn assert_counts(t: &RouteTable) {
+        let walked: usize = t.topics.values().map(BTreeMap::len).sum();
+        assert_eq!(t.routes, walked);
+        for (name, n) in &t.routes_of {
+            let mine = t.topics.values().filter(|q| q.contains_key(name)).count();
+            assert_eq!(*n, mine, "{name}");
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_brokers: 8,
+        max_topic_routes: 3,
+    };
+
+    #[test]
+    fn route_counts_follow_registrations_removals_and_renames() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4), ("U", 1)], 1), now);
+        t.register(reg("b", "h2:1", 0, &[("T", 2)], 2), now);
+        assert_counts(&t);
+        assert_eq!(t.routes, 3);
+        t.register(reg("a", "h1:1", 0, &[("T", 4), ("V", 1)], 1), now);
+        assert_counts(&t);
+        t.register(reg("c", "h2:1", 0, &[("W", 1)], 2), now);
+        assert_counts(&t);
+        assert_eq!(t.routes, 3, "b left with its address: {:?}", t.routes_of);
+        assert!(t.remove_addr("h1:1"));
+        assert_counts(&t);
+        assert_eq!(t.routes, 1);
+    }
+
+    /// An address re-registering under a new name leaves its old name's routes (see
+    /// `register`), so the bound must not count them: a broker renamed at the bound was
+    /// refused although the table would not grow.
+    #[test]
+    fn a_renamed_address_at_the_route_bound_is_not_refused() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        t.register(reg("a", "h1:1", 0, &[("T", 4), ("U", 1), ("V", 1)], 1), now);
+        let renamed = reg("b", "h1:1", 0, &[("T", 4), ("U", 1), ("V", 1)], 1);
+        assert!(t.refusal(&renamed, LIMITS).is_none());
+        // Another address still serving the old name keeps its routes: they count.
+        t.register(reg("a", "h3:1", 1, &[], 3), now);
+        assert!(matches!(
+            t.refusal(&renamed, LIMITS),
+            Some(Refusal::Routes(_))
+        ));
+        let grown = reg("a", "h1:1", 0, &[("T", 4), ("U", 1), ("V", 1), ("W", 1)], 1);
+        assert!(matches!(
+            t.refusal(&grown, LIMITS),
+            Some(Refusal::Routes(_))
+        ));
     }
 
     #[test]

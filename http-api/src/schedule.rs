@@ -339,14 +339,20 @@ fn schedule_error(e: ScheduleError) -> ApiError {
         ScheduleError::Partial {
             done,
             matched,
+            next_partly,
             cause,
         } => ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             crate::error::code::PARTIALLY_APPLIED,
             format!(
-                "{done} of the {matched} messages were changed before the next one failed \
+                "{done} of the {matched} messages were changed before the next one failed{} \
                  ({}); repeating the request is safe, and GET .../scheduled shows each \
                  message's state",
+                if next_partly {
+                    ", some of whose copies (it was sent more than once) were changed"
+                } else {
+                    ""
+                },
                 schedule_error(*cause).message
             ),
         ),
@@ -379,6 +385,7 @@ mod tests {
         let partial = schedule_error(ScheduleError::Partial {
             done: 1,
             matched: 2,
+            next_partly: false,
             cause: Box::new(ScheduleError::Store(StoreError::Busy("queue full"))),
         });
         assert_eq!(partial.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);

@@ -45,14 +45,17 @@ pub enum ScheduleError {
     /// A bounded wait ran out (the index did not catch up, a delivery did not finish).
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    /// A cancel or reschedule of several messages failed part way: `done` were already
-    /// changed (their new state is durable) when the next one failed with `cause`.
-    #[error("{done} of {matched} messages were changed before the next failed: {cause}")]
+    /// A cancel or reschedule failed part way: `done` messages were already changed (their
+    /// new state is durable) when the next one failed with `cause`; `next_partly` when some
+    /// of that message's own copies (a message sent twice has a timer per copy) were changed.
+    #[error("{done} of {matched} messages were changed before the next failed{}: {cause}", if *next_partly { " (some of its copies were changed)" } else { "" })]
     Partial {
         /// Messages changed (or found already in that state) before the failure.
         done: usize,
         /// Messages the selector matched.
         matched: usize,
+        /// Some copies of the message that failed were changed before the failure.
+        next_partly: bool,
         /// The failure.
         cause: Box<ScheduleError>,
     },

@@ -199,17 +199,58 @@ pub(super) async fn apply_group(
     core: &Arc<Core>,
     sel: &Selector,
     uniq: &str,
+    recs: Vec<Found>,
+    action: Action,
+) -> std::result::Result<Outcome, GroupFailure> {
+    let mut p = GroupProgress::default();
+    rounds(core, sel, uniq, recs, action, &mut p)
+        .await
+        .map_err(|cause| GroupFailure {
+            partly: p.done.is_some(),
+            cause,
+        })
+}
+
+/// A message's failure, and whether some of its copies were changed before it.
+#[derive(Debug)]
+pub(super) struct GroupFailure {
+    pub(super) partly: bool,
+    pub(super) cause: ScheduleError,
+}
+
+impl GroupFailure {
+    /// The error a whole operation answers when this message failed after `done` of the
+    /// `matched` messages were handled: the bare cause only when nothing at all changed, since
+    /// an error alone reads as "nothing changed".
+    pub(super) fn into_error(self, done: usize, matched: usize) -> ScheduleError {
+        if done == 0 && !self.partly {
+            return self.cause;
+        }
+        ScheduleError::Partial {
+            done,
+            matched,
+            next_partly: self.partly,
+            cause: Box::new(self.cause),
+        }
+    }
+}
+
+/// [`apply_group`]'s rounds, recording what they did in `p`.
+async fn rounds(
+    core: &Arc<Core>,
+    sel: &Selector,
+    uniq: &str,
     mut recs: Vec<Found>,
     action: Action,
+    p: &mut GroupProgress,
 ) -> Result<Outcome> {
     let deadline = Instant::now() + core.cfg.op_timeout;
-    let mut p = GroupProgress::default();
     loop {
         if Instant::now() >= deadline {
             return Err(ScheduleError::Timeout("the message's state kept changing"));
         }
-        let (views, generations) = views_of(core, &recs, &p).await?;
-        check_gone(core, uniq, &recs, &views, &mut p).await?;
+        let (views, generations) = views_of(core, &recs, p).await?;
+        check_gone(core, uniq, &recs, &views, p).await?;
         match decide(&views, &p.refound, p.gone_delivered) {
             Next::Settled { delivered } => return Ok(p.answer(delivered, only_dropped(&views))),
             Next::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
@@ -417,6 +458,51 @@ async fn released_before_crash(core: &Arc<Core>, f: &Found) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message sent twice has a timer per copy. A cancel that changed one copy and then
+    /// failed on the other answered the bare error, which reads as "nothing changed".
+    #[test]
+    fn a_failure_after_some_copies_changed_is_partial_even_for_the_first_message() {
+        let busy = || ScheduleError::Timeout("busy");
+        let untouched = GroupFailure {
+            partly: false,
+            cause: busy(),
+        };
+        assert!(matches!(
+            untouched.into_error(0, 1),
+            ScheduleError::Timeout(_)
+        ));
+        let partly = GroupFailure {
+            partly: true,
+            cause: busy(),
+        };
+        let e = partly.into_error(0, 1);
+        assert!(
+            matches!(
+                e,
+                ScheduleError::Partial {
+                    done: 0,
+                    matched: 1,
+                    next_partly: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("some of its copies"), "{e}");
+        let later = GroupFailure {
+            partly: false,
+            cause: busy(),
+        };
+        assert!(matches!(
+            later.into_error(2, 3),
+            ScheduleError::Partial {
+                done: 2,
+                next_partly: false,
+                ..
+            }
+        ));
+    }
 
     fn rec(kind: Kind, state: RecState, phys: u64) -> RecView {
         RecView {

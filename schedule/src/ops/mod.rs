@@ -196,14 +196,7 @@ pub(crate) async fn apply(core: &Arc<Core>, sel: &Selector, action: Action) -> R
         // says how many were done, since an error alone reads as "nothing changed".
         let outcome = match apply_group(core, sel, &uniq, recs, action).await {
             Ok(o) => o,
-            Err(e) if report.outcomes.is_empty() => return Err(e),
-            Err(e) => {
-                return Err(ScheduleError::Partial {
-                    done: report.outcomes.len(),
-                    matched: report.matched,
-                    cause: Box::new(e),
-                })
-            }
+            Err(f) => return Err(f.into_error(report.outcomes.len(), report.matched)),
         };
         report.add(uniq, outcome);
     }

@@ -310,16 +310,9 @@ async fn act(
     generation: Option<u64>,
     action: Action,
 ) -> Result<Acted> {
-    let (begun, check) = {
-        let mut g = core.index.inner.lock();
-        (g.begin_cancel(f.key, generation), g.may_be_released(f.key))
+    let Some(check) = begin(core, f.key, generation).await? else {
+        return Ok(Acted::Unchanged);
     };
-    match begun {
-        BeginCancel::Started => {}
-        BeginCancel::Retry | BeginCancel::Not(_) | BeginCancel::Gone => {
-            return Ok(Acted::Unchanged)
-        }
-    }
     // From here the timer is `Cancelling` until this ends it. The rest runs as a task of its
     // own: run in the caller's future, a caller that went away mid-way (an HTTP client that
     // hung up while the marker was being written) left it `Cancelling` for good, never
@@ -332,6 +325,36 @@ async fn act(
     tokio::spawn(act_begun(guard, f.clone(), action, check))
         .await
         .map_err(|_| ScheduleError::Timeout("a cancel or reschedule task failed"))?
+}
+
+/// Fresh look-ups [`begin`] makes for one far record before leaving it to the next round.
+const FAR_RETRIES: usize = 8;
+
+/// Begins the cancel of one pending record: `Some(check)` once it is `Cancelling` (`check`:
+/// it may have been released before a crash), `None` when its state changed. A far record's
+/// look-up holds only for the index generation it was made in, and every checkpoint starts a
+/// new one; the record is then looked up again here, alone. Left to the next round instead,
+/// a message with many far records looked all of them up again after each checkpoint, and
+/// a cancel under load could run out of time without ever catching up.
+async fn begin(core: &Arc<Core>, key: Key, mut generation: Option<u64>) -> Result<Option<bool>> {
+    for _ in 0..FAR_RETRIES {
+        let (begun, check) = {
+            let mut g = core.index.inner.lock();
+            (g.begin_cancel(key, generation), g.may_be_released(key))
+        };
+        match begun {
+            BeginCancel::Started => return Ok(Some(check)),
+            BeginCancel::Retry => {
+                let (state, fresh) = blocking(core, move |c| state_of(c, key)).await??;
+                if state != RecState::Pending {
+                    return Ok(None);
+                }
+                generation = fresh;
+            }
+            BeginCancel::Not(_) | BeginCancel::Gone => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// Ends a cancel begun with `begin_cancel` exactly once: through [`Begun::finish`] or, when

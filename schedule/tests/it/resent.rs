@@ -198,3 +198,43 @@ async fn cancel_of_a_rolled_timer_cancels_it_and_does_not_count_the_rolls_as_rel
     node.stop().await;
     ns.shutdown().await;
 }
+
+/// A message with many far copies (beyond the near window, looked up in the index's runs),
+/// cancelled while checkpoints start new index generations every millisecond. Each far
+/// look-up holds for one generation; a stale one used to send the record back to the next
+/// round, which looked up every copy again, so the cancel's work grew with the square of the
+/// copies and ran out of its `op_timeout`. Now a stale record is looked up again alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_many_far_copies_completes_while_checkpoints_run() {
+    const UNIQ: &str = "RESENT-MANY-FAR";
+    const COPIES: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = start_namesrv().await;
+    let cfg = ScheduleConfig {
+        checkpoint_interval: Duration::from_millis(1),
+        op_timeout: Duration::from_secs(15),
+        ..test_config()
+    };
+    let node = Node::start(dir.path(), ns.local_addr(), cfg).await;
+    let svc = node.service();
+    for _ in 0..COPIES {
+        park_copy(&svc, UNIQ, "many", When::After(Duration::from_secs(600))).await;
+    }
+    // Counted once indexed, which follows the durable put.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while svc.stats().unwrap().pending < COPIES as i64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(svc.stats().unwrap().pending, COPIES as i64);
+
+    let r = svc
+        .cancel(&by_key("many"))
+        .await
+        .expect("the cancel completes");
+    assert_eq!(r.outcomes, vec![(UNIQ.to_owned(), Outcome::Cancelled)]);
+    assert_eq!(svc.stats().unwrap().pending, 0, "every copy was cancelled");
+    let (listed, _) = svc.list(&by_id(UNIQ)).await.unwrap();
+    assert_eq!(listed[0].state, MessageState::Cancelled);
+    node.stop().await;
+    ns.shutdown().await;
+}

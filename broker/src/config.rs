@@ -165,6 +165,10 @@ pub struct BrokerConfig {
     /// `audit.log.1`, replacing the one before: between one and two of these are kept.
     /// Default 16 MiB.
     pub audit_log_max_bytes: u64,
+    /// A consumer group's retry topic is removed once its group has had no member and the
+    /// topic nothing left to consume for this long (see `retry::reclaim`); its committed
+    /// offsets stay, and a member's heartbeat creates it again. Zero: never. Default 1 h.
+    pub retry_topic_reclaim_after: Duration,
     /// TLS for the broker's port (permissive or enforcing). Default `None`: plaintext.
     pub tls: Option<sluice_remoting::ServerTls>,
     /// TLS when registering with name servers (needed when they are TLS-only). Default `None`.
@@ -211,6 +215,7 @@ impl BrokerConfig {
             drain_timeout: Duration::from_secs(10),
             replays_kept: 1_000,
             audit_log_max_bytes: 16 << 20,
+            retry_topic_reclaim_after: Duration::from_secs(3600),
             tls: None,
             namesrv_tls: None,
             store,

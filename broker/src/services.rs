@@ -164,11 +164,8 @@ impl BrokerServices {
         Ok(())
     }
 
-    /// Whether a consumer group has a member: a TCP connection in the group, or an HTTP
-    /// lease book.
     fn group_has_members(&self, group: &str) -> bool {
-        let leased = self.ctx.leases.get().is_some_and(|l| l.has_book(group));
-        self.ctx.clients.has_consumer_group(group) || leased
+        self.ctx.group_has_members(group)
     }
 
     /// Creates or updates a topic (saved in the background; name servers hear of it).

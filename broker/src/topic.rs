@@ -257,6 +257,19 @@ impl TopicManager {
         self.table.read().topics.get(topic).cloned()
     }
 
+    /// Every consumer group's retry topic.
+    pub(crate) fn retry_topics(&self) -> Vec<TopicConfig> {
+        let t = self.table.read();
+        t.topics
+            .range::<str, _>((
+                std::ops::Bound::Included(RETRY_PREFIX),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(name, _)| name.starts_with(RETRY_PREFIX))
+            .map(|(_, cfg)| cfg.clone())
+            .collect()
+    }
+
     /// Creates or replaces a topic; false when nothing changed.
     pub(crate) fn put(self: &Arc<Self>, cfg: TopicConfig) -> Result<bool, TopicLimit> {
         let inserted = {

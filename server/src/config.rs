@@ -136,6 +136,10 @@ pub struct BrokerSection {
     /// Most topics the broker holds (auto-created, retry and admin-created alike); past it a
     /// new topic is refused. The broker's own topics are always created. Default 10 000.
     pub max_topics: usize,
+    /// A consumer group's retry topic is removed once the group has had no member, and the
+    /// topic nothing left to consume, for this long; its offsets stay and the group's next
+    /// heartbeat creates it again. 0: never. Default 3 600.
+    pub retry_topic_reclaim_after_secs: u64,
 }
 
 /// `[store]`
@@ -325,6 +329,7 @@ impl Default for BrokerSection {
             replays_kept: 1_000,
             audit_log_max_bytes: 16 << 20,
             max_topics: 10_000,
+            retry_topic_reclaim_after_secs: 3_600,
         }
     }
 }
@@ -693,6 +698,8 @@ impl ServerConfig {
         b.replays_kept = self.broker.replays_kept;
         b.audit_log_max_bytes = self.broker.audit_log_max_bytes;
         b.max_topics = self.broker.max_topics;
+        b.retry_topic_reclaim_after =
+            Duration::from_secs(self.broker.retry_topic_reclaim_after_secs);
         // Validated in `validate`; a broken section cannot reach this point.
         b.retry = self.retry.to_config().unwrap_or_default();
         // Fail closed: an invalid section (refused by `validate`) makes the broker refuse to start.

@@ -120,6 +120,13 @@ impl BrokerContext {
         (n % queues.max(1) as u32) as i32
     }
 
+    /// Whether a consumer group has a member: a TCP connection in the group, or an HTTP
+    /// lease book.
+    pub(crate) fn group_has_members(&self, group: &str) -> bool {
+        let leased = self.leases.get().is_some_and(|l| l.has_book(group));
+        self.clients.has_consumer_group(group) || leased
+    }
+
     /// Releases the orderly queue locks of consumers that just left their group (last
     /// connection closed, or expired): a crashed orderly consumer's queues were held until
     /// its locks lapsed (60 s), and meanwhile its group counted as holding locks.

@@ -283,7 +283,31 @@ fn spawn_background(
         tokio::spawn(flush_offsets_loop(Arc::clone(ctx), stop.subscribe())),
         tokio::spawn(expire_clients_loop(Arc::clone(ctx), stop.subscribe())),
         tokio::spawn(sample_rates_loop(Arc::clone(ctx), stop.subscribe())),
+        tokio::spawn(reclaim_retry_topics_loop(Arc::clone(ctx), stop.subscribe())),
     ]
+}
+
+/// Removes retry topics unused for `retry_topic_reclaim_after` (see `retry::reclaim`).
+async fn reclaim_retry_topics_loop(ctx: Arc<BrokerContext>, mut stop: watch::Receiver<bool>) {
+    let after = ctx.cfg.retry_topic_reclaim_after;
+    if after.is_zero() {
+        return;
+    }
+    let every = crate::retry::reclaim::sweep_interval(after);
+    let state = Arc::new(parking_lot::Mutex::new(
+        crate::retry::reclaim::Unused::default(),
+    ));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (ctx, state) = (Arc::clone(&ctx), Arc::clone(&state));
+        let swept = move || crate::retry::reclaim::sweep(&ctx, &mut state.lock(), after);
+        if let Err(e) = tokio::task::spawn_blocking(swept).await {
+            tracing::error!(error = %e, "retry topic sweep failed");
+        }
+    }
 }
 
 /// Saves consumer offsets, and the topics when they changed since their last save, every

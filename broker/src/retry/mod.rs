@@ -8,9 +8,13 @@
 //! goes to `%RETRY%<group>` queue 0 with the group's back-off. Both copies are stored through
 //! the put hooks, so the schedule extension parks a delayed retry until it is due; a dead
 //! letter carries no delay and is visible at once (apache/rocketmq#2724).
+//!
+//! `reclaim`: retry topics of groups that left, with nothing left to consume, are removed
+//! after `retry_topic_reclaim_after`, so they do not hold `max_topics` room for good.
 
 pub mod config;
 pub(crate) mod copy;
+pub(crate) mod reclaim;
 
 use std::sync::Arc;
 

@@ -581,6 +581,82 @@ async fn a_retry_topic_of_a_group_without_members_can_be_deleted_to_make_room() 
     cluster.stop().await;
 }
 
+/// A group's retry topic is reclaimed on its own once the group has had no member and the
+/// topic nothing left to consume for `retry_topic_reclaim_after`: one with a backlog stays,
+/// and so does one whose group has a member. The reclaimed topic's offsets stay, so the
+/// group's next heartbeat creates it again and it resumes where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_topics_of_departed_drained_groups_are_reclaimed_and_keep_their_offsets() {
+    let cluster =
+        start_cluster_with(|c| c.retry_topic_reclaim_after = Duration::from_millis(500)).await;
+    let services = cluster.broker.services();
+    let gone = cluster.client().await;
+    let hb = gone
+        .invoke(heartbeat("c1", &["drained", "backlog"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(hb.code, 0, "{:?}", hb.remark);
+    let stays = cluster.client().await;
+    let hb = stays
+        .invoke(heartbeat("c2", &["stays"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(hb.code, 0, "{:?}", hb.remark);
+    for topic in ["%RETRY%drained", "%RETRY%backlog"] {
+        send_ok(&gone, topic, 0, b"retry me", &props(None, None)).await;
+    }
+    wait_dispatched(&cluster.broker).await;
+    services
+        .commit_offset("drained", "%RETRY%drained", 0, 1)
+        .unwrap();
+
+    drop(gone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while services.topic("%RETRY%drained").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained retry topic of a group without members is reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        services.topic("%RETRY%backlog").is_some(),
+        "a retry topic with something left to consume stays"
+    );
+    assert!(
+        services.topic("%RETRY%stays").is_some(),
+        "a group with a member keeps its retry topic"
+    );
+    assert_eq!(
+        services.query_offset("drained", "%RETRY%drained", 0),
+        Some(1),
+        "the offsets stay"
+    );
+
+    let back = cluster.client().await;
+    let hb = back
+        .invoke(heartbeat("c3", &["drained"], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(hb.code, 0, "{:?}", hb.remark);
+    assert!(services.topic("%RETRY%drained").is_some(), "created again");
+    let pulled = back
+        .invoke(
+            pull_request("drained", "%RETRY%drained", 0, 1, 0, Some("*")),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pulled.code,
+        response_code::PULL_NOT_FOUND,
+        "resumed past what it consumed, over the same queue: {:?}",
+        pulled.remark
+    );
+    assert_eq!(ext_i64(&pulled, "maxOffset"), 1);
+    cluster.stop().await;
+}
+
 fn heartbeat_subscribing(group: &str, subscriptions: &[String]) -> RemotingCommand {
     let body = format!(
         r#"{{"clientID":"subs","consumerDataSet":[{{"consumeFromWhere":"CONSUME_FROM_LAST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"{group}","messageModel":"CLUSTERING","subscriptionDataSet":[{}]}}],"producerDataSet":[]}}"#,

@@ -121,9 +121,13 @@ impl BrokerContext {
     }
 
     /// Whether a consumer group has a member: a TCP connection in the group, or an HTTP
-    /// lease book.
+    /// consumer (a lease book in use, or one that received within `client_expiry`, the time
+    /// a silent TCP member is kept).
     pub(crate) fn group_has_members(&self, group: &str) -> bool {
-        let leased = self.leases.get().is_some_and(|l| l.has_book(group));
+        let leased = self
+            .leases
+            .get()
+            .is_some_and(|l| l.has_member(group, self.cfg.client_expiry));
         self.clients.has_consumer_group(group) || leased
     }
 

@@ -55,6 +55,9 @@ fn each<T>(
     mut f: impl FnMut(&mut Group, &Receipt, Instant) -> Result<T, LeaseError>,
 ) -> Vec<Result<T, LeaseError>> {
     let book = state.existing(group);
+    if book.is_some() {
+        state.note_seen(group);
+    }
     let mut guard = book.as_ref().map(|b| b.lock());
     let now = Instant::now();
     receipts

@@ -24,6 +24,9 @@ pub(crate) struct LeaseState {
     pub(crate) minter: Minter,
     next_generation: AtomicU64,
     groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
+    /// When a consumer of each group was last seen (a receive admitted, receipts settled):
+    /// entries only for groups with a book (dropped with it).
+    admitted: Mutex<HashMap<String, std::time::Instant>>,
     /// Told when an entry becomes deliverable again without a store dispatch (a failed
     /// hand-back), so long polls look again.
     pub(crate) changed: Notify,
@@ -125,6 +128,7 @@ impl LeaseState {
             minter: Minter::new(),
             next_generation: AtomicU64::new(1),
             groups: Mutex::new(HashMap::new()),
+            admitted: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             expiry_started: AtomicBool::new(false),
             expiry_rotation: AtomicU64::new(0),
@@ -133,9 +137,28 @@ impl LeaseState {
         }
     }
 
-    /// Whether `group` has a lease book (it received recently, or holds leases).
-    pub(crate) fn has_book(&self, group: &str) -> bool {
-        self.groups.lock().contains_key(group)
+    /// Whether `group` counts as having an HTTP member: its book is in use (a receive or
+    /// hand-back holds it, or it holds leases, open entries or offsets to commit), or it
+    /// was seen (a receive, an ack, nack or extend) within `seen_within`. A book is only dropped when the books fill
+    /// up, so its mere presence said "member" for the broker's life after one receive.
+    pub(crate) fn has_member(&self, group: &str, seen_within: std::time::Duration) -> bool {
+        let groups = self.groups.lock();
+        let Some(book) = groups.get(group) else {
+            return false;
+        };
+        let recent = self
+            .admitted
+            .lock()
+            .get(group)
+            .is_some_and(|at| at.elapsed() < seen_within);
+        recent || Arc::strong_count(book) > 1 || book.try_lock().is_none_or(|g| !g.is_idle())
+    }
+
+    /// Notes that a consumer of `group` was seen now: a receive admitted, or receipts settled.
+    pub(crate) fn note_seen(&self, group: &str) {
+        self.admitted
+            .lock()
+            .insert(group.to_owned(), std::time::Instant::now());
     }
 
     /// The book of `group`, created on first use (a hand-back finishing: its open entry keeps
@@ -160,6 +183,7 @@ impl LeaseState {
     pub(crate) fn admit(&self, group: &str, max_groups: usize) -> Option<Arc<Mutex<Group>>> {
         let mut groups = self.groups.lock();
         if let Some(book) = groups.get(group) {
+            self.note_seen(group);
             return Some(Arc::clone(book));
         }
         if groups.len() >= max_groups && !self.sweep_idle(&mut groups, max_groups) {
@@ -167,6 +191,7 @@ impl LeaseState {
         }
         let book = Arc::new(Mutex::new(self.new_book(group)));
         groups.insert(group.to_owned(), Arc::clone(&book));
+        self.note_seen(group);
         Some(book)
     }
 
@@ -199,6 +224,7 @@ impl LeaseState {
             !idle
         });
         let dropped = before - groups.len();
+        self.admitted.lock().retain(|g, _| groups.contains_key(g));
         if dropped > 0 {
             tracing::info!(
                 dropped,

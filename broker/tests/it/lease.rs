@@ -1006,3 +1006,32 @@ async fn a_message_whose_hand_back_failed_is_held_for_a_lease_period() {
     );
     cluster.stop().await;
 }
+
+/// A group that received over HTTP kept its lease book until the books filled up, and the
+/// book alone counted as a member: a retired HTTP group's offsets could never be deleted.
+/// It counts as a member while it holds leases and for `client_expiry` after its last
+/// receive, as a silent TCP member is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_group_counts_as_a_member_only_while_in_use_or_recently_seen() {
+    let cluster = start_cluster_with(|c| c.client_expiry = Duration::from_secs(1)).await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let services = cluster.broker.services();
+    let leases = services.leases();
+    let got = receive_now(&leases, "retired", "Orders", 1).await;
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let why = services.delete_group_offsets("retired").unwrap_err();
+    assert!(why.contains("has members"), "a lease is held: {why}");
+    assert_eq!(leases.ack("retired", &receipts(&got)), vec![Ok(())]);
+    let why = services.delete_group_offsets("retired").unwrap_err();
+    assert!(why.contains("has members"), "just acked: {why}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        services.delete_group_offsets("retired"),
+        Ok(1),
+        "idle and unseen for client_expiry: no member left"
+    );
+    drop((leases, services));
+    cluster.stop().await;
+}

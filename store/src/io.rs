@@ -35,8 +35,9 @@ impl DiskUsage {
 
 /// The write-side system calls of the store.
 pub trait StorageIo: Send + Sync + std::fmt::Debug + 'static {
-    /// Reserves real blocks for `len` bytes (no sparse files: a full disk must fail here, not
-    /// later as a SIGBUS on a mapped page).
+    /// Reserves real blocks for the first `len` bytes, extending the file to `len` if
+    /// shorter, without changing what it holds (no sparse files: a full disk must fail here,
+    /// not later as a SIGBUS on a mapped page). Called only while a file is opened or created.
     fn allocate(&self, file: &File, len: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
@@ -73,7 +74,7 @@ impl StorageIo for RealIo {
         };
         match rc {
             0 => Ok(()),
-            libc::EOPNOTSUPP => write_zeros(file, len as u64),
+            libc::EOPNOTSUPP => reserve_by_writing(file, len as u64),
             e => Err(io::Error::from_raw_os_error(e)),
         }
     }
@@ -128,14 +129,27 @@ fn write_back_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Fallback for file systems without `fallocate`: write real zeros up to `len`.
-fn write_zeros(file: &File, len: u64) -> io::Result<()> {
+/// Fallback for file systems without `fallocate`: every block of the first `len` bytes is
+/// written, so none is left a hole. Past the file's size that is zeros; below it the file's
+/// own content is read and written back, since a file extended with `set_len` (or one whose
+/// unsynced pages a power cut lost) may have holes there that only a write fills. Allocation
+/// happens only while a file is opened or created, before anything else writes it.
+fn reserve_by_writing(file: &File, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
     let current = file.metadata()?.len();
-    let zeros = vec![0u8; 1 << 20];
-    let mut pos = current;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0;
     while pos < len {
-        let n = (len - pos).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], pos)?;
+        let n = (len - pos).min(CHUNK as u64) as usize;
+        let chunk = &mut buf[..n];
+        if pos < current {
+            let have = (current - pos).min(n as u64) as usize;
+            file.read_exact_at(&mut chunk[..have], pos)?;
+            chunk[have..].fill(0);
+        } else {
+            chunk.fill(0);
+        }
+        file.write_all_at(chunk, pos)?;
         pos += n as u64;
     }
     Ok(())
@@ -312,6 +326,43 @@ impl StorageIo for FaultyIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+
+    /// Without `fallocate`, reserving a file already at its full length (extended with
+    /// `set_len`: sparse) wrote nothing, so a mapped write into a hole could still SIGBUS on a
+    /// full disk. Every block is written now, and the content is kept.
+    #[test]
+    fn the_fallback_fills_the_holes_of_a_file_already_at_length_and_keeps_its_content() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let len = 4u64 << 20;
+        file.set_len(len).unwrap();
+        file.write_all_at(b"entry", 3 << 20).unwrap();
+        file.sync_all().unwrap();
+        let sparse_blocks = file.metadata().unwrap().blocks() * 512;
+        assert!(sparse_blocks < len, "the test needs a sparse file first");
+
+        reserve_by_writing(&file, len + 4096).unwrap();
+        file.sync_all().unwrap();
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.len(), len + 4096);
+        assert!(
+            meta.blocks() * 512 >= len + 4096,
+            "{} blocks",
+            meta.blocks()
+        );
+        let mut got = [0u8; 5];
+        file.read_exact_at(&mut got, 3 << 20).unwrap();
+        assert_eq!(&got, b"entry");
+    }
 
     /// The guard must refuse at the figure an operator reads off `df`, not at a stricter one
     /// that counts root-reserved blocks as used.

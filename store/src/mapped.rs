@@ -182,12 +182,20 @@ impl MappedFile {
 
     /// Where zeroing ahead resumes in a writable file found on disk: after its written data
     /// (entries and the zeros written ahead of them; the rest may be a hole, or space an older
-    /// version reserved). Where the file system cannot tell holes apart, every block is
-    /// reserved now, as older versions did at creation, so no mapped write can need one.
+    /// version reserved). Blocks are reserved below that point too: after a power cut,
+    /// write-back may have put a later page on disk and lost an earlier one, leaving a hole
+    /// under written data that the re-dispatch at open then writes through the map (a SIGBUS
+    /// on a full disk). Where the file system cannot tell holes apart, that is every block,
+    /// as older versions reserved at creation.
+    ///
+    /// Reserving fails on a full disk only where such holes exist: the open then fails with a
+    /// clear error instead of the process dying later.
     fn zeroed_on_open(&self, io: &dyn StorageIo) -> Result<u64> {
-        let written = self.scan_written_len();
-        if written >= self.len {
-            io.allocate(&self.file, self.len)
+        let ranges = self.data_ranges(0);
+        let written = ranges.last().map_or(0, |(_, end)| *end).min(self.len);
+        let holes_below = ranges.len() > 1 || ranges.first().is_some_and(|(start, _)| *start > 0);
+        if written >= self.len || holes_below {
+            io.allocate(&self.file, written)
                 .map_err(|e| map_alloc_error(&self.path, e))?;
         }
         Ok(written)
@@ -816,6 +824,35 @@ mod tests {
         assert_eq!(zeroed.last().map(|z| z.1), Some(3_000_020 + ZERO_AHEAD));
         assert_eq!(f.slice(3_000_000, 20).unwrap(), &[8; 20]);
         assert_eq!(f.slice(1_980, 20).unwrap(), &[7; 20]);
+    }
+
+    /// After a power cut a later page may be on disk and an earlier one lost: a hole under
+    /// written data, which the re-dispatch at open writes through the map (a SIGBUS on a full
+    /// disk). Such holes are reserved at open; a file without any is left alone.
+    #[test]
+    fn a_hole_under_written_data_is_reserved_at_open() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq");
+        let len = 1 << 20;
+        {
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_len(len).unwrap();
+            file.write_all_at(&[7; 4096], 0).unwrap();
+            file.write_all_at(&[9; 4096], 256 * 1024).unwrap();
+            file.sync_all().unwrap();
+        }
+        let before = disk_bytes(&path);
+        assert!(before < 64 * 1024, "the test needs the hole: {before}");
+        let f = MappedFile::open_zeroed(&path, len, 0, &RealIo).unwrap();
+        assert!(
+            disk_bytes(&path) >= 256 * 1024 + 4096,
+            "the hole is reserved: {} bytes",
+            disk_bytes(&path)
+        );
+        assert_eq!(f.slice(256 * 1024, 4).unwrap(), &[9; 4]);
+        assert_eq!(f.slice(0, 4).unwrap(), &[7; 4]);
+        assert_eq!(f.slice(4096, 4).unwrap(), &[0; 4]);
     }
 
     #[test]

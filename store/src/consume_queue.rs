@@ -114,6 +114,12 @@ impl ConsumeQueue {
         self.min.load(Ordering::Acquire)
     }
 
+    /// Publishes nothing at or past `at` (at open, before any reader: see `Store::open`).
+    pub(crate) fn cap_max(&self, at: u64) {
+        self.max.fetch_min(at, Ordering::AcqRel);
+        self.min.fetch_min(at, Ordering::AcqRel);
+    }
+
     pub(crate) fn max_offset(&self) -> u64 {
         self.max.load(Ordering::Acquire)
     }

@@ -207,13 +207,14 @@ impl Dispatcher {
         (from, None)
     }
 
-    /// The next queue offset of every queue with records in `[pos, to)`, which are not in
-    /// their consume queues yet: the appender must not hand out their offsets again.
+    /// The queue offsets `[first, next)` of the records in `[pos, to)` of every queue that has
+    /// some, which are not in their consume queues yet: the appender must not hand out their
+    /// offsets again, and entries found on disk from `first` on are not this log's yet.
     pub(crate) fn queue_ends(
         &self,
         mut pos: u64,
         to: u64,
-    ) -> std::collections::HashMap<(String, i32), u64> {
+    ) -> std::collections::HashMap<(String, i32), (u64, u64)> {
         let mut out = std::collections::HashMap::new();
         let mut seg = None::<Arc<Segment>>;
         while pos < to {
@@ -233,9 +234,10 @@ impl Dispatcher {
             {
                 let q = plausible_queue_offset(view.header.queue_offset, pos);
                 if let (true, Some(q)) = (consumable(&view), q) {
-                    let next = out
+                    let (first, next) = out
                         .entry((view.topic.to_owned(), view.header.queue_id))
-                        .or_insert(0);
+                        .or_insert((q, 0));
+                    *first = (*first).min(q);
                     *next = (*next).max(q + 1);
                 }
             }

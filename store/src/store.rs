@@ -231,8 +231,15 @@ impl Store {
         let mut queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
         if let Some(e) = failed {
             tracing::error!(error = %e, dispatched, end = report.end, "re-dispatch at open stopped; the dispatcher goes on from there (entries past it are not visible until it can write them)");
-            // The records past it are in the log but not in their queues yet.
-            for ((topic, queue_id), next) in dispatcher.queue_ends(dispatched, report.end) {
+            // The records past it are in the log but not in their queues yet. Entries found
+            // on disk for them may be stale or missing (a power cut keeps some pages of the
+            // queue files and loses others), and the dispatcher never rewrites what is
+            // published: publish only up to the first of them, so it writes them all.
+            for ((topic, queue_id), (first, next)) in dispatcher.queue_ends(dispatched, report.end)
+            {
+                if let Some(q) = cqs.get(&topic, queue_id) {
+                    q.cap_max(first);
+                }
                 let e = queue_offsets
                     .entry(topic)
                     .or_default()

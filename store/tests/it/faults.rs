@@ -561,3 +561,60 @@ fn a_store_opens_on_a_still_full_disk_and_dispatches_the_rest_when_space_returns
     }
     store.shutdown().unwrap();
 }
+
+/// A re-dispatch at open that stops part way (a full disk) left the queue entries found on
+/// disk past that point published, holes and stale ones included, and the dispatcher never
+/// rewrites a published entry: a message whose entry a power cut lost was stepped over for
+/// good. Only entries before the first record not re-dispatched are published now, and the
+/// dispatcher writes the rest once it can.
+#[test]
+fn entries_past_a_stopped_re_dispatch_are_written_again_not_trusted() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (store, io) = open_faulty(&cfg);
+    let per_file = cfg.cq_entries_per_file;
+    // V's record first: the re-dispatch stops there, before it rewrites any of T's entries.
+    store.append_blocking(vec![message("V", 0, 0)]).unwrap();
+    append_in_hundreds(&store, 0..per_file + 20);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    store.shutdown().unwrap();
+    drop(store);
+
+    // As a power cut could leave it: no checkpoint (the whole log is dispatched again), V's
+    // queue file never written, and one of T's later entries lost.
+    let data = dir.path();
+    std::fs::remove_file(data.join("checkpoint")).unwrap();
+    std::fs::remove_dir_all(data.join("consumequeue/V")).unwrap();
+    let second = data.join(format!("consumequeue/T/0/{:020}", per_file * 20));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap();
+    f.write_all_at(&[0; 20], 10 * 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // V's new queue file cannot get its space: the re-dispatch stops at V's record, the
+    // log's first.
+    io.fail_queue_zeros(true);
+    let store = Store::open_with_io(
+        cfg.clone(),
+        Arc::clone(&io) as Arc<dyn sluice_store::io::StorageIo>,
+    )
+    .expect("opens on a full disk");
+    assert_eq!(
+        store.max_offset("T", 0),
+        0,
+        "published only up to the first record not re-dispatched"
+    );
+    io.fail_queue_zeros(false);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    let msgs = read_queue(&store, "T", 0);
+    assert_eq!(msgs.len() as u64, per_file + 20, "none stepped over");
+    for (i, (offset, body)) in msgs.iter().enumerate() {
+        assert_eq!((*offset, body), (i as u64, &body_for(i as u64)));
+    }
+    assert_eq!(read_queue(&store, "V", 0).len(), 1);
+    store.shutdown().unwrap();
+}

@@ -1,6 +1,13 @@
 //! Queue locks for orderly consumption (Java's `RebalanceLockManager`): per consumer group and
 //! queue, one owning client id. A lock lapses 60 s after its last renewal
 //! (`rocketmq.broker.rebalance.lockMaxLiveTime`); clients renew every 20 s.
+//!
+//! A client that leaves its group (its last connection closed, it expired or unregistered)
+//! keeps its locks until [`DEPARTED_LIVE`] after their last renewal, not 60 s, and not none: a
+//! client trusts a lock for 30 s after taking it (Java's and C++'s
+//! `REBALANCE_LOCK_MAX_LIVE_TIME`), and one whose connection dropped and came back goes on
+//! consuming its queues meanwhile. Released at once, another member locked them and both
+//! consumed the same queue, out of order.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,10 +18,22 @@ use sluice_protocol::remoting::body::MessageQueue;
 /// Java's default lock lifetime.
 pub(crate) const LOCK_MAX_LIVE: Duration = Duration::from_secs(60);
 
+/// How long after its last renewal a departed client's lock lapses: the 30 s a client trusts
+/// a lock it took, and 5 s for the answer's way back and clock rates.
+pub(crate) const DEPARTED_LIVE: Duration = Duration::from_secs(35);
+
 #[derive(Debug, Clone)]
 struct Owner {
     client_id: String,
     renewed: Instant,
+    /// How long after `renewed` the lock lapses.
+    live: Duration,
+}
+
+impl Owner {
+    fn lapsed(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.renewed) > self.live
+    }
 }
 
 /// Locks of every group.
@@ -46,7 +65,7 @@ impl QueueLocks {
         }
         *pruned = Some(now);
         for locks in groups.values_mut() {
-            locks.retain(|_, o| now.saturating_duration_since(o.renewed) <= self.max_live);
+            locks.retain(|_, o| !o.lapsed(now));
         }
         groups.retain(|_, locks| !locks.is_empty());
     }
@@ -68,13 +87,14 @@ impl QueueLocks {
         let locks = groups.entry(group.to_owned()).or_default();
         let mut held = Vec::new();
         for mq in queues {
-            let free = locks.get(mq).is_none_or(|o| {
-                o.client_id == client_id || now.saturating_duration_since(o.renewed) > self.max_live
-            });
+            let free = locks
+                .get(mq)
+                .is_none_or(|o| o.client_id == client_id || o.lapsed(now));
             if free {
                 let owner = Owner {
                     client_id: client_id.to_owned(),
                     renewed: now,
+                    live: self.max_live,
                 };
                 locks.insert(mq.clone(), owner);
                 held.push(mq.clone());
@@ -99,27 +119,31 @@ impl QueueLocks {
         }
     }
 
-    /// Releases every queue of `group` that `client_id` holds (it left the group: its last
-    /// connection closed or it expired), so another member can take them at once instead of
-    /// after they lapse, and the group stops counting as holding locks.
-    pub(crate) fn release_client(&self, group: &str, client_id: &str) {
+    /// `client_id` left `group` (its last connection closed, it expired or unregistered): its
+    /// locks there lapse [`DEPARTED_LIVE`] after their last renewal (module docs) instead of
+    /// `max_live`, so another member takes them sooner, but never while the client may still
+    /// trust them. A renewal (the client came back) makes them whole again.
+    pub(crate) fn client_departed(&self, group: &str, client_id: &str) {
         let mut groups = self.groups.lock();
         let Some(locks) = groups.get_mut(group) else {
             return;
         };
-        locks.retain(|_, o| o.client_id != client_id);
-        if locks.is_empty() {
-            groups.remove(group);
+        for o in locks.values_mut().filter(|o| o.client_id == client_id) {
+            o.live = o.live.min(DEPARTED_LIVE);
         }
+    }
+
+    /// Whether `group` has any lock entry, lapsed or not (a member renewing what it held).
+    pub(crate) fn has_group(&self, group: &str) -> bool {
+        self.groups.lock().contains_key(group)
     }
 
     /// Whether the group holds any unexpired lock (5.1.1+ routes its retries to the DLQ).
     pub(crate) fn group_holds_locks(&self, group: &str, now: Instant) -> bool {
-        self.groups.lock().get(group).is_some_and(|locks| {
-            locks
-                .values()
-                .any(|o| now.saturating_duration_since(o.renewed) <= self.max_live)
-        })
+        self.groups
+            .lock()
+            .get(group)
+            .is_some_and(|locks| locks.values().any(|o| !o.lapsed(now)))
     }
 }
 
@@ -127,25 +151,38 @@ impl QueueLocks {
 mod tests {
     use super::*;
 
+    /// A departed client's locks go sooner than 60 s, but not before the 30 s it may still
+    /// trust them: released at once, a client whose connection dropped and came back went on
+    /// consuming its queues while another member locked and consumed them too.
     #[test]
-    fn a_departed_client_releases_only_its_own_locks_of_that_group() {
+    fn a_departed_clients_locks_lapse_once_it_can_no_longer_trust_them() {
         let locks = QueueLocks::new(LOCK_MAX_LIVE);
-        let now = Instant::now();
-        assert_eq!(locks.lock("g", "a", &[mq(0), mq(1)], now).len(), 2);
-        assert_eq!(locks.lock("g", "b", &[mq(2)], now).len(), 1);
-        assert_eq!(locks.lock("h", "a", &[mq(0)], now).len(), 1);
-        locks.release_client("g", "a");
+        let t0 = Instant::now();
+        assert_eq!(locks.lock("g", "a", &[mq(0), mq(1)], t0).len(), 2);
+        assert_eq!(locks.lock("g", "b", &[mq(2)], t0).len(), 1);
+        assert_eq!(locks.lock("h", "a", &[mq(0)], t0).len(), 1);
+        locks.client_departed("g", "a");
+        let trusted = t0 + Duration::from_secs(30);
+        assert!(
+            locks.lock("g", "b", &[mq(0), mq(1)], trusted).is_empty(),
+            "still a's while it may trust them"
+        );
+        let after = t0 + DEPARTED_LIVE + Duration::from_secs(1);
         assert_eq!(
-            locks.lock("g", "b", &[mq(0), mq(1)], now).len(),
+            locks.lock("g", "b", &[mq(0), mq(1)], after).len(),
             2,
-            "free now"
+            "free before the 60 s"
         );
         assert!(
-            locks.lock("h", "b", &[mq(0)], now).is_empty(),
+            locks.lock("h", "b", &[mq(0)], after).is_empty(),
             "other group kept"
         );
-        locks.release_client("g", "b");
-        assert!(!locks.group_holds_locks("g", now));
+        // A departed client that renews (it came back) holds them for the full time again.
+        locks.client_departed("h", "a");
+        assert_eq!(locks.lock("h", "a", &[mq(0)], after).len(), 1);
+        let later = after + Duration::from_secs(50);
+        assert!(locks.lock("h", "b", &[mq(0)], later).is_empty());
+        assert!(locks.has_group("g") && !locks.has_group("invented"));
     }
 
     fn mq(id: i32) -> MessageQueue {

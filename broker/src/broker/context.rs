@@ -131,12 +131,12 @@ impl BrokerContext {
         self.clients.has_consumer_group(group) || leased
     }
 
-    /// Releases the orderly queue locks of consumers that just left their group (last
-    /// connection closed, or expired): a crashed orderly consumer's queues were held until
-    /// its locks lapsed (60 s), and meanwhile its group counted as holding locks.
+    /// Shortens the orderly queue locks of consumers that just left their group (last
+    /// connection closed, expired, unregistered) to lapse once the client can no longer trust
+    /// them (`locks::DEPARTED_LIVE`), instead of after 60 s.
     pub(crate) fn release_departed_locks(&self) {
         for (group, client_id) in self.clients.take_departed() {
-            self.locks.release_client(&group, &client_id);
+            self.locks.client_departed(&group, &client_id);
         }
     }
 

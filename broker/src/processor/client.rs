@@ -269,6 +269,16 @@ fn lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Reject> {
 pub(super) fn lock(ctx: &BrokerContext, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
     let body = lock_body(req)?;
     check_consumer_group(&body.consumer_group)?;
+    // Locks are kept for a group with a member (or one renewing what it holds, back before
+    // its next heartbeat): every other table a client fills is bounded broker-wide, and lock
+    // requests naming ever new groups were not.
+    let known = ctx.clients.has_consumer_group(&body.consumer_group)
+        || ctx.locks.has_group(&body.consumer_group);
+    if !known {
+        tracing::debug!(group = %body.consumer_group, client_id = %body.client_id, "LOCK_BATCH_MQ for a group without members: nothing locked");
+        let resp = LockBatchResponseBody::default();
+        return Ok(reply::ok(req).with_body(encode_json(&resp)));
+    }
     let ours: Vec<MessageQueue> = body
         .mq_set
         .iter()

@@ -369,7 +369,8 @@ impl ConsumerInner {
     }
 
     /// Graceful stop: no new pulls, running handlers finish (bounded), final offsets are
-    /// committed, orderly locks released, and the group told we left.
+    /// committed, orderly locks released (but those of queues whose handler still runs), and
+    /// the group told we left.
     async fn shutdown(&self) {
         if self.stop.send_replace(true) {
             return;
@@ -392,7 +393,16 @@ impl ConsumerInner {
         }
         self.offsets.persist_all(&self.core, &self.group).await;
         if self.s.orderly {
-            self.unlock(queues.iter().map(|pq| pq.mq.clone()).collect())
+            // A queue whose handler still runs keeps its lock: unlocked, the next owner
+            // would consume it beside that handler, out of order. The broker lets it lapse
+            // once this client, gone, can no longer be trusting it.
+            let (idle, busy): (Vec<_>, Vec<_>) = queues
+                .iter()
+                .partition(|pq| pq.consuming.try_lock().is_ok());
+            if !busy.is_empty() {
+                tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running at shutdown; their queues stay locked until the broker lets the locks lapse");
+            }
+            self.unlock(idle.iter().map(|pq| pq.mq.clone()).collect())
                 .await;
         }
         self.core.unregister(None, Some(&self.group)).await;

@@ -451,6 +451,28 @@ async fn orderly_member(
     other_running: Option<Arc<AtomicBool>>,
     overlaps: Arc<AtomicUsize>,
 ) -> (PushConsumer, Member) {
+    orderly_member_stopping_within(
+        cluster,
+        instance,
+        held,
+        release,
+        other_running,
+        overlaps,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// [`orderly_member`] whose shutdown waits at most `shutdown` for its handlers.
+async fn orderly_member_stopping_within(
+    cluster: &Cluster,
+    instance: &str,
+    held: &'static str,
+    release: Arc<tokio::sync::Semaphore>,
+    other_running: Option<Arc<AtomicBool>>,
+    overlaps: Arc<AtomicUsize>,
+    shutdown: Duration,
+) -> (PushConsumer, Member) {
     let member = Member {
         log: Arc::default(),
         running: Arc::default(),
@@ -462,6 +484,7 @@ async fn orderly_member(
         .long_polling(Duration::from_secs(2))
         .persist_interval(Duration::from_millis(500))
         .rebalance_interval(Duration::from_secs(3))
+        .shutdown_timeout(shutdown)
         .orderly(true)
         .start(move |m: ConsumedMessage| {
             let (log, running, release) = (log.clone(), running.clone(), release.clone());
@@ -551,6 +574,62 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_
         ["m2"],
         "b resumed after what a handled"
     );
+    producer.shutdown().await;
+    cluster.stop().await;
+}
+
+/// A shutdown that timed out with an orderly handler still running unlocked its queue, and
+/// the broker released a departing client's locks at once: the next member consumed the
+/// queue beside that handler, out of order. The queue now stays locked (until the broker
+/// lets the lock lapse, 35 s after its last renewal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_times_out_leaves_a_running_orderly_handlers_queue_locked() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Handover", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    producer.send(Message::new("Handover", "m0")).await.unwrap();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (a, a_m) = orderly_member_stopping_within(
+        &cluster,
+        "zz-a",
+        "m0",
+        release.clone(),
+        None,
+        overlaps.clone(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        wait_until(|| async { a_m.running.load(Ordering::SeqCst) }).await,
+        "a is handling m0"
+    );
+    let (b, b_m) = orderly_member(
+        &cluster,
+        "aa-b",
+        "",
+        release.clone(),
+        Some(a_m.running.clone()),
+        overlaps.clone(),
+    )
+    .await;
+    a.shutdown().await;
+    assert!(
+        a_m.running.load(Ordering::SeqCst),
+        "a's handler outlived its shutdown"
+    );
+    producer.send(Message::new("Handover", "m1")).await.unwrap();
+    // A bounded look while a's handler runs: b rebalances every 3 s and asks for the lock
+    // every 500 ms, so a free queue would be b's within this window.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        b_m.log.lock().clone(),
+        Vec::<String>::new(),
+        "b did not consume the queue beside a's running handler"
+    );
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    release.add_permits(1);
+    b.shutdown().await;
     producer.shutdown().await;
     cluster.stop().await;
 }

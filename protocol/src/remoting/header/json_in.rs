@@ -14,7 +14,6 @@ use std::fmt;
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{HeaderDecodeError, LanguageCode};
 use crate::remoting::ext::ExtFields;
@@ -312,12 +311,105 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
-        let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(Scalar::Compound(v.to_string()))
+        let mut text = String::new();
+        Compact(&mut text).visit_seq(seq)?;
+        Ok(Scalar::Compound(text))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
-        let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(Scalar::Compound(v.to_string()))
+        let mut text = String::new();
+        Compact(&mut text).visit_map(map)?;
+        Ok(Scalar::Compound(text))
+    }
+}
+
+/// Writes a JSON value's compact text as it is read, never holding it as a tree: a
+/// `serde_json::Value` costs 16 to 32 bytes per element, so one frame whose header held a
+/// 16 MiB array of zeros took hundreds of megabytes before any bound or signature was
+/// checked. The text is never longer than the input. Object keys keep their order.
+struct Compact<'a>(&'a mut String);
+
+impl<'de> DeserializeSeed<'de> for Compact<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Compact<'_> {
+    fn push_json<T: serde::Serialize + ?Sized, E: de::Error>(&mut self, v: &T) -> Result<(), E> {
+        let text = serde_json::to_string(v).map_err(E::custom)?;
+        self.0.push_str(&text);
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Compact<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.push_str("null");
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(mut self, v: bool) -> Result<(), E> {
+        self.push_json(&v)
+    }
+
+    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.push_json(&v)
+    }
+
+    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
+        self.push_json(&v)
+    }
+
+    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        self.push_json(&v)
+    }
+
+    fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.push_json(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let out = self.0;
+        out.push('[');
+        let mut first = true;
+        loop {
+            let mark = out.len();
+            if !first {
+                out.push(',');
+            }
+            if seq.next_element_seed(Compact(&mut *out))?.is_none() {
+                out.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        out.push(']');
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let out = self.0;
+        out.push('{');
+        let mut first = true;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            Compact(&mut *out).push_json::<str, A::Error>(&key.0)?;
+            out.push(':');
+            map.next_value_seed(Compact(&mut *out))?;
+        }
+        out.push('}');
+        Ok(())
     }
 }

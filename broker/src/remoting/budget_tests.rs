@@ -205,3 +205,30 @@ async fn a_connection_holds_at_most_its_share_of_the_byte_budget() {
     assert_answered(vec![a1, b3]).await;
     server.stop().await;
 }
+
+/// C++ clients send END_TRANSACTION and UPDATE_CONSUMER_OFFSET with flag 0 and drop the
+/// answer: answered busy, a commit or an offset was lost without anyone noticing. They wait
+/// for room like one-way requests.
+#[tokio::test]
+async fn requests_sent_without_waiting_for_an_answer_wait_for_room_instead_of_busy() {
+    use sluice_protocol::request_code::{END_TRANSACTION, UPDATE_CONSUMER_OFFSET};
+    let (server, gated, addr) = start(40_000).await;
+    let a = connect(addr).await;
+    for (blocker, code) in [(101, END_TRANSACTION), (102, UPDATE_CONSUMER_OFFSET)] {
+        let running = started(&a, &gated, blocker, 6000).await;
+        assert_busy(&a, &gated, 200 + blocker, 6000, "on this connection").await;
+        let waiting = sent(&a, code, 6000);
+        // Past the 200 ms after which an answered request is refused busy.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !waiting.is_finished(),
+            "request {code} was not refused busy"
+        );
+        assert!(!gated.has_started(code), "request {code} waits for room");
+        gated.open(blocker);
+        assert_answered(vec![running]).await;
+        gated.open(code);
+        assert_answered(vec![waiting]).await;
+    }
+    server.stop().await;
+}

@@ -326,6 +326,15 @@ async fn read_requests<P: Processor>(
 /// SYSTEM_BUSY.
 const BUSY_AFTER: Duration = Duration::from_millis(200);
 
+/// Whether nobody would read a SYSTEM_BUSY answer to `cmd`: a one-way request, or one real
+/// clients send without waiting for its answer although they do not mark it one-way (the
+/// C++ client sends END_TRANSACTION and UPDATE_CONSUMER_OFFSET with flag 0 and drops the
+/// answer, see `compat-notes.md`). Refused busy, such a commit or offset was lost silently.
+fn unanswerable(cmd: &RemotingCommand) -> bool {
+    use sluice_protocol::request_code::{END_TRANSACTION, UPDATE_CONSUMER_OFFSET};
+    cmd.is_oneway() || matches!(cmd.code, END_TRANSACTION | UPDATE_CONSUMER_OFFSET)
+}
+
 /// Starts a task for one request, or answers SYSTEM_BUSY when the connection stays at its
 /// limit (or the server at its byte budget) for [`BUSY_AFTER`].
 async fn dispatch<P: Processor>(
@@ -337,7 +346,7 @@ async fn dispatch<P: Processor>(
 ) {
     Counters::inc(&shared.counters.requests);
     let mut at = Limit::Slots;
-    let held = if cmd.is_oneway() {
+    let held = if unanswerable(&cmd) {
         // A one-way request cannot be told "busy": its sender reads no answer, so dropping it
         // would lose it silently (an END_TRANSACTION, an offset commit). Wait for a slot
         // instead; this connection is not read meanwhile, which slows its sender down.

@@ -129,6 +129,12 @@ impl Properties {
         Self::default()
     }
 
+    /// How many name-value pairs `raw` holds at most (its separators), without decoding it:
+    /// for bounds checked before the pairs are allocated.
+    pub fn count_pairs(raw: &[u8]) -> usize {
+        memchr::memchr_iter(NAME_VALUE_SEPARATOR as u8, raw).count()
+    }
+
     /// Decodes a properties string leniently, as RocketMQ does: malformed pairs are dropped,
     /// never an error, because the string came from a client that may differ from ours.
     ///

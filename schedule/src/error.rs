@@ -50,7 +50,9 @@ pub enum ScheduleError {
     /// of that message's own copies (a message sent twice has a timer per copy) were changed.
     #[error("{done} of {matched} messages were changed before the next failed{}: {cause}", if *next_partly { " (some of its copies were changed)" } else { "" })]
     Partial {
-        /// Messages changed (or found already in that state) before the failure.
+        /// Messages this call changed before the failure (not those found already settled:
+        /// when none was changed and nothing of the failing one either, the bare error is
+        /// answered, as for a call that changed nothing).
         done: usize,
         /// Messages the selector matched.
         matched: usize,

@@ -354,7 +354,9 @@ impl ScheduleService {
         // in meanwhile could settle as already cancelled while the rescheduled copy was
         // still being written, to be delivered after that answer.
         let sel = sel.clone();
-        tokio::spawn(async move { ops::apply(&core, &sel, action).await })
+        let work = async move { ops::apply(&core, &sel, action).await };
+        // In the caller's span, so what the cancel logs carries the HTTP request's id.
+        tokio::spawn(tracing::Instrument::in_current_span(work))
             .await
             .map_err(|_| ScheduleError::Timeout("a cancel or reschedule task failed"))?
     }

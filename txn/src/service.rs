@@ -362,7 +362,8 @@ async fn hand_out_checks(
 async fn to_completion<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, TxnError>> + Send + 'static,
 ) -> Result<T, TxnError> {
-    match tokio::spawn(work).await {
+    // In the caller's span, so what the decision logs carries the HTTP request's id.
+    match tokio::spawn(tracing::Instrument::in_current_span(work)).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(TxnError::Busy("the broker is shutting down".into())),

@@ -260,7 +260,8 @@ impl LeaseService {
         let (group, receipts) = (group.to_owned(), receipts.to_vec());
         let n = receipts.len();
         let work = async move { settle::nack(&ctx, &state, &group, &receipts, level).await };
-        match tokio::spawn(work).await {
+        // In the caller's span, so what the hand-back logs carries the HTTP request's id.
+        match tokio::spawn(tracing::Instrument::in_current_span(work)).await {
             Ok(results) => results,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Only when the runtime shuts down: the leases run out and redeliver after a restart.

@@ -322,7 +322,8 @@ async fn act(
         key: f.key,
         armed: true,
     };
-    tokio::spawn(act_begun(guard, f.clone(), action, check))
+    let work = act_begun(guard, f.clone(), action, check);
+    tokio::spawn(tracing::Instrument::in_current_span(work))
         .await
         .map_err(|_| ScheduleError::Timeout("a cancel or reschedule task failed"))?
 }

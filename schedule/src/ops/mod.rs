@@ -165,6 +165,11 @@ impl OpReport {
         self.outcomes.push((uniq, o));
     }
 
+    /// Messages this call cancelled or rescheduled (not those found already settled).
+    pub fn changed(&self) -> usize {
+        self.cancelled + self.rescheduled
+    }
+
     /// True when nothing matched.
     pub fn not_found(&self) -> bool {
         self.matched == 0
@@ -196,7 +201,7 @@ pub(crate) async fn apply(core: &Arc<Core>, sel: &Selector, action: Action) -> R
         // says how many were done, since an error alone reads as "nothing changed".
         let outcome = match apply_group(core, sel, &uniq, recs, action).await {
             Ok(o) => o,
-            Err(f) => return Err(f.into_error(report.outcomes.len(), report.matched)),
+            Err(f) => return Err(f.into_error(report.changed(), report.matched)),
         };
         report.add(uniq, outcome);
     }

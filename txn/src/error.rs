@@ -81,9 +81,10 @@ impl TxnError {
     pub fn response_code(&self) -> i32 {
         match self {
             Self::NotStarted => code::SERVICE_NOT_AVAILABLE,
-            Self::Unknown { .. } | Self::Mismatch(_) | Self::Record(_) | Self::Checkpoint(_) => {
-                code::SYSTEM_ERROR
-            }
+            Self::Unknown { .. } | Self::Mismatch(_) | Self::Record(_) => code::SYSTEM_ERROR,
+            // The state or journal could not be written (a full or failing disk): nothing was
+            // changed or handed out, and a retry is right.
+            Self::Checkpoint(_) => code::SERVICE_NOT_AVAILABLE,
             Self::WrongGroup { .. } => code::TRANSACTION_STATE_GROUP_WRONG,
             Self::Conflict { state, .. } => match state {
                 TxnState::Committed => code::TRANSACTION_SHOULD_COMMIT,
@@ -93,9 +94,12 @@ impl TxnError {
             Self::Busy(_) => code::SYSTEM_BUSY,
             Self::Store(e) => match e {
                 StoreError::Busy(_) => code::SYSTEM_BUSY,
-                StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed => {
-                    code::SERVICE_NOT_AVAILABLE
-                }
+                // Not appended, or not acknowledged and the state put back: retry later.
+                StoreError::DiskFull(_)
+                | StoreError::Fenced(_)
+                | StoreError::Closed
+                | StoreError::SyncFailed(_)
+                | StoreError::Io { .. } => code::SERVICE_NOT_AVAILABLE,
                 _ => code::SYSTEM_ERROR,
             },
             Self::Refused { code, .. } => *code,

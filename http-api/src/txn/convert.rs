@@ -164,4 +164,27 @@ mod tests {
             ("rolled_back", "discarded", true)
         );
     }
+
+    /// A journal that could not be written, or a decision whose sync failed (its state put
+    /// back), changed nothing and is worth retrying: 503, not 500 "a bug".
+    #[test]
+    fn failures_that_changed_nothing_and_may_pass_are_unavailable_not_internal() {
+        use sluice_store::StoreError;
+        for e in [
+            TxnError::Checkpoint("journal: no space".into()),
+            TxnError::Store(StoreError::SyncFailed("EIO".into())),
+            TxnError::Store(StoreError::Io {
+                op: "write",
+                path: "x".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            }),
+        ] {
+            let what = e.to_string();
+            assert_eq!(
+                txn_error(e).status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{what}"
+            );
+        }
+    }
 }

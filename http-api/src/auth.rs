@@ -85,12 +85,20 @@ impl Token {
 /// Checks the request's bearer token for `scope`: 401 without a known token, 403 without the
 /// scope.
 pub fn authorize(state: &AppState, scope: Scope, req: &Request) -> Result<(), ApiError> {
+    authorize_headers(state, scope, req.headers())
+}
+
+/// [`authorize`] from the request's headers (a handler checking a further scope).
+pub fn authorize_headers(
+    state: &AppState,
+    scope: Scope,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
     let tokens = &state.config().tokens;
     if tokens.is_empty() {
         return Ok(());
     }
-    let presented = req
-        .headers()
+    let presented = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {

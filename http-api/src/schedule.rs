@@ -11,6 +11,7 @@
 //! `not_found`), `count` is how many got that result, and `messages` gives each one's outcome.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_schedule::{
@@ -156,6 +157,7 @@ pub(crate) struct ScheduledOut {
     responses(
         (status = 200, description = "cancelled, already_delivered, already_cancelled, already_dropped or not_found", body = OpOut),
         (status = 400, description = "Bad key or query", body = ErrorBody),
+        (status = 403, description = "A retry, dead-letter or system topic without an admin token", body = ErrorBody),
         (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
         (status = 503, description = "Delays disabled, or the index did not catch up in time", body = ErrorBody),
     ),
@@ -163,9 +165,11 @@ pub(crate) struct ScheduledOut {
 )]
 async fn cancel(
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathParams((topic, key)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<ByQuery>,
 ) -> ApiResult<Json<OpOut>> {
+    guard_group_topic(&state, &topic, &headers)?;
     let sel = selector(&topic, key, q.by);
     let svc = state.schedule()?;
     let report = svc.cancel(&sel).await.map_err(schedule_error)?;
@@ -187,6 +191,7 @@ async fn cancel(
     responses(
         (status = 200, description = "rescheduled, already_delivered, already_cancelled, already_dropped or not_found", body = OpOut),
         (status = 400, description = "Bad body (not exactly one of delay_ms, deliver_at_ms)", body = ErrorBody),
+        (status = 403, description = "A retry, dead-letter or system topic without an admin token", body = ErrorBody),
         (status = 422, description = "New time out of range", body = ErrorBody),
         (status = 429, description = "The store is busy; retry shortly", body = ErrorBody),
         (status = 503, description = "Delays disabled, or the index did not catch up in time", body = ErrorBody),
@@ -195,10 +200,12 @@ async fn cancel(
 )]
 async fn reschedule(
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathParams((topic, key)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<ByQuery>,
     JsonBody(body): JsonBody<RescheduleIn>,
 ) -> ApiResult<Json<OpOut>> {
+    guard_group_topic(&state, &topic, &headers)?;
     let when = when_of(&body)?;
     let sel = selector(&topic, key, q.by);
     let svc = state.schedule()?;
@@ -220,15 +227,18 @@ async fn reschedule(
     responses(
         (status = 200, description = "The messages", body = ListOut),
         (status = 400, description = "Not exactly one of key, msg_id", body = ErrorBody),
+        (status = 403, description = "A retry, dead-letter or system topic without an admin token", body = ErrorBody),
         (status = 503, description = "Delays disabled", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathParams(topic): PathParams<String>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListOut>> {
+    guard_group_topic(&state, &topic, &headers)?;
     let sel = match (q.key, q.msg_id) {
         (Some(key), None) => selector(&topic, key, By::Key),
         (None, Some(id)) => selector(&topic, id, By::Id),
@@ -239,6 +249,23 @@ async fn list(
         messages: messages.into_iter().map(scheduled_out).collect(),
         truncated,
     }))
+}
+
+/// A consumer group's retry and dead-letter timers, and the broker's own topics, are not a
+/// producer's to list, cancel or move: a retry is parked with its group's retry topic as its
+/// topic, keeping the message's keys, so a `producer` token could cancel a group's retries
+/// (the group had moved past the original: the message was never delivered again). Over
+/// TCP such a topic takes the group's permission; over HTTP an `admin` token.
+fn guard_group_topic(state: &AppState, topic: &str, headers: &HeaderMap) -> ApiResult<()> {
+    let group_or_system = topic.starts_with(sluice_broker::RETRY_PREFIX)
+        || topic.starts_with(sluice_broker::DLQ_PREFIX)
+        || topic.starts_with("RMQ_SYS_")
+        || topic.starts_with("SLUICE_SYS_")
+        || [sluice_broker::SCHEDULE_TOPIC, sluice_broker::TIMER_TOPIC].contains(&topic);
+    if group_or_system {
+        crate::auth::authorize_headers(state, crate::auth::Scope::Admin, headers)?;
+    }
+    Ok(())
 }
 
 fn selector(topic: &str, key: String, by: By) -> Selector {

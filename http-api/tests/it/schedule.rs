@@ -272,3 +272,78 @@ async fn cancels_racing_the_release_answer_definitely_and_truly() {
     );
     s.stop().await;
 }
+
+/// A nacked message waits as a timer of its group's retry topic, keeping its keys: a
+/// `producer` token could list, cancel or move a consumer group's retries (cancelled, the
+/// message was never delivered again). Retry, dead-letter and system topics need `admin`.
+#[tokio::test]
+async fn a_groups_retry_timers_are_an_admin_tokens_to_list_cancel_or_move() {
+    use sluice_http::auth::{Scope, Token};
+    let mut o = common::Options::default();
+    o.http.tokens = vec![
+        Token {
+            name: "prod".into(),
+            secret: "producer-secret-0123456789".into(),
+            scopes: vec![Scope::Producer],
+        },
+        Token {
+            name: "ops".into(),
+            secret: "admin-secret-0123456789abcd".into(),
+            scopes: vec![Scope::Admin],
+        },
+    ];
+    let s = common::start_with(o).await;
+    let call = |method: reqwest::Method, path: &str, token: &str| {
+        let req = s
+            .http
+            .request(method, s.url(path))
+            .bearer_auth(token.to_owned());
+        async move {
+            let r = req.json(&json!({"delay_ms": 60_000})).send().await.unwrap();
+            common::status_json(r).await
+        }
+    };
+    let producer = "producer-secret-0123456789";
+    for (method, path) in [
+        (
+            reqwest::Method::DELETE,
+            "/v1/topics/%25RETRY%25orders/scheduled/ORDER-42",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v1/topics/%25RETRY%25orders/scheduled/ORDER-42",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/topics/%25RETRY%25orders/scheduled?key=ORDER-42",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/topics/%25DLQ%25orders/scheduled/ORDER-42",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/topics/RMQ_SYS_TRANS_HALF_TOPIC/scheduled/K",
+        ),
+    ] {
+        let (status, body) = call(method.clone(), path, producer).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert_eq!(error_code(&body), "forbidden");
+    }
+    let (status, body) = call(
+        reqwest::Method::DELETE,
+        "/v1/topics/%25RETRY%25orders/scheduled/ORDER-42",
+        "admin-secret-0123456789abcd",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], "not_found");
+    let (status, body) = call(
+        reqwest::Method::DELETE,
+        "/v1/topics/Orders/scheduled/ORDER-42",
+        producer,
+    )
+    .await;
+    assert_eq!(status, 200, "a producer's own topic: {body}");
+    s.stop().await;
+}

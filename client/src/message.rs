@@ -93,6 +93,11 @@ pub struct Message {
     body: Bytes,
     flag: i32,
     properties: Properties,
+    /// A key given to `with_keys` that holds whitespace, refused at the send: RocketMQ
+    /// separates keys with spaces, so "INV 1001" would be read back as the two keys "INV"
+    /// and "1001" (and an idempotent consumer deduplicating by the first key would take
+    /// every "INV …" for one message).
+    bad_key: Option<String>,
 }
 
 impl Message {
@@ -103,6 +108,7 @@ impl Message {
             body: body.into(),
             flag: 0,
             properties: Properties::new(),
+            bad_key: None,
         }
     }
 
@@ -113,7 +119,9 @@ impl Message {
         self
     }
 
-    /// Sets the business keys; each is indexed so the message can be looked up by it.
+    /// Sets the business keys; each is indexed so the message can be looked up by it. Keys
+    /// are separated by spaces on the wire, so a key may not hold whitespace (the send
+    /// refuses it); leading and trailing whitespace is trimmed.
     #[must_use]
     pub fn with_keys<I, S>(mut self, keys_: I) -> Self
     where
@@ -125,6 +133,10 @@ impl Message {
             .map(|k| k.as_ref().trim().to_owned())
             .filter(|k| !k.is_empty())
             .collect();
+        self.bad_key = joined
+            .iter()
+            .find(|k| k.contains(char::is_whitespace))
+            .cloned();
         if joined.is_empty() {
             self.properties.remove(keys::KEYS);
         } else {
@@ -229,6 +241,12 @@ impl Message {
     /// Checks what a broker would refuse, before a round trip.
     pub(crate) fn validate(&self, max_body: usize) -> Result<(), ClientError> {
         validate_topic(&self.topic)?;
+        if let Some(k) = &self.bad_key {
+            return Err(ClientError::InvalidMessage(format!(
+                "key {k:?} holds whitespace, which separates keys: it would be read back as \
+                 several keys"
+            )));
+        }
         if self.body.is_empty() {
             return Err(ClientError::InvalidMessage("the body is empty".into()));
         }
@@ -656,6 +674,22 @@ mod tests {
         assert!(Message::new("T", "12345678901").validate(10).is_err());
         let sep = Message::new("T", "x").with_property("k", "a\u{2}b");
         assert!(sep.validate(10).is_err());
+    }
+
+    /// Keys are separated by spaces on the wire: "INV 1001" came back as "INV" and "1001",
+    /// and a consumer deduplicating by its first key took every "INV …" for one message.
+    #[test]
+    fn a_key_holding_whitespace_is_refused_and_outer_whitespace_trimmed() {
+        let spaced = Message::new("T", "x").with_keys(["ORDER-1", "INV 1001"]);
+        let e = spaced.validate(10).unwrap_err().to_string();
+        assert!(e.contains("INV 1001") && e.contains("whitespace"), "{e}");
+        let tabbed = Message::new("T", "x").with_keys(["a\tb"]);
+        assert!(tabbed.validate(10).is_err());
+        let trimmed = Message::new("T", "x").with_keys([" ORDER-1 ", "INV-1001"]);
+        assert!(trimmed.validate(10).is_ok());
+        assert_eq!(trimmed.property("KEYS"), Some("ORDER-1 INV-1001"));
+        let replaced = spaced.with_keys(["fine"]);
+        assert!(replaced.validate(10).is_ok(), "the last keys given count");
     }
 
     #[test]

@@ -48,6 +48,10 @@ impl Payment {
         if id.is_empty() || id.len() > 64 {
             return Err(anyhow!("payment id of {} bytes in {text:?}", id.len()));
         }
+        // The id is the message's key, and keys are separated by spaces.
+        if id.contains(char::is_whitespace) {
+            return Err(anyhow!("payment id {id:?} holds whitespace"));
+        }
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(anyhow!("currency {currency:?} is not an ISO 4217 code"));
         }
@@ -76,5 +80,6 @@ mod tests {
         // had charged).
         assert!(Payment::decode(b"pay-1,a,EURO-LONG,5").is_err());
         assert!(Payment::decode(format!("{},a,EUR,5", "p".repeat(65)).as_bytes()).is_err());
+        assert!(Payment::decode(b"INV 1001,a,EUR,5").is_err());
     }
 }

@@ -93,6 +93,9 @@ class Orders:
 
     def place(self, order_id, item, check_url, crash_before_commit=False, local_fails=False):
         """Half message, local transaction, then commit or rollback."""
+        # Before the half message is born: the check-back answers "rollback" for a missing
+        # row LOCAL_TXN_TIMEOUT_S after that birth, so the row must never be written later.
+        started = time.time()
         _, sent = call("POST", f"/v1/topics/{TOPIC}/transactions", {
             "body": json.dumps({"order": order_id, "item": item}),
             "keys": [order_id],
@@ -108,6 +111,10 @@ class Orders:
             return r
         try:
             with self.lock, self.db:  # one SQLite transaction: committed, or rolled back
+                # Under the lock the check-back takes: past the time-out a check may already
+                # have answered "rollback" for the missing row, so the write is abandoned.
+                if time.time() - started >= LOCAL_TXN_TIMEOUT_S - 0.5:
+                    raise sqlite3.OperationalError("local transaction timed out")
                 self.db.execute("INSERT INTO orders VALUES (?, ?, ?)", (order_id, item, txn_id))
         except sqlite3.Error as e:
             log("orders", f"{order_id}: local write failed ({e}) -> rollback")

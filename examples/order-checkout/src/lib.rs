@@ -477,14 +477,19 @@ async fn force_redeliveries<DB: Shop, I: TxHandler<DB>, L: TxHandler<DB>>(
     tl: &Timeline,
     n: u64,
 ) -> anyhow::Result<()> {
+    // Counted from here: a duplicate skipped earlier (a message stored twice by a send's
+    // retry) must not count as the redelivery, nor as the re-sent copy, below.
+    let (d1, d2) = (inventory.duplicates(), loyalty.duplicates());
+    let (p1, p2) = (inventory.processed(), loyalty.processed());
+    let mut stored = 0;
     for group in [&names.inventory, &names.loyalty] {
-        rewind(cfg, group, &names.topic).await?;
+        stored = rewind(cfg, group, &names.topic).await?;
     }
+    anyhow::ensure!(stored >= n, "{stored} messages stored for {n} orders");
     tl.log("forced redelivery: both groups rewound to offset 0");
     let (c1, c2) = start_both(cfg, names, inventory, loyalty, tl).await?;
-    let (d1, d2) = (inventory.duplicates(), loyalty.duplicates());
     wait_for("the rewound messages to be redelivered and skipped", || {
-        let done = inventory.duplicates() >= n && loyalty.duplicates() >= n;
+        let done = inventory.duplicates() >= d1 + stored && loyalty.duplicates() >= d2 + stored;
         async move { done }
     })
     .await?;
@@ -498,24 +503,33 @@ async fn force_redeliveries<DB: Shop, I: TxHandler<DB>, L: TxHandler<DB>>(
         first.id
     ));
     wait_for("the re-sent copy to be delivered and skipped", || {
-        let done = inventory.duplicates() > d1.max(n) && loyalty.duplicates() > d2.max(n);
+        let done = inventory.duplicates() > d1 + stored && loyalty.duplicates() > d2 + stored;
         async move { done }
     })
     .await?;
     plain.shutdown().await;
     c1.shutdown().await;
     c2.shutdown().await;
+    anyhow::ensure!(
+        (inventory.processed(), loyalty.processed()) == (p1, p2),
+        "a redelivered or re-sent message was processed again"
+    );
     Ok(())
 }
 
 /// Commits offset 0 on every queue of `topic` for `group` (the consumers are stopped).
-async fn rewind(cfg: &ClientConfig, group: &str, topic: &str) -> anyhow::Result<()> {
+/// Commits offset 0 for `group` on every queue of `topic`; returns how many messages those
+/// queues hold (all of them stored since the topic was made, so redelivered now).
+async fn rewind(cfg: &ClientConfig, group: &str, topic: &str) -> anyhow::Result<u64> {
     let offsets = PullConsumer::builder(cfg.clone(), group).start().await?;
+    let mut stored = 0;
     for mq in offsets.queues(topic).await? {
+        anyhow::ensure!(offsets.min_offset(&mq).await? == 0, "{mq:?} lost messages");
+        stored += u64::try_from(offsets.max_offset(&mq).await?)?;
         offsets.commit(&mq, 0).await?;
     }
     offsets.shutdown().await;
-    Ok(())
+    Ok(stored)
 }
 
 /// Stock and points as the database has them now.

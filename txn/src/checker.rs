@@ -334,13 +334,24 @@ impl Core {
             let mut t = self.table.lock();
             for p in planned {
                 let id = p.entry.id.half_offset;
-                if matches!(p.route, Route::Pull) {
+                if matches!(p.route, Route::Sink(..)) && refused_now.contains(&p.entry.group) {
+                    continue; // never offered: still due at the next tick
+                }
+                let queued = match &p.route {
+                    Route::Pull => {
+                        Some(t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max))
+                    }
+                    Route::Sink(sink, url) => Some(self.offer_to_sink(&t, &p, sink, url)),
+                    _ => None,
+                };
+                if let Some(queued) = queued {
+                    // Counted when handed out or called, not now: a check waiting in a queue
+                    // (behind slow webhooks, or for a poll) must not use the budget, or the
+                    // final action came without the producer ever being asked.
                     offered += 1;
-                    if !t.queue_pull(&p.entry.group, id, self.shared.cfg.pending_checks_max) {
-                        t.postpone_check(id, now);
-                        if !refused_now.contains(&p.entry.group) {
-                            refused_now.push(p.entry.group.clone());
-                        }
+                    t.postpone_check(id, now);
+                    if !queued && !refused_now.contains(&p.entry.group) {
+                        refused_now.push(p.entry.group.clone());
                     }
                 } else if let Some(c) = t.count_check(id, now) {
                     counted.push((p, c.checks));
@@ -497,16 +508,6 @@ impl Core {
             (Route::Tcp(conns), Some(cmd)) => {
                 send_round_robin(conns, start, &cmd).map(|a| a.to_string())
             }
-            (Route::Sink(sink, url), _) => {
-                let check = PendingCheck::new(&p.entry, &p.half, n, url.clone());
-                match sink.deliver(check) {
-                    Ok(()) => Some(sink.name().to_owned()),
-                    Err(e) => {
-                        tracing::debug!(sink = sink.name(), error = %e, "check sink refused a check");
-                        None
-                    }
-                }
-            }
             _ => None,
         };
         match sent_to {
@@ -520,6 +521,39 @@ impl Core {
                 t.postpone_check(id, now_ms());
                 Counters::inc(&self.counters().checks_undelivered);
                 tracing::debug!(producer_group = %p.entry.group, transaction_id = %p.entry.uniq, half_offset = id, "no producer connection took the check; retrying next interval");
+                false
+            }
+        }
+    }
+
+    /// Hands a sink the check of a due transaction, uncounted (under the table lock, as a
+    /// sink only queues): it carries the count it will have, and is counted only when the
+    /// sink's consumer claims it ([`crate::TxnService::claim_check`]) to call or hand it out.
+    /// False when the sink refused it.
+    fn offer_to_sink(
+        &self,
+        t: &crate::table::Table,
+        p: &Planned,
+        sink: &Arc<dyn crate::sink::CheckSink>,
+        url: &Option<String>,
+    ) -> bool {
+        let id = p.entry.id.half_offset;
+        let Some(next) = t
+            .get(id)
+            .filter(|e| e.state == TxnState::Open)
+            .map(|e| e.checks + 1)
+        else {
+            return true; // decided meanwhile: nothing to ask
+        };
+        let check = PendingCheck::new(&p.entry, &p.half, next, url.clone());
+        match sink.deliver(check) {
+            Ok(()) => {
+                tracing::debug!(producer_group = %p.entry.group, transaction_id = %p.entry.uniq, half_offset = id, check = next, sink = sink.name(), "transaction check queued");
+                true
+            }
+            Err(e) => {
+                Counters::inc(&self.counters().checks_undelivered);
+                tracing::debug!(sink = sink.name(), error = %e, "check sink refused a check");
                 false
             }
         }

@@ -200,21 +200,19 @@ impl TxnService {
         Ok(view)
     }
 
-    /// Whether the check `check` (its transaction's `check_count`-th) is still wanted: the
-    /// transaction is open, it is the same half message, and no later check was counted. A
-    /// check exists only for a transaction already in memory, so unlike [`TxnService::get`]
-    /// this reads no half messages and builds no view: the HTTP facade asks it for every
-    /// queued check before sending or handing it out.
-    pub fn check_still_wanted(&self, check: &PendingCheck, same_count: bool) -> bool {
-        let Ok(core) = self.core() else {
-            return false;
-        };
-        let t = core.table.lock();
-        t.get(check.half_offset).is_some_and(|e| {
-            e.state == TxnState::Open
-                && e.id.commit_log_offset == check.commit_log_offset
-                && (!same_count || e.checks == check.check_count)
-        })
+    /// Claims a check a sink queued (see `sink`), just before the facade calls its webhook or
+    /// hands it out to a poller: counts it against `check_max` and journals the count, as a
+    /// check sent over TCP is counted before it is sent. `None` when it is no longer wanted:
+    /// the transaction was decided, or another check of it was counted since this one was
+    /// queued (the facade then drops it). Counted when queued, checks that waited behind slow
+    /// webhooks used the budget up, and the final action came without the producer ever
+    /// being asked.
+    pub async fn claim_check(
+        &self,
+        check: &PendingCheck,
+    ) -> Result<Option<PendingCheck>, TxnError> {
+        let (core, shared, check) = (self.core()?, Arc::clone(&self.shared), check.clone());
+        to_completion(async move { claim(&core, &shared, check).await }).await
     }
 
     /// Forces a commit (`true`) or rollback (`false`) of an undecided transaction, as an
@@ -352,6 +350,46 @@ async fn hand_out_checks(
         }
     }
     Ok(out)
+}
+
+/// See [`TxnService::claim_check`].
+async fn claim(
+    core: &Core,
+    shared: &Shared,
+    check: PendingCheck,
+) -> Result<Option<PendingCheck>, TxnError> {
+    let id = check.half_offset;
+    let (counted, before) = {
+        let mut t = core.table.lock();
+        let wanted = t.get(id).is_some_and(|e| {
+            e.state == TxnState::Open
+                && e.id.commit_log_offset == check.commit_log_offset
+                && e.checks + 1 == check.check_count
+        });
+        if !wanted {
+            return Ok(None);
+        }
+        let before = t.get(id).and_then(|e| e.last_check_ms);
+        (t.count_check(id, now_ms()), before)
+    };
+    let Some(counted) = counted else {
+        return Ok(None);
+    };
+    if let Err(e) = core.journal_checks(vec![counted]).await {
+        // Never called without its record (see `run_check_round`): it is offered again.
+        core.table.lock().unclaim_check(id, before);
+        return Err(e);
+    }
+    // Decided while its count was journalled: not asked (no check for a resolved transaction).
+    let open = core
+        .table
+        .lock()
+        .get(id)
+        .is_some_and(|e| e.state == TxnState::Open);
+    if open {
+        crate::metrics::Counters::inc(&shared.counters.checks_sent);
+    }
+    Ok(open.then_some(check))
 }
 
 /// Runs `work` on a task of its own and waits for it. A decision moves its transaction to

@@ -8,10 +8,10 @@
 //!   facade registers a group sink (`TxnService::set_check_sink`) that takes the group's checks
 //!   into a bounded queue here, but only while the group is *live*: a poll is waiting, or the
 //!   last one ended less than [`LIVE_GRACE`] ago (a producer polling in a loop is between two
-//!   polls). Otherwise the sink refuses, so the check is not counted and is tried again one
-//!   interval later (as for a TCP group with no producer connected). Each queued check was
-//!   counted against `check_max`, so the window is short: a producer that stops polling burns
-//!   at most the checks of that grace, not of the whole registration. A group idle for
+//!   polls). Otherwise the sink refuses, and the check is tried again one interval later (as
+//!   for a TCP group with no producer connected). A queued check is counted against
+//!   `check_max` only when a poll hands it out (`TxnService::claim_check`), so a producer that
+//!   stops polling burns none of the budget. A group idle for
 //!   `poll_idle` is unregistered (its TCP producers, if any, get the checks again) and its
 //!   unanswered queued checks are dropped (each check is repeated on schedule anyway). Checks
 //!   of transactions decided while queued are never handed out.
@@ -261,7 +261,7 @@ impl PullGroups {
             }
             let got = match source {
                 Source::Configured => txn.pull_checks(group, max).await?,
-                Source::Registered { .. } => self.still_open(txn, self.take(group, max)),
+                Source::Registered { .. } => claim_all(txn, self.take(group, max)).await?,
             };
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline || *stop.borrow() {
@@ -275,14 +275,27 @@ impl PullGroups {
             }
         }
     }
+}
 
-    /// Drops checks of transactions decided (or forgotten) since they were queued.
-    fn still_open(&self, txn: &TxnService, checks: Vec<PendingCheck>) -> Vec<PendingCheck> {
-        checks
-            .into_iter()
-            .filter(|c| txn.check_still_wanted(c, false))
-            .collect()
+/// Counts queued checks against their budgets as they are handed out (see
+/// `TxnService::claim_check`), dropping those no longer wanted: decided, or another check of
+/// the same transaction counted since. A claim that fails (the journal cannot be written)
+/// ends the poll with the error; the checks not handed out are offered again.
+async fn claim_all(
+    txn: &TxnService,
+    checks: Vec<PendingCheck>,
+) -> Result<Vec<PendingCheck>, sluice_txn::TxnError> {
+    let mut out = Vec::with_capacity(checks.len());
+    for c in checks {
+        match txn.claim_check(&c).await {
+            Ok(Some(c)) => out.push(c),
+            Ok(None) => {}
+            // Those already counted are handed out; the rest are offered again.
+            Err(_) if !out.is_empty() => break,
+            Err(e) => return Err(e),
+        }
     }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -153,11 +153,20 @@ impl Caller {
             return;
         };
         let target = redacted(&url);
-        if !self.still_wanted(&c) {
-            self.counts.skipped.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, "transaction decided or checked again while its webhook waited; not sent");
-            return;
-        }
+        // Counted against the budget now, as it is called, not when it was queued.
+        let c = match self.txn.claim_check(&c).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                self.counts.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, "transaction decided or checked again while its webhook waited; not sent");
+                return;
+            }
+            Err(e) => {
+                self.counts.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, error = %e, "check not counted; not sent (it is offered again)");
+                return;
+            }
+        };
         match self.call(&url, &c).await {
             CallResult::Answer(state) => {
                 self.counts.answered(state);
@@ -168,14 +177,6 @@ impl Caller {
                 tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, url = %target, error = %why, "check webhook gave no answer; the transaction stays open and is checked again");
             }
         }
-    }
-
-    /// Whether the check is still the transaction's latest and it is still open. Checks wait
-    /// in the queue behind slow webhooks (up to `webhook_queue` of them, `webhook_concurrency`
-    /// at a time, each up to `webhook_timeout`): one whose transaction was decided meanwhile
-    /// must not be sent ("no check for a resolved transaction").
-    fn still_wanted(&self, c: &PendingCheck) -> bool {
-        self.txn.check_still_wanted(c, true)
     }
 
     async fn call(&self, url: &str, c: &PendingCheck) -> CallResult {
@@ -212,16 +213,38 @@ impl Caller {
             AnswerState::Rollback => Resolution::Rollback,
             AnswerState::Unknown => Resolution::Unknown,
         };
-        match self.txn.resolve(&c.reference(), resolution, true).await {
-            Ok(outcome) => {
-                tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, url = %target, answer = ?state, outcome = ?outcome, "check webhook answered");
-            }
-            Err(e) => {
-                tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, url = %target, answer = ?state, error = %e, "check webhook answer not applied");
+        // An answer is the producer's decision: one refused for a passing reason (another
+        // decision being stored, a full append queue) is applied again, for a while, rather
+        // than dropped, or the final action could undo what the producer committed.
+        let give_up = tokio::time::Instant::now() + APPLY_RETRY_FOR;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.txn.resolve(&c.reference(), resolution, true).await {
+                Ok(outcome) => {
+                    tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, url = %target, answer = ?state, outcome = ?outcome, "check webhook answered");
+                    return;
+                }
+                Err(e)
+                    if e.is_retriable()
+                        && !matches!(e, sluice_txn::TxnError::NotStarted)
+                        && tokio::time::Instant::now() + pause < give_up =>
+                {
+                    tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, answer = ?state, error = %e, "check webhook answer not applied yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::warn!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, url = %target, answer = ?state, error = %e, "check webhook answer not applied");
+                    return;
+                }
             }
         }
     }
 }
+
+/// How long an answer refused for a passing reason ([`sluice_txn::TxnError::is_retriable`])
+/// is applied again.
+const APPLY_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// The worker: takes queued checks until `stop`, at most `limit` calls at once; then waits
 /// for calls in flight (each bounded by the client's timeout) up to `grace`.

@@ -463,8 +463,10 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
     *hook.delay.lock() = Duration::from_secs(2);
     let (a, _) = send(&s, "web", json!({"check_url": url})).await;
     let (b, _) = send(&s, "web", json!({"check_url": url})).await;
-    // Both checks are counted (queued); the single call slot is busy with the first one.
-    wait_for_txn(&s, &b, |v| v["check_count"].as_u64() >= Some(1)).await;
+    // Both checks are queued (offered: `last_check_ms` set), the single call slot busy with
+    // the first one.
+    wait_for_txn(&s, &a, |v| v["last_check_ms"].is_i64()).await;
+    wait_for_txn(&s, &b, |v| v["last_check_ms"].is_i64()).await;
     for _ in 0..ROUNDS {
         if !hook.calls.lock().is_empty() {
             break;
@@ -476,6 +478,11 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
         .unwrap()
         .to_owned();
     let queued = if first == a { &b } else { &a };
+    let (_, v) = s.get(&format!("/v1/transactions/{queued}")).await;
+    assert_eq!(
+        v["check_count"], 0,
+        "a queued check is counted only when it is called: {v}"
+    );
     let (status, v) = s
         .post(&format!("/v1/transactions/{queued}/commit"), json!({}))
         .await;
@@ -495,8 +502,53 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
         calls.iter().all(|(c, _)| c["txn_id"] != queued.as_str()),
         "no check was sent for the transaction committed while its check waited: {calls:?}"
     );
-    // Counted as skipped: the txn crate's checks_sent counted it when it was queued.
+    // Counted as skipped, and never against the transaction's budget.
     assert!(webhook_count(&s, "skipped").await >= 1);
+    s.stop().await;
+}
+
+/// A check waiting in the webhook queue (behind a slow call) used to count against
+/// `check_max` when queued, and the next one replaced it: with calls slower than
+/// `check_interval`, the budget ran out and the final action rolled the transaction back
+/// without its webhook ever being called. Checks count when they are called now.
+#[tokio::test]
+async fn checks_waiting_behind_a_slow_webhook_do_not_use_the_budget() {
+    let mut opts = common::Options::default();
+    opts.http = HttpConfig {
+        checks: CheckConfig {
+            webhook_secret: Some(SECRET.into()),
+            check_url_hosts: vec!["127.0.0.1".into()],
+            webhook_concurrency: 1,
+            ..CheckConfig::default()
+        },
+        ..opts.http
+    };
+    opts.txn.defaults.check_interval = Duration::from_millis(200);
+    opts.txn.defaults.check_max = 2;
+    let s = common::start_with(opts).await;
+    s.create_topic("Orders", 2);
+    let (hook, url) = start_hook(vec![answer("unknown")]).await;
+    *hook.delay.lock() = Duration::from_secs(3);
+    let (a, _) = send(&s, "web", json!({"check_url": url})).await;
+    let (b, _) = send(&s, "web", json!({"check_url": url})).await;
+    for _ in 0..ROUNDS {
+        if !hook.calls.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(NAP).await;
+    }
+    let first = hook.calls.lock()[0].0["txn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = if first == a { &b } else { &a };
+    // Five intervals and more while the one call slot is taken: before, the waiting
+    // transaction's two checks were counted and its final action came at the third interval.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, v) = s.get(&format!("/v1/transactions/{waiting}")).await;
+    assert_eq!(v["state"], "open", "{v}");
+    assert_eq!(v["check_count"], 0, "never called, never counted: {v}");
+    *hook.delay.lock() = Duration::ZERO;
     s.stop().await;
 }
 

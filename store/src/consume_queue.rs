@@ -120,6 +120,13 @@ impl ConsumeQueue {
         self.min.fetch_min(at, Ordering::AcqRel);
     }
 
+    /// Whether the entry written at `offset` is the record at `phys` of `size` bytes (at open,
+    /// before any reader).
+    pub(crate) fn holds(&self, offset: u64, phys: u64, size: u32) -> bool {
+        self.raw_entry(offset)
+            .is_some_and(|e| e.phys_offset == phys && e.size == size)
+    }
+
     pub(crate) fn max_offset(&self) -> u64 {
         self.max.load(Ordering::Acquire)
     }

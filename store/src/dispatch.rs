@@ -207,14 +207,15 @@ impl Dispatcher {
         (from, None)
     }
 
-    /// The queue offsets `[first, next)` of the records in `[pos, to)` of every queue that has
-    /// some, which are not in their consume queues yet: the appender must not hand out their
-    /// offsets again, and entries found on disk from `first` on are not this log's yet.
+    /// For every queue with records in `[pos, to)`, which are not in their consume queues yet
+    /// (a re-dispatch that stopped): the queue offset after its last one, which the appender
+    /// must not hand out again, and the first whose entry found on disk is not that record's
+    /// (lost or stale: a power cut keeps some pages of a queue file and loses others), if any.
     pub(crate) fn queue_ends(
         &self,
         mut pos: u64,
         to: u64,
-    ) -> std::collections::HashMap<(String, i32), (u64, u64)> {
+    ) -> std::collections::HashMap<(String, i32), (Option<u64>, u64)> {
         let mut out = std::collections::HashMap::new();
         let mut seg = None::<Arc<Segment>>;
         while pos < to {
@@ -234,11 +235,17 @@ impl Dispatcher {
             {
                 let q = plausible_queue_offset(view.header.queue_offset, pos);
                 if let (true, Some(q)) = (consumable(&view), q) {
-                    let (first, next) = out
+                    let (bad, next) = out
                         .entry((view.topic.to_owned(), view.header.queue_id))
-                        .or_insert((q, 0));
-                    *first = (*first).min(q);
+                        .or_insert((None, 0));
                     *next = (*next).max(q + 1);
+                    let on_disk = self
+                        .cqs
+                        .get(view.topic, view.header.queue_id)
+                        .is_some_and(|cq| cq.holds(q, pos, view.total_size as u32));
+                    if !on_disk {
+                        *bad = Some(bad.map_or(q, |b: u64| b.min(q)));
+                    }
                 }
             }
             pos += framing::frame_len(total);

@@ -231,14 +231,15 @@ impl Store {
         let mut queue_offsets = recover_queue_bounds(&cqs, &log, report.end, !clean)?;
         if let Some(e) = failed {
             tracing::error!(error = %e, dispatched, end = report.end, "re-dispatch at open stopped; the dispatcher goes on from there (entries past it are not visible until it can write them)");
-            // The records past it are in the log but not in their queues yet. Entries found
-            // on disk for them may be stale or missing (a power cut keeps some pages of the
-            // queue files and loses others), and the dispatcher never rewrites what is
-            // published: publish only up to the first of them, so it writes them all.
-            for ((topic, queue_id), (first, next)) in dispatcher.queue_ends(dispatched, report.end)
-            {
-                if let Some(q) = cqs.get(&topic, queue_id) {
-                    q.cap_max(first);
+            // The records past it are in the log but not re-dispatched. Their entries found on
+            // disk are published as they are where they match (so consumers past them are not
+            // sent back), but one lost or stale (a power cut keeps some pages of a queue file
+            // and loses others) would be published for good, as the dispatcher never rewrites
+            // a published entry: publish only up to the first such, so it writes the rest.
+            for ((topic, queue_id), (bad, next)) in dispatcher.queue_ends(dispatched, report.end) {
+                if let (Some(bad), Some(q)) = (bad, cqs.get(&topic, queue_id)) {
+                    tracing::warn!(topic = %topic, queue_id, queue_offset = bad, "queue entry found on disk does not match its record; published up to it, the rest written again once the dispatcher can");
+                    q.cap_max(bad);
                 }
                 let e = queue_offsets
                     .entry(topic)

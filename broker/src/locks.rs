@@ -138,6 +138,11 @@ impl QueueLocks {
         self.groups.lock().contains_key(group)
     }
 
+    /// Lock entries held, lapsed ones not yet pruned included.
+    pub(crate) fn entries(&self) -> usize {
+        self.groups.lock().values().map(HashMap::len).sum()
+    }
+
     /// Whether the group holds any unexpired lock (5.1.1+ routes its retries to the DLQ).
     pub(crate) fn group_holds_locks(&self, group: &str, now: Instant) -> bool {
         self.groups

@@ -211,8 +211,17 @@ impl TxnService {
         &self,
         check: &PendingCheck,
     ) -> Result<Option<PendingCheck>, TxnError> {
-        let (core, shared, check) = (self.core()?, Arc::clone(&self.shared), check.clone());
-        to_completion(async move { claim(&core, &shared, check).await }).await
+        Ok(self.claim_checks(vec![check.clone()]).await?.pop())
+    }
+
+    /// [`TxnService::claim_check`] for several checks at once (a poll's hand-out), counted
+    /// under one table lock and journalled with one sync; returns those still wanted.
+    pub async fn claim_checks(
+        &self,
+        checks: Vec<PendingCheck>,
+    ) -> Result<Vec<PendingCheck>, TxnError> {
+        let (core, shared) = (self.core()?, Arc::clone(&self.shared));
+        to_completion(async move { claim(&core, &shared, checks).await }).await
     }
 
     /// Forces a commit (`true`) or rollback (`false`) of an undecided transaction, as an
@@ -352,44 +361,57 @@ async fn hand_out_checks(
     Ok(out)
 }
 
-/// See [`TxnService::claim_check`].
+/// See [`TxnService::claim_checks`].
 async fn claim(
     core: &Core,
     shared: &Shared,
-    check: PendingCheck,
-) -> Result<Option<PendingCheck>, TxnError> {
-    let id = check.half_offset;
-    let (counted, before) = {
+    checks: Vec<PendingCheck>,
+) -> Result<Vec<PendingCheck>, TxnError> {
+    let now = now_ms();
+    let mut claimed = Vec::with_capacity(checks.len());
+    let mut records = Vec::with_capacity(checks.len());
+    {
         let mut t = core.table.lock();
-        let wanted = t.get(id).is_some_and(|e| {
-            e.state == TxnState::Open
-                && e.id.commit_log_offset == check.commit_log_offset
-                && e.checks + 1 == check.check_count
-        });
-        if !wanted {
-            return Ok(None);
+        for check in checks {
+            let id = check.half_offset;
+            let wanted = t.get(id).is_some_and(|e| {
+                e.state == TxnState::Open
+                    && e.id.commit_log_offset == check.commit_log_offset
+                    && e.checks + 1 == check.check_count
+            });
+            if !wanted {
+                continue;
+            }
+            let before = t.get(id).and_then(|e| e.last_check_ms);
+            if let Some(counted) = t.count_check(id, now) {
+                records.push(counted);
+                claimed.push((check, before));
+            }
         }
-        let before = t.get(id).and_then(|e| e.last_check_ms);
-        (t.count_check(id, now_ms()), before)
-    };
-    let Some(counted) = counted else {
-        return Ok(None);
-    };
-    if let Err(e) = core.journal_checks(vec![counted]).await {
-        // Never called without its record (see `run_check_round`): it is offered again.
-        core.table.lock().unclaim_check(id, before);
+    }
+    if let Err(e) = core.journal_checks(records).await {
+        // Never called without its record (see `run_check_round`): they are offered again.
+        let mut t = core.table.lock();
+        for (check, before) in claimed.iter().rev() {
+            t.unclaim_check(check.half_offset, *before);
+        }
         return Err(e);
     }
-    // Decided while its count was journalled: not asked (no check for a resolved transaction).
-    let open = core
-        .table
-        .lock()
-        .get(id)
-        .is_some_and(|e| e.state == TxnState::Open);
-    if open {
+    // Decided while the counts were journalled: not asked (no check for a resolved
+    // transaction).
+    let t = core.table.lock();
+    let open: Vec<PendingCheck> = claimed
+        .into_iter()
+        .map(|(c, _)| c)
+        .filter(|c| {
+            t.get(c.half_offset)
+                .is_some_and(|e| e.state == TxnState::Open)
+        })
+        .collect();
+    for _ in &open {
         crate::metrics::Counters::inc(&shared.counters.checks_sent);
     }
-    Ok(open.then_some(check))
+    Ok(open)
 }
 
 /// Runs `work` on a task of its own and waits for it. A decision moves its transaction to

@@ -277,25 +277,18 @@ impl PullGroups {
     }
 }
 
-/// Counts queued checks against their budgets as they are handed out (see
-/// `TxnService::claim_check`), dropping those no longer wanted: decided, or another check of
-/// the same transaction counted since. A claim that fails (the journal cannot be written)
-/// ends the poll with the error; the checks not handed out are offered again.
+/// Counts queued checks against their budgets as they are handed out (one journal sync for
+/// the batch, see `TxnService::claim_checks`), dropping those no longer wanted: decided, or
+/// another check of the same transaction counted since. When the journal cannot be written
+/// the poll ends with the error, and the checks are offered again.
 async fn claim_all(
     txn: &TxnService,
     checks: Vec<PendingCheck>,
 ) -> Result<Vec<PendingCheck>, sluice_txn::TxnError> {
-    let mut out = Vec::with_capacity(checks.len());
-    for c in checks {
-        match txn.claim_check(&c).await {
-            Ok(Some(c)) => out.push(c),
-            Ok(None) => {}
-            // Those already counted are handed out; the rest are offered again.
-            Err(_) if !out.is_empty() => break,
-            Err(e) => return Err(e),
-        }
+    if checks.is_empty() {
+        return Ok(checks);
     }
-    Ok(out)
+    txn.claim_checks(checks).await
 }
 
 #[cfg(test)]

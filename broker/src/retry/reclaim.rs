@@ -10,7 +10,8 @@
 //! Reclaiming removes the topic's configuration only. Its committed offsets stay, so a group
 //! that comes back (its heartbeat creates the topic again over the same queues) resumes
 //! where it stopped instead of consuming its old retries a second time. A delayed retry
-//! still parked by the schedule is released into the same queue and waits there for it.
+//! still parked by the schedule (not counted as something left to consume) is released into
+//! the same queue and waits there for the group.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -95,6 +96,9 @@ pub(crate) fn sweep(ctx: &BrokerContext, state: &mut Unused, after: Duration) ->
         let still = ctx.topics.get(&topic).is_some_and(|cfg| unused(ctx, &cfg));
         // A member that joins between this check and the removal finds its retry topic
         // gone until its next heartbeat or send-back creates it again; nothing is lost.
+        // Gone or not, its period starts over: a topic created again (a heartbeat, a
+        // send-back) before the next sweep was otherwise reclaimed at once when drained.
+        state.since.remove(&topic);
         if still && ctx.topics.remove(&topic).is_some() {
             tracing::info!(
                 topic = %topic,

@@ -129,31 +129,84 @@ fn write_back_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Fallback for file systems without `fallocate`: every block of the first `len` bytes is
-/// written, so none is left a hole. Past the file's size that is zeros; below it the file's
-/// own content is read and written back, since a file extended with `set_len` (or one whose
-/// unsynced pages a power cut lost) may have holes there that only a write fills. Allocation
-/// happens only while a file is opened or created, before anything else writes it.
+/// Fallback for file systems without `fallocate`: no block of the first `len` bytes is left
+/// a hole. Past the file's size that is zeros. Below it, a file extended with `set_len` (or
+/// one whose unsynced pages a power cut lost) may have holes that only a write fills: when
+/// the blocks it takes say it has some, the holes `SEEK_HOLE` finds get zeros (they read as
+/// zeros already), and where it finds none the file's own content is read and written back.
+/// Allocation happens only while a file is opened or created, before anything else writes it.
 fn reserve_by_writing(file: &File, len: u64) -> io::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let current = file.metadata()?.len();
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(CHUNK as u64) as usize;
-        let chunk = &mut buf[..n];
-        if pos < current {
-            let have = (current - pos).min(n as u64) as usize;
-            file.read_exact_at(&mut chunk[..have], pos)?;
-            chunk[have..].fill(0);
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let below = meta.len().min(len);
+    if below > 0 && meta.blocks().saturating_mul(512) < below {
+        let holes = holes_below(file, below);
+        if holes.is_empty() {
+            rewrite_in_place(file, 0, below)?;
         } else {
-            chunk.fill(0);
+            for (start, end) in holes {
+                write_zeros_at(file, start, end)?;
+            }
         }
-        file.write_all_at(chunk, pos)?;
+    }
+    write_zeros_at(file, meta.len(), len)
+}
+
+/// The holes of `file` below `end`, as `SEEK_DATA`/`SEEK_HOLE` report them (none where the
+/// file system cannot tell: it then reports everything as data).
+#[allow(unsafe_code)]
+fn holes_below(file: &File, end: u64) -> Vec<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    let seek = |pos: u64, whence: i32| -> Option<u64> {
+        // SAFETY: a plain syscall on an open descriptor owned by `file`; the file offset it
+        // moves is never used, as every read and write here is at an explicit offset.
+        let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+        u64::try_from(r).ok()
+    };
+    let mut holes = Vec::new();
+    let mut pos = 0;
+    while pos < end {
+        let Some(hole) = seek(pos, libc::SEEK_HOLE).filter(|h| *h < end) else {
+            break;
+        };
+        let data = seek(hole, libc::SEEK_DATA).map_or(end, |d| d.min(end));
+        if data <= hole {
+            break;
+        }
+        holes.push((hole, data));
+        pos = data;
+    }
+    holes
+}
+
+/// Reads `[from, to)` and writes it back, chunk by chunk: every block gets written.
+fn rewrite_in_place(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; ZERO_CHUNK];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(ZERO_CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..n], pos)?;
+        file.write_all_at(&buf[..n], pos)?;
         pos += n as u64;
     }
     Ok(())
 }
+
+/// Writes zeros over `[from, to)`.
+fn write_zeros_at(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros =
+        vec![0u8; ZERO_CHUNK.min(usize::try_from(to.saturating_sub(from)).unwrap_or(ZERO_CHUNK))];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Chunk of the fallback's reads and writes.
+const ZERO_CHUNK: usize = 1 << 20;
 
 #[allow(unsafe_code)]
 fn statvfs_usage(dir: &Path) -> io::Result<DiskUsage> {

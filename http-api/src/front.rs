@@ -59,6 +59,38 @@ pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) 
     response
 }
 
+/// Whether a request names this host by a loopback name (`Host`, and `Origin` when sent).
+/// Without tokens the facade listens on loopback only and trusts whoever can reach it, which
+/// a web page can through DNS rebinding (its own name resolving to 127.0.0.1): a browser then
+/// sends that page's name as `Host`, and cross-site requests (a form posted from any page,
+/// with `Origin: null` from a sandboxed frame) carry its `Origin`. A request without `Host`
+/// (HTTP/1.0) is taken as local.
+fn loopback_request(req: &Request) -> bool {
+    let headers = req.headers();
+    let host_ok = headers
+        .get(axum::http::header::HOST)
+        .is_none_or(|h| h.to_str().is_ok_and(|h| loopback_authority(h)));
+    let origin_ok = headers.get(axum::http::header::ORIGIN).is_none_or(|o| {
+        o.to_str().is_ok_and(|o| {
+            o.split_once("://")
+                .is_some_and(|(_, authority)| loopback_authority(authority))
+        })
+    });
+    host_ok && origin_ok
+}
+
+/// `host[:port]` naming the local machine: `localhost`, `127.x.x.x` or `[::1]`.
+fn loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Sheds or runs the request, normalises its response and records it, inside the id's scope.
 async fn answer(front: Front, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -73,7 +105,15 @@ async fn answer(front: Front, req: Request, next: Next) -> Response {
         Some(t) if LONG_POLLS.contains(&t) => Some(&front.long_polls),
         _ => Some(&front.limit),
     };
+    let foreign = front.state.config().tokens.is_empty() && !loopback_request(&req);
     let response = match budget.map(|b| b.try_acquire()) {
+        _ if foreign => ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            crate::error::code::FORBIDDEN,
+            "without tokens only loopback names are served (Host, and Origin when sent): \
+             configure [http] tokens to serve other names",
+        )
+        .into_response(),
         None => next.run(req).await,
         // The listener stays open while the broker drains its other work, and requests taken
         // then would be cut off when the facade stops: they are refused instead (nothing
@@ -126,4 +166,34 @@ fn too_many() -> Response {
          polls); retry shortly",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names_are_told_from_others() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example:8080",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+            "",
+        ] {
+            assert!(!loopback_authority(bad), "{bad}");
+        }
+    }
 }

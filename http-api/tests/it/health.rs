@@ -160,6 +160,43 @@ async fn with_tokens_configured_metrics_need_an_admin_token_and_probes_do_not() 
     s.stop().await;
 }
 
+/// Without tokens the facade trusts whoever reaches its loopback listener, and a web page
+/// could through DNS rebinding (its own name resolving to 127.0.0.1) or a cross-site form
+/// post: such requests name another host (`Host`) or come from another origin (`Origin`).
+#[tokio::test]
+async fn without_tokens_requests_naming_another_host_or_origin_are_refused() {
+    let s = common::start().await;
+    let send = |host: Option<&'static str>, origin: Option<&'static str>| {
+        let mut req = s
+            .http
+            .post(s.url("/v1/topics"))
+            .json(&serde_json::json!({"name": "Rebound"}));
+        if let Some(h) = host {
+            req = req.header("Host", h);
+        }
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        async move { common::status_json(req.send().await.unwrap()).await }
+    };
+    for (host, origin) in [
+        (Some("evil.example:8080"), None),
+        (None, Some("http://evil.example")),
+        (None, Some("null")),
+    ] {
+        let (status, body) = send(host, origin).await;
+        assert_eq!(status, 403, "{host:?} {origin:?}: {body}");
+        assert_eq!(error_code(&body), "forbidden");
+    }
+    assert!(
+        s.broker.services().topic("Rebound").is_none(),
+        "nothing done"
+    );
+    let (status, body) = send(Some("localhost:8080"), Some("http://127.0.0.1:8080")).await;
+    assert_eq!(status, 201, "{body}");
+    s.stop().await;
+}
+
 #[test]
 fn an_unauthenticated_listener_off_loopback_is_refused() {
     let cfg = sluice_http::HttpConfig {

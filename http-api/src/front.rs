@@ -69,7 +69,7 @@ fn loopback_request(req: &Request) -> bool {
     let headers = req.headers();
     let host_ok = headers
         .get(axum::http::header::HOST)
-        .is_none_or(|h| h.to_str().is_ok_and(|h| loopback_authority(h)));
+        .is_none_or(|h| h.to_str().is_ok_and(loopback_authority));
     let origin_ok = headers.get(axum::http::header::ORIGIN).is_none_or(|o| {
         o.to_str().is_ok_and(|o| {
             o.split_once("://")

@@ -437,6 +437,23 @@ fn dlq_error(e: DlqError) -> ApiError {
         DlqError::Busy(id) => ApiError::conflict(format!(
             "replay task {id} of this group is still running (one at a time)"
         )),
+        // A task or ledger file that could not be written or read (a full disk): nothing was
+        // started, and a retry may pass.
+        DlqError::State(m) => ApiError::unavailable(format!("replay state: {m}; retry later")),
         other => ApiError::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replay whose task or ledger file could not be written (a full disk) started nothing
+    /// and may pass later: 503 with Retry-After, not 500 "a bug".
+    #[test]
+    fn a_state_file_failure_is_unavailable_not_internal() {
+        let e = dlq_error(DlqError::State("write task: no space".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.message.contains("no space"), "{}", e.message);
     }
 }

@@ -231,6 +231,11 @@ impl BrokerServices {
         self.ctx.offsets.query(group, topic, queue_id)
     }
 
+    /// The topics `group` has committed offsets in.
+    pub fn committed_topics(&self, group: &str) -> Vec<String> {
+        self.ctx.offsets.topics_of(group)
+    }
+
     /// Every (consumer group, topic) pair with a committed offset, sorted: what groups exist
     /// even when none of their members is online.
     pub fn committed_groups(&self) -> Vec<(String, String)> {

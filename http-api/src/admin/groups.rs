@@ -269,7 +269,9 @@ pub(super) async fn get_group(
     }))
 }
 
-/// The topics whose offsets are read: the asked one, the subscriptions, or every user topic.
+/// The topics whose offsets are read: the asked one, the subscriptions, or those the group
+/// has committed offsets in (only those give a line; every user topic was read before, up to
+/// `MAX_LOOKUPS` queues, for each group the console's overview shows every 2 s).
 fn topics_to_read(
     state: &AppState,
     group: &str,
@@ -283,9 +285,8 @@ fn topics_to_read(
         Some(s) if !s.is_empty() => s.to_vec(),
         _ => state
             .broker()
-            .topics()
+            .committed_topics(group)
             .into_iter()
-            .map(|t| t.topic_name)
             .filter(|t| !is_system(t))
             .collect(),
     };

@@ -494,6 +494,7 @@ fn summary(
             body: None,
             body_base64: None,
             compressed: false,
+            body_omitted: false,
             properties: BTreeMap::new(),
             events,
         };
@@ -522,6 +523,7 @@ fn summary(
         body: text,
         body_base64,
         compressed,
+        body_omitted: false,
         properties: r
             .props
             .iter()

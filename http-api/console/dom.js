@@ -107,7 +107,9 @@ export function bodyBytes(m) {
 // A body viewer with a text / hex switch.
 export function bodyView(m, testid) {
   const bytes = bodyBytes(m);
-  const text = m.body ?? (m.compressed ? '(compressed by the producer: see hex)' : '(binary: see hex)');
+  const text = m.body_omitted
+    ? '(left out: this answer reached its bound on body bytes; look this message up by its id)'
+    : m.body ?? (m.compressed ? '(compressed by the producer: see hex)' : '(binary: see hex)');
   const pre = h('pre', { class: 'body', 'data-testid': testid }, text);
   const show = (mode) => replace(pre, mode === 'hex' ? hexdump(bytes) : text);
   return h('div', { class: 'bodyview' },

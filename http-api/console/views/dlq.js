@@ -17,10 +17,12 @@ export function mount(root, params) {
   const msg = h('div');
   const replaysEl = h('div');
   s.say = (n) => replace(msg, n);
-  s.load = async () => {
+  // `after`: where the page starts (the previous page's `next`); none for the first.
+  s.load = async (after) => {
     if (!s.group) return;
+    s.after = after;
     try {
-      const page = await api(`/v1/groups/${seg(s.group)}/dlq${query({ limit: PAGE, include_replayed: true, ...s.filter })}`);
+      const page = await api(`/v1/groups/${seg(s.group)}/dlq${query({ limit: PAGE, include_replayed: true, after, ...s.filter })}`);
       replace(listEl, h('h3', {}, `Dead letters of ${s.group}`), filterForm(s), messages(s, page, inspectEl));
     } catch (e) {
       replace(listEl, note(`Dead letters could not be read: ${e.message}`, 'error', 'dlq-error'));
@@ -89,9 +91,20 @@ function messages(s, page, inspectEl) {
         type: 'button', 'data-testid': `inspect-${m.dlq_offset}`,
         onclick: () => replace(inspectEl, inspect(m)),
       }, 'Inspect')],
-    ], page.messages, { testid: 'dlq-table', empty: 'No dead letters match.' }),
-    page.next !== undefined ? note(`First ${PAGE} shown; narrow the filter for others.`) : null,
+    ], page.messages, { testid: 'dlq-table', empty: page.next !== undefined ? 'None in this stretch of the queue.' : 'No dead letters match.' }),
+    pager(s, page),
   ];
+}
+
+// Pages of the list: the broker scans a bounded stretch of the queue per page, so a page may
+// be short, or empty, with more matches after it.
+function pager(s, page) {
+  const more = page.next !== undefined;
+  if (!more && s.after === undefined) return null;
+  return h('div', { class: 'switch' },
+    s.after !== undefined ? h('button', { type: 'button', onclick: () => s.load(undefined) }, 'First page') : null,
+    more ? h('button', { type: 'button', 'data-testid': 'dlq-next', onclick: () => s.load(page.next) }, 'Next page') : null,
+    more ? h('span', { class: 'muted' }, ' more may match further on') : null);
 }
 
 function inspect(m) {

@@ -32,7 +32,7 @@ export function mount(root) {
 async function read() {
   const [store, stats, txn, sched, ready, topics, groups] = await Promise.allSettled([
     api('/v1/stats/store'), api('/v1/stats'), api('/v1/stats/txn'), api('/v1/stats/schedule'),
-    api('/readyz'), api('/v1/topics'), api('/v1/groups'),
+    readiness(), api('/v1/topics'), api('/v1/groups'),
   ]);
   if (store.status === 'rejected') throw store.reason;
   const topicList = topics.status === 'fulfilled' ? topics.value.topics : [];
@@ -54,6 +54,16 @@ async function read() {
     groups: groupDetails.map(value).filter(Boolean),
     groupSummaries: groupList,
   };
+}
+
+// /readyz is public and gives its reasons with a 503: read as it is, and without reporting
+// the connection state (through `api`, its 200 cleared the "needs a token" banner the other
+// calls had raised, and a 503 showed only "Service Unavailable").
+async function readiness() {
+  const resp = await fetch('/readyz', { headers: { accept: 'application/json' } });
+  const body = await resp.json().catch(() => null);
+  if (body && body.status) return { status: body.status, reasons: body.reasons || [] };
+  return { status: resp.ok ? 'ready' : 'not_ready', reasons: [resp.statusText || `HTTP ${resp.status}`] };
 }
 
 // Feeds the charts from the difference to the previous read.

@@ -189,10 +189,22 @@ pub async fn write_loop_with<W: AsyncWrite + Unpin>(
             conn.close();
             return;
         }
-        buf.clear();
+        // Past a large frame the buffer is let go: kept, each of thousands of connections
+        // would hold its largest answer's size for its whole life.
+        if buf.capacity() > 2 * WRITE_COALESCE {
+            buf = BytesMut::with_capacity(64 * 1024);
+        } else {
+            buf.clear();
+        }
     }
-    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, flush_rest(&mut wr, &mut rx, &conn)).await;
-    let _ = wr.shutdown().await;
+    // Bounded, shutdown included: over TLS it writes the close_notify alert (and any records
+    // still buffered), which never completes against a peer that stopped reading, and the
+    // connection's slot was then held for good.
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+        flush_rest(&mut wr, &mut rx, &conn).await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
 }
 
 /// Why a write did not complete.
@@ -232,6 +244,19 @@ async fn write_bounded<W: AsyncWrite + Unpin>(
         }
         written += n;
     }
+    // A TLS stream takes bytes into its own buffer of encrypted records when the socket is
+    // full and sends them only on the next write or a flush: without this, the end of a large
+    // frame waited for the connection's next frame (a pull answer for the client's next
+    // heartbeat, a send for the broker's answer it was waiting on). A no-op over TCP.
+    let limit = if conn.is_closed() {
+        stall_timeout.min(FLUSH_ON_CLOSE)
+    } else {
+        stall_timeout
+    };
+    tokio::select! {
+        r = tokio::time::timeout(limit, wr.flush()) => r.map_err(|_| WriteError::Stalled(limit))??,
+        () = grace_after_close(conn) => return Err(WriteError::Stalled(FLUSH_ON_CLOSE)),
+    }
     Ok(())
 }
 
@@ -268,6 +293,7 @@ async fn flush_rest<W: AsyncWrite + Unpin>(
     if !buf.is_empty() {
         let _ = wr.write_all(&buf).await;
     }
+    let _ = wr.flush().await;
 }
 
 fn encode_into(cmd: &RemotingCommand, buf: &mut BytesMut, conn: &ConnectionHandle) {
@@ -292,6 +318,75 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
         (ConnectionHandle::new(1, addr, addr, tx), rx)
+    }
+
+    /// Takes every write into a buffer of its own and hands it on only when flushed, as a TLS
+    /// stream does with its encrypted records when the socket is full.
+    struct HoldsUntilFlushed<W> {
+        held: Vec<u8>,
+        inner: W,
+    }
+
+    impl<W: AsyncWrite + Unpin> AsyncWrite for HoldsUntilFlushed<W> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let me = &mut *self;
+            while !me.held.is_empty() {
+                let n =
+                    std::task::ready!(std::pin::Pin::new(&mut me.inner).poll_write(cx, &me.held))?;
+                me.held.drain(..n);
+            }
+            std::pin::Pin::new(&mut me.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// Over TLS the end of a frame could stay in the stream's own buffer until the next frame
+    /// was written: the writer flushes after each batch now.
+    #[tokio::test]
+    async fn a_frame_held_by_a_buffering_stream_is_sent_without_waiting_for_the_next() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let held = HoldsUntilFlushed {
+            held: Vec::new(),
+            inner: ours,
+        };
+        let (conn, rx) = connection();
+        let writer = tokio::spawn(write_loop_with(
+            held,
+            rx,
+            conn.clone(),
+            Duration::from_secs(30),
+        ));
+        let cmd = RemotingCommand::default().with_body(vec![7u8; 100]);
+        let mut expected = BytesMut::new();
+        cmd.encode(&mut expected).unwrap();
+        conn.send(cmd).await.unwrap();
+        let mut got = vec![0u8; expected.len()];
+        let read = tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "the frame arrived while the connection stayed open"
+        );
+        assert_eq!(got, expected.to_vec());
+        conn.close();
+        let _ = writer.await;
     }
 
     /// The writer of a peer that reads nothing ends on its own, closes the connection and

@@ -113,7 +113,19 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
         rc::GET_PRODUCER_CONNECTION_LIST | rc::INVOKE_BROKER_TO_RESET_OFFSET => {
             out.push(Need::Admin)
         }
-        rc::QUERY_MESSAGE | rc::QUERY_TOPIC_CONSUME_BY_WHO | rc::GET_TOPIC_STATS_INFO => {
+        // A query answers whole records: of a broker topic (half, not-yet-due scheduled,
+        // timer, dead-letter messages, which are key-indexed too) only to admins, as
+        // VIEW_MESSAGE_BY_ID; a pull of them is refused to everyone.
+        rc::QUERY_MESSAGE => {
+            if let Some(t) = s("topic") {
+                if crate::topic::is_broker_topic(&t) {
+                    out.push(Need::Admin);
+                } else {
+                    out.push(Need::Topic(t, Perm::Sub));
+                }
+            }
+        }
+        rc::QUERY_TOPIC_CONSUME_BY_WHO | rc::GET_TOPIC_STATS_INFO => {
             if let Some(t) = s("topic") {
                 out.push(Need::Topic(t, Perm::Sub));
             }

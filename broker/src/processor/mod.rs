@@ -153,7 +153,7 @@ async fn dispatch(
         rc::UNLOCK_BATCH_MQ => client::unlock(ctx, &req),
         rc::QUERY_MESSAGE => query::query_message(ctx, &req).await,
         rc::VIEW_MESSAGE_BY_ID => query::view_by_id(ctx, conn.remote_addr(), &req),
-        rc::CONSUMER_SEND_MSG_BACK => retry::send_back(ctx, &req).await,
+        rc::CONSUMER_SEND_MSG_BACK => retry::send_back(ctx, conn.remote_addr(), &req).await,
         rc::UPDATE_AND_CREATE_TOPIC => admin::create_topic(ctx, &req).await,
         GET_ALL_TOPIC_CONFIG => admin::all_topic_config(ctx, &req),
         rc::GET_CONSUME_STATS => progress::consume_stats(ctx, &req),

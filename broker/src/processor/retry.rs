@@ -22,6 +22,7 @@ pub(crate) const FAILURE_REASON_FIELD: &str = "failureReason";
 
 pub(super) async fn send_back(
     ctx: &Arc<BrokerContext>,
+    peer: std::net::SocketAddr,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, Reject> {
     let h = ConsumerSendMsgBackRequestHeader::from_ext(&req.ext_fields)
@@ -34,7 +35,7 @@ pub(super) async fn send_back(
     })?;
     let (origin_msg_id, origin_topic) = match h.origin_msg_id.filter(|id| !id.is_empty()) {
         Some(id) => (id, h.origin_topic.filter(|t| !t.is_empty())),
-        None => named_by_offset(ctx, &h.group, phys_offset)?,
+        None => named_by_offset(ctx, peer, req, &h.group, phys_offset)?,
     };
     let back = SendBack {
         group: h.group.clone(),
@@ -64,8 +65,13 @@ pub(super) async fn send_back(
 /// not-yet-due scheduled or dead-lettered message). Trusting the offset as it is would let a
 /// client copy any record into a retry topic; refusing outright made those clients lose every
 /// failed message (1.x commits the offset anyway) or retry it locally for ever (2.0).
+///
+/// With ACL on, the record's own topic needs SUB, as `originTopic` does when sent: the
+/// group's subscriptions may be another account's, and the copy would let this one read it.
 fn named_by_offset(
     ctx: &BrokerContext,
+    peer: std::net::SocketAddr,
+    req: &RemotingCommand,
     group: &str,
     phys_offset: u64,
 ) -> Result<(String, Option<String>), Reject> {
@@ -92,6 +98,10 @@ fn named_by_offset(
             "its topic {} is neither %RETRY%{group} nor one the group subscribes to",
             orig.topic
         )));
+    }
+    if orig.topic != topic::retry_topic(group) {
+        crate::acl::authorize_topic(&ctx.cfg.acl, peer, req, &orig.topic, crate::acl::Perm::Sub)
+            .map_err(|d| Reject::new(sluice_protocol::response_code::NO_PERMISSION, d.0))?;
     }
     Ok((
         offset_msg_id(ctx.store.store_host(), phys_offset),

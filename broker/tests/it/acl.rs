@@ -397,3 +397,43 @@ async fn viewing_a_message_by_id_needs_sub_on_its_topic() {
     assert_eq!(admin_view.code, 0);
     cluster.stop().await;
 }
+
+/// Half messages, not-yet-due scheduled and timer messages are key-indexed under the broker's
+/// own topics: a non-admin account whose default topic permission includes SUB read other
+/// tenants' uncommitted transactions with QUERY_MESSAGE. Broker topics are admins' only.
+#[tokio::test]
+async fn querying_a_broker_topic_by_key_needs_an_admin_account() {
+    let mut cfg = acl_config();
+    let reader = Credentials::new("monitoring-reader", "reader-secret-5e21");
+    cfg.accounts.push(AclAccount {
+        default_topic_perm: Perm::Sub,
+        ..account(&reader)
+    });
+    let cluster = start_cluster_with(move |c| c.acl = cfg).await;
+    let client = cluster.client().await;
+    let query = |topic: &str| {
+        let h = sluice_protocol::remoting::custom::QueryMessageRequestHeader {
+            topic: topic.into(),
+            key: "k".into(),
+            max_num: 32,
+            begin_timestamp: 0,
+            end_timestamp: i64::MAX,
+            unique_key_query: None,
+        };
+        RemotingCommand::request(request_code::QUERY_MESSAGE, h.to_ext())
+    };
+    for topic in [
+        "RMQ_SYS_TRANS_HALF_TOPIC",
+        "SCHEDULE_TOPIC_XXXX",
+        "%DLQ%acl_billing",
+    ] {
+        let (code, remark) = code_of(&client, signed(query(topic), &reader)).await;
+        assert_eq!(code, NO_PERMISSION, "{topic}: {remark}");
+    }
+    let (code, remark) = code_of(&client, signed(query("AclOrders"), &reader)).await;
+    assert_ne!(code, NO_PERMISSION, "a user topic with SUB: {remark}");
+    let (code, remark) =
+        code_of(&client, signed(query("RMQ_SYS_TRANS_HALF_TOPIC"), &admin())).await;
+    assert_ne!(code, NO_PERMISSION, "an admin: {remark}");
+    cluster.stop().await;
+}

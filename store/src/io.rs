@@ -131,23 +131,24 @@ fn write_back_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// Fallback for file systems without `fallocate`: no block of the first `len` bytes is left
 /// a hole. Past the file's size that is zeros. Below it, a file extended with `set_len` (or
-/// one whose unsynced pages a power cut lost) may have holes that only a write fills: when
-/// the blocks it takes say it has some, the holes `SEEK_HOLE` finds get zeros (they read as
-/// zeros already), and where it finds none the file's own content is read and written back.
+/// one whose unsynced pages a power cut lost) may have holes that only a write fills: the
+/// ranges `SEEK_HOLE` finds are read and written back, and where it finds none although the
+/// blocks the file takes are fewer than its bytes, the whole file is.
 /// Allocation happens only while a file is opened or created, before anything else writes it.
 fn reserve_by_writing(file: &File, len: u64) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
     let below = meta.len().min(len);
-    if below > 0 && meta.blocks().saturating_mul(512) < below {
-        let holes = holes_below(file, below);
-        if holes.is_empty() {
-            rewrite_in_place(file, 0, below)?;
-        } else {
-            for (start, end) in holes {
-                write_zeros_at(file, start, end)?;
-            }
+    let holes = holes_below(file, below);
+    if !holes.is_empty() {
+        // Read and written back, not zeroed: a file system that reports unsynced data as a
+        // hole (some do) keeps it. A true hole reads as zeros anyway.
+        for (start, end) in holes {
+            rewrite_in_place(file, start, end)?;
         }
+    } else if below > 0 && meta.blocks().saturating_mul(512) < below {
+        // Fewer blocks than bytes, and no hole found: a file system that cannot tell.
+        rewrite_in_place(file, 0, below)?;
     }
     write_zeros_at(file, meta.len(), len)
 }

@@ -71,25 +71,34 @@ impl QueueLocks {
     }
 
     /// Locks or renews each queue for `client_id` where it is free, lapsed or already its own;
-    /// returns the queues `client_id` holds among those asked for.
+    /// returns the queues `client_id` holds among those asked for. With `cap`, a queue
+    /// without an entry is locked only while the whole table holds fewer entries (renewals
+    /// and lapsed entries taken over add none), checked under the table's lock.
     pub(crate) fn lock(
         &self,
         group: &str,
         client_id: &str,
         queues: &[MessageQueue],
         now: Instant,
+        cap: Option<usize>,
     ) -> Vec<MessageQueue> {
         let mut groups = self.groups.lock();
         self.prune(&mut groups, now);
         if queues.is_empty() {
             return Vec::new();
         }
+        let mut entries = cap.map_or(0, |_| groups.values().map(HashMap::len).sum::<usize>());
         let locks = groups.entry(group.to_owned()).or_default();
         let mut held = Vec::new();
         for mq in queues {
-            let free = locks
-                .get(mq)
-                .is_none_or(|o| o.client_id == client_id || o.lapsed(now));
+            let free = match locks.get(mq) {
+                Some(o) => o.client_id == client_id || o.lapsed(now),
+                None if cap.is_some_and(|c| entries >= c) => false,
+                None => {
+                    entries += 1;
+                    true
+                }
+            };
             if free {
                 let owner = Owner {
                     client_id: client_id.to_owned(),
@@ -99,6 +108,9 @@ impl QueueLocks {
                 locks.insert(mq.clone(), owner);
                 held.push(mq.clone());
             }
+        }
+        if locks.is_empty() {
+            groups.remove(group);
         }
         held
     }
@@ -133,16 +145,6 @@ impl QueueLocks {
         }
     }
 
-    /// Whether `group` has any lock entry, lapsed or not (a member renewing what it held).
-    pub(crate) fn has_group(&self, group: &str) -> bool {
-        self.groups.lock().contains_key(group)
-    }
-
-    /// Lock entries held, lapsed ones not yet pruned included.
-    pub(crate) fn entries(&self) -> usize {
-        self.groups.lock().values().map(HashMap::len).sum()
-    }
-
     /// Whether the group holds any unexpired lock (5.1.1+ routes its retries to the DLQ).
     pub(crate) fn group_holds_locks(&self, group: &str, now: Instant) -> bool {
         self.groups
@@ -163,31 +165,67 @@ mod tests {
     fn a_departed_clients_locks_lapse_once_it_can_no_longer_trust_them() {
         let locks = QueueLocks::new(LOCK_MAX_LIVE);
         let t0 = Instant::now();
-        assert_eq!(locks.lock("g", "a", &[mq(0), mq(1)], t0).len(), 2);
-        assert_eq!(locks.lock("g", "b", &[mq(2)], t0).len(), 1);
-        assert_eq!(locks.lock("h", "a", &[mq(0)], t0).len(), 1);
+        assert_eq!(locks.lock("g", "a", &[mq(0), mq(1)], t0, None).len(), 2);
+        assert_eq!(locks.lock("g", "b", &[mq(2)], t0, None).len(), 1);
+        assert_eq!(locks.lock("h", "a", &[mq(0)], t0, None).len(), 1);
         locks.client_departed("g", "a");
         let trusted = t0 + Duration::from_secs(30);
         assert!(
-            locks.lock("g", "b", &[mq(0), mq(1)], trusted).is_empty(),
+            locks
+                .lock("g", "b", &[mq(0), mq(1)], trusted, None)
+                .is_empty(),
             "still a's while it may trust them"
         );
         let after = t0 + DEPARTED_LIVE + Duration::from_secs(1);
         assert_eq!(
-            locks.lock("g", "b", &[mq(0), mq(1)], after).len(),
+            locks.lock("g", "b", &[mq(0), mq(1)], after, None).len(),
             2,
             "free before the 60 s"
         );
         assert!(
-            locks.lock("h", "b", &[mq(0)], after).is_empty(),
+            locks.lock("h", "b", &[mq(0)], after, None).is_empty(),
             "other group kept"
         );
         // A departed client that renews (it came back) holds them for the full time again.
         locks.client_departed("h", "a");
-        assert_eq!(locks.lock("h", "a", &[mq(0)], after).len(), 1);
+        assert_eq!(locks.lock("h", "a", &[mq(0)], after, None).len(), 1);
         let later = after + Duration::from_secs(50);
-        assert!(locks.lock("h", "b", &[mq(0)], later).is_empty());
-        assert!(locks.has_group("g") && !locks.has_group("invented"));
+        assert!(locks.lock("h", "b", &[mq(0)], later, None).is_empty());
+    }
+
+    /// Lock requests naming ever new groups grew the table without bound. With a cap, queues
+    /// without an entry are locked only while the whole table is under it; renewals and
+    /// lapsed entries taken over are not held back.
+    #[test]
+    fn a_cap_bounds_new_entries_but_not_renewals() {
+        let locks = QueueLocks::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(
+            locks
+                .lock("a", "c1", &[mq(0), mq(1), mq(2)], t0, Some(2))
+                .len(),
+            2
+        );
+        assert!(
+            locks.lock("b", "c2", &[mq(0)], t0, Some(2)).is_empty(),
+            "full"
+        );
+        assert_eq!(
+            locks.lock("b", "c2", &[mq(0)], t0, None).len(),
+            1,
+            "no cap: a member"
+        );
+        assert_eq!(
+            locks.lock("a", "c1", &[mq(0), mq(1)], t0, Some(2)).len(),
+            2,
+            "renewals pass a full table"
+        );
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(
+            locks.lock("a", "c3", &[mq(0)], later, Some(1)).len(),
+            1,
+            "a lapsed entry taken over adds none"
+        );
     }
 
     fn mq(id: i32) -> MessageQueue {
@@ -203,15 +241,18 @@ mod tests {
         let locks = QueueLocks::new(Duration::from_secs(60));
         let t0 = Instant::now();
         assert_eq!(
-            locks.lock("g", "c1", &[mq(0), mq(1)], t0),
+            locks.lock("g", "c1", &[mq(0), mq(1)], t0, None),
             vec![mq(0), mq(1)]
         );
-        assert_eq!(locks.lock("g", "c2", &[mq(1), mq(2)], t0), vec![mq(2)]);
-        assert_eq!(locks.lock("g", "c1", &[mq(1)], t0), vec![mq(1)]);
+        assert_eq!(
+            locks.lock("g", "c2", &[mq(1), mq(2)], t0, None),
+            vec![mq(2)]
+        );
+        assert_eq!(locks.lock("g", "c1", &[mq(1)], t0, None), vec![mq(1)]);
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(locks.lock("g", "c2", &[mq(0)], later), vec![mq(0)]);
+        assert_eq!(locks.lock("g", "c2", &[mq(0)], later, None), vec![mq(0)]);
         locks.unlock("g", "c1", &[mq(1)]);
-        assert_eq!(locks.lock("g", "c2", &[mq(1)], later), vec![mq(1)]);
+        assert_eq!(locks.lock("g", "c2", &[mq(1)], later, None), vec![mq(1)]);
         assert!(locks.group_holds_locks("g", later));
         assert!(!locks.group_holds_locks("other", later));
     }
@@ -222,12 +263,12 @@ mod tests {
         let locks = QueueLocks::new(Duration::from_secs(60));
         let t0 = Instant::now();
         for g in 0..100 {
-            locks.lock(&format!("invented-{g}"), "c", &[mq(g)], t0);
+            locks.lock(&format!("invented-{g}"), "c", &[mq(g)], t0, None);
         }
-        assert!(locks.lock("empty", "c", &[], t0).is_empty());
+        assert!(locks.lock("empty", "c", &[], t0, None).is_empty());
         assert_eq!(locks.groups.lock().len(), 100);
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(locks.lock("g", "c", &[mq(0)], later), vec![mq(0)]);
+        assert_eq!(locks.lock("g", "c", &[mq(0)], later, None), vec![mq(0)]);
         assert_eq!(locks.groups.lock().len(), 1, "only the live group is left");
     }
 }

@@ -262,13 +262,6 @@ fn lock_body(req: &RemotingCommand) -> Result<LockBatchRequestBody, Reject> {
 /// Lock entries past which a group without members locks nothing new (see [`lock`]).
 const MAX_LOCKS_WITHOUT_MEMBERS: usize = 16_384;
 
-/// Whether a LOCK_BATCH_MQ may lock for a group: one with a member, or holding locks (a
-/// member renewing), always; any other while the table holds fewer than
-/// [`MAX_LOCKS_WITHOUT_MEMBERS`] entries.
-fn may_lock(has_members: bool, holds_locks: bool, entries: usize) -> bool {
-    has_members || holds_locks || entries < MAX_LOCKS_WITHOUT_MEMBERS
-}
-
 /// LOCK_BATCH_MQ: locks what is free for the caller; answers the queues it holds (numeric
 /// `queueId`, which C++ requires).
 ///
@@ -280,28 +273,24 @@ pub(super) fn lock(ctx: &BrokerContext, req: &RemotingCommand) -> Result<Remotin
     let body = lock_body(req)?;
     check_consumer_group(&body.consumer_group)?;
     // Lock requests naming ever new groups grew the table without bound (every other table a
-    // client fills is bounded broker-wide). A group with a member, or one renewing what it
-    // holds, always locks; any other only while the table is small: after a broker restart
-    // orderly consumers lock again before their next heartbeat (up to 30 s away), as before.
-    let known = may_lock(
-        ctx.clients.has_consumer_group(&body.consumer_group),
-        ctx.locks.has_group(&body.consumer_group),
-        ctx.locks.entries(),
-    );
-    if !known {
-        tracing::debug!(group = %body.consumer_group, client_id = %body.client_id, "LOCK_BATCH_MQ for a group without members: nothing locked");
-        let resp = LockBatchResponseBody::default();
-        return Ok(reply::ok(req).with_body(encode_json(&resp)));
-    }
+    // client fills is bounded broker-wide). A group with a member locks freely; any other
+    // (an orderly consumer renewing right after a broker restart, before its next heartbeat)
+    // adds entries only while the table is small.
+    let cap = (!ctx.clients.has_consumer_group(&body.consumer_group))
+        .then_some(MAX_LOCKS_WITHOUT_MEMBERS);
     let ours: Vec<MessageQueue> = body
         .mq_set
         .iter()
         .filter(|mq| is_our_queue(ctx, mq))
         .cloned()
         .collect();
-    let held = ctx
-        .locks
-        .lock(&body.consumer_group, &body.client_id, &ours, Instant::now());
+    let held = ctx.locks.lock(
+        &body.consumer_group,
+        &body.client_id,
+        &ours,
+        Instant::now(),
+        cap,
+    );
     let resp = LockBatchResponseBody {
         lock_ok_mq_set: held,
     };
@@ -326,23 +315,4 @@ pub(super) fn unlock(
     ctx.locks
         .unlock(&body.consumer_group, &body.client_id, &body.mq_set);
     Ok(reply::ok(req))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Lock requests naming ever new groups grew the table without bound; refused outright
-    /// for groups without members, orderly consumers stalled after a broker restart until
-    /// their next heartbeat. Groups without members lock only while the table is small.
-    #[test]
-    fn groups_without_members_lock_only_while_the_table_is_small() {
-        assert!(
-            may_lock(false, false, 0),
-            "after a restart, before the heartbeat"
-        );
-        assert!(!may_lock(false, false, MAX_LOCKS_WITHOUT_MEMBERS));
-        assert!(may_lock(true, false, MAX_LOCKS_WITHOUT_MEMBERS), "a member");
-        assert!(may_lock(false, true, MAX_LOCKS_WITHOUT_MEMBERS), "renewing");
-    }
 }

@@ -98,12 +98,16 @@ impl OffsetManager {
             .collect()
     }
 
-    /// The topics where `group` has a committed offset.
+    /// The topics where `group` has a committed offset, sorted.
     pub(crate) fn topics_of(&self, group: &str) -> Vec<String> {
-        self.pairs(|g, _| g == group)
+        let mut topics: Vec<String> = self
+            .pairs(|g, _| g == group)
             .into_iter()
             .map(|(_, t)| t)
-            .collect()
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
     }
 
     /// The (group, topic) pairs with a committed offset that `keep` accepts, filtered under

@@ -60,7 +60,9 @@ async function read() {
 // the connection state (through `api`, its 200 cleared the "needs a token" banner the other
 // calls had raised, and a 503 showed only "Service Unavailable").
 async function readiness() {
-  const resp = await fetch('/readyz', { headers: { accept: 'application/json' } });
+  const resp = await fetch('/readyz', {
+    headers: { accept: 'application/json' }, cache: 'no-store', signal: AbortSignal.timeout(10000),
+  });
   const body = await resp.json().catch(() => null);
   if (body && body.status) return { status: body.status, reasons: body.reasons || [] };
   return { status: resp.ok ? 'ready' : 'not_ready', reasons: [resp.statusText || `HTTP ${resp.status}`] };

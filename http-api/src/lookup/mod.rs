@@ -73,8 +73,8 @@ pub(crate) struct TracedMessage {
     pub body_base64: Option<String>,
     /// True when the stored body is compressed (as the producer's client sent it).
     pub compressed: bool,
-    /// True when the body was left out: the answer's bodies reached [`MAX_BODY_BYTES`]
-    /// (`truncated` is then set too).
+    /// True when the body was left out: the answer's bodies reached [`MAX_BODY_BYTES`] (look
+    /// the message up by its id to see it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub body_omitted: bool,
     /// Every property of the copy shown (the one in its topic when there is one).
@@ -83,9 +83,10 @@ pub(crate) struct TracedMessage {
     pub events: Vec<TraceEvent>,
 }
 
-/// Most body bytes one look-up answers (as sent: text or base64), as a receive and a DLQ page
-/// are bounded: 20 messages of 4 MiB were 80 MiB, and up to six times that as escaped JSON.
-const MAX_BODY_BYTES: usize = 8 << 20;
+/// Most body bytes one look-up keeps and answers (as sent: text or base64), as a receive and
+/// a DLQ page are bounded: 20 messages of 4 MiB were 80 MiB, and up to six times that as
+/// escaped JSON.
+pub(super) const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// Leaves out the bodies past [`MAX_BODY_BYTES`] (the first is always kept, as a receive
 /// always hands out one message); true when any was.
@@ -180,10 +181,11 @@ async fn lookup(
     for m in found.messages {
         messages.push(trace::complete(&state, m).await);
     }
-    let omitted = bound_bodies(&mut messages);
+    // The trace keeps at most that many body bytes; this bounds what base64 adds to them.
+    bound_bodies(&mut messages);
     Ok(Json(LookupOut {
         messages,
-        truncated: found.truncated || omitted,
+        truncated: found.truncated,
     }))
 }
 

@@ -53,6 +53,37 @@ pub(super) struct Gathered {
     msg_id: String,
     topic: String,
     records: Vec<(Rec, Vec<String>)>,
+    /// Its body was let go: the look-up's bodies reached [`MAX_BODY_BYTES`].
+    body_omitted: bool,
+}
+
+/// Most body bytes one look-up keeps (see `super::MAX_BODY_BYTES`, the answer's bound).
+const MAX_BODY_BYTES: usize = super::MAX_BODY_BYTES;
+
+/// Index of the copy a message is shown by: the first in a user topic, else the first.
+fn shown_index(records: &[(Rec, Vec<String>)]) -> Option<usize> {
+    records
+        .iter()
+        .position(|(r, _)| r.is_user_topic())
+        .or_else(|| (!records.is_empty()).then_some(0))
+}
+
+/// Lets go of the bodies no answer shows (every copy's but the shown one's, and that one's too
+/// once `budget` is spent): each holds its whole record read from the log, and a message with
+/// its retries in twenty copies of 4 MiB held them all until the answer was written.
+fn keep_shown_body(g: &mut Gathered, budget: &mut usize) {
+    let shown = shown_index(&g.records);
+    for (i, (r, _)) in g.records.iter_mut().enumerate() {
+        if Some(i) == shown {
+            let len = r.body.len();
+            if *budget >= len || *budget == MAX_BODY_BYTES {
+                *budget = budget.saturating_sub(len);
+                continue;
+            }
+            g.body_omitted = true;
+        }
+        r.body = Bytes::new();
+    }
 }
 
 /// A stored copy, decoded.
@@ -131,6 +162,9 @@ pub(super) fn find(b: &BrokerServices, target: &Target) -> Found {
                 let uniq = uniq_of_offset_id(b, id);
                 g = uniq.and_then(|u| gather(b, &topics, &u, topic.as_deref()));
             }
+            if let Some(g) = g.as_mut() {
+                keep_shown_body(g, &mut MAX_BODY_BYTES.clone());
+            }
             Found {
                 messages: g.into_iter().collect(),
                 truncated,
@@ -139,9 +173,14 @@ pub(super) fn find(b: &BrokerServices, target: &Target) -> Found {
         Target::Key { key, topic } => {
             let (topics, cut) = candidate_topics(b, topic);
             let (ids, more) = ids_with_key(b, &topics, key, topic);
+            let mut budget = MAX_BODY_BYTES;
             let messages = ids
                 .iter()
                 .filter_map(|id| gather(b, &topics, id, Some(topic)))
+                .map(|mut g| {
+                    keep_shown_body(&mut g, &mut budget);
+                    g
+                })
                 .collect();
             Found {
                 messages,
@@ -258,6 +297,7 @@ fn gather(
         msg_id: uniq.to_owned(),
         topic,
         records,
+        body_omitted: false,
     })
 }
 
@@ -300,13 +340,14 @@ pub(super) async fn complete(state: &AppState, m: Gathered) -> TracedMessage {
             events.push(e);
         }
     }
-    let shown = m
-        .records
-        .iter()
-        .map(|(r, _)| r)
-        .find(|r| r.is_user_topic())
-        .or_else(|| m.records.first().map(|(r, _)| r));
-    summary(m.msg_id.clone(), m.topic.clone(), shown, events)
+    let shown = shown_index(&m.records).map(|i| &m.records[i].0);
+    let mut out = summary(m.msg_id.clone(), m.topic.clone(), shown, events);
+    if m.body_omitted {
+        out.body = None;
+        out.body_base64 = None;
+        out.body_omitted = true;
+    }
+    out
 }
 
 /// The schedule service's view of the message's timers (empty when scheduling is off).

@@ -275,3 +275,46 @@ async fn figures_report_store_schedule_and_transactions() {
     assert_eq!(txn["halves_stored"], 1, "{txn}");
     s.stop().await;
 }
+
+/// A key naming several large messages was answered with every body (twenty of 4 MiB were
+/// 80 MiB, more as escaped JSON), and the trace held every copy's record meanwhile. Bodies
+/// past 8 MiB are left out, and say so; the message is still listed with its trace.
+#[tokio::test]
+async fn a_key_naming_large_messages_answers_at_most_eight_mib_of_bodies() {
+    let s = common::start_with(common::Options {
+        broker: Box::new(|c| {
+            c.store.max_record_size = 4 << 20;
+            c.store.segment_size = 16 << 20;
+            c.store.max_write_batch_bytes = 8 << 20;
+        }),
+        ..common::Options::default()
+    })
+    .await;
+    s.create_topic("Big", 1);
+    let services = s.broker.services();
+    for i in 0..3 {
+        let mut p = sluice_broker::produce::Produce::new("p", "Big", vec![b'a' + i; 3 << 20]);
+        let mut props = sluice_protocol::Properties::new();
+        props.insert("KEYS", "bulky");
+        p.properties = props;
+        services.produce(p).await.expect("produced");
+    }
+    let found = until(&s, "/v1/messages?key=bulky&topic=Big", |r| {
+        r["messages"].as_array().is_some_and(|m| m.len() == 3)
+    })
+    .await;
+    let msgs = found["messages"].as_array().unwrap();
+    let shown: Vec<bool> = msgs.iter().map(|m| m["body"].is_string()).collect();
+    assert_eq!(
+        shown,
+        [true, true, false],
+        "6 MiB shown, the third past 8 MiB"
+    );
+    assert_eq!(msgs[2]["body_omitted"], true);
+    assert!(msgs[2]["events"].as_array().is_some_and(|e| !e.is_empty()));
+    assert_eq!(
+        found["truncated"], false,
+        "every matching message is listed"
+    );
+    s.stop().await;
+}

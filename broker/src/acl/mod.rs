@@ -112,15 +112,20 @@ impl std::fmt::Debug for AclAccount {
 }
 
 impl AclAccount {
-    /// The permission on `topic`; a `%RETRY%<group>` topic takes `group`'s.
+    /// The permission on `topic`; a `%RETRY%<group>` topic takes `group`'s, and so does a
+    /// `%DLQ%<group>` topic not named in `topic_perms`: with a default topic permission of
+    /// SUB, an account could otherwise pull (or copy by a send-back) any group's dead letters.
     pub fn topic_perm(&self, topic: &str) -> Perm {
         if let Some(group) = topic.strip_prefix(crate::RETRY_PREFIX) {
             return self.group_perm(group);
         }
-        self.topic_perms
-            .get(topic)
-            .copied()
-            .unwrap_or(self.default_topic_perm)
+        if let Some(perm) = self.topic_perms.get(topic) {
+            return *perm;
+        }
+        match topic.strip_prefix(crate::DLQ_PREFIX) {
+            Some(group) => self.group_perm(group),
+            None => self.default_topic_perm,
+        }
     }
 
     /// The permission on consumer group `group`.

@@ -10,10 +10,10 @@
 //! | GET_CONSUMER_CONNECTION_LIST | SUB on `consumerGroup` |
 //! | GET_PRODUCER_CONNECTION_LIST, INVOKE_BROKER_TO_RESET_OFFSET | an admin account |
 //! | HEART_BEAT | per consumer in the body: SUB on its group and on every subscribed topic |
-//! | CONSUMER_SEND_MSG_BACK | SUB on `group`, and on `originTopic` when given |
+//! | CONSUMER_SEND_MSG_BACK | SUB on `group`, and on `originTopic` when given (without `originMsgId`, the handler checks SUB on the topic of the record at `offset`) |
 //! | UNREGISTER_CLIENT, GET_CONSUMER_LIST_BY_GROUP | SUB on `consumerGroup` (when given) |
 //! | LOCK_BATCH_MQ, UNLOCK_BATCH_MQ | SUB on the body's `consumerGroup` |
-//! | QUERY_MESSAGE | SUB on the topic |
+//! | QUERY_MESSAGE | SUB on the topic; of the broker's own topics (half, schedule, timer), an admin account |
 //! | RECALL_MESSAGE | PUB on the topic |
 //! | admin codes ([`ADMIN_CODES`]) | an admin account |
 //! | VIEW_MESSAGE_BY_ID | a valid signature here; then SUB on the record's topic, checked by the handler once it has read it (broker-internal topics: admin) |
@@ -22,6 +22,9 @@
 //!
 //! A header or body that cannot be read adds no need: the handler refuses it anyway, after the
 //! signature was checked.
+//!
+//! A `%RETRY%<g>` topic takes group `g`'s permission, and so does a `%DLQ%<g>` topic not named
+//! in the account's topic permissions (`AclAccount::topic_perm`).
 
 use sluice_protocol::remoting::body::{decode_json, HeartbeatData, LockBatchRequestBody};
 use sluice_protocol::remoting::custom::SendMessageRequestHeader;
@@ -113,12 +116,12 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
         rc::GET_PRODUCER_CONNECTION_LIST | rc::INVOKE_BROKER_TO_RESET_OFFSET => {
             out.push(Need::Admin)
         }
-        // A query answers whole records: of a broker topic (half, not-yet-due scheduled,
-        // timer, dead-letter messages, which are key-indexed too) only to admins, as
-        // VIEW_MESSAGE_BY_ID; a pull of them is refused to everyone.
+        // A query answers whole records: of the broker's own topics (half, not-yet-due
+        // scheduled and timer messages, which are key-indexed too, and which no pull serves)
+        // only to admins; a dead-letter topic takes its group's permission (`topic_perm`).
         rc::QUERY_MESSAGE => {
             if let Some(t) = s("topic") {
-                if crate::topic::is_broker_topic(&t) {
+                if crate::topic::is_broker_topic(&t) && !t.starts_with(crate::DLQ_PREFIX) {
                     out.push(Need::Admin);
                 } else {
                     out.push(Need::Topic(t, Perm::Sub));

@@ -437,3 +437,29 @@ async fn querying_a_broker_topic_by_key_needs_an_admin_account() {
     assert_ne!(code, NO_PERMISSION, "an admin: {remark}");
     cluster.stop().await;
 }
+
+/// A dead-letter topic takes its group's permission: an account whose default topic
+/// permission is SUB pulled any group's dead letters (and a send-back without `originMsgId`
+/// could copy another account's record into its own retry topic).
+#[test]
+fn a_dead_letter_topic_takes_its_groups_permission() {
+    let reader = AclAccount {
+        default_topic_perm: Perm::Sub,
+        group_perms: [("mine".to_string(), Perm::Sub)].into(),
+        ..account(&Credentials::new("monitoring-reader", "reader-secret-5e21"))
+    };
+    assert_eq!(
+        reader.topic_perm("%DLQ%victim"),
+        reader.group_perm("victim")
+    );
+    assert!(!reader.topic_perm("%DLQ%victim").allows(Perm::Sub));
+    assert!(reader.topic_perm("%DLQ%mine").allows(Perm::Sub));
+    let granted = AclAccount {
+        topic_perms: [("%DLQ%victim".to_string(), Perm::Sub)].into(),
+        ..reader
+    };
+    assert!(
+        granted.topic_perm("%DLQ%victim").allows(Perm::Sub),
+        "named in topic_perms: that wins"
+    );
+}

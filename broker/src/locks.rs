@@ -220,11 +220,18 @@ mod tests {
             2,
             "renewals pass a full table"
         );
-        let later = t0 + Duration::from_secs(61);
+        // c1 left: its locks lapse 35 s after their renewal, before the 60 s prune is due,
+        // and the table is still full (three entries).
+        locks.client_departed("a", "c1");
+        let lapsed = t0 + DEPARTED_LIVE + Duration::from_secs(5);
         assert_eq!(
-            locks.lock("a", "c3", &[mq(0)], later, Some(1)).len(),
+            locks.lock("a", "c3", &[mq(0)], lapsed, Some(3)).len(),
             1,
             "a lapsed entry taken over adds none"
+        );
+        assert!(
+            locks.lock("a", "c3", &[mq(5)], lapsed, Some(3)).is_empty(),
+            "a new one still does"
         );
     }
 

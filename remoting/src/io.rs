@@ -20,6 +20,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const MIN_READ: usize = 4 * 1024;
 /// Bytes coalesced into one `write` before it is issued.
 const WRITE_COALESCE: usize = 256 * 1024;
+/// Small batches in a row after which a writer's buffer grown past twice
+/// [`WRITE_COALESCE`] is let go.
+const SHRINK_AFTER_SMALL_BATCHES: u32 = 64;
 /// How long the writer keeps flushing queued frames after the connection is closed.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
 /// How long [`write_loop`] lets a peer accept no bytes at all before it closes the connection
@@ -161,6 +164,7 @@ pub async fn write_loop_with<W: AsyncWrite + Unpin>(
     stall_timeout: Duration,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut small_batches = 0u32;
     loop {
         let first = tokio::select! {
             biased;
@@ -189,9 +193,16 @@ pub async fn write_loop_with<W: AsyncWrite + Unpin>(
             conn.close();
             return;
         }
-        // Past a large frame the buffer is let go: kept, each of thousands of connections
-        // would hold its largest answer's size for its whole life.
-        if buf.capacity() > 2 * WRITE_COALESCE {
+        // A buffer grown by large frames is let go once the connection has carried only
+        // small batches for a while: kept, each of thousands of connections would hold its
+        // largest answer's size for its whole life; let go at once, a connection carrying
+        // large frames steadily allocated and freed one per batch.
+        small_batches = if buf.len() <= WRITE_COALESCE {
+            small_batches.saturating_add(1)
+        } else {
+            0
+        };
+        if buf.capacity() > 2 * WRITE_COALESCE && small_batches >= SHRINK_AFTER_SMALL_BATCHES {
             buf = BytesMut::with_capacity(64 * 1024);
         } else {
             buf.clear();

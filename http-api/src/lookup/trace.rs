@@ -271,13 +271,32 @@ fn gather(
     only: Option<&str>,
 ) -> Option<Gathered> {
     let store = b.store();
-    let mut recs: Vec<Rec> = topics
+    let mut recs: Vec<Rec> = Vec::new();
+    // Only a copy that may be shown keeps its body (each holds its whole record read from the
+    // log): those in a user topic, and the earliest other one, shown when there is none.
+    let mut earliest_other: Option<usize> = None;
+    let found = topics
         .iter()
         .flat_map(|t| store.query_by_uniq_key(t, uniq, PER_TOPIC))
         .filter_map(|bytes| Rec::decode(&bytes))
         .filter(|r| r.topic != TRANS_OP_HALF_TOPIC && r.props.get(PROP_CANCEL).is_none())
-        .filter(|r| only.is_none_or(|t| r.real_topic() == t))
-        .collect();
+        .filter(|r| only.is_none_or(|t| r.real_topic() == t));
+    for mut r in found {
+        if !r.is_user_topic() {
+            let earlier = earliest_other.is_none_or(|i: usize| {
+                (r.store_ms, r.queue_offset) < (recs[i].store_ms, recs[i].queue_offset)
+            });
+            if earlier {
+                if let Some(i) = earliest_other {
+                    recs[i].body = Bytes::new();
+                }
+                earliest_other = Some(recs.len());
+            } else {
+                r.body = Bytes::new();
+            }
+        }
+        recs.push(r);
+    }
     recs.sort_by_key(|r| (r.store_ms, r.queue_offset));
     let topic = recs
         .iter()

@@ -463,3 +463,45 @@ fn a_dead_letter_topic_takes_its_groups_permission() {
         "named in topic_perms: that wins"
     );
 }
+
+/// A send-back without `originMsgId` names a record by its offset: it was accepted when the
+/// group's members subscribe the record's topic, whichever account registered that
+/// subscription, so an account with SUB on the group copied a topic it may not read into its
+/// retry topic. The record's topic needs SUB now.
+#[tokio::test]
+async fn a_send_back_by_offset_needs_sub_on_the_records_topic() {
+    let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
+    let client = cluster.client().await;
+    let resp = client
+        .invoke(signed(send("AclAudit", "secret"), &admin()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+    wait_dispatched(&cluster.broker).await;
+    // The admin's member of acl_billing subscribes AclAudit, which the consumer may not read.
+    let hb = RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(
+        r#"{"clientID":"127.0.0.1@ops","producerDataSet":[],"consumerDataSet":[{"groupName":"acl_billing","consumeType":"CONSUME_PASSIVELY","messageModel":"CLUSTERING","consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","unitMode":false,"subscriptionDataSet":[{"topic":"AclAudit","subString":"*","tagsSet":[],"codeSet":[],"subVersion":0,"expressionType":"TAG","classFilterMode":false}]}]}"#
+            .as_bytes()
+            .to_vec(),
+    );
+    assert_eq!(code_of(&client, signed(hb, &admin())).await.0, 0);
+    let back = sluice_protocol::remoting::custom::ConsumerSendMsgBackRequestHeader {
+        offset: phys as i64,
+        group: "acl_billing".into(),
+        delay_level: 0,
+        origin_msg_id: None,
+        origin_topic: None,
+        unit_mode: Some(false),
+        max_reconsume_times: None,
+    };
+    let req = || RemotingCommand::request(request_code::CONSUMER_SEND_MSG_BACK, back.to_ext());
+    let (code, remark) = code_of(&client, signed(req(), &consumer())).await;
+    assert_eq!(code, NO_PERMISSION, "{remark}");
+    assert!(remark.contains("SUB on topic AclAudit"), "{remark}");
+    assert!(stored_keys(&client, "%RETRY%acl_billing").await.is_empty());
+    let (code, remark) = code_of(&client, signed(req(), &admin())).await;
+    assert_eq!(code, 0, "an admin may: {remark}");
+    cluster.stop().await;
+}

@@ -139,34 +139,14 @@ async fn a_batch_is_stored_as_one_record_per_message_with_the_first_offset_answe
     let client = cluster.client().await;
     send_ok(&client, "BatchTopic", 0, b"single", &props(None, None)).await;
 
-    let inner_props: Vec<String> = (0..3)
-        .map(|i| props(Some("T"), Some(&format!("b{i}"))).encode())
-        .collect();
     let bodies: Vec<Vec<u8>> = (0..3).map(|i| format!("batch-{i}").into_bytes()).collect();
-    let entries: Vec<BatchEntry<'_>> = (0..3)
-        .map(|i| BatchEntry {
-            flag: 0,
-            body: &bodies[i],
-            properties: inner_props[i].as_bytes(),
+    let entries: Vec<(Vec<u8>, String)> = (0..3)
+        .map(|i| {
+            let p = props(Some("T"), Some(&format!("b{i}"))).encode();
+            (bodies[i].clone(), p)
         })
         .collect();
-    let mut body = Vec::new();
-    encode_batch(&entries, &mut body).unwrap();
-    let header = SendMessageRequestHeader {
-        producer_group: "pg".into(),
-        topic: "BatchTopic".into(),
-        default_topic: "TBW102".into(),
-        default_topic_queue_nums: 4,
-        queue_id: 0,
-        born_timestamp: 1,
-        batch: Some(true),
-        ..SendMessageRequestHeader::default()
-    };
-    let req = RemotingCommand::request(
-        request_code::SEND_BATCH_MESSAGE,
-        header.to_ext(SendHeaderForm::V2),
-    )
-    .with_body(body);
+    let req = batch_request(&entries);
     let resp = client.invoke(req, RPC).await.unwrap();
     assert_eq!(resp.code, 0, "{:?}", resp.remark);
     assert_eq!(ext_i64(&resp, "queueOffset"), 1);

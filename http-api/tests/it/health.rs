@@ -107,18 +107,7 @@ async fn invented_methods_share_one_metrics_label() {
 
 fn with_tokens() -> Options {
     let mut o = Options::default();
-    o.http.tokens = vec![
-        Token {
-            name: "prod".into(),
-            secret: "producer-secret-0123456789".into(),
-            scopes: vec![Scope::Producer],
-        },
-        Token {
-            name: "ops".into(),
-            secret: "admin-secret-0123456789abcd".into(),
-            scopes: vec![Scope::Admin],
-        },
-    ];
+    o.http.tokens = common::producer_and_admin_tokens();
     o.http.metrics_public = false;
     o
 }

@@ -278,20 +278,8 @@ async fn cancels_racing_the_release_answer_definitely_and_truly() {
 /// message was never delivered again). Retry, dead-letter and system topics need `admin`.
 #[tokio::test]
 async fn a_groups_retry_timers_are_an_admin_tokens_to_list_cancel_or_move() {
-    use sluice_http::auth::{Scope, Token};
     let mut o = common::Options::default();
-    o.http.tokens = vec![
-        Token {
-            name: "prod".into(),
-            secret: "producer-secret-0123456789".into(),
-            scopes: vec![Scope::Producer],
-        },
-        Token {
-            name: "ops".into(),
-            secret: "admin-secret-0123456789abcd".into(),
-            scopes: vec![Scope::Admin],
-        },
-    ];
+    o.http.tokens = common::producer_and_admin_tokens();
     let s = common::start_with(o).await;
     let call = |method: reqwest::Method, path: &str, token: &str| {
         let req = s

@@ -182,3 +182,21 @@ pub fn error_code(body: &Value) -> &str {
     assert!(e["message"].is_string(), "error without message: {body}");
     e["code"].as_str().expect("error code")
 }
+
+/// The tests' two tokens: `producer-secret-0123456789` (producer scope) and
+/// `admin-secret-0123456789abcd` (admin scope).
+pub fn producer_and_admin_tokens() -> Vec<sluice_http::auth::Token> {
+    use sluice_http::auth::{Scope, Token};
+    vec![
+        Token {
+            name: "prod".into(),
+            secret: "producer-secret-0123456789".into(),
+            scopes: vec![Scope::Producer],
+        },
+        Token {
+            name: "ops".into(),
+            secret: "admin-secret-0123456789abcd".into(),
+            scopes: vec![Scope::Admin],
+        },
+    ]
+}

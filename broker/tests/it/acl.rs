@@ -81,6 +81,26 @@ async fn code_of(client: &RemotingClient, cmd: RemotingCommand) -> (i32, String)
     (resp.code, resp.remark.unwrap_or_default())
 }
 
+/// Sends one message to `topic` signed by `creds`; returns its commit-log offset, once
+/// dispatched.
+async fn stored_at(
+    cluster: &Cluster,
+    client: &RemotingClient,
+    topic: &str,
+    key: &str,
+    creds: &Credentials,
+) -> u64 {
+    let resp = client
+        .invoke(signed(send(topic, key), creds), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
+    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
+    wait_dispatched(&cluster.broker).await;
+    phys
+}
+
 /// Every message of queue 0 of `topic`, read with admin credentials.
 async fn stored_keys(client: &RemotingClient, topic: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -368,14 +388,7 @@ fn secrets_never_show_in_debug_output() {
 async fn viewing_a_message_by_id_needs_sub_on_its_topic() {
     let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
     let client = cluster.client().await;
-    let resp = client
-        .invoke(signed(send("AclOrders", "v1"), &producer()), RPC)
-        .await
-        .unwrap();
-    assert_eq!(resp.code, 0, "{:?}", resp.remark);
-    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
-    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
-    wait_dispatched(&cluster.broker).await;
+    let phys = stored_at(&cluster, &client, "AclOrders", "v1", &producer()).await;
     let view = || {
         let h = sluice_protocol::remoting::custom::ViewMessageByIdRequestHeader {
             offset: phys as i64,
@@ -472,14 +485,7 @@ fn a_dead_letter_topic_takes_its_groups_permission() {
 async fn a_send_back_by_offset_needs_sub_on_the_records_topic() {
     let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
     let client = cluster.client().await;
-    let resp = client
-        .invoke(signed(send("AclAudit", "secret"), &admin()), RPC)
-        .await
-        .unwrap();
-    assert_eq!(resp.code, 0, "{:?}", resp.remark);
-    let msg_id = resp.ext_fields.get_str("msgId").unwrap().to_owned();
-    let (_, phys) = sluice_protocol::message::ids::decode_offset_msg_id(&msg_id).unwrap();
-    wait_dispatched(&cluster.broker).await;
+    let phys = stored_at(&cluster, &client, "AclAudit", "secret", &admin()).await;
     // The admin's member of acl_billing subscribes AclAudit, which the consumer may not read.
     let hb = RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(
         r#"{"clientID":"127.0.0.1@ops","producerDataSet":[],"consumerDataSet":[{"groupName":"acl_billing","consumeType":"CONSUME_PASSIVELY","messageModel":"CLUSTERING","consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","unitMode":false,"subscriptionDataSet":[{"topic":"AclAudit","subString":"*","tagsSet":[],"codeSet":[],"subVersion":0,"expressionType":"TAG","classFilterMode":false}]}]}"#

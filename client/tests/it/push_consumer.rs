@@ -443,28 +443,9 @@ struct Member {
     running: Arc<AtomicBool>,
 }
 
+/// A member of "handover-g" handling "Handover" in order; its shutdown waits at most
+/// `shutdown` for its handlers.
 async fn orderly_member(
-    cluster: &Cluster,
-    instance: &str,
-    held: &'static str,
-    release: Arc<tokio::sync::Semaphore>,
-    other_running: Option<Arc<AtomicBool>>,
-    overlaps: Arc<AtomicUsize>,
-) -> (PushConsumer, Member) {
-    orderly_member_stopping_within(
-        cluster,
-        instance,
-        held,
-        release,
-        other_running,
-        overlaps,
-        Duration::from_secs(30),
-    )
-    .await
-}
-
-/// [`orderly_member`] whose shutdown waits at most `shutdown` for its handlers.
-async fn orderly_member_stopping_within(
     cluster: &Cluster,
     instance: &str,
     held: &'static str,
@@ -508,6 +489,31 @@ async fn orderly_member_stopping_within(
     (c, member)
 }
 
+/// Once `a` is handling `held`, starts member "aa-b" of the same group (it sorts first, so
+/// the only queue is its own after the rebalance), which counts overlaps with `a`'s handler.
+async fn second_member(
+    cluster: &Cluster,
+    a: &Member,
+    held: &str,
+    release: &Arc<tokio::sync::Semaphore>,
+    overlaps: &Arc<AtomicUsize>,
+) -> (PushConsumer, Member) {
+    assert!(
+        wait_until(|| async { a.running.load(Ordering::SeqCst) }).await,
+        "a is handling {held}"
+    );
+    orderly_member(
+        cluster,
+        "aa-b",
+        "",
+        release.clone(),
+        Some(a.running.clone()),
+        overlaps.clone(),
+        Duration::from_secs(30),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_and_resumes_where_it_stopped(
 ) {
@@ -527,21 +533,10 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_
         release.clone(),
         None,
         overlaps.clone(),
+        Duration::from_secs(30),
     )
     .await;
-    assert!(
-        wait_until(|| async { a_m.running.load(Ordering::SeqCst) }).await,
-        "a is handling m1"
-    );
-    let (b, b_m) = orderly_member(
-        &cluster,
-        "aa-b",
-        "",
-        release.clone(),
-        Some(a_m.running.clone()),
-        overlaps.clone(),
-    )
-    .await;
+    let (b, b_m) = second_member(&cluster, &a_m, "m1", &release, &overlaps).await;
     assert!(
         wait_until(|| async { b.assigned_queues().iter().any(|q| q.topic == "Handover") }).await,
         "b was assigned the queue"
@@ -590,7 +585,7 @@ async fn a_shutdown_that_times_out_leaves_a_running_orderly_handlers_queue_locke
     producer.send(Message::new("Handover", "m0")).await.unwrap();
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let overlaps = Arc::new(AtomicUsize::new(0));
-    let (a, a_m) = orderly_member_stopping_within(
+    let (a, a_m) = orderly_member(
         &cluster,
         "zz-a",
         "m0",
@@ -600,19 +595,7 @@ async fn a_shutdown_that_times_out_leaves_a_running_orderly_handlers_queue_locke
         Duration::from_millis(500),
     )
     .await;
-    assert!(
-        wait_until(|| async { a_m.running.load(Ordering::SeqCst) }).await,
-        "a is handling m0"
-    );
-    let (b, b_m) = orderly_member(
-        &cluster,
-        "aa-b",
-        "",
-        release.clone(),
-        Some(a_m.running.clone()),
-        overlaps.clone(),
-    )
-    .await;
+    let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
     a.shutdown().await;
     assert!(
         a_m.running.load(Ordering::SeqCst),

@@ -443,10 +443,21 @@ async fn a_webhook_answering_commit_commits_with_a_signed_check() {
     s.stop().await;
 }
 
-/// Checks wait in the webhook queue behind slow calls: one whose transaction was committed
-/// meanwhile was still POSTed ("no check for a resolved transaction").
-#[tokio::test]
-async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
+/// The transaction of the first webhook call `hook` got (waiting for one, bounded).
+async fn first_called(hook: &Hook) -> String {
+    for _ in 0..ROUNDS {
+        if !hook.calls.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(NAP).await;
+    }
+    let calls = hook.calls.lock();
+    let first = calls.first().expect("a webhook call");
+    first.0["txn_id"].as_str().unwrap().to_owned()
+}
+
+/// Signed webhooks to 127.0.0.1, one call at a time (so checks queue behind a slow one).
+fn one_webhook_call_at_a_time() -> common::Options {
     let mut opts = common::Options::default();
     opts.http = HttpConfig {
         checks: CheckConfig {
@@ -457,6 +468,14 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
         },
         ..opts.http
     };
+    opts
+}
+
+/// Checks wait in the webhook queue behind slow calls: one whose transaction was committed
+/// meanwhile was still POSTed ("no check for a resolved transaction").
+#[tokio::test]
+async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
+    let opts = one_webhook_call_at_a_time();
     let s = common::start_with(opts).await;
     s.create_topic("Orders", 2);
     let (hook, url) = start_hook(vec![answer("unknown")]).await;
@@ -467,16 +486,7 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
     // the first one.
     wait_for_txn(&s, &a, |v| v["last_check_ms"].is_i64()).await;
     wait_for_txn(&s, &b, |v| v["last_check_ms"].is_i64()).await;
-    for _ in 0..ROUNDS {
-        if !hook.calls.lock().is_empty() {
-            break;
-        }
-        tokio::time::sleep(NAP).await;
-    }
-    let first = hook.calls.lock()[0].0["txn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = first_called(&hook).await;
     let queued = if first == a { &b } else { &a };
     let (_, v) = s.get(&format!("/v1/transactions/{queued}")).await;
     assert_eq!(
@@ -513,16 +523,7 @@ async fn a_check_whose_transaction_was_decided_while_it_waited_is_not_sent() {
 /// without its webhook ever being called. Checks count when they are called now.
 #[tokio::test]
 async fn checks_waiting_behind_a_slow_webhook_do_not_use_the_budget() {
-    let mut opts = common::Options::default();
-    opts.http = HttpConfig {
-        checks: CheckConfig {
-            webhook_secret: Some(SECRET.into()),
-            check_url_hosts: vec!["127.0.0.1".into()],
-            webhook_concurrency: 1,
-            ..CheckConfig::default()
-        },
-        ..opts.http
-    };
+    let mut opts = one_webhook_call_at_a_time();
     opts.txn.defaults.check_interval = Duration::from_millis(200);
     opts.txn.defaults.check_max = 2;
     let s = common::start_with(opts).await;
@@ -531,16 +532,7 @@ async fn checks_waiting_behind_a_slow_webhook_do_not_use_the_budget() {
     *hook.delay.lock() = Duration::from_secs(3);
     let (a, _) = send(&s, "web", json!({"check_url": url})).await;
     let (b, _) = send(&s, "web", json!({"check_url": url})).await;
-    for _ in 0..ROUNDS {
-        if !hook.calls.lock().is_empty() {
-            break;
-        }
-        tokio::time::sleep(NAP).await;
-    }
-    let first = hook.calls.lock()[0].0["txn_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = first_called(&hook).await;
     let waiting = if first == a { &b } else { &a };
     // Five intervals and more while the one call slot is taken: before, the waiting
     // transaction's two checks were counted and its final action came at the third interval.

@@ -75,17 +75,27 @@ impl Core {
 
     /// Reads an undecided half message and adds its copy to `batch`; a transaction decided
     /// since the scan is left out, and one whose half message cannot be read is passed over
-    /// for a while.
+    /// for a while. The copy carries the transaction's state as it is once the carry began
+    /// (parked or not, its check count, where its half message is), not as the scan saw it:
+    /// parked, re-armed or checked meanwhile, the copy told a restart without a checkpoint
+    /// the old state.
     fn stage_carry<'a>(&'a self, e: &'a Entry, batch: &mut CarryBatch<'a>) {
         let id = e.id.half_offset;
-        if !self.table.lock().begin_carry(id) {
-            return; // decided (or being decided) since the scan: nothing to carry
-        }
+        let now = {
+            let mut t = self.table.lock();
+            if !t.begin_carry(id) {
+                return; // decided (or being decided) since the scan: nothing to carry
+            }
+            t.get(id)
+                .map(|c| (c.state == TxnState::Parked, c.checks, c.current.phys_offset))
+        };
         let guard = Carrying { core: self, id };
-        match self.read_half(e.current.phys_offset) {
+        let Some((parked, checks, phys)) = now else {
+            return;
+        };
+        match self.read_half(phys) {
             Ok(half) => {
-                let parked = e.state == TxnState::Parked;
-                let copy = half.carry_forward_copy(e.id, e.checks, e.stored_ms, parked);
+                let copy = half.carry_forward_copy(e.id, checks, e.stored_ms, parked);
                 batch.bytes += (copy.body.len() + copy.properties.len()) as u64;
                 batch.copies.push(copy);
                 batch.carrying.push((e, guard));

@@ -108,7 +108,6 @@ impl Dispatcher {
     /// Dispatches the records in `[from, to)` (at most [`MAX_RECORDS_PER_CALL`]); returns the
     /// offset reached. Entries become visible, and listeners hear of them, after the writes.
     pub(crate) fn dispatch_range(&self, from: u64, to: u64) -> Result<u64> {
-        let mut pos = from;
         let mut scratch = self.scratch.lock();
         let batch = &mut *scratch;
         batch.clear();
@@ -116,10 +115,33 @@ impl Dispatcher {
             queue: None,
             events: self.listener.read().is_some(),
         };
-        let mut records = 0;
-        // The segment is looked up again only when `pos` leaves it, not once per record.
+        let reached = self.walk(from, to, MAX_RECORDS_PER_CALL, |pos, seg, rel, total| {
+            let bytes = &seg.file.as_slice()[rel..rel + total];
+            if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
+                let len = framing::frame_len(total);
+                self.damage
+                    .record(seg.file.path(), rel as u64, pos, len, &why);
+            }
+            Ok(())
+        })?;
+        self.write_batch(batch)?;
+        Ok(reached)
+    }
+
+    /// Walks the records of `[from, to)`, at most `max` of them, handing `f` each one's
+    /// commit-log offset, segment, place in it and size (damage and segment ends are stepped
+    /// over, see [`Dispatcher::step`]); returns the offset reached. The segment is looked up
+    /// again only when the walk leaves it, not once per record.
+    fn walk(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+        mut f: impl FnMut(u64, &Segment, usize, usize) -> Result<()>,
+    ) -> Result<u64> {
+        let (mut pos, mut records) = (from, 0);
         let mut seg = None::<Arc<Segment>>;
-        while pos < to && records < MAX_RECORDS_PER_CALL {
+        while pos < to && records < max {
             let (rel, total) = match self.step(&mut seg, pos, to) {
                 Step::Record { rel, total } => (rel, total),
                 Step::Skip(next) => {
@@ -131,16 +153,10 @@ impl Dispatcher {
             let Some(seg) = seg.as_ref() else {
                 break; // `step` found the record in it
             };
-            let bytes = &seg.file.as_slice()[rel..rel + total];
-            if let Err(why) = self.gather(pos, bytes, batch, &mut ctx)? {
-                let len = framing::frame_len(total);
-                self.damage
-                    .record(seg.file.path(), rel as u64, pos, len, &why);
-            }
+            f(pos, seg, rel, total)?;
             pos += framing::frame_len(total);
             records += 1;
         }
-        self.write_batch(batch)?;
         Ok(pos)
     }
 
@@ -213,43 +229,33 @@ impl Dispatcher {
     /// (lost or stale: a power cut keeps some pages of a queue file and loses others), if any.
     pub(crate) fn queue_ends(
         &self,
-        mut pos: u64,
+        pos: u64,
         to: u64,
     ) -> std::collections::HashMap<(String, i32), (Option<u64>, u64)> {
         let mut out = std::collections::HashMap::new();
-        let mut seg = None::<Arc<Segment>>;
-        while pos < to {
-            let (rel, total) = match self.step(&mut seg, pos, to) {
-                Step::Record { rel, total } => (rel, total),
-                Step::Skip(next) => {
-                    pos = next;
-                    continue;
-                }
-                Step::End => break,
-            };
-            let Some(seg) = seg.as_ref() else {
-                break;
-            };
+        let walked = self.walk(pos, to, usize::MAX, |pos, seg, rel, total| {
             // As `gather` takes them: consumable records at a queue offset a record can have.
-            if let Ok(view) = RecordView::parse(&seg.file.as_slice()[rel..rel + total], usize::MAX)
-            {
-                let q = plausible_queue_offset(view.header.queue_offset, pos);
-                if let (true, Some(q)) = (consumable(&view), q) {
-                    let (bad, next) = out
-                        .entry((view.topic.to_owned(), view.header.queue_id))
-                        .or_insert((None, 0));
-                    *next = (*next).max(q + 1);
-                    let on_disk = self
-                        .cqs
-                        .get(view.topic, view.header.queue_id)
-                        .is_some_and(|cq| cq.holds(q, pos, view.total_size as u32));
-                    if !on_disk {
-                        *bad = Some(bad.map_or(q, |b: u64| b.min(q)));
-                    }
+            let Ok(view) = RecordView::parse(&seg.file.as_slice()[rel..rel + total], usize::MAX)
+            else {
+                return Ok(());
+            };
+            let q = plausible_queue_offset(view.header.queue_offset, pos);
+            if let (true, Some(q)) = (consumable(&view), q) {
+                let (bad, next) = out
+                    .entry((view.topic.to_owned(), view.header.queue_id))
+                    .or_insert((None, 0));
+                *next = (*next).max(q + 1);
+                let on_disk = self
+                    .cqs
+                    .get(view.topic, view.header.queue_id)
+                    .is_some_and(|cq| cq.holds(q, pos, view.total_size as u32));
+                if !on_disk {
+                    *bad = Some(bad.map_or(q, |b: u64| b.min(q)));
                 }
             }
-            pos += framing::frame_len(total);
-        }
+            Ok(())
+        });
+        debug_assert!(walked.is_ok(), "the walk's callback never fails");
         out
     }
 

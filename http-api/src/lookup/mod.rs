@@ -83,30 +83,10 @@ pub(crate) struct TracedMessage {
     pub events: Vec<TraceEvent>,
 }
 
-/// Most body bytes one look-up keeps and answers (as sent: text or base64), as a receive and
-/// a DLQ page are bounded: 20 messages of 4 MiB were 80 MiB, and up to six times that as
-/// escaped JSON.
+/// Most stored body bytes one look-up keeps and answers (the first message's always; see
+/// `trace::keep_shown_body`), as a receive and a DLQ page are bounded: 20 messages of 4 MiB
+/// were 80 MiB, and up to six times that as escaped JSON.
 pub(super) const MAX_BODY_BYTES: usize = 8 << 20;
-
-/// Leaves out the bodies past [`MAX_BODY_BYTES`] (the first is always kept, as a receive
-/// always hands out one message); true when any was.
-fn bound_bodies(messages: &mut [TracedMessage]) -> bool {
-    let mut total = 0usize;
-    let mut omitted = false;
-    for (i, m) in messages.iter_mut().enumerate() {
-        let len =
-            m.body.as_ref().map_or(0, String::len) + m.body_base64.as_ref().map_or(0, String::len);
-        if i > 0 && total + len > MAX_BODY_BYTES {
-            m.body = None;
-            m.body_base64 = None;
-            m.body_omitted = true;
-            omitted = true;
-        } else {
-            total += len;
-        }
-    }
-    omitted
-}
 
 /// One step of a message's life.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -181,51 +161,8 @@ async fn lookup(
     for m in found.messages {
         messages.push(trace::complete(&state, m).await);
     }
-    // The trace keeps at most that many body bytes; this bounds what base64 adds to them.
-    bound_bodies(&mut messages);
     Ok(Json(LookupOut {
         messages,
         truncated: found.truncated,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_body(len: usize) -> TracedMessage {
-        TracedMessage {
-            msg_id: "m".into(),
-            topic: "T".into(),
-            keys: Vec::new(),
-            tag: None,
-            born_ms: 0,
-            body: Some("x".repeat(len)),
-            body_base64: None,
-            compressed: false,
-            body_omitted: false,
-            properties: BTreeMap::new(),
-            events: Vec::new(),
-        }
-    }
-
-    /// A key naming twenty 4 MiB messages answered them all, up to hundreds of megabytes as
-    /// escaped JSON: bodies past the bound are left out, and said to be.
-    #[test]
-    fn bodies_past_the_bound_are_left_out_and_marked() {
-        let mb = 1 << 20;
-        let mut ms = vec![with_body(9 * mb), with_body(mb)];
-        assert!(
-            bound_bodies(&mut ms),
-            "the first is kept, whatever its size"
-        );
-        assert!(ms[0].body.is_some() && !ms[0].body_omitted);
-        assert!(ms[1].body.is_none() && ms[1].body_omitted);
-        let mut ms = vec![with_body(3 * mb), with_body(3 * mb), with_body(3 * mb)];
-        assert!(bound_bodies(&mut ms));
-        let kept: Vec<bool> = ms.iter().map(|m| m.body.is_some()).collect();
-        assert_eq!(kept, [true, true, false]);
-        let mut small = vec![with_body(10), with_body(10)];
-        assert!(!bound_bodies(&mut small));
-    }
 }

@@ -104,6 +104,17 @@ pub(crate) struct BrokerProcessor {
     pub(crate) ctx: Arc<BrokerContext>,
 }
 
+/// Request codes clients send without reading the answer although they do not mark them
+/// one-way: the C++ client sends END_TRANSACTION and UPDATE_CONSUMER_OFFSET with flag 0 and
+/// drops the answer (`compat-notes.md`), so refused busy, a commit or an offset was lost
+/// silently. They wait for room instead (see `Processor::answer_unread`).
+pub(crate) fn answers_unread(code: i32) -> bool {
+    matches!(
+        code,
+        request_code::END_TRANSACTION | request_code::UPDATE_CONSUMER_OFFSET
+    )
+}
+
 impl Processor for BrokerProcessor {
     async fn process(
         self: Arc<Self>,
@@ -111,6 +122,10 @@ impl Processor for BrokerProcessor {
         req: RemotingCommand,
     ) -> Option<RemotingCommand> {
         dispatch(&self.ctx, &conn, req).await
+    }
+
+    fn answer_unread(&self, cmd: &RemotingCommand) -> bool {
+        answers_unread(cmd.code)
     }
 
     fn on_closed(&self, conn: &ConnectionHandle) {

@@ -62,6 +62,11 @@ impl Processor for Gated {
             None,
         ))
     }
+
+    /// As the broker's processor says of END_TRANSACTION and UPDATE_CONSUMER_OFFSET.
+    fn answer_unread(&self, cmd: &RemotingCommand) -> bool {
+        crate::processor::answers_unread(cmd.code)
+    }
 }
 
 async fn start(budget: usize) -> (Server, Arc<Gated>, SocketAddr) {

@@ -48,6 +48,13 @@ pub(crate) trait Processor: Send + Sync + 'static {
 
     /// Called once when a connection is gone, after its in-flight requests finished.
     fn on_closed(&self, _conn: &ConnectionHandle) {}
+
+    /// Whether clients send `cmd` without reading its answer although it is not marked
+    /// one-way: it then waits for room as a one-way request does instead of being answered
+    /// SYSTEM_BUSY, which nobody would read (the request would be lost silently).
+    fn answer_unread(&self, _cmd: &RemotingCommand) -> bool {
+        false
+    }
 }
 
 /// Java's `serverChannelMaxIdleTimeSeconds`.
@@ -326,15 +333,6 @@ async fn read_requests<P: Processor>(
 /// SYSTEM_BUSY.
 const BUSY_AFTER: Duration = Duration::from_millis(200);
 
-/// Whether nobody would read a SYSTEM_BUSY answer to `cmd`: a one-way request, or one real
-/// clients send without waiting for its answer although they do not mark it one-way (the
-/// C++ client sends END_TRANSACTION and UPDATE_CONSUMER_OFFSET with flag 0 and drops the
-/// answer, see `compat-notes.md`). Refused busy, such a commit or offset was lost silently.
-fn unanswerable(cmd: &RemotingCommand) -> bool {
-    use sluice_protocol::request_code::{END_TRANSACTION, UPDATE_CONSUMER_OFFSET};
-    cmd.is_oneway() || matches!(cmd.code, END_TRANSACTION | UPDATE_CONSUMER_OFFSET)
-}
-
 /// Starts a task for one request, or answers SYSTEM_BUSY when the connection stays at its
 /// limit (or the server at its byte budget) for [`BUSY_AFTER`].
 async fn dispatch<P: Processor>(
@@ -346,7 +344,7 @@ async fn dispatch<P: Processor>(
 ) {
     Counters::inc(&shared.counters.requests);
     let mut at = Limit::Slots;
-    let held = if unanswerable(&cmd) {
+    let held = if cmd.is_oneway() || shared.processor.answer_unread(&cmd) {
         // A one-way request cannot be told "busy": its sender reads no answer, so dropping it
         // would lose it silently (an END_TRANSACTION, an offset commit). Wait for a slot
         // instead; this connection is not read meanwhile, which slows its sender down.

@@ -183,7 +183,8 @@ impl PushConsumerBuilder {
     /// `consumeTimeout`). Past it the handler's future is dropped, cancelling it at its next
     /// await, and the message counts as `Retry(None)`: a handler stuck on a call without a
     /// timeout would otherwise hold its queue's committed offset and a concurrency permit
-    /// forever. Orderly handlers are not cut (as in RocketMQ).
+    /// forever. Orderly handlers are not cut (as in RocketMQ); one that outlives
+    /// [`PushConsumer::shutdown`] keeps its queue locked for at most this long.
     #[must_use]
     pub fn consume_timeout(mut self, timeout: Duration) -> Self {
         self.s.consume_timeout = timeout;
@@ -191,6 +192,9 @@ impl PushConsumerBuilder {
     }
 
     /// How long [`PushConsumer::shutdown`] waits for running handlers (default 30 s).
+    /// Orderly, a queue whose handler still runs then keeps its broker lock, renewed in the
+    /// background, until that handler ends (for at most `consume_timeout`), so the group's
+    /// next owner of the queue never consumes it beside the handler.
     #[must_use]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.s.shutdown_timeout = timeout;
@@ -369,8 +373,8 @@ impl ConsumerInner {
     }
 
     /// Graceful stop: no new pulls, running handlers finish (bounded), final offsets are
-    /// committed, orderly locks released (but those of queues whose handler still runs), and
-    /// the group told we left.
+    /// committed, orderly locks released (those of queues whose handler still runs once it
+    /// ends: [`ConsumerInner::keep_busy_locks`]), and the group told we left.
     async fn shutdown(&self) {
         if self.stop.send_replace(true) {
             return;
@@ -399,11 +403,16 @@ impl ConsumerInner {
             let (idle, busy): (Vec<_>, Vec<_>) = queues
                 .iter()
                 .partition(|pq| pq.consuming.try_lock().is_ok());
-            if !busy.is_empty() {
-                tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running at shutdown; their queues stay locked until the broker lets the locks lapse");
-            }
             self.unlock(idle.iter().map(|pq| pq.mq.clone()).collect())
                 .await;
+            if !busy.is_empty() {
+                tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running at shutdown; their queues stay locked until the handlers end");
+                if let Some(me) = self.self_arc() {
+                    let busy = busy.into_iter().map(Arc::clone).collect();
+                    // Not among `tasks`: stopping aborts those, and this must outlive it.
+                    drop(tokio::spawn(me.keep_busy_locks(busy)));
+                }
+            }
         }
         self.core.unregister(None, Some(&self.group)).await;
         self.stop_now();

@@ -28,6 +28,10 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RELEASE_DRAIN: Duration = Duration::from_secs(2);
 /// How often orderly locks are renewed (RocketMQ: 20 s).
 const LOCK_RENEW: Duration = Duration::from_secs(20);
+/// After shutdown: how often a queue whose orderly handler outlived it is looked at.
+const BUSY_POLL: Duration = Duration::from_millis(200);
+/// After shutdown: the wait before renewing a busy queue's lock again after a failed request.
+const BUSY_RENEW_RETRY: Duration = Duration::from_secs(2);
 
 impl ConsumerInner {
     pub(super) async fn rebalance_loop(self: Arc<Self>) {
@@ -282,6 +286,63 @@ impl ConsumerInner {
         let body: LockBatchResponseBody = decode_json(&resp.body)
             .map_err(|e| ClientError::protocol(&addr, format!("lock response: {e}")))?;
         Ok(body.lock_ok_mq_set.into_iter().collect())
+    }
+
+    /// Orderly, after shutdown: keeps the locks of queues whose handler outlived the
+    /// shutdown, and unlocks each once its handler ends.
+    ///
+    /// Left alone, a lock lapses at the broker 35 s after its last renewal once this client
+    /// has left, and a handler running longer would overlap the next owner, out of order. The
+    /// locks are renewed every 20 s (at once, too) for at most `consume_timeout`, the bound
+    /// after which a handler counts as hung; a queue whose renewal is refused (another owner
+    /// holds it) is let go.
+    pub(super) async fn keep_busy_locks(self: Arc<Self>, mut busy: Vec<Arc<ProcessQueue>>) {
+        let deadline = tokio::time::Instant::now() + self.s.consume_timeout;
+        let mut renew_at = tokio::time::Instant::now();
+        loop {
+            let (ended, running): (Vec<_>, Vec<_>) = busy
+                .into_iter()
+                .partition(|pq| pq.consuming.try_lock().is_ok());
+            busy = running;
+            if !ended.is_empty() {
+                self.unlock(ended.iter().map(|pq| pq.mq.clone()).collect())
+                    .await;
+            }
+            let now = tokio::time::Instant::now();
+            if busy.is_empty() {
+                return;
+            }
+            if now >= deadline {
+                tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running after consume_timeout; their locks are left to lapse");
+                return;
+            }
+            if now >= renew_at {
+                renew_at = now + self.renew_busy(&mut busy).await;
+            }
+            tokio::time::sleep(BUSY_POLL).await;
+        }
+    }
+
+    /// Renews `busy` queues' locks; drops those another client holds. Returns the wait before
+    /// the next renewal (shorter after a failed request: the lock lapses 35 s after the last).
+    async fn renew_busy(&self, busy: &mut Vec<Arc<ProcessQueue>>) -> Duration {
+        let mut wait = LOCK_RENEW;
+        for (broker, mqs) in by_broker(busy.iter().map(|pq| pq.mq.clone()).collect()) {
+            match self.lock_request(&broker, &mqs).await {
+                Ok(held) => busy.retain(|pq| {
+                    let keep = pq.mq.broker_name != broker || held.contains(&pq.mq);
+                    if !keep {
+                        tracing::warn!(group = %self.group, topic = %pq.mq.topic, queue_id = pq.mq.queue_id, "lock of a queue whose orderly handler still runs was lost");
+                    }
+                    keep
+                }),
+                Err(e) => {
+                    tracing::debug!(broker = %broker, error = %e, "renewal of a busy queue's lock failed");
+                    wait = BUSY_RENEW_RETRY;
+                }
+            }
+        }
+        wait
     }
 
     /// Releases locks (orderly), best effort: brokers expire them anyway.

@@ -575,10 +575,11 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_
 
 /// A shutdown that timed out with an orderly handler still running unlocked its queue, and
 /// the broker released a departing client's locks at once: the next member consumed the
-/// queue beside that handler, out of order. The queue now stays locked (until the broker
-/// lets the lock lapse, 35 s after its last renewal).
+/// queue beside that handler, out of order. Then the queue stayed locked only until the
+/// broker let the lock lapse, 35 s after its last renewal, however long the handler ran. The
+/// stopped consumer now renews the lock until the handler ends, and unlocks it then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_that_times_out_leaves_a_running_orderly_handlers_queue_locked() {
+async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked_until_it_ends() {
     let cluster = start_cluster(1).await;
     cluster.create_topic("Handover", 1).await;
     let producer = Producer::builder(cluster.config()).start().await.unwrap();
@@ -597,21 +598,34 @@ async fn a_shutdown_that_times_out_leaves_a_running_orderly_handlers_queue_locke
     .await;
     let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
     a.shutdown().await;
+    let stopped = tokio::time::Instant::now();
     assert!(
         a_m.running.load(Ordering::SeqCst),
         "a's handler outlived its shutdown"
     );
     producer.send(Message::new("Handover", "m1")).await.unwrap();
-    // A bounded look while a's handler runs: b rebalances every 3 s and asks for the lock
-    // every 500 ms, so a free queue would be b's within this window.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // A bounded look while a's handler runs, past the 35 s after which the broker lets a
+    // departed client's lock lapse unless renewed: b rebalances every 3 s and asks for the
+    // lock every 500 ms, so a free queue would be b's within this window.
+    tokio::time::sleep_until(stopped + Duration::from_secs(42)).await;
+    assert!(
+        a_m.running.load(Ordering::SeqCst),
+        "a's handler still runs (it gives up after 60 s)"
+    );
     assert_eq!(
         b_m.log.lock().clone(),
         Vec::<String>::new(),
         "b did not consume the queue beside a's running handler"
     );
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
     release.add_permits(1);
+    // Once the handler ends, the stopped consumer unlocks the queue and b takes it over
+    // (m0 again: a's offset for it was never committed).
+    assert!(
+        wait_until(|| async { b_m.log.lock().iter().any(|m| m == "m1") }).await,
+        "b consumed the queue after a's handler ended: {:?}",
+        b_m.log.lock()
+    );
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
     b.shutdown().await;
     producer.shutdown().await;
     cluster.stop().await;

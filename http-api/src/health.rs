@@ -88,6 +88,11 @@ fn not_ready_reasons(state: &AppState) -> Vec<String> {
     if let Some(why) = store.fenced() {
         reasons.push(format!("store fenced: {why}"));
     }
+    if let Some(why) = store.dispatch_failing() {
+        reasons.push(format!(
+            "consume-queue or index entries cannot be written ({why}): new messages are hidden from consumers"
+        ));
+    }
     if let Ok(u) = store.disk_usage() {
         let max = store.config().disk_max_used_ratio;
         if u.ratio() >= max {

@@ -274,6 +274,15 @@ fn store_section(out: &mut Prom, state: &AppState) {
             0.0
         },
     );
+    out.gauge(
+        "sluice_store_dispatch_failing",
+        "1 while writing consume-queue or index entries keeps failing (appends are acknowledged, consumers see none of them).",
+        if store.dispatch_failing().is_some() {
+            1.0
+        } else {
+            0.0
+        },
+    );
     if let Ok(u) = store.disk_usage() {
         out.gauge(
             "sluice_disk_used_ratio",

@@ -8,7 +8,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use sluice_protocol::message::java_hash;
@@ -18,7 +17,6 @@ use sluice_protocol::text::lossy_utf8;
 
 use crate::checkpoint::Checkpoint;
 use crate::commitlog::{CommitLog, Segment};
-use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::{ConsumeQueue, ConsumeQueues, CqEntry};
 use crate::damage::DamageLog;
 use crate::error::Result;
@@ -425,12 +423,6 @@ impl Dispatcher {
     }
 }
 
-/// The queue offset a record at `phys` claims, if an appended record could claim it. Offset
-/// `n` of a queue follows `n` records of that queue earlier in the commit log (offsets are
-/// never reused, and the log's offsets never restart), each at least a minimal frame long, so
-/// `n` is at most `phys / min frame`. A negative or larger one is forged (a record inside a
-/// message body, exposed by a torn write); taken as it is, it named consume-queue files past
-/// `u64::MAX` bytes and panicked the open.
 /// What [`Dispatcher::step`] found.
 enum Step {
     /// A record of `total` bytes at `rel` of the step's segment.
@@ -447,6 +439,12 @@ fn consumable(view: &RecordView<'_>) -> bool {
     tx == sysflag::TRANSACTION_NOT_TYPE || tx == sysflag::TRANSACTION_COMMIT
 }
 
+/// The queue offset a record at `phys` claims, if an appended record could claim it. Offset
+/// `n` of a queue follows `n` records of that queue earlier in the commit log (offsets are
+/// never reused, and the log's offsets never restart), each at least a minimal frame long, so
+/// `n` is at most `phys / min frame`. A negative or larger one is forged (a record inside a
+/// message body, exposed by a torn write); taken as it is, it named consume-queue files past
+/// `u64::MAX` bytes and panicked the open.
 fn plausible_queue_offset(claimed: i64, phys: u64) -> Option<u64> {
     let claimed = u64::try_from(claimed).ok()?;
     let most = phys / framing::frame_len(MIN_RECORD_LEN);
@@ -508,66 +506,5 @@ impl Gathering {
             None => self.queue = Some((topic.to_owned(), queue_id, Arc::clone(&cq))),
         }
         Ok(cq)
-    }
-}
-
-/// Every this many checkpoints (a minute at the default interval), the pages readers faulted
-/// into older queue files are released too.
-const QUEUE_SWEEP_EVERY: u64 = 60;
-
-/// The dispatcher thread's loop. It stops once `closing` is set and everything flushed has been
-/// dispatched (or a dispatch fails while closing), after a final checkpoint.
-pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreConfig) {
-    let checkpoint_path = cfg.data_dir.join("checkpoint");
-    let follow_flushed = matches!(cfg.flush, FlushMode::Sync);
-    let mut last_checkpoint = Instant::now();
-    let mut checkpoints = 0u64;
-    loop {
-        let closing = shared.closing.load(std::sync::atomic::Ordering::Acquire);
-        let source = if follow_flushed {
-            &shared.flushed
-        } else {
-            &shared.written
-        };
-        let target = source.get();
-        let done = shared.dispatched.get();
-        if done < target {
-            match dispatcher.dispatch_range(done, target) {
-                Ok(reached) => shared.dispatched.set(reached),
-                // Closing: stop without the final dispatch rather than retry forever (a full
-                // disk under the queues, no descriptors or maps left would hang shutdown). The
-                // commit log holds the records, and the checkpoint written below still says
-                // `dispatched`, so the next open dispatches them again.
-                Err(e) if closing => {
-                    tracing::error!(
-                        error = %e, offset = done, target,
-                        "dispatch failed while closing; the next open dispatches the rest"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, offset = done, "dispatch failed; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        } else if closing {
-            break;
-        } else {
-            source.wait_beyond(target, Duration::from_millis(20));
-        }
-        if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
-            if let Err(e) = dispatcher.checkpoint(&shared, &checkpoint_path) {
-                tracing::error!(error = %e, "checkpoint failed");
-            }
-            dispatcher.release_behind(shared.dispatched.get());
-            checkpoints += 1;
-            if checkpoints.is_multiple_of(QUEUE_SWEEP_EVERY) {
-                dispatcher.release_queue_pages();
-            }
-            last_checkpoint = Instant::now();
-        }
-    }
-    if let Err(e) = dispatcher.checkpoint(&shared, &checkpoint_path) {
-        tracing::error!(error = %e, "final checkpoint failed");
     }
 }

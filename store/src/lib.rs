@@ -11,7 +11,8 @@
 //!   (CRC over the whole record, durable watermark) so torn and corrupt bytes are caught.
 //! - `appender`, `flusher`: the single writer (`pwrite`) and group commit (`fdatasync`).
 //! - `warmer`: writes zeros ahead of the appender so its syncs write no extent metadata.
-//! - `dispatch`, `consume_queue`, `index`: derived entries per queue and per key.
+//! - `dispatch`, `consume_queue`, `index`: derived entries per queue and per key;
+//!   `dispatch_thread`: the loop that runs them, its retries and checkpoints.
 //! - [`recovery`]: the written policy for torn tails and interior damage.
 //! - `retention`: deleting old segments with their queue and index files.
 //! - `checkpoint`: checkpoint, abort marker, folder lock, atomic file replacement.
@@ -34,6 +35,7 @@ mod consume_queue;
 pub mod crash_point;
 mod damage;
 mod dispatch;
+mod dispatch_thread;
 mod error;
 mod flusher;
 mod framing;

@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub(crate) queues_unsynced: AtomicBool,
     /// Time of each commit-log sync (group commit: one per batch of waiters).
     pub(crate) sync_latency: crate::latency::LatencyHistogram,
+    /// The dispatcher's last error while it keeps failing (cleared by its next success):
+    /// appends are still acknowledged then, but consumers see none of them.
+    dispatch_failing: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             queues_unsynced: AtomicBool::new(false),
             sync_latency: crate::latency::LatencyHistogram::default(),
+            dispatch_failing: Mutex::new(None),
         }
     }
 
@@ -61,5 +65,14 @@ impl Shared {
         } else {
             None
         }
+    }
+
+    /// Records the dispatcher's failure (`Some`) or its recovery (`None`).
+    pub(crate) fn set_dispatch_failing(&self, why: Option<String>) {
+        *self.dispatch_failing.lock() = why;
+    }
+
+    pub(crate) fn dispatch_failing(&self) -> Option<String> {
+        self.dispatch_failing.lock().clone()
     }
 }

@@ -19,7 +19,8 @@ use crate::commitlog::{self, CommitLog};
 use crate::config::StoreConfig;
 use crate::consume_queue::ConsumeQueues;
 use crate::damage::{Damage, DamageLog};
-use crate::dispatch::{self, DispatchListener, Dispatcher};
+use crate::dispatch::{DispatchListener, Dispatcher};
+use crate::dispatch_thread;
 use crate::error::{Result, StoreError};
 use crate::flusher::{Flusher, Syncer};
 use crate::framing::Seal;
@@ -338,7 +339,7 @@ impl Store {
         let (d, s, c) = (Arc::clone(&dispatcher), Arc::clone(&shared), cfg.clone());
         threads.push((
             "dispatcher",
-            spawn("sluice-dispatch", move || dispatch::run(d, s, c)),
+            spawn("sluice-dispatch", move || dispatch_thread::run(d, s, c)),
         ));
         let passes = Arc::new(parking_lot::Mutex::new(true));
         let make_retention = || Retention {
@@ -526,6 +527,12 @@ impl Store {
     /// Why appends are refused, if they are (cheap: [`Store::health`] copies the damage list).
     pub fn fenced(&self) -> Option<String> {
         self.shared.fenced()
+    }
+
+    /// The dispatcher's last error while it keeps failing: appends are acknowledged, but no
+    /// consumer sees them until it succeeds again.
+    pub fn dispatch_failing(&self) -> Option<String> {
+        self.shared.dispatch_failing()
     }
 
     /// Whether a consume-queue or index sync failed in this run (see [`Health`]).

@@ -17,6 +17,59 @@ async fn healthz_and_readyz_answer_ok_on_a_healthy_broker() {
     s.stop().await;
 }
 
+/// Appends still succeed while consume-queue entries cannot be written (a disk full under
+/// the queues), but consumers see none of them: readiness said "ready" throughout.
+#[tokio::test]
+async fn readyz_is_not_ready_while_dispatch_keeps_failing_and_ready_again_after() {
+    let io = std::sync::Arc::new(sluice_store::io::FaultyIo::new());
+    let s = common::start_with(Options {
+        storage_io: Some(io.clone()),
+        ..Options::default()
+    })
+    .await;
+    io.fail_queue_zeros(true);
+    let (status, body) = s
+        .post(
+            "/v1/topics/HiddenTopic/messages",
+            serde_json::json!({"body": "x"}),
+        )
+        .await;
+    assert_eq!(status, 201, "the append itself is durable: {body}");
+    let (status, body) = readyz_until(&s, 503).await;
+    assert_eq!(status, 503, "not ready while dispatch fails: {body}");
+    assert!(
+        body["reasons"]
+            .to_string()
+            .contains("consume-queue or index entries"),
+        "{body}"
+    );
+    assert!(s
+        .metrics()
+        .await
+        .contains("sluice_store_dispatch_failing 1"));
+    io.fail_queue_zeros(false);
+    let (status, body) = readyz_until(&s, 200).await;
+    assert_eq!(status, 200, "ready again once dispatch succeeds: {body}");
+    assert!(s
+        .metrics()
+        .await
+        .contains("sluice_store_dispatch_failing 0"));
+    s.stop().await;
+}
+
+/// `/readyz` once it answers `want` (or its last answer, after at most 10 s).
+async fn readyz_until(s: &common::Server, want: u16) -> (u16, serde_json::Value) {
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..200 {
+        last = s.get("/readyz").await;
+        if last.0 == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    last
+}
+
 #[tokio::test]
 async fn metrics_are_prometheus_text_covering_http_store_txn_and_timers() {
     let s = common::start().await;

@@ -247,8 +247,18 @@ fn a_full_disk_at_a_new_queue_file_holds_its_entries_back_and_loses_nothing() {
         per_file - 10,
         "nothing of the run is published while part of it could not be written"
     );
+    assert!(
+        store.dispatch_failing().is_some(),
+        "the store says its dispatch keeps failing (readiness shows it)"
+    );
 
     io.fail_queue_zeros(false);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    assert_eq!(
+        store.dispatch_failing(),
+        None,
+        "cleared once dispatch succeeds"
+    );
     let msgs = read_queue(&store, "T", 0);
     assert_eq!(msgs.len() as u64, per_file + 20);
     for (i, (offset, body)) in msgs.iter().enumerate() {

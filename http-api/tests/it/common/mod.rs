@@ -21,6 +21,8 @@ pub struct Options {
     pub schedule: ScheduleConfig,
     /// Extensions started after the facade, so stopped before it.
     pub after_facade: Vec<Arc<dyn sluice_broker::Extension>>,
+    /// The store's file operations (a fault layer); `None`: the real ones.
+    pub storage_io: Option<Arc<dyn sluice_store::io::StorageIo>>,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
                 .with_levels("300ms 700ms 1s 2s")
                 .expect("levels"),
             after_facade: Vec::new(),
+            storage_io: None,
         }
     }
 }
@@ -80,6 +83,7 @@ pub async fn start_in(dir: tempfile::TempDir, opts: Options) -> Server {
     }
     ext.extensions.push(facade.extension());
     ext.extensions.extend(opts.after_facade);
+    ext.storage_io = opts.storage_io;
     let broker = Broker::start_with(cfg, ext).await.expect("broker start");
     let addr = facade.local_addr().expect("http bound");
     Server {

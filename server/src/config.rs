@@ -505,7 +505,7 @@ impl ServerConfig {
         broker
             .lease
             .validate()
-            .map_err(|e| anyhow::anyhow!("[http] leases: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("[http] {}", http::with_file_keys(&e)))?;
         // Before anything is created (the data folder, the name server): these were refused
         // only by `Broker::start_with`.
         broker

@@ -228,9 +228,48 @@ impl HttpSection {
             },
             ..HttpConfig::default()
         };
-        cfg.validate().map_err(|e| anyhow!("[http] {e}"))?;
+        cfg.validate()
+            .map_err(|e| anyhow!("[http] {}", with_file_keys(&e)))?;
         Ok(cfg)
     }
+}
+
+/// The facade's and the broker's names for `[http]` settings they check, and the file keys
+/// those come from: a refused start names the key the operator wrote, not a field they
+/// cannot find in any file.
+const FILE_KEYS: &[(&str, &str)] = &[
+    ("checks.webhook_secret", "webhook_secret"),
+    ("checks.webhook_timeout", "webhook_timeout_ms"),
+    ("checks.max_poll_wait", "max_check_poll_wait_ms"),
+    ("checks.webhook_concurrency", "webhook_concurrency"),
+    ("checks.webhook_queue", "webhook_queue"),
+    ("checks.queue_bytes", "check_queue_bytes"),
+    ("consume.max_receipts", "max_receipts"),
+    ("lease.max_per_receive", "max_receive"),
+    ("lease.max_inflight_per_group", "max_inflight_per_group"),
+    ("lease.max_inflight_total", "max_inflight_total"),
+    ("lease.max_groups", "max_receive_groups"),
+    ("lease.max_parked_retries_total", "max_parked_retries_total"),
+    ("lease.max_parked_retries", "max_parked_retries"),
+    (
+        "lease.remembered_receipts_total",
+        "remembered_receipts_total",
+    ),
+    (
+        "lease visibility",
+        "default_visibility_ms and max_visibility_ms: lease visibility",
+    ),
+];
+
+/// `message` with the library's setting names replaced by their `[http]` file keys.
+pub(crate) fn with_file_keys(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (library, file) in FILE_KEYS {
+        if let Some(at) = out.find(library) {
+            out.replace_range(at..at + library.len(), file);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -251,6 +290,34 @@ mod tests {
         assert!(!printed.contains("very-secret-value-123"), "{printed}");
         assert!(printed.contains("<redacted>"));
         assert_eq!(s.to_config().unwrap().tokens[0].scopes, vec![Scope::Admin]);
+    }
+
+    #[test]
+    fn refusals_name_the_keys_of_the_file() {
+        let s = HttpSection {
+            max_check_poll_wait_ms: 10_000_000,
+            ..HttpSection::default()
+        };
+        let e = s.to_config().unwrap_err().to_string();
+        assert!(e.contains("max_check_poll_wait_ms"), "{e}");
+        assert!(!e.contains("checks."), "{e}");
+        let s = HttpSection {
+            max_receipts: 0,
+            ..HttpSection::default()
+        };
+        let e = s.to_config().unwrap_err().to_string();
+        assert!(e.starts_with("[http] max_receipts "), "{e}");
+        let mut cfg = crate::config::ServerConfig::default();
+        cfg.http.max_receive_groups = 0;
+        let e = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(
+            e.contains("[http] max_receive_groups must be positive"),
+            "{e}"
+        );
+        let mut cfg = crate::config::ServerConfig::default();
+        cfg.http.max_receive = 0;
+        let e = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(e.contains("[http] max_receive must be positive"), "{e}");
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //!   with receipts, expiry and the same retry/DLQ path.
 //! - [`acl`]: RocketMQ ACL signatures, per-topic/group permissions and the admin rule,
 //!   checked before any handler runs.
-//! - [`config`], [`error`], `stats` ([`BrokerStats`]), `reply`, `state_file`.
+//! - [`config`], [`error`], `stats` ([`BrokerStats`]), `reply`, `state_file`, [`log_every`]
+//!   (warnings a sustained failure cannot flood).
 //!
 //! ## Guarantees
 //! - A send is answered SUCCESS only after the store acknowledged it (durable in sync mode).
@@ -45,6 +46,7 @@ pub mod error;
 pub mod hooks;
 pub mod lease;
 mod locks;
+pub mod log_every;
 mod longpoll;
 mod namesrv;
 mod offsets;

@@ -31,7 +31,7 @@ pub(crate) struct OffsetManager {
     max_entries: usize,
     /// Commits refused for that bound (the log says so at most every 10 s).
     refused: AtomicU64,
-    last_warned: Mutex<Option<std::time::Instant>>,
+    refusals_log: crate::log_every::LogEvery,
 }
 
 /// A commit refused because the table holds `[broker] max_consumer_offsets` entries. Every
@@ -71,7 +71,7 @@ impl OffsetManager {
             write_lock: Mutex::new(()),
             max_entries,
             refused: AtomicU64::new(0),
-            last_warned: Mutex::new(None),
+            refusals_log: crate::log_every::LogEvery::new(std::time::Duration::from_secs(10)),
         })
     }
 
@@ -168,9 +168,7 @@ impl OffsetManager {
             max: self.max_entries,
         };
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = self.last_warned.lock();
-        if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10)) {
-            *last = Some(std::time::Instant::now());
+        if self.refusals_log.allow().is_some() {
             tracing::warn!(group, topic, refused, "{full}");
         }
         full

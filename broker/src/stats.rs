@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub(crate) connections_open: AtomicU64,
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
+    pub(crate) connections_not_opened: AtomicU64,
     pub(crate) messages_stored: AtomicU64,
     pub(crate) messages_pulled: AtomicU64,
     pub(crate) parked_pulls: AtomicU64,
@@ -49,6 +50,7 @@ impl Counters {
             connections_open: get(&self.connections_open),
             connections_accepted: get(&self.connections_accepted),
             connections_refused: get(&self.connections_refused),
+            connections_not_opened: get(&self.connections_not_opened),
             messages_stored: get(&self.messages_stored),
             messages_pulled: get(&self.messages_pulled),
             parked_pulls: get(&self.parked_pulls),
@@ -83,6 +85,10 @@ pub struct BrokerStats {
     pub connections_accepted: u64,
     /// Connections refused because `max_connections` were open.
     pub connections_refused: u64,
+    /// Connections accepted, then closed before any request was read: the peer sent nothing
+    /// (a TCP health probe, a port scan), plaintext on a TLS-only port, or a failed TLS
+    /// handshake. Only a TLS port looks before reading; a plain one counts none.
+    pub connections_not_opened: u64,
     /// Messages stored by sends.
     pub messages_stored: u64,
     /// Messages returned by pulls and leased by HTTP receives.

@@ -159,11 +159,27 @@ impl From<sluice_broker::produce::ProduceError> for ApiError {
     }
 }
 
+/// 5xx answers other than 500: one warning per 10 s, with the count of those held back.
+static SERVER_ERRORS_LOG: sluice_broker::log_every::LogEvery =
+    sluice_broker::log_every::LogEvery::new(std::time::Duration::from_secs(10));
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = request_id::current();
-        if self.status.is_server_error() {
-            tracing::warn!(%request_id, status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            // `ApiError::internal` logged the cause already, with this request id.
+            tracing::debug!(%request_id, code = self.code, message = %self.message, "request failed");
+        } else if self.status.is_server_error() {
+            // A 503 answers every request while its cause lasts (a full disk, a fenced store,
+            // shutting down): one warning per period, the rest at debug.
+            match SERVER_ERRORS_LOG.allow() {
+                Some(held_back) => {
+                    tracing::warn!(%request_id, status = self.status.as_u16(), code = self.code, message = %self.message, held_back, "request failed")
+                }
+                None => {
+                    tracing::debug!(%request_id, status = self.status.as_u16(), code = self.code, message = %self.message, "request failed")
+                }
+            }
         } else {
             tracing::debug!(%request_id, status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
         }

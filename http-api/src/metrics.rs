@@ -138,7 +138,7 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
 
 fn broker_section(out: &mut Prom, state: &AppState) {
     let s = state.broker().stats();
-    let counters: [(&str, &str, u64); 15] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "sluice_messages_stored_total",
             "Messages stored (all protocols).",
@@ -198,6 +198,11 @@ fn broker_section(out: &mut Prom, state: &AppState) {
             "sluice_connections_refused_total",
             "TCP connections refused at max_connections.",
             s.connections_refused,
+        ),
+        (
+            "sluice_connections_not_opened_total",
+            "TCP connections on a TLS port closed before a request: nothing sent (probes), plaintext where TLS is enforced, or a failed TLS handshake.",
+            s.connections_not_opened,
         ),
         (
             "sluice_oversize_bodies_total",
@@ -333,7 +338,37 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         "Transactions due for a check but held back by max_checks_per_sec (counted every 5 s).",
         m.checks_due_waiting as f64,
     );
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 16] = [
+        (
+            "sluice_txn_answers_commit_total",
+            "Check answers that said commit.",
+            m.answers_commit,
+        ),
+        (
+            "sluice_txn_answers_rollback_total",
+            "Check answers that said rollback.",
+            m.answers_rollback,
+        ),
+        (
+            "sluice_txn_parked_total",
+            "Transactions parked by the final action keep.",
+            m.parked_total,
+        ),
+        (
+            "sluice_txn_rearmed_total",
+            "Parked transactions re-armed by an operator.",
+            m.rearmed,
+        ),
+        (
+            "sluice_txn_unknown_refs_total",
+            "Requests naming no known transaction.",
+            m.unknown_refs,
+        ),
+        (
+            "sluice_txn_carried_forward_total",
+            "Half messages carried forward to the half queue's tail.",
+            m.carried_forward,
+        ),
         (
             "sluice_txn_halves_kept_used_total",
             "Store reads of half messages avoided: taken from memory, as their sends stored them, to adopt or decide a transaction.",
@@ -445,7 +480,22 @@ fn schedule_section(out: &mut Prom, s: &sluice_schedule::ScheduleStats) {
             other as f64,
         );
     }
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "sluice_timers_parked_total",
+            "Delayed messages stored to wait for their time (sends, committed transactions, the schedule API).",
+            s.parked,
+        ),
+        (
+            "sluice_timers_rolled_total",
+            "Timers written again ahead of commit-log retention.",
+            s.rolled,
+        ),
+        (
+            "sluice_timers_crash_checks_total",
+            "Timers checked after a restart for a release made before a crash.",
+            s.crash_checks,
+        ),
         (
             "sluice_timers_dropped_total",
             "Delayed messages dropped as undeliverable (record lost or corrupt).",

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, TRANS_HALF_TOPIC};
+use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, Stored, TRANS_HALF_TOPIC};
 use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::response_code as code;
@@ -84,12 +84,20 @@ impl PutHook for SchedulePutHook {
         }
         match props::park(msg, plan) {
             Ok(due) => {
-                Counters::add(&self.shared.counters.parked, 1);
                 tracing::trace!(topic = %msg.input.topic, queue_id = msg.input.queue_id, due_ms = ?due, "delayed message parked");
                 self.shared.wake.wake();
                 HookOutcome::Continue
             }
             Err(remark) => reject(code::MESSAGE_ILLEGAL, remark),
+        }
+    }
+
+    /// Counts a parked message once it is stored: a later hook or the store may still refuse
+    /// it, and a transaction's trial of its commit runs `before_put` without storing anything.
+    fn after_put(&self, stored: &mut Stored<'_>) {
+        let topic = stored.msg.topic.as_str();
+        if topic == sluice_broker::SCHEDULE_TOPIC || topic == sluice_broker::TIMER_TOPIC {
+            Counters::add(&self.shared.counters.parked, 1);
         }
     }
 }

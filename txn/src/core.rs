@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_broker::{BrokerServices, HookOutcome, PutContext, TRANS_OP_HALF_TOPIC};
+use sluice_broker::{BrokerServices, HookOutcome, PutContext, Stored, TRANS_OP_HALF_TOPIC};
 use sluice_protocol::message::record::MAX_PROPERTIES_LEN;
 use sluice_store::{now_ms, MessageInput};
 use tokio::sync::Notify;
@@ -31,6 +31,10 @@ use crate::metrics::Counters;
 use crate::records::{op_record, HalfRecord};
 use crate::state::{Decision, Source, TxnState};
 use crate::table::{Begin, Entry, Table};
+
+/// Decisions the store refused: one warning per 10 s, with the count of those held back.
+static UNSTORED_LOG: sluice_broker::log_every::LogEvery =
+    sluice_broker::log_every::LogEvery::new(Duration::from_secs(10));
 
 /// How long a request waits for a concurrent decision on the same transaction.
 const RESOLVE_WAIT: Duration = Duration::from_secs(10);
@@ -200,12 +204,22 @@ impl Core {
         half: Option<HalfRecord>,
     ) -> Result<Outcome, TxnError> {
         let id = e.id.half_offset;
+        let mut committed = None;
         let result = match self.records_for(&e, decision, by, half) {
-            Ok(records) => self.services.put(records).await.map_err(TxnError::from),
+            Ok(records) => {
+                if decision == Decision::Commit && !self.shared.commit_hooks.read().is_empty() {
+                    // Cheap: the body is shared, only topic and properties are copied.
+                    committed = records.first().cloned();
+                }
+                self.services.put(records).await.map_err(TxnError::from)
+            }
             Err(err) => Err(err),
         };
         match result {
             Ok(appended) => {
+                if let (Some(msg), Some(at)) = (&committed, appended.first()) {
+                    self.after_commit_put(msg, *at);
+                }
                 let op_offset = appended
                     .last()
                     .map_or(0, |a| u64::try_from(a.queue_offset).unwrap_or(0));
@@ -234,10 +248,12 @@ impl Core {
             Err(err) => {
                 self.table.lock().revert(id);
                 self.resolved.notify_waiters();
-                tracing::warn!(
-                    producer_group = %e.group, transaction_id = %e.uniq, half_offset = id,
-                    decision = %decision, error = %err, "transaction decision not stored; state restored"
-                );
+                if let Some(held_back) = UNSTORED_LOG.allow() {
+                    tracing::warn!(
+                        producer_group = %e.group, transaction_id = %e.uniq, half_offset = id,
+                        decision = %decision, error = %err, held_back, "transaction decision not stored; state restored"
+                    );
+                }
                 Err(err)
             }
         }
@@ -292,6 +308,16 @@ impl Core {
                     .take(e.id.half_offset, e.current.phys_offset);
                 Ok(vec![op])
             }
+        }
+    }
+
+    /// Shows the stored committed message to the commit hooks, as a send shows its messages
+    /// to the put hooks (`PutHook::after_put`): the schedule counts a delayed commit as
+    /// parked only once it is stored.
+    fn after_commit_put(&self, msg: &MessageInput, at: sluice_store::Appended) {
+        let mut stored = Stored::new(msg, at, None);
+        for hook in self.shared.commit_hooks.read().iter() {
+            hook.after_put(&mut stored);
         }
     }
 

@@ -18,6 +18,10 @@ use crate::error::TxnError;
 use crate::resolve::{Resolution, TxnRef};
 
 /// Handles one END_TRANSACTION.
+/// END_TRANSACTION refusals: one warning per 10 s, with the count of those held back.
+static REFUSALS_LOG: sluice_broker::log_every::LogEvery =
+    sluice_broker::log_every::LogEvery::new(std::time::Duration::from_secs(10));
+
 pub(crate) async fn handle(
     core: &Core,
     conn: &ConnectionHandle,
@@ -55,12 +59,15 @@ pub(crate) async fn handle(
             RemotingCommand::response_to(req, code::SUCCESS, remark)
         }
         Err(e) => {
-            tracing::warn!(
-                producer_group = %h.producer_group, transaction_id = %h.msg_id,
-                half_offset = h.tran_state_table_offset, commit_log_offset = h.commit_log_offset,
-                commit_or_rollback = h.commit_or_rollback, from_check = h.is_from_check(),
-                remote = %conn.remote_addr(), error = %e, "END_TRANSACTION refused"
-            );
+            // Answered with the reason; logged once per period (a full disk refuses every one).
+            if let Some(held_back) = REFUSALS_LOG.allow() {
+                tracing::warn!(
+                    producer_group = %h.producer_group, transaction_id = %h.msg_id,
+                    half_offset = h.tran_state_table_offset, commit_log_offset = h.commit_log_offset,
+                    commit_or_rollback = h.commit_or_rollback, from_check = h.is_from_check(),
+                    remote = %conn.remote_addr(), error = %e, held_back, "END_TRANSACTION refused"
+                );
+            }
             error(req, e.response_code(), e.to_string())
         }
     }

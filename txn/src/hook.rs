@@ -84,15 +84,19 @@ impl PutHook for TxnPutHook {
             return refusal;
         }
         rewrite(ctx, msg);
-        Counters::inc(&self.shared.counters.halves_stored);
         HookOutcome::Continue
     }
 
     /// Keeps a half message just stored for its END_TRANSACTION (see `fresh`), with the
     /// header a read of its record would return (the broker's own address included).
     fn after_put(&self, stored: &mut Stored<'_>) {
+        if stored.msg.topic != TRANS_HALF_TOPIC {
+            return;
+        }
+        // Counted once stored: a later hook or the store may still refuse a rewritten half.
+        Counters::inc(&self.shared.counters.halves_stored);
         let budget = self.shared.cfg.fresh_half_bytes;
-        if stored.msg.topic != TRANS_HALF_TOPIC || budget == 0 {
+        if budget == 0 {
             return;
         }
         let Some(store_host) = self

@@ -21,6 +21,10 @@ use super::LeaseError;
 use crate::broker::context::BrokerContext;
 use crate::retry::{RetryError, SendBack};
 
+/// Hand-backs that failed: one warning per 10 s, with the count of those held back.
+static HAND_BACK_FAILURES_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(10));
+
 /// Hand-backs running at once for one call or tick.
 const HAND_BACK_CONCURRENCY: usize = 32;
 
@@ -251,7 +255,9 @@ fn finish_hand_back(
             // away (no room for the retry topic) made a nacked message come back at request
             // rate, its nack's delay ignored.
             let hold = ctx.cfg.lease.default_visibility;
-            tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, hold = ?hold, "hand-back failed; the message is delivered again after a lease period");
+            if let Some(held_back) = HAND_BACK_FAILURES_LOG.allow() {
+                tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, hold = ?hold, held_back, "hand-back failed; the message is delivered again after a lease period");
+            }
             g.hold_until(&job.key, job.offset, Instant::now() + hold);
             Err(LeaseError::HandBack(e))
         }

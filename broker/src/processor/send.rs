@@ -82,9 +82,12 @@ pub(super) async fn send(
         (vec![msg], wait)
     };
     let mut pending = pending;
+    let mut dead_lettered = 0;
     if !batch {
         for msg in &mut pending {
-            crate::retry::route_retry_send(ctx, h.max_reconsume_times, msg);
+            if crate::retry::route_retry_send(ctx, h.max_reconsume_times, msg) {
+                dead_lettered += 1;
+            }
         }
     }
     let put_ctx = PutContext {
@@ -101,6 +104,7 @@ pub(super) async fn send(
     let (inputs, properties) = finish(pending)?;
     let appended = append(ctx, &inputs, properties, wait).await?;
     Counters::add(&ctx.counters.messages_stored, appended.len() as u64);
+    Counters::add(&ctx.counters.dead_lettered, dead_lettered);
     tracing::trace!(topic = %h.topic, queue_id, offset = appended[0].queue_offset, count = appended.len(), "stored");
     Ok(success(ctx, req, queue_id, &appended, &uniq_keys))
 }
@@ -352,6 +356,10 @@ pub(crate) async fn append(
     Ok(appended)
 }
 
+/// Store refusals other than Busy: one warning per 10 s, with the count of those held back.
+static STORE_REFUSALS_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(std::time::Duration::from_secs(10));
+
 fn store_reject(ctx: &BrokerContext, msg: &MessageInput, e: &StoreError) -> Reject {
     let (code, remark) = match e {
         StoreError::Busy(_) => {
@@ -371,7 +379,13 @@ fn store_reject(ctx: &BrokerContext, msg: &MessageInput, e: &StoreError) -> Reje
         ),
         _ => (code::SYSTEM_ERROR, format!("store error: {e}")),
     };
-    tracing::warn!(topic = %msg.topic, queue_id = msg.queue_id, code, error = %e, "send refused by the store");
+    // Busy is counted (`busy_rejections`) and expected under overload; the others are logged
+    // once per period, since a full disk or a fenced store refuses every send.
+    if matches!(e, StoreError::Busy(_)) {
+        tracing::debug!(topic = %msg.topic, queue_id = msg.queue_id, code, error = %e, "send refused by the store");
+    } else if let Some(held_back) = STORE_REFUSALS_LOG.allow() {
+        tracing::warn!(topic = %msg.topic, queue_id = msg.queue_id, code, error = %e, held_back, "send refused by the store");
+    }
     Reject::new(code, remark)
 }
 

@@ -177,7 +177,9 @@ async fn accept_loop<P: Processor>(listener: TcpListener, shared: Arc<Shared<P>>
 fn admit<P: Processor>(stream: TcpStream, remote: SocketAddr, shared: &Arc<Shared<P>>) {
     let Ok(slot) = Arc::clone(&shared.connection_slots).try_acquire_owned() else {
         Counters::inc(&shared.counters.connections_refused);
-        tracing::warn!(server = shared.opts.name, %remote, limit = shared.opts.max_connections, "connection refused: too many connections");
+        if let Some(held_back) = TOO_MANY_LOG.allow() {
+            tracing::warn!(server = shared.opts.name, %remote, limit = shared.opts.max_connections, held_back, "connection refused: too many connections");
+        }
         return; // dropping the stream closes it
     };
     let _ = stream.set_nodelay(true);
@@ -203,8 +205,12 @@ async fn serve_connection<P: Processor>(
     let (rd, wr) = match open_stream(stream, remote, &shared.opts).await {
         Ok(halves) => halves,
         Err(why) => {
-            Counters::inc(&shared.counters.connections_refused);
-            tracing::warn!(server = shared.opts.name, %remote, reason = %why, "connection refused");
+            Counters::inc(&shared.counters.connections_not_opened);
+            if why.quiet {
+                tracing::debug!(server = shared.opts.name, %remote, reason = %why.reason, "connection closed before a request");
+            } else if let Some(held_back) = NOT_OPENED_LOG.allow() {
+                tracing::warn!(server = shared.opts.name, %remote, reason = %why.reason, held_back, "connection refused");
+            }
             return;
         }
     };
@@ -242,11 +248,34 @@ async fn serve_connection<P: Processor>(
 
 /// The connection's halves: plaintext, or TLS after a handshake (bounded by the idle
 /// timeout). With TLS on, the first byte tells a handshake from a RocketMQ frame.
+/// Connections refused at `max_connections`: one warning per 10 s (a reconnect storm).
+static TOO_MANY_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(10));
+/// Connections refused on a TLS port (plaintext where enforced, failed handshakes).
+static NOT_OPENED_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(10));
+
+/// Why a connection was closed before its first request.
+struct NotOpened {
+    reason: String,
+    /// Nothing was sent: a TCP health probe or a port scan, not worth a warning.
+    quiet: bool,
+}
+
+impl NotOpened {
+    fn loud(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            quiet: false,
+        }
+    }
+}
+
 async fn open_stream(
     stream: TcpStream,
     remote: SocketAddr,
     opts: &ServerOptions,
-) -> Result<(ReadHalf, WriteHalf), String> {
+) -> Result<(ReadHalf, WriteHalf), NotOpened> {
     let plain = |stream: TcpStream| {
         let (rd, wr) = stream.into_split();
         (Box::new(rd) as ReadHalf, Box::new(wr) as WriteHalf)
@@ -255,16 +284,20 @@ async fn open_stream(
         return Ok(plain(stream));
     };
     let mut first = [0u8; 1];
+    let quiet = |reason: &str| NotOpened {
+        reason: reason.to_owned(),
+        quiet: true,
+    };
     match tokio::time::timeout(opts.idle_timeout, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
-        Ok(Ok(_)) => return Err("closed before sending anything".into()),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("sent nothing within the idle timeout".into()),
+        Ok(Ok(_)) => return Err(quiet("closed before sending anything")),
+        Ok(Err(e)) => return Err(quiet(&e.to_string())),
+        Err(_) => return Err(quiet("sent nothing within the idle timeout")),
     }
     if first[0] != tls::HANDSHAKE_BYTE {
         return match tls.mode {
             TlsMode::Permissive => Ok(plain(stream)),
-            TlsMode::Enforcing => Err("plaintext on a TLS-only port".into()),
+            TlsMode::Enforcing => Err(NotOpened::loud("plaintext on a TLS-only port")),
         };
     }
     match tokio::time::timeout(opts.idle_timeout, tls.acceptor.accept(stream)).await {
@@ -272,8 +305,10 @@ async fn open_stream(
             tracing::debug!(server = opts.name, %remote, "TLS connection");
             Ok(tls::split(s))
         }
-        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
-        Err(_) => Err("TLS handshake not finished within the idle timeout".into()),
+        Ok(Err(e)) => Err(NotOpened::loud(format!("TLS handshake: {e}"))),
+        Err(_) => Err(NotOpened::loud(
+            "TLS handshake not finished within the idle timeout",
+        )),
     }
 }
 

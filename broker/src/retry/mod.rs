@@ -269,7 +269,8 @@ async fn store_through_hooks(
 
 /// A plain send to `%RETRY%<group>` (a client's fallback, or an orderly consumer past its
 /// maximum) becomes a dead letter when `reconsumeTimes > max` or, as RocketMQ 5.1.1+, when the
-/// group holds unexpired orderly locks. Returns true when rewritten.
+/// group holds unexpired orderly locks. Returns true when rewritten (the caller counts it in
+/// `dead_lettered` once it is stored: the hooks or the store may still refuse it).
 pub(crate) fn route_retry_send(
     ctx: &BrokerContext,
     header_max: Option<i32>,
@@ -302,7 +303,6 @@ pub(crate) fn route_retry_send(
         return false;
     }
     copy::to_dead_letter(msg, &dlq, now_ms());
-    Counters::inc(&ctx.counters.dead_lettered);
     tracing::debug!(group = %group, reconsume_times = msg.input.reconsume_times, max, locked, "retry send dead-lettered");
     true
 }

@@ -46,6 +46,9 @@ pub(crate) struct BrokerCounters {
     pub connections_accepted: u64,
     /// Connections refused at the limit.
     pub connections_refused: u64,
+    /// Connections on a TLS port closed before a request (nothing sent, plaintext where TLS
+    /// is enforced, a failed handshake).
+    pub connections_not_opened: u64,
     /// Messages stored by sends.
     pub messages_stored: u64,
     /// Messages returned by pulls.
@@ -140,6 +143,7 @@ pub(super) async fn get_stats(State(state): State<AppState>) -> Json<StatsOut> {
         connections_open: s.connections_open,
         connections_accepted: s.connections_accepted,
         connections_refused: s.connections_refused,
+        connections_not_opened: s.connections_not_opened,
         messages_stored: s.messages_stored,
         messages_pulled: s.messages_pulled,
         parked_pulls: s.parked_pulls,

@@ -57,6 +57,87 @@ async fn readyz_is_not_ready_while_dispatch_keeps_failing_and_ready_again_after(
     s.stop().await;
 }
 
+/// Counters of what was stored moved before the store said yes: a full disk refusing every
+/// delayed message and half message still counted each as parked or stored.
+#[tokio::test]
+async fn refused_writes_count_as_neither_parked_timers_nor_stored_halves() {
+    let io = std::sync::Arc::new(sluice_store::io::FaultyIo::new());
+    let s = common::start_with(Options {
+        storage_io: Some(io.clone()),
+        ..Options::default()
+    })
+    .await;
+    s.create_topic("Counted", 1);
+    let delayed = serde_json::json!({"body": "later", "delay_ms": 60_000});
+    let half = serde_json::json!({"body": "half", "producer_group": "counted-g"});
+    io.fake_disk_usage(Some(0.99));
+    let (status, body) = s.post("/v1/topics/Counted/messages", delayed.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = s
+        .post("/v1/topics/Counted/transactions", half.clone())
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("sluice_timers_parked_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_txn_halves_stored_total 0"),
+        "{metrics}"
+    );
+    io.fake_disk_usage(None);
+    // The store reads the disk's usage again at most every 100 ms.
+    let mut answer = (0, serde_json::Value::Null);
+    for _ in 0..100 {
+        answer = s.post("/v1/topics/Counted/messages", delayed.clone()).await;
+        if answer.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(answer.0, 201, "{}", answer.1);
+    let (status, body) = s.post("/v1/topics/Counted/transactions", half).await;
+    assert_eq!(status, 201, "{body}");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("sluice_timers_parked_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_txn_halves_stored_total 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// A delayed transactional message is parked once, when its commit is stored: the trial of
+/// its commit at send time and a restart's look for it parked nothing, but counted.
+#[tokio::test]
+async fn a_committed_delayed_transaction_counts_as_one_parked_timer() {
+    let s = common::start().await;
+    s.create_topic("Counted", 1);
+    let half =
+        serde_json::json!({"body": "half", "producer_group": "counted-g", "delay_ms": 60_000});
+    let (status, body) = s.post("/v1/topics/Counted/transactions", half).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(s.metrics().await.contains("sluice_timers_parked_total 0"));
+    let id = body["txn_id"].as_str().expect("txn_id").to_owned();
+    let (status, body) = s
+        .post(
+            &format!("/v1/transactions/{id}/commit"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("sluice_timers_parked_total 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
 /// `/readyz` once it answers `want` (or its last answer, after at most 10 s).
 async fn readyz_until(s: &common::Server, want: u16) -> (u16, serde_json::Value) {
     let mut last = (0, serde_json::Value::Null);

@@ -163,6 +163,33 @@ fn enforcing_tls_serves_tls_clients_and_refuses_plaintext_and_strangers() {
             .send()
             .await;
         assert!(r.is_err(), "plain HTTP is not served on an HTTPS port");
+
+        // A TCP probe (connect, close): not a refusal at max_connections, and not a warning.
+        drop(tokio::net::TcpStream::connect(sluice.broker).await.unwrap());
+        let metrics = format!("https://{}/metrics", sluice.http);
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = https
+                .get(&metrics)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("sluice_connections_not_opened_total 3") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            text.contains("sluice_connections_not_opened_total 3"),
+            "the plaintext client, the stranger and the probe: {text}"
+        );
+        assert!(
+            text.contains("sluice_connections_refused_total 0"),
+            "none refused at max_connections: {text}"
+        );
     });
     sluice.stop();
 }

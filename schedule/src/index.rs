@@ -270,11 +270,21 @@ impl Inner {
         true
     }
 
+    /// One timer of `topic` is no longer pending. A topic at zero leaves the map: it is saved
+    /// with every checkpoint and shown to operators, and topics come and go.
+    fn lose_pending(&mut self, topic: &str) {
+        if let Some(count) = self.pending.get_mut(topic) {
+            *count -= 1;
+            if *count <= 0 {
+                self.pending.remove(topic);
+            }
+        }
+    }
+
     /// Indexes a cancel marker (or the cancel implied by a rescheduled copy).
     pub(crate) fn apply_tombstone(&mut self, key: Key, topic: &str) {
         self.memtable.entry(key).or_default().tombstone = true;
-        let count = self.pending.entry(topic.to_owned()).or_default();
-        *count = (*count - 1).max(0);
+        self.lose_pending(topic);
         if key >= self.window_end {
             return;
         }
@@ -332,8 +342,8 @@ impl Inner {
                 } else {
                     SlotState::Dropped
                 };
-                if let Some(count) = topic.and_then(|t| self.pending.get_mut(t)) {
-                    *count = (*count - 1).max(0);
+                if let Some(topic) = topic {
+                    self.lose_pending(topic);
                 }
             }
             Released::Retry => {

@@ -53,6 +53,14 @@ fn timers_are_released_in_key_order_never_before_their_time() {
         "the far timer is beyond the window"
     );
     assert_eq!(g.pending["T"], 1);
+    g.apply_tombstone(Key::new(20_000, 4), "T");
+    assert_eq!(
+        g.pending.get("T"),
+        None,
+        "a topic without pending timers leaves the map (it is saved at every checkpoint)"
+    );
+    g.apply_tombstone(Key::new(30_000, 5), "Never");
+    assert!(g.pending.is_empty(), "a tombstone adds no topic at zero");
 }
 
 #[test]
@@ -283,8 +291,8 @@ fn a_dropped_timer_is_known_as_dropped_in_and_after_the_window() {
     assert!(matches!(g.locate(dropped), Where::Near(SlotState::Dropped)));
     assert_eq!(
         g.pending.get("T"),
-        Some(&0),
-        "a drop leaves the pending count"
+        None,
+        "a drop leaves the pending count, and a topic at zero leaves the map"
     );
     let snap = g.snapshot();
     g.finish_snapshot(None, &[]);

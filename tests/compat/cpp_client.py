@@ -48,6 +48,32 @@ def client_log_tail(path, lines=60):
     return out[-lines:]
 
 
+# A send that raises is tried again this many times (--send-retries), after SEND_RETRY_PAUSE
+# seconds each. The C++ client gives up ("No route info of this topic") after its own attempts,
+# which come back to back: right after start() its first send can race the heartbeat thread's
+# connection to the broker (CreateTransport answers null while another thread connects:
+# "response is null"). A send that still fails after the last retry is a failure, reported as
+# before. Only a raised send is retried: a non-OK status means the broker stored the message.
+# A retry can only duplicate a message the broker stored although the send raised (its reply
+# lost or late), a send that failed the tests outright before; most tests compare key sets.
+SEND_RETRIES = 3
+SEND_RETRY_PAUSE = 0.5
+
+
+def send_with_retries(send, args, retries, key):
+    """Calls send() and returns its result; when it raises, calls it again after a pause, at
+    most args.send_retries more times, then raises the last error. Every retry is appended to
+    `retries` as {"key", "error"} (the error of the attempt it follows)."""
+    for attempt in range(args.send_retries + 1):
+        try:
+            return send()
+        except Exception as e:  # the C++ client raises on error codes
+            if attempt == args.send_retries:
+                raise
+            retries.append({"key": key, "error": str(e)})
+            time.sleep(SEND_RETRY_PAUSE)
+
+
 def produce(args):
     producer = Producer(args.group, orderly=False, timeout=args.send_timeout_ms)
     producer.set_name_server_address(args.ns)
@@ -63,7 +89,7 @@ def produce(args):
 def produce_with(producer, args, log_dir):
     producer.start()
     tags = args.tags.split(",") if args.tags else [None]
-    sent, failures = [], []
+    sent, failures, retries = [], [], []
     try:
         for i in range(args.start, args.start + args.count):
             key = f"{args.key_prefix}{i}"
@@ -76,7 +102,7 @@ def produce_with(producer, args, log_dir):
             if args.delay_level:
                 msg.set_delay_time_level(args.delay_level)
             try:
-                r = producer.send_sync(msg)
+                r = send_with_retries(lambda: producer.send_sync(msg), args, retries, key)
                 if r.status != SendStatus.OK:
                     failures.append({"key": key, "status": int(r.status)})
                 else:
@@ -86,8 +112,8 @@ def produce_with(producer, args, log_dir):
     finally:
         producer.shutdown()
     result = {"sent": len(sent), "failures": failures[:20], "failure_count": len(failures),
-              "sample": sent[:3]}
-    if failures:
+              "send_retries": len(retries), "retried": retries[:20], "sample": sent[:3]}
+    if failures or retries:
         result["client_log"] = client_log_tail(log_dir) or [f"nothing logged under {log_dir}"]
     return result
 
@@ -97,7 +123,7 @@ def produce_orderly(args):
     producer.set_name_server_address(args.ns)
     credentials(producer, args)
     producer.start()
-    sent, failures = 0, []
+    sent, failures, retries = 0, [], []
     try:
         for seq in range(args.count):
             for shard in range(args.shards):
@@ -107,13 +133,18 @@ def produce_orderly(args):
                 msg.set_tags("ordered")
                 msg.set_body(f"{key}:{seq}")
                 try:
-                    producer.send_orderly_with_sharding_key(msg, key)
+                    # A retry right after a failure keeps the shard's order (a stored copy of
+                    # the failed send is adjacent to the retried one).
+                    send_with_retries(
+                        lambda: producer.send_orderly_with_sharding_key(msg, key),
+                        args, retries, f"{key}-{seq}")
                     sent += 1
                 except Exception as e:
                     failures.append(str(e))
     finally:
         producer.shutdown()
-    print(json.dumps({"sent": sent, "failures": failures[:20], "failure_count": len(failures)}))
+    print(json.dumps({"sent": sent, "failures": failures[:20], "failure_count": len(failures),
+                      "send_retries": len(retries), "retried": retries[:20]}))
 
 
 def consume(args):
@@ -123,9 +154,11 @@ def consume(args):
     # --fail-first N: answer RECONSUME_LATER to the first N deliveries of each key (retry tests);
     # a key counts as received only once it was consumed successfully.
     failures = {}
-    # --idle S: stop once no message arrived for S seconds (the clock starts at ready), so a
-    # consumer sharing its group stops when the stream dries up, however slow the machine is.
-    last = [time.time()]
+    # --idle S: stop once no message arrived for S seconds since the last one, so a consumer
+    # sharing its group stops when the stream dries up, however slow the machine is. The clock
+    # starts at the first delivery (never at ready: a loaded machine may take longer than S to
+    # send the first message); until then only --timeout ends the wait.
+    last = [None]
 
     def on_message(msg):
         last[0] = time.time()
@@ -170,12 +203,14 @@ def consume(args):
         with open(args.ready_file, "w") as f:
             f.write("started\n")
     deadline = time.time() + args.timeout
-    last[0] = time.time()
     while time.time() < deadline:
         with lock:
             if args.expect and len(keys) >= args.expect:
                 break
-        if args.idle and time.time() - last[0] >= args.idle:
+        seen = last[0]
+        if args.idle and seen is not None and time.time() - seen >= args.idle:
+            break
+        if args.stop_file and os.path.exists(args.stop_file):
             break
         time.sleep(0.05)
     time.sleep(args.settle)
@@ -228,13 +263,16 @@ def txn(args):
     producer.set_name_server_address(args.ns)
     credentials(producer, args)
     producer.start()
-    sent, failures = [], []
+    sent, failures, retries = [], [], []
     if args.warm_topic:
         warm = Message(args.warm_topic)
         warm.set_keys("warm-" + args.group)
         warm.set_body("warm")
         try:
-            producer.send_message_in_transaction(warm, lambda m, a: TransactionStatus.COMMIT, None)
+            send_with_retries(
+                lambda: producer.send_message_in_transaction(
+                    warm, lambda m, a: TransactionStatus.COMMIT, None),
+                args, retries, "warm")
         except Exception as e:
             failures.append({"key": "warm", "error": str(e)})
     for i in range(args.start, args.start + args.count):
@@ -244,7 +282,9 @@ def txn(args):
         msg.set_tags("txn")
         msg.set_body(f"body-{key}")
         try:
-            r = producer.send_message_in_transaction(msg, local, None)
+            r = send_with_retries(
+                lambda: producer.send_message_in_transaction(msg, local, None), args, retries,
+                key)
             sent.append({"key": key, "msg_id": r.msg_id, "offset": r.offset, "status": int(r.status)})
         except Exception as e:
             failures.append({"key": key, "error": str(e)})
@@ -260,7 +300,8 @@ def txn(args):
     time.sleep(args.settle)
     with lock:
         out = {"sent": len(sent), "results": sent, "failures": failures[:20],
-               "failure_count": len(failures), "checks": list(checks)}
+               "failure_count": len(failures), "send_retries": len(retries),
+               "retried": retries[:20], "checks": list(checks)}
     print(json.dumps(out))
     sys.stdout.flush()
     if args.exit_hard:
@@ -286,6 +327,7 @@ def main():
     pr.add_argument("--tags", default="")
     pr.add_argument("--delay-level", type=int, default=0)
     pr.add_argument("--send-timeout-ms", type=int, default=5000)
+    pr.add_argument("--send-retries", type=int, default=SEND_RETRIES)
 
     po = sub.add_parser("produce-orderly")
     po.add_argument("--group", default="compat_orderly_producer")
@@ -293,6 +335,7 @@ def main():
     po.add_argument("--count", type=int, required=True)
     po.add_argument("--shards", type=int, default=4)
     po.add_argument("--send-timeout-ms", type=int, default=5000)
+    po.add_argument("--send-retries", type=int, default=SEND_RETRIES)
 
     co = sub.add_parser("consume")
     co.add_argument("--group", required=True)
@@ -308,6 +351,8 @@ def main():
     co.add_argument("--full", action="store_true")
     co.add_argument("--ready-file", default="")
     co.add_argument("--fail-first", type=int, default=0)
+    # Stop (then --settle) once this file exists: the test saw what it waited for.
+    co.add_argument("--stop-file", default="")
 
     tx = sub.add_parser("txn")
     tx.add_argument("--group", default="compat_txn_producer")
@@ -324,6 +369,7 @@ def main():
     tx.add_argument("--ready-file", default="")
     tx.add_argument("--exit-hard", action="store_true")
     tx.add_argument("--send-timeout-ms", type=int, default=5000)
+    tx.add_argument("--send-retries", type=int, default=SEND_RETRIES)
 
     args = p.parse_args()
     {"produce": produce, "produce-orderly": produce_orderly, "consume": consume,

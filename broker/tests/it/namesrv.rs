@@ -154,7 +154,9 @@ async fn routes_come_in_legacy_or_standard_json_by_client_version() {
 async fn brokers_expire_when_silent_and_leave_when_they_unregister() {
     let cfg = NameServerConfig {
         listen: localhost(),
-        broker_expiry: Duration::from_millis(300),
+        // Long enough that a stall between the registration and the first route lookup on a
+        // loaded machine does not expire the broker before it is seen registered.
+        broker_expiry: Duration::from_secs(2),
         scan_interval: Duration::from_millis(50),
         ..NameServerConfig::default()
     };
@@ -194,8 +196,9 @@ async fn brokers_expire_when_silent_and_leave_when_they_unregister() {
         17
     );
 
+    // Bounded at about 30 s: the expiry (2 s) plus the scan interval, with room for load.
     let mut expired = false;
-    for _ in 0..500 {
+    for _ in 0..1_500 {
         if fake
             .invoke(route_request("Expiring", 401, false), RPC)
             .await
@@ -389,7 +392,9 @@ async fn registrations_past_the_name_and_table_bounds_are_refused_and_change_not
 async fn a_live_broker_refused_for_the_route_bound_keeps_its_routes_and_stays_live() {
     let cfg = NameServerConfig {
         listen: localhost(),
-        broker_expiry: Duration::from_millis(300),
+        // Long enough that a stall between two registrations on a loaded machine does not
+        // expire the broker; the registrations below span twice as long.
+        broker_expiry: Duration::from_secs(2),
         scan_interval: Duration::from_millis(50),
         max_topic_routes: 10,
         ..NameServerConfig::default()
@@ -402,8 +407,8 @@ async fn a_live_broker_refused_for_the_route_bound_keeps_its_routes_and_stays_li
         .await
         .unwrap();
     assert_eq!(first.code, 0, "{:?}", first.remark);
-    // Registers every 100 ms for well past the expiry, each time with too many topics.
-    for _ in 0..10 {
+    // Registers every 200 ms for well past the expiry (4 s), each time with too many topics.
+    for _ in 0..20 {
         let resp = ns
             .invoke(register_topics("b1", "10.0.0.1:1", &topics(20)), RPC)
             .await
@@ -413,7 +418,7 @@ async fn a_live_broker_refused_for_the_route_bound_keeps_its_routes_and_stays_li
             resp.remark.unwrap_or_default().contains("stays registered"),
             "the bound is named and the broker kept"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
         ns.invoke(route_request("A0", 401, false), RPC)

@@ -354,8 +354,17 @@ async fn hook_handler(
     let verified = !ts.is_empty() && sig == format!("sha256={expected}");
     let check: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     hook.calls.lock().push((check, verified));
-    let delay = *hook.delay.lock();
-    tokio::time::sleep(delay).await;
+    // Waits `delay`, read again as the call waits: a test that lowers it (to zero) ends the
+    // calls already waiting, so a long delay never holds the broker's shutdown, which waits
+    // for webhook calls in flight.
+    let called = tokio::time::Instant::now();
+    loop {
+        let (delay, spent) = (*hook.delay.lock(), called.elapsed());
+        if spent >= delay {
+            break;
+        }
+        tokio::time::sleep((delay - spent).min(Duration::from_millis(20))).await;
+    }
     let next = hook.script.lock().pop_front();
     let answer = match next {
         Some(a) => {
@@ -526,10 +535,14 @@ async fn checks_waiting_behind_a_slow_webhook_do_not_use_the_budget() {
     let mut opts = one_webhook_call_at_a_time();
     opts.txn.defaults.check_interval = Duration::from_millis(200);
     opts.txn.defaults.check_max = 2;
+    // The first call holds the one slot for the whole check below, however slow the machine:
+    // 10 s, within the call's timeout (so the broker does not give up on it first), and ended
+    // by resetting the delay before the test stops.
+    opts.http.checks.webhook_timeout = Duration::from_secs(15);
     let s = common::start_with(opts).await;
     s.create_topic("Orders", 2);
     let (hook, url) = start_hook(vec![answer("unknown")]).await;
-    *hook.delay.lock() = Duration::from_secs(3);
+    *hook.delay.lock() = Duration::from_secs(10);
     let (a, _) = send(&s, "web", json!({"check_url": url})).await;
     let (b, _) = send(&s, "web", json!({"check_url": url})).await;
     let first = first_called(&hook).await;

@@ -78,8 +78,16 @@ fn start_acl(data: &Path, log: &Path) -> Server {
     }
 }
 
-fn produce_as(ns: SocketAddr, ak: &str, sk: &str, count: usize, prefix: &str) -> serde_json::Value {
-    let c = count.to_string();
+/// `retries`: the driver's own retries of a failed send (refused sends need none).
+fn produce_as(
+    ns: SocketAddr,
+    ak: &str,
+    sk: &str,
+    count: usize,
+    prefix: &str,
+    retries: u32,
+) -> serde_json::Value {
+    let (c, retries) = (count.to_string(), retries.to_string());
     finish(
         driver(
             ns,
@@ -99,6 +107,8 @@ fn produce_as(ns: SocketAddr, ak: &str, sk: &str, count: usize, prefix: &str) ->
                 "Created",
                 "--send-timeout-ms",
                 "3000",
+                "--send-retries",
+                &retries,
             ],
         ),
         Duration::from_secs(300),
@@ -145,7 +155,7 @@ fn cpp_client_with_acl_credentials_produces_and_consumes_and_wrong_credentials_a
     let sluice = start_acl(data.path(), &log);
 
     // Correct credentials: the send is signed as RocketMQ's rule says, and accepted.
-    let good = produce_as(sluice.ns, PRODUCER_AK, PRODUCER_SK, 20, "good-");
+    let good = produce_as(sluice.ns, PRODUCER_AK, PRODUCER_SK, 20, "good-", 3);
     assert_eq!(good["failure_count"], 0, "signed sends refused: {good}");
     assert_eq!(good["sent"], 20);
 
@@ -157,7 +167,7 @@ fn cpp_client_with_acl_credentials_produces_and_consumes_and_wrong_credentials_a
         ("", "", "unsigned-"),
         (CONSUMER_AK, CONSUMER_SK, "nopub-"),
     ] {
-        let v = produce_as(sluice.ns, ak, sk, 3, prefix);
+        let v = produce_as(sluice.ns, ak, sk, 3, prefix, 0);
         assert_eq!(v["sent"], 0, "{prefix}: sends were accepted: {v}");
         assert_eq!(v["failure_count"], 3, "{prefix}: {v}");
     }

@@ -38,8 +38,10 @@ fn consumer(
             "--timeout",
             "180",
             "--settle",
-            // Long enough for the client's 5-second offset-persist timer (see the driver).
-            "7",
+            // Two periods of the client's 5-second offset-persist timer (see the driver), so a
+            // late tick on a loaded machine still persists the offsets before the exit (the
+            // resume test depends on them).
+            "12",
             "--ready-file",
             &ready,
         ],
@@ -218,8 +220,10 @@ fn cpp_consumer_resumes_from_its_committed_offset_after_a_broker_restart() {
 }
 
 /// A consumer that does not know how much it will get (it shares its group): it stops once
-/// nothing arrived for `idle_secs` (at most after 120 s), so a loaded machine only makes it
-/// wait longer, never stop early.
+/// nothing arrived for `idle_secs` since its last message (at most after 120 s), so a loaded
+/// machine only makes it wait longer, never stop early. The idle clock starts at its first
+/// message, so it subscribes to tag `T` only: the warm-up message (tag `Warm`, sent before it
+/// started) would start the clock long before the test's messages come.
 fn idle_stopping_consumer(
     ns: std::net::SocketAddr,
     group: &str,
@@ -236,6 +240,8 @@ fn idle_stopping_consumer(
         group,
         "--topic",
         topic,
+        "--expression",
+        "T",
         "--expect",
         "0",
         "--timeout",

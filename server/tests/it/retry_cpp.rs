@@ -49,6 +49,10 @@ fn cpp_reconsume_later_retries_at_the_configured_levels_then_dead_letters() {
     produce(sluice.ns, "CompatRetry", 1, 1_000_000, "Warm");
     let ready = work.path().join("retry.ready");
     let r = ready.to_string_lossy().to_string();
+    // The consumer stops once all three are dead-lettered (read below), not after a fixed
+    // time a loaded machine may not reach the dead-lettering in; its --timeout only bounds it.
+    let stop = work.path().join("retry.stop");
+    let stop_arg = stop.to_string_lossy().to_string();
     let c = driver(
         sluice.ns,
         &[
@@ -60,7 +64,7 @@ fn cpp_reconsume_later_retries_at_the_configured_levels_then_dead_letters() {
             "--expression",
             "R",
             "--timeout",
-            "25",
+            "150",
             "--settle",
             "0",
             "--full",
@@ -68,11 +72,47 @@ fn cpp_reconsume_later_retries_at_the_configured_levels_then_dead_letters() {
             "100",
             "--ready-file",
             &r,
+            "--stop-file",
+            &stop_arg,
         ],
     );
     wait_ready(&ready);
     produce(sluice.ns, "CompatRetry", 3, 0, "R");
-    let got = finish(c, Duration::from_secs(120));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Read the dead-letter queue while the consumer runs, until all three are there (bounded):
+    // each was delivered for the last time before the client sent it back into the DLQ.
+    let dead = rt.block_on(async {
+        let cfg = ClientConfig::new(&sluice.ns.to_string());
+        let consumer = PullConsumer::builder(cfg, "dlq_reader")
+            .consume_from(ConsumeFrom::FirstOffset)
+            .start()
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut out = Vec::new();
+        while out.len() < 3 && std::time::Instant::now() < deadline {
+            if consumer.assignment().is_empty() {
+                // The DLQ topic exists once the first message is dead-lettered.
+                match consumer.queues("%DLQ%compat_retry").await {
+                    Ok(queues) if !queues.is_empty() => consumer.assign(queues),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        continue;
+                    }
+                }
+            }
+            out.extend(consumer.poll(Duration::from_millis(300)).await.unwrap());
+        }
+        consumer.shutdown().await;
+        out
+    });
+    std::fs::write(&stop, "stop").unwrap();
+    let got = finish(c, Duration::from_secs(180));
     let mut by_key: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for m in got["messages"].as_array().unwrap() {
         by_key
@@ -116,29 +156,6 @@ fn cpp_reconsume_later_retries_at_the_configured_levels_then_dead_letters() {
         .count();
     assert!(observed_retries >= 1, "no retry was delivered: {got}");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dead = rt.block_on(async {
-        let cfg = ClientConfig::new(&sluice.ns.to_string());
-        let consumer = PullConsumer::builder(cfg, "dlq_reader")
-            .consume_from(ConsumeFrom::FirstOffset)
-            .start()
-            .await
-            .unwrap();
-        consumer.assign(consumer.queues("%DLQ%compat_retry").await.unwrap());
-        let mut out = Vec::new();
-        for _ in 0..30 {
-            out.extend(consumer.poll(Duration::from_millis(300)).await.unwrap());
-            if out.len() >= 3 {
-                break;
-            }
-        }
-        consumer.shutdown().await;
-        out
-    });
     assert_eq!(dead.len(), 3, "every message ends in the DLQ");
     for m in &dead {
         assert_eq!(m.property("RETRY_TOPIC"), Some("CompatRetry"));

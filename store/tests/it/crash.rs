@@ -8,13 +8,19 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
 use sluice_store::{Store, StoreConfig};
 
 const CYCLES: u64 = 20;
+/// A kill's random delay starts once the child acknowledged this many appends (waited for up
+/// to 30 s), so the test's floor (over 1000 in all) holds however slow the syncs are:
+/// CYCLES * 51 > 1000.
+const MIN_ACKS_PER_KILL: usize = 51;
 
 struct Ack {
     phys: u64,
@@ -41,6 +47,8 @@ fn run_child_and_kill(
     let mut lines = BufReader::new(stdout).lines();
     let ready = lines.next().and_then(|l| l.ok());
     assert_eq!(ready.as_deref(), Some("READY"), "child did not start");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
     let reader = std::thread::spawn(move || {
         let mut acks = BTreeMap::new();
         for line in lines.map_while(Result::ok) {
@@ -60,10 +68,17 @@ fn run_child_and_kill(
                         queue_offset: qo,
                     },
                 );
+                counter.fetch_add(1, Ordering::SeqCst);
             }
         }
         acks
     });
+    // The random delay counts from the child's first acknowledgements (bounded wait): with
+    // slow syncs on a loaded machine, a delay from READY could kill it before any.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.load(Ordering::SeqCst) < MIN_ACKS_PER_KILL && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::thread::sleep(after);
     child.kill().expect("SIGKILL the child");
     let status = child.wait().unwrap();

@@ -20,7 +20,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,10 @@ const DURABLE_WRITERS: i32 = 3;
 /// window; they may be lost, but never served damaged).
 const EAGER_QUEUE: i32 = DURABLE_WRITERS;
 const CUTS: usize = 6;
+/// A cut's random delay starts once this many durable appends of its round were acknowledged
+/// (waited for up to 30 s), so the test's floor of acknowledged appends (over 100 in all) holds
+/// however slow the syncs are: CUTS * 17 > 100.
+const MIN_ACKS_PER_CUT: usize = 17;
 const SECTOR: u64 = 512;
 const PAGE: u64 = 4096;
 
@@ -208,13 +212,15 @@ fn run_until_cut(
 ) -> Vec<Ack> {
     let cut = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for queue_id in 0..=EAGER_QUEUE {
-        let (store, cut, stop, next_seq) = (
+        let (store, cut, stop, next_seq, acks) = (
             Arc::clone(store),
             Arc::clone(&cut),
             Arc::clone(&stop),
             Arc::clone(next_seq),
+            Arc::clone(&acks),
         );
         writers.push(std::thread::spawn(move || {
             let durable = queue_id != EAGER_QUEUE;
@@ -243,10 +249,17 @@ fn run_until_cut(
                             phys: a.phys_offset,
                         });
                     }
+                    acks.fetch_add(done.len(), Ordering::SeqCst);
                 }
             }
             acked
         }));
+    }
+    // The random delay counts from the round's first acknowledgements (bounded wait): with
+    // slow syncs on a loaded machine, a delay from the start could cut before any.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acks.load(Ordering::SeqCst) < MIN_ACKS_PER_CUT && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(rng.gen_range(30..300)));
     cut.store(true, Ordering::SeqCst);

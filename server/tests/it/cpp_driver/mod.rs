@@ -94,9 +94,18 @@ pub fn finish(mut child: KillOnDrop, limit: Duration) -> Value {
         status.is_some(),
         "driver timed out after {limit:?}; last output: {last}\nstderr: {err}"
     );
-    serde_json::from_str(last).unwrap_or_else(|e| {
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| {
         panic!("driver output is not JSON ({e}), status {status:?}: {text}\nstderr: {err}")
-    })
+    });
+    // Producers retry a send that raised (see SEND_RETRIES in the driver); a send that failed
+    // after its retries is still a failure. Shown so retries stay visible when tests pass.
+    if let Some(n) = v.get("send_retries") {
+        eprintln!(
+            "C++ driver: {n} send retries, {} sends failed after them; first retried: {}",
+            v["failure_count"], v["retried"][0]
+        );
+    }
+    v
 }
 
 pub fn keys(v: &Value) -> BTreeSet<String> {
@@ -139,6 +148,7 @@ pub fn produce(
         ),
         Duration::from_secs(300),
     );
+    // No final failure: a send counts as failed once its retries (the driver's) failed too.
     assert_eq!(v["failure_count"], 0, "sends failed: {v}");
     assert_eq!(v["sent"].as_u64().unwrap() as usize, count);
     v

@@ -23,6 +23,19 @@ use crate::service::TxnService;
 use crate::sink::CheckSink;
 use crate::table::Table;
 
+/// The transaction table's gauges, walked under its lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TableGauges {
+    pub(crate) open: u64,
+    pub(crate) parked: u64,
+    pub(crate) resolving: u64,
+    pub(crate) done: u64,
+    /// Store time of the oldest open or resolving transaction.
+    pub(crate) oldest_ms: Option<i64>,
+    pub(crate) pending_pulls: u64,
+    pub(crate) due_waiting: u64,
+}
+
 /// What the hook, the service and the running core share.
 pub(crate) struct Shared {
     pub(crate) cfg: TxnConfig,
@@ -37,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) core: RwLock<Option<Arc<Core>>>,
     /// Half messages just stored, for their END_TRANSACTION (see `fresh`).
     pub(crate) fresh: Mutex<FreshHalves>,
+    /// The table's gauges as last walked, and when (see `TxnService::metrics`).
+    pub(crate) gauges: Mutex<Option<(std::time::Instant, TableGauges)>>,
     checker: Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
@@ -74,6 +89,7 @@ impl TxnExtension {
                 group_sinks: RwLock::new(HashMap::new()),
                 core: RwLock::new(None),
                 fresh: Mutex::new(FreshHalves::default()),
+                gauges: Mutex::new(None),
                 checker: Mutex::new(None),
             }),
         }

@@ -2,14 +2,14 @@
 //! before start (sinks can be installed) and after stop (calls answer `NotStarted`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_store::now_ms;
 
 use crate::config::GroupPolicy;
 use crate::core::{Core, Outcome};
 use crate::error::TxnError;
-use crate::extension::Shared;
+use crate::extension::{Shared, TableGauges};
 use crate::metrics::TxnMetrics;
 use crate::resolve::{Resolution, TxnRef};
 use crate::sink::{CheckSink, PendingCheck};
@@ -298,21 +298,51 @@ impl TxnService {
         let mut m = TxnMetrics::default();
         self.shared.counters.fill(&mut m);
         if let Some(core) = self.shared.core.read().clone() {
-            let t = core.table.lock();
-            let (open, parked, resolving, done, oldest) = t.gauges();
-            m.open = open;
-            m.parked = parked;
-            m.resolving = resolving;
-            m.resolved_in_memory = done;
-            m.oldest_open_age_ms = oldest.map_or(0, |o| {
+            let g = self.table_gauges(&core);
+            m.open = g.open;
+            m.parked = g.parked;
+            m.resolving = g.resolving;
+            m.resolved_in_memory = g.done;
+            m.oldest_open_age_ms = g.oldest_ms.map_or(0, |o| {
                 u64::try_from(now_ms().saturating_sub(o)).unwrap_or(0)
             });
-            m.pending_pull_checks = t.pending_pulls() as u64;
-            m.checks_due_waiting = t.due_waiting as u64;
+            m.pending_pull_checks = g.pending_pulls;
+            m.checks_due_waiting = g.due_waiting;
         }
         m
     }
+
+    /// The table's gauges. Counting them walks every entry under the lock sends and
+    /// END_TRANSACTION take: over [`GAUGES_WALK_FREE`] entries, a walk less than
+    /// [`GAUGES_FRESH`] old is reused, so scrapes of a public `/metrics` (or a loop of them)
+    /// cannot keep the transaction path waiting.
+    fn table_gauges(&self, core: &Core) -> TableGauges {
+        let mut cached = self.shared.gauges.lock();
+        if let Some((at, g)) = *cached {
+            if at.elapsed() < GAUGES_FRESH {
+                return g;
+            }
+        }
+        let t = core.table.lock();
+        let (open, parked, resolving, done, oldest_ms) = t.gauges();
+        let g = TableGauges {
+            open,
+            parked,
+            resolving,
+            done,
+            oldest_ms,
+            pending_pulls: t.pending_pulls() as u64,
+            due_waiting: t.due_waiting as u64,
+        };
+        *cached = (t.len() > GAUGES_WALK_FREE).then(|| (Instant::now(), g));
+        g
+    }
 }
+
+/// Tables up to this many entries are walked for every `metrics` call (a walk is cheap then).
+const GAUGES_WALK_FREE: usize = 4096;
+/// How long a larger table's walk is reused.
+const GAUGES_FRESH: Duration = Duration::from_secs(1);
 
 /// Takes up to `max` queued checks of a pull-mode group, counts and journals them, and reads
 /// what they carry (see [`TxnService::pull_checks`]).

@@ -630,6 +630,11 @@ impl Table {
         }
     }
 
+    /// Entries held (live and decided): what [`Table::gauges`] walks.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Gauges for [`crate::TxnMetrics`]: (open, parked, resolving, decided, oldest live store time).
     pub(crate) fn gauges(&self) -> (u64, u64, u64, u64, Option<i64>) {
         let (mut open, mut parked, mut resolving, mut done) = (0, 0, 0, 0);

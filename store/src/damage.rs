@@ -2,10 +2,11 @@
 //! them. They are never served and never cut away; an operator sees them in `Store::health`.
 //!
 //! The list is bounded ([`MAX_LISTED`]): a badly damaged disk must not grow memory without
-//! limit. Ranges past the bound are still logged, counted and never served; the dispatcher
-//! then finds each again by scanning instead of looking it up.
+//! limit. Ranges past the bound are still logged, counted (once each while their offsets
+//! are remembered, see `MAX_UNLISTED_KNOWN`) and never served; the dispatcher then finds each
+//! again by scanning instead of looking it up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -28,12 +29,19 @@ pub struct Damage {
     pub reason: String,
 }
 
+/// Offsets of unlisted ranges remembered, so meeting one again neither counts nor logs it
+/// again (8 bytes each, ~2 MiB at most); past this, every encounter counts and logs.
+const MAX_UNLISTED_KNOWN: usize = 100_000;
+
 #[derive(Debug, Default)]
 struct Ranges {
     /// By commit-log offset.
     listed: BTreeMap<u64, Damage>,
-    /// Encounters of damage while the list was full (not deduplicated: nothing is kept).
+    /// Damage found while the list was full: distinct ranges while [`MAX_UNLISTED_KNOWN`]
+    /// are remembered, every encounter after that.
     unlisted: u64,
+    /// Offsets of the ranges counted in `unlisted` (see [`MAX_UNLISTED_KNOWN`]).
+    unlisted_known: HashSet<u64>,
 }
 
 /// Damage found since open.
@@ -46,11 +54,14 @@ impl DamageLog {
     pub(crate) fn record(&self, path: &Path, position: u64, offset: u64, len: u64, reason: &str) {
         {
             let mut r = self.ranges.lock();
-            if r.listed.contains_key(&offset) {
+            if r.listed.contains_key(&offset) || r.unlisted_known.contains(&offset) {
                 return;
             }
             if r.listed.len() >= MAX_LISTED {
                 r.unlisted += 1;
+                if r.unlisted_known.len() < MAX_UNLISTED_KNOWN {
+                    r.unlisted_known.insert(offset);
+                }
             } else {
                 let damage = Damage {
                     path: path.to_path_buf(),
@@ -83,7 +94,7 @@ impl DamageLog {
         self.ranges.lock().listed.values().cloned().collect()
     }
 
-    /// Damage encounters: the listed ranges plus those met while the list was full.
+    /// Damaged ranges found: the listed ones plus those met while the list was full.
     pub(crate) fn count(&self) -> u64 {
         let r = self.ranges.lock();
         (r.listed.len() as u64).saturating_add(r.unlisted)
@@ -122,8 +133,15 @@ mod tests {
             log.record(Path::new("s"), i * 10, i * 10, 5, "bad crc");
         }
         log.record(Path::new("s"), 0, 0, 5, "seen again");
+        let unlisted = MAX_LISTED as u64 * 10 + 10;
+        log.record(Path::new("s"), unlisted, unlisted, 5, "read again");
         assert_eq!(log.all().len(), MAX_LISTED);
-        assert_eq!(log.unlisted(), 5, "a range seen again is not counted twice");
+        assert_eq!(
+            log.unlisted(),
+            5,
+            "a range seen again is not counted twice, listed or not"
+        );
+        assert_eq!(log.count(), MAX_LISTED as u64 + 5);
         assert_eq!(log.range_end(MAX_LISTED as u64 * 10 + 2), None, "unlisted");
     }
 }

@@ -117,8 +117,8 @@ pub struct Health {
     pub fenced: Option<String>,
     /// Damaged ranges (never served), by offset; at most 10 000 (`damage::MAX_LISTED`).
     pub damage: Vec<Damage>,
-    /// Encounters of damage while that list was full (an unlisted range met again counts
-    /// again: no memory is kept of it); logged, never served.
+    /// Damaged ranges found while that list was full (each counted once while up to 100 000
+    /// of their offsets are remembered, every encounter after that); logged, never served.
     pub damage_unlisted: u64,
     /// A consume-queue or index sync failed in this run: appends go on, the next open
     /// re-dispatches those files (see DURABILITY.md). A sign of a failing disk.

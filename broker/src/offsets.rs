@@ -168,7 +168,7 @@ impl OffsetManager {
             max: self.max_entries,
         };
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.refusals_log.allow().is_some() {
+        if self.refusals_log.allow("full").is_some() {
             tracing::warn!(group, topic, refused, "{full}");
         }
         full

@@ -159,7 +159,8 @@ impl From<sluice_broker::produce::ProduceError> for ApiError {
     }
 }
 
-/// 5xx answers other than 500: one warning per 10 s, with the count of those held back.
+/// 5xx answers other than 500: one warning per 10 s and error code, with the count of those
+/// held back.
 static SERVER_ERRORS_LOG: sluice_broker::log_every::LogEvery =
     sluice_broker::log_every::LogEvery::new(std::time::Duration::from_secs(10));
 
@@ -172,7 +173,7 @@ impl IntoResponse for ApiError {
         } else if self.status.is_server_error() {
             // A 503 answers every request while its cause lasts (a full disk, a fenced store,
             // shutting down): one warning per period, the rest at debug.
-            match SERVER_ERRORS_LOG.allow() {
+            match SERVER_ERRORS_LOG.allow(self.code) {
                 Some(held_back) => {
                     tracing::warn!(%request_id, status = self.status.as_u16(), code = self.code, message = %self.message, held_back, "request failed")
                 }

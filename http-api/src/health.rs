@@ -1,5 +1,6 @@
-//! `GET /healthz` (the process answers), `GET /readyz` (the broker takes writes: store not
-//! fenced, disk under its guard, not shutting down), and `GET /metrics` (Prometheus text).
+//! `GET /healthz` (the process answers), `GET /readyz` (the broker takes writes and shows
+//! them: store not fenced, consume-queue and index entries being written, disk under its
+//! guard, not shutting down), and `GET /metrics` (Prometheus text).
 //! Health probes never need a token; `/metrics` needs an admin token unless
 //! `metrics_public` is set (it is by default: it carries no message data or secrets).
 

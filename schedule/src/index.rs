@@ -186,6 +186,9 @@ impl TimerIndex {
         dropped_known: BTreeSet<Key>,
         restart_ms: i64,
     ) -> Self {
+        let mut pending = pending;
+        // Older checkpoints kept topics at zero (see `Inner::lose_pending`).
+        pending.retain(|_, n| *n > 0);
         Self {
             inner: Mutex::new(Inner {
                 near: BTreeMap::new(),

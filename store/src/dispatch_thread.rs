@@ -15,7 +15,8 @@ use crate::shared::Shared;
 const QUEUE_SWEEP_EVERY: u64 = 60;
 
 /// A dispatcher that keeps failing (a full disk under the queues, no descriptors or maps
-/// left): it retries with a growing pause, says so in [`Shared`] (readiness shows it), and
+/// left): it retries with a growing pause, says so in [`Shared`] once it failed
+/// [`FAILING_AFTER`] times in a row (readiness shows it), and
 /// logs the first failure, then one line per [`FAILING_LOG_EVERY`] with the count, not one
 /// per retry.
 #[derive(Debug, Default)]
@@ -28,6 +29,9 @@ struct Failing {
 /// Pauses between dispatch retries: from the first to the longest, doubling.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Failures in a row (0.7 s of retries) before readiness says so: one passing error (a
+/// descriptor short for a moment) does not make probes flap.
+const FAILING_AFTER: u64 = 3;
 /// At most one log line per this while dispatch keeps failing.
 const FAILING_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -35,7 +39,9 @@ impl Failing {
     /// Records a failure; returns the pause before the next try.
     fn failed(&mut self, shared: &Shared, e: &StoreError, offset: u64) -> Duration {
         self.count += 1;
-        shared.set_dispatch_failing(Some(e.to_string()));
+        if self.count >= FAILING_AFTER {
+            shared.set_dispatch_failing(Some(e.to_string()));
+        }
         if self.logged.is_none_or(|t| t.elapsed() >= FAILING_LOG_EVERY) {
             tracing::error!(error = %e, offset, failures = self.count, "dispatch failed; consumers see no new messages until it succeeds; retrying");
             self.logged = Some(Instant::now());
@@ -74,8 +80,9 @@ pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreCo
         if done < target {
             match dispatcher.dispatch_range(done, target) {
                 Ok(reached) => {
-                    shared.dispatched.set(reached);
+                    // Cleared before the progress wakes anyone waiting for it.
                     failing.recovered(&shared);
+                    shared.dispatched.set(reached);
                 }
                 // Closing: stop without the final dispatch rather than retry forever (a full
                 // disk under the queues, no descriptors or maps left would hang shutdown). The

@@ -48,27 +48,36 @@ def client_log_tail(path, lines=60):
     return out[-lines:]
 
 
-# A send that raises is tried again this many times (--send-retries), after SEND_RETRY_PAUSE
-# seconds each. The C++ client gives up ("No route info of this topic") after its own attempts,
-# which come back to back: right after start() its first send can race the heartbeat thread's
-# connection to the broker (CreateTransport answers null while another thread connects:
-# "response is null"). A send that still fails after the last retry is a failure, reported as
-# before. Only a raised send is retried: a non-OK status means the broker stored the message.
-# A retry can only duplicate a message the broker stored although the send raised (its reply
-# lost or late), a send that failed the tests outright before; most tests compare key sets.
+# Until a producer's first send succeeds, a send that raises is tried again this many times
+# (--send-retries), after SEND_RETRY_PAUSE seconds each. The C++ client gives up ("No route
+# info of this topic") after its own attempts, which come back to back: right after start()
+# its first send can race the heartbeat thread's connection to the broker (CreateTransport
+# answers null while another thread connects: "response is null"). Once one send succeeded,
+# nothing is retried: a failure then is a broker or protocol fault the tests must see. A send
+# that still fails after the last retry is a failure, reported as before. Only a raised send
+# is retried: a non-OK status means the broker stored the message.
 SEND_RETRIES = 3
 SEND_RETRY_PAUSE = 0.5
 
 
+class Retries(list):
+    """The retries of one producer's sends, as {"key", "error"} (the error of the attempt each
+    follows); `succeeded` turns true at its first successful send, after which none is
+    retried."""
+    succeeded = False
+
+
 def send_with_retries(send, args, retries, key):
-    """Calls send() and returns its result; when it raises, calls it again after a pause, at
-    most args.send_retries more times, then raises the last error. Every retry is appended to
-    `retries` as {"key", "error"} (the error of the attempt it follows)."""
+    """Calls send() and returns its result; before the producer's first success, when it
+    raises, calls it again after a pause, at most args.send_retries more times, then raises
+    the last error."""
     for attempt in range(args.send_retries + 1):
         try:
-            return send()
+            result = send()
+            retries.succeeded = True
+            return result
         except Exception as e:  # the C++ client raises on error codes
-            if attempt == args.send_retries:
+            if retries.succeeded or attempt == args.send_retries:
                 raise
             retries.append({"key": key, "error": str(e)})
             time.sleep(SEND_RETRY_PAUSE)
@@ -89,7 +98,7 @@ def produce(args):
 def produce_with(producer, args, log_dir):
     producer.start()
     tags = args.tags.split(",") if args.tags else [None]
-    sent, failures, retries = [], [], []
+    sent, failures, retries = [], [], Retries()
     try:
         for i in range(args.start, args.start + args.count):
             key = f"{args.key_prefix}{i}"
@@ -123,7 +132,7 @@ def produce_orderly(args):
     producer.set_name_server_address(args.ns)
     credentials(producer, args)
     producer.start()
-    sent, failures, retries = 0, [], []
+    sent, failures, retries = 0, [], Retries()
     try:
         for seq in range(args.count):
             for shard in range(args.shards):
@@ -263,7 +272,7 @@ def txn(args):
     producer.set_name_server_address(args.ns)
     credentials(producer, args)
     producer.start()
-    sent, failures, retries = [], [], []
+    sent, failures, retries = [], [], Retries()
     if args.warm_topic:
         warm = Message(args.warm_topic)
         warm.set_keys("warm-" + args.group)

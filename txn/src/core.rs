@@ -32,7 +32,7 @@ use crate::records::{op_record, HalfRecord};
 use crate::state::{Decision, Source, TxnState};
 use crate::table::{Begin, Entry, Table};
 
-/// Decisions the store refused: one warning per 10 s, with the count of those held back.
+/// Decisions not stored: one warning per 10 s and kind, with the count of those held back.
 static UNSTORED_LOG: sluice_broker::log_every::LogEvery =
     sluice_broker::log_every::LogEvery::new(Duration::from_secs(10));
 
@@ -248,7 +248,7 @@ impl Core {
             Err(err) => {
                 self.table.lock().revert(id);
                 self.resolved.notify_waiters();
-                if let Some(held_back) = UNSTORED_LOG.allow() {
+                if let Some(held_back) = UNSTORED_LOG.allow(err.kind()) {
                     tracing::warn!(
                         producer_group = %e.group, transaction_id = %e.uniq, half_offset = id,
                         decision = %decision, error = %err, held_back, "transaction decision not stored; state restored"

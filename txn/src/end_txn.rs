@@ -17,11 +17,11 @@ use crate::core::{Core, Outcome};
 use crate::error::TxnError;
 use crate::resolve::{Resolution, TxnRef};
 
-/// Handles one END_TRANSACTION.
-/// END_TRANSACTION refusals: one warning per 10 s, with the count of those held back.
+/// END_TRANSACTION refusals: one warning per 10 s and kind, with the count of those held back.
 static REFUSALS_LOG: sluice_broker::log_every::LogEvery =
     sluice_broker::log_every::LogEvery::new(std::time::Duration::from_secs(10));
 
+/// Handles one END_TRANSACTION.
 pub(crate) async fn handle(
     core: &Core,
     conn: &ConnectionHandle,
@@ -60,7 +60,7 @@ pub(crate) async fn handle(
         }
         Err(e) => {
             // Answered with the reason; logged once per period (a full disk refuses every one).
-            if let Some(held_back) = REFUSALS_LOG.allow() {
+            if let Some(held_back) = REFUSALS_LOG.allow(e.kind()) {
                 tracing::warn!(
                     producer_group = %h.producer_group, transaction_id = %h.msg_id,
                     half_offset = h.tran_state_table_offset, commit_log_offset = h.commit_log_offset,

@@ -69,6 +69,26 @@ pub enum TxnError {
     Invalid(String),
 }
 
+impl TxnError {
+    /// A short name of the variant, for logs rate-limited per kind.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::NotStarted => "not_started",
+            Self::Unknown { .. } => "unknown",
+            Self::Mismatch(_) => "mismatch",
+            Self::WrongGroup { .. } => "wrong_group",
+            Self::Conflict { .. } => "conflict",
+            Self::Busy(_) => "busy",
+            Self::Store(_) => "store",
+            Self::Denied(_) => "denied",
+            Self::Record(_) => "record",
+            Self::Refused { .. } => "refused",
+            Self::Checkpoint(_) => "checkpoint",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
 fn by_suffix(by: &Option<Source>) -> String {
     by.map(|s| format!(" (decided by {s})")).unwrap_or_default()
 }

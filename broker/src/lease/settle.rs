@@ -21,7 +21,7 @@ use super::LeaseError;
 use crate::broker::context::BrokerContext;
 use crate::retry::{RetryError, SendBack};
 
-/// Hand-backs that failed: one warning per 10 s, with the count of those held back.
+/// Hand-backs that failed: one warning per 10 s and kind, with the count of those held back.
 static HAND_BACK_FAILURES_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
 
@@ -255,7 +255,12 @@ fn finish_hand_back(
             // away (no room for the retry topic) made a nacked message come back at request
             // rate, its nack's delay ignored.
             let hold = ctx.cfg.lease.default_visibility;
-            if let Some(held_back) = HAND_BACK_FAILURES_LOG.allow() {
+            let kind = match &e {
+                RetryError::NoSuchMessage(_) => "no_such_message",
+                RetryError::InvalidGroup(_) => "invalid_group",
+                RetryError::Refused { .. } => "refused",
+            };
+            if let Some(held_back) = HAND_BACK_FAILURES_LOG.allow(kind) {
                 tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, hold = ?hold, held_back, "hand-back failed; the message is delivered again after a lease period");
             }
             g.hold_until(&job.key, job.offset, Instant::now() + hold);

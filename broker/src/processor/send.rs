@@ -356,9 +356,21 @@ pub(crate) async fn append(
     Ok(appended)
 }
 
-/// Store refusals other than Busy: one warning per 10 s, with the count of those held back.
+/// Store refusals other than Busy: one warning per 10 s and kind, with the count of those
+/// held back.
 static STORE_REFUSALS_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(std::time::Duration::from_secs(10));
+
+/// A store refusal's kind, for [`STORE_REFUSALS_LOG`].
+fn refusal_kind(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::DiskFull(_) => "disk_full",
+        StoreError::Fenced(_) => "fenced",
+        StoreError::Closed => "closed",
+        StoreError::InvalidMessage(_) | StoreError::Record(_) => "illegal",
+        _ => "other",
+    }
+}
 
 fn store_reject(ctx: &BrokerContext, msg: &MessageInput, e: &StoreError) -> Reject {
     let (code, remark) = match e {
@@ -383,7 +395,7 @@ fn store_reject(ctx: &BrokerContext, msg: &MessageInput, e: &StoreError) -> Reje
     // once per period, since a full disk or a fenced store refuses every send.
     if matches!(e, StoreError::Busy(_)) {
         tracing::debug!(topic = %msg.topic, queue_id = msg.queue_id, code, error = %e, "send refused by the store");
-    } else if let Some(held_back) = STORE_REFUSALS_LOG.allow() {
+    } else if let Some(held_back) = STORE_REFUSALS_LOG.allow(refusal_kind(e)) {
         tracing::warn!(topic = %msg.topic, queue_id = msg.queue_id, code, error = %e, held_back, "send refused by the store");
     }
     Reject::new(code, remark)

@@ -177,7 +177,7 @@ async fn accept_loop<P: Processor>(listener: TcpListener, shared: Arc<Shared<P>>
 fn admit<P: Processor>(stream: TcpStream, remote: SocketAddr, shared: &Arc<Shared<P>>) {
     let Ok(slot) = Arc::clone(&shared.connection_slots).try_acquire_owned() else {
         Counters::inc(&shared.counters.connections_refused);
-        if let Some(held_back) = TOO_MANY_LOG.allow() {
+        if let Some(held_back) = TOO_MANY_LOG.allow("too_many") {
             tracing::warn!(server = shared.opts.name, %remote, limit = shared.opts.max_connections, held_back, "connection refused: too many connections");
         }
         return; // dropping the stream closes it
@@ -208,7 +208,7 @@ async fn serve_connection<P: Processor>(
             Counters::inc(&shared.counters.connections_not_opened);
             if why.quiet {
                 tracing::debug!(server = shared.opts.name, %remote, reason = %why.reason, "connection closed before a request");
-            } else if let Some(held_back) = NOT_OPENED_LOG.allow() {
+            } else if let Some(held_back) = NOT_OPENED_LOG.allow(why.kind) {
                 tracing::warn!(server = shared.opts.name, %remote, reason = %why.reason, held_back, "connection refused");
             }
             return;
@@ -246,8 +246,6 @@ async fn serve_connection<P: Processor>(
     Counters::dec(&shared.counters.connections_open);
 }
 
-/// The connection's halves: plaintext, or TLS after a handshake (bounded by the idle
-/// timeout). With TLS on, the first byte tells a handshake from a RocketMQ frame.
 /// Connections refused at `max_connections`: one warning per 10 s (a reconnect storm).
 static TOO_MANY_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
@@ -258,19 +256,24 @@ static NOT_OPENED_LOG: crate::log_every::LogEvery =
 /// Why a connection was closed before its first request.
 struct NotOpened {
     reason: String,
+    /// For the rate-limited warning: `plaintext` or `handshake`.
+    kind: &'static str,
     /// Nothing was sent: a TCP health probe or a port scan, not worth a warning.
     quiet: bool,
 }
 
 impl NotOpened {
-    fn loud(reason: impl Into<String>) -> Self {
+    fn loud(kind: &'static str, reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+            kind,
             quiet: false,
         }
     }
 }
 
+/// The connection's halves: plaintext, or TLS after a handshake (bounded by the idle
+/// timeout). With TLS on, the first byte tells a handshake from a RocketMQ frame.
 async fn open_stream(
     stream: TcpStream,
     remote: SocketAddr,
@@ -286,6 +289,7 @@ async fn open_stream(
     let mut first = [0u8; 1];
     let quiet = |reason: &str| NotOpened {
         reason: reason.to_owned(),
+        kind: "silent",
         quiet: true,
     };
     match tokio::time::timeout(opts.idle_timeout, stream.peek(&mut first)).await {
@@ -297,7 +301,7 @@ async fn open_stream(
     if first[0] != tls::HANDSHAKE_BYTE {
         return match tls.mode {
             TlsMode::Permissive => Ok(plain(stream)),
-            TlsMode::Enforcing => Err(NotOpened::loud("plaintext on a TLS-only port")),
+            TlsMode::Enforcing => Err(NotOpened::loud("plaintext", "plaintext on a TLS-only port")),
         };
     }
     match tokio::time::timeout(opts.idle_timeout, tls.acceptor.accept(stream)).await {
@@ -305,8 +309,9 @@ async fn open_stream(
             tracing::debug!(server = opts.name, %remote, "TLS connection");
             Ok(tls::split(s))
         }
-        Ok(Err(e)) => Err(NotOpened::loud(format!("TLS handshake: {e}"))),
+        Ok(Err(e)) => Err(NotOpened::loud("handshake", format!("TLS handshake: {e}"))),
         Err(_) => Err(NotOpened::loud(
+            "handshake",
             "TLS handshake not finished within the idle timeout",
         )),
     }

@@ -396,6 +396,7 @@ impl ConsumerInner {
             self.offsets.update(&pq.mq, pq.commit_point());
         }
         self.offsets.persist_all(&self.core, &self.group).await;
+        let mut busy_queues = Vec::new();
         if self.s.orderly {
             // A queue whose handler still runs keeps its lock: unlocked, the next owner
             // would consume it beside that handler, out of order. The broker lets it lapse
@@ -407,15 +408,18 @@ impl ConsumerInner {
                 .await;
             if !busy.is_empty() {
                 tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running at shutdown; their queues stay locked until the handlers end");
-                if let Some(me) = self.self_arc() {
-                    let busy = busy.into_iter().map(Arc::clone).collect();
-                    // Not among `tasks`: stopping aborts those, and this must outlive it.
-                    drop(tokio::spawn(me.keep_busy_locks(busy)));
-                }
+                busy_queues = busy.into_iter().map(Arc::clone).collect();
             }
         }
         self.core.unregister(None, Some(&self.group)).await;
         self.stop_now();
+        if !busy_queues.is_empty() {
+            if let Some(me) = self.self_arc() {
+                // Not among `tasks` (stopping aborts those), and started once the pool's
+                // connections were closed, so its renewals use connections of their own.
+                drop(tokio::spawn(me.keep_busy_locks(busy_queues)));
+            }
+        }
         tracing::info!(group = %self.group, "push consumer stopped");
     }
 

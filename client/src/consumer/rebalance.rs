@@ -297,7 +297,8 @@ impl ConsumerInner {
     /// after which a handler counts as hung; a queue whose renewal is refused (another owner
     /// holds it) is let go.
     pub(super) async fn keep_busy_locks(self: Arc<Self>, mut busy: Vec<Arc<ProcessQueue>>) {
-        let deadline = tokio::time::Instant::now() + self.s.consume_timeout;
+        // `consume_timeout` may be huge ("never cut"): then there is no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(self.s.consume_timeout);
         let mut renew_at = tokio::time::Instant::now();
         loop {
             let (ended, running): (Vec<_>, Vec<_>) = busy
@@ -312,7 +313,7 @@ impl ConsumerInner {
             if busy.is_empty() {
                 return;
             }
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running after consume_timeout; their locks are left to lapse");
                 return;
             }

@@ -238,6 +238,7 @@ impl HttpSection {
 /// those come from: a refused start names the key the operator wrote, not a field they
 /// cannot find in any file.
 const FILE_KEYS: &[(&str, &str)] = &[
+    ("checks.check_url_hosts", "check_url_hosts"),
     ("checks.webhook_secret", "webhook_secret"),
     ("checks.webhook_timeout", "webhook_timeout_ms"),
     ("checks.max_poll_wait", "max_check_poll_wait_ms"),
@@ -265,9 +266,7 @@ const FILE_KEYS: &[(&str, &str)] = &[
 pub(crate) fn with_file_keys(message: &str) -> String {
     let mut out = message.to_owned();
     for (library, file) in FILE_KEYS {
-        if let Some(at) = out.find(library) {
-            out.replace_range(at..at + library.len(), file);
-        }
+        out = out.replace(library, file);
     }
     out
 }
@@ -307,6 +306,15 @@ mod tests {
         };
         let e = s.to_config().unwrap_err().to_string();
         assert!(e.starts_with("[http] max_receipts "), "{e}");
+        let s = HttpSection {
+            check_url_hosts: vec!["not a host!".into()],
+            ..HttpSection::default()
+        };
+        let e = s.to_config().unwrap_err().to_string();
+        assert!(
+            e.contains("check_url_hosts") && !e.contains("checks."),
+            "{e}"
+        );
         let mut cfg = crate::config::ServerConfig::default();
         cfg.http.max_receive_groups = 0;
         let e = format!("{:#}", cfg.validate().unwrap_err());

@@ -247,6 +247,10 @@ fn a_full_disk_at_a_new_queue_file_holds_its_entries_back_and_loses_nothing() {
         per_file - 10,
         "nothing of the run is published while part of it could not be written"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.dispatch_failing().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         store.dispatch_failing().is_some(),
         "the store says its dispatch keeps failing (readiness shows it)"

@@ -383,9 +383,11 @@ impl Table {
         }
     }
 
-    /// Records a producer's answer to a check.
+    /// Records a producer's answer to a check, while the transaction is undecided: an answer
+    /// to a decided one changes nothing (a contrary one is refused), and shown as its "last
+    /// answer" it read as though the producer had asked for what did not happen.
     pub(crate) fn note_answer(&mut self, id: u64, answer: CheckAnswer, now: i64) {
-        if let Some(e) = self.entries.get_mut(&id) {
+        if let Some(e) = self.entries.get_mut(&id).filter(|e| e.state.is_live()) {
             e.last_answer = Some((answer, now));
         }
     }

@@ -704,6 +704,17 @@ async fn a_group_that_polls_gets_its_checks_and_answers_them() {
     assert!(appears(&s, &msg_id).await);
     let v = wait_for_txn(&s, &id, |v| v["state"] == "committed").await;
     assert_eq!(v["decided_by"], "check");
+    // A contrary answer to the decided transaction is refused, and does not become its "last
+    // answer" (which then read as though the producer had asked for a rollback).
+    let (status, v) = s
+        .post(
+            &format!("/v1/transactions/{id}/check-answer"),
+            json!({"state": "rollback"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    let (_, v) = s.get(&format!("/v1/transactions/{id}")).await;
+    assert_eq!(v["last_answer"]["answer"], "commit", "{v}");
     s.stop().await;
 }
 

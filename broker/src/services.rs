@@ -168,6 +168,29 @@ impl BrokerServices {
         self.ctx.group_has_members(group)
     }
 
+    /// Groups whose HTTP consumers count as members now (see
+    /// [`Self::http_consumers_active`]).
+    pub fn http_consumer_groups(&self) -> Vec<String> {
+        let Some(leases) = self.ctx.leases.get() else {
+            return Vec::new();
+        };
+        let expiry = self.ctx.cfg.client_expiry;
+        leases
+            .book_groups()
+            .into_iter()
+            .filter(|g| leases.has_member(g, expiry))
+            .collect()
+    }
+
+    /// Whether HTTP consumers count as members of `group` now: leases held, or a receive,
+    /// ack, nack or extend within the client expiry (what refuses deleting its offsets).
+    pub fn http_consumers_active(&self, group: &str) -> bool {
+        self.ctx
+            .leases
+            .get()
+            .is_some_and(|l| l.has_member(group, self.ctx.cfg.client_expiry))
+    }
+
     /// Creates or updates a topic (saved in the background; name servers hear of it).
     /// Refused for a new topic past `max_topics`.
     pub fn put_topic(&self, cfg: TopicConfig) -> Result<(), crate::TopicLimit> {

@@ -154,6 +154,12 @@ impl LeaseState {
         recent || Arc::strong_count(book) > 1 || book.try_lock().is_none_or(|g| !g.is_idle())
     }
 
+    /// The groups with a lease book (at most `max_groups`): those [`LeaseState::has_member`]
+    /// may say are members.
+    pub(crate) fn book_groups(&self) -> Vec<String> {
+        self.groups.lock().keys().cloned().collect()
+    }
+
     /// Notes that a consumer of `group` was seen now: a receive admitted, or receipts settled.
     pub(crate) fn note_seen(&self, group: &str) {
         self.admitted

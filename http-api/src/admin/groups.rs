@@ -50,7 +50,7 @@ pub(crate) struct ListGroupsQuery {
 pub(crate) struct GroupSummary {
     /// Group name.
     pub group: String,
-    /// Members are connected now.
+    /// Members are connected now (RocketMQ clients heartbeating, or HTTP consumers active).
     pub online: bool,
     /// Dead letters not yet replayed.
     pub dlq_waiting: u64,
@@ -70,10 +70,13 @@ pub(crate) struct GroupQuery {
 pub(crate) struct GroupOut {
     /// Group name.
     pub group: String,
-    /// Members are connected now (RocketMQ clients heartbeating).
+    /// Members are connected now: RocketMQ clients heartbeating, or HTTP consumers active.
     pub online: bool,
-    /// Client ids of the members, when online.
+    /// Client ids of the RocketMQ clients among the members.
     pub members: Vec<String>,
+    /// HTTP consumers count as members: leases held, or a receive, ack, nack or extend within
+    /// the broker's client expiry (120 s). They have no client ids.
+    pub http_consumers: bool,
     /// Subscribed topics, when online.
     pub subscriptions: Vec<String>,
     /// `Clustering` or `Broadcasting`, when online.
@@ -122,7 +125,7 @@ pub(crate) struct DlqCounts {
     tag = "admin",
     params(ListGroupsQuery),
     responses(
-        (status = 200, description = "Groups with a retry topic or dead letters", body = GroupsOut),
+        (status = 200, description = "Groups with a retry topic, committed offsets, dead letters or active HTTP consumers", body = GroupsOut),
     ),
     security(("bearer" = []))
 )]
@@ -142,6 +145,7 @@ pub(super) async fn list_groups(
             .map(|(g, _)| g)
             .filter(|g| !is_system_group(g)),
     );
+    names.extend(b.http_consumer_groups());
     let dlq: std::collections::HashMap<String, u64> = b
         .dlq()
         .stats()
@@ -158,7 +162,7 @@ pub(super) async fn list_groups(
     let groups = names
         .into_iter()
         .map(|g| GroupSummary {
-            online: b.consumer_group(&g).is_some(),
+            online: b.consumer_group(&g).is_some() || b.http_consumers_active(&g),
             dlq_waiting: dlq.get(&g).copied().unwrap_or(0),
             group: g,
         })
@@ -248,14 +252,16 @@ pub(super) async fn get_group(
     let (offsets, truncated) = offsets_of(&state, &group, &topics);
     let dlq = dlq_counts(&state, &group);
     let retry_topic = b.topic(&format!("{RETRY_PREFIX}{group}")).is_some();
-    if info.is_none() && offsets.is_empty() && !retry_topic && dlq.total == 0 {
+    let http_consumers = b.http_consumers_active(&group);
+    if info.is_none() && !http_consumers && offsets.is_empty() && !retry_topic && dlq.total == 0 {
         return Err(ApiError::not_found(format!(
             "no consumer group {group:?} is known to this broker"
         )));
     }
     Ok(Json(GroupOut {
         total_lag: offsets.iter().map(|o| o.lag).sum(),
-        online: info.is_some(),
+        online: info.is_some() || http_consumers,
+        http_consumers,
         members: info
             .as_ref()
             .map(|i| i.client_ids.clone())

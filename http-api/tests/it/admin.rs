@@ -115,6 +115,48 @@ async fn topics_are_listed_and_described_with_their_queue_offsets() {
     s.stop().await;
 }
 
+/// An HTTP consumer is a member (deleting the group's offsets is refused for it), but the
+/// group showed `online: false` and no members, so nothing told an operator why.
+#[tokio::test]
+async fn a_group_with_http_consumers_shows_online_as_its_offsets_delete_sees_it() {
+    let s = common::start().await;
+    s.create_topic("Leased", 1);
+    let (st, _) = s
+        .post("/v1/topics/Leased/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(st, 201);
+    let (st, r) = s
+        .post(
+            "/v1/groups/http-workers/topics/Leased/receive",
+            json!({"max": 1, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["messages"].as_array().map(Vec::len), Some(1), "{r}");
+    let (st, r) = s.get("/v1/groups/http-workers").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["online"].clone(), r["http_consumers"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    let (_, list) = s.get("/v1/groups").await;
+    let listed = list["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "http-workers")
+        .cloned();
+    assert_eq!(
+        listed.map(|g| g["online"].clone()),
+        Some(json!(true)),
+        "{list}"
+    );
+    let (st, _) = s.delete("/v1/groups/http-workers/offsets").await;
+    assert_eq!(st, 403, "the same members refuse the delete");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_group_shows_committed_offsets_lag_and_dead_letters() {
     let s = common::start().await;

@@ -113,7 +113,8 @@ pub(crate) struct TraceEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub due_ms: Option<i64>,
     /// The state now: a transaction's (`open`, `committed`, ...) or a timer's (`pending`,
-    /// `cancelled`, `delivered`).
+    /// `cancelled`, `delivered`, `dropped`, or `rescheduled` for one a rescheduled copy
+    /// replaced).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// More: the failure reason, the check count, who decided, the delivery number.

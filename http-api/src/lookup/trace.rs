@@ -93,6 +93,8 @@ struct Rec {
     queue_id: i32,
     queue_offset: i64,
     offset_msg_id: String,
+    /// Commit-log offset (a rescheduled copy names the timer it replaces by it).
+    phys: u64,
     sys_flag: i32,
     store_ms: i64,
     born_ms: i64,
@@ -103,14 +105,13 @@ struct Rec {
 impl Rec {
     fn decode(bytes: &Bytes) -> Option<Self> {
         let v = RecordView::parse(bytes, usize::MAX).ok()?;
+        let phys = u64::try_from(v.header.physical_offset).ok()?;
         Some(Self {
+            phys,
             topic: v.topic.to_owned(),
             queue_id: v.header.queue_id,
             queue_offset: v.header.queue_offset,
-            offset_msg_id: offset_msg_id(
-                v.header.store_host,
-                u64::try_from(v.header.physical_offset).ok()?,
-            ),
+            offset_msg_id: offset_msg_id(v.header.store_host, phys),
             sys_flag: v.header.sys_flag,
             store_ms: v.header.store_timestamp,
             born_ms: v.header.born_timestamp,
@@ -348,9 +349,18 @@ fn consumed_by(b: &BrokerServices, r: &Rec, groups: &[String]) -> Vec<String> {
 /// The events of a gathered message, with the transaction's and the timers' current states.
 pub(super) async fn complete(state: &AppState, m: Gathered) -> TracedMessage {
     let timers = timers_of(state, &m).await;
+    let replaced = replaced_timers(&m);
     let mut events = Vec::new();
     for (r, consumed) in &m.records {
-        events.extend(events_of(state, r, &timers));
+        let mut of = events_of(state, r, &timers);
+        if replaced.contains(&r.phys) {
+            // Its own state would be the copy's (the timers listed are the live ones).
+            for e in of.iter_mut().filter(|e| e.kind == "scheduled") {
+                e.state = Some("rescheduled".into());
+                e.detail = Some("replaced by a rescheduled copy".into());
+            }
+        }
+        events.extend(of);
         for g in consumed {
             let mut e = event("consumed", None, r);
             e.offset_msg_id = None;
@@ -367,6 +377,15 @@ pub(super) async fn complete(state: &AppState, m: Gathered) -> TracedMessage {
         out.body_omitted = true;
     }
     out
+}
+
+/// Commit-log offsets of the timers a rescheduled copy among the records replaced.
+fn replaced_timers(m: &Gathered) -> std::collections::HashSet<u64> {
+    m.records
+        .iter()
+        .filter_map(|(r, _)| r.props.get(PROP_REPLACES))
+        .filter_map(|v| v.split_once(':').and_then(|(_, p)| p.parse().ok()))
+        .collect()
 }
 
 /// The schedule service's view of the message's timers (empty when scheduling is off).
@@ -514,10 +533,12 @@ fn half_events(state: &AppState, r: &Rec) -> Vec<TraceEvent> {
 }
 
 fn timer_state(timers: &[ScheduledMessage], due: Option<i64>) -> Option<String> {
-    let t = timers
-        .iter()
-        .find(|t| Some(t.due_ms) == due)
-        .or_else(|| (timers.len() == 1).then(|| &timers[0]))?;
+    // Only a timer with the record's due time is its own: another (a rescheduled copy) says
+    // nothing of this one. Without a due time, a single timer is taken for it.
+    let t = match due {
+        Some(due) => timers.iter().find(|t| t.due_ms == due)?,
+        None => (timers.len() == 1).then(|| &timers[0])?,
+    };
     let name = match t.state {
         MessageState::Pending => "pending",
         MessageState::Cancelled => "cancelled",

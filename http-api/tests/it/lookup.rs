@@ -154,6 +154,43 @@ async fn a_scheduled_message_is_traced_with_its_timer_state() {
     s.stop().await;
 }
 
+/// The timer a reschedule replaced showed the copy's state ("delivered" once the copy was).
+#[tokio::test]
+async fn a_rescheduled_message_shows_its_replaced_timer_as_rescheduled() {
+    let s = common::start().await;
+    let (st, r) = s
+        .post(
+            "/v1/topics/Reminders/messages",
+            json!({"body": "r", "keys": ["rk"], "delay_ms": 600_000}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let (st, r) = s
+        .patch(
+            "/v1/topics/Reminders/scheduled/rk",
+            json!({"delay_ms": 100}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let traced = until(&s, "/v1/messages?key=rk&topic=Reminders", |r| {
+        r["messages"][0]["events"]
+            .as_array()
+            .is_some_and(|e| e.len() == 3)
+    })
+    .await;
+    assert_eq!(
+        kinds(&traced),
+        ["scheduled", "scheduled", "released"],
+        "{traced}"
+    );
+    let events = &traced["messages"][0]["events"];
+    let states: Vec<&str> = (0..2)
+        .map(|i| events[i]["state"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(states, ["rescheduled", "delivered"], "{traced}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_nacked_message_is_traced_through_retry_and_consumption() {
     let s = common::start().await;

@@ -47,7 +47,8 @@ pub(crate) struct LookupQuery {
 pub(crate) struct LookupOut {
     /// Oldest first; empty when nothing matched.
     pub messages: Vec<TracedMessage>,
-    /// More matched than one answer holds, or the topic bound cut the search.
+    /// More matched than one answer holds, or the topic bound or the search's time bound
+    /// (10 s) cut it short.
     pub truncated: bool,
 }
 

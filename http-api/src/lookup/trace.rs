@@ -19,6 +19,37 @@ use crate::state::AppState;
 
 /// Most topics one look-up asks the index about (an id look-up without a topic asks them all).
 const MAX_TOPICS: usize = 2_000;
+/// Longest a look-up's search may take: it runs on a blocking thread, which goes on after the
+/// client left, so a search over many topics on a cold disk is cut here (answered
+/// `truncated`) instead of holding the thread for as long as it takes.
+const MAX_SEARCH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When the search must stop, and whether it did.
+struct Deadline {
+    at: std::time::Instant,
+    cut: std::cell::Cell<bool>,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        Self::within(MAX_SEARCH)
+    }
+
+    fn within(limit: std::time::Duration) -> Self {
+        Self {
+            at: std::time::Instant::now() + limit,
+            cut: std::cell::Cell::new(false),
+        }
+    }
+
+    /// True (and noted) once the search is out of time.
+    fn passed(&self) -> bool {
+        if std::time::Instant::now() >= self.at {
+            self.cut.set(true);
+        }
+        self.cut.get()
+    }
+}
 /// Most copies read per topic and message (retries of one message stay far below it).
 const PER_TOPIC: usize = 32;
 /// Most messages one key look-up traces.
@@ -152,16 +183,23 @@ fn is_system(topic: &str) -> bool {
 
 /// Reads the copies of the messages `target` names.
 pub(super) fn find(b: &BrokerServices, target: &Target) -> Found {
+    let deadline = Deadline::new();
+    let mut found = find_within(b, target, &deadline);
+    found.truncated |= deadline.cut.get();
+    found
+}
+
+fn find_within(b: &BrokerServices, target: &Target, deadline: &Deadline) -> Found {
     match target {
         Target::Id { id, topic } => {
             let (topics, truncated) = match topic {
                 Some(t) => candidate_topics(b, t),
                 None => all_topics(b),
             };
-            let mut g = gather(b, &topics, id, topic.as_deref());
+            let mut g = gather(b, &topics, id, topic.as_deref(), deadline);
             if g.is_none() {
                 let uniq = uniq_of_offset_id(b, id);
-                g = uniq.and_then(|u| gather(b, &topics, &u, topic.as_deref()));
+                g = uniq.and_then(|u| gather(b, &topics, &u, topic.as_deref(), deadline));
             }
             if let Some(g) = g.as_mut() {
                 keep_shown_body(g, &mut MAX_BODY_BYTES.clone());
@@ -173,11 +211,11 @@ pub(super) fn find(b: &BrokerServices, target: &Target) -> Found {
         }
         Target::Key { key, topic } => {
             let (topics, cut) = candidate_topics(b, topic);
-            let (ids, more) = ids_with_key(b, &topics, key, topic);
+            let (ids, more) = ids_with_key(b, &topics, key, topic, deadline);
             let mut budget = MAX_BODY_BYTES;
             let messages = ids
                 .iter()
-                .filter_map(|id| gather(b, &topics, id, Some(topic)))
+                .filter_map(|id| gather(b, &topics, id, Some(topic), deadline))
                 .map(|mut g| {
                     keep_shown_body(&mut g, &mut budget);
                     g
@@ -235,10 +273,14 @@ fn ids_with_key(
     topics: &[String],
     key: &str,
     topic: &str,
+    deadline: &Deadline,
 ) -> (Vec<String>, bool) {
     let store = b.store();
     let mut found: Vec<(i64, String)> = Vec::new();
     for t in topics {
+        if deadline.passed() {
+            break;
+        }
         for bytes in store.query_by_key(t, key, PER_TOPIC, i64::MIN / 2, i64::MAX / 2) {
             let Some(r) = Rec::decode(&bytes) else {
                 continue;
@@ -270,6 +312,7 @@ fn gather(
     topics: &[String],
     uniq: &str,
     only: Option<&str>,
+    deadline: &Deadline,
 ) -> Option<Gathered> {
     let store = b.store();
     let mut recs: Vec<Rec> = Vec::new();
@@ -278,6 +321,7 @@ fn gather(
     let mut earliest_other: Option<usize> = None;
     let found = topics
         .iter()
+        .take_while(|_| !deadline.passed())
         .flat_map(|t| store.query_by_uniq_key(t, uniq, PER_TOPIC))
         .filter_map(|bytes| Rec::decode(&bytes))
         .filter(|r| r.topic != TRANS_OP_HALF_TOPIC && r.props.get(PROP_CANCEL).is_none())
@@ -611,5 +655,22 @@ fn summary(
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         events,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_out_of_time_stops_and_says_it_was_cut() {
+        let open = Deadline::within(std::time::Duration::from_secs(60));
+        assert!(!open.passed());
+        assert!(!open.cut.get());
+        let spent = Deadline::within(std::time::Duration::ZERO);
+        let topics = ["A", "B", "C"];
+        let searched = topics.iter().take_while(|_| !spent.passed()).count();
+        assert_eq!(searched, 0);
+        assert!(spent.cut.get(), "answered as truncated");
     }
 }

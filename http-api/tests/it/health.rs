@@ -17,16 +17,22 @@ async fn healthz_and_readyz_answer_ok_on_a_healthy_broker() {
     s.stop().await;
 }
 
-/// Appends still succeed while consume-queue entries cannot be written (a disk full under
-/// the queues), but consumers see none of them: readiness said "ready" throughout.
-#[tokio::test]
-async fn readyz_is_not_ready_while_dispatch_keeps_failing_and_ready_again_after() {
+/// A broker whose store's file operations go through a fault layer the test controls.
+async fn start_over_faulty_io() -> (common::Server, std::sync::Arc<sluice_store::io::FaultyIo>) {
     let io = std::sync::Arc::new(sluice_store::io::FaultyIo::new());
     let s = common::start_with(Options {
         storage_io: Some(io.clone()),
         ..Options::default()
     })
     .await;
+    (s, io)
+}
+
+/// Appends still succeed while consume-queue entries cannot be written (a disk full under
+/// the queues), but consumers see none of them: readiness said "ready" throughout.
+#[tokio::test]
+async fn readyz_is_not_ready_while_dispatch_keeps_failing_and_ready_again_after() {
+    let (s, io) = start_over_faulty_io().await;
     io.fail_queue_zeros(true);
     let (status, body) = s
         .post(
@@ -61,12 +67,7 @@ async fn readyz_is_not_ready_while_dispatch_keeps_failing_and_ready_again_after(
 /// delayed message and half message still counted each as parked or stored.
 #[tokio::test]
 async fn refused_writes_count_as_neither_parked_timers_nor_stored_halves() {
-    let io = std::sync::Arc::new(sluice_store::io::FaultyIo::new());
-    let s = common::start_with(Options {
-        storage_io: Some(io.clone()),
-        ..Options::default()
-    })
-    .await;
+    let (s, io) = start_over_faulty_io().await;
     s.create_topic("Counted", 1);
     let delayed = serde_json::json!({"body": "later", "delay_ms": 60_000});
     let half = serde_json::json!({"body": "half", "producer_group": "counted-g"});

@@ -320,7 +320,7 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
     );
     out.gauge(
         "sluice_txn_parked",
-        "Transactions parked by the final action keep.",
+        "Transactions parked now (final action keep), waiting for an operator.",
         m.parked as f64,
     );
     out.gauge(
@@ -351,7 +351,7 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         ),
         (
             "sluice_txn_parked_total",
-            "Transactions parked by the final action keep.",
+            "Transactions parked by the final action keep, since start.",
             m.parked_total,
         ),
         (

@@ -107,18 +107,36 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        eprintln!("sluice: {e:#}");
+        eprintln!("sluice: {}", describe(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, each said once: a typed error often repeats its source in its own
+/// text ("bind 127.0.0.1:9876: Address already in use"), and `{:#}` then printed it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn init_tracing() {
     let filter = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_string());
+    // Colours only on a terminal: in a file, a pipe or journald the escape codes break `grep`
+    // and end up in log stores.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

@@ -267,6 +267,7 @@ impl Store {
             redispatch_us = report.redispatch_micros,
             "store recovered"
         );
+        warn_if_over_guard(io.as_ref(), &cfg);
         Ok(Self::start(
             cfg,
             io,
@@ -716,4 +717,20 @@ fn recover_queue_bounds(
             .insert(qid, q.max_offset() as i64);
     }
     Ok(next)
+}
+
+/// Says at open when the disk is already above the guard: the start otherwise looks healthy
+/// (a ready line, nothing logged) until the first send is refused.
+fn warn_if_over_guard(io: &dyn StorageIo, cfg: &StoreConfig) {
+    if let Ok(u) = io.disk_usage(&cfg.data_dir) {
+        if u.ratio() >= cfg.disk_max_used_ratio {
+            tracing::warn!(
+                data_dir = %cfg.data_dir.display(),
+                used = format!("{:.1}%", u.ratio() * 100.0),
+                max = format!("{:.1}%", cfg.disk_max_used_ratio * 100.0),
+                "disk above its guard: appends are refused until space is freed or \
+                 disk_max_used_ratio is raised"
+            );
+        }
+    }
 }

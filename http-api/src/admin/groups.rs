@@ -103,7 +103,7 @@ pub(crate) struct OffsetOut {
     pub committed: i64,
     /// Next offset to be written.
     pub max_offset: u64,
-    /// Messages not yet consumed.
+    /// Messages not yet consumed and still kept (those retention deleted are not counted).
     pub lag: u64,
 }
 
@@ -320,8 +320,12 @@ fn offsets_of(state: &AppState, group: &str, topics: &[String]) -> (Vec<OffsetOu
                 continue;
             };
             let max = store.max_offset(topic, q);
-            let lag = u64::try_from(i64::try_from(max).unwrap_or(i64::MAX) - committed.max(0))
-                .unwrap_or(0);
+            // Messages retention deleted are no longer waiting: the group resumes at the
+            // queue's first kept one.
+            let from = committed
+                .max(0)
+                .max(i64::try_from(store.min_offset(topic, q)).unwrap_or(i64::MAX));
+            let lag = u64::try_from(i64::try_from(max).unwrap_or(i64::MAX) - from).unwrap_or(0);
             out.push(OffsetOut {
                 topic: topic.clone(),
                 queue_id: q,

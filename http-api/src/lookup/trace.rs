@@ -365,12 +365,17 @@ fn gather(
     })
 }
 
-/// Groups known to the broker: each one that ever consumed has a retry topic.
+/// Groups known to the broker: those with a retry topic (every RocketMQ consumer's heartbeat
+/// makes one) and those with committed offsets (an HTTP consumer gets a retry topic only
+/// once it fails a delivery).
 fn consumer_groups(b: &BrokerServices) -> Vec<String> {
-    b.topics()
+    let mut groups: std::collections::BTreeSet<String> = b
+        .topics()
         .into_iter()
         .filter_map(|t| t.topic_name.strip_prefix(RETRY_PREFIX).map(str::to_owned))
-        .collect()
+        .collect();
+    groups.extend(b.committed_groups().into_iter().map(|(g, _)| g));
+    groups.into_iter().collect()
 }
 
 /// The groups whose committed offset in the copy's queue is past it.

@@ -157,6 +157,43 @@ async fn a_group_with_http_consumers_shows_online_as_its_offsets_delete_sees_it(
     s.stop().await;
 }
 
+/// Lag counted messages retention had deleted: the group resumes at the first kept one.
+#[tokio::test]
+async fn a_groups_lag_leaves_out_messages_retention_deleted() {
+    let s = common::start_with(common::Options {
+        broker: Box::new(|c| c.store.retention_bytes = Some(1)),
+        ..common::Options::default()
+    })
+    .await;
+    s.create_topic("Aged", 1);
+    let services = s.broker.services();
+    let body = "x".repeat(200 << 10);
+    // 4 MiB segments: 50 bodies of 200 KiB fill more than two.
+    for _ in 0..50 {
+        let (st, r) = s
+            .post("/v1/topics/Aged/messages", json!({"body": body}))
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    let store = services.store();
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    services.commit_offset("aged-g", "Aged", 0, 0).unwrap();
+    store.run_retention().unwrap();
+    let (min, max) = (store.min_offset("Aged", 0), store.max_offset("Aged", 0));
+    assert!(min > 0, "retention deleted the oldest segments");
+    let (st, r) = s.get("/v1/groups/aged-g").await;
+    assert_eq!(st, 200, "{r}");
+    let o = r["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["topic"] == "Aged")
+        .cloned()
+        .unwrap();
+    assert_eq!(o["lag"].as_u64(), Some(max - min), "{r}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_group_shows_committed_offsets_lag_and_dead_letters() {
     let s = common::start().await;

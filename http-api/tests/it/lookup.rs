@@ -243,6 +243,47 @@ async fn a_nacked_message_is_traced_through_retry_and_consumption() {
     s.stop().await;
 }
 
+/// An HTTP consumer that acked (and never failed a delivery) has no retry topic, and its
+/// consumption was missing from the trace.
+#[tokio::test]
+async fn an_acked_message_is_traced_as_consumed_by_its_http_group() {
+    let s = common::start().await;
+    s.create_topic("Acked", 1);
+    let (_, r) = s
+        .post(
+            "/v1/topics/Acked/messages",
+            json!({"body": "a", "keys": ["ak-1"]}),
+        )
+        .await;
+    let id = r["msg_id"].as_str().unwrap().to_owned();
+    let (_, got) = s
+        .post(
+            "/v1/groups/ackers/topics/Acked/receive",
+            json!({"max": 1, "wait_ms": 5000}),
+        )
+        .await;
+    let receipt = got["messages"][0]["receipt"].clone();
+    let (st, a) = s
+        .post("/v1/groups/ackers/ack", json!({"receipts": [receipt]}))
+        .await;
+    assert_eq!(st, 200, "{a}");
+    let traced = until(&s, &format!("/v1/messages?id={id}"), |r| {
+        r["messages"][0]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "consumed"))
+    })
+    .await;
+    let consumed: Vec<&Value> = traced["messages"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "consumed")
+        .collect();
+    assert_eq!(consumed.len(), 1, "{traced}");
+    assert_eq!(consumed[0]["group"], "ackers", "{traced}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_look_up_needs_exactly_an_id_or_a_key_with_its_topic() {
     let s = common::start().await;

@@ -87,6 +87,71 @@ fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
     );
 }
 
+/// A second process on a data folder in use is refused, its cause said once (it was printed
+/// twice: the error's own text and its source), and its log lines carry no colour codes when
+/// stderr is not a terminal (they broke `grep` in files and journald).
+#[test]
+fn a_second_process_on_a_folder_in_use_says_why_once_in_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, lines) = serve(dir.path());
+    assert!(lines.next_within(LIMIT).starts_with("sluice ready:"));
+    let out = output_within(
+        sluice()
+            .args([
+                "serve",
+                "--namesrv-listen",
+                "127.0.0.1:0",
+                "--broker-listen",
+            ])
+            .args(["127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("SLUICE_LOG", "info"),
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("is locked by another process").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains(" INFO "), "info lines were logged: {err}");
+    assert!(!err.contains('\u{1b}'), "no escape codes: {err}");
+    assert!(terminate(&mut first).success());
+}
+
+/// A start with the disk already above its guard looked healthy: a ready line and nothing
+/// logged until the first send was refused.
+#[test]
+fn a_start_with_the_disk_above_its_guard_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        sluice()
+            .args([
+                "serve",
+                "--namesrv-listen",
+                "127.0.0.1:0",
+                "--broker-listen",
+            ])
+            .args(["127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("SLUICE_LOG", "warn")
+            .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+            .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = LineReader::new(child.0.stdout.take().unwrap());
+    assert!(lines.next_within(LIMIT).starts_with("sluice ready:"));
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "{exit}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("disk above its guard"), "{err}");
+}
+
 #[test]
 fn unknown_config_keys_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,8 +23,11 @@ pub fn layered(
         None => toml::Table::new(),
     };
     let mut sniffed = Vec::new();
+    let mut set_by = Vec::new();
     for (key, value) in env {
-        sniffed.extend(apply_env(&mut table, &key, &value)?);
+        let (found, path) = apply_env(&mut table, &key, &value)?;
+        sniffed.extend(found);
+        set_by.extend(path.map(|p| (p, key)));
     }
     loop {
         let e = match toml::Value::Table(table.clone()).try_into::<ServerConfig>() {
@@ -33,17 +36,34 @@ pub fn layered(
         };
         // A variable read as a number or boolean where the key takes a string (a digit-only
         // secret or name) is taken as the string it was: each such variable once at most.
+        // Only for that error: restored after another one (an unknown field inside an array
+        // of tables, a bad address in a list), the variable was reported as "a string where
+        // a sequence was expected" instead of its real mistake.
+        let wants_string = e.contains("expected a string");
         match sniffed
             .iter()
-            .position(|s: &Sniffed| e.contains(&format!("in `{}`", s.path)))
+            .position(|s: &Sniffed| wants_string && e.contains(&format!("in `{}`", s.path)))
         {
             Some(i) => sniffed.swap_remove(i).restore(&mut table),
-            None => bail!(
-                "invalid configuration (unknown keys are refused): {}",
-                without_values(&e)
-            ),
+            None => bail!("{}", config_error(&e, &set_by)),
         }
     }
+}
+
+/// The deserializer's error, without quoted values, naming the environment variable that
+/// set the key it is about (the file has no such line to look for).
+fn config_error(e: &str, set_by: &[(String, String)]) -> String {
+    let mut out = format!("invalid configuration: {}", without_values(e));
+    if e.contains("unknown field") {
+        out.push_str(" (unknown keys are refused)");
+    }
+    if let Some((_, var)) = set_by
+        .iter()
+        .find(|(path, _)| e.contains(&format!("in `{path}`")))
+    {
+        out.push_str(&format!(" (set by the environment variable {var})"));
+    }
+    out
 }
 
 /// The file's table. A syntax error names its line and column and what is wrong, but not the
@@ -98,12 +118,17 @@ const NOT_CONFIG: [&str; 3] = [
 /// `SLUICE_BROKER_LISTEN=...` sets `[broker] listen`; `SLUICE_DATA_DIR` sets `data_dir`.
 /// Values are read as TOML (numbers, booleans, arrays) and otherwise as strings; one read as
 /// something else than a string is returned, to be taken as a string if its key needs one.
-fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<Option<Sniffed>> {
+/// Also returns the key's path (`section.field`) when the variable set one.
+fn apply_env(
+    table: &mut toml::Table,
+    key: &str,
+    value: &str,
+) -> Result<(Option<Sniffed>, Option<String>)> {
     let Some(rest) = key.strip_prefix("SLUICE_") else {
-        return Ok(None);
+        return Ok((None, None));
     };
     if NOT_CONFIG.contains(&key) {
-        return Ok(None);
+        return Ok((None, None));
     }
     let rest = rest.to_ascii_lowercase();
     if rest != "data_dir" && !SECTIONS.iter().any(|s| rest.starts_with(&format!("{s}_"))) {
@@ -111,7 +136,7 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<Option<S
         // a running Sluice, SLUICE_CRASH_CYCLES and the like configure tests. Taking them as
         // keys made `sluice` refuse to start in a shell that had them set.
         eprintln!("sluice: {key} is not a configuration variable; ignored");
-        return Ok(None);
+        return Ok((None, None));
     }
     let parsed = parse_env_value(value);
     let sniffed = |path: String, parsed: &toml::Value| {
@@ -128,14 +153,15 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<Option<S
             let Some(sub) = entry.as_table_mut() else {
                 bail!("[{section}] in the config file is not a table")
             };
-            let found = sniffed(format!("{section}.{field}"), &parsed);
+            let path = format!("{section}.{field}");
+            let found = sniffed(path.clone(), &parsed);
             sub.insert(field.to_string(), parsed);
-            return Ok(found);
+            return Ok((found, Some(path)));
         }
     }
     let found = sniffed(rest.clone(), &parsed);
-    table.insert(rest, parsed);
-    Ok(found)
+    table.insert(rest.clone(), parsed);
+    Ok((found, Some(rest)))
 }
 
 /// An error text with its quoted values left out: a value of the wrong type is quoted in it,

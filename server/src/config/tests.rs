@@ -426,6 +426,23 @@ fn a_digit_only_string_from_the_environment_is_taken_as_a_string() {
     assert!(!err.contains("987654321"), "{err}");
 }
 
+/// A variable whose value parsed as an array or table but was wrong inside (an unknown field,
+/// a bad address) was taken again as a string, and the error then said "expected a
+/// sequence"; nor did any error name the variable.
+#[test]
+fn an_environment_variable_s_real_mistake_is_reported_with_its_name() {
+    let err = refusal(&[(
+        "SLUICE_HTTP_TOKENS",
+        r#"[{name = "x", secret = "0123456789abcdefXX", scopes = ["admin"], extra = 1}]"#,
+    )]);
+    assert!(err.contains("unknown field"), "{err}");
+    assert!(err.contains("SLUICE_HTTP_TOKENS"), "{err}");
+    assert!(!err.contains("0123456789abcdefXX"), "{err}");
+    let err = refusal(&[("SLUICE_BROKER_NAMESRV_ADDRS", r#"["127.0.0.1:99999"]"#)]);
+    assert!(!err.contains("expected a sequence"), "{err}");
+    assert!(err.contains("SLUICE_BROKER_NAMESRV_ADDRS"), "{err}");
+}
+
 /// A syntax error printed the offending line whole, a secret included.
 #[test]
 fn a_syntax_error_names_its_place_but_not_the_line() {

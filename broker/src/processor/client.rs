@@ -182,10 +182,21 @@ pub(super) fn check_producer_group_len(len: usize) -> Result<(), Reject> {
 /// A consumer group's name is valid when its retry topic's is (the heartbeat's rule, which
 /// consumer offsets follow too).
 pub(super) fn check_consumer_group(group: &str) -> Result<(), Reject> {
-    topic::validate_name(&topic::retry_topic(group)).map_err(|r| {
+    let retry = topic::retry_topic(group);
+    topic::validate_name(&retry).map_err(|r| {
+        let why = if retry.len() > 127 {
+            format!(
+                "a consumer group name is at most {} bytes (its retry topic %RETRY%<group> is a \
+                 topic name, at most 127), this one is {}",
+                127 - topic::RETRY_PREFIX.len(),
+                group.len()
+            )
+        } else {
+            r.remark
+        };
         Reject::new(
             code::INVALID_PARAMETER,
-            format!("invalid consumer group {group:?}: {}", r.remark),
+            format!("invalid consumer group {group:?}: {why}"),
         )
     })
 }

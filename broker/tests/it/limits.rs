@@ -448,6 +448,55 @@ fn heartbeat(client_id: &str, consumer_groups: &[&str], producer_group: &str) ->
         .with_body(body.into_bytes())
 }
 
+/// A consumer group of 121 bytes or more got a retry topic past 127 bytes, stored in a record
+/// form 4.x clients cannot decode: the C++ client read its retries as garbage and acknowledged
+/// them. Such a group is refused at its heartbeat, with the bound named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_whose_retry_topic_would_pass_127_bytes_is_refused() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let fits = "g".repeat(120);
+    let resp = client
+        .invoke(heartbeat("c1", &[&fits], "pg"), RPC)
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let long = "g".repeat(121);
+    let resp = client
+        .invoke(heartbeat("c1", &[&long], "pg"), RPC)
+        .await
+        .unwrap();
+    let remark = resp.remark.unwrap_or_default();
+    assert_eq!(resp.code, response_code::INVALID_PARAMETER, "{remark}");
+    assert!(remark.contains("at most 120 bytes"), "{remark}");
+    assert!(
+        cluster
+            .broker
+            .services()
+            .topic(&format!("%RETRY%{long}"))
+            .is_none(),
+        "no retry topic made for it"
+    );
+}
+
+/// A client's send to a dead-letter topic that did not exist made it with the template's
+/// four queues; dead-letter listings and replays read queue 0 and missed the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_made_by_a_send_has_one_queue() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let resp = client
+        .invoke(
+            send_request("%DLQ%victim", -1, b"m", &props(None, None)),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let cfg = cluster.broker.services().topic("%DLQ%victim").unwrap();
+    assert_eq!((cfg.read_queue_nums, cfg.write_queue_nums), (1, 1));
+}
+
 /// At `max_topics`, a heartbeat naming a new consumer group (whose retry topic cannot be
 /// created) is answered with an error that names it, and the heartbeat's other groups are
 /// still registered: refusing it whole let a client's every registration expire over one new

@@ -301,6 +301,14 @@ fn decode_base64(b64: &str, max: usize) -> Result<Bytes, ApiError> {
 fn check_meta(meta: &MessageMeta) -> Result<(), ApiError> {
     if let Some(tag) = &meta.tag {
         check_text("tag", tag)?;
+        // A subscription splits its expression on `||` and trims each tag: such a tag could
+        // be selected by `*` only.
+        if tag.contains("||") || tag.trim() != tag {
+            return Err(ApiError::bad_request(format!(
+                "tag {tag:?} cannot be subscribed to (a subscription splits tags on || and trims \
+                 spaces): remove the || or the surrounding spaces"
+            )));
+        }
     }
     for k in &meta.keys {
         check_text("key", k)?;
@@ -449,6 +457,27 @@ mod tests {
             ..MessageIn::default()
         };
         assert_eq!(big.decode(&cfg()).unwrap_err().status.as_u16(), 413);
+    }
+
+    /// `{"tag":"A||B"}` was stored, and no subscription but `*` could ever select it.
+    #[test]
+    fn a_tag_no_subscription_could_select_is_refused() {
+        for tag in ["A||B", " A", "A "] {
+            let m = MessageIn {
+                tag: Some(tag.into()),
+                ..msg("x")
+            };
+            assert_eq!(
+                m.decode(&cfg()).unwrap_err().status.as_u16(),
+                400,
+                "{tag:?}"
+            );
+        }
+        let m = MessageIn {
+            tag: Some("A|B".into()),
+            ..msg("x")
+        };
+        assert!(m.decode(&cfg()).is_ok(), "a single | is a tag character");
     }
 
     #[test]

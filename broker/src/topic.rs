@@ -71,6 +71,25 @@ pub(crate) const MAX_QUEUE_NUMS: i32 = 4096;
 #[error("the broker holds its limit of {0} topics ([broker] max_topics); delete unused topics or raise the limit")]
 pub struct TopicLimit(pub usize);
 
+/// The longest topic a stored record can name in the form 4.x clients decode (a 1-byte
+/// length; longer ones take a 2-byte form they cannot read).
+pub const MAX_DECODABLE_TOPIC: usize = 127;
+
+/// Why a retry or dead-letter topic was not created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RetryTopicRefused {
+    /// `max_topics` reached.
+    #[error(transparent)]
+    Limit(#[from] TopicLimit),
+    /// Its name passes [`MAX_DECODABLE_TOPIC`]: the C++ client read such a retry topic's
+    /// records (a consumer group of 121 bytes or more) as garbage, and acknowledged them.
+    #[error(
+        "{0} would be longer than {MAX_DECODABLE_TOPIC} bytes, and its records unreadable by \
+         4.x clients: a consumer group name is at most 120 bytes here"
+    )]
+    TooLong(String),
+}
+
 /// Why a topic operation was refused: a response code and its remark.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TopicReject {
@@ -87,12 +106,15 @@ impl TopicReject {
     }
 }
 
-/// Checks a topic name as `TopicValidator` does: `[%|a-zA-Z0-9_-]`, at most 127 bytes, retry
-/// and dead-letter topics included: a stored record with a longer topic takes the 2-byte
-/// length form, which 4.x clients cannot decode (the C++ client read the retries of a group
-/// named with 121 bytes or more as garbage, and acknowledged them).
+/// Checks a topic name as `TopicValidator` does: `[%|a-zA-Z0-9_-]`, at most 127 bytes (255 for
+/// retry and dead-letter topics: existing ones stay readable; new ones are held to
+/// [`MAX_DECODABLE_TOPIC`] where they are created, see [`RetryTopicRefused`]).
 pub(crate) fn validate_name(topic: &str) -> Result<(), TopicReject> {
-    let max = 127;
+    let max = if topic.starts_with(RETRY_PREFIX) || topic.starts_with(DLQ_PREFIX) {
+        255
+    } else {
+        127
+    };
     if topic.trim().is_empty() {
         return Err(TopicReject::new(
             response_code::INVALID_PARAMETER,
@@ -342,9 +364,12 @@ impl TopicManager {
         // refused) has the one queue the broker's dead letters use: with the template's four,
         // dead-letter listings and replays, which read queue 0, missed three in four.
         if topic.starts_with(RETRY_PREFIX) || topic.starts_with(DLQ_PREFIX) {
-            return self
-                .get_or_create_retry(topic)
-                .map_err(|l| not_created(topic, l));
+            return self.get_or_create_retry(topic).map_err(|e| match e {
+                RetryTopicRefused::Limit(l) => not_created(topic, l),
+                long @ RetryTopicRefused::TooLong(_) => {
+                    TopicReject::new(response_code::INVALID_PARAMETER, long.to_string())
+                }
+            });
         }
         let template = self
             .get(default_topic)
@@ -367,10 +392,13 @@ impl TopicManager {
     pub(crate) fn get_or_create_retry(
         self: &Arc<Self>,
         topic: &str,
-    ) -> Result<TopicConfig, TopicLimit> {
+    ) -> Result<TopicConfig, RetryTopicRefused> {
         match self.get(topic) {
             Some(cfg) => Ok(cfg),
-            None => self.get_or_add(TopicConfig::new(topic, 1, perm::READ_WRITE)),
+            None if topic.len() > MAX_DECODABLE_TOPIC => {
+                Err(RetryTopicRefused::TooLong(topic.to_owned()))
+            }
+            None => Ok(self.get_or_add(TopicConfig::new(topic, 1, perm::READ_WRITE))?),
         }
     }
 
@@ -462,8 +490,7 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a b").is_err());
         assert!(validate_name(&"a".repeat(128)).is_err());
-        assert!(validate_name(&format!("%RETRY%{}", "g".repeat(120))).is_ok());
-        assert!(validate_name(&format!("%RETRY%{}", "g".repeat(121))).is_err());
+        assert!(validate_name(&format!("%RETRY%{}", "g".repeat(200))).is_ok());
         assert!(is_not_sendable(SCHEDULE_TOPIC) && !is_not_sendable("T"));
     }
 
@@ -516,7 +543,7 @@ mod tests {
         assert!(full.remark.contains("max_topics"), "{}", full.remark);
         assert_eq!(
             m.get_or_create_retry("%RETRY%h"),
-            Err(TopicLimit(system + 2))
+            Err(RetryTopicRefused::Limit(TopicLimit(system + 2)))
         );
         let admin = m.put_if_absent(TopicConfig::new("C", 1, perm::READ_WRITE));
         assert_eq!(admin, Err(NotAdded::Limit(TopicLimit(system + 2))));
@@ -530,7 +557,7 @@ mod tests {
         }
         assert_eq!(
             m.get_or_create_retry("%DLQ%nobody"),
-            Err(TopicLimit(system + 2))
+            Err(RetryTopicRefused::Limit(TopicLimit(system + 2)))
         );
         // What exists can still be sent to and changed; the broker's own topics still come.
         m.get_or_create_for_send("A", DEFAULT_TOPIC, 4).unwrap();

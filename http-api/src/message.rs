@@ -303,7 +303,7 @@ fn check_meta(meta: &MessageMeta) -> Result<(), ApiError> {
         check_text("tag", tag)?;
         // A subscription splits its expression on `||` and trims each tag: such a tag could
         // be selected by `*` only.
-        if tag.contains("||") || tag.trim() != tag {
+        if tag.contains("||") || tag.trim_matches(' ') != tag {
             return Err(ApiError::bad_request(format!(
                 "tag {tag:?} cannot be subscribed to (a subscription splits tags on || and trims \
                  spaces): remove the || or the surrounding spaces"

@@ -116,12 +116,14 @@ fn main() {
 /// text ("bind 127.0.0.1:9876: Address already in use"), and `{:#}` then printed it twice.
 fn describe(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
+    let mut previous = out.clone();
     for cause in e.chain().skip(1) {
         let text = cause.to_string();
-        if !out.contains(&text) {
+        if !previous.ends_with(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
+        previous = text;
     }
     out
 }
@@ -132,7 +134,8 @@ fn init_tracing() {
         .unwrap_or_else(|_| "info".to_string());
     // Colours only on a terminal: in a file, a pipe or journald the escape codes break `grep`
     // and end up in log stores.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

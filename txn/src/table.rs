@@ -387,7 +387,9 @@ impl Table {
     /// to a decided one changes nothing (a contrary one is refused), and shown as its "last
     /// answer" it read as though the producer had asked for what did not happen.
     pub(crate) fn note_answer(&mut self, id: u64, answer: CheckAnswer, now: i64) {
-        if let Some(e) = self.entries.get_mut(&id).filter(|e| e.state.is_live()) {
+        // Resolving: a decision is being stored; an answer then is too late to matter.
+        let undecided = |s: TxnState| matches!(s, TxnState::Open | TxnState::Parked);
+        if let Some(e) = self.entries.get_mut(&id).filter(|e| undecided(e.state)) {
             e.last_answer = Some((answer, now));
         }
     }

@@ -160,8 +160,8 @@ pub enum LeaseError {
     /// The topic cannot be consumed (system topic, or not readable).
     #[error("topic {0} cannot be consumed")]
     NotConsumable(String),
-    /// The group name cannot name a retry topic.
-    #[error("invalid consumer group {0:?}")]
+    /// The group name cannot name a retry topic (`[%|a-zA-Z0-9_-]`, at most 120 bytes).
+    #[error("invalid consumer group {0:?}: [%|a-zA-Z0-9_-], at most 120 bytes")]
     InvalidGroup(String),
     /// A value is out of range.
     #[error("{0}")]
@@ -332,7 +332,12 @@ impl LeaseService {
         }
         check_visibility(cfg, req.visibility)?;
         let retry_topic = crate::topic::retry_topic(&req.group);
-        if req.group.is_empty() || crate::topic::validate_name(&retry_topic).is_err() {
+        // Its retry topic must be one the broker creates (see `topic::RetryTopicRefused`): a
+        // longer group could receive, but never hand a message back.
+        if req.group.is_empty()
+            || crate::topic::validate_name(&retry_topic).is_err()
+            || retry_topic.len() > crate::topic::MAX_DECODABLE_TOPIC
+        {
             return Err(LeaseError::InvalidGroup(req.group.clone()));
         }
         let queues = self.readable_queues(&req.topic)?;

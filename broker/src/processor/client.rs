@@ -55,9 +55,9 @@ pub(super) fn heartbeat(
     ctx.clients.room_for(conn.id(), &hb).map_err(too_many)?;
     // Java creates it for every consumer group; C++ rebalancing stops for all topics when a
     // subscribed retry topic has no readable queue, so it gets one read-write queue at once.
-    // A group whose retry topic is refused (`max_topics`) is left out and named in an error
-    // answer; the client's other groups are still registered, or one new group at the limit
-    // would let all of them expire.
+    // A group whose retry topic is refused (`max_topics`, or a name too long for 4.x clients
+    // to read its records) is left out and named in an error answer; the client's other
+    // groups are still registered, or one such group would let all of them expire.
     let mut refused = Vec::new();
     hb.consumer_data_set.retain(|c| {
         let retry = topic::retry_topic(&c.group_name);
@@ -182,21 +182,10 @@ pub(super) fn check_producer_group_len(len: usize) -> Result<(), Reject> {
 /// A consumer group's name is valid when its retry topic's is (the heartbeat's rule, which
 /// consumer offsets follow too).
 pub(super) fn check_consumer_group(group: &str) -> Result<(), Reject> {
-    let retry = topic::retry_topic(group);
-    topic::validate_name(&retry).map_err(|r| {
-        let why = if retry.len() > 127 {
-            format!(
-                "a consumer group name is at most {} bytes (its retry topic %RETRY%<group> is a \
-                 topic name, at most 127), this one is {}",
-                127 - topic::RETRY_PREFIX.len(),
-                group.len()
-            )
-        } else {
-            r.remark
-        };
+    topic::validate_name(&topic::retry_topic(group)).map_err(|r| {
         Reject::new(
             code::INVALID_PARAMETER,
-            format!("invalid consumer group {group:?}: {why}"),
+            format!("invalid consumer group {group:?}: {}", r.remark),
         )
     })
 }

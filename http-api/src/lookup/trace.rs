@@ -24,10 +24,12 @@ const MAX_TOPICS: usize = 2_000;
 /// `truncated`) instead of holding the thread for as long as it takes.
 const MAX_SEARCH: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// When the search must stop, and whether it did.
+/// One look-up's search: when it must stop and whether it did, and the consumer groups (read
+/// once per look-up: they walk the whole offset table).
 struct Deadline {
     at: std::time::Instant,
     cut: std::cell::Cell<bool>,
+    groups: std::cell::OnceCell<Vec<String>>,
 }
 
 impl Deadline {
@@ -39,6 +41,7 @@ impl Deadline {
         Self {
             at: std::time::Instant::now() + limit,
             cut: std::cell::Cell::new(false),
+            groups: std::cell::OnceCell::new(),
         }
     }
 
@@ -349,11 +352,11 @@ fn gather(
         .or(recs.first())?
         .real_topic()
         .to_owned();
-    let groups = consumer_groups(b);
+    let groups = deadline.groups.get_or_init(|| consumer_groups(b));
     let records = recs
         .into_iter()
         .map(|r| {
-            let by = consumed_by(b, &r, &groups);
+            let by = consumed_by(b, &r, groups);
             (r, by)
         })
         .collect();

@@ -36,13 +36,12 @@ pub fn layered(
         };
         // A variable read as a number or boolean where the key takes a string (a digit-only
         // secret or name) is taken as the string it was: each such variable once at most.
-        // Only for that error: restored after another one (an unknown field inside an array
-        // of tables, a bad address in a list), the variable was reported as "a string where
-        // a sequence was expected" instead of its real mistake.
-        let wants_string = e.contains("expected a string");
+        // Arrays and tables are not: taken as a string after another mistake (an unknown
+        // field inside an array of tables, a bad address in a list), the variable was
+        // reported as "a string where a sequence was expected" instead of its real mistake.
         match sniffed
             .iter()
-            .position(|s: &Sniffed| wants_string && e.contains(&format!("in `{}`", s.path)))
+            .position(|s: &Sniffed| e.contains(&format!("in `{}`", s.path)))
         {
             Some(i) => sniffed.swap_remove(i).restore(&mut table),
             None => bail!("{}", config_error(&e, &set_by)),
@@ -140,7 +139,8 @@ fn apply_env(
     }
     let parsed = parse_env_value(value);
     let sniffed = |path: String, parsed: &toml::Value| {
-        (!parsed.is_str()).then(|| Sniffed {
+        let scalar = !(parsed.is_str() || parsed.is_array() || parsed.is_table());
+        scalar.then(|| Sniffed {
             path,
             raw: value.to_string(),
         })

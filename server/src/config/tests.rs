@@ -441,6 +441,9 @@ fn an_environment_variable_s_real_mistake_is_reported_with_its_name() {
     let err = refusal(&[("SLUICE_BROKER_NAMESRV_ADDRS", r#"["127.0.0.1:99999"]"#)]);
     assert!(!err.contains("expected a sequence"), "{err}");
     assert!(err.contains("SLUICE_BROKER_NAMESRV_ADDRS"), "{err}");
+    // A number where a path is expected is still taken as the path it spells.
+    let cfg = load(None, env(&[("SLUICE_DATA_DIR", "2024")])).unwrap();
+    assert_eq!(cfg.data_dir, PathBuf::from("2024"));
 }
 
 /// A syntax error printed the offending line whole, a secret included.

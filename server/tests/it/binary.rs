@@ -23,10 +23,11 @@ fn serve(data: &std::path::Path) -> (KillOnDrop, LineReader) {
     serve_with(data, &[])
 }
 
-/// [`serve`] with `extra` arguments after `serve` (a `--config`, say).
-fn serve_with(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (KillOnDrop, LineReader) {
-    let mut child = sluice()
-        .arg("serve")
+/// `sluice serve` with `extra` arguments after `serve`, on free loopback ports over `data`,
+/// logging warnings, with 64 MiB segments and the disk guard at 99 % (callers may override).
+fn serve_command(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = sluice();
+    cmd.arg("serve")
         .args(extra)
         .args([
             "--namesrv-listen",
@@ -40,7 +41,13 @@ fn serve_with(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (KillOnDrop
         .arg(data)
         .env("SLUICE_LOG", "warn")
         .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
-        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99")
+        .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0.99");
+    cmd
+}
+
+/// [`serve`] with `extra` arguments after `serve` (a `--config`, say).
+fn serve_with(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (KillOnDrop, LineReader) {
+    let mut child = serve_command(data, extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -96,16 +103,7 @@ fn a_second_process_on_a_folder_in_use_says_why_once_in_plain_text() {
     let (mut first, lines) = serve(dir.path());
     assert!(lines.next_within(LIMIT).starts_with("sluice ready:"));
     let out = output_within(
-        sluice()
-            .args([
-                "serve",
-                "--namesrv-listen",
-                "127.0.0.1:0",
-                "--broker-listen",
-            ])
-            .args(["127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("SLUICE_LOG", "info"),
+        serve_command(dir.path(), &[]).env("SLUICE_LOG", "info"),
         LIMIT,
     );
     assert!(!out.status.success());
@@ -126,17 +124,7 @@ fn a_second_process_on_a_folder_in_use_says_why_once_in_plain_text() {
 fn a_start_with_the_disk_above_its_guard_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = KillOnDrop(
-        sluice()
-            .args([
-                "serve",
-                "--namesrv-listen",
-                "127.0.0.1:0",
-                "--broker-listen",
-            ])
-            .args(["127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("SLUICE_LOG", "warn")
-            .env("SLUICE_STORE_SEGMENT_BYTES", "67108864")
+        serve_command(dir.path(), &[])
             .env("SLUICE_STORE_DISK_MAX_USED_RATIO", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

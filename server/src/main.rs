@@ -188,6 +188,9 @@ async fn serve(args: ServeArgs, open_files: limits::OpenFiles) -> Result<()> {
     let tls = cfg.tls.load()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    // Before any port is bound: a second start with the same configuration failed on the name
+    // server's port, hiding that another process runs on this folder.
+    sluice_store::check_folder_free(&cfg.store_config().data_dir).context("store")?;
 
     let namesrv = if cfg.namesrv.enabled {
         let mut ns_cfg = cfg.namesrv_config();

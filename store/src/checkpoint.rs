@@ -210,6 +210,17 @@ impl FolderLock {
     }
 }
 
+/// Refuses (`StoreError::Locked`) a data folder another process holds, without keeping it:
+/// a process about to start can say so before it binds its ports, instead of after (a second
+/// start with the same configuration failed on the name server's port, hiding the cause).
+/// [`crate::Store::open`] still takes the lock itself.
+pub fn check_folder_free(dir: &Path) -> Result<()> {
+    if !dir.join("lock").exists() {
+        return Ok(());
+    }
+    FolderLock::acquire(dir).map(drop)
+}
+
 #[allow(unsafe_code)]
 fn flock_exclusive(file: &File) -> bool {
     // SAFETY: a plain syscall on a descriptor owned by `file`; no memory is passed.

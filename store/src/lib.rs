@@ -56,7 +56,8 @@ mod store;
 mod warmer;
 
 pub use checkpoint::{
-    append_synced, remove_synced, sweep_temp_files, truncate_synced, write_atomic, Checkpoint,
+    append_synced, check_folder_free, remove_synced, sweep_temp_files, truncate_synced,
+    write_atomic, Checkpoint,
 };
 pub use commitlog::STORED_RECORD_MAX;
 pub use config::{FlushMode, StoreConfig};

@@ -101,9 +101,23 @@ fn starts_prints_one_ready_line_and_stops_cleanly_on_sigterm() {
 fn a_second_process_on_a_folder_in_use_says_why_once_in_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     let (mut first, lines) = serve(dir.path());
-    assert!(lines.next_within(LIMIT).starts_with("sluice ready:"));
+    let ready = lines.next_within(LIMIT);
+    assert!(ready.starts_with("sluice ready:"), "{ready}");
+    // The same name-server port as the first: the folder is said to be in use, not the port
+    // (the start failed on the port, hiding the cause).
+    let ns = ready
+        .strip_prefix("sluice ready: name server ")
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_owned();
+    let taken = ["--namesrv-listen", &ns, "--broker-listen", "127.0.0.1:0"];
     let out = output_within(
-        serve_command(dir.path(), &[]).env("SLUICE_LOG", "info"),
+        sluice()
+            .arg("serve")
+            .args(taken)
+            .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("SLUICE_LOG", "info"),
         LIMIT,
     );
     assert!(!out.status.success());

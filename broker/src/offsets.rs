@@ -105,8 +105,8 @@ impl OffsetManager {
             .into_iter()
             .map(|(_, t)| t)
             .collect();
+        // Each (topic, group) key is unique, so no topic comes twice.
         topics.sort();
-        topics.dedup();
         topics
     }
 

@@ -185,10 +185,7 @@ impl BrokerServices {
     /// Whether HTTP consumers count as members of `group` now: leases held, or a receive,
     /// ack, nack or extend within the client expiry (what refuses deleting its offsets).
     pub fn http_consumers_active(&self, group: &str) -> bool {
-        self.ctx
-            .leases
-            .get()
-            .is_some_and(|l| l.has_member(group, self.ctx.cfg.client_expiry))
+        self.ctx.has_http_member(group)
     }
 
     /// Creates or updates a topic (saved in the background; name servers hear of it).

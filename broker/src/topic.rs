@@ -90,6 +90,20 @@ pub(crate) enum RetryTopicRefused {
     TooLong(String),
 }
 
+/// A `%RETRY%` or `%DLQ%` topic.
+pub(crate) fn is_retry_or_dlq(topic: &str) -> bool {
+    topic.starts_with(RETRY_PREFIX) || topic.starts_with(DLQ_PREFIX)
+}
+
+/// Whether a retry or dead-letter topic of this name may be created (see
+/// [`RetryTopicRefused::TooLong`]).
+pub(crate) fn check_creatable_retry(topic: &str) -> Result<(), RetryTopicRefused> {
+    if topic.len() > MAX_DECODABLE_TOPIC {
+        return Err(RetryTopicRefused::TooLong(topic.to_owned()));
+    }
+    Ok(())
+}
+
 /// Why a topic operation was refused: a response code and its remark.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TopicReject {
@@ -110,11 +124,7 @@ impl TopicReject {
 /// retry and dead-letter topics: existing ones stay readable; new ones are held to
 /// [`MAX_DECODABLE_TOPIC`] where they are created, see [`RetryTopicRefused`]).
 pub(crate) fn validate_name(topic: &str) -> Result<(), TopicReject> {
-    let max = if topic.starts_with(RETRY_PREFIX) || topic.starts_with(DLQ_PREFIX) {
-        255
-    } else {
-        127
-    };
+    let max = if is_retry_or_dlq(topic) { 255 } else { 127 };
     if topic.trim().is_empty() {
         return Err(TopicReject::new(
             response_code::INVALID_PARAMETER,
@@ -363,7 +373,7 @@ impl TopicManager {
         // A dead-letter topic made by a client's send (its own fallback when a send-back is
         // refused) has the one queue the broker's dead letters use: with the template's four,
         // dead-letter listings and replays, which read queue 0, missed three in four.
-        if topic.starts_with(RETRY_PREFIX) || topic.starts_with(DLQ_PREFIX) {
+        if is_retry_or_dlq(topic) {
             return self.get_or_create_retry(topic).map_err(|e| match e {
                 RetryTopicRefused::Limit(l) => not_created(topic, l),
                 long @ RetryTopicRefused::TooLong(_) => {
@@ -395,10 +405,10 @@ impl TopicManager {
     ) -> Result<TopicConfig, RetryTopicRefused> {
         match self.get(topic) {
             Some(cfg) => Ok(cfg),
-            None if topic.len() > MAX_DECODABLE_TOPIC => {
-                Err(RetryTopicRefused::TooLong(topic.to_owned()))
+            None => {
+                check_creatable_retry(topic)?;
+                Ok(self.get_or_add(TopicConfig::new(topic, 1, perm::READ_WRITE))?)
             }
-            None => Ok(self.get_or_add(TopicConfig::new(topic, 1, perm::READ_WRITE))?),
         }
     }
 

@@ -105,11 +105,11 @@ async fn answer(front: Front, req: Request, next: Next) -> Response {
         Some(t) if LONG_POLLS.contains(&t) => Some(&front.long_polls),
         _ => Some(&front.limit),
     };
-    // Probes stay open to any name (a kubelet's names the pod's address): they reveal
-    // nothing a page could use and change nothing.
-    let probe = template.is_some_and(|t| PROBES.contains(&t));
-    let foreign = !probe && front.state.config().tokens.is_empty() && !loopback_request(&req);
-    let response = match budget.map(|b| b.try_acquire()) {
+    // Probes (no budget) stay open to any name (a kubelet's names the pod's address): they
+    // reveal nothing a page could use and change nothing. A refused name takes no permit.
+    let foreign =
+        budget.is_some() && front.state.config().tokens.is_empty() && !loopback_request(&req);
+    let response = match budget.filter(|_| !foreign).map(|b| b.try_acquire()) {
         _ if foreign => ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
             crate::error::code::FORBIDDEN,

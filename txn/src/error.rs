@@ -128,9 +128,14 @@ impl TxnError {
         }
     }
 
-    /// True when retrying the same request later may succeed (nothing was decided).
+    /// True when the same request may succeed a moment later (nothing was decided): another
+    /// decision of the transaction being stored, a full append queue, a full disk. Not an
+    /// invalid or corrupt record, nor a store that must be restarted.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Busy(_) | Self::Store(_) | Self::NotStarted)
+        matches!(
+            self,
+            Self::Busy(_) | Self::Store(StoreError::Busy(_) | StoreError::DiskFull(_))
+        )
     }
 }
 

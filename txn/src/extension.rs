@@ -23,19 +23,6 @@ use crate::service::TxnService;
 use crate::sink::CheckSink;
 use crate::table::Table;
 
-/// The transaction table's gauges, walked under its lock.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TableGauges {
-    pub(crate) open: u64,
-    pub(crate) parked: u64,
-    pub(crate) resolving: u64,
-    pub(crate) done: u64,
-    /// Store time of the oldest open or resolving transaction.
-    pub(crate) oldest_ms: Option<i64>,
-    pub(crate) pending_pulls: u64,
-    pub(crate) due_waiting: u64,
-}
-
 /// What the hook, the service and the running core share.
 pub(crate) struct Shared {
     pub(crate) cfg: TxnConfig,
@@ -51,7 +38,7 @@ pub(crate) struct Shared {
     /// Half messages just stored, for their END_TRANSACTION (see `fresh`).
     pub(crate) fresh: Mutex<FreshHalves>,
     /// The table's gauges as last walked, and when (see `TxnService::metrics`).
-    pub(crate) gauges: Mutex<Option<(std::time::Instant, TableGauges)>>,
+    pub(crate) gauges: Mutex<Option<(std::time::Instant, crate::table::TableGauges)>>,
     checker: Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
@@ -159,7 +146,8 @@ impl TxnExtension {
         });
         self.shared.fresh.lock().clear();
         let (report, torn) = core.rebuild();
-        let (open, parked, _, done, _) = core.table.lock().gauges();
+        let g = core.table.lock().gauges();
+        let (open, parked, done) = (g.open, g.parked, g.done);
         tracing::info!(
             from_checkpoint = report.from_checkpoint,
             listed = report.listed,

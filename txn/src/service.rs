@@ -9,11 +9,12 @@ use sluice_store::now_ms;
 use crate::config::GroupPolicy;
 use crate::core::{Core, Outcome};
 use crate::error::TxnError;
-use crate::extension::{Shared, TableGauges};
+use crate::extension::Shared;
 use crate::metrics::TxnMetrics;
 use crate::resolve::{Resolution, TxnRef};
 use crate::sink::{CheckSink, PendingCheck};
 use crate::state::{CheckAnswer, Decision, Source, TxnState};
+use crate::table::TableGauges;
 use crate::table::{ms, Entry};
 
 /// Which transactions a listing shows.
@@ -324,16 +325,7 @@ impl TxnService {
             }
         }
         let t = core.table.lock();
-        let (open, parked, resolving, done, oldest_ms) = t.gauges();
-        let g = TableGauges {
-            open,
-            parked,
-            resolving,
-            done,
-            oldest_ms,
-            pending_pulls: t.pending_pulls() as u64,
-            due_waiting: t.due_waiting as u64,
-        };
+        let g = t.gauges();
         *cached = (t.len() > GAUGES_WALK_FREE).then(|| (Instant::now(), g));
         g
     }

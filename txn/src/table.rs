@@ -639,8 +639,8 @@ impl Table {
         self.entries.len()
     }
 
-    /// Gauges for [`crate::TxnMetrics`]: (open, parked, resolving, decided, oldest live store time).
-    pub(crate) fn gauges(&self) -> (u64, u64, u64, u64, Option<i64>) {
+    /// Gauges for [`crate::TxnMetrics`] (walks every entry).
+    pub(crate) fn gauges(&self) -> TableGauges {
         let (mut open, mut parked, mut resolving, mut done) = (0, 0, 0, 0);
         let mut oldest: Option<i64> = None;
         // Parked transactions wait for an operator, not for their producer: counted in
@@ -660,8 +660,29 @@ impl Table {
                 _ => done += 1,
             }
         }
-        (open, parked, resolving, done, oldest)
+        TableGauges {
+            open,
+            parked,
+            resolving,
+            done,
+            oldest_ms: oldest,
+            pending_pulls: self.pending_pulls() as u64,
+            due_waiting: self.due_waiting as u64,
+        }
     }
+}
+
+/// The transaction table's gauges, walked under its lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TableGauges {
+    pub(crate) open: u64,
+    pub(crate) parked: u64,
+    pub(crate) resolving: u64,
+    pub(crate) done: u64,
+    /// Store time of the oldest open or resolving transaction.
+    pub(crate) oldest_ms: Option<i64>,
+    pub(crate) pending_pulls: u64,
+    pub(crate) due_waiting: u64,
 }
 
 #[cfg(test)]

@@ -363,11 +363,11 @@ fn the_oldest_open_age_leaves_parked_transactions_out() {
     let mut parked = entry(1, 100);
     parked.state = TxnState::Parked;
     t.insert(parked);
-    let (open, parked_n, _, _, oldest) = t.gauges();
-    assert_eq!((open, parked_n, oldest), (0, 1, None));
+    let g = t.gauges();
+    assert_eq!((g.open, g.parked, g.oldest_ms), (0, 1, None));
     t.insert(entry(2, 500));
-    let (open, _, _, _, oldest) = t.gauges();
-    assert_eq!((open, oldest), (1, Some(500)));
+    let g = t.gauges();
+    assert_eq!((g.open, g.oldest_ms), (1, Some(500)));
 }
 
 #[test]

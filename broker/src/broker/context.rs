@@ -124,11 +124,15 @@ impl BrokerContext {
     /// consumer (a lease book in use, or one that received within `client_expiry`, the time
     /// a silent TCP member is kept).
     pub(crate) fn group_has_members(&self, group: &str) -> bool {
-        let leased = self
-            .leases
+        self.clients.has_consumer_group(group) || self.has_http_member(group)
+    }
+
+    /// Whether HTTP consumers count as members of `group`: leases held, or a receive, ack,
+    /// nack or extend within the client expiry.
+    pub(crate) fn has_http_member(&self, group: &str) -> bool {
+        self.leases
             .get()
-            .is_some_and(|l| l.has_member(group, self.cfg.client_expiry));
-        self.clients.has_consumer_group(group) || leased
+            .is_some_and(|l| l.has_member(group, self.cfg.client_expiry))
     }
 
     /// Shortens the orderly queue locks of consumers that just left their group (last

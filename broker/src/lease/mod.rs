@@ -336,7 +336,7 @@ impl LeaseService {
         // longer group could receive, but never hand a message back.
         if req.group.is_empty()
             || crate::topic::validate_name(&retry_topic).is_err()
-            || retry_topic.len() > crate::topic::MAX_DECODABLE_TOPIC
+            || crate::topic::check_creatable_retry(&retry_topic).is_err()
         {
             return Err(LeaseError::InvalidGroup(req.group.clone()));
         }
@@ -355,10 +355,7 @@ impl LeaseService {
     fn readable_queues(&self, topic: &str) -> Result<i32, LeaseError> {
         use sluice_protocol::remoting::body::perm;
         let not_consumable = || LeaseError::NotConsumable(topic.to_owned());
-        if crate::topic::is_not_consumable(topic)
-            || topic.starts_with(crate::topic::RETRY_PREFIX)
-            || topic.starts_with(crate::topic::DLQ_PREFIX)
-        {
+        if crate::topic::is_not_consumable(topic) || crate::topic::is_retry_or_dlq(topic) {
             return Err(not_consumable());
         }
         let cfg = self

@@ -78,20 +78,21 @@ pub(super) fn heartbeat(
         .heartbeat(conn, &hb, Instant::now(), access_key, meta)
         .map_err(too_many)?;
     ctx.notify_consumers_changed(&changed);
-    match refused.first() {
-        None => Ok(reply::ok(req)),
-        Some((_, limit)) => {
-            let names: Vec<&str> = refused.iter().map(|(g, _)| g.as_str()).collect();
-            Err(Reject::new(
-                code::SYSTEM_ERROR,
-                format!(
-                    "consumer group(s) {} not registered, their retry topics could not be \
-                     created: {limit}; the heartbeat's other groups are registered",
-                    names.join(", ")
-                ),
-            ))
-        }
+    if refused.is_empty() {
+        return Ok(reply::ok(req));
     }
+    let each: Vec<String> = refused
+        .iter()
+        .map(|(g, why)| format!("{g} ({why})"))
+        .collect();
+    Err(Reject::new(
+        code::SYSTEM_ERROR,
+        format!(
+            "consumer group(s) not registered, their retry topics could not be created: {}; \
+             the heartbeat's other groups are registered",
+            each.join(", ")
+        ),
+    ))
 }
 
 /// Refuses a heartbeat whose client id, group count or producer group names are over their

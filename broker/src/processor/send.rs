@@ -165,16 +165,13 @@ fn choose_queue(
         return Ok(ctx.pick_queue(cfg.write_queue_nums));
     }
     let valid = cfg.read_queue_nums.max(cfg.write_queue_nums);
-    // A retry or dead-letter topic has one queue; a client without its route yet sends by
-    // the template's four (its first send to `%DLQ%<group>`, say): taken as queue 0 rather
-    // than refused on every attempt until its route refreshes.
-    if h.queue_id >= valid
-        && (h.topic.starts_with(topic::RETRY_PREFIX) || h.topic.starts_with(topic::DLQ_PREFIX))
-        && cfg.write_queue_nums > 0
-    {
-        return Ok(h.queue_id % cfg.write_queue_nums);
-    }
     if h.queue_id >= valid {
+        // A retry or dead-letter topic has one queue; a client without its route yet sends
+        // by the template's four (its first send to `%DLQ%<group>`, say): taken modulo the
+        // queues rather than refused on every attempt until its route refreshes.
+        if topic::is_retry_or_dlq(&h.topic) && cfg.write_queue_nums > 0 {
+            return Ok(h.queue_id % cfg.write_queue_nums);
+        }
         return Err(Reject::new(
             code::SYSTEM_ERROR,
             format!(

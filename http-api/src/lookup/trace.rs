@@ -26,13 +26,13 @@ const MAX_SEARCH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One look-up's search: when it must stop and whether it did, and the consumer groups (read
 /// once per look-up: they walk the whole offset table).
-struct Deadline {
+struct Search {
     at: std::time::Instant,
     cut: std::cell::Cell<bool>,
     groups: std::cell::OnceCell<Vec<String>>,
 }
 
-impl Deadline {
+impl Search {
     fn new() -> Self {
         Self::within(MAX_SEARCH)
     }
@@ -186,26 +186,26 @@ fn is_system(topic: &str) -> bool {
 
 /// Reads the copies of the messages `target` names.
 pub(super) fn find(b: &BrokerServices, target: &Target) -> Found {
-    let deadline = Deadline::new();
-    let mut found = find_within(b, target, &deadline);
-    found.truncated |= deadline.cut.get();
+    let search = Search::new();
+    let mut found = find_within(b, target, &search);
+    found.truncated |= search.cut.get();
     found
 }
 
-fn find_within(b: &BrokerServices, target: &Target, deadline: &Deadline) -> Found {
+fn find_within(b: &BrokerServices, target: &Target, search: &Search) -> Found {
     match target {
         Target::Id { id, topic } => {
             let (topics, truncated) = match topic {
                 Some(t) => candidate_topics(b, t),
                 None => all_topics(b),
             };
-            let mut g = gather(b, &topics, id, topic.as_deref(), deadline);
+            let mut g = gather(b, &topics, id, topic.as_deref(), search);
             if g.is_none() {
                 let uniq = uniq_of_offset_id(b, id);
-                g = uniq.and_then(|u| gather(b, &topics, &u, topic.as_deref(), deadline));
+                g = uniq.and_then(|u| gather(b, &topics, &u, topic.as_deref(), search));
             }
             if let Some(g) = g.as_mut() {
-                keep_shown_body(g, &mut MAX_BODY_BYTES.clone());
+                keep_shown_body(g, &mut { MAX_BODY_BYTES });
             }
             Found {
                 messages: g.into_iter().collect(),
@@ -214,11 +214,11 @@ fn find_within(b: &BrokerServices, target: &Target, deadline: &Deadline) -> Foun
         }
         Target::Key { key, topic } => {
             let (topics, cut) = candidate_topics(b, topic);
-            let (ids, more) = ids_with_key(b, &topics, key, topic, deadline);
+            let (ids, more) = ids_with_key(b, &topics, key, topic, search);
             let mut budget = MAX_BODY_BYTES;
             let messages = ids
                 .iter()
-                .filter_map(|id| gather(b, &topics, id, Some(topic), deadline))
+                .filter_map(|id| gather(b, &topics, id, Some(topic), search))
                 .map(|mut g| {
                     keep_shown_body(&mut g, &mut budget);
                     g
@@ -276,12 +276,12 @@ fn ids_with_key(
     topics: &[String],
     key: &str,
     topic: &str,
-    deadline: &Deadline,
+    search: &Search,
 ) -> (Vec<String>, bool) {
     let store = b.store();
     let mut found: Vec<(i64, String)> = Vec::new();
     for t in topics {
-        if deadline.passed() {
+        if search.passed() {
             break;
         }
         for bytes in store.query_by_key(t, key, PER_TOPIC, i64::MIN / 2, i64::MAX / 2) {
@@ -315,7 +315,7 @@ fn gather(
     topics: &[String],
     uniq: &str,
     only: Option<&str>,
-    deadline: &Deadline,
+    search: &Search,
 ) -> Option<Gathered> {
     let store = b.store();
     let mut recs: Vec<Rec> = Vec::new();
@@ -324,7 +324,7 @@ fn gather(
     let mut earliest_other: Option<usize> = None;
     let found = topics
         .iter()
-        .take_while(|_| !deadline.passed())
+        .take_while(|_| !search.passed())
         .flat_map(|t| store.query_by_uniq_key(t, uniq, PER_TOPIC))
         .filter_map(|bytes| Rec::decode(&bytes))
         .filter(|r| r.topic != TRANS_OP_HALF_TOPIC && r.props.get(PROP_CANCEL).is_none())
@@ -352,7 +352,7 @@ fn gather(
         .or(recs.first())?
         .real_topic()
         .to_owned();
-    let groups = deadline.groups.get_or_init(|| consumer_groups(b));
+    let groups = search.groups.get_or_init(|| consumer_groups(b));
     let records = recs
         .into_iter()
         .map(|r| {
@@ -671,11 +671,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_search_out_of_time_stops_and_says_it_was_cut() {
-        let open = Deadline::within(std::time::Duration::from_secs(60));
+    fn a_search_past_its_time_bound_is_marked_cut_and_takes_no_more_topics() {
+        let open = Search::within(std::time::Duration::from_secs(60));
         assert!(!open.passed());
         assert!(!open.cut.get());
-        let spent = Deadline::within(std::time::Duration::ZERO);
+        let spent = Search::within(std::time::Duration::ZERO);
         let topics = ["A", "B", "C"];
         let searched = topics.iter().take_while(|_| !spent.passed()).count();
         assert_eq!(searched, 0);

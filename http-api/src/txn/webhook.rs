@@ -225,7 +225,7 @@ impl Caller {
                     tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, check = c.check_count, url = %target, answer = ?state, outcome = ?outcome, "check webhook answered");
                     return;
                 }
-                Err(e) if passing(&e) && tokio::time::Instant::now() + pause < give_up => {
+                Err(e) if e.is_retriable() && tokio::time::Instant::now() + pause < give_up => {
                     tracing::debug!(producer_group = %c.producer_group, transaction_id = %c.transaction_id, answer = ?state, error = %e, "check webhook answer not applied yet; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
@@ -239,20 +239,9 @@ impl Caller {
     }
 }
 
-/// How long an answer refused for a passing reason ([`passing`]) is applied again. The call
+/// How long an answer refused for a passing reason (`TxnError::is_retriable`) is applied again. The call
 /// keeps its slot meanwhile, so this stays short of the check interval.
 const APPLY_RETRY_FOR: Duration = Duration::from_secs(10);
-
-/// Whether a refused answer may be taken a moment later: another decision of the transaction
-/// being stored, a full append queue, a full disk. Not an invalid or corrupt record.
-fn passing(e: &sluice_txn::TxnError) -> bool {
-    use sluice_store::StoreError;
-    matches!(
-        e,
-        sluice_txn::TxnError::Busy(_)
-            | sluice_txn::TxnError::Store(StoreError::Busy(_) | StoreError::DiskFull(_))
-    )
-}
 
 /// The worker: takes queued checks until `stop`, at most `limit` calls at once; then waits
 /// for calls in flight (each bounded by the client's timeout) up to `grace`.

@@ -76,7 +76,7 @@ pub use remoting::{ClientOptions, ConnectionHandle, ConnectionRegistry, Remoting
 pub use retry::{
     Backoff, GroupRetryPolicy, RetryConfig, RetryDelay, RetryError, SendBack, SendBackOutcome,
 };
-pub use services::{BoxFuture, BrokerServices, Extension};
+pub use services::{BoxFuture, BrokerServices, DeleteTopicError, Extension};
 pub use stats::BrokerStats;
 pub use topic::{
     NotAdded, TopicLimit, DEFAULT_TOPIC, DLQ_PREFIX, RETRY_PREFIX, SCHEDULE_TOPIC, TIMER_TOPIC,

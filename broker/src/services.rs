@@ -73,6 +73,18 @@ impl std::fmt::Debug for BrokerServices {
     }
 }
 
+/// Why [`BrokerServices::delete_topic`] deleted nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteTopicError {
+    /// A system topic, or the retry topic of a group that has members.
+    #[error("{0}")]
+    Refused(String),
+    /// The topic's stored messages could not be hidden (the store is busy, full or failing);
+    /// the topic is as it was.
+    #[error("the topic's stored messages could not be hidden: {0}")]
+    Store(#[from] sluice_store::StoreError),
+}
+
 impl BrokerServices {
     /// With ACL on: may the account that signed `req` (from `peer`) `perm` on `topic`? For
     /// extension requests whose topic is known only once the handler has looked something
@@ -127,27 +139,44 @@ impl BrokerServices {
         self.ctx.topics.get(name)
     }
 
-    /// Deletes a user topic's configuration (persisted; name servers hear of it) and every
-    /// group's committed offsets of it. System topics (the default template, schedule,
+    /// Deletes a user topic: its configuration (persisted; name servers hear of it), every
+    /// group's committed offsets of it, and its stored messages from every read (they age out
+    /// with retention; see [`sluice_store::Store::retire_queues`]), so a topic created again
+    /// under its name starts empty. System topics (the default template, schedule,
     /// transaction and dead-letter topics) are refused, and so is a consumer group's retry
-    /// topic while the group has members. The data ages out with retention. `Ok(None)`: no
-    /// such topic.
-    pub fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, String> {
+    /// topic while the group has members. Sends do not create the topic again until its
+    /// messages are hidden. When they cannot be hidden (a full or failing disk), the topic is
+    /// put back and nothing changes. `Ok(None)`: no such topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, DeleteTopicError> {
         if let Some(group) = name.strip_prefix(crate::topic::RETRY_PREFIX) {
-            self.retry_topic_unused(name, group)?;
+            self.retry_topic_unused(name, group)
+                .map_err(DeleteTopicError::Refused)?;
         } else if name == crate::topic::DEFAULT_TOPIC || crate::topic::is_broker_topic(name) {
-            return Err(format!("{name} is a system topic and cannot be deleted"));
+            return Err(DeleteTopicError::Refused(format!(
+                "{name} is a system topic and cannot be deleted"
+            )));
         }
-        let removed = self.ctx.topics.remove(name);
-        if removed.is_some() {
-            let groups = self.ctx.offsets.remove_topic(name);
-            tracing::info!(
-                topic = name,
-                groups,
-                "consumer offsets of the deleted topic forgotten"
-            );
+        let Some(deleting) = self.ctx.topics.begin_delete(name) else {
+            return Ok(None);
+        };
+        let removed = deleting.removed().cloned();
+        match self.ctx.store.retire_queues(name).await {
+            Ok(queues) => {
+                let groups = self.ctx.offsets.remove_topic(name);
+                tracing::info!(
+                    topic = name,
+                    groups,
+                    queues,
+                    "deleted topic's messages hidden and its consumer offsets forgotten"
+                );
+                Ok(removed)
+            }
+            Err(e) => {
+                tracing::error!(topic = name, error = %e, "hiding a deleted topic's messages failed; the topic is put back");
+                deleting.undo();
+                Err(DeleteTopicError::Store(e))
+            }
         }
-        Ok(removed)
     }
 
     /// A consumer group's retry topic may go once the group has no member over TCP and no

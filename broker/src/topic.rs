@@ -230,6 +230,40 @@ pub(crate) struct TopicManager {
     pub(crate) changed: Arc<Notify>,
     /// Most topics the table holds (see [`TopicLimit`]).
     max_topics: usize,
+    /// Topics being deleted: a send does not create them again until their stored messages
+    /// are hidden (see [`Self::begin_delete`]).
+    deleting: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A topic deletion under way; sends may create the topic again once it is dropped.
+pub(crate) struct Deleting {
+    topics: Arc<TopicManager>,
+    topic: String,
+    removed: Option<TopicConfig>,
+}
+
+impl Deleting {
+    /// The removed configuration.
+    pub(crate) fn removed(&self) -> Option<&TopicConfig> {
+        self.removed.as_ref()
+    }
+
+    /// The deletion could not be completed: the topic is put back as it was (unless one of
+    /// that name was created meanwhile).
+    pub(crate) fn undo(mut self) {
+        if let Some(cfg) = self.removed.take() {
+            let name = cfg.topic_name.clone();
+            if let Err(NotAdded::Limit(l)) = self.topics.put_if_absent(cfg) {
+                tracing::error!(topic = %name, error = %l, "a topic whose deletion failed could not be put back");
+            }
+        }
+    }
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        self.topics.deleting.lock().remove(&self.topic);
+    }
 }
 
 impl TopicManager {
@@ -272,6 +306,7 @@ impl TopicManager {
             write_lock: Mutex::new(None),
             changed: Arc::new(Notify::new()),
             max_topics: usize::MAX,
+            deleting: Mutex::default(),
         })
     }
 
@@ -338,6 +373,20 @@ impl TopicManager {
         self.save_in_background();
     }
 
+    /// Removes a topic's configuration as [`Self::remove`] does, and keeps sends from
+    /// creating it again while the returned guard lives (the caller hides its stored messages
+    /// meanwhile: a message sent to a topic created again in between would be hidden with
+    /// them). `None`: no such topic.
+    pub(crate) fn begin_delete(self: &Arc<Self>, topic: &str) -> Option<Deleting> {
+        self.deleting.lock().insert(topic.to_string());
+        let deleting = Deleting {
+            topics: Arc::clone(self),
+            topic: topic.to_string(),
+            removed: self.remove(topic),
+        };
+        deleting.removed.is_some().then_some(deleting)
+    }
+
     /// Removes a topic's configuration (persisted; name servers drop its route at the next
     /// registration). Its data stays until retention deletes the segments. Returns what was
     /// removed.
@@ -369,6 +418,12 @@ impl TopicManager {
     ) -> Result<TopicConfig, TopicReject> {
         if let Some(cfg) = self.get(topic) {
             return Ok(cfg);
+        }
+        if self.deleting.lock().contains(topic) {
+            return Err(TopicReject::new(
+                response_code::TOPIC_NOT_EXIST,
+                format!("topic[{topic}] not exist: it is being deleted"),
+            ));
         }
         // A dead-letter topic made by a client's send (its own fallback when a send-back is
         // refused) has the one queue the broker's dead letters use: with the template's four,
@@ -577,6 +632,23 @@ mod tests {
         m.get_or_create_for_send("B", DEFAULT_TOPIC, 4).unwrap();
         m.get_or_create_retry("%DLQ%g").unwrap();
         assert!(m.snapshot().topic_config_table.len() > system + 2);
+    }
+
+    #[test]
+    fn a_send_does_not_create_a_topic_again_while_it_is_being_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
+        m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
+        let deleting = m.begin_delete("Gone").expect("it existed");
+        let err = m
+            .get_or_create_for_send("Gone", DEFAULT_TOPIC, 4)
+            .unwrap_err();
+        assert_eq!(err.code, response_code::TOPIC_NOT_EXIST);
+        assert!(err.remark.contains("being deleted"), "{}", err.remark);
+        drop(deleting);
+        m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
+        assert!(m.begin_delete("Never").is_none());
+        assert!(m.deleting.lock().is_empty());
     }
 
     #[test]

@@ -62,11 +62,25 @@ pub(crate) struct AppendRequest {
     pub(crate) reply: Reply,
 }
 
+/// Work run on the appender thread with the queues' next offsets, between two requests.
+pub(crate) type Visit = Box<dyn FnOnce(&QueueOffsets) + Send>;
+
 /// Messages to the appender.
-#[derive(Debug)]
 pub(crate) enum AppendCommand {
     Append(AppendRequest),
+    /// Runs in the order of the requests: every request queued before it has its offsets.
+    Visit(Visit),
     Shutdown,
+}
+
+impl std::fmt::Debug for AppendCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Append(req) => f.debug_tuple("Append").field(req).finish(),
+            Self::Visit(_) => f.write_str("Visit"),
+            Self::Shutdown => f.write_str("Shutdown"),
+        }
+    }
 }
 
 /// Messages to the flusher.
@@ -174,9 +188,12 @@ impl Appender {
                 break;
             }
         }
-        // Refuse whatever is still queued: nothing of it was written.
-        while let Ok(AppendCommand::Append(req)) = rx.try_recv() {
-            req.reply.fail(StoreError::Closed);
+        // Refuse whatever is still queued: nothing of it was written (a visit dropped unrun
+        // answers its caller `Closed`).
+        while let Ok(cmd) = rx.try_recv() {
+            if let AppendCommand::Append(req) = cmd {
+                req.reply.fail(StoreError::Closed);
+            }
         }
         let _ = self.flush_tx.send(FlushCommand::Shutdown);
     }
@@ -185,6 +202,10 @@ impl Appender {
     fn handle(&mut self, cmd: AppendCommand) -> bool {
         match cmd {
             AppendCommand::Shutdown => false,
+            AppendCommand::Visit(visit) => {
+                visit(&self.queue_offsets);
+                true
+            }
             AppendCommand::Append(req) => {
                 if let Err(e) = self.precheck() {
                     req.reply.fail(e);

@@ -16,9 +16,11 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::appender::QueueOffsets;
 use crate::commitlog::{file_name, list_numbered_files};
 use crate::crash_point;
 use crate::error::{Result, StoreError};
+use crate::floors::Floors;
 use crate::io::StorageIo;
 use crate::mapped::{ensure_dir, sync_dir, MappedFile};
 
@@ -71,8 +73,10 @@ pub(crate) struct ConsumeQueue {
     dir: PathBuf,
     per_file: u64,
     files: RwLock<Vec<(u64, Arc<MappedFile>)>>,
-    /// First offset still served (raised by retention).
+    /// First offset with an entry on disk (raised by retention).
     min: AtomicU64,
+    /// Nothing below it is served (see `floors`); 0 for most queues.
+    floor: AtomicU64,
     /// Next offset to be written: entries `[min, max)` exist.
     max: AtomicU64,
     /// Lowest offset written since the last sync (`u64::MAX`: none). The checkpoint that
@@ -104,14 +108,37 @@ impl ConsumeQueue {
             per_file,
             files: RwLock::new(files),
             min: AtomicU64::new(min),
+            floor: AtomicU64::new(0),
             max: AtomicU64::new(min),
             dirty_from: AtomicU64::new(u64::MAX),
             created: AtomicBool::new(!existed),
         })
     }
 
+    /// First offset served: past what retention deleted, and not below the queue's floor
+    /// (while the entries up to the floor are still being dispatched, up to the last one).
     pub(crate) fn min_offset(&self) -> u64 {
+        self.stored_min().max(self.floor_offset())
+    }
+
+    /// First offset with an entry on disk, floor or not.
+    fn stored_min(&self) -> u64 {
         self.min.load(Ordering::Acquire)
+    }
+
+    /// The floor, up to the last entry dispatched (0: none).
+    pub(crate) fn floor_offset(&self) -> u64 {
+        self.floor.load(Ordering::Acquire).min(self.max_offset())
+    }
+
+    /// Hides every entry below `floor` from readers (only ever raised).
+    pub(crate) fn raise_floor(&self, floor: u64) {
+        self.floor.fetch_max(floor, Ordering::AcqRel);
+    }
+
+    /// Whether the queue's entries below `floor` are all gone from disk already.
+    pub(crate) fn stored_from(&self, floor: u64) -> bool {
+        self.stored_min() >= floor
     }
 
     /// Publishes nothing at or past `at` (at open, before any reader: see `Store::open`).
@@ -363,7 +390,7 @@ impl ConsumeQueue {
 
     /// Raises `min` past entries whose records were deleted by retention.
     pub(crate) fn advance_min(&self, log_min: u64) {
-        let (lo, hi) = (self.min_offset(), self.max_offset());
+        let (lo, hi) = (self.stored_min(), self.max_offset());
         let below = |o: u64| match self.raw_entry(o) {
             Some(e) => e.phys_offset < log_min,
             None => self.hole_below(o, lo, hi, log_min),
@@ -391,7 +418,7 @@ impl ConsumeQueue {
 
     /// Deletes whole files below `min` (never the last file). Returns how many.
     pub(crate) fn delete_files_below_min(&self) -> Result<usize> {
-        let min = self.min_offset();
+        let min = self.stored_min();
         let mut doomed = Vec::new();
         {
             let mut files = self.files.write();
@@ -426,11 +453,17 @@ pub(crate) struct ConsumeQueues {
     per_file: u64,
     io: Arc<dyn StorageIo>,
     queues: RwLock<HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>>,
+    floors: Floors,
 }
 
 impl ConsumeQueues {
-    /// Opens every queue found under `root`.
-    pub(crate) fn open(root: &Path, per_file: u64, io: Arc<dyn StorageIo>) -> Result<Self> {
+    /// Opens every queue found under `root`, each held to its floor.
+    pub(crate) fn open(
+        root: &Path,
+        per_file: u64,
+        io: Arc<dyn StorageIo>,
+        floors: Floors,
+    ) -> Result<Self> {
         ensure_dir(root)?;
         let mut queues: HashMap<String, HashMap<i32, Arc<ConsumeQueue>>> = HashMap::new();
         for topic_dir in read_dirs(root)? {
@@ -450,6 +483,7 @@ impl ConsumeQueues {
                     continue;
                 };
                 let q = ConsumeQueue::open(&qdir, per_file, io.as_ref())?;
+                q.raise_floor(floors.get(&topic, qid));
                 queues
                     .entry(topic.clone())
                     .or_default()
@@ -461,6 +495,7 @@ impl ConsumeQueues {
             per_file,
             io,
             queues: RwLock::new(queues),
+            floors,
         })
     }
 
@@ -480,10 +515,43 @@ impl ConsumeQueues {
         }
         let dir = self.root.join(topic).join(queue_id.to_string());
         let q = Arc::new(ConsumeQueue::open(&dir, self.per_file, self.io.as_ref())?);
+        q.raise_floor(self.floors.get(topic, queue_id));
         all.entry(topic.to_string())
             .or_default()
             .insert(queue_id, Arc::clone(&q));
         Ok(q)
+    }
+
+    /// Saves `ends` as floors of `topic`'s queues, then hides what lies below them.
+    pub(crate) fn raise_floors(&self, topic: &str, ends: &[(i32, u64)]) -> Result<()> {
+        self.floors.raise(topic, ends)?;
+        for &(queue_id, end) in ends {
+            if let Some(q) = self.get(topic, queue_id) {
+                q.raise_floor(end);
+            }
+        }
+        Ok(())
+    }
+
+    /// At open, once `next` holds each queue's next offset: a floor above it comes down to
+    /// it (what lay between was never acknowledged), and one that retention has passed, or
+    /// of a queue that has nothing, goes.
+    pub(crate) fn settle_floors(&self, next: &QueueOffsets) {
+        self.floors.settle(|topic, queue_id, floor| {
+            let next = next
+                .get(topic)
+                .and_then(|m| m.get(&queue_id))
+                .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
+            let floor = floor.min(next);
+            let q = self.get(topic, queue_id);
+            let passed = q.as_ref().is_some_and(|q| q.stored_from(floor));
+            let settled = (floor > 0 && !passed).then_some(floor);
+            if let Some(q) = q {
+                // Lowered only here, before anything reads the queue.
+                q.floor.store(settled.unwrap_or(0), Ordering::Release);
+            }
+            settled
+        });
     }
 
     /// How many queues there are (no copy of the map).

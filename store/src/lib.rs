@@ -14,6 +14,7 @@
 //! - `dispatch`, `consume_queue`, `index`: derived entries per queue and per key;
 //!   `dispatch_thread`: the loop that runs them, its retries and checkpoints.
 //! - [`recovery`]: the written policy for torn tails and interior damage.
+//! - `floors`: per queue, the offset below which a deleted topic's records are not served.
 //! - `retention`: deleting old segments with their queue and index files.
 //! - `checkpoint`: checkpoint, abort marker, folder lock, atomic file replacement.
 //! - `seal`: the secret the trailers' checksums start from (see `framing`).
@@ -23,7 +24,7 @@
 //!
 //! ## Files under the data folder
 //! `commitlog/<20-digit offset>`, `consumequeue/<topic>/<queue>/<20-digit byte offset>`,
-//! `index/<20-digit offset>`, `checkpoint`, `abort`, `lock`, `seal`.
+//! `index/<20-digit offset>`, `checkpoint`, `abort`, `lock`, `seal`, `queue-floors`.
 
 mod appender;
 #[doc(hidden)]
@@ -37,6 +38,7 @@ mod damage;
 mod dispatch;
 mod dispatch_thread;
 mod error;
+mod floors;
 mod flusher;
 mod framing;
 #[doc(hidden)]

@@ -174,6 +174,15 @@ impl Store {
         self.cqs.get(topic, queue_id).map_or(0, |q| q.min_offset())
     }
 
+    /// Where the queue's present life starts: its floor when its topic was deleted and
+    /// created again (see [`Store::retire_queues`]), else 0. A new consumer group reads a young
+    /// queue from here.
+    pub fn queue_start(&self, topic: &str, queue_id: i32) -> u64 {
+        self.cqs
+            .get(topic, queue_id)
+            .map_or(0, |q| q.floor_offset())
+    }
+
     /// Next offset to be written in the queue (0 for an unknown queue).
     pub fn max_offset(&self, topic: &str, queue_id: i32) -> u64 {
         self.cqs.get(topic, queue_id).map_or(0, |q| q.max_offset())

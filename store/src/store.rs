@@ -13,7 +13,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::appender::{AppendCommand, AppendRequest, Appender, Done, QueueOffsets, Reply};
+use crate::appender::{AppendCommand, AppendRequest, Appender, Done, QueueOffsets, Reply, Visit};
 use crate::checkpoint::{self, Checkpoint, FolderLock};
 use crate::commitlog::{self, CommitLog};
 use crate::config::StoreConfig;
@@ -22,6 +22,7 @@ use crate::damage::{Damage, DamageLog};
 use crate::dispatch::{DispatchListener, Dispatcher};
 use crate::dispatch_thread;
 use crate::error::{Result, StoreError};
+use crate::floors::Floors;
 use crate::flusher::{Flusher, Syncer};
 use crate::framing::Seal;
 use crate::index::Index;
@@ -196,6 +197,7 @@ impl Store {
             &cq_root,
             cfg.cq_entries_per_file,
             Arc::clone(&io),
+            Floors::load(&cfg.data_dir)?,
         )?);
         let index = Arc::new(Index::open(
             &cfg.data_dir.join("index"),
@@ -250,6 +252,7 @@ impl Store {
                 *e = (*e).max(i64::try_from(next).unwrap_or(i64::MAX));
             }
         }
+        cqs.settle_floors(&queue_offsets);
         report.damaged_ranges = damage.all().len();
         let shared = Arc::new(Shared::new(report.end));
         shared.dispatched.set(dispatched);
@@ -425,6 +428,44 @@ impl Store {
         };
         match self.append_tx.try_send(AppendCommand::Append(req)) {
             Ok(()) => Ok(AppendFuture { rx }),
+            Err(TrySendError::Full(_)) => {
+                Err(StoreError::Busy("append queue full: the disk is behind"))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Hides every message of `topic` accepted so far from every read, for good: each of its
+    /// queues' next offset becomes the queue's floor (see `floors`), taken in the appender's
+    /// order and saved before this completes. For a topic being deleted: one created again
+    /// under its name serves only what is sent after, while the old records wait for
+    /// retention. Completes with how many queues got a floor. The save runs on the appender
+    /// thread (a small file, rarely), which holds appends back meanwhile.
+    pub fn retire_queues(&self, topic: &str) -> impl Future<Output = Result<usize>> + Send {
+        let sent = self.send_retire(topic);
+        async move { sent?.await.unwrap_or(Err(StoreError::Closed)) }
+    }
+
+    fn send_retire(&self, topic: &str) -> Result<oneshot::Receiver<Result<usize>>> {
+        message::validate_topic(topic)?;
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        let (cqs, topic) = (Arc::clone(&self.cqs), topic.to_string());
+        let visit: Visit = Box::new(move |next: &QueueOffsets| {
+            let ends: Vec<(i32, u64)> = next.get(&topic).map_or_else(Vec::new, |queues| {
+                queues
+                    .iter()
+                    .map(|(q, n)| (*q, u64::try_from(*n).unwrap_or(0)))
+                    .filter(|(_, end)| *end > 0)
+                    .collect()
+            });
+            let result = cqs.raise_floors(&topic, &ends).map(|()| ends.len());
+            let _ = tx.send(result);
+        });
+        match self.append_tx.try_send(AppendCommand::Visit(visit)) {
+            Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
                 Err(StoreError::Busy("append queue full: the disk is behind"))
             }

@@ -21,23 +21,22 @@ fn offset_reply(req: &RemotingCommand, offset: u64) -> RemotingCommand {
 /// QUERY_CONSUMER_OFFSET: the committed offset; with none, RocketMQ 4.x's answer: offset 0
 /// when the queue still starts at 0 and that message is "in memory" (a young queue, so a new
 /// group reads it from the start), otherwise QUERY_NOT_FOUND (22), which every client reads as
-/// "no offset yet" and then applies its consume-from-where policy.
+/// "no offset yet" and then applies its consume-from-where policy. A queue of a topic deleted
+/// and created again starts at its floor (`Store::queue_start`), and is young from there.
 pub(super) fn query_consumer_offset(
     ctx: &BrokerContext,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, Reject> {
     let h = QueryConsumerOffsetRequestHeader::from_ext(&req.ext_fields)
         .map_err(|e| Reject::header(&e))?;
+    let start = ctx.store.queue_start(&h.topic, h.queue_id);
     let young = |ctx: &BrokerContext| {
-        ctx.store.min_offset(&h.topic, h.queue_id) == 0
-            && ctx.store.offset_in_memory(&h.topic, h.queue_id, 0)
+        ctx.store.min_offset(&h.topic, h.queue_id) == start
+            && ctx.store.offset_in_memory(&h.topic, h.queue_id, start)
     };
     match ctx.offsets.query(&h.consumer_group, &h.topic, h.queue_id) {
         Some(offset) => Ok(reply::ok_ext(req, OffsetResponseHeader { offset }.to_ext())),
-        None if young(ctx) => Ok(reply::ok_ext(
-            req,
-            OffsetResponseHeader { offset: 0 }.to_ext(),
-        )),
+        None if young(ctx) => Ok(offset_reply(req, start)),
         None => Err(Reject::new(
             code::QUERY_NOT_FOUND,
             "Not found, maybe this group consumer boot first",

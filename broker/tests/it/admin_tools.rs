@@ -344,11 +344,58 @@ async fn offsets_are_kept_only_for_existing_queues_and_go_with_their_topic() {
     assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
     assert_eq!(groups_with_offsets(&client, "Kept").await, ["g"]);
     let services = cluster.broker.services();
-    assert!(services.delete_topic("Kept").unwrap().is_some());
+    assert!(services.delete_topic("Kept").await.unwrap().is_some());
     assert!(
         groups_with_offsets(&client, "Kept").await.is_empty(),
         "forgotten with its topic"
     );
+    // Created again by a send: its old message is not served, and a group without an offset
+    // reads the young queue from its new start, not from 0 and not from its end.
+    send_ok(&client, "Kept", 0, b"n", &props(None, None)).await;
+    let r = ask(&client, request_code::QUERY_CONSUMER_OFFSET, &query_fields).await;
+    assert_eq!(
+        (r.code, r.ext_fields.get_str("offset")),
+        (0, Some("1")),
+        "{:?}",
+        r.remark
+    );
+    cluster.stop().await;
+}
+
+/// A delete whose messages cannot be hidden (here the store cannot save their floors)
+/// changes nothing: the topic and its groups' offsets stay, and a later delete succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_the_store_cannot_complete_keeps_the_topic() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    send_ok(&client, "Stays", 0, b"m", &props(None, None)).await;
+    let h = UpdateConsumerOffsetRequestHeader {
+        consumer_group: "g".into(),
+        topic: "Stays".into(),
+        queue_id: 0,
+        commit_offset: 1,
+    };
+    let r = client
+        .invoke(
+            RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, h.to_ext()),
+            RPC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.code, 0, "{:?}", r.remark);
+    let blocker = cluster.dir.path().join("queue-floors.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let services = cluster.broker.services();
+    let e = services.delete_topic("Stays").await.unwrap_err();
+    assert!(
+        matches!(e, sluice_broker::DeleteTopicError::Store(_)),
+        "{e}"
+    );
+    assert!(services.topic("Stays").is_some(), "put back");
+    assert_eq!(groups_with_offsets(&client, "Stays").await, ["g"]);
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(services.delete_topic("Stays").await.unwrap().is_some());
+    assert!(services.topic("Stays").is_none());
     cluster.stop().await;
 }
 

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sluice_broker::NotAdded;
+use sluice_broker::{DeleteTopicError, NotAdded};
 use sluice_protocol::remoting::body::{perm, TopicConfig};
 use utoipa::{IntoParams, ToSchema};
 
@@ -234,9 +234,10 @@ pub(super) async fn get_topic(
     }))
 }
 
-/// Deletes a topic's configuration: it disappears from routes and listings, producers and
-/// HTTP receivers get `topic_not_found` (unless auto-creation brings it back on a send), and
-/// its stored messages age out with retention. System topics are refused (403).
+/// Deletes a topic: it disappears from routes and listings, producers and HTTP receivers get
+/// `topic_not_found` (unless auto-creation brings it back on a send), and its stored
+/// messages are never served again (they age out with retention), so a topic created again
+/// under its name starts empty. System topics are refused (403).
 #[utoipa::path(
     delete,
     path = "/v1/topics/{topic}",
@@ -246,7 +247,7 @@ pub(super) async fn get_topic(
         (status = 204, description = "Deleted"),
         (status = 403, description = "A system topic, or the retry topic of a consumer group that has members", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
-        (status = 503, description = "Deleted, but topics.json could not be saved; retry", body = ErrorBody),
+        (status = 503, description = "Not deleted: its stored messages could not be hidden (a busy, full or failing disk); or deleted, but topics.json could not be saved. Retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -254,14 +255,26 @@ pub(super) async fn delete_topic(
     State(state): State<AppState>,
     PathParams(topic): PathParams<String>,
 ) -> ApiResult<StatusCode> {
-    match state.broker().delete_topic(&topic) {
+    match state.broker().delete_topic(&topic).await {
         Ok(Some(_)) => {
             state.broker().save_topics().await.map_err(not_saved)?;
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(None) => Err(topic_not_found(&topic)),
-        Err(why) => Err(ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, why)),
+        Err(DeleteTopicError::Refused(why)) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, why))
+        }
+        Err(DeleteTopicError::Store(e)) => Err(not_hidden(&e)),
     }
+}
+
+/// 503: the deleted topic's messages could not be hidden (a busy, full or failing store), so
+/// the topic was kept; the caller may retry.
+fn not_hidden(e: &sluice_store::StoreError) -> ApiError {
+    tracing::error!(request_id = %crate::request_id::current(), error = %e, "deleting a topic failed in the store");
+    ApiError::unavailable(
+        "the topic's stored messages could not be hidden; the topic is kept, retry later",
+    )
 }
 
 /// 503: the change is in effect but `topics.json` could not be written (a full or failing

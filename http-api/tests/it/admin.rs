@@ -321,6 +321,72 @@ async fn a_deleted_topic_is_gone_and_system_topics_cannot_be_deleted() {
     s.stop().await;
 }
 
+/// Bodies a group receives from `topic` (acknowledged), in order, until `want` came or a
+/// receive found nothing.
+async fn receive_bodies(s: &common::Server, group: &str, topic: &str, want: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let (st, got) = s
+            .post(
+                &format!("/v1/groups/{group}/topics/{topic}/receive"),
+                json!({"max": 16, "wait_ms": 500}),
+            )
+            .await;
+        assert_eq!(st, 200, "{got}");
+        let msgs = got["messages"].as_array().unwrap().clone();
+        if msgs.is_empty() {
+            break;
+        }
+        let receipts: Vec<_> = msgs.iter().map(|m| m["receipt"].clone()).collect();
+        let (st, r) = s
+            .post(
+                &format!("/v1/groups/{group}/ack"),
+                json!({"receipts": receipts}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        bodies.extend(msgs.iter().map(|m| m["body"].as_str().unwrap().to_string()));
+        if bodies.len() > want {
+            break;
+        }
+    }
+    bodies
+}
+
+/// A deleted topic's messages stay on disk until retention, but a topic created again under
+/// its name (here by a send, after a restart) serves only what is sent to it: groups that
+/// consumed the old one, and new groups, do not read the old messages again.
+#[tokio::test]
+async fn a_topic_created_again_after_a_delete_starts_empty() {
+    let s = common::start().await;
+    s.create_topic("Again", 1);
+    for i in 0..3 {
+        let (st, _) = s
+            .post(
+                "/v1/topics/Again/messages",
+                json!({"body": format!("old-{i}")}),
+            )
+            .await;
+        assert_eq!(st, 201);
+    }
+    assert_eq!(
+        receive_bodies(&s, "early", "Again", 3).await,
+        ["old-0", "old-1", "old-2"]
+    );
+    let (st, body) = s.delete("/v1/topics/Again").await;
+    assert_eq!(st, 204, "{body}");
+    let dir = s.stop().await;
+
+    let s = common::start_in(dir, common::Options::default()).await;
+    let (st, r) = s
+        .post("/v1/topics/Again/messages", json!({"body": "new-0"}))
+        .await;
+    assert_eq!(st, 201, "auto-created again: {r}");
+    assert_eq!(receive_bodies(&s, "early", "Again", 1).await, ["new-0"]);
+    assert_eq!(receive_bodies(&s, "late", "Again", 1).await, ["new-0"]);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_group_that_only_acknowledged_is_listed() {
     let s = common::start().await;

@@ -7,6 +7,7 @@ mod common;
 mod append_read;
 mod crash;
 mod faults;
+mod floors;
 mod power_cut;
 mod recovery;
 mod retention;

@@ -1,0 +1,181 @@
+//! Queue floors: per queue, the offset below which nothing is served although the records
+//! are still in the commit log.
+//!
+//! A deleted topic's messages stay until retention takes their segments (the log is shared,
+//! and only whole segments go), and a topic of the same name created again continues the
+//! same queues. Without a floor, a consumer group with no committed offset there (every group,
+//! after the delete) read the old messages again. [`crate::Store::retire_queues`] takes each
+//! queue's next offset as its floor, in the appender's order, so every message accepted
+//! before it is hidden, and every one after it is served.
+//!
+//! The floors are kept in `<data_dir>/queue-floors`, replaced atomically at each change, one
+//! line per queue (`<queue id> <floor> <topic>`; topic names hold no spaces), and applied at
+//! open. There a floor is lowered to its queue's next offset (records lost with an unclean
+//! stop were never acknowledged, and the next append must be served), and dropped once
+//! retention has passed it or it is 0.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use crate::checkpoint::write_atomic;
+use crate::error::{Result, StoreError};
+
+/// The file's first line.
+const HEADER: &str = "sluice queue floors 1";
+
+/// Floors by (topic, queue id).
+pub(crate) type FloorMap = BTreeMap<(String, i32), u64>;
+
+/// The floors and their file.
+#[derive(Debug)]
+pub(crate) struct Floors {
+    path: PathBuf,
+    /// Held while the file is replaced, so two changes are saved in their order.
+    map: Mutex<FloorMap>,
+}
+
+impl Floors {
+    /// Reads `<data_dir>/queue-floors` (none: no floors).
+    pub(crate) fn load(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("queue-floors");
+        let map = match std::fs::read_to_string(&path) {
+            Ok(text) => parse(&text).map_err(|why| {
+                StoreError::Recovery(format!(
+                    "{} is unreadable ({why}); it hides deleted topics' messages, so it is not \
+                     ignored: restore it from a backup, or remove it to serve those messages \
+                     again",
+                    path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FloorMap::new(),
+            Err(e) => return Err(StoreError::io("read", &path, e)),
+        };
+        Ok(Self {
+            path,
+            map: Mutex::new(map),
+        })
+    }
+
+    /// The floor of a queue (0: none).
+    pub(crate) fn get(&self, topic: &str, queue_id: i32) -> u64 {
+        self.map
+            .lock()
+            .get(&(topic.to_string(), queue_id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Raises the floors of `topic`'s queues to `ends` and saves them. Nothing changes when
+    /// the save fails.
+    pub(crate) fn raise(&self, topic: &str, ends: &[(i32, u64)]) -> Result<()> {
+        let mut map = self.map.lock();
+        let mut next = map.clone();
+        for &(queue_id, end) in ends.iter().filter(|(_, end)| *end > 0) {
+            let slot = next.entry((topic.to_string(), queue_id)).or_insert(0);
+            *slot = (*slot).max(end);
+        }
+        if next != *map {
+            write_atomic(&self.path, encode(&next).as_bytes())?;
+            *map = next;
+        }
+        Ok(())
+    }
+
+    /// At open: sets each floor to what `settle` makes of it (`None`: dropped), and saves the
+    /// file when that changed anything. A failed save is logged: the floors still hold in
+    /// memory, and the next open settles them again.
+    pub(crate) fn settle(&self, mut settle: impl FnMut(&str, i32, u64) -> Option<u64>) {
+        let mut map = self.map.lock();
+        let next: FloorMap = map
+            .iter()
+            .filter_map(|((t, q), f)| settle(t, *q, *f).map(|f| ((t.clone(), *q), f)))
+            .collect();
+        if next == *map {
+            return;
+        }
+        if let Err(e) = write_atomic(&self.path, encode(&next).as_bytes()) {
+            tracing::warn!(error = %e, path = %self.path.display(), "saving settled queue floors failed; kept in memory");
+        }
+        *map = next;
+    }
+
+    /// Every floor.
+    #[cfg(test)]
+    pub(crate) fn all(&self) -> FloorMap {
+        self.map.lock().clone()
+    }
+}
+
+fn encode(map: &FloorMap) -> String {
+    let mut out = format!("{HEADER}\n");
+    for ((topic, queue_id), floor) in map {
+        out.push_str(&format!("{queue_id} {floor} {topic}\n"));
+    }
+    out
+}
+
+fn parse(text: &str) -> std::result::Result<FloorMap, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(format!("its first line is not {HEADER:?}"));
+    }
+    let mut map = FloorMap::new();
+    for (n, line) in lines.enumerate() {
+        let bad = || format!("line {} is not `<queue id> <floor> <topic>`", n + 2);
+        let mut parts = line.splitn(3, ' ');
+        let queue_id = parts.next().and_then(|s| s.parse::<i32>().ok());
+        let floor = parts.next().and_then(|s| s.parse::<u64>().ok());
+        let topic = parts.next().filter(|t| crate::validate_topic(t).is_ok());
+        match (queue_id, floor, topic) {
+            (Some(q), Some(f), Some(t)) if q >= 0 => map.insert((t.to_string(), q), f),
+            _ => return Err(bad()),
+        };
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_survive_a_reload_and_only_rise() {
+        let dir = tempfile::tempdir().unwrap();
+        let floors = Floors::load(dir.path()).unwrap();
+        floors.raise("T", &[(0, 5), (1, 0), (2, 7)]).unwrap();
+        floors.raise("T", &[(0, 3)]).unwrap();
+        let again = Floors::load(dir.path()).unwrap();
+        assert_eq!(again.get("T", 0), 5);
+        assert_eq!(again.get("T", 1), 0, "a zero floor is not kept");
+        assert_eq!(again.get("T", 2), 7);
+        assert_eq!(again.all().len(), 2);
+    }
+
+    #[test]
+    fn settling_drops_and_lowers_and_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        let floors = Floors::load(dir.path()).unwrap();
+        floors.raise("A", &[(0, 10), (1, 10)]).unwrap();
+        floors.settle(|_, q, f| (q == 0).then_some(f - 4));
+        let again = Floors::load(dir.path()).unwrap();
+        assert_eq!(again.all(), FloorMap::from([(("A".to_string(), 0), 6)]));
+    }
+
+    #[test]
+    fn a_damaged_file_stops_the_open_instead_of_serving_hidden_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue-floors");
+        for text in [
+            "",
+            "junk\n",
+            "sluice queue floors 1\n0 x T\n",
+            "sluice queue floors 1\n0 5 a b\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Floors::load(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("queue-floors"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Retiring a topic's queues (a deleted topic): what was sent before is never served again,
+//! what is sent after is, across restarts, until retention takes the old records.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_store::{GetStatus, Store};
+
+fn retire(store: &Store, topic: &str) -> usize {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(store.retire_queues(topic))
+        .expect("retire")
+}
+
+fn offsets(store: &Store, topic: &str, queue_id: i32) -> Vec<u64> {
+    read_queue(store, topic, queue_id)
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect()
+}
+
+#[test]
+fn a_retired_topic_serves_only_what_is_sent_after_it_also_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..10);
+    append_seqs(&store, "T", 1, 0..3);
+    append_seqs(&store, "Other", 0, 0..4);
+    assert_eq!(retire(&store, "T"), 2);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    assert_eq!(
+        (store.min_offset("T", 0), store.max_offset("T", 0)),
+        (10, 10)
+    );
+    assert_eq!(store.queue_start("T", 0), 10);
+    let r = store.get_messages("T", 0, 0, 8, 1 << 20, None);
+    assert_eq!(r.status, GetStatus::NoMessageInQueue);
+    assert!(r.messages.is_empty());
+    assert!(offsets(&store, "T", 1).is_empty());
+    assert_eq!(
+        offsets(&store, "Other", 0),
+        vec![0, 1, 2, 3],
+        "other topics untouched"
+    );
+
+    append_seqs(&store, "T", 0, 100..102);
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    let r = store.get_messages("T", 0, 0, 8, 1 << 20, None);
+    assert_eq!((r.status, r.next_offset), (GetStatus::OffsetTooSmall, 10));
+    let after = read_queue(&store, "T", 0);
+    assert_eq!(
+        after.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        vec![10, 11]
+    );
+    assert_eq!(after[0].1, body_for(100));
+    store.shutdown().unwrap();
+
+    for unclean in [false, true] {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        let store = open(&cfg);
+        assert_eq!(offsets(&store, "T", 0), vec![10, 11], "unclean: {unclean}");
+        assert_eq!(store.queue_start("T", 0), 10);
+        assert!(offsets(&store, "T", 1).is_empty());
+        assert_eq!(store.min_offset("T", 1), 3);
+        store.shutdown().unwrap();
+    }
+}
+
+/// The floor is taken in the appender's order: a message queued before the retire, not yet
+/// written when it was asked for, is hidden like the rest.
+#[test]
+fn messages_queued_before_the_retire_are_hidden_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    let pending: Vec<_> = (0..200)
+        .map(|s| store.append(vec![message("T", 0, s)], true).unwrap())
+        .collect();
+    let floors = store.retire_queues("T");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(rt.block_on(floors).unwrap(), 1);
+    for p in pending {
+        p.wait().unwrap();
+    }
+    assert!(store.wait_dispatched(Duration::from_secs(10)));
+    assert_eq!(
+        (store.min_offset("T", 0), store.max_offset("T", 0)),
+        (200, 200)
+    );
+    assert!(offsets(&store, "T", 0).is_empty());
+    store.shutdown().unwrap();
+}
+
+/// Once retention has deleted every record under a floor, the floor has nothing left to hide
+/// and is dropped at the next open; the queue goes on from where it was.
+#[test]
+fn a_floor_is_dropped_once_retention_has_passed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.clean_interval = Duration::from_secs(3600);
+    cfg.retention_bytes = Some(cfg.segment_size * 2);
+    cfg.retention_bytes_min_age = Duration::ZERO;
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..50);
+    retire(&store, "T");
+    append_seqs(&store, "Other", 0, 0..1500);
+    assert!(store.wait_queues_synced(Duration::from_secs(10)));
+    assert!(store.run_retention().unwrap().segments > 0);
+    assert_eq!(
+        (store.min_offset("T", 0), store.max_offset("T", 0)),
+        (50, 50)
+    );
+    store.shutdown().unwrap();
+    let floors = || std::fs::read_to_string(dir.path().join("queue-floors")).unwrap();
+    assert!(floors().contains(" T\n"), "{}", floors());
+
+    let store = open(&cfg);
+    assert!(!floors().contains(" T\n"), "{}", floors());
+    assert_eq!(store.min_offset("T", 0), 50);
+    append_seqs(&store, "T", 0, 0..1);
+    assert_eq!(offsets(&store, "T", 0), vec![50]);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn retiring_a_topic_with_nothing_stored_saves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&small_config(dir.path()));
+    assert_eq!(retire(&store, "Never"), 0);
+    assert!(!dir.path().join("queue-floors").exists());
+    assert!(tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(store.retire_queues("bad name"))
+        .is_err());
+    store.shutdown().unwrap();
+}

@@ -171,6 +171,14 @@ pub(crate) fn is_broker_topic(topic: &str) -> bool {
         || topic.starts_with("RMQ_SYS_")
 }
 
+/// The broker's own topics that only admin accounts may read by key or by id: half, op,
+/// schedule, timer and system topics, whose records no pull serves. A dead-letter topic is
+/// not among them: it takes its group's permission (`AclAccount::topic_perm`), so a member
+/// of the group may read its dead letters however it names them.
+pub(crate) fn is_admin_only(topic: &str) -> bool {
+    is_broker_topic(topic) && !topic.starts_with(DLQ_PREFIX)
+}
+
 /// The broker's own fixed-name topics (schedule, timer, transactions, the auto-create
 /// template).
 fn is_fixed_system_topic(topic: &str) -> bool {

@@ -281,7 +281,7 @@ pub(crate) fn may_take_checks(cfg: &AclConfig, access_key: Option<&str>, topic: 
 /// For a request [`authorize`] let through on its signature alone, whose resource is known only
 /// once the handler has read it (VIEW_MESSAGE_BY_ID's record, END_TRANSACTION's half message):
 /// may the request's account `perm` on `topic`? Broker-internal topics (half, op, schedule,
-/// timer, dead-letter, system) need an admin account. Always `Ok` with ACL off or from a
+/// timer, system; `topic::is_admin_only`) need an admin account. Always `Ok` with ACL off or from a
 /// trusted address. The request must have passed [`authorize`] (every request does before its
 /// handler runs): its signature is not verified again.
 pub fn authorize_topic(
@@ -301,8 +301,8 @@ pub fn authorize_topic(
     if account.admin {
         return Ok(());
     }
-    // Retry topics are not broker topics: they take the group's permission.
-    if crate::topic::is_broker_topic(topic) || !account.topic_perm(topic).allows(perm) {
+    // Retry and dead-letter topics take their group's permission (`topic_perm`).
+    if crate::topic::is_admin_only(topic) || !account.topic_perm(topic).allows(perm) {
         let what = format!("{} on topic {topic}", perm.name());
         return Err(refused(peer, access_key, req.code, &what));
     }

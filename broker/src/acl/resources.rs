@@ -121,7 +121,7 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
         // only to admins; a dead-letter topic takes its group's permission (`topic_perm`).
         rc::QUERY_MESSAGE => {
             if let Some(t) = s("topic") {
-                if crate::topic::is_broker_topic(&t) && !t.starts_with(crate::DLQ_PREFIX) {
+                if crate::topic::is_admin_only(&t) {
                     out.push(Need::Admin);
                 } else {
                     out.push(Need::Topic(t, Perm::Sub));

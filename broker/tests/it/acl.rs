@@ -411,6 +411,31 @@ async fn viewing_a_message_by_id_needs_sub_on_its_topic() {
     cluster.stop().await;
 }
 
+/// A dead-letter topic takes its group's permission whichever way it is read: a member
+/// account could query its group's dead letters by key but was refused the same message by
+/// id (that path held every broker topic, dead-letter ones included, for admins).
+#[tokio::test]
+async fn a_group_member_views_its_dead_letters_by_id() {
+    let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
+    let client = cluster.client().await;
+    let phys = stored_at(&cluster, &client, "%DLQ%acl_billing", "d1", &admin()).await;
+    let view = || {
+        let h = sluice_protocol::remoting::custom::ViewMessageByIdRequestHeader {
+            offset: phys as i64,
+            topic: None,
+        };
+        RemotingCommand::request(request_code::VIEW_MESSAGE_BY_ID, h.to_ext())
+    };
+    let ok = client
+        .invoke(signed(view(), &consumer()), RPC)
+        .await
+        .unwrap();
+    assert_eq!(ok.code, 0, "a member of acl_billing: {:?}", ok.remark);
+    let (code, remark) = code_of(&client, signed(view(), &producer())).await;
+    assert_eq!(code, NO_PERMISSION, "no permission on the group: {remark}");
+    cluster.stop().await;
+}
+
 /// Half messages, not-yet-due scheduled and timer messages are key-indexed under the broker's
 /// own topics: a non-admin account whose default topic permission includes SUB read other
 /// tenants' uncommitted transactions with QUERY_MESSAGE. Broker topics are admins' only.

@@ -85,8 +85,17 @@ pub(super) fn heartbeat(
         .iter()
         .map(|(g, why)| format!("{g} ({why})"))
         .collect();
+    // A name too long is the client's to fix (as a send to such a retry topic is answered);
+    // a full topic table is the broker's.
+    let all_too_long = refused
+        .iter()
+        .all(|(_, why)| matches!(why, topic::RetryTopicRefused::TooLong(_)));
     Err(Reject::new(
-        code::SYSTEM_ERROR,
+        if all_too_long {
+            code::INVALID_PARAMETER
+        } else {
+            code::SYSTEM_ERROR
+        },
         format!(
             "consumer group(s) not registered, their retry topics could not be created: {}; \
              the heartbeat's other groups are registered",

@@ -240,16 +240,7 @@ async fn write_bounded<W: AsyncWrite + Unpin>(
 ) -> Result<(), WriteError> {
     let mut written = 0;
     while written < buf.len() {
-        let limit = if conn.is_closed() {
-            stall_timeout.min(FLUSH_ON_CLOSE)
-        } else {
-            stall_timeout
-        };
-        let step = tokio::time::timeout(limit, wr.write(&buf[written..]));
-        let n = tokio::select! {
-            r = step => r.map_err(|_| WriteError::Stalled(limit))??,
-            () = grace_after_close(conn) => return Err(WriteError::Stalled(FLUSH_ON_CLOSE)),
-        };
+        let n = bounded(conn, stall_timeout, wr.write(&buf[written..])).await?;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
         }
@@ -259,16 +250,25 @@ async fn write_bounded<W: AsyncWrite + Unpin>(
     // full and sends them only on the next write or a flush: without this, the end of a large
     // frame waited for the connection's next frame (a pull answer for the client's next
     // heartbeat, a send for the broker's answer it was waiting on). A no-op over TCP.
+    bounded(conn, stall_timeout, wr.flush()).await
+}
+
+/// One write or flush, failing when it makes no progress for `stall_timeout`, or for
+/// [`FLUSH_ON_CLOSE`] once the connection is closed.
+async fn bounded<T>(
+    conn: &ConnectionHandle,
+    stall_timeout: Duration,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, WriteError> {
     let limit = if conn.is_closed() {
         stall_timeout.min(FLUSH_ON_CLOSE)
     } else {
         stall_timeout
     };
     tokio::select! {
-        r = tokio::time::timeout(limit, wr.flush()) => r.map_err(|_| WriteError::Stalled(limit))??,
-        () = grace_after_close(conn) => return Err(WriteError::Stalled(FLUSH_ON_CLOSE)),
+        r = tokio::time::timeout(limit, step) => Ok(r.map_err(|_| WriteError::Stalled(limit))??),
+        () = grace_after_close(conn) => Err(WriteError::Stalled(FLUSH_ON_CLOSE)),
     }
-    Ok(())
 }
 
 /// Resolves [`FLUSH_ON_CLOSE`] after the connection is closed.

@@ -356,6 +356,8 @@ pub(crate) struct OpRecord {
     pub(crate) uniq: String,
     /// Commit-log offset of the op record itself (orders several ops of one transaction).
     pub(crate) phys_offset: u64,
+    /// When the op record was stored (the decision's time), epoch ms.
+    pub(crate) stored_ms: i64,
 }
 
 /// The op record of a decision.
@@ -414,6 +416,7 @@ impl OpRecord {
             group: props.get(keys::PGROUP).unwrap_or("").to_owned(),
             uniq: props.get(keys::TRANSACTION_ID).unwrap_or("").to_owned(),
             phys_offset: u64::try_from(view.header.physical_offset).unwrap_or(0),
+            stored_ms: view.header.store_timestamp,
         })
     }
 }

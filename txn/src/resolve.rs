@@ -297,6 +297,36 @@ impl Core {
         }
     }
 
+    /// A decided transaction that is not in memory (forgotten past `resolved_retention`, or
+    /// decided before this start), as its op record and its half message describe it: its
+    /// decision, who made it and when, without check counts or answers (memory only). `None`
+    /// without a final op record, or once retention took its half message.
+    pub(crate) fn read_back_decided(&self, r: &TxnRef) -> Result<Option<Entry>, TxnError> {
+        let op = match self.find_op(r) {
+            Ok(op) => op,
+            Err(TxnError::Unknown { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let state = op.decision.target();
+        if !state.is_final() {
+            return Ok(None); // an undecided transaction is in memory; this op is stale
+        }
+        let Ok(raw) = self.services.store().read_record(op.id.commit_log_offset) else {
+            return Ok(None);
+        };
+        let Ok(half) = HalfRecord::parse(&raw, self.max_record) else {
+            return Ok(None);
+        };
+        let mut e = Entry::open(&half);
+        if e.id != op.id {
+            return Ok(None);
+        }
+        e.state = state;
+        e.decided_by = op.source;
+        e.resolved_ms = Some(op.stored_ms);
+        Ok(Some(e))
+    }
+
     /// The latest op record of a forgotten transaction, through the store's key index.
     fn find_op(&self, r: &TxnRef) -> Result<OpRecord, TxnError> {
         let id = TxnId {

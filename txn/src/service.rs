@@ -201,6 +201,15 @@ impl TxnService {
         Ok(view)
     }
 
+    /// A decided transaction no longer in memory (see [`Self::get`]), read back from its op
+    /// record and half message while retention keeps them: decision, who made it and when;
+    /// no check count or last answer. `r` must name it (group, offsets, transaction id).
+    pub fn get_decided(&self, r: &crate::TxnRef) -> Result<Option<TxnView>, TxnError> {
+        let core = self.core()?;
+        let entry = core.read_back_decided(r)?;
+        Ok(entry.map(|e| TxnView::of(&e, now_ms())))
+    }
+
     /// Claims a check a sink queued (see `sink`), just before the facade calls its webhook or
     /// hands it out to a poller: counts it against `check_max` and journals the count, as a
     /// check sent over TCP is counted before it is sent. `None` when it is no longer wanted:

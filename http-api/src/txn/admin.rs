@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
-use sluice_txn::{ListQuery, StateFilter, TxnService, TxnView};
+use sluice_txn::{ListQuery, StateFilter, TxnError, TxnService, TxnView};
 
 use super::convert::{decision, item_of_view, txn_error, view_matches};
 use super::id::TxnHandle;
@@ -122,9 +122,17 @@ async fn find(state: &AppState, txn: &TxnService, handle: &TxnHandle) -> Result<
         settle(state).await;
         view = txn.get(handle.half_offset).map_err(txn_error)?;
     }
+    // Decided and no longer in memory (forgotten, or decided before a restart): read back.
+    if view.is_none() {
+        view = match txn.get_decided(&handle.reference()) {
+            Ok(v) => v,
+            Err(TxnError::WrongGroup { .. } | TxnError::Mismatch(_)) => None,
+            Err(e) => return Err(txn_error(e)),
+        };
+    }
     view.filter(|v| view_matches(v, handle)).ok_or_else(|| {
         ApiError::not_found(
-            "no such transaction in memory (unknown, or decided and past the retention window)",
+            "no such transaction (unknown, or decided and its records gone with retention)",
         )
     })
 }

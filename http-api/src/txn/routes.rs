@@ -189,6 +189,7 @@ async fn resolve(
         (status = 200, description = "Checks (maybe none)", body = ChecksResponse),
         (status = 400, description = "Bad group or parameter", body = ErrorBody),
         (status = 409, description = "The group's checks go to its check_url", body = ErrorBody),
+        (status = 422, description = "max or wait_ms out of range (max: 1 to 64; wait_ms: up to max_check_poll_wait_ms)", body = ErrorBody),
         (status = 429, description = "Too many polling groups", body = ErrorBody),
         (status = 503, description = "Transactions disabled", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -200,12 +201,25 @@ pub(super) async fn poll_checks(
     let txn = state.txn()?;
     check_group(&group)?;
     let cfg = &state.config().checks;
+    // Out of range is refused, as a receive refuses it: a value quietly cut to the limit
+    // left the caller waiting less, or taking fewer, than it asked with no sign why.
     let max = match q.max {
-        Some(0) => return Err(ApiError::bad_request("max must be at least 1")),
-        Some(m) => m.min(cfg.max_poll_batch),
+        Some(m) if m == 0 || m > cfg.max_poll_batch => {
+            return Err(ApiError::unprocessable(format!(
+                "max must be within 1 and {}",
+                cfg.max_poll_batch
+            )))
+        }
+        Some(m) => m,
         None => DEFAULT_POLL_MAX.min(cfg.max_poll_batch),
     };
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(cfg.max_poll_wait);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0));
+    if wait > cfg.max_poll_wait {
+        return Err(ApiError::unprocessable(format!(
+            "wait_ms must be at most {} (max_check_poll_wait_ms)",
+            cfg.max_poll_wait.as_millis()
+        )));
+    }
     let policy = txn.policy(&group);
     if policy.check_url.is_some() {
         return Err(ApiError::conflict(format!(

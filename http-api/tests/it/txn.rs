@@ -792,6 +792,69 @@ async fn polling_a_group_whose_checks_go_to_a_url_is_a_conflict() {
     s.stop().await;
 }
 
+/// A restart keeps no decided transaction in memory (nor does memory past
+/// `resolved_retention`): GET read "no such transaction" seconds after a commit. It reads the
+/// decision back from its op record now: state, who decided and when, the message's fields.
+#[tokio::test]
+async fn a_decided_transaction_is_shown_after_a_restart() {
+    let s = start_signed().await;
+    let (committed, _) = send(&s, "after", json!({})).await;
+    let (rolled_back, _) = send(&s, "after", json!({})).await;
+    for (id, action) in [(&committed, "commit"), (&rolled_back, "rollback")] {
+        let (status, v) = s
+            .post(&format!("/v1/transactions/{id}/{action}"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (_, before) = s.get(&format!("/v1/transactions/{committed}")).await;
+    let dir = s.stop().await;
+
+    let s = common::start_in(dir, common::Options::default()).await;
+    let (status, v) = s.get(&format!("/v1/transactions/{committed}")).await;
+    assert_eq!(status, 200, "{v}");
+    for field in [
+        "state",
+        "decided_by",
+        "topic",
+        "keys",
+        "tag",
+        "producer_group",
+        "txn_id",
+    ] {
+        assert_eq!(v[field], before[field], "{field}: {v} against {before}");
+    }
+    let decided = |v: &Value| v["resolved_ms"].as_i64().unwrap();
+    assert!(
+        (decided(&v) - decided(&before)).abs() < 5_000,
+        "{v} against {before}"
+    );
+    let (status, v) = s.get(&format!("/v1/transactions/{rolled_back}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["decided_by"].as_str()),
+        (Some("rolled_back"), Some("producer"))
+    );
+    s.stop().await;
+}
+
+/// A check poll's out-of-range `wait_ms` was cut to the limit without a word (a poll asked
+/// for 40 s answered after 20 s); it is refused as a receive refuses it, and so is `max`.
+#[tokio::test]
+async fn a_check_poll_out_of_range_is_refused() {
+    let s = start_signed().await;
+    for query in ["wait_ms=20001", "max=0", "max=65"] {
+        let (status, v) = s
+            .get(&format!("/v1/producer-groups/ranged/checks?{query}"))
+            .await;
+        assert_eq!((status, error_code(&v)), (422, "unprocessable"), "{query}: {v}");
+    }
+    let (status, v) = s
+        .get("/v1/producer-groups/ranged/checks?wait_ms=0&max=64")
+        .await;
+    assert_eq!(status, 200, "{v}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn operators_list_inspect_and_force_transactions() {
     let s = start_signed().await;

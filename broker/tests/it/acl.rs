@@ -382,6 +382,14 @@ fn secrets_never_show_in_debug_output() {
     assert!(text.contains("orders-producer"));
 }
 
+fn view_by_id(phys: u64) -> RemotingCommand {
+    let h = sluice_protocol::remoting::custom::ViewMessageByIdRequestHeader {
+        offset: phys as i64,
+        topic: None,
+    };
+    RemotingCommand::request(request_code::VIEW_MESSAGE_BY_ID, h.to_ext())
+}
+
 /// VIEW_MESSAGE_BY_ID names an offset, not a topic: the record's own topic decides. Any signed
 /// account used to read any record, other tenants' topics and half messages included.
 #[tokio::test]
@@ -389,13 +397,7 @@ async fn viewing_a_message_by_id_needs_sub_on_its_topic() {
     let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
     let client = cluster.client().await;
     let phys = stored_at(&cluster, &client, "AclOrders", "v1", &producer()).await;
-    let view = || {
-        let h = sluice_protocol::remoting::custom::ViewMessageByIdRequestHeader {
-            offset: phys as i64,
-            topic: None,
-        };
-        RemotingCommand::request(request_code::VIEW_MESSAGE_BY_ID, h.to_ext())
-    };
+    let view = || view_by_id(phys);
     // The consumer has SUB on AclOrders; the producer only PUB.
     let ok = client
         .invoke(signed(view(), &consumer()), RPC)
@@ -419,13 +421,7 @@ async fn a_group_member_views_its_dead_letters_by_id() {
     let cluster = start_cluster_with(|c| c.acl = acl_config()).await;
     let client = cluster.client().await;
     let phys = stored_at(&cluster, &client, "%DLQ%acl_billing", "d1", &admin()).await;
-    let view = || {
-        let h = sluice_protocol::remoting::custom::ViewMessageByIdRequestHeader {
-            offset: phys as i64,
-            topic: None,
-        };
-        RemotingCommand::request(request_code::VIEW_MESSAGE_BY_ID, h.to_ext())
-    };
+    let view = || view_by_id(phys);
     let ok = client
         .invoke(signed(view(), &consumer()), RPC)
         .await

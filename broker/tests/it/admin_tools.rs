@@ -304,15 +304,7 @@ async fn offsets_are_kept_only_for_existing_queues_and_go_with_their_topic() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
     send_ok(&client, "Kept", 0, b"m", &props(None, None)).await;
-    let commit = |group: &str, topic: &str, queue_id: i32| {
-        let h = UpdateConsumerOffsetRequestHeader {
-            consumer_group: group.into(),
-            topic: topic.into(),
-            queue_id,
-            commit_offset: 1,
-        };
-        RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, h.to_ext())
-    };
+    let commit = commit_offset_1;
     let query_fields = [("consumerGroup", "g"), ("topic", "Kept"), ("queueId", "0")];
     let r = client
         .invoke(commit("g", "Invented", 0), RPC)
@@ -369,17 +361,8 @@ async fn a_delete_the_store_cannot_complete_keeps_the_topic() {
     let cluster = start_cluster().await;
     let client = cluster.client().await;
     send_ok(&client, "Stays", 0, b"m", &props(None, None)).await;
-    let h = UpdateConsumerOffsetRequestHeader {
-        consumer_group: "g".into(),
-        topic: "Stays".into(),
-        queue_id: 0,
-        commit_offset: 1,
-    };
     let r = client
-        .invoke(
-            RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, h.to_ext()),
-            RPC,
-        )
+        .invoke(commit_offset_1("g", "Stays", 0), RPC)
         .await
         .unwrap();
     assert_eq!(r.code, 0, "{:?}", r.remark);
@@ -397,6 +380,17 @@ async fn a_delete_the_store_cannot_complete_keeps_the_topic() {
     assert!(services.delete_topic("Stays").await.unwrap().is_some());
     assert!(services.topic("Stays").is_none());
     cluster.stop().await;
+}
+
+/// UPDATE_CONSUMER_OFFSET of offset 1.
+fn commit_offset_1(group: &str, topic: &str, queue_id: i32) -> RemotingCommand {
+    let h = UpdateConsumerOffsetRequestHeader {
+        consumer_group: group.into(),
+        topic: topic.into(),
+        queue_id,
+        commit_offset: 1,
+    };
+    RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET, h.to_ext())
 }
 
 /// QUERY_TOPIC_CONSUME_BY_WHO's groups of `topic`.

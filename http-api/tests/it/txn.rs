@@ -846,7 +846,11 @@ async fn a_check_poll_out_of_range_is_refused() {
         let (status, v) = s
             .get(&format!("/v1/producer-groups/ranged/checks?{query}"))
             .await;
-        assert_eq!((status, error_code(&v)), (422, "unprocessable"), "{query}: {v}");
+        assert_eq!(
+            (status, error_code(&v)),
+            (422, "unprocessable"),
+            "{query}: {v}"
+        );
     }
     let (status, v) = s
         .get("/v1/producer-groups/ranged/checks?wait_ms=0&max=64")

@@ -44,6 +44,7 @@ pub(super) async fn create_topic(
             ));
         }
     }
+    let (read_queues, write_queues) = dead_letter_queues(&h);
     let filter_type = if h.topic_filter_type == MULTI_TAG {
         MULTI_TAG
     } else {
@@ -52,11 +53,11 @@ pub(super) async fn create_topic(
     let cfg = TopicConfig {
         order: h.order,
         perm: h.perm & (perm::READ | perm::WRITE | perm::INHERIT | perm::PRIORITY),
-        read_queue_nums: h.read_queue_nums,
+        read_queue_nums: read_queues,
         topic_filter_type: filter_type.to_owned(),
         topic_name: h.topic.clone(),
         topic_sys_flag: h.topic_sys_flag.unwrap_or(0),
-        write_queue_nums: h.write_queue_nums,
+        write_queue_nums: write_queues,
     };
     ctx.topics
         .put(cfg)
@@ -66,6 +67,26 @@ pub(super) async fn create_topic(
         Reject::new(code::SYSTEM_ERROR, format!("topic not saved: {e}"))
     })?;
     Ok(reply::ok(req))
+}
+
+/// The queue counts to store: as asked, except for a dead-letter topic, which keeps one
+/// queue. Dead letters are listed, counted and replayed from queue 0 (the broker writes them
+/// there); with more queues, a client's fallback send to the topic landed where no dead-letter
+/// tool looks. `mqadmin updateTopic -p 6 -t %DLQ%g` (the usual way to make one readable)
+/// sends the tool's default of 8 queues, so the count is not refused, only kept at one.
+fn dead_letter_queues(h: &UpdateAndCreateTopicRequestHeader) -> (i32, i32) {
+    if !h.topic.starts_with(crate::DLQ_PREFIX) {
+        return (h.read_queue_nums, h.write_queue_nums);
+    }
+    if (h.read_queue_nums, h.write_queue_nums) != (1, 1) {
+        tracing::info!(
+            topic = %h.topic,
+            read_queues = h.read_queue_nums,
+            write_queues = h.write_queue_nums,
+            "a dead-letter topic keeps one queue; the other settings are applied"
+        );
+    }
+    (1, 1)
 }
 
 /// GET_ALL_TOPIC_CONFIG: `TopicConfigSerializeWrapper` JSON.

@@ -6,7 +6,9 @@ use crate::common;
 
 use common::*;
 use sluice_broker::RemotingClient;
-use sluice_protocol::remoting::custom::UpdateConsumerOffsetRequestHeader;
+use sluice_protocol::remoting::custom::{
+    UpdateAndCreateTopicRequestHeader, UpdateConsumerOffsetRequestHeader,
+};
 use sluice_protocol::{request_code, response_code, RemotingCommand};
 
 /// Sends request `code` with `fields` and returns the answer.
@@ -379,6 +381,39 @@ async fn a_delete_the_store_cannot_complete_keeps_the_topic() {
     std::fs::remove_dir(&blocker).unwrap();
     assert!(services.delete_topic("Stays").await.unwrap().is_some());
     assert!(services.topic("Stays").is_none());
+    cluster.stop().await;
+}
+
+/// `mqadmin updateTopic -p 6 -t %DLQ%g` (how a dead-letter topic is made readable) sends the
+/// tool's default of 8 queues: the perm is applied and the topic keeps its one queue, where
+/// dead letters are written, listed and replayed (a client's send to a queue past it was
+/// never seen by those tools). Other topics keep what they ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_keeps_one_queue_when_updated() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    for topic in ["%DLQ%ops", "Wide"] {
+        let h = UpdateAndCreateTopicRequestHeader {
+            topic: topic.into(),
+            default_topic: "TBW102".into(),
+            read_queue_nums: 8,
+            write_queue_nums: 8,
+            perm: 6,
+            topic_filter_type: "SINGLE_TAG".into(),
+            ..UpdateAndCreateTopicRequestHeader::default()
+        };
+        let req = RemotingCommand::request(request_code::UPDATE_AND_CREATE_TOPIC, h.to_ext());
+        let r = client.invoke(req, RPC).await.unwrap();
+        assert_eq!(r.code, 0, "{topic}: {:?}", r.remark);
+    }
+    let services = cluster.broker.services();
+    let dlq = services.topic("%DLQ%ops").unwrap();
+    assert_eq!(
+        (dlq.read_queue_nums, dlq.write_queue_nums, dlq.perm),
+        (1, 1, 6)
+    );
+    let wide = services.topic("Wide").unwrap();
+    assert_eq!((wide.read_queue_nums, wide.write_queue_nums), (8, 8));
     cluster.stop().await;
 }
 

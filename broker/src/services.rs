@@ -73,6 +73,34 @@ impl std::fmt::Debug for BrokerServices {
     }
 }
 
+/// [`BrokerServices::delete_topic`] once its checks passed.
+async fn delete_topic(
+    ctx: &BrokerContext,
+    name: &str,
+) -> Result<Option<TopicConfig>, DeleteTopicError> {
+    let Some((deleting, removed)) = ctx.topics.begin_delete(name) else {
+        return Ok(None);
+    };
+    match ctx.store.retire_queues(name).await {
+        Ok(queues) => {
+            deleting.finish();
+            let groups = ctx.offsets.remove_topic(name);
+            tracing::info!(
+                topic = name,
+                groups,
+                queues,
+                "deleted topic's messages hidden and its consumer offsets forgotten"
+            );
+            Ok(Some(removed))
+        }
+        Err(e) => {
+            tracing::error!(topic = name, error = %e, "hiding a deleted topic's messages failed; the topic is put back");
+            deleting.undo();
+            Err(DeleteTopicError::Store(e))
+        }
+    }
+}
+
 /// Why [`BrokerServices::delete_topic`] deleted nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteTopicError {
@@ -83,6 +111,9 @@ pub enum DeleteTopicError {
     /// the topic is as it was.
     #[error("the topic's stored messages could not be hidden: {0}")]
     Store(#[from] sluice_store::StoreError),
+    /// The deletion's task ended abnormally (a bug); see the log.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl BrokerServices {
@@ -140,13 +171,14 @@ impl BrokerServices {
     }
 
     /// Deletes a user topic: its configuration (persisted; name servers hear of it), every
-    /// group's committed offsets of it, and its stored messages from every read (they age out
+    /// group's committed offsets of it, and its stored messages from queue reads (they age out
     /// with retention; see [`sluice_store::Store::retire_queues`]), so a topic created again
     /// under its name starts empty. System topics (the default template, schedule,
     /// transaction and dead-letter topics) are refused, and so is a consumer group's retry
     /// topic while the group has members. Sends do not create the topic again until its
-    /// messages are hidden. When they cannot be hidden (a full or failing disk), the topic is
-    /// put back and nothing changes. `Ok(None)`: no such topic.
+    /// messages are hidden, and `topics.json` keeps it until then. When they cannot be hidden
+    /// (a busy, full or failing disk), the topic is put back and nothing changes. `Ok(None)`:
+    /// no such topic.
     pub async fn delete_topic(&self, name: &str) -> Result<Option<TopicConfig>, DeleteTopicError> {
         if let Some(group) = name.strip_prefix(crate::topic::RETRY_PREFIX) {
             self.retry_topic_unused(name, group)
@@ -156,27 +188,13 @@ impl BrokerServices {
                 "{name} is a system topic and cannot be deleted"
             )));
         }
-        let Some(deleting) = self.ctx.topics.begin_delete(name) else {
-            return Ok(None);
-        };
-        let removed = deleting.removed().cloned();
-        match self.ctx.store.retire_queues(name).await {
-            Ok(queues) => {
-                let groups = self.ctx.offsets.remove_topic(name);
-                tracing::info!(
-                    topic = name,
-                    groups,
-                    queues,
-                    "deleted topic's messages hidden and its consumer offsets forgotten"
-                );
-                Ok(removed)
-            }
-            Err(e) => {
-                tracing::error!(topic = name, error = %e, "hiding a deleted topic's messages failed; the topic is put back");
-                deleting.undo();
-                Err(DeleteTopicError::Store(e))
-            }
-        }
+        // Run to the end whatever becomes of the caller (an HTTP client that hangs up): a
+        // deletion stopped halfway would leave the topic out of the table but in topics.json.
+        let ctx = Arc::clone(&self.ctx);
+        let name = name.to_owned();
+        tokio::spawn(async move { delete_topic(&ctx, &name).await })
+            .await
+            .map_err(|e| DeleteTopicError::Internal(format!("the deletion's task failed: {e}")))?
     }
 
     /// A consumer group's retry topic may go once the group has no member over TCP and no

@@ -238,39 +238,52 @@ pub(crate) struct TopicManager {
     pub(crate) changed: Arc<Notify>,
     /// Most topics the table holds (see [`TopicLimit`]).
     max_topics: usize,
-    /// Topics being deleted: a send does not create them again until their stored messages
-    /// are hidden (see [`Self::begin_delete`]).
-    deleting: Mutex<std::collections::HashSet<String>>,
+    /// Topics being deleted, with their configuration: a send does not create them again
+    /// until their stored messages are hidden, and `topics.json` keeps them until then (see
+    /// [`Self::begin_delete`]).
+    deleting: Mutex<std::collections::HashMap<String, TopicConfig>>,
 }
 
-/// A topic deletion under way; sends may create the topic again once it is dropped.
+/// A topic deletion under way: the topic is out of the table (routes, sends) but still in
+/// `topics.json`, and sends do not create it again. [`Deleting::finish`] or
+/// [`Deleting::undo`] ends it; dropped unfinished, it is undone.
 pub(crate) struct Deleting {
     topics: Arc<TopicManager>,
     topic: String,
-    removed: Option<TopicConfig>,
+    done: bool,
 }
 
 impl Deleting {
-    /// The removed configuration.
-    pub(crate) fn removed(&self) -> Option<&TopicConfig> {
-        self.removed.as_ref()
+    /// The topic's stored messages are hidden: it leaves `topics.json` too.
+    pub(crate) fn finish(mut self) {
+        self.done = true;
+        self.topics.deleting.lock().remove(&self.topic);
+        self.topics.bump_version();
+        self.topics.announce_removal(&self.topic);
     }
 
     /// The deletion could not be completed: the topic is put back as it was (unless one of
-    /// that name was created meanwhile).
+    /// that name was created meanwhile, which then stands).
     pub(crate) fn undo(mut self) {
-        if let Some(cfg) = self.removed.take() {
-            let name = cfg.topic_name.clone();
-            if let Err(NotAdded::Limit(l)) = self.topics.put_if_absent(cfg) {
-                tracing::error!(topic = %name, error = %l, "a topic whose deletion failed could not be put back");
-            }
+        self.put_back();
+    }
+
+    fn put_back(&mut self) {
+        self.done = true;
+        let Some(cfg) = self.topics.deleting.lock().remove(&self.topic) else {
+            return;
+        };
+        if let Err(NotAdded::Limit(l)) = self.topics.put_if_absent(cfg) {
+            tracing::error!(topic = %self.topic, error = %l, "a topic whose deletion failed could not be put back");
         }
     }
 }
 
 impl Drop for Deleting {
     fn drop(&mut self) {
-        self.topics.deleting.lock().remove(&self.topic);
+        if !self.done {
+            self.put_back();
+        }
     }
 }
 
@@ -381,37 +394,50 @@ impl TopicManager {
         self.save_in_background();
     }
 
-    /// Removes a topic's configuration as [`Self::remove`] does, and keeps sends from
-    /// creating it again while the returned guard lives (the caller hides its stored messages
-    /// meanwhile: a message sent to a topic created again in between would be hidden with
-    /// them). `None`: no such topic.
-    pub(crate) fn begin_delete(self: &Arc<Self>, topic: &str) -> Option<Deleting> {
-        self.deleting.lock().insert(topic.to_string());
-        let deleting = Deleting {
+    /// Starts deleting a topic: it leaves the table (routes, sends, listings) at once, stays in
+    /// `topics.json` until [`Deleting::finish`] (a crash before its stored messages are hidden
+    /// must not lose the topic and leave them to come back), and sends do not create it again
+    /// meanwhile (a message sent to a topic created again in between would be hidden with the
+    /// old ones). `None`: no such topic.
+    pub(crate) fn begin_delete(self: &Arc<Self>, topic: &str) -> Option<(Deleting, TopicConfig)> {
+        // Marked under the same lock a send checks after missing the topic in the table.
+        let mut deleting = self.deleting.lock();
+        let removed = self.take(topic)?;
+        deleting.insert(topic.to_string(), removed.clone());
+        let guard = Deleting {
             topics: Arc::clone(self),
             topic: topic.to_string(),
-            removed: self.remove(topic),
+            done: false,
         };
-        deleting.removed.is_some().then_some(deleting)
+        Some((guard, removed))
     }
 
     /// Removes a topic's configuration (persisted; name servers drop its route at the next
     /// registration). Its data stays until retention deletes the segments. Returns what was
     /// removed.
     pub(crate) fn remove(self: &Arc<Self>, topic: &str) -> Option<TopicConfig> {
-        let removed = {
-            let mut t = self.table.write();
-            let removed = t.topics.remove(topic)?;
-            t.version = DataVersion {
-                counter: t.version.counter + 1,
-                timestamp: now_ms(),
-            };
-            removed
-        };
+        let removed = self.take(topic)?;
+        self.announce_removal(topic);
+        Some(removed)
+    }
+
+    /// Takes a topic out of the table, bumping the data version.
+    fn take(&self, topic: &str) -> Option<TopicConfig> {
+        let mut t = self.table.write();
+        let removed = t.topics.remove(topic)?;
+        bump(&mut t);
+        Some(removed)
+    }
+
+    fn bump_version(&self) {
+        bump(&mut self.table.write());
+    }
+
+    /// After a removal: logs it, wakes the registration loop, saves in the background.
+    fn announce_removal(self: &Arc<Self>, topic: &str) {
         tracing::info!(topic, "topic deleted");
         self.changed.notify_one();
         self.save_in_background();
-        Some(removed)
     }
 
     /// The topic a send names, creating it from `default_topic` when it is unknown and the
@@ -427,7 +453,7 @@ impl TopicManager {
         if let Some(cfg) = self.get(topic) {
             return Ok(cfg);
         }
-        if self.deleting.lock().contains(topic) {
+        if self.deleting.lock().contains_key(topic) {
             return Err(TopicReject::new(
                 response_code::TOPIC_NOT_EXIST,
                 format!("topic[{topic}] not exist: it is being deleted"),
@@ -511,7 +537,14 @@ impl TopicManager {
         if *written == Some(self.table.read().version.counter) {
             return Ok(());
         }
-        let snapshot = self.snapshot();
+        let mut snapshot = self.snapshot();
+        // Topics being deleted stay on disk until their messages are hidden.
+        for (name, cfg) in self.deleting.lock().iter() {
+            snapshot
+                .topic_config_table
+                .entry(name.clone())
+                .or_insert_with(|| cfg.clone());
+        }
         let version = snapshot.data_version.counter;
         state_file::store(&self.path, &encode_json(&snapshot))?;
         *written = Some(version);
@@ -546,11 +579,16 @@ fn not_created(topic: &str, limit: TopicLimit) -> TopicReject {
 /// Puts `cfg` in the table and bumps the data version; returns a copy for the log.
 fn insert(t: &mut Table, cfg: TopicConfig) -> TopicConfig {
     t.topics.insert(cfg.topic_name.clone(), cfg.clone());
+    bump(t);
+    cfg
+}
+
+/// A new data version: name servers and `topics.json` take the table again.
+fn bump(t: &mut Table) {
     t.version = DataVersion {
         counter: t.version.counter + 1,
         timestamp: now_ms(),
     };
-    cfg
 }
 
 #[cfg(test)]
@@ -647,16 +685,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
         m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
-        let deleting = m.begin_delete("Gone").expect("it existed");
+        let (deleting, _) = m.begin_delete("Gone").expect("it existed");
         let err = m
             .get_or_create_for_send("Gone", DEFAULT_TOPIC, 4)
             .unwrap_err();
         assert_eq!(err.code, response_code::TOPIC_NOT_EXIST);
         assert!(err.remark.contains("being deleted"), "{}", err.remark);
-        drop(deleting);
+        // On disk until finished: a crash now must not lose the topic with its messages
+        // not yet hidden.
+        m.save().unwrap();
+        let saved = std::fs::read_to_string(&m.path).unwrap();
+        assert!(saved.contains("\"Gone\""), "{saved}");
+        deleting.finish();
+        m.save().unwrap();
+        let saved = std::fs::read_to_string(&m.path).unwrap();
+        assert!(!saved.contains("\"Gone\""), "{saved}");
         m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
         assert!(m.begin_delete("Never").is_none());
         assert!(m.deleting.lock().is_empty());
+        // Dropped unfinished (its task cancelled): put back.
+        let (deleting, _) = m.begin_delete("Gone").unwrap();
+        assert!(m.get("Gone").is_none());
+        drop(deleting);
+        assert!(m.get("Gone").is_some());
     }
 
     #[test]

@@ -136,9 +136,10 @@ impl ConsumeQueue {
         self.floor.fetch_max(floor, Ordering::AcqRel);
     }
 
-    /// Whether the queue's entries below `floor` are all gone from disk already.
-    pub(crate) fn stored_from(&self, floor: u64) -> bool {
-        self.stored_min() >= floor
+    /// Whether retention has deleted every entry below `floor` and more: the floor then
+    /// hides nothing, and tells nothing (a queue starting right at it is still young there).
+    pub(crate) fn stored_past(&self, floor: u64) -> bool {
+        self.stored_min() > floor
     }
 
     /// Publishes nothing at or past `at` (at open, before any reader: see `Store::open`).
@@ -509,13 +510,15 @@ impl ConsumeQueues {
         if let Some(q) = self.get(topic, queue_id) {
             return Ok(q);
         }
+        // Read before the table's lock, which every reader takes.
+        let floor = self.floors.get(topic, queue_id);
         let mut all = self.queues.write();
         if let Some(q) = all.get(topic).and_then(|m| m.get(&queue_id)) {
             return Ok(Arc::clone(q));
         }
         let dir = self.root.join(topic).join(queue_id.to_string());
         let q = Arc::new(ConsumeQueue::open(&dir, self.per_file, self.io.as_ref())?);
-        q.raise_floor(self.floors.get(topic, queue_id));
+        q.raise_floor(floor);
         all.entry(topic.to_string())
             .or_default()
             .insert(queue_id, Arc::clone(&q));
@@ -535,8 +538,8 @@ impl ConsumeQueues {
 
     /// At open, once `next` holds each queue's next offset: a floor above it comes down to
     /// it (what lay between was never acknowledged), and one that retention has passed, or
-    /// of a queue that has nothing, goes.
-    pub(crate) fn settle_floors(&self, next: &QueueOffsets) {
+    /// of a queue that has nothing, goes. Fails when a lowered floor cannot be saved.
+    pub(crate) fn settle_floors(&self, next: &QueueOffsets) -> Result<()> {
         self.floors.settle(|topic, queue_id, floor| {
             let next = next
                 .get(topic)
@@ -544,14 +547,14 @@ impl ConsumeQueues {
                 .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
             let floor = floor.min(next);
             let q = self.get(topic, queue_id);
-            let passed = q.as_ref().is_some_and(|q| q.stored_from(floor));
+            let passed = q.as_ref().is_some_and(|q| q.stored_past(floor));
             let settled = (floor > 0 && !passed).then_some(floor);
             if let Some(q) = q {
                 // Lowered only here, before anything reads the queue.
                 q.floor.store(settled.unwrap_or(0), Ordering::Release);
             }
             settled
-        });
+        })
     }
 
     /// How many queues there are (no copy of the map).

@@ -6,13 +6,14 @@
 //! same queues. Without a floor, a consumer group with no committed offset there (every group,
 //! after the delete) read the old messages again. [`crate::Store::retire_queues`] takes each
 //! queue's next offset as its floor, in the appender's order, so every message accepted
-//! before it is hidden, and every one after it is served.
+//! before it is hidden from queue reads, and every one after it is served. Look-ups by id or
+//! key read the log, not the queues, and still find the old records until retention.
 //!
 //! The floors are kept in `<data_dir>/queue-floors`, replaced atomically at each change, one
 //! line per queue (`<queue id> <floor> <topic>`; topic names hold no spaces), and applied at
 //! open. There a floor is lowered to its queue's next offset (records lost with an unclean
 //! stop were never acknowledged, and the next append must be served), and dropped once
-//! retention has passed it or it is 0.
+//! retention has deleted records past it, or when it is 0.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,10 @@ pub(crate) type FloorMap = BTreeMap<(String, i32), u64>;
 #[derive(Debug)]
 pub(crate) struct Floors {
     path: PathBuf,
-    /// Held while the file is replaced, so two changes are saved in their order.
+    /// Held while the file is replaced, so two changes are saved in their order; readers of
+    /// `map` never wait for a save (the dispatcher asks for a floor while it holds the queue
+    /// table's lock, which every read takes).
+    saving: Mutex<()>,
     map: Mutex<FloorMap>,
 }
 
@@ -54,6 +58,7 @@ impl Floors {
         };
         Ok(Self {
             path,
+            saving: Mutex::new(()),
             map: Mutex::new(map),
         })
     }
@@ -68,37 +73,66 @@ impl Floors {
     }
 
     /// Raises the floors of `topic`'s queues to `ends` and saves them. Nothing changes when
-    /// the save fails.
+    /// the save fails before the new file took the old one's place.
     pub(crate) fn raise(&self, topic: &str, ends: &[(i32, u64)]) -> Result<()> {
-        let mut map = self.map.lock();
-        let mut next = map.clone();
+        let _saving = self.saving.lock();
+        let mut next = self.map.lock().clone();
+        let before = next.clone();
         for &(queue_id, end) in ends.iter().filter(|(_, end)| *end > 0) {
             let slot = next.entry((topic.to_string(), queue_id)).or_insert(0);
             *slot = (*slot).max(end);
         }
-        if next != *map {
-            write_atomic(&self.path, encode(&next).as_bytes())?;
-            *map = next;
+        if next != before {
+            self.save(&next)?;
+            *self.map.lock() = next;
         }
         Ok(())
     }
 
-    /// At open: sets each floor to what `settle` makes of it (`None`: dropped), and saves the
-    /// file when that changed anything. A failed save is logged: the floors still hold in
-    /// memory, and the next open settles them again.
-    pub(crate) fn settle(&self, mut settle: impl FnMut(&str, i32, u64) -> Option<u64>) {
-        let mut map = self.map.lock();
-        let next: FloorMap = map
+    /// At open, before anything reads or appends: sets each floor to what `settle` makes of
+    /// it (`None`: dropped) and saves the file when that changed anything. A floor lowered but
+    /// not saved would come back at the next open above messages acknowledged meanwhile, so a
+    /// failed save then refuses the open; one that only drops floors is logged (a dropped
+    /// floor hides nothing any more).
+    pub(crate) fn settle(
+        &self,
+        mut settle: impl FnMut(&str, i32, u64) -> Option<u64>,
+    ) -> Result<()> {
+        let _saving = self.saving.lock();
+        let before = self.map.lock().clone();
+        let next: FloorMap = before
             .iter()
             .filter_map(|((t, q), f)| settle(t, *q, *f).map(|f| ((t.clone(), *q), f)))
             .collect();
-        if next == *map {
-            return;
+        if next == before {
+            return Ok(());
         }
-        if let Err(e) = write_atomic(&self.path, encode(&next).as_bytes()) {
-            tracing::warn!(error = %e, path = %self.path.display(), "saving settled queue floors failed; kept in memory");
+        let lowered = next
+            .iter()
+            .any(|(k, f)| before.get(k).is_some_and(|b| f < b));
+        match self.save(&next) {
+            Ok(()) => {}
+            Err(e) if lowered => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "saving queue floors without the ones retention passed failed; tried again at the next open");
+            }
         }
-        *map = next;
+        *self.map.lock() = next;
+        Ok(())
+    }
+
+    /// Replaces the file. An error after the new file took the old one's place (its folder's
+    /// sync failed) is logged and taken as saved: the floors in force are the file's.
+    fn save(&self, map: &FloorMap) -> Result<()> {
+        let text = encode(map);
+        let Err(e) = write_atomic(&self.path, text.as_bytes()) else {
+            return Ok(());
+        };
+        if std::fs::read_to_string(&self.path).is_ok_and(|now| now == text) {
+            tracing::error!(error = %e, path = %self.path.display(), "queue floors saved, but their folder could not be synced: a power cut may undo the change");
+            return Ok(());
+        }
+        Err(e)
     }
 
     /// Every floor.
@@ -158,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let floors = Floors::load(dir.path()).unwrap();
         floors.raise("A", &[(0, 10), (1, 10)]).unwrap();
-        floors.settle(|_, q, f| (q == 0).then_some(f - 4));
+        floors.settle(|_, q, f| (q == 0).then_some(f - 4)).unwrap();
         let again = Floors::load(dir.path()).unwrap();
         assert_eq!(again.all(), FloorMap::from([(("A".to_string(), 0), 6)]));
     }

@@ -138,6 +138,8 @@ impl Store {
         crate::mapped::ensure_dir(&cfg.data_dir)?;
         let lock = FolderLock::acquire(&cfg.data_dir)?;
         checkpoint::sweep_temp_files(&cfg.data_dir)?;
+        // Read before recovery changes anything: a damaged file refuses the open first.
+        let floors = Floors::load(&cfg.data_dir)?;
         let clean = !checkpoint::mark_running(&cfg.data_dir)?;
         let cp_path = cfg.data_dir.join("checkpoint");
         let cp = Checkpoint::load(&cp_path)?;
@@ -197,7 +199,7 @@ impl Store {
             &cq_root,
             cfg.cq_entries_per_file,
             Arc::clone(&io),
-            Floors::load(&cfg.data_dir)?,
+            floors,
         )?);
         let index = Arc::new(Index::open(
             &cfg.data_dir.join("index"),
@@ -252,7 +254,7 @@ impl Store {
                 *e = (*e).max(i64::try_from(next).unwrap_or(i64::MAX));
             }
         }
-        cqs.settle_floors(&queue_offsets);
+        cqs.settle_floors(&queue_offsets)?;
         report.damaged_ranges = damage.all().len();
         let shared = Arc::new(Shared::new(report.end));
         shared.dispatched.set(dispatched);
@@ -435,7 +437,7 @@ impl Store {
         }
     }
 
-    /// Hides every message of `topic` accepted so far from every read, for good: each of its
+    /// Hides every message of `topic` accepted so far from queue reads, for good: each of its
     /// queues' next offset becomes the queue's floor (see `floors`), taken in the appender's
     /// order and saved before this completes. For a topic being deleted: one created again
     /// under its name serves only what is sent after, while the old records wait for

@@ -236,8 +236,8 @@ pub(super) async fn get_topic(
 
 /// Deletes a topic: it disappears from routes and listings, producers and HTTP receivers get
 /// `topic_not_found` (unless auto-creation brings it back on a send), and its stored
-/// messages are never served again (they age out with retention), so a topic created again
-/// under its name starts empty. System topics are refused (403).
+/// messages are never delivered again (they age out with retention), so a topic created
+/// again under its name starts empty. System topics are refused (403).
 #[utoipa::path(
     delete,
     path = "/v1/topics/{topic}",
@@ -247,7 +247,8 @@ pub(super) async fn get_topic(
         (status = 204, description = "Deleted"),
         (status = 403, description = "A system topic, or the retry topic of a consumer group that has members", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
-        (status = 503, description = "Not deleted: its stored messages could not be hidden (a busy, full or failing disk); or deleted, but topics.json could not be saved. Retry", body = ErrorBody),
+        (status = 429, description = "Not deleted: the store is busy; retry", body = ErrorBody),
+        (status = 503, description = "Not deleted: the store cannot write (full or failing disk); or deleted, but topics.json could not be saved. Retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -264,17 +265,30 @@ pub(super) async fn delete_topic(
         Err(DeleteTopicError::Refused(why)) => {
             Err(ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, why))
         }
-        Err(DeleteTopicError::Store(e)) => Err(not_hidden(&e)),
+        Err(DeleteTopicError::Store(e)) => Err(not_hidden(e)),
+        Err(e @ DeleteTopicError::Internal(_)) => Err(ApiError::internal(e)),
     }
 }
 
-/// 503: the deleted topic's messages could not be hidden (a busy, full or failing store), so
-/// the topic was kept; the caller may retry.
-fn not_hidden(e: &sluice_store::StoreError) -> ApiError {
+/// The deleted topic's messages could not be hidden, so the topic was kept: 429 while the
+/// store is busy, 503 while it cannot write (full disk, failed sync, shutting down), else 500.
+/// A retry may succeed.
+fn not_hidden(e: sluice_store::StoreError) -> ApiError {
+    use sluice_store::StoreError;
     tracing::error!(request_id = %crate::request_id::current(), error = %e, "deleting a topic failed in the store");
-    ApiError::unavailable(
-        "the topic's stored messages could not be hidden; the topic is kept, retry later",
-    )
+    match e {
+        StoreError::Busy(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::TOO_MANY_REQUESTS,
+            "the store is busy; the topic is kept, retry shortly",
+        ),
+        StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed => {
+            ApiError::unavailable(
+                "the store cannot take writes now; the topic is kept, retry later",
+            )
+        }
+        other => ApiError::internal(other),
+    }
 }
 
 /// 503: the change is in effect but `topics.json` could not be written (a full or failing

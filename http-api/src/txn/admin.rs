@@ -79,7 +79,7 @@ pub(super) async fn get_one(
 ) -> ApiResult<Json<TxnItem>> {
     let txn = state.txn()?;
     let handle = decode_id(&txn_id)?;
-    let view = find(&state, txn, &handle).await?;
+    let view = find(&state, txn, &handle, true).await?;
     Ok(Json(item_of_view(&view)))
 }
 
@@ -104,7 +104,7 @@ pub(super) async fn force(
 ) -> ApiResult<Json<DecisionResponse>> {
     let txn = state.txn()?;
     let handle = decode_id(&txn_id)?;
-    find(&state, txn, &handle).await?;
+    find(&state, txn, &handle, false).await?;
     let commit = req.action == ForceAction::Commit;
     let outcome = txn
         .force(handle.half_offset, commit)
@@ -116,24 +116,36 @@ pub(super) async fn force(
 
 /// The transaction `handle` names, if in memory and really that one. A miss is looked at again
 /// once the store has dispatched what it had written (a send acknowledged a moment ago).
-async fn find(state: &AppState, txn: &TxnService, handle: &TxnHandle) -> Result<TxnView, ApiError> {
+/// With `read_back`, a decided one no longer in memory is read back from its op record (for
+/// showing it; forcing works on memory only).
+async fn find(
+    state: &AppState,
+    txn: &TxnService,
+    handle: &TxnHandle,
+    read_back: bool,
+) -> Result<TxnView, ApiError> {
     let mut view = txn.get(handle.half_offset).map_err(txn_error)?;
     if view.is_none() {
         settle(state).await;
         view = txn.get(handle.half_offset).map_err(txn_error)?;
     }
-    // Decided and no longer in memory (forgotten, or decided before a restart): read back.
-    if view.is_none() {
-        view = match txn.get_decided(&handle.reference()) {
-            Ok(v) => v,
-            Err(TxnError::WrongGroup { .. } | TxnError::Mismatch(_)) => None,
-            Err(e) => return Err(txn_error(e)),
+    // Decided and no longer in memory (forgotten, or decided before a restart): read back,
+    // off the async workers (a key-index look-up and record reads).
+    if view.is_none() && read_back {
+        let (txn, r) = (txn.clone(), handle.reference());
+        view = match tokio::task::spawn_blocking(move || txn.get_decided(&r)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(TxnError::WrongGroup { .. } | TxnError::Mismatch(_))) => None,
+            Ok(Err(e)) => return Err(txn_error(e)),
+            Err(e) => return Err(ApiError::internal(e)),
         };
     }
     view.filter(|v| view_matches(v, handle)).ok_or_else(|| {
-        ApiError::not_found(
-            "no such transaction (unknown, or decided and its records gone with retention)",
-        )
+        ApiError::not_found(if read_back {
+            "no such transaction (unknown, or decided and its records gone with retention)"
+        } else {
+            "no such transaction in memory (unknown, or decided and no longer in memory)"
+        })
     })
 }
 

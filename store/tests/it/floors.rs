@@ -99,34 +99,112 @@ fn messages_queued_before_the_retire_are_hidden_too() {
     store.shutdown().unwrap();
 }
 
-/// Once retention has deleted every record under a floor, the floor has nothing left to hide
-/// and is dropped at the next open; the queue goes on from where it was.
-#[test]
-fn a_floor_is_dropped_once_retention_has_passed_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config(dir.path());
+fn retention_config(dir: &std::path::Path) -> sluice_store::StoreConfig {
+    let mut cfg = small_config(dir);
     cfg.clean_interval = Duration::from_secs(3600);
     cfg.retention_bytes = Some(cfg.segment_size * 2);
     cfg.retention_bytes_min_age = Duration::ZERO;
+    cfg
+}
+
+/// Fills other segments and runs retention until it deleted some.
+fn age_out(store: &Store) {
+    append_seqs(store, "Other", 0, 0..1500);
+    assert!(store.wait_queues_synced(Duration::from_secs(10)));
+    assert!(store.run_retention().unwrap().segments > 0);
+}
+
+fn floors_file(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("queue-floors")).unwrap_or_default()
+}
+
+/// Retention deleted exactly the records under the floor: the queue now starts at the floor,
+/// and the floor is kept, so a new group still reads it from there as a young queue.
+#[test]
+fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = retention_config(dir.path());
     let store = open(&cfg);
     append_seqs(&store, "T", 0, 0..50);
     retire(&store, "T");
-    append_seqs(&store, "Other", 0, 0..1500);
-    assert!(store.wait_queues_synced(Duration::from_secs(10)));
-    assert!(store.run_retention().unwrap().segments > 0);
+    age_out(&store);
+    store.shutdown().unwrap();
+    let store = open(&cfg);
+    assert!(
+        floors_file(dir.path()).contains(" T\n"),
+        "{}",
+        floors_file(dir.path())
+    );
     assert_eq!(
-        (store.min_offset("T", 0), store.max_offset("T", 0)),
+        (store.min_offset("T", 0), store.queue_start("T", 0)),
         (50, 50)
     );
     store.shutdown().unwrap();
-    let floors = || std::fs::read_to_string(dir.path().join("queue-floors")).unwrap();
-    assert!(floors().contains(" T\n"), "{}", floors());
+}
+
+/// Once retention has also deleted records past the floor, it hides and tells nothing and is
+/// dropped at the next open; the queue goes on from where it was.
+#[test]
+fn a_floor_is_dropped_once_retention_has_passed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = retention_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..50);
+    retire(&store, "T");
+    append_seqs(&store, "T", 0, 50..51);
+    age_out(&store);
+    assert_eq!(
+        (store.min_offset("T", 0), store.max_offset("T", 0)),
+        (51, 51)
+    );
+    store.shutdown().unwrap();
+    assert!(
+        floors_file(dir.path()).contains(" T\n"),
+        "{}",
+        floors_file(dir.path())
+    );
 
     let store = open(&cfg);
-    assert!(!floors().contains(" T\n"), "{}", floors());
-    assert_eq!(store.min_offset("T", 0), 50);
+    assert!(
+        !floors_file(dir.path()).contains(" T\n"),
+        "{}",
+        floors_file(dir.path())
+    );
+    assert_eq!(
+        (store.min_offset("T", 0), store.queue_start("T", 0)),
+        (51, 0)
+    );
     append_seqs(&store, "T", 0, 0..1);
-    assert_eq!(offsets(&store, "T", 0), vec![50]);
+    assert_eq!(offsets(&store, "T", 0), vec![51]);
+    store.shutdown().unwrap();
+}
+
+/// A floor above its queue's end (records below it lost with an unclean stop, never
+/// acknowledged) comes down to the end at open and is saved so: the next messages are
+/// served, also after later restarts.
+#[test]
+fn a_floor_above_the_queue_end_is_lowered_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..10);
+    store.shutdown().unwrap();
+    std::fs::write(
+        dir.path().join("queue-floors"),
+        "sluice queue floors 1\n0 100 T\n",
+    )
+    .unwrap();
+    let store = open(&cfg);
+    assert_eq!(
+        (store.min_offset("T", 0), store.queue_start("T", 0)),
+        (10, 10)
+    );
+    assert_eq!(floors_file(dir.path()), "sluice queue floors 1\n0 10 T\n");
+    append_seqs(&store, "T", 0, 10..12);
+    assert_eq!(offsets(&store, "T", 0), vec![10, 11]);
+    store.shutdown().unwrap();
+    let store = open(&cfg);
+    assert_eq!(offsets(&store, "T", 0), vec![10, 11]);
     store.shutdown().unwrap();
 }
 

@@ -84,12 +84,14 @@ async fn delete_topic(
     match ctx.store.retire_queues(name).await {
         Ok(queues) => {
             deleting.finish();
+            let leases = ctx.leases.get().map_or(0, |l| l.forget_topic(name));
             let groups = ctx.offsets.remove_topic(name);
             tracing::info!(
                 topic = name,
                 groups,
                 queues,
-                "deleted topic's messages hidden and its consumer offsets forgotten"
+                leases,
+                "deleted topic's messages hidden, its consumer offsets and leases forgotten"
             );
             Ok(Some(removed))
         }

@@ -250,6 +250,11 @@ fn finish_hand_back(
             g.finish(&job.key, job.offset);
             Ok(())
         }
+        Err(RetryError::Deleted(topic)) => {
+            tracing::debug!(group, topic = %topic, offset = job.offset, "handed-back message of a deleted topic; dropped");
+            g.finish(&job.key, job.offset);
+            Ok(())
+        }
         Err(e) => {
             // Held for a lease period, not deliverable at once: a failure that does not go
             // away (no room for the retry topic) made a nacked message come back at request
@@ -257,6 +262,7 @@ fn finish_hand_back(
             let hold = ctx.cfg.lease.default_visibility;
             let kind = match &e {
                 RetryError::NoSuchMessage(_) => "no_such_message",
+                RetryError::Deleted(_) => "deleted",
                 RetryError::InvalidGroup(_) => "invalid_group",
                 RetryError::Refused { .. } => "refused",
             };

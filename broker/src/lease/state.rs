@@ -273,6 +273,13 @@ impl LeaseState {
         (total / self.groups.lock().len().max(1)).max(1)
     }
 
+    /// Drops what every book holds of `topic` (a deleted topic): see [`Group::forget_topic`].
+    /// Returns how many leases went.
+    pub(crate) fn forget_topic(&self, topic: &str) -> usize {
+        let books: Vec<_> = self.groups.lock().values().cloned().collect();
+        books.iter().map(|b| b.lock().forget_topic(topic)).sum()
+    }
+
     /// A generation never used before in this run.
     pub(crate) fn next_generation(&self) -> u64 {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
@@ -617,6 +624,36 @@ impl Group {
         if removed.is_some_and(|o| o.state == OpenState::Waiting) {
             sub(&self.totals.waiting, 1);
         }
+    }
+
+    /// Drops the cursors of `topic` (a deleted topic) with their open entries, and the
+    /// leases on them: nothing of them is handed back as a retry when it expires or is
+    /// nacked, and no old position is committed over the topic created again (an old lease
+    /// held the group's offset below the new messages, which came back after a restart
+    /// although acknowledged). Their receipts are unknown from then on. Retries of the topic
+    /// already in the group's retry queue are kept. Returns how many leases went.
+    pub(crate) fn forget_topic(&mut self, topic: &str) -> usize {
+        let doomed: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.key.0 == topic)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in &doomed {
+            if let Some(l) = self.leases.remove(g) {
+                self.deadlines.remove(&(l.deadline, *g));
+            }
+        }
+        sub(&self.totals.leases, doomed.len());
+        let waiting: usize = self
+            .cursors
+            .iter()
+            .filter(|(k, _)| k.0 == topic)
+            .map(|(_, c)| c.waiting())
+            .sum();
+        self.cursors.retain(|k, _| k.0 != topic);
+        sub(&self.totals.waiting, waiting);
+        doomed.len()
     }
 
     /// Commits the lowest unfinished offset of a queue when it moved (from the last commit, or

@@ -51,6 +51,10 @@ pub(super) async fn send_back(
     };
     match retry::send_back(ctx, &back).await {
         Ok(_) => Ok(reply::ok(req)),
+        Err(e @ retry::RetryError::Deleted(_)) => {
+            tracing::debug!(group = %back.group, offset = phys_offset, error = %e, "send-back of a deleted topic's message dropped");
+            Ok(reply::ok(req))
+        }
         Err(e) => {
             tracing::debug!(group = %back.group, offset = phys_offset, error = %e, "send-back refused");
             Err(Reject::new(e.response_code(), e.to_string()))

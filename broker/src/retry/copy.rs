@@ -50,6 +50,8 @@ const STRIPPED: [&str; 14] = [
 #[derive(Debug, Clone)]
 pub(crate) struct Original {
     pub(crate) topic: String,
+    pub(crate) queue_id: i32,
+    pub(crate) queue_offset: i64,
     pub(crate) phys_offset: u64,
     pub(crate) flag: i32,
     pub(crate) sys_flag: i32,
@@ -67,6 +69,8 @@ impl Original {
         let view = RecordView::parse(record, usize::MAX).ok()?;
         Some(Self {
             topic: view.topic.to_owned(),
+            queue_id: view.header.queue_id,
+            queue_offset: view.header.queue_offset,
             phys_offset: u64::try_from(view.header.physical_offset).ok()?,
             flag: view.header.flag,
             sys_flag: view.header.sys_flag,

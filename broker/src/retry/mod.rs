@@ -88,6 +88,11 @@ pub enum RetryError {
     /// The group name is not a valid topic suffix.
     #[error("invalid consumer group {0:?}")]
     InvalidGroup(String),
+    /// The message's topic was deleted after it was delivered (it lies below its queue's
+    /// floor, see `sluice_store::Store::retire_queues`): nothing is retried. A remoting
+    /// client is answered success, as for a message handed back.
+    #[error("the topic {0} of this message was deleted; it is not retried")]
+    Deleted(String),
     /// A put hook or the store refused the copy.
     #[error("copy refused (code {code}): {remark}")]
     Refused {
@@ -103,6 +108,7 @@ impl RetryError {
     pub fn response_code(&self) -> i32 {
         match self {
             Self::NoSuchMessage(_) => code::SYSTEM_ERROR,
+            Self::Deleted(_) => code::SUCCESS,
             Self::InvalidGroup(_) => code::INVALID_PARAMETER,
             Self::Refused { code, .. } => *code,
         }
@@ -124,6 +130,11 @@ pub(crate) async fn send_back(
     topic::validate_name(&retry).map_err(|_| RetryError::InvalidGroup(req.group.clone()))?;
     let record = locate(ctx, req, &retry)?;
     let orig = Original::decode(&record).ok_or(RetryError::NoSuchMessage(req.phys_offset))?;
+    // Delivered before its topic was deleted: a retry would bring it back.
+    let start = ctx.store.queue_start(&orig.topic, orig.queue_id);
+    if u64::try_from(orig.queue_offset).is_ok_and(|o| o < start) {
+        return Err(RetryError::Deleted(orig.topic));
+    }
     let policy = ctx.cfg.retry.policy(&req.group);
     let message_max = orig
         .properties

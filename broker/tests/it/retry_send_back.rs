@@ -142,6 +142,23 @@ async fn send_back_builds_the_rocketmq_retry_copy_and_counts_up() {
     cluster.stop().await;
 }
 
+/// A message delivered before its topic was deleted and failed after: a retry would bring it
+/// back (to a topic created again, or through the group's retry subscription). The send-back
+/// is answered success (the client moves on) and nothing is copied.
+#[tokio::test]
+async fn a_send_back_of_a_deleted_topics_message_is_not_retried() {
+    let cluster = start_cluster().await;
+    let client = cluster.client().await;
+    let orig = produce_one(&cluster, &client, &props(None, None)).await;
+    let services = cluster.broker.services();
+    assert!(services.delete_topic("Orders").await.unwrap().is_some());
+    assert_eq!(send_back(&client, "g1", &orig, 0, None).await, 0);
+    wait_dispatched(&cluster.broker).await;
+    assert_eq!(cluster.broker.stats().retries, 0);
+    assert!(pull_recs(&client, "%RETRY%g1").await.is_empty());
+    cluster.stop().await;
+}
+
 #[tokio::test]
 async fn after_the_maximum_the_message_is_dead_lettered_at_once() {
     let cluster = start_cluster().await;

@@ -115,7 +115,8 @@ pub(crate) struct TraceEvent {
     pub due_ms: Option<i64>,
     /// The state now: a transaction's (`open`, `committed`, ...) or a timer's (`pending`,
     /// `cancelled`, `delivered`, `dropped`, or `rescheduled` for one a rescheduled copy
-    /// replaced).
+    /// replaced); `deleted` for a copy whose topic was deleted after it was stored (it is
+    /// not delivered again).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// More: the failure reason, the check count, who decided, the delivery number.

@@ -126,6 +126,8 @@ struct Rec {
     topic: String,
     queue_id: i32,
     queue_offset: i64,
+    /// Below its queue's floor: its topic was deleted after it was stored (set by `gather`).
+    deleted: bool,
     offset_msg_id: String,
     /// Commit-log offset (a rescheduled copy names the timer it replaces by it).
     phys: u64,
@@ -145,6 +147,7 @@ impl Rec {
             topic: v.topic.to_owned(),
             queue_id: v.header.queue_id,
             queue_offset: v.header.queue_offset,
+            deleted: false,
             offset_msg_id: offset_msg_id(v.header.store_host, phys),
             sys_flag: v.header.sys_flag,
             store_ms: v.header.store_timestamp,
@@ -330,6 +333,8 @@ fn gather(
         .filter(|r| r.topic != TRANS_OP_HALF_TOPIC && r.props.get(PROP_CANCEL).is_none())
         .filter(|r| only.is_none_or(|t| r.real_topic() == t));
     for mut r in found {
+        let start = store.queue_start(&r.topic, r.queue_id);
+        r.deleted = u64::try_from(r.queue_offset).is_ok_and(|o| o < start);
         if !r.is_user_topic() {
             let earlier = earliest_other.is_none_or(|i: usize| {
                 (r.store_ms, r.queue_offset) < (recs[i].store_ms, recs[i].queue_offset)
@@ -383,6 +388,11 @@ fn consumer_groups(b: &BrokerServices) -> Vec<String> {
 
 /// The groups whose committed offset in the copy's queue is past it.
 fn consumed_by(b: &BrokerServices, r: &Rec, groups: &[String]) -> Vec<String> {
+    // Offsets committed since its topic was deleted are the new topic's: they say nothing
+    // of it.
+    if r.deleted {
+        return Vec::new();
+    }
     let readers: Vec<&String> = match r.topic.strip_prefix(RETRY_PREFIX) {
         Some(g) => groups.iter().filter(|x| *x == g).collect(),
         None if r.is_user_topic() => groups.iter().collect(),
@@ -410,6 +420,13 @@ pub(super) async fn complete(state: &AppState, m: Gathered) -> TracedMessage {
             for e in of.iter_mut().filter(|e| e.kind == "scheduled") {
                 e.state = Some("rescheduled".into());
                 e.detail = Some("replaced by a rescheduled copy".into());
+            }
+        }
+        if r.deleted {
+            for e in &mut of {
+                e.state = Some("deleted".into());
+                e.detail =
+                    Some("its topic was deleted after it was stored: not delivered again".into());
             }
         }
         events.extend(of);

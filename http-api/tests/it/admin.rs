@@ -364,7 +364,7 @@ async fn a_topic_created_again_after_a_delete_starts_empty() {
         let (st, _) = s
             .post(
                 "/v1/topics/Again/messages",
-                json!({"body": format!("old-{i}")}),
+                json!({"body": format!("old-{i}"), "keys": ["old"]}),
             )
             .await;
         assert_eq!(st, 201);
@@ -384,6 +384,17 @@ async fn a_topic_created_again_after_a_delete_starts_empty() {
     assert_eq!(st, 201, "auto-created again: {r}");
     assert_eq!(receive_bodies(&s, "early", "Again", 1).await, ["new-0"]);
     assert_eq!(receive_bodies(&s, "late", "Again", 1).await, ["new-0"]);
+    // A look-up still finds the old messages, marked deleted, and not consumed by the groups
+    // whose offsets (the new topic's) are past their queue positions.
+    let (st, found) = s.get("/v1/messages?key=old&topic=Again").await;
+    assert_eq!(st, 200, "{found}");
+    let msgs = found["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "{found}");
+    for m in msgs {
+        let events = m["events"].as_array().unwrap();
+        assert!(events.iter().all(|e| e["kind"] != "consumed"), "{m}");
+        assert!(events.iter().any(|e| e["state"] == "deleted"), "{m}");
+    }
     s.stop().await;
 }
 

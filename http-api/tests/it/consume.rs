@@ -316,3 +316,52 @@ async fn the_openapi_document_describes_the_consume_endpoints() {
     assert!(doc["components"]["schemas"]["ReceivedMessage"].is_object());
     s.stop().await;
 }
+
+fn bodies(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Leases of a deleted topic's messages: expired or nacked after the delete, they came back
+/// as retries of a topic created again; and an old lease held the group's committed offset
+/// below the new messages, which came back after a restart although acknowledged. The delete
+/// drops them: their receipts are unknown, nothing of them is retried, and the group commits
+/// the new topic's offsets.
+#[tokio::test]
+async fn leases_of_a_deleted_topic_are_dropped_with_it() {
+    let s = common::start_with(quick(3)).await;
+    s.create_topic("Gone", 1);
+    produce(&s, "Gone", &[b"old0", b"old1", b"old2"], "t").await;
+    let held = receive(&s, "g", "Gone", json!({"max": 3, "visibility_ms": 300})).await;
+    assert_eq!(held.len(), 3);
+    let (status, body) = s.delete("/v1/topics/Gone").await;
+    assert_eq!(status, 204, "{body}");
+    let nacked = settle(&s, "g", "nack", json!({"receipts": [receipt(&held[0])]})).await;
+    assert_eq!(nacked[0]["error"]["code"], "receipt_unknown", "{nacked:?}");
+
+    s.create_topic("Gone", 1);
+    produce(&s, "Gone", &[b"new0", b"new1"], "t").await;
+    // Past the old leases' visibility and the retry ladder: nothing old comes back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got = receive(&s, "g", "Gone", json!({"max": 10, "wait_ms": 2000})).await;
+    assert_eq!(bodies(&got), ["new0", "new1"]);
+    let receipts: Vec<String> = got.iter().map(receipt).collect();
+    let acked = settle(&s, "g", "ack", json!({ "receipts": receipts })).await;
+    assert!(acked.iter().all(|r| r["ok"] == true), "{acked:?}");
+    let old = settle(&s, "g", "ack", json!({"receipts": [receipt(&held[1])]})).await;
+    assert_eq!(old[0]["ok"], false, "{old:?}");
+    let more = receive(&s, "g", "Gone", json!({"max": 10, "wait_ms": 300})).await;
+    assert!(more.is_empty(), "{:?}", bodies(&more));
+    assert_eq!(s.broker.services().query_offset("g", "Gone", 0), Some(5));
+
+    let dir = s.stop().await;
+    let s = common::start_in(dir, quick(3)).await;
+    let again = receive(&s, "g", "Gone", json!({"max": 10, "wait_ms": 300})).await;
+    assert!(
+        again.is_empty(),
+        "acknowledged, not again: {:?}",
+        bodies(&again)
+    );
+    s.stop().await;
+}

@@ -99,7 +99,8 @@ pub(crate) struct OffsetOut {
     pub topic: String,
     /// Queue.
     pub queue_id: i32,
-    /// Next offset the group consumes.
+    /// Next offset the group consumes; -1 when it has committed none in this queue (listed
+    /// only while the queue holds messages, all of them counted in `lag`).
     pub committed: i64,
     /// Next offset to be written.
     pub max_offset: u64,
@@ -316,10 +317,15 @@ fn offsets_of(state: &AppState, group: &str, topics: &[String]) -> (Vec<OffsetOu
             if lookups > MAX_LOOKUPS {
                 return (out, true);
             }
-            let Some(committed) = b.query_offset(group, topic, q) else {
-                continue;
-            };
             let max = store.max_offset(topic, q);
+            // A queue of a topic the group consumes where it committed nothing (no consumer
+            // got it yet): every kept message waits. Left out, a group that had read one
+            // queue of two showed a third of its lag.
+            let committed = match b.query_offset(group, topic, q) {
+                Some(c) => c,
+                None if store.min_offset(topic, q) < max => -1,
+                None => continue,
+            };
             // Messages retention deleted are no longer waiting: the group resumes at the
             // queue's first kept one.
             let from = committed

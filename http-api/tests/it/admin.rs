@@ -194,6 +194,44 @@ async fn a_groups_lag_leaves_out_messages_retention_deleted() {
     s.stop().await;
 }
 
+/// A group that committed in one queue of a topic showed only that queue's lag: the
+/// messages waiting in the queues it had not reached yet were not counted.
+#[tokio::test]
+async fn a_groups_lag_counts_queues_it_has_not_committed_in() {
+    let s = common::start().await;
+    s.create_topic("Pair", 2);
+    let services = s.broker.services();
+    for (queue_id, n) in [(0, 2), (1, 3)] {
+        for _ in 0..n {
+            let mut p = sluice_broker::produce::Produce::new("p", "Pair", b"x".to_vec());
+            p.queue_id = Some(queue_id);
+            services.produce(p).await.unwrap();
+        }
+    }
+    assert!(services.store().wait_dispatched(Duration::from_secs(10)));
+    services.commit_offset("half", "Pair", 0, 2).unwrap();
+    let (st, r) = s.get("/v1/groups/half").await;
+    assert_eq!(st, 200, "{r}");
+    let lines: Vec<_> = r["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["queue_id"].as_i64(),
+                o["committed"].as_i64(),
+                o["lag"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [(Some(0), Some(2), Some(0)), (Some(1), Some(-1), Some(3))]
+    );
+    assert_eq!(r["total_lag"], 3);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_group_shows_committed_offsets_lag_and_dead_letters() {
     let s = common::start().await;

@@ -83,9 +83,11 @@ async fn delete_topic(
     };
     match ctx.store.retire_queues(name).await {
         Ok(queues) => {
-            deleting.finish();
+            // Before sends may create the topic again: what is forgotten here is the old
+            // topic's, never the new one's.
             let leases = ctx.leases.get().map_or(0, |l| l.forget_topic(name));
             let groups = ctx.offsets.remove_topic(name);
+            deleting.finish();
             tracing::info!(
                 topic = name,
                 groups,

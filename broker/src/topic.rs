@@ -88,6 +88,9 @@ pub(crate) enum RetryTopicRefused {
          4.x clients: a consumer group name is at most 120 bytes here"
     )]
     TooLong(String),
+    /// A topic of that name is being deleted (for a few milliseconds); ask again.
+    #[error("{0} is being deleted; it can be created again once that is done")]
+    Deleting(String),
 }
 
 /// A `%RETRY%` or `%DLQ%` topic.
@@ -222,6 +225,8 @@ pub enum NotAdded {
     Exists(TopicConfig),
     /// The table is full.
     Limit(TopicLimit),
+    /// A topic of that name is being deleted (for a few milliseconds); ask again.
+    Deleting,
 }
 
 /// The broker's topics. Every change bumps the data version, wakes the name-server registrar
@@ -268,14 +273,23 @@ impl Deleting {
         self.put_back();
     }
 
+    /// Back into the table before it leaves the deletion map, under that map's lock (the
+    /// order `begin_delete` takes them), so no save in between writes a file without it. It
+    /// was in the table before, so `max_topics` does not keep it out.
     fn put_back(&mut self) {
         self.done = true;
-        let Some(cfg) = self.topics.deleting.lock().remove(&self.topic) else {
-            return;
+        let restored = {
+            let mut deleting = self.topics.deleting.lock();
+            let Some(cfg) = deleting.remove(&self.topic) else {
+                return;
+            };
+            let mut t = self.topics.table.write();
+            if t.topics.contains_key(&self.topic) {
+                return;
+            }
+            insert(&mut t, cfg)
         };
-        if let Err(NotAdded::Limit(l)) = self.topics.put_if_absent(cfg) {
-            tracing::error!(topic = %self.topic, error = %l, "a topic whose deletion failed could not be put back");
-        }
+        self.topics.announce(&restored);
     }
 }
 
@@ -375,6 +389,12 @@ impl TopicManager {
     /// pass a check and the last silently win.
     pub(crate) fn put_if_absent(self: &Arc<Self>, cfg: TopicConfig) -> Result<(), NotAdded> {
         let inserted = {
+            // Held across the insert (the order `begin_delete` takes them): a topic being
+            // deleted is not created again until its stored messages are hidden.
+            let deleting = self.deleting.lock();
+            if deleting.contains_key(&cfg.topic_name) {
+                return Err(NotAdded::Deleting);
+            }
             let mut t = self.table.write();
             if let Some(existing) = t.topics.get(&cfg.topic_name) {
                 return Err(NotAdded::Exists(existing.clone()));
@@ -453,12 +473,6 @@ impl TopicManager {
         if let Some(cfg) = self.get(topic) {
             return Ok(cfg);
         }
-        if self.deleting.lock().contains_key(topic) {
-            return Err(TopicReject::new(
-                response_code::TOPIC_NOT_EXIST,
-                format!("topic[{topic}] not exist: it is being deleted"),
-            ));
-        }
         // A dead-letter topic made by a client's send (its own fallback when a send-back is
         // refused) has the one queue the broker's dead letters use: with the template's four,
         // dead-letter listings and replays, which read queue 0, missed three in four.
@@ -468,6 +482,7 @@ impl TopicManager {
                 long @ RetryTopicRefused::TooLong(_) => {
                     TopicReject::new(response_code::INVALID_PARAMETER, long.to_string())
                 }
+                RetryTopicRefused::Deleting(_) => being_deleted(topic),
             });
         }
         let template = self
@@ -483,7 +498,10 @@ impl TopicManager {
         let cfg = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
         // Two first sends racing with different queue counts: the first one's shape stays (a
         // replace could leave the other send's message in a queue the topic no longer has).
-        self.get_or_add(cfg).map_err(|l| not_created(topic, l))
+        self.get_or_add(cfg).map_err(|e| match e {
+            RetryTopicRefused::Limit(l) => not_created(topic, l),
+            _ => being_deleted(topic),
+        })
     }
 
     /// `%RETRY%<group>`- or `%DLQ%<group>`-style topic with one read-write queue (RocketMQ
@@ -501,12 +519,15 @@ impl TopicManager {
         }
     }
 
-    /// Adds `cfg` unless a topic of its name exists; returns the config in force.
-    fn get_or_add(self: &Arc<Self>, cfg: TopicConfig) -> Result<TopicConfig, TopicLimit> {
+    /// Adds `cfg` unless a topic of its name exists; returns the config in force. Refused
+    /// past `max_topics` and while a topic of the name is being deleted.
+    fn get_or_add(self: &Arc<Self>, cfg: TopicConfig) -> Result<TopicConfig, RetryTopicRefused> {
+        let name = cfg.topic_name.clone();
         match self.put_if_absent(cfg.clone()) {
             Ok(()) => Ok(cfg),
             Err(NotAdded::Exists(existing)) => Ok(existing),
-            Err(NotAdded::Limit(l)) => Err(l),
+            Err(NotAdded::Limit(l)) => Err(RetryTopicRefused::Limit(l)),
+            Err(NotAdded::Deleting) => Err(RetryTopicRefused::Deleting(name)),
         }
     }
 
@@ -565,6 +586,14 @@ impl TopicManager {
             Err(_) => save(),
         }
     }
+}
+
+/// TOPIC_NOT_EXIST for a send to a topic being deleted (RocketMQ producers retry it).
+fn being_deleted(topic: &str) -> TopicReject {
+    TopicReject::new(
+        response_code::TOPIC_NOT_EXIST,
+        format!("topic[{topic}] not exist: it is being deleted"),
+    )
 }
 
 /// TOPIC_NOT_EXIST for a send whose topic could not be created: the topic does not exist, and
@@ -702,8 +731,13 @@ mod tests {
         assert!(!saved.contains("\"Gone\""), "{saved}");
         m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
         assert!(m.begin_delete("Never").is_none());
+        // The admin path waits for the deletion too.
+        let (deleting, cfg) = m.begin_delete("Gone").unwrap();
+        assert_eq!(m.put_if_absent(cfg), Err(NotAdded::Deleting));
+        deleting.finish();
         assert!(m.deleting.lock().is_empty());
         // Dropped unfinished (its task cancelled): put back.
+        m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
         let (deleting, _) = m.begin_delete("Gone").unwrap();
         assert!(m.get("Gone").is_none());
         drop(deleting);

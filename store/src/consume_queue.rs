@@ -122,7 +122,7 @@ impl ConsumeQueue {
     }
 
     /// First offset with an entry on disk, floor or not.
-    fn stored_min(&self) -> u64 {
+    pub(crate) fn stored_min(&self) -> u64 {
         self.min.load(Ordering::Acquire)
     }
 
@@ -134,12 +134,6 @@ impl ConsumeQueue {
     /// Hides every entry below `floor` from readers (only ever raised).
     pub(crate) fn raise_floor(&self, floor: u64) {
         self.floor.fetch_max(floor, Ordering::AcqRel);
-    }
-
-    /// Whether retention has deleted every entry below `floor` and more: the floor then
-    /// hides nothing, and tells nothing (a queue starting right at it is still young there).
-    pub(crate) fn stored_past(&self, floor: u64) -> bool {
-        self.stored_min() > floor
     }
 
     /// Publishes nothing at or past `at` (at open, before any reader: see `Store::open`).
@@ -510,50 +504,60 @@ impl ConsumeQueues {
         if let Some(q) = self.get(topic, queue_id) {
             return Ok(q);
         }
-        // Read before the table's lock, which every reader takes.
-        let floor = self.floors.get(topic, queue_id);
         let mut all = self.queues.write();
         if let Some(q) = all.get(topic).and_then(|m| m.get(&queue_id)) {
             return Ok(Arc::clone(q));
         }
         let dir = self.root.join(topic).join(queue_id.to_string());
         let q = Arc::new(ConsumeQueue::open(&dir, self.per_file, self.io.as_ref())?);
-        q.raise_floor(floor);
+        // Read under the table's lock (a short one: saves do not hold it): `raise_floors`
+        // updates the floors before it looks for the queues, so either this sees the new
+        // floor, or that finds this queue.
+        q.raise_floor(self.floors.get(topic, queue_id));
         all.entry(topic.to_string())
             .or_default()
             .insert(queue_id, Arc::clone(&q));
         Ok(q)
     }
 
-    /// Saves `ends` as floors of `topic`'s queues, then hides what lies below them.
+    /// Saves `ends` as floors of `topic`'s queues, then hides what lies below them. On an
+    /// error the floors may still be in force (the file replaced, its folder not synced):
+    /// they are applied then too, and the error returned.
     pub(crate) fn raise_floors(&self, topic: &str, ends: &[(i32, u64)]) -> Result<()> {
-        self.floors.raise(topic, ends)?;
-        for &(queue_id, end) in ends {
-            if let Some(q) = self.get(topic, queue_id) {
-                q.raise_floor(end);
+        let raised = self.floors.raise(topic, ends);
+        if raised.in_force {
+            for &(queue_id, end) in ends {
+                if let Some(q) = self.get(topic, queue_id) {
+                    q.raise_floor(end);
+                }
             }
         }
-        Ok(())
+        raised.error.map_or(Ok(()), Err)
     }
 
-    /// At open, once `next` holds each queue's next offset: a floor above it comes down to
-    /// it (what lay between was never acknowledged), and one that retention has passed, or
-    /// of a queue that has nothing, goes. Fails when a lowered floor cannot be saved.
+    /// At open, once `next` holds each queue's next offset. A floor above it comes down to
+    /// it: the records between were lost with an unclean stop, never acknowledged, and the
+    /// next message takes the next offset (queue offsets follow the log without gaps; the
+    /// dispatcher holds a record claiming more for damage). A floor goes once it hides
+    /// nothing and the queue is empty there (retention deleted everything under it and
+    /// nothing was stored since), or retention passed it. Fails when a lowered floor cannot
+    /// be saved: the next open would raise it again above messages acknowledged meanwhile.
     pub(crate) fn settle_floors(&self, next: &QueueOffsets) -> Result<()> {
         self.floors.settle(|topic, queue_id, floor| {
-            let next = next
+            let end = next
                 .get(topic)
                 .and_then(|m| m.get(&queue_id))
                 .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
-            let floor = floor.min(next);
+            let floor = floor.min(end);
             let q = self.get(topic, queue_id);
-            let passed = q.as_ref().is_some_and(|q| q.stored_past(floor));
-            let settled = (floor > 0 && !passed).then_some(floor);
+            let stored_min = q.as_ref().map_or(end, |q| q.stored_min());
+            let spent = floor == 0 || stored_min > floor || (stored_min == floor && end == floor);
+            let kept = (!spent).then_some(floor);
             if let Some(q) = q {
-                // Lowered only here, before anything reads the queue.
-                q.floor.store(settled.unwrap_or(0), Ordering::Release);
+                // Before anything reads the queue.
+                q.floor.store(kept.unwrap_or(0), Ordering::Release);
             }
-            settled
+            kept
         })
     }
 

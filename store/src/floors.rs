@@ -12,8 +12,8 @@
 //! The floors are kept in `<data_dir>/queue-floors`, replaced atomically at each change, one
 //! line per queue (`<queue id> <floor> <topic>`; topic names hold no spaces), and applied at
 //! open. There a floor is lowered to its queue's next offset (records lost with an unclean
-//! stop were never acknowledged, and the next append must be served), and dropped once
-//! retention has deleted records past it, or when it is 0.
+//! stop were never acknowledged, and the next append must be served), and dropped once it
+//! hides nothing and the queue is empty there, or retention deleted records past it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,15 @@ const HEADER: &str = "sluice queue floors 1";
 
 /// Floors by (topic, queue id).
 pub(crate) type FloorMap = BTreeMap<(String, i32), u64>;
+
+/// What [`Floors::raise`] did.
+#[derive(Debug)]
+pub(crate) struct Raised {
+    /// The new floors hold (saved, or in the file although its folder's sync failed).
+    pub(crate) in_force: bool,
+    /// Why the save failed, if it did.
+    pub(crate) error: Option<StoreError>,
+}
 
 /// The floors and their file.
 #[derive(Debug)]
@@ -73,8 +82,10 @@ impl Floors {
     }
 
     /// Raises the floors of `topic`'s queues to `ends` and saves them. Nothing changes when
-    /// the save fails before the new file took the old one's place.
-    pub(crate) fn raise(&self, topic: &str, ends: &[(i32, u64)]) -> Result<()> {
+    /// the save fails before the new file took the old one's place; after that (its folder's
+    /// sync failed) the new floors are in force, and the error is still reported: the change
+    /// may not survive a power cut.
+    pub(crate) fn raise(&self, topic: &str, ends: &[(i32, u64)]) -> Raised {
         let _saving = self.saving.lock();
         let mut next = self.map.lock().clone();
         let before = next.clone();
@@ -82,18 +93,27 @@ impl Floors {
             let slot = next.entry((topic.to_string(), queue_id)).or_insert(0);
             *slot = (*slot).max(end);
         }
-        if next != before {
-            self.save(&next)?;
+        if next == before {
+            return Raised {
+                in_force: true,
+                error: None,
+            };
+        }
+        let text = encode(&next);
+        let error = write_atomic(&self.path, text.as_bytes()).err();
+        let in_force =
+            error.is_none() || std::fs::read_to_string(&self.path).is_ok_and(|now| now == text);
+        if in_force {
             *self.map.lock() = next;
         }
-        Ok(())
+        Raised { in_force, error }
     }
 
     /// At open, before anything reads or appends: sets each floor to what `settle` makes of
-    /// it (`None`: dropped) and saves the file when that changed anything. A floor lowered but
-    /// not saved would come back at the next open above messages acknowledged meanwhile, so a
-    /// failed save then refuses the open; one that only drops floors is logged (a dropped
-    /// floor hides nothing any more).
+    /// it (`None`: dropped) and saves the file when that changed anything. A floor lowered
+    /// but not saved would come back at the next open above messages acknowledged meanwhile,
+    /// so a failed save then refuses the open (free space and start again); one that only
+    /// drops floors is logged (a dropped floor hid nothing any more).
     pub(crate) fn settle(
         &self,
         mut settle: impl FnMut(&str, i32, u64) -> Option<u64>,
@@ -110,29 +130,18 @@ impl Floors {
         let lowered = next
             .iter()
             .any(|(k, f)| before.get(k).is_some_and(|b| f < b));
-        match self.save(&next) {
-            Ok(()) => {}
-            Err(e) if lowered => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, path = %self.path.display(), "saving queue floors without the ones retention passed failed; tried again at the next open");
+        if let Err(e) = write_atomic(&self.path, encode(&next).as_bytes()) {
+            if lowered {
+                return Err(StoreError::Recovery(format!(
+                    "a queue floor in {} must come down to its queue's end (records under it \
+                     were lost with an unclean stop) and could not be saved: {e}",
+                    self.path.display()
+                )));
             }
+            tracing::warn!(error = %e, path = %self.path.display(), "saving queue floors without the spent ones failed; tried again at the next open");
         }
         *self.map.lock() = next;
         Ok(())
-    }
-
-    /// Replaces the file. An error after the new file took the old one's place (its folder's
-    /// sync failed) is logged and taken as saved: the floors in force are the file's.
-    fn save(&self, map: &FloorMap) -> Result<()> {
-        let text = encode(map);
-        let Err(e) = write_atomic(&self.path, text.as_bytes()) else {
-            return Ok(());
-        };
-        if std::fs::read_to_string(&self.path).is_ok_and(|now| now == text) {
-            tracing::error!(error = %e, path = %self.path.display(), "queue floors saved, but their folder could not be synced: a power cut may undo the change");
-            return Ok(());
-        }
-        Err(e)
     }
 
     /// Every floor.
@@ -178,8 +187,8 @@ mod tests {
     fn floors_survive_a_reload_and_only_rise() {
         let dir = tempfile::tempdir().unwrap();
         let floors = Floors::load(dir.path()).unwrap();
-        floors.raise("T", &[(0, 5), (1, 0), (2, 7)]).unwrap();
-        floors.raise("T", &[(0, 3)]).unwrap();
+        assert!(floors.raise("T", &[(0, 5), (1, 0), (2, 7)]).error.is_none());
+        assert!(floors.raise("T", &[(0, 3)]).error.is_none());
         let again = Floors::load(dir.path()).unwrap();
         assert_eq!(again.get("T", 0), 5);
         assert_eq!(again.get("T", 1), 0, "a zero floor is not kept");
@@ -191,7 +200,7 @@ mod tests {
     fn settling_drops_and_lowers_and_saves() {
         let dir = tempfile::tempdir().unwrap();
         let floors = Floors::load(dir.path()).unwrap();
-        floors.raise("A", &[(0, 10), (1, 10)]).unwrap();
+        assert!(floors.raise("A", &[(0, 10), (1, 10)]).error.is_none());
         floors.settle(|_, q, f| (q == 0).then_some(f - 4)).unwrap();
         let again = Floors::load(dir.path()).unwrap();
         assert_eq!(again.all(), FloorMap::from([(("A".to_string(), 0), 6)]));

@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_broker::RETRY_PREFIX;
+use sluice_protocol::remoting::body::MessageModel;
 use utoipa::{IntoParams, ToSchema};
 
 use super::topics::{is_system, topic_not_found};
@@ -250,11 +251,19 @@ pub(super) async fn get_group(
         q.topic,
         info.as_ref().map(|i| &i.topics[..]),
     );
-    let (offsets, truncated) = offsets_of(&state, &group, &topics);
+    // Topics where a queue without a committed offset still counts as waiting: those a
+    // clustering member subscribes to (a broadcasting group keeps its offsets in its clients).
+    let clustered: Vec<String> = info
+        .as_ref()
+        .filter(|i| i.message_model == MessageModel::Clustering)
+        .map(|i| i.topics.clone())
+        .unwrap_or_default();
+    let (offsets, truncated) = offsets_of(&state, &group, &topics, &clustered);
     let dlq = dlq_counts(&state, &group);
     let retry_topic = b.topic(&format!("{RETRY_PREFIX}{group}")).is_some();
     let http_consumers = b.http_consumers_active(&group);
-    if info.is_none() && !http_consumers && offsets.is_empty() && !retry_topic && dlq.total == 0 {
+    let committed = offsets.iter().any(|o| o.committed >= 0);
+    if info.is_none() && !http_consumers && !committed && !retry_topic && dlq.total == 0 {
         return Err(ApiError::not_found(format!(
             "no consumer group {group:?} is known to this broker"
         )));
@@ -277,8 +286,8 @@ pub(super) async fn get_group(
 }
 
 /// The topics whose offsets are read: the asked one, the subscriptions, or those the group
-/// has committed offsets in (only those give a line; every user topic was read before, up to
-/// `MAX_LOOKUPS` queues, for each group the console's overview shows every 2 s).
+/// has committed offsets in (every user topic was read before, up to `MAX_LOOKUPS` queues,
+/// for each group the console's overview shows every 2 s).
 fn topics_to_read(
     state: &AppState,
     group: &str,
@@ -305,34 +314,40 @@ fn topics_to_read(
 }
 
 /// Committed offsets with lag; true when [`MAX_LOOKUPS`] cut the list.
-fn offsets_of(state: &AppState, group: &str, topics: &[String]) -> (Vec<OffsetOut>, bool) {
+/// Committed offsets and lag per queue of `topics`. A queue where the group committed
+/// nothing is listed (`committed: -1`, every kept message waiting) when the group consumes
+/// the topic: it committed in another of its queues, or is in `clustered`. Left out, a group
+/// that had read one queue of two showed a third of its lag.
+fn offsets_of(
+    state: &AppState,
+    group: &str,
+    topics: &[String],
+    clustered: &[String],
+) -> (Vec<OffsetOut>, bool) {
     let b = state.broker();
     let store = b.store();
     let mut out = Vec::new();
     let mut lookups = 0usize;
     for topic in topics {
         let Some(cfg) = b.topic(topic) else { continue };
+        let mut lines = Vec::new();
         for q in 0..cfg.read_queue_nums.max(cfg.write_queue_nums) {
             lookups += 1;
             if lookups > MAX_LOOKUPS {
+                out.extend(lines);
                 return (out, true);
             }
-            let max = store.max_offset(topic, q);
-            // A queue of a topic the group consumes where it committed nothing (no consumer
-            // got it yet): every kept message waits. Left out, a group that had read one
-            // queue of two showed a third of its lag.
-            let committed = match b.query_offset(group, topic, q) {
-                Some(c) => c,
-                None if store.min_offset(topic, q) < max => -1,
-                None => continue,
-            };
+            let (min, max) = (store.min_offset(topic, q), store.max_offset(topic, q));
+            let committed = b.query_offset(group, topic, q);
+            if committed.is_none() && min >= max {
+                continue;
+            }
+            let committed = committed.unwrap_or(-1);
             // Messages retention deleted are no longer waiting: the group resumes at the
             // queue's first kept one.
-            let from = committed
-                .max(0)
-                .max(i64::try_from(store.min_offset(topic, q)).unwrap_or(i64::MAX));
+            let from = committed.max(i64::try_from(min).unwrap_or(i64::MAX));
             let lag = u64::try_from(i64::try_from(max).unwrap_or(i64::MAX) - from).unwrap_or(0);
-            out.push(OffsetOut {
+            lines.push(OffsetOut {
                 topic: topic.clone(),
                 queue_id: q,
                 committed,
@@ -340,6 +355,12 @@ fn offsets_of(state: &AppState, group: &str, topics: &[String]) -> (Vec<OffsetOu
                 lag,
             });
         }
+        let consumes = clustered.contains(topic) || lines.iter().any(|o| o.committed >= 0);
+        out.extend(
+            lines
+                .into_iter()
+                .filter(|o| consumes && (o.committed >= 0 || o.lag > 0)),
+        );
     }
     (out, false)
 }

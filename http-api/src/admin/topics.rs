@@ -155,6 +155,12 @@ pub(super) async fn create_topic(
         let existing = match not_added {
             NotAdded::Exists(existing) => existing,
             NotAdded::Limit(limit) => return Err(ApiError::unprocessable(limit.to_string())),
+            NotAdded::Deleting => {
+                return Err(ApiError::conflict(format!(
+                    "topic {:?} is being deleted; create it again once that is done",
+                    body.name
+                )))
+            }
         };
         let out = same_shape(existing, &wanted)?;
         // It may be in effect from an earlier request whose save failed (503): a 200 must
@@ -282,11 +288,14 @@ fn not_hidden(e: sluice_store::StoreError) -> ApiError {
             code::TOO_MANY_REQUESTS,
             "the store is busy; the topic is kept, retry shortly",
         ),
-        StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed => {
-            ApiError::unavailable(
-                "the store cannot take writes now; the topic is kept, retry later",
-            )
-        }
+        // `Io`: the floors file could not be written (a full or failing disk).
+        StoreError::DiskFull(_)
+        | StoreError::Fenced(_)
+        | StoreError::Closed
+        | StoreError::Io { .. }
+        | StoreError::SyncFailed(_) => ApiError::unavailable(
+            "the store cannot take writes now; the topic is kept, retry later",
+        ),
         other => ApiError::internal(other),
     }
 }

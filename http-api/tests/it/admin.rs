@@ -229,6 +229,9 @@ async fn a_groups_lag_counts_queues_it_has_not_committed_in() {
         [(Some(0), Some(2), Some(0)), (Some(1), Some(-1), Some(3))]
     );
     assert_eq!(r["total_lag"], 3);
+    // Not for a group that never consumed the topic: still unknown.
+    let (st, r) = s.get("/v1/groups/nobody?topic=Pair").await;
+    assert_eq!((st, error_code(&r)), (404, "not_found"), "{r}");
     s.stop().await;
 }
 

@@ -118,8 +118,8 @@ fn floors_file(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("queue-floors")).unwrap_or_default()
 }
 
-/// Retention deleted exactly the records under the floor: the queue now starts at the floor,
-/// and the floor is kept, so a new group still reads it from there as a young queue.
+/// Retention deleted exactly the records under the floor, and the queue holds messages from
+/// it: the floor is kept, so a new group still reads the queue from there as a young queue.
 #[test]
 fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,6 +128,7 @@ fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
     append_seqs(&store, "T", 0, 0..50);
     retire(&store, "T");
     age_out(&store);
+    append_seqs(&store, "T", 0, 50..51);
     store.shutdown().unwrap();
     let store = open(&cfg);
     assert!(
@@ -139,6 +140,7 @@ fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
         (store.min_offset("T", 0), store.queue_start("T", 0)),
         (50, 50)
     );
+    assert_eq!(offsets(&store, "T", 0), vec![50]);
     store.shutdown().unwrap();
 }
 
@@ -179,7 +181,7 @@ fn a_floor_is_dropped_once_retention_has_passed_it() {
     store.shutdown().unwrap();
 }
 
-/// A floor above its queue's end (records below it lost with an unclean stop, never
+/// A floor above its queue's end (records under it lost with an unclean stop, never
 /// acknowledged) comes down to the end at open and is saved so: the next messages are
 /// served, also after later restarts.
 #[test]
@@ -203,8 +205,34 @@ fn a_floor_above_the_queue_end_is_lowered_at_open() {
     append_seqs(&store, "T", 0, 10..12);
     assert_eq!(offsets(&store, "T", 0), vec![10, 11]);
     store.shutdown().unwrap();
+    for unclean in [false, true] {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        let store = open(&cfg);
+        assert_eq!(offsets(&store, "T", 0), vec![10, 11], "unclean: {unclean}");
+        store.shutdown().unwrap();
+    }
+}
+
+/// A deleted topic's floor goes once retention took everything under it and nothing came
+/// after: the file does not keep a line for every topic ever deleted.
+#[test]
+fn the_floor_of_a_topic_never_created_again_goes_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = retention_config(dir.path());
     let store = open(&cfg);
-    assert_eq!(offsets(&store, "T", 0), vec![10, 11]);
+    append_seqs(&store, "Gone", 0, 0..50);
+    retire(&store, "Gone");
+    age_out(&store);
+    store.shutdown().unwrap();
+    let store = open(&cfg);
+    assert!(
+        !floors_file(dir.path()).contains(" Gone\n"),
+        "{}",
+        floors_file(dir.path())
+    );
+    assert_eq!(store.min_offset("Gone", 0), 50);
     store.shutdown().unwrap();
 }
 

@@ -118,6 +118,12 @@ fn floors_file(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("queue-floors")).unwrap_or_default()
 }
 
+/// Whether `queue-floors` has a line for `topic`, as `kept` says.
+fn assert_floor(dir: &std::path::Path, topic: &str, kept: bool) {
+    let text = floors_file(dir);
+    assert_eq!(text.contains(&format!(" {topic}\n")), kept, "{text}");
+}
+
 /// Retention deleted exactly the records under the floor, and the queue holds messages from
 /// it: the floor is kept, so a new group still reads the queue from there as a young queue.
 #[test]
@@ -131,11 +137,7 @@ fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
     append_seqs(&store, "T", 0, 50..51);
     store.shutdown().unwrap();
     let store = open(&cfg);
-    assert!(
-        floors_file(dir.path()).contains(" T\n"),
-        "{}",
-        floors_file(dir.path())
-    );
+    assert_floor(dir.path(), "T", true);
     assert_eq!(
         (store.min_offset("T", 0), store.queue_start("T", 0)),
         (50, 50)
@@ -160,18 +162,10 @@ fn a_floor_is_dropped_once_retention_has_passed_it() {
         (51, 51)
     );
     store.shutdown().unwrap();
-    assert!(
-        floors_file(dir.path()).contains(" T\n"),
-        "{}",
-        floors_file(dir.path())
-    );
+    assert_floor(dir.path(), "T", true);
 
     let store = open(&cfg);
-    assert!(
-        !floors_file(dir.path()).contains(" T\n"),
-        "{}",
-        floors_file(dir.path())
-    );
+    assert_floor(dir.path(), "T", false);
     assert_eq!(
         (store.min_offset("T", 0), store.queue_start("T", 0)),
         (51, 0)
@@ -227,11 +221,7 @@ fn the_floor_of_a_topic_never_created_again_goes_after_retention() {
     age_out(&store);
     store.shutdown().unwrap();
     let store = open(&cfg);
-    assert!(
-        !floors_file(dir.path()).contains(" Gone\n"),
-        "{}",
-        floors_file(dir.path())
-    );
+    assert_floor(dir.path(), "Gone", false);
     assert_eq!(store.min_offset("Gone", 0), 50);
     store.shutdown().unwrap();
 }

@@ -60,17 +60,12 @@ fn a_retired_topic_serves_only_what_is_sent_after_it_also_after_restarts() {
     assert_eq!(after[0].1, body_for(100));
     store.shutdown().unwrap();
 
-    for unclean in [false, true] {
-        if unclean {
-            mark_unclean(dir.path());
-        }
-        let store = open(&cfg);
-        assert_eq!(offsets(&store, "T", 0), vec![10, 11], "unclean: {unclean}");
+    after_clean_and_unclean_restarts(dir.path(), &cfg, |store| {
+        assert_eq!(offsets(store, "T", 0), vec![10, 11]);
         assert_eq!(store.queue_start("T", 0), 10);
-        assert!(offsets(&store, "T", 1).is_empty());
+        assert!(offsets(store, "T", 1).is_empty());
         assert_eq!(store.min_offset("T", 1), 3);
-        store.shutdown().unwrap();
-    }
+    });
 }
 
 /// The floor is taken in the appender's order: a message queued before the retire, not yet
@@ -118,6 +113,51 @@ fn floors_file(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("queue-floors")).unwrap_or_default()
 }
 
+/// Runs `check` on the store reopened after a clean stop, then after an unclean one.
+fn after_clean_and_unclean_restarts(
+    dir: &std::path::Path,
+    cfg: &sluice_store::StoreConfig,
+    check: impl Fn(&Store),
+) {
+    for unclean in [false, true] {
+        if unclean {
+            mark_unclean(dir);
+        }
+        let store = open(cfg);
+        check(&store);
+        store.shutdown().unwrap();
+    }
+}
+
+/// When a message is stored in topic `T` (retired at queue offset 50) around the retention
+/// pass that deletes its first 50.
+#[derive(PartialEq)]
+enum After {
+    Nothing,
+    BeforeAging,
+    AfterAging,
+}
+
+/// A store whose topic `T` had 50 messages, was retired, and aged out with retention (one
+/// more message stored as `after` says); shut down, for a reopen.
+fn aged_out(after: After) -> (tempfile::TempDir, sluice_store::StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = retention_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..50);
+    retire(&store, "T");
+    if after == After::BeforeAging {
+        append_seqs(&store, "T", 0, 50..51);
+    }
+    age_out(&store);
+    if after == After::AfterAging {
+        append_seqs(&store, "T", 0, 50..51);
+    }
+    store.shutdown().unwrap();
+    assert_floor(dir.path(), "T", true);
+    (dir, cfg)
+}
+
 /// Whether `queue-floors` has a line for `topic`, as `kept` says.
 fn assert_floor(dir: &std::path::Path, topic: &str, kept: bool) {
     let text = floors_file(dir);
@@ -128,14 +168,7 @@ fn assert_floor(dir: &std::path::Path, topic: &str, kept: bool) {
 /// it: the floor is kept, so a new group still reads the queue from there as a young queue.
 #[test]
 fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = retention_config(dir.path());
-    let store = open(&cfg);
-    append_seqs(&store, "T", 0, 0..50);
-    retire(&store, "T");
-    age_out(&store);
-    append_seqs(&store, "T", 0, 50..51);
-    store.shutdown().unwrap();
+    let (dir, cfg) = aged_out(After::AfterAging);
     let store = open(&cfg);
     assert_floor(dir.path(), "T", true);
     assert_eq!(
@@ -150,20 +183,7 @@ fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
 /// dropped at the next open; the queue goes on from where it was.
 #[test]
 fn a_floor_is_dropped_once_retention_has_passed_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = retention_config(dir.path());
-    let store = open(&cfg);
-    append_seqs(&store, "T", 0, 0..50);
-    retire(&store, "T");
-    append_seqs(&store, "T", 0, 50..51);
-    age_out(&store);
-    assert_eq!(
-        (store.min_offset("T", 0), store.max_offset("T", 0)),
-        (51, 51)
-    );
-    store.shutdown().unwrap();
-    assert_floor(dir.path(), "T", true);
-
+    let (dir, cfg) = aged_out(After::BeforeAging);
     let store = open(&cfg);
     assert_floor(dir.path(), "T", false);
     assert_eq!(
@@ -199,30 +219,19 @@ fn a_floor_above_the_queue_end_is_lowered_at_open() {
     append_seqs(&store, "T", 0, 10..12);
     assert_eq!(offsets(&store, "T", 0), vec![10, 11]);
     store.shutdown().unwrap();
-    for unclean in [false, true] {
-        if unclean {
-            mark_unclean(dir.path());
-        }
-        let store = open(&cfg);
-        assert_eq!(offsets(&store, "T", 0), vec![10, 11], "unclean: {unclean}");
-        store.shutdown().unwrap();
-    }
+    after_clean_and_unclean_restarts(dir.path(), &cfg, |store| {
+        assert_eq!(offsets(store, "T", 0), vec![10, 11]);
+    });
 }
 
 /// A deleted topic's floor goes once retention took everything under it and nothing came
 /// after: the file does not keep a line for every topic ever deleted.
 #[test]
 fn the_floor_of_a_topic_never_created_again_goes_after_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = retention_config(dir.path());
+    let (dir, cfg) = aged_out(After::Nothing);
     let store = open(&cfg);
-    append_seqs(&store, "Gone", 0, 0..50);
-    retire(&store, "Gone");
-    age_out(&store);
-    store.shutdown().unwrap();
-    let store = open(&cfg);
-    assert_floor(dir.path(), "Gone", false);
-    assert_eq!(store.min_offset("Gone", 0), 50);
+    assert_floor(dir.path(), "T", false);
+    assert_eq!(store.min_offset("T", 0), 50);
     store.shutdown().unwrap();
 }
 

@@ -132,7 +132,7 @@ fn after_clean_and_unclean_restarts(
 /// When a message is stored in topic `T` (retired at queue offset 50) around the retention
 /// pass that deletes its first 50.
 #[derive(PartialEq)]
-enum After {
+enum Stored {
     Nothing,
     BeforeAging,
     AfterAging,
@@ -140,17 +140,17 @@ enum After {
 
 /// A store whose topic `T` had 50 messages, was retired, and aged out with retention (one
 /// more message stored as `after` says); shut down, for a reopen.
-fn aged_out(after: After) -> (tempfile::TempDir, sluice_store::StoreConfig) {
+fn aged_out(after: Stored) -> (tempfile::TempDir, sluice_store::StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = retention_config(dir.path());
     let store = open(&cfg);
     append_seqs(&store, "T", 0, 0..50);
     retire(&store, "T");
-    if after == After::BeforeAging {
+    if after == Stored::BeforeAging {
         append_seqs(&store, "T", 0, 50..51);
     }
     age_out(&store);
-    if after == After::AfterAging {
+    if after == Stored::AfterAging {
         append_seqs(&store, "T", 0, 50..51);
     }
     store.shutdown().unwrap();
@@ -168,7 +168,7 @@ fn assert_floor(dir: &std::path::Path, topic: &str, kept: bool) {
 /// it: the floor is kept, so a new group still reads the queue from there as a young queue.
 #[test]
 fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
-    let (dir, cfg) = aged_out(After::AfterAging);
+    let (dir, cfg) = aged_out(Stored::AfterAging);
     let store = open(&cfg);
     assert_floor(dir.path(), "T", true);
     assert_eq!(
@@ -183,7 +183,7 @@ fn a_floor_that_retention_reached_is_kept_as_the_queue_start() {
 /// dropped at the next open; the queue goes on from where it was.
 #[test]
 fn a_floor_is_dropped_once_retention_has_passed_it() {
-    let (dir, cfg) = aged_out(After::BeforeAging);
+    let (dir, cfg) = aged_out(Stored::BeforeAging);
     let store = open(&cfg);
     assert_floor(dir.path(), "T", false);
     assert_eq!(
@@ -228,7 +228,7 @@ fn a_floor_above_the_queue_end_is_lowered_at_open() {
 /// after: the file does not keep a line for every topic ever deleted.
 #[test]
 fn the_floor_of_a_topic_never_created_again_goes_after_retention() {
-    let (dir, cfg) = aged_out(After::Nothing);
+    let (dir, cfg) = aged_out(Stored::Nothing);
     let store = open(&cfg);
     assert_floor(dir.path(), "T", false);
     assert_eq!(store.min_offset("T", 0), 50);

@@ -119,7 +119,7 @@ pub(crate) struct ListTopicsQuery {
         (status = 201, description = "Created", body = TopicOut),
         (status = 200, description = "Already exists with this shape", body = TopicOut),
         (status = 400, description = "Bad name, queue count or permission", body = ErrorBody),
-        (status = 409, description = "Exists with another shape", body = ErrorBody),
+        (status = 409, description = "Exists with another shape, or a topic of that name is being deleted (retry)", body = ErrorBody),
         (status = 422, description = "The broker holds its limit of topics (`[broker] max_topics`)", body = ErrorBody),
         (status = 503, description = "In effect, but topics.json could not be saved; retry", body = ErrorBody),
     ),

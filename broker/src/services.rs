@@ -78,7 +78,11 @@ async fn delete_topic(
     ctx: &BrokerContext,
     name: &str,
 ) -> Result<Option<TopicConfig>, DeleteTopicError> {
-    let Some((deleting, removed)) = ctx.topics.begin_delete(name) else {
+    let Some((deleting, removed)) = ctx
+        .topics
+        .begin_delete(name)
+        .map_err(|()| DeleteTopicError::Deleting)?
+    else {
         return Ok(None);
     };
     match ctx.store.retire_queues(name).await {
@@ -115,6 +119,10 @@ pub enum DeleteTopicError {
     /// the topic is as it was.
     #[error("the topic's stored messages could not be hidden: {0}")]
     Store(#[from] sluice_store::StoreError),
+    /// Another deletion of the topic is under way (for a few milliseconds); it may yet fail
+    /// and put the topic back, so this one is not answered "no such topic".
+    #[error("the topic is being deleted")]
+    Deleting,
     /// The deletion's task ended abnormally (a bug); see the log.
     #[error("{0}")]
     Internal(String),

@@ -418,18 +418,28 @@ impl TopicManager {
     /// `topics.json` until [`Deleting::finish`] (a crash before its stored messages are hidden
     /// must not lose the topic and leave them to come back), and sends do not create it again
     /// meanwhile (a message sent to a topic created again in between would be hidden with the
-    /// old ones). `None`: no such topic.
-    pub(crate) fn begin_delete(self: &Arc<Self>, topic: &str) -> Option<(Deleting, TopicConfig)> {
+    /// old ones). `Ok(None)`: no such topic; `Err(())`: another deletion of it is under way
+    /// (and may yet fail and put the topic back).
+    #[allow(clippy::result_unit_err)]
+    pub(crate) fn begin_delete(
+        self: &Arc<Self>,
+        topic: &str,
+    ) -> Result<Option<(Deleting, TopicConfig)>, ()> {
         // Marked under the same lock a send checks after missing the topic in the table.
         let mut deleting = self.deleting.lock();
-        let removed = self.take(topic)?;
+        if deleting.contains_key(topic) {
+            return Err(());
+        }
+        let Some(removed) = self.take(topic) else {
+            return Ok(None);
+        };
         deleting.insert(topic.to_string(), removed.clone());
         let guard = Deleting {
             topics: Arc::clone(self),
             topic: topic.to_string(),
             done: false,
         };
-        Some((guard, removed))
+        Ok(Some((guard, removed)))
     }
 
     /// Removes a topic's configuration (persisted; name servers drop its route at the next
@@ -714,7 +724,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
         m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
-        let (deleting, _) = m.begin_delete("Gone").expect("it existed");
+        let (deleting, _) = m.begin_delete("Gone").unwrap().expect("it existed");
+        assert!(m.begin_delete("Gone").is_err(), "a second deletion waits");
         let err = m
             .get_or_create_for_send("Gone", DEFAULT_TOPIC, 4)
             .unwrap_err();
@@ -730,15 +741,15 @@ mod tests {
         let saved = std::fs::read_to_string(&m.path).unwrap();
         assert!(!saved.contains("\"Gone\""), "{saved}");
         m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
-        assert!(m.begin_delete("Never").is_none());
+        assert!(m.begin_delete("Never").unwrap().is_none());
         // The admin path waits for the deletion too.
-        let (deleting, cfg) = m.begin_delete("Gone").unwrap();
+        let (deleting, cfg) = m.begin_delete("Gone").unwrap().unwrap();
         assert_eq!(m.put_if_absent(cfg), Err(NotAdded::Deleting));
         deleting.finish();
         assert!(m.deleting.lock().is_empty());
         // Dropped unfinished (its task cancelled): put back.
         m.get_or_create_for_send("Gone", DEFAULT_TOPIC, 4).unwrap();
-        let (deleting, _) = m.begin_delete("Gone").unwrap();
+        let (deleting, _) = m.begin_delete("Gone").unwrap().unwrap();
         assert!(m.get("Gone").is_none());
         drop(deleting);
         assert!(m.get("Gone").is_some());

@@ -253,6 +253,7 @@ pub(super) async fn get_topic(
         (status = 204, description = "Deleted"),
         (status = 403, description = "A system topic, or the retry topic of a consumer group that has members", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody),
+        (status = 409, description = "Another request is deleting it; retry", body = ErrorBody),
         (status = 429, description = "Not deleted: the store is busy; retry", body = ErrorBody),
         (status = 503, description = "Not deleted: the store cannot write (full or failing disk); or deleted, but topics.json could not be saved. Retry", body = ErrorBody),
     ),
@@ -272,6 +273,9 @@ pub(super) async fn delete_topic(
             Err(ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, why))
         }
         Err(DeleteTopicError::Store(e)) => Err(not_hidden(e)),
+        Err(DeleteTopicError::Deleting) => Err(ApiError::conflict(format!(
+            "topic {topic:?} is being deleted by another request; retry to see how that ended"
+        ))),
         Err(e @ DeleteTopicError::Internal(_)) => Err(ApiError::internal(e)),
     }
 }

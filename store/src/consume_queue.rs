@@ -548,6 +548,9 @@ impl ConsumeQueues {
                 .get(topic)
                 .and_then(|m| m.get(&queue_id))
                 .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
+            if end < floor {
+                tracing::warn!(topic, queue_id, floor, queue_end = end, "queue floor above its queue's end (records under it were lost with an unclean stop, never acknowledged): lowered to the end");
+            }
             let floor = floor.min(end);
             let q = self.get(topic, queue_id);
             let stored_min = q.as_ref().map_or(end, |q| q.stored_min());

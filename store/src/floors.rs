@@ -53,17 +53,17 @@ impl Floors {
     /// Reads `<data_dir>/queue-floors` (none: no floors).
     pub(crate) fn load(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join("queue-floors");
+        let unreadable = |why: String| {
+            StoreError::Recovery(format!(
+                "{} is unreadable ({why}); it hides deleted topics' messages, so it is not \
+                 ignored: restore it from a backup, or remove it to serve those messages again",
+                path.display()
+            ))
+        };
         let map = match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text).map_err(|why| {
-                StoreError::Recovery(format!(
-                    "{} is unreadable ({why}); it hides deleted topics' messages, so it is not \
-                     ignored: restore it from a backup, or remove it to serve those messages \
-                     again",
-                    path.display()
-                ))
-            })?,
+            Ok(text) => parse(&text).map_err(unreadable)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FloorMap::new(),
-            Err(e) => return Err(StoreError::io("read", &path, e)),
+            Err(e) => return Err(unreadable(e.to_string())),
         };
         Ok(Self {
             path,
@@ -218,7 +218,18 @@ mod tests {
         ] {
             std::fs::write(&path, text).unwrap();
             let e = Floors::load(dir.path()).unwrap_err().to_string();
-            assert!(e.contains("queue-floors"), "{e}");
+            assert!(
+                e.contains("queue-floors") && e.contains("restore it"),
+                "{e}"
+            );
         }
+        // Bytes that are not text, and a folder in its place: the same advice.
+        std::fs::write(&path, b"sluice queue floors 1\n0 5 T\n\xff\xfe\n").unwrap();
+        let e = Floors::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("restore it"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = Floors::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("restore it"), "{e}");
     }
 }

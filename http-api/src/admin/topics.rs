@@ -292,13 +292,17 @@ fn not_hidden(e: sluice_store::StoreError) -> ApiError {
             code::TOO_MANY_REQUESTS,
             "the store is busy; the topic is kept, retry shortly",
         ),
-        // `Io`: the floors file could not be written (a full or failing disk).
-        StoreError::DiskFull(_)
-        | StoreError::Fenced(_)
-        | StoreError::Closed
-        | StoreError::Io { .. }
-        | StoreError::SyncFailed(_) => ApiError::unavailable(
-            "the store cannot take writes now; the topic is kept, retry later",
+        StoreError::DiskFull(_) | StoreError::Fenced(_) | StoreError::Closed => {
+            ApiError::unavailable(
+                "the store cannot take writes now; the topic is kept, retry later",
+            )
+        }
+        // The floors file (`queue-floors`) could not be written: a full or failing disk, or
+        // a folder the broker may not write; the log says which.
+        StoreError::Io { .. } | StoreError::SyncFailed(_) => ApiError::unavailable(
+            "the store could not save the floors that hide the topic's messages (its \
+             queue-floors file; the broker log has the cause under this request id); the \
+             topic is kept, retry once that is fixed",
         ),
         other => ApiError::internal(other),
     }

@@ -256,6 +256,11 @@ fn store_section(out: &mut Prom, state: &AppState) {
     );
     out.gauge("sluice_store_queues", "Consume queues.", s.queues as f64);
     out.gauge(
+        "sluice_store_queue_floors",
+        "Queues of deleted topics whose stored messages are hidden (queue-floors).",
+        s.queue_floors as f64,
+    );
+    out.gauge(
         "sluice_store_dispatch_lag_bytes",
         "Readable commit-log bytes not yet in consume queues (hidden from consumers).",
         store.dispatch_lag_bytes() as f64,

@@ -564,6 +564,11 @@ impl ConsumeQueues {
         })
     }
 
+    /// How many queues have a floor.
+    pub(crate) fn floor_count(&self) -> usize {
+        self.floors.len()
+    }
+
     /// How many queues there are (no copy of the map).
     pub(crate) fn count(&self) -> usize {
         self.queues.read().values().map(HashMap::len).sum()

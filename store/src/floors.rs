@@ -144,6 +144,11 @@ impl Floors {
         Ok(())
     }
 
+    /// How many floors there are.
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
     /// Every floor.
     #[cfg(test)]
     pub(crate) fn all(&self) -> FloorMap {

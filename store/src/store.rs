@@ -104,8 +104,10 @@ pub struct StoreStats {
     pub dispatched: u64,
     /// Bytes of commit-log segments on disk.
     pub commit_log_bytes: u64,
-    /// Number of consume queues.
+    /// Number of consume queues (a deleted topic's included until retention removes them).
     pub queues: usize,
+    /// Queues with a floor (a deleted topic's, see [`Store::retire_queues`]).
+    pub queue_floors: usize,
     /// End of the commit-log space written with zeros ahead of the writer (`warm_ahead_bytes`);
     /// 0 when warming is off.
     pub warmed: u64,
@@ -554,6 +556,7 @@ impl Store {
             dispatched: self.shared.dispatched.get(),
             commit_log_bytes: self.log.disk_bytes(),
             queues: self.cqs.count(),
+            queue_floors: self.cqs.floor_count(),
             warmed: self.warm.as_ref().map_or(0, |w| w.warmed()),
         }
     }

@@ -78,8 +78,10 @@ pub(crate) struct StoreOut {
     pub dispatched: u64,
     /// Bytes of commit-log segments.
     pub commit_log_bytes: u64,
-    /// Consume queues.
+    /// Consume queues (a deleted topic's included until retention removes them).
     pub queues: usize,
+    /// Queues of deleted topics whose stored messages are hidden (`queue-floors`).
+    pub queue_floors: usize,
     /// Why appends are refused (after a failed write or sync), if they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fenced: Option<String>,
@@ -182,6 +184,7 @@ fn store_out(state: &AppState) -> StoreOut {
         dispatched: s.dispatched,
         commit_log_bytes: s.commit_log_bytes,
         queues: s.queues,
+        queue_floors: s.queue_floors,
         fenced: store.fenced(),
         damaged_ranges: usize::try_from(store.damage_count()).unwrap_or(usize::MAX),
     }

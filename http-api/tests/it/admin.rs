@@ -416,6 +416,12 @@ async fn a_topic_created_again_after_a_delete_starts_empty() {
     );
     let (st, body) = s.delete("/v1/topics/Again").await;
     assert_eq!(st, 204, "{body}");
+    assert!(
+        s.metrics().await.contains("sluice_store_queue_floors 1"),
+        "operators see the floor"
+    );
+    let (_, stats) = s.get("/v1/stats").await;
+    assert_eq!(stats["store"]["queue_floors"], 1, "{stats}");
     let dir = s.stop().await;
 
     let s = common::start_in(dir, common::Options::default()).await;

@@ -32,6 +32,7 @@ fn a_retired_topic_serves_only_what_is_sent_after_it_also_after_restarts() {
     append_seqs(&store, "T", 1, 0..3);
     append_seqs(&store, "Other", 0, 0..4);
     assert_eq!(retire(&store, "T"), 2);
+    assert_eq!(store.stats().queue_floors, 2);
     assert!(store.wait_dispatched(Duration::from_secs(10)));
     assert_eq!(
         (store.min_offset("T", 0), store.max_offset("T", 0)),

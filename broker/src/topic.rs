@@ -487,13 +487,9 @@ impl TopicManager {
         // refused) has the one queue the broker's dead letters use: with the template's four,
         // dead-letter listings and replays, which read queue 0, missed three in four.
         if is_retry_or_dlq(topic) {
-            return self.get_or_create_retry(topic).map_err(|e| match e {
-                RetryTopicRefused::Limit(l) => not_created(topic, l),
-                long @ RetryTopicRefused::TooLong(_) => {
-                    TopicReject::new(response_code::INVALID_PARAMETER, long.to_string())
-                }
-                RetryTopicRefused::Deleting(_) => being_deleted(topic),
-            });
+            return self
+                .get_or_create_retry(topic)
+                .map_err(|e| send_refused(topic, e));
         }
         let template = self
             .get(default_topic)
@@ -508,10 +504,7 @@ impl TopicManager {
         let cfg = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
         // Two first sends racing with different queue counts: the first one's shape stays (a
         // replace could leave the other send's message in a queue the topic no longer has).
-        self.get_or_add(cfg).map_err(|e| match e {
-            RetryTopicRefused::Limit(l) => not_created(topic, l),
-            _ => being_deleted(topic),
-        })
+        self.get_or_add(cfg).map_err(|e| send_refused(topic, e))
     }
 
     /// `%RETRY%<group>`- or `%DLQ%<group>`-style topic with one read-write queue (RocketMQ
@@ -598,12 +591,20 @@ impl TopicManager {
     }
 }
 
-/// TOPIC_NOT_EXIST for a send to a topic being deleted (RocketMQ producers retry it).
-fn being_deleted(topic: &str) -> TopicReject {
-    TopicReject::new(
-        response_code::TOPIC_NOT_EXIST,
-        format!("topic[{topic}] not exist: it is being deleted"),
-    )
+/// A send's answer when its topic could not be created: TOPIC_NOT_EXIST past `max_topics` or
+/// while a topic of the name is being deleted (RocketMQ producers retry it),
+/// INVALID_PARAMETER for a retry topic too long for 4.x clients.
+fn send_refused(topic: &str, e: RetryTopicRefused) -> TopicReject {
+    match e {
+        RetryTopicRefused::Limit(l) => not_created(topic, l),
+        long @ RetryTopicRefused::TooLong(_) => {
+            TopicReject::new(response_code::INVALID_PARAMETER, long.to_string())
+        }
+        RetryTopicRefused::Deleting(_) => TopicReject::new(
+            response_code::TOPIC_NOT_EXIST,
+            format!("topic[{topic}] not exist: it is being deleted"),
+        ),
+    }
 }
 
 /// TOPIC_NOT_EXIST for a send whose topic could not be created: the topic does not exist, and

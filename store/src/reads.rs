@@ -183,6 +183,13 @@ impl Store {
             .map_or(0, |q| q.floor_offset())
     }
 
+    /// Whether a record at `queue_offset` of a queue lies below the queue's floor: its topic
+    /// was deleted after it was stored, and it is never served again (a negative offset, a
+    /// record that got no queue entry, is not).
+    pub fn is_retired(&self, topic: &str, queue_id: i32, queue_offset: i64) -> bool {
+        u64::try_from(queue_offset).is_ok_and(|o| o < self.queue_start(topic, queue_id))
+    }
+
     /// Next offset to be written in the queue (0 for an unknown queue).
     pub fn max_offset(&self, topic: &str, queue_id: i32) -> u64 {
         self.cqs.get(topic, queue_id).map_or(0, |q| q.max_offset())

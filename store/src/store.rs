@@ -430,8 +430,14 @@ impl Store {
             wait_durable,
             reply: Reply(reply),
         };
-        match self.append_tx.try_send(AppendCommand::Append(req)) {
-            Ok(()) => Ok(AppendFuture { rx }),
+        self.submit(AppendCommand::Append(req))?;
+        Ok(AppendFuture { rx })
+    }
+
+    /// Queues a command for the appender without waiting: a full queue is `Busy` at once.
+    fn submit(&self, cmd: AppendCommand) -> Result<()> {
+        match self.append_tx.try_send(cmd) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 Err(StoreError::Busy("append queue full: the disk is behind"))
             }
@@ -468,13 +474,8 @@ impl Store {
             let result = cqs.raise_floors(&topic, &ends).map(|()| ends.len());
             let _ = tx.send(result);
         });
-        match self.append_tx.try_send(AppendCommand::Visit(visit)) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                Err(StoreError::Busy("append queue full: the disk is behind"))
-            }
-            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
-        }
+        self.submit(AppendCommand::Visit(visit))?;
+        Ok(rx)
     }
 
     /// Appends and blocks until acknowledged. For threads, not async tasks.

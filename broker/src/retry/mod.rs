@@ -131,8 +131,10 @@ pub(crate) async fn send_back(
     let record = locate(ctx, req, &retry)?;
     let orig = Original::decode(&record).ok_or(RetryError::NoSuchMessage(req.phys_offset))?;
     // Delivered before its topic was deleted: a retry would bring it back.
-    let start = ctx.store.queue_start(&orig.topic, orig.queue_id);
-    if u64::try_from(orig.queue_offset).is_ok_and(|o| o < start) {
+    if ctx
+        .store
+        .is_retired(&orig.topic, orig.queue_id, orig.queue_offset)
+    {
         return Err(RetryError::Deleted(orig.topic));
     }
     let policy = ctx.cfg.retry.policy(&req.group);

@@ -333,8 +333,7 @@ fn gather(
         .filter(|r| r.topic != TRANS_OP_HALF_TOPIC && r.props.get(PROP_CANCEL).is_none())
         .filter(|r| only.is_none_or(|t| r.real_topic() == t));
     for mut r in found {
-        let start = store.queue_start(&r.topic, r.queue_id);
-        r.deleted = u64::try_from(r.queue_offset).is_ok_and(|o| o < start);
+        r.deleted = store.is_retired(&r.topic, r.queue_id, r.queue_offset);
         if !r.is_user_topic() {
             let earlier = earliest_other.is_none_or(|i: usize| {
                 (r.store_ms, r.queue_offset) < (recs[i].store_ms, recs[i].queue_offset)

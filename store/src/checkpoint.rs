@@ -17,10 +17,14 @@ use crate::error::{Result, StoreError};
 use crate::mapped::sync_dir;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"SLCP";
-const CHECKPOINT_VERSION: u32 = 2;
+const CHECKPOINT_VERSION: u32 = 3;
 /// Version 1 had no `sealed_from`.
 const CHECKPOINT_V1_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
-const CHECKPOINT_LEN: usize = CHECKPOINT_V1_LEN + 8;
+/// Version 2 had no flags.
+const CHECKPOINT_V2_LEN: usize = CHECKPOINT_V1_LEN + 8;
+const CHECKPOINT_LEN: usize = CHECKPOINT_V2_LEN + 8;
+/// Flag: the folder keeps a `queue-floors` file.
+const FLAG_FLOORS_KEPT: u64 = 1;
 
 /// The offsets recorded at the last checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +39,10 @@ pub struct Checkpoint {
     /// open that finds this but no `seal` file refuses instead of making a new one, which
     /// would leave every record written since unverifiable for good.
     pub sealed_from: Option<u64>,
+    /// The folder has a `queue-floors` file (made once a topic was deleted, never removed):
+    /// an open that finds this but no file refuses, instead of serving the deleted topics'
+    /// messages again.
+    pub floors_kept: bool,
 }
 
 impl Checkpoint {
@@ -46,13 +54,20 @@ impl Checkpoint {
         out.extend_from_slice(&self.dispatched.to_be_bytes());
         out.extend_from_slice(&self.written_at_ms.to_be_bytes());
         out.extend_from_slice(&self.sealed_from.unwrap_or(u64::MAX).to_be_bytes());
+        let flags = if self.floors_kept {
+            FLAG_FLOORS_KEPT
+        } else {
+            0
+        };
+        out.extend_from_slice(&flags.to_be_bytes());
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if ![CHECKPOINT_V1_LEN, CHECKPOINT_LEN].contains(&b.len()) || &b[..4] != CHECKPOINT_MAGIC {
+        let lens = [CHECKPOINT_V1_LEN, CHECKPOINT_V2_LEN, CHECKPOINT_LEN];
+        if !lens.contains(&b.len()) || &b[..4] != CHECKPOINT_MAGIC {
             return None;
         }
         let (body, crc) = b.split_at(b.len() - 4);
@@ -60,14 +75,20 @@ impl Checkpoint {
             return None;
         }
         let u64_at = |p: usize| u64::from_be_bytes(b[p..p + 8].try_into().expect("8 bytes"));
-        let sealed_from = (b.len() == CHECKPOINT_LEN)
+        let sealed_from = (b.len() >= CHECKPOINT_V2_LEN)
             .then(|| u64_at(32))
             .filter(|from| *from != u64::MAX);
+        let flags = if b.len() == CHECKPOINT_LEN {
+            u64_at(40)
+        } else {
+            0
+        };
         Some(Self {
             flushed: u64_at(8),
             dispatched: u64_at(16),
             written_at_ms: u64_at(24) as i64,
             sealed_from,
+            floors_kept: flags & FLAG_FLOORS_KEPT != 0,
         })
     }
 
@@ -256,23 +277,40 @@ mod tests {
             dispatched: 7,
             written_at_ms: 99,
             sealed_from: Some(4),
+            floors_kept: true,
         };
         cp.store(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(cp));
         let unsealed = Checkpoint {
             sealed_from: None,
+            floors_kept: false,
             ..cp
         };
         unsealed.store(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(unsealed));
-        // A version-1 file (no seal field) still reads.
-        let mut v1 = std::fs::read(&path).unwrap();
-        v1.truncate(CHECKPOINT_V1_LEN - 4);
-        v1[4..8].copy_from_slice(&1u32.to_be_bytes());
-        let crc = crc32fast::hash(&v1);
-        v1.extend_from_slice(&crc.to_be_bytes());
-        std::fs::write(&path, &v1).unwrap();
-        assert_eq!(Checkpoint::load(&path).unwrap(), Some(unsealed));
+        // Files of versions 1 (no seal field) and 2 (no flags) still read.
+        for (version, len, sealed_from) in [
+            (1u32, CHECKPOINT_V1_LEN, None),
+            (2, CHECKPOINT_V2_LEN, Some(4)),
+        ] {
+            cp.store(&path).unwrap();
+            let mut old = std::fs::read(&path).unwrap();
+            old.truncate(len - 4);
+            old[4..8].copy_from_slice(&version.to_be_bytes());
+            let crc = crc32fast::hash(&old);
+            old.extend_from_slice(&crc.to_be_bytes());
+            std::fs::write(&path, &old).unwrap();
+            let read = Checkpoint::load(&path).unwrap();
+            assert_eq!(
+                read,
+                Some(Checkpoint {
+                    sealed_from,
+                    floors_kept: false,
+                    ..cp
+                }),
+                "version {version}"
+            );
+        }
         cp.store(&path).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;

@@ -535,6 +535,11 @@ impl ConsumeQueues {
         raised.error.map_or(Ok(()), Err)
     }
 
+    /// Whether the folder keeps a floors file (for checkpoints).
+    pub(crate) fn floors_kept(&self) -> bool {
+        self.floors.kept()
+    }
+
     /// At open, once `next` holds each queue's next offset. A floor above it comes down to
     /// it: the records between were lost with an unclean stop, never acknowledged, and the
     /// next message takes the next offset (queue offsets follow the log without gaps; the

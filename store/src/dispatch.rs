@@ -418,6 +418,7 @@ impl Dispatcher {
             dispatched: self.synced_to.load(Ordering::Acquire),
             written_at_ms: now_ms(),
             sealed_from: (seal != crate::framing::Seal::PLAIN).then(|| seal.from()),
+            floors_kept: self.cqs.floors_kept(),
         }
         .store(path)
     }

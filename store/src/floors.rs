@@ -14,9 +14,13 @@
 //! open. There a floor is lowered to its queue's next offset (records lost with an unclean
 //! stop were never acknowledged, and the next append must be served), and dropped once it
 //! hides nothing and the queue is empty there, or retention deleted records past it.
+//! The file is never removed (with no floors left it holds its header only), and checkpoints
+//! record that it exists, so an open that finds it gone refuses rather than serve the
+//! deleted topics' messages again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -25,6 +29,9 @@ use crate::error::{Result, StoreError};
 
 /// The file's first line.
 const HEADER: &str = "sluice queue floors 1";
+/// How an operator drops every floor on purpose (the file is never removed).
+const EMPTY_IT: &str = "to serve those messages again on purpose, make it a file holding \
+                        the single line `sluice queue floors 1`";
 
 /// Floors by (topic, queue id).
 pub(crate) type FloorMap = BTreeMap<(String, i32), u64>;
@@ -47,6 +54,10 @@ pub(crate) struct Floors {
     /// table's lock, which every read takes).
     saving: Mutex<()>,
     map: Mutex<FloorMap>,
+    /// The file exists (found at open, or written since). It is never removed, so the
+    /// checkpoint can say so ([`crate::checkpoint::Checkpoint::floors_kept`]) and an open
+    /// can tell a removed file from a folder that never had one.
+    kept: AtomicBool,
 }
 
 impl Floors {
@@ -56,20 +67,40 @@ impl Floors {
         let unreadable = |why: String| {
             StoreError::Recovery(format!(
                 "{} is unreadable ({why}); it hides deleted topics' messages, so it is not \
-                 ignored: restore it from a backup, or remove it to serve those messages again",
+                 ignored: restore it from a backup, or {EMPTY_IT}",
                 path.display()
             ))
         };
-        let map = match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text).map_err(unreadable)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FloorMap::new(),
+        let (map, kept) = match std::fs::read_to_string(&path) {
+            Ok(text) => (parse(&text).map_err(unreadable)?, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (FloorMap::new(), false),
             Err(e) => return Err(unreadable(e.to_string())),
         };
         Ok(Self {
             path,
             saving: Mutex::new(()),
             map: Mutex::new(map),
+            kept: AtomicBool::new(kept),
         })
+    }
+
+    /// Whether the file exists (see `kept`).
+    pub(crate) fn kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    /// At open, given the checkpoint's word that the folder keeps a floors file: refuses
+    /// when it is gone. Served again, the deleted topics' messages would reach every group
+    /// that has no offset past them (all of them, after a delete), with no sign of why.
+    pub(crate) fn check_kept(&self, checkpoint_says_kept: bool) -> Result<()> {
+        if !checkpoint_says_kept || self.kept() {
+            return Ok(());
+        }
+        Err(StoreError::Recovery(format!(
+            "{} is missing, but the checkpoint says this folder keeps one: it hides the \
+             messages of deleted topics. Restore it from this folder's backup, or {EMPTY_IT}",
+            self.path.display()
+        )))
     }
 
     /// The floor of a queue (0: none).
@@ -105,6 +136,7 @@ impl Floors {
             error.is_none() || std::fs::read_to_string(&self.path).is_ok_and(|now| now == text);
         if in_force {
             *self.map.lock() = next;
+            self.kept.store(true, Ordering::Release);
         }
         Raised { in_force, error }
     }
@@ -139,6 +171,8 @@ impl Floors {
                 )));
             }
             tracing::warn!(error = %e, path = %self.path.display(), "saving queue floors without the spent ones failed; tried again at the next open");
+        } else {
+            self.kept.store(true, Ordering::Release);
         }
         *self.map.lock() = next;
         Ok(())

@@ -145,6 +145,7 @@ impl Store {
         let clean = !checkpoint::mark_running(&cfg.data_dir)?;
         let cp_path = cfg.data_dir.join("checkpoint");
         let cp = Checkpoint::load(&cp_path)?;
+        floors.check_kept(cp.as_ref().is_some_and(|c| c.floors_kept))?;
         let sealed = seal::load(&cfg.data_dir)?;
         if let Some(from) = cp
             .as_ref()

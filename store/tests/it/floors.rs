@@ -249,3 +249,27 @@ fn retiring_a_topic_with_nothing_stored_saves_nothing() {
         .is_err());
     store.shutdown().unwrap();
 }
+
+/// A removed floors file is not taken for a folder without floors (the checkpoint says the
+/// folder keeps one): the open refuses and says how to restore it or drop the floors on
+/// purpose; with the file's header alone, the deleted topic's messages are served again.
+#[test]
+fn a_removed_floors_file_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    append_seqs(&store, "T", 0, 0..4);
+    assert_eq!(retire(&store, "T"), 1);
+    store.shutdown().unwrap();
+    let path = dir.path().join("queue-floors");
+    std::fs::remove_file(&path).unwrap();
+    let e = Store::open(cfg.clone()).map(drop).unwrap_err().to_string();
+    assert!(
+        e.contains("queue-floors is missing") && e.contains("Restore it"),
+        "{e}"
+    );
+    std::fs::write(&path, "sluice queue floors 1\n").unwrap();
+    let store = open(&cfg);
+    assert_eq!(offsets(&store, "T", 0), vec![0, 1, 2, 3]);
+    store.shutdown().unwrap();
+}

@@ -410,6 +410,13 @@ impl ConsumedMessage {
         self
     }
 
+    /// Sets the sysFlag (as a body the client could not inflate keeps it).
+    #[cfg(test)]
+    pub(crate) fn with_sys_flag(mut self, flag: i32) -> Self {
+        Arc::make_mut(&mut self.inner).sys_flag = flag;
+        self
+    }
+
     /// Sets the reconsume count (for tests of handlers).
     #[must_use]
     pub fn with_reconsume_times(mut self, n: i32) -> Self {
@@ -417,12 +424,16 @@ impl ConsumedMessage {
         self
     }
 
-    /// The topic the producer sent to (`RETRY_TOPIC` for a redelivered message).
+    /// The topic the producer sent to, for a redelivery pulled from a `%RETRY%` queue too
+    /// (its `RETRY_TOPIC`); otherwise the topic of the queue it came from, as RocketMQ's
+    /// clients show it: a dead letter read from `%DLQ%<group>` shows that topic (its
+    /// `RETRY_TOPIC` property still names the original).
     pub fn topic(&self) -> &str {
-        self.inner
-            .properties
-            .get(keys::RETRY_TOPIC)
-            .unwrap_or(&self.inner.queue.topic)
+        let queue_topic = &self.inner.queue.topic;
+        match self.inner.properties.get(keys::RETRY_TOPIC) {
+            Some(original) if queue_topic.starts_with("%RETRY%") => original,
+            _ => queue_topic,
+        }
     }
 
     /// The queue this copy was pulled from (a `%RETRY%` queue for a redelivery).

@@ -192,11 +192,6 @@ pub(crate) fn retry_topic(group: &str) -> String {
     format!("%RETRY%{group}")
 }
 
-/// The dead-letter topic of a consumer group.
-pub(crate) fn dlq_topic(group: &str) -> String {
-    format!("%DLQ%{group}")
-}
-
 /// Runs a handler; a panic counts as `Retry(None)`, whether it happens while the handler
 /// builds its future (a `parse().unwrap()` before the `async` block) or while the future runs.
 /// With a `timeout` (concurrent consumption, as RocketMQ's `consumeTimeout`), a handler still

@@ -383,6 +383,12 @@ impl ConsumerInner {
         for pq in &queues {
             pq.drop_queue();
         }
+        let renewing = self
+            .s
+            .orderly
+            .then(|| self.self_arc())
+            .flatten()
+            .map(|me| tokio::spawn(me.renew_while_draining(queues.clone())));
         let all = u32::try_from(self.s.max_concurrency).unwrap_or(u32::MAX);
         let drained =
             tokio::time::timeout(self.s.shutdown_timeout, self.permits.acquire_many(all)).await;
@@ -396,20 +402,25 @@ impl ConsumerInner {
             self.offsets.update(&pq.mq, pq.commit_point());
         }
         self.offsets.persist_all(&self.core, &self.group).await;
+        if let Some(renewing) = renewing {
+            renewing.abort();
+        }
         let mut busy_queues = Vec::new();
         if self.s.orderly {
             // A queue whose handler still runs keeps its lock: unlocked, the next owner
-            // would consume it beside that handler, out of order. The broker lets it lapse
-            // once this client, gone, can no longer be trusting it.
+            // would consume it beside that handler, out of order. Renewed once more here, so
+            // that the broker's shorter lifetime for a departed client (35 s after the last
+            // renewal) starts now; `keep_busy_locks` renews it from then on.
             let (idle, busy): (Vec<_>, Vec<_>) = queues
                 .iter()
                 .partition(|pq| pq.consuming.try_lock().is_ok());
+            busy_queues = busy.into_iter().map(Arc::clone).collect();
+            if !busy_queues.is_empty() {
+                tracing::warn!(group = %self.group, queues = busy_queues.len(), "orderly handlers still running at shutdown; their queues stay locked until the handlers end");
+                self.renew_busy(&mut busy_queues).await;
+            }
             self.unlock(idle.iter().map(|pq| pq.mq.clone()).collect())
                 .await;
-            if !busy.is_empty() {
-                tracing::warn!(group = %self.group, queues = busy.len(), "orderly handlers still running at shutdown; their queues stay locked until the handlers end");
-                busy_queues = busy.into_iter().map(Arc::clone).collect();
-            }
         }
         self.core.unregister(None, Some(&self.group)).await;
         self.stop_now();
@@ -461,9 +472,9 @@ fn heartbeat(group: &str, s: &Settings, subs: &[Subscription]) -> HeartbeatData 
 /// shared among the group's members with [`crate::allocate_averagely`], recomputed when the
 /// broker reports a membership change and every `rebalance_interval`. A `Retry` result (or a
 /// handler error or panic) hands the message back with CONSUMER_SEND_MSG_BACK so the broker's
-/// retry schedule and dead-letter queue apply; when the broker refuses that (as Sluice does
-/// until its retry support lands), the client sends a copy to `%RETRY%<group>` itself
-/// (`%DLQ%<group>` past the maximum), as RocketMQ clients do.
+/// retry schedule and dead-letter queue apply; when the broker refuses that or cannot be
+/// reached, the client sends a copy to `%RETRY%<group>` itself, as RocketMQ clients do (past
+/// the maximum, the broker moves that copy to `%DLQ%<group>`).
 ///
 /// Dropping the consumer stops it abruptly (no final offset commit); use
 /// [`PushConsumer::shutdown`].

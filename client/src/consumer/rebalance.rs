@@ -324,9 +324,26 @@ impl ConsumerInner {
         }
     }
 
+    /// Orderly, while a shutdown waits for handlers and commits: renews the locks of the
+    /// drained queues whose handler still runs, at once and then as the lock loop did (which
+    /// stopped with the shutdown). Without it a wait longer than the broker's lock lifetime
+    /// (60 s after the last renewal, 35 s once the client has left) let the next owner lock
+    /// the queue and consume it beside the running handler. The shutdown aborts this task
+    /// before it unlocks the idle queues, so none is locked again after its unlock.
+    pub(super) async fn renew_while_draining(self: Arc<Self>, mut queues: Vec<Arc<ProcessQueue>>) {
+        loop {
+            queues.retain(|pq| pq.consuming.try_lock().is_err());
+            if queues.is_empty() {
+                return;
+            }
+            let wait = self.renew_busy(&mut queues).await;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Renews `busy` queues' locks; drops those another client holds. Returns the wait before
     /// the next renewal (shorter after a failed request: the lock lapses 35 s after the last).
-    async fn renew_busy(&self, busy: &mut Vec<Arc<ProcessQueue>>) -> Duration {
+    pub(super) async fn renew_busy(&self, busy: &mut Vec<Arc<ProcessQueue>>) -> Duration {
         let mut wait = LOCK_RENEW;
         for (broker, mqs) in by_broker(busy.iter().map(|pq| pq.mq.clone()).collect()) {
             match self.lock_request(&broker, &mqs).await {

@@ -1,25 +1,31 @@
 //! Handing a failed message back (`rocketmq-protocol.md` §8.2).
 //!
 //! First CONSUMER_SEND_MSG_BACK to the broker that stored it, so the broker's retry schedule
-//! and dead-letter rule apply. If the broker refuses (Sluice answers
-//! REQUEST_CODE_NOT_SUPPORTED until its retry support lands) or cannot be reached, the client
-//! does what RocketMQ clients do: it sends a copy itself to `%RETRY%<group>` with
-//! `RETRY_TOPIC`, `ORIGIN_MESSAGE_ID`, `RECONSUME_TIME` and delay level `3 + reconsumeTimes`,
-//! or, past the maximum, to `%DLQ%<group>`. The copy keeps the `UNIQ_KEY`, so
-//! [`crate::ConsumedMessage::msg_id`] is stable across deliveries.
+//! and dead-letter rule apply. If the broker refuses or cannot be reached, the client does
+//! what RocketMQ clients do: it sends a copy itself to `%RETRY%<group>` with `RETRY_TOPIC`,
+//! `ORIGIN_MESSAGE_ID`, `RECONSUME_TIME` and delay level `3 + reconsumeTimes`. Past the
+//! maximum the copy goes there too, without a delay: its `RECONSUME_TIME` is over the maximum,
+//! and the broker stores it in `%DLQ%<group>` (creating that topic, which a broker without
+//! auto-creation would refuse to a client's own send). The copy keeps the `UNIQ_KEY`, so
+//! [`crate::ConsumedMessage::msg_id`] is stable across deliveries, and the compression bits
+//! of a body the client could not inflate, which it sends as it was stored.
 
 use std::time::Duration;
 
 use sluice_protocol::message::keys;
+use sluice_protocol::message::record::sysflag;
 use sluice_protocol::remoting::body::MessageQueue;
 use sluice_protocol::remoting::custom::ConsumerSendMsgBackRequestHeader;
 use sluice_protocol::{request_code, RemotingCommand};
 
 use super::push::ConsumerInner;
-use super::{dlq_topic, retry_topic};
+use super::retry_topic;
 use crate::error::ClientError;
 use crate::message::{delay_level_for, ConsumedMessage, Message};
 use crate::producer::{Outgoing, Target};
+
+/// Bits 8-10 of a sysFlag: the body's compression type (zlib, LZ4, ZSTD).
+const COMPRESSION_TYPE: i32 = 0x700;
 
 /// Properties a retry copy must not carry over.
 const NOT_COPIED: [&str; 5] = [
@@ -127,11 +133,7 @@ fn retry_copy(
     dead: bool,
     max: i32,
 ) -> (String, Outgoing) {
-    let topic = if dead {
-        dlq_topic(group)
-    } else {
-        retry_topic(group)
-    };
+    let topic = retry_topic(group);
     let mut copy = Message::new(topic.clone(), msg.body().clone()).with_flag(msg.flag());
     let props = copy.properties_mut();
     for (k, v) in msg.properties().iter() {
@@ -171,7 +173,7 @@ fn retry_copy(
     }
     let out = Outgoing {
         msg: copy,
-        sys_flag: 0,
+        sys_flag: msg.sys_flag() & (sysflag::COMPRESSED | COMPRESSION_TYPE),
         reconsume_times: Some(times),
         max_reconsume_times: Some(max),
     };
@@ -211,7 +213,7 @@ mod tests {
             .with_property("RETRY_TOPIC", "Orders")
             .with_property("ORIGIN_MESSAGE_ID", "FIRST");
         let (topic, out) = retry_copy("g", &msg, 4, true, 16);
-        assert_eq!(topic, "%DLQ%g");
+        assert_eq!(topic, "%RETRY%g", "the broker moves it to %DLQ%g");
         assert_eq!(
             out.msg.property("UNIQ_KEY"),
             Some("FIRST"),
@@ -235,5 +237,26 @@ mod tests {
         assert_eq!(p.get("ORIGIN_MESSAGE_ID"), Some("FIRST"));
         let (_, explicit) = retry_copy("g", &msg, 4, false, 16);
         assert_eq!(explicit.msg.property("DELAY"), Some("4"));
+    }
+
+    /// Past the maximum the copy goes to the retry topic with a count over the maximum (the
+    /// broker dead-letters it), and a body left compressed keeps its compression bits.
+    #[test]
+    fn a_dead_copy_counts_past_the_maximum_and_a_compressed_body_keeps_its_flag() {
+        let msg = ConsumedMessage::for_tests("%RETRY%g", "x")
+            .with_property("RETRY_TOPIC", "Orders")
+            .with_reconsume_times(16)
+            .with_sys_flag(sysflag::COMPRESSED | 0x100 | sysflag::MULTI_TAGS);
+        let (topic, out) = retry_copy("g", &msg, 0, true, 16);
+        assert_eq!(topic, "%RETRY%g");
+        assert_eq!(out.reconsume_times, Some(17));
+        assert_eq!(out.msg.property("RECONSUME_TIME"), Some("17"));
+        assert_eq!(
+            out.sys_flag,
+            sysflag::COMPRESSED | 0x100,
+            "LZ4 body sent as stored"
+        );
+        let plain = ConsumedMessage::for_tests("Orders", "x");
+        assert_eq!(retry_copy("g", &plain, 0, false, 16).1.sys_flag, 0);
     }
 }

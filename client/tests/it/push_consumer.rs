@@ -193,7 +193,12 @@ async fn messages_past_max_reconsume_times_land_in_the_dead_letter_queue() {
     );
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].msg_id(), sent.msg_id);
-    assert_eq!(dead[0].topic(), "Poison");
+    assert_eq!(
+        dead[0].topic(),
+        "%DLQ%poison-g",
+        "read from the DLQ, as RocketMQ shows it"
+    );
+    assert_eq!(dead[0].property("RETRY_TOPIC"), Some("Poison"));
     assert_eq!(&dead[0].body()[..], b"never works");
     producer.shutdown().await;
     cluster.stop().await;
@@ -626,6 +631,53 @@ async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked
         wait_until(|| async { b_m.log.lock().iter().any(|m| m == "m1") }).await,
         "b consumed the queue after a's handler ended: {:?}",
         b_m.log.lock()
+    );
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    b.shutdown().await;
+    producer.shutdown().await;
+    cluster.stop().await;
+}
+
+/// A shutdown waiting for an orderly handler stopped renewing its queue's lock for the whole
+/// wait (the lock loop ends with the shutdown): a wait longer than the lock's lifetime at the
+/// broker (35 s after the last renewal once the client has left) let the next member lock the
+/// queue and consume it beside the running handler. The drained queues' locks are now renewed
+/// while the shutdown waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_shutdown_wait_keeps_a_running_orderly_handlers_queue_locked() {
+    let cluster = start_cluster(1).await;
+    cluster.create_topic("Handover", 1).await;
+    let producer = Producer::builder(cluster.config()).start().await.unwrap();
+    producer.send(Message::new("Handover", "m0")).await.unwrap();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (a, a_m) = orderly_member(
+        &cluster,
+        "zz-a",
+        "m0",
+        release.clone(),
+        None,
+        overlaps.clone(),
+        Duration::from_secs(40),
+    )
+    .await;
+    let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
+    let started = tokio::time::Instant::now();
+    let stopping = tokio::spawn(async move { a.shutdown().await });
+    // Past the wait (40 s) and the moment the broker learns a left: a lock not renewed
+    // during the wait has lapsed by then, and b, asking every 500 ms, would hold it.
+    tokio::time::sleep_until(started + Duration::from_secs(46)).await;
+    assert!(a_m.running.load(Ordering::SeqCst), "a's handler still runs");
+    assert!(stopping.is_finished(), "a's shutdown gave up waiting");
+    assert_eq!(
+        b_m.log.lock().clone(),
+        Vec::<String>::new(),
+        "b did not consume the queue beside a's running handler"
+    );
+    release.add_permits(1);
+    assert!(
+        wait_until(|| async { b_m.log.lock().iter().any(|m| m == "m0") }).await,
+        "b took the queue over once a's handler ended"
     );
     assert_eq!(overlaps.load(Ordering::SeqCst), 0);
     b.shutdown().await;

@@ -163,6 +163,25 @@ impl OffsetManager {
         Ok(())
     }
 
+    /// Makes sure `group` can commit offsets in `topic`: its `topic@group` entry exists
+    /// (added empty when there is room), or the bound refuses it. A lease-based receive asks
+    /// first, so that it never hands out a message whose acknowledgement could not be kept
+    /// (the ack said done, and a restart delivered the message again).
+    pub(crate) fn reserve(&self, group: &str, topic: &str) -> Result<(), OffsetsFull> {
+        let k = key(group, topic);
+        let mut t = self.table.lock();
+        if t.contains_key(&k) {
+            return Ok(());
+        }
+        if t.len() >= self.max_entries {
+            drop(t);
+            return Err(self.refuse(group, topic));
+        }
+        t.insert(k, BTreeMap::new());
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
     fn refuse(&self, group: &str, topic: &str) -> OffsetsFull {
         let full = OffsetsFull {
             max: self.max_entries,

@@ -154,6 +154,11 @@ pub enum LeaseError {
     /// is idle (see [`LeaseConfig::max_groups`]).
     #[error("{0} consumer groups already receive here (max_groups); retry later or reuse a group")]
     TooManyGroups(usize),
+    /// The group has no committed offsets in the topic (or its retry topic) and the broker's
+    /// table of them is full (`[broker] max_consumer_offsets`): nothing is leased that could
+    /// not be acknowledged for good.
+    #[error("{0}")]
+    OffsetsFull(String),
     /// The topic does not exist.
     #[error("topic {0} does not exist")]
     TopicNotFound(String),
@@ -223,6 +228,12 @@ impl LeaseService {
     #[tracing::instrument(skip_all, fields(group = %req.group, topic = %req.topic, max = req.max))]
     pub async fn receive(&self, req: ReceiveRequest) -> Result<Vec<Delivery>, LeaseError> {
         let plan = self.plan(&req)?;
+        for topic in [&plan.topic, &plan.retry_topic] {
+            self.ctx
+                .offsets
+                .reserve(&plan.group, topic)
+                .map_err(|e| LeaseError::OffsetsFull(e.to_string()))?;
+        }
         let max_groups = self.ctx.cfg.lease.max_groups;
         let Some(book) = self.state.admit(&plan.group, max_groups) else {
             return Err(LeaseError::TooManyGroups(max_groups));

@@ -34,7 +34,7 @@ pub(crate) struct LeaseState {
     pub(crate) expiry_started: AtomicBool,
     /// Where the next expiry pass starts among the groups (it moves every pass).
     expiry_rotation: AtomicU64,
-    /// When the books were last swept for idle ones (see [`LeaseState::admit`]).
+    /// When the last sweep for idle books found none (see [`SWEEP_INTERVAL`]).
     last_sweep: Mutex<Option<std::time::Instant>>,
     /// What every book holds together, against the broker-wide bounds.
     pub(crate) totals: Arc<Totals>,
@@ -118,8 +118,10 @@ fn sub(counter: &AtomicUsize, n: usize) {
     });
 }
 
-/// Least time between two sweeps for idle books. A sweep walks every book under the map's
-/// lock; without this, each receive of a new group at the bound would pay for one.
+/// Least time after a sweep for idle books that found none before the next one. A sweep walks
+/// every book under the map's lock; without this, each receive of a new group at a bound of
+/// busy books would pay for one. A sweep that dropped books sets no pause: groups that come
+/// and go quickly were refused for up to this long while idle books were there.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl LeaseState {
@@ -181,7 +183,7 @@ impl LeaseState {
     /// Whether `group` may receive: it has a book, or one is made for it now while there are
     /// fewer than `max_groups` (checked and made under one lock, so concurrent receives of new
     /// groups cannot pass the bound together). At the bound, idle books are dropped first
-    /// (at most one sweep per [`SWEEP_INTERVAL`]), so a broker that saw many short-lived
+    /// (after a sweep that found none, not again for [`SWEEP_INTERVAL`]), so a broker that saw many short-lived
     /// groups over its life keeps admitting new ones.
     ///
     /// The receive holds the book it is given until it answers, long poll included: a book in
@@ -217,12 +219,9 @@ impl LeaseState {
         max_groups: usize,
     ) -> bool {
         let now = std::time::Instant::now();
-        {
-            let mut last = self.last_sweep.lock();
-            if last.is_some_and(|t| now.duration_since(t) < SWEEP_INTERVAL) {
-                return false;
-            }
-            *last = Some(now);
+        let mut fruitless = self.last_sweep.lock();
+        if fruitless.is_some_and(|t| now.duration_since(t) < SWEEP_INTERVAL) {
+            return false;
         }
         let before = groups.len();
         groups.retain(|_, book| {
@@ -230,6 +229,8 @@ impl LeaseState {
             !idle
         });
         let dropped = before - groups.len();
+        *fruitless = (dropped == 0).then_some(now);
+        drop(fruitless);
         self.admitted.lock().retain(|g, _| groups.contains_key(g));
         if dropped > 0 {
             tracing::info!(

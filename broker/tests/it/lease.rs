@@ -739,6 +739,66 @@ async fn idle_books_make_room_for_new_groups_and_a_returning_group_resumes_where
     cluster.stop().await;
 }
 
+/// A sweep that dropped idle books set the same 100 ms pause as one that found none, so
+/// groups that receive, ack and go in quick succession were refused while idle books were
+/// there. Only a fruitless sweep pauses the next now.
+#[tokio::test]
+async fn groups_coming_and_going_quickly_are_admitted_while_idle_books_are_there() {
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_groups = 1).await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let leases = cluster.broker.services().leases();
+    for g in ["g1", "g2", "g3", "g4"] {
+        let got = leases
+            .receive(request(g, "Orders", 1, Duration::ZERO))
+            .await
+            .unwrap_or_else(|e| panic!("{g} admitted at once: {e}"));
+        assert_eq!(got.len(), 1, "{g}");
+        assert!(leases.ack(g, &[got[0].receipt.clone()])[0].is_ok());
+    }
+    cluster.stop().await;
+}
+
+/// With the offsets table full (`max_consumer_offsets`), an HTTP group's commits were refused
+/// while its acks answered ok: after a restart the acknowledged messages came again. A
+/// receive of a group that could not commit in the topic is now refused before anything is
+/// leased; a group whose entries exist still receives and commits.
+#[tokio::test]
+async fn a_group_that_could_not_commit_is_refused_before_anything_is_leased() {
+    // Each receiving group takes two entries: the topic and its retry topic.
+    let cluster = start_cluster_with(|cfg| cfg.max_consumer_offsets = 2).await;
+    topic(&cluster, "Orders", 1);
+    produce(&cluster, "Orders", 0, &["a", "b"], None).await;
+    let leases = cluster.broker.services().leases();
+    let got = leases
+        .receive(request("g1", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert!(leases.ack("g1", &[got[0].receipt.clone()])[0].is_ok());
+    match leases
+        .receive(request("g2", "Orders", 1, Duration::ZERO))
+        .await
+    {
+        Err(LeaseError::OffsetsFull(why)) => {
+            assert!(why.contains("max_consumer_offsets"), "{why}")
+        }
+        other => panic!("expected OffsetsFull, got {other:?}"),
+    }
+    assert_eq!(leases.in_flight("g2"), 0);
+    let services = cluster.broker.services();
+    assert_eq!(
+        services.query_offset("g1", "Orders", 0),
+        Some(1),
+        "g1's ack was committed"
+    );
+    let next = leases
+        .receive(request("g1", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(next[0].body, "b".as_bytes());
+    cluster.stop().await;
+}
+
 /// A receive fetched its group's book again for every look, so a long-polling group's book
 /// counted as idle between looks: a new group took its place and the poll then made a second
 /// book past the bound. A receive holds its book until it answers now.
@@ -1029,8 +1089,8 @@ async fn an_http_group_counts_as_a_member_only_while_in_use_or_recently_seen() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         services.delete_group_offsets("retired"),
-        Ok(1),
-        "idle and unseen for client_expiry: no member left"
+        Ok(2),
+        "idle and unseen for client_expiry: no member left (Orders and the group's retry topic)"
     );
     drop((leases, services));
     cluster.stop().await;

@@ -243,6 +243,7 @@ fn receive_error(e: LeaseError) -> ApiError {
             code::TOO_MANY_REQUESTS,
             e.to_string(),
         ),
+        LeaseError::OffsetsFull(why) => ApiError::unavailable(why),
         other => ApiError::internal(other),
     }
 }

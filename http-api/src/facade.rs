@@ -97,6 +97,7 @@ impl HttpFacade {
         let limits = ConnLimits {
             header_read_timeout: self.config.header_read_timeout,
             max_connections: self.config.max_connections,
+            refused: std::sync::Arc::clone(&state.metrics().connections_refused),
         };
         let tls = self.config.tls.as_ref().map(|t| t.acceptor.clone());
         let task = tokio::spawn(serve(listener, router, limits, tls, stopped));

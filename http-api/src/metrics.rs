@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -20,6 +22,9 @@ pub struct HttpMetrics {
     /// By route template, then method. Looked up with borrowed keys: recording a request
     /// allocates nothing once its route and method have been seen.
     routes: Mutex<BTreeMap<String, BTreeMap<String, RouteStats>>>,
+    /// Connections closed at accept because `max_connections` were open (shared with the
+    /// accept loop).
+    pub(crate) connections_refused: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +139,11 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
             &r.latency,
         );
     }
+    out.counter(
+        "sluice_http_connections_refused_total",
+        "HTTP connections closed at accept because [http] max_connections were open.",
+        m.connections_refused.load(Ordering::Relaxed) as f64,
+    );
 }
 
 fn broker_section(out: &mut Prom, state: &AppState) {

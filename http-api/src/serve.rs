@@ -8,6 +8,7 @@
 //! and the facade aborts whatever outlives its grace period.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,14 +25,22 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// How the accept loop treats connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnLimits {
     /// Time a client has to send a request's line and headers, counted from when the
     /// connection waits for them (so an idle keep-alive connection is closed after it too).
     pub header_read_timeout: Duration,
     /// Open connections; a connection beyond it is closed at once.
     pub max_connections: usize,
+    /// Counts the connections closed for that (`sluice_http_connections_refused_total`).
+    pub refused: Arc<AtomicU64>,
 }
+
+/// Connections refused at `max_connections`, and failed accepts (out of descriptors): one
+/// warning per kind per 10 s, with the count held back. A line per connection, or per retry
+/// of a failing accept (20 a second), flooded the log exactly when it mattered.
+static ACCEPT_LOG: sluice_broker::log_every::LogEvery =
+    sluice_broker::log_every::LogEvery::new(Duration::from_secs(10));
 
 /// One connection's hyper builder, shutdown watcher and service.
 struct ConnCtx {
@@ -72,13 +81,18 @@ pub(crate) async fn serve(
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "HTTP accept failed");
+                if let Some(held_back) = ACCEPT_LOG.allow("failed") {
+                    tracing::warn!(error = %e, held_back, "HTTP accept failed (new connections wait; with too many open files, raise the process's limit)");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%remote, max = limits.max_connections, "HTTP connection refused: too many open");
+            limits.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(held_back) = ACCEPT_LOG.allow("too_many") {
+                tracing::warn!(%remote, max = limits.max_connections, held_back, "HTTP connection refused: [http] max_connections are open");
+            }
             drop(stream);
             continue;
         };
@@ -90,6 +104,7 @@ pub(crate) async fn serve(
         };
         let router = router.clone();
         let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         conns.spawn(async move {
             let _slot = slot;
             match tls {
@@ -97,7 +112,7 @@ pub(crate) async fn serve(
                 Some(acceptor) => {
                     // The handshake gets the same bound as the headers that follow it.
                     let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
                         Ok(Ok(s)) => serve_one(ctx, TokioIo::new(s), router).await,
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),

@@ -165,8 +165,11 @@ async fn accept_loop<P: Processor>(listener: TcpListener, shared: Arc<Shared<P>>
         match accepted {
             Ok((stream, remote)) => admit(stream, remote, &shared),
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(server = shared.opts.name, error = %e, "accept failed");
+                // EMFILE and friends: back off instead of spinning, and say so once per
+                // 10 s (a line per retry, 20 a second, flooded the log).
+                if let Some(held_back) = ACCEPT_FAILED_LOG.allow(shared.opts.name) {
+                    tracing::warn!(server = shared.opts.name, error = %e, held_back, "accept failed (new connections wait; with too many open files, raise the process's limit)");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -248,6 +251,9 @@ async fn serve_connection<P: Processor>(
 
 /// Connections refused at `max_connections`: one warning per 10 s (a reconnect storm).
 static TOO_MANY_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(10));
+/// Failed accepts, per server.
+static ACCEPT_FAILED_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
 /// Connections refused on a TLS port (plaintext where enforced, failed handshakes).
 static NOT_OPENED_LOG: crate::log_every::LogEvery =

@@ -396,8 +396,8 @@ async fn silent_connections_and_a_stalled_http2_preface_are_closed_after_the_hea
     s.stop().await;
 }
 
-/// Connections beyond `max_connections` are closed at once; admitted ones keep working, and
-/// a slot freed by a closed connection is reused.
+/// Connections beyond `max_connections` are closed at once (and counted); admitted ones keep
+/// working, and a slot freed by a closed connection is reused.
 #[tokio::test]
 async fn connections_over_max_connections_are_closed_and_admitted_ones_keep_working() {
     let s = common::start_with(Options {
@@ -444,6 +444,14 @@ async fn connections_over_max_connections_are_closed_and_admitted_ones_keep_work
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "freed slots are reused");
+    // Counted for operators (a refusal left only a log line per connection before).
+    assert!(
+        s.metrics()
+            .await
+            .lines()
+            .any(|l| l == "sluice_http_connections_refused_total 1"),
+        "the refused connection is counted"
+    );
     s.stop().await;
 }
 

@@ -166,7 +166,7 @@ impl CommitLog {
     }
 
     /// The longest record a read accepts: any a record's length field can say (the segment's
-    /// end and the checksum bound it), not the configured `max_record_size`, which limits new
+    /// end and the checksum bound it), not the configured `max_record_size`, which sizes new
     /// appends only. Read against the configured one, a record stored before an operator
     /// lowered it counted as damage: never served again, and cut with every acknowledged
     /// record after it when it lay in the window an unclean stop rescans.

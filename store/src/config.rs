@@ -27,7 +27,12 @@ pub struct StoreConfig {
     pub segment_size: u64,
     /// Sync or async flush. Default [`FlushMode::Sync`].
     pub flush: FlushMode,
-    /// Largest stored record (header + body + topic + properties). Default 4 MiB + 64 KiB.
+    /// Largest record a new message makes (header + body + topic + properties): segments
+    /// hold two of them and one write carries one. Default 4 MiB + 64 KiB. New messages are
+    /// held to it at the broker's edges (its body limit); an append itself takes any record up
+    /// to [`StoreConfig::append_ceiling`], so that a message accepted under an earlier, larger
+    /// limit is written again when a timer releases it, a commit or a retry copies it, or a
+    /// replay writes it back, instead of being lost to a lowered setting.
     pub max_record_size: usize,
     /// Appends waiting for the appender thread; a full queue answers `Busy`. Default 16 384.
     pub append_queue_capacity: usize,
@@ -113,6 +118,15 @@ impl StoreConfig {
             disk_max_used_ratio: 0.98,
             ..Self::new(data_dir)
         }
+    }
+
+    /// Largest record an append takes: what a segment holds twice and one write carries
+    /// (at least `max_record_size`; see there).
+    pub fn append_ceiling(&self) -> usize {
+        let per_segment = usize::try_from(self.segment_size / 2).unwrap_or(usize::MAX);
+        per_segment
+            .min(self.max_write_batch_bytes)
+            .saturating_sub(64)
     }
 
     /// Checks the limits against each other; called by `Store::open`.

@@ -420,8 +420,9 @@ impl Store {
             return Err(StoreError::InvalidMessage("nothing to append".into()));
         }
         let mut body_crcs = Vec::with_capacity(messages.len());
+        let ceiling = self.cfg.append_ceiling();
         for m in &messages {
-            message::validate(m, self.store_host, self.cfg.max_record_size)?;
+            message::validate(m, self.store_host, ceiling)?;
             body_crcs.push(sluice_protocol::message::record::body_crc(&m.body));
         }
         let (reply, rx) = oneshot::channel();

@@ -454,9 +454,13 @@ impl Table {
             }
             let id = e.id.half_offset;
             if e.checks >= p.check_max || too_old {
-                let d = match p.final_action {
-                    FinalAction::Rollback => Decision::Discard,
-                    FinalAction::Keep => Decision::Park,
+                let d = match (p.final_action, &e.last_answer) {
+                    // The producer answered commit and storing it failed (the transaction
+                    // would not be open otherwise): that is never turned into a rollback.
+                    // Kept, it waits for an operator's forced commit or a rearm.
+                    (_, Some((CheckAnswer::Commit, _))) => Decision::Park,
+                    (FinalAction::Rollback, _) => Decision::Discard,
+                    (FinalAction::Keep, _) => Decision::Park,
                 };
                 out.push(Due::Final(id, d));
             } else {

@@ -79,6 +79,29 @@ fn what_waits_is_counted_when_a_backlog_starts_then_every_five_seconds() {
     assert_eq!(t.due_waiting, 9, "counted again after 5 s");
 }
 
+/// A producer answered commit to a check and the broker could not store it (a full disk, a
+/// message over a lowered size limit): the final action `rollback` discarded the committed
+/// transaction once the checks ran out. It is kept (parked) instead.
+#[test]
+fn a_commit_answer_that_could_not_be_stored_is_parked_not_discarded() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    t.insert(entry(1, 1000));
+    t.insert(entry(2, 1000));
+    for id in [1, 2] {
+        t.count_check(id, 1100);
+        t.count_check(id, 1150);
+    }
+    t.note_answer(1, CheckAnswer::Commit, 1160);
+    t.note_answer(2, CheckAnswer::Rollback, 1160);
+    assert_eq!(
+        t.due(1300, &cfg(), usize::MAX, &HashSet::new()),
+        [
+            Due::Final(1, Decision::Park),
+            Due::Final(2, Decision::Discard)
+        ]
+    );
+}
+
 #[test]
 fn checks_come_due_then_the_final_action() {
     let live = Arc::new(AtomicUsize::new(0));

@@ -8,6 +8,7 @@ mod txn_common;
 
 mod acl_cpp;
 mod binary;
+mod body_limit_lowered;
 mod compat_cpp;
 mod crash_loop;
 mod crash_points;

@@ -261,7 +261,8 @@ fn bad_input_is_refused_before_anything_is_written() {
             "{topic:?}: {err}"
         );
     }
-    let big = MessageInput::new("T", 0, vec![0u8; 64 * 1024]);
+    let cfg = small_config(dir.path());
+    let big = MessageInput::new("T", 0, vec![0u8; cfg.append_ceiling()]);
     assert!(matches!(
         store.append(&[big], true),
         Err(StoreError::InvalidMessage(_))

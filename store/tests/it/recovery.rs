@@ -609,6 +609,33 @@ fn records_stored_before_max_record_size_was_lowered_still_read_back() {
     }
 }
 
+/// A record accepted under a larger `max_record_size` is appended again after the limit was
+/// lowered (a timer's release, a commit, a retry copy or a replay writes a stored body
+/// again): the append refused it, and each of those lost the message for good. Appends take
+/// records up to the ceiling that segments and writes allow; the broker holds new messages to
+/// its body limit.
+#[test]
+fn a_record_over_a_lowered_max_record_size_is_appended_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_record_size = 16 * 1024;
+    let body = vec![b'b'; 90 * 1024];
+    let store = open(&cfg);
+    let a = store
+        .append_blocking(&[MessageInput::new("T", 0, body.clone())])
+        .expect("under the ceiling")[0];
+    assert_eq!(
+        parse(&store.read_record(a.phys_offset).unwrap()).body,
+        &body[..]
+    );
+    let over = vec![b'x'; cfg.append_ceiling()];
+    match store.append_blocking(&[MessageInput::new("T", 0, over)]) {
+        Err(StoreError::InvalidMessage(why)) => assert!(why.contains("exceeds the limit"), "{why}"),
+        other => panic!("expected a refusal over the ceiling, got {other:?}"),
+    }
+    store.shutdown().unwrap();
+}
+
 /// A segment file cut short below what the checkpoint says was synced: acknowledged records
 /// are gone. The open used to accept the shorter log silently and hand their offsets to new
 /// records; it now refuses, naming the loss, and changes nothing.

@@ -258,6 +258,12 @@ impl BrokerConfig {
                 return Err(BrokerError::Config(format!("{name} must be positive")));
             }
         }
+        if self.default_topic_queue_nums > crate::topic::MAX_QUEUE_NUMS as u32 {
+            return Err(BrokerError::Config(format!(
+                "default_topic_queue_nums must be at most {} (a topic's most queues)",
+                crate::topic::MAX_QUEUE_NUMS
+            )));
+        }
         if self.max_inflight_per_connection > u32::MAX as usize / 4 {
             return Err(BrokerError::Config(
                 "max_inflight_per_connection is too large".into(),

@@ -23,6 +23,7 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) state_save_failures: AtomicU64,
+    pub(crate) heartbeat_groups_refused: AtomicU64,
 }
 
 impl Counters {
@@ -58,6 +59,7 @@ impl Counters {
             dead_lettered: get(&self.dead_lettered),
             replayed: get(&self.replayed),
             state_save_failures: get(&self.state_save_failures),
+            heartbeat_groups_refused: get(&self.heartbeat_groups_refused),
             offset_commits_refused: 0,
         }
     }
@@ -108,4 +110,7 @@ pub struct BrokerStats {
     /// Offset commits refused because `max_consumer_offsets` entries are kept (each a commit
     /// for a topic and group with none yet).
     pub offset_commits_refused: u64,
+    /// Consumer groups left out of a heartbeat because their retry topic could not be made
+    /// (the topic table full, or a name too long): their members consume nothing until it can.
+    pub heartbeat_groups_refused: u64,
 }

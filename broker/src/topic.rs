@@ -68,7 +68,7 @@ pub(crate) const MAX_QUEUE_NUMS: i32 = 4096;
 /// nowhere to go. Any other name counts, whatever its prefix: a client could otherwise send
 /// to invented `%DLQ%…` or `SLUICE_SYS_…` names without bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the broker holds its limit of {0} topics ([broker] max_topics); delete unused topics or raise the limit")]
+#[error("the broker holds as many topics as [broker] max_topics allows ({0}) or more; delete unused topics or raise the limit")]
 pub struct TopicLimit(pub usize);
 
 /// The longest topic a stored record can name in the form 4.x clients decode (a 1-byte
@@ -333,6 +333,20 @@ impl TopicManager {
         }
         for cfg in system {
             table.topics.entry(cfg.topic_name.clone()).or_insert(cfg);
+        }
+        // The template's queue count is the configuration's, not the one saved when the
+        // folder was made: a changed `default_topic_queue_nums` had no effect on a folder
+        // that already existed.
+        if let Some(t) = table.topics.get_mut(DEFAULT_TOPIC).filter(|_| auto_create) {
+            if t.write_queue_nums != queues || t.read_queue_nums != queues {
+                tracing::info!(
+                    from = t.write_queue_nums,
+                    to = queues,
+                    "auto-created topics' queue count (default_topic_queue_nums) changed"
+                );
+                t.write_queue_nums = queues;
+                t.read_queue_nums = queues;
+            }
         }
         tracing::info!(path = %path.display(), topics = table.topics.len(), "topics loaded");
         Ok(Self {
@@ -643,6 +657,32 @@ mod tests {
         assert!(validate_name(&"a".repeat(128)).is_err());
         assert!(validate_name(&format!("%RETRY%{}", "g".repeat(200))).is_ok());
         assert!(is_not_sendable(SCHEDULE_TOPIC) && !is_not_sendable("T"));
+    }
+
+    /// The template saved in `topics.json` kept the queue count the folder was made with, so
+    /// a changed `default_topic_queue_nums` had no effect on it.
+    #[test]
+    fn the_configured_queue_count_replaces_the_saved_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), true, 8).unwrap());
+        m.get_or_create_for_send("First", DEFAULT_TOPIC, 64)
+            .unwrap();
+        m.save().unwrap();
+        let m = Arc::new(TopicManager::load(dir.path(), true, 2).unwrap());
+        let template = m.get(DEFAULT_TOPIC).unwrap();
+        assert_eq!(
+            (template.read_queue_nums, template.write_queue_nums),
+            (2, 2)
+        );
+        let t = m
+            .get_or_create_for_send("Second", DEFAULT_TOPIC, 64)
+            .unwrap();
+        assert_eq!(t.write_queue_nums, 2);
+        assert_eq!(
+            m.get("First").unwrap().write_queue_nums,
+            8,
+            "topics made keep theirs"
+        );
     }
 
     #[test]

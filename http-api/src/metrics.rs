@@ -148,7 +148,7 @@ fn http_section(out: &mut Prom, m: &HttpMetrics) {
 
 fn broker_section(out: &mut Prom, state: &AppState) {
     let s = state.broker().stats();
-    let counters: [(&str, &str, u64); 16] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "sluice_messages_stored_total",
             "Messages stored (all protocols).",
@@ -223,6 +223,11 @@ fn broker_section(out: &mut Prom, state: &AppState) {
             "sluice_offset_commits_refused_total",
             "Offset commits refused at max_consumer_offsets entries.",
             s.offset_commits_refused,
+        ),
+        (
+            "sluice_heartbeat_groups_refused_total",
+            "Consumer groups left out of heartbeats: their retry topic could not be made (max_topics, or a name too long).",
+            s.heartbeat_groups_refused,
         ),
         (
             "sluice_state_save_failures_total",

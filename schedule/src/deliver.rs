@@ -279,6 +279,7 @@ async fn put_chunk(core: &Core, chunk: Vec<Prepared>) {
         .collect();
     let mut pause = RETRY_PAUSE;
     let mut suspected = false;
+    let mut first = true;
     loop {
         match core.services.put(inputs.clone()).await {
             Ok(appended) => {
@@ -314,14 +315,18 @@ async fn put_chunk(core: &Core, chunk: Vec<Prepared>) {
                     retry_later(core, &chunk);
                     return;
                 }
-                if pause == RETRY_PAUSE {
-                    tracing::warn!(error = %e, count = chunk.len(), "release append failed; retrying");
+                // Each chunk's first failure, at most one line per 10 s for all of them: a
+                // full disk refuses every chunk every retry (1 500 lines in 35 s before).
+                let held_back = first.then(|| RETRY_LOG.allow("append")).flatten();
+                if let Some(held_back) = held_back {
+                    tracing::warn!(error = %e, count = chunk.len(), held_back, "release append failed; retrying");
                 } else {
                     tracing::debug!(error = %e, count = chunk.len(), "release append failed again; retrying");
                 }
+                first = false;
                 tokio::time::sleep(pause).await;
                 // A fenced store refuses every append until it is reopened: back off instead
-                // of logging and retrying ten times a second until then.
+                // of retrying ten times a second until then.
                 if may_have_written(&e) {
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
@@ -329,6 +334,10 @@ async fn put_chunk(core: &Core, chunk: Vec<Prepared>) {
         }
     }
 }
+
+/// Failed release appends: one warning per 10 s across every chunk.
+static RETRY_LOG: sluice_broker::log_every::LogEvery =
+    sluice_broker::log_every::LogEvery::new(Duration::from_secs(10));
 
 /// Whether a failed append may still have put its records on the disk: a failed sync or
 /// write (the store is fenced after either). Refusals before any write (busy, disk full,

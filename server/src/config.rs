@@ -90,7 +90,9 @@ pub struct BrokerSection {
     pub namesrv_addrs: Vec<SocketAddr>,
     /// Create topics on first send. Default true.
     pub auto_create_topic: bool,
-    /// Queues of an auto-created topic (capped by the client's request). Default 8.
+    /// Queues of an auto-created topic (capped by a RocketMQ client's request, 4 by default;
+    /// an HTTP send asks for none, so it gets these). Applied at every start, also to a
+    /// folder made with another value. At most 4 096. Default 8.
     pub default_topic_queue_nums: u32,
     /// Largest frame accepted. Default 16 MiB. Also the name server's body cap: a
     /// registration body lists every topic of a broker.

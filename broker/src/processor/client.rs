@@ -17,6 +17,7 @@ use super::Reject;
 use crate::broker::context::BrokerContext;
 use crate::remoting::ConnectionHandle;
 use crate::reply;
+use crate::stats::Counters;
 use crate::topic;
 
 /// Longest client id taken (Java's are `ip@instance[@unit]`): every group of a heartbeat and
@@ -81,10 +82,16 @@ pub(super) fn heartbeat(
     if refused.is_empty() {
         return Ok(reply::ok(req));
     }
+    Counters::add(&ctx.counters.heartbeat_groups_refused, refused.len() as u64);
     let each: Vec<String> = refused
         .iter()
         .map(|(g, why)| format!("{g} ({why})"))
         .collect();
+    // The clients log only the error code: without this, nothing told the operator why a
+    // group's consumers received nothing.
+    if let Some(held_back) = HEARTBEAT_REFUSALS_LOG.allow("refused") {
+        tracing::warn!(client_id = %hb.client_id, groups = %each.join(", "), held_back, "consumer group(s) not registered: their retry topics could not be created; their members consume nothing until they can");
+    }
     // A name too long is the client's to fix (as a send to such a retry topic is answered);
     // a full topic table is the broker's.
     let all_too_long = refused
@@ -103,6 +110,10 @@ pub(super) fn heartbeat(
         ),
     ))
 }
+
+/// Heartbeats that left groups out: one warning per 10 s (clients send one every 30 s each).
+static HEARTBEAT_REFUSALS_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(std::time::Duration::from_secs(10));
 
 /// Refuses a heartbeat whose client id, group count or producer group names are over their
 /// bounds: one body of 4 MiB otherwise made the broker copy a long id once per group.

@@ -593,6 +593,11 @@ async fn at_max_topics_a_new_group_is_refused_and_the_heartbeats_other_groups_st
     );
     let (_, brand_new) = ids("brand-new").await;
     assert!(!brand_new.contains("c2"), "{brand_new}");
+    assert_eq!(
+        cluster.broker.stats().heartbeat_groups_refused,
+        1,
+        "counted for operators (clients log only the code)"
+    );
     cluster.stop().await;
 }
 

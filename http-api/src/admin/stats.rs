@@ -63,6 +63,8 @@ pub(crate) struct BrokerCounters {
     pub replayed: u64,
     /// Failed periodic saves of the broker's state files (topics, consumer offsets).
     pub state_save_failures: u64,
+    /// Consumer groups left out of heartbeats (their retry topic could not be made).
+    pub heartbeat_groups_refused: u64,
 }
 
 /// The store's state.
@@ -153,6 +155,7 @@ pub(super) async fn get_stats(State(state): State<AppState>) -> Json<StatsOut> {
         dead_lettered: s.dead_lettered,
         replayed: s.replayed,
         state_save_failures: s.state_save_failures,
+        heartbeat_groups_refused: s.heartbeat_groups_refused,
     };
     let dlq = b
         .dlq()

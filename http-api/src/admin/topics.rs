@@ -120,7 +120,7 @@ pub(crate) struct ListTopicsQuery {
         (status = 200, description = "Already exists with this shape", body = TopicOut),
         (status = 400, description = "Bad name, queue count or permission", body = ErrorBody),
         (status = 409, description = "Exists with another shape, or a topic of that name is being deleted (retry)", body = ErrorBody),
-        (status = 422, description = "The broker holds its limit of topics (`[broker] max_topics`)", body = ErrorBody),
+        (status = 422, description = "Out of range (queues), or the broker holds `[broker] max_topics` topics", body = ErrorBody),
         (status = 503, description = "In effect, but topics.json could not be saved; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -133,7 +133,7 @@ pub(super) async fn create_topic(
     let default_queues = i32::try_from(state.broker().default_topic_queue_nums()).unwrap_or(8);
     let queues = body.queues.unwrap_or(default_queues.clamp(1, MAX_QUEUES));
     if !(1..=MAX_QUEUES).contains(&queues) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::unprocessable(format!(
             "queues must be within 1 and {MAX_QUEUES}"
         )));
     }

@@ -29,11 +29,17 @@ async fn topics_are_created_idempotently_and_conflicting_shapes_refused() {
     for bad in [
         json!({"name": "a b"}),
         json!({"name": "%DLQ%x"}),
-        json!({"name": "T", "queues": 0}),
         json!({"name": "T", "perm": 7}),
     ] {
         let (st, r) = s.post("/v1/topics", bad.clone()).await;
         assert_eq!((st, error_code(&r)), (400, "bad_request"), "{bad}");
+    }
+    // Well-formed, out of range: 422 as HTTP.md's table says.
+    for queues in [0, 4097] {
+        let (st, r) = s
+            .post("/v1/topics", json!({"name": "T", "queues": queues}))
+            .await;
+        assert_eq!((st, error_code(&r)), (422, "unprocessable"), "{queues}");
     }
     s.stop().await;
 }

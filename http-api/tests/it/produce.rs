@@ -236,6 +236,25 @@ async fn a_body_over_max_message_bytes_is_413() {
     s.stop().await;
 }
 
+/// An HTTP send that creates a topic asked the template for 4 queues (a RocketMQ producer's
+/// default): `[broker] default_topic_queue_nums` had no effect on it.
+#[tokio::test]
+async fn an_auto_created_topic_gets_the_configured_queue_count() {
+    let s = common::start_with(Options {
+        broker: Box::new(|c| c.default_topic_queue_nums = 6),
+        ..Options::default()
+    })
+    .await;
+    let (st, _) = s
+        .post("/v1/topics/Fresh/messages", json!({"body": "x"}))
+        .await;
+    assert_eq!(st, 201);
+    let (st, t) = s.get("/v1/topics/Fresh").await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(t["write_queues"].as_i64(), Some(6), "{t}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn an_unknown_topic_is_404_when_auto_create_is_off() {
     let s = common::start_with(Options {

@@ -202,6 +202,7 @@ impl Core {
                 let mut t = self.table.lock();
                 // Only forward: what lies below was read (or skipped) already.
                 t.half_next = t.half_next.max(r.next_offset);
+                t.clamp_unindexed();
             }
             // Past entries retention deleted (or damage) the tail goes on: at a restart without
             // a checkpoint it starts at 0, and stopping there left every retained half unread

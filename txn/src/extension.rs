@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Live (undecided) transactions, for the hook's `max_open` check.
     pub(crate) live: Arc<AtomicUsize>,
+    /// Halves stored but not yet in the table, counted with `live` for `max_open`.
+    pub(crate) unindexed: crate::table::Unindexed,
     /// Hooks the committed message goes through (the schedule seam).
     pub(crate) commit_hooks: RwLock<Vec<Arc<dyn PutHook>>>,
     pub(crate) url_sink: RwLock<Option<Arc<dyn CheckSink>>>,
@@ -71,6 +73,7 @@ impl TxnExtension {
                 cfg: config,
                 counters: Counters::default(),
                 live: Arc::new(AtomicUsize::new(0)),
+                unindexed: crate::table::Unindexed::new(),
                 commit_hooks: RwLock::new(Vec::new()),
                 url_sink: RwLock::new(None),
                 group_sinks: RwLock::new(HashMap::new()),
@@ -130,7 +133,11 @@ impl TxnExtension {
         let core = Arc::new(Core {
             services,
             shared: Arc::clone(&self.shared),
-            table: Mutex::new(Table::new(Arc::clone(&self.shared.live))),
+            table: Mutex::new({
+                let mut t = Table::new(Arc::clone(&self.shared.live));
+                t.track_unindexed(self.shared.unindexed.clone());
+                t
+            }),
             resolved: tokio::sync::Notify::new(),
             state_dir,
             // Records are read whatever their size when stored (see STORED_RECORD_MAX).
@@ -145,7 +152,12 @@ impl TxnExtension {
             lost_listed: Mutex::new(HashMap::new()),
         });
         self.shared.fresh.lock().clear();
+        self.shared.unindexed.start_at(u64::MAX);
         let (report, torn) = core.rebuild();
+        // Everything below `half_next` was read; halves stored from there on count as
+        // unindexed until the table takes them in.
+        let half_next = core.table.lock().half_next;
+        self.shared.unindexed.start_at(half_next);
         let g = core.table.lock().gauges();
         let (open, parked, done) = (g.open, g.parked, g.done);
         tracing::info!(

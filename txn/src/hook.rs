@@ -70,7 +70,9 @@ impl PutHook for TxnPutHook {
                 "batch message does not support transaction",
             );
         }
-        let live = self.shared.live.load(Ordering::Relaxed);
+        // Stored but not yet in the table count too (see `Unindexed`); sends in flight at
+        // once can still pass the bound together, by at most their number.
+        let live = self.shared.live.load(Ordering::Relaxed) + self.shared.unindexed.get();
         if live >= self.shared.cfg.max_open {
             return reject(
                 code::SYSTEM_BUSY,
@@ -95,6 +97,9 @@ impl PutHook for TxnPutHook {
         }
         // Counted once stored: a later hook or the store may still refuse a rewritten half.
         Counters::inc(&self.shared.counters.halves_stored);
+        self.shared
+            .unindexed
+            .stored(u64::try_from(stored.at.queue_offset).unwrap_or(0));
         let budget = self.shared.cfg.fresh_half_bytes;
         if budget == 0 {
             return;

@@ -167,6 +167,80 @@ pub(crate) struct Table {
     /// once retention took the op's segment, be adopted as open at a restart without a
     /// checkpoint, and checked (and perhaps committed) a second time.
     carrying: HashSet<u64>,
+    /// Half messages stored by sends but not yet in the table, and the half-queue offset
+    /// from which they are counted (see [`Unindexed`]).
+    unindexed: Option<Unindexed>,
+}
+
+/// Half messages a send stored that the table has not taken in yet (the tailer reads the
+/// half queue once per tick; an END_TRANSACTION may adopt one first). `max_open` counts them
+/// with the live transactions: counting the table alone let a burst of sends open five
+/// times the limit before the tailer caught up.
+#[derive(Debug, Clone)]
+pub(crate) struct Unindexed {
+    /// Counted by the put hook once stored, taken off when the entry enters the table.
+    pub(crate) count: Arc<AtomicUsize>,
+    /// Only halves at or above this half-queue offset count (`u64::MAX` until the state is
+    /// rebuilt: halves stored before are found by the rebuild).
+    pub(crate) from: Arc<std::sync::atomic::AtomicU64>,
+    /// One past the highest half-queue offset a send stored: every counted half lies between
+    /// the tailer's `half_next` and this, which bounds the count (a half the tailer skips,
+    /// unreadable or deleted by retention, never enters the table and would stay counted).
+    stored_next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Unindexed {
+    pub(crate) fn new() -> Self {
+        Self {
+            count: Arc::new(AtomicUsize::new(0)),
+            from: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            stored_next: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    /// A half message stored at `queue_offset` by a send.
+    pub(crate) fn stored(&self, queue_offset: u64) {
+        if queue_offset >= self.from.load(Ordering::Acquire) {
+            self.stored_next
+                .fetch_max(queue_offset.saturating_add(1), Ordering::AcqRel);
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The tailer has read everything below `half_next`: no more than the offsets from there
+    /// to the last stored half can be waiting.
+    fn clamp(&self, half_next: u64) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                let room = self
+                    .stored_next
+                    .load(Ordering::Acquire)
+                    .saturating_sub(half_next);
+                Some(n.min(usize::try_from(room).unwrap_or(usize::MAX)))
+            });
+    }
+
+    /// The entry of the half at `queue_offset` entered the table.
+    fn indexed(&self, queue_offset: u64) {
+        if queue_offset >= self.from.load(Ordering::Acquire) {
+            let _ = self
+                .count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+    }
+
+    /// From now on, halves at or above `from` count (the rebuild read everything below).
+    pub(crate) fn start_at(&self, from: u64) {
+        self.count.store(0, Ordering::Release);
+        self.from.store(from, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
 }
 
 impl Table {
@@ -183,6 +257,7 @@ impl Table {
             pull: HashMap::new(),
             queued: HashSet::new(),
             carrying: HashSet::new(),
+            unindexed: None,
         }
     }
 
@@ -234,9 +309,24 @@ impl Table {
     }
 
     /// Adds an entry unless its identity is known; true when added.
+    /// The tailer moved `half_next`: bounds the halves counted as waiting (see [`Unindexed`]).
+    pub(crate) fn clamp_unindexed(&self) {
+        if let Some(u) = &self.unindexed {
+            u.clamp(self.half_next);
+        }
+    }
+
+    /// Counts the halves stored but not yet taken in (see [`Unindexed`]).
+    pub(crate) fn track_unindexed(&mut self, unindexed: Unindexed) {
+        self.unindexed = Some(unindexed);
+    }
+
     pub(crate) fn insert(&mut self, e: Entry) -> bool {
         if self.entries.contains_key(&e.id.half_offset) {
             return false;
+        }
+        if let Some(u) = &self.unindexed {
+            u.indexed(e.id.half_offset);
         }
         if e.state.is_live() {
             self.live.fetch_add(1, Ordering::Relaxed);

@@ -417,3 +417,21 @@ fn a_page_after_a_cursor_starts_past_it_in_offset_order() {
         "past the last: an empty page"
     );
 }
+
+/// A half the tailer skipped (unreadable, deleted by retention) never enters the table: once
+/// the tailer is past it, it no longer counts toward `max_open`.
+#[test]
+fn halves_the_tailer_passed_stop_counting_as_unindexed() {
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    let u = Unindexed::new();
+    t.track_unindexed(u.clone());
+    u.start_at(0);
+    for q in 0..3 {
+        u.stored(q);
+    }
+    t.insert(entry(0, 1000));
+    assert_eq!(u.get(), 2, "taken in: no longer waiting");
+    t.half_next = 2;
+    t.clamp_unindexed();
+    assert_eq!(u.get(), 1, "offset 1 was passed without entering the table");
+}

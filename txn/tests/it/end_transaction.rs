@@ -685,3 +685,47 @@ async fn a_delayed_half_whose_commit_the_hooks_would_refuse_is_refused_at_send()
     drop(c);
     b.stop().await;
 }
+
+/// `max_open` counted only the transactions the table had taken in, and the tailer reads the
+/// half queue once per tick: halves sent one after another all passed until it caught up
+/// (60 open at a limit of 50, and 251 under a burst). Halves stored but not yet taken in
+/// count now.
+#[tokio::test]
+async fn max_open_holds_for_halves_sent_faster_than_the_tailer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TxnConfig {
+        max_open: 5,
+        ..quiet()
+    };
+    let b = TestBroker::start(dir.path(), cfg).await;
+    let c = b.client().await;
+    let mut open = Vec::new();
+    for i in 0..5 {
+        open.push(send_half(&c, &format!("k{i}")).await);
+    }
+    for i in 5..20 {
+        let req = send_request(
+            GROUP,
+            TOPIC,
+            1,
+            sysflag::TRANSACTION_PREPARED,
+            &half_props(GROUP, &format!("k{i}")),
+            b"body",
+        );
+        let r = c.invoke(req, RPC).await.unwrap();
+        assert_eq!(r.code, code::SYSTEM_BUSY, "half {i}: {:?}", r.remark);
+        assert!(r.remark.unwrap_or_default().contains("the limit is 5"));
+    }
+    // Decided, they leave room again, whether the tailer took them in first or not.
+    for s in &open {
+        assert_eq!(end(&c, s, ROLLBACK).await.code, code::SUCCESS);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || b.txn.service().metrics().open
+            == 0)
+        .await,
+        "rolled back"
+    );
+    send_half(&c, "after").await;
+    b.stop().await;
+}

@@ -104,6 +104,9 @@ fn not_ready_reasons(state: &AppState) -> Vec<String> {
             ));
         }
     }
+    if let Some(why) = state.broker().registration_problem() {
+        reasons.push(format!("not in any route: {why}"));
+    }
     if state.stopping() {
         reasons.push("shutting down".into());
     }

@@ -51,6 +51,8 @@ pub(crate) struct BrokerContext {
     pub(crate) leases: std::sync::OnceLock<Arc<crate::lease::state::LeaseState>>,
     /// Stored and pulled rates and daily totals (GET_BROKER_RUNTIME_INFO).
     pub(crate) rates: crate::rates::Rates,
+    /// How the registrations with name servers went (readiness).
+    pub(crate) registration: Arc<super::register::RegistrationStatus>,
 }
 
 impl BrokerContext {
@@ -106,6 +108,7 @@ impl BrokerContext {
             dlq,
             leases: std::sync::OnceLock::new(),
             rates: crate::rates::Rates::default(),
+            registration: Arc::default(),
         }
     }
 

@@ -126,6 +126,7 @@ impl Broker {
             Arc::clone(&ctx.topics),
             &ctx.cfg.namesrv_addrs,
             ctx.cfg.namesrv_tls.clone(),
+            Arc::clone(&ctx.registration),
         ));
         registrar.register_all().await;
         let background = spawn_background(&ctx, &registrar, &stop);

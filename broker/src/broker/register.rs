@@ -30,6 +30,45 @@ pub(crate) struct Identity {
     pub(crate) broker_addr: SocketAddr,
 }
 
+/// Without a registration any name server accepted for this long, clients have no route to
+/// this broker: name servers drop a broker two minutes after its last registration.
+const REGISTRATION_STALE: Duration = Duration::from_secs(120);
+
+/// How the registrations went: the newest accepted one, and the newest failure.
+#[derive(Debug, Default)]
+pub(crate) struct RegistrationStatus {
+    inner: parking_lot::Mutex<(Option<std::time::Instant>, Option<String>)>,
+}
+
+impl RegistrationStatus {
+    fn accepted(&self) {
+        self.inner.lock().0 = Some(std::time::Instant::now());
+    }
+
+    fn failed(&self, addr: SocketAddr, why: impl std::fmt::Display) {
+        self.inner.lock().1 = Some(format!("{addr}: {why}"));
+    }
+
+    /// Why TCP clients cannot find this broker, if they cannot: no name server accepted a
+    /// registration since the start, or for [`REGISTRATION_STALE`]. A broker whose
+    /// registrations all fail (a TLS certificate its own client refuses, a name server
+    /// down) answered ready while no RocketMQ client could route to it.
+    pub(crate) fn problem(&self) -> Option<String> {
+        let (ok, error) = &*self.inner.lock();
+        let fresh = ok.is_some_and(|t| t.elapsed() < REGISTRATION_STALE);
+        (!fresh).then(|| {
+            let why = error.as_deref().unwrap_or("no answer yet");
+            match ok {
+                None => format!("no name server accepted this broker's registration ({why})"),
+                Some(t) => format!(
+                    "no name server accepted this broker's registration for {} s ({why})",
+                    t.elapsed().as_secs()
+                ),
+            }
+        })
+    }
+}
+
 /// Registers this broker with its name servers.
 pub(crate) struct Registrar {
     identity: Identity,
@@ -37,6 +76,7 @@ pub(crate) struct Registrar {
     servers: Vec<(SocketAddr, Mutex<Option<RemotingClient>>)>,
     /// How to connect: TLS towards TLS-only name servers.
     client: ClientOptions,
+    status: Arc<RegistrationStatus>,
 }
 
 impl Registrar {
@@ -45,6 +85,7 @@ impl Registrar {
         topics: Arc<TopicManager>,
         addrs: &[SocketAddr],
         tls: Option<ClientTls>,
+        status: Arc<RegistrationStatus>,
     ) -> Self {
         Self {
             identity,
@@ -54,6 +95,7 @@ impl Registrar {
                 tls,
                 ..ClientOptions::default()
             },
+            status,
         }
     }
 
@@ -110,6 +152,7 @@ impl Registrar {
                 Ok(c) => *slot = Some(c),
                 Err(e) => {
                     tracing::warn!(namesrv = %addr, error = %e, "cannot reach name server");
+                    self.status.failed(*addr, &e);
                     return;
                 }
             }
@@ -119,20 +162,33 @@ impl Registrar {
         match client.invoke(cmd, CALL_TIMEOUT).await {
             Ok(resp) if resp.code == response_code::SUCCESS => {
                 tracing::debug!(namesrv = %addr, code, "name server call done");
+                if code == request_code::REGISTER_BROKER {
+                    self.status.accepted();
+                }
             }
             Ok(resp) => {
                 // Error, not warning: a name server that keeps refusing our registration drops
                 // this broker from every route once `broker_expiry` passes.
                 tracing::error!(namesrv = %addr, code, response = resp.code, remark = ?resp.remark, "name server refused");
+                self.status.failed(
+                    *addr,
+                    format!(
+                        "refused ({}): {}",
+                        resp.code,
+                        resp.remark.unwrap_or_default()
+                    ),
+                );
             }
             // A slow answer keeps the connection: the name server drops every broker
             // registered over a connection when it closes, so closing it on a timeout took
             // this broker out of every route until the next registration (up to 30 s later).
             Err(e @ RemotingError::Timeout { .. }) => {
                 tracing::warn!(namesrv = %addr, code, error = %e, "name server call timed out; the connection is kept");
+                self.status.failed(*addr, &e);
             }
             Err(e) => {
                 tracing::warn!(namesrv = %addr, code, error = %e, "name server call failed");
+                self.status.failed(*addr, &e);
                 *slot = None;
             }
         }

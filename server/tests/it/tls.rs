@@ -19,11 +19,17 @@ use crate::common::{start_with_env, Sluice};
 
 /// A self-signed certificate for 127.0.0.1 and `localhost`, as PEM files in `dir`.
 fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    certificate_as(dir, name, rcgen::IsCa::NoCa)
+}
+
+/// As [`certificate`], marked as a CA or not (`openssl req -x509` marks it as one).
+fn certificate_as(dir: &Path, name: &str, is_ca: rcgen::IsCa) -> (PathBuf, PathBuf) {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
     params
         .subject_alt_names
         .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params.is_ca = is_ca;
     let cert = params.self_signed(&key).expect("self-signed");
     let (c, k) = (
         dir.join(format!("{name}.pem")),
@@ -191,6 +197,59 @@ fn enforcing_tls_serves_tls_clients_and_refuses_plaintext_and_strangers() {
             "none refused at max_connections: {text}"
         );
     });
+    sluice.stop();
+}
+
+/// A broker with `enforcing` TLS on its TCP ports and plain HTTP.
+fn start_tls_tcp_only(data: &Path, cert: &Path, key: &Path) -> Sluice {
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    start_with_env(
+        data,
+        0,
+        0,
+        &[
+            ("SLUICE_TLS_MODE", "enforcing"),
+            ("SLUICE_TLS_CERT_FILE", &cert),
+            ("SLUICE_TLS_KEY_FILE", &key),
+        ],
+    )
+}
+
+/// `/readyz` over plain HTTP: its status and reasons.
+fn readiness(sluice: &Sluice) -> (u16, String) {
+    rt().block_on(async {
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/readyz", sluice.http))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("readyz answers");
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+/// A self-signed certificate marked as a CA (what `openssl req -x509` makes by default): the
+/// broker's own TLS client refuses it as the name server's, so every registration failed,
+/// RocketMQ clients found no route, and `/readyz` still answered ready. It answers 503 and
+/// names the failure now; with a certificate that is not a CA, ready.
+#[test]
+fn a_broker_no_name_server_accepts_is_not_ready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let (cert, key) = certificate_as(dir.path(), "ca-as-server", ca);
+    let sluice = start_tls_tcp_only(&dir.path().join("data"), &cert, &key);
+    let (status, body) = readiness(&sluice);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not in any route"), "{body}");
+    sluice.stop();
+
+    let (cert, key) = certificate(dir.path(), "server");
+    let sluice = start_tls_tcp_only(&dir.path().join("data2"), &cert, &key);
+    let (status, body) = readiness(&sluice);
+    assert_eq!(status, 200, "{body}");
     sluice.stop();
 }
 

@@ -400,9 +400,13 @@ impl ServerConfig {
                 self.store.flush
             );
         }
+        if self.broker.max_body_bytes == 0 {
+            bail!("broker.max_body_bytes must be positive");
+        }
         if self.broker.max_body_bytes > self.broker.max_frame_bytes {
             bail!("broker.max_body_bytes must not exceed broker.max_frame_bytes");
         }
+        self.check_file_values()?;
         if self.broker.offset_flush_interval_ms == 0 {
             bail!("broker.offset_flush_interval_ms must be positive");
         }
@@ -517,6 +521,51 @@ impl ServerConfig {
             anyhow::anyhow!("[namesrv] {e} (its frame cap is broker.max_frame_bytes)")
         })?;
         self.tls.load()?;
+        Ok(())
+    }
+
+    /// Values the store and transaction libraries refuse, checked here first so that the
+    /// refusal names the key of the file, in its unit (the libraries say `segment_size`,
+    /// `check_interval must be at least 10ms`, `async flush interval`).
+    fn check_file_values(&self) -> Result<()> {
+        let st = &self.store;
+        if st.segment_bytes > i32::MAX as u64 {
+            bail!(
+                "store.segment_bytes must be at most {} (2 GiB - 1)",
+                i32::MAX
+            );
+        }
+        if st.flush == "async" && !(1..=10_000).contains(&st.async_flush_interval_ms) {
+            bail!("store.async_flush_interval_ms must be within 1 and 10000");
+        }
+        let t = &self.txn;
+        let at_least_10 = |key: &str, ms: u64| {
+            if ms < 10 {
+                bail!("{key} must be at least 10");
+            }
+            Ok(())
+        };
+        at_least_10("txn.check_interval_ms", t.check_interval_ms)?;
+        at_least_10("txn.checkpoint_interval_ms", t.checkpoint_interval_ms)?;
+        let age_covers = |key: String, hours: u64, after_ms: u64| {
+            if hours.saturating_mul(3_600_000) < after_ms {
+                bail!("{key} ({hours} h) must be at least its check_after_ms ({after_ms} ms)");
+            }
+            Ok(())
+        };
+        age_covers(
+            "txn.max_age_hours".into(),
+            t.max_age_hours,
+            t.check_after_ms,
+        )?;
+        for (group, g) in &t.groups {
+            if let Some(ms) = g.check_interval_ms {
+                at_least_10(&format!("txn.groups.{group}.check_interval_ms"), ms)?;
+            }
+            let hours = g.max_age_hours.unwrap_or(t.max_age_hours);
+            let after = g.check_after_ms.unwrap_or(t.check_after_ms);
+            age_covers(format!("txn.groups.{group}.max_age_hours"), hours, after)?;
+        }
         Ok(())
     }
 

@@ -56,10 +56,15 @@ fn config_error(e: &str, set_by: &[(String, String)]) -> String {
     if e.contains("unknown field") {
         out.push_str(" (unknown keys are refused)");
     }
-    if let Some((_, var)) = set_by
-        .iter()
-        .find(|(path, _)| e.contains(&format!("in `{path}`")))
-    {
+    // A value is named by its path; an unknown key by its own name, in its table's path.
+    let named = |path: &str| {
+        e.contains(&format!("in `{path}`"))
+            || path.rsplit_once('.').is_some_and(|(table, key)| {
+                e.contains(&format!("unknown field `{key}`"))
+                    && e.contains(&format!("in `{table}`"))
+            })
+    };
+    if let Some((_, var)) = set_by.iter().find(|(path, _)| named(path)) {
         out.push_str(&format!(" (set by the environment variable {var})"));
     }
     out

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use sluice_schedule::ScheduleConfig;
 
@@ -41,6 +41,15 @@ impl ScheduleSection {
     /// The schedule extension's configuration, validated.
     pub fn to_config(&self) -> Result<ScheduleConfig> {
         let mut cfg = ScheduleConfig::default();
+        let max_ms = self.max_delay_secs.saturating_mul(1000);
+        for (i, ms) in self.levels_ms.iter().flatten().enumerate() {
+            if *ms == 0 || *ms > max_ms {
+                bail!(
+                    "schedule.levels_ms[{i}] is {ms}: each level must be within 1 and \
+                     schedule.max_delay_secs ({max_ms} ms)"
+                );
+            }
+        }
         if let Some(levels) = &self.levels_ms {
             cfg.levels = levels.iter().copied().map(Duration::from_millis).collect();
         }

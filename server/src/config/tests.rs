@@ -577,3 +577,57 @@ fn groups_per_connection_are_configurable_and_must_be_positive() {
         .to_string()
         .contains("max_groups_per_connection"));
 }
+
+/// Refusals the libraries worded in their own names (`segment_size`, `async flush interval`,
+/// `check_interval must be at least 10ms`, a level of `0ns`, `ca_file` for a missing
+/// `cert_file`) name the file's key, in its unit; an unknown key set by the environment names
+/// its variable.
+#[test]
+fn refusals_name_the_files_keys_in_their_units() {
+    let cases: [(&[(&str, &str)], &str); 9] = [
+        (
+            &[("SLUICE_STORE_SEGMENT_BYTES", "100000000000000")],
+            "store.segment_bytes",
+        ),
+        (
+            &[
+                ("SLUICE_STORE_FLUSH", "async"),
+                ("SLUICE_STORE_ASYNC_FLUSH_INTERVAL_MS", "0"),
+            ],
+            "store.async_flush_interval_ms",
+        ),
+        (
+            &[("SLUICE_TXN_CHECK_INTERVAL_MS", "0")],
+            "txn.check_interval_ms",
+        ),
+        (
+            &[("SLUICE_TXN_CHECKPOINT_INTERVAL_MS", "0")],
+            "txn.checkpoint_interval_ms",
+        ),
+        (&[("SLUICE_TXN_MAX_AGE_HOURS", "0")], "txn.max_age_hours"),
+        (
+            &[("SLUICE_SCHEDULE_LEVELS_MS", "[0, 1000]")],
+            "schedule.levels_ms[0] is 0",
+        ),
+        (
+            &[("SLUICE_BROKER_MAX_BODY_BYTES", "0")],
+            "broker.max_body_bytes must be positive",
+        ),
+        (
+            &[
+                ("SLUICE_TLS_MODE", "enforcing"),
+                ("SLUICE_TLS_CERT_FILE", "/nope.pem"),
+                ("SLUICE_TLS_KEY_FILE", "/nope.key"),
+            ],
+            "[tls] cert_file",
+        ),
+        (
+            &[("SLUICE_STORE_SEGMNT_BYTES", "5")],
+            "SLUICE_STORE_SEGMNT_BYTES",
+        ),
+    ];
+    for (vars, want) in cases {
+        let err = refusal(vars);
+        assert!(err.contains(want), "{vars:?}: {err}");
+    }
+}

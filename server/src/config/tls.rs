@@ -89,10 +89,14 @@ impl TlsSection {
         let registration = match mode {
             Some(TlsMode::Enforcing) => {
                 let ca = self.ca_file.as_ref().unwrap_or(cert);
-                Some(
-                    ClientTls::from_ca_file(ca, self.server_name.clone())
-                        .context("[tls] ca_file")?,
-                )
+                // Without ca_file the certificate is its own trust: a missing cert_file was
+                // blamed on ca_file, which the operator never set.
+                let which = if self.ca_file.is_some() {
+                    "[tls] ca_file"
+                } else {
+                    "[tls] cert_file (also the trust for the broker's registration: ca_file is not set)"
+                };
+                Some(ClientTls::from_ca_file(ca, self.server_name.clone()).context(which)?)
             }
             _ => None,
         };

@@ -167,19 +167,44 @@ impl OffsetManager {
     /// (added empty when there is room), or the bound refuses it. A lease-based receive asks
     /// first, so that it never hands out a message whose acknowledgement could not be kept
     /// (the ack said done, and a restart delivered the message again).
-    pub(crate) fn reserve(&self, group: &str, topic: &str) -> Result<(), OffsetsFull> {
+    /// True when the entry was added now (empty: see [`Self::release_empty`]).
+    pub(crate) fn reserve(&self, group: &str, topic: &str) -> Result<bool, OffsetsFull> {
         let k = key(group, topic);
         let mut t = self.table.lock();
         if t.contains_key(&k) {
-            return Ok(());
+            return Ok(false);
         }
         if t.len() >= self.max_entries {
             drop(t);
-            return Err(self.refuse(group, topic));
+            let full = OffsetsFull {
+                max: self.max_entries,
+            };
+            if self.refusals_log.allow("reserve").is_some() {
+                tracing::warn!(group, topic, "a receive refused: {full}");
+            }
+            return Err(full);
         }
         t.insert(k, BTreeMap::new());
         self.dirty.store(true, Ordering::Release);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Removes `group`'s entries that hold no offset: the reservations of a lease group that
+    /// never committed, once its book is dropped (a group polling an empty topic, then
+    /// gone, would otherwise keep two entries for good). With `topic`, that entry only.
+    pub(crate) fn release_empty(&self, group: &str, topic: Option<&str>) -> usize {
+        let mut t = self.table.lock();
+        let before = t.len();
+        t.retain(|k, queues| {
+            let ours = split_key(k)
+                .is_some_and(|(tp, g)| g == group && topic.is_none_or(|want| want == tp));
+            !(ours && queues.is_empty())
+        });
+        let removed = before - t.len();
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        removed
     }
 
     fn refuse(&self, group: &str, topic: &str) -> OffsetsFull {

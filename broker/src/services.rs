@@ -142,9 +142,9 @@ impl BrokerServices {
         crate::acl::authorize_topic(&self.ctx.cfg.acl, peer, req, topic, perm).map_err(|d| d.0)
     }
 
-    /// Why RocketMQ clients cannot route to this broker, if they cannot: it has name servers
-    /// to register with, and none accepted a registration since the start or for two
-    /// minutes (the newest failure is named). `None` without name servers.
+    /// Why RocketMQ clients cannot route to this broker: it has name servers to register
+    /// with, and none accepted a registration since the start (the newest failure is named).
+    /// `None` without name servers, and once one accepted.
     pub fn registration_problem(&self) -> Option<String> {
         if self.ctx.cfg.namesrv_addrs.is_empty() {
             return None;

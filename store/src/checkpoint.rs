@@ -47,19 +47,24 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     fn encode(&self) -> Vec<u8> {
+        // Version 2 while there is no flag to write: a binary from before version 3 then
+        // still reads the checkpoint of a folder that never deleted a topic (an unreadable
+        // one costs a full scan and the refusals it vouches for).
+        let version = if self.floors_kept {
+            CHECKPOINT_VERSION
+        } else {
+            2
+        };
         let mut out = Vec::with_capacity(CHECKPOINT_LEN);
         out.extend_from_slice(CHECKPOINT_MAGIC);
-        out.extend_from_slice(&CHECKPOINT_VERSION.to_be_bytes());
+        out.extend_from_slice(&version.to_be_bytes());
         out.extend_from_slice(&self.flushed.to_be_bytes());
         out.extend_from_slice(&self.dispatched.to_be_bytes());
         out.extend_from_slice(&self.written_at_ms.to_be_bytes());
         out.extend_from_slice(&self.sealed_from.unwrap_or(u64::MAX).to_be_bytes());
-        let flags = if self.floors_kept {
-            FLAG_FLOORS_KEPT
-        } else {
-            0
-        };
-        out.extend_from_slice(&flags.to_be_bytes());
+        if self.floors_kept {
+            out.extend_from_slice(&FLAG_FLOORS_KEPT.to_be_bytes());
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
@@ -288,6 +293,11 @@ mod tests {
         };
         unsealed.store(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(unsealed));
+        assert_eq!(
+            std::fs::read(&path).unwrap().len(),
+            CHECKPOINT_V2_LEN,
+            "without a flag, the layout older binaries read"
+        );
         // Files of versions 1 (no seal field) and 2 (no flags) still read.
         for (version, len, sealed_from) in [
             (1u32, CHECKPOINT_V1_LEN, None),

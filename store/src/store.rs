@@ -142,7 +142,8 @@ impl Store {
         checkpoint::sweep_temp_files(&cfg.data_dir)?;
         // Read before recovery changes anything: a damaged file refuses the open first.
         let floors = Floors::load(&cfg.data_dir)?;
-        let clean = !checkpoint::mark_running(&cfg.data_dir)?;
+        // The refusals below come before the folder is marked running: refused, it stays as
+        // it was (a clean stop stays clean once the missing file is restored).
         let cp_path = cfg.data_dir.join("checkpoint");
         let cp = Checkpoint::load(&cp_path)?;
         floors.check_kept(cp.as_ref().is_some_and(|c| c.floors_kept))?;
@@ -159,6 +160,7 @@ impl Store {
                 cfg.data_dir.join("seal").display()
             )));
         }
+        let clean = !checkpoint::mark_running(&cfg.data_dir)?;
         let cq_root = cfg.data_dir.join("consumequeue");
         // Derived files that are missing are rebuilt by dispatching the whole log again.
         let rebuild_all = cp.is_none() || !cq_root.exists() || !cfg.data_dir.join("index").exists();

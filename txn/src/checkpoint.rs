@@ -64,6 +64,9 @@ pub(crate) struct LiveEntry {
     /// op replay may start below it, and applying those records again reset its check count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) op: Option<u64>,
+    /// The producer answered commit, and it could not be stored (see `Entry`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) commit_answered: bool,
 }
 
 impl LiveEntry {
@@ -95,6 +98,7 @@ impl LiveEntry {
                 }
             ),
             op: e.op_offset,
+            commit_answered: e.commit_answered,
         }
     }
 
@@ -116,6 +120,7 @@ impl LiveEntry {
         if self.parked {
             e.state = TxnState::Parked;
         }
+        e.commit_answered |= self.commit_answered;
     }
 }
 
@@ -176,6 +181,7 @@ mod tests {
                 parked: false,
                 commit_pending: true,
                 op: Some(7),
+                commit_answered: true,
             }],
         };
         store(dir.path(), &cp).unwrap();

@@ -49,6 +49,10 @@ pub(crate) struct Entry {
     pub(crate) checks: u32,
     pub(crate) last_check_ms: Option<i64>,
     pub(crate) last_answer: Option<(CheckAnswer, i64)>,
+    /// The producer answered a check with commit (and the broker could not store it, or the
+    /// transaction would not be open): kept through later answers and restarts, so the
+    /// final action parks it instead of rolling it back.
+    pub(crate) commit_answered: bool,
     pub(crate) decided_by: Option<Source>,
     pub(crate) resolved_ms: Option<i64>,
     /// Op-queue max offset seen when the decision in flight began (its op lands at or above).
@@ -82,6 +86,7 @@ impl Entry {
             checks: 0,
             last_check_ms: None,
             last_answer: None,
+            commit_answered: false,
             decided_by: None,
             resolved_ms: None,
             op_floor: 0,
@@ -308,7 +313,6 @@ impl Table {
             .map(|(_, e)| &**e)
     }
 
-    /// Adds an entry unless its identity is known; true when added.
     /// The tailer moved `half_next`: bounds the halves counted as waiting (see [`Unindexed`]).
     pub(crate) fn clamp_unindexed(&self) {
         if let Some(u) = &self.unindexed {
@@ -321,6 +325,7 @@ impl Table {
         self.unindexed = Some(unindexed);
     }
 
+    /// Adds an entry unless its identity is known; true when added.
     pub(crate) fn insert(&mut self, e: Entry) -> bool {
         if self.entries.contains_key(&e.id.half_offset) {
             return false;
@@ -481,6 +486,10 @@ impl Table {
         let undecided = |s: TxnState| matches!(s, TxnState::Open | TxnState::Parked);
         if let Some(e) = self.entries.get_mut(&id).filter(|e| undecided(e.state)) {
             e.last_answer = Some((answer, now));
+            if answer == CheckAnswer::Commit && !e.commit_answered {
+                e.commit_answered = true;
+                self.dirty = true;
+            }
         }
     }
 
@@ -544,13 +553,13 @@ impl Table {
             }
             let id = e.id.half_offset;
             if e.checks >= p.check_max || too_old {
-                let d = match (p.final_action, &e.last_answer) {
+                let d = match p.final_action {
                     // The producer answered commit and storing it failed (the transaction
                     // would not be open otherwise): that is never turned into a rollback.
                     // Kept, it waits for an operator's forced commit or a rearm.
-                    (_, Some((CheckAnswer::Commit, _))) => Decision::Park,
-                    (FinalAction::Rollback, _) => Decision::Discard,
-                    (FinalAction::Keep, _) => Decision::Park,
+                    _ if e.commit_answered => Decision::Park,
+                    FinalAction::Rollback => Decision::Discard,
+                    FinalAction::Keep => Decision::Park,
                 };
                 out.push(Due::Final(id, d));
             } else {

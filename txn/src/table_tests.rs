@@ -28,6 +28,7 @@ fn entry(id: u64, stored_ms: i64) -> Entry {
         checks: 0,
         last_check_ms: None,
         last_answer: None,
+        commit_answered: false,
         decided_by: None,
         resolved_ms: None,
         op_floor: 0,
@@ -92,6 +93,8 @@ fn a_commit_answer_that_could_not_be_stored_is_parked_not_discarded() {
         t.count_check(id, 1150);
     }
     t.note_answer(1, CheckAnswer::Commit, 1160);
+    // A later UNKNOWN does not undo it.
+    t.note_answer(1, CheckAnswer::Unknown, 1170);
     t.note_answer(2, CheckAnswer::Rollback, 1160);
     assert_eq!(
         t.due(1300, &cfg(), usize::MAX, &HashSet::new()),

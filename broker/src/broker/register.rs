@@ -30,10 +30,6 @@ pub(crate) struct Identity {
     pub(crate) broker_addr: SocketAddr,
 }
 
-/// Without a registration any name server accepted for this long, clients have no route to
-/// this broker: name servers drop a broker two minutes after its last registration.
-const REGISTRATION_STALE: Duration = Duration::from_secs(120);
-
 /// How the registrations went: the newest accepted one, and the newest failure.
 #[derive(Debug, Default)]
 pub(crate) struct RegistrationStatus {
@@ -49,22 +45,17 @@ impl RegistrationStatus {
         self.inner.lock().1 = Some(format!("{addr}: {why}"));
     }
 
-    /// Why TCP clients cannot find this broker, if they cannot: no name server accepted a
-    /// registration since the start, or for [`REGISTRATION_STALE`]. A broker whose
-    /// registrations all fail (a TLS certificate its own client refuses, a name server
-    /// down) answered ready while no RocketMQ client could route to it.
+    /// Why TCP clients cannot find this broker, if no name server accepted a registration
+    /// since the start: a broker whose registrations all fail from the first (a TLS
+    /// certificate its own client refuses, a wrong address) answered ready while no
+    /// RocketMQ client could route to it. Once one was accepted, later failures (a name
+    /// server down for a while) are logged, not made a readiness failure: HTTP clients need
+    /// no route, and every broker of a cluster would be taken out of service at once.
     pub(crate) fn problem(&self) -> Option<String> {
         let (ok, error) = &*self.inner.lock();
-        let fresh = ok.is_some_and(|t| t.elapsed() < REGISTRATION_STALE);
-        (!fresh).then(|| {
+        ok.is_none().then(|| {
             let why = error.as_deref().unwrap_or("no answer yet");
-            match ok {
-                None => format!("no name server accepted this broker's registration ({why})"),
-                Some(t) => format!(
-                    "no name server accepted this broker's registration for {} s ({why})",
-                    t.elapsed().as_secs()
-                ),
-            }
+            format!("no name server has accepted this broker's registration ({why})")
         })
     }
 }

@@ -600,8 +600,10 @@ async fn replay_one(
     let (dest, queue_id, retry_of) = match &status.target_topic {
         Some(t) if !t.starts_with(crate::topic::RETRY_PREFIX) => {
             let cfg = if ctx.cfg.auto_create_topic {
+                // As an HTTP send's auto-creation: the template's queue count.
+                let queues = i32::try_from(ctx.cfg.default_topic_queue_nums).unwrap_or(i32::MAX);
                 ctx.topics
-                    .get_or_create_for_send(t, DEFAULT_TOPIC, 4)
+                    .get_or_create_for_send(t, DEFAULT_TOPIC, queues)
                     .map_err(|r| r.remark)?
             } else {
                 ctx.topics

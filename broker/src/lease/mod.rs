@@ -228,16 +228,15 @@ impl LeaseService {
     #[tracing::instrument(skip_all, fields(group = %req.group, topic = %req.topic, max = req.max))]
     pub async fn receive(&self, req: ReceiveRequest) -> Result<Vec<Delivery>, LeaseError> {
         let plan = self.plan(&req)?;
-        for topic in [&plan.topic, &plan.retry_topic] {
-            self.ctx
-                .offsets
-                .reserve(&plan.group, topic)
-                .map_err(|e| LeaseError::OffsetsFull(e.to_string()))?;
-        }
         let max_groups = self.ctx.cfg.lease.max_groups;
-        let Some(book) = self.state.admit(&plan.group, max_groups) else {
+        let offsets = &self.ctx.offsets;
+        let admitted = self.state.admit(&plan.group, max_groups, |gone| {
+            offsets.release_empty(gone, None);
+        });
+        let Some(book) = admitted else {
             return Err(LeaseError::TooManyGroups(max_groups));
         };
+        self.reserve_offsets(&plan)?;
         self.ensure_expiry_task();
         let got = receive::collect(&self.ctx, &self.state, &plan, &book);
         if !got.is_empty() || req.wait.is_zero() || self.ctx.shutting_down() {
@@ -246,6 +245,21 @@ impl LeaseService {
         Ok(self
             .long_poll(&plan, &book, Instant::now() + req.wait)
             .await)
+    }
+
+    /// Makes sure the group can commit in the topic and its retry topic before anything is
+    /// leased (see [`OffsetManager::reserve`]); a half-made reservation is taken back.
+    fn reserve_offsets(&self, plan: &Plan) -> Result<(), LeaseError> {
+        let offsets = &self.ctx.offsets;
+        let full = |e: crate::offsets::OffsetsFull| LeaseError::OffsetsFull(e.to_string());
+        let made = offsets.reserve(&plan.group, &plan.topic).map_err(full)?;
+        if let Err(e) = offsets.reserve(&plan.group, &plan.retry_topic) {
+            if made {
+                offsets.release_empty(&plan.group, Some(&plan.topic));
+            }
+            return Err(full(e));
+        }
+        Ok(())
     }
 
     /// Acknowledges deliveries (one result per receipt).

@@ -188,13 +188,21 @@ impl LeaseState {
     ///
     /// The receive holds the book it is given until it answers, long poll included: a book in
     /// use is never swept, and the receive never makes a second one past the bound.
-    pub(crate) fn admit(&self, group: &str, max_groups: usize) -> Option<Arc<Mutex<Group>>> {
+    ///
+    /// `on_dropped` is told each group whose book a sweep drops, while no book of it can be
+    /// made again (the service releases its empty offset reservations there).
+    pub(crate) fn admit(
+        &self,
+        group: &str,
+        max_groups: usize,
+        on_dropped: impl FnMut(&str),
+    ) -> Option<Arc<Mutex<Group>>> {
         let mut groups = self.groups.lock();
         if let Some(book) = groups.get(group) {
             self.note_seen(group);
             return Some(Arc::clone(book));
         }
-        if groups.len() >= max_groups && !self.sweep_idle(&mut groups, max_groups) {
+        if groups.len() >= max_groups && !self.sweep_idle(&mut groups, max_groups, on_dropped) {
             return None;
         }
         let book = Arc::new(Mutex::new(self.new_book(group)));
@@ -217,6 +225,7 @@ impl LeaseState {
         &self,
         groups: &mut HashMap<String, Arc<Mutex<Group>>>,
         max_groups: usize,
+        mut on_dropped: impl FnMut(&str),
     ) -> bool {
         let now = std::time::Instant::now();
         let mut fruitless = self.last_sweep.lock();
@@ -224,8 +233,12 @@ impl LeaseState {
             return false;
         }
         let before = groups.len();
-        groups.retain(|_, book| {
+        groups.retain(|name, book| {
             let idle = Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle());
+            if idle {
+                // Under the map's lock: no new book of the group can appear meanwhile.
+                on_dropped(name);
+            }
             !idle
         });
         let dropped = before - groups.len();

@@ -799,6 +799,52 @@ async fn a_group_that_could_not_commit_is_refused_before_anything_is_leased() {
     cluster.stop().await;
 }
 
+/// A receive reserved its group's offset entries before the book was admitted (a 429 left
+/// two entries for good), and a group that never committed kept them after its book was
+/// dropped: short-lived groups polling an empty topic filled `max_consumer_offsets`.
+#[tokio::test]
+async fn offset_reservations_go_with_refused_receives_and_dropped_books() {
+    let cluster = start_cluster_with(|cfg| cfg.lease.max_groups = 1).await;
+    topic(&cluster, "Orders", 1);
+    let services = cluster.broker.services();
+    let leases = services.leases();
+    let topics_of = |g: &str| {
+        let mut t = services.committed_topics(g);
+        t.sort();
+        t
+    };
+    assert!(leases
+        .receive(request("g1", "Orders", 1, Duration::ZERO))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(topics_of("g1"), ["%RETRY%g1", "Orders"], "reserved");
+    produce(&cluster, "Orders", 0, &["a"], None).await;
+    let held = leases
+        .receive(request("g2", "Orders", 1, PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(
+        topics_of("g1").is_empty(),
+        "g1's book went, and its empty entries"
+    );
+    assert_eq!(
+        leases
+            .receive(request("g3", "Orders", 1, Duration::ZERO))
+            .await
+            .err(),
+        Some(LeaseError::TooManyGroups(1))
+    );
+    assert!(
+        topics_of("g3").is_empty(),
+        "a refused receive reserves nothing"
+    );
+    assert!(leases.ack("g2", &[held[0].receipt.clone()])[0].is_ok());
+    assert_eq!(services.query_offset("g2", "Orders", 0), Some(1));
+    cluster.stop().await;
+}
+
 /// A receive fetched its group's book again for every look, so a long-polling group's book
 /// counted as idle between looks: a new group took its place and the poll then made a second
 /// book past the bound. A receive holds its book until it answers now.

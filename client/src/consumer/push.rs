@@ -403,7 +403,10 @@ impl ConsumerInner {
         }
         self.offsets.persist_all(&self.core, &self.group).await;
         if let Some(renewing) = renewing {
+            // Waited for: a renewal already on its way could land after the unlock below and
+            // hold an idle queue for the broker's departed-client lifetime.
             renewing.abort();
+            let _ = renewing.await;
         }
         let mut busy_queues = Vec::new();
         if self.s.orderly {

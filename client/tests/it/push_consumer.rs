@@ -640,9 +640,9 @@ async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked
 
 /// A shutdown waiting for an orderly handler stopped renewing its queue's lock for the whole
 /// wait (the lock loop ends with the shutdown): a wait longer than the lock's lifetime at the
-/// broker (35 s after the last renewal once the client has left) let the next member lock the
-/// queue and consume it beside the running handler. The drained queues' locks are now renewed
-/// while the shutdown waits.
+/// broker (60 s after the last renewal) let the next member lock the queue and consume it
+/// beside the running handler. The drained queues' locks are now renewed while the shutdown
+/// waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_shutdown_wait_keeps_a_running_orderly_handlers_queue_locked() {
     let cluster = start_cluster(1).await;
@@ -658,21 +658,29 @@ async fn a_long_shutdown_wait_keeps_a_running_orderly_handlers_queue_locked() {
         release.clone(),
         None,
         overlaps.clone(),
-        Duration::from_secs(40),
+        Duration::from_secs(66),
     )
     .await;
     let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
     let started = tokio::time::Instant::now();
     let stopping = tokio::spawn(async move { a.shutdown().await });
-    // Past the wait (40 s) and the moment the broker learns a left: a lock not renewed
-    // during the wait has lapsed by then, and b, asking every 500 ms, would hold it.
-    tokio::time::sleep_until(started + Duration::from_secs(46)).await;
-    assert!(a_m.running.load(Ordering::SeqCst), "a's handler still runs");
-    assert!(stopping.is_finished(), "a's shutdown gave up waiting");
+    // Within the wait (66 s): a lock last renewed at most 20 s before it began lapses at the
+    // broker 60 s after that renewal unless renewed, and b, asking every 500 ms, would hold
+    // it from then on.
+    tokio::time::sleep_until(started + Duration::from_secs(64)).await;
+    assert!(!stopping.is_finished(), "a's shutdown still waits");
     assert_eq!(
         b_m.log.lock().clone(),
         Vec::<String>::new(),
-        "b did not consume the queue beside a's running handler"
+        "b did not consume the queue beside a's handler during the wait"
+    );
+    stopping.await.unwrap();
+    assert!(a_m.running.load(Ordering::SeqCst), "a's handler still runs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        b_m.log.lock().clone(),
+        Vec::<String>::new(),
+        "nor after a left"
     );
     release.add_permits(1);
     assert!(

@@ -118,7 +118,7 @@ pub(crate) struct ListTopicsQuery {
     responses(
         (status = 201, description = "Created", body = TopicOut),
         (status = 200, description = "Already exists with this shape", body = TopicOut),
-        (status = 400, description = "Bad name, queue count or permission", body = ErrorBody),
+        (status = 400, description = "Bad name or permission", body = ErrorBody),
         (status = 409, description = "Exists with another shape, or a topic of that name is being deleted (retry)", body = ErrorBody),
         (status = 422, description = "Out of range (queues), or the broker holds `[broker] max_topics` topics", body = ErrorBody),
         (status = 503, description = "In effect, but topics.json could not be saved; retry", body = ErrorBody),

@@ -268,6 +268,10 @@ fn a_removed_floors_file_refuses_the_open() {
         e.contains("queue-floors is missing") && e.contains("Restore it"),
         "{e}"
     );
+    assert!(
+        !dir.path().join("abort").exists(),
+        "refused before the folder is marked running: it stays cleanly stopped"
+    );
     std::fs::write(&path, "sluice queue floors 1\n").unwrap();
     let store = open(&cfg);
     assert_eq!(offsets(&store, "T", 0), vec![0, 1, 2, 3]);

@@ -580,6 +580,51 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_
     cluster.stop().await;
 }
 
+/// One queue, `m0` sent, member `a` (with `shutdown` as its shutdown wait) handling it and
+/// held there until `release`, and member `b` joined: the queue is b's once a lets it go.
+struct Handover {
+    cluster: Cluster,
+    producer: Producer,
+    release: Arc<tokio::sync::Semaphore>,
+    overlaps: Arc<AtomicUsize>,
+    a: PushConsumer,
+    a_m: Member,
+    b: PushConsumer,
+    b_m: Member,
+}
+
+impl Handover {
+    async fn start(shutdown: Duration) -> Self {
+        let cluster = start_cluster(1).await;
+        cluster.create_topic("Handover", 1).await;
+        let producer = Producer::builder(cluster.config()).start().await.unwrap();
+        producer.send(Message::new("Handover", "m0")).await.unwrap();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let overlaps = Arc::new(AtomicUsize::new(0));
+        let (a, a_m) = orderly_member(
+            &cluster,
+            "zz-a",
+            "m0",
+            release.clone(),
+            None,
+            overlaps.clone(),
+            shutdown,
+        )
+        .await;
+        let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
+        Self {
+            cluster,
+            producer,
+            release,
+            overlaps,
+            a,
+            a_m,
+            b,
+            b_m,
+        }
+    }
+}
+
 /// A shutdown that timed out with an orderly handler still running unlocked its queue, and
 /// the broker released a departing client's locks at once: the next member consumed the
 /// queue beside that handler, out of order. Then the queue stayed locked only until the
@@ -587,23 +632,16 @@ async fn an_orderly_queue_changes_hands_only_after_its_running_handler_finished_
 /// stopped consumer now renews the lock until the handler ends, and unlocks it then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked_until_it_ends() {
-    let cluster = start_cluster(1).await;
-    cluster.create_topic("Handover", 1).await;
-    let producer = Producer::builder(cluster.config()).start().await.unwrap();
-    producer.send(Message::new("Handover", "m0")).await.unwrap();
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let overlaps = Arc::new(AtomicUsize::new(0));
-    let (a, a_m) = orderly_member(
-        &cluster,
-        "zz-a",
-        "m0",
-        release.clone(),
-        None,
-        overlaps.clone(),
-        Duration::from_millis(500),
-    )
-    .await;
-    let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
+    let Handover {
+        cluster,
+        producer,
+        release,
+        overlaps,
+        a,
+        a_m,
+        b,
+        b_m,
+    } = Handover::start(Duration::from_millis(500)).await;
     a.shutdown().await;
     let stopped = tokio::time::Instant::now();
     assert!(
@@ -645,23 +683,16 @@ async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked
 /// waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_shutdown_wait_keeps_a_running_orderly_handlers_queue_locked() {
-    let cluster = start_cluster(1).await;
-    cluster.create_topic("Handover", 1).await;
-    let producer = Producer::builder(cluster.config()).start().await.unwrap();
-    producer.send(Message::new("Handover", "m0")).await.unwrap();
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let overlaps = Arc::new(AtomicUsize::new(0));
-    let (a, a_m) = orderly_member(
-        &cluster,
-        "zz-a",
-        "m0",
-        release.clone(),
-        None,
-        overlaps.clone(),
-        Duration::from_secs(66),
-    )
-    .await;
-    let (b, b_m) = second_member(&cluster, &a_m, "m0", &release, &overlaps).await;
+    let Handover {
+        cluster,
+        producer,
+        release,
+        overlaps,
+        a,
+        a_m,
+        b,
+        b_m,
+    } = Handover::start(Duration::from_secs(66)).await;
     let started = tokio::time::Instant::now();
     let stopping = tokio::spawn(async move { a.shutdown().await });
     // Within the wait (66 s): a lock last renewed at most 20 s before it began lapses at the

@@ -632,48 +632,42 @@ impl Handover {
 /// stopped consumer now renews the lock until the handler ends, and unlocks it then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked_until_it_ends() {
-    let Handover {
-        cluster,
-        producer,
-        release,
-        overlaps,
-        a,
-        a_m,
-        b,
-        b_m,
-    } = Handover::start(Duration::from_millis(500)).await;
-    a.shutdown().await;
+    let h = Handover::start(Duration::from_millis(500)).await;
+    h.a.shutdown().await;
     let stopped = tokio::time::Instant::now();
     assert!(
-        a_m.running.load(Ordering::SeqCst),
+        h.a_m.running.load(Ordering::SeqCst),
         "a's handler outlived its shutdown"
     );
-    producer.send(Message::new("Handover", "m1")).await.unwrap();
+    h.producer
+        .send(Message::new("Handover", "m1"))
+        .await
+        .unwrap();
     // A bounded look while a's handler runs, past the 35 s after which the broker lets a
     // departed client's lock lapse unless renewed: b rebalances every 3 s and asks for the
     // lock every 500 ms, so a free queue would be b's within this window.
     tokio::time::sleep_until(stopped + Duration::from_secs(42)).await;
     assert!(
-        a_m.running.load(Ordering::SeqCst),
+        h.a_m.running.load(Ordering::SeqCst),
         "a's handler still runs (it gives up after 120 s)"
     );
     assert_eq!(
-        b_m.log.lock().clone(),
+        h.b_m.log.lock().clone(),
         Vec::<String>::new(),
         "b did not consume the queue beside a's running handler"
     );
-    release.add_permits(1);
+    h.release.add_permits(1);
     // Once the handler ends, the stopped consumer unlocks the queue and b takes it over
     // (m0 again: a's offset for it was never committed).
     assert!(
-        wait_until(|| async { b_m.log.lock().iter().any(|m| m == "m1") }).await,
+        wait_until(|| async { h.b_m.log.lock().iter().any(|m| m == "m1") }).await,
         "b consumed the queue after a's handler ended: {:?}",
-        b_m.log.lock()
+        h.b_m.log.lock()
     );
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
-    b.shutdown().await;
-    producer.shutdown().await;
-    cluster.stop().await;
+    assert_eq!(h.overlaps.load(Ordering::SeqCst), 0);
+    h.b.shutdown().await;
+    h.producer.shutdown().await;
+    h.cluster.stop().await;
 }
 
 /// A shutdown waiting for an orderly handler stopped renewing its queue's lock for the whole
@@ -683,17 +677,9 @@ async fn a_shutdown_that_times_out_keeps_a_running_orderly_handlers_queue_locked
 /// waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_shutdown_wait_keeps_a_running_orderly_handlers_queue_locked() {
-    let Handover {
-        cluster,
-        producer,
-        release,
-        overlaps,
-        a,
-        a_m,
-        b,
-        b_m,
-    } = Handover::start(Duration::from_secs(66)).await;
+    let h = Handover::start(Duration::from_secs(66)).await;
     let started = tokio::time::Instant::now();
+    let a = h.a;
     let stopping = tokio::spawn(async move { a.shutdown().await });
     // Within the wait (66 s): a lock last renewed at most 20 s before it began lapses at the
     // broker 60 s after that renewal unless renewed, and b, asking every 500 ms, would hold
@@ -701,27 +687,30 @@ async fn a_long_shutdown_wait_keeps_a_running_orderly_handlers_queue_locked() {
     tokio::time::sleep_until(started + Duration::from_secs(64)).await;
     assert!(!stopping.is_finished(), "a's shutdown still waits");
     assert_eq!(
-        b_m.log.lock().clone(),
+        h.b_m.log.lock().clone(),
         Vec::<String>::new(),
         "b did not consume the queue beside a's handler during the wait"
     );
     stopping.await.unwrap();
-    assert!(a_m.running.load(Ordering::SeqCst), "a's handler still runs");
+    assert!(
+        h.a_m.running.load(Ordering::SeqCst),
+        "a's handler still runs"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        b_m.log.lock().clone(),
+        h.b_m.log.lock().clone(),
         Vec::<String>::new(),
         "nor after a left"
     );
-    release.add_permits(1);
+    h.release.add_permits(1);
     assert!(
-        wait_until(|| async { b_m.log.lock().iter().any(|m| m == "m0") }).await,
+        wait_until(|| async { h.b_m.log.lock().iter().any(|m| m == "m0") }).await,
         "b took the queue over once a's handler ended"
     );
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
-    b.shutdown().await;
-    producer.shutdown().await;
-    cluster.stop().await;
+    assert_eq!(h.overlaps.load(Ordering::SeqCst), 0);
+    h.b.shutdown().await;
+    h.producer.shutdown().await;
+    h.cluster.stop().await;
 }
 
 #[tokio::test]

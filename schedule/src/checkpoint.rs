@@ -23,6 +23,10 @@ use crate::run::{self, Run};
 use crate::state::State;
 use crate::stats::Counters;
 
+/// Failed checkpoints and merges, tried again every interval: one line per 10 s each.
+static CHECKPOINT_LOG: sluice_broker::log_every::LogEvery =
+    sluice_broker::log_every::LogEvery::new(Duration::from_secs(10));
+
 /// The checkpoint thread's loop; a last checkpoint runs once stop is set.
 pub(crate) fn run(core: Arc<Core>) {
     loop {
@@ -35,13 +39,17 @@ pub(crate) fn run(core: Arc<Core>) {
             return;
         }
         if let Err(e) = checkpoint(&core, stopping) {
-            tracing::error!(error = %e, "schedule checkpoint failed; will retry");
+            if let Some(held_back) = CHECKPOINT_LOG.allow("checkpoint") {
+                tracing::error!(error = %e, held_back, "schedule checkpoint failed; will retry");
+            }
         }
         if stopping {
             return;
         }
         if let Err(e) = compact(&core) {
-            tracing::error!(error = %e, "schedule run merge failed; will retry");
+            if let Some(held_back) = CHECKPOINT_LOG.allow("merge") {
+                tracing::error!(error = %e, held_back, "schedule run merge failed; will retry");
+            }
         }
     }
 }

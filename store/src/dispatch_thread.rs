@@ -29,6 +29,24 @@ struct Failing {
 /// Pauses between dispatch retries: from the first to the longest, doubling.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// One log line per [`FAILING_LOG_EVERY`], with the count of those held back.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    fn allow(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < FAILING_LOG_EVERY) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
 /// Failures in a row (0.7 s of retries) before readiness says so: one passing error (a
 /// descriptor short for a moment) does not make probes flap.
 const FAILING_AFTER: u64 = 3;
@@ -68,6 +86,9 @@ pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreCo
     let mut last_checkpoint = Instant::now();
     let mut checkpoints = 0u64;
     let mut failing = Failing::default();
+    // A checkpoint that keeps failing (no descriptors, a full disk) is tried every
+    // `checkpoint_interval`: one line per FAILING_LOG_EVERY, not one a second.
+    let mut checkpoint_log = Throttle::default();
     loop {
         let closing = shared.closing.load(std::sync::atomic::Ordering::Acquire);
         let source = if follow_flushed {
@@ -104,7 +125,9 @@ pub(crate) fn run(dispatcher: Arc<Dispatcher>, shared: Arc<Shared>, cfg: StoreCo
         }
         if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
             if let Err(e) = dispatcher.checkpoint(&shared, &checkpoint_path) {
-                tracing::error!(error = %e, "checkpoint failed");
+                if let Some(held_back) = checkpoint_log.allow() {
+                    tracing::error!(error = %e, held_back, "checkpoint failed; retried every checkpoint_interval");
+                }
             }
             dispatcher.release_behind(shared.dispatched.get());
             checkpoints += 1;

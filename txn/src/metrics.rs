@@ -37,7 +37,7 @@ impl Counters {
 /// start. The HTTP facade exports these as metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TxnMetrics {
-    /// Undecided transactions being checked.
+    /// Undecided transactions: being checked, or stored and not yet read by the checker.
     pub open: u64,
     /// Transactions parked by the final action `keep`.
     pub parked: u64,

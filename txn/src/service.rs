@@ -309,7 +309,9 @@ impl TxnService {
         self.shared.counters.fill(&mut m);
         if let Some(core) = self.shared.core.read().clone() {
             let g = self.table_gauges(&core);
-            m.open = g.open;
+            // Halves stored but not yet read by the checker are open too (they count toward
+            // `max_open`): without them the gauge lagged a burst by up to a tick.
+            m.open = g.open + self.shared.unindexed.get() as u64;
             m.parked = g.parked;
             m.resolving = g.resolving;
             m.resolved_in_memory = g.done;

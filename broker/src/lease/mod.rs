@@ -152,7 +152,7 @@ pub const MAX_TAG_EXPRESSION: usize = 4096;
 pub enum LeaseError {
     /// A receive for a new group while `max_groups` groups hold lease books and none of them
     /// is idle (see [`LeaseConfig::max_groups`]).
-    #[error("{0} consumer groups already receive here (max_groups); retry later or reuse a group")]
+    #[error("{0} consumer groups already receive here ([http] max_receive_groups), none idle; retry later or reuse a group")]
     TooManyGroups(usize),
     /// The group has no committed offsets in the topic (or its retry topic) and the broker's
     /// table of them is full (`[broker] max_consumer_offsets`): nothing is leased that could

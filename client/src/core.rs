@@ -270,6 +270,14 @@ impl ClientCore {
     }
 
     /// The master address of a broker seen in any route.
+    /// Names `addr` as `broker_name`'s master without a route (tests).
+    #[cfg(test)]
+    pub(crate) fn set_master_for_tests(&self, broker_name: &str, addr: &str) {
+        self.masters
+            .write()
+            .insert(broker_name.to_owned(), addr.to_owned());
+    }
+
     pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ClientError> {
         self.masters
             .read()

@@ -70,12 +70,76 @@ impl OffsetStore {
     }
 
     /// Persists every changed offset; failures are logged and retried next time.
+    ///
+    /// Brokers are committed to side by side, and a broker that cannot be reached (a
+    /// connection error, not an answer) gets no further try this round: each queue waited
+    /// its own connect timeout before, one after another, so a shutdown with one black-holed
+    /// broker took queues times the timeout and the healthy brokers' queues queued behind
+    /// it could miss their final commit.
     pub(crate) async fn persist_all(&self, core: &ClientCore, group: &str) {
-        let queues: Vec<MessageQueue> = self.table.lock().keys().cloned().collect();
-        for mq in queues {
-            if let Err(e) = self.persist(core, group, &mq).await {
-                tracing::warn!(topic = %mq.topic, queue_id = mq.queue_id, error = %e, "offset not persisted");
-            }
+        let mut by_broker: std::collections::BTreeMap<String, Vec<MessageQueue>> =
+            std::collections::BTreeMap::new();
+        for mq in self.table.lock().keys() {
+            by_broker
+                .entry(mq.broker_name.clone())
+                .or_default()
+                .push(mq.clone());
         }
+        let rounds = by_broker.into_values().map(|queues| async move {
+            for (i, mq) in queues.iter().enumerate() {
+                match self.persist(core, group, mq).await {
+                    Ok(()) => {}
+                    Err(e @ ClientError::Remoting { .. }) => {
+                        tracing::warn!(broker = %mq.broker_name, error = %e, left = queues.len() - i, "broker unreachable; its offsets are tried again next round");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %mq.topic, queue_id = mq.queue_id, error = %e, "offset not persisted");
+                    }
+                }
+            }
+        });
+        futures::future::join_all(rounds).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A broker that cannot be reached was tried once per queue, one after another, each
+    /// try waiting its connect timeout (a shutdown with a black-holed broker took queues
+    /// times the timeout): after its first connection failure a broker gets no further try
+    /// in that round.
+    #[tokio::test]
+    async fn an_unreachable_broker_is_tried_once_per_round_not_once_per_queue() {
+        // Accepts and drops every connection: each try fails at the network level.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let server = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let core = ClientCore::new(crate::ClientConfig::new("127.0.0.1:9876"), tx).unwrap();
+        core.set_master_for_tests("dead", &addr);
+        let store = OffsetStore::default();
+        for queue_id in 0..5 {
+            let mq = MessageQueue {
+                topic: "T".into(),
+                broker_name: "dead".into(),
+                queue_id,
+            };
+            store.insert(&mq, 7);
+        }
+        store.persist_all(&core, "g").await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one try for the broker");
+        server.abort();
     }
 }

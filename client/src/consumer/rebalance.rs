@@ -245,8 +245,13 @@ impl ConsumerInner {
             let held = match self.lock_request(&broker, &mqs).await {
                 Ok(held) => held,
                 Err(e) => {
-                    tracing::debug!(broker = %broker, error = %e, "lock request failed");
-                    HashSet::new()
+                    // No answer is not a refusal: the broker keeps a lock 60 s after its last
+                    // renewal, and each queue's own lock lapses locally (`LOCK_TTL`) unless a
+                    // renewal succeeds first. Taken as refused, one timed-out request stopped
+                    // every orderly queue of the broker after its current message, each to be
+                    // locked and its offset read again.
+                    tracing::debug!(broker = %broker, error = %e, "lock request failed; locks held so far lapse on their own");
+                    continue;
                 }
             };
             let not_owned: Vec<MessageQueue> = {

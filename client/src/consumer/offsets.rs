@@ -16,6 +16,11 @@ use crate::error::ClientError;
 #[derive(Debug, Default)]
 pub(crate) struct OffsetStore {
     table: Mutex<HashMap<MessageQueue, Entry>>,
+    /// Held by a round of [`Self::persist_all`] and by a released queue's last commit, so the
+    /// two never race: a round's older offset, answered after the release's newer one, could
+    /// be applied last (the broker handles each request on its own) and pull the group's
+    /// committed offset back, to redeliver what the released queue had finished.
+    committing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +48,6 @@ impl OffsetStore {
         }
     }
 
-    /// Forgets `mq`, returning its offset.
-    pub(crate) fn remove(&self, mq: &MessageQueue) -> Option<i64> {
-        self.table.lock().remove(mq).map(|e| e.offset)
-    }
-
     /// Persists one queue's offset if it changed since the last acknowledgement.
     pub(crate) async fn persist(
         &self,
@@ -69,6 +69,19 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// A released queue: commits its offset (after any round under way) and forgets it.
+    pub(crate) async fn persist_and_remove(
+        &self,
+        core: &ClientCore,
+        group: &str,
+        mq: &MessageQueue,
+    ) -> Result<(), ClientError> {
+        let _one = self.committing.lock().await;
+        let persisted = self.persist(core, group, mq).await;
+        self.table.lock().remove(mq);
+        persisted
+    }
+
     /// Persists every changed offset; failures are logged and retried next time.
     ///
     /// Brokers are committed to side by side, and a broker that cannot be reached (a
@@ -77,6 +90,7 @@ impl OffsetStore {
     /// broker took queues times the timeout and the healthy brokers' queues queued behind
     /// it could miss their final commit.
     pub(crate) async fn persist_all(&self, core: &ClientCore, group: &str) {
+        let _one = self.committing.lock().await;
         let mut by_broker: std::collections::BTreeMap<String, Vec<MessageQueue>> =
             std::collections::BTreeMap::new();
         for mq in self.table.lock().keys() {
@@ -141,5 +155,34 @@ mod tests {
         store.persist_all(&core, "g").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one try for the broker");
         server.abort();
+    }
+
+    /// A released queue's last commit raced a periodic round: the round's older offset,
+    /// answered later, could be applied last and pull the group's offset back. It waits for
+    /// the round now, then forgets the queue.
+    #[tokio::test]
+    async fn a_released_queues_last_commit_waits_for_a_round_under_way() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let core =
+            Arc::new(ClientCore::new(crate::ClientConfig::new("127.0.0.1:9876"), tx).unwrap());
+        let store = Arc::new(OffsetStore::default());
+        let mq = MessageQueue {
+            topic: "T".into(),
+            broker_name: "nowhere".into(),
+            queue_id: 0,
+        };
+        store.insert(&mq, 3);
+        let round = store.committing.lock().await;
+        let release = {
+            let (store, core, mq) = (Arc::clone(&store), Arc::clone(&core), mq.clone());
+            tokio::spawn(async move { store.persist_and_remove(&core, "g", &mq).await })
+        };
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!release.is_finished(), "waits while a round runs");
+        drop(round);
+        let _ = release.await.unwrap();
+        assert!(store.table.lock().get(&mq).is_none(), "forgotten");
     }
 }

@@ -184,10 +184,13 @@ impl ConsumerInner {
         }
         self.forget(&pq);
         self.offsets.update(&pq.mq, pq.commit_point());
-        if let Err(e) = self.offsets.persist(&self.core, &self.group, &pq.mq).await {
+        if let Err(e) = self
+            .offsets
+            .persist_and_remove(&self.core, &self.group, &pq.mq)
+            .await
+        {
             tracing::warn!(topic = %pq.mq.topic, queue_id = pq.mq.queue_id, error = %e, "offset of a released queue not persisted");
         }
-        self.offsets.remove(&pq.mq);
         if self.s.orderly {
             self.unlock(vec![pq.mq.clone()]).await;
         }

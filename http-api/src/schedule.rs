@@ -207,10 +207,14 @@ async fn reschedule(
 ) -> ApiResult<Json<OpOut>> {
     guard_group_topic(&state, &topic, &headers)?;
     let when = when_of(&body)?;
+    // A key of spaces only (`%20`) is a malformed request, not a time out of range.
+    if key.trim().is_empty() {
+        return Err(ApiError::bad_request("the key (or id) must not be blank"));
+    }
     let sel = selector(&topic, key, q.by);
     let svc = state.schedule()?;
     let report = svc.reschedule(&sel, when).await.map_err(|e| match e {
-        // The selector cannot be empty here (a path segment), so this is the new time.
+        // The selector was checked above, so this is the new time.
         ScheduleError::InvalidArgument(m) => ApiError::unprocessable(m),
         other => schedule_error(other),
     })?;

@@ -297,7 +297,12 @@ impl Inner {
             state: SlotState::Cancelled,
             verify: false,
         });
-        if slot.state == SlotState::Pending {
+        // A cancel whose marker is indexed before the cancel ends (its op task has not run
+        // `finish_cancel` yet) is done too: left Cancelling, a checkpoint in between saved a
+        // late timer as still to release, while the marker's tombstone went to a run below
+        // the watermark that no start reads again, and the timer was released after a
+        // restart although its cancel was answered `cancelled`.
+        if matches!(slot.state, SlotState::Pending | SlotState::Cancelling) {
             slot.state = SlotState::Cancelled;
         }
     }

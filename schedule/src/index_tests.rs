@@ -217,6 +217,52 @@ fn a_late_timer_never_pulls_the_saved_watermark_back() {
     assert_eq!(after.w, second.w);
 }
 
+/// A late timer (indexed after the watermark passed its key) whose cancel marker was indexed
+/// before the cancel's task ended it: a checkpoint in between saved the timer as late and
+/// still to release, and a start from that checkpoint released it, its cancel answered
+/// `cancelled` (a reschedule delivered it twice).
+#[test]
+fn a_late_timer_cancelled_while_a_checkpoint_ran_stays_cancelled_after_a_restart() {
+    let ix = index();
+    let mut g = ix.inner.lock();
+    load(&mut g, 1000);
+    g.insert_timer(Key::new(1300, 2), Kind::Fire, 10, "T");
+    for d in g.take_due(1300, 10) {
+        g.complete(d.key, Released::Done, Some("T"));
+    }
+    let _ = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    let late = Key::new(1250, 7);
+    g.insert_timer(late, Kind::Fire, 33, "T");
+    assert!(matches!(g.begin_cancel(late, None), BeginCancel::Started));
+    g.apply_tombstone(late, "T");
+    let snap = g.snapshot();
+    g.finish_snapshot(None, &[]);
+    g.finish_cancel(late, true);
+    assert!(
+        snap.late.is_empty(),
+        "not saved as still to release: {:?}",
+        snap.late
+    );
+    drop(g);
+    let again = TimerIndex::new(
+        Vec::new(),
+        snap.w,
+        snap.enqueue.clone(),
+        snap.pending.clone(),
+        HashSet::new(),
+        BTreeSet::new(),
+        i64::MAX,
+    );
+    again.restore_late(&snap.late);
+    let mut g = again.inner.lock();
+    g.ready = true;
+    assert!(
+        g.take_due(2000, 10).is_empty(),
+        "the cancelled timer is not released"
+    );
+}
+
 /// A timer released above the watermark before a stop is known released after the start,
 /// before the window is loaded again: the runs still hold it as pending, and a cancel must not
 /// be told it stopped a message its consumers already have.

@@ -1,7 +1,8 @@
 //! RECALL_MESSAGE (370, RocketMQ 5.3.2+): cancel a timer message with the handle its send
 //! returned. The handle is Base64-URL of `"v1 <topic> <brokerName> <timestamp> <UNIQ_KEY>"`.
 //!
-//! Answers: SUCCESS (ext `msgId`) when the message is cancelled now or was already;
+//! Answers: SUCCESS (ext `msgId`) when the message is cancelled now or was already, or was
+//! dropped as undeliverable (it will never be delivered either);
 //! ILLEGAL_OPERATION (604) with a remark when it was delivered, nothing matches, or the handle
 //! is for another topic or broker; SYSTEM_ERROR for a bad header or handle.
 

@@ -198,6 +198,11 @@ async fn reschedule_refuses_bad_bodies_and_times() {
         .patch("/v1/topics/R/scheduled/k", json!({"deliver_at_ms": far}))
         .await;
     assert_eq!((st, error_code(&r)), (422, "unprocessable"));
+    // A blank key is a malformed request (it was answered 422 "new time out of range").
+    let (st, r) = s
+        .patch("/v1/topics/R/scheduled/%20", json!({"delay_ms": 1_000}))
+        .await;
+    assert_eq!((st, error_code(&r)), (400, "bad_request"), "{r}");
     let (st, r) = s.get("/v1/topics/R/scheduled").await;
     assert_eq!((st, error_code(&r)), (400, "bad_request"));
     s.stop().await;

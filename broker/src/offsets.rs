@@ -2,7 +2,7 @@
 //! consume, saved to `<data_dir>/config/consumerOffset.json` every `offset_flush_interval` and at
 //! shutdown. At-least-once: after a crash up to one interval of progress is replayed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -189,16 +189,26 @@ impl OffsetManager {
         Ok(true)
     }
 
-    /// Removes `group`'s entries that hold no offset: the reservations of a lease group that
-    /// never committed, once its book is dropped (a group polling an empty topic, then
-    /// gone, would otherwise keep two entries for good). With `topic`, that entry only.
-    pub(crate) fn release_empty(&self, group: &str, topic: Option<&str>) -> usize {
+    /// Takes back one reservation that still holds no offset (a receive that could not
+    /// reserve its retry topic after its topic).
+    pub(crate) fn release_reserved(&self, group: &str, topic: &str) {
+        let mut t = self.table.lock();
+        let k = key(group, topic);
+        if t.get(&k).is_some_and(BTreeMap::is_empty) {
+            t.remove(&k);
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Removes the entries of `groups` that hold no offset: the reservations of lease groups
+    /// that never committed, once their books are dropped (groups polling an empty topic,
+    /// then gone, would otherwise keep two entries each for good). One pass over the table
+    /// for a whole sweep's groups.
+    pub(crate) fn release_empty_of(&self, groups: &HashSet<String>) -> usize {
         let mut t = self.table.lock();
         let before = t.len();
         t.retain(|k, queues| {
-            let ours = split_key(k)
-                .is_some_and(|(tp, g)| g == group && topic.is_none_or(|want| want == tp));
-            !(ours && queues.is_empty())
+            !(queues.is_empty() && split_key(k).is_some_and(|(_, g)| groups.contains(g)))
         });
         let removed = before - t.len();
         if removed > 0 {

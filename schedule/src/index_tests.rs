@@ -17,6 +17,22 @@ fn index() -> TimerIndex {
     ix
 }
 
+/// An index as a start from `snap` makes it (no runs), ready.
+fn started_from(snap: &Snapshot) -> TimerIndex {
+    let ix = TimerIndex::new(
+        Vec::new(),
+        snap.w,
+        snap.enqueue.clone(),
+        snap.pending.clone(),
+        HashSet::new(),
+        BTreeSet::new(),
+        i64::MIN,
+    );
+    ix.restore_late(&snap.late);
+    ix.inner.lock().ready = true;
+    ix
+}
+
 fn load(inner: &mut Inner, now: i64) {
     let plan = inner.load_plan(now, 10_000).expect("a load is due");
     assert!(inner.install(&plan, Vec::new(), 1000, None));
@@ -197,18 +213,8 @@ fn a_late_timer_never_pulls_the_saved_watermark_back() {
     drop(g);
 
     // A start from that snapshot releases the late timer, and only it.
-    let again = TimerIndex::new(
-        Vec::new(),
-        second.w,
-        BTreeMap::new(),
-        second.pending.clone(),
-        HashSet::new(),
-        BTreeSet::new(),
-        i64::MIN,
-    );
-    again.restore_late(&second.late);
+    let again = started_from(&second);
     let mut g = again.inner.lock();
-    g.ready = true;
     let due: Vec<Key> = g.take_due(2000, 10).iter().map(|d| d.key).collect();
     assert_eq!(due, vec![late]);
     g.complete(late, Released::Done, Some("T"));
@@ -245,18 +251,8 @@ fn a_late_timer_cancelled_while_a_checkpoint_ran_stays_cancelled_after_a_restart
         snap.late
     );
     drop(g);
-    let again = TimerIndex::new(
-        Vec::new(),
-        snap.w,
-        snap.enqueue.clone(),
-        snap.pending.clone(),
-        HashSet::new(),
-        BTreeSet::new(),
-        i64::MAX,
-    );
-    again.restore_late(&snap.late);
+    let again = started_from(&snap);
     let mut g = again.inner.lock();
-    g.ready = true;
     assert!(
         g.take_due(2000, 10).is_empty(),
         "the cancelled timer is not released"

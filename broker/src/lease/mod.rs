@@ -231,7 +231,7 @@ impl LeaseService {
         let max_groups = self.ctx.cfg.lease.max_groups;
         let offsets = &self.ctx.offsets;
         let admitted = self.state.admit(&plan.group, max_groups, |gone| {
-            offsets.release_empty(gone, None);
+            offsets.release_empty_of(gone);
         });
         let Some(book) = admitted else {
             return Err(LeaseError::TooManyGroups(max_groups));
@@ -255,7 +255,7 @@ impl LeaseService {
         let made = offsets.reserve(&plan.group, &plan.topic).map_err(full)?;
         if let Err(e) = offsets.reserve(&plan.group, &plan.retry_topic) {
             if made {
-                offsets.release_empty(&plan.group, Some(&plan.topic));
+                offsets.release_reserved(&plan.group, &plan.topic);
             }
             return Err(full(e));
         }

@@ -2,7 +2,7 @@
 //! their deadlines, and the receipts recently finished. Plain data under one mutex per group;
 //! nothing here awaits, so the lock is never held across a suspension point.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -189,13 +189,13 @@ impl LeaseState {
     /// The receive holds the book it is given until it answers, long poll included: a book in
     /// use is never swept, and the receive never makes a second one past the bound.
     ///
-    /// `on_dropped` is told each group whose book a sweep drops, while no book of it can be
-    /// made again (the service releases its empty offset reservations there).
+    /// `on_dropped` is told the groups whose books a sweep dropped, once, while no book of
+    /// theirs can be made again (the service releases their empty offset reservations there).
     pub(crate) fn admit(
         &self,
         group: &str,
         max_groups: usize,
-        on_dropped: impl FnMut(&str),
+        on_dropped: impl FnOnce(&HashSet<String>),
     ) -> Option<Arc<Mutex<Group>>> {
         let mut groups = self.groups.lock();
         if let Some(book) = groups.get(group) {
@@ -225,23 +225,26 @@ impl LeaseState {
         &self,
         groups: &mut HashMap<String, Arc<Mutex<Group>>>,
         max_groups: usize,
-        mut on_dropped: impl FnMut(&str),
+        on_dropped: impl FnOnce(&HashSet<String>),
     ) -> bool {
         let now = std::time::Instant::now();
         let mut fruitless = self.last_sweep.lock();
         if fruitless.is_some_and(|t| now.duration_since(t) < SWEEP_INTERVAL) {
             return false;
         }
-        let before = groups.len();
+        let mut gone = HashSet::new();
         groups.retain(|name, book| {
             let idle = Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle());
             if idle {
-                // Under the map's lock: no new book of the group can appear meanwhile.
-                on_dropped(name);
+                gone.insert(name.clone());
             }
             !idle
         });
-        let dropped = before - groups.len();
+        let dropped = gone.len();
+        if dropped > 0 {
+            // Under the map's lock: no new book of these groups can appear meanwhile.
+            on_dropped(&gone);
+        }
         *fruitless = (dropped == 0).then_some(now);
         drop(fruitless);
         self.admitted.lock().retain(|g, _| groups.contains_key(g));

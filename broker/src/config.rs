@@ -187,6 +187,11 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// `default_topic_queue_nums` as a queue count (validated to at most 4 096).
+    pub fn default_queue_nums(&self) -> i32 {
+        i32::try_from(self.default_topic_queue_nums).unwrap_or(crate::topic::MAX_QUEUE_NUMS)
+    }
+
     /// Defaults (see each field) around the given store settings.
     pub fn new(store: StoreConfig) -> Self {
         Self {

@@ -123,8 +123,8 @@ pub(crate) async fn produce(
     refuse_broker_topic(&p.topic)?;
     // No client asks for a queue count here: an auto-created topic gets the template's,
     // `[broker] default_topic_queue_nums` (a RocketMQ producer asks for its own, 4 by default).
-    let queues = i32::try_from(ctx.cfg.default_topic_queue_nums).unwrap_or(i32::MAX);
-    let topic_cfg = send::check_topic_named(ctx, &p.topic, DEFAULT_TOPIC, queues)?;
+    let topic_cfg =
+        send::check_topic_named(ctx, &p.topic, DEFAULT_TOPIC, ctx.cfg.default_queue_nums())?;
     let queue_id = pick_queue(ctx, &p, topic_cfg.write_queue_nums)?;
     let born_host = send::canonical(p.born_host);
     let mut properties = p.properties;

@@ -419,8 +419,8 @@ impl BrokerServices {
     }
 
     /// Queues a topic gets when created without a count (`default_topic_queue_nums`).
-    pub fn default_topic_queue_nums(&self) -> u32 {
-        self.ctx.cfg.default_topic_queue_nums
+    pub fn default_topic_queue_nums(&self) -> i32 {
+        self.ctx.cfg.default_queue_nums()
     }
 }
 // ---- END sluice-http admin accessors ----

@@ -269,7 +269,6 @@ impl ClientCore {
         !hb.producer_data_set.is_empty() || !hb.consumer_data_set.is_empty()
     }
 
-    /// The master address of a broker seen in any route.
     /// Names `addr` as `broker_name`'s master without a route (tests).
     #[cfg(test)]
     pub(crate) fn set_master_for_tests(&self, broker_name: &str, addr: &str) {
@@ -278,6 +277,7 @@ impl ClientCore {
             .insert(broker_name.to_owned(), addr.to_owned());
     }
 
+    /// The master address of a broker seen in any route.
     pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ClientError> {
         self.masters
             .read()

@@ -207,17 +207,10 @@ async fn reschedule(
 ) -> ApiResult<Json<OpOut>> {
     guard_group_topic(&state, &topic, &headers)?;
     let when = when_of(&body)?;
-    // A key of spaces only (`%20`) is a malformed request, not a time out of range.
-    if key.trim().is_empty() {
-        return Err(ApiError::bad_request("the key (or id) must not be blank"));
-    }
     let sel = selector(&topic, key, q.by);
     let svc = state.schedule()?;
-    let report = svc.reschedule(&sel, when).await.map_err(|e| match e {
-        // The selector was checked above, so this is the new time.
-        ScheduleError::InvalidArgument(m) => ApiError::unprocessable(m),
-        other => schedule_error(other),
-    })?;
+    // A bad selector (a blank key) is 400, a time out of range (`InvalidDelay`) 422.
+    let report = svc.reschedule(&sel, when).await.map_err(schedule_error)?;
     tracing::info!(topic = %topic, selector = ?sel, matched = report.matched, rescheduled = report.rescheduled, "reschedule over HTTP");
     Ok(Json(op_out(&report, "rescheduled", report.rescheduled)))
 }

@@ -22,15 +22,16 @@ const QUEUE_SWEEP_EVERY: u64 = 60;
 #[derive(Debug, Default)]
 struct Failing {
     count: u64,
-    logged: Option<Instant>,
+    log: Throttle,
     pause: Duration,
 }
 
 /// Pauses between dispatch retries: from the first to the longest, doubling.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// One log line per [`FAILING_LOG_EVERY`], with the count of those held back.
-#[derive(Default)]
+/// One log line per [`FAILING_LOG_EVERY`], with the count of those held back (the store's
+/// threads do not reach the broker's `LogEvery`).
+#[derive(Debug, Default)]
 struct Throttle {
     last: Option<Instant>,
     held: u64,
@@ -60,9 +61,8 @@ impl Failing {
         if self.count >= FAILING_AFTER {
             shared.set_dispatch_failing(Some(e.to_string()));
         }
-        if self.logged.is_none_or(|t| t.elapsed() >= FAILING_LOG_EVERY) {
+        if self.log.allow().is_some() {
             tracing::error!(error = %e, offset, failures = self.count, "dispatch failed; consumers see no new messages until it succeeds; retrying");
-            self.logged = Some(Instant::now());
         }
         self.pause = (self.pause * 2).clamp(RETRY_FIRST, RETRY_MAX);
         self.pause

@@ -30,15 +30,15 @@ pub(crate) struct Identity {
     pub(crate) broker_addr: SocketAddr,
 }
 
-/// How the registrations went: the newest accepted one, and the newest failure.
+/// How the registrations went: whether one was ever accepted, and the newest failure.
 #[derive(Debug, Default)]
 pub(crate) struct RegistrationStatus {
-    inner: parking_lot::Mutex<(Option<std::time::Instant>, Option<String>)>,
+    inner: parking_lot::Mutex<(bool, Option<String>)>,
 }
 
 impl RegistrationStatus {
     fn accepted(&self) {
-        self.inner.lock().0 = Some(std::time::Instant::now());
+        self.inner.lock().0 = true;
     }
 
     fn failed(&self, addr: SocketAddr, why: impl std::fmt::Display) {
@@ -53,7 +53,7 @@ impl RegistrationStatus {
     /// no route, and every broker of a cluster would be taken out of service at once.
     pub(crate) fn problem(&self) -> Option<String> {
         let (ok, error) = &*self.inner.lock();
-        ok.is_none().then(|| {
+        (!ok).then(|| {
             let why = error.as_deref().unwrap_or("no answer yet");
             format!("no name server has accepted this broker's registration ({why})")
         })

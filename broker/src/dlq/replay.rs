@@ -601,9 +601,8 @@ async fn replay_one(
         Some(t) if !t.starts_with(crate::topic::RETRY_PREFIX) => {
             let cfg = if ctx.cfg.auto_create_topic {
                 // As an HTTP send's auto-creation: the template's queue count.
-                let queues = i32::try_from(ctx.cfg.default_topic_queue_nums).unwrap_or(i32::MAX);
                 ctx.topics
-                    .get_or_create_for_send(t, DEFAULT_TOPIC, queues)
+                    .get_or_create_for_send(t, DEFAULT_TOPIC, ctx.cfg.default_queue_nums())
                     .map_err(|r| r.remark)?
             } else {
                 ctx.topics

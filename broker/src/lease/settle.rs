@@ -245,13 +245,8 @@ fn finish_hand_back(
             g.finish(&job.key, job.offset);
             Ok(())
         }
-        Err(RetryError::NoSuchMessage(phys)) => {
-            tracing::warn!(group, topic = %job.key.0, offset = job.offset, phys_offset = phys, "handed-back message no longer stored; dropped");
-            g.finish(&job.key, job.offset);
-            Ok(())
-        }
-        Err(RetryError::Deleted(topic)) => {
-            tracing::debug!(group, topic = %topic, offset = job.offset, "handed-back message of a deleted topic; dropped");
+        Err(e @ (RetryError::NoSuchMessage(_) | RetryError::Deleted(_))) => {
+            tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, "handed-back message no longer stored, or of a deleted topic; dropped");
             g.finish(&job.key, job.offset);
             Ok(())
         }
@@ -261,10 +256,8 @@ fn finish_hand_back(
             // rate, its nack's delay ignored.
             let hold = ctx.cfg.lease.default_visibility;
             let kind = match &e {
-                RetryError::NoSuchMessage(_) => "no_such_message",
-                RetryError::Deleted(_) => "deleted",
                 RetryError::InvalidGroup(_) => "invalid_group",
-                RetryError::Refused { .. } => "refused",
+                _ => "refused",
             };
             if let Some(held_back) = HAND_BACK_FAILURES_LOG.allow(kind) {
                 tracing::warn!(group, topic = %job.key.0, offset = job.offset, error = %e, hold = ?hold, held_back, "hand-back failed; the message is delivered again after a lease period");

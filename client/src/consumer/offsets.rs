@@ -91,15 +91,8 @@ impl OffsetStore {
     /// it could miss their final commit.
     pub(crate) async fn persist_all(&self, core: &ClientCore, group: &str) {
         let _one = self.committing.lock().await;
-        let mut by_broker: std::collections::BTreeMap<String, Vec<MessageQueue>> =
-            std::collections::BTreeMap::new();
-        for mq in self.table.lock().keys() {
-            by_broker
-                .entry(mq.broker_name.clone())
-                .or_default()
-                .push(mq.clone());
-        }
-        let rounds = by_broker.into_values().map(|queues| async move {
+        let queues: Vec<MessageQueue> = self.table.lock().keys().cloned().collect();
+        let rounds = super::rebalance::by_broker(queues).into_values().map(|queues| async move {
             for (i, mq) in queues.iter().enumerate() {
                 match self.persist(core, group, mq).await {
                     Ok(()) => {}

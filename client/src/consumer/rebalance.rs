@@ -400,7 +400,8 @@ impl ConsumerInner {
     }
 }
 
-fn by_broker(queues: Vec<MessageQueue>) -> BTreeMap<String, Vec<MessageQueue>> {
+/// Queues grouped by their broker's name.
+pub(super) fn by_broker(queues: Vec<MessageQueue>) -> BTreeMap<String, Vec<MessageQueue>> {
     let mut out: BTreeMap<String, Vec<MessageQueue>> = BTreeMap::new();
     for mq in queues {
         out.entry(mq.broker_name.clone()).or_default().push(mq);

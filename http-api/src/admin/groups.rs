@@ -313,8 +313,7 @@ fn topics_to_read(
     topics
 }
 
-/// Committed offsets with lag; true when [`MAX_LOOKUPS`] cut the list.
-/// Committed offsets and lag per queue of `topics`. A queue where the group committed
+/// Committed offsets and lag per queue of `topics`; true when [`MAX_LOOKUPS`] cut the list. A queue where the group committed
 /// nothing is listed (`committed: -1`, every kept message waiting) when the group consumes
 /// the topic: it committed in another of its queues, or is in `clustered`. Left out, a group
 /// that had read one queue of two showed a third of its lag.
@@ -328,13 +327,22 @@ fn offsets_of(
     let store = b.store();
     let mut out = Vec::new();
     let mut lookups = 0usize;
+    // One rule for a topic's lines, whether the list is cut in it or not.
+    let kept = |topic: &String, lines: Vec<OffsetOut>, out: &mut Vec<OffsetOut>| {
+        let consumes = clustered.contains(topic) || lines.iter().any(|o| o.committed >= 0);
+        out.extend(
+            lines
+                .into_iter()
+                .filter(|o| consumes && (o.committed >= 0 || o.lag > 0)),
+        );
+    };
     for topic in topics {
         let Some(cfg) = b.topic(topic) else { continue };
         let mut lines = Vec::new();
         for q in 0..cfg.read_queue_nums.max(cfg.write_queue_nums) {
             lookups += 1;
             if lookups > MAX_LOOKUPS {
-                out.extend(lines);
+                kept(topic, lines, &mut out);
                 return (out, true);
             }
             let (min, max) = (store.min_offset(topic, q), store.max_offset(topic, q));
@@ -355,12 +363,7 @@ fn offsets_of(
                 lag,
             });
         }
-        let consumes = clustered.contains(topic) || lines.iter().any(|o| o.committed >= 0);
-        out.extend(
-            lines
-                .into_iter()
-                .filter(|o| consumes && (o.committed >= 0 || o.lag > 0)),
-        );
+        kept(topic, lines, &mut out);
     }
     (out, false)
 }

@@ -130,7 +130,7 @@ pub(super) async fn create_topic(
     JsonBody(body): JsonBody<CreateTopicIn>,
 ) -> ApiResult<(StatusCode, Json<TopicOut>)> {
     check_name(&body.name)?;
-    let default_queues = i32::try_from(state.broker().default_topic_queue_nums()).unwrap_or(8);
+    let default_queues = state.broker().default_topic_queue_nums();
     let queues = body.queues.unwrap_or(default_queues.clamp(1, MAX_QUEUES));
     if !(1..=MAX_QUEUES).contains(&queues) {
         return Err(ApiError::unprocessable(format!(

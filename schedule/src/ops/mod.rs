@@ -329,18 +329,19 @@ fn describe(f: &Found, uniq: String, state: MessageState) -> ScheduledMessage {
 }
 
 /// Checks a reschedule time against the limits: never beyond the maximum delay, and not
-/// further in the past than the tolerance (a due time in the past releases at once).
+/// further in the past than the tolerance (a due time in the past releases at once). Refused
+/// as a delay is (`InvalidDelay`), not as a malformed argument.
 pub(crate) fn check_new_due(core: &Core, when: When) -> Result<i64> {
     let now = now_ms();
     let due = when.due_ms(now);
     if due.saturating_sub(now) > millis(core.cfg.max_delay) {
-        return Err(ScheduleError::InvalidArgument(format!(
+        return Err(ScheduleError::InvalidDelay(format!(
             "due time {due} is beyond the maximum delay of {} ms",
             millis(core.cfg.max_delay)
         )));
     }
     if now.saturating_sub(due) > millis(core.cfg.past_tolerance) {
-        return Err(ScheduleError::InvalidArgument(format!(
+        return Err(ScheduleError::InvalidDelay(format!(
             "due time {due} is {} ms in the past",
             now.saturating_sub(due)
         )));

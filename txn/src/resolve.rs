@@ -14,11 +14,12 @@
 //! - decided and forgotten: its op record, found through the store's key index, answers
 //!   idempotently or with the conflict. Without one, the answer is "unknown transaction".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::{TRANS_HALF_TOPIC, TRANS_OP_HALF_TOPIC};
 use sluice_protocol::message::offset_msg_id;
-use sluice_store::now_ms;
+use sluice_store::{now_ms, Store};
 
 use crate::core::{Core, Outcome};
 use crate::error::TxnError;
@@ -131,7 +132,10 @@ impl Core {
                     // Decided and forgotten between `locate` and the decision (only decided
                     // entries are forgotten): its op record answers, as for any late repeat.
                     Err(TxnError::Unknown { .. }) => {
-                        let op = self.find_op(r).inspect_err(|e| self.count_unknown(e))?;
+                        let op = self
+                            .find_op_off_workers(r)
+                            .await
+                            .inspect_err(|e| self.count_unknown(e))?;
                         self.judge_forgotten(&op, decision)
                     }
                     other => other,
@@ -141,9 +145,10 @@ impl Core {
         }
     }
 
-    /// Counts a reference that named no known transaction.
+    /// Counts a reference that named no known transaction: nothing there, or a half message
+    /// the reference does not describe (a tampered or mistyped id or offset).
     fn count_unknown(&self, e: &TxnError) {
-        if matches!(e, TxnError::Unknown { .. }) {
+        if matches!(e, TxnError::Unknown { .. } | TxnError::Mismatch(_)) {
             Counters::inc(&self.counters().unknown_refs);
         }
     }
@@ -223,7 +228,7 @@ impl Core {
                 return Ok(Located::InMemory(id, Some(Box::new(half))));
             }
         }
-        self.find_op(r).map(Located::Forgotten)
+        self.find_op_off_workers(r).await.map(Located::Forgotten)
     }
 
     /// Reads a half message the tailer has not reached yet and adds it to the table. `None`
@@ -328,44 +333,21 @@ impl Core {
     }
 
     /// The latest op record of a forgotten transaction, through the store's key index.
+    /// Blocking (it walks index files and reads records): see [`Core::find_op_off_workers`].
     fn find_op(&self, r: &TxnRef) -> Result<OpRecord, TxnError> {
-        let id = TxnId {
-            half_offset: r.half_offset,
-            commit_log_offset: r.commit_log_offset,
-        };
-        let key = r.half_offset.to_string();
-        let store = self.services.store();
-        let op = store
-            .query_by_key(
-                TRANS_OP_HALF_TOPIC,
-                &key,
-                MAX_OPS_PER_TXN,
-                i64::MIN / 2,
-                i64::MAX / 2,
-            )
-            .iter()
-            .filter_map(|raw| OpRecord::parse(raw, self.max_record))
-            .filter(|op| op.id == id)
-            .max_by_key(|op| op.phys_offset)
-            .ok_or(TxnError::Unknown {
-                half_offset: r.half_offset,
-                commit_log_offset: r.commit_log_offset,
-            })?;
-        if !op.group.is_empty() && op.group != r.producer_group {
-            return Err(TxnError::WrongGroup {
-                expected: op.group,
-                got: r.producer_group.clone(),
-            });
+        op_of(self.services.store(), r, self.max_record)
+    }
+
+    /// [`Core::find_op`] on tokio's blocking pool, for the request paths (END_TRANSACTION and
+    /// its HTTP twin): late and repeated decisions, and references to nothing, look there.
+    async fn find_op_off_workers(&self, r: &TxnRef) -> Result<OpRecord, TxnError> {
+        let store = Arc::clone(self.services.store());
+        let (r, max_record) = (r.clone(), self.max_record);
+        match tokio::task::spawn_blocking(move || op_of(&store, &r, max_record)).await {
+            Ok(found) => found,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(TxnError::NotStarted),
         }
-        if let Some(t) = r.transaction_id.as_deref().filter(|t| !t.is_empty()) {
-            if !op.uniq.is_empty() && !t.eq_ignore_ascii_case(&op.uniq) {
-                return Err(TxnError::Mismatch(format!(
-                    "transaction id {t} is not {}",
-                    op.uniq
-                )));
-            }
-        }
-        Ok(op)
     }
 
     /// Checks that a reference describes this transaction.
@@ -420,4 +402,44 @@ impl Core {
             }),
         }
     }
+}
+
+/// The latest op record naming `r`'s transaction, through the store's key index.
+fn op_of(store: &Store, r: &TxnRef, max_record: usize) -> Result<OpRecord, TxnError> {
+    let id = TxnId {
+        half_offset: r.half_offset,
+        commit_log_offset: r.commit_log_offset,
+    };
+    let key = r.half_offset.to_string();
+    let op = store
+        .query_by_key(
+            TRANS_OP_HALF_TOPIC,
+            &key,
+            MAX_OPS_PER_TXN,
+            i64::MIN / 2,
+            i64::MAX / 2,
+        )
+        .iter()
+        .filter_map(|raw| OpRecord::parse(raw, max_record))
+        .filter(|op| op.id == id)
+        .max_by_key(|op| op.phys_offset)
+        .ok_or(TxnError::Unknown {
+            half_offset: r.half_offset,
+            commit_log_offset: r.commit_log_offset,
+        })?;
+    if !op.group.is_empty() && op.group != r.producer_group {
+        return Err(TxnError::WrongGroup {
+            expected: op.group,
+            got: r.producer_group.clone(),
+        });
+    }
+    if let Some(t) = r.transaction_id.as_deref().filter(|t| !t.is_empty()) {
+        if !op.uniq.is_empty() && !t.eq_ignore_ascii_case(&op.uniq) {
+            return Err(TxnError::Mismatch(format!(
+                "transaction id {t} is not {}",
+                op.uniq
+            )));
+        }
+    }
+    Ok(op)
 }

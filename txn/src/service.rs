@@ -152,6 +152,52 @@ fn matches(e: &Entry, q: &ListQuery, now: i64) -> bool {
             .is_none_or(|a| now.saturating_sub(e.stored_ms) >= ms(a))
 }
 
+/// Entries a listing walks under one hold of the table's lock.
+const LIST_CHUNK: usize = 4096;
+
+/// The listing of `q`, walking the table `chunk` entries at a time (see [`TxnService::list`]).
+pub(crate) fn list_in_chunks(
+    table: &parking_lot::Mutex<crate::table::Table>,
+    q: &ListQuery,
+    now: i64,
+    chunk: usize,
+) -> Vec<TxnView> {
+    let mut found = Vec::new();
+    if q.limit == 0 {
+        return found;
+    }
+    let mut after = q.after;
+    loop {
+        let t = table.lock();
+        let mut walked = 0;
+        for e in t.entries_after(after).take(chunk) {
+            walked += 1;
+            after = Some(e.id.half_offset);
+            if matches(e, q, now) {
+                found.push(TxnView::of(e, now));
+                if found.len() == q.limit {
+                    return found;
+                }
+            }
+        }
+        if walked < chunk {
+            return found;
+        }
+    }
+}
+
+/// Runs blocking work (store reads, table walks) on tokio's blocking pool. A panic there is
+/// the caller's, as if run inline; work the runtime cancelled (shutting down) is `NotStarted`.
+async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TxnError> + Send + 'static,
+) -> Result<T, TxnError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(TxnError::NotStarted),
+    }
+}
+
 /// The transaction service's in-process API (operators, the HTTP facade, metrics).
 #[derive(Clone)]
 pub struct TxnService {
@@ -171,34 +217,47 @@ impl TxnService {
 
     /// The core, with the half queue read up to what the store has dispatched, so a half
     /// message whose send was acknowledged shows up without waiting for the checker's tick.
+    /// Blocking (store reads, and the checker's tailing lock, held up to its tick budget): call
+    /// it off the async workers.
     fn fresh_core(&self) -> Result<Arc<Core>, TxnError> {
         let core = self.core()?;
         core.tail_half_queue(4, Duration::from_millis(50), false, None);
         Ok(core)
     }
 
-    /// Transactions in memory matching `q` (undecided ones are always in memory).
-    pub fn list(&self, q: &ListQuery) -> Result<Vec<TxnView>, TxnError> {
-        let core = self.fresh_core()?;
-        let now = now_ms();
-        let t = core.table.lock();
-        Ok(t.entries_after(q.after)
-            .filter(|e| matches(e, q, now))
-            .take(q.limit)
-            .map(|e| TxnView::of(e, now))
-            .collect())
+    /// [`Self::fresh_core`] on a blocking thread.
+    async fn fresh_core_off_workers(&self) -> Result<Arc<Core>, TxnError> {
+        let me = self.clone();
+        off_workers(move || me.fresh_core()).await
     }
 
-    /// One transaction by half offset, if in memory.
-    pub fn get(&self, half_offset: u64) -> Result<Option<TxnView>, TxnError> {
-        let core = self.fresh_core()?;
-        let now = now_ms();
-        let view = core
-            .table
-            .lock()
-            .get(half_offset)
-            .map(|e| TxnView::of(e, now));
-        Ok(view)
+    /// Transactions in memory matching `q` (undecided ones are always in memory). The table
+    /// is walked in chunks of [`LIST_CHUNK`] entries, its lock let go between them: a filter
+    /// that matches little walks the whole table, and END_TRANSACTION and the checker wait
+    /// on that lock. Runs off the async workers.
+    pub async fn list(&self, q: &ListQuery) -> Result<Vec<TxnView>, TxnError> {
+        let (me, q) = (self.clone(), q.clone());
+        off_workers(move || {
+            let core = me.fresh_core()?;
+            Ok(list_in_chunks(&core.table, &q, now_ms(), LIST_CHUNK))
+        })
+        .await
+    }
+
+    /// One transaction by half offset, if in memory. Runs off the async workers.
+    pub async fn get(&self, half_offset: u64) -> Result<Option<TxnView>, TxnError> {
+        let me = self.clone();
+        off_workers(move || {
+            let core = me.fresh_core()?;
+            let now = now_ms();
+            let view = core
+                .table
+                .lock()
+                .get(half_offset)
+                .map(|e| TxnView::of(e, now));
+            Ok(view)
+        })
+        .await
     }
 
     /// A decided transaction no longer in memory (see [`Self::get`]), read back from its op
@@ -242,8 +301,12 @@ impl TxnService {
         } else {
             Decision::Rollback
         };
-        let core = self.fresh_core()?;
-        to_completion(async move { core.force(half_offset, decision).await }).await
+        let me = self.clone();
+        to_completion(async move {
+            let core = me.fresh_core_off_workers().await?;
+            core.force(half_offset, decision).await
+        })
+        .await
     }
 
     /// Re-arms the checks of a parked transaction: open again, check count zero, first check

@@ -3,7 +3,7 @@
 use super::*;
 use std::time::Duration;
 
-fn entry(id: u64, stored_ms: i64) -> Entry {
+pub(crate) fn entry(id: u64, stored_ms: i64) -> Entry {
     Entry {
         id: TxnId {
             half_offset: id,
@@ -437,4 +437,41 @@ fn halves_the_tailer_passed_stop_counting_as_unindexed() {
     t.half_next = 2;
     t.clamp_unindexed();
     assert_eq!(u.get(), 1, "offset 1 was passed without entering the table");
+}
+
+#[test]
+fn a_listing_walked_in_chunks_finds_what_lies_past_the_first_chunks_and_stops_at_its_limit() {
+    use crate::service::{list_in_chunks, ListQuery};
+    let mut t = Table::new(Arc::new(AtomicUsize::new(0)));
+    for id in 1..=20 {
+        let mut e = entry(id, 1000);
+        if id % 7 == 0 {
+            e.group = "other".into();
+        }
+        t.insert(e);
+    }
+    let table = parking_lot::Mutex::new(t);
+    let other = |after, limit| ListQuery {
+        producer_group: Some("other".into()),
+        after,
+        limit,
+        ..ListQuery::default()
+    };
+    let ids = |q: &ListQuery, chunk| -> Vec<u64> {
+        list_in_chunks(&table, q, 2000, chunk)
+            .iter()
+            .map(|v| v.half_offset)
+            .collect()
+    };
+    for chunk in [1, 3, 7, 100] {
+        assert_eq!(ids(&other(None, 10), chunk), [7, 14], "chunk {chunk}");
+        assert_eq!(ids(&other(None, 1), chunk), [7], "chunk {chunk}");
+        assert_eq!(ids(&other(Some(7), 10), chunk), [14], "chunk {chunk}");
+        assert_eq!(ids(&other(Some(14), 10), chunk), [0u64; 0], "chunk {chunk}");
+    }
+    let all = ListQuery {
+        limit: 100,
+        ..ListQuery::default()
+    };
+    assert_eq!(ids(&all, 4).len(), 20);
 }

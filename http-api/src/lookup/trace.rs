@@ -1,7 +1,7 @@
 //! Finding a message's stored copies (blocking: index look-ups and record reads) and turning
 //! them into trace events (async: the txn and schedule services are asked for current states).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::{Properties, RecordView};
 use sluice_schedule::{MessageState, ScheduledMessage, Selector, TIMER_OUT_MS, TIMER_TOPIC};
+use sluice_txn::TxnView;
 
 use super::{TraceEvent, TracedMessage};
 use crate::state::AppState;
@@ -410,10 +411,11 @@ fn consumed_by(b: &BrokerServices, r: &Rec, groups: &[String]) -> Vec<String> {
 /// The events of a gathered message, with the transaction's and the timers' current states.
 pub(super) async fn complete(state: &AppState, m: Gathered) -> TracedMessage {
     let timers = timers_of(state, &m).await;
+    let halves = half_views(state, &m).await;
     let replaced = replaced_timers(&m);
     let mut events = Vec::new();
     for (r, consumed) in &m.records {
-        let mut of = events_of(state, r, &timers);
+        let mut of = events_of(r, &timers, &halves);
         if replaced.contains(&r.phys) {
             // Its own state would be the copy's (the timers listed are the live ones).
             for e in of.iter_mut().filter(|e| e.kind == "scheduled") {
@@ -501,11 +503,37 @@ fn event(kind: &str, at_ms: Option<i64>, r: &Rec) -> TraceEvent {
     }
 }
 
-/// One copy's events (a half message may add its decision).
-fn events_of(state: &AppState, r: &Rec, timers: &[ScheduledMessage]) -> Vec<TraceEvent> {
+/// The txn service's view of each half message among the records, by half offset (empty
+/// when transactions are off).
+async fn half_views(state: &AppState, m: &Gathered) -> HashMap<u64, TxnView> {
+    let mut views = HashMap::new();
+    let Ok(txn) = state.txn() else {
+        return views;
+    };
+    for (r, _) in m
+        .records
+        .iter()
+        .filter(|(r, _)| r.topic == TRANS_HALF_TOPIC)
+    {
+        let Ok(off) = u64::try_from(r.queue_offset) else {
+            continue;
+        };
+        if let Ok(Some(v)) = txn.get(off).await {
+            views.insert(off, v);
+        }
+    }
+    views
+}
+
+/// One copy's events (a half message may add its decision, from `halves`).
+fn events_of(
+    r: &Rec,
+    timers: &[ScheduledMessage],
+    halves: &HashMap<u64, TxnView>,
+) -> Vec<TraceEvent> {
     let at = Some(r.store_ms);
     if r.topic == TRANS_HALF_TOPIC {
-        return half_events(state, r);
+        return half_events(r, halves);
     }
     if r.topic == SCHEDULE_TOPIC || r.topic == TIMER_TOPIC {
         let due = r.due_ms();
@@ -573,13 +601,12 @@ fn replayed_event(r: &Rec) -> TraceEvent {
 }
 
 /// The half message, and the decision when the txn service still holds it.
-fn half_events(state: &AppState, r: &Rec) -> Vec<TraceEvent> {
+fn half_events(r: &Rec, halves: &HashMap<u64, TxnView>) -> Vec<TraceEvent> {
     let mut half = event("half", Some(r.store_ms), r);
     half.group = r.prop(keys::PGROUP);
-    let view = state.txn().ok().and_then(|t| {
-        let off = u64::try_from(r.queue_offset).ok()?;
-        t.get(off).ok().flatten()
-    });
+    let view = u64::try_from(r.queue_offset)
+        .ok()
+        .and_then(|off| halves.get(&off));
     let Some(v) = view.filter(|v| r.prop(keys::UNIQ_KEY).as_deref() == Some(&v.transaction_id))
     else {
         return vec![half];

@@ -54,7 +54,7 @@ pub(super) async fn list(
         limit,
     };
     settle(&state).await;
-    let views = txn.list(&q).map_err(txn_error)?;
+    let views = txn.list(&q).await.map_err(txn_error)?;
     let next_after = (views.len() == limit)
         .then(|| views.last().map(|v| v.half_offset))
         .flatten();
@@ -124,10 +124,10 @@ async fn find(
     handle: &TxnHandle,
     read_back: bool,
 ) -> Result<TxnView, ApiError> {
-    let mut view = txn.get(handle.half_offset).map_err(txn_error)?;
+    let mut view = txn.get(handle.half_offset).await.map_err(txn_error)?;
     if view.is_none() {
         settle(state).await;
-        view = txn.get(handle.half_offset).map_err(txn_error)?;
+        view = txn.get(handle.half_offset).await.map_err(txn_error)?;
     }
     // Decided and no longer in memory (forgotten, or decided before a restart): read back,
     // off the async workers (a key-index look-up and record reads).

@@ -57,7 +57,13 @@ async fn unknown_then_a_check_answered_commit_commits_once_and_checks_stop() {
     let r = answer_check(&c, GROUP, &check, COMMIT).await;
     assert_eq!(r.code, 0, "{:?}", r.remark);
     assert_eq!(visible_keys(&b, &c).await, ["c1"]);
-    let view = b.txn.service().get(s.queue_offset as u64).unwrap().unwrap();
+    let view = b
+        .txn
+        .service()
+        .get(s.queue_offset as u64)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (view.state, view.decided_by),
         (TxnState::Committed, Some(Source::CheckAnswer))
@@ -136,6 +142,7 @@ async fn when_the_sender_is_gone_another_producer_of_the_group_is_asked() {
         b.txn
             .service()
             .get(s.queue_offset as u64)
+            .await
             .unwrap()
             .unwrap()
             .state,
@@ -190,7 +197,7 @@ async fn after_check_max_unknown_answers_the_final_rollback_applies_and_is_recor
     }
     assert_eq!(answered, 3);
     assert!(reaches_state(&svc, s.queue_offset as u64, TxnState::Discarded, WAIT).await);
-    let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
+    let view = svc.get(s.queue_offset as u64).await.unwrap().unwrap();
     assert_eq!(
         (view.check_count, view.decided_by),
         (3, Some(Source::FinalAction))
@@ -245,6 +252,7 @@ async fn the_keep_action_parks_the_message_and_an_operator_can_rearm_it() {
             producer_group: Some(GROUP.into()),
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(listed.len(), 1);
     assert!(
@@ -297,7 +305,7 @@ async fn no_producer_online_does_not_burn_the_check_budget() {
     drop(c);
     let svc = b.txn.service();
     assert!(eventually(WAIT, || svc.metrics().checks_undelivered >= 2).await);
-    let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
+    let view = svc.get(s.queue_offset as u64).await.unwrap().unwrap();
     assert_eq!(
         (view.state, view.check_count),
         (TxnState::Open, 0),
@@ -637,7 +645,7 @@ async fn checks_wait_while_the_check_journal_cannot_be_written() {
             "no check leaves unrecorded"
         );
     }
-    let listed = svc.list(&Default::default()).unwrap();
+    let listed = svc.list(&Default::default()).await.unwrap();
     assert!(listed.iter().all(|v| v.check_count == 0), "nothing counted");
     std::fs::remove_dir(&journal).unwrap();
     for c in &queued {
@@ -648,7 +656,7 @@ async fn checks_wait_while_the_check_journal_cannot_be_written() {
             "claimed once: a second copy of the same check is not called"
         );
     }
-    let listed = svc.list(&Default::default()).unwrap();
+    let listed = svc.list(&Default::default()).await.unwrap();
     assert!(
         listed.iter().all(|v| v.check_count == 1),
         "counted once each"
@@ -717,6 +725,7 @@ async fn operators_list_by_group_key_and_age_and_force_decisions() {
             producer_group: Some(GROUP.into()),
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(by_group.len(), 2);
     let by_key = svc
@@ -724,6 +733,7 @@ async fn operators_list_by_group_key_and_age_and_force_decisions() {
             key: Some("order-2".into()),
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(
         by_key.iter().map(|v| v.half_offset).collect::<Vec<_>>(),
@@ -734,6 +744,7 @@ async fn operators_list_by_group_key_and_age_and_force_decisions() {
             key: Some("UNIQ-order-1".into()),
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(by_id.len(), 1);
     let old = svc
@@ -741,6 +752,7 @@ async fn operators_list_by_group_key_and_age_and_force_decisions() {
             min_age: Some(Duration::from_secs(3600)),
             ..Default::default()
         })
+        .await
         .unwrap();
     assert!(old.is_empty());
     let page = svc
@@ -749,6 +761,7 @@ async fn operators_list_by_group_key_and_age_and_force_decisions() {
             limit: 1,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].half_offset, z.queue_offset as u64);
@@ -769,7 +782,7 @@ async fn operators_list_by_group_key_and_age_and_force_decisions() {
         end(&c, &a, ROLLBACK).await.code,
         code::TRANSACTION_SHOULD_COMMIT
     );
-    let view = svc.get(a.queue_offset as u64).unwrap().unwrap();
+    let view = svc.get(a.queue_offset as u64).await.unwrap().unwrap();
     assert_eq!(view.decided_by, Some(Source::Operator));
     assert_eq!(visible_keys(&b, &c).await, ["order-1"]);
     let m = svc.metrics();

@@ -149,7 +149,13 @@ async fn a_rollback_discards_and_a_later_commit_is_refused() {
     assert_eq!(late.code, code::TRANSACTION_SHOULD_ROLLBACK);
     assert!(late.remark.unwrap().contains("rolled_back"));
     assert!(visible_keys(&b, &c).await.is_empty());
-    let view = b.txn.service().get(s.queue_offset as u64).unwrap().unwrap();
+    let view = b
+        .txn
+        .service()
+        .get(s.queue_offset as u64)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.state, TxnState::RolledBack);
     b.stop().await;
 }
@@ -209,6 +215,12 @@ async fn unknown_leaves_the_transaction_open_and_bad_references_are_refused() {
         b.broker.store().health().damage.is_empty(),
         "a bogus offset is never read as a record (it would be reported as damage)"
     );
+    assert_eq!(
+        b.txn.service().metrics().unknown_refs,
+        4,
+        "every reference naming no transaction is counted: wrong offset, wrong id, nowhere, \
+         mid-record"
+    );
     let bad_value = end_request(
         GROUP,
         s.queue_offset,
@@ -223,7 +235,7 @@ async fn unknown_leaves_the_transaction_open_and_bad_references_are_refused() {
     );
 
     assert!(visible_keys(&b, &c).await.is_empty(), "nothing was applied");
-    let open = b.txn.service().list(&ListQuery::default()).unwrap();
+    let open = b.txn.service().list(&ListQuery::default()).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(
         (open[0].state, open[0].keys.as_str()),
@@ -289,6 +301,7 @@ async fn concurrent_commits_and_rollbacks_have_exactly_one_winner() {
             states: StateFilter::Decided,
             ..Default::default()
         })
+        .await
         .unwrap();
     let want: Vec<String> = committed
         .iter()
@@ -403,11 +416,10 @@ async fn a_forgotten_decision_is_still_answered_from_its_op_record() {
     assert_eq!(end(&c, &t, ROLLBACK).await.code, 0);
     let svc = b.txn.service();
     assert!(
-        eventually(Duration::from_secs(10), || svc
-            .get(s.queue_offset as u64)
-            .unwrap()
-            .is_none()
-            && svc.get(t.queue_offset as u64).unwrap().is_none())
+        eventually_async(Duration::from_secs(10), || async {
+            svc.get(s.queue_offset as u64).await.unwrap().is_none()
+                && svc.get(t.queue_offset as u64).await.unwrap().is_none()
+        })
         .await,
         "decided transactions are forgotten"
     );
@@ -457,8 +469,9 @@ async fn a_decision_whose_caller_gives_up_midway_still_finishes() {
         "a durable append does not finish in one poll"
     );
     drop(force);
-    let finished = eventually(Duration::from_secs(10), || {
+    let finished = eventually_async(Duration::from_secs(10), || async {
         svc.get(id)
+            .await
             .unwrap()
             .is_some_and(|v| v.state == TxnState::Committed)
     })

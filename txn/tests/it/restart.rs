@@ -44,7 +44,7 @@ async fn open_and_decided_transactions_come_back_as_they_were() {
     let b = TestBroker::start(dir.path(), quiet()).await;
     let c = b.client().await;
     let svc = b.txn.service();
-    let live = svc.list(&ListQuery::default()).unwrap();
+    let live = svc.list(&ListQuery::default()).await.unwrap();
     assert_eq!(
         live.iter()
             .map(|v| (v.keys.as_str(), v.state))
@@ -85,7 +85,12 @@ async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_dec
         }
         settle(&b).await;
         assert_eq!(
-            b.txn.service().list(&ListQuery::default()).unwrap().len(),
+            b.txn
+                .service()
+                .list(&ListQuery::default())
+                .await
+                .unwrap()
+                .len(),
             6
         );
         // Wait for a checkpoint listing all six as open, and keep a copy of it.
@@ -123,6 +128,7 @@ async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_dec
         let svc = b.txn.service();
         let live: Vec<String> = svc
             .list(&ListQuery::default())
+            .await
             .unwrap()
             .into_iter()
             .map(|v| v.keys)
@@ -136,7 +142,7 @@ async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_dec
             // Read back from the whole half queue, the decided ones are left out of memory
             // (their op records answer for them), not loaded and then decided.
             for i in [0, 1, 3, 4] {
-                let got = svc.get(sent[i].queue_offset as u64).unwrap();
+                let got = svc.get(sent[i].queue_offset as u64).await.unwrap();
                 assert!(got.is_none(), "{variant}{i} loaded again: {got:?}");
             }
             let again = end(&c, &sent[0], COMMIT).await;
@@ -186,6 +192,7 @@ async fn restart_counting(
         .txn
         .service()
         .get(half_offset as u64)
+        .await
         .unwrap()
         .unwrap()
         .check_count;
@@ -286,7 +293,7 @@ async fn carried_forward(dir: &Path, times: u64) -> (Sent, sluice_txn::TxnView) 
         eventually(WAIT, || svc.metrics().carried_forward >= times).await,
         "carried forward again and again while it waits"
     );
-    let view = svc.get(s.queue_offset as u64).unwrap().unwrap();
+    let view = svc.get(s.queue_offset as u64).await.unwrap().unwrap();
     assert!(view.current_half_offset > view.half_offset);
     drop(c);
     b.stop().await;
@@ -309,6 +316,7 @@ async fn an_old_undecided_half_message_is_carried_forward_under_the_same_identit
             states: StateFilter::All,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].half_offset, s.queue_offset as u64);
@@ -350,7 +358,13 @@ async fn a_parked_transaction_stays_parked_across_restarts() {
         let c = b.client().await;
         let mut checks = c.take_requests().unwrap();
         heartbeat(&c, GROUP, "p2").await;
-        let view = b.txn.service().get(s.queue_offset as u64).unwrap().unwrap();
+        let view = b
+            .txn
+            .service()
+            .get(s.queue_offset as u64)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             view.state,
             TxnState::Parked,
@@ -451,7 +465,11 @@ async fn torn_commit_after(stored_topic: &str, key: &str, stop: Stop) {
         "recovery completes the commit"
     );
     assert_eq!(
-        svc.get(s.queue_offset as u64).unwrap().unwrap().decided_by,
+        svc.get(s.queue_offset as u64)
+            .await
+            .unwrap()
+            .unwrap()
+            .decided_by,
         Some(sluice_txn::Source::Recovery)
     );
     assert!(
@@ -549,7 +567,7 @@ async fn a_listed_transaction_whose_original_is_gone_is_found_again_through_its_
     let c = b.client().await;
     let svc = b.txn.service();
     assert_eq!(svc.metrics().lost_at_restart, 0);
-    assert!(svc.get(s.queue_offset as u64).unwrap().is_some());
+    assert!(svc.get(s.queue_offset as u64).await.unwrap().is_some());
     assert_eq!(end(&c, &s, COMMIT).await.code, 0);
     assert_eq!(visible_keys(&b, &c).await, ["old"]);
     drop(c);
@@ -614,12 +632,13 @@ async fn without_a_checkpoint_decided_halves_past_retention_stay_decided() {
             states: StateFilter::Live,
             ..ListQuery::default()
         })
+        .await
         .unwrap()
         .iter()
         .map(|v| v.half_offset as i64)
         .collect();
     assert_eq!(open_now, [open.queue_offset], "only c is open");
-    let b_now = svc.get(done.queue_offset as u64).unwrap();
+    let b_now = svc.get(done.queue_offset as u64).await.unwrap();
     assert!(
         b_now
             .as_ref()

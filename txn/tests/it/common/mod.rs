@@ -422,10 +422,31 @@ pub async fn reaches_state(
     state: sluice_txn::TxnState,
     within: Duration,
 ) -> bool {
-    eventually(within, || {
-        svc.get(id).ok().flatten().is_some_and(|v| v.state == state)
+    eventually_async(within, || async {
+        svc.get(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.state == state)
     })
     .await
+}
+
+/// [`eventually`] for a check that awaits.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {

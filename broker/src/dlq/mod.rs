@@ -25,9 +25,11 @@ pub use state::AuditRecord;
 use crate::broker::context::BrokerContext;
 use crate::retry::SendBack;
 
-/// Registers the replay tasks a previous run saved (called once at broker start, before the
-/// extensions start); returns the running ones, for [`run_resumed_replays`].
+/// Loads the replay ledgers and registers the replay tasks a previous run saved (called once
+/// at broker start, before the extensions start); returns the running ones, for
+/// [`run_resumed_replays`].
 pub(crate) fn register_saved_replays(ctx: &Arc<BrokerContext>) -> Vec<replay::Resumed> {
+    ctx.dlq.load_ledgers();
     replay::register_saved(ctx)
 }
 

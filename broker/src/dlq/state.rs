@@ -267,6 +267,23 @@ impl DlqState {
         Ok(l)
     }
 
+    /// Loads every group's ledger a previous run left (called once at broker start). Loaded
+    /// on first use instead, the first `/metrics` scrape or group view after a start read and
+    /// parsed every group's file on an async worker, under the lock replays take.
+    pub(crate) fn load_ledgers(&self) {
+        let Ok(files) = std::fs::read_dir(self.dir.join("ledger")) else {
+            return; // none yet
+        };
+        for name in files
+            .flatten()
+            .filter_map(|f| f.file_name().into_string().ok())
+        {
+            if let Err(e) = self.ledger(&name) {
+                tracing::warn!(group = %name, error = %e, "dead-letter ledger not loaded; retried on first use");
+            }
+        }
+    }
+
     /// Registers a task; `None` when the id is known already.
     pub(crate) fn insert(&self, status: ReplayStatus) -> Option<Arc<CancelFlag>> {
         let mut tasks = self.tasks.lock();
@@ -611,6 +628,29 @@ mod tests {
         assert!(again.contains(7) && again.contains(13));
         assert!(!again.contains(1213) && !again.contains(12));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "7\n13 t\n");
+    }
+
+    /// Loaded on first use, a ledger was read (and a torn line cut) by whichever call came
+    /// first: `/metrics` or a group view, on an async worker.
+    #[test]
+    fn every_ledger_a_previous_run_left_is_loaded_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DlqState::new(dir.path(), 10, 1 << 20);
+        first
+            .ledger("g1")
+            .unwrap()
+            .record(4, "t", 0, HashSet::new)
+            .unwrap();
+        first
+            .ledger("g2")
+            .unwrap()
+            .record(9, "t", 0, HashSet::new)
+            .unwrap();
+        let again = DlqState::new(dir.path(), 10, 1 << 20);
+        again.load_ledgers();
+        let loaded = again.ledgers.lock();
+        assert_eq!(loaded.len(), 2);
+        assert!(loaded["g1"].contains(4) && loaded["g2"].contains(9));
     }
 
     #[test]

@@ -349,14 +349,24 @@ impl BrokerServices {
     /// Forgets every committed offset of a retired consumer group; returns how many topics it
     /// had offsets in. Refused while the group has members (a TCP connection in the group, or
     /// an HTTP lease book): they would commit again, or start over from where a group without
-    /// offsets starts.
+    /// offsets starts. The group's idle lease book goes with its offsets, so its next receive
+    /// starts where a group without offsets starts.
     pub fn delete_group_offsets(&self, group: &str) -> Result<usize, String> {
         if self.group_has_members(group) {
             return Err(format!(
                 "consumer group {group} has members; its offsets can be deleted once they are gone"
             ));
         }
-        let topics = self.ctx.offsets.remove_group(group);
+        let remove = || self.ctx.offsets.remove_group(group);
+        let removed = match self.ctx.leases.get() {
+            Some(leases) => leases.without_book(group, remove),
+            None => Some(remove()),
+        };
+        let Some(topics) = removed else {
+            return Err(format!(
+                "consumer group {group} has members (an HTTP receive is in progress); its offsets can be deleted once they are gone"
+            ));
+        };
         if self.group_has_members(group) {
             // Joined between the check and the removal: nothing holds both still.
             tracing::warn!(

@@ -258,6 +258,24 @@ impl LeaseState {
         groups.len() < max_groups
     }
 
+    /// Runs `f` with no book of `group` in memory, under the books' lock (no receive can make
+    /// one meanwhile): an idle book (see [`Self::sweep_idle`]) is dropped first. `None`, and
+    /// `f` not run, while the book is in use. For deleting the group's offsets: a book left
+    /// in memory kept reading from its old cursors, and its next ack wrote the deleted
+    /// offsets back.
+    pub(crate) fn without_book<T>(&self, group: &str, f: impl FnOnce() -> T) -> Option<T> {
+        let mut groups = self.groups.lock();
+        if let Some(book) = groups.get(group) {
+            let idle = Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle());
+            if !idle {
+                return None;
+            }
+            groups.remove(group);
+            self.admitted.lock().remove(group);
+        }
+        Some(f())
+    }
+
     /// The book of `group` if it has one.
     pub(crate) fn existing(&self, group: &str) -> Option<Arc<Mutex<Group>>> {
         self.groups.lock().get(group).cloned()

@@ -1138,6 +1138,13 @@ async fn an_http_group_counts_as_a_member_only_while_in_use_or_recently_seen() {
         Ok(2),
         "idle and unseen for client_expiry: no member left (Orders and the group's retry topic)"
     );
+    let again = receive_now(&leases, "retired", "Orders", 1).await;
+    assert_eq!(
+        again.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
+        got.iter().map(|d| &d.msg_id).collect::<Vec<_>>(),
+        "without offsets the group starts at the queue's first message again (its old book \
+         kept reading from where it was)"
+    );
     drop((leases, services));
     cluster.stop().await;
 }

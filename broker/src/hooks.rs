@@ -29,6 +29,35 @@ pub struct PendingMessage {
     pub properties: Properties,
 }
 
+impl PendingMessage {
+    /// Whether the producer sent this as a transaction's half message: the PREPARED sysFlag or
+    /// `TRAN_MSG=true`, as RocketMQ's broker decides, with two exceptions:
+    /// - the COMMIT sysFlag: a committed message keeps its half's properties;
+    /// - a consumer's retry sent as a plain message (a reconsume count and a delay level in
+    ///   one send): clients before 4.6.1 do so when CONSUMER_SEND_MSG_BACK fails, copying
+    ///   every property of the message they retry, `TRAN_MSG=true` of a committed one
+    ///   included. Taken for a half, that retry waited for a check of the original producer
+    ///   group, and was lost when it answered rollback.
+    pub fn is_half(&self) -> bool {
+        use sluice_protocol::message::keys;
+        use sluice_protocol::message::record::sysflag;
+        let tx = sysflag::transaction_type(self.input.sys_flag);
+        let marked = tx == sysflag::TRANSACTION_PREPARED
+            || (tx != sysflag::TRANSACTION_COMMIT
+                && self
+                    .properties
+                    .get(keys::TRAN_MSG)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true")));
+        let retry_resent = self.input.reconsume_times > 0
+            && self
+                .properties
+                .get(keys::DELAY)
+                .and_then(|d| d.trim().parse::<i32>().ok())
+                .is_some_and(|level| level > 0);
+        marked && !retry_resent
+    }
+}
+
 /// Facts about the send a message came from.
 #[derive(Debug, Clone, Copy)]
 pub struct PutContext<'a> {

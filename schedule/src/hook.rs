@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use sluice_broker::{HookOutcome, PendingMessage, PutContext, PutHook, Stored, TRANS_HALF_TOPIC};
-use sluice_protocol::message::keys;
 use sluice_protocol::message::record::sysflag;
 use sluice_protocol::response_code as code;
 use sluice_store::now_ms;
@@ -38,20 +37,10 @@ fn reject(code: i32, remark: impl Into<String>) -> HookOutcome {
     }
 }
 
-/// A half message waits for its transaction: its delay applies after commit. A committed
-/// message still carries `TRAN_MSG=true` (RocketMQ keeps the half's properties), so the
-/// COMMIT sysFlag decides first.
+/// A half message waits for its transaction: its delay applies after commit (the rule is the
+/// broker's, [`PendingMessage::is_half`]; after the transaction hook it is in the half topic).
 fn is_half(msg: &PendingMessage) -> bool {
-    let tx = sysflag::transaction_type(msg.input.sys_flag);
-    if tx == sysflag::TRANSACTION_COMMIT {
-        return false;
-    }
-    tx == sysflag::TRANSACTION_PREPARED
-        || msg
-            .properties
-            .get(keys::TRAN_MSG)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        || msg.input.topic == TRANS_HALF_TOPIC
+    msg.is_half() || msg.input.topic == TRANS_HALF_TOPIC
 }
 
 impl PutHook for SchedulePutHook {

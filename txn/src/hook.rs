@@ -44,15 +44,9 @@ impl std::fmt::Debug for TxnPutHook {
     }
 }
 
-/// True for a message the producer sent as a half message.
+/// True for a message the producer sent as a half message (see [`PendingMessage::is_half`]).
 pub(crate) fn is_half(msg: &PendingMessage) -> bool {
-    let t = sysflag::transaction_type(msg.input.sys_flag);
-    t == sysflag::TRANSACTION_PREPARED
-        || (t != sysflag::TRANSACTION_COMMIT
-            && msg
-                .properties
-                .get(keys::TRAN_MSG)
-                .is_some_and(|v| v.eq_ignore_ascii_case("true")))
+    msg.is_half()
 }
 
 impl PutHook for TxnPutHook {
@@ -237,6 +231,22 @@ mod tests {
         assert!(!is_half(&msg(sysflag::TRANSACTION_COMMIT, Some("true"))));
         assert!(!is_half(&msg(0, Some("false"))));
         assert!(!is_half(&msg(0, None)));
+    }
+
+    /// A consumer's retry resent as a plain send (clients before 4.6.1, when
+    /// CONSUMER_SEND_MSG_BACK fails) copies `TRAN_MSG=true` from a committed message; its
+    /// reconsume count with a delay level tells it from a half, as RocketMQ's broker does.
+    #[test]
+    fn a_retry_resent_with_a_reconsume_count_and_delay_is_not_a_half() {
+        let mut resent = msg(sysflag::TRANSACTION_PREPARED, Some("true"));
+        resent.input.topic = "%RETRY%g".into();
+        resent.input.reconsume_times = 1;
+        assert!(!is_half(&resent));
+        resent.properties.insert("DELAY", "0");
+        assert!(is_half(&resent), "no delay level: a half");
+        resent.properties.insert("DELAY", "3");
+        resent.input.reconsume_times = 0;
+        assert!(is_half(&resent), "no reconsume count: a half");
     }
 
     #[test]

@@ -225,7 +225,15 @@ fn single_message(
 ) -> PendingMessage {
     stamp(ctx, &mut properties);
     input.body = body;
-    PendingMessage { input, properties }
+    let mut msg = PendingMessage { input, properties };
+    // A consumer's retry resent as a plain send is stored as one (see `is_half`): left
+    // PREPARED, no consume queue would take it, and the retry would vanish.
+    if sysflag::transaction_type(msg.input.sys_flag) == sysflag::TRANSACTION_PREPARED
+        && !msg.is_half()
+    {
+        msg.input.sys_flag &= !sysflag::TRANSACTION_MASK;
+    }
+    msg
 }
 
 /// Splits a batch body; every inner message gets the header's topic, queue, sysFlag and
@@ -332,11 +340,7 @@ pub(crate) fn finish(
 
 /// A half message no hook moved to the half topic: storing it would hide it forever.
 fn is_unhandled_half(m: &PendingMessage) -> bool {
-    let prepared = sysflag::transaction_type(m.input.sys_flag) == sysflag::TRANSACTION_PREPARED
-        || m.properties
-            .get(keys::TRAN_MSG)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    prepared && m.input.topic != topic::TRANS_HALF_TOPIC
+    m.is_half() && m.input.topic != topic::TRANS_HALF_TOPIC
 }
 
 /// Appends and waits for the store's acknowledgement, mapping store errors to send codes;

@@ -742,3 +742,53 @@ async fn max_open_holds_for_halves_sent_faster_than_the_tailer_reads() {
     send_half(&c, "after").await;
     b.stop().await;
 }
+
+/// Clients before 4.6.1 resend a retry as a plain send when CONSUMER_SEND_MSG_BACK fails,
+/// copying every property of the message, `TRAN_MSG=true` of a committed one included (and
+/// the client then sets the PREPARED sysFlag). Taken for a half, the retry waited for a check
+/// of the original producer group and was lost when it answered rollback. With a reconsume
+/// count and a delay level it is a plain message, as RocketMQ's broker decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_resent_with_the_committed_messages_properties_is_stored_as_a_plain_message() {
+    use sluice_protocol::remoting::custom::{SendHeaderForm, SendMessageRequestHeader};
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), quiet()).await;
+    let c = b.client().await;
+    let mut props = half_props(GROUP, "resent");
+    props.insert("DELAY", "3");
+    props.insert("RECONSUME_TIME", "1");
+    let header = SendMessageRequestHeader {
+        producer_group: "old_consumer_group".into(),
+        topic: TOPIC.into(),
+        default_topic: "TBW102".into(),
+        default_topic_queue_nums: QUEUES,
+        queue_id: 0,
+        sys_flag: sysflag::TRANSACTION_PREPARED,
+        born_timestamp: 1_700_000_000_000,
+        properties: Some(props.encode()),
+        reconsume_times: Some(1),
+        ..SendMessageRequestHeader::default()
+    };
+    let req = sluice_protocol::RemotingCommand::request(
+        sluice_protocol::request_code::SEND_MESSAGE_V2,
+        header.to_ext(SendHeaderForm::V2),
+    )
+    .with_body(b"retry".to_vec());
+    let r = c.invoke(req, RPC).await.unwrap();
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(
+        visible_keys(&b, &c).await,
+        ["resent"],
+        "consumable at once (no schedule hook here): not held as a half"
+    );
+    assert!(
+        b.txn
+            .service()
+            .list(&ListQuery::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "no transaction was opened"
+    );
+    b.stop().await;
+}

@@ -250,13 +250,18 @@ fn execute(ctx: &BrokerContext, h: &PullMessageRequestHeader, plan: &Plan) -> Ou
 const NO_MATCHED: &str = "NO_MATCHED_MESSAGE";
 
 /// §2.3's table. A caught-up consumer on a queue whose messages were all deleted is told 19
-/// (so it long-polls), not "offset moved".
+/// (so it long-polls), not "offset moved"; one below them (a new consumer at 0, say) is told
+/// to move to where they ended, as RocketMQ's OFFSET_TOO_SMALL does. Told 19 there, it stayed
+/// at 0, its lag counting every deleted message, until the next message arrived.
 fn map_status(r: &GetResult, offset: u64) -> (i32, &'static str, u64) {
     match r.status {
         GetStatus::Found => (code::SUCCESS, "FOUND", r.next_offset),
         GetStatus::NoMatchedMessage => (code::PULL_RETRY_IMMEDIATELY, NO_MATCHED, r.next_offset),
-        GetStatus::NoMessageInQueue if offset == 0 || offset == r.max_offset => {
+        GetStatus::NoMessageInQueue if offset == r.max_offset => {
             (code::PULL_NOT_FOUND, "NO_MESSAGE_IN_QUEUE", offset)
+        }
+        GetStatus::NoMessageInQueue if offset < r.min_offset => {
+            (code::PULL_OFFSET_MOVED, "OFFSET_TOO_SMALL", r.min_offset)
         }
         GetStatus::NoMessageInQueue => (
             code::PULL_OFFSET_MOVED,
@@ -489,4 +494,44 @@ fn skipped_to(outcome: &Outcome, h: &PullMessageRequestHeader) -> Option<i64> {
         && outcome.remark == NO_MATCHED
         && next > h.queue_offset)
         .then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty(min: u64, max: u64, next: u64) -> GetResult {
+        GetResult {
+            status: GetStatus::NoMessageInQueue,
+            next_offset: next,
+            min_offset: min,
+            max_offset: max,
+            messages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_empty_queue_keeps_a_caught_up_consumer_and_moves_the_others() {
+        // Never written: a new consumer at 0 waits; one elsewhere moves to 0 (RocketMQ).
+        assert_eq!(
+            map_status(&empty(0, 0, 0), 0),
+            (19, "NO_MESSAGE_IN_QUEUE", 0)
+        );
+        assert_eq!(map_status(&empty(0, 0, 0), 5).0, code::PULL_OFFSET_MOVED);
+        assert_eq!(map_status(&empty(0, 0, 0), 5).2, 0);
+        // Every message deleted (min == max == 10): caught up waits, below moves to 10.
+        assert_eq!(
+            map_status(&empty(10, 10, 10), 10),
+            (19, "NO_MESSAGE_IN_QUEUE", 10)
+        );
+        assert_eq!(
+            map_status(&empty(10, 10, 0), 0),
+            (code::PULL_OFFSET_MOVED, "OFFSET_TOO_SMALL", 10)
+        );
+        assert_eq!(map_status(&empty(10, 10, 10), 3).2, 10);
+        assert_eq!(
+            map_status(&empty(10, 10, 10), 12),
+            (code::PULL_OFFSET_MOVED, "NO_MESSAGE_IN_QUEUE", 10)
+        );
+    }
 }

@@ -222,8 +222,8 @@ impl ClientManager {
             let group = consumers.entry(c.group_name.clone()).or_default();
             let before = group.client_ids();
             group.members.insert(conn.id(), member.clone());
-            update_group(group, c);
-            if group.client_ids() != before {
+            let topics_changed = update_group(group, c);
+            if topics_changed || group.client_ids() != before {
                 changed.push(c.group_name.clone());
             }
             index.consumers.insert(c.group_name.clone());
@@ -560,7 +560,10 @@ fn connections<'a>(members: impl Iterator<Item = &'a Member>) -> Vec<ClientConne
 
 /// Copies a heartbeat's group settings and subscriptions. Tag subscriptions are normalised:
 /// C++ clients send `atoi(tag)` as codes, so codes are recomputed from `subString`.
-fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) {
+/// Takes a member's heartbeat as the group's settings and subscriptions; true when the
+/// subscribed topics changed. RocketMQ's broker notifies the members then too: a member that
+/// added or dropped a topic has the others rebalance at once, not at their next timer.
+fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) -> bool {
     group.message_model = c.message_model;
     group.consume_type = c.consume_type;
     group.consume_from_where = c.consume_from_where;
@@ -575,7 +578,10 @@ fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) {
             .cloned();
         subs.insert(s.topic.clone(), keep.unwrap_or(s));
     }
+    let topics_changed = subs.len() != group.subscriptions.len()
+        || subs.keys().any(|t| !group.subscriptions.contains_key(t));
     group.subscriptions = subs;
+    topics_changed
 }
 
 /// Removes and returns the members silent for longer than `expiry` (the caller closes the

@@ -101,6 +101,65 @@ async fn consumer_list_tracks_heartbeats_and_disconnects_and_members_are_notifie
     cluster.stop().await;
 }
 
+/// A heartbeat subscribing `topics` (Java-style body).
+fn heartbeat_of(client_id: &str, group: &str, topics: &[&str]) -> RemotingCommand {
+    let subs: Vec<String> = topics
+        .iter()
+        .map(|t| {
+            format!(
+                r#"{{"subString":"*","subVersion":1700000000000,"topic":"{t}","tagsSet":[],"codeSet":[]}}"#
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"clientID":"{client_id}","consumerDataSet":[{{"consumeFromWhere":"CONSUME_FROM_LAST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"{group}","messageModel":"CLUSTERING","subscriptionDataSet":[{}],"unitMode":false}}],"producerDataSet":[]}}"#,
+        subs.join(",")
+    );
+    RemotingCommand::request(request_code::HEART_BEAT, Default::default()).with_body(body)
+}
+
+/// Whether `requests` gets a NOTIFY_CONSUMER_IDS_CHANGED within `within`.
+async fn notified(
+    requests: &mut tokio::sync::mpsc::Receiver<RemotingCommand>,
+    within: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(within, requests.recv()).await,
+        Ok(Some(r)) if r.code == request_code::NOTIFY_CONSUMER_IDS_CHANGED
+    )
+}
+
+/// A member that adds or drops a topic changes what every member should own: RocketMQ's
+/// broker notifies them, so they rebalance at once instead of at their next timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_notified_when_the_groups_subscribed_topics_change() {
+    let cluster = start_cluster().await;
+    let c1 = cluster.client().await;
+    let mut requests = c1.take_requests().expect("request receiver");
+    let beat = |topics: &'static [&'static str]| heartbeat_of("10.0.0.1@1#DEFAULT", "sg", topics);
+    assert_eq!(c1.invoke(beat(&["A"]), RPC).await.unwrap().code, 0);
+    assert!(
+        notified(&mut requests, Duration::from_secs(10)).await,
+        "joined"
+    );
+    assert_eq!(c1.invoke(beat(&["A"]), RPC).await.unwrap().code, 0);
+    assert!(
+        !notified(&mut requests, Duration::from_millis(300)).await,
+        "nothing changed"
+    );
+    assert_eq!(c1.invoke(beat(&["A", "B"]), RPC).await.unwrap().code, 0);
+    assert!(
+        notified(&mut requests, Duration::from_secs(10)).await,
+        "B added"
+    );
+    assert_eq!(c1.invoke(beat(&["B"]), RPC).await.unwrap().code, 0);
+    assert!(
+        notified(&mut requests, Duration::from_secs(10)).await,
+        "A dropped"
+    );
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_subscription_filters_pulls_without_the_subscription_bit() {
     let cluster = start_cluster().await;

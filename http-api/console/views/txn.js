@@ -1,5 +1,6 @@
 // Transactions: undecided half messages by producer group, with age, check count and the
-// producer's last answer, and an operator's forced commit or rollback after a confirmation.
+// producer's last answer, and an operator's forced commit or rollback (or a parked one's
+// re-arm) after a confirmation.
 // The decision goes through POST /v1/transactions/{id}/force, which refuses to change a
 // transaction that was decided meanwhile (409), and the page says so.
 
@@ -82,7 +83,11 @@ function byGroup(s, txns, refresh) {
 function actions(s, t, refresh) {
   if (!['open', 'parked'].includes(t.state)) return t.decided_by ? `by ${t.decided_by}` : '';
   const force = async (action) => {
-    const what = action === 'commit' ? 'COMMIT (deliver it to consumers)' : 'ROLL BACK (discard it)';
+    const what = {
+      commit: 'COMMIT (deliver it to consumers)',
+      rollback: 'ROLL BACK (discard it)',
+      rearm: 'RE-ARM (check its producer again)',
+    }[action];
     if (!window.confirm(`Force ${what} the transaction of ${t.producer_group}, message ${t.msg_id} on ${t.topic}?`)) return;
     try {
       const r = await api(`/v1/transactions/${seg(t.txn_id)}/force`, { method: 'POST', body: { action } });
@@ -96,5 +101,8 @@ function actions(s, t, refresh) {
   };
   return h('span', { class: 'actions' },
     h('button', { type: 'button', class: 'commit', onclick: () => force('commit'), 'data-testid': `commit-${t.msg_id}` }, 'Commit'),
-    h('button', { type: 'button', class: 'danger', onclick: () => force('rollback'), 'data-testid': `rollback-${t.msg_id}` }, 'Roll back'));
+    h('button', { type: 'button', class: 'danger', onclick: () => force('rollback'), 'data-testid': `rollback-${t.msg_id}` }, 'Roll back'),
+    t.state === 'parked'
+      ? h('button', { type: 'button', onclick: () => force('rearm'), 'data-testid': `rearm-${t.msg_id}` }, 'Re-arm')
+      : null);
 }

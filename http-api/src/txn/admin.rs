@@ -84,8 +84,8 @@ pub(super) async fn get_one(
 }
 
 /// Forces a commit or rollback of an undecided transaction (recorded as decided by an
-/// operator). A decided one is not changed: the same decision answers as a repeat, the
-/// opposite one 409.
+/// operator), or re-arms a parked one's checks. A decided one is not changed: the same
+/// decision answers as a repeat, the opposite one (or a re-arm) 409.
 #[utoipa::path(post, path = "/v1/transactions/{txn_id}/force", tag = "transactions-admin",
     params(("txn_id" = String, Path, description = "Transaction handle")),
     request_body = ForceRequest,
@@ -93,7 +93,7 @@ pub(super) async fn get_one(
         (status = 200, description = "Applied or repeated", body = DecisionResponse),
         (status = 400, description = "Malformed txn_id or action", body = ErrorBody),
         (status = 404, description = "Unknown, or decided and forgotten", body = ErrorBody),
-        (status = 409, description = "Decided the other way", body = ErrorBody),
+        (status = 409, description = "Decided the other way (or decided, for a re-arm)", body = ErrorBody),
         (status = 429, description = "Another decision on it is being stored, or the store is busy: nothing changed, retry", body = ErrorBody),
         (status = 503, description = "Transactions disabled, disk full, or shutting down", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -105,11 +105,12 @@ pub(super) async fn force(
     let txn = state.txn()?;
     let handle = decode_id(&txn_id)?;
     find(&state, txn, &handle, false).await?;
-    let commit = req.action == ForceAction::Commit;
-    let outcome = txn
-        .force(handle.half_offset, commit)
-        .await
-        .map_err(txn_error)?;
+    let outcome = match req.action {
+        ForceAction::Commit => txn.force(handle.half_offset, true).await,
+        ForceAction::Rollback => txn.force(handle.half_offset, false).await,
+        ForceAction::Rearm => txn.rearm(handle.half_offset).await,
+    }
+    .map_err(txn_error)?;
     tracing::info!(producer_group = %handle.producer_group, transaction_id = %handle.uniq_key, half_offset = handle.half_offset, action = ?req.action, outcome = ?outcome, "transaction forced by an operator");
     Ok(Json(decision(outcome, txn_id)))
 }

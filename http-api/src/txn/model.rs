@@ -84,7 +84,7 @@ pub struct CheckAnswer {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForceRequest {
-    /// `commit` or `rollback`.
+    /// `commit`, `rollback` or `rearm`.
     pub action: ForceAction,
 }
 
@@ -96,6 +96,9 @@ pub enum ForceAction {
     Commit,
     /// Discard the half message.
     Rollback,
+    /// Check a parked transaction again: open, check count zero, first check one
+    /// `check_after` from now (an open one is left as it is).
+    Rearm,
 }
 
 /// One check: what a webhook receives (as the POST body) and what a poll hands out.

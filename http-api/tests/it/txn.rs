@@ -899,6 +899,42 @@ async fn operators_list_inspect_and_force_transactions() {
     s.stop().await;
 }
 
+/// Parked transactions (final action `keep`) could be re-armed only through the Rust API:
+/// an operator of the binary had no way to have one checked again.
+#[tokio::test]
+async fn an_operator_re_arms_a_parked_transaction_and_its_next_check_decides_it() {
+    let mut opts = common::Options::default();
+    opts.http.checks.check_url_hosts = vec!["127.0.0.1".into()];
+    opts.http.checks.webhook_secret = Some(SECRET.into());
+    opts.txn.defaults.check_interval = Duration::from_millis(200);
+    opts.txn.defaults.check_max = 1;
+    opts.txn.defaults.final_action = sluice_txn::FinalAction::Keep;
+    let s = common::start_with(opts).await;
+    s.create_topic("Orders", 2);
+    let (_hook, url) = start_hook(vec![answer("unknown"), answer("commit")]).await;
+    let (id, msg_id) = send(&s, "web", json!({"check_url": url})).await;
+    let v = wait_for_txn(&s, &id, |v| v["state"] == "parked").await;
+    assert_eq!(v["check_count"], 1, "{v}");
+    let (status, v) = s
+        .post(
+            &format!("/v1/transactions/{id}/force"),
+            json!({"action": "rearm"}),
+        )
+        .await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("open")), "{v}");
+    let v = wait_for_txn(&s, &id, |v| v["state"] == "committed").await;
+    assert_eq!(v["decided_by"], "check", "{v}");
+    assert!(appears(&s, &msg_id).await);
+    let (status, v) = s
+        .post(
+            &format!("/v1/transactions/{id}/force"),
+            json!({"action": "rearm"}),
+        )
+        .await;
+    assert_eq!((status, error_code(&v)), (409, "conflict"), "{v}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn the_transaction_listing_pages_after_its_cursor_without_repeats_or_gaps() {
     let s = start_signed().await;

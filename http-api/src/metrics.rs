@@ -151,7 +151,7 @@ fn broker_section(out: &mut Prom, state: &AppState) {
     let counters: [(&str, &str, u64); 17] = [
         (
             "sluice_messages_stored_total",
-            "Messages stored (all protocols).",
+            "Messages producers sent (all protocols, halves and delayed ones included) and the retry, dead-letter and replay copies the broker made.",
             s.messages_stored,
         ),
         (
@@ -381,7 +381,7 @@ fn txn_section(out: &mut Prom, m: &sluice_txn::TxnMetrics) {
         ),
         (
             "sluice_txn_unknown_refs_total",
-            "Requests naming no known transaction.",
+            "Requests naming no known transaction, or not the one at their offsets.",
             m.unknown_refs,
         ),
         (

@@ -67,10 +67,12 @@ pub(crate) async fn layer(State(front): State<Front>, req: Request, next: Next) 
 /// (HTTP/1.0) is taken as local.
 fn loopback_request(req: &Request) -> bool {
     let headers = req.headers();
+    // Every copy of each header: a second one must not hide behind a first that passes.
     let host_ok = headers
-        .get(axum::http::header::HOST)
-        .is_none_or(|h| h.to_str().is_ok_and(loopback_authority));
-    let origin_ok = headers.get(axum::http::header::ORIGIN).is_none_or(|o| {
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .all(|h| h.to_str().is_ok_and(loopback_authority));
+    let origin_ok = headers.get_all(axum::http::header::ORIGIN).iter().all(|o| {
         o.to_str().is_ok_and(|o| {
             o.split_once("://")
                 .is_some_and(|(_, authority)| loopback_authority(authority))
@@ -79,12 +81,28 @@ fn loopback_request(req: &Request) -> bool {
     host_ok && origin_ok
 }
 
-/// `host[:port]` naming the local machine: `localhost`, `127.x.x.x` or `[::1]`.
+/// `host[:port]` naming the local machine: `localhost`, `127.x.x.x` or `[::1]`, with a port
+/// of digits only (`localhost:80@evil.example` is not this machine).
 fn loopback_authority(authority: &str) -> bool {
-    let host = match authority.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((h, after)) => (
+                h,
+                after.strip_prefix(':').or((after.is_empty()).then_some("")),
+            ),
+            None => return false,
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, Some("")),
+        },
     };
+    let port_ok = port.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok && loopback_host(host)
+}
+
+/// `localhost`, `127.x.x.x` or `::1`.
+fn loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -195,6 +213,10 @@ mod tests {
             "10.0.0.1:8080",
             "[::2]:8080",
             "",
+            "localhost:38081@evil.example",
+            "127.0.0.1:1@evil.example",
+            "[::1]x",
+            "[::1",
         ] {
             assert!(!loopback_authority(bad), "{bad}");
         }

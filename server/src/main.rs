@@ -15,6 +15,7 @@
 
 mod config;
 mod limits;
+mod log_writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,7 +139,7 @@ fn init_tracing() {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer::EscapedStderr { ansi })
         .with_ansi(ansi)
         .init();
 }

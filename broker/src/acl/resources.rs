@@ -53,12 +53,16 @@ pub(super) enum Need {
 pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
     let ext = &req.ext_fields;
     let s = |k: &str| ext.get_str(k).filter(|v| !v.is_empty()).map(str::to_owned);
+    // A group named by an empty value is still a group (""), held to the account's default
+    // group permission: skipped, an account with SUB on a topic and no group rights pulled it
+    // and committed offsets as group "".
+    let g = |k: &str| ext.get_str(k).map(str::to_owned);
     let mut out = Vec::new();
     let sub_topic_and_group = |out: &mut Vec<Need>| {
         if let Some(t) = s("topic") {
             out.push(Need::Topic(t, Perm::Sub));
         }
-        if let Some(g) = s("consumerGroup") {
+        if let Some(g) = g("consumerGroup") {
             out.push(Need::Group(g, Perm::Sub));
         }
     };
@@ -91,7 +95,7 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
             }
         }
         rc::CONSUMER_SEND_MSG_BACK => {
-            if let Some(g) = s("group") {
+            if let Some(g) = g("group") {
                 out.push(Need::Group(g, Perm::Sub));
             }
             if let Some(t) = s("originTopic") {
@@ -99,7 +103,7 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
             }
         }
         rc::UNREGISTER_CLIENT | rc::GET_CONSUMER_LIST_BY_GROUP => {
-            if let Some(g) = s("consumerGroup") {
+            if let Some(g) = g("consumerGroup") {
                 out.push(Need::Group(g, Perm::Sub));
             }
         }
@@ -109,7 +113,7 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
             }
         }
         rc::GET_CONSUMER_CONNECTION_LIST => {
-            if let Some(g) = s("consumerGroup") {
+            if let Some(g) = g("consumerGroup") {
                 out.push(Need::Group(g, Perm::Sub));
             }
         }
@@ -147,6 +151,27 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
 mod tests {
     use super::*;
     use sluice_protocol::ExtFields;
+
+    #[test]
+    fn an_empty_group_name_is_a_group_to_check_not_none() {
+        let pull = ExtFields::new()
+            .with("consumerGroup", "")
+            .with("topic", "Orders");
+        assert_eq!(
+            needed(&RemotingCommand::request(rc::PULL_MESSAGE, pull)),
+            vec![
+                Need::Topic("Orders".into(), Perm::Sub),
+                Need::Group(String::new(), Perm::Sub)
+            ]
+        );
+        let back = ExtFields::new()
+            .with("group", "")
+            .with("originTopic", "Orders");
+        assert!(
+            needed(&RemotingCommand::request(rc::CONSUMER_SEND_MSG_BACK, back))
+                .contains(&Need::Group(String::new(), Perm::Sub))
+        );
+    }
 
     #[test]
     fn send_v2_needs_pub_and_retry_sends_need_the_group() {

@@ -24,6 +24,13 @@
 //! on disk resumes zeroing after its written data. Zeroing a whole new index file (84 MB) and
 //! its fdatasync on the dispatcher thread had held every producer's sync behind it at the disk
 //! (up to ~45 ms in the HTTP benchmark); entry writes also convert no extents.
+//!
+//! Those sparse maps are advised random access (`MADV_RANDOM`): a fault reads its own page and
+//! no read-around. With the kernel's read-around, the first look at a queue file's few written
+//! entries (recovery reads each queue's end at open) read the whole 6 MB file, holes and all,
+//! as zero-filled page cache: a restart over 1 200 queues added ~6.9 GB of cache and took
+//! seconds. Their readers want entries, not the pages around them; the commit log's sequential
+//! reads keep the default.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -165,7 +172,12 @@ impl MappedFile {
             Some(_) => {}
         }
         let map = if head.is_some() {
-            Map::Write(map_writable(&file, path)?)
+            let map = map_writable(&file, path)?;
+            if let Err(e) = map.advise(memmap2::Advice::Random) {
+                // Only the page cache's size depends on it (module docs).
+                tracing::debug!(path = %path.display(), error = %e, "madvise(RANDOM) failed");
+            }
+            Map::Write(map)
         } else {
             Map::Read(map_file(&file, path)?)
         };
@@ -434,6 +446,24 @@ impl MappedFile {
         }
     }
 
+    /// Starts reading `[from, to)` into the page cache in large requests (`MADV_WILLNEED`):
+    /// for a scan of a known range through a map advised random access, whose faults
+    /// otherwise read one page at a time.
+    pub(crate) fn prefetch(&self, from: u64, to: u64) {
+        let to = to.min(self.len);
+        if to <= from {
+            return;
+        }
+        let (start, len) = (from as usize, (to - from) as usize);
+        let r = match &*self.map {
+            Map::Read(m) => m.advise_range(memmap2::Advice::WillNeed, start, len),
+            Map::Write(m) => m.advise_range(memmap2::Advice::WillNeed, start, len),
+        };
+        if let Err(e) = r {
+            tracing::debug!(path = %self.path.display(), error = %e, "madvise(WILLNEED) failed");
+        }
+    }
+
     /// Writes zeros from the zeroed end to [`ZERO_AHEAD`] past `end` once `end` comes within
     /// half of that of it. Nothing there was ever written (see `zeroed_to`), so only zeros are
     /// overwritten. Not synced: the file's next `fdatasync` covers it. The zeros are what
@@ -588,6 +618,17 @@ pub(crate) fn cached_kib(file: &MappedFile) -> u64 {
     };
     assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
     vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64 / 1024
+}
+
+/// Drops `path`'s clean pages from the page cache, as a reboot or memory pressure does (tests).
+#[cfg(test)]
+#[allow(unsafe_code)]
+pub(crate) fn evict_cached(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).unwrap();
+    // SAFETY: `f` is an open file; the call only advises the kernel about its page cache.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
 }
 
 /// Resident kilobytes of this process's mappings of `path` (tests).

@@ -220,6 +220,28 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize, seal: 
     }
 }
 
+/// The frame length at `pos` when it holds a whole record in every respect but its trailer
+/// checksum: a sane length and magic, the frame inside the segment, PHYSICALOFFSET naming this
+/// very position, a record that parses with a valid topic, and a trailer whose watermark is
+/// plausible. That is how a record checked with another seal looks (the `seal` file lost or
+/// replaced), and not how a torn write looks, which leaves zeros or a stale record behind.
+pub(crate) fn whole_but_checksum(
+    seg: &[u8],
+    pos: usize,
+    base: u64,
+    max_record: usize,
+) -> Option<u64> {
+    let total = own_record_len(seg, pos, max_record)?;
+    let (record, tail) = seg.get(pos..pos + total + TRAILER_LEN)?.split_at(total);
+    let at = base + pos as u64;
+    let watermark = u64::from_be_bytes(tail[..8].try_into().expect("8 bytes"));
+    let whole = claimed_offset(seg, pos) == Some(at)
+        && watermark_beyond_itself(watermark, at).is_none()
+        && RecordView::parse(record, max_record)
+            .is_ok_and(|v| crate::message::validate_topic(v.topic).is_ok());
+    whole.then(|| frame_len(total))
+}
+
 fn probe_blank(seg: &[u8], pos: usize, base: u64, remaining: i32, seal: Seal) -> Probe {
     let Some(marker) = seg.get(pos..pos + BLANK_LEN) else {
         return Probe::Invalid("end marker runs past the segment end".into());

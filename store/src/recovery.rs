@@ -137,6 +137,7 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
             Probe::Invalid(r) => r,
         };
         let Some((q, _)) = next_valid_after(log, pos) else {
+            refuse_if_sealed_otherwise(log, pos)?;
             if pos < input.checkpoint_flushed {
                 // Nothing valid follows, yet the checkpoint says more was synced: those
                 // acknowledged records are gone (a disk that lost synced writes, a segment
@@ -167,6 +168,32 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
     report.end = pos;
     report.scan_micros = started.elapsed().as_micros() as u64;
     Ok(report)
+}
+
+/// Refuses to take the log's end at `pos` when the two frames from there are whole records
+/// that fail only their checksum: records checked with another seal, not a torn tail (a torn
+/// write leaves one frame at most, followed by zeros or stale bytes). A folder that lost its
+/// `seal` file together with its checkpoint (a copy that skipped the small files) had every
+/// record after the seal's start zeroed as a "torn tail", after a clean stop too.
+fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()> {
+    let whole_at = |at: u64| {
+        let seg = log.segment_for(at)?;
+        framing::whole_but_checksum(
+            seg.file.as_slice(),
+            (at - seg.base) as usize,
+            seg.base,
+            log.max_record(),
+        )
+    };
+    let Some(first) = whole_at(pos) else {
+        return Ok(());
+    };
+    if whole_at(pos + first).is_none() {
+        return Ok(());
+    }
+    Err(StoreError::Recovery(format!(
+        "the records from commit-log offset {pos} on are whole but their checksums do not          verify with this folder's seal: its `seal` file is missing or from another folder.          Restore it from this folder's backup (nothing was changed)"
+    )))
 }
 
 /// The refusal of a log that ends at `end`, below the `flushed` bytes a checkpoint vouches for.

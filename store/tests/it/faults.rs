@@ -535,6 +535,61 @@ fn a_folder_that_lost_its_seal_file_is_refused_until_it_is_restored() {
     store.shutdown().unwrap();
 }
 
+/// With the checkpoint gone too, nothing said the log was sealed: every record failed its
+/// checksum, and the whole log was cut as a "torn tail" (zeroed, later segments deleted),
+/// after a clean stop as after a crash. Whole records that fail only their checksum are
+/// refused as a seal problem now, and a seal from another folder likewise.
+#[test]
+fn a_folder_that_lost_its_seal_and_checkpoint_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let store = open(&cfg);
+    let acked = append_seqs(&store, "T", 0, 0..10);
+    store.shutdown().unwrap();
+    drop(store);
+    let other = tempfile::tempdir().unwrap();
+    let other_cfg = small_config(other.path());
+    drop(open(&other_cfg));
+    let seal = dir.path().join("seal");
+    let saved = std::fs::read(&seal).unwrap();
+    let log_bytes = || dir_bytes(&dir.path().join("commitlog"));
+    let before = log_bytes();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    for (unclean, foreign) in [(false, false), (true, false), (true, true)] {
+        if unclean {
+            mark_unclean(dir.path());
+        }
+        if foreign {
+            std::fs::copy(other.path().join("seal"), &seal).unwrap();
+        } else if seal.exists() {
+            std::fs::remove_file(&seal).unwrap();
+        }
+        let err = sluice_store::Store::open(cfg.clone())
+            .map(drop)
+            .expect_err("refused");
+        assert!(err.to_string().contains("seal"), "{err}");
+        assert_eq!(log_bytes(), before, "nothing of the log changed");
+    }
+    std::fs::write(&seal, &saved).unwrap();
+    let store = open(&cfg);
+    assert!(store.health().damage.is_empty());
+    assert_eq!(read_queue(&store, "T", 0).len(), acked.len());
+    store.shutdown().unwrap();
+}
+
+/// Every file under `dir` with its bytes, by name.
+fn dir_bytes(dir: &std::path::Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// At open, re-dispatching onto a disk that is still full failed the open, so the broker could
 /// not start (and the cleaner that frees space runs only once the store is open). The store
 /// now opens, holds the entries it cannot write back, hands out no queue offset twice, and

@@ -95,6 +95,7 @@ impl ConsumeQueue {
         ensure_dir(dir)?;
         let mut names = list_numbered_files(dir)?;
         names.sort_unstable();
+        crate::mapped::refuse_emptied(dir, &names)?;
         let mut files = Vec::with_capacity(names.len());
         for name in names {
             let first = name / ENTRY_LEN;

@@ -462,6 +462,7 @@ impl Index {
         ensure_dir(dir)?;
         let mut names = list_numbered_files(dir)?;
         names.sort_unstable();
+        crate::mapped::refuse_emptied(dir, &names)?;
         let mut files = Vec::new();
         let newest_name = names.last().copied();
         for name in names {

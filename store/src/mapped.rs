@@ -166,9 +166,17 @@ impl MappedFile {
                 write_zeros(&file, io, 0, to).map_err(|e| map_alloc_error(path, e))?;
                 zeroed_to = Some(to);
             }
-            Some(_) if current < len => file
-                .set_len(len)
-                .map_err(|e| StoreError::io("extend", path, e))?,
+            // Made at full length in one call, so shorter is damage (a truncating copy, a
+            // repair tool): extended, its lost entries read as holes and a queue's offsets
+            // were handed out again. Both folders are rebuilt from the commit log.
+            Some(_) if current < len => {
+                return Err(StoreError::Recovery(format!(
+                    "{} is {current} bytes, shorter than its {len}: truncated or damaged. \
+                     Remove the `consumequeue` or `index` folder it is in: both are rebuilt \
+                     from the commit log at the next start",
+                    path.display()
+                )))
+            }
             Some(_) => {}
         }
         let map = if head.is_some() {
@@ -554,6 +562,31 @@ fn map_alloc_error(path: &Path, e: std::io::Error) -> StoreError {
     } else {
         StoreError::io("fallocate", path, e)
     }
+}
+
+/// Refuses an empty file among the numbered files `names` (sorted) of a consume queue or the
+/// index, but the last: a crash while creating the newest leaves it empty, while an older one
+/// was full once, and reopened as new its entries were lost without a word (see the refusal
+/// of a short file in [`MappedFile::open_zeroed`]).
+pub(crate) fn refuse_emptied(dir: &Path, names: &[u64]) -> Result<()> {
+    let Some((_, older)) = names.split_last() else {
+        return Ok(());
+    };
+    for name in older {
+        let path = dir.join(crate::commitlog::file_name(*name));
+        let len = std::fs::metadata(&path)
+            .map_err(|e| StoreError::io("stat", &path, e))?
+            .len();
+        if len == 0 {
+            return Err(StoreError::Recovery(format!(
+                "{} is empty, though newer files follow it: truncated or damaged. Remove the \
+                 `consumequeue` or `index` folder it is in: both are rebuilt from the commit \
+                 log at the next start",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// New space at creation: written with `pwrite` (a store write like any other) and synced.

@@ -264,13 +264,43 @@ fn open_state(
             )?)))
         });
     match state {
-        Ok((topics, offsets)) => Ok((Arc::new(store), topics, offsets)),
+        Ok((topics, offsets)) => {
+            warn_state_lost(data_dir, &store, &topics);
+            Ok((Arc::new(store), topics, offsets))
+        }
         Err(e) => {
             if let Err(close) = store.shutdown() {
                 tracing::error!(error = %close, "store shutdown after a failed start failed");
             }
             Err(e)
         }
+    }
+}
+
+/// Says loudly when the broker's own state files are gone while the commit log holds
+/// messages (a copy or restore that left `config/` behind): without them every topic's
+/// configuration is forgotten (its queues are not served until it is created again) and every
+/// consumer group starts over, which the start used to note only as "0 entries loaded".
+fn warn_state_lost(data_dir: &std::path::Path, store: &Store, topics: &TopicManager) {
+    let config = crate::state_file::config_dir(data_dir);
+    let unconfigured: std::collections::BTreeSet<String> = store
+        .queues()
+        .into_iter()
+        .filter(|(t, q)| store.max_offset(t, *q) > store.queue_start(t, *q))
+        .map(|(t, _)| t)
+        .filter(|t| topics.get(t).is_none())
+        .collect();
+    if !unconfigured.is_empty() {
+        tracing::warn!(
+            topics = unconfigured.len(),
+            first = %unconfigured.iter().next().map_or("", String::as_str),
+            path = %config.join("topics.json").display(),
+            "topics with stored messages have no configuration (topics.json lost or older?): they are not served until created again"
+        );
+    }
+    let offsets = config.join("consumerOffset.json");
+    if !offsets.exists() && store.stats().written > 0 {
+        tracing::warn!(path = %offsets.display(), "consumer offsets file missing while the commit log holds messages (lost with a copy or restore?): every consumer group starts where a group without offsets starts");
     }
 }
 

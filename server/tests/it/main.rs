@@ -17,6 +17,7 @@ mod disk_full;
 mod fuzz_replay;
 mod replay_crash;
 mod retry_cpp;
+mod state_lost;
 mod timers_crash;
 mod tls;
 mod txn_cpp;

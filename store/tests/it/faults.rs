@@ -688,3 +688,57 @@ fn entries_past_a_stopped_re_dispatch_are_written_again_not_trusted() {
     assert_eq!(read_queue(&store, "V", 0).len(), 1);
     store.shutdown().unwrap();
 }
+
+/// A consume-queue or index file cut short (or emptied while newer files follow it) was
+/// extended at open as if new: its entries were lost without a word, and the queue's offsets
+/// were handed out again to new messages. The open is refused, naming the file and the
+/// folder to remove; without it, everything is rebuilt from the commit log.
+#[test]
+fn a_truncated_queue_or_index_file_is_refused_and_its_folder_rebuilt_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let per_file = cfg.cq_entries_per_file;
+    let store = open(&cfg);
+    let acked = append_seqs(&store, "T", 0, 0..per_file + 10);
+    store.shutdown().unwrap();
+    drop(store);
+    let queue_dir = dir.path().join("consumequeue").join("T").join("0");
+    let first = queue_dir.join("00000000000000000000");
+    let index = std::fs::read_dir(dir.path().join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("an index file");
+    for (file, len) in [(&first, 600), (&first, 0), (&index, 1000)] {
+        let saved = std::fs::read(file).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let err = sluice_store::Store::open(cfg.clone())
+            .map(drop)
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&file.display().to_string()) && text.contains("Remove the"),
+            "{text}"
+        );
+        std::fs::write(file, saved).unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(600)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    let store = open(&cfg);
+    assert_eq!(
+        read_queue(&store, "T", 0).len(),
+        acked.len(),
+        "rebuilt whole"
+    );
+    store.shutdown().unwrap();
+}

@@ -66,16 +66,16 @@ impl Core {
         let mut cp = cp.unwrap_or_default();
         self.clamp_to_queues(&mut cp);
         for le in &cp.live {
-            match self.read_half(le.cp) {
-                Ok(rec) if rec.id().half_offset == le.q && rec.id().commit_log_offset == le.p => {
+            match self.half_of(le) {
+                Ok((rec, current)) => {
                     let mut e = Entry::open(&rec);
                     le.restore(&mut e, rec.header.store_timestamp);
+                    if let Some(current) = current {
+                        e.current = current;
+                    }
                     report.listed += usize::from(self.table.lock().insert(e));
                 }
-                other => {
-                    let reason = other
-                        .map(|r| format!("another record ({:?})", r.id()))
-                        .unwrap_or_else(|e| e.to_string());
+                Err(reason) => {
                     tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "undecided transaction's half unreadable where the checkpoint says; looking for a newer copy");
                     self.lost_listed.lock().insert(le.q, le.clone());
                 }
@@ -112,6 +112,60 @@ impl Core {
         let torn = self.find_torn_commits(|q| !clean || pending.contains(&q));
         report.torn_commits = torn.len();
         (report, torn)
+    }
+
+    /// The half message (or current copy) of a checkpoint's live entry, and where it now is
+    /// when that is not where the entry says. Two of the entry's three offsets agreeing are
+    /// taken over the third: a damaged checkpoint (one flipped digit) lost an undecided
+    /// transaction whose half message was intact.
+    /// - the record at `cp` names `q` and `p`: as written;
+    /// - it names one of them: that field of the entry is the damaged one (the copy at `cp`
+    ///   vouches for the transaction);
+    /// - it is unreadable or names neither: the original at half queue offset `q`, if it is at
+    ///   `p` (then `cp` was the damaged one, or the copy there is gone).
+    fn half_of(
+        &self,
+        le: &checkpoint::LiveEntry,
+    ) -> Result<(crate::records::HalfRecord, Option<crate::table::Location>), String> {
+        let at_cp = self.read_half(le.cp);
+        if let Ok(rec) = &at_cp {
+            let id = rec.id();
+            if id.half_offset == le.q && id.commit_log_offset == le.p {
+                return at_cp.map(|r| (r, None)).map_err(|e| e.to_string());
+            }
+            if id.half_offset == le.q || id.commit_log_offset == le.p {
+                tracing::warn!(half_offset = le.q, commit_log_offset = le.p, found = ?id, "transaction checkpoint entry damaged; the half message at its location names it");
+                return at_cp.map(|r| (r, None)).map_err(|e| e.to_string());
+            }
+        }
+        let reason = match &at_cp {
+            Ok(r) => format!("another record ({:?})", r.id()),
+            Err(e) => e.to_string(),
+        };
+        match self.original_at(le.q) {
+            Some(rec) if rec.phys_offset == le.p => {
+                tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "transaction checkpoint's location of the half message unusable; taken from the half queue");
+                let current = crate::table::Location {
+                    half_offset: rec.queue_offset,
+                    phys_offset: rec.phys_offset,
+                    store_ms: rec.header.store_timestamp,
+                };
+                Ok((rec, Some(current)))
+            }
+            _ => Err(reason),
+        }
+    }
+
+    /// The original half message at half queue offset `q` (not a carried-forward copy), if
+    /// the queue still holds it.
+    fn original_at(&self, q: u64) -> Option<crate::records::HalfRecord> {
+        let got =
+            self.services
+                .store()
+                .get_messages(TRANS_HALF_TOPIC, 0, q, 1, self.max_record, None);
+        let m = got.messages.first().filter(|m| m.queue_offset == q)?;
+        let rec = crate::records::HalfRecord::parse(&m.bytes, self.max_record).ok()?;
+        (rec.origin.is_none()).then_some(rec)
     }
 
     /// Step 3b: journalled check counts of the arming each transaction has now (before the op

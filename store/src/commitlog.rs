@@ -53,20 +53,32 @@ pub const STORED_RECORD_MAX: usize = i32::MAX as usize;
 /// an operator or a tool; [`CommitLog::open`] pads such a file with zeros when a later one
 /// follows it, and [`CommitLog::grow_last`] the last one after recovery): the end of the
 /// first such file. Looked at before anything is padded.
-pub(crate) fn short_file_end(dir: &Path, segment_size: u64) -> Result<Option<u64>> {
+pub(crate) fn short_file_end(dir: &Path, segment_size: u64) -> Result<Option<(u64, String)>> {
     if !dir.exists() {
         return Ok(None);
     }
     let mut bases = list_numbered_files(dir)?;
     bases.sort_unstable();
     for (i, &base) in bases.iter().enumerate() {
-        let len = bases.get(i + 1).map_or(segment_size, |next| next - base);
+        let next = bases.get(i + 1).copied();
+        let len = next.map_or(segment_size, |next| next - base);
         let path = dir.join(file_name(base));
         let found = std::fs::metadata(&path)
             .map_err(|e| StoreError::io("stat", &path, e))?
             .len();
         if found < len {
-            return Ok(Some(base + found));
+            // Said with both files: a gap between two whole files (one deleted or renamed)
+            // read as "a segment file cut short", which sent operators to the wrong file.
+            let why = match next {
+                Some(next) => format!(
+                    "segment file {} is {found} bytes but the next one starts at offset \
+                     {next}: a file cut short, or segment files missing or renamed between \
+                     them",
+                    path.display()
+                ),
+                None => format!("segment file {} cut short to {found} bytes", path.display()),
+            };
+            return Ok(Some((base + found, why)));
         }
     }
     Ok(None)

@@ -168,9 +168,9 @@ impl Store {
         // Before the open pads a short file: synced records the checkpoint vouches for past
         // its end are gone, and nothing must be changed before an operator decides.
         let flushed = cp.as_ref().map_or(0, |c| c.flushed);
-        if let Some(end) = commitlog::short_file_end(&log_dir, cfg.segment_size)? {
+        if let Some((end, why)) = commitlog::short_file_end(&log_dir, cfg.segment_size)? {
             if end < flushed {
-                return Err(recovery::missing(end, "a segment file cut short", flushed));
+                return Err(recovery::missing(end, &why, flushed));
             }
         }
         let log = Arc::new(CommitLog::open(

@@ -679,3 +679,36 @@ fn a_log_shorter_than_the_checkpoint_vouches_for_is_refused_unchanged() {
         );
     }
 }
+
+/// A segment missing between two whole ones (deleted, or renamed) was refused as "a segment
+/// file cut short", which sent operators to the wrong file: the refusal names the file before
+/// the gap and where the next one starts.
+#[test]
+fn a_segment_missing_between_two_others_is_refused_naming_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    {
+        let store = open(&cfg);
+        let mut seq = 0;
+        while segment_files(dir.path()).len() < 3 && seq < 100_000 {
+            append_seqs(&store, "T", 0, seq..seq + 100);
+            seq += 100;
+        }
+        assert!(store.wait_dispatched(Duration::from_secs(5)));
+        std::thread::sleep(cfg.checkpoint_interval * 3);
+        store.shutdown().unwrap();
+    }
+    let segments = segment_files(dir.path());
+    assert!(segments.len() >= 3, "{segments:?}");
+    std::fs::remove_file(&segments[1]).unwrap();
+    let err = sluice_store::Store::open(cfg.clone())
+        .map(drop)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains(&segments[0].display().to_string())
+            && err.contains("missing or renamed")
+            && err.contains("acknowledged records are missing"),
+        "{err}"
+    );
+}

@@ -48,13 +48,15 @@ impl PendingMessage {
                     .properties
                     .get(keys::TRAN_MSG)
                     .is_some_and(|v| v.eq_ignore_ascii_case("true")));
-        let retry_resent = self.input.reconsume_times > 0
-            && self
-                .properties
-                .get(keys::DELAY)
-                .and_then(|d| d.trim().parse::<i32>().ok())
-                .is_some_and(|level| level > 0);
-        marked && !retry_resent
+        let retry_resent = || {
+            self.input.reconsume_times > 0
+                && self
+                    .properties
+                    .get(keys::DELAY)
+                    .and_then(|d| d.trim().parse::<i32>().ok())
+                    .is_some_and(|level| level > 0)
+        };
+        marked && !retry_resent()
     }
 }
 

@@ -558,11 +558,12 @@ fn connections<'a>(members: impl Iterator<Item = &'a Member>) -> Vec<ClientConne
     out
 }
 
-/// Copies a heartbeat's group settings and subscriptions. Tag subscriptions are normalised:
-/// C++ clients send `atoi(tag)` as codes, so codes are recomputed from `subString`.
-/// Takes a member's heartbeat as the group's settings and subscriptions; true when the
-/// subscribed topics changed. RocketMQ's broker notifies the members then too: a member that
-/// added or dropped a topic has the others rebalance at once, not at their next timer.
+/// Copies a heartbeat's group settings and subscriptions; true when the subscribed topics
+/// changed. RocketMQ's broker notifies the members then too: a member that added or dropped a
+/// topic has the others rebalance at once, not at their next timer. (As there, members that
+/// subscribe differently, in a rolling deploy say, flip the set at each heartbeat.) Tag
+/// subscriptions are normalised: C++ clients send `atoi(tag)` as codes, so codes are
+/// recomputed from `subString`.
 fn update_group(group: &mut ConsumerGroup, c: &ConsumerData) -> bool {
     group.message_model = c.message_model;
     group.consume_type = c.consume_type;

@@ -62,8 +62,8 @@ impl OffsetManager {
     pub(crate) fn load(data_dir: &Path, max_entries: usize) -> Result<Self, BrokerError> {
         let path = state_file::config_dir(data_dir).join("consumerOffset.json");
         let saved: Option<OffsetFile> = state_file::load(&path)?;
-        // Written at the first flush even when empty: a folder always has one after its first
-        // run, so a missing file says it was lost (see the broker's start).
+        // Written at start even when empty (see the broker's `open_state`): a folder always has
+        // one after its first start, so a missing file says it was lost.
         let missing = saved.is_none();
         let table: HashMap<_, _> = saved.unwrap_or_default().offset_table.into_iter().collect();
         tracing::info!(path = %path.display(), entries = table.len(), "consumer offsets loaded");

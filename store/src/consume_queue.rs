@@ -161,6 +161,20 @@ impl ConsumeQueue {
         Some(Arc::clone(&files[idx].1))
     }
 
+    /// Asks for the entries `[from, to)` to be read into the page cache in large requests (see
+    /// [`MappedFile::prefetch`]); only what was written is asked for.
+    pub(crate) fn prefetch(&self, from: u64, to: u64) {
+        let files = self.files.read().clone();
+        for (first, f) in files
+            .iter()
+            .filter(|(first, _)| *first < to && first + self.per_file > from)
+        {
+            let start = from.saturating_sub(*first) * ENTRY_LEN;
+            let end = to.saturating_sub(*first).min(self.per_file) * ENTRY_LEN;
+            f.prefetch(start, end.min(f.written_len()));
+        }
+    }
+
     /// The entry at `offset`, ignoring the published bounds (recovery and internal use).
     fn raw_entry(&self, offset: u64) -> Option<CqEntry> {
         let file = self.file_for(offset)?;
@@ -361,13 +375,7 @@ impl ConsumeQueue {
         // the search above stopped: search again from the next valid entry, until none. That
         // reads every written entry after the end (at least the zeros written ahead of it),
         // which the map's random-access advice would fetch a page per fault: asked for at once.
-        for (first, f) in files
-            .iter()
-            .filter(|(first, _)| first + self.per_file > end)
-        {
-            let from = end.saturating_sub(*first).min(self.per_file) * ENTRY_LEN;
-            f.prefetch(from, f.written_len());
-        }
+        self.prefetch(end, u64::MAX);
         while let Some(next) = next_valid(end) {
             end = partition_point(next, hi, valid);
         }

@@ -222,9 +222,11 @@ pub(crate) fn probe(seg: &[u8], pos: usize, base: u64, max_record: usize, seal: 
 
 /// The frame length at `pos` when it holds a whole record in every respect but its trailer
 /// checksum: a sane length and magic, the frame inside the segment, PHYSICALOFFSET naming this
-/// very position, a record that parses with a valid topic, and a trailer whose watermark is
-/// plausible. That is how a record checked with another seal looks (the `seal` file lost or
-/// replaced), and not how a torn write looks, which leaves zeros or a stale record behind.
+/// very position, a record that parses with a valid topic and whose body matches its BODYCRC,
+/// and a trailer that was written (a checksum that is not zero, a plausible watermark). That
+/// is how a record checked with another seal looks (the `seal` file lost or replaced), and not
+/// how a torn write looks, which leaves zeros, a stale record, or a body or trailer that lost
+/// its page.
 pub(crate) fn whole_but_checksum(
     seg: &[u8],
     pos: usize,
@@ -235,10 +237,14 @@ pub(crate) fn whole_but_checksum(
     let (record, tail) = seg.get(pos..pos + total + TRAILER_LEN)?.split_at(total);
     let at = base + pos as u64;
     let watermark = u64::from_be_bytes(tail[..8].try_into().expect("8 bytes"));
+    let stored_crc = u32::from_be_bytes(tail[8..].try_into().expect("4 bytes"));
     let whole = claimed_offset(seg, pos) == Some(at)
+        && stored_crc != 0
         && watermark_beyond_itself(watermark, at).is_none()
-        && RecordView::parse(record, max_record)
-            .is_ok_and(|v| crate::message::validate_topic(v.topic).is_ok());
+        && RecordView::parse(record, max_record).is_ok_and(|v| {
+            crate::message::validate_topic(v.topic).is_ok()
+                && sluice_protocol::message::record::body_crc(v.body) == v.body_crc
+        });
     whole.then(|| frame_len(total))
 }
 

@@ -112,6 +112,11 @@ impl Store {
         let mut out = result(GetStatus::NoMatchedMessage, offset, min, max);
         let (mut o, mut bytes) = (offset, 0usize);
         let scan_end = max.min(offset + MAX_ENTRIES_SCANNED);
+        if filter.is_some() {
+            // A filtered read may pass thousands of entries; the queue's map reads a page per
+            // fault (random-access advice), so a cold range is asked for at once.
+            q.prefetch(offset, scan_end);
+        }
         while o < scan_end && out.messages.len() < max_count.max(1) {
             let entry = q.entry(o);
             if let Some(e) = entry.filter(|e| filter.is_none_or(|f| f(e.tags_code))) {

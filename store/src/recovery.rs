@@ -192,7 +192,9 @@ fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()> {
         return Ok(());
     }
     Err(StoreError::Recovery(format!(
-        "the records from commit-log offset {pos} on are whole but their checksums do not          verify with this folder's seal: its `seal` file is missing or from another folder.          Restore it from this folder's backup (nothing was changed)"
+        "the records from commit-log offset {pos} on are whole but their checksums do not \
+         verify with this folder's seal: its `seal` file is missing or from another folder. \
+         Restore it from this folder's backup (nothing was changed)"
     )))
 }
 

@@ -116,6 +116,18 @@ impl Core {
             .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))
     }
 
+    /// [`Core::read_half`] at an offset that may point anywhere (a damaged checkpoint's): a
+    /// record that does not verify there is not reported as store damage.
+    pub(crate) fn read_half_untrusted(&self, phys: u64) -> Result<HalfRecord, TxnError> {
+        let raw = self
+            .services
+            .store()
+            .read_record_untrusted(phys)
+            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))?;
+        HalfRecord::parse(&raw, self.max_record)
+            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))
+    }
+
     /// The half message stored at half queue offset `half_offset` and commit-log offset
     /// `phys`, when its send kept it (see `fresh`): no read, no parse of a stored record.
     pub(crate) fn fresh_half(&self, half_offset: u64, phys: u64) -> Option<HalfRecord> {

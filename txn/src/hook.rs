@@ -44,18 +44,13 @@ impl std::fmt::Debug for TxnPutHook {
     }
 }
 
-/// True for a message the producer sent as a half message (see [`PendingMessage::is_half`]).
-pub(crate) fn is_half(msg: &PendingMessage) -> bool {
-    msg.is_half()
-}
-
 impl PutHook for TxnPutHook {
     fn name(&self) -> &'static str {
         "txn-half"
     }
 
     fn before_put(&self, ctx: &PutContext<'_>, msg: &mut PendingMessage) -> HookOutcome {
-        if !is_half(msg) {
+        if !msg.is_half() {
             return HookOutcome::Continue;
         }
         if ctx.batch {
@@ -226,11 +221,11 @@ mod tests {
 
     #[test]
     fn half_messages_are_recognised_and_commits_are_not() {
-        assert!(is_half(&msg(sysflag::TRANSACTION_PREPARED, None)));
-        assert!(is_half(&msg(0, Some("TRUE"))));
-        assert!(!is_half(&msg(sysflag::TRANSACTION_COMMIT, Some("true"))));
-        assert!(!is_half(&msg(0, Some("false"))));
-        assert!(!is_half(&msg(0, None)));
+        assert!(msg(sysflag::TRANSACTION_PREPARED, None).is_half());
+        assert!(msg(0, Some("TRUE")).is_half());
+        assert!(!msg(sysflag::TRANSACTION_COMMIT, Some("true")).is_half());
+        assert!(!msg(0, Some("false")).is_half());
+        assert!(!msg(0, None).is_half());
     }
 
     /// A consumer's retry resent as a plain send (clients before 4.6.1, when
@@ -241,12 +236,12 @@ mod tests {
         let mut resent = msg(sysflag::TRANSACTION_PREPARED, Some("true"));
         resent.input.topic = "%RETRY%g".into();
         resent.input.reconsume_times = 1;
-        assert!(!is_half(&resent));
+        assert!(!resent.is_half());
         resent.properties.insert("DELAY", "0");
-        assert!(is_half(&resent), "no delay level: a half");
+        assert!(resent.is_half(), "no delay level: a half");
         resent.properties.insert("DELAY", "3");
         resent.input.reconsume_times = 0;
-        assert!(is_half(&resent), "no reconsume count: a half");
+        assert!(resent.is_half(), "no reconsume count: a half");
     }
 
     #[test]

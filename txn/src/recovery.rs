@@ -32,9 +32,9 @@ use crate::checkpoint;
 use crate::core::Core;
 use crate::journal::{self, Counted};
 use crate::metrics::Counters;
-use crate::records::{op_record, OpRecord};
+use crate::records::{op_record, HalfRecord, OpRecord, TxnId};
 use crate::state::{Decision, Source, TxnState};
-use crate::table::{Begin, Entry};
+use crate::table::{Begin, Entry, Location};
 
 /// Op records read per store call.
 const OP_BATCH: usize = 1024;
@@ -65,17 +65,28 @@ impl Core {
         };
         let mut cp = cp.unwrap_or_default();
         self.clamp_to_queues(&mut cp);
+        // Commits being stored at the last checkpoint, by the identity found.
+        let mut pending = std::collections::HashSet::new();
         for le in &cp.live {
             match self.half_of(le) {
-                Ok((rec, current)) => {
+                Ok(rec) => {
                     let mut e = Entry::open(&rec);
                     le.restore(&mut e, rec.header.store_timestamp);
-                    if let Some(current) = current {
-                        e.current = current;
+                    // Where it was found, whatever the entry said.
+                    e.current = Location {
+                        half_offset: rec.queue_offset,
+                        phys_offset: rec.phys_offset,
+                        store_ms: rec.header.store_timestamp,
+                    };
+                    if le.commit_pending {
+                        pending.insert(e.id.half_offset);
                     }
                     report.listed += usize::from(self.table.lock().insert(e));
                 }
                 Err(reason) => {
+                    if le.commit_pending {
+                        pending.insert(le.q);
+                    }
                     tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "undecided transaction's half unreadable where the checkpoint says; looking for a newer copy");
                     self.lost_listed.lock().insert(le.q, le.clone());
                 }
@@ -102,70 +113,59 @@ impl Core {
         self.table.lock().dirty = true;
         // After a clean stop only the commits still being stored at the last checkpoint can
         // be torn (their op append failed, or the stop came first); after a crash, any.
-        let pending: std::collections::HashSet<u64> = cp
-            .live
-            .iter()
-            .filter(|le| le.commit_pending)
-            .map(|le| le.q)
-            .collect();
         let clean = self.services.store().recovery_report().clean;
         let torn = self.find_torn_commits(|q| !clean || pending.contains(&q));
         report.torn_commits = torn.len();
         (report, torn)
     }
 
-    /// The half message (or current copy) of a checkpoint's live entry, and where it now is
-    /// when that is not where the entry says. Two of the entry's three offsets agreeing are
-    /// taken over the third: a damaged checkpoint (one flipped digit) lost an undecided
-    /// transaction whose half message was intact.
-    /// - the record at `cp` names `q` and `p`: as written;
-    /// - it names one of them: that field of the entry is the damaged one (the copy at `cp`
-    ///   vouches for the transaction);
-    /// - it is unreadable or names neither: the original at half queue offset `q`, if it is at
-    ///   `p` (then `cp` was the damaged one, or the copy there is gone).
-    fn half_of(
-        &self,
-        le: &checkpoint::LiveEntry,
-    ) -> Result<(crate::records::HalfRecord, Option<crate::table::Location>), String> {
-        let at_cp = self.read_half(le.cp);
+    /// The half message (or current copy) of a checkpoint's live entry. An entry names the
+    /// transaction (`q`, `p`) and where its record now is (`cq`, `cp`): a record read at `cp`
+    /// is taken when two of the other three agree with it, so one damaged offset (a flipped
+    /// digit) does not lose an undecided transaction whose record is intact; otherwise the
+    /// record at half queue offset `cq`, then `q`, when it names (`q`, `p`).
+    fn half_of(&self, le: &checkpoint::LiveEntry) -> Result<HalfRecord, String> {
+        let at_cp = self.read_half_untrusted(le.cp);
         if let Ok(rec) = &at_cp {
             let id = rec.id();
-            if id.half_offset == le.q && id.commit_log_offset == le.p {
-                return at_cp.map(|r| (r, None)).map_err(|e| e.to_string());
-            }
-            if id.half_offset == le.q || id.commit_log_offset == le.p {
-                tracing::warn!(half_offset = le.q, commit_log_offset = le.p, found = ?id, "transaction checkpoint entry damaged; the half message at its location names it");
-                return at_cp.map(|r| (r, None)).map_err(|e| e.to_string());
+            let agree = [
+                id.half_offset == le.q,
+                id.commit_log_offset == le.p,
+                rec.queue_offset == le.cq,
+            ];
+            match agree.iter().filter(|a| **a).count() {
+                3 => return at_cp.map_err(|e| e.to_string()),
+                2 => {
+                    tracing::warn!(half_offset = le.q, commit_log_offset = le.p, found = ?id, "transaction checkpoint entry damaged; the half message at its location names it");
+                    return at_cp.map_err(|e| e.to_string());
+                }
+                _ => {}
             }
         }
         let reason = match &at_cp {
             Ok(r) => format!("another record ({:?})", r.id()),
             Err(e) => e.to_string(),
         };
-        match self.original_at(le.q) {
-            Some(rec) if rec.phys_offset == le.p => {
-                tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "transaction checkpoint's location of the half message unusable; taken from the half queue");
-                let current = crate::table::Location {
-                    half_offset: rec.queue_offset,
-                    phys_offset: rec.phys_offset,
-                    store_ms: rec.header.store_timestamp,
-                };
-                Ok((rec, Some(current)))
-            }
-            _ => Err(reason),
-        }
+        let wanted = TxnId {
+            half_offset: le.q,
+            commit_log_offset: le.p,
+        };
+        [le.cq, le.q]
+            .into_iter()
+            .find_map(|at| self.half_queue_record(at).filter(|r| r.id() == wanted))
+            .inspect(|_| tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "transaction checkpoint's location of the half message unusable; taken from the half queue"))
+            .ok_or(reason)
     }
 
-    /// The original half message at half queue offset `q` (not a carried-forward copy), if
-    /// the queue still holds it.
-    fn original_at(&self, q: u64) -> Option<crate::records::HalfRecord> {
+    /// The record (an original or a carried-forward copy) at half queue offset `at`, if the
+    /// queue still holds it.
+    fn half_queue_record(&self, at: u64) -> Option<HalfRecord> {
         let got =
             self.services
                 .store()
-                .get_messages(TRANS_HALF_TOPIC, 0, q, 1, self.max_record, None);
-        let m = got.messages.first().filter(|m| m.queue_offset == q)?;
-        let rec = crate::records::HalfRecord::parse(&m.bytes, self.max_record).ok()?;
-        (rec.origin.is_none()).then_some(rec)
+                .get_messages(TRANS_HALF_TOPIC, 0, at, 1, self.max_record, None);
+        let m = got.messages.first().filter(|m| m.queue_offset == at)?;
+        HalfRecord::parse(&m.bytes, self.max_record).ok()
     }
 
     /// Step 3b: journalled check counts of the arming each transaction has now (before the op

@@ -343,11 +343,7 @@ impl Core {
     async fn find_op_off_workers(&self, r: &TxnRef) -> Result<OpRecord, TxnError> {
         let store = Arc::clone(self.services.store());
         let (r, max_record) = (r.clone(), self.max_record);
-        match tokio::task::spawn_blocking(move || op_of(&store, &r, max_record)).await {
-            Ok(found) => found,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(TxnError::NotStarted),
-        }
+        crate::service::off_workers(move || op_of(&store, &r, max_record)).await
     }
 
     /// Checks that a reference describes this transaction.

@@ -188,7 +188,7 @@ pub(crate) fn list_in_chunks(
 
 /// Runs blocking work (store reads, table walks) on tokio's blocking pool. A panic there is
 /// the caller's, as if run inline; work the runtime cancelled (shutting down) is `NotStarted`.
-async fn off_workers<T: Send + 'static>(
+pub(crate) async fn off_workers<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, TxnError> + Send + 'static,
 ) -> Result<T, TxnError> {
     match tokio::task::spawn_blocking(work).await {

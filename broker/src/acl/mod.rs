@@ -236,7 +236,7 @@ pub fn authorize<'a>(
         .account(access_key)
         .filter(|a| acl::verify(req, &a.secret_key));
     let Some(account) = account else {
-        tracing::warn!(remote = %peer, access_key = ?access_key, code = req.code, decision = "deny", "ACL: unknown access key or bad signature");
+        tracing::warn!(remote = %peer, access_key = %access_key, code = req.code, decision = "deny", "ACL: unknown access key or bad signature");
         return Err(Denied(format!(
             "ACL: signature check failed for access key {access_key}"
         )));
@@ -311,7 +311,7 @@ pub fn authorize_topic(
 
 /// A signed request whose account lacks `what`: logged, and the answer's text.
 fn refused(peer: SocketAddr, access_key: &str, code: i32, what: &str) -> Denied {
-    tracing::warn!(remote = %peer, access_key = ?access_key, code, needed = ?what, decision = "deny", "ACL: permission refused");
+    tracing::warn!(remote = %peer, access_key = %access_key, code, needed = %what, decision = "deny", "ACL: permission refused");
     Denied(format!(
         "ACL: access key {access_key} has no {what} (request code {code})"
     ))

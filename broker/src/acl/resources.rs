@@ -102,7 +102,14 @@ pub(super) fn needed(req: &RemotingCommand) -> Vec<Need> {
                 out.push(Need::Topic(t, Perm::Sub));
             }
         }
-        rc::UNREGISTER_CLIENT | rc::GET_CONSUMER_LIST_BY_GROUP => {
+        // An unregister only removes the connection's own memberships, and C++ producers
+        // send it with an empty consumerGroup: that is no group.
+        rc::UNREGISTER_CLIENT => {
+            if let Some(g) = s("consumerGroup") {
+                out.push(Need::Group(g, Perm::Sub));
+            }
+        }
+        rc::GET_CONSUMER_LIST_BY_GROUP => {
             if let Some(g) = g("consumerGroup") {
                 out.push(Need::Group(g, Perm::Sub));
             }

@@ -266,6 +266,11 @@ fn open_state(
     match state {
         Ok((topics, offsets)) => {
             warn_state_lost(data_dir, &store, &topics);
+            // A missing offsets file is written now, empty: from here on a missing one means a
+            // lost one, also after a crash before the first periodic save.
+            if let Err(e) = offsets.save_if_dirty() {
+                tracing::error!(error = %e, "saving consumer offsets at start failed; tried again at the next offset flush");
+            }
             Ok((Arc::new(store), topics, offsets))
         }
         Err(e) => {

@@ -84,6 +84,7 @@ async fn a_checkpoint_entry_with_one_offset_damaged_still_finds_its_half_message
         send_half(&c, "p").await,
         send_half(&c, "cp").await,
         send_half(&c, "q").await,
+        send_half(&c, "cq").await,
     ];
     settle(&b).await;
     assert_eq!(
@@ -93,7 +94,7 @@ async fn a_checkpoint_entry_with_one_offset_damaged_still_finds_its_half_message
             .await
             .unwrap()
             .len(),
-        3,
+        4,
         "in the table, so in the checkpoint written at stop"
     );
     drop(c);
@@ -101,8 +102,8 @@ async fn a_checkpoint_entry_with_one_offset_damaged_still_finds_its_half_message
     let path = checkpoint(dir.path());
     let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let live = cp["live"].as_array_mut().expect("live entries");
-    assert_eq!(live.len(), 3);
-    for (entry, field) in live.iter_mut().zip(["p", "cp", "q"]) {
+    assert_eq!(live.len(), 4);
+    for (entry, field) in live.iter_mut().zip(["p", "cp", "q", "cq"]) {
         let was = entry[field].as_u64().unwrap();
         entry[field] = serde_json::json!(was + 1000);
     }
@@ -111,6 +112,10 @@ async fn a_checkpoint_entry_with_one_offset_damaged_still_finds_its_half_message
     let b = TestBroker::start(dir.path(), quiet()).await;
     let svc = b.txn.service();
     assert_eq!(svc.metrics().lost_at_restart, 0);
+    assert!(
+        b.broker.store().health().damage.is_empty(),
+        "a damaged checkpoint offset is not store damage"
+    );
     let mut open: Vec<String> = svc
         .list(&ListQuery::default())
         .await
@@ -120,12 +125,12 @@ async fn a_checkpoint_entry_with_one_offset_damaged_still_finds_its_half_message
         .map(|v| v.keys)
         .collect();
     open.sort();
-    assert_eq!(open, ["cp", "p", "q"]);
+    assert_eq!(open, ["cp", "cq", "p", "q"]);
     let c = b.client().await;
     for s in &sent {
         assert_eq!(end(&c, s, COMMIT).await.code, 0);
     }
-    assert_eq!(visible_keys(&b, &c).await, ["cp", "p", "q"]);
+    assert_eq!(visible_keys(&b, &c).await, ["cp", "cq", "p", "q"]);
     b.stop().await;
 }
 

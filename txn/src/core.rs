@@ -107,23 +107,21 @@ impl Core {
 
     /// Reads and parses the half message (or copy) stored at `phys`.
     pub(crate) fn read_half(&self, phys: u64) -> Result<HalfRecord, TxnError> {
-        let raw = self
-            .services
-            .store()
-            .read_record(phys)
-            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))?;
-        HalfRecord::parse(&raw, self.max_record)
-            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))
+        self.parse_half(phys, self.services.store().read_record(phys))
     }
 
     /// [`Core::read_half`] at an offset that may point anywhere (a damaged checkpoint's): a
     /// record that does not verify there is not reported as store damage.
     pub(crate) fn read_half_untrusted(&self, phys: u64) -> Result<HalfRecord, TxnError> {
-        let raw = self
-            .services
-            .store()
-            .read_record_untrusted(phys)
-            .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))?;
+        self.parse_half(phys, self.services.store().read_record_untrusted(phys))
+    }
+
+    fn parse_half(
+        &self,
+        phys: u64,
+        raw: Result<bytes::Bytes, sluice_store::StoreError>,
+    ) -> Result<HalfRecord, TxnError> {
+        let raw = raw.map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))?;
         HalfRecord::parse(&raw, self.max_record)
             .map_err(|e| TxnError::Record(format!("commit-log offset {phys}: {e}")))
     }

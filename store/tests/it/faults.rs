@@ -510,11 +510,7 @@ fn a_record_forged_inside_a_torn_message_body_is_not_taken_for_a_real_one() {
 #[test]
 fn a_folder_that_lost_its_seal_file_is_refused_until_it_is_restored() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
-    let store = open(&cfg);
-    let acked = append_seqs(&store, "T", 0, 0..10);
-    store.shutdown().unwrap();
-    drop(store);
+    let (cfg, acked) = ten_records_stopped(dir.path());
     let seal = dir.path().join("seal");
     let saved = std::fs::read(&seal).unwrap();
     std::fs::remove_file(&seal).unwrap();
@@ -542,11 +538,7 @@ fn a_folder_that_lost_its_seal_file_is_refused_until_it_is_restored() {
 #[test]
 fn a_folder_that_lost_its_seal_and_checkpoint_is_refused_not_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
-    let store = open(&cfg);
-    let acked = append_seqs(&store, "T", 0, 0..10);
-    store.shutdown().unwrap();
-    drop(store);
+    let (cfg, acked) = ten_records_stopped(dir.path());
     let other = tempfile::tempdir().unwrap();
     let other_cfg = small_config(other.path());
     drop(open(&other_cfg));
@@ -575,6 +567,15 @@ fn a_folder_that_lost_its_seal_and_checkpoint_is_refused_not_cut() {
     assert!(store.health().damage.is_empty());
     assert_eq!(read_queue(&store, "T", 0).len(), acked.len());
     store.shutdown().unwrap();
+}
+
+/// A store in `dir` holding ten records of queue T/0, stopped cleanly: its config and acks.
+fn ten_records_stopped(dir: &std::path::Path) -> (sluice_store::StoreConfig, Vec<(u64, u64, i64)>) {
+    let cfg = small_config(dir);
+    let store = open(&cfg);
+    let acked = append_seqs(&store, "T", 0, 0..10);
+    store.shutdown().unwrap();
+    (cfg, acked)
 }
 
 /// Every file under `dir` with its bytes, by name.

@@ -57,13 +57,7 @@ async fn unknown_then_a_check_answered_commit_commits_once_and_checks_stop() {
     let r = answer_check(&c, GROUP, &check, COMMIT).await;
     assert_eq!(r.code, 0, "{:?}", r.remark);
     assert_eq!(visible_keys(&b, &c).await, ["c1"]);
-    let view = b
-        .txn
-        .service()
-        .get(s.queue_offset as u64)
-        .await
-        .unwrap()
-        .unwrap();
+    let view = b.view(s.queue_offset as u64).await;
     assert_eq!(
         (view.state, view.decided_by),
         (TxnState::Committed, Some(Source::CheckAnswer))
@@ -139,13 +133,7 @@ async fn when_the_sender_is_gone_another_producer_of_the_group_is_asked() {
     assert_eq!(answer_check(&other, GROUP, &check, COMMIT).await.code, 0);
     assert_eq!(visible_keys(&b, &other).await, ["g1"]);
     assert_eq!(
-        b.txn
-            .service()
-            .get(s.queue_offset as u64)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        b.view(s.queue_offset as u64).await.state,
         TxnState::Committed
     );
     b.stop().await;

@@ -149,13 +149,7 @@ async fn a_rollback_discards_and_a_later_commit_is_refused() {
     assert_eq!(late.code, code::TRANSACTION_SHOULD_ROLLBACK);
     assert!(late.remark.unwrap().contains("rolled_back"));
     assert!(visible_keys(&b, &c).await.is_empty());
-    let view = b
-        .txn
-        .service()
-        .get(s.queue_offset as u64)
-        .await
-        .unwrap()
-        .unwrap();
+    let view = b.view(s.queue_offset as u64).await;
     assert_eq!(view.state, TxnState::RolledBack);
     b.stop().await;
 }
@@ -235,7 +229,7 @@ async fn unknown_leaves_the_transaction_open_and_bad_references_are_refused() {
     );
 
     assert!(visible_keys(&b, &c).await.is_empty(), "nothing was applied");
-    let open = b.txn.service().list(&ListQuery::default()).await.unwrap();
+    let open = b.listed(&ListQuery::default()).await;
     assert_eq!(open.len(), 1);
     assert_eq!(
         (open[0].state, open[0].keys.as_str()),
@@ -295,14 +289,11 @@ async fn concurrent_commits_and_rollbacks_have_exactly_one_winner() {
     dedup.dedup();
     assert_eq!(visible, dedup, "no transaction committed twice");
     let committed = b
-        .txn
-        .service()
-        .list(&ListQuery {
+        .listed(&ListQuery {
             states: StateFilter::Decided,
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await;
     let want: Vec<String> = committed
         .iter()
         .filter(|v| v.state == TxnState::Committed)
@@ -782,12 +773,7 @@ async fn a_retry_resent_with_the_committed_messages_properties_is_stored_as_a_pl
         "consumable at once (no schedule hook here): not held as a half"
     );
     assert!(
-        b.txn
-            .service()
-            .list(&ListQuery::default())
-            .await
-            .unwrap()
-            .is_empty(),
+        b.listed(&ListQuery::default()).await.is_empty(),
         "no transaction was opened"
     );
     b.stop().await;

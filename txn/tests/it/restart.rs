@@ -88,12 +88,7 @@ async fn a_checkpoint_entry_with_one_offset_damaged_still_finds_its_half_message
     ];
     settle(&b).await;
     assert_eq!(
-        b.txn
-            .service()
-            .list(&ListQuery::default())
-            .await
-            .unwrap()
-            .len(),
+        b.listed(&ListQuery::default()).await.len(),
         4,
         "in the table, so in the checkpoint written at stop"
     );
@@ -145,15 +140,7 @@ async fn a_stale_or_missing_checkpoint_gives_the_same_state_and_no_check_for_dec
             sent.push(send_half(&c, &format!("{variant}{i}")).await);
         }
         settle(&b).await;
-        assert_eq!(
-            b.txn
-                .service()
-                .list(&ListQuery::default())
-                .await
-                .unwrap()
-                .len(),
-            6
-        );
+        assert_eq!(b.listed(&ListQuery::default()).await.len(), 6);
         // Wait for a checkpoint listing all six as open, and keep a copy of it.
         assert!(
             eventually(WAIT, || std::fs::read(checkpoint(dir.path())).is_ok_and(
@@ -249,14 +236,7 @@ async fn restart_counting(
     let c = b.client().await;
     let checks = c.take_requests().unwrap();
     heartbeat(&c, GROUP, "again").await;
-    let count = b
-        .txn
-        .service()
-        .get(half_offset as u64)
-        .await
-        .unwrap()
-        .unwrap()
-        .check_count;
+    let count = b.view(half_offset as u64).await.check_count;
     (b, c, checks, count)
 }
 
@@ -371,14 +351,11 @@ async fn an_old_undecided_half_message_is_carried_forward_under_the_same_identit
     let b = TestBroker::start(dir.path(), quiet()).await;
     let c = b.client().await;
     let live = b
-        .txn
-        .service()
-        .list(&ListQuery {
+        .listed(&ListQuery {
             states: StateFilter::All,
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await;
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].half_offset, s.queue_offset as u64);
     assert_eq!(
@@ -419,13 +396,7 @@ async fn a_parked_transaction_stays_parked_across_restarts() {
         let c = b.client().await;
         let mut checks = c.take_requests().unwrap();
         heartbeat(&c, GROUP, "p2").await;
-        let view = b
-            .txn
-            .service()
-            .get(s.queue_offset as u64)
-            .await
-            .unwrap()
-            .unwrap();
+        let view = b.view(s.queue_offset as u64).await;
         assert_eq!(
             view.state,
             TxnState::Parked,

@@ -45,6 +45,21 @@ pub fn broker_config(dir: &Path) -> BrokerConfig {
 }
 
 impl TestBroker {
+    /// The transaction whose half message sits at queue offset `half_offset`, in memory.
+    pub async fn view(&self, half_offset: u64) -> sluice_txn::TxnView {
+        self.txn
+            .service()
+            .get(half_offset)
+            .await
+            .unwrap()
+            .expect("the transaction is in memory")
+    }
+
+    /// The transactions in memory that `q` selects.
+    pub async fn listed(&self, q: &sluice_txn::ListQuery) -> Vec<sluice_txn::TxnView> {
+        self.txn.service().list(q).await.unwrap()
+    }
+
     pub async fn start(dir: &Path, cfg: TxnConfig) -> Self {
         let txn = TxnExtension::new(cfg);
         Self::start_with(dir, txn).await

@@ -175,7 +175,7 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
 /// write leaves one frame at most, followed by zeros or stale bytes). A folder that lost its
 /// `seal` file together with its checkpoint (a copy that skipped the small files) had every
 /// record after the seal's start zeroed as a "torn tail", after a clean stop too.
-fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()> {
+pub(crate) fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()> {
     let whole_at = |at: u64| {
         let seg = log.segment_for(at)?;
         framing::whole_but_checksum(
@@ -196,6 +196,37 @@ fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()> {
          verify with this folder's seal: its `seal` file is missing or from another folder. \
          Restore it from this folder's backup (nothing was changed)"
     )))
+}
+
+/// Refuses a `seal` file that is not this folder's (copied from another one): the records at
+/// the start of each segment, whole but failing their checksums under it. With a checkpoint
+/// the scan starts past them, and every older record was later read as damage (quarantined,
+/// skipped by consumers, missing from look-ups) in a broker that said it was ready.
+pub(crate) fn refuse_foreign_seal(log: &CommitLog) -> Result<()> {
+    let fails = |at: u64| {
+        log.segment_for(at).is_some_and(|seg| {
+            let probe = framing::probe(
+                seg.file.as_slice(),
+                (at - seg.base) as usize,
+                seg.base,
+                log.max_record(),
+                log.seal(),
+            );
+            matches!(probe, Probe::Invalid(_))
+        })
+    };
+    for seg in log.segments() {
+        // Two records in a row, as in the scan's rule: one bad trailer is damage, not a seal.
+        let Some(first) =
+            framing::whole_but_checksum(seg.file.as_slice(), 0, seg.base, log.max_record())
+        else {
+            continue;
+        };
+        if fails(seg.base) && fails(seg.base + first) {
+            refuse_if_sealed_otherwise(log, seg.base)?;
+        }
+    }
+    Ok(())
 }
 
 /// The refusal of a log that ends at `end`, below the `flushed` bytes a checkpoint vouches for.

@@ -179,6 +179,9 @@ impl Store {
             Arc::clone(&io),
             sealed.unwrap_or(Seal::PLAIN),
         )?);
+        if sealed.is_some() {
+            recovery::refuse_foreign_seal(&log)?;
+        }
         let damage = Arc::new(DamageLog::default());
         let cp = cp.unwrap_or_default();
         let start = if rebuild_all {

@@ -136,7 +136,12 @@ impl Core {
             match agree.iter().filter(|a| **a).count() {
                 3 => return at_cp.map_err(|e| e.to_string()),
                 2 => {
-                    tracing::warn!(half_offset = le.q, commit_log_offset = le.p, found = ?id, "transaction checkpoint entry damaged; the half message at its location names it");
+                    tracing::warn!(
+                        entry_q = le.q, entry_p = le.p, entry_cq = le.cq, entry_cp = le.cp,
+                        found_q = id.half_offset, found_p = id.commit_log_offset,
+                        found_cq = rec.queue_offset,
+                        "transaction checkpoint entry damaged (the offset that differs from what was found); the half message at its location names it"
+                    );
                     return at_cp.map_err(|e| e.to_string());
                 }
                 _ => {}

@@ -546,8 +546,16 @@ fn a_folder_that_lost_its_seal_and_checkpoint_is_refused_not_cut() {
     let saved = std::fs::read(&seal).unwrap();
     let log_bytes = || dir_bytes(&dir.path().join("commitlog"));
     let before = log_bytes();
-    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
-    for (unclean, foreign) in [(false, false), (true, false), (true, true)] {
+    let checkpoint = dir.path().join("checkpoint");
+    let saved_checkpoint = std::fs::read(&checkpoint).unwrap();
+    // A foreign seal is refused with the checkpoint there, too (the scan then starts past
+    // every older record, which was later read as damage).
+    for (unclean, foreign, keep_checkpoint) in [
+        (false, true, true),
+        (false, false, false),
+        (true, false, false),
+        (true, true, false),
+    ] {
         if unclean {
             mark_unclean(dir.path());
         }
@@ -555,6 +563,11 @@ fn a_folder_that_lost_its_seal_and_checkpoint_is_refused_not_cut() {
             std::fs::copy(other.path().join("seal"), &seal).unwrap();
         } else if seal.exists() {
             std::fs::remove_file(&seal).unwrap();
+        }
+        if keep_checkpoint {
+            std::fs::write(&checkpoint, &saved_checkpoint).unwrap();
+        } else if checkpoint.exists() {
+            std::fs::remove_file(&checkpoint).unwrap();
         }
         let err = sluice_store::Store::open(cfg.clone())
             .map(drop)

@@ -164,11 +164,14 @@ impl ConsumeQueue {
     /// Asks for the entries `[from, to)` to be read into the page cache in large requests (see
     /// [`MappedFile::prefetch`]); only what was written is asked for.
     pub(crate) fn prefetch(&self, from: u64, to: u64) {
-        let files = self.files.read().clone();
-        for (first, f) in files
+        let files: Vec<(u64, Arc<MappedFile>)> = self
+            .files
+            .read()
             .iter()
             .filter(|(first, _)| *first < to && first + self.per_file > from)
-        {
+            .cloned()
+            .collect();
+        for (first, f) in &files {
             let start = from.saturating_sub(*first) * ENTRY_LEN;
             let end = to.saturating_sub(*first).min(self.per_file) * ENTRY_LEN;
             f.prefetch(start, end.min(f.written_len()));

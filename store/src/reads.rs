@@ -16,6 +16,8 @@ use crate::store::Store;
 /// Most consume-queue entries one read looks at, filtered or not, so a selective filter over a
 /// long queue cannot hold a thread.
 const MAX_ENTRIES_SCANNED: u64 = 16_000;
+/// Consume-queue entries in one 4 KiB page.
+const ENTRIES_PER_PAGE: u64 = 4096 / crate::consume_queue::ENTRY_LEN;
 
 /// How a queue read went (RocketMQ's `GetMessageStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +114,10 @@ impl Store {
         let mut out = result(GetStatus::NoMatchedMessage, offset, min, max);
         let (mut o, mut bytes) = (offset, 0usize);
         let scan_end = max.min(offset + MAX_ENTRIES_SCANNED);
-        if filter.is_some() {
-            // A filtered read may pass thousands of entries; the queue's map reads a page per
-            // fault (random-access advice), so a cold range is asked for at once.
+        if filter.is_some() && scan_end - offset > ENTRIES_PER_PAGE {
+            // A filtered read may pass thousands of entries, and the queue's map reads a page
+            // per fault (random-access advice): a long range is asked for at once. A consumer
+            // that is caught up (a few entries behind) makes no system call for it.
             q.prefetch(offset, scan_end);
         }
         while o < scan_end && out.messages.len() < max_count.max(1) {

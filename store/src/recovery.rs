@@ -176,19 +176,7 @@ pub(crate) fn scan_commit_log(input: &ScanInput<'_>) -> Result<RecoveryReport> {
 /// `seal` file together with its checkpoint (a copy that skipped the small files) had every
 /// record after the seal's start zeroed as a "torn tail", after a clean stop too.
 pub(crate) fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()> {
-    let whole_at = |at: u64| {
-        let seg = log.segment_for(at)?;
-        framing::whole_but_checksum(
-            seg.file.as_slice(),
-            (at - seg.base) as usize,
-            seg.base,
-            log.max_record(),
-        )
-    };
-    let Some(first) = whole_at(pos) else {
-        return Ok(());
-    };
-    if whole_at(pos + first).is_none() {
+    if !sealed_otherwise(log, pos) {
         return Ok(());
     }
     Err(StoreError::Recovery(format!(
@@ -198,33 +186,29 @@ pub(crate) fn refuse_if_sealed_otherwise(log: &CommitLog, pos: u64) -> Result<()
     )))
 }
 
+/// Whether the two frames from `pos` are whole records failing only their checksum under the
+/// log's seal: one such frame is damage (a bad trailer), two in a row are records sealed
+/// otherwise.
+fn sealed_otherwise(log: &CommitLog, pos: u64) -> bool {
+    let whole_failing = |at: u64| {
+        let seg = log.segment_for(at)?;
+        let (bytes, rel) = (seg.file.as_slice(), (at - seg.base) as usize);
+        let len = framing::whole_but_checksum(bytes, rel, seg.base, log.max_record())?;
+        let probe = framing::probe(bytes, rel, seg.base, log.max_record(), log.seal());
+        matches!(probe, Probe::Invalid(_)).then_some(len)
+    };
+    whole_failing(pos)
+        .and_then(|first| whole_failing(pos + first))
+        .is_some()
+}
+
 /// Refuses a `seal` file that is not this folder's (copied from another one): the records at
-/// the start of each segment, whole but failing their checksums under it. With a checkpoint
-/// the scan starts past them, and every older record was later read as damage (quarantined,
+/// the start of a segment, whole but failing their checksums under it. With a checkpoint the
+/// scan starts past them, and every older record was later read as damage (quarantined,
 /// skipped by consumers, missing from look-ups) in a broker that said it was ready.
 pub(crate) fn refuse_foreign_seal(log: &CommitLog) -> Result<()> {
-    let fails = |at: u64| {
-        log.segment_for(at).is_some_and(|seg| {
-            let probe = framing::probe(
-                seg.file.as_slice(),
-                (at - seg.base) as usize,
-                seg.base,
-                log.max_record(),
-                log.seal(),
-            );
-            matches!(probe, Probe::Invalid(_))
-        })
-    };
     for seg in log.segments() {
-        // Two records in a row, as in the scan's rule: one bad trailer is damage, not a seal.
-        let Some(first) =
-            framing::whole_but_checksum(seg.file.as_slice(), 0, seg.base, log.max_record())
-        else {
-            continue;
-        };
-        if fails(seg.base) && fails(seg.base + first) {
-            refuse_if_sealed_otherwise(log, seg.base)?;
-        }
+        refuse_if_sealed_otherwise(log, seg.base)?;
     }
     Ok(())
 }

@@ -32,13 +32,23 @@ pub(crate) struct Escaping {
 
 impl Write for Escaping {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        io::stderr().lock().write_all(&escape(buf, self.ansi))?;
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        if body.iter().all(|b| !needs_escape(*b, self.ansi)) {
+            io::stderr().lock().write_all(buf)?;
+        } else {
+            io::stderr().lock().write_all(&escape(buf, self.ansi))?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
     }
+}
+
+/// A control character other than a tab (and, with colours, the formatter's ESC).
+fn needs_escape(b: u8, ansi: bool) -> bool {
+    matches!(b, 0..=0x1f | 0x7f) && b != b'\t' && !(ansi && b == 0x1b)
 }
 
 /// `event` with every control character but tabs, the final newline and (with colours) the
@@ -51,12 +61,10 @@ pub(crate) fn escape(event: &[u8], ansi: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(event.len());
     for &b in body {
         match b {
+            _ if !needs_escape(b, ansi) => out.push(b),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.push(b),
-            0x1b if ansi => out.push(b),
-            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
-            _ => out.push(b),
+            _ => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
         }
     }
     out.extend_from_slice(end);

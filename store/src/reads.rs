@@ -16,6 +16,9 @@ use crate::store::Store;
 /// Most consume-queue entries one read looks at, filtered or not, so a selective filter over a
 /// long queue cannot hold a thread.
 const MAX_ENTRIES_SCANNED: u64 = 16_000;
+/// Entries a filtered read asks for ahead (64 KiB): more are read a page per fault, and a
+/// reply filled early has not paid for the rest.
+const PREFETCH_ENTRIES: u64 = 64 * 1024 / crate::consume_queue::ENTRY_LEN;
 /// Consume-queue entries in one 4 KiB page.
 const ENTRIES_PER_PAGE: u64 = 4096 / crate::consume_queue::ENTRY_LEN;
 
@@ -118,7 +121,7 @@ impl Store {
             // A filtered read may pass thousands of entries, and the queue's map reads a page
             // per fault (random-access advice): a long range is asked for at once. A consumer
             // that is caught up (a few entries behind) makes no system call for it.
-            q.prefetch(offset, scan_end);
+            q.prefetch(offset, scan_end.min(offset + PREFETCH_ENTRIES));
         }
         while o < scan_end && out.messages.len() < max_count.max(1) {
             let entry = q.entry(o);

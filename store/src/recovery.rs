@@ -193,9 +193,11 @@ fn sealed_otherwise(log: &CommitLog, pos: u64) -> bool {
     let whole_failing = |at: u64| {
         let seg = log.segment_for(at)?;
         let (bytes, rel) = (seg.file.as_slice(), (at - seg.base) as usize);
-        let len = framing::whole_but_checksum(bytes, rel, seg.base, log.max_record())?;
         let probe = framing::probe(bytes, rel, seg.base, log.max_record(), log.seal());
-        matches!(probe, Probe::Invalid(_)).then_some(len)
+        if !matches!(probe, Probe::Invalid(_)) {
+            return None;
+        }
+        framing::whole_but_checksum(bytes, rel, seg.base, log.max_record())
     };
     whole_failing(pos)
         .and_then(|first| whole_failing(pos + first))
@@ -203,11 +205,13 @@ fn sealed_otherwise(log: &CommitLog, pos: u64) -> bool {
 }
 
 /// Refuses a `seal` file that is not this folder's (copied from another one): the records at
-/// the start of a segment, whole but failing their checksums under it. With a checkpoint the
-/// scan starts past them, and every older record was later read as damage (quarantined,
-/// skipped by consumers, missing from look-ups) in a broker that said it was ready.
+/// the start of the oldest or the newest segment, whole but failing their checksums under it.
+/// With a checkpoint the scan starts past them, and every older record was later read as
+/// damage (quarantined, skipped by consumers, missing from look-ups) in a broker that said it
+/// was ready. Two segments, not all: each probe of a cold segment reads around its first page.
 pub(crate) fn refuse_foreign_seal(log: &CommitLog) -> Result<()> {
-    for seg in log.segments() {
+    let segments = log.segments();
+    for seg in segments.first().into_iter().chain(segments.last()) {
         refuse_if_sealed_otherwise(log, seg.base)?;
     }
     Ok(())

@@ -116,6 +116,21 @@ impl Core {
         self.parse_half(phys, self.services.store().read_record_untrusted(phys))
     }
 
+    /// The record (an original or a carried-forward copy) at half queue offset `at`, parsed,
+    /// if the queue holds one there.
+    pub(crate) fn half_queue_entry(&self, at: u64) -> Option<Result<HalfRecord, TxnError>> {
+        let got = self.services.store().get_messages(
+            sluice_broker::TRANS_HALF_TOPIC,
+            0,
+            at,
+            1,
+            self.max_record,
+            None,
+        );
+        let m = got.messages.first().filter(|m| m.queue_offset == at)?;
+        Some(HalfRecord::parse(&m.bytes, self.max_record).map_err(TxnError::Record))
+    }
+
     fn parse_half(
         &self,
         phys: u64,

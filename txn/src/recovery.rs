@@ -157,20 +157,9 @@ impl Core {
         };
         [le.cq, le.q]
             .into_iter()
-            .find_map(|at| self.half_queue_record(at).filter(|r| r.id() == wanted))
+            .find_map(|at| self.half_queue_entry(at).and_then(Result::ok).filter(|r| r.id() == wanted))
             .inspect(|_| tracing::warn!(half_offset = le.q, commit_log_offset = le.p, reason = %reason, "transaction checkpoint's location of the half message unusable; taken from the half queue"))
             .ok_or(reason)
-    }
-
-    /// The record (an original or a carried-forward copy) at half queue offset `at`, if the
-    /// queue still holds it.
-    fn half_queue_record(&self, at: u64) -> Option<HalfRecord> {
-        let got =
-            self.services
-                .store()
-                .get_messages(TRANS_HALF_TOPIC, 0, at, 1, self.max_record, None);
-        let m = got.messages.first().filter(|m| m.queue_offset == at)?;
-        HalfRecord::parse(&m.bytes, self.max_record).ok()
     }
 
     /// Step 3b: journalled check counts of the arming each transaction has now (before the op

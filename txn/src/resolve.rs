@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_broker::{TRANS_HALF_TOPIC, TRANS_OP_HALF_TOPIC};
+use sluice_broker::TRANS_OP_HALF_TOPIC;
 use sluice_protocol::message::offset_msg_id;
 use sluice_store::{now_ms, Store};
 
@@ -276,14 +276,8 @@ impl Core {
         let store = self.services.store();
         let deadline = tokio::time::Instant::now() + FLUSH_WAIT;
         loop {
-            let got =
-                store.get_messages(TRANS_HALF_TOPIC, 0, r.half_offset, 1, self.max_record, None);
-            if let Some(m) = got
-                .messages
-                .first()
-                .filter(|m| m.queue_offset == r.half_offset)
-            {
-                return HalfRecord::parse(&m.bytes, self.max_record).map_err(TxnError::Record);
+            if let Some(found) = self.half_queue_entry(r.half_offset) {
+                return found;
             }
             let s = store.stats();
             let pending = r.commit_log_offset < s.written && s.dispatched <= r.commit_log_offset;

@@ -118,6 +118,12 @@ fn sub(counter: &AtomicUsize, n: usize) {
     });
 }
 
+/// A book nobody else holds (every user takes its `Arc` from the map, under its lock) that
+/// holds nothing a new book would not rebuild ([`Group::is_idle`]).
+fn book_idle(book: &Arc<Mutex<Group>>) -> bool {
+    Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle())
+}
+
 /// Least time after a sweep for idle books that found none before the next one. A sweep walks
 /// every book under the map's lock; without this, each receive of a new group at a bound of
 /// busy books would pay for one. A sweep that dropped books sets no pause: groups that come
@@ -234,7 +240,7 @@ impl LeaseState {
         }
         let mut gone = HashSet::new();
         groups.retain(|name, book| {
-            let idle = Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle());
+            let idle = book_idle(book);
             if idle {
                 gone.insert(name.clone());
             }
@@ -266,7 +272,7 @@ impl LeaseState {
     pub(crate) fn without_book<T>(&self, group: &str, f: impl FnOnce() -> T) -> Option<T> {
         let mut groups = self.groups.lock();
         if let Some(book) = groups.get(group) {
-            let idle = Arc::strong_count(book) == 1 && book.try_lock().is_some_and(|g| g.is_idle());
+            let idle = book_idle(book);
             if !idle {
                 return None;
             }
